@@ -1,0 +1,3 @@
+from birnn_export.cli import run
+
+run()

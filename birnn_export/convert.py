@@ -1,0 +1,111 @@
+"""Swap torch's built-in recurrent layers for :class:`~birnn_export.modules.BiRNN`."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+from torch import nn
+
+from birnn_export.errors import ConversionError
+from birnn_export.modules import BiRNN, _cell_of
+
+logger = logging.getLogger(__name__)
+
+_BUILTIN = (nn.RNN, nn.LSTM, nn.GRU)
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One layer that :func:`convert` replaced."""
+
+    path: str
+    original: str
+    cell: str
+    num_layers: int
+    bidirectional: bool
+
+    def __str__(self) -> str:
+        direction = "bidirectional" if self.bidirectional else "unidirectional"
+        return f"{self.path}: {self.original} -> BiRNN({self.cell}, {self.num_layers} layer(s), {direction})"
+
+
+def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, layer)`` of every built-in or manual recurrent layer, outermost first."""
+    return [
+        (name or "<root>", mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, (*_BUILTIN, BiRNN))
+    ]
+
+
+def _check_convertible(path: str, layer: nn.Module) -> None:
+    if type(layer) not in _BUILTIN:
+        raise ConversionError(
+            f"{path}: {type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} and may "
+            "override forward(); replace it with a plain nn.RNN/nn.LSTM/nn.GRU or a BiRNN"
+        )
+    if getattr(layer, "proj_size", 0):
+        raise ConversionError(
+            f"{path}: LSTM with proj_size={layer.proj_size} has no ONNX LSTM equivalent; "
+            "only proj_size=0 can be converted"
+        )
+    if nn.utils.parametrize.is_parametrized(layer):
+        raise ConversionError(
+            f"{path}: parametrized weights (weight_norm, spectral_norm, ...) cannot be converted; "
+            "remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations)"
+        )
+    for name, param in layer.named_parameters():
+        if param.is_meta:
+            raise ConversionError(f"{path}: parameter {name} is on the meta device; load weights first")
+
+
+def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
+    """Return a copy of ``model`` with every ``nn.RNN/LSTM/GRU`` replaced by an equal BiRNN.
+
+    The original is untouched. Weights, ``batch_first``, layers, directions, dropout and the
+    train/eval mode carry over, so the copy's outputs equal the original's (a model that calls the
+    layer with a ``PackedSequence`` still works: BiRNN accepts one). Replacements are logged at
+    INFO level; :func:`conversion_report` lists them.
+
+    Raises:
+        ConversionError: naming the submodule path and the reason, for layers that cannot be
+            represented (LSTM ``proj_size > 0``, subclasses, parametrized weights).
+
+    Example:
+        >>> model = nn.Sequential(nn.LSTM(4, 8, bidirectional=True))
+        >>> type(convert(model)[0]).__name__
+        'BiRNN'
+    """
+    if isinstance(model, _BUILTIN):
+        _check_convertible("<root>", model)
+        return BiRNN.from_torch(model, padding_value=padding_value)
+    targets = [(p, m) for p, m in find_recurrent_layers(model) if isinstance(m, _BUILTIN)]
+    for path, layer in targets:
+        _check_convertible(path, layer)
+    converted = copy.deepcopy(model)
+    for path, _ in targets:
+        layer = converted.get_submodule(path)
+        converted.set_submodule(path, BiRNN.from_torch(layer, padding_value=padding_value))
+        logger.info("%s", _describe(path, layer))
+    return converted
+
+
+def conversion_report(model: nn.Module) -> list[Replacement]:
+    """What :func:`convert` would replace in ``model``, without changing it."""
+    return [
+        _describe(path, layer)
+        for path, layer in find_recurrent_layers(model)
+        if isinstance(layer, _BUILTIN)
+    ]
+
+
+def _describe(path: str, layer: nn.Module) -> Replacement:
+    return Replacement(
+        path=path,
+        original=type(layer).__name__,
+        cell=_cell_of(layer),
+        num_layers=layer.num_layers,
+        bidirectional=layer.bidirectional,
+    )

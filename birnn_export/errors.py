@@ -1,0 +1,36 @@
+"""One hierarchy of user-facing errors.
+
+Every error a user can cause derives from :class:`BiRNNExportError`. The CLI prints these as a
+single line and exits with :attr:`BiRNNExportError.exit_code`; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class BiRNNExportError(Exception):
+    """Base class of errors caused by input, configuration or environment, not by a bug."""
+
+    exit_code: int = 2
+
+
+class ModelLoadError(BiRNNExportError):
+    """A model file could not be read or recognised."""
+
+
+class ConversionError(BiRNNExportError):
+    """A recurrent layer cannot be represented by the manual modules."""
+
+
+class ExportError(BiRNNExportError):
+    """ONNX export failed or produced a graph that failed its own checks."""
+
+
+class EngineUnavailableError(BiRNNExportError):
+    """An inference engine was requested that cannot run here; the message says why."""
+
+
+class VerificationError(BiRNNExportError):
+    """An engine's outputs differ from the eager PyTorch reference beyond tolerance."""
+
+    exit_code = 1

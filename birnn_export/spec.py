@@ -1,0 +1,156 @@
+"""What an exported graph takes and returns, recorded in the ONNX file itself.
+
+:func:`birnn_export.export_onnx` writes a :class:`GraphSpec` into the model's ``metadata_props``
+(key ``birnn_export.spec``, JSON), so verification and benchmarks can build valid inputs from the
+ONNX file alone: each input's dtype, symbolic dims and valid value range (token ids within the
+vocabulary, lengths in ``[1, seq]``), which outputs run along time, and the padding value.
+
+Example:
+    >>> spec = GraphSpec.from_onnx("model.onnx")  # doctest: +SKIP
+    >>> feed = make_feed(spec, batch=3, seq=40, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from birnn_export.errors import BiRNNExportError
+
+METADATA_KEY = "birnn_export.spec"
+BATCH = "batch"
+SEQ = "seq"
+
+Role = Literal["features", "tokens", "lengths", "sequence", "state", "other"]
+LengthsMode = Literal["ragged", "equal", "full"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    ``dims`` holds ints for static sizes and ``"batch"`` / ``"seq"`` for the symbolic ones.
+    ``low`` / ``high`` bound valid values (inclusive); ``high`` may be ``"seq"`` for lengths.
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+    role: Role
+    low: float | None = None
+    high: float | str | None = None
+
+    @property
+    def time_axis(self) -> int | None:
+        return self.dims.index(SEQ) if SEQ in self.dims else None
+
+    @property
+    def batch_axis(self) -> int | None:
+        return self.dims.index(BATCH) if BATCH in self.dims else None
+
+    def shape(self, batch: int, seq: int) -> tuple[int, ...]:
+        sizes = {BATCH: batch, SEQ: seq}
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.dims)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The contract of an exported graph; see the module docstring."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    example_batch: int
+    example_seq: int
+    padding_value: float = 0.0
+    layout: str = "fused"
+    dtype: str = "float32"
+    opset: int = 18
+    config: dict[str, Any] | None = None
+    tool_version: str = ""
+    source_sha256: str | None = None
+    recurrent_layers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def lengths_input(self) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.role == "lengths"), None)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GraphSpec:
+        data = json.loads(text)
+        for key in ("inputs", "outputs"):
+            data[key] = tuple(
+                TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key]
+            )
+        data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
+        return cls(**data)
+
+    @classmethod
+    def from_onnx(cls, model: Any) -> GraphSpec:
+        """Read the spec from an ONNX file path or a loaded ``onnx.ModelProto``."""
+        import onnx
+
+        if isinstance(model, (str, Path)):
+            model = onnx.load(str(model), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if METADATA_KEY not in props:
+            raise BiRNNExportError(
+                f"the ONNX file has no '{METADATA_KEY}' metadata: it was not written by "
+                "birnn-export; re-export it with 'birnn-export MODEL.pt'"
+            )
+        return cls.from_json(props[METADATA_KEY])
+
+
+def make_lengths(
+    batch: int, seq: int, rng: np.random.Generator, mode: LengthsMode = "ragged"
+) -> np.ndarray:
+    """Lengths coupled to ``seq``: all in ``[1, seq]``.
+
+    ``"ragged"``: unsorted, with at least one full-length row and (for batch >= 2) one row of
+    length 1; ``"equal"``: every row the same length drawn from ``[1, seq]``; ``"full"``: all ``seq``.
+    """
+    if mode == "full":
+        return np.full(batch, seq, dtype=np.int64)
+    if mode == "equal":
+        return np.full(batch, int(rng.integers(1, seq + 1)), dtype=np.int64)
+    lengths = rng.integers(1, seq + 1, size=batch).astype(np.int64)
+    lengths[0] = seq
+    if batch >= 2:
+        lengths[1] = 1
+    return rng.permutation(lengths)
+
+
+def make_feed(
+    spec: GraphSpec,
+    batch: int,
+    seq: int,
+    *,
+    seed: int = 0,
+    lengths: LengthsMode = "ragged",
+    scale: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Valid random inputs for ``spec`` at one shape.
+
+    Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
+    lengths follow ``lengths`` (see :func:`make_lengths`).
+    """
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for tensor in spec.inputs:
+        shape = tensor.shape(batch, seq)
+        if tensor.role == "lengths":
+            feed[tensor.name] = make_lengths(batch, seq, rng, lengths).astype(tensor.dtype)
+        elif tensor.role == "tokens":
+            low = int(tensor.low or 0)
+            high = int(tensor.high) if tensor.high is not None else low
+            feed[tensor.name] = rng.integers(low, high + 1, size=shape).astype(tensor.dtype)
+        else:
+            feed[tensor.name] = (rng.standard_normal(shape) * scale).astype(tensor.dtype)
+    return feed
