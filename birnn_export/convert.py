@@ -58,7 +58,9 @@ def _check_convertible(path: str, layer: nn.Module) -> None:
         )
     for name, param in layer.named_parameters():
         if param.is_meta:
-            raise ConversionError(f"{path}: parameter {name} is on the meta device; load weights first")
+            raise ConversionError(
+                f"{path}: parameter {name} is on the meta device; load weights first"
+            )
 
 
 def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:

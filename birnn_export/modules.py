@@ -39,7 +39,12 @@ ONNX_GATE_ORDER: dict[str, tuple[int, ...]] = {
     "rnn_relu": (0,),
 }
 ONNX_OP: dict[str, str] = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
-_KERNELS = {"lstm": torch.lstm, "gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+_KERNELS = {
+    "lstm": torch.lstm,
+    "gru": torch.gru,
+    "rnn_tanh": torch.rnn_tanh,
+    "rnn_relu": torch.rnn_relu,
+}
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 Hidden = Tensor | tuple[Tensor, Tensor]
@@ -207,7 +212,9 @@ class BiRNN(nn.Module):
         """Build an exact copy of an ``nn.RNN``, ``nn.LSTM`` or ``nn.GRU`` (same weights)."""
         cell = _cell_of(layer)
         if getattr(layer, "proj_size", 0):
-            raise ValueError("layer: LSTM with proj_size > 0 has no ONNX equivalent; use proj_size=0")
+            raise ValueError(
+                "layer: LSTM with proj_size > 0 has no ONNX equivalent; use proj_size=0"
+            )
         weight = layer.weight_ih_l0
         new = cls(
             layer.input_size,
@@ -334,7 +341,12 @@ class BiRNN(nn.Module):
         return (states[0], states[1]) if len(states) == 2 else states[0]
 
     def _run_direction(
-        self, x: Tensor, batch_sizes: Tensor | None, states: list[Tensor], layer: int, direction: int
+        self,
+        x: Tensor,
+        batch_sizes: Tensor | None,
+        states: list[Tensor],
+        layer: int,
+        direction: int,
     ) -> tuple[Tensor, list[Tensor]]:
         """One layer, one direction, through torch's fused kernel; x is time-major or packed."""
         kernel = _KERNELS[self.cell]
@@ -348,7 +360,9 @@ class BiRNN(nn.Module):
             result = kernel(x, batch_sizes, hidden, weights, self.bias, 1, 0.0, False, False)
         return result[0], list(result[1:])
 
-    def _layers(self, x: Tensor, batch_sizes: Tensor | None, reverse: Tensor | None, hx: list[Tensor]):
+    def _layers(
+        self, x: Tensor, batch_sizes: Tensor | None, reverse: Tensor | None, hx: list[Tensor]
+    ):
         """Run all layers on time-major (``reverse is None``) or packed input."""
         finals: list[list[Tensor]] = [[] for _ in hx]
         for layer in range(self.num_layers):
@@ -392,7 +406,9 @@ class BiRNN(nn.Module):
         data, finals = self._layers(packed.data, packed.batch_sizes, reverse, states)
         if packed.unsorted_indices is not None:
             finals = [s.index_select(1, packed.unsorted_indices) for s in finals]
-        out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        out = PackedSequence(
+            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
         return out, self._pack_states(finals)
 
     # -- ONNX --------------------------------------------------------------------------------
@@ -437,7 +453,13 @@ class BiRNN(nn.Module):
         """Emit one ONNX recurrent node; x is ``[T, B, I]``, returns ``Y [T, D, B, H]`` and finals."""
         steps, batch = x.shape[0], x.shape[1]
         dirs = len(ws)
-        inputs: list[Tensor | None] = [x, torch.stack(ws), torch.stack(rs), torch.stack(bs), seq_lens]
+        inputs: list[Tensor | None] = [
+            x,
+            torch.stack(ws),
+            torch.stack(rs),
+            torch.stack(bs),
+            seq_lens,
+        ]
         inputs += init
         n_out = 3 if self.cell == "lstm" else 2
         shapes = [[steps, dirs, batch, self.hidden_size]] + [[dirs, batch, self.hidden_size]] * (
@@ -478,14 +500,25 @@ class BiRNN(nn.Module):
                 xt = y.permute(0, 2, 1, 3).reshape(steps, batch, 2 * self.hidden_size)
             else:
                 y, last = self._onnx_node(
-                    xt, ws[:1], rs[:1], bs[:1], seq_lens, [s if s is None else s[:1] for s in init], "forward"
+                    xt,
+                    ws[:1],
+                    rs[:1],
+                    bs[:1],
+                    seq_lens,
+                    [s if s is None else s[:1] for s in init],
+                    "forward",
                 )
                 outs = [y.squeeze(1)]
                 if self.bidirectional:
                     rev = _reverse_sequence(xt, lens)
                     yb, last_b = self._onnx_node(
-                        rev, ws[1:], rs[1:], bs[1:], seq_lens,
-                        [s if s is None else s[1:] for s in init], "forward",
+                        rev,
+                        ws[1:],
+                        rs[1:],
+                        bs[1:],
+                        seq_lens,
+                        [s if s is None else s[1:] for s in init],
+                        "forward",
                     )
                     outs.append(_reverse_sequence(yb.squeeze(1), lens))
                     last = [torch.cat([f, b], 0) for f, b in zip(last, last_b, strict=True)]
@@ -512,11 +545,7 @@ def _reverse_sequence(x: Tensor, lens: Tensor) -> Tensor:
 
 
 def _is_tracing() -> bool:
-    return (
-        torch.onnx.is_in_onnx_export()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-    )
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _cell_of(layer: nn.Module) -> Cell:

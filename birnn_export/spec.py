@@ -86,9 +86,7 @@ class GraphSpec:
     def from_json(cls, text: str) -> GraphSpec:
         data = json.loads(text)
         for key in ("inputs", "outputs"):
-            data[key] = tuple(
-                TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key]
-            )
+            data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
         data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
         return cls(**data)
 

@@ -1,0 +1,691 @@
+"""ONNX export with truly dynamic batch and sequence axes, checked before it is written.
+
+:func:`export_onnx` converts built-in recurrent layers, traces the model with
+``torch.onnx.export(dynamo=True)`` and symbolic ``batch`` / ``seq`` dims, and emits each recurrent
+layer as ONNX ``LSTM`` / ``GRU`` / ``RNN`` nodes (see :mod:`birnn_export.modules`). The graph is
+then checked (full ``onnx.checker``, strict shape inference, a scan for example sizes baked into
+shape constants, and an ONNX Runtime run at shapes unlike the example compared with eager), its
+contract (:class:`~birnn_export.spec.GraphSpec`) is stored in ``metadata_props``, and only then is
+the file moved into place.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from birnn_export._version import __version__
+from birnn_export.convert import Replacement, conversion_report, convert, find_recurrent_layers
+from birnn_export.errors import ExportError, VerificationError
+from birnn_export.models import SequenceTagger
+from birnn_export.modules import BiRNN, state_names
+from birnn_export.spec import BATCH, METADATA_KEY, SEQ, GraphSpec, TensorSpec, make_feed
+
+logger = logging.getLogger(__name__)
+
+#: Opset written when none is asked for: the exporter's own (torchlib) opset, which TensorRT 10
+#: and ONNX Runtime >= 1.14 both import.
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(18, 24)
+LAYOUTS = ("split", "fused")
+#: The default layout; see README ("Graph layouts") for the measurement behind it.
+DEFAULT_LAYOUT = "fused"
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: ONNX protobuf limit: above it, weights go to an external data file beside the model.
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+LENGTHS_NAMES = frozenset(
+    {"lengths", "lens", "seq_lens", "seq_lengths", "sequence_lengths", "input_lengths", "x_lens"}
+)
+#: Ops whose constant inputs would freeze a shape if they held the example batch or length.
+SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
+SELF_CHECK_TOLERANCE = {"float32": (1e-5, 1e-4), "float16": (1e-2, 1e-2)}
+
+
+@dataclass(frozen=True)
+class SelfCheckCase:
+    """One ONNX Runtime run of the self-check: shape and worst error over all outputs."""
+
+    batch: int
+    seq: int
+    max_abs_error: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote and how it checked it."""
+
+    path: Path
+    spec: GraphSpec
+    op_counts: dict[str, int]
+    file_size: int
+    replaced: tuple[Replacement, ...]
+    self_check: tuple[SelfCheckCase, ...]
+    elapsed_s: float
+
+    @property
+    def max_error(self) -> float | None:
+        return max((c.max_abs_error for c in self.self_check), default=None)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    example_inputs: Sequence[Tensor] | None = None,
+    opset: int | None = None,
+    layout: str = DEFAULT_LAYOUT,
+    lengths: bool | None = None,
+    dtype: str = "float32",
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    verify: bool = True,
+    config: dict[str, Any] | None = None,
+    source_sha256: str | None = None,
+) -> ExportResult:
+    """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
+
+    Args:
+        model: Any module holding ``BiRNN`` layers or torch's built-in ``nn.RNN/LSTM/GRU``
+            (converted first, on a copy).
+        path: Output ``.onnx`` file; written atomically, nothing is left on failure.
+        example_inputs: Tensors for tracing, ``[batch, seq, ...]`` first; may be omitted for
+            :class:`~birnn_export.models.SequenceTagger` and for models that start with an
+            ``nn.Embedding`` or a batch-first ``BiRNN``.
+        opset: ONNX opset, default :data:`DEFAULT_OPSET`, within :data:`SUPPORTED_OPSETS`.
+        layout: ``"fused"``: one ``direction="bidirectional"`` node per layer with
+            ``sequence_lens``; ``"split"``: two forward nodes, the second between two
+            ``ReverseSequence`` nodes.
+        lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
+            the configuration or the name of ``forward``'s second parameter.
+        dtype: ``"float32"`` or ``"float16"`` (an fp16 graph, as TensorRT 11 needs for fp16).
+        input_names: Graph input names; default ``x`` (or ``ids`` for token ids) and ``lengths``.
+        output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare layer).
+        verify: Run the self-check under ONNX Runtime CPU (skipped only where onnxruntime is missing).
+        config: Model configuration to record in the metadata.
+        source_sha256: Hash of the model file, recorded in the metadata.
+
+    Raises:
+        ExportError: the model cannot be exported or the graph failed a structural check.
+        VerificationError: ONNX Runtime's outputs differ from eager at a shape unlike the example.
+
+    Example:
+        >>> result = export_onnx(nn.LSTM(10, 20, batch_first=True, bidirectional=True), "m.onnx")  # doctest: +SKIP
+        >>> result.spec.inputs[0].dims  # doctest: +SKIP
+        ('batch', 'seq', 10)
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(
+            f"opset: {opset} is not supported; choose {SUPPORTED_OPSETS.start}-"
+            f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+        )
+    if layout not in LAYOUTS:
+        raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if path.is_dir():
+        raise ExportError(f"{path}: is a directory; give a file name ending in .onnx")
+    if not path.parent.exists():
+        raise ExportError(f"{path.parent}: output directory does not exist")
+
+    replaced = tuple(conversion_report(model))
+    converted = convert(model).eval() if replaced else model.eval()
+    # A bare built-in layer cannot take lengths; its converted copy is proven equal to it on
+    # PackedSequence input (tests/test_modules.py), so it serves as the reference.
+    reference = converted if isinstance(model, nn.RNNBase) else model.eval()
+    layers = [m for _, m in find_recurrent_layers(converted) if isinstance(m, BiRNN)]
+    if config is None and isinstance(converted, SequenceTagger):
+        config = converted.config.to_dict()
+
+    batch, seq = _example_sizes(converted)
+    if example_inputs is None:
+        example_inputs, roles = _infer_inputs(converted, batch, seq, lengths)
+    else:
+        example_inputs = tuple(example_inputs)
+        roles = _roles_of(example_inputs, lengths, converted)
+        batch, seq = int(example_inputs[0].shape[0]), int(example_inputs[0].shape[1])
+    names = list(input_names) if input_names else _default_input_names(roles)
+    if len(names) != len(example_inputs):
+        raise ExportError(
+            f"input_names: {len(names)} names for {len(example_inputs)} example inputs"
+        )
+
+    target = DTYPES[dtype]
+    traced = converted if target == torch.float32 else _copy_to(converted, target)
+    trace_inputs = tuple(_cast_floats(t, target) for t in example_inputs)
+    with torch.no_grad():
+        eager_out = _flatten(traced(*trace_inputs))
+    outs = list(output_names) if output_names else _default_output_names(traced, len(eager_out))
+    if len(outs) != len(eager_out):
+        raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
+
+    proto = _trace(traced, trace_inputs, names, outs, roles, opset, layers, layout)
+    spec = _build_spec(proto, names, roles, outs, example_inputs, converted, batch, seq, layers)
+    spec = GraphSpec(
+        **{
+            **spec.__dict__,
+            "layout": layout,
+            "dtype": dtype,
+            "opset": opset,
+            "config": config,
+            "tool_version": __version__,
+            "source_sha256": source_sha256,
+        }
+    )
+    _set_metadata(proto, spec)
+    _check_graph(proto, spec, batch, seq)
+
+    cases: tuple[SelfCheckCase, ...] = ()
+    with _staged_output(path) as staging:
+        _save(proto, staging)
+        if verify:
+            cases = _self_check(staging, reference, spec)
+    counts = collections.Counter(node.op_type for node in proto.graph.node)
+    return ExportResult(
+        path=path,
+        spec=spec,
+        op_counts=dict(sorted(counts.items())),
+        file_size=_file_size(path),
+        replaced=replaced,
+        self_check=cases,
+        elapsed_s=time.perf_counter() - start,
+    )
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def _example_sizes(model: nn.Module) -> tuple[int, int]:
+    """Batch and length for tracing that equal no size in the model, so a baked one is visible."""
+    taken = {int(d) for p in model.parameters() for d in p.shape}
+    candidates = [n for n in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43) if n not in taken]
+    if len(candidates) < 2 or max(candidates) < 11:
+        return 3, 17
+    return candidates[0], next(n for n in candidates[1:] if n >= 11)
+
+
+def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
+    params = inspect.signature(model.forward).parameters.values()
+    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
+    if lengths is not None:
+        return lengths
+    if isinstance(model, SequenceTagger):
+        return model.config.uses_lengths
+    params = _forward_params(model)
+    return len(params) >= 2 and params[1].name in LENGTHS_NAMES
+
+
+def _first_leaf(model: nn.Module) -> nn.Module | None:
+    for module in model.modules():
+        if isinstance(module, BiRNN) or not list(module.children()):
+            return module
+    return None
+
+
+def _infer_inputs(
+    model: nn.Module, batch: int, seq: int, lengths: bool | None
+) -> tuple[tuple[Tensor, ...], list[str]]:
+    gen = torch.Generator().manual_seed(0)
+    first = _first_leaf(model)
+    if isinstance(first, nn.Embedding):
+        x = torch.randint(0, first.num_embeddings, (batch, seq), generator=gen)
+        role = "tokens"
+    elif isinstance(first, BiRNN) and first.batch_first:
+        x = torch.randn(batch, seq, first.input_size, generator=gen)
+        role = "features"
+    else:
+        kind = type(first).__name__ if first is not None else "nothing"
+        raise ExportError(
+            f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
+            "pass example_inputs (Python) with shapes [batch, seq, ...]"
+        )
+    if not _takes_lengths(model, lengths):
+        return (x,), [role]
+    rng = np.random.default_rng(0)
+    lens = np.concatenate([[seq, 1], rng.integers(1, seq + 1, size=max(0, batch - 2))])[:batch]
+    return (x, torch.from_numpy(lens.astype(np.int64))), [role, "lengths"]
+
+
+def _roles_of(inputs: Sequence[Tensor], lengths: bool | None, model: nn.Module) -> list[str]:
+    roles = []
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, Tensor):
+            raise ExportError(
+                f"example_inputs[{i}]: expected a Tensor, got {type(tensor).__name__}"
+            )
+        if i == 1 and tensor.dim() == 1 and not tensor.is_floating_point():
+            roles.append("lengths")
+        elif tensor.dim() < 2:
+            raise ExportError(
+                f"example_inputs[{i}]: expected [batch, seq, ...], got shape {tuple(tensor.shape)}"
+            )
+        else:
+            roles.append("features" if tensor.is_floating_point() else "tokens")
+    if lengths and "lengths" not in roles:
+        raise ExportError("lengths=True but example_inputs[1] is not an integer [batch] tensor")
+    return roles
+
+
+def _default_input_names(roles: Sequence[str]) -> list[str]:
+    base = {"tokens": "ids", "features": "x", "lengths": "lengths"}
+    names = [base[r] for r in roles]
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
+def _default_output_names(model: nn.Module, count: int) -> list[str]:
+    if isinstance(model, BiRNN):
+        return ["output", *state_names(model.cell)]
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+def _cast_floats(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def _flatten(value: Any) -> list[Tensor]:
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _flatten(item)]
+    if not isinstance(value, Tensor):
+        raise ExportError(f"the model returned a {type(value).__name__}; only tensors export")
+    return [value]
+
+
+# -- tracing -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _onnx_layout(layers: Sequence[BiRNN], layout: str) -> Iterator[None]:
+    saved = [layer.onnx_layout for layer in layers]
+    for layer in layers:
+        layer.onnx_layout = layout
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, saved, strict=True):
+            layer.onnx_layout = old
+
+
+def _trace(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    names: list[str],
+    outs: list[str],
+    roles: list[str],
+    opset: int,
+    layers: Sequence[BiRNN],
+    layout: str,
+) -> Any:
+    batch = torch.export.Dim(BATCH)
+    seq = torch.export.Dim(SEQ)
+    dynamic = []
+    for role, tensor in zip(roles, inputs, strict=True):
+        dynamic.append({0: batch} if role == "lengths" else {0: batch, 1: seq})
+    try:
+        with _onnx_layout(layers, layout), torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                model,
+                inputs,
+                dynamo=True,
+                dynamic_shapes=tuple(dynamic),
+                input_names=names,
+                output_names=outs,
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
+        raise ExportError(_explain_trace_failure(model, exc)) from exc
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs progress and warnings meant for its developers; keep the CLI readable."""
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+                yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _packs_sequences(model: nn.Module) -> bool:
+    try:
+        source = inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
+    return "pack_padded_sequence" in source
+
+
+def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if _packs_sequences(model):
+        return (
+            f"{type(model).__name__}.forward calls pack_padded_sequence, which torch.onnx.export "
+            "cannot trace (pytorch/pytorch#112044); call the converted layer with padded input "
+            "and lengths instead: out, h = self.rnn(x, lengths)"
+        )
+    return f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {first}"
+
+
+# -- spec, metadata and checks ------------------------------------------------------------------
+
+
+def _dims_of(value_info: Any) -> tuple[int | str, ...]:
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims)
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def _build_spec(
+    proto: Any,
+    names: list[str],
+    roles: list[str],
+    outs: list[str],
+    example_inputs: Sequence[Tensor],
+    model: nn.Module,
+    batch: int,
+    seq: int,
+    layers: Sequence[BiRNN],
+) -> GraphSpec:
+    graph_inputs = {i.name: i for i in proto.graph.input}
+    inputs = []
+    for name, role, tensor in zip(names, roles, example_inputs, strict=True):
+        info = graph_inputs[name]
+        dtype = _ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
+        dims = (BATCH,) if role == "lengths" else (BATCH, SEQ, *tensor.shape[2:])
+        low: float | None = None
+        high: float | str | None = None
+        if role == "lengths":
+            low, high = 1, SEQ
+        elif role == "tokens":
+            first = _first_leaf(model)
+            vocab = first.num_embeddings if isinstance(first, nn.Embedding) else None
+            low, high = 0, (vocab - 1 if vocab else int(tensor.max()))
+        inputs.append(
+            TensorSpec(
+                name,
+                dtype,
+                tuple(int(d) if not isinstance(d, str) else d for d in dims),
+                role,
+                low,
+                high,
+            )
+        )  # type: ignore[arg-type]
+    outputs = []
+    for info in proto.graph.output:
+        dims = _dims_of(info)
+        dtype = _ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
+        if SEQ in dims:
+            role = "sequence"
+        elif info.name in ("h_n", "c_n"):
+            role = "state"
+        else:
+            role = "other"
+        outputs.append(TensorSpec(info.name, dtype, dims, role))  # type: ignore[arg-type]
+    padding = layers[-1].padding_value if layers else 0.0
+    return GraphSpec(
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        example_batch=batch,
+        example_seq=seq,
+        padding_value=padding,
+        recurrent_layers=tuple(_layer_summary(name, layer) for name, layer in _named_layers(model)),
+    )
+
+
+def _named_layers(model: nn.Module) -> list[tuple[str, BiRNN]]:
+    return [(n, m) for n, m in find_recurrent_layers(model) if isinstance(m, BiRNN)]
+
+
+def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
+    return {
+        "path": name,
+        "cell": layer.cell,
+        "input_size": layer.input_size,
+        "hidden_size": layer.hidden_size,
+        "num_layers": layer.num_layers,
+        "bidirectional": layer.bidirectional,
+    }
+
+
+def _set_metadata(proto: Any, spec: GraphSpec) -> None:
+    props = {
+        METADATA_KEY: spec.to_json(),
+        "birnn_export.version": __version__,
+        "birnn_export.layout": spec.layout,
+        "birnn_export.lengths_rule": (
+            "lengths are clamped into [1, seq] inside the graph; positions at or past a row's "
+            f"length hold {spec.padding_value} in sequence outputs of the recurrent layers"
+        ),
+    }
+    if spec.source_sha256:
+        props["birnn_export.source_sha256"] = spec.source_sha256
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "birnn-export"
+    proto.producer_version = __version__
+
+
+def check_graph(proto: Any, spec: GraphSpec) -> list[str]:
+    """Structural problems of an exported graph (empty when it is sound).
+
+    Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
+    or ``Scan``, symbolic batch/seq on inputs and outputs, and no example size in the constant
+    inputs of shape-making ops.
+    """
+    import onnx
+
+    problems: list[str] = []
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
+        return problems
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
+        return problems
+    ops = collections.Counter(n.op_type for n in inferred.graph.node)
+    for loop in ("Loop", "Scan"):
+        if ops[loop]:
+            problems.append(f"graph holds {ops[loop]} {loop} node(s): recurrence was unrolled")
+    expected_layers = spec.recurrent_layers
+    if expected_layers and not (ops["LSTM"] or ops["GRU"] or ops["RNN"]):
+        problems.append("no LSTM/GRU/RNN node in the graph although the model has recurrent layers")
+    for tensor, info in _io_pairs(inferred, spec):
+        dims = _dims_of(info)
+        for axis in (tensor.batch_axis, tensor.time_axis):
+            if axis is not None and (axis >= len(dims) or dims[axis] != tensor.dims[axis]):
+                problems.append(
+                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', "
+                    f"the graph declares {dims[axis] if axis < len(dims) else 'nothing'}"
+                )
+    for info in inferred.graph.value_info:
+        dims = _dims_of(info)
+        if dims and all(isinstance(d, int) for d in dims) and len(dims) >= 2:
+            if spec.example_seq in dims and spec.example_batch in dims:
+                problems.append(
+                    f"intermediate value {info.name} has static shape {list(dims)} holding the "
+                    f"example batch {spec.example_batch} and length {spec.example_seq}"
+                )
+    problems += _baked_sizes(inferred, {spec.example_batch, spec.example_seq})
+    return problems
+
+
+def _io_pairs(proto: Any, spec: GraphSpec) -> list[tuple[TensorSpec, Any]]:
+    infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
+    return [(t, infos[t.name]) for t in (*spec.inputs, *spec.outputs) if t.name in infos]
+
+
+def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
+    from onnx import numpy_helper
+
+    constants: dict[str, np.ndarray] = {
+        init.name: numpy_helper.to_array(init) for init in proto.graph.initializer
+    }
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type not in SHAPE_OPS:
+            continue
+        # ConstantOfShape/Expand/Reshape/Tile: the shape or repeats input; Slice: starts/ends.
+        for name in node.input[1:]:
+            values = constants.get(name)
+            if values is None or values.dtype.kind not in "iu":
+                continue
+            hits = sorted(sizes.intersection(int(v) for v in values.ravel()))
+            if hits:
+                problems.append(
+                    f"{node.op_type} node {node.name or node.output[0]} has the example size(s) "
+                    f"{hits} baked into its constant input {name}: the graph would only run at "
+                    "that size"
+                )
+        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
+            values = constants[node.input[0]]
+            if sizes.intersection(int(v) for v in values.ravel()):
+                problems.append(f"ConstantOfShape {node.name} has a static example shape")
+    return problems
+
+
+def _check_graph(proto: Any, spec: GraphSpec, batch: int, seq: int) -> None:
+    problems = check_graph(proto, spec)
+    if problems:
+        raise ExportError("exported graph failed its checks: " + "; ".join(problems))
+
+
+# -- writing and self-check -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _staged_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it (and external data) into place on success."""
+    directory = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = directory / path.name
+    try:
+        yield staging
+        data = directory / (path.name + ".data")
+        if data.exists():
+            os.replace(data, path.parent / data.name)
+        os.replace(staging, path)
+    finally:
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+
+
+def _save(proto: Any, path: Path) -> None:
+    import onnx
+
+    external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+
+
+def _file_size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def self_check_shapes(spec: GraphSpec) -> list[tuple[int, int]]:
+    """Shapes unlike the example: T = 1, T several times the example, and other batch sizes."""
+    b, t = spec.example_batch, spec.example_seq
+    return [(1, 1), (b + 2, 4 * t), (2, max(2, t // 2))]
+
+
+def _self_check(path: Path, reference: nn.Module, spec: GraphSpec) -> tuple[SelfCheckCase, ...]:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning("onnxruntime is not installed: the export's self-check was skipped")
+        return ()
+    from birnn_export.runners import OrtRunner
+
+    atol, rtol = SELF_CHECK_TOLERANCE[spec.dtype]
+    cases = []
+    with OrtRunner(str(path), engine="ort-cpu") as runner:
+        for batch, seq in self_check_shapes(spec):
+            feed = make_feed(spec, batch, seq, seed=batch * 1000 + seq)
+            got = runner.infer(feed)
+            with torch.no_grad():
+                args = [torch.from_numpy(feed[t.name]) for t in spec.inputs]
+                args = [a.float() if a.is_floating_point() else a for a in args]
+                want = _flatten(reference(*args))
+            worst, passed = 0.0, True
+            for out, expected in zip(spec.outputs, want, strict=True):
+                actual = got[out.name].astype(np.float64)
+                wanted = expected.double().numpy()
+                if actual.shape != wanted.shape:
+                    raise VerificationError(
+                        f"{out.name}: ONNX Runtime returned shape {actual.shape} at batch {batch}, "
+                        f"seq {seq}; eager returned {wanted.shape}"
+                    )
+                err = np.abs(actual - wanted)
+                worst = max(worst, float(err.max(initial=0.0)))
+                passed &= bool(np.all(err <= atol + rtol * np.abs(wanted)))
+            cases.append(SelfCheckCase(batch, seq, worst, passed))
+    failed = [c for c in cases if not c.passed]
+    if failed:
+        worst_case = max(failed, key=lambda c: c.max_abs_error)
+        raise VerificationError(
+            f"ONNX Runtime output differs from eager PyTorch at batch {worst_case.batch}, seq "
+            f"{worst_case.seq}: max abs error {worst_case.max_abs_error:.3g} (tolerance atol {atol}, "
+            f"rtol {rtol}); nothing was written"
+        )
+    return tuple(cases)
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
