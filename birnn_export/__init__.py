@@ -1,34 +1,44 @@
 """birnn-export: bidirectional RNN/LSTM/GRU models from PyTorch to ONNX Runtime and TensorRT.
 
-The public API; importing it imports torch, nothing heavier (onnxruntime, tensorrt and
-matplotlib load where they are used).
+The public API. Names load on first use (PEP 562), so ``import birnn_export`` and
+``birnn-export --help`` import neither torch nor onnx; using :class:`BiRNN` imports torch, and
+onnxruntime, tensorrt and matplotlib load only in the functions that need them.
+
+Example:
+    >>> import torch, birnn_export
+    >>> layer = birnn_export.BiRNN(10, 20, cell="gru")
+    >>> out, h = layer(torch.randn(2, 5, 10), torch.tensor([5, 3]))
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from birnn_export._version import __version__
-from birnn_export.convert import conversion_report, convert, find_recurrent_layers
-from birnn_export.errors import (
-    BiRNNExportError,
-    ConversionError,
-    EngineUnavailableError,
-    ExportError,
-    ModelLoadError,
-    VerificationError,
-)
-from birnn_export.models import SequenceTagger, TaggerConfig
-from birnn_export.modules import BiRNN, padding_mask, reverse_padded
 
-# Loaded on first use, so that `import birnn_export` stays light.
 _LAZY = {
+    "BiRNN": "birnn_export.modules",
+    "reverse_padded": "birnn_export.modules",
+    "padding_mask": "birnn_export.modules",
+    "convert": "birnn_export.convert",
+    "conversion_report": "birnn_export.convert",
+    "find_recurrent_layers": "birnn_export.convert",
+    "SequenceTagger": "birnn_export.models",
+    "TaggerConfig": "birnn_export.models",
+    "BiRNNExportError": "birnn_export.errors",
+    "ConversionError": "birnn_export.errors",
+    "EngineUnavailableError": "birnn_export.errors",
+    "ExportError": "birnn_export.errors",
+    "ModelLoadError": "birnn_export.errors",
+    "VerificationError": "birnn_export.errors",
     "load_model": "birnn_export.checkpoint",
     "save_checkpoint": "birnn_export.checkpoint",
     "LoadedModel": "birnn_export.checkpoint",
     "export_onnx": "birnn_export.export",
+    "describe_onnx": "birnn_export.export",
     "ExportResult": "birnn_export.export",
+    "GraphSpec": "birnn_export.spec",
     "verify": "birnn_export.verify",
     "VerifyReport": "birnn_export.verify",
     "benchmark": "birnn_export.bench",
@@ -36,28 +46,36 @@ _LAZY = {
     "check_compatibility": "birnn_export.check",
 }
 
+if TYPE_CHECKING:
+    from birnn_export.bench import BenchReport, benchmark
+    from birnn_export.check import check_compatibility
+    from birnn_export.checkpoint import LoadedModel, load_model, save_checkpoint
+    from birnn_export.convert import conversion_report, convert, find_recurrent_layers
+    from birnn_export.errors import (
+        BiRNNExportError,
+        ConversionError,
+        EngineUnavailableError,
+        ExportError,
+        ModelLoadError,
+        VerificationError,
+    )
+    from birnn_export.export import ExportResult, describe_onnx, export_onnx
+    from birnn_export.models import SequenceTagger, TaggerConfig
+    from birnn_export.modules import BiRNN, padding_mask, reverse_padded
+    from birnn_export.spec import GraphSpec
+    from birnn_export.verify import VerifyReport, verify
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'birnn_export' has no attribute {name!r}")
 
 
-__all__ = [
-    "BiRNN",
-    "BiRNNExportError",
-    "ConversionError",
-    "EngineUnavailableError",
-    "ExportError",
-    "ModelLoadError",
-    "SequenceTagger",
-    "TaggerConfig",
-    "VerificationError",
-    "__version__",
-    "conversion_report",
-    "convert",
-    "find_recurrent_layers",
-    "padding_mask",
-    "reverse_padded",
-    *_LAZY,
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["__version__", *_LAZY]  # noqa: PLE0604

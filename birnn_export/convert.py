@@ -41,6 +41,11 @@ def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _check_convertible(path: str, layer: nn.Module) -> None:
+    if nn.utils.parametrize.is_parametrized(layer):
+        raise ConversionError(
+            f"{path}: parametrized weights (weight_norm, spectral_norm, ...) cannot be converted; "
+            "remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations)"
+        )
     if type(layer) not in _BUILTIN:
         raise ConversionError(
             f"{path}: {type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} and may "
@@ -50,11 +55,6 @@ def _check_convertible(path: str, layer: nn.Module) -> None:
         raise ConversionError(
             f"{path}: LSTM with proj_size={layer.proj_size} has no ONNX LSTM equivalent; "
             "only proj_size=0 can be converted"
-        )
-    if nn.utils.parametrize.is_parametrized(layer):
-        raise ConversionError(
-            f"{path}: parametrized weights (weight_norm, spectral_norm, ...) cannot be converted; "
-            "remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations)"
         )
     for name, param in layer.named_parameters():
         if param.is_meta:

@@ -94,6 +94,7 @@ def export_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     verify: bool = True,
+    reference: nn.Module | None = None,
     config: dict[str, Any] | None = None,
     source_sha256: str | None = None,
 ) -> ExportResult:
@@ -116,6 +117,8 @@ def export_onnx(
         input_names: Graph input names; default ``x`` (or ``ids`` for token ids) and ``lengths``.
         output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare layer).
         verify: Run the self-check under ONNX Runtime CPU (skipped only where onnxruntime is missing).
+        reference: The module the self-check compares against (e.g. the original model with
+            built-in layers); default ``model`` itself.
         config: Model configuration to record in the metadata.
         source_sha256: Hash of the model file, recorded in the metadata.
 
@@ -149,7 +152,9 @@ def export_onnx(
     converted = convert(model).eval() if replaced else model.eval()
     # A bare built-in layer cannot take lengths; its converted copy is proven equal to it on
     # PackedSequence input (tests/test_modules.py), so it serves as the reference.
-    reference = converted if isinstance(model, nn.RNNBase) else model.eval()
+    if reference is None:
+        reference = converted if isinstance(model, nn.RNNBase) else model
+    reference = reference.eval()
     layers = [m for _, m in find_recurrent_layers(converted) if isinstance(m, BiRNN)]
     if config is None and isinstance(converted, SequenceTagger):
         config = converted.config.to_dict()
@@ -189,6 +194,7 @@ def export_onnx(
             "source_sha256": source_sha256,
         }
     )
+    _name_recurrent_nodes(proto, spec)
     _set_metadata(proto, spec)
     _check_graph(proto, spec, batch, seq)
 
@@ -369,10 +375,11 @@ def _quiet_exporter() -> Iterator[None]:
     """The exporter logs progress and warnings meant for its developers; keep the CLI readable."""
     import warnings
 
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    names = [n for n in logging.root.manager.loggerDict if n == "torch" or n.startswith("torch.")]
+    loggers = [logging.getLogger(n) for n in ["torch", *names]]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -483,6 +490,25 @@ def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
         "num_layers": layer.num_layers,
         "bidirectional": layer.bidirectional,
     }
+
+
+def _name_recurrent_nodes(proto: Any, spec: GraphSpec) -> None:
+    """Name recurrent nodes after the module path and layer (``rnn/l0``, ``rnn/l0/backward``).
+
+    The exporter calls them ``node__symbolic_multi_out__N``; ``inspect`` and ``check`` findings
+    read better with the module path. Nodes appear in the order the layers ran.
+    """
+    expected = []
+    for layer in spec.recurrent_layers:
+        split = spec.layout == "split" and layer["bidirectional"]
+        for index in range(layer["num_layers"]):
+            base = f"{layer['path']}/l{index}"
+            expected += [f"{base}/forward", f"{base}/backward"] if split else [base]
+    nodes = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    if len(nodes) != len(expected):
+        return
+    for node, name in zip(nodes, expected, strict=True):
+        node.name = name
 
 
 def _set_metadata(proto: Any, spec: GraphSpec) -> None:
@@ -689,3 +715,73 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``birnn-export inspect`` shows: I/O with dims, op histogram, recurrent nodes, metadata.
+
+    Raises:
+        ExportError: the file is missing or not an ONNX model.
+    """
+    import json
+
+    import onnx
+    from onnx import helper
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    if not proto.graph.node and not proto.graph.input:
+        raise ExportError(f"{path}: not an ONNX model (empty graph)")
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "dtype": _ONNX_DTYPES.get(v.type.tensor_type.elem_type, "other"),
+                "dims": list(_dims_of(v)),
+            }
+            for v in values
+        ]
+
+    recurrent = []
+    for node in proto.graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence"):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+            attrs = {
+                k: [x.decode() if isinstance(x, bytes) else x for x in v]
+                if isinstance(v, list)
+                else v
+                for k, v in attrs.items()
+            }
+            recurrent.append(
+                {
+                    "name": node.name,
+                    "op": node.op_type,
+                    "attributes": attrs,
+                    "inputs": list(node.input),
+                }
+            )
+    metadata: dict[str, Any] = {}
+    for prop in proto.metadata_props:
+        try:
+            metadata[prop.key] = json.loads(prop.value) if prop.key == METADATA_KEY else prop.value
+        except json.JSONDecodeError:
+            metadata[prop.key] = prop.value
+    initializers = {i.name for i in proto.graph.initializer}
+    return {
+        "path": str(path),
+        "file_size": _file_size(path),
+        "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "inputs": io([i for i in proto.graph.input if i.name not in initializers]),
+        "outputs": io(proto.graph.output),
+        "op_counts": dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items())),
+        "recurrent_nodes": recurrent,
+        "metadata": metadata,
+    }

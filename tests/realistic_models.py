@@ -1,0 +1,56 @@
+"""Models shaped like real ones, with torch's built-in recurrent layers (test fixtures)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class AttentionClassifier(nn.Module):
+    """Embedding -> 3-layer BiLSTM -> additive attention over all positions -> Linear."""
+
+    def __init__(
+        self, vocab_size: int = 50, embed_dim: int = 12, hidden: int = 10, classes: int = 4
+    ):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=3, batch_first=True, bidirectional=True)
+        self.attn_proj = nn.Linear(2 * hidden, hidden)
+        self.attn_score = nn.Linear(hidden, 1, bias=False)
+        self.classifier = nn.Linear(2 * hidden, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        states, _ = self.lstm(self.embedding(ids))
+        weights = torch.softmax(self.attn_score(torch.tanh(self.attn_proj(states))), dim=1)
+        return self.classifier((weights * states).sum(dim=1))
+
+
+class ConvBiGRUCTC(nn.Module):
+    """Conv1d front-end -> BiGRU -> Linear -> log_softmax (a CTC head), with lengths."""
+
+    def __init__(self, features: int = 8, channels: int = 12, hidden: int = 10, symbols: int = 7):
+        super().__init__()
+        self.conv = nn.Conv1d(features, channels, kernel_size=3, padding=1)
+        self.gru = nn.GRU(channels, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, symbols)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        feats = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        states, _ = self.gru(feats, lengths)  # converted layer: padded input plus lengths
+        return torch.log_softmax(self.head(states), dim=-1)
+
+
+class PackingTagger(nn.Module):
+    """The usual training-time pattern: pack, run the built-in layer, unpack."""
+
+    def __init__(self, features: int = 6, hidden: int = 5, tags: int = 3):
+        super().__init__()
+        self.rnn = nn.LSTM(features, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, tags)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return self.head(out)

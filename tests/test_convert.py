@@ -1,0 +1,122 @@
+"""convert(): built-in layers at any depth become BiRNN with identical outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from birnn_export import BiRNN, ConversionError, conversion_report, convert
+from birnn_export.seed import (
+    ManualBidirectionalLSTM,
+    ManualBidirectionalRNN,
+    ManualBidirectionalRNNVariableLength,
+)
+from tests.realistic_models import AttentionClassifier, ConvBiGRUCTC, PackingTagger
+
+
+def no_builtin_layers(model: nn.Module) -> bool:
+    return not any(isinstance(m, nn.RNNBase) for m in model.modules())
+
+
+def test_attention_classifier():
+    torch.manual_seed(0)
+    model = AttentionClassifier().eval()
+    converted = convert(model)
+    assert no_builtin_layers(converted) and isinstance(converted.lstm, BiRNN)
+    assert isinstance(model.lstm, nn.LSTM), "the original must be untouched"
+    ids = torch.randint(0, 50, (4, 9))
+    torch.testing.assert_close(converted(ids), model(ids), atol=1e-6, rtol=0)
+
+
+def test_conv_bigru_ctc_against_packed_reference():
+    """The CTC model calls its GRU with lengths, which only BiRNN accepts: compare with the
+    built-in GRU on a PackedSequence."""
+    torch.manual_seed(0)
+    template = ConvBiGRUCTC()
+    gru = nn.GRU(12, 10, num_layers=2, batch_first=True, bidirectional=True)
+    template.gru = BiRNN.from_torch(gru)
+    converted = convert(template)
+    x, lengths = torch.randn(3, 11, 8), torch.tensor([11, 4, 1])
+    feats = torch.relu(template.conv(x.transpose(1, 2))).transpose(1, 2)
+    packed = pack_padded_sequence(feats, lengths, batch_first=True, enforce_sorted=False)
+    states, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=11)
+    want = torch.log_softmax(template.head(states), dim=-1)
+    torch.testing.assert_close(converted(x, lengths), want, atol=1e-6, rtol=0)
+
+
+def test_packing_model_still_runs_after_conversion():
+    torch.manual_seed(0)
+    model = PackingTagger().eval()
+    converted = convert(model)
+    x, lengths = torch.randn(3, 6, 6), torch.tensor([2, 6, 4])
+    torch.testing.assert_close(converted(x, lengths), model(x, lengths), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "cls", [ManualBidirectionalRNN, ManualBidirectionalLSTM, ManualBidirectionalRNNVariableLength]
+)
+def test_seed_classes(cls):
+    torch.manual_seed(0)
+    model = cls(10, 20, 5).eval()
+    converted = convert(model)
+    assert no_builtin_layers(converted)
+    x = torch.randn(3, 8, 10)
+    args = (x, torch.tensor([8, 3, 5])) if cls is ManualBidirectionalRNNVariableLength else (x,)
+    torch.testing.assert_close(converted(*args), model(*args), atol=1e-6, rtol=0)
+
+
+def test_nested_containers_and_report():
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.ModuleList([nn.GRU(4, 5, bidirectional=True), nn.RNN(4, 2)])
+    )
+    report = conversion_report(model)
+    assert [(r.path, r.cell, r.bidirectional) for r in report] == [
+        ("1.0", "gru", True),
+        ("1.1", "rnn_tanh", False),
+    ]
+    converted = convert(model)
+    assert isinstance(converted[1][0], BiRNN) and isinstance(converted[1][1], BiRNN)
+    assert conversion_report(converted) == []
+
+
+def test_bare_layer_and_relu_rnn():
+    layer = nn.RNN(3, 4, nonlinearity="relu", num_layers=2, bidirectional=True)
+    converted = convert(layer)
+    assert isinstance(converted, BiRNN) and converted.cell == "rnn_relu"
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(converted(x)[0], layer(x)[0], atol=1e-6, rtol=0)
+
+
+def test_training_mode_is_kept():
+    model = nn.Sequential(nn.LSTM(3, 4, dropout=0.3, num_layers=2)).train()
+    converted = convert(model)
+    assert converted[0].training and converted[0].dropout == 0.3
+
+
+class Wrapper(nn.Module):
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.encoder = nn.Sequential(layer)
+
+
+class MyLSTM(nn.LSTM):
+    def forward(self, x, hx=None):
+        return super().forward(x * 2, hx)
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (nn.LSTM(3, 4, proj_size=2), r"encoder\.0: LSTM with proj_size=2"),
+        (MyLSTM(3, 4), r"encoder\.0: MyLSTM subclasses LSTM"),
+        (
+            nn.utils.parametrizations.weight_norm(nn.GRU(3, 4), "weight_hh_l0"),
+            r"encoder\.0: parametrized weights",
+        ),
+    ],
+)
+def test_unconvertible_layers_name_the_path(layer, message):
+    with pytest.raises(ConversionError, match=message):
+        convert(Wrapper(layer))
