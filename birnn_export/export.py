@@ -259,6 +259,11 @@ def _infer_inputs(
     elif isinstance(first, BiRNN) and first.batch_first:
         x = torch.randn(batch, seq, first.input_size, generator=gen)
         role = "features"
+    elif isinstance(first, BiRNN) and first is model:
+        raise ExportError(
+            "a bare layer with batch_first=False takes [seq, batch, features]; exported graphs "
+            "take [batch, seq, ...]: set batch_first=True or wrap the layer in a module"
+        )
     else:
         kind = type(first).__name__ if first is not None else "nothing"
         raise ExportError(

@@ -1,0 +1,757 @@
+"""Save and load models safely; recognise state_dict layouts.
+
+:func:`load_model` reads a ``.pt`` file with ``torch.load(weights_only=True)`` (no code from the
+file runs) and turns what it finds into a model ready to export:
+
+* this tool's own checkpoint (written by :func:`save_checkpoint`): a :class:`SequenceTagger`;
+* a bare or nested state_dict whose keys and shapes reveal the architecture: the seed article's
+  ``forward_*`` / ``backward_*`` / ``output_layer`` classes, or one built-in ``nn.RNN`` /
+  ``nn.LSTM`` / ``nn.GRU`` with an optional embedding before it and a linear head after it;
+* any state_dict loaded into the user's own class (``model_class="pkg.module:Class"``);
+* a whole pickled module, only with ``trust_pickle=True``.
+
+Built-in recurrent layers are then swapped for :class:`~birnn_export.modules.BiRNN`
+(:func:`birnn_export.convert.convert`); the unconverted model is kept as the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import logging
+import os
+import pickle
+import re
+import secrets
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from birnn_export.convert import conversion_report, convert
+from birnn_export.errors import ModelLoadError
+from birnn_export.models import SequenceTagger, TaggerConfig
+from birnn_export.modules import GATES
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "birnn-export"
+FORMAT_VERSION = 1
+ARCHITECTURE = "SequenceTagger"
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_RECURRENT_KEY = re.compile(
+    r"^(?:(?P<prefix>.+)\.)?(?P<name>(?:weight|bias)_(?:ih|hh|hr)_l(?P<layer>\d+)(?P<rev>_reverse)?)$"
+)
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_CELL_BY_GATES = {4: "lstm", 3: "gru"}
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read by :func:`load_model`.
+
+    Attributes:
+        model: Ready to export: built-in recurrent layers converted to ``BiRNN``, eval mode,
+            float32.
+        original: The model before conversion when it had torch's built-in recurrent layers
+            (the reference for verification), else ``None``.
+        source: One human-readable line saying what the file held and how it was read.
+        config: ``TaggerConfig.to_dict()`` when the architecture is a :class:`SequenceTagger`.
+        path: The file read.
+        sha256: Hex digest of the file's bytes.
+    """
+
+    model: nn.Module
+    original: nn.Module | None
+    source: str
+    config: dict[str, Any] | None
+    path: Path
+    sha256: str
+
+
+class TorchReference(nn.Module):
+    """``[Embedding ->] nn.RNN/LSTM/GRU -> Linear`` built from torch's own layers.
+
+    The reference a rebuilt :class:`SequenceTagger` is verified against: with ``lengths`` it runs
+    the recurrent layer on a ``PackedSequence``, as torch intends for padded batches. Parameter
+    names equal :class:`SequenceTagger`'s (``embedding.*``, ``rnn.*``, ``head.*``).
+    """
+
+    def __init__(self, rnn: nn.RNNBase, head: nn.Linear, embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.embedding = embedding
+        self.rnn = rnn
+        self.head = head
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x)
+        if lengths is None:
+            out, _ = self.rnn(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return self.head(out)
+
+
+# -- saving ------------------------------------------------------------------------------------
+
+
+def save_checkpoint(model: SequenceTagger, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` in birnn-export's own format, atomically.
+
+    The file is a dict ``{"format": "birnn-export", "format_version": 1, "architecture":
+    "SequenceTagger", "config": ..., "state_dict": ...}`` holding only tensors and plain values,
+    so ``torch.load(path, weights_only=True)`` reads it. It is written to a temporary file beside
+    ``path`` and renamed over it, so a crash never leaves a partial file.
+
+    Example:
+        >>> cfg = TaggerConfig(cell="gru", input_size=4, hidden_size=8, output_size=3)
+        >>> save_checkpoint(SequenceTagger(cfg), "tagger.pt")  # doctest: +SKIP
+        >>> load_model("tagger.pt").source  # doctest: +SKIP
+        'birnn-export checkpoint v1 (SequenceTagger)'
+    """
+    if not isinstance(model, SequenceTagger):
+        raise TypeError(f"model: expected a SequenceTagger, got {type(model).__name__}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": ARCHITECTURE,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # A file object, not a path: torch then names the archive "archive/..." whatever the
+        # file is called, so the same model always gives the same bytes.
+        with open(tmp, "xb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    model_class: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    state_key: str | None = None,
+    nonlinearity: str = "tanh",
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    """Load a model file safely and convert its recurrent layers for export.
+
+    The file is always read first with ``torch.load(path, map_location="cpu",
+    weights_only=True)``, which refuses anything but tensors and plain containers, so no code from
+    the file runs. What it holds decides the rest:
+
+    * birnn-export's own checkpoint (:func:`save_checkpoint`) -> :class:`SequenceTagger`.
+    * A state_dict, bare or nested in a training checkpoint (under ``model_state_dict``,
+      ``state_dict``, ``model``, ``net``, ``weights``... beside optimizer state, vocabularies and
+      metrics): found when exactly one entry is a dict of tensors, else name it with
+      ``state_key``. A ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix on
+      every key is removed. Without ``model_class`` the keys and shapes must reveal the
+      architecture: the seed article's classes (``forward_rnn``/``backward_rnn`` or
+      ``forward_lstm``/``backward_lstm`` + ``output_layer``) or one built-in ``nn.RNN`` /
+      ``nn.LSTM`` / ``nn.GRU`` (any name, layers, directions, with or without bias) with an
+      optional ``nn.Embedding`` before it and an ``nn.Linear`` head after it. These are rebuilt
+      as a :class:`SequenceTagger` with ``uses_lengths=True``, because a state_dict does not say
+      whether the model took lengths: calling it without ``lengths`` (or with full lengths) gives
+      the model that took none. ``original`` is then a :class:`TorchReference` with torch's own
+      bidirectional layer and the same weights. The cell comes from the weight shapes
+      (``weight_ih`` rows / hidden size: 4 LSTM, 3 GRU, 1 RNN); an RNN's nonlinearity is not in
+      the weights and comes from ``nonlinearity``.
+    * ``model_class``: the state_dict is loaded (strictly) into ``model_class(**model_kwargs)``.
+    * A whole pickled ``nn.Module``: only with ``trust_pickle=True``, which loads the file again
+      with ``weights_only=False``. **That runs code from the file** (unpickling can call any
+      function): use it only for files you trust. Prefer saving the state_dict.
+
+    Args:
+        path: The ``.pt`` file.
+        model_class: Your model class as ``"package.module:Class"``, imported with importlib.
+        model_kwargs: Keyword arguments for ``model_class``.
+        state_key: Key of the state_dict in a nested checkpoint.
+        nonlinearity: ``"tanh"`` or ``"relu"``, for ``nn.RNN`` layers of bare state_dicts.
+        trust_pickle: Allow pickled objects, running code from the file (see above).
+
+    Returns:
+        A :class:`LoadedModel` whose ``model`` is converted, in eval mode and float32.
+
+    Raises:
+        ModelLoadError: with a one-line reason and what to do: missing, empty, truncated or
+            non-torch file; pickled code without ``trust_pickle``; unknown layout; ambiguous
+            nested checkpoint; weights that do not fit the class.
+
+    Example:
+        >>> loaded = load_model("sample_models/bigru_varlen.pt")  # doctest: +SKIP
+        >>> loaded.source  # doctest: +SKIP
+        'birnn-export checkpoint v1 (SequenceTagger)'
+    """
+    path = Path(path)
+    if nonlinearity not in ("tanh", "relu"):
+        raise ModelLoadError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    if model_kwargs is not None and model_class is None:
+        raise ModelLoadError("model_kwargs: given without model_class; pass --model-class too")
+    data = _read_bytes(path)
+    obj = _deserialize(data, path, trust_pickle=trust_pickle)
+    model, original, source, config = _build(
+        obj,
+        path,
+        model_class=model_class,
+        model_kwargs=model_kwargs or {},
+        state_key=state_key,
+        nonlinearity=nonlinearity,
+    )
+    model = model.float().eval()
+    if original is not None:
+        original = original.float().eval()
+    logger.info("%s: %s", path, source)
+    return LoadedModel(
+        model=model,
+        original=original,
+        source=source,
+        config=config,
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory; expected a model file written by torch.save")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not data:
+        raise ModelLoadError(f"{path}: is empty (0 bytes); expected a file written by torch.save")
+    return data
+
+
+def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # Plain pickles trip a protocol warning before the real error; the error says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        blocked = _BLOCKED_GLOBAL.search(text)
+        if isinstance(exc, pickle.UnpicklingError) and blocked:
+            if trust_pickle:
+                return _load_trusted(data, path)
+            raise ModelLoadError(
+                f"{path}: holds pickled Python objects (GLOBAL {blocked.group(1)}) that "
+                "torch.load(weights_only=True) refuses because unpickling them runs code from the "
+                "file; if you trust the file pass --trust-pickle (trust_pickle=True), or re-save "
+                "only the model's state_dict"
+            ) from None
+        if data.startswith(_ZIP_MAGIC):
+            raise ModelLoadError(
+                f"{path}: truncated or corrupted torch.save archive ({_first_sentence(text)})"
+            ) from None
+        if data[:1] == b"\x80":
+            if trust_pickle:
+                return _load_trusted(data, path)
+            raise ModelLoadError(
+                f"{path}: a pickle stream that torch.load(weights_only=True) cannot read "
+                f"({_last_detail(text)}): corrupted, or not written by torch.save; if it is a "
+                "plain pickle you trust, pass --trust-pickle (trust_pickle=True)"
+            ) from None
+        raise ModelLoadError(
+            f"{path}: not a PyTorch file; expected a zip archive written by torch.save, "
+            f"but it starts with {data[:16]!r}"
+        ) from None
+
+
+def _load_trusted(data: bytes, path: Path) -> Any:
+    logger.info("%s: unpickling with weights_only=False (trust_pickle): this runs its code", path)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"{path}: the pickled objects need module {exc.name!r}, which cannot be imported; run "
+            "from the project that saved it (or add it to PYTHONPATH)"
+        ) from None
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: unpickling with trust_pickle failed: {type(exc).__name__}: "
+            f"{_first_sentence(str(exc))}"
+        ) from None
+
+
+def _build(
+    obj: Any,
+    path: Path,
+    *,
+    model_class: str | None,
+    model_kwargs: dict[str, Any],
+    state_key: str | None,
+    nonlinearity: str,
+) -> tuple[nn.Module, nn.Module | None, str, dict[str, Any] | None]:
+    """``(model, original, source, config)`` from what ``torch.load`` returned."""
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        config = _check_own_format(obj, path)
+        state, where = obj.get("state_dict"), f"birnn-export checkpoint v{FORMAT_VERSION}"
+        if not _is_tensor_dict(state):
+            raise ModelLoadError(
+                f"{path}: birnn-export checkpoint without a 'state_dict' of tensors"
+            )
+        if model_class is None:
+            model = SequenceTagger(config)
+            _load_strict(model, state, f"SequenceTagger({config})", path)
+            return model, None, f"{where} ({ARCHITECTURE})", config.to_dict()
+    elif isinstance(obj, nn.Module):
+        if model_class is None:
+            return (*_from_module(obj), "pickled module (trusted)", _config_of(obj))
+        state, where = obj.state_dict(), "pickled module's state_dict (trusted)"
+    else:
+        state, where = _find_state_dict(obj, path, state_key)
+        if isinstance(state, nn.Module):
+            if model_class is None:
+                return (
+                    *_from_module(state),
+                    where.replace("state_dict", "pickled module", 1) + " (trusted)",
+                    _config_of(state),
+                )
+            state = state.state_dict()
+    user = None if model_class is None else _instantiate(model_class, model_kwargs)
+    state, stripped = _strip_wrapper_prefix(state, None if user is None else user.state_dict())
+    if stripped:
+        where += f" (prefix {stripped!r} removed)"
+    if user is not None:
+        _load_strict(user, state, model_class, path)
+        model, original = _from_module(user)
+        return model, original, f"{where} loaded into {model_class}", _config_of(user)
+    config, tagger_state, layout = _recognise(state, nonlinearity, path)
+    model = SequenceTagger(config)
+    _load_strict(model, tagger_state, f"SequenceTagger({config})", path)
+    return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()
+
+
+def _check_own_format(obj: Mapping[str, Any], path: Path) -> TaggerConfig:
+    version = obj.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: birnn-export checkpoint format_version {version!r} is not supported (this "
+            f"version reads {FORMAT_VERSION}); upgrade birnn-export or re-save the model"
+        )
+    architecture = obj.get("architecture")
+    if architecture != ARCHITECTURE:
+        raise ModelLoadError(
+            f"{path}: birnn-export checkpoint architecture {architecture!r} is unknown; "
+            f"expected {ARCHITECTURE!r}"
+        )
+    data = obj.get("config")
+    if not isinstance(data, Mapping):
+        raise ModelLoadError(f"{path}: bad config in birnn-export checkpoint: expected a dict")
+    try:
+        config = TaggerConfig.from_dict(dict(data))
+        SequenceTagger(config)  # validates sizes, cell and types
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{path}: bad config in birnn-export checkpoint: {_first_sentence(str(exc))}"
+        ) from None
+    return config
+
+
+def _find_state_dict(obj: Any, path: Path, state_key: str | None) -> tuple[Any, str]:
+    """The state_dict (or, for trusted files, a module) inside ``obj``, and where it was."""
+    if not isinstance(obj, Mapping):
+        raise ModelLoadError(
+            f"{path}: holds a {type(obj).__name__}, not a state_dict, checkpoint dict or model"
+        )
+    if state_key is not None:
+        if state_key not in obj:
+            raise ModelLoadError(
+                f"state_key: no key {state_key!r} in {path.name}; keys present: {_preview(obj)}"
+            )
+        value = obj[state_key]
+        if not (_is_tensor_dict(value) or isinstance(value, nn.Module)):
+            raise ModelLoadError(
+                f"state_key: {state_key!r} in {path.name} holds a {type(value).__name__}, "
+                "not a state_dict (a dict of tensors)"
+            )
+        return value, f"state_dict under key {state_key!r}"
+    if _is_tensor_dict(obj):
+        return obj, "bare state_dict"
+    candidates = [k for k, v in obj.items() if _is_tensor_dict(v) or isinstance(v, nn.Module)]
+    if len(candidates) == 1:
+        return obj[candidates[0]], f"state_dict under key {candidates[0]!r}"
+    if not candidates:
+        raise ModelLoadError(
+            f"{path}: found no state_dict: none of the keys {_preview(obj)} holds a dict of "
+            "tensors; pass --state-key KEY (state_key=...) naming the one that holds the weights"
+        )
+    raise ModelLoadError(
+        f"{path}: ambiguous checkpoint: keys {candidates} each hold a dict of tensors; "
+        "pass --state-key KEY (state_key=...) to choose one"
+    )
+
+
+def _strip_wrapper_prefix(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor] | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """Remove a wrapper's prefix from every key, unless the target model's keys carry it too."""
+    removed = ""
+    state = dict(state)
+    for prefix in _WRAPPER_PREFIXES:
+        if expected and all(k.startswith(prefix) for k in expected):
+            continue
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+            removed += prefix
+    return state, removed
+
+
+def _from_module(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """``(converted, original)``; ``original`` is None when nothing needed converting."""
+    if not conversion_report(module):
+        return module, None
+    return convert(module), module
+
+
+def _config_of(module: nn.Module) -> dict[str, Any] | None:
+    return module.config.to_dict() if isinstance(module, SequenceTagger) else None
+
+
+def _instantiate(spec: str, kwargs: dict[str, Any]) -> nn.Module:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelLoadError(f"model_class: expected 'package.module:Class', got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"model_class: cannot import module {module_name!r} ({exc}); run from the directory "
+            "that contains it or add that directory to PYTHONPATH"
+        ) from None
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model_class: importing {module_name!r} failed: {type(exc).__name__}: "
+            f"{_first_sentence(str(exc))}"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelLoadError(f"model_class: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise ModelLoadError(f"model_class: {spec!r} is not an nn.Module subclass")
+    try:
+        return target(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model_class: {spec}(**{kwargs!r}) failed: {type(exc).__name__}: "
+            f"{_first_sentence(str(exc))}; check --model-kwargs"
+        ) from None
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Path) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first bad keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} in file vs {tuple(v.shape)} in model"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{label} {_preview(keys)}"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch:", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise ModelLoadError(f"{path}: weights do not fit {what}: " + "; ".join(problems))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"{path}: weights do not fit {what}: {_first_sentence(str(exc))}"
+        ) from None
+
+
+# -- recognising bare state_dicts --------------------------------------------------------------
+
+
+def _recognise(
+    state: dict[str, Tensor], nonlinearity: str, path: Path
+) -> tuple[TaggerConfig, dict[str, Tensor], str]:
+    """Config, state_dict in SequenceTagger names, and a description of the layout found."""
+    try:
+        return _recognise_layout(state, nonlinearity)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+
+
+def _recognise_layout(
+    state: dict[str, Tensor], nonlinearity: str
+) -> tuple[TaggerConfig, dict[str, Tensor], str]:
+    recurrent: dict[str, dict[str, Tensor]] = {}
+    others: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        match = _RECURRENT_KEY.match(key)
+        if match:
+            recurrent.setdefault(match["prefix"] or "", {})[match["name"]] = value
+        else:
+            module, _, leaf = key.rpartition(".")
+            others.setdefault(module, {})[leaf] = value
+
+    seed = _recognise_seed(recurrent, others, nonlinearity)
+    if seed is not None:
+        return seed
+    if len(recurrent) == 1:
+        found = _recognise_builtin(recurrent, others, nonlinearity)
+        if found is not None:
+            return found
+        layer = next(iter(recurrent)) or "<root>"
+        reason = (
+            f"one recurrent layer {layer!r}, but the other modules {_preview(others)} are not an "
+            "optional embedding and one linear head reading its output"
+            if others
+            else f"one recurrent layer {layer!r} and no linear head after it"
+        )
+    elif recurrent:
+        reason = f"{len(recurrent)} recurrent layers {_preview(recurrent)}"
+    else:
+        reason = "no recurrent layer"
+    raise ModelLoadError(
+        f"unrecognised state_dict layout: {reason} ({_describe_keys(state)}); expected "
+        "the seed article's forward_*/backward_*/output_layer or one nn.RNN/LSTM/GRU with an "
+        "optional embedding and a linear head; pass your class with --model-class module:Class "
+        "(model_class=...)"
+    )
+
+
+def _recognise_seed(
+    recurrent: dict[str, dict[str, Tensor]],
+    others: dict[str, dict[str, Tensor]],
+    nonlinearity: str,
+) -> tuple[TaggerConfig, dict[str, Tensor], str] | None:
+    """The seed article's classes: two unidirectional layers and ``output_layer``."""
+    names = sorted(recurrent)
+    if len(names) != 2 or set(others) != {"output_layer"}:
+        return None
+    backward, forward = names
+    if not (forward.startswith("forward_") and backward == "backward_" + forward[8:]):
+        return None
+    fwd, bwd = recurrent[forward], recurrent[backward]
+    if set(fwd) != set(bwd) or any(fwd[k].shape != bwd[k].shape for k in fwd):
+        raise ModelLoadError(
+            f"seed article layout: {forward} and {backward} have different weights "
+            f"({_preview(sorted(fwd))} vs {_preview(sorted(bwd))})"
+        )
+    cell, input_size, hidden, layers, bidirectional, bias = _layer_geometry(
+        fwd, nonlinearity, forward
+    )
+    if layers != 1 or bidirectional:
+        # Two separately stacked directions are not a stacked bidirectional layer: layer 2 of
+        # each would read only its own direction's output.
+        raise ModelLoadError(
+            f"seed article layout: {forward}/{backward} must be single-layer unidirectional "
+            f"layers (found {layers} layer(s), bidirectional={bidirectional}); pass --model-class"
+        )
+    head = _as_head(others["output_layer"], 2 * hidden)
+    if head is None:
+        return None
+    tagger_state = {f"rnn.{k}": v for k, v in fwd.items()}
+    tagger_state.update({f"rnn.{k}_reverse": v for k, v in bwd.items()})
+    tagger_state.update({f"head.{k}": v for k, v in head.items()})
+    config = TaggerConfig(
+        cell=cell,
+        input_size=input_size,
+        hidden_size=hidden,
+        output_size=head["weight"].shape[0],
+        bias=bias,
+        uses_lengths=True,
+    )
+    return config, tagger_state, f"seed article layout ({forward}/{backward}, {_cell_name(cell)})"
+
+
+def _recognise_builtin(
+    recurrent: dict[str, dict[str, Tensor]],
+    others: dict[str, dict[str, Tensor]],
+    nonlinearity: str,
+) -> tuple[TaggerConfig, dict[str, Tensor], str] | None:
+    """One built-in recurrent layer, an optional embedding before it, a linear head after it."""
+    prefix, params = next(iter(recurrent.items()))
+    cell, input_size, hidden, layers, bidirectional, bias = _layer_geometry(
+        params, nonlinearity, prefix or "<root>"
+    )
+    features = hidden * (2 if bidirectional else 1)
+    if not 1 <= len(others) <= 2:
+        return None
+    order = list(others)  # state_dict order: registration order, embedding usually first
+    solutions = []
+    for head_name in order:
+        head = _as_head(others[head_name], features)
+        rest = [n for n in order if n != head_name]
+        if head is None:
+            continue
+        if not rest:
+            solutions.append((None, head_name, head))
+        elif _is_embedding(others[rest[0]], input_size):
+            solutions.append((rest[0], head_name, head))
+    if not solutions:
+        return None
+    # Both modules fit both roles only when they are weight-only and input_size == features;
+    # then the one registered first is the embedding.
+    embedding, head_name, head = max(solutions, key=lambda s: order.index(s[1]))
+    tagger_state = {f"rnn.{k}": v for k, v in params.items()}
+    tagger_state.update({f"head.{k}": v for k, v in head.items()})
+    vocab_size = None
+    if embedding is not None:
+        tagger_state["embedding.weight"] = others[embedding]["weight"]
+        vocab_size = others[embedding]["weight"].shape[0]
+    config = TaggerConfig(
+        cell=cell,
+        input_size=input_size,
+        hidden_size=hidden,
+        output_size=head["weight"].shape[0],
+        num_layers=layers,
+        bidirectional=bidirectional,
+        bias=bias,
+        vocab_size=vocab_size,
+        uses_lengths=True,
+    )
+    shape = f"{layers} layer(s), {'bidirectional' if bidirectional else 'unidirectional'}"
+    parts = [f"built-in {_cell_name(cell)} layer {prefix or '<root>'!r} ({shape})"]
+    if embedding is not None:
+        parts.append(f"embedding {embedding!r}")
+    bias_note = "" if "bias" in others[head_name] else " (no bias)"
+    parts.append(f"linear head {head_name!r}{bias_note}")
+    return config, tagger_state, " + ".join(parts)
+
+
+def _layer_geometry(
+    params: dict[str, Tensor], nonlinearity: str, where: str
+) -> tuple[str, int, int, int, bool, bool]:
+    """``(cell, input_size, hidden_size, num_layers, bidirectional, bias)`` from weight shapes."""
+    if any("_hr_" in k for k in params):
+        raise ModelLoadError(
+            f"{where}: LSTM with proj_size > 0 (weight_hr_l*) has no ONNX equivalent and cannot "
+            "be converted"
+        )
+    w_ih, w_hh = params.get("weight_ih_l0"), params.get("weight_hh_l0")
+    if w_ih is None or w_hh is None or w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[1] < 1:
+        raise ModelLoadError(f"{where}: recurrent weights without 2-D weight_ih_l0/weight_hh_l0")
+    hidden = w_hh.shape[1]
+    gates, rest = divmod(w_ih.shape[0], hidden)
+    if rest or gates not in set(GATES.values()):
+        raise ModelLoadError(
+            f"{where}: weight_ih_l0 has {w_ih.shape[0]} rows for hidden size {hidden}; expected "
+            "4 (LSTM), 3 (GRU) or 1 (RNN) times the hidden size"
+        )
+    cell = _CELL_BY_GATES.get(gates, f"rnn_{nonlinearity}")
+    indices = sorted({int(m["layer"]) for k in params if (m := _RECURRENT_KEY.match(k))})
+    if indices != list(range(len(indices))):
+        raise ModelLoadError(f"{where}: layer indices {indices} are not 0..{len(indices) - 1}")
+    bidirectional = any(k.endswith("_reverse") for k in params)
+    return cell, w_ih.shape[1], hidden, len(indices), bidirectional, "bias_ih_l0" in params
+
+
+def _as_head(params: dict[str, Tensor], features: int) -> dict[str, Tensor] | None:
+    """``{"weight", "bias"}`` of an ``nn.Linear(features, out)``, zero bias filled in if absent."""
+    weight = params.get("weight")
+    if set(params) - {"weight", "bias"} or weight is None or weight.dim() != 2:
+        return None
+    if weight.shape[1] != features:
+        return None
+    bias = params.get("bias")
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    elif tuple(bias.shape) != (weight.shape[0],):
+        return None
+    return {"weight": weight, "bias": bias}
+
+
+def _is_embedding(params: dict[str, Tensor], input_size: int) -> bool:
+    weight = params.get("weight")
+    return set(params) == {"weight"} and weight.dim() == 2 and weight.shape[1] == input_size
+
+
+def _reference(config: TaggerConfig, state: dict[str, Tensor]) -> TorchReference:
+    """torch's own layers with the weights of a rebuilt SequenceTagger."""
+    kwargs = dict(
+        num_layers=config.num_layers,
+        bias=config.bias,
+        batch_first=True,
+        bidirectional=config.bidirectional,
+    )
+    if config.cell == "lstm":
+        rnn: nn.RNNBase = nn.LSTM(config.input_size, config.hidden_size, **kwargs)
+    elif config.cell == "gru":
+        rnn = nn.GRU(config.input_size, config.hidden_size, **kwargs)
+    else:
+        nonlinearity = config.cell.removeprefix("rnn_")
+        rnn = nn.RNN(config.input_size, config.hidden_size, nonlinearity=nonlinearity, **kwargs)
+    features = config.hidden_size * (2 if config.bidirectional else 1)
+    embedding = (
+        nn.Embedding(config.vocab_size, config.input_size, padding_idx=config.padding_idx)
+        if config.vocab_size is not None
+        else None
+    )
+    reference = TorchReference(rnn, nn.Linear(features, config.output_size), embedding)
+    reference.load_state_dict(state, strict=True)
+    return reference
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items())
+    )
+
+
+def _preview(items: Any, limit: int = 5) -> str:
+    names = [str(k) for k in items]
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return "[" + ", ".join(names[:limit]) + "]" + more
+
+
+def _describe_keys(state: Mapping[str, Tensor]) -> str:
+    modules = list(dict.fromkeys(k.rpartition(".")[0] or "<root>" for k in state))
+    return f"{len(state)} tensors in modules {_preview(modules)}, e.g. {_preview(list(state), 3)}"
+
+
+def _cell_name(cell: str) -> str:
+    return {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN tanh", "rnn_relu": "RNN relu"}[cell]
+
+
+def _first_sentence(text: str) -> str:
+    line = " ".join(text.split())
+    head = line.split(". ")[0]
+    return head[:300]
+
+
+def _last_detail(text: str) -> str:
+    """The specific reason in torch's long weights_only message (e.g. 'Unsupported operand 149')."""
+    match = re.search(r"(Unsupported operand \d+|Unsupported class [\w.]+)", text)
+    return match.group(1) if match else _first_sentence(text)

@@ -1,0 +1,151 @@
+"""Write the sample models in ``sample_models/``.
+
+Every model is built right after its own ``torch.manual_seed``, so the tensors are bit-identical
+on every run (``tests/test_sample_models.py`` regenerates them and compares). The three seed
+article examples are written twice with the same weights: as a birnn-export checkpoint
+(``seed_example*_rnn.pt`` etc.) and as a bare state_dict of the article's own class
+(``seed_example*_state_dict.pt``), which exercises the state_dict recognition of ``load_model``.
+
+Usage:
+    python scripts/make_sample_models.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from birnn_export import seed
+from birnn_export.checkpoint import save_checkpoint
+from birnn_export.models import SequenceTagger, TaggerConfig
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "sample_models"
+
+Sample = SequenceTagger | dict[str, Tensor]
+
+
+def _tagger(seed_value: int, config: TaggerConfig) -> SequenceTagger:
+    torch.manual_seed(seed_value)
+    return SequenceTagger(config).eval()
+
+
+def _seed_class(seed_value: int, cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(seed_value)
+    return cls(10, 20, 5).eval()
+
+
+def _tagger_from_seed(model: nn.Module, config: TaggerConfig) -> SequenceTagger:
+    """The seed class's weights in SequenceTagger names: forward_* -> rnn.*, backward_* ->
+    rnn.*_reverse, output_layer -> head."""
+    tagger = SequenceTagger(config).eval()
+    state = {}
+    for key, value in model.state_dict().items():
+        module, _, name = key.partition(".")
+        if module.startswith("forward_"):
+            state[f"rnn.{name}"] = value
+        elif module.startswith("backward_"):
+            state[f"rnn.{name}_reverse"] = value
+        else:
+            state[f"head.{name}"] = value
+    tagger.load_state_dict(state, strict=True)
+    return tagger
+
+
+def _state_dict(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def make_samples() -> dict[str, Sample]:
+    """File name -> SequenceTagger (saved as a checkpoint) or bare state_dict."""
+    seed_config = dict(input_size=10, hidden_size=20, output_size=5)
+    example1 = _seed_class(1, seed.ManualBidirectionalRNN)
+    example2 = _seed_class(2, seed.ManualBidirectionalLSTM)
+    example3 = _seed_class(3, seed.ManualBidirectionalRNNVariableLength)
+    builders: dict[str, Callable[[], Sample]] = {
+        "seed_example1_rnn.pt": lambda: _tagger_from_seed(
+            example1, TaggerConfig(cell="rnn_tanh", **seed_config)
+        ),
+        "seed_example2_lstm.pt": lambda: _tagger_from_seed(
+            example2, TaggerConfig(cell="lstm", **seed_config)
+        ),
+        "seed_example3_varlen_rnn.pt": lambda: _tagger_from_seed(
+            example3, TaggerConfig(cell="rnn_tanh", uses_lengths=True, **seed_config)
+        ),
+        "bigru_varlen.pt": lambda: _tagger(
+            4,
+            TaggerConfig(
+                cell="gru", input_size=16, hidden_size=24, output_size=6, uses_lengths=True
+            ),
+        ),
+        "bilstm_2layer.pt": lambda: _tagger(
+            5,
+            TaggerConfig(
+                cell="lstm",
+                input_size=12,
+                hidden_size=16,
+                output_size=4,
+                num_layers=2,
+                uses_lengths=True,
+            ),
+        ),
+        "token_tagger.pt": lambda: _tagger(
+            6,
+            TaggerConfig(
+                cell="lstm",
+                input_size=16,
+                hidden_size=32,
+                output_size=9,
+                num_layers=2,
+                vocab_size=100,
+                padding_idx=0,
+                uses_lengths=True,
+            ),
+        ),
+        "seed_example1_state_dict.pt": lambda: _state_dict(example1),
+        "seed_example2_state_dict.pt": lambda: _state_dict(example2),
+        "seed_example3_state_dict.pt": lambda: _state_dict(example3),
+    }
+    return {name: build() for name, build in builders.items()}
+
+
+def _save_state_dict(state: dict[str, Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as handle:  # a file object keeps the bytes independent of the name
+            torch.save(state, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_samples(out: Path) -> list[Path]:
+    """Write every sample into ``out`` (created if missing); returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, sample in make_samples().items():
+        path = out / name
+        if isinstance(sample, SequenceTagger):
+            save_checkpoint(sample, path)
+        else:
+            _save_state_dict(sample, path)
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    args = parser.parse_args()
+    for path in write_samples(args.out):
+        print(f"{path}  {path.stat().st_size / 1024:.1f} KiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""export_onnx: recurrent nodes, symbolic axes, self-checks, metadata, atomic output."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from birnn_export import export as export_module
+from birnn_export.cli import main
+from birnn_export.errors import ExportError, VerificationError
+from birnn_export.export import check_graph, describe_onnx, export_onnx
+from birnn_export.models import SequenceTagger, TaggerConfig
+from birnn_export.modules import BiRNN
+from birnn_export.spec import GraphSpec, make_feed
+from tests.realistic_models import AttentionClassifier
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(REPO, "sample_models")
+
+
+def run_ort(path, feed):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def op_counts(path):
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def dims(value_info):
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_recurrent_nodes_and_unseen_shapes(tmp_path, cell, layout):
+    torch.manual_seed(0)
+    config = TaggerConfig(
+        cell=cell, input_size=6, hidden_size=5, output_size=3, num_layers=2, uses_lengths=True
+    )
+    model = SequenceTagger(config).eval()
+    result = export_onnx(model, tmp_path / "m.onnx", layout=layout)
+
+    counts = op_counts(result.path)
+    node = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
+    assert counts[node] == (2 if layout == "fused" else 4)
+    assert counts["ReverseSequence"] == (0 if layout == "fused" else 4)
+    assert not counts["Loop"] and not counts["Scan"]
+    graph = onnx.load(str(result.path)).graph
+    recurrent = [n for n in graph.node if n.op_type == node]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in recurrent[0].attribute}
+    assert attrs.get("layout", 0) == 0
+    assert attrs["direction"] == (b"bidirectional" if layout == "fused" else b"forward")
+    if cell == "gru":
+        assert attrs["linear_before_reset"] == 1
+    if cell == "rnn_relu":
+        assert set(attrs["activations"]) == {b"Relu"}
+    assert recurrent[0].input[4], "sequence_lens must be wired"
+    assert dims(graph.input[0]) == ["batch", "seq", 6]
+    assert dims(graph.input[1]) == ["batch"]
+    assert dims(graph.output[0]) == ["batch", "seq", 3]
+    assert len(result.self_check) == 3 and all(c.passed for c in result.self_check)
+
+    # A length and a batch never seen during export, ragged; compared with the built-in layer.
+    reference = nn.Sequential()
+    builtin = model.rnn.to_torch()
+    for b, t in [(6, 53), (1, 2)]:
+        feed = make_feed(result.spec, b, t, seed=7)
+        got = run_ort(result.path, feed)["output"]
+        x, lengths = torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"])
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(builtin(packed)[0], batch_first=True, total_length=t)
+        want = model.head(states).detach().numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    del reference
+
+
+def test_bare_layer_final_states_match_packed_builtin(tmp_path):
+    torch.manual_seed(0)
+    layer = nn.LSTM(4, 3, num_layers=2, batch_first=True, bidirectional=True)
+    result = export_onnx(layer, tmp_path / "lstm.onnx", layout="split")
+    assert [o.name for o in result.spec.outputs] == ["output", "h_n", "c_n"]
+    assert [o.role for o in result.spec.outputs] == ["sequence", "state", "state"]
+    feed = make_feed(result.spec, 5, 9, seed=3)
+    got = run_ort(result.path, feed)
+    packed = pack_padded_sequence(
+        torch.from_numpy(feed["x"]),
+        torch.from_numpy(feed["lengths"]),
+        batch_first=True,
+        enforce_sorted=False,
+    )
+    out, (h, c) = layer(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=9)
+    for name, want in [("output", out), ("h_n", h), ("c_n", c)]:
+        np.testing.assert_allclose(got[name], want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_unidirectional_and_time_major_inner_layer(tmp_path):
+    class TimeMajor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 6, batch_first=False)  # unidirectional, time-major inside
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            out, _ = self.rnn(x.transpose(0, 1))
+            return self.head(out.transpose(0, 1))
+
+    model = TimeMajor().eval()
+    result = export_onnx(model, tmp_path / "tm.onnx", example_inputs=(torch.randn(3, 11, 4),))
+    feed = make_feed(result.spec, 2, 40, seed=1)
+    got = run_ort(result.path, feed)["output"]
+    want = model(torch.from_numpy(feed["x"])).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_lengths_are_clamped_inside_the_graph(tmp_path):
+    """Out-of-range lengths cannot make an engine read out of bounds: 0 acts as 1, > T as T."""
+    torch.manual_seed(0)
+    layer = BiRNN(3, 4, cell="lstm")
+    result = export_onnx(layer, tmp_path / "clamp.onnx")
+    x = np.random.default_rng(0).standard_normal((3, 6, 3)).astype(np.float32)
+    got = run_ort(result.path, {"x": x, "lengths": np.array([0, 99, 4], dtype=np.int64)})
+    want, _ = layer(torch.from_numpy(x), torch.tensor([1, 6, 4]))
+    np.testing.assert_allclose(got["output"], want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_token_ids_metadata_and_spec_round_trip(tmp_path):
+    config = TaggerConfig(
+        cell="gru", input_size=8, hidden_size=6, output_size=4, vocab_size=30, uses_lengths=True
+    )
+    result = export_onnx(SequenceTagger(config), tmp_path / "tok.onnx", source_sha256="ab" * 32)
+    spec = GraphSpec.from_onnx(result.path)
+    assert spec == result.spec
+    ids, lengths = spec.inputs
+    assert (ids.name, ids.dtype, ids.dims, ids.role, ids.low, ids.high) == (
+        "ids",
+        "int64",
+        ("batch", "seq"),
+        "tokens",
+        0,
+        29,
+    )
+    assert (lengths.role, lengths.low, lengths.high) == ("lengths", 1, "seq")
+    assert spec.config == config.to_dict() and spec.source_sha256 == "ab" * 32
+    info = describe_onnx(result.path)
+    assert info["inputs"][0]["dims"] == ["batch", "seq"]
+    assert info["metadata"]["birnn_export.source_sha256"] == "ab" * 32
+
+
+def test_float16_graph(tmp_path):
+    config = TaggerConfig(
+        cell="lstm", input_size=6, hidden_size=8, output_size=3, uses_lengths=True
+    )
+    result = export_onnx(SequenceTagger(config), tmp_path / "h.onnx", dtype="float16")
+    graph = onnx.load(str(result.path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert result.spec.dtype == "float16" and all(c.passed for c in result.self_check)
+    assert result.max_error > 0  # fp16 really differs from the fp32 reference
+
+
+def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
+    def broken(path, reference, spec):
+        raise VerificationError("planted")
+
+    monkeypatch.setattr(export_module, "_self_check", broken)
+    with pytest.raises(VerificationError):
+        export_onnx(BiRNN(3, 4), tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"opset": 12}, "opset: 12 is not supported"),
+        ({"layout": "diagonal"}, "layout: expected one of"),
+        ({"dtype": "bfloat16"}, "dtype: expected one of"),
+    ],
+)
+def test_bad_options(tmp_path, kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        export_onnx(BiRNN(3, 4), tmp_path / "x.onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_opset_and_uninferable_inputs(tmp_path):
+    result = export_onnx(BiRNN(3, 4, cell="gru"), tmp_path / "o20.onnx", opset=20)
+    assert result.spec.opset == 20
+    with pytest.raises(ExportError, match="pass example_inputs"):
+        export_onnx(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), tmp_path / "no.onnx")
+    with pytest.raises(ExportError, match="batch_first=False"):
+        export_onnx(nn.LSTM(3, 4), tmp_path / "tm.onnx")
+
+
+def test_check_graph_finds_a_baked_length(tmp_path):
+    result = export_onnx(BiRNN(3, 4), tmp_path / "ok.onnx")
+    proto = onnx.load(str(result.path))
+    assert check_graph(proto, result.spec) == []
+    spec = result.spec
+    shape = onnx.numpy_helper.from_array(
+        np.array([spec.example_batch, spec.example_seq, -1], dtype=np.int64), "baked_shape"
+    )
+    proto.graph.initializer.append(shape)
+    out = proto.graph.output[0].name
+    proto.graph.node.append(onnx.helper.make_node("Reshape", [out, "baked_shape"], ["reshaped"]))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("reshaped", 1, ["a", "b", "c"]))
+    problems = check_graph(proto, spec)
+    assert any("baked" in p for p in problems), problems
+
+
+# -- what stock torch.onnx.export does with the same models ----------------------------------
+
+
+def _stock_export(model, path, x):
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    try:
+        with export_module._quiet_exporter():
+            program = torch.onnx.export(
+                model, (x,), dynamo=True, dynamic_shapes=({0: batch, 1: seq},)
+            )
+        program.save(str(path))
+    except Exception as exc:  # pragma: no cover - depends on the torch version
+        pytest.skip(f"stock export raised {type(exc).__name__}; its behaviour changed")
+
+
+class Head(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.rnn = layer
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def test_stock_export_freezes_rnn_length_ours_does_not(tmp_path):
+    torch.manual_seed(0)
+    model = Head(nn.RNN(10, 5, batch_first=True, bidirectional=True)).eval()
+    _stock_export(model, tmp_path / "stock.onnx", torch.randn(2, 30, 10))
+    stock_input = dims(onnx.load(str(tmp_path / "stock.onnx")).graph.input[0])
+    other = np.random.default_rng(0).standard_normal((2, 7, 10)).astype(np.float32)
+    try:
+        run_ort(tmp_path / "stock.onnx", {"x": other})
+        stock_failed = False
+    except Exception:
+        stock_failed = True
+    if stock_input[1] != 30 and not stock_failed:
+        pytest.skip(f"stock export no longer freezes the length (input dims {stock_input})")
+    assert stock_input[1] == 30 or stock_failed
+
+    ours = export_onnx(model, tmp_path / "ours.onnx")
+    assert dims(onnx.load(str(ours.path)).graph.input[0]) == ["batch", "seq", 10]
+    got = run_ort(ours.path, {"x": other})["output"]
+    np.testing.assert_allclose(got, model(torch.from_numpy(other)).detach().numpy(), atol=1e-5)
+
+
+def test_stock_export_declares_static_lstm_output_ours_does_not(tmp_path):
+    model = Head(nn.LSTM(10, 5, batch_first=True, bidirectional=True)).eval()
+    _stock_export(model, tmp_path / "stock.onnx", torch.randn(2, 30, 10))
+    stock_output = dims(onnx.load(str(tmp_path / "stock.onnx")).graph.output[0])
+    if stock_output[1] != 30:
+        pytest.skip(f"stock export now declares output dims {stock_output}")
+    ours = export_onnx(model, tmp_path / "ours.onnx")
+    assert dims(onnx.load(str(ours.path)).graph.output[0]) == ["batch", "seq", 10]
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_exports_a_sample(tmp_path):
+    out = tmp_path / "tagger.onnx"
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(
+        main,
+        [os.path.join(SAMPLES, "token_tagger.pt"), "-o", str(out), "--json", str(summary)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "LSTM x2" in result.output and "[batch, seq]" in result.output
+    assert out.exists() and summary.exists()
+
+
+def test_cli_user_class_from_bare_state_dict(tmp_path):
+    """Embedding -> 3-layer BiLSTM -> attention -> Linear, loaded with --model-class."""
+    torch.manual_seed(0)
+    model = AttentionClassifier().eval()
+    weights = tmp_path / "attn.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "attn.onnx"
+    result = CliRunner().invoke(
+        main,
+        [
+            str(weights),
+            "--model-class",
+            "tests.realistic_models:AttentionClassifier",
+            "--model-kwargs",
+            '{"vocab_size": 50}',
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert op_counts(out)["LSTM"] == 3
+    ids = np.random.default_rng(0).integers(0, 50, size=(4, 61)).astype(np.int64)
+    got = run_ort(out, {"ids": ids})["output"]
+    want = model(torch.from_numpy(ids)).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.pt"], "no such file"),
+        (["{sample}", "--opset", "3"], "opset: 3 is not supported"),
+        (["{sample}", "--model-kwargs", "{bad"], "--model-kwargs: not valid JSON"),
+    ],
+)
+def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, args, message):
+    sample = os.path.join(SAMPLES, "seed_example1_rnn.pt")
+    out = tmp_path / "out.onnx"
+    args = [a.replace("{sample}", sample) for a in args] + ["-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys; from birnn_export.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, 'heavy import'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_real_subprocess(tmp_path):
+    out = tmp_path / "seed1.onnx"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "birnn_export",
+            os.path.join(SAMPLES, "seed_example1_rnn.pt"),
+            "-o",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    version = subprocess.run(
+        [sys.executable, "-m", "birnn_export", "--version"], capture_output=True, text=True
+    )
+    assert "birnn-export" in version.stdout
