@@ -43,7 +43,7 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 LAYOUTS = ("split", "fused")
 #: The default layout; see README ("Graph layouts") for the measurement behind it.
-DEFAULT_LAYOUT = "fused"
+DEFAULT_LAYOUT = "split"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: ONNX protobuf limit: above it, weights go to an external data file beside the model.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2

@@ -157,7 +157,7 @@ class BiRNN(nn.Module):
         self.bidirectional = bidirectional
         self.padding_value = float(padding_value)
         #: Which ONNX node layout ``torch.onnx.export`` emits; set by :func:`export_onnx`.
-        self.onnx_layout: OnnxLayout = "fused"
+        self.onnx_layout: OnnxLayout = "split"
 
         gate_rows = GATES[cell] * hidden_size
         factory = {"device": device, "dtype": dtype}

@@ -16,13 +16,18 @@ Example:
 from __future__ import annotations
 
 import abc
+import copy
+import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from birnn_export.errors import EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+
+if TYPE_CHECKING:
+    from birnn_export.spec import GraphSpec
 
 #: Engine names, as accepted by ``--engines`` and :func:`make_runner`.
 ENGINES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
@@ -66,7 +71,9 @@ class BaseRunner(abc.ABC):
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; outputs are host numpy arrays. The time is in :attr:`last_inference_time_s`."""
         if not self.is_active:
-            raise RuntimeError(f"{self.engine} runner: call activate() (or use 'with') before infer()")
+            raise RuntimeError(
+                f"{self.engine} runner: call activate() (or use 'with') before infer()"
+            )
         start = time.perf_counter()
         outputs = self.infer_impl(feed)
         self.last_inference_time_s = time.perf_counter() - start
@@ -136,7 +143,11 @@ class TorchRunner(BaseRunner):
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineUnavailableError(f"torch on {self.device}: no CUDA device visible to torch")
-        model = self.model.to(self.device).eval()
+        model = self.model
+        if self.device != "cpu" or self.dtype is not None:
+            # Module.to() works in place: copy so the caller's (reference) model is untouched.
+            model = copy.deepcopy(model)
+        model = model.to(self.device).eval()
         if self.dtype is not None:
             model = model.to(getattr(torch, self.dtype))
         if self.threads is not None:
@@ -176,6 +187,115 @@ class TorchRunner(BaseRunner):
         return [f"torch-{self.device}{'-compiled' if self.compile else ''}"]
 
 
+#: Values ``cudnn_conv_algo_search`` accepts (ONNX Runtime CUDA EP).
+CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+#: Values ``arena_extend_strategy`` accepts (ONNX Runtime CUDA / TensorRT EP).
+ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
+_ORT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def cuda_provider_options(
+    *,
+    device_id: int = 0,
+    cudnn_conv_algo_search: str = "EXHAUSTIVE",
+    use_tf32: bool = False,
+    gpu_mem_limit: int | None = None,
+    arena_extend_strategy: str | None = None,
+    do_copy_in_default_stream: bool = True,
+) -> dict[str, str]:
+    """Options for ``CUDAExecutionProvider`` as the strings ONNX Runtime parses.
+
+    ``use_tf32`` is off by default so fp32 results compare strictly against a CPU reference.
+
+    Example:
+        >>> cuda_provider_options(device_id=1)["device_id"]
+        '1'
+    """
+    if cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
+        raise BiRNNExportError(
+            f"cudnn_conv_algo_search: expected one of {', '.join(CUDNN_CONV_ALGO_SEARCH)}, "
+            f"got {cudnn_conv_algo_search!r}"
+        )
+    if device_id < 0:
+        raise BiRNNExportError(f"device_id: expected a CUDA device index >= 0, got {device_id}")
+    options = {
+        "device_id": str(device_id),
+        "cudnn_conv_algo_search": cudnn_conv_algo_search,
+        "use_tf32": "1" if use_tf32 else "0",
+        "do_copy_in_default_stream": "1" if do_copy_in_default_stream else "0",
+    }
+    if gpu_mem_limit is not None:
+        options["gpu_mem_limit"] = str(int(gpu_mem_limit))
+    if arena_extend_strategy is not None:
+        if arena_extend_strategy not in ARENA_EXTEND_STRATEGIES:
+            raise BiRNNExportError(
+                f"arena_extend_strategy: expected one of {', '.join(ARENA_EXTEND_STRATEGIES)}, "
+                f"got {arena_extend_strategy!r}"
+            )
+        options["arena_extend_strategy"] = arena_extend_strategy
+    return options
+
+
+def format_profile_shapes(profile: Mapping[str, Sequence[Sequence[int]]], which: int) -> str:
+    """One of a profile's shapes (0 min, 1 opt, 2 max) in the TensorRT EP's string format,
+    ``"x:1x1x10,lengths:1"`` (the format of trtexec's ``--minShapes``)."""
+    return ",".join(
+        f"{name}:{'x'.join(str(int(d)) for d in shapes[which])}" for name, shapes in profile.items()
+    )
+
+
+def tensorrt_provider_options(
+    spec: GraphSpec | None = None,
+    *,
+    device_id: int = 0,
+    fp16: bool | None = None,
+    batch: Sequence[int] = (1, 8, 32),
+    seq: Sequence[int] = (1, 64, 256),
+    cache: str | os.PathLike[str] | None = None,
+    engine_cache: bool = True,
+    timing_cache: bool = True,
+    max_workspace_size: int | None = None,
+) -> dict[str, str]:
+    """Options for ``TensorrtExecutionProvider`` as the strings ONNX Runtime parses.
+
+    Args:
+        spec: The graph's spec: gives the explicit profile (``trt_profile_min/opt/max_shapes``
+            for every dynamic input) and, when ``fp16`` is ``None``, the precision.
+        device_id: CUDA device index.
+        fp16: ``trt_fp16_enable``; ``None``: on when the graph is fp16.
+        batch: (min, opt, max) batch sizes of the profile.
+        seq: (min, opt, max) sequence lengths of the profile.
+        cache: Cache root (default :func:`birnn_export.trt.cache_dir`); the EP's engines and
+            timing cache go under ``ort-trt/`` there.
+        engine_cache: ``trt_engine_cache_enable``.
+        timing_cache: ``trt_timing_cache_enable``.
+        max_workspace_size: ``trt_max_workspace_size`` in bytes.
+    """
+    from birnn_export.trt import cache_dir, derive_profile
+
+    if device_id < 0:
+        raise BiRNNExportError(f"device_id: expected a CUDA device index >= 0, got {device_id}")
+    if fp16 is None:
+        fp16 = spec is not None and spec.dtype == "float16"
+    options = {"device_id": str(device_id), "trt_fp16_enable": "True" if fp16 else "False"}
+    directory = str(cache_dir(cache) / "ort-trt")
+    if engine_cache:
+        options["trt_engine_cache_enable"] = "True"
+        options["trt_engine_cache_path"] = directory
+    if timing_cache:
+        options["trt_timing_cache_enable"] = "True"
+        options["trt_timing_cache_path"] = directory
+    if max_workspace_size is not None:
+        options["trt_max_workspace_size"] = str(int(max_workspace_size))
+    if spec is not None:
+        profile = derive_profile(spec, batch=batch, seq=seq)
+        if profile:
+            options["trt_profile_min_shapes"] = format_profile_shapes(profile, 0)
+            options["trt_profile_opt_shapes"] = format_profile_shapes(profile, 1)
+            options["trt_profile_max_shapes"] = format_profile_shapes(profile, 2)
+    return options
+
+
 class OrtRunner(BaseRunner):
     """ONNX Runtime with one execution provider; fails if that provider is not really active.
 
@@ -184,27 +304,55 @@ class OrtRunner(BaseRunner):
         engine: ``"ort-cpu"``, ``"ort-cuda"`` or ``"ort-trt"``.
         threads: Intra-op threads (``None``: ONNX Runtime's default). Inter-op is 1.
         graph_optimization_level: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
-        provider_options: Extra options for the provider (e.g. ``{"device_id": 0}``).
+        provider_options: Options for the provider; ``None`` builds defaults with
+            :func:`cuda_provider_options` / :func:`tensorrt_provider_options` (the latter from
+            the graph's spec metadata, when the file has one).
+        io_binding: Bind inputs and outputs on the provider's device (``OrtValue`` buffers,
+            outputs copied to host after the run). ``None``: on for CUDA and TensorRT.
+        device_id: CUDA device for the default provider options and device buffers.
+
+    Attributes:
+        session: The ``onnxruntime.InferenceSession`` while active.
+        provider: The requested provider's ONNX Runtime name.
     """
 
     def __init__(
         self,
-        path: str,
+        path: str | os.PathLike[str],
         *,
         engine: str = "ort-cpu",
         threads: int | None = None,
         graph_optimization_level: str = "all",
         provider_options: Mapping[str, Any] | None = None,
+        io_binding: bool | None = None,
+        device_id: int = 0,
     ) -> None:
         super().__init__()
         if engine not in _ORT_PROVIDERS:
             raise ValueError(f"engine: expected one of {sorted(_ORT_PROVIDERS)}, got {engine!r}")
+        if graph_optimization_level not in _ORT_LEVELS:
+            raise BiRNNExportError(
+                f"graph_optimization_level: expected one of {', '.join(_ORT_LEVELS)}, "
+                f"got {graph_optimization_level!r}"
+            )
         self.engine = engine
+        self.provider = _ORT_PROVIDERS[engine]
         self.path = str(path)
         self.threads = threads
         self.graph_optimization_level = graph_optimization_level
-        self.provider_options = dict(provider_options or {})
+        self.provider_options = None if provider_options is None else dict(provider_options)
+        self.io_binding = engine != "ort-cpu" if io_binding is None else io_binding
+        self.device_id = device_id
         self.session: Any = None
+        self._output_names: list[str] = []
+
+    def default_provider_options(self) -> dict[str, str]:
+        """What ``provider_options=None`` means for this engine."""
+        if self.engine == "ort-cuda":
+            return cuda_provider_options(device_id=self.device_id)
+        if self.engine == "ort-trt":
+            return tensorrt_provider_options(_spec_or_none(self.path), device_id=self.device_id)
+        return {}
 
     def activate_impl(self) -> None:
         reason = availability(self.engine)
@@ -222,35 +370,157 @@ class OrtRunner(BaseRunner):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
-        if self.graph_optimization_level not in levels:
-            raise ValueError(
-                f"graph_optimization_level: expected one of {sorted(levels)}, "
-                f"got {self.graph_optimization_level!r}"
-            )
         options.graph_optimization_level = levels[self.graph_optimization_level]
-        provider = _ORT_PROVIDERS[self.engine]
-        providers: list[Any] = [(provider, self.provider_options)]
-        if provider != "CPUExecutionProvider":
+        provider_options = (
+            self.default_provider_options()
+            if self.provider_options is None
+            else dict(self.provider_options)
+        )
+        providers: list[Any] = [(self.provider, provider_options)]
+        available = ort.get_available_providers()
+        if self.engine == "ort-trt" and "CUDAExecutionProvider" in available:
+            # Nodes TensorRT does not take go to CUDA rather than CPU.
+            providers.append(
+                ("CUDAExecutionProvider", cuda_provider_options(device_id=self.device_id))
+            )
+        if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for nodes the provider does not take
-        self.session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
-        active = self.session.get_providers()
-        if provider not in active:
+        if self.provider_options is None and self.engine == "ort-trt":
+            for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+                if key in provider_options:
+                    os.makedirs(provider_options[key], exist_ok=True)
+        try:
+            session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
+        except Exception as exc:
+            if type(exc).__module__.startswith("onnxruntime"):
+                raise EngineUnavailableError(
+                    f"{self.engine}: onnxruntime could not load {self.path}: {exc}"
+                ) from exc
+            raise
+        active = session.get_providers()
+        if self.provider not in active:
             # ONNX Runtime drops an unusable provider with only a warning: refuse to time CPU
             # under a GPU label.
-            self.session = None
             raise EngineUnavailableError(
-                f"{self.engine}: onnxruntime did not activate {provider} (active: {active})"
+                f"{self.engine}: onnxruntime did not activate {self.provider} (active: {active})"
             )
+        self.session = session
+        self._output_names = [o.name for o in session.get_outputs()]
 
     def deactivate_impl(self) -> None:
         self.session = None
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
+        if self.io_binding:
+            return self._infer_bound(feed)
+        names = self._output_names
         return dict(zip(names, self.session.run(names, dict(feed)), strict=True))
+
+    def _infer_bound(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """IOBinding: inputs copied into device ``OrtValue``s, outputs allocated on the device
+        by ONNX Runtime and copied to host after the run."""
+        import onnxruntime as ort
+
+        device = "cpu" if self.engine == "ort-cpu" else "cuda"
+        device_id = 0 if device == "cpu" else self.device_id
+        binding = self.session.io_binding()
+        values = []  # keep the device buffers alive until the run is over
+        for name, array in feed.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+            binding.bind_ortvalue_input(name, value)
+            values.append(value)
+        for name in self._output_names:
+            binding.bind_output(name, device, device_id)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
 
     def providers(self) -> list[str]:
         return list(self.session.get_providers()) if self.session is not None else []
+
+
+def make_runner(
+    engine: str,
+    onnx_path: str | os.PathLike[str] | None = None,
+    *,
+    model: Any = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    compile: bool = False,
+) -> BaseRunner:
+    """A runner for any of :data:`ENGINES`, not yet activated.
+
+    Args:
+        engine: One of :data:`ENGINES`.
+        onnx_path: The ONNX file (every engine but ``"torch"``).
+        model: The eager module (``"torch"`` only).
+        input_names: Feed keys in ``forward``'s order (``"torch"``; default: the spec's inputs
+            when ``onnx_path`` carries one).
+        output_names: Names of the flattened outputs (``"torch"``; same default).
+        threads: CPU threads (torch, ort-cpu; also ort's intra-op threads on GPU providers).
+        device: ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` for torch (default ``"cpu"``); for the
+            GPU engines the CUDA device (``"cuda:N"``, default ``cuda:0``).
+        compile: ``torch.compile`` the model (``"torch"`` only).
+
+    Example:
+        >>> with make_runner("ort-cpu", "model.onnx", threads=2) as runner:  # doctest: +SKIP
+        ...     outputs = runner.infer(feed)
+    """
+    if engine not in ENGINES:
+        raise BiRNNExportError(
+            f"engine: unknown engine {engine!r}; choose from {', '.join(ENGINES)}"
+        )
+    if engine == "torch":
+        if model is None:
+            raise BiRNNExportError("engine 'torch' needs model= (the eager PyTorch module)")
+        if input_names is None or output_names is None:
+            spec = _spec_or_none(onnx_path) if onnx_path is not None else None
+            if spec is None:
+                raise BiRNNExportError(
+                    "engine 'torch' needs input_names= and output_names= (or an onnx_path whose "
+                    "birnn_export.spec metadata names them)"
+                )
+            input_names = input_names or [t.name for t in spec.inputs]
+            output_names = output_names or [t.name for t in spec.outputs]
+        return TorchRunner(
+            model,
+            list(input_names),
+            list(output_names),
+            device=device or "cpu",
+            compile=compile,
+            threads=threads,
+        )
+    if onnx_path is None:
+        raise BiRNNExportError(f"engine {engine!r} needs onnx_path= (the exported ONNX file)")
+    if compile:
+        raise BiRNNExportError(f"compile=True applies to engine 'torch' only, not {engine!r}")
+    device_id = _cuda_index(device, engine)
+    if engine == "trt":
+        from birnn_export.trt import TrtRunner
+
+        return TrtRunner(onnx_path, device=device_id)
+    return OrtRunner(onnx_path, engine=engine, threads=threads, device_id=device_id)
+
+
+def _cuda_index(device: str | None, engine: str) -> int:
+    if device is None or device == "cuda":
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    if device == "cpu" and engine == "ort-cpu":
+        return 0
+    raise BiRNNExportError(f"device: engine {engine!r} expects 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _spec_or_none(path: str | os.PathLike[str]) -> GraphSpec | None:
+    """The file's :class:`GraphSpec`, or ``None`` if it has no birnn-export metadata."""
+    from birnn_export.spec import GraphSpec
+
+    try:
+        return GraphSpec.from_onnx(str(path))
+    except BiRNNExportError:
+        return None
 
 
 def availability(engine: str) -> str | None:
@@ -260,6 +530,7 @@ def availability(engine: str) -> str | None:
     if engine == "torch":
         return None
     if engine in _ORT_PROVIDERS:
+        warn_if_both_onnxruntimes()
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -275,6 +546,41 @@ def availability(engine: str) -> str | None:
     from birnn_export import trt
 
     return trt.availability()
+
+
+def installed_onnxruntimes() -> list[str]:
+    """Distributions that provide the ``onnxruntime`` module (normally exactly one)."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+_warned_both = False
+
+
+def warn_if_both_onnxruntimes() -> None:
+    """Warn once when two onnxruntime builds are installed: they overwrite the same module, and
+    whichever was installed last decides which providers exist."""
+    global _warned_both
+    found = installed_onnxruntimes()
+    if len(found) > 1 and not _warned_both:
+        _warned_both = True
+        import warnings
+
+        warnings.warn(
+            f"several onnxruntime builds are installed ({', '.join(found)}) and share one module; "
+            "keep one: pip uninstall -y " + " ".join(found) + " && pip install onnxruntime-gpu "
+            "(GPU) or onnxruntime (CPU)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _flatten(value: Any) -> list[Any]:

@@ -1,0 +1,524 @@
+"""Static compatibility check of an ONNX graph against a GPU engine's import rules.
+
+``check_compatibility(path, target="tensorrt")`` reads the graph only: it needs neither a GPU
+nor TensorRT. It reports, one :class:`Finding` per line, what the target would reject
+(``error``), what it would run slowly or differently (``warning``, e.g. ONNX Runtime's CUDA EP
+sending a recurrent node back to the CPU) and what is worth knowing (``info``). The rules are the
+measured and documented ones in the project's notes (NOTES.md, section 5) and onnx-tensorrt's
+operator matrix.
+
+Example:
+    >>> report = check_compatibility("model.onnx", target="tensorrt")  # doctest: +SKIP
+    >>> report.ok, [str(f) for f in report.findings]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from birnn_export.errors import BiRNNExportError, ModelLoadError
+
+Severity = Literal["error", "warning", "info"]
+
+#: Targets and the names accepted for them.
+TARGETS = ("tensorrt", "ort-cuda")
+_ALIASES = {
+    "tensorrt": "tensorrt",
+    "trt": "tensorrt",
+    "ort-trt": "tensorrt",
+    "ort-cuda": "ort-cuda",
+}
+
+#: Ops onnx-tensorrt imports (TensorRT 10.x operator matrix), default ONNX domain. The ones our
+#: graphs use come first; the rest are listed so that other models do not get false errors.
+TENSORRT_OPS = frozenset(
+    {
+        # what birnn-export graphs contain
+        "LSTM", "GRU", "RNN", "ReverseSequence", "Shape", "Transpose", "Cast", "Clip", "Min",
+        "Max", "Mul", "Expand", "Concat", "Reshape", "Squeeze", "Unsqueeze", "Gather", "Range",
+        "Less", "Where", "MatMul", "Gemm", "Add", "Sub", "Div", "Constant", "ConstantOfShape",
+        "Slice", "Identity", "Relu", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Conv",
+        "Equal", "Greater", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor",
+        "Flatten", "Split", "Tile", "CastLike", "Neg", "Abs", "Exp", "Log", "Sqrt", "Pow",
+        "Dropout",
+        # the rest of the matrix
+        "Acos", "Acosh", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "Attention",
+        "AveragePool", "BatchNormalization", "BlackmanWindow", "Ceil", "Celu", "ConvTranspose",
+        "Cos", "Cosh", "CumSum", "DeformConv", "DepthToSpace", "DequantizeLinear", "Einsum",
+        "Elu", "Erf", "EyeLike", "Floor", "GatherElements", "GatherND", "Gelu",
+        "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "GridSample", "GroupNormalization",
+        "HammingWindow", "HannWindow", "HardSigmoid", "HardSwish", "Hardmax", "If",
+        "ImageScaler", "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization",
+        "LeakyRelu", "Loop", "LRN", "LpNormalization", "LpPool", "MaxPool", "Mean",
+        "MeanVarianceNormalization", "Mish", "Mod", "NonMaxSuppression", "NonZero", "OneHot",
+        "Pad", "ParametricSoftplus", "PRelu", "QuantizeLinear", "RandomNormal",
+        "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Reciprocal", "ReduceL1",
+        "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+        "ReduceProd", "ReduceSum", "ReduceSumSquare", "Resize", "RMSNormalization", "RoiAlign",
+        "RotaryEmbedding", "Round", "STFT", "ScaledTanh", "Scan", "Scatter", "ScatterElements",
+        "ScatterND", "Selu", "Shrink", "Sign", "Sin", "Sinh", "Size", "Softplus", "Softsign",
+        "SpaceToDepth", "Sum", "Tan", "ThresholdedRelu", "TopK", "Trilu", "Upsample",
+    }
+)  # fmt: skip
+
+_RECURRENT = ("LSTM", "GRU", "RNN")
+#: Default activations per direction (ONNX spec).
+_DEFAULT_ACTIVATIONS = {
+    "LSTM": ("Sigmoid", "Tanh", "Tanh"),
+    "GRU": ("Sigmoid", "Tanh"),
+    "RNN": ("Tanh",),
+}
+# TensorProto element types
+_DOUBLE, _STRING, _COMPLEX64, _COMPLEX128, _FLOAT16, _INT64 = 11, 8, 14, 15, 10, 7
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One observation: ``severity`` ("error", "warning", "info"), the node it is about (name,
+    or ``op_type`` when unnamed; ``"graph"`` for graph-level findings) and a message."""
+
+    severity: Severity
+    node: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.node}: {self.message}"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Findings of one check; :attr:`ok` when none is an error."""
+
+    target: str
+    source: str
+    findings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "warning")
+
+    def lines(self) -> list[str]:
+        return [str(f) for f in self.findings]
+
+    def summary(self) -> str:
+        verdict = "compatible" if self.ok else "NOT compatible"
+        return (
+            f"{self.source}: {verdict} with {self.target} ({len(self.errors)} errors, "
+            f"{len(self.warnings)} warnings)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "source": self.source,
+            "ok": self.ok,
+            "findings": [
+                {"severity": f.severity, "node": f.node, "message": f.message}
+                for f in self.findings
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def check_compatibility(onnx_path_or_model: Any, *, target: str) -> CheckReport:
+    """Check an ONNX file (path) or loaded ``onnx.ModelProto`` against ``target``.
+
+    Args:
+        onnx_path_or_model: Path to an ``.onnx`` file or an ``onnx.ModelProto``.
+        target: ``"tensorrt"`` (native TensorRT or ONNX Runtime's TensorRT EP, both through
+            onnx-tensorrt) or ``"ort-cuda"`` (ONNX Runtime's CUDA EP).
+
+    Raises:
+        BiRNNExportError: unknown target.
+        ModelLoadError: the file is missing or is not an ONNX model.
+    """
+    if target not in _ALIASES:
+        raise BiRNNExportError(f"target: expected one of {', '.join(TARGETS)}, got {target!r}")
+    target = _ALIASES[target]
+    model, source = _load(onnx_path_or_model)
+    checker = _Checker(model, target)
+    return CheckReport(target=target, source=source, findings=tuple(checker.run()))
+
+
+def _load(obj: Any) -> tuple[Any, str]:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if isinstance(obj, onnx.ModelProto):
+        return obj, obj.graph.name or "<model>"
+    path = Path(obj)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not an ONNX model ({exc})") from None
+    if not model.graph.node and not model.graph.input and not model.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph)")
+    return model, str(path)
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    import onnx
+
+    for attr in node.attribute:
+        if attr.name == name:
+            value = onnx.helper.get_attribute_value(attr)
+            if isinstance(value, bytes):
+                return value.decode()
+            if isinstance(value, list):
+                return [v.decode() if isinstance(v, bytes) else v for v in value]
+            return value
+    return default
+
+
+class _Checker:
+    def __init__(self, model: Any, target: str) -> None:
+        import onnx
+
+        self.model = model
+        self.target = target
+        self.trt = target == "tensorrt"
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:  # shape inference is best effort; custom ops can defeat it
+            inferred = model
+        self.types: dict[str, Any] = {}
+        graph = inferred.graph
+        for info in [*graph.input, *graph.output, *graph.value_info]:
+            if info.type.HasField("tensor_type"):
+                self.types[info.name] = info.type.tensor_type
+        self.init_types = {t.name: t for t in graph.initializer}
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _elem(self, name: str) -> int | None:
+        if name in self.init_types:
+            return self.init_types[name].data_type
+        tensor_type = self.types.get(name)
+        return tensor_type.elem_type if tensor_type is not None else None
+
+    def _rank(self, name: str) -> int | None:
+        if name in self.init_types:
+            return len(self.init_types[name].dims)
+        tensor_type = self.types.get(name)
+        if tensor_type is None or not tensor_type.HasField("shape"):
+            return None
+        return len(tensor_type.shape.dim)
+
+    @staticmethod
+    def _label(node: Any) -> str:
+        return node.name or node.op_type
+
+    def _nodes(self, graph: Any) -> Iterator[Any]:
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    yield from self._nodes(attr.g)
+                for sub in attr.graphs:
+                    yield from self._nodes(sub)
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def run(self) -> list[Finding]:
+        findings: list[Finding] = []
+        findings += self._check_dtypes()
+        findings += self._check_dynamic_dims()
+        for node in self._nodes(self.model.graph):
+            findings += self._check_op(node)
+            if node.op_type in _RECURRENT and node.domain in ("", "ai.onnx"):
+                findings += self._check_recurrent(node)
+            elif node.op_type == "ReverseSequence":
+                findings += self._check_reverse_sequence(node)
+            elif node.op_type == "Loop" and self.trt and not (node.input and node.input[0]):
+                findings.append(
+                    Finding(
+                        "error",
+                        self._label(node),
+                        "Loop without a trip count (input M): TensorRT needs one",
+                    )
+                )
+        return findings
+
+    def _check_op(self, node: Any) -> list[Finding]:
+        label = self._label(node)
+        if node.domain not in ("", "ai.onnx"):
+            if self.trt:
+                return [
+                    Finding(
+                        "error",
+                        label,
+                        f"op {node.domain}::{node.op_type} is not a standard ONNX op: "
+                        "TensorRT needs a plugin for it",
+                    )
+                ]
+            if node.domain != "com.microsoft":
+                return [
+                    Finding(
+                        "warning",
+                        label,
+                        f"op {node.domain}::{node.op_type} is a custom op: ONNX Runtime needs "
+                        "its custom-op library registered",
+                    )
+                ]
+            return []
+        if self.trt and node.op_type not in TENSORRT_OPS:
+            return [
+                Finding(
+                    "error",
+                    label,
+                    f"op {node.op_type} is not imported by TensorRT's ONNX parser (onnx-tensorrt)",
+                )
+            ]
+        return []
+
+    def _check_recurrent(self, node: Any) -> list[Finding]:
+        findings: list[Finding] = []
+        label, op = self._label(node), node.op_type
+
+        def add(severity: Severity, message: str) -> None:
+            findings.append(Finding(severity, label, message))
+
+        layout = _attr(node, "layout", 0)
+        if layout != 0:
+            add(
+                "error",
+                f"{op} layout={layout}: must be 0 (ONNX Runtime CPU/CUDA reject 1, TensorRT "
+                "requires 0); transpose batch_first inputs instead",
+            )
+        direction = _attr(node, "direction", "forward")
+        dirs = 2 if direction == "bidirectional" else 1
+        activations = _attr(node, "activations")
+        default = _DEFAULT_ACTIVATIONS[op]
+        per_dir = len(default)
+        if activations and dirs == 2 and len(activations) == 2 * per_dir:
+            forward, reverse = activations[:per_dir], activations[per_dir:]
+            if [a.lower() for a in forward] != [a.lower() for a in reverse]:
+                add(
+                    "error" if self.trt else "warning",
+                    f"bidirectional {op} has different activations per direction "
+                    f"(forward {forward}, reverse {reverse})"
+                    + (
+                        ": TensorRT requires them equal"
+                        if self.trt
+                        else ": the CUDA EP sends it to the CPU"
+                    ),
+                )
+        fallback: list[str] = []  # why ORT CUDA sends the node back to CPU
+        if activations and [a.lower() for a in activations] != [
+            a.lower() for a in default * (len(activations) // per_dir or 1)
+        ]:
+            fallback.append(f"non-default activations {activations}")
+        clip = _attr(node, "clip")
+        if clip is not None:
+            fallback.append(f"clip={clip}")
+        if op == "LSTM":
+            input_forget = _attr(node, "input_forget", 0)
+            if input_forget != 0:
+                if self.trt:
+                    add("error", f"LSTM input_forget={input_forget}: TensorRT requires 0")
+                fallback.append(f"input_forget={input_forget}")
+            if len(node.input) > 7 and node.input[7]:
+                fallback.append("peepholes (input P)")
+        if op == "GRU":
+            lbr = _attr(node, "linear_before_reset", 0)
+            if lbr != 1:
+                fallback.append(f"linear_before_reset={lbr}")
+                add(
+                    "info",
+                    f"GRU linear_before_reset={lbr}: torch's GRU semantics are "
+                    "linear_before_reset=1",
+                )
+        if fallback and not self.trt:
+            add(
+                "warning",
+                f"{op} with {', '.join(fallback)}: ONNX Runtime's CUDA EP runs this node on the "
+                "CPU (slow; copies across the bus every call)",
+            )
+            if self._elem(node.input[0]) == _FLOAT16:
+                add(
+                    "warning",
+                    f"fp16 {op} on the CPU: ONNX Runtime has no fp16 CPU kernel for it and "
+                    "inserts Casts to float32 around it (fp32 numerics, extra copies)",
+                )
+        if len(node.input) > 4 and node.input[4]:
+            elem = self._elem(node.input[4])
+            if elem is not None and elem != 6:  # INT32
+                add("error", f"{op} sequence_lens must be int32 (got element type {elem})")
+        return findings
+
+    def _check_reverse_sequence(self, node: Any) -> list[Finding]:
+        label = self._label(node)
+        findings: list[Finding] = []
+        inputs = [name for name in node.input if name]
+        if len(inputs) != 2:
+            findings.append(
+                Finding("error", label, f"ReverseSequence needs 2 inputs, has {len(inputs)}")
+            )
+        batch_axis = _attr(node, "batch_axis", 1)
+        time_axis = _attr(node, "time_axis", 0)
+        if batch_axis == time_axis:
+            findings.append(
+                Finding(
+                    "error",
+                    label,
+                    f"ReverseSequence batch_axis == time_axis == {batch_axis}: they must differ",
+                )
+            )
+        if {batch_axis, time_axis} - {0, 1}:
+            findings.append(
+                Finding(
+                    "error",
+                    label,
+                    f"ReverseSequence axes must be 0 and 1 (batch_axis={batch_axis}, "
+                    f"time_axis={time_axis})",
+                )
+            )
+        if inputs:
+            rank = self._rank(node.input[0])
+            if rank is not None and rank < 2:
+                findings.append(
+                    Finding("error", label, f"ReverseSequence input has rank {rank}; needs >= 2")
+                )
+        if len(node.input) > 1 and node.input[1]:
+            rank = self._rank(node.input[1])
+            if rank is not None and rank != 1:
+                findings.append(
+                    Finding(
+                        "error", label, f"ReverseSequence sequence_lens has rank {rank}; needs 1"
+                    )
+                )
+        if not self.trt:
+            findings.append(
+                Finding(
+                    "info",
+                    label,
+                    "ONNX Runtime's CUDA kernel does not range-check sequence_lens "
+                    "(onnxruntime#24920): lengths must lie in [1, seq]",
+                )
+            )
+        return findings
+
+    def _check_dtypes(self) -> list[Finding]:
+        findings: list[Finding] = []
+        graph = self.model.graph
+        io = [*graph.input, *graph.output]
+        init_names = {t.name for t in graph.initializer}
+        for info in io:
+            if info.name in init_names or not info.type.HasField("tensor_type"):
+                continue
+            elem = info.type.tensor_type.elem_type
+            if elem == _DOUBLE:
+                findings.append(
+                    Finding(
+                        "error" if self.trt else "warning",
+                        "graph",
+                        f"{info.name!r} is float64: "
+                        + (
+                            "TensorRT has no float64 tensors; export in float32"
+                            if self.trt
+                            else "the CUDA EP lacks float64 kernels for many ops; export in float32"
+                        ),
+                    )
+                )
+            elif elem in (_STRING, _COMPLEX64, _COMPLEX128) and self.trt:
+                findings.append(
+                    Finding("error", "graph", f"{info.name!r} has a type TensorRT does not support")
+                )
+            elif elem == _INT64 and self.trt:
+                findings.append(
+                    Finding(
+                        "info",
+                        "graph",
+                        f"{info.name!r} is int64: fine in TensorRT 10+, rejected by older versions",
+                    )
+                )
+        if self.trt:
+            internal = [t.name for t in graph.initializer if t.data_type == _DOUBLE]
+            internal += [
+                node.output[0]
+                for node in self._nodes(graph)
+                if node.op_type == "Cast" and _attr(node, "to") == _DOUBLE
+            ]
+            if internal:
+                findings.append(
+                    Finding(
+                        "warning",
+                        "graph",
+                        f"float64 tensors inside the graph ({', '.join(internal[:5])}"
+                        f"{', ...' if len(internal) > 5 else ''}): TensorRT casts them to float32",
+                    )
+                )
+        return findings
+
+    def _check_dynamic_dims(self) -> list[Finding]:
+        from birnn_export.spec import METADATA_KEY, GraphSpec
+
+        props = {p.key: p.value for p in self.model.metadata_props}
+        if METADATA_KEY not in props:
+            return [
+                Finding(
+                    "info",
+                    "graph",
+                    f"no '{METADATA_KEY}' metadata (not written by birnn-export): dynamic "
+                    "dims were not checked",
+                )
+            ]
+        try:
+            spec = GraphSpec.from_json(props[METADATA_KEY])
+        except (ValueError, TypeError, KeyError) as exc:
+            return [Finding("warning", "graph", f"unreadable '{METADATA_KEY}' metadata ({exc})")]
+        findings: list[Finding] = []
+        declared = {
+            info.name: info.type.tensor_type.shape
+            for info in [*self.model.graph.input, *self.model.graph.output]
+            if info.type.HasField("tensor_type")
+        }
+        for tensor in (*spec.inputs, *spec.outputs):
+            shape = declared.get(tensor.name)
+            if shape is None:
+                findings.append(
+                    Finding(
+                        "warning",
+                        "graph",
+                        f"the spec names {tensor.name!r} but the graph has no such input/output",
+                    )
+                )
+                continue
+            if len(shape.dim) != len(tensor.dims):
+                findings.append(
+                    Finding(
+                        "warning",
+                        "graph",
+                        f"{tensor.name!r} has rank {len(shape.dim)} in the graph but "
+                        f"{len(tensor.dims)} in the spec",
+                    )
+                )
+                continue
+            for axis, (dim, want) in enumerate(zip(shape.dim, tensor.dims, strict=True)):
+                if isinstance(want, str) and dim.HasField("dim_value"):
+                    findings.append(
+                        Finding(
+                            "warning",
+                            "graph",
+                            f"{tensor.name!r} axis {axis} is declared static ({dim.dim_value}) "
+                            f"but the spec says dynamic {want!r}: engines will reject or "
+                            "specialise other sizes",
+                        )
+                    )
+        return findings
