@@ -28,7 +28,8 @@ class Replacement:
 
     def __str__(self) -> str:
         direction = "bidirectional" if self.bidirectional else "unidirectional"
-        return f"{self.path}: {self.original} -> BiRNN({self.cell}, {self.num_layers} layer(s), {direction})"
+        layers = f"{self.num_layers} layer(s)"
+        return f"{self.path}: {self.original} -> BiRNN({self.cell}, {layers}, {direction})"
 
 
 def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

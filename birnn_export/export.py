@@ -115,8 +115,10 @@ def export_onnx(
             the configuration or the name of ``forward``'s second parameter.
         dtype: ``"float32"`` or ``"float16"`` (an fp16 graph, as TensorRT 11 needs for fp16).
         input_names: Graph input names; default ``x`` (or ``ids`` for token ids) and ``lengths``.
-        output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare layer).
-        verify: Run the self-check under ONNX Runtime CPU (skipped only where onnxruntime is missing).
+        output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare
+            layer).
+        verify: Run the self-check under ONNX Runtime CPU (skipped only where onnxruntime is
+            missing).
         reference: The module the self-check compares against (e.g. the original model with
             built-in layers); default ``model`` itself.
         config: Model configuration to record in the metadata.
@@ -127,7 +129,8 @@ def export_onnx(
         VerificationError: ONNX Runtime's outputs differ from eager at a shape unlike the example.
 
     Example:
-        >>> result = export_onnx(nn.LSTM(10, 20, batch_first=True, bidirectional=True), "m.onnx")  # doctest: +SKIP
+        >>> layer = nn.LSTM(10, 20, batch_first=True, bidirectional=True)
+        >>> result = export_onnx(layer, "m.onnx")  # doctest: +SKIP
         >>> result.spec.inputs[0].dims  # doctest: +SKIP
         ('batch', 'seq', 10)
     """
@@ -355,7 +358,7 @@ def _trace(
     batch = torch.export.Dim(BATCH)
     seq = torch.export.Dim(SEQ)
     dynamic = []
-    for role, tensor in zip(roles, inputs, strict=True):
+    for role in roles:
         dynamic.append({0: batch} if role == "lengths" else {0: batch, 1: seq})
     try:
         with _onnx_layout(layers, layout), torch.no_grad(), _quiet_exporter():
@@ -388,7 +391,7 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+            with contextlib.redirect_stdout(open(os.devnull, "w")):
                 yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -573,12 +576,12 @@ def check_graph(proto: Any, spec: GraphSpec) -> list[str]:
                 )
     for info in inferred.graph.value_info:
         dims = _dims_of(info)
-        if dims and all(isinstance(d, int) for d in dims) and len(dims) >= 2:
-            if spec.example_seq in dims and spec.example_batch in dims:
-                problems.append(
-                    f"intermediate value {info.name} has static shape {list(dims)} holding the "
-                    f"example batch {spec.example_batch} and length {spec.example_seq}"
-                )
+        static = len(dims) >= 2 and all(isinstance(d, int) for d in dims)
+        if static and spec.example_seq in dims and spec.example_batch in dims:
+            problems.append(
+                f"intermediate value {info.name} has static shape {list(dims)} holding the "
+                f"example batch {spec.example_batch} and length {spec.example_seq}"
+            )
     problems += _baked_sizes(inferred, {spec.example_batch, spec.example_seq})
     return problems
 
@@ -708,8 +711,8 @@ def _self_check(path: Path, reference: nn.Module, spec: GraphSpec) -> tuple[Self
         worst_case = max(failed, key=lambda c: c.max_abs_error)
         raise VerificationError(
             f"ONNX Runtime output differs from eager PyTorch at batch {worst_case.batch}, seq "
-            f"{worst_case.seq}: max abs error {worst_case.max_abs_error:.3g} (tolerance atol {atol}, "
-            f"rtol {rtol}); nothing was written"
+            f"{worst_case.seq}: max abs error {worst_case.max_abs_error:.3g} (tolerance atol "
+            f"{atol}, rtol {rtol}); nothing was written"
         )
     return tuple(cases)
 

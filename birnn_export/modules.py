@@ -414,7 +414,7 @@ class BiRNN(nn.Module):
     # -- ONNX --------------------------------------------------------------------------------
 
     def onnx_weights(self, layer: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Per direction: ONNX ``W`` ``[G*H, I]``, ``R`` ``[G*H, H]``, ``B`` ``[2*G*H]`` in ONNX gate order."""
+        """Per direction, in ONNX gate order: ``W [G*H, I]``, ``R [G*H, H]``, ``B [2*G*H]``."""
         order = ONNX_GATE_ORDER[self.cell]
         hidden = self.hidden_size
 
@@ -450,7 +450,7 @@ class BiRNN(nn.Module):
         init: list[Tensor | None],
         direction: str,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Emit one ONNX recurrent node; x is ``[T, B, I]``, returns ``Y [T, D, B, H]`` and finals."""
+        """Emit one ONNX recurrent node on ``x [T, B, I]``; return ``Y [T, D, B, H]``, finals."""
         steps, batch = x.shape[0], x.shape[1]
         dirs = len(ws)
         inputs: list[Tensor | None] = [

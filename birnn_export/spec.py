@@ -112,7 +112,8 @@ def make_lengths(
     """Lengths coupled to ``seq``: all in ``[1, seq]``.
 
     ``"ragged"``: unsorted, with at least one full-length row and (for batch >= 2) one row of
-    length 1; ``"equal"``: every row the same length drawn from ``[1, seq]``; ``"full"``: all ``seq``.
+    length 1; ``"equal"``: every row the same length drawn from ``[1, seq]``; ``"full"``: all
+    ``seq``.
     """
     if mode == "full":
         return np.full(batch, seq, dtype=np.int64)
