@@ -90,7 +90,8 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--trust-pickle",
             is_flag=True,
-            help="Allow whole pickled modules. This RUNS CODE from the file: only for files you trust.",
+            help="Allow whole pickled modules. This RUNS CODE from the file: "
+            "only for files you trust.",
         ),
     ]
     for option in reversed(options):
@@ -104,7 +105,8 @@ def parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"--model-kwargs: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        message = f"--model-kwargs: not valid JSON ({exc.msg} at column {exc.colno})"
+        raise UserError(message) from None
     if not isinstance(value, dict):
         raise UserError(f"--model-kwargs: expected a JSON object, got {type(value).__name__}")
     return value
@@ -115,6 +117,10 @@ def load_for_cli(path: Path, **options: Any) -> Any:
     from birnn_export.checkpoint import load_model
 
     options["model_kwargs"] = parse_model_kwargs(options.get("model_kwargs"))
+    if options.get("model_class") and "" not in sys.path and "." not in sys.path:
+        # `python -m` puts the working directory on sys.path, the console script does not;
+        # --model-class mypkg.models:Tagger should resolve the same way under both.
+        sys.path.insert(0, "")
     return load_model(path, **options)
 
 
@@ -137,26 +143,512 @@ def main() -> None:
 
 @main.command(DEFAULT_COMMAND)
 @click.argument("model_path", metavar="MODEL.pt", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output ONNX file.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="ONNX file [default: MODEL.onnx]."
+)
+@click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted].")
+@click.option(
+    "--layout",
+    type=click.Choice(["split", "fused"]),
+    default="split",
+    show_default=True,
+    help="split: forward node + forward node between two ReverseSequence; "
+    "fused: one bidirectional node per layer.",
+)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
+)
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
 @loader_options
 @user_errors
-def export_command(model_path: Path, output: Path | None, **loader: Any) -> None:
-    """Load MODEL.pt and convert its recurrent layers (export lands in a later step)."""
-    from birnn_export.convert import conversion_report
+def export_command(
+    model_path: Path,
+    output: Path | None,
+    opset: int | None,
+    layout: str,
+    dtype: str,
+    no_verify: bool,
+    json_path: Path | None,
+    quiet: bool,
+    **loader: Any,
+) -> None:
+    """Export MODEL.pt to ONNX (MODEL.onnx beside it), check and verify it.
 
+    Loads the model safely, replaces built-in RNN/LSTM/GRU layers by exportable ones, exports with
+    symbolic batch and sequence axes, checks the graph and compares ONNX Runtime with eager
+    PyTorch at shapes unlike the example. Exit 0 on success, 1 if verification failed, 2 for bad
+    input.
+    """
+    import time
+
+    from birnn_export.export import describe_onnx, export_onnx
+
+    start = time.perf_counter()
     loaded = load_for_cli(model_path, **loader)
-    click.echo(f"Loaded {model_path} ({loaded.source})")
-    for replacement in conversion_report(loaded.model):
-        click.echo(f"  {replacement}")
+    output = output or model_path.with_suffix(".onnx")
+    result = export_onnx(
+        loaded.model,
+        output,
+        reference=loaded.original,
+        opset=opset,
+        layout=layout,
+        dtype=dtype,
+        verify=not no_verify,
+        config=loaded.config,
+        source_sha256=loaded.sha256,
+    )
+    from birnn_export.check import check_compatibility
+
+    compatibility = check_compatibility(result.path, target="tensorrt")
+    report = None
+    if not no_verify:
+        from birnn_export.verify import quick_verify
+
+        report = quick_verify(result.path, loaded)
+    summary = {
+        "model": str(model_path),
+        "source": loaded.source,
+        "converted": [str(r) for r in result.replaced],
+        "onnx": describe_onnx(result.path),
+        "self_check": [c.__dict__ for c in result.self_check],
+        "max_abs_error": result.max_error,
+        "verification": None if report is None else json.loads(report.to_json()),
+        "tensorrt_check": {"summary": compatibility.summary(), "findings": compatibility.lines()},
+    }
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2, default=str))
+    if quiet:
+        click.echo(str(result.path))
+    else:
+        _print_export_summary(summary)
+        if report is not None:
+            click.echo(f"Verified {report.summary()}")
+        click.echo(f"Checked  {compatibility.summary()}")
+        for line in compatibility.lines():
+            click.echo(f"  {line}")
+        click.echo(f"Done in {summary['seconds']:.1f} s")
+    if report is not None and not report.passed:
+        from birnn_export.verify import render_report
+
+        render_report(report)
+        report.raise_for_failure()
+
+
+def _dims(dims: list[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _print_export_summary(summary: dict[str, Any]) -> None:
+    onnx_info = summary["onnx"]
+    click.echo(f"Loaded   {summary['model']}: {summary['source']}")
+    for line in summary["converted"]:
+        click.echo(f"Converted {line}")
+    size_kib = onnx_info["file_size"] / 1024
+    click.echo(f"Wrote    {onnx_info['path']} ({size_kib:.1f} KiB, opset {onnx_info['opsets']})")
+    for kind in ("inputs", "outputs"):
+        for value in onnx_info[kind]:
+            name, dtype = value["name"], value["dtype"]
+            click.echo(f"  {kind[:-1]:<6} {name:<10} {dtype:<8} {_dims(value['dims'])}")
+    ops = ", ".join(f"{op} x{n}" for op, n in onnx_info["op_counts"].items())
+    click.echo(f"  ops    {ops}")
+    checks = summary["self_check"]
+    if checks:
+        shapes = ", ".join(f"B={c['batch']} T={c['seq']}" for c in checks)
+        click.echo(
+            f"Checked  ONNX Runtime CPU vs eager PyTorch at {shapes}: "
+            f"max abs error {summary['max_abs_error']:.2e}"
+        )
+    else:
+        click.echo("Not verified (--no-verify)")
 
 
 # --- inspect -----------------------------------------------------------------------------
 
+
+@main.command("inspect")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write it as JSON.")
+@user_errors
+def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
+    """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
+    from birnn_export.export import describe_onnx
+
+    info = describe_onnx(onnx_path)
+    if json_path is not None:
+        json_path.write_text(json.dumps(info, indent=2, default=str))
+    click.echo(f"{info['path']}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})")
+    click.echo(f"opsets: {info['opsets']}")
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for value in info[kind]:
+            click.echo(f"  {value['name']:<12} {value['dtype']:<8} {_dims(value['dims'])}")
+    click.echo("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
+    if info["recurrent_nodes"]:
+        click.echo("recurrent nodes:")
+        for node in info["recurrent_nodes"]:
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(node["attributes"].items()))
+            click.echo(f"  {node['op']:<15} {node['name']}: {attrs}")
+    spec = info["metadata"].get("birnn_export.spec")
+    if isinstance(spec, dict):
+        click.echo("recorded by birnn-export:")
+        for value in spec["inputs"]:
+            valid = f", values {value['low']}..{value['high']}" if value["low"] is not None else ""
+            click.echo(f"  input {value['name']}: {value['role']}{valid}")
+        click.echo(
+            f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
+            f"{spec['padding_value']}, tool {spec['tool_version']}"
+        )
+        if spec.get("source_sha256"):
+            click.echo(f"  source sha256 {spec['source_sha256']}")
+        if spec.get("config"):
+            click.echo(f"  config {json.dumps(spec['config'])}")
+    others = {k: v for k, v in info["metadata"].items() if k != "birnn_export.spec"}
+    for key, value in others.items():
+        click.echo(f"  {key}: {value}")
+
+
 # --- verify (issue 4) --------------------------------------------------------------------
+
+
+def _parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``"1,3,16"`` -> ``(1, 3, 16)``; every value a positive int."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise UserError(
+            f"{option}: expected comma-separated integers like 1,3,16, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise UserError(f"{option}: expected positive integers like 1,3,16, got {text!r}")
+    return values
+
+
+def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, float] | None:
+    """``--atol 1e-4`` (all outputs) and ``--atol NAME:1e-3`` (one output), repeatable."""
+    if not values:
+        return None
+    parsed: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.rpartition(":")
+        key = name if sep else "*"
+        try:
+            parsed[key] = float(number)
+        except ValueError:
+            raise UserError(
+                f"{option}: expected a number or NAME:NUMBER (e.g. 1e-4 or output:1e-3), "
+                f"got {value!r}"
+            ) from None
+        if not parsed[key] >= 0 or parsed[key] == float("inf"):
+            raise UserError(f"{option}: expected a finite number >= 0, got {value!r}")
+    return parsed["*"] if list(parsed) == ["*"] else parsed
+
+
+@main.command("verify")
+@click.argument(
+    "onnx_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    metavar="MODEL.pt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The model the graph was exported from (the reference is its original, unconverted form).",
+)
+@click.option(
+    "--engines",
+    multiple=True,
+    metavar="ENGINE[,ENGINE]",
+    help="Engines to check: torch, ort-cpu, ort-cuda, ort-trt, trt. [default: ort-cpu]",
+)
+@click.option("--batch", "batch_sizes", metavar="B,B,...", help="Batch sizes [default: 1,3,16].")
+@click.option(
+    "--seq",
+    "seq_lens",
+    metavar="T,T,...",
+    help="Sequence lengths [default: 1,2,T0,4*T0; T0 = export's].",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the first case's inputs."
+)
+@click.option(
+    "--atol",
+    multiple=True,
+    metavar="VALUE|NAME:VALUE",
+    help="Absolute tolerance, for all outputs or one output; repeatable. [default: per dtype]",
+)
+@click.option(
+    "--rtol",
+    multiple=True,
+    metavar="VALUE|NAME:VALUE",
+    help="Relative tolerance, like --atol.",
+)
+@click.option("--fp64-reference", is_flag=True, help="Run the reference in float64 as an oracle.")
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON."
+)
+@click.option(
+    "--save-inputs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the failing cases' inputs (all cases if none failed) to this .npz.",
+)
+@loader_options
+@user_errors
+def verify_command(
+    onnx_path: Path,
+    model_path: Path,
+    engines: tuple[str, ...],
+    batch_sizes: str | None,
+    seq_lens: str | None,
+    seed: int,
+    atol: tuple[str, ...],
+    rtol: tuple[str, ...],
+    fp64_reference: bool,
+    json_path: Path | None,
+    save_inputs: Path | None,
+    **loader: Any,
+) -> None:
+    """Compare MODEL.onnx on each engine with eager PyTorch across batch sizes and lengths.
+
+    Inputs come from the graph's metadata (ragged and equal lengths, large-magnitude features);
+    outputs are compared at valid steps, padding separately, rows alone against the batch. Exit 0
+    if all match, 1 on a mismatch (the report says where, and which direction), 2 for bad input.
+    """
+    import os
+    import sys
+    import tempfile
+
+    from birnn_export.verify import render_report, verify
+
+    names = tuple(e.strip() for value in engines for e in value.split(",") if e.strip())
+    batches = _parse_sizes(batch_sizes, "--batch")
+    seqs = _parse_sizes(seq_lens, "--seq")
+    atol_value = _parse_tolerance(atol, "--atol")
+    rtol_value = _parse_tolerance(rtol, "--rtol")
+    if json_path is not None and not json_path.parent.exists():
+        raise UserError(f"--json: directory {json_path.parent} does not exist")
+    loaded = load_for_cli(model_path, **loader)
+    report = verify(
+        onnx_path,
+        loaded,
+        engines=names or ("ort-cpu",),
+        batch_sizes=batches,
+        seq_lens=seqs,
+        seed=seed,
+        atol=atol_value,
+        rtol=rtol_value,
+        fp64_reference=fp64_reference,
+        progress=sys.stderr.isatty(),
+        save_inputs=save_inputs,
+    )
+    render_report(report)
+    if json_path is not None:
+        handle, temp = tempfile.mkstemp(suffix=".json", dir=json_path.parent)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(report.to_json() + "\n")
+        os.replace(temp, json_path)
+        click.echo(f"report written to {json_path}")
+    if report.saved_inputs:
+        click.echo(f"inputs written to {report.saved_inputs}")
+    report.raise_for_failure()
+
 
 # --- bench (issue 5) ---------------------------------------------------------------------
 
+
+def _bench_ints(text: str, option: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``; anything else is a one-line usage error."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise UserError(
+            f"{option}: expected comma-separated positive integers such as '1,8,32', got {text!r}"
+        )
+    return tuple(dict.fromkeys(values))
+
+
+def _bench_engines(text: str) -> tuple[str, ...]:
+    from birnn_export.runners import ENGINES
+
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",")))
+    unknown = [n for n in names if n not in ENGINES]
+    if not names or unknown:
+        raise UserError(
+            f"--engines: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+            f"expected a comma-separated list from {','.join(ENGINES)}"
+        )
+    return names
+
+
+@main.command("bench")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    metavar="MODEL.pt",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The PyTorch model the graph came from: the reference every engine is checked against.",
+)
+@click.option(
+    "--engines",
+    default="torch,ort-cpu",
+    show_default=True,
+    help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt.",
+)
+@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option(
+    "--seq", default="16,64,256", show_default=True, help="Sequence lengths, comma-separated."
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs."
+)
+@click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of timed runs per shape (at least 3 runs). Default: >= 10 runs and ~1 s.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--atol", type=float, help="Absolute tolerance of the output check.")
+@click.option("--rtol", type=float, help="Relative tolerance of the output check.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot.")
+@loader_options
+@user_errors
+def bench_command(
+    onnx_path: Path,
+    model_path: Path,
+    engines: str,
+    batch: str,
+    seq: str,
+    warmup: int,
+    iters: int | None,
+    duration: float | None,
+    threads: int | None,
+    seed: int,
+    atol: float | None,
+    rtol: float | None,
+    json_path: Path | None,
+    csv_path: Path | None,
+    plot_path: Path | None,
+    **loader: Any,
+) -> None:
+    """Time engines on MODEL.onnx; each is checked against eager PyTorch before it is timed.
+
+    An engine whose outputs differ from MODEL.pt is reported as a mismatch (exit 1), never as
+    fast. An unavailable engine is skipped with its reason (exit 2 if it was the only one).
+
+    \b
+    birnn-export bench tagger.onnx --model tagger.pt --engines torch,ort-cpu --threads 2
+    birnn-export bench tagger.onnx --model tagger.pt --batch 1,32 --seq 100 --csv out.csv
+    """
+    import importlib.util
+
+    engine_names = _bench_engines(engines)
+    batch_sizes = _bench_ints(batch, "--batch")
+    seq_lens = _bench_ints(seq, "--seq")
+    if iters is not None and duration is not None:
+        raise UserError("--iters and --duration: give one of them, not both")
+    if not onnx_path.is_file():
+        raise UserError(f"MODEL.onnx: no such file: {onnx_path}")
+    for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
+        if path is not None and not path.absolute().parent.is_dir():
+            raise UserError(f"{option}: folder {path.absolute().parent} does not exist")
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot: matplotlib is not installed; pip install matplotlib")
+
+    from rich.console import Console
+
+    from birnn_export.bench import benchmark, render_table
+
+    loaded = load_for_cli(model_path, **loader)
+    # The model as the user wrote it (torch's own recurrent layers) when it had them: that is
+    # the eager speed to beat and the most independent reference.
+    reference = loaded.original if loaded.original is not None else loaded.model
+    report = benchmark(
+        onnx_path,
+        reference,
+        engines=engine_names,
+        batch_sizes=batch_sizes,
+        seq_lens=seq_lens,
+        warmup=warmup,
+        iters=iters,
+        duration=duration,
+        threads=threads,
+        seed=seed,
+        atol=atol,
+        rtol=rtol,
+    )
+    # Piped output (logs, CI) gets a width that fits the table instead of rich's 80 columns.
+    Console(width=None if sys.stdout.isatty() else 150).print(render_table(report))
+    for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
+        if path is not None:
+            click.echo(f"Wrote {write(path)}")
+    if plot_path is not None:
+        click.echo(f"Wrote {report.plot(plot_path)}")
+    failed = report.failed()
+    if failed:
+        first = failed[0]
+        raise UserError(
+            f"{len(failed)} of {len(report.results)} measurements failed "
+            f"(first: {first.engine} at batch {first.batch}, seq {first.seq}: {first.status}, "
+            f"{first.reason})",
+            exit_code=1,
+        )
+
+
 # --- check (issue 5) ---------------------------------------------------------------------
+
+
+@main.command("check")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    type=click.Choice(["tensorrt", "ort-cuda"]),
+    required=True,
+    help="Engine whose import rules to check against (tensorrt also covers ORT's TensorRT EP).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the findings to this JSON file.",
+)
+@user_errors
+def check_command(onnx_path: Path, target: str, json_path: Path | None) -> None:
+    """Statically check MODEL.onnx against a GPU engine (no GPU needed).
+
+    Prints one line per finding; exits 1 if any is an error, 0 otherwise.
+    """
+    from birnn_export.check import check_compatibility
+
+    report = check_compatibility(onnx_path, target=target)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(report.summary())
+    if json_path is not None:
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(report.to_json() + "\n")
+        tmp.replace(json_path)
+    if not report.ok:
+        sys.exit(1)
 
 
 def run() -> None:

@@ -1,0 +1,650 @@
+"""Tests of birnn_export.verify: the verifier passes good exports and FAILS planted defects.
+
+Defects are planted in exported graphs with onnx.helper (each one a bug seen in practice): the
+seed article's whole-tensor flip, a missing padding mask, two LSTM gate blocks swapped, the final
+state taken at T - 1, a sequence length baked into the graph, and +1e-3 on one recurrent weight
+matrix. References are torch's own layers on PackedSequence wherever possible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import helper, numpy_helper
+from torch import nn
+
+from birnn_export.cli import main
+from birnn_export.errors import BiRNNExportError, EngineUnavailableError, VerificationError
+from birnn_export.export import export_onnx
+from birnn_export.modules import BiRNN
+from birnn_export.runners import BaseRunner, OrtRunner
+from birnn_export.spec import GraphSpec, TensorSpec
+from birnn_export.verify import (
+    Case,
+    Tolerance,
+    _batch_invariance,
+    case_feed,
+    compare_outputs,
+    default_tolerance,
+    plan_cases,
+    quick_verify,
+    resolve_tolerance,
+    valid_mask,
+    verify,
+)
+
+HIDDEN = 8
+FEATURES = 4
+PADDING = -1.0  # not 0: ONNX Runtime writes 0 past each length, so a missing mask shows
+
+
+# -- fixtures: one small BiLSTM exported twice, a tagger with a head -----------------------------
+
+
+@pytest.fixture(scope="module")
+def lstm() -> BiRNN:
+    torch.manual_seed(0)
+    return BiRNN(FEATURES, HIDDEN, cell="lstm", padding_value=PADDING).eval()
+
+
+@pytest.fixture(scope="module")
+def split_path(lstm: BiRNN, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("verify") / "split.onnx"
+    export_onnx(lstm, path, layout="split")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fused_path(lstm: BiRNN, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("verify") / "fused.onnx"
+    export_onnx(lstm, path, layout="fused")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tagger_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A state_dict of embedding + nn.GRU + linear head, and its export (via the loader)."""
+    from birnn_export.checkpoint import load_model
+
+    torch.manual_seed(1)
+    ref = nn.ModuleDict(
+        {
+            "embedding": nn.Embedding(20, FEATURES),
+            "rnn": nn.GRU(FEATURES, HIDDEN, batch_first=True, bidirectional=True),
+            "head": nn.Linear(2 * HIDDEN, 3),
+        }
+    )
+    folder = tmp_path_factory.mktemp("tagger")
+    pt = folder / "tagger.pt"
+    torch.save(ref.state_dict(), pt)
+    loaded = load_model(pt)
+    onnx_path = folder / "tagger.onnx"
+    export_onnx(loaded.model, onnx_path, source_sha256=loaded.sha256)
+    return pt, onnx_path
+
+
+def sweep(path: Path) -> dict:
+    """A reduced sweep: batch 1 and 4, T in {1, 6, example_seq} (ragged, equal, x10)."""
+    spec = GraphSpec.from_onnx(path)
+    return {"batch_sizes": (1, 4), "seq_lens": (1, 6, spec.example_seq)}
+
+
+# -- planting defects ---------------------------------------------------------------------------
+
+
+def _const(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def _nodes(proto: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for n in proto.graph.node if n.op_type == op]
+
+
+def _initializer(proto: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(i for i in proto.graph.initializer if i.name == name)
+
+
+def _replace_initializer(proto: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    _initializer(proto, name).CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(proto, str(path))
+    return path
+
+
+def plant_whole_flip(src: Path, dst: Path) -> Path:
+    """The seed's Example 3: every ReverseSequence becomes a flip of the whole padded time axis."""
+    proto = onnx.load(str(src))
+    graph = proto.graph
+    starts = _const(graph, "flip_starts", np.array([-1], np.int64))
+    ends = _const(graph, "flip_ends", np.array([np.iinfo(np.int64).min], np.int64))
+    axes = _const(graph, "flip_axes", np.array([0], np.int64))
+    steps = _const(graph, "flip_steps", np.array([-1], np.int64))
+    reversals = _nodes(proto, "ReverseSequence")
+    assert reversals, "the split layout should hold ReverseSequence nodes"
+    for node in reversals:
+        flip = helper.make_node(
+            "Slice", [node.input[0], starts, ends, axes, steps], list(node.output), name=node.name
+        )
+        node.CopyFrom(flip)
+    return _save(proto, dst)
+
+
+def plant_missing_mask(src: Path, dst: Path) -> Path:
+    """Drop the Where that writes the padding value past each row's length."""
+    proto = onnx.load(str(src))
+    (where,) = _nodes(proto, "Where")
+    kept, dropped = where.input[1], where.output[0]
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name == dropped:
+                node.input[i] = kept
+    proto.graph.node.remove(where)
+    return _save(proto, dst)
+
+
+def plant_gate_swap(src: Path, dst: Path) -> Path:
+    """Swap two gate blocks (ONNX o and f) of the first LSTM node's input weights W."""
+    proto = onnx.load(str(src))
+    name = _nodes(proto, "LSTM")[0].input[1]
+    w = numpy_helper.to_array(_initializer(proto, name)).copy()
+    h = HIDDEN
+    w[:, h : 2 * h], w[:, 2 * h : 3 * h] = w[:, 2 * h : 3 * h].copy(), w[:, h : 2 * h].copy()
+    _replace_initializer(proto, name, w)
+    return _save(proto, dst)
+
+
+def plant_state_at_last_step(src: Path, dst: Path) -> Path:
+    """Take the forward LSTM node's final state from Y at T - 1, not at each row's last step."""
+    proto = onnx.load(str(src))
+    node = _nodes(proto, "LSTM")[0]
+    y, y_h = node.output[0], node.output[1]
+    node.output[1] = "y_h_unused"
+    index = _const(proto.graph, "last_step", np.array(-1, np.int64))
+    gather = helper.make_node("Gather", [y, index], [y_h], axis=0, name="state_at_T_minus_1")
+    position = list(proto.graph.node).index(node) + 1
+    proto.graph.node.insert(position, gather)
+    return _save(proto, dst)
+
+
+def plant_baked_length(src: Path, dst: Path) -> Path:
+    """Declare the features input's time dim static (the example length), as stock export does."""
+    proto = onnx.load(str(src))
+    spec = GraphSpec.from_onnx(proto)
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_value = spec.example_seq
+    return _save(proto, dst)
+
+
+def plant_recurrent_perturbation(src: Path, dst: Path, node: int = -1) -> Path:
+    """+1e-3 on every element of one LSTM/GRU node's recurrent weights R."""
+    proto = onnx.load(str(src))
+    recurrent = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    name = recurrent[node].input[2]
+    r = numpy_helper.to_array(_initializer(proto, name))
+    _replace_initializer(proto, name, r + np.float32(1e-3))
+    return _save(proto, dst)
+
+
+def _failing(report, output: str, check: str = "values") -> list:
+    return [
+        (case, out)
+        for case in report.cases
+        for out in case.outputs
+        if out.name == output and out.check == check and not out.passed
+    ]
+
+
+# -- good exports pass ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_good_export_passes_against_torch_packed_lstm(
+    layout: str, lstm: BiRNN, split_path: Path, fused_path: Path
+) -> None:
+    path = split_path if layout == "split" else fused_path
+    # The reference is torch's own nn.LSTM on a PackedSequence, not our module.
+    report = verify(
+        path, lstm, reference=lstm.to_torch(), engines=("ort-cpu", "torch"), **sweep(path)
+    )
+    assert report.passed, report.summary()
+    assert report.providers["ort-cpu"] == ("CPUExecutionProvider",)
+    checks = {(o.name, o.check) for c in report.cases for o in c.outputs}
+    assert {
+        ("output", "values"),
+        ("output", "padding"),
+        ("h_n", "values"),
+        ("c_n", "values"),
+    } <= checks
+    assert ("output", "batch-invariance") in checks and ("h_n", "batch-invariance") in checks
+    worst = max(o.max_abs for c in report.cases for o in c.outputs)
+    assert worst < 1e-5
+    padding = [o for c in report.cases for o in c.outputs if o.check == "padding"]
+    assert padding and all("must equal padding value -1" in o.note for o in padding)
+
+
+def test_fp64_reference(lstm: BiRNN, fused_path: Path) -> None:
+    report = verify(fused_path, lstm, fp64_reference=True, batch_sizes=(3,), seq_lens=(5,))
+    assert report.passed, report.summary()
+    assert report.reference_dtype == "float64"
+    # fp32 engine vs fp64 oracle: small but not bit-identical
+    assert 0 < max(o.max_abs for c in report.cases for o in c.outputs) < 1e-5
+
+
+# -- planted defects fail -------------------------------------------------------------------
+
+
+def test_whole_tensor_flip_fails_and_is_diagnosed_as_reversal(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_whole_flip(split_path, tmp_path / "flip.onnx")
+    report = verify(bad, lstm, **sweep(split_path))
+    assert not report.passed
+    failing = _failing(report, "output")
+    assert failing
+    # Only rows shorter than T can differ; full-length batches pass.
+    for case, _ in failing:
+        assert min(case.lengths) < case.seq
+    text = report.diagnosis()
+    assert "forward half matches" in text
+    assert "backward half differs" in text
+    assert "a reversal bug" in text and "full-length rows match" in text
+    assert "t=0" in text
+    with pytest.raises(VerificationError, match="reversal bug"):
+        report.raise_for_failure()
+
+
+def test_missing_padding_mask_fails_on_padding_only(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_missing_mask(split_path, tmp_path / "nomask.onnx")
+    report = verify(bad, lstm, **sweep(split_path))
+    assert not report.passed
+    assert _failing(report, "output", "padding")
+    assert not _failing(report, "output", "values")  # valid steps are untouched
+    worst = max(o.max_abs for _, o in _failing(report, "output", "padding"))
+    assert worst == pytest.approx(abs(PADDING))  # 0 written where -1 belongs
+
+
+def test_swapped_gate_blocks_fail_in_forward_half(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_gate_swap(split_path, tmp_path / "gates.onnx")
+    report = verify(bad, lstm, **sweep(split_path))
+    assert not report.passed
+    assert _failing(report, "output")
+    text = report.diagnosis()
+    assert "backward half matches" in text
+    assert "only the forward direction is wrong, full-length rows included" in text
+
+
+def test_final_state_at_last_padded_step_fails(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_state_at_last_step(split_path, tmp_path / "state.onnx")
+    report = verify(bad, lstm, **sweep(split_path))
+    assert not report.passed
+    assert not _failing(report, "output")
+    failing = _failing(report, "h_n")
+    assert failing
+    for case, _ in failing:
+        assert min(case.lengths) < case.seq  # only rows shorter than T have a wrong state
+    text = report.diagnosis()
+    assert "T - 1" in text and "forward entries differ" in text and "backward entries match" in text
+
+
+def test_baked_sequence_length_fails(lstm: BiRNN, split_path: Path, tmp_path: Path) -> None:
+    bad = plant_baked_length(split_path, tmp_path / "baked.onnx")
+    spec = GraphSpec.from_onnx(split_path)
+    report = verify(bad, lstm, **sweep(split_path))
+    assert not report.passed
+    assert any("baked" in p and "'seq'" in p for p in report.problems)
+    # ONNX Runtime rejects every other length...
+    rejected = [c for c in report.cases if c.error is not None and not c.outputs]
+    assert rejected and {c.seq for c in rejected} == {1, 6}
+    assert "Expected: " + str(spec.example_seq) in rejected[0].error
+    # ...and at the example length the batch matches, but rows run alone (shorter) fail.
+    at_example = [c for c in report.cases if c.seq == spec.example_seq]
+    assert all(o.passed for c in at_example for o in c.outputs)
+    assert any((c.error or "").startswith("running single rows") for c in at_example)
+
+
+def test_small_recurrent_weight_perturbation_fails(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_recurrent_perturbation(split_path, tmp_path / "r.onnx", node=-1)
+    report = verify(bad, lstm, **sweep(split_path))
+    assert not report.passed
+    failing = _failing(report, "output")
+    worst = max(o.max_abs for _, o in failing)
+    assert 1e-5 < worst < 1e-1  # small, yet far above the tolerance
+    text = report.diagnosis()
+    assert "forward half matches" in text
+    # full-length rows differ too, so it is not blamed on the reversal
+    assert "only the backward direction is wrong, full-length rows included" in text
+    assert "it is not the reversal" in text
+    # a case without a full-length row must not claim a reversal bug either
+    equal = [c for c, _ in failing if c.lengths_mode == "equal" and max(c.lengths) < c.seq]
+    assert equal and all("cannot tell a reversal bug" in c.diagnosis for c in equal)
+
+
+# -- a model with a head, loaded from a file ----------------------------------------------------
+
+
+def test_tagger_reference_is_original_and_head_disables_split(
+    tagger_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from birnn_export.checkpoint import load_model
+
+    pt, path = tagger_files
+    loaded = load_model(pt)
+    assert loaded.original is not None  # torch's nn.GRU with packing
+    report = verify(path, loaded, batch_sizes=(1, 3), seq_lens=(1, 9))
+    assert report.passed, report.summary()
+    assert report.reference.startswith("the original model")
+    assert not report.notes  # same sha256 as at export
+    padding = [o for c in report.cases for o in c.outputs if o.check == "padding"]
+    assert padding and all("vs reference" in o.note for o in padding)  # head(0) != 0
+
+    bad = plant_recurrent_perturbation(path, tmp_path / "tagger_bad.onnx", node=0)
+    report = verify(bad, loaded, batch_sizes=(3,), seq_lens=(9,), large_scale=None)
+    assert not report.passed
+    assert "direction split does not apply" in report.failures[0].diagnosis
+
+
+# -- pieces -----------------------------------------------------------------------------------
+
+
+def test_default_sweep_covers_issue_shapes(split_path: Path) -> None:
+    spec = GraphSpec.from_onnx(split_path)
+    cases = plan_cases(spec)
+    t0 = spec.example_seq
+    assert {c.batch for c in cases} == {1, 3, 16}
+    assert {c.seq for c in cases} == {1, 2, t0, 4 * t0}
+    assert {c.lengths_mode for c in cases} == {"ragged", "equal"}
+    assert {c.scale for c in cases} == {1.0, 10.0}
+    assert len({c.seed for c in cases}) == len(cases)
+    wider = plan_cases(spec, batch_sizes=(2, 64), seq_lens=(300,))
+    assert {(c.batch, c.seq) for c in wider} == {(2, 300), (64, 300)}
+    with pytest.raises(BiRNNExportError, match="seq_lens"):
+        plan_cases(spec, seq_lens=(0, 3))
+
+
+def test_sweep_inputs_are_valid(split_path: Path) -> None:
+    spec = GraphSpec.from_onnx(split_path)
+    feed = case_feed(spec, Case(16, 9, "ragged", 1.0, 3))
+    lengths = feed["lengths"]
+    assert lengths.min() == 1 and lengths.max() == 9 and len(set(lengths.tolist())) > 2
+    assert not np.all(np.diff(lengths) <= 0)  # unsorted
+    equal = case_feed(spec, Case(4, 9, "equal", 1.0, 3))["lengths"]
+    assert len(set(equal.tolist())) == 1 and 1 <= equal[0] <= 9
+    large = case_feed(spec, Case(16, 9, "ragged", 10.0, 3))["x"]
+    assert np.abs(large).max() > 10
+
+
+def test_no_lengths_input_sweeps_full_rows() -> None:
+    spec = GraphSpec(
+        inputs=(TensorSpec("x", "float32", ("batch", "seq", 4), "features"),),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 16), "sequence"),),
+        example_batch=3,
+        example_seq=5,
+    )
+    cases = plan_cases(spec, batch_sizes=(2,), seq_lens=(3,))
+    assert [(c.lengths_mode, c.scale) for c in cases] == [("full", 1.0), ("full", 10.0)]
+
+
+def test_valid_mask_matches_explicit_loop() -> None:
+    lengths = np.array([3, 1, 5])
+    batch_first = TensorSpec("y", "float32", ("batch", "seq", 2), "sequence")
+    time_first = TensorSpec("y", "float32", ("seq", "batch", 2), "sequence")
+    mask_bf = valid_mask(batch_first, (3, 5, 2), lengths)
+    mask_tf = valid_mask(time_first, (5, 3, 2), lengths)
+    for b in range(3):
+        for t in range(5):
+            assert mask_bf[b, t].all() == (t < lengths[b])
+            assert mask_tf[t, b].all() == (t < lengths[b])
+    state = TensorSpec("h", "float32", (2, "batch", 8), "state")
+    assert valid_mask(state, (2, 3, 8), lengths) is None
+
+
+def test_padding_check_follows_the_reference() -> None:
+    spec = GraphSpec(
+        inputs=(),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 1), "sequence"),),
+        example_batch=2,
+        example_seq=3,
+        padding_value=0.0,
+    )
+    lengths = np.array([3, 1])
+    want = np.ones((2, 3, 1), np.float32)
+    want[1, 1:] = 0.0  # reference writes the padding value
+    tol = {"y": Tolerance(1e-5, 1e-4)}
+    got = want.copy()
+    got[1, 2] = 0.5  # engine writes garbage past the length
+    results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
+    assert results["values"].passed and not results["padding"].passed
+    assert "must equal padding value" in results["padding"].note
+    want[1, 1:] = 7.0  # reference has a head after the layer: compare engine vs reference
+    got = want.copy()
+    results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
+    assert results["padding"].passed and "vs reference" in results["padding"].note
+
+
+def test_batch_invariance_catches_batch_dependent_rows(split_path: Path) -> None:
+    spec = GraphSpec.from_onnx(split_path)
+
+    class BatchDependent(BaseRunner):
+        """Correct in a batch of one, off by 1e-3 per extra row otherwise."""
+
+        engine = "ort-cpu"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = OrtRunner(str(split_path))
+
+        def activate_impl(self) -> None:
+            self.inner.activate()
+
+        def infer_impl(self, feed):
+            out = self.inner.infer(feed)
+            extra = 1e-3 * (len(feed["lengths"]) - 1)
+            return {k: v + np.float32(extra) for k, v in out.items()}
+
+    case = Case(4, 6, "ragged", 1.0, 0)
+    feed = case_feed(spec, case)
+    tol = {t.name: Tolerance(1e-5, 1e-4) for t in spec.outputs}
+    with BatchDependent() as runner:
+        results = _batch_invariance(
+            runner, spec, feed, runner.infer(feed), feed["lengths"], case, tol
+        )
+    assert {r.name for r in results} == {"output", "h_n", "c_n"}
+    assert all(r.check == "batch-invariance" and not r.passed for r in results)
+    assert max(r.max_abs for r in results) == pytest.approx(3e-3, rel=1e-3)
+    with OrtRunner(str(split_path)) as good:
+        results = _batch_invariance(good, spec, feed, good.infer(feed), feed["lengths"], case, tol)
+    assert all(r.passed for r in results)
+
+
+def test_tolerances_per_dtype_and_overrides() -> None:
+    assert default_tolerance("float32", "ort-cpu") == Tolerance(1e-5, 1e-4)
+    assert default_tolerance("float32", "ort-cuda") == Tolerance(1e-4, 1e-3)
+    assert default_tolerance("float16", "ort-cpu") == Tolerance(1e-2, 1e-2, 1e-3)
+    y = TensorSpec("y", "float32", ("batch", "seq", 4), "sequence")
+    h = TensorSpec("h_n", "float32", (2, "batch", 4), "state")
+    assert resolve_tolerance(y, "ort-cpu", 1e-3, None).atol == 1e-3
+    per_output = {"h_n": 0.5, "*": 1e-4}
+    assert resolve_tolerance(h, "ort-cpu", per_output, None).atol == 0.5
+    assert resolve_tolerance(y, "ort-cpu", per_output, None).atol == 1e-4
+    assert resolve_tolerance(y, "ort-cpu", {"h_n": 0.5}, None).atol == 1e-5
+
+
+def test_fp16_relative_l2_limit() -> None:
+    spec = GraphSpec(
+        inputs=(),
+        outputs=(TensorSpec("y", "float16", ("batch", 4), "other"),),
+        example_batch=1,
+        example_seq=1,
+    )
+    tol = {"y": default_tolerance("float16", "ort-cpu")}
+    want = np.ones((1, 4), np.float32)
+    # Within atol + rtol element-wise (0.02), but relative L2 0.015 > 1e-3.
+    (result,) = compare_outputs(spec, {"y": want + 0.015}, {"y": want}, None, tol)
+    assert not result.passed and result.rel_l2 == pytest.approx(0.015)
+    (result,) = compare_outputs(spec, {"y": want + 1e-4}, {"y": want}, None, tol)
+    assert result.passed
+
+
+def test_per_output_tolerance_override_rescues_one_output(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_state_at_last_step(split_path, tmp_path / "state.onnx")
+    kwargs = {"batch_sizes": (4,), "seq_lens": (6,), "large_scale": None}
+    assert not verify(bad, lstm, **kwargs).passed
+    assert verify(bad, lstm, atol={"h_n": 10.0}, **kwargs).passed
+    with pytest.raises(BiRNNExportError, match="no output 'nope'"):
+        verify(bad, lstm, atol={"nope": 1.0}, **kwargs)
+
+
+def test_json_report_and_saved_inputs_reproduce_failure(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    bad = plant_whole_flip(split_path, tmp_path / "flip.onnx")
+    npz = tmp_path / "inputs.npz"
+    report = verify(bad, lstm, batch_sizes=(4,), seq_lens=(6,), save_inputs=npz)
+    data = json.loads(report.to_json())
+    assert data["passed"] is False
+    assert data["providers"] == {"ort-cpu": ["CPUExecutionProvider"]}
+    for key in ("torch", "onnx", "onnxruntime", "cpu"):
+        assert data["environment"][key]
+    case = data["cases"][0]
+    assert {"max_abs", "max_rel", "mean_abs", "passed"} <= set(case["outputs"][0])
+    saved = np.load(npz)
+    meta = json.loads(str(saved["cases"]))
+    assert meta and all(not c["passed"] for c in data["cases"] if c["seed"] == meta[0]["seed"])
+    index = meta[0]["case"]
+    feed = {"x": saved[f"case{index}/x"], "lengths": saved[f"case{index}/lengths"]}
+    with OrtRunner(str(bad)) as runner:
+        got = runner.infer(feed)["output"]
+    with torch.no_grad():
+        want, _ = lstm(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+    assert np.abs(got - want.numpy()).max() > 1e-2  # the saved inputs reproduce the failure
+
+
+def test_unavailable_engine_says_why(lstm: BiRNN, fused_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA provider present: nothing to refuse")
+    with pytest.raises(EngineUnavailableError, match="CUDAExecutionProvider"):
+        verify(fused_path, lstm, engines=("ort-cuda",), batch_sizes=(1,), seq_lens=(2,))
+
+
+@pytest.mark.gpu
+def test_ort_cuda_matches_with_gpu_tolerance(lstm: BiRNN, fused_path: Path) -> None:
+    from birnn_export.runners import availability
+
+    reason = availability("ort-cuda")
+    if reason:
+        pytest.skip(reason)
+    report = verify(fused_path, lstm, engines=("ort-cuda",), **sweep(fused_path))
+    assert report.passed, report.summary()
+    assert report.providers["ort-cuda"][0] == "CUDAExecutionProvider"
+    assert {o.atol for c in report.cases for o in c.outputs} == {1e-4}
+
+
+def test_file_without_metadata_is_a_user_error(lstm: BiRNN, tmp_path: Path) -> None:
+    node = helper.make_node("Identity", ["x"], ["y"])
+    value = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq", 4])
+    out = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq", 4])
+    proto = helper.make_model(helper.make_graph([node], "g", [value], [out]))
+    path = _save(proto, tmp_path / "plain.onnx")
+    with pytest.raises(BiRNNExportError, match=r"no 'birnn_export\.spec' metadata"):
+        verify(path, lstm)
+    with pytest.raises(BiRNNExportError, match="no such ONNX file"):
+        verify(tmp_path / "missing.onnx", lstm)
+
+
+def test_wrong_reference_model_is_a_user_error(fused_path: Path) -> None:
+    other = BiRNN(FEATURES + 1, HIDDEN, cell="lstm")
+    with pytest.raises(BiRNNExportError, match="reference model failed"):
+        verify(fused_path, other, batch_sizes=(1,), seq_lens=(2,))
+
+
+def test_quick_verify(lstm: BiRNN, fused_path: Path) -> None:
+    report = quick_verify(fused_path, lstm)
+    assert report.passed, report.summary()
+    assert {c.batch for c in report.cases} == {1, 3}
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_help() -> None:
+    result = CliRunner().invoke(main, ["verify", "--help"])
+    assert result.exit_code == 0
+    for option in ("--engines", "--batch", "--seq", "--atol", "--rtol", "--json", "--save-inputs"):
+        assert option in result.output
+    assert "--fp64-reference" in result.output and "--trust-pickle" in result.output
+
+
+def test_cli_pass_fail_and_bad_input(tagger_files: tuple[Path, Path], tmp_path: Path) -> None:
+    pt, path = tagger_files
+    runner = CliRunner()
+    report = tmp_path / "report.json"
+    args = ["verify", str(path), "--model", str(pt), "--batch", "1,3", "--seq", "1,9"]
+    result = runner.invoke(main, [*args, "--json", str(report), "--atol", "output:1e-4"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["cases"][0]["outputs"][0]["atol"] == 1e-4
+
+    bad = plant_recurrent_perturbation(path, tmp_path / "bad.onnx", node=0)
+    npz = tmp_path / "failing.npz"
+    result = runner.invoke(
+        main,
+        [
+            "verify",
+            str(bad),
+            "--model",
+            str(pt),
+            "--batch",
+            "3",
+            "--seq",
+            "9",
+            "--save-inputs",
+            str(npz),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "Error: FAIL" in result.output
+    assert "Traceback" not in result.output
+    assert npz.exists()
+
+    for extra in (["--atol", "x:abc"], ["--batch", "0"], ["--seq", "a,b"], ["--engines", "nope"]):
+        result = runner.invoke(main, [*args, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert "Traceback" not in result.output
+    result = runner.invoke(main, ["verify", str(tmp_path / "missing.onnx"), "--model", str(pt)])
+    assert result.exit_code == 2
+
+
+def test_cli_subprocess_exit_code(tagger_files: tuple[Path, Path], tmp_path: Path) -> None:
+    pt, path = tagger_files
+    bad = plant_recurrent_perturbation(path, tmp_path / "sub.onnx", node=0)
+    cmd = [sys.executable, "-m", "birnn_export", "verify", str(bad), "--model", str(pt)]
+    done = subprocess.run(
+        [*cmd, "--batch", "3", "--seq", "9"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: FAIL")
