@@ -21,9 +21,9 @@ _LAZY = {
     "BiRNN": "birnn_export.modules",
     "reverse_padded": "birnn_export.modules",
     "padding_mask": "birnn_export.modules",
-    "convert": "birnn_export.convert",
-    "conversion_report": "birnn_export.convert",
-    "find_recurrent_layers": "birnn_export.convert",
+    "convert": "birnn_export.conversion",
+    "conversion_report": "birnn_export.conversion",
+    "find_recurrent_layers": "birnn_export.conversion",
     "SequenceTagger": "birnn_export.models",
     "TaggerConfig": "birnn_export.models",
     "BiRNNExportError": "birnn_export.errors",
@@ -39,8 +39,8 @@ _LAZY = {
     "describe_onnx": "birnn_export.export",
     "ExportResult": "birnn_export.export",
     "GraphSpec": "birnn_export.spec",
-    "verify": "birnn_export.verify",
-    "VerifyReport": "birnn_export.verify",
+    "verify": "birnn_export.verification",
+    "VerifyReport": "birnn_export.verification",
     "benchmark": "birnn_export.bench",
     "BenchReport": "birnn_export.bench",
     "check_compatibility": "birnn_export.check",
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from birnn_export.bench import BenchReport, benchmark
     from birnn_export.check import check_compatibility
     from birnn_export.checkpoint import LoadedModel, load_model, save_checkpoint
-    from birnn_export.convert import conversion_report, convert, find_recurrent_layers
+    from birnn_export.conversion import conversion_report, convert, find_recurrent_layers
     from birnn_export.errors import (
         BiRNNExportError,
         ConversionError,
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from birnn_export.models import SequenceTagger, TaggerConfig
     from birnn_export.modules import BiRNN, padding_mask, reverse_padded
     from birnn_export.spec import GraphSpec
-    from birnn_export.verify import VerifyReport, verify
+    from birnn_export.verification import VerifyReport, verify
 
 
 def __getattr__(name: str) -> Any:
@@ -78,4 +78,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["__version__", *_LAZY]  # noqa: PLE0604
+__all__ = ["__version__", *_LAZY]

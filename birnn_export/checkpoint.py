@@ -11,7 +11,7 @@ file runs) and turns what it finds into a model ready to export:
 * a whole pickled module, only with ``trust_pickle=True``.
 
 Built-in recurrent layers are then swapped for :class:`~birnn_export.modules.BiRNN`
-(:func:`birnn_export.convert.convert`); the unconverted model is kept as the reference.
+(:func:`birnn_export.conversion.convert`); the unconverted model is kept as the reference.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from birnn_export.convert import conversion_report, convert
+from birnn_export.conversion import conversion_report, convert
 from birnn_export.errors import ModelLoadError
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import GATES

@@ -206,7 +206,7 @@ def export_command(
     compatibility = check_compatibility(result.path, target="tensorrt")
     report = None
     if not no_verify:
-        from birnn_export.verify import quick_verify
+        from birnn_export.verification import quick_verify
 
         report = quick_verify(result.path, loaded)
     summary = {
@@ -233,7 +233,7 @@ def export_command(
             click.echo(f"  {line}")
         click.echo(f"Done in {summary['seconds']:.1f} s")
     if report is not None and not report.passed:
-        from birnn_export.verify import render_report
+        from birnn_export.verification import render_report
 
         render_report(report)
         report.raise_for_failure()
@@ -425,7 +425,7 @@ def verify_command(
     import sys
     import tempfile
 
-    from birnn_export.verify import render_report, verify
+    from birnn_export.verification import render_report, verify
 
     names = tuple(e.strip() for value in engines for e in value.split(",") if e.strip())
     batches = _parse_sizes(batch_sizes, "--batch")

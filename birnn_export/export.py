@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn_export._version import __version__
-from birnn_export.convert import Replacement, conversion_report, convert, find_recurrent_layers
+from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import ExportError, VerificationError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import BiRNN, state_names

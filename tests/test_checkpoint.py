@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from birnn_export import seed
 from birnn_export.checkpoint import LoadedModel, TorchReference, load_model, save_checkpoint
 from birnn_export.cli import main
-from birnn_export.convert import find_recurrent_layers
+from birnn_export.conversion import find_recurrent_layers
 from birnn_export.errors import ModelLoadError
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN

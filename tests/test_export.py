@@ -286,7 +286,8 @@ def test_cli_exports_a_sample(tmp_path):
         [os.path.join(SAMPLES, "token_tagger.pt"), "-o", str(out), "--json", str(summary)],
     )
     assert result.exit_code == 0, result.output
-    assert "LSTM x2" in result.output and "[batch, seq]" in result.output
+    assert "LSTM x4" in result.output and "ReverseSequence x4" in result.output
+    assert "[batch, seq]" in result.output and "Verified PASS" in result.output
     assert out.exists() and summary.exists()
 
 
@@ -310,7 +311,7 @@ def test_cli_user_class_from_bare_state_dict(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert op_counts(out)["LSTM"] == 3
+    assert op_counts(out)["LSTM"] == 6  # 3 layers x 2 directions (split layout)
     ids = np.random.default_rng(0).integers(0, 50, size=(4, 61)).astype(np.int64)
     got = run_ort(out, {"ids": ids})["output"]
     want = model(torch.from_numpy(ids)).detach().numpy()

@@ -120,3 +120,15 @@ class MyLSTM(nn.LSTM):
 def test_unconvertible_layers_name_the_path(layer, message):
     with pytest.raises(ConversionError, match=message):
         convert(Wrapper(layer))
+
+
+def test_public_names_stay_functions_after_submodules_load():
+    import types
+
+    import birnn_export
+    import birnn_export.conversion
+    import birnn_export.verification  # noqa: F401
+
+    for name in ("convert", "verify", "export_onnx", "load_model", "benchmark"):
+        value = getattr(birnn_export, name)
+        assert callable(value) and not isinstance(value, types.ModuleType), name

@@ -1,4 +1,4 @@
-"""Tests of birnn_export.verify: the verifier passes good exports and FAILS planted defects.
+"""Tests of birnn_export.verification: the verifier passes good exports and FAILS planted defects.
 
 Defects are planted in exported graphs with onnx.helper (each one a bug seen in practice): the
 seed article's whole-tensor flip, a missing padding mask, two LSTM gate blocks swapped, the final
@@ -27,7 +27,7 @@ from birnn_export.export import export_onnx
 from birnn_export.modules import BiRNN
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, TensorSpec
-from birnn_export.verify import (
+from birnn_export.verification import (
     Case,
     Tolerance,
     _batch_invariance,
