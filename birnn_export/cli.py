@@ -74,7 +74,7 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--model-kwargs",
             metavar="JSON",
-            help='Keyword arguments for --model-class, as JSON, e.g. \'{"vocab_size": 100}\'.',
+            help="Keyword arguments for --model-class, as JSON, e.g. '{\"vocab_size\": 100}'.",
         ),
         click.option(
             "--state-key",

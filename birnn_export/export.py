@@ -222,12 +222,18 @@ def export_onnx(
 
 
 def _example_sizes(model: nn.Module) -> tuple[int, int]:
-    """Batch and length for tracing that equal no size in the model, so a baked one is visible."""
+    """Batch and length for tracing that equal no size in the model, so a baked one is visible.
+
+    Primes from 7 up: small numbers are legitimate dims (ranks, directions, layer counts).
+    """
     taken = {int(d) for p in model.parameters() for d in p.shape}
-    candidates = [n for n in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43) if n not in taken]
-    if len(candidates) < 2 or max(candidates) < 11:
-        return 3, 17
-    return candidates[0], next(n for n in candidates[1:] if n >= 11)
+    for layer in model.modules():
+        if isinstance(layer, BiRNN):
+            taken |= {layer.num_layers, layer.num_layers * layer.num_directions}
+    candidates = [n for n in (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53) if n not in taken]
+    if len(candidates) < 2:
+        return 7, 17
+    return candidates[0], candidates[1]
 
 
 def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
@@ -574,13 +580,13 @@ def check_graph(proto: Any, spec: GraphSpec) -> list[str]:
                     f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', "
                     f"the graph declares {dims[axis] if axis < len(dims) else 'nothing'}"
                 )
-    for info in inferred.graph.value_info:
-        dims = _dims_of(info)
-        static = len(dims) >= 2 and all(isinstance(d, int) for d in dims)
-        if static and spec.example_seq in dims and spec.example_batch in dims:
+    examples = {spec.example_batch: "batch", spec.example_seq: "length"}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        baked = [f"{examples[d]} {d}" for d in _dims_of(info) if d in examples]
+        if baked:
             problems.append(
-                f"intermediate value {info.name} has static shape {list(dims)} holding the "
-                f"example batch {spec.example_batch} and length {spec.example_seq}"
+                f"value {info.name} has static dims {list(_dims_of(info))}: the example "
+                f"{', '.join(baked)} is baked into its shape"
             )
     problems += _baked_sizes(inferred, {spec.example_batch, spec.example_seq})
     return problems

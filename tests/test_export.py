@@ -220,6 +220,31 @@ def test_check_graph_finds_a_baked_length(tmp_path):
     assert any("baked" in p for p in problems), problems
 
 
+def test_check_graph_finds_a_static_example_dim_in_value_info(tmp_path):
+    result = export_onnx(BiRNN(3, 4), tmp_path / "ok.onnx")
+    proto = onnx.load(str(result.path))
+    value = proto.graph.output[0]
+    value.type.tensor_type.shape.dim[1].ClearField("dim_param")
+    value.type.tensor_type.shape.dim[1].dim_value = result.spec.example_seq
+    problems = check_graph(proto, result.spec)
+    assert any("length" in p and "baked" in p for p in problems), problems
+
+
+def test_external_data_for_large_models(tmp_path, monkeypatch):
+    """Over the protobuf limit weights go to MODEL.onnx.data; shrink the limit to test it."""
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 1024)
+    layer = BiRNN(8, 16, cell="gru")
+    result = export_onnx(layer, tmp_path / "big.onnx")
+    data = tmp_path / "big.onnx.data"
+    assert data.exists() and data.stat().st_size > 1024
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert result.file_size == (tmp_path / "big.onnx").stat().st_size + data.stat().st_size
+    feed = make_feed(result.spec, 2, 30, seed=0)
+    got = run_ort(result.path, feed)["output"]
+    want, _ = layer(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
 # -- what stock torch.onnx.export does with the same models ----------------------------------
 
 
@@ -276,6 +301,16 @@ def test_stock_export_declares_static_lstm_output_ours_does_not(tmp_path):
 
 
 # -- CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", sorted(f for f in os.listdir(SAMPLES) if f.endswith(".pt")))
+def test_every_sample_exports_and_verifies(tmp_path, sample):
+    out = tmp_path / sample.replace(".pt", ".onnx")
+    result = CliRunner().invoke(main, [os.path.join(SAMPLES, sample), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Verified PASS" in result.output
+    spec = GraphSpec.from_onnx(out)
+    assert all(t.dims[:2] == ("batch", "seq") for t in spec.inputs if t.role != "lengths")
 
 
 def test_cli_exports_a_sample(tmp_path):

@@ -1,0 +1,776 @@
+"""Benchmark inference engines against eager PyTorch, never timing an engine that is wrong.
+
+:func:`benchmark` builds inputs from the :class:`~birnn_export.spec.GraphSpec` stored in the ONNX
+file, runs every requested engine at every (batch, sequence length) shape and, before any of an
+engine's runs count, compares its outputs at that shape with the eager PyTorch model. An engine
+whose outputs differ beyond tolerance is reported as ``"mismatch"`` with its max abs error and is
+not timed. Warm-up runs are excluded; GPU runners synchronise before their clock stops.
+
+How many timed runs:
+
+* ``iters=N``: exactly ``N`` runs per shape.
+* ``duration=S``: run until ``S`` seconds have passed, and at least 3 runs.
+* neither (the default): adaptive: at least 10 runs and about 1 s per shape; a shape whose runs
+  are slow stops after 10 s once it has 3 runs; never more than 1000 runs.
+
+Example:
+    >>> report = benchmark("model.onnx", model, engines=("torch", "ort-cpu"))  # doctest: +SKIP
+    >>> report.to_csv("bench.csv")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from birnn_export.errors import EngineUnavailableError
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["ok", "mismatch", "unavailable", "error"]
+
+#: Engines that run on the host CPU (they share ``threads``).
+CPU_ENGINES = ("torch", "ort-cpu")
+
+#: Default tolerances ``(atol, rtol)``; see NOTES section 6.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float32-cpu": (1e-5, 1e-4),
+    "float32-gpu": (1e-4, 1e-3),
+    "float16": (1e-2, 1e-2),
+}
+
+#: Adaptive timing (neither ``iters`` nor ``duration``): see the module docstring.
+ADAPTIVE_MIN_RUNS = 10
+ADAPTIVE_TARGET_S = 1.0
+ADAPTIVE_SLOW_LIMIT_S = 10.0
+ADAPTIVE_MAX_RUNS = 1000
+DURATION_MIN_RUNS = 3
+
+#: Columns of :meth:`BenchReport.to_csv` (and keys of each JSON result), in order.
+CSV_COLUMNS = (
+    "engine",
+    "batch",
+    "seq",
+    "median_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "runs",
+    "seq_per_s",
+    "tokens_per_s",
+    "first_run_ms",
+    "build_s",
+    "speedup_vs_torch",
+    "status",
+    "reason",
+    "max_abs_error",
+)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One engine at one shape.
+
+    Times are per call of the runner (host arrays in, host arrays out). ``speedup_vs_torch`` is
+    eager torch's median divided by this engine's median at the same shape (> 1: faster than
+    torch), ``None`` when torch was not measured there. For ``status != "ok"`` the timing fields
+    are ``None`` and ``runs`` is 0; ``reason`` says why. ``max_abs_error`` is the largest
+    absolute difference from eager torch over all outputs (``None`` if never compared).
+    """
+
+    engine: str
+    batch: int
+    seq: int
+    status: Status
+    reason: str = ""
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    runs: int = 0
+    seq_per_s: float | None = None
+    tokens_per_s: float | None = None
+    first_run_ms: float | None = None
+    build_s: float | None = None
+    speedup_vs_torch: float | None = None
+    max_abs_error: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CSV_COLUMNS}
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """All results of one :func:`benchmark` call, with the machine and settings they came from."""
+
+    results: tuple[BenchResult, ...]
+    environment: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.engine for r in self.results))
+
+    def result(self, engine: str, batch: int, seq: int) -> BenchResult | None:
+        """The row for one engine and shape, or ``None``."""
+        return next(
+            (r for r in self.results if (r.engine, r.batch, r.seq) == (engine, batch, seq)), None
+        )
+
+    def failed(self) -> tuple[BenchResult, ...]:
+        """Rows whose engine ran but was wrong or crashed (``"mismatch"`` or ``"error"``)."""
+        return tuple(r for r in self.results if r.status in ("mismatch", "error"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "settings": self.settings,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write environment, settings and results as JSON; returns the path."""
+        text = json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
+        return _write_atomic(Path(path), text.encode())
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write one row per result with :data:`CSV_COLUMNS`; empty cells for missing values."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for result in self.results:
+            writer.writerow({k: "" if v is None else v for k, v in result.to_dict().items()})
+        return _write_atomic(Path(path), buffer.getvalue().encode())
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Latency (median, p90 as error bar) vs sequence length per engine, one panel per batch.
+
+        Needs matplotlib (``pip install 'birnn-export[plot]'``); the y axis is logarithmic.
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            from birnn_export.errors import BiRNNExportError
+
+            raise BiRNNExportError(
+                f"plot: matplotlib is not importable ({exc}); pip install matplotlib"
+            ) from None
+
+        batches = sorted({r.batch for r in self.results})
+        figure = Figure(figsize=(4.2 * max(1, len(batches)), 3.6), layout="constrained")
+        FigureCanvasAgg(figure)  # the Agg canvas, without touching pyplot's global backend
+        axes = figure.subplots(1, max(1, len(batches)), squeeze=False)[0]
+        for ax, batch in zip(axes, batches, strict=False):
+            for engine in self.engines:
+                rows = sorted(
+                    (
+                        r
+                        for r in self.results
+                        if r.engine == engine and r.batch == batch and r.status == "ok"
+                    ),
+                    key=lambda r: r.seq,
+                )
+                if not rows:
+                    continue
+                seqs = [r.seq for r in rows]
+                medians = [r.median_ms for r in rows]
+                upper = [max(0.0, (r.p90_ms or 0.0) - (r.median_ms or 0.0)) for r in rows]
+                ax.errorbar(
+                    seqs,
+                    medians,
+                    yerr=[[0.0] * len(rows), upper],
+                    marker="o",
+                    capsize=3,
+                    label=engine,
+                )
+            ax.set_xscale("log", base=2)
+            ticks = sorted({r.seq for r in self.results if r.batch == batch})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_yscale("log")
+            ax.set_title(f"batch {batch}")
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel("latency, ms (median; bar to p90)")
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+        cpu = self.environment.get("cpu", "")
+        threads = self.environment.get("threads")
+        figure.suptitle(f"{cpu} · {threads} threads" if cpu else "birnn-export bench", fontsize=9)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        return _write_atomic(Path(path), buffer.getvalue())
+
+
+def benchmark(
+    onnx_path: str | os.PathLike[str],
+    model: Any,
+    *,
+    engines: Sequence[str] = ("torch", "ort-cpu"),
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    seq_lens: Sequence[int] = (16, 64, 256),
+    warmup: int = 5,
+    iters: int | None = None,
+    duration: float | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    atol: float | None = None,
+    rtol: float | None = None,
+    progress: bool = True,
+) -> BenchReport:
+    """Time each engine at each shape after checking its outputs against eager PyTorch.
+
+    Args:
+        onnx_path: An ONNX file written by :func:`birnn_export.export_onnx` (it carries the
+            graph spec the inputs are built from).
+        model: The eager ``torch.nn.Module`` the graph was exported from: the reference, and
+            what the ``"torch"`` engine times. It is called with the graph's inputs in order.
+        engines: Names from :data:`birnn_export.runners.ENGINES`.
+        batch_sizes: Batch sizes to measure.
+        seq_lens: Padded sequence lengths to measure. Inputs with lengths get ragged lengths
+            in ``[1, seq]`` (one full row, one of length 1).
+        warmup: Untimed runs per shape after the first (checked) run.
+        iters: Timed runs per shape. Exclusive with ``duration``.
+        duration: Seconds of timed runs per shape (at least 3 runs).
+        threads: Threads for every CPU engine (torch and ONNX Runtime intra-op alike);
+            ``None``: torch's current count, used for all of them.
+        seed: Seed of the random inputs.
+        atol: Absolute tolerance of the output check (default by dtype and device: fp32 CPU
+            1e-5, fp32 GPU 1e-4, fp16 1e-2).
+        rtol: Relative tolerance (default fp32 CPU 1e-4, fp32 GPU 1e-3, fp16 1e-2).
+        progress: Show a transient progress bar on stderr.
+
+    Returns:
+        A :class:`BenchReport` with one :class:`BenchResult` per engine and shape.
+
+    Raises:
+        EngineUnavailableError: No requested engine can run here (the only one asked for, or
+            all of them); the message gives each reason. An unavailable engine among others is
+            reported with ``status="unavailable"`` instead.
+        ValueError: Bad arguments (unknown engine, empty or non-positive sizes, both ``iters``
+            and ``duration``).
+
+    Example:
+        >>> report = benchmark("tagger.onnx", model, engines=("torch", "ort-cpu"),
+        ...                    batch_sizes=(1, 32), seq_lens=(100,))  # doctest: +SKIP
+        >>> report.result("ort-cpu", 32, 100).speedup_vs_torch  # doctest: +SKIP
+        2.4
+    """
+    import torch
+
+    from birnn_export import runners
+    from birnn_export.spec import GraphSpec, make_feed
+
+    engines = tuple(dict.fromkeys(engines))
+    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads)
+    onnx_path = Path(onnx_path)
+    spec = GraphSpec.from_onnx(onnx_path)
+    if threads is None:
+        threads = torch.get_num_threads()
+    shapes = [(b, s) for b in batch_sizes for s in seq_lens]
+
+    reasons = {engine: _availability(engine) for engine in engines}
+    if all(reasons.values()):
+        raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
+
+    input_names = [t.name for t in spec.inputs]
+    output_names = [t.name for t in spec.outputs]
+    # fp16 graphs are checked against the model in fp32 (the better reference).
+    torch_dtype = "float32" if spec.dtype == "float16" else None
+    reference = runners.TorchRunner(
+        model, input_names, output_names, threads=threads, dtype=torch_dtype
+    )
+    timer = _Timer(iters=iters, duration=duration, warmup=warmup)
+    lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
+    feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    expected: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    rows: list[BenchResult] = []
+
+    with reference, _progress(len(engines) * len(shapes), enabled=progress) as advance:
+        for engine in engines:
+            if reasons[engine]:
+                rows += [_row(engine, b, s, "unavailable", reasons[engine]) for b, s in shapes]
+                advance(len(shapes), engine)
+                continue
+            tol = _tolerance(engine, spec.dtype, atol, rtol)
+            try:
+                runner = _make_runner(
+                    engine,
+                    onnx_path,
+                    model,
+                    input_names,
+                    output_names,
+                    threads,
+                    torch_dtype,
+                    shapes,
+                )
+                runner.activate()
+            except EngineUnavailableError as exc:
+                if len(engines) == 1:
+                    raise
+                rows += [_row(engine, b, s, "unavailable", str(exc)) for b, s in shapes]
+                advance(len(shapes), engine)
+                continue
+            except Exception as exc:
+                logger.debug("%s failed to build", engine, exc_info=True)
+                rows += [_row(engine, b, s, "error", _one_line(exc)) for b, s in shapes]
+                advance(len(shapes), engine)
+                continue
+            try:
+                for batch, seq in shapes:
+                    advance(0, f"{engine} b={batch} t={seq}")
+                    if (batch, seq) not in feeds:
+                        feeds[batch, seq] = make_feed(spec, batch, seq, seed=seed)
+                        expected[batch, seq] = _run_reference(reference, feeds[batch, seq])
+                    feed = feeds[batch, seq]
+                    tokens = int(feed[lengths_name].sum()) if lengths_name else batch * seq
+                    result = _measure(
+                        runner, engine, batch, seq, feed, expected[batch, seq], tol, timer, tokens
+                    )
+                    rows.append(result)
+                    advance(1, engine)
+            finally:
+                runner.deactivate()
+
+    return BenchReport(
+        results=_with_speedups(rows),
+        environment=environment(onnx_path, threads=threads),
+        settings={
+            "engines": list(engines),
+            "batch_sizes": list(batch_sizes),
+            "seq_lens": list(seq_lens),
+            "warmup": warmup,
+            "iters": iters,
+            "duration": duration,
+            "timing": timer.describe(),
+            "seed": seed,
+            "lengths": "ragged" if lengths_name else None,
+            "graph_dtype": spec.dtype,
+            "tolerances": {e: _tolerance(e, spec.dtype, atol, rtol) for e in engines},
+        },
+    )
+
+
+def render_table(report: BenchReport) -> Any:
+    """A ``rich.table.Table`` of the report: one row per engine and shape.
+
+    The status column stays short (``ok``, ``mismatch 3.2e-01``, ``error``, ``unavailable``); the
+    reasons are listed once per engine in the caption. An engine unavailable at every shape
+    gets a single row.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="birnn-export bench", title_justify="left", caption_justify="left")
+    widest = max((len(r.engine) for r in report.results), default=6)
+    table.add_column("engine", no_wrap=True, min_width=widest)
+    for name in ("batch", "seq", "median ms", "p90 ms", "p99 ms", "runs", "tokens/s"):
+        table.add_column(name, justify="right")
+    table.add_column("vs torch", justify="right")
+    table.add_column("status", no_wrap=True)
+    styles = {"ok": "green", "mismatch": "red", "error": "red", "unavailable": "yellow"}
+    notes: dict[str, str] = {}
+    for r in report.results:
+        if r.reason and r.engine not in notes:
+            prefix = "" if r.reason.startswith(r.engine) else f"{r.engine} "
+            notes[r.engine] = f"{prefix}{r.status}: {r.reason}"
+        same_engine = [x for x in report.results if x.engine == r.engine]
+        if all(x.status == "unavailable" for x in same_engine):
+            if r is same_engine[0]:
+                table.add_row(r.engine, "all", "all", *[""] * 6, Text("unavailable", "yellow"))
+            continue
+        status = r.status
+        if r.status == "mismatch" and r.max_abs_error is not None:
+            status += f" {r.max_abs_error:.1e}"
+        table.add_row(
+            r.engine,
+            str(r.batch),
+            str(r.seq),
+            _fmt(r.median_ms, ".3f"),
+            _fmt(r.p90_ms, ".3f"),
+            _fmt(r.p99_ms, ".3f"),
+            str(r.runs) if r.runs else "",
+            _fmt(r.tokens_per_s, ",.0f"),
+            f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch is not None else "",
+            Text(status, styles[r.status]),
+        )
+    env = report.environment
+    lines = [
+        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} threads"
+        + (f", {env['gpu']}" if env.get("gpu") else "")
+        + f"; {report.settings.get('timing', '')}",
+        "vs torch = eager torch median / engine median at the same shape (> 1: faster)",
+        *notes.values(),
+    ]
+    table.caption = Text("\n".join(lines))
+    return table
+
+
+def environment(
+    onnx_path: str | os.PathLike[str] | None = None, *, threads: int | None = None
+) -> dict[str, Any]:
+    """The machine and library versions a benchmark ran with (and the ONNX file's sha256)."""
+    from importlib import metadata
+
+    env: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "gpu": None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # a broken CUDA install must not stop a CPU benchmark
+        logger.debug("torch.cuda query failed", exc_info=True)
+    for package, dists in (
+        ("torch", ("torch",)),
+        ("onnx", ("onnx",)),
+        ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+        ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+    ):
+        env[package] = None
+        for dist in dists:
+            try:
+                env[package] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    if onnx_path is not None:
+        env["onnx_file"] = str(onnx_path)
+        env["onnx_sha256"] = _sha256(Path(onnx_path))
+    return env
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Timer:
+    """When to stop timing one shape (see the module docstring)."""
+
+    iters: int | None
+    duration: float | None
+    warmup: int
+
+    def done(self, runs: int, elapsed: float) -> bool:
+        if self.iters is not None:
+            return runs >= self.iters
+        if self.duration is not None:
+            return runs >= DURATION_MIN_RUNS and elapsed >= self.duration
+        if runs >= ADAPTIVE_MAX_RUNS:
+            return True
+        if runs >= ADAPTIVE_MIN_RUNS and elapsed >= ADAPTIVE_TARGET_S:
+            return True
+        return runs >= DURATION_MIN_RUNS and elapsed >= ADAPTIVE_SLOW_LIMIT_S
+
+    def describe(self) -> str:
+        if self.iters is not None:
+            return f"{self.iters} runs per shape after {self.warmup} warm-up"
+        if self.duration is not None:
+            return (
+                f"{self.duration:g} s per shape (>= {DURATION_MIN_RUNS} runs) "
+                f"after {self.warmup} warm-up"
+            )
+        return (
+            f"adaptive: >= {ADAPTIVE_MIN_RUNS} runs and ~{ADAPTIVE_TARGET_S:g} s per shape "
+            f"after {self.warmup} warm-up"
+        )
+
+
+def _measure(
+    runner: Any,
+    engine: str,
+    batch: int,
+    seq: int,
+    feed: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    tol: tuple[float, float],
+    timer: _Timer,
+    tokens: int,
+) -> BenchResult:
+    try:
+        start = time.perf_counter()
+        first = runner.infer(feed)
+        first_s = time.perf_counter() - start
+        ok, max_err, why = _compare(first, expected, *tol)
+        if not ok:
+            return _row(
+                engine,
+                batch,
+                seq,
+                "mismatch",
+                f"{engine}: {why}",
+                build_s=runner.activate_time_s,
+                max_abs_error=max_err,
+            )
+        for _ in range(timer.warmup):
+            runner.infer(feed)
+        times: list[float] = []
+        began = time.perf_counter()
+        while not timer.done(len(times), time.perf_counter() - began):
+            runner.infer(feed)
+            times.append(runner.last_inference_time_s)
+    except Exception as exc:
+        logger.debug("%s failed at batch %d seq %d", engine, batch, seq, exc_info=True)
+        return _row(engine, batch, seq, "error", _one_line(exc), build_s=runner.activate_time_s)
+    ms = np.asarray(times) * 1e3
+    median = float(np.median(ms))
+    return _row(
+        engine,
+        batch,
+        seq,
+        "ok",
+        median_ms=median,
+        p90_ms=float(np.percentile(ms, 90)),
+        p99_ms=float(np.percentile(ms, 99)),
+        mean_ms=float(ms.mean()),
+        runs=len(times),
+        seq_per_s=batch / (median / 1e3),
+        tokens_per_s=tokens / (median / 1e3),
+        first_run_ms=first_s * 1e3,
+        build_s=runner.activate_time_s,
+        max_abs_error=max_err,
+    )
+
+
+def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from birnn_export.errors import BiRNNExportError
+
+    try:
+        return reference.infer(feed)
+    except Exception as exc:
+        shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
+        raise BiRNNExportError(
+            f"model: calling it with the graph's inputs ({shapes}) failed: {_one_line(exc)}; "
+            "pass the model the ONNX file was exported from"
+        ) from exc
+
+
+def _compare(
+    actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], atol: float, rtol: float
+) -> tuple[bool, float | None, str]:
+    """``|actual - expected| <= atol + rtol * |expected|`` on every output; NaN never passes."""
+    max_err = 0.0
+    problems = []
+    for name, ref in expected.items():
+        if name not in actual:
+            return False, None, f"output {name!r} missing (got {sorted(actual)})"
+        got = np.asarray(actual[name])
+        if got.shape != ref.shape:
+            return False, None, f"output {name!r} shape {got.shape}, expected {ref.shape}"
+        got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
+        diff = np.abs(got64 - ref64)
+        err = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else 0.0
+        if np.isnan(diff).any():
+            err = math.inf
+        max_err = max(max_err, err)
+        bad = ~(diff <= atol + rtol * np.abs(ref64))
+        if bad.any():
+            problems.append(
+                f"output {name!r} max abs error {err:.3g} at {int(bad.sum())} of {bad.size} "
+                f"values (atol {atol:g}, rtol {rtol:g})"
+            )
+    if problems:
+        return False, max_err, "; ".join(problems) + "; not timed"
+    return True, max_err, ""
+
+
+def _with_speedups(rows: list[BenchResult]) -> tuple[BenchResult, ...]:
+    torch_median = {
+        (r.batch, r.seq): r.median_ms for r in rows if r.engine == "torch" and r.status == "ok"
+    }
+    out = []
+    for r in rows:
+        base = torch_median.get((r.batch, r.seq))
+        if r.status == "ok" and base and r.median_ms:
+            r = replace(r, speedup_vs_torch=base / r.median_ms)
+        out.append(r)
+    return tuple(out)
+
+
+def _make_runner(
+    engine: str,
+    onnx_path: Path,
+    model: Any,
+    input_names: list[str],
+    output_names: list[str],
+    threads: int,
+    torch_dtype: str | None,
+    shapes: Sequence[tuple[int, int]],
+) -> Any:
+    from birnn_export import runners
+
+    if engine == "torch":
+        return runners.TorchRunner(
+            model, input_names, output_names, threads=threads, dtype=torch_dtype
+        )
+    if engine == "trt":
+        from birnn_export.trt import TrtRunner
+
+        # One optimisation profile covering every measured shape, tuned for the largest.
+        batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
+        return TrtRunner(
+            str(onnx_path),
+            batch=(min(batches), max(batches), max(batches)),
+            seq=(min(seqs), max(seqs), max(seqs)),
+        )
+    # ONNX Runtime's intra-op threads: the same count as torch's, GPU providers included.
+    return runners.make_runner(engine, str(onnx_path), threads=threads)
+
+
+def _availability(engine: str) -> str | None:
+    from birnn_export import runners
+
+    try:
+        return runners.availability(engine)
+    except ImportError as exc:  # e.g. a build of this package without birnn_export/trt.py
+        return f"{engine}: cannot check availability ({exc})"
+
+
+def _tolerance(
+    engine: str, dtype: str, atol: float | None, rtol: float | None
+) -> tuple[float, float]:
+    if dtype == "float16":
+        key = "float16"
+    else:
+        key = "float32-cpu" if engine in CPU_ENGINES else "float32-gpu"
+    default_atol, default_rtol = TOLERANCES[key]
+    return (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+
+
+def _check_arguments(
+    engines: Sequence[str],
+    batch_sizes: Sequence[int],
+    seq_lens: Sequence[int],
+    warmup: int,
+    iters: int | None,
+    duration: float | None,
+    threads: int | None,
+) -> None:
+    from birnn_export.runners import ENGINES
+
+    if not engines:
+        raise ValueError(f"engines: expected at least one of {', '.join(ENGINES)}")
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise ValueError(f"engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
+    for name, values in (("batch_sizes", batch_sizes), ("seq_lens", seq_lens)):
+        if not values or any(
+            not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values
+        ):
+            raise ValueError(f"{name}: expected one or more positive ints, got {list(values)!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup: expected >= 0, got {warmup}")
+    if iters is not None and duration is not None:
+        raise ValueError("iters and duration: give one of them, not both")
+    if iters is not None and iters < 1:
+        raise ValueError(f"iters: expected >= 1, got {iters}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration: expected seconds > 0, got {duration}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads: expected >= 1, got {threads}")
+
+
+def _row(
+    engine: str, batch: int, seq: int, status: Status, reason: str = "", **values: Any
+) -> BenchResult:
+    return BenchResult(engine=engine, batch=batch, seq=seq, status=status, reason=reason, **values)
+
+
+@contextmanager
+def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, str], None]]:
+    """A transient rich progress bar on stderr; yields ``advance(steps, description)``."""
+    if not enabled:
+        yield lambda steps, description: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("bench", total=total)
+        yield lambda steps, description: bar.update(task, advance=steps, description=description)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    """Write via a temporary file in the same folder, so a failure leaves no partial file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+__all__ = [
+    "CSV_COLUMNS",
+    "BenchReport",
+    "BenchResult",
+    "benchmark",
+    "environment",
+    "render_table",
+]

@@ -1,0 +1,524 @@
+"""Tests for birnn_export.bench and the ``bench`` command.
+
+Timing values are never asserted beyond being positive; what is asserted is the bookkeeping
+(rows, statistics consistent with each other, token counts from the lengths actually fed) and the
+rule that an engine is checked against eager PyTorch, here torch's own ``nn.LSTM`` on a
+``PackedSequence``, before it is timed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from birnn_export.bench import (
+    CSV_COLUMNS,
+    BenchReport,
+    BenchResult,
+    _compare,
+    _Timer,
+    benchmark,
+    render_table,
+)
+from birnn_export.checkpoint import TorchReference, save_checkpoint
+from birnn_export.cli import main
+from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.export import export_onnx
+from birnn_export.models import SequenceTagger, TaggerConfig
+from birnn_export.runners import availability
+from birnn_export.spec import make_feed
+
+SMALL = dict(batch_sizes=(1, 3), seq_lens=(4, 9), warmup=1, iters=3, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny BiLSTM tagger with lengths: checkpoint, ONNX graph, and a wrongly weighted copy."""
+    folder = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    config = TaggerConfig(
+        cell="lstm", input_size=4, hidden_size=5, output_size=3, uses_lengths=True
+    )
+    model = SequenceTagger(config).eval()
+    save_checkpoint(model, folder / "tagger.pt")
+    export_onnx(model, folder / "tagger.onnx")
+
+    # The same graph with every float weight shifted: it runs fine and is wrong.
+    proto = onnx.load(str(folder / "tagger.onnx"))
+    for init in proto.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 1:
+            init.CopyFrom(numpy_helper.from_array(array + np.float32(0.05), init.name))
+    onnx.save(proto, str(folder / "wrong.onnx"))
+    return {
+        "pt": folder / "tagger.pt",
+        "onnx": folder / "tagger.onnx",
+        "wrong": folder / "wrong.onnx",
+        "folder": folder,
+    }
+
+
+@pytest.fixture(scope="module")
+def model(files: dict[str, Path]) -> SequenceTagger:
+    from birnn_export.checkpoint import load_model
+
+    return load_model(files["pt"]).model
+
+
+@pytest.fixture(scope="module")
+def builtin_model(model: SequenceTagger) -> torch.nn.Module:
+    """The same weights in torch's own nn.LSTM, run on a PackedSequence: the real reference."""
+    return TorchReference(model.rnn.to_torch(), model.head).eval()
+
+
+@pytest.fixture(scope="module")
+def report(files: dict[str, Path], builtin_model: torch.nn.Module) -> BenchReport:
+    return benchmark(files["onnx"], builtin_model, engines=("torch", "ort-cpu"), **SMALL)
+
+
+def _unavailable_engine() -> str:
+    for engine in ("ort-cuda", "ort-trt", "trt"):
+        if availability(engine) is not None:
+            return engine
+    pytest.skip("every GPU engine is available on this machine")
+
+
+# -- library -------------------------------------------------------------------------------
+
+
+def test_report_has_one_ok_row_per_engine_and_shape(report: BenchReport) -> None:
+    assert [(r.engine, r.batch, r.seq) for r in report.results] == [
+        (e, b, s) for e in ("torch", "ort-cpu") for b in (1, 3) for s in (4, 9)
+    ]
+    for r in report.results:
+        assert r.status == "ok", r.reason
+        assert r.runs == 3
+        assert r.median_ms > 0 and r.mean_ms > 0 and r.first_run_ms > 0
+        assert r.median_ms <= r.p90_ms <= r.p99_ms
+        assert r.build_s is not None and r.build_s >= 0
+        assert r.max_abs_error is not None and r.max_abs_error < 1e-5
+        assert r.seq_per_s == pytest.approx(r.batch / (r.median_ms / 1e3))
+
+
+def test_tokens_are_the_sum_of_the_lengths_fed(report: BenchReport, files: dict[str, Path]) -> None:
+    from birnn_export.spec import GraphSpec
+
+    spec = GraphSpec.from_onnx(files["onnx"])
+    for r in report.results:
+        lengths = make_feed(spec, r.batch, r.seq, seed=0)["lengths"]
+        assert r.tokens_per_s == pytest.approx(lengths.sum() / (r.median_ms / 1e3))
+    # Ragged lengths really are ragged: fewer tokens than batch * seq at batch 3.
+    row = report.result("ort-cpu", 3, 9)
+    assert row.tokens_per_s < 3 * 9 / (row.median_ms / 1e3)
+
+
+def test_speedup_is_torch_median_over_engine_median(report: BenchReport) -> None:
+    for b in (1, 3):
+        for s in (4, 9):
+            torch_row, ort_row = report.result("torch", b, s), report.result("ort-cpu", b, s)
+            assert torch_row.speedup_vs_torch == pytest.approx(1.0)
+            assert ort_row.speedup_vs_torch == pytest.approx(
+                torch_row.median_ms / ort_row.median_ms
+            )
+
+
+def test_environment_and_settings(report: BenchReport, files: dict[str, Path]) -> None:
+    env = report.environment
+    assert env["threads"] == 1
+    assert env["cores"] >= 1
+    assert env["cpu"]
+    assert env["torch"] == torch.__version__.split("+")[0] or env["torch"] == torch.__version__
+    assert env["onnx"] == onnx.__version__
+    assert env["onnxruntime"]
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["onnx_sha256"] == hashlib.sha256(files["onnx"].read_bytes()).hexdigest()
+    assert report.settings["iters"] == 3
+    assert report.settings["tolerances"]["ort-cpu"] == (1e-5, 1e-4)
+
+
+def test_json_and_csv_hold_every_row(report: BenchReport, tmp_path: Path) -> None:
+    data = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert set(data) == {"environment", "settings", "results"}
+    assert len(data["results"]) == len(report.results)
+    assert list(data["results"][0]) == list(CSV_COLUMNS)
+    assert data["results"][0]["median_ms"] == report.results[0].median_ms
+
+    with report.to_csv(tmp_path / "r.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == list(CSV_COLUMNS)
+    for key in (
+        "engine",
+        "batch",
+        "seq",
+        "median_ms",
+        "p90_ms",
+        "p99_ms",
+        "mean_ms",
+        "runs",
+        "seq_per_s",
+        "tokens_per_s",
+        "first_run_ms",
+        "build_s",
+        "speedup_vs_torch",
+        "status",
+        "reason",
+    ):
+        assert key in reader.fieldnames
+    assert len(rows) == len(report.results)
+    assert rows[-1]["engine"] == "ort-cpu" and float(rows[-1]["median_ms"]) > 0
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = report.plot(tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5000
+
+
+def test_wrong_engine_is_a_mismatch_and_not_timed(
+    files: dict[str, Path], builtin_model: torch.nn.Module
+) -> None:
+    report = benchmark(
+        files["wrong"], builtin_model, engines=("torch", "ort-cpu"), **{**SMALL, "seq_lens": (9,)}
+    )
+    from birnn_export.spec import GraphSpec
+
+    spec = GraphSpec.from_onnx(files["wrong"])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(files["wrong"]), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        assert report.result("torch", b, 9).status == "ok"
+        row = report.result("ort-cpu", b, 9)
+        assert row.status == "mismatch"
+        assert row.runs == 0
+        assert row.median_ms is None and row.first_run_ms is None
+        assert row.tokens_per_s is None and row.speedup_vs_torch is None
+        assert "ort-cpu" in row.reason and "not timed" in row.reason
+        # The reported error is the real one: ONNX Runtime vs torch's packed nn.LSTM.
+        feed = make_feed(spec, b, 9, seed=0)
+        (got,) = session.run(None, feed)
+        with torch.no_grad():
+            want = builtin_model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+        assert row.max_abs_error == pytest.approx(np.abs(got - want.numpy()).max(), rel=1e-3)
+        assert row.max_abs_error > 1e-2
+    assert {r.engine for r in report.failed()} == {"ort-cpu"}
+
+
+def test_model_that_is_not_the_graph_is_caught(files: dict[str, Path]) -> None:
+    """The check really compares: a differently initialised model makes every engine but
+    torch (which is the model) a mismatch."""
+    torch.manual_seed(123)
+    other = SequenceTagger(
+        TaggerConfig(cell="lstm", input_size=4, hidden_size=5, output_size=3, uses_lengths=True)
+    ).eval()
+    report = benchmark(files["onnx"], other, engines=("ort-cpu",), **SMALL)
+    assert {r.status for r in report.results} == {"mismatch"}
+
+
+def test_unavailable_engine_is_skipped_with_its_reason(
+    files: dict[str, Path], model: SequenceTagger
+) -> None:
+    engine = _unavailable_engine()
+    report = benchmark(files["onnx"], model, engines=("ort-cpu", engine), **SMALL)
+    skipped = [r for r in report.results if r.engine == engine]
+    assert len(skipped) == 4
+    assert {r.status for r in skipped} == {"unavailable"}
+    assert all(r.reason.startswith(engine) and r.runs == 0 for r in skipped)
+    assert {r.status for r in report.results if r.engine == "ort-cpu"} == {"ok"}
+    assert report.failed() == ()
+
+
+def test_sole_unavailable_engine_raises(files: dict[str, Path], model: SequenceTagger) -> None:
+    engine = _unavailable_engine()
+    with pytest.raises(EngineUnavailableError, match=engine):
+        benchmark(files["onnx"], model, engines=(engine,), **SMALL)
+
+
+def test_duration_gives_at_least_three_runs(files: dict[str, Path], model: SequenceTagger) -> None:
+    settings = {**SMALL, "iters": None, "duration": 1e-6, "batch_sizes": (2,), "seq_lens": (5,)}
+    report = benchmark(files["onnx"], model, engines=("ort-cpu",), **settings)
+    assert report.results[0].status == "ok"
+    assert report.results[0].runs >= 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"engines": ("tensorflow",)}, "unknown"),
+        ({"engines": ()}, "at least one"),
+        ({"batch_sizes": (0,)}, "batch_sizes"),
+        ({"seq_lens": ()}, "seq_lens"),
+        ({"iters": 3, "duration": 1.0}, "not both"),
+        ({"warmup": -1}, "warmup"),
+    ],
+)
+def test_bad_arguments(files: dict[str, Path], model: SequenceTagger, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        benchmark(files["onnx"], model, **{**SMALL, **kwargs})
+
+
+def test_graph_without_spec_is_a_user_error(tmp_path: Path, files: dict[str, Path], model) -> None:
+    proto = onnx.load(str(files["onnx"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "plain.onnx"))
+    with pytest.raises(BiRNNExportError, match="metadata"):
+        benchmark(tmp_path / "plain.onnx", model, **SMALL)
+
+
+def test_model_that_cannot_take_the_inputs_is_a_user_error(files: dict[str, Path]) -> None:
+    wrong_size = torch.nn.LSTM(7, 3, batch_first=True)  # expects 7 features, the graph has 4
+    with pytest.raises(BiRNNExportError, match="graph's inputs"):
+        benchmark(files["onnx"], wrong_size, engines=("ort-cpu",), **SMALL)
+
+
+def test_timer_rules() -> None:
+    fixed = _Timer(iters=5, duration=None, warmup=0)
+    assert not fixed.done(4, 100.0) and fixed.done(5, 0.0)
+    timed = _Timer(iters=None, duration=2.0, warmup=0)
+    assert not timed.done(2, 50.0) and not timed.done(100, 1.9) and timed.done(3, 2.0)
+    adaptive = _Timer(iters=None, duration=None, warmup=0)
+    assert not adaptive.done(9, 5.0)  # fewer than 10 runs, not yet slow
+    assert adaptive.done(10, 1.0)  # 10 runs and 1 s
+    assert not adaptive.done(500, 0.5)  # fast: keep going to ~1 s
+    assert adaptive.done(1000, 0.5)  # cap
+    assert adaptive.done(3, 10.0)  # slow shape: 3 runs in 10 s are enough
+    assert not adaptive.done(2, 30.0)
+
+
+def test_compare_rules() -> None:
+    ref = {"y": np.array([1.0, 2.0], dtype=np.float32)}
+    assert _compare({"y": ref["y"] + 1e-6}, ref, 1e-5, 1e-4)[0]
+    ok, err, why = _compare({"y": ref["y"] + 1e-2}, ref, 1e-5, 1e-4)
+    assert not ok and err == pytest.approx(1e-2, rel=1e-3) and "'y'" in why
+    assert not _compare({"y": np.array([np.nan, 2.0], np.float32)}, ref, 1e-5, 1e-4)[0]
+    assert not _compare({"y": ref["y"][:1]}, ref, 1e-5, 1e-4)[0]
+    assert not _compare({"z": ref["y"]}, ref, 1e-5, 1e-4)[0]
+
+
+def test_render_table_lists_rows_and_reasons() -> None:
+    from rich.console import Console
+
+    results = (
+        BenchResult(
+            "torch",
+            1,
+            8,
+            "ok",
+            median_ms=1.0,
+            p90_ms=1.2,
+            p99_ms=1.5,
+            runs=10,
+            tokens_per_s=8000.0,
+            speedup_vs_torch=1.0,
+        ),
+        BenchResult(
+            "ort-cpu", 1, 8, "mismatch", reason="ort-cpu: output 'y' off", max_abs_error=0.25
+        ),
+        BenchResult("trt", 1, 8, "unavailable", reason="trt: tensorrt not installed"),
+        BenchResult("trt", 1, 16, "unavailable", reason="trt: tensorrt not installed"),
+    )
+    report = BenchReport(results, {"cpu": "Test CPU", "cores": 2, "threads": 1}, {})
+    console = Console(record=True, width=220)
+    console.print(render_table(report))
+    text = console.export_text()
+    for header in (
+        "engine",
+        "batch",
+        "seq",
+        "median ms",
+        "p90 ms",
+        "p99 ms",
+        "runs",
+        "tokens/s",
+        "vs torch",
+        "status",
+    ):
+        assert header in text
+    assert "mismatch 2.5e-01" in text
+    assert "trt: tensorrt not installed" in text
+    assert text.count("trt: tensorrt not installed") == 1  # reason once, engine once
+    assert "Test CPU" in text
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def _bench(*args: str) -> object:
+    return CliRunner().invoke(main, ["bench", *args], catch_exceptions=False)
+
+
+def test_cli_help() -> None:
+    result = _bench("--help")
+    assert result.exit_code == 0
+    for option in (
+        "--engines",
+        "--batch",
+        "--seq",
+        "--iters",
+        "--duration",
+        "--threads",
+        "--json",
+        "--csv",
+        "--plot",
+        "--model-class",
+    ):
+        assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch", "1,x"], "--batch"),
+        (["--batch", "0"], "--batch"),
+        (["--seq", "16,,64"], "--seq"),
+        (["--engines", "torch,tf"], "'tf'"),
+        (["--iters", "3", "--duration", "1"], "not both"),
+    ],
+)
+def test_cli_usage_errors_are_one_line(files: dict[str, Path], args, message) -> None:
+    result = _bench(str(files["onnx"]), "--model", str(files["pt"]), *args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0]
+
+
+def test_cli_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = {k: tmp_path / f"bench.{k}" for k in ("json", "csv", "png")}
+    result = _bench(
+        str(files["onnx"]),
+        "--model",
+        str(files["pt"]),
+        "--engines",
+        "torch,ort-cpu",
+        "--batch",
+        "2",
+        "--seq",
+        "5,7",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        str(out["json"]),
+        "--csv",
+        str(out["csv"]),
+        "--plot",
+        str(out["png"]),
+    )
+    assert result.exit_code == 0, result.output
+    assert "ort-cpu" in result.output and "vs torch" in result.output
+    data = json.loads(out["json"].read_text())
+    assert [(r["engine"], r["seq"], r["status"]) for r in data["results"]] == [
+        ("torch", 5, "ok"),
+        ("torch", 7, "ok"),
+        ("ort-cpu", 5, "ok"),
+        ("ort-cpu", 7, "ok"),
+    ]
+    assert out["csv"].read_text().startswith(",".join(CSV_COLUMNS))
+    assert out["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_mismatch_exits_1(files: dict[str, Path]) -> None:
+    result = _bench(
+        str(files["wrong"]),
+        "--model",
+        str(files["pt"]),
+        "--engines",
+        "ort-cpu",
+        "--batch",
+        "2",
+        "--seq",
+        "5",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+    )
+    assert result.exit_code == 1
+    assert "mismatch" in result.output.splitlines()[-1]
+
+
+def test_cli_sole_unavailable_engine_exits_2(files: dict[str, Path]) -> None:
+    engine = _unavailable_engine()
+    result = _bench(
+        str(files["onnx"]),
+        "--model",
+        str(files["pt"]),
+        "--engines",
+        engine,
+        "--batch",
+        "1",
+        "--seq",
+        "4",
+        "--iters",
+        "1",
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and engine in lines[0]
+
+
+def test_cli_missing_files_exit_2(files: dict[str, Path], tmp_path: Path) -> None:
+    result = _bench(str(tmp_path / "none.onnx"), "--model", str(files["pt"]))
+    assert result.exit_code == 2 and "none.onnx" in result.output
+    result = _bench(
+        str(files["onnx"]),
+        "--model",
+        str(files["pt"]),
+        "--json",
+        str(tmp_path / "no" / "such" / "r.json"),
+    )
+    assert result.exit_code == 2 and "--json" in result.output
+
+
+def test_cli_as_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
+    csv_path = tmp_path / "sub.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "birnn_export",
+            "bench",
+            str(files["onnx"]),
+            "--model",
+            str(files["pt"]),
+            "--engines",
+            "ort-cpu",
+            "--batch",
+            "1",
+            "--seq",
+            "4",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--csv",
+            str(csv_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["engine"], r["status"], r["runs"]) for r in rows] == [("ort-cpu", "ok", "2")]
