@@ -127,7 +127,7 @@ def test_public_names_stay_functions_after_submodules_load():
 
     import birnn_export
     import birnn_export.conversion
-    import birnn_export.verification  # noqa: F401
+    import birnn_export.verification
 
     for name in ("convert", "verify", "export_onnx", "load_model", "benchmark"):
         value = getattr(birnn_export, name)
