@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ def export_onnx(
     )
     _name_recurrent_nodes(proto, spec)
     _set_metadata(proto, spec)
-    _check_graph(proto, spec, batch, seq)
+    _check_graph(proto, spec, _model_sizes(converted))
 
     cases: tuple[SelfCheckCase, ...] = ()
     with _staged_output(path) as staging:
@@ -221,15 +221,19 @@ def export_onnx(
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def _example_sizes(model: nn.Module) -> tuple[int, int]:
-    """Batch and length for tracing that equal no size in the model, so a baked one is visible.
-
-    Primes from 7 up: small numbers are legitimate dims (ranks, directions, layer counts).
-    """
-    taken = {int(d) for p in model.parameters() for d in p.shape}
+def _model_sizes(model: nn.Module) -> set[int]:
+    """Sizes that may legitimately appear as static dims: parameter dims, layer and direction
+    counts, and small numbers (ranks, gate counts)."""
+    sizes = set(range(7)) | {int(d) for p in model.parameters() for d in p.shape}
     for layer in model.modules():
         if isinstance(layer, BiRNN):
-            taken |= {layer.num_layers, layer.num_layers * layer.num_directions}
+            sizes |= {layer.num_layers, layer.num_layers * layer.num_directions}
+    return sizes
+
+
+def _example_sizes(model: nn.Module) -> tuple[int, int]:
+    """Batch and length for tracing that equal no size in the model, so a baked one is visible."""
+    taken = _model_sizes(model)
     candidates = [n for n in (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53) if n not in taken]
     if len(candidates) < 2:
         return 7, 17
@@ -545,12 +549,13 @@ def _set_metadata(proto: Any, spec: GraphSpec) -> None:
     proto.producer_version = __version__
 
 
-def check_graph(proto: Any, spec: GraphSpec) -> list[str]:
+def check_graph(proto: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) -> list[str]:
     """Structural problems of an exported graph (empty when it is sound).
 
     Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
-    or ``Scan``, symbolic batch/seq on inputs and outputs, and no example size in the constant
-    inputs of shape-making ops.
+    or ``Scan``, symbolic batch/seq on inputs and outputs, and the example batch and length
+    nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
+    (those the model itself has) are not searched for: they cannot be told apart.
     """
     import onnx
 
@@ -580,7 +585,11 @@ def check_graph(proto: Any, spec: GraphSpec) -> list[str]:
                     f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', "
                     f"the graph declares {dims[axis] if axis < len(dims) else 'nothing'}"
                 )
-    examples = {spec.example_batch: "batch", spec.example_seq: "length"}
+    examples = {
+        size: kind
+        for size, kind in ((spec.example_batch, "batch"), (spec.example_seq, "length"))
+        if size not in ignore
+    }
     for info in [*inferred.graph.value_info, *inferred.graph.output]:
         baked = [f"{examples[d]} {d}" for d in _dims_of(info) if d in examples]
         if baked:
@@ -588,7 +597,7 @@ def check_graph(proto: Any, spec: GraphSpec) -> list[str]:
                 f"value {info.name} has static dims {list(_dims_of(info))}: the example "
                 f"{', '.join(baked)} is baked into its shape"
             )
-    problems += _baked_sizes(inferred, {spec.example_batch, spec.example_seq})
+    problems += _baked_sizes(inferred, set(examples))
     return problems
 
 
@@ -631,8 +640,8 @@ def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
     return problems
 
 
-def _check_graph(proto: Any, spec: GraphSpec, batch: int, seq: int) -> None:
-    problems = check_graph(proto, spec)
+def _check_graph(proto: Any, spec: GraphSpec, ignore: Collection[int]) -> None:
+    problems = check_graph(proto, spec, ignore=ignore)
     if problems:
         raise ExportError("exported graph failed its checks: " + "; ".join(problems))
 
