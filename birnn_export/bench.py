@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from birnn_export._files import file_sha256, write_atomic
 from birnn_export.errors import EngineUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class BenchReport:
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write environment, settings and results as JSON; returns the path."""
         text = json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
-        return _write_atomic(Path(path), text.encode())
+        return write_atomic(Path(path), text.encode())
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write one row per result with :data:`CSV_COLUMNS`; empty cells for missing values."""
@@ -154,7 +154,7 @@ class BenchReport:
         writer.writeheader()
         for result in self.results:
             writer.writerow({k: "" if v is None else v for k, v in result.to_dict().items()})
-        return _write_atomic(Path(path), buffer.getvalue().encode())
+        return write_atomic(Path(path), buffer.getvalue().encode())
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Latency (median, p90 as error bar) vs sequence length per engine, one panel per batch.
@@ -214,7 +214,7 @@ class BenchReport:
         figure.suptitle(f"{cpu} · {threads} threads" if cpu else "birnn-export bench", fontsize=9)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
-        return _write_atomic(Path(path), buffer.getvalue())
+        return write_atomic(Path(path), buffer.getvalue())
 
 
 def benchmark(
@@ -457,7 +457,7 @@ def environment(
                 continue
     if onnx_path is not None:
         env["onnx_file"] = str(onnx_path)
-        env["onnx_sha256"] = _sha256(Path(onnx_path))
+        env["onnx_sha256"] = file_sha256(onnx_path)
     return env
 
 
@@ -727,25 +727,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder, so a failure leaves no partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _json_safe(value: Any) -> Any:

@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from birnn_export._files import atomic_path
 from birnn_export.conversion import conversion_report, convert
 from birnn_export.errors import ModelLoadError
-from birnn_export.models import SequenceTagger, TaggerConfig
+from birnn_export.models import SequenceTagger, TaggerConfig, TorchReference
 from birnn_export.modules import GATES
 
 logger = logging.getLogger(__name__)
@@ -61,8 +60,10 @@ class LoadedModel:
     Attributes:
         model: Ready to export: built-in recurrent layers converted to ``BiRNN``, eval mode,
             float32.
-        original: The model before conversion when it had torch's built-in recurrent layers
-            (the reference for verification), else ``None``.
+        original: The reference for verification, in torch's built-in recurrent layers: the
+            model before conversion, or for a rebuilt :class:`SequenceTagger` the same weights
+            in a :class:`~birnn_export.models.TorchReference`; ``None`` when the file held a
+            model without built-in layers.
         source: One human-readable line saying what the file held and how it was read.
         config: ``TaggerConfig.to_dict()`` when the architecture is a :class:`SequenceTagger`.
         path: The file read.
@@ -75,32 +76,6 @@ class LoadedModel:
     config: dict[str, Any] | None
     path: Path
     sha256: str
-
-
-class TorchReference(nn.Module):
-    """``[Embedding ->] nn.RNN/LSTM/GRU -> Linear`` built from torch's own layers.
-
-    The reference a rebuilt :class:`SequenceTagger` is verified against: with ``lengths`` it runs
-    the recurrent layer on a ``PackedSequence``, as torch intends for padded batches. Parameter
-    names equal :class:`SequenceTagger`'s (``embedding.*``, ``rnn.*``, ``head.*``).
-    """
-
-    def __init__(self, rnn: nn.RNNBase, head: nn.Linear, embedding: nn.Embedding | None = None):
-        super().__init__()
-        self.embedding = embedding
-        self.rnn = rnn
-        self.head = head
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        if self.embedding is not None:
-            x = self.embedding(x)
-        if lengths is None:
-            out, _ = self.rnn(x)
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.rnn(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return self.head(out)
 
 
 # -- saving ------------------------------------------------------------------------------------
@@ -129,19 +104,10 @@ def save_checkpoint(model: SequenceTagger, path: str | os.PathLike[str]) -> None
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # A file object, not a path: torch then names the archive "archive/..." whatever the
-        # file is called, so the same model always gives the same bytes.
-        with open(tmp, "xb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # A file object, not a path: torch then names the archive "archive/..." whatever the file is
+    # called, so the same model always gives the same bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -319,7 +285,7 @@ def _build(
         if model_class is None:
             model = SequenceTagger(config)
             _load_strict(model, state, f"SequenceTagger({config})", path)
-            return model, None, f"{where} ({ARCHITECTURE})", config.to_dict()
+            return model, model.to_torch(), f"{where} ({ARCHITECTURE})", config.to_dict()
     elif isinstance(obj, nn.Module):
         if model_class is None:
             return (*_from_module(obj), "pickled module (trusted)", _config_of(obj))
@@ -695,28 +661,9 @@ def _is_embedding(params: dict[str, Tensor], input_size: int) -> bool:
 
 def _reference(config: TaggerConfig, state: dict[str, Tensor]) -> TorchReference:
     """torch's own layers with the weights of a rebuilt SequenceTagger."""
-    kwargs = dict(
-        num_layers=config.num_layers,
-        bias=config.bias,
-        batch_first=True,
-        bidirectional=config.bidirectional,
-    )
-    if config.cell == "lstm":
-        rnn: nn.RNNBase = nn.LSTM(config.input_size, config.hidden_size, **kwargs)
-    elif config.cell == "gru":
-        rnn = nn.GRU(config.input_size, config.hidden_size, **kwargs)
-    else:
-        nonlinearity = config.cell.removeprefix("rnn_")
-        rnn = nn.RNN(config.input_size, config.hidden_size, nonlinearity=nonlinearity, **kwargs)
-    features = config.hidden_size * (2 if config.bidirectional else 1)
-    embedding = (
-        nn.Embedding(config.vocab_size, config.input_size, padding_idx=config.padding_idx)
-        if config.vocab_size is not None
-        else None
-    )
-    reference = TorchReference(rnn, nn.Linear(features, config.output_size), embedding)
-    reference.load_state_dict(state, strict=True)
-    return reference
+    tagger = SequenceTagger(config)
+    tagger.load_state_dict(state, strict=True)
+    return tagger.to_torch()
 
 
 # -- messages ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from birnn_export._files import write_atomic
 from birnn_export._version import __version__
 
 DEFAULT_COMMAND = "export"
@@ -221,7 +222,7 @@ def export_command(
     }
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=2, default=str))
+        write_atomic(json_path, json.dumps(summary, indent=2, default=str))
     if quiet:
         click.echo(str(result.path))
     else:
@@ -280,7 +281,7 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
 
     info = describe_onnx(onnx_path)
     if json_path is not None:
-        json_path.write_text(json.dumps(info, indent=2, default=str))
+        write_atomic(json_path, json.dumps(info, indent=2, default=str))
     click.echo(f"{info['path']}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})")
     click.echo(f"opsets: {info['opsets']}")
     for kind in ("inputs", "outputs"):
@@ -421,9 +422,7 @@ def verify_command(
     outputs are compared at valid steps, padding separately, rows alone against the batch. Exit 0
     if all match, 1 on a mismatch (the report says where, and which direction), 2 for bad input.
     """
-    import os
     import sys
-    import tempfile
 
     from birnn_export.verification import render_report, verify
 
@@ -450,10 +449,7 @@ def verify_command(
     )
     render_report(report)
     if json_path is not None:
-        handle, temp = tempfile.mkstemp(suffix=".json", dir=json_path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(report.to_json() + "\n")
-        os.replace(temp, json_path)
+        write_atomic(json_path, report.to_json() + "\n")
         click.echo(f"report written to {json_path}")
     if report.saved_inputs:
         click.echo(f"inputs written to {report.saved_inputs}")
@@ -644,9 +640,7 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None) -> None:
         click.echo(line)
     click.echo(report.summary())
     if json_path is not None:
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(report.to_json() + "\n")
-        tmp.replace(json_path)
+        write_atomic(json_path, report.to_json() + "\n")
     if not report.ok:
         sys.exit(1)
 

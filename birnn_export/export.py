@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import inspect
 import logging
 import os
@@ -730,14 +729,6 @@ def _self_check(path: Path, reference: nn.Module, spec: GraphSpec) -> tuple[Self
             f"{atol}, rtol {rtol}); nothing was written"
         )
     return tuple(cases)
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:

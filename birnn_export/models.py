@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export.modules import BiRNN, Cell
 
@@ -80,6 +81,40 @@ class SequenceTagger(nn.Module):
         if self.embedding is not None:
             x = self.embedding(x)
         out, _ = self.rnn(x, lengths if self.config.uses_lengths else None)
+        return self.head(out)
+
+    def to_torch(self) -> TorchReference:
+        """The same model in torch's built-in layers (a copy): the reference to verify against."""
+        import copy
+
+        embedding = copy.deepcopy(self.embedding)
+        reference = TorchReference(self.rnn.to_torch(), copy.deepcopy(self.head), embedding)
+        return reference.train(self.training)
+
+
+class TorchReference(nn.Module):
+    """``[Embedding ->] nn.RNN/LSTM/GRU -> Linear`` built from torch's own layers.
+
+    The reference a :class:`SequenceTagger` is verified against: with ``lengths`` it runs the
+    recurrent layer on a ``PackedSequence``, as torch intends for padded batches. Parameter
+    names equal :class:`SequenceTagger`'s (``embedding.*``, ``rnn.*``, ``head.*``).
+    """
+
+    def __init__(self, rnn: nn.RNNBase, head: nn.Linear, embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.embedding = embedding
+        self.rnn = rnn
+        self.head = head
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x)
+        if lengths is None:
+            out, _ = self.rnn(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.head(out)
 
 

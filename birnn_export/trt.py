@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export._files import file_sha256, write_atomic
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError
 from birnn_export.runners import BaseRunner
 from birnn_export.spec import BATCH, SEQ, GraphSpec
@@ -155,14 +156,6 @@ def timing_cache_name(gpu_name: str, trt_version: str) -> str:
     """Timing caches hold per-layer tactic timings: valid for one GPU and TensorRT version,
     and shared by every model built there (so later builds are faster)."""
     return f"timing-{_slug(gpu_name)}-trt{_slug(trt_version)}.cache"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -324,7 +317,7 @@ class TrtRunner(BaseRunner):
             self.cache_hit = engine is not None
             if engine is None:
                 serialized = self._build(trt, trt_logger, spec, profile)
-                _write_atomic(self.engine_path, serialized)
+                write_atomic(self.engine_path, serialized)
                 engine = runtime.deserialize_cuda_engine(serialized)
                 if engine is None:
                     raise EngineUnavailableError(
@@ -386,7 +379,7 @@ class TrtRunner(BaseRunner):
             raise EngineUnavailableError(
                 f"trt: TensorRT failed to build an engine from {self.path} (see its log above)"
             )
-        _write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
+        write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
         return bytes(serialized)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -430,9 +423,3 @@ class TrtRunner(BaseRunner):
 
     def providers(self) -> list[str]:
         return [f"tensorrt-{self.trt_version}-{self.gpu_name}" if self.trt_version else "tensorrt"]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export._files import atomic_path
 from birnn_export.errors import BiRNNExportError, VerificationError
 from birnn_export.spec import GraphSpec, TensorSpec, make_feed
 
@@ -714,7 +714,7 @@ def _resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | No
         converted, original = model.model, getattr(model, "original", None)
         if reference is None:
             if original is not None:
-                reference, how = original, "the original model (before conversion)"
+                reference, how = original, "torch's built-in layers (the original model)"
             else:
                 reference, how = converted, "the loaded model (nothing needed conversion)"
         else:
@@ -1123,16 +1123,9 @@ def _save_inputs(
             arrays[f"case{index}/{name}"] = value
         meta.append({"case": index, **dataclasses.asdict(case)})
     arrays["cases"] = np.array(json.dumps(meta))
-    target = Path(path)
-    handle, temp = tempfile.mkstemp(suffix=".npz", dir=target.resolve().parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:
         np.savez(temp, **arrays)
-        os.replace(temp, target)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return str(target)
+    return str(path)
 
 
 def environment() -> dict[str, str]:

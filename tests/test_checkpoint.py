@@ -134,7 +134,8 @@ def test_save_and_load_own_checkpoint(tmp_path):
     assert isinstance(loaded, LoadedModel)
     assert loaded.source == "birnn-export checkpoint v1 (SequenceTagger)"
     assert loaded.config == config.to_dict()
-    assert loaded.original is None
+    assert isinstance(loaded.original, TorchReference)
+    assert isinstance(loaded.original.rnn, nn.GRU) and not loaded.original.training
     assert loaded.path == path
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not loaded.model.training
