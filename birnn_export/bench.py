@@ -38,6 +38,7 @@ import numpy as np
 
 from birnn_export._files import file_sha256, write_atomic
 from birnn_export.errors import EngineUnavailableError
+from birnn_export.spec import GraphSpec, default_tolerance, make_feed
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,6 @@ Status = Literal["ok", "mismatch", "unavailable", "error"]
 
 #: Engines that run on the host CPU (they share ``threads``).
 CPU_ENGINES = ("torch", "ort-cpu")
-
-#: Default tolerances ``(atol, rtol)``; see NOTES section 6.
-TOLERANCES: dict[str, tuple[float, float]] = {
-    "float32-cpu": (1e-5, 1e-4),
-    "float32-gpu": (1e-4, 1e-3),
-    "float16": (1e-2, 1e-2),
-}
 
 #: Adaptive timing (neither ``iters`` nor ``duration``): see the module docstring.
 ADAPTIVE_MIN_RUNS = 10
@@ -228,6 +222,8 @@ def benchmark(
     iters: int | None = None,
     duration: float | None = None,
     threads: int | None = None,
+    device: str = "cpu",
+    compile: bool = False,
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,
@@ -250,6 +246,9 @@ def benchmark(
         threads: Threads for every CPU engine (torch and ONNX Runtime intra-op alike);
             ``None``: torch's current count, used for all of them.
         seed: Seed of the random inputs.
+        device: Where the ``"torch"`` engine runs: ``"cpu"`` or ``"cuda"`` (the reference
+            outputs are always computed on the CPU).
+        compile: Time the ``"torch"`` engine under ``torch.compile``.
         atol: Absolute tolerance of the output check (default by dtype and device: fp32 CPU
             1e-5, fp32 GPU 1e-4, fp16 1e-2).
         rtol: Relative tolerance (default fp32 CPU 1e-4, fp32 GPU 1e-3, fp16 1e-2).
@@ -274,7 +273,6 @@ def benchmark(
     import torch
 
     from birnn_export import runners
-    from birnn_export.spec import GraphSpec, make_feed
 
     engines = tuple(dict.fromkeys(engines))
     _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads)
@@ -307,7 +305,7 @@ def benchmark(
                 rows += [_row(engine, b, s, "unavailable", reasons[engine]) for b, s in shapes]
                 advance(len(shapes), engine)
                 continue
-            tol = _tolerance(engine, spec.dtype, atol, rtol)
+            tol = _tolerance(engine, device, spec.dtype, atol, rtol)
             try:
                 runner = _make_runner(
                     engine,
@@ -318,6 +316,8 @@ def benchmark(
                     threads,
                     torch_dtype,
                     shapes,
+                    device=device,
+                    compile=compile,
                 )
                 runner.activate()
             except EngineUnavailableError as exc:
@@ -361,7 +361,7 @@ def benchmark(
             "seed": seed,
             "lengths": "ragged" if lengths_name else None,
             "graph_dtype": spec.dtype,
-            "tolerances": {e: _tolerance(e, spec.dtype, atol, rtol) for e in engines},
+            "tolerances": {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines},
         },
     )
 
@@ -617,22 +617,35 @@ def _make_runner(
     threads: int,
     torch_dtype: str | None,
     shapes: Sequence[tuple[int, int]],
+    *,
+    device: str = "cpu",
+    compile: bool = False,
 ) -> Any:
     from birnn_export import runners
 
     if engine == "torch":
         return runners.TorchRunner(
-            model, input_names, output_names, threads=threads, dtype=torch_dtype
+            model,
+            input_names,
+            output_names,
+            threads=threads,
+            dtype=torch_dtype,
+            device=device,
+            compile=compile,
         )
+    # One TensorRT optimisation profile covering every measured shape, tuned for the largest.
+    batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
+    batch = (min(batches), max(batches), max(batches))
+    seq = (min(seqs), max(seqs), max(seqs))
     if engine == "trt":
         from birnn_export.trt import TrtRunner
 
-        # One optimisation profile covering every measured shape, tuned for the largest.
-        batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
-        return TrtRunner(
-            str(onnx_path),
-            batch=(min(batches), max(batches), max(batches)),
-            seq=(min(seqs), max(seqs), max(seqs)),
+        return TrtRunner(str(onnx_path), batch=batch, seq=seq)
+    if engine == "ort-trt":
+        spec = GraphSpec.from_onnx(onnx_path)
+        options = runners.tensorrt_provider_options(spec, batch=batch, seq=seq)
+        return runners.OrtRunner(
+            str(onnx_path), engine=engine, threads=threads, provider_options=options
         )
     # ONNX Runtime's intra-op threads: the same count as torch's, GPU providers included.
     return runners.make_runner(engine, str(onnx_path), threads=threads)
@@ -648,14 +661,11 @@ def _availability(engine: str) -> str | None:
 
 
 def _tolerance(
-    engine: str, dtype: str, atol: float | None, rtol: float | None
+    engine: str, device: str, dtype: str, atol: float | None, rtol: float | None
 ) -> tuple[float, float]:
-    if dtype == "float16":
-        key = "float16"
-    else:
-        key = "float32-cpu" if engine in CPU_ENGINES else "float32-gpu"
-    default_atol, default_rtol = TOLERANCES[key]
-    return (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+    """``(atol, rtol)``: the defaults of :func:`birnn_export.spec.default_tolerance`, overridden."""
+    default = default_tolerance(dtype, engine, device=device if engine == "torch" else "cpu")
+    return (default.atol if atol is None else atol, default.rtol if rtol is None else rtol)
 
 
 def _check_arguments(

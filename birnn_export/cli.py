@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -520,6 +521,13 @@ def _bench_engines(text: str) -> tuple[str, ...]:
     type=click.IntRange(min=1),
     help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
 )
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the torch engine runs: cpu, cuda or cuda:N.",
+)
+@click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--atol", type=float, help="Absolute tolerance of the output check.")
 @click.option("--rtol", type=float, help="Relative tolerance of the output check.")
@@ -538,6 +546,8 @@ def bench_command(
     iters: int | None,
     duration: float | None,
     threads: int | None,
+    device: str,
+    compile: bool,
     seed: int,
     atol: float | None,
     rtol: float | None,
@@ -562,6 +572,8 @@ def bench_command(
     seq_lens = _bench_ints(seq, "--seq")
     if iters is not None and duration is not None:
         raise UserError("--iters and --duration: give one of them, not both")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
     if not onnx_path.is_file():
         raise UserError(f"MODEL.onnx: no such file: {onnx_path}")
     for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
@@ -588,6 +600,8 @@ def bench_command(
         iters=iters,
         duration=duration,
         threads=threads,
+        device=device,
+        compile=compile,
         seed=seed,
         atol=atol,
         rtol=rtol,

@@ -32,7 +32,15 @@ from birnn_export.conversion import Replacement, conversion_report, convert, fin
 from birnn_export.errors import ExportError, VerificationError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import BiRNN, state_names
-from birnn_export.spec import BATCH, METADATA_KEY, SEQ, GraphSpec, TensorSpec, make_feed
+from birnn_export.spec import (
+    BATCH,
+    METADATA_KEY,
+    SEQ,
+    GraphSpec,
+    TensorSpec,
+    default_tolerance,
+    make_feed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +59,6 @@ LENGTHS_NAMES = frozenset(
 )
 #: Ops whose constant inputs would freeze a shape if they held the example batch or length.
 SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
-SELF_CHECK_TOLERANCE = {"float32": (1e-5, 1e-4), "float16": (1e-2, 1e-2)}
 
 
 @dataclass(frozen=True)
@@ -697,7 +704,8 @@ def _self_check(path: Path, reference: nn.Module, spec: GraphSpec) -> tuple[Self
         return ()
     from birnn_export.runners import OrtRunner
 
-    atol, rtol = SELF_CHECK_TOLERANCE[spec.dtype]
+    tolerance = default_tolerance(spec.dtype, "ort-cpu")
+    atol, rtol = tolerance.atol, tolerance.rtol
     cases = []
     with OrtRunner(str(path), engine="ort-cpu") as runner:
         for batch, seq in self_check_shapes(spec):

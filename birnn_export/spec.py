@@ -106,6 +106,34 @@ class GraphSpec:
         return cls.from_json(props[METADATA_KEY])
 
 
+#: Engines that run on a GPU (the others run on the host CPU).
+GPU_ENGINES = frozenset({"ort-cuda", "ort-trt", "trt"})
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|actual - expected| <= atol + rtol * |expected|`` element-wise, and, where set,
+    ``||actual - expected||_2 / ||expected||_2 < rel_l2``."""
+
+    atol: float
+    rtol: float
+    rel_l2: float | None = None
+
+
+def default_tolerance(dtype: str, engine: str, *, device: str = "cpu") -> Tolerance:
+    """The named defaults of NOTES section 6, by output dtype and engine.
+
+    fp32 (and fp64) on CPU: atol 1e-5, rtol 1e-4; fp32 on a GPU (a GPU engine, or eager torch
+    with ``device="cuda"``; TF32 off): 1e-4 / 1e-3; fp16 anywhere: 1e-2 / 1e-2 plus a relative
+    L2 error below 1e-3.
+    """
+    if dtype == "float16":
+        return Tolerance(1e-2, 1e-2, 1e-3)
+    if engine in GPU_ENGINES or device != "cpu":
+        return Tolerance(1e-4, 1e-3)
+    return Tolerance(1e-5, 1e-4)
+
+
 def make_lengths(
     batch: int, seq: int, rng: np.random.Generator, mode: LengthsMode = "ragged"
 ) -> np.ndarray:

@@ -40,7 +40,13 @@ import numpy as np
 
 from birnn_export._files import atomic_path
 from birnn_export.errors import BiRNNExportError, VerificationError
-from birnn_export.spec import GraphSpec, TensorSpec, make_feed
+from birnn_export.spec import (
+    GraphSpec,
+    TensorSpec,
+    Tolerance,
+    default_tolerance,
+    make_feed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,33 +57,9 @@ QUICK_BATCH_SIZES = (1, 3)
 #: Scale of the large-magnitude feature case (N(0, 1) times this).
 LARGE_SCALE = 10.0
 #: Engines that run on a GPU (looser fp32 tolerances: cuDNN, TF32, other accumulation orders).
-GPU_ENGINES = frozenset({"ort-cuda", "ort-trt", "trt"})
 
 
 # -- tolerances ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """``|actual - expected| <= atol + rtol * |expected|`` element-wise, and, where set,
-    ``||actual - expected||_2 / ||expected||_2 < rel_l2``."""
-
-    atol: float
-    rtol: float
-    rel_l2: float | None = None
-
-
-def default_tolerance(dtype: str, engine: str) -> Tolerance:
-    """The named defaults of NOTES section 6, by output dtype and engine.
-
-    fp32 (and fp64) on CPU: atol 1e-5, rtol 1e-4; fp32 on a GPU engine: 1e-4 / 1e-3;
-    fp16 anywhere: 1e-2 / 1e-2 plus a relative L2 error below 1e-3.
-    """
-    if dtype == "float16":
-        return Tolerance(1e-2, 1e-2, 1e-3)
-    if engine in GPU_ENGINES:
-        return Tolerance(1e-4, 1e-3)
-    return Tolerance(1e-5, 1e-4)
 
 
 ToleranceOverride = float | Mapping[str, float] | None

@@ -248,6 +248,27 @@ def test_sole_unavailable_engine_raises(files: dict[str, Path], model: SequenceT
         benchmark(files["onnx"], model, engines=(engine,), **SMALL)
 
 
+def test_torch_on_cuda_is_checked_or_reported_unavailable(
+    files: dict[str, Path], model: SequenceTagger
+) -> None:
+    report = benchmark(
+        files["onnx"],
+        model,
+        engines=("torch", "ort-cpu"),
+        batch_sizes=(2,),
+        seq_lens=(5,),
+        iters=3,
+        device="cuda",
+        progress=False,
+    )
+    torch_row = next(r for r in report.results if r.engine == "torch")
+    if torch.cuda.is_available():
+        assert torch_row.status == "ok"
+    else:
+        assert torch_row.status == "unavailable" and "no CUDA device" in torch_row.reason
+        assert next(r for r in report.results if r.engine == "ort-cpu").status == "ok"
+
+
 def test_duration_gives_at_least_three_runs(files: dict[str, Path], model: SequenceTagger) -> None:
     settings = {**SMALL, "iters": None, "duration": 1e-6, "batch_sizes": (2,), "seq_lens": (5,)}
     report = benchmark(files["onnx"], model, engines=("ort-cpu",), **settings)

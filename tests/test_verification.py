@@ -352,7 +352,7 @@ def test_tagger_reference_is_original_and_head_disables_split(
     assert loaded.original is not None  # torch's nn.GRU with packing
     report = verify(path, loaded, batch_sizes=(1, 3), seq_lens=(1, 9))
     assert report.passed, report.summary()
-    assert report.reference.startswith("the original model")
+    assert report.reference.startswith("torch's built-in layers")
     assert not report.notes  # same sha256 as at export
     padding = [o for c in report.cases for o in c.outputs if o.check == "padding"]
     assert padding and all("vs reference" in o.note for o in padding)  # head(0) != 0
