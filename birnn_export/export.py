@@ -31,7 +31,7 @@ from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import ExportError, VerificationError
 from birnn_export.models import SequenceTagger
-from birnn_export.modules import BiRNN, state_names
+from birnn_export.modules import BiRNN, TracedPack, padding_mask, state_names
 from birnn_export.spec import (
     BATCH,
     METADATA_KEY,
@@ -377,7 +377,7 @@ def _trace(
     for role in roles:
         dynamic.append({0: batch} if role == "lengths" else {0: batch, 1: seq})
     try:
-        with _onnx_layout(layers, layout), torch.no_grad(), _quiet_exporter():
+        with _onnx_layout(layers, layout), _traceable_packing(model), _quiet_exporter():
             program = torch.onnx.export(
                 model,
                 inputs,
@@ -392,6 +392,68 @@ def _trace(
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
         raise ExportError(_explain_trace_failure(model, exc)) from exc
     return program.model_proto
+
+
+def _pack_for_tracing(
+    input: Tensor, lengths: Any, batch_first: bool = False, enforce_sorted: bool = True
+) -> TracedPack:
+    del enforce_sorted  # rows are never reordered: BiRNN takes lengths in any order
+    lengths = lengths if isinstance(lengths, Tensor) else torch.as_tensor(lengths)
+    return TracedPack(input, lengths.to(torch.int64), batch_first)
+
+
+def _pad_for_tracing(
+    sequence: TracedPack,
+    batch_first: bool = False,
+    padding_value: float = 0.0,
+    total_length: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    del total_length  # the output keeps the input's padded length
+    data = sequence.data
+    if sequence.batch_first != batch_first:
+        data = data.transpose(0, 1)
+    if padding_value != 0.0:
+        mask = padding_mask(sequence.lengths, data.shape[1 if batch_first else 0])
+        mask = (mask if batch_first else mask.transpose(0, 1)).unsqueeze(-1)
+        data = torch.where(mask, data, torch.full_like(data, padding_value))
+    return data, sequence.lengths
+
+
+@contextlib.contextmanager
+def _traceable_packing(model: nn.Module) -> Iterator[None]:
+    """Let ``forward`` methods that pack and unpack around their recurrent layers trace.
+
+    ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced, in ``torch.nn.utils.rnn``
+    and in the modules defining the model's classes (for ``from ... import`` names), by
+    functions passing a :class:`~birnn_export.modules.TracedPack` through the converted layers.
+    Padded outputs keep the input's length (``pad_packed_sequence`` would cut them to the
+    longest row).
+    """
+    import sys
+
+    from torch.nn.utils import rnn as rnn_utils
+
+    swaps = {
+        rnn_utils.pack_padded_sequence: _pack_for_tracing,
+        rnn_utils.pad_packed_sequence: _pad_for_tracing,
+    }
+    namespaces = [rnn_utils.__dict__]
+    for module in model.modules():
+        namespace = getattr(sys.modules.get(type(module).__module__), "__dict__", None)
+        if namespace is not None and all(namespace is not n for n in namespaces):
+            namespaces.append(namespace)
+    saved = []
+    for namespace in namespaces:
+        for name, value in list(namespace.items()):
+            if callable(value) and value in swaps:
+                saved.append((namespace, name, value))
+                namespace[name] = swaps[value]
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for namespace, name, value in saved:
+            namespace[name] = value
 
 
 @contextlib.contextmanager
@@ -424,13 +486,14 @@ def _packs_sequences(model: nn.Module) -> bool:
 
 def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {first}"
     if _packs_sequences(model):
-        return (
-            f"{type(model).__name__}.forward calls pack_padded_sequence, which torch.onnx.export "
-            "cannot trace (pytorch/pytorch#112044); call the converted layer with padded input "
-            "and lengths instead: out, h = self.rnn(x, lengths)"
+        message += (
+            "; its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
+            "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, "
+            "sorting) do not; call the layer as out, h = self.rnn(x, lengths)"
         )
-    return f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {first}"
+    return message
 
 
 # -- spec, metadata and checks ------------------------------------------------------------------

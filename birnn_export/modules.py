@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -48,6 +49,21 @@ _KERNELS = {
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 Hidden = Tensor | tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class TracedPack:
+    """What ``pack_padded_sequence`` returns while :func:`birnn_export.export_onnx` traces.
+
+    A ``PackedSequence`` sorts and flattens by data-dependent lengths, which
+    ``torch.onnx.export`` cannot trace (pytorch/pytorch#112044). During export the packing
+    functions are swapped for ones that keep the padded tensor and its lengths together in this
+    object; :class:`BiRNN` runs it as ``(x, lengths)`` and ``pad_packed_sequence`` unwraps it.
+    """
+
+    data: Tensor
+    lengths: Tensor
+    batch_first: bool
 
 
 def reverse_padded(x: Tensor, lengths: Tensor, *, time_dim: int = 1) -> Tensor:
@@ -268,6 +284,10 @@ class BiRNN(nn.Module):
             if lengths is not None:
                 raise ValueError("lengths: must be None when x is a PackedSequence")
             return self._forward_packed_sequence(x, hx)
+        if isinstance(x, TracedPack):
+            data = x.data if x.batch_first == self.batch_first else x.data.transpose(0, 1)
+            out, hidden = self.forward(data, x.lengths, hx)
+            return TracedPack(out, x.lengths, self.batch_first), hidden
         self._check_input(x, lengths, hx)
         if torch.onnx.is_in_onnx_export():
             return self._forward_onnx(x, lengths, hx)

@@ -22,8 +22,9 @@ from birnn_export.errors import ExportError, VerificationError
 from birnn_export.export import check_graph, describe_onnx, export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
+from birnn_export.seed import ManualBidirectionalRNNVariableLength
 from birnn_export.spec import GraphSpec, make_feed
-from tests.realistic_models import AttentionClassifier
+from tests.realistic_models import AttentionClassifier, PackingTagger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "sample_models")
@@ -124,6 +125,35 @@ def test_unidirectional_and_time_major_inner_layer(tmp_path):
     got = run_ort(result.path, feed)["output"]
     want = model(torch.from_numpy(feed["x"])).detach().numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_model_that_packs_in_forward_exports(tmp_path):
+    """pack_padded_sequence -> nn.LSTM -> pad_packed_sequence in the user's forward, with the
+    functions imported by name: the graph equals the original model at unseen shapes."""
+    torch.manual_seed(0)
+    model = PackingTagger().eval()
+    result = export_onnx(model, tmp_path / "packing.onnx")
+    assert [t.role for t in result.spec.inputs] == ["features", "lengths"]
+    assert op_counts(result.path)["ReverseSequence"] == 2
+    for batch, steps in [(5, 40), (1, 1)]:
+        feed = make_feed(result.spec, batch, steps, seed=batch)
+        got = run_ort(result.path, feed)["output"]
+        want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+    assert model.rnn.__class__ is nn.LSTM, "the user's model is left as it was"
+
+
+def test_seed_example3_exports_faithfully(tmp_path):
+    """The article's flip-then-pack model (rnn_utils.pack_padded_sequence) exports and the graph
+    reproduces it exactly - including its bug, which verification against torch's packed
+    bidirectional layer would expose."""
+    torch.manual_seed(0)
+    model = ManualBidirectionalRNNVariableLength(10, 20, 5).eval()
+    result = export_onnx(model, tmp_path / "seed3.onnx", lengths=True)
+    feed = make_feed(result.spec, 4, 12, seed=0)
+    got = run_ort(result.path, feed)["output"]
+    want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
 def test_lengths_are_clamped_inside_the_graph(tmp_path):
