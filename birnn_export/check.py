@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from birnn_export.errors import BiRNNExportError, ModelLoadError
+from birnn_export.errors import BiRNNExportError
 
 Severity = Literal["error", "warning", "info"]
 
@@ -156,20 +155,12 @@ def check_compatibility(onnx_path_or_model: Any, *, target: str) -> CheckReport:
 
 def _load(obj: Any) -> tuple[Any, str]:
     import onnx
-    from google.protobuf.message import DecodeError
+
+    from birnn_export.spec import load_onnx
 
     if isinstance(obj, onnx.ModelProto):
         return obj, obj.graph.name or "<model>"
-    path = Path(obj)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise ModelLoadError(f"{path}: not an ONNX model ({exc})") from None
-    if not model.graph.node and not model.graph.input and not model.graph.output:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph)")
-    return model, str(path)
+    return load_onnx(obj), str(obj)
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:

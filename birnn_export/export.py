@@ -39,6 +39,7 @@ from birnn_export.spec import (
     GraphSpec,
     TensorSpec,
     default_tolerance,
+    load_onnx,
     make_feed,
 )
 
@@ -810,18 +811,10 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     import json
 
-    import onnx
     from onnx import helper
 
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ExportError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
-    if not proto.graph.node and not proto.graph.input:
-        raise ExportError(f"{path}: not an ONNX model (empty graph)")
+    proto = load_onnx(path)
 
     def io(values: Any) -> list[dict[str, Any]]:
         return [

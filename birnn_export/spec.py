@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from birnn_export.errors import BiRNNExportError
+from birnn_export.errors import BiRNNExportError, ModelLoadError
 
 METADATA_KEY = "birnn_export.spec"
 BATCH = "batch"
@@ -93,10 +93,7 @@ class GraphSpec:
     @classmethod
     def from_onnx(cls, model: Any) -> GraphSpec:
         """Read the spec from an ONNX file path or a loaded ``onnx.ModelProto``."""
-        import onnx
-
-        if isinstance(model, (str, Path)):
-            model = onnx.load(str(model), load_external_data=False)
+        model = load_onnx(model)
         props = {p.key: p.value for p in model.metadata_props}
         if METADATA_KEY not in props:
             raise BiRNNExportError(
@@ -132,6 +129,32 @@ def default_tolerance(dtype: str, engine: str, *, device: str = "cpu") -> Tolera
     if engine in GPU_ENGINES or device != "cpu":
         return Tolerance(1e-4, 1e-3)
     return Tolerance(1e-5, 1e-4)
+
+
+def load_onnx(model: Any) -> Any:
+    """An ``onnx.ModelProto`` from a path (weights in external data are not loaded), or the
+    proto itself.
+
+    Raises:
+        ModelLoadError: a one-line reason when the path is missing, a directory or not ONNX.
+    """
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory; expected an ONNX file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
+        kind = type(exc).__name__
+        raise ModelLoadError(f"{path}: not an ONNX model ({kind}); expected a .onnx file") from None
+    if not proto.graph.node and not proto.graph.input and not proto.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph); expected a .onnx file")
+    return proto
 
 
 def make_lengths(

@@ -45,6 +45,7 @@ from birnn_export.spec import (
     TensorSpec,
     Tolerance,
     default_tolerance,
+    load_onnx,
     make_feed,
 )
 
@@ -847,12 +848,8 @@ def verify(
     onnx_path = str(onnx_path)
     if not Path(onnx_path).is_file():
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
-    import onnx
 
-    try:
-        proto = onnx.load(onnx_path, load_external_data=False)
-    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
-        raise BiRNNExportError(f"{onnx_path}: not a readable ONNX file ({exc})") from None
+    proto = load_onnx(onnx_path)
     spec = GraphSpec.from_onnx(proto)
     engines = tuple(dict.fromkeys(engines))
     if not engines:
