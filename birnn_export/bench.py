@@ -24,9 +24,7 @@ import csv
 import io
 import json
 import logging
-import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from birnn_export._files import file_sha256, write_atomic
+from birnn_export import _report
+from birnn_export._files import write_atomic
 from birnn_export.errors import EngineUnavailableError
 from birnn_export.spec import GraphSpec, default_tolerance, make_feed
 
@@ -138,7 +137,7 @@ class BenchReport:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write environment, settings and results as JSON; returns the path."""
-        text = json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
+        text = json.dumps(_report.json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
         return write_atomic(Path(path), text.encode())
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
@@ -282,7 +281,7 @@ def benchmark(
         threads = torch.get_num_threads()
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
 
-    reasons = {engine: _availability(engine) for engine in engines}
+    reasons = {engine: runners.availability(engine) for engine in engines}
     if all(reasons.values()):
         raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
 
@@ -424,40 +423,10 @@ def render_table(report: BenchReport) -> Any:
 def environment(
     onnx_path: str | os.PathLike[str] | None = None, *, threads: int | None = None
 ) -> dict[str, Any]:
-    """The machine and library versions a benchmark ran with (and the ONNX file's sha256)."""
-    from importlib import metadata
-
-    env: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "gpu": None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:  # a broken CUDA install must not stop a CPU benchmark
-        logger.debug("torch.cuda query failed", exc_info=True)
-    for package, dists in (
-        ("torch", ("torch",)),
-        ("onnx", ("onnx",)),
-        ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
-        ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
-    ):
-        env[package] = None
-        for dist in dists:
-            try:
-                env[package] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    if onnx_path is not None:
-        env["onnx_file"] = str(onnx_path)
-        env["onnx_sha256"] = file_sha256(onnx_path)
+    """The machine and library versions a benchmark ran with (and the ONNX file's sha256): the
+    keys of :func:`birnn_export._report.environment` plus ``threads``."""
+    env = _report.environment(onnx_path)
+    env["threads"] = threads
     return env
 
 
@@ -569,7 +538,8 @@ def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, 
 def _compare(
     actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], atol: float, rtol: float
 ) -> tuple[bool, float | None, str]:
-    """``|actual - expected| <= atol + rtol * |expected|`` on every output; NaN never passes."""
+    """``|actual - expected| <= atol + rtol * |expected|`` on every output, element-wise as in
+    :mod:`birnn_export.verification`: NaN passes only where the reference is NaN too."""
     max_err = 0.0
     problems = []
     for name, ref in expected.items():
@@ -578,13 +548,10 @@ def _compare(
         got = np.asarray(actual[name])
         if got.shape != ref.shape:
             return False, None, f"output {name!r} shape {got.shape}, expected {ref.shape}"
-        got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
-        diff = np.abs(got64 - ref64)
-        err = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else 0.0
-        if np.isnan(diff).any():
-            err = math.inf
+        diff = _report.abs_errors(got, ref)
+        err = float(diff.max()) if diff.size else 0.0
         max_err = max(max_err, err)
-        bad = ~(diff <= atol + rtol * np.abs(ref64))
+        bad = _report.outside_tolerance(got, ref, atol, rtol)
         if bad.any():
             problems.append(
                 f"output {name!r} max abs error {err:.3g} at {int(bad.sum())} of {bad.size} "
@@ -634,30 +601,15 @@ def _make_runner(
             compile=compile,
         )
     # One TensorRT optimisation profile covering every measured shape, tuned for the largest.
-    batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
-    batch = (min(batches), max(batches), max(batches))
-    seq = (min(seqs), max(seqs), max(seqs))
-    if engine == "trt":
-        from birnn_export.trt import TrtRunner
-
-        return TrtRunner(str(onnx_path), batch=batch, seq=seq)
-    if engine == "ort-trt":
-        spec = GraphSpec.from_onnx(onnx_path)
-        options = runners.tensorrt_provider_options(spec, batch=batch, seq=seq)
-        return runners.OrtRunner(
-            str(onnx_path), engine=engine, threads=threads, provider_options=options
-        )
     # ONNX Runtime's intra-op threads: the same count as torch's, GPU providers included.
-    return runners.make_runner(engine, str(onnx_path), threads=threads)
-
-
-def _availability(engine: str) -> str | None:
-    from birnn_export import runners
-
-    try:
-        return runners.availability(engine)
-    except ImportError as exc:  # e.g. a build of this package without birnn_export/trt.py
-        return f"{engine}: cannot check availability ({exc})"
+    batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
+    return runners.make_runner(
+        engine,
+        str(onnx_path),
+        threads=threads,
+        profile_batch=(min(batches), max(batches), max(batches)),
+        profile_seq=(min(seqs), max(seqs), max(seqs)),
+    )
 
 
 def _tolerance(
@@ -726,27 +678,6 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, str], Non
     ) as bar:
         task = bar.add_task("bench", total=total)
         yield lambda steps, description: bar.update(task, advance=steps, description=description)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _fmt(value: float | None, spec: str) -> str:

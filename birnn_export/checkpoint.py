@@ -282,6 +282,11 @@ def _build(
             raise ModelLoadError(
                 f"{path}: birnn-export checkpoint without a 'state_dict' of tensors"
             )
+        if state_key is not None:
+            raise ModelLoadError(
+                f"{path}: --state-key {state_key!r} does not apply: the file is a birnn-export "
+                "checkpoint with one state_dict; drop the option"
+            )
         if model_class is None:
             model = SequenceTagger(config)
             _load_strict(model, state, f"SequenceTagger({config})", path)
@@ -609,7 +614,10 @@ def _recognise_builtin(
         parts.append(f"embedding {embedding!r}")
     bias_note = "" if "bias" in others[head_name] else " (no bias)"
     parts.append(f"linear head {head_name!r}{bias_note}")
-    return config, tagger_state, " + ".join(parts)
+    # Keys cannot tell a per-step tagger from a classifier on the final state (same weights):
+    # say which one was rebuilt, so a wrong guess is visible.
+    assumption = "rebuilt as a per-step tagger; for another forward pass use --model-class"
+    return config, tagger_state, " + ".join(parts) + f" ({assumption})"
 
 
 def _layer_geometry(

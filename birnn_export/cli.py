@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from birnn_export._files import write_atomic
+from birnn_export._files import check_output_path, write_atomic
 from birnn_export._version import __version__
 
 DEFAULT_COMMAND = "export"
@@ -36,6 +36,29 @@ class _DefaultGroup(click.Group):
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "MODEL.pt [OPTIONS] | COMMAND [ARGS]...")
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's standalone mode, but usage errors in one line (click prints usage and a
+        hint over three to five)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "birnn-export"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"Error: {message} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 class UserError(click.ClickException):
@@ -190,8 +213,10 @@ def export_command(
     from birnn_export.export import describe_onnx, export_onnx
 
     start = time.perf_counter()
-    loaded = load_for_cli(model_path, **loader)
     output = output or model_path.with_suffix(".onnx")
+    check_output_path("-o", output)
+    check_output_path("--json", json_path)
+    loaded = load_for_cli(model_path, **loader)
     result = export_onnx(
         loaded.model,
         output,
@@ -238,6 +263,14 @@ def export_command(
         from birnn_export.verification import render_report
 
         render_report(report)
+        # A graph that failed verification is not kept where a deployment would pick it up.
+        for leftover in (result.path, result.path.with_name(result.path.name + ".data")):
+            leftover.unlink(missing_ok=True)
+        click.echo(
+            f"Removed {result.path}. To study the failure: re-export with --no-verify, then "
+            f"'birnn-export verify {result.path} --model {model_path} --save-inputs cases.npz'",
+            err=True,
+        )
         report.raise_for_failure()
 
 
@@ -280,6 +313,7 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
     from birnn_export.export import describe_onnx
 
+    check_output_path("--json", json_path)
     info = describe_onnx(onnx_path)
     if json_path is not None:
         write_atomic(json_path, json.dumps(info, indent=2, default=str))
@@ -432,8 +466,8 @@ def verify_command(
     seqs = _parse_sizes(seq_lens, "--seq")
     atol_value = _parse_tolerance(atol, "--atol")
     rtol_value = _parse_tolerance(rtol, "--rtol")
-    if json_path is not None and not json_path.parent.exists():
-        raise UserError(f"--json: directory {json_path.parent} does not exist")
+    check_output_path("--json", json_path)
+    check_output_path("--save-inputs", save_inputs)
     loaded = load_for_cli(model_path, **loader)
     report = verify(
         onnx_path,
@@ -577,8 +611,7 @@ def bench_command(
     if not onnx_path.is_file():
         raise UserError(f"MODEL.onnx: no such file: {onnx_path}")
     for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
-        if path is not None and not path.absolute().parent.is_dir():
-            raise UserError(f"{option}: folder {path.absolute().parent} does not exist")
+        check_output_path(option, path)
     if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot: matplotlib is not installed; pip install matplotlib")
 
@@ -649,6 +682,7 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None) -> None:
     """
     from birnn_export.check import check_compatibility
 
+    check_output_path("--json", json_path)
     report = check_compatibility(onnx_path, target=target)
     for line in report.lines():
         click.echo(line)

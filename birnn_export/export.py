@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from birnn_export._files import check_output_path
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import ExportError, VerificationError
@@ -153,10 +154,7 @@ def export_onnx(
         raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dtype not in DTYPES:
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    if path.is_dir():
-        raise ExportError(f"{path}: is a directory; give a file name ending in .onnx")
-    if not path.parent.exists():
-        raise ExportError(f"{path.parent}: output directory does not exist")
+    check_output_path("path", path)
 
     replaced = tuple(conversion_report(model))
     converted = convert(model).eval() if replaced else model.eval()
@@ -206,11 +204,16 @@ def export_onnx(
     )
     _name_recurrent_nodes(proto, spec)
     _set_metadata(proto, spec)
-    _check_graph(proto, spec, _model_sizes(converted))
+    # Over protobuf's 2 GB limit the checks must read the saved file and its external data.
+    large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    if not large:
+        _check_graph(proto, spec, _model_sizes(converted))
 
     cases: tuple[SelfCheckCase, ...] = ()
     with _staged_output(path) as staging:
-        _save(proto, staging)
+        _save(proto, staging, external=large)
+        if large:
+            _check_graph(staging, spec, _model_sizes(converted))
         if verify:
             cases = _self_check(staging, reference, spec)
     counts = collections.Counter(node.op_type for node in proto.graph.node)
@@ -425,13 +428,11 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
     """Let ``forward`` methods that pack and unpack around their recurrent layers trace.
 
     ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced, in ``torch.nn.utils.rnn``
-    and in the modules defining the model's classes (for ``from ... import`` names), by
+    and in the globals of every submodule's ``forward`` (for ``from ... import`` names), by
     functions passing a :class:`~birnn_export.modules.TracedPack` through the converted layers.
     Padded outputs keep the input's length (``pad_packed_sequence`` would cut them to the
     longest row).
     """
-    import sys
-
     from torch.nn.utils import rnn as rnn_utils
 
     swaps = {
@@ -440,7 +441,7 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
     }
     namespaces = [rnn_utils.__dict__]
     for module in model.modules():
-        namespace = getattr(sys.modules.get(type(module).__module__), "__dict__", None)
+        namespace = getattr(type(module).forward, "__globals__", None)
         if namespace is not None and all(namespace is not n for n in namespaces):
             namespaces.append(namespace)
     saved = []
@@ -619,24 +620,35 @@ def _set_metadata(proto: Any, spec: GraphSpec) -> None:
     proto.producer_version = __version__
 
 
-def check_graph(proto: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) -> list[str]:
+def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) -> list[str]:
     """Structural problems of an exported graph (empty when it is sound).
 
     Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
     or ``Scan``, symbolic batch/seq on inputs and outputs, and the example batch and length
     nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
     (those the model itself has) are not searched for: they cannot be told apart.
+
+    ``model`` is an ``onnx.ModelProto`` or, for models over 2 GB, the path of the saved file.
     """
     import onnx
 
     problems: list[str] = []
+    target = str(model) if isinstance(model, (str, Path)) else model
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(target, full_check=True)
     except Exception as exc:
         problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
         return problems
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        if isinstance(target, str):
+            with tempfile.TemporaryDirectory() as tmp:
+                inferred_path = os.path.join(tmp, "inferred.onnx")
+                onnx.shape_inference.infer_shapes_path(
+                    target, inferred_path, check_type=True, strict_mode=True
+                )
+                inferred = onnx.load(inferred_path, load_external_data=False)
+        else:
+            inferred = onnx.shape_inference.infer_shapes(target, check_type=True, strict_mode=True)
     except Exception as exc:
         problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
         return problems
@@ -679,8 +691,11 @@ def _io_pairs(proto: Any, spec: GraphSpec) -> list[tuple[TensorSpec, Any]]:
 def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
     from onnx import numpy_helper
 
+    # Shape constants are small and stay inline; weights in external data are not needed here.
     constants: dict[str, np.ndarray] = {
-        init.name: numpy_helper.to_array(init) for init in proto.graph.initializer
+        init.name: numpy_helper.to_array(init)
+        for init in proto.graph.initializer
+        if init.data_location != init.EXTERNAL
     }
     for node in proto.graph.node:
         if node.op_type == "Constant":
@@ -710,8 +725,8 @@ def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
     return problems
 
 
-def _check_graph(proto: Any, spec: GraphSpec, ignore: Collection[int]) -> None:
-    problems = check_graph(proto, spec, ignore=ignore)
+def _check_graph(model: Any, spec: GraphSpec, ignore: Collection[int]) -> None:
+    problems = check_graph(model, spec, ignore=ignore)
     if problems:
         raise ExportError("exported graph failed its checks: " + "; ".join(problems))
 
@@ -722,7 +737,10 @@ def _check_graph(proto: Any, spec: GraphSpec, ignore: Collection[int]) -> None:
 @contextlib.contextmanager
 def _staged_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it (and external data) into place on success."""
-    directory = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        directory = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     staging = directory / path.name
     try:
         yield staging
@@ -736,10 +754,9 @@ def _staged_output(path: Path) -> Iterator[Path]:
         directory.rmdir()
 
 
-def _save(proto: Any, path: Path) -> None:
+def _save(proto: Any, path: Path, *, external: bool) -> None:
     import onnx
 
-    external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(
         proto,
         str(path),
@@ -791,6 +808,9 @@ def _self_check(path: Path, reference: nn.Module, spec: GraphSpec) -> tuple[Self
                 err = np.abs(actual - wanted)
                 worst = max(worst, float(err.max(initial=0.0)))
                 passed &= bool(np.all(err <= atol + rtol * np.abs(wanted)))
+                if tolerance.rel_l2 is not None:  # fp16: also the error's overall size
+                    norm = float(np.linalg.norm(wanted)) or 1.0
+                    passed &= float(np.linalg.norm(actual - wanted)) / norm < tolerance.rel_l2
             cases.append(SelfCheckCase(batch, seq, worst, passed))
     failed = [c for c in cases if not c.passed]
     if failed:

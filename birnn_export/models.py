@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -116,16 +115,3 @@ class TorchReference(nn.Module):
             out, _ = self.rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.head(out)
-
-
-def example_inputs(config: TaggerConfig, *, batch: int = 3, steps: int = 7) -> tuple[Tensor, ...]:
-    """Small inputs for tracing a :class:`SequenceTagger` (ragged lengths when it takes them)."""
-    gen = torch.Generator().manual_seed(0)
-    if config.vocab_size is not None:
-        x = torch.randint(0, config.vocab_size, (batch, steps), generator=gen)
-    else:
-        x = torch.randn(batch, steps, config.input_size, generator=gen)
-    if not config.uses_lengths:
-        return (x,)
-    lengths = torch.tensor([steps] + [max(1, steps - 2 * i - 1) for i in range(batch - 1)])
-    return x, lengths

@@ -311,6 +311,11 @@ class OrtRunner(BaseRunner):
             outputs copied to host after the run). ``None``: on for CUDA and TensorRT.
         device_id: CUDA device for the default provider options and device buffers.
 
+    With IO binding, the binding is rebuilt on every call and the inputs are copied host ->
+    device and the outputs device -> host inside :meth:`infer`: a GPU provider's
+    :attr:`last_inference_time_s` (and so its bench timings) includes those transfers, while
+    ``ort-cpu`` and torch on the CPU have no comparable copies.
+
     Attributes:
         session: The ``onnxruntime.InferenceSession`` while active.
         provider: The requested provider's ONNX Runtime name.
@@ -385,7 +390,7 @@ class OrtRunner(BaseRunner):
             )
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for nodes the provider does not take
-        if self.provider_options is None and self.engine == "ort-trt":
+        if self.engine == "ort-trt":
             for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
                 if key in provider_options:
                     os.makedirs(provider_options[key], exist_ok=True)
@@ -448,6 +453,8 @@ def make_runner(
     threads: int | None = None,
     device: str | None = None,
     compile: bool = False,
+    profile_batch: tuple[int, int, int] | None = None,
+    profile_seq: tuple[int, int, int] | None = None,
 ) -> BaseRunner:
     """A runner for any of :data:`ENGINES`, not yet activated.
 
@@ -462,6 +469,11 @@ def make_runner(
         device: ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` for torch (default ``"cpu"``); for the
             GPU engines the CUDA device (``"cuda:N"``, default ``cuda:0``).
         compile: ``torch.compile`` the model (``"torch"`` only).
+        profile_batch: (min, opt, max) batch sizes of the TensorRT optimisation profile
+            (``"trt"`` and ``"ort-trt"``; ignored by the other engines). ``None``: (1, 8, 32).
+            Inputs outside the profile fail at run time, so cover every batch size you run.
+        profile_seq: (min, opt, max) sequence lengths of that profile, likewise.
+            ``None``: (1, 64, 256).
 
     Example:
         >>> with make_runner("ort-cpu", "model.onnx", threads=2) as runner:  # doctest: +SKIP
@@ -496,10 +508,24 @@ def make_runner(
     if compile:
         raise BiRNNExportError(f"compile=True applies to engine 'torch' only, not {engine!r}")
     device_id = _cuda_index(device, engine)
-    if engine == "trt":
-        from birnn_export.trt import TrtRunner
+    if engine in ("trt", "ort-trt"):
+        from birnn_export.trt import DEFAULT_BATCH, DEFAULT_SEQ, TrtRunner
 
-        return TrtRunner(onnx_path, device=device_id)
+        batch = DEFAULT_BATCH if profile_batch is None else tuple(profile_batch)
+        seq = DEFAULT_SEQ if profile_seq is None else tuple(profile_seq)
+        if engine == "trt":
+            return TrtRunner(onnx_path, device=device_id, batch=batch, seq=seq)
+        if profile_batch is not None or profile_seq is not None:
+            options = tensorrt_provider_options(
+                _spec_or_none(onnx_path), device_id=device_id, batch=batch, seq=seq
+            )
+            return OrtRunner(
+                onnx_path,
+                engine=engine,
+                threads=threads,
+                device_id=device_id,
+                provider_options=options,
+            )
     return OrtRunner(onnx_path, engine=engine, threads=threads, device_id=device_id)
 
 

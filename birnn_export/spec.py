@@ -67,7 +67,7 @@ class GraphSpec:
     example_batch: int
     example_seq: int
     padding_value: float = 0.0
-    layout: str = "fused"
+    layout: str = "split"
     dtype: str = "float32"
     opset: int = 18
     config: dict[str, Any] | None = None

@@ -7,7 +7,7 @@ imports (and its tests run) without it. The pure helpers here need neither Tenso
   optimisation profile (min / opt / max shape of every dynamic input);
 * :func:`cache_key` names a serialized engine after everything that makes it valid (the ONNX
   file's sha256, GPU, TensorRT version, profile, precision and build options);
-* :func:`build_plan` decides strong typing and precision flags for a TensorRT version.
+* :func:`build_plan` decides strong typing and precision flags for a TensorRT build.
 
 :class:`TrtRunner` follows the runner contract of :mod:`birnn_export.runners`. Device memory
 comes from torch CUDA tensors, so there is no pycuda / cuda-python dependency.
@@ -167,21 +167,22 @@ class BuildPlan:
 
 
 def build_plan(trt_version: str, dtype: str, *, has_strongly_typed: bool = True) -> BuildPlan:
-    """Strong typing where the flag exists; ``BuilderFlag.FP16`` only for weakly typed fp16 on 10.x.
-
-    TensorRT 11 is always strongly typed and has no FP16 flag: precision comes from the graph,
-    so fp16 needs an fp16 ONNX graph. TensorRT 10 accepts ``STRONGLY_TYPED`` and then refuses
-    precision flags (ONNX Runtime's TensorRT EP also sets one or the other, never both), so the
-    FP16 flag is only used on a 10.x build without that flag.
+    """Strongly typed whenever TensorRT has the ``STRONGLY_TYPED`` network flag (every 10.x and
+    11.x does: it arrived in 9.x, and 11.x keeps it, ignored, for compatibility, since there
+    every network is strongly typed). Precision then comes from the graph, so fp16 needs an fp16
+    ONNX graph, and TensorRT refuses precision flags (ONNX Runtime's TensorRT EP likewise sets
+    one or the other, never both). ``BuilderFlag.FP16`` is only the fallback for a build that
+    lacks the flag.
     """
     major = _major(trt_version)
     if major < 10:
         raise EngineUnavailableError(
             f"trt: TensorRT {trt_version} is too old: need 10 or newer; {INSTALL_HINT}"
         )
-    strongly_typed = major >= 11 or has_strongly_typed
-    fp16_flag = not strongly_typed and major == 10 and dtype == "float16"
-    return BuildPlan(strongly_typed=strongly_typed, fp16_flag=fp16_flag)
+    strongly_typed = has_strongly_typed or major >= 11
+    return BuildPlan(
+        strongly_typed=strongly_typed, fp16_flag=not strongly_typed and dtype == "float16"
+    )
 
 
 def numpy_dtype(trt_dtype_name: str) -> str:
@@ -332,16 +333,10 @@ class TrtRunner(BaseRunner):
         self._dtypes = {n: numpy_dtype(engine.get_tensor_dtype(n).name) for n in names}
 
     def _build(self, trt: Any, trt_logger: Any, spec: GraphSpec, profile: Profile) -> bytes:
-        plan = build_plan(
-            trt.__version__,
-            spec.dtype,
-            has_strongly_typed=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"),
-        )
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        plan = build_plan(trt.__version__, spec.dtype, has_strongly_typed=flag is not None)
         builder = trt.Builder(trt_logger)
-        flags = 0
-        if plan.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
+        network = builder.create_network(0 if flag is None else 1 << int(flag))
         parser = trt.OnnxParser(network, trt_logger)
         if not parser.parse_from_file(self.path):
             errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
@@ -391,31 +386,37 @@ class TrtRunner(BaseRunner):
                 f"trt: feed lacks inputs {missing}; the engine takes {self._inputs}"
             )
         device = torch.device("cuda", self.device)
-        keep: list[Any] = []  # device buffers must outlive the launch
-        for name in self._inputs:
-            array = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
-            tensor = torch.from_numpy(array).to(device)
-            if not self._context.set_input_shape(name, tuple(array.shape)):
-                raise BiRNNExportError(
-                    f"trt: input {name!r} shape {array.shape} is outside the engine's profile "
-                    f"(batch {self.batch}, seq {self.seq}); pass wider batch=/seq= ranges"
-                )
-            self._context.set_tensor_address(name, tensor.data_ptr())
-            keep.append(tensor)
-        outputs: dict[str, Any] = {}
-        for name in self._outputs:
-            shape = tuple(self._context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise EngineUnavailableError(f"trt: output {name!r} has unresolved shape {shape}")
-            tensor = torch.empty(shape, dtype=getattr(torch, self._dtypes[name]), device=device)
-            self._context.set_tensor_address(name, tensor.data_ptr())
-            outputs[name] = tensor
-        # Inputs were copied on torch's current stream; launching on it orders the two.
-        stream = torch.cuda.current_stream(device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise EngineUnavailableError("trt: execute_async_v3 failed (see TensorRT's log)")
-        stream.synchronize()
-        return {name: t.cpu().numpy() for name, t in outputs.items()}
+        # torch's current device and stream belong to the engine's device for the whole call
+        # (activate_impl sets it only while building).
+        with torch.cuda.device(self.device):
+            keep: list[Any] = []  # device buffers must outlive the launch
+            for name in self._inputs:
+                array = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
+                tensor = torch.from_numpy(array).to(device)
+                if not self._context.set_input_shape(name, tuple(array.shape)):
+                    raise BiRNNExportError(
+                        f"trt: input {name!r} shape {array.shape} is outside the engine's "
+                        f"profile (batch {self.batch}, seq {self.seq}); pass wider batch=/seq= "
+                        "ranges"
+                    )
+                self._context.set_tensor_address(name, tensor.data_ptr())
+                keep.append(tensor)
+            outputs: dict[str, Any] = {}
+            for name in self._outputs:
+                shape = tuple(self._context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise EngineUnavailableError(
+                        f"trt: output {name!r} has unresolved shape {shape}"
+                    )
+                tensor = torch.empty(shape, dtype=getattr(torch, self._dtypes[name]), device=device)
+                self._context.set_tensor_address(name, tensor.data_ptr())
+                outputs[name] = tensor
+            # Inputs were copied on torch's current stream; launching on it orders the two.
+            stream = torch.cuda.current_stream(device)
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise EngineUnavailableError("trt: execute_async_v3 failed (see TensorRT's log)")
+            stream.synchronize()
+            return {name: t.cpu().numpy() for name, t in outputs.items()}
 
     def deactivate_impl(self) -> None:
         self._context = None

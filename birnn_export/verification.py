@@ -29,9 +29,8 @@ import json
 import logging
 import math
 import os
-import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from birnn_export._files import atomic_path
+from birnn_export._report import abs_errors, environment, json_safe, outside_tolerance
+from birnn_export._report import render_report as render_report
 from birnn_export.errors import BiRNNExportError, VerificationError
 from birnn_export.spec import (
     GraphSpec,
@@ -57,7 +58,6 @@ DEFAULT_BATCH_SIZES = (1, 3, 16)
 QUICK_BATCH_SIZES = (1, 3)
 #: Scale of the large-magnitude feature case (N(0, 1) times this).
 LARGE_SCALE = 10.0
-#: Engines that run on a GPU (looser fp32 tolerances: cuDNN, TF32, other accumulation orders).
 
 
 # -- tolerances ------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class VerifyReport:
     cases: tuple[CaseResult, ...]
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    environment: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     saved_inputs: str | None = None
 
@@ -220,10 +220,20 @@ class VerifyReport:
             message += " | " + " ".join(diagnosis.splitlines()[0].split())
         raise VerificationError(message)
 
+    def diagnosed_failures(self) -> tuple[CaseResult, ...]:
+        """Failing cases that carry a diagnosis, most telling first: ragged lengths with a
+        full-length row and a batch above one, since they separate reversal from weights."""
+
+        def rank(case: CaseResult) -> tuple[bool, bool, bool]:
+            full = case.lengths is not None and case.seq in case.lengths
+            return (case.lengths_mode != "ragged", not full, case.batch == 1)
+
+        return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))
+
     def diagnosis(self) -> str | None:
-        """The direction diagnosis of the most telling failing case: ragged lengths with a
-        full-length row and a batch above one first, since they separate reversal from weights."""
-        ranked = _ranked_diagnoses(self)
+        """The direction diagnosis of the most telling failing case (see
+        :meth:`diagnosed_failures`)."""
+        ranked = self.diagnosed_failures()
         return ranked[0].diagnosis if ranked else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,29 +241,11 @@ class VerifyReport:
         data["passed"] = self.passed
         for case, result in zip(data["cases"], self.cases, strict=True):
             case["passed"] = result.passed
-        return _json_safe(data)
+        return json_safe(data)
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The report as strict JSON (non-finite numbers become strings)."""
+        """The report as strict JSON (non-finite numbers become ``null``)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-
-def _ranked_diagnoses(report: VerifyReport) -> list[CaseResult]:
-    def rank(case: CaseResult) -> tuple[bool, bool, bool]:
-        full = case.lengths is not None and case.seq in case.lengths
-        return (case.lengths_mode != "ragged", not full, case.batch == 1)
-
-    return sorted((c for c in report.failures if c.diagnosis), key=rank)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # -- the sweep -------------------------------------------------------------------------------
@@ -346,22 +338,9 @@ class _Stats:
     passed: bool
 
 
-def _errors(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    diff = np.abs(a - e)
-    both_nan = np.isnan(a) & np.isnan(e)
-    same_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
-    diff[both_nan | same_inf] = 0.0
-    diff[np.isnan(diff)] = np.inf  # NaN on one side only
-    return diff
-
-
 def _bad(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> np.ndarray:
     """Element-wise: outside ``atol + rtol * |expected|``."""
-    diff = _errors(actual, expected)
-    with np.errstate(invalid="ignore"):
-        return ~(diff <= tol.atol + tol.rtol * np.abs(np.asarray(expected, dtype=np.float64)))
+    return outside_tolerance(actual, expected, tol.atol, tol.rtol)
 
 
 def _stats(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> _Stats:
@@ -369,7 +348,7 @@ def _stats(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> _Stats:
     e = np.asarray(expected, dtype=np.float64).ravel()
     if a.size == 0:
         return _Stats(0.0, 0.0, 0.0, None, 0, True)
-    diff = _errors(a, e)
+    diff = abs_errors(a, e)
     nonzero = np.abs(e) > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = diff[nonzero] / np.abs(e[nonzero])
@@ -564,7 +543,7 @@ def diagnose_directions(
     for label, sl in (("forward", slice(0, hidden)), ("backward", slice(hidden, None))):
         g, w = got[..., sl], want[..., sl]
         bad_bt = _bad(g, w, tol).reshape(batch, steps, -1).any(-1)
-        err = _errors(g, w).reshape(batch, steps, -1).max(-1)
+        err = abs_errors(g, w).reshape(batch, steps, -1).max(-1)
         max_abs = float(err[valid].max(initial=0.0))
         firsts = _first_bad_steps(bad_bt & valid, lengths)
         lines.append(_describe_half(label, firsts, lengths, max_abs))
@@ -587,7 +566,7 @@ def _diagnose_state(
     for label, sl in (("forward", slice(0, None, 2)), ("backward", slice(1, None, 2))):
         part = np.moveaxis(bad[sl], b_axis, 0)
         rows = np.flatnonzero(part.reshape(part.shape[0], -1).any(1)).tolist()
-        err = float(_errors(actual[sl], expected[sl]).max(initial=0.0))
+        err = float(abs_errors(actual[sl], expected[sl]).max(initial=0.0))
         wrong_rows[label] = rows
         if rows:
             shown = ", ".join(f"{r} (len {int(lengths[r])})" for r in rows[:8])
@@ -724,29 +703,47 @@ def _reference_runner(reference: Any, spec: GraphSpec, dtype: str) -> Any:
     )
 
 
-def _engine_runner(engine: str, onnx_path: str, converted: Any, spec: GraphSpec) -> Any:
+def trt_profile(
+    cases: Sequence[Case], *, batch_invariance: bool = True
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(min, opt, max) batch sizes and sequence lengths covering every run of the sweep, for
+    the TensorRT engines' optimisation profile.
+
+    The batch-invariance runs feed each row alone (batch 1, T = its own length, down to 1), so
+    with them the minimum batch and length are 1. ``opt`` is the largest shape.
+
+    Example:
+        >>> trt_profile([Case(64, 300, "ragged", 1.0, 0), Case(4, 8, "ragged", 1.0, 1)])
+        ((1, 64, 64), (1, 300, 300))
+    """
+    batches = [c.batch for c in cases]
+    seqs = [c.seq for c in cases]
+    low_b, low_s = (1, 1) if batch_invariance else (min(batches), min(seqs))
+    return (low_b, max(batches), max(batches)), (low_s, max(seqs), max(seqs))
+
+
+def _engine_runner(
+    engine: str,
+    onnx_path: str,
+    converted: Any,
+    spec: GraphSpec,
+    profile: tuple[tuple[int, int, int], tuple[int, int, int]],
+) -> Any:
     from birnn_export import runners
+    from birnn_export.errors import EngineUnavailableError
 
     reason = runners.availability(engine)
-    if reason:
-        from birnn_export.errors import EngineUnavailableError
-
+    if reason:  # refuse before the sweep starts, not once per case
         raise EngineUnavailableError(reason)
-    if engine == "ort-cpu":
-        return runners.OrtRunner(onnx_path, engine="ort-cpu")
-    input_names = [t.name for t in spec.inputs]
-    output_names = [t.name for t in spec.outputs]
-    make_runner = getattr(runners, "make_runner", None)
-    if make_runner is not None:
-        model = copy.deepcopy(converted) if engine == "torch" else converted
-        return make_runner(
-            engine, onnx_path, model=model, input_names=input_names, output_names=output_names
-        )
-    if engine == "torch":
-        return runners.TorchRunner(copy.deepcopy(converted), input_names, output_names)
-    if engine.startswith("ort-"):
-        return runners.OrtRunner(onnx_path, engine=engine)
-    raise BiRNNExportError(f"engine {engine!r}: no runner available in this build")
+    return runners.make_runner(
+        engine,
+        onnx_path,
+        model=copy.deepcopy(converted) if engine == "torch" else None,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        profile_batch=profile[0],
+        profile_seq=profile[1],
+    )
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -872,7 +869,10 @@ def verify(
             f"model given has {sha[:12]}...: they may not be the same weights"
         )
     hidden = _root_bidirectional_hidden(converted, ref_module)
-    runners_ = {engine: _engine_runner(engine, onnx_path, converted, spec) for engine in engines}
+    profile = trt_profile(cases, batch_invariance=batch_invariance)
+    runners_ = {
+        engine: _engine_runner(engine, onnx_path, converted, spec, profile) for engine in engines
+    }
     lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
 
     results: list[CaseResult] = []
@@ -921,7 +921,7 @@ def verify(
         cases=tuple(results),
         problems=problems,
         notes=tuple(notes),
-        environment=environment(),
+        environment=environment(onnx_path),
         elapsed_s=time.perf_counter() - start,
         saved_inputs=saved_path,
     )
@@ -1105,136 +1105,3 @@ def _save_inputs(
     with atomic_path(path) as temp:
         np.savez(temp, **arrays)
     return str(path)
-
-
-def environment() -> dict[str, str]:
-    """Versions of the libraries involved, the Python and the CPU, for the JSON report."""
-    import importlib.metadata
-
-    env = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "tensorrt"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            env[package] = importlib.metadata.version(package)
-    env["cpu"] = _cpu_name()
-    env["cpu_count"] = str(os.cpu_count())
-    return env
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-# -- terminal report -------------------------------------------------------------------------
-
-
-def render_report(report: VerifyReport, *, console: Any = None, max_failures: int = 20) -> None:
-    """Print ``report`` as rich tables: worst error per engine, output and check, then the failing
-    cases with their diagnosis."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(
-        title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})"
-    )
-    for column in (
-        "engine",
-        "output",
-        "check",
-        "cases",
-        "max abs",
-        "max rel",
-        "mean abs",
-        "tolerance",
-        "",
-    ):
-        table.add_column(
-            column, justify="right" if column.startswith(("max", "mean", "cases")) else "left"
-        )
-    for row in _summary_rows(report):
-        table.add_row(*row)
-    console.print(table)
-    for engine, providers in report.providers.items():
-        console.print(f"{engine}: providers {', '.join(providers)}")
-    failures = report.failures
-    if failures:
-        detail = Table(
-            title=f"failing cases ({len(failures)}, first {min(len(failures), max_failures)})"
-        )
-        for column in ("case", "lengths", "output", "check", "max abs", "max rel", "note"):
-            detail.add_column(column)
-        for case in failures[:max_failures]:
-            lengths = _short(case.lengths)
-            if case.error is not None:
-                detail.add_row(case.label, lengths, "-", "error", "-", "-", case.error)
-            for out in case.outputs:
-                if not out.passed:
-                    detail.add_row(
-                        case.label,
-                        lengths,
-                        out.name,
-                        out.check,
-                        f"{out.max_abs:.3g}",
-                        f"{out.max_rel:.3g}",
-                        out.note,
-                    )
-        console.print(detail)
-        shown: set[str] = set()
-        for case in _ranked_diagnoses(report):
-            if case.diagnosis and case.diagnosis not in shown and len(shown) < 3:
-                shown.add(case.diagnosis)
-                console.print(
-                    f"[bold]diagnosis[/bold] ({case.label}, lengths {_short(case.lengths)}):"
-                )
-                for line in case.diagnosis.splitlines():
-                    console.print(f"  {line}", markup=False, highlight=False)
-    for note in report.notes:
-        console.print(f"note: {note}", markup=False)
-    for problem in report.problems:
-        console.print(f"[red]graph problem:[/red] {problem}", highlight=False)
-    style = "green" if report.passed else "red"
-    console.print(
-        f"[{style}]{report.summary()}[/{style}]  ({report.elapsed_s:.1f} s)", highlight=False
-    )
-
-
-def _short(lengths: tuple[int, ...] | None) -> str:
-    if lengths is None:
-        return "-"
-    text = ",".join(str(v) for v in lengths[:8])
-    return text + (",..." if len(lengths) > 8 else "")
-
-
-def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
-    groups: dict[tuple[str, str, str], list[tuple[CaseResult, OutputResult]]] = {}
-    errors: dict[str, int] = {}
-    for case in report.cases:
-        if case.error is not None and not case.outputs:
-            errors[case.engine] = errors.get(case.engine, 0) + 1
-        for out in case.outputs:
-            groups.setdefault((case.engine, out.name, out.check), []).append((case, out))
-    for (engine, name, check), items in groups.items():
-        outs = [o for _, o in items]
-        passed = sum(o.passed for o in outs)
-        tol = outs[0]
-        tol_text = f"{tol.atol:g} / {tol.rtol:g}" + (
-            f", L2 < {tol.rel_l2_limit:g}" if tol.rel_l2_limit is not None else ""
-        )
-        ok = passed == len(outs)
-        yield (
-            engine,
-            name,
-            check,
-            f"{passed}/{len(outs)}",
-            f"{max(o.max_abs for o in outs):.3g}",
-            f"{max(o.max_rel for o in outs):.3g}",
-            f"{max(o.mean_abs for o in outs):.3g}",
-            tol_text,
-            "[green]pass[/green]" if ok else "[red]FAIL[/red]",
-        )
-    for engine, count in errors.items():
-        yield (engine, "-", "run", f"0/{count}", "-", "-", "-", "-", "[red]ERROR[/red]")

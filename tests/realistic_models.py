@@ -37,7 +37,10 @@ class ConvBiGRUCTC(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         feats = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
-        states, _ = self.gru(feats, lengths)  # converted layer: padded input plus lengths
+        packed = pack_padded_sequence(feats, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(
+            self.gru(packed)[0], batch_first=True, total_length=x.shape[1]
+        )
         return torch.log_softmax(self.head(states), dim=-1)
 
 

@@ -27,6 +27,7 @@ from birnn_export.bench import (
     BenchReport,
     BenchResult,
     _compare,
+    _make_runner,
     _Timer,
     benchmark,
     render_table,
@@ -328,6 +329,46 @@ def test_compare_rules() -> None:
     assert not _compare({"y": np.array([np.nan, 2.0], np.float32)}, ref, 1e-5, 1e-4)[0]
     assert not _compare({"y": ref["y"][:1]}, ref, 1e-5, 1e-4)[0]
     assert not _compare({"z": ref["y"]}, ref, 1e-5, 1e-4)[0]
+    # NaN on one side only is an infinite error; NaN where the reference has NaN agrees (the
+    # same rule as verify's).
+    ok, err, _ = _compare({"y": np.array([np.nan, 2.0], np.float32)}, ref, 1e-5, 1e-4)
+    assert not ok and err == np.inf
+    with_nan = {"y": np.array([np.nan, 2.0], dtype=np.float32)}
+    ok, err, why = _compare({"y": np.array([np.nan, 2.0 + 1e-6])}, with_nan, 1e-5, 1e-4)
+    assert ok and err == pytest.approx(1e-6, rel=1e-3) and why == ""
+    expected_inf = {"y": np.array([np.inf, 2.0])}
+    assert not _compare({"y": np.array([1e30, 2.0])}, expected_inf, 1e-5, 1e-4)[0]
+
+
+def test_json_writes_non_finite_numbers_as_null(tmp_path: Path) -> None:
+    report = BenchReport(
+        (BenchResult("ort-cpu", 1, 8, "mismatch", reason="NaN out", max_abs_error=float("inf")),),
+        {"cpu": "Test CPU", "cores": 2, "threads": 1},
+        {"duration": float("nan")},
+    )
+    data = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert data["results"][0]["max_abs_error"] is None
+    assert data["settings"]["duration"] is None
+
+
+def test_tensorrt_engines_get_a_profile_covering_every_shape(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 64 and T 300 are outside TensorRT's default profile (32, 256): the runners bench
+    builds must cover the shapes it measures."""
+    monkeypatch.setenv("BIRNN_EXPORT_CACHE", str(tmp_path))
+    shapes = [(b, s) for b in (2, 64) for s in (16, 300)]
+    args = (None, ["x", "lengths"], ["y"], 1, None, shapes)
+    trt_runner = _make_runner("trt", files["onnx"], *args)
+    assert (trt_runner.batch, trt_runner.seq) == ((2, 64, 64), (16, 300, 300))
+    ort_runner = _make_runner("ort-trt", files["onnx"], *args)
+    assert ort_runner.threads == 1
+    options = ort_runner.provider_options
+    assert options["trt_profile_min_shapes"] == "x:2x16x4,lengths:2"
+    assert options["trt_profile_max_shapes"] == "x:64x300x4,lengths:64"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt")
+    cuda_runner = _make_runner("ort-cuda", files["onnx"], *args)
+    assert cuda_runner.threads == 1 and cuda_runner.provider_options is None
 
 
 def test_render_table_lists_rows_and_reasons() -> None:

@@ -24,7 +24,7 @@ from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.seed import ManualBidirectionalRNNVariableLength
 from birnn_export.spec import GraphSpec, make_feed
-from tests.realistic_models import AttentionClassifier, PackingTagger
+from tests.realistic_models import AttentionClassifier, ConvBiGRUCTC, PackingTagger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "sample_models")
@@ -141,6 +141,19 @@ def test_model_that_packs_in_forward_exports(tmp_path):
         want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
     assert model.rnn.__class__ is nn.LSTM, "the user's model is left as it was"
+
+
+def test_conv_bigru_ctc_exports(tmp_path):
+    torch.manual_seed(0)
+    model = ConvBiGRUCTC().eval()
+    result = export_onnx(
+        model, tmp_path / "ctc.onnx", example_inputs=(torch.randn(2, 9, 8), torch.tensor([9, 4]))
+    )
+    assert op_counts(result.path)["GRU"] == 4 and op_counts(result.path)["Conv"] == 1
+    feed = make_feed(result.spec, 3, 70, seed=2)
+    got = run_ort(result.path, feed)["output"]
+    want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
 def test_seed_example3_exports_faithfully(tmp_path):

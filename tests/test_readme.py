@@ -27,6 +27,17 @@ def test_flip_then_pack_demonstration():
     assert f"flip-then-pack max error: {flip:.3f}" in section, "update the README's output"
 
 
+def test_python_example(tmp_path, monkeypatch):
+    section = readme().split("### Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert "('x', ('batch', 'seq', 10)), ('lengths', ('batch',))" in printed.getvalue()
+    assert (tmp_path / "tagger.onnx").exists()
+
+
 def test_main_command_names_a_shipped_sample():
     match = re.search(r"birnn-export (sample_models/\S+\.pt)", readme())
     assert match and os.path.isfile(os.path.join(REPO, match.group(1)))

@@ -321,6 +321,36 @@ def test_make_runner(lstm_file) -> None:
         make_runner("ort-cuda", path, device="cpu")
 
 
+def test_make_runner_passes_the_tensorrt_profile(lstm_file, tmp_path, monkeypatch) -> None:
+    """Both TensorRT engines get the caller's (min, opt, max) ranges, not the defaults, so a
+    sweep up to batch 64 and T 300 is inside the profile."""
+    monkeypatch.setenv("BIRNN_EXPORT_CACHE", str(tmp_path))
+    _, path = lstm_file
+    ranges = dict(profile_batch=(1, 64, 64), profile_seq=(1, 300, 300))
+
+    trt_runner = make_runner("trt", path, device="cuda:1", **ranges)
+    assert (trt_runner.batch, trt_runner.seq, trt_runner.device) == ((1, 64, 64), (1, 300, 300), 1)
+    ort_runner = make_runner("ort-trt", path, device="cuda:1", **ranges)
+    options = ort_runner.provider_options
+    assert options["trt_profile_min_shapes"] == f"x:1x1x{IN},lengths:1"
+    assert options["trt_profile_opt_shapes"] == f"x:64x300x{IN},lengths:64"
+    assert options["trt_profile_max_shapes"] == f"x:64x300x{IN},lengths:64"
+    assert options["device_id"] == "1"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt")
+
+    # One range given: the other keeps its default.
+    only_seq = make_runner("ort-trt", path, profile_seq=(2, 300, 300)).provider_options
+    assert only_seq["trt_profile_max_shapes"] == f"x:32x300x{IN},lengths:32"
+    assert make_runner("trt", path, profile_batch=(1, 2, 4)).seq == (1, 64, 256)
+    # Without ranges: the defaults, read from the spec when the session starts.
+    assert make_runner("ort-trt", path).provider_options is None
+    assert make_runner("trt", path).batch == (1, 8, 32)
+    # The other engines ignore the profile.
+    assert make_runner("ort-cpu", path, **ranges).provider_options is None
+    with pytest.raises(BiRNNExportError, match="batch"):
+        make_runner("ort-trt", path, profile_batch=(8, 4, 16))
+
+
 # -- GPU ----------------------------------------------------------------------------------------
 
 

@@ -132,6 +132,7 @@ def test_file_sha256(tmp_path) -> None:
     [
         ("11.0.0", "float16", True, BuildPlan(strongly_typed=True, fp16_flag=False)),
         ("11.2.1", "float32", False, BuildPlan(strongly_typed=True, fp16_flag=False)),
+        ("10.0.1", "float16", True, BuildPlan(strongly_typed=True, fp16_flag=False)),
         ("10.8.0", "float16", True, BuildPlan(strongly_typed=True, fp16_flag=False)),
         ("10.8.0", "float16", False, BuildPlan(strongly_typed=False, fp16_flag=True)),
         ("10.8.0", "float32", False, BuildPlan(strongly_typed=False, fp16_flag=False)),
@@ -190,12 +191,14 @@ def test_availability_on_this_machine() -> None:
 
 
 def test_modules_import_without_optional_libraries() -> None:
-    """trt, runners and check import with tensorrt and onnxruntime hidden."""
+    """trt, runners, check, verification and bench import with tensorrt and onnxruntime
+    hidden."""
     code = (
         "import sys\n"
         "sys.modules['tensorrt'] = None\n"
         "sys.modules['onnxruntime'] = None\n"
         "import birnn_export.trt, birnn_export.runners, birnn_export.check\n"
+        "import birnn_export.verification, birnn_export.bench\n"
         "from birnn_export.runners import availability\n"
         "print(availability('ort-cpu'))\n"
         "print(availability('trt'))\n"

@@ -8,6 +8,7 @@ matrix. References are torch's own layers on PackedSequence wherever possible.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -29,7 +30,10 @@ from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, TensorSpec
 from birnn_export.verification import (
     Case,
+    CaseResult,
+    OutputResult,
     Tolerance,
+    VerifyReport,
     _batch_invariance,
     case_feed,
     compare_outputs,
@@ -37,6 +41,7 @@ from birnn_export.verification import (
     plan_cases,
     quick_verify,
     resolve_tolerance,
+    trt_profile,
     valid_mask,
     verify,
 )
@@ -527,6 +532,9 @@ def test_json_report_and_saved_inputs_reproduce_failure(
     assert data["providers"] == {"ort-cpu": ["CPUExecutionProvider"]}
     for key in ("torch", "onnx", "onnxruntime", "cpu"):
         assert data["environment"][key]
+    # The same machine description as bench's JSON (shared helper, shared keys).
+    assert data["environment"]["cores"] >= 1 and "gpu" in data["environment"]
+    assert data["environment"]["onnx_sha256"] == hashlib.sha256(bad.read_bytes()).hexdigest()
     case = data["cases"][0]
     assert {"max_abs", "max_rel", "mean_abs", "passed"} <= set(case["outputs"][0])
     saved = np.load(npz)
@@ -539,6 +547,66 @@ def test_json_report_and_saved_inputs_reproduce_failure(
     with torch.no_grad():
         want, _ = lstm(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
     assert np.abs(got - want.numpy()).max() > 1e-2  # the saved inputs reproduce the failure
+
+
+def test_trt_profile_spans_the_sweep() -> None:
+    cases = [Case(64, 300, "ragged", 1.0, 0), Case(4, 8, "equal", 1.0, 1)]
+    # Single rows run at batch 1 and T = their own length, down to 1.
+    assert trt_profile(cases) == ((1, 64, 64), (1, 300, 300))
+    assert trt_profile(cases, batch_invariance=False) == ((4, 64, 64), (8, 300, 300))
+
+
+def test_tensorrt_engines_get_a_profile_covering_every_run(
+    lstm: BiRNN, fused_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 64 and T 300 lie outside TensorRT's default profile (32, 256): verify must build
+    the engine for what it will run, the batch-invariance rows (batch 1, T = each row's
+    length) included. A stand-in for the trt engine runs ONNX Runtime CPU but, like TensorRT,
+    refuses any shape outside the profile it was built with."""
+    from birnn_export import runners
+
+    built: dict[str, tuple[int, int, int]] = {}
+    seen: list[tuple[int, int]] = []
+
+    class ProfileBoundRunner(BaseRunner):
+        engine = "trt"
+
+        def __init__(self, path: str, batch: tuple[int, ...], seq: tuple[int, ...]) -> None:
+            super().__init__()
+            self.inner, self.batch, self.seq = OrtRunner(path), batch, seq
+
+        def activate_impl(self) -> None:
+            self.inner.activate()
+
+        def infer_impl(self, feed):
+            b, t = feed["x"].shape[:2]
+            if not (self.batch[0] <= b <= self.batch[2] and self.seq[0] <= t <= self.seq[2]):
+                raise RuntimeError(f"shape {(b, t)} outside the engine's profile")
+            seen.append((b, t))
+            return self.inner.infer(feed)
+
+    def make_runner(engine, onnx_path=None, *, profile_batch=None, profile_seq=None, **_):
+        assert engine == "trt"
+        built.update(batch=profile_batch, seq=profile_seq)
+        return ProfileBoundRunner(onnx_path, profile_batch, profile_seq)
+
+    monkeypatch.setattr(runners, "availability", lambda engine: None)
+    monkeypatch.setattr(runners, "make_runner", make_runner)
+    report = verify(
+        fused_path, lstm, engines=("trt",), batch_sizes=(2, 64), seq_lens=(5, 300), large_scale=None
+    )
+    assert report.passed, report.summary()
+    assert built == {"batch": (1, 64, 64), "seq": (1, 300, 300)}
+    assert (64, 300) in seen and min(b for b, _ in seen) == 1 and min(t for _, t in seen) == 1
+
+
+def test_json_report_writes_non_finite_numbers_as_null() -> None:
+    inf = float("inf")
+    missing = OutputResult("y", "sequence", "values", inf, inf, inf, 1e-5, 1e-4, False)
+    case = CaseResult("ort-cpu", 1, 2, "full", 1.0, 0, None, (missing,))
+    report = VerifyReport("m.onnx", "ref", "float32", ("ort-cpu",), {}, (case,))
+    out = json.loads(report.to_json())["cases"][0]["outputs"][0]
+    assert out["max_abs"] is None and out["mean_abs"] is None and out["passed"] is False
 
 
 def test_unavailable_engine_says_why(lstm: BiRNN, fused_path: Path) -> None:
