@@ -137,6 +137,34 @@ def parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``; anything else is a one-line usage error."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise UserError(
+            f"{option}: expected comma-separated positive integers such as '1,8,32', got {text!r}"
+        )
+    return tuple(dict.fromkeys(values))
+
+
+def parse_engines(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--engines a,b`` (repeatable) -> ``("a", "b")``, each a known engine."""
+    from birnn_export.runners import ENGINES
+
+    names = tuple(dict.fromkeys(p.strip() for v in values for p in v.split(",") if p.strip()))
+    unknown = [n for n in names if n not in ENGINES]
+    if not names or unknown:
+        raise UserError(
+            f"--engines: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+            f"expected a comma-separated list from {','.join(ENGINES)}"
+        )
+    return names
+
+
 def load_for_cli(path: Path, **options: Any) -> Any:
     """Call :func:`birnn_export.load_model` with the CLI's loader options."""
     from birnn_export.checkpoint import load_model
@@ -255,7 +283,7 @@ def export_command(
         _print_export_summary(summary)
         if report is not None:
             click.echo(f"Verified {report.summary()}")
-        click.echo(f"Checked  {compatibility.summary()}")
+        click.echo(f"Compat   {compatibility.summary()}")
         for line in compatibility.lines():
             click.echo(f"  {line}")
         click.echo(f"Done in {summary['seconds']:.1f} s")
@@ -349,21 +377,6 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
 
 
 # --- verify (issue 4) --------------------------------------------------------------------
-
-
-def _parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
-    """``"1,3,16"`` -> ``(1, 3, 16)``; every value a positive int."""
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise UserError(
-            f"{option}: expected comma-separated integers like 1,3,16, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise UserError(f"{option}: expected positive integers like 1,3,16, got {text!r}")
-    return values
 
 
 def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, float] | None:
@@ -461,9 +474,9 @@ def verify_command(
 
     from birnn_export.verification import render_report, verify
 
-    names = tuple(e.strip() for value in engines for e in value.split(",") if e.strip())
-    batches = _parse_sizes(batch_sizes, "--batch")
-    seqs = _parse_sizes(seq_lens, "--seq")
+    names = parse_engines(engines) if engines else ("ort-cpu",)
+    batches = parse_ints(batch_sizes, "--batch") if batch_sizes else None
+    seqs = parse_ints(seq_lens, "--seq") if seq_lens else None
     atol_value = _parse_tolerance(atol, "--atol")
     rtol_value = _parse_tolerance(rtol, "--rtol")
     check_output_path("--json", json_path)
@@ -472,7 +485,7 @@ def verify_command(
     report = verify(
         onnx_path,
         loaded,
-        engines=names or ("ort-cpu",),
+        engines=names,
         batch_sizes=batches,
         seq_lens=seqs,
         seed=seed,
@@ -492,33 +505,6 @@ def verify_command(
 
 
 # --- bench (issue 5) ---------------------------------------------------------------------
-
-
-def _bench_ints(text: str, option: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> ``(1, 8, 32)``; anything else is a one-line usage error."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise UserError(
-            f"{option}: expected comma-separated positive integers such as '1,8,32', got {text!r}"
-        )
-    return tuple(dict.fromkeys(values))
-
-
-def _bench_engines(text: str) -> tuple[str, ...]:
-    from birnn_export.runners import ENGINES
-
-    names = tuple(dict.fromkeys(p.strip() for p in text.split(",")))
-    unknown = [n for n in names if n not in ENGINES]
-    if not names or unknown:
-        raise UserError(
-            f"--engines: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-            f"expected a comma-separated list from {','.join(ENGINES)}"
-        )
-    return names
 
 
 @main.command("bench")
@@ -601,9 +587,9 @@ def bench_command(
     """
     import importlib.util
 
-    engine_names = _bench_engines(engines)
-    batch_sizes = _bench_ints(batch, "--batch")
-    seq_lens = _bench_ints(seq, "--seq")
+    engine_names = parse_engines((engines,))
+    batch_sizes = parse_ints(batch, "--batch")
+    seq_lens = parse_ints(seq, "--seq")
     if iters is not None and duration is not None:
         raise UserError("--iters and --duration: give one of them, not both")
     if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):

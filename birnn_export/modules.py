@@ -291,17 +291,19 @@ class BiRNN(nn.Module):
         self._check_input(x, lengths, hx)
         if torch.onnx.is_in_onnx_export():
             return self._forward_onnx(x, lengths, hx)
-        if lengths is None:
-            return self._forward_dense(x, hx)
+        steps = x.shape[1 if self.batch_first else 0]
+        lengths_cpu = None if lengths is None else lengths.cpu()
+        if lengths_cpu is None or bool((lengths_cpu == steps).all()):
+            return self._forward_dense(x, hx)  # no row is padded: nothing to pack
         packed = pack_padded_sequence(
-            x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False
+            x, lengths_cpu, batch_first=self.batch_first, enforce_sorted=False
         )
         out, hidden = self._forward_packed_sequence(packed, hx)
         out, _ = pad_packed_sequence(
             out,
             batch_first=self.batch_first,
             padding_value=self.padding_value,
-            total_length=x.shape[1 if self.batch_first else 0],
+            total_length=steps,
         )
         return out, hidden
 
