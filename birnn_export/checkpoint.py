@@ -77,6 +77,11 @@ class LoadedModel:
     path: Path
     sha256: str
 
+    @property
+    def reference(self) -> nn.Module:
+        """What verification and benchmarks compare against: ``original`` where there is one."""
+        return self.original if self.original is not None else self.model
+
 
 # -- saving ------------------------------------------------------------------------------------
 

@@ -211,6 +211,12 @@ def main() -> None:
 @click.option(
     "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
 )
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=1),
+    help="Features N of a float [batch, seq, N] input, for models whose first layer does not "
+    "tell (a Conv1d front-end, say).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
@@ -224,6 +230,7 @@ def export_command(
     opset: int | None,
     layout: str,
     dtype: str,
+    input_size: int | None,
     no_verify: bool,
     json_path: Path | None,
     quiet: bool,
@@ -252,6 +259,7 @@ def export_command(
         opset=opset,
         layout=layout,
         dtype=dtype,
+        input_size=input_size,
         verify=not no_verify,
         config=loaded.config,
         source_sha256=loaded.sha256,
@@ -608,10 +616,9 @@ def bench_command(
     loaded = load_for_cli(model_path, **loader)
     # The model as the user wrote it (torch's own recurrent layers) when it had them: that is
     # the eager speed to beat and the most independent reference.
-    reference = loaded.original if loaded.original is not None else loaded.model
     report = benchmark(
         onnx_path,
-        reference,
+        loaded.reference,
         engines=engine_names,
         batch_sizes=batch_sizes,
         seq_lens=seq_lens,

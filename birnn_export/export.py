@@ -98,6 +98,7 @@ def export_onnx(
     opset: int | None = None,
     layout: str = DEFAULT_LAYOUT,
     lengths: bool | None = None,
+    input_size: int | None = None,
     dtype: str = "float32",
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
@@ -121,6 +122,8 @@ def export_onnx(
             ``ReverseSequence`` nodes.
         lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
             the configuration or the name of ``forward``'s second parameter.
+        input_size: Feature size of a float ``[batch, seq, input_size]`` first input, for
+            models whose first layer does not tell (a ``Conv1d`` front-end, say).
         dtype: ``"float32"`` or ``"float16"`` (an fp16 graph, as TensorRT 11 needs for fp16).
         input_names: Graph input names; default ``x`` (or ``ids`` for token ids) and ``lengths``.
         output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare
@@ -169,7 +172,7 @@ def export_onnx(
 
     batch, seq = _example_sizes(converted)
     if example_inputs is None:
-        example_inputs, roles = _infer_inputs(converted, batch, seq, lengths)
+        example_inputs, roles = _infer_inputs(converted, batch, seq, lengths, input_size)
     else:
         example_inputs = tuple(example_inputs)
         roles = _roles_of(example_inputs, lengths, converted)
@@ -272,11 +275,14 @@ def _first_leaf(model: nn.Module) -> nn.Module | None:
 
 
 def _infer_inputs(
-    model: nn.Module, batch: int, seq: int, lengths: bool | None
+    model: nn.Module, batch: int, seq: int, lengths: bool | None, input_size: int | None
 ) -> tuple[tuple[Tensor, ...], list[str]]:
     gen = torch.Generator().manual_seed(0)
     first = _first_leaf(model)
-    if isinstance(first, nn.Embedding):
+    if input_size is not None:
+        x = torch.randn(batch, seq, input_size, generator=gen)
+        role = "features"
+    elif isinstance(first, nn.Embedding):
         x = torch.randint(0, first.num_embeddings, (batch, seq), generator=gen)
         role = "tokens"
     elif isinstance(first, BiRNN) and first.batch_first:
@@ -291,7 +297,8 @@ def _infer_inputs(
         kind = type(first).__name__ if first is not None else "nothing"
         raise ExportError(
             f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
-            "pass example_inputs (Python) with shapes [batch, seq, ...]"
+            "pass input_size (--input-size N for float [batch, seq, N] features) or "
+            "example_inputs (Python) with shapes [batch, seq, ...]"
         )
     if not _takes_lengths(model, lengths):
         return (x,), [role]

@@ -99,6 +99,10 @@ class BaseRunner(abc.ABC):
         """What actually executes the model (ONNX Runtime providers, device names)."""
         return [self.engine]
 
+    def available(self) -> str | None:
+        """``None`` if this runner can run here, else the exact reason; builds nothing."""
+        return availability(self.engine)
+
 
 class TorchRunner(BaseRunner):
     """Eager PyTorch (optionally ``torch.compile``) on CPU or CUDA.
@@ -185,6 +189,14 @@ class TorchRunner(BaseRunner):
 
     def providers(self) -> list[str]:
         return [f"torch-{self.device}{'-compiled' if self.compile else ''}"]
+
+    def available(self) -> str | None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                return f"torch on {self.device}: no CUDA device visible to torch"
+        return None
 
 
 #: Values ``cudnn_conv_algo_search`` accepts (ONNX Runtime CUDA EP).

@@ -186,10 +186,12 @@ def make_feed(
     lengths: LengthsMode = "ragged",
     scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Valid random inputs for ``spec`` at one shape.
+    """Valid random inputs for ``spec`` at one shape, padded as a real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
-    lengths follow ``lengths`` (see :func:`make_lengths`).
+    lengths follow ``lengths`` (see :func:`make_lengths`). Where the graph takes lengths,
+    positions past each row's length hold padding (0, or the lowest token id), as in a padded
+    batch: layers before the recurrent ones (a convolution, say) see them.
     """
     rng = np.random.default_rng(seed)
     feed: dict[str, np.ndarray] = {}
@@ -203,4 +205,12 @@ def make_feed(
             feed[tensor.name] = rng.integers(low, high + 1, size=shape).astype(tensor.dtype)
         else:
             feed[tensor.name] = (rng.standard_normal(shape) * scale).astype(tensor.dtype)
+    lengths_input = spec.lengths_input
+    if lengths_input is not None:
+        valid = np.arange(seq)[None, :] < feed[lengths_input.name][:, None]  # [batch, seq]
+        for tensor in spec.inputs:
+            if tensor.role in ("features", "tokens") and tensor.dims[:2] == (BATCH, SEQ):
+                pad = int(tensor.low or 0) if tensor.role == "tokens" else 0
+                data = feed[tensor.name]
+                data[~valid] = pad
     return feed

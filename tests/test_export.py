@@ -241,7 +241,7 @@ def test_bad_options(tmp_path, kwargs, message):
 def test_other_opset_and_uninferable_inputs(tmp_path):
     result = export_onnx(BiRNN(3, 4, cell="gru"), tmp_path / "o20.onnx", opset=20)
     assert result.spec.opset == 20
-    with pytest.raises(ExportError, match="pass example_inputs"):
+    with pytest.raises(ExportError, match="--input-size N"):
         export_onnx(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), tmp_path / "no.onnx")
     with pytest.raises(ExportError, match="batch_first=False"):
         export_onnx(nn.LSTM(3, 4), tmp_path / "tm.onnx")
@@ -394,6 +394,25 @@ def test_cli_user_class_from_bare_state_dict(tmp_path):
     got = run_ort(out, {"ids": ids})["output"]
     want = model(torch.from_numpy(ids)).detach().numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_cli_conv_front_end_needs_input_size(tmp_path):
+    torch.manual_seed(0)
+    model = ConvBiGRUCTC().eval()
+    weights = tmp_path / "ctc.pt"
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, weights)
+    out = tmp_path / "ctc.onnx"
+    args = [str(weights), "--model-class", "tests.realistic_models:ConvBiGRUCTC", "-o", str(out)]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "--input-size" in refused.output and not out.exists()
+    done = CliRunner().invoke(main, [*args, "--input-size", "8"])
+    assert done.exit_code == 0, done.output
+    assert "Verified PASS" in done.output
+    spec = GraphSpec.from_onnx(out)
+    assert [(t.name, t.dims) for t in spec.inputs] == [
+        ("x", ("batch", "seq", 8)),
+        ("lengths", ("batch",)),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -415,3 +415,22 @@ def test_warns_when_two_onnxruntime_builds_are_installed(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         runners.availability("ort-cpu")
+
+
+def test_each_runner_says_whether_it_can_run(tmp_path):
+    """available(): None or the exact reason, without building anything."""
+    import torch
+
+    from birnn_export import runners
+    from birnn_export.trt import TrtRunner
+
+    missing = str(tmp_path / "never-built.onnx")
+    assert runners.OrtRunner(missing).available() is None
+    cpu = runners.TorchRunner(torch.nn.Identity(), ["x"], ["y"])
+    assert cpu.available() is None
+    cuda = runners.TorchRunner(torch.nn.Identity(), ["x"], ["y"], device="cuda")
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in cuda.available()
+    gpu_ort = runners.OrtRunner(missing, engine="ort-cuda")
+    assert gpu_ort.available() == runners.availability("ort-cuda")
+    assert TrtRunner(missing).available() == runners.availability("trt")
