@@ -13,7 +13,10 @@ reference, and compares:
 
 On a mismatch of a bidirectional layer's own outputs, the forward and backward halves are
 compared separately, with the first diverging step of every row, so a reversal bug (backward half
-wrong from step 0 in the short rows only) reads differently from numeric drift.
+wrong from step 0 in the short rows only) reads differently from numeric drift. For a model
+with later layers (e.g. a head), whose outputs are no longer split by direction, the last
+recurrent layer's own output is compared instead: its ONNX ``Y`` (an in-memory copy of the graph
+with ``Y`` added as outputs, on ONNX Runtime CPU) against a forward hook on the reference's layer.
 
 Example:
     >>> report = verify("model.onnx", model, engines=("ort-cpu",))  # doctest: +SKIP
@@ -510,6 +513,7 @@ def diagnose_directions(
     *,
     steps: int | None = None,
     sequence_ok: bool = True,
+    why: str | None = None,
 ) -> str:
     """Explain a mismatch of a bidirectional layer's output by direction.
 
@@ -517,13 +521,16 @@ def diagnose_directions(
     backward half are compared separately, with the first diverging valid step per row; for a
     final state ``[layers * 2, batch, hidden]`` the even (forward) and odd (backward) entries.
     ``steps`` is the padded length T; ``sequence_ok`` says whether the sequence outputs matched
-    in the same case (a state is only blamed on its own when they did).
+    in the same case (a state is only blamed on its own when they did). ``why`` (with
+    ``hidden`` None) says why the last recurrent layer's own output could not be compared
+    instead (see :func:`_diagnose_layer`).
     """
     if hidden is None:
         return (
             f"{tensor.name}: direction split does not apply: the model is not a bare "
             "bidirectional layer, so this output has passed through later layers (e.g. a head) "
             "and its halves are not the two directions"
+            + (f"; nor to the last recurrent layer's own output: {why}" if why else "")
         )
     if tensor.role == "state":
         if actual.ndim != 3 or actual.shape[0] % 2 or tensor.batch_axis is None:
@@ -549,6 +556,41 @@ def diagnose_directions(
         lines.append(_describe_half(label, firsts, lengths, max_abs))
         halves.append((label, firsts, max_abs))
     return f"{tensor.name}: " + "; ".join(lines) + " " + _verdict(halves, lengths, steps, tol)
+
+
+def _diagnose_layer(
+    probe: Any,
+    engine: str,
+    feed: Mapping[str, np.ndarray],
+    lengths: np.ndarray,
+    steps: int,
+    tol: Tolerance,
+) -> tuple[str | None, str | None]:
+    """(diagnosis, None) from the last recurrent layer's own output, or (None, why not).
+
+    For a model with a head: the graph's last recurrent layer output (its ONNX ``Y``, run on
+    ONNX Runtime CPU) against the same layer's output in the reference (a forward hook), split
+    into the forward and backward halves as in :func:`diagnose_directions`.
+    """
+    from birnn_export._diagnose import ProbeUnavailable
+
+    try:
+        layer = probe.outputs(feed, lengths, steps)
+    except ProbeUnavailable as exc:
+        return None, str(exc)
+    hidden = layer.hidden
+    tensor = TensorSpec(f"layer {layer.name}", "float64", ("batch", "seq", 2 * hidden), "sequence")
+    text = diagnose_directions(
+        tensor, layer.actual, layer.expected, np.asarray(lengths), hidden, tol, steps=steps
+    )
+    if text.endswith("the difference is elsewhere"):
+        text += " (after this layer, e.g. the head)"
+    source = "ONNX Runtime CPU" + (f", not {engine}," if engine != "ort-cpu" else "")
+    return (
+        f"{text} [the last recurrent layer's output: graph on {source} vs a hook on the "
+        f"reference's {layer.hooked}]",
+        None,
+    )
 
 
 def _diagnose_state(
@@ -869,6 +911,11 @@ def verify(
             f"model given has {sha[:12]}...: they may not be the same weights"
         )
     hidden = _root_bidirectional_hidden(converted, ref_module)
+    probe = None
+    if hidden is None:
+        from birnn_export._diagnose import LayerProbe
+
+        probe = LayerProbe(proto, spec, (ref_module, converted), ref_dtype)
     profile = trt_profile(cases, batch_invariance=batch_invariance)
     runners_ = {
         engine: _engine_runner(engine, onnx_path, converted, spec, profile) for engine in engines
@@ -903,6 +950,7 @@ def verify(
                         hidden,
                         {t.name: resolve_tolerance(t, engine, atol, rtol) for t in spec.outputs},
                         batch_invariance,
+                        probe,
                     )
                     results.append(result)
                     case_ok = case_ok and result.passed
@@ -973,6 +1021,7 @@ def _run_case(
     hidden: int | None,
     tolerances: Mapping[str, Tolerance],
     batch_invariance: bool,
+    probe: Any = None,
 ) -> CaseResult:
     common = dict(
         engine=engine,
@@ -1000,6 +1049,13 @@ def _run_case(
         ref_lengths = lengths if lengths is not None else np.full(case.batch, case.seq)
         sequence_ok = not any(o.role == "sequence" for o in failing)
         texts = []
+        why = None
+        if hidden is None and probe is not None:
+            layer_text, why = _diagnose_layer(
+                probe, engine, feed, ref_lengths, case.seq, tolerances[failing[0].name]
+            )
+            if layer_text is not None:
+                failing, texts = [], [layer_text]
         for result in failing:
             tensor = next(t for t in spec.outputs if t.name == result.name)
             if tensor.name in actual and np.shape(actual[tensor.name]) == np.shape(
@@ -1015,6 +1071,7 @@ def _run_case(
                         tolerances[tensor.name],
                         steps=case.seq,
                         sequence_ok=sequence_ok,
+                        why=why,
                     )
                 )
         diagnosis = "\n".join(texts) or None

@@ -25,6 +25,7 @@ from torch import nn
 from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError, VerificationError
 from birnn_export.export import export_onnx
+from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, TensorSpec
@@ -166,6 +167,28 @@ def plant_gate_swap(src: Path, dst: Path) -> Path:
     h = HIDDEN
     w[:, h : 2 * h], w[:, 2 * h : 3 * h] = w[:, 2 * h : 3 * h].copy(), w[:, h : 2 * h].copy()
     _replace_initializer(proto, name, w)
+    return _save(proto, dst)
+
+
+def plant_last_layer_gate_swap(src: Path, dst: Path, direction: str) -> Path:
+    """Swap the o and f gate blocks of W in ONE direction of the last LSTM layer: its
+    ``/forward`` or ``/backward`` node (split layout) or that direction's slice of W (fused)."""
+    proto = onnx.load(str(src))
+    node = _nodes(proto, "LSTM")[-1]
+    if node.name.endswith(("/forward", "/backward")):
+        node = next(
+            n
+            for n in _nodes(proto, "LSTM")
+            if n.name == f"{node.name.rsplit('/', 1)[0]}/{direction}"
+        )
+        index = 0
+    else:
+        index = ("forward", "backward").index(direction)
+    w = numpy_helper.to_array(_initializer(proto, node.input[1])).copy()
+    h = HIDDEN
+    block = w[index]
+    block[h : 2 * h], block[2 * h : 3 * h] = block[2 * h : 3 * h].copy(), block[h : 2 * h].copy()
+    _replace_initializer(proto, node.input[1], w)
     return _save(proto, dst)
 
 
@@ -347,7 +370,7 @@ def test_small_recurrent_weight_perturbation_fails(
 # -- a model with a head, loaded from a file ----------------------------------------------------
 
 
-def test_tagger_reference_is_original_and_head_disables_split(
+def test_tagger_reference_is_original_and_head_diagnosed_at_the_layer(
     tagger_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from birnn_export.checkpoint import load_model
@@ -362,10 +385,81 @@ def test_tagger_reference_is_original_and_head_disables_split(
     padding = [o for c in report.cases for o in c.outputs if o.check == "padding"]
     assert padding and all("vs reference" in o.note for o in padding)  # head(0) != 0
 
+    # R + 1e-3 on the forward GRU node only: the head mixes both halves of the output, so the
+    # split is read at the recurrent layer (graph Y vs a hook on torch's packed nn.GRU).
     bad = plant_recurrent_perturbation(path, tmp_path / "tagger_bad.onnx", node=0)
-    report = verify(bad, loaded, batch_sizes=(3,), seq_lens=(9,), large_scale=None)
+    report = verify(bad, loaded, batch_sizes=(4,), seq_lens=(6,), large_scale=None)
     assert not report.passed
-    assert "direction split does not apply" in report.failures[0].diagnosis
+    text = report.diagnosis()
+    assert text.startswith("layer rnn/l0: forward half differs")
+    assert "backward half matches" in text
+    assert "only the forward direction is wrong, full-length rows included" in text
+    assert "a hook on the reference's GRU at 'rnn'" in text
+
+
+def test_head_model_whole_flip_is_diagnosed_as_reversal(
+    tagger_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from birnn_export.checkpoint import load_model
+
+    pt, path = tagger_files
+    assert GraphSpec.from_onnx(path).layout == "split"
+    bad = plant_whole_flip(path, tmp_path / "tagger_flip.onnx")
+    report = verify(bad, load_model(pt), batch_sizes=(4,), seq_lens=(6,), large_scale=None)
+    assert not report.passed
+    text = report.diagnosis()
+    assert "layer rnn/l0: forward half matches" in text and "backward half differs" in text
+    assert "a reversal bug" in text and "full-length rows match" in text
+    with pytest.raises(VerificationError, match="reversal bug"):
+        report.raise_for_failure()
+
+
+@pytest.fixture(scope="module")
+def stacked_tagger(tmp_path_factory: pytest.TempPathFactory) -> tuple[SequenceTagger, dict]:
+    """A 2-layer BiLSTM tagger with a linear head, exported in both layouts."""
+    torch.manual_seed(2)
+    config = TaggerConfig("lstm", FEATURES, HIDDEN, 3, num_layers=2, uses_lengths=True)
+    model = SequenceTagger(config).eval()
+    folder = tmp_path_factory.mktemp("stacked")
+    paths = {}
+    for layout in ("split", "fused"):
+        paths[layout] = folder / f"{layout}.onnx"
+        export_onnx(model, paths[layout], layout=layout)
+    return model, paths
+
+
+@pytest.mark.parametrize("layout", ["split", "fused"])
+def test_head_model_one_direction_wrong_is_named(
+    layout: str, stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    model, paths = stacked_tagger
+    kwargs = {"batch_sizes": (4,), "seq_lens": (6,), "large_scale": None}
+    reference = model.to_torch()  # torch's nn.LSTM on a PackedSequence
+    report = verify(paths[layout], model, reference=reference, **kwargs)
+    assert report.passed, report.summary()
+    for direction, other in (("forward", "backward"), ("backward", "forward")):
+        bad = plant_last_layer_gate_swap(paths[layout], tmp_path / f"{direction}.onnx", direction)
+        report = verify(bad, model, reference=reference, **kwargs)
+        assert not report.passed
+        text = report.diagnosis()
+        assert text.startswith("layer rnn/l1: ")  # the last of the two stacked layers
+        assert f"{direction} half differs" in text and f"{other} half matches" in text
+        assert f"only the {direction} direction is wrong, full-length rows included" in text
+        assert "reversal bug" not in text
+
+
+def test_unidirectional_last_layer_keeps_does_not_apply(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    config = TaggerConfig("gru", FEATURES, HIDDEN, 3, bidirectional=False, uses_lengths=True)
+    model = SequenceTagger(config).eval()
+    path = tmp_path / "uni.onnx"
+    export_onnx(model, path)
+    bad = plant_recurrent_perturbation(path, tmp_path / "uni_bad.onnx")
+    report = verify(bad, model, batch_sizes=(3,), seq_lens=(5,), large_scale=None)
+    assert not report.passed
+    text = report.failures[0].diagnosis
+    assert "direction split does not apply" in text
+    assert "the last recurrent layer 'rnn' is unidirectional" in text
 
 
 # -- pieces -----------------------------------------------------------------------------------
