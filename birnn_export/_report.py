@@ -140,13 +140,22 @@ def outside_tolerance(actual: Any, expected: Any, atol: float, rtol: float) -> n
 # -- terminal rendering of a verification report ---------------------------------------------
 
 
+def wide_console() -> Any:
+    """A rich console; piped output (logs, CI) gets 150 columns instead of rich's 80, so
+    tables keep their numbers whole."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 150)
+
+
 def render_report(report: VerifyReport, *, console: Any = None, max_failures: int = 20) -> None:
     """Print ``report`` as rich tables: worst error per engine, output and check, then the failing
     cases with their diagnosis."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or wide_console()
     table = Table(
         title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})"
     )

@@ -609,8 +609,7 @@ def bench_command(
     if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot: matplotlib is not installed; pip install matplotlib")
 
-    from rich.console import Console
-
+    from birnn_export._report import wide_console
     from birnn_export.bench import benchmark, render_table
 
     loaded = load_for_cli(model_path, **loader)
@@ -632,8 +631,7 @@ def bench_command(
         atol=atol,
         rtol=rtol,
     )
-    # Piped output (logs, CI) gets a width that fits the table instead of rich's 80 columns.
-    Console(width=None if sys.stdout.isatty() else 150).print(render_table(report))
+    wide_console().print(render_table(report))
     for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
         if path is not None:
             click.echo(f"Wrote {write(path)}")
