@@ -360,6 +360,8 @@ def benchmark(
             "seed": seed,
             "lengths": "ragged" if lengths_name else None,
             "graph_dtype": spec.dtype,
+            "torch_device": device,
+            "torch_compile": compile,
             "tolerances": {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines},
         },
     )
@@ -413,7 +415,8 @@ def render_table(report: BenchReport) -> Any:
         f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} threads"
         + (f", {env['gpu']}" if env.get("gpu") else "")
         + f"; {report.settings.get('timing', '')}",
-        "vs torch = eager torch median / engine median at the same shape (> 1: faster)",
+        "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
+        + _torch_mode(report.settings),
         *notes.values(),
     ]
     table.caption = Text("\n".join(lines))
@@ -678,6 +681,14 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, str], Non
     ) as bar:
         task = bar.add_task("bench", total=total)
         yield lambda steps, description: bar.update(task, advance=steps, description=description)
+
+
+def _torch_mode(settings: Mapping[str, Any]) -> str:
+    device = settings.get("torch_device", "cpu")
+    compiled = settings.get("torch_compile", False)
+    if device == "cpu" and not compiled:
+        return ""
+    return f"; torch ran on {device}" + (" under torch.compile" if compiled else "")
 
 
 def _fmt(value: float | None, spec: str) -> str:
