@@ -143,6 +143,29 @@ def test_model_that_packs_in_forward_exports(tmp_path):
     assert model.rnn.__class__ is nn.LSTM, "the user's model is left as it was"
 
 
+def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
+    """A PackedSequence ignores the layer's batch_first; the traced stand-in must too."""
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, bidirectional=True)  # batch_first=False
+            self.head = nn.Linear(12, 2)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = pad_packed_sequence(self.gru(packed)[0], total_length=x.shape[1])
+            return self.head(out.transpose(0, 1))  # padded time-major, back to batch-first
+
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    result = export_onnx(model, tmp_path / "mixed.onnx", input_size=5)
+    feed = make_feed(result.spec, 4, 23, seed=5)
+    got = run_ort(result.path, feed)["output"]
+    want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
