@@ -32,7 +32,7 @@ from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import ExportError, VerificationError
 from birnn_export.models import SequenceTagger
-from birnn_export.modules import BiRNN, TracedPack, padding_mask, state_names
+from birnn_export.modules import NODE_NAME_KEY, BiRNN, TracedPack, padding_mask, state_names
 from birnn_export.spec import (
     BATCH,
     METADATA_KEY,
@@ -192,7 +192,8 @@ def export_onnx(
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
-    proto = _trace(traced, trace_inputs, names, outs, roles, opset, layers, layout)
+    proto = _trace(traced, trace_inputs, names, outs, roles, opset, layout)
+    _clean_nodes(proto)
     spec = _build_spec(proto, names, roles, outs, example_inputs, converted, batch, seq, layers)
     spec = GraphSpec(
         **{
@@ -205,7 +206,6 @@ def export_onnx(
             "source_sha256": source_sha256,
         }
     )
-    _name_recurrent_nodes(proto, spec)
     _set_metadata(proto, spec)
     # Over protobuf's 2 GB limit the checks must read the saved file and its external data.
     large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
@@ -361,15 +361,18 @@ def _flatten(value: Any) -> list[Tensor]:
 
 
 @contextlib.contextmanager
-def _onnx_layout(layers: Sequence[BiRNN], layout: str) -> Iterator[None]:
-    saved = [layer.onnx_layout for layer in layers]
-    for layer in layers:
-        layer.onnx_layout = layout
+def _onnx_settings(model: nn.Module, layout: str) -> Iterator[None]:
+    """For one export, every BiRNN in ``model`` emits ``layout`` and names its nodes after its
+    module path."""
+    named = _named_layers(model)
+    saved = [(layer.onnx_layout, layer.onnx_name) for _, layer in named]
+    for path, layer in named:
+        layer.onnx_layout, layer.onnx_name = layout, path  # type: ignore[assignment]
     try:
         yield
     finally:
-        for layer, old in zip(layers, saved, strict=True):
-            layer.onnx_layout = old
+        for (_, layer), (old_layout, old_name) in zip(named, saved, strict=True):
+            layer.onnx_layout, layer.onnx_name = old_layout, old_name
 
 
 def _trace(
@@ -379,7 +382,6 @@ def _trace(
     outs: list[str],
     roles: list[str],
     opset: int,
-    layers: Sequence[BiRNN],
     layout: str,
 ) -> Any:
     batch = torch.export.Dim(BATCH)
@@ -388,7 +390,7 @@ def _trace(
     for role in roles:
         dynamic.append({0: batch} if role == "lengths" else {0: batch, 1: seq})
     try:
-        with _onnx_layout(layers, layout), _traceable_packing(model), _quiet_exporter():
+        with _onnx_settings(model, layout), _traceable_packing(model), _quiet_exporter():
             program = torch.onnx.export(
                 model,
                 inputs,
@@ -569,8 +571,21 @@ def _build_spec(
         example_batch=batch,
         example_seq=seq,
         padding_value=padding,
-        recurrent_layers=tuple(_layer_summary(name, layer) for name, layer in _named_layers(model)),
+        recurrent_layers=tuple(
+            _layer_summary(name, layer) for name, layer in _in_graph_order(proto, model)
+        ),
     )
+
+
+def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:
+    """The model's BiRNN layers in the order their nodes run in the graph (which need not be
+    the order the modules were registered in)."""
+    names = [n.name for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+
+    def first_node(item: tuple[str, BiRNN]) -> int:
+        return next((i for i, n in enumerate(names) if n.startswith(f"{item[0]}/")), len(names))
+
+    return sorted(_named_layers(model), key=first_node)
 
 
 def _named_layers(model: nn.Module) -> list[tuple[str, BiRNN]]:
@@ -588,23 +603,16 @@ def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
     }
 
 
-def _name_recurrent_nodes(proto: Any, spec: GraphSpec) -> None:
-    """Name recurrent nodes after the module path and layer (``rnn/l0``, ``rnn/l0/backward``).
-
-    The exporter calls them ``node__symbolic_multi_out__N``; ``inspect`` and ``check`` findings
-    read better with the module path. Nodes appear in the order the layers ran.
-    """
-    expected = []
-    for layer in spec.recurrent_layers:
-        split = spec.layout == "split" and layer["bidirectional"]
-        for index in range(layer["num_layers"]):
-            base = f"{layer['path']}/l{index}"
-            expected += [f"{base}/forward", f"{base}/backward"] if split else [base]
-    nodes = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
-    if len(nodes) != len(expected):
-        return
-    for node, name in zip(nodes, expected, strict=True):
-        node.name = name
+def _clean_nodes(proto: Any) -> None:
+    """Name recurrent nodes after module path and layer (``rnn/l0``, ``rnn/l0/backward``), from
+    the name each BiRNN put in the node's metadata (the exporter calls them
+    ``node__symbolic_multi_out__N``), and drop the exporter's per-node debug metadata (stack
+    traces with local file paths, FX dumps): it is large and says nothing to an engine."""
+    for node in proto.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        if NODE_NAME_KEY in props:
+            node.name = props[NODE_NAME_KEY]
+        del node.metadata_props[:]
 
 
 def _set_metadata(proto: Any, spec: GraphSpec) -> None:

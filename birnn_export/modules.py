@@ -39,6 +39,8 @@ ONNX_GATE_ORDER: dict[str, tuple[int, ...]] = {
     "rnn_tanh": (0,),
     "rnn_relu": (0,),
 }
+#: ``metadata_props`` key carrying an emitted recurrent node's intended name.
+NODE_NAME_KEY = "birnn_export.node"
 ONNX_OP: dict[str, str] = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 _KERNELS = {
     "lstm": torch.lstm,
@@ -174,6 +176,8 @@ class BiRNN(nn.Module):
         self.padding_value = float(padding_value)
         #: Which ONNX node layout ``torch.onnx.export`` emits; set by :func:`export_onnx`.
         self.onnx_layout: OnnxLayout = "split"
+        #: Name prefix of the emitted recurrent nodes (the module path); set by export_onnx.
+        self.onnx_name = "rnn"
 
         gate_rows = GATES[cell] * hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -471,8 +475,13 @@ class BiRNN(nn.Module):
         seq_lens: Tensor | None,
         init: list[Tensor | None],
         direction: str,
+        name: str,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Emit one ONNX recurrent node on ``x [T, B, I]``; return ``Y [T, D, B, H]``, finals."""
+        """Emit one ONNX recurrent node on ``x [T, B, I]``; return ``Y [T, D, B, H]``, finals.
+
+        ``name`` travels in the node's ``metadata_props`` (key :data:`NODE_NAME_KEY`); the
+        exporter names nodes itself, and :func:`export_onnx` renames them from it.
+        """
         steps, batch = x.shape[0], x.shape[1]
         dirs = len(ws)
         inputs: list[Tensor | None] = [
@@ -494,6 +503,7 @@ class BiRNN(nn.Module):
             dtypes=[x.dtype] * n_out,
             shapes=shapes,
             version=14,
+            metadata_props={NODE_NAME_KEY: name},
         )
         return outs[0], list(outs[1:])
 
@@ -517,8 +527,9 @@ class BiRNN(nn.Module):
                 if init_states is None
                 else [s[lo:hi] for s in init_states]
             )
+            name = f"{self.onnx_name}/l{layer}"
             if self.bidirectional and self.onnx_layout == "fused":
-                y, last = self._onnx_node(xt, ws, rs, bs, seq_lens, init, "bidirectional")
+                y, last = self._onnx_node(xt, ws, rs, bs, seq_lens, init, "bidirectional", name)
                 xt = y.permute(0, 2, 1, 3).reshape(steps, batch, 2 * self.hidden_size)
             else:
                 y, last = self._onnx_node(
@@ -529,6 +540,7 @@ class BiRNN(nn.Module):
                     seq_lens,
                     [s if s is None else s[:1] for s in init],
                     "forward",
+                    f"{name}/forward" if self.bidirectional else name,
                 )
                 outs = [y.squeeze(1)]
                 if self.bidirectional:
@@ -541,6 +553,7 @@ class BiRNN(nn.Module):
                         seq_lens,
                         [s if s is None else s[1:] for s in init],
                         "forward",
+                        f"{name}/backward",
                     )
                     outs.append(_reverse_sequence(yb.squeeze(1), lens))
                     last = [torch.cat([f, b], 0) for f, b in zip(last, last_b, strict=True)]

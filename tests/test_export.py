@@ -226,12 +226,36 @@ def test_token_ids_metadata_and_spec_round_trip(tmp_path):
     assert info["metadata"]["birnn_export.source_sha256"] == "ab" * 32
 
 
+def test_nodes_named_after_their_layers_in_run_order(tmp_path):
+    """Names come from the layer that emitted each node, not from registration order."""
+
+    class TwoStage(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = nn.GRU(8, 3, batch_first=True, bidirectional=True)  # registered first
+            self.encoder = nn.LSTM(5, 4, batch_first=True, bidirectional=True)  # runs first
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x)[0])[0]
+
+    result = export_onnx(TwoStage().eval(), tmp_path / "two.onnx", input_size=5, layout="fused")
+    graph = onnx.load(str(result.path)).graph
+    names = {n.op_type: n.name for n in graph.node if n.op_type in ("LSTM", "GRU")}
+    assert names == {"LSTM": "encoder/l0", "GRU": "decoder/l0"}
+    assert [layer["path"] for layer in result.spec.recurrent_layers] == ["encoder", "decoder"]
+    assert all(not n.metadata_props or n.op_type in ("LSTM", "GRU") for n in graph.node)
+    assert "stack_trace" not in graph.SerializeToString().decode("latin-1")
+
+
 def test_float16_graph(tmp_path):
     config = TaggerConfig(
         cell="lstm", input_size=6, hidden_size=8, output_size=3, uses_lengths=True
     )
-    result = export_onnx(SequenceTagger(config), tmp_path / "h.onnx", dtype="float16")
+    result = export_onnx(
+        SequenceTagger(config), tmp_path / "h.onnx", dtype="float16", layout="fused"
+    )
     graph = onnx.load(str(result.path)).graph
+    assert op_counts(result.path)["LSTM"] == 1 and not op_counts(result.path)["ReverseSequence"]
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert result.spec.dtype == "float16" and all(c.passed for c in result.self_check)
     assert result.max_error > 0  # fp16 really differs from the fp32 reference
