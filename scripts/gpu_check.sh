@@ -70,12 +70,10 @@ print(",".join(e for e in ENGINES if availability(e) is None))
 EOF
 )
     echo "engines: $ENGINE_LIST"
-    BENCH_HELP=$(birnn-export bench --help 2>&1 || true)
-    DEVICE_ARGS=()
-    if grep -q -- "--device" <<<"$BENCH_HELP"; then DEVICE_ARGS=(--device cuda); fi
+    DEVICE=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
     run_step 150 birnn-export bench "$ONNX" --model "$MODEL" --engines "$ENGINE_LIST" \
-        "${DEVICE_ARGS[@]}" --batch 1,8,32 --seq 64,256 --iters 20 --json "$OUT/bench.json" \
-        || status=1
+        --device "$DEVICE" --batch 1,8,32 --seq 64,256 --iters 20 --json "$OUT/bench.json" \
+        --csv "$OUT/bench.csv" || status=1
 fi
 
 step "done: exit $status; results in $OUT"
