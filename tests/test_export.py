@@ -468,15 +468,20 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
         (["missing.pt"], "no such file"),
         (["{sample}", "--opset", "3"], "opset: 3 is not supported"),
         (["{sample}", "--model-kwargs", "{bad"], "--model-kwargs: not valid JSON"),
+        (["{sample}", "--bogus"], "No such option '--bogus'"),
+        (["{sample}", "--layout", "diagonal"], "Invalid value for '--layout'"),
+        (["{sample}", "--json", "{tmp}"], "is a directory"),
+        (["{sample}", "--state-key", "model"], "--state-key 'model' does not apply"),
     ],
 )
 def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, args, message):
     sample = os.path.join(SAMPLES, "seed_example1_rnn.pt")
     out = tmp_path / "out.onnx"
-    args = [a.replace("{sample}", sample) for a in args] + ["-o", str(out)]
-    result = CliRunner().invoke(main, args)
+    args = [a.replace("{sample}", sample).replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, [*args, "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, "one line, no usage block"
     assert "Traceback" not in result.output
     assert not out.exists()
 
