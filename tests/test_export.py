@@ -22,7 +22,11 @@ from birnn_export.errors import ExportError, VerificationError
 from birnn_export.export import check_graph, describe_onnx, export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
-from birnn_export.seed import ManualBidirectionalRNNVariableLength
+from birnn_export.seed import (
+    ManualBidirectionalLSTM,
+    ManualBidirectionalRNN,
+    ManualBidirectionalRNNVariableLength,
+)
 from birnn_export.spec import GraphSpec, make_feed
 from tests.realistic_models import AttentionClassifier, ConvBiGRUCTC, PackingTagger
 
@@ -177,6 +181,19 @@ def test_conv_bigru_ctc_exports(tmp_path):
     got = run_ort(result.path, feed)["output"]
     want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [ManualBidirectionalRNN, ManualBidirectionalLSTM])
+def test_seed_examples_with_torch_flip_export_dynamically(tmp_path, cls):
+    """The article's Examples 1 and 2 (two unidirectional layers, torch.flip): the flip must not
+    freeze the length (pytorch/pytorch#191855); the graph runs at other lengths."""
+    torch.manual_seed(0)
+    model = cls(10, 20, 5).eval()
+    result = export_onnx(model, tmp_path / "seed.onnx")
+    feed = make_feed(result.spec, 2, 57, seed=1)
+    got = run_ort(result.path, feed)["output"]
+    want = model(torch.from_numpy(feed["x"])).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_seed_example3_exports_faithfully(tmp_path):
