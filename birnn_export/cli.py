@@ -212,6 +212,12 @@ def main() -> None:
     "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
 )
 @click.option(
+    "--lengths/--no-lengths",
+    default=None,
+    help="Whether the graph takes a lengths input [default: inferred from the model; bare "
+    "state_dicts get one].",
+)
+@click.option(
     "--input-size",
     type=click.IntRange(min=1),
     help="Features N of a float [batch, seq, N] input, for models whose first layer does not "
@@ -230,6 +236,7 @@ def export_command(
     opset: int | None,
     layout: str,
     dtype: str,
+    lengths: bool | None,
     input_size: int | None,
     no_verify: bool,
     json_path: Path | None,
@@ -259,6 +266,7 @@ def export_command(
         opset=opset,
         layout=layout,
         dtype=dtype,
+        lengths=lengths,
         input_size=input_size,
         verify=not no_verify,
         config=loaded.config,

@@ -259,10 +259,16 @@ def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
 
 
 def _takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
+    if isinstance(model, SequenceTagger):
+        if lengths and not model.config.uses_lengths:
+            # A lengths input the model ignores would let padding into the backward direction.
+            raise ExportError(
+                "lengths: this model was built without lengths (uses_lengths=False) and would "
+                "ignore them; drop --lengths / lengths=True"
+            )
+        return model.config.uses_lengths if lengths is None else lengths
     if lengths is not None:
         return lengths
-    if isinstance(model, SequenceTagger):
-        return model.config.uses_lengths
     params = _forward_params(model)
     return len(params) >= 2 and params[1].name in LENGTHS_NAMES
 

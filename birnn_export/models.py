@@ -87,7 +87,12 @@ class SequenceTagger(nn.Module):
         import copy
 
         embedding = copy.deepcopy(self.embedding)
-        reference = TorchReference(self.rnn.to_torch(), copy.deepcopy(self.head), embedding)
+        reference = TorchReference(
+            self.rnn.to_torch(),
+            copy.deepcopy(self.head),
+            embedding,
+            uses_lengths=self.config.uses_lengths,
+        )
         return reference.train(self.training)
 
 
@@ -99,16 +104,24 @@ class TorchReference(nn.Module):
     names equal :class:`SequenceTagger`'s (``embedding.*``, ``rnn.*``, ``head.*``).
     """
 
-    def __init__(self, rnn: nn.RNNBase, head: nn.Linear, embedding: nn.Embedding | None = None):
+    def __init__(
+        self,
+        rnn: nn.RNNBase,
+        head: nn.Linear,
+        embedding: nn.Embedding | None = None,
+        *,
+        uses_lengths: bool = True,
+    ):
         super().__init__()
         self.embedding = embedding
         self.rnn = rnn
         self.head = head
+        self.uses_lengths = uses_lengths
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         if self.embedding is not None:
             x = self.embedding(x)
-        if lengths is None:
+        if lengths is None or not self.uses_lengths:
             out, _ = self.rnn(x)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -460,6 +460,23 @@ def test_cli_user_class_from_bare_state_dict(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_cli_no_lengths_for_a_bare_state_dict(tmp_path):
+    """A bare state_dict is rebuilt to take lengths; --no-lengths exports the plain model."""
+    out = tmp_path / "seed1.onnx"
+    sample = os.path.join(SAMPLES, "seed_example1_state_dict.pt")
+    result = CliRunner().invoke(main, [sample, "--no-lengths", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [t.name for t in GraphSpec.from_onnx(out).inputs] == ["x"]
+    with_lengths = CliRunner().invoke(main, [sample, "-o", str(tmp_path / "l.onnx"), "-q"])
+    assert with_lengths.exit_code == 0, with_lengths.output
+    assert [t.name for t in GraphSpec.from_onnx(tmp_path / "l.onnx").inputs] == ["x", "lengths"]
+    # A lengths input the model would ignore is refused: padding would reach the backward pass.
+    plain = os.path.join(SAMPLES, "seed_example1_rnn.pt")
+    forced = CliRunner().invoke(main, [plain, "--lengths", "-o", str(tmp_path / "f.onnx")])
+    assert forced.exit_code == 2 and "uses_lengths=False" in forced.output
+    assert not (tmp_path / "f.onnx").exists()
+
+
 def test_cli_conv_front_end_needs_input_size(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
