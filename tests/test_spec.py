@@ -1,0 +1,122 @@
+"""GraphSpec round trips and the inputs built from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from birnn_export.errors import ModelLoadError
+from birnn_export.spec import (
+    GraphSpec,
+    TensorSpec,
+    default_tolerance,
+    load_onnx,
+    make_feed,
+    make_lengths,
+)
+
+
+def spec(with_lengths: bool = True, tokens: bool = False) -> GraphSpec:
+    first = (
+        TensorSpec("ids", "int64", ("batch", "seq"), "tokens", 3, 40)
+        if tokens
+        else TensorSpec("x", "float32", ("batch", "seq", 4), "features")
+    )
+    inputs = [first]
+    if with_lengths:
+        inputs.append(TensorSpec("lengths", "int64", ("batch",), "lengths", 1, "seq"))
+    return GraphSpec(
+        inputs=tuple(inputs),
+        outputs=(TensorSpec("output", "float32", ("batch", "seq", 2), "sequence"),),
+        example_batch=7,
+        example_seq=11,
+        config={"cell": "gru"},
+        recurrent_layers=({"path": "rnn", "num_layers": 1},),
+    )
+
+
+def test_json_round_trip():
+    original = spec(tokens=True)
+    assert GraphSpec.from_json(original.to_json()) == original
+    assert original.inputs[0].time_axis == 1 and original.inputs[0].batch_axis == 0
+    assert original.inputs[1].time_axis is None
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 16])
+@pytest.mark.parametrize("seq", [1, 2, 9])
+def test_ragged_lengths_are_coupled_to_seq(batch, seq):
+    lengths = make_lengths(batch, seq, np.random.default_rng(batch * seq))
+    assert lengths.dtype == np.int64 and lengths.shape == (batch,)
+    assert lengths.min() >= 1 and lengths.max() == seq  # one full-length row
+    if batch >= 2:
+        assert lengths.min() == 1  # and one row of length 1
+
+
+def test_equal_and_full_lengths():
+    rng = np.random.default_rng(0)
+    equal = make_lengths(6, 9, rng, "equal")
+    assert len(set(equal.tolist())) == 1 and 1 <= equal[0] <= 9
+    assert make_lengths(3, 9, rng, "full").tolist() == [9, 9, 9]
+
+
+def test_feed_is_padded_like_a_real_batch():
+    feed = make_feed(spec(), 5, 12, seed=3, scale=10.0)
+    x, lengths = feed["x"], feed["lengths"]
+    assert x.shape == (5, 12, 4) and x.dtype == np.float32
+    for row, length in enumerate(lengths):
+        assert np.all(x[row, length:] == 0)
+        assert np.all(x[row, :length] != 0)
+    assert np.abs(x).max() > 10  # the scale reached the values
+
+
+def test_token_feed_stays_in_range_and_pads_with_the_lowest_id():
+    feed = make_feed(spec(tokens=True), 4, 30, seed=1)
+    ids, lengths = feed["ids"], feed["lengths"]
+    assert ids.dtype == np.int64 and ids.min() >= 3 and ids.max() <= 40
+    for row, length in enumerate(lengths):
+        assert np.all(ids[row, length:] == 3)
+
+
+def test_feed_without_lengths_is_not_padded():
+    feed = make_feed(spec(with_lengths=False), 2, 6, seed=0)
+    assert set(feed) == {"x"} and np.all(feed["x"] != 0)
+
+
+def test_same_seed_same_feed():
+    a, b = make_feed(spec(), 3, 5, seed=9), make_feed(spec(), 3, 5, seed=9)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_tolerances_by_dtype_and_device():
+    assert default_tolerance("float32", "ort-cpu").atol == 1e-5
+    assert default_tolerance("float32", "ort-cuda").atol == 1e-4
+    assert default_tolerance("float32", "torch", device="cuda").rtol == 1e-3
+    assert default_tolerance("float16", "ort-cpu").rel_l2 == 1e-3
+
+
+def test_load_onnx_errors_are_one_line(tmp_path):
+    (tmp_path / "text.onnx").write_text("not a model")
+    for path, message in [
+        (tmp_path / "missing.onnx", "no such file"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "text.onnx", "not an ONNX model"),
+    ]:
+        with pytest.raises(ModelLoadError, match=message) as info:
+            load_onnx(path)
+        assert "\n" not in str(info.value)
+
+
+def test_graph_without_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["b"])],
+        "g",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(Exception, match="was not written by birnn-export"):
+        GraphSpec.from_onnx(path)
