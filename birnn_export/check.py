@@ -60,7 +60,8 @@ TENSORRT_OPS = frozenset(
         "ReduceProd", "ReduceSum", "ReduceSumSquare", "Resize", "RMSNormalization", "RoiAlign",
         "RotaryEmbedding", "Round", "STFT", "ScaledTanh", "Scan", "Scatter", "ScatterElements",
         "ScatterND", "Selu", "Shrink", "Sign", "Sin", "Sinh", "Size", "Softplus", "Softsign",
-        "SpaceToDepth", "Sum", "Tan", "ThresholdedRelu", "TopK", "Trilu", "Upsample",
+        "SpaceToDepth", "Sum", "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Trilu",
+        "Upsample",
     }
 )  # fmt: skip
 
@@ -73,6 +74,19 @@ _DEFAULT_ACTIVATIONS = {
 }
 # TensorProto element types
 _DOUBLE, _STRING, _COMPLEX64, _COMPLEX128, _FLOAT16, _INT64 = 11, 8, 14, 15, 10, 7
+_INT32 = 6
+#: Element types TensorRT has no tensors of (its ONNX parser's type list), by name.
+_TENSORRT_UNSUPPORTED = {
+    _STRING: "string",
+    _COMPLEX64: "complex64",
+    _COMPLEX128: "complex128",
+    5: "int16",
+    4: "uint16",
+    12: "uint32",
+    13: "uint64",
+}
+#: Default-domain opsets TensorRT 10's ONNX parser documents.
+TENSORRT_OPSETS = range(9, 25)
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,7 @@ class _Checker:
 
     def run(self) -> list[Finding]:
         findings: list[Finding] = []
+        findings += self._check_opset()
         findings += self._check_dtypes()
         findings += self._check_dynamic_dims()
         for node in self._nodes(self.model.graph):
@@ -236,15 +251,68 @@ class _Checker:
                 findings += self._check_recurrent(node)
             elif node.op_type == "ReverseSequence":
                 findings += self._check_reverse_sequence(node)
-            elif node.op_type == "Loop" and self.trt and not (node.input and node.input[0]):
-                findings.append(
-                    Finding(
-                        "error",
-                        self._label(node),
-                        "Loop without a trip count (input M): TensorRT needs one",
-                    )
-                )
+            elif node.op_type == "Loop" and self.trt:
+                findings += self._check_loop(node)
+        if any(n.op_type == "ReverseSequence" for n in self._nodes(self.model.graph)):
+            findings += self._lengths_range_note()
         return findings
+
+    def _check_opset(self) -> list[Finding]:
+        if not self.trt:
+            return []
+        versions = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if versions and versions[0] not in TENSORRT_OPSETS:
+            first, last = TENSORRT_OPSETS.start, TENSORRT_OPSETS.stop - 1
+            return [
+                Finding(
+                    "warning",
+                    "graph",
+                    f"opset {versions[0]}: TensorRT 10's ONNX parser documents opsets "
+                    f"{first}-{last}; re-export with --opset 18",
+                )
+            ]
+        return []
+
+    def _check_loop(self, node: Any) -> list[Finding]:
+        """onnx-tensorrt: "Scan output length cannot be dynamic". Scan outputs are the outputs
+        after the N loop-carried ones (N = inputs after M and cond)."""
+        scan_outputs = len(node.output) - max(len(node.input) - 2, 0)
+        if scan_outputs <= 0:
+            return []
+        trip = node.input[0] if node.input else ""
+        if not trip:
+            return [
+                Finding(
+                    "error",
+                    self._label(node),
+                    f"Loop without a trip count (input M) has {scan_outputs} scan output(s): "
+                    "TensorRT needs their length",
+                )
+            ]
+        constants = {n.output[0] for n in self._nodes(self.model.graph) if n.op_type == "Constant"}
+        if trip not in self.init_types and trip not in constants:
+            return [
+                Finding(
+                    "warning",
+                    self._label(node),
+                    "Loop scan outputs whose length (trip count M) is computed at run time: "
+                    "TensorRT documents that scan output length cannot be dynamic",
+                )
+            ]
+        return []
+
+    def _lengths_range_note(self) -> list[Finding]:
+        if self.trt:
+            return []
+        return [
+            Finding(
+                "info",
+                "graph",
+                "ONNX Runtime's CUDA kernels do not range-check sequence_lens "
+                "(onnxruntime#24920): a length above seq reads out of bounds. Graphs written by "
+                "birnn-export clamp lengths into [1, seq]; others must keep them in [0, seq]",
+            )
+        ]
 
     def _check_op(self, node: Any) -> list[Finding]:
         label = self._label(node)
@@ -297,27 +365,33 @@ class _Checker:
         activations = _attr(node, "activations")
         default = _DEFAULT_ACTIVATIONS[op]
         per_dir = len(default)
-        if activations and dirs == 2 and len(activations) == 2 * per_dir:
-            forward, reverse = activations[:per_dir], activations[per_dir:]
-            if [a.lower() for a in forward] != [a.lower() for a in reverse]:
-                add(
-                    "error" if self.trt else "warning",
-                    f"bidirectional {op} has different activations per direction "
-                    f"(forward {forward}, reverse {reverse})"
-                    + (
-                        ": TensorRT requires them equal"
-                        if self.trt
-                        else ": the CUDA EP sends it to the CPU"
-                    ),
-                )
-        fallback: list[str] = []  # why ORT CUDA sends the node back to CPU
+        if self.trt and dirs == 2:
+            # onnx-tensorrt's checker: both directions' activations, alphas and betas equal.
+            for name in ("activations", "activation_alpha", "activation_beta"):
+                values = _attr(node, name)
+                if not values or len(values) % 2:
+                    continue
+                half = len(values) // 2
+                forward, reverse = values[:half], values[half:]
+                if name == "activations":
+                    forward, reverse = [a.lower() for a in forward], [a.lower() for a in reverse]
+                if forward != reverse:
+                    add(
+                        "error",
+                        f"bidirectional {op} has different {name} per direction (forward "
+                        f"{values[:half]}, reverse {values[half:]}): TensorRT requires them equal",
+                    )
+        # Why ONNX Runtime's CUDA EP sends the node back to the CPU (RNNNeedFallbackToCPU in
+        # cuda_execution_provider.cc: any alpha, beta or clip; activations other than cuDNN's).
+        fallback: list[str] = []
         if activations and [a.lower() for a in activations] != [
             a.lower() for a in default * (len(activations) // per_dir or 1)
         ]:
             fallback.append(f"non-default activations {activations}")
-        clip = _attr(node, "clip")
-        if clip is not None:
-            fallback.append(f"clip={clip}")
+        for name in ("activation_alpha", "activation_beta", "clip"):
+            value = _attr(node, name)
+            if value is not None:
+                fallback.append(f"{name}={value}")
         if op == "LSTM":
             input_forget = _attr(node, "input_forget", 0)
             if input_forget != 0:
@@ -327,13 +401,17 @@ class _Checker:
             if len(node.input) > 7 and node.input[7]:
                 fallback.append("peepholes (input P)")
         if op == "GRU":
-            lbr = _attr(node, "linear_before_reset", 0)
-            if lbr != 1:
+            lbr = _attr(node, "linear_before_reset")
+            if lbr is not None and lbr != 1:
                 fallback.append(f"linear_before_reset={lbr}")
+            if lbr is None and not self.trt:
+                # The CUDA EP only checks the attribute when it is present; cuDNN computes
+                # linear_before_reset=1 alone.
                 add(
-                    "info",
-                    f"GRU linear_before_reset={lbr}: torch's GRU semantics are "
-                    "linear_before_reset=1",
+                    "warning",
+                    "GRU without linear_before_reset (ONNX default 0): ONNX Runtime's CUDA EP "
+                    "keeps it on cuDNN, which only computes linear_before_reset=1, so results "
+                    "may differ from the CPU; set linear_before_reset=1 (torch's GRU) explicitly",
                 )
         if fallback and not self.trt:
             add(
@@ -349,7 +427,7 @@ class _Checker:
                 )
         if len(node.input) > 4 and node.input[4]:
             elem = self._elem(node.input[4])
-            if elem is not None and elem != 6:  # INT32
+            if elem is not None and elem != _INT32:
                 add("error", f"{op} sequence_lens must be int32 (got element type {elem})")
         return findings
 
@@ -394,15 +472,15 @@ class _Checker:
                         "error", label, f"ReverseSequence sequence_lens has rank {rank}; needs 1"
                     )
                 )
-        if not self.trt:
-            findings.append(
-                Finding(
-                    "info",
-                    label,
-                    "ONNX Runtime's CUDA kernel does not range-check sequence_lens "
-                    "(onnxruntime#24920): lengths must lie in [1, seq]",
+            elem = self._elem(node.input[1])
+            if elem is not None and elem != _INT64:
+                findings.append(
+                    Finding(
+                        "error",
+                        label,
+                        f"ReverseSequence sequence_lens must be int64 (got element type {elem})",
+                    )
                 )
-            )
         return findings
 
     def _check_dtypes(self) -> list[Finding]:
@@ -417,26 +495,33 @@ class _Checker:
             if elem == _DOUBLE:
                 findings.append(
                     Finding(
-                        "error" if self.trt else "warning",
+                        "warning",
                         "graph",
                         f"{info.name!r} is float64: "
                         + (
-                            "TensorRT has no float64 tensors; export in float32"
+                            "TensorRT casts float64 down to float32, so the engine's tensor is "
+                            "float32; export in float32"
                             if self.trt
                             else "the CUDA EP lacks float64 kernels for many ops; export in float32"
                         ),
                     )
                 )
-            elif elem in (_STRING, _COMPLEX64, _COMPLEX128) and self.trt:
+            elif elem in _TENSORRT_UNSUPPORTED and self.trt:
                 findings.append(
-                    Finding("error", "graph", f"{info.name!r} has a type TensorRT does not support")
+                    Finding(
+                        "error",
+                        "graph",
+                        f"{info.name!r} is {_TENSORRT_UNSUPPORTED[elem]}: TensorRT has no such "
+                        "tensors",
+                    )
                 )
             elif elem == _INT64 and self.trt:
                 findings.append(
                     Finding(
                         "info",
                         "graph",
-                        f"{info.name!r} is int64: fine in TensorRT 10+, rejected by older versions",
+                        f"{info.name!r} is int64: TensorRT 10+ takes it as is (older versions "
+                        "cast it down to int32)",
                     )
                 )
         if self.trt:

@@ -235,13 +235,34 @@ def test_relu_rnn_falls_back_to_cpu_on_ort_cuda() -> None:
         ("LSTM", {"clip": 5.0}, "clip"),
         ("LSTM", {"peepholes": True}, "peepholes"),
         ("GRU", {"linear_before_reset": 0}, "linear_before_reset=0"),
-        ("GRU", {}, "linear_before_reset=0"),  # the ONNX default is 0
+        ("LSTM", {"activation_alpha": [1.0] * 6}, "activation_alpha"),
+        ("RNN", {"activation_beta": [0.5, 0.5]}, "activation_beta"),
     ],
 )
 def test_other_cuda_fallbacks(op: str, kwargs: dict, needle: str) -> None:
     report = check_compatibility(recurrent_graph(op, **kwargs), target="ort-cuda")
     assert report.ok
     assert any(needle in m and "CPU" in m for m in _messages(report, "warning"))
+
+
+def test_gru_without_linear_before_reset_stays_on_cudnn() -> None:
+    """The CUDA EP checks the attribute only when present: a GRU without it (ONNX default 0)
+    stays on cuDNN, which computes linear_before_reset=1 alone."""
+    report = check_compatibility(recurrent_graph("GRU"), target="ort-cuda")
+    (warning,) = _messages(report, "warning")
+    assert "without linear_before_reset" in warning and "cuDNN" in warning
+    explicit = recurrent_graph("GRU", linear_before_reset=1)
+    assert check_compatibility(explicit, target="ort-cuda").warnings == ()
+    assert check_compatibility(recurrent_graph("GRU"), target="tensorrt").warnings == ()
+
+
+@pytest.mark.parametrize("name", ["activation_alpha", "activation_beta"])
+def test_mismatched_alpha_or_beta_rejected_by_tensorrt(name: str) -> None:
+    model = recurrent_graph("RNN", activations=["Affine", "Affine"], **{name: [0.1, 0.2]})
+    (error,) = _messages(check_compatibility(model, target="tensorrt"), "error")
+    assert name in error and "per direction" in error
+    same = recurrent_graph("RNN", activations=["Affine", "Affine"], **{name: [0.1, 0.1]})
+    assert check_compatibility(same, target="tensorrt").ok
 
 
 def test_fp16_node_falling_back_to_cpu_is_flagged() -> None:
@@ -286,32 +307,75 @@ def test_custom_domain_op_needs_plugin() -> None:
     assert any("plugin" in m for m in _messages(report, "error"))
 
 
-@pytest.mark.parametrize(("target", "severity"), [("tensorrt", "error"), ("ort-cuda", "warning")])
-def test_double_input(target: str, severity: str) -> None:
+@pytest.mark.parametrize(("target", "needle"), [("tensorrt", "down to float32"), ("ort-cuda", "")])
+def test_double_input_is_a_warning(target: str, needle: str) -> None:
+    """TensorRT casts float64 down to float32 rather than rejecting it."""
     report = check_compatibility(single_op_graph("Relu", elem=TensorProto.DOUBLE), target=target)
-    assert any("float64" in m for m in _messages(report, severity))
-    assert report.ok is (severity != "error")
+    assert any("float64" in m and needle in m for m in _messages(report, "warning"))
+    assert report.ok
 
 
-def test_loop_without_trip_count() -> None:
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"])],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-        ],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])],
+@pytest.mark.parametrize("elem", [TensorProto.UINT16, TensorProto.INT16, TensorProto.UINT64])
+def test_types_tensorrt_lacks(elem: int) -> None:
+    report = check_compatibility(single_op_graph("Relu", elem=elem), target="tensorrt")
+    name = helper.tensor_dtype_to_np_dtype(elem).name
+    assert any(f"is {name}" in m for m in _messages(report, "error"))
+
+
+def test_opset_outside_tensorrt_parser_range() -> None:
+    model = single_op_graph("Relu")
+    model.opset_import[0].version = 8
+    report = check_compatibility(model, target="tensorrt")
+    assert any("opset 8" in m for m in _messages(report, "warning"))
+    assert check_compatibility(single_op_graph("Relu"), target="tensorrt").warnings == ()
+
+
+def test_reverse_sequence_lengths_must_be_int64() -> None:
+    model = reverse_sequence_graph(batch_axis=1, time_axis=0)
+    model.graph.input[1].CopyFrom(helper.make_tensor_value_info("lens", TensorProto.INT32, ["b"]))
+    report = check_compatibility(model, target="tensorrt")
+    assert any("must be int64" in m for m in _messages(report, "error"))
+
+
+def test_lengths_range_note_once_per_graph() -> None:
+    model = reverse_sequence_graph(batch_axis=1, time_axis=0)
+    model.graph.node.append(
+        helper.make_node("ReverseSequence", ["y", "lens"], ["z"], name="rev2", batch_axis=1)
     )
+    model.graph.output[0].name = "z"
+    notes = [m for m in _messages(check_compatibility(model, target="ort-cuda"), "info")]
+    assert sum("range-check" in m for m in notes) == 1
 
-    def loop_model(trip: str) -> onnx.ModelProto:
-        node = helper.make_node("Loop", [trip, "cond"], [], body=body, name="loop")
+
+def test_loop_scan_outputs_need_a_trip_count() -> None:
+    """onnx-tensorrt: scan output length cannot be dynamic."""
+
+    def loop_model(trip: str, *, scan: bool = True) -> onnx.ModelProto:
+        body_outputs = [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])]
+        nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"])]
+        if scan:
+            nodes.append(helper.make_node("Identity", ["i"], ["step"]))
+            body_outputs.append(helper.make_tensor_value_info("step", TensorProto.INT64, []))
+        body = helper.make_graph(
+            nodes,
+            "body",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            ],
+            body_outputs,
+        )
+        outputs = ["steps"] if scan else []
+        node = helper.make_node("Loop", [trip, "cond"], outputs, body=body, name="loop")
         inits = [numpy_helper.from_array(np.array(3, dtype=np.int64), "M")]
         graph = helper.make_graph(
             [node],
             "g",
-            [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-            [],
+            [
+                helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("n", TensorProto.INT64, []),
+            ],
+            [helper.make_tensor_value_info(o, TensorProto.INT64, ["k"]) for o in outputs],
             inits,
         )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -319,7 +383,11 @@ def test_loop_without_trip_count() -> None:
     report = check_compatibility(loop_model(""), target="tensorrt")
     assert [f.node for f in report.errors] == ["loop"]
     assert "trip count" in report.errors[0].message
-    assert check_compatibility(loop_model("M"), target="tensorrt").ok
+    for fine in (loop_model("M"), loop_model("", scan=False)):
+        report = check_compatibility(fine, target="tensorrt")
+        assert report.ok and report.warnings == (), report.lines()
+    runtime = check_compatibility(loop_model("n"), target="tensorrt")
+    assert runtime.ok and [f.node for f in runtime.warnings] == ["loop"]
 
 
 def test_static_dim_where_spec_says_dynamic() -> None:
