@@ -72,7 +72,9 @@ def environment(onnx_path: str | os.PathLike[str] | None = None) -> dict[str, An
 
     Keys: ``cpu``, ``cores``, ``gpu`` (``None`` without CUDA), ``platform``, ``python`` and the
     versions of ``torch``, ``onnx``, ``onnxruntime`` (either build), ``numpy`` and ``tensorrt``
-    (``None`` when not installed); with ``onnx_path`` also ``onnx_file`` and ``onnx_sha256``.
+    (``None`` when not installed), ``nvidia_tf32_override`` (the environment variable that
+    forbids TF32 on GPUs; ``None`` when unset); with ``onnx_path`` also ``onnx_file`` and
+    ``onnx_sha256``.
     """
     from importlib import metadata
 
@@ -82,6 +84,7 @@ def environment(onnx_path: str | os.PathLike[str] | None = None) -> dict[str, An
         "gpu": None,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE"),
     }
     try:
         import torch

@@ -378,7 +378,8 @@ def render_table(report: BenchReport) -> Any:
     from rich.text import Text
 
     table = Table(title="birnn-export bench", title_justify="left", caption_justify="left")
-    widest = max((len(r.engine) for r in report.results), default=6)
+    labels = {r.engine: _label(r.engine, report.settings) for r in report.results}
+    widest = max((len(label) for label in labels.values()), default=6)
     table.add_column("engine", no_wrap=True, min_width=widest)
     for name in ("batch", "seq", "median ms", "p90 ms", "p99 ms", "runs", "tokens/s"):
         table.add_column(name, justify="right")
@@ -393,13 +394,15 @@ def render_table(report: BenchReport) -> Any:
         same_engine = [x for x in report.results if x.engine == r.engine]
         if all(x.status == "unavailable" for x in same_engine):
             if r is same_engine[0]:
-                table.add_row(r.engine, "all", "all", *[""] * 6, Text("unavailable", "yellow"))
+                table.add_row(
+                    labels[r.engine], "all", "all", *[""] * 6, Text("unavailable", "yellow")
+                )
             continue
         status = r.status
         if r.status == "mismatch" and r.max_abs_error is not None:
             status += f" {r.max_abs_error:.1e}"
         table.add_row(
-            r.engine,
+            labels[r.engine],
             str(r.batch),
             str(r.seq),
             _fmt(r.median_ms, ".3f"),
@@ -681,6 +684,19 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, str], Non
     ) as bar:
         task = bar.add_task("bench", total=total)
         yield lambda steps, description: bar.update(task, advance=steps, description=description)
+
+
+def _label(engine: str, settings: Mapping[str, Any]) -> str:
+    """The table's engine label: ``torch`` says where and how it ran when not plain CPU eager
+    (``torch-cuda``, ``torch-compiled``); the JSON and CSV keep the engine name."""
+    if engine != "torch":
+        return engine
+    device = settings.get("torch_device", "cpu")
+    return (
+        "torch"
+        + ("" if device == "cpu" else f"-{device}")
+        + ("-compiled" if settings.get("torch_compile") else "")
+    )
 
 
 def _torch_mode(settings: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -151,6 +152,20 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def parse_range(text: str, option: str) -> tuple[int, int, int]:
+    """``"1,64,256"`` -> ``(1, 64, 256)`` with ``1 <= min <= opt <= max``, or a usage error."""
+    from birnn_export.errors import BiRNNExportError
+    from birnn_export.spec import check_range
+
+    try:
+        return check_range(option, text.split(","))
+    except BiRNNExportError:
+        raise UserError(
+            f"{option}: expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX such as '1,64,256', "
+            f"got {text!r}"
+        ) from None
+
+
 def parse_engines(values: tuple[str, ...]) -> tuple[str, ...]:
     """``--engines a,b`` (repeatable) -> ``("a", "b")``, each a known engine."""
     from birnn_export.runners import ENGINES
@@ -177,6 +192,10 @@ def load_for_cli(path: Path, **options: Any) -> Any:
     return load_model(path, **options)
 
 
+#: The environment variable that forbids TF32 in cuBLAS, cuDNN and TensorRT.
+TF32_ENV = "NVIDIA_TF32_OVERRIDE"
+
+
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="birnn-export")
 def main() -> None:
@@ -188,7 +207,13 @@ def main() -> None:
     birnn-export verify MODEL.onnx --model MODEL.pt
     birnn-export bench MODEL.onnx --model MODEL.pt
     birnn-export check MODEL.onnx --target tensorrt
+
+    fp32 on a GPU is compared strictly: NVIDIA_TF32_OVERRIDE=0 is set (unless already set) so
+    cuDNN and TensorRT do not use TF32.
     """
+    # Read by cuBLAS, cuDNN and TensorRT when they load, i.e. before any GPU work, and the only
+    # switch that reaches ONNX Runtime's cuDNN recurrent kernels (use_tf32 does not).
+    os.environ.setdefault(TF32_ENV, "0")
 
 
 # --- export (the default command) --------------------------------------------------------
@@ -223,6 +248,21 @@ def main() -> None:
     help="Features N of a float [batch, seq, N] input, for models whose first layer does not "
     "tell (a Conv1d front-end, say).",
 )
+@click.option(
+    "--batch-range",
+    default="1,8,32",
+    show_default=True,
+    metavar="MIN,OPT,MAX",
+    help="Batch sizes the graph will serve, recorded in it: the default TensorRT profile. "
+    "The graph itself takes any size.",
+)
+@click.option(
+    "--seq-range",
+    default="1,64,256",
+    show_default=True,
+    metavar="MIN,OPT,MAX",
+    help="Sequence lengths the graph will serve, likewise; verification also runs at MAX.",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
@@ -238,6 +278,8 @@ def export_command(
     dtype: str,
     lengths: bool | None,
     input_size: int | None,
+    batch_range: str,
+    seq_range: str,
     no_verify: bool,
     json_path: Path | None,
     quiet: bool,
@@ -258,6 +300,10 @@ def export_command(
     output = output or model_path.with_suffix(".onnx")
     check_output_path("-o", output)
     check_output_path("--json", json_path)
+    ranges = {
+        "batch_range": parse_range(batch_range, "--batch-range"),
+        "seq_range": parse_range(seq_range, "--seq-range"),
+    }
     loaded = load_for_cli(model_path, **loader)
     result = export_onnx(
         loaded.model,
@@ -271,6 +317,7 @@ def export_command(
         verify=not no_verify,
         config=loaded.config,
         source_sha256=loaded.sha256,
+        **ranges,
     )
     from birnn_export.check import check_compatibility
 
@@ -383,6 +430,14 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
             f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
             f"{spec['padding_value']}, tool {spec['tool_version']}"
         )
+        if "seq_range" in spec:
+            batch_range, seq_range = (
+                ",".join(map(str, spec[k])) for k in ("batch_range", "seq_range")
+            )
+            click.echo(
+                f"  serving ranges (min,opt,max): batch {batch_range}, seq {seq_range} "
+                "(the default TensorRT profile)"
+            )
         if spec.get("source_sha256"):
             click.echo(f"  source sha256 {spec['source_sha256']}")
         if spec.get("config"):

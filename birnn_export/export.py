@@ -35,10 +35,13 @@ from birnn_export.models import SequenceTagger
 from birnn_export.modules import NODE_NAME_KEY, BiRNN, TracedPack, padding_mask, state_names
 from birnn_export.spec import (
     BATCH,
+    DEFAULT_BATCH_RANGE,
+    DEFAULT_SEQ_RANGE,
     METADATA_KEY,
     SEQ,
     GraphSpec,
     TensorSpec,
+    check_range,
     default_tolerance,
     load_onnx,
     make_feed,
@@ -106,6 +109,8 @@ def export_onnx(
     reference: nn.Module | None = None,
     config: dict[str, Any] | None = None,
     source_sha256: str | None = None,
+    batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
+    seq_range: Sequence[int] = DEFAULT_SEQ_RANGE,
 ) -> ExportResult:
     """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
 
@@ -134,6 +139,11 @@ def export_onnx(
             built-in layers); default ``model`` itself.
         config: Model configuration to record in the metadata.
         source_sha256: Hash of the model file, recorded in the metadata.
+        batch_range: (min, opt, max) batch sizes the graph will serve, recorded in its spec:
+            the default TensorRT optimisation profile (``trt``, ``ort-trt``). The graph itself
+            takes any batch size.
+        seq_range: (min, opt, max) sequence lengths, likewise; verification also runs at the
+            maximum.
 
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
@@ -157,6 +167,8 @@ def export_onnx(
         raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dtype not in DTYPES:
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    batch_range = check_range("batch_range", batch_range)
+    seq_range = check_range("seq_range", seq_range)
     check_output_path("path", path)
 
     replaced = tuple(conversion_report(model))
@@ -204,6 +216,8 @@ def export_onnx(
             "config": config,
             "tool_version": __version__,
             "source_sha256": source_sha256,
+            "batch_range": batch_range,
+            "seq_range": seq_range,
         }
     )
     _set_metadata(proto, spec)

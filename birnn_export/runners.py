@@ -116,6 +116,9 @@ class TorchRunner(BaseRunner):
         compile: Wrap the model in ``torch.compile``.
         threads: ``torch.set_num_threads`` while active (CPU).
         dtype: Cast floating inputs (and the model) to this torch dtype name, e.g. ``"float64"``.
+        tf32: On CUDA, allow TF32 in cuDNN (its recurrent kernels included: torch allows it
+            there by default) and in matmuls while active. Off by default so fp32 compares
+            strictly; the previous settings come back on :meth:`deactivate`.
     """
 
     engine = "torch"
@@ -130,6 +133,7 @@ class TorchRunner(BaseRunner):
         compile: bool = False,
         threads: int | None = None,
         dtype: str | None = None,
+        tf32: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -139,8 +143,10 @@ class TorchRunner(BaseRunner):
         self.compile = compile
         self.threads = threads
         self.dtype = dtype
+        self.tf32 = tf32
         self._fn: Any = None
         self._saved_threads: int | None = None
+        self._saved_tf32: tuple[bool, bool] | None = None
 
     def activate_impl(self) -> None:
         import torch
@@ -157,6 +163,10 @@ class TorchRunner(BaseRunner):
         if self.threads is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
+        if self.device.startswith("cuda"):
+            backends = torch.backends
+            self._saved_tf32 = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+            backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = self.tf32
         self._fn = torch.compile(model) if self.compile else model
 
     def deactivate_impl(self) -> None:
@@ -164,6 +174,11 @@ class TorchRunner(BaseRunner):
 
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+        if self._saved_tf32 is not None:
+            backends = torch.backends
+            backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = self._saved_tf32
+            self._saved_tf32 = None
         self._fn = None
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -217,7 +232,10 @@ def cuda_provider_options(
 ) -> dict[str, str]:
     """Options for ``CUDAExecutionProvider`` as the strings ONNX Runtime parses.
 
-    ``use_tf32`` is off by default so fp32 results compare strictly against a CPU reference.
+    ``use_tf32`` is off by default, but it reaches only ONNX Runtime's matmuls and convolutions:
+    its cuDNN recurrent kernels use cuDNN's default math, which allows TF32 on Ampere and newer
+    GPUs. Only ``NVIDIA_TF32_OVERRIDE=0`` in the environment before CUDA loads forbids TF32
+    there (and in TensorRT); the ``birnn-export`` command sets it unless it is already set.
 
     Example:
         >>> cuda_provider_options(device_id=1)["device_id"]
@@ -261,8 +279,8 @@ def tensorrt_provider_options(
     *,
     device_id: int = 0,
     fp16: bool | None = None,
-    batch: Sequence[int] = (1, 8, 32),
-    seq: Sequence[int] = (1, 64, 256),
+    batch: Sequence[int] | None = None,
+    seq: Sequence[int] | None = None,
     cache: str | os.PathLike[str] | None = None,
     engine_cache: bool = True,
     timing_cache: bool = True,
@@ -275,8 +293,9 @@ def tensorrt_provider_options(
             for every dynamic input) and, when ``fp16`` is ``None``, the precision.
         device_id: CUDA device index.
         fp16: ``trt_fp16_enable``; ``None``: on when the graph is fp16.
-        batch: (min, opt, max) batch sizes of the profile.
-        seq: (min, opt, max) sequence lengths of the profile.
+        batch: (min, opt, max) batch sizes of the profile; ``None``: the graph's declared
+            ``batch_range``.
+        seq: (min, opt, max) sequence lengths of the profile; ``None``: its ``seq_range``.
         cache: Cache root (default :func:`birnn_export.trt.cache_dir`); the EP's engines and
             timing cache go under ``ort-trt/`` there.
         engine_cache: ``trt_engine_cache_enable``.
@@ -482,10 +501,11 @@ def make_runner(
             GPU engines the CUDA device (``"cuda:N"``, default ``cuda:0``).
         compile: ``torch.compile`` the model (``"torch"`` only).
         profile_batch: (min, opt, max) batch sizes of the TensorRT optimisation profile
-            (``"trt"`` and ``"ort-trt"``; ignored by the other engines). ``None``: (1, 8, 32).
-            Inputs outside the profile fail at run time, so cover every batch size you run.
-        profile_seq: (min, opt, max) sequence lengths of that profile, likewise.
-            ``None``: (1, 64, 256).
+            (``"trt"`` and ``"ort-trt"``; ignored by the other engines). ``None``: the graph's
+            declared ``batch_range`` (set at export; default (1, 8, 32)). Inputs outside the
+            profile fail at run time, so cover every batch size you run.
+        profile_seq: (min, opt, max) sequence lengths of that profile, likewise (``seq_range``,
+            default (1, 64, 256)).
 
     Example:
         >>> with make_runner("ort-cpu", "model.onnx", threads=2) as runner:  # doctest: +SKIP
@@ -521,15 +541,13 @@ def make_runner(
         raise BiRNNExportError(f"compile=True applies to engine 'torch' only, not {engine!r}")
     device_id = _cuda_index(device, engine)
     if engine in ("trt", "ort-trt"):
-        from birnn_export.trt import DEFAULT_BATCH, DEFAULT_SEQ, TrtRunner
+        from birnn_export.trt import TrtRunner
 
-        batch = DEFAULT_BATCH if profile_batch is None else tuple(profile_batch)
-        seq = DEFAULT_SEQ if profile_seq is None else tuple(profile_seq)
         if engine == "trt":
-            return TrtRunner(onnx_path, device=device_id, batch=batch, seq=seq)
+            return TrtRunner(onnx_path, device=device_id, batch=profile_batch, seq=profile_seq)
         if profile_batch is not None or profile_seq is not None:
             options = tensorrt_provider_options(
-                _spec_or_none(onnx_path), device_id=device_id, batch=batch, seq=seq
+                _spec_or_none(onnx_path), device_id=device_id, batch=profile_batch, seq=profile_seq
             )
             return OrtRunner(
                 onnx_path,

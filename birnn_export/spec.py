@@ -25,6 +25,9 @@ from birnn_export.errors import BiRNNExportError, ModelLoadError
 METADATA_KEY = "birnn_export.spec"
 BATCH = "batch"
 SEQ = "seq"
+#: Default serving ranges (min, opt, max) of the symbolic dims, declared in every spec.
+DEFAULT_BATCH_RANGE = (1, 8, 32)
+DEFAULT_SEQ_RANGE = (1, 64, 256)
 
 Role = Literal["features", "tokens", "lengths", "sequence", "state", "other"]
 LengthsMode = Literal["ragged", "equal", "full"]
@@ -74,6 +77,10 @@ class GraphSpec:
     tool_version: str = ""
     source_sha256: str | None = None
     recurrent_layers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    #: Declared serving ranges (min, opt, max) of ``batch`` and ``seq``: the TensorRT
+    #: optimisation profile's default, and the largest length verification runs.
+    batch_range: tuple[int, int, int] = DEFAULT_BATCH_RANGE
+    seq_range: tuple[int, int, int] = DEFAULT_SEQ_RANGE
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -88,6 +95,10 @@ class GraphSpec:
         for key in ("inputs", "outputs"):
             data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
         data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
+        # Files written before the ranges were declared take the defaults.
+        for key in ("batch_range", "seq_range"):
+            if key in data:
+                data[key] = check_range(key, data[key])
         return cls(**data)
 
     @classmethod
@@ -101,6 +112,27 @@ class GraphSpec:
                 "birnn-export; re-export it with 'birnn-export MODEL.pt'"
             )
         return cls.from_json(props[METADATA_KEY])
+
+
+def check_range(name: str, values: Any) -> tuple[int, int, int]:
+    """``values`` as a (min, opt, max) triple with ``1 <= min <= opt <= max``.
+
+    Raises:
+        BiRNNExportError: naming ``name`` and what a valid range looks like.
+
+    Example:
+        >>> check_range("seq_range", [1, 64, 256])
+        (1, 64, 256)
+    """
+    try:
+        triple = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        triple = ()
+    if len(triple) != 3 or not 1 <= triple[0] <= triple[1] <= triple[2]:
+        raise BiRNNExportError(
+            f"{name}: expected (min, opt, max) with 1 <= min <= opt <= max, got {values!r}"
+        )
+    return triple  # type: ignore[return-value]
 
 
 #: Engines that run on a GPU (the others run on the host CPU).

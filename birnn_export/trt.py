@@ -34,27 +34,23 @@ import numpy as np
 from birnn_export._files import file_sha256, write_atomic
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError
 from birnn_export.runners import BaseRunner
-from birnn_export.spec import BATCH, SEQ, GraphSpec
+from birnn_export.spec import BATCH, SEQ, GraphSpec, check_range
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable that overrides :data:`DEFAULT_CACHE_DIR`.
 CACHE_ENV = "BIRNN_EXPORT_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/birnn-export/trt")
-#: Default (min, opt, max) ranges of the symbolic dims.
-DEFAULT_BATCH = (1, 8, 32)
-DEFAULT_SEQ = (1, 64, 256)
-
 INSTALL_HINT = "pip install birnn-export[gpu]"
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
 
-# TensorRT DataType member name -> numpy dtype name (torch has the same names).
+# TensorRT DataType member name -> numpy dtype name (torch has the same names). BF16 is left
+# out: numpy has no bfloat16, so such an engine is refused with a reason.
 _DTYPES = {
     "FLOAT": "float32",
     "HALF": "float16",
-    "BF16": "bfloat16",
     "INT8": "int8",
     "UINT8": "uint8",
     "INT32": "int32",
@@ -73,25 +69,18 @@ def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
-def _check_range(name: str, rng: Sequence[int]) -> tuple[int, int, int]:
-    values = tuple(int(v) for v in rng)
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise BiRNNExportError(
-            f"{name}: expected (min, opt, max) with 1 <= min <= opt <= max, got {tuple(rng)}"
-        )
-    return values  # type: ignore[return-value]
-
-
 def derive_profile(
     spec: GraphSpec,
     *,
-    batch: Sequence[int] = DEFAULT_BATCH,
-    seq: Sequence[int] = DEFAULT_SEQ,
+    batch: Sequence[int] | None = None,
+    seq: Sequence[int] | None = None,
 ) -> Profile:
     """One optimisation profile for every input with a symbolic ``batch`` or ``seq`` dim.
 
-    Static dims keep their size in all three shapes; inputs without symbolic dims are left
-    out (TensorRT needs no profile entry for them).
+    ``batch`` / ``seq`` are (min, opt, max); ``None`` takes the ranges the graph declares
+    (``spec.batch_range`` / ``spec.seq_range``, set at export). Static dims keep their size in
+    all three shapes; inputs without symbolic dims are left out (TensorRT needs no profile
+    entry for them).
 
     Example:
         >>> from birnn_export.spec import TensorSpec
@@ -102,8 +91,8 @@ def derive_profile(
         >>> derive_profile(spec)["x"]
         ((1, 1, 10), (8, 64, 10), (32, 256, 10))
     """
-    b = _check_range("batch", batch)
-    s = _check_range("seq", seq)
+    b = check_range("batch", spec.batch_range if batch is None else batch)
+    s = check_range("seq", spec.seq_range if seq is None else seq)
     profile: Profile = {}
     for tensor in spec.inputs:
         if BATCH not in tensor.dims and SEQ not in tensor.dims:
@@ -236,8 +225,9 @@ class TrtRunner(BaseRunner):
     Args:
         path: The ONNX file (written by birnn-export, so it carries its :class:`GraphSpec`).
         spec: Override the spec read from the file's metadata.
-        batch: (min, opt, max) batch sizes of the optimisation profile.
-        seq: (min, opt, max) sequence lengths of the optimisation profile.
+        batch: (min, opt, max) batch sizes of the optimisation profile; ``None``: the ranges
+            the graph declares (see :func:`derive_profile`).
+        seq: (min, opt, max) sequence lengths of the optimisation profile; likewise.
         cache: Engine / timing-cache directory (default: see :func:`cache_dir`).
         tf32: Allow TF32 in fp32 layers (off by default so fp32 compares strictly).
         workspace_bytes: Builder workspace limit (``None``: TensorRT's default).
@@ -256,8 +246,8 @@ class TrtRunner(BaseRunner):
         path: str | os.PathLike[str],
         *,
         spec: GraphSpec | None = None,
-        batch: Sequence[int] = DEFAULT_BATCH,
-        seq: Sequence[int] = DEFAULT_SEQ,
+        batch: Sequence[int] | None = None,
+        seq: Sequence[int] | None = None,
         cache: str | os.PathLike[str] | None = None,
         tf32: bool = False,
         workspace_bytes: int | None = None,
@@ -267,8 +257,8 @@ class TrtRunner(BaseRunner):
         super().__init__()
         self.path = str(path)
         self.spec = spec
-        self.batch = tuple(batch)
-        self.seq = tuple(seq)
+        self.batch = None if batch is None else check_range("batch", batch)
+        self.seq = None if seq is None else check_range("seq", seq)
         self.cache = cache_dir(cache)
         self.tf32 = tf32
         self.workspace_bytes = workspace_bytes
@@ -280,6 +270,7 @@ class TrtRunner(BaseRunner):
         self.gpu_name = ""
         self._engine: Any = None
         self._context: Any = None
+        self._stream: Any = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
         self._dtypes: dict[str, str] = {}
@@ -291,10 +282,7 @@ class TrtRunner(BaseRunner):
         import tensorrt as trt
         import torch
 
-        if not os.path.isfile(self.path):
-            raise BiRNNExportError(f"{self.path}: no such ONNX file")
-        spec = self.spec if self.spec is not None else GraphSpec.from_onnx(self.path)
-        profile = derive_profile(spec, batch=self.batch, seq=self.seq)
+        spec, profile = self.profile()
         self.trt_version = trt.__version__
         self.gpu_name = torch.cuda.get_device_name(self.device)
         key = cache_key(
@@ -327,10 +315,23 @@ class TrtRunner(BaseRunner):
                     )
             self._engine = engine
             self._context = engine.create_execution_context()
+            # A stream of our own: enqueueV3 on the legacy default stream makes TensorRT add
+            # synchronisation, which would then be timed too.
+            self._stream = torch.cuda.Stream()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: numpy_dtype(engine.get_tensor_dtype(n).name) for n in names}
+
+    def profile(self) -> tuple[GraphSpec, Profile]:
+        """The graph's spec and the optimisation profile this runner builds with; resolves
+        :attr:`batch` / :attr:`seq` from the spec's declared ranges where they were ``None``."""
+        if not os.path.isfile(self.path):
+            raise BiRNNExportError(f"{self.path}: no such ONNX file")
+        spec = self.spec if self.spec is not None else GraphSpec.from_onnx(self.path)
+        self.batch = check_range("batch", spec.batch_range if self.batch is None else self.batch)
+        self.seq = check_range("seq", spec.seq_range if self.seq is None else self.seq)
+        return spec, derive_profile(spec, batch=self.batch, seq=self.seq)
 
     def _build(self, trt: Any, trt_logger: Any, spec: GraphSpec, profile: Profile) -> bytes:
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -364,10 +365,13 @@ class TrtRunner(BaseRunner):
             opt_profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(opt_profile)
         timing_path = self.cache / timing_cache_name(self.gpu_name, self.trt_version)
-        timing = config.create_timing_cache(
-            timing_path.read_bytes() if timing_path.is_file() else b""
-        )
-        config.set_timing_cache(timing, ignore_mismatch=False)
+        stored = timing_path.read_bytes() if timing_path.is_file() else b""
+        timing = config.create_timing_cache(stored)
+        # set_timing_cache returns False for a cache from another GPU or TensorRT (the name
+        # should prevent that) or a damaged file: start afresh rather than fail the build.
+        if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
+            logger.warning("timing cache %s is unusable; starting a new one", timing_path)
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
         logger.info("building TensorRT engine for %s (%s)", self.path, plan)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
@@ -386,9 +390,9 @@ class TrtRunner(BaseRunner):
                 f"trt: feed lacks inputs {missing}; the engine takes {self._inputs}"
             )
         device = torch.device("cuda", self.device)
-        # torch's current device and stream belong to the engine's device for the whole call
-        # (activate_impl sets it only while building).
-        with torch.cuda.device(self.device):
+        # The engine's device and stream are torch's current ones for the whole call, so the
+        # copies, the allocations and the launch are ordered on one stream.
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
             keep: list[Any] = []  # device buffers must outlive the launch
             for name in self._inputs:
                 array = np.ascontiguousarray(feed[name], dtype=self._dtypes[name])
@@ -411,16 +415,15 @@ class TrtRunner(BaseRunner):
                 tensor = torch.empty(shape, dtype=getattr(torch, self._dtypes[name]), device=device)
                 self._context.set_tensor_address(name, tensor.data_ptr())
                 outputs[name] = tensor
-            # Inputs were copied on torch's current stream; launching on it orders the two.
-            stream = torch.cuda.current_stream(device)
-            if not self._context.execute_async_v3(stream.cuda_stream):
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise EngineUnavailableError("trt: execute_async_v3 failed (see TensorRT's log)")
-            stream.synchronize()
+            self._stream.synchronize()
             return {name: t.cpu().numpy() for name, t in outputs.items()}
 
     def deactivate_impl(self) -> None:
         self._context = None
         self._engine = None
+        self._stream = None
 
     def providers(self) -> list[str]:
         return [f"tensorrt-{self.trt_version}-{self.gpu_name}" if self.trt_version else "tensorrt"]

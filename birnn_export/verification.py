@@ -266,8 +266,8 @@ class Case:
 
 
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
-    """T in {1, 2, example_seq, 4 x example_seq}."""
-    return tuple(sorted({1, 2, spec.example_seq, 4 * spec.example_seq}))
+    """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}."""
+    return tuple(sorted({1, 2, spec.example_seq, 4 * spec.example_seq, spec.seq_range[2]}))
 
 
 def plan_cases(
@@ -857,7 +857,8 @@ def verify(
         engines: Engines to check, from :data:`birnn_export.runners.ENGINES`. ``"torch"`` runs
             the converted model eagerly (a check of the conversion itself).
         batch_sizes: Batch sizes of the sweep; default (1, 3, 16).
-        seq_lens: Lengths of the sweep; default {1, 2, example_seq, 4 x example_seq}.
+        seq_lens: Lengths of the sweep; default {1, 2, example_seq, 4 x
+            example_seq, seq_range[2]}.
         seed: Seed of the first case; case ``i`` uses ``seed + i``.
         atol: Absolute tolerance override: a number, or ``{output name: number}`` (key ``"*"``
             for the rest). Defaults per dtype and engine: :func:`default_tolerance`.

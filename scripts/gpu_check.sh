@@ -16,6 +16,7 @@ MODEL=${1:-sample_models/bilstm_2layer.pt}
 OUT=${OUT:-gpu_check_out}
 BUDGET_S=${BUDGET_S:-470}
 mkdir -p "$OUT"
+export NVIDIA_TF32_OVERRIDE=${NVIDIA_TF32_OVERRIDE:-0}  # strict fp32: no TF32 in cuDNN/TensorRT
 START=$(date +%s)
 status=0
 

@@ -415,6 +415,13 @@ def test_render_table_lists_rows_and_reasons() -> None:
     assert text.count("trt: tensorrt not installed") == 1  # reason once, engine once
     assert "Test CPU" in text
 
+    # A torch row that did not run plain CPU eager says so in its label (JSON keeps "torch").
+    settings = {"torch_device": "cuda:1", "torch_compile": True}
+    console = Console(record=True, width=220)
+    console.print(render_table(BenchReport(results[:1], {}, settings)))
+    text = console.export_text()
+    assert "torch-cuda:1-compiled" in text and "torch.compile" in text
+
 
 # -- CLI -----------------------------------------------------------------------------------
 

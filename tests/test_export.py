@@ -18,10 +18,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import export as export_module
 from birnn_export.cli import main
-from birnn_export.errors import ExportError, VerificationError
+from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 from birnn_export.export import check_graph, describe_onnx, export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
+from birnn_export.runners import OrtRunner
 from birnn_export.seed import (
     ManualBidirectionalLSTM,
     ManualBidirectionalRNN,
@@ -294,10 +295,12 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
         ({"opset": 12}, "opset: 12 is not supported"),
         ({"layout": "diagonal"}, "layout: expected one of"),
         ({"dtype": "bfloat16"}, "dtype: expected one of"),
+        ({"seq_range": (1, 300, 200)}, "seq_range: expected .min, opt, max."),
+        ({"batch_range": (0, 1, 2)}, "batch_range: expected .min, opt, max."),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(BiRNNExportError, match=message):
         export_onnx(BiRNN(3, 4), tmp_path / "x.onnx", **kwargs)
     assert list(tmp_path.iterdir()) == []
 
@@ -433,6 +436,28 @@ def test_cli_exports_a_sample(tmp_path):
     assert out.exists() and summary.exists()
 
 
+def test_declared_ranges_are_recorded_and_verified(tmp_path):
+    """--batch-range/--seq-range land in the spec (the default TensorRT profile), the graph
+    still takes any size, and the full verification sweep reaches the declared maximum."""
+    from birnn_export.trt import derive_profile
+    from birnn_export.verification import plan_cases
+
+    out = tmp_path / "tagger.onnx"
+    args = ["--batch-range", "2,4,6", "--seq-range", "3,50,70", "-o", str(out), "-q"]
+    result = CliRunner().invoke(main, [os.path.join(SAMPLES, "bilstm_2layer.pt"), *args])
+    assert result.exit_code == 0, result.output
+    spec = GraphSpec.from_onnx(out)
+    assert (spec.batch_range, spec.seq_range) == ((2, 4, 6), (3, 50, 70))
+    assert derive_profile(spec)["x"] == ((2, 3, 12), (4, 50, 12), (6, 70, 12))
+    assert max(c.seq for c in plan_cases(spec)) == 70
+    inspected = CliRunner().invoke(main, ["inspect", str(out)])
+    assert "batch 2,4,6, seq 3,50,70" in inspected.output
+    # Only declared: sizes outside the ranges still run.
+    with OrtRunner(out) as runner:
+        feed = make_feed(spec, 9, 100)
+        assert runner.infer(feed)["output"].shape == (9, 100, 4)
+
+
 def test_cli_user_class_from_bare_state_dict(tmp_path):
     """Embedding -> 3-layer BiLSTM -> attention -> Linear, loaded with --model-class."""
     torch.manual_seed(0)
@@ -506,6 +531,8 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
         (["{sample}", "--layout", "diagonal"], "Invalid value for '--layout'"),
         (["{sample}", "--json", "{tmp}"], "is a directory"),
         (["{sample}", "--state-key", "model"], "--state-key 'model' does not apply"),
+        (["{sample}", "--seq-range", "1,64"], "--seq-range: expected MIN,OPT,MAX"),
+        (["{sample}", "--batch-range", "8,1,32"], "--batch-range: expected MIN,OPT,MAX"),
     ],
 )
 def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, args, message):

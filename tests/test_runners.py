@@ -3,6 +3,8 @@ availability reasons; the factory. GPU tests are marked and skip with the reason
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -264,6 +266,12 @@ def test_tensorrt_provider_options_from_spec(tmp_path, monkeypatch) -> None:
     assert "trt_engine_cache_enable" not in fp16 and "trt_timing_cache_enable" not in fp16
     assert tensorrt_provider_options(_spec("float16"), fp16=False)["trt_fp16_enable"] == "False"
 
+    # No ranges given: the ones the graph declares.
+    declared = dataclasses.replace(_spec(), batch_range=(2, 3, 5), seq_range=(7, 9, 11))
+    options = tensorrt_provider_options(declared)
+    assert options["trt_profile_min_shapes"] == f"x:2x7x{IN},lengths:2"
+    assert options["trt_profile_max_shapes"] == f"x:5x11x{IN},lengths:5"
+
     bare = tensorrt_provider_options(None, device_id=1, max_workspace_size=1 << 30)
     assert not any(k.startswith("trt_profile") for k in bare)
     assert bare["device_id"] == "1" and bare["trt_max_workspace_size"] == str(1 << 30)
@@ -341,10 +349,12 @@ def test_make_runner_passes_the_tensorrt_profile(lstm_file, tmp_path, monkeypatc
     # One range given: the other keeps its default.
     only_seq = make_runner("ort-trt", path, profile_seq=(2, 300, 300)).provider_options
     assert only_seq["trt_profile_max_shapes"] == f"x:32x300x{IN},lengths:32"
-    assert make_runner("trt", path, profile_batch=(1, 2, 4)).seq == (1, 64, 256)
-    # Without ranges: the defaults, read from the spec when the session starts.
+    _, profile = make_runner("trt", path, profile_batch=(1, 2, 4)).profile()
+    assert profile["x"] == ((1, 1, IN), (2, 64, IN), (4, 256, IN))
+    # Without ranges: the ranges the graph declares (here export's defaults), read from the
+    # spec when the session starts.
     assert make_runner("ort-trt", path).provider_options is None
-    assert make_runner("trt", path).batch == (1, 8, 32)
+    assert make_runner("trt", path).profile()[1]["lengths"] == ((1,), (8,), (32,))
     # The other engines ignore the profile.
     assert make_runner("ort-cpu", path, **ranges).provider_options is None
     with pytest.raises(BiRNNExportError, match="batch"):
@@ -379,8 +389,15 @@ def test_torch_cuda_runner(lstm_file) -> None:
         pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
     lstm, _ = lstm_file
     x = np.random.default_rng(0).standard_normal((2, 7, IN)).astype(np.float32)
-    with TorchRunner(lstm, ["x"], ["y", "h", "c"], device="cuda") as runner:
-        out = runner.infer({"x": x})
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # torch's default: TF32 in cuDNN's LSTM
+    try:
+        with TorchRunner(lstm, ["x"], ["y", "h", "c"], device="cuda") as runner:
+            assert not torch.backends.cudnn.allow_tf32, "strict fp32 while active"
+            out = runner.infer({"x": x})
+        assert torch.backends.cudnn.allow_tf32, "restored on deactivate"
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
     with torch.no_grad():
         expected = lstm(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(out["y"], expected, atol=1e-4, rtol=1e-3)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from birnn_export.errors import ModelLoadError
+from birnn_export.errors import BiRNNExportError, ModelLoadError
 from birnn_export.spec import (
+    DEFAULT_BATCH_RANGE,
+    DEFAULT_SEQ_RANGE,
     GraphSpec,
     TensorSpec,
+    check_range,
     default_tolerance,
     load_onnx,
     make_feed,
@@ -40,6 +43,28 @@ def test_json_round_trip():
     assert GraphSpec.from_json(original.to_json()) == original
     assert original.inputs[0].time_axis == 1 and original.inputs[0].batch_axis == 0
     assert original.inputs[1].time_axis is None
+
+
+def test_declared_ranges_round_trip_and_default_for_older_files():
+    import dataclasses
+    import json
+
+    declared = dataclasses.replace(spec(), batch_range=(2, 4, 8), seq_range=(1, 100, 500))
+    assert GraphSpec.from_json(declared.to_json()) == declared
+    older = json.loads(spec().to_json())
+    del older["batch_range"], older["seq_range"]  # written before ranges were declared
+    read = GraphSpec.from_json(json.dumps(older))
+    assert (read.batch_range, read.seq_range) == (DEFAULT_BATCH_RANGE, DEFAULT_SEQ_RANGE)
+    corrupt = json.loads(declared.to_json()) | {"seq_range": [5, 1, 2]}
+    with pytest.raises(BiRNNExportError, match="seq_range"):
+        GraphSpec.from_json(json.dumps(corrupt))
+
+
+@pytest.mark.parametrize("bad", [(0, 1, 2), (1, 3, 2), (1, 2), (1, 2, 3, 4), ("a", 1, 2), None])
+def test_check_range_rejects(bad):
+    with pytest.raises(BiRNNExportError, match="1 <= min <= opt <= max"):
+        check_range("batch_range", bad)
+    assert check_range("r", ["1", "1", "1"]) == (1, 1, 1)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 5, 16])

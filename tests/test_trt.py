@@ -3,10 +3,12 @@ engine build and run are marked ``tensorrt`` and skip with the reason."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -243,3 +245,322 @@ def test_trt_runner_matches_ort_cpu_and_caches(tmp_path) -> None:  # pragma: no 
     with TrtRunner(path, cache=cache, batch=(1, 4, 8), seq=(1, 16, 32)) as again:
         assert again.cache_hit
         np.testing.assert_allclose(again.infer(feed)["output"], out["output"], atol=0, rtol=0)
+
+
+# -- engine build and cache, against a recording stand-in for tensorrt ---------------------------
+#
+# TensorRT cannot be installed on the machines this project is developed on. These tests run
+# TrtRunner.activate against a stand-in that implements the documented calls it makes (TensorRT
+# 10/11 Python API: Builder, OnnxParser, IBuilderConfig, IOptimizationProfile, timing cache,
+# Runtime, ICudaEngine) and records them, so the runner's own decisions are tested: the profile
+# of every dynamic input, strong typing vs the FP16 flag, TF32, the engine and timing caches.
+# That TensorRT accepts the graph is only shown by the GPU test above.
+
+
+class _Flag(int):
+    """A pybind11 enum member: an int with a ``name``."""
+
+    def __new__(cls, value: int, name: str) -> _Flag:
+        member = super().__new__(cls, value)
+        member.name = name  # type: ignore[attr-defined]
+        return member
+
+
+def fake_tensorrt(
+    version: str = "10.9.0", *, strongly_typed: bool = True, parse_errors: tuple[str, ...] = ()
+) -> types.ModuleType:
+    import onnx
+
+    module = types.ModuleType("tensorrt")
+    module.__version__ = version
+    module.calls = []  # (call, details) in order
+    calls = module.calls
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    class Dims(tuple):
+        pass
+
+    class Tensor:
+        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+            self.name, self.shape = name, Dims(shape)
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            self.flags, self.inputs = flags, []
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, i: int) -> Tensor:
+            return self.inputs[i]
+
+    class Error:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def desc(self) -> str:
+            return self.text
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger: Logger) -> None:
+            self.network = network
+            self.errors = [Error(t) for t in parse_errors]
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, i: int) -> Error:
+            return self.errors[i]
+
+        def parse_from_file(self, path: str) -> bool:
+            graph = onnx.load(path, load_external_data=False).graph
+            for value in graph.input:
+                dims = value.type.tensor_type.shape.dim
+                shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+                self.network.inputs.append(Tensor(value.name, shape))
+            calls.append(("parse_from_file", path))
+            return not self.errors
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes = {}
+
+        def set_shape(self, name: str, low: Any, opt: Any, high: Any) -> None:
+            self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
+
+    class TimingCache:
+        def __init__(self, blob: bytes) -> None:
+            self.blob = bytes(blob)
+
+        def serialize(self) -> memoryview:
+            return memoryview(b"timings+" + self.blob)
+
+    class Config:
+        def __init__(self) -> None:
+            self.flags = {"TF32"}  # TensorRT's default
+            self.profiles, self.timing, self.pool = [], None, {}
+
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            self.pool[pool] = size
+
+        def set_flag(self, flag: str) -> None:
+            self.flags.add(flag)
+
+        def clear_flag(self, flag: str) -> None:
+            self.flags.discard(flag)
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, blob: bytes) -> TimingCache:
+            calls.append(("create_timing_cache", bytes(blob)))
+            return TimingCache(blob)
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            self.timing = cache
+            return True
+
+        def get_timing_cache(self) -> TimingCache:
+            return self.timing
+
+    class Builder:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def create_network(self, flags: int = 0) -> Network:
+            return Network(flags)
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            record = {
+                "flags": network.flags,
+                "builder_flags": sorted(config.flags),
+                "profiles": [p.shapes for p in config.profiles],
+                "pool": config.pool,
+            }
+            calls.append(("build", record))
+            names = [t.name for t in network.inputs]
+            return json.dumps({"inputs": names, "outputs": ["output"]}).encode()
+
+    class Engine:
+        def __init__(self, names: dict) -> None:
+            self.names = [*names["inputs"], *names["outputs"]]
+            self.inputs = set(names["inputs"])
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.names)
+
+        def get_tensor_name(self, i: int) -> str:
+            return self.names[i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return module.TensorIOMode.INPUT if name in self.inputs else "OUTPUT"
+
+        def get_tensor_dtype(self, name: str) -> _Flag:
+            return _Flag(5 if name == "lengths" else 0, "INT64" if name == "lengths" else "FLOAT")
+
+        def create_execution_context(self) -> object:
+            return object()
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, blob: bytes) -> Engine | None:
+            calls.append(("deserialize", len(blob)))
+            try:
+                return Engine(json.loads(blob))
+            except ValueError:
+                return None  # what TensorRT returns for an unusable plan
+
+    flags = {"STRONGLY_TYPED": _Flag(1, "STRONGLY_TYPED")} if strongly_typed else {}
+    module.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
+    module.BuilderFlag = types.SimpleNamespace(TF32="TF32", FP16="FP16")
+    module.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    module.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    module.Logger, module.Builder, module.OnnxParser = Logger, Builder, OnnxParser
+    module.Runtime = Runtime
+    return module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A BiLSTM tagger exported by birnn-export, fp32 with declared ranges, and fp16."""
+    import torch
+
+    from birnn_export.export import export_onnx
+    from birnn_export.models import SequenceTagger, TaggerConfig
+
+    torch.manual_seed(0)
+    config = TaggerConfig(
+        cell="lstm", input_size=5, hidden_size=6, output_size=3, uses_lengths=True
+    )
+    model = SequenceTagger(config)
+    folder = tmp_path_factory.mktemp("trt_build")
+    paths = {"fp32": folder / "fp32.onnx", "fp16": folder / "fp16.onnx"}
+    export_onnx(model, paths["fp32"], batch_range=(1, 2, 4), seq_range=(3, 50, 100), verify=False)
+    export_onnx(model, paths["fp16"], dtype="float16", verify=False)
+    return paths
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch) -> Any:
+    """torch.cuda as seen on a one-GPU machine, without touching a GPU."""
+    import contextlib
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 80GB")
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: object())
+
+    def install(module: types.ModuleType) -> types.ModuleType:
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
+        return module
+
+    return install
+
+
+def _calls(module: types.ModuleType, name: str) -> list[Any]:
+    return [details for call, details in module.calls if call == name]
+
+
+def test_build_uses_declared_profile_strong_typing_and_caches(exported, fake_gpu, tmp_path):
+    fake = fake_gpu(fake_tensorrt("10.9.0"))
+    cache = tmp_path / "cache"
+    with TrtRunner(exported["fp32"], cache=cache, workspace_bytes=1 << 28) as runner:
+        assert not runner.cache_hit and runner.engine_path.is_file()
+        assert runner.engine_path.parent == cache and "Fake_GPU_80GB-trt10.9.0-" in str(
+            runner.engine_path
+        )
+        assert (runner.batch, runner.seq) == ((1, 2, 4), (3, 50, 100))  # the declared ranges
+        assert runner._inputs == ["x", "lengths"] and runner._outputs == ["output"]
+        assert runner._dtypes == {"x": "float32", "lengths": "int64", "output": "float32"}
+    (build,) = _calls(fake, "build")
+    assert build["flags"] == 1 << 1  # STRONGLY_TYPED
+    assert build["builder_flags"] == []  # TF32 cleared, no precision flag
+    assert build["pool"] == {"WORKSPACE": 1 << 28}
+    (profile,) = build["profiles"]
+    assert profile == {
+        "x": ((1, 3, 5), (2, 50, 5), (4, 100, 5)),
+        "lengths": ((1,), (2,), (4,)),
+    }
+    timing = cache / timing_cache_name("Fake GPU 80GB", "10.9.0")
+    assert timing.read_bytes() == b"timings+"  # a fresh cache, saved after the build
+
+    # Second activation: the engine comes from the cache; nothing is built.
+    with TrtRunner(exported["fp32"], cache=cache, workspace_bytes=1 << 28) as again:
+        assert again.cache_hit and again.engine_path == runner.engine_path
+    assert len(_calls(fake, "build")) == 1
+
+    # Another profile is another engine; the build starts from the saved timing cache.
+    with TrtRunner(exported["fp32"], cache=cache, batch=(1, 1, 1), workspace_bytes=1 << 28) as r:
+        assert not r.cache_hit and r.engine_path != runner.engine_path
+    assert _calls(fake, "create_timing_cache")[-1] == b"timings+"
+    assert len(list(cache.glob("*.engine"))) == 2
+
+
+def test_unusable_cached_engine_is_rebuilt(exported, fake_gpu, tmp_path) -> None:
+    fake = fake_gpu(fake_tensorrt())
+    with TrtRunner(exported["fp32"], cache=tmp_path) as runner:
+        path = runner.engine_path
+    path.write_bytes(b"not a plan")  # e.g. from a TensorRT build the name did not capture
+    with TrtRunner(exported["fp32"], cache=tmp_path) as again:
+        assert not again.cache_hit
+    assert len(_calls(fake, "build")) == 2
+    assert path.read_bytes() != b"not a plan"
+
+
+@pytest.mark.parametrize(
+    ("version", "strongly_typed", "flags", "builder_flags"),
+    [
+        ("10.9.0", True, 1 << 1, []),  # strongly typed: precision from the fp16 graph
+        ("11.0.0", True, 1 << 1, []),
+        ("10.0.1", False, 0, ["FP16"]),  # a build without the flag: the FP16 builder flag
+    ],
+)
+def test_fp16_graph_precision(exported, fake_gpu, tmp_path, version, strongly_typed, flags,
+                              builder_flags) -> None:  # fmt: skip
+    fake = fake_gpu(fake_tensorrt(version, strongly_typed=strongly_typed))
+    with TrtRunner(exported["fp16"], cache=tmp_path):
+        pass
+    (build,) = _calls(fake, "build")
+    assert build["flags"] == flags and build["builder_flags"] == builder_flags
+    # The fp16 graph declares no ranges: the defaults.
+    assert build["profiles"][0]["lengths"] == ((1,), (8,), (32,))
+
+
+def test_parser_errors_are_one_line_and_leave_no_engine(exported, fake_gpu, tmp_path) -> None:
+    fake_gpu(fake_tensorrt(parse_errors=("LSTM: unsupported attribute", "second problem")))
+    with pytest.raises(EngineUnavailableError) as info:
+        TrtRunner(exported["fp32"], cache=tmp_path).activate()
+    message = str(info.value)
+    assert "\n" not in message and "LSTM: unsupported attribute; second problem" in message
+    assert "birnn-export check" in message
+    assert list(tmp_path.glob("*.engine")) == []
+
+
+def test_dynamic_input_missing_from_the_spec_is_refused(exported, fake_gpu, tmp_path) -> None:
+    import dataclasses
+
+    fake_gpu(fake_tensorrt())
+    spec = GraphSpec.from_onnx(str(exported["fp32"]))
+    without_lengths = dataclasses.replace(spec, inputs=spec.inputs[:1])
+    runner = TrtRunner(exported["fp32"], spec=without_lengths, cache=tmp_path)
+    with pytest.raises(BiRNNExportError, match="'lengths' has dynamic dims"):
+        runner.activate()

@@ -470,7 +470,7 @@ def test_default_sweep_covers_issue_shapes(split_path: Path) -> None:
     cases = plan_cases(spec)
     t0 = spec.example_seq
     assert {c.batch for c in cases} == {1, 3, 16}
-    assert {c.seq for c in cases} == {1, 2, t0, 4 * t0}
+    assert {c.seq for c in cases} == {1, 2, t0, 4 * t0, spec.seq_range[2]}  # declared max
     assert {c.lengths_mode for c in cases} == {"ragged", "equal"}
     assert {c.scale for c in cases} == {1.0, 10.0}
     assert len({c.seed for c in cases}) == len(cases)
@@ -765,11 +765,17 @@ def test_cli_pass_fail_and_bad_input(tagger_files: tuple[Path, Path], tmp_path: 
     runner = CliRunner()
     report = tmp_path / "report.json"
     args = ["verify", str(path), "--model", str(pt), "--batch", "1,3", "--seq", "1,9"]
-    result = runner.invoke(main, [*args, "--json", str(report), "--atol", "output:1e-4"])
+    strict = {"NVIDIA_TF32_OVERRIDE": None}  # unset: the command sets it for the run
+    command = [*args, "--json", str(report), "--atol", "output:1e-4"]
+    result = runner.invoke(main, command, env=strict)
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
     data = json.loads(report.read_text())
     assert data["passed"] and data["cases"][0]["outputs"][0]["atol"] == 1e-4
+    assert data["environment"]["nvidia_tf32_override"] == "0"
+    # A value the user set is kept.
+    result = runner.invoke(main, command, env={"NVIDIA_TF32_OVERRIDE": "1"})
+    assert json.loads(report.read_text())["environment"]["nvidia_tf32_override"] == "1"
 
     bad = plant_recurrent_perturbation(path, tmp_path / "bad.onnx", node=0)
     npz = tmp_path / "failing.npz"
