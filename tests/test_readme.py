@@ -41,3 +41,22 @@ def test_python_example(tmp_path, monkeypatch):
 def test_main_command_names_a_shipped_sample():
     match = re.search(r"birnn-export (sample_models/\S+\.pt)", readme())
     assert match and os.path.isfile(os.path.join(REPO, match.group(1)))
+
+
+def test_main_command_output_matches_the_readme(tmp_path):
+    """The README shows the main command's real output: the lines that do not depend on the
+    machine (paths, sizes, timings) must be what the command prints today."""
+    from click.testing import CliRunner
+
+    from birnn_export.cli import main
+
+    section = readme().split("## Use", 1)[1]
+    shown = re.findall(r"```\n(Loaded .*?)```", section, re.S)[0].splitlines()
+    sample = os.path.join(REPO, "sample_models", "token_tagger.pt")
+    result = CliRunner().invoke(main, [sample, "-o", str(tmp_path / "token_tagger.onnx")])
+    assert result.exit_code == 0, result.output
+    printed = result.output.splitlines()
+    stable = ("  input", "  output", "  ops", "Checked", "Verified", "  info:")
+    for line in shown:
+        if line.startswith(stable):
+            assert line in printed, f"README line not printed any more: {line!r}"
