@@ -297,6 +297,8 @@ def benchmark(
     feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     expected: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     rows: list[BenchResult] = []
+    placement: dict[str, Any] = {}  # ONNX Runtime engines: where their nodes ran
+    cpu_recurrent: dict[str, list[str]] = {}
 
     with reference, _progress(len(engines) * len(shapes), enabled=progress) as advance:
         for engine in engines:
@@ -330,6 +332,10 @@ def benchmark(
                 rows += [_row(engine, b, s, "error", _one_line(exc)) for b, s in shapes]
                 advance(len(shapes), engine)
                 continue
+            if isinstance(runner, runners.OrtRunner):
+                placement[engine] = runner.placement
+                if runner.cpu_recurrent_nodes:
+                    cpu_recurrent[engine] = list(runner.cpu_recurrent_nodes)
             try:
                 for batch, seq in shapes:
                     advance(0, f"{engine} b={batch} t={seq}")
@@ -363,6 +369,8 @@ def benchmark(
             "torch_device": device,
             "torch_compile": compile,
             "tolerances": {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines},
+            "placement": placement,
+            "cpu_recurrent_nodes": cpu_recurrent,
         },
     )
 
@@ -421,6 +429,11 @@ def render_table(report: BenchReport) -> Any:
         "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
         + _torch_mode(report.settings),
         *notes.values(),
+        *(
+            f"{engine}: recurrent nodes left to the CPU, so timed partly on the CPU: "
+            f"{', '.join(nodes)} (see 'birnn-export check --target ort-cuda')"
+            for engine, nodes in report.settings.get("cpu_recurrent_nodes", {}).items()
+        ),
     ]
     table.caption = Text("\n".join(lines))
     return table

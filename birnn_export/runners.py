@@ -350,6 +350,10 @@ class OrtRunner(BaseRunner):
     Attributes:
         session: The ``onnxruntime.InferenceSession`` while active.
         provider: The requested provider's ONNX Runtime name.
+        placement: After :meth:`activate`, ``{provider: {op_type: node count}}``: where ONNX
+            Runtime put each node (``None`` where this onnxruntime cannot tell, before 1.23).
+        cpu_recurrent_nodes: Names of the LSTM/GRU/RNN nodes a GPU provider left to the CPU
+            (e.g. a relu RNN on the CUDA EP): the provider is active, but these run slowly.
     """
 
     def __init__(
@@ -380,6 +384,8 @@ class OrtRunner(BaseRunner):
         self.io_binding = engine != "ort-cpu" if io_binding is None else io_binding
         self.device_id = device_id
         self.session: Any = None
+        self.placement: dict[str, dict[str, int]] | None = None
+        self.cpu_recurrent_nodes: tuple[str, ...] = ()
         self._output_names: list[str] = []
 
     def default_provider_options(self) -> dict[str, str]:
@@ -407,6 +413,7 @@ class OrtRunner(BaseRunner):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
         options.graph_optimization_level = levels[self.graph_optimization_level]
+        options.add_session_config_entry(_RECORD_ASSIGNMENT, "1")  # for self.placement
         provider_options = (
             self.default_provider_options()
             if self.provider_options is None
@@ -442,6 +449,11 @@ class OrtRunner(BaseRunner):
             )
         self.session = session
         self._output_names = [o.name for o in session.get_outputs()]
+        assignment = _assignment(session)
+        if assignment is not None:
+            self.placement = placement_counts(assignment)
+            if self.provider != "CPUExecutionProvider":
+                self.cpu_recurrent_nodes = recurrent_nodes_on_cpu(assignment)
 
     def deactivate_impl(self) -> None:
         self.session = None
@@ -472,6 +484,46 @@ class OrtRunner(BaseRunner):
 
     def providers(self) -> list[str]:
         return list(self.session.get_providers()) if self.session is not None else []
+
+
+_RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
+_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def _assignment(session: Any) -> list[tuple[str, str, str]] | None:
+    """``(provider, node name, op_type)`` for every node, or ``None`` where onnxruntime cannot
+    report it (``get_provider_graph_assignment_info`` arrived in 1.23)."""
+    get = getattr(session, "get_provider_graph_assignment_info", None)
+    if get is None:
+        return None
+    try:
+        return [(sub.ep_name, n.name, n.op_type) for sub in get() for n in sub.get_nodes()]
+    except Exception:  # recording not supported by this build: placement stays unknown
+        return None
+
+
+def placement_counts(assignment: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, int]]:
+    """``{provider: {op_type: count}}`` from ``(provider, node, op_type)`` triples.
+
+    Example:
+        >>> placement_counts([("CUDAExecutionProvider", "l0", "LSTM"),
+        ...                   ("CPUExecutionProvider", "s", "Shape")])
+        {'CPUExecutionProvider': {'Shape': 1}, 'CUDAExecutionProvider': {'LSTM': 1}}
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for provider, _, op_type in assignment:
+        ops = counts.setdefault(provider, {})
+        ops[op_type] = ops.get(op_type, 0) + 1
+    return {p: dict(sorted(ops.items())) for p, ops in sorted(counts.items())}
+
+
+def recurrent_nodes_on_cpu(assignment: Sequence[tuple[str, str, str]]) -> tuple[str, ...]:
+    """Names of the LSTM/GRU/RNN nodes assigned to ONNX Runtime's CPU provider."""
+    return tuple(
+        name
+        for provider, name, op_type in assignment
+        if provider == "CPUExecutionProvider" and op_type in _RECURRENT_OPS
+    )
 
 
 def make_runner(

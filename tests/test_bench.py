@@ -415,6 +415,12 @@ def test_render_table_lists_rows_and_reasons() -> None:
     assert text.count("trt: tensorrt not installed") == 1  # reason once, engine once
     assert "Test CPU" in text
 
+    # Recurrent nodes a GPU provider left to the CPU are named under the table.
+    settings = {"cpu_recurrent_nodes": {"ort-cuda": ["rnn/l0/forward"]}}
+    console = Console(record=True, width=220)
+    console.print(render_table(BenchReport(results[:1], {}, settings)))
+    assert "ort-cuda: recurrent nodes left to the CPU" in console.export_text()
+
     # A torch row that did not run plain CPU eager says so in its label (JSON keeps "torch").
     settings = {"torch_device": "cuda:1", "torch_compile": True}
     console = Console(record=True, width=220)
@@ -500,6 +506,9 @@ def test_cli_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
         ("ort-cpu", 5, "ok"),
         ("ort-cpu", 7, "ok"),
     ]
+    placement = data["settings"]["placement"]["ort-cpu"]
+    assert placement is None or "LSTM" in placement["CPUExecutionProvider"]
+    assert data["settings"]["cpu_recurrent_nodes"] == {}
     assert out["csv"].read_text().startswith(",".join(CSV_COLUMNS))
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
 

@@ -22,6 +22,8 @@ from birnn_export.runners import (
     cuda_provider_options,
     format_profile_shapes,
     make_runner,
+    placement_counts,
+    recurrent_nodes_on_cpu,
     tensorrt_provider_options,
 )
 from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, make_feed
@@ -136,6 +138,36 @@ def test_ort_cpu_matches_packed_torch(lstm_file, io_binding: bool, batch: int, s
     expected = packed_reference(lstm, feed["x"], feed["lengths"])
     assert out["output"].shape == expected.shape
     np.testing.assert_allclose(out["output"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_ort_placement_is_recorded(lstm_file) -> None:
+    """onnxruntime >= 1.23 says where each node runs; on the CPU provider, all of them."""
+    import onnxruntime as ort
+
+    _, path = lstm_file
+    with OrtRunner(path) as runner:
+        if not hasattr(ort.InferenceSession, "get_provider_graph_assignment_info"):
+            assert runner.placement is None  # pragma: no cover - older onnxruntime
+            return
+        assert list(runner.placement) == ["CPUExecutionProvider"]
+        assert runner.placement["CPUExecutionProvider"]["LSTM"] == 1
+        assert runner.cpu_recurrent_nodes == ()  # CPU was asked for
+
+
+def test_recurrent_nodes_left_to_the_cpu() -> None:
+    """What a CUDA session with a relu RNN looks like: the GPU provider is active, the
+    recurrent node is not on it."""
+    assignment = [
+        ("CUDAExecutionProvider", "to_time_major", "Transpose"),
+        ("CPUExecutionProvider", "rnn/l0/forward", "RNN"),
+        ("CPUExecutionProvider", "shape", "Shape"),
+        ("CUDAExecutionProvider", "rnn/l0/backward", "RNN"),
+    ]
+    assert recurrent_nodes_on_cpu(assignment) == ("rnn/l0/forward",)
+    assert placement_counts(assignment) == {
+        "CPUExecutionProvider": {"RNN": 1, "Shape": 1},
+        "CUDAExecutionProvider": {"RNN": 1, "Transpose": 1},
+    }
 
 
 @pytest.fixture(scope="module")
