@@ -1,5 +1,9 @@
-"""The last recurrent layer's own output, from the graph and from the reference, for the
-direction-split diagnosis of models with a head.
+"""Why a verification failed: the direction-split diagnosis.
+
+:func:`diagnose_directions` splits a bidirectional layer's output into its forward and backward
+halves and says which one diverges, from which step, and whether that is a reversal bug.
+:func:`diagnose_layer` does the same for models with a head, from the last recurrent layer's
+own output, which the classes below obtain from the graph and from the reference.
 
 A model's final output has passed through later layers (e.g. a linear head), so its halves are
 not the two directions. :class:`LayerProbe` instead reads the output of the graph's last
@@ -20,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.spec import GraphSpec
+from birnn_export._report import abs_errors, outside_tolerance
+from birnn_export.spec import GraphSpec, TensorSpec, Tolerance
 
 _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
@@ -255,3 +260,208 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+# -- direction-split diagnosis ---------------------------------------------------------------
+
+
+def _outside(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Element-wise: outside ``atol + rtol * |expected|``."""
+    return outside_tolerance(actual, expected, tol.atol, tol.rtol)
+
+
+def _first_bad_steps(bad_bt: np.ndarray, lengths: np.ndarray) -> list[int | None]:
+    """Per row, the first valid step with any bad element (``None`` if the row matches)."""
+    firsts: list[int | None] = []
+    for row, length in enumerate(lengths):
+        hits = np.flatnonzero(bad_bt[row, : int(length)])
+        firsts.append(int(hits[0]) if hits.size else None)
+    return firsts
+
+
+def _describe_half(
+    label: str, firsts: list[int | None], lengths: np.ndarray, max_abs: float
+) -> str:
+    rows = [r for r, f in enumerate(firsts) if f is not None]
+    if not rows:
+        return f"{label} half matches (max abs {max_abs:.3g})"
+    shown = ", ".join(f"row {r} (len {int(lengths[r])}): t={firsts[r]}" for r in rows[:8])
+    more = f", ... {len(rows) - 8} more" if len(rows) > 8 else ""
+    return (
+        f"{label} half differs (max abs {max_abs:.3g}) in {len(rows)}/{len(firsts)} rows; "
+        f"first diverging step: {shown}{more}"
+    )
+
+
+def diagnose_directions(
+    tensor: TensorSpec,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    lengths: np.ndarray,
+    hidden: int | None,
+    tol: Tolerance,
+    *,
+    steps: int | None = None,
+    sequence_ok: bool = True,
+    why: str | None = None,
+) -> str:
+    """Explain a mismatch of a bidirectional layer's output by direction.
+
+    For a sequence output ``[..., 2 * hidden]`` the forward half (``[..., :hidden]``) and the
+    backward half are compared separately, with the first diverging valid step per row; for a
+    final state ``[layers * 2, batch, hidden]`` the even (forward) and odd (backward) entries.
+    ``steps`` is the padded length T; ``sequence_ok`` says whether the sequence outputs matched
+    in the same case (a state is only blamed on its own when they did). ``why`` (with
+    ``hidden`` None) says why the last recurrent layer's own output could not be compared
+    instead (see :func:`diagnose_layer`).
+    """
+    if hidden is None:
+        return (
+            f"{tensor.name}: direction split does not apply: the model is not a bare "
+            "bidirectional layer, so this output has passed through later layers (e.g. a head) "
+            "and its halves are not the two directions"
+            + (f"; nor to the last recurrent layer's own output: {why}" if why else "")
+        )
+    if tensor.role == "state":
+        if actual.ndim != 3 or actual.shape[0] % 2 or tensor.batch_axis is None:
+            return f"{tensor.name}: direction split does not apply to this state's shape"
+        return _diagnose_state(tensor, actual, expected, lengths, tol, steps, sequence_ok)
+    t_axis, b_axis = tensor.time_axis, tensor.batch_axis
+    if t_axis is None or b_axis is None or actual.shape[-1] != 2 * hidden:
+        return (
+            f"{tensor.name}: direction split does not apply: last dim {actual.shape[-1]} is not "
+            f"2 x hidden_size ({2 * hidden})"
+        )
+    got = np.moveaxis(actual, (b_axis, t_axis), (0, 1))
+    want = np.moveaxis(expected, (b_axis, t_axis), (0, 1))
+    batch, steps = got.shape[0], got.shape[1]
+    valid = np.arange(steps)[None, :] < lengths[:, None]
+    lines, halves = [], []
+    for label, sl in (("forward", slice(0, hidden)), ("backward", slice(hidden, None))):
+        g, w = got[..., sl], want[..., sl]
+        bad_bt = _outside(g, w, tol).reshape(batch, steps, -1).any(-1)
+        err = abs_errors(g, w).reshape(batch, steps, -1).max(-1)
+        max_abs = float(err[valid].max(initial=0.0))
+        firsts = _first_bad_steps(bad_bt & valid, lengths)
+        lines.append(_describe_half(label, firsts, lengths, max_abs))
+        halves.append((label, firsts, max_abs))
+    return f"{tensor.name}: " + "; ".join(lines) + " " + _verdict(halves, lengths, steps, tol)
+
+
+def diagnose_layer(
+    probe: Any,
+    engine: str,
+    feed: Mapping[str, np.ndarray],
+    lengths: np.ndarray,
+    steps: int,
+    tol: Tolerance,
+) -> tuple[str | None, str | None]:
+    """(diagnosis, None) from the last recurrent layer's own output, or (None, why not).
+
+    For a model with a head: the graph's last recurrent layer output (its ONNX ``Y``, run on
+    ONNX Runtime CPU) against the same layer's output in the reference (a forward hook), split
+    into the forward and backward halves as in :func:`diagnose_directions`.
+    """
+    try:
+        layer = probe.outputs(feed, lengths, steps)
+    except ProbeUnavailable as exc:
+        return None, str(exc)
+    hidden = layer.hidden
+    tensor = TensorSpec(f"layer {layer.name}", "float64", ("batch", "seq", 2 * hidden), "sequence")
+    text = diagnose_directions(
+        tensor, layer.actual, layer.expected, np.asarray(lengths), hidden, tol, steps=steps
+    )
+    if text.endswith("the difference is elsewhere"):
+        text += " (after this layer, e.g. the head)"
+    source = "ONNX Runtime CPU" + (f", not {engine}," if engine != "ort-cpu" else "")
+    return (
+        f"{text} [the last recurrent layer's output: graph on {source} vs a hook on the "
+        f"reference's {layer.hooked}]",
+        None,
+    )
+
+
+def _diagnose_state(
+    tensor: TensorSpec,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    lengths: np.ndarray,
+    tol: Tolerance,
+    steps: int | None,
+    sequence_ok: bool,
+) -> str:
+    bad = _outside(actual, expected, tol)
+    b_axis = tensor.batch_axis
+    parts, wrong_rows = [], {}
+    for label, sl in (("forward", slice(0, None, 2)), ("backward", slice(1, None, 2))):
+        part = np.moveaxis(bad[sl], b_axis, 0)
+        rows = np.flatnonzero(part.reshape(part.shape[0], -1).any(1)).tolist()
+        err = float(abs_errors(actual[sl], expected[sl]).max(initial=0.0))
+        wrong_rows[label] = rows
+        if rows:
+            shown = ", ".join(f"{r} (len {int(lengths[r])})" for r in rows[:8])
+            parts.append(f"{label} entries differ (max abs {err:.3g}) in rows {shown}")
+        else:
+            parts.append(f"{label} entries match (max abs {err:.3g})")
+    text = f"{tensor.name}: " + "; ".join(parts)
+    forward, backward = wrong_rows["forward"], wrong_rows["backward"]
+    if not sequence_ok:
+        return text + " -> see the sequence output: the state follows from that mismatch"
+    short = steps is not None and all(int(lengths[r]) < steps for r in forward)
+    if forward and not backward and short:
+        return text + (
+            " -> the sequence output matches but the forward final state is wrong only in rows "
+            "shorter than T: it is taken at step T - 1 instead of each row's last valid step "
+            "(lengths[b] - 1)"
+        )
+    if backward and not forward:
+        return text + (
+            " -> the sequence output matches but the backward final state is wrong: it must "
+            "be the backward pass's state after step 0"
+        )
+    return text + " -> the sequence output matches: the final states are gathered wrongly"
+
+
+def _verdict(
+    halves: list[tuple[str, list[int | None], float]],
+    lengths: np.ndarray,
+    steps: int,
+    tol: Tolerance,
+) -> str:
+    bad = [
+        (label, firsts, err) for label, firsts, err in halves if any(f is not None for f in firsts)
+    ]
+    if not bad:
+        return "-> both halves match at valid steps: the difference is elsewhere"
+    if len(bad) == 1:
+        label, firsts, _ = bad[0]
+        other = "forward" if label == "backward" else "backward"
+        full_rows = [r for r, n in enumerate(lengths) if int(n) == steps]
+        full_ok = bool(full_rows) and all(firsts[r] is None for r in full_rows)
+        if label == "backward" and full_ok:
+            return (
+                "-> only the backward direction is wrong, and only in rows shorter than T (the "
+                "full-length rows match): a reversal bug (the padded tensor flipped as a whole "
+                "instead of each row's valid prefix, so the backward pass starts on padding)"
+            )
+        if label == "backward" and not full_rows:
+            return (
+                "-> only the backward direction is wrong; no row here has the full length T, so "
+                "this case cannot tell a reversal bug from wrong backward weights (see a ragged "
+                "case)"
+            )
+        which = ", full-length rows included" if full_rows else ""
+        return (
+            f"-> only the {label} direction is wrong{which} ({other} matches, so it is not the "
+            f"reversal): check the {label} weights, their gate order and bias"
+        )
+    worst = max(err for _, _, err in bad)
+    if worst <= 100 * max(tol.atol, 1e-12):
+        return (
+            "-> both directions differ by small amounts: numeric drift (precision or "
+            "accumulation order), not a structural bug; loosen --atol/--rtol if acceptable"
+        )
+    return (
+        "-> both directions differ: a shared cause (input handling, weights, gate order or "
+        "masking) rather than the reversal"
+    )
