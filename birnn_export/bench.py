@@ -37,7 +37,14 @@ import numpy as np
 from birnn_export import _report
 from birnn_export._files import write_atomic
 from birnn_export.errors import EngineUnavailableError
-from birnn_export.spec import GraphSpec, default_tolerance, make_feed
+from birnn_export.spec import (
+    DEFAULT_BATCH_RANGE,
+    DEFAULT_SEQ_RANGE,
+    GraphSpec,
+    covering_range,
+    default_tolerance,
+    make_feed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +324,7 @@ def benchmark(
                     threads,
                     torch_dtype,
                     shapes,
+                    declared=(spec.batch_range, spec.seq_range),
                     device=device,
                     compile=compile,
                 )
@@ -604,6 +612,10 @@ def _make_runner(
     torch_dtype: str | None,
     shapes: Sequence[tuple[int, int]],
     *,
+    declared: tuple[tuple[int, int, int], tuple[int, int, int]] = (
+        DEFAULT_BATCH_RANGE,
+        DEFAULT_SEQ_RANGE,
+    ),
     device: str = "cpu",
     compile: bool = False,
 ) -> Any:
@@ -619,15 +631,16 @@ def _make_runner(
             device=device,
             compile=compile,
         )
-    # One TensorRT optimisation profile covering every measured shape, tuned for the largest.
-    # ONNX Runtime's intra-op threads: the same count as torch's, GPU providers included.
+    # The TensorRT engine that would be served: the graph's declared profile (its opt shape
+    # included), widened to cover every measured shape. ONNX Runtime's intra-op threads: the
+    # same count as torch's, GPU providers included.
     batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
     return runners.make_runner(
         engine,
         str(onnx_path),
         threads=threads,
-        profile_batch=(min(batches), max(batches), max(batches)),
-        profile_seq=(min(seqs), max(seqs), max(seqs)),
+        profile_batch=covering_range(declared[0], batches),
+        profile_seq=covering_range(declared[1], seqs),
     )
 
 

@@ -261,7 +261,7 @@ def main() -> None:
     default="1,64,256",
     show_default=True,
     metavar="MIN,OPT,MAX",
-    help="Sequence lengths the graph will serve, likewise; verification also runs at MAX.",
+    help="Sequence lengths the graph will serve, likewise; 'birnn-export verify' also runs at MAX.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
 @click.option(
@@ -365,6 +365,23 @@ def export_command(
         report.raise_for_failure()
 
 
+def _parse_spec(data: dict[str, Any], path: Path) -> Any:
+    """The recorded spec as a :class:`~birnn_export.spec.GraphSpec` (checks its ranges)."""
+    from birnn_export.errors import BiRNNExportError
+    from birnn_export.spec import GraphSpec
+
+    try:
+        return GraphSpec.from_json(json.dumps(data))
+    except (BiRNNExportError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(
+            f"{path}: unreadable birnn_export.spec metadata ({exc}); re-export the model"
+        ) from None
+
+
+def _triple(values: tuple[int, int, int]) -> str:
+    return ",".join(map(str, values))
+
+
 def _dims(dims: list[Any]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
@@ -406,6 +423,8 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
 
     check_output_path("--json", json_path)
     info = describe_onnx(onnx_path)
+    spec = info["metadata"].get("birnn_export.spec")
+    parsed = _parse_spec(spec, onnx_path) if isinstance(spec, dict) else None
     if json_path is not None:
         write_atomic(json_path, json.dumps(info, indent=2, default=str))
     click.echo(f"{info['path']}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})")
@@ -420,7 +439,6 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
         for node in info["recurrent_nodes"]:
             attrs = ", ".join(f"{k}={v}" for k, v in sorted(node["attributes"].items()))
             click.echo(f"  {node['op']:<15} {node['name']}: {attrs}")
-    spec = info["metadata"].get("birnn_export.spec")
     if isinstance(spec, dict):
         click.echo("recorded by birnn-export:")
         for value in spec["inputs"]:
@@ -430,14 +448,12 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
             f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
             f"{spec['padding_value']}, tool {spec['tool_version']}"
         )
-        if "seq_range" in spec:
-            batch_range, seq_range = (
-                ",".join(map(str, spec[k])) for k in ("batch_range", "seq_range")
-            )
-            click.echo(
-                f"  serving ranges (min,opt,max): batch {batch_range}, seq {seq_range} "
-                "(the default TensorRT profile)"
-            )
+        recorded = "batch_range" in spec and "seq_range" in spec
+        declared = "" if recorded else " (not all recorded in this file: defaults filled in)"
+        click.echo(
+            f"  serving ranges (min,opt,max): batch {_triple(parsed.batch_range)}, seq "
+            f"{_triple(parsed.seq_range)}{declared}: the default TensorRT profile"
+        )
         if spec.get("source_sha256"):
             click.echo(f"  source sha256 {spec['source_sha256']}")
         if spec.get("config"):
@@ -493,7 +509,8 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     "--seq",
     "seq_lens",
     metavar="T,T,...",
-    help="Sequence lengths [default: 1,2,T0,4*T0; T0 = export's].",
+    help="Sequence lengths [default: 1,2,T0,4*T0 and MAX of the graph's declared seq range; "
+    "T0 = export's example length].",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the first case's inputs."
@@ -540,6 +557,8 @@ def verify_command(
     Inputs come from the graph's metadata (ragged and equal lengths, large-magnitude features);
     outputs are compared at valid steps, padding separately, rows alone against the batch. Exit 0
     if all match, 1 on a mismatch (the report says where, and which direction), 2 for bad input.
+    The default lengths include the graph's declared maximum (--seq-range at export), so a very
+    long one makes this slow; --seq picks the lengths instead.
     """
     import sys
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from birnn_export._files import check_output_path
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
-from birnn_export.errors import ExportError, VerificationError
+from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import NODE_NAME_KEY, BiRNN, TracedPack, padding_mask, state_names
 from birnn_export.spec import (
@@ -167,8 +167,11 @@ def export_onnx(
         raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dtype not in DTYPES:
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    batch_range = check_range("batch_range", batch_range)
-    seq_range = check_range("seq_range", seq_range)
+    try:
+        batch_range = check_range("batch_range", batch_range)
+        seq_range = check_range("seq_range", seq_range)
+    except BiRNNExportError as exc:
+        raise ExportError(str(exc)) from None
     check_output_path("path", path)
 
     replaced = tuple(conversion_report(model))

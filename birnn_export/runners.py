@@ -160,6 +160,8 @@ class TorchRunner(BaseRunner):
         model = model.to(self.device).eval()
         if self.dtype is not None:
             model = model.to(getattr(torch, self.dtype))
+        self._fn = torch.compile(model) if self.compile else model
+        # Process-wide settings last: nothing after them can fail, so deactivate restores them.
         if self.threads is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
@@ -167,7 +169,6 @@ class TorchRunner(BaseRunner):
             backends = torch.backends
             self._saved_tf32 = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
             backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = self.tf32
-        self._fn = torch.compile(model) if self.compile else model
 
     def deactivate_impl(self) -> None:
         import torch
@@ -266,6 +267,12 @@ def cuda_provider_options(
     return options
 
 
+def tf32_cache_folder() -> str:
+    """``"strict-fp32"`` when ``NVIDIA_TF32_OVERRIDE=0`` forbids TF32, else ``"tf32-allowed"``:
+    the sub-folder of the TensorRT EP's engine cache."""
+    return "strict-fp32" if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0" else "tf32-allowed"
+
+
 def format_profile_shapes(profile: Mapping[str, Sequence[Sequence[int]]], which: int) -> str:
     """One of a profile's shapes (0 min, 1 opt, 2 max) in the TensorRT EP's string format,
     ``"x:1x1x10,lengths:1"`` (the format of trtexec's ``--minShapes``)."""
@@ -297,7 +304,8 @@ def tensorrt_provider_options(
             ``batch_range``.
         seq: (min, opt, max) sequence lengths of the profile; ``None``: its ``seq_range``.
         cache: Cache root (default :func:`birnn_export.trt.cache_dir`); the EP's engines and
-            timing cache go under ``ort-trt/`` there.
+            timing cache go under ``ort-trt/strict-fp32`` there (``ort-trt/tf32-allowed``
+            unless ``NVIDIA_TF32_OVERRIDE=0``).
         engine_cache: ``trt_engine_cache_enable``.
         timing_cache: ``trt_timing_cache_enable``.
         max_workspace_size: ``trt_max_workspace_size`` in bytes.
@@ -309,7 +317,9 @@ def tensorrt_provider_options(
     if fp16 is None:
         fp16 = spec is not None and spec.dtype == "float16"
     options = {"device_id": str(device_id), "trt_fp16_enable": "True" if fp16 else "False"}
-    directory = str(cache_dir(cache) / "ort-trt")
+    # The EP names cached engines after the graph and profile only: keep engines built with and
+    # without TF32 (NVIDIA_TF32_OVERRIDE) apart, so a strict fp32 run never reuses a TF32 one.
+    directory = str(cache_dir(cache) / "ort-trt" / tf32_cache_folder())
     if engine_cache:
         options["trt_engine_cache_enable"] = "True"
         options["trt_engine_cache_path"] = directory

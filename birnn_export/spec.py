@@ -125,7 +125,7 @@ def check_range(name: str, values: Any) -> tuple[int, int, int]:
         (1, 64, 256)
     """
     try:
-        triple = tuple(int(v) for v in values)
+        triple = tuple(_whole(v) for v in values)
     except (TypeError, ValueError):
         triple = ()
     if len(triple) != 3 or not 1 <= triple[0] <= triple[1] <= triple[2]:
@@ -133,6 +133,31 @@ def check_range(name: str, values: Any) -> tuple[int, int, int]:
             f"{name}: expected (min, opt, max) with 1 <= min <= opt <= max, got {values!r}"
         )
     return triple  # type: ignore[return-value]
+
+
+def _whole(value: Any) -> int:
+    """An int or a string of digits as an int; anything else (floats, bools) is refused."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise TypeError(value)
+
+
+def covering_range(declared: tuple[int, int, int], sizes: Any) -> tuple[int, int, int]:
+    """``declared`` (min, opt, max) widened to cover ``sizes``; ``opt`` stays the declared one
+    (kept within the widened bounds).
+
+    Example:
+        >>> covering_range((1, 64, 256), [16, 300])
+        (1, 64, 300)
+    """
+    sizes = [int(s) for s in sizes]
+    low = min([declared[0], *sizes])
+    high = max([declared[2], *sizes])
+    return low, min(max(declared[1], low), high), high
 
 
 #: Engines that run on a GPU (the others run on the host CPU).

@@ -291,7 +291,12 @@ class TrtRunner(BaseRunner):
             self.trt_version,
             profile,
             spec.dtype,
-            options={"tf32": self.tf32, "workspace_bytes": self.workspace_bytes},
+            options={
+                "tf32": self.tf32,
+                # TensorRT honours it over the builder flag: part of what the engine is.
+                "tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+                "workspace_bytes": self.workspace_bytes,
+            },
         )
         self.cache.mkdir(parents=True, exist_ok=True)
         self.engine_path = self.cache / f"{key}.engine"

@@ -49,6 +49,7 @@ from birnn_export.spec import (
     GraphSpec,
     TensorSpec,
     Tolerance,
+    covering_range,
     default_tolerance,
     load_onnx,
     make_feed,
@@ -540,22 +541,30 @@ def _reference_runner(reference: Any, spec: GraphSpec, dtype: str) -> Any:
 
 
 def trt_profile(
-    cases: Sequence[Case], *, batch_invariance: bool = True
+    cases: Sequence[Case],
+    *,
+    batch_invariance: bool = True,
+    declared: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(min, opt, max) batch sizes and sequence lengths covering every run of the sweep, for
-    the TensorRT engines' optimisation profile.
+    """(min, opt, max) batch sizes and sequence lengths for the TensorRT engines' optimisation
+    profile: the graph's ``declared`` ranges (so the engine verified is the one that would be
+    served), widened to cover every run of the sweep. Without ``declared``: the sweep's bounds,
+    with ``opt`` the largest shape.
 
     The batch-invariance runs feed each row alone (batch 1, T = its own length, down to 1), so
-    with them the minimum batch and length are 1. ``opt`` is the largest shape.
+    with them the minimum batch and length are 1.
 
     Example:
         >>> trt_profile([Case(64, 300, "ragged", 1.0, 0), Case(4, 8, "ragged", 1.0, 1)])
         ((1, 64, 64), (1, 300, 300))
+        >>> trt_profile([Case(3, 9, "ragged", 1.0, 0)], declared=((1, 8, 32), (1, 64, 256)))
+        ((1, 8, 32), (1, 64, 256))
     """
-    batches = [c.batch for c in cases]
-    seqs = [c.seq for c in cases]
-    low_b, low_s = (1, 1) if batch_invariance else (min(batches), min(seqs))
-    return (low_b, max(batches), max(batches)), (low_s, max(seqs), max(seqs))
+    batches = [c.batch for c in cases] + ([1] if batch_invariance else [])
+    seqs = [c.seq for c in cases] + ([1] if batch_invariance else [])
+    if declared is not None:
+        return covering_range(declared[0], batches), covering_range(declared[1], seqs)
+    return (min(batches), max(batches), max(batches)), (min(seqs), max(seqs), max(seqs))
 
 
 def _engine_runner(
@@ -709,7 +718,9 @@ def verify(
     probe = None
     if hidden is None:
         probe = LayerProbe(proto, spec, (ref_module, converted), ref_dtype)
-    profile = trt_profile(cases, batch_invariance=batch_invariance)
+    profile = trt_profile(
+        cases, batch_invariance=batch_invariance, declared=(spec.batch_range, spec.seq_range)
+    )
     runners_ = {
         engine: _engine_runner(engine, onnx_path, converted, spec, profile) for engine in engines
     }

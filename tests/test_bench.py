@@ -354,19 +354,20 @@ def test_json_writes_non_finite_numbers_as_null(tmp_path: Path) -> None:
 def test_tensorrt_engines_get_a_profile_covering_every_shape(
     files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batch 64 and T 300 are outside TensorRT's default profile (32, 256): the runners bench
-    builds must cover the shapes it measures."""
+    """Batch 64 and T 300 are outside the graph's declared profile (32, 256): the runners bench
+    builds keep the declared opt shape and widen the bounds to cover the shapes it measures."""
     monkeypatch.setenv("BIRNN_EXPORT_CACHE", str(tmp_path))
     shapes = [(b, s) for b in (2, 64) for s in (16, 300)]
     args = (None, ["x", "lengths"], ["y"], 1, None, shapes)
     trt_runner = _make_runner("trt", files["onnx"], *args)
-    assert (trt_runner.batch, trt_runner.seq) == ((2, 64, 64), (16, 300, 300))
+    assert (trt_runner.batch, trt_runner.seq) == ((1, 8, 64), (1, 64, 300))
     ort_runner = _make_runner("ort-trt", files["onnx"], *args)
     assert ort_runner.threads == 1
     options = ort_runner.provider_options
-    assert options["trt_profile_min_shapes"] == "x:2x16x4,lengths:2"
+    assert options["trt_profile_min_shapes"] == "x:1x1x4,lengths:1"
+    assert options["trt_profile_opt_shapes"] == "x:8x64x4,lengths:8"
     assert options["trt_profile_max_shapes"] == "x:64x300x4,lengths:64"
-    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt")
+    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt" / "strict-fp32")
     cuda_runner = _make_runner("ort-cuda", files["onnx"], *args)
     assert cuda_runner.threads == 1 and cuda_runner.provider_options is None
 

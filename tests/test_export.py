@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import export as export_module
 from birnn_export.cli import main
-from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
+from birnn_export.errors import ExportError, VerificationError
 from birnn_export.export import check_graph, describe_onnx, export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
@@ -297,10 +297,11 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
         ({"dtype": "bfloat16"}, "dtype: expected one of"),
         ({"seq_range": (1, 300, 200)}, "seq_range: expected .min, opt, max."),
         ({"batch_range": (0, 1, 2)}, "batch_range: expected .min, opt, max."),
+        ({"seq_range": (1.5, 64, 256)}, "seq_range: expected .min, opt, max."),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
-    with pytest.raises(BiRNNExportError, match=message):
+    with pytest.raises(ExportError, match=message):
         export_onnx(BiRNN(3, 4), tmp_path / "x.onnx", **kwargs)
     assert list(tmp_path.iterdir()) == []
 

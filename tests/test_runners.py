@@ -288,9 +288,9 @@ def test_tensorrt_provider_options_from_spec(tmp_path, monkeypatch) -> None:
     assert options["trt_profile_max_shapes"] == f"x:16x128x{IN},lengths:16"
     assert options["trt_fp16_enable"] == "False"
     assert options["trt_engine_cache_enable"] == "True"
-    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt")
+    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt" / "strict-fp32")
     assert options["trt_timing_cache_enable"] == "True"
-    assert options["trt_timing_cache_path"] == str(tmp_path / "ort-trt")
+    assert options["trt_timing_cache_path"] == str(tmp_path / "ort-trt" / "strict-fp32")
     assert options["device_id"] == "0"
 
     fp16 = tensorrt_provider_options(_spec("float16"), engine_cache=False, timing_cache=False)
@@ -307,6 +307,19 @@ def test_tensorrt_provider_options_from_spec(tmp_path, monkeypatch) -> None:
     bare = tensorrt_provider_options(None, device_id=1, max_workspace_size=1 << 30)
     assert not any(k.startswith("trt_profile") for k in bare)
     assert bare["device_id"] == "1" and bare["trt_max_workspace_size"] == str(1 << 30)
+
+
+def test_tensorrt_ep_engines_with_and_without_tf32_are_kept_apart(tmp_path, monkeypatch) -> None:
+    """ONNX Runtime's TensorRT EP names cached engines without the TF32 state."""
+    monkeypatch.setenv("BIRNN_EXPORT_CACHE", str(tmp_path))
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    strict = tensorrt_provider_options(_spec())["trt_engine_cache_path"]
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
+    allowed = tensorrt_provider_options(_spec())["trt_engine_cache_path"]
+    assert (strict, allowed) == (
+        str(tmp_path / "ort-trt" / "strict-fp32"),
+        str(tmp_path / "ort-trt" / "tf32-allowed"),
+    )
 
 
 def test_format_profile_shapes() -> None:
@@ -376,7 +389,7 @@ def test_make_runner_passes_the_tensorrt_profile(lstm_file, tmp_path, monkeypatc
     assert options["trt_profile_opt_shapes"] == f"x:64x300x{IN},lengths:64"
     assert options["trt_profile_max_shapes"] == f"x:64x300x{IN},lengths:64"
     assert options["device_id"] == "1"
-    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt")
+    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt" / "strict-fp32")
 
     # One range given: the other keeps its default.
     only_seq = make_runner("ort-trt", path, profile_seq=(2, 300, 300)).provider_options

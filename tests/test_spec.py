@@ -12,6 +12,7 @@ from birnn_export.spec import (
     GraphSpec,
     TensorSpec,
     check_range,
+    covering_range,
     default_tolerance,
     load_onnx,
     make_feed,
@@ -60,11 +61,21 @@ def test_declared_ranges_round_trip_and_default_for_older_files():
         GraphSpec.from_json(json.dumps(corrupt))
 
 
-@pytest.mark.parametrize("bad", [(0, 1, 2), (1, 3, 2), (1, 2), (1, 2, 3, 4), ("a", 1, 2), None])
+@pytest.mark.parametrize(
+    "bad",
+    [(0, 1, 2), (1, 3, 2), (1, 2), (1, 2, 3, 4), ("a", 1, 2), None, (1.5, 2, 3), (True, 2, 3)],
+)
 def test_check_range_rejects(bad):
     with pytest.raises(BiRNNExportError, match="1 <= min <= opt <= max"):
         check_range("batch_range", bad)
     assert check_range("r", ["1", "1", "1"]) == (1, 1, 1)
+
+
+def test_covering_range_keeps_the_declared_opt():
+    assert covering_range((1, 64, 256), [16, 300]) == (1, 64, 300)
+    assert covering_range((4, 8, 32), [2]) == (2, 8, 32)
+    assert covering_range((1, 8, 32), [64, 128]) == (1, 8, 128)
+    assert covering_range((50, 60, 70), [1, 2]) == (1, 60, 70)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 5, 16])

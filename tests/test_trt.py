@@ -267,7 +267,11 @@ class _Flag(int):
 
 
 def fake_tensorrt(
-    version: str = "10.9.0", *, strongly_typed: bool = True, parse_errors: tuple[str, ...] = ()
+    version: str = "10.9.0",
+    *,
+    strongly_typed: bool = True,
+    parse_errors: tuple[str, ...] = (),
+    refuse_stored_timing: bool = False,
 ) -> types.ModuleType:
     import onnx
 
@@ -365,6 +369,8 @@ def fake_tensorrt(
             return TimingCache(blob)
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            if refuse_stored_timing and cache.blob:  # a mismatched or damaged cache
+                return False
             self.timing = cache
             return True
 
@@ -515,6 +521,35 @@ def test_build_uses_declared_profile_strong_typing_and_caches(exported, fake_gpu
     assert len(list(cache.glob("*.engine"))) == 2
 
 
+def test_unusable_timing_cache_starts_afresh(exported, fake_gpu, tmp_path, caplog) -> None:
+    fake = fake_gpu(fake_tensorrt(refuse_stored_timing=True))
+    timing = tmp_path / timing_cache_name("Fake GPU 80GB", "10.9.0")
+    timing.write_bytes(b"from another TensorRT")
+    with (
+        caplog.at_level("WARNING", logger="birnn_export.trt"),
+        TrtRunner(exported["fp32"], cache=tmp_path) as runner,
+    ):
+        assert runner.engine_path.is_file()
+    assert "unusable; starting a new one" in caplog.text
+    assert _calls(fake, "create_timing_cache") == [b"from another TensorRT", b""]
+    assert timing.read_bytes() == b"timings+"  # replaced by the new build's
+
+
+def test_tf32_override_is_part_of_the_engine_key(exported, fake_gpu, tmp_path, monkeypatch):
+    """TensorRT honours NVIDIA_TF32_OVERRIDE over the builder flag: an engine built with TF32
+    is never reused for a strict fp32 run."""
+    fake_gpu(fake_tensorrt())
+    paths = []
+    for value in ("0", None):
+        if value is None:
+            monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+        else:
+            monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", value)
+        with TrtRunner(exported["fp32"], cache=tmp_path) as runner:
+            paths.append(runner.engine_path)
+    assert paths[0] != paths[1]
+
+
 def test_unusable_cached_engine_is_rebuilt(exported, fake_gpu, tmp_path) -> None:
     fake = fake_gpu(fake_tensorrt())
     with TrtRunner(exported["fp32"], cache=tmp_path) as runner:
@@ -541,7 +576,7 @@ def test_fp16_graph_precision(exported, fake_gpu, tmp_path, version, strongly_ty
         pass
     (build,) = _calls(fake, "build")
     assert build["flags"] == flags and build["builder_flags"] == builder_flags
-    # The fp16 graph declares no ranges: the defaults.
+    # The fp16 graph was exported with the default ranges.
     assert build["profiles"][0]["lengths"] == ((1,), (8,), (32,))
 
 

@@ -648,12 +648,17 @@ def test_trt_profile_spans_the_sweep() -> None:
     # Single rows run at batch 1 and T = their own length, down to 1.
     assert trt_profile(cases) == ((1, 64, 64), (1, 300, 300))
     assert trt_profile(cases, batch_invariance=False) == ((4, 64, 64), (8, 300, 300))
+    # With the graph's declared ranges: the declared profile, widened to the sweep.
+    declared = ((1, 8, 32), (1, 64, 256))
+    assert trt_profile(cases, declared=declared) == ((1, 8, 64), (1, 64, 300))
+    small = [Case(3, 9, "ragged", 1.0, 0)]
+    assert trt_profile(small, declared=declared) == declared
 
 
 def test_tensorrt_engines_get_a_profile_covering_every_run(
     lstm: BiRNN, fused_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batch 64 and T 300 lie outside TensorRT's default profile (32, 256): verify must build
+    """Batch 64 and T 300 lie outside the graph's declared profile (32, 256): verify must build
     the engine for what it will run, the batch-invariance rows (batch 1, T = each row's
     length) included. A stand-in for the trt engine runs ONNX Runtime CPU but, like TensorRT,
     refuses any shape outside the profile it was built with."""
@@ -690,7 +695,8 @@ def test_tensorrt_engines_get_a_profile_covering_every_run(
         fused_path, lstm, engines=("trt",), batch_sizes=(2, 64), seq_lens=(5, 300), large_scale=None
     )
     assert report.passed, report.summary()
-    assert built == {"batch": (1, 64, 64), "seq": (1, 300, 300)}
+    # The declared profile (opt 8 x 64, the engine that would be served), widened to cover it.
+    assert built == {"batch": (1, 8, 64), "seq": (1, 64, 300)}
     assert (64, 300) in seen and min(b for b, _ in seen) == 1 and min(t for _, t in seen) == 1
 
 
