@@ -357,8 +357,9 @@ class _Checker:
         if layout != 0:
             add(
                 "error",
-                f"{op} layout={layout}: must be 0 (ONNX Runtime CPU/CUDA reject 1, TensorRT "
-                "requires 0); transpose batch_first inputs instead",
+                f"{op} layout={layout}: must be 0 (ONNX Runtime CPU/CUDA reject 1; TensorRT's "
+                "parser documents 0 but does not check it, so it would read the axes wrongly); "
+                "transpose batch_first inputs instead",
             )
         direction = _attr(node, "direction", "forward")
         dirs = 2 if direction == "bidirectional" else 1
