@@ -245,15 +245,17 @@ class _Checker:
         findings += self._check_opset()
         findings += self._check_dtypes()
         findings += self._check_dynamic_dims()
+        reverses = False
         for node in self._nodes(self.model.graph):
             findings += self._check_op(node)
             if node.op_type in _RECURRENT and node.domain in ("", "ai.onnx"):
                 findings += self._check_recurrent(node)
             elif node.op_type == "ReverseSequence":
                 findings += self._check_reverse_sequence(node)
+                reverses = True
             elif node.op_type == "Loop" and self.trt:
                 findings += self._check_loop(node)
-        if any(n.op_type == "ReverseSequence" for n in self._nodes(self.model.graph)):
+        if reverses:
             findings += self._lengths_range_note()
         return findings
 
