@@ -28,6 +28,7 @@ _LAZY = {
     "TaggerConfig": "birnn_export.models",
     "BiRNNExportError": "birnn_export.errors",
     "ConversionError": "birnn_export.errors",
+    "EngineBuildError": "birnn_export.errors",
     "EngineUnavailableError": "birnn_export.errors",
     "ExportError": "birnn_export.errors",
     "ModelLoadError": "birnn_export.errors",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from birnn_export.errors import (
         BiRNNExportError,
         ConversionError,
+        EngineBuildError,
         EngineUnavailableError,
         ExportError,
         ModelLoadError,

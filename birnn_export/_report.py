@@ -31,6 +31,7 @@ _PACKAGES = (
     ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
     ("numpy", ("numpy",)),
     ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+    ("tensorrt_rtx", ("tensorrt-rtx", "tensorrt_rtx")),
 )
 
 
@@ -71,10 +72,10 @@ def environment(onnx_path: str | os.PathLike[str] | None = None) -> dict[str, An
     """The machine and library versions a report was made with.
 
     Keys: ``cpu``, ``cores``, ``gpu`` (``None`` without CUDA), ``platform``, ``python`` and the
-    versions of ``torch``, ``onnx``, ``onnxruntime`` (either build), ``numpy`` and ``tensorrt``
-    (``None`` when not installed), ``nvidia_tf32_override`` (the environment variable that
-    forbids TF32 on GPUs; ``None`` when unset); with ``onnx_path`` also ``onnx_file`` and
-    ``onnx_sha256``.
+    versions of ``torch``, ``onnx``, ``onnxruntime`` (either build), ``numpy``, ``tensorrt`` and
+    ``tensorrt_rtx`` (``None`` when not installed), ``nvidia_tf32_override`` (the environment
+    variable that forbids TF32 on GPUs; ``None`` when unset); with ``onnx_path`` also
+    ``onnx_file`` and ``onnx_sha256``.
     """
     from importlib import metadata
 

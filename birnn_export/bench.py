@@ -74,6 +74,7 @@ CSV_COLUMNS = (
     "tokens_per_s",
     "first_run_ms",
     "build_s",
+    "engine_bytes",
     "speedup_vs_torch",
     "status",
     "reason",
@@ -90,6 +91,10 @@ class BenchResult:
     torch), ``None`` when torch was not measured there. For ``status != "ok"`` the timing fields
     are ``None`` and ``runs`` is 0; ``reason`` says why. ``max_abs_error`` is the largest
     absolute difference from eager torch over all outputs (``None`` if never compared).
+    ``build_s`` is the runner's set-up time (session creation, engine build or load);
+    ``engine_bytes`` the TensorRT engine's size (``trt``, ``trt-rtx``). A ``trt-rtx`` engine
+    that cannot run here (no RTX-class GPU) is still built ahead of time on the CPU: its rows are
+    ``"unavailable"`` with ``build_s`` (the builder's time) and ``engine_bytes``.
     """
 
     engine: str
@@ -106,6 +111,7 @@ class BenchResult:
     tokens_per_s: float | None = None
     first_run_ms: float | None = None
     build_s: float | None = None
+    engine_bytes: int | None = None
     speedup_vs_torch: float | None = None
     max_abs_error: float | None = None
 
@@ -289,7 +295,20 @@ def benchmark(
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
 
     reasons = {engine: runners.availability(engine) for engine in engines}
-    if all(reasons.values()):
+    batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
+    profile = (
+        covering_range(spec.batch_range, batches),
+        covering_range(spec.seq_range, seqs),
+    )
+    # TensorRT-RTX builds ahead of time without a GPU: where it cannot run, its build still
+    # says whether TensorRT takes the graph, how long the build takes and how big the engine is.
+    offline = {
+        engine: _offline_build(engine, onnx_path, profile)
+        for engine, reason in reasons.items()
+        if reason and engine == "trt-rtx"
+    }
+    offline = {engine: build for engine, build in offline.items() if build is not None}
+    if all(reasons.values()) and not offline:
         raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
 
     input_names = [t.name for t in spec.inputs]
@@ -310,7 +329,7 @@ def benchmark(
     with reference, _progress(len(engines) * len(shapes), enabled=progress) as advance:
         for engine in engines:
             if reasons[engine]:
-                rows += [_row(engine, b, s, "unavailable", reasons[engine]) for b, s in shapes]
+                rows += _unavailable_rows(engine, shapes, reasons[engine], offline.get(engine))
                 advance(len(shapes), engine)
                 continue
             tol = _tolerance(engine, device, spec.dtype, atol, rtol)
@@ -379,8 +398,57 @@ def benchmark(
             "tolerances": {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines},
             "placement": placement,
             "cpu_recurrent_nodes": cpu_recurrent,
+            "tensorrt": _tensorrt_libraries(engines),
+            "offline_builds": {e: b.to_dict() for e, b in offline.items()},
         },
     )
+
+
+def _offline_build(engine: str, onnx_path: Path, profile: Any) -> Any:
+    """The ahead-of-time :class:`~birnn_export.trt.EngineBuild` of a TensorRT-RTX engine that
+    cannot run here, or ``None`` when ``tensorrt_rtx`` is not importable."""
+    from birnn_export import trt
+
+    try:
+        library = trt.import_library(trt.LIBRARIES[engine])
+    except EngineUnavailableError:
+        return None
+    return trt.build_engine(onnx_path, library=library, batch=profile[0], seq=profile[1])
+
+
+def _unavailable_rows(
+    engine: str, shapes: Sequence[tuple[int, int]], reason: str, build: Any
+) -> list[BenchResult]:
+    if build is None:
+        return [_row(engine, b, s, "unavailable", reason) for b, s in shapes]
+    if build.ok:
+        reason += (
+            f"; built ahead of time here by {build.checked_with} in {build.seconds:.2f} s "
+            f"({build.engine_bytes / 1e6:.1f} MB engine), not run"
+        )
+        status: Status = "unavailable"
+    else:
+        reason = f"{engine}: {build.summary()}"
+        status = "error"
+    return [
+        _row(engine, b, s, status, reason, build_s=build.seconds, engine_bytes=build.engine_bytes)
+        for b, s in shapes
+    ]
+
+
+def _tensorrt_libraries(engines: Sequence[str]) -> dict[str, str | None]:
+    """``{engine: "tensorrt_rtx 1.7.1.116"}`` for the TensorRT engines asked for (``None``
+    where the package does not import)."""
+    from birnn_export import trt
+
+    found: dict[str, str | None] = {}
+    for engine in engines:
+        if engine in trt.LIBRARIES:
+            try:
+                found[engine] = str(trt.import_library(trt.LIBRARIES[engine]))
+            except EngineUnavailableError:
+                found[engine] = None
+    return found
 
 
 def render_table(report: BenchReport) -> Any:
@@ -410,8 +478,13 @@ def render_table(report: BenchReport) -> Any:
         same_engine = [x for x in report.results if x.engine == r.engine]
         if all(x.status == "unavailable" for x in same_engine):
             if r is same_engine[0]:
+                built = (
+                    f" (built {r.build_s:.2f} s, {r.engine_bytes / 1e6:.1f} MB)"
+                    if r.build_s is not None and r.engine_bytes is not None
+                    else ""
+                )
                 table.add_row(
-                    labels[r.engine], "all", "all", *[""] * 6, Text("unavailable", "yellow")
+                    labels[r.engine], "all", "all", *[""] * 6, Text("unavailable" + built, "yellow")
                 )
             continue
         status = r.status
@@ -545,8 +618,14 @@ def _measure(
         tokens_per_s=tokens / (median / 1e3),
         first_run_ms=first_s * 1e3,
         build_s=runner.activate_time_s,
+        engine_bytes=_engine_bytes(runner),
         max_abs_error=max_err,
     )
+
+
+def _engine_bytes(runner: Any) -> int | None:
+    path = getattr(runner, "engine_path", None)
+    return path.stat().st_size if path is not None and path.is_file() else None
 
 
 def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,25 +1,37 @@
-"""Static compatibility check of an ONNX graph against a GPU engine's import rules.
+"""Compatibility check of an ONNX graph against a GPU engine's import rules.
 
-``check_compatibility(path, target="tensorrt")`` reads the graph only: it needs neither a GPU
-nor TensorRT. It reports, one :class:`Finding` per line, what the target would reject
-(``error``), what it would run slowly or differently (``warning``, e.g. ONNX Runtime's CUDA EP
-sending a recurrent node back to the CPU) and what is worth knowing (``info``). The rules are the
-measured and documented ones in the project's notes (NOTES.md, section 5) and onnx-tensorrt's
-operator matrix.
+``check_compatibility(path, target="tensorrt")`` asks TensorRT itself where it can: when a
+TensorRT Python package imports here (``tensorrt`` with a GPU, or ``tensorrt_rtx``, whose
+builder needs no GPU), the graph is parsed by its ONNX parser and built into an engine with the
+optimisation profile from the graph's declared ranges; a parser error or a failed build is an
+error. The static rules (NOTES.md section 5, onnx-tensorrt's operator matrix and checkers, ONNX
+Runtime's ``RNNNeedFallbackToCPU``) run always: they are the verdict where no TensorRT is
+installed, and they explain the parser's message where there is one. Each TensorRT rule is
+confirmed against the real parser in ``tests/test_check.py``. ``target="ort-cuda"`` (ONNX
+Runtime's CUDA EP) has static rules only.
+
+One :class:`Finding` per line: what the target rejects (``error``), what it runs slowly or
+differently (``warning``, e.g. ONNX Runtime's CUDA EP sending a recurrent node back to the CPU)
+and what is worth knowing (``info``).
 
 Example:
     >>> report = check_compatibility("model.onnx", target="tensorrt")  # doctest: +SKIP
-    >>> report.ok, [str(f) for f in report.findings]  # doctest: +SKIP
+    >>> report.ok, report.checked_with, [str(f) for f in report.findings]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export.errors import BiRNNExportError
+
+if TYPE_CHECKING:
+    from birnn_export.trt import EngineBuild
 
 Severity = Literal["error", "warning", "info"]
 
@@ -32,7 +44,9 @@ _ALIASES = {
     "ort-cuda": "ort-cuda",
 }
 
-#: Ops onnx-tensorrt imports (TensorRT 10.x operator matrix), default ONNX domain. The ones our
+#: Ops onnx-tensorrt imports, default ONNX domain: TensorRT 10.x's operator matrix as
+#: TensorRT-RTX 1.7's parser answers ``supports_operator`` (tests/test_check.py keeps the two
+#: equal; DeformConv is in TensorRT 10's matrix but not in TensorRT-RTX's parser). The ones our
 #: graphs use come first; the rest are listed so that other models do not get false errors.
 TENSORRT_OPS = frozenset(
     {
@@ -46,21 +60,21 @@ TENSORRT_OPS = frozenset(
         "Dropout",
         # the rest of the matrix
         "Acos", "Acosh", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "Attention",
-        "AveragePool", "BatchNormalization", "BlackmanWindow", "Ceil", "Celu", "ConvTranspose",
-        "Cos", "Cosh", "CumSum", "DeformConv", "DepthToSpace", "DequantizeLinear", "Einsum",
-        "Elu", "Erf", "EyeLike", "Floor", "GatherElements", "GatherND", "Gelu",
+        "AveragePool", "BatchNormalization", "BlackmanWindow", "CausalConvWithState", "Ceil",
+        "Celu", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear",
+        "Einsum", "Elu", "Erf", "EyeLike", "Floor", "GatherElements", "GatherND", "Gelu",
         "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "GridSample", "GroupNormalization",
         "HammingWindow", "HannWindow", "HardSigmoid", "HardSwish", "Hardmax", "If",
         "ImageScaler", "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization",
-        "LeakyRelu", "Loop", "LRN", "LpNormalization", "LpPool", "MaxPool", "Mean",
-        "MeanVarianceNormalization", "Mish", "Mod", "NonMaxSuppression", "NonZero", "OneHot",
-        "Pad", "ParametricSoftplus", "PRelu", "QuantizeLinear", "RandomNormal",
+        "LeakyRelu", "LinearAttention", "Loop", "LRN", "LpNormalization", "LpPool", "MaxPool",
+        "Mean", "MeanVarianceNormalization", "Mish", "Mod", "NonMaxSuppression", "NonZero",
+        "OneHot", "Pad", "ParametricSoftplus", "PRelu", "QuantizeLinear", "RandomNormal",
         "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Reciprocal", "ReduceL1",
         "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
         "ReduceProd", "ReduceSum", "ReduceSumSquare", "Resize", "RMSNormalization", "RoiAlign",
         "RotaryEmbedding", "Round", "STFT", "ScaledTanh", "Scan", "Scatter", "ScatterElements",
         "ScatterND", "Selu", "Shrink", "Sign", "Sin", "Sinh", "Size", "Softplus", "Softsign",
-        "SpaceToDepth", "Sum", "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Trilu",
+        "SpaceToDepth", "Sum", "Swish", "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Trilu",
         "Upsample",
     }
 )  # fmt: skip
@@ -85,8 +99,20 @@ _TENSORRT_UNSUPPORTED = {
     12: "uint32",
     13: "uint64",
 }
+#: Recurrent-node activations onnx-tensorrt maps (OnnxAttrs.cpp activationStringToEnum; exact
+#: spelling): no Affine.
+TENSORRT_ACTIVATIONS = (
+    "Relu", "Tanh", "Sigmoid", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid",
+    "Elu", "Softsign", "Softplus",
+)  # fmt: skip
 #: Default-domain opsets TensorRT 10's ONNX parser documents.
 TENSORRT_OPSETS = range(9, 25)
+#: What ``tensorrt=`` accepts: ``"auto"`` (the real parser and builder when a TensorRT imports
+#: here), ``"static"`` (the rules alone), or a package that must be used.
+TENSORRT_CHOICES = ("auto", "static", "tensorrt", "tensorrt_rtx")
+STATIC = (
+    "static rules (no TensorRT here: pip install tensorrt-rtx to parse and build without a GPU)"
+)
 
 
 @dataclass(frozen=True)
@@ -104,11 +130,18 @@ class Finding:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """Findings of one check; :attr:`ok` when none is an error."""
+    """Findings of one check; :attr:`ok` when none is an error.
+
+    ``checked_with`` says what judged the graph: ``"tensorrt_rtx 1.7.1.116 parser and builder"``
+    (plus the static rules) or the static rules alone; ``build`` is the real build's
+    :class:`~birnn_export.trt.EngineBuild`, ``None`` when none ran.
+    """
 
     target: str
     source: str
     findings: tuple[Finding, ...]
+    checked_with: str = "static rules"
+    build: EngineBuild | None = None
 
     @property
     def ok(self) -> bool:
@@ -129,7 +162,7 @@ class CheckReport:
         verdict = "compatible" if self.ok else "NOT compatible"
         return (
             f"{self.source}: {verdict} with {self.target} ({len(self.errors)} errors, "
-            f"{len(self.warnings)} warnings)"
+            f"{len(self.warnings)} warnings; checked by {self.checked_with})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +170,8 @@ class CheckReport:
             "target": self.target,
             "source": self.source,
             "ok": self.ok,
+            "checked_with": self.checked_with,
+            "build": None if self.build is None else self.build.to_dict(),
             "findings": [
                 {"severity": f.severity, "node": f.node, "message": f.message}
                 for f in self.findings
@@ -147,24 +182,112 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def check_compatibility(onnx_path_or_model: Any, *, target: str) -> CheckReport:
+def check_compatibility(
+    onnx_path_or_model: Any, *, target: str, tensorrt: str = "auto"
+) -> CheckReport:
     """Check an ONNX file (path) or loaded ``onnx.ModelProto`` against ``target``.
 
     Args:
         onnx_path_or_model: Path to an ``.onnx`` file or an ``onnx.ModelProto``.
         target: ``"tensorrt"`` (native TensorRT or ONNX Runtime's TensorRT EP, both through
             onnx-tensorrt) or ``"ort-cuda"`` (ONNX Runtime's CUDA EP).
+        tensorrt: For ``target="tensorrt"``: ``"auto"`` parses and builds with the first
+            usable TensorRT (``tensorrt`` where a GPU is visible, else ``tensorrt_rtx``) and
+            falls back to the static rules alone where there is none; ``"static"`` runs the
+            rules only; ``"tensorrt"`` / ``"tensorrt_rtx"`` insist on that package.
 
     Raises:
-        BiRNNExportError: unknown target.
+        BiRNNExportError: unknown target or ``tensorrt`` choice.
+        EngineUnavailableError: the TensorRT package named by ``tensorrt`` cannot be used.
         ModelLoadError: the file is missing or is not an ONNX model.
     """
     if target not in _ALIASES:
         raise BiRNNExportError(f"target: expected one of {', '.join(TARGETS)}, got {target!r}")
+    if tensorrt not in TENSORRT_CHOICES:
+        raise BiRNNExportError(
+            f"tensorrt: expected one of {', '.join(TENSORRT_CHOICES)}, got {tensorrt!r}"
+        )
     target = _ALIASES[target]
     model, source = _load(onnx_path_or_model)
-    checker = _Checker(model, target)
-    return CheckReport(target=target, source=source, findings=tuple(checker.run()))
+    static = _Checker(model, target).run()
+    if target != "tensorrt" or tensorrt == "static":
+        return CheckReport(target=target, source=source, findings=tuple(static))
+    library = _tensorrt_library(tensorrt)
+    if library is None:
+        return CheckReport(target, source, tuple(static), checked_with=STATIC)
+    build = _real_build(onnx_path_or_model, model, library)
+    findings: list[Finding] = []
+    for verdict in _build_findings(build):
+        # The static rules about the node the parser rejected explain it: put them beside it.
+        findings += [verdict, *(f for f in static if f.node == verdict.node != "graph")]
+    findings += [f for f in static if f not in findings]
+    return CheckReport(
+        target, source, tuple(findings), checked_with=f"{library} parser and builder", build=build
+    )
+
+
+def _tensorrt_library(choice: str) -> Any:
+    """The TensorRT package to parse and build with, or ``None`` (``"auto"`` with none here).
+    The data-centre library builds only on a GPU; TensorRT-RTX builds anywhere."""
+    from birnn_export import trt
+
+    if choice != "auto":
+        library = trt.import_library(choice)
+        if choice == "tensorrt":
+            reason = trt.availability(choice)
+            if reason:
+                from birnn_export.errors import EngineUnavailableError
+
+                raise EngineUnavailableError(f"{reason} (its builder needs the GPU)")
+        return library
+    if trt.availability("tensorrt") is None:
+        return trt.import_library("tensorrt")
+    return trt.find_library(("tensorrt_rtx",))
+
+
+def _real_build(obj: Any, model: Any, library: Any) -> EngineBuild:
+    """Parse and build with ``library``: the file itself, or a saved copy of a ModelProto."""
+    from birnn_export.trt import build_engine
+
+    if not hasattr(obj, "SerializeToString"):
+        return build_engine(obj, library=library)
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="birnn-export-check-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        onnx.save(model, path)
+        return build_engine(path, library=library)
+
+
+def _build_findings(build: EngineBuild) -> list[Finding]:
+    """The real parser's and builder's verdicts as findings: errors, or one info line."""
+    tool = build.checked_with
+    if not build.parsed:
+        return [
+            Finding(
+                "error",
+                issue.node,
+                f"TensorRT's ONNX parser ({tool}) rejected this {issue.op or 'graph'}: "
+                f"{issue.message}",
+            )
+            for issue in build.parser_issues
+        ]
+    if not build.ok:
+        return [Finding("error", "graph", f"{tool} parsed the graph but failed to build it: "
+                        f"{build.build_error}")]  # fmt: skip
+    shapes = ", ".join(
+        f"{name} {'/'.join('x'.join(map(str, s)) for s in triple)}"
+        for name, triple in build.profile.items()
+    )
+    assert build.engine_bytes is not None and build.seconds is not None
+    return [
+        Finding(
+            "info",
+            "graph",
+            f"{tool} parsed the graph and built a {build.engine_bytes / 1e6:.1f} MB engine in "
+            f"{build.seconds:.2f} s (profile min/opt/max: {shapes or 'static shapes'})",
+        )
+    ]
 
 
 def _load(obj: Any) -> tuple[Any, str]:
@@ -225,6 +348,18 @@ class _Checker:
             return None
         return len(tensor_type.shape.dim)
 
+    @property
+    def _spec_severity(self) -> Severity:
+        """Severity of a rule of the ONNX spec that TensorRT's parser does not enforce: an
+        error for ONNX Runtime, a warning (the graph is not portable) for TensorRT."""
+        return "warning" if self.trt else "error"
+
+    @property
+    def _parser_accepts(self) -> str:
+        if not self.trt:
+            return ""
+        return ": TensorRT's parser accepts it, ONNX Runtime and other engines reject it"
+
     @staticmethod
     def _label(node: Any) -> str:
         return node.name or node.op_type
@@ -276,8 +411,10 @@ class _Checker:
         return []
 
     def _check_loop(self, node: Any) -> list[Finding]:
-        """onnx-tensorrt: "Scan output length cannot be dynamic". Scan outputs are the outputs
-        after the N loop-carried ones (N = inputs after M and cond)."""
+        """A Loop with scan outputs needs a trip count (input M): TensorRT sizes scan outputs by
+        it. A trip count computed at run time is fine (TensorRT-RTX builds one from
+        ``Shape``). Scan outputs are the outputs after the N loop-carried ones (N = inputs after
+        M and cond)."""
         scan_outputs = len(node.output) - max(len(node.input) - 2, 0)
         if scan_outputs <= 0:
             return []
@@ -289,16 +426,6 @@ class _Checker:
                     self._label(node),
                     f"Loop without a trip count (input M) has {scan_outputs} scan output(s): "
                     "TensorRT needs their length",
-                )
-            ]
-        constants = {n.output[0] for n in self._nodes(self.model.graph) if n.op_type == "Constant"}
-        if trip not in self.init_types and trip not in constants:
-            return [
-                Finding(
-                    "warning",
-                    self._label(node),
-                    "Loop scan outputs whose length (trip count M) is computed at run time: "
-                    "TensorRT documents that scan output length cannot be dynamic",
                 )
             ]
         return []
@@ -368,6 +495,14 @@ class _Checker:
         activations = _attr(node, "activations")
         default = _DEFAULT_ACTIVATIONS[op]
         per_dir = len(default)
+        if self.trt:
+            unknown = sorted({a for a in activations or () if a not in TENSORRT_ACTIVATIONS})
+            if unknown:
+                add(
+                    "error",
+                    f"{op} activations {unknown}: TensorRT's ONNX parser knows only "
+                    f"{', '.join(TENSORRT_ACTIVATIONS)} (case-sensitive)",
+                )
         if self.trt and dirs == 2:
             # onnx-tensorrt's checker: both directions' activations, alphas and betas equal.
             for name in ("activations", "activation_alpha", "activation_beta"):
@@ -432,6 +567,14 @@ class _Checker:
             elem = self._elem(node.input[4])
             if elem is not None and elem != _INT32:
                 add("error", f"{op} sequence_lens must be int32 (got element type {elem})")
+            if self.trt and self._elem(node.input[0]) == _FLOAT16:
+                add(
+                    "error",
+                    f"float16 {op} with sequence_lens: TensorRT's ONNX parser masks the steps "
+                    "past each length with a float32 zero, which a strongly typed network "
+                    "cannot mix with half data; compute the node in float32 between Casts (as "
+                    "birnn-export's fp16 exports do) or drop sequence_lens",
+                )
         return findings
 
     def _check_reverse_sequence(self, node: Any) -> list[Finding]:
@@ -455,10 +598,10 @@ class _Checker:
         if {batch_axis, time_axis} - {0, 1}:
             findings.append(
                 Finding(
-                    "error",
+                    self._spec_severity,
                     label,
-                    f"ReverseSequence axes must be 0 and 1 (batch_axis={batch_axis}, "
-                    f"time_axis={time_axis})",
+                    f"ReverseSequence axes must be 0 and 1 in ONNX (batch_axis={batch_axis}, "
+                    f"time_axis={time_axis}){self._parser_accepts}",
                 )
             )
         if inputs:
@@ -479,9 +622,10 @@ class _Checker:
             if elem is not None and elem != _INT64:
                 findings.append(
                     Finding(
-                        "error",
+                        self._spec_severity,
                         label,
-                        f"ReverseSequence sequence_lens must be int64 (got element type {elem})",
+                        f"ReverseSequence sequence_lens must be int64 in ONNX (got element type "
+                        f"{elem}){self._parser_accepts}",
                     )
                 )
         return findings

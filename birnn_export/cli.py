@@ -502,7 +502,7 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     "--engines",
     multiple=True,
     metavar="ENGINE[,ENGINE]",
-    help="Engines to check: torch, ort-cpu, ort-cuda, ort-trt, trt. [default: ort-cpu]",
+    help="Engines to check: torch, ort-cpu, ort-cuda, ort-trt, trt, trt-rtx. [default: ort-cpu]",
 )
 @click.option("--batch", "batch_sizes", metavar="B,B,...", help="Batch sizes [default: 1,3,16].")
 @click.option(
@@ -611,7 +611,7 @@ def verify_command(
     "--engines",
     default="torch,ort-cpu",
     show_default=True,
-    help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt.",
+    help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt, trt-rtx.",
 )
 @click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option(
@@ -747,16 +747,27 @@ def bench_command(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write the findings to this JSON file.",
 )
+@click.option(
+    "--tensorrt",
+    type=click.Choice(["auto", "static", "tensorrt", "tensorrt_rtx"]),
+    default="auto",
+    show_default=True,
+    help="For --target tensorrt: auto parses and builds with TensorRT where one is installed "
+    "(tensorrt with a GPU, else tensorrt_rtx, which needs no GPU); static runs the rules only.",
+)
 @user_errors
-def check_command(onnx_path: Path, target: str, json_path: Path | None) -> None:
-    """Statically check MODEL.onnx against a GPU engine (no GPU needed).
+def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt: str) -> None:
+    """Check MODEL.onnx against a GPU engine (no GPU needed).
 
-    Prints one line per finding; exits 1 if any is an error, 0 otherwise.
+    For TensorRT, its own ONNX parser and builder judge the graph where a TensorRT package is
+    installed (pip install tensorrt-rtx builds without a GPU), with the static rules beside
+    them; elsewhere the static rules alone. Prints one line per finding and what checked it;
+    exits 1 if any finding is an error (a parser error or failed build included), 0 otherwise.
     """
     from birnn_export.check import check_compatibility
 
     check_output_path("--json", json_path)
-    report = check_compatibility(onnx_path, target=target)
+    report = check_compatibility(onnx_path, target=target, tensorrt=tensorrt)
     for line in report.lines():
         click.echo(line)
     click.echo(report.summary())

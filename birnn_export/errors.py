@@ -30,6 +30,13 @@ class EngineUnavailableError(BiRNNExportError):
     """An inference engine was requested that cannot run here; the message says why."""
 
 
+class EngineBuildError(BiRNNExportError):
+    """TensorRT's ONNX parser rejected a graph, or its builder failed on it: the graph does not
+    run on that engine as exported (exit code 1, like a failed verification)."""
+
+    exit_code = 1
+
+
 class VerificationError(BiRNNExportError):
     """An engine's outputs differ from the eager PyTorch reference beyond tolerance."""
 

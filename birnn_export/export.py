@@ -209,6 +209,8 @@ def export_onnx(
 
     proto = _trace(traced, trace_inputs, names, outs, roles, opset, layout)
     _clean_nodes(proto)
+    if target == torch.float16:
+        sink_batch_transposes(proto)
     spec = _build_spec(proto, names, roles, outs, example_inputs, converted, batch, seq, layers)
     spec = GraphSpec(
         **{
@@ -479,9 +481,11 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
     saved = []
     for namespace in namespaces:
         for name, value in list(namespace.items()):
-            if callable(value) and value in swaps:
+            # By identity: a module's globals may hold callables that are not hashable.
+            swap = next((new for old, new in swaps.items() if value is old), None)
+            if swap is not None:
                 saved.append((namespace, name, value))
-                namespace[name] = swaps[value]
+                namespace[name] = swap
     try:
         with torch.no_grad():
             yield
@@ -636,6 +640,69 @@ def _clean_nodes(proto: Any) -> None:
         if NODE_NAME_KEY in props:
             node.name = props[NODE_NAME_KEY]
         del node.metadata_props[:]
+
+
+def sink_batch_transposes(proto: Any) -> int:
+    """Move a ``Transpose`` that swaps leading axes from before a ``MatMul`` to after it.
+
+    ``MatMul(Transpose(x, perm), W) == Transpose(MatMul(x, W), perm)`` when ``W`` is a matrix and
+    ``perm`` keeps the last axis last. fp16 graphs need this form: ONNX Runtime 1.32's CPU
+    provider (no fp16 MatMul kernel) casts such a MatMul to float32 and then its
+    ``MatmulTransposeFusion`` folds the batch-axis Transpose through the inserted Cast and
+    crashes the process while the session is created (SIGSEGV). A batch-first model's head is
+    exactly this pattern: the recurrent layers' time-major output, transposed, into a Linear.
+    Returns how many were moved.
+    """
+    import onnx
+
+    matrices = {t.name for t in proto.graph.initializer if len(t.dims) == 2}
+    for node in proto.graph.node:
+        tensor = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
+        if tensor is not None and len(tensor.dims) == 2:
+            matrices.add(node.output[0])
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    consumers = collections.Counter(name for node in proto.graph.node for name in node.input)
+    outputs = {o.name for o in proto.graph.output}
+    nodes, moved = [], 0
+    for node in proto.graph.node:
+        transpose = producers.get(node.input[0]) if node.op_type == "MatMul" else None
+        perm = (
+            list(onnx.helper.get_attribute_value(transpose.attribute[0]))
+            if transpose is not None and transpose.op_type == "Transpose" and transpose.attribute
+            else []
+        )
+        if (
+            len(perm) < 3
+            or perm[-1] != len(perm) - 1
+            or perm == sorted(perm)
+            or node.input[1] not in matrices
+        ):
+            nodes.append(node)
+            continue
+        product = f"{node.output[0]}__before_transpose"
+        nodes.append(
+            onnx.helper.make_node(
+                "MatMul", [transpose.input[0], node.input[1]], [product], name=node.name
+            )
+        )
+        nodes.append(
+            onnx.helper.make_node(
+                "Transpose", [product], [node.output[0]], name=f"{node.name}/transpose", perm=perm
+            )
+        )
+        consumers[node.input[0]] -= 1
+        moved += 1
+    # Transposes whose only consumers were the moved MatMuls are now dead.
+    dead = {
+        id(n)
+        for n in nodes
+        if n.op_type == "Transpose" and consumers[n.output[0]] <= 0 and n.output[0] not in outputs
+    }
+    if moved:
+        kept = [n for n in nodes if id(n) not in dead]
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
+    return moved
 
 
 def _set_metadata(proto: Any, spec: GraphSpec) -> None:

@@ -484,14 +484,15 @@ class BiRNN(nn.Module):
         """
         steps, batch = x.shape[0], x.shape[1]
         dirs = len(ws)
+        compute = recurrent_dtype(x.dtype, ragged=seq_lens is not None)
         inputs: list[Tensor | None] = [
-            x,
-            torch.stack(ws),
-            torch.stack(rs),
-            torch.stack(bs),
+            x.to(compute),
+            torch.stack(ws).to(compute),
+            torch.stack(rs).to(compute),
+            torch.stack(bs).to(compute),
             seq_lens,
         ]
-        inputs += init
+        inputs += [s if s is None else s.to(compute) for s in init]
         n_out = 3 if self.cell == "lstm" else 2
         shapes = [[steps, dirs, batch, self.hidden_size]] + [[dirs, batch, self.hidden_size]] * (
             n_out - 1
@@ -500,12 +501,13 @@ class BiRNN(nn.Module):
             ONNX_OP[self.cell],
             inputs,
             self._onnx_attrs(direction, dirs),
-            dtypes=[x.dtype] * n_out,
+            dtypes=[compute] * n_out,
             shapes=shapes,
             version=14,
             metadata_props={NODE_NAME_KEY: name},
         )
-        return outs[0], list(outs[1:])
+        outs = [o.to(x.dtype) for o in outs]
+        return outs[0], outs[1:]
 
     def _forward_onnx(self, x: Tensor, lengths: Tensor | None, hx: Hidden | None):
         xt = x.transpose(0, 1) if self.batch_first else x
@@ -565,6 +567,26 @@ class BiRNN(nn.Module):
         out = xt.transpose(0, 1) if self.batch_first else xt
         states = [torch.cat([f[i] for f in finals], 0) for i in range(len(finals[0]))]
         return out, self._pack_states(states)
+
+
+def recurrent_dtype(dtype: torch.dtype, *, ragged: bool) -> torch.dtype:
+    """The dtype an exported recurrent node computes in, for a graph of ``dtype``.
+
+    float16 nodes that take ``sequence_lens`` (``ragged``) compute in float32, between Casts:
+    TensorRT's ONNX parser (onnx-tensorrt's RNN importer, shared by TensorRT 10/11 and
+    TensorRT-RTX) masks the steps past each length with a float32 zero, which a strongly typed
+    network cannot select against half data, so it rejects every such fp16 node ("ISelectLayer
+    must have `thenInput` and `elseInput` of same types"). ONNX Runtime's CPU provider has no
+    fp16 recurrent kernels and casts to float32 around them anyway. Nodes without
+    ``sequence_lens`` keep the graph's dtype.
+
+    Example:
+        >>> recurrent_dtype(torch.float16, ragged=True)
+        torch.float32
+        >>> recurrent_dtype(torch.float16, ragged=False)
+        torch.float16
+    """
+    return torch.float32 if dtype == torch.float16 and ragged else dtype
 
 
 def _reverse_sequence(x: Tensor, lens: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from birnn_export.spec import GraphSpec
 
 #: Engine names, as accepted by ``--engines`` and :func:`make_runner`.
-ENGINES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+ENGINES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt", "trt-rtx")
 
 _ORT_PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -563,9 +563,9 @@ def make_runner(
             GPU engines the CUDA device (``"cuda:N"``, default ``cuda:0``).
         compile: ``torch.compile`` the model (``"torch"`` only).
         profile_batch: (min, opt, max) batch sizes of the TensorRT optimisation profile
-            (``"trt"`` and ``"ort-trt"``; ignored by the other engines). ``None``: the graph's
-            declared ``batch_range`` (set at export; default (1, 8, 32)). Inputs outside the
-            profile fail at run time, so cover every batch size you run.
+            (``"trt"``, ``"trt-rtx"`` and ``"ort-trt"``; ignored by the other engines).
+            ``None``: the graph's declared ``batch_range`` (set at export; default (1, 8, 32)).
+            Inputs outside the profile fail at run time, so cover every batch size you run.
         profile_seq: (min, opt, max) sequence lengths of that profile, likewise (``seq_range``,
             default (1, 64, 256)).
 
@@ -602,11 +602,17 @@ def make_runner(
     if compile:
         raise BiRNNExportError(f"compile=True applies to engine 'torch' only, not {engine!r}")
     device_id = _cuda_index(device, engine)
-    if engine in ("trt", "ort-trt"):
-        from birnn_export.trt import TrtRunner
+    if engine in ("trt", "trt-rtx", "ort-trt"):
+        from birnn_export.trt import LIBRARIES, TrtRunner
 
-        if engine == "trt":
-            return TrtRunner(onnx_path, device=device_id, batch=profile_batch, seq=profile_seq)
+        if engine in LIBRARIES:
+            return TrtRunner(
+                onnx_path,
+                library=LIBRARIES[engine],
+                device=device_id,
+                batch=profile_batch,
+                seq=profile_seq,
+            )
         if profile_batch is not None or profile_seq is not None:
             options = tensorrt_provider_options(
                 _spec_or_none(onnx_path), device_id=device_id, batch=profile_batch, seq=profile_seq
@@ -663,7 +669,7 @@ def availability(engine: str) -> str | None:
         return None
     from birnn_export import trt
 
-    return trt.availability()
+    return trt.availability(trt.LIBRARIES[engine])
 
 
 def installed_onnxruntimes() -> list[str]:

@@ -161,7 +161,7 @@ def covering_range(declared: tuple[int, int, int], sizes: Any) -> tuple[int, int
 
 
 #: Engines that run on a GPU (the others run on the host CPU).
-GPU_ENGINES = frozenset({"ort-cuda", "ort-trt", "trt"})
+GPU_ENGINES = frozenset({"ort-cuda", "ort-trt", "trt", "trt-rtx"})
 
 
 @dataclass(frozen=True)

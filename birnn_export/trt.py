@@ -1,18 +1,33 @@
-"""Native TensorRT: build an engine from an exported ONNX graph, cache it, run it.
+"""TensorRT: parse and build an exported ONNX graph into an engine, cache it, run it.
 
-This is the only module that imports ``tensorrt``, and only inside functions, so the package
-imports (and its tests run) without it. The pure helpers here need neither TensorRT nor a GPU:
+Two Python packages provide TensorRT's API, and both are accepted wherever the project needs
+"a TensorRT":
+
+* ``tensorrt`` (10.x, 11.x), the data-centre library: engine ``"trt"``. Building and running
+  both need an NVIDIA GPU.
+* ``tensorrt_rtx`` (TensorRT for RTX, ``pip install tensorrt-rtx``): engine ``"trt-rtx"``. Its
+  builder runs ahead of time on a CPU-only machine (engines for compute capability 8.0, 8.6, 8.9
+  and 12.x, portable across those GPUs); running an engine needs an RTX-class GPU. Its ONNX
+  parser is the same onnx-tensorrt importer as TensorRT 10/11's, so its parse verdict is
+  TensorRT's.
+
+This is the only module that imports either, and only inside functions, so the package imports
+(and its tests run) without them. The pure helpers need neither TensorRT nor a GPU:
 
 * :func:`derive_profile` turns a graph's :class:`~birnn_export.spec.GraphSpec` into one
   optimisation profile (min / opt / max shape of every dynamic input);
 * :func:`cache_key` names a serialized engine after everything that makes it valid (the ONNX
-  file's sha256, GPU, TensorRT version, profile, precision and build options);
-* :func:`build_plan` decides strong typing and precision flags for a TensorRT build.
+  file's sha256, library and version, GPU, profile, precision and build options);
+* :func:`build_plan` decides strong typing and precision flags for a build.
 
-:class:`TrtRunner` follows the runner contract of :mod:`birnn_export.runners`. Device memory
-comes from torch CUDA tensors, so there is no pycuda / cuda-python dependency.
+:func:`build_engine` parses and builds (no GPU needed with ``tensorrt_rtx``) and returns an
+:class:`EngineBuild` saying what the parser and builder said. :class:`TrtRunner` follows the
+runner contract of :mod:`birnn_export.runners`; device memory comes from torch CUDA tensors, so
+there is no pycuda / cuda-python dependency.
 
 Example:
+    >>> build = build_engine("model.onnx", library="tensorrt_rtx")  # doctest: +SKIP
+    >>> build.ok, build.engine_bytes, build.seconds  # doctest: +SKIP
     >>> with TrtRunner("model.onnx") as runner:  # doctest: +SKIP
     ...     outputs = runner.infer({"x": x, "lengths": lengths})
 """
@@ -24,15 +39,16 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from birnn_export._files import file_sha256, write_atomic
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineBuildError, EngineUnavailableError
 from birnn_export.runners import BaseRunner
 from birnn_export.spec import BATCH, SEQ, GraphSpec, check_range
 
@@ -41,7 +57,19 @@ logger = logging.getLogger(__name__)
 #: Environment variable that overrides :data:`DEFAULT_CACHE_DIR`.
 CACHE_ENV = "BIRNN_EXPORT_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/birnn-export/trt")
-INSTALL_HINT = "pip install birnn-export[gpu]"
+
+#: The Python package each TensorRT engine runs on.
+LIBRARIES = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
+#: How to install each package.
+INSTALL_HINTS = {
+    "tensorrt": "pip install birnn-export[gpu]",
+    "tensorrt_rtx": "pip install birnn-export[tensorrt-rtx]",
+}
+#: Kept for callers of the data-centre library's hint.
+INSTALL_HINT = INSTALL_HINTS["tensorrt"]
+#: Search order when any TensorRT will do (:func:`find_library`): the data-centre library is
+#: what ``trt`` and ONNX Runtime's TensorRT EP run, so its verdict comes first.
+SEARCH_ORDER = ("tensorrt", "tensorrt_rtx")
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
@@ -116,6 +144,49 @@ def derive_profile(
     return profile
 
 
+_BATCH_NAMES = re.compile(r"(?i)^(b|n|bs|batch.*|.*_batch|.*batch_size.*)$")
+
+
+def generic_profile(
+    inputs: Mapping[str, Sequence[int | str | None]],
+    *,
+    batch: Sequence[int] | None = None,
+    seq: Sequence[int] | None = None,
+) -> Profile:
+    """A profile for a graph without birnn-export's spec (defaults 1,8,32 and 1,64,256).
+
+    ``inputs`` maps input names to their ONNX dims: an int (static), a name (``dim_param``)
+    or ``None`` (dynamic, unnamed). A named dim that reads as a batch (``batch``, ``b``,
+    ``N``, ...) takes the ``batch`` range and every other name the ``seq`` range, the same
+    for every input that shares the name; an unnamed dim takes ``batch`` on axis 0 and ``seq``
+    elsewhere.
+
+    Example:
+        >>> generic_profile({"x": ("seq", "batch", 40), "lens": ("batch",), "w": (3, 3)})["x"]
+        ((1, 1, 40), (64, 8, 40), (256, 32, 40))
+    """
+    from birnn_export.spec import DEFAULT_BATCH_RANGE, DEFAULT_SEQ_RANGE
+
+    b = check_range("batch", DEFAULT_BATCH_RANGE if batch is None else batch)
+    s = check_range("seq", DEFAULT_SEQ_RANGE if seq is None else seq)
+
+    def sizes(axis: int, dim: int | str | None) -> tuple[int, int, int]:
+        if isinstance(dim, str):
+            return b if _BATCH_NAMES.match(dim) else s
+        return b if axis == 0 else s
+
+    profile: Profile = {}
+    for name, dims in inputs.items():
+        if all(isinstance(d, int) for d in dims):
+            continue
+        triple = [
+            tuple(d if isinstance(d, int) else sizes(axis, d)[i] for axis, d in enumerate(dims))
+            for i in range(3)
+        ]
+        profile[name] = (triple[0], triple[1], triple[2])
+    return profile
+
+
 def cache_key(
     onnx_sha256: str,
     gpu_name: str,
@@ -123,22 +194,26 @@ def cache_key(
     profile: Mapping[str, tuple[Shape, Shape, Shape]],
     dtype: str,
     *,
+    library: str = "tensorrt",
     options: Mapping[str, Any] | None = None,
 ) -> str:
     """A file-name-safe key that changes with every ingredient of a serialized engine.
 
-    ``options`` holds build options that change the engine (e.g. ``{"tf32": False}``).
+    ``library`` is the package (``"tensorrt"`` or ``"tensorrt_rtx"``); ``options`` holds build
+    options that change the engine (e.g. ``{"tf32": False}``).
     """
     payload = {
         "onnx_sha256": onnx_sha256,
         "gpu": gpu_name,
+        "library": library,
         "tensorrt": trt_version,
         "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())},
         "dtype": dtype,
         "options": dict(sorted((options or {}).items())),
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    return f"{_slug(gpu_name)}-trt{_slug(trt_version)}-{digest[:32]}"
+    short = "rtx" if library == "tensorrt_rtx" else "trt"
+    return f"{_slug(gpu_name)}-{short}{_slug(trt_version)}-{digest[:32]}"
 
 
 def timing_cache_name(gpu_name: str, trt_version: str) -> str:
@@ -155,14 +230,22 @@ class BuildPlan:
     fp16_flag: bool
 
 
-def build_plan(trt_version: str, dtype: str, *, has_strongly_typed: bool = True) -> BuildPlan:
+def build_plan(
+    trt_version: str,
+    dtype: str,
+    *,
+    has_strongly_typed: bool = True,
+    library: str = "tensorrt",
+) -> BuildPlan:
     """Strongly typed whenever TensorRT has the ``STRONGLY_TYPED`` network flag (every 10.x and
     11.x does: it arrived in 9.x, and 11.x keeps it, ignored, for compatibility, since there
-    every network is strongly typed). Precision then comes from the graph, so fp16 needs an fp16
-    ONNX graph, and TensorRT refuses precision flags (ONNX Runtime's TensorRT EP likewise sets
-    one or the other, never both). ``BuilderFlag.FP16`` is only the fallback for a build that
-    lacks the flag.
+    every network is strongly typed; TensorRT-RTX networks are always strongly typed). Precision
+    then comes from the graph, so fp16 needs an fp16 ONNX graph, and TensorRT refuses precision
+    flags (ONNX Runtime's TensorRT EP likewise sets one or the other, never both).
+    ``BuilderFlag.FP16`` is only the fallback for a TensorRT build that lacks the flag.
     """
+    if library == "tensorrt_rtx":
+        return BuildPlan(strongly_typed=True, fp16_flag=False)
     major = _major(trt_version)
     if major < 10:
         raise EngineUnavailableError(
@@ -184,6 +267,24 @@ def numpy_dtype(trt_dtype_name: str) -> str:
         ) from None
 
 
+def compute_capabilities(module: Any) -> dict[tuple[int, int], Any]:
+    """TensorRT-RTX's build targets: ``{(major, minor): ComputeCapability member}`` from the
+    module's ``ComputeCapability`` enum (``SM80`` -> (8, 0), ``SM120`` -> (12, 0))."""
+    members = getattr(getattr(module, "ComputeCapability", None), "__members__", {})
+    targets = {}
+    for name, member in members.items():
+        match = re.fullmatch(r"SM(\d)(\d)|SM(\d\d)(\d)", name)
+        if match:
+            major, minor = (match.group(1), match.group(2)) if match.group(1) else match.group(3, 4)
+            targets[int(major), int(minor)] = member
+    return dict(sorted(targets.items()))
+
+
+#: Compute capabilities TensorRT-RTX engines target unless told otherwise (its docs: 8.0, 8.6,
+#: 8.9, 12.0 and later; Turing, 7.5, only when asked for).
+RTX_DEFAULT_MIN_CAPABILITY = (8, 0)
+
+
 def _major(version: str) -> int:
     match = re.match(r"\d+", version)
     return int(match.group()) if match else 0
@@ -193,37 +294,416 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "unknown"
 
 
-# -- availability ------------------------------------------------------------------------------
+# -- the libraries ---------------------------------------------------------------------------
 
 
-def availability() -> str | None:
-    """``None`` if native TensorRT can run here, otherwise the exact reason it cannot."""
+@dataclass(frozen=True)
+class TensorRTLibrary:
+    """An imported TensorRT package: ``name`` (``"tensorrt"`` or ``"tensorrt_rtx"``), its
+    version and the module."""
+
+    name: str
+    version: str
+    module: Any = field(repr=False, compare=False)
+
+    @property
+    def rtx(self) -> bool:
+        return self.name == "tensorrt_rtx"
+
+    @property
+    def engine(self) -> str:
+        """The engine name that runs on it: ``"trt"`` or ``"trt-rtx"``."""
+        return "trt-rtx" if self.rtx else "trt"
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def import_library(name: str) -> TensorRTLibrary:
+    """Import ``tensorrt`` or ``tensorrt_rtx``.
+
+    Raises:
+        EngineUnavailableError: not installed, unimportable, or too old; the message says which
+            and how to install it.
+    """
+    import importlib
+
+    if name not in INSTALL_HINTS:
+        raise BiRNNExportError(f"library: expected one of {', '.join(INSTALL_HINTS)}, got {name!r}")
+    engine = "trt-rtx" if name == "tensorrt_rtx" else "trt"
+    hint = INSTALL_HINTS[name]
     try:
-        import tensorrt as trt
+        module = importlib.import_module(name)
     except ModuleNotFoundError:
-        return f"trt: tensorrt not installed: {INSTALL_HINT}"
+        raise EngineUnavailableError(f"{engine}: {name} not installed: {hint}") from None
     except (ImportError, OSError) as exc:  # a wheel whose shared libraries are missing
-        return f"trt: tensorrt is installed but failed to import ({exc}); reinstall: {INSTALL_HINT}"
-    version = getattr(trt, "__version__", "0")
-    if _major(version) < 10:
-        return f"trt: TensorRT {version} is too old: need 10 or newer; {INSTALL_HINT}"
+        raise EngineUnavailableError(
+            f"{engine}: {name} is installed but failed to import ({exc}); reinstall: {hint}"
+        ) from None
+    version = str(getattr(module, "__version__", "0"))
+    if name == "tensorrt" and _major(version) < 10:
+        raise EngineUnavailableError(
+            f"trt: TensorRT {version} is too old: need 10 or newer; {hint}"
+        )
+    return TensorRTLibrary(name, version, module)
+
+
+def library_reason(name: str) -> str | None:
+    """``None`` if ``name`` imports, otherwise why not (:func:`import_library`'s message)."""
+    try:
+        import_library(name)
+    except EngineUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def find_library(names: Sequence[str] = SEARCH_ORDER) -> TensorRTLibrary | None:
+    """The first of ``names`` that imports, or ``None`` when none does."""
+    for name in names:
+        try:
+            return import_library(name)
+        except EngineUnavailableError:
+            continue
+    return None
+
+
+def availability(library: str = "tensorrt") -> str | None:
+    """``None`` if engines of ``library`` can run here, otherwise the exact reason they cannot.
+
+    ``tensorrt`` needs a CUDA device; ``tensorrt_rtx`` a CUDA device of a compute capability
+    its engines target (RTX-class: 7.5, 8.0, 8.6, 8.9, 12.x; not 9.0 or 10.x data-centre GPUs).
+    Building a TensorRT-RTX engine needs no GPU: see :func:`build_engine`.
+    """
+    try:
+        lib = import_library(library)
+    except EngineUnavailableError as exc:
+        return str(exc)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency
-        return "trt: torch is needed for device memory; pip install torch"
+        return f"{lib.engine}: torch is needed for device memory; pip install torch"
     if not torch.cuda.is_available():
-        return "trt: no CUDA device (torch.cuda.is_available() is False)"
+        return f"{lib.engine}: no CUDA device (torch.cuda.is_available() is False)"
+    if lib.rtx:
+        capability = tuple(torch.cuda.get_device_capability(0))
+        targets = compute_capabilities(lib.module)
+        if capability not in targets:
+            listed = ", ".join(f"{a}.{b}" for a, b in targets)
+            return (
+                f"trt-rtx: {torch.cuda.get_device_name(0)} has compute capability "
+                f"{capability[0]}.{capability[1]}; {lib} engines run on RTX-class GPUs of "
+                f"compute capability {listed}"
+            )
     return None
+
+
+# -- parse and build -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParserIssue:
+    """One error of TensorRT's ONNX parser: the node (name, or op when unnamed), its op and
+    what the parser said (its description and the layer error behind it, in one line)."""
+
+    node: str
+    op: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.node} ({self.op}): {self.message}" if self.op else self.message
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What TensorRT's parser and builder said of one ONNX graph.
+
+    ``ok`` when the graph parsed and an engine was built. ``seconds`` is the builder's time
+    (parsing excluded), ``engine_bytes`` the serialized engine's size; ``serialized`` holds the
+    engine itself (left out of ``repr`` and :meth:`to_dict`).
+    """
+
+    library: str
+    version: str
+    source: str
+    profile: Profile
+    strongly_typed: bool
+    parser_issues: tuple[ParserIssue, ...] = ()
+    build_error: str | None = None
+    seconds: float | None = None
+    engine_bytes: int | None = None
+    serialized: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def parsed(self) -> bool:
+        return not self.parser_issues
+
+    @property
+    def ok(self) -> bool:
+        return self.parsed and self.build_error is None and self.engine_bytes is not None
+
+    @property
+    def checked_with(self) -> str:
+        """``"tensorrt_rtx 1.7.1.116"``."""
+        return f"{self.library} {self.version}"
+
+    def summary(self) -> str:
+        if not self.parsed:
+            issues = "; ".join(str(i) for i in self.parser_issues)
+            return f"{self.checked_with}'s ONNX parser rejected {self.source}: {issues}"
+        if not self.ok:
+            return (
+                f"{self.checked_with} parsed {self.source} but failed to build: {self.build_error}"
+            )
+        return (
+            f"{self.checked_with} parsed {self.source} and built a "
+            f"{self.engine_bytes / 1e6:.1f} MB engine in {self.seconds:.2f} s"
+        )
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`~birnn_export.errors.EngineBuildError` (exit 1) unless :attr:`ok`."""
+        if not self.ok:
+            raise EngineBuildError(
+                f"{self.summary()}; run 'birnn-export check {self.source} --target tensorrt' "
+                "for the rules behind it"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "library": self.library,
+            "version": self.version,
+            "source": self.source,
+            "profile": {k: [list(s) for s in v] for k, v in self.profile.items()},
+            "strongly_typed": self.strongly_typed,
+            "parsed": self.parsed,
+            "built": self.ok,
+            "parser_issues": [
+                {"node": i.node, "op": i.op, "message": i.message} for i in self.parser_issues
+            ],
+            "build_error": self.build_error,
+            "seconds": self.seconds,
+            "engine_bytes": self.engine_bytes,
+        }
+
+
+def _log_class(module: Any) -> Any:
+    """A TensorRT logger that keeps every message (the parser and builder explain failures
+    there) and passes them to Python logging at debug level."""
+    base = getattr(module, "ILogger", None)
+
+    class _Log(base if base is not None else object):  # type: ignore[misc]
+        def __init__(self) -> None:
+            if base is not None:
+                base.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+
+        def log(self, severity: Any, message: str) -> None:
+            level = getattr(severity, "name", str(severity))
+            self.messages.append((level, message))
+            logger.debug("TensorRT %s: %s", level, message)
+
+        def errors(self, since: int = 0) -> list[str]:
+            return [m for level, m in self.messages[since:] if level in _ERRORS]
+
+    return _Log
+
+
+_ERRORS = ("ERROR", "INTERNAL_ERROR")
+
+
+def _without_noise(text: str) -> str:
+    """One line from a TensorRT message: its lines joined, without the CUDA-runtime errors a
+    machine without a (new enough) GPU driver adds to every failure, and source paths."""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    kept = [line for line in lines if line and "cudaError 35" not in line]
+    joined = "; ".join(kept or lines)
+    return re.sub(r" In \w+ at /_src/\S+", "", joined)
+
+
+def build_engine(
+    path: str | os.PathLike[str],
+    *,
+    library: str | TensorRTLibrary = "tensorrt_rtx",
+    spec: GraphSpec | None = None,
+    batch: Sequence[int] | None = None,
+    seq: Sequence[int] | None = None,
+    tf32: bool = False,
+    workspace_bytes: int | None = None,
+    timing_cache: str | os.PathLike[str] | None = None,
+    compute_capability: tuple[int, int] | None = None,
+) -> EngineBuild:
+    """Parse ``path`` with TensorRT's ONNX parser and build a serialized engine.
+
+    Parser errors and builder failures are reported in the returned :class:`EngineBuild`, not
+    raised (``build.raise_for_failure()`` raises them). With ``tensorrt_rtx`` no GPU is needed.
+
+    Args:
+        path: The ONNX file.
+        library: ``"tensorrt"``, ``"tensorrt_rtx"`` or an imported :class:`TensorRTLibrary`.
+        spec: The graph's spec (default: read from the file; a graph without one gets
+            :func:`generic_profile`).
+        batch: (min, opt, max) batch sizes of the profile; ``None``: the graph's declared range.
+        seq: (min, opt, max) sequence lengths, likewise.
+        tf32: Allow TF32 in fp32 layers (cleared by default).
+        workspace_bytes: Builder workspace limit (``None``: TensorRT's default).
+        timing_cache: A timing-cache file to start from and save to (``tensorrt`` only:
+            TensorRT-RTX's timing-cache calls are no-ops, and using one makes its ahead-of-time
+            build look for a GPU).
+        compute_capability: ``tensorrt_rtx`` only: build for this one GPU generation (e.g.
+            ``(7, 5)`` for Turing) instead of the default targets.
+
+    Raises:
+        EngineUnavailableError: the library is not importable.
+        BiRNNExportError: a dynamic input the spec does not describe; a bad range.
+    """
+    from birnn_export.spec import load_onnx
+
+    lib = library if isinstance(library, TensorRTLibrary) else import_library(library)
+    trt = lib.module
+    source = str(path)
+    if not os.path.isfile(source):
+        raise BiRNNExportError(f"{source}: no such ONNX file")
+    proto = load_onnx(source)
+    if spec is None:
+        try:
+            spec = GraphSpec.from_onnx(proto)
+        except BiRNNExportError:
+            spec = None  # not written by birnn-export: a generic profile below
+    log = _log_class(trt)()
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    dtype = spec.dtype if spec is not None else "float32"
+    plan = build_plan(lib.version, dtype, has_strongly_typed=flag is not None, library=lib.name)
+
+    def failed(message: str, profile: Profile | None = None) -> EngineBuild:
+        return EngineBuild(
+            lib.name, lib.version, source, profile or {}, plan.strongly_typed, build_error=message
+        )
+
+    try:
+        builder = trt.Builder(log)
+    except Exception as exc:  # the data-centre library without a GPU: CUDA initialisation
+        return failed(f"TensorRT could not create a builder ({_without_noise(str(exc))})")
+    if builder is None:
+        return failed("TensorRT could not create a builder: " + "; ".join(log.errors()))
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, log)
+    if not parser.parse_from_file(source):
+        issues = tuple(_parser_issue(parser.get_error(i)) for i in range(parser.num_errors))
+        return EngineBuild(
+            lib.name,
+            lib.version,
+            source,
+            {},
+            plan.strongly_typed,
+            parser_issues=issues or (ParserIssue("graph", "", "; ".join(log.errors())),),
+        )
+    inputs = {
+        network.get_input(i).name: tuple(network.get_input(i).shape)
+        for i in range(network.num_inputs)
+    }
+    if spec is not None:
+        profile = derive_profile(spec, batch=batch, seq=seq)
+        for name, shape in inputs.items():
+            if any(d < 0 for d in shape) and name not in profile:
+                raise BiRNNExportError(
+                    f"trt: input {name!r} has dynamic dims {shape} but the graph spec does not "
+                    "mark it batch/seq; re-export the model"
+                )
+    else:
+        profile = generic_profile(_onnx_dims(proto, inputs), batch=batch, seq=seq)
+    config = builder.create_builder_config()
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if lib.rtx and compute_capability is not None:
+        targets = compute_capabilities(trt)
+        if tuple(compute_capability) not in targets:
+            raise BiRNNExportError(
+                f"compute_capability: {lib} builds for {sorted(targets)}, not "
+                f"{tuple(compute_capability)}"
+            )
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(targets[tuple(compute_capability)], 0)
+    if profile:
+        opt_profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in profile.items():
+            opt_profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(opt_profile)
+    timing_path = Path(timing_cache) if timing_cache is not None and not lib.rtx else None
+    if timing_path is not None:
+        stored = timing_path.read_bytes() if timing_path.is_file() else b""
+        timing = config.create_timing_cache(stored)
+        # set_timing_cache returns False for a cache from another GPU or TensorRT (the name
+        # should prevent that) or a damaged file: start afresh rather than fail the build.
+        if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
+            logger.warning("timing cache %s is unusable; starting a new one", timing_path)
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    logger.info("building a %s engine for %s (%s)", lib, source, plan)
+    before = len(log.messages)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        errors = [_without_noise(m) for m in log.errors(before)]
+        return failed("; ".join(e for e in errors if e) or "no message from TensorRT", profile)
+    if timing_path is not None:
+        write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
+    blob = bytes(serialized)
+    return EngineBuild(
+        lib.name,
+        lib.version,
+        source,
+        profile,
+        plan.strongly_typed,
+        seconds=seconds,
+        engine_bytes=len(blob),
+        serialized=blob,
+    )
+
+
+def _onnx_dims(proto: Any, inputs: Mapping[str, Shape]) -> dict[str, list[int | str | None]]:
+    """The ONNX dims (int, dim_param or None) of the network's inputs."""
+    declared = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        declared[value.name] = [
+            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in dims
+        ]
+    return {
+        name: declared.get(name) or [d if d >= 0 else None for d in shape]
+        for name, shape in inputs.items()
+    }
+
+
+def _parser_issue(error: Any) -> ParserIssue:
+    """A :class:`ParserIssue` from an ``IParserError`` (node name and op where the binding
+    has them: TensorRT 10.x and TensorRT-RTX do)."""
+
+    def call(name: str) -> str:
+        method = getattr(error, name, None)
+        try:
+            return str(method()) if method is not None else ""
+        except Exception:  # an older binding without the field
+            return ""
+
+    op, name = call("node_operator"), call("node_name")
+    message = _without_noise(call("desc"))
+    # The description starts "Invalid Node - <name>": the node is named separately.
+    message = re.sub(rf"^Invalid Node - {re.escape(name)};\s*", "", message) if name else message
+    return ParserIssue(name or op or "graph", op, message)
 
 
 # -- runner -------------------------------------------------------------------------------------
 
 
 class TrtRunner(BaseRunner):
-    """Native TensorRT engine built from an ONNX file, cached on disk.
+    """A TensorRT engine built from an ONNX file, cached on disk.
 
     Args:
         path: The ONNX file (written by birnn-export, so it carries its :class:`GraphSpec`).
+        library: ``"tensorrt"`` (engine ``trt``) or ``"tensorrt_rtx"`` (engine ``trt-rtx``).
         spec: Override the spec read from the file's metadata.
         batch: (min, opt, max) batch sizes of the optimisation profile; ``None``: the ranges
             the graph declares (see :func:`derive_profile`).
@@ -234,17 +714,20 @@ class TrtRunner(BaseRunner):
         device: CUDA device index.
         rebuild: Ignore a cached engine and build again.
 
-    Attributes:
-        engine_path: Where the serialized engine is (after :meth:`activate`).
-        cache_hit: Whether :meth:`activate` loaded the engine instead of building it.
-    """
+    :meth:`build` needs no GPU with ``tensorrt_rtx`` (ahead-of-time build); :meth:`activate`
+    builds (or loads the cached engine), then deserializes it on the GPU.
 
-    engine = "trt"
+    Attributes:
+        engine_path: Where the serialized engine is (after :meth:`build`).
+        cache_hit: Whether the engine came from the cache instead of being built.
+        build_report: The :class:`EngineBuild` of the last build (``None`` after a cache hit).
+    """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
+        library: str = "tensorrt",
         spec: GraphSpec | None = None,
         batch: Sequence[int] | None = None,
         seq: Sequence[int] | None = None,
@@ -255,6 +738,12 @@ class TrtRunner(BaseRunner):
         rebuild: bool = False,
     ) -> None:
         super().__init__()
+        if library not in INSTALL_HINTS:
+            raise BiRNNExportError(
+                f"library: expected one of {', '.join(INSTALL_HINTS)}, got {library!r}"
+            )
+        self.library = library
+        self.engine = "trt-rtx" if library == "tensorrt_rtx" else "trt"
         self.path = str(path)
         self.spec = spec
         self.batch = None if batch is None else check_range("batch", batch)
@@ -266,6 +755,7 @@ class TrtRunner(BaseRunner):
         self.rebuild = rebuild
         self.engine_path: Path | None = None
         self.cache_hit = False
+        self.build_report: EngineBuild | None = None
         self.trt_version = ""
         self.gpu_name = ""
         self._engine: Any = None
@@ -275,22 +765,32 @@ class TrtRunner(BaseRunner):
         self._outputs: list[str] = []
         self._dtypes: dict[str, str] = {}
 
-    def activate_impl(self) -> None:
-        reason = availability()
-        if reason:
-            raise EngineUnavailableError(reason)
-        import tensorrt as trt
-        import torch
+    def available(self) -> str | None:
+        return availability(self.library)
 
+    def build(self) -> bytes:
+        """The serialized engine: from the cache, or built (and cached). No GPU is needed with
+        ``tensorrt_rtx``.
+
+        Raises:
+            EngineUnavailableError: the library is not importable.
+            EngineBuildError: TensorRT's parser or builder failed (one line, no engine file).
+        """
+        lib = import_library(self.library)
+        if not lib.rtx:  # the data-centre builder needs the GPU it builds for
+            reason = availability(self.library)
+            if reason:
+                raise EngineUnavailableError(reason)
         spec, profile = self.profile()
-        self.trt_version = trt.__version__
-        self.gpu_name = torch.cuda.get_device_name(self.device)
+        self.trt_version = lib.version
+        self.gpu_name = self._target_name(lib)
         key = cache_key(
             file_sha256(self.path),
             self.gpu_name,
-            self.trt_version,
+            lib.version,
             profile,
             spec.dtype,
+            library=lib.name,
             options={
                 "tf32": self.tf32,
                 # TensorRT honours it over the builder flag: part of what the engine is.
@@ -300,29 +800,85 @@ class TrtRunner(BaseRunner):
         )
         self.cache.mkdir(parents=True, exist_ok=True)
         self.engine_path = self.cache / f"{key}.engine"
-        trt_logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(trt_logger)
-        engine = None
+        if self.engine_path.is_file() and not self.rebuild:
+            self.cache_hit = True
+            return self.engine_path.read_bytes()
+        self.cache_hit = False
+        timing = None if lib.rtx else self.cache / timing_cache_name(self.gpu_name, lib.version)
+        capability = self._turing_target(lib)
+        report = build_engine(
+            self.path,
+            library=lib,
+            spec=spec,
+            batch=self.batch,
+            seq=self.seq,
+            tf32=self.tf32,
+            workspace_bytes=self.workspace_bytes,
+            timing_cache=timing,
+            compute_capability=capability,
+        )
+        self.build_report = report
+        report.raise_for_failure()
+        assert report.serialized is not None
+        write_atomic(self.engine_path, report.serialized)
+        return report.serialized
+
+    def _target_name(self, lib: TensorRTLibrary) -> str:
+        """What the engine is specific to: the GPU for ``tensorrt``; for ``tensorrt_rtx`` its
+        targets (portable across them), so a build on a CPU-only machine is reused on a GPU."""
+        if not lib.rtx:
+            import torch
+
+            return torch.cuda.get_device_name(self.device)
+        capability = self._turing_target(lib)
+        return "rtx-sm75" if capability else "rtx-default-targets"
+
+    def _turing_target(self, lib: TensorRTLibrary) -> tuple[int, int] | None:
+        """(7, 5) on a Turing GPU, which TensorRT-RTX builds for only when asked; else None."""
+        if not lib.rtx:
+            return None
+        import torch
+
+        if torch.cuda.is_available():
+            capability = tuple(torch.cuda.get_device_capability(self.device))
+            if capability < RTX_DEFAULT_MIN_CAPABILITY:
+                return (capability[0], capability[1])
+        return None
+
+    def activate_impl(self) -> None:
+        reason = availability(self.library)
+        if reason:
+            raise EngineUnavailableError(reason)
+        import torch
+
+        lib = import_library(self.library)
+        trt = lib.module
+        runtime = trt.Runtime(_log_class(trt)())
         with torch.cuda.device(self.device):
-            if self.engine_path.is_file() and not self.rebuild:
-                engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+            engine = None
+            serialized = self.build()
+            if self.cache_hit:
+                engine = runtime.deserialize_cuda_engine(serialized)
                 if engine is None:
                     logger.warning("cached engine %s is unusable; rebuilding", self.engine_path)
-            self.cache_hit = engine is not None
+                    self.rebuild, rebuild = True, self.rebuild
+                    try:
+                        serialized = self.build()
+                    finally:
+                        self.rebuild = rebuild
             if engine is None:
-                serialized = self._build(trt, trt_logger, spec, profile)
-                write_atomic(self.engine_path, serialized)
                 engine = runtime.deserialize_cuda_engine(serialized)
                 if engine is None:
                     raise EngineUnavailableError(
-                        "trt: TensorRT could not deserialize the engine it just built from "
-                        f"{self.path}"
+                        f"{self.engine}: TensorRT could not deserialize the engine it just built "
+                        f"from {self.path}"
                     )
             self._engine = engine
             self._context = engine.create_execution_context()
             # A stream of our own: enqueueV3 on the legacy default stream makes TensorRT add
             # synchronisation, which would then be timed too.
             self._stream = torch.cuda.Stream()
+        self.gpu_name = torch.cuda.get_device_name(self.device)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
@@ -338,61 +894,13 @@ class TrtRunner(BaseRunner):
         self.seq = check_range("seq", spec.seq_range if self.seq is None else self.seq)
         return spec, derive_profile(spec, batch=self.batch, seq=self.seq)
 
-    def _build(self, trt: Any, trt_logger: Any, spec: GraphSpec, profile: Profile) -> bytes:
-        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        plan = build_plan(trt.__version__, spec.dtype, has_strongly_typed=flag is not None)
-        builder = trt.Builder(trt_logger)
-        network = builder.create_network(0 if flag is None else 1 << int(flag))
-        parser = trt.OnnxParser(network, trt_logger)
-        if not parser.parse_from_file(self.path):
-            errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-            raise EngineUnavailableError(
-                f"trt: TensorRT's ONNX parser rejected {self.path}: {errors}; run "
-                f"'birnn-export check {self.path} --target tensorrt' for the static checks"
-            )
-        config = builder.create_builder_config()
-        if self.workspace_bytes is not None:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(self.workspace_bytes))
-        if not self.tf32 and hasattr(trt.BuilderFlag, "TF32"):
-            config.clear_flag(trt.BuilderFlag.TF32)
-        if plan.fp16_flag:
-            config.set_flag(trt.BuilderFlag.FP16)
-        opt_profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            dynamic = any(d < 0 for d in tuple(tensor.shape))
-            if dynamic and tensor.name not in profile:
-                raise BiRNNExportError(
-                    f"trt: input {tensor.name!r} has dynamic dims {tuple(tensor.shape)} but the "
-                    "graph spec does not mark it batch/seq; re-export the model"
-                )
-        for name, (low, opt, high) in profile.items():
-            opt_profile.set_shape(name, low, opt, high)
-        config.add_optimization_profile(opt_profile)
-        timing_path = self.cache / timing_cache_name(self.gpu_name, self.trt_version)
-        stored = timing_path.read_bytes() if timing_path.is_file() else b""
-        timing = config.create_timing_cache(stored)
-        # set_timing_cache returns False for a cache from another GPU or TensorRT (the name
-        # should prevent that) or a damaged file: start afresh rather than fail the build.
-        if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
-            logger.warning("timing cache %s is unusable; starting a new one", timing_path)
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-        logger.info("building TensorRT engine for %s (%s)", self.path, plan)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise EngineUnavailableError(
-                f"trt: TensorRT failed to build an engine from {self.path} (see its log above)"
-            )
-        write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
-        return bytes(serialized)
-
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         missing = [n for n in self._inputs if n not in feed]
         if missing:
             raise BiRNNExportError(
-                f"trt: feed lacks inputs {missing}; the engine takes {self._inputs}"
+                f"{self.engine}: feed lacks inputs {missing}; the engine takes {self._inputs}"
             )
         device = torch.device("cuda", self.device)
         # The engine's device and stream are torch's current ones for the whole call, so the
@@ -404,9 +912,9 @@ class TrtRunner(BaseRunner):
                 tensor = torch.from_numpy(array).to(device)
                 if not self._context.set_input_shape(name, tuple(array.shape)):
                     raise BiRNNExportError(
-                        f"trt: input {name!r} shape {array.shape} is outside the engine's "
-                        f"profile (batch {self.batch}, seq {self.seq}); pass wider batch=/seq= "
-                        "ranges"
+                        f"{self.engine}: input {name!r} shape {array.shape} is outside the "
+                        f"engine's profile (batch {self.batch}, seq {self.seq}); pass wider "
+                        "batch=/seq= ranges"
                     )
                 self._context.set_tensor_address(name, tensor.data_ptr())
                 keep.append(tensor)
@@ -415,13 +923,15 @@ class TrtRunner(BaseRunner):
                 shape = tuple(self._context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise EngineUnavailableError(
-                        f"trt: output {name!r} has unresolved shape {shape}"
+                        f"{self.engine}: output {name!r} has unresolved shape {shape}"
                     )
                 tensor = torch.empty(shape, dtype=getattr(torch, self._dtypes[name]), device=device)
                 self._context.set_tensor_address(name, tensor.data_ptr())
                 outputs[name] = tensor
             if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise EngineUnavailableError("trt: execute_async_v3 failed (see TensorRT's log)")
+                raise EngineUnavailableError(
+                    f"{self.engine}: execute_async_v3 failed (see TensorRT's log)"
+                )
             self._stream.synchronize()
             return {name: t.cpu().numpy() for name, t in outputs.items()}
 
@@ -431,4 +941,7 @@ class TrtRunner(BaseRunner):
         self._stream = None
 
     def providers(self) -> list[str]:
-        return [f"tensorrt-{self.trt_version}-{self.gpu_name}" if self.trt_version else "tensorrt"]
+        if not self.trt_version:
+            return [self.library]
+        where = f"-{self.gpu_name}" if self.gpu_name else ""
+        return [f"{self.library}-{self.trt_version}{where}"]

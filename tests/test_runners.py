@@ -348,10 +348,13 @@ def test_make_runner(lstm_file) -> None:
         "ort-cuda": OrtRunner,
         "ort-trt": OrtRunner,
         "trt": TrtRunner,
+        "trt-rtx": TrtRunner,
     }
     for engine, cls in kinds.items():
         runner = make_runner(engine, path, threads=2, device="cuda:1")
         assert type(runner) is cls and runner.engine == engine and not runner.is_active
+    assert make_runner("trt", path).library == "tensorrt"
+    assert make_runner("trt-rtx", path).library == "tensorrt_rtx"
     assert make_runner("ort-cuda", path, device="cuda:1").device_id == 1
     assert make_runner("trt", path).device == 0
     torch_runner = make_runner("torch", path, model=lstm, threads=1)
