@@ -335,7 +335,12 @@ def export_command(
         "self_check": [c.__dict__ for c in result.self_check],
         "max_abs_error": result.max_error,
         "verification": None if report is None else json.loads(report.to_json()),
-        "tensorrt_check": {"summary": compatibility.summary(), "findings": compatibility.lines()},
+        "tensorrt_check": {
+            "summary": compatibility.summary(),
+            "findings": compatibility.lines(),
+            "checked_with": compatibility.checked_with,
+            "build": None if compatibility.build is None else compatibility.build.to_dict(),
+        },
     }
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if json_path is not None:
@@ -669,7 +674,9 @@ def bench_command(
     """Time engines on MODEL.onnx; each is checked against eager PyTorch before it is timed.
 
     An engine whose outputs differ from MODEL.pt is reported as a mismatch (exit 1), never as
-    fast. An unavailable engine is skipped with its reason (exit 2 if it was the only one).
+    fast. An unavailable engine is skipped with its reason (exit 2 if it was the only one); a
+    trt-rtx engine that cannot run here (no RTX-class GPU) is still built on the CPU, and its
+    build time and engine size are reported.
 
     \b
     birnn-export bench tagger.onnx --model tagger.pt --engines torch,ort-cpu --threads 2
@@ -719,6 +726,12 @@ def bench_command(
             click.echo(f"Wrote {write(path)}")
     if plot_path is not None:
         click.echo(f"Wrote {report.plot(plot_path)}")
+    if all(r.status == "unavailable" for r in report.results):
+        # trt-rtx alone on a machine that cannot run it: its build is reported, nothing timed.
+        raise UserError(
+            "no engine could run here: "
+            + "; ".join(dict.fromkeys(r.reason for r in report.results))
+        )
     failed = report.failed()
     if failed:
         first = failed[0]

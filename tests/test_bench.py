@@ -249,6 +249,49 @@ def test_sole_unavailable_engine_raises(files: dict[str, Path], model: SequenceT
         benchmark(files["onnx"], model, engines=(engine,), **SMALL)
 
 
+@pytest.mark.tensorrt_rtx
+def test_trt_rtx_that_cannot_run_still_reports_its_build(
+    files: dict[str, Path], model: SequenceTagger, tmp_path: Path
+) -> None:
+    """Without an RTX-class GPU, trt-rtx is unavailable with the exact reason, and its
+    ahead-of-time build (real TensorRT-RTX, on the CPU) gives the build time and engine size."""
+    from birnn_export import trt
+
+    if trt.library_reason("tensorrt_rtx"):
+        pytest.skip(trt.library_reason("tensorrt_rtx"))
+    if trt.availability("tensorrt_rtx") is None:  # pragma: no cover - an RTX GPU is here
+        pytest.skip("trt-rtx can run here: its rows are timed like any engine")
+    # Alone it still reports (nothing to time, but the build is a verdict), exit status aside.
+    report = benchmark(files["onnx"], model, engines=("trt-rtx",), **SMALL)
+    rows = [r for r in report.results if r.engine == "trt-rtx"]
+    assert len(rows) == 4 and {r.status for r in rows} == {"unavailable"}
+    build = report.settings["offline_builds"]["trt-rtx"]
+    assert build["built"] and build["engine_bytes"] > 0
+    # The profile covers every measured shape, inside the declared ranges.
+    assert build["profile"]["x"] == [[1, 1, 4], [8, 64, 4], [32, 256, 4]]
+    for row in rows:
+        assert row.reason.startswith("trt-rtx: ") and "built ahead of time here" in row.reason
+        assert row.build_s == build["seconds"] and row.engine_bytes == build["engine_bytes"]
+        assert row.runs == 0 and row.median_ms is None
+    assert report.settings["tensorrt"] == {
+        "trt-rtx": f"tensorrt_rtx {trt.import_library('tensorrt_rtx').version}"
+    }
+    assert report.failed() == ()
+    csv_text = report.to_csv(tmp_path / "b.csv").read_text()
+    assert "engine_bytes" in csv_text.splitlines()[0]
+    assert str(build["engine_bytes"]) in csv_text
+    text = _render(report)
+    assert "unavailable (built " in text and " MB)" in text
+
+
+def _render(report: BenchReport) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_table(report))
+    return console.export_text()
+
+
 def test_torch_on_cuda_is_checked_or_reported_unavailable(
     files: dict[str, Path], model: SequenceTagger
 ) -> None:
@@ -552,6 +595,19 @@ def test_cli_sole_unavailable_engine_exits_2(files: dict[str, Path]) -> None:
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and engine in lines[0]
+
+
+@pytest.mark.tensorrt_rtx
+def test_cli_trt_rtx_alone_shows_its_build_and_exits_2(files: dict[str, Path]) -> None:
+    from birnn_export import trt
+
+    if trt.library_reason("tensorrt_rtx") or trt.availability("tensorrt_rtx") is None:
+        pytest.skip("needs tensorrt_rtx installed and no GPU it can run on")
+    args = ("--engines", "trt-rtx", "--batch", "1", "--seq", "4", "--iters", "1")
+    result = _bench(str(files["onnx"]), "--model", str(files["pt"]), *args)
+    assert result.exit_code == 2
+    assert "unavailable (built" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: no engine could run here")
 
 
 def test_cli_missing_files_exit_2(files: dict[str, Path], tmp_path: Path) -> None:

@@ -806,6 +806,33 @@ def test_cli_exit_codes(tmp_path) -> None:
     assert result.exit_code == 0 and "--target" in result.output
 
 
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+def test_cli_real_parser_verdict(tmp_path) -> None:
+    rejected, clean = tmp_path / "fp16.onnx", tmp_path / "clean.onnx"
+    onnx.save(recurrent_graph(elem=TensorProto.FLOAT16), rejected)
+    onnx.save(recurrent_graph(), clean)
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    result = runner.invoke(
+        main, ["check", str(rejected), "--target", "tensorrt", "--json", str(out)]
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("error: rnn: TensorRT's ONNX parser (tensorrt_rtx ")
+    assert "ISelectLayer" in lines[0] and "float16 LSTM with sequence_lens" in lines[1]
+    assert "checked by tensorrt_rtx" in lines[-1]
+    data = json.loads(out.read_text())
+    assert data["build"]["parsed"] is False and data["checked_with"].startswith("tensorrt_rtx")
+    result = runner.invoke(main, ["check", str(clean), "--target", "tensorrt"])
+    assert result.exit_code == 0 and "parsed the graph and built a" in result.output
+    result = runner.invoke(
+        main, ["check", str(rejected), "--target", "tensorrt", "--tensorrt", "static"]
+    )
+    assert result.exit_code == 1 and "TensorRT's ONNX parser (" not in result.output
+    assert result.output.splitlines()[-1].endswith("checked by static rules)")
+
+
 def test_cli_subprocess(tmp_path) -> None:
     bad = tmp_path / "bad.onnx"
     onnx.save(recurrent_graph(input_forget=1), bad)

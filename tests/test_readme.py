@@ -58,5 +58,9 @@ def test_main_command_output_matches_the_readme(tmp_path):
     printed = result.output.splitlines()
     stable = ("  input", "  output", "  ops", "Checked", "Verified", "  info:")
     for line in shown:
-        if line.startswith(stable):
+        if line.startswith(stable) and " built a " not in line:  # build times vary
             assert line in printed, f"README line not printed any more: {line!r}"
+    if any(" built a " in line for line in shown):  # TensorRT's verdict, where it is installed
+        assert any("parsed the graph and built a" in line for line in printed) or any(
+            "checked by static rules" in line for line in printed
+        )

@@ -1,5 +1,7 @@
-"""Native TensorRT: the pure helpers (profile, cache key, build plan) and availability on CPU;
-engine build and run are marked ``tensorrt`` and skip with the reason."""
+"""TensorRT: the pure helpers (profile, cache key, build plan) and availability; the parser and
+builder for real through TensorRT-RTX, which builds on the CPU (marked ``tensorrt_rtx``); the
+data-centre library's GPU-only steps against a recording stand-in; engine execution, which needs
+a GPU, marked ``tensorrt`` and skipped with the reason."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from birnn_export import trt
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineBuildError, EngineUnavailableError
 from birnn_export.spec import GraphSpec, TensorSpec, make_feed
 from birnn_export.trt import (
     BuildPlan,
@@ -247,14 +249,15 @@ def test_trt_runner_matches_ort_cpu_and_caches(tmp_path) -> None:  # pragma: no 
         np.testing.assert_allclose(again.infer(feed)["output"], out["output"], atol=0, rtol=0)
 
 
-# -- engine build and cache, against a recording stand-in for tensorrt ---------------------------
+# -- the data-centre library's GPU-only steps, against a recording stand-in ----------------------
 #
-# TensorRT cannot be installed on the machines this project is developed on. These tests run
-# TrtRunner.activate against a stand-in that implements the documented calls it makes (TensorRT
-# 10/11 Python API: Builder, OnnxParser, IBuilderConfig, IOptimizationProfile, timing cache,
-# Runtime, ICudaEngine) and records them, so the runner's own decisions are tested: the profile
-# of every dynamic input, strong typing vs the FP16 flag, TF32, the engine and timing caches.
-# That TensorRT accepts the graph is only shown by the GPU test above.
+# The data-centre TensorRT cannot be installed on the machines this project is developed on, and
+# without a GPU its builder cannot even be created. What only it does is tested against a
+# stand-in that implements the documented calls (TensorRT 10/11 Python API) and records them:
+# the timing cache saved and reused (TensorRT-RTX's timing-cache calls are no-ops), the FP16
+# builder flag on a build without strong typing, and activate()'s deserialization of a cached
+# engine, which needs a GPU. The parser, the profile, the builder config, serialization, the
+# engine cache and parser failures run for real against TensorRT-RTX further below.
 
 
 class _Flag(int):
@@ -582,7 +585,7 @@ def test_fp16_graph_precision(exported, fake_gpu, tmp_path, version, strongly_ty
 
 def test_parser_errors_are_one_line_and_leave_no_engine(exported, fake_gpu, tmp_path) -> None:
     fake_gpu(fake_tensorrt(parse_errors=("LSTM: unsupported attribute", "second problem")))
-    with pytest.raises(EngineUnavailableError) as info:
+    with pytest.raises(EngineBuildError) as info:
         TrtRunner(exported["fp32"], cache=tmp_path).activate()
     message = str(info.value)
     assert "\n" not in message and "LSTM: unsupported attribute; second problem" in message
@@ -599,3 +602,263 @@ def test_dynamic_input_missing_from_the_spec_is_refused(exported, fake_gpu, tmp_
     runner = TrtRunner(exported["fp32"], spec=without_lengths, cache=tmp_path)
     with pytest.raises(BiRNNExportError, match="'lengths' has dynamic dims"):
         runner.activate()
+
+
+# -- the parser and builder for real: TensorRT-RTX on the CPU ------------------------------------
+
+
+def _rtx_reason() -> str | None:
+    return trt.library_reason("tensorrt_rtx")
+
+
+requires_rtx = pytest.mark.skipif(_rtx_reason() is not None, reason=str(_rtx_reason()))
+
+
+class _Spy:
+    """The real ``tensorrt_rtx`` module, keeping the networks and builder configs it creates so
+    a test can read back what the build set on them."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.networks: list[Any] = []
+        self.configs: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def Builder(self, logger: Any) -> Any:  # TensorRT's name
+        builder, spy = self._real.Builder(logger), self
+
+        class Recorded:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(builder, name)
+
+            def create_network(self, flags: int) -> Any:
+                spy.networks.append(builder.create_network(flags))
+                return spy.networks[-1]
+
+            def create_builder_config(self) -> Any:
+                spy.configs.append(builder.create_builder_config())
+                return spy.configs[-1]
+
+        return Recorded()
+
+
+def _old_fp16_export(model: Any, path: Path) -> None:
+    """The fp16 form before this project computed ragged fp16 nodes in float32 (fp16 LSTM nodes
+    with sequence_lens), which TensorRT's parser rejects."""
+    from birnn_export import modules
+    from birnn_export.export import export_onnx
+
+    original = modules.recurrent_dtype
+    modules.recurrent_dtype = lambda dtype, *, ragged: dtype
+    try:
+        export_onnx(model, path, dtype="float16", verify=False)
+    finally:
+        modules.recurrent_dtype = original
+
+
+@pytest.fixture(scope="module")
+def tagger() -> Any:
+    import torch
+
+    from birnn_export.models import SequenceTagger, TaggerConfig
+
+    torch.manual_seed(0)
+    config = TaggerConfig(
+        cell="lstm", input_size=5, hidden_size=6, output_size=3, uses_lengths=True
+    )
+    return SequenceTagger(config)
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+def test_build_engine_for_real(exported) -> None:
+    import tensorrt_rtx
+
+    spy = _Spy(tensorrt_rtx)
+    library = trt.TensorRTLibrary("tensorrt_rtx", tensorrt_rtx.__version__, spy)
+    build = trt.build_engine(exported["fp32"], library=library, workspace_bytes=1 << 28)
+    assert build.ok and build.parsed, build.summary()
+    assert build.engine_bytes == len(build.serialized) > 100_000 and build.seconds > 0
+    assert build.checked_with == f"tensorrt_rtx {tensorrt_rtx.__version__}"
+    # The declared ranges of the graph are the profile.
+    assert build.profile == {
+        "x": ((1, 3, 5), (2, 50, 5), (4, 100, 5)),
+        "lengths": ((1,), (2,), (4,)),
+    }
+    (network,), (config,) = spy.networks, spy.configs
+    assert network.get_flag(tensorrt_rtx.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert config.get_memory_pool_limit(tensorrt_rtx.MemoryPoolType.WORKSPACE) == 1 << 28
+    assert not config.get_flag(tensorrt_rtx.BuilderFlag.TF32)
+    assert config.num_optimization_profiles == 1
+    assert config.num_compute_capabilities == 0  # TensorRT-RTX's default targets
+    assert json.loads(json.dumps(build.to_dict()))["engine_bytes"] == build.engine_bytes
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+def test_build_engine_for_turing_and_tf32(exported) -> None:
+    import tensorrt_rtx
+
+    spy = _Spy(tensorrt_rtx)
+    library = trt.TensorRTLibrary("tensorrt_rtx", tensorrt_rtx.__version__, spy)
+    build = trt.build_engine(
+        exported["fp32"], library=library, tf32=True, compute_capability=(7, 5)
+    )
+    # TensorRT-RTX compiles no fp32 matrix multiply for Turing: the builder says so, in one line.
+    assert build.parsed and not build.ok
+    assert "Turing (SM75): FP32 GEMM is not supported" in build.build_error
+    assert "\n" not in build.build_error
+    (config,) = spy.configs
+    assert config.num_compute_capabilities == 1
+    assert config.get_compute_capability(0) == tensorrt_rtx.ComputeCapability.SM75
+    assert config.get_flag(tensorrt_rtx.BuilderFlag.TF32)
+    with pytest.raises(BiRNNExportError, match="compute_capability"):
+        trt.build_engine(exported["fp32"], library=library, compute_capability=(9, 0))
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+def test_runner_build_caches_without_a_gpu(exported, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    runner = TrtRunner(exported["fp32"], library="tensorrt_rtx", cache=cache)
+    assert runner.engine == "trt-rtx"
+    blob = runner.build()
+    assert not runner.cache_hit and runner.engine_path.read_bytes() == blob
+    assert runner.build_report.ok and runner.build_report.engine_bytes == len(blob)
+    assert f"-rtx{runner.trt_version}-" in runner.engine_path.name
+    assert runner.engine_path.name.startswith("rtx_default_targets-")
+    # TensorRT-RTX's timing-cache calls are no-ops (and would make the build look for a GPU).
+    assert list(cache.glob("timing-*")) == []
+    again = TrtRunner(exported["fp32"], library="tensorrt_rtx", cache=cache)
+    assert again.build() == blob and again.cache_hit and again.build_report is None
+    other = TrtRunner(exported["fp32"], library="tensorrt_rtx", cache=cache, batch=(1, 2, 2))
+    other.build()
+    assert not other.cache_hit and other.engine_path != runner.engine_path
+    assert len(list(cache.glob("*.engine"))) == 2
+    # Running it needs a GPU: unavailable here, with the reason.
+    if trt.availability("tensorrt_rtx") is not None:
+        with pytest.raises(EngineUnavailableError, match="trt-rtx: "):
+            TrtRunner(exported["fp32"], library="tensorrt_rtx", cache=cache).activate()
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+def test_parser_rejection_is_one_line_and_leaves_no_engine(tagger, tmp_path) -> None:
+    path = tmp_path / "old_fp16.onnx"
+    _old_fp16_export(tagger, path)
+    build = trt.build_engine(path)
+    assert not build.parsed and build.serialized is None
+    (issue,) = build.parser_issues
+    assert (issue.node, issue.op) == ("rnn/l0/forward", "LSTM")
+    assert "ISelectLayer must have `thenInput` and `elseInput` of same types" in issue.message
+    assert "cudaError" not in issue.message and "/_src/" not in issue.message
+    cache = tmp_path / "cache"
+    with pytest.raises(EngineBuildError) as info:
+        TrtRunner(path, library="tensorrt_rtx", cache=cache).build()
+    assert "\n" not in str(info.value) and "rnn/l0/forward (LSTM)" in str(info.value)
+    assert info.value.exit_code == 1
+    assert list(cache.glob("*.engine")) == []
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+def test_fp16_exports_with_lengths_build(tagger, tmp_path) -> None:
+    """The fp16 form birnn-export writes: the ragged recurrent nodes compute in float32 between
+    Casts, everything else stays float16, and TensorRT builds it."""
+    import onnx
+
+    from birnn_export.export import export_onnx
+
+    for layout in ("split", "fused"):
+        path = tmp_path / f"{layout}.onnx"
+        export_onnx(tagger, path, dtype="float16", layout=layout, verify=False)
+        build = trt.build_engine(path)
+        assert build.ok, build.summary()
+        graph = onnx.load(path).graph
+        elem = {i.name: i.type.tensor_type.elem_type for i in graph.output}
+        assert elem["output"] == onnx.TensorProto.FLOAT16
+        weights = {t.name: t.data_type for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "LSTM":
+                assert node.input[4], "the node keeps sequence_lens"
+                assert weights[node.input[1]] == onnx.TensorProto.FLOAT  # folded, no Cast
+
+
+def test_generic_profile_follows_dim_names() -> None:
+    profile = trt.generic_profile({"x": ("T", "N", 40), "lens": ("N",), "m": (None, None)})
+    assert profile["x"] == ((1, 1, 40), (64, 8, 40), (256, 32, 40))
+    assert profile["lens"] == ((1,), (8,), (32,))
+    assert profile["m"] == ((1, 1), (8, 64), (32, 256))  # unnamed: axis 0 batch, others seq
+
+
+def test_library_names_and_reasons(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    assert trt.library_reason("tensorrt_rtx") == (
+        "trt-rtx: tensorrt_rtx not installed: pip install birnn-export[tensorrt-rtx]"
+    )
+    assert trt.availability("tensorrt_rtx") == trt.library_reason("tensorrt_rtx")
+    with pytest.raises(BiRNNExportError, match="library"):
+        TrtRunner("m.onnx", library="tensorrt_llm")
+    assert trt.LIBRARIES == {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
+
+
+def test_rtx_availability_needs_an_rtx_class_gpu(monkeypatch) -> None:
+    import torch
+
+    module = types.SimpleNamespace(
+        __version__="1.7.1.116",
+        ComputeCapability=types.SimpleNamespace(
+            __members__={
+                "NONE": 0,
+                "CURRENT": 1,
+                "SM75": 2,
+                "SM80": 3,
+                "SM86": 4,
+                "SM89": 5,
+                "SM120": 6,
+                "SM121": 7,
+            }
+        ),
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    reason = trt.availability("tensorrt_rtx")
+    assert reason.startswith("trt-rtx: NVIDIA H200 has compute capability 9.0;")
+    assert "7.5, 8.0, 8.6, 8.9, 12.0, 12.1" in reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert trt.availability("tensorrt_rtx") is None
+    assert list(trt.compute_capabilities(module)) == [
+        (7, 5),
+        (8, 0),
+        (8, 6),
+        (8, 9),
+        (12, 0),
+        (12, 1),
+    ]
+
+
+SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_models").glob("*.pt"))
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("layout", ["split", "fused"])
+@pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_every_sample_parses_and_builds(sample: Path, layout: str, dtype: str, tmp_path) -> None:
+    """Every shipped sample, both layouts, fp32 and fp16: TensorRT's parser takes the export
+    and its builder makes an engine, with the profile of the graph's declared ranges."""
+    from birnn_export.checkpoint import load_model
+    from birnn_export.export import export_onnx
+
+    loaded = load_model(sample)
+    path = tmp_path / f"{sample.stem}.onnx"
+    result = export_onnx(loaded.model, path, layout=layout, dtype=dtype, verify=False)
+    build = trt.build_engine(path)
+    assert build.ok, build.summary()
+    assert build.profile == derive_profile(result.spec)
+    assert build.engine_bytes > 0

@@ -822,3 +822,23 @@ def test_cli_subprocess_exit_code(tagger_files: tuple[Path, Path], tmp_path: Pat
     )
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("Error: FAIL")
+
+
+def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
+    """verify refuses trt-rtx before the sweep with the exact reason where it cannot run."""
+    import torch as _torch
+
+    from birnn_export import trt
+    from birnn_export.errors import EngineUnavailableError
+    from birnn_export.export import export_onnx
+    from birnn_export.verification import verify
+
+    reason = trt.availability("tensorrt_rtx")
+    if reason is None:  # pragma: no cover - an RTX-class GPU is here
+        pytest.skip("trt-rtx can run here")
+    layer = _torch.nn.GRU(3, 4, batch_first=True, bidirectional=True).eval()
+    path = tmp_path / "g.onnx"
+    export_onnx(layer, path, verify=False)
+    with pytest.raises(EngineUnavailableError) as info:
+        verify(path, layer, engines=("ort-cpu", "trt-rtx"))
+    assert str(info.value) == reason and reason.startswith("trt-rtx: ")
