@@ -200,18 +200,22 @@ def test_modules_import_without_optional_libraries() -> None:
     code = (
         "import sys\n"
         "sys.modules['tensorrt'] = None\n"
+        "sys.modules['tensorrt_rtx'] = None\n"
         "sys.modules['onnxruntime'] = None\n"
         "import birnn_export.trt, birnn_export.runners, birnn_export.check\n"
         "import birnn_export.verification, birnn_export.bench\n"
         "from birnn_export.runners import availability\n"
         "print(availability('ort-cpu'))\n"
         "print(availability('trt'))\n"
+        "print(availability('trt-rtx'))\n"
+        "from birnn_export.check import check_compatibility\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    ort_line, trt_line = proc.stdout.strip().splitlines()
+    ort_line, trt_line, rtx_line = proc.stdout.strip().splitlines()
     assert ort_line.startswith("ort-cpu: onnxruntime is not importable")
     assert trt_line == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+    assert rtx_line == "trt-rtx: tensorrt_rtx not installed: pip install birnn-export[tensorrt-rtx]"
 
 
 # -- GPU + TensorRT -----------------------------------------------------------------------------
