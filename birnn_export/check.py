@@ -44,10 +44,11 @@ _ALIASES = {
     "ort-cuda": "ort-cuda",
 }
 
-#: Ops onnx-tensorrt imports, default ONNX domain: TensorRT 10.x's operator matrix as
-#: TensorRT-RTX 1.7's parser answers ``supports_operator`` (tests/test_check.py keeps the two
-#: equal; DeformConv is in TensorRT 10's matrix but not in TensorRT-RTX's parser). The ones our
-#: graphs use come first; the rest are listed so that other models do not get false errors.
+#: Ops onnx-tensorrt imports, default ONNX domain: TensorRT 10.x's operator matrix and what
+#: TensorRT-RTX 1.7's parser answers to ``supports_operator`` (tests/test_check.py keeps them
+#: equal but for DeformConv, in TensorRT 10's matrix and not in TensorRT-RTX's parser). Where
+#: a real parser has read the graph, its verdict on ops replaces this list. The ones our graphs
+#: use come first; the rest are listed so that other models do not get false errors.
 TENSORRT_OPS = frozenset(
     {
         # what birnn-export graphs contain
@@ -61,7 +62,8 @@ TENSORRT_OPS = frozenset(
         # the rest of the matrix
         "Acos", "Acosh", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "Attention",
         "AveragePool", "BatchNormalization", "BlackmanWindow", "CausalConvWithState", "Ceil",
-        "Celu", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear",
+        "Celu", "ConvTranspose", "Cos", "Cosh", "CumSum", "DeformConv", "DepthToSpace",
+        "DequantizeLinear",
         "Einsum", "Elu", "Erf", "EyeLike", "Floor", "GatherElements", "GatherND", "Gelu",
         "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "GridSample", "GroupNormalization",
         "HammingWindow", "HannWindow", "HardSigmoid", "HardSwish", "Hardmax", "If",
@@ -107,6 +109,7 @@ TENSORRT_ACTIVATIONS = (
 )  # fmt: skip
 #: Default-domain opsets TensorRT 10's ONNX parser documents.
 TENSORRT_OPSETS = range(9, 25)
+_NO_IMPORTER = "has no importer in TensorRT's ONNX parser"
 #: What ``tensorrt=`` accepts: ``"auto"`` (the real parser and builder when a TensorRT imports
 #: here), ``"static"`` (the rules alone), or a package that must be used.
 TENSORRT_CHOICES = ("auto", "static", "tensorrt", "tensorrt_rtx")
@@ -216,6 +219,8 @@ def check_compatibility(
     if library is None:
         return CheckReport(target, source, tuple(static), checked_with=STATIC)
     build = _real_build(onnx_path_or_model, model, library)
+    if build.parsed:  # the parser imported every op: the static op list has nothing to add
+        static = [f for f in static if _NO_IMPORTER not in f.message]
     findings: list[Finding] = []
     for verdict in _build_findings(build):
         # The static rules about the node the parser rejected explain it: put them beside it.
@@ -271,6 +276,17 @@ def _build_findings(build: EngineBuild) -> list[Finding]:
                 f"{issue.message}",
             )
             for issue in build.parser_issues
+        ]
+    if not build.ok and build.guessed_profile:
+        # Not the graph's fault for certain: no declared ranges, so the profile was a guess.
+        return [
+            Finding(
+                "warning",
+                "graph",
+                f"{tool} parsed the graph; building it with a guessed optimisation profile "
+                f"failed: {build.build_error} (the graph declares no serving ranges; export it "
+                "with birnn-export, or build with your own profile)",
+            )
         ]
     if not build.ok:
         return [Finding("error", "graph", f"{tool} parsed the graph but failed to build it: "
@@ -470,7 +486,7 @@ class _Checker:
                 Finding(
                     "error",
                     label,
-                    f"op {node.op_type} is not imported by TensorRT's ONNX parser (onnx-tensorrt)",
+                    f"op {node.op_type} {_NO_IMPORTER} (onnx-tensorrt)",
                 )
             ]
         return []

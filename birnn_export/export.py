@@ -655,16 +655,27 @@ def sink_batch_transposes(proto: Any) -> int:
     """
     import onnx
 
-    matrices = {t.name for t in proto.graph.initializer if len(t.dims) == 2}
-    for node in proto.graph.node:
+    graph = proto.graph
+    matrices = {t.name for t in graph.initializer if len(t.dims) == 2}
+    for node in graph.node:
         tensor = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
         if tensor is not None and len(tensor.dims) == 2:
             matrices.add(node.output[0])
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    consumers = collections.Counter(name for node in proto.graph.node for name in node.input)
-    outputs = {o.name for o in proto.graph.output}
-    nodes, moved = [], 0
-    for node in proto.graph.node:
+    producers = {out: node for node in graph.node for out in node.output}
+    # Every reader of a tensor, subgraphs (If/Loop/Scan bodies) and graph outputs included.
+    readers = collections.Counter(name for node in _all_nodes(graph) for name in node.input)
+    readers.update(o.name for o in graph.output)
+    taken = {n.name for n in _all_nodes(graph)} | {o for n in _all_nodes(graph) for o in n.output}
+
+    def fresh(base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    nodes, touched = [], []
+    for node in graph.node:
         transpose = producers.get(node.input[0]) if node.op_type == "MatMul" else None
         perm = (
             list(onnx.helper.get_attribute_value(transpose.attribute[0]))
@@ -679,30 +690,42 @@ def sink_batch_transposes(proto: Any) -> int:
         ):
             nodes.append(node)
             continue
-        product = f"{node.output[0]}__before_transpose"
-        nodes.append(
-            onnx.helper.make_node(
-                "MatMul", [transpose.input[0], node.input[1]], [product], name=node.name
-            )
+        product = fresh(f"{node.output[0]}__before_transpose")
+        matmul = onnx.helper.make_node(
+            "MatMul", [transpose.input[0], node.input[1]], [product], name=node.name
         )
-        nodes.append(
-            onnx.helper.make_node(
-                "Transpose", [product], [node.output[0]], name=f"{node.name}/transpose", perm=perm
-            )
+        after = onnx.helper.make_node(
+            "Transpose",
+            [product],
+            [node.output[0]],
+            name=fresh(f"{node.name or 'MatMul'}/transpose"),
+            perm=perm,
         )
-        consumers[node.input[0]] -= 1
-        moved += 1
-    # Transposes whose only consumers were the moved MatMuls are now dead.
-    dead = {
-        id(n)
-        for n in nodes
-        if n.op_type == "Transpose" and consumers[n.output[0]] <= 0 and n.output[0] not in outputs
-    }
-    if moved:
-        kept = [n for n in nodes if id(n) not in dead]
-        del proto.graph.node[:]
-        proto.graph.node.extend(kept)
-    return moved
+        nodes += [matmul, after]
+        readers[node.input[0]] -= 1
+        touched.append(transpose)
+    if not touched:
+        return 0
+    # A Transpose read only by the MatMuls it was moved below is now dead.
+    dead = {id(t) for t in touched if readers[t.output[0]] <= 0}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in dead)
+    gone = {t.output[0] for t in touched if id(t) in dead}
+    kept_info = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    return len(touched)
+
+
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    """Every node of ``graph`` and of the subgraphs in its nodes' attributes."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
 
 
 def _set_metadata(proto: Any, spec: GraphSpec) -> None:

@@ -158,31 +158,33 @@ def generic_profile(
     ``inputs`` maps input names to their ONNX dims: an int (static), a name (``dim_param``)
     or ``None`` (dynamic, unnamed). A named dim that reads as a batch (``batch``, ``b``,
     ``N``, ...) takes the ``batch`` range and every other name the ``seq`` range, the same
-    for every input that shares the name; an unnamed dim takes ``batch`` on axis 0 and ``seq``
-    elsewhere.
+    for every input that shares the name. Unnamed dims cannot be told apart (a time-major
+    ``[seq, batch, ...]`` input beside a ``[batch]`` one must agree on the batch): they all
+    take one range spanning both, min of the mins, batch's opt, max of the maxes.
 
     Example:
         >>> generic_profile({"x": ("seq", "batch", 40), "lens": ("batch",), "w": (3, 3)})["x"]
         ((1, 1, 40), (64, 8, 40), (256, 32, 40))
+        >>> generic_profile({"x": (None, None, 2)})["x"]
+        ((1, 1, 2), (8, 8, 2), (256, 256, 2))
     """
     from birnn_export.spec import DEFAULT_BATCH_RANGE, DEFAULT_SEQ_RANGE
 
     b = check_range("batch", DEFAULT_BATCH_RANGE if batch is None else batch)
     s = check_range("seq", DEFAULT_SEQ_RANGE if seq is None else seq)
 
-    def sizes(axis: int, dim: int | str | None) -> tuple[int, int, int]:
-        if isinstance(dim, str):
-            return b if _BATCH_NAMES.match(dim) else s
-        return b if axis == 0 else s
+    unnamed = (min(b[0], s[0]), b[1], max(b[2], s[2]))
+
+    def sizes(dim: str | None) -> tuple[int, int, int]:
+        if dim is None:
+            return unnamed
+        return b if _BATCH_NAMES.match(dim) else s
 
     profile: Profile = {}
     for name, dims in inputs.items():
         if all(isinstance(d, int) for d in dims):
             continue
-        triple = [
-            tuple(d if isinstance(d, int) else sizes(axis, d)[i] for axis, d in enumerate(dims))
-            for i in range(3)
-        ]
+        triple = [tuple(d if isinstance(d, int) else sizes(d)[i] for d in dims) for i in range(3)]
         profile[name] = (triple[0], triple[1], triple[2])
     return profile
 
@@ -367,7 +369,7 @@ def find_library(names: Sequence[str] = SEARCH_ORDER) -> TensorRTLibrary | None:
     return None
 
 
-def availability(library: str = "tensorrt") -> str | None:
+def availability(library: str = "tensorrt", *, device: int = 0) -> str | None:
     """``None`` if engines of ``library`` can run here, otherwise the exact reason they cannot.
 
     ``tensorrt`` needs a CUDA device; ``tensorrt_rtx`` a CUDA device of a compute capability
@@ -384,13 +386,15 @@ def availability(library: str = "tensorrt") -> str | None:
         return f"{lib.engine}: torch is needed for device memory; pip install torch"
     if not torch.cuda.is_available():
         return f"{lib.engine}: no CUDA device (torch.cuda.is_available() is False)"
+    if device >= torch.cuda.device_count():
+        return f"{lib.engine}: no CUDA device {device} (torch sees {torch.cuda.device_count()})"
     if lib.rtx:
-        capability = tuple(torch.cuda.get_device_capability(0))
+        capability = tuple(torch.cuda.get_device_capability(device))
         targets = compute_capabilities(lib.module)
         if capability not in targets:
             listed = ", ".join(f"{a}.{b}" for a, b in targets)
             return (
-                f"trt-rtx: {torch.cuda.get_device_name(0)} has compute capability "
+                f"trt-rtx: {torch.cuda.get_device_name(device)} has compute capability "
                 f"{capability[0]}.{capability[1]}; {lib} engines run on RTX-class GPUs of "
                 f"compute capability {listed}"
             )
@@ -419,7 +423,9 @@ class EngineBuild:
 
     ``ok`` when the graph parsed and an engine was built. ``seconds`` is the builder's time
     (parsing excluded), ``engine_bytes`` the serialized engine's size; ``serialized`` holds the
-    engine itself (left out of ``repr`` and :meth:`to_dict`).
+    engine itself (left out of ``repr`` and :meth:`to_dict`). ``guessed_profile``: the graph
+    declares no serving ranges (not written by birnn-export), so the profile is
+    :func:`generic_profile`'s guess and a failed build may be the guess's fault.
     """
 
     library: str
@@ -431,6 +437,7 @@ class EngineBuild:
     build_error: str | None = None
     seconds: float | None = None
     engine_bytes: int | None = None
+    guessed_profile: bool = False
     serialized: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -482,6 +489,7 @@ class EngineBuild:
             "build_error": self.build_error,
             "seconds": self.seconds,
             "engine_bytes": self.engine_bytes,
+            "guessed_profile": self.guessed_profile,
         }
 
 
@@ -575,7 +583,13 @@ def build_engine(
 
     def failed(message: str, profile: Profile | None = None) -> EngineBuild:
         return EngineBuild(
-            lib.name, lib.version, source, profile or {}, plan.strongly_typed, build_error=message
+            lib.name,
+            lib.version,
+            source,
+            profile or {},
+            plan.strongly_typed,
+            build_error=message,
+            guessed_profile=spec is None,
         )
 
     try:
@@ -659,6 +673,7 @@ def build_engine(
         plan.strongly_typed,
         seconds=seconds,
         engine_bytes=len(blob),
+        guessed_profile=spec is None,
         serialized=blob,
     )
 
@@ -766,7 +781,7 @@ class TrtRunner(BaseRunner):
         self._dtypes: dict[str, str] = {}
 
     def available(self) -> str | None:
-        return availability(self.library)
+        return availability(self.library, device=self.device)
 
     def build(self) -> bytes:
         """The serialized engine: from the cache, or built (and cached). No GPU is needed with
@@ -778,7 +793,7 @@ class TrtRunner(BaseRunner):
         """
         lib = import_library(self.library)
         if not lib.rtx:  # the data-centre builder needs the GPU it builds for
-            reason = availability(self.library)
+            reason = availability(self.library, device=self.device)
             if reason:
                 raise EngineUnavailableError(reason)
         spec, profile = self.profile()
@@ -801,7 +816,7 @@ class TrtRunner(BaseRunner):
         self.cache.mkdir(parents=True, exist_ok=True)
         self.engine_path = self.cache / f"{key}.engine"
         if self.engine_path.is_file() and not self.rebuild:
-            self.cache_hit = True
+            self.cache_hit, self.build_report = True, None
             return self.engine_path.read_bytes()
         self.cache_hit = False
         timing = None if lib.rtx else self.cache / timing_cache_name(self.gpu_name, lib.version)
@@ -846,32 +861,43 @@ class TrtRunner(BaseRunner):
         return None
 
     def activate_impl(self) -> None:
-        reason = availability(self.library)
+        reason = availability(self.library, device=self.device)
         if reason:
             raise EngineUnavailableError(reason)
         import torch
 
         lib = import_library(self.library)
         trt = lib.module
-        runtime = trt.Runtime(_log_class(trt)())
+        log = _log_class(trt)()
+        runtime = trt.Runtime(log)
         with torch.cuda.device(self.device):
             engine = None
             serialized = self.build()
             if self.cache_hit:
                 engine = runtime.deserialize_cuda_engine(serialized)
                 if engine is None:
-                    logger.warning("cached engine %s is unusable; rebuilding", self.engine_path)
+                    logger.warning(
+                        "cached engine %s is unusable (%s); rebuilding",
+                        self.engine_path,
+                        "; ".join(_without_noise(m) for m in log.errors()) or "no message",
+                    )
                     self.rebuild, rebuild = True, self.rebuild
                     try:
                         serialized = self.build()
                     finally:
                         self.rebuild = rebuild
             if engine is None:
+                before = len(log.messages)
                 engine = runtime.deserialize_cuda_engine(serialized)
                 if engine is None:
+                    why = "; ".join(_without_noise(m) for m in log.errors(before))
                     raise EngineUnavailableError(
-                        f"{self.engine}: TensorRT could not deserialize the engine it just built "
-                        f"from {self.path}"
+                        f"{self.engine}: {lib} could not load the engine it just built from "
+                        f"{self.path} ({why or 'no message'}); tensorrt-rtx's CUDA 13 build "
+                        "needs an NVIDIA driver for CUDA 13"
+                        if lib.rtx
+                        else f"{self.engine}: {lib} could not load the engine it just built from "
+                        f"{self.path} ({why or 'no message'})"
                     )
             self._engine = engine
             self._context = engine.create_execution_context()

@@ -222,8 +222,9 @@ def test_modules_import_without_optional_libraries() -> None:
 
 
 @pytest.mark.tensorrt
-def test_trt_runner_matches_ort_cpu_and_caches(tmp_path) -> None:  # pragma: no cover - GPU
-    reason = trt.availability()
+@pytest.mark.parametrize("library", ["tensorrt", "tensorrt_rtx"])
+def test_trt_runner_matches_ort_cpu_and_caches(tmp_path, library) -> None:  # pragma: no cover
+    reason = trt.availability(library)
     if reason:
         pytest.skip(reason)
     import onnx
@@ -241,14 +242,15 @@ def test_trt_runner_matches_ort_cpu_and_caches(tmp_path) -> None:  # pragma: no 
     with OrtRunner(path) as ort_runner:
         expected = ort_runner.infer(feed)
     cache = tmp_path / "cache"
-    with TrtRunner(path, cache=cache, batch=(1, 4, 8), seq=(1, 16, 32)) as runner:
+    ranges = {"library": library, "batch": (1, 4, 8), "seq": (1, 16, 32)}
+    with TrtRunner(path, cache=cache, **ranges) as runner:
         assert not runner.cache_hit and runner.engine_path.is_file()
         out = runner.infer(feed)
         with pytest.raises(BiRNNExportError, match="outside the engine's profile"):
             runner.infer(make_feed(spec, 16, 9, seed=0))
     np.testing.assert_allclose(out["output"], expected["output"], atol=1e-4, rtol=1e-3)
-    assert list(cache.glob("timing-*.cache"))
-    with TrtRunner(path, cache=cache, batch=(1, 4, 8), seq=(1, 16, 32)) as again:
+    assert bool(list(cache.glob("timing-*.cache"))) == (library == "tensorrt")
+    with TrtRunner(path, cache=cache, **ranges) as again:
         assert again.cache_hit
         np.testing.assert_allclose(again.infer(feed)["output"], out["output"], atol=0, rtol=0)
 
@@ -478,6 +480,7 @@ def fake_gpu(monkeypatch) -> Any:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 80GB")
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: object())
@@ -790,11 +793,53 @@ def test_fp16_exports_with_lengths_build(tagger, tmp_path) -> None:
                 assert weights[node.input[1]] == onnx.TensorProto.FLOAT  # folded, no Cast
 
 
-def test_generic_profile_follows_dim_names() -> None:
+@pytest.mark.tensorrt_rtx
+@requires_rtx
+@pytest.mark.parametrize("named", [True, False], ids=["named dims", "unnamed dims"])
+def test_graph_without_spec_builds_with_a_guessed_profile(tmp_path, named) -> None:
+    """A foreign time-major graph, x [seq, batch, 2] beside lengths [batch]: the guessed
+    profile must give the two batch dims the same sizes for TensorRT to build it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    hidden = 3
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, 2)).astype(np.float32), "W"),
+        numpy_helper.from_array(
+            rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"
+        ),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["lens"], ["lens32"], to=TensorProto.INT32),
+        helper.make_node("LSTM", ["x", "W", "R", "", "lens32"], ["Y"], hidden_size=hidden),
+    ]
+    seq, batch = ("T", "N") if named else (None, None)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, 2]),
+            helper.make_tensor_value_info("lens", TensorProto.INT64, [batch]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    build = trt.build_engine(path)
+    assert build.ok and build.guessed_profile, build.summary()
+    x_opt, lens_opt = build.profile["x"][1], build.profile["lens"][1]
+    assert x_opt[1] == lens_opt[0]  # the batch dims agree
+    if named:
+        assert build.profile["x"] == ((1, 1, 2), (64, 8, 2), (256, 32, 2))
+
+
+def test_generic_profile() -> None:
     profile = trt.generic_profile({"x": ("T", "N", 40), "lens": ("N",), "m": (None, None)})
     assert profile["x"] == ((1, 1, 40), (64, 8, 40), (256, 32, 40))
     assert profile["lens"] == ((1,), (8,), (32,))
-    assert profile["m"] == ((1, 1), (8, 64), (32, 256))  # unnamed: axis 0 batch, others seq
+    assert profile["m"] == ((1, 1), (8, 8), (256, 256))  # unnamed: one range for all
 
 
 def test_library_names_and_reasons(monkeypatch) -> None:
@@ -828,6 +873,7 @@ def test_rtx_availability_needs_an_rtx_class_gpu(monkeypatch) -> None:
     )
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", module)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     reason = trt.availability("tensorrt_rtx")
@@ -835,6 +881,7 @@ def test_rtx_availability_needs_an_rtx_class_gpu(monkeypatch) -> None:
     assert "7.5, 8.0, 8.6, 8.9, 12.0, 12.1" in reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     assert trt.availability("tensorrt_rtx") is None
+    assert trt.availability("tensorrt_rtx", device=1) == "trt-rtx: no CUDA device 1 (torch sees 1)"
     assert list(trt.compute_capabilities(module)) == [
         (7, 5),
         (8, 0),
