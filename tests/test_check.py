@@ -515,6 +515,18 @@ def _with_lengths_type(model: onnx.ModelProto, elem: int) -> onnx.ModelProto:
     return model
 
 
+def _rs_one_input() -> onnx.ModelProto:
+    model = reverse_sequence_graph(batch_axis=1, time_axis=0)
+    del model.graph.node[0].input[1:]
+    return model
+
+
+def _rs_input_rank_1() -> onnx.ModelProto:
+    model = reverse_sequence_graph(batch_axis=1, time_axis=0)
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq"]))
+    return model
+
+
 def _rs_lengths(elem: int = TensorProto.INT64, dims: tuple = ("batch",)) -> onnx.ModelProto:
     model = reverse_sequence_graph(batch_axis=1, time_axis=0)
     model.graph.input[1].CopyFrom(helper.make_tensor_value_info("lens", elem, list(dims)))
@@ -571,6 +583,16 @@ REJECTED = {
         "rank 2; needs 1",
         "Rank of sequence_lens must be one",
     ),
+    "ReverseSequence one input": (
+        lambda: _rs_one_input(),
+        "needs 2 inputs, has 1",
+        "expects two input tensors",
+    ),
+    "ReverseSequence rank-1 input": (
+        lambda: _rs_input_rank_1(),
+        "input has rank 1; needs >= 2",
+        "Rank of input must be at least two",
+    ),
     "op without importer": (lambda: single_op_graph("Unique"), "op Unique", None),
     "custom domain": (
         lambda: single_op_graph("MyOp", domain="my.domain"),
@@ -588,6 +610,8 @@ REJECTED = {
             ("uint16", TensorProto.UINT16),
             ("uint32", TensorProto.UINT32),
             ("uint64", TensorProto.UINT64),
+            ("string", TensorProto.STRING),
+            ("complex64", TensorProto.COMPLEX64),
         ]
     },
     "Loop without trip count": (lambda: _loop_graph(""), "without a trip count", None),
