@@ -110,10 +110,19 @@ class LayerProbe:
             probe = onnx.ModelProto()
             probe.CopyFrom(self.proto)
             declared = {o.name for o in probe.graph.output}
+            # The graph's dtype, unless inference says otherwise: an fp16 graph's ragged
+            # recurrent nodes compute in float32 (modules.recurrent_dtype).
             elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.spec.dtype))
+            try:
+                inferred = onnx.shape_inference.infer_shapes(probe).graph.value_info
+                types = {v.name: v.type.tensor_type.elem_type for v in inferred}
+            except Exception:  # inference is best effort; the graph's dtype is the fallback
+                types = {}
             for name in self.y_names:
                 if name not in declared:
-                    probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+                    probe.graph.output.append(
+                        helper.make_tensor_value_info(name, types.get(name) or elem, None)
+                    )
             try:
                 self._session = onnxruntime.InferenceSession(
                     probe.SerializeToString(), providers=["CPUExecutionProvider"]

@@ -448,6 +448,27 @@ def test_head_model_one_direction_wrong_is_named(
         assert "reversal bug" not in text
 
 
+def test_layer_probe_reads_fp16_graphs_float32_recurrent_outputs(
+    stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    """An fp16 graph's ragged recurrent nodes compute in float32 (modules.recurrent_dtype): the
+    probe declares their Y outputs with the inferred type, or ONNX Runtime refuses the copy."""
+    from birnn_export._diagnose import LayerProbe
+    from birnn_export.spec import make_feed
+
+    model, _ = stacked_tagger
+    path = tmp_path / "fp16.onnx"
+    export_onnx(model, path, dtype="float16")
+    proto = onnx.load(str(path))
+    spec = GraphSpec.from_onnx(proto)
+    probe = LayerProbe(proto, spec, (model.to_torch(), model), "float32")
+    feed = make_feed(spec, 4, 6, seed=0)
+    layer = probe.outputs(feed, feed["lengths"], 6)
+    valid = np.arange(6)[None, :] < feed["lengths"][:, None]
+    assert layer.actual.shape == layer.expected.shape == (4, 6, 2 * HIDDEN)
+    assert np.abs(layer.actual - layer.expected)[valid].max() < 1e-2
+
+
 def test_unidirectional_last_layer_keeps_does_not_apply(tmp_path: Path) -> None:
     torch.manual_seed(3)
     config = TaggerConfig("gru", FEATURES, HIDDEN, 3, bidirectional=False, uses_lengths=True)
