@@ -32,7 +32,14 @@ from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 from birnn_export.models import SequenceTagger
-from birnn_export.modules import NODE_NAME_KEY, BiRNN, TracedPack, padding_mask, state_names
+from birnn_export.modules import (
+    NODE_NAME_KEY,
+    BiRNN,
+    TracedPack,
+    onnx_weight_constants,
+    padding_mask,
+    state_names,
+)
 from birnn_export.spec import (
     BATCH,
     DEFAULT_BATCH_RANGE,
@@ -415,7 +422,12 @@ def _trace(
     for role in roles:
         dynamic.append({0: batch} if role == "lengths" else {0: batch, 1: seq})
     try:
-        with _onnx_settings(model, layout), _traceable_packing(model), _quiet_exporter():
+        with (
+            _onnx_settings(model, layout),
+            onnx_weight_constants(model),
+            _traceable_packing(model),
+            _quiet_exporter(),
+        ):
             program = torch.onnx.export(
                 model,
                 inputs,

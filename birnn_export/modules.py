@@ -18,8 +18,9 @@ what ONNX can express directly.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -466,12 +467,25 @@ class BiRNN(nn.Module):
             attrs["activations"] = ["Relu"] * num_directions
         return attrs
 
+    def node_weights(
+        self, layer: int, directions: Sequence[int], dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One ONNX node's ``W [D, G*H, I]``, ``R [D, G*H, H]``, ``B [D, 2*G*H]`` in ``dtype``,
+        for ``directions`` of ``layer``: the buffers :func:`onnx_weight_constants` registered,
+        else computed from the parameters."""
+        key = _weights_key(layer, directions, dtype)
+        if hasattr(self, f"{key}_w"):
+            return getattr(self, f"{key}_w"), getattr(self, f"{key}_r"), getattr(self, f"{key}_b")
+        ws, rs, bs = self.onnx_weights(layer)
+        return tuple(  # type: ignore[return-value]
+            torch.stack([t[d] for d in directions]).to(dtype) for t in (ws, rs, bs)
+        )
+
     def _onnx_node(
         self,
         x: Tensor,
-        ws: list[Tensor],
-        rs: list[Tensor],
-        bs: list[Tensor],
+        layer: int,
+        directions: Sequence[int],
         seq_lens: Tensor | None,
         init: list[Tensor | None],
         direction: str,
@@ -483,13 +497,11 @@ class BiRNN(nn.Module):
         exporter names nodes itself, and :func:`export_onnx` renames them from it.
         """
         steps, batch = x.shape[0], x.shape[1]
-        dirs = len(ws)
+        dirs = len(directions)
         compute = recurrent_dtype(x.dtype, ragged=seq_lens is not None)
         inputs: list[Tensor | None] = [
             x.to(compute),
-            torch.stack(ws).to(compute),
-            torch.stack(rs).to(compute),
-            torch.stack(bs).to(compute),
+            *self.node_weights(layer, directions, compute),
             seq_lens,
         ]
         inputs += [s if s is None else s.to(compute) for s in init]
@@ -522,7 +534,6 @@ class BiRNN(nn.Module):
         init_states = None if hx is None else (list(hx) if isinstance(hx, tuple) else [hx])
         finals: list[list[Tensor]] = []
         for layer in range(self.num_layers):
-            ws, rs, bs = self.onnx_weights(layer)
             lo, hi = layer * self.num_directions, (layer + 1) * self.num_directions
             init: list[Tensor | None] = (
                 [None] * (2 if self.cell == "lstm" else 1)
@@ -531,14 +542,13 @@ class BiRNN(nn.Module):
             )
             name = f"{self.onnx_name}/l{layer}"
             if self.bidirectional and self.onnx_layout == "fused":
-                y, last = self._onnx_node(xt, ws, rs, bs, seq_lens, init, "bidirectional", name)
+                y, last = self._onnx_node(xt, layer, (0, 1), seq_lens, init, "bidirectional", name)
                 xt = y.permute(0, 2, 1, 3).reshape(steps, batch, 2 * self.hidden_size)
             else:
                 y, last = self._onnx_node(
                     xt,
-                    ws[:1],
-                    rs[:1],
-                    bs[:1],
+                    layer,
+                    (0,),
                     seq_lens,
                     [s if s is None else s[:1] for s in init],
                     "forward",
@@ -549,9 +559,8 @@ class BiRNN(nn.Module):
                     rev = _reverse_sequence(xt, lens)
                     yb, last_b = self._onnx_node(
                         rev,
-                        ws[1:],
-                        rs[1:],
-                        bs[1:],
+                        layer,
+                        (1,),
                         seq_lens,
                         [s if s is None else s[1:] for s in init],
                         "forward",
@@ -567,6 +576,46 @@ class BiRNN(nn.Module):
         out = xt.transpose(0, 1) if self.batch_first else xt
         states = [torch.cat([f[i] for f in finals], 0) for i in range(len(finals[0]))]
         return out, self._pack_states(states)
+
+
+def _weights_key(layer: int, directions: Sequence[int], dtype: torch.dtype) -> str:
+    dirs = "".join(str(d) for d in directions)
+    return f"_onnx_l{layer}_d{dirs}_{str(dtype).removeprefix('torch.')}"
+
+
+@contextlib.contextmanager
+def onnx_weight_constants(model: nn.Module) -> Iterator[None]:
+    """For one export, give every :class:`BiRNN` in ``model`` its nodes' weights as buffers,
+    already stacked per node and in ONNX gate order.
+
+    Reordered inside the trace, the weights would reach the graph as ``Slice`` / ``Concat`` nodes
+    on the parameters, which the exporter's constant folding leaves in place above its size
+    limit (a 3-layer BiLSTM(256) kept 48 Slice and 15 Concat nodes, re-run at every session
+    start). Buffers become initializers as they are, at any size. Both dtypes a node may
+    compute in are registered (see :func:`recurrent_dtype`); the exporter drops unused ones.
+    """
+    added: list[tuple[BiRNN, str]] = []
+    try:
+        for module in model.modules():
+            if not isinstance(module, BiRNN):
+                continue
+            dtype = module.weight_ih_l0.dtype
+            dtypes = dict.fromkeys([dtype, recurrent_dtype(dtype, ragged=True)])
+            groups = [(0, 1), (0,), (1,)] if module.bidirectional else [(0,)]
+            with torch.no_grad():
+                for layer in range(module.num_layers):
+                    ws, rs, bs = module.onnx_weights(layer)
+                    for directions in groups:
+                        for compute in dtypes:
+                            key = _weights_key(layer, directions, compute)
+                            for suffix, parts in (("_w", ws), ("_r", rs), ("_b", bs)):
+                                value = torch.stack([parts[d] for d in directions]).to(compute)
+                                module.register_buffer(key + suffix, value, persistent=False)
+                                added.append((module, key + suffix))
+        yield
+    finally:
+        for module, name in added:
+            delattr(module, name)
 
 
 def recurrent_dtype(dtype: torch.dtype, *, ragged: bool) -> torch.dtype:

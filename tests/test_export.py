@@ -356,6 +356,39 @@ def test_external_data_for_large_models(tmp_path, monkeypatch):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["split", "fused"])
+def test_recurrent_weights_are_initializers_in_onnx_order_at_any_size(tmp_path, layout):
+    """Above the exporter's constant-folding limit the weights stayed torch-ordered, with Slice
+    and Concat nodes re-run at every session start: a 3-layer BiLSTM(256) as in issue 13."""
+    torch.manual_seed(0)
+    model = AttentionClassifier(vocab_size=100, embed_dim=256, hidden=256, classes=15).eval()
+    result = export_onnx(model, tmp_path / "big.onnx", layout=layout)
+    proto = onnx.load(str(result.path))
+    initializers = {i.name: i for i in proto.graph.initializer}
+    recurrent = [n for n in proto.graph.node if n.op_type == "LSTM"]
+    assert len(recurrent) == (6 if layout == "split" else 3)
+    assert "Slice" not in result.op_counts
+    lstm = model.lstm
+    for node in recurrent:
+        layer = int(node.name.split("/")[1][1:])
+        dirs = {"forward": [0], "backward": [1]}.get(node.name.rsplit("/", 1)[-1], [0, 1])
+        w, r, b = (onnx.numpy_helper.to_array(initializers[n]) for n in node.input[1:4])
+        for d, direction in enumerate(dirs):
+            suffix = "_reverse" if direction else ""
+            ih = getattr(lstm, f"weight_ih_l{layer}{suffix}").detach().numpy()
+            hh = getattr(lstm, f"weight_hh_l{layer}{suffix}").detach().numpy()
+            bias = getattr(lstm, f"bias_ih_l{layer}{suffix}").detach().numpy()
+            order = [0, 3, 1, 2]  # torch (i, f, g, o) -> ONNX (i, o, f, c)
+            blocks = np.split(ih, 4)
+            np.testing.assert_array_equal(w[d], np.concatenate([blocks[g] for g in order]))
+            blocks = np.split(hh, 4)
+            np.testing.assert_array_equal(r[d], np.concatenate([blocks[g] for g in order]))
+            blocks = np.split(bias, 4)
+            np.testing.assert_array_equal(
+                b[d][: 4 * 256], np.concatenate([blocks[g] for g in order])
+            )
+
+
 # -- what stock torch.onnx.export does with the same models ----------------------------------
 
 
