@@ -15,12 +15,11 @@ import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from birnn_export._files import file_sha256
 
 if TYPE_CHECKING:
-    from birnn_export.verification import CaseResult, OutputResult, VerifyReport
+    from birnn_export.compare import Check
+    from birnn_export.verification import VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -108,39 +107,6 @@ def environment(onnx_path: str | os.PathLike[str] | None = None) -> dict[str, An
     return env
 
 
-# -- element-wise comparison -----------------------------------------------------------------
-
-
-def abs_errors(actual: Any, expected: Any) -> np.ndarray:
-    """``|actual - expected|`` in float64, element-wise. NaN on both sides and the same infinity
-    on both sides count as equal (error 0); NaN on one side only is an infinite error."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(a - e)
-    both_nan = np.isnan(a) & np.isnan(e)
-    same_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
-    diff[both_nan | same_inf] = 0.0
-    diff[np.isnan(diff)] = np.inf
-    return diff
-
-
-def outside_tolerance(actual: Any, expected: Any, atol: float, rtol: float) -> np.ndarray:
-    """Element-wise: the error of :func:`abs_errors` exceeds ``atol + rtol * |expected|``.
-
-    Where ``expected`` is NaN or infinite only an exact match passes (the ``rtol`` term is
-    dropped there, so ``rtol * inf`` cannot accept any value).
-
-    Example:
-        >>> outside_tolerance([1.0, float("nan"), 5.0], [1.0, float("nan"), float("inf")], 0.1, 0.1)
-        array([False, False,  True])
-    """
-    diff = abs_errors(actual, expected)
-    e = np.asarray(expected, dtype=np.float64)
-    scale = np.where(np.isfinite(e), np.abs(e), 0.0)
-    return ~(diff <= atol + rtol * scale)
-
-
 # -- terminal rendering of a verification report ---------------------------------------------
 
 
@@ -169,17 +135,20 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         "check",
         "cases",
         "max abs",
-        "max rel",
-        "mean abs",
-        "tolerance",
+        "eager",
+        "ratio",
+        "limit",
+        "top-1",
         "",
     ):
         table.add_column(
-            column, justify="right" if column.startswith(("max", "mean", "cases")) else "left"
+            column, justify="left" if column in ("engine", "output", "check") else "right"
         )
     for row in _summary_rows(report):
         table.add_row(*row)
     console.print(table)
+    if report.criterion:
+        console.print(f"judged by: {report.criterion}", markup=False, highlight=False)
     for engine, providers in report.providers.items():
         console.print(f"{engine}: providers {', '.join(providers)}")
     failures = report.failures
@@ -187,12 +156,12 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         detail = Table(
             title=f"failing cases ({len(failures)}, first {min(len(failures), max_failures)})"
         )
-        for column in ("case", "lengths", "output", "check", "max abs", "max rel", "note"):
+        for column in ("case", "lengths", "output", "check", "max abs", "ratio", "limit", "note"):
             detail.add_column(column)
         for case in failures[:max_failures]:
             lengths = _short(case.lengths)
             if case.error is not None:
-                detail.add_row(case.label, lengths, "-", "error", "-", "-", case.error)
+                detail.add_row(case.label, lengths, "-", "error", "-", "-", "-", case.error)
             for out in case.outputs:
                 if not out.passed:
                     detail.add_row(
@@ -201,7 +170,8 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
                         out.name,
                         out.check,
                         f"{out.max_abs:.3g}",
-                        f"{out.max_rel:.3g}",
+                        _ratio(out.ratio),
+                        out.limit,
                         out.note,
                     )
         console.print(detail)
@@ -231,21 +201,28 @@ def _short(lengths: tuple[int, ...] | None) -> str:
     return text + (",..." if len(lengths) > 8 else "")
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}x"
+
+
 def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
-    groups: dict[tuple[str, str, str], list[tuple[CaseResult, OutputResult]]] = {}
+    groups: dict[tuple[str, str, str], list[Check]] = {}
     errors: dict[str, int] = {}
     for case in report.cases:
         if case.error is not None and not case.outputs:
             errors[case.engine] = errors.get(case.engine, 0) + 1
         for out in case.outputs:
-            groups.setdefault((case.engine, out.name, out.check), []).append((case, out))
-    for (engine, name, check), items in groups.items():
-        outs = [o for _, o in items]
+            groups.setdefault((case.engine, out.name, out.check), []).append(out)
+    for (engine, name, check), outs in groups.items():
         passed = sum(o.passed for o in outs)
-        tol = outs[0]
-        tol_text = f"{tol.atol:g} / {tol.rtol:g}" + (
-            f", L2 < {tol.rel_l2_limit:g}" if tol.rel_l2_limit is not None else ""
-        )
+        worst = max(outs, key=lambda o: o.ratio if o.ratio is not None else o.max_abs)
+        noises = [o.noise for o in outs if o.noise is not None]
+        ratios = [o.ratio for o in outs if o.ratio is not None]
+        top1 = [o.top1 for o in outs if o.top1 is not None]
+        top1_text = "-" if not top1 else f"{100 * min(top1):.1f}%"
+        greedy = [o.greedy for o in outs if o.greedy is not None]
+        if greedy:
+            top1_text += f", CTC {100 * min(greedy):.0f}%"
         ok = passed == len(outs)
         yield (
             engine,
@@ -253,10 +230,11 @@ def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
             check,
             f"{passed}/{len(outs)}",
             f"{max(o.max_abs for o in outs):.3g}",
-            f"{max(o.max_rel for o in outs):.3g}",
-            f"{max(o.mean_abs for o in outs):.3g}",
-            tol_text,
+            f"{max(noises):.3g}" if noises else "-",
+            _ratio(max(ratios)) if ratios else "-",
+            worst.limit,
+            top1_text,
             "[green]pass[/green]" if ok else "[red]FAIL[/red]",
         )
     for engine, count in errors.items():
-        yield (engine, "-", "run", f"0/{count}", "-", "-", "-", "-", "[red]ERROR[/red]")
+        yield (engine, "-", "run", f"0/{count}", "-", "-", "-", "-", "-", "[red]ERROR[/red]")

@@ -20,7 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -36,11 +38,13 @@ import numpy as np
 
 from birnn_export import _report
 from birnn_export._files import write_atomic
+from birnn_export.compare import Check, Criterion, NoiseCriterion, compare_outputs
 from birnn_export.errors import EngineUnavailableError
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
     GraphSpec,
+    Tolerance,
     covering_range,
     default_tolerance,
     make_feed,
@@ -313,10 +317,25 @@ def benchmark(
 
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
-    # fp16 graphs are checked against the model in fp32 (the better reference).
+    # fp16 graphs: the torch engine times the model in fp32 (what a user would run).
     torch_dtype = "float32" if spec.dtype == "float16" else None
+    criteria = _criteria(spec, engines, device, atol, rtol)
+    fixed = atol is not None or rtol is not None
+    # Checked as verify checks: against the model in float64, within a factor of eager
+    # PyTorch's own error in the graph's precision (or fixed tolerances, when given).
     reference = runners.TorchRunner(
-        model, input_names, output_names, threads=threads, dtype=torch_dtype
+        model,
+        input_names,
+        output_names,
+        threads=threads,
+        dtype=torch_dtype if fixed else "float64",
+    )
+    eager = (
+        None
+        if fixed
+        else runners.TorchRunner(
+            model, input_names, output_names, threads=threads, dtype=spec.dtype
+        )
     )
     timer = _Timer(iters=iters, duration=duration, warmup=warmup)
     lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
@@ -326,13 +345,16 @@ def benchmark(
     placement: dict[str, Any] = {}  # ONNX Runtime engines: where their nodes ran
     cpu_recurrent: dict[str, list[str]] = {}
 
-    with reference, _progress(len(engines) * len(shapes), enabled=progress) as advance:
+    with (
+        reference,
+        eager or contextlib.nullcontext(),
+        _progress(len(engines) * len(shapes), enabled=progress) as advance,
+    ):
         for engine in engines:
             if reasons[engine]:
                 rows += _unavailable_rows(engine, shapes, reasons[engine], offline.get(engine))
                 advance(len(shapes), engine)
                 continue
-            tol = _tolerance(engine, device, spec.dtype, atol, rtol)
             try:
                 runner = _make_runner(
                     engine,
@@ -368,12 +390,22 @@ def benchmark(
                     advance(0, f"{engine} b={batch} t={seq}")
                     if (batch, seq) not in feeds:
                         feeds[batch, seq] = make_feed(spec, batch, seq, seed=seed)
-                        expected[batch, seq] = _run_reference(reference, feeds[batch, seq])
+                        expected[batch, seq] = (
+                            _run_reference(reference, feeds[batch, seq]),
+                            None if eager is None else _run_reference(eager, feeds[batch, seq]),
+                        )
                     feed = feeds[batch, seq]
                     tokens = int(feed[lengths_name].sum()) if lengths_name else batch * seq
-                    result = _measure(
-                        runner, engine, batch, seq, feed, expected[batch, seq], tol, timer, tokens
+                    want, noise = expected[batch, seq]
+                    check = functools.partial(
+                        compare_outputs,
+                        spec,
+                        expected=want,
+                        lengths=feed[lengths_name] if lengths_name else None,
+                        criteria=criteria[engine],
+                        eager=noise,
                     )
+                    result = _measure(runner, engine, batch, seq, feed, check, timer, tokens)
                     rows.append(result)
                     advance(1, engine)
             finally:
@@ -395,7 +427,16 @@ def benchmark(
             "graph_dtype": spec.dtype,
             "torch_device": device,
             "torch_compile": compile,
-            "tolerances": {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines},
+            "criterion": (
+                "fixed tolerances against the model in float32"
+                if fixed
+                else f"float64 reference; {NoiseCriterion().describe()} ({spec.dtype})"
+            ),
+            "tolerances": (
+                {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines}
+                if fixed
+                else None
+            ),
             "placement": placement,
             "cpu_recurrent_nodes": cpu_recurrent,
             "tensorrt": _tensorrt_libraries(engines),
@@ -572,8 +613,7 @@ def _measure(
     batch: int,
     seq: int,
     feed: Mapping[str, np.ndarray],
-    expected: Mapping[str, np.ndarray],
-    tol: tuple[float, float],
+    check: Callable[..., Sequence[Check]],
     timer: _Timer,
     tokens: int,
 ) -> BenchResult:
@@ -581,14 +621,18 @@ def _measure(
         start = time.perf_counter()
         first = runner.infer(feed)
         first_s = time.perf_counter() - start
-        ok, max_err, why = _compare(first, expected, *tol)
-        if not ok:
+        checks = check(actual=first)
+        values = [c.max_abs for c in checks if c.check == "values"]
+        max_err = max(values) if values else None
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            why = "; ".join(c.describe() for c in failed[:3])
             return _row(
                 engine,
                 batch,
                 seq,
                 "mismatch",
-                f"{engine}: {why}",
+                f"{engine}: {why}; not timed",
                 build_s=runner.activate_time_s,
                 max_abs_error=max_err,
             )
@@ -639,33 +683,6 @@ def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, 
             f"model: calling it with the graph's inputs ({shapes}) failed: {_one_line(exc)}; "
             "pass the model the ONNX file was exported from"
         ) from exc
-
-
-def _compare(
-    actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], atol: float, rtol: float
-) -> tuple[bool, float | None, str]:
-    """``|actual - expected| <= atol + rtol * |expected|`` on every output, element-wise as in
-    :mod:`birnn_export.verification`: NaN passes only where the reference is NaN too."""
-    max_err = 0.0
-    problems = []
-    for name, ref in expected.items():
-        if name not in actual:
-            return False, None, f"output {name!r} missing (got {sorted(actual)})"
-        got = np.asarray(actual[name])
-        if got.shape != ref.shape:
-            return False, None, f"output {name!r} shape {got.shape}, expected {ref.shape}"
-        diff = _report.abs_errors(got, ref)
-        err = float(diff.max()) if diff.size else 0.0
-        max_err = max(max_err, err)
-        bad = _report.outside_tolerance(got, ref, atol, rtol)
-        if bad.any():
-            problems.append(
-                f"output {name!r} max abs error {err:.3g} at {int(bad.sum())} of {bad.size} "
-                f"values (atol {atol:g}, rtol {rtol:g})"
-            )
-    if problems:
-        return False, max_err, "; ".join(problems) + "; not timed"
-    return True, max_err, ""
 
 
 def _with_speedups(rows: list[BenchResult]) -> tuple[BenchResult, ...]:
@@ -721,6 +738,23 @@ def _make_runner(
         profile_batch=covering_range(declared[0], batches),
         profile_seq=covering_range(declared[1], seqs),
     )
+
+
+def _criteria(
+    spec: GraphSpec,
+    engines: Sequence[str],
+    device: str,
+    atol: float | None,
+    rtol: float | None,
+) -> dict[str, dict[str, Criterion]]:
+    """Per engine and output: the noise criterion, or fixed tolerances when either is given."""
+    if atol is None and rtol is None:
+        return {e: {t.name: NoiseCriterion() for t in spec.outputs} for e in engines}
+    fixed = {}
+    for engine in engines:
+        tol = _tolerance(engine, device, spec.dtype, atol, rtol)
+        fixed[engine] = {t.name: Tolerance(*tol) for t in spec.outputs}
+    return fixed
 
 
 def _tolerance(

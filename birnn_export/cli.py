@@ -305,34 +305,44 @@ def export_command(
         "seq_range": parse_range(seq_range, "--seq-range"),
     }
     loaded = load_for_cli(model_path, **loader)
-    result = export_onnx(
-        loaded.model,
-        output,
-        reference=loaded.original,
-        opset=opset,
-        layout=layout,
-        dtype=dtype,
-        lengths=lengths,
-        input_size=input_size,
-        verify=not no_verify,
-        config=loaded.config,
-        source_sha256=loaded.sha256,
-        **ranges,
-    )
+    from birnn_export.errors import VerificationError
+
+    try:
+        result = export_onnx(
+            loaded.model,
+            output,
+            reference=loaded.original,
+            opset=opset,
+            layout=layout,
+            dtype=dtype,
+            lengths=lengths,
+            input_size=input_size,
+            verify=not no_verify,
+            config=loaded.config,
+            source_sha256=loaded.sha256,
+            progress=sys.stderr.isatty() and not quiet,
+            **ranges,
+        )
+    except VerificationError as exc:
+        if exc.report is not None:
+            from birnn_export.verification import render_report
+
+            render_report(exc.report)
+            click.echo(
+                f"To study the failure: re-export with --no-verify, then 'birnn-export verify "
+                f"{output} --model {model_path} --save-inputs cases.json'",
+                err=True,
+            )
+        raise
     from birnn_export.check import check_compatibility
 
     compatibility = check_compatibility(result.path, target="tensorrt")
-    report = None
-    if not no_verify:
-        from birnn_export.verification import quick_verify
-
-        report = quick_verify(result.path, loaded)
+    report = result.verification
     summary = {
         "model": str(model_path),
         "source": loaded.source,
         "converted": [str(r) for r in result.replaced],
         "onnx": describe_onnx(result.path),
-        "self_check": [c.__dict__ for c in result.self_check],
         "max_abs_error": result.max_error,
         "verification": None if report is None else json.loads(report.to_json()),
         "tensorrt_check": {
@@ -355,19 +365,6 @@ def export_command(
         for line in compatibility.lines():
             click.echo(f"  {line}")
         click.echo(f"Done in {summary['seconds']:.1f} s")
-    if report is not None and not report.passed:
-        from birnn_export.verification import render_report
-
-        render_report(report)
-        # A graph that failed verification is not kept where a deployment would pick it up.
-        for leftover in (result.path, result.path.with_name(result.path.name + ".data")):
-            leftover.unlink(missing_ok=True)
-        click.echo(
-            f"Removed {result.path}. To study the failure: re-export with --no-verify, then "
-            f"'birnn-export verify {result.path} --model {model_path} --save-inputs cases.npz'",
-            err=True,
-        )
-        report.raise_for_failure()
 
 
 def _parse_spec(data: dict[str, Any], path: Path) -> Any:
@@ -404,14 +401,7 @@ def _print_export_summary(summary: dict[str, Any]) -> None:
             click.echo(f"  {kind[:-1]:<6} {name:<10} {dtype:<8} {_dims(value['dims'])}")
     ops = ", ".join(f"{op} x{n}" for op, n in onnx_info["op_counts"].items())
     click.echo(f"  ops    {ops}")
-    checks = summary["self_check"]
-    if checks:
-        shapes = ", ".join(f"B={c['batch']} T={c['seq']}" for c in checks)
-        click.echo(
-            f"Checked  ONNX Runtime CPU vs eager PyTorch at {shapes}: "
-            f"max abs error {summary['max_abs_error']:.2e}"
-        )
-    else:
+    if summary["verification"] is None:
         click.echo("Not verified (--no-verify)")
 
 

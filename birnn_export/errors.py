@@ -7,6 +7,8 @@ traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BiRNNExportError(Exception):
     """Base class of errors caused by input, configuration or environment, not by a bug."""
@@ -38,6 +40,14 @@ class EngineBuildError(BiRNNExportError):
 
 
 class VerificationError(BiRNNExportError):
-    """An engine's outputs differ from the eager PyTorch reference beyond tolerance."""
+    """An engine's outputs differ from the eager PyTorch reference beyond tolerance.
+
+    ``report`` is the :class:`~birnn_export.verification.VerifyReport` that failed, when there
+    is one (to render or save).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report

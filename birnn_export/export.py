@@ -49,9 +49,7 @@ from birnn_export.spec import (
     GraphSpec,
     TensorSpec,
     check_range,
-    default_tolerance,
     load_onnx,
-    make_feed,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,30 +72,33 @@ SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
 
 
 @dataclass(frozen=True)
-class SelfCheckCase:
-    """One ONNX Runtime run of the self-check: shape and worst error over all outputs."""
-
-    batch: int
-    seq: int
-    max_abs_error: float
-    passed: bool
-
-
-@dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_onnx` wrote and how it checked it."""
+    """What :func:`export_onnx` wrote and how it checked it.
+
+    ``verification`` is the report of the sweep run on the graph before it was moved into place
+    (``None`` with ``verify=False``).
+    """
 
     path: Path
     spec: GraphSpec
     op_counts: dict[str, int]
     file_size: int
     replaced: tuple[Replacement, ...]
-    self_check: tuple[SelfCheckCase, ...]
+    verification: Any
     elapsed_s: float
 
     @property
     def max_error(self) -> float | None:
-        return max((c.max_abs_error for c in self.self_check), default=None)
+        """The largest error of any output against the reference over the sweep."""
+        if self.verification is None:
+            return None
+        errors = [
+            o.max_abs
+            for case in self.verification.cases
+            for o in case.outputs
+            if o.check == "values"
+        ]
+        return max(errors, default=None)
 
 
 def export_onnx(
@@ -114,6 +115,7 @@ def export_onnx(
     output_names: Sequence[str] | None = None,
     verify: bool = True,
     reference: nn.Module | None = None,
+    progress: bool = False,
     config: dict[str, Any] | None = None,
     source_sha256: str | None = None,
     batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
@@ -140,10 +142,11 @@ def export_onnx(
         input_names: Graph input names; default ``x`` (or ``ids`` for token ids) and ``lengths``.
         output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare
             layer).
-        verify: Run the self-check under ONNX Runtime CPU (skipped only where onnxruntime is
-            missing).
-        reference: The module the self-check compares against (e.g. the original model with
+        verify: Run :func:`birnn_export.verify`'s default sweep on ONNX Runtime CPU before the
+            file is moved into place (skipped only where onnxruntime is missing).
+        reference: The module verification compares against (e.g. the original model with
             built-in layers); default ``model`` itself.
+        progress: Show verification's progress bar on stderr on long runs.
         config: Model configuration to record in the metadata.
         source_sha256: Hash of the model file, recorded in the metadata.
         batch_range: (min, opt, max) batch sizes the graph will serve, recorded in its spec:
@@ -238,13 +241,13 @@ def export_onnx(
     if not large:
         _check_graph(proto, spec, _model_sizes(converted))
 
-    cases: tuple[SelfCheckCase, ...] = ()
+    report = None
     with _staged_output(path) as staging:
         _save(proto, staging, external=large)
         if large:
             _check_graph(staging, spec, _model_sizes(converted))
         if verify:
-            cases = _self_check(staging, reference, spec)
+            report = _verify_staged(staging, path, converted, reference, progress)
     counts = collections.Counter(node.op_type for node in proto.graph.node)
     return ExportResult(
         path=path,
@@ -252,7 +255,7 @@ def export_onnx(
         op_counts=dict(sorted(counts.items())),
         file_size=_file_size(path),
         replaced=replaced,
-        self_check=cases,
+        verification=report,
         elapsed_s=time.perf_counter() - start,
     )
 
@@ -911,56 +914,33 @@ def _file_size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def self_check_shapes(spec: GraphSpec) -> list[tuple[int, int]]:
-    """Shapes unlike the example: T = 1, T several times the example, and other batch sizes."""
-    b, t = spec.example_batch, spec.example_seq
-    return [(1, 1), (b + 2, 4 * t), (2, max(2, t // 2))]
+def _verify_staged(
+    staging: Path, path: Path, model: nn.Module, reference: nn.Module, progress: bool
+) -> Any:
+    """:func:`birnn_export.verify`'s default sweep on the staged graph, before it is moved into
+    place; the report names ``path``.
 
+    Raises:
+        VerificationError: the graph failed (carrying the report); nothing is written.
+    """
+    import dataclasses
 
-def _self_check(path: Path, reference: nn.Module, spec: GraphSpec) -> tuple[SelfCheckCase, ...]:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        logger.warning("onnxruntime is not installed: the export's self-check was skipped")
-        return ()
-    from birnn_export.runners import OrtRunner
+        logger.warning("onnxruntime is not installed: the export was not verified")
+        return None
+    from birnn_export.verification import verify
 
-    tolerance = default_tolerance(spec.dtype, "ort-cpu")
-    atol, rtol = tolerance.atol, tolerance.rtol
-    cases = []
-    with OrtRunner(str(path), engine="ort-cpu") as runner:
-        for batch, seq in self_check_shapes(spec):
-            feed = make_feed(spec, batch, seq, seed=batch * 1000 + seq)
-            got = runner.infer(feed)
-            with torch.no_grad():
-                args = [torch.from_numpy(feed[t.name]) for t in spec.inputs]
-                args = [a.float() if a.is_floating_point() else a for a in args]
-                want = _flatten(reference(*args))
-            worst, passed = 0.0, True
-            for out, expected in zip(spec.outputs, want, strict=True):
-                actual = got[out.name].astype(np.float64)
-                wanted = expected.double().numpy()
-                if actual.shape != wanted.shape:
-                    raise VerificationError(
-                        f"{out.name}: ONNX Runtime returned shape {actual.shape} at batch {batch}, "
-                        f"seq {seq}; eager returned {wanted.shape}"
-                    )
-                err = np.abs(actual - wanted)
-                worst = max(worst, float(err.max(initial=0.0)))
-                passed &= bool(np.all(err <= atol + rtol * np.abs(wanted)))
-                if tolerance.rel_l2 is not None:  # fp16: also the error's overall size
-                    norm = float(np.linalg.norm(wanted)) or 1.0
-                    passed &= float(np.linalg.norm(actual - wanted)) / norm < tolerance.rel_l2
-            cases.append(SelfCheckCase(batch, seq, worst, passed))
-    failed = [c for c in cases if not c.passed]
-    if failed:
-        worst_case = max(failed, key=lambda c: c.max_abs_error)
-        raise VerificationError(
-            f"ONNX Runtime output differs from eager PyTorch at batch {worst_case.batch}, seq "
-            f"{worst_case.seq}: max abs error {worst_case.max_abs_error:.3g} (tolerance atol "
-            f"{atol}, rtol {rtol}); nothing was written"
-        )
-    return tuple(cases)
+    report = verify(staging, model, reference=reference, progress=progress)
+    report = dataclasses.replace(report, onnx_path=str(path))
+    if not report.passed:
+        message = report.summary()
+        diagnosis = report.diagnosis()
+        if diagnosis:
+            message += " | " + " ".join(diagnosis.splitlines()[0].split())
+        raise VerificationError(f"{message}; nothing was written", report=report)
+    return report
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:

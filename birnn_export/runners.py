@@ -154,12 +154,18 @@ class TorchRunner(BaseRunner):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineUnavailableError(f"torch on {self.device}: no CUDA device visible to torch")
         model = self.model
-        if self.device != "cpu" or self.dtype is not None:
+        dtype = None if self.dtype is None else getattr(torch, self.dtype)
+        tensors = [*model.parameters(), *model.buffers()]
+        if any(
+            t.device != torch.device(self.device)
+            or (dtype is not None and t.is_floating_point() and t.dtype != dtype)
+            for t in tensors
+        ):
             # Module.to() works in place: copy so the caller's (reference) model is untouched.
-            model = copy.deepcopy(model)
-        model = model.to(self.device).eval()
-        if self.dtype is not None:
-            model = model.to(getattr(torch, self.dtype))
+            model = copy.deepcopy(model).to(self.device)
+            if dtype is not None:
+                model = model.to(dtype)
+        model = model.eval()
         self._fn = torch.compile(model) if self.compile else model
         # Process-wide settings last: nothing after them can fail, so deactivate restores them.
         if self.threads is not None:

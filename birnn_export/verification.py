@@ -2,21 +2,24 @@
 
 :func:`verify` reads the graph's contract (:class:`~birnn_export.spec.GraphSpec`) from the ONNX
 file, builds valid inputs for a sweep of batch sizes and sequence lengths (ragged and equal
-lengths, unit-scale and large-magnitude features), runs every requested engine and the eager
-reference, and compares:
+lengths, unit-scale and large-magnitude features), runs every requested engine and the
+reference, and judges each output with :mod:`birnn_export.compare`:
 
-* each output at its valid time steps (``t < lengths[b]``) when the graph takes lengths, the whole
-  tensor otherwise; final states (role ``"state"``) in full;
+* by default against the model run in float64 on the CPU, within a factor of eager PyTorch's own
+  error on the same inputs (the model's noise floor), plus top-1 agreement for class scores and
+  the greedy CTC decode for log-probabilities; fixed ``atol`` / ``rtol`` when asked for;
+* each output at its valid time steps (``t < lengths[b]``) when the graph takes lengths, the
+  whole tensor otherwise; final states (role ``"state"``) in full;
 * the padded positions separately: if the reference writes exactly the padding value there, the
   engine must too, otherwise the engine must match the reference there;
-* batch invariance: every row run alone (batch 1, its own length) equals its row in the batch.
+* batch invariance: every row run alone (batch 1, its own length) equals its row in the batch;
+* every recurrent layer's own output inside the graph (ONNX Runtime CPU) against the same layer
+  of the reference, rerun with torch's own single-layer modules (:mod:`birnn_export._layers`),
+  so a defect in a lower layer is found and located.
 
-On a mismatch of a bidirectional layer's own outputs, the forward and backward halves are
-compared separately, with the first diverging step of every row, so a reversal bug (backward half
-wrong from step 0 in the short rows only) reads differently from numeric drift. For a model
-with later layers (e.g. a head), whose outputs are no longer split by direction, the last
-recurrent layer's own output is compared instead: its ONNX ``Y`` (an in-memory copy of the graph
-with ``Y`` added as outputs, on ONNX Runtime CPU) against a forward hook on the reference's layer.
+On a mismatch, the first failing recurrent layer (or a bare bidirectional layer's own outputs) is
+split into its forward and backward halves, with the first diverging step of every row, so a
+reversal bug reads differently from wrong weights or numeric drift.
 
 Example:
     >>> report = verify("model.onnx", model, engines=("ort-cpu",))  # doctest: +SKIP
@@ -25,25 +28,41 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import math
+import operator
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from birnn_export._diagnose import LayerProbe, diagnose_directions, diagnose_layer
-from birnn_export._files import atomic_path
-from birnn_export._report import abs_errors, environment, json_safe, outside_tolerance
+from birnn_export import _interop
+from birnn_export._diagnose import diagnose_directions, diagnose_layers
+from birnn_export._files import check_output_path
+from birnn_export._layers import (
+    GraphLayers,
+    LayersUnavailable,
+    ReferenceLayers,
+    graph_layers,
+)
+from birnn_export._report import environment, json_safe
 from birnn_export._report import render_report as render_report
+from birnn_export.compare import (
+    Check,
+    Criterion,
+    NoiseCriterion,
+    compare,
+    compare_outputs,
+)
 from birnn_export.errors import BiRNNExportError, VerificationError
 from birnn_export.spec import (
     GraphSpec,
@@ -59,10 +78,13 @@ logger = logging.getLogger(__name__)
 
 #: Batch sizes of the default sweep.
 DEFAULT_BATCH_SIZES = (1, 3, 16)
-#: Batch sizes and length factors of :func:`quick_verify`.
-QUICK_BATCH_SIZES = (1, 3)
 #: Scale of the large-magnitude feature case (N(0, 1) times this).
 LARGE_SCALE = 10.0
+#: The default memory budget: the largest tensor one case may allocate (bytes, float64).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+#: One check of one output in one case (see :class:`birnn_export.compare.Check`).
+OutputResult = Check
 
 
 # -- tolerances ------------------------------------------------------------------------------
@@ -74,7 +96,7 @@ ToleranceOverride = float | Mapping[str, float] | None
 def resolve_tolerance(
     output: TensorSpec, engine: str, atol: ToleranceOverride, rtol: ToleranceOverride
 ) -> Tolerance:
-    """Default tolerance for ``output`` on ``engine`` with the user's overrides applied.
+    """Default fixed tolerance for ``output`` on ``engine`` with the user's overrides applied.
 
     ``atol`` / ``rtol`` are a number (all outputs) or a mapping from output name to number; the
     key ``"*"`` in a mapping sets the value for outputs not named.
@@ -115,30 +137,6 @@ def _check_overrides(spec: GraphSpec, **overrides: ToleranceOverride) -> None:
 
 
 @dataclass(frozen=True)
-class OutputResult:
-    """One check of one output in one case.
-
-    ``check`` is ``"values"`` (valid time steps, or the whole tensor), ``"padding"`` (positions
-    past each row's length) or ``"batch-invariance"`` (rows run alone vs in the batch).
-    ``max_rel`` is taken over elements whose expected value is not 0.
-    """
-
-    name: str
-    role: str
-    check: str
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    atol: float
-    rtol: float
-    passed: bool
-    rel_l2: float | None = None
-    rel_l2_limit: float | None = None
-    elements: int = 0
-    note: str = ""
-
-
-@dataclass(frozen=True)
 class CaseResult:
     """One engine at one input shape: the outputs' checks, or the error the engine raised."""
 
@@ -149,7 +147,7 @@ class CaseResult:
     scale: float
     seed: int
     lengths: tuple[int, ...] | None
-    outputs: tuple[OutputResult, ...]
+    outputs: tuple[Check, ...]
     error: str | None = None
     diagnosis: str | None = None
 
@@ -165,7 +163,12 @@ class CaseResult:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Everything :func:`verify` compared; ``passed`` only if every case and check passed."""
+    """Everything :func:`verify` compared; ``passed`` only if every case and check passed.
+
+    ``criterion`` says how outputs were judged; ``reference_dtype`` is the reference's
+    precision and ``eager_dtype`` that of the eager run whose error is the noise floor (``None``
+    under fixed tolerances).
+    """
 
     onnx_path: str
     reference: str
@@ -178,6 +181,9 @@ class VerifyReport:
     environment: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     saved_inputs: str | None = None
+    criterion: str = ""
+    eager_dtype: str | None = None
+    saved_outputs: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -187,13 +193,28 @@ class VerifyReport:
     def failures(self) -> tuple[CaseResult, ...]:
         return tuple(c for c in self.cases if not c.passed)
 
+    def worst_ratio(self) -> float | None:
+        """The largest engine-to-eager error ratio of any values or layer check."""
+        ratios = [
+            o.ratio
+            for c in self.cases
+            for o in c.outputs
+            if o.ratio is not None and o.check in ("values", "layer")
+        ]
+        return max(ratios, default=None)
+
     def summary(self) -> str:
         """One line: PASS/FAIL, counts, and the worst failing check."""
         total, failed = len(self.cases), self.failures
         if self.passed:
+            ratio = self.worst_ratio()
+            margin = (
+                f": error vs float64 at most {ratio:.2g}x eager {self.eager_dtype}'s own"
+                if ratio is not None and math.isfinite(ratio)
+                else " within tolerance"
+            )
             return (
-                f"PASS: {total} case(s) on {', '.join(self.engines)} match {self.reference} "
-                "within tolerance"
+                f"PASS: {total} case(s) on {', '.join(self.engines)} match {self.reference}{margin}"
             )
         parts = []
         if failed:
@@ -206,11 +227,7 @@ class VerifyReport:
                     (o for o in first.outputs if not o.passed),
                     key=lambda o: o.max_abs if math.isfinite(o.max_abs) else math.inf,
                 )
-                parts.append(
-                    f"first: {first.label}: output {bad.name!r} {bad.check}: max abs "
-                    f"{bad.max_abs:.3g}, max rel {bad.max_rel:.3g} (atol {bad.atol:g}, "
-                    f"rtol {bad.rtol:g}){' - ' + bad.note if bad.note else ''}"
-                )
+                parts.append(f"first: {first.label}: {bad.describe()}")
         if self.problems:
             parts.append(f"graph problems: {'; '.join(self.problems)}")
         return "FAIL: " + "; ".join(parts)
@@ -223,7 +240,7 @@ class VerifyReport:
         diagnosis = self.diagnosis()
         if diagnosis:
             message += " | " + " ".join(diagnosis.splitlines()[0].split())
-        raise VerificationError(message)
+        raise VerificationError(message, report=self)
 
     def diagnosed_failures(self) -> tuple[CaseResult, ...]:
         """Failing cases that carry a diagnosis, most telling first: ragged lengths with a
@@ -236,8 +253,7 @@ class VerifyReport:
         return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))
 
     def diagnosis(self) -> str | None:
-        """The direction diagnosis of the most telling failing case (see
-        :meth:`diagnosed_failures`)."""
+        """The diagnosis of the most telling failing case (see :meth:`diagnosed_failures`)."""
         ranked = self.diagnosed_failures()
         return ranked[0].diagnosis if ranked else None
 
@@ -246,6 +262,8 @@ class VerifyReport:
         data["passed"] = self.passed
         for case, result in zip(data["cases"], self.cases, strict=True):
             case["passed"] = result.passed
+            for out, check in zip(case["outputs"], result.outputs, strict=True):
+                out["ratio"] = check.ratio
         return json_safe(data)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -280,28 +298,63 @@ def plan_cases(
     seed: int = 0,
     large_scale: float | None = LARGE_SCALE,
 ) -> list[Case]:
-    """The sweep: every batch size x length, ragged and equal lengths (when the graph takes
-    lengths), plus a large-magnitude ragged case (when it takes float features)."""
+    """The sweep.
+
+    Given ``batch_sizes`` or ``seq_lens``: every batch size x length, each with ragged and
+    equal lengths (when the graph takes lengths) and a large-magnitude ragged case (when it
+    takes float features). By default a covering set of those shapes instead, so the cost
+    grows with the model and not with a product: batch sizes {1, 3, 16} and lengths {1, 2,
+    T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
+    and equal lengths and the large scale each appear at several shapes, and the longest length
+    runs at batch 3 (its rows alone at batch 1).
+    """
+    modes = ("ragged", "equal") if spec.lengths_input is not None else ("full",)
+    floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
+    large = float(large_scale) if floats and large_scale else None
+    if batch_sizes is None and seq_lens is None:
+        return _default_cases(spec, modes, large, seed)
     batches = _check_sizes(
         "batch_sizes", DEFAULT_BATCH_SIZES if batch_sizes is None else batch_sizes
     )
     seqs = _check_sizes("seq_lens", default_seq_lens(spec) if seq_lens is None else seq_lens)
-    modes = ("ragged", "equal") if spec.lengths_input is not None else ("full",)
-    floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     cases = []
     for batch in batches:
         for seq in seqs:
             variants = [(mode, 1.0) for mode in modes]
-            if floats and large_scale:
-                variants.append((modes[0], float(large_scale)))
+            if large:
+                variants.append((modes[0], large))
             for mode, scale in variants:
                 cases.append(Case(batch, seq, mode, scale, seed + len(cases)))
     return cases
 
 
+def _default_cases(
+    spec: GraphSpec, modes: Sequence[str], large: float | None, seed: int
+) -> list[Case]:
+    t0, longest = spec.example_seq, spec.seq_range[2]
+    ragged, equal = modes[0], modes[-1]
+    shapes: list[tuple[int, int, str, float]] = [
+        (1, 1, ragged, 1.0),
+        (3, 2, ragged, 1.0),
+        (1, t0, ragged, 1.0),
+        (3, t0, ragged, 1.0),
+        (3, t0, equal, 1.0),
+        (16, t0, ragged, 1.0),
+        (3, 4 * t0, ragged, 1.0),
+        (16, 4 * t0, equal, 1.0),
+        (3, longest, ragged, 1.0),
+    ]
+    if large:
+        shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
+    unique = list(dict.fromkeys(shapes))
+    return [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
+
+
 def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
     sizes = tuple(dict.fromkeys(values))
-    if not sizes or any(not isinstance(v, (int, np.integer)) or v < 1 for v in sizes):
+    if not sizes or any(
+        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in sizes
+    ):
         raise BiRNNExportError(f"{option}: expected positive integers, got {list(values)}")
     return tuple(int(v) for v in sizes)
 
@@ -330,139 +383,258 @@ def row_feed(
     return single
 
 
+# -- memory ----------------------------------------------------------------------------------
+
+
+def largest_tensor_bytes(proto: Any, spec: GraphSpec, batch: int, seq: int) -> int:
+    """The largest tensor of the graph at ``batch`` x ``seq``, in bytes at float64: what one case
+    of the float64 reference allocates at least. Read from the graph's inputs, outputs and
+    inferred intermediate shapes (their symbolic dims evaluated; an unreadable dim counts as
+    the larger of ``batch`` and ``seq``)."""
+    sizes = {"batch": batch, "seq": seq}
+    for tensor in (*spec.inputs, *spec.outputs):
+        for dim in tensor.dims:
+            if isinstance(dim, str) and dim not in sizes:
+                sizes[dim] = seq
+    infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    largest = 0
+    for info in infos:
+        count = 1
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                count *= max(int(dim.dim_value), 1)
+            else:
+                count *= _dim_size(dim.dim_param, sizes, max(batch, seq))
+        largest = max(largest, count)
+    return largest * 8
+
+
+_OPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+}
+
+
+def _dim_size(text: str, sizes: Mapping[str, int], unknown: int) -> int:
+    """A symbolic dim such as ``seq`` or ``floor(seq/2) + 1`` at ``sizes``; ``unknown`` when it
+    cannot be read (only names, numbers, + - * / // % and floor/ceil are evaluated)."""
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in sizes:
+            return sizes[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("floor", "ceiling", "ceil")
+            and len(node.args) == 1
+        ):
+            inner = value(node.args[0])
+            return math.floor(inner) if node.func.id == "floor" else math.ceil(inner)
+        raise ValueError(text)
+
+    if not text or len(text) > 200:
+        return unknown
+    try:
+        return max(int(value(ast.parse(text, mode="eval").body)), 1)
+    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError, OverflowError):
+        return unknown
+
+
+def _fit_budget(
+    cases: list[Case], proto: Any, spec: GraphSpec, budget: int, explicit: bool
+) -> tuple[list[Case], list[str]]:
+    """Drop (default sweep) or refuse (explicit sizes) cases whose largest tensor exceeds the
+    memory budget."""
+    kept, notes = [], []
+    for case in cases:
+        need = largest_tensor_bytes(proto, spec, case.batch, case.seq)
+        if need <= budget:
+            kept.append(case)
+            continue
+        text = (
+            f"batch {case.batch}, seq {case.seq}: its largest tensor would take "
+            f"{need / 2**30:.2f} GiB in float64, over the memory budget of "
+            f"{budget / 2**30:.2f} GiB"
+        )
+        if explicit:
+            raise BiRNNExportError(f"{text}; choose smaller --batch/--seq or raise --memory-budget")
+        notes.append(f"skipped {text} (raise --memory-budget to run it)")
+    if not kept:
+        raise BiRNNExportError(
+            "memory budget: no case of the sweep fits; raise --memory-budget or pass "
+            "smaller --batch/--seq"
+        )
+    return kept, list(dict.fromkeys(notes))
+
+
 # -- comparison ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Stats:
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    rel_l2: float | None
-    elements: int
-    passed: bool
-
-
-def _stats(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> _Stats:
-    a = np.asarray(actual, dtype=np.float64).ravel()
-    e = np.asarray(expected, dtype=np.float64).ravel()
-    if a.size == 0:
-        return _Stats(0.0, 0.0, 0.0, None, 0, True)
-    diff = abs_errors(a, e)
-    nonzero = np.abs(e) > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = diff[nonzero] / np.abs(e[nonzero])
-    passed = not bool(outside_tolerance(a, e, tol.atol, tol.rtol).any())
-    rel_l2 = None
-    if tol.rel_l2 is not None:
-        norm = float(np.linalg.norm(e))
-        err = float(np.linalg.norm(np.where(np.isfinite(diff), diff, 0.0)))
-        rel_l2 = err / norm if norm > 0 else (0.0 if err == 0 else math.inf)
-        if not np.isfinite(diff).all():
-            rel_l2 = math.inf
-        passed = passed and rel_l2 < tol.rel_l2
-    return _Stats(
-        max_abs=float(diff.max()),
-        max_rel=float(rel.max()) if rel.size else 0.0,
-        mean_abs=float(diff.mean()) if np.isfinite(diff).all() else math.inf,
-        rel_l2=rel_l2,
-        elements=int(a.size),
-        passed=passed,
-    )
-
-
-def _result(
-    tensor: TensorSpec, check: str, stats: _Stats, tol: Tolerance, note: str = ""
-) -> OutputResult:
-    return OutputResult(
-        name=tensor.name,
-        role=tensor.role,
-        check=check,
-        max_abs=stats.max_abs,
-        max_rel=stats.max_rel,
-        mean_abs=stats.mean_abs,
-        atol=tol.atol,
-        rtol=tol.rtol,
-        passed=stats.passed,
-        rel_l2=stats.rel_l2,
-        rel_l2_limit=tol.rel_l2,
-        elements=stats.elements,
-        note=note,
-    )
-
-
-def _failed_result(tensor: TensorSpec, check: str, tol: Tolerance, note: str) -> OutputResult:
-    return OutputResult(
-        tensor.name,
-        tensor.role,
-        check,
-        math.inf,
-        math.inf,
-        math.inf,
-        tol.atol,
-        tol.rtol,
-        False,
-        note=note,
-    )
-
-
-def valid_mask(
-    tensor: TensorSpec, shape: tuple[int, ...], lengths: np.ndarray
-) -> np.ndarray | None:
-    """True at ``t < lengths[b]``, broadcast to ``shape``; ``None`` without batch and time axes."""
-    t_axis, b_axis = tensor.time_axis, tensor.batch_axis
-    if t_axis is None or b_axis is None or len(shape) != len(tensor.dims):
-        return None
-    steps = np.arange(shape[t_axis])
-    mask = steps[None, :] < np.asarray(lengths).reshape(-1, 1)  # [B, T]
-    if b_axis > t_axis:
-        mask = mask.T
-    expand = [1] * len(shape)
-    expand[b_axis], expand[t_axis] = shape[b_axis], shape[t_axis]
-    return np.broadcast_to(mask.reshape(expand), shape)
-
-
-def compare_outputs(
-    spec: GraphSpec,
-    actual: Mapping[str, np.ndarray],
-    expected: Mapping[str, np.ndarray],
-    lengths: np.ndarray | None,
-    tolerances: Mapping[str, Tolerance],
-) -> list[OutputResult]:
-    """``values`` and ``padding`` checks of every output in ``spec``."""
-    results = []
-    for tensor in spec.outputs:
-        tol = tolerances[tensor.name]
-        if tensor.name not in actual:
-            results.append(_failed_result(tensor, "values", tol, "the engine did not return it"))
-            continue
-        got, want = np.asarray(actual[tensor.name]), np.asarray(expected[tensor.name])
-        if got.shape != want.shape:
-            note = f"shape {list(got.shape)}, reference {list(want.shape)}"
-            results.append(_failed_result(tensor, "values", tol, note))
-            continue
-        mask = valid_mask(tensor, want.shape, lengths) if lengths is not None else None
-        if mask is None:
-            results.append(_result(tensor, "values", _stats(got, want, tol), tol))
-            continue
-        results.append(
-            _result(tensor, "values", _stats(got[mask], want[mask], tol), tol, "valid steps")
+def _layer_checks(
+    graph: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    eager: Mapping[str, np.ndarray] | None,
+    lengths: Mapping[str, np.ndarray],
+    criterion: Criterion,
+    dtype: str,
+) -> list[Check]:
+    """Every recurrent layer's output in the graph against the reference's, at valid steps."""
+    checks = []
+    for name, want in reference.items():
+        steps = want.shape[1]
+        got = graph[name][:, :steps]
+        rows = lengths[name.rsplit("/", 1)[0]]
+        mask = (np.arange(steps)[None, :] < rows[:, None])[..., None]
+        noise = None if eager is None else eager[name]
+        checks.append(
+            compare(
+                name,
+                "layer",
+                got,
+                want,
+                criterion=criterion,
+                eager=noise,
+                mask=mask,
+                dtype=dtype,
+                role="layer",
+                note="the layer's own output inside the graph",
+            )
         )
-        padded = ~mask
-        if padded.any():
-            pad = np.float64(spec.padding_value)
-            if np.all(want[padded] == pad):
-                # The reference writes exactly the padding value: the engine must too.
-                stats = _stats(got[padded], np.full(int(padded.sum()), pad), tol)
-                note = f"must equal padding value {spec.padding_value:g}"
-            else:
-                stats = _stats(got[padded], want[padded], tol)
-                note = "vs reference (the reference does not write the padding value here)"
-            results.append(_result(tensor, "padding", stats, tol, note))
-    return results
+    return checks
 
 
-# -- runners ---------------------------------------------------------------------------------
+# -- references ------------------------------------------------------------------------------
+
+
+#: Runner names of saved golden outputs (Polygraphy RunResults).
+GOLDEN_REFERENCE = "reference-float64"
+GOLDEN_EAGER = "eager"
+
+
+@dataclass
+class _Side:
+    """One reference model: its runner and, where layers are compared, their capture."""
+
+    runner: Any
+    layers: ReferenceLayers | None = None
+
+
+class _References:
+    """The reference (float64 by default) and eager PyTorch in the graph's precision, whose
+    error against the reference is the noise floor."""
+
+    def __init__(
+        self, module: Any, spec: GraphSpec, *, ref_dtype: str, eager_dtype: str | None
+    ) -> None:
+        self.spec = spec
+        self.sides = {
+            key: _side(module, spec, dtype)
+            for key, dtype in (("reference", ref_dtype), ("eager", eager_dtype))
+            if dtype is not None
+        }
+        self.layer_reason: str | None = None
+
+    def attach_layers(self, paths: Sequence[str]) -> None:
+        for side in self.sides.values():
+            side.layers = ReferenceLayers(side.runner.model, paths)
+
+    def __enter__(self) -> _References:
+        for side in self.sides.values():
+            side.runner.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for side in self.sides.values():
+            side.runner.deactivate()
+            if side.layers is not None:
+                side.layers.close()
+
+    def reference_only(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The reference's outputs on ``feed`` (its layers are not captured)."""
+        side = self.sides["reference"]
+        if side.layers is not None:
+            side.layers.clear()
+        try:
+            return side.runner.infer(feed)
+        finally:
+            if side.layers is not None:
+                side.layers.clear()
+
+    def run(self, feed: Mapping[str, np.ndarray], case: Case) -> dict[str, Any]:
+        """Outputs (and layers) of every side: ``{"reference": ..., "eager": ...,
+        "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...}``."""
+        out: dict[str, Any] = {}
+        for key, side in self.sides.items():
+            if side.layers is not None:
+                side.layers.clear()
+            try:
+                out[key] = side.runner.infer(feed)
+            except Exception as exc:  # the user's model: any failure means it does not fit
+                raise BiRNNExportError(
+                    f"the reference model failed on the graph's inputs (batch {case.batch}, seq "
+                    f"{case.seq}): {_one_line(exc)}; is it the model this graph was exported "
+                    "from?"
+                ) from None
+            if side.layers is not None and self.layer_reason is None:
+                try:
+                    out[f"{key}_layers"], out["layer_lengths"] = side.layers.layers()
+                except LayersUnavailable as exc:
+                    self.layer_reason = str(exc)
+        return out
+
+
+def _side(module: Any, spec: GraphSpec, dtype: str) -> _Side:
+    import torch
+
+    from birnn_export.runners import TorchRunner
+
+    copied = copy.deepcopy(module).eval().to(getattr(torch, dtype))
+    runner = TorchRunner(
+        copied, [t.name for t in spec.inputs], [t.name for t in spec.outputs], dtype=dtype
+    )
+    return _Side(runner)
+
+
+def _reference_module(reference: Any, spec: GraphSpec) -> tuple[Any, dict[str, str]]:
+    """The module to run as reference, and how the graph's layer paths map into it: a bare
+    ``nn.RNN/LSTM/GRU`` is wrapped to run on ``pack_padded_sequence`` input (torch's own
+    reference for a graph that takes lengths)."""
+    from torch import nn
+
+    paths = {
+        str(layer.get("path", "")): str(layer.get("path", "")) for layer in spec.recurrent_layers
+    }
+    if isinstance(reference, nn.RNNBase) and spec.lengths_input is not None:
+        return _packed_reference(reference, spec.padding_value), {p: "layer" for p in paths}
+    return reference, paths
+
+
+def _float64_fails(module: Any, spec: GraphSpec) -> str | None:
+    """Why ``module`` cannot run in float64 on the graph's inputs (``None`` if it can)."""
+    import torch
+
+    probe = make_feed(spec, 2, 3, seed=0)
+    try:
+        copied = copy.deepcopy(module).eval().to(torch.float64)
+        args = []
+        for tensor in spec.inputs:
+            value = torch.from_numpy(np.ascontiguousarray(probe[tensor.name]))
+            args.append(value.to(torch.float64) if value.is_floating_point() else value)
+        with torch.inference_mode():
+            copied(*args)
+    except Exception as exc:  # any failure: the model is not float64-clean
+        return _one_line(exc)
+    return None
 
 
 def _root_bidirectional_hidden(*modules: Any) -> int | None:
@@ -510,34 +682,332 @@ def _resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | No
     sha = None
     if hasattr(model, "model") and hasattr(model, "source"):  # a LoadedModel
         sha = getattr(model, "sha256", None)
-        converted, original = model.model, getattr(model, "original", None)
+        converted = model.model
         if reference is None:
-            if original is not None:
-                reference, how = original, "torch's built-in layers (the original model)"
-            else:
-                reference, how = converted, "the loaded model (nothing needed conversion)"
-        else:
-            how = "the given reference model"
-        return converted, reference, how, sha
-    if reference is None:
-        return model, model, "the given model", sha
-    return model, reference, "the given reference model", sha
+            reference = getattr(model, "original", None) or converted
+    else:
+        converted = model
+        reference = model if reference is None else reference
+    return converted, reference, _describe_reference(reference, converted), sha
 
 
-def _reference_runner(reference: Any, spec: GraphSpec, dtype: str) -> Any:
+def _describe_reference(reference: Any, converted: Any) -> str:
     from torch import nn
 
-    from birnn_export.runners import TorchRunner
+    if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
+        return "torch's built-in layers (the original model)"
+    if reference is converted:
+        return "the model (nothing needed conversion)"
+    return "the given reference model"
 
-    module = copy.deepcopy(reference)
-    if isinstance(module, nn.RNNBase) and spec.lengths_input is not None:
-        module = _packed_reference(module, spec.padding_value)
-    return TorchRunner(
-        module,
-        [t.name for t in spec.inputs],
-        [t.name for t in spec.outputs],
-        dtype=dtype,
+
+# -- one case --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layers:
+    """Per-case layer outputs for the layer checks and the diagnosis (or why there are none)."""
+
+    infos: tuple[Any, ...] = ()
+    graph: Mapping[str, np.ndarray] | None = None
+    reference: Mapping[str, np.ndarray] | None = None
+    eager: Mapping[str, np.ndarray] | None = None
+    lengths: Mapping[str, np.ndarray] | None = None
+    hooked: str = ""
+    reason: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.reason is None and self.graph is not None and self.reference is not None
+
+
+def _run_case(
+    engine: str,
+    runner: Any,
+    spec: GraphSpec,
+    case: Case,
+    feed: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    eager: Mapping[str, np.ndarray] | None,
+    lengths: np.ndarray | None,
+    criteria: Mapping[str, Criterion],
+    *,
+    batch_invariance: bool,
+    hidden: int | None,
+    layers: _Layers,
+    check_layers: bool,
+    reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
+) -> CaseResult:
+    common = dict(
+        engine=engine,
+        batch=case.batch,
+        seq=case.seq,
+        lengths_mode=case.lengths_mode,
+        scale=case.scale,
+        seed=case.seed,
+        lengths=tuple(int(v) for v in lengths) if lengths is not None else None,
     )
+    try:
+        actual = runner.infer(feed)
+    except Exception as exc:  # an engine rejecting valid input is a verification failure
+        return CaseResult(**common, outputs=(), error=_one_line(exc))
+    outputs = compare_outputs(spec, actual, expected, lengths, criteria, eager=eager)
+    layer_checks: list[Check] = []
+    if check_layers and layers.ready:
+        criterion = next(iter(criteria.values()))
+        if isinstance(criterion, Tolerance):
+            criterion = default_tolerance(spec.dtype, "ort-cpu")
+        layer_checks = _layer_checks(
+            layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
+        )
+        outputs += layer_checks
+    error = None
+    if batch_invariance and case.scale == 1.0 and case.lengths_mode in ("ragged", "full"):
+        limits = {
+            o.name: o.threshold if o.threshold is not None else criteria[o.name]
+            for o in outputs
+            if o.check == "values"
+        }
+        try:
+            outputs += _batch_invariance(
+                runner,
+                spec,
+                feed,
+                actual,
+                lengths,
+                case,
+                limits,
+                expected=expected,
+                reference=reference,
+            )
+        except BiRNNExportError:
+            raise
+        except Exception as exc:
+            error = f"running single rows: {_one_line(exc)}"
+    diagnosis = None
+    if any(not o.passed for o in outputs):
+        diagnosis = _diagnose(
+            engine, spec, case, actual, expected, lengths, outputs, hidden, layers, layer_checks
+        )
+    return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
+
+
+def _diagnose(
+    engine: str,
+    spec: GraphSpec,
+    case: Case,
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    lengths: np.ndarray | None,
+    outputs: Sequence[Check],
+    hidden: int | None,
+    layers: _Layers,
+    layer_checks: Sequence[Check],
+) -> str | None:
+    failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
+    if not failing:
+        return None
+    rows = lengths if lengths is not None else np.full(case.batch, case.seq)
+    if hidden is None and layers.ready:
+        if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them
+            criterion = NoiseCriterion() if layers.eager is not None else Tolerance(1e-5, 1e-4)
+            layer_checks = _layer_checks(
+                layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
+            )
+        return diagnose_layers(
+            layer_checks,
+            layers.graph,
+            layers.reference,
+            layers.lengths,
+            layers.infos,
+            engine=engine,
+            hooked=layers.hooked,
+            takes_lengths=spec.lengths_input is not None,
+        )
+    texts = []
+    sequence_ok = not any(o.role == "sequence" for o in failing)
+    for result in failing:
+        tensor = next((t for t in spec.outputs if t.name == result.name), None)
+        if tensor is None or np.shape(actual.get(tensor.name)) != np.shape(expected[tensor.name]):
+            continue
+        limit = result.threshold if result.threshold is not None else None
+        tol = Tolerance(limit, 0.0) if limit is not None else Tolerance(result.atol, result.rtol)
+        texts.append(
+            diagnose_directions(
+                tensor,
+                np.asarray(actual[tensor.name]),
+                np.asarray(expected[tensor.name]),
+                rows,
+                hidden,
+                tol,
+                steps=case.seq,
+                sequence_ok=sequence_ok,
+                why=layers.reason,
+            )
+        )
+    return "\n".join(texts) or None
+
+
+def _batch_invariance(
+    runner: Any,
+    spec: GraphSpec,
+    feed: Mapping[str, np.ndarray],
+    batched: Mapping[str, np.ndarray],
+    lengths: np.ndarray | None,
+    case: Case,
+    limits: Mapping[str, Criterion | float],
+    *,
+    expected: Mapping[str, np.ndarray] | None = None,
+    reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
+) -> list[Check]:
+    """Each row alone (batch 1, T = its length) vs its row of the batched run (valid part).
+
+    ``limits`` per output: a criterion, or the threshold its values check was held to. Where
+    rows differ and ``reference`` (the reference model on one feed) and ``expected`` (its
+    batched outputs) are given, the reference is run on the same rows: a model that itself
+    depends on the batch (it flips the padded tensor, say) has its rows alone judged against the
+    reference alone instead."""
+    if case.batch == 1 and (lengths is None or int(lengths[0]) == case.seq):
+        return []  # the single row is the batch
+    outs = [t for t in spec.outputs if t.batch_axis is not None and t.name in batched]
+    singles = []
+    for row in range(case.batch):
+        length = int(lengths[row]) if lengths is not None else case.seq
+        single = row_feed(spec, feed, row, length)
+        singles.append((row, length, single, runner.infer(single)))
+
+    def rows_of(source: Mapping[str, np.ndarray], tensor: TensorSpec) -> np.ndarray:
+        parts = []
+        for row, length, _, _ in singles:
+            whole = np.take(np.asarray(source[tensor.name]), [row], axis=tensor.batch_axis)
+            if tensor.time_axis is not None:
+                whole = np.take(whole, np.arange(length), axis=tensor.time_axis)
+            parts.append(whole.ravel())
+        return np.concatenate(parts)
+
+    def alone(outputs: Sequence[Mapping[str, np.ndarray]], tensor: TensorSpec) -> np.ndarray:
+        parts = []
+        for (row, length, _, _), out in zip(singles, outputs, strict=True):
+            value = np.asarray(out[tensor.name])
+            if value.shape[tensor.batch_axis] != 1 or (
+                tensor.time_axis is not None and value.shape[tensor.time_axis] != length
+            ):
+                raise RuntimeError(
+                    f"output {tensor.name}: row {row} alone has shape {list(value.shape)}"
+                )
+            parts.append(value.ravel())
+        return np.concatenate(parts)
+
+    engine_alone = [out for _, _, _, out in singles]
+    reference_alone: list[Mapping[str, np.ndarray]] | None = None
+    results = []
+    for tensor in outs:
+        limit = limits[tensor.name]
+        kwargs: dict[str, Any] = {"criterion": limit}
+        if isinstance(limit, (int, float)):
+            kwargs = {"threshold": float(limit)}
+        elif isinstance(limit, NoiseCriterion):  # no noise floor for engine vs engine
+            kwargs = {"threshold": limit.threshold(0.0, 1.0, spec.dtype)}
+        common = {"dtype": spec.dtype, "role": tensor.role, **kwargs}
+        got = alone(engine_alone, tensor)
+        check = compare(
+            tensor.name,
+            "batch-invariance",
+            got,
+            rows_of(batched, tensor),
+            note="each row alone vs in the batch",
+            **common,
+        )
+        if not check.passed and reference is not None and expected is not None:
+            if reference_alone is None:
+                reference_alone = [reference(single) for _, _, single, _ in singles]
+            want = alone(reference_alone, tensor)
+            own = float(np.max(np.abs(want - rows_of(expected, tensor)), initial=0.0))
+            if not compare(tensor.name, "", want, rows_of(expected, tensor), **common).passed:
+                check = compare(
+                    tensor.name,
+                    "batch-invariance",
+                    got,
+                    want,
+                    note=(
+                        f"the model itself depends on the batch (its rows alone differ by "
+                        f"{own:.3g}): each row alone vs the reference alone"
+                    ),
+                    **common,
+                )
+        results.append(check)
+    return results
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
+    """Inputs and outputs of the spec that the graph lacks or declares with a static batch/seq;
+    recurrent nodes fed no ``sequence_lens`` in a graph that takes lengths."""
+    problems = []
+    infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
+    for tensor in (*spec.inputs, *spec.outputs):
+        info = infos.get(tensor.name)
+        if info is None:
+            problems.append(f"{tensor.name}: in the metadata but not a graph input or output")
+            continue
+        dims = info.type.tensor_type.shape.dim
+        for axis in (tensor.batch_axis, tensor.time_axis):
+            if axis is None:
+                continue
+            if axis < len(dims) and dims[axis].HasField("dim_value"):
+                problems.append(
+                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
+                    f"graph declares {dims[axis].dim_value} (a size baked in at export)"
+                )
+    if spec.lengths_input is not None:
+        for node in proto.graph.node:
+            if node.op_type in ("LSTM", "GRU", "RNN") and not (
+                len(node.input) > 4 and node.input[4]
+            ):
+                problems.append(
+                    f"recurrent node {node.name!r} takes no sequence_lens although the graph "
+                    "takes lengths: its backward direction would start in the padding of every "
+                    "short row"
+                )
+    return problems
+
+
+# -- inputs and outputs to files ---------------------------------------------------------------
+
+
+def _saved_cases(
+    saved: Sequence[tuple[Case, dict[str, np.ndarray], dict[str, Any], bool]],
+) -> list[tuple[Case, dict[str, np.ndarray], dict[str, Any]]]:
+    """The failing cases (all cases if none failed)."""
+    chosen = [(c, f, r) for c, f, r, ok in saved if not ok]
+    return chosen or [(c, f, r) for c, f, r, _ in saved]
+
+
+def _loaded_cases(
+    spec: GraphSpec, feeds: Sequence[Mapping[str, np.ndarray]]
+) -> list[tuple[Case, dict[str, np.ndarray]]]:
+    """Cases from saved inputs: each feed checked against the graph's inputs."""
+    names = [t.name for t in spec.inputs]
+    cases = []
+    for index, feed in enumerate(feeds):
+        if sorted(feed) != sorted(names):
+            raise BiRNNExportError(
+                f"load_inputs: case {index} has inputs {sorted(feed)}, the graph takes {names}"
+            )
+        shape = {t.name: feed[t.name].shape for t in spec.inputs}
+        first = spec.inputs[0]
+        batch = shape[first.name][first.batch_axis] if first.batch_axis is not None else 1
+        seq = max(
+            (shape[t.name][t.time_axis] for t in spec.inputs if t.time_axis is not None), default=1
+        )
+        mode = "loaded"
+        cases.append((Case(int(batch), int(seq), mode, 1.0, index), dict(feed)))
+    return cases
 
 
 def trt_profile(
@@ -634,7 +1104,7 @@ class _Progress:
 
 def verify(
     onnx_path: str | os.PathLike[str],
-    model: Any,
+    model: Any = None,
     *,
     engines: Sequence[str] = ("ort-cpu",),
     batch_sizes: Sequence[int] | None = None,
@@ -647,32 +1117,49 @@ def verify(
     progress: bool = False,
     batch_invariance: bool = True,
     large_scale: float | None = LARGE_SCALE,
+    layers: bool = True,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     save_inputs: str | os.PathLike[str] | None = None,
+    save_outputs: str | os.PathLike[str] | None = None,
+    load_inputs: str | os.PathLike[str] | None = None,
+    load_outputs: str | os.PathLike[str] | None = None,
 ) -> VerifyReport:
-    """Compare engines running ``onnx_path`` with eager PyTorch across a sweep of shapes.
+    """Compare engines running ``onnx_path`` with the model across a sweep of shapes.
 
     Args:
         onnx_path: A graph written by :func:`birnn_export.export_onnx` (its metadata drives the
             inputs).
         model: The model that was exported: a :class:`~birnn_export.checkpoint.LoadedModel`
             (then the reference is its ``original``, before conversion, where there is one) or
-            an ``nn.Module`` (called with the graph's inputs, positionally, in order).
+            an ``nn.Module`` (called with the graph's inputs, positionally, in order). May be
+            omitted with ``load_outputs``.
         engines: Engines to check, from :data:`birnn_export.runners.ENGINES`. ``"torch"`` runs
             the converted model eagerly (a check of the conversion itself).
-        batch_sizes: Batch sizes of the sweep; default (1, 3, 16).
-        seq_lens: Lengths of the sweep; default {1, 2, example_seq, 4 x
-            example_seq, seq_range[2]}.
+        batch_sizes: Batch sizes of a product sweep (see :func:`plan_cases`; default: a
+            covering set of (1, 3, 16)).
+        seq_lens: Lengths of a product sweep; default {1, 2, example_seq, 4 x example_seq,
+            seq_range[2]}.
         seed: Seed of the first case; case ``i`` uses ``seed + i``.
-        atol: Absolute tolerance override: a number, or ``{output name: number}`` (key ``"*"``
-            for the rest). Defaults per dtype and engine: :func:`default_tolerance`.
-        rtol: Relative tolerance override, like ``atol``.
-        fp64_reference: Run the reference in float64 (a copy, inputs cast) as an oracle.
+        atol: Judge by fixed tolerances instead of the model's noise floor: a number, or
+            ``{output name: number}`` (key ``"*"`` for the rest). Defaults per dtype and engine:
+            :func:`default_tolerance`.
+        rtol: Relative tolerance, like ``atol`` (either one selects fixed tolerances).
+        fp64_reference: Under fixed tolerances, run the reference in float64 (the noise
+            criterion always does).
         reference: A module to use as the reference instead of the one derived from ``model``.
         progress: Show a progress bar on stderr if the sweep runs longer than a second.
         batch_invariance: Also run every row of each ragged case alone and compare.
-        large_scale: Scale of the extra large-magnitude case; ``None`` skips it.
+        large_scale: Scale of the extra large-magnitude cases; ``None`` skips them.
+        layers: Also compare every recurrent layer's own output (on ``ort-cpu``).
+        memory_budget: Bytes the largest tensor of one case may take in float64: default-sweep
+            cases over it are skipped (with a note), explicit sizes over it refused.
         save_inputs: Write the inputs of the failing cases (all cases if none failed) to this
-            ``.npz`` (keys ``case<i>/<input name>``; ``cases`` holds each case as JSON).
+            ``.json`` (Polygraphy's ``--load-inputs`` format) or ``.npz``.
+        save_outputs: Write the same cases' reference outputs (and eager PyTorch's) to this
+            ``.json`` as Polygraphy ``RunResults`` (``--load-outputs``); needs ``save_inputs``.
+        load_inputs: Run these saved inputs instead of a sweep.
+        load_outputs: Compare against these saved outputs instead of running a model (needs
+            ``load_inputs``).
 
     Returns:
         A :class:`VerifyReport`; call :meth:`VerifyReport.raise_for_failure` to turn a mismatch
@@ -680,7 +1167,8 @@ def verify(
 
     Raises:
         BiRNNExportError: unusable input (no birnn-export metadata, bad sweep or tolerance
-            options, a reference model that does not accept the graph's inputs).
+            options, a reference model that does not accept the graph's inputs, a case over
+            the memory budget).
         EngineUnavailableError: a requested engine cannot run here (the message says why).
 
     Example:
@@ -691,33 +1179,70 @@ def verify(
     onnx_path = str(onnx_path)
     if not Path(onnx_path).is_file():
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
-
     proto = load_onnx(onnx_path)
     spec = GraphSpec.from_onnx(proto)
     engines = tuple(dict.fromkeys(engines))
     if not engines:
         raise BiRNNExportError("engines: name at least one engine")
     _check_overrides(spec, atol=atol, rtol=rtol)
-    if save_inputs is not None and not Path(save_inputs).resolve().parent.is_dir():
-        raise BiRNNExportError(f"save_inputs: directory {Path(save_inputs).parent} does not exist")
-    cases = plan_cases(
-        spec, batch_sizes=batch_sizes, seq_lens=seq_lens, seed=seed, large_scale=large_scale
-    )
-    converted, ref_module, how, sha = _resolve_models(model, reference)
-    ref_dtype = (
-        "float64" if fp64_reference else ("float64" if spec.dtype == "float64" else "float32")
-    )
+    _check_files(save_inputs, save_outputs, load_inputs, load_outputs, model)
+    notes: list[str] = []
+    if load_inputs is not None:
+        loaded_cases = _loaded_cases(spec, _interop.load_feeds(load_inputs))
+        cases = [c for c, _ in loaded_cases]
+        feeds = dict(zip(range(len(cases)), (f for _, f in loaded_cases), strict=True))
+    else:
+        cases = plan_cases(
+            spec, batch_sizes=batch_sizes, seq_lens=seq_lens, seed=seed, large_scale=large_scale
+        )
+        explicit = batch_sizes is not None or seq_lens is not None
+        cases, skipped = _fit_budget(cases, proto, spec, memory_budget, explicit)
+        notes += skipped
+        feeds = {}
     problems = tuple(_graph_problems(proto, spec))
-    notes = []
+
+    golden = _interop.load_outputs(load_outputs) if load_outputs is not None else None
+    fixed = atol is not None or rtol is not None
+    converted = ref_module = None
+    sha = None
+    if golden is None:
+        converted, ref_module, how, sha = _resolve_models(model, reference)
+        ref_module, layer_paths = _reference_module(ref_module, spec)
+        why_not64 = None if fixed and not fp64_reference else _float64_fails(ref_module, spec)
+        if why_not64 is not None:
+            notes.append(
+                f"the model cannot run in float64 ({why_not64}): judged by fixed tolerances "
+                "against it in float32 instead"
+            )
+            fixed, fp64_reference = True, False
+        ref_dtype = "float64" if not fixed or fp64_reference else "float32"
+        eager_dtype = None if fixed else spec.dtype
+    else:
+        how, layer_paths = f"the saved outputs in {load_outputs}", {}
+        ref_name = GOLDEN_REFERENCE if GOLDEN_REFERENCE in golden else next(iter(golden))
+        ref_dtype = str(next(iter(golden[ref_name][0].values())).dtype) if golden[ref_name] else ""
+        eager_dtype = spec.dtype if GOLDEN_EAGER in golden and not fixed else None
+        fixed = fixed or eager_dtype is None
+        _check_golden(golden, ref_name, len(cases), spec)
     if sha and spec.source_sha256 and sha != spec.source_sha256:
         notes.append(
             f"the graph was exported from a file with sha256 {spec.source_sha256[:12]}..., the "
             f"model given has {sha[:12]}...: they may not be the same weights"
         )
-    hidden = _root_bidirectional_hidden(converted, ref_module)
-    probe = None
-    if hidden is None:
-        probe = LayerProbe(proto, spec, (ref_module, converted), ref_dtype)
+    criteria: dict[str, Criterion] = {t.name: NoiseCriterion() for t in spec.outputs}
+    per_engine = {
+        engine: {t.name: resolve_tolerance(t, engine, atol, rtol) for t in spec.outputs}
+        if fixed
+        else criteria
+        for engine in engines
+    }
+    criterion_text = (
+        f"fixed tolerances against the reference in {ref_dtype}"
+        if fixed
+        else f"float64 reference; {NoiseCriterion().describe()} ({eager_dtype})"
+    )
+
+    hidden = None if golden is not None else _root_bidirectional_hidden(converted, ref_module)
     profile = trt_profile(
         cases, batch_invariance=batch_invariance, declared=(spec.batch_range, spec.seq_range)
     )
@@ -725,21 +1250,32 @@ def verify(
         engine: _engine_runner(engine, onnx_path, converted, spec, profile) for engine in engines
     }
     lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
+    references = None
+    if golden is None:
+        references = _References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
+    layer_state = _layer_setup(proto, spec, references, layer_paths, layers and golden is None)
 
     results: list[CaseResult] = []
-    saved: list[tuple[Case, dict[str, np.ndarray], bool]] = []
+    saved: list[tuple[Case, dict[str, np.ndarray], dict[str, Any], bool]] = []
     providers: dict[str, tuple[str, ...]] = {}
-    total = len(cases) * (1 + len(engines))
-    bar = _Progress(total, progress)
+    bar = _Progress(len(cases) * (1 + len(engines)), progress)
     with contextlib.ExitStack() as stack:
-        ref_runner = stack.enter_context(_reference_runner(ref_module, spec, ref_dtype))
+        if references is not None:
+            stack.enter_context(references)
         active = {e: stack.enter_context(r) for e, r in runners_.items()}
         providers = {e: tuple(r.providers()) for e, r in active.items()}
         try:
-            for case in cases:
-                feed = case_feed(spec, case)
+            for index, case in enumerate(cases):
+                feed = feeds.get(index) if load_inputs is not None else case_feed(spec, case)
                 lengths = feed[lengths_name].astype(np.int64) if lengths_name else None
-                expected = _run_reference(ref_runner, feed, case)
+                if references is not None:
+                    ran = references.run(feed, case)
+                else:
+                    ran = {
+                        "reference": golden[ref_name][index],
+                        "eager": golden[GOLDEN_EAGER][index] if eager_dtype else None,
+                    }
+                case_layers = _case_layers(layer_state, references, ran, feed)
                 bar.advance(f"B={case.batch} T={case.seq} reference")
                 case_ok = True
                 for engine, runner in active.items():
@@ -749,21 +1285,44 @@ def verify(
                         spec,
                         case,
                         feed,
-                        expected,
+                        ran["reference"],
+                        ran.get("eager"),
                         lengths,
-                        hidden,
-                        {t.name: resolve_tolerance(t, engine, atol, rtol) for t in spec.outputs},
-                        batch_invariance,
-                        probe,
+                        per_engine[engine],
+                        batch_invariance=batch_invariance,
+                        hidden=hidden,
+                        layers=case_layers,
+                        check_layers=engine == "ort-cpu",
+                        reference=references.reference_only if references else None,
                     )
                     results.append(result)
                     case_ok = case_ok and result.passed
                     bar.advance(f"B={case.batch} T={case.seq} {engine}")
-                saved.append((case, feed, case_ok))
+                saved.append((case, feed, ran, case_ok))
         finally:
             bar.close()
+    if layer_state.reason is not None and layers and golden is None:
+        notes.append(f"recurrent layers not compared one by one: {layer_state.reason}")
+    elif references is not None and references.layer_reason is not None:
+        notes.append(f"recurrent layers not compared one by one: {references.layer_reason}")
 
-    saved_path = _save_inputs(save_inputs, saved) if save_inputs is not None else None
+    saved_inputs = saved_outputs_path = None
+    if save_inputs is not None:
+        chosen = _saved_cases(saved)
+        saved_inputs = _interop.save_feeds(
+            save_inputs,
+            [f for _, f, _ in chosen],
+            cases=[{"case": cases.index(c), **dataclasses.asdict(c)} for c, _, _ in chosen],
+        )
+        if save_outputs is not None:
+            runs = {
+                GOLDEN_REFERENCE if ref_dtype == "float64" else f"reference-{ref_dtype}": [
+                    r["reference"] for _, _, r in chosen
+                ]
+            }
+            if eager_dtype is not None:
+                runs[GOLDEN_EAGER] = [r["eager"] for _, _, r in chosen]
+            saved_outputs_path = _interop.save_outputs(save_outputs, runs)
     return VerifyReport(
         onnx_path=onnx_path,
         reference=how,
@@ -775,194 +1334,126 @@ def verify(
         notes=tuple(notes),
         environment=environment(onnx_path),
         elapsed_s=time.perf_counter() - start,
-        saved_inputs=saved_path,
+        saved_inputs=saved_inputs,
+        criterion=criterion_text,
+        eager_dtype=eager_dtype,
+        saved_outputs=saved_outputs_path,
     )
 
 
-def quick_verify(
-    onnx_path: str | os.PathLike[str],
-    model: Any,
-    *,
-    engines: Sequence[str] = ("ort-cpu",),
-    seed: int = 0,
-    progress: bool = False,
-) -> VerifyReport:
-    """A short sweep for right after export: batch {1, 3} x T {1, example_seq, 4 x example_seq},
-    ragged and equal lengths, large-magnitude features and batch invariance included."""
-    spec = GraphSpec.from_onnx(str(onnx_path))
-    seqs = sorted({1, spec.example_seq, 4 * spec.example_seq})
-    return verify(
-        onnx_path,
-        model,
-        engines=engines,
-        batch_sizes=QUICK_BATCH_SIZES,
-        seq_lens=seqs,
-        seed=seed,
-        progress=progress,
-    )
-
-
-def _run_reference(
-    runner: Any, feed: Mapping[str, np.ndarray], case: Case
-) -> dict[str, np.ndarray]:
-    try:
-        return runner.infer(feed)
-    except Exception as exc:  # the user's model: any failure means it does not fit this graph
+def _check_files(
+    save_inputs: Any, save_outputs: Any, load_inputs: Any, load_outputs: Any, model: Any
+) -> None:
+    for option, path in (("save_inputs", save_inputs), ("save_outputs", save_outputs)):
+        if path is not None:
+            _interop.check_format(option, path)
+            check_output_path(option, path)
+    for option, path in (("load_inputs", load_inputs), ("load_outputs", load_outputs)):
+        if path is not None and not Path(path).is_file():
+            raise BiRNNExportError(f"{option}: no such file: {path}")
+    if save_outputs is not None and save_inputs is None:
         raise BiRNNExportError(
-            f"the reference model failed on the graph's inputs (batch {case.batch}, seq "
-            f"{case.seq}): {_one_line(exc)}; is it the model this graph was exported from?"
-        ) from None
-
-
-def _run_case(
-    engine: str,
-    runner: Any,
-    spec: GraphSpec,
-    case: Case,
-    feed: Mapping[str, np.ndarray],
-    expected: Mapping[str, np.ndarray],
-    lengths: np.ndarray | None,
-    hidden: int | None,
-    tolerances: Mapping[str, Tolerance],
-    batch_invariance: bool,
-    probe: Any = None,
-) -> CaseResult:
-    common = dict(
-        engine=engine,
-        batch=case.batch,
-        seq=case.seq,
-        lengths_mode=case.lengths_mode,
-        scale=case.scale,
-        seed=case.seed,
-        lengths=tuple(int(v) for v in lengths) if lengths is not None else None,
-    )
-    try:
-        actual = runner.infer(feed)
-    except Exception as exc:  # an engine rejecting valid input is a verification failure
-        return CaseResult(**common, outputs=(), error=_one_line(exc))
-    outputs = compare_outputs(spec, actual, expected, lengths, tolerances)
-    error = None
-    if batch_invariance and case.scale == 1.0 and case.lengths_mode in ("ragged", "full"):
-        try:
-            outputs += _batch_invariance(runner, spec, feed, actual, lengths, case, tolerances)
-        except Exception as exc:
-            error = f"running single rows: {_one_line(exc)}"
-    diagnosis = None
-    failing = [o for o in outputs if not o.passed and o.check == "values"]
-    if failing:
-        ref_lengths = lengths if lengths is not None else np.full(case.batch, case.seq)
-        sequence_ok = not any(o.role == "sequence" for o in failing)
-        texts = []
-        why = None
-        if hidden is None and probe is not None:
-            layer_text, why = diagnose_layer(
-                probe, engine, feed, ref_lengths, case.seq, tolerances[failing[0].name]
-            )
-            if layer_text is not None:
-                failing, texts = [], [layer_text]
-        for result in failing:
-            tensor = next(t for t in spec.outputs if t.name == result.name)
-            if tensor.name in actual and np.shape(actual[tensor.name]) == np.shape(
-                expected[tensor.name]
-            ):
-                texts.append(
-                    diagnose_directions(
-                        tensor,
-                        np.asarray(actual[tensor.name]),
-                        np.asarray(expected[tensor.name]),
-                        ref_lengths,
-                        hidden,
-                        tolerances[tensor.name],
-                        steps=case.seq,
-                        sequence_ok=sequence_ok,
-                        why=why,
-                    )
-                )
-        diagnosis = "\n".join(texts) or None
-    return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
-
-
-def _batch_invariance(
-    runner: Any,
-    spec: GraphSpec,
-    feed: Mapping[str, np.ndarray],
-    batched: Mapping[str, np.ndarray],
-    lengths: np.ndarray | None,
-    case: Case,
-    tolerances: Mapping[str, Tolerance],
-) -> list[OutputResult]:
-    """Each row alone (batch 1, T = its length) vs its row of the batched run (valid part)."""
-    if case.batch == 1 and (lengths is None or int(lengths[0]) == case.seq):
-        return []  # the single row is the batch
-    outs = [t for t in spec.outputs if t.batch_axis is not None and t.name in batched]
-    got: dict[str, list[np.ndarray]] = {t.name: [] for t in outs}
-    want: dict[str, list[np.ndarray]] = {t.name: [] for t in outs}
-    for row in range(case.batch):
-        length = int(lengths[row]) if lengths is not None else case.seq
-        single = runner.infer(row_feed(spec, feed, row, length))
-        for tensor in outs:
-            whole = np.take(np.asarray(batched[tensor.name]), [row], axis=tensor.batch_axis)
-            alone = np.asarray(single[tensor.name])
-            if tensor.time_axis is not None:
-                whole = np.take(whole, np.arange(length), axis=tensor.time_axis)
-            if whole.shape != alone.shape:
-                raise RuntimeError(
-                    f"output {tensor.name}: row {row} alone has shape {list(alone.shape)}, "
-                    f"in the batch {list(whole.shape)}"
-                )
-            got[tensor.name].append(alone.ravel())
-            want[tensor.name].append(whole.ravel())
-    results = []
-    for tensor in outs:
-        tol = tolerances[tensor.name]
-        stats = _stats(np.concatenate(got[tensor.name]), np.concatenate(want[tensor.name]), tol)
-        results.append(
-            _result(tensor, "batch-invariance", stats, tol, "each row alone vs in the batch")
+            "save_outputs: also give save_inputs (the outputs belong to those inputs)"
         )
-    return results
+    if load_outputs is not None and load_inputs is None:
+        raise BiRNNExportError(
+            "load_outputs: also give load_inputs (the inputs the outputs were made from)"
+        )
+    if load_outputs is None and model is None:
+        raise BiRNNExportError("model: give the model the graph was exported from, or load_outputs")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
-    """Inputs and outputs of the spec that the graph lacks or declares with a static batch/seq."""
-    problems = []
-    infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
-    for tensor in (*spec.inputs, *spec.outputs):
-        info = infos.get(tensor.name)
-        if info is None:
-            problems.append(f"{tensor.name}: in the metadata but not a graph input or output")
-            continue
-        dims = info.type.tensor_type.shape.dim
-        for axis in (tensor.batch_axis, tensor.time_axis):
-            if axis is None:
-                continue
-            if axis < len(dims) and dims[axis].HasField("dim_value"):
-                problems.append(
-                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
-                    f"graph declares {dims[axis].dim_value} (a size baked in at export)"
+def _check_golden(
+    golden: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+    ref_name: str,
+    cases: int,
+    spec: GraphSpec,
+) -> None:
+    names = sorted(t.name for t in spec.outputs)
+    for runner, outputs in golden.items():
+        if len(outputs) != cases:
+            raise BiRNNExportError(
+                f"load_outputs: runner {runner!r} has {len(outputs)} results for {cases} inputs"
+            )
+        for index, out in enumerate(outputs):
+            if sorted(out) != names:
+                raise BiRNNExportError(
+                    f"load_outputs: runner {runner!r} case {index} has outputs {sorted(out)}, "
+                    f"the graph returns {names}"
                 )
-    return problems
 
 
-def _save_inputs(
-    path: str | os.PathLike[str], saved: list[tuple[Case, dict[str, np.ndarray], bool]]
-) -> str:
-    """Write failing cases' inputs (all cases if none failed) atomically to an ``.npz``."""
-    chosen = [(i, c, f) for i, (c, f, ok) in enumerate(saved) if not ok] or [
-        (i, c, f) for i, (c, f, _) in enumerate(saved)
-    ]
-    arrays: dict[str, np.ndarray] = {}
-    meta = []
-    for index, case, feed in chosen:
-        for name, value in feed.items():
-            arrays[f"case{index}/{name}"] = value
-        meta.append({"case": index, **dataclasses.asdict(case)})
-    arrays["cases"] = np.array(json.dumps(meta))
-    with atomic_path(path) as temp:
-        np.savez(temp, **arrays)
-    return str(path)
+@dataclass
+class _LayerState:
+    """What the layer checks need for the whole sweep: the graph's layers, the session that
+    reads their outputs, and how graph paths map to the reference's modules."""
+
+    infos: tuple[Any, ...] = ()
+    graph: GraphLayers | None = None
+    hooked: str = ""
+    reason: str | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def _layer_setup(
+    proto: Any,
+    spec: GraphSpec,
+    references: _References | None,
+    paths: Mapping[str, str],
+    enabled: bool,
+) -> _LayerState:
+    if not enabled or references is None:
+        return _LayerState(reason="off")
+    try:
+        infos = graph_layers(proto, spec)
+        mapped = [paths.get(layer.path, layer.path) for layer in infos]
+        references.attach_layers(mapped)
+    except LayersUnavailable as exc:
+        return _LayerState(reason=str(exc))
+    kinds = {
+        type(side.layers.modules[p]).__name__ for side in references.sides.values() for p in mapped
+    }
+    hooked = f"a hook on the reference's {'/'.join(sorted(kinds))} at " + ", ".join(
+        repr(p) for p in dict.fromkeys(layer.path for layer in infos)
+    )
+    return _LayerState(
+        tuple(infos),
+        GraphLayers(proto, infos, spec.dtype),
+        hooked,
+        paths={layer.path: mapped[i] for i, layer in enumerate(infos)},
+    )
+
+
+def _case_layers(
+    state: _LayerState,
+    references: _References | None,
+    ran: Mapping[str, Any],
+    feed: Mapping[str, np.ndarray],
+) -> _Layers:
+    if state.reason is not None or state.graph is None:
+        return _Layers(reason=state.reason)
+    if references is not None and references.layer_reason is not None:
+        return _Layers(reason=references.layer_reason)
+    inverse = {v: k for k, v in state.paths.items()}
+
+    def graph_names(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, value in values.items():
+            path, _, layer = name.rpartition("/")
+            out[f"{inverse.get(path, path)}/{layer}"] = value
+        return out
+
+    lengths = {inverse.get(p, p): v for p, v in ran["layer_lengths"].items()}
+    try:
+        graph = state.graph.run(feed, lengths)
+    except LayersUnavailable as exc:
+        state.reason = str(exc)
+        return _Layers(reason=state.reason)
+    return _Layers(
+        infos=state.infos,
+        graph=graph,
+        reference=graph_names(ran["reference_layers"]),
+        eager=graph_names(ran["eager_layers"]) if "eager_layers" in ran else None,
+        lengths=lengths,
+        hooked=state.hooked,
+    )

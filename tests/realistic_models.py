@@ -57,3 +57,80 @@ class PackingTagger(nn.Module):
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.head(out)
+
+
+# -- architectures of the trained fixtures (scripts/make_trained_models.py) --------------------
+
+
+class TokenGRUTagger(nn.Module):
+    """Embedding -> 2-layer BiGRU on packed input -> Linear per token (ids and lengths)."""
+
+    def __init__(self, vocab_size: int = 40, embed_dim: int = 16, hidden: int = 16, tags: int = 6):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.gru = nn.GRU(embed_dim, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, tags)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(
+            self.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        states, _ = pad_packed_sequence(
+            self.gru(packed)[0], batch_first=True, total_length=ids.shape[1]
+        )
+        return self.head(states)
+
+
+class ReluRNNTagger(nn.Module):
+    """Features -> 2-layer bidirectional nn.RNN(relu) on packed input -> Linear per step."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, tags: int = 5):
+        super().__init__()
+        self.rnn = nn.RNN(
+            features,
+            hidden,
+            num_layers=2,
+            nonlinearity="relu",
+            batch_first=True,
+            bidirectional=True,
+        )
+        self.head = nn.Linear(2 * hidden, tags)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(
+            self.rnn(packed)[0], batch_first=True, total_length=x.shape[1]
+        )
+        return self.head(states)
+
+
+class DeepLSTMTagger(nn.Module):
+    """Features -> 3-layer BiLSTM on packed input -> Linear per step."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, tags: int = 5):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=3, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, tags)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(
+            self.lstm(packed)[0], batch_first=True, total_length=x.shape[1]
+        )
+        return self.head(states)
+
+
+class TimeMajorCTC(nn.Module):
+    """Features ``[B, T, F]`` -> time-major 2-layer BiLSTM (``batch_first=False``) on packed
+    input -> Linear -> log_softmax, returned time-major ``[T, B, C]`` as ``nn.CTCLoss`` takes
+    it."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, symbols: int = 6):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, symbols)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x.transpose(0, 1), lengths.cpu(), enforce_sorted=False)
+        states, _ = pad_packed_sequence(self.lstm(packed)[0], total_length=x.shape[1])
+        return torch.log_softmax(self.head(states), dim=-1)

@@ -19,10 +19,11 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from onnx import helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 from birnn_export.cli import main
+from birnn_export.compare import compare_outputs, valid_mask
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError, VerificationError
 from birnn_export.export import export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
@@ -37,14 +38,20 @@ from birnn_export.verification import (
     VerifyReport,
     _batch_invariance,
     case_feed,
-    compare_outputs,
     default_tolerance,
     plan_cases,
-    quick_verify,
     resolve_tolerance,
     trt_profile,
-    valid_mask,
     verify,
+)
+from tests.defects import (
+    plant_baked_length,
+    plant_gate_swap,
+    plant_last_layer_gate_swap,
+    plant_missing_mask,
+    plant_recurrent_perturbation,
+    plant_state_at_last_step,
+    plant_whole_flip,
 )
 
 HIDDEN = 8
@@ -103,126 +110,7 @@ def sweep(path: Path) -> dict:
     return {"batch_sizes": (1, 4), "seq_lens": (1, 6, spec.example_seq)}
 
 
-# -- planting defects ---------------------------------------------------------------------------
-
-
-def _const(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
-    graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-    return name
-
-
-def _nodes(proto: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
-    return [n for n in proto.graph.node if n.op_type == op]
-
-
-def _initializer(proto: onnx.ModelProto, name: str) -> onnx.TensorProto:
-    return next(i for i in proto.graph.initializer if i.name == name)
-
-
-def _replace_initializer(proto: onnx.ModelProto, name: str, value: np.ndarray) -> None:
-    _initializer(proto, name).CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-
-
-def _save(proto: onnx.ModelProto, path: Path) -> Path:
-    onnx.save(proto, str(path))
-    return path
-
-
-def plant_whole_flip(src: Path, dst: Path) -> Path:
-    """The seed's Example 3: every ReverseSequence becomes a flip of the whole padded time axis."""
-    proto = onnx.load(str(src))
-    graph = proto.graph
-    starts = _const(graph, "flip_starts", np.array([-1], np.int64))
-    ends = _const(graph, "flip_ends", np.array([np.iinfo(np.int64).min], np.int64))
-    axes = _const(graph, "flip_axes", np.array([0], np.int64))
-    steps = _const(graph, "flip_steps", np.array([-1], np.int64))
-    reversals = _nodes(proto, "ReverseSequence")
-    assert reversals, "the split layout should hold ReverseSequence nodes"
-    for node in reversals:
-        flip = helper.make_node(
-            "Slice", [node.input[0], starts, ends, axes, steps], list(node.output), name=node.name
-        )
-        node.CopyFrom(flip)
-    return _save(proto, dst)
-
-
-def plant_missing_mask(src: Path, dst: Path) -> Path:
-    """Drop the Where that writes the padding value past each row's length."""
-    proto = onnx.load(str(src))
-    (where,) = _nodes(proto, "Where")
-    kept, dropped = where.input[1], where.output[0]
-    for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name == dropped:
-                node.input[i] = kept
-    proto.graph.node.remove(where)
-    return _save(proto, dst)
-
-
-def plant_gate_swap(src: Path, dst: Path) -> Path:
-    """Swap two gate blocks (ONNX o and f) of the first LSTM node's input weights W."""
-    proto = onnx.load(str(src))
-    name = _nodes(proto, "LSTM")[0].input[1]
-    w = numpy_helper.to_array(_initializer(proto, name)).copy()
-    h = HIDDEN
-    w[:, h : 2 * h], w[:, 2 * h : 3 * h] = w[:, 2 * h : 3 * h].copy(), w[:, h : 2 * h].copy()
-    _replace_initializer(proto, name, w)
-    return _save(proto, dst)
-
-
-def plant_last_layer_gate_swap(src: Path, dst: Path, direction: str) -> Path:
-    """Swap the o and f gate blocks of W in ONE direction of the last LSTM layer: its
-    ``/forward`` or ``/backward`` node (split layout) or that direction's slice of W (fused)."""
-    proto = onnx.load(str(src))
-    node = _nodes(proto, "LSTM")[-1]
-    if node.name.endswith(("/forward", "/backward")):
-        node = next(
-            n
-            for n in _nodes(proto, "LSTM")
-            if n.name == f"{node.name.rsplit('/', 1)[0]}/{direction}"
-        )
-        index = 0
-    else:
-        index = ("forward", "backward").index(direction)
-    w = numpy_helper.to_array(_initializer(proto, node.input[1])).copy()
-    h = HIDDEN
-    block = w[index]
-    block[h : 2 * h], block[2 * h : 3 * h] = block[2 * h : 3 * h].copy(), block[h : 2 * h].copy()
-    _replace_initializer(proto, node.input[1], w)
-    return _save(proto, dst)
-
-
-def plant_state_at_last_step(src: Path, dst: Path) -> Path:
-    """Take the forward LSTM node's final state from Y at T - 1, not at each row's last step."""
-    proto = onnx.load(str(src))
-    node = _nodes(proto, "LSTM")[0]
-    y, y_h = node.output[0], node.output[1]
-    node.output[1] = "y_h_unused"
-    index = _const(proto.graph, "last_step", np.array(-1, np.int64))
-    gather = helper.make_node("Gather", [y, index], [y_h], axis=0, name="state_at_T_minus_1")
-    position = list(proto.graph.node).index(node) + 1
-    proto.graph.node.insert(position, gather)
-    return _save(proto, dst)
-
-
-def plant_baked_length(src: Path, dst: Path) -> Path:
-    """Declare the features input's time dim static (the example length), as stock export does."""
-    proto = onnx.load(str(src))
-    spec = GraphSpec.from_onnx(proto)
-    dim = proto.graph.input[0].type.tensor_type.shape.dim[1]
-    dim.Clear()
-    dim.dim_value = spec.example_seq
-    return _save(proto, dst)
-
-
-def plant_recurrent_perturbation(src: Path, dst: Path, node: int = -1) -> Path:
-    """+1e-3 on every element of one LSTM/GRU node's recurrent weights R."""
-    proto = onnx.load(str(src))
-    recurrent = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
-    name = recurrent[node].input[2]
-    r = numpy_helper.to_array(_initializer(proto, name))
-    _replace_initializer(proto, name, r + np.float32(1e-3))
-    return _save(proto, dst)
+# -- planting defects: tests/defects.py ------------------------------------------------------
 
 
 def _failing(report, output: str, check: str = "values") -> list:
@@ -448,12 +336,12 @@ def test_head_model_one_direction_wrong_is_named(
         assert "reversal bug" not in text
 
 
-def test_layer_probe_reads_fp16_graphs_float32_recurrent_outputs(
+def test_layer_outputs_of_fp16_graphs_float32_recurrent_nodes(
     stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
 ) -> None:
     """An fp16 graph's ragged recurrent nodes compute in float32 (modules.recurrent_dtype): the
-    probe declares their Y outputs with the inferred type, or ONNX Runtime refuses the copy."""
-    from birnn_export._diagnose import LayerProbe
+    layer outputs are declared with the inferred type, or ONNX Runtime refuses the copy."""
+    from birnn_export._layers import GraphLayers, ReferenceLayers, graph_layers
     from birnn_export.spec import make_feed
 
     model, _ = stacked_tagger
@@ -461,15 +349,27 @@ def test_layer_probe_reads_fp16_graphs_float32_recurrent_outputs(
     export_onnx(model, path, dtype="float16")
     proto = onnx.load(str(path))
     spec = GraphSpec.from_onnx(proto)
-    probe = LayerProbe(proto, spec, (model.to_torch(), model), "float32")
+    infos = graph_layers(proto, spec)
+    assert [layer.name for layer in infos] == ["rnn/l0", "rnn/l1"]
+    reference = model.to_torch().double()
+    captured = ReferenceLayers(reference, ["rnn"])
     feed = make_feed(spec, 4, 6, seed=0)
-    layer = probe.outputs(feed, feed["lengths"], 6)
+    with torch.no_grad():
+        reference(
+            torch.from_numpy(feed["ids"])
+            if "ids" in feed
+            else torch.from_numpy(feed["x"]).double(),
+            torch.from_numpy(feed["lengths"]),
+        )
+    want, lengths = captured.layers()
+    got = GraphLayers(proto, infos, spec.dtype).run(feed, lengths)
     valid = np.arange(6)[None, :] < feed["lengths"][:, None]
-    assert layer.actual.shape == layer.expected.shape == (4, 6, 2 * HIDDEN)
-    assert np.abs(layer.actual - layer.expected)[valid].max() < 1e-2
+    for name in ("rnn/l0", "rnn/l1"):
+        assert got[name].shape == want[name].shape == (4, 6, 2 * HIDDEN)
+        assert np.abs(got[name] - want[name])[valid].max() < 1e-2
 
 
-def test_unidirectional_last_layer_keeps_does_not_apply(tmp_path: Path) -> None:
+def test_unidirectional_layer_is_located_without_halves(tmp_path: Path) -> None:
     torch.manual_seed(3)
     config = TaggerConfig("gru", FEATURES, HIDDEN, 3, bidirectional=False, uses_lengths=True)
     model = SequenceTagger(config).eval()
@@ -479,8 +379,8 @@ def test_unidirectional_last_layer_keeps_does_not_apply(tmp_path: Path) -> None:
     report = verify(bad, model, batch_sizes=(3,), seq_lens=(5,), large_scale=None)
     assert not report.passed
     text = report.failures[0].diagnosis
-    assert "direction split does not apply" in text
-    assert "the last recurrent layer 'rnn' is unidirectional" in text
+    assert text.startswith("layer rnn/l0: output differs")
+    assert "half" not in text and "check this layer's weights" in text
 
 
 # -- pieces -----------------------------------------------------------------------------------
@@ -536,29 +436,6 @@ def test_valid_mask_matches_explicit_loop() -> None:
             assert mask_tf[t, b].all() == (t < lengths[b])
     state = TensorSpec("h", "float32", (2, "batch", 8), "state")
     assert valid_mask(state, (2, 3, 8), lengths) is None
-
-
-def test_padding_check_follows_the_reference() -> None:
-    spec = GraphSpec(
-        inputs=(),
-        outputs=(TensorSpec("y", "float32", ("batch", "seq", 1), "sequence"),),
-        example_batch=2,
-        example_seq=3,
-        padding_value=0.0,
-    )
-    lengths = np.array([3, 1])
-    want = np.ones((2, 3, 1), np.float32)
-    want[1, 1:] = 0.0  # reference writes the padding value
-    tol = {"y": Tolerance(1e-5, 1e-4)}
-    got = want.copy()
-    got[1, 2] = 0.5  # engine writes garbage past the length
-    results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
-    assert results["values"].passed and not results["padding"].passed
-    assert "must equal padding value" in results["padding"].note
-    want[1, 1:] = 7.0  # reference has a head after the layer: compare engine vs reference
-    got = want.copy()
-    results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
-    assert results["padding"].passed and "vs reference" in results["padding"].note
 
 
 def test_batch_invariance_catches_batch_dependent_rows(split_path: Path) -> None:
@@ -723,7 +600,7 @@ def test_tensorrt_engines_get_a_profile_covering_every_run(
 
 def test_json_report_writes_non_finite_numbers_as_null() -> None:
     inf = float("inf")
-    missing = OutputResult("y", "sequence", "values", inf, inf, inf, 1e-5, 1e-4, False)
+    missing = OutputResult("y", "sequence", "values", inf, inf, inf, False, atol=1e-5, rtol=1e-4)
     case = CaseResult("ort-cpu", 1, 2, "full", 1.0, 0, None, (missing,))
     report = VerifyReport("m.onnx", "ref", "float32", ("ort-cpu",), {}, (case,))
     out = json.loads(report.to_json())["cases"][0]["outputs"][0]
@@ -757,7 +634,8 @@ def test_file_without_metadata_is_a_user_error(lstm: BiRNN, tmp_path: Path) -> N
     value = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq", 4])
     out = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq", 4])
     proto = helper.make_model(helper.make_graph([node], "g", [value], [out]))
-    path = _save(proto, tmp_path / "plain.onnx")
+    path = tmp_path / "plain.onnx"
+    onnx.save(proto, str(path))
     with pytest.raises(BiRNNExportError, match=r"no 'birnn_export\.spec' metadata"):
         verify(path, lstm)
     with pytest.raises(BiRNNExportError, match="no such ONNX file"):
@@ -770,10 +648,14 @@ def test_wrong_reference_model_is_a_user_error(fused_path: Path) -> None:
         verify(fused_path, other, batch_sizes=(1,), seq_lens=(2,))
 
 
-def test_quick_verify(lstm: BiRNN, fused_path: Path) -> None:
-    report = quick_verify(fused_path, lstm)
-    assert report.passed, report.summary()
-    assert {c.batch for c in report.cases} == {1, 3}
+def test_export_runs_the_same_sweep_as_verify(lstm: BiRNN, tmp_path: Path) -> None:
+    result = export_onnx(lstm, tmp_path / "m.onnx")
+    report = verify(result.path, lstm)
+    assert result.verification.passed
+    shapes = [(c.batch, c.seq, c.lengths_mode, c.scale) for c in result.verification.cases]
+    assert shapes == [(c.batch, c.seq, c.lengths_mode, c.scale) for c in report.cases]
+    assert {"ragged", "equal"} <= {c.lengths_mode for c in report.cases}
+    assert result.verification.onnx_path == str(result.path)
 
 
 # -- CLI -------------------------------------------------------------------------------------

@@ -1,0 +1,346 @@
+"""Every recurrent layer's own output, inside the graph and in torch's own layers.
+
+Like Polygraphy's ``--onnx-outputs mark all``, but for the layers that matter here: the graph side
+adds each recurrent node's ``Y`` output to an in-memory copy of the graph and runs it on ONNX
+Runtime CPU (:class:`GraphLayers`); the reference side captures what each recurrent module of
+the reference model received (a forward pre-hook) and recomputes its layers one at a time with
+torch's own single-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` on a ``PackedSequence``
+(:class:`ReferenceLayers`). Both give ``[batch, time, directions * hidden]`` per layer, forward
+half first, in original time order, so every layer can be judged like an output and a defect in
+a lower layer is located where it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from birnn_export.spec import GraphSpec
+
+_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+class LayersUnavailable(Exception):
+    """Layer outputs cannot be had; the message says why (shown in the report)."""
+
+
+@dataclass(frozen=True)
+class GraphLayer:
+    """One recurrent layer of the graph: ``name`` is ``<module path>/l<k>``."""
+
+    name: str
+    path: str
+    index: int
+    hidden: int
+    directions: int
+    #: ``Y`` of the fused (or unidirectional) node, or of the forward and backward nodes.
+    y_names: tuple[str, ...]
+    #: Names of the layer's nodes, and those among them fed no ``sequence_lens``.
+    nodes: tuple[str, ...]
+    without_lengths: tuple[str, ...]
+
+
+def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
+    """The graph's recurrent layers in run order, from the spec and the node names.
+
+    Raises:
+        LayersUnavailable: the metadata lists no layers, or a node is missing.
+    """
+    if not spec.recurrent_layers:
+        raise LayersUnavailable("the graph's metadata lists no recurrent layers")
+    nodes = {n.name: n for n in proto.graph.node if n.op_type in _RECURRENT_OPS}
+    layers = []
+    for info in spec.recurrent_layers:
+        path = str(info.get("path", ""))
+        directions = 2 if info.get("bidirectional", False) else 1
+        for index in range(int(info.get("num_layers", 1))):
+            name = f"{path}/l{index}"
+            found = [nodes.get(f"{name}/forward"), nodes.get(f"{name}/backward")]
+            if directions == 1 or None in found:
+                found = [nodes.get(name)]
+            if None in found:
+                raise LayersUnavailable(f"the graph has no recurrent node named {name!r}")
+            layers.append(
+                GraphLayer(
+                    name=name,
+                    path=path,
+                    index=index,
+                    hidden=int(info["hidden_size"]),
+                    directions=directions,
+                    y_names=tuple(_y_output(n) for n in found),
+                    nodes=tuple(n.name for n in found),
+                    without_lengths=tuple(n.name for n in found if not _has_lengths(n)),
+                )
+            )
+    return layers
+
+
+def _y_output(node: Any) -> str:
+    if not node.output or not node.output[0]:
+        raise LayersUnavailable(f"the recurrent node {node.name!r} does not output Y")
+    return str(node.output[0])
+
+
+def _has_lengths(node: Any) -> bool:
+    return len(node.input) > 4 and bool(node.input[4])
+
+
+class GraphLayers:
+    """The graph on ONNX Runtime CPU with every recurrent layer's ``Y`` added as an output.
+
+    The session is built on the first :meth:`run` (a copy of the graph; the original is not
+    modified).
+    """
+
+    def __init__(self, proto: Any, layers: Sequence[GraphLayer], dtype: str) -> None:
+        self.proto, self.layers, self.dtype = proto, tuple(layers), dtype
+        self._session: Any = None
+
+    def _build(self) -> Any:
+        import onnx
+        import onnxruntime
+        from onnx import helper
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.proto)
+        declared = {o.name for o in probe.graph.output}
+        # The graph's dtype, unless inference says otherwise: an fp16 graph's ragged
+        # recurrent nodes compute in float32 (modules.recurrent_dtype).
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
+        try:
+            inferred = onnx.shape_inference.infer_shapes(probe).graph.value_info
+            types = {v.name: v.type.tensor_type.elem_type for v in inferred}
+        except Exception:  # inference is best effort; the graph's dtype is the fallback
+            types = {}
+        for layer in self.layers:
+            for name in layer.y_names:
+                if name not in declared:
+                    declared.add(name)
+                    probe.graph.output.append(
+                        helper.make_tensor_value_info(name, types.get(name) or elem, None)
+                    )
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            return onnxruntime.InferenceSession(
+                probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # e.g. a >2 GB graph cannot be serialised in memory
+            raise LayersUnavailable(
+                "ONNX Runtime CPU could not load the graph with the layer outputs added: "
+                f"{one_line(exc)}"
+            ) from None
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``{layer name: [batch, time, directions * hidden]}`` in float64.
+
+        ``lengths`` maps each module path to the lengths its layers saw (to put a split
+        backward node's output, computed on reversed rows, back in time order).
+        """
+        if self._session is None:
+            self._session = self._build()
+        names = {i.name for i in self._session.get_inputs()}
+        wanted = list(dict.fromkeys(y for layer in self.layers for y in layer.y_names))
+        try:
+            values = self._session.run(wanted, {k: v for k, v in feed.items() if k in names})
+        except Exception as exc:
+            raise LayersUnavailable(f"ONNX Runtime CPU failed: {one_line(exc)}") from None
+        by_name = dict(zip(wanted, values, strict=True))
+        out = {}
+        for layer in self.layers:
+            ys = [np.asarray(by_name[y], dtype=np.float64) for y in layer.y_names]
+            for y in ys:
+                if y.ndim != 4 or y.shape[3] != layer.hidden:
+                    raise LayersUnavailable(
+                        f"{layer.name}: Y has shape {list(y.shape)}, not [T, D, B, H]"
+                    )
+            if len(ys) == 1:
+                halves = [ys[0][:, d] for d in range(ys[0].shape[1])]
+            else:
+                steps = ys[1].shape[0]
+                rows = np.clip(np.asarray(lengths[layer.path], dtype=np.int64), 1, steps)
+                halves = [ys[0][:, 0], unreverse(ys[1][:, 0], rows)]
+            out[layer.name] = np.concatenate([np.swapaxes(h, 0, 1) for h in halves], axis=-1)
+        return out
+
+
+def unreverse(y: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``y`` ``[T, B, H]`` computed on each row's reversed valid prefix, back in time order
+    (each row's first ``lengths[b]`` steps reversed; past them zeros)."""
+    out = np.zeros_like(y)
+    for row, length in enumerate(lengths):
+        n = int(length)
+        out[:n, row] = y[:n, row][::-1]
+    return out
+
+
+@dataclass
+class _Call:
+    x: Any  # padded [B, T, F] batch-first
+    lengths: Any  # int64 [B] or None
+
+
+class ReferenceLayers:
+    """Captures the input of the recurrent modules at ``paths`` of ``model`` on each forward
+    pass, and recomputes their layers with torch's own single-layer modules.
+
+    ``model`` is used as given (already in the precision wanted); the hooks stay on it until
+    :meth:`close`.
+
+    Raises:
+        LayersUnavailable: a path holds no recurrent module.
+    """
+
+    def __init__(self, model: Any, paths: Sequence[str]) -> None:
+        from torch import nn
+
+        from birnn_export.modules import BiRNN
+
+        self.model = model
+        self.modules: dict[str, Any] = {}
+        self.calls: dict[str, list[_Call | str]] = {}
+        self._handles = []
+        self._stacks: dict[str, list[Any]] = {}
+        for path in dict.fromkeys(paths):
+            try:
+                module = model.get_submodule(path)
+            except (AttributeError, TypeError):
+                module = None
+            if not isinstance(module, (BiRNN, nn.RNNBase)):
+                self.close()
+                raise LayersUnavailable(
+                    f"the reference has no recurrent layer (nn.RNN/LSTM/GRU or BiRNN) at {path!r}"
+                )
+            self.modules[path] = module
+            self._handles.append(
+                module.register_forward_pre_hook(self._capture(path), with_kwargs=True)
+            )
+
+    def _capture(self, path: str) -> Any:
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            self.calls.setdefault(path, []).append(_input_of(module, args, kwargs))
+
+        return hook
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def layers(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """After one forward pass: ``({layer name: [B, T, D * H] float64}, {module path:
+        lengths})``.
+
+        Raises:
+            LayersUnavailable: a module did not run exactly once, or ran with initial states.
+        """
+        import torch
+
+        outputs, lengths = {}, {}
+        for path, module in self.modules.items():
+            calls = self.calls.get(path, [])
+            if len(calls) != 1:
+                raise LayersUnavailable(
+                    f"the recurrent layer at {path!r} ran {len(calls)} times in one forward pass"
+                )
+            call = calls[0]
+            if isinstance(call, str):
+                raise LayersUnavailable(f"the recurrent layer at {path!r}: {call}")
+            x, rows = call.x, call.lengths
+            batch, steps = x.shape[0], x.shape[1]
+            rows = torch.full((batch,), steps) if rows is None else rows
+            lengths[path] = rows.numpy()
+            with torch.inference_mode():
+                for index, layer in enumerate(self._stack(path, module)):
+                    x = _run_layer(layer, x, rows)
+                    outputs[f"{path}/l{index}"] = x.to(torch.float64).numpy()
+        return outputs, lengths
+
+    def _stack(self, path: str, module: Any) -> list[Any]:
+        if path not in self._stacks:
+            self._stacks[path] = single_layers(module)
+        return self._stacks[path]
+
+
+def _input_of(module: Any, args: tuple, kwargs: dict) -> _Call | str:
+    """The padded batch-first input and lengths a recurrent module received."""
+    import torch
+    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+    from birnn_export.modules import BiRNN
+
+    names = ("x", "lengths", "hx") if isinstance(module, BiRNN) else ("x", "hx")
+    given = dict(zip(names, args, strict=False)) | kwargs
+    x = given.get("x", given.get("input"))
+    if given.get("hx") is not None:
+        return "it was given initial states (hx)"
+    lengths = given.get("lengths")
+    if isinstance(x, PackedSequence):
+        x, lengths = pad_packed_sequence(x, batch_first=True)
+    elif isinstance(x, torch.Tensor) and x.dim() == 3:
+        if not module.batch_first:
+            x = x.transpose(0, 1)
+    else:
+        return f"its input is a {type(x).__name__}, not a padded tensor or PackedSequence"
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths).detach().to("cpu", torch.int64)
+        lengths = lengths.clamp(1, x.shape[1])
+    return _Call(x.detach(), lengths)
+
+
+def single_layers(module: Any) -> list[Any]:
+    """One batch-first single-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` per layer of
+    ``module`` (an ``nn.RNNBase`` or a ``BiRNN``), with its weights."""
+    from torch import nn
+
+    from birnn_export.modules import BiRNN
+
+    if isinstance(module, BiRNN):
+        module = module.to_torch()
+    weight = module.weight_ih_l0
+    directions = 2 if module.bidirectional else 1
+    stack = []
+    for index in range(module.num_layers):
+        inputs = module.input_size if index == 0 else module.hidden_size * directions
+        kwargs = dict(
+            bias=module.bias,
+            batch_first=True,
+            bidirectional=module.bidirectional,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+        if isinstance(module, nn.RNN):
+            kwargs["nonlinearity"] = module.nonlinearity
+        layer = type(module)(inputs, module.hidden_size, **kwargs)
+        state = {}
+        for key, value in module.state_dict().items():
+            stem, _, rest = key.rpartition(f"_l{index}")
+            if stem and rest in ("", "_reverse"):
+                state[f"{stem}_l0{rest}"] = value
+        layer.load_state_dict(state)
+        stack.append(layer.eval())
+    return stack
+
+
+def _run_layer(layer: Any, x: Any, lengths: Any) -> Any:
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    steps = x.shape[1]
+    if bool((lengths == steps).all()):
+        return layer(x)[0]
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    return pad_packed_sequence(layer(packed)[0], batch_first=True, total_length=steps)[0]
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,473 @@
+"""The one comparison of an engine's outputs with the model's, used by export, verify and bench.
+
+By default an output is judged against the model's own floating-point noise
+(:class:`NoiseCriterion`): the reference is the model run in float64 on the CPU, and eager
+PyTorch in the graph's precision (float32, or float16 for fp16 graphs) is compared with the same
+reference. Eager's error is the noise floor: what rounding alone does to this model on these
+inputs. Trained weights, deep stacks and attention heads amplify ordinary rounding far past any
+fixed tolerance, so an engine passes an output when its error is within
+:data:`NOISE_FACTOR` times that floor, plus :data:`FLOOR_ULPS` units in the last place of the
+output's magnitude for outputs that are (nearly) exact in eager PyTorch. Fixed tolerances
+(:class:`~birnn_export.spec.Tolerance`, ``|a - e| <= atol + rtol * |e|`` element-wise) stay
+available as an explicit choice.
+
+Outputs with a class axis (logits, log-probabilities) are also judged by task: top-1 agreement at
+every valid position whose float64 margin between the two best classes is decisive (more than
+:data:`DECISIVE_MARGIN` thresholds), and, for log-probabilities along time, the greedy CTC decode
+(blank 0) of every row.
+
+The numbers come from measurements: see README ("How verification judges").
+
+Example:
+    >>> import numpy as np
+    >>> ref = np.array([1.0, -2.0, 3.0])
+    >>> check = compare("y", "values", ref + 1e-7, ref, eager=ref + 2e-7)
+    >>> check.passed, round(check.ratio, 2)
+    (True, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from birnn_export.spec import GraphSpec, TensorSpec, Tolerance
+
+#: An engine may be this many times further from the float64 reference than eager PyTorch in
+#: the same precision (README, "How verification judges", has the measurements behind it).
+NOISE_FACTOR = 8.0
+#: Plus this many units in the last place of the output's largest magnitude (at least 1): the
+#: floor for outputs that eager PyTorch happens to compute (nearly) exactly.
+FLOOR_ULPS = 8.0
+#: A position counts for top-1 agreement when its float64 top-two margin exceeds this many
+#: thresholds (each class score may move by one threshold).
+DECISIVE_MARGIN = 2.0
+#: The CTC blank class for the greedy decode.
+CTC_BLANK = 0
+
+_EPS = {"float16": float(np.finfo(np.float16).eps), "float64": float(np.finfo(np.float64).eps)}
+
+
+def machine_eps(dtype: str) -> float:
+    """Unit roundoff of a graph dtype name (float32 for anything unknown)."""
+    return _EPS.get(dtype, float(np.finfo(np.float32).eps))
+
+
+@dataclass(frozen=True)
+class NoiseCriterion:
+    """Pass when ``max|engine - reference| <= factor * noise + floor``.
+
+    ``noise`` is eager PyTorch's max error against the same reference on the same elements;
+    ``floor`` is ``floor_ulps * eps(dtype) * max(1, max|reference|)``.
+    """
+
+    factor: float = NOISE_FACTOR
+    floor_ulps: float = FLOOR_ULPS
+
+    def threshold(self, noise: float, scale: float, dtype: str) -> float:
+        floor = self.floor_ulps * machine_eps(dtype) * max(1.0, scale)
+        return self.factor * noise + floor
+
+    def describe(self) -> str:
+        return f"error vs float64 <= {self.factor:g} x eager's own error + {self.floor_ulps:g} ulp"
+
+
+Criterion = NoiseCriterion | Tolerance
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of one output (or recurrent layer) in one case.
+
+    ``check`` is ``"values"`` (valid time steps, or the whole tensor), ``"padding"`` (positions
+    past each row's length), ``"batch-invariance"`` (rows run alone vs in the batch) or
+    ``"layer"`` (a recurrent layer's own output inside the graph). ``max_abs`` is the engine's
+    error against the reference; under a :class:`NoiseCriterion`, ``noise`` is eager PyTorch's
+    and ``threshold`` the limit ``max_abs`` was held to; under fixed tolerances ``atol`` /
+    ``rtol`` (and ``rel_l2_limit``) are. ``top1`` is the share of valid positions whose argmax
+    over the last (class) axis agrees with the reference's, ``top1_decisive`` how many of them
+    had a decisive margin and ``top1_missed`` how many of those disagree (any fails the check);
+    ``greedy`` the share of rows whose greedy CTC decode agrees.
+    """
+
+    name: str
+    role: str
+    check: str
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    passed: bool
+    noise: float | None = None
+    threshold: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    rel_l2: float | None = None
+    rel_l2_limit: float | None = None
+    top1: float | None = None
+    top1_decisive: int = 0
+    top1_missed: int = 0
+    greedy: float | None = None
+    elements: int = 0
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """Engine error over eager's (``None`` without a noise floor)."""
+        if self.noise is None:
+            return None
+        if self.noise == 0:
+            return 0.0 if self.max_abs == 0 else math.inf
+        return self.max_abs / self.noise
+
+    def describe(self) -> str:
+        """This check in words: what, by how much, against what limit."""
+        what = (
+            f"layer {self.name!r}"
+            if self.check == "layer"
+            else f"output {self.name!r} {self.check}"
+        )
+        if self.threshold is not None:
+            against = (
+                f" = {self.ratio:.3g}x eager's {self.noise:.3g}" if self.noise is not None else ""
+            )
+            text = f"{what}: error {self.max_abs:.3g}{against} (limit {self.threshold:.3g})"
+        elif self.atol is None:
+            text = what
+        else:
+            text = (
+                f"{what}: max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g} (atol "
+                f"{self.atol:g}, rtol {self.rtol:g})"
+            )
+        if self.top1_missed:
+            text += f"; top-1 differs at {self.top1_missed} of {self.top1_decisive} clear positions"
+        return text + (f" - {self.note}" if self.note else "")
+
+    @property
+    def limit(self) -> str:
+        """The criterion as it applied here, for tables."""
+        if self.threshold is not None:
+            return f"<= {self.threshold:.3g}"
+        text = f"{self.atol:g} / {self.rtol:g}"
+        return text + (f", L2 < {self.rel_l2_limit:g}" if self.rel_l2_limit is not None else "")
+
+
+def abs_errors(actual: Any, expected: Any) -> np.ndarray:
+    """``|actual - expected|`` in float64, element-wise. NaN on both sides and the same infinity
+    on both sides count as equal (error 0); NaN on one side only is an infinite error."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - e)
+    both_nan = np.isnan(a) & np.isnan(e)
+    same_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
+    diff[both_nan | same_inf] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return diff
+
+
+def outside_tolerance(actual: Any, expected: Any, atol: float, rtol: float) -> np.ndarray:
+    """Element-wise: the error of :func:`abs_errors` exceeds ``atol + rtol * |expected|``.
+
+    Where ``expected`` is NaN or infinite only an exact match passes (the ``rtol`` term is
+    dropped there, so ``rtol * inf`` cannot accept any value).
+
+    Example:
+        >>> outside_tolerance([1.0, float("nan"), 5.0], [1.0, float("nan"), float("inf")], 0.1, 0.1)
+        array([False, False,  True])
+    """
+    diff = abs_errors(actual, expected)
+    e = np.asarray(expected, dtype=np.float64)
+    scale = np.where(np.isfinite(e), np.abs(e), 0.0)
+    return ~(diff <= atol + rtol * scale)
+
+
+def compare(
+    name: str,
+    check: str,
+    actual: Any,
+    expected: Any,
+    *,
+    criterion: Criterion = NoiseCriterion(),
+    eager: Any = None,
+    mask: Any = None,
+    dtype: str = "float32",
+    role: str = "sequence",
+    threshold: float | None = None,
+    classes: bool = False,
+    sequences: tuple[int, int, Any] | None = None,
+    note: str = "",
+) -> Check:
+    """Compare ``actual`` with ``expected`` (same shape) where ``mask`` is True.
+
+    Args:
+        name: The output's (or layer's) name.
+        check: What is compared (see :class:`Check`).
+        actual: The engine's values.
+        expected: The reference's values (float64 under a :class:`NoiseCriterion`).
+        criterion: A :class:`NoiseCriterion` (needs ``eager`` or ``threshold``) or a fixed
+            :class:`~birnn_export.spec.Tolerance`.
+        eager: Eager PyTorch's values in the graph's precision: the noise floor.
+        mask: Boolean, broadcastable to the values: the elements that count (default all).
+        dtype: The graph's dtype (for the floor's ulp).
+        role: The output's role in the graph spec.
+        threshold: A limit to use instead of deriving one from ``eager`` (batch invariance
+            reuses the values check's).
+        classes: The last axis holds class scores: also check top-1 agreement at every position
+            (``mask`` must then be the same along that axis).
+        sequences: ``(batch_axis, time_axis, lengths)`` of a ``[batch, time, classes]``-like
+            output: also compare each row's greedy CTC decode when the reference holds
+            log-probabilities.
+        note: Shown with a failure.
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"{name}: shapes {a.shape} and {e.shape} differ")
+    full = np.ones(e.shape, bool) if mask is None else np.broadcast_to(mask, e.shape)
+    sel_a, sel_e = a[full], e[full]
+    if sel_a.size == 0:
+        return Check(name, role, check, 0.0, 0.0, 0.0, True, elements=0, note=note)
+    diff = abs_errors(sel_a, sel_e)
+    nonzero = np.abs(sel_e) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = diff[nonzero] / np.abs(sel_e[nonzero])
+    finite = bool(np.isfinite(diff).all())
+    stats = {
+        "max_abs": float(diff.max()),
+        "max_rel": float(rel.max()) if rel.size else 0.0,
+        "mean_abs": float(diff.mean()) if finite else math.inf,
+        "elements": int(sel_a.size),
+    }
+    scale = float(np.abs(sel_e[np.isfinite(sel_e)]).max(initial=0.0))
+    extra: dict[str, Any] = {}
+    if isinstance(criterion, Tolerance):
+        passed = not bool(outside_tolerance(sel_a, sel_e, criterion.atol, criterion.rtol).any())
+        extra.update(atol=criterion.atol, rtol=criterion.rtol)
+        if criterion.rel_l2 is not None:
+            norm = float(np.linalg.norm(sel_e))
+            err = float(np.linalg.norm(np.where(np.isfinite(diff), diff, 0.0)))
+            rel_l2 = err / norm if norm > 0 else (0.0 if err == 0 else math.inf)
+            rel_l2 = rel_l2 if finite else math.inf
+            passed = passed and rel_l2 < criterion.rel_l2
+            extra.update(rel_l2=rel_l2, rel_l2_limit=criterion.rel_l2)
+        limit = criterion.atol + criterion.rtol * scale
+    else:
+        noise = None
+        if threshold is None:
+            if eager is None:
+                raise ValueError(f"{name}: a noise criterion needs eager values or a threshold")
+            eager_values = np.broadcast_to(np.asarray(eager, dtype=np.float64), e.shape)[full]
+            noise = float(abs_errors(eager_values, sel_e).max())
+            threshold = criterion.threshold(noise, scale, dtype)
+        passed = finite and stats["max_abs"] <= threshold
+        extra.update(noise=noise, threshold=threshold)
+        limit = threshold
+    if classes and e.ndim >= 1 and e.shape[-1] >= 2:
+        positions = full[..., 0]
+        extra.update(top1_agreement(a[positions], e[positions], limit))
+        passed = passed and extra["top1_missed"] == 0
+        if sequences is not None and e.ndim == 3:
+            batch_axis, time_axis, lengths = sequences
+            order = (batch_axis, time_axis, 2)
+            extra["greedy"] = greedy_agreement(
+                np.transpose(a, order), np.transpose(e, order), lengths
+            )
+    return Check(name, role, check, passed=passed, note=note, **stats, **extra)
+
+
+def top1_agreement(actual: np.ndarray, expected: np.ndarray, limit: float) -> dict[str, Any]:
+    """Top-1 agreement of ``[..., classes]`` scores: ``top1`` (share of positions that agree),
+    ``top1_decisive`` (positions whose float64 margin exceeds :data:`DECISIVE_MARGIN` x
+    ``limit``) and ``top1_missed`` (decisive positions that disagree)."""
+    got = actual.reshape(-1, actual.shape[-1])
+    want = expected.reshape(-1, expected.shape[-1])
+    if not len(want):
+        return {"top1": None, "top1_decisive": 0, "top1_missed": 0}
+    finite = np.isfinite(got).all(-1) & np.isfinite(want).all(-1)
+    best_two = np.sort(want, axis=-1)[:, -2:]
+    decisive = finite & (best_two[:, 1] - best_two[:, 0] > DECISIVE_MARGIN * limit)
+    agree = got.argmax(-1) == want.argmax(-1)
+    return {
+        "top1": float(agree.mean()),
+        "top1_decisive": int(decisive.sum()),
+        "top1_missed": int((decisive & ~agree).sum()),
+    }
+
+
+def greedy_agreement(actual: np.ndarray, expected: np.ndarray, lengths: Any) -> float | None:
+    """Share of rows of ``[batch, time, classes]`` scores whose greedy CTC decodes (each row cut
+    to its length) agree; ``None`` unless ``expected`` holds log-probabilities."""
+    if not _log_probabilities(expected):
+        return None
+    if lengths is None:
+        lengths = [expected.shape[1]] * expected.shape[0]
+    got, want = greedy_decode(actual, lengths), greedy_decode(expected, lengths)
+    return float(np.mean([g == w for g, w in zip(got, want, strict=True)])) if got else None
+
+
+def _log_probabilities(values: np.ndarray) -> bool:
+    """Every row of the last axis is a log-softmax: all <= 0 and logsumexp ~ 0."""
+    if values.size == 0 or not np.isfinite(values).all() or values.max() > 1e-6:
+        return False
+    peak = values.max(-1, keepdims=True)
+    total = peak[..., 0] + np.log(np.exp(values - peak).sum(-1))
+    return bool(np.abs(total).max() < 1e-4)
+
+
+def _greedy(best: np.ndarray) -> tuple[int, ...]:
+    """Greedy CTC decode of one row's best classes: collapse repeats, drop the blank."""
+    out, previous = [], None
+    for symbol in best.tolist():
+        if symbol != previous and symbol != CTC_BLANK:
+            out.append(symbol)
+        previous = symbol
+    return tuple(out)
+
+
+def greedy_decode(log_probs: Any, lengths: Any = None) -> list[tuple[int, ...]]:
+    """Greedy CTC decode (blank :data:`CTC_BLANK`) of ``[batch, time, classes]`` scores, each
+    row cut to its length.
+
+    Example:
+        >>> scores = np.log(np.eye(3)[[1, 1, 0, 2, 2]][None] + 1e-9)
+        >>> greedy_decode(scores)
+        [(1, 2)]
+    """
+    best = np.asarray(log_probs).argmax(-1)
+    if lengths is None:
+        lengths = [best.shape[1]] * best.shape[0]
+    return [_greedy(row[: int(n)]) for row, n in zip(best, lengths, strict=True)]
+
+
+# -- the outputs of a graph ------------------------------------------------------------------
+
+
+def valid_mask(
+    tensor: TensorSpec, shape: tuple[int, ...], lengths: np.ndarray
+) -> np.ndarray | None:
+    """True at ``t < lengths[b]``, broadcast to ``shape``; ``None`` without batch and time axes."""
+    t_axis, b_axis = tensor.time_axis, tensor.batch_axis
+    if t_axis is None or b_axis is None or len(shape) != len(tensor.dims):
+        return None
+    steps = np.arange(shape[t_axis])
+    mask = steps[None, :] < np.asarray(lengths).reshape(-1, 1)  # [B, T]
+    if b_axis > t_axis:
+        mask = mask.T
+    expand = [1] * len(shape)
+    expand[b_axis], expand[t_axis] = shape[b_axis], shape[t_axis]
+    return np.broadcast_to(mask.reshape(expand), shape)
+
+
+def has_classes(spec: GraphSpec, tensor: TensorSpec) -> bool:
+    """Whether ``tensor``'s last axis holds class scores (logits, log-probabilities): a static
+    last dim of at least 2 on an output that is not a recurrent layer's own (a bare layer's
+    ``output``, ``h_n``, ``c_n``)."""
+    bare = any(t.name == "h_n" for t in spec.outputs)
+    last = tensor.dims[-1] if tensor.dims else None
+    return (
+        not bare
+        and tensor.role in ("sequence", "other")
+        and isinstance(last, int)
+        and last >= 2
+        and tensor.dtype.startswith("float")
+    )
+
+
+def compare_outputs(
+    spec: GraphSpec,
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    lengths: np.ndarray | None,
+    criteria: Mapping[str, Criterion],
+    *,
+    eager: Mapping[str, np.ndarray] | None = None,
+) -> list[Check]:
+    """``values`` and ``padding`` checks of every output in ``spec``: ``expected`` is the
+    reference, ``eager`` eager PyTorch's outputs (the noise floor of a
+    :class:`~birnn_export.compare.NoiseCriterion`)."""
+    results = []
+    for tensor in spec.outputs:
+        criterion = criteria[tensor.name]
+        common = {"criterion": criterion, "dtype": spec.dtype, "role": tensor.role}
+        if tensor.name not in actual:
+            results.append(_failed(tensor, "values", "the engine did not return it"))
+            continue
+        got, want = np.asarray(actual[tensor.name]), np.asarray(expected[tensor.name])
+        got = _cut_to_longest_row(tensor, got, want, lengths)
+        if got.shape != want.shape:
+            note = f"shape {list(got.shape)}, reference {list(want.shape)}"
+            results.append(_failed(tensor, "values", note))
+            continue
+        noise = None if eager is None else np.asarray(eager[tensor.name])
+        mask = valid_mask(tensor, want.shape, lengths) if lengths is not None else None
+        sequences = None
+        if tensor.batch_axis is not None and tensor.time_axis is not None and want.ndim == 3:
+            rows = lengths if lengths is not None else [want.shape[tensor.time_axis]] * len(got)
+            sequences = (tensor.batch_axis, tensor.time_axis, rows)
+        values = compare(
+            tensor.name,
+            "values",
+            got,
+            want,
+            eager=noise,
+            mask=mask,
+            classes=has_classes(spec, tensor),
+            sequences=sequences,
+            note="valid steps" if mask is not None else "",
+            **common,
+        )
+        results.append(values)
+        if mask is None or mask.all():
+            continue
+        padded = ~mask
+        pad = np.float64(spec.padding_value)
+        if np.all(want[padded] == pad):
+            # The reference writes exactly the padding value: the engine must too.
+            reference = np.full(want.shape, pad)
+            note = f"must equal padding value {spec.padding_value:g}"
+        else:
+            reference = want
+            note = "vs reference (the reference does not write the padding value here)"
+        results.append(
+            compare(
+                tensor.name,
+                "padding",
+                got,
+                reference,
+                eager=noise,
+                mask=padded,
+                note=note,
+                **common,
+            )
+        )
+    return results
+
+
+def _cut_to_longest_row(
+    tensor: TensorSpec, got: np.ndarray, want: np.ndarray, lengths: np.ndarray | None
+) -> np.ndarray:
+    """``got`` cut along time to the reference's length where the reference returns only the
+    longest row's steps (``pad_packed_sequence`` without ``total_length``; the graph keeps the
+    input's length, README "Model files")."""
+    axis = tensor.time_axis
+    if (
+        axis is None
+        or lengths is None
+        or got.ndim != want.ndim
+        or got.shape[axis] <= want.shape[axis]
+        or want.shape[axis] != int(np.max(lengths, initial=0))
+        or any(
+            g != w for i, (g, w) in enumerate(zip(got.shape, want.shape, strict=False)) if i != axis
+        )
+    ):
+        return got
+    return np.take(got, np.arange(want.shape[axis]), axis=axis)
+
+
+def _failed(tensor: TensorSpec, check: str, note: str) -> Check:
+    inf = math.inf
+    return Check(tensor.name, tensor.role, check, inf, inf, inf, False, note=note)

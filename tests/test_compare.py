@@ -1,0 +1,144 @@
+"""birnn_export.compare: the one comparison (element-wise rules, the noise criterion, task-level
+agreement, padding-aware output checks)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from birnn_export.compare import (
+    DECISIVE_MARGIN,
+    NOISE_FACTOR,
+    NoiseCriterion,
+    compare,
+    compare_outputs,
+    greedy_decode,
+    machine_eps,
+)
+from birnn_export.spec import GraphSpec, TensorSpec, Tolerance
+
+TOL = Tolerance(1e-5, 1e-4)
+
+
+def test_fixed_tolerance_rules() -> None:
+    ref = np.array([1.0, 2.0], dtype=np.float32)
+    assert compare("y", "values", ref + 1e-6, ref, criterion=TOL).passed
+    check = compare("y", "values", ref + 1e-2, ref, criterion=TOL)
+    assert not check.passed and check.max_abs == pytest.approx(1e-2, rel=1e-3)
+    assert "'y'" in check.describe() and "atol 1e-05" in check.describe()
+    nan = np.array([np.nan, 2.0], np.float32)
+    # NaN on one side only is an infinite error; NaN where the reference has NaN agrees.
+    check = compare("y", "values", nan, ref, criterion=TOL)
+    assert not check.passed and check.max_abs == math.inf
+    check = compare("y", "values", np.array([np.nan, 2.0 + 1e-6]), nan, criterion=TOL)
+    assert check.passed and check.max_abs == pytest.approx(1e-6, rel=1e-3)
+    inf = np.array([np.inf, 2.0])
+    assert not compare("y", "values", np.array([1e30, 2.0]), inf, criterion=TOL).passed
+    with pytest.raises(ValueError, match="shapes"):
+        compare("y", "values", ref[:1], ref, criterion=TOL)
+
+
+def test_noise_criterion_scales_with_eager_error() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(1000) * 20  # logits of a trained model
+    eager = ref + rng.standard_normal(1000) * 1e-4  # eager float32: off by ~3e-4 at most
+    noise = float(np.abs(eager - ref).max())
+    within = ref + np.sign(rng.standard_normal(1000)) * 0.9 * NOISE_FACTOR * noise
+    check = compare("y", "values", within, ref, eager=eager)
+    assert check.passed and check.noise == pytest.approx(noise)
+    assert check.ratio == pytest.approx(0.9 * NOISE_FACTOR, rel=1e-6)
+    beyond = ref.copy()
+    beyond[3] += 1.2 * NOISE_FACTOR * noise + 1e-3
+    check = compare("y", "values", beyond, ref, eager=eager)
+    assert not check.passed and check.ratio > NOISE_FACTOR
+    assert "x eager's" in check.describe()
+    # A fixed tolerance would have failed the good engine: trained outputs amplify rounding.
+    assert not compare("y", "values", within, ref, criterion=TOL).passed
+
+
+def test_floor_for_outputs_eager_computes_exactly() -> None:
+    ref = np.array([0.5, -0.25, 3.0])
+    criterion = NoiseCriterion()
+    floor = criterion.floor_ulps * machine_eps("float32") * 3.0
+    assert compare("y", "values", ref + 0.9 * floor, ref, eager=ref).passed
+    assert not compare("y", "values", ref + 1.1 * floor, ref, eager=ref).passed
+    # fp16's floor is fp16's ulp.
+    assert machine_eps("float16") == pytest.approx(2**-10)
+
+
+def test_mask_selects_the_elements_that_count() -> None:
+    ref = np.zeros((2, 3))
+    got = ref.copy()
+    got[1, 2] = 5.0  # garbage, but masked out
+    mask = np.array([[True, True, True], [True, True, False]])
+    check = compare("y", "values", got, ref, eager=ref, mask=mask)
+    assert check.passed and check.elements == 5
+
+
+def test_top1_agreement_counts_only_decisive_positions() -> None:
+    ref = np.array([[5.0, 1.0, 0.0], [1.0, 1.0 + 1e-9, 0.0]])  # row 1: a tie
+    eager = ref + 1e-7
+    swapped = ref.copy()
+    swapped[1] = [1.0 + 1e-9, 1.0, 0.0]  # the tie flips: not decisive
+    check = compare("y", "values", swapped, ref, eager=eager, classes=True)
+    assert check.passed and check.top1 == 0.5
+    assert (check.top1_decisive, check.top1_missed) == (1, 0)
+    wrong = ref.copy()
+    wrong[0] = [0.0, 5.0, 1.0]
+    check = compare("y", "values", wrong, ref, eager=eager, classes=True)
+    assert not check.passed and check.top1_missed == 1
+    assert "top-1 differs at 1 of 1" in check.describe()
+    assert DECISIVE_MARGIN >= 2  # each of the two best scores may move by one threshold
+
+
+def test_greedy_ctc_decode() -> None:
+    probs = np.full((2, 6, 4), 1e-6)
+    for row, path in enumerate([[1, 1, 0, 2, 2, 3], [0, 3, 3, 0, 3, 0]]):
+        probs[row, np.arange(6), path] = 1.0
+    log_probs = np.log(probs / probs.sum(-1, keepdims=True))
+    assert greedy_decode(log_probs) == [(1, 2, 3), (3, 3)]
+    assert greedy_decode(log_probs, [3, 2]) == [(1,), (3,)]
+    spec = GraphSpec(
+        inputs=(),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 4), "sequence"),),
+        example_batch=2,
+        example_seq=6,
+    )
+    lengths = np.array([6, 6])
+    (check,) = compare_outputs(spec, {"y": log_probs}, {"y": log_probs}, lengths, {"y": TOL})
+    assert check.greedy == 1.0 and check.top1 == 1.0
+    other = log_probs.copy()
+    other[1, 3] = log_probs[1, 1]  # the blank between the two 3s becomes a 3: (3,)
+    (check,) = compare_outputs(spec, {"y": other}, {"y": log_probs}, lengths, {"y": TOL})
+    assert check.greedy == 0.5 and not check.passed
+
+
+def test_padding_check_follows_the_reference() -> None:
+    spec = GraphSpec(
+        inputs=(),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 1), "sequence"),),
+        example_batch=2,
+        example_seq=3,
+        padding_value=0.0,
+    )
+    lengths = np.array([3, 1])
+    want = np.ones((2, 3, 1), np.float32)
+    want[1, 1:] = 0.0  # reference writes the padding value
+    tol = {"y": TOL}
+    got = want.copy()
+    got[1, 2] = 0.5  # engine writes garbage past the length
+    results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
+    assert results["values"].passed and not results["padding"].passed
+    assert "must equal padding value" in results["padding"].note
+    noise = {"y": NoiseCriterion()}
+    results = {
+        o.check: o
+        for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, noise, eager={"y": want})
+    }
+    assert results["values"].passed and not results["padding"].passed
+    want[1, 1:] = 7.0  # reference has a head after the layer: compare engine vs reference
+    got = want.copy()
+    results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
+    assert results["padding"].passed and "vs reference" in results["padding"].note
