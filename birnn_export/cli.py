@@ -488,10 +488,10 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
 @click.option(
     "--model",
     "model_path",
-    required=True,
     metavar="MODEL.pt",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The model the graph was exported from (the reference is its original, unconverted form).",
+    help="The model the graph was exported from (the reference is its original, unconverted "
+    "form). Required unless --load-outputs gives the reference outputs.",
 )
 @click.option(
     "--engines",
@@ -499,13 +499,18 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     metavar="ENGINE[,ENGINE]",
     help="Engines to check: torch, ort-cpu, ort-cuda, ort-trt, trt, trt-rtx. [default: ort-cpu]",
 )
-@click.option("--batch", "batch_sizes", metavar="B,B,...", help="Batch sizes [default: 1,3,16].")
+@click.option(
+    "--batch",
+    "batch_sizes",
+    metavar="B,B,...",
+    help="Batch sizes of a product sweep [default: a covering set of 1,3,16].",
+)
 @click.option(
     "--seq",
     "seq_lens",
     metavar="T,T,...",
-    help="Sequence lengths [default: 1,2,T0,4*T0 and MAX of the graph's declared seq range; "
-    "T0 = export's example length].",
+    help="Sequence lengths of a product sweep [default: 1,2,T0,4*T0 and MAX of the graph's "
+    "declared seq range; T0 = export's example length].",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the first case's inputs."
@@ -514,28 +519,64 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     "--atol",
     multiple=True,
     metavar="VALUE|NAME:VALUE",
-    help="Absolute tolerance, for all outputs or one output; repeatable. [default: per dtype]",
+    help="Judge by fixed tolerances instead of the model's own float32 noise: absolute "
+    "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
 )
 @click.option(
     "--rtol",
     multiple=True,
     metavar="VALUE|NAME:VALUE",
-    help="Relative tolerance, like --atol.",
+    help="Relative tolerance, like --atol (either selects fixed tolerances).",
 )
-@click.option("--fp64-reference", is_flag=True, help="Run the reference in float64 as an oracle.")
+@click.option(
+    "--fp64-reference",
+    is_flag=True,
+    help="With --atol/--rtol: run the reference in float64 (the default criterion always does).",
+)
+@click.option(
+    "--memory-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="GIB",
+    help="GiB the largest tensor of one case may take in float64: default cases over it are "
+    "skipped, explicit --batch/--seq over it refused.",
+)
+@click.option(
+    "--no-layers",
+    is_flag=True,
+    help="Do not compare every recurrent layer's own output (faster; outputs only).",
+)
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON."
 )
 @click.option(
     "--save-inputs",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the failing cases' inputs (all cases if none failed) to this .npz.",
+    help="Write the failing cases' inputs (all cases if none failed) to this .json (Polygraphy's "
+    "--load-inputs format) or .npz.",
+)
+@click.option(
+    "--save-outputs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --save-inputs: write the same cases' reference outputs (float64, and eager "
+    "PyTorch's) to this .json, Polygraphy RunResults (--load-outputs).",
+)
+@click.option(
+    "--load-inputs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Run these saved inputs (.json or .npz) instead of a sweep.",
+)
+@click.option(
+    "--load-outputs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --load-inputs: compare against these saved outputs; no --model needed.",
 )
 @loader_options
 @user_errors
 def verify_command(
     onnx_path: Path,
-    model_path: Path,
+    model_path: Path | None,
     engines: tuple[str, ...],
     batch_sizes: str | None,
     seq_lens: str | None,
@@ -543,17 +584,24 @@ def verify_command(
     atol: tuple[str, ...],
     rtol: tuple[str, ...],
     fp64_reference: bool,
+    memory_budget: float,
+    no_layers: bool,
     json_path: Path | None,
     save_inputs: Path | None,
+    save_outputs: Path | None,
+    load_inputs: Path | None,
+    load_outputs: Path | None,
     **loader: Any,
 ) -> None:
-    """Compare MODEL.onnx on each engine with eager PyTorch across batch sizes and lengths.
+    """Compare MODEL.onnx on each engine with the model across batch sizes and lengths.
 
-    Inputs come from the graph's metadata (ragged and equal lengths, large-magnitude features);
-    outputs are compared at valid steps, padding separately, rows alone against the batch. Exit 0
-    if all match, 1 on a mismatch (the report says where, and which direction), 2 for bad input.
-    The default lengths include the graph's declared maximum (--seq-range at export), so a very
-    long one makes this slow; --seq picks the lengths instead.
+    Each output is judged against the model run in float64, within a factor of eager PyTorch's
+    own error (its float32 noise), with top-1 agreement for class scores; every recurrent
+    layer is compared too. Inputs come from the graph's metadata (ragged and equal lengths,
+    large-magnitude features); outputs are compared at valid steps, padding separately, rows
+    alone against the batch. Exit 0 if all match, 1 on a mismatch (the report says where, and
+    which direction), 2 for bad input. The default lengths include the graph's declared maximum
+    (--seq-range at export); --seq picks the lengths instead.
     """
     import sys
 
@@ -566,7 +614,10 @@ def verify_command(
     rtol_value = _parse_tolerance(rtol, "--rtol")
     check_output_path("--json", json_path)
     check_output_path("--save-inputs", save_inputs)
-    loaded = load_for_cli(model_path, **loader)
+    check_output_path("--save-outputs", save_outputs)
+    if model_path is None and load_outputs is None:
+        raise UserError("--model: give the model the graph was exported from (or --load-outputs)")
+    loaded = load_for_cli(model_path, **loader) if model_path is not None else None
     report = verify(
         onnx_path,
         loaded,
@@ -578,14 +629,20 @@ def verify_command(
         rtol=rtol_value,
         fp64_reference=fp64_reference,
         progress=sys.stderr.isatty(),
+        layers=not no_layers,
+        memory_budget=int(memory_budget * 2**30),
         save_inputs=save_inputs,
+        save_outputs=save_outputs,
+        load_inputs=load_inputs,
+        load_outputs=load_outputs,
     )
     render_report(report)
     if json_path is not None:
         write_atomic(json_path, report.to_json() + "\n")
         click.echo(f"report written to {json_path}")
-    if report.saved_inputs:
-        click.echo(f"inputs written to {report.saved_inputs}")
+    for what, path in (("inputs", report.saved_inputs), ("outputs", report.saved_outputs)):
+        if path:
+            click.echo(f"{what} written to {path}")
     report.raise_for_failure()
 
 

@@ -56,10 +56,14 @@ def test_main_command_output_matches_the_readme(tmp_path):
     result = CliRunner().invoke(main, [sample, "-o", str(tmp_path / "token_tagger.onnx")])
     assert result.exit_code == 0, result.output
     printed = result.output.splitlines()
-    stable = ("  input", "  output", "  ops", "Checked", "Verified", "  info:")
+    stable = ("  input", "  output", "  ops", "Verified", "  info:")
+
+    def steady(line: str) -> str:  # the error ratio depends on the CPU's float kernels
+        return re.sub(r"at most [0-9.e+-]+x", "at most Nx", line)
+
     for line in shown:
         if line.startswith(stable) and " built a " not in line:  # build times vary
-            assert line in printed, f"README line not printed any more: {line!r}"
+            assert steady(line) in map(steady, printed), f"README line not printed: {line!r}"
     if any(" built a " in line for line in shown):  # TensorRT's verdict, where it is installed
         assert any("parsed the graph and built a" in line for line in printed) or any(
             "checked by static rules" in line for line in printed

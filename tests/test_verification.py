@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ from tests.defects import (
     plant_gate_swap,
     plant_last_layer_gate_swap,
     plant_missing_mask,
+    plant_missing_sequence_lens,
     plant_recurrent_perturbation,
     plant_state_at_last_step,
     plant_whole_flip,
@@ -716,6 +719,30 @@ def test_cli_pass_fail_and_bad_input(tagger_files: tuple[Path, Path], tmp_path: 
     assert result.exit_code == 2
 
 
+def test_cli_saves_and_replays_inputs_and_outputs(
+    tagger_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pt, path = tagger_files
+    runner = CliRunner()
+    inputs, outputs = tmp_path / "in.json", tmp_path / "golden.json"
+    args = ["verify", str(path), "--batch", "3", "--seq", "5", "--no-layers"]
+    result = runner.invoke(
+        main, [*args, "--model", str(pt), "--save-inputs", inputs, "--save-outputs", outputs]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"outputs written to {outputs}" in result.output
+    assert "judged by: float64 reference" in result.output
+    replay = ["verify", str(path), "--load-inputs", str(inputs), "--load-outputs", str(outputs)]
+    result = runner.invoke(main, replay)
+    assert result.exit_code == 0, result.output
+    assert f"the saved outputs in {outputs}" in result.output
+    result = runner.invoke(main, ["verify", str(path)])
+    assert result.exit_code == 2 and "--model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(main, [*args, "--model", str(pt), "--save-outputs", str(outputs)])
+    assert result.exit_code == 2 and "save_inputs" in result.output
+
+
 def test_cli_subprocess_exit_code(tagger_files: tuple[Path, Path], tmp_path: Path) -> None:
     pt, path = tagger_files
     bad = plant_recurrent_perturbation(path, tmp_path / "sub.onnx", node=0)
@@ -745,3 +772,230 @@ def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
     with pytest.raises(EngineUnavailableError) as info:
         verify(path, layer, engines=("ort-cpu", "trt-rtx"))
     assert str(info.value) == reason and reason.startswith("trt-rtx: ")
+
+
+# -- trained-like models (tests/fixtures/trained, scripts/make_trained_models.py) ----------------
+
+TRAINED = Path(__file__).parent / "fixtures" / "trained"
+MANIFEST = json.loads((TRAINED / "models.json").read_text())
+#: Defects that change nothing in some graphs: a flip of rows that all have the full length (no
+#: lengths input), and the padding mask where ONNX Runtime already writes the padding value 0.
+NO_EFFECT = {"no mask"}
+
+
+def load_trained(name: str):
+    from birnn_export.checkpoint import load_model
+
+    entry = MANIFEST[name]
+    return load_model(
+        TRAINED / f"{name}.pt", model_class=entry["class"], model_kwargs=entry["kwargs"]
+    )
+
+
+def export_trained(name: str, path: Path, **kwargs):
+    loaded = load_trained(name)
+    features = MANIFEST[name]["kwargs"].get("features")
+    result = export_onnx(
+        loaded.model, path, reference=loaded.original, input_size=features, **kwargs
+    )
+    return loaded, result
+
+
+def separation(report: VerifyReport) -> float:
+    """The worst error over its threshold of any check (below 1 passes)."""
+    return max(
+        (o.max_abs / o.threshold for c in report.cases for o in c.outputs if o.threshold),
+        default=0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [
+        ("attention_classifier", "split"),
+        ("conv_bigru_ctc", "fused"),
+        ("time_major_ctc", "split"),
+        ("token_gru_tagger", "fused"),
+        ("relu_rnn_tagger", "split"),
+        ("deep_lstm_tagger", "fused"),
+    ],
+)
+def test_trained_model_passes_and_every_defect_fails(
+    name: str, layout: str, tmp_path: Path
+) -> None:
+    from tests.defects import DEFECTS
+
+    loaded, result = export_trained(name, tmp_path / "good.onnx", layout=layout)
+    good = result.verification
+    assert good.passed, good.summary()
+    assert good.reference_dtype == "float64" and good.eager_dtype == "float32"
+    assert separation(good) < 0.5, "a good export should use under half the threshold"
+    lines = [f"{name} ({layout}): good export at {separation(good):.2f} of the threshold"]
+    for defect, (plant, _) in DEFECTS.items():
+        if defect in NO_EFFECT:
+            continue
+        bad = plant(result.path, tmp_path / f"{len(lines)}.onnx")
+        if bad is None:
+            continue
+        report = verify(bad, loaded)
+        lines.append(f"  {defect}: {separation(report):.3g} x threshold, {report.summary()[:60]}")
+        if defect == "whole flip" and not result.spec.lengths_input:
+            assert report.passed  # every row is full: flipping them is no defect
+            continue
+        assert not report.passed, f"{defect} was not caught"
+        if not report.problems:  # caught by numbers alone: with a margin
+            assert separation(report) > 10, f"{defect}: {separation(report):.3g}"
+    print("\n".join(lines))
+
+
+def test_defect_in_a_lower_layer_is_located(tmp_path: Path) -> None:
+    loaded, result = export_trained("deep_lstm_tagger", tmp_path / "good.onnx", layout="split")
+    bad = plant_recurrent_perturbation(
+        result.path, tmp_path / "bad.onnx", 0, absolute=0.0, relative=1e-4
+    )
+    report = verify(bad, loaded)
+    assert not report.passed
+    failing_layers = {
+        o.name for c in report.cases for o in c.outputs if o.check == "layer" and not o.passed
+    }
+    assert "lstm/l0" in failing_layers
+    text = report.diagnosis()
+    assert text.startswith("layer lstm/l0: forward half differs"), text
+    assert "backward half matches" in text
+
+
+def test_missing_sequence_lens_in_a_fused_graph_is_named(tmp_path: Path) -> None:
+    loaded, result = export_trained("token_gru_tagger", tmp_path / "good.onnx", layout="fused")
+    bad = plant_missing_sequence_lens(result.path, tmp_path / "bad.onnx")
+    report = verify(bad, loaded)
+    assert not report.passed
+    assert any("takes no sequence_lens" in p for p in report.problems)
+    text = report.diagnosis()
+    assert "takes no sequence_lens" in text and "reversal bug (" not in text
+    assert "flip" not in text
+
+
+def test_task_level_agreement_is_reported(tmp_path: Path) -> None:
+    _, result = export_trained("attention_classifier", tmp_path / "a.onnx")
+    values = [o for c in result.verification.cases for o in c.outputs if o.check == "values"]
+    assert all(o.top1 == 1.0 for o in values)
+    assert sum(o.top1_decisive for o in values) > 0
+    for name in ("conv_bigru_ctc", "time_major_ctc"):
+        _, result = export_trained(name, tmp_path / f"{name}.onnx")
+        values = [o for c in result.verification.cases for o in c.outputs if o.check == "values"]
+        assert all(o.greedy == 1.0 for o in values), name
+        data = json.loads(result.verification.to_json())
+        out = data["cases"][0]["outputs"][0]
+        assert {"noise", "threshold", "ratio", "top1", "greedy", "passed"} <= set(out)
+
+
+def test_time_major_output_checks_follow_its_axes(tmp_path: Path) -> None:
+    _, result = export_trained("time_major_ctc", tmp_path / "tm.onnx")
+    assert result.spec.outputs[0].dims[:2] == ("seq", "batch")
+    checks = {o.check for c in result.verification.cases for o in c.outputs}
+    assert {"values", "padding", "batch-invariance", "layer"} <= checks
+
+
+def test_model_that_cannot_run_in_float64_is_judged_in_float32(tmp_path: Path) -> None:
+    class Float32Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(FEATURES, HIDDEN, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(2 * HIDDEN, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0].float())  # breaks with float64 weights
+
+    torch.manual_seed(0)
+    model = Float32Head().eval()
+    result = export_onnx(model, tmp_path / "f.onnx")
+    report = result.verification
+    assert report.passed and report.reference_dtype == "float32" and report.eager_dtype is None
+    assert any("cannot run in float64" in n for n in report.notes)
+
+
+def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path: Path) -> None:
+    from birnn_export.verification import largest_tensor_bytes
+
+    proto = onnx.load(str(split_path))
+    spec = GraphSpec.from_onnx(proto)
+    small, large = (
+        largest_tensor_bytes(proto, spec, 1, 2),
+        largest_tensor_bytes(proto, spec, 16, 256),
+    )
+    assert 0 < small < large
+    lstm_out = 16 * 256 * 2 * HIDDEN * 8  # [batch, seq, 2 * hidden] in float64
+    assert large >= lstm_out
+    budget = largest_tensor_bytes(proto, spec, 16, 4 * spec.example_seq)
+    report = verify(split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), memory_budget=budget)
+    assert all(c.seq < spec.seq_range[2] for c in report.cases)
+    assert any("skipped batch 3, seq 256" in n and "--memory-budget" in n for n in report.notes)
+    with pytest.raises(BiRNNExportError, match="raise --memory-budget"):
+        verify(
+            split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), seq_lens=(256,), memory_budget=budget
+        )
+
+
+def test_symbolic_dims_are_evaluated_safely() -> None:
+    from birnn_export.verification import _dim_size
+
+    sizes = {"batch": 3, "seq": 40}
+    assert _dim_size("seq", sizes, 99) == 40
+    assert _dim_size("floor(seq/4) + 1", sizes, 99) == 11
+    assert _dim_size("2*seq - 1", sizes, 99) == 79
+    assert _dim_size("__import__('os').system('true')", sizes, 99) == 99
+    assert _dim_size("s7", sizes, 99) == 99
+
+
+def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> None:
+    loaded, result = export_trained("token_gru_tagger", tmp_path / "g.onnx")
+    inputs, outputs = tmp_path / "in.json", tmp_path / "out.json"
+    report = verify(result.path, loaded, save_inputs=inputs, save_outputs=outputs)
+    assert report.passed and report.saved_outputs == str(outputs)
+    replay = verify(result.path, load_inputs=inputs, load_outputs=outputs)
+    assert replay.passed and len(replay.cases) == len(report.cases)
+    assert replay.eager_dtype == "float32"  # the noise floor travelled with the outputs
+
+    def values_ratio(r: VerifyReport) -> float:
+        return max(o.ratio for c in r.cases for o in c.outputs if o.check == "values")
+
+    assert values_ratio(replay) == pytest.approx(values_ratio(report), rel=1e-6)
+    bad = plant_recurrent_perturbation(result.path, tmp_path / "bad.onnx", absolute=1e-3)
+    assert not verify(bad, load_inputs=inputs, load_outputs=outputs).passed
+    npz = tmp_path / "in.npz"
+    verify(result.path, loaded, save_inputs=npz)
+    assert verify(result.path, loaded, load_inputs=npz).passed
+    with pytest.raises(BiRNNExportError, match=r"must end in \.json"):
+        verify(result.path, loaded, save_inputs=tmp_path / "cases")
+
+
+def test_polygraphy_reads_the_saved_inputs_and_outputs(tmp_path: Path) -> None:
+    """polygraphy run --load-inputs / --load-outputs on our files: the interop the JSON is for."""
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install polygraphy)")
+    loaded, result = export_trained("relu_rnn_tagger", tmp_path / "g.onnx")
+    inputs, outputs = tmp_path / "in.json", tmp_path / "out.json"
+    verify(result.path, loaded, save_inputs=inputs, save_outputs=outputs, large_scale=None)
+    tool = shutil.which("polygraphy", path=os.pathsep.join([str(Path(sys.executable).parent)]))
+    tool = tool or shutil.which("polygraphy")
+    if tool is None:
+        pytest.skip("the polygraphy command is not on PATH")
+    done = subprocess.run(
+        [
+            tool,
+            "run",
+            str(result.path),
+            "--onnxrt",
+            "--load-inputs",
+            str(inputs),
+            "--load-outputs",
+            str(outputs),
+            "--atol",
+            "1e-4",
+            "--rtol",
+            "1e-4",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "PASSED" in done.stdout
