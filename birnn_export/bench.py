@@ -232,8 +232,8 @@ def benchmark(
     model: Any,
     *,
     engines: Sequence[str] = ("torch", "ort-cpu"),
-    batch_sizes: Sequence[int] = (1, 8, 32),
-    seq_lens: Sequence[int] = (16, 64, 256),
+    batch_sizes: Sequence[int] | None = None,
+    seq_lens: Sequence[int] | None = None,
     warmup: int = 5,
     iters: int | None = None,
     duration: float | None = None,
@@ -253,9 +253,12 @@ def benchmark(
         model: The eager ``torch.nn.Module`` the graph was exported from: the reference, and
             what the ``"torch"`` engine times. It is called with the graph's inputs in order.
         engines: Names from :data:`birnn_export.runners.ENGINES`.
-        batch_sizes: Batch sizes to measure.
-        seq_lens: Padded sequence lengths to measure. Inputs with lengths get ragged lengths
-            in ``[1, seq]`` (one full row, one of length 1).
+        batch_sizes: Batch sizes to measure; default the graph's declared batch range (min,
+            opt, max; 1, 8, 32 unless declared otherwise).
+        seq_lens: Padded lengths of the time dim to measure; default its declared range's opt
+            and max and 16 (or its min, if larger): 16, 64, 256 unless declared otherwise.
+            Inputs with lengths get ragged lengths in ``[1, seq]`` (one full row, one of
+            length 1).
         warmup: Untimed runs per shape after the first (checked) run.
         iters: Timed runs per shape. Exclusive with ``duration``.
         duration: Seconds of timed runs per shape (at least 3 runs).
@@ -291,9 +294,14 @@ def benchmark(
     from birnn_export import runners
 
     engines = tuple(dict.fromkeys(engines))
-    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads)
     onnx_path = Path(onnx_path)
     spec = GraphSpec.from_onnx(onnx_path)
+    if batch_sizes is None:
+        batch_sizes = tuple(dict.fromkeys(spec.batch_range))
+    if seq_lens is None:
+        low, opt, high = spec.seq_range
+        seq_lens = tuple(sorted({min(max(16, low), high), opt, high}))
+    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads)
     if threads is None:
         threads = torch.get_num_threads()
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]

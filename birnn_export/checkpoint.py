@@ -16,6 +16,7 @@ Built-in recurrent layers are then swapped for :class:`~birnn_export.modules.BiR
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -24,7 +25,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,30 @@ from torch import Tensor, nn
 
 from birnn_export._files import atomic_path
 from birnn_export.conversion import conversion_report, convert
-from birnn_export.errors import ModelLoadError
-from birnn_export.models import SequenceTagger, TaggerConfig, TorchReference
+from birnn_export.errors import BiRNNExportError, ModelLoadError
+from birnn_export.models import (
+    CRNN,
+    CRNNConfig,
+    SequenceTagger,
+    SpeechConfig,
+    SpeechCTC,
+    TaggerConfig,
+    TorchReference,
+)
 from birnn_export.modules import GATES
+from birnn_export.spec import InputDecl, check_range
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "birnn-export"
 FORMAT_VERSION = 1
 ARCHITECTURE = "SequenceTagger"
+#: Architectures a birnn-export checkpoint may name: (config class, model class).
+ARCHITECTURES: dict[str, tuple[Any, Any]] = {
+    "SequenceTagger": (TaggerConfig, SequenceTagger),
+    "CRNN": (CRNNConfig, CRNN),
+    "SpeechCTC": (SpeechConfig, SpeechCTC),
+}
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _RECURRENT_KEY = re.compile(
@@ -65,9 +81,12 @@ class LoadedModel:
             in a :class:`~birnn_export.models.TorchReference`; ``None`` when the file held a
             model without built-in layers.
         source: One human-readable line saying what the file held and how it was read.
-        config: ``TaggerConfig.to_dict()`` when the architecture is a :class:`SequenceTagger`.
+        config: The architecture's config (``to_dict()``) when the file named one of
+            :data:`ARCHITECTURES`.
         path: The file read.
         sha256: Hex digest of the file's bytes.
+        inputs: The graph inputs the checkpoint declares (``"NAME:DTYPE[DIMS]"``), if any.
+        ranges: The (min, opt, max) it declares per named dim, if any.
     """
 
     model: nn.Module
@@ -76,6 +95,8 @@ class LoadedModel:
     config: dict[str, Any] | None
     path: Path
     sha256: str
+    inputs: tuple[str, ...] | None = None
+    ranges: dict[str, tuple[int, int, int]] | None = None
 
     @property
     def reference(self) -> nn.Module:
@@ -86,13 +107,27 @@ class LoadedModel:
 # -- saving ------------------------------------------------------------------------------------
 
 
-def save_checkpoint(model: SequenceTagger, path: str | os.PathLike[str]) -> None:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    inputs: Sequence[str] | None = None,
+    ranges: Mapping[str, Sequence[int]] | None = None,
+) -> None:
     """Write ``model`` in birnn-export's own format, atomically.
 
-    The file is a dict ``{"format": "birnn-export", "format_version": 1, "architecture":
-    "SequenceTagger", "config": ..., "state_dict": ...}`` holding only tensors and plain values,
-    so ``torch.load(path, weights_only=True)`` reads it. It is written to a temporary file beside
-    ``path`` and renamed over it, so a crash never leaves a partial file.
+    The file is a dict ``{"format": "birnn-export", "format_version": 1, "architecture": ...,
+    "config": ..., "state_dict": ...}`` (plus ``"inputs"`` and ``"ranges"`` when given: what
+    ``birnn-export MODEL.pt`` then exports with, no flags needed) holding only tensors and plain
+    values, so ``torch.load(path, weights_only=True)`` reads it. It is written to a temporary
+    file beside ``path`` and renamed over it, so a crash never leaves a partial file.
+
+    Args:
+        model: One of :data:`ARCHITECTURES` (:class:`SequenceTagger`, :class:`CRNN`,
+            :class:`SpeechCTC`).
+        path: The ``.pt`` file.
+        inputs: The graph inputs, declared (``"image:float32[batch,1,32,width]"``).
+        ranges: (min, opt, max) per named dim.
 
     Example:
         >>> cfg = TaggerConfig(cell="gru", input_size=4, hidden_size=8, output_size=3)
@@ -100,15 +135,24 @@ def save_checkpoint(model: SequenceTagger, path: str | os.PathLike[str]) -> None
         >>> load_model("tagger.pt").source  # doctest: +SKIP
         'birnn-export checkpoint v1 (SequenceTagger)'
     """
-    if not isinstance(model, SequenceTagger):
-        raise TypeError(f"model: expected a SequenceTagger, got {type(model).__name__}")
-    payload = {
+    architecture = next(
+        (name for name, (_, cls) in ARCHITECTURES.items() if type(model) is cls), None
+    )
+    if architecture is None:
+        raise TypeError(
+            f"model: expected one of {', '.join(ARCHITECTURES)}, got {type(model).__name__}"
+        )
+    payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "architecture": ARCHITECTURE,
+        "architecture": architecture,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
+    if inputs is not None:
+        payload["inputs"] = [str(InputDecl.parse(str(text))) for text in inputs]
+    if ranges is not None:
+        payload["ranges"] = {str(k): list(check_range(str(k), v)) for k, v in ranges.items()}
     # A file object, not a path: torch then names the archive "archive/..." whatever the file is
     # called, so the same model always gives the same bytes.
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -125,6 +169,7 @@ def load_model(
     model_kwargs: dict[str, Any] | None = None,
     state_key: str | None = None,
     nonlinearity: str = "tanh",
+    time_major: bool = False,
     trust_pickle: bool = False,
 ) -> LoadedModel:
     """Load a model file safely and convert its recurrent layers for export.
@@ -160,6 +205,8 @@ def load_model(
         model_kwargs: Keyword arguments for ``model_class``.
         state_key: Key of the state_dict in a nested checkpoint.
         nonlinearity: ``"tanh"`` or ``"relu"``, for ``nn.RNN`` layers of bare state_dicts.
+        time_major: A bare state_dict's model took ``[seq, batch, ...]`` (``batch_first`` is not
+            in the weights; batch-first is assumed, and the source line says so).
         trust_pickle: Allow pickled objects, running code from the file (see above).
 
     Returns:
@@ -189,7 +236,9 @@ def load_model(
         model_kwargs=model_kwargs or {},
         state_key=state_key,
         nonlinearity=nonlinearity,
+        time_major=time_major,
     )
+    inputs, ranges = _declared(obj, path)
     model = model.float().eval()
     if original is not None:
         original = original.float().eval()
@@ -201,7 +250,31 @@ def load_model(
         config=config,
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
+        inputs=inputs,
+        ranges=ranges,
     )
+
+
+def _declared(
+    obj: Any, path: Path
+) -> tuple[tuple[str, ...] | None, dict[str, tuple[int, int, int]] | None]:
+    """The inputs and ranges a birnn-export checkpoint declares (checked), if any."""
+    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
+        return None, None
+    try:
+        inputs = obj.get("inputs")
+        if inputs is not None:
+            if not isinstance(inputs, list):
+                raise BiRNNExportError("'inputs' is not a list")
+            inputs = tuple(str(InputDecl.parse(text)) for text in inputs)
+        ranges = obj.get("ranges")
+        if ranges is not None:
+            if not isinstance(ranges, Mapping):
+                raise BiRNNExportError("'ranges' is not a dict")
+            ranges = {str(k): check_range(str(k), v) for k, v in ranges.items()}
+    except BiRNNExportError as exc:
+        raise ModelLoadError(f"{path}: bad declaration in birnn-export checkpoint: {exc}") from None
+    return inputs, ranges
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -278,10 +351,11 @@ def _build(
     model_kwargs: dict[str, Any],
     state_key: str | None,
     nonlinearity: str,
+    time_major: bool = False,
 ) -> tuple[nn.Module, nn.Module | None, str, dict[str, Any] | None]:
     """``(model, original, source, config)`` from what ``torch.load`` returned."""
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        config = _check_own_format(obj, path)
+        architecture, config = _check_own_format(obj, path)
         state, where = obj.get("state_dict"), f"birnn-export checkpoint v{FORMAT_VERSION}"
         if not _is_tensor_dict(state):
             raise ModelLoadError(
@@ -293,9 +367,12 @@ def _build(
                 "checkpoint with one state_dict; drop the option"
             )
         if model_class is None:
-            model = SequenceTagger(config)
-            _load_strict(model, state, f"SequenceTagger({config})", path)
-            return model, model.to_torch(), f"{where} ({ARCHITECTURE})", config.to_dict()
+            model = ARCHITECTURES[architecture][1](config)
+            _load_strict(model, state, f"{architecture}({config})", path)
+            if isinstance(model, SequenceTagger):
+                return model, model.to_torch(), f"{where} ({architecture})", config.to_dict()
+            model.eval()
+            return convert(model), model, f"{where} ({architecture})", config.to_dict()
     elif isinstance(obj, nn.Module):
         if model_class is None:
             return (*_from_module(obj), "pickled module (trusted)", _config_of(obj))
@@ -319,12 +396,22 @@ def _build(
         model, original = _from_module(user)
         return model, original, f"{where} loaded into {model_class}", _config_of(user)
     config, tagger_state, layout = _recognise(state, nonlinearity, path)
+    if time_major:
+        config = dataclasses.replace(config, batch_first=False)
     model = SequenceTagger(config)
     _load_strict(model, tagger_state, f"SequenceTagger({config})", path)
+    if time_major:
+        layout += "; time-major input [seq, batch, ...] (--time-major)"
+    elif not layout.startswith("seed article"):  # the article's classes are batch-first
+        layout += (
+            "; assumed batch-first input [batch, seq, ...] (the weights do not say; "
+            "--time-major if it took [seq, batch, ...])"
+        )
     return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()
 
 
-def _check_own_format(obj: Mapping[str, Any], path: Path) -> TaggerConfig:
+def _check_own_format(obj: Mapping[str, Any], path: Path) -> tuple[str, Any]:
+    """The architecture's name and its checked config."""
     version = obj.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ModelLoadError(
@@ -332,22 +419,23 @@ def _check_own_format(obj: Mapping[str, Any], path: Path) -> TaggerConfig:
             f"version reads {FORMAT_VERSION}); upgrade birnn-export or re-save the model"
         )
     architecture = obj.get("architecture")
-    if architecture != ARCHITECTURE:
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
         raise ModelLoadError(
             f"{path}: birnn-export checkpoint architecture {architecture!r} is unknown; "
-            f"expected {ARCHITECTURE!r}"
+            f"expected one of {', '.join(ARCHITECTURES)}"
         )
     data = obj.get("config")
     if not isinstance(data, Mapping):
         raise ModelLoadError(f"{path}: bad config in birnn-export checkpoint: expected a dict")
+    config_class, model_class = ARCHITECTURES[architecture]
     try:
-        config = TaggerConfig.from_dict(dict(data))
-        SequenceTagger(config)  # validates sizes, cell and types
+        config = config_class.from_dict(dict(data))
+        model_class(config)  # validates sizes, cell and types
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(
             f"{path}: bad config in birnn-export checkpoint: {_first_sentence(str(exc))}"
         ) from None
-    return config
+    return architecture, config
 
 
 def _find_state_dict(obj: Any, path: Path, state_key: str | None) -> tuple[Any, str]:
@@ -564,7 +652,39 @@ def _recognise_seed(
         bias=bias,
         uses_lengths=True,
     )
-    return config, tagger_state, f"seed article layout ({forward}/{backward}, {_cell_name(cell)})"
+    layout = f"seed article layout ({forward}/{backward}, {_cell_name(cell)})"
+    if forward == "forward_rnn" and cell == "rnn_tanh" and bias:
+        state = {f"{forward}.{k}": v for k, v in fwd.items()}
+        state |= {f"{backward}.{k}": v for k, v in bwd.items()}
+        state |= {f"output_layer.{k}": v for k, v in others["output_layer"].items()}
+        difference = _example3_difference(config, tagger_state, state)
+        layout += (
+            "; rebuilt with per-row reversal (torch's bidirectional RNN on a PackedSequence): "
+            "if this is the article's Example 3, its own flip-then-pack forward differs from "
+            f"that by {difference:.2f} on a ragged batch (lengths 12, 5, 1, 9)"
+        )
+    return config, tagger_state, layout
+
+
+def _example3_difference(
+    config: TaggerConfig, tagger_state: dict[str, Tensor], article_state: dict[str, Tensor]
+) -> float:
+    """Max difference at valid steps between the seed article's Example 3 forward with these
+    weights and torch's packed bidirectional RNN with the same weights."""
+    from birnn_export.seed import ManualBidirectionalRNNVariableLength
+
+    article = ManualBidirectionalRNNVariableLength(
+        config.input_size, config.hidden_size, config.output_size
+    )
+    article.load_state_dict(article_state)
+    reference = _reference(config, tagger_state)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 12, config.input_size, generator=generator)
+    lengths = torch.tensor([12, 5, 1, 9])
+    valid = torch.arange(12)[None, :] < lengths[:, None]
+    with torch.no_grad():
+        difference = (article.eval()(x, lengths) - reference.eval()(x, lengths))[valid]
+    return float(difference.abs().max())
 
 
 def _recognise_builtin(

@@ -114,6 +114,12 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="nn.RNN nonlinearity for bare state_dicts (weights do not reveal it).",
         ),
         click.option(
+            "--time-major",
+            is_flag=True,
+            help="A bare state_dict's model took [seq, batch, ...] (the weights do not say; "
+            "batch-first is assumed).",
+        ),
+        click.option(
             "--trust-pickle",
             is_flag=True,
             help="Allow whole pickled modules. This RUNS CODE from the file: "
@@ -164,6 +170,19 @@ def parse_range(text: str, option: str) -> tuple[int, int, int]:
             f"{option}: expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX such as '1,64,256', "
             f"got {text!r}"
         ) from None
+
+
+def parse_named_ranges(values: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    """``("width=32,256,1024",)`` -> ``{"width": (32, 256, 1024)}``, or a usage error."""
+    out = {}
+    for value in values:
+        name, sep, numbers = value.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise UserError(
+                f"--range: expected DIM=MIN,OPT,MAX such as 'width=32,256,1024', got {value!r}"
+            )
+        out[name.strip()] = parse_range(numbers, f"--range {name.strip()}")
+    return out
 
 
 def parse_engines(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -249,19 +268,34 @@ def main() -> None:
     "tell (a Conv1d front-end, say).",
 )
 @click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME:DTYPE[DIMS]",
+    help="Declare a graph input, repeatable, in forward's order: a name for a dynamic dim, a "
+    "number for a fixed one; the batch dim is 'batch'; a lengths input ends in ':lengths(DIM)'. "
+    "E.g. --input 'image:float32[batch,1,64,width]', or --input 'x:float32[batch,40,time]' "
+    "--input 'x_lens:int64[batch]:lengths(time)'. [default: inferred from the model]",
+)
+@click.option(
+    "--range",
+    "ranges",
+    multiple=True,
+    metavar="DIM=MIN,OPT,MAX",
+    help="Serving range of a named dim, repeatable, e.g. --range width=32,256,1024: the "
+    "TensorRT profile, the lengths verification runs and the bounds the model is traced for.",
+)
+@click.option(
     "--batch-range",
-    default="1,8,32",
-    show_default=True,
     metavar="MIN,OPT,MAX",
     help="Batch sizes the graph will serve, recorded in it: the default TensorRT profile. "
-    "The graph itself takes any size.",
+    "The graph itself takes any size. [default: 1,8,32]",
 )
 @click.option(
     "--seq-range",
-    default="1,64,256",
-    show_default=True,
     metavar="MIN,OPT,MAX",
-    help="Sequence lengths the graph will serve, likewise; 'birnn-export verify' also runs at MAX.",
+    help="Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also "
+    "runs at MAX. [default: 1,64,256]",
 )
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
 @click.option(
@@ -278,8 +312,10 @@ def export_command(
     dtype: str,
     lengths: bool | None,
     input_size: int | None,
-    batch_range: str,
-    seq_range: str,
+    inputs: tuple[str, ...],
+    ranges: tuple[str, ...],
+    batch_range: str | None,
+    seq_range: str | None,
     no_verify: bool,
     json_path: Path | None,
     quiet: bool,
@@ -300,11 +336,14 @@ def export_command(
     output = output or model_path.with_suffix(".onnx")
     check_output_path("-o", output)
     check_output_path("--json", json_path)
-    ranges = {
-        "batch_range": parse_range(batch_range, "--batch-range"),
-        "seq_range": parse_range(seq_range, "--seq-range"),
-    }
+    named = parse_named_ranges(ranges)
+    if batch_range is not None:
+        named["batch"] = parse_range(batch_range, "--batch-range")
+    seq = parse_range(seq_range, "--seq-range") if seq_range is not None else None
     loaded = load_for_cli(model_path, **loader)
+    # What the checkpoint declares (its inputs and ranges), unless the command line says.
+    declared = list(inputs) or list(loaded.inputs or ())
+    named = {**(loaded.ranges or {}), **named} if not inputs else named
     from birnn_export.errors import VerificationError
 
     try:
@@ -317,11 +356,13 @@ def export_command(
             dtype=dtype,
             lengths=lengths,
             input_size=input_size,
+            inputs=declared or None,
+            ranges=named,
             verify=not no_verify,
             config=loaded.config,
             source_sha256=loaded.sha256,
             progress=sys.stderr.isatty() and not quiet,
-            **ranges,
+            **({"seq_range": seq} if seq is not None else {}),
         )
     except VerificationError as exc:
         if exc.report is not None:
@@ -342,6 +383,13 @@ def export_command(
         "model": str(model_path),
         "source": loaded.source,
         "converted": [str(r) for r in result.replaced],
+        "inputs": (
+            "declared with --input"
+            if inputs
+            else "declared by the checkpoint"
+            if declared
+            else f"{result.inputs}; --input declares them"
+        ),
         "onnx": describe_onnx(result.path),
         "max_abs_error": result.max_error,
         "verification": None if report is None else json.loads(report.to_json()),
@@ -399,6 +447,8 @@ def _print_export_summary(summary: dict[str, Any]) -> None:
         for value in onnx_info[kind]:
             name, dtype = value["name"], value["dtype"]
             click.echo(f"  {kind[:-1]:<6} {name:<10} {dtype:<8} {_dims(value['dims'])}")
+        if kind == "inputs" and summary.get("inputs"):
+            click.echo(f"         ({summary['inputs']})")
     ops = ", ".join(f"{op} x{n}" for op, n in onnx_info["op_counts"].items())
     click.echo(f"  ops    {ops}")
     if summary["verification"] is None:
@@ -445,9 +495,10 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
         )
         recorded = "batch_range" in spec and "seq_range" in spec
         declared = "" if recorded else " (not all recorded in this file: defaults filled in)"
+        ranges = ", ".join(f"{name} {_triple(r)}" for name, r in parsed.ranges().items())
         click.echo(
-            f"  serving ranges (min,opt,max): batch {_triple(parsed.batch_range)}, seq "
-            f"{_triple(parsed.seq_range)}{declared}: the default TensorRT profile"
+            f"  serving ranges (min,opt,max): {ranges}{declared}: the default TensorRT profile; "
+            f"batch dim {parsed.batch_dim!r}, time dim {parsed.time_dim!r}"
         )
         if spec.get("source_sha256"):
             click.echo(f"  source sha256 {spec['source_sha256']}")
@@ -665,9 +716,14 @@ def verify_command(
     show_default=True,
     help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt, trt-rtx.",
 )
-@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option(
-    "--seq", default="16,64,256", show_default=True, help="Sequence lengths, comma-separated."
+    "--batch",
+    help="Batch sizes, comma-separated. [default: the graph's declared batch range, 1,8,32]",
+)
+@click.option(
+    "--seq",
+    help="Lengths of the time dim, comma-separated. [default: 16 and the declared range's opt "
+    "and max, 16,64,256]",
 )
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs."
@@ -702,8 +758,8 @@ def bench_command(
     onnx_path: Path,
     model_path: Path,
     engines: str,
-    batch: str,
-    seq: str,
+    batch: str | None,
+    seq: str | None,
     warmup: int,
     iters: int | None,
     duration: float | None,
@@ -732,8 +788,8 @@ def bench_command(
     import importlib.util
 
     engine_names = parse_engines((engines,))
-    batch_sizes = parse_ints(batch, "--batch")
-    seq_lens = parse_ints(seq, "--seq")
+    batch_sizes = parse_ints(batch, "--batch") if batch is not None else None
+    seq_lens = parse_ints(seq, "--seq") if seq is not None else None
     if iters is not None and duration is not None:
         raise UserError("--iters and --duration: give one of them, not both")
     if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.spec import GraphSpec, TensorSpec, Tolerance
+from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, dim_size
 
 #: An engine may be this many times further from the float64 reference than eager PyTorch in
 #: the same precision (README, "How verification judges", has the measurements behind it).
@@ -385,10 +385,14 @@ def compare_outputs(
     criteria: Mapping[str, Criterion],
     *,
     eager: Mapping[str, np.ndarray] | None = None,
+    derived_lengths: np.ndarray | None = None,
 ) -> list[Check]:
     """``values`` and ``padding`` checks of every output in ``spec``: ``expected`` is the
     reference, ``eager`` eager PyTorch's outputs (the noise floor of a
-    :class:`~birnn_export.compare.NoiseCriterion`)."""
+    :class:`~birnn_export.compare.NoiseCriterion`). ``lengths`` are the graph's input lengths;
+    outputs along a time dim derived from the input's (a strided front end) are judged on
+    ``derived_lengths`` (the lengths the model's recurrent layers saw) or, without them, on
+    each row's length put through the dim's own formula."""
     results = []
     for tensor in spec.outputs:
         criterion = criteria[tensor.name]
@@ -397,17 +401,18 @@ def compare_outputs(
             results.append(_failed(tensor, "values", "the engine did not return it"))
             continue
         got, want = np.asarray(actual[tensor.name]), np.asarray(expected[tensor.name])
-        got = _cut_to_longest_row(tensor, got, want, lengths)
+        rows = output_lengths(spec, tensor, lengths, derived_lengths)
+        got = _cut_to_longest_row(tensor, got, want, rows)
         if got.shape != want.shape:
             note = f"shape {list(got.shape)}, reference {list(want.shape)}"
             results.append(_failed(tensor, "values", note))
             continue
         noise = None if eager is None else np.asarray(eager[tensor.name])
-        mask = valid_mask(tensor, want.shape, lengths) if lengths is not None else None
+        mask = valid_mask(tensor, want.shape, rows) if rows is not None else None
         sequences = None
         if tensor.batch_axis is not None and tensor.time_axis is not None and want.ndim == 3:
-            rows = lengths if lengths is not None else [want.shape[tensor.time_axis]] * len(got)
-            sequences = (tensor.batch_axis, tensor.time_axis, rows)
+            full = [want.shape[tensor.time_axis]] * want.shape[tensor.batch_axis]
+            sequences = (tensor.batch_axis, tensor.time_axis, rows if rows is not None else full)
         values = compare(
             tensor.name,
             "values",
@@ -445,6 +450,40 @@ def compare_outputs(
             )
         )
     return results
+
+
+def output_lengths(
+    spec: GraphSpec,
+    tensor: TensorSpec,
+    lengths: np.ndarray | None,
+    derived: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """The valid length of each row along ``tensor``'s time axis (``None``: every step is valid).
+
+    Along the graph's time dim: ``lengths``. Along a dim derived from it (``"(time - 1)//2 + 1"``
+    after a stride-2 convolution): ``derived`` (the lengths the recurrent layers saw) where
+    given, else each length put through the dim's formula.
+
+    Example:
+        >>> spec = GraphSpec(inputs=(), outputs=(), example_batch=2, example_seq=5,
+        ...                  time_dim="time")
+        >>> out = TensorSpec("y", "float32", ("batch", "((time - 1)//2) + 1", 4), "sequence",
+        ...                  batch_at=0, time_at=1)
+        >>> output_lengths(spec, out, np.array([9, 4])).tolist()
+        [5, 2]
+    """
+    axis = tensor.time_axis
+    if lengths is None or axis is None:
+        return None
+    dim = tensor.dims[axis]
+    if dim == spec.time_dim or not isinstance(dim, str):
+        return np.asarray(lengths)
+    if derived is not None and len(derived) == len(lengths):
+        return np.asarray(derived)
+    others = spec.sizes(1, 1)
+    return np.asarray(
+        [max(dim_size(dim, {**others, spec.time_dim: int(n)}, unknown=int(n)), 1) for n in lengths]
+    )
 
 
 def _cut_to_longest_row(

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
+import re
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn_export._files import check_output_path
+from birnn_export._inputs import PlannedInputs, plan_inputs
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
@@ -41,14 +44,14 @@ from birnn_export.modules import (
     state_names,
 )
 from birnn_export.spec import (
-    BATCH,
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
     METADATA_KEY,
-    SEQ,
     GraphSpec,
+    InputDecl,
     TensorSpec,
     check_range,
+    dim_sources,
     load_onnx,
 )
 
@@ -64,9 +67,6 @@ DEFAULT_LAYOUT = "split"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: ONNX protobuf limit: above it, weights go to an external data file beside the model.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
-LENGTHS_NAMES = frozenset(
-    {"lengths", "lens", "seq_lens", "seq_lengths", "sequence_lengths", "input_lengths", "x_lens"}
-)
 #: Ops whose constant inputs would freeze a shape if they held the example batch or length.
 SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
 
@@ -86,6 +86,8 @@ class ExportResult:
     replaced: tuple[Replacement, ...]
     verification: Any
     elapsed_s: float
+    #: How the inputs came about: declared, or what was inferred from the model.
+    inputs: str = ""
 
     @property
     def max_error(self) -> float | None:
@@ -106,6 +108,8 @@ def export_onnx(
     path: str | os.PathLike[str],
     *,
     example_inputs: Sequence[Tensor] | None = None,
+    inputs: Sequence[str | InputDecl] | None = None,
+    ranges: Mapping[str, Sequence[int]] | None = None,
     opset: int | None = None,
     layout: str = DEFAULT_LAYOUT,
     lengths: bool | None = None,
@@ -127,9 +131,17 @@ def export_onnx(
         model: Any module holding ``BiRNN`` layers or torch's built-in ``nn.RNN/LSTM/GRU``
             (converted first, on a copy).
         path: Output ``.onnx`` file; written atomically, nothing is left on failure.
-        example_inputs: Tensors for tracing, ``[batch, seq, ...]`` first; may be omitted for
-            :class:`~birnn_export.models.SequenceTagger` and for models that start with an
-            ``nn.Embedding`` or a batch-first ``BiRNN``.
+        example_inputs: Tensors for tracing; may be omitted for
+            :class:`~birnn_export.models.SequenceTagger`, for models that start with an
+            ``nn.Embedding`` or a batch-first ``BiRNN``, and whenever ``inputs`` are declared.
+            Without ``inputs`` they are taken as ``[batch, seq, ...]`` (and ``lengths``).
+        inputs: The graph's inputs, declared: ``"NAME:DTYPE[DIM,...]"`` each (a name for a
+            dynamic dim, a number for a fixed one; the batch dim is ``batch``), and
+            ``":lengths(DIM)"`` after a lengths input, e.g.
+            ``["feats:float32[batch,40,time]", "feat_lens:int64[batch]:lengths(time)"]``.
+        ranges: (min, opt, max) per named dim, e.g. ``{"width": (32, 256, 1024)}``: the
+            TensorRT profile, verification's lengths, and the bounds the model is traced for
+            (``batch`` and the time dim default to ``batch_range`` / ``seq_range``).
         opset: ONNX opset, default :data:`DEFAULT_OPSET`, within :data:`SUPPORTED_OPSETS`.
         layout: ``"fused"``: one ``direction="bidirectional"`` node per layer with
             ``sequence_lens``; ``"split"``: two forward nodes, the second between two
@@ -152,8 +164,8 @@ def export_onnx(
         batch_range: (min, opt, max) batch sizes the graph will serve, recorded in its spec:
             the default TensorRT optimisation profile (``trt``, ``ort-trt``). The graph itself
             takes any batch size.
-        seq_range: (min, opt, max) sequence lengths, likewise; verification also runs at the
-            maximum.
+        seq_range: (min, opt, max) of the time dim (``seq``, or the declared one), likewise;
+            verification also runs at the maximum.
 
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
@@ -195,33 +207,32 @@ def export_onnx(
     if config is None and isinstance(converted, SequenceTagger):
         config = converted.config.to_dict()
 
-    batch, seq = _example_sizes(converted)
-    if example_inputs is None:
-        example_inputs, roles = _infer_inputs(converted, batch, seq, lengths, input_size)
-    else:
-        example_inputs = tuple(example_inputs)
-        roles = _roles_of(example_inputs, lengths, converted)
-        batch, seq = int(example_inputs[0].shape[0]), int(example_inputs[0].shape[1])
-    names = list(input_names) if input_names else _default_input_names(roles)
-    if len(names) != len(example_inputs):
-        raise ExportError(
-            f"input_names: {len(names)} names for {len(example_inputs)} example inputs"
-        )
-
+    sizes = _model_sizes(converted)
+    planned = plan_inputs(
+        converted,
+        inputs=inputs,
+        example_inputs=example_inputs,
+        lengths=lengths,
+        input_size=input_size,
+        input_names=input_names,
+        ranges=ranges,
+        batch_range=batch_range,
+        seq_range=seq_range,
+        taken=sizes,
+    )
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
-    trace_inputs = tuple(_cast_floats(t, target) for t in example_inputs)
-    with torch.no_grad():
-        eager_out = _flatten(traced(*trace_inputs))
+    trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
+    eager_out = _run_example(traced, trace_inputs, planned)
     outs = list(output_names) if output_names else _default_output_names(traced, len(eager_out))
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
-    proto = _trace(traced, trace_inputs, names, outs, roles, opset, layout)
+    proto = _trace(traced, trace_inputs, planned, outs, opset, layout)
     _clean_nodes(proto)
     if target == torch.float16:
         sink_batch_transposes(proto)
-    spec = _build_spec(proto, names, roles, outs, example_inputs, converted, batch, seq, layers)
+    spec = _build_spec(proto, planned, converted, layers)
     spec = GraphSpec(
         **{
             **spec.__dict__,
@@ -231,21 +242,19 @@ def export_onnx(
             "config": config,
             "tool_version": __version__,
             "source_sha256": source_sha256,
-            "batch_range": batch_range,
-            "seq_range": seq_range,
         }
     )
     _set_metadata(proto, spec)
     # Over protobuf's 2 GB limit the checks must read the saved file and its external data.
     large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
     if not large:
-        _check_graph(proto, spec, _model_sizes(converted))
+        _check_graph(proto, spec, sizes)
 
     report = None
     with _staged_output(path) as staging:
         _save(proto, staging, external=large)
         if large:
-            _check_graph(staging, spec, _model_sizes(converted))
+            _check_graph(staging, spec, sizes)
         if verify:
             report = _verify_staged(staging, path, converted, reference, progress)
     counts = collections.Counter(node.op_type for node in proto.graph.node)
@@ -257,6 +266,7 @@ def export_onnx(
         replaced=replaced,
         verification=report,
         elapsed_s=time.perf_counter() - start,
+        inputs=planned.how,
     )
 
 
@@ -271,101 +281,6 @@ def _model_sizes(model: nn.Module) -> set[int]:
         if isinstance(layer, BiRNN):
             sizes |= {layer.num_layers, layer.num_layers * layer.num_directions}
     return sizes
-
-
-def _example_sizes(model: nn.Module) -> tuple[int, int]:
-    """Batch and length for tracing that equal no size in the model, so a baked one is visible."""
-    taken = _model_sizes(model)
-    candidates = [n for n in (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53) if n not in taken]
-    if len(candidates) < 2:
-        return 7, 17
-    return candidates[0], candidates[1]
-
-
-def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
-    params = inspect.signature(model.forward).parameters.values()
-    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
-def _takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
-    if isinstance(model, SequenceTagger):
-        if lengths and not model.config.uses_lengths:
-            # A lengths input the model ignores would let padding into the backward direction.
-            raise ExportError(
-                "lengths: this model was built without lengths (uses_lengths=False) and would "
-                "ignore them; drop --lengths / lengths=True"
-            )
-        return model.config.uses_lengths if lengths is None else lengths
-    if lengths is not None:
-        return lengths
-    params = _forward_params(model)
-    return len(params) >= 2 and params[1].name in LENGTHS_NAMES
-
-
-def _first_leaf(model: nn.Module) -> nn.Module | None:
-    for module in model.modules():
-        if isinstance(module, BiRNN) or not list(module.children()):
-            return module
-    return None
-
-
-def _infer_inputs(
-    model: nn.Module, batch: int, seq: int, lengths: bool | None, input_size: int | None
-) -> tuple[tuple[Tensor, ...], list[str]]:
-    gen = torch.Generator().manual_seed(0)
-    first = _first_leaf(model)
-    if input_size is not None:
-        x = torch.randn(batch, seq, input_size, generator=gen)
-        role = "features"
-    elif isinstance(first, nn.Embedding):
-        x = torch.randint(0, first.num_embeddings, (batch, seq), generator=gen)
-        role = "tokens"
-    elif isinstance(first, BiRNN) and first.batch_first:
-        x = torch.randn(batch, seq, first.input_size, generator=gen)
-        role = "features"
-    elif isinstance(first, BiRNN) and first is model:
-        raise ExportError(
-            "a bare layer with batch_first=False takes [seq, batch, features]; exported graphs "
-            "take [batch, seq, ...]: set batch_first=True or wrap the layer in a module"
-        )
-    else:
-        kind = type(first).__name__ if first is not None else "nothing"
-        raise ExportError(
-            f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
-            "pass input_size (--input-size N for float [batch, seq, N] features) or "
-            "example_inputs (Python) with shapes [batch, seq, ...]"
-        )
-    if not _takes_lengths(model, lengths):
-        return (x,), [role]
-    rng = np.random.default_rng(0)
-    lens = np.concatenate([[seq, 1], rng.integers(1, seq + 1, size=max(0, batch - 2))])[:batch]
-    return (x, torch.from_numpy(lens.astype(np.int64))), [role, "lengths"]
-
-
-def _roles_of(inputs: Sequence[Tensor], lengths: bool | None, model: nn.Module) -> list[str]:
-    roles = []
-    for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, Tensor):
-            raise ExportError(
-                f"example_inputs[{i}]: expected a Tensor, got {type(tensor).__name__}"
-            )
-        if i == 1 and tensor.dim() == 1 and not tensor.is_floating_point():
-            roles.append("lengths")
-        elif tensor.dim() < 2:
-            raise ExportError(
-                f"example_inputs[{i}]: expected [batch, seq, ...], got shape {tuple(tensor.shape)}"
-            )
-        else:
-            roles.append("features" if tensor.is_floating_point() else "tokens")
-    if lengths and "lengths" not in roles:
-        raise ExportError("lengths=True but example_inputs[1] is not an integer [batch] tensor")
-    return roles
-
-
-def _default_input_names(roles: Sequence[str]) -> list[str]:
-    base = {"tokens": "ids", "features": "x", "lengths": "lengths"}
-    names = [base[r] for r in roles]
-    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
 
 def _default_output_names(model: nn.Module, count: int) -> list[str]:
@@ -410,20 +325,35 @@ def _onnx_settings(model: nn.Module, layout: str) -> Iterator[None]:
             layer.onnx_layout, layer.onnx_name = old_layout, old_name
 
 
+def _run_example(
+    model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs
+) -> list[Tensor]:
+    """The model's outputs on the example inputs; its failure is the user's to fix, in one line."""
+    try:
+        with torch.no_grad():
+            return _flatten(model(*inputs))
+    except ExportError:
+        raise
+    except Exception as exc:  # anything the user's model raises
+        shapes = ", ".join(
+            f"{d.name} {d.dtype} {list(t.shape)}"
+            for d, t in zip(planned.decls, inputs, strict=True)
+        )
+        raise ExportError(
+            f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
+            f"{type(exc).__name__}: {_first_line(exc)}; declare its inputs as it takes them, "
+            "e.g. --input 'x:float32[batch,40,time]' (Python: inputs=[...])"
+        ) from None
+
+
 def _trace(
     model: nn.Module,
     inputs: tuple[Tensor, ...],
-    names: list[str],
+    planned: PlannedInputs,
     outs: list[str],
-    roles: list[str],
     opset: int,
     layout: str,
 ) -> Any:
-    batch = torch.export.Dim(BATCH)
-    seq = torch.export.Dim(SEQ)
-    dynamic = []
-    for role in roles:
-        dynamic.append({0: batch} if role == "lengths" else {0: batch, 1: seq})
     try:
         with (
             _onnx_settings(model, layout),
@@ -435,15 +365,15 @@ def _trace(
                 model,
                 inputs,
                 dynamo=True,
-                dynamic_shapes=tuple(dynamic),
-                input_names=names,
+                dynamic_shapes=planned.dynamic_shapes(),
+                input_names=[d.name for d in planned.decls],
                 output_names=outs,
                 opset_version=opset,
                 optimize=True,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
-        raise ExportError(_explain_trace_failure(model, exc)) from exc
+        raise ExportError(_explain_trace_failure(model, exc, planned)) from None
     return program.model_proto
 
 
@@ -537,9 +467,40 @@ def _packs_sequences(model: nn.Module) -> bool:
     return "pack_padded_sequence" in source
 
 
-def _explain_trace_failure(model: nn.Module, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    message = f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {first}"
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+_CONSTANT_DIM = re.compile(r"(\w+) was inferred to be a constant \((\d+)\)")
+_GUARD = re.compile(r"Not all values of (\w+) .*? satisfy the generated guard (.+?)\.?$", re.M)
+_SPECIALIZED = re.compile(
+    r"You marked (\w+) as dynamic but your code specialized it to be a constant \((\d+)\)"
+)
+
+
+def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInputs) -> str:
+    text = str(exc)
+    for pattern in (_CONSTANT_DIM, _SPECIALIZED):
+        match = pattern.search(text)
+        if match:
+            return (
+                f"dim {match[1]!r} cannot vary: {type(model).__name__} fixes it to {match[2]}; "
+                f"declare it as the number {match[2]} (e.g. --input with {match[2]} in its place)"
+            )
+    match = _GUARD.search(text)
+    if match:
+        return (
+            f"dim {match[1]!r}: {type(model).__name__} only takes {match[2].strip()}; declare a "
+            f"range inside that (--range {match[1]}=MIN,OPT,MAX)"
+        )
+    cause = exc
+    while cause.__cause__ is not None and not str(cause).strip():
+        cause = cause.__cause__
+    message = (
+        f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "
+        f"{_first_line(cause)}"
+    )
     if _packs_sequences(model):
         message += (
             "; its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
@@ -561,61 +522,60 @@ _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int3
 
 
 def _build_spec(
-    proto: Any,
-    names: list[str],
-    roles: list[str],
-    outs: list[str],
-    example_inputs: Sequence[Tensor],
-    model: nn.Module,
-    batch: int,
-    seq: int,
-    layers: Sequence[BiRNN],
+    proto: Any, planned: PlannedInputs, model: nn.Module, layers: Sequence[BiRNN]
 ) -> GraphSpec:
-    graph_inputs = {i.name: i for i in proto.graph.input}
-    inputs = []
-    for name, role, tensor in zip(names, roles, example_inputs, strict=True):
-        info = graph_inputs[name]
-        dtype = _ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
-        dims = (BATCH,) if role == "lengths" else (BATCH, SEQ, *tensor.shape[2:])
-        low: float | None = None
-        high: float | str | None = None
-        if role == "lengths":
-            low, high = 1, SEQ
-        elif role == "tokens":
-            first = _first_leaf(model)
-            vocab = first.num_embeddings if isinstance(first, nn.Embedding) else None
-            low, high = 0, (vocab - 1 if vocab else int(tensor.max()))
-        inputs.append(
-            TensorSpec(
-                name,
-                dtype,
-                tuple(int(d) if not isinstance(d, str) else d for d in dims),
-                role,
-                low,
-                high,
-            )
-        )  # type: ignore[arg-type]
     outputs = []
     for info in proto.graph.output:
         dims = _dims_of(info)
         dtype = _ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
-        if SEQ in dims:
+        batch_at = dims.index(planned.batch_dim) if planned.batch_dim in dims else None
+        time_at = next(
+            (
+                i
+                for i, d in enumerate(dims)
+                if isinstance(d, str)
+                and i != batch_at
+                and (d == planned.time_dim or planned.time_dim in dim_sources(d))
+            ),
+            None,
+        )
+        if time_at is not None:
             role = "sequence"
         elif info.name in ("h_n", "c_n"):
             role = "state"
         else:
             role = "other"
-        outputs.append(TensorSpec(info.name, dtype, dims, role))  # type: ignore[arg-type]
+        outputs.append(
+            TensorSpec(info.name, dtype, dims, role, batch_at=batch_at, time_at=time_at)  # type: ignore[arg-type]
+        )
     padding = layers[-1].padding_value if layers else 0.0
+    others = {
+        name: triple
+        for name, triple in planned.ranges.items()
+        if name not in (planned.batch_dim, planned.time_dim)
+    }
+    # The graph's own input types (an fp16 graph takes float16 where float32 was declared).
+    graph_types = {
+        i.name: _ONNX_DTYPES.get(i.type.tensor_type.elem_type, "unknown") for i in proto.graph.input
+    }
+    inputs = tuple(
+        dataclasses.replace(t, dtype=graph_types.get(t.name, t.dtype)) for t in planned.specs()
+    )
     return GraphSpec(
-        inputs=tuple(inputs),
+        inputs=inputs,
         outputs=tuple(outputs),
-        example_batch=batch,
-        example_seq=seq,
+        example_batch=planned.examples[planned.batch_dim],
+        example_seq=planned.examples[planned.time_dim],
         padding_value=padding,
         recurrent_layers=tuple(
             _layer_summary(name, layer) for name, layer in _in_graph_order(proto, model)
         ),
+        batch_range=planned.ranges[planned.batch_dim],
+        seq_range=planned.ranges[planned.time_dim],
+        batch_dim=planned.batch_dim,
+        time_dim=planned.time_dim,
+        dim_ranges=others,
+        example_sizes=dict(planned.examples),
     )
 
 
@@ -802,17 +762,29 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     expected_layers = spec.recurrent_layers
     if expected_layers and not (ops["LSTM"] or ops["GRU"] or ops["RNN"]):
         problems.append("no LSTM/GRU/RNN node in the graph although the model has recurrent layers")
+    inputs = {t.name for t in spec.inputs}
     for tensor, info in _io_pairs(inferred, spec):
         dims = _dims_of(info)
         for axis in (tensor.batch_axis, tensor.time_axis):
             if axis is not None and (axis >= len(dims) or dims[axis] != tensor.dims[axis]):
-                problems.append(
-                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', "
-                    f"the graph declares {dims[axis] if axis < len(dims) else 'nothing'}"
+                found = dims[axis] if axis < len(dims) else "nothing"
+                problem = (
+                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
+                    f"graph declares {found}"
                 )
+                if tensor.name in inputs and isinstance(found, int):
+                    problem += (
+                        f": the model cannot vary it (it fixes it to {found}); declare the "
+                        f"inputs with that dim as the number {found} (--input / inputs=[...])"
+                    )
+                problems.append(problem)
+    traced_at = spec.example_sizes or {
+        spec.batch_dim: spec.example_batch,
+        spec.time_dim: spec.example_seq,
+    }
     examples = {
-        size: kind
-        for size, kind in ((spec.example_batch, "batch"), (spec.example_seq, "length"))
+        size: "batch" if name == spec.batch_dim else "length" if name == spec.time_dim else name
+        for name, size in traced_at.items()
         if size not in ignore
     }
     for info in [*inferred.graph.value_info, *inferred.graph.output]:

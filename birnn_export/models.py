@@ -3,7 +3,10 @@
 :class:`SequenceTagger` covers the common shape of bidirectional sequence models: optional
 token embedding, a stack of bidirectional recurrent layers, and a per-step linear head. The
 sample models, the seed article's three examples and bare state_dicts of an embedding + built-in
-recurrent layer + linear head all load into it; anything else needs the user's own class.
+recurrent layer + linear head all load into it. :class:`CRNN` (OCR on images) and
+:class:`SpeechCTC` (speech features with a strided front end and lengths) are the shapes that
+need declared inputs and derived output lengths; they are written with torch's own recurrent
+layers, as users write them. Anything else needs the user's own class.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -32,6 +36,8 @@ class TaggerConfig:
     vocab_size: int | None = None
     padding_idx: int | None = None
     uses_lengths: bool = False
+    #: Inputs ``[batch, time, ...]`` (the default) or time-major ``[time, batch, ...]``.
+    batch_first: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,6 +78,7 @@ class SequenceTagger(nn.Module):
             cell=config.cell,
             num_layers=config.num_layers,
             bias=config.bias,
+            batch_first=config.batch_first,
             bidirectional=config.bidirectional,
         )
         self.head = nn.Linear(config.hidden_size * self.rnn.num_directions, config.output_size)
@@ -124,7 +131,130 @@ class TorchReference(nn.Module):
         if lengths is None or not self.uses_lengths:
             out, _ = self.rnn(x)
         else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            first = self.rnn.batch_first
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=first, enforce_sorted=False)
             out, _ = self.rnn(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+            steps = x.shape[1 if first else 0]
+            out, _ = pad_packed_sequence(out, batch_first=first, total_length=steps)
         return self.head(out)
+
+
+# -- models with a front end: what speech and OCR exports look like --------------------------
+
+
+@dataclass(frozen=True)
+class CRNNConfig:
+    """Architecture of a :class:`CRNN`."""
+
+    height: int = 32
+    channels: tuple[int, ...] = (8, 16, 32)
+    hidden_size: int = 24
+    num_layers: int = 2
+    classes: int = 11
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CRNNConfig:
+        return cls(**{**data, "channels": tuple(data.get("channels", cls.channels))})
+
+
+class CRNN(nn.Module):
+    """Text-line OCR with a CTC head: Conv2d/BatchNorm/ReLU/MaxPool blocks on a grey image
+    ``[batch, 1, height, width]`` (each block halves the height; the first two halve the
+    width) -> the columns as a sequence -> a bidirectional ``nn.LSTM`` -> Linear ->
+    log-probabilities, time-major ``[width // 4, batch, classes]`` as ``nn.CTCLoss`` takes them
+    (class 0 is the CTC blank).
+
+    Example:
+        >>> CRNN(CRNNConfig())(torch.randn(2, 1, 32, 100)).shape
+        torch.Size([25, 2, 11])
+    """
+
+    def __init__(self, config: CRNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        blocks: list[nn.Module] = []
+        channels, height = 1, config.height
+        for index, out in enumerate(config.channels):
+            pool = (2, 2) if index < 2 else (2, 1)
+            blocks += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+                nn.MaxPool2d(pool, pool),
+            ]
+            channels, height = out, height // 2
+        if height < 1:
+            raise ValueError(
+                f"height: {config.height} is too small for {len(config.channels)} blocks"
+            )
+        self.cnn = nn.Sequential(*blocks)
+        self.rnn = nn.LSTM(
+            channels * height, config.hidden_size, num_layers=config.num_layers, bidirectional=True
+        )
+        self.head = nn.Linear(2 * config.hidden_size, config.classes)
+
+    def forward(self, image: Tensor) -> Tensor:
+        features = self.cnn(image)  # [batch, channels, height', width']
+        batch, channels, height, width = features.shape
+        columns = features.reshape(batch, channels * height, width).permute(2, 0, 1)
+        states, _ = self.rnn(columns)
+        return self.head(states).log_softmax(-1)
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """Architecture of a :class:`SpeechCTC`."""
+
+    features: int = 40
+    channels: int = 48
+    hidden_size: int = 32
+    num_layers: int = 2
+    classes: int = 12
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeechConfig:
+        return cls(**data)
+
+
+class SpeechCTC(nn.Module):
+    """Speech recognition with a CTC head: a stride-2 ``Conv1d`` on filterbank features
+    ``[batch, features, time]`` that halves the frames and their lengths -> a bidirectional
+    ``nn.GRU`` on the packed sequence -> Linear -> log-probabilities ``[batch, time', classes]``
+    and the output lengths ``[batch]`` (``time' = (time - 1) // 2 + 1``; class 0 is the blank).
+
+    Example:
+        >>> log_probs, lengths = SpeechCTC(SpeechConfig())(torch.randn(2, 40, 9),
+        ...                                                 torch.tensor([9, 4]))
+        >>> log_probs.shape, lengths.tolist()
+        (torch.Size([2, 5, 12]), [5, 2])
+    """
+
+    def __init__(self, config: SpeechConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.conv = nn.Conv1d(config.features, config.channels, 3, stride=2, padding=1)
+        self.rnn = nn.GRU(
+            config.channels,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            bidirectional=True,
+        )
+        self.head = nn.Linear(2 * config.hidden_size, config.classes)
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        frames = torch.relu(self.conv(features)).transpose(1, 2)  # [batch, time', channels]
+        out_lengths = (lengths - 1) // 2 + 1
+        packed = pack_padded_sequence(
+            frames, out_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        states, _ = pad_packed_sequence(
+            self.rnn(packed)[0], batch_first=True, total_length=frames.shape[1]
+        )
+        return self.head(states).log_softmax(-1), out_lengths

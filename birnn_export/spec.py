@@ -12,8 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import math
+import operator
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +42,12 @@ LengthsMode = Literal["ragged", "equal", "full"]
 class TensorSpec:
     """One graph input or output.
 
-    ``dims`` holds ints for static sizes and ``"batch"`` / ``"seq"`` for the symbolic ones.
-    ``low`` / ``high`` bound valid values (inclusive); ``high`` may be ``"seq"`` for lengths.
+    ``dims`` holds ints for static sizes and names for the symbolic ones: the graph's batch and
+    time dims (``"batch"`` / ``"seq"`` unless declared otherwise), other declared dims, and
+    output dims derived from them (``"(width//4)"``, as the exporter names them). ``low`` /
+    ``high`` bound valid values (inclusive); ``high`` may be the time dim's name for lengths.
+    ``batch_at`` / ``time_at`` are the batch and time axes; unset, they are found by the names
+    ``"batch"`` and ``"seq"`` (files written before inputs could be declared).
     """
 
     name: str
@@ -47,18 +56,24 @@ class TensorSpec:
     role: Role
     low: float | None = None
     high: float | str | None = None
+    batch_at: int | None = None
+    time_at: int | None = None
 
     @property
     def time_axis(self) -> int | None:
+        if self.time_at is not None:
+            return self.time_at
         return self.dims.index(SEQ) if SEQ in self.dims else None
 
     @property
     def batch_axis(self) -> int | None:
+        if self.batch_at is not None:
+            return self.batch_at
         return self.dims.index(BATCH) if BATCH in self.dims else None
 
-    def shape(self, batch: int, seq: int) -> tuple[int, ...]:
-        sizes = {BATCH: batch, SEQ: seq}
-        return tuple(sizes[d] if isinstance(d, str) else d for d in self.dims)
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The concrete shape at ``sizes`` (every named dim; derived dims are evaluated)."""
+        return tuple(d if isinstance(d, int) else dim_size(d, sizes) for d in self.dims)
 
 
 @dataclass(frozen=True)
@@ -77,29 +92,62 @@ class GraphSpec:
     tool_version: str = ""
     source_sha256: str | None = None
     recurrent_layers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    #: Declared serving ranges (min, opt, max) of ``batch`` and ``seq``: the TensorRT
+    #: Declared serving ranges (min, opt, max) of the batch and time dims: the TensorRT
     #: optimisation profile's default, and the largest length verification runs.
     batch_range: tuple[int, int, int] = DEFAULT_BATCH_RANGE
     seq_range: tuple[int, int, int] = DEFAULT_SEQ_RANGE
+    #: Names of the batch dim and of the time dim (the one lengths measure and the sweep varies).
+    batch_dim: str = BATCH
+    time_dim: str = SEQ
+    #: Other named input dims: their declared (min, opt, max) and the size they were traced at.
+    dim_ranges: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    example_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def lengths_input(self) -> TensorSpec | None:
         return next((t for t in self.inputs if t.role == "lengths"), None)
+
+    def ranges(self) -> dict[str, tuple[int, int, int]]:
+        """(min, opt, max) of every named input dim."""
+        return {self.batch_dim: self.batch_range, self.time_dim: self.seq_range, **self.dim_ranges}
+
+    def sizes(self, batch: int, seq: int, *, which: int = 1) -> dict[str, int]:
+        """Every named input dim's size: ``batch`` and ``seq`` for the batch and time dims, the
+        others at their declared opt (``which=1``; 0 min, 2 max)."""
+        sizes = {name: triple[which] for name, triple in self.dim_ranges.items()}
+        return {**sizes, self.batch_dim: batch, self.time_dim: seq}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> GraphSpec:
-        data = json.loads(text)
-        for key in ("inputs", "outputs"):
-            data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
-        data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
-        # Files written before the ranges were declared take the defaults.
-        for key in ("batch_range", "seq_range"):
-            if key in data:
-                data[key] = check_range(key, data[key])
-        return cls(**data)
+        """The spec from its JSON (files of every earlier version included).
+
+        Raises:
+            BiRNNExportError: the text is not a valid spec (the message says what is wrong).
+        """
+        try:
+            data = json.loads(text)
+            for key in ("inputs", "outputs"):
+                data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
+            data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
+            # Files written before the ranges were declared take the defaults.
+            for key in ("batch_range", "seq_range"):
+                if key in data:
+                    data[key] = check_range(key, data[key])
+            data["dim_ranges"] = {
+                str(k): check_range(f"dim_ranges[{k}]", v)
+                for k, v in data.get("dim_ranges", {}).items()
+            }
+            return cls(**data)
+        except BiRNNExportError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise BiRNNExportError(
+                f"unreadable {METADATA_KEY} metadata ({type(exc).__name__}: {exc}); re-export "
+                "the model"
+            ) from None
 
     @classmethod
     def from_onnx(cls, model: Any) -> GraphSpec:
@@ -243,17 +291,20 @@ def make_feed(
     lengths: LengthsMode = "ragged",
     scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Valid random inputs for ``spec`` at one shape, padded as a real batch is.
+    """Valid random inputs for ``spec`` at batch ``batch`` and time ``seq`` (other named dims at
+    their declared opt), padded as a real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
     lengths follow ``lengths`` (see :func:`make_lengths`). Where the graph takes lengths,
-    positions past each row's length hold padding (0, or the lowest token id), as in a padded
-    batch: layers before the recurrent ones (a convolution, say) see them.
+    positions past each row's length hold padding (0, or the lowest token id) in every input
+    with batch and time axes, as in a padded batch: layers before the recurrent ones (a
+    convolution, say) see them.
     """
     rng = np.random.default_rng(seed)
+    sizes = spec.sizes(batch, seq)
     feed: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
-        shape = tensor.shape(batch, seq)
+        shape = tensor.shape(sizes)
         if tensor.role == "lengths":
             feed[tensor.name] = make_lengths(batch, seq, rng, lengths).astype(tensor.dtype)
         elif tensor.role == "tokens":
@@ -266,8 +317,149 @@ def make_feed(
     if lengths_input is not None:
         valid = np.arange(seq)[None, :] < feed[lengths_input.name][:, None]  # [batch, seq]
         for tensor in spec.inputs:
-            if tensor.role in ("features", "tokens") and tensor.dims[:2] == (BATCH, SEQ):
-                pad = int(tensor.low or 0) if tensor.role == "tokens" else 0
-                data = feed[tensor.name]
-                data[~valid] = pad
+            b_axis, t_axis = tensor.batch_axis, tensor.time_axis
+            if tensor.role not in ("features", "tokens") or b_axis is None or t_axis is None:
+                continue
+            if tensor.dims[t_axis] != spec.time_dim:
+                continue
+            pad = int(tensor.low or 0) if tensor.role == "tokens" else 0
+            data = feed[tensor.name]
+            keep = valid if b_axis < t_axis else valid.T
+            expand = [1] * data.ndim
+            expand[b_axis], expand[t_axis] = batch, seq
+            data[~np.broadcast_to(keep.reshape(expand), data.shape)] = pad
     return feed
+
+
+# -- declared inputs and symbolic dims ------------------------------------------------------
+
+_DECL = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][\w.]*)\s*:\s*(?P<dtype>\w+)\s*\[(?P<dims>[^\]]*)\]\s*"
+    r"(?::\s*lengths\s*\(\s*(?P<measures>[A-Za-z_]\w*)\s*\)\s*)?$"
+)
+_DIM_NAME = re.compile(r"^[A-Za-z_]\w*$")
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    """A declared graph input: ``NAME:DTYPE[DIM,...]``, a name for a dynamic dim and a number
+    for a fixed one, and for a lengths input ``:lengths(DIM)`` (the dim it measures).
+
+    Example:
+        >>> InputDecl.parse("image:float32[batch,1,64,width]").dims
+        ('batch', 1, 64, 'width')
+        >>> InputDecl.parse("feat_lens:int64[batch]:lengths(time)").measures
+        'time'
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+    measures: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> InputDecl:
+        """Raises: BiRNNExportError naming what is wrong and how a declaration looks."""
+        how = "expected NAME:DTYPE[DIM,...] such as 'image:float32[batch,1,64,width]'"
+        match = _DECL.match(str(text)) if len(str(text)) < 1000 else None
+        if match is None:
+            raise BiRNNExportError(f"input {text!r}: {how}")
+        dtype = match["dtype"]
+        if dtype not in INPUT_DTYPES:
+            raise BiRNNExportError(
+                f"input {match['name']!r}: unknown dtype {dtype!r}; choose one of "
+                f"{', '.join(INPUT_DTYPES)}"
+            )
+        dims: list[int | str] = []
+        for part in (p.strip() for p in match["dims"].split(",")):
+            if part.isdigit() and int(part) > 0:
+                dims.append(int(part))
+            elif _DIM_NAME.match(part):
+                dims.append(part)
+            else:
+                raise BiRNNExportError(
+                    f"input {match['name']!r}: dim {part!r} is neither a positive number nor a "
+                    f"name; {how}"
+                )
+        measures = match["measures"]
+        if measures is not None and (dtype not in ("int64", "int32") or len(dims) != 1):
+            raise BiRNNExportError(
+                f"input {match['name']!r}: a lengths input is int64[batch] (one length per row)"
+            )
+        return cls(match["name"], dtype, tuple(dims), measures)
+
+    def __str__(self) -> str:
+        dims = ",".join(str(d) for d in self.dims)
+        return f"{self.name}:{self.dtype}[{dims}]" + (
+            f":lengths({self.measures})" if self.measures else ""
+        )
+
+
+_ARITHMETIC: dict[type, Any] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+}
+
+
+def dim_size(text: str, sizes: Mapping[str, int], unknown: int | None = None) -> int:
+    """A symbolic dim such as ``seq`` or ``((time - 1)//2) + 1`` at ``sizes``.
+
+    Only names, numbers, ``+ - * / // %`` and ``floor``/``ceiling`` are evaluated (the text
+    comes from a file: nothing is executed).
+
+    Raises:
+        BiRNNExportError: the dim cannot be evaluated and no ``unknown`` fallback was given.
+
+    Example:
+        >>> dim_size("(((time - 1)//2)) + 1", {"time": 97})
+        49
+    """
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in sizes:
+            return sizes[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("floor", "ceiling", "ceil")
+            and len(node.args) == 1
+        ):
+            inner = value(node.args[0])
+            return math.floor(inner) if node.func.id == "floor" else math.ceil(inner)
+        raise ValueError(text)
+
+    try:
+        if not isinstance(text, str) or len(text) > 200:
+            raise ValueError(text)
+        return int(value(ast.parse(text, mode="eval").body))
+    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError, OverflowError):
+        if unknown is not None:
+            return unknown
+        raise BiRNNExportError(f"dim {text!r}: cannot evaluate it at {dict(sizes)}") from None
+
+
+def dim_sources(text: str) -> set[str]:
+    """The names a symbolic dim is made of (``"(width//4)"`` -> ``{"width"}``)."""
+    if not isinstance(text, str) or len(text) > 200:
+        return set()
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, RecursionError, ValueError):
+        return set()
+    calls = {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - calls

@@ -50,7 +50,7 @@ import numpy as np
 from birnn_export._files import file_sha256, write_atomic
 from birnn_export.errors import BiRNNExportError, EngineBuildError, EngineUnavailableError
 from birnn_export.runners import BaseRunner
-from birnn_export.spec import BATCH, SEQ, GraphSpec, check_range
+from birnn_export.spec import GraphSpec, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,12 @@ def derive_profile(
     batch: Sequence[int] | None = None,
     seq: Sequence[int] | None = None,
 ) -> Profile:
-    """One optimisation profile for every input with a symbolic ``batch`` or ``seq`` dim.
+    """One optimisation profile for every input with a symbolic dim.
 
-    ``batch`` / ``seq`` are (min, opt, max); ``None`` takes the ranges the graph declares
-    (``spec.batch_range`` / ``spec.seq_range``, set at export). Static dims keep their size in
-    all three shapes; inputs without symbolic dims are left out (TensorRT needs no profile
-    entry for them).
+    ``batch`` / ``seq`` are (min, opt, max) of the batch and time dims; ``None`` takes the ranges
+    the graph declares (``spec.batch_range`` / ``spec.seq_range``, set at export); other named
+    dims take theirs (``spec.dim_ranges``). Static dims keep their size in all three shapes;
+    inputs without symbolic dims are left out (TensorRT needs no profile entry for them).
 
     Example:
         >>> from birnn_export.spec import TensorSpec
@@ -119,24 +119,24 @@ def derive_profile(
         >>> derive_profile(spec)["x"]
         ((1, 1, 10), (8, 64, 10), (32, 256, 10))
     """
-    b = check_range("batch", spec.batch_range if batch is None else batch)
-    s = check_range("seq", spec.seq_range if seq is None else seq)
+    ranges = dict(spec.ranges())
+    ranges[spec.batch_dim] = check_range("batch", spec.batch_range if batch is None else batch)
+    ranges[spec.time_dim] = check_range("seq", spec.seq_range if seq is None else seq)
     profile: Profile = {}
     for tensor in spec.inputs:
-        if BATCH not in tensor.dims and SEQ not in tensor.dims:
+        if all(isinstance(dim, int) for dim in tensor.dims):
             continue
         shapes = []
         for i in range(3):
-            sizes = {BATCH: b[i], SEQ: s[i]}
             shape = []
             for dim in tensor.dims:
                 if isinstance(dim, str):
-                    if dim not in sizes:
+                    if dim not in ranges:
                         raise BiRNNExportError(
-                            f"input {tensor.name!r}: unknown symbolic dim {dim!r} in the graph "
-                            f"spec (expected {BATCH!r} or {SEQ!r}); re-export the model"
+                            f"input {tensor.name!r}: symbolic dim {dim!r} has no declared range "
+                            f"in the graph spec ({', '.join(ranges)} do); re-export the model"
                         )
-                    shape.append(sizes[dim])
+                    shape.append(ranges[dim][i])
                 else:
                     shape.append(int(dim))
             shapes.append(tuple(shape))

@@ -23,16 +23,30 @@ from torch import Tensor, nn
 
 from birnn_export import seed
 from birnn_export.checkpoint import save_checkpoint
-from birnn_export.models import SequenceTagger, TaggerConfig
+from birnn_export.models import (
+    CRNN,
+    CRNNConfig,
+    SequenceTagger,
+    SpeechConfig,
+    SpeechCTC,
+    TaggerConfig,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "sample_models"
 
-Sample = SequenceTagger | dict[str, Tensor]
+#: A checkpoint with the inputs and ranges it declares (models with a front end).
+Declared = tuple[nn.Module, list[str], dict[str, tuple[int, int, int]]]
+Sample = SequenceTagger | Declared | dict[str, Tensor]
 
 
 def _tagger(seed_value: int, config: TaggerConfig) -> SequenceTagger:
     torch.manual_seed(seed_value)
     return SequenceTagger(config).eval()
+
+
+def _seeded(seed_value: int, build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(seed_value)
+    return build().eval()
 
 
 def _seed_class(seed_value: int, cls: type[nn.Module]) -> nn.Module:
@@ -62,7 +76,8 @@ def _state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def make_samples() -> dict[str, Sample]:
-    """File name -> SequenceTagger (saved as a checkpoint) or bare state_dict."""
+    """File name -> SequenceTagger or (model, inputs, ranges) (saved as checkpoints), or a bare
+    state_dict."""
     seed_config = dict(input_size=10, hidden_size=20, output_size=5)
     example1 = _seed_class(1, seed.ManualBidirectionalRNN)
     example2 = _seed_class(2, seed.ManualBidirectionalLSTM)
@@ -107,6 +122,16 @@ def make_samples() -> dict[str, Sample]:
                 uses_lengths=True,
             ),
         ),
+        "crnn_ctc.pt": lambda: (
+            _seeded(7, lambda: CRNN(CRNNConfig())),
+            ["image:float32[batch,1,32,width]"],
+            {"width": (32, 128, 512)},
+        ),
+        "speech_ctc.pt": lambda: (
+            _seeded(8, lambda: SpeechCTC(SpeechConfig())),
+            ["features:float32[batch,40,time]", "feature_lens:int64[batch]:lengths(time)"],
+            {"time": (1, 200, 800)},
+        ),
         "seed_example1_state_dict.pt": lambda: _state_dict(example1),
         "seed_example2_state_dict.pt": lambda: _state_dict(example2),
         "seed_example3_state_dict.pt": lambda: _state_dict(example3),
@@ -133,6 +158,9 @@ def write_samples(out: Path) -> list[Path]:
         path = out / name
         if isinstance(sample, SequenceTagger):
             save_checkpoint(sample, path)
+        elif isinstance(sample, tuple):
+            model, inputs, ranges = sample
+            save_checkpoint(model, path, inputs=inputs, ranges=ranges)
         else:
             _save_state_dict(sample, path)
         written.append(path)

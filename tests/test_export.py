@@ -319,8 +319,10 @@ def test_other_opset_and_uninferable_inputs(tmp_path):
     assert result.spec.opset == 20
     with pytest.raises(ExportError, match="--input-size N"):
         export_onnx(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), tmp_path / "no.onnx")
-    with pytest.raises(ExportError, match="batch_first=False"):
-        export_onnx(nn.LSTM(3, 4), tmp_path / "tm.onnx")
+    # A bare time-major layer is named by what its axes are (issue 11).
+    time_major = export_onnx(nn.LSTM(3, 4), tmp_path / "tm.onnx")
+    assert time_major.spec.inputs[0].dims == ("seq", "batch", 3)
+    assert time_major.spec.inputs[0].batch_axis == 1 and time_major.spec.inputs[0].time_axis == 0
 
 
 def test_check_graph_finds_a_baked_length(tmp_path):
@@ -462,7 +464,10 @@ def test_every_sample_exports_and_verifies(tmp_path, sample):
     assert result.exit_code == 0, result.output
     assert "Verified PASS" in result.output
     spec = GraphSpec.from_onnx(out)
-    assert all(t.dims[:2] == ("batch", "seq") for t in spec.inputs if t.role != "lengths")
+    for tensor in spec.inputs:  # every input has its batch and time axis, named
+        assert tensor.dims[tensor.batch_axis] == "batch"
+        if tensor.role != "lengths":
+            assert tensor.dims[tensor.time_axis] == spec.time_dim
 
 
 def test_cli_exports_a_sample(tmp_path):

@@ -23,6 +23,8 @@ EXPECTED = [
     "bigru_varlen.pt",
     "bilstm_2layer.pt",
     "token_tagger.pt",
+    "crnn_ctc.pt",
+    "speech_ctc.pt",
     "seed_example1_state_dict.pt",
     "seed_example2_state_dict.pt",
     "seed_example3_state_dict.pt",
@@ -72,8 +74,12 @@ def test_regenerated_tensors_equal_committed(name, regenerated):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_sample_loads(name):
     loaded = load_model(SAMPLES / name)
-    assert isinstance(loaded.model, SequenceTagger)
     assert loaded.config is not None
+    if name in ("crnn_ctc.pt", "speech_ctc.pt"):  # front ends: their inputs are declared
+        assert loaded.inputs and loaded.ranges and loaded.original is not None
+        assert not any(isinstance(m, torch.nn.RNNBase) for m in loaded.model.modules())
+    else:
+        assert isinstance(loaded.model, SequenceTagger)
     assert not loaded.model.training
     assert SAMPLES.joinpath(name).stat().st_size < 250_000
 

@@ -908,7 +908,15 @@ def test_every_sample_parses_and_builds(sample: Path, layout: str, dtype: str, t
 
     loaded = load_model(sample)
     path = tmp_path / f"{sample.stem}.onnx"
-    result = export_onnx(loaded.model, path, layout=layout, dtype=dtype, verify=False)
+    result = export_onnx(
+        loaded.model,
+        path,
+        inputs=loaded.inputs,
+        ranges=loaded.ranges,
+        layout=layout,
+        dtype=dtype,
+        verify=False,
+    )
     build = trt.build_engine(path)
     assert build.ok, build.summary()
     assert build.profile == derive_profile(result.spec)

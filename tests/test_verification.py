@@ -937,14 +937,16 @@ def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path:
 
 
 def test_symbolic_dims_are_evaluated_safely() -> None:
-    from birnn_export.verification import _dim_size
+    from birnn_export.spec import dim_size
 
     sizes = {"batch": 3, "seq": 40}
-    assert _dim_size("seq", sizes, 99) == 40
-    assert _dim_size("floor(seq/4) + 1", sizes, 99) == 11
-    assert _dim_size("2*seq - 1", sizes, 99) == 79
-    assert _dim_size("__import__('os').system('true')", sizes, 99) == 99
-    assert _dim_size("s7", sizes, 99) == 99
+    assert dim_size("seq", sizes, 99) == 40
+    assert dim_size("floor(seq/4) + 1", sizes, 99) == 11
+    assert dim_size("2*seq - 1", sizes, 99) == 79
+    assert dim_size("__import__('os').system('true')", sizes, 99) == 99
+    assert dim_size("s7", sizes, 99) == 99
+    with pytest.raises(BiRNNExportError, match="cannot evaluate"):
+        dim_size("s7", sizes)
 
 
 def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> None:

@@ -1,0 +1,416 @@
+"""The graph's inputs: declared (``NAME:DTYPE[DIM,...]``) or inferred from the model, their
+named dims and ranges, the example tensors the model is traced with, and the exporter's dynamic
+shapes.
+
+A declared input names every dynamic dim (``image:float32[batch,1,64,width]``); the batch dim is
+called ``batch``, and the time dim is the one a lengths input measures
+(``feat_lens:int64[batch]:lengths(time)``), else the first other named dim. Without a
+declaration the inputs are inferred for the common cases: token ids ``[batch, seq]`` before an
+``nn.Embedding``, float features ``[batch, seq, N]`` before a batch-first recurrent layer (or
+``[seq, batch, N]`` for a bare time-major layer), and ``lengths`` ``[batch]`` when ``forward``
+takes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from birnn_export.errors import BiRNNExportError, ExportError
+from birnn_export.models import SequenceTagger
+from birnn_export.modules import BiRNN
+from birnn_export.spec import (
+    BATCH,
+    SEQ,
+    InputDecl,
+    TensorSpec,
+    check_range,
+)
+
+LENGTHS_NAMES = frozenset(
+    {"lengths", "lens", "seq_lens", "seq_lengths", "sequence_lengths", "input_lengths", "x_lens"}
+)
+_PRIMES = (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class PlannedInputs:
+    """Everything the export needs to know about the graph's inputs."""
+
+    decls: tuple[InputDecl, ...]
+    roles: tuple[str, ...]
+    tensors: tuple[Tensor, ...]
+    batch_dim: str
+    time_dim: str
+    #: (min, opt, max) and example size of every named dim.
+    ranges: dict[str, tuple[int, int, int]]
+    examples: dict[str, int]
+    #: How the inputs came about, for the user ("declared", "inferred from ...").
+    how: str
+    vocab: int | None = None
+
+    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        """``torch.export`` dynamic shapes: one ``Dim`` per named dim, shared by name, bounded
+        by its declared range."""
+        dims = {
+            name: torch.export.Dim(name, min=low, max=high)
+            for name, (low, _, high) in self.ranges.items()
+        }
+        return tuple(
+            {axis: dims[d] for axis, d in enumerate(decl.dims) if isinstance(d, str)}
+            for decl in self.decls
+        )
+
+    def specs(self) -> tuple[TensorSpec, ...]:
+        """The inputs as the graph spec records them."""
+        out = []
+        for decl, role in zip(self.decls, self.roles, strict=True):
+            low: float | None = None
+            high: float | str | None = None
+            if role == "lengths":
+                low, high = 1, self.time_dim
+            elif role == "tokens":
+                low, high = 0, (self.vocab - 1 if self.vocab else 1)
+            out.append(
+                TensorSpec(
+                    decl.name,
+                    decl.dtype,
+                    decl.dims,
+                    role,  # type: ignore[arg-type]
+                    low,
+                    high,
+                    batch_at=_index(decl.dims, self.batch_dim),
+                    time_at=_index(decl.dims, self.time_dim),
+                )
+            )
+        return tuple(out)
+
+
+def _index(dims: Sequence[int | str], name: str) -> int | None:
+    return dims.index(name) if name in dims else None
+
+
+def plan_inputs(
+    model: nn.Module,
+    *,
+    inputs: Sequence[str | InputDecl] | None,
+    example_inputs: Sequence[Tensor] | None,
+    lengths: bool | None,
+    input_size: int | None,
+    input_names: Sequence[str] | None,
+    ranges: Mapping[str, Sequence[int]] | None,
+    batch_range: Sequence[int],
+    seq_range: Sequence[int],
+    taken: set[int],
+) -> PlannedInputs:
+    """Declared or inferred inputs, with their ranges and example tensors.
+
+    ``taken`` holds sizes the model itself has (parameter dims): example sizes avoid them, so a
+    size baked into the graph can be told apart.
+
+    Raises:
+        ExportError: a declaration, range or example input that does not fit (one line, naming
+            the input or dim and what to do).
+    """
+    try:
+        if inputs:
+            if input_names:
+                raise BiRNNExportError("input_names: the declared inputs already name them")
+            decls = tuple(d if isinstance(d, InputDecl) else InputDecl.parse(d) for d in inputs)
+            roles = _declared_roles(decls)
+            how = "declared"
+        elif example_inputs is not None:
+            decls, roles = _guess_from_examples(model, example_inputs, lengths, input_names)
+            how = "positional guess from the example inputs ([batch, seq, ...])"
+        else:
+            decls, roles, how = _infer(model, lengths, input_size, input_names)
+        batch_dim, time_dim = _axes(decls)
+        named = _ranges(decls, batch_dim, time_dim, ranges, batch_range, seq_range)
+        examples = _examples(named, batch_dim, time_dim, taken)
+        vocab = _vocab(model)
+        tensors = (
+            _check_examples(decls, example_inputs)
+            if example_inputs is not None
+            else _make_examples(decls, roles, examples, vocab)
+        )
+    except BiRNNExportError as exc:
+        raise ExportError(str(exc)) from None
+    return PlannedInputs(decls, roles, tensors, batch_dim, time_dim, named, examples, how, vocab)
+
+
+def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
+    names = [d.name for d in decls]
+    if len(set(names)) != len(names):
+        raise BiRNNExportError(f"inputs: names must differ, got {names}")
+    if sum(d.measures is not None for d in decls) > 1:
+        raise BiRNNExportError("inputs: declare at most one lengths input")
+    roles = []
+    for decl in decls:
+        if decl.measures is not None:
+            roles.append("lengths")
+        elif decl.dtype.startswith("int"):
+            roles.append("tokens")
+        else:
+            roles.append("features")
+    return tuple(roles)
+
+
+def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
+    """The batch dim (``batch``) and the time dim (what lengths measure, else the first other
+    named dim)."""
+    if not any(BATCH in d.dims for d in decls):
+        raise BiRNNExportError(
+            f"inputs: no input has a dim named {BATCH!r}; name the batch dim 'batch', e.g. "
+            "'x:float32[batch,seq,40]'"
+        )
+    measured = next((d.measures for d in decls if d.measures is not None), None)
+    if measured is not None:
+        if measured == BATCH or not any(measured in d.dims for d in decls if not d.measures):
+            raise BiRNNExportError(
+                f"inputs: the lengths input measures {measured!r}, which no other input has as a "
+                "dim; name the time dim it measures, e.g. ':lengths(time)'"
+            )
+        return BATCH, measured
+    for decl in decls:
+        for dim in decl.dims:
+            if isinstance(dim, str) and dim != BATCH:
+                return BATCH, dim
+    raise BiRNNExportError(
+        "inputs: no dim besides 'batch' is dynamic; name the time dim, e.g. "
+        "'x:float32[batch,seq,40]'"
+    )
+
+
+def _ranges(
+    decls: Sequence[InputDecl],
+    batch_dim: str,
+    time_dim: str,
+    ranges: Mapping[str, Sequence[int]] | None,
+    batch_range: Sequence[int],
+    seq_range: Sequence[int],
+) -> dict[str, tuple[int, int, int]]:
+    names = list(dict.fromkeys(d for decl in decls for d in decl.dims if isinstance(d, str)))
+    given = dict(ranges or {})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise BiRNNExportError(
+            f"ranges: no declared input has a dim named {unknown[0]!r}; the named dims are "
+            f"{', '.join(names)}"
+        )
+    out = {}
+    for name in names:
+        default = batch_range if name == batch_dim else seq_range
+        triple = check_range(f"range of {name!r}", given.get(name, default))
+        if triple[0] == triple[2]:
+            raise BiRNNExportError(
+                f"range of {name!r}: min and max are both {triple[0]}; declare a fixed dim as "
+                "a number instead"
+            )
+        out[name] = triple
+    return out
+
+
+def _examples(
+    ranges: Mapping[str, tuple[int, int, int]], batch_dim: str, time_dim: str, taken: set[int]
+) -> dict[str, int]:
+    """A size per named dim to trace at: a prime inside its range that the model does not use
+    and no other dim traces at, so a baked-in example is visible in the graph."""
+    used = set(taken)
+    out = {}
+    for name in sorted(ranges, key=lambda n: (n != batch_dim, n != time_dim, n)):
+        low, opt, high = ranges[name]
+        candidates = [p for p in _PRIMES if low <= p <= high and p not in used]
+        candidates += [p for p in range(max(low, 2), high + 1) if p not in used][:1]
+        size = candidates[0] if candidates else opt
+        used.add(size)
+        out[name] = size
+    return out
+
+
+def _vocab(model: nn.Module) -> int | None:
+    first = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    return first.num_embeddings if first is not None else None
+
+
+def _make_examples(
+    decls: Sequence[InputDecl],
+    roles: Sequence[str],
+    examples: Mapping[str, int],
+    vocab: int | None,
+) -> tuple[Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    tensors = []
+    for decl, role in zip(decls, roles, strict=True):
+        shape = [d if isinstance(d, int) else examples[d] for d in decl.dims]
+        dtype = _TORCH_DTYPES[decl.dtype]
+        if role == "lengths":
+            steps, batch = examples[decl.measures], shape[0]
+            rng = np.random.default_rng(0)
+            lens = np.concatenate([[steps, 1], rng.integers(1, steps + 1, size=max(0, batch - 2))])
+            tensors.append(torch.from_numpy(lens[:batch].astype(np.int64)).to(dtype))
+        elif role == "tokens":
+            tensors.append(torch.randint(0, vocab or 2, shape, generator=gen).to(dtype))
+        else:
+            tensors.append(torch.randn(shape, generator=gen).to(dtype))
+    return tuple(tensors)
+
+
+def _check_examples(
+    decls: Sequence[InputDecl], example_inputs: Sequence[Tensor]
+) -> tuple[Tensor, ...]:
+    tensors = tuple(example_inputs)
+    if len(tensors) != len(decls):
+        raise BiRNNExportError(f"example_inputs: {len(tensors)} tensors for {len(decls)} inputs")
+    for decl, tensor in zip(decls, tensors, strict=True):
+        if not isinstance(tensor, Tensor):
+            raise BiRNNExportError(f"{decl.name}: expected a Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != len(decl.dims):
+            raise BiRNNExportError(
+                f"{decl.name}: declared with {len(decl.dims)} dims {list(decl.dims)}, the example "
+                f"has {tensor.dim()} {list(tensor.shape)}"
+            )
+        for axis, (dim, size) in enumerate(zip(decl.dims, tensor.shape, strict=True)):
+            if isinstance(dim, int) and dim != size:
+                raise BiRNNExportError(
+                    f"{decl.name}: dim {axis} is declared {dim}, the example has {size}"
+                )
+    return tensors
+
+
+# -- inference --------------------------------------------------------------------------------
+
+
+def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
+    params = inspect.signature(model.forward).parameters.values()
+    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
+    """Whether the model's second input is a lengths ``[batch]``: as ``lengths`` says, else from
+    a :class:`SequenceTagger`'s config or the name of ``forward``'s second parameter."""
+    if isinstance(model, SequenceTagger):
+        if lengths and not model.config.uses_lengths:
+            # A lengths input the model ignores would let padding into the backward direction.
+            raise BiRNNExportError(
+                "lengths: this model was built without lengths (uses_lengths=False) and would "
+                "ignore them; drop --lengths / lengths=True"
+            )
+        return model.config.uses_lengths if lengths is None else lengths
+    if lengths is not None:
+        return lengths
+    params = _forward_params(model)
+    return len(params) >= 2 and params[1].name in LENGTHS_NAMES
+
+
+def first_leaf(model: nn.Module) -> nn.Module | None:
+    """The first module that runs on the input (the first leaf, or a recurrent layer)."""
+    for module in model.modules():
+        if isinstance(module, BiRNN) or not list(module.children()):
+            return module
+    return None
+
+
+def _infer(
+    model: nn.Module,
+    lengths: bool | None,
+    input_size: int | None,
+    input_names: Sequence[str] | None,
+) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
+    first = first_leaf(model)
+    kind = type(first).__name__ if first is not None else "nothing"
+    time_major = isinstance(model, SequenceTagger) and not model.config.batch_first
+    if time_major:
+        how_major = " (time-major: the model's config says batch_first=False)"
+    if input_size is not None:
+        dims: tuple[int | str, ...] = (BATCH, SEQ, input_size)
+        role, how = "features", f"--input-size {input_size}"
+    elif isinstance(first, nn.Embedding):
+        dims, role = (BATCH, SEQ), "tokens"
+        how = "inferred: token ids before the model's first layer, an Embedding"
+    elif isinstance(first, BiRNN) and (first.batch_first or first is model or time_major):
+        role = "features"
+        if first.batch_first:
+            dims = (BATCH, SEQ, first.input_size)
+            how = "inferred: features of the model's first layer, a recurrent layer"
+        else:
+            dims = (SEQ, BATCH, first.input_size)
+            how = "inferred: features of a time-major (batch_first=False) recurrent layer"
+    else:
+        raise BiRNNExportError(
+            f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
+            "declare them, e.g. --input 'image:float32[batch,1,64,width]' (Python: "
+            "inputs=[...]), or pass --input-size N for float [batch, seq, N] features"
+        )
+    if time_major:
+        dims, how = (SEQ, BATCH, *dims[2:]), how + how_major
+    roles = [role]
+    decl_list = [(dims, "int64" if role == "tokens" else "float32")]
+    if takes_lengths(model, lengths):
+        roles.append("lengths")
+        decl_list.append(((BATCH,), "int64"))
+    names = list(input_names) if input_names else _default_names(roles)
+    if len(names) != len(roles):
+        raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
+    decls = tuple(
+        InputDecl(name, dtype, d, SEQ if r == "lengths" else None)
+        for name, (d, dtype), r in zip(names, decl_list, roles, strict=True)
+    )
+    return decls, tuple(roles), how
+
+
+def _guess_from_examples(
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    lengths: bool | None,
+    input_names: Sequence[str] | None,
+) -> tuple[tuple[InputDecl, ...], tuple[str, ...]]:
+    roles: list[str] = []
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, Tensor):
+            raise BiRNNExportError(
+                f"example_inputs[{i}]: expected a Tensor, got {type(tensor).__name__}"
+            )
+        if i == 1 and tensor.dim() == 1 and not tensor.is_floating_point():
+            roles.append("lengths")
+        elif tensor.dim() < 2:
+            raise BiRNNExportError(
+                f"example_inputs[{i}]: expected [batch, seq, ...], got shape {tuple(tensor.shape)}"
+                "; declare the inputs (inputs=['x:float32[batch,...]'])"
+            )
+        else:
+            roles.append("features" if tensor.is_floating_point() else "tokens")
+    if lengths and "lengths" not in roles:
+        raise BiRNNExportError(
+            "lengths=True but example_inputs[1] is not an integer [batch] tensor"
+        )
+    names = list(input_names) if input_names else _default_names(roles)
+    if len(names) != len(inputs):
+        raise BiRNNExportError(f"input_names: {len(names)} names for {len(inputs)} example inputs")
+    decls = []
+    for name, role, tensor in zip(names, roles, inputs, strict=True):
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if role == "lengths":
+            decls.append(InputDecl(name, dtype, (BATCH,), SEQ))
+        else:
+            decls.append(InputDecl(name, dtype, (BATCH, SEQ, *tensor.shape[2:])))
+    return tuple(decls), tuple(roles)
+
+
+def _default_names(roles: Sequence[str]) -> list[str]:
+    base = {"tokens": "ids", "features": "x", "lengths": "lengths"}
+    names = [base[r] for r in roles]
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
