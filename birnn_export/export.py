@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from birnn_export._files import check_output_path
 from birnn_export._inputs import PlannedInputs, plan_inputs
+from birnn_export._rewrites import guard_empty_batch
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
@@ -233,6 +234,7 @@ def export_onnx(
     if target == torch.float16:
         sink_batch_transposes(proto)
     spec = _build_spec(proto, planned, converted, layers)
+    guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
             **spec.__dict__,
