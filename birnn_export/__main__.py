@@ -1,3 +1,4 @@
 from birnn_export.cli import run
 
-run()
+if __name__ == "__main__":  # engines started in child processes import this module too
+    run()

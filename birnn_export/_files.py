@@ -15,21 +15,35 @@ from birnn_export.errors import BiRNNExportError
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is
-    removed. The temporary name keeps the suffix (numpy and onnx look at it)."""
-    target = Path(path)
+    removed. The temporary name keeps the suffix (numpy and onnx look at it).
+
+    A symlink is written through: the file it points to is replaced (on its own filesystem), the
+    link stays. The file gets the permissions a new file gets here (``0666`` less the umask),
+    like every other file the tool writes.
+    """
+    target = Path(path).resolve()
     try:
         handle, temp = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=target.suffix, dir=target.resolve().parent
+            prefix=f".{target.stem[:40]}.", suffix=target.suffix[:16], dir=target.parent
         )
     except OSError as exc:
-        raise BiRNNExportError(f"{target}: cannot write there ({exc.strerror or exc})") from None
+        raise BiRNNExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     os.close(handle)
     try:
+        os.chmod(temp, 0o666 & ~_umask())
         yield Path(temp)
         os.replace(temp, target)
+    except OSError as exc:
+        raise BiRNNExportError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -39,11 +53,14 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     return Path(path)
 
 
-def check_output_path(option: str, path: str | os.PathLike[str] | None) -> None:
+def check_output_path(
+    option: str, path: str | os.PathLike[str] | None, *, suffix: str | None = None
+) -> None:
     """Fail early, in one line, when ``path`` cannot be written as a file.
 
     Raises:
-        BiRNNExportError: ``path`` is a directory, or its folder is missing or not writable.
+        BiRNNExportError: ``path`` is a directory, its folder is missing or not writable, its
+            name is longer than the filesystem allows, or it does not end in ``suffix``.
     """
     if path is None:
         return
@@ -51,10 +68,43 @@ def check_output_path(option: str, path: str | os.PathLike[str] | None) -> None:
     folder = target.absolute().parent
     if target.is_dir():
         raise BiRNNExportError(f"{option}: {target} is a directory; give a file name")
+    if suffix is not None and target.suffix.lower() != suffix:
+        raise BiRNNExportError(f"{option}: {target.name} must end in {suffix}")
     if not folder.is_dir():
         raise BiRNNExportError(f"{option}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise BiRNNExportError(f"{option}: folder {folder} is not writable")
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    # Room for the hidden staging names built from it (".NAME.birnn-export-PID-XXXXXXXX").
+    if len(os.fsencode(target.name)) + 40 > longest:
+        raise BiRNNExportError(
+            f"{option}: the name is {len(os.fsencode(target.name))} bytes long; this filesystem "
+            f"allows {longest} (and birnn-export needs 40 of them for its temporary files): "
+            "choose a shorter name"
+        )
+
+
+def refuse_same_files(**paths: str | os.PathLike[str] | None) -> None:
+    """Refuse, in one line, before any work, when two of ``paths`` (option name -> path) are
+    the same file: an output over an input, or two outputs over each other.
+
+    Raises:
+        BiRNNExportError: naming both options.
+    """
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        name = option.replace("_", "-")
+        if resolved in seen:
+            raise BiRNNExportError(
+                f"{name}: {path} is also the {seen[resolved]}; give each its own file"
+            )
+        seen[resolved] = name
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

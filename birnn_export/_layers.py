@@ -91,18 +91,26 @@ def _has_lengths(node: Any) -> bool:
 class GraphLayers:
     """The graph on ONNX Runtime CPU with every recurrent layer's ``Y`` added as an output.
 
-    The session is built on the first :meth:`run` (a copy of the graph; the original is not
-    modified).
+    The copy of the graph (the original is not modified) is written to a temporary folder and
+    run in a child process (:class:`~birnn_export._isolation.IsolatedRunner`) on the first
+    :meth:`run`, so a crash inside ONNX Runtime ends the probe, not the verification. Call
+    :meth:`close` when done.
     """
 
     def __init__(self, proto: Any, layers: Sequence[GraphLayer], dtype: str) -> None:
         self.proto, self.layers, self.dtype = proto, tuple(layers), dtype
-        self._session: Any = None
+        self._runner: Any = None
+        self._folder: Any = None
 
     def _build(self) -> Any:
+        import functools
+        import tempfile
+
         import onnx
-        import onnxruntime
         from onnx import helper
+
+        from birnn_export._isolation import IsolatedRunner
+        from birnn_export.runners import OrtRunner
 
         probe = onnx.ModelProto()
         probe.CopyFrom(self.proto)
@@ -122,17 +130,27 @@ class GraphLayers:
                     probe.graph.output.append(
                         helper.make_tensor_value_info(name, types.get(name) or elem, None)
                     )
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
+        self._folder = tempfile.TemporaryDirectory(prefix="birnn-export-layers-")
+        path = f"{self._folder.name}/layers.onnx"
         try:
-            return onnxruntime.InferenceSession(
-                probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # e.g. a >2 GB graph cannot be serialised in memory
+            large = probe.ByteSize() > (1 << 31) - (64 << 20)
+            onnx.save_model(probe, path, save_as_external_data=large, location="layers.onnx.data")
+            runner = IsolatedRunner("ort-cpu", functools.partial(OrtRunner, path))
+            runner.activate()
+        except Exception as exc:
             raise LayersUnavailable(
                 "ONNX Runtime CPU could not load the graph with the layer outputs added: "
                 f"{one_line(exc)}"
             ) from None
+        return runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
     def run(
         self, feed: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray]
@@ -142,15 +160,13 @@ class GraphLayers:
         ``lengths`` maps each module path to the lengths its layers saw (to put a split
         backward node's output, computed on reversed rows, back in time order).
         """
-        if self._session is None:
-            self._session = self._build()
-        names = {i.name for i in self._session.get_inputs()}
-        wanted = list(dict.fromkeys(y for layer in self.layers for y in layer.y_names))
+        if self._runner is None:
+            self._runner = self._build()
+        names = {i.name for i in self.proto.graph.input}
         try:
-            values = self._session.run(wanted, {k: v for k, v in feed.items() if k in names})
+            by_name = self._runner.infer({k: v for k, v in feed.items() if k in names})
         except Exception as exc:
             raise LayersUnavailable(f"ONNX Runtime CPU failed: {one_line(exc)}") from None
-        by_name = dict(zip(wanted, values, strict=True))
         out = {}
         for layer in self.layers:
             ys = [np.asarray(by_name[y], dtype=np.float64) for y in layer.y_names]

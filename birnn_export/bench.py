@@ -26,6 +26,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,7 +40,7 @@ import numpy as np
 from birnn_export import _report
 from birnn_export._files import write_atomic
 from birnn_export.compare import Check, Criterion, NoiseCriterion, compare_outputs
-from birnn_export.errors import EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineUnavailableError
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
@@ -47,6 +48,8 @@ from birnn_export.spec import (
     Tolerance,
     covering_range,
     default_tolerance,
+    largest_tensor_bytes,
+    load_onnx,
     make_feed,
 )
 
@@ -56,6 +59,10 @@ Status = Literal["ok", "mismatch", "unavailable", "error"]
 
 #: Engines that run on the host CPU (they share ``threads``).
 CPU_ENGINES = ("torch", "ort-cpu")
+#: ``threads`` may be at most this many per core of the machine.
+MAX_THREADS_PER_CORE = 4
+#: The default memory budget: the largest tensor of one shape (bytes, float64).
+DEFAULT_MEMORY_BUDGET = 1 << 30
 
 #: Adaptive timing (neither ``iters`` nor ``duration``): see the module docstring.
 ADAPTIVE_MIN_RUNS = 10
@@ -244,6 +251,8 @@ def benchmark(
     atol: float | None = None,
     rtol: float | None = None,
     progress: bool = True,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    isolate: bool = True,
 ) -> BenchReport:
     """Time each engine at each shape after checking its outputs against eager PyTorch.
 
@@ -272,6 +281,10 @@ def benchmark(
             1e-5, fp32 GPU 1e-4, fp16 1e-2).
         rtol: Relative tolerance (default fp32 CPU 1e-4, fp32 GPU 1e-3, fp16 1e-2).
         progress: Show a transient progress bar on stderr.
+        memory_budget: Bytes the largest tensor of one shape may take in float64 (the
+            reference runs there); shapes over it are refused before anything runs.
+        isolate: Run every engine but ``torch`` in a child process (a crash is an error row,
+            not the end of the run; timings are taken in the child). ``False`` runs them here.
 
     Returns:
         A :class:`BenchReport` with one :class:`BenchResult` per engine and shape.
@@ -280,8 +293,8 @@ def benchmark(
         EngineUnavailableError: No requested engine can run here (the only one asked for, or
             all of them); the message gives each reason. An unavailable engine among others is
             reported with ``status="unavailable"`` instead.
-        ValueError: Bad arguments (unknown engine, empty or non-positive sizes, both ``iters``
-            and ``duration``).
+        BiRNNExportError: Bad arguments (unknown engine, empty or non-positive sizes, both
+            ``iters`` and ``duration``, too many threads, a shape over the memory budget).
 
     Example:
         >>> report = benchmark("tagger.onnx", model, engines=("torch", "ort-cpu"),
@@ -301,7 +314,18 @@ def benchmark(
     if seq_lens is None:
         low, opt, high = spec.seq_range
         seq_lens = tuple(sorted({min(max(16, low), high), opt, high}))
-    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads)
+    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, atol, rtol)
+    proto = load_onnx(onnx_path)
+    for batch in batch_sizes:
+        for seq in seq_lens:
+            need = largest_tensor_bytes(proto, spec, batch, seq)
+            if need > memory_budget:
+                raise BiRNNExportError(
+                    f"batch {batch}, seq {seq}: its largest tensor would take "
+                    f"{need / 2**30:.2f} GiB in float64 (the reference), over the memory budget "
+                    f"of {memory_budget / 2**30:.2f} GiB; choose smaller --batch/--seq or raise "
+                    "--memory-budget"
+                )
     if threads is None:
         threads = torch.get_num_threads()
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
@@ -376,6 +400,7 @@ def benchmark(
                     declared=(spec.batch_range, spec.seq_range),
                     device=device,
                     compile=compile,
+                    isolate=isolate,
                 )
                 runner.activate()
             except EngineUnavailableError as exc:
@@ -389,7 +414,7 @@ def benchmark(
                 rows += [_row(engine, b, s, "error", _one_line(exc)) for b, s in shapes]
                 advance(len(shapes), engine)
                 continue
-            if isinstance(runner, runners.OrtRunner):
+            if engine.startswith("ort-"):
                 placement[engine] = runner.placement
                 if runner.cpu_recurrent_nodes:
                     cpu_recurrent[engine] = list(runner.cpu_recurrent_nodes)
@@ -722,6 +747,7 @@ def _make_runner(
     ),
     device: str = "cpu",
     compile: bool = False,
+    isolate: bool = True,
 ) -> Any:
     from birnn_export import runners
 
@@ -737,15 +763,20 @@ def _make_runner(
         )
     # The TensorRT engine that would be served: the graph's declared profile (its opt shape
     # included), widened to cover every measured shape. ONNX Runtime's intra-op threads: the
-    # same count as torch's, GPU providers included.
+    # same count as torch's, GPU providers included. The engine runs in a child process (a
+    # crash is an error row, not a dead command); its timings are taken there.
+    from birnn_export._isolation import IsolatedRunner
+
     batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
-    return runners.make_runner(
+    factory = functools.partial(
+        runners.make_runner,
         engine,
         str(onnx_path),
         threads=threads,
         profile_batch=covering_range(declared[0], batches),
         profile_seq=covering_range(declared[1], seqs),
     )
+    return IsolatedRunner(engine, factory) if isolate else factory()
 
 
 def _criteria(
@@ -781,29 +812,40 @@ def _check_arguments(
     iters: int | None,
     duration: float | None,
     threads: int | None,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> None:
     from birnn_export.runners import ENGINES
 
     if not engines:
-        raise ValueError(f"engines: expected at least one of {', '.join(ENGINES)}")
+        raise BiRNNExportError(f"engines: expected at least one of {', '.join(ENGINES)}")
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
-        raise ValueError(f"engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
+        raise BiRNNExportError(f"engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
     for name, values in (("batch_sizes", batch_sizes), ("seq_lens", seq_lens)):
         if not values or any(
             not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values
         ):
-            raise ValueError(f"{name}: expected one or more positive ints, got {list(values)!r}")
+            raise BiRNNExportError(
+                f"{name}: expected one or more positive ints, got {list(values)!r}"[:200]
+            )
     if warmup < 0:
-        raise ValueError(f"warmup: expected >= 0, got {warmup}")
+        raise BiRNNExportError(f"warmup: expected >= 0, got {warmup}")
     if iters is not None and duration is not None:
-        raise ValueError("iters and duration: give one of them, not both")
+        raise BiRNNExportError("iters and duration: give one of them, not both")
     if iters is not None and iters < 1:
-        raise ValueError(f"iters: expected >= 1, got {iters}")
+        raise BiRNNExportError(f"iters: expected >= 1, got {iters}")
     if duration is not None and not duration > 0:
-        raise ValueError(f"duration: expected seconds > 0, got {duration}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads: expected >= 1, got {threads}")
+        raise BiRNNExportError(f"duration: expected seconds > 0, got {duration}")
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= MAX_THREADS_PER_CORE * cores:
+        raise BiRNNExportError(
+            f"threads: {threads} is not in 1..{MAX_THREADS_PER_CORE * cores} (this machine has "
+            f"{cores} cores; more threads than {MAX_THREADS_PER_CORE} per core only slow it down)"
+        )
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise BiRNNExportError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def _row(

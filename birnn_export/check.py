@@ -323,9 +323,9 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
         if attr.name == name:
             value = onnx.helper.get_attribute_value(attr)
             if isinstance(value, bytes):
-                return value.decode()
+                return value.decode("utf-8", "replace")
             if isinstance(value, list):
-                return [v.decode() if isinstance(v, bytes) else v for v in value]
+                return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
             return value
     return default
 
@@ -392,7 +392,8 @@ class _Checker:
     # -- rules --------------------------------------------------------------------------------
 
     def run(self) -> list[Finding]:
-        findings: list[Finding] = []
+        findings: list[Finding] = self._check_onnx()
+        findings += self._check_empty_batch()
         findings += self._check_opset()
         findings += self._check_dtypes()
         findings += self._check_dynamic_dims()
@@ -409,6 +410,40 @@ class _Checker:
         if reverses:
             findings += self._lengths_range_note()
         return findings
+
+    def _check_onnx(self) -> list[Finding]:
+        """The ONNX checker's verdict (attributes of the wrong type, say): every engine relies on
+        a valid graph before any rule of its own applies."""
+        import onnx
+
+        try:
+            onnx.checker.check_model(self.model)
+        except Exception as exc:  # the checker raises several types for an invalid graph
+            text = " ".join(str(exc).split())[:300]
+            message = f"not a valid ONNX graph (onnx.checker): {text}{self._parser_accepts}"
+            return [Finding(self._spec_severity, "graph", message)]
+        return []
+
+    def _check_empty_batch(self) -> list[Finding]:
+        """ONNX Runtime 1.32's CPU LSTM/GRU kernels crash the process (SIGSEGV) on a batch of 0
+        rows; birnn-export's graphs run an empty batch as one row of padding. (TensorRT's
+        profiles start at batch 1: an empty batch never reaches it.)"""
+        if self.trt:
+            return []
+        nodes = list(self._nodes(self.model.graph))
+        if not any(n.op_type in ("LSTM", "GRU") for n in nodes):
+            return []
+        if any(n.name.startswith("empty_batch/") for n in nodes):
+            return []
+        return [
+            Finding(
+                "warning",
+                "graph",
+                "an empty batch (0 rows) crashes ONNX Runtime's CPU LSTM/GRU kernels (SIGSEGV, "
+                "measured with 1.32) and this graph has no guard for it: refuse empty batches "
+                "before calling it, or re-export it with birnn-export",
+            )
+        ]
 
     def _check_opset(self) -> list[Finding]:
         if not self.trt:

@@ -16,7 +16,9 @@ Built-in recurrent layers are then swapped for :class:`~birnn_export.modules.BiR
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
@@ -24,8 +26,9 @@ import logging
 import os
 import pickle
 import re
+import stat
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,6 +285,11 @@ def _read_bytes(path: Path) -> bytes:
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory; expected a model file written by torch.save")
+    if not path.is_file():  # a FIFO would block, a device (/dev/zero) never end
+        kind = "a FIFO" if stat.S_ISFIFO(path.stat().st_mode) else "a device or socket"
+        raise ModelLoadError(
+            f"{path}: is {kind}, not a regular file; expected a model file written by torch.save"
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -292,13 +300,23 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
+    budget = load_budget(len(data))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), memory_limit(budget):
             # Plain pickles trip a protocol warning before the real error; the error says it all.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        _check_tensors(obj, path, len(data))
+        return obj
+    except ModelLoadError:
+        raise
     except Exception as exc:
         text = str(exc)
+        if _out_of_memory(exc):
+            raise ModelLoadError(
+                f"{path}: reading it asks for more than {_size(budget)} of memory, far more than a "
+                f"{_size(len(data))} file can hold (a memory bomb or corrupted sizes); refused"
+            ) from None
         blocked = _BLOCKED_GLOBAL.search(text)
         if isinstance(exc, pickle.UnpicklingError) and blocked:
             if trust_pickle:
@@ -310,6 +328,14 @@ def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
                 "only the model's state_dict"
             ) from None
         if data.startswith(_ZIP_MAGIC):
+            sizes = re.search(
+                r"record size \((\d+) bytes\) does not match expected size \((\d+)", text
+            )
+            if sizes:
+                raise ModelLoadError(
+                    f"{path}: a storage declares {_size(int(sizes[2]))} but the archive holds "
+                    f"{_size(int(sizes[1]))} for it: corrupted or crafted; refused"
+                ) from None
             raise ModelLoadError(
                 f"{path}: truncated or corrupted torch.save archive ({_first_sentence(text)})"
             ) from None
@@ -318,8 +344,7 @@ def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
                 return _load_trusted(data, path)
             raise ModelLoadError(
                 f"{path}: a pickle stream that torch.load(weights_only=True) cannot read "
-                f"({_last_detail(text)}): corrupted, or not written by torch.save; if it is a "
-                "plain pickle you trust, pass --trust-pickle (trust_pickle=True)"
+                f"({_last_detail(text)}): corrupted, or not written by torch.save"
             ) from None
         raise ModelLoadError(
             f"{path}: not a PyTorch file; expected a zip archive written by torch.save, "
@@ -327,10 +352,114 @@ def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
         ) from None
 
 
+#: Reading a model file may take this many times its size in memory, plus :data:`LOAD_SLACK`.
+LOAD_FACTOR = 4
+LOAD_SLACK = 1 << 30
+
+
+def load_budget(file_size: int) -> int:
+    """Bytes of memory a file of ``file_size`` bytes may take to read: 4x its size + 1 GiB (a
+    ``torch.save`` file holds its tensors' bytes, so a real model needs about 1x)."""
+    return LOAD_FACTOR * file_size + LOAD_SLACK
+
+
+@contextlib.contextmanager
+def memory_limit(extra: int) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``extra`` bytes for the
+    duration (Linux; elsewhere nothing is capped): an allocation past it fails at once with an
+    out-of-memory error instead of exhausting the machine."""
+    try:
+        import resource
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm") as handle:
+            current = int(handle.read().split()[0]) * page
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    limit = current + extra
+    for cap in (soft, hard):
+        if cap != resource.RLIM_INFINITY:
+            limit = min(limit, cap)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or ("alloc_cpu" in text)
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
+def _check_tensors(obj: Any, path: Path, file_size: int) -> None:
+    """Refuse what cannot be a model's weights, before anything is built from them: nested,
+    sparse or complex tensors, and views that would take far more memory than the file holds
+    (a 2 KB file of stride-0 views can ask for gigabytes)."""
+    total, biggest = 0, ("", 0, ())
+    for name, tensor in _tensors(obj):
+        if tensor.is_nested or tensor.layout != torch.strided:
+            kind = "a nested tensor" if tensor.is_nested else f"a {tensor.layout} tensor"
+            raise ModelLoadError(
+                f"{path}: {name} is {kind}; weights must be dense tensors (re-save it dense)"
+            )
+        if tensor.is_complex():
+            raise ModelLoadError(
+                f"{path}: {name} is complex ({tensor.dtype}); recurrent models export real "
+                "weights only, and a complex weight would be silently made real"
+            )
+        nbytes = tensor.numel() * tensor.element_size()
+        total += nbytes
+        if nbytes > biggest[1]:
+            biggest = (name, nbytes, tuple(tensor.shape))
+    if total > load_budget(file_size):
+        name, nbytes, shape = biggest
+        raise ModelLoadError(
+            f"{path}: its tensors would take {_size(total)} in memory ({name} {list(shape)} "
+            f"alone {_size(nbytes)}) but the file holds {_size(file_size)}: views with zero "
+            "strides or shared storage; refused (re-save with tensor.clone())"
+        )
+
+
+def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Tensor]]:
+    if depth > 50:
+        return
+    if isinstance(obj, Tensor):
+        yield prefix or "a tensor", obj
+    elif isinstance(obj, nn.Module):
+        for key, value in obj.state_dict(keep_vars=True).items():
+            yield f"{prefix}{key}", value
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors(
+                value,
+                f"{prefix}{key}." if not isinstance(value, Tensor) else f"{prefix}{key}",
+                depth + 1,
+            )
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}[{index}]", depth + 1)
+
+
 def _load_trusted(data: bytes, path: Path) -> Any:
     logger.info("%s: unpickling with weights_only=False (trust_pickle): this runs its code", path)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        with memory_limit(load_budget(len(data))):
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        _check_tensors(obj, path, len(data))
+        return obj
+    except ModelLoadError:
+        raise
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
             f"{path}: the pickled objects need module {exc.name!r}, which cannot be imported; run "
@@ -367,8 +496,8 @@ def _build(
                 "checkpoint with one state_dict; drop the option"
             )
         if model_class is None:
-            model = ARCHITECTURES[architecture][1](config)
-            _load_strict(model, state, f"{architecture}({config})", path)
+            factory = functools.partial(ARCHITECTURES[architecture][1], config)
+            model = _construct(factory, state, f"{architecture}({config})", path)
             if isinstance(model, SequenceTagger):
                 return model, model.to_torch(), f"{where} ({architecture})", config.to_dict()
             model.eval()
@@ -387,19 +516,24 @@ def _build(
                     _config_of(state),
                 )
             state = state.state_dict()
-    user = None if model_class is None else _instantiate(model_class, model_kwargs)
-    state, stripped = _strip_wrapper_prefix(state, None if user is None else user.state_dict())
-    if stripped:
-        where += f" (prefix {stripped!r} removed)"
-    if user is not None:
-        _load_strict(user, state, model_class, path)
+    if model_class is not None:
+        factory = functools.partial(_user_class(model_class), **model_kwargs)
+        what = f"{model_class}(**{model_kwargs!r})"
+        keys = _call(_on_meta(factory) or factory, what, model_class).state_dict()
+        state, stripped = _strip_wrapper_prefix(state, keys)
+        if stripped:
+            where += f" (prefix {stripped!r} removed)"
+        user = _construct(factory, state, model_class, path, what=what)
         model, original = _from_module(user)
         return model, original, f"{where} loaded into {model_class}", _config_of(user)
+    state, stripped = _strip_wrapper_prefix(state, None)
+    if stripped:
+        where += f" (prefix {stripped!r} removed)"
     config, tagger_state, layout = _recognise(state, nonlinearity, path)
     if time_major:
         config = dataclasses.replace(config, batch_first=False)
-    model = SequenceTagger(config)
-    _load_strict(model, tagger_state, f"SequenceTagger({config})", path)
+    factory = functools.partial(SequenceTagger, config)
+    model = _construct(factory, tagger_state, f"SequenceTagger({config})", path)
     if time_major:
         layout += "; time-major input [seq, batch, ...] (--time-major)"
     elif not layout.startswith("seed article"):  # the article's classes are batch-first
@@ -428,9 +562,20 @@ def _check_own_format(obj: Mapping[str, Any], path: Path) -> tuple[str, Any]:
     if not isinstance(data, Mapping):
         raise ModelLoadError(f"{path}: bad config in birnn-export checkpoint: expected a dict")
     config_class, model_class = ARCHITECTURES[architecture]
+    state = obj.get("state_dict")
+    elements = sum(t.numel() for t in state.values()) if _is_tensor_dict(state) else 0
+    for key, value in data.items():
+        # No size in a real config exceeds the weights' element count (a layer holds at least
+        # one): a larger one is refused before anything is built from it.
+        if isinstance(value, int) and not isinstance(value, bool) and value > max(elements, 1):
+            raise ModelLoadError(
+                f"{path}: bad config in birnn-export checkpoint: {key} {value} is larger than its "
+                f"weights could hold ({elements} elements in the file)"
+            )
     try:
         config = config_class.from_dict(dict(data))
-        model_class(config)  # validates sizes, cell and types
+        with torch.device("meta"):  # validates sizes, cell and types without allocating
+            model_class(config)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(
             f"{path}: bad config in birnn-export checkpoint: {_first_sentence(str(exc))}"
@@ -498,7 +643,8 @@ def _config_of(module: nn.Module) -> dict[str, Any] | None:
     return module.config.to_dict() if isinstance(module, SequenceTagger) else None
 
 
-def _instantiate(spec: str, kwargs: dict[str, Any]) -> nn.Module:
+def _user_class(spec: str) -> type[nn.Module]:
+    """The class named ``package.module:Class``; importing the module runs its code."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ModelLoadError(f"model_class: expected 'package.module:Class', got {spec!r}")
@@ -506,8 +652,12 @@ def _instantiate(spec: str, kwargs: dict[str, Any]) -> nn.Module:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
-            f"model_class: cannot import module {module_name!r} ({exc}); run from the directory "
-            "that contains it or add that directory to PYTHONPATH"
+            f"model_class: cannot import module {module_name!r} ({exc}); install it, or add the "
+            "directory that holds it to PYTHONPATH (the working directory is not searched)"
+        ) from None
+    except SystemExit as exc:
+        raise ModelLoadError(
+            f"model_class: importing {module_name!r} called sys.exit({exc.code!r})"
         ) from None
     except Exception as exc:
         raise ModelLoadError(
@@ -520,17 +670,71 @@ def _instantiate(spec: str, kwargs: dict[str, Any]) -> nn.Module:
         target = getattr(target, part)
     if not (isinstance(target, type) and issubclass(target, nn.Module)):
         raise ModelLoadError(f"model_class: {spec!r} is not an nn.Module subclass")
+    return target
+
+
+def _on_meta(factory: Any) -> Any:
+    """``factory`` building on the meta device (no memory), or ``None`` if the model's own code
+    cannot build there."""
+
+    def build() -> nn.Module:
+        with torch.device("meta"):
+            return factory()
+
     try:
-        return target(**kwargs)
+        build()
+    except (Exception, SystemExit):
+        return None
+    return build
+
+
+def _call(factory: Any, what: str, name: str = "") -> nn.Module:
+    """``factory()``, with whatever the model's own code raises (``SystemExit`` included) and
+    running out of memory turned into one line."""
+    label = name or what.partition("(")[0]
+    try:
+        return factory()
+    except SystemExit as exc:
+        raise ModelLoadError(f"model_class: {what} called sys.exit({exc.code!r})") from None
     except Exception as exc:
+        if _out_of_memory(exc):
+            raise ModelLoadError(
+                f"{label}: building {what} runs out of memory; check its sizes"
+            ) from None
         raise ModelLoadError(
-            f"model_class: {spec}(**{kwargs!r}) failed: {type(exc).__name__}: "
+            f"model_class: {what} failed: {type(exc).__name__}: "
             f"{_first_sentence(str(exc))}; check --model-kwargs"
         ) from None
 
 
+def _construct(
+    factory: Any, state: Mapping[str, Tensor], name: str, path: Path, *, what: str = ""
+) -> nn.Module:
+    """Build a model and load ``state`` into it strictly. Its shapes are compared with the
+    file's on the meta device first, so sizes that do not fit the file (a config or kwargs
+    asking for a vocabulary of 1e10) are refused before anything is allocated."""
+    what = what or name
+    probe = _on_meta(factory)
+    if probe is not None:
+        _compare(probe(), state, name, path)
+    module = _call(factory, what, name)
+    _load_strict(module, state, name, path)
+    return module
+
+
 def _load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Path) -> None:
     """``load_state_dict(strict=True)`` with a one-line error naming the first bad keys."""
+    _compare(module, state, what, path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"{path}: weights do not fit {what}: {_first_sentence(str(exc))}"
+        ) from None
+
+
+def _compare(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Path) -> None:
+    """Refuse, naming the first bad keys, weights whose keys or shapes differ from the model's."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -550,12 +754,6 @@ def _load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str, path
     ]
     if problems:
         raise ModelLoadError(f"{path}: weights do not fit {what}: " + "; ".join(problems))
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelLoadError(
-            f"{path}: weights do not fit {what}: {_first_sentence(str(exc))}"
-        ) from None
 
 
 # -- recognising bare state_dicts --------------------------------------------------------------

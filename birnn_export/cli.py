@@ -21,10 +21,12 @@ from typing import Any
 
 import click
 
-from birnn_export._files import check_output_path, write_atomic
+from birnn_export._files import check_output_path, refuse_same_files, write_atomic
 from birnn_export._version import __version__
 
 DEFAULT_COMMAND = "export"
+#: Exit code after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 class _DefaultGroup(click.Group):
@@ -56,9 +58,9 @@ class _DefaultGroup(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except (click.Abort, KeyboardInterrupt):
             click.echo("Aborted!", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_INTERRUPTED)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -95,7 +97,9 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--model-class",
             metavar="MODULE:CLASS",
-            help="Your model class, e.g. 'mypkg.models:Tagger'; weights come from the file.",
+            help="Your model class, e.g. 'mypkg.models:Tagger'; weights come from the file. "
+            "Importing the module RUNS ITS CODE; it must be importable as it is (installed, or "
+            "on PYTHONPATH: the working directory is not added).",
         ),
         click.option(
             "--model-kwargs",
@@ -139,6 +143,10 @@ def parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         message = f"--model-kwargs: not valid JSON ({exc.msg} at column {exc.colno})"
         raise UserError(message) from None
+    except RecursionError:
+        raise UserError("--model-kwargs: nested too deeply to read; pass a flat object") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"--model-kwargs: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(value, dict):
         raise UserError(f"--model-kwargs: expected a JSON object, got {type(value).__name__}")
     return value
@@ -204,10 +212,8 @@ def load_for_cli(path: Path, **options: Any) -> Any:
     from birnn_export.checkpoint import load_model
 
     options["model_kwargs"] = parse_model_kwargs(options.get("model_kwargs"))
-    if options.get("model_class") and "" not in sys.path and "." not in sys.path:
-        # `python -m` puts the working directory on sys.path, the console script does not;
-        # --model-class mypkg.models:Tagger should resolve the same way under both.
-        sys.path.insert(0, "")
+    # The import path is used as it is: a module in the working directory is not importable
+    # unless the user puts it there (PYTHONPATH=.), so nothing planted there runs by surprise.
     return load_model(path, **options)
 
 
@@ -334,8 +340,9 @@ def export_command(
 
     start = time.perf_counter()
     output = output or model_path.with_suffix(".onnx")
-    check_output_path("-o", output)
+    check_output_path("-o", output, suffix=".onnx")
     check_output_path("--json", json_path)
+    refuse_same_files(**{"MODEL.pt": model_path, "-o": output, "--json": json_path})
     named = parse_named_ranges(ranges)
     if batch_range is not None:
         named["batch"] = parse_range(batch_range, "--batch-range")
@@ -422,7 +429,9 @@ def _parse_spec(data: dict[str, Any], path: Path) -> Any:
 
     try:
         return GraphSpec.from_json(json.dumps(data))
-    except (BiRNNExportError, ValueError, TypeError, KeyError) as exc:
+    except BiRNNExportError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise UserError(
             f"{path}: unreadable birnn_export.spec metadata ({exc}); re-export the model"
         ) from None
@@ -467,6 +476,7 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     from birnn_export.export import describe_onnx
 
     check_output_path("--json", json_path)
+    refuse_same_files(**{"MODEL.onnx": onnx_path, "--json": json_path})
     info = describe_onnx(onnx_path)
     spec = info["metadata"].get("birnn_export.spec")
     parsed = _parse_spec(spec, onnx_path) if isinstance(spec, dict) else None
@@ -564,7 +574,11 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     "declared seq range; T0 = export's example length].",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the first case's inputs."
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the first case's inputs.",
 )
 @click.option(
     "--atol",
@@ -666,6 +680,17 @@ def verify_command(
     check_output_path("--json", json_path)
     check_output_path("--save-inputs", save_inputs)
     check_output_path("--save-outputs", save_outputs)
+    refuse_same_files(
+        **{
+            "MODEL.onnx": onnx_path,
+            "--model": model_path,
+            "--load-inputs": load_inputs,
+            "--load-outputs": load_outputs,
+            "--json": json_path,
+            "--save-inputs": save_inputs,
+            "--save-outputs": save_outputs,
+        }
+    )
     if model_path is None and load_outputs is None:
         raise UserError("--model: give the model the graph was exported from (or --load-outputs)")
     loaded = load_for_cli(model_path, **loader) if model_path is not None else None
@@ -746,8 +771,24 @@ def verify_command(
     help="Where the torch engine runs: cpu, cuda or cuda:N.",
 )
 @click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--atol", type=float, help="Absolute tolerance of the output check.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the random inputs.",
+)
+@click.option(
+    "--memory-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="GIB",
+    help="GiB the largest tensor of one shape may take in float64; larger shapes are refused.",
+)
+@click.option(
+    "--atol", type=float, help="Absolute tolerance of the output check (selects fixed tolerances)."
+)
 @click.option("--rtol", type=float, help="Relative tolerance of the output check.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
@@ -767,6 +808,7 @@ def bench_command(
     device: str,
     compile: bool,
     seed: int,
+    memory_budget: float,
     atol: float | None,
     rtol: float | None,
     json_path: Path | None,
@@ -798,6 +840,15 @@ def bench_command(
         raise UserError(f"MODEL.onnx: no such file: {onnx_path}")
     for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
         check_output_path(option, path)
+    refuse_same_files(
+        **{
+            "MODEL.onnx": onnx_path,
+            "--model": model_path,
+            "--json": json_path,
+            "--csv": csv_path,
+            "--plot": plot_path,
+        }
+    )
     if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot: matplotlib is not installed; pip install matplotlib")
 
@@ -822,6 +873,7 @@ def bench_command(
         seed=seed,
         atol=atol,
         rtol=rtol,
+        memory_budget=int(memory_budget * 2**30),
     )
     wide_console().print(render_table(report))
     for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
@@ -883,6 +935,7 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
     from birnn_export.check import check_compatibility
 
     check_output_path("--json", json_path)
+    refuse_same_files(**{"MODEL.onnx": onnx_path, "--json": json_path})
     report = check_compatibility(onnx_path, target=target, tensorrt=tensorrt)
     for line in report.lines():
         click.echo(line)

@@ -32,6 +32,13 @@ class EngineUnavailableError(BiRNNExportError):
     """An inference engine was requested that cannot run here; the message says why."""
 
 
+class EngineError(BiRNNExportError):
+    """An engine failed on the graph when it ran: it could not load the graph, raised on valid
+    inputs, or crashed (exit code 1: the graph does not run there; not bad input)."""
+
+    exit_code = 1
+
+
 class EngineBuildError(BiRNNExportError):
     """TensorRT's ONNX parser rejected a graph, or its builder failed on it: the graph does not
     run on that engine as exported (exit code 1, like a failed verification)."""

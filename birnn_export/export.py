@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import glob
 import inspect
 import logging
 import os
@@ -851,11 +852,19 @@ def _check_graph(model: Any, spec: GraphSpec, ignore: Collection[int]) -> None:
 # -- writing and self-check -----------------------------------------------------------------
 
 
+#: Staging folders are named ``.<file>.birnn-export-<pid>-<random>``: a folder whose process is
+#: gone (killed while saving) is removed by the next export to the same file.
+STAGING_MARK = ".birnn-export-"
+
+
 @contextlib.contextmanager
 def _staged_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it (and external data) into place on success."""
+    _remove_stale_staging(path)
     try:
-        directory = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        directory = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}{STAGING_MARK}{os.getpid()}-", dir=path.parent)
+        )
     except OSError as exc:
         raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     staging = directory / path.name
@@ -869,6 +878,30 @@ def _staged_output(path: Path) -> Iterator[Path]:
         for leftover in directory.iterdir():
             leftover.unlink()
         directory.rmdir()
+
+
+def _remove_stale_staging(path: Path) -> None:
+    """Remove staging folders for ``path`` left by a process that no longer runs (kill -9)."""
+    prefix = f".{path.name}{STAGING_MARK}"
+    for folder in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix) :].partition("-")[0]
+        if not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            for leftover in folder.iterdir():
+                leftover.unlink()
+            folder.rmdir()
+            logger.info("removed %s, left by process %s that no longer runs", folder, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
 
 
 def _save(proto: Any, path: Path, *, external: bool) -> None:
@@ -944,9 +977,12 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     for node in proto.graph.node:
         if node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence"):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
             attrs = {
-                k: [x.decode() if isinstance(x, bytes) else x for x in v]
+                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                for k, v in attrs.items()
+            }
+            attrs = {
+                k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
                 if isinstance(v, list)
                 else v
                 for k, v in attrs.items()
@@ -963,8 +999,8 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     for prop in proto.metadata_props:
         try:
             metadata[prop.key] = json.loads(prop.value) if prop.key == METADATA_KEY else prop.value
-        except json.JSONDecodeError:
-            metadata[prop.key] = prop.value
+        except (json.JSONDecodeError, RecursionError):
+            metadata[prop.key] = prop.value[:200]
     initializers = {i.name for i in proto.graph.initializer}
     return {
         "path": str(path),

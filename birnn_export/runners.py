@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
 
 if TYPE_CHECKING:
     from birnn_export.spec import GraphSpec
@@ -452,9 +452,10 @@ class OrtRunner(BaseRunner):
             session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
         except Exception as exc:
             if type(exc).__module__.startswith("onnxruntime"):
-                raise EngineUnavailableError(
-                    f"{self.engine}: onnxruntime could not load {self.path}: {exc}"
-                ) from exc
+                text = " ".join(str(exc).split())[:300]
+                raise EngineError(
+                    f"{self.engine}: onnxruntime could not load {self.path}: {text}"
+                ) from None
             raise
         active = session.get_providers()
         if self.provider not in active:

@@ -129,6 +129,7 @@ class GraphSpec:
         """
         try:
             data = json.loads(text)
+            _check_spec_data(data)
             for key in ("inputs", "outputs"):
                 data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
             data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
@@ -141,8 +142,10 @@ class GraphSpec:
                 for k, v in data.get("dim_ranges", {}).items()
             }
             return cls(**data)
-        except BiRNNExportError:
-            raise
+        except BiRNNExportError as exc:
+            raise BiRNNExportError(
+                f"unreadable {METADATA_KEY} metadata ({exc}); re-export the model"
+            ) from None
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise BiRNNExportError(
                 f"unreadable {METADATA_KEY} metadata ({type(exc).__name__}: {exc}); re-export "
@@ -162,8 +165,13 @@ class GraphSpec:
         return cls.from_json(props[METADATA_KEY])
 
 
+#: The largest size a declared dim may have (batch or length): 2**20. Larger serving ranges are
+#: refused at export (a profile of 1e9 rows would fail at every engine later).
+MAX_DIM = 1 << 20
+
+
 def check_range(name: str, values: Any) -> tuple[int, int, int]:
-    """``values`` as a (min, opt, max) triple with ``1 <= min <= opt <= max``.
+    """``values`` as a (min, opt, max) triple with ``1 <= min <= opt <= max <= MAX_DIM``.
 
     Raises:
         BiRNNExportError: naming ``name`` and what a valid range looks like.
@@ -178,9 +186,81 @@ def check_range(name: str, values: Any) -> tuple[int, int, int]:
         triple = ()
     if len(triple) != 3 or not 1 <= triple[0] <= triple[1] <= triple[2]:
         raise BiRNNExportError(
-            f"{name}: expected (min, opt, max) with 1 <= min <= opt <= max, got {values!r}"
+            f"{name}: expected (min, opt, max) with 1 <= min <= opt <= max, got {values!r}"[:300]
+        )
+    if triple[2] > MAX_DIM:
+        raise BiRNNExportError(
+            f"{name}: max {triple[2]} is over {MAX_DIM}, the largest size birnn-export declares"
         )
     return triple  # type: ignore[return-value]
+
+
+_TENSOR_FIELDS = {
+    "name": str,
+    "dtype": str,
+    "dims": list,
+    "role": str,
+    "low": (int, float, str, type(None)),
+    "high": (int, float, str, type(None)),
+    "batch_at": (int, type(None)),
+    "time_at": (int, type(None)),
+}
+_ROLES = ("features", "tokens", "lengths", "sequence", "state", "other")
+
+
+def _check_spec_data(data: Any) -> None:
+    """Every field of a spec read from a file has the type and bounds it must have.
+
+    Raises:
+        BiRNNExportError: naming the first field that does not.
+    """
+    if not isinstance(data, dict):
+        raise BiRNNExportError(f"expected a JSON object, got {type(data).__name__}")
+    for key in ("inputs", "outputs"):
+        tensors = data.get(key)
+        if not isinstance(tensors, list) or len(tensors) > 1000:
+            raise BiRNNExportError(f"{key}: expected a list of tensors")
+        for index, tensor in enumerate(tensors):
+            where = f"{key}[{index}]"
+            if not isinstance(tensor, dict) or set(tensor) - set(_TENSOR_FIELDS):
+                raise BiRNNExportError(
+                    f"{where}: expected an object with {', '.join(_TENSOR_FIELDS)}"
+                )
+            for field_name, kind in _TENSOR_FIELDS.items():
+                if field_name in tensor and not isinstance(tensor[field_name], kind):
+                    raise BiRNNExportError(f"{where}.{field_name}: wrong type")
+            if tensor.get("role") not in _ROLES:
+                raise BiRNNExportError(f"{where}.role: expected one of {', '.join(_ROLES)}")
+            dims = tensor.get("dims", [])
+            if len(dims) > 32:
+                raise BiRNNExportError(f"{where}.dims: more than 32 dims")
+            for dim in dims:
+                if isinstance(dim, bool) or not (
+                    (isinstance(dim, int) and 0 <= dim <= MAX_DIM)
+                    or (isinstance(dim, str) and 0 < len(dim) <= 200)
+                ):
+                    raise BiRNNExportError(
+                        f"{where}.dims: {dim!r} is neither a size in 0..{MAX_DIM} nor a name"
+                    )
+            for axis in ("batch_at", "time_at"):
+                at = tensor.get(axis)
+                if at is not None and not 0 <= at < len(dims):
+                    raise BiRNNExportError(f"{where}.{axis}: {at} is not an axis of its dims")
+    for key in ("example_batch", "example_seq"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+            raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
+    for key in ("dim_ranges", "example_sizes", "config"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise BiRNNExportError(f"{key}: expected an object")
+    layers = data.get("recurrent_layers", [])
+    if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
+        raise BiRNNExportError("recurrent_layers: expected a list of objects")
+    for layer in layers:
+        for key in ("hidden_size", "num_layers"):
+            value = layer.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+                raise BiRNNExportError(f"recurrent_layers: {key} {value!r} out of range")
 
 
 def _whole(value: Any) -> int:
@@ -463,3 +543,23 @@ def dim_sources(text: str) -> set[str]:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
     }
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - calls
+
+
+def largest_tensor_bytes(proto: Any, spec: GraphSpec, batch: int, seq: int) -> int:
+    """The largest tensor of the graph at ``batch`` x ``seq``, in bytes at float64: what one case
+    of the float64 reference allocates at least. Read from the graph's inputs, outputs and
+    inferred intermediate shapes (their symbolic dims evaluated; an unreadable dim counts as
+    the larger of ``batch`` and ``seq``)."""
+    sizes = spec.sizes(batch, seq)
+    unknown = max(batch, seq, *sizes.values())
+    infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    largest = 0
+    for info in infos:
+        count = 1
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                count *= max(int(dim.dim_value), 1)
+            else:
+                count *= max(dim_size(dim.dim_param, sizes, unknown), 1)
+        largest = max(largest, count)
+    return largest * 8

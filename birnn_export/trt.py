@@ -34,13 +34,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import hashlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -527,6 +530,34 @@ def _without_noise(text: str) -> str:
     return re.sub(r" In \w+ at /_src/\S+", "", joined)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Collect garbage now and none while TensorRT runs: freeing an old TensorRT object (a
+    builder left in a reference cycle) from inside one of TensorRT's own callbacks into Python
+    (the logger) takes a lock that call already holds, and the process hangs (seen with
+    TensorRT-RTX 1.7 in ``Builder()``)."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _without_gc(func: Any) -> Any:
+    """Run ``func`` inside :func:`gc_paused`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with gc_paused():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_without_gc
 def build_engine(
     path: str | os.PathLike[str],
     *,
@@ -860,6 +891,7 @@ class TrtRunner(BaseRunner):
                 return (capability[0], capability[1])
         return None
 
+    @_without_gc
     def activate_impl(self) -> None:
         reason = availability(self.library, device=self.device)
         if reason:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -69,6 +70,7 @@ from birnn_export.spec import (
     covering_range,
     default_tolerance,
     dim_size,
+    largest_tensor_bytes,
     load_onnx,
     make_feed,
 )
@@ -404,26 +406,6 @@ def row_feed(
 # -- memory ----------------------------------------------------------------------------------
 
 
-def largest_tensor_bytes(proto: Any, spec: GraphSpec, batch: int, seq: int) -> int:
-    """The largest tensor of the graph at ``batch`` x ``seq``, in bytes at float64: what one case
-    of the float64 reference allocates at least. Read from the graph's inputs, outputs and
-    inferred intermediate shapes (their symbolic dims evaluated; an unreadable dim counts as
-    the larger of ``batch`` and ``seq``)."""
-    sizes = spec.sizes(batch, seq)
-    unknown = max(batch, seq, *sizes.values())
-    infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
-    largest = 0
-    for info in infos:
-        count = 1
-        for dim in info.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
-                count *= max(int(dim.dim_value), 1)
-            else:
-                count *= max(dim_size(dim.dim_param, sizes, unknown), 1)
-        largest = max(largest, count)
-    return largest * 8
-
-
 def _fit_budget(
     cases: list[Case], proto: Any, spec: GraphSpec, budget: int, explicit: bool
 ) -> tuple[list[Case], list[str]]:
@@ -517,6 +499,7 @@ class _References:
             if dtype is not None
         }
         self.layer_reason: str | None = None
+        self.checked_determinism = False
 
     def attach_layers(self, paths: Sequence[str]) -> None:
         for side in self.sides.values():
@@ -564,7 +547,26 @@ class _References:
                     out[f"{key}_layers"], out["layer_lengths"] = side.layers.layers()
                 except LayersUnavailable as exc:
                     self.layer_reason = str(exc)
+        if not self.checked_determinism:
+            self.checked_determinism = True
+            self._check_determinism(feed, out["reference"])
         return out
+
+    def _check_determinism(
+        self, feed: Mapping[str, np.ndarray], first: Mapping[str, np.ndarray]
+    ) -> None:
+        """The reference must give the same outputs twice: a model with random operations in
+        eval mode has no fixed answer to compare an engine with (and its large "noise" would
+        let anything pass)."""
+        again = self.reference_only(feed)
+        for name, value in first.items():
+            if not np.array_equal(np.asarray(value), np.asarray(again[name]), equal_nan=True):
+                worst = float(np.max(np.abs(np.asarray(value) - np.asarray(again[name]))))
+                raise BiRNNExportError(
+                    f"the model's output {name!r} differs between two runs on the same inputs "
+                    f"(by {worst:.3g}): it is not deterministic in eval mode (random operations, "
+                    "or dropout left on?), so no engine can be judged against it"
+                )
 
 
 def _side(module: Any, spec: GraphSpec, dtype: str) -> _Side:
@@ -1053,6 +1055,8 @@ def _engine_runner(
     converted: Any,
     spec: GraphSpec,
     profile: tuple[tuple[int, int, int], tuple[int, int, int]],
+    *,
+    isolate: bool = True,
 ) -> Any:
     from birnn_export import runners
     from birnn_export.errors import EngineUnavailableError
@@ -1060,15 +1064,27 @@ def _engine_runner(
     reason = runners.availability(engine)
     if reason:  # refuse before the sweep starts, not once per case
         raise EngineUnavailableError(reason)
-    return runners.make_runner(
+    if engine == "torch" or not isolate:
+        return runners.make_runner(
+            engine,
+            onnx_path,
+            model=copy.deepcopy(converted) if engine == "torch" else None,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            profile_batch=profile[0],
+            profile_seq=profile[1],
+        )
+    # Every other engine in a child process: a crash there is a failed case, not a dead command.
+    from birnn_export._isolation import IsolatedRunner
+
+    factory = functools.partial(
+        runners.make_runner,
         engine,
         onnx_path,
-        model=copy.deepcopy(converted) if engine == "torch" else None,
-        input_names=[t.name for t in spec.inputs],
-        output_names=[t.name for t in spec.outputs],
         profile_batch=profile[0],
         profile_seq=profile[1],
     )
+    return IsolatedRunner(engine, factory)
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -1133,6 +1149,7 @@ def verify(
     save_outputs: str | os.PathLike[str] | None = None,
     load_inputs: str | os.PathLike[str] | None = None,
     load_outputs: str | os.PathLike[str] | None = None,
+    isolate: bool = True,
 ) -> VerifyReport:
     """Compare engines running ``onnx_path`` with the model across a sweep of shapes.
 
@@ -1170,6 +1187,9 @@ def verify(
         load_inputs: Run these saved inputs instead of a sweep.
         load_outputs: Compare against these saved outputs instead of running a model (needs
             ``load_inputs``).
+        isolate: Run every engine but ``torch`` in a child process, so that an engine crash
+            (a segfault inside ONNX Runtime or TensorRT) fails its case instead of ending this
+            process. ``False`` runs them here (a faster start; for tests that patch runners).
 
     Returns:
         A :class:`VerifyReport`; call :meth:`VerifyReport.raise_for_failure` to turn a mismatch
@@ -1257,7 +1277,8 @@ def verify(
         cases, batch_invariance=batch_invariance, declared=(spec.batch_range, spec.seq_range)
     )
     runners_ = {
-        engine: _engine_runner(engine, onnx_path, converted, spec, profile) for engine in engines
+        engine: _engine_runner(engine, onnx_path, converted, spec, profile, isolate=isolate)
+        for engine in engines
     }
     lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
     references = None
@@ -1312,6 +1333,8 @@ def verify(
                 saved.append((case, feed, ran, case_ok))
         finally:
             bar.close()
+            if layer_state.graph is not None:
+                layer_state.graph.close()
     if layer_state.reason is not None and layers and golden is None:
         notes.append(f"recurrent layers not compared one by one: {layer_state.reason}")
     elif references is not None and references.layer_reason is not None:

@@ -329,10 +329,15 @@ def test_duration_gives_at_least_three_runs(files: dict[str, Path], model: Seque
         ({"seq_lens": ()}, "seq_lens"),
         ({"iters": 3, "duration": 1.0}, "not both"),
         ({"warmup": -1}, "warmup"),
+        ({"threads": 100000}, "threads: 100000 is not in 1"),
+        ({"atol": -1.0}, "atol: expected a finite number"),
+        ({"rtol": float("nan")}, "rtol: expected a finite number"),
+        ({"batch_sizes": (100000,), "seq_lens": (256,)}, "raise --memory-budget"),
     ],
 )
 def test_bad_arguments(files: dict[str, Path], model: SequenceTagger, kwargs, match) -> None:
-    with pytest.raises(ValueError, match=match):
+    # One error type for bad input (exit code 2 at the command line), raised before any run.
+    with pytest.raises(BiRNNExportError, match=match):
         benchmark(files["onnx"], model, **{**SMALL, **kwargs})
 
 
@@ -383,16 +388,16 @@ def test_tensorrt_engines_get_a_profile_covering_every_shape(
     monkeypatch.setenv("BIRNN_EXPORT_CACHE", str(tmp_path))
     shapes = [(b, s) for b in (2, 64) for s in (16, 300)]
     args = (None, ["x", "lengths"], ["y"], 1, None, shapes)
-    trt_runner = _make_runner("trt", files["onnx"], *args)
+    trt_runner = _make_runner("trt", files["onnx"], *args, isolate=False)
     assert (trt_runner.batch, trt_runner.seq) == ((1, 8, 64), (1, 64, 300))
-    ort_runner = _make_runner("ort-trt", files["onnx"], *args)
+    ort_runner = _make_runner("ort-trt", files["onnx"], *args, isolate=False)
     assert ort_runner.threads == 1
     options = ort_runner.provider_options
     assert options["trt_profile_min_shapes"] == "x:1x1x4,lengths:1"
     assert options["trt_profile_opt_shapes"] == "x:8x64x4,lengths:8"
     assert options["trt_profile_max_shapes"] == "x:64x300x4,lengths:64"
     assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt" / "strict-fp32")
-    cuda_runner = _make_runner("ort-cuda", files["onnx"], *args)
+    cuda_runner = _make_runner("ort-cuda", files["onnx"], *args, isolate=False)
     assert cuda_runner.threads == 1 and cuda_runner.provider_options is None
 
 

@@ -22,7 +22,7 @@ from birnn_export import seed
 from birnn_export.checkpoint import LoadedModel, TorchReference, load_model, save_checkpoint
 from birnn_export.cli import main
 from birnn_export.conversion import find_recurrent_layers
-from birnn_export.errors import ModelLoadError
+from birnn_export.errors import BiRNNExportError, ModelLoadError
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 
@@ -155,7 +155,7 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     tagger = SequenceTagger(TaggerConfig(cell="lstm", input_size=2, hidden_size=3, output_size=2))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BiRNNExportError, match="disk full"):
         save_checkpoint(tagger, path)
     assert path.read_bytes() == b"previous content"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

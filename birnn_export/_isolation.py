@@ -1,0 +1,180 @@
+"""Engines in a child process.
+
+An engine that crashes (a segfault inside ONNX Runtime or TensorRT) ends its child process, not
+the command: :class:`IsolatedRunner` reports it as an :class:`~birnn_export.errors.EngineError`
+naming the engine and the input shapes, and starts a fresh child for the next call. Verification
+and benchmarks run every engine but eager PyTorch this way; timings are the child's own, taken
+around the engine call, without the transfer between the processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from birnn_export import errors
+from birnn_export.runners import BaseRunner
+
+#: Errors rebuilt by name in the parent; anything else arrives as a RuntimeError.
+_ERRORS = {
+    name: getattr(errors, name)
+    for name in (
+        "BiRNNExportError",
+        "EngineError",
+        "EngineUnavailableError",
+        "EngineBuildError",
+        "ExportError",
+    )
+}
+
+
+class IsolatedRunner(BaseRunner):
+    """Run the runner that ``factory()`` builds (a picklable callable) in a child process.
+
+    Args:
+        engine: The engine's name, for messages.
+        factory: Builds the runner in the child, e.g. ``functools.partial(make_runner, "ort-cpu",
+            "model.onnx")``.
+    """
+
+    def __init__(self, engine: str, factory: Callable[[], BaseRunner]) -> None:
+        super().__init__()
+        self.engine = engine
+        self.factory = factory
+        self.info: dict[str, Any] = {}
+        self._conn: Any = None
+        self._proc: Any = None
+        self._child_seconds: float | None = None
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        super().activate()
+        self.activate_time_s = self.info.get("activate_time_s", self.activate_time_s)
+
+    def activate_impl(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._proc = context.Process(target=_serve, args=(child, self.factory), daemon=True)
+        self._proc.start()
+        child.close()
+        kind, payload = self._receive("starting")
+        if kind == "error":
+            self._stop()
+            raise _rebuild(payload)
+        self.info = payload
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = super().infer(feed)
+        self.last_inference_time_s = self._child_seconds
+        return outputs
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._proc is None or not self._proc.is_alive():
+            self.activate_impl()  # the last call crashed the child: start a fresh one
+        shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())
+        self._conn.send(("infer", {k: np.asarray(v) for k, v in feed.items()}))
+        kind, payload = self._receive(f"running inputs {shapes}")
+        if kind == "error":
+            raise _rebuild(payload)
+        outputs, self._child_seconds = payload
+        return outputs
+
+    def deactivate_impl(self) -> None:
+        self._stop()
+
+    def providers(self) -> list[str]:
+        return list(self.info.get("providers", []))
+
+    @property
+    def placement(self) -> Any:
+        return self.info.get("placement")
+
+    @property
+    def cpu_recurrent_nodes(self) -> tuple[str, ...]:
+        return tuple(self.info.get("cpu_recurrent_nodes", ()))
+
+    @property
+    def engine_path(self) -> Any:
+        return self.info.get("engine_path")
+
+    # -- the child -----------------------------------------------------------------------------
+
+    def _receive(self, doing: str) -> tuple[str, Any]:
+        while True:
+            try:
+                if self._conn.poll(0.05):
+                    return self._conn.recv()
+            except (EOFError, OSError):
+                pass
+            if not self._proc.is_alive():
+                code = self._proc.exitcode
+                self._stop()
+                how = (
+                    f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
+                )
+                raise errors.EngineError(
+                    f"{self.engine} crashed ({how}) while {doing}: the engine's process ended; "
+                    "the graph does not run there"
+                )
+
+    def _stop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self._conn.send(("stop", None))
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(timeout=5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+        self._conn = self._proc = None
+
+
+def _serve(conn: Any, factory: Callable[[], BaseRunner]) -> None:
+    """The child: build and activate the runner, then answer ``infer`` until ``stop``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        runner = factory()
+        runner.activate()
+    except BaseException as exc:
+        conn.send(("error", (type(exc).__name__, str(exc))))
+        return
+    conn.send(
+        (
+            "ready",
+            {
+                "activate_time_s": runner.activate_time_s,
+                "providers": list(runner.providers()),
+                "placement": getattr(runner, "placement", None),
+                "cpu_recurrent_nodes": tuple(getattr(runner, "cpu_recurrent_nodes", ())),
+                "engine_path": getattr(runner, "engine_path", None),
+            },
+        )
+    )
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            return
+        if kind == "stop":
+            runner.deactivate()
+            return
+        try:
+            outputs = runner.infer(payload)
+        except Exception as exc:
+            conn.send(("error", (type(exc).__name__, str(exc))))
+            continue
+        conn.send(("ok", (outputs, runner.last_inference_time_s)))
+
+
+def _rebuild(payload: tuple[str, str]) -> Exception:
+    name, message = payload
+    if name in _ERRORS:
+        return _ERRORS[name](message)
+    return RuntimeError(f"{name}: {message}")
