@@ -66,6 +66,7 @@ def check_output_path(
         return
     target = Path(path)
     folder = target.absolute().parent
+    _check_name_length(option, target, folder)
     if target.is_dir():
         raise BiRNNExportError(f"{option}: {target} is a directory; give a file name")
     if suffix is not None and target.suffix.lower() != suffix:
@@ -74,6 +75,9 @@ def check_output_path(
         raise BiRNNExportError(f"{option}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise BiRNNExportError(f"{option}: folder {folder} is not writable")
+
+
+def _check_name_length(option: str, target: Path, folder: Path) -> None:
     try:
         longest = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):

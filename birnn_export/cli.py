@@ -173,10 +173,12 @@ def parse_range(text: str, option: str) -> tuple[int, int, int]:
 
     try:
         return check_range(option, text.split(","))
-    except BiRNNExportError:
+    except BiRNNExportError as exc:
+        if "largest size" in str(exc):
+            raise UserError(str(exc)) from None
         raise UserError(
             f"{option}: expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX such as '1,64,256', "
-            f"got {text!r}"
+            f"got {text[:100]!r}"
         ) from None
 
 
@@ -340,9 +342,9 @@ def export_command(
 
     start = time.perf_counter()
     output = output or model_path.with_suffix(".onnx")
+    refuse_same_files(**{"MODEL.pt": model_path, "-o": output, "--json": json_path})
     check_output_path("-o", output, suffix=".onnx")
     check_output_path("--json", json_path)
-    refuse_same_files(**{"MODEL.pt": model_path, "-o": output, "--json": json_path})
     named = parse_named_ranges(ranges)
     if batch_range is not None:
         named["batch"] = parse_range(batch_range, "--batch-range")
@@ -479,6 +481,11 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     refuse_same_files(**{"MODEL.onnx": onnx_path, "--json": json_path})
     info = describe_onnx(onnx_path)
     spec = info["metadata"].get("birnn_export.spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise UserError(
+            f"{onnx_path}: unreadable birnn_export.spec metadata (not a JSON object); re-export "
+            "the model"
+        )
     parsed = _parse_spec(spec, onnx_path) if isinstance(spec, dict) else None
     if json_path is not None:
         write_atomic(json_path, json.dumps(info, indent=2, default=str))
@@ -947,8 +954,15 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
 
 
 def run() -> None:
-    """Entry point for ``python -m birnn_export``."""
-    main(prog_name="birnn-export")
+    """Entry point of the ``birnn-export`` command and ``python -m birnn_export``."""
+    import signal
+
+    try:
+        main(prog_name="birnn-export")
+    finally:
+        # The work is over: a Ctrl-C while the interpreter shuts down no longer changes the
+        # exit code (Python would end the process by SIGINT instead).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

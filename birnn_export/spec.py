@@ -339,7 +339,25 @@ def load_onnx(model: Any) -> Any:
         raise ModelLoadError(f"{path}: not an ONNX model ({kind}); expected a .onnx file") from None
     if not proto.graph.node and not proto.graph.input and not proto.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph); expected a .onnx file")
+    if not _text_fields_decode(proto):
+        raise ModelLoadError(
+            f"{path}: a name or text field in the graph is not UTF-8: a corrupted ONNX file"
+        )
     return proto
+
+
+def _text_fields_decode(proto: Any) -> bool:
+    """Whether every name, op type and metadata text of ``proto`` is text (protobuf hands back
+    ``bytes`` for a string field that is not UTF-8, which later breaks sorting and printing)."""
+    graph = proto.graph
+    texts: list[Any] = [proto.producer_name, proto.producer_version, graph.name]
+    texts += [o.domain for o in proto.opset_import]
+    texts += [p.key for p in proto.metadata_props] + [p.value for p in proto.metadata_props]
+    texts += [v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)]
+    for node in graph.node:
+        texts += [node.op_type, node.name, node.domain, *node.input, *node.output]
+        texts += [a.name for a in node.attribute]
+    return not any(isinstance(text, bytes) for text in texts)
 
 
 def make_lengths(

@@ -532,18 +532,35 @@ def _without_noise(text: str) -> str:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Collect garbage now and none while TensorRT runs: freeing an old TensorRT object (a
-    builder left in a reference cycle) from inside one of TensorRT's own callbacks into Python
-    (the logger) takes a lock that call already holds, and the process hangs (seen with
-    TensorRT-RTX 1.7 in ``Builder()``)."""
+    """Around a call into TensorRT: collect garbage now and none during the call, and hold
+    Ctrl-C until it returns.
+
+    Freeing an old TensorRT object (a builder left in a reference cycle) from inside one of
+    TensorRT's own callbacks into Python (the logger) takes a lock that call already holds, and
+    the process hangs (seen with TensorRT-RTX 1.7 in ``Builder()``). A KeyboardInterrupt raised
+    inside such a callback is caught and logged by TensorRT, so Ctrl-C would be lost: it is
+    recorded instead and raised when TensorRT returns.
+    """
+    import signal
+    import threading
+
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
+    interrupted: list[int] = []
+    previous = None
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         yield
     finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
         if enabled:
             gc.enable()
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _without_gc(func: Any) -> Any:

@@ -1,0 +1,575 @@
+"""Hostile and careless input (issue 12): every case a one-line error with its exit code, or the
+right behaviour; no traceback, no file lost or left behind, no allocation before the input is
+judged plausible. ``scripts/hostile_inputs.py`` runs the same cases as a user would and
+tabulates them; the fuzz tests at the end explore around them."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from birnn_export import runners
+from birnn_export._isolation import IsolatedRunner
+from birnn_export.checkpoint import load_model
+from birnn_export.cli import main
+from birnn_export.errors import BiRNNExportError, EngineError, ModelLoadError
+from birnn_export.spec import GraphSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_models" / "token_tagger.pt"
+FUZZ = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("good")
+    model = folder / "m.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    result = CliRunner().invoke(main, [str(model), "-o", str(folder / "g.onnx"), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    return model, folder / "g.onnx"
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def cli(*args: object) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def python(*args: str, cwd: Path, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The command as a user runs it: a new process, the working directory not on sys.path."""
+    return subprocess.run(
+        [sys.executable, "-P", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+# -- engines -----------------------------------------------------------------------------------
+
+
+def test_an_empty_batch_returns_empty_outputs(good: tuple[Path, Path], tmp_path: Path) -> None:
+    """ONNX Runtime 1.32 crashed (SIGSEGV) on batch 0 in LSTM/GRU graphs."""
+    _, graph = good
+    code = (
+        "import numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(graph)!r}, providers=['CPUExecutionProvider'])\n"
+        "empty = {'ids': np.zeros((0, 5), np.int64), 'lengths': np.zeros(0, np.int64)}\n"
+        "(out,) = s.run(None, empty)\n"
+        "(one,) = s.run(None, {'ids': np.ones((1, 5), np.int64), 'lengths': np.array([5])})\n"
+        "print(out.shape, one.shape)\n"
+    )
+    done = python("-c", code, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(0,", "5,", "9)", "(1,", "5,", "9)"]
+
+
+class CrashingRunner(runners.BaseRunner):
+    """Segfaults on a batch of 3 rows, answers otherwise (run in a child process)."""
+
+    engine = "ort-cpu"
+
+    def activate_impl(self) -> None:
+        pass
+
+    def infer_impl(self, feed):
+        if len(feed["lengths"]) == 3:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return {"output": np.zeros((len(feed["lengths"]), 2), np.float32)}
+
+
+def test_an_engine_crash_is_a_one_line_error_and_the_next_call_works() -> None:
+    runner = IsolatedRunner("ort-cpu", CrashingRunner)
+    with runner:
+        ok = runner.infer({"lengths": np.array([1, 2])})
+        assert ok["output"].shape == (2, 2) and runner.last_inference_time_s >= 0
+        with pytest.raises(EngineError, match=r"ort-cpu crashed \(signal SIGSEGV\)") as caught:
+            runner.infer({"ids": np.zeros((3, 7)), "lengths": np.array([7, 1, 2])})
+        assert "ids [3, 7]" in str(caught.value)
+        assert runner.infer({"lengths": np.array([4])})["output"].shape == (1, 2)
+
+
+def test_a_graph_onnx_runtime_cannot_load_fails_bench_with_exit_1(
+    good: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, graph = good
+    proto = onnx.load(str(graph))
+    next(n for n in proto.graph.node if n.op_type == "LSTM").op_type = "NoSuchOp"
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    args = ["--batch", "1", "--seq", "4", "--iters", "1"]
+    result = cli("bench", tmp_path / "bad.onnx", "--model", model, *args)
+    assert "could not load" in one_line_error(result, 1) or "error" in result.output
+
+
+# -- paths and files ---------------------------------------------------------------------------
+
+
+def test_model_class_does_not_import_from_the_working_directory(tmp_path: Path) -> None:
+    weights = tmp_path / "g.pt"
+    torch.save(nn.GRU(4, 5, batch_first=True, bidirectional=True).state_dict(), weights)
+    (tmp_path / "sympy.py").write_text("open('PLANTED_RAN', 'w').write('x')\n")
+    kwargs = '{"input_size": 4, "hidden_size": 5, "batch_first": true, "bidirectional": true}'
+    args = [str(weights), "--model-class", "torch.nn:GRU", "--model-kwargs", kwargs, "-q"]
+    done = python("-m", "birnn_export", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "PLANTED_RAN").exists()
+    # A module there is importable only when the user says so, and raising SystemExit(0) in
+    # it is no success.
+    (tmp_path / "quitter.py").write_text("raise SystemExit(0)\n")
+    weights = weights.rename(tmp_path / "q.pt")
+    refused = python("-m", "birnn_export", str(weights), "--model-class", "quitter:M", cwd=tmp_path)
+    assert refused.returncode == 2 and "cannot import module 'quitter'" in refused.stderr
+    said = python(
+        "-m",
+        "birnn_export",
+        str(weights),
+        "--model-class",
+        "quitter:M",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert said.returncode == 2 and "called sys.exit(0)" in said.stderr
+    assert "Traceback" not in said.stderr and not (tmp_path / "q.onnx").exists()
+
+
+def test_paths_that_coincide_are_refused_before_any_work(tmp_path: Path) -> None:
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    assert "also the MODEL.pt" in one_line_error(cli(model, "-o", model))
+    assert "must end in .onnx" in one_line_error(cli(model, "-o", tmp_path / "a.json"))
+    assert "also the -o" in one_line_error(
+        cli(model, "-o", tmp_path / "x.onnx", "--json", tmp_path / "x.onnx")
+    )
+    assert "also the MODEL.pt" in one_line_error(cli(model, "--json", model))
+    assert model.read_bytes() == SAMPLE.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+def test_a_name_too_long_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    message = one_line_error(cli(model, "-o", tmp_path / ("x" * 300 + ".onnx")))
+    assert "choose a shorter name" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".a.onnx.birnn-export-{dead.stdout.strip()}-abc12345"
+    stale.mkdir()
+    (stale / "a.onnx").write_bytes(b"half a graph")
+    alive = tmp_path / f".a.onnx.birnn-export-{os.getpid()}-live0000"  # a running export's
+    alive.mkdir()
+    result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and alive.exists()
+
+
+def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "report.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(elsewhere / "report.json")
+    result = cli(
+        model, "-o", tmp_path / "a.onnx", "--json", tmp_path / "link.json", "-q", "--no-verify"
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "link.json").is_symlink()
+    assert json.loads((elsewhere / "report.json").read_text())["model"] == str(model)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (tmp_path / "a.onnx", elsewhere / "report.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["report.json"]
+
+
+# -- model files -------------------------------------------------------------------------------
+
+
+def _zip(path: Path, payload: bytes, records: dict[str, bytes] | None = None) -> Path:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", payload)
+        archive.writestr("archive/byteorder", "little")
+        for name, data in (records or {}).items():
+            archive.writestr(f"archive/data/{name}", data)
+        archive.writestr("archive/version", "3\n")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_files_that_ask_for_far_more_memory_than_they_hold_are_refused(tmp_path: Path) -> None:
+    views = tmp_path / "views.pt"
+    torch.save({"rnn.weight_ih_l0": torch.zeros(1).expand(120000, 30000)}, views)
+    with pytest.raises(ModelLoadError, match="zero strides"):
+        load_model(views)
+    bomb = b"\x80\x02cbuiltins\nbytearray\n" + pickle.dumps((10**10,), 2)[2:-1] + b"R."
+    with pytest.raises(ModelLoadError, match="memory bomb"):
+        load_model(_zip(tmp_path / "bytearray.pt", bomb))
+    for key, value in (("vocab_size", 10**10), ("num_layers", 10**6)):
+        checkpoint = torch.load(SAMPLE, weights_only=True)
+        checkpoint["config"][key] = value
+        torch.save(checkpoint, tmp_path / "big.pt")
+        started = time.perf_counter()
+        with pytest.raises(ModelLoadError, match=f"{key} {value} is larger than its weights"):
+            load_model(tmp_path / "big.pt")
+        assert time.perf_counter() - started < 10  # refused, not built
+
+
+def test_user_class_sizes_are_checked_before_allocating(tmp_path: Path) -> None:
+    weights = tmp_path / "e.pt"
+    torch.save(nn.Embedding(10, 4).state_dict(), weights)
+    with pytest.raises(ModelLoadError, match="shape mismatch"):
+        load_model(
+            weights,
+            model_class="torch.nn:Embedding",
+            model_kwargs={"num_embeddings": 10**10, "embedding_dim": 4},
+        )
+
+
+def test_devices_fifos_and_odd_tensors_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="is a device or socket"):
+        load_model("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.pt")
+    with pytest.raises(ModelLoadError, match="is a FIFO"):
+        load_model(tmp_path / "fifo.pt")
+    state = nn.ModuleDict({"rnn": nn.GRU(4, 5, batch_first=True), "head": nn.Linear(5, 3)})
+    complex_state = dict(state.state_dict())
+    complex_state["head.weight"] = complex_state["head.weight"].to(torch.complex64)
+    torch.save(complex_state, tmp_path / "c.pt")
+    with pytest.raises(ModelLoadError, match="is complex"):
+        load_model(tmp_path / "c.pt")
+    nested_state = dict(state.state_dict())
+    with pytest.warns(UserWarning):
+        nested_state["head.bias"] = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(1)])
+    torch.save(nested_state, tmp_path / "n.pt")
+    with pytest.raises(ModelLoadError, match="nested tensor"):
+        load_model(tmp_path / "n.pt")
+
+
+def test_a_nondeterministic_model_is_refused(tmp_path: Path) -> None:
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.rnn(x)[0]
+            return out + torch.rand_like(out)
+
+    from birnn_export.export import export_onnx
+
+    with pytest.raises(BiRNNExportError, match="not deterministic in eval mode"):
+        export_onnx(Noisy().eval(), tmp_path / "n.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+# -- graphs and their metadata -----------------------------------------------------------------
+
+
+def _with_spec(graph: Path, dst: Path, text: str) -> Path:
+    proto = onnx.load(str(graph))
+    for prop in proto.metadata_props:
+        if prop.key == "birnn_export.spec":
+            prop.value = text
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("name", "edit"),
+    [
+        ("not JSON", lambda s: "{not json"),
+        ("deeply nested", lambda s: "[" * 100000 + "]" * 100000),
+        ("wrong types", lambda s: json.dumps({**json.loads(s), "inputs": 5})),
+        (
+            "missing outputs",
+            lambda s: json.dumps({k: v for k, v in json.loads(s).items() if k != "outputs"}),
+        ),
+        (
+            "negative dim",
+            lambda s: json.dumps(
+                {
+                    **json.loads(s),
+                    "outputs": [{**json.loads(s)["outputs"][0], "dims": ["batch", "seq", -9]}],
+                }
+            ),
+        ),
+        ("seq max 1e9", lambda s: json.dumps({**json.loads(s), "seq_range": [1, 64, 10**9]})),
+    ],
+)
+@pytest.mark.parametrize("command", ["verify", "bench", "inspect"])
+def test_crafted_metadata_is_one_line(
+    good: tuple[Path, Path], tmp_path: Path, name: str, edit, command: str
+) -> None:
+    model, graph = good
+    text = next(
+        p.value for p in onnx.load(str(graph)).metadata_props if p.key == "birnn_export.spec"
+    )
+    bad = _with_spec(graph, tmp_path / "bad.onnx", edit(text))
+    args = {
+        "verify": ["verify", bad, "--model", model, "--batch", "1", "--seq", "3"],
+        "bench": ["bench", bad, "--model", model, "--batch", "1", "--seq", "3", "--iters", "1"],
+        "inspect": ["inspect", bad],
+    }[command]
+    assert "birnn_export.spec metadata" in one_line_error(cli(*args))
+
+
+@pytest.mark.parametrize("command", ["check", "inspect"])
+def test_attributes_of_the_wrong_type_or_not_utf8(
+    good: tuple[Path, Path], tmp_path: Path, command: str
+) -> None:
+    _, graph = good
+    proto = onnx.load(str(graph))
+    node = next(n for n in proto.graph.node if n.op_type == "LSTM")
+    for attr in node.attribute:
+        if attr.name == "direction":
+            attr.s = b"\xff\xfe"
+        if attr.name == "hidden_size":
+            attr.type = onnx.AttributeProto.STRING
+            attr.s = b"thirty-two"
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    if command == "check":
+        result = cli("check", tmp_path / "bad.onnx", "--target", "ort-cuda")
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "not a valid ONNX graph" in result.output
+    else:
+        result = cli("inspect", tmp_path / "bad.onnx")
+        assert result.exit_code == 0 and "\ufffd" in result.output
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def test_huge_work_is_refused_early(good: tuple[Path, Path]) -> None:
+    model, graph = good
+    assert "raise --memory-budget" in one_line_error(
+        cli("verify", graph, "--model", model, "--seq", "100000000", "--batch", "1")
+    )
+    assert "raise --memory-budget" in one_line_error(
+        cli("bench", graph, "--model", model, "--batch", "100000", "--seq", "256")
+    )
+    assert "threads: 100000 is not in 1" in one_line_error(
+        cli("bench", graph, "--model", model, "--threads", "100000")
+    )
+    assert "the largest size birnn-export declares" in one_line_error(
+        cli(model, "--batch-range", "1,8,999999999", "-o", graph.with_name("x.onnx"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seed", "-1"], "--seed"),
+        (["--atol", "-1"], "atol"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(good: tuple[Path, Path], args, needle: str) -> None:
+    model, graph = good
+    for command in ("verify", "bench"):
+        message = one_line_error(cli(command, graph, "--model", model, *args))
+        assert needle in message
+
+
+def test_bench_refuses_nan_tolerance(good: tuple[Path, Path]) -> None:
+    model, graph = good
+    assert "finite" in one_line_error(cli("bench", graph, "--model", model, "--atol", "nan"))
+
+
+@pytest.mark.parametrize(
+    "kwargs", ["[" * 50000 + "]" * 50000, '{"input_size": ' + "9" * 5000 + "}", "{bad"]
+)
+def test_model_kwargs_that_cannot_be_read(tmp_path: Path, kwargs: str) -> None:
+    weights = tmp_path / "g.pt"
+    torch.save(nn.GRU(4, 5).state_dict(), weights)
+    message = one_line_error(
+        cli(weights, "--model-class", "torch.nn:GRU", "--model-kwargs", kwargs)
+    )
+    assert "--model-kwargs" in message
+
+
+def test_save_inputs_needs_a_known_suffix(good: tuple[Path, Path], tmp_path: Path) -> None:
+    model, graph = good
+    result = cli("verify", graph, "--model", model, "--save-inputs", tmp_path / "cases")
+    assert "must end in .json" in one_line_error(result)
+    assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(good: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = good
+    out = tmp_path / "x.onnx"
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "birnn_export", str(model), "-o", str(out)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # tracing or verifying by then
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the export finished before the interrupt")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Aborted!" in err
+    assert not list(tmp_path.iterdir())  # no graph, no staging folder
+
+
+# -- fuzzing -----------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=2048), st.integers(0, 200), st.integers(0, 255))
+def test_fuzz_the_checkpoint_loader(tmp_path_factory, noise: bytes, at: int, value: int) -> None:
+    """Random bytes and single-byte mutations of a real checkpoint: loaded, or refused with a
+    ModelLoadError; never anything else."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    sample = bytearray(SAMPLE.read_bytes())
+    sample[at * 97 % len(sample)] = value
+    for data in (noise, bytes(sample)):
+        path = folder / "m.pt"
+        path.write_bytes(data)
+        with contextlib.suppress(ModelLoadError):
+            load_model(path)
+
+
+@FUZZ
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_fuzz_the_spec_reader(value) -> None:
+    for text in (
+        json.dumps(value),
+        json.dumps({"inputs": value, "outputs": [], "example_batch": 3, "example_seq": 5}),
+    ):
+        try:
+            spec = GraphSpec.from_json(text)
+        except BiRNNExportError:
+            continue
+        spec.ranges()
+
+
+@FUZZ
+@given(st.integers(0, 10_000), st.integers(0, 255))
+def test_fuzz_the_onnx_readers(
+    good: tuple[Path, Path], tmp_path_factory, at: int, value: int
+) -> None:
+    """A real export with one byte changed: inspect, check and verify's reader answer with
+    their result or a one-line error (exit 0, 1 or 2), never a traceback."""
+    _model, graph = good
+    data = bytearray(graph.read_bytes())
+    data[at * 31 % len(data)] = value
+    path = tmp_path_factory.mktemp("fuzz") / "g.onnx"
+    path.write_bytes(bytes(data))
+    for args in (["inspect", path], ["check", path, "--target", "ort-cuda"]):
+        result = cli(*args)
+        assert result.exit_code in (0, 1, 2), result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+        assert "Traceback" not in result.output
+
+
+OPTIONS = [
+    "--layout",
+    "--dtype",
+    "--opset",
+    "--input",
+    "--range",
+    "--batch-range",
+    "--seq-range",
+    "--input-size",
+    "--json",
+    "-o",
+    "--lengths",
+    "--no-lengths",
+    "--quiet",
+    "--no-verify",
+    "--model-kwargs",
+    "--state-key",
+    "--nonlinearity",
+    "--time-major",
+]
+VALUES = [
+    "",
+    "0",
+    "-1",
+    "1,2",
+    "1,8,32",
+    "x",
+    "split",
+    "float16",
+    "17",
+    "nan",
+    "1e9",
+    "{}",
+    "x:float32[batch,seq,8]",
+    "width=1,2,3",
+    "out.onnx",
+    "out.json",
+    "\u00e9\u00e9",
+    "a" * 300,
+]
+
+
+@settings(FUZZ, max_examples=15)
+@given(st.lists(st.sampled_from(OPTIONS + VALUES), max_size=6))
+def test_fuzz_the_command_line(good: tuple[Path, Path], tmp_path_factory, args: list[str]) -> None:
+    """Random option lists after the model: exit 0, 1 or 2, one-line errors, no traceback, and
+    nothing left in the folder but what a success writes."""
+    model, _ = good
+    folder = tmp_path_factory.mktemp("cli")
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(main, [str(model), "--no-verify", *args])
+    finally:
+        os.chdir(here)
+    assert result.exit_code in (0, 1, 2), (args, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, result)
+    assert "Traceback" not in result.output
+    if result.exit_code != 0:
+        assert not [p for p in folder.iterdir()], (args, list(folder.iterdir()))
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], list(folder.iterdir())
