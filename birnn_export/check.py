@@ -542,6 +542,11 @@ class _Checker:
                 "transpose batch_first inputs instead",
             )
         direction = _attr(node, "direction", "forward")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            add(
+                "error",
+                f"{op} direction {direction!r}: must be forward, reverse or bidirectional",
+            )
         dirs = 2 if direction == "bidirectional" else 1
         activations = _attr(node, "activations")
         default = _DEFAULT_ACTIVATIONS[op]

@@ -713,7 +713,7 @@ def _(folder, run):
 @case("ctrl-c", "Ctrl-C (SIGINT) during verify")
 def _(folder, run):
     graph = export_good(folder, run)
-    return outcome(run(["verify", graph, "--model", folder / "m.pt"], folder, interrupt_after=4))
+    return outcome(run(["verify", graph, "--model", folder / "m.pt"], folder, interrupt_after=1.5))
 
 
 @case("json-permissions", "permissions of the --json report next to the .onnx")
