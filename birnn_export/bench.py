@@ -39,8 +39,15 @@ import numpy as np
 
 from birnn_export import _report
 from birnn_export._files import write_atomic
-from birnn_export.compare import Check, Criterion, NoiseCriterion, compare_outputs
+from birnn_export.compare import (
+    Check,
+    Criterion,
+    NoiseCriterion,
+    QuantizedCriterion,
+    compare_outputs,
+)
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.quantize import INT8
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
@@ -253,6 +260,7 @@ def benchmark(
     progress: bool = True,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     isolate: bool = True,
+    ort_spinning: bool | None = None,
 ) -> BenchReport:
     """Time each engine at each shape after checking its outputs against eager PyTorch.
 
@@ -285,6 +293,9 @@ def benchmark(
             reference runs there); shapes over it are refused before anything runs.
         isolate: Run every engine but ``torch`` in a child process (a crash is an error row,
             not the end of the run; timings are taken in the child). ``False`` runs them here.
+        ort_spinning: ONNX Runtime's idle threads spin (``True``, its default, as a serving
+            process runs it) or sleep (``False``). Engines are timed one after another, each in
+            its own block, so a spinning pool never slows another engine's runs.
 
     Returns:
         A :class:`BenchReport` with one :class:`BenchResult` per engine and shape.
@@ -401,6 +412,7 @@ def benchmark(
                     device=device,
                     compile=compile,
                     isolate=isolate,
+                    spinning=ort_spinning,
                 )
                 runner.activate()
             except EngineUnavailableError as exc:
@@ -459,6 +471,14 @@ def benchmark(
             "lengths": "ragged" if lengths_name else None,
             "graph_dtype": spec.dtype,
             "torch_device": device,
+            "torch_threads": threads,
+            "ort": {
+                "intra_op_threads": threads,
+                "inter_op_threads": 1,
+                "execution_mode": "sequential",
+                "spinning": "default (on)" if ort_spinning is None else ort_spinning,
+            },
+            "blocks": "each engine timed in its own block, one after another",
             "torch_compile": compile,
             "criterion": (
                 "fixed tolerances against the model in float32"
@@ -748,6 +768,7 @@ def _make_runner(
     device: str = "cpu",
     compile: bool = False,
     isolate: bool = True,
+    spinning: bool | None = None,
 ) -> Any:
     from birnn_export import runners
 
@@ -775,6 +796,7 @@ def _make_runner(
         threads=threads,
         profile_batch=covering_range(declared[0], batches),
         profile_seq=covering_range(declared[1], seqs),
+        spinning=spinning,
     )
     return IsolatedRunner(engine, factory) if isolate else factory()
 
@@ -787,12 +809,20 @@ def _criteria(
     rtol: float | None,
 ) -> dict[str, dict[str, Criterion]]:
     """Per engine and output: the noise criterion, or fixed tolerances when either is given."""
+    quantized = {t.name: QuantizedCriterion() for t in spec.outputs}
     if atol is None and rtol is None:
-        return {e: {t.name: NoiseCriterion() for t in spec.outputs} for e in engines}
-    fixed = {}
+        return {
+            e: quantized
+            if e == "ort-int8" or spec.quantization == INT8
+            else {t.name: NoiseCriterion() for t in spec.outputs}
+            for e in engines
+        }
+    fixed: dict[str, dict[str, Criterion]] = {}
     for engine in engines:
         tol = _tolerance(engine, device, spec.dtype, atol, rtol)
         fixed[engine] = {t.name: Tolerance(*tol) for t in spec.outputs}
+        if engine == "ort-int8" or spec.quantization == INT8:
+            fixed[engine] = quantized
     return fixed
 
 

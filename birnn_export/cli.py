@@ -255,10 +255,9 @@ def main() -> None:
 @click.option(
     "--layout",
     type=click.Choice(["split", "fused"]),
-    default="split",
-    show_default=True,
     help="split: forward node + forward node between two ReverseSequence; "
-    "fused: one bidirectional node per layer.",
+    "fused: one bidirectional node per layer. [default: by measurement, split for LSTM and "
+    "GRU, fused for RNN]",
 )
 @click.option(
     "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
@@ -305,6 +304,13 @@ def main() -> None:
     help="Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also "
     "runs at MAX. [default: 1,64,256]",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and MatMul "
+    "kernels; GRU/RNN stay float32), verified by top-1 agreement and relative error. Runs on "
+    "ONNX Runtime CPU only.",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
@@ -316,7 +322,7 @@ def export_command(
     model_path: Path,
     output: Path | None,
     opset: int | None,
-    layout: str,
+    layout: str | None,
     dtype: str,
     lengths: bool | None,
     input_size: int | None,
@@ -324,6 +330,7 @@ def export_command(
     ranges: tuple[str, ...],
     batch_range: str | None,
     seq_range: str | None,
+    quantize: str | None,
     no_verify: bool,
     json_path: Path | None,
     quiet: bool,
@@ -367,6 +374,7 @@ def export_command(
             input_size=input_size,
             inputs=declared or None,
             ranges=named,
+            quantize=quantize,
             verify=not no_verify,
             config=loaded.config,
             source_sha256=loaded.sha256,
@@ -386,7 +394,8 @@ def export_command(
         raise
     from birnn_export.check import check_compatibility
 
-    compatibility = check_compatibility(result.path, target="tensorrt")
+    # An int8 graph holds ONNX Runtime's own quantized ops: TensorRT is not its target.
+    compatibility = None if quantize else check_compatibility(result.path, target="tensorrt")
     report = result.verification
     summary = {
         "model": str(model_path),
@@ -402,7 +411,10 @@ def export_command(
         "onnx": describe_onnx(result.path),
         "max_abs_error": result.max_error,
         "verification": None if report is None else json.loads(report.to_json()),
-        "tensorrt_check": {
+        "quantization": None if result.quantization is None else result.quantization.summary(),
+        "tensorrt_check": None
+        if compatibility is None
+        else {
             "summary": compatibility.summary(),
             "findings": compatibility.lines(),
             "checked_with": compatibility.checked_with,
@@ -416,11 +428,16 @@ def export_command(
         click.echo(str(result.path))
     else:
         _print_export_summary(summary)
+        if result.quantization is not None:
+            click.echo(f"Quantized {result.quantization.summary()}")
         if report is not None:
             click.echo(f"Verified {report.summary()}")
-        click.echo(f"Compat   {compatibility.summary()}")
-        for line in compatibility.lines():
-            click.echo(f"  {line}")
+        if compatibility is None:
+            click.echo("Compat   int8 graph: ONNX Runtime CPU only (engine ort-cpu)")
+        else:
+            click.echo(f"Compat   {compatibility.summary()}")
+            for line in compatibility.lines():
+                click.echo(f"  {line}")
         click.echo(f"Done in {summary['seconds']:.1f} s")
 
 
@@ -565,7 +582,8 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     "--engines",
     multiple=True,
     metavar="ENGINE[,ENGINE]",
-    help="Engines to check: torch, ort-cpu, ort-cuda, ort-trt, trt, trt-rtx. [default: ort-cpu]",
+    help="Engines to check: torch, ort-cpu, ort-int8, ort-cuda, ort-trt, trt, trt-rtx. "
+    "[default: ort-cpu]",
 )
 @click.option(
     "--batch",
@@ -746,7 +764,8 @@ def verify_command(
     "--engines",
     default="torch,ort-cpu",
     show_default=True,
-    help="Comma-separated: torch, ort-cpu, ort-cuda, ort-trt, trt, trt-rtx.",
+    help="Comma-separated: torch, ort-cpu, ort-int8 (the graph quantized to int8 on ONNX "
+    "Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
 )
 @click.option(
     "--batch",
@@ -778,6 +797,12 @@ def verify_command(
     help="Where the torch engine runs: cpu, cuda or cuda:N.",
 )
 @click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile.")
+@click.option(
+    "--ort-spinning",
+    type=click.Choice(["on", "off"]),
+    help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs it) or "
+    "sleep (off). Engines are timed each in its own block either way.",
+)
 @click.option(
     "--seed",
     type=click.IntRange(0, 2**32 - 1),
@@ -814,6 +839,7 @@ def bench_command(
     threads: int | None,
     device: str,
     compile: bool,
+    ort_spinning: str | None,
     seed: int,
     memory_budget: float,
     atol: float | None,
@@ -881,6 +907,7 @@ def bench_command(
         atol=atol,
         rtol=rtol,
         memory_budget=int(memory_budget * 2**30),
+        ort_spinning=None if ort_spinning is None else ort_spinning == "on",
     )
     wide_console().print(render_table(report))
     for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):

@@ -64,7 +64,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 LAYOUTS = ("split", "fused")
-#: The default layout; see README ("Graph layouts") for the measurement behind it.
+#: The layout chosen per cell type when none is asked for, by measurement (README, "Graph
+#: layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU every form ties within noise
+#: and split is kept; for plain RNN the fused node was 2-8% faster in 8 of 9 shapes.
+DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "fused", "rnn_relu": "fused"}
+#: The layout of a model whose layers' cells choose differently.
 DEFAULT_LAYOUT = "split"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: ONNX protobuf limit: above it, weights go to an external data file beside the model.
@@ -90,6 +94,9 @@ class ExportResult:
     elapsed_s: float
     #: How the inputs came about: declared, or what was inferred from the model.
     inputs: str = ""
+    #: What int8 quantization changed (a :class:`~birnn_export.quantize.QuantizeReport`), if
+    #: it was asked for.
+    quantization: Any = None
 
     @property
     def max_error(self) -> float | None:
@@ -113,7 +120,7 @@ def export_onnx(
     inputs: Sequence[str | InputDecl] | None = None,
     ranges: Mapping[str, Sequence[int]] | None = None,
     opset: int | None = None,
-    layout: str = DEFAULT_LAYOUT,
+    layout: str | None = None,
     lengths: bool | None = None,
     input_size: int | None = None,
     dtype: str = "float32",
@@ -126,6 +133,7 @@ def export_onnx(
     source_sha256: str | None = None,
     batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
     seq_range: Sequence[int] = DEFAULT_SEQ_RANGE,
+    quantize: str | None = None,
 ) -> ExportResult:
     """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
 
@@ -147,7 +155,7 @@ def export_onnx(
         opset: ONNX opset, default :data:`DEFAULT_OPSET`, within :data:`SUPPORTED_OPSETS`.
         layout: ``"fused"``: one ``direction="bidirectional"`` node per layer with
             ``sequence_lens``; ``"split"``: two forward nodes, the second between two
-            ``ReverseSequence`` nodes.
+            ``ReverseSequence`` nodes. Default: by cell type (:data:`DEFAULT_LAYOUTS`).
         lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
             the configuration or the name of ``forward``'s second parameter.
         input_size: Feature size of a float ``[batch, seq, input_size]`` first input, for
@@ -168,6 +176,11 @@ def export_onnx(
             takes any batch size.
         seq_range: (min, opt, max) of the time dim (``seq``, or the declared one), likewise;
             verification also runs at the maximum.
+        quantize: ``"int8"``: write the graph dynamically quantized by ONNX Runtime
+            (:func:`birnn_export.quantize.quantize_int8`; int8 LSTM and MatMul kernels, GRU and
+            RNN left in float32), verified by task agreement and relative error
+            (:class:`~birnn_export.compare.QuantizedCriterion`) instead of float tolerances.
+            Runs on ONNX Runtime's CPU provider; needs a float32 graph.
 
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
@@ -187,10 +200,16 @@ def export_onnx(
             f"opset: {opset} is not supported; choose {SUPPORTED_OPSETS.start}-"
             f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
         )
-    if layout not in LAYOUTS:
+    if layout is not None and layout not in LAYOUTS:
         raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dtype not in DTYPES:
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize: expected int8 or nothing, got {quantize!r}")
+    if quantize and dtype != "float32":
+        raise ExportError(
+            f"quantize: int8 quantizes a float32 graph; drop --dtype {dtype} or --quantize"
+        )
     try:
         batch_range = check_range("batch_range", batch_range)
         seq_range = check_range("seq_range", seq_range)
@@ -206,6 +225,8 @@ def export_onnx(
         reference = converted if isinstance(model, nn.RNNBase) else model
     reference = reference.eval()
     layers = [m for _, m in find_recurrent_layers(converted) if isinstance(m, BiRNN)]
+    if layout is None:
+        layout = default_layout(layers)
     if config is None and isinstance(converted, SequenceTagger):
         config = converted.config.to_dict()
 
@@ -253,11 +274,21 @@ def export_onnx(
     if not large:
         _check_graph(proto, spec, sizes)
 
+    if large and quantize:
+        raise ExportError(
+            f"quantize: the graph is over 2 GB ({proto.ByteSize() / 2**30:.1f} GiB); int8 "
+            "quantization of graphs with external weights is not supported"
+        )
     report = None
+    quantized = None
     with _staged_output(path) as staging:
         _save(proto, staging, external=large)
         if large:
             _check_graph(staging, spec, sizes)
+        if quantize:
+            quantized = _quantize_staged(staging)
+            proto = load_onnx(staging)
+            spec = GraphSpec.from_onnx(proto)
         if verify:
             report = _verify_staged(staging, path, converted, reference, progress)
     counts = collections.Counter(node.op_type for node in proto.graph.node)
@@ -270,7 +301,15 @@ def export_onnx(
         verification=report,
         elapsed_s=time.perf_counter() - start,
         inputs=planned.how,
+        quantization=quantized,
     )
+
+
+def default_layout(layers: Sequence[BiRNN]) -> str:
+    """The layout :data:`DEFAULT_LAYOUTS` gives the layers' cell type (:data:`DEFAULT_LAYOUT`
+    for mixed cells or none)."""
+    chosen = {DEFAULT_LAYOUTS[layer.cell] for layer in layers}
+    return chosen.pop() if len(chosen) == 1 else DEFAULT_LAYOUT
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -919,6 +958,18 @@ def _save(proto: Any, path: Path, *, external: bool) -> None:
 def _file_size(path: Path) -> int:
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def _quantize_staged(staging: Path) -> Any:
+    """Replace the staged float32 graph with its int8 form; the float graph is not kept."""
+    from birnn_export.quantize import quantize_int8
+
+    float_graph = staging.with_name("float32-" + staging.name)
+    os.replace(staging, float_graph)
+    try:
+        return quantize_int8(float_graph, staging)
+    except BiRNNExportError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _verify_staged(

@@ -30,10 +30,12 @@ if TYPE_CHECKING:
     from birnn_export.spec import GraphSpec
 
 #: Engine names, as accepted by ``--engines`` and :func:`make_runner`.
-ENGINES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt", "trt-rtx")
+ENGINES = ("torch", "ort-cpu", "ort-int8", "ort-cuda", "ort-trt", "trt", "trt-rtx")
 
 _ORT_PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
+    # ONNX Runtime CPU on the graph's int8 form (birnn_export.quantize), quantized on activate.
+    "ort-int8": "CPUExecutionProvider",
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
@@ -348,8 +350,12 @@ class OrtRunner(BaseRunner):
 
     Args:
         path: The ONNX file.
-        engine: ``"ort-cpu"``, ``"ort-cuda"`` or ``"ort-trt"``.
+        engine: ``"ort-cpu"``, ``"ort-int8"`` (the CPU provider on the graph dynamically
+            quantized to int8, unless it already is), ``"ort-cuda"`` or ``"ort-trt"``.
         threads: Intra-op threads (``None``: ONNX Runtime's default). Inter-op is 1.
+        spinning: Whether idle intra-op threads spin waiting for work
+            (``session.intra_op.allow_spinning``): ``None`` keeps ONNX Runtime's default (on).
+            Spinning lowers latency at small batches and holds the cores between calls.
         graph_optimization_level: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
         provider_options: Options for the provider; ``None`` builds defaults with
             :func:`cuda_provider_options` / :func:`tensorrt_provider_options` (the latter from
@@ -382,6 +388,7 @@ class OrtRunner(BaseRunner):
         provider_options: Mapping[str, Any] | None = None,
         io_binding: bool | None = None,
         device_id: int = 0,
+        spinning: bool | None = None,
     ) -> None:
         super().__init__()
         if engine not in _ORT_PROVIDERS:
@@ -397,8 +404,12 @@ class OrtRunner(BaseRunner):
         self.threads = threads
         self.graph_optimization_level = graph_optimization_level
         self.provider_options = None if provider_options is None else dict(provider_options)
-        self.io_binding = engine != "ort-cpu" if io_binding is None else io_binding
+        cpu = self.provider == "CPUExecutionProvider"
+        self.io_binding = not cpu if io_binding is None else io_binding
         self.device_id = device_id
+        self.spinning = spinning
+        self.quantized: Any = None  # the QuantizeReport of ort-int8
+        self._folder: Any = None
         self.session: Any = None
         self.placement: dict[str, dict[str, int]] | None = None
         self.cpu_recurrent_nodes: tuple[str, ...] = ()
@@ -430,6 +441,11 @@ class OrtRunner(BaseRunner):
         }
         options.graph_optimization_level = levels[self.graph_optimization_level]
         options.add_session_config_entry(_RECORD_ASSIGNMENT, "1")  # for self.placement
+        if self.spinning is not None:
+            flag = "1" if self.spinning else "0"
+            options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+            options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        path = self._int8_path() if self.engine == "ort-int8" else self.path
         provider_options = (
             self.default_provider_options()
             if self.provider_options is None
@@ -449,7 +465,7 @@ class OrtRunner(BaseRunner):
                 if key in provider_options:
                     os.makedirs(provider_options[key], exist_ok=True)
         try:
-            session = ort.InferenceSession(self.path, sess_options=options, providers=providers)
+            session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as exc:
             if type(exc).__module__.startswith("onnxruntime"):
                 text = " ".join(str(exc).split())[:300]
@@ -472,8 +488,26 @@ class OrtRunner(BaseRunner):
             if self.provider != "CPUExecutionProvider":
                 self.cpu_recurrent_nodes = recurrent_nodes_on_cpu(assignment)
 
+    def _int8_path(self) -> str:
+        """The graph in its int8 form: as given if it already is, else quantized into a
+        temporary folder kept while active."""
+        import tempfile
+
+        from birnn_export.quantize import INT8, quantize_int8, quantized_path
+
+        spec = _spec_or_none(self.path)
+        if spec is not None and spec.quantization == INT8:
+            return self.path
+        self._folder = tempfile.TemporaryDirectory(prefix="birnn-export-int8-")
+        target = quantized_path(self._folder.name, self.path)
+        self.quantized = quantize_int8(self.path, target)
+        return str(target)
+
     def deactivate_impl(self) -> None:
         self.session = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.io_binding:
@@ -486,7 +520,7 @@ class OrtRunner(BaseRunner):
         by ONNX Runtime and copied to host after the run."""
         import onnxruntime as ort
 
-        device = "cpu" if self.engine == "ort-cpu" else "cuda"
+        device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
         device_id = 0 if device == "cpu" else self.device_id
         binding = self.session.io_binding()
         values = []  # keep the device buffers alive until the run is over
@@ -555,6 +589,7 @@ def make_runner(
     compile: bool = False,
     profile_batch: tuple[int, int, int] | None = None,
     profile_seq: tuple[int, int, int] | None = None,
+    spinning: bool | None = None,
 ) -> BaseRunner:
     """A runner for any of :data:`ENGINES`, not yet activated.
 
@@ -575,6 +610,8 @@ def make_runner(
             Inputs outside the profile fail at run time, so cover every batch size you run.
         profile_seq: (min, opt, max) sequence lengths of that profile, likewise (``seq_range``,
             default (1, 64, 256)).
+        spinning: ONNX Runtime engines: idle threads spin (``True``), sleep (``False``), or
+            ONNX Runtime's default (``None``: spin).
 
     Example:
         >>> with make_runner("ort-cpu", "model.onnx", threads=2) as runner:  # doctest: +SKIP
@@ -630,8 +667,11 @@ def make_runner(
                 threads=threads,
                 device_id=device_id,
                 provider_options=options,
+                spinning=spinning,
             )
-    return OrtRunner(onnx_path, engine=engine, threads=threads, device_id=device_id)
+    return OrtRunner(
+        onnx_path, engine=engine, threads=threads, device_id=device_id, spinning=spinning
+    )
 
 
 def _cuda_index(device: str | None, engine: str) -> int:
@@ -639,7 +679,7 @@ def _cuda_index(device: str | None, engine: str) -> int:
         return 0
     if device.startswith("cuda:") and device[5:].isdigit():
         return int(device[5:])
-    if device == "cpu" and engine == "ort-cpu":
+    if device == "cpu" and engine in ("ort-cpu", "ort-int8"):
         return 0
     raise BiRNNExportError(f"device: engine {engine!r} expects 'cuda' or 'cuda:N', got {device!r}")
 

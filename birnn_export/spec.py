@@ -102,6 +102,8 @@ class GraphSpec:
     #: Other named input dims: their declared (min, opt, max) and the size they were traced at.
     dim_ranges: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     example_sizes: dict[str, int] = field(default_factory=dict)
+    #: ``"int8-dynamic"`` for a graph quantized by :func:`birnn_export.quantize.quantize_int8`.
+    quantization: str | None = None
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -250,6 +252,8 @@ def _check_spec_data(data: Any) -> None:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
+    if data.get("quantization") not in (None, "int8-dynamic"):
+        raise BiRNNExportError("quantization: expected int8-dynamic or nothing")
     for key in ("dim_ranges", "example_sizes", "config"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise BiRNNExportError(f"{key}: expected an object")

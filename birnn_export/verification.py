@@ -59,10 +59,13 @@ from birnn_export.compare import (
     Check,
     Criterion,
     NoiseCriterion,
+    QuantizedCriterion,
     compare,
     compare_outputs,
+    sweep_check,
 )
 from birnn_export.errors import BiRNNExportError, VerificationError
+from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
     TensorSpec,
@@ -137,6 +140,10 @@ def _check_overrides(spec: GraphSpec, **overrides: ToleranceOverride) -> None:
 # -- results ---------------------------------------------------------------------------------
 
 
+#: ``lengths_mode`` of the result that judges every case together (int8 graphs).
+WHOLE_SWEEP = "whole sweep"
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """One engine at one input shape: the outputs' checks, or the error the engine raised."""
@@ -158,6 +165,8 @@ class CaseResult:
 
     @property
     def label(self) -> str:
+        if self.lengths_mode == WHOLE_SWEEP:
+            return f"{self.engine} {WHOLE_SWEEP}"
         scale = f" x{self.scale:g}" if self.scale != 1.0 else ""
         return f"{self.engine} B={self.batch} T={self.seq} {self.lengths_mode}{scale}"
 
@@ -787,6 +796,12 @@ def _diagnose(
     failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
     if not failing:
         return None
+    if all(o.threshold is None and o.atol is None for o in failing):  # an int8 graph
+        return (
+            "the int8 graph departs from the model beyond the task criterion; its quantized "
+            "kernels change results by design, so no direction split applies: compare the float "
+            "graph (ort-cpu) to tell an export defect from quantization"
+        )
     rows = lengths if lengths is not None else np.full(case.batch, case.seq)
     if hidden is None and layers.ready:
         if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them
@@ -1260,8 +1275,11 @@ def verify(
             f"model given has {sha[:12]}...: they may not be the same weights"
         )
     criteria: dict[str, Criterion] = {t.name: NoiseCriterion() for t in spec.outputs}
+    quantized = {t.name: QuantizedCriterion() for t in spec.outputs}
     per_engine = {
-        engine: {t.name: resolve_tolerance(t, engine, atol, rtol) for t in spec.outputs}
+        engine: quantized
+        if engine == "ort-int8" or spec.quantization == INT8
+        else {t.name: resolve_tolerance(t, engine, atol, rtol) for t in spec.outputs}
         if fixed
         else criteria
         for engine in engines
@@ -1271,6 +1289,8 @@ def verify(
         if fixed
         else f"float64 reference; {NoiseCriterion().describe()} ({eager_dtype})"
     )
+    if any(c is quantized for c in per_engine.values()):
+        criterion_text += f"; {QuantizedCriterion().describe()}"
 
     hidden = None if golden is not None else _root_bidirectional_hidden(converted, ref_module)
     profile = trt_profile(
@@ -1323,7 +1343,7 @@ def verify(
                         batch_invariance=batch_invariance,
                         hidden=hidden,
                         layers=case_layers,
-                        check_layers=engine == "ort-cpu",
+                        check_layers=engine == "ort-cpu" and spec.quantization is None,
                         reference=references.reference_only if references else None,
                         derived_lengths=_last_lengths(spec, case_layers),
                     )
@@ -1335,7 +1355,10 @@ def verify(
             bar.close()
             if layer_state.graph is not None:
                 layer_state.graph.close()
-    if layer_state.reason is not None and layers and golden is None:
+    results += _sweep_checks(results, per_engine, seed)
+    if spec.quantization is not None:
+        pass  # int8 nodes are renamed: the layers were not compared, and need no note
+    elif layer_state.reason is not None and layers and golden is None:
         notes.append(f"recurrent layers not compared one by one: {layer_state.reason}")
     elif references is not None and references.layer_reason is not None:
         notes.append(f"recurrent layers not compared one by one: {references.layer_reason}")
@@ -1373,6 +1396,34 @@ def verify(
         eager_dtype=eager_dtype,
         saved_outputs=saved_outputs_path,
     )
+
+
+def _sweep_checks(
+    results: Sequence[CaseResult], per_engine: Mapping[str, Mapping[str, Criterion]], seed: int
+) -> list[CaseResult]:
+    """Per engine judged by a :class:`QuantizedCriterion`: each output's relative error and top-1
+    agreement over all its cases (:func:`~birnn_export.compare.sweep_check`), as one result."""
+    swept = []
+    for engine, criteria in per_engine.items():
+        checks = []
+        for name, criterion in criteria.items():
+            if not isinstance(criterion, QuantizedCriterion):
+                continue
+            values = [
+                o
+                for r in results
+                if r.engine == engine
+                for o in r.outputs
+                if o.name == name and o.check == "values"
+            ]
+            check = sweep_check(values, criterion)
+            if check is not None:
+                checks.append(check)
+        if checks:
+            swept.append(
+                CaseResult(engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks))
+            )
+    return swept
 
 
 def _last_lengths(spec: GraphSpec, layers: _Layers) -> np.ndarray | None:

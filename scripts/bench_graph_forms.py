@@ -74,6 +74,31 @@ def stock_export(reference: torch.nn.Module, path: Path, feed: dict) -> Path:
     return path
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
+
+
+def recurrent_flops(cell: str, size: int, layers: int, batch: int, seq: int) -> float:
+    """Multiply-adds x 2 of the recurrent layers' matrix products (input and recurrent weights,
+    both directions, every step): the work every form does."""
+    gates = GATES[cell] * size
+    first = 2 * seq * batch * gates * (size + size)
+    later = 2 * seq * batch * gates * (2 * size + size)
+    return 2 * (first + (layers - 1) * later)
+
+
+def sgemm_rate(threads: int) -> float:
+    """GFLOP/s of torch's float32 matrix product (square 1024 and 2048, best of 5)."""
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh"])
@@ -136,8 +161,12 @@ def main() -> None:
                         )
                         del s
                 line = ", ".join(f"{k} {v:.2f}" for k, v in medians.items())
-                print(f"  B={batch} T={seq}: {line}")
-                rows.append({"batch": batch, "seq": seq, "median_ms": medians})
+                flops = recurrent_flops(args.cell, args.size, args.layers, batch, seq)
+                best = min(medians.values())
+                print(f"  B={batch} T={seq}: {line}; best {flops / best / 1e6:.0f} GFLOP/s")
+                rows.append({"batch": batch, "seq": seq, "median_ms": medians, "flops": flops})
+    rate = sgemm_rate(args.threads)
+    print(f"this machine's SGEMM rate (torch, {args.threads} threads): {rate:.0f} GFLOP/s")
     if args.json:
         args.json.write_text(
             json.dumps({"args": vars(args) | {"json": None}, "rows": rows}, indent=1)

@@ -12,10 +12,12 @@ from birnn_export.compare import (
     DECISIVE_MARGIN,
     NOISE_FACTOR,
     NoiseCriterion,
+    QuantizedCriterion,
     compare,
     compare_outputs,
     greedy_decode,
     machine_eps,
+    sweep_check,
 )
 from birnn_export.spec import GraphSpec, TensorSpec, Tolerance
 
@@ -142,3 +144,42 @@ def test_padding_check_follows_the_reference() -> None:
     got = want.copy()
     results = {o.check: o for o in compare_outputs(spec, {"y": got}, {"y": want}, lengths, tol)}
     assert results["padding"].passed and "vs reference" in results["padding"].note
+
+
+def test_quantized_criterion_pools_error_and_top1_over_the_sweep() -> None:
+    """Each case only guards against breakage; the sweep pools L2 error and top-1 counts."""
+    rng = np.random.default_rng(0)
+    crit = QuantizedCriterion()
+    ref = rng.standard_normal((10, 40, 4))
+    checks = []
+    for i in range(10):
+        got = ref[i] + 0.01 * rng.standard_normal(ref[i].shape)
+        checks.append(compare("y", "values", got, ref[i], criterion=crit, classes=True))
+    assert all(c.passed and c.threshold is None for c in checks)
+    pooled = sweep_check(checks, crit)
+    err = np.sqrt(sum((c.rel_l2 * c.reference_l2) ** 2 for c in checks))
+    assert pooled.rel_l2 == pytest.approx(err / np.linalg.norm(ref))
+    assert pooled.top1_decisive == 400 and pooled.check == "sweep"
+    assert pooled.passed == (pooled.top1 >= 0.995)
+    assert "over the sweep (10 cases, 400 positions)" in pooled.describe()
+
+
+def test_quantized_criterion_fails_on_top1_or_error_or_breakage() -> None:
+    crit = QuantizedCriterion()
+    ref = np.tile(np.array([[0.0, 1.0]]), (1000, 1))
+    flipped = ref.copy()
+    flipped[:6] = [1.0, 0.0]  # 6 of 1000 positions differ: 99.4% < 99.5%
+    check = compare("y", "values", flipped, ref, criterion=crit, classes=True)
+    assert check.top1_missed == 6
+    assert not sweep_check([check], crit).passed
+    assert sweep_check(
+        [compare("y", "values", ref, ref, criterion=crit, classes=True)], crit
+    ).passed
+    # an error of 14% passes one case's breakage guard, not the sweep's error limit
+    check = compare("y", "values", ref + 0.1, ref, criterion=crit)
+    assert check.rel_l2 == pytest.approx(np.sqrt(2000 * 0.01 / 1000))
+    assert check.passed and not sweep_check([check], crit).passed
+    broken = compare("y", "values", -ref, ref, criterion=crit)
+    assert not broken.passed and broken.limit == f"L2 < {crit.max_case_rel_l2:g}"
+    nan = compare("y", "values", ref * np.nan, ref, criterion=crit)
+    assert not nan.passed and not sweep_check([nan], crit).passed

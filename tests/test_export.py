@@ -790,3 +790,38 @@ def test_sinking_drops_the_dead_transposes_value_info():
     assert export_module.sink_batch_transposes(model) == 1
     assert "t" not in {v.name for v in model.graph.value_info}
     assert "t" not in {o for n in model.graph.node for o in n.output}
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        ((nn.LSTM,), "split"),
+        ((nn.GRU,), "split"),
+        ((nn.RNN,), "fused"),
+        ((nn.RNN, nn.GRU), "split"),
+    ],
+)
+def test_default_layout_follows_the_measured_choice_per_cell(
+    cells: tuple[type[nn.RNNBase], ...], expected: str, tmp_path
+) -> None:
+    from birnn_export.export import DEFAULT_LAYOUTS
+
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(
+                cell(6 if i == 0 else 8, 4, batch_first=True, bidirectional=True)
+                for i, cell in enumerate(cells)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer(x)[0]
+            return x
+
+    result = export_onnx(Stack().eval(), tmp_path / "m.onnx", input_size=6)
+    assert result.spec.layout == expected
+    assert ("ReverseSequence" in result.op_counts) == (expected == "split")
+    assert DEFAULT_LAYOUTS["rnn_tanh"] == "fused" and DEFAULT_LAYOUTS["lstm"] == "split"
+    other = "split" if expected == "fused" else "fused"
+    assert export_onnx(Stack().eval(), tmp_path / "o.onnx", layout=other).spec.layout == other

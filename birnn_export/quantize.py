@@ -1,0 +1,108 @@
+"""int8 graphs: ONNX Runtime's dynamic quantization of an exported graph.
+
+:func:`quantize_int8` runs ``onnxruntime.quantization.quantize_dynamic`` (weights int8, per
+tensor; activations quantized at run time, per call): LSTM nodes become
+``com.microsoft::DynamicQuantizeLSTM`` and MatMul/Gemm heads ``MatMulInteger``. ONNX Runtime
+has no quantized GRU or RNN kernels: those nodes stay float32 (:class:`QuantizeReport` says
+which). The result runs on ONNX Runtime's CPU provider.
+
+An int8 graph cannot match the model to float32 rounding; it is judged by the task instead
+(:class:`~birnn_export.compare.QuantizedCriterion`): top-1 agreement with the float64 model at
+valid positions and the relative error of every output.
+
+Example:
+    >>> report = quantize_int8("tagger.onnx", "tagger.int8.onnx")  # doctest: +SKIP
+    >>> report.quantized  # doctest: +SKIP
+    {'DynamicQuantizeLSTM': 4, 'MatMulInteger': 1}
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from birnn_export.errors import BiRNNExportError
+
+#: The quantization scheme recorded in a graph's spec.
+INT8 = "int8-dynamic"
+_QUANTIZED_OPS = ("DynamicQuantizeLSTM", "MatMulInteger", "ConvInteger", "QAttention")
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What :func:`quantize_int8` changed: quantized ops by type, and the recurrent and matrix
+    ops left in float (GRU and RNN: ONNX Runtime has no quantized kernels for them)."""
+
+    quantized: dict[str, int]
+    left_float: dict[str, int]
+
+    def summary(self) -> str:
+        done = ", ".join(f"{op} x{n}" for op, n in self.quantized.items()) or "nothing"
+        left = ", ".join(f"{op} x{n}" for op, n in self.left_float.items())
+        return f"int8: {done}" + (
+            f"; float32 (no int8 kernel in ONNX Runtime): {left}" if left else ""
+        )
+
+
+def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> QuantizeReport:
+    """Write the dynamically quantized int8 form of the graph ``src`` to ``dst`` (its metadata
+    kept, the spec marked ``quantization: int8-dynamic``).
+
+    Raises:
+        BiRNNExportError: onnxruntime's quantization tools are missing, or failed on the graph.
+    """
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise BiRNNExportError(
+            f"int8: onnxruntime's quantization tools are not importable ({exc}); pip install "
+            "onnxruntime"
+        ) from None
+    import onnx
+
+    from birnn_export.spec import METADATA_KEY
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice meant for image models
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
+        raise BiRNNExportError(
+            f"int8: ONNX Runtime's quantize_dynamic failed on {src}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}"
+        ) from None
+    finally:
+        root.setLevel(level)
+    proto = onnx.load(str(dst), load_external_data=False)
+    _mark(proto, METADATA_KEY)
+    onnx.save(proto, str(dst))
+    counts = collections.Counter(node.op_type for node in proto.graph.node)
+    return QuantizeReport(
+        quantized={op: counts[op] for op in _QUANTIZED_OPS if counts[op]},
+        left_float={
+            op: counts[op] for op in ("GRU", "RNN", "LSTM", "MatMul", "Gemm") if counts[op]
+        },
+    )
+
+
+def _mark(proto: Any, key: str) -> None:
+    import json
+
+    for prop in proto.metadata_props:
+        if prop.key == key:
+            data = json.loads(prop.value)
+            data["quantization"] = INT8
+            prop.value = json.dumps(data, sort_keys=True)
+
+
+def quantized_path(folder: str | os.PathLike[str], src: str | os.PathLike[str]) -> Path:
+    """Where a quantized copy of ``src`` goes inside ``folder``."""
+    return Path(folder) / (Path(src).stem + ".int8.onnx")

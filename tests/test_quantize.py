@@ -1,0 +1,207 @@
+"""int8 graphs: ONNX Runtime's dynamic quantization, judged by the task (top-1 agreement and
+relative error against the float64 model), never by float tolerances."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from birnn_export.cli import main
+from birnn_export.errors import ExportError, VerificationError
+from birnn_export.export import export_onnx
+from birnn_export.quantize import INT8, quantize_int8
+from birnn_export.spec import GraphSpec
+from birnn_export.verification import WHOLE_SWEEP, verify
+from tests.test_verification import export_trained
+
+pytest.importorskip("onnxruntime.quantization")
+
+
+class Tagger(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase] = nn.LSTM, hidden: int = 24) -> None:
+        super().__init__()
+        self.rnn = cell(8, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_quantize_int8_replaces_lstm_and_head_and_marks_the_spec(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = export_onnx(Tagger().eval(), tmp_path / "f.onnx", verify=False).path
+    report = quantize_int8(src, tmp_path / "q.onnx")
+    assert report.quantized["DynamicQuantizeLSTM"] == 2  # split layout: two nodes per layer
+    assert report.quantized["MatMulInteger"] >= 1
+    assert "LSTM" not in _ops(tmp_path / "q.onnx")
+    assert GraphSpec.from_onnx(tmp_path / "q.onnx").quantization == INT8
+    assert GraphSpec.from_onnx(src).quantization is None
+
+
+def test_quantize_int8_leaves_gru_in_float_and_says_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = export_onnx(Tagger(nn.GRU).eval(), tmp_path / "f.onnx", verify=False).path
+    report = quantize_int8(src, tmp_path / "q.onnx")
+    assert report.left_float == {"GRU": 2}
+    assert "GRU x2" in report.summary() and "no int8 kernel" in report.summary()
+
+
+def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> None:
+    _, result = export_trained("time_major_ctc", tmp_path / "q.onnx", quantize="int8")
+    assert "DynamicQuantizeLSTM" in result.op_counts and "LSTM" not in result.op_counts
+    assert result.spec.quantization == INT8
+    assert result.quantization.quantized["DynamicQuantizeLSTM"] >= 2
+    report = result.verification
+    assert report.passed
+    sweep = next(c for c in report.cases if c.lengths_mode == WHOLE_SWEEP)
+    (check,) = sweep.outputs
+    assert check.check == "sweep" and check.top1 >= 0.995 and check.rel_l2 < 0.05
+    assert check.top1_decisive > 500  # pooled over the cases' valid positions
+    assert not any(name.endswith(".onnx") for name in _leftovers(tmp_path))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name != "q.onnx"]
+
+
+def test_export_quantized_graph_that_loses_the_task_is_refused(tmp_path: Path) -> None:
+    """One outlier recurrent weight makes per-tensor int8 round every other weight to 0."""
+    torch.manual_seed(0)
+    model = Tagger(hidden=32).eval()
+    with torch.no_grad():
+        model.rnn.weight_hh_l0[0, 0] = 500.0
+    with pytest.raises(VerificationError, match="nothing was written") as caught:
+        export_onnx(model, tmp_path / "q.onnx", quantize="int8")
+    assert not caught.value.report.passed
+    assert list(tmp_path.iterdir()) == []
+    # the float graph of the same model is exact
+    assert export_onnx(model, tmp_path / "f.onnx").verification.passed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quantize": "int4"}, "quantize: expected int8"),
+        ({"quantize": "int8", "dtype": "float16"}, "float32 graph"),
+    ],
+)
+def test_export_quantize_refuses_what_it_cannot_do(
+    kwargs: dict, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ExportError, match=message):
+        export_onnx(Tagger().eval(), tmp_path / "q.onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_judges_ort_int8_by_task_and_ort_cpu_by_noise(tmp_path: Path) -> None:
+    loaded, result = export_trained("attention_classifier", tmp_path / "f.onnx", verify=False)
+    report = verify(result.path, loaded, engines=("ort-cpu", "ort-int8"))
+    assert report.passed
+    float_checks = [o for c in report.cases if c.engine == "ort-cpu" for o in c.outputs]
+    int8_checks = [o for c in report.cases if c.engine == "ort-int8" for o in c.outputs]
+    assert all(o.threshold is not None for o in float_checks if o.check == "values")
+    assert all(o.threshold is None and o.rel_l2 is not None for o in int8_checks)
+    assert [c.label for c in report.cases if c.lengths_mode == WHOLE_SWEEP] == [
+        f"ort-int8 {WHOLE_SWEEP}"
+    ]
+    assert "int8: over the sweep" in report.criterion
+    # int8 changes results: its error is far above the float graph's
+    worst = {
+        e: max(o.max_abs for c in report.cases if c.engine == e for o in c.outputs)
+        for e in ("ort-cpu", "ort-int8")
+    }
+    assert worst["ort-int8"] > 100 * worst["ort-cpu"]
+
+
+def test_bench_times_float_and_int8_side_by_side(tmp_path: Path) -> None:
+    from birnn_export.bench import benchmark
+
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    path = export_onnx(model, tmp_path / "f.onnx", verify=False).path
+    report = benchmark(
+        path,
+        model,
+        engines=("ort-cpu", "ort-int8"),
+        batch_sizes=(2,),
+        seq_lens=(12,),
+        iters=3,
+        warmup=1,
+        threads=1,
+        progress=False,
+        ort_spinning=False,
+    )
+    engines = {r.engine: r for r in report.results}
+    assert set(engines) == {"ort-cpu", "ort-int8"}
+    assert all(r.status == "ok" for r in report.results)
+    assert report.settings["ort"]["spinning"] is False
+    assert report.settings["ort"]["intra_op_threads"] == report.settings["torch_threads"] == 1
+
+
+def test_cli_quantize_int8_says_what_was_quantized_and_where_it_runs(tmp_path: Path) -> None:
+    from tests.test_verification import MANIFEST, TRAINED
+
+    entry = MANIFEST["time_major_ctc"]
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(
+        main,
+        [
+            str(TRAINED / "time_major_ctc.pt"),
+            "-o",
+            str(out),
+            "--quantize",
+            "int8",
+            "--model-class",
+            entry["class"],
+            "--model-kwargs",
+            json.dumps(entry["kwargs"]),
+            "--input-size",
+            "8",
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Quantized int8: DynamicQuantizeLSTM x" in result.output
+    assert "ONNX Runtime CPU only" in result.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["tensorrt_check"] is None and summary["quantization"].startswith("int8:")
+    assert GraphSpec.from_onnx(out).quantization == INT8
+
+
+def test_quantized_spec_values_are_validated() -> None:
+    from birnn_export.errors import BiRNNExportError
+
+    spec = GraphSpec(inputs=(), outputs=(), example_batch=1, example_seq=1, quantization=INT8)
+    assert GraphSpec.from_json(spec.to_json()).quantization == INT8
+    data = json.loads(spec.to_json())
+    data["quantization"] = "int4"
+    with pytest.raises(BiRNNExportError, match="quantization"):
+        GraphSpec.from_json(json.dumps(data))
+
+
+def test_int8_runner_quantizes_a_float_graph_and_cleans_up(tmp_path: Path) -> None:
+    from birnn_export.runners import make_runner
+    from birnn_export.spec import make_feed
+
+    torch.manual_seed(0)
+    path = export_onnx(Tagger().eval(), tmp_path / "f.onnx", verify=False).path
+    spec = GraphSpec.from_onnx(path)
+    runner = make_runner("ort-int8", path, threads=1)
+    with runner:
+        folder = Path(runner._folder.name)
+        out = runner.infer(make_feed(spec, 2, 7, seed=0))
+        assert runner.quantized.quantized["DynamicQuantizeLSTM"] == 2
+    assert np.isfinite(next(iter(out.values()))).all()
+    assert not folder.exists()
