@@ -345,6 +345,7 @@ def test_make_runner(lstm_file) -> None:
 
     kinds = {
         "ort-cpu": OrtRunner,
+        "ort-int8": OrtRunner,
         "ort-cuda": OrtRunner,
         "ort-trt": OrtRunner,
         "trt": TrtRunner,
