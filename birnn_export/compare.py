@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, dim_size
+from birnn_export.spec import TAG_PADDING, GraphSpec, TensorSpec, Tolerance, dim_size
 
 #: An engine may be this many times further from the float64 reference than eager PyTorch in
 #: the same precision (README, "How verification judges", has the measurements behind it).
@@ -158,6 +158,8 @@ class Check:
             if self.check == "layer"
             else f"output {self.name!r} {self.check}"
         )
+        if self.role == "tags":
+            return f"{what}: {self.note}"
         if self.check == "sweep":
             text = (
                 f"output {self.name!r} over the sweep ({self.note}): relative L2 error "
@@ -193,6 +195,8 @@ class Check:
     @property
     def limit(self) -> str:
         """The criterion as it applied here, for tables."""
+        if self.role == "tags":
+            return "exact"
         if self.top1_limit is not None:
             return f"L2 < {self.rel_l2_limit:g}, top-1 >= {100 * self.top1_limit:g}%"
         if self.threshold is not None:
@@ -507,6 +511,10 @@ def compare_outputs(
             results.append(_failed(tensor, "values", "the engine did not return it"))
             continue
         got, want = np.asarray(actual[tensor.name]), np.asarray(expected[tensor.name])
+        if tensor.role == "tags":
+            noisy = None if eager is None else np.asarray(eager[tensor.name])
+            results.append(compare_tags(tensor, got, want, noisy))
+            continue
         rows = output_lengths(spec, tensor, lengths, derived_lengths)
         got = _cut_to_longest_row(tensor, got, want, rows)
         if got.shape != want.shape:
@@ -556,6 +564,65 @@ def compare_outputs(
             )
         )
     return results
+
+
+def compare_tags(
+    tensor: TensorSpec, got: np.ndarray, want: np.ndarray, eager: np.ndarray | None = None
+) -> Check:
+    """A CRF's decoded tags (``[batch, seq]``, -1 past each row's length) against the
+    reference's: equal at every position. A row may differ only where eager PyTorch in the
+    graph's precision departs from the (float64) reference in that row too: two paths of
+    near-equal score, which rounding decides (reported as ties). The reference's rows may be
+    shorter (``torchcrf``'s lists padded to the longest); they are padded with -1 to ``got``'s
+    length."""
+    batch_axis, time_axis = (
+        tensor.batch_axis or 0,
+        1 if tensor.time_axis is None else tensor.time_axis,
+    )
+    got = np.moveaxis(got, (batch_axis, time_axis), (0, 1)) if got.ndim == 2 else got
+    want, eager = (
+        None if a is None else _pad_time(np.moveaxis(a, (batch_axis, time_axis), (0, 1)), got)
+        for a in (want, eager)
+    )
+    if got.shape != want.shape:
+        return _failed(tensor, "values", f"shape {list(got.shape)}, reference {list(want.shape)}")
+    differ = got != want
+    rows = differ.any(axis=1)
+    ties = (
+        rows & (eager != want).any(axis=1)
+        if eager is not None and eager.shape == want.shape
+        else rows & False
+    )
+    wrong = rows & ~ties
+    count, total = int(differ.sum()), int(differ.size)
+    if not rows.any():
+        note = f"exact: all {total} tags equal (padding {TAG_PADDING})"
+    else:
+        note = f"{count} of {total} tags differ in {int(rows.sum())} of {len(rows)} row(s)"
+        if ties.any():
+            note += (
+                f"; {int(ties.sum())} row(s) are ties: eager in the graph's precision departs "
+                "from the reference there too (paths of near-equal score)"
+            )
+    wrong_tags = int(differ[wrong].sum())
+    return Check(
+        tensor.name,
+        tensor.role,
+        "values",
+        float(wrong_tags),
+        0.0,
+        wrong_tags / max(total, 1),
+        not wrong.any(),
+        elements=total,
+        note=note,
+    )
+
+
+def _pad_time(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    if values.ndim != 2 or like.ndim != 2 or values.shape[1] >= like.shape[1]:
+        return values
+    pad = np.full((values.shape[0], like.shape[1] - values.shape[1]), TAG_PADDING, values.dtype)
+    return np.concatenate([values, pad], axis=1)
 
 
 def output_lengths(

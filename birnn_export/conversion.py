@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from birnn_export.crf import CRFDecoder, is_torchcrf
 from birnn_export.errors import ConversionError
 from birnn_export.modules import BiRNN, _cell_of
 
@@ -27,6 +28,8 @@ class Replacement:
     bidirectional: bool
 
     def __str__(self) -> str:
+        if self.cell == "crf":
+            return f"{self.path}: {self.original} -> CRFDecoder (Viterbi as ONNX Loops)"
         direction = "bidirectional" if self.bidirectional else "unidirectional"
         layers = f"{self.num_layers} layer(s)"
         return f"{self.path}: {self.original} -> BiRNN({self.cell}, {layers}, {direction})"
@@ -64,8 +67,14 @@ def _check_convertible(path: str, layer: nn.Module) -> None:
             )
 
 
+def find_crfs(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, layer)`` of every ``torchcrf.CRF`` in ``model``."""
+    return [(name or "<root>", mod) for name, mod in model.named_modules() if is_torchcrf(mod)]
+
+
 def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
-    """Return a copy of ``model`` with every ``nn.RNN/LSTM/GRU`` replaced by an equal BiRNN.
+    """Return a copy of ``model`` with every ``nn.RNN/LSTM/GRU`` replaced by an equal BiRNN
+    and every ``torchcrf.CRF`` by an equal :class:`~birnn_export.crf.CRFDecoder`.
 
     The original is untouched. Weights, ``batch_first``, layers, directions, dropout and the
     train/eval mode carry over, so the copy's outputs equal the original's (a model that calls the
@@ -92,19 +101,32 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
         layer = converted.get_submodule(path)
         converted.set_submodule(path, BiRNN.from_torch(layer, padding_value=padding_value))
         logger.info("%s", _describe(path, layer))
+    for path, crf in find_crfs(converted):
+        if path == "<root>":
+            raise ConversionError(
+                "<root>: a bare torchcrf.CRF has no emissions to decode; export the model "
+                "that calls crf.decode(emissions, mask) in its forward"
+            )
+        decoder = CRFDecoder.from_torchcrf(crf)
+        decoder.path = path
+        converted.set_submodule(path, decoder)
+        logger.info("%s", _describe(path, crf))
     return converted
 
 
 def conversion_report(model: nn.Module) -> list[Replacement]:
     """What :func:`convert` would replace in ``model``, without changing it."""
-    return [
+    layers = [
         _describe(path, layer)
         for path, layer in find_recurrent_layers(model)
         if isinstance(layer, _BUILTIN)
     ]
+    return layers + [_describe(path, crf) for path, crf in find_crfs(model)]
 
 
 def _describe(path: str, layer: nn.Module) -> Replacement:
+    if is_torchcrf(layer):
+        return Replacement(path, "torchcrf.CRF", "crf", 1, False)
     return Replacement(
         path=path,
         original=type(layer).__name__,

@@ -35,6 +35,7 @@ from birnn_export._inputs import PlannedInputs, plan_inputs
 from birnn_export._rewrites import guard_empty_batch
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
+from birnn_export.crf import expand_viterbi, is_tag_lists, is_viterbi_loop, ragged_to_padded
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import (
@@ -252,10 +253,11 @@ def export_onnx(
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
     proto = _trace(traced, trace_inputs, planned, outs, opset, layout)
+    tags = expand_viterbi(proto)
     _clean_nodes(proto)
     if target == torch.float16:
         sink_batch_transposes(proto)
-    spec = _build_spec(proto, planned, converted, layers)
+    spec = _build_spec(proto, planned, converted, layers, tags)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -342,6 +344,8 @@ def _cast_floats(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _flatten(value: Any) -> list[Tensor]:
+    if is_tag_lists(value):  # torchcrf's decode, before conversion
+        return [ragged_to_padded(value)]
     if isinstance(value, (tuple, list)):
         return [leaf for item in value for leaf in _flatten(item)]
     if not isinstance(value, Tensor):
@@ -564,7 +568,11 @@ _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int3
 
 
 def _build_spec(
-    proto: Any, planned: PlannedInputs, model: nn.Module, layers: Sequence[BiRNN]
+    proto: Any,
+    planned: PlannedInputs,
+    model: nn.Module,
+    layers: Sequence[BiRNN],
+    tags: Collection[str] = (),
 ) -> GraphSpec:
     outputs = []
     for info in proto.graph.output:
@@ -581,7 +589,9 @@ def _build_spec(
             ),
             None,
         )
-        if time_at is not None:
+        if info.name in tags:
+            role = "tags"
+        elif time_at is not None:
             role = "sequence"
         elif info.name in ("h_n", "c_n"):
             role = "state"
@@ -618,7 +628,17 @@ def _build_spec(
         time_dim=planned.time_dim,
         dim_ranges=others,
         example_sizes=dict(planned.examples),
+        token_padding=_token_padding(model, planned, tags),
     )
+
+
+def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[str]) -> int | None:
+    """The pad id of a CRF tagger that takes token ids and no lengths (its mask is ``ids !=
+    pad``): its first Embedding's ``padding_idx``."""
+    if not tags or "lengths" in planned.roles or "tokens" not in planned.roles:
+        return None
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    return None if embedding is None else embedding.padding_idx
 
 
 def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:
@@ -769,7 +789,8 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     """Structural problems of an exported graph (empty when it is sound).
 
     Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
-    or ``Scan``, symbolic batch/seq on inputs and outputs, and the example batch and length
+    or ``Scan`` (but a CRF's Viterbi Loops, :mod:`birnn_export.crf`), symbolic batch/seq on
+    inputs and outputs, and the example batch and length
     nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
     (those the model itself has) are not searched for: they cannot be told apart.
 
@@ -797,7 +818,7 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     except Exception as exc:
         problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
         return problems
-    ops = collections.Counter(n.op_type for n in inferred.graph.node)
+    ops = collections.Counter(n.op_type for n in inferred.graph.node if not is_viterbi_loop(n))
     for loop in ("Loop", "Scan"):
         if ops[loop]:
             problems.append(f"graph holds {ops[loop]} {loop} node(s): recurrence was unrolled")

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from birnn_export.modules import BiRNN, Cell
+from birnn_export.crf import CRFDecoder, to_torchcrf
+from birnn_export.modules import BiRNN, Cell, padding_mask
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TaggerConfig:
     uses_lengths: bool = False
     #: Inputs ``[batch, time, ...]`` (the default) or time-major ``[time, batch, ...]``.
     batch_first: bool = True
+    #: A CRF after the head: the model returns the Viterbi decode (int64 tags ``[batch,
+    #: time]``, -1 past each row's length) instead of the head's scores. Each row's length is
+    #: ``lengths`` when the model uses them, else its tokens other than ``padding_idx``.
+    crf: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,11 +57,12 @@ class TaggerConfig:
 
 
 class SequenceTagger(nn.Module):
-    """[Embedding ->] BiRNN -> Linear, applied at every time step.
+    """[Embedding ->] BiRNN -> Linear [-> CRF decode], applied at every time step.
 
     Inputs: ``x`` float features ``[batch, time, input_size]`` (or int64 token ids
     ``[batch, time]`` when ``vocab_size`` is set), and ``lengths`` ``[batch]`` when
-    ``uses_lengths``. Output: ``[batch, time, output_size]``.
+    ``uses_lengths``. Output: ``[batch, time, output_size]``, or with ``crf`` the decoded tags
+    ``[batch, time]`` (a BiLSTM-CRF tagger; :class:`~birnn_export.crf.CRFDecoder`).
 
     Example:
         >>> cfg = TaggerConfig(cell="lstm", input_size=10, hidden_size=20, output_size=5)
@@ -82,12 +88,16 @@ class SequenceTagger(nn.Module):
             bidirectional=config.bidirectional,
         )
         self.head = nn.Linear(config.hidden_size * self.rnn.num_directions, config.output_size)
+        self.crf = (
+            CRFDecoder(config.output_size, batch_first=config.batch_first) if config.crf else None
+        )
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        ids = x
         if self.embedding is not None:
             x = self.embedding(x)
         out, _ = self.rnn(x, lengths if self.config.uses_lengths else None)
-        return self.head(out)
+        return _decode(self.crf, self.head(out), ids, lengths, self.config)
 
     def to_torch(self) -> TorchReference:
         """The same model in torch's built-in layers (a copy): the reference to verify against."""
@@ -99,16 +109,35 @@ class SequenceTagger(nn.Module):
             copy.deepcopy(self.head),
             embedding,
             uses_lengths=self.config.uses_lengths,
+            crf=None if self.crf is None else to_torchcrf(self.crf),
+            config=self.config,
         )
         return reference.train(self.training)
+
+
+def _decode(
+    crf: nn.Module | None, emissions: Tensor, ids: Tensor, lengths: Tensor | None, config: Any
+) -> Any:
+    """The head's scores, or a CRF's decode of them over each row's valid steps."""
+    if crf is None:
+        return emissions
+    time_axis = 1 if config.batch_first else 0
+    if config.uses_lengths and lengths is not None:
+        mask = padding_mask(lengths, emissions.shape[time_axis], batch_first=config.batch_first)
+    elif config.vocab_size is not None and config.padding_idx is not None:
+        mask = ids != config.padding_idx
+    else:
+        mask = None
+    return crf.decode(emissions, mask=mask)
 
 
 class TorchReference(nn.Module):
     """``[Embedding ->] nn.RNN/LSTM/GRU -> Linear`` built from torch's own layers.
 
     The reference a :class:`SequenceTagger` is verified against: with ``lengths`` it runs the
-    recurrent layer on a ``PackedSequence``, as torch intends for padded batches. Parameter
-    names equal :class:`SequenceTagger`'s (``embedding.*``, ``rnn.*``, ``head.*``).
+    recurrent layer on a ``PackedSequence``, as torch intends for padded batches; a CRF decodes
+    with ``torchcrf`` (pytorch-crf) when it is installed. Parameter names equal
+    :class:`SequenceTagger`'s (``embedding.*``, ``rnn.*``, ``head.*``, ``crf.*``).
     """
 
     def __init__(
@@ -118,14 +147,19 @@ class TorchReference(nn.Module):
         embedding: nn.Embedding | None = None,
         *,
         uses_lengths: bool = True,
+        crf: nn.Module | None = None,
+        config: TaggerConfig | None = None,
     ):
         super().__init__()
         self.embedding = embedding
         self.rnn = rnn
         self.head = head
+        self.crf = crf
         self.uses_lengths = uses_lengths
+        self.config = config
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Any:
+        ids = x
         if self.embedding is not None:
             x = self.embedding(x)
         if lengths is None or not self.uses_lengths:
@@ -136,7 +170,7 @@ class TorchReference(nn.Module):
             out, _ = self.rnn(packed)
             steps = x.shape[1 if first else 0]
             out, _ = pad_packed_sequence(out, batch_first=first, total_length=steps)
-        return self.head(out)
+        return _decode(self.crf, self.head(out), ids, lengths, self.config)
 
 
 # -- models with a front end: what speech and OCR exports look like --------------------------

@@ -755,6 +755,10 @@ def warn_if_both_onnxruntimes() -> None:
 
 
 def _flatten(value: Any) -> list[Any]:
+    from birnn_export.crf import is_tag_lists, ragged_to_padded
+
+    if is_tag_lists(value):  # torchcrf's decode: ragged lists, padded as the graph pads them
+        return [ragged_to_padded(value)]
     if isinstance(value, (tuple, list)):
         return [leaf for item in value for leaf in _flatten(item)]
     return [value]

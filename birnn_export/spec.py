@@ -34,7 +34,7 @@ SEQ = "seq"
 DEFAULT_BATCH_RANGE = (1, 8, 32)
 DEFAULT_SEQ_RANGE = (1, 64, 256)
 
-Role = Literal["features", "tokens", "lengths", "sequence", "state", "other"]
+Role = Literal["features", "tokens", "lengths", "sequence", "state", "tags", "other"]
 LengthsMode = Literal["ragged", "equal", "full"]
 
 
@@ -104,6 +104,10 @@ class GraphSpec:
     example_sizes: dict[str, int] = field(default_factory=dict)
     #: ``"int8-dynamic"`` for a graph quantized by :func:`birnn_export.quantize.quantize_int8`.
     quantization: str | None = None
+    #: The token id that pads a batch, for graphs without a lengths input whose model masks by
+    #: it (a CRF tagger's ``mask = ids != pad``): verification pads its ragged rows with it.
+    #: Outputs with role ``"tags"`` (a CRF's Viterbi decode) hold -1 past each row's length.
+    token_padding: int | None = None
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -167,6 +171,9 @@ class GraphSpec:
         return cls.from_json(props[METADATA_KEY])
 
 
+#: The tag a CRF's decoded ``"tags"`` output holds past each row's length.
+TAG_PADDING = -1
+
 #: The largest size a declared dim may have (batch or length): 2**20. Larger serving ranges are
 #: refused at export (a profile of 1e9 rows would fail at every engine later).
 MAX_DIM = 1 << 20
@@ -207,7 +214,7 @@ _TENSOR_FIELDS = {
     "batch_at": (int, type(None)),
     "time_at": (int, type(None)),
 }
-_ROLES = ("features", "tokens", "lengths", "sequence", "state", "other")
+_ROLES = ("features", "tokens", "lengths", "sequence", "state", "tags", "other")
 
 
 def _check_spec_data(data: Any) -> None:
@@ -252,6 +259,9 @@ def _check_spec_data(data: Any) -> None:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
+    pad = data.get("token_padding")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+        raise BiRNNExportError("token_padding: expected a token id (an int >= 0) or nothing")
     if data.get("quantization") not in (None, "int8-dynamic"):
         raise BiRNNExportError("quantization: expected int8-dynamic or nothing")
     for key in ("dim_ranges", "example_sizes", "config"):
@@ -400,7 +410,8 @@ def make_feed(
     lengths follow ``lengths`` (see :func:`make_lengths`). Where the graph takes lengths,
     positions past each row's length hold padding (0, or the lowest token id) in every input
     with batch and time axes, as in a padded batch: layers before the recurrent ones (a
-    convolution, say) see them.
+    convolution, say) see them. Where it takes none but pads token rows with
+    ``spec.token_padding``, token rows are ``lengths`` long and padded with it.
     """
     rng = np.random.default_rng(seed)
     sizes = spec.sizes(batch, seq)
@@ -416,6 +427,10 @@ def make_feed(
         else:
             feed[tensor.name] = (rng.standard_normal(shape) * scale).astype(tensor.dtype)
     lengths_input = spec.lengths_input
+    token_lengths = None
+    if lengths_input is None and spec.token_padding is not None:
+        token_lengths = make_lengths(batch, seq, rng, lengths)
+        _pad_tokens(spec, feed, token_lengths, spec.token_padding)
     if lengths_input is not None:
         valid = np.arange(seq)[None, :] < feed[lengths_input.name][:, None]  # [batch, seq]
         for tensor in spec.inputs:
@@ -431,6 +446,23 @@ def make_feed(
             expand[b_axis], expand[t_axis] = batch, seq
             data[~np.broadcast_to(keep.reshape(expand), data.shape)] = pad
     return feed
+
+
+def _pad_tokens(
+    spec: GraphSpec, feed: dict[str, np.ndarray], lengths: np.ndarray, pad: int
+) -> None:
+    """Token inputs as a padded batch of rows ``lengths`` long: ``pad`` past each row's length
+    and nowhere before it (the model finds each row's length by it)."""
+    for tensor in spec.inputs:
+        b_axis, t_axis = tensor.batch_axis, tensor.time_axis
+        if tensor.role != "tokens" or b_axis is None or t_axis is None:
+            continue
+        data = np.moveaxis(feed[tensor.name], (b_axis, t_axis), (0, 1))
+        high = tensor.high if isinstance(tensor.high, (int, float)) else pad
+        other = pad + 1 if pad + 1 <= high else pad - 1  # a valid token that is not padding
+        if other >= (tensor.low or 0):
+            data[data == pad] = other
+        data[np.arange(data.shape[1])[None, :] >= lengths[:, None]] = pad
 
 
 # -- declared inputs and symbolic dims ------------------------------------------------------

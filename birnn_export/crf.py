@@ -1,0 +1,452 @@
+"""CRF Viterbi decoding that exports: :class:`CRFDecoder` and its ONNX ``Loop`` form.
+
+A BiLSTM-CRF tagger ends in ``crf.decode(emissions, mask)`` (``pytorch-crf``, import name
+``torchcrf``): a Python loop over time that returns ragged lists, which no exporter gets out.
+:class:`CRFDecoder` holds the same three parameters (``start_transitions``,
+``end_transitions``, ``transitions``; its ``state_dict`` is ``torchcrf.CRF``'s) and decodes
+with the same operations in the same order, so its tags equal ``torchcrf``'s exactly, ties
+included (both take the first maximal tag). It returns a tensor instead of lists:
+
+- ``tags``: int64 ``[batch, seq]``, row ``b`` holds ``torchcrf``'s list for ``b`` in its first
+  ``mask[b].sum()`` positions and :data:`~birnn_export.spec.TAG_PADDING` (-1) after them;
+- ``decode(..., with_score=True)`` also returns the best path's score ``[batch]``.
+
+Export: while tracing, :meth:`CRFDecoder.decode` emits one placeholder node
+(``birnn_export::ViterbiDecode``) and :func:`expand_viterbi` replaces it by two ONNX ``Loop``
+nodes with the sequence length as trip count: the max-product recursion (carrying the score,
+scanning out the back-pointers) and the backtrace (walking the back-pointers from each row's
+last valid step). Viterbi is sequential in time and ONNX has no recurrent op for it, so a
+``Loop`` is its natural form, unlike the recurrent layers; nothing is unrolled, the graph takes
+any batch and length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from birnn_export.errors import ConversionError
+from birnn_export.spec import TAG_PADDING
+
+logger = logging.getLogger(__name__)
+
+#: Domain and name of the placeholder node :func:`expand_viterbi` replaces.
+VITERBI_DOMAIN = "birnn_export"
+VITERBI_OP = "ViterbiDecode"
+#: The two Loop nodes of one decoder are named ``<path>/viterbi/forward`` and
+#: ``<path>/viterbi/backtrace``; graph checks allow exactly these Loops.
+VITERBI_LOOPS = ("/viterbi/forward", "/viterbi/backtrace")
+_NAME_KEY = "birnn_export.node"
+
+
+class CRFDecoder(nn.Module):
+    """Linear-chain CRF decoding (Viterbi) that traces to ONNX at dynamic batch and length.
+
+    Args:
+        num_tags: Number of tags.
+        batch_first: Emissions ``[batch, seq, tags]`` (else ``[seq, batch, tags]``), as in
+            ``torchcrf.CRF``. The returned tags are ``[batch, seq]`` either way.
+
+    Example:
+        >>> import torchcrf  # doctest: +SKIP
+        >>> crf = torchcrf.CRF(5, batch_first=True)  # doctest: +SKIP
+        >>> decoder = CRFDecoder.from_torchcrf(crf)  # doctest: +SKIP
+        >>> decoder.decode(torch.randn(2, 7, 5), torch.ones(2, 7, dtype=torch.bool)).shape
+        torch.Size([2, 7])
+    """
+
+    def __init__(self, num_tags: int, *, batch_first: bool = False) -> None:
+        if num_tags <= 0:
+            raise ValueError(f"num_tags: expected a positive number, got {num_tags}")
+        super().__init__()
+        self.num_tags = num_tags
+        self.batch_first = batch_first
+        self.start_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.end_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+        #: Set by conversion: the module path, which names the graph's Loop nodes.
+        self.path = "crf"
+
+    @classmethod
+    def from_parameters(
+        cls,
+        start_transitions: Tensor,
+        end_transitions: Tensor,
+        transitions: Tensor,
+        *,
+        batch_first: bool = False,
+    ) -> CRFDecoder:
+        """A decoder over given scores: the hook for a hand-written CRF.
+
+        ``transitions[i, j]`` scores tag ``i`` followed by tag ``j`` (``torchcrf``'s
+        convention; transpose a ``[to, from]`` matrix first). Replace the hand-written decode
+        with this decoder's :meth:`decode` before export.
+        """
+        num_tags = int(transitions.shape[0])
+        shapes = (tuple(start_transitions.shape), tuple(end_transitions.shape))
+        if tuple(transitions.shape) != (num_tags, num_tags) or shapes != ((num_tags,),) * 2:
+            raise ConversionError(
+                f"CRF parameters: expected start/end [{num_tags}] and transitions "
+                f"[{num_tags}, {num_tags}], got {list(start_transitions.shape)}, "
+                f"{list(end_transitions.shape)} and {list(transitions.shape)}"
+            )
+        decoder = cls(num_tags, batch_first=batch_first)
+        with torch.no_grad():
+            decoder.start_transitions.copy_(start_transitions)
+            decoder.end_transitions.copy_(end_transitions)
+            decoder.transitions.copy_(transitions)
+        return decoder.to(transitions.dtype)
+
+    @classmethod
+    def from_torchcrf(cls, crf: nn.Module) -> CRFDecoder:
+        """The decoder equal to a ``torchcrf.CRF`` (same parameters, same ``batch_first``)."""
+        decoder = cls.from_parameters(
+            crf.start_transitions.detach(),
+            crf.end_transitions.detach(),
+            crf.transitions.detach(),
+            batch_first=crf.batch_first,
+        )
+        return decoder.train(crf.training)
+
+    def extra_repr(self) -> str:
+        return f"num_tags={self.num_tags}, batch_first={self.batch_first}"
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise ConversionError(
+            "CRFDecoder only decodes: call crf.decode(emissions, mask) in the model's forward "
+            "(the CRF's forward is torchcrf's training loss, which is not exported)"
+        )
+
+    def decode(
+        self, emissions: Tensor, mask: Tensor | None = None, *, with_score: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Best tag sequence per row: int64 ``[batch, seq]``, :data:`TAG_PADDING` past each
+        row's ``mask.sum()`` (and the best path's score ``[batch]`` when ``with_score``).
+
+        ``mask`` (bool ``[batch, seq]``, or ``[seq, batch]`` when not ``batch_first``) marks
+        valid steps; as in ``torchcrf`` the first step must be valid, masked steps keep the
+        score, and a row's tags are its first ``mask.sum()`` positions.
+        """
+        if emissions.dim() != 3 or emissions.shape[2] != self.num_tags:
+            raise ValueError(
+                f"emissions: expected [batch, seq, {self.num_tags}] (or time-major), got "
+                f"{list(emissions.shape)}"
+            )
+        if not self.batch_first:
+            emissions = emissions.transpose(0, 1)
+            mask = None if mask is None else mask.transpose(0, 1)
+        if mask is None:
+            mask = torch.ones_like(emissions[:, :, 0], dtype=torch.bool)
+        mask = mask.to(torch.bool)
+        if torch.onnx.is_in_onnx_export():
+            tags, score = self._placeholder(emissions, mask)
+        else:
+            tags, score = _viterbi(
+                emissions, mask, self.start_transitions, self.end_transitions, self.transitions
+            )
+        return (tags, score) if with_score else tags
+
+    def _placeholder(self, emissions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        batch, steps = emissions.shape[0], emissions.shape[1]
+        tags, score = torch.onnx.ops.symbolic_multi_out(
+            f"{VITERBI_DOMAIN}::{VITERBI_OP}",
+            [emissions, mask, self.start_transitions, self.end_transitions, self.transitions],
+            {},
+            dtypes=[torch.int64, emissions.dtype],
+            shapes=[[batch, steps], [batch]],
+            version=1,
+            metadata_props={_NAME_KEY: self.path},
+        )
+        return tags, score
+
+
+def _viterbi(
+    emissions: Tensor, mask: Tensor, start: Tensor, end: Tensor, transitions: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Batch-first Viterbi with ``torchcrf``'s operations in its order (so equal floats)."""
+    batch, steps, _ = emissions.shape
+    score = start + emissions[:, 0]
+    history = []
+    for i in range(1, steps):
+        next_score = score.unsqueeze(2) + transitions + emissions[:, i].unsqueeze(1)
+        next_score, indices = next_score.max(dim=1)
+        score = torch.where(mask[:, i].unsqueeze(1), next_score, score)
+        history.append(indices)
+    score = score + end
+    best_score, last = score.max(dim=1)
+    lengths = mask.long().sum(dim=1)
+    tags = torch.full((batch, steps), TAG_PADDING, dtype=torch.int64, device=emissions.device)
+    rows = torch.arange(batch, device=emissions.device)
+    current = last
+    for p in range(steps - 1, -1, -1):
+        at_end = lengths - 1 == p
+        inside = p < lengths
+        tag = torch.where(at_end, last, current)
+        tags[:, p] = torch.where(inside, tag, TAG_PADDING)
+        if p > 0:
+            current = history[p - 1][rows, torch.where(inside, tag, 0)]
+    return tags, best_score
+
+
+def to_torchcrf(decoder: CRFDecoder) -> nn.Module:
+    """A ``torchcrf.CRF`` with ``decoder``'s parameters (the reference to verify against), or
+    a copy of ``decoder`` where pytorch-crf is not installed (its decode is held equal to
+    ``torchcrf``'s by the tests)."""
+    import copy
+
+    try:
+        import torchcrf
+    except ImportError:
+        logger.warning(
+            "pytorch-crf is not installed: CRF decodes are verified against birnn-export's "
+            "eager Viterbi; pip install pytorch-crf to verify against torchcrf itself"
+        )
+        return copy.deepcopy(decoder)
+    crf = torchcrf.CRF(decoder.num_tags, batch_first=decoder.batch_first)
+    crf.load_state_dict(decoder.state_dict())
+    return crf.to(decoder.transitions.dtype).train(decoder.training)
+
+
+def ragged_to_padded(rows: list[list[int]], steps: int | None = None) -> Tensor:
+    """``torchcrf``'s lists as :class:`CRFDecoder`'s tensor: ``[batch, steps]`` int64,
+    :data:`TAG_PADDING` after each list (``steps`` defaults to the longest list)."""
+    width = max((len(r) for r in rows), default=0) if steps is None else steps
+    out = torch.full((len(rows), width), TAG_PADDING, dtype=torch.int64)
+    for b, row in enumerate(rows):
+        out[b, : len(row)] = torch.as_tensor(row, dtype=torch.int64)
+    return out
+
+
+def is_tag_lists(value: Any) -> bool:
+    """Whether ``value`` is what ``torchcrf.CRF.decode`` returns: a list of lists of ints
+    (an empty list for an empty batch)."""
+    return isinstance(value, list) and all(
+        isinstance(row, list) and all(type(tag) is int for tag in row) for row in value
+    )
+
+
+def path_scores(emissions: Tensor, tags: Tensor, mask: Tensor, decoder: nn.Module) -> Tensor:
+    """The score of each row's tag path (batch-first; positions with tag < 0 ignored), in
+    float64: what Viterbi maximises, to tell a tie from a wrong path."""
+    emissions = emissions.double()
+    start = decoder.start_transitions.double()
+    end = decoder.end_transitions.double()
+    trans = decoder.transitions.double()
+    lengths = (tags >= 0).sum(dim=1)
+    scores = []
+    for b in range(tags.shape[0]):
+        n = int(lengths[b])
+        path = tags[b, :n]
+        total = start[path[0]] + emissions[b, 0, path[0]]
+        for i in range(1, n):
+            if mask[b, i]:
+                total = total + trans[path[i - 1], path[i]] + emissions[b, i, path[i]]
+        scores.append(total + end[path[n - 1]])
+    return torch.stack(scores)
+
+
+def is_torchcrf(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``torchcrf.CRF`` (checked without importing torchcrf)."""
+    kind = type(module)
+    return kind.__name__ == "CRF" and kind.__module__.split(".")[0] == "torchcrf"
+
+
+def hand_written_crfs(model: nn.Module) -> list[str]:
+    """Paths of modules that look like a CRF of their own: a square ``transitions``
+    parameter, not a ``torchcrf.CRF`` nor a :class:`CRFDecoder`."""
+    found = []
+    for path, module in model.named_modules():
+        if is_torchcrf(module) or isinstance(module, CRFDecoder):
+            continue
+        trans = module._parameters.get("transitions")
+        if trans is not None and trans.dim() == 2 and trans.shape[0] == trans.shape[1]:
+            found.append(path or "<root>")
+    return found
+
+
+HAND_WRITTEN_HINT = (
+    "a hand-written CRF's Viterbi loop cannot be exported; decode with "
+    "birnn_export.CRFDecoder.from_parameters(start, end, transitions) in forward instead "
+    "(README, 'CRF taggers')"
+)
+
+
+# -- the ONNX form ---------------------------------------------------------------------------
+
+
+def is_viterbi_loop(node: Any) -> bool:
+    """Whether ``node`` is one of the Loops :func:`expand_viterbi` writes."""
+    return node.op_type == "Loop" and node.name.endswith(VITERBI_LOOPS)
+
+
+def expand_viterbi(proto: Any) -> list[str]:
+    """Replace each ``ViterbiDecode`` placeholder in ``proto`` by its two ``Loop`` nodes (in
+    place); drop the placeholder's opset import. Returns the names of the tags they output."""
+    graph = proto.graph
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*graph.value_info, *graph.input, *graph.output]
+    }
+    nodes: list[Any] = []
+    tags: list[str] = []
+    for node in graph.node:
+        if node.domain == VITERBI_DOMAIN and node.op_type == VITERBI_OP:
+            props = {p.key: p.value for p in node.metadata_props}
+            path = props.get(_NAME_KEY, f"crf{len(tags)}")
+            score_type = types.get(node.input[0]) or types.get(node.output[1]) or 1
+            nodes += list(_viterbi_nodes(node, path, score_type))
+            tags.append(node.output[0])
+        else:
+            nodes.append(node)
+    if tags:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        kept = [o for o in proto.opset_import if o.domain != VITERBI_DOMAIN]
+        del proto.opset_import[:]
+        proto.opset_import.extend(kept)
+    return tags
+
+
+def _viterbi_nodes(node: Any, path: str, score_type: int) -> Iterator[Any]:
+    """The nodes of one decode. Time-major inside; ``history[t]`` holds the best previous tag
+    for each tag at step ``t`` (row 0 unused), as ``torchcrf``'s ``history[t - 1]``."""
+    from onnx import TensorProto, helper
+
+    emissions, mask, start, end, trans = node.input
+    tags_out, score_out = node.output
+    p = f"{path}/viterbi"
+
+    def name(part: str) -> str:
+        return f"{p}/{part}"
+
+    def const(part: str, value: Any, dtype: int = TensorProto.INT64) -> Any:
+        dims = [] if not isinstance(value, list) else [len(value)]
+        values = value if isinstance(value, list) else [value]
+        return helper.make_node(
+            "Constant",
+            [],
+            [name(part)],
+            name=name(part),
+            value=helper.make_tensor(name(part), dtype, dims, values),
+        )
+
+    def op(kind: str, inputs: list[str], part: str, **attrs: Any) -> Any:
+        return helper.make_node(kind, inputs, [name(part)], name=name(part), **attrs)
+
+    yield const("zero", 0)
+    yield const("one", 1)
+    yield const("minus_one", TAG_PADDING)
+    yield const("axis0", [0])
+    yield const("axis1", [1])
+    yield const("axis2", [2])
+    yield const("minus_one_1d", [TAG_PADDING])
+    yield const("int64_min", [-(2**63)])
+    yield op("Transpose", [emissions], "emissions_tm", perm=[1, 0, 2])
+    yield op("Transpose", [mask], "mask_tm", perm=[1, 0])
+    yield op("Shape", [name("emissions_tm")], "steps_1d", start=0, end=1)
+    yield op("Squeeze", [name("steps_1d"), name("axis0")], "steps")
+    yield op("Gather", [name("emissions_tm"), name("zero")], "emissions_0", axis=0)
+    yield op("Add", [start, name("emissions_0")], "score_0")
+
+    forward = helper.make_graph(
+        [
+            const("f_cond_out", True, TensorProto.BOOL),  # a for loop: ignored, required
+            op("Gather", [name("emissions_tm"), name("f_t")], "f_emit", axis=0),
+            op("Gather", [name("mask_tm"), name("f_t")], "f_mask", axis=0),
+            op("Unsqueeze", [name("f_score"), name("axis2")], "f_score_col"),
+            op("Add", [name("f_score_col"), trans], "f_with_trans"),
+            op("Unsqueeze", [name("f_emit"), name("axis1")], "f_emit_row"),
+            op("Add", [name("f_with_trans"), name("f_emit_row")], "f_next"),
+            op("ReduceMax", [name("f_next"), name("axis1")], "f_best", keepdims=0),
+            op("ArgMax", [name("f_next")], "f_indices", axis=1, keepdims=0),
+            op("Greater", [name("f_t"), name("zero")], "f_after_first"),
+            op("Unsqueeze", [name("f_mask"), name("axis1")], "f_mask_col"),
+            op("And", [name("f_mask_col"), name("f_after_first")], "f_take"),
+            op("Where", [name("f_take"), name("f_best"), name("f_score")], "f_score_out"),
+        ],
+        name("forward_body"),
+        [
+            helper.make_tensor_value_info(name("f_t"), TensorProto.INT64, []),
+            helper.make_tensor_value_info(name("f_cond_in"), TensorProto.BOOL, []),
+            helper.make_tensor_value_info(name("f_score"), score_type, None),
+        ],
+        [
+            helper.make_tensor_value_info(name("f_cond_out"), TensorProto.BOOL, []),
+            helper.make_tensor_value_info(name("f_score_out"), score_type, None),
+            helper.make_tensor_value_info(name("f_indices"), TensorProto.INT64, None),
+        ],
+    )
+    yield helper.make_node(
+        "Loop",
+        [name("steps"), "", name("score_0")],
+        [name("score_last"), name("history")],
+        name=f"{p}/forward",
+        body=forward,
+    )
+    yield op("Add", [name("score_last"), end], "score_end")
+    yield op("ArgMax", [name("score_end")], "last_tag", axis=1, keepdims=0)
+    if score_out:
+        yield helper.make_node(
+            "ReduceMax",
+            [name("score_end"), name("axis1")],
+            [score_out],
+            name=name("best_score"),
+            keepdims=0,
+        )
+    yield op("Cast", [mask], "mask_int", to=TensorProto.INT64)
+    yield op("ReduceSum", [name("mask_int"), name("axis1")], "lengths", keepdims=0)
+    yield op("Sub", [name("lengths"), name("one")], "last_step")
+    yield op("Sub", [name("steps"), name("one")], "final_step")
+    yield op("Mul", [name("last_tag"), name("zero")], "no_tags")
+
+    backtrace = helper.make_graph(
+        [
+            const("b_cond_out", True, TensorProto.BOOL),  # a for loop: ignored, required
+            op("Sub", [name("final_step"), name("b_k")], "b_pos"),
+            op("Equal", [name("last_step"), name("b_pos")], "b_at_end"),
+            op("Less", [name("b_pos"), name("lengths")], "b_inside"),
+            op("Where", [name("b_at_end"), name("last_tag"), name("b_next")], "b_tag_any"),
+            op("Where", [name("b_inside"), name("b_tag_any"), name("minus_one")], "b_tag"),
+            op("Where", [name("b_inside"), name("b_tag_any"), name("zero")], "b_safe"),
+            op("Gather", [name("history"), name("b_pos")], "b_pointers", axis=0),
+            op("Unsqueeze", [name("b_safe"), name("axis1")], "b_safe_col"),
+            op("GatherElements", [name("b_pointers"), name("b_safe_col")], "b_prev_col", axis=1),
+            op("Squeeze", [name("b_prev_col"), name("axis1")], "b_prev"),
+        ],
+        name("backtrace_body"),
+        [
+            helper.make_tensor_value_info(name("b_k"), TensorProto.INT64, []),
+            helper.make_tensor_value_info(name("b_cond_in"), TensorProto.BOOL, []),
+            helper.make_tensor_value_info(name("b_next"), TensorProto.INT64, None),
+        ],
+        [
+            helper.make_tensor_value_info(name("b_cond_out"), TensorProto.BOOL, []),
+            helper.make_tensor_value_info(name("b_prev"), TensorProto.INT64, None),
+            helper.make_tensor_value_info(name("b_tag"), TensorProto.INT64, None),
+        ],
+    )
+    yield helper.make_node(
+        "Loop",
+        [name("steps"), "", name("no_tags")],
+        [name("backtrace_unused"), name("tags_reversed")],
+        name=f"{p}/backtrace",
+        body=backtrace,
+    )
+    yield op(
+        "Slice",
+        [
+            name("tags_reversed"),
+            name("minus_one_1d"),
+            name("int64_min"),
+            name("axis0"),
+            name("minus_one_1d"),
+        ],
+        "tags_tm",
+    )
+    yield helper.make_node(
+        "Transpose", [name("tags_tm")], [tags_out], name=name("tags"), perm=[1, 0]
+    )
