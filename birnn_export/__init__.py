@@ -21,6 +21,7 @@ _LAZY = {
     "BiRNN": "birnn_export.modules",
     "reverse_padded": "birnn_export.modules",
     "padding_mask": "birnn_export.modules",
+    "CRFDecoder": "birnn_export.crf",
     "convert": "birnn_export.conversion",
     "conversion_report": "birnn_export.conversion",
     "find_recurrent_layers": "birnn_export.conversion",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from birnn_export.check import check_compatibility
     from birnn_export.checkpoint import LoadedModel, load_model, save_checkpoint
     from birnn_export.conversion import conversion_report, convert, find_recurrent_layers
+    from birnn_export.crf import CRFDecoder
     from birnn_export.errors import (
         BiRNNExportError,
         ConversionError,

@@ -6,7 +6,8 @@ file runs) and turns what it finds into a model ready to export:
 * this tool's own checkpoint (written by :func:`save_checkpoint`): a :class:`SequenceTagger`;
 * a bare or nested state_dict whose keys and shapes reveal the architecture: the seed article's
   ``forward_*`` / ``backward_*`` / ``output_layer`` classes, or one built-in ``nn.RNN`` /
-  ``nn.LSTM`` / ``nn.GRU`` with an optional embedding before it and a linear head after it;
+  ``nn.LSTM`` / ``nn.GRU`` with an optional embedding before it and a linear head after it
+  (and optionally a ``torchcrf.CRF``, ``crf.*`` keys, after the head: a BiLSTM-CRF tagger);
 * any state_dict loaded into the user's own class (``model_class="pkg.module:Class"``);
 * a whole pickled module, only with ``trust_pickle=True``.
 
@@ -69,7 +70,8 @@ _RECURRENT_KEY = re.compile(
 )
 _BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _CELL_BY_GATES = {4: "lstm", 3: "gru"}
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_CRF_KEYS = ("start_transitions", "end_transitions", "transitions")  # torchcrf.CRF  # DataParallel / DDP, torch.compile
 
 
 @dataclass(frozen=True)
@@ -782,13 +784,17 @@ def _recognise_layout(
             module, _, leaf = key.rpartition(".")
             others.setdefault(module, {})[leaf] = value
 
-    seed = _recognise_seed(recurrent, others, nonlinearity)
+    crfs = [name for name, leaves in others.items() if set(leaves) == set(_CRF_KEYS)]
+    seed = None if crfs else _recognise_seed(recurrent, others, nonlinearity)
     if seed is not None:
         return seed
-    if len(recurrent) == 1:
+    if len(recurrent) == 1 and len(crfs) <= 1:
+        crf = others.pop(crfs[0]) if crfs else None
         found = _recognise_builtin(recurrent, others, nonlinearity)
         if found is not None:
-            return found
+            return found if crf is None else _with_crf(found, crfs[0], crf)
+        if crf is not None:
+            others[crfs[0]] = crf
         layer = next(iter(recurrent)) or "<root>"
         reason = (
             f"one recurrent layer {layer!r}, but the other modules {_preview(others)} are not an "
@@ -941,6 +947,28 @@ def _recognise_builtin(
     # say which one was rebuilt, so a wrong guess is visible.
     assumption = "rebuilt as a per-step tagger; for another forward pass use --model-class"
     return config, tagger_state, " + ".join(parts) + f" ({assumption})"
+
+
+def _with_crf(
+    found: tuple[TaggerConfig, dict[str, Tensor], str], name: str, crf: dict[str, Tensor]
+) -> tuple[TaggerConfig, dict[str, Tensor], str]:
+    """A recognised tagger with the CRF ``name`` (``torchcrf.CRF``'s parameters) after it."""
+    config, state, description = found
+    tags = config.output_size
+    shapes = [tuple(crf[k].shape) for k in _CRF_KEYS]
+    if shapes != [(tags,), (tags,), (tags, tags)]:
+        raise ModelLoadError(
+            f"CRF {name!r}: start/end/transitions of shapes {shapes} do not fit the head's "
+            f"{tags} tags; pass your class with --model-class module:Class (model_class=...)"
+        )
+    state = {**state, **{f"crf.{k}": crf[k] for k in _CRF_KEYS}}
+    note = (
+        f" + CRF {name!r} ({tags} tags; Viterbi decode over each row's lengths, as "
+        "torchcrf's decode with mask = positions < lengths)"
+    )
+    return dataclasses.replace(config, crf=True), state, description.replace(
+        " (rebuilt as", note + " (rebuilt as", 1
+    )
 
 
 def _layer_geometry(

@@ -343,6 +343,7 @@ def _viterbi_nodes(node: Any, path: str, score_type: int) -> Iterator[Any]:
     yield const("axis0", [0])
     yield const("axis1", [1])
     yield const("axis2", [2])
+    yield const("one_1d", [1])
     yield const("minus_one_1d", [TAG_PADDING])
     yield const("int64_min", [-(2**63)])
     yield op("Transpose", [emissions], "emissions_tm", perm=[1, 0, 2])
@@ -361,8 +362,17 @@ def _viterbi_nodes(node: Any, path: str, score_type: int) -> Iterator[Any]:
             op("Add", [name("f_score_col"), trans], "f_with_trans"),
             op("Unsqueeze", [name("f_emit"), name("axis1")], "f_emit_row"),
             op("Add", [name("f_with_trans"), name("f_emit_row")], "f_next"),
-            op("ReduceMax", [name("f_next"), name("axis1")], "f_best", keepdims=0),
-            op("ArgMax", [name("f_next")], "f_indices", axis=1, keepdims=0),
+            # TopK, not ReduceMax + ArgMax: the same values and first maximal index (ONNX's
+            # tie rule), and TensorRT-RTX compiles it in 1 s where the pair took 34 s at 4 tags.
+            helper.make_node(
+                "TopK",
+                [name("f_next"), name("one_1d")],
+                [name("f_best_col"), name("f_indices_col")],
+                name=name("f_top"),
+                axis=1,
+            ),
+            op("Squeeze", [name("f_best_col"), name("axis1")], "f_best"),
+            op("Squeeze", [name("f_indices_col"), name("axis1")], "f_indices"),
             op("Greater", [name("f_t"), name("zero")], "f_after_first"),
             op("Unsqueeze", [name("f_mask"), name("axis1")], "f_mask_col"),
             op("And", [name("f_mask_col"), name("f_after_first")], "f_take"),
@@ -388,14 +398,17 @@ def _viterbi_nodes(node: Any, path: str, score_type: int) -> Iterator[Any]:
         body=forward,
     )
     yield op("Add", [name("score_last"), end], "score_end")
-    yield op("ArgMax", [name("score_end")], "last_tag", axis=1, keepdims=0)
+    yield helper.make_node(
+        "TopK",
+        [name("score_end"), name("one_1d")],
+        [name("best_score_col"), name("last_tag_col")],
+        name=name("last_top"),
+        axis=1,
+    )
+    yield op("Squeeze", [name("last_tag_col"), name("axis1")], "last_tag")
     if score_out:
         yield helper.make_node(
-            "ReduceMax",
-            [name("score_end"), name("axis1")],
-            [score_out],
-            name=name("best_score"),
-            keepdims=0,
+            "Squeeze", [name("best_score_col"), name("axis1")], [score_out], name=name("best_score")
         )
     yield op("Cast", [mask], "mask_int", to=TensorProto.INT64)
     yield op("ReduceSum", [name("mask_int"), name("axis1")], "lengths", keepdims=0)

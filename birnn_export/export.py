@@ -35,7 +35,14 @@ from birnn_export._inputs import PlannedInputs, plan_inputs
 from birnn_export._rewrites import guard_empty_batch
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
-from birnn_export.crf import expand_viterbi, is_tag_lists, is_viterbi_loop, ragged_to_padded
+from birnn_export.crf import (
+    HAND_WRITTEN_HINT,
+    expand_viterbi,
+    hand_written_crfs,
+    is_tag_lists,
+    is_viterbi_loop,
+    ragged_to_padded,
+)
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import (
@@ -273,8 +280,9 @@ def export_onnx(
     _set_metadata(proto, spec)
     # Over protobuf's 2 GB limit the checks must read the saved file and its external data.
     large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    crfs = hand_written_crfs(converted)
     if not large:
-        _check_graph(proto, spec, sizes)
+        _check_graph(proto, spec, sizes, crfs)
 
     if large and quantize:
         raise ExportError(
@@ -286,7 +294,7 @@ def export_onnx(
     with _staged_output(path) as staging:
         _save(proto, staging, external=large)
         if large:
-            _check_graph(staging, spec, sizes)
+            _check_graph(staging, spec, sizes, crfs)
         if quantize:
             quantized = _quantize_staged(staging)
             proto = load_onnx(staging)
@@ -527,6 +535,12 @@ _SPECIALIZED = re.compile(
 
 def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInputs) -> str:
     text = str(exc)
+    crfs = hand_written_crfs(model)
+    if crfs:  # its Viterbi loop over time fails or freezes the length: say what to do instead
+        return (
+            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: {type(exc).__name__}: "
+            f"{_first_line(exc)})"
+        )
     for pattern in (_CONSTANT_DIM, _SPECIALIZED):
         match = pattern.search(text)
         if match:
@@ -903,8 +917,14 @@ def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
     return problems
 
 
-def _check_graph(model: Any, spec: GraphSpec, ignore: Collection[int]) -> None:
+def _check_graph(
+    model: Any, spec: GraphSpec, ignore: Collection[int], crfs: Sequence[str] = ()
+) -> None:
     problems = check_graph(model, spec, ignore=ignore)
+    if problems and crfs:  # a hand-written Viterbi froze the length: that is the cause
+        raise ExportError(
+            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {problems[0]})"
+        )
     if problems:
         raise ExportError("exported graph failed its checks: " + "; ".join(problems))
 

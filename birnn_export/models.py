@@ -45,7 +45,10 @@ class TaggerConfig:
     crf: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.crf:  # files of models without a CRF stay as they were
+            del data["crf"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:

@@ -680,8 +680,11 @@ def _resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | No
 def _describe_reference(reference: Any, converted: Any) -> str:
     from torch import nn
 
+    from birnn_export.crf import is_torchcrf
+
+    crf = " and torchcrf's decode" if any(is_torchcrf(m) for m in reference.modules()) else ""
     if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
-        return "torch's built-in layers (the original model)"
+        return f"torch's built-in layers{crf} (the original model)"
     if reference is converted:
         return "the model (nothing needed conversion)"
     return "the given reference model"

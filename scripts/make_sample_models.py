@@ -71,6 +71,63 @@ def _tagger_from_seed(model: nn.Module, config: TaggerConfig) -> SequenceTagger:
     return tagger
 
 
+def segmentation_batch(
+    generator: torch.Generator, batch: int, steps: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A synthetic word-segmentation batch: ``(ids, tags, mask)``, rows of random length in
+    ``[1, steps]`` padded with id 0. Words of 1-4 characters; a word's last character is drawn
+    from ids 1-15, the others from ids 16-49; tags are B, I, E, S (0-3) per character."""
+    ids = torch.zeros(batch, steps, dtype=torch.int64)
+    tags = torch.zeros(batch, steps, dtype=torch.int64)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    for row in range(batch):
+        pos = 0
+        while pos < int(lengths[row]):
+            size = min(int(torch.randint(1, 5, (1,), generator=generator)), int(lengths[row]) - pos)
+            word = torch.randint(16, 50, (size,), generator=generator)
+            word[-1] = torch.randint(1, 16, (1,), generator=generator)
+            ids[row, pos : pos + size] = word
+            tags[row, pos : pos + size] = (
+                torch.tensor([3]) if size == 1 else torch.tensor([0] + [1] * (size - 2) + [2])
+            )
+            pos += size
+    mask = torch.arange(steps)[None, :] < lengths[:, None]
+    return ids, tags, mask
+
+
+def _trained_crf_tagger(seed_value: int, config: TaggerConfig, steps: int = 300) -> SequenceTagger:
+    """A BiLSTM-CRF tagger trained on :func:`segmentation_batch` with ``torchcrf``'s
+    log-likelihood (pytorch-crf), so its transitions are learned, not random. One thread:
+    the same bytes on every machine."""
+    import torchcrf
+
+    from birnn_export.models import TorchReference
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed_value)
+        generator = torch.Generator().manual_seed(seed_value)
+        tagger = SequenceTagger(config)
+        reference = tagger.to_torch()
+        assert isinstance(reference, TorchReference)
+        reference.crf = torchcrf.CRF(config.output_size, batch_first=True)
+        optimizer = torch.optim.Adam(reference.parameters(), lr=0.01)
+        reference.train()
+        for _ in range(steps):
+            ids, tags, mask = segmentation_batch(generator, 32, 24)
+            emissions = reference.head(reference.rnn(reference.embedding(ids))[0])
+            loss = -reference.crf(emissions, tags, mask=mask, reduction="mean")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        # The same parameter names (embedding.*, rnn.*, head.*, crf.*) on both.
+        tagger.load_state_dict({k: v.detach().clone() for k, v in reference.state_dict().items()})
+        return tagger.eval()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -120,6 +177,19 @@ def make_samples() -> dict[str, Sample]:
                 vocab_size=100,
                 padding_idx=0,
                 uses_lengths=True,
+            ),
+        ),
+        "bilstm_crf_tagger.pt": lambda: _trained_crf_tagger(
+            9,
+            TaggerConfig(
+                cell="lstm",
+                input_size=16,
+                hidden_size=32,
+                output_size=4,
+                num_layers=2,
+                vocab_size=50,
+                padding_idx=0,
+                crf=True,
             ),
         ),
         "crnn_ctc.pt": lambda: (

@@ -23,6 +23,7 @@ EXPECTED = [
     "bigru_varlen.pt",
     "bilstm_2layer.pt",
     "token_tagger.pt",
+    "bilstm_crf_tagger.pt",
     "crnn_ctc.pt",
     "speech_ctc.pt",
     "seed_example1_state_dict.pt",
