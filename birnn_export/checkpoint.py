@@ -70,8 +70,8 @@ _RECURRENT_KEY = re.compile(
 )
 _BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _CELL_BY_GATES = {4: "lstm", 3: "gru"}
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_CRF_KEYS = ("start_transitions", "end_transitions", "transitions")  # torchcrf.CRF  # DataParallel / DDP, torch.compile
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+_CRF_KEYS = ("start_transitions", "end_transitions", "transitions")  # torchcrf.CRF
 
 
 @dataclass(frozen=True)
@@ -966,8 +966,10 @@ def _with_crf(
         f" + CRF {name!r} ({tags} tags; Viterbi decode over each row's lengths, as "
         "torchcrf's decode with mask = positions < lengths)"
     )
-    return dataclasses.replace(config, crf=True), state, description.replace(
-        " (rebuilt as", note + " (rebuilt as", 1
+    return (
+        dataclasses.replace(config, crf=True),
+        state,
+        description.replace(" (rebuilt as", note + " (rebuilt as", 1),
     )
 
 
