@@ -1,0 +1,414 @@
+"""CRF decoding (birnn_export/crf.py): eager and exported Viterbi against torchcrf's own decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from birnn_export import CRFDecoder, export_onnx, verify
+from birnn_export.checkpoint import load_model
+from birnn_export.conversion import conversion_report, convert
+from birnn_export.crf import path_scores, ragged_to_padded
+from birnn_export.errors import ConversionError, ExportError, ModelLoadError
+from birnn_export.spec import TAG_PADDING, GraphSpec
+
+torchcrf = pytest.importorskip("torchcrf", reason="pytorch-crf is in the dev extra")
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "bilstm_crf_tagger.pt"
+TAGS = 5
+
+
+class BiLSTMCRF(nn.Module):
+    """The usual BiLSTM-CRF tagger, as users write it: mask from the ids, torchcrf's decode."""
+
+    def __init__(self, vocab: int = 40, tags: int = TAGS, pad: int = 0) -> None:
+        super().__init__()
+        self.pad = pad
+        self.embedding = nn.Embedding(vocab, 12, padding_idx=pad)
+        self.lstm = nn.LSTM(12, 16, num_layers=2, batch_first=True, bidirectional=True)
+        self.hidden2tag = nn.Linear(32, tags)
+        self.crf = torchcrf.CRF(tags, batch_first=True)
+
+    def forward(self, ids: torch.Tensor) -> list[list[int]]:
+        out, _ = self.lstm(self.embedding(ids))
+        return self.crf.decode(self.hidden2tag(out), mask=ids != self.pad)
+
+
+class DecodeOnly(nn.Module):
+    """A CRF on emissions and a mask given as inputs (time-major when not batch_first)."""
+
+    def __init__(self, crf: nn.Module) -> None:
+        super().__init__()
+        self.crf = crf
+
+    def forward(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+        return self.crf.decode(emissions, mask=mask)
+
+
+def _trained_like(crf: nn.Module, scale: float = 3.0, seed: int = 0) -> nn.Module:
+    """Transitions of trained magnitude with structure (some transitions strongly barred)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        crf.transitions.copy_(torch.randn(crf.transitions.shape, generator=gen) * scale)
+        crf.transitions[0, 1:3] = -10.0
+        crf.start_transitions.copy_(torch.randn(crf.num_tags, generator=gen) * scale)
+        crf.end_transitions.copy_(torch.randn(crf.num_tags, generator=gen) * scale)
+    return crf
+
+
+def _integer_valued(crf: nn.Module, seed: int = 0) -> nn.Module:
+    """Small integer scores: many paths tie exactly, so the tie rule decides."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in crf.parameters():
+            param.copy_(torch.randint(-1, 2, param.shape, generator=gen).float())
+    return crf
+
+
+def _ragged_mask(batch: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+    lengths = torch.randint(1, steps + 1, (batch,), generator=gen)
+    lengths[0] = steps
+    if batch > 1:
+        lengths[1] = 1
+    return torch.arange(steps)[None, :] < lengths[:, None]
+
+
+def _shapes() -> list[tuple[int, int]]:
+    return [(1, 1), (1, 7), (2, 1), (3, 2), (4, 9), (8, 23), (16, 40)]
+
+
+# -- eager ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("scores", ["random", "trained-like", "integer (ties)"])
+def test_decoder_equals_torchcrf(batch_first: bool, scores: str) -> None:
+    crf = torchcrf.CRF(TAGS, batch_first=batch_first)
+    if scores == "trained-like":
+        _trained_like(crf)
+    elif scores != "random":
+        _integer_valued(crf)
+    decoder = CRFDecoder.from_torchcrf(crf)
+    gen = torch.Generator().manual_seed(1)
+    for batch, steps in _shapes():
+        emissions = torch.randn(batch, steps, TAGS, generator=gen)
+        if scores.startswith("integer"):
+            emissions = emissions.round()
+        mask = _ragged_mask(batch, steps, gen)
+        if steps > 2:  # torchcrf also takes masks with holes: masked steps keep the score
+            mask[0, steps // 2] = False
+        if not batch_first:
+            emissions, mask = emissions.transpose(0, 1), mask.transpose(0, 1)
+        expected = ragged_to_padded(crf.decode(emissions, mask=mask), steps)
+        assert torch.equal(decoder.decode(emissions, mask), expected), (batch, steps)
+
+
+def test_all_equal_scores_decode_to_the_first_tag_as_torchcrf() -> None:
+    crf = torchcrf.CRF(4, batch_first=True)
+    with torch.no_grad():
+        for param in crf.parameters():
+            param.zero_()
+    emissions, mask = torch.zeros(2, 6, 4), torch.ones(2, 6, dtype=torch.bool)
+    assert crf.decode(emissions, mask=mask) == [[0] * 6] * 2
+    assert torch.equal(
+        CRFDecoder.from_torchcrf(crf).decode(emissions, mask), torch.zeros(2, 6).long()
+    )
+
+
+def test_score_is_the_best_paths_score() -> None:
+    crf = _trained_like(torchcrf.CRF(TAGS, batch_first=True))
+    decoder = CRFDecoder.from_torchcrf(crf)
+    gen = torch.Generator().manual_seed(2)
+    emissions = torch.randn(6, 8, TAGS, generator=gen)
+    mask = _ragged_mask(6, 8, gen)
+    tags, score = decoder.decode(emissions, mask, with_score=True)
+    best = path_scores(emissions, tags, mask, decoder)
+    torch.testing.assert_close(score.double(), best, atol=1e-5, rtol=1e-6)
+    for _ in range(20):  # no other path scores higher
+        other = torch.randint(0, TAGS, tags.shape, generator=gen).masked_fill(tags < 0, -1)
+        assert (path_scores(emissions, other, mask, decoder) <= best + 1e-9).all()
+
+
+def test_padding_is_minus_one_past_each_rows_length() -> None:
+    decoder = CRFDecoder(3, batch_first=True)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    tags = decoder.decode(torch.randn(3, 4, 3), mask)
+    assert (tags[~mask] == TAG_PADDING).all() and (tags[mask] >= 0).all()
+
+
+def test_from_parameters_checks_shapes() -> None:
+    with pytest.raises(ConversionError, match=r"transitions \[3, 3\]"):
+        CRFDecoder.from_parameters(torch.zeros(3), torch.zeros(3), torch.zeros(3, 4))
+
+
+def test_decoder_forward_says_it_only_decodes() -> None:
+    with pytest.raises(ConversionError, match=r"crf.decode\(emissions, mask\)"):
+        CRFDecoder(3)(torch.zeros(1, 2, 3))
+
+
+# -- conversion -------------------------------------------------------------------------------
+
+
+def test_convert_swaps_torchcrf_for_an_equal_decoder() -> None:
+    model = BiLSTMCRF().eval()
+    report = conversion_report(model)
+    assert [r.cell for r in report] == ["lstm", "crf"]
+    assert "torchcrf.CRF -> CRFDecoder" in str(report[1])
+    converted = convert(model)
+    assert isinstance(converted.crf, CRFDecoder) and converted.crf.path == "crf"
+    assert isinstance(model.crf, torchcrf.CRF)  # the original is untouched
+    ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 1]])
+    with torch.no_grad():
+        assert torch.equal(converted(ids), ragged_to_padded(model(ids), 5))
+
+
+def test_a_bare_crf_cannot_be_exported() -> None:
+    with pytest.raises(ConversionError, match=r"^<root>: a bare torchcrf\.CRF"):
+        convert(torchcrf.CRF(3))
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+def _ort(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def tagger_graph(tmp_path_factory) -> tuple[BiLSTMCRF, Path, object]:
+    torch.manual_seed(0)
+    model = BiLSTMCRF().eval()
+    _trained_like(model.crf, scale=1.0)
+    with torch.no_grad():  # emissions of a trained tagger's spread: they vary the paths
+        model.hidden2tag.weight.mul_(8)
+        for name, param in model.lstm.named_parameters():
+            if name.startswith("weight_ih"):
+                param.mul_(4)
+    path = tmp_path_factory.mktemp("crf") / "tagger.onnx"
+    result = export_onnx(model, path)
+    return model, path, result
+
+
+def test_export_writes_two_viterbi_loops_and_nothing_unrolled(tagger_graph) -> None:
+    _, path, result = tagger_graph
+    proto = onnx.load(path)
+    loops = [n.name for n in proto.graph.node if n.op_type in ("Loop", "Scan")]
+    assert loops == ["crf/viterbi/forward", "crf/viterbi/backtrace"]
+    assert result.op_counts["LSTM"] == 4 and result.op_counts["Loop"] == 2
+    assert all(o.domain != "birnn_export" for o in proto.opset_import)
+    assert not any(n.domain == "birnn_export" for n in proto.graph.node)
+    out = result.spec.outputs[0]
+    assert (out.dtype, out.dims, out.role) == ("int64", ("batch", "seq"), "tags")
+    assert result.spec.token_padding == 0
+    assert result.verification is not None and result.verification.passed
+    cases = result.verification.cases
+    tags = [o for case in cases for o in case.outputs if o.role == "tags"]
+    assert tags and all(o.check in ("values", "batch-invariance") for o in tags)
+    # Rows padded with token 0 to ragged lengths, 1 included, as a real batch is.
+    assert any(case.lengths_mode == "ragged" and case.batch > 1 for case in cases)
+
+
+def test_graph_equals_torchcrf_on_padded_ragged_batches(tagger_graph) -> None:
+    model, path, _ = tagger_graph
+    session = _ort(path)
+    rng = np.random.default_rng(3)
+    seen: set[int] = set()
+    for batch, steps in [*_shapes(), (5, 300)]:  # 300: past the example and declared opt
+        lengths = rng.integers(1, steps + 1, batch)
+        lengths[0] = steps
+        ids = rng.integers(1, 40, (batch, steps))
+        ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+        (got,) = session.run(None, {"ids": ids})
+        with torch.no_grad():
+            expected = ragged_to_padded(model(torch.from_numpy(ids)), steps).numpy()
+        np.testing.assert_array_equal(got, expected, err_msg=f"batch {batch}, seq {steps}")
+        seen.update(np.unique(got).tolist())
+    assert TAG_PADDING in seen and len(seen) >= 4  # varied paths (3+ tags), and padding
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_graph_breaks_ties_as_torchcrf_with_a_mask_input(tmp_path, batch_first: bool) -> None:
+    crf = _integer_valued(torchcrf.CRF(TAGS, batch_first=batch_first), seed=4)
+    dims = "batch,seq" if batch_first else "seq,batch"
+    path = tmp_path / "decode.onnx"
+    export_onnx(
+        DecodeOnly(crf).eval(),
+        path,
+        inputs=[f"emissions:float32[{dims},{TAGS}]", f"mask:bool[{dims}]"],
+        verify=False,  # random bool masks are not valid CRF masks; checked below instead
+    )
+    session = _ort(path)
+    gen = torch.Generator().manual_seed(5)
+    ties = 0
+    for batch, steps in _shapes():
+        emissions = torch.randint(-1, 2, (batch, steps, TAGS), generator=gen).float()
+        mask = _ragged_mask(batch, steps, gen)
+        if not batch_first:
+            emissions, mask = emissions.transpose(0, 1), mask.transpose(0, 1)
+        feed = {"emissions": emissions.contiguous().numpy(), "mask": mask.contiguous().numpy()}
+        (got,) = session.run(None, feed)
+        expected = ragged_to_padded(crf.decode(emissions, mask=mask), steps).numpy()
+        np.testing.assert_array_equal(got, expected, err_msg=f"batch {batch}, seq {steps}")
+        scores = emissions.max(dim=-1).values
+        ties += int((emissions == scores.unsqueeze(-1)).sum(-1).gt(1).sum())
+    assert ties > 50  # the case is about ties: make sure there were many
+
+
+def test_best_score_output(tmp_path) -> None:
+    class WithScore(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.crf = CRFDecoder.from_torchcrf(_trained_like(torchcrf.CRF(TAGS, batch_first=True)))
+
+        def forward(self, emissions: torch.Tensor, lengths: torch.Tensor):
+            mask = torch.arange(emissions.shape[1])[None, :] < lengths[:, None]
+            return self.crf.decode(emissions, mask, with_score=True)
+
+    model = WithScore().eval()
+    path = tmp_path / "score.onnx"
+    result = export_onnx(
+        model,
+        path,
+        inputs=[f"emissions:float32[batch,seq,{TAGS}]", "lengths:int64[batch]:lengths(seq)"],
+        output_names=["tags", "score"],
+    )
+    assert [o.role for o in result.spec.outputs] == ["tags", "other"]
+    emissions = torch.randn(4, 11, TAGS, generator=torch.Generator().manual_seed(6))
+    lengths = torch.tensor([11, 1, 5, 8])
+    tags, score = _ort(path).run(None, {"emissions": emissions.numpy(), "lengths": lengths.numpy()})
+    with torch.no_grad():
+        want_tags, want_score = model(emissions, lengths)
+    np.testing.assert_array_equal(tags, want_tags.numpy())
+    np.testing.assert_allclose(score, want_score.numpy(), rtol=1e-6, atol=1e-5)
+
+
+def test_verification_fails_a_graph_with_wrong_transitions(tagger_graph, tmp_path) -> None:
+    model, path, _ = tagger_graph
+    proto = onnx.load(path)
+    target = next(i for i in proto.graph.initializer if tuple(i.dims) == (TAGS, TAGS))
+    values = numpy_helper.to_array(target).copy()
+    target.CopyFrom(numpy_helper.from_array(-values, target.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, broken)
+    report = verify(broken, model, layers=False)
+    assert not report.passed
+    failed = [o for o in report.failures[0].outputs if not o.passed]
+    assert failed and failed[0].role == "tags" and "tags differ" in failed[0].note
+
+
+def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
+    class HandCRF(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transitions = nn.Parameter(torch.randn(4, 4))
+
+        def viterbi(self, emissions: torch.Tensor) -> torch.Tensor:
+            score, back = emissions[:, 0], []
+            for t in range(1, emissions.shape[1]):
+                step = score.unsqueeze(2) + self.transitions + emissions[:, t].unsqueeze(1)
+                score, index = step.max(1)
+                back.append(index)
+            best = [score.argmax(1)]
+            for index in reversed(back):
+                best.append(index.gather(1, best[-1].unsqueeze(1)).squeeze(1))
+            return torch.stack(best[::-1], 1)
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(20, 8)
+            self.rnn = nn.LSTM(8, 8, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(16, 4)
+            self.crf = HandCRF()
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.crf.viterbi(self.head(self.rnn(self.embedding(ids))[0]))
+
+    model = Tagger().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "hand.onnx", verify=False)
+    message = str(caught.value)
+    assert message.startswith("crf: a hand-written CRF") and "\n" not in message
+    assert "CRFDecoder.from_parameters" in message
+    assert not (tmp_path / "hand.onnx").exists()
+    # The hook: the same scores in a CRFDecoder decode the same and export.
+    ids = torch.randint(0, 20, (3, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = model(ids)
+    zeros = torch.zeros(4)
+    model.decoder = CRFDecoder.from_parameters(
+        zeros, zeros, model.crf.transitions.detach(), batch_first=True
+    )
+    model.crf.viterbi = model.decoder.decode  # type: ignore[method-assign]
+    with torch.no_grad():
+        assert torch.equal(model(ids), expected)
+    result = export_onnx(model, tmp_path / "hook.onnx")
+    assert result.verification.passed and result.op_counts["Loop"] == 2
+
+
+# -- checkpoints and the sample ---------------------------------------------------------------
+
+
+def test_nested_checkpoint_with_crf_keys_is_recognised(tmp_path) -> None:
+    torch.manual_seed(8)
+    model = BiLSTMCRF().eval()
+    path = tmp_path / "nested.pt"
+    torch.save(
+        {"model_state_dict": model.state_dict(), "config": {"hidden": 16}, "char2id": {"<pad>": 0}},
+        path,
+    )
+    loaded = load_model(path)
+    assert loaded.config["crf"] is True and loaded.config["output_size"] == TAGS
+    assert "CRF 'crf'" in loaded.source
+    lengths = torch.tensor([6, 2])
+    ids = torch.randint(1, 40, (2, 6), generator=torch.Generator().manual_seed(9))
+    ids[1, 2:] = 0
+    with torch.no_grad():
+        expected = ragged_to_padded(loaded.reference(ids, lengths), 6)
+        assert torch.equal(loaded.model(ids, lengths), expected)
+    assert isinstance(loaded.reference.crf, torchcrf.CRF)
+    result = export_onnx(loaded.model, tmp_path / "nested.onnx", reference=loaded.reference)
+    assert result.verification.passed and result.spec.outputs[0].role == "tags"
+
+
+def test_crf_keys_that_do_not_fit_the_head_are_refused(tmp_path) -> None:
+    state = BiLSTMCRF().state_dict()
+    state["crf.transitions"] = torch.zeros(TAGS + 1, TAGS + 1)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(ModelLoadError, match="do not fit the head's 5 tags"):
+        load_model(path)
+
+
+def test_sample_tagger_has_learned_transitions_and_passes(tmp_path) -> None:
+    loaded = load_model(SAMPLE)
+    crf = loaded.model.crf
+    assert isinstance(crf, CRFDecoder) and loaded.config["crf"]
+    # Trained on B/I/E/S segmentation: "B then B" is learned as worse than "B then I".
+    assert crf.transitions[0, 0] < crf.transitions[0, 1]
+    result = export_onnx(loaded.model, tmp_path / "sample.onnx", reference=loaded.reference)
+    assert result.verification.passed
+    spec = GraphSpec.from_onnx(tmp_path / "sample.onnx")
+    assert spec.token_padding == 0 and spec.outputs[0].role == "tags"
+
+
+@pytest.mark.tensorrt_rtx
+def test_tensorrt_rtx_parses_and_builds_the_viterbi_loops(tagger_graph) -> None:
+    from birnn_export.check import check_compatibility
+    from birnn_export.trt import library_reason
+
+    reason = library_reason("tensorrt_rtx")
+    if reason is not None:
+        pytest.skip(reason)
+    _, path, _ = tagger_graph
+    report = check_compatibility(path, target="tensorrt", tensorrt="tensorrt_rtx")
+    assert report.ok and report.build is not None and report.build.ok, report.lines()
+    assert report.build.seconds < 20  # ReduceMax + ArgMax at 4 tags took 34 s; TopK 1 s
