@@ -37,6 +37,7 @@ from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.crf import (
     HAND_WRITTEN_HINT,
+    CRFDecoder,
     expand_viterbi,
     hand_written_crfs,
     is_tag_lists,
@@ -338,6 +339,8 @@ def _model_sizes(model: nn.Module) -> set[int]:
 def _default_output_names(model: nn.Module, count: int) -> list[str]:
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
+    if count == 1 and any(isinstance(m, CRFDecoder) for m in model.modules()):
+        return ["tags"]  # a CRF tagger returns its decode
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 

@@ -206,7 +206,7 @@ def test_export_writes_two_viterbi_loops_and_nothing_unrolled(tagger_graph) -> N
     assert all(o.domain != "birnn_export" for o in proto.opset_import)
     assert not any(n.domain == "birnn_export" for n in proto.graph.node)
     out = result.spec.outputs[0]
-    assert (out.dtype, out.dims, out.role) == ("int64", ("batch", "seq"), "tags")
+    assert (out.name, out.dtype, out.dims, out.role) == ("tags", "int64", ("batch", "seq"), "tags")
     assert result.spec.token_padding == 0
     assert result.verification is not None and result.verification.passed
     cases = result.verification.cases
