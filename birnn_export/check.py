@@ -466,9 +466,10 @@ class _Checker:
         it. A trip count computed at run time is fine (TensorRT-RTX builds one from
         ``Shape``). Scan outputs are the outputs after the N loop-carried ones (N = inputs after
         M and cond)."""
+        findings = self._check_loop_condition(node)
         scan_outputs = len(node.output) - max(len(node.input) - 2, 0)
         if scan_outputs <= 0:
-            return []
+            return findings
         trip = node.input[0] if node.input else ""
         if not trip:
             return [
@@ -479,7 +480,27 @@ class _Checker:
                     "TensorRT needs their length",
                 )
             ]
-        return []
+        return findings
+
+    def _check_loop_condition(self, node: Any) -> list[Finding]:
+        """Without a condition input (a for loop), onnx-tensorrt registers no tensor for the
+        body's condition input: a body that reads it is rejected ("Node input was not
+        registered"). Write the body's condition output as a constant instead."""
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        if body is None or len(body.input) < 2 or (len(node.input) > 1 and node.input[1]):
+            return []
+        cond = body.input[1].name
+        if not any(cond in n.input for n in body.node):
+            return []
+        return [
+            Finding(
+                "error",
+                self._label(node),
+                f"Loop without a condition input whose body reads its condition {cond!r}: "
+                "TensorRT's parser registers no tensor for it; make the body's condition "
+                "output a constant true",
+            )
+        ]
 
     def _lengths_range_note(self) -> list[Finding]:
         if self.trt:

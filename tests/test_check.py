@@ -510,8 +510,9 @@ def _rtx_reason() -> str | None:
 requires_rtx = pytest.mark.skipif(_rtx_reason() is not None, reason=str(_rtx_reason()))
 
 
-def _loop_graph(trip: str) -> onnx.ModelProto:
-    """Loop with one scan output; ``trip``: "" (none), "M" (constant) or "shape" (computed)."""
+def _loop_graph(trip: str, cond: bool = True) -> onnx.ModelProto:
+    """Loop with one scan output; ``trip``: "" (none), "M" (constant) or "shape" (computed);
+    without ``cond`` the Loop has no condition input (its body still reads it)."""
     body = helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
@@ -534,7 +535,8 @@ def _loop_graph(trip: str) -> onnx.ModelProto:
             helper.make_node("Squeeze", ["x_shape"], ["n"], name="n"),
         ]
     count = {"": "", "M": "M", "shape": "n"}[trip]
-    nodes.append(helper.make_node("Loop", [count, "cond"], ["steps"], body=body, name="loop"))
+    condition = "cond" if cond else ""
+    nodes.append(helper.make_node("Loop", [count, condition], ["steps"], body=body, name="loop"))
     inits = [
         numpy_helper.from_array(np.array(3, dtype=np.int64), "M"),
         numpy_helper.from_array(np.array(True), "cond"),
@@ -656,6 +658,11 @@ REJECTED = {
         ]
     },
     "Loop without trip count": (lambda: _loop_graph(""), "without a trip count", None),
+    "Loop body reading an absent condition": (
+        lambda: _loop_graph("M", cond=False),
+        "reads its condition",
+        "Node input was not registered",
+    ),
 }
 
 # (graph, words of the static warning or None): the parser takes these and builds an engine.

@@ -183,3 +183,47 @@ def test_quantized_criterion_fails_on_top1_or_error_or_breakage() -> None:
     assert not broken.passed and broken.limit == f"L2 < {crit.max_case_rel_l2:g}"
     nan = compare("y", "values", ref * np.nan, ref, criterion=crit)
     assert not nan.passed and not sweep_check([nan], crit).passed
+
+
+def _tags_spec() -> TensorSpec:
+    return TensorSpec("tags", "int64", ("batch", "seq"), "tags", batch_at=0, time_at=1)
+
+
+def test_tags_must_equal_exactly_padding_included() -> None:
+    from birnn_export.compare import compare_tags
+
+    want = np.array([[1, 2, 3, -1], [0, -1, -1, -1]])
+    check = compare_tags(_tags_spec(), want.copy(), want)
+    assert check.passed and "all 8 tags equal" in check.describe() and check.limit == "exact"
+    wrong = want.copy()
+    wrong[0, 3] = 0  # a tag written past the row's length
+    check = compare_tags(_tags_spec(), wrong, want)
+    assert not check.passed and check.max_abs == 1 and "1 of 8 tags differ" in check.note
+
+
+def test_tags_against_torchcrf_lists_padded_to_the_longest_row() -> None:
+    from birnn_export.compare import compare_tags
+
+    got = np.array([[1, 2, -1, -1], [3, -1, -1, -1]])
+    shorter = np.array([[1, 2], [3, -1]])  # ragged lists padded only to the longest row
+    assert compare_tags(_tags_spec(), got, shorter).passed
+    assert not compare_tags(_tags_spec(), got[:, :1], shorter).passed  # a shape mismatch
+
+
+def test_tag_rows_are_ties_only_where_eager_departs_too() -> None:
+    from birnn_export.compare import compare_tags
+
+    want = np.array([[1, 2, 3], [0, 0, 1]])
+    got = np.array([[1, 2, 2], [0, 0, 1]])
+    eager_agrees = want.copy()
+    eager_departs = np.array([[1, 3, 3], [0, 0, 1]])  # row 0 is a near-tie at float32
+    assert not compare_tags(_tags_spec(), got, want, eager_agrees).passed
+    check = compare_tags(_tags_spec(), got, want, eager_departs)
+    assert check.passed and "1 row(s) are ties" in check.note and check.max_abs == 0
+
+
+def test_compare_outputs_routes_tags_to_the_exact_check() -> None:
+    spec = GraphSpec(inputs=(), outputs=(_tags_spec(),), example_batch=2, example_seq=3)
+    want = {"tags": np.array([[1, 2, -1], [0, -1, -1]])}
+    checks = compare_outputs(spec, want, want, np.array([2, 1]), {"tags": NoiseCriterion()})
+    assert [(c.role, c.check, c.passed) for c in checks] == [("tags", "values", True)]

@@ -156,3 +156,31 @@ def test_graph_without_metadata_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(Exception, match="was not written by birnn-export"):
         GraphSpec.from_onnx(path)
+
+
+@pytest.mark.parametrize("mode", ["ragged", "equal", "full"])
+def test_token_padded_feed_without_lengths(mode):
+    """A CRF tagger that masks by its padding token: rows of ``mode`` lengths, padded with the
+    token and free of it before their ends."""
+    import dataclasses
+
+    padded = dataclasses.replace(spec(with_lengths=False, tokens=True), token_padding=5)
+    assert GraphSpec.from_json(padded.to_json()).token_padding == 5
+    ids = make_feed(padded, 6, 20, seed=3, lengths=mode)["ids"]
+    lengths = (ids != 5).sum(axis=1)
+    assert np.all(lengths >= 1) and ids.min() >= 3 and ids.max() <= 40
+    for row, length in enumerate(lengths):
+        assert np.all(ids[row, :length] != 5) and np.all(ids[row, length:] == 5)
+    if mode == "ragged":
+        assert sorted(lengths)[0] == 1 and lengths.max() == 20
+    else:
+        assert len(set(lengths)) == 1 and (mode == "equal" or lengths[0] == 20)
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "0"])
+def test_token_padding_must_be_a_token_id(bad):
+    import json
+
+    data = json.loads(spec(tokens=True).to_json()) | {"token_padding": bad}
+    with pytest.raises(BiRNNExportError, match="token_padding"):
+        GraphSpec.from_json(json.dumps(data))
