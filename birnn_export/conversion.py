@@ -29,7 +29,7 @@ class Replacement:
 
     def __str__(self) -> str:
         if self.cell == "crf":
-            return f"{self.path}: {self.original} -> CRFDecoder (Viterbi as ONNX Loops)"
+            return f"{self.path}: {self.original} -> CRFDecoder (Viterbi as ONNX Scans)"
         direction = "bidirectional" if self.bidirectional else "unidirectional"
         layers = f"{self.num_layers} layer(s)"
         return f"{self.path}: {self.original} -> BiRNN({self.cell}, {layers}, {direction})"

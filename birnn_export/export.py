@@ -41,7 +41,7 @@ from birnn_export.crf import (
     expand_viterbi,
     hand_written_crfs,
     is_tag_lists,
-    is_viterbi_loop,
+    is_viterbi_scan,
     ragged_to_padded,
 )
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
@@ -806,7 +806,7 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     """Structural problems of an exported graph (empty when it is sound).
 
     Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
-    or ``Scan`` (but a CRF's Viterbi Loops, :mod:`birnn_export.crf`), symbolic batch/seq on
+    or ``Scan`` (but a CRF's two Viterbi Scans, :mod:`birnn_export.crf`), symbolic batch/seq on
     inputs and outputs, and the example batch and length
     nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
     (those the model itself has) are not searched for: they cannot be told apart.
@@ -835,7 +835,7 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     except Exception as exc:
         problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
         return problems
-    ops = collections.Counter(n.op_type for n in inferred.graph.node if not is_viterbi_loop(n))
+    ops = collections.Counter(n.op_type for n in inferred.graph.node if not is_viterbi_scan(n))
     for loop in ("Loop", "Scan"):
         if ops[loop]:
             problems.append(f"graph holds {ops[loop]} {loop} node(s): recurrence was unrolled")

@@ -197,12 +197,12 @@ def tagger_graph(tmp_path_factory) -> tuple[BiLSTMCRF, Path, object]:
     return model, path, result
 
 
-def test_export_writes_two_viterbi_loops_and_nothing_unrolled(tagger_graph) -> None:
+def test_export_writes_two_viterbi_scans_and_nothing_unrolled(tagger_graph) -> None:
     _, path, result = tagger_graph
     proto = onnx.load(path)
     loops = [n.name for n in proto.graph.node if n.op_type in ("Loop", "Scan")]
     assert loops == ["crf/viterbi/forward", "crf/viterbi/backtrace"]
-    assert result.op_counts["LSTM"] == 4 and result.op_counts["Loop"] == 2
+    assert result.op_counts["LSTM"] == 4 and result.op_counts["Scan"] == 2
     assert all(o.domain != "birnn_export" for o in proto.opset_import)
     assert not any(n.domain == "birnn_export" for n in proto.graph.node)
     out = result.spec.outputs[0]
@@ -351,7 +351,7 @@ def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(model(ids), expected)
     result = export_onnx(model, tmp_path / "hook.onnx")
-    assert result.verification.passed and result.op_counts["Loop"] == 2
+    assert result.verification.passed and result.op_counts["Scan"] == 2
 
 
 # -- checkpoints and the sample ---------------------------------------------------------------
@@ -401,7 +401,7 @@ def test_sample_tagger_has_learned_transitions_and_passes(tmp_path) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-def test_tensorrt_rtx_parses_and_builds_the_viterbi_loops(tagger_graph) -> None:
+def test_tensorrt_rtx_parses_and_builds_the_viterbi_scans(tagger_graph) -> None:
     from birnn_export.check import check_compatibility
     from birnn_export.trt import library_reason
 
