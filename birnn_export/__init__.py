@@ -40,6 +40,8 @@ _LAZY = {
     "LoadedModel": "birnn_export.checkpoint",
     "export_onnx": "birnn_export.export",
     "describe_onnx": "birnn_export.export",
+    "export_model": "birnn_export.pipeline",
+    "ExportReport": "birnn_export.pipeline",
     "ExportResult": "birnn_export.export",
     "GraphSpec": "birnn_export.spec",
     "verify": "birnn_export.verification",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from birnn_export.export import ExportResult, describe_onnx, export_onnx
     from birnn_export.models import SequenceTagger, TaggerConfig
     from birnn_export.modules import BiRNN, padding_mask, reverse_padded
+    from birnn_export.pipeline import ExportReport, export_model
     from birnn_export.spec import GraphSpec
     from birnn_export.verification import VerifyReport, verify
 

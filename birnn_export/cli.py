@@ -343,11 +343,9 @@ def export_command(
     PyTorch at shapes unlike the example. Exit 0 on success, 1 if verification failed, 2 for bad
     input.
     """
-    import time
+    from birnn_export.errors import VerificationError
+    from birnn_export.pipeline import export_model
 
-    from birnn_export.export import describe_onnx, export_onnx
-
-    start = time.perf_counter()
     output = output or model_path.with_suffix(".onnx")
     refuse_same_files(**{"MODEL.pt": model_path, "-o": output, "--json": json_path})
     check_output_path("-o", output, suffix=".onnx")
@@ -355,31 +353,23 @@ def export_command(
     named = parse_named_ranges(ranges)
     if batch_range is not None:
         named["batch"] = parse_range(batch_range, "--batch-range")
-    seq = parse_range(seq_range, "--seq-range") if seq_range is not None else None
-    loaded = load_for_cli(model_path, **loader)
-    # What the checkpoint declares (its inputs and ranges), unless the command line says.
-    declared = list(inputs) or list(loaded.inputs or ())
-    named = {**(loaded.ranges or {}), **named} if not inputs else named
-    from birnn_export.errors import VerificationError
-
+    loader["model_kwargs"] = parse_model_kwargs(loader.get("model_kwargs"))
     try:
-        result = export_onnx(
-            loaded.model,
+        report = export_model(
+            model_path,
             output,
-            reference=loaded.original,
+            inputs=inputs,
+            ranges=named,
+            seq_range=parse_range(seq_range, "--seq-range") if seq_range is not None else None,
+            verify=not no_verify,
+            progress=sys.stderr.isatty() and not quiet,
+            load_options=loader,
             opset=opset,
             layout=layout,
             dtype=dtype,
             lengths=lengths,
             input_size=input_size,
-            inputs=declared or None,
-            ranges=named,
             quantize=quantize,
-            verify=not no_verify,
-            config=loaded.config,
-            source_sha256=loaded.sha256,
-            progress=sys.stderr.isatty() and not quiet,
-            **({"seq_range": seq} if seq is not None else {}),
         )
     except VerificationError as exc:
         if exc.report is not None:
@@ -392,53 +382,9 @@ def export_command(
                 err=True,
             )
         raise
-    from birnn_export.check import check_compatibility
-
-    # An int8 graph holds ONNX Runtime's own quantized ops: TensorRT is not its target.
-    compatibility = None if quantize else check_compatibility(result.path, target="tensorrt")
-    report = result.verification
-    summary = {
-        "model": str(model_path),
-        "source": loaded.source,
-        "converted": [str(r) for r in result.replaced],
-        "inputs": (
-            "declared with --input"
-            if inputs
-            else "declared by the checkpoint"
-            if declared
-            else f"{result.inputs}; --input declares them"
-        ),
-        "onnx": describe_onnx(result.path),
-        "max_abs_error": result.max_error,
-        "verification": None if report is None else json.loads(report.to_json()),
-        "quantization": None if result.quantization is None else result.quantization.summary(),
-        "tensorrt_check": None
-        if compatibility is None
-        else {
-            "summary": compatibility.summary(),
-            "findings": compatibility.lines(),
-            "checked_with": compatibility.checked_with,
-            "build": None if compatibility.build is None else compatibility.build.to_dict(),
-        },
-    }
-    summary["seconds"] = round(time.perf_counter() - start, 3)
     if json_path is not None:
-        write_atomic(json_path, json.dumps(summary, indent=2, default=str))
-    if quiet:
-        click.echo(str(result.path))
-    else:
-        _print_export_summary(summary)
-        if result.quantization is not None:
-            click.echo(f"Quantized {result.quantization.summary()}")
-        if report is not None:
-            click.echo(f"Verified {report.summary()}")
-        if compatibility is None:
-            click.echo("Compat   int8 graph: ONNX Runtime CPU only (engine ort-cpu)")
-        else:
-            click.echo(f"Compat   {compatibility.summary()}")
-            for line in compatibility.lines():
-                click.echo(f"  {line}")
-        click.echo(f"Done in {summary['seconds']:.1f} s")
+        write_atomic(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+    click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
 
 
 def _parse_spec(data: dict[str, Any], path: Path) -> Any:
@@ -462,25 +408,6 @@ def _triple(values: tuple[int, int, int]) -> str:
 
 def _dims(dims: list[Any]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
-
-
-def _print_export_summary(summary: dict[str, Any]) -> None:
-    onnx_info = summary["onnx"]
-    click.echo(f"Loaded   {summary['model']}: {summary['source']}")
-    for line in summary["converted"]:
-        click.echo(f"Converted {line}")
-    size_kib = onnx_info["file_size"] / 1024
-    click.echo(f"Wrote    {onnx_info['path']} ({size_kib:.1f} KiB, opset {onnx_info['opsets']})")
-    for kind in ("inputs", "outputs"):
-        for value in onnx_info[kind]:
-            name, dtype = value["name"], value["dtype"]
-            click.echo(f"  {kind[:-1]:<6} {name:<10} {dtype:<8} {_dims(value['dims'])}")
-        if kind == "inputs" and summary.get("inputs"):
-            click.echo(f"         ({summary['inputs']})")
-    ops = ", ".join(f"{op} x{n}" for op, n in onnx_info["op_counts"].items())
-    click.echo(f"  ops    {ops}")
-    if summary["verification"] is None:
-        click.echo("Not verified (--no-verify)")
 
 
 # --- inspect -----------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""birnn_export.pipeline: the default command as one library call."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from birnn_export.cli import main
+from birnn_export.errors import BiRNNExportError
+from birnn_export.pipeline import ExportReport, export_model
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def _steady(lines: list[str]) -> list[str]:
+    """Lines without what varies between runs (timings, sizes of engines, error ratios)."""
+    skip = ("Done in", "  info: graph: tensorrt")
+    steady = [line for line in lines if not line.startswith(skip)]
+    return [re.sub(r"[0-9.e+-]+x|\([0-9.e+-]+ of the limit\)", "N", line) for line in steady]
+
+
+def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
+    report = export_model(SAMPLES / "bilstm_crf_tagger.pt", tmp_path / "lib.onnx")
+    assert isinstance(report, ExportReport) and report.result.path.exists()
+    assert report.compatibility is not None and report.result.verification.passed
+    lines = report.lines()
+    assert lines[0].startswith("Loaded   ") and lines[-1].startswith("Done in")
+    assert any(line.startswith("Verified PASS") for line in lines)
+    data = report.to_dict()
+    assert data["onnx"]["outputs"][0]["name"] == "tags" and data["tensorrt_check"] is not None
+    json.dumps(data, default=str)  # the --json file
+
+    out = tmp_path / "cli.onnx"
+    result = CliRunner().invoke(main, [str(SAMPLES / "bilstm_crf_tagger.pt"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    printed = result.output.replace(str(out), str(report.result.path)).splitlines()
+    assert _steady(printed) == _steady(lines)
+
+
+def test_export_model_takes_load_and_export_options(tmp_path: Path) -> None:
+    report = export_model(
+        SAMPLES / "token_tagger.pt",
+        tmp_path / "t.onnx",
+        ranges={"batch": (1, 4, 16)},
+        verify=False,
+        load_options={"trust_pickle": False},
+        layout="fused",
+        quantize="int8",
+    )
+    assert report.result.spec.batch_range == (1, 4, 16) and report.result.spec.layout == "fused"
+    assert report.compatibility is None and "Not verified (--no-verify)" in report.lines()
+    assert any(line.startswith("Compat   int8 graph") for line in report.lines())
+
+
+def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BiRNNExportError, match="opset"):
+        export_model(SAMPLES / "token_tagger.pt", tmp_path / "x.onnx", opset=5)
+    assert list(tmp_path.iterdir()) == []
