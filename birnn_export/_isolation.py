@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from birnn_export import errors
-from birnn_export.runners import BaseRunner
+from birnn_export.base_runner import BaseRunner
 
 #: Errors rebuilt by name in the parent; anything else arrives as a RuntimeError.
 _ERRORS = {
@@ -52,6 +52,11 @@ class IsolatedRunner(BaseRunner):
         self._child_seconds: float | None = None
 
     # -- the contract --------------------------------------------------------------------------
+
+    def available(self) -> str | None:
+        from birnn_export.runners import availability
+
+        return availability(self.engine)
 
     def activate(self) -> None:
         super().activate()

@@ -15,15 +15,14 @@ Example:
 
 from __future__ import annotations
 
-import abc
 import copy
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from birnn_export.base_runner import BaseRunner
 from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
 
 if TYPE_CHECKING:
@@ -39,71 +38,6 @@ _ORT_PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
-
-
-class BaseRunner(abc.ABC):
-    """Polygraphy-style runner: ``activate`` / ``infer`` / ``deactivate``; times itself."""
-
-    #: Engine name, one of :data:`ENGINES`.
-    engine: str = ""
-
-    def __init__(self) -> None:
-        self.is_active = False
-        self.activate_time_s: float | None = None
-        self.last_inference_time_s: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.engine
-
-    def activate(self) -> None:
-        """Build the session or engine (timed in :attr:`activate_time_s`)."""
-        if self.is_active:
-            return
-        start = time.perf_counter()
-        self.activate_impl()
-        self.activate_time_s = time.perf_counter() - start
-        self.is_active = True
-
-    def deactivate(self) -> None:
-        if self.is_active:
-            self.deactivate_impl()
-            self.is_active = False
-
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once; outputs are host numpy arrays. The time is in :attr:`last_inference_time_s`."""
-        if not self.is_active:
-            raise RuntimeError(
-                f"{self.engine} runner: call activate() (or use 'with') before infer()"
-            )
-        start = time.perf_counter()
-        outputs = self.infer_impl(feed)
-        self.last_inference_time_s = time.perf_counter() - start
-        return outputs
-
-    def __enter__(self) -> BaseRunner:
-        self.activate()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.deactivate()
-
-    @abc.abstractmethod
-    def activate_impl(self) -> None: ...
-
-    @abc.abstractmethod
-    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def deactivate_impl(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-    def providers(self) -> list[str]:
-        """What actually executes the model (ONNX Runtime providers, device names)."""
-        return [self.engine]
-
-    def available(self) -> str | None:
-        """``None`` if this runner can run here, else the exact reason; builds nothing."""
-        return availability(self.engine)
 
 
 class TorchRunner(BaseRunner):
@@ -532,6 +466,9 @@ class OrtRunner(BaseRunner):
             binding.bind_output(name, device, device_id)
         self.session.run_with_iobinding(binding)
         return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
+
+    def available(self) -> str | None:
+        return availability(self.engine)
 
     def providers(self) -> list[str]:
         return list(self.session.get_providers()) if self.session is not None else []

@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from birnn_export._files import file_sha256, write_atomic
+from birnn_export.base_runner import BaseRunner
 from birnn_export.errors import BiRNNExportError, EngineBuildError, EngineUnavailableError
-from birnn_export.runners import BaseRunner
 from birnn_export.spec import GraphSpec, check_range
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,82 @@
+"""The runner contract every engine implements (Polygraphy's ``BaseRunner``).
+
+A runner takes ``{input name: numpy array}`` and returns ``{output name: numpy array}``; it is a
+context manager (``activate`` builds the session or engine, ``deactivate`` frees it) and times
+itself. Subclasses implement ``activate_impl`` and ``infer_impl``. The engines' runners live in
+:mod:`birnn_export.runners` (torch, ONNX Runtime) and :mod:`birnn_export.trt` (TensorRT), both
+below this module, so imports run one way.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class BaseRunner(abc.ABC):
+    """Polygraphy-style runner: ``activate`` / ``infer`` / ``deactivate``; times itself."""
+
+    #: Engine name, one of :data:`birnn_export.runners.ENGINES`.
+    engine: str = ""
+
+    def __init__(self) -> None:
+        self.is_active = False
+        self.activate_time_s: float | None = None
+        self.last_inference_time_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.engine
+
+    def activate(self) -> None:
+        """Build the session or engine (timed in :attr:`activate_time_s`)."""
+        if self.is_active:
+            return
+        start = time.perf_counter()
+        self.activate_impl()
+        self.activate_time_s = time.perf_counter() - start
+        self.is_active = True
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; outputs are host numpy arrays. The time is in :attr:`last_inference_time_s`."""
+        if not self.is_active:
+            raise RuntimeError(
+                f"{self.engine} runner: call activate() (or use 'with') before infer()"
+            )
+        start = time.perf_counter()
+        outputs = self.infer_impl(feed)
+        self.last_inference_time_s = time.perf_counter() - start
+        return outputs
+
+    def __enter__(self) -> BaseRunner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def deactivate_impl(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def providers(self) -> list[str]:
+        """What actually executes the model (ONNX Runtime providers, device names)."""
+        return [self.engine]
+
+    def available(self) -> str | None:
+        """``None`` if this runner can run here, else the exact reason; builds nothing.
+        Runners of engines that may be missing override it (the torch runner always runs)."""
+        return None

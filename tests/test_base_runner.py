@@ -1,0 +1,78 @@
+"""birnn_export.base_runner: the one runner contract, and imports that run one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birnn_export.base_runner import BaseRunner
+
+PACKAGE = Path(__file__).resolve().parent.parent / "birnn_export"
+
+
+class _Echo(BaseRunner):
+    engine = "echo"
+
+    def activate_impl(self) -> None:
+        self.activated = True
+
+    def infer_impl(self, feed):
+        return {"y": np.asarray(feed["x"]) * 2}
+
+
+def test_contract_times_itself_and_needs_activation() -> None:
+    runner = _Echo()
+    with pytest.raises(RuntimeError, match="call activate"):
+        runner.infer({"x": 1})
+    with runner as active:
+        assert active.is_active and active.activate_time_s is not None
+        assert active.infer({"x": np.ones(2)})["y"].tolist() == [2, 2]
+        assert active.last_inference_time_s is not None
+    assert not runner.is_active and runner.available() is None
+    assert runner.providers() == ["echo"]
+
+
+def _imports(path: Path) -> set[str]:
+    """birnn_export modules ``path`` imports anywhere (functions included), but under
+    ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        for child in node.body
+        for n in ast.walk(child)
+    }
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped or not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        if node.module == "birnn_export":
+            found |= {a.name for a in node.names if a.name in modules}
+        elif node.module.startswith("birnn_export."):
+            found.add(node.module.split(".")[1])
+    return found - {path.stem}
+
+
+def test_no_import_cycles() -> None:
+    graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    graph = {name: deps - {"__init__"} for name, deps in graph.items()}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        assert name not in visiting, "import cycle: " + " -> ".join([*visiting, name])
+        visiting.append(name)
+        for dep in sorted(graph.get(name, ())):
+            visit(dep)
+        visiting.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
