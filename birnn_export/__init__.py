@@ -28,6 +28,7 @@ _LAZY = {
     "SequenceTagger": "birnn_export.models",
     "TaggerConfig": "birnn_export.models",
     "BiRNNExportError": "birnn_export.errors",
+    "CompatibilityError": "birnn_export.errors",
     "ConversionError": "birnn_export.errors",
     "EngineBuildError": "birnn_export.errors",
     "EngineError": "birnn_export.errors",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from birnn_export.crf import CRFDecoder
     from birnn_export.errors import (
         BiRNNExportError,
+        CompatibilityError,
         ConversionError,
         EngineBuildError,
         EngineError,

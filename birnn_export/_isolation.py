@@ -53,10 +53,8 @@ class IsolatedRunner(BaseRunner):
 
     # -- the contract --------------------------------------------------------------------------
 
-    def available(self) -> str | None:
-        from birnn_export.runners import availability
-
-        return availability(self.engine)
+    def unavailable_reason(self) -> str | None:
+        return self.factory().unavailable_reason()  # the engine's own runner, not activated
 
     def activate(self) -> None:
         super().activate()

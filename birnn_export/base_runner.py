@@ -76,7 +76,7 @@ class BaseRunner(abc.ABC):
         """What actually executes the model (ONNX Runtime providers, device names)."""
         return [self.engine]
 
-    def available(self) -> str | None:
+    def unavailable_reason(self) -> str | None:
         """``None`` if this runner can run here, else the exact reason; builds nothing.
         Runners of engines that may be missing override it (the torch runner always runs)."""
         return None

@@ -26,8 +26,8 @@ import functools
 import io
 import json
 import logging
-import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,7 +44,10 @@ from birnn_export.compare import (
     Criterion,
     NoiseCriterion,
     QuantizedCriterion,
+    ToleranceOverride,
+    check_overrides,
     compare_outputs,
+    resolve_tolerance,
 )
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError
 from birnn_export.quantize import INT8
@@ -54,7 +57,6 @@ from birnn_export.spec import (
     GraphSpec,
     Tolerance,
     covering_range,
-    default_tolerance,
     largest_tensor_bytes,
     load_onnx,
     make_feed,
@@ -159,6 +161,27 @@ class BenchReport:
         """Rows whose engine ran but was wrong or crashed (``"mismatch"`` or ``"error"``)."""
         return tuple(r for r in self.results if r.status in ("mismatch", "error"))
 
+    def raise_for_failure(self) -> None:
+        """Raise if no engine could run here (:class:`EngineUnavailableError`, exit 2), or if a
+        measurement failed: :class:`VerificationError` for outputs beyond tolerance,
+        :class:`EngineError` for engines that crashed (both exit 1)."""
+        from birnn_export.errors import EngineError, EngineUnavailableError, VerificationError
+
+        if self.results and all(r.status == "unavailable" for r in self.results):
+            reasons = "; ".join(dict.fromkeys(r.reason or "" for r in self.results))
+            raise EngineUnavailableError(f"no engine could run here: {reasons}")
+        failed = self.failed()
+        if not failed:
+            return
+        first = failed[0]
+        message = (
+            f"{len(failed)} of {len(self.results)} measurements failed (first: {first.engine} "
+            f"at batch {first.batch}, seq {first.seq}: {first.status}, {first.reason})"
+        )
+        if any(r.status == "mismatch" for r in failed):
+            raise VerificationError(message)
+        raise EngineError(message)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "environment": self.environment,
@@ -255,8 +278,8 @@ def benchmark(
     device: str = "cpu",
     compile: bool = False,
     seed: int = 0,
-    atol: float | None = None,
-    rtol: float | None = None,
+    atol: ToleranceOverride = None,
+    rtol: ToleranceOverride = None,
     progress: bool = True,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     isolate: bool = True,
@@ -325,7 +348,8 @@ def benchmark(
     if seq_lens is None:
         low, opt, high = spec.seq_range
         seq_lens = tuple(sorted({min(max(16, low), high), opt, high}))
-    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, atol, rtol)
+    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, device)
+    check_overrides(spec, atol=atol, rtol=rtol)
     proto = load_onnx(onnx_path)
     for batch in batch_sizes:
         for seq in seq_lens:
@@ -341,7 +365,7 @@ def benchmark(
         threads = torch.get_num_threads()
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
 
-    reasons = {engine: runners.availability(engine) for engine in engines}
+    reasons = {engine: runners.unavailable_reason(engine) for engine in engines}
     batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
     profile = (
         covering_range(spec.batch_range, batches),
@@ -486,7 +510,13 @@ def benchmark(
                 else f"float64 reference; {NoiseCriterion().describe()} ({spec.dtype})"
             ),
             "tolerances": (
-                {e: _tolerance(e, device, spec.dtype, atol, rtol) for e in engines}
+                {
+                    e: {
+                        t.name: _atol_rtol(resolve_tolerance(t, e, atol, rtol, device=device))
+                        for t in spec.outputs
+                    }
+                    for e in engines
+                }
                 if fixed
                 else None
             ),
@@ -772,41 +802,34 @@ def _make_runner(
 ) -> Any:
     from birnn_export import runners
 
-    if engine == "torch":
-        return runners.TorchRunner(
-            model,
-            input_names,
-            output_names,
-            threads=threads,
-            dtype=torch_dtype,
-            device=device,
-            compile=compile,
-        )
     # The TensorRT engine that would be served: the graph's declared profile (its opt shape
     # included), widened to cover every measured shape. ONNX Runtime's intra-op threads: the
-    # same count as torch's, GPU providers included. The engine runs in a child process (a
-    # crash is an error row, not a dead command); its timings are taken there.
-    from birnn_export._isolation import IsolatedRunner
-
+    # same count as torch's, GPU providers included. Engines but torch run in a child process
+    # (a crash is an error row, not a dead command); their timings are taken there.
     batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
-    factory = functools.partial(
-        runners.make_runner,
+    return runners.make_runner(
         engine,
         str(onnx_path),
+        model=model if engine == "torch" else None,
+        input_names=input_names,
+        output_names=output_names,
         threads=threads,
+        dtype=torch_dtype,
+        device=device if engine == "torch" else None,
+        compile=compile and engine == "torch",
         profile_batch=covering_range(declared[0], batches),
         profile_seq=covering_range(declared[1], seqs),
         spinning=spinning,
+        isolate=isolate,
     )
-    return IsolatedRunner(engine, factory) if isolate else factory()
 
 
 def _criteria(
     spec: GraphSpec,
     engines: Sequence[str],
     device: str,
-    atol: float | None,
-    rtol: float | None,
+    atol: ToleranceOverride,
+    rtol: ToleranceOverride,
 ) -> dict[str, dict[str, Criterion]]:
     """Per engine and output: the noise criterion, or fixed tolerances when either is given."""
     quantized = {t.name: QuantizedCriterion() for t in spec.outputs}
@@ -819,19 +842,16 @@ def _criteria(
         }
     fixed: dict[str, dict[str, Criterion]] = {}
     for engine in engines:
-        tol = _tolerance(engine, device, spec.dtype, atol, rtol)
-        fixed[engine] = {t.name: Tolerance(*tol) for t in spec.outputs}
+        fixed[engine] = {
+            t.name: resolve_tolerance(t, engine, atol, rtol, device=device) for t in spec.outputs
+        }
         if engine == "ort-int8" or spec.quantization == INT8:
             fixed[engine] = quantized
     return fixed
 
 
-def _tolerance(
-    engine: str, device: str, dtype: str, atol: float | None, rtol: float | None
-) -> tuple[float, float]:
-    """``(atol, rtol)``: the defaults of :func:`birnn_export.spec.default_tolerance`, overridden."""
-    default = default_tolerance(dtype, engine, device=device if engine == "torch" else "cpu")
-    return (default.atol if atol is None else atol, default.rtol if rtol is None else rtol)
+def _atol_rtol(tolerance: Tolerance) -> list[float]:
+    return [tolerance.atol, tolerance.rtol]
 
 
 def _check_arguments(
@@ -842,11 +862,12 @@ def _check_arguments(
     iters: int | None,
     duration: float | None,
     threads: int | None,
-    atol: float | None = None,
-    rtol: float | None = None,
+    device: str = "cpu",
 ) -> None:
     from birnn_export.runners import ENGINES
 
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise BiRNNExportError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
     if not engines:
         raise BiRNNExportError(f"engines: expected at least one of {', '.join(ENGINES)}")
     unknown = [e for e in engines if e not in ENGINES]
@@ -873,9 +894,6 @@ def _check_arguments(
             f"threads: {threads} is not in 1..{MAX_THREADS_PER_CORE * cores} (this machine has "
             f"{cores} cores; more threads than {MAX_THREADS_PER_CORE} per core only slow it down)"
         )
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise BiRNNExportError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def _row(

@@ -168,6 +168,15 @@ class CheckReport:
             f"{len(self.warnings)} warnings; checked by {self.checked_with})"
         )
 
+    def raise_for_failure(self) -> None:
+        """Raise :class:`~birnn_export.errors.CompatibilityError` unless :attr:`ok`."""
+        if not self.ok:
+            from birnn_export.errors import CompatibilityError
+
+            raise CompatibilityError(
+                f"{self.source}: not compatible with {self.target}: {len(self.errors)} error(s)"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
@@ -239,13 +248,13 @@ def _tensorrt_library(choice: str) -> Any:
     if choice != "auto":
         library = trt.import_library(choice)
         if choice == "tensorrt":
-            reason = trt.availability(choice)
+            reason = trt.unavailable_reason(choice)
             if reason:
                 from birnn_export.errors import EngineUnavailableError
 
                 raise EngineUnavailableError(f"{reason} (its builder needs the GPU)")
         return library
-    if trt.availability("tensorrt") is None:
+    if trt.unavailable_reason("tensorrt") is None:
         return trt.import_library("tensorrt")
     return trt.find_library(("tensorrt_rtx",))
 

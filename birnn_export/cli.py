@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +132,69 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options verify and bench share, in one form: engines, shapes and tolerances."""
+    options = [
+        click.option(
+            "--engines",
+            multiple=True,
+            metavar="ENGINE[,ENGINE]",
+            help="Engines, comma-separated or repeated: torch, ort-cpu, ort-int8 (the graph "
+            "quantized to int8 on ONNX Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
+        ),
+        click.option(
+            "--batch-sizes",
+            "--batch",
+            "batch_sizes",
+            metavar="B,B,...",
+            help="Batch sizes, comma-separated.",
+        ),
+        click.option(
+            "--seq-lens",
+            "--seq",
+            "seq_lens",
+            metavar="T,T,...",
+            help="Lengths of the time dim, comma-separated.",
+        ),
+        click.option(
+            "--atol",
+            multiple=True,
+            metavar="VALUE|NAME:VALUE",
+            help="Judge by fixed tolerances instead of the model's own float32 noise: absolute "
+            "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
+        ),
+        click.option(
+            "--rtol",
+            multiple=True,
+            metavar="VALUE|NAME:VALUE",
+            help="Relative tolerance, like --atol (either selects fixed tolerances).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def parse_sweep(
+    engines: tuple[str, ...],
+    batch_sizes: str | None,
+    seq_lens: str | None,
+    atol: tuple[str, ...],
+    rtol: tuple[str, ...],
+    default_engines: tuple[str, ...],
+) -> dict[str, Any]:
+    """The shared options as the library's keyword arguments."""
+    from birnn_export.compare import parse_tolerance
+
+    return {
+        "engines": parse_engines(engines) if engines else default_engines,
+        "batch_sizes": parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
+        "seq_lens": parse_ints(seq_lens, "--seq-lens") if seq_lens else None,
+        "atol": parse_tolerance(atol, "--atol"),
+        "rtol": parse_tolerance(rtol, "--rtol"),
+    }
 
 
 def parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
@@ -473,26 +535,6 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
 # --- verify (issue 4) --------------------------------------------------------------------
 
 
-def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, float] | None:
-    """``--atol 1e-4`` (all outputs) and ``--atol NAME:1e-3`` (one output), repeatable."""
-    if not values:
-        return None
-    parsed: dict[str, float] = {}
-    for value in values:
-        name, sep, number = value.rpartition(":")
-        key = name if sep else "*"
-        try:
-            parsed[key] = float(number)
-        except ValueError:
-            raise UserError(
-                f"{option}: expected a number or NAME:NUMBER (e.g. 1e-4 or output:1e-3), "
-                f"got {value!r}"
-            ) from None
-        if not parsed[key] >= 0 or parsed[key] == float("inf"):
-            raise UserError(f"{option}: expected a finite number >= 0, got {value!r}")
-    return parsed["*"] if list(parsed) == ["*"] else parsed
-
-
 @main.command("verify")
 @click.argument(
     "onnx_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -506,44 +548,11 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     "form). Required unless --load-outputs gives the reference outputs.",
 )
 @click.option(
-    "--engines",
-    multiple=True,
-    metavar="ENGINE[,ENGINE]",
-    help="Engines to check: torch, ort-cpu, ort-int8, ort-cuda, ort-trt, trt, trt-rtx. "
-    "[default: ort-cpu]",
-)
-@click.option(
-    "--batch",
-    "batch_sizes",
-    metavar="B,B,...",
-    help="Batch sizes of a product sweep [default: a covering set of 1,3,16].",
-)
-@click.option(
-    "--seq",
-    "seq_lens",
-    metavar="T,T,...",
-    help="Sequence lengths of a product sweep [default: 1,2,T0,4*T0 and MAX of the graph's "
-    "declared seq range; T0 = export's example length].",
-)
-@click.option(
     "--seed",
     type=click.IntRange(0, 2**32 - 1),
     default=0,
     show_default=True,
     help="Seed of the first case's inputs.",
-)
-@click.option(
-    "--atol",
-    multiple=True,
-    metavar="VALUE|NAME:VALUE",
-    help="Judge by fixed tolerances instead of the model's own float32 noise: absolute "
-    "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
-)
-@click.option(
-    "--rtol",
-    multiple=True,
-    metavar="VALUE|NAME:VALUE",
-    help="Relative tolerance, like --atol (either selects fixed tolerances).",
 )
 @click.option(
     "--fp64-reference",
@@ -589,6 +598,7 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="With --load-inputs: compare against these saved outputs; no --model needed.",
 )
+@sweep_options
 @loader_options
 @user_errors
 def verify_command(
@@ -618,17 +628,18 @@ def verify_command(
     large-magnitude features); outputs are compared at valid steps, padding separately, rows
     alone against the batch. Exit 0 if all match, 1 on a mismatch (the report says where, and
     which direction), 2 for bad input. The default lengths include the graph's declared maximum
-    (--seq-range at export); --seq picks the lengths instead.
+    (--seq-range at export); --seq-lens picks the lengths instead.
+
+    \b
+    Defaults: --engines ort-cpu; a covering set of batch sizes 1,3,16 and lengths
+    1,2,T0,4*T0 and the declared maximum (T0: the export's example length); --batch-sizes
+    and --seq-lens run their product instead.
     """
     import sys
 
     from birnn_export.verification import render_report, verify
 
-    names = parse_engines(engines) if engines else ("ort-cpu",)
-    batches = parse_ints(batch_sizes, "--batch") if batch_sizes else None
-    seqs = parse_ints(seq_lens, "--seq") if seq_lens else None
-    atol_value = _parse_tolerance(atol, "--atol")
-    rtol_value = _parse_tolerance(rtol, "--rtol")
+    sweep = parse_sweep(engines, batch_sizes, seq_lens, atol, rtol, ("ort-cpu",))
     check_output_path("--json", json_path)
     check_output_path("--save-inputs", save_inputs)
     check_output_path("--save-outputs", save_outputs)
@@ -649,12 +660,7 @@ def verify_command(
     report = verify(
         onnx_path,
         loaded,
-        engines=names,
-        batch_sizes=batches,
-        seq_lens=seqs,
         seed=seed,
-        atol=atol_value,
-        rtol=rtol_value,
         fp64_reference=fp64_reference,
         progress=sys.stderr.isatty(),
         layers=not no_layers,
@@ -663,6 +669,7 @@ def verify_command(
         save_outputs=save_outputs,
         load_inputs=load_inputs,
         load_outputs=load_outputs,
+        **sweep,
     )
     render_report(report)
     if json_path is not None:
@@ -686,22 +693,6 @@ def verify_command(
     required=True,
     type=click.Path(path_type=Path),
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
-)
-@click.option(
-    "--engines",
-    default="torch,ort-cpu",
-    show_default=True,
-    help="Comma-separated: torch, ort-cpu, ort-int8 (the graph quantized to int8 on ONNX "
-    "Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
-)
-@click.option(
-    "--batch",
-    help="Batch sizes, comma-separated. [default: the graph's declared batch range, 1,8,32]",
-)
-@click.option(
-    "--seq",
-    help="Lengths of the time dim, comma-separated. [default: 16 and the declared range's opt "
-    "and max, 16,64,256]",
 )
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs."
@@ -745,21 +736,20 @@ def verify_command(
     metavar="GIB",
     help="GiB the largest tensor of one shape may take in float64; larger shapes are refused.",
 )
-@click.option(
-    "--atol", type=float, help="Absolute tolerance of the output check (selects fixed tolerances)."
-)
-@click.option("--rtol", type=float, help="Relative tolerance of the output check.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot.")
+@sweep_options
 @loader_options
 @user_errors
 def bench_command(
     onnx_path: Path,
     model_path: Path,
-    engines: str,
-    batch: str | None,
-    seq: str | None,
+    engines: tuple[str, ...],
+    batch_sizes: str | None,
+    seq_lens: str | None,
+    atol: tuple[str, ...],
+    rtol: tuple[str, ...],
     warmup: int,
     iters: int | None,
     duration: float | None,
@@ -769,8 +759,6 @@ def bench_command(
     ort_spinning: str | None,
     seed: int,
     memory_budget: float,
-    atol: float | None,
-    rtol: float | None,
     json_path: Path | None,
     csv_path: Path | None,
     plot_path: Path | None,
@@ -784,18 +772,16 @@ def bench_command(
     build time and engine size are reported.
 
     \b
+    Defaults: --engines torch,ort-cpu; batch sizes from the graph's declared batch range
+    (1,8,32); lengths 16 and the declared range's opt and max (16,64,256).
+
+    \b
     birnn-export bench tagger.onnx --model tagger.pt --engines torch,ort-cpu --threads 2
-    birnn-export bench tagger.onnx --model tagger.pt --batch 1,32 --seq 100 --csv out.csv
+    birnn-export bench tagger.onnx --model tagger.pt --batch-sizes 1,32 --seq-lens 100
     """
     import importlib.util
 
-    engine_names = parse_engines((engines,))
-    batch_sizes = parse_ints(batch, "--batch") if batch is not None else None
-    seq_lens = parse_ints(seq, "--seq") if seq is not None else None
-    if iters is not None and duration is not None:
-        raise UserError("--iters and --duration: give one of them, not both")
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    sweep = parse_sweep(engines, batch_sizes, seq_lens, atol, rtol, ("torch", "ort-cpu"))
     if not onnx_path.is_file():
         raise UserError(f"MODEL.onnx: no such file: {onnx_path}")
     for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
@@ -821,9 +807,6 @@ def bench_command(
     report = benchmark(
         onnx_path,
         loaded.reference,
-        engines=engine_names,
-        batch_sizes=batch_sizes,
-        seq_lens=seq_lens,
         warmup=warmup,
         iters=iters,
         duration=duration,
@@ -831,10 +814,9 @@ def bench_command(
         device=device,
         compile=compile,
         seed=seed,
-        atol=atol,
-        rtol=rtol,
         memory_budget=int(memory_budget * 2**30),
         ort_spinning=None if ort_spinning is None else ort_spinning == "on",
+        **sweep,
     )
     wide_console().print(render_table(report))
     for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
@@ -842,21 +824,8 @@ def bench_command(
             click.echo(f"Wrote {write(path)}")
     if plot_path is not None:
         click.echo(f"Wrote {report.plot(plot_path)}")
-    if all(r.status == "unavailable" for r in report.results):
-        # trt-rtx alone on a machine that cannot run it: its build is reported, nothing timed.
-        raise UserError(
-            "no engine could run here: "
-            + "; ".join(dict.fromkeys(r.reason for r in report.results))
-        )
-    failed = report.failed()
-    if failed:
-        first = failed[0]
-        raise UserError(
-            f"{len(failed)} of {len(report.results)} measurements failed "
-            f"(first: {first.engine} at batch {first.batch}, seq {first.seq}: {first.status}, "
-            f"{first.reason})",
-            exit_code=1,
-        )
+    # trt-rtx alone on a machine that cannot run it: its build is reported, nothing timed.
+    report.raise_for_failure()
 
 
 # --- check (issue 5) ---------------------------------------------------------------------
@@ -903,8 +872,7 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
     click.echo(report.summary())
     if json_path is not None:
         write_atomic(json_path, report.to_json() + "\n")
-    if not report.ok:
-        sys.exit(1)
+    report.raise_for_failure()
 
 
 def run() -> None:

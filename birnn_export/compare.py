@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.spec import TAG_PADDING, GraphSpec, TensorSpec, Tolerance, dim_size
+from birnn_export.spec import (
+    TAG_PADDING,
+    GraphSpec,
+    TensorSpec,
+    Tolerance,
+    default_tolerance,
+    dim_size,
+)
 
 #: An engine may be this many times further from the float64 reference than eager PyTorch in
 #: the same precision (README, "How verification judges", has the measurements behind it).
@@ -683,3 +690,101 @@ def _cut_to_longest_row(
 def _failed(tensor: TensorSpec, check: str, note: str) -> Check:
     inf = math.inf
     return Check(tensor.name, tensor.role, check, inf, inf, inf, False, note=note)
+
+
+# -- fixed tolerances: the user's overrides ----------------------------------------------------
+
+#: ``atol`` / ``rtol`` as the user gives them: one number for every output, or a mapping from
+#: output name to number (the key ``"*"``: outputs not named).
+ToleranceOverride = float | Mapping[str, float] | None
+
+
+def resolve_tolerance(
+    output: TensorSpec,
+    engine: str,
+    atol: ToleranceOverride,
+    rtol: ToleranceOverride,
+    *,
+    device: str = "cpu",
+) -> Tolerance:
+    """Default fixed tolerance for ``output`` on ``engine`` (the torch engine on ``device``)
+    with the user's overrides applied.
+
+    Example:
+        >>> out = TensorSpec("y", "float32", ("batch", "seq", 4), "sequence")
+        >>> resolve_tolerance(out, "ort-cpu", {"y": 1e-3}, None).atol
+        0.001
+    """
+    base = default_tolerance(output.dtype, engine, device=device if engine == "torch" else "cpu")
+    return Tolerance(
+        _override(atol, output.name, base.atol),
+        _override(rtol, output.name, base.rtol),
+        base.rel_l2,
+    )
+
+
+def _override(value: ToleranceOverride, name: str, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        return float(value.get(name, value.get("*", default)))
+    return float(value)
+
+
+def check_overrides(spec: GraphSpec, **overrides: ToleranceOverride) -> None:
+    """Every override names an output of ``spec`` and is a finite number >= 0.
+
+    Raises:
+        BiRNNExportError: naming the option and what is wrong.
+    """
+    from birnn_export.errors import BiRNNExportError
+
+    names = {t.name for t in spec.outputs}
+    for option, value in overrides.items():
+        if value is None:
+            continue
+        items = value.items() if isinstance(value, Mapping) else [("*", value)]
+        for key, number in items:
+            if key != "*" and key not in names:
+                raise BiRNNExportError(
+                    f"{option}: the graph has no output {key!r}; its outputs are "
+                    f"{', '.join(sorted(names))}"
+                )
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, (int, float))
+                or not math.isfinite(number)
+                or number < 0
+            ):
+                raise BiRNNExportError(f"{option}: expected a finite number >= 0, got {number!r}")
+
+
+def parse_tolerance(values: Sequence[str], option: str) -> ToleranceOverride:
+    """Command-line tolerances: ``1e-4`` (all outputs) and ``NAME:1e-3`` (one output), any
+    number of them.
+
+    Raises:
+        BiRNNExportError: a value that is not a number >= 0 or ``NAME:NUMBER``.
+
+    Example:
+        >>> parse_tolerance(["1e-4", "h_n:0.5"], "--atol")
+        {'*': 0.0001, 'h_n': 0.5}
+    """
+    from birnn_export.errors import BiRNNExportError
+
+    if not values:
+        return None
+    parsed: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.rpartition(":")
+        key = name if sep else "*"
+        try:
+            parsed[key] = float(number)
+        except ValueError:
+            raise BiRNNExportError(
+                f"{option}: expected a number or NAME:NUMBER (e.g. 1e-4 or output:1e-3), "
+                f"got {value!r}"
+            ) from None
+        if not parsed[key] >= 0 or parsed[key] == float("inf"):
+            raise BiRNNExportError(f"{option}: expected a finite number >= 0, got {value!r}")
+    return parsed["*"] if list(parsed) == ["*"] else parsed

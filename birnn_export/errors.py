@@ -46,6 +46,13 @@ class EngineBuildError(BiRNNExportError):
     exit_code = 1
 
 
+class CompatibilityError(BiRNNExportError):
+    """A graph failed the compatibility check it was asked to pass (exit code 1): the
+    findings say which node and rule."""
+
+    exit_code = 1
+
+
 class VerificationError(BiRNNExportError):
     """An engine's outputs differ from the eager PyTorch reference beyond tolerance.
 

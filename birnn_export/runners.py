@@ -5,8 +5,8 @@ context manager (``activate`` builds the session or engine, ``deactivate`` frees
 each call. Subclasses implement ``activate_impl`` and ``infer_impl`` only. Heavy libraries
 (onnxruntime, tensorrt) are imported inside the runner, so this module imports without them.
 
-``availability(engine)`` says, without building anything, whether an engine can run here and if
-not exactly why.
+``unavailable_reason(engine)`` says, without building anything, whether an engine can run here
+and if not exactly why (``None`` when it can).
 
 Example:
     >>> with OrtRunner("model.onnx") as runner:  # doctest: +SKIP
@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -148,7 +149,7 @@ class TorchRunner(BaseRunner):
     def providers(self) -> list[str]:
         return [f"torch-{self.device}{'-compiled' if self.compile else ''}"]
 
-    def available(self) -> str | None:
+    def unavailable_reason(self) -> str | None:
         if self.device.startswith("cuda"):
             import torch
 
@@ -358,7 +359,7 @@ class OrtRunner(BaseRunner):
         return {}
 
     def activate_impl(self) -> None:
-        reason = availability(self.engine)
+        reason = unavailable_reason(self.engine)
         if reason:
             raise EngineUnavailableError(reason)
         import onnxruntime as ort
@@ -467,8 +468,8 @@ class OrtRunner(BaseRunner):
         self.session.run_with_iobinding(binding)
         return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
 
-    def available(self) -> str | None:
-        return availability(self.engine)
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason(self.engine)
 
     def providers(self) -> list[str]:
         return list(self.session.get_providers()) if self.session is not None else []
@@ -527,8 +528,10 @@ def make_runner(
     profile_batch: tuple[int, int, int] | None = None,
     profile_seq: tuple[int, int, int] | None = None,
     spinning: bool | None = None,
+    dtype: str | None = None,
+    isolate: bool = False,
 ) -> BaseRunner:
-    """A runner for any of :data:`ENGINES`, not yet activated.
+    """A runner for any of :data:`ENGINES`, not yet activated: the one factory.
 
     Args:
         engine: One of :data:`ENGINES`.
@@ -549,6 +552,10 @@ def make_runner(
             default (1, 64, 256)).
         spinning: ONNX Runtime engines: idle threads spin (``True``), sleep (``False``), or
             ONNX Runtime's default (``None``: spin).
+        dtype: ``"torch"`` only: run the model in this dtype (``"float64"`` for a reference).
+        isolate: Every engine but ``"torch"``: run it in a child process
+            (:class:`~birnn_export._isolation.IsolatedRunner`), so a crash in the engine is an
+            :class:`~birnn_export.errors.EngineError`, not a dead process.
 
     Example:
         >>> with make_runner("ort-cpu", "model.onnx", threads=2) as runner:  # doctest: +SKIP
@@ -577,11 +584,26 @@ def make_runner(
             device=device or "cpu",
             compile=compile,
             threads=threads,
+            dtype=dtype,
         )
     if onnx_path is None:
         raise BiRNNExportError(f"engine {engine!r} needs onnx_path= (the exported ONNX file)")
     if compile:
         raise BiRNNExportError(f"compile=True applies to engine 'torch' only, not {engine!r}")
+    if isolate:
+        from birnn_export._isolation import IsolatedRunner
+
+        factory = functools.partial(
+            make_runner,
+            engine,
+            str(onnx_path),
+            threads=threads,
+            device=device,
+            profile_batch=profile_batch,
+            profile_seq=profile_seq,
+            spinning=spinning,
+        )
+        return IsolatedRunner(engine, factory)
     device_id = _cuda_index(device, engine)
     if engine in ("trt", "trt-rtx", "ort-trt"):
         from birnn_export.trt import LIBRARIES, TrtRunner
@@ -631,7 +653,7 @@ def _spec_or_none(path: str | os.PathLike[str]) -> GraphSpec | None:
         return None
 
 
-def availability(engine: str) -> str | None:
+def unavailable_reason(engine: str) -> str | None:
     """``None`` if ``engine`` can run here, otherwise the exact reason it cannot."""
     if engine not in ENGINES:
         return f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}"
@@ -653,7 +675,7 @@ def availability(engine: str) -> str | None:
         return None
     from birnn_export import trt
 
-    return trt.availability(trt.LIBRARIES[engine])
+    return trt.unavailable_reason(trt.LIBRARIES[engine])
 
 
 def installed_onnxruntimes() -> list[str]:

@@ -372,7 +372,7 @@ def find_library(names: Sequence[str] = SEARCH_ORDER) -> TensorRTLibrary | None:
     return None
 
 
-def availability(library: str = "tensorrt", *, device: int = 0) -> str | None:
+def unavailable_reason(library: str = "tensorrt", *, device: int = 0) -> str | None:
     """``None`` if engines of ``library`` can run here, otherwise the exact reason they cannot.
 
     ``tensorrt`` needs a CUDA device; ``tensorrt_rtx`` a CUDA device of a compute capability
@@ -828,8 +828,8 @@ class TrtRunner(BaseRunner):
         self._outputs: list[str] = []
         self._dtypes: dict[str, str] = {}
 
-    def available(self) -> str | None:
-        return availability(self.library, device=self.device)
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason(self.library, device=self.device)
 
     def build(self) -> bytes:
         """The serialized engine: from the cache, or built (and cached). No GPU is needed with
@@ -841,7 +841,7 @@ class TrtRunner(BaseRunner):
         """
         lib = import_library(self.library)
         if not lib.rtx:  # the data-centre builder needs the GPU it builds for
-            reason = availability(self.library, device=self.device)
+            reason = unavailable_reason(self.library, device=self.device)
             if reason:
                 raise EngineUnavailableError(reason)
         spec, profile = self.profile()
@@ -910,7 +910,7 @@ class TrtRunner(BaseRunner):
 
     @_without_gc
     def activate_impl(self) -> None:
-        reason = availability(self.library, device=self.device)
+        reason = unavailable_reason(self.library, device=self.device)
         if reason:
             raise EngineUnavailableError(reason)
         import torch

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -60,8 +59,11 @@ from birnn_export.compare import (
     Criterion,
     NoiseCriterion,
     QuantizedCriterion,
+    ToleranceOverride,
+    check_overrides,
     compare,
     compare_outputs,
+    resolve_tolerance,
     sweep_check,
 )
 from birnn_export.errors import BiRNNExportError, VerificationError
@@ -89,52 +91,6 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 
 #: One check of one output in one case (see :class:`birnn_export.compare.Check`).
 OutputResult = Check
-
-
-# -- tolerances ------------------------------------------------------------------------------
-
-
-ToleranceOverride = float | Mapping[str, float] | None
-
-
-def resolve_tolerance(
-    output: TensorSpec, engine: str, atol: ToleranceOverride, rtol: ToleranceOverride
-) -> Tolerance:
-    """Default fixed tolerance for ``output`` on ``engine`` with the user's overrides applied.
-
-    ``atol`` / ``rtol`` are a number (all outputs) or a mapping from output name to number; the
-    key ``"*"`` in a mapping sets the value for outputs not named.
-    """
-    base = default_tolerance(output.dtype, engine)
-    return Tolerance(
-        _override(atol, output.name, base.atol),
-        _override(rtol, output.name, base.rtol),
-        base.rel_l2,
-    )
-
-
-def _override(value: ToleranceOverride, name: str, default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, Mapping):
-        return float(value.get(name, value.get("*", default)))
-    return float(value)
-
-
-def _check_overrides(spec: GraphSpec, **overrides: ToleranceOverride) -> None:
-    names = {t.name for t in spec.outputs}
-    for option, value in overrides.items():
-        if value is None:
-            continue
-        items = value.items() if isinstance(value, Mapping) else [("*", value)]
-        for key, number in items:
-            if key != "*" and key not in names:
-                raise BiRNNExportError(
-                    f"{option}: the graph has no output {key!r}; its outputs are "
-                    f"{', '.join(sorted(names))}"
-                )
-            if not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
-                raise BiRNNExportError(f"{option}: expected a finite number >= 0, got {number!r}")
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -1080,30 +1036,21 @@ def _engine_runner(
     from birnn_export import runners
     from birnn_export.errors import EngineUnavailableError
 
-    reason = runners.availability(engine)
+    reason = runners.unavailable_reason(engine)
     if reason:  # refuse before the sweep starts, not once per case
         raise EngineUnavailableError(reason)
-    if engine == "torch" or not isolate:
-        return runners.make_runner(
-            engine,
-            onnx_path,
-            model=copy.deepcopy(converted) if engine == "torch" else None,
-            input_names=[t.name for t in spec.inputs],
-            output_names=[t.name for t in spec.outputs],
-            profile_batch=profile[0],
-            profile_seq=profile[1],
-        )
-    # Every other engine in a child process: a crash there is a failed case, not a dead command.
-    from birnn_export._isolation import IsolatedRunner
-
-    factory = functools.partial(
-        runners.make_runner,
+    # Every engine but torch in a child process: a crash there is a failed case, not a dead
+    # command.
+    return runners.make_runner(
         engine,
         onnx_path,
+        model=copy.deepcopy(converted) if engine == "torch" else None,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
         profile_batch=profile[0],
         profile_seq=profile[1],
+        isolate=isolate,
     )
-    return IsolatedRunner(engine, factory)
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -1233,7 +1180,7 @@ def verify(
     engines = tuple(dict.fromkeys(engines))
     if not engines:
         raise BiRNNExportError("engines: name at least one engine")
-    _check_overrides(spec, atol=atol, rtol=rtol)
+    check_overrides(spec, atol=atol, rtol=rtol)
     _check_files(save_inputs, save_outputs, load_inputs, load_outputs, model)
     notes: list[str] = []
     if load_inputs is not None:

@@ -31,7 +31,7 @@ def test_contract_times_itself_and_needs_activation() -> None:
         assert active.is_active and active.activate_time_s is not None
         assert active.infer({"x": np.ones(2)})["y"].tolist() == [2, 2]
         assert active.last_inference_time_s is not None
-    assert not runner.is_active and runner.available() is None
+    assert not runner.is_active and runner.unavailable_reason() is None
     assert runner.providers() == ["echo"]
 
 

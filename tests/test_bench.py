@@ -36,7 +36,7 @@ from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError
 from birnn_export.export import export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
-from birnn_export.runners import availability
+from birnn_export.runners import unavailable_reason
 from birnn_export.spec import make_feed
 
 SMALL = dict(batch_sizes=(1, 3), seq_lens=(4, 9), warmup=1, iters=3, threads=1, progress=False)
@@ -89,7 +89,7 @@ def report(files: dict[str, Path], builtin_model: torch.nn.Module) -> BenchRepor
 
 def _unavailable_engine() -> str:
     for engine in ("ort-cuda", "ort-trt", "trt"):
-        if availability(engine) is not None:
+        if unavailable_reason(engine) is not None:
             return engine
     pytest.skip("every GPU engine is available on this machine")
 
@@ -259,7 +259,7 @@ def test_trt_rtx_that_cannot_run_still_reports_its_build(
 
     if trt.library_reason("tensorrt_rtx"):
         pytest.skip(trt.library_reason("tensorrt_rtx"))
-    if trt.availability("tensorrt_rtx") is None:  # pragma: no cover - an RTX GPU is here
+    if trt.unavailable_reason("tensorrt_rtx") is None:  # pragma: no cover - an RTX GPU is here
         pytest.skip("trt-rtx can run here: its rows are timed like any engine")
     # Alone it still reports (nothing to time, but the build is a verdict), exit status aside.
     report = benchmark(files["onnx"], model, engines=("trt-rtx",), **SMALL)
@@ -587,7 +587,7 @@ def test_cli_sole_unavailable_engine_exits_2(files: dict[str, Path]) -> None:
 def test_cli_trt_rtx_alone_shows_its_build_and_exits_2(files: dict[str, Path]) -> None:
     from birnn_export import trt
 
-    if trt.library_reason("tensorrt_rtx") or trt.availability("tensorrt_rtx") is None:
+    if trt.library_reason("tensorrt_rtx") or trt.unavailable_reason("tensorrt_rtx") is None:
         pytest.skip("needs tensorrt_rtx installed and no GPU it can run on")
     args = ("--engines", "trt-rtx", "--batch", "1", "--seq", "4", "--iters", "1")
     result = _bench(str(files["onnx"]), "--model", str(files["pt"]), *args)

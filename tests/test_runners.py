@@ -18,13 +18,13 @@ from birnn_export.runners import (
     ENGINES,
     OrtRunner,
     TorchRunner,
-    availability,
     cuda_provider_options,
     format_profile_shapes,
     make_runner,
     placement_counts,
     recurrent_nodes_on_cpu,
     tensorrt_provider_options,
+    unavailable_reason,
 )
 from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, make_feed
 
@@ -215,7 +215,7 @@ def test_ort_refuses_when_provider_is_not_active(lstm_file, monkeypatch) -> None
     if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
     _, path = lstm_file
-    monkeypatch.setattr(runners, "availability", lambda engine: None)
+    monkeypatch.setattr(runners, "unavailable_reason", lambda engine: None)
     runner = OrtRunner(path, engine="ort-cuda")
     with pytest.raises(EngineUnavailableError, match="did not activate CUDAExecutionProvider"):
         runner.activate()
@@ -223,7 +223,7 @@ def test_ort_refuses_when_provider_is_not_active(lstm_file, monkeypatch) -> None
 
 
 def test_ort_unavailable_engine_raises_with_reason(lstm_file) -> None:
-    reason = availability("ort-cuda")
+    reason = unavailable_reason("ort-cuda")
     if reason is None:
         pytest.skip("ort-cuda is available here")
     with pytest.raises(EngineUnavailableError) as info:
@@ -237,18 +237,21 @@ def test_ort_unavailable_engine_raises_with_reason(lstm_file) -> None:
 def test_availability_reasons_on_this_machine() -> None:
     import onnxruntime as ort
 
-    assert availability("torch") is None
-    assert availability("ort-cpu") is None
-    assert "unknown engine" in availability("tvm")
+    assert unavailable_reason("torch") is None
+    assert unavailable_reason("ort-cpu") is None
+    assert "unknown engine" in unavailable_reason("tvm")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        reason = availability("ort-cuda")
+        reason = unavailable_reason("ort-cuda")
         assert "CUDAExecutionProvider" in reason and "onnxruntime-gpu" in reason
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
-        assert "TensorrtExecutionProvider" in availability("ort-trt")
+        assert "TensorrtExecutionProvider" in unavailable_reason("ort-trt")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert availability("trt") == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+        assert (
+            unavailable_reason("trt")
+            == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+        )
 
 
 # -- provider options ---------------------------------------------------------------------------
@@ -414,7 +417,7 @@ def test_make_runner_passes_the_tensorrt_profile(lstm_file, tmp_path, monkeypatc
 
 
 def _skip_unless(engine: str) -> None:
-    reason = availability(engine)
+    reason = unavailable_reason(engine)
     if reason:
         pytest.skip(reason)
 
@@ -473,14 +476,14 @@ def test_warns_when_two_onnxruntime_builds_are_installed(monkeypatch):
     )
     monkeypatch.setattr(runners, "_warned_both", False)
     with pytest.warns(RuntimeWarning, match="several onnxruntime builds"):
-        runners.availability("ort-cpu")
+        runners.unavailable_reason("ort-cpu")
     monkeypatch.setattr(runners, "installed_onnxruntimes", lambda: ["onnxruntime"])
     monkeypatch.setattr(runners, "_warned_both", False)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        runners.availability("ort-cpu")
+        runners.unavailable_reason("ort-cpu")
 
 
 def test_each_runner_says_whether_it_can_run(tmp_path):
@@ -491,12 +494,12 @@ def test_each_runner_says_whether_it_can_run(tmp_path):
     from birnn_export.trt import TrtRunner
 
     missing = str(tmp_path / "never-built.onnx")
-    assert runners.OrtRunner(missing).available() is None
+    assert runners.OrtRunner(missing).unavailable_reason() is None
     cpu = runners.TorchRunner(torch.nn.Identity(), ["x"], ["y"])
-    assert cpu.available() is None
+    assert cpu.unavailable_reason() is None
     cuda = runners.TorchRunner(torch.nn.Identity(), ["x"], ["y"], device="cuda")
     if not torch.cuda.is_available():
-        assert "no CUDA device" in cuda.available()
+        assert "no CUDA device" in cuda.unavailable_reason()
     gpu_ort = runners.OrtRunner(missing, engine="ort-cuda")
-    assert gpu_ort.available() == runners.availability("ort-cuda")
-    assert TrtRunner(missing).available() == runners.availability("trt")
+    assert gpu_ort.unavailable_reason() == runners.unavailable_reason("ort-cuda")
+    assert TrtRunner(missing).unavailable_reason() == runners.unavailable_reason("trt")

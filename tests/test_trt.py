@@ -165,14 +165,14 @@ def test_numpy_dtype() -> None:
 
 def test_availability_without_tensorrt(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ModuleNotFoundError
-    assert trt.availability() == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+    assert trt.unavailable_reason() == "trt: tensorrt not installed: pip install birnn-export[gpu]"
     with pytest.raises(EngineUnavailableError, match="tensorrt not installed"):
         TrtRunner("model.onnx").activate()
 
 
 def test_availability_old_tensorrt(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
-    assert "too old" in trt.availability()
+    assert "too old" in trt.unavailable_reason()
 
 
 def test_availability_without_cuda(monkeypatch) -> None:
@@ -180,18 +180,20 @@ def test_availability_without_cuda(monkeypatch) -> None:
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert trt.availability() == "trt: no CUDA device (torch.cuda.is_available() is False)"
+    assert trt.unavailable_reason() == "trt: no CUDA device (torch.cuda.is_available() is False)"
 
 
 def test_availability_on_this_machine() -> None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert trt.availability() == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+        assert (
+            trt.unavailable_reason() == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+        )
     else:  # pragma: no cover - only where TensorRT is installed
         import torch
 
-        assert (trt.availability() is None) == torch.cuda.is_available()
+        assert (trt.unavailable_reason() is None) == torch.cuda.is_available()
 
 
 def test_modules_import_without_optional_libraries() -> None:
@@ -204,10 +206,10 @@ def test_modules_import_without_optional_libraries() -> None:
         "sys.modules['onnxruntime'] = None\n"
         "import birnn_export.trt, birnn_export.runners, birnn_export.check\n"
         "import birnn_export.verification, birnn_export.bench\n"
-        "from birnn_export.runners import availability\n"
-        "print(availability('ort-cpu'))\n"
-        "print(availability('trt'))\n"
-        "print(availability('trt-rtx'))\n"
+        "from birnn_export.runners import unavailable_reason\n"
+        "print(unavailable_reason('ort-cpu'))\n"
+        "print(unavailable_reason('trt'))\n"
+        "print(unavailable_reason('trt-rtx'))\n"
         "from birnn_export.check import check_compatibility\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -224,7 +226,7 @@ def test_modules_import_without_optional_libraries() -> None:
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("library", ["tensorrt", "tensorrt_rtx"])
 def test_trt_runner_matches_ort_cpu_and_caches(tmp_path, library) -> None:  # pragma: no cover
-    reason = trt.availability(library)
+    reason = trt.unavailable_reason(library)
     if reason:
         pytest.skip(reason)
     import onnx
@@ -745,7 +747,7 @@ def test_runner_build_caches_without_a_gpu(exported, tmp_path) -> None:
     assert not other.cache_hit and other.engine_path != runner.engine_path
     assert len(list(cache.glob("*.engine"))) == 2
     # Running it needs a GPU: unavailable here, with the reason.
-    if trt.availability("tensorrt_rtx") is not None:
+    if trt.unavailable_reason("tensorrt_rtx") is not None:
         with pytest.raises(EngineUnavailableError, match="trt-rtx: "):
             TrtRunner(exported["fp32"], library="tensorrt_rtx", cache=cache).activate()
 
@@ -847,7 +849,7 @@ def test_library_names_and_reasons(monkeypatch) -> None:
     assert trt.library_reason("tensorrt_rtx") == (
         "trt-rtx: tensorrt_rtx not installed: pip install birnn-export[tensorrt-rtx]"
     )
-    assert trt.availability("tensorrt_rtx") == trt.library_reason("tensorrt_rtx")
+    assert trt.unavailable_reason("tensorrt_rtx") == trt.library_reason("tensorrt_rtx")
     with pytest.raises(BiRNNExportError, match="library"):
         TrtRunner("m.onnx", library="tensorrt_llm")
     assert trt.LIBRARIES == {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
@@ -876,12 +878,15 @@ def test_rtx_availability_needs_an_rtx_class_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    reason = trt.availability("tensorrt_rtx")
+    reason = trt.unavailable_reason("tensorrt_rtx")
     assert reason.startswith("trt-rtx: NVIDIA H200 has compute capability 9.0;")
     assert "7.5, 8.0, 8.6, 8.9, 12.0, 12.1" in reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
-    assert trt.availability("tensorrt_rtx") is None
-    assert trt.availability("tensorrt_rtx", device=1) == "trt-rtx: no CUDA device 1 (torch sees 1)"
+    assert trt.unavailable_reason("tensorrt_rtx") is None
+    assert (
+        trt.unavailable_reason("tensorrt_rtx", device=1)
+        == "trt-rtx: no CUDA device 1 (torch sees 1)"
+    )
     assert list(trt.compute_capabilities(module)) == [
         (7, 5),
         (8, 0),

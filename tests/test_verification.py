@@ -590,7 +590,7 @@ def test_tensorrt_engines_get_a_profile_covering_every_run(
         built.update(batch=profile_batch, seq=profile_seq)
         return ProfileBoundRunner(onnx_path, profile_batch, profile_seq)
 
-    monkeypatch.setattr(runners, "availability", lambda engine: None)
+    monkeypatch.setattr(runners, "unavailable_reason", lambda engine: None)
     monkeypatch.setattr(runners, "make_runner", make_runner)
     report = verify(
         fused_path,
@@ -627,9 +627,9 @@ def test_unavailable_engine_says_why(lstm: BiRNN, fused_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_ort_cuda_matches_with_gpu_tolerance(lstm: BiRNN, fused_path: Path) -> None:
-    from birnn_export.runners import availability
+    from birnn_export.runners import unavailable_reason
 
-    reason = availability("ort-cuda")
+    reason = unavailable_reason("ort-cuda")
     if reason:
         pytest.skip(reason)
     report = verify(fused_path, lstm, engines=("ort-cuda",), **sweep(fused_path))
@@ -769,7 +769,7 @@ def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
     from birnn_export.export import export_onnx
     from birnn_export.verification import verify
 
-    reason = trt.availability("tensorrt_rtx")
+    reason = trt.unavailable_reason("tensorrt_rtx")
     if reason is None:  # pragma: no cover - an RTX-class GPU is here
         pytest.skip("trt-rtx can run here")
     layer = _torch.nn.GRU(3, 4, batch_first=True, bidirectional=True).eval()
