@@ -3,10 +3,9 @@ works around and keeps the graph's results the same."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from birnn_export.spec import GraphSpec
+from birnn_export.spec import GraphSpec, all_nodes
 
 #: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one).
 _FILL = {"lengths": 1, "tokens": 0, "features": 0.0}
@@ -29,7 +28,7 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     if not batched:
         return False
     elem = {v.name: v.type.tensor_type.elem_type for v in graph.input}
-    taken = {n.name for n in _all_nodes(graph)} | {o for n in _all_nodes(graph) for o in n.output}
+    taken = {n.name for n in all_nodes(graph)} | {o for n in all_nodes(graph) for o in n.output}
     taken |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
 
     def fresh(base: str) -> str:
@@ -88,7 +87,7 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
         if tensor is None:
             continue
         inner = fresh(f"{output.name}/rows")
-        for existing in _all_nodes(graph):
+        for existing in all_nodes(graph):
             for field in (existing.output, existing.input):
                 for i, name in enumerate(field):
                     if name == output.name:
@@ -111,14 +110,3 @@ def _int64(values: list[int]) -> Any:
     import numpy as np
 
     return np.asarray(values, dtype=np.int64)
-
-
-def _all_nodes(graph: Any) -> Iterator[Any]:
-    """Every node of ``graph`` and of the subgraphs in its nodes' attributes."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)

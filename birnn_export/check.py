@@ -173,9 +173,7 @@ class CheckReport:
         if not self.ok:
             from birnn_export.errors import CompatibilityError
 
-            raise CompatibilityError(
-                f"{self.source}: not compatible with {self.target}: {len(self.errors)} error(s)"
-            )
+            raise CompatibilityError(self.summary())
 
     def to_dict(self) -> dict[str, Any]:
         return {

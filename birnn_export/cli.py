@@ -135,7 +135,8 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options verify and bench share, in one form: engines, shapes and tolerances."""
+    """The options verify and bench share, in one form: engines, shapes, tolerances, the seed
+    and the memory budget."""
     options = [
         click.option(
             "--engines",
@@ -170,6 +171,22 @@ def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
             multiple=True,
             metavar="VALUE|NAME:VALUE",
             help="Relative tolerance, like --atol (either selects fixed tolerances).",
+        ),
+        click.option(
+            "--seed",
+            type=click.IntRange(0, 2**32 - 1),
+            default=0,
+            show_default=True,
+            help="Seed of the random inputs.",
+        ),
+        click.option(
+            "--memory-budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            metavar="GIB",
+            help="GiB the largest tensor of one case may take in float64: larger explicit "
+            "shapes are refused (verify skips its default cases over it).",
         ),
     ]
     for option in reversed(options):
@@ -548,25 +565,9 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     "form). Required unless --load-outputs gives the reference outputs.",
 )
 @click.option(
-    "--seed",
-    type=click.IntRange(0, 2**32 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of the first case's inputs.",
-)
-@click.option(
     "--fp64-reference",
     is_flag=True,
     help="With --atol/--rtol: run the reference in float64 (the default criterion always does).",
-)
-@click.option(
-    "--memory-budget",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    metavar="GIB",
-    help="GiB the largest tensor of one case may take in float64: default cases over it are "
-    "skipped, explicit --batch/--seq over it refused.",
 )
 @click.option(
     "--no-layers",
@@ -721,21 +722,6 @@ def verify_command(
     help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs it) or "
     "sleep (off). Engines are timed each in its own block either way.",
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**32 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of the random inputs.",
-)
-@click.option(
-    "--memory-budget",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    metavar="GIB",
-    help="GiB the largest tensor of one shape may take in float64; larger shapes are refused.",
-)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot.")
@@ -869,7 +855,8 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
     report = check_compatibility(onnx_path, target=target, tensorrt=tensorrt)
     for line in report.lines():
         click.echo(line)
-    click.echo(report.summary())
+    if report.ok:  # else the summary is the error's one line
+        click.echo(report.summary())
     if json_path is not None:
         write_atomic(json_path, report.to_json() + "\n")
     report.raise_for_failure()

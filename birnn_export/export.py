@@ -61,6 +61,7 @@ from birnn_export.spec import (
     GraphSpec,
     InputDecl,
     TensorSpec,
+    all_nodes,
     check_range,
     dim_sources,
     load_onnx,
@@ -717,9 +718,9 @@ def sink_batch_transposes(proto: Any) -> int:
             matrices.add(node.output[0])
     producers = {out: node for node in graph.node for out in node.output}
     # Every reader of a tensor, subgraphs (If/Loop/Scan bodies) and graph outputs included.
-    readers = collections.Counter(name for node in _all_nodes(graph) for name in node.input)
+    readers = collections.Counter(name for node in all_nodes(graph) for name in node.input)
     readers.update(o.name for o in graph.output)
-    taken = {n.name for n in _all_nodes(graph)} | {o for n in _all_nodes(graph) for o in n.output}
+    taken = {n.name for n in all_nodes(graph)} | {o for n in all_nodes(graph) for o in n.output}
 
     def fresh(base: str) -> str:
         name, i = base, 1
@@ -769,17 +770,6 @@ def sink_batch_transposes(proto: Any) -> int:
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
     return len(touched)
-
-
-def _all_nodes(graph: Any) -> Iterator[Any]:
-    """Every node of ``graph`` and of the subgraphs in its nodes' attributes."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)
 
 
 def _set_metadata(proto: Any, spec: GraphSpec) -> None:

@@ -18,7 +18,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -286,6 +286,18 @@ def _whole(value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     raise TypeError(value)
+
+
+def all_nodes(graph: Any) -> Iterator[Any]:
+    """Every node of an ONNX ``graph`` and of the subgraphs in its nodes' attributes (the bodies
+    of If, Loop and Scan)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from all_nodes(sub)
 
 
 def covering_range(declared: tuple[int, int, int], sizes: Any) -> tuple[int, int, int]:
