@@ -40,7 +40,7 @@ _LAZY = {
     "save_checkpoint": "birnn_export.checkpoint",
     "LoadedModel": "birnn_export.checkpoint",
     "export_onnx": "birnn_export.export",
-    "describe_onnx": "birnn_export.export",
+    "describe_onnx": "birnn_export.describe",
     "export_model": "birnn_export.pipeline",
     "ExportReport": "birnn_export.pipeline",
     "ExportResult": "birnn_export.export",
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from birnn_export.checkpoint import LoadedModel, load_model, save_checkpoint
     from birnn_export.conversion import conversion_report, convert, find_recurrent_layers
     from birnn_export.crf import CRFDecoder
+    from birnn_export.describe import describe_onnx
     from birnn_export.errors import (
         BiRNNExportError,
         CompatibilityError,
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
         ModelLoadError,
         VerificationError,
     )
-    from birnn_export.export import ExportResult, describe_onnx, export_onnx
+    from birnn_export.export import ExportResult, export_onnx
     from birnn_export.models import SequenceTagger, TaggerConfig
     from birnn_export.modules import BiRNN, padding_mask, reverse_padded
     from birnn_export.pipeline import ExportReport, export_model

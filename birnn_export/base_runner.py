@@ -10,10 +10,22 @@ below this module, so imports run one way.
 from __future__ import annotations
 
 import abc
+import os
 import time
 from collections.abc import Mapping
 
 import numpy as np
+
+#: The environment variable that forbids TF32 in cuBLAS, cuDNN and TensorRT.
+TF32_ENV = "NVIDIA_TF32_OVERRIDE"
+
+
+def forbid_tf32() -> None:
+    """Compare fp32 strictly on a GPU: set ``NVIDIA_TF32_OVERRIDE=0`` unless it is set. cuBLAS,
+    cuDNN and TensorRT read it when they load, so before any GPU work; it is the only switch
+    that reaches ONNX Runtime's cuDNN recurrent kernels (its ``use_tf32`` option does not).
+    :func:`~birnn_export.verify`, :func:`~birnn_export.benchmark` and the command call it."""
+    os.environ.setdefault(TF32_ENV, "0")
 
 
 class BaseRunner(abc.ABC):

@@ -336,6 +336,9 @@ def benchmark(
         >>> report.result("ort-cpu", 32, 100).speedup_vs_torch  # doctest: +SKIP
         2.4
     """
+    from birnn_export.base_runner import forbid_tf32
+
+    forbid_tf32()
     import torch
 
     from birnn_export import runners

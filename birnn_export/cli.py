@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -298,10 +297,6 @@ def load_for_cli(path: Path, **options: Any) -> Any:
     return load_model(path, **options)
 
 
-#: The environment variable that forbids TF32 in cuBLAS, cuDNN and TensorRT.
-TF32_ENV = "NVIDIA_TF32_OVERRIDE"
-
-
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="birnn-export")
 def main() -> None:
@@ -317,9 +312,9 @@ def main() -> None:
     fp32 on a GPU is compared strictly: NVIDIA_TF32_OVERRIDE=0 is set (unless already set) so
     cuDNN and TensorRT do not use TF32.
     """
-    # Read by cuBLAS, cuDNN and TensorRT when they load, i.e. before any GPU work, and the only
-    # switch that reaches ONNX Runtime's cuDNN recurrent kernels (use_tf32 does not).
-    os.environ.setdefault(TF32_ENV, "0")
+    from birnn_export.base_runner import forbid_tf32
+
+    forbid_tf32()
 
 
 # --- export (the default command) --------------------------------------------------------
@@ -466,29 +461,6 @@ def export_command(
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
 
 
-def _parse_spec(data: dict[str, Any], path: Path) -> Any:
-    """The recorded spec as a :class:`~birnn_export.spec.GraphSpec` (checks its ranges)."""
-    from birnn_export.errors import BiRNNExportError
-    from birnn_export.spec import GraphSpec
-
-    try:
-        return GraphSpec.from_json(json.dumps(data))
-    except BiRNNExportError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        raise UserError(
-            f"{path}: unreadable birnn_export.spec metadata ({exc}); re-export the model"
-        ) from None
-
-
-def _triple(values: tuple[int, int, int]) -> str:
-    return ",".join(map(str, values))
-
-
-def _dims(dims: list[Any]) -> str:
-    return "[" + ", ".join(str(d) for d in dims) + "]"
-
-
 # --- inspect -----------------------------------------------------------------------------
 
 
@@ -498,55 +470,15 @@ def _dims(dims: list[Any]) -> str:
 @user_errors
 def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
-    from birnn_export.export import describe_onnx
+    from birnn_export.describe import describe_lines, describe_onnx
 
     check_output_path("--json", json_path)
     refuse_same_files(**{"MODEL.onnx": onnx_path, "--json": json_path})
     info = describe_onnx(onnx_path)
-    spec = info["metadata"].get("birnn_export.spec")
-    if spec is not None and not isinstance(spec, dict):
-        raise UserError(
-            f"{onnx_path}: unreadable birnn_export.spec metadata (not a JSON object); re-export "
-            "the model"
-        )
-    parsed = _parse_spec(spec, onnx_path) if isinstance(spec, dict) else None
+    lines = describe_lines(info)  # raises on unreadable metadata, before anything is written
     if json_path is not None:
         write_atomic(json_path, json.dumps(info, indent=2, default=str))
-    click.echo(f"{info['path']}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})")
-    click.echo(f"opsets: {info['opsets']}")
-    for kind in ("inputs", "outputs"):
-        click.echo(f"{kind}:")
-        for value in info[kind]:
-            click.echo(f"  {value['name']:<12} {value['dtype']:<8} {_dims(value['dims'])}")
-    click.echo("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
-    if info["recurrent_nodes"]:
-        click.echo("recurrent nodes:")
-        for node in info["recurrent_nodes"]:
-            attrs = ", ".join(f"{k}={v}" for k, v in sorted(node["attributes"].items()))
-            click.echo(f"  {node['op']:<15} {node['name']}: {attrs}")
-    if isinstance(spec, dict):
-        click.echo("recorded by birnn-export:")
-        for value in spec["inputs"]:
-            valid = f", values {value['low']}..{value['high']}" if value["low"] is not None else ""
-            click.echo(f"  input {value['name']}: {value['role']}{valid}")
-        click.echo(
-            f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
-            f"{spec['padding_value']}, tool {spec['tool_version']}"
-        )
-        recorded = "batch_range" in spec and "seq_range" in spec
-        declared = "" if recorded else " (not all recorded in this file: defaults filled in)"
-        ranges = ", ".join(f"{name} {_triple(r)}" for name, r in parsed.ranges().items())
-        click.echo(
-            f"  serving ranges (min,opt,max): {ranges}{declared}: the default TensorRT profile; "
-            f"batch dim {parsed.batch_dim!r}, time dim {parsed.time_dim!r}"
-        )
-        if spec.get("source_sha256"):
-            click.echo(f"  source sha256 {spec['source_sha256']}")
-        if spec.get("config"):
-            click.echo(f"  config {json.dumps(spec['config'])}")
-    others = {k: v for k, v in info["metadata"].items() if k != "birnn_export.spec"}
-    for key, value in others.items():
-        click.echo(f"  {key}: {value}")
+    click.echo("\n".join(lines))
 
 
 # --- verify (issue 4) --------------------------------------------------------------------

@@ -132,7 +132,8 @@ def export_model(
     """
     from birnn_export.check import check_compatibility
     from birnn_export.checkpoint import load_model
-    from birnn_export.export import describe_onnx, export_onnx
+    from birnn_export.describe import describe_onnx
+    from birnn_export.export import export_onnx
 
     start = time.perf_counter()
     model_path = Path(model_path)

@@ -1171,6 +1171,9 @@ def verify(
         >>> report = verify("tagger.onnx", loaded, batch_sizes=(1, 4))  # doctest: +SKIP
         >>> report.raise_for_failure()  # doctest: +SKIP
     """
+    from birnn_export.base_runner import forbid_tf32
+
+    forbid_tf32()
     start = time.perf_counter()
     onnx_path = str(onnx_path)
     if not Path(onnx_path).is_file():

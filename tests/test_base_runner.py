@@ -76,3 +76,16 @@ def test_no_import_cycles() -> None:
 
     for name in sorted(graph):
         visit(name)
+
+
+def test_forbid_tf32_sets_the_switch_unless_the_user_did(monkeypatch) -> None:
+    from birnn_export.base_runner import TF32_ENV, forbid_tf32
+
+    monkeypatch.delenv(TF32_ENV, raising=False)
+    forbid_tf32()
+    import os
+
+    assert os.environ[TF32_ENV] == "0"
+    monkeypatch.setenv(TF32_ENV, "1")
+    forbid_tf32()
+    assert os.environ[TF32_ENV] == "1"

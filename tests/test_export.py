@@ -18,8 +18,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import export as export_module
 from birnn_export.cli import main
+from birnn_export.describe import describe_onnx
 from birnn_export.errors import ExportError, VerificationError
-from birnn_export.export import check_graph, describe_onnx, export_onnx
+from birnn_export.export import check_graph, export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.runners import OrtRunner

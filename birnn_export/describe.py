@@ -1,0 +1,153 @@
+"""What is in an exported graph: :func:`describe_onnx` (a JSON-ready dict, ``inspect --json``)
+and :func:`describe_lines` (the ``inspect`` command's text)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from birnn_export.crf import is_viterbi_scan
+from birnn_export.errors import BiRNNExportError
+from birnn_export.export import _ONNX_DTYPES, _dims_of, _file_size
+from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx
+
+
+def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``birnn-export inspect`` shows: I/O with dims, op histogram, recurrent nodes (and a
+    CRF's Viterbi Scans), metadata; :func:`describe_lines` renders it.
+
+    Raises:
+        ExportError: the file is missing or not an ONNX model.
+    """
+    from onnx import helper
+
+    path = Path(path)
+    proto = load_onnx(path)
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "dtype": _ONNX_DTYPES.get(v.type.tensor_type.elem_type, "other"),
+                "dims": list(_dims_of(v)),
+            }
+            for v in values
+        ]
+
+    recurrent = []
+    for node in proto.graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence") or is_viterbi_scan(node):
+            attrs = {
+                a.name: helper.get_attribute_value(a)
+                for a in node.attribute
+                if not a.HasField("g")  # a Scan's body: its node name says what it is
+            }
+            attrs = {
+                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                for k, v in attrs.items()
+            }
+            attrs = {
+                k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+                if isinstance(v, list)
+                else v
+                for k, v in attrs.items()
+            }
+            recurrent.append(
+                {
+                    "name": node.name,
+                    "op": node.op_type,
+                    "attributes": attrs,
+                    "inputs": list(node.input),
+                }
+            )
+    metadata: dict[str, Any] = {}
+    for prop in proto.metadata_props:
+        try:
+            metadata[prop.key] = json.loads(prop.value) if prop.key == METADATA_KEY else prop.value
+        except (json.JSONDecodeError, RecursionError):
+            metadata[prop.key] = prop.value[:200]
+    initializers = {i.name for i in proto.graph.initializer}
+    return {
+        "path": str(path),
+        "file_size": _file_size(path),
+        "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "inputs": io([i for i in proto.graph.input if i.name not in initializers]),
+        "outputs": io(proto.graph.output),
+        "op_counts": dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items())),
+        "recurrent_nodes": recurrent,
+        "metadata": metadata,
+    }
+
+
+def describe_lines(info: dict[str, Any]) -> list[str]:
+    """:func:`describe_onnx`'s dict as the ``inspect`` command prints it.
+
+    Raises:
+        BiRNNExportError: the file's birnn-export metadata is unreadable (re-export it).
+    """
+    path = info["path"]
+    spec = info["metadata"].get(METADATA_KEY)
+    parsed = None
+    if spec is not None:
+        try:
+            if not isinstance(spec, dict):
+                raise ValueError("not a JSON object")
+            parsed = GraphSpec.from_json(json.dumps(spec))
+        except BiRNNExportError as exc:
+            raise BiRNNExportError(f"{path}: {exc}") from None
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise BiRNNExportError(
+                f"{path}: unreadable {METADATA_KEY} metadata ({exc}); re-export the model"
+            ) from None
+    out = [f"{path}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})"]
+    out.append(f"opsets: {info['opsets']}")
+    for kind in ("inputs", "outputs"):
+        out.append(f"{kind}:")
+        for value in info[kind]:
+            dims = "[" + ", ".join(str(d) for d in value["dims"]) + "]"
+            out.append(f"  {value['name']:<12} {value['dtype']:<8} {dims}")
+    out.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
+    if info["recurrent_nodes"]:
+        out.append("recurrent nodes:")
+        for node in info["recurrent_nodes"]:
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(node["attributes"].items()))
+            out.append(f"  {node['op']:<15} {node['name']}: {attrs}")
+    if parsed is not None:
+        out += _recorded(spec, parsed)
+    others = {k: v for k, v in info["metadata"].items() if k != METADATA_KEY}
+    out += [f"  {key}: {value}" for key, value in others.items()]
+    return out
+
+
+def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
+    out = ["recorded by birnn-export:"]
+    for value in spec["inputs"]:
+        valid = f", values {value['low']}..{value['high']}" if value["low"] is not None else ""
+        out.append(f"  input {value['name']}: {value['role']}{valid}")
+    if parsed.token_padding is not None:
+        out.append(f"  token rows are padded with id {parsed.token_padding} (no lengths input)")
+    out += [
+        f"  output {t.name}: CRF tags, -1 past each row's length"
+        for t in parsed.outputs
+        if t.role == "tags"
+    ]
+    out.append(
+        f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
+        f"{spec['padding_value']}, tool {spec['tool_version']}"
+    )
+    recorded = "batch_range" in spec and "seq_range" in spec
+    declared = "" if recorded else " (not all recorded in this file: defaults filled in)"
+    ranges = ", ".join(f"{name} {','.join(map(str, r))}" for name, r in parsed.ranges().items())
+    out.append(
+        f"  serving ranges (min,opt,max): {ranges}{declared}: the default TensorRT profile; "
+        f"batch dim {parsed.batch_dim!r}, time dim {parsed.time_dim!r}"
+    )
+    if spec.get("source_sha256"):
+        out.append(f"  source sha256 {spec['source_sha256']}")
+    if spec.get("config"):
+        out.append(f"  config {json.dumps(spec['config'])}")
+    return out

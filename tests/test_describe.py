@@ -1,0 +1,43 @@
+"""birnn_export.describe: what inspect shows, as data and as text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from birnn_export.describe import describe_lines, describe_onnx
+from birnn_export.errors import BiRNNExportError
+from birnn_export.pipeline import export_model
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+@pytest.fixture(scope="module")
+def crf_graph(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("describe") / "crf.onnx"
+    export_model(SAMPLES / "bilstm_crf_tagger.pt", path, verify=False)
+    return path
+
+
+def test_crf_graph_lists_its_scans_and_padding(crf_graph: Path) -> None:
+    info = describe_onnx(crf_graph)
+    scans = [n for n in info["recurrent_nodes"] if n["op"] == "Scan"]
+    assert [n["name"] for n in scans] == ["crf/viterbi/forward", "crf/viterbi/backtrace"]
+    assert all("body" not in n["attributes"] for n in scans)  # JSON-ready
+    lines = describe_lines(info)
+    assert lines[0].startswith(str(crf_graph)) and "  tags         int64    [batch, seq]" in lines
+    assert "  token rows are padded with id 0 (no lengths input)" in lines
+    assert "  output tags: CRF tags, -1 past each row's length" in lines
+
+
+def test_unreadable_metadata_is_one_error(crf_graph: Path, tmp_path: Path) -> None:
+    proto = onnx.load(crf_graph)
+    for prop in proto.metadata_props:
+        if prop.key == "birnn_export.spec":
+            prop.value = "[1, 2]"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, broken)
+    with pytest.raises(BiRNNExportError, match=r"unreadable birnn_export\.spec metadata"):
+        describe_lines(describe_onnx(broken))
