@@ -49,11 +49,28 @@ from birnn_export._files import check_output_path
 from birnn_export._layers import (
     GraphLayers,
     LayersUnavailable,
-    ReferenceLayers,
     graph_layers,
+    one_line,
+)
+from birnn_export._references import (
+    GOLDEN_EAGER,
+    GOLDEN_REFERENCE,
+    References,
+    float64_fails,
+    reference_module,
+    resolve_models,
+    root_bidirectional_hidden,
 )
 from birnn_export._report import environment, json_safe
 from birnn_export._report import render_report as render_report
+from birnn_export._sweep import (
+    LARGE_SCALE,
+    Case,
+    case_feed,
+    fit_budget,
+    plan_cases,
+    row_feed,
+)
 from birnn_export.compare import (
     Check,
     Criterion,
@@ -75,17 +92,11 @@ from birnn_export.spec import (
     covering_range,
     default_tolerance,
     dim_size,
-    largest_tensor_bytes,
     load_onnx,
-    make_feed,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Batch sizes of the default sweep.
-DEFAULT_BATCH_SIZES = (1, 3, 16)
-#: Scale of the large-magnitude feature case (N(0, 1) times this).
-LARGE_SCALE = 10.0
 #: The default memory budget: the largest tensor one case may allocate (bytes, float64).
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
@@ -247,158 +258,6 @@ class VerifyReport:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
-# -- the sweep -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Case:
-    """One input shape of the sweep; :func:`case_feed` turns it into arrays."""
-
-    batch: int
-    seq: int
-    lengths_mode: str
-    scale: float
-    seed: int
-
-
-def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
-    """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}, each
-    kept within the declared range of the time dim."""
-    return tuple(
-        sorted({_within(spec, t) for t in (1, 2, spec.example_seq, 4 * spec.example_seq)})
-        | {spec.seq_range[2]}
-    )
-
-
-def _within(spec: GraphSpec, steps: int) -> int:
-    low, _, high = spec.seq_range
-    return min(max(steps, low), high)
-
-
-def plan_cases(
-    spec: GraphSpec,
-    *,
-    batch_sizes: Sequence[int] | None = None,
-    seq_lens: Sequence[int] | None = None,
-    seed: int = 0,
-    large_scale: float | None = LARGE_SCALE,
-) -> list[Case]:
-    """The sweep.
-
-    Given ``batch_sizes`` or ``seq_lens``: every batch size x length, each with ragged and
-    equal lengths (when the graph takes lengths) and a large-magnitude ragged case (when it
-    takes float features). By default a covering set of those shapes instead, so the cost
-    grows with the model and not with a product: batch sizes {1, 3, 16} and lengths {1, 2,
-    T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
-    and equal lengths and the large scale each appear at several shapes, and the longest length
-    runs at batch 3 (its rows alone at batch 1).
-    """
-    ragged = spec.lengths_input is not None or spec.token_padding is not None
-    modes = ("ragged", "equal") if ragged else ("full",)
-    floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
-    large = float(large_scale) if floats and large_scale else None
-    if batch_sizes is None and seq_lens is None:
-        return _default_cases(spec, modes, large, seed)
-    batches = _check_sizes(
-        "batch_sizes", DEFAULT_BATCH_SIZES if batch_sizes is None else batch_sizes
-    )
-    seqs = _check_sizes("seq_lens", default_seq_lens(spec) if seq_lens is None else seq_lens)
-    cases = []
-    for batch in batches:
-        for seq in seqs:
-            variants = [(mode, 1.0) for mode in modes]
-            if large:
-                variants.append((modes[0], large))
-            for mode, scale in variants:
-                cases.append(Case(batch, seq, mode, scale, seed + len(cases)))
-    return cases
-
-
-def _default_cases(
-    spec: GraphSpec, modes: Sequence[str], large: float | None, seed: int
-) -> list[Case]:
-    t0, longest = spec.example_seq, spec.seq_range[2]
-    ragged, equal = modes[0], modes[-1]
-    shapes: list[tuple[int, int, str, float]] = [
-        (1, 1, ragged, 1.0),
-        (3, 2, ragged, 1.0),
-        (1, t0, ragged, 1.0),
-        (3, t0, ragged, 1.0),
-        (3, t0, equal, 1.0),
-        (16, t0, ragged, 1.0),
-        (3, 4 * t0, ragged, 1.0),
-        (16, 4 * t0, equal, 1.0),
-        (3, longest, ragged, 1.0),
-    ]
-    if large:
-        shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
-    unique = list(dict.fromkeys((b, _within(spec, t), m, x) for b, t, m, x in shapes))
-    return [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
-
-
-def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
-    sizes = tuple(dict.fromkeys(values))
-    if not sizes or any(
-        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in sizes
-    ):
-        raise BiRNNExportError(f"{option}: expected positive integers, got {list(values)}")
-    return tuple(int(v) for v in sizes)
-
-
-def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:
-    """The inputs of ``case``, reproducible from its seed."""
-    return make_feed(
-        spec, case.batch, case.seq, seed=case.seed, lengths=case.lengths_mode, scale=case.scale
-    )
-
-
-def row_feed(
-    spec: GraphSpec, feed: Mapping[str, np.ndarray], row: int, length: int
-) -> dict[str, np.ndarray]:
-    """Row ``row`` of ``feed`` alone (batch 1), cut to ``length`` time steps."""
-    single = {}
-    for tensor in spec.inputs:
-        value = feed[tensor.name]
-        if tensor.batch_axis is not None:
-            value = np.take(value, [row], axis=tensor.batch_axis)
-        if tensor.time_axis is not None:
-            value = np.take(value, np.arange(length), axis=tensor.time_axis)
-        if tensor.role == "lengths":
-            value = np.full_like(value, length)
-        single[tensor.name] = np.ascontiguousarray(value)
-    return single
-
-
-# -- memory ----------------------------------------------------------------------------------
-
-
-def _fit_budget(
-    cases: list[Case], proto: Any, spec: GraphSpec, budget: int, explicit: bool
-) -> tuple[list[Case], list[str]]:
-    """Drop (default sweep) or refuse (explicit sizes) cases whose largest tensor exceeds the
-    memory budget."""
-    kept, notes = [], []
-    for case in cases:
-        need = largest_tensor_bytes(proto, spec, case.batch, case.seq)
-        if need <= budget:
-            kept.append(case)
-            continue
-        text = (
-            f"batch {case.batch}, seq {case.seq}: its largest tensor would take "
-            f"{need / 2**30:.2f} GiB in float64, over the memory budget of "
-            f"{budget / 2**30:.2f} GiB"
-        )
-        if explicit:
-            raise BiRNNExportError(f"{text}; choose smaller --batch/--seq or raise --memory-budget")
-        notes.append(f"skipped {text} (raise --memory-budget to run it)")
-    if not kept:
-        raise BiRNNExportError(
-            "memory budget: no case of the sweep fits; raise --memory-budget or pass "
-            "smaller --batch/--seq"
-        )
-    return kept, list(dict.fromkeys(notes))
-
-
 # -- comparison ------------------------------------------------------------------------------
 
 
@@ -433,217 +292,6 @@ def _layer_checks(
             )
         )
     return checks
-
-
-# -- references ------------------------------------------------------------------------------
-
-
-#: Runner names of saved golden outputs (Polygraphy RunResults).
-GOLDEN_REFERENCE = "reference-float64"
-GOLDEN_EAGER = "eager"
-
-
-@dataclass
-class _Side:
-    """One reference model: its runner and, where layers are compared, their capture."""
-
-    runner: Any
-    layers: ReferenceLayers | None = None
-
-
-class _References:
-    """The reference (float64 by default) and eager PyTorch in the graph's precision, whose
-    error against the reference is the noise floor."""
-
-    def __init__(
-        self, module: Any, spec: GraphSpec, *, ref_dtype: str, eager_dtype: str | None
-    ) -> None:
-        self.spec = spec
-        self.sides = {
-            key: _side(module, spec, dtype)
-            for key, dtype in (("reference", ref_dtype), ("eager", eager_dtype))
-            if dtype is not None
-        }
-        self.layer_reason: str | None = None
-        self.checked_determinism = False
-
-    def attach_layers(self, paths: Sequence[str]) -> None:
-        for side in self.sides.values():
-            side.layers = ReferenceLayers(side.runner.model, paths)
-
-    def __enter__(self) -> _References:
-        for side in self.sides.values():
-            side.runner.activate()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for side in self.sides.values():
-            side.runner.deactivate()
-            if side.layers is not None:
-                side.layers.close()
-
-    def reference_only(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The reference's outputs on ``feed`` (its layers are not captured)."""
-        side = self.sides["reference"]
-        if side.layers is not None:
-            side.layers.clear()
-        try:
-            return side.runner.infer(feed)
-        finally:
-            if side.layers is not None:
-                side.layers.clear()
-
-    def run(self, feed: Mapping[str, np.ndarray], case: Case) -> dict[str, Any]:
-        """Outputs (and layers) of every side: ``{"reference": ..., "eager": ...,
-        "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...}``."""
-        out: dict[str, Any] = {}
-        for key, side in self.sides.items():
-            if side.layers is not None:
-                side.layers.clear()
-            try:
-                out[key] = side.runner.infer(feed)
-            except Exception as exc:  # the user's model: any failure means it does not fit
-                raise BiRNNExportError(
-                    f"the reference model failed on the graph's inputs (batch {case.batch}, seq "
-                    f"{case.seq}): {_one_line(exc)}; is it the model this graph was exported "
-                    "from?"
-                ) from None
-            if side.layers is not None and self.layer_reason is None:
-                try:
-                    out[f"{key}_layers"], out["layer_lengths"] = side.layers.layers()
-                except LayersUnavailable as exc:
-                    self.layer_reason = str(exc)
-        if not self.checked_determinism:
-            self.checked_determinism = True
-            self._check_determinism(feed, out["reference"])
-        return out
-
-    def _check_determinism(
-        self, feed: Mapping[str, np.ndarray], first: Mapping[str, np.ndarray]
-    ) -> None:
-        """The reference must give the same outputs twice: a model with random operations in
-        eval mode has no fixed answer to compare an engine with (and its large "noise" would
-        let anything pass)."""
-        again = self.reference_only(feed)
-        for name, value in first.items():
-            if not np.array_equal(np.asarray(value), np.asarray(again[name]), equal_nan=True):
-                worst = float(np.max(np.abs(np.asarray(value) - np.asarray(again[name]))))
-                raise BiRNNExportError(
-                    f"the model's output {name!r} differs between two runs on the same inputs "
-                    f"(by {worst:.3g}): it is not deterministic in eval mode (random operations, "
-                    "or dropout left on?), so no engine can be judged against it"
-                )
-
-
-def _side(module: Any, spec: GraphSpec, dtype: str) -> _Side:
-    import torch
-
-    from birnn_export.runners import TorchRunner
-
-    copied = copy.deepcopy(module).eval().to(getattr(torch, dtype))
-    runner = TorchRunner(
-        copied, [t.name for t in spec.inputs], [t.name for t in spec.outputs], dtype=dtype
-    )
-    return _Side(runner)
-
-
-def _reference_module(reference: Any, spec: GraphSpec) -> tuple[Any, dict[str, str]]:
-    """The module to run as reference, and how the graph's layer paths map into it: a bare
-    ``nn.RNN/LSTM/GRU`` is wrapped to run on ``pack_padded_sequence`` input (torch's own
-    reference for a graph that takes lengths)."""
-    from torch import nn
-
-    paths = {
-        str(layer.get("path", "")): str(layer.get("path", "")) for layer in spec.recurrent_layers
-    }
-    if isinstance(reference, nn.RNNBase) and spec.lengths_input is not None:
-        return _packed_reference(reference, spec.padding_value), {p: "layer" for p in paths}
-    return reference, paths
-
-
-def _float64_fails(module: Any, spec: GraphSpec) -> str | None:
-    """Why ``module`` cannot run in float64 on the graph's inputs (``None`` if it can)."""
-    import torch
-
-    probe = make_feed(spec, 2, _within(spec, 3), seed=0)
-    try:
-        copied = copy.deepcopy(module).eval().to(torch.float64)
-        args = []
-        for tensor in spec.inputs:
-            value = torch.from_numpy(np.ascontiguousarray(probe[tensor.name]))
-            args.append(value.to(torch.float64) if value.is_floating_point() else value)
-        with torch.inference_mode():
-            copied(*args)
-    except Exception as exc:  # any failure: the model is not float64-clean
-        return _one_line(exc)
-    return None
-
-
-def _root_bidirectional_hidden(*modules: Any) -> int | None:
-    """``hidden_size`` if one of ``modules`` is itself a bidirectional recurrent layer."""
-    from torch import nn
-
-    from birnn_export.modules import BiRNN
-
-    for module in modules:
-        if isinstance(module, (BiRNN, nn.RNNBase)) and module.bidirectional:
-            return int(module.hidden_size)
-    return None
-
-
-def _packed_reference(layer: Any, padding_value: float) -> Any:
-    """Wrap a bare ``nn.RNN/LSTM/GRU`` to run on ``pack_padded_sequence`` input: torch's own
-    reference for a graph that takes lengths."""
-    import torch
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    class PackedReference(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x: Any, lengths: Any) -> Any:
-            first = self.layer.batch_first
-            packed = pack_padded_sequence(
-                x, lengths.cpu().long(), batch_first=first, enforce_sorted=False
-            )
-            out, hidden = self.layer(packed)
-            out, _ = pad_packed_sequence(
-                out,
-                batch_first=first,
-                padding_value=padding_value,
-                total_length=x.shape[1 if first else 0],
-            )
-            return out, hidden
-
-    return PackedReference()
-
-
-def _resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | None]:
-    """(converted model, reference module, how the reference was chosen, source sha256)."""
-    sha = None
-    if hasattr(model, "model") and hasattr(model, "source"):  # a LoadedModel
-        sha = getattr(model, "sha256", None)
-        converted = model.model
-        if reference is None:
-            reference = getattr(model, "original", None) or converted
-    else:
-        converted = model
-        reference = model if reference is None else reference
-    return converted, reference, _describe_reference(reference, converted), sha
-
-
-def _describe_reference(reference: Any, converted: Any) -> str:
-    from torch import nn
-
-    from birnn_export.crf import is_torchcrf
-
-    crf = " and torchcrf's decode" if any(is_torchcrf(m) for m in reference.modules()) else ""
-    if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
-        return f"torch's built-in layers{crf} (the original model)"
-    if reference is converted:
-        return "the model (nothing needed conversion)"
-    return "the given reference model"
 
 
 # -- one case --------------------------------------------------------------------------------
@@ -696,7 +344,7 @@ def _run_case(
     try:
         actual = runner.infer(feed)
     except Exception as exc:  # an engine rejecting valid input is a verification failure
-        return CaseResult(**common, outputs=(), error=_one_line(exc))
+        return CaseResult(**common, outputs=(), error=one_line(exc))
     outputs = compare_outputs(
         spec, actual, expected, lengths, criteria, eager=eager, derived_lengths=derived_lengths
     )
@@ -732,7 +380,7 @@ def _run_case(
         except BiRNNExportError:
             raise
         except Exception as exc:
-            error = f"running single rows: {_one_line(exc)}"
+            error = f"running single rows: {one_line(exc)}"
     diagnosis = None
     if any(not o.passed for o in outputs):
         diagnosis = _diagnose(
@@ -924,12 +572,6 @@ def _batch_invariance(
                 )
         results.append(check)
     return results
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
@@ -1195,7 +837,7 @@ def verify(
             spec, batch_sizes=batch_sizes, seq_lens=seq_lens, seed=seed, large_scale=large_scale
         )
         explicit = batch_sizes is not None or seq_lens is not None
-        cases, skipped = _fit_budget(cases, proto, spec, memory_budget, explicit)
+        cases, skipped = fit_budget(cases, proto, spec, memory_budget, explicit)
         notes += skipped
         feeds = {}
     problems = tuple(_graph_problems(proto, spec))
@@ -1205,9 +847,9 @@ def verify(
     converted = ref_module = None
     sha = None
     if golden is None:
-        converted, ref_module, how, sha = _resolve_models(model, reference)
-        ref_module, layer_paths = _reference_module(ref_module, spec)
-        why_not64 = None if fixed and not fp64_reference else _float64_fails(ref_module, spec)
+        converted, ref_module, how, sha = resolve_models(model, reference)
+        ref_module, layer_paths = reference_module(ref_module, spec)
+        why_not64 = None if fixed and not fp64_reference else float64_fails(ref_module, spec)
         if why_not64 is not None:
             notes.append(
                 f"the model cannot run in float64 ({why_not64}): judged by fixed tolerances "
@@ -1246,7 +888,7 @@ def verify(
     if any(c is quantized for c in per_engine.values()):
         criterion_text += f"; {QuantizedCriterion().describe()}"
 
-    hidden = None if golden is not None else _root_bidirectional_hidden(converted, ref_module)
+    hidden = None if golden is not None else root_bidirectional_hidden(converted, ref_module)
     profile = trt_profile(
         cases, batch_invariance=batch_invariance, declared=(spec.batch_range, spec.seq_range)
     )
@@ -1257,7 +899,7 @@ def verify(
     lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
     references = None
     if golden is None:
-        references = _References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
+        references = References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
     layer_state = _layer_setup(proto, spec, references, layer_paths, layers and golden is None)
 
     results: list[CaseResult] = []
@@ -1445,7 +1087,7 @@ class _LayerState:
 def _layer_setup(
     proto: Any,
     spec: GraphSpec,
-    references: _References | None,
+    references: References | None,
     paths: Mapping[str, str],
     enabled: bool,
 ) -> _LayerState:
@@ -1473,7 +1115,7 @@ def _layer_setup(
 
 def _case_layers(
     state: _LayerState,
-    references: _References | None,
+    references: References | None,
     ran: Mapping[str, Any],
     feed: Mapping[str, np.ndarray],
 ) -> _Layers:

@@ -921,7 +921,7 @@ def test_model_that_cannot_run_in_float64_is_judged_in_float32(tmp_path: Path) -
 
 
 def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path: Path) -> None:
-    from birnn_export.verification import largest_tensor_bytes
+    from birnn_export.spec import largest_tensor_bytes
 
     proto = onnx.load(str(split_path))
     spec = GraphSpec.from_onnx(proto)

@@ -1,0 +1,235 @@
+"""What verification compares against: the reference model (float64 by default, torch's own
+layers on packed input for a bare layer) and eager PyTorch in the graph's precision (the noise
+floor), run side by side on every case."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from birnn_export._layers import (
+    LayersUnavailable,
+    ReferenceLayers,
+    one_line,
+)
+from birnn_export._report import render_report as render_report
+from birnn_export._sweep import Case, within
+from birnn_export.errors import BiRNNExportError
+from birnn_export.spec import (
+    GraphSpec,
+    make_feed,
+)
+
+# -- references ------------------------------------------------------------------------------
+
+
+#: Runner names of saved golden outputs (Polygraphy RunResults).
+GOLDEN_REFERENCE = "reference-float64"
+GOLDEN_EAGER = "eager"
+
+
+@dataclass
+class _Side:
+    """One reference model: its runner and, where layers are compared, their capture."""
+
+    runner: Any
+    layers: ReferenceLayers | None = None
+
+
+class References:
+    """The reference (float64 by default) and eager PyTorch in the graph's precision, whose
+    error against the reference is the noise floor."""
+
+    def __init__(
+        self, module: Any, spec: GraphSpec, *, ref_dtype: str, eager_dtype: str | None
+    ) -> None:
+        self.spec = spec
+        self.sides = {
+            key: _side(module, spec, dtype)
+            for key, dtype in (("reference", ref_dtype), ("eager", eager_dtype))
+            if dtype is not None
+        }
+        self.layer_reason: str | None = None
+        self.checked_determinism = False
+
+    def attach_layers(self, paths: Sequence[str]) -> None:
+        for side in self.sides.values():
+            side.layers = ReferenceLayers(side.runner.model, paths)
+
+    def __enter__(self) -> References:
+        for side in self.sides.values():
+            side.runner.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for side in self.sides.values():
+            side.runner.deactivate()
+            if side.layers is not None:
+                side.layers.close()
+
+    def reference_only(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The reference's outputs on ``feed`` (its layers are not captured)."""
+        side = self.sides["reference"]
+        if side.layers is not None:
+            side.layers.clear()
+        try:
+            return side.runner.infer(feed)
+        finally:
+            if side.layers is not None:
+                side.layers.clear()
+
+    def run(self, feed: Mapping[str, np.ndarray], case: Case) -> dict[str, Any]:
+        """Outputs (and layers) of every side: ``{"reference": ..., "eager": ...,
+        "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...}``."""
+        out: dict[str, Any] = {}
+        for key, side in self.sides.items():
+            if side.layers is not None:
+                side.layers.clear()
+            try:
+                out[key] = side.runner.infer(feed)
+            except Exception as exc:  # the user's model: any failure means it does not fit
+                raise BiRNNExportError(
+                    f"the reference model failed on the graph's inputs (batch {case.batch}, seq "
+                    f"{case.seq}): {one_line(exc)}; is it the model this graph was exported "
+                    "from?"
+                ) from None
+            if side.layers is not None and self.layer_reason is None:
+                try:
+                    out[f"{key}_layers"], out["layer_lengths"] = side.layers.layers()
+                except LayersUnavailable as exc:
+                    self.layer_reason = str(exc)
+        if not self.checked_determinism:
+            self.checked_determinism = True
+            self._check_determinism(feed, out["reference"])
+        return out
+
+    def _check_determinism(
+        self, feed: Mapping[str, np.ndarray], first: Mapping[str, np.ndarray]
+    ) -> None:
+        """The reference must give the same outputs twice: a model with random operations in
+        eval mode has no fixed answer to compare an engine with (and its large "noise" would
+        let anything pass)."""
+        again = self.reference_only(feed)
+        for name, value in first.items():
+            if not np.array_equal(np.asarray(value), np.asarray(again[name]), equal_nan=True):
+                worst = float(np.max(np.abs(np.asarray(value) - np.asarray(again[name]))))
+                raise BiRNNExportError(
+                    f"the model's output {name!r} differs between two runs on the same inputs "
+                    f"(by {worst:.3g}): it is not deterministic in eval mode (random operations, "
+                    "or dropout left on?), so no engine can be judged against it"
+                )
+
+
+def _side(module: Any, spec: GraphSpec, dtype: str) -> _Side:
+    import torch
+
+    from birnn_export.runners import TorchRunner
+
+    copied = copy.deepcopy(module).eval().to(getattr(torch, dtype))
+    runner = TorchRunner(
+        copied, [t.name for t in spec.inputs], [t.name for t in spec.outputs], dtype=dtype
+    )
+    return _Side(runner)
+
+
+def reference_module(reference: Any, spec: GraphSpec) -> tuple[Any, dict[str, str]]:
+    """The module to run as reference, and how the graph's layer paths map into it: a bare
+    ``nn.RNN/LSTM/GRU`` is wrapped to run on ``pack_padded_sequence`` input (torch's own
+    reference for a graph that takes lengths)."""
+    from torch import nn
+
+    paths = {
+        str(layer.get("path", "")): str(layer.get("path", "")) for layer in spec.recurrent_layers
+    }
+    if isinstance(reference, nn.RNNBase) and spec.lengths_input is not None:
+        return _packed_reference(reference, spec.padding_value), {p: "layer" for p in paths}
+    return reference, paths
+
+
+def float64_fails(module: Any, spec: GraphSpec) -> str | None:
+    """Why ``module`` cannot run in float64 on the graph's inputs (``None`` if it can)."""
+    import torch
+
+    probe = make_feed(spec, 2, within(spec, 3), seed=0)
+    try:
+        copied = copy.deepcopy(module).eval().to(torch.float64)
+        args = []
+        for tensor in spec.inputs:
+            value = torch.from_numpy(np.ascontiguousarray(probe[tensor.name]))
+            args.append(value.to(torch.float64) if value.is_floating_point() else value)
+        with torch.inference_mode():
+            copied(*args)
+    except Exception as exc:  # any failure: the model is not float64-clean
+        return one_line(exc)
+    return None
+
+
+def root_bidirectional_hidden(*modules: Any) -> int | None:
+    """``hidden_size`` if one of ``modules`` is itself a bidirectional recurrent layer."""
+    from torch import nn
+
+    from birnn_export.modules import BiRNN
+
+    for module in modules:
+        if isinstance(module, (BiRNN, nn.RNNBase)) and module.bidirectional:
+            return int(module.hidden_size)
+    return None
+
+
+def _packed_reference(layer: Any, padding_value: float) -> Any:
+    """Wrap a bare ``nn.RNN/LSTM/GRU`` to run on ``pack_padded_sequence`` input: torch's own
+    reference for a graph that takes lengths."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class PackedReference(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: Any, lengths: Any) -> Any:
+            first = self.layer.batch_first
+            packed = pack_padded_sequence(
+                x, lengths.cpu().long(), batch_first=first, enforce_sorted=False
+            )
+            out, hidden = self.layer(packed)
+            out, _ = pad_packed_sequence(
+                out,
+                batch_first=first,
+                padding_value=padding_value,
+                total_length=x.shape[1 if first else 0],
+            )
+            return out, hidden
+
+    return PackedReference()
+
+
+def resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | None]:
+    """(converted model, reference module, how the reference was chosen, source sha256)."""
+    sha = None
+    if hasattr(model, "model") and hasattr(model, "source"):  # a LoadedModel
+        sha = getattr(model, "sha256", None)
+        converted = model.model
+        if reference is None:
+            reference = getattr(model, "original", None) or converted
+    else:
+        converted = model
+        reference = model if reference is None else reference
+    return converted, reference, describe_reference(reference, converted), sha
+
+
+def describe_reference(reference: Any, converted: Any) -> str:
+    from torch import nn
+
+    from birnn_export.crf import is_torchcrf
+
+    crf = " and torchcrf's decode" if any(is_torchcrf(m) for m in reference.modules()) else ""
+    if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
+        return f"torch's built-in layers{crf} (the original model)"
+    if reference is converted:
+        return "the model (nothing needed conversion)"
+    return "the given reference model"

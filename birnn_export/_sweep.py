@@ -1,0 +1,175 @@
+"""Verification's sweep: which shapes and lengths it runs (:func:`plan_cases`), the inputs of
+each case (:func:`case_feed`, :func:`row_feed`) and the memory budget that bounds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from birnn_export._report import render_report as render_report
+from birnn_export.errors import BiRNNExportError
+from birnn_export.spec import (
+    GraphSpec,
+    largest_tensor_bytes,
+    make_feed,
+)
+
+#: Batch sizes of the default sweep.
+DEFAULT_BATCH_SIZES = (1, 3, 16)
+#: Scale of the large-magnitude feature case (N(0, 1) times this).
+LARGE_SCALE = 10.0
+
+
+# -- the sweep -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input shape of the sweep; :func:`case_feed` turns it into arrays."""
+
+    batch: int
+    seq: int
+    lengths_mode: str
+    scale: float
+    seed: int
+
+
+def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
+    """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}, each
+    kept within the declared range of the time dim."""
+    return tuple(
+        sorted({within(spec, t) for t in (1, 2, spec.example_seq, 4 * spec.example_seq)})
+        | {spec.seq_range[2]}
+    )
+
+
+def within(spec: GraphSpec, steps: int) -> int:
+    low, _, high = spec.seq_range
+    return min(max(steps, low), high)
+
+
+def plan_cases(
+    spec: GraphSpec,
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    seq_lens: Sequence[int] | None = None,
+    seed: int = 0,
+    large_scale: float | None = LARGE_SCALE,
+) -> list[Case]:
+    """The sweep.
+
+    Given ``batch_sizes`` or ``seq_lens``: every batch size x length, each with ragged and
+    equal lengths (when the graph takes lengths) and a large-magnitude ragged case (when it
+    takes float features). By default a covering set of those shapes instead, so the cost
+    grows with the model and not with a product: batch sizes {1, 3, 16} and lengths {1, 2,
+    T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
+    and equal lengths and the large scale each appear at several shapes, and the longest length
+    runs at batch 3 (its rows alone at batch 1).
+    """
+    ragged = spec.lengths_input is not None or spec.token_padding is not None
+    modes = ("ragged", "equal") if ragged else ("full",)
+    floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
+    large = float(large_scale) if floats and large_scale else None
+    if batch_sizes is None and seq_lens is None:
+        return _default_cases(spec, modes, large, seed)
+    batches = _check_sizes(
+        "batch_sizes", DEFAULT_BATCH_SIZES if batch_sizes is None else batch_sizes
+    )
+    seqs = _check_sizes("seq_lens", default_seq_lens(spec) if seq_lens is None else seq_lens)
+    cases = []
+    for batch in batches:
+        for seq in seqs:
+            variants = [(mode, 1.0) for mode in modes]
+            if large:
+                variants.append((modes[0], large))
+            for mode, scale in variants:
+                cases.append(Case(batch, seq, mode, scale, seed + len(cases)))
+    return cases
+
+
+def _default_cases(
+    spec: GraphSpec, modes: Sequence[str], large: float | None, seed: int
+) -> list[Case]:
+    t0, longest = spec.example_seq, spec.seq_range[2]
+    ragged, equal = modes[0], modes[-1]
+    shapes: list[tuple[int, int, str, float]] = [
+        (1, 1, ragged, 1.0),
+        (3, 2, ragged, 1.0),
+        (1, t0, ragged, 1.0),
+        (3, t0, ragged, 1.0),
+        (3, t0, equal, 1.0),
+        (16, t0, ragged, 1.0),
+        (3, 4 * t0, ragged, 1.0),
+        (16, 4 * t0, equal, 1.0),
+        (3, longest, ragged, 1.0),
+    ]
+    if large:
+        shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
+    unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
+    return [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
+
+
+def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
+    sizes = tuple(dict.fromkeys(values))
+    if not sizes or any(
+        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in sizes
+    ):
+        raise BiRNNExportError(f"{option}: expected positive integers, got {list(values)}")
+    return tuple(int(v) for v in sizes)
+
+
+def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:
+    """The inputs of ``case``, reproducible from its seed."""
+    return make_feed(
+        spec, case.batch, case.seq, seed=case.seed, lengths=case.lengths_mode, scale=case.scale
+    )
+
+
+def row_feed(
+    spec: GraphSpec, feed: Mapping[str, np.ndarray], row: int, length: int
+) -> dict[str, np.ndarray]:
+    """Row ``row`` of ``feed`` alone (batch 1), cut to ``length`` time steps."""
+    single = {}
+    for tensor in spec.inputs:
+        value = feed[tensor.name]
+        if tensor.batch_axis is not None:
+            value = np.take(value, [row], axis=tensor.batch_axis)
+        if tensor.time_axis is not None:
+            value = np.take(value, np.arange(length), axis=tensor.time_axis)
+        if tensor.role == "lengths":
+            value = np.full_like(value, length)
+        single[tensor.name] = np.ascontiguousarray(value)
+    return single
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def fit_budget(
+    cases: list[Case], proto: Any, spec: GraphSpec, budget: int, explicit: bool
+) -> tuple[list[Case], list[str]]:
+    """Drop (default sweep) or refuse (explicit sizes) cases whose largest tensor exceeds the
+    memory budget."""
+    kept, notes = [], []
+    for case in cases:
+        need = largest_tensor_bytes(proto, spec, case.batch, case.seq)
+        if need <= budget:
+            kept.append(case)
+            continue
+        text = (
+            f"batch {case.batch}, seq {case.seq}: its largest tensor would take "
+            f"{need / 2**30:.2f} GiB in float64, over the memory budget of "
+            f"{budget / 2**30:.2f} GiB"
+        )
+        if explicit:
+            raise BiRNNExportError(f"{text}; choose smaller --batch/--seq or raise --memory-budget")
+        notes.append(f"skipped {text} (raise --memory-budget to run it)")
+    if not kept:
+        raise BiRNNExportError(
+            "memory budget: no case of the sweep fits; raise --memory-budget or pass "
+            "smaller --batch/--seq"
+        )
+    return kept, list(dict.fromkeys(notes))
