@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn_export.errors import ConversionError
+from birnn_export.modules import NODE_NAME_KEY
 from birnn_export.spec import TAG_PADDING
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ VITERBI_OP = "ViterbiDecode"
 #: The two Scan nodes of one decoder are named ``<path>/viterbi/forward`` and
 #: ``<path>/viterbi/backtrace``; graph checks allow exactly these loops.
 VITERBI_SCANS = ("/viterbi/forward", "/viterbi/backtrace")
-_NAME_KEY = "birnn_export.node"
 
 
 class CRFDecoder(nn.Module):
@@ -161,7 +161,7 @@ class CRFDecoder(nn.Module):
             dtypes=[torch.int64, emissions.dtype],
             shapes=[[batch, steps], [batch]],
             version=1,
-            metadata_props={_NAME_KEY: self.path},
+            metadata_props={NODE_NAME_KEY: self.path},
         )
         return tags, score
 
@@ -298,7 +298,7 @@ def expand_viterbi(proto: Any) -> list[str]:
     for node in graph.node:
         if node.domain == VITERBI_DOMAIN and node.op_type == VITERBI_OP:
             props = {p.key: p.value for p in node.metadata_props}
-            path = props.get(_NAME_KEY, f"crf{len(tags)}")
+            path = props.get(NODE_NAME_KEY, f"crf{len(tags)}")
             score_type = types.get(node.input[0]) or types.get(node.output[1]) or 1
             nodes += list(_viterbi_nodes(node, path, score_type))
             tags.append(node.output[0])
