@@ -16,6 +16,9 @@ How many timed runs:
 Example:
     >>> report = benchmark("model.onnx", model, engines=("torch", "ort-cpu"))  # doctest: +SKIP
     >>> report.to_csv("bench.csv")  # doctest: +SKIP
+
+One cohesive module, over 600 lines: timing, the output check before timing, statistics,
+reports (table, JSON, CSV, plot).
 """
 
 from __future__ import annotations

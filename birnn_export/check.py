@@ -17,6 +17,10 @@ and what is worth knowing (``info``).
 Example:
     >>> report = check_compatibility("model.onnx", target="tensorrt")  # doctest: +SKIP
     >>> report.ok, report.checked_with, [str(f) for f in report.findings]  # doctest: +SKIP
+
+One cohesive module, over 600 lines: the compatibility verdict, i.e. TensorRT's own
+parser and builder where installed, and the static rules table that explains and stands in
+for it.
 """
 
 from __future__ import annotations

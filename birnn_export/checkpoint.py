@@ -13,6 +13,9 @@ file runs) and turns what it finds into a model ready to export:
 
 Built-in recurrent layers are then swapped for :class:`~birnn_export.modules.BiRNN`
 (:func:`birnn_export.conversion.convert`); the unconverted model is kept as the reference.
+
+One cohesive module, over 600 lines: reading model files safely and recognising what
+they hold (own checkpoints, state_dict layouts, user classes, trusted pickles).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ what ONNX can express directly.
   ``RNN`` nodes with ``sequence_lens``, either one ``direction="bidirectional"`` node per layer
   (``"fused"``) or a forward node plus a forward node between two ``ReverseSequence`` nodes
   (``"split"``). Batch and time stay symbolic; nothing is unrolled.
+
+One cohesive module, over 600 lines: the BiRNN layer, eager and traced, and the reversal
+helpers it is built from.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ and if not exactly why (``None`` when it can).
 Example:
     >>> with OrtRunner("model.onnx") as runner:  # doctest: +SKIP
     ...     outputs = runner.infer({"x": x, "lengths": lengths})
+
+One cohesive module, over 600 lines: the torch and ONNX Runtime runners, the one runner
+factory and engine availability (TensorRT's runner is in :mod:`birnn_export.trt`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ vocabulary, lengths in ``[1, seq]``), which outputs run along time, and the padd
 Example:
     >>> spec = GraphSpec.from_onnx("model.onnx")  # doctest: +SKIP
     >>> feed = make_feed(spec, batch=3, seq=40, seed=0)  # doctest: +SKIP
+
+One cohesive module, over 600 lines: the graph's contract (tensors, dims, ranges) and the
+inputs it defines (feeds, lengths), read back from every file with bounds.
 """
 
 from __future__ import annotations

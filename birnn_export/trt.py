@@ -22,7 +22,7 @@ This is the only module that imports either, and only inside functions, so the p
 
 :func:`build_engine` parses and builds (no GPU needed with ``tensorrt_rtx``) and returns an
 :class:`EngineBuild` saying what the parser and builder said. :class:`TrtRunner` follows the
-runner contract of :mod:`birnn_export.runners`; device memory comes from torch CUDA tensors, so
+runner contract of :mod:`birnn_export.base_runner`; device memory comes from torch CUDA tensors, so
 there is no pycuda / cuda-python dependency.
 
 Example:
@@ -30,6 +30,9 @@ Example:
     >>> build.ok, build.engine_bytes, build.seconds  # doctest: +SKIP
     >>> with TrtRunner("model.onnx") as runner:  # doctest: +SKIP
     ...     outputs = runner.infer({"x": x, "lengths": lengths})
+
+One cohesive module by design, over 600 lines: everything that touches TensorRT (both
+packages, profiles, the engine cache, building, running) lives here and nowhere else.
 """
 
 from __future__ import annotations
