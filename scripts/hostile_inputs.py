@@ -127,6 +127,12 @@ def export_good(folder: Path, run) -> Path:
     return folder / "g.onnx"
 
 
+def on_good_graph(folder: Path, run, command: str, *args: object, **options: object) -> Outcome:
+    """``COMMAND GRAPH --model m.pt ARGS...`` on a fresh good export of the sample."""
+    graph = export_good(folder, run)
+    return outcome(run([command, graph, "--model", folder / "m.pt", *args], folder, **options))
+
+
 def with_spec(src: Path, dst: Path, text: str) -> Path:
     proto = onnx.load(str(src))
     for prop in proto.metadata_props:
@@ -480,65 +486,19 @@ for command in ("check", "inspect"):
 
 @case("verify-seq-1e8", "verify --seq 100000000")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(
-        run(
-            ["verify", graph, "--model", folder / "m.pt", "--seq", "100000000", "--batch", "1"],
-            folder,
-        )
-    )
+    return on_good_graph(folder, run, "verify", "--seq", "100000000", "--batch", "1")
 
 
 @case("bench-batch-1e5", "bench --batch 100000 (60 s timeout)")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(
-        run(
-            [
-                "bench",
-                graph,
-                "--model",
-                folder / "m.pt",
-                "--batch",
-                "100000",
-                "--seq",
-                "16",
-                "--engines",
-                "ort-cpu",
-                "--iters",
-                "1",
-            ],
-            folder,
-            timeout=60,
-        )
-    )
+    args = ["--batch", "100000", "--seq", "16", "--engines", "ort-cpu", "--iters", "1"]
+    return on_good_graph(folder, run, "bench", *args, timeout=60)
 
 
 @case("threads-1e5", "bench --threads 100000")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(
-        run(
-            [
-                "bench",
-                graph,
-                "--model",
-                folder / "m.pt",
-                "--threads",
-                "100000",
-                "--batch",
-                "1",
-                "--seq",
-                "4",
-                "--engines",
-                "ort-cpu",
-                "--iters",
-                "1",
-            ],
-            folder,
-            timeout=60,
-        )
-    )
+    args = ["--threads", "100000", "--batch", "1", "--seq", "4", "--engines", "ort-cpu"]
+    return on_good_graph(folder, run, "bench", *args, "--iters", "1", timeout=60)
 
 
 @case("batch-range-1e9", "--batch-range 1,8,999999999 at export")
@@ -550,24 +510,7 @@ def _(folder, run):
 
 @case("seed-negative", "verify --seed -1")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(
-        run(
-            [
-                "verify",
-                graph,
-                "--model",
-                folder / "m.pt",
-                "--seed",
-                "-1",
-                "--batch",
-                "1",
-                "--seq",
-                "3",
-            ],
-            folder,
-        )
-    )
+    return on_good_graph(folder, run, "verify", "--seed", "-1", "--batch", "1", "--seq", "3")
 
 
 @case("kwargs-deep", "--model-kwargs nested 50,000 deep")
@@ -638,50 +581,14 @@ def _(folder, run):
 
 @case("bench-atol-negative", "bench --atol -1")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(
-        run(
-            [
-                "bench",
-                graph,
-                "--model",
-                folder / "m.pt",
-                "--atol",
-                "-1",
-                "--batch",
-                "1",
-                "--seq",
-                "4",
-                "--iters",
-                "1",
-            ],
-            folder,
-        )
-    )
+    args = ["--atol", "-1", "--batch", "1", "--seq", "4", "--iters", "1"]
+    return on_good_graph(folder, run, "bench", *args)
 
 
 @case("bench-atol-nan", "bench --atol nan")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(
-        run(
-            [
-                "bench",
-                graph,
-                "--model",
-                folder / "m.pt",
-                "--atol",
-                "nan",
-                "--batch",
-                "1",
-                "--seq",
-                "4",
-                "--iters",
-                "1",
-            ],
-            folder,
-        )
-    )
+    args = ["--atol", "nan", "--batch", "1", "--seq", "4", "--iters", "1"]
+    return on_good_graph(folder, run, "bench", *args)
 
 
 @case("bench-unloadable", "bench on a graph ONNX Runtime cannot load (torch and ort-cpu)")
@@ -712,8 +619,7 @@ def _(folder, run):
 
 @case("ctrl-c", "Ctrl-C (SIGINT) during verify")
 def _(folder, run):
-    graph = export_good(folder, run)
-    return outcome(run(["verify", graph, "--model", folder / "m.pt"], folder, interrupt_after=1.5))
+    return on_good_graph(folder, run, "verify", interrupt_after=1.5)
 
 
 @case("json-permissions", "permissions of the --json report next to the .onnx")
