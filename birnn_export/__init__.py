@@ -35,6 +35,7 @@ _LAZY = {
     "EngineUnavailableError": "birnn_export.errors",
     "ExportError": "birnn_export.errors",
     "ModelLoadError": "birnn_export.errors",
+    "UsageError": "birnn_export.errors",
     "VerificationError": "birnn_export.errors",
     "load_model": "birnn_export.checkpoint",
     "save_checkpoint": "birnn_export.checkpoint",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
         EngineUnavailableError,
         ExportError,
         ModelLoadError,
+        UsageError,
         VerificationError,
     )
     from birnn_export.export import ExportResult, export_onnx

@@ -267,6 +267,23 @@ class BenchReport:
         return write_atomic(Path(path), buffer.getvalue())
 
 
+def check_plot_path(onnx_path: str | os.PathLike[str], plot: str | os.PathLike[str] | None) -> None:
+    """Fail fast, before a model loads or an engine runs: the graph file exists, and matplotlib
+    is installed when a plot is asked for.
+
+    Raises:
+        BiRNNExportError: naming the option to change.
+    """
+    import importlib.util
+
+    from birnn_export.errors import BiRNNExportError
+
+    if not Path(onnx_path).is_file():
+        raise BiRNNExportError(f"MODEL.onnx: no such file: {onnx_path}")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise BiRNNExportError("--plot: matplotlib is not installed; pip install matplotlib")
+
+
 def benchmark(
     onnx_path: str | os.PathLike[str],
     model: Any,

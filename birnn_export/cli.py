@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from birnn_export._files import check_output_path, refuse_same_files, write_atomic
+from birnn_export import options as options_
+from birnn_export._files import write_atomic
 from birnn_export._version import __version__
 
 DEFAULT_COMMAND = "export"
@@ -101,6 +102,7 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--model-kwargs",
+            callback=parsed(options_.parse_model_kwargs),
             metavar="JSON",
             help="Keyword arguments for --model-class, as JSON, e.g. '{\"vocab_size\": 100}'.",
         ),
@@ -133,13 +135,16 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options verify and bench share, in one form: engines, shapes, tolerances, the seed
-    and the memory budget."""
+def sweep_options(default_engines: str) -> Callable[..., Any]:
+    """The options verify and bench share, in one form, parsed into the library's keyword
+    arguments: engines, shapes, tolerances, the seed and the memory budget."""
     options = [
         click.option(
             "--engines",
             multiple=True,
+            default=[default_engines],
+            show_default=True,
+            callback=parsed(options_.parse_engines),
             metavar="ENGINE[,ENGINE]",
             help="Engines, comma-separated or repeated: torch, ort-cpu, ort-int8 (the graph "
             "quantized to int8 on ONNX Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
@@ -148,6 +153,7 @@ def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--batch-sizes",
             "--batch",
             "batch_sizes",
+            callback=parsed(options_.parse_sizes, "--batch-sizes"),
             metavar="B,B,...",
             help="Batch sizes, comma-separated.",
         ),
@@ -155,12 +161,14 @@ def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--seq-lens",
             "--seq",
             "seq_lens",
+            callback=parsed(options_.parse_sizes, "--seq-lens"),
             metavar="T,T,...",
             help="Lengths of the time dim, comma-separated.",
         ),
         click.option(
             "--atol",
             multiple=True,
+            callback=parsed(options_.parse_tolerance, "--atol"),
             metavar="VALUE|NAME:VALUE",
             help="Judge by fixed tolerances instead of the model's own float32 noise: absolute "
             "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
@@ -168,6 +176,7 @@ def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--rtol",
             multiple=True,
+            callback=parsed(options_.parse_tolerance, "--rtol"),
             metavar="VALUE|NAME:VALUE",
             help="Relative tolerance, like --atol (either selects fixed tolerances).",
         ),
@@ -183,118 +192,36 @@ def sweep_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0, min_open=True),
             default=1.0,
             show_default=True,
+            callback=lambda ctx, param, gib: int(gib * 2**30),
             metavar="GIB",
             help="GiB the largest tensor of one case may take in float64: larger explicit "
             "shapes are refused (verify skips its default cases over it).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
-def parse_sweep(
-    engines: tuple[str, ...],
-    batch_sizes: str | None,
-    seq_lens: str | None,
-    atol: tuple[str, ...],
-    rtol: tuple[str, ...],
-    default_engines: tuple[str, ...],
-) -> dict[str, Any]:
-    """The shared options as the library's keyword arguments."""
-    from birnn_export.compare import parse_tolerance
+def parsed(parse: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """A click callback that reads an option's text with ``parse`` (from
+    :mod:`birnn_export.options`), turning its error into a one-line usage error."""
 
-    return {
-        "engines": parse_engines(engines) if engines else default_engines,
-        "batch_sizes": parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
-        "seq_lens": parse_ints(seq_lens, "--seq-lens") if seq_lens else None,
-        "atol": parse_tolerance(atol, "--atol"),
-        "rtol": parse_tolerance(rtol, "--rtol"),
-    }
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from birnn_export.errors import BiRNNExportError
 
-
-def parse_model_kwargs(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        message = f"--model-kwargs: not valid JSON ({exc.msg} at column {exc.colno})"
-        raise UserError(message) from None
-    except RecursionError:
-        raise UserError("--model-kwargs: nested too deeply to read; pass a flat object") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise UserError(f"--model-kwargs: {' '.join(str(exc).split())[:200]}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"--model-kwargs: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def parse_ints(text: str, option: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> ``(1, 8, 32)``; anything else is a one-line usage error."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise UserError(
-            f"{option}: expected comma-separated positive integers such as '1,8,32', got {text!r}"
-        )
-    return tuple(dict.fromkeys(values))
-
-
-def parse_range(text: str, option: str) -> tuple[int, int, int]:
-    """``"1,64,256"`` -> ``(1, 64, 256)`` with ``1 <= min <= opt <= max``, or a usage error."""
-    from birnn_export.errors import BiRNNExportError
-    from birnn_export.spec import check_range
-
-    try:
-        return check_range(option, text.split(","))
-    except BiRNNExportError as exc:
-        if "largest size" in str(exc):
+        if value is None or value == ():
+            return None
+        try:
+            return parse(value, *args)
+        except BiRNNExportError as exc:
             raise UserError(str(exc)) from None
-        raise UserError(
-            f"{option}: expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX such as '1,64,256', "
-            f"got {text[:100]!r}"
-        ) from None
 
-
-def parse_named_ranges(values: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
-    """``("width=32,256,1024",)`` -> ``{"width": (32, 256, 1024)}``, or a usage error."""
-    out = {}
-    for value in values:
-        name, sep, numbers = value.partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise UserError(
-                f"--range: expected DIM=MIN,OPT,MAX such as 'width=32,256,1024', got {value!r}"
-            )
-        out[name.strip()] = parse_range(numbers, f"--range {name.strip()}")
-    return out
-
-
-def parse_engines(values: tuple[str, ...]) -> tuple[str, ...]:
-    """``--engines a,b`` (repeatable) -> ``("a", "b")``, each a known engine."""
-    from birnn_export.runners import ENGINES
-
-    names = tuple(dict.fromkeys(p.strip() for v in values for p in v.split(",") if p.strip()))
-    unknown = [n for n in names if n not in ENGINES]
-    if not names or unknown:
-        raise UserError(
-            f"--engines: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-            f"expected a comma-separated list from {','.join(ENGINES)}"
-        )
-    return names
-
-
-def load_for_cli(path: Path, **options: Any) -> Any:
-    """Call :func:`birnn_export.load_model` with the CLI's loader options."""
-    from birnn_export.checkpoint import load_model
-
-    options["model_kwargs"] = parse_model_kwargs(options.get("model_kwargs"))
-    # The import path is used as it is: a module in the working directory is not importable
-    # unless the user puts it there (PYTHONPATH=.), so nothing planted there runs by surprise.
-    return load_model(path, **options)
+    return callback
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -362,18 +289,21 @@ def main() -> None:
     "--range",
     "ranges",
     multiple=True,
+    callback=parsed(options_.parse_named_ranges),
     metavar="DIM=MIN,OPT,MAX",
     help="Serving range of a named dim, repeatable, e.g. --range width=32,256,1024: the "
     "TensorRT profile, the lengths verification runs and the bounds the model is traced for.",
 )
 @click.option(
     "--batch-range",
+    callback=parsed(options_.parse_range, "--batch-range"),
     metavar="MIN,OPT,MAX",
     help="Batch sizes the graph will serve, recorded in it: the default TensorRT profile. "
     "The graph itself takes any size. [default: 1,8,32]",
 )
 @click.option(
     "--seq-range",
+    callback=parsed(options_.parse_range, "--seq-range"),
     metavar="MIN,OPT,MAX",
     help="Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also "
     "runs at MAX. [default: 1,64,256]",
@@ -385,7 +315,9 @@ def main() -> None:
     "kernels; GRU/RNN stay float32), verified by top-1 agreement and relative error. Runs on "
     "ONNX Runtime CPU only.",
 )
-@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime checks after export.")
+@click.option(
+    "--verify/--no-verify", default=True, help="Verify on ONNX Runtime before writing the file."
+)
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
 )
@@ -395,19 +327,19 @@ def main() -> None:
 def export_command(
     model_path: Path,
     output: Path | None,
+    inputs: tuple[str, ...],
+    ranges: dict[str, tuple[int, int, int]] | None,
+    batch_range: tuple[int, int, int] | None,
+    seq_range: tuple[int, int, int] | None,
+    verify: bool,
+    json_path: Path | None,
+    quiet: bool,
     opset: int | None,
     layout: str | None,
     dtype: str,
     lengths: bool | None,
     input_size: int | None,
-    inputs: tuple[str, ...],
-    ranges: tuple[str, ...],
-    batch_range: str | None,
-    seq_range: str | None,
     quantize: str | None,
-    no_verify: bool,
-    json_path: Path | None,
-    quiet: bool,
     **loader: Any,
 ) -> None:
     """Export MODEL.pt to ONNX (MODEL.onnx beside it), check and verify it.
@@ -421,21 +353,18 @@ def export_command(
     from birnn_export.pipeline import export_model
 
     output = output or model_path.with_suffix(".onnx")
-    refuse_same_files(**{"MODEL.pt": model_path, "-o": output, "--json": json_path})
-    check_output_path("-o", output, suffix=".onnx")
-    check_output_path("--json", json_path)
-    named = parse_named_ranges(ranges)
-    if batch_range is not None:
-        named["batch"] = parse_range(batch_range, "--batch-range")
-    loader["model_kwargs"] = parse_model_kwargs(loader.get("model_kwargs"))
+    options_.check_files(
+        {"MODEL.pt": model_path}, {"-o": output, "--json": json_path}, suffixes={"-o": ".onnx"}
+    )
+    ranges = dict(ranges or {}) | ({"batch": batch_range} if batch_range else {})
     try:
         report = export_model(
             model_path,
             output,
             inputs=inputs,
-            ranges=named,
-            seq_range=parse_range(seq_range, "--seq-range") if seq_range is not None else None,
-            verify=not no_verify,
+            ranges=ranges,
+            seq_range=seq_range,
+            verify=verify,
             progress=sys.stderr.isatty() and not quiet,
             load_options=loader,
             opset=opset,
@@ -472,8 +401,7 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
     from birnn_export.describe import describe_lines, describe_onnx
 
-    check_output_path("--json", json_path)
-    refuse_same_files(**{"MODEL.onnx": onnx_path, "--json": json_path})
+    options_.check_files({"MODEL.onnx": onnx_path}, {"--json": json_path})
     info = describe_onnx(onnx_path)
     lines = describe_lines(info)  # raises on unreadable metadata, before anything is written
     if json_path is not None:
@@ -481,18 +409,19 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     click.echo("\n".join(lines))
 
 
-# --- verify (issue 4) --------------------------------------------------------------------
+# --- verify ------------------------------------------------------------------------------
+
+_EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 @main.command("verify")
-@click.argument(
-    "onnx_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("onnx_path", metavar="MODEL.onnx", type=_EXISTING)
 @click.option(
     "--model",
     "model_path",
     metavar="MODEL.pt",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=_EXISTING,
     help="The model the graph was exported from (the reference is its original, unconverted "
     "form). Required unless --load-outputs gives the reference outputs.",
 )
@@ -502,55 +431,51 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     help="With --atol/--rtol: run the reference in float64 (the default criterion always does).",
 )
 @click.option(
-    "--no-layers",
-    is_flag=True,
-    help="Do not compare every recurrent layer's own output (faster; outputs only).",
+    "--layers/--no-layers",
+    default=True,
+    help="Also compare every recurrent layer's own output (--no-layers: outputs only, faster).",
 )
-@click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON."
-)
+@click.option("--json", "json_path", type=_FILE, help="Write the full report as JSON.")
 @click.option(
     "--save-inputs",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_FILE,
     help="Write the failing cases' inputs (all cases if none failed) to this .json (Polygraphy's "
     "--load-inputs format) or .npz.",
 )
 @click.option(
     "--save-outputs",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_FILE,
     help="With --save-inputs: write the same cases' reference outputs (float64, and eager "
     "PyTorch's) to this .json, Polygraphy RunResults (--load-outputs).",
 )
 @click.option(
-    "--load-inputs",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Run these saved inputs (.json or .npz) instead of a sweep.",
+    "--load-inputs", type=_EXISTING, help="Run these saved inputs (.json or .npz), not a sweep."
 )
 @click.option(
     "--load-outputs",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=_EXISTING,
     help="With --load-inputs: compare against these saved outputs; no --model needed.",
 )
-@sweep_options
+@sweep_options("ort-cpu")
 @loader_options
 @user_errors
 def verify_command(
     onnx_path: Path,
     model_path: Path | None,
-    engines: tuple[str, ...],
-    batch_sizes: str | None,
-    seq_lens: str | None,
-    seed: int,
-    atol: tuple[str, ...],
-    rtol: tuple[str, ...],
     fp64_reference: bool,
-    memory_budget: float,
-    no_layers: bool,
+    layers: bool,
     json_path: Path | None,
     save_inputs: Path | None,
     save_outputs: Path | None,
     load_inputs: Path | None,
     load_outputs: Path | None,
+    engines: tuple[str, ...],
+    batch_sizes: tuple[int, ...] | None,
+    seq_lens: tuple[int, ...] | None,
+    atol: Any,
+    rtol: Any,
+    seed: int,
+    memory_budget: int,
     **loader: Any,
 ) -> None:
     """Compare MODEL.onnx on each engine with the model across batch sizes and lengths.
@@ -564,45 +489,34 @@ def verify_command(
     (--seq-range at export); --seq-lens picks the lengths instead.
 
     \b
-    Defaults: --engines ort-cpu; a covering set of batch sizes 1,3,16 and lengths
-    1,2,T0,4*T0 and the declared maximum (T0: the export's example length); --batch-sizes
-    and --seq-lens run their product instead.
+    Defaults: a covering set of batch sizes 1,3,16 and lengths 1,2,T0,4*T0 and the declared
+    maximum (T0: the export's example length); --batch-sizes and --seq-lens run their product.
     """
-    import sys
-
+    from birnn_export.checkpoint import load_model
     from birnn_export.verification import render_report, verify
 
-    sweep = parse_sweep(engines, batch_sizes, seq_lens, atol, rtol, ("ort-cpu",))
-    check_output_path("--json", json_path)
-    check_output_path("--save-inputs", save_inputs)
-    check_output_path("--save-outputs", save_outputs)
-    refuse_same_files(
-        **{
-            "MODEL.onnx": onnx_path,
-            "--model": model_path,
-            "--load-inputs": load_inputs,
-            "--load-outputs": load_outputs,
-            "--json": json_path,
-            "--save-inputs": save_inputs,
-            "--save-outputs": save_outputs,
-        }
-    )
+    reads = {"MODEL.onnx": onnx_path, "--model": model_path, "--load-inputs": load_inputs}
+    writes = {"--json": json_path, "--save-inputs": save_inputs, "--save-outputs": save_outputs}
+    options_.check_files({**reads, "--load-outputs": load_outputs}, writes)
     if model_path is None and load_outputs is None:
         raise UserError("--model: give the model the graph was exported from (or --load-outputs)")
-    loaded = load_for_cli(model_path, **loader) if model_path is not None else None
     report = verify(
         onnx_path,
-        loaded,
+        load_model(model_path, **loader) if model_path is not None else None,
+        engines=engines,
+        batch_sizes=batch_sizes,
+        seq_lens=seq_lens,
+        atol=atol,
+        rtol=rtol,
         seed=seed,
+        memory_budget=memory_budget,
         fp64_reference=fp64_reference,
+        layers=layers,
         progress=sys.stderr.isatty(),
-        layers=not no_layers,
-        memory_budget=int(memory_budget * 2**30),
         save_inputs=save_inputs,
         save_outputs=save_outputs,
         load_inputs=load_inputs,
         load_outputs=load_outputs,
-        **sweep,
     )
     render_report(report)
     if json_path is not None:
@@ -614,7 +528,7 @@ def verify_command(
     report.raise_for_failure()
 
 
-# --- bench (issue 5) ---------------------------------------------------------------------
+# --- bench -------------------------------------------------------------------------------
 
 
 @main.command("bench")
@@ -627,9 +541,7 @@ def verify_command(
     type=click.Path(path_type=Path),
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
 )
-@click.option(
-    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs."
-)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape.")
 @click.option(
     "--duration",
@@ -641,45 +553,41 @@ def verify_command(
     type=click.IntRange(min=1),
     help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
 )
-@click.option(
-    "--device",
-    default="cpu",
-    show_default=True,
-    help="Where the torch engine runs: cpu, cuda or cuda:N.",
-)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch).")
 @click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile.")
 @click.option(
     "--ort-spinning",
     type=click.Choice(["on", "off"]),
+    callback=lambda ctx, param, value: None if value is None else value == "on",
     help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs it) or "
     "sleep (off). Engines are timed each in its own block either way.",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Write a CSV table.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG plot.")
-@sweep_options
+@click.option("--json", "json_path", type=_FILE, help="Write a JSON report.")
+@click.option("--csv", "csv_path", type=_FILE, help="Write a CSV table.")
+@click.option("--plot", "plot_path", type=_FILE, help="Write a PNG plot.")
+@sweep_options("torch,ort-cpu")
 @loader_options
 @user_errors
 def bench_command(
     onnx_path: Path,
     model_path: Path,
+    json_path: Path | None,
+    csv_path: Path | None,
+    plot_path: Path | None,
     engines: tuple[str, ...],
-    batch_sizes: str | None,
-    seq_lens: str | None,
-    atol: tuple[str, ...],
-    rtol: tuple[str, ...],
+    batch_sizes: tuple[int, ...] | None,
+    seq_lens: tuple[int, ...] | None,
+    atol: Any,
+    rtol: Any,
+    seed: int,
+    memory_budget: int,
     warmup: int,
     iters: int | None,
     duration: float | None,
     threads: int | None,
     device: str,
     compile: bool,
-    ort_spinning: str | None,
-    seed: int,
-    memory_budget: float,
-    json_path: Path | None,
-    csv_path: Path | None,
-    plot_path: Path | None,
+    ort_spinning: bool | None,
     **loader: Any,
 ) -> None:
     """Time engines on MODEL.onnx; each is checked against eager PyTorch before it is timed.
@@ -690,51 +598,39 @@ def bench_command(
     build time and engine size are reported.
 
     \b
-    Defaults: --engines torch,ort-cpu; batch sizes from the graph's declared batch range
-    (1,8,32); lengths 16 and the declared range's opt and max (16,64,256).
+    Defaults: batch sizes from the graph's declared batch range (1,8,32); lengths 16 and the
+    declared range's opt and max (16,64,256); --warmup untimed runs before the timed ones.
 
     \b
     birnn-export bench tagger.onnx --model tagger.pt --engines torch,ort-cpu --threads 2
     birnn-export bench tagger.onnx --model tagger.pt --batch-sizes 1,32 --seq-lens 100
     """
-    import importlib.util
-
-    sweep = parse_sweep(engines, batch_sizes, seq_lens, atol, rtol, ("torch", "ort-cpu"))
-    if not onnx_path.is_file():
-        raise UserError(f"MODEL.onnx: no such file: {onnx_path}")
-    for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
-        check_output_path(option, path)
-    refuse_same_files(
-        **{
-            "MODEL.onnx": onnx_path,
-            "--model": model_path,
-            "--json": json_path,
-            "--csv": csv_path,
-            "--plot": plot_path,
-        }
-    )
-    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
-        raise UserError("--plot: matplotlib is not installed; pip install matplotlib")
-
     from birnn_export._report import wide_console
-    from birnn_export.bench import benchmark, render_table
+    from birnn_export.bench import benchmark, check_plot_path, render_table
+    from birnn_export.checkpoint import load_model
 
-    loaded = load_for_cli(model_path, **loader)
+    writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
+    options_.check_files({"MODEL.onnx": onnx_path, "--model": model_path}, writes)
+    check_plot_path(onnx_path, plot_path)
     # The model as the user wrote it (torch's own recurrent layers) when it had them: that is
     # the eager speed to beat and the most independent reference.
     report = benchmark(
         onnx_path,
-        loaded.reference,
+        load_model(model_path, **loader).reference,
+        engines=engines,
+        batch_sizes=batch_sizes,
+        seq_lens=seq_lens,
+        atol=atol,
+        rtol=rtol,
+        seed=seed,
+        memory_budget=memory_budget,
         warmup=warmup,
         iters=iters,
         duration=duration,
         threads=threads,
         device=device,
         compile=compile,
-        seed=seed,
-        memory_budget=int(memory_budget * 2**30),
-        ort_spinning=None if ort_spinning is None else ort_spinning == "on",
-        **sweep,
+        ort_spinning=ort_spinning,
     )
     wide_console().print(render_table(report))
     for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
@@ -742,7 +638,6 @@ def bench_command(
             click.echo(f"Wrote {write(path)}")
     if plot_path is not None:
         click.echo(f"Wrote {report.plot(plot_path)}")
-    # trt-rtx alone on a machine that cannot run it: its build is reported, nothing timed.
     report.raise_for_failure()
 
 
@@ -782,8 +677,7 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
     """
     from birnn_export.check import check_compatibility
 
-    check_output_path("--json", json_path)
-    refuse_same_files(**{"MODEL.onnx": onnx_path, "--json": json_path})
+    options_.check_files({"MODEL.onnx": onnx_path}, {"--json": json_path})
     report = check_compatibility(onnx_path, target=target, tensorrt=tensorrt)
     for line in report.lines():
         click.echo(line)

@@ -760,34 +760,3 @@ def check_overrides(spec: GraphSpec, **overrides: ToleranceOverride) -> None:
                 or number < 0
             ):
                 raise BiRNNExportError(f"{option}: expected a finite number >= 0, got {number!r}")
-
-
-def parse_tolerance(values: Sequence[str], option: str) -> ToleranceOverride:
-    """Command-line tolerances: ``1e-4`` (all outputs) and ``NAME:1e-3`` (one output), any
-    number of them.
-
-    Raises:
-        BiRNNExportError: a value that is not a number >= 0 or ``NAME:NUMBER``.
-
-    Example:
-        >>> parse_tolerance(["1e-4", "h_n:0.5"], "--atol")
-        {'*': 0.0001, 'h_n': 0.5}
-    """
-    from birnn_export.errors import BiRNNExportError
-
-    if not values:
-        return None
-    parsed: dict[str, float] = {}
-    for value in values:
-        name, sep, number = value.rpartition(":")
-        key = name if sep else "*"
-        try:
-            parsed[key] = float(number)
-        except ValueError:
-            raise BiRNNExportError(
-                f"{option}: expected a number or NAME:NUMBER (e.g. 1e-4 or output:1e-3), "
-                f"got {value!r}"
-            ) from None
-        if not parsed[key] >= 0 or parsed[key] == float("inf"):
-            raise BiRNNExportError(f"{option}: expected a finite number >= 0, got {value!r}")
-    return parsed["*"] if list(parsed) == ["*"] else parsed

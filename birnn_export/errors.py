@@ -16,6 +16,10 @@ class BiRNNExportError(Exception):
     exit_code: int = 2
 
 
+class UsageError(BiRNNExportError):
+    """An option's value could not be read: the message names the option and a valid form."""
+
+
 class ModelLoadError(BiRNNExportError):
     """A model file could not be read or recognised."""
 
