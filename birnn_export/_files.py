@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from birnn_export.errors import BiRNNExportError
+from birnn_export.errors import BiRNNExportError, ExportError
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -118,3 +123,72 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: Staging folders are named ``.<file>.birnn-export-<pid>-<random>``: a folder whose process is
+#: gone (killed while saving) is removed by the next export to the same file.
+STAGING_MARK = ".birnn-export-"
+
+
+@contextlib.contextmanager
+def staged_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it (and external data) into place on success."""
+    _remove_stale_staging(path)
+    try:
+        directory = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}{STAGING_MARK}{os.getpid()}-", dir=path.parent)
+        )
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+    staging = directory / path.name
+    try:
+        yield staging
+        data = directory / (path.name + ".data")
+        if data.exists():
+            os.replace(data, path.parent / data.name)
+        os.replace(staging, path)
+    finally:
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+
+
+def _remove_stale_staging(path: Path) -> None:
+    """Remove staging folders for ``path`` left by a process that no longer runs (kill -9)."""
+    prefix = f".{path.name}{STAGING_MARK}"
+    for folder in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix) :].partition("-")[0]
+        if not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            for leftover in folder.iterdir():
+                leftover.unlink()
+            folder.rmdir()
+            logger.info("removed %s, left by process %s that no longer runs", folder, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
+
+
+def save_onnx(proto: Any, path: Path, *, external: bool) -> None:
+    import onnx
+
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+
+
+def onnx_file_size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

@@ -3,8 +3,10 @@ works around and keeps the graph's results the same."""
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
+from birnn_export.modules import NODE_NAME_KEY
 from birnn_export.spec import GraphSpec, all_nodes
 
 #: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one).
@@ -110,3 +112,90 @@ def _int64(values: list[int]) -> Any:
     import numpy as np
 
     return np.asarray(values, dtype=np.int64)
+
+
+def clean_nodes(proto: Any) -> None:
+    """Name recurrent nodes after module path and layer (``rnn/l0``, ``rnn/l0/backward``), from
+    the name each BiRNN put in the node's metadata (the exporter calls them
+    ``node__symbolic_multi_out__N``), and drop the exporter's per-node debug metadata (stack
+    traces with local file paths, FX dumps): it is large and says nothing to an engine."""
+    for node in proto.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        if NODE_NAME_KEY in props:
+            node.name = props[NODE_NAME_KEY]
+        del node.metadata_props[:]
+
+
+def sink_batch_transposes(proto: Any) -> int:
+    """Move a ``Transpose`` that swaps leading axes from before a ``MatMul`` to after it.
+
+    ``MatMul(Transpose(x, perm), W) == Transpose(MatMul(x, W), perm)`` when ``W`` is a matrix and
+    ``perm`` keeps the last axis last. fp16 graphs need this form: ONNX Runtime 1.32's CPU
+    provider (no fp16 MatMul kernel) casts such a MatMul to float32 and then its
+    ``MatmulTransposeFusion`` folds the batch-axis Transpose through the inserted Cast and
+    crashes the process while the session is created (SIGSEGV). A batch-first model's head is
+    exactly this pattern: the recurrent layers' time-major output, transposed, into a Linear.
+    Returns how many were moved.
+    """
+    import onnx
+
+    graph = proto.graph
+    matrices = {t.name for t in graph.initializer if len(t.dims) == 2}
+    for node in graph.node:
+        tensor = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
+        if tensor is not None and len(tensor.dims) == 2:
+            matrices.add(node.output[0])
+    producers = {out: node for node in graph.node for out in node.output}
+    # Every reader of a tensor, subgraphs (If/Loop/Scan bodies) and graph outputs included.
+    readers = collections.Counter(name for node in all_nodes(graph) for name in node.input)
+    readers.update(o.name for o in graph.output)
+    taken = {n.name for n in all_nodes(graph)} | {o for n in all_nodes(graph) for o in n.output}
+
+    def fresh(base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    nodes, touched = [], []
+    for node in graph.node:
+        transpose = producers.get(node.input[0]) if node.op_type == "MatMul" else None
+        perm = (
+            list(onnx.helper.get_attribute_value(transpose.attribute[0]))
+            if transpose is not None and transpose.op_type == "Transpose" and transpose.attribute
+            else []
+        )
+        if (
+            len(perm) < 3
+            or perm[-1] != len(perm) - 1
+            or perm == sorted(perm)
+            or node.input[1] not in matrices
+        ):
+            nodes.append(node)
+            continue
+        product = fresh(f"{node.output[0]}__before_transpose")
+        matmul = onnx.helper.make_node(
+            "MatMul", [transpose.input[0], node.input[1]], [product], name=node.name
+        )
+        after = onnx.helper.make_node(
+            "Transpose",
+            [product],
+            [node.output[0]],
+            name=fresh(f"{node.name or 'MatMul'}/transpose"),
+            perm=perm,
+        )
+        nodes += [matmul, after]
+        readers[node.input[0]] -= 1
+        touched.append(transpose)
+    if not touched:
+        return 0
+    # A Transpose read only by the MatMuls it was moved below is now dead.
+    dead = {id(t) for t in touched if readers[t.output[0]] <= 0}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in dead)
+    gone = {t.output[0] for t in touched if id(t) in dead}
+    kept_info = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    return len(touched)

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from birnn_export._files import onnx_file_size
+from birnn_export._graph import ONNX_DTYPES, dims_of
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
-from birnn_export.export import _ONNX_DTYPES, _dims_of, _file_size
 from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx
 
 
@@ -31,8 +32,8 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         return [
             {
                 "name": v.name,
-                "dtype": _ONNX_DTYPES.get(v.type.tensor_type.elem_type, "other"),
-                "dims": list(_dims_of(v)),
+                "dtype": ONNX_DTYPES.get(v.type.tensor_type.elem_type, "other"),
+                "dims": list(dims_of(v)),
             }
             for v in values
         ]
@@ -72,7 +73,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     initializers = {i.name for i in proto.graph.initializer}
     return {
         "path": str(path),
-        "file_size": _file_size(path),
+        "file_size": onnx_file_size(path),
         "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "inputs": io([i for i in proto.graph.input if i.name not in initializers]),

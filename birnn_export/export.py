@@ -3,10 +3,11 @@
 :func:`export_onnx` converts built-in recurrent layers, traces the model with
 ``torch.onnx.export(dynamo=True)`` and symbolic ``batch`` / ``seq`` dims, and emits each recurrent
 layer as ONNX ``LSTM`` / ``GRU`` / ``RNN`` nodes (see :mod:`birnn_export.modules`). The graph is
-then checked (full ``onnx.checker``, strict shape inference, a scan for example sizes baked into
-shape constants, and an ONNX Runtime run at shapes unlike the example compared with eager), its
-contract (:class:`~birnn_export.spec.GraphSpec`) is stored in ``metadata_props``, and only then is
-the file moved into place.
+then edited where engines need it (:mod:`birnn_export._rewrites`), its contract
+(:class:`~birnn_export.spec.GraphSpec`) stored in ``metadata_props`` and checked
+(:mod:`birnn_export._graph`: full ``onnx.checker``, strict shape inference, example sizes baked
+into shapes), staged beside the output (:mod:`birnn_export._files`) and verified on ONNX Runtime
+at shapes unlike the example; only then is the file moved into place.
 """
 
 from __future__ import annotations
@@ -14,25 +15,23 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import glob
 import inspect
 import logging
 import os
 import re
-import tempfile
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from birnn_export._files import check_output_path
+from birnn_export._files import check_output_path, onnx_file_size, save_onnx, staged_output
+from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import PlannedInputs, plan_inputs
-from birnn_export._rewrites import guard_empty_batch
+from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.crf import (
@@ -41,13 +40,11 @@ from birnn_export.crf import (
     expand_viterbi,
     hand_written_crfs,
     is_tag_lists,
-    is_viterbi_scan,
     ragged_to_padded,
 )
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import (
-    NODE_NAME_KEY,
     BiRNN,
     TracedPack,
     onnx_weight_constants,
@@ -57,13 +54,9 @@ from birnn_export.modules import (
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
-    METADATA_KEY,
     GraphSpec,
     InputDecl,
-    TensorSpec,
-    all_nodes,
     check_range,
-    dim_sources,
     load_onnx,
 )
 
@@ -83,8 +76,6 @@ DEFAULT_LAYOUT = "split"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: ONNX protobuf limit: above it, weights go to an external data file beside the model.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
-#: Ops whose constant inputs would freeze a shape if they held the example batch or length.
-SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
 
 
 @dataclass(frozen=True)
@@ -263,10 +254,10 @@ def export_onnx(
 
     proto = _trace(traced, trace_inputs, planned, outs, opset, layout)
     tags = expand_viterbi(proto)
-    _clean_nodes(proto)
+    clean_nodes(proto)
     if target == torch.float16:
         sink_batch_transposes(proto)
-    spec = _build_spec(proto, planned, converted, layers, tags)
+    spec = build_spec(proto, planned, converted, layers, tags)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -279,12 +270,12 @@ def export_onnx(
             "source_sha256": source_sha256,
         }
     )
-    _set_metadata(proto, spec)
+    set_metadata(proto, spec)
     # Over protobuf's 2 GB limit the checks must read the saved file and its external data.
     large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
     crfs = hand_written_crfs(converted)
     if not large:
-        _check_graph(proto, spec, sizes, crfs)
+        raise_for_problems(proto, spec, sizes, crfs)
 
     if large and quantize:
         raise ExportError(
@@ -293,10 +284,10 @@ def export_onnx(
         )
     report = None
     quantized = None
-    with _staged_output(path) as staging:
-        _save(proto, staging, external=large)
+    with staged_output(path) as staging:
+        save_onnx(proto, staging, external=large)
         if large:
-            _check_graph(staging, spec, sizes, crfs)
+            raise_for_problems(staging, spec, sizes, crfs)
         if quantize:
             quantized = _quantize_staged(staging)
             proto = load_onnx(staging)
@@ -308,7 +299,7 @@ def export_onnx(
         path=path,
         spec=spec,
         op_counts=dict(sorted(counts.items())),
-        file_size=_file_size(path),
+        file_size=onnx_file_size(path),
         replaced=replaced,
         verification=report,
         elapsed_s=time.perf_counter() - start,
@@ -372,7 +363,7 @@ def _flatten(value: Any) -> list[Tensor]:
 def _onnx_settings(model: nn.Module, layout: str) -> Iterator[None]:
     """For one export, every BiRNN in ``model`` emits ``layout`` and names its nodes after its
     module path."""
-    named = _named_layers(model)
+    named = named_layers(model)
     saved = [(layer.onnx_layout, layer.onnx_name) for _, layer in named]
     for path, layer in named:
         layer.onnx_layout, layer.onnx_name = layout, path  # type: ignore[assignment]
@@ -574,426 +565,6 @@ def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInp
     return message
 
 
-# -- spec, metadata and checks ------------------------------------------------------------------
-
-
-def _dims_of(value_info: Any) -> tuple[int | str, ...]:
-    dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims)
-
-
-_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
-
-
-def _build_spec(
-    proto: Any,
-    planned: PlannedInputs,
-    model: nn.Module,
-    layers: Sequence[BiRNN],
-    tags: Collection[str] = (),
-) -> GraphSpec:
-    outputs = []
-    for info in proto.graph.output:
-        dims = _dims_of(info)
-        dtype = _ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
-        batch_at = dims.index(planned.batch_dim) if planned.batch_dim in dims else None
-        time_at = next(
-            (
-                i
-                for i, d in enumerate(dims)
-                if isinstance(d, str)
-                and i != batch_at
-                and (d == planned.time_dim or planned.time_dim in dim_sources(d))
-            ),
-            None,
-        )
-        if info.name in tags:
-            role = "tags"
-        elif time_at is not None:
-            role = "sequence"
-        elif info.name in ("h_n", "c_n"):
-            role = "state"
-        else:
-            role = "other"
-        outputs.append(
-            TensorSpec(info.name, dtype, dims, role, batch_at=batch_at, time_at=time_at)  # type: ignore[arg-type]
-        )
-    padding = layers[-1].padding_value if layers else 0.0
-    others = {
-        name: triple
-        for name, triple in planned.ranges.items()
-        if name not in (planned.batch_dim, planned.time_dim)
-    }
-    # The graph's own input types (an fp16 graph takes float16 where float32 was declared).
-    graph_types = {
-        i.name: _ONNX_DTYPES.get(i.type.tensor_type.elem_type, "unknown") for i in proto.graph.input
-    }
-    inputs = tuple(
-        dataclasses.replace(t, dtype=graph_types.get(t.name, t.dtype)) for t in planned.specs()
-    )
-    return GraphSpec(
-        inputs=inputs,
-        outputs=tuple(outputs),
-        example_batch=planned.examples[planned.batch_dim],
-        example_seq=planned.examples[planned.time_dim],
-        padding_value=padding,
-        recurrent_layers=tuple(
-            _layer_summary(name, layer) for name, layer in _in_graph_order(proto, model)
-        ),
-        batch_range=planned.ranges[planned.batch_dim],
-        seq_range=planned.ranges[planned.time_dim],
-        batch_dim=planned.batch_dim,
-        time_dim=planned.time_dim,
-        dim_ranges=others,
-        example_sizes=dict(planned.examples),
-        token_padding=_token_padding(model, planned, tags),
-    )
-
-
-def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[str]) -> int | None:
-    """The pad id of a CRF tagger that takes token ids and no lengths (its mask is ``ids !=
-    pad``): its first Embedding's ``padding_idx``."""
-    if not tags or "lengths" in planned.roles or "tokens" not in planned.roles:
-        return None
-    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    return None if embedding is None else embedding.padding_idx
-
-
-def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:
-    """The model's BiRNN layers in the order their nodes run in the graph (which need not be
-    the order the modules were registered in)."""
-    names = [n.name for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
-
-    def first_node(item: tuple[str, BiRNN]) -> int:
-        return next((i for i, n in enumerate(names) if n.startswith(f"{item[0]}/")), len(names))
-
-    return sorted(_named_layers(model), key=first_node)
-
-
-def _named_layers(model: nn.Module) -> list[tuple[str, BiRNN]]:
-    return [(n, m) for n, m in find_recurrent_layers(model) if isinstance(m, BiRNN)]
-
-
-def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
-    return {
-        "path": name,
-        "cell": layer.cell,
-        "input_size": layer.input_size,
-        "hidden_size": layer.hidden_size,
-        "num_layers": layer.num_layers,
-        "bidirectional": layer.bidirectional,
-    }
-
-
-def _clean_nodes(proto: Any) -> None:
-    """Name recurrent nodes after module path and layer (``rnn/l0``, ``rnn/l0/backward``), from
-    the name each BiRNN put in the node's metadata (the exporter calls them
-    ``node__symbolic_multi_out__N``), and drop the exporter's per-node debug metadata (stack
-    traces with local file paths, FX dumps): it is large and says nothing to an engine."""
-    for node in proto.graph.node:
-        props = {p.key: p.value for p in node.metadata_props}
-        if NODE_NAME_KEY in props:
-            node.name = props[NODE_NAME_KEY]
-        del node.metadata_props[:]
-
-
-def sink_batch_transposes(proto: Any) -> int:
-    """Move a ``Transpose`` that swaps leading axes from before a ``MatMul`` to after it.
-
-    ``MatMul(Transpose(x, perm), W) == Transpose(MatMul(x, W), perm)`` when ``W`` is a matrix and
-    ``perm`` keeps the last axis last. fp16 graphs need this form: ONNX Runtime 1.32's CPU
-    provider (no fp16 MatMul kernel) casts such a MatMul to float32 and then its
-    ``MatmulTransposeFusion`` folds the batch-axis Transpose through the inserted Cast and
-    crashes the process while the session is created (SIGSEGV). A batch-first model's head is
-    exactly this pattern: the recurrent layers' time-major output, transposed, into a Linear.
-    Returns how many were moved.
-    """
-    import onnx
-
-    graph = proto.graph
-    matrices = {t.name for t in graph.initializer if len(t.dims) == 2}
-    for node in graph.node:
-        tensor = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
-        if tensor is not None and len(tensor.dims) == 2:
-            matrices.add(node.output[0])
-    producers = {out: node for node in graph.node for out in node.output}
-    # Every reader of a tensor, subgraphs (If/Loop/Scan bodies) and graph outputs included.
-    readers = collections.Counter(name for node in all_nodes(graph) for name in node.input)
-    readers.update(o.name for o in graph.output)
-    taken = {n.name for n in all_nodes(graph)} | {o for n in all_nodes(graph) for o in n.output}
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-
-    nodes, touched = [], []
-    for node in graph.node:
-        transpose = producers.get(node.input[0]) if node.op_type == "MatMul" else None
-        perm = (
-            list(onnx.helper.get_attribute_value(transpose.attribute[0]))
-            if transpose is not None and transpose.op_type == "Transpose" and transpose.attribute
-            else []
-        )
-        if (
-            len(perm) < 3
-            or perm[-1] != len(perm) - 1
-            or perm == sorted(perm)
-            or node.input[1] not in matrices
-        ):
-            nodes.append(node)
-            continue
-        product = fresh(f"{node.output[0]}__before_transpose")
-        matmul = onnx.helper.make_node(
-            "MatMul", [transpose.input[0], node.input[1]], [product], name=node.name
-        )
-        after = onnx.helper.make_node(
-            "Transpose",
-            [product],
-            [node.output[0]],
-            name=fresh(f"{node.name or 'MatMul'}/transpose"),
-            perm=perm,
-        )
-        nodes += [matmul, after]
-        readers[node.input[0]] -= 1
-        touched.append(transpose)
-    if not touched:
-        return 0
-    # A Transpose read only by the MatMuls it was moved below is now dead.
-    dead = {id(t) for t in touched if readers[t.output[0]] <= 0}
-    del graph.node[:]
-    graph.node.extend(n for n in nodes if id(n) not in dead)
-    gone = {t.output[0] for t in touched if id(t) in dead}
-    kept_info = [v for v in graph.value_info if v.name not in gone]
-    del graph.value_info[:]
-    graph.value_info.extend(kept_info)
-    return len(touched)
-
-
-def _set_metadata(proto: Any, spec: GraphSpec) -> None:
-    props = {
-        METADATA_KEY: spec.to_json(),
-        "birnn_export.version": __version__,
-        "birnn_export.layout": spec.layout,
-        "birnn_export.lengths_rule": (
-            "lengths are clamped into [1, seq] inside the graph; positions at or past a row's "
-            f"length hold {spec.padding_value} in sequence outputs of the recurrent layers"
-        ),
-    }
-    if spec.source_sha256:
-        props["birnn_export.source_sha256"] = spec.source_sha256
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "birnn-export"
-    proto.producer_version = __version__
-
-
-def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) -> list[str]:
-    """Structural problems of an exported graph (empty when it is sound).
-
-    Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
-    or ``Scan`` (but a CRF's two Viterbi Scans, :mod:`birnn_export.crf`), symbolic batch/seq on
-    inputs and outputs, and the example batch and length
-    nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
-    (those the model itself has) are not searched for: they cannot be told apart.
-
-    ``model`` is an ``onnx.ModelProto`` or, for models over 2 GB, the path of the saved file.
-    """
-    import onnx
-
-    problems: list[str] = []
-    target = str(model) if isinstance(model, (str, Path)) else model
-    try:
-        onnx.checker.check_model(target, full_check=True)
-    except Exception as exc:
-        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
-        return problems
-    try:
-        if isinstance(target, str):
-            with tempfile.TemporaryDirectory() as tmp:
-                inferred_path = os.path.join(tmp, "inferred.onnx")
-                onnx.shape_inference.infer_shapes_path(
-                    target, inferred_path, check_type=True, strict_mode=True
-                )
-                inferred = onnx.load(inferred_path, load_external_data=False)
-        else:
-            inferred = onnx.shape_inference.infer_shapes(target, check_type=True, strict_mode=True)
-    except Exception as exc:
-        problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
-        return problems
-    ops = collections.Counter(n.op_type for n in inferred.graph.node if not is_viterbi_scan(n))
-    for loop in ("Loop", "Scan"):
-        if ops[loop]:
-            problems.append(f"graph holds {ops[loop]} {loop} node(s): recurrence was unrolled")
-    expected_layers = spec.recurrent_layers
-    if expected_layers and not (ops["LSTM"] or ops["GRU"] or ops["RNN"]):
-        problems.append("no LSTM/GRU/RNN node in the graph although the model has recurrent layers")
-    inputs = {t.name for t in spec.inputs}
-    for tensor, info in _io_pairs(inferred, spec):
-        dims = _dims_of(info)
-        for axis in (tensor.batch_axis, tensor.time_axis):
-            if axis is not None and (axis >= len(dims) or dims[axis] != tensor.dims[axis]):
-                found = dims[axis] if axis < len(dims) else "nothing"
-                problem = (
-                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
-                    f"graph declares {found}"
-                )
-                if tensor.name in inputs and isinstance(found, int):
-                    problem += (
-                        f": the model cannot vary it (it fixes it to {found}); declare the "
-                        f"inputs with that dim as the number {found} (--input / inputs=[...])"
-                    )
-                problems.append(problem)
-    traced_at = spec.example_sizes or {
-        spec.batch_dim: spec.example_batch,
-        spec.time_dim: spec.example_seq,
-    }
-    examples = {
-        size: "batch" if name == spec.batch_dim else "length" if name == spec.time_dim else name
-        for name, size in traced_at.items()
-        if size not in ignore
-    }
-    for info in [*inferred.graph.value_info, *inferred.graph.output]:
-        baked = [f"{examples[d]} {d}" for d in _dims_of(info) if d in examples]
-        if baked:
-            problems.append(
-                f"value {info.name} has static dims {list(_dims_of(info))}: the example "
-                f"{', '.join(baked)} is baked into its shape"
-            )
-    problems += _baked_sizes(inferred, set(examples))
-    return problems
-
-
-def _io_pairs(proto: Any, spec: GraphSpec) -> list[tuple[TensorSpec, Any]]:
-    infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
-    return [(t, infos[t.name]) for t in (*spec.inputs, *spec.outputs) if t.name in infos]
-
-
-def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
-    from onnx import numpy_helper
-
-    # Shape constants are small and stay inline; weights in external data are not needed here.
-    constants: dict[str, np.ndarray] = {
-        init.name: numpy_helper.to_array(init)
-        for init in proto.graph.initializer
-        if init.data_location != init.EXTERNAL
-    }
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
-    problems = []
-    for node in proto.graph.node:
-        if node.op_type not in SHAPE_OPS:
-            continue
-        # ConstantOfShape/Expand/Reshape/Tile: the shape or repeats input; Slice: starts/ends.
-        for name in node.input[1:]:
-            values = constants.get(name)
-            if values is None or values.dtype.kind not in "iu":
-                continue
-            hits = sorted(sizes.intersection(int(v) for v in values.ravel()))
-            if hits:
-                problems.append(
-                    f"{node.op_type} node {node.name or node.output[0]} has the example size(s) "
-                    f"{hits} baked into its constant input {name}: the graph would only run at "
-                    "that size"
-                )
-        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
-            values = constants[node.input[0]]
-            if sizes.intersection(int(v) for v in values.ravel()):
-                problems.append(f"ConstantOfShape {node.name} has a static example shape")
-    return problems
-
-
-def _check_graph(
-    model: Any, spec: GraphSpec, ignore: Collection[int], crfs: Sequence[str] = ()
-) -> None:
-    problems = check_graph(model, spec, ignore=ignore)
-    if problems and crfs:  # a hand-written Viterbi froze the length: that is the cause
-        raise ExportError(
-            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {problems[0]})"
-        )
-    if problems:
-        raise ExportError("exported graph failed its checks: " + "; ".join(problems))
-
-
-# -- writing and self-check -----------------------------------------------------------------
-
-
-#: Staging folders are named ``.<file>.birnn-export-<pid>-<random>``: a folder whose process is
-#: gone (killed while saving) is removed by the next export to the same file.
-STAGING_MARK = ".birnn-export-"
-
-
-@contextlib.contextmanager
-def _staged_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it (and external data) into place on success."""
-    _remove_stale_staging(path)
-    try:
-        directory = Path(
-            tempfile.mkdtemp(prefix=f".{path.name}{STAGING_MARK}{os.getpid()}-", dir=path.parent)
-        )
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
-    staging = directory / path.name
-    try:
-        yield staging
-        data = directory / (path.name + ".data")
-        if data.exists():
-            os.replace(data, path.parent / data.name)
-        os.replace(staging, path)
-    finally:
-        for leftover in directory.iterdir():
-            leftover.unlink()
-        directory.rmdir()
-
-
-def _remove_stale_staging(path: Path) -> None:
-    """Remove staging folders for ``path`` left by a process that no longer runs (kill -9)."""
-    prefix = f".{path.name}{STAGING_MARK}"
-    for folder in path.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = folder.name[len(prefix) :].partition("-")[0]
-        if not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            for leftover in folder.iterdir():
-                leftover.unlink()
-            folder.rmdir()
-            logger.info("removed %s, left by process %s that no longer runs", folder, pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, but belongs to someone else
-        return True
-    return True
-
-
-def _save(proto: Any, path: Path, *, external: bool) -> None:
-    import onnx
-
-    onnx.save_model(
-        proto,
-        str(path),
-        save_as_external_data=external,
-        all_tensors_to_one_file=True,
-        location=path.name + ".data",
-    )
-
-
-def _file_size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
 def _quantize_staged(staging: Path) -> Any:
     """Replace the staged float32 graph with its int8 form; the float graph is not kept."""
     from birnn_export.quantize import quantize_int8
@@ -1015,7 +586,6 @@ def _verify_staged(
     Raises:
         VerificationError: the graph failed (carrying the report); nothing is written.
     """
-    import dataclasses
 
     try:
         import onnxruntime  # noqa: F401

@@ -20,7 +20,7 @@ from birnn_export import export as export_module
 from birnn_export.cli import main
 from birnn_export.describe import describe_onnx
 from birnn_export.errors import ExportError, VerificationError
-from birnn_export.export import check_graph, export_onnx
+from birnn_export.export import export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.runners import OrtRunner
@@ -324,32 +324,6 @@ def test_other_opset_and_uninferable_inputs(tmp_path):
     time_major = export_onnx(nn.LSTM(3, 4), tmp_path / "tm.onnx")
     assert time_major.spec.inputs[0].dims == ("seq", "batch", 3)
     assert time_major.spec.inputs[0].batch_axis == 1 and time_major.spec.inputs[0].time_axis == 0
-
-
-def test_check_graph_finds_a_baked_length(tmp_path):
-    result = export_onnx(BiRNN(3, 4), tmp_path / "ok.onnx")
-    proto = onnx.load(str(result.path))
-    assert check_graph(proto, result.spec) == []
-    spec = result.spec
-    shape = onnx.numpy_helper.from_array(
-        np.array([spec.example_batch, spec.example_seq, -1], dtype=np.int64), "baked_shape"
-    )
-    proto.graph.initializer.append(shape)
-    out = proto.graph.output[0].name
-    proto.graph.node.append(onnx.helper.make_node("Reshape", [out, "baked_shape"], ["reshaped"]))
-    proto.graph.output.append(onnx.helper.make_tensor_value_info("reshaped", 1, ["a", "b", "c"]))
-    problems = check_graph(proto, spec)
-    assert any("baked" in p for p in problems), problems
-
-
-def test_check_graph_finds_a_static_example_dim_in_value_info(tmp_path):
-    result = export_onnx(BiRNN(3, 4), tmp_path / "ok.onnx")
-    proto = onnx.load(str(result.path))
-    value = proto.graph.output[0]
-    value.type.tensor_type.shape.dim[1].ClearField("dim_param")
-    value.type.tensor_type.shape.dim[1].dim_value = result.spec.example_seq
-    problems = check_graph(proto, result.spec)
-    assert any("length" in p and "baked" in p for p in problems), problems
 
 
 def test_external_data_for_large_models(tmp_path, monkeypatch):
@@ -672,125 +646,6 @@ def test_fp16_every_cell_runs_in_onnxruntime(tmp_path, cell, layout, lengths):
     assert report.passed, report.summary()
     # The reference in float64; fp16 eager PyTorch's own error is the noise floor.
     assert (report.reference_dtype, report.eager_dtype) == ("float64", "float16")
-
-
-def _transpose_matmul_fp16() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    weight = onnx.numpy_helper.from_array(rng.standard_normal((3, 5)).astype(np.float16), "W")
-    bias = onnx.numpy_helper.from_array(rng.standard_normal(5).astype(np.float16), "b")
-    nodes = [
-        onnx.helper.make_node("Relu", ["x"], ["r"], name="relu"),
-        onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2], name="to_batch_first"),
-        onnx.helper.make_node("MatMul", ["t", "W"], ["m"], name="head"),
-        onnx.helper.make_node("Add", ["m", "b"], ["y"], name="bias"),
-    ]
-    f16 = onnx.TensorProto.FLOAT16
-    graph = onnx.helper.make_graph(
-        nodes,
-        "g",
-        [onnx.helper.make_tensor_value_info("x", f16, ["seq", "batch", 3])],
-        [onnx.helper.make_tensor_value_info("y", f16, ["batch", "seq", 5])],
-        [weight, bias],
-    )
-    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
-
-
-def _loads_in_a_subprocess(path) -> int:
-    code = (
-        "import onnxruntime as ort, sys\n"
-        f"ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
-    )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode
-
-
-def test_fp16_transpose_before_matmul_is_sunk_below_it(tmp_path):
-    """ONNX Runtime 1.32's CPU provider crashes creating a session for an fp16 batch-axis
-    Transpose feeding a MatMul (its MatmulTransposeFusion, across the Casts it inserts): the
-    head of every batch-first model. The export moves the Transpose after the MatMul."""
-    original = _transpose_matmul_fp16()
-    before = tmp_path / "before.onnx"
-    onnx.save(original, before)
-    if ort.__version__.startswith("1.32."):
-        assert _loads_in_a_subprocess(before) != 0  # the crash this works around
-    fixed = _transpose_matmul_fp16()
-    assert export_module.sink_batch_transposes(fixed) == 1
-    onnx.checker.check_model(fixed, full_check=True)
-    assert [n.op_type for n in fixed.graph.node] == ["Relu", "MatMul", "Transpose", "Add"]
-    after = tmp_path / "after.onnx"
-    onnx.save(fixed, after)
-    assert _loads_in_a_subprocess(after) == 0
-    x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float16)
-    (got,) = run_ort(after, {"x": x}).values()
-    w = onnx.numpy_helper.to_array(original.graph.initializer[0]).astype(np.float32)
-    b = onnx.numpy_helper.to_array(original.graph.initializer[1]).astype(np.float32)
-    want = np.maximum(x.astype(np.float32), 0).transpose(1, 0, 2) @ w + b
-    np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-2, rtol=1e-2)
-    # Left alone: a batched (rank-3) right operand, a Transpose that swaps the last two axes.
-    batched = _transpose_matmul_fp16()
-    batched.graph.initializer[0].CopyFrom(
-        onnx.numpy_helper.from_array(np.zeros((2, 3, 5), np.float16), "W")
-    )
-    assert export_module.sink_batch_transposes(batched) == 0
-    last_two = _transpose_matmul_fp16()
-    last_two.graph.node[1].attribute[0].ints[:] = [0, 2, 1]
-    assert export_module.sink_batch_transposes(last_two) == 0
-
-
-def test_sinking_keeps_other_readers_and_names_unique(tmp_path):
-    """Two unnamed MatMuls on one Transpose, which is also a graph output and read inside an
-    If branch: both MatMuls move, their new nodes get distinct names, the Transpose stays, and
-    the graph still loads and computes the same."""
-    model = _transpose_matmul_fp16()
-    graph = model.graph
-    f16 = onnx.TensorProto.FLOAT16
-    for node in graph.node:
-        node.name = ""
-    second = onnx.helper.make_node("MatMul", ["t", "W"], ["m2"])
-    graph.node.insert(3, second)
-    graph.node.append(onnx.helper.make_node("Add", ["y", "m2"], ["y2"]))
-    branch = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["t"], ["inner"])],
-        "branch",
-        [],
-        [onnx.helper.make_tensor_value_info("inner", f16, ["batch", "seq", 3])],
-    )
-    graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "flag"))
-    graph.node.append(
-        onnx.helper.make_node("If", ["flag"], ["chosen"], then_branch=branch, else_branch=branch)
-    )
-    del graph.output[:]
-    graph.output.extend(
-        [
-            onnx.helper.make_tensor_value_info("y2", f16, ["batch", "seq", 5]),
-            onnx.helper.make_tensor_value_info("chosen", f16, ["batch", "seq", 3]),
-        ]
-    )
-    before = tmp_path / "before.onnx"
-    onnx.save(model, before)
-    assert export_module.sink_batch_transposes(model) == 2
-    onnx.checker.check_model(model, full_check=True)
-    names = [n.name for n in model.graph.node if n.name]
-    assert len(names) == len(set(names)) == 2
-    assert [n.op_type for n in model.graph.node].count("Transpose") == 3  # kept + 2 new
-    after = tmp_path / "after.onnx"
-    onnx.save(model, after)
-    assert _loads_in_a_subprocess(after) == 0
-    x = np.random.default_rng(2).standard_normal((4, 2, 3)).astype(np.float16)
-    got = run_ort(after, {"x": x})
-    w = onnx.numpy_helper.to_array(graph.initializer[0]).astype(np.float32)
-    b = onnx.numpy_helper.to_array(graph.initializer[1]).astype(np.float32)
-    t = np.maximum(x.astype(np.float32), 0).transpose(1, 0, 2)
-    np.testing.assert_allclose(got["y2"].astype(np.float32), 2 * (t @ w) + b, atol=3e-2, rtol=1e-2)
-    np.testing.assert_allclose(got["chosen"].astype(np.float32), t, atol=1e-2)
-
-
-def test_sinking_drops_the_dead_transposes_value_info():
-    model = _transpose_matmul_fp16()
-    model = onnx.shape_inference.infer_shapes(model)
-    assert "t" in {v.name for v in model.graph.value_info}
-    assert export_module.sink_batch_transposes(model) == 1
-    assert "t" not in {v.name for v in model.graph.value_info}
-    assert "t" not in {o for n in model.graph.node for o in n.output}
 
 
 @pytest.mark.parametrize(

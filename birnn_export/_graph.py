@@ -1,0 +1,289 @@
+"""The graph export traced, read back: the contract it records and the checks it must pass.
+
+:func:`build_spec` derives the :class:`~birnn_export.spec.GraphSpec` (inputs, outputs and their
+roles, recurrent layers in graph order, serving ranges) from the traced graph and the model;
+:func:`set_metadata` stores it in ``metadata_props``; :func:`check_graph` lists structural
+problems (checker, strict shape inference, unrolled loops, example sizes baked into shapes).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import tempfile
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from birnn_export._inputs import PlannedInputs
+from birnn_export._version import __version__
+from birnn_export.conversion import find_recurrent_layers
+from birnn_export.crf import HAND_WRITTEN_HINT, is_viterbi_scan
+from birnn_export.errors import ExportError
+from birnn_export.modules import BiRNN
+from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, dim_sources
+
+#: Ops whose constant inputs would freeze a shape if they held the example batch or length.
+SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
+
+
+def dims_of(value_info: Any) -> tuple[int | str, ...]:
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims)
+
+
+ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def build_spec(
+    proto: Any,
+    planned: PlannedInputs,
+    model: nn.Module,
+    layers: Sequence[BiRNN],
+    tags: Collection[str] = (),
+) -> GraphSpec:
+    outputs = []
+    for info in proto.graph.output:
+        dims = dims_of(info)
+        dtype = ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
+        batch_at = dims.index(planned.batch_dim) if planned.batch_dim in dims else None
+        time_at = next(
+            (
+                i
+                for i, d in enumerate(dims)
+                if isinstance(d, str)
+                and i != batch_at
+                and (d == planned.time_dim or planned.time_dim in dim_sources(d))
+            ),
+            None,
+        )
+        if info.name in tags:
+            role = "tags"
+        elif time_at is not None:
+            role = "sequence"
+        elif info.name in ("h_n", "c_n"):
+            role = "state"
+        else:
+            role = "other"
+        outputs.append(
+            TensorSpec(info.name, dtype, dims, role, batch_at=batch_at, time_at=time_at)  # type: ignore[arg-type]
+        )
+    padding = layers[-1].padding_value if layers else 0.0
+    others = {
+        name: triple
+        for name, triple in planned.ranges.items()
+        if name not in (planned.batch_dim, planned.time_dim)
+    }
+    # The graph's own input types (an fp16 graph takes float16 where float32 was declared).
+    graph_types = {
+        i.name: ONNX_DTYPES.get(i.type.tensor_type.elem_type, "unknown") for i in proto.graph.input
+    }
+    inputs = tuple(
+        dataclasses.replace(t, dtype=graph_types.get(t.name, t.dtype)) for t in planned.specs()
+    )
+    return GraphSpec(
+        inputs=inputs,
+        outputs=tuple(outputs),
+        example_batch=planned.examples[planned.batch_dim],
+        example_seq=planned.examples[planned.time_dim],
+        padding_value=padding,
+        recurrent_layers=tuple(
+            _layer_summary(name, layer) for name, layer in _in_graph_order(proto, model)
+        ),
+        batch_range=planned.ranges[planned.batch_dim],
+        seq_range=planned.ranges[planned.time_dim],
+        batch_dim=planned.batch_dim,
+        time_dim=planned.time_dim,
+        dim_ranges=others,
+        example_sizes=dict(planned.examples),
+        token_padding=_token_padding(model, planned, tags),
+    )
+
+
+def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[str]) -> int | None:
+    """The pad id of a CRF tagger that takes token ids and no lengths (its mask is ``ids !=
+    pad``): its first Embedding's ``padding_idx``."""
+    if not tags or "lengths" in planned.roles or "tokens" not in planned.roles:
+        return None
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    return None if embedding is None else embedding.padding_idx
+
+
+def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:
+    """The model's BiRNN layers in the order their nodes run in the graph (which need not be
+    the order the modules were registered in)."""
+    names = [n.name for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+
+    def first_node(item: tuple[str, BiRNN]) -> int:
+        return next((i for i, n in enumerate(names) if n.startswith(f"{item[0]}/")), len(names))
+
+    return sorted(named_layers(model), key=first_node)
+
+
+def named_layers(model: nn.Module) -> list[tuple[str, BiRNN]]:
+    return [(n, m) for n, m in find_recurrent_layers(model) if isinstance(m, BiRNN)]
+
+
+def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
+    return {
+        "path": name,
+        "cell": layer.cell,
+        "input_size": layer.input_size,
+        "hidden_size": layer.hidden_size,
+        "num_layers": layer.num_layers,
+        "bidirectional": layer.bidirectional,
+    }
+
+
+def set_metadata(proto: Any, spec: GraphSpec) -> None:
+    props = {
+        METADATA_KEY: spec.to_json(),
+        "birnn_export.version": __version__,
+        "birnn_export.layout": spec.layout,
+        "birnn_export.lengths_rule": (
+            "lengths are clamped into [1, seq] inside the graph; positions at or past a row's "
+            f"length hold {spec.padding_value} in sequence outputs of the recurrent layers"
+        ),
+    }
+    if spec.source_sha256:
+        props["birnn_export.source_sha256"] = spec.source_sha256
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "birnn-export"
+    proto.producer_version = __version__
+
+
+def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) -> list[str]:
+    """Structural problems of an exported graph (empty when it is sound).
+
+    Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
+    or ``Scan`` (but a CRF's two Viterbi Scans, :mod:`birnn_export.crf`), symbolic batch/seq on
+    inputs and outputs, and the example batch and length
+    nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
+    (those the model itself has) are not searched for: they cannot be told apart.
+
+    ``model`` is an ``onnx.ModelProto`` or, for models over 2 GB, the path of the saved file.
+    """
+    import onnx
+
+    problems: list[str] = []
+    target = str(model) if isinstance(model, (str, Path)) else model
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except Exception as exc:
+        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
+        return problems
+    try:
+        if isinstance(target, str):
+            with tempfile.TemporaryDirectory() as tmp:
+                inferred_path = os.path.join(tmp, "inferred.onnx")
+                onnx.shape_inference.infer_shapes_path(
+                    target, inferred_path, check_type=True, strict_mode=True
+                )
+                inferred = onnx.load(inferred_path, load_external_data=False)
+        else:
+            inferred = onnx.shape_inference.infer_shapes(target, check_type=True, strict_mode=True)
+    except Exception as exc:
+        problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
+        return problems
+    ops = collections.Counter(n.op_type for n in inferred.graph.node if not is_viterbi_scan(n))
+    for loop in ("Loop", "Scan"):
+        if ops[loop]:
+            problems.append(f"graph holds {ops[loop]} {loop} node(s): recurrence was unrolled")
+    expected_layers = spec.recurrent_layers
+    if expected_layers and not (ops["LSTM"] or ops["GRU"] or ops["RNN"]):
+        problems.append("no LSTM/GRU/RNN node in the graph although the model has recurrent layers")
+    inputs = {t.name for t in spec.inputs}
+    for tensor, info in _io_pairs(inferred, spec):
+        dims = dims_of(info)
+        for axis in (tensor.batch_axis, tensor.time_axis):
+            if axis is not None and (axis >= len(dims) or dims[axis] != tensor.dims[axis]):
+                found = dims[axis] if axis < len(dims) else "nothing"
+                problem = (
+                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
+                    f"graph declares {found}"
+                )
+                if tensor.name in inputs and isinstance(found, int):
+                    problem += (
+                        f": the model cannot vary it (it fixes it to {found}); declare the "
+                        f"inputs with that dim as the number {found} (--input / inputs=[...])"
+                    )
+                problems.append(problem)
+    traced_at = spec.example_sizes or {
+        spec.batch_dim: spec.example_batch,
+        spec.time_dim: spec.example_seq,
+    }
+    examples = {
+        size: "batch" if name == spec.batch_dim else "length" if name == spec.time_dim else name
+        for name, size in traced_at.items()
+        if size not in ignore
+    }
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        baked = [f"{examples[d]} {d}" for d in dims_of(info) if d in examples]
+        if baked:
+            problems.append(
+                f"value {info.name} has static dims {list(dims_of(info))}: the example "
+                f"{', '.join(baked)} is baked into its shape"
+            )
+    problems += _baked_sizes(inferred, set(examples))
+    return problems
+
+
+def _io_pairs(proto: Any, spec: GraphSpec) -> list[tuple[TensorSpec, Any]]:
+    infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
+    return [(t, infos[t.name]) for t in (*spec.inputs, *spec.outputs) if t.name in infos]
+
+
+def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
+    from onnx import numpy_helper
+
+    # Shape constants are small and stay inline; weights in external data are not needed here.
+    constants: dict[str, np.ndarray] = {
+        init.name: numpy_helper.to_array(init)
+        for init in proto.graph.initializer
+        if init.data_location != init.EXTERNAL
+    }
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type not in SHAPE_OPS:
+            continue
+        # ConstantOfShape/Expand/Reshape/Tile: the shape or repeats input; Slice: starts/ends.
+        for name in node.input[1:]:
+            values = constants.get(name)
+            if values is None or values.dtype.kind not in "iu":
+                continue
+            hits = sorted(sizes.intersection(int(v) for v in values.ravel()))
+            if hits:
+                problems.append(
+                    f"{node.op_type} node {node.name or node.output[0]} has the example size(s) "
+                    f"{hits} baked into its constant input {name}: the graph would only run at "
+                    "that size"
+                )
+        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
+            values = constants[node.input[0]]
+            if sizes.intersection(int(v) for v in values.ravel()):
+                problems.append(f"ConstantOfShape {node.name} has a static example shape")
+    return problems
+
+
+def raise_for_problems(
+    model: Any, spec: GraphSpec, ignore: Collection[int], crfs: Sequence[str] = ()
+) -> None:
+    problems = check_graph(model, spec, ignore=ignore)
+    if problems and crfs:  # a hand-written Viterbi froze the length: that is the cause
+        raise ExportError(
+            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {problems[0]})"
+        )
+    if problems:
+        raise ExportError("exported graph failed its checks: " + "; ".join(problems))
