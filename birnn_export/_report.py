@@ -1,5 +1,6 @@
-"""Helpers shared by the verify and bench reports: JSON safety, the machine description, the
-element-wise comparison, and the terminal rendering of a verification report.
+"""Reports: what a verification found (:class:`CaseResult`, :class:`VerifyReport`) and its
+terminal rendering, and helpers the verify and bench reports share (JSON safety, the machine
+description).
 
 Private: the public entry points are :mod:`birnn_export.verification` and
 :mod:`birnn_export.bench`. Heavy libraries (torch, rich) are imported inside functions.
@@ -8,18 +9,21 @@ Private: the public entry points are :mod:`birnn_export.verification` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
 import platform
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from birnn_export._files import file_sha256
+from birnn_export.errors import VerificationError
 
 if TYPE_CHECKING:
     from birnn_export.compare import Check
-    from birnn_export.verification import VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,160 @@ _PACKAGES = (
     ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
     ("tensorrt_rtx", ("tensorrt-rtx", "tensorrt_rtx")),
 )
+
+
+# -- verification results ----------------------------------------------------------------
+
+
+#: ``lengths_mode`` of the result that judges every case together (int8 graphs).
+WHOLE_SWEEP = "whole sweep"
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One engine at one input shape: the outputs' checks, or the error the engine raised."""
+
+    engine: str
+    batch: int
+    seq: int
+    lengths_mode: str
+    scale: float
+    seed: int
+    lengths: tuple[int, ...] | None
+    outputs: tuple[Check, ...]
+    error: str | None = None
+    diagnosis: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(o.passed for o in self.outputs)
+
+    @property
+    def label(self) -> str:
+        if self.lengths_mode == WHOLE_SWEEP:
+            return f"{self.engine} {WHOLE_SWEEP}"
+        scale = f" x{self.scale:g}" if self.scale != 1.0 else ""
+        return f"{self.engine} B={self.batch} T={self.seq} {self.lengths_mode}{scale}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Everything :func:`verify` compared; ``passed`` only if every case and check passed.
+
+    ``criterion`` says how outputs were judged; ``reference_dtype`` is the reference's
+    precision and ``eager_dtype`` that of the eager run whose error is the noise floor (``None``
+    under fixed tolerances).
+    """
+
+    onnx_path: str
+    reference: str
+    reference_dtype: str
+    engines: tuple[str, ...]
+    providers: dict[str, tuple[str, ...]]
+    cases: tuple[CaseResult, ...]
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    environment: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    saved_inputs: str | None = None
+    criterion: str = ""
+    eager_dtype: str | None = None
+    saved_outputs: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and all(c.passed for c in self.cases)
+
+    @property
+    def failures(self) -> tuple[CaseResult, ...]:
+        return tuple(c for c in self.cases if not c.passed)
+
+    def worst_ratio(self) -> float | None:
+        """The largest finite engine-to-eager error ratio of any values or layer check (where
+        eager PyTorch is exact the ulp floor judges instead)."""
+        ratios = [
+            o.ratio
+            for c in self.cases
+            for o in c.outputs
+            if o.ratio is not None and math.isfinite(o.ratio) and o.check in ("values", "layer")
+        ]
+        return max(ratios, default=None)
+
+    def worst_use(self) -> float | None:
+        """The largest error over its threshold of any check (below 1 passes)."""
+        uses = [
+            o.max_abs / o.threshold
+            for c in self.cases
+            for o in c.outputs
+            if o.threshold and math.isfinite(o.max_abs)
+        ]
+        return max(uses, default=None)
+
+    def summary(self) -> str:
+        """One line: PASS/FAIL, counts, and the worst failing check."""
+        total, failed = len(self.cases), self.failures
+        if self.passed:
+            ratio, use = self.worst_ratio(), self.worst_use()
+            margin = " within tolerance"
+            if ratio is not None:
+                margin = f": error vs float64 at most {ratio:.2g}x eager {self.eager_dtype}'s own"
+            if use is not None:
+                margin += f" ({use:.2g} of the limit)"
+            engines = ", ".join(self.engines)
+            return f"PASS: {total} case(s) on {engines} match {self.reference}{margin}"
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} of {total} case(s) failed")
+            first = failed[0]
+            if first.error is not None:
+                parts.append(f"first: {first.label}: engine error: {first.error}")
+            else:
+                bad = max(
+                    (o for o in first.outputs if not o.passed),
+                    key=lambda o: o.max_abs if math.isfinite(o.max_abs) else math.inf,
+                )
+                parts.append(f"first: {first.label}: {bad.describe()}")
+        if self.problems:
+            parts.append(f"graph problems: {'; '.join(self.problems)}")
+        return "FAIL: " + "; ".join(parts)
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`~birnn_export.errors.VerificationError` (exit code 1) unless passed."""
+        if self.passed:
+            return
+        message = self.summary()
+        diagnosis = self.diagnosis()
+        if diagnosis:
+            message += " | " + " ".join(diagnosis.splitlines()[0].split())
+        raise VerificationError(message, report=self)
+
+    def diagnosed_failures(self) -> tuple[CaseResult, ...]:
+        """Failing cases that carry a diagnosis, most telling first: ragged lengths with a
+        full-length row and a batch above one, since they separate reversal from weights."""
+
+        def rank(case: CaseResult) -> tuple[bool, bool, bool]:
+            full = case.lengths is not None and case.seq in case.lengths
+            return (case.lengths_mode != "ragged", not full, case.batch == 1)
+
+        return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))
+
+    def diagnosis(self) -> str | None:
+        """The diagnosis of the most telling failing case (see :meth:`diagnosed_failures`)."""
+        ranked = self.diagnosed_failures()
+        return ranked[0].diagnosis if ranked else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["passed"] = self.passed
+        for case, result in zip(data["cases"], self.cases, strict=True):
+            case["passed"] = result.passed
+            for out, check in zip(case["outputs"], result.outputs, strict=True):
+                out["ratio"] = check.ratio
+        return json_safe(data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as strict JSON (non-finite numbers become ``null``)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
 # -- JSON ------------------------------------------------------------------------------------

@@ -21,6 +21,10 @@ On a mismatch, the first failing recurrent layer (or a bare bidirectional layer'
 split into its forward and backward halves, with the first diverging step of every row, so a
 reversal bug reads differently from wrong weights or numeric drift.
 
+Here is the sweep; one case is :mod:`birnn_export._case`, the shapes and feeds
+:mod:`birnn_export._sweep`, the references :mod:`birnn_export._references`, and the report
+:mod:`birnn_export._report`.
+
 Example:
     >>> report = verify("model.onnx", model, engines=("ort-cpu",))  # doctest: +SKIP
     >>> report.passed, report.summary()  # doctest: +SKIP
@@ -31,27 +35,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from birnn_export import _interop
-from birnn_export._diagnose import diagnose_directions, diagnose_layers
+from birnn_export._case import case_layers, last_lengths, layer_setup, run_case, sweep_checks
 from birnn_export._files import check_output_path
-from birnn_export._layers import (
-    GraphLayers,
-    LayersUnavailable,
-    graph_layers,
-    one_line,
-)
 from birnn_export._references import (
     GOLDEN_EAGER,
     GOLDEN_REFERENCE,
@@ -61,7 +56,7 @@ from birnn_export._references import (
     resolve_models,
     root_bidirectional_hidden,
 )
-from birnn_export._report import environment, json_safe
+from birnn_export._report import CaseResult, VerifyReport, environment
 from birnn_export._report import render_report as render_report
 from birnn_export._sweep import (
     LARGE_SCALE,
@@ -69,7 +64,6 @@ from birnn_export._sweep import (
     case_feed,
     fit_budget,
     plan_cases,
-    row_feed,
 )
 from birnn_export.compare import (
     Check,
@@ -78,20 +72,13 @@ from birnn_export.compare import (
     QuantizedCriterion,
     ToleranceOverride,
     check_overrides,
-    compare,
-    compare_outputs,
     resolve_tolerance,
-    sweep_check,
 )
-from birnn_export.errors import BiRNNExportError, VerificationError
+from birnn_export.errors import BiRNNExportError
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
-    TensorSpec,
-    Tolerance,
     covering_range,
-    default_tolerance,
-    dim_size,
     load_onnx,
 )
 
@@ -102,476 +89,6 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 
 #: One check of one output in one case (see :class:`birnn_export.compare.Check`).
 OutputResult = Check
-
-
-# -- results ---------------------------------------------------------------------------------
-
-
-#: ``lengths_mode`` of the result that judges every case together (int8 graphs).
-WHOLE_SWEEP = "whole sweep"
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One engine at one input shape: the outputs' checks, or the error the engine raised."""
-
-    engine: str
-    batch: int
-    seq: int
-    lengths_mode: str
-    scale: float
-    seed: int
-    lengths: tuple[int, ...] | None
-    outputs: tuple[Check, ...]
-    error: str | None = None
-    diagnosis: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and all(o.passed for o in self.outputs)
-
-    @property
-    def label(self) -> str:
-        if self.lengths_mode == WHOLE_SWEEP:
-            return f"{self.engine} {WHOLE_SWEEP}"
-        scale = f" x{self.scale:g}" if self.scale != 1.0 else ""
-        return f"{self.engine} B={self.batch} T={self.seq} {self.lengths_mode}{scale}"
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """Everything :func:`verify` compared; ``passed`` only if every case and check passed.
-
-    ``criterion`` says how outputs were judged; ``reference_dtype`` is the reference's
-    precision and ``eager_dtype`` that of the eager run whose error is the noise floor (``None``
-    under fixed tolerances).
-    """
-
-    onnx_path: str
-    reference: str
-    reference_dtype: str
-    engines: tuple[str, ...]
-    providers: dict[str, tuple[str, ...]]
-    cases: tuple[CaseResult, ...]
-    problems: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-    environment: dict[str, Any] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    saved_inputs: str | None = None
-    criterion: str = ""
-    eager_dtype: str | None = None
-    saved_outputs: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return not self.problems and all(c.passed for c in self.cases)
-
-    @property
-    def failures(self) -> tuple[CaseResult, ...]:
-        return tuple(c for c in self.cases if not c.passed)
-
-    def worst_ratio(self) -> float | None:
-        """The largest finite engine-to-eager error ratio of any values or layer check (where
-        eager PyTorch is exact the ulp floor judges instead)."""
-        ratios = [
-            o.ratio
-            for c in self.cases
-            for o in c.outputs
-            if o.ratio is not None and math.isfinite(o.ratio) and o.check in ("values", "layer")
-        ]
-        return max(ratios, default=None)
-
-    def worst_use(self) -> float | None:
-        """The largest error over its threshold of any check (below 1 passes)."""
-        uses = [
-            o.max_abs / o.threshold
-            for c in self.cases
-            for o in c.outputs
-            if o.threshold and math.isfinite(o.max_abs)
-        ]
-        return max(uses, default=None)
-
-    def summary(self) -> str:
-        """One line: PASS/FAIL, counts, and the worst failing check."""
-        total, failed = len(self.cases), self.failures
-        if self.passed:
-            ratio, use = self.worst_ratio(), self.worst_use()
-            margin = " within tolerance"
-            if ratio is not None:
-                margin = f": error vs float64 at most {ratio:.2g}x eager {self.eager_dtype}'s own"
-            if use is not None:
-                margin += f" ({use:.2g} of the limit)"
-            engines = ", ".join(self.engines)
-            return f"PASS: {total} case(s) on {engines} match {self.reference}{margin}"
-        parts = []
-        if failed:
-            parts.append(f"{len(failed)} of {total} case(s) failed")
-            first = failed[0]
-            if first.error is not None:
-                parts.append(f"first: {first.label}: engine error: {first.error}")
-            else:
-                bad = max(
-                    (o for o in first.outputs if not o.passed),
-                    key=lambda o: o.max_abs if math.isfinite(o.max_abs) else math.inf,
-                )
-                parts.append(f"first: {first.label}: {bad.describe()}")
-        if self.problems:
-            parts.append(f"graph problems: {'; '.join(self.problems)}")
-        return "FAIL: " + "; ".join(parts)
-
-    def raise_for_failure(self) -> None:
-        """Raise :class:`~birnn_export.errors.VerificationError` (exit code 1) unless passed."""
-        if self.passed:
-            return
-        message = self.summary()
-        diagnosis = self.diagnosis()
-        if diagnosis:
-            message += " | " + " ".join(diagnosis.splitlines()[0].split())
-        raise VerificationError(message, report=self)
-
-    def diagnosed_failures(self) -> tuple[CaseResult, ...]:
-        """Failing cases that carry a diagnosis, most telling first: ragged lengths with a
-        full-length row and a batch above one, since they separate reversal from weights."""
-
-        def rank(case: CaseResult) -> tuple[bool, bool, bool]:
-            full = case.lengths is not None and case.seq in case.lengths
-            return (case.lengths_mode != "ragged", not full, case.batch == 1)
-
-        return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))
-
-    def diagnosis(self) -> str | None:
-        """The diagnosis of the most telling failing case (see :meth:`diagnosed_failures`)."""
-        ranked = self.diagnosed_failures()
-        return ranked[0].diagnosis if ranked else None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["passed"] = self.passed
-        for case, result in zip(data["cases"], self.cases, strict=True):
-            case["passed"] = result.passed
-            for out, check in zip(case["outputs"], result.outputs, strict=True):
-                out["ratio"] = check.ratio
-        return json_safe(data)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as strict JSON (non-finite numbers become ``null``)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-
-# -- comparison ------------------------------------------------------------------------------
-
-
-def _layer_checks(
-    graph: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    eager: Mapping[str, np.ndarray] | None,
-    lengths: Mapping[str, np.ndarray],
-    criterion: Criterion,
-    dtype: str,
-) -> list[Check]:
-    """Every recurrent layer's output in the graph against the reference's, at valid steps."""
-    checks = []
-    for name, want in reference.items():
-        steps = want.shape[1]
-        got = graph[name][:, :steps]
-        rows = lengths[name.rsplit("/", 1)[0]]
-        mask = (np.arange(steps)[None, :] < rows[:, None])[..., None]
-        noise = None if eager is None else eager[name]
-        checks.append(
-            compare(
-                name,
-                "layer",
-                got,
-                want,
-                criterion=criterion,
-                eager=noise,
-                mask=mask,
-                dtype=dtype,
-                role="layer",
-                note="the layer's own output inside the graph",
-            )
-        )
-    return checks
-
-
-# -- one case --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Layers:
-    """Per-case layer outputs for the layer checks and the diagnosis (or why there are none)."""
-
-    infos: tuple[Any, ...] = ()
-    graph: Mapping[str, np.ndarray] | None = None
-    reference: Mapping[str, np.ndarray] | None = None
-    eager: Mapping[str, np.ndarray] | None = None
-    lengths: Mapping[str, np.ndarray] | None = None
-    hooked: str = ""
-    reason: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.reason is None and self.graph is not None and self.reference is not None
-
-
-def _run_case(
-    engine: str,
-    runner: Any,
-    spec: GraphSpec,
-    case: Case,
-    feed: Mapping[str, np.ndarray],
-    expected: Mapping[str, np.ndarray],
-    eager: Mapping[str, np.ndarray] | None,
-    lengths: np.ndarray | None,
-    criteria: Mapping[str, Criterion],
-    *,
-    batch_invariance: bool,
-    hidden: int | None,
-    layers: _Layers,
-    check_layers: bool,
-    reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
-    derived_lengths: np.ndarray | None = None,
-) -> CaseResult:
-    common = dict(
-        engine=engine,
-        batch=case.batch,
-        seq=case.seq,
-        lengths_mode=case.lengths_mode,
-        scale=case.scale,
-        seed=case.seed,
-        lengths=tuple(int(v) for v in lengths) if lengths is not None else None,
-    )
-    try:
-        actual = runner.infer(feed)
-    except Exception as exc:  # an engine rejecting valid input is a verification failure
-        return CaseResult(**common, outputs=(), error=one_line(exc))
-    outputs = compare_outputs(
-        spec, actual, expected, lengths, criteria, eager=eager, derived_lengths=derived_lengths
-    )
-    outputs += _shape_checks(spec, case, actual)
-    layer_checks: list[Check] = []
-    if check_layers and layers.ready:
-        criterion = next(iter(criteria.values()))
-        if isinstance(criterion, Tolerance):
-            criterion = default_tolerance(spec.dtype, "ort-cpu")
-        layer_checks = _layer_checks(
-            layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
-        )
-        outputs += layer_checks
-    error = None
-    if batch_invariance and case.scale == 1.0 and case.lengths_mode in ("ragged", "full"):
-        limits = {
-            o.name: o.threshold if o.threshold is not None else criteria[o.name]
-            for o in outputs
-            if o.check == "values"
-        }
-        try:
-            outputs += _batch_invariance(
-                runner,
-                spec,
-                feed,
-                actual,
-                lengths,
-                case,
-                limits,
-                expected=expected,
-                reference=reference,
-            )
-        except BiRNNExportError:
-            raise
-        except Exception as exc:
-            error = f"running single rows: {one_line(exc)}"
-    diagnosis = None
-    if any(not o.passed for o in outputs):
-        diagnosis = _diagnose(
-            engine, spec, case, actual, expected, lengths, outputs, hidden, layers, layer_checks
-        )
-    return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
-
-
-def _diagnose(
-    engine: str,
-    spec: GraphSpec,
-    case: Case,
-    actual: Mapping[str, np.ndarray],
-    expected: Mapping[str, np.ndarray],
-    lengths: np.ndarray | None,
-    outputs: Sequence[Check],
-    hidden: int | None,
-    layers: _Layers,
-    layer_checks: Sequence[Check],
-) -> str | None:
-    failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
-    if not failing:
-        return None
-    if all(o.threshold is None and o.atol is None for o in failing):  # an int8 graph
-        return (
-            "the int8 graph departs from the model beyond the task criterion; its quantized "
-            "kernels change results by design, so no direction split applies: compare the float "
-            "graph (ort-cpu) to tell an export defect from quantization"
-        )
-    rows = lengths if lengths is not None else np.full(case.batch, case.seq)
-    if hidden is None and layers.ready:
-        if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them
-            criterion = NoiseCriterion() if layers.eager is not None else Tolerance(1e-5, 1e-4)
-            layer_checks = _layer_checks(
-                layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
-            )
-        return diagnose_layers(
-            layer_checks,
-            layers.graph,
-            layers.reference,
-            layers.lengths,
-            layers.infos,
-            engine=engine,
-            hooked=layers.hooked,
-            takes_lengths=spec.lengths_input is not None,
-        )
-    texts = []
-    sequence_ok = not any(o.role == "sequence" for o in failing)
-    for result in failing:
-        tensor = next((t for t in spec.outputs if t.name == result.name), None)
-        if tensor is None or np.shape(actual.get(tensor.name)) != np.shape(expected[tensor.name]):
-            continue
-        limit = result.threshold if result.threshold is not None else None
-        tol = Tolerance(limit, 0.0) if limit is not None else Tolerance(result.atol, result.rtol)
-        texts.append(
-            diagnose_directions(
-                tensor,
-                np.asarray(actual[tensor.name]),
-                np.asarray(expected[tensor.name]),
-                rows,
-                hidden,
-                tol,
-                steps=case.seq,
-                sequence_ok=sequence_ok,
-                why=layers.reason,
-            )
-        )
-    return "\n".join(texts) or None
-
-
-def _shape_checks(spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray]) -> list[Check]:
-    """Output dims derived from the input dims (``(width//4)``) against the relation recorded in
-    the spec, at this case's sizes: only the ones that disagree."""
-    sizes = spec.sizes(case.batch, case.seq)
-    checks = []
-    for tensor in spec.outputs:
-        value = actual.get(tensor.name)
-        if value is None or np.ndim(value) != len(tensor.dims):
-            continue
-        for axis, dim in enumerate(tensor.dims):
-            if not isinstance(dim, str) or dim in sizes:
-                continue
-            want = dim_size(dim, sizes, unknown=-1)
-            if want >= 0 and np.shape(value)[axis] != want:
-                inf = math.inf
-                note = (
-                    f"dim {axis} is {np.shape(value)[axis]}, the graph's relation {dim!r} gives "
-                    f"{want} at {spec.time_dim}={case.seq}"
-                )
-                checks.append(
-                    Check(tensor.name, tensor.role, "shape", inf, inf, inf, False, note=note)
-                )
-    return checks
-
-
-def _batch_invariance(
-    runner: Any,
-    spec: GraphSpec,
-    feed: Mapping[str, np.ndarray],
-    batched: Mapping[str, np.ndarray],
-    lengths: np.ndarray | None,
-    case: Case,
-    limits: Mapping[str, Criterion | float],
-    *,
-    expected: Mapping[str, np.ndarray] | None = None,
-    reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
-) -> list[Check]:
-    """Each row alone (batch 1, T = its length) vs its row of the batched run (valid part).
-
-    ``limits`` per output: a criterion, or the threshold its values check was held to. Where
-    rows differ and ``reference`` (the reference model on one feed) and ``expected`` (its
-    batched outputs) are given, the reference is run on the same rows: a model that itself
-    depends on the batch (it flips the padded tensor, say) has its rows alone judged against the
-    reference alone instead."""
-    if case.batch == 1 and (lengths is None or int(lengths[0]) == case.seq):
-        return []  # the single row is the batch
-    outs = [t for t in spec.outputs if t.batch_axis is not None and t.name in batched]
-    singles = []
-    for row in range(case.batch):
-        length = int(lengths[row]) if lengths is not None else case.seq
-        single = row_feed(spec, feed, row, length)
-        singles.append((row, length, single, runner.infer(single)))
-
-    def steps(row: int, tensor: TensorSpec) -> int:
-        # A row alone has as many steps as its output along time (a strided front end
-        # shortens them): the batched row is cut to that.
-        return np.asarray(singles[row][3][tensor.name]).shape[tensor.time_axis]
-
-    def rows_of(source: Mapping[str, np.ndarray], tensor: TensorSpec) -> np.ndarray:
-        parts = []
-        for row, _, _, _ in singles:
-            whole = np.take(np.asarray(source[tensor.name]), [row], axis=tensor.batch_axis)
-            if tensor.time_axis is not None:
-                whole = np.take(whole, np.arange(steps(row, tensor)), axis=tensor.time_axis)
-            parts.append(whole.ravel())
-        return np.concatenate(parts)
-
-    def alone(outputs: Sequence[Mapping[str, np.ndarray]], tensor: TensorSpec) -> np.ndarray:
-        parts = []
-        for (row, _, _, _), out in zip(singles, outputs, strict=True):
-            value = np.asarray(out[tensor.name])
-            within = tensor.time_axis is None or (
-                value.shape[tensor.time_axis] == steps(row, tensor)
-                and steps(row, tensor) <= np.shape(batched[tensor.name])[tensor.time_axis]
-            )
-            if value.shape[tensor.batch_axis] != 1 or not within:
-                raise RuntimeError(
-                    f"output {tensor.name}: row {row} alone has shape {list(value.shape)}"
-                )
-            parts.append(value.ravel())
-        return np.concatenate(parts)
-
-    engine_alone = [out for _, _, _, out in singles]
-    reference_alone: list[Mapping[str, np.ndarray]] | None = None
-    results = []
-    for tensor in outs:
-        limit = limits[tensor.name]
-        kwargs: dict[str, Any] = {"criterion": limit}
-        if isinstance(limit, (int, float)):
-            kwargs = {"threshold": float(limit)}
-        elif isinstance(limit, NoiseCriterion):  # no noise floor for engine vs engine
-            kwargs = {"threshold": limit.threshold(0.0, 1.0, spec.dtype)}
-        common = {"dtype": spec.dtype, "role": tensor.role, **kwargs}
-        got = alone(engine_alone, tensor)
-        check = compare(
-            tensor.name,
-            "batch-invariance",
-            got,
-            rows_of(batched, tensor),
-            note="each row alone vs in the batch",
-            **common,
-        )
-        if not check.passed and reference is not None and expected is not None:
-            if reference_alone is None:
-                reference_alone = [reference(single) for _, _, single, _ in singles]
-            want = alone(reference_alone, tensor)
-            own = float(np.max(np.abs(want - rows_of(expected, tensor)), initial=0.0))
-            if not compare(tensor.name, "", want, rows_of(expected, tensor), **common).passed:
-                check = compare(
-                    tensor.name,
-                    "batch-invariance",
-                    got,
-                    want,
-                    note=(
-                        f"the model itself depends on the batch (its rows alone differ by "
-                        f"{own:.3g}): each row alone vs the reference alone"
-                    ),
-                    **common,
-                )
-        results.append(check)
-    return results
 
 
 def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
@@ -900,7 +417,7 @@ def verify(
     references = None
     if golden is None:
         references = References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
-    layer_state = _layer_setup(proto, spec, references, layer_paths, layers and golden is None)
+    layer_state = layer_setup(proto, spec, references, layer_paths, layers and golden is None)
 
     results: list[CaseResult] = []
     saved: list[tuple[Case, dict[str, np.ndarray], dict[str, Any], bool]] = []
@@ -922,11 +439,11 @@ def verify(
                         "reference": golden[ref_name][index],
                         "eager": golden[GOLDEN_EAGER][index] if eager_dtype else None,
                     }
-                case_layers = _case_layers(layer_state, references, ran, feed)
+                captured = case_layers(layer_state, references, ran, feed)
                 bar.advance(f"B={case.batch} T={case.seq} reference")
                 case_ok = True
                 for engine, runner in active.items():
-                    result = _run_case(
+                    result = run_case(
                         engine,
                         runner,
                         spec,
@@ -938,10 +455,10 @@ def verify(
                         per_engine[engine],
                         batch_invariance=batch_invariance,
                         hidden=hidden,
-                        layers=case_layers,
+                        layers=captured,
                         check_layers=engine == "ort-cpu" and spec.quantization is None,
                         reference=references.reference_only if references else None,
-                        derived_lengths=_last_lengths(spec, case_layers),
+                        derived_lengths=last_lengths(spec, captured),
                     )
                     results.append(result)
                     case_ok = case_ok and result.passed
@@ -951,7 +468,7 @@ def verify(
             bar.close()
             if layer_state.graph is not None:
                 layer_state.graph.close()
-    results += _sweep_checks(results, per_engine, seed)
+    results += sweep_checks(results, per_engine, seed)
     if spec.quantization is not None:
         pass  # int8 nodes are renamed: the layers were not compared, and need no note
     elif layer_state.reason is not None and layers and golden is None:
@@ -994,42 +511,6 @@ def verify(
     )
 
 
-def _sweep_checks(
-    results: Sequence[CaseResult], per_engine: Mapping[str, Mapping[str, Criterion]], seed: int
-) -> list[CaseResult]:
-    """Per engine judged by a :class:`QuantizedCriterion`: each output's relative error and top-1
-    agreement over all its cases (:func:`~birnn_export.compare.sweep_check`), as one result."""
-    swept = []
-    for engine, criteria in per_engine.items():
-        checks = []
-        for name, criterion in criteria.items():
-            if not isinstance(criterion, QuantizedCriterion):
-                continue
-            values = [
-                o
-                for r in results
-                if r.engine == engine
-                for o in r.outputs
-                if o.name == name and o.check == "values"
-            ]
-            check = sweep_check(values, criterion)
-            if check is not None:
-                checks.append(check)
-        if checks:
-            swept.append(
-                CaseResult(engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks))
-            )
-    return swept
-
-
-def _last_lengths(spec: GraphSpec, layers: _Layers) -> np.ndarray | None:
-    """The lengths the graph's last recurrent layer saw in the reference (after any front end
-    that shortens the time axis), where the layers were captured."""
-    if layers.lengths is None or not spec.recurrent_layers:
-        return None
-    return layers.lengths.get(str(spec.recurrent_layers[-1].get("path", "")))
-
-
 def _check_files(
     save_inputs: Any, save_outputs: Any, load_inputs: Any, load_outputs: Any, model: Any
 ) -> None:
@@ -1070,79 +551,3 @@ def _check_golden(
                     f"load_outputs: runner {runner!r} case {index} has outputs {sorted(out)}, "
                     f"the graph returns {names}"
                 )
-
-
-@dataclass
-class _LayerState:
-    """What the layer checks need for the whole sweep: the graph's layers, the session that
-    reads their outputs, and how graph paths map to the reference's modules."""
-
-    infos: tuple[Any, ...] = ()
-    graph: GraphLayers | None = None
-    hooked: str = ""
-    reason: str | None = None
-    paths: dict[str, str] = field(default_factory=dict)
-
-
-def _layer_setup(
-    proto: Any,
-    spec: GraphSpec,
-    references: References | None,
-    paths: Mapping[str, str],
-    enabled: bool,
-) -> _LayerState:
-    if not enabled or references is None:
-        return _LayerState(reason="off")
-    try:
-        infos = graph_layers(proto, spec)
-        mapped = [paths.get(layer.path, layer.path) for layer in infos]
-        references.attach_layers(mapped)
-    except LayersUnavailable as exc:
-        return _LayerState(reason=str(exc))
-    kinds = {
-        type(side.layers.modules[p]).__name__ for side in references.sides.values() for p in mapped
-    }
-    hooked = f"a hook on the reference's {'/'.join(sorted(kinds))} at " + ", ".join(
-        repr(p) for p in dict.fromkeys(layer.path for layer in infos)
-    )
-    return _LayerState(
-        tuple(infos),
-        GraphLayers(proto, infos, spec.dtype),
-        hooked,
-        paths={layer.path: mapped[i] for i, layer in enumerate(infos)},
-    )
-
-
-def _case_layers(
-    state: _LayerState,
-    references: References | None,
-    ran: Mapping[str, Any],
-    feed: Mapping[str, np.ndarray],
-) -> _Layers:
-    if state.reason is not None or state.graph is None:
-        return _Layers(reason=state.reason)
-    if references is not None and references.layer_reason is not None:
-        return _Layers(reason=references.layer_reason)
-    inverse = {v: k for k, v in state.paths.items()}
-
-    def graph_names(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for name, value in values.items():
-            path, _, layer = name.rpartition("/")
-            out[f"{inverse.get(path, path)}/{layer}"] = value
-        return out
-
-    lengths = {inverse.get(p, p): v for p, v in ran["layer_lengths"].items()}
-    try:
-        graph = state.graph.run(feed, lengths)
-    except LayersUnavailable as exc:
-        state.reason = str(exc)
-        return _Layers(reason=state.reason)
-    return _Layers(
-        infos=state.infos,
-        graph=graph,
-        reference=graph_names(ran["reference_layers"]),
-        eager=graph_names(ran["eager_layers"]) if "eager_layers" in ran else None,
-        lengths=lengths,
-        hooked=state.hooked,
-    )

@@ -1,0 +1,459 @@
+"""One case of a verification sweep: an engine run on one input, judged output by output.
+
+:func:`run_case` compares the engine's outputs with the reference's (valid steps, padding,
+derived shapes), every recurrent layer inside the graph with the reference's own layer
+(:func:`layer_setup` and :func:`case_layers` capture both sides), each row alone against the
+batch (:func:`batch_invariance_checks`), and on a mismatch says which layer and direction departed
+(:mod:`birnn_export._diagnose`). :func:`sweep_checks` judges int8 graphs over the whole sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from birnn_export._diagnose import diagnose_directions, diagnose_layers
+from birnn_export._layers import GraphLayers, LayersUnavailable, graph_layers, one_line
+from birnn_export._references import References
+from birnn_export._report import WHOLE_SWEEP, CaseResult
+from birnn_export._sweep import Case, row_feed
+from birnn_export.compare import (
+    Check,
+    Criterion,
+    NoiseCriterion,
+    QuantizedCriterion,
+    compare,
+    compare_outputs,
+    sweep_check,
+)
+from birnn_export.errors import BiRNNExportError
+from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, default_tolerance, dim_size
+
+
+def _layer_checks(
+    graph: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    eager: Mapping[str, np.ndarray] | None,
+    lengths: Mapping[str, np.ndarray],
+    criterion: Criterion,
+    dtype: str,
+) -> list[Check]:
+    """Every recurrent layer's output in the graph against the reference's, at valid steps."""
+    checks = []
+    for name, want in reference.items():
+        steps = want.shape[1]
+        got = graph[name][:, :steps]
+        rows = lengths[name.rsplit("/", 1)[0]]
+        mask = (np.arange(steps)[None, :] < rows[:, None])[..., None]
+        noise = None if eager is None else eager[name]
+        checks.append(
+            compare(
+                name,
+                "layer",
+                got,
+                want,
+                criterion=criterion,
+                eager=noise,
+                mask=mask,
+                dtype=dtype,
+                role="layer",
+                note="the layer's own output inside the graph",
+            )
+        )
+    return checks
+
+
+# -- one case --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseLayers:
+    """Per-case layer outputs for the layer checks and the diagnosis (or why there are none)."""
+
+    infos: tuple[Any, ...] = ()
+    graph: Mapping[str, np.ndarray] | None = None
+    reference: Mapping[str, np.ndarray] | None = None
+    eager: Mapping[str, np.ndarray] | None = None
+    lengths: Mapping[str, np.ndarray] | None = None
+    hooked: str = ""
+    reason: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.reason is None and self.graph is not None and self.reference is not None
+
+
+def run_case(
+    engine: str,
+    runner: Any,
+    spec: GraphSpec,
+    case: Case,
+    feed: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    eager: Mapping[str, np.ndarray] | None,
+    lengths: np.ndarray | None,
+    criteria: Mapping[str, Criterion],
+    *,
+    batch_invariance: bool,
+    hidden: int | None,
+    layers: CaseLayers,
+    check_layers: bool,
+    reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
+    derived_lengths: np.ndarray | None = None,
+) -> CaseResult:
+    common = dict(
+        engine=engine,
+        batch=case.batch,
+        seq=case.seq,
+        lengths_mode=case.lengths_mode,
+        scale=case.scale,
+        seed=case.seed,
+        lengths=tuple(int(v) for v in lengths) if lengths is not None else None,
+    )
+    try:
+        actual = runner.infer(feed)
+    except Exception as exc:  # an engine rejecting valid input is a verification failure
+        return CaseResult(**common, outputs=(), error=one_line(exc))
+    outputs = compare_outputs(
+        spec, actual, expected, lengths, criteria, eager=eager, derived_lengths=derived_lengths
+    )
+    outputs += _shape_checks(spec, case, actual)
+    layer_checks: list[Check] = []
+    if check_layers and layers.ready:
+        criterion = next(iter(criteria.values()))
+        if isinstance(criterion, Tolerance):
+            criterion = default_tolerance(spec.dtype, "ort-cpu")
+        layer_checks = _layer_checks(
+            layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
+        )
+        outputs += layer_checks
+    error = None
+    if batch_invariance and case.scale == 1.0 and case.lengths_mode in ("ragged", "full"):
+        limits = {
+            o.name: o.threshold if o.threshold is not None else criteria[o.name]
+            for o in outputs
+            if o.check == "values"
+        }
+        try:
+            outputs += batch_invariance_checks(
+                runner,
+                spec,
+                feed,
+                actual,
+                lengths,
+                case,
+                limits,
+                expected=expected,
+                reference=reference,
+            )
+        except BiRNNExportError:
+            raise
+        except Exception as exc:
+            error = f"running single rows: {one_line(exc)}"
+    diagnosis = None
+    if any(not o.passed for o in outputs):
+        diagnosis = _diagnose(
+            engine, spec, case, actual, expected, lengths, outputs, hidden, layers, layer_checks
+        )
+    return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
+
+
+def _diagnose(
+    engine: str,
+    spec: GraphSpec,
+    case: Case,
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    lengths: np.ndarray | None,
+    outputs: Sequence[Check],
+    hidden: int | None,
+    layers: CaseLayers,
+    layer_checks: Sequence[Check],
+) -> str | None:
+    failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
+    if not failing:
+        return None
+    if all(o.threshold is None and o.atol is None for o in failing):  # an int8 graph
+        return (
+            "the int8 graph departs from the model beyond the task criterion; its quantized "
+            "kernels change results by design, so no direction split applies: compare the float "
+            "graph (ort-cpu) to tell an export defect from quantization"
+        )
+    rows = lengths if lengths is not None else np.full(case.batch, case.seq)
+    if hidden is None and layers.ready:
+        if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them
+            criterion = NoiseCriterion() if layers.eager is not None else Tolerance(1e-5, 1e-4)
+            layer_checks = _layer_checks(
+                layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
+            )
+        return diagnose_layers(
+            layer_checks,
+            layers.graph,
+            layers.reference,
+            layers.lengths,
+            layers.infos,
+            engine=engine,
+            hooked=layers.hooked,
+            takes_lengths=spec.lengths_input is not None,
+        )
+    texts = []
+    sequence_ok = not any(o.role == "sequence" for o in failing)
+    for result in failing:
+        tensor = next((t for t in spec.outputs if t.name == result.name), None)
+        if tensor is None or np.shape(actual.get(tensor.name)) != np.shape(expected[tensor.name]):
+            continue
+        limit = result.threshold if result.threshold is not None else None
+        tol = Tolerance(limit, 0.0) if limit is not None else Tolerance(result.atol, result.rtol)
+        texts.append(
+            diagnose_directions(
+                tensor,
+                np.asarray(actual[tensor.name]),
+                np.asarray(expected[tensor.name]),
+                rows,
+                hidden,
+                tol,
+                steps=case.seq,
+                sequence_ok=sequence_ok,
+                why=layers.reason,
+            )
+        )
+    return "\n".join(texts) or None
+
+
+def _shape_checks(spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray]) -> list[Check]:
+    """Output dims derived from the input dims (``(width//4)``) against the relation recorded in
+    the spec, at this case's sizes: only the ones that disagree."""
+    sizes = spec.sizes(case.batch, case.seq)
+    checks = []
+    for tensor in spec.outputs:
+        value = actual.get(tensor.name)
+        if value is None or np.ndim(value) != len(tensor.dims):
+            continue
+        for axis, dim in enumerate(tensor.dims):
+            if not isinstance(dim, str) or dim in sizes:
+                continue
+            want = dim_size(dim, sizes, unknown=-1)
+            if want >= 0 and np.shape(value)[axis] != want:
+                inf = math.inf
+                note = (
+                    f"dim {axis} is {np.shape(value)[axis]}, the graph's relation {dim!r} gives "
+                    f"{want} at {spec.time_dim}={case.seq}"
+                )
+                checks.append(
+                    Check(tensor.name, tensor.role, "shape", inf, inf, inf, False, note=note)
+                )
+    return checks
+
+
+def batch_invariance_checks(
+    runner: Any,
+    spec: GraphSpec,
+    feed: Mapping[str, np.ndarray],
+    batched: Mapping[str, np.ndarray],
+    lengths: np.ndarray | None,
+    case: Case,
+    limits: Mapping[str, Criterion | float],
+    *,
+    expected: Mapping[str, np.ndarray] | None = None,
+    reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
+) -> list[Check]:
+    """Each row alone (batch 1, T = its length) vs its row of the batched run (valid part).
+
+    ``limits`` per output: a criterion, or the threshold its values check was held to. Where
+    rows differ and ``reference`` (the reference model on one feed) and ``expected`` (its
+    batched outputs) are given, the reference is run on the same rows: a model that itself
+    depends on the batch (it flips the padded tensor, say) has its rows alone judged against the
+    reference alone instead."""
+    if case.batch == 1 and (lengths is None or int(lengths[0]) == case.seq):
+        return []  # the single row is the batch
+    outs = [t for t in spec.outputs if t.batch_axis is not None and t.name in batched]
+    singles = []
+    for row in range(case.batch):
+        length = int(lengths[row]) if lengths is not None else case.seq
+        single = row_feed(spec, feed, row, length)
+        singles.append((row, length, single, runner.infer(single)))
+
+    def steps(row: int, tensor: TensorSpec) -> int:
+        # A row alone has as many steps as its output along time (a strided front end
+        # shortens them): the batched row is cut to that.
+        return np.asarray(singles[row][3][tensor.name]).shape[tensor.time_axis]
+
+    def rows_of(source: Mapping[str, np.ndarray], tensor: TensorSpec) -> np.ndarray:
+        parts = []
+        for row, _, _, _ in singles:
+            whole = np.take(np.asarray(source[tensor.name]), [row], axis=tensor.batch_axis)
+            if tensor.time_axis is not None:
+                whole = np.take(whole, np.arange(steps(row, tensor)), axis=tensor.time_axis)
+            parts.append(whole.ravel())
+        return np.concatenate(parts)
+
+    def alone(outputs: Sequence[Mapping[str, np.ndarray]], tensor: TensorSpec) -> np.ndarray:
+        parts = []
+        for (row, _, _, _), out in zip(singles, outputs, strict=True):
+            value = np.asarray(out[tensor.name])
+            within = tensor.time_axis is None or (
+                value.shape[tensor.time_axis] == steps(row, tensor)
+                and steps(row, tensor) <= np.shape(batched[tensor.name])[tensor.time_axis]
+            )
+            if value.shape[tensor.batch_axis] != 1 or not within:
+                raise RuntimeError(
+                    f"output {tensor.name}: row {row} alone has shape {list(value.shape)}"
+                )
+            parts.append(value.ravel())
+        return np.concatenate(parts)
+
+    engine_alone = [out for _, _, _, out in singles]
+    reference_alone: list[Mapping[str, np.ndarray]] | None = None
+    results = []
+    for tensor in outs:
+        limit = limits[tensor.name]
+        kwargs: dict[str, Any] = {"criterion": limit}
+        if isinstance(limit, (int, float)):
+            kwargs = {"threshold": float(limit)}
+        elif isinstance(limit, NoiseCriterion):  # no noise floor for engine vs engine
+            kwargs = {"threshold": limit.threshold(0.0, 1.0, spec.dtype)}
+        common = {"dtype": spec.dtype, "role": tensor.role, **kwargs}
+        got = alone(engine_alone, tensor)
+        check = compare(
+            tensor.name,
+            "batch-invariance",
+            got,
+            rows_of(batched, tensor),
+            note="each row alone vs in the batch",
+            **common,
+        )
+        if not check.passed and reference is not None and expected is not None:
+            if reference_alone is None:
+                reference_alone = [reference(single) for _, _, single, _ in singles]
+            want = alone(reference_alone, tensor)
+            own = float(np.max(np.abs(want - rows_of(expected, tensor)), initial=0.0))
+            if not compare(tensor.name, "", want, rows_of(expected, tensor), **common).passed:
+                check = compare(
+                    tensor.name,
+                    "batch-invariance",
+                    got,
+                    want,
+                    note=(
+                        f"the model itself depends on the batch (its rows alone differ by "
+                        f"{own:.3g}): each row alone vs the reference alone"
+                    ),
+                    **common,
+                )
+        results.append(check)
+    return results
+
+
+def sweep_checks(
+    results: Sequence[CaseResult], per_engine: Mapping[str, Mapping[str, Criterion]], seed: int
+) -> list[CaseResult]:
+    """Per engine judged by a :class:`QuantizedCriterion`: each output's relative error and top-1
+    agreement over all its cases (:func:`~birnn_export.compare.sweep_check`), as one result."""
+    swept = []
+    for engine, criteria in per_engine.items():
+        checks = []
+        for name, criterion in criteria.items():
+            if not isinstance(criterion, QuantizedCriterion):
+                continue
+            values = [
+                o
+                for r in results
+                if r.engine == engine
+                for o in r.outputs
+                if o.name == name and o.check == "values"
+            ]
+            check = sweep_check(values, criterion)
+            if check is not None:
+                checks.append(check)
+        if checks:
+            swept.append(
+                CaseResult(engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks))
+            )
+    return swept
+
+
+def last_lengths(spec: GraphSpec, layers: CaseLayers) -> np.ndarray | None:
+    """The lengths the graph's last recurrent layer saw in the reference (after any front end
+    that shortens the time axis), where the layers were captured."""
+    if layers.lengths is None or not spec.recurrent_layers:
+        return None
+    return layers.lengths.get(str(spec.recurrent_layers[-1].get("path", "")))
+
+
+@dataclass
+class LayerState:
+    """What the layer checks need for the whole sweep: the graph's layers, the session that
+    reads their outputs, and how graph paths map to the reference's modules."""
+
+    infos: tuple[Any, ...] = ()
+    graph: GraphLayers | None = None
+    hooked: str = ""
+    reason: str | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def layer_setup(
+    proto: Any,
+    spec: GraphSpec,
+    references: References | None,
+    paths: Mapping[str, str],
+    enabled: bool,
+) -> LayerState:
+    if not enabled or references is None:
+        return LayerState(reason="off")
+    try:
+        infos = graph_layers(proto, spec)
+        mapped = [paths.get(layer.path, layer.path) for layer in infos]
+        references.attach_layers(mapped)
+    except LayersUnavailable as exc:
+        return LayerState(reason=str(exc))
+    kinds = {
+        type(side.layers.modules[p]).__name__ for side in references.sides.values() for p in mapped
+    }
+    hooked = f"a hook on the reference's {'/'.join(sorted(kinds))} at " + ", ".join(
+        repr(p) for p in dict.fromkeys(layer.path for layer in infos)
+    )
+    return LayerState(
+        tuple(infos),
+        GraphLayers(proto, infos, spec.dtype),
+        hooked,
+        paths={layer.path: mapped[i] for i, layer in enumerate(infos)},
+    )
+
+
+def case_layers(
+    state: LayerState,
+    references: References | None,
+    ran: Mapping[str, Any],
+    feed: Mapping[str, np.ndarray],
+) -> CaseLayers:
+    if state.reason is not None or state.graph is None:
+        return CaseLayers(reason=state.reason)
+    if references is not None and references.layer_reason is not None:
+        return CaseLayers(reason=references.layer_reason)
+    inverse = {v: k for k, v in state.paths.items()}
+
+    def graph_names(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, value in values.items():
+            path, _, layer = name.rpartition("/")
+            out[f"{inverse.get(path, path)}/{layer}"] = value
+        return out
+
+    lengths = {inverse.get(p, p): v for p, v in ran["layer_lengths"].items()}
+    try:
+        graph = state.graph.run(feed, lengths)
+    except LayersUnavailable as exc:
+        state.reason = str(exc)
+        return CaseLayers(reason=state.reason)
+    return CaseLayers(
+        infos=state.infos,
+        graph=graph,
+        reference=graph_names(ran["reference_layers"]),
+        eager=graph_names(ran["eager_layers"]) if "eager_layers" in ran else None,
+        lengths=lengths,
+        hooked=state.hooked,
+    )

@@ -1,0 +1,61 @@
+"""birnn_export._case: one case of the sweep judged output by output (rows alone included)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from birnn_export._case import batch_invariance_checks
+from birnn_export._sweep import Case, case_feed
+from birnn_export.export import export_onnx
+from birnn_export.modules import BiRNN
+from birnn_export.runners import BaseRunner, OrtRunner
+from birnn_export.spec import GraphSpec, Tolerance
+
+
+@pytest.fixture(scope="module")
+def split_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("case") / "split.onnx"
+    export_onnx(BiRNN(5, 8, cell="lstm", num_layers=2).eval(), path, layout="split")
+    return path
+
+
+def test_batch_invariance_catches_batch_dependent_rows(split_path: Path) -> None:
+    spec = GraphSpec.from_onnx(split_path)
+
+    class BatchDependent(BaseRunner):
+        """Correct in a batch of one, off by 1e-3 per extra row otherwise."""
+
+        engine = "ort-cpu"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = OrtRunner(str(split_path))
+
+        def activate_impl(self) -> None:
+            self.inner.activate()
+
+        def infer_impl(self, feed):
+            out = self.inner.infer(feed)
+            extra = 1e-3 * (len(feed["lengths"]) - 1)
+            return {k: v + np.float32(extra) for k, v in out.items()}
+
+    case = Case(4, 6, "ragged", 1.0, 0)
+    feed = case_feed(spec, case)
+    tol = {t.name: Tolerance(1e-5, 1e-4) for t in spec.outputs}
+    with BatchDependent() as runner:
+        results = batch_invariance_checks(
+            runner, spec, feed, runner.infer(feed), feed["lengths"], case, tol
+        )
+    assert {r.name for r in results} == {"output", "h_n", "c_n"}
+    assert all(r.check == "batch-invariance" and not r.passed for r in results)
+    assert max(r.max_abs for r in results) == pytest.approx(3e-3, rel=1e-3)
+    with OrtRunner(str(split_path)) as good:
+        results = batch_invariance_checks(
+            good, spec, feed, good.infer(feed), feed["lengths"], case, tol
+        )
+    assert all(r.passed for r in results)
