@@ -249,14 +249,14 @@ def tensorrt_provider_options(
         batch: (min, opt, max) batch sizes of the profile; ``None``: the graph's declared
             ``batch_range``.
         seq: (min, opt, max) sequence lengths of the profile; ``None``: its ``seq_range``.
-        cache: Cache root (default :func:`birnn_export.trt.cache_dir`); the EP's engines and
+        cache: Cache root (default :func:`birnn_export.trt_plan.cache_dir`); the EP's engines and
             timing cache go under ``ort-trt/strict-fp32`` there (``ort-trt/tf32-allowed``
             unless ``NVIDIA_TF32_OVERRIDE=0``).
         engine_cache: ``trt_engine_cache_enable``.
         timing_cache: ``trt_timing_cache_enable``.
         max_workspace_size: ``trt_max_workspace_size`` in bytes.
     """
-    from birnn_export.trt import cache_dir, derive_profile
+    from birnn_export.trt_plan import cache_dir, derive_profile
 
     if device_id < 0:
         raise BiRNNExportError(f"device_id: expected a CUDA device index >= 0, got {device_id}")

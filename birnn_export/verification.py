@@ -78,9 +78,9 @@ from birnn_export.errors import BiRNNExportError
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
-    covering_range,
     load_onnx,
 )
+from birnn_export.trt_plan import sweep_profile
 
 logger = logging.getLogger(__name__)
 
@@ -154,33 +154,6 @@ def _loaded_cases(
         mode = "loaded"
         cases.append((Case(int(batch), int(seq), mode, 1.0, index), dict(feed)))
     return cases
-
-
-def trt_profile(
-    cases: Sequence[Case],
-    *,
-    batch_invariance: bool = True,
-    declared: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
-) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(min, opt, max) batch sizes and sequence lengths for the TensorRT engines' optimisation
-    profile: the graph's ``declared`` ranges (so the engine verified is the one that would be
-    served), widened to cover every run of the sweep. Without ``declared``: the sweep's bounds,
-    with ``opt`` the largest shape.
-
-    The batch-invariance runs feed each row alone (batch 1, T = its own length, down to 1), so
-    with them the minimum batch and length are 1.
-
-    Example:
-        >>> trt_profile([Case(64, 300, "ragged", 1.0, 0), Case(4, 8, "ragged", 1.0, 1)])
-        ((1, 64, 64), (1, 300, 300))
-        >>> trt_profile([Case(3, 9, "ragged", 1.0, 0)], declared=((1, 8, 32), (1, 64, 256)))
-        ((1, 8, 32), (1, 64, 256))
-    """
-    batches = [c.batch for c in cases] + ([1] if batch_invariance else [])
-    seqs = [c.seq for c in cases] + ([1] if batch_invariance else [])
-    if declared is not None:
-        return covering_range(declared[0], batches), covering_range(declared[1], seqs)
-    return (min(batches), max(batches), max(batches)), (min(seqs), max(seqs), max(seqs))
 
 
 def _engine_runner(
@@ -406,7 +379,7 @@ def verify(
         criterion_text += f"; {QuantizedCriterion().describe()}"
 
     hidden = None if golden is not None else root_bidirectional_hidden(converted, ref_module)
-    profile = trt_profile(
+    profile = sweep_profile(
         cases, batch_invariance=batch_invariance, declared=(spec.batch_range, spec.seq_range)
     )
     runners_ = {

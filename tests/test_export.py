@@ -464,7 +464,7 @@ def test_declared_ranges_are_recorded_and_verified(tmp_path):
     """--batch-range/--seq-range land in the spec (the default TensorRT profile), the graph
     still takes any size, and the full verification sweep reaches the declared maximum."""
     from birnn_export._sweep import plan_cases
-    from birnn_export.trt import derive_profile
+    from birnn_export.trt_plan import derive_profile
 
     out = tmp_path / "tagger.onnx"
     args = ["--batch-range", "2,4,6", "--seq-range", "3,50,70", "-o", str(out), "-q"]

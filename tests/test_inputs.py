@@ -16,7 +16,7 @@ from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.export import export_onnx
 from birnn_export.models import CRNN, CRNNConfig, SpeechConfig, SpeechCTC
 from birnn_export.spec import GraphSpec, InputDecl, make_feed
-from birnn_export.trt import derive_profile
+from birnn_export.trt_plan import derive_profile
 from birnn_export.verification import verify
 
 SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:lengths(time)"]

@@ -34,7 +34,7 @@ from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, default_tolerance
-from birnn_export.verification import OutputResult, trt_profile, verify
+from birnn_export.verification import OutputResult, verify
 from tests.defects import (
     plant_baked_length,
     plant_gate_swap,
@@ -496,18 +496,6 @@ def test_json_report_and_saved_inputs_reproduce_failure(
     with torch.no_grad():
         want, _ = lstm(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
     assert np.abs(got - want.numpy()).max() > 1e-2  # the saved inputs reproduce the failure
-
-
-def test_trt_profile_spans_the_sweep() -> None:
-    cases = [Case(64, 300, "ragged", 1.0, 0), Case(4, 8, "equal", 1.0, 1)]
-    # Single rows run at batch 1 and T = their own length, down to 1.
-    assert trt_profile(cases) == ((1, 64, 64), (1, 300, 300))
-    assert trt_profile(cases, batch_invariance=False) == ((4, 64, 64), (8, 300, 300))
-    # With the graph's declared ranges: the declared profile, widened to the sweep.
-    declared = ((1, 8, 32), (1, 64, 256))
-    assert trt_profile(cases, declared=declared) == ((1, 8, 64), (1, 64, 300))
-    small = [Case(3, 9, "ragged", 1.0, 0)]
-    assert trt_profile(small, declared=declared) == declared
 
 
 def test_tensorrt_engines_get_a_profile_covering_every_run(
