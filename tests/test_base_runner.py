@@ -89,3 +89,46 @@ def test_forbid_tf32_sets_the_switch_unless_the_user_did(monkeypatch) -> None:
     monkeypatch.setenv(TF32_ENV, "1")
     forbid_tf32()
     assert os.environ[TF32_ENV] == "1"
+
+
+#: The pipeline's stages, in the order data flows (errors -> spec -> modules -> checkpoint ->
+#: export -> runners -> verify/bench -> pipeline -> cli), with each private helper at the stage
+#: of the public module it serves. A module may import its own stage or earlier ones only.
+STAGES = (
+    ("errors", "_version", "_files"),
+    ("spec", "compare", "_report"),
+    ("modules", "crf", "conversion", "models", "seed"),
+    ("checkpoint",),
+    ("export", "_inputs", "_graph", "_rewrites", "quantize", "describe"),
+    ("runners", "base_runner", "_isolation", "trt", "trt_plan"),
+    (
+        "verification",
+        "bench",
+        "check",
+        "_case",
+        "_sweep",
+        "_references",
+        "_layers",
+        "_diagnose",
+        "_interop",
+    ),
+    ("pipeline",),
+    ("cli", "options", "__main__"),
+)
+#: Imports that run back up the pipeline, each for a reason: ``export_onnx(verify=True)``
+#: verifies the staged graph before moving it into place (a lazy import, inside the function).
+UPSTREAM = {("export", "verification")}
+
+
+def test_imports_run_down_the_pipeline() -> None:
+    stage = {name: i for i, names in enumerate(STAGES) for name in names}
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert modules == set(stage), "give each module a stage in STAGES"
+    upstream = {
+        (p.stem, dep)
+        for p in PACKAGE.glob("*.py")
+        if p.stem != "__init__"
+        for dep in _imports(p) - {"__init__"}
+        if stage[dep] > stage[p.stem]
+    }
+    assert upstream == UPSTREAM
