@@ -6,26 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from birnn_export._case import batch_invariance_checks
 from birnn_export._sweep import Case, case_feed
-from birnn_export.export import export_onnx
-from birnn_export.modules import BiRNN
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, Tolerance
 
 
-@pytest.fixture(scope="module")
-def split_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("case") / "split.onnx"
-    export_onnx(BiRNN(5, 8, cell="lstm", num_layers=2).eval(), path, layout="split")
-    return path
-
-
-def test_batch_invariance_catches_batch_dependent_rows(split_path: Path) -> None:
-    spec = GraphSpec.from_onnx(split_path)
+def test_batch_invariance_catches_batch_dependent_rows(split_lstm_graph: Path) -> None:
+    spec = GraphSpec.from_onnx(split_lstm_graph)
 
     class BatchDependent(BaseRunner):
         """Correct in a batch of one, off by 1e-3 per extra row otherwise."""
@@ -34,7 +23,7 @@ def test_batch_invariance_catches_batch_dependent_rows(split_path: Path) -> None
 
         def __init__(self) -> None:
             super().__init__()
-            self.inner = OrtRunner(str(split_path))
+            self.inner = OrtRunner(str(split_lstm_graph))
 
         def activate_impl(self) -> None:
             self.inner.activate()
@@ -54,7 +43,7 @@ def test_batch_invariance_catches_batch_dependent_rows(split_path: Path) -> None
     assert {r.name for r in results} == {"output", "h_n", "c_n"}
     assert all(r.check == "batch-invariance" and not r.passed for r in results)
     assert max(r.max_abs for r in results) == pytest.approx(3e-3, rel=1e-3)
-    with OrtRunner(str(split_path)) as good:
+    with OrtRunner(str(split_lstm_graph)) as good:
         results = batch_invariance_checks(
             good, spec, feed, good.infer(feed), feed["lengths"], case, tol
         )

@@ -1,0 +1,50 @@
+"""birnn_export._sweep: the shapes and inputs verification sweeps over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birnn_export._sweep import Case, case_feed, plan_cases
+from birnn_export.errors import BiRNNExportError
+from birnn_export.spec import GraphSpec, TensorSpec
+
+
+def test_default_sweep_covers_issue_shapes(split_lstm_graph: Path) -> None:
+    spec = GraphSpec.from_onnx(split_lstm_graph)
+    cases = plan_cases(spec)
+    t0 = spec.example_seq
+    assert {c.batch for c in cases} == {1, 3, 16}
+    assert {c.seq for c in cases} == {1, 2, t0, 4 * t0, spec.seq_range[2]}  # declared max
+    assert {c.lengths_mode for c in cases} == {"ragged", "equal"}
+    assert {c.scale for c in cases} == {1.0, 10.0}
+    assert len({c.seed for c in cases}) == len(cases)
+    wider = plan_cases(spec, batch_sizes=(2, 64), seq_lens=(300,))
+    assert {(c.batch, c.seq) for c in wider} == {(2, 300), (64, 300)}
+    with pytest.raises(BiRNNExportError, match="seq_lens"):
+        plan_cases(spec, seq_lens=(0, 3))
+
+
+def test_sweep_inputs_are_valid(split_lstm_graph: Path) -> None:
+    spec = GraphSpec.from_onnx(split_lstm_graph)
+    feed = case_feed(spec, Case(16, 9, "ragged", 1.0, 3))
+    lengths = feed["lengths"]
+    assert lengths.min() == 1 and lengths.max() == 9 and len(set(lengths.tolist())) > 2
+    assert not np.all(np.diff(lengths) <= 0)  # unsorted
+    equal = case_feed(spec, Case(4, 9, "equal", 1.0, 3))["lengths"]
+    assert len(set(equal.tolist())) == 1 and 1 <= equal[0] <= 9
+    large = case_feed(spec, Case(16, 9, "ragged", 10.0, 3))["x"]
+    assert np.abs(large).max() > 10
+
+
+def test_no_lengths_input_sweeps_full_rows() -> None:
+    spec = GraphSpec(
+        inputs=(TensorSpec("x", "float32", ("batch", "seq", 4), "features"),),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 16), "sequence"),),
+        example_batch=3,
+        example_seq=5,
+    )
+    cases = plan_cases(spec, batch_sizes=(2,), seq_lens=(3,))
+    assert [(c.lengths_mode, c.scale) for c in cases] == [("full", 1.0), ("full", 10.0)]
