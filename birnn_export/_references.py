@@ -16,7 +16,6 @@ from birnn_export._layers import (
     ReferenceLayers,
     one_line,
 )
-from birnn_export._report import render_report as render_report
 from birnn_export._sweep import Case, within
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import (

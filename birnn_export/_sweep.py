@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export._report import render_report as render_report
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import (
     GraphSpec,

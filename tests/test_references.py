@@ -1,0 +1,102 @@
+"""birnn_export._references: what verification compares against."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from birnn_export._references import (
+    References,
+    float64_fails,
+    reference_module,
+    root_bidirectional_hidden,
+)
+from birnn_export._sweep import Case
+from birnn_export.errors import BiRNNExportError
+from birnn_export.modules import BiRNN
+from birnn_export.spec import GraphSpec, TensorSpec, make_feed
+
+FEATURES, HIDDEN, PADDING = 3, 4, -7.0
+
+
+def _spec() -> GraphSpec:
+    return GraphSpec(
+        inputs=(
+            TensorSpec("x", "float32", ("batch", "seq", FEATURES), "features"),
+            TensorSpec("lengths", "int64", ("batch",), "lengths", 1, "seq"),
+        ),
+        outputs=(
+            TensorSpec("output", "float32", ("batch", "seq", 2 * HIDDEN), "sequence"),
+            TensorSpec("h_n", "float32", (2, "batch", HIDDEN), "state"),
+        ),
+        example_batch=2,
+        example_seq=5,
+        padding_value=PADDING,
+    )
+
+
+def test_a_bare_layer_runs_on_packed_input_row_by_row() -> None:
+    """Torch's own answer for a padded batch: each row as if run alone, unpadded, and the
+    padding value past its length."""
+    torch.manual_seed(0)
+    lstm = nn.GRU(FEATURES, HIDDEN, batch_first=True, bidirectional=True).eval()
+    module, paths = reference_module(lstm, _spec())
+    assert module is not lstm and set(paths.values()) <= {"layer"}
+    x = torch.randn(3, 6, FEATURES)
+    lengths = torch.tensor([6, 2, 4])
+    with torch.inference_mode():
+        out, h_n = module(x, lengths)
+        for row, length in enumerate(lengths.tolist()):
+            alone, h_alone = lstm(x[row : row + 1, :length])
+            torch.testing.assert_close(out[row, :length], alone[0])
+            torch.testing.assert_close(h_n[:, row], h_alone[:, 0])
+            assert torch.all(out[row, length:] == PADDING)
+
+
+def test_float64_fails_names_what_breaks() -> None:
+    class CastsToFloat32(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
+
+        def forward(self, x, lengths):
+            return self.rnn(x.float(), lengths)
+
+    assert (
+        float64_fails(BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING), _spec()) is None
+    )
+    reason = float64_fails(CastsToFloat32(), _spec())
+    assert reason is not None and "dtype" in reason.lower()
+
+
+def test_references_refuse_a_model_without_a_fixed_answer() -> None:
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
+
+        def forward(self, x, lengths):
+            out, h_n = self.rnn(x, lengths)
+            return out + 1e-3 * torch.rand_like(out), h_n
+
+    spec = _spec()
+    case = Case(2, 5, "ragged", 1.0, 0)
+    feed = make_feed(spec, 2, 5, seed=0)
+    steady = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
+    with References(steady, spec, ref_dtype="float64", eager_dtype="float32") as refs:
+        ran = refs.run(feed, case)
+    assert ran["reference"]["output"].dtype == np.float64
+    assert ran["eager"]["output"].dtype == np.float32
+    with (
+        References(Noisy(), spec, ref_dtype="float64", eager_dtype=None) as refs,
+        pytest.raises(BiRNNExportError, match="not deterministic"),
+    ):
+        refs.run(feed, case)
+
+
+def test_root_bidirectional_hidden() -> None:
+    assert root_bidirectional_hidden(nn.Linear(2, 2), BiRNN(3, 6)) == 6
+    assert root_bidirectional_hidden(nn.LSTM(3, 5, bidirectional=True)) == 5
+    assert root_bidirectional_hidden(nn.LSTM(3, 5), nn.Sequential()) is None
