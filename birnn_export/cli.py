@@ -541,7 +541,9 @@ def verify_command(
     type=click.Path(path_type=Path),
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
 )
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs."
+)
 @click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape.")
 @click.option(
     "--duration",
@@ -599,7 +601,7 @@ def bench_command(
 
     \b
     Defaults: batch sizes from the graph's declared batch range (1,8,32); lengths 16 and the
-    declared range's opt and max (16,64,256); --warmup untimed runs before the timed ones.
+    declared range's opt and max (16,64,256).
 
     \b
     birnn-export bench tagger.onnx --model tagger.pt --engines torch,ort-cpu --threads 2
