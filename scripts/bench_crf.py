@@ -16,11 +16,11 @@ import argparse
 import copy
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import timed_ms
 
 from birnn_export import export_onnx
 from birnn_export.checkpoint import load_model
@@ -30,14 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed_ms(fn, runs))
 
 
 def main() -> None:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from _common import bench_tagger, timed_ms
 
 from birnn_export import modules
 from birnn_export.export import export_onnx
-from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.spec import make_feed
 
 
@@ -58,16 +57,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    config = TaggerConfig(
-        cell=args.cell,
-        input_size=args.size,
-        hidden_size=args.size,
-        output_size=8,
-        num_layers=args.layers,
-        uses_lengths=True,
-    )
-    model = SequenceTagger(config).eval()
+    model = bench_tagger(args.cell, args.size, args.layers)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
@@ -99,13 +89,7 @@ def main() -> None:
             for form, session in sessions.items():
                 got = session.run(None, feed)[0].astype(np.float32)
                 error = float(np.abs(got - want).max())
-                for _ in range(args.warmup):
-                    session.run(None, feed)
-                times = []
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    session.run(None, feed)
-                    times.append((time.perf_counter() - start) * 1e3)
+                times = timed_ms(lambda s=session, f=feed: s.run(None, f), args.runs, args.warmup)
                 stats[form] = (float(np.median(times)), float(np.percentile(times, 90)), error)
             before, after = stats["fp16-nodes"][0], stats["fp32-ragged"][0]
             cells = "  ".join(

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from _common import bench_tagger, timed_ms
 
 from birnn_export.export import export_onnx
-from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.spec import make_feed
 
 
@@ -44,17 +44,6 @@ def session(path: Path, threads: int, spinning: bool, parallel: bool) -> ort.Inf
     options.add_session_config_entry("session.intra_op.allow_spinning", flag)
     options.add_session_config_entry("session.inter_op.allow_spinning", flag)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def timed(call, runs: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def stock_export(reference: torch.nn.Module, path: Path, feed: dict) -> Path:
@@ -112,17 +101,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    config = TaggerConfig(
-        cell=args.cell,
-        input_size=args.size,
-        hidden_size=args.size,
-        output_size=8,
-        num_layers=args.layers,
-        uses_lengths=True,
-    )
-    model = SequenceTagger(config).eval()
+    model = bench_tagger(args.cell, args.size, args.layers)
     reference = model.to_torch().eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +123,7 @@ def main() -> None:
                 with torch.inference_mode():
                     want = reference(x, lengths).numpy()
                     eager = statistics.median(
-                        timed(lambda x=x, lengths=lengths: reference(x, lengths), args.runs)
+                        timed_ms(lambda x=x, lengths=lengths: reference(x, lengths), args.runs)
                     )
                 medians = {"eager": eager}
                 for spinning in (s == "on" for s in args.spinning.split(",")):
@@ -155,7 +135,7 @@ def main() -> None:
                         valid = np.arange(seq)[None, :] < feed["lengths"][:, None]
                         error = float(np.abs(got - want)[valid].max())
                         assert error < 1e-4, f"{name}: off by {error}"
-                        times = timed(lambda s=s, feed=feed: s.run(None, feed), args.runs)
+                        times = timed_ms(lambda s=s, feed=feed: s.run(None, feed), args.runs)
                         medians[f"{name} spin={'on' if spinning else 'off'}"] = statistics.median(
                             times
                         )

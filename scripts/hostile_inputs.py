@@ -6,7 +6,7 @@ then records the exit code, whether a traceback was printed, the first line of t
 what was left behind or lost. Pass ``--checkout DIR`` to run another checkout's code (its
 ``birnn_export`` first on ``PYTHONPATH``), to compare before and after.
 
-    python scripts/hostile_inputs.py [--checkout DIR] [--only NAME ...] [--markdown]
+    python scripts/hostile_inputs.py [--checkout DIR] [--only NAME ...] [--skip NAME ...] [--json F]
 """
 
 from __future__ import annotations
@@ -119,9 +119,15 @@ def leftovers(folder: Path, expected: set[str]) -> list[str]:
 # -- artifacts -----------------------------------------------------------------------------------
 
 
-def export_good(folder: Path, run) -> Path:
-    model = folder / "m.pt"
+def copy_sample(folder: Path, name: str = "m.pt") -> Path:
+    """A copy of the token tagger sample, ``folder/name``."""
+    model = folder / name
     model.write_bytes(SAMPLE.read_bytes())
+    return model
+
+
+def export_good(folder: Path, run) -> Path:
+    model = copy_sample(folder)
     done = run([model, "-o", folder / "g.onnx", "-q", "--no-verify"], folder)
     assert done.returncode == 0, done.stderr
     return folder / "g.onnx"
@@ -131,6 +137,18 @@ def on_good_graph(folder: Path, run, command: str, *args: object, **options: obj
     """``COMMAND GRAPH --model m.pt ARGS...`` on a fresh good export of the sample."""
     graph = export_good(folder, run)
     return outcome(run([command, graph, "--model", folder / "m.pt", *args], folder, **options))
+
+
+def on_model_file(folder: Path, run, path: Path) -> Outcome:
+    """``PATH -q`` (the default command) on a crafted model file, noting the file's size."""
+    return outcome(run([path, "-q"], folder), f"file {path.stat().st_size} B")
+
+
+def sample_with_config(path: Path, **config: object) -> Path:
+    """The sample checkpoint with entries of its own-format config replaced, at ``path``."""
+    obj = torch.load(SAMPLE, weights_only=True)
+    obj["config"].update(config)
+    return torch_save(obj, path)
 
 
 def with_spec(src: Path, dst: Path, text: str) -> Path:
@@ -174,7 +192,10 @@ def bytearray_bomb(path: Path) -> Path:
     return zip_pickle(path, payload)
 
 
-def storage_bomb(path: Path) -> Path:
+def dump_tensor_bomb(out: io.BytesIO, storage_id: tuple) -> None:
+    """Pickle ``{"weight": tensor}``, the tensor 10**5 x 10**5 floats over the one storage whose
+    persistent id is ``storage_id`` (the zip and legacy formats spell it differently)."""
+
     class Bomb:
         def __reduce__(self):
             return (
@@ -187,12 +208,14 @@ def storage_bomb(path: Path) -> Path:
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
-            if isinstance(obj, Storage):
-                return ("storage", torch.FloatStorage, "0", "cpu", 10**10)
-            return None
+            return storage_id if isinstance(obj, Storage) else None
 
+    Pickler(out, protocol=2).dump({"weight": Bomb()})
+
+
+def storage_bomb(path: Path) -> Path:
     buffer = io.BytesIO()
-    Pickler(buffer, protocol=2).dump({"weight": Bomb()})
+    dump_tensor_bomb(buffer, ("storage", torch.FloatStorage, "0", "cpu", 10**10))
     return zip_pickle(path, buffer.getvalue(), {"0": b"\0" * 4})
 
 
@@ -201,24 +224,7 @@ def legacy_bomb(path: Path) -> Path:
     out = io.BytesIO()
     for value in (magic, 1001, {"protocol_version": 1001, "little_endian": True}):
         pickle.dump(value, out, protocol=2)
-
-    class Bomb:
-        def __reduce__(self):
-            return (
-                torch._utils._rebuild_tensor_v2,
-                (Storage(), 0, (10**5, 10**5), (10**5, 1), False, {}),
-            )
-
-    class Storage:
-        pass
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, Storage):
-                return ("storage", torch.FloatStorage, "0", "cpu", 10**10, None)
-            return None
-
-    Pickler(out, protocol=2).dump({"weight": Bomb()})
+    dump_tensor_bomb(out, ("storage", torch.FloatStorage, "0", "cpu", 10**10, None))
     pickle.dump(["0"], out, protocol=2)
     out.write((10**10).to_bytes(8, "little"))
     path.write_bytes(out.getvalue())
@@ -292,20 +298,23 @@ def _(folder, run):
     )
 
 
-@case("output-is-input", "-o the model file itself")
-def _(folder, run):
-    model = folder / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
-    done = run([model, "-o", model, "-q"], folder)
-    return outcome(
-        done, "a.pt intact" if model.read_bytes() == SAMPLE.read_bytes() else "a.pt OVERWRITTEN"
-    )
+def _model_is_target_case(name: str, what: str, option: str) -> None:
+    """``a.pt OPTION a.pt``: the model file named as a file to write."""
+
+    @case(name, what)
+    def _(folder, run):
+        model = copy_sample(folder, "a.pt")
+        done = run([model, option, model, "-q"], folder)
+        intact = model.read_bytes() == SAMPLE.read_bytes()
+        return outcome(done, "a.pt intact" if intact else "a.pt OVERWRITTEN")
+
+
+_model_is_target_case("output-is-input", "-o the model file itself", "-o")
 
 
 @case("json-is-output", "--json the same file as -o")
 def _(folder, run):
-    model = folder / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model = copy_sample(folder, "a.pt")
     done = run([model, "-o", folder / "x.onnx", "--json", folder / "x.onnx", "-q"], folder)
     kind = (
         "not ONNX"
@@ -315,14 +324,7 @@ def _(folder, run):
     return outcome(done, f"x.onnx {kind}")
 
 
-@case("json-is-model", "--json the model file")
-def _(folder, run):
-    model = folder / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
-    done = run([model, "--json", model, "-q"], folder)
-    return outcome(
-        done, "a.pt intact" if model.read_bytes() == SAMPLE.read_bytes() else "a.pt OVERWRITTEN"
-    )
+_model_is_target_case("json-is-model", "--json the model file", "--json")
 
 
 @case("stride-0", "a 2 KB .pt of stride-0 views (14.4 GB materialised)")
@@ -332,43 +334,32 @@ def _(folder, run):
         "rnn.weight_hh_l0": torch.zeros(1).expand(4 * 30000, 30000),
         "head.weight": torch.zeros(1).expand(3, 30000),
     }
-    path = torch_save(state, folder / "views.pt")
-    done = run([path, "-q"], folder)
-    return outcome(done, f"file {path.stat().st_size} B")
+    return on_model_file(folder, run, torch_save(state, folder / "views.pt"))
 
 
 @case("vocab-1e10", "own-format config with vocab_size 1e10")
 def _(folder, run):
-    obj = torch.load(SAMPLE, weights_only=True)
-    obj["config"]["vocab_size"] = 10**10
-    done = run([torch_save(obj, folder / "v.pt"), "-q"], folder)
-    return outcome(done)
+    return outcome(run([sample_with_config(folder / "v.pt", vocab_size=10**10), "-q"], folder))
 
 
 @case("layers-1e6", "own-format config with 1e6 layers")
 def _(folder, run):
-    obj = torch.load(SAMPLE, weights_only=True)
-    obj["config"]["num_layers"] = 10**6
-    done = run([torch_save(obj, folder / "l.pt"), "-q"], folder)
-    return outcome(done)
+    return outcome(run([sample_with_config(folder / "l.pt", num_layers=10**6), "-q"], folder))
 
 
 @case("bytearray-bomb", "1 KB zip whose pickle asks bytearray(10**10)")
 def _(folder, run):
-    path = bytearray_bomb(folder / "b.pt")
-    return outcome(run([path, "-q"], folder), f"file {path.stat().st_size} B")
+    return on_model_file(folder, run, bytearray_bomb(folder / "b.pt"))
 
 
 @case("storage-bomb", "1 KB zip declaring a 40 GB storage")
 def _(folder, run):
-    path = storage_bomb(folder / "s.pt")
-    return outcome(run([path, "-q"], folder), f"file {path.stat().st_size} B")
+    return on_model_file(folder, run, storage_bomb(folder / "s.pt"))
 
 
 @case("legacy-bomb", "legacy (non-zip) torch file declaring a 40 GB storage")
 def _(folder, run):
-    path = legacy_bomb(folder / "l.pt")
-    return outcome(run([path, "-q"], folder), f"file {path.stat().st_size} B")
+    return on_model_file(folder, run, legacy_bomb(folder / "l.pt"))
 
 
 @case("dev-zero", "/dev/zero as the model (after only: it reads until MemoryError before)")
@@ -503,8 +494,7 @@ def _(folder, run):
 
 @case("batch-range-1e9", "--batch-range 1,8,999999999 at export")
 def _(folder, run):
-    model = folder / "m.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model = copy_sample(folder)
     return outcome(run([model, "--batch-range", "1,8,999999999", "-o", folder / "x.onnx"], folder))
 
 
@@ -543,16 +533,14 @@ def _(folder, run):
 
 @case("long-name", "-o with a 300-character name")
 def _(folder, run):
-    model = folder / "m.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model = copy_sample(folder)
     done = run([model, "-o", folder / ("x" * 300 + ".onnx"), "-q"], folder)
     return outcome(done, f"left: {leftovers(folder, {'m.pt'})}")
 
 
 @case("json-symlink-xdev", "--json through a symlink to another filesystem (/dev/shm)")
 def _(folder, run):
-    model = folder / "m.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model = copy_sample(folder)
     target = Path(tempfile.mkdtemp(dir="/dev/shm")) / "report.json"
     target.write_text("{}")
     (folder / "report.json").symlink_to(target)
@@ -598,23 +586,8 @@ def _(folder, run):
     next(n for n in proto.graph.node if n.op_type == "LSTM").op_type = "NoSuchOp"
     bad = folder / "bad.onnx"
     onnx.save(proto, str(bad))
-    return outcome(
-        run(
-            [
-                "bench",
-                bad,
-                "--model",
-                folder / "m.pt",
-                "--batch",
-                "1",
-                "--seq",
-                "4",
-                "--iters",
-                "1",
-            ],
-            folder,
-        )
-    )
+    args = ["bench", bad, "--model", folder / "m.pt", "--batch", "1", "--seq", "4", "--iters", "1"]
+    return outcome(run(args, folder))
 
 
 @case("ctrl-c", "Ctrl-C (SIGINT) during verify")
@@ -624,8 +597,7 @@ def _(folder, run):
 
 @case("json-permissions", "permissions of the --json report next to the .onnx")
 def _(folder, run):
-    model = folder / "m.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model = copy_sample(folder)
     done = run(
         [model, "-o", folder / "x.onnx", "--json", folder / "x.json", "-q", "--no-verify"], folder
     )
@@ -669,8 +641,7 @@ def _(folder, run):
 
 @case("output-json-suffix", "-o out.json")
 def _(folder, run):
-    model = folder / "m.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model = copy_sample(folder)
     done = run([model, "-o", folder / "out.json", "-q"], folder)
     return outcome(done, f"left: {leftovers(folder, {'m.pt'})}")
 

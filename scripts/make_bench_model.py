@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from _common import bench_tagger
 
 from birnn_export.checkpoint import save_checkpoint
-from birnn_export.models import SequenceTagger, TaggerConfig
 
 
 def main() -> None:
@@ -24,17 +23,11 @@ def main() -> None:
     parser.add_argument("--no-lengths", action="store_true", help="model takes no lengths input")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    config = TaggerConfig(
-        cell=args.cell,
-        input_size=args.size,
-        hidden_size=args.size,
-        output_size=args.outputs,
-        num_layers=args.layers,
-        uses_lengths=not args.no_lengths,
+    model = bench_tagger(
+        args.cell, args.size, args.layers, outputs=args.outputs, uses_lengths=not args.no_lengths
     )
-    save_checkpoint(SequenceTagger(config).eval(), args.output)
-    print(f"wrote {args.output}: {config}")
+    save_checkpoint(model, args.output)
+    print(f"wrote {args.output}: {model.config}")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,8 @@ def make_samples() -> dict[str, Sample]:
     """File name -> SequenceTagger or (model, inputs, ranges) (saved as checkpoints), or a bare
     state_dict."""
     seed_config = dict(input_size=10, hidden_size=20, output_size=5)
+    # The two token-id taggers (the second with a CRF) share their shape.
+    token_config = dict(cell="lstm", input_size=16, hidden_size=32, num_layers=2, padding_idx=0)
     example1 = _seed_class(1, seed.ManualBidirectionalRNN)
     example2 = _seed_class(2, seed.ManualBidirectionalLSTM)
     example3 = _seed_class(3, seed.ManualBidirectionalRNNVariableLength)
@@ -167,30 +169,10 @@ def make_samples() -> dict[str, Sample]:
             ),
         ),
         "token_tagger.pt": lambda: _tagger(
-            6,
-            TaggerConfig(
-                cell="lstm",
-                input_size=16,
-                hidden_size=32,
-                output_size=9,
-                num_layers=2,
-                vocab_size=100,
-                padding_idx=0,
-                uses_lengths=True,
-            ),
+            6, TaggerConfig(output_size=9, vocab_size=100, uses_lengths=True, **token_config)
         ),
         "bilstm_crf_tagger.pt": lambda: _trained_crf_tagger(
-            9,
-            TaggerConfig(
-                cell="lstm",
-                input_size=16,
-                hidden_size=32,
-                output_size=4,
-                num_layers=2,
-                vocab_size=50,
-                padding_idx=0,
-                crf=True,
-            ),
+            9, TaggerConfig(output_size=4, vocab_size=50, crf=True, **token_config)
         ),
         "crnn_ctc.pt": lambda: (
             _seeded(7, lambda: CRNN(CRNNConfig())),

@@ -13,7 +13,6 @@ top-1 agreement over the sweep's valid positions, and both verdicts.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -23,10 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
 
-from birnn_export.checkpoint import load_model  # noqa: E402
+from _common import trained_models  # noqa: E402
+
 from birnn_export.export import export_onnx  # noqa: E402
 from birnn_export.quantize import quantize_int8  # noqa: E402
 from birnn_export.verification import verify  # noqa: E402
+
+
+def int8_outputs(report, check: str) -> list:
+    """The int8 graph's output checks of one kind (``values`` or ``sweep``)."""
+    cases = [c for c in report.cases if c.engine == "ort-int8"]
+    return [o for c in cases for o in c.outputs if o.check == check]
 
 
 def main() -> None:
@@ -34,7 +40,6 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=ROOT / "tests" / "fixtures" / "trained")
     parser.add_argument("--only", nargs="*", help="model names (default: all)")
     args = parser.parse_args()
-    manifest = json.loads((args.models / "models.json").read_text())
     print(
         "| model | int8 ops | left in float32 | int8 rel. L2 over the sweep | worst case | "
         "int8 top-1 over the sweep | "
@@ -42,12 +47,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, entry in manifest.items():
-            if args.only and name not in args.only:
-                continue
-            loaded = load_model(
-                args.models / f"{name}.pt", model_class=entry["class"], model_kwargs=entry["kwargs"]
-            )
+        for name, entry, loaded in trained_models(args.models, args.only):
             graph = Path(tmp) / f"{name}.onnx"
             export_onnx(
                 loaded.model,
@@ -60,21 +60,9 @@ def main() -> None:
             start = time.perf_counter()
             report = verify(graph, loaded, engines=("ort-cpu", "ort-int8"))
             seconds = time.perf_counter() - start
-            int8 = [
-                o
-                for c in report.cases
-                if c.engine == "ort-int8"
-                for o in c.outputs
-                if o.check == "values"
-            ]
+            int8 = int8_outputs(report, "values")
             worst = max((o.rel_l2 for o in int8 if o.rel_l2 is not None), default=math.nan)
-            swept = [
-                o
-                for c in report.cases
-                if c.engine == "ort-int8"
-                for o in c.outputs
-                if o.check == "sweep"
-            ]
+            swept = int8_outputs(report, "sweep")
             top1 = min((o.top1 for o in swept if o.top1 is not None), default=math.nan)
             pooled = max((o.rel_l2 for o in swept if o.rel_l2 is not None), default=math.nan)
             positions = sum(o.top1_decisive for o in swept)

@@ -13,7 +13,6 @@ verdict.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -23,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
 
-from birnn_export.checkpoint import load_model  # noqa: E402
+from _common import trained_models  # noqa: E402
+
 from birnn_export.export import export_onnx  # noqa: E402
 from birnn_export.verification import verify  # noqa: E402
 from tests.defects import DEFECTS  # noqa: E402
@@ -60,21 +60,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="model names (default: all)")
     parser.add_argument("--layouts", default="split,fused")
     args = parser.parse_args()
-    manifest = json.loads((args.models / "models.json").read_text())
     print(
         "| model | layout | graph | worst error / threshold | outputs: error / eager's | "
         "layers: error / eager's | verdict | s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, entry in manifest.items():
-            if args.only and name not in args.only:
-                continue
-            loaded = load_model(
-                args.models / f"{name}.pt",
-                model_class=entry["class"],
-                model_kwargs=entry["kwargs"],
-            )
+        for name, entry, loaded in trained_models(args.models, args.only):
             features = entry["kwargs"].get("features")
             for layout in args.layouts.split(","):
                 good = Path(tmp) / f"{name}_{layout}.onnx"
