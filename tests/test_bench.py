@@ -491,27 +491,9 @@ def test_cli_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = {k: tmp_path / f"bench.{k}" for k in ("json", "csv", "png")}
     result = _bench(
-        str(files["onnx"]),
-        "--model",
-        str(files["pt"]),
-        "--engines",
-        "torch,ort-cpu",
-        "--batch",
-        "2",
-        "--seq",
-        "5,7",
-        "--warmup",
-        "0",
-        "--iters",
-        "2",
-        "--threads",
-        "1",
-        "--json",
-        str(out["json"]),
-        "--csv",
-        str(out["csv"]),
-        "--plot",
-        str(out["png"]),
+        *f"{files['onnx']} --model {files['pt']} --engines torch,ort-cpu --batch 2 --seq 5,7 "
+        f"--warmup 0 --iters 2 --threads 1 --json {out['json']} --csv {out['csv']} "
+        f"--plot {out['png']}".split()
     )
     assert result.exit_code == 0, result.output
     assert "ort-cpu" in result.output and "vs torch" in result.output
@@ -531,19 +513,8 @@ def test_cli_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
 
 def test_cli_mismatch_exits_1(files: dict[str, Path]) -> None:
     result = _bench(
-        str(files["wrong"]),
-        "--model",
-        str(files["pt"]),
-        "--engines",
-        "ort-cpu",
-        "--batch",
-        "2",
-        "--seq",
-        "5",
-        "--iters",
-        "2",
-        "--warmup",
-        "0",
+        *f"{files['wrong']} --model {files['pt']} --engines ort-cpu --batch 2 --seq 5 "
+        "--iters 2 --warmup 0".split()
     )
     assert result.exit_code == 1
     assert "mismatch" in result.output.splitlines()[-1]

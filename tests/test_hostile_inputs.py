@@ -6,7 +6,6 @@ tabulates them; the fuzz tests at the end explore around them."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -14,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -225,15 +223,16 @@ def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
 
 
 def _zip(path: Path, payload: bytes, records: dict[str, bytes] | None = None) -> Path:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("archive/data.pkl", payload)
-        archive.writestr("archive/byteorder", "little")
-        for name, data in (records or {}).items():
-            archive.writestr(f"archive/data/{name}", data)
-        archive.writestr("archive/version", "3\n")
-    path.write_bytes(buffer.getvalue())
-    return path
+    """A torch.save-style zip archive holding ``payload``: the script's own builder."""
+    import importlib.util
+
+    location = Path(__file__).resolve().parent.parent / "scripts" / "hostile_inputs.py"
+    script = sys.modules.get("hostile_inputs_script")
+    if script is None:  # its dataclasses need it in sys.modules while it loads
+        spec = importlib.util.spec_from_file_location("hostile_inputs_script", location)
+        script = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    return script.zip_pickle(path, payload, records)
 
 
 def test_files_that_ask_for_far_more_memory_than_they_hold_are_refused(tmp_path: Path) -> None:

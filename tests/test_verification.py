@@ -152,12 +152,17 @@ def test_fp64_reference(lstm: BiRNN, fused_path: Path) -> None:
 # -- planted defects fail -------------------------------------------------------------------
 
 
+def _planted(plant, lstm: BiRNN, split_path: Path, tmp_path: Path) -> VerifyReport:
+    """The default sweep on ``split_path`` with ``plant``'s defect in it: it must fail."""
+    report = verify(plant(split_path, tmp_path / "bad.onnx"), lstm, **sweep(split_path))
+    assert not report.passed
+    return report
+
+
 def test_whole_tensor_flip_fails_and_is_diagnosed_as_reversal(
     lstm: BiRNN, split_path: Path, tmp_path: Path
 ) -> None:
-    bad = plant_whole_flip(split_path, tmp_path / "flip.onnx")
-    report = verify(bad, lstm, **sweep(split_path))
-    assert not report.passed
+    report = _planted(plant_whole_flip, lstm, split_path, tmp_path)
     failing = _failing(report, "output")
     assert failing
     # Only rows shorter than T can differ; full-length batches pass.
@@ -175,9 +180,7 @@ def test_whole_tensor_flip_fails_and_is_diagnosed_as_reversal(
 def test_missing_padding_mask_fails_on_padding_only(
     lstm: BiRNN, split_path: Path, tmp_path: Path
 ) -> None:
-    bad = plant_missing_mask(split_path, tmp_path / "nomask.onnx")
-    report = verify(bad, lstm, **sweep(split_path))
-    assert not report.passed
+    report = _planted(plant_missing_mask, lstm, split_path, tmp_path)
     assert _failing(report, "output", "padding")
     assert not _failing(report, "output", "values")  # valid steps are untouched
     worst = max(o.max_abs for _, o in _failing(report, "output", "padding"))
@@ -187,9 +190,7 @@ def test_missing_padding_mask_fails_on_padding_only(
 def test_swapped_gate_blocks_fail_in_forward_half(
     lstm: BiRNN, split_path: Path, tmp_path: Path
 ) -> None:
-    bad = plant_gate_swap(split_path, tmp_path / "gates.onnx")
-    report = verify(bad, lstm, **sweep(split_path))
-    assert not report.passed
+    report = _planted(plant_gate_swap, lstm, split_path, tmp_path)
     assert _failing(report, "output")
     text = report.diagnosis()
     assert "backward half matches" in text
@@ -199,9 +200,7 @@ def test_swapped_gate_blocks_fail_in_forward_half(
 def test_final_state_at_last_padded_step_fails(
     lstm: BiRNN, split_path: Path, tmp_path: Path
 ) -> None:
-    bad = plant_state_at_last_step(split_path, tmp_path / "state.onnx")
-    report = verify(bad, lstm, **sweep(split_path))
-    assert not report.passed
+    report = _planted(plant_state_at_last_step, lstm, split_path, tmp_path)
     assert not _failing(report, "output")
     failing = _failing(report, "h_n")
     assert failing
