@@ -90,9 +90,46 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of :func:`birnn_export.load_model`, shared by every command that loads one."""
-    options = [
+def parsed(parse: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """A click callback that reads an option's text with ``parse`` (from
+    :mod:`birnn_export.options`), turning its error into a one-line usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from birnn_export.errors import BiRNNExportError
+
+        if value is None or value == ():
+            return None
+        try:
+            return parse(value, *args)
+        except BiRNNExportError as exc:
+            raise UserError(str(exc)) from None
+
+    return callback
+
+
+def option_group(into: str, options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Add ``options`` to a command and hand their values to it as one dict, the keyword argument
+    ``into``: the keyword arguments of the library function the options are for."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            group = {name: kwargs.pop(name) for name in names}
+            return func(*args, **{into: group}, **kwargs)
+
+        before = len(getattr(command, "__click_params__", []))
+        for option in reversed(options):
+            command = option(command)
+        names = [param.name for param in command.__click_params__[before:]]
+        return command
+
+    return decorate
+
+
+#: The options of :func:`birnn_export.load_model`, for every command that loads a model.
+loader_options = option_group(
+    "loader",
+    [
         click.option(
             "--model-class",
             metavar="MODULE:CLASS",
@@ -129,15 +166,13 @@ def loader_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Allow whole pickled modules. This RUNS CODE from the file: "
             "only for files you trust.",
         ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    ],
+)
 
 
 def sweep_options(default_engines: str) -> Callable[..., Any]:
-    """The options verify and bench share, in one form, parsed into the library's keyword
-    arguments: engines, shapes, tolerances, the seed and the memory budget."""
+    """The options verify and bench share, in one form, parsed into their keyword arguments
+    (engines, shapes, tolerances, the seed and the memory budget) and handed over as ``sweep``."""
     options = [
         click.option(
             "--engines",
@@ -165,20 +200,13 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
             metavar="T,T,...",
             help="Lengths of the time dim, comma-separated.",
         ),
-        click.option(
+        tolerance_option(
             "--atol",
-            multiple=True,
-            callback=parsed(options_.parse_tolerance, "--atol"),
-            metavar="VALUE|NAME:VALUE",
-            help="Judge by fixed tolerances instead of the model's own float32 noise: absolute "
+            "Judge by fixed tolerances instead of the model's own float32 noise: absolute "
             "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
         ),
-        click.option(
-            "--rtol",
-            multiple=True,
-            callback=parsed(options_.parse_tolerance, "--rtol"),
-            metavar="VALUE|NAME:VALUE",
-            help="Relative tolerance, like --atol (either selects fixed tolerances).",
+        tolerance_option(
+            "--rtol", "Relative tolerance, like --atol (either selects fixed tolerances)."
         ),
         click.option(
             "--seed",
@@ -198,30 +226,25 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
             "shapes are refused (verify skips its default cases over it).",
         ),
     ]
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
+    return option_group("sweep", options)
 
 
-def parsed(parse: Callable[..., Any], *args: Any) -> Callable[..., Any]:
-    """A click callback that reads an option's text with ``parse`` (from
-    :mod:`birnn_export.options`), turning its error into a one-line usage error."""
+def range_option(flag: str, help: str) -> Callable[..., Any]:
+    """An option taking ``MIN,OPT,MAX`` (:func:`birnn_export.options.parse_range`)."""
+    return click.option(
+        flag, callback=parsed(options_.parse_range, flag), metavar="MIN,OPT,MAX", help=help
+    )
 
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        from birnn_export.errors import BiRNNExportError
 
-        if value is None or value == ():
-            return None
-        try:
-            return parse(value, *args)
-        except BiRNNExportError as exc:
-            raise UserError(str(exc)) from None
-
-    return callback
+def tolerance_option(flag: str, help: str) -> Callable[..., Any]:
+    """A repeatable ``VALUE|NAME:VALUE`` option (:func:`birnn_export.options.parse_tolerance`)."""
+    return click.option(
+        flag,
+        multiple=True,
+        callback=parsed(options_.parse_tolerance, flag),
+        metavar="VALUE|NAME:VALUE",
+        help=help,
+    )
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -294,19 +317,15 @@ def main() -> None:
     help="Serving range of a named dim, repeatable, e.g. --range width=32,256,1024: the "
     "TensorRT profile, the lengths verification runs and the bounds the model is traced for.",
 )
-@click.option(
+@range_option(
     "--batch-range",
-    callback=parsed(options_.parse_range, "--batch-range"),
-    metavar="MIN,OPT,MAX",
-    help="Batch sizes the graph will serve, recorded in it: the default TensorRT profile. "
-    "The graph itself takes any size. [default: 1,8,32]",
+    "Batch sizes the graph will serve, recorded in it: the default TensorRT profile. The graph "
+    "itself takes any size. [default: 1,8,32]",
 )
-@click.option(
+@range_option(
     "--seq-range",
-    callback=parsed(options_.parse_range, "--seq-range"),
-    metavar="MIN,OPT,MAX",
-    help="Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also "
-    "runs at MAX. [default: 1,64,256]",
+    "Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also runs at "
+    "MAX. [default: 1,64,256]",
 )
 @click.option(
     "--quantize",
@@ -340,7 +359,7 @@ def export_command(
     lengths: bool | None,
     input_size: int | None,
     quantize: str | None,
-    **loader: Any,
+    loader: dict[str, Any],
 ) -> None:
     """Export MODEL.pt to ONNX (MODEL.onnx beside it), check and verify it.
 
@@ -469,14 +488,8 @@ def verify_command(
     save_outputs: Path | None,
     load_inputs: Path | None,
     load_outputs: Path | None,
-    engines: tuple[str, ...],
-    batch_sizes: tuple[int, ...] | None,
-    seq_lens: tuple[int, ...] | None,
-    atol: Any,
-    rtol: Any,
-    seed: int,
-    memory_budget: int,
-    **loader: Any,
+    sweep: dict[str, Any],
+    loader: dict[str, Any],
 ) -> None:
     """Compare MODEL.onnx on each engine with the model across batch sizes and lengths.
 
@@ -503,13 +516,7 @@ def verify_command(
     report = verify(
         onnx_path,
         load_model(model_path, **loader) if model_path is not None else None,
-        engines=engines,
-        batch_sizes=batch_sizes,
-        seq_lens=seq_lens,
-        atol=atol,
-        rtol=rtol,
-        seed=seed,
-        memory_budget=memory_budget,
+        **sweep,
         fp64_reference=fp64_reference,
         layers=layers,
         progress=sys.stderr.isatty(),
@@ -576,13 +583,7 @@ def bench_command(
     json_path: Path | None,
     csv_path: Path | None,
     plot_path: Path | None,
-    engines: tuple[str, ...],
-    batch_sizes: tuple[int, ...] | None,
-    seq_lens: tuple[int, ...] | None,
-    atol: Any,
-    rtol: Any,
-    seed: int,
-    memory_budget: int,
+    sweep: dict[str, Any],
     warmup: int,
     iters: int | None,
     duration: float | None,
@@ -590,7 +591,7 @@ def bench_command(
     device: str,
     compile: bool,
     ort_spinning: bool | None,
-    **loader: Any,
+    loader: dict[str, Any],
 ) -> None:
     """Time engines on MODEL.onnx; each is checked against eager PyTorch before it is timed.
 
@@ -619,13 +620,7 @@ def bench_command(
     report = benchmark(
         onnx_path,
         load_model(model_path, **loader).reference,
-        engines=engines,
-        batch_sizes=batch_sizes,
-        seq_lens=seq_lens,
-        atol=atol,
-        rtol=rtol,
-        seed=seed,
-        memory_budget=memory_budget,
+        **sweep,
         warmup=warmup,
         iters=iters,
         duration=duration,
