@@ -184,22 +184,8 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
             help="Engines, comma-separated or repeated: torch, ort-cpu, ort-int8 (the graph "
             "quantized to int8 on ONNX Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
         ),
-        click.option(
-            "--batch-sizes",
-            "--batch",
-            "batch_sizes",
-            callback=parsed(options_.parse_sizes, "--batch-sizes"),
-            metavar="B,B,...",
-            help="Batch sizes, comma-separated.",
-        ),
-        click.option(
-            "--seq-lens",
-            "--seq",
-            "seq_lens",
-            callback=parsed(options_.parse_sizes, "--seq-lens"),
-            metavar="T,T,...",
-            help="Lengths of the time dim, comma-separated.",
-        ),
+        sizes_option("--batch-sizes", "--batch", "B,B,...", "Batch sizes, comma-separated."),
+        sizes_option("--seq-lens", "--seq", "T,T,...", "Lengths of the time dim, comma-separated."),
         tolerance_option(
             "--atol",
             "Judge by fixed tolerances instead of the model's own float32 noise: absolute "
@@ -233,6 +219,19 @@ def range_option(flag: str, help: str) -> Callable[..., Any]:
     """An option taking ``MIN,OPT,MAX`` (:func:`birnn_export.options.parse_range`)."""
     return click.option(
         flag, callback=parsed(options_.parse_range, flag), metavar="MIN,OPT,MAX", help=help
+    )
+
+
+def sizes_option(flag: str, alias: str, metavar: str, help: str) -> Callable[..., Any]:
+    """A comma-separated list of positive sizes (:func:`birnn_export.options.parse_sizes`),
+    also spelt ``alias``; it sets the keyword argument named after ``flag``."""
+    return click.option(
+        flag,
+        alias,
+        flag[2:].replace("-", "_"),
+        callback=parsed(options_.parse_sizes, flag),
+        metavar=metavar,
+        help=help,
     )
 
 
