@@ -1,11 +1,13 @@
 """``birnn-export``: a thin click layer over the library.
 
 ``birnn-export MODEL.pt`` exports (the default command); ``inspect``, ``verify``, ``bench`` and
-``check`` are subcommands. Every command parses options, calls one library function and prints
-its result. Heavy imports (torch, onnx, onnxruntime) happen inside the commands so ``--help`` and
-``--version`` stay fast. User errors (:class:`~birnn_export.errors.BiRNNExportError`) print one
-line and exit 2 (bad input) or 1 (verification failed); other exceptions are bugs and keep their
-traceback.
+``check`` are subcommands. Every command parses options (their text is read by
+:mod:`birnn_export.options`, in click callbacks), calls one library function and prints its
+result; options named after that function's keyword arguments reach it as they are. Heavy
+imports (torch, onnx, onnxruntime) happen inside the commands so ``--help`` and ``--version``
+stay fast. User errors (:class:`~birnn_export.errors.BiRNNExportError`) print one line and exit
+with the error's code: 2 for bad input, 1 for a failed verification, check or engine run; other
+exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
