@@ -172,6 +172,48 @@ loader_options = option_group(
 )
 
 
+#: The options of :func:`birnn_export.export_onnx` that shape the graph.
+graph_options = option_group(
+    "graph",
+    [
+        click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
+        click.option(
+            "--layout",
+            type=click.Choice(["split", "fused"]),
+            help="split: forward node + forward node between two ReverseSequence; fused: one "
+            "bidirectional node per layer. [default: by measurement, split for LSTM and GRU, "
+            "fused for RNN]",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "float16"]),
+            default="float32",
+            show_default=True,
+            help="Precision of the graph's weights and float tensors.",
+        ),
+        click.option(
+            "--lengths/--no-lengths",
+            default=None,
+            help="Whether the graph takes a lengths input [default: inferred from the model; "
+            "bare state_dicts get one].",
+        ),
+        click.option(
+            "--input-size",
+            type=click.IntRange(min=1),
+            help="Features N of a float [batch, seq, N] input, for models whose first layer "
+            "does not tell (a Conv1d front-end, say).",
+        ),
+        click.option(
+            "--quantize",
+            type=click.Choice(["int8"]),
+            help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and "
+            "MatMul kernels; GRU/RNN stay float32), verified by top-1 agreement and relative "
+            "error. Runs on ONNX Runtime CPU only.",
+        ),
+    ],
+)
+
+
 def sweep_options(default_engines: str) -> Callable[..., Any]:
     """The options verify and bench share, in one form, parsed into their keyword arguments
     (engines, shapes, tolerances, the seed and the memory budget) and handed over as ``sweep``."""
@@ -276,29 +318,6 @@ def main() -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="ONNX file [default: MODEL.onnx]."
 )
-@click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted].")
-@click.option(
-    "--layout",
-    type=click.Choice(["split", "fused"]),
-    help="split: forward node + forward node between two ReverseSequence; "
-    "fused: one bidirectional node per layer. [default: by measurement, split for LSTM and "
-    "GRU, fused for RNN]",
-)
-@click.option(
-    "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
-)
-@click.option(
-    "--lengths/--no-lengths",
-    default=None,
-    help="Whether the graph takes a lengths input [default: inferred from the model; bare "
-    "state_dicts get one].",
-)
-@click.option(
-    "--input-size",
-    type=click.IntRange(min=1),
-    help="Features N of a float [batch, seq, N] input, for models whose first layer does not "
-    "tell (a Conv1d front-end, say).",
-)
 @click.option(
     "--input",
     "inputs",
@@ -329,19 +348,13 @@ def main() -> None:
     "MAX. [default: 1,64,256]",
 )
 @click.option(
-    "--quantize",
-    type=click.Choice(["int8"]),
-    help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and MatMul "
-    "kernels; GRU/RNN stay float32), verified by top-1 agreement and relative error. Runs on "
-    "ONNX Runtime CPU only.",
-)
-@click.option(
     "--verify/--no-verify", default=True, help="Verify on ONNX Runtime before writing the file."
 )
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
+@graph_options
 @loader_options
 @user_errors
 def export_command(
@@ -354,12 +367,7 @@ def export_command(
     verify: bool,
     json_path: Path | None,
     quiet: bool,
-    opset: int | None,
-    layout: str | None,
-    dtype: str,
-    lengths: bool | None,
-    input_size: int | None,
-    quantize: str | None,
+    graph: dict[str, Any],
     loader: dict[str, Any],
 ) -> None:
     """Export MODEL.pt to ONNX (MODEL.onnx beside it), check and verify it.
@@ -387,12 +395,7 @@ def export_command(
             verify=verify,
             progress=sys.stderr.isatty() and not quiet,
             load_options=loader,
-            opset=opset,
-            layout=layout,
-            dtype=dtype,
-            lengths=lengths,
-            input_size=input_size,
-            quantize=quantize,
+            **graph,
         )
     except VerificationError as exc:
         if exc.report is not None:
