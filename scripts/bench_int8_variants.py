@@ -1,0 +1,86 @@
+"""Which of ONNX Runtime's dynamic-quantization settings is fastest on an exported graph (issue 13).
+
+Quantizes one float32 graph written by birnn-export several ways with
+``onnxruntime.quantization.quantize_dynamic`` and times each on ONNX Runtime CPU against the
+float graph, each in its own session and block (warm-up, then runs), at every batch size:
+
+* ``default``: int8 weights per tensor (what ``--quantize int8`` writes);
+* ``uint8``: uint8 weights; ``per_channel``: one scale per output channel;
+* ``reduce_range``: 7-bit weights (for CPUs without VNNI);
+* ``lstm_only``: the LSTM nodes quantized, the head left in float32.
+
+Prints median milliseconds and the speed-up over float32 per variant. Speed only: accuracy is
+``scripts/measure_int8.py``'s.
+
+Usage:
+    python scripts/make_bench_model.py --cell lstm --size 256 -o /tmp/bilstm256.pt
+    birnn-export /tmp/bilstm256.pt -o /tmp/bilstm256.onnx
+    python scripts/bench_int8_variants.py /tmp/bilstm256.onnx [--batch 1,32] [--seq 100]
+        [--runs 60] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+
+import onnxruntime as ort
+from _common import timed_ms
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from birnn_export.spec import GraphSpec, make_feed
+
+VARIANTS = {
+    "default": {"weight_type": QuantType.QInt8},
+    "uint8": {"weight_type": QuantType.QUInt8},
+    "per_channel": {"weight_type": QuantType.QInt8, "per_channel": True},
+    "reduce_range": {"weight_type": QuantType.QInt8, "reduce_range": True},
+    "lstm_only": {"weight_type": QuantType.QInt8, "op_types_to_quantize": ["LSTM"]},
+}
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("onnx", type=Path, help="a float32 graph written by birnn-export")
+    parser.add_argument("--batch", default="1,32")
+    parser.add_argument("--seq", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    spec = GraphSpec.from_onnx(args.onnx)
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice is for image models
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"float32": args.onnx}
+        for name, settings in VARIANTS.items():
+            paths[name] = Path(folder) / f"{name}.onnx"
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_dynamic(str(args.onnx), str(paths[name]), **settings)
+        print(f"{args.onnx.name}: T={args.seq}, {args.threads} threads, {args.runs} runs each")
+        for batch in (int(b) for b in args.batch.split(",")):
+            feed = make_feed(spec, batch, args.seq, seed=0)
+            medians = {}
+            for name, path in paths.items():  # each in its own session and block
+                session = _session(path, args.threads)
+                medians[name] = statistics.median(
+                    timed_ms(lambda s=session, f=feed: s.run(None, f), args.runs, warmup=10)
+                )
+                del session
+            base = medians["float32"]
+            cells = [f"{n} {ms:.2f} ms ({base / ms:.2f}x)" for n, ms in medians.items()]
+            print(f"B={batch}: " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
