@@ -55,42 +55,36 @@ def test_a_bare_layer_runs_on_packed_input_row_by_row() -> None:
             assert torch.all(out[row, length:] == PADDING)
 
 
+class _Around(nn.Module):
+    """A small BiGRU with ``before`` applied to its input and ``after`` to its output."""
+
+    def __init__(self, before=lambda x: x, after=lambda out: out) -> None:
+        super().__init__()
+        self.rnn = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
+        self.before, self.after = before, after
+
+    def forward(self, x, lengths):
+        out, h_n = self.rnn(self.before(x), lengths)
+        return self.after(out), h_n
+
+
 def test_float64_fails_names_what_breaks() -> None:
-    class CastsToFloat32(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
-
-        def forward(self, x, lengths):
-            return self.rnn(x.float(), lengths)
-
-    assert (
-        float64_fails(BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING), _spec()) is None
-    )
-    reason = float64_fails(CastsToFloat32(), _spec())
+    assert float64_fails(_Around(), _spec()) is None
+    reason = float64_fails(_Around(before=lambda x: x.float()), _spec())
     assert reason is not None and "dtype" in reason.lower()
 
 
 def test_references_refuse_a_model_without_a_fixed_answer() -> None:
-    class Noisy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
-
-        def forward(self, x, lengths):
-            out, h_n = self.rnn(x, lengths)
-            return out + 1e-3 * torch.rand_like(out), h_n
-
     spec = _spec()
     case = Case(2, 5, "ragged", 1.0, 0)
     feed = make_feed(spec, 2, 5, seed=0)
-    steady = BiRNN(FEATURES, HIDDEN, cell="gru", padding_value=PADDING)
-    with References(steady, spec, ref_dtype="float64", eager_dtype="float32") as refs:
+    with References(_Around(), spec, ref_dtype="float64", eager_dtype="float32") as refs:
         ran = refs.run(feed, case)
     assert ran["reference"]["output"].dtype == np.float64
     assert ran["eager"]["output"].dtype == np.float32
+    noisy = _Around(after=lambda out: out + 1e-3 * torch.rand_like(out))
     with (
-        References(Noisy(), spec, ref_dtype="float64", eager_dtype=None) as refs,
+        References(noisy, spec, ref_dtype="float64", eager_dtype=None) as refs,
         pytest.raises(BiRNNExportError, match="not deterministic"),
     ):
         refs.run(feed, case)
