@@ -267,7 +267,9 @@ class BenchReport:
         return write_atomic(Path(path), buffer.getvalue())
 
 
-def check_plot_path(onnx_path: str | os.PathLike[str], plot: str | os.PathLike[str] | None) -> None:
+def precheck(
+    onnx_path: str | os.PathLike[str], *, plot: str | os.PathLike[str] | None = None
+) -> None:
     """Fail fast, before a model loads or an engine runs: the graph file exists, and matplotlib
     is installed when a plot is asked for.
 

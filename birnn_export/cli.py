@@ -613,12 +613,12 @@ def bench_command(
     birnn-export bench tagger.onnx --model tagger.pt --batch-sizes 1,32 --seq-lens 100
     """
     from birnn_export._report import wide_console
-    from birnn_export.bench import benchmark, check_plot_path, render_table
+    from birnn_export.bench import benchmark, precheck, render_table
     from birnn_export.checkpoint import load_model
 
     writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
     options_.check_files({"MODEL.onnx": onnx_path, "--model": model_path}, writes)
-    check_plot_path(onnx_path, plot_path)
+    precheck(onnx_path, plot=plot_path)
     # The model as the user wrote it (torch's own recurrent layers) when it had them: that is
     # the eager speed to beat and the most independent reference.
     report = benchmark(

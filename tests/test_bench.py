@@ -600,3 +600,22 @@ def test_cli_as_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(csv_path.open()))
     assert [(r["engine"], r["status"], r["runs"]) for r in rows] == [("ort-cpu", "ok", "2")]
+
+
+def test_precheck_fails_before_anything_loads(
+    files: dict[str, Path], tmp_path, monkeypatch
+) -> None:
+    from birnn_export.bench import precheck
+
+    with pytest.raises(BiRNNExportError, match=r"MODEL\.onnx: no such file"):
+        precheck(tmp_path / "absent.onnx")
+    precheck(files["onnx"], plot=tmp_path / "p.png")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name)
+    )
+    with pytest.raises(BiRNNExportError, match="--plot: matplotlib is not installed"):
+        precheck(files["onnx"], plot=tmp_path / "p.png")
+    precheck(files["onnx"])
