@@ -40,11 +40,11 @@ _LAZY = {
     "load_model": "birnn_export.checkpoint",
     "save_checkpoint": "birnn_export.checkpoint",
     "LoadedModel": "birnn_export.checkpoint",
-    "export_onnx": "birnn_export.export",
+    "export_onnx": "birnn_export.pipeline",
     "describe_onnx": "birnn_export.describe",
     "export_model": "birnn_export.pipeline",
     "ExportReport": "birnn_export.pipeline",
-    "ExportResult": "birnn_export.export",
+    "ExportResult": "birnn_export.pipeline",
     "GraphSpec": "birnn_export.spec",
     "verify": "birnn_export.verification",
     "VerifyReport": "birnn_export.verification",
@@ -72,10 +72,9 @@ if TYPE_CHECKING:
         UsageError,
         VerificationError,
     )
-    from birnn_export.export import ExportResult, export_onnx
     from birnn_export.models import SequenceTagger, TaggerConfig
     from birnn_export.modules import BiRNN, padding_mask, reverse_padded
-    from birnn_export.pipeline import ExportReport, export_model
+    from birnn_export.pipeline import ExportReport, ExportResult, export_model, export_onnx
     from birnn_export.spec import GraphSpec
     from birnn_export.verification import VerifyReport, verify
 

@@ -1,25 +1,23 @@
-"""ONNX export with truly dynamic batch and sequence axes, checked before it is written.
+"""Tracing a model to an ONNX graph with truly dynamic batch and sequence axes, and checking it.
 
-:func:`export_onnx` converts built-in recurrent layers, traces the model with
+:func:`trace_graph` converts built-in recurrent layers, traces the model with
 ``torch.onnx.export(dynamo=True)`` and symbolic ``batch`` / ``seq`` dims, and emits each recurrent
 layer as ONNX ``LSTM`` / ``GRU`` / ``RNN`` nodes (see :mod:`birnn_export.modules`). The graph is
 then edited where engines need it (:mod:`birnn_export._rewrites`), its contract
 (:class:`~birnn_export.spec.GraphSpec`) stored in ``metadata_props`` and checked
 (:mod:`birnn_export._graph`: full ``onnx.checker``, strict shape inference, example sizes baked
-into shapes), staged beside the output (:mod:`birnn_export._files`) and verified on ONNX Runtime
-at shapes unlike the example; only then is the file moved into place.
+into shapes). :func:`birnn_export.export_onnx` (:mod:`birnn_export.pipeline`) writes it beside
+the output, verifies it on ONNX Runtime at shapes unlike the example and only then moves it into
+place.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import inspect
 import logging
 import os
 import re
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from birnn_export._files import check_output_path, onnx_file_size, save_onnx, staged_output
+from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import PlannedInputs, plan_inputs
 from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
@@ -42,7 +40,7 @@ from birnn_export.crf import (
     is_tag_lists,
     ragged_to_padded,
 )
-from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
+from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import (
     BiRNN,
@@ -57,7 +55,6 @@ from birnn_export.spec import (
     GraphSpec,
     InputDecl,
     check_range,
-    load_onnx,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,43 +76,40 @@ EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclass(frozen=True)
-class ExportResult:
-    """What :func:`export_onnx` wrote and how it checked it.
+class TracedGraph:
+    """A model traced to a checked ONNX graph, still in memory: what
+    :func:`birnn_export.export_onnx` writes, verifies and moves into place.
 
-    ``verification`` is the report of the sweep run on the graph before it was moved into place
-    (``None`` with ``verify=False``).
+    ``model`` is the converted module that was traced, ``reference`` the one verification
+    compares against; ``inputs`` says how the graph's inputs came about.
     """
 
-    path: Path
+    proto: Any
     spec: GraphSpec
-    op_counts: dict[str, int]
-    file_size: int
+    model: nn.Module
+    reference: nn.Module
     replaced: tuple[Replacement, ...]
-    verification: Any
-    elapsed_s: float
-    #: How the inputs came about: declared, or what was inferred from the model.
-    inputs: str = ""
-    #: What int8 quantization changed (a :class:`~birnn_export.quantize.QuantizeReport`), if
-    #: it was asked for.
-    quantization: Any = None
+    inputs: str
+    #: Sizes of the model's own layers, and its hand-written CRF heads: what the checks of a
+    #: graph over 2 GB, made on the saved file, need.
+    sizes: frozenset[int]
+    crfs: tuple[Any, ...]
 
     @property
-    def max_error(self) -> float | None:
-        """The largest error of any output against the reference over the sweep."""
-        if self.verification is None:
-            return None
-        errors = [
-            o.max_abs
-            for case in self.verification.cases
-            for o in case.outputs
-            if o.check == "values"
-        ]
-        return max(errors, default=None)
+    def large(self) -> bool:
+        """Over protobuf's 2 GB limit: the weights go to an external data file."""
+        return self.proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+
+    def save(self, path: Path) -> None:
+        """Write the graph to ``path`` (with its external data when :attr:`large`); a large
+        graph's structural checks run here, on the file."""
+        save_onnx(self.proto, path, external=self.large)
+        if self.large:
+            raise_for_problems(path, self.spec, set(self.sizes), list(self.crfs))
 
 
-def export_onnx(
+def trace_graph(
     model: nn.Module,
-    path: str | os.PathLike[str],
     *,
     example_inputs: Sequence[Tensor] | None = None,
     inputs: Sequence[str | InputDecl] | None = None,
@@ -127,21 +121,18 @@ def export_onnx(
     dtype: str = "float32",
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
-    verify: bool = True,
     reference: nn.Module | None = None,
-    progress: bool = False,
     config: dict[str, Any] | None = None,
     source_sha256: str | None = None,
     batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
     seq_range: Sequence[int] = DEFAULT_SEQ_RANGE,
-    quantize: str | None = None,
-) -> ExportResult:
-    """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
+) -> TracedGraph:
+    """Trace ``model`` to an ONNX graph with symbolic ``batch`` and ``seq`` axes and check it:
+    the graph :func:`birnn_export.export_onnx` writes, with these keyword arguments.
 
     Args:
         model: Any module holding ``BiRNN`` layers or torch's built-in ``nn.RNN/LSTM/GRU``
             (converted first, on a copy).
-        path: Output ``.onnx`` file; written atomically, nothing is left on failure.
         example_inputs: Tensors for tracing; may be omitted for
             :class:`~birnn_export.models.SequenceTagger`, for models that start with an
             ``nn.Embedding`` or a batch-first ``BiRNN``, and whenever ``inputs`` are declared.
@@ -165,11 +156,8 @@ def export_onnx(
         input_names: Graph input names; default ``x`` (or ``ids`` for token ids) and ``lengths``.
         output_names: Graph output names; default ``output`` (plus ``h_n``/``c_n`` for a bare
             layer).
-        verify: Run :func:`birnn_export.verify`'s default sweep on ONNX Runtime CPU before the
-            file is moved into place (skipped only where onnxruntime is missing).
         reference: The module verification compares against (e.g. the original model with
             built-in layers); default ``model`` itself.
-        progress: Show verification's progress bar on stderr on long runs.
         config: Model configuration to record in the metadata.
         source_sha256: Hash of the model file, recorded in the metadata.
         batch_range: (min, opt, max) batch sizes the graph will serve, recorded in its spec:
@@ -177,24 +165,10 @@ def export_onnx(
             takes any batch size.
         seq_range: (min, opt, max) of the time dim (``seq``, or the declared one), likewise;
             verification also runs at the maximum.
-        quantize: ``"int8"``: write the graph dynamically quantized by ONNX Runtime
-            (:func:`birnn_export.quantize.quantize_int8`; int8 LSTM and MatMul kernels, GRU and
-            RNN left in float32), verified by task agreement and relative error
-            (:class:`~birnn_export.compare.QuantizedCriterion`) instead of float tolerances.
-            Runs on ONNX Runtime's CPU provider; needs a float32 graph.
 
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
-        VerificationError: ONNX Runtime's outputs differ from eager at a shape unlike the example.
-
-    Example:
-        >>> layer = nn.LSTM(10, 20, batch_first=True, bidirectional=True)
-        >>> result = export_onnx(layer, "m.onnx")  # doctest: +SKIP
-        >>> result.spec.inputs[0].dims  # doctest: +SKIP
-        ('batch', 'seq', 10)
     """
-    start = time.perf_counter()
-    path = Path(path)
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(
@@ -205,18 +179,11 @@ def export_onnx(
         raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dtype not in DTYPES:
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    if quantize not in (None, "int8"):
-        raise ExportError(f"quantize: expected int8 or nothing, got {quantize!r}")
-    if quantize and dtype != "float32":
-        raise ExportError(
-            f"quantize: int8 quantizes a float32 graph; drop --dtype {dtype} or --quantize"
-        )
     try:
         batch_range = check_range("batch_range", batch_range)
         seq_range = check_range("seq_range", seq_range)
     except BiRNNExportError as exc:
         raise ExportError(str(exc)) from None
-    check_output_path("path", path)
 
     replaced = tuple(conversion_report(model))
     converted = convert(model).eval() if replaced else model.eval()
@@ -271,41 +238,20 @@ def export_onnx(
         }
     )
     set_metadata(proto, spec)
-    # Over protobuf's 2 GB limit the checks must read the saved file and its external data.
-    large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    crfs = hand_written_crfs(converted)
-    if not large:
-        raise_for_problems(proto, spec, sizes, crfs)
-
-    if large and quantize:
-        raise ExportError(
-            f"quantize: the graph is over 2 GB ({proto.ByteSize() / 2**30:.1f} GiB); int8 "
-            "quantization of graphs with external weights is not supported"
-        )
-    report = None
-    quantized = None
-    with staged_output(path) as staging:
-        save_onnx(proto, staging, external=large)
-        if large:
-            raise_for_problems(staging, spec, sizes, crfs)
-        if quantize:
-            quantized = _quantize_staged(staging)
-            proto = load_onnx(staging)
-            spec = GraphSpec.from_onnx(proto)
-        if verify:
-            report = _verify_staged(staging, path, converted, reference, progress)
-    counts = collections.Counter(node.op_type for node in proto.graph.node)
-    return ExportResult(
-        path=path,
+    graph = TracedGraph(
+        proto=proto,
         spec=spec,
-        op_counts=dict(sorted(counts.items())),
-        file_size=onnx_file_size(path),
+        model=converted,
+        reference=reference,
         replaced=replaced,
-        verification=report,
-        elapsed_s=time.perf_counter() - start,
         inputs=planned.how,
-        quantization=quantized,
+        sizes=frozenset(sizes),
+        crfs=tuple(hand_written_crfs(converted)),
     )
+    # Over protobuf's 2 GB limit the checks read the saved file and its external data.
+    if not graph.large:
+        raise_for_problems(proto, spec, graph.sizes, graph.crfs)
+    return graph
 
 
 def default_layout(layers: Sequence[BiRNN]) -> str:
@@ -563,43 +509,3 @@ def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInp
             "sorting) do not; call the layer as out, h = self.rnn(x, lengths)"
         )
     return message
-
-
-def _quantize_staged(staging: Path) -> Any:
-    """Replace the staged float32 graph with its int8 form; the float graph is not kept."""
-    from birnn_export.quantize import quantize_int8
-
-    float_graph = staging.with_name("float32-" + staging.name)
-    os.replace(staging, float_graph)
-    try:
-        return quantize_int8(float_graph, staging)
-    except BiRNNExportError as exc:
-        raise ExportError(str(exc)) from None
-
-
-def _verify_staged(
-    staging: Path, path: Path, model: nn.Module, reference: nn.Module, progress: bool
-) -> Any:
-    """:func:`birnn_export.verify`'s default sweep on the staged graph, before it is moved into
-    place; the report names ``path``.
-
-    Raises:
-        VerificationError: the graph failed (carrying the report); nothing is written.
-    """
-
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        logger.warning("onnxruntime is not installed: the export was not verified")
-        return None
-    from birnn_export.verification import verify
-
-    report = verify(staging, model, reference=reference, progress=progress)
-    report = dataclasses.replace(report, onnx_path=str(path))
-    if not report.passed:
-        message = report.summary()
-        diagnosis = report.diagnosis()
-        if diagnosis:
-            message += " | " + " ".join(diagnosis.splitlines()[0].split())
-        raise VerificationError(f"{message}; nothing was written", report=report)
-    return report

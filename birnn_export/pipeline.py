@@ -4,11 +4,19 @@ load (safely) -> convert -> export (symbolic batch and time, checked, verified o
 written atomically) -> TensorRT compatibility (TensorRT's own parser and builder where one is
 installed). The returned :class:`ExportReport` renders itself as the command prints it
 (:meth:`ExportReport.lines`) and as its ``--json`` file (:meth:`ExportReport.to_dict`).
+
+:func:`export_onnx` is the step in the middle for a model already in memory: the graph traced by
+:func:`birnn_export.export.trace_graph`, staged beside the output, quantized if asked, verified
+(:func:`birnn_export.verify`) and only then moved into place. It lives here, after verification,
+so that imports run one way.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -16,9 +24,174 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from birnn_export._files import check_output_path, onnx_file_size, staged_output
+from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
+
 if TYPE_CHECKING:
+    from torch import nn
+
     from birnn_export.check import CheckReport
-    from birnn_export.export import ExportResult
+    from birnn_export.conversion import Replacement
+    from birnn_export.quantize import QuantizeReport
+    from birnn_export.spec import GraphSpec
+    from birnn_export.verification import VerifyReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote and how it checked it.
+
+    ``verification`` is the report of the sweep run on the graph before it was moved into place
+    (``None`` with ``verify=False``).
+    """
+
+    path: Path
+    spec: GraphSpec
+    op_counts: dict[str, int]
+    file_size: int
+    replaced: tuple[Replacement, ...]
+    verification: VerifyReport | None
+    elapsed_s: float
+    #: How the inputs came about: declared, or what was inferred from the model.
+    inputs: str = ""
+    #: What int8 quantization changed, if it was asked for.
+    quantization: QuantizeReport | None = None
+
+    @property
+    def max_error(self) -> float | None:
+        """The largest error of any output against the reference over the sweep."""
+        if self.verification is None:
+            return None
+        errors = [
+            o.max_abs
+            for case in self.verification.cases
+            for o in case.outputs
+            if o.check == "values"
+        ]
+        return max(errors, default=None)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    progress: bool = False,
+    quantize: str | None = None,
+    **options: Any,
+) -> ExportResult:
+    """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
+
+    Args:
+        model: Any module holding ``BiRNN`` layers or torch's built-in ``nn.RNN/LSTM/GRU``
+            (converted first, on a copy).
+        path: Output ``.onnx`` file; written atomically, nothing is left on failure.
+        verify: Run :func:`birnn_export.verify`'s default sweep on ONNX Runtime CPU before the
+            file is moved into place (skipped only where onnxruntime is missing).
+        progress: Show verification's progress bar on stderr on long runs.
+        quantize: ``"int8"``: write the graph dynamically quantized by ONNX Runtime
+            (:func:`birnn_export.quantize.quantize_int8`; int8 LSTM and MatMul kernels, GRU and
+            RNN left in float32), verified by task agreement and relative error
+            (:class:`~birnn_export.compare.QuantizedCriterion`) instead of float tolerances.
+            Runs on ONNX Runtime's CPU provider; needs a float32 graph.
+        **options: How the graph is traced: the keyword arguments of
+            :func:`birnn_export.export.trace_graph` (``example_inputs``, ``inputs``, ``ranges``,
+            ``opset``, ``layout``, ``lengths``, ``input_size``, ``dtype``, ``input_names``,
+            ``output_names``, ``reference``, ``config``, ``source_sha256``, ``batch_range``,
+            ``seq_range``); its docstring says what each means.
+
+    Raises:
+        ExportError: the model cannot be exported or the graph failed a structural check.
+        VerificationError: ONNX Runtime's outputs differ from eager at a shape unlike the example.
+
+    Example:
+        >>> layer = nn.LSTM(10, 20, batch_first=True, bidirectional=True)
+        >>> result = export_onnx(layer, "m.onnx")  # doctest: +SKIP
+        >>> result.spec.inputs[0].dims  # doctest: +SKIP
+        ('batch', 'seq', 10)
+    """
+    from birnn_export.export import trace_graph
+    from birnn_export.spec import GraphSpec, load_onnx
+
+    start = time.perf_counter()
+    path = Path(path)
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize: expected int8 or nothing, got {quantize!r}")
+    dtype = options.get("dtype", "float32")
+    if quantize and dtype != "float32":
+        raise ExportError(
+            f"quantize: int8 quantizes a float32 graph; drop --dtype {dtype} or --quantize"
+        )
+    check_output_path("path", path)
+    graph = trace_graph(model, **options)
+    if graph.large and quantize:
+        raise ExportError(
+            f"quantize: the graph is over 2 GB ({graph.proto.ByteSize() / 2**30:.1f} GiB); int8 "
+            "quantization of graphs with external weights is not supported"
+        )
+    proto, spec = graph.proto, graph.spec
+    report = quantized = None
+    with staged_output(path) as staging:
+        graph.save(staging)
+        if quantize:
+            quantized = _quantize_staged(staging)
+            proto = load_onnx(staging)
+            spec = GraphSpec.from_onnx(proto)
+        if verify:
+            report = _verify_staged(staging, path, graph.model, graph.reference, progress)
+    counts = collections.Counter(node.op_type for node in proto.graph.node)
+    return ExportResult(
+        path=path,
+        spec=spec,
+        op_counts=dict(sorted(counts.items())),
+        file_size=onnx_file_size(path),
+        replaced=graph.replaced,
+        verification=report,
+        elapsed_s=time.perf_counter() - start,
+        inputs=graph.inputs,
+        quantization=quantized,
+    )
+
+
+def _quantize_staged(staging: Path) -> QuantizeReport:
+    """Replace the staged float32 graph with its int8 form; the float graph is not kept."""
+    from birnn_export.quantize import quantize_int8
+
+    float_graph = staging.with_name("float32-" + staging.name)
+    os.replace(staging, float_graph)
+    try:
+        return quantize_int8(float_graph, staging)
+    except BiRNNExportError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _verify_staged(
+    staging: Path, path: Path, model: nn.Module, reference: nn.Module, progress: bool
+) -> VerifyReport | None:
+    """:func:`birnn_export.verify`'s default sweep on the staged graph, before it is moved into
+    place; the report names ``path``.
+
+    Raises:
+        VerificationError: the graph failed (carrying the report); nothing is written.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning("onnxruntime is not installed: the export was not verified")
+        return None
+    from birnn_export.verification import verify
+
+    report = verify(staging, model, reference=reference, progress=progress)
+    report = dataclasses.replace(report, onnx_path=str(path))
+    if not report.passed:
+        message = report.summary()
+        diagnosis = report.diagnosis()
+        if diagnosis:
+            message += " | " + " ".join(diagnosis.splitlines()[0].split())
+        raise VerificationError(f"{message}; nothing was written", report=report)
+    return report
 
 
 @dataclass(frozen=True)
@@ -133,7 +306,6 @@ def export_model(
     from birnn_export.check import check_compatibility
     from birnn_export.checkpoint import load_model
     from birnn_export.describe import describe_onnx
-    from birnn_export.export import export_onnx
 
     start = time.perf_counter()
     model_path = Path(model_path)

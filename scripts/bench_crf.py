@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from _common import timed_ms
 
-from birnn_export import export_onnx
 from birnn_export.checkpoint import load_model
 from birnn_export.models import SequenceTagger
+from birnn_export.pipeline import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 

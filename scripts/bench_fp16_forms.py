@@ -21,7 +21,7 @@ import torch
 from _common import bench_tagger, timed_ms
 
 from birnn_export import modules
-from birnn_export.export import export_onnx
+from birnn_export.pipeline import export_onnx
 from birnn_export.spec import make_feed
 
 

@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 from _common import bench_tagger, timed_ms
 
-from birnn_export.export import export_onnx
+from birnn_export.pipeline import export_onnx
 from birnn_export.spec import make_feed
 
 

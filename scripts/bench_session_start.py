@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import birnn_export
-from birnn_export.export import export_onnx
+from birnn_export.pipeline import export_onnx
 from tests.realistic_models import AttentionClassifier
 
 

@@ -24,7 +24,7 @@ sys.path.insert(1, str(ROOT))
 
 from _common import trained_models  # noqa: E402
 
-from birnn_export.export import export_onnx  # noqa: E402
+from birnn_export import export_onnx  # noqa: E402
 from birnn_export.verification import verify  # noqa: E402
 from tests.defects import DEFECTS  # noqa: E402
 

@@ -22,8 +22,8 @@ def split_lstm_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small 2-layer BiLSTM taking lengths, exported in the split layout."""
     import torch
 
-    from birnn_export.export import export_onnx
     from birnn_export.modules import BiRNN
+    from birnn_export.pipeline import export_onnx
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("graph") / "split.onnx"

@@ -34,8 +34,8 @@ from birnn_export.bench import (
 from birnn_export.checkpoint import TorchReference, save_checkpoint
 from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError
-from birnn_export.export import export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
+from birnn_export.pipeline import export_onnx
 from birnn_export.runners import unavailable_reason
 from birnn_export.spec import make_feed
 

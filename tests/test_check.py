@@ -179,7 +179,7 @@ def test_int64_input_is_info_for_tensorrt() -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Graphs written by the real exporter, fused and split (the split one has ReverseSequence)."""
-    from birnn_export.export import export_onnx
+    from birnn_export.pipeline import export_onnx
 
     lstm = torch.nn.LSTM(IN, H, batch_first=True, bidirectional=True)
     x = torch.randn(2, 5, IN)

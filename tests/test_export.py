@@ -20,9 +20,9 @@ from birnn_export import export as export_module
 from birnn_export.cli import main
 from birnn_export.describe import describe_onnx
 from birnn_export.errors import ExportError, VerificationError
-from birnn_export.export import export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
+from birnn_export.pipeline import export_onnx
 from birnn_export.runners import OrtRunner
 from birnn_export.seed import (
     ManualBidirectionalLSTM,
@@ -339,6 +339,31 @@ def test_external_data_for_large_models(tmp_path, monkeypatch):
     got = run_ort(result.path, feed)["output"]
     want, _ = layer(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_trace_graph_checks_in_memory_and_writes_only_when_saved(tmp_path):
+    """trace_graph converts, traces and checks without touching the disk; save writes the graph
+    export_onnx would (the same spec), which ONNX Runtime runs like torch's own layer."""
+    torch.manual_seed(0)
+    layer = nn.GRU(4, 6, batch_first=True, bidirectional=True).eval()
+    graph = export_module.trace_graph(layer, layout="fused", seq_range=(1, 8, 40))
+    assert list(tmp_path.iterdir()) == []
+    assert [str(r) for r in graph.replaced] and not graph.large
+    assert collections.Counter(n.op_type for n in graph.proto.graph.node)["GRU"] == 1
+    assert graph.spec.layout == "fused" and graph.spec.seq_range == (1, 8, 40)
+    graph.save(tmp_path / "g.onnx")
+    assert GraphSpec.from_onnx(onnx.load(str(tmp_path / "g.onnx"))) == graph.spec
+    feed = make_feed(graph.spec, 3, 11, seed=0)
+    lengths = feed["lengths"].tolist()
+    packed = pack_padded_sequence(
+        torch.from_numpy(feed["x"]), lengths, batch_first=True, enforce_sorted=False
+    )
+    want, _ = pad_packed_sequence(layer(packed)[0], batch_first=True, total_length=11)
+    np.testing.assert_allclose(
+        run_ort(tmp_path / "g.onnx", feed)["output"], want.detach().numpy(), atol=1e-5
+    )
+    with pytest.raises(ExportError, match="opset: 17 is not supported"):
+        export_module.trace_graph(layer, opset=17)
 
 
 @pytest.mark.parametrize("layout", ["split", "fused"])

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 
 from birnn_export._graph import check_graph
-from birnn_export.export import export_onnx
 from birnn_export.modules import BiRNN
+from birnn_export.pipeline import export_onnx
 
 
 def test_check_graph_finds_a_baked_length(tmp_path):

@@ -294,7 +294,7 @@ def test_a_nondeterministic_model_is_refused(tmp_path: Path) -> None:
             out = self.rnn(x)[0]
             return out + torch.rand_like(out)
 
-    from birnn_export.export import export_onnx
+    from birnn_export.pipeline import export_onnx
 
     with pytest.raises(BiRNNExportError, match="not deterministic in eval mode"):
         export_onnx(Noisy().eval(), tmp_path / "n.onnx")

@@ -13,8 +13,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError, ExportError
-from birnn_export.export import export_onnx
 from birnn_export.models import CRNN, CRNNConfig, SpeechConfig, SpeechCTC
+from birnn_export.pipeline import export_onnx
 from birnn_export.spec import GraphSpec, InputDecl, make_feed
 from birnn_export.trt_plan import derive_profile
 from birnn_export.verification import verify

@@ -16,7 +16,7 @@ from torch import nn
 from birnn_export._report import WHOLE_SWEEP
 from birnn_export.cli import main
 from birnn_export.errors import ExportError, VerificationError
-from birnn_export.export import export_onnx
+from birnn_export.pipeline import export_onnx
 from birnn_export.quantize import INT8, quantize_int8
 from birnn_export.spec import GraphSpec
 from birnn_export.verification import verify

@@ -172,8 +172,8 @@ def test_recurrent_nodes_left_to_the_cpu() -> None:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory):
-    from birnn_export.export import export_onnx
     from birnn_export.models import SequenceTagger, TaggerConfig
+    from birnn_export.pipeline import export_onnx
 
     torch.manual_seed(1)
     model = SequenceTagger(

@@ -338,8 +338,8 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     """A BiLSTM tagger exported by birnn-export, fp32 with declared ranges, and fp16."""
     import torch
 
-    from birnn_export.export import export_onnx
     from birnn_export.models import SequenceTagger, TaggerConfig
+    from birnn_export.pipeline import export_onnx
 
     torch.manual_seed(0)
     config = TaggerConfig(
@@ -536,7 +536,7 @@ def _old_fp16_export(model: Any, path: Path) -> None:
     """The fp16 form before this project computed ragged fp16 nodes in float32 (fp16 LSTM nodes
     with sequence_lens), which TensorRT's parser rejects."""
     from birnn_export import modules
-    from birnn_export.export import export_onnx
+    from birnn_export.pipeline import export_onnx
 
     original = modules.recurrent_dtype
     modules.recurrent_dtype = lambda dtype, *, ragged: dtype
@@ -657,7 +657,7 @@ def test_fp16_exports_with_lengths_build(tagger, tmp_path) -> None:
     Casts, everything else stays float16, and TensorRT builds it."""
     import onnx
 
-    from birnn_export.export import export_onnx
+    from birnn_export.pipeline import export_onnx
 
     for layout in ("split", "fused"):
         path = tmp_path / f"{layout}.onnx"
@@ -781,7 +781,7 @@ def test_every_sample_parses_and_builds(sample: Path, layout: str, dtype: str, t
     """Every shipped sample, both layouts, fp32 and fp16: TensorRT's parser takes the export
     and its builder makes an engine, with the profile of the graph's declared ranges."""
     from birnn_export.checkpoint import load_model
-    from birnn_export.export import export_onnx
+    from birnn_export.pipeline import export_onnx
 
     loaded = load_model(sample)
     path = tmp_path / f"{sample.stem}.onnx"

@@ -28,9 +28,9 @@ from birnn_export._report import CaseResult, VerifyReport
 from birnn_export.cli import main
 from birnn_export.compare import compare_outputs, resolve_tolerance, valid_mask
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError, VerificationError
-from birnn_export.export import export_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
+from birnn_export.pipeline import export_onnx
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, default_tolerance
 from birnn_export.verification import OutputResult, verify
@@ -668,7 +668,7 @@ def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
 
     from birnn_export import trt
     from birnn_export.errors import EngineUnavailableError
-    from birnn_export.export import export_onnx
+    from birnn_export.pipeline import export_onnx
     from birnn_export.verification import verify
 
     reason = trt.unavailable_reason("tensorrt_rtx")
