@@ -12,10 +12,8 @@ exceptions are bugs and keep their traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,16 @@ import click
 
 from birnn_export import options as options_
 from birnn_export._files import write_atomic
+from birnn_export._option_groups import (
+    graph_options,
+    loader_options,
+    option_group,
+    parsed,
+    range_option,
+    sweep_options,
+)
 from birnn_export._version import __version__
+from birnn_export.errors import BiRNNExportError, UsageError
 
 DEFAULT_COMMAND = "export"
 #: Exit code after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
@@ -42,8 +49,9 @@ class _DefaultGroup(click.Group):
         formatter.write_usage(ctx.command_path, "MODEL.pt [OPTIONS] | COMMAND [ARGS]...")
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        """click's standalone mode, but usage errors in one line (click prints usage and a
-        hint over three to five)."""
+        """click's standalone mode, but every error in one line (click prints usage and a hint
+        over three to five): the one place errors become exit codes. A user error
+        (:class:`~birnn_export.errors.BiRNNExportError`) exits with its own code."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -59,235 +67,13 @@ class _DefaultGroup(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
+        except BiRNNExportError as exc:
+            click.echo(f"Error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
+            sys.exit(exc.exit_code)
         except (click.Abort, KeyboardInterrupt):
             click.echo("Aborted!", err=True)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(result if isinstance(result, int) else 0)
-
-
-class UserError(click.ClickException):
-    """A :class:`BiRNNExportError` on its way out: one line, the error's exit code."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library user errors into one-line messages with the right exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from birnn_export.errors import BiRNNExportError
-
-        try:
-            return func(*args, **kwargs)
-        except BiRNNExportError as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            raise UserError(message, exc.exit_code) from None
-
-    return wrapper
-
-
-def parsed(parse: Callable[..., Any], *args: Any) -> Callable[..., Any]:
-    """A click callback that reads an option's text with ``parse`` (from
-    :mod:`birnn_export.options`), turning its error into a one-line usage error."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        from birnn_export.errors import BiRNNExportError
-
-        if value is None or value == ():
-            return None
-        try:
-            return parse(value, *args)
-        except BiRNNExportError as exc:
-            raise UserError(str(exc)) from None
-
-    return callback
-
-
-def option_group(into: str, options: list[Callable[..., Any]]) -> Callable[..., Any]:
-    """Add ``options`` to a command and hand their values to it as one dict, the keyword argument
-    ``into``: the keyword arguments of the library function the options are for."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(func)
-        def command(*args: Any, **kwargs: Any) -> Any:
-            group = {name: kwargs.pop(name) for name in names}
-            return func(*args, **{into: group}, **kwargs)
-
-        before = len(getattr(command, "__click_params__", []))
-        for option in reversed(options):
-            command = option(command)
-        names = [param.name for param in command.__click_params__[before:]]
-        return command
-
-    return decorate
-
-
-#: The options of :func:`birnn_export.load_model`, for every command that loads a model.
-loader_options = option_group(
-    "loader",
-    [
-        click.option(
-            "--model-class",
-            metavar="MODULE:CLASS",
-            help="Your model class, e.g. 'mypkg.models:Tagger'; weights come from the file. "
-            "Importing the module RUNS ITS CODE; it must be importable as it is (installed, or "
-            "on PYTHONPATH: the working directory is not added).",
-        ),
-        click.option(
-            "--model-kwargs",
-            callback=parsed(options_.parse_model_kwargs),
-            metavar="JSON",
-            help="Keyword arguments for --model-class, as JSON, e.g. '{\"vocab_size\": 100}'.",
-        ),
-        click.option(
-            "--state-key",
-            help="Key of the state_dict inside a nested checkpoint (e.g. 'model_state_dict').",
-        ),
-        click.option(
-            "--nonlinearity",
-            type=click.Choice(["tanh", "relu"]),
-            default="tanh",
-            show_default=True,
-            help="nn.RNN nonlinearity for bare state_dicts (weights do not reveal it).",
-        ),
-        click.option(
-            "--time-major",
-            is_flag=True,
-            help="A bare state_dict's model took [seq, batch, ...] (the weights do not say; "
-            "batch-first is assumed).",
-        ),
-        click.option(
-            "--trust-pickle",
-            is_flag=True,
-            help="Allow whole pickled modules. This RUNS CODE from the file: "
-            "only for files you trust.",
-        ),
-    ],
-)
-
-
-#: The options of :func:`birnn_export.export_onnx` that shape the graph.
-graph_options = option_group(
-    "graph",
-    [
-        click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
-        click.option(
-            "--layout",
-            type=click.Choice(["split", "fused"]),
-            help="split: forward node + forward node between two ReverseSequence; fused: one "
-            "bidirectional node per layer. [default: by measurement, split for LSTM and GRU, "
-            "fused for RNN]",
-        ),
-        click.option(
-            "--dtype",
-            type=click.Choice(["float32", "float16"]),
-            default="float32",
-            show_default=True,
-            help="Precision of the graph's weights and float tensors.",
-        ),
-        click.option(
-            "--lengths/--no-lengths",
-            default=None,
-            help="Whether the graph takes a lengths input [default: inferred from the model; "
-            "bare state_dicts get one].",
-        ),
-        click.option(
-            "--input-size",
-            type=click.IntRange(min=1),
-            help="Features N of a float [batch, seq, N] input, for models whose first layer "
-            "does not tell (a Conv1d front-end, say).",
-        ),
-        click.option(
-            "--quantize",
-            type=click.Choice(["int8"]),
-            help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and "
-            "MatMul kernels; GRU/RNN stay float32), verified by top-1 agreement and relative "
-            "error. Runs on ONNX Runtime CPU only.",
-        ),
-    ],
-)
-
-
-def sweep_options(default_engines: str) -> Callable[..., Any]:
-    """The options verify and bench share, in one form, parsed into their keyword arguments
-    (engines, shapes, tolerances, the seed and the memory budget) and handed over as ``sweep``."""
-    options = [
-        click.option(
-            "--engines",
-            multiple=True,
-            default=[default_engines],
-            show_default=True,
-            callback=parsed(options_.parse_engines),
-            metavar="ENGINE[,ENGINE]",
-            help="Engines, comma-separated or repeated: torch, ort-cpu, ort-int8 (the graph "
-            "quantized to int8 on ONNX Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
-        ),
-        sizes_option("--batch-sizes", "--batch", "B,B,...", "Batch sizes, comma-separated."),
-        sizes_option("--seq-lens", "--seq", "T,T,...", "Lengths of the time dim, comma-separated."),
-        tolerance_option(
-            "--atol",
-            "Judge by fixed tolerances instead of the model's own float32 noise: absolute "
-            "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
-        ),
-        tolerance_option(
-            "--rtol", "Relative tolerance, like --atol (either selects fixed tolerances)."
-        ),
-        click.option(
-            "--seed",
-            type=click.IntRange(0, 2**32 - 1),
-            default=0,
-            show_default=True,
-            help="Seed of the random inputs.",
-        ),
-        click.option(
-            "--memory-budget",
-            type=click.FloatRange(min=0, min_open=True),
-            default=1.0,
-            show_default=True,
-            callback=lambda ctx, param, gib: int(gib * 2**30),
-            metavar="GIB",
-            help="GiB the largest tensor of one case may take in float64: larger explicit "
-            "shapes are refused (verify skips its default cases over it).",
-        ),
-    ]
-    return option_group("sweep", options)
-
-
-def range_option(flag: str, help: str) -> Callable[..., Any]:
-    """An option taking ``MIN,OPT,MAX`` (:func:`birnn_export.options.parse_range`)."""
-    return click.option(
-        flag, callback=parsed(options_.parse_range, flag), metavar="MIN,OPT,MAX", help=help
-    )
-
-
-def sizes_option(flag: str, alias: str, metavar: str, help: str) -> Callable[..., Any]:
-    """A comma-separated list of positive sizes (:func:`birnn_export.options.parse_sizes`),
-    also spelt ``alias``; it sets the keyword argument named after ``flag``."""
-    return click.option(
-        flag,
-        alias,
-        flag[2:].replace("-", "_"),
-        callback=parsed(options_.parse_sizes, flag),
-        metavar=metavar,
-        help=help,
-    )
-
-
-def tolerance_option(flag: str, help: str) -> Callable[..., Any]:
-    """A repeatable ``VALUE|NAME:VALUE`` option (:func:`birnn_export.options.parse_tolerance`)."""
-    return click.option(
-        flag,
-        multiple=True,
-        callback=parsed(options_.parse_tolerance, flag),
-        metavar="VALUE|NAME:VALUE",
-        help=help,
-    )
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -356,7 +142,6 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
 @graph_options
 @loader_options
-@user_errors
 def export_command(
     model_path: Path,
     output: Path | None,
@@ -419,7 +204,6 @@ def export_command(
 @main.command("inspect")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write it as JSON.")
-@user_errors
 def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
     from birnn_export.describe import describe_lines, describe_onnx
@@ -481,7 +265,6 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @sweep_options("ort-cpu")
 @loader_options
-@user_errors
 def verify_command(
     onnx_path: Path,
     model_path: Path | None,
@@ -516,7 +299,7 @@ def verify_command(
     writes = {"--json": json_path, "--save-inputs": save_inputs, "--save-outputs": save_outputs}
     options_.check_files({**reads, "--load-outputs": load_outputs}, writes)
     if model_path is None and load_outputs is None:
-        raise UserError("--model: give the model the graph was exported from (or --load-outputs)")
+        raise UsageError("--model: give the model the graph was exported from (or --load-outputs)")
     report = verify(
         onnx_path,
         load_model(model_path, **loader) if model_path is not None else None,
@@ -552,35 +335,45 @@ def verify_command(
     type=click.Path(path_type=Path),
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
 )
-@click.option(
-    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs."
-)
-@click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape.")
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds of timed runs per shape (at least 3 runs). Default: >= 10 runs and ~1 s.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch).")
-@click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile.")
-@click.option(
-    "--ort-spinning",
-    type=click.Choice(["on", "off"]),
-    callback=lambda ctx, param, value: None if value is None else value == "on",
-    help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs it) or "
-    "sleep (off). Engines are timed each in its own block either way.",
+@option_group(
+    "timing",
+    [
+        click.option(
+            "--warmup",
+            type=click.IntRange(min=0),
+            default=5,
+            show_default=True,
+            help="Untimed runs.",
+        ),
+        click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape."),
+        click.option(
+            "--duration",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Seconds of timed runs per shape (at least 3 runs). Default: >= 10 runs and ~1 s.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
+        ),
+        click.option(
+            "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch)."
+        ),
+        click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile."),
+        click.option(
+            "--ort-spinning",
+            type=click.Choice(["on", "off"]),
+            callback=lambda ctx, param, value: None if value is None else value == "on",
+            help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs "
+            "it) or sleep (off). Engines are timed each in its own block either way.",
+        ),
+    ],
 )
 @click.option("--json", "json_path", type=_FILE, help="Write a JSON report.")
 @click.option("--csv", "csv_path", type=_FILE, help="Write a CSV table.")
 @click.option("--plot", "plot_path", type=_FILE, help="Write a PNG plot.")
 @sweep_options("torch,ort-cpu")
 @loader_options
-@user_errors
 def bench_command(
     onnx_path: Path,
     model_path: Path,
@@ -588,13 +381,7 @@ def bench_command(
     csv_path: Path | None,
     plot_path: Path | None,
     sweep: dict[str, Any],
-    warmup: int,
-    iters: int | None,
-    duration: float | None,
-    threads: int | None,
-    device: str,
-    compile: bool,
-    ort_spinning: bool | None,
+    timing: dict[str, Any],
     loader: dict[str, Any],
 ) -> None:
     """Time engines on MODEL.onnx; each is checked against eager PyTorch before it is timed.
@@ -625,13 +412,7 @@ def bench_command(
         onnx_path,
         load_model(model_path, **loader).reference,
         **sweep,
-        warmup=warmup,
-        iters=iters,
-        duration=duration,
-        threads=threads,
-        device=device,
-        compile=compile,
-        ort_spinning=ort_spinning,
+        **timing,
     )
     wide_console().print(render_table(report))
     for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
@@ -667,7 +448,6 @@ def bench_command(
     help="For --target tensorrt: auto parses and builds with TensorRT where one is installed "
     "(tensorrt with a GPU, else tensorrt_rtx, which needs no GPU); static runs the rules only.",
 )
-@user_errors
 def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt: str) -> None:
     """Check MODEL.onnx against a GPU engine (no GPU needed).
 

@@ -113,7 +113,7 @@ STAGES = (
         "_interop",
     ),
     ("pipeline",),
-    ("cli", "options", "__main__"),
+    ("cli", "options", "_option_groups", "__main__"),
 )
 
 

@@ -1,0 +1,211 @@
+"""The option groups the commands share, each the keyword arguments of one library function.
+
+Like Polygraphy's argument groups, these are declared once and added to every command that
+takes them: :data:`loader_options` (:func:`birnn_export.load_model`), :data:`graph_options`
+(how :func:`birnn_export.export_onnx` shapes the graph) and :func:`sweep_options` (the engines,
+shapes and tolerances of :func:`birnn_export.verify` and :func:`birnn_export.benchmark`).
+:func:`option_group` hands a group to its command as one dict, named after the library
+function's keyword arguments, which goes to that function as it is. Option text is read by
+:mod:`birnn_export.options`, in click callbacks (:func:`parsed`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from birnn_export import options as options_
+
+
+def parsed(parse: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """A click callback that reads an option's text with ``parse`` (from
+    :mod:`birnn_export.options`); its :class:`~birnn_export.errors.UsageError` exits 2."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        return None if value is None or value == () else parse(value, *args)
+
+    return callback
+
+
+def option_group(into: str, options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Add ``options`` to a command and hand their values to it as one dict, the keyword argument
+    ``into``: the keyword arguments of the library function the options are for."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            group = {name: kwargs.pop(name) for name in names}
+            return func(*args, **{into: group}, **kwargs)
+
+        before = len(getattr(command, "__click_params__", []))
+        for option in reversed(options):
+            command = option(command)
+        names = [param.name for param in command.__click_params__[before:]]
+        return command
+
+    return decorate
+
+
+#: The options of :func:`birnn_export.load_model`, for every command that loads a model.
+loader_options = option_group(
+    "loader",
+    [
+        click.option(
+            "--model-class",
+            metavar="MODULE:CLASS",
+            help="Your model class, e.g. 'mypkg.models:Tagger'; weights come from the file. "
+            "Importing the module RUNS ITS CODE; it must be importable as it is (installed, or "
+            "on PYTHONPATH: the working directory is not added).",
+        ),
+        click.option(
+            "--model-kwargs",
+            callback=parsed(options_.parse_model_kwargs),
+            metavar="JSON",
+            help="Keyword arguments for --model-class, as JSON, e.g. '{\"vocab_size\": 100}'.",
+        ),
+        click.option(
+            "--state-key",
+            help="Key of the state_dict inside a nested checkpoint (e.g. 'model_state_dict').",
+        ),
+        click.option(
+            "--nonlinearity",
+            type=click.Choice(["tanh", "relu"]),
+            default="tanh",
+            show_default=True,
+            help="nn.RNN nonlinearity for bare state_dicts (weights do not reveal it).",
+        ),
+        click.option(
+            "--time-major",
+            is_flag=True,
+            help="A bare state_dict's model took [seq, batch, ...] (the weights do not say; "
+            "batch-first is assumed).",
+        ),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow whole pickled modules. This RUNS CODE from the file: "
+            "only for files you trust.",
+        ),
+    ],
+)
+
+
+#: The options of :func:`birnn_export.export_onnx` that shape the graph.
+graph_options = option_group(
+    "graph",
+    [
+        click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
+        click.option(
+            "--layout",
+            type=click.Choice(["split", "fused"]),
+            help="split: forward node + forward node between two ReverseSequence; fused: one "
+            "bidirectional node per layer. [default: by measurement, split for LSTM and GRU, "
+            "fused for RNN]",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "float16"]),
+            default="float32",
+            show_default=True,
+            help="Precision of the graph's weights and float tensors.",
+        ),
+        click.option(
+            "--lengths/--no-lengths",
+            default=None,
+            help="Whether the graph takes a lengths input [default: inferred from the model; "
+            "bare state_dicts get one].",
+        ),
+        click.option(
+            "--input-size",
+            type=click.IntRange(min=1),
+            help="Features N of a float [batch, seq, N] input, for models whose first layer "
+            "does not tell (a Conv1d front-end, say).",
+        ),
+        click.option(
+            "--quantize",
+            type=click.Choice(["int8"]),
+            help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and "
+            "MatMul kernels; GRU/RNN stay float32), verified by top-1 agreement and relative "
+            "error. Runs on ONNX Runtime CPU only.",
+        ),
+    ],
+)
+
+
+def sweep_options(default_engines: str) -> Callable[..., Any]:
+    """The options verify and bench share, in one form, parsed into their keyword arguments
+    (engines, shapes, tolerances, the seed and the memory budget) and handed over as ``sweep``."""
+    options = [
+        click.option(
+            "--engines",
+            multiple=True,
+            default=[default_engines],
+            show_default=True,
+            callback=parsed(options_.parse_engines),
+            metavar="ENGINE[,ENGINE]",
+            help="Engines, comma-separated or repeated: torch, ort-cpu, ort-int8 (the graph "
+            "quantized to int8 on ONNX Runtime CPU), ort-cuda, ort-trt, trt, trt-rtx.",
+        ),
+        sizes_option("--batch-sizes", "--batch", "B,B,...", "Batch sizes, comma-separated."),
+        sizes_option("--seq-lens", "--seq", "T,T,...", "Lengths of the time dim, comma-separated."),
+        tolerance_option(
+            "--atol",
+            "Judge by fixed tolerances instead of the model's own float32 noise: absolute "
+            "tolerance, for all outputs or one output; repeatable. [default: per dtype]",
+        ),
+        tolerance_option(
+            "--rtol", "Relative tolerance, like --atol (either selects fixed tolerances)."
+        ),
+        click.option(
+            "--seed",
+            type=click.IntRange(0, 2**32 - 1),
+            default=0,
+            show_default=True,
+            help="Seed of the random inputs.",
+        ),
+        click.option(
+            "--memory-budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            callback=lambda ctx, param, gib: int(gib * 2**30),
+            metavar="GIB",
+            help="GiB the largest tensor of one case may take in float64: larger explicit "
+            "shapes are refused (verify skips its default cases over it).",
+        ),
+    ]
+    return option_group("sweep", options)
+
+
+def range_option(flag: str, help: str) -> Callable[..., Any]:
+    """An option taking ``MIN,OPT,MAX`` (:func:`birnn_export.options.parse_range`)."""
+    return click.option(
+        flag, callback=parsed(options_.parse_range, flag), metavar="MIN,OPT,MAX", help=help
+    )
+
+
+def sizes_option(flag: str, alias: str, metavar: str, help: str) -> Callable[..., Any]:
+    """A comma-separated list of positive sizes (:func:`birnn_export.options.parse_sizes`),
+    also spelt ``alias``; it sets the keyword argument named after ``flag``."""
+    return click.option(
+        flag,
+        alias,
+        flag[2:].replace("-", "_"),
+        callback=parsed(options_.parse_sizes, flag),
+        metavar=metavar,
+        help=help,
+    )
+
+
+def tolerance_option(flag: str, help: str) -> Callable[..., Any]:
+    """A repeatable ``VALUE|NAME:VALUE`` option (:func:`birnn_export.options.parse_tolerance`)."""
+    return click.option(
+        flag,
+        multiple=True,
+        callback=parsed(options_.parse_tolerance, flag),
+        metavar="VALUE|NAME:VALUE",
+        help=help,
+    )
