@@ -49,6 +49,37 @@ def option_group(into: str, options: list[Callable[..., Any]]) -> Callable[..., 
     return decorate
 
 
+def range_option(flag: str, help: str) -> Callable[..., Any]:
+    """An option taking ``MIN,OPT,MAX`` (:func:`birnn_export.options.parse_range`)."""
+    return click.option(
+        flag, callback=parsed(options_.parse_range, flag), metavar="MIN,OPT,MAX", help=help
+    )
+
+
+def sizes_option(flag: str, alias: str, metavar: str, help: str) -> Callable[..., Any]:
+    """A comma-separated list of positive sizes (:func:`birnn_export.options.parse_sizes`),
+    also spelt ``alias``; it sets the keyword argument named after ``flag``."""
+    return click.option(
+        flag,
+        alias,
+        flag[2:].replace("-", "_"),
+        callback=parsed(options_.parse_sizes, flag),
+        metavar=metavar,
+        help=help,
+    )
+
+
+def tolerance_option(flag: str, help: str) -> Callable[..., Any]:
+    """A repeatable ``VALUE|NAME:VALUE`` option (:func:`birnn_export.options.parse_tolerance`)."""
+    return click.option(
+        flag,
+        multiple=True,
+        callback=parsed(options_.parse_tolerance, flag),
+        metavar="VALUE|NAME:VALUE",
+        help=help,
+    )
+
+
 #: The options of :func:`birnn_export.load_model`, for every command that loads a model.
 loader_options = option_group(
     "loader",
@@ -93,10 +124,42 @@ loader_options = option_group(
 )
 
 
-#: The options of :func:`birnn_export.export_onnx` that shape the graph.
+#: The options of :func:`birnn_export.export_model` that shape the graph (its inputs and their
+#: ranges, then :func:`birnn_export.export_onnx`'s graph options).
 graph_options = option_group(
     "graph",
     [
+        click.option(
+            "--input",
+            "inputs",
+            multiple=True,
+            metavar="NAME:DTYPE[DIMS]",
+            help="Declare a graph input, repeatable, in forward's order: a name for a dynamic "
+            "dim, a number for a fixed one; the batch dim is 'batch'; a lengths input ends in "
+            "':lengths(DIM)'. E.g. --input 'image:float32[batch,1,64,width]', or --input "
+            "'x:float32[batch,40,time]' --input 'x_lens:int64[batch]:lengths(time)'. "
+            "[default: inferred from the model]",
+        ),
+        click.option(
+            "--range",
+            "ranges",
+            multiple=True,
+            callback=parsed(options_.parse_named_ranges),
+            metavar="DIM=MIN,OPT,MAX",
+            help="Serving range of a named dim, repeatable, e.g. --range width=32,256,1024: the "
+            "TensorRT profile, the lengths verification runs and the bounds the model is traced "
+            "for.",
+        ),
+        range_option(
+            "--batch-range",
+            "Batch sizes the graph will serve, recorded in it: the default TensorRT profile. The "
+            "graph itself takes any size. [default: 1,8,32]",
+        ),
+        range_option(
+            "--seq-range",
+            "Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also "
+            "runs at MAX. [default: 1,64,256]",
+        ),
         click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
         click.option(
             "--layout",
@@ -130,6 +193,43 @@ graph_options = option_group(
             help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and "
             "MatMul kernels; GRU/RNN stay float32), verified by top-1 agreement and relative "
             "error. Runs on ONNX Runtime CPU only.",
+        ),
+    ],
+)
+
+
+#: The options of :func:`birnn_export.benchmark` that say how it times.
+timing_options = option_group(
+    "timing",
+    [
+        click.option(
+            "--warmup",
+            type=click.IntRange(min=0),
+            default=5,
+            show_default=True,
+            help="Untimed runs.",
+        ),
+        click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape."),
+        click.option(
+            "--duration",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Seconds of timed runs per shape (at least 3 runs). Default: >= 10 runs and ~1 s.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
+        ),
+        click.option(
+            "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch)."
+        ),
+        click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile."),
+        click.option(
+            "--ort-spinning",
+            type=click.Choice(["on", "off"]),
+            callback=lambda ctx, param, value: None if value is None else value == "on",
+            help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs "
+            "it) or sleep (off). Engines are timed each in its own block either way.",
         ),
     ],
 )
@@ -178,34 +278,3 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
         ),
     ]
     return option_group("sweep", options)
-
-
-def range_option(flag: str, help: str) -> Callable[..., Any]:
-    """An option taking ``MIN,OPT,MAX`` (:func:`birnn_export.options.parse_range`)."""
-    return click.option(
-        flag, callback=parsed(options_.parse_range, flag), metavar="MIN,OPT,MAX", help=help
-    )
-
-
-def sizes_option(flag: str, alias: str, metavar: str, help: str) -> Callable[..., Any]:
-    """A comma-separated list of positive sizes (:func:`birnn_export.options.parse_sizes`),
-    also spelt ``alias``; it sets the keyword argument named after ``flag``."""
-    return click.option(
-        flag,
-        alias,
-        flag[2:].replace("-", "_"),
-        callback=parsed(options_.parse_sizes, flag),
-        metavar=metavar,
-        help=help,
-    )
-
-
-def tolerance_option(flag: str, help: str) -> Callable[..., Any]:
-    """A repeatable ``VALUE|NAME:VALUE`` option (:func:`birnn_export.options.parse_tolerance`)."""
-    return click.option(
-        flag,
-        multiple=True,
-        callback=parsed(options_.parse_tolerance, flag),
-        metavar="VALUE|NAME:VALUE",
-        help=help,
-    )

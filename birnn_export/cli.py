@@ -1,13 +1,14 @@
 """``birnn-export``: a thin click layer over the library.
 
 ``birnn-export MODEL.pt`` exports (the default command); ``inspect``, ``verify``, ``bench`` and
-``check`` are subcommands. Every command parses options (their text is read by
-:mod:`birnn_export.options`, in click callbacks), calls one library function and prints its
-result; options named after that function's keyword arguments reach it as they are. Heavy
-imports (torch, onnx, onnxruntime) happen inside the commands so ``--help`` and ``--version``
-stay fast. User errors (:class:`~birnn_export.errors.BiRNNExportError`) print one line and exit
-with the error's code: 2 for bad input, 1 for a failed verification, check or engine run; other
-exceptions are bugs and keep their traceback.
+``check`` are subcommands. Every command parses options, calls one library function and prints
+its result. The options that reach a library function as its keyword arguments are declared in
+groups (:mod:`birnn_export._option_groups`), their text read by :mod:`birnn_export.options`;
+each command here declares only its own files and switches. Heavy imports (torch, onnx,
+onnxruntime) happen inside the commands so ``--help`` and ``--version`` stay fast. User errors
+(:class:`~birnn_export.errors.BiRNNExportError`) print one line and exit with the error's code: 2
+for bad input, 1 for a failed verification, check or engine run; other exceptions are bugs and
+keep their traceback.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from birnn_export._files import write_atomic
 from birnn_export._option_groups import (
     graph_options,
     loader_options,
-    option_group,
-    parsed,
-    range_option,
     sweep_options,
+    timing_options,
 )
 from birnn_export._version import __version__
-from birnn_export.errors import BiRNNExportError, UsageError
+from birnn_export.errors import BiRNNExportError, UsageError, VerificationError
 
 DEFAULT_COMMAND = "export"
 #: Exit code after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
@@ -104,35 +103,7 @@ def main() -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="ONNX file [default: MODEL.onnx]."
 )
-@click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    metavar="NAME:DTYPE[DIMS]",
-    help="Declare a graph input, repeatable, in forward's order: a name for a dynamic dim, a "
-    "number for a fixed one; the batch dim is 'batch'; a lengths input ends in ':lengths(DIM)'. "
-    "E.g. --input 'image:float32[batch,1,64,width]', or --input 'x:float32[batch,40,time]' "
-    "--input 'x_lens:int64[batch]:lengths(time)'. [default: inferred from the model]",
-)
-@click.option(
-    "--range",
-    "ranges",
-    multiple=True,
-    callback=parsed(options_.parse_named_ranges),
-    metavar="DIM=MIN,OPT,MAX",
-    help="Serving range of a named dim, repeatable, e.g. --range width=32,256,1024: the "
-    "TensorRT profile, the lengths verification runs and the bounds the model is traced for.",
-)
-@range_option(
-    "--batch-range",
-    "Batch sizes the graph will serve, recorded in it: the default TensorRT profile. The graph "
-    "itself takes any size. [default: 1,8,32]",
-)
-@range_option(
-    "--seq-range",
-    "Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also runs at "
-    "MAX. [default: 1,64,256]",
-)
+@graph_options
 @click.option(
     "--verify/--no-verify", default=True, help="Verify on ONNX Runtime before writing the file."
 )
@@ -140,15 +111,10 @@ def main() -> None:
     "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
-@graph_options
 @loader_options
 def export_command(
     model_path: Path,
     output: Path | None,
-    inputs: tuple[str, ...],
-    ranges: dict[str, tuple[int, int, int]] | None,
-    batch_range: tuple[int, int, int] | None,
-    seq_range: tuple[int, int, int] | None,
     verify: bool,
     json_path: Path | None,
     quiet: bool,
@@ -162,21 +128,16 @@ def export_command(
     PyTorch at shapes unlike the example. Exit 0 on success, 1 if verification failed, 2 for bad
     input.
     """
-    from birnn_export.errors import VerificationError
     from birnn_export.pipeline import export_model
 
     output = output or model_path.with_suffix(".onnx")
     options_.check_files(
         {"MODEL.pt": model_path}, {"-o": output, "--json": json_path}, suffixes={"-o": ".onnx"}
     )
-    ranges = dict(ranges or {}) | ({"batch": batch_range} if batch_range else {})
     try:
         report = export_model(
             model_path,
             output,
-            inputs=inputs,
-            ranges=ranges,
-            seq_range=seq_range,
             verify=verify,
             progress=sys.stderr.isatty() and not quiet,
             load_options=loader,
@@ -335,40 +296,7 @@ def verify_command(
     type=click.Path(path_type=Path),
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
 )
-@option_group(
-    "timing",
-    [
-        click.option(
-            "--warmup",
-            type=click.IntRange(min=0),
-            default=5,
-            show_default=True,
-            help="Untimed runs.",
-        ),
-        click.option("--iters", type=click.IntRange(min=1), help="Timed runs per shape."),
-        click.option(
-            "--duration",
-            type=click.FloatRange(min=0, min_open=True),
-            help="Seconds of timed runs per shape (at least 3 runs). Default: >= 10 runs and ~1 s.",
-        ),
-        click.option(
-            "--threads",
-            type=click.IntRange(min=1),
-            help="Threads for every CPU engine (torch and ONNX Runtime). Default: torch's count.",
-        ),
-        click.option(
-            "--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (torch)."
-        ),
-        click.option("--compile", is_flag=True, help="Time the torch engine under torch.compile."),
-        click.option(
-            "--ort-spinning",
-            type=click.Choice(["on", "off"]),
-            callback=lambda ctx, param, value: None if value is None else value == "on",
-            help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs "
-            "it) or sleep (off). Engines are timed each in its own block either way.",
-        ),
-    ],
-)
+@timing_options
 @click.option("--json", "json_path", type=_FILE, help="Write a JSON report.")
 @click.option("--csv", "csv_path", type=_FILE, help="Write a CSV table.")
 @click.option("--plot", "plot_path", type=_FILE, help="Write a PNG plot.")

@@ -269,6 +269,7 @@ def export_model(
     *,
     inputs: Sequence[str] = (),
     ranges: Mapping[str, Sequence[int]] | None = None,
+    batch_range: Sequence[int] | None = None,
     seq_range: Sequence[int] | None = None,
     verify: bool = True,
     progress: bool = False,
@@ -285,6 +286,8 @@ def export_model(
             declares, else inferred from the model.
         ranges: (min, opt, max) per named dim (``{"batch": (1, 8, 32)}``), over the
             checkpoint's own where ``inputs`` are not given.
+        batch_range: (min, opt, max) batch sizes the graph will serve: ``ranges["batch"]``, over
+            the checkpoint's.
         seq_range: (min, opt, max) of the time dim.
         verify: Verify on ONNX Runtime before the file is written.
         progress: Show verification's progress bar on stderr.
@@ -314,6 +317,8 @@ def export_model(
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
     declared = list(inputs) or list(loaded.inputs or ())
     named = dict(ranges or {})
+    if batch_range is not None:
+        named["batch"] = tuple(batch_range)
     if not inputs:
         named = {**(loaded.ranges or {}), **named}
     result = export_onnx(

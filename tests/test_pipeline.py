@@ -60,3 +60,21 @@ def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(BiRNNExportError, match="opset"):
         export_model(SAMPLES / "token_tagger.pt", tmp_path / "x.onnx", opset=5)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_model_ranges_go_over_the_checkpoints(tmp_path: Path) -> None:
+    """The checkpoint declares its inputs and the range of 'time'; batch_range, seq_range and
+    ranges given here go over it, as --batch-range, --seq-range and --range do."""
+    report = export_model(
+        SAMPLES / "speech_ctc.pt",
+        tmp_path / "s.onnx",
+        batch_range=(1, 2, 6),
+        ranges={"time": (4, 50, 300)},
+        verify=False,
+    )
+    spec = report.result.spec
+    assert spec.batch_range == (1, 2, 6) and spec.ranges()["time"] == (4, 50, 300)
+    assert report.inputs == "declared by the checkpoint"
+    default = export_model(SAMPLES / "speech_ctc.pt", tmp_path / "d.onnx", verify=False)
+    assert default.result.spec.ranges()["time"] == (1, 200, 800)
+    assert default.result.spec.batch_range == (1, 8, 32)
