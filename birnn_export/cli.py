@@ -32,7 +32,8 @@ from birnn_export._version import __version__
 from birnn_export.errors import BiRNNExportError, UsageError, VerificationError
 
 DEFAULT_COMMAND = "export"
-#: Exit code after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+#: Exit code of :func:`main` after Ctrl-C, as shells report a process ended by SIGINT (128 + 2);
+#: the command itself then ends by SIGINT (:func:`run`).
 EXIT_INTERRUPTED = 130
 
 
@@ -398,15 +399,31 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
 
 
 def run() -> None:
-    """Entry point of the ``birnn-export`` command and ``python -m birnn_export``."""
+    """Entry point of the ``birnn-export`` command and ``python -m birnn_export``.
+
+    After Ctrl-C (cleanup done, ``Aborted!`` printed) the process ends by SIGINT, as Python
+    ends one on an uncaught KeyboardInterrupt: a calling shell reports 130 and, unlike after a
+    plain ``exit 130``, stops its own loop or script too.
+    """
     import signal
 
     try:
         main(prog_name="birnn-export")
+    except SystemExit as exc:
+        if exc.code != EXIT_INTERRUPTED:
+            raise
+        sys.excepthook = _quiet_interrupt
+        raise KeyboardInterrupt from None
     finally:
         # The work is over: a Ctrl-C while the interpreter shuts down no longer changes the
         # exit code (Python would end the process by SIGINT instead).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _quiet_interrupt(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """``sys.excepthook`` that lets an interrupt end the process without a traceback."""
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
 
 
 if __name__ == "__main__":  # pragma: no cover

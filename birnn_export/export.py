@@ -368,8 +368,19 @@ def _trace(
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
+        if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
+            raise KeyboardInterrupt from None
         raise ExportError(_explain_trace_failure(model, exc, planned)) from None
     return program.model_proto
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is among ``exc``'s causes."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _pack_for_tracing(

@@ -366,6 +366,25 @@ def test_trace_graph_checks_in_memory_and_writes_only_when_saved(tmp_path):
         export_module.trace_graph(layer, opset=17)
 
 
+def test_ctrl_c_inside_the_exporter_stays_an_interrupt(monkeypatch):
+    """torch.export wraps a KeyboardInterrupt in its own error: it must not become an
+    "cannot export" user error (exit 2) but stay an interrupt."""
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Failed to export the model with torch.export") from exc
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    layer = nn.GRU(4, 6, batch_first=True, bidirectional=True).eval()
+    with pytest.raises(KeyboardInterrupt):
+        export_module.trace_graph(layer)
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: 1 / 0)
+    with pytest.raises(ExportError, match="ZeroDivisionError"):
+        export_module.trace_graph(layer)
+
+
 @pytest.mark.parametrize("layout", ["split", "fused"])
 def test_recurrent_weights_are_initializers_in_onnx_order_at_any_size(tmp_path, layout):
     """Above the exporter's constant-folding limit the weights stayed torch-ordered, with Slice

@@ -432,7 +432,9 @@ def test_save_inputs_needs_a_known_suffix(good: tuple[Path, Path], tmp_path: Pat
     assert not list(tmp_path.iterdir())
 
 
-def test_ctrl_c_exits_130_and_leaves_nothing(good: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ctrl_c_ends_by_sigint_and_leaves_nothing(good: tuple[Path, Path], tmp_path: Path) -> None:
+    """After cleanup the process ends by SIGINT (a shell reports 130 and stops its own loop),
+    wherever the interrupt lands: in an import, in torch.export (which wraps it), or in a run."""
     model, _ = good
     out = tmp_path / "x.onnx"
     proc = subprocess.Popen(
@@ -447,7 +449,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(good: tuple[Path, Path], tmp_path: 
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the export finished before the interrupt")
-    assert proc.returncode == 130, err
+    assert proc.returncode == -signal.SIGINT, err
     assert "Traceback" not in err and "Aborted!" in err
     assert not list(tmp_path.iterdir())  # no graph, no staging folder
 
