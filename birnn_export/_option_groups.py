@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -66,6 +67,16 @@ def sizes_option(flag: str, alias: str, metavar: str, help: str) -> Callable[...
         callback=parsed(options_.parse_sizes, flag),
         metavar=metavar,
         help=help,
+    )
+
+
+def json_option(what: str) -> Callable[..., Any]:
+    """``--json PATH`` (keyword ``json_path``): where a command writes ``what`` as JSON."""
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Write {what} as JSON.",
     )
 
 

@@ -24,6 +24,7 @@ from birnn_export import options as options_
 from birnn_export._files import write_atomic
 from birnn_export._option_groups import (
     graph_options,
+    json_option,
     loader_options,
     sweep_options,
     timing_options,
@@ -108,9 +109,7 @@ def main() -> None:
 @click.option(
     "--verify/--no-verify", default=True, help="Verify on ONNX Runtime before writing the file."
 )
-@click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), help="Write the summary as JSON."
-)
+@json_option("the summary")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
 @loader_options
 def export_command(
@@ -165,7 +164,7 @@ def export_command(
 
 @main.command("inspect")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write it as JSON.")
+@json_option("the description")
 def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
     from birnn_export.describe import describe_lines, describe_onnx
@@ -204,7 +203,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     default=True,
     help="Also compare every recurrent layer's own output (--no-layers: outputs only, faster).",
 )
-@click.option("--json", "json_path", type=_FILE, help="Write the full report as JSON.")
+@json_option("the full report")
 @click.option(
     "--save-inputs",
     type=_FILE,
@@ -298,7 +297,7 @@ def verify_command(
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
 )
 @timing_options
-@click.option("--json", "json_path", type=_FILE, help="Write a JSON report.")
+@json_option("the report")
 @click.option("--csv", "csv_path", type=_FILE, help="Write a CSV table.")
 @click.option("--plot", "plot_path", type=_FILE, help="Write a PNG plot.")
 @sweep_options("torch,ort-cpu")
@@ -363,12 +362,7 @@ def bench_command(
     required=True,
     help="Engine whose import rules to check against (tensorrt also covers ORT's TensorRT EP).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Also write the findings to this JSON file.",
-)
+@json_option("the findings")
 @click.option(
     "--tensorrt",
     type=click.Choice(["auto", "static", "tensorrt", "tensorrt_rtx"]),

@@ -12,11 +12,16 @@ float graph, each in its own session and block (warm-up, then runs), at every ba
 Prints median milliseconds and the speed-up over float32 per variant. Speed only: accuracy is
 ``scripts/measure_int8.py``'s.
 
+``--bare-node SIZE`` times NOTES.md section 3's graph instead of a file: one bidirectional
+``LSTM`` node (I = H = SIZE, time-major input, no lengths, no head, no other node), the floor of
+what dynamic quantization gives a BiLSTM, to compare an exported graph's ratios with.
+
 Usage:
     python scripts/make_bench_model.py --cell lstm --size 256 -o /tmp/bilstm256.pt
     birnn-export /tmp/bilstm256.pt -o /tmp/bilstm256.onnx
     python scripts/bench_int8_variants.py /tmp/bilstm256.onnx [--batch 1,32] [--seq 100]
         [--runs 60] [--threads 2]
+    python scripts/bench_int8_variants.py --bare-node 256
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import onnx
 import onnxruntime as ort
 from _common import timed_ms
+from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from birnn_export.spec import GraphSpec, make_feed
@@ -51,17 +59,43 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _bare_node(size: int, path: Path) -> None:
+    """One bidirectional LSTM node with torch's initialisation range, as NOTES measured it."""
+    rng = np.random.default_rng(0)
+    bound = size**-0.5
+    weights = [
+        numpy_helper.from_array(rng.uniform(-bound, bound, shape).astype(np.float32), name)
+        for name, shape in (
+            ("W", (2, 4 * size, size)),
+            ("R", (2, 4 * size, size)),
+            ("B", (2, 8 * size)),
+        )
+    ]
+    node = helper.make_node(
+        "LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=size, direction="bidirectional"
+    )
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", size])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "bare_bilstm", [x], [y], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("onnx", type=Path, help="a float32 graph written by birnn-export")
+    parser.add_argument("onnx", type=Path, nargs="?", help="a float32 graph by birnn-export")
+    parser.add_argument("--bare-node", type=int, metavar="SIZE", help="time one LSTM node instead")
     parser.add_argument("--batch", default="1,32")
     parser.add_argument("--seq", type=int, default=100)
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    spec = GraphSpec.from_onnx(args.onnx)
+    if (args.onnx is None) == (args.bare_node is None):
+        parser.error("give a graph or --bare-node SIZE")
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice is for image models
     with tempfile.TemporaryDirectory() as folder:
+        if args.bare_node:
+            args.onnx = Path(folder) / f"bare_bilstm{args.bare_node}.onnx"
+            _bare_node(args.bare_node, args.onnx)
         paths = {"float32": args.onnx}
         for name, settings in VARIANTS.items():
             paths[name] = Path(folder) / f"{name}.onnx"
@@ -69,7 +103,15 @@ def main() -> None:
                 quantize_dynamic(str(args.onnx), str(paths[name]), **settings)
         print(f"{args.onnx.name}: T={args.seq}, {args.threads} threads, {args.runs} runs each")
         for batch in (int(b) for b in args.batch.split(",")):
-            feed = make_feed(spec, batch, args.seq, seed=0)
+            feed = (
+                {
+                    "X": np.random.default_rng(0).standard_normal(
+                        (args.seq, batch, args.bare_node), np.float32
+                    )
+                }
+                if args.bare_node
+                else make_feed(GraphSpec.from_onnx(args.onnx), batch, args.seq, seed=0)
+            )
             medians = {}
             for name, path in paths.items():  # each in its own session and block
                 session = _session(path, args.threads)
