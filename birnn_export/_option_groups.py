@@ -2,8 +2,10 @@
 
 Like Polygraphy's argument groups, these are declared once and added to every command that
 takes them: :data:`loader_options` (:func:`birnn_export.load_model`), :data:`graph_options`
-(how :func:`birnn_export.export_onnx` shapes the graph) and :func:`sweep_options` (the engines,
-shapes and tolerances of :func:`birnn_export.verify` and :func:`birnn_export.benchmark`).
+(the graph's inputs, ranges and form: :func:`birnn_export.pipeline.export_model`),
+:func:`sweep_options` (the engines, shapes and tolerances of :func:`birnn_export.verify` and
+:func:`birnn_export.benchmark`) and :data:`timing_options` (how ``benchmark`` times);
+:func:`json_option` is every command's ``--json``.
 :func:`option_group` hands a group to its command as one dict, named after the library
 function's keyword arguments, which goes to that function as it is. Option text is read by
 :mod:`birnn_export.options`, in click callbacks (:func:`parsed`).

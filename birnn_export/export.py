@@ -57,8 +57,6 @@ from birnn_export.spec import (
     check_range,
 )
 
-logger = logging.getLogger(__name__)
-
 #: Opset written when none is asked for: the exporter's own (torchlib) opset, which TensorRT 10
 #: and ONNX Runtime >= 1.14 both import.
 DEFAULT_OPSET = 18
@@ -94,15 +92,14 @@ class TracedGraph:
     #: graph over 2 GB, made on the saved file, need.
     sizes: frozenset[int]
     crfs: tuple[Any, ...]
-
-    @property
-    def large(self) -> bool:
-        """Over protobuf's 2 GB limit: the weights go to an external data file."""
-        return self.proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    #: Over protobuf's 2 GB limit: the weights go to an external data file (measured once:
+    #: ``ByteSize`` walks the whole proto).
+    large: bool
 
     def save(self, path: Path) -> None:
         """Write the graph to ``path`` (with its external data when :attr:`large`); a large
-        graph's structural checks run here, on the file."""
+        graph's structural checks run here, on the file, and a failure leaves the written
+        files in place (:func:`birnn_export.export_onnx` saves into a staging folder)."""
         save_onnx(self.proto, path, external=self.large)
         if self.large:
             raise_for_problems(path, self.spec, set(self.sizes), list(self.crfs))
@@ -247,6 +244,7 @@ def trace_graph(
         inputs=planned.how,
         sizes=frozenset(sizes),
         crfs=tuple(hand_written_crfs(converted)),
+        large=proto.ByteSize() > EXTERNAL_DATA_THRESHOLD,
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.
     if not graph.large:

@@ -59,7 +59,7 @@ Hidden = Tensor | tuple[Tensor, Tensor]
 
 @dataclass(frozen=True)
 class TracedPack:
-    """What ``pack_padded_sequence`` returns while :func:`birnn_export.export_onnx` traces.
+    """What ``pack_padded_sequence`` returns while :func:`birnn_export.export.trace_graph` traces.
 
     A ``PackedSequence`` sorts and flattens by data-dependent lengths, which
     ``torch.onnx.export`` cannot trace (pytorch/pytorch#112044). During export the packing
@@ -178,9 +178,10 @@ class BiRNN(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.padding_value = float(padding_value)
-        #: Which ONNX node layout ``torch.onnx.export`` emits; set by :func:`export_onnx`.
+        #: Which ONNX node layout ``torch.onnx.export`` emits; set by
+        #: :func:`~birnn_export.export.trace_graph`.
         self.onnx_layout: OnnxLayout = "split"
-        #: Name prefix of the emitted recurrent nodes (the module path); set by export_onnx.
+        #: Name prefix of the emitted recurrent nodes (the module path); set by trace_graph.
         self.onnx_name = "rnn"
 
         gate_rows = GATES[cell] * hidden_size
@@ -497,7 +498,8 @@ class BiRNN(nn.Module):
         """Emit one ONNX recurrent node on ``x [T, B, I]``; return ``Y [T, D, B, H]``, finals.
 
         ``name`` travels in the node's ``metadata_props`` (key :data:`NODE_NAME_KEY`); the
-        exporter names nodes itself, and :func:`export_onnx` renames them from it.
+        exporter names nodes itself, and :func:`~birnn_export.export.trace_graph` renames them
+        from it.
         """
         steps, batch = x.shape[0], x.shape[1]
         dirs = len(directions)

@@ -12,9 +12,9 @@ float graph, each in its own session and block (warm-up, then runs), at every ba
 Prints median milliseconds and the speed-up over float32 per variant. Speed only: accuracy is
 ``scripts/measure_int8.py``'s.
 
-``--bare-node SIZE`` times NOTES.md section 3's graph instead of a file: one bidirectional
-``LSTM`` node (I = H = SIZE, time-major input, no lengths, no head, no other node), the floor of
-what dynamic quantization gives a BiLSTM, to compare an exported graph's ratios with.
+``--bare-node SIZE`` times a graph built here instead of a file: one bidirectional ``LSTM``
+node (I = H = SIZE, time-major input, no lengths, no head, no other node), what dynamic
+quantization gives a BiLSTM with nothing around it, to compare an exported graph's ratios with.
 
 Usage:
     python scripts/make_bench_model.py --cell lstm --size 256 -o /tmp/bilstm256.pt
@@ -60,7 +60,7 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def _bare_node(size: int, path: Path) -> None:
-    """One bidirectional LSTM node with torch's initialisation range, as NOTES measured it."""
+    """One bidirectional LSTM node, weights in torch's initialisation range."""
     rng = np.random.default_rng(0)
     bound = size**-0.5
     weights = [
@@ -80,10 +80,19 @@ def _bare_node(size: int, path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("onnx", type=Path, nargs="?", help="a float32 graph by birnn-export")
-    parser.add_argument("--bare-node", type=int, metavar="SIZE", help="time one LSTM node instead")
+    parser.add_argument(
+        "--bare-node", type=_positive, metavar="SIZE", help="time one LSTM node instead"
+    )
     parser.add_argument("--batch", default="1,32")
     parser.add_argument("--seq", type=int, default=100)
     parser.add_argument("--runs", type=int, default=60)
@@ -93,7 +102,7 @@ def main() -> None:
         parser.error("give a graph or --bare-node SIZE")
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice is for image models
     with tempfile.TemporaryDirectory() as folder:
-        if args.bare_node:
+        if args.bare_node is not None:
             args.onnx = Path(folder) / f"bare_bilstm{args.bare_node}.onnx"
             _bare_node(args.bare_node, args.onnx)
         paths = {"float32": args.onnx}
@@ -109,7 +118,7 @@ def main() -> None:
                         (args.seq, batch, args.bare_node), np.float32
                     )
                 }
-                if args.bare_node
+                if args.bare_node is not None
                 else make_feed(GraphSpec.from_onnx(args.onnx), batch, args.seq, seed=0)
             )
             medians = {}
