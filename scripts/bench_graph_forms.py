@@ -11,7 +11,7 @@ torch runs with the same thread count. Outputs are checked against eager before 
 Prints medians (ms) and ratios, with the number of runs.
 
     python scripts/bench_graph_forms.py --cell lstm --size 256 --batch 1,8,32 --seq 100 \\
-        --threads 2 --runs 30 [--spinning on,off] [--json out.json]
+        --threads 2 --runs 30 [--spinning on,off] [--lengths ragged|full] [--json out.json]
 """
 
 from __future__ import annotations
@@ -98,6 +98,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--spinning", default="on,off")
+    parser.add_argument(
+        "--lengths",
+        default="ragged",
+        choices=["ragged", "full", "equal"],
+        help="rows' lengths (birnn_export.spec.make_lengths): ragged as a real batch, or all T",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -114,11 +120,12 @@ def main() -> None:
         paths["stock"] = stock_export(reference, Path(tmp) / "stock.onnx", make_feed(spec, 3, 9))
         print(
             f"{args.cell} I=H={args.size} layers={args.layers} threads={args.threads}, each "
-            f"form in its own block, median of {args.runs} runs after 5 warm-up (ms)"
+            f"form in its own block, median of {args.runs} runs after 5 warm-up (ms), "
+            f"{args.lengths} lengths"
         )
         for seq in (int(s) for s in args.seq.split(",")):
             for batch in (int(b) for b in args.batch.split(",")):
-                feed = make_feed(spec, batch, seq, seed=0)
+                feed = make_feed(spec, batch, seq, seed=0, lengths=args.lengths)
                 x, lengths = (torch.from_numpy(feed[k]) for k in ("x", "lengths"))
                 with torch.inference_mode():
                     want = reference(x, lengths).numpy()
