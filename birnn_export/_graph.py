@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from birnn_export._inputs import PlannedInputs
+from birnn_export._scan import is_rnn_scan
 from birnn_export._version import __version__
 from birnn_export.conversion import find_recurrent_layers
 from birnn_export.crf import HAND_WRITTEN_HINT, is_viterbi_scan
@@ -192,7 +193,11 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     except Exception as exc:
         problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
         return problems
-    ops = collections.Counter(n.op_type for n in inferred.graph.node if not is_viterbi_scan(n))
+    ops = collections.Counter(
+        "RNN" if is_rnn_scan(n) else n.op_type
+        for n in inferred.graph.node
+        if not is_viterbi_scan(n)
+    )
     for loop in ("Loop", "Scan"):
         if ops[loop]:
             problems.append(f"graph holds {ops[loop]} {loop} node(s): recurrence was unrolled")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.spec import GraphSpec
 
 _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -51,7 +52,7 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
     """
     if not spec.recurrent_layers:
         raise LayersUnavailable("the graph's metadata lists no recurrent layers")
-    nodes = {n.name: n for n in proto.graph.node if n.op_type in _RECURRENT_OPS}
+    nodes = {n.name: n for n in proto.graph.node if n.op_type in _RECURRENT_OPS or is_rnn_scan(n)}
     layers = []
     for info in spec.recurrent_layers:
         path = str(info.get("path", ""))
@@ -79,12 +80,16 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
 
 
 def _y_output(node: Any) -> str:
+    if is_rnn_scan(node):  # the Scan's own outputs are [h_last, Y in scan order]
+        return str(rnn_scan_info(node)["y"])
     if not node.output or not node.output[0]:
         raise LayersUnavailable(f"the recurrent node {node.name!r} does not output Y")
     return str(node.output[0])
 
 
 def _has_lengths(node: Any) -> bool:
+    if is_rnn_scan(node):
+        return bool(rnn_scan_info(node)["lengths"])
     return len(node.input) > 4 and bool(node.input[4])
 
 

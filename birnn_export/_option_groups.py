@@ -176,10 +176,11 @@ graph_options = option_group(
         click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
         click.option(
             "--layout",
-            type=click.Choice(["split", "fused"]),
+            type=click.Choice(["split", "fused", "scan"]),
             help="split: forward node + forward node between two ReverseSequence; fused: one "
-            "bidirectional node per layer. [default: by measurement, split for LSTM and GRU, "
-            "fused for RNN]",
+            "bidirectional node per layer; scan: fused, with RNN nodes as exact Scan loops "
+            "(faster on ONNX Runtime's CPU). [default: by measurement, split for LSTM and GRU, "
+            "scan for RNN]",
         ),
         click.option(
             "--dtype",

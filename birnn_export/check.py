@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from birnn_export._scan import is_rnn_scan
 from birnn_export.errors import BiRNNExportError
 
 if TYPE_CHECKING:
@@ -418,6 +419,16 @@ class _Checker:
                 reverses = True
             elif node.op_type == "Loop" and self.trt:
                 findings += self._check_loop(node)
+            elif is_rnn_scan(node) and not self.trt:
+                findings.append(
+                    Finding(
+                        "info",
+                        self._label(node),
+                        "RNN layer as a Scan loop (the scan layout, fastest on ONNX Runtime's "
+                        "CPU): the CUDA EP runs each step as small kernels instead of one cuDNN "
+                        "RNN call, a speed not measured here; --layout fused keeps the RNN node",
+                    )
+                )
         if reverses:
             findings += self._lengths_range_note()
         return findings

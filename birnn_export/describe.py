@@ -11,6 +11,7 @@ from typing import Any
 
 from birnn_export._files import onnx_file_size
 from birnn_export._graph import ONNX_DTYPES, dims_of
+from birnn_export._scan import is_rnn_scan
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx
@@ -40,7 +41,8 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     recurrent = []
     for node in proto.graph.node:
-        if node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence") or is_viterbi_scan(node):
+        recurrent_op = node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence")
+        if recurrent_op or is_viterbi_scan(node) or is_rnn_scan(node):
             attrs = {
                 a.name: helper.get_attribute_value(a)
                 for a in node.attribute

@@ -30,6 +30,7 @@ from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import PlannedInputs, plan_inputs
 from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
+from birnn_export._scan import scan_rnn_nodes
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.crf import (
@@ -61,11 +62,12 @@ from birnn_export.spec import (
 #: and ONNX Runtime >= 1.14 both import.
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
-LAYOUTS = ("split", "fused")
-#: The layout chosen per cell type when none is asked for, by measurement (README, "Graph
-#: layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU every form ties within noise
-#: and split is kept; for plain RNN the fused node was 2-8% faster in 8 of 9 shapes.
-DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "fused", "rnn_relu": "fused"}
+LAYOUTS = ("split", "fused", "scan")
+#: The layout chosen per cell type when none is asked for, by measurement on ONNX Runtime CPU
+#: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU every form ties
+#: within noise and split is kept; for plain RNN the Scan loop was 1.05x to 1.7x as fast as the
+#: best of fused and the stock export in all 9 shapes (B = 1, 8, 32 x T = 16, 100, 400).
+DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "scan", "rnn_relu": "scan"}
 #: The layout of a model whose layers' cells choose differently.
 DEFAULT_LAYOUT = "split"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -144,7 +146,9 @@ def trace_graph(
         opset: ONNX opset, default :data:`DEFAULT_OPSET`, within :data:`SUPPORTED_OPSETS`.
         layout: ``"fused"``: one ``direction="bidirectional"`` node per layer with
             ``sequence_lens``; ``"split"``: two forward nodes, the second between two
-            ``ReverseSequence`` nodes. Default: by cell type (:data:`DEFAULT_LAYOUTS`).
+            ``ReverseSequence`` nodes; ``"scan"``: as fused, with every ``RNN`` node written
+            as an exact ``Scan`` loop (:mod:`birnn_export._scan`; LSTM and GRU nodes stay).
+            Default: by cell type (:data:`DEFAULT_LAYOUTS`).
         lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
             the configuration or the name of ``forward``'s second parameter.
         input_size: Feature size of a float ``[batch, seq, input_size]`` first input, for
@@ -216,12 +220,16 @@ def trace_graph(
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
-    proto = _trace(traced, trace_inputs, planned, outs, opset, layout)
+    proto = _trace(
+        traced, trace_inputs, planned, outs, opset, "fused" if layout == "scan" else layout
+    )
     tags = expand_viterbi(proto)
     clean_nodes(proto)
     if target == torch.float16:
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
+    if layout == "scan":
+        scan_rnn_nodes(proto)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{

@@ -3,8 +3,10 @@
 :func:`quantize_int8` runs ``onnxruntime.quantization.quantize_dynamic`` (weights int8, per
 tensor; activations quantized at run time, per call): LSTM nodes become
 ``com.microsoft::DynamicQuantizeLSTM`` and MatMul/Gemm heads ``MatMulInteger``. ONNX Runtime
-has no quantized GRU or RNN kernels: those nodes stay float32 (:class:`QuantizeReport` says
-which). The result runs on ONNX Runtime's CPU provider.
+has no quantized GRU or RNN kernels: those nodes stay float32, and so does an RNN layer written
+as a Scan loop (the ``scan`` layout: its input projection is kept out of the quantizer, as in
+the node it replaces); :class:`QuantizeReport` says which. The result runs on ONNX Runtime's CPU
+provider.
 
 An int8 graph cannot match the model to float32 rounding; it is judged by the task instead
 (:class:`~birnn_export.compare.QuantizedCriterion`): top-1 agreement with the float64 model at
@@ -66,14 +68,21 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         ) from None
     import onnx
 
+    from birnn_export._scan import is_rnn_scan
     from birnn_export.spec import METADATA_KEY
+
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    loops = [f"{n.name}/scan/" for n in nodes if is_rnn_scan(n)]
+    kept_float = [n.name for n in nodes if n.name.startswith(tuple(loops))] if loops else []
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs advice meant for image models
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=kept_float
+            )
     except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
         raise BiRNNExportError(
             f"int8: ONNX Runtime's quantize_dynamic failed on {src}: {type(exc).__name__}: "
@@ -84,7 +93,11 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     proto = onnx.load(str(dst), load_external_data=False)
     _mark(proto, METADATA_KEY)
     onnx.save(proto, str(dst))
-    counts = collections.Counter(node.op_type for node in proto.graph.node)
+    counts = collections.Counter(
+        "RNN" if is_rnn_scan(node) else node.op_type
+        for node in proto.graph.node
+        if node.name not in kept_float  # a loop's own parts: counted as its RNN
+    )
     return QuantizeReport(
         quantized={op: counts[op] for op in _QUANTIZED_OPS if counts[op]},
         left_float={

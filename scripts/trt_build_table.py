@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from birnn_export.checkpoint import load_model
+from birnn_export.export import LAYOUTS
 from birnn_export.pipeline import export_onnx
 from birnn_export.trt import build_engine, import_library
 
@@ -27,7 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for sample in sorted(args.samples.glob("*.pt")):
             loaded = load_model(sample)
-            for layout in ("split", "fused"):
+            for layout in LAYOUTS:
                 for dtype in ("float32", "float16"):
                     path = Path(tmp) / f"{sample.stem}-{layout}-{dtype}.onnx"
                     export_onnx(

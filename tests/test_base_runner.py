@@ -99,7 +99,7 @@ STAGES = (
     ("spec", "compare", "_report"),
     ("modules", "crf", "conversion", "models", "seed"),
     ("checkpoint",),
-    ("export", "_inputs", "_graph", "_rewrites", "quantize", "describe"),
+    ("export", "_inputs", "_graph", "_rewrites", "_scan", "quantize", "describe"),
     ("runners", "base_runner", "_isolation", "trt", "trt_plan"),
     (
         "verification",

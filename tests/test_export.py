@@ -697,7 +697,7 @@ def test_fp16_every_cell_runs_in_onnxruntime(tmp_path, cell, layout, lengths):
     [
         ((nn.LSTM,), "split"),
         ((nn.GRU,), "split"),
-        ((nn.RNN,), "fused"),
+        ((nn.RNN,), "scan"),
         ((nn.RNN, nn.GRU), "split"),
     ],
 )
@@ -721,7 +721,8 @@ def test_default_layout_follows_the_measured_choice_per_cell(
 
     result = export_onnx(Stack().eval(), tmp_path / "m.onnx", input_size=6)
     assert result.spec.layout == expected
-    assert ("ReverseSequence" in result.op_counts) == (expected == "split")
-    assert DEFAULT_LAYOUTS["rnn_tanh"] == "fused" and DEFAULT_LAYOUTS["lstm"] == "split"
-    other = "split" if expected == "fused" else "fused"
+    assert ("ReverseSequence" in result.op_counts) == (expected != "fused")
+    assert ("Scan" in result.op_counts) == (expected == "scan")
+    assert DEFAULT_LAYOUTS["rnn_tanh"] == "scan" and DEFAULT_LAYOUTS["lstm"] == "split"
+    other = "split" if expected != "split" else "fused"
     assert export_onnx(Stack().eval(), tmp_path / "o.onnx", layout=other).spec.layout == other
