@@ -117,12 +117,16 @@ def _int64(values: list[int]) -> Any:
 def clean_nodes(proto: Any) -> None:
     """Name recurrent nodes after module path and layer (``rnn/l0``, ``rnn/l0/backward``), from
     the name each BiRNN put in the node's metadata (the exporter calls them
-    ``node__symbolic_multi_out__N``), and drop the exporter's per-node debug metadata (stack
+    ``node__symbolic_multi_out__N``; a layer's second call in ``forward`` gets ``rnn/l0#2``), and
+    drop the exporter's per-node debug metadata (stack
     traces with local file paths, FX dumps): it is large and says nothing to an engine."""
+    seen: collections.Counter[str] = collections.Counter()
     for node in proto.graph.node:
         props = {p.key: p.value for p in node.metadata_props}
         if NODE_NAME_KEY in props:
-            node.name = props[NODE_NAME_KEY]
+            name = props[NODE_NAME_KEY]
+            seen[name] += 1  # a layer called twice in forward: its second nodes are name#2
+            node.name = name if seen[name] == 1 else f"{name}#{seen[name]}"
         del node.metadata_props[:]
 
 

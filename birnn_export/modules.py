@@ -117,6 +117,11 @@ def _packed_reverse_index(batch_sizes: Tensor) -> Tensor:
     return offsets[lens[s] - 1 - t] + s
 
 
+def _is_state(value: object) -> bool:
+    """A 3-D tensor ([layers * directions, batch, hidden]): an initial state, never lengths."""
+    return isinstance(value, Tensor) and value.dim() == 3
+
+
 class BiRNN(nn.Module):
     """A bidirectional (or unidirectional) multi-layer RNN, LSTM or GRU that exports cleanly.
 
@@ -289,6 +294,8 @@ class BiRNN(nn.Module):
         lengths: Tensor | None = None,
         hx: Hidden | None = None,
     ) -> tuple[Tensor | PackedSequence, Hidden]:
+        if hx is None and (isinstance(lengths, tuple) or _is_state(lengths)):
+            lengths, hx = None, lengths  # torch's own signature, layer(input, hx), after convert()
         if isinstance(x, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths: must be None when x is a PackedSequence")

@@ -126,3 +126,54 @@ def test_public_names_stay_functions_after_submodules_load():
     for name in ("convert", "verify", "export_onnx", "load_model", "benchmark"):
         value = getattr(birnn_export, name)
         assert callable(value) and not isinstance(value, types.ModuleType), name
+
+
+class _WithInitialState(nn.Module):
+    """Passes an initial state positionally, as torch's signature allows: ``layer(input, hx)``,
+    on a PackedSequence (the model takes lengths) or on a dense tensor (it takes none)."""
+
+    def __init__(self, cell: type[nn.RNNBase], packed: bool) -> None:
+        super().__init__()
+        self.rnn = cell(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.packed, self.lstm = packed, cell is nn.LSTM
+
+    def forward(
+        self, x: torch.Tensor, first: torch.Tensor, h0: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        lengths, h0 = (first, h0) if self.packed else (None, first)
+        assert h0 is not None
+        hx = (h0, torch.zeros_like(h0)) if self.lstm else h0
+        if lengths is None:
+            return self.rnn(x, hx)[0]
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths, batch_first=True, enforce_sorted=False
+        )
+        y, _ = self.rnn(packed, hx)
+        return nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])[0]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "dense"])
+@pytest.mark.parametrize("cell", [nn.RNN, nn.LSTM, nn.GRU])
+def test_initial_state_passed_positionally(cell, packed, tmp_path):
+    """After conversion ``layer(input, h0)`` still means h0 is the initial state (BiRNN's own
+    second parameter is ``lengths``), and the export with an h0 input matches the original."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from birnn_export.pipeline import export_onnx
+
+    torch.manual_seed(0)
+    model = _WithInitialState(cell, packed).eval()
+    x, lengths, h0 = torch.randn(3, 7, 6), torch.tensor([7, 2, 5]), torch.randn(4, 3, 5)
+    args = (x, lengths, h0) if packed else (x, h0)
+    with torch.no_grad():
+        want = model(*args)
+        torch.testing.assert_close(convert(model)(*args), want, atol=1e-6, rtol=0)
+    path = tmp_path / "m.onnx"
+    lengths_decl = ["lengths:int64[batch]:lengths(seq)"] if packed else []
+    inputs = ["x:float32[batch,seq,6]", *lengths_decl, "h0:float32[4,batch,5]"]
+    export_onnx(model, path, inputs=inputs)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    (got,) = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)

@@ -135,3 +135,24 @@ def test_sinking_drops_the_dead_transposes_value_info():
     assert sink_batch_transposes(model) == 1
     assert "t" not in {v.name for v in model.graph.value_info}
     assert "t" not in {o for n in model.graph.node for o in n.output}
+
+
+def test_a_layer_called_twice_gets_distinct_node_names(tmp_path):
+    """Two calls of one layer in forward emit two sets of nodes: the second is ``name#2`` (one
+    name twice makes an invalid model that ONNX Runtime refuses to load)."""
+    import torch
+    from torch import nn
+
+    from birnn_export.pipeline import export_onnx
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(self.rnn(x)[0][..., :4])[0]
+
+    export_onnx(Twice().eval(), tmp_path / "m.onnx", input_size=4, layout="fused")
+    names = [n.name for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if n.op_type == "GRU"]
+    assert names == ["rnn/l0", "rnn/l0#2"]
