@@ -3,13 +3,15 @@
 ONNX Runtime's RNN and GRU nodes run slower than eager torch at B >= 8 (README, "Graph layouts
 and speed"; issue 13). The one other dynamic form ONNX offers is a loop: here a ``Scan`` whose
 body is one batched MatMul of both directions' states ([2, B, H] x [2, H, gates]) and the gate
-arithmetic, with the input projection of every step hoisted out of the loop as one MatMul. Both
-graphs take ``lengths`` and are exact for variable lengths: the node through ``sequence_lens``,
-the Scan through ``ReverseSequence`` and a per-step mask that holds each row's state past its
-length and writes zeros there. Both are checked against torch's layer on a ``PackedSequence``
-first; eager torch (on that PackedSequence), the node and the Scan graph are each timed in their
-own block (eager first, before any ONNX Runtime session exists), with the same thread count.
-Prints medians and ratios.
+arithmetic, with the input projection of every step hoisted out of the loop as one MatMul. For
+RNN the Scan graph is birnn-export's own ``scan`` layout (the node rewritten by
+``birnn_export._scan``); GRU's is built here the same way. Both graphs take ``lengths`` and are
+exact for variable lengths: the node through ``sequence_lens``, the Scan through
+``ReverseSequence`` and a per-step mask that holds each row's state past its length and writes
+zeros there. Both are checked against torch's layer on a ``PackedSequence`` first; eager torch
+(on that PackedSequence), the node and the Scan graph are each timed in their own block (eager
+first, before any ONNX Runtime session exists), with the same thread count. Prints medians
+and ratios.
 
     python scripts/bench_scan_form.py --cell rnn|gru [--size 256] [--seq 100] [--batch 1,8,32]
         [--lengths ragged|full] [--runs 20] [--threads 2]
@@ -28,6 +30,7 @@ from _common import timed_ms
 from onnx import TensorProto, helper, numpy_helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from birnn_export._scan import scan_rnn_nodes
 from birnn_export.spec import make_lengths
 
 SIDES = ("", "_reverse")
@@ -85,33 +88,26 @@ def _inputs(size: int) -> list[onnx.ValueInfoProto]:
     return [_value("X", ["seq", "batch", size]), lengths]
 
 
-def _step(cell: str, size: int) -> onnx.GraphProto:
-    """One time step of both directions: state ``h`` [2, batch, H], input projection ``xw``."""
+def _gru_step(size: int) -> onnx.GraphProto:
+    """One GRU time step of both directions: state ``h`` [2, batch, H], input projection ``xw``."""
     n = helper.make_node
-    if cell == "rnn":
-        nodes = [
-            n("MatMul", ["h", "Rh"], ["hw"]),
-            n("Add", ["hw", "xw"], ["a"]),  # both biases are folded into xw
-            n("Tanh", ["a"], ["h_next"]),
-        ]
-    else:
-        nodes = [
-            n("MatMul", ["h", "Rh"], ["hw0"]),
-            n("Add", ["hw0", "bh"], ["hw"]),
-            n("Split", ["xw", "thirds"], ["xr", "xz", "xn"], axis=2),
-            n("Split", ["hw", "thirds"], ["hr", "hz", "hn"], axis=2),
-            n("Add", ["xr", "hr"], ["ar"]),
-            n("Sigmoid", ["ar"], ["r"]),
-            n("Add", ["xz", "hz"], ["az"]),
-            n("Sigmoid", ["az"], ["z"]),
-            n("Mul", ["r", "hn"], ["rhn"]),
-            n("Add", ["xn", "rhn"], ["an"]),
-            n("Tanh", ["an"], ["cand"]),
-            n("Sub", ["h", "cand"], ["diff"]),
-            n("Mul", ["z", "diff"], ["zd"]),
-            n("Add", ["cand", "zd"], ["h_next"]),  # (1 - z) * cand + z * h
-        ]
-    gates = size if cell == "rnn" else 3 * size
+    nodes = [
+        n("MatMul", ["h", "Rh"], ["hw0"]),
+        n("Add", ["hw0", "bh"], ["hw"]),
+        n("Split", ["xw", "thirds"], ["xr", "xz", "xn"], axis=2),
+        n("Split", ["hw", "thirds"], ["hr", "hz", "hn"], axis=2),
+        n("Add", ["xr", "hr"], ["ar"]),
+        n("Sigmoid", ["ar"], ["r"]),
+        n("Add", ["xz", "hz"], ["az"]),
+        n("Sigmoid", ["az"], ["z"]),
+        n("Mul", ["r", "hn"], ["rhn"]),
+        n("Add", ["xn", "rhn"], ["an"]),
+        n("Tanh", ["an"], ["cand"]),
+        n("Sub", ["h", "cand"], ["diff"]),
+        n("Mul", ["z", "diff"], ["zd"]),
+        n("Add", ["cand", "zd"], ["h_next"]),  # (1 - z) * cand + z * h
+    ]
+    gates = 3 * size
     held = [  # past its length a row keeps its state and writes zeros
         n("Sub", ["h_next", "h"], ["step"]),
         n("Mul", ["step", "valid"], ["kept"]),
@@ -131,12 +127,15 @@ def _step(cell: str, size: int) -> onnx.GraphProto:
 
 
 def scan_graph(cell: str, state: dict[str, np.ndarray], size: int) -> onnx.ModelProto:
-    """Both directions in one Scan over [seq, 2, batch, gates]; output [seq, 2, batch, H], the
-    backward direction in reversed time."""
-    gates = size if cell == "rnn" else 3 * size
+    """Both directions in one Scan over [seq, 2, batch, gates]. For RNN that is birnn-export's
+    own ``scan`` layout, the node graph rewritten by :func:`birnn_export._scan.scan_rnn_nodes`;
+    GRU's is built here the same way (it is slower than the node, so nothing ships it)."""
+    if cell == "rnn":
+        model = node_graph(cell, state, size)
+        scan_rnn_nodes(model)
+        return model
+    gates = 3 * size
     input_bias = [state[f"bias_ih_l0{s}"] for s in SIDES]
-    if cell == "rnn":  # h_t = tanh(x W + h R + b_ih + b_hh): both biases go outside the loop
-        input_bias = [b + state[f"bias_hh_l0{s}"] for b, s in zip(input_bias, SIDES, strict=True)]
     consts = {
         "Wi": np.stack([state[f"weight_ih_l0{s}"].T for s in SIDES]),
         "bi": np.stack(input_bias)[:, None, None, :],
@@ -151,9 +150,9 @@ def scan_graph(cell: str, state: dict[str, np.ndarray], size: int) -> onnx.Model
         "time_axes": np.array([1, 2, 3], np.int64),
         "batch_axes": np.array([0, 1, 3], np.int64),
     }
-    if cell == "gru":  # b_hn sits inside r * (h R_n + b_hn): it stays in the loop
-        consts["bh"] = np.stack([state[f"bias_hh_l0{s}"] for s in SIDES])[:, None, :]
-        consts["thirds"] = np.array([size] * 3, np.int64)
+    # b_hn sits inside r * (h R_n + b_hn): the recurrent biases stay in the loop
+    consts["bh"] = np.stack([state[f"bias_hh_l0{s}"] for s in SIDES])[:, None, :]
+    consts["thirds"] = np.array([size] * 3, np.int64)
     n = helper.make_node
     nodes = [
         n("ReverseSequence", ["X", "lengths"], ["Xr"], batch_axis=1, time_axis=0),
@@ -180,7 +179,7 @@ def scan_graph(cell: str, state: dict[str, np.ndarray], size: int) -> onnx.Model
         n("Less", ["steps4", "lengths4"], ["valid_bool"]),
         n("Cast", ["valid_bool"], ["valid"], to=TensorProto.FLOAT),
         n("Scan", ["h0", "XWt", "valid"], ["h_last", "Ys"], num_scan_inputs=2,
-          body=_step(cell, size)),
+          body=_gru_step(size)),
         # the backward direction back in original time
         n("Split", ["Ys", "one_one"], ["Yf", "Yb"], axis=1),
         n("Squeeze", ["Yb", "one"], ["Yb3"]),
