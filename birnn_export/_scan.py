@@ -150,17 +150,11 @@ class _Rewrite:
         from onnx import TensorProto, helper
 
         d, h = len(self.directions), self.hidden
-        i64 = _i64
+        zero, one, two = (self._const(name, _i64(v)) for name, v in (("0", 0), ("1", 1), ("2", 2)))
         shape = self._op("Shape", [self.x], "x_shape")
-        seq_batch = self._op(
-            "Slice", [shape, self._const("zero", i64(0)), self._const("two", i64(2))], "seq_batch"
-        )
-        seq = self._op(
-            "Slice", [shape, self._const("zero_", i64(0)), self._const("one", i64(1))], "seq"
-        )
-        batch = self._op(
-            "Slice", [shape, self._const("one_", i64(1)), self._const("two_", i64(2))], "batch"
-        )
+        seq_batch = self._op("Slice", [shape, zero, two], "seq_batch")
+        seq = self._op("Slice", [shape, zero, one], "seq")
+        batch = self._op("Slice", [shape, one, two], "batch")
         if self.lengths_in:
             lengths = self._op("Cast", [self.lengths_in], "lengths", to=TensorProto.INT64)
         else:  # every row runs the whole sequence
@@ -173,26 +167,20 @@ class _Rewrite:
                 x = self._op(
                     "ReverseSequence", [x, lengths], "x_reversed", batch_axis=1, time_axis=0
                 )
-            per_direction.append(
-                self._op("Unsqueeze", [x, self._const(f"axis0_{k}", i64(0))], f"x{k}")
-            )
+            per_direction.append(self._op("Unsqueeze", [x, zero], f"x{k}"))
         stacked = (
             per_direction[0] if d == 1 else self._op("Concat", per_direction, "x_stacked", axis=0)
         )
         flat = self._op(
-            "Reshape", [stacked, self._const("flat", i64(d, -1, self.w.shape[2]))], "x_flat"
+            "Reshape", [stacked, self._const("flat", _i64(d, -1, self.w.shape[2]))], "x_flat"
         )
         projected = self._op(
             "MatMul",
             [flat, self._const("w_t", np.ascontiguousarray(self.w.transpose(0, 2, 1)))],
             "xw_flat",
         )
-        xw_shape = self._op(
-            "Concat",
-            [self._const("d", i64(d)), seq_batch, self._const("h", i64(h))],
-            "xw_shape",
-            axis=0,
-        )
+        d_name, h_name = self._const("d", _i64(d)), self._const("h", _i64(h))
+        xw_shape = self._op("Concat", [d_name, seq_batch, h_name], "xw_shape", axis=0)
         xw = self._op("Reshape", [projected, xw_shape], "xw")
         if self.b is not None:  # both biases act on every step alike: outside the loop
             bias = (self.b[:, :h].astype(np.float32) + self.b[:, h:]).reshape(d, 1, 1, h)
@@ -209,22 +197,17 @@ class _Rewrite:
             ],
             "steps",
         )
-        steps = self._op("Unsqueeze", [steps, self._const("step_axes", i64(1, 2, 3))], "steps4")
-        rows = self._op("Unsqueeze", [lengths, self._const("row_axes", i64(0, 1, 3))], "lengths4")
+        steps = self._op("Unsqueeze", [steps, self._const("step_axes", _i64(1, 2, 3))], "steps4")
+        rows = self._op("Unsqueeze", [lengths, self._const("row_axes", _i64(0, 1, 3))], "lengths4")
         valid = self._op(
             "Cast", [self._op("Less", [steps, rows], "valid_bool")], "valid", to=self.elem
         )
         if self.h0:
             h0 = self.h0
         else:
-            h0_shape = self._op(
-                "Concat",
-                [self._const("d_", i64(d)), batch, self._const("h_", i64(h))],
-                "h0_shape",
-                axis=0,
-            )
-            zero = helper.make_tensor("zero", self.elem, [1], [0.0])
-            h0 = self._op("ConstantOfShape", [h0_shape], "h0", value=zero)
+            h0_shape = self._op("Concat", [d_name, batch, h_name], "h0_shape", axis=0)
+            zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
+            h0 = self._op("ConstantOfShape", [h0_shape], "h0", value=zero_value)
         recurrence = self._const("r_t", np.ascontiguousarray(self.r.transpose(0, 2, 1)))
         h_last, ys = self._op(
             "Scan",

@@ -229,7 +229,10 @@ def trace_graph(
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
     if layout == "scan":
-        scan_rnn_nodes(proto)
+        try:
+            scan_rnn_nodes(proto)
+        except ValueError as exc:  # a node the loop cannot express exactly: say which
+            raise ExportError(f"layout scan: {exc}; use --layout fused") from None
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
