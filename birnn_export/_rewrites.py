@@ -118,8 +118,8 @@ def clean_nodes(proto: Any) -> None:
     """Name recurrent nodes after module path and layer (``rnn/l0``, ``rnn/l0/backward``), from
     the name each BiRNN put in the node's metadata (the exporter calls them
     ``node__symbolic_multi_out__N``; a layer's second call in ``forward`` gets ``rnn/l0#2``), and
-    drop the exporter's per-node debug metadata (stack
-    traces with local file paths, FX dumps): it is large and says nothing to an engine."""
+    drop the exporter's per-node debug metadata (stack traces with local file paths, FX dumps):
+    it is large and says nothing to an engine."""
     seen: collections.Counter[str] = collections.Counter()
     for node in proto.graph.node:
         props = {p.key: p.value for p in node.metadata_props}

@@ -39,6 +39,13 @@ def rnn_scan_info(node: Any) -> dict[str, Any]:
     return dict(json.loads(_record(node) or "{}"))
 
 
+def rnn_scan_parts(nodes: Any) -> set[str]:
+    """Names of the main-graph nodes :func:`scan_rnn_nodes` added around each loop (its input
+    projection, masks, reversals): parts of that RNN layer, not ops of their own."""
+    prefixes = tuple(f"{n.name}/scan/" for n in nodes if is_rnn_scan(n))
+    return {n.name for n in nodes if prefixes and n.name.startswith(prefixes)}
+
+
 def _record(node: Any) -> str | None:
     """The record lives in the loop body's ``metadata_props``: ONNX Runtime's quantizer drops a
     node's own but keeps the body it does not touch."""
@@ -234,21 +241,28 @@ class _Rewrite:
         return self.out
 
     def _body(self, recurrence: str) -> Any:
+        """One step. Its names carry the layer's prefix: a body name equal to one of the outer
+        graph's (an output called ``y``, say) would shadow it, which ONNX forbids."""
         from onnx import helper
 
         state = [len(self.directions), "batch", self.hidden]
+        prefix = f"{self.base}/step/"
+
+        def node(op: str, inputs: list[str], output: str) -> Any:
+            names = [name if name == recurrence else prefix + name for name in inputs]
+            return helper.make_node(op, names, [prefix + output])
 
         def value(name: str, dims: list[Any]) -> Any:
-            return helper.make_tensor_value_info(name, self.elem, dims)
+            return helper.make_tensor_value_info(prefix + name, self.elem, dims)
 
         nodes = [
-            helper.make_node("MatMul", ["h", recurrence], ["hr"]),
-            helper.make_node("Add", ["hr", "xw"], ["pre"]),
-            helper.make_node(self.activation, ["pre"], ["h_new"]),
-            helper.make_node("Sub", ["h_new", "h"], ["change"]),
-            helper.make_node("Mul", ["change", "valid"], ["kept"]),
-            helper.make_node("Add", ["h", "kept"], ["h_out"]),  # past a row's length: unchanged
-            helper.make_node("Mul", ["h_new", "valid"], ["y"]),  # ... and zeros written
+            node("MatMul", ["h", recurrence], "hr"),
+            node("Add", ["hr", "xw"], "pre"),
+            node(self.activation, ["pre"], "h_new"),
+            node("Sub", ["h_new", "h"], "change"),
+            node("Mul", ["change", "valid"], "kept"),
+            node("Add", ["h", "kept"], "h_out"),  # past a row's length: unchanged
+            node("Mul", ["h_new", "valid"], "y"),  # ... and zeros written
         ]
         return helper.make_graph(
             nodes,

@@ -220,9 +220,8 @@ def trace_graph(
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
-    proto = _trace(
-        traced, trace_inputs, planned, outs, opset, "fused" if layout == "scan" else layout
-    )
+    emitted = "fused" if layout == "scan" else layout  # scan: fused, then RNN nodes rewritten
+    proto = _trace(traced, trace_inputs, planned, outs, opset, emitted)
     tags = expand_viterbi(proto)
     clean_nodes(proto)
     if target == torch.float16:

@@ -68,12 +68,10 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         ) from None
     import onnx
 
-    from birnn_export._scan import is_rnn_scan
+    from birnn_export._scan import is_rnn_scan, rnn_scan_parts
     from birnn_export.spec import METADATA_KEY
 
-    nodes = onnx.load(str(src), load_external_data=False).graph.node
-    loops = [f"{n.name}/scan/" for n in nodes if is_rnn_scan(n)]
-    kept_float = [n.name for n in nodes if n.name.startswith(tuple(loops))] if loops else []
+    kept_float = rnn_scan_parts(onnx.load(str(src), load_external_data=False).graph.node)
 
     root = logging.getLogger()
     level = root.level
@@ -81,7 +79,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_dynamic(
-                str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=kept_float
+                str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=sorted(kept_float)
             )
     except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
         raise BiRNNExportError(

@@ -170,3 +170,14 @@ def test_int8_keeps_the_rnn_loop_in_float32_as_it_kept_the_node(tmp_path):
     assert result.quantization.quantized == {"MatMulInteger": 1}
     nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
     assert [n.name for n in nodes if is_rnn_scan(n)] == ["rnn/l0"]  # the quantizer kept the record
+
+
+@pytest.mark.parametrize("names", [["y", "h"], ["valid", "xw"]])
+def test_output_names_cannot_clash_with_the_loop_body(tmp_path, names):
+    """The step's own tensors are prefixed with the layer's name: graph outputs called ``y`` or
+    ``h`` would otherwise be shadowed inside the body, an invalid graph."""
+    torch.manual_seed(0)
+    layer = nn.RNN(4, 3, batch_first=True, bidirectional=True).eval()
+    result = export_onnx(layer, tmp_path / "m.onnx", layout="scan", output_names=names)
+    assert result.verification.passed
+    assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == names
