@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from birnn_export.spec import all_nodes
+from birnn_export._node_rewrite import NodeRewrite, i64, replace_nodes
 
 #: ``metadata_props`` key of a Scan written here: JSON ``{"op": "RNN", "y": ..., "lengths": ...}``.
 SCAN_KEY = "birnn_export.rnn_scan"
@@ -65,51 +65,15 @@ def scan_rnn_nodes(proto: Any) -> int:
         ValueError: an ``RNN`` node this rewrite cannot express exactly (``clip``, an
             activation other than Tanh and Relu, batch-major ``layout``, weights not constant).
     """
-    graph = proto.graph
-    initializers = {t.name: t for t in graph.initializer}
-    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
-    taken |= {i.name for i in graph.input} | set(initializers)
-    rewritten: list[Any] = []
-    replaced: set[str] = set()
-    for node in graph.node:
-        if node.op_type != "RNN" or node.domain not in ("", "ai.onnx"):
-            rewritten.append(node)
-            continue
-        rewritten.extend(_Rewrite(node, initializers, taken, graph).nodes())
-        replaced |= set(node.input[1:4])
-    del graph.node[:]
-    graph.node.extend(rewritten)
-    used = {name for node in all_nodes(graph) for name in node.input}
-    kept = [t for t in graph.initializer if t.name not in replaced or t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)  # the RNN nodes' W, R, B now live on in their new forms
-    return sum(1 for node in graph.node if is_rnn_scan(node))
+    return replace_nodes(proto, {"RNN"}, lambda node, *context: _Rewrite(node, *context).nodes())
 
 
-def _i64(*values: int) -> Any:
-    import numpy as np
-
-    return np.asarray(values, dtype=np.int64)
-
-
-class _Rewrite:
+class _Rewrite(NodeRewrite):
     """One ``RNN`` node's replacement: initializers go to the graph, nodes are returned."""
 
     def __init__(self, node: Any, initializers: dict[str, Any], taken: set[str], graph: Any):
-        from onnx import helper
-
-        self.node, self.graph, self.taken = node, graph, taken
-        self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        self.base = node.name or node.output[0]
-        inputs = [*node.input, "", "", ""][:6]
-        self.x, w, r, b, self.lengths_in, self.h0 = inputs
-        self.hidden = int(self.attrs["hidden_size"])
-        direction = self.attrs.get("direction", b"forward")
-        self.directions = {
-            "forward": ["forward"],
-            "reverse": ["reverse"],
-            "bidirectional": ["forward", "reverse"],
-        }[direction.decode() if isinstance(direction, bytes) else direction]
+        super().__init__(node, initializers, taken, graph, "scan")
+        self.x, self.lengths_in, self.h0 = (self.inputs[k] for k in ("x", "lengths", "h0"))
         activations = [
             a.decode() if isinstance(a, bytes) else a
             for a in self.attrs.get("activations", [b"Tanh"] * len(self.directions))
@@ -119,104 +83,73 @@ class _Rewrite:
         if len(set(activations)) != 1 or activations[0] not in _ACTIVATIONS:
             raise ValueError(f"RNN node {self.base!r}: activations {activations} not supported")
         self.activation = activations[0]
-        self.w, self.r = (self._constant(initializers, name) for name in (w, r))
-        self.elem = initializers[w].data_type  # float32, or float16 for an fp16 node
-        self.b = self._constant(initializers, b) if b else None
-        self.out: list[Any] = []
-
-    def _constant(self, initializers: dict[str, Any], name: str) -> Any:
-        from onnx import numpy_helper
-
-        if name not in initializers:
-            raise ValueError(f"RNN node {self.base!r}: {name!r} is not an initializer")
-        return numpy_helper.to_array(initializers[name])
-
-    def _fresh(self, suffix: str) -> str:
-        name, i = f"{self.base}/scan/{suffix}", 1
-        while name in self.taken:
-            name, i = f"{self.base}/scan/{suffix}_{i}", i + 1
-        self.taken.add(name)
-        return name
-
-    def _const(self, suffix: str, value: Any) -> str:
-        from onnx import numpy_helper
-
-        name = self._fresh(suffix)
-        self.graph.initializer.append(numpy_helper.from_array(value, name))
-        return name
-
-    def _op(self, op: str, inputs: list[str], suffix: str, outputs: int = 1, **attrs: Any) -> Any:
-        from onnx import helper
-
-        names = [self._fresh(f"{suffix}_{k}" if outputs > 1 else suffix) for k in range(outputs)]
-        self.out.append(helper.make_node(op, inputs, names, name=self._fresh(op), **attrs))
-        return names if outputs > 1 else names[0]
+        self.w, self.r, self.b = (self.constant(role) for role in ("w", "r", "b"))
 
     def nodes(self) -> list[Any]:
         import numpy as np
         from onnx import TensorProto, helper
 
         d, h = len(self.directions), self.hidden
-        zero, one, two = (self._const(name, _i64(v)) for name, v in (("0", 0), ("1", 1), ("2", 2)))
-        shape = self._op("Shape", [self.x], "x_shape")
-        seq_batch = self._op("Slice", [shape, zero, two], "seq_batch")
-        seq = self._op("Slice", [shape, zero, one], "seq")
-        batch = self._op("Slice", [shape, one, two], "batch")
+        zero, one, two = (self.const(name, i64(v)) for name, v in (("0", 0), ("1", 1), ("2", 2)))
+        shape = self.op("Shape", [self.x], "x_shape")
+        seq_batch = self.op("Slice", [shape, zero, two], "seq_batch")
+        seq = self.op("Slice", [shape, zero, one], "seq")
+        batch = self.op("Slice", [shape, one, two], "batch")
         if self.lengths_in:
-            lengths = self._op("Cast", [self.lengths_in], "lengths", to=TensorProto.INT64)
+            lengths = self.op("Cast", [self.lengths_in], "lengths", to=TensorProto.INT64)
         else:  # every row runs the whole sequence
-            lengths = self._op("Expand", [seq, batch], "lengths")
+            lengths = self.op("Expand", [seq, batch], "lengths")
         # Every step's input projection, all directions at once: [D, T, B, H].
         per_direction = []
         for k, direction in enumerate(self.directions):
             x = self.x
             if direction == "reverse":
-                x = self._op(
+                x = self.op(
                     "ReverseSequence", [x, lengths], "x_reversed", batch_axis=1, time_axis=0
                 )
-            per_direction.append(self._op("Unsqueeze", [x, zero], f"x{k}"))
+            per_direction.append(self.op("Unsqueeze", [x, zero], f"x{k}"))
         stacked = (
-            per_direction[0] if d == 1 else self._op("Concat", per_direction, "x_stacked", axis=0)
+            per_direction[0] if d == 1 else self.op("Concat", per_direction, "x_stacked", axis=0)
         )
-        flat = self._op(
-            "Reshape", [stacked, self._const("flat", _i64(d, -1, self.w.shape[2]))], "x_flat"
+        flat = self.op(
+            "Reshape", [stacked, self.const("flat", i64(d, -1, self.w.shape[2]))], "x_flat"
         )
-        projected = self._op(
+        projected = self.op(
             "MatMul",
-            [flat, self._const("w_t", np.ascontiguousarray(self.w.transpose(0, 2, 1)))],
+            [flat, self.const("w_t", np.ascontiguousarray(self.w.transpose(0, 2, 1)))],
             "xw_flat",
         )
-        d_name, h_name = self._const("d", _i64(d)), self._const("h", _i64(h))
-        xw_shape = self._op("Concat", [d_name, seq_batch, h_name], "xw_shape", axis=0)
-        xw = self._op("Reshape", [projected, xw_shape], "xw")
+        d_name, h_name = self.const("d", i64(d)), self.const("h", i64(h))
+        xw_shape = self.op("Concat", [d_name, seq_batch, h_name], "xw_shape", axis=0)
+        xw = self.op("Reshape", [projected, xw_shape], "xw")
         if self.b is not None:  # both biases act on every step alike: outside the loop
             bias = (self.b[:, :h].astype(np.float32) + self.b[:, h:]).reshape(d, 1, 1, h)
             bias = bias.astype(self.b.dtype)
-            xw = self._op("Add", [xw, self._const("bias", np.ascontiguousarray(bias))], "xw_biased")
-        xw = self._op("Transpose", [xw], "xw_time_major", perm=[1, 0, 2, 3])
+            xw = self.op("Add", [xw, self.const("bias", np.ascontiguousarray(bias))], "xw_biased")
+        xw = self.op("Transpose", [xw], "xw_time_major", perm=[1, 0, 2, 3])
         # valid[t, 0, b, 0] = t < lengths[b], in the graph's float type
-        steps = self._op(
+        steps = self.op(
             "Range",
             [
-                self._const("start", np.asarray(0, np.int64)),
-                self._op("Squeeze", [seq], "seq_scalar"),
-                self._const("delta", np.asarray(1, np.int64)),
+                self.const("start", np.asarray(0, np.int64)),
+                self.op("Squeeze", [seq], "seq_scalar"),
+                self.const("delta", np.asarray(1, np.int64)),
             ],
             "steps",
         )
-        steps = self._op("Unsqueeze", [steps, self._const("step_axes", _i64(1, 2, 3))], "steps4")
-        rows = self._op("Unsqueeze", [lengths, self._const("row_axes", _i64(0, 1, 3))], "lengths4")
-        valid = self._op(
-            "Cast", [self._op("Less", [steps, rows], "valid_bool")], "valid", to=self.elem
+        steps = self.op("Unsqueeze", [steps, self.const("step_axes", i64(1, 2, 3))], "steps4")
+        rows = self.op("Unsqueeze", [lengths, self.const("row_axes", i64(0, 1, 3))], "lengths4")
+        valid = self.op(
+            "Cast", [self.op("Less", [steps, rows], "valid_bool")], "valid", to=self.elem
         )
         if self.h0:
             h0 = self.h0
         else:
-            h0_shape = self._op("Concat", [d_name, batch, h_name], "h0_shape", axis=0)
+            h0_shape = self.op("Concat", [d_name, batch, h_name], "h0_shape", axis=0)
             zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
-            h0 = self._op("ConstantOfShape", [h0_shape], "h0", value=zero_value)
-        recurrence = self._const("r_t", np.ascontiguousarray(self.r.transpose(0, 2, 1)))
-        h_last, ys = self._op(
+            h0 = self.op("ConstantOfShape", [h0_shape], "h0", value=zero_value)
+        recurrence = self.const("r_t", np.ascontiguousarray(self.r.transpose(0, 2, 1)))
+        h_last, ys = self.op(
             "Scan",
             [h0, xw, valid],
             "scan",
@@ -229,11 +162,11 @@ class _Rewrite:
         y_name, yh_name = ([*self.node.output, "", ""])[:2]
         y = self._outputs(ys, lengths)
         self.out.append(
-            helper.make_node("Identity", [y], [y_name or self._fresh("y")], name=self._fresh("Y"))
+            helper.make_node("Identity", [y], [y_name or self.fresh("y")], name=self.fresh("Y"))
         )
         if yh_name:
             self.out.append(
-                helper.make_node("Identity", [h_last], [yh_name], name=self._fresh("Y_h"))
+                helper.make_node("Identity", [h_last], [yh_name], name=self.fresh("Y_h"))
             )
         info = {"op": "RNN", "y": y_name, "lengths": bool(self.lengths_in)}
         body = next(a.g for a in scan.attribute if a.name == "body")
@@ -278,9 +211,9 @@ class _Rewrite:
         if "reverse" not in self.directions:
             return ys
         parts = (
-            self._op(
+            self.op(
                 "Split",
-                [ys, self._const("split", np.ones(len(self.directions), np.int64))],
+                [ys, self.const("split", np.ones(len(self.directions), np.int64))],
                 "y_dir",
                 outputs=len(self.directions),
                 axis=1,
@@ -288,14 +221,14 @@ class _Rewrite:
             if len(self.directions) > 1
             else [ys]
         )
-        axis1 = self._const("axis1", np.asarray([1], np.int64))
+        axis1 = self.const("axis1", np.asarray([1], np.int64))
         restored = []
         for part, direction in zip(parts, self.directions, strict=True):
             if direction == "reverse":
-                part = self._op("Squeeze", [part, axis1], "y_reverse")
-                part = self._op(
+                part = self.op("Squeeze", [part, axis1], "y_reverse")
+                part = self.op(
                     "ReverseSequence", [part, lengths], "y_restored", batch_axis=1, time_axis=0
                 )
-                part = self._op("Unsqueeze", [part, axis1], "y_reverse_4d")
+                part = self.op("Unsqueeze", [part, axis1], "y_reverse_4d")
             restored.append(part)
-        return restored[0] if len(restored) == 1 else self._op("Concat", restored, "y", axis=1)
+        return restored[0] if len(restored) == 1 else self.op("Concat", restored, "y", axis=1)
