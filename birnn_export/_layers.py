@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export._packed import is_packed_layer
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.spec import GraphSpec
 
@@ -52,7 +53,11 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
     """
     if not spec.recurrent_layers:
         raise LayersUnavailable("the graph's metadata lists no recurrent layers")
-    nodes = {n.name: n for n in proto.graph.node if n.op_type in _RECURRENT_OPS or is_rnn_scan(n)}
+    nodes = {
+        n.name: n
+        for n in proto.graph.node
+        if n.op_type in _RECURRENT_OPS or is_rnn_scan(n) or is_packed_layer(n)
+    }
     layers = []
     for info in spec.recurrent_layers:
         path = str(info.get("path", ""))
@@ -88,6 +93,8 @@ def _y_output(node: Any) -> str:
 
 
 def _has_lengths(node: Any) -> bool:
+    if is_packed_layer(node):  # only nodes that take lengths are packed
+        return True
     if is_rnn_scan(node):
         return bool(rnn_scan_info(node)["lengths"])
     return len(node.input) > 4 and bool(node.input[4])

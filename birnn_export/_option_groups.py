@@ -176,11 +176,13 @@ graph_options = option_group(
         click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
         click.option(
             "--layout",
-            type=click.Choice(["split", "fused", "scan"]),
+            type=click.Choice(["split", "fused", "scan", "packed"]),
             help="split: forward node + forward node between two ReverseSequence; fused: one "
             "bidirectional node per layer; scan: fused, with RNN nodes as exact Scan loops "
-            "(faster on ONNX Runtime's CPU). [default: by measurement, split for LSTM and GRU, "
-            "scan for RNN]",
+            "(faster on ONNX Runtime's CPU); packed: rows sorted by length, each time span "
+            "runs only the rows still going (faster for ragged batches on ONNX Runtime's CPU, "
+            "slower for full ones). [default: by measurement, split for LSTM and GRU, scan for "
+            "RNN]",
         ),
         click.option(
             "--dtype",

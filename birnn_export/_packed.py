@@ -40,6 +40,12 @@ def is_packed_layer(node: Any) -> bool:
     return any(p.key == PACKED_KEY for p in node.metadata_props)
 
 
+def packed_info(node: Any) -> dict[str, Any]:
+    """What :func:`pack_recurrent_nodes` recorded on a layer's ``Y`` node: the replaced node's
+    op, ``hidden_size`` and ``direction``, its ``Y`` and the number of time spans."""
+    return dict(json.loads(next(p.value for p in node.metadata_props if p.key == PACKED_KEY)))
+
+
 def pack_recurrent_nodes(proto: Any, chunks: int = CHUNKS) -> int:
     """Rewrite every ``LSTM``, ``GRU`` and ``RNN`` node of ``proto``'s main graph that takes
     ``sequence_lens`` into its packed form, in place (a node without lengths runs every row
@@ -65,6 +71,7 @@ class _Packed(NodeRewrite):
         if int(self.attrs.get("layout", 0)) != 0:
             raise ValueError(f"{node.op_type} node {self.base!r}: layout=1 is not supported")
         self.chunks = chunks
+        self.width = int(self.constant("w").shape[2])  # the input's feature size
         self.states = _STATES[node.op_type]
         # Each direction's weights, as initializers of their own: [1, ...] slices of [D, ...].
         self.weights = [
@@ -88,202 +95,230 @@ class _Packed(NodeRewrite):
         ]
 
     def nodes(self) -> list[Any]:
-        import numpy as np
         from onnx import TensorProto
 
         zero, one = self.const("0", i64(0)), self.const("1", i64(1))
-        end = self.const("end", i64(2**62))
         lengths = self.op("Cast", [self.inputs["lengths"]], "lengths", to=TensorProto.INT64)
         batch = self.op("Shape", [lengths], "batch")
-        seq = self.op("Slice", [self.op("Shape", [self.inputs["x"]], "x_shape"), zero, one], "seq")
-        # Rows longest first; ``inverse`` puts them back.
+        # Rows longest first (``order``); ``position[b]``: where row b went.
         as_float = self.op("Cast", [lengths], "lengths_float", to=TensorProto.FLOAT)
         _, order = self.op("TopK", [as_float, batch], "sort", outputs=2, axis=0, sorted=1)
-        sorted_lengths = self.op("Gather", [lengths, order], "sorted_lengths", axis=0)
-        rows = self.op(
-            "Range",
-            [
-                self.const("start", np.asarray(0, np.int64)),
-                self.op("Squeeze", [batch], "batch_scalar"),
-                self.const("delta", np.asarray(1, np.int64)),
-            ],
-            "rows",
-        )
-        inverse = self.op("ScatterElements", [order, order, rows], "inverse", axis=0)
-        x = self.op("Gather", [self.inputs["x"], order], "x_sorted", axis=1)
-        inputs = [
-            x
-            if direction == "forward"
-            else self.op(
-                "ReverseSequence", [x, sorted_lengths], "x_reversed", batch_axis=1, time_axis=0
+        lengths_sorted = self.op("Gather", [lengths, order], "lengths_sorted", axis=0)
+        rows = self.op("Range", [self.scalar(0), self.squeeze(batch), self.scalar(1)], "rows")
+        position = self.op("ScatterElements", [order, order, rows], "position", axis=0)
+        spans = _Spans(self, lengths_sorted, batch)
+        # x_index[k][t, j]: the row of x (as [T * B, I]) direction k reads at its step t for the
+        # j-th longest row; the reverse direction reads row j's valid steps backwards.
+        times = self.op("Unsqueeze", [self.range(spans.longest), one], "times")  # [T', 1]
+        ahead = self.op("Unsqueeze", [lengths_sorted, zero], "lengths_ahead")  # [1, B]
+        back = self.op("Sub", [self.op("Sub", [ahead, one], "last"), times], "back")
+        steps_read = {"forward": times, "reverse": self.op("Max", [back, zero], "back_steps")}
+        orders = self.op("Unsqueeze", [order, zero], "order_row")
+        x_index = [
+            self.op(
+                "Add", [self.op("Mul", [steps_read[k], batch], f"{k}_time"), orders], f"{k}_index"
             )
-            for direction in self.directions
+            for k in self.directions
         ]
-        longest = self.op("Slice", [sorted_lengths, zero, one], "longest")
-        span = self.op(
-            "Div",
-            [
-                self.op("Add", [longest, self.const("chunks_minus_1", i64(self.chunks - 1))], "up"),
-                self.const("chunks", i64(self.chunks)),
-            ],
-            "span",
-        )
-        state = self._initial_states(order, batch)
-        ys: list[list[str]] = [[] for _ in self.directions]
+        rows_shape = self.const("rows_shape", i64(-1, self.width))
+        x_rows = self.op("Reshape", [self.inputs["x"], rows_shape], "x_rows")
+        previous = self._initial_states(order)
+        ys: list[list[str]] = [[] for _ in self.directions]  # each direction's spans
+        states: dict[tuple[str, int], list[str]] = {key: [] for key in previous}
         for c in range(self.chunks):
-            start = self.op(
-                "Min",
-                [self.op("Mul", [span, self.const("c", i64(c))], "start_raw"), longest],
-                "start",
-            )
-            stop = self.op("Min", [self.op("Add", [start, span], "stop_raw"), longest], "stop")
-            running = self.op(
-                "Cast",
-                [self.op("Greater", [sorted_lengths, start], "running")],
-                "running_int",
-                to=TensorProto.INT64,
-            )  # at least one row: a span past the longest runs zero steps on row 0
-            n = self.op("Max", [self.op("ReduceSum", [running], "count", keepdims=1), one], "n")
-            steps = self.op("Sub", [stop, start], "steps")
-            chunk_lengths = self.op(
-                "Cast",
-                [
-                    self.op(
-                        "Min",
-                        [
-                            self.op(
-                                "Sub",
-                                [self.op("Slice", [sorted_lengths, zero, n], "first_n"), start],
-                                "left",
-                            ),
-                            steps,
-                        ],
-                        "chunk_lengths_int64",
-                    )
-                ],
-                "chunk_lengths",
-                to=TensorProto.INT32,
-            )
-            ran = self.op("Greater", [stop, start], "ran")
-            starts = self.op("Concat", [start, zero], "starts", axis=0)
-            ends = self.op("Concat", [stop, n], "ends", axis=0)
-            axes = self.const("axes", i64(0, 1))
+            lo, hi, n, chunk_lengths = spans.at(c)
             for d in range(len(self.directions)):
-                part = self.op("Slice", [inputs[d], starts, ends, axes], "x_chunk")
-                firsts = [
-                    self.op("Slice", [state[s, d], zero, n, one], f"{s}_in") for s in self.states
+                index = self.op("Slice", [x_index[d], lo, hi, self.const("axes", i64(0, 1))],
+                                "x_index")  # fmt: skip
+                x = self.op("Gather", [x_rows, index], "x_span", axis=0)  # [steps, n, I]
+                first = [
+                    self.op("Slice", [previous[s, d], zero, n, one], f"{s}_in")
+                    if previous[s, d]
+                    else ""
+                    for s in self.states
                 ]
                 w, r, b, p = self.weights[d]
-                node_inputs = [part, w, r, b, chunk_lengths, *firsts]
+                inputs = [x, w, r, b, chunk_lengths, *first]
                 if self.node.op_type == "LSTM":
-                    node_inputs.append(p)
-                outs = self.op(
-                    self.node.op_type,
-                    node_inputs,
-                    f"chunk{c}",
-                    outputs=1 + len(self.states),
-                    direction="forward",
-                    **self.node_attrs[d],
-                )
-                ys[d].append(self._pad_rows(outs[0], batch, n))
-                for s, new in zip(self.states, outs[1:], strict=True):
-                    kept = self.op("Where", [ran, new, firsts[self.states.index(s)]], f"{s}_run")
-                    rest = self.op("Slice", [state[s, d], n, end, one], f"{s}_rest")
-                    state[s, d] = self.op("Concat", [kept, rest], f"{s}_out", axis=1)
-        self._outputs(ys, state, seq, longest, sorted_lengths, inverse)
+                    inputs.append(p)
+                outs = self.op(self.node.op_type, inputs, f"span{c}", outputs=1 + len(self.states),
+                               direction="forward", **self.node_attrs[d])  # fmt: skip
+                flat = self.const("y_rows", i64(-1, self.hidden))
+                ys[d].append(self.op("Reshape", [outs[0], flat], "y_span"))  # [steps * n, H]
+                for s, out in zip(self.states, outs[1:], strict=True):
+                    states[s, d].append(out)
+                    previous[s, d] = out
+        self._y(ys, spans, lengths, position)
+        self._states(states, spans, position)
         return self.out
 
-    def _initial_states(self, order: str, batch: str) -> dict[tuple[str, int], str]:
-        from onnx import helper
+    def scalar(self, value: int) -> str:
+        import numpy as np
 
-        state = {}
+        return self.const("scalar", np.asarray(value, np.int64))
+
+    def squeeze(self, name: str) -> str:
+        return self.op("Squeeze", [name], f"{name.rsplit('/', 1)[-1]}_scalar")
+
+    def range(self, stop: str) -> str:
+        """``[0, 1, ..., stop - 1]`` for a [1]-shaped int64 ``stop``."""
+        return self.op("Range", [self.scalar(0), self.squeeze(stop), self.scalar(1)], "range")
+
+    def _initial_states(self, order: str) -> dict[tuple[str, int], str]:
+        """Each direction's given initial states in the sorted rows' order ("" where none is
+        given: the first span's node starts from zeros, as the node did)."""
+        previous = {}
         for s in self.states:
             given = self.inputs[f"{s}0"]
+            rows = self.op("Gather", [given, order], f"{s}0_sorted", axis=1) if given else ""
             for d in range(len(self.directions)):
-                if given:
-                    rows = self.op("Gather", [given, order], f"{s}0_sorted", axis=1)
-                    state[s, d] = self.op(
-                        "Slice",
-                        [
-                            rows,
-                            self.const("d", i64(d)),
-                            self.const("d1", i64(d + 1)),
-                            self.const("axis0", i64(0)),
-                        ],
-                        f"{s}0_{d}",
-                    )
-                else:
-                    shape = self.op(
-                        "Concat",
-                        [self.const("one", i64(1)), batch, self.const("hidden", i64(self.hidden))],
-                        "state_shape",
-                        axis=0,
-                    )
-                    zero = helper.make_tensor("zero", self.elem, [1], [0.0])
-                    state[s, d] = self.op("ConstantOfShape", [shape], f"{s}0_{d}", value=zero)
-        return state
+                at = (self.const("d", i64(d)), self.const("d1", i64(d + 1)))
+                previous[s, d] = self.op("Slice", [rows, *at], f"{s}0_{d}") if rows else ""
+        return previous
 
-    def _pad_rows(self, y: str, batch: str, n: str) -> str:
-        """A span's [steps, 1, n, H] padded with zero rows to [steps, 1, B, H]."""
-        missing = self.op("Sub", [batch, n], "missing_rows")
-        pads = self.op(
-            "Concat",
-            [self.const("no_pads", i64(0, 0, 0, 0, 0, 0)), missing, self.const("no_pad", i64(0))],
-            "row_pads",
-            axis=0,
-        )
-        return self.op("Pad", [y, pads], "y_chunk")
-
-    def _outputs(
-        self,
-        ys: list[list[str]],
-        state: dict[tuple[str, int], str],
-        seq: str,
-        longest: str,
-        sorted_lengths: str,
-        inverse: str,
-    ) -> None:
-        """Spans joined, padded to the input's length, reverse rows re-reversed, rows put back
-        in their order, under the node's own output names."""
+    def _y(self, ys: list[list[str]], spans: _Spans, lengths: str, position: str) -> None:
+        """``Y`` as one Gather from every span's output rows (and a zero row for padding),
+        straight into time order and the rows' own order."""
+        import numpy as np
         from onnx import helper
 
-        time_pads = self.op(
-            "Concat",
-            [
-                self.const("no_pads", i64(0, 0, 0, 0)),
-                self.op("Sub", [seq, longest], "missing_steps"),
-                self.const("no_pads_after", i64(0, 0, 0)),
-            ],
-            "time_pads",
-            axis=0,
-        )
-        axis1 = self.const("axis1", i64(1))
-        directions = []
-        for d, direction in enumerate(self.directions):
-            y = self.op("Pad", [self.op("Concat", ys[d], "y_spans", axis=0), time_pads], "y_dir")
-            if direction == "reverse":
-                y = self.op("Squeeze", [y, axis1], "y_reversed")
-                y = self.op(
-                    "ReverseSequence", [y, sorted_lengths], "y_restored", batch_axis=1, time_axis=0
-                )
-                y = self.op("Unsqueeze", [y, axis1], "y_restored_4d")
-            directions.append(y)
-        y = directions[0] if len(directions) == 1 else self.op("Concat", directions, "y", axis=1)
+        d, h = len(self.directions), self.hidden
+        zero, one = self.const("0", i64(0)), self.const("1", i64(1))
+        zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
+        padding = self.op("ConstantOfShape", [self.const("row", i64(1, h))], "padding",
+                          value=zero_value)  # fmt: skip
+        rows = self.op("Concat", [*(y for spans_d in ys for y in spans_d), padding], "y_rows",
+                       axis=0)  # fmt: skip
+        # index[t, k, b]: the row of ``rows`` holding direction k's output at time t of row b;
+        # past the row's length, the zero row.
+        seq = self.op("Slice", [self.op("Shape", [self.inputs["x"]], "x_shape"), zero, one], "seq")
+        t = self.op("Unsqueeze", [self.range(seq), self.const("t_axes", i64(1, 2))], "t")
+        row_lengths = self.op("Unsqueeze", [lengths, self.const("l_axes", i64(0, 1))], "l")
+        valid = self.op("Less", [t, row_lengths], "valid")  # [T, 1, B]
+        back = self.op("Sub", [self.op("Sub", [row_lengths, one], "last"), t], "back")
+        reverse = self.const("reverse", np.asarray([[[k == "reverse"] for k in self.directions]]))
+        step = self.op("Max", [self.op("Where", [reverse, back, t], "step_raw"), zero], "step")
+        last_span = self.const("last_span", i64(self.chunks - 1))
+        which = self.op("Min", [self.op("Div", [step, spans.span], "which_raw"), last_span],
+                        "which")  # [T, D, B]  # fmt: skip
+        start = self.op("Gather", [spans.starts, which], "span_start")
+        within = self.op("Mul", [self.op("Sub", [step, start], "offset"),
+                                 self.op("Gather", [spans.counts, which], "span_rows")],
+                         "within")  # fmt: skip
+        total = self.op("ReduceSum", [spans.sizes], "total", keepdims=1)
+        bases = self.const("direction_base", np.arange(d, dtype=np.int64).reshape(1, d, 1))
+        base = self.op("Add", [self.op("Mul", [bases, total], "direction_base"),
+                               self.op("Gather", [spans.offsets, which], "span_base")],
+                       "base")  # fmt: skip
+        index = self.op("Add", [base, self.op("Add", [within, position], "row")], "index_valid")
+        past = self.op("Mul", [self.const("directions", i64(d)), total], "zero_row")
+        index = self.op("Where", [valid, index, past], "index")
         names = [*self.node.output, "", "", ""][: 1 + len(self.states)]
         final = helper.make_node(
-            "Gather", [y, inverse], [names[0] or self.fresh("Y")], name=self.base, axis=2
+            "Gather", [rows, index], [names[0] or self.fresh("Y")], name=self.base, axis=0
         )
-        record = {"op": self.node.op_type, "y": final.output[0]}
+        record = {
+            "op": self.node.op_type,
+            "y": final.output[0],
+            "hidden_size": h,
+            "direction": "bidirectional" if d == 2 else self.directions[0],
+            "chunks": self.chunks,
+        }
         final.metadata_props.add(key=PACKED_KEY, value=json.dumps(record))
         self.out.append(final)
-        for s, name in zip(self.states, names[1:], strict=True):
-            if name:
-                joined = [state[s, d] for d in range(len(self.directions))]
-                stacked = (
-                    joined[0] if len(joined) == 1 else self.op("Concat", joined, f"{s}_n", axis=0)
+
+    def _states(self, states: dict[tuple[str, int], list[str]], spans: _Spans,
+                position: str) -> None:  # fmt: skip
+        """``Y_h`` (``Y_c``): each row's state from the last span it ran in, in its order."""
+        import numpy as np
+        from onnx import TensorProto, helper
+
+        names = [*self.node.output, "", "", ""][1 : 1 + len(self.states)]
+        if not any(names):
+            return
+        d, h = len(self.directions), self.hidden
+        zero = self.const("0", i64(0))
+        # The last span row j ran in: how many spans start before its length, less one.
+        ran = self.op("Cast", [spans.running], "ran", to=TensorProto.INT64)
+        last = self.op("Max", [self.op("Sub", [self.op("ReduceSum", [ran, zero], "spans_run",
+                                                       keepdims=0), self.const("1", i64(1))],
+                                       "last_raw"), zero], "last")  # fmt: skip
+        last = self.op("Gather", [last, position], "last_span")  # [B], each row's own
+        firsts = self.op("CumSum", [spans.counts, zero], "state_offsets", exclusive=1)
+        total = self.op("ReduceSum", [spans.counts], "state_total", keepdims=1)
+        bases = self.const("direction_base", np.arange(d, dtype=np.int64).reshape(d, 1))
+        index = self.op(
+            "Add",
+            [self.op("Add", [self.op("Mul", [bases, total], "base"),
+                             self.op("Gather", [firsts, last], "span_base")], "bases"),
+             position],
+            "state_index",
+        )  # [D, B]  # fmt: skip
+        for s, name in zip(self.states, names, strict=True):
+            if not name:
+                continue
+            pieces = [piece for k in range(d) for piece in states[s, k]]
+            joined = self.op("Concat", pieces, f"{s}_spans", axis=1)  # [1, D * sum(n), H]
+            picked = self.op("Gather", [joined, index], f"{s}_picked", axis=1)  # [1, D, B, H]
+            self.out.append(
+                helper.make_node(
+                    "Reshape", [picked, self.const("state_shape", i64(d, -1, h))], [name],
+                    name=self.fresh(f"Y_{s}"),
                 )
-                self.out.append(
-                    helper.make_node(
-                        "Gather", [stacked, inverse], [name], name=self.fresh(f"Y_{s}"), axis=1
-                    )
-                )
+            )  # fmt: skip
+
+
+class _Spans:
+    """The time spans of one packed layer, all at once ([CHUNKS] each): where each starts and
+    stops, how many rows run in it (a prefix of the sorted rows), and where its output rows
+    begin among all spans'."""
+
+    def __init__(self, rewrite: _Packed, lengths_sorted: str, batch: str) -> None:
+        from onnx import TensorProto
+
+        r, k = rewrite, rewrite.chunks
+        zero, one = r.const("0", i64(0)), r.const("1", i64(1))
+        self.rewrite, self.lengths_sorted = r, lengths_sorted
+        self.longest = r.op("Slice", [lengths_sorted, zero, one], "longest")
+        up = r.op("Add", [self.longest, r.const("k_1", i64(k - 1))], "up")
+        self.span = r.op("Max", [r.op("Div", [up, r.const("k", i64(k))], "span_raw"), one], "span")
+        indices = r.const("spans", i64(*range(k)))
+        self.starts = r.op("Min", [r.op("Mul", [self.span, indices], "starts_raw"), self.longest],
+                           "starts")  # fmt: skip
+        stops = r.op("Min", [r.op("Add", [self.starts, self.span], "stops_raw"), self.longest],
+                     "stops")  # fmt: skip
+        steps = r.op("Sub", [stops, self.starts], "steps")
+        ahead = r.op("Unsqueeze", [lengths_sorted, zero], "lengths_ahead")  # [1, B]
+        starts_down = r.op("Unsqueeze", [self.starts, one], "starts_down")  # [K, 1]
+        self.running = r.op("Greater", [ahead, starts_down], "running")  # [K, B]
+        count = r.op(
+            "ReduceSum",
+            [r.op("Cast", [self.running], "running_int", to=TensorProto.INT64), one],
+            "count",
+            keepdims=0,
+        )
+        # At least one row: a span past the longest runs zero steps on row 0, unread.
+        self.counts = r.op("Max", [count, one], "counts")
+        self.sizes = r.op("Mul", [steps, self.counts], "sizes")
+        self.offsets = r.op("CumSum", [self.sizes, zero], "offsets", exclusive=1)
+        down = [r.op("Unsqueeze", [v, one], f"{name}_down")
+                for v, name in ((stops, "stops"), (self.counts, "counts"))]  # fmt: skip
+        zeros = r.op("Mul", [starts_down, zero], "zeros")
+        self.lo = r.op("Concat", [starts_down, zeros], "lo", axis=1)  # [K, 2]: (start, 0)
+        self.hi = r.op("Concat", down, "hi", axis=1)  # [K, 2]: (stop, rows)
+        self.n = down[1]  # [K, 1]
+        left = r.op("Max", [r.op("Sub", [ahead, starts_down], "left_raw"), zero], "left")
+        steps_down = r.op("Unsqueeze", [steps, one], "steps_down")
+        self.lengths = r.op("Cast", [r.op("Min", [left, steps_down], "span_lengths_int64")],
+                            "span_lengths", to=TensorProto.INT32)  # [K, B]  # fmt: skip
+
+    def at(self, c: int) -> tuple[str, str, str, str]:
+        """Span ``c``'s Slice starts and ends over (time, rows), its row count [1], and its
+        rows' step counts [n] (the node's ``sequence_lens``)."""
+        r = self.rewrite
+        index = r.scalar(c)
+        lo, hi, n = (r.op("Gather", [v, index], name)
+                     for v, name in ((self.lo, "lo"), (self.hi, "hi"), (self.n, "n")))  # fmt: skip
+        lengths = r.op("Gather", [self.lengths, index], "lengths_all")
+        lengths = r.op("Slice", [lengths, r.const("0", i64(0)), n], "span_lengths")
+        return lo, hi, n, lengths

@@ -11,6 +11,7 @@ from typing import Any
 
 from birnn_export._files import onnx_file_size
 from birnn_export._graph import ONNX_DTYPES, dims_of
+from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
@@ -40,7 +41,22 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         ]
 
     recurrent = []
+    packed = {f"{n.name}/packed/" for n in proto.graph.node if is_packed_layer(n)}
     for node in proto.graph.node:
+        if packed and node.name.startswith(tuple(packed)):
+            continue  # a packed layer's parts: the layer is listed once, below
+        if is_packed_layer(node):
+            info = packed_info(node)
+            attrs = {k: info[k] for k in ("hidden_size", "direction", "chunks")}
+            recurrent.append(
+                {
+                    "name": node.name,
+                    "op": f"{info['op']} (packed)",
+                    "attributes": attrs,
+                    "inputs": list(node.input),
+                }
+            )
+            continue
         recurrent_op = node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence")
         if recurrent_op or is_viterbi_scan(node) or is_rnn_scan(node):
             attrs = {

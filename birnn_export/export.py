@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import PlannedInputs, plan_inputs
+from birnn_export._packed import pack_recurrent_nodes
 from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
 from birnn_export._scan import scan_rnn_nodes
 from birnn_export._version import __version__
@@ -62,7 +63,7 @@ from birnn_export.spec import (
 #: and ONNX Runtime >= 1.14 both import.
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
-LAYOUTS = ("split", "fused", "scan")
+LAYOUTS = ("split", "fused", "scan", "packed")
 #: The layout chosen per cell type when none is asked for, by measurement on ONNX Runtime CPU
 #: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU every form ties
 #: within noise and split is kept; for plain RNN the Scan loop was 1.05x to 1.7x as fast as the
@@ -147,7 +148,10 @@ def trace_graph(
         layout: ``"fused"``: one ``direction="bidirectional"`` node per layer with
             ``sequence_lens``; ``"split"``: two forward nodes, the second between two
             ``ReverseSequence`` nodes; ``"scan"``: as fused, with every ``RNN`` node written
-            as an exact ``Scan`` loop (:mod:`birnn_export._scan`; LSTM and GRU nodes stay).
+            as an exact ``Scan`` loop (:mod:`birnn_export._scan`; LSTM and GRU nodes stay);
+            ``"packed"``: as fused, with every node that takes lengths running only the rows
+            still going, as torch does on a PackedSequence (:mod:`birnn_export._packed`:
+            faster for ragged batches on ONNX Runtime's CPU, slower for full ones).
             Default: by cell type (:data:`DEFAULT_LAYOUTS`).
         lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
             the configuration or the name of ``forward``'s second parameter.
@@ -220,7 +224,8 @@ def trace_graph(
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
-    emitted = "fused" if layout == "scan" else layout  # scan: fused, then RNN nodes rewritten
+    # scan and packed: the fused graph, then its nodes rewritten
+    emitted = "fused" if layout in ("scan", "packed") else layout
     proto = _trace(traced, trace_inputs, planned, outs, opset, emitted)
     tags = expand_viterbi(proto)
     clean_nodes(proto)
@@ -232,6 +237,11 @@ def trace_graph(
             scan_rnn_nodes(proto)
         except ValueError as exc:  # a node the loop cannot express exactly: say which
             raise ExportError(f"layout scan: {exc}; use --layout fused") from None
+    elif layout == "packed":
+        try:
+            pack_recurrent_nodes(proto)
+        except ValueError as exc:
+            raise ExportError(f"layout packed: {exc}; use --layout fused") from None
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{

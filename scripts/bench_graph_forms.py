@@ -1,7 +1,8 @@
 """Every graph form of one model under ONNX Runtime CPU, and eager PyTorch, measured fairly.
 
-Forms: birnn-export's ``split``, ``fused`` and ``scan`` layouts (``scan`` differs from ``fused``
-only for RNN cells: their nodes become Scan loops), the stock legacy exporter
+Forms: birnn-export's ``split``, ``fused``, ``scan`` and ``packed`` layouts (``scan`` differs
+from ``fused`` only for RNN cells: their nodes become Scan loops; ``packed`` runs only the rows
+still going, as a PackedSequence does), the stock legacy exporter
 (``torch.onnx.export(..., dynamo=False)`` of the model in torch's own layers, packing included),
 and eager PyTorch (torch's own layers on a PackedSequence). Every form is timed in its own
 block (warm-up, then the runs), never interleaved with another: ONNX Runtime's spinning thread
@@ -114,7 +115,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for layout in ("split", "fused", "scan"):
+        for layout in ("split", "fused", "scan", "packed"):
             result = export_onnx(model, Path(tmp) / f"{layout}.onnx", layout=layout, verify=False)
             paths[layout] = result.path
         spec = result.spec

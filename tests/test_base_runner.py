@@ -99,7 +99,17 @@ STAGES = (
     ("spec", "compare", "_report"),
     ("modules", "crf", "conversion", "models", "seed"),
     ("checkpoint",),
-    ("export", "_inputs", "_graph", "_rewrites", "_scan", "quantize", "describe"),
+    (
+        "export",
+        "_inputs",
+        "_graph",
+        "_rewrites",
+        "_node_rewrite",
+        "_scan",
+        "_packed",
+        "quantize",
+        "describe",
+    ),
     ("runners", "base_runner", "_isolation", "trt", "trt_plan"),
     (
         "verification",
