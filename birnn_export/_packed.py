@@ -2,23 +2,26 @@
 going, as torch's layers on a ``PackedSequence`` do.
 
 ONNX Runtime's LSTM, GRU and RNN kernels compute every row up to the batch's longest, so a
-ragged batch pays for its padding (README, "Graph layouts and speed"). Here the rows are
-sorted by length, longest first (``TopK``), and time is cut into :data:`CHUNKS` equal spans of
-the longest row's length; span ``c`` runs a forward node over only the rows longer than its
-start (a prefix of the sorted rows), carrying each row's state from the span before. The
-reverse direction is the same over ``ReverseSequence``'d rows, as the node itself reads them.
-Outputs are put back in the rows' order. Nothing is unrolled per step: a layer has
-``CHUNKS`` nodes per direction whatever the length, and batch and time stay symbolic.
+ragged batch pays for its padding (README, "Graph layouts and speed"). Here the rows are sorted
+by length, longest first (``TopK``), and time is cut into :data:`CHUNKS` spans at the lengths
+of the rows at the batch's quartiles, so about 1, 3/4, 1/2 and 1/4 of the rows run in them (a
+prefix of the sorted rows each); span ``c`` is one forward node per direction over those rows,
+starting from their states at the end of span ``c - 1``. Equal lengths (B = 1, or every row
+full) make one span and three empty ones. Nothing is unrolled per step: a layer has
+:data:`CHUNKS` nodes per direction whatever the length, and batch and time stay symbolic.
 
-A span past the longest row (a batch shorter than :data:`CHUNKS` steps) runs zero steps on one
-row, and its state is discarded (``Where``): ONNX Runtime returns zeros, not the initial state,
-for zero steps. There is no ``If`` or ``Loop``: TensorRT cannot build recurrent nodes inside
-either (its builder asserts), and it builds this form.
+Data moves twice. One ``Gather`` per span reads its rows' input steps from ``x`` (the reverse
+direction reads each row's valid steps backwards, as the node does); one ``Gather`` writes
+``Y`` from all spans' outputs straight into time order and the rows' own order, with a zero row
+past each length. ``Y_h`` (``Y_c``) is each row's state from the last span it ran in. An empty
+span runs zero steps on one row and passes its rows' states on (``Where``: ONNX Runtime returns
+zeros, not the initial state, for zero steps). There is no ``If`` or ``Loop``: TensorRT's
+builder fails on recurrent nodes inside either (measured), and it builds this form.
 
-Semantics are the node's: ``Y`` is zero past each row's length and ``Y_h`` (``Y_c``) is the
-state at the row's last step, in both directions; ``initial_h`` (``initial_c``) and LSTM's
-peepholes are kept. The layer's ``Y`` comes from a ``Gather`` node that keeps the replaced
-node's name, marked with :data:`PACKED_KEY`, so layer checks find the layer.
+Semantics are the node's, ``initial_h``/``initial_c``, LSTM's peepholes and per-direction
+activations included (``activation_alpha``/``_beta`` are refused). The layer's ``Y`` comes from
+a ``Gather`` that keeps the replaced node's name, marked with :data:`PACKED_KEY`, so layer
+checks and ``inspect`` find the layer.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from birnn_export._node_rewrite import NodeRewrite, i64, replace_nodes
 
-#: Time spans per layer: more skip more padding, fewer add fewer nodes (4 and 8 measured alike).
+#: Time spans per layer: more skip more of a ragged batch's padding, and add nodes.
 CHUNKS = 4
 #: ``metadata_props`` key on the node that outputs a packed layer's ``Y``.
 PACKED_KEY = "birnn_export.packed"
@@ -126,7 +129,7 @@ class _Packed(NodeRewrite):
         ys: list[list[str]] = [[] for _ in self.directions]  # each direction's spans
         states: dict[tuple[str, int], list[str]] = {key: [] for key in previous}
         for c in range(self.chunks):
-            lo, hi, n, chunk_lengths = spans.at(c)
+            lo, hi, n, chunk_lengths, ran = spans.at(c)
             for d in range(len(self.directions)):
                 index = self.op("Slice", [x_index[d], lo, hi, self.const("axes", i64(0, 1))],
                                 "x_index")  # fmt: skip
@@ -146,6 +149,8 @@ class _Packed(NodeRewrite):
                 flat = self.const("y_rows", i64(-1, self.hidden))
                 ys[d].append(self.op("Reshape", [outs[0], flat], "y_span"))  # [steps * n, H]
                 for s, out in zip(self.states, outs[1:], strict=True):
+                    if c:  # an empty span passes its rows' states on (the node gives zeros)
+                        out = self.op("Where", [ran, out, first[self.states.index(s)]], f"{s}_out")
                     states[s, d].append(out)
                     previous[s, d] = out
         self._y(ys, spans, lengths, position)
@@ -180,7 +185,7 @@ class _Packed(NodeRewrite):
         """``Y`` as one Gather from every span's output rows (and a zero row for padding),
         straight into time order and the rows' own order."""
         import numpy as np
-        from onnx import helper
+        from onnx import TensorProto, helper
 
         d, h = len(self.directions), self.hidden
         zero, one = self.const("0", i64(0)), self.const("1", i64(1))
@@ -198,9 +203,21 @@ class _Packed(NodeRewrite):
         back = self.op("Sub", [self.op("Sub", [row_lengths, one], "last"), t], "back")
         reverse = self.const("reverse", np.asarray([[[k == "reverse"] for k in self.directions]]))
         step = self.op("Max", [self.op("Where", [reverse, back, t], "step_raw"), zero], "step")
-        last_span = self.const("last_span", i64(self.chunks - 1))
-        which = self.op("Min", [self.op("Div", [step, spans.span], "which_raw"), last_span],
-                        "which")  # [T, D, B]  # fmt: skip
+        # The span holding step s: how many inner bounds are <= s (an empty span holds none).
+        passed = self.op(
+            "GreaterOrEqual",
+            [self.op("Unsqueeze", [step, self.const("last", i64(3))], "step_4d"), spans.inner],
+            "passed",
+        )
+        which = self.op(
+            "ReduceSum",
+            [
+                self.op("Cast", [passed], "passed_int", to=TensorProto.INT64),
+                self.const("axis3", i64(3)),
+            ],
+            "which",
+            keepdims=0,
+        )
         start = self.op("Gather", [spans.starts, which], "span_start")
         within = self.op("Mul", [self.op("Sub", [step, start], "offset"),
                                  self.op("Gather", [spans.counts, which], "span_rows")],
@@ -280,13 +297,18 @@ class _Spans:
         zero, one = r.const("0", i64(0)), r.const("1", i64(1))
         self.rewrite, self.lengths_sorted = r, lengths_sorted
         self.longest = r.op("Slice", [lengths_sorted, zero, one], "longest")
-        up = r.op("Add", [self.longest, r.const("k_1", i64(k - 1))], "up")
-        self.span = r.op("Max", [r.op("Div", [up, r.const("k", i64(k))], "span_raw"), one], "span")
-        indices = r.const("spans", i64(*range(k)))
-        self.starts = r.op("Min", [r.op("Mul", [self.span, indices], "starts_raw"), self.longest],
-                           "starts")  # fmt: skip
-        stops = r.op("Min", [r.op("Add", [self.starts, self.span], "stops_raw"), self.longest],
-                     "stops")  # fmt: skip
+        # Span c >= 1 starts at the length of the row at sorted position (K - c) * B // K, so
+        # about (K - c) / K of the rows run in it: the spans follow the batch's own lengths.
+        # Equal rows (B = 1, or all full) make one span and K - 1 empty ones.
+        at = r.op(
+            "Div",
+            [r.op("Mul", [r.const("quantiles", i64(*range(k - 1, 0, -1))), batch], "at_raw"),
+             r.const("k", i64(k))],
+            "at",
+        )  # fmt: skip
+        self.inner = r.op("Gather", [lengths_sorted, at], "inner_bounds")  # [K - 1], rising
+        self.starts = r.op("Concat", [zero, self.inner], "starts", axis=0)
+        stops = r.op("Concat", [self.inner, self.longest], "stops", axis=0)
         steps = r.op("Sub", [stops, self.starts], "steps")
         ahead = r.op("Unsqueeze", [lengths_sorted, zero], "lengths_ahead")  # [1, B]
         starts_down = r.op("Unsqueeze", [self.starts, one], "starts_down")  # [K, 1]
@@ -297,7 +319,7 @@ class _Spans:
             "count",
             keepdims=0,
         )
-        # At least one row: a span past the longest runs zero steps on row 0, unread.
+        # At least one row: an empty span runs zero steps on row 0, unread.
         self.counts = r.op("Max", [count, one], "counts")
         self.sizes = r.op("Mul", [steps, self.counts], "sizes")
         self.offsets = r.op("CumSum", [self.sizes, zero], "offsets", exclusive=1)
@@ -307,18 +329,19 @@ class _Spans:
         self.lo = r.op("Concat", [starts_down, zeros], "lo", axis=1)  # [K, 2]: (start, 0)
         self.hi = r.op("Concat", down, "hi", axis=1)  # [K, 2]: (stop, rows)
         self.n = down[1]  # [K, 1]
+        self.ran = r.op("Greater", [stops, self.starts], "ran")  # [K]
         left = r.op("Max", [r.op("Sub", [ahead, starts_down], "left_raw"), zero], "left")
         steps_down = r.op("Unsqueeze", [steps, one], "steps_down")
         self.lengths = r.op("Cast", [r.op("Min", [left, steps_down], "span_lengths_int64")],
                             "span_lengths", to=TensorProto.INT32)  # [K, B]  # fmt: skip
 
-    def at(self, c: int) -> tuple[str, str, str, str]:
-        """Span ``c``'s Slice starts and ends over (time, rows), its row count [1], and its
-        rows' step counts [n] (the node's ``sequence_lens``)."""
+    def at(self, c: int) -> tuple[str, str, str, str, str]:
+        """Span ``c``'s Slice starts and ends over (time, rows), its row count [1], its rows'
+        step counts [n] (the node's ``sequence_lens``), and whether it has any steps."""
         r = self.rewrite
         index = r.scalar(c)
         lo, hi, n = (r.op("Gather", [v, index], name)
                      for v, name in ((self.lo, "lo"), (self.hi, "hi"), (self.n, "n")))  # fmt: skip
         lengths = r.op("Gather", [self.lengths, index], "lengths_all")
         lengths = r.op("Slice", [lengths, r.const("0", i64(0)), n], "span_lengths")
-        return lo, hi, n, lengths
+        return lo, hi, n, lengths, r.op("Gather", [self.ran, index], "ran_span")

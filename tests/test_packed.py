@@ -128,10 +128,12 @@ def test_the_rewrite_computes_what_the_node_computes(op, gates, attrs):
     original = model.SerializeToString()
     assert pack_recurrent_nodes(model) == 1
     rng = np.random.default_rng(3)
-    for lengths in ([9, 1, 5, 9, 2], [1, 1], [3, 2, 3]):
+    batches = [[9, 1, 5, 9, 2], [1, 1], [3, 2, 3], [4], [2, 1, 2, 1, 1, 2], [9] * 6]
+    batches += [rng.integers(1, 10, rng.integers(1, 12)).tolist() for _ in range(20)]
+    for lengths in batches:  # ties, B = 1, B < CHUNKS, equal rows, spans that are empty
         batch = len(lengths)
         feed = {
-            "X": rng.standard_normal((9, batch, 2)).astype(np.float32),
+            "X": rng.standard_normal((max(lengths) + 1, batch, 2)).astype(np.float32),
             "L": np.array(lengths, np.int32),
             **{s: rng.standard_normal((2, batch, 3)).astype(np.float32) for s in ("h0", "c0")},
         }
