@@ -45,6 +45,7 @@ class NodeRewrite:
             initializers[self.inputs["w"]].data_type if self.inputs["w"] in initializers else None
         )
         self.out: list[Any] = []
+        self._small: dict[Any, str] = {}
 
     def constant(self, role: str) -> Any:
         """The node's input ``role`` (``"w"``, ``"r"``, ``"b"``, ``"p"``) as an array, or None
@@ -68,10 +69,17 @@ class NodeRewrite:
         return name
 
     def const(self, suffix: str, value: Any) -> str:
+        """An initializer holding ``value``; a small one (an index, a shape) is made once per
+        rewrite and shared."""
         from onnx import numpy_helper
 
+        key = (value.dtype.str, value.shape, value.tobytes()) if value.size <= 16 else None
+        if key in self._small:
+            return self._small[key]
         name = self.fresh(suffix)
         self.graph.initializer.append(numpy_helper.from_array(value, name))
+        if key is not None:
+            self._small[key] = name
         return name
 
     def op(self, op: str, inputs: list[str], suffix: str, outputs: int = 1, **attrs: Any) -> Any:
