@@ -213,3 +213,7 @@ def test_tensorrt_parses_and_builds_the_packed_layout(tmp_path):
     export_onnx(model, tmp_path / "m.onnx", layout="packed", verify=False)
     report = check_compatibility(tmp_path / "m.onnx", target="tensorrt")
     assert report.ok and report.checked_with, report.lines()
+    notes = [f for f in report.findings if "packed layout" in f.message]
+    assert [f.severity for f in notes] == ["info", "info"]  # one per layer: speed unmeasured
+    cuda = check_compatibility(tmp_path / "m.onnx", target="ort-cuda")
+    assert cuda.ok and len([f for f in cuda.findings if "packed layout" in f.message]) == 2
