@@ -179,10 +179,10 @@ graph_options = option_group(
             type=click.Choice(["split", "fused", "scan", "packed"]),
             help="split: forward node + forward node between two ReverseSequence; fused: one "
             "bidirectional node per layer; scan: fused, with RNN nodes as exact Scan loops "
-            "(faster on ONNX Runtime's CPU); packed: rows sorted by length, each time span "
-            "runs only the rows still going (faster for ragged batches on ONNX Runtime's CPU, "
-            "slower for full ones). [default: by measurement, split for LSTM and GRU, scan for "
-            "RNN]",
+            "(faster on ONNX Runtime's CPU); packed: scan, with LSTM and GRU nodes that run "
+            "only the rows still going, as a PackedSequence does (faster for ragged batches on "
+            "ONNX Runtime's CPU, slower at B = 1). [default: by measurement, split for LSTM "
+            "and GRU, scan for RNN]",
         ),
         click.option(
             "--dtype",

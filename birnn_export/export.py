@@ -149,9 +149,10 @@ def trace_graph(
             ``sequence_lens``; ``"split"``: two forward nodes, the second between two
             ``ReverseSequence`` nodes; ``"scan"``: as fused, with every ``RNN`` node written
             as an exact ``Scan`` loop (:mod:`birnn_export._scan`; LSTM and GRU nodes stay);
-            ``"packed"``: as fused, with every node that takes lengths running only the rows
-            still going, as torch does on a PackedSequence (:mod:`birnn_export._packed`:
-            faster for ragged batches on ONNX Runtime's CPU, slower for full ones).
+            ``"packed"``: as scan, with every LSTM and GRU node that takes lengths running
+            only the rows still going, as torch does on a PackedSequence
+            (:mod:`birnn_export._packed`: faster for ragged batches on ONNX Runtime's CPU,
+            slower at B = 1).
             Default: by cell type (:data:`DEFAULT_LAYOUTS`).
         lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
             the configuration or the name of ``forward``'s second parameter.
@@ -232,16 +233,13 @@ def trace_graph(
     if target == torch.float16:
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
-    if layout == "scan":
-        try:
+    if layout in ("scan", "packed"):
+        try:  # packed: LSTM and GRU nodes packed, RNN nodes as loops (faster than packed)
+            if layout == "packed":
+                pack_recurrent_nodes(proto)
             scan_rnn_nodes(proto)
-        except ValueError as exc:  # a node the loop cannot express exactly: say which
-            raise ExportError(f"layout scan: {exc}; use --layout fused") from None
-    elif layout == "packed":
-        try:
-            pack_recurrent_nodes(proto)
-        except ValueError as exc:
-            raise ExportError(f"layout packed: {exc}; use --layout fused") from None
+        except ValueError as exc:  # a node the rewrite cannot express exactly: say which
+            raise ExportError(f"layout {layout}: {exc}; use --layout fused") from None
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{

@@ -42,7 +42,7 @@ def run_ort(model, feed):
 
 @pytest.mark.parametrize(
     ("cell", "layers", "bidirectional"),
-    [(nn.LSTM, 2, True), (nn.GRU, 1, True), (nn.RNN, 1, False)],
+    [(nn.LSTM, 2, True), (nn.GRU, 1, True), (nn.LSTM, 1, False)],
 )
 def test_packed_layout_equals_the_packed_builtin_layer_in_float64(
     tmp_path, cell, layers, bidirectional
@@ -118,12 +118,12 @@ def _node_graph(op: str, gates: int, **attrs) -> onnx.ModelProto:
         ("LSTM", 4, {}),
         ("LSTM", 4, {"input_forget": 1}),
         ("GRU", 3, {"linear_before_reset": 0}),
-        ("RNN", 1, {"activations": ["Relu", "Tanh"]}),
+        ("GRU", 3, {"activations": ["Sigmoid", "Tanh", "HardSigmoid", "Tanh"]}),
     ],
 )
 def test_the_rewrite_computes_what_the_node_computes(op, gates, attrs):
     """ONNX Runtime's own node is the reference for what torch's layers lack: peepholes,
-    initial states, GRU's linear_before_reset=0 and a different activation per direction."""
+    initial states, GRU's linear_before_reset=0 and different activations per direction."""
     model = _node_graph(op, gates, **attrs)
     original = model.SerializeToString()
     assert pack_recurrent_nodes(model) == 1
@@ -157,9 +157,32 @@ def test_nodes_without_lengths_are_kept():
 
 
 def test_activation_alpha_is_refused():
-    model = _node_graph("RNN", 1, activations=["Relu", "Tanh"], activation_alpha=[1.0])
+    activations = ["Sigmoid", "Tanh", "Tanh"] * 2
+    model = _node_graph("GRU", 3, activations=activations, activation_alpha=[1.0])
     with pytest.raises(ValueError, match="activation_alpha"):
         pack_recurrent_nodes(model)
+
+
+def test_rnn_layers_are_written_as_scan_loops(tmp_path):
+    """A packed RNN node was slower than the scan layout's loop on ragged batches: the packed
+    layout keeps RNN layers as loops, and packs the LSTM layers beside them."""
+    torch.manual_seed(0)
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(6, 5, batch_first=True, bidirectional=True)
+            self.lstm = nn.LSTM(10, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            packed = self.lstm(self.rnn(packed)[0])[0]
+            return pad_packed_sequence(packed, batch_first=True, total_length=x.shape[1])[0]
+
+    result = export_onnx(Mixed().eval(), tmp_path / "m.onnx", layout="packed")
+    assert result.verification.passed
+    ops = result.op_counts
+    assert ops.get("Scan") == 1 and "RNN" not in ops and ops.get("LSTM") == 2 * CHUNKS, ops
 
 
 def test_tagger_verifies_layer_by_layer_and_inspect_lists_each_layer_once(tmp_path):
