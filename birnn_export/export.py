@@ -65,9 +65,11 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 LAYOUTS = ("split", "fused", "scan", "packed")
 #: The layout chosen per cell type when none is asked for, by measurement on ONNX Runtime CPU
-#: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU every form ties
-#: within noise and split is kept; for plain RNN the Scan loop was 1.05x to 1.7x as fast as the
-#: best of fused and the stock export in all 9 shapes (B = 1, 8, 32 x T = 16, 100, 400).
+#: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU split, fused
+#: and the stock export tie within noise, and packed wins only on ragged batches of 8 rows or
+#: more (it is 0.74x to 0.97x at B = 1), so split is kept; for plain RNN the Scan loop was
+#: 1.05x to 1.7x as fast as the best of fused and the stock export in all 9 shapes (B = 1, 8,
+#: 32 x T = 16, 100, 400).
 DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "scan", "rnn_relu": "scan"}
 #: The layout of a model whose layers' cells choose differently.
 DEFAULT_LAYOUT = "split"
