@@ -181,8 +181,8 @@ graph_options = option_group(
             "bidirectional node per layer; scan: fused, with RNN nodes as exact Scan loops "
             "(faster on ONNX Runtime's CPU); packed: scan, with LSTM and GRU nodes that run "
             "only the rows still going, as a PackedSequence does (faster for ragged batches on "
-            "ONNX Runtime's CPU, slower at B = 1). [default: by measurement, split for LSTM "
-            "and GRU, scan for RNN]",
+            "ONNX Runtime's CPU, slower at B = 1; without a lengths input it is scan). "
+            "[default: by measurement, split for LSTM and GRU, scan for RNN]",
         ),
         click.option(
             "--dtype",

@@ -13,11 +13,12 @@ full) make one span and three empty ones. Nothing is unrolled per step: a layer 
 Data moves twice. One ``Gather`` per span reads its rows' input steps from ``x`` (the reverse
 direction reads each row's valid steps backwards, as the node does); one ``Gather`` writes
 ``Y`` from all spans' outputs straight into time order and the rows' own order, with a zero row
-past each length. ``Y_h`` (``Y_c``) is each row's state from the last span it ran in. An empty
-span reads one step of one row with length 0 (no node meets an empty sequence, which engines
-treat unevenly) and passes its rows' states on (``Where``: the node returns zeros for zero
-steps). There is no ``If`` or ``Loop``: TensorRT's builder fails on recurrent nodes inside
-either (measured), and it builds this form.
+past each length. ``Y_h`` (``Y_c``) is each row's state from the last span it ran in (zeros
+for a row of length 0, as the node gives). An empty span reads one step, with lengths 0, of its
+rows (of one row where none runs: no node meets an empty sequence, which engines treat
+unevenly), and passes its rows' states on (``Where``: the node returns zeros for zero steps).
+There is no ``If`` or ``Loop``: TensorRT's builder fails on recurrent nodes inside either
+(measured), and it builds this form.
 
 Semantics are the node's, ``initial_h``/``initial_c``, LSTM's peepholes and per-direction
 activations included (``activation_alpha``/``_beta`` are refused). The layer's ``Y`` comes from
@@ -46,7 +47,7 @@ def is_packed_layer(node: Any) -> bool:
 
 def packed_info(node: Any) -> dict[str, Any]:
     """What :func:`pack_recurrent_nodes` recorded on a layer's ``Y`` node: the replaced node's
-    op, ``hidden_size`` and ``direction``, its ``Y`` and the number of time spans."""
+    op, ``hidden_size``, ``direction``, ``inputs`` and ``Y``, and the number of time spans."""
     return dict(json.loads(next(p.value for p in node.metadata_props if p.key == PACKED_KEY)))
 
 
@@ -60,7 +61,8 @@ def pack_recurrent_nodes(proto: Any, chunks: int = CHUNKS) -> int:
     (BiRNN(256), T = 100, B = 32: 10.5 ms against 16.8 ms) and than packed Scan loops at B <= 8.
 
     Raises:
-        ValueError: a node this rewrite cannot express (``layout=1``; weights not constant).
+        ValueError: a node this rewrite cannot express (``layout=1``, ``activation_alpha`` or
+            ``activation_beta``, weights that are not initializers).
     """
 
     def rewrite(node: Any, *context: Any) -> list[Any] | None:
@@ -78,6 +80,10 @@ class _Packed(NodeRewrite):
         super().__init__(node, initializers, taken, graph, "packed")
         if int(self.attrs.get("layout", 0)) != 0:
             raise ValueError(f"{node.op_type} node {self.base!r}: layout=1 is not supported")
+        if {"activation_alpha", "activation_beta"} & set(self.attrs):
+            raise ValueError(
+                f"{node.op_type} node {self.base!r}: activation_alpha and _beta are not supported"
+            )
         self.chunks = chunks
         self.width = int(self.constant("w").shape[2])  # the input's feature size
         self.states = _STATES[node.op_type]
@@ -89,10 +95,6 @@ class _Packed(NodeRewrite):
             ]
             for d in range(len(self.directions))
         ]
-        if {"activation_alpha", "activation_beta"} & set(self.attrs):
-            raise ValueError(
-                f"{node.op_type} node {self.base!r}: activation_alpha and _beta are not supported"
-            )
         # Each direction's node takes its own share of the activations.
         activations = self.attrs.pop("activations", None)
         shared = {k: v for k, v in self.attrs.items() if k != "direction"}
@@ -160,9 +162,9 @@ class _Packed(NodeRewrite):
                                direction="forward", **self.node_attrs[d])  # fmt: skip
                 flat = self.const("y_rows", i64(-1, self.hidden))
                 ys[d].append(self.op("Reshape", [outs[0], flat], "y_span"))  # [steps * n, H]
-                for s, out in zip(self.states, outs[1:], strict=True):
-                    if c:  # an empty span passes its rows' states on (the node gives zeros)
-                        out = self.op("Where", [ran, out, first[self.states.index(s)]], f"{s}_out")
+                for s, out, start in zip(self.states, outs[1:], first, strict=True):
+                    if start:  # an empty span passes its rows' states on (the node gives zeros)
+                        out = self.op("Where", [ran, out, start], f"{s}_out")
                     states[s, d].append(out)
                     previous[s, d] = out
         self._y(ys, spans, lengths, position)
@@ -249,6 +251,7 @@ class _Packed(NodeRewrite):
         record = {
             "op": self.node.op_type,
             "y": final.output[0],
+            "inputs": [name for name in self.node.input if name],
             "hidden_size": h,
             "direction": "bidirectional" if d == 2 else self.directions[0],
             "chunks": self.chunks,
@@ -266,13 +269,12 @@ class _Packed(NodeRewrite):
         if not any(names):
             return
         d, h = len(self.directions), self.hidden
-        zero = self.const("0", i64(0))
+        zero, one = self.const("0", i64(0)), self.const("1", i64(1))
         # The last span row j ran in: how many spans start before its length, less one.
         ran = self.op("Cast", [spans.running], "ran", to=TensorProto.INT64)
-        last = self.op("Max", [self.op("Sub", [self.op("ReduceSum", [ran, zero], "spans_run",
-                                                       keepdims=0), self.const("1", i64(1))],
-                                       "last_raw"), zero], "last")  # fmt: skip
-        last = self.op("Gather", [last, position], "last_span")  # [B], each row's own
+        run = self.op("Gather", [self.op("ReduceSum", [ran, zero], "spans_run", keepdims=0),
+                                 position], "row_spans")  # [B], each row's own  # fmt: skip
+        last = self.op("Max", [self.op("Sub", [run, one], "last_raw"), zero], "last_span")
         firsts = self.op("CumSum", [spans.counts, zero], "state_offsets", exclusive=1)
         total = self.op("ReduceSum", [spans.counts], "state_total", keepdims=1)
         bases = self.const("direction_base", np.arange(d, dtype=np.int64).reshape(d, 1))
@@ -281,13 +283,20 @@ class _Packed(NodeRewrite):
             [self.op("Add", [self.op("Mul", [bases, total], "base"),
                              self.op("Gather", [firsts, last], "span_base")], "bases"),
              position],
-            "state_index",
+            "state_index_ran",
         )  # [D, B]  # fmt: skip
+        # A row of length 0 ran in no span: its states are zeros, as the node gives.
+        past = self.op("Mul", [self.const("directions", i64(d)), total], "zero_state")
+        index = self.op("Where", [self.op("Greater", [run, zero], "has_run"), index, past],
+                        "state_index")  # fmt: skip
+        zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
+        padding = self.op("ConstantOfShape", [self.const("state_row", i64(1, 1, h))],
+                          "zero_states", value=zero_value)  # fmt: skip
         for s, name in zip(self.states, names, strict=True):
             if not name:
                 continue
             pieces = [piece for k in range(d) for piece in states[s, k]]
-            joined = self.op("Concat", pieces, f"{s}_spans", axis=1)  # [1, D * sum(n), H]
+            joined = self.op("Concat", [*pieces, padding], f"{s}_spans", axis=1)
             picked = self.op("Gather", [joined, index], f"{s}_picked", axis=1)  # [1, D, B, H]
             self.out.append(
                 helper.make_node(

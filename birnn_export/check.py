@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from birnn_export._packed import is_packed_layer
+from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan
 from birnn_export.errors import BiRNNExportError
 
@@ -436,8 +436,9 @@ class _Checker:
                         "info",
                         self._label(node),
                         "layer in the packed layout (measured on ONNX Runtime's CPU only: faster "
-                        "for ragged batches, slower at B = 1): on this target its four node "
-                        "calls per direction are not measured; --layout fused keeps one node",
+                        "for ragged batches, slower at B = 1): on this target its "
+                        f"{packed_info(node)['chunks']} node calls per direction are not "
+                        "measured; --layout fused keeps one node",
                     )
                 )
         if reverses:

@@ -53,7 +53,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
                     "name": node.name,
                     "op": f"{info['op']} (packed)",
                     "attributes": attrs,
-                    "inputs": list(node.input),
+                    "inputs": info["inputs"],
                 }
             )
             continue

@@ -67,7 +67,7 @@ LAYOUTS = ("split", "fused", "scan", "packed")
 #: The layout chosen per cell type when none is asked for, by measurement on ONNX Runtime CPU
 #: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU split, fused
 #: and the stock export tie within noise, and packed wins only on ragged batches of 8 rows or
-#: more (it is 0.74x to 0.97x at B = 1), so split is kept; for plain RNN the Scan loop was
+#: more (it is 0.75x to 0.99x at B = 1), so split is kept; for plain RNN the Scan loop was
 #: 1.05x to 1.7x as fast as the best of fused and the stock export in all 9 shapes (B = 1, 8,
 #: 32 x T = 16, 100, 400).
 DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "scan", "rnn_relu": "scan"}
@@ -154,7 +154,7 @@ def trace_graph(
             ``"packed"``: as scan, with every LSTM and GRU node that takes lengths running
             only the rows still going, as torch does on a PackedSequence
             (:mod:`birnn_export._packed`: faster for ragged batches on ONNX Runtime's CPU,
-            slower at B = 1).
+            slower at B = 1); without a lengths input it is the scan graph.
             Default: by cell type (:data:`DEFAULT_LAYOUTS`).
         lengths: Whether the model's second input is ``lengths`` [batch]; ``None`` infers it from
             the configuration or the name of ``forward``'s second parameter.
@@ -431,8 +431,9 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
     """Let ``forward`` methods that pack and unpack around their recurrent layers trace.
 
     ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced, in ``torch.nn.utils.rnn``
-    and in the globals of every submodule's ``forward`` (for ``from ... import`` names), by
-    functions passing a :class:`~birnn_export.modules.TracedPack` through the converted layers.
+    and in the globals and closure cells of every submodule's ``forward`` (for ``from ...
+    import`` names, at module level or in an enclosing function), by functions passing a
+    :class:`~birnn_export.modules.TracedPack` through the converted layers.
     Padded outputs keep the input's length (``pad_packed_sequence`` would cut them to the
     longest row).
     """
@@ -443,24 +444,41 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
         rnn_utils.pad_packed_sequence: _pad_for_tracing,
     }
     namespaces = [rnn_utils.__dict__]
+    cells: list[Any] = []
     for module in model.modules():
-        namespace = getattr(type(module).forward, "__globals__", None)
+        forward = type(module).forward
+        namespace = getattr(forward, "__globals__", None)
         if namespace is not None and all(namespace is not n for n in namespaces):
             namespaces.append(namespace)
+        cells += [c for c in getattr(forward, "__closure__", None) or () if c not in cells]
+
+    def swap(value: Any) -> Any:
+        # By identity: a module's globals may hold callables that are not hashable.
+        return next((new for old, new in swaps.items() if value is old), None)
+
     saved = []
     for namespace in namespaces:
         for name, value in list(namespace.items()):
-            # By identity: a module's globals may hold callables that are not hashable.
-            swap = next((new for old, new in swaps.items() if value is old), None)
-            if swap is not None:
+            if swap(value) is not None:
                 saved.append((namespace, name, value))
-                namespace[name] = swap
+                namespace[name] = swap(value)
+    swapped = []
+    for cell in cells:
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+        if swap(value) is not None:
+            swapped.append((cell, value))
+            cell.cell_contents = swap(value)
     try:
         with torch.no_grad():
             yield
     finally:
         for namespace, name, value in saved:
             namespace[name] = value
+        for cell, value in swapped:
+            cell.cell_contents = value
 
 
 @contextlib.contextmanager

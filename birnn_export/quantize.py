@@ -86,10 +86,13 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
                 folder = stack.enter_context(tempfile.TemporaryDirectory())
                 source = onnx.load(str(src))
                 _unshare(source, shared)
-                src = os.path.join(folder, "unshared.onnx")
-                onnx.save(source, src)
+                unshared = os.path.join(folder, "unshared.onnx")
+                onnx.save(source, unshared)
             quantize_dynamic(
-                str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=sorted(kept_float)
+                unshared if shared else str(src),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=sorted(kept_float),
             )
     except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
         raise BiRNNExportError(
@@ -101,7 +104,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     proto = onnx.load(str(dst), load_external_data=bool(shared))
     _mark(proto, METADATA_KEY)
     if shared:
-        _merge_identical_initializers(proto)
+        _merge_copies(proto)
     onnx.save(proto, str(dst))
     counts = collections.Counter(
         "RNN" if is_rnn_scan(node) else node.op_type
@@ -130,6 +133,10 @@ def _shared_lstm_weights(proto: Any) -> set[str]:
     return {name for name, count in readers.items() if count > 1}
 
 
+#: What :func:`_unshare` appends to a copied weight's name (the quantizer keeps it as a prefix).
+_COPY = "#unshared"
+
+
 def _unshare(proto: Any, shared: set[str]) -> None:
     """Give every LSTM node reading a weight in ``shared`` a copy of its own."""
     initializers = {t.name: t for t in proto.graph.initializer}
@@ -144,30 +151,38 @@ def _unshare(proto: Any, shared: set[str]) -> None:
                 if seen[name] > 1:
                     copy = proto.graph.initializer.add()
                     copy.CopyFrom(initializers[name])
-                    copy.name = node.input[k] = f"{name}#{seen[name]}"
+                    copy.name = node.input[k] = f"{name}{_COPY}{seen[name]}"
 
 
-def _merge_identical_initializers(proto: Any) -> None:
-    """Keep one of each set of byte-identical initializers (what :func:`_unshare` copied comes
-    out of the quantizer as identical int8 weights, scales and zero points)."""
+def _merge_copies(proto: Any) -> None:
+    """Store once what :func:`_unshare` copied: the quantizer turns each copy into int8
+    weights, scales and zero points identical to the original's. Only the copies' tensors are
+    dropped, each for a byte-identical initializer that is not a graph input; every node that
+    read one, in subgraphs too, reads the one kept."""
     from onnx import numpy_helper
 
-    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
-    renamed = {}
-    kept = []
-    for tensor in proto.graph.initializer:
-        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
-        if key in first:
-            renamed[tensor.name] = first[key]
-        else:
-            first[key] = tensor.name
-            kept.append(tensor)
+    from birnn_export.spec import all_nodes
+
+    def key(tensor: Any) -> tuple[int, tuple[int, ...], bytes]:
+        return tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes()
+
+    graph = proto.graph
+    inputs = {i.name for i in graph.input}
+    originals = {
+        key(t): t.name for t in graph.initializer if _COPY not in t.name and t.name not in inputs
+    }
+    renamed = {
+        t.name: originals[key(t)]
+        for t in graph.initializer
+        if _COPY in t.name and t.name not in inputs and key(t) in originals
+    }
     if not renamed:
         return
-    for node in proto.graph.node:
+    for node in all_nodes(graph):
         node.input[:] = [renamed.get(name, name) for name in node.input]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
+    kept = [t for t in graph.initializer if t.name not in renamed]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _mark(proto: Any, key: str) -> None:

@@ -172,6 +172,29 @@ def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_packing_functions_imported_inside_a_function_export(tmp_path):
+    """A model class defined in a function that imports pack_padded_sequence itself reaches the
+    functions through closure cells, not globals: they are swapped there too, and restored."""
+    from torch.nn.utils.rnn import pack_padded_sequence as pack
+    from torch.nn.utils.rnn import pad_packed_sequence as pad
+
+    class Local(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack(x, lengths, batch_first=True, enforce_sorted=False)
+            return pad(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+    torch.manual_seed(0)
+    model = Local().eval()
+    result = export_onnx(model, tmp_path / "local.onnx", input_size=5)
+    assert result.verification.passed
+    cells = [c.cell_contents for c in Local.forward.__closure__]
+    assert pack in cells and pad in cells, "the user's functions are back in place"
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()

@@ -78,35 +78,62 @@ def test_packed_layout_equals_the_packed_builtin_layer_in_float64(
             np.testing.assert_allclose(got["c_n"], c_n.numpy(), atol=2e-6)
 
 
-def _node_graph(op: str, gates: int, **attrs) -> onnx.ModelProto:
-    """One bidirectional node with lengths, initial states (and LSTM's peepholes) as in ONNX,
-    with behaviour torch's layers do not have (peepholes, GRU's linear_before_reset=0)."""
+def _node_graph(
+    op: str, gates: int, direction: str = "bidirectional", initial: bool = True, **attrs
+) -> onnx.ModelProto:
+    """One node with lengths, initial states (and LSTM's peepholes) as in ONNX, with behaviour
+    torch's layers do not have (peepholes, GRU's linear_before_reset=0)."""
     rng = np.random.default_rng(0)
-    hidden, size = 3, 2
+    hidden, size, d = 3, 2, 2 if direction == "bidirectional" else 1
     arrays = {
-        "W": (2, gates * hidden, size),
-        "R": (2, gates * hidden, hidden),
-        "B": (2, 2 * gates * hidden),
-        **({"P": (2, 3 * hidden)} if op == "LSTM" else {}),
+        "W": (d, gates * hidden, size),
+        "R": (d, gates * hidden, hidden),
+        "B": (d, 2 * gates * hidden),
+        **({"P": (d, 3 * hidden)} if op == "LSTM" else {}),
     }
     weights = [
         numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
         for name, shape in arrays.items()
     ]
-    states = ["h0", "c0"] if op == "LSTM" else ["h0"]
-    inputs = ["X", "W", "R", "B", "L", *states, *(["P"] if op == "LSTM" else [])]
+    states = (["h0", "c0"] if op == "LSTM" else ["h0"]) if initial else []
+    inputs = ["X", "W", "R", "B", "L", *(states or ["", ""][: 2 if op == "LSTM" else 0])]
+    inputs += ["P"] if op == "LSTM" else []
     outputs = ["Y", "Y_h", *(["Y_c"] if op == "LSTM" else [])]
     node = helper.make_node(op, inputs, outputs, name="layer", hidden_size=hidden,
-                            direction="bidirectional", **attrs)  # fmt: skip
+                            direction=direction, **attrs)  # fmt: skip
     value = helper.make_tensor_value_info
     graph = helper.make_graph(
         [node], "g",
         [value("X", TensorProto.FLOAT, ["T", "B", size]), value("L", TensorProto.INT32, ["B"])]
-        + [value(s, TensorProto.FLOAT, [2, "B", hidden]) for s in states],
+        + [value(s, TensorProto.FLOAT, [d, "B", hidden]) for s in states],
         [value(o, TensorProto.FLOAT, None) for o in outputs],
         weights,
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def _assert_rewrite_matches_the_node(model: onnx.ModelProto, batches, steps_past: int = 1):
+    """Rewrite ``model``'s node and compare every output with ONNX Runtime's own node on each
+    batch of lengths (``steps_past``: padding steps beyond the longest row)."""
+    original = model.SerializeToString()
+    assert pack_recurrent_nodes(model) == 1
+    session = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    states = {i.name: i.shape[0] for i in session.get_inputs() if i.name in ("h0", "c0")}
+    rng = np.random.default_rng(3)
+    for lengths in batches:
+        batch = len(lengths)
+        feed = {
+            "X": rng.standard_normal((max(max(lengths) + steps_past, 1), batch, 2)).astype(
+                np.float32
+            ),
+            "L": np.array(lengths, np.int32),
+            **{s: rng.standard_normal((d, batch, 3)).astype(np.float32) for s, d in states.items()},
+        }
+        want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed),
+                        strict=True))  # fmt: skip
+        got = run_ort(model, feed)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=f"{name} {lengths}")
 
 
 @pytest.mark.parametrize(
@@ -121,27 +148,24 @@ def _node_graph(op: str, gates: int, **attrs) -> onnx.ModelProto:
 def test_the_rewrite_computes_what_the_node_computes(op, gates, attrs):
     """ONNX Runtime's own node is the reference for what torch's layers lack: peepholes,
     initial states, GRU's linear_before_reset=0 and different activations per direction."""
-    model = _node_graph(op, gates, **attrs)
-    original = model.SerializeToString()
-    assert pack_recurrent_nodes(model) == 1
     rng = np.random.default_rng(3)
     batches = [[9, 1, 5, 9, 2], [1, 1], [3, 2, 3], [4], [2, 1, 2, 1, 1, 2], [9] * 6]
     batches += [rng.integers(1, 10, rng.integers(1, 12)).tolist() for _ in range(20)]
-    for lengths in batches:  # ties, B = 1, B < CHUNKS, equal rows, spans that are empty
-        batch = len(lengths)
-        feed = {
-            "X": rng.standard_normal((max(lengths) + 1, batch, 2)).astype(np.float32),
-            "L": np.array(lengths, np.int32),
-            **{s: rng.standard_normal((2, batch, 3)).astype(np.float32) for s in ("h0", "c0")},
-        }
-        if op != "LSTM":
-            del feed["c0"]
-        session = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
-        want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed),
-                        strict=True))  # fmt: skip
-        got = run_ort(model, feed)
-        for name, value in want.items():
-            np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=f"{name} {lengths}")
+    # ties, B = 1, B < CHUNKS, equal rows, spans that are empty
+    _assert_rewrite_matches_the_node(_node_graph(op, gates, **attrs), batches)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("initial", [True, False])
+def test_rows_of_length_zero_one_direction_and_no_initial_states(op, direction, initial):
+    """Rows of length 0 (torch refuses to pack them; ONNX's node gives zero outputs and zero
+    states), also where they make the first span empty, and the whole batch of them; a node
+    of one direction; nodes without initial states; no padding past the longest row."""
+    model = _node_graph(op, 4 if op == "LSTM" else 3, direction=direction, initial=initial)
+    batches = [[4, 0, 2], [4, 3, 2, 0], [3, 3, 0, 3], [5, 0, 0, 0, 0, 1], [0], [0, 0, 0]]
+    batches += [[7, 2, 7, 1, 3], [1]]
+    _assert_rewrite_matches_the_node(model, batches, steps_past=0)
 
 
 def test_nodes_without_lengths_are_kept():
@@ -195,6 +219,9 @@ def test_tagger_verifies_layer_by_layer_and_inspect_lists_each_layer_once(tmp_pa
     assert recurrent[0]["attributes"] == {
         "hidden_size": 12, "direction": "bidirectional", "chunks": CHUNKS
     }  # fmt: skip
+    # the replaced node's inputs: the layer's x, its weights, the lengths
+    assert recurrent[1]["inputs"][0] != recurrent[0]["inputs"][0]
+    assert recurrent[0]["inputs"][4] == recurrent[1]["inputs"][4], recurrent
 
 
 def test_packed_layout_in_float16(tmp_path):

@@ -206,3 +206,34 @@ def test_int8_runner_quantizes_a_float_graph_and_cleans_up(tmp_path: Path) -> No
         assert runner.quantized.quantized["DynamicQuantizeLSTM"] == 2
     assert np.isfinite(next(iter(out.values()))).all()
     assert not folder.exists()
+
+
+def test_int8_of_a_packed_graph_whose_loops_read_outer_weights(tmp_path: Path) -> None:
+    """One nn.RNN called twice (two Scan loops whose bodies read the same outer weights) beside
+    a packed LSTM (whose spans' shared weights are copied for the quantizer and stored once
+    again after it): the int8 graph is valid, loads and runs, its weights stored once."""
+    import onnxruntime as ort
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(10, 5, batch_first=True, bidirectional=True)
+            self.lstm = nn.LSTM(10, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            packed = self.lstm(self.rnn(self.rnn(packed)[0])[0])[0]
+            return pad_packed_sequence(packed, batch_first=True, total_length=x.shape[1])[0]
+
+    torch.manual_seed(0)
+    path = tmp_path / "twice.onnx"
+    export_onnx(Twice().eval(), path, layout="packed", quantize="int8", verify=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert not [t.name for t in model.graph.initializer if "#unshared" in t.name]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"x": np.random.default_rng(0).standard_normal((3, 7, 10)).astype(np.float32),
+            "lengths": np.array([7, 2, 5])}  # fmt: skip
+    (out,) = session.run(None, feed)
+    assert out.shape == (3, 7, 8) and np.isfinite(out).all()
