@@ -251,7 +251,7 @@ class _Packed(NodeRewrite):
         record = {
             "op": self.node.op_type,
             "y": final.output[0],
-            "inputs": [name for name in self.node.input if name],
+            "inputs": list(self.node.input),  # the replaced node's, "" for one not given
             "hidden_size": h,
             "direction": "bidirectional" if d == 2 else self.directions[0],
             "chunks": self.chunks,

@@ -53,7 +53,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
                     "name": node.name,
                     "op": f"{info['op']} (packed)",
                     "attributes": attrs,
-                    "inputs": info["inputs"],
+                    "inputs": info.get("inputs", list(node.input)),  # older files: Y's
                 }
             )
             continue

@@ -432,8 +432,9 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
 
     ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced, in ``torch.nn.utils.rnn``
     and in the globals and closure cells of every submodule's ``forward`` (for ``from ...
-    import`` names, at module level or in an enclosing function), by functions passing a
-    :class:`~birnn_export.modules.TracedPack` through the converted layers.
+    import`` names, at module level or in an enclosing function; a decorated ``forward`` is
+    unwrapped first), by functions passing a :class:`~birnn_export.modules.TracedPack` through
+    the converted layers. A helper that ``forward`` calls is reached through the globals only.
     Padded outputs keep the input's length (``pad_packed_sequence`` would cut them to the
     longest row).
     """
@@ -446,11 +447,13 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
     namespaces = [rnn_utils.__dict__]
     cells: list[Any] = []
     for module in model.modules():
-        forward = type(module).forward
+        forward = inspect.unwrap(type(module).forward)  # a decorated forward: the user's own
         namespace = getattr(forward, "__globals__", None)
         if namespace is not None and all(namespace is not n for n in namespaces):
             namespaces.append(namespace)
-        cells += [c for c in getattr(forward, "__closure__", None) or () if c not in cells]
+        # By identity: cells compare by what they hold (tensors, arrays).
+        closure = getattr(forward, "__closure__", None) or ()
+        cells += [c for c in closure if all(c is not k for k in cells)]
 
     def swap(value: Any) -> Any:
         # By identity: a module's globals may hold callables that are not hashable.

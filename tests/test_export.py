@@ -172,27 +172,84 @@ def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
-def test_packing_functions_imported_inside_a_function_export(tmp_path):
-    """A model class defined in a function that imports pack_padded_sequence itself reaches the
-    functions through closure cells, not globals: they are swapped there too, and restored."""
+def _encoder_class() -> type[nn.Module]:
+    """A class made in a function that imports the packing functions itself and closes over a
+    tensor (closure cells compare by what they hold)."""
     from torch.nn.utils.rnn import pack_padded_sequence as pack
     from torch.nn.utils.rnn import pad_packed_sequence as pad
 
-    class Local(nn.Module):
+    scale = torch.linspace(0.5, 1.5, 5)
+
+    class Encoder(nn.Module):
         def __init__(self):
             super().__init__()
             self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
 
         def forward(self, x, lengths):
-            packed = pack(x, lengths, batch_first=True, enforce_sorted=False)
+            packed = pack(x * scale, lengths, batch_first=True, enforce_sorted=False)
+            return pad(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+    return Encoder
+
+
+def test_packing_functions_imported_inside_functions_export(tmp_path):
+    """Classes defined in functions that import pack_padded_sequence themselves reach it through
+    closure cells, not globals: each cell is swapped (two cells holding the same function are
+    two cells), cells holding tensors are left alone, and all are restored."""
+    from torch.nn.utils.rnn import pack_padded_sequence as pack
+    from torch.nn.utils.rnn import pad_packed_sequence as pad
+
+    encoder = _encoder_class()
+    scale = torch.full((12,), 0.5)  # a tensor of another shape in another closure
+
+    class Local(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder()
+            self.lstm = nn.LSTM(12, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack(self.encoder(x, lengths) * scale, lengths, batch_first=True,
+                          enforce_sorted=False)  # fmt: skip
             return pad(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 
     torch.manual_seed(0)
     model = Local().eval()
-    result = export_onnx(model, tmp_path / "local.onnx", input_size=5)
+    result = export_onnx(model, tmp_path / "local.onnx", input_size=5, layout="fused")
     assert result.verification.passed
-    cells = [c.cell_contents for c in Local.forward.__closure__]
-    assert pack in cells and pad in cells, "the user's functions are back in place"
+    assert op_counts(result.path)["LSTM"] == 2
+    for cls in (Local, encoder):
+        cells = [c.cell_contents for c in cls.forward.__closure__]
+        assert any(c is pack for c in cells) and any(c is pad for c in cells), cls
+
+
+def test_packing_in_a_decorated_forward_exports(tmp_path):
+    """A decorated forward (functools.wraps) is unwrapped to find the packing functions."""
+    import functools
+
+    from torch.nn.utils.rnn import pack_padded_sequence as pack
+    from torch.nn.utils.rnn import pad_packed_sequence as pad
+
+    def logged(forward):
+        @functools.wraps(forward)
+        def wrapper(*args, **kwargs):
+            return forward(*args, **kwargs)
+
+        return wrapper
+
+    class Decorated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+        @logged
+        def forward(self, x, lengths):
+            packed = pack(x, lengths, batch_first=True, enforce_sorted=False)
+            return pad(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+    torch.manual_seed(0)
+    result = export_onnx(Decorated().eval(), tmp_path / "decorated.onnx", input_size=5)
+    assert result.verification.passed
 
 
 def test_conv_bigru_ctc_exports(tmp_path):
