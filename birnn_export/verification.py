@@ -92,8 +92,8 @@ OutputResult = Check
 
 
 def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
-    """Inputs and outputs of the spec that the graph lacks or declares with a static batch/seq;
-    recurrent nodes fed no ``sequence_lens`` in a graph that takes lengths."""
+    """Inputs and outputs of the spec that the graph lacks or declares with a static
+    batch/seq."""
     problems = []
     infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
     for tensor in (*spec.inputs, *spec.outputs):
@@ -110,17 +110,28 @@ def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
                     f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
                     f"graph declares {dims[axis].dim_value} (a size baked in at export)"
                 )
-    if spec.lengths_input is not None:
-        for node in proto.graph.node:
-            if node.op_type in ("LSTM", "GRU", "RNN") and not (
-                len(node.input) > 4 and node.input[4]
-            ):
-                problems.append(
-                    f"recurrent node {node.name!r} takes no sequence_lens although the graph "
-                    "takes lengths: its backward direction would start in the padding of every "
-                    "short row"
-                )
     return problems
+
+
+def _nodes_without_lengths(proto: Any, spec: GraphSpec) -> list[str]:
+    """A note on recurrent nodes fed no ``sequence_lens`` in a graph that takes lengths. Not a
+    problem by itself: a model may run a layer on the padded batch and use the lengths
+    elsewhere (masked pooling), and the graph must do as it does. Where the model packs, the
+    numbers fail and the diagnosis names the node (:mod:`birnn_export._diagnose`)."""
+    if spec.lengths_input is None:
+        return []
+    nodes = [
+        repr(node.name)
+        for node in proto.graph.node
+        if node.op_type in ("LSTM", "GRU", "RNN") and not (len(node.input) > 4 and node.input[4])
+    ]
+    if not nodes:
+        return []
+    return [
+        f"recurrent node {', '.join(nodes)} takes no sequence_lens although the graph takes "
+        "lengths: it runs every row to the full length (a backward direction starts in the "
+        "padding of short rows), as the model must do for the values to match"
+    ]
 
 
 # -- inputs and outputs to files ---------------------------------------------------------------
@@ -331,6 +342,7 @@ def verify(
         notes += skipped
         feeds = {}
     problems = tuple(_graph_problems(proto, spec))
+    notes += _nodes_without_lengths(proto, spec)
 
     golden = _interop.load_outputs(load_outputs) if load_outputs is not None else None
     fixed = atol is not None or rtol is not None

@@ -750,10 +750,28 @@ def test_trained_model_passes_and_every_defect_fails(
         if defect == "whole flip" and not result.spec.lengths_input:
             assert report.passed  # every row is full: flipping them is no defect
             continue
+        if defect == "no sequence_lens" and report.passed:
+            # The split layout's first node runs a forward chain: without lengths only its steps
+            # past each row's length change, which the next layer skips; no output changes.
+            assert layout == "split"
+            _assert_same_outputs(result.path, bad, result.spec)
+            continue
         assert not report.passed, f"{defect} was not caught"
         if not report.problems:  # caught by numbers alone: with a margin
             assert separation(report) > 10, f"{defect}: {separation(report):.3g}"
     print("\n".join(lines))
+
+
+def _assert_same_outputs(good: Path, bad: Path, spec: GraphSpec) -> None:
+    """Both graphs give the same outputs, padding included, on ragged batches."""
+    from birnn_export.spec import make_feed
+
+    for batch, steps in ((5, 23), (3, 40)):
+        feed = make_feed(spec, batch, steps, seed=batch)
+        with OrtRunner(str(good)) as first, OrtRunner(str(bad)) as second:
+            want, got = first.infer(feed), second.infer(feed)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_defect_in_a_lower_layer_is_located(tmp_path: Path) -> None:
@@ -776,11 +794,35 @@ def test_missing_sequence_lens_in_a_fused_graph_is_named(tmp_path: Path) -> None
     loaded, result = export_trained("token_gru_tagger", tmp_path / "good.onnx", layout="fused")
     bad = plant_missing_sequence_lens(result.path, tmp_path / "bad.onnx")
     report = verify(bad, loaded)
-    assert not report.passed
-    assert any("takes no sequence_lens" in p for p in report.problems)
+    assert not report.passed  # by the numbers
+    assert any("takes no sequence_lens" in note for note in report.notes)
     text = report.diagnosis()
     assert "takes no sequence_lens" in text and "reversal bug (" not in text
     assert "flip" not in text
+
+
+def test_layer_run_on_the_padded_batch_with_lengths_used_elsewhere_passes(tmp_path: Path) -> None:
+    """A model that runs its BiLSTM on the padded batch (no packing) and uses the lengths only
+    to mask its pooling: the graph does as the model does, nodes without sequence_lens, and
+    passes, with a note; it was refused as a graph problem."""
+
+    class MaskedPooling(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            out, _ = self.lstm(x)
+            mask = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+            pooled = (out * mask.unsqueeze(-1)).sum(1) / lengths[:, None].float()
+            return self.head(pooled)
+
+    torch.manual_seed(0)
+    result = export_onnx(MaskedPooling().eval(), tmp_path / "pool.onnx")
+    report = result.verification
+    assert report.passed and not report.problems
+    assert any("takes no sequence_lens" in note for note in report.notes), report.notes
 
 
 def test_task_level_agreement_is_reported(tmp_path: Path) -> None:
