@@ -30,6 +30,7 @@ from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import PlannedInputs, plan_inputs
 from birnn_export._packed import pack_recurrent_nodes
+from birnn_export._packing import PackingSwap, any_order_packing
 from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
 from birnn_export._scan import scan_rnn_nodes
 from birnn_export._version import __version__
@@ -342,8 +343,8 @@ def _run_example(
     model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs
 ) -> list[Tensor]:
     """The model's outputs on the example inputs; its failure is the user's to fix, in one line."""
-    try:
-        with torch.no_grad():
+    try:  # rows in any order, also for a model that packs with enforce_sorted=True
+        with torch.no_grad(), any_order_packing(model):
             return _flatten(model(*inputs))
     except ExportError:
         raise
@@ -428,15 +429,11 @@ def _pad_for_tracing(
 
 @contextlib.contextmanager
 def _traceable_packing(model: nn.Module) -> Iterator[None]:
-    """Let ``forward`` methods that pack and unpack around their recurrent layers trace.
-
-    ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced, in ``torch.nn.utils.rnn``
-    and in the globals and closure cells of every submodule's ``forward`` (for ``from ...
-    import`` names, at module level or in an enclosing function; a decorated ``forward`` is
-    unwrapped first), by functions passing a :class:`~birnn_export.modules.TracedPack` through
-    the converted layers. A helper that ``forward`` calls is reached through the globals only.
-    Padded outputs keep the input's length (``pad_packed_sequence`` would cut them to the
-    longest row).
+    """Let ``forward`` methods that pack and unpack around their recurrent layers trace:
+    ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced where ``forward`` finds
+    them (:class:`~birnn_export._packing.PackingSwap`) by functions passing a
+    :class:`~birnn_export.modules.TracedPack` through the converted layers. Padded outputs keep
+    the input's length (``pad_packed_sequence`` would cut them to the longest row).
     """
     from torch.nn.utils import rnn as rnn_utils
 
@@ -444,44 +441,8 @@ def _traceable_packing(model: nn.Module) -> Iterator[None]:
         rnn_utils.pack_padded_sequence: _pack_for_tracing,
         rnn_utils.pad_packed_sequence: _pad_for_tracing,
     }
-    namespaces = [rnn_utils.__dict__]
-    cells: list[Any] = []
-    for module in model.modules():
-        forward = inspect.unwrap(type(module).forward)  # a decorated forward: the user's own
-        namespace = getattr(forward, "__globals__", None)
-        if namespace is not None and all(namespace is not n for n in namespaces):
-            namespaces.append(namespace)
-        # By identity: cells compare by what they hold (tensors, arrays).
-        closure = getattr(forward, "__closure__", None) or ()
-        cells += [c for c in closure if all(c is not k for k in cells)]
-
-    def swap(value: Any) -> Any:
-        # By identity: a module's globals may hold callables that are not hashable.
-        return next((new for old, new in swaps.items() if value is old), None)
-
-    saved = []
-    for namespace in namespaces:
-        for name, value in list(namespace.items()):
-            if swap(value) is not None:
-                saved.append((namespace, name, value))
-                namespace[name] = swap(value)
-    swapped = []
-    for cell in cells:
-        try:
-            value = cell.cell_contents
-        except ValueError:  # a cell not filled yet
-            continue
-        if swap(value) is not None:
-            swapped.append((cell, value))
-            cell.cell_contents = swap(value)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for namespace, name, value in saved:
-            namespace[name] = value
-        for cell, value in swapped:
-            cell.cell_contents = value
+    with PackingSwap(model, swaps), torch.no_grad():
+        yield
 
 
 @contextlib.contextmanager

@@ -227,6 +227,10 @@ class BiRNN(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do: torch's layers compact their weights for cuDNN here, and models call
+        it in ``forward``; these weights are used as they are."""
+
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, {self.hidden_size}, cell={self.cell!r}, "

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from birnn_export._packing import any_order_packing
 from birnn_export.base_runner import BaseRunner
 from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
 
@@ -85,6 +86,7 @@ class TorchRunner(BaseRunner):
         self.dtype = dtype
         self.tf32 = tf32
         self._fn: Any = None
+        self._packing: Any = None
         self._saved_threads: int | None = None
         self._saved_tf32: tuple[bool, bool] | None = None
 
@@ -107,6 +109,8 @@ class TorchRunner(BaseRunner):
                 model = model.to(dtype)
         model = model.eval()
         self._fn = torch.compile(model) if self.compile else model
+        # Rows in any order, also for a model that packs with enforce_sorted=True.
+        self._packing = any_order_packing(model)
         # Process-wide settings last: nothing after them can fail, so deactivate restores them.
         if self.threads is not None:
             self._saved_threads = torch.get_num_threads()
@@ -137,7 +141,7 @@ class TorchRunner(BaseRunner):
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(getattr(torch, self.dtype))
             args.append(tensor)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._packing:
             result = self._fn(*args)
             flat = _flatten(result)
             if self.device.startswith("cuda"):

@@ -97,7 +97,7 @@ def test_forbid_tf32_sets_the_switch_unless_the_user_did(monkeypatch) -> None:
 STAGES = (
     ("errors", "_version", "_files"),
     ("spec", "compare", "_report"),
-    ("modules", "crf", "conversion", "models", "seed"),
+    ("modules", "_packing", "crf", "conversion", "models", "seed"),
     ("checkpoint",),
     (
         "export",

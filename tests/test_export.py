@@ -252,6 +252,37 @@ def test_packing_in_a_decorated_forward_exports(tmp_path):
     assert result.verification.passed
 
 
+def test_model_that_packs_sorted_rows_and_flattens_parameters_exports(tmp_path):
+    """pack_padded_sequence with torch's default enforce_sorted=True (the caller sorts rows by
+    length) and flatten_parameters() in forward, as much training code has: the tool's own
+    batches are unsorted, so the example and the reference run with rows in any order; the
+    graph takes them in any order, each row as the model computes it on the sorted batch."""
+
+    class Sorted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            self.lstm.flatten_parameters()
+            packed = pack_padded_sequence(x, lengths, batch_first=True)
+            return pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                       total_length=x.shape[1])[0]  # fmt: skip
+
+    torch.manual_seed(0)
+    model = Sorted().eval()
+    result = export_onnx(model, tmp_path / "sorted.onnx", input_size=5)
+    assert result.verification.passed
+    feed = make_feed(result.spec, 5, 30, seed=4)
+    got = run_ort(result.path, feed)["output"]
+    x, lengths = (torch.from_numpy(feed[k]) for k in ("x", "lengths"))
+    order = torch.argsort(lengths, descending=True)
+    want = torch.empty(got.shape)
+    with torch.no_grad():
+        want[order] = model(x[order], lengths[order])  # the model's own sorted path
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()

@@ -1,0 +1,98 @@
+"""Replacing ``pack_padded_sequence`` / ``pad_packed_sequence`` where a model's ``forward``
+finds them, for as long as a ``with`` block lasts.
+
+Export swaps in functions that trace (:func:`birnn_export.export._traceable_packing`); eager
+runs of the user's model (the example run, the verification reference, ``bench``'s torch
+timings) swap in :func:`any_order_packing`'s, so that a model packing with torch's default
+``enforce_sorted=True`` takes the tool's batches, whose rows are not sorted by length.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+
+class PackingSwap:
+    """Replaces each key of ``swaps`` by its value in ``torch.nn.utils.rnn`` and in the globals
+    and closure cells of every submodule's ``forward`` (``from ... import`` names, at module
+    level or in an enclosing function; a decorated ``forward`` is unwrapped first) while a
+    ``with`` block on it lasts, and puts them back on leaving. A helper that ``forward`` calls
+    is reached through the globals only.
+
+    Where the functions sit is found once, so a ``with`` block per model call costs a few
+    assignments (``bench`` times such calls); blocks on one swap must not overlap.
+    """
+
+    def __init__(self, model: Any, swaps: dict[Callable[..., Any], Callable[..., Any]]) -> None:
+        from torch.nn.utils import rnn as rnn_utils
+
+        self.swaps = swaps
+        namespaces = [rnn_utils.__dict__]
+        cells: list[Any] = []
+        for module in model.modules():
+            forward = inspect.unwrap(type(module).forward)  # a decorated forward: the user's own
+            namespace = getattr(forward, "__globals__", None)
+            if namespace is not None and all(namespace is not n for n in namespaces):
+                namespaces.append(namespace)
+            # By identity: cells compare by what they hold (tensors, arrays).
+            closure = getattr(forward, "__closure__", None) or ()
+            cells += [c for c in closure if all(c is not k for k in cells)]
+        self.names = [
+            (namespace, name)
+            for namespace in namespaces
+            for name, value in list(namespace.items())
+            if self._swap(value) is not None
+        ]
+        self.cells = [cell for cell in cells if self._swap(_contents(cell)) is not None]
+        self._saved: list[Any] = []
+
+    def _swap(self, value: Any) -> Any:
+        # By identity: a module's globals may hold callables that are not hashable.
+        return next((new for old, new in self.swaps.items() if value is old), None)
+
+    def __enter__(self) -> None:
+        saved = []
+        for namespace, name in self.names:
+            value = namespace[name]
+            if self._swap(value) is not None:
+                saved.append((namespace, name, value))
+                namespace[name] = self._swap(value)
+        for cell in self.cells:
+            value = cell.cell_contents
+            if self._swap(value) is not None:
+                saved.append((cell, None, value))
+                cell.cell_contents = self._swap(value)
+        self._saved = saved
+
+    def __exit__(self, *exc: object) -> None:
+        for where, name, value in reversed(self._saved):
+            if name is None:
+                where.cell_contents = value
+            else:
+                where[name] = value
+        self._saved = []
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not filled yet
+        return None
+
+
+def any_order_packing(model: Any) -> PackingSwap:
+    """While a ``with`` block on it lasts, ``model``'s ``pack_padded_sequence`` calls take
+    rows in any order: on rows sorted longest first they pack what ``enforce_sorted=True``
+    packs, and a row's results do not depend on the others, so unsorted rows get the results
+    they would get sorted."""
+    from torch.nn.utils.rnn import pack_padded_sequence as original
+
+    def pack(
+        input: Any, lengths: Any, batch_first: bool = False, enforce_sorted: bool = True
+    ) -> Any:
+        del enforce_sorted
+        return original(input, lengths, batch_first=batch_first, enforce_sorted=False)
+
+    return PackingSwap(model, {original: pack})

@@ -1,0 +1,75 @@
+"""Swapping the packing functions where a model's forward finds them
+(:mod:`birnn_export._packing`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import rnn as rnn_utils
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from birnn_export._packing import PackingSwap, any_order_packing
+
+
+class SortedPacking(nn.Module):
+    """Packs with torch's default enforce_sorted=True: callers must sort rows by length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths, batch_first=True)
+        out = self.gru(packed)[0]
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+def test_any_order_packing_gives_each_row_its_sorted_result_and_restores() -> None:
+    """Against the model's own enforce_sorted=True path on the same rows sorted longest first."""
+    torch.manual_seed(0)
+    model = SortedPacking().eval()
+    x, lengths = torch.randn(4, 9, 4), torch.tensor([3, 9, 1, 6])
+    with pytest.raises(RuntimeError, match="enforce_sorted"):
+        model(x, lengths)
+    order = torch.argsort(lengths, descending=True)
+    want = torch.empty(4, 9, 10)
+    with torch.no_grad():
+        want[order] = model(x[order], lengths[order])
+        swap = any_order_packing(model)
+        for _ in range(2):  # one swap, entered once per call
+            with swap:
+                got = model(x, lengths)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert globals()["pack_padded_sequence"] is rnn_utils.pack_padded_sequence
+    with pytest.raises(RuntimeError, match="enforce_sorted"):
+        model(x, lengths)  # put back
+
+
+def test_swap_reaches_closures_and_decorated_forwards_and_restores_on_error() -> None:
+    from torch.nn.utils.rnn import pad_packed_sequence as pad
+
+    marker = torch.zeros(3)  # a closure cell holding a tensor: compared by identity only
+
+    def decorate(forward):
+        def wrapper(*args):
+            return forward(*args)
+
+        wrapper.__wrapped__ = forward
+        return wrapper
+
+    class Local(nn.Module):
+        @decorate
+        def forward(self, x: torch.Tensor) -> object:
+            return pad, marker
+
+    calls = []
+
+    def fake(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+
+    swap = PackingSwap(Local(), {pad: fake})
+    with pytest.raises(KeyError), swap:
+        assert Local()(None)[0] is fake
+        raise KeyError("inside the block")
+    assert Local()(None)[0] is pad and rnn_utils.pad_packed_sequence is pad
