@@ -223,8 +223,11 @@ def trace_graph(
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
     trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
-    eager_out = _run_example(traced, trace_inputs, planned)
-    outs = list(output_names) if output_names else _default_output_names(traced, len(eager_out))
+    returned = _run_example(traced, trace_inputs, planned)
+    eager_out = _flatten(returned)
+    inputs = {d.name for d in planned.decls}
+    outs = output_names or _default_output_names(traced, returned, len(eager_out), inputs)
+    outs = list(outs)
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
@@ -293,7 +296,15 @@ def _model_sizes(model: nn.Module) -> set[int]:
     return sizes
 
 
-def _default_output_names(model: nn.Module, count: int) -> list[str]:
+def _default_output_names(
+    model: nn.Module, returned: Any, count: int, inputs: set[str]
+) -> list[str]:
+    if (
+        isinstance(returned, dict)
+        and len(returned) == count
+        and all(isinstance(key, str) and key and key not in inputs for key in returned)
+    ):
+        return list(returned)  # a dict of tensors: its keys
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
     if count == 1 and any(isinstance(m, CRFDecoder) for m in model.modules()):
@@ -314,10 +325,15 @@ def _cast_floats(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 def _flatten(value: Any) -> list[Tensor]:
     if is_tag_lists(value):  # torchcrf's decode, before conversion
         return [ragged_to_padded(value)]
+    if isinstance(value, dict):  # in the keys' order, as the exporter flattens it
+        value = list(value.values())
     if isinstance(value, (tuple, list)):
         return [leaf for item in value for leaf in _flatten(item)]
     if not isinstance(value, Tensor):
-        raise ExportError(f"the model returned a {type(value).__name__}; only tensors export")
+        raise ExportError(
+            f"the model returned a {type(value).__name__}; only tensors (in tuples, lists and "
+            "dicts) export"
+        )
     return [value]
 
 
@@ -339,13 +355,14 @@ def _onnx_settings(model: nn.Module, layout: str) -> Iterator[None]:
             layer.onnx_layout, layer.onnx_name = old_layout, old_name
 
 
-def _run_example(
-    model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs
-) -> list[Tensor]:
-    """The model's outputs on the example inputs; its failure is the user's to fix, in one line."""
+def _run_example(model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs) -> Any:
+    """What the model returns on the example inputs; its failure is the user's to fix, in one
+    line."""
     try:  # rows in any order, also for a model that packs with enforce_sorted=True
         with torch.no_grad(), any_order_packing(model):
-            return _flatten(model(*inputs))
+            returned = model(*inputs)
+        _flatten(returned)  # only tensors
+        return returned
     except ExportError:
         raise
     except Exception as exc:  # anything the user's model raises

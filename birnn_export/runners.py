@@ -725,6 +725,8 @@ def _flatten(value: Any) -> list[Any]:
 
     if is_tag_lists(value):  # torchcrf's decode: ragged lists, padded as the graph pads them
         return [ragged_to_padded(value)]
+    if isinstance(value, dict):  # in the keys' order, as the exporter flattens it
+        value = list(value.values())
     if isinstance(value, (tuple, list)):
         return [leaf for item in value for leaf in _flatten(item)]
     return [value]

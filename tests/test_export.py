@@ -283,6 +283,32 @@ def test_model_that_packs_sorted_rows_and_flattens_parameters_exports(tmp_path):
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_model_returning_a_dict_exports_outputs_named_by_its_keys(tmp_path):
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, (h, _) = self.lstm(packed)
+            out = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+            return {"logits": self.head(out), "summary": torch.cat([h[-2], h[-1]], 1)}
+
+    torch.manual_seed(0)
+    model = Heads().eval()
+    result = export_onnx(model, tmp_path / "heads.onnx", input_size=5)
+    assert result.verification.passed
+    assert [t.name for t in result.spec.outputs] == ["logits", "summary"]
+    feed = make_feed(result.spec, 4, 17, seed=2)
+    got = run_ort(result.path, feed)
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(feed[k]) for k in ("x", "lengths")))
+    for name in ("logits", "summary"):
+        np.testing.assert_allclose(got[name], want[name].numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
