@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import pickle
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,22 @@ _ERRORS = {
         "ExportError",
     )
 }
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a spawned child without the user's ``__main__``: spawn would run their script again
+    in it, and a script without an ``if __name__ == "__main__":`` guard would export (or train)
+    again there and end the child. The child needs only birnn_export's own functions."""
+    import sys
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class IsolatedRunner(BaseRunner):
@@ -64,7 +81,11 @@ class IsolatedRunner(BaseRunner):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._proc = context.Process(target=_serve, args=(child, self.factory), daemon=True)
-        self._proc.start()
+        try:
+            with _main_hidden():
+                self._proc.start()
+        except (pickle.PicklingError, AttributeError, TypeError):  # the factory needs __main__
+            self._proc.start()
         child.close()
         kind, payload = self._receive("starting")
         if kind == "error":

@@ -117,6 +117,29 @@ def test_an_engine_crash_is_a_one_line_error_and_the_next_call_works() -> None:
         assert runner.infer({"lengths": np.array([4])})["output"].shape == (1, 2)
 
 
+def test_a_script_without_a_main_guard_exports_and_runs_once(tmp_path: Path) -> None:
+    """Engines run in spawned children, and spawn runs the parent's script again unless it is
+    hidden: a script without ``if __name__ == "__main__":`` would export again in the child,
+    which then fails ("ort-cpu crashed (exit 1) while starting")."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "from birnn_export import export_onnx\n"
+        "print('TOP LEVEL RAN', flush=True)\n"
+        "torch.manual_seed(0)\n"
+        "model = nn.GRU(4, 5, batch_first=True, bidirectional=True).eval()\n"
+        f"result = export_onnx(model, {str(tmp_path / 'g.onnx')!r})\n"
+        "print('PASSED', result.verification.passed)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("TOP LEVEL RAN") == 1 and "PASSED True" in done.stdout
+    assert "bootstrapping" not in done.stderr
+
+
 def test_a_graph_onnx_runtime_cannot_load_fails_bench_with_exit_1(
     good: tuple[Path, Path], tmp_path: Path
 ) -> None:
