@@ -534,6 +534,7 @@ def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInp
         message += (
             "; its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
             "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, "
-            "sorting) do not; call the layer as out, h = self.rnn(x, lengths)"
+            "sorting) do not, nor lengths made Python numbers (.tolist(), int()): pass the "
+            "lengths tensor, or call the layer as out, h = self.rnn(x, lengths)"
         )
     return message

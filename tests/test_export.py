@@ -309,6 +309,22 @@ def test_model_returning_a_dict_exports_outputs_named_by_its_keys(tmp_path):
         np.testing.assert_allclose(got[name], want[name].numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):
+    class ToList(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths.tolist(), batch_first=True,
+                                          enforce_sorted=False)  # fmt: skip
+            return pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
+
+    with pytest.raises(ExportError, match=r"\.tolist\(\).*pass the lengths tensor"):
+        export_onnx(ToList().eval(), tmp_path / "tolist.onnx", input_size=5)
+    assert not (tmp_path / "tolist.onnx").exists()
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
