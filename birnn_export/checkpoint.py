@@ -304,7 +304,26 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+def _is_torchscript(data: bytes) -> bool:
+    """Whether ``data`` is a ``torch.jit.save`` archive (compiled code and constants beside the
+    weights) rather than a ``torch.save`` one."""
+    import zipfile
+
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
+    if data.startswith(_ZIP_MAGIC) and _is_torchscript(data):
+        raise ModelLoadError(
+            f"{path}: is a TorchScript archive (torch.jit.save): its layers are compiled code, "
+            "not the nn.LSTM/GRU/RNN modules birnn-export converts; export the Python model "
+            "instead: re-save its state_dict and pass --model-class (or the module itself, with "
+            "--trust-pickle)"
+        )
     budget = load_budget(len(data))
     try:
         with warnings.catch_warnings(), memory_limit(budget):

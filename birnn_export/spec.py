@@ -534,7 +534,8 @@ class InputDecl:
         measures = match["measures"]
         if measures is not None and (dtype not in ("int64", "int32") or len(dims) != 1):
             raise BiRNNExportError(
-                f"input {match['name']!r}: a lengths input is int64[batch] (one length per row)"
+                f"input {match['name']!r}: a lengths input is int64[batch] or int32[batch] (one "
+                "length per row)"
             )
         return cls(match["name"], dtype, tuple(dims), measures)
 

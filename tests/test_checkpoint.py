@@ -687,3 +687,22 @@ def test_cli_passes_loader_options(tmp_path, user_models):
     args = ["--model-class", f"{USER_MODULE}:ConvCTC", "--model-kwargs", '{"hidden": 4}']
     _assert_one_line_error(_cli(ctc, *args), "shape mismatch")
     _assert_one_line_error(_cli(ctc, "--model-kwargs", "{}"), "model_class")
+
+
+@pytest.mark.parametrize("compile_with", ["script", "trace"])
+def test_torchscript_archive_is_named_as_such(tmp_path: Path, compile_with: str) -> None:
+    """A torch.jit.save archive is not a corrupted torch.save one: the error says what it is and
+    what to save instead, with no warning from torch.load, exit 2 from the command."""
+    layer = nn.GRU(4, 5, batch_first=True, bidirectional=True).eval()
+    compiled = (
+        torch.jit.script(layer)
+        if compile_with == "script"
+        else torch.jit.trace(layer, torch.randn(2, 3, 4))
+    )
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(compiled, str(path))
+    with pytest.raises(ModelLoadError, match=r"TorchScript archive.*state_dict"):
+        load_model(path, trust_pickle=True)
+    result = CliRunner().invoke(main, [str(path), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 2 and "TorchScript archive" in result.output
+    assert "Warning" not in result.output and not (tmp_path / "out.onnx").exists()
