@@ -94,7 +94,8 @@ class References:
                 raise BiRNNExportError(
                     f"the reference model failed on the graph's inputs (batch {case.batch}, seq "
                     f"{case.seq}): {one_line(exc)}; is it the model this graph was exported "
-                    "from?"
+                    "from? If it is, it refuses inputs the graph declares: declare them as it "
+                    "takes them (--input, --range)"
                 ) from None
             if side.layers is not None and self.layer_reason is None:
                 try:
