@@ -176,6 +176,13 @@ class _Packed(NodeRewrite):
 
         return self.const("scalar", np.asarray(value, np.int64))
 
+    def zeros(self, shape: Any, suffix: str) -> str:
+        """A block of zeros of the node's element type and the constant ``shape``."""
+        from onnx import helper
+
+        value = helper.make_tensor("zero", self.elem, [1], [0.0])
+        return self.op("ConstantOfShape", [self.const("shape", shape)], suffix, value=value)
+
     def squeeze(self, name: str) -> str:
         return self.op("Squeeze", [name], f"{name.rsplit('/', 1)[-1]}_scalar")
 
@@ -203,9 +210,7 @@ class _Packed(NodeRewrite):
 
         d, h = len(self.directions), self.hidden
         zero, one = self.const("0", i64(0)), self.const("1", i64(1))
-        zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
-        padding = self.op("ConstantOfShape", [self.const("row", i64(1, h))], "padding",
-                          value=zero_value)  # fmt: skip
+        padding = self.zeros(i64(1, h), "padding")
         rows = self.op("Concat", [*(y for spans_d in ys for y in spans_d), padding], "y_rows",
                        axis=0)  # fmt: skip
         # index[t, k, b]: the row of ``rows`` holding direction k's output at time t of row b;
@@ -289,9 +294,7 @@ class _Packed(NodeRewrite):
         past = self.op("Mul", [self.const("directions", i64(d)), total], "zero_state")
         index = self.op("Where", [self.op("Greater", [run, zero], "has_run"), index, past],
                         "state_index")  # fmt: skip
-        zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
-        padding = self.op("ConstantOfShape", [self.const("state_row", i64(1, 1, h))],
-                          "zero_states", value=zero_value)  # fmt: skip
+        padding = self.zeros(i64(1, 1, h), "zero_states")
         for s, name in zip(self.states, names, strict=True):
             if not name:
                 continue

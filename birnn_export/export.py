@@ -223,11 +223,9 @@ def trace_graph(
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
     trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
-    returned = _run_example(traced, trace_inputs, planned)
-    eager_out = _flatten(returned)
+    returned, eager_out = _run_example(traced, trace_inputs, planned)
     inputs = {d.name for d in planned.decls}
-    outs = output_names or _default_output_names(traced, returned, len(eager_out), inputs)
-    outs = list(outs)
+    outs = list(output_names or _default_output_names(traced, returned, len(eager_out), inputs))
     if len(outs) != len(eager_out):
         raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
 
@@ -355,14 +353,15 @@ def _onnx_settings(model: nn.Module, layout: str) -> Iterator[None]:
             layer.onnx_layout, layer.onnx_name = old_layout, old_name
 
 
-def _run_example(model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs) -> Any:
-    """What the model returns on the example inputs; its failure is the user's to fix, in one
-    line."""
+def _run_example(
+    model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs
+) -> tuple[Any, list[Tensor]]:
+    """What the model returns on the example inputs, as it is and flattened; its failure is the
+    user's to fix, in one line."""
     try:  # rows in any order, also for a model that packs with enforce_sorted=True
         with torch.no_grad(), any_order_packing(model):
             returned = model(*inputs)
-        _flatten(returned)  # only tensors
-        return returned
+        return returned, _flatten(returned)
     except ExportError:
         raise
     except Exception as exc:  # anything the user's model raises

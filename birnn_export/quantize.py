@@ -75,6 +75,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     source = onnx.load(str(src), load_external_data=False)
     kept_float = rnn_scan_parts(source.graph.node)
     shared = _shared_lstm_weights(source)
+    quantized_from = str(src)
 
     root = logging.getLogger()
     level = root.level
@@ -86,10 +87,10 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
                 folder = stack.enter_context(tempfile.TemporaryDirectory())
                 source = onnx.load(str(src))
                 _unshare(source, shared)
-                unshared = os.path.join(folder, "unshared.onnx")
-                onnx.save(source, unshared)
+                quantized_from = os.path.join(folder, "unshared.onnx")
+                onnx.save(source, quantized_from)
             quantize_dynamic(
-                unshared if shared else str(src),
+                quantized_from,
                 str(dst),
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=sorted(kept_float),
