@@ -198,7 +198,7 @@ def _diagnose(
             layers.infos,
             engine=engine,
             hooked=layers.hooked,
-            takes_lengths=spec.lengths_input is not None,
+            takes_lengths=spec.length_source is not None,
         )
     texts = []
     sequence_ok = not any(o.role == "sequence" for o in failing)

@@ -108,7 +108,8 @@ def build_spec(
 def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[str]) -> int | None:
     """The pad id of a CRF tagger that takes token ids and no lengths (its mask is ``ids !=
     pad``): its first Embedding's ``padding_idx``."""
-    if not tags or "lengths" in planned.roles or "tokens" not in planned.roles:
+    takes_lengths = {"lengths", "mask", "padding_mask"} & set(planned.roles)
+    if not tags or takes_lengths or "tokens" not in planned.roles:
         return None
     embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     return None if embedding is None else embedding.padding_idx

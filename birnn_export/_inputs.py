@@ -7,12 +7,13 @@ called ``batch``, and the time dim is the one a lengths input measures
 (``feat_lens:int64[batch]:lengths(time)``), else the first other named dim. Without a
 declaration the inputs are inferred for the common cases: token ids ``[batch, seq]`` before an
 ``nn.Embedding``, float features ``[batch, seq, N]`` before a batch-first recurrent layer (or
-``[seq, batch, N]`` for a bare time-major layer), and ``lengths`` ``[batch]`` when ``forward``
-takes them.
+``[seq, batch, N]`` for a bare time-major layer), and ``lengths`` ``[batch]`` or a mask
+``[batch, seq]`` when ``forward`` takes them (told by the name of its second parameter).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from birnn_export.models import SequenceTagger
 from birnn_export.modules import BiRNN
 from birnn_export.spec import (
     BATCH,
+    MASK_ROLES,
     SEQ,
     InputDecl,
     TensorSpec,
@@ -36,6 +38,23 @@ from birnn_export.spec import (
 LENGTHS_NAMES = frozenset(
     {"lengths", "lens", "seq_lens", "seq_lengths", "sequence_lengths", "input_lengths", "x_lens"}
 )
+#: Mask parameter names, by role, with the dtype a mask of that name has when inferred (an
+#: ``attention_mask`` is int64 as Hugging Face's tokenizers make it; the others are bool).
+MASK_NAMES = {
+    "mask": ("mask", "bool"),
+    "masks": ("mask", "bool"),
+    "attention_mask": ("mask", "int64"),
+    "attn_mask": ("mask", "bool"),
+    "input_mask": ("mask", "int64"),
+    "seq_mask": ("mask", "bool"),
+    "sequence_mask": ("mask", "bool"),
+    "x_mask": ("mask", "bool"),
+    "valid_mask": ("mask", "bool"),
+    "padding_mask": ("padding_mask", "bool"),
+    "pad_mask": ("padding_mask", "bool"),
+    "key_padding_mask": ("padding_mask", "bool"),
+    "src_key_padding_mask": ("padding_mask", "bool"),
+}
 _PRIMES = (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -83,6 +102,8 @@ class PlannedInputs:
             high: float | str | None = None
             if role == "lengths":
                 low, high = 1, self.time_dim
+            elif role in MASK_ROLES:
+                low, high = 0, 1
             elif role == "tokens":
                 low, high = 0, (self.vocab - 1 if self.vocab else 1)
             out.append(
@@ -131,6 +152,7 @@ def plan_inputs(
             if input_names:
                 raise BiRNNExportError("input_names: the declared inputs already name them")
             decls = tuple(d if isinstance(d, InputDecl) else InputDecl.parse(d) for d in inputs)
+            decls = tuple(_mask_by_name(d) for d in decls)
             roles = _declared_roles(decls)
             how = "declared"
         elif example_inputs is not None:
@@ -158,15 +180,35 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
         raise BiRNNExportError(f"inputs: names must differ, got {names}")
     if sum(d.measures is not None for d in decls) > 1:
         raise BiRNNExportError("inputs: declare at most one lengths input")
+    if sum(d.mask is not None for d in decls) > 1:
+        raise BiRNNExportError("inputs: declare at most one mask input")
     roles = []
     for decl in decls:
         if decl.measures is not None:
             roles.append("lengths")
+        elif decl.mask is not None:
+            roles.append(decl.mask)
         elif decl.dtype.startswith("int"):
             roles.append("tokens")
         else:
             roles.append("features")
     return tuple(roles)
+
+
+def _mask_by_name(decl: InputDecl) -> InputDecl:
+    """A declared ``[batch, TIME]`` input named as masks are (``attention_mask``,
+    ``padding_mask``, see :data:`MASK_NAMES`) is that mask, ``:mask`` or not."""
+    named = [d for d in decl.dims if isinstance(d, str)]
+    if (
+        decl.mask is None
+        and decl.measures is None
+        and decl.name in MASK_NAMES
+        and len(decl.dims) == 2
+        and len(named) == 2
+        and BATCH in named
+    ):
+        return dataclasses.replace(decl, mask=MASK_NAMES[decl.name][0])
+    return decl
 
 
 def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
@@ -185,7 +227,7 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
                 "dim; name the time dim it measures, e.g. ':lengths(time)'"
             )
         return BATCH, measured
-    for decl in decls:
+    for decl in sorted(decls, key=lambda d: d.mask is None):  # a mask's time dim first
         for dim in decl.dims:
             if isinstance(dim, str) and dim != BATCH:
                 return BATCH, dim
@@ -258,15 +300,27 @@ def _make_examples(
         shape = [d if isinstance(d, int) else examples[d] for d in decl.dims]
         dtype = _TORCH_DTYPES[decl.dtype]
         if role == "lengths":
-            steps, batch = examples[decl.measures], shape[0]
-            rng = np.random.default_rng(0)
-            lens = np.concatenate([[steps, 1], rng.integers(1, steps + 1, size=max(0, batch - 2))])
-            tensors.append(torch.from_numpy(lens[:batch].astype(np.int64)).to(dtype))
+            lens = _example_lengths(shape[0], examples[decl.measures])
+            tensors.append(torch.from_numpy(lens).to(dtype))
+        elif role in MASK_ROLES:
+            b_axis = decl.dims.index(BATCH)
+            batch, steps = shape[b_axis], shape[1 - b_axis]
+            valid = np.arange(steps)[None, :] < _example_lengths(batch, steps)[:, None]
+            valid = valid if role == "mask" else ~valid
+            tensors.append(torch.from_numpy(valid if b_axis == 0 else valid.T).to(dtype))
         elif role == "tokens":
             tensors.append(torch.randint(0, vocab or 2, shape, generator=gen).to(dtype))
         else:
             tensors.append(torch.randn(shape, generator=gen).to(dtype))
     return tuple(tensors)
+
+
+def _example_lengths(batch: int, steps: int) -> np.ndarray:
+    """Example row lengths: the first row full, the second 1 step, the others random (the same
+    for a lengths input and a mask, which both measure the time dim)."""
+    rng = np.random.default_rng(0)
+    lens = np.concatenate([[steps, 1], rng.integers(1, steps + 1, size=max(0, batch - 2))])
+    return lens[:batch].astype(np.int64)
 
 
 def _check_examples(
@@ -359,17 +413,34 @@ def _infer(
         dims, how = (SEQ, BATCH, *dims[2:]), how + how_major
     roles = [role]
     decl_list = [(dims, "int64" if role == "tokens" else "float32")]
+    mask = _mask_param(model)
     if takes_lengths(model, lengths):
         roles.append("lengths")
         decl_list.append(((BATCH,), "int64"))
+    elif mask is not None:
+        roles.append(mask[0])
+        decl_list.append(((BATCH, SEQ), mask[1]))
+        how += f"; {_forward_params(model)[1].name!r} read as a {mask[0]} by its name"
     names = list(input_names) if input_names else _default_names(roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     decls = tuple(
-        InputDecl(name, dtype, d, SEQ if r == "lengths" else None)
+        InputDecl(
+            name,
+            dtype,
+            d,
+            SEQ if r == "lengths" else None,
+            r if r in MASK_ROLES else None,
+        )
         for name, (d, dtype), r in zip(names, decl_list, roles, strict=True)
     )
     return decls, tuple(roles), how
+
+
+def _mask_param(model: nn.Module) -> tuple[str, str] | None:
+    """(role, dtype) of a mask that ``forward`` takes second, told by the parameter's name."""
+    params = _forward_params(model)
+    return MASK_NAMES.get(params[1].name) if len(params) >= 2 else None
 
 
 def _guess_from_examples(
@@ -379,6 +450,7 @@ def _guess_from_examples(
     input_names: Sequence[str] | None,
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...]]:
     roles: list[str] = []
+    params = [p.name for p in _forward_params(model)]
     for i, tensor in enumerate(inputs):
         if not isinstance(tensor, Tensor):
             raise BiRNNExportError(
@@ -386,6 +458,10 @@ def _guess_from_examples(
             )
         if i == 1 and tensor.dim() == 1 and not tensor.is_floating_point():
             roles.append("lengths")
+        elif i >= 1 and tensor.dim() == 2 and (i < len(params) and params[i] in MASK_NAMES):
+            roles.append(MASK_NAMES[params[i]][0])
+        elif i >= 1 and tensor.dim() == 2 and tensor.dtype == torch.bool:
+            roles.append(_example_mask_role(tensor))
         elif tensor.dim() < 2:
             raise BiRNNExportError(
                 f"example_inputs[{i}]: expected [batch, seq, ...], got shape {tuple(tensor.shape)}"
@@ -405,12 +481,27 @@ def _guess_from_examples(
         dtype = str(tensor.dtype).removeprefix("torch.")
         if role == "lengths":
             decls.append(InputDecl(name, dtype, (BATCH,), SEQ))
+        elif role in MASK_ROLES:
+            decls.append(InputDecl(name, dtype, (BATCH, SEQ), mask=role))
         else:
             decls.append(InputDecl(name, dtype, (BATCH, SEQ, *tensor.shape[2:])))
     return tuple(decls), tuple(roles)
 
 
+def _example_mask_role(tensor: Tensor) -> str:
+    """``padding_mask`` for a bool ``[batch, seq]`` example whose rows start padded-looking
+    (False) and end True somewhere, ``mask`` otherwise."""
+    first, last = tensor[:, 0], tensor[:, -1]
+    return "padding_mask" if bool((~first).all() and last.any()) else "mask"
+
+
 def _default_names(roles: Sequence[str]) -> list[str]:
-    base = {"tokens": "ids", "features": "x", "lengths": "lengths"}
+    base = {
+        "tokens": "ids",
+        "features": "x",
+        "lengths": "lengths",
+        "mask": "mask",
+        "padding_mask": "padding_mask",
+    }
     names = [base[r] for r in roles]
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]

@@ -9,8 +9,9 @@ from typing import Any
 from birnn_export.modules import NODE_NAME_KEY
 from birnn_export.spec import GraphSpec, all_nodes
 
-#: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one).
-_FILL = {"lengths": 1, "tokens": 0, "features": 0.0}
+#: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one; a
+#: mask's row is valid at every step).
+_FILL = {"lengths": 1, "tokens": 0, "features": 0.0, "mask": 1, "padding_mask": 0}
 
 
 def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:

@@ -68,7 +68,7 @@ def plan_cases(
     and equal lengths and the large scale each appear at several shapes, and the longest length
     runs at batch 3 (its rows alone at batch 1).
     """
-    ragged = spec.lengths_input is not None or spec.token_padding is not None
+    ragged = spec.length_source is not None or spec.token_padding is not None
     modes = ("ragged", "equal") if ragged else ("full",)
     floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     large = float(large_scale) if floats and large_scale else None

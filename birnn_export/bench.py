@@ -430,7 +430,6 @@ def benchmark(
         )
     )
     timer = _Timer(iters=iters, duration=duration, warmup=warmup)
-    lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
     feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     expected: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     rows: list[BenchResult] = []
@@ -489,13 +488,14 @@ def benchmark(
                             None if eager is None else _run_reference(eager, feeds[batch, seq]),
                         )
                     feed = feeds[batch, seq]
-                    tokens = int(feed[lengths_name].sum()) if lengths_name else batch * seq
+                    lengths = spec.feed_lengths(feed)
+                    tokens = int(lengths.sum()) if lengths is not None else batch * seq
                     want, noise = expected[batch, seq]
                     check = functools.partial(
                         compare_outputs,
                         spec,
                         expected=want,
-                        lengths=feed[lengths_name] if lengths_name else None,
+                        lengths=lengths,
                         criteria=criteria[engine],
                         eager=noise,
                     )
@@ -517,7 +517,7 @@ def benchmark(
             "duration": duration,
             "timing": timer.describe(),
             "seed": seed,
-            "lengths": "ragged" if lengths_name else None,
+            "lengths": "ragged" if spec.length_source is not None else None,
             "graph_dtype": spec.dtype,
             "torch_device": device,
             "torch_threads": threads,

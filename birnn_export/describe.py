@@ -142,11 +142,15 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     return out
 
 
+_MASK_SENSE = {"mask": " (1 at each row's valid steps)", "padding_mask": " (1 past each row's end)"}
+
+
 def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
     out = ["recorded by birnn-export:"]
     for value in spec["inputs"]:
         valid = f", values {value['low']}..{value['high']}" if value["low"] is not None else ""
-        out.append(f"  input {value['name']}: {value['role']}{valid}")
+        sense = _MASK_SENSE.get(value["role"], "")
+        out.append(f"  input {value['name']}: {value['role']}{sense}{valid}")
     if parsed.token_padding is not None:
         out.append(f"  token rows are padded with id {parsed.token_padding} (no lengths input)")
     out += [

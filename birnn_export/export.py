@@ -55,6 +55,7 @@ from birnn_export.modules import (
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
+    MASK_ROLES,
     GraphSpec,
     InputDecl,
     check_range,
@@ -371,9 +372,27 @@ def _run_example(
         )
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
-            f"{type(exc).__name__}: {_first_line(exc)}; declare its inputs as it takes them, "
-            "e.g. --input 'x:float32[batch,40,time]' (Python: inputs=[...])"
+            f"{type(exc).__name__}: {_first_line(exc)}; {_declare_hint(planned)}"
         ) from None
+
+
+def _declare_hint(planned: PlannedInputs) -> str:
+    """How to declare the inputs, naming the mask's sense where the graph takes a mask (the
+    likeliest thing to have been guessed wrong)."""
+    for decl, role in zip(planned.decls, planned.roles, strict=True):
+        if role in MASK_ROLES:
+            sense = "1 at each row's valid steps" if role == "mask" else "1 past each row's end"
+            other = "padding_mask" if role == "mask" else "mask"
+            dims = ",".join(str(d) for d in decl.dims)
+            return (
+                f"the mask {decl.name!r} was made {decl.dtype}, {sense}; if the model takes it "
+                f"the other way round declare --input '{decl.name}:{decl.dtype}[{dims}]:{other}' "
+                "(another dtype likewise), with the other inputs"
+            )
+    return (
+        "declare its inputs as it takes them, e.g. --input 'x:float32[batch,40,time]' "
+        "(Python: inputs=[...])"
+    )
 
 
 def _trace(

@@ -37,7 +37,12 @@ SEQ = "seq"
 DEFAULT_BATCH_RANGE = (1, 8, 32)
 DEFAULT_SEQ_RANGE = (1, 64, 256)
 
-Role = Literal["features", "tokens", "lengths", "sequence", "state", "tags", "other"]
+Role = Literal[
+    "features", "tokens", "lengths", "mask", "padding_mask", "sequence", "state", "tags", "other"
+]
+#: Input roles that mark each row's valid steps: ``mask`` is 1 (True) at them, ``padding_mask``
+#: is 1 past them (``key_padding_mask``'s sense).
+MASK_ROLES = ("mask", "padding_mask")
 LengthsMode = Literal["ragged", "equal", "full"]
 
 
@@ -115,6 +120,27 @@ class GraphSpec:
     @property
     def lengths_input(self) -> TensorSpec | None:
         return next((t for t in self.inputs if t.role == "lengths"), None)
+
+    @property
+    def length_source(self) -> TensorSpec | None:
+        """The input that tells each row's length: the lengths input, else a mask."""
+        return self.lengths_input or next((t for t in self.inputs if t.role in MASK_ROLES), None)
+
+    def feed_lengths(self, feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Each row's length in ``feed`` (int64 ``[batch]``): its lengths input, else the valid
+        steps its mask counts; ``None`` for a graph that takes neither."""
+        source = self.length_source
+        if source is None:
+            return None
+        value = np.asarray(feed[source.name])
+        if source.role == "lengths":
+            return value.astype(np.int64)
+        valid = value.astype(bool) != (source.role == "padding_mask")
+        b_axis, t_axis = source.batch_axis, source.time_axis
+        if b_axis is None or t_axis is None:
+            raise BiRNNExportError(f"{source.name}: a mask needs batch and time axes")
+        valid = np.moveaxis(valid, (b_axis, t_axis), (0, 1))
+        return valid.reshape(*valid.shape[:2], -1).all(axis=2).sum(axis=1).astype(np.int64)
 
     def ranges(self) -> dict[str, tuple[int, int, int]]:
         """(min, opt, max) of every named input dim."""
@@ -217,7 +243,17 @@ _TENSOR_FIELDS = {
     "batch_at": (int, type(None)),
     "time_at": (int, type(None)),
 }
-_ROLES = ("features", "tokens", "lengths", "sequence", "state", "tags", "other")
+_ROLES = (
+    "features",
+    "tokens",
+    "lengths",
+    "mask",
+    "padding_mask",
+    "sequence",
+    "state",
+    "tags",
+    "other",
+)
 
 
 def _check_spec_data(data: Any) -> None:
@@ -422,11 +458,12 @@ def make_feed(
     their declared opt), padded as a real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
-    lengths follow ``lengths`` (see :func:`make_lengths`). Where the graph takes lengths,
-    positions past each row's length hold padding (0, or the lowest token id) in every input
-    with batch and time axes, as in a padded batch: layers before the recurrent ones (a
-    convolution, say) see them. Where it takes none but pads token rows with
-    ``spec.token_padding``, token rows are ``lengths`` long and padded with it.
+    lengths follow ``lengths`` (see :func:`make_lengths`), and a mask marks each row's first
+    ``length`` steps (1 there in a ``mask``, 1 past them in a ``padding_mask``). Where the graph
+    takes lengths or a mask, positions past each row's length hold padding (0, or the lowest
+    token id) in every input with batch and time axes, as in a padded batch: layers before the
+    recurrent ones (a convolution, say) see them. Where it takes neither but pads token rows
+    with ``spec.token_padding``, token rows are ``lengths`` long and padded with it.
     """
     rng = np.random.default_rng(seed)
     sizes = spec.sizes(batch, seq)
@@ -439,27 +476,35 @@ def make_feed(
             low = int(tensor.low or 0)
             high = int(tensor.high) if tensor.high is not None else low
             feed[tensor.name] = rng.integers(low, high + 1, size=shape).astype(tensor.dtype)
+        elif tensor.role in MASK_ROLES:
+            feed[tensor.name] = np.zeros(shape, dtype=tensor.dtype)  # set from the lengths below
         else:
             feed[tensor.name] = (rng.standard_normal(shape) * scale).astype(tensor.dtype)
-    lengths_input = spec.lengths_input
-    token_lengths = None
+    lengths_input, source = spec.lengths_input, spec.length_source
     if lengths_input is None and spec.token_padding is not None:
         token_lengths = make_lengths(batch, seq, rng, lengths)
         _pad_tokens(spec, feed, token_lengths, spec.token_padding)
-    if lengths_input is not None:
-        valid = np.arange(seq)[None, :] < feed[lengths_input.name][:, None]  # [batch, seq]
-        for tensor in spec.inputs:
-            b_axis, t_axis = tensor.batch_axis, tensor.time_axis
-            if tensor.role not in ("features", "tokens") or b_axis is None or t_axis is None:
-                continue
-            if tensor.dims[t_axis] != spec.time_dim:
-                continue
-            pad = int(tensor.low or 0) if tensor.role == "tokens" else 0
-            data = feed[tensor.name]
-            keep = valid if b_axis < t_axis else valid.T
-            expand = [1] * data.ndim
-            expand[b_axis], expand[t_axis] = batch, seq
-            data[~np.broadcast_to(keep.reshape(expand), data.shape)] = pad
+    if source is None:
+        return feed
+    rows = (
+        feed[lengths_input.name]
+        if lengths_input is not None
+        else make_lengths(batch, seq, rng, lengths)
+    )
+    valid = np.arange(seq)[None, :] < rows[:, None]  # [batch, seq]
+    for tensor in spec.inputs:
+        b_axis, t_axis = tensor.batch_axis, tensor.time_axis
+        if b_axis is None or t_axis is None or tensor.dims[t_axis] != spec.time_dim:
+            continue
+        data = feed[tensor.name]
+        keep = valid if b_axis < t_axis else valid.T
+        expand = [1] * data.ndim
+        expand[b_axis], expand[t_axis] = batch, seq
+        keep = np.broadcast_to(keep.reshape(expand), data.shape)
+        if tensor.role in MASK_ROLES:
+            data[...] = keep if tensor.role == "mask" else ~keep
+        elif tensor.role in ("features", "tokens"):
+            data[~keep] = int(tensor.low or 0) if tensor.role == "tokens" else 0
     return feed
 
 
@@ -484,7 +529,8 @@ def _pad_tokens(
 
 _DECL = re.compile(
     r"^\s*(?P<name>[A-Za-z_][\w.]*)\s*:\s*(?P<dtype>\w+)\s*\[(?P<dims>[^\]]*)\]\s*"
-    r"(?::\s*lengths\s*\(\s*(?P<measures>[A-Za-z_]\w*)\s*\)\s*)?$"
+    r"(?::\s*lengths\s*\(\s*(?P<measures>[A-Za-z_]\w*)\s*\)\s*"
+    r"|:\s*(?P<mask>mask|padding_mask)\s*)?$"
 )
 _DIM_NAME = re.compile(r"^[A-Za-z_]\w*$")
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
@@ -493,19 +539,24 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 @dataclass(frozen=True)
 class InputDecl:
     """A declared graph input: ``NAME:DTYPE[DIM,...]``, a name for a dynamic dim and a number
-    for a fixed one, and for a lengths input ``:lengths(DIM)`` (the dim it measures).
+    for a fixed one; for a lengths input ``:lengths(DIM)`` (the dim it measures); for a mask of
+    each row's valid steps ``:mask`` (1 or True at them) or ``:padding_mask`` (1 or True past
+    them), over ``batch`` and the time dim.
 
     Example:
         >>> InputDecl.parse("image:float32[batch,1,64,width]").dims
         ('batch', 1, 64, 'width')
         >>> InputDecl.parse("feat_lens:int64[batch]:lengths(time)").measures
         'time'
+        >>> InputDecl.parse("attention_mask:int64[batch,seq]:mask").mask
+        'mask'
     """
 
     name: str
     dtype: str
     dims: tuple[int | str, ...]
     measures: str | None = None
+    mask: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> InputDecl:
@@ -537,13 +588,18 @@ class InputDecl:
                 f"input {match['name']!r}: a lengths input is int64[batch] or int32[batch] (one "
                 "length per row)"
             )
-        return cls(match["name"], dtype, tuple(dims), measures)
+        named = [d for d in dims if isinstance(d, str)]
+        if match["mask"] and (len(dims) != 2 or BATCH not in named or len(named) != 2):
+            raise BiRNNExportError(
+                f"input {match['name']!r}: a mask is [batch, TIME] or [TIME, batch] (one value "
+                f"per row and step), e.g. 'mask:bool[batch,seq]:{match['mask']}'"
+            )
+        return cls(match["name"], dtype, tuple(dims), measures, match["mask"])
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.dims)
-        return f"{self.name}:{self.dtype}[{dims}]" + (
-            f":lengths({self.measures})" if self.measures else ""
-        )
+        tail = f":lengths({self.measures})" if self.measures else ""
+        return f"{self.name}:{self.dtype}[{dims}]{tail}" + (f":{self.mask}" if self.mask else "")
 
 
 _ARITHMETIC: dict[type, Any] = {

@@ -118,7 +118,7 @@ def _nodes_without_lengths(proto: Any, spec: GraphSpec) -> list[str]:
     problem by itself: a model may run a layer on the padded batch and use the lengths
     elsewhere (masked pooling), and the graph must do as it does. Where the model packs, the
     numbers fail and the diagnosis names the node (:mod:`birnn_export._diagnose`)."""
-    if spec.lengths_input is None:
+    if spec.length_source is None:
         return []
     nodes = [
         repr(node.name)
@@ -398,7 +398,6 @@ def verify(
         engine: _engine_runner(engine, onnx_path, converted, spec, profile, isolate=isolate)
         for engine in engines
     }
-    lengths_name = spec.lengths_input.name if spec.lengths_input is not None else None
     references = None
     if golden is None:
         references = References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
@@ -416,7 +415,7 @@ def verify(
         try:
             for index, case in enumerate(cases):
                 feed = feeds.get(index) if load_inputs is not None else case_feed(spec, case)
-                lengths = feed[lengths_name].astype(np.int64) if lengths_name else None
+                lengths = spec.feed_lengths(feed)
                 if references is not None:
                     ran = references.run(feed, case)
                 else:

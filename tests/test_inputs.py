@@ -30,6 +30,9 @@ SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:l
         ("x float32 [batch]", "expected NAME:DTYPE"),
         ("lens:float32[batch]:lengths(time)", "a lengths input is int64"),
         ("lens:int64[batch,time]:lengths(time)", "a lengths input is int64"),
+        ("m:bool[batch]:mask", "a mask is [batch, TIME]"),
+        ("m:bool[batch,seq,4]:padding_mask", "a mask is [batch, TIME]"),
+        ("m:bool[batch,4]:mask", "a mask is [batch, TIME]"),
     ],
 )
 def test_bad_declarations_say_what_is_wrong(text: str, message: str) -> None:
@@ -47,6 +50,13 @@ def test_declarations_round_trip() -> None:
         64,
         "width",
     )
+
+
+def test_mask_declarations_round_trip() -> None:
+    decl = InputDecl.parse("attention_mask : int64[batch, time] : mask")
+    assert (decl.dims, decl.mask, decl.measures) == (("batch", "time"), "mask", None)
+    assert str(decl) == "attention_mask:int64[batch,time]:mask"
+    assert InputDecl.parse("pad:bool[time,batch]:padding_mask").mask == "padding_mask"
 
 
 def test_crnn_on_images_exports_with_a_derived_time_dim(tmp_path) -> None:
@@ -288,3 +298,149 @@ def test_loaded_speech_sample_verifies_against_torch(tmp_path) -> None:
     )
     report = verify(result.path, loaded, batch_sizes=(3,), seq_lens=(1, 2, 33))
     assert report.passed, report.summary()
+
+
+# -- masks ------------------------------------------------------------------------------------
+
+
+class MaskTagger(nn.Module):
+    """A Hugging Face-style tagger: token ids and an int64 ``attention_mask`` (1 at each row's
+    tokens); it packs by the mask's row sums."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16, padding_idx=0)
+        self.rnn = nn.LSTM(16, 24, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(48, 5)
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(1).cpu()
+        packed = pack_padded_sequence(
+            self.emb(ids), lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        return self.out(out)
+
+
+class UnmaskedTagger(MaskTagger):
+    """The same weights, the mask ignored: its backward direction starts in the padding."""
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(self.emb(ids))[0])
+
+
+class PaddingMaskPooler(nn.Module):
+    """Features and a bool ``key_padding_mask`` (True past each row's end, as
+    ``nn.MultiheadAttention`` takes it): a packed BiGRU and a mean over the valid steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(6, 10, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        keep = ~key_padding_mask
+        packed = pack_padded_sequence(x, keep.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        weights = keep.unsqueeze(-1).to(x.dtype)
+        return self.head((out * weights).sum(1) / weights.sum(1))
+
+
+class FloatMaskTagger(nn.Module):
+    """A BiLSTM on the padded batch whose float mask, time-major ``[time, batch]``, zeroes its
+    outputs past each row's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 8, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0] * m.t().unsqueeze(-1)
+
+
+def _ragged(report) -> bool:
+    return any(c.lengths and min(c.lengths) < c.seq for c in report.cases)
+
+
+def test_an_attention_mask_is_inferred_by_name_and_verified_on_ragged_rows(tmp_path) -> None:
+    torch.manual_seed(0)
+    result = export_onnx(MaskTagger().eval(), tmp_path / "m.onnx")
+    mask = result.spec.inputs[1]
+    assert (mask.role, mask.dtype, mask.dims, mask.low, mask.high) == (
+        "mask",
+        "int64",
+        ("batch", "seq"),
+        0,
+        1,
+    )
+    assert result.verification.passed, result.verification.summary()
+    assert _ragged(result.verification)  # rows shorter than the batch were checked
+    padding = [o for c in result.verification.cases for o in c.outputs if o.check == "padding"]
+    assert padding and all(o.passed for o in padding)
+
+
+def test_a_graph_that_ignores_the_mask_fails_verification(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = MaskTagger().eval()
+    path = export_onnx(model, tmp_path / "m.onnx", verify=False).path
+    unmasked = UnmaskedTagger().eval()
+    unmasked.load_state_dict(model.state_dict())
+    report = verify(path, unmasked, batch_sizes=(3,), seq_lens=(9,))
+    assert not report.passed  # the feeds' masks are ragged, so the two models differ
+
+
+def test_a_bool_key_padding_mask_is_inferred_with_its_sense(tmp_path) -> None:
+    torch.manual_seed(0)
+    result = export_onnx(PaddingMaskPooler().eval(), tmp_path / "p.onnx")
+    assert [(t.name, t.role, t.dtype) for t in result.spec.inputs] == [
+        ("x", "features", "float32"),
+        ("padding_mask", "padding_mask", "bool"),
+    ]
+    assert result.verification.passed, result.verification.summary()
+    assert _ragged(result.verification)
+
+
+def test_a_declared_float_mask_with_any_name_and_time_major_axes(tmp_path) -> None:
+    torch.manual_seed(0)
+    inputs = ["x:float32[batch,time,4]", "m:float32[time,batch]:mask"]
+    result = export_onnx(FloatMaskTagger().eval(), tmp_path / "f.onnx", inputs=inputs)
+    assert result.spec.inputs[1].role == "mask" and result.spec.time_dim == "time"
+    assert result.verification.passed, result.verification.summary()
+    assert _ragged(result.verification)
+
+
+def test_a_mask_of_the_wrong_sense_is_named_in_the_error(tmp_path) -> None:
+    inputs = ["ids:int64[batch,seq]", "attention_mask:int64[batch,seq]:padding_mask"]
+    hint = r"declare --input 'attention_mask:int64\[batch,seq\]:mask'"
+    with pytest.raises(ExportError, match=hint):
+        export_onnx(MaskTagger().eval(), tmp_path / "m.onnx", inputs=inputs)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_example_masks_are_told_by_name_or_by_their_values(tmp_path) -> None:
+    from birnn_export._inputs import plan_inputs
+
+    lengths = torch.tensor([5, 2, 4])
+    valid = torch.arange(5)[None, :] < lengths[:, None]
+    common = {
+        "inputs": None,
+        "lengths": None,
+        "input_size": None,
+        "input_names": None,
+        "ranges": None,
+        "batch_range": (1, 8, 32),
+        "seq_range": (1, 64, 256),
+        "taken": set(),
+    }
+    ids = torch.randint(1, 50, (3, 5))
+    by_name = plan_inputs(MaskTagger(), example_inputs=(ids, valid.long()), **common)
+    assert by_name.roles == ("tokens", "mask")
+
+    class Unnamed(nn.Module):
+        def forward(self, x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+            return x
+
+    x = torch.randn(3, 5, 4)
+    assert plan_inputs(Unnamed(), example_inputs=(x, valid), **common).roles[1] == "mask"
+    assert plan_inputs(Unnamed(), example_inputs=(x, ~valid), **common).roles[1] == "padding_mask"

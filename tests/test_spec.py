@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,33 @@ def test_token_feed_stays_in_range_and_pads_with_the_lowest_id():
 def test_feed_without_lengths_is_not_padded():
     feed = make_feed(spec(with_lengths=False), 2, 6, seed=0)
     assert set(feed) == {"x"} and np.all(feed["x"] != 0)
+
+
+@pytest.mark.parametrize(
+    ("role", "dtype", "dims"),
+    [
+        ("mask", "int64", ("batch", "seq")),
+        ("mask", "float32", ("seq", "batch")),
+        ("padding_mask", "bool", ("batch", "seq")),
+    ],
+)
+def test_a_mask_marks_each_rows_steps_and_the_features_are_padded_by_it(role, dtype, dims):
+    mask = TensorSpec("m", dtype, dims, role, 0, 1, batch_at=dims.index("batch"))
+    masked = GraphSpec.from_json(
+        dataclasses.replace(spec(with_lengths=False), inputs=(spec().inputs[0], mask)).to_json()
+    )
+    assert masked.length_source.name == "m" and masked.lengths_input is None
+    for mode in ("ragged", "equal", "full"):
+        feed = make_feed(masked, 6, 9, seed=4, lengths=mode)
+        m = feed["m"] if dims[0] == "batch" else feed["m"].T
+        assert feed["m"].dtype == np.dtype(dtype)
+        lengths = masked.feed_lengths(feed)
+        want = np.arange(9)[None, :] < lengths[:, None]
+        assert np.array_equal(m.astype(bool), want if role == "mask" else ~want)
+        for row, length in enumerate(lengths):
+            assert np.all(feed["x"][row, length:] == 0) and np.all(feed["x"][row, :length] != 0)
+    ragged = masked.feed_lengths(make_feed(masked, 6, 9, seed=4))
+    assert ragged.min() == 1 and ragged.max() == 9  # rows shorter than the batch
 
 
 def test_same_seed_same_feed():
