@@ -403,6 +403,14 @@ def _infer(
         else:
             dims = (SEQ, BATCH, first.input_size)
             how = "inferred: features of a time-major (batch_first=False) recurrent layer"
+    elif isinstance(first, BiRNN):  # a time-major layer inside a model that may transpose
+        name = {"lstm": "LSTM", "gru": "GRU"}.get(first.cell, "RNN")
+        raise BiRNNExportError(
+            f"cannot infer the inputs of {type(model).__name__}: its first layer is a time-major "
+            f"nn.{name} (batch_first=False), and the model may transpose before it; declare "
+            f"them, e.g. --input 'x:float32[seq,batch,{first.input_size}]' if it takes "
+            f"[seq, batch, {first.input_size}] (Python: inputs=[...])"
+        )
     else:
         raise BiRNNExportError(
             f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "

@@ -4,6 +4,8 @@ derived output dims, and the one-line errors for declarations that do not fit.""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -180,6 +182,26 @@ def test_time_major_inputs_and_outputs_are_named_by_their_axes(tmp_path) -> None
     invariance = [o for c in report.cases for o in c.outputs if o.check == "batch-invariance"]
     assert invariance and all(o.passed for o in invariance)  # no false FAIL on time-major rows
     assert derive_profile(result.spec)["x"] == ((1, 1, 6), (64, 8, 6), (256, 32, 6))
+
+
+def test_a_time_major_layer_inside_a_model_is_named_with_the_declaration_to_give(tmp_path):
+    class TimeMajorTagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(8, 16, bidirectional=True)  # batch_first=False
+            self.out = nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    model = TimeMajorTagger().eval()
+    with pytest.raises(ExportError, match=r"a time-major nn\.GRU \(batch_first=False\)") as caught:
+        export_onnx(model, tmp_path / "a.onnx")
+    declared = re.search(r"--input '([^']+)'", str(caught.value))[1]
+    assert declared == "x:float32[seq,batch,8]" and "BiRNN" not in str(caught.value)
+    result = export_onnx(model, tmp_path / "b.onnx", inputs=[declared])
+    assert result.verification.passed, result.verification.summary()
 
 
 def test_a_time_major_state_dict_is_not_guessed_silently(tmp_path) -> None:
