@@ -13,9 +13,10 @@ declaration the inputs are inferred for the common cases: token ids ``[batch, se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,11 @@ class PlannedInputs:
     examples: dict[str, int]
     #: How the inputs came about, for the user ("declared", "inferred from ...").
     how: str
+    #: The smallest vocabulary of the model's Embeddings: ids below it are valid in any of them.
     vocab: int | None = None
+    #: Each token input's largest id, from the Embedding that reads it (see
+    #: :func:`with_token_ranges`); ``vocab - 1`` for the others.
+    token_highs: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
         """``torch.export`` dynamic shapes: one ``Dim`` per named dim, shared by name, bounded
@@ -105,7 +110,7 @@ class PlannedInputs:
             elif role in MASK_ROLES:
                 low, high = 0, 1
             elif role == "tokens":
-                low, high = 0, (self.vocab - 1 if self.vocab else 1)
+                low, high = 0, self.token_highs.get(decl.name, self.vocab - 1 if self.vocab else 1)
             out.append(
                 TensorSpec(
                     decl.name,
@@ -284,8 +289,49 @@ def _examples(
 
 
 def _vocab(model: nn.Module) -> int | None:
-    first = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    return first.num_embeddings if first is not None else None
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    return min(sizes) if sizes else None
+
+
+@contextlib.contextmanager
+def watch_embeddings(model: nn.Module) -> Iterator[list[tuple[nn.Embedding, Tensor]]]:
+    """Every ``nn.Embedding`` call in ``model`` while inside, with the ids it read."""
+    seen: list[tuple[nn.Embedding, Tensor]] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], Tensor):
+            seen.append((module, args[0]))  # type: ignore[arg-type]
+
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    hooks = [m.register_forward_pre_hook(record) for m in embeddings]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def with_token_ranges(
+    planned: PlannedInputs,
+    tensors: Sequence[Tensor],
+    seen: Sequence[tuple[nn.Embedding, Tensor]],
+) -> PlannedInputs:
+    """Each token input's id range from the Embedding that read it on the example (its ids
+    whole, in any shape): word ids and character ids beside them get their own vocabularies."""
+    highs = {}
+    for decl, role, tensor in zip(planned.decls, planned.roles, tensors, strict=True):
+        if role != "tokens":
+            continue
+        sizes = [m.num_embeddings for m, ids in seen if _same_ids(ids, tensor)]
+        if sizes:
+            highs[decl.name] = min(sizes) - 1
+    return dataclasses.replace(planned, token_highs=highs)
+
+
+def _same_ids(read: Tensor, given: Tensor) -> bool:
+    if read.numel() != given.numel() or read.is_floating_point():
+        return False
+    return bool(torch.equal(read.detach().reshape(-1).cpu().long(), given.reshape(-1).long()))
 
 
 def _make_examples(

@@ -28,7 +28,12 @@ from torch import Tensor, nn
 
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
-from birnn_export._inputs import PlannedInputs, plan_inputs
+from birnn_export._inputs import (
+    PlannedInputs,
+    plan_inputs,
+    watch_embeddings,
+    with_token_ranges,
+)
 from birnn_export._packed import pack_recurrent_nodes
 from birnn_export._packing import PackingSwap, any_order_packing
 from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
@@ -224,7 +229,9 @@ def trace_graph(
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
     trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
-    returned, eager_out = _run_example(traced, trace_inputs, planned)
+    with watch_embeddings(traced) as seen:
+        returned, eager_out = _run_example(traced, trace_inputs, planned)
+    planned = with_token_ranges(planned, trace_inputs, seen)
     inputs = {d.name for d in planned.decls}
     outs = list(output_names or _default_output_names(traced, returned, len(eager_out), inputs))
     if len(outs) != len(eager_out):

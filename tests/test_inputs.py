@@ -466,3 +466,46 @@ def test_example_masks_are_told_by_name_or_by_their_values(tmp_path) -> None:
     x = torch.randn(3, 5, 4)
     assert plan_inputs(Unnamed(), example_inputs=(x, valid), **common).roles[1] == "mask"
     assert plan_inputs(Unnamed(), example_inputs=(x, ~valid), **common).roles[1] == "padding_mask"
+
+
+# -- token inputs with their own vocabularies -------------------------------------------------
+
+
+class WordCharSpeakerTagger(nn.Module):
+    """Word ids, character ids per word (a char-CNN, as BiLSTM-CNN-CRF taggers have) and a
+    speaker id per row: three Embeddings of different sizes, the word one first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word = nn.Embedding(500, 16, padding_idx=0)
+        self.char = nn.Embedding(30, 4, padding_idx=0)
+        self.speaker = nn.Embedding(3, 8)
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.rnn = nn.LSTM(32, 12, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(24, 5)
+
+    def forward(self, words, chars, speaker, lengths):
+        b, t, c = chars.shape
+        per_word = self.conv(self.char(chars.reshape(b * t, c)).transpose(1, 2))
+        per_word = per_word.max(dim=2).values.reshape(b, t, -1)
+        who = self.speaker(speaker)[:, None, :].expand(b, t, -1)
+        x = torch.cat([self.word(words), per_word, who], dim=-1)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=t)
+        return self.out(out)
+
+
+def test_each_token_input_takes_the_vocabulary_of_the_embedding_that_reads_it(tmp_path):
+    torch.manual_seed(0)
+    inputs = [
+        "words:int64[batch,seq]",
+        "chars:int64[batch,seq,6]",
+        "speaker:int64[batch]",
+        "lengths:int64[batch]:lengths(seq)",
+    ]
+    result = export_onnx(WordCharSpeakerTagger().eval(), tmp_path / "w.onnx", inputs=inputs)
+    highs = {t.name: t.high for t in result.spec.inputs if t.role == "tokens"}
+    assert highs == {"words": 499, "chars": 29, "speaker": 2}
+    assert result.verification.passed, result.verification.summary()
+    feed = make_feed(result.spec, 16, 20, seed=1)
+    assert feed["words"].max() > 29  # word ids beyond the smaller vocabularies are exercised
