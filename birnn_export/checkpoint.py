@@ -547,6 +547,9 @@ def _build(
         state, stripped = _strip_wrapper_prefix(state, keys)
         if stripped:
             where += f" (prefix {stripped!r} removed)"
+        state, under = _keys_under_one_prefix(state, keys)
+        if under:
+            where += under
         user = _construct(factory, state, model_class, path, what=what)
         model, original = _from_module(user)
         return model, original, f"{where} loaded into {model_class}", _config_of(user)
@@ -654,6 +657,25 @@ def _strip_wrapper_prefix(
             state = {k[len(prefix) :]: v for k, v in state.items()}
             removed += prefix
     return state, removed
+
+
+def _keys_under_one_prefix(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> tuple[Mapping[str, Tensor], str]:
+    """The keys under the one prefix that holds exactly the model's keys, where the state dict
+    as a whole does not fit: a Lightning module's ``model.`` (beside a loss's buffers, say).
+    Returns the state to load and what was done, for the load line (``""``: nothing)."""
+    want = set(expected)
+    if set(state) == want or not want:
+        return state, ""
+    prefixes = {k[: i + 1] for k in state for i, c in enumerate(k) if c == "."}
+    for prefix in sorted(prefixes, key=len):
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(sub) == want:
+            others = len(state) - len(sub)
+            left = f"; {others} other key(s) left out" if others else ""
+            return sub, f" (prefix {prefix!r} removed{left})"
+    return state, ""
 
 
 def _from_module(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:

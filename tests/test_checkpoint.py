@@ -463,6 +463,28 @@ def test_user_attention_classifier(tmp_path, user_models):
         _close(loaded.original(ids), expected)
 
 
+def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_path, user_models):
+    torch.manual_seed(9)
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    model = user_models.AttentionClassifier(**kwargs).eval()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["loss_fn.weight"] = torch.ones(5)  # a weighted loss beside the model
+    lightning = {"state_dict": state, "epoch": 3, "pytorch-lightning_version": "2.4.0"}
+    path = _save(lightning, tmp_path / "epoch=3.ckpt")
+    loaded = load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier", model_kwargs=kwargs)
+    assert "(prefix 'model.' removed; 1 other key(s) left out)" in loaded.source
+    ids = torch.randint(0, 40, (3, 9), generator=_gen())
+    with torch.no_grad():
+        _close(loaded.original(ids), model(ids))
+    state["model.extra"] = torch.ones(1)  # no prefix holds exactly the model's keys: refused
+    with pytest.raises(ModelLoadError, match="weights do not fit"):
+        load_model(
+            _save(lightning, tmp_path / "b.ckpt"),
+            model_class=f"{USER_MODULE}:AttentionClassifier",
+            model_kwargs=kwargs,
+        )
+
+
 def test_user_conv_ctc(tmp_path, user_models):
     torch.manual_seed(10)
     model = user_models.ConvCTC().eval()
