@@ -14,6 +14,7 @@ keep their traceback.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,30 @@ def export_command(
             from birnn_export.verification import render_report
 
             render_report(exc.report)
+            study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
+            study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
             click.echo(
-                f"To study the failure: re-export with --no-verify, then 'birnn-export verify "
-                f"{output} --model {model_path} --save-inputs cases.json'",
+                f"To study the failure: re-export with --no-verify, then {shlex.join(study)}",
                 err=True,
             )
         raise
     if json_path is not None:
         write_atomic(json_path, json.dumps(report.to_dict(), indent=2, default=str))
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
+
+
+def _loader_flags(loader: dict[str, Any]) -> list[str]:
+    """The command-line flags that load the model as ``loader`` (the loader options) does."""
+    flags = []
+    for name, value in loader.items():
+        flag = "--" + name.replace("_", "-")
+        if value in (None, False, {}) or (name == "nonlinearity" and value == "tanh"):
+            continue  # the default
+        if value is True:
+            flags.append(flag)
+        else:
+            flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+    return flags
 
 
 # --- inspect -----------------------------------------------------------------------------

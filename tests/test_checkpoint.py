@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -63,6 +64,14 @@ USER_SOURCE = textwrap.dedent(
             h = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
             y, _ = self.gru(h)
             return torch.log_softmax(self.out(y), dim=-1)
+
+
+    class ExportsOtherwise(ConvCTC):
+        '''Computes something else while being exported: no graph matches it.'''
+
+        def forward(self, x):
+            y = super().forward(x)
+            return y * 2 if torch.compiler.is_compiling() else y
 
 
     class NotAModule:
@@ -483,6 +492,28 @@ def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_pat
             model_class=f"{USER_MODULE}:AttentionClassifier",
             model_kwargs=kwargs,
         )
+
+
+def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
+    tmp_path, user_models
+):
+    torch.manual_seed(10)
+    path = _save(user_models.ExportsOtherwise(hidden=5).state_dict(), tmp_path / "d.pt")
+    kwargs = '{"hidden": 5}'
+    model = ["--model-class", f"{USER_MODULE}:ExportsOtherwise", "--model-kwargs", kwargs]
+    out = ["-o", str(tmp_path / "d.onnx"), "--input-size", "6"]
+    runner = CliRunner()
+    failed = runner.invoke(main, [str(path), *out, *model])
+    assert failed.exit_code == 1, failed.output
+    hint = failed.output.split("To study the failure: re-export with --no-verify, then ")[1]
+    study = shlex.split(hint.splitlines()[0])
+    assert study[:2] == ["birnn-export", "verify"] and study[-2:] == ["--save-inputs", "cases.json"]
+    assert study[study.index("--model-kwargs") + 1] == kwargs
+    written = runner.invoke(main, [str(path), *out, *model, "--no-verify"])
+    assert written.exit_code == 0, written.output
+    rerun = runner.invoke(main, [*study[1:-2], "--save-inputs", str(tmp_path / "cases.json")])
+    assert rerun.exit_code == 1 and "FAIL" in rerun.output  # loaded, verified, failed again
+    assert (tmp_path / "cases.json").exists()
 
 
 def test_user_conv_ctc(tmp_path, user_models):
