@@ -154,6 +154,8 @@ def float64_fails(module: Any, spec: GraphSpec) -> str | None:
     """Why ``module`` cannot run in float64 on the graph's inputs (``None`` if it can)."""
     import torch
 
+    from birnn_export._packing import any_order_packing
+
     probe = make_feed(spec, 2, within(spec, 3), seed=0)
     try:
         copied = copy.deepcopy(module).eval().to(torch.float64)
@@ -161,7 +163,8 @@ def float64_fails(module: Any, spec: GraphSpec) -> str | None:
         for tensor in spec.inputs:
             value = torch.from_numpy(np.ascontiguousarray(probe[tensor.name]))
             args.append(value.to(torch.float64) if value.is_floating_point() else value)
-        with torch.inference_mode():
+        # rows in any order, as the reference runs them (enforce_sorted=True packing included)
+        with torch.inference_mode(), any_order_packing(copied):
             copied(*args)
     except Exception as exc:  # any failure: the model is not float64-clean
         return one_line(exc)

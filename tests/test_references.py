@@ -74,6 +74,26 @@ def test_float64_fails_names_what_breaks() -> None:
     assert reason is not None and "dtype" in reason.lower()
 
 
+def test_a_model_packing_sorted_rows_runs_in_float64() -> None:
+    """enforce_sorted=True packing is run with rows in any order, as the reference runs it, so
+    the model keeps its float64 reference (not fixed tolerances)."""
+
+    class SortedPacking(nn.Module):
+        def __init__(self, flip: bool) -> None:
+            super().__init__()
+            self.gru = nn.GRU(FEATURES, HIDDEN, batch_first=True, bidirectional=True)
+            self.flip = flip  # one of the two sees the probe's rows unsorted, whatever they are
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            if self.flip:
+                x, lengths = x.flip(0), lengths.flip(0)
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+            return nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
+
+    assert float64_fails(SortedPacking(flip=False), _spec()) is None
+    assert float64_fails(SortedPacking(flip=True), _spec()) is None
+
+
 def test_references_refuse_a_model_without_a_fixed_answer() -> None:
     spec = _spec()
     case = Case(2, 5, "ragged", 1.0, 0)
