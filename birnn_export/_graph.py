@@ -40,6 +40,43 @@ def dims_of(value_info: Any) -> tuple[int | str, ...]:
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
 
 
+#: Ops a linear head's scores pass through unchanged in their order per position (layout,
+#: normalisation, a constant bias, a mask); see :func:`_class_scores`.
+_SCORE_PRESERVING = {
+    "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice",
+    "Gather", "Softmax", "LogSoftmax", "Add", "Where",
+}  # fmt: skip
+_LINEAR = {"MatMul", "Gemm", "Conv"}
+
+
+def _class_scores(proto: Any, name: str) -> bool:
+    """Whether graph output ``name`` holds class scores: a linear head's output (``MatMul``,
+    ``Gemm``, a 1x1 ``Conv``), through layout ops, a constant bias, a mask and (log-)softmax.
+    A recurrent layer's own outputs and states, and a head's output put through ``Tanh`` or
+    ``Sigmoid`` (an initial state, multi-label probabilities) are not."""
+    graph = proto.graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    constants = {i.name for i in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    seen = set()
+    while name in made_by and name not in seen:
+        seen.add(name)
+        node = made_by[name]
+        if node.op_type in _LINEAR:
+            return True
+        if node.op_type not in _SCORE_PRESERVING:
+            return False
+        data = [i for i in node.input if i and i not in constants]
+        if node.op_type == "Where":  # the scores, and a constant where the mask is
+            data = [i for i in node.input[1:] if i not in constants]
+        elif node.op_type in ("Slice", "Gather", "Reshape"):
+            data = node.input[:1]
+        if len(data) != 1:  # a sum of two computed tensors (a residual): not a head's scores
+            return False
+        name = data[0]
+    return False
+
+
 def build_spec(
     proto: Any,
     planned: PlannedInputs,
@@ -70,8 +107,17 @@ def build_spec(
             role = "state"
         else:
             role = "other"
+        classes = role in ("sequence", "other") and _class_scores(proto, info.name)
         outputs.append(
-            TensorSpec(info.name, dtype, dims, role, batch_at=batch_at, time_at=time_at)  # type: ignore[arg-type]
+            TensorSpec(
+                info.name,
+                dtype,
+                dims,
+                role,  # type: ignore[arg-type]
+                batch_at=batch_at,
+                time_at=time_at,
+                classes=classes,
+            )
         )
     padding = layers[-1].padding_value if layers else 0.0
     others = {

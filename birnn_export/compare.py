@@ -484,17 +484,19 @@ def valid_mask(
 
 def has_classes(spec: GraphSpec, tensor: TensorSpec) -> bool:
     """Whether ``tensor``'s last axis holds class scores (logits, log-probabilities): a static
-    last dim of at least 2 on an output that is not a recurrent layer's own (a bare layer's
-    ``output``, ``h_n``, ``c_n``)."""
-    bare = any(t.name == "h_n" for t in spec.outputs)
+    last dim of at least 2 on an output the graph computes with a linear head (recorded at
+    export; in older files, any output that is not a bare recurrent layer's own ``output``,
+    ``h_n``, ``c_n``)."""
     last = tensor.dims[-1] if tensor.dims else None
-    return (
-        not bare
-        and tensor.role in ("sequence", "other")
+    shaped = (
+        tensor.role in ("sequence", "other")
         and isinstance(last, int)
         and last >= 2
         and tensor.dtype.startswith("float")
     )
+    if tensor.classes is not None:
+        return shaped and tensor.classes
+    return shaped and not any(t.name == "h_n" for t in spec.outputs)
 
 
 def compare_outputs(

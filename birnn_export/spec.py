@@ -66,6 +66,9 @@ class TensorSpec:
     high: float | str | None = None
     batch_at: int | None = None
     time_at: int | None = None
+    #: An output's last axis holds class scores (a linear head's logits or log-probabilities),
+    #: as read from the graph at export; ``None`` in files written before it was recorded.
+    classes: bool | None = None
 
     @property
     def time_axis(self) -> int | None:
@@ -242,6 +245,7 @@ _TENSOR_FIELDS = {
     "high": (int, float, str, type(None)),
     "batch_at": (int, type(None)),
     "time_at": (int, type(None)),
+    "classes": (bool, type(None)),
 }
 _ROLES = (
     "features",

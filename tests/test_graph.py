@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
+import torch
+from torch import nn
 
 from birnn_export._graph import check_graph
+from birnn_export.compare import has_classes
 from birnn_export.modules import BiRNN
 from birnn_export.pipeline import export_onnx
 
@@ -34,3 +39,31 @@ def test_check_graph_finds_a_static_example_dim_in_value_info(tmp_path):
     value.type.tensor_type.shape.dim[1].dim_value = result.spec.example_seq
     problems = check_graph(proto, result.spec)
     assert any("length" in p and "baked" in p for p in problems), problems
+
+
+class _Heads(nn.Module):
+    """Every kind of output a model returns: logits, log-probabilities, a masked head, the
+    recurrent layer's own output and state, a tanh'd initial state, a residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 5)
+        self.bridge = nn.Linear(12, 6)
+
+    def forward(self, x):
+        out, (h_n, _) = self.rnn(x)
+        logits = self.head(out)
+        masked = logits.masked_fill(x[..., :1] > 3, float("-inf"))
+        state = torch.tanh(self.bridge(torch.cat([h_n[0], h_n[1]], -1)))
+        return logits, torch.log_softmax(logits, -1), masked, out, h_n, state, out + out
+
+
+def test_class_scores_are_read_from_the_graph(tmp_path):
+    result = export_onnx(_Heads().eval(), tmp_path / "h.onnx", verify=False)
+    classes = [o.classes for o in result.spec.outputs]
+    assert classes == [True, True, True, False, False, False, False]
+    scored = [has_classes(result.spec, o) for o in result.spec.outputs]
+    assert scored == [True, True, True, False, False, False, False]
+    old = dataclasses.replace(result.spec.outputs[3], classes=None)  # a file from before
+    assert has_classes(result.spec, old)

@@ -90,6 +90,37 @@ def test_export_quantized_graph_that_loses_the_task_is_refused(tmp_path: Path) -
     assert export_onnx(model, tmp_path / "f.onnx").verification.passed
 
 
+class Encoder(nn.Module):
+    """A seq2seq encoder: its memory (the BiLSTM's own output) and a decoder's initial state
+    (tanh of a bridge), neither of them class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16, padding_idx=0)
+        self.lstm = nn.LSTM(16, 32, batch_first=True, bidirectional=True)
+        self.bridge = nn.Linear(64, 32)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor):
+        out, (h, _) = self.lstm(
+            nn.utils.rnn.pack_padded_sequence(
+                self.emb(src), lengths, batch_first=True, enforce_sorted=False
+            )
+        )
+        out = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.size(1))[0]
+        return out, torch.tanh(self.bridge(torch.cat([h[-2], h[-1]], dim=-1)))
+
+
+def test_int8_outputs_without_classes_are_judged_by_relative_error_alone(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    result = export_onnx(Encoder().eval(), tmp_path / "q.onnx", quantize="int8")
+    assert [o.classes for o in result.spec.outputs] == [False, False]
+    report = result.verification
+    assert report.passed, report.summary()
+    sweep = next(c for c in report.cases if c.lengths_mode == WHOLE_SWEEP)
+    assert len(sweep.outputs) == 2
+    assert all(o.top1 is None and o.rel_l2 < 0.05 for o in sweep.outputs)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
