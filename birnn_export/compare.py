@@ -675,8 +675,8 @@ def _cut_to_longest_row(
     tensor: TensorSpec, got: np.ndarray, want: np.ndarray, lengths: np.ndarray | None
 ) -> np.ndarray:
     """``got`` cut along time to the reference's length where the reference returns only the
-    longest row's steps (``pad_packed_sequence`` without ``total_length``; the graph keeps the
-    input's length, README "Model files")."""
+    longest row's steps (``pad_packed_sequence`` without ``total_length``) and the graph the
+    input's length (graphs written before they cut to the longest row too)."""
     axis = tensor.time_axis
     if (
         axis is None

@@ -414,7 +414,7 @@ def _trace(
         with (
             _onnx_settings(model, layout),
             onnx_weight_constants(model),
-            _traceable_packing(model),
+            _traceable_packing(model) as cuts,
             _quiet_exporter(),
         ):
             program = torch.onnx.export(
@@ -432,7 +432,10 @@ def _trace(
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
             raise KeyboardInterrupt from None
         raise ExportError(_explain_trace_failure(model, exc, planned)) from None
-    return program.model_proto
+    proto = program.model_proto
+    if any(cuts):
+        _name_longest_dims(proto, planned.time_dim)
+    return proto
 
 
 def _interrupted(exc: BaseException | None) -> bool:
@@ -458,10 +461,15 @@ def _pad_for_tracing(
     padding_value: float = 0.0,
     total_length: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    del total_length  # the output keeps the input's padded length
     data = sequence.data
     if sequence.batch_first != batch_first:
         data = data.transpose(0, 1)
+    if total_length is None:  # as torch does: cut to the longest row (a data-dependent dim)
+        time_axis = 1 if batch_first else 0
+        longest = sequence.lengths.max().item()
+        torch._check(longest >= 1)
+        torch._check(longest <= data.shape[time_axis])
+        data = data.narrow(time_axis, 0, longest)
     if padding_value != 0.0:
         mask = padding_mask(sequence.lengths, data.shape[1 if batch_first else 0])
         mask = (mask if batch_first else mask.transpose(0, 1)).unsqueeze(-1)
@@ -470,21 +478,37 @@ def _pad_for_tracing(
 
 
 @contextlib.contextmanager
-def _traceable_packing(model: nn.Module) -> Iterator[None]:
+def _traceable_packing(model: nn.Module) -> Iterator[list[bool]]:
     """Let ``forward`` methods that pack and unpack around their recurrent layers trace:
     ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced where ``forward`` finds
     them (:class:`~birnn_export._packing.PackingSwap`) by functions passing a
-    :class:`~birnn_export.modules.TracedPack` through the converted layers. Padded outputs keep
-    the input's length (``pad_packed_sequence`` would cut them to the longest row).
+    :class:`~birnn_export.modules.TracedPack` through the converted layers. Padded outputs are
+    ``total_length`` long where it is given, else as long as the longest row, as in torch.
+    Yields a list that holds an entry per cut to the longest row.
     """
     from torch.nn.utils import rnn as rnn_utils
 
-    swaps = {
-        rnn_utils.pack_padded_sequence: _pack_for_tracing,
-        rnn_utils.pad_packed_sequence: _pad_for_tracing,
-    }
+    cuts: list[bool] = []
+
+    def pad(sequence: TracedPack, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        bound = inspect.signature(_pad_for_tracing).bind(sequence, *args, **kwargs)
+        cuts.append(bound.arguments.get("total_length") is None)
+        return _pad_for_tracing(sequence, *args, **kwargs)
+
+    swaps = {rnn_utils.pack_padded_sequence: _pack_for_tracing, rnn_utils.pad_packed_sequence: pad}
     with PackingSwap(model, swaps), torch.no_grad():
-        yield
+        yield cuts
+
+
+def _name_longest_dims(proto: Any, time_dim: str) -> None:
+    """Name the data-dependent dims the exporter calls ``u0``, ``u1``... after what they are
+    when the model cut its padded output to the longest row: ``longest(time)``, a dim derived
+    from the time dim (its valid steps are the lengths the recurrent layers saw)."""
+    graph = proto.graph
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and re.fullmatch(r"u\d+", dim.dim_param):
+                dim.dim_param = f"longest({time_dim})"
 
 
 @contextlib.contextmanager

@@ -351,23 +351,47 @@ def test_seed_examples_with_torch_flip_export_dynamically(tmp_path, cls):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_seed_example3_exports_faithfully_when_a_row_fills_the_batch(tmp_path):
+def test_seed_example3_exports_faithfully_in_every_batch(tmp_path):
     """The article's flip-then-pack model (rnn_utils.pack_padded_sequence) exports and the graph
     reproduces it exactly - including its bug, which verification against torch's packed
-    bidirectional layer would expose - in batches where a row has the padded length. Its
-    forward flips the output of pad_packed_sequence, whose length is the longest row's; the
-    graph keeps the input's length, so batches padded past their longest row differ, and
-    verification says so."""
+    bidirectional layer would expose. Its forward flips the output of pad_packed_sequence, whose
+    length is the longest row's: the graph cuts to the longest row too, so a batch padded past
+    its longest row gives what the model gives."""
     torch.manual_seed(0)
     model = ManualBidirectionalRNNVariableLength(10, 20, 5).eval()
-    with pytest.raises(VerificationError, match="equal"):
-        export_onnx(model, tmp_path / "seed3.onnx", lengths=True)
-    result = export_onnx(model, tmp_path / "seed3.onnx", lengths=True, verify=False)
-    feed = make_feed(result.spec, 4, 12, seed=0)
-    assert feed["lengths"].max() == 12
-    got = run_ort(result.path, feed)["output"]
-    want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
-    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+    result = export_onnx(model, tmp_path / "seed3.onnx", lengths=True)
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.outputs[0].dims == ("batch", "longest(seq)", 5)
+    for lengths in ([12, 3, 7, 12], [9, 3, 7, 5]):  # a row fills the batch, or none does
+        feed = make_feed(result.spec, 4, 12, seed=0)
+        feed["lengths"] = np.array(lengths)
+        got = run_ort(result.path, feed)["output"]
+        want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+        assert got.shape == (4, max(lengths), 5)
+        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
+class _MeanOverPadded(nn.Module):
+    """pad_packed_sequence without total_length, then a mean over time: the mean divides by
+    the longest row's length, so the graph must cut where torch does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, lengths):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
+        return self.head(out.mean(dim=1)), out[:, -1]
+
+
+def test_a_model_using_the_longest_rows_padded_output_verifies(tmp_path):
+    torch.manual_seed(0)
+    result = export_onnx(_MeanOverPadded().eval(), tmp_path / "m.onnx")
+    report = result.verification
+    assert report.passed, report.summary()
+    assert any(c.lengths and max(c.lengths) < c.seq for c in report.cases)  # padded past
 
 
 def test_lengths_are_clamped_inside_the_graph(tmp_path):
