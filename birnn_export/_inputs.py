@@ -476,6 +476,8 @@ def _infer(
         decl_list.append(((BATCH, SEQ), mask[1]))
         how += f"; {_forward_params(model)[1].name!r} read as a {mask[0]} by its name"
     names = list(input_names) if input_names else _default_names(roles)
+    if mask is not None and not input_names and roles[-1] in MASK_ROLES:
+        names[-1] = _forward_params(model)[1].name  # a mask keeps its name: attention_mask
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     decls = tuple(

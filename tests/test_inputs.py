@@ -389,7 +389,8 @@ def test_an_attention_mask_is_inferred_by_name_and_verified_on_ragged_rows(tmp_p
     torch.manual_seed(0)
     result = export_onnx(MaskTagger().eval(), tmp_path / "m.onnx")
     mask = result.spec.inputs[1]
-    assert (mask.role, mask.dtype, mask.dims, mask.low, mask.high) == (
+    assert (mask.name, mask.role, mask.dtype, mask.dims, mask.low, mask.high) == (
+        "attention_mask",
         "mask",
         "int64",
         ("batch", "seq"),
@@ -417,7 +418,7 @@ def test_a_bool_key_padding_mask_is_inferred_with_its_sense(tmp_path) -> None:
     result = export_onnx(PaddingMaskPooler().eval(), tmp_path / "p.onnx")
     assert [(t.name, t.role, t.dtype) for t in result.spec.inputs] == [
         ("x", "features", "float32"),
-        ("padding_mask", "padding_mask", "bool"),
+        ("key_padding_mask", "padding_mask", "bool"),
     ]
     assert result.verification.passed, result.verification.summary()
     assert _ragged(result.verification)
