@@ -153,6 +153,7 @@ def plan_inputs(
             the input or dim and what to do).
     """
     try:
+        _refuse_keyword_only(model)
         if inputs:
             if input_names:
                 raise BiRNNExportError("input_names: the declared inputs already name them")
@@ -392,6 +393,20 @@ def _check_examples(
 
 
 # -- inference --------------------------------------------------------------------------------
+
+
+def _refuse_keyword_only(model: nn.Module) -> None:
+    """The graph's inputs are passed to ``forward`` by position: a keyword-only parameter
+    without a default (after ``*``) could never be given."""
+    params = inspect.signature(model.forward).parameters.values()
+    names = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if names:
+        listed = ", ".join(repr(n) for n in names)
+        raise BiRNNExportError(
+            f"{type(model).__name__}.forward takes {listed} by keyword only (after '*'), and "
+            "birnn-export passes the graph's inputs by position: make it positional (drop the "
+            f"'*'), e.g. def forward(self, x, {names[0]}); the weights load as they are"
+        )
 
 
 def _forward_params(model: nn.Module) -> list[inspect.Parameter]:

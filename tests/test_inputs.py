@@ -291,6 +291,23 @@ def test_cli_declared_inputs_and_one_line_errors(tmp_path) -> None:
     assert "time dim 'time'" in inspected.output
 
 
+def test_a_keyword_only_input_is_refused_with_the_signature_to_write(tmp_path) -> None:
+    class KeywordOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, *, lengths: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    inputs = ["x:float32[batch,seq,4]", "lengths:int64[batch]:lengths(seq)"]
+    for given in ({}, {"inputs": inputs}):
+        with pytest.raises(ExportError, match=r"takes 'lengths' by keyword only") as caught:
+            export_onnx(KeywordOnly(), tmp_path / "k.onnx", **given)
+        assert "def forward(self, x, lengths)" in str(caught.value)
+    assert not (tmp_path / "k.onnx").exists()
+
+
 def test_a_model_that_raises_is_reported_in_one_line(tmp_path) -> None:
     class Broken(nn.Module):
         def __init__(self) -> None:
