@@ -113,6 +113,7 @@ def run_case(
         scale=case.scale,
         seed=case.seed,
         lengths=tuple(int(v) for v in lengths) if lengths is not None else None,
+        others=_others(spec, case),
     )
     try:
         actual = runner.infer(feed)
@@ -224,10 +225,18 @@ def _diagnose(
     return "\n".join(texts) or None
 
 
+def _others(spec: GraphSpec, case: Case) -> str:
+    """The case's other named dims, where not at their opt (``chars=1``), for its label."""
+    if case.others == 1:
+        return ""
+    sizes = spec.sizes(case.batch, case.seq, which=case.others)
+    return " ".join(f"{name}={sizes[name]}" for name in spec.dim_ranges)
+
+
 def _shape_checks(spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray]) -> list[Check]:
     """Output dims derived from the input dims (``(width//4)``) against the relation recorded in
     the spec, at this case's sizes: only the ones that disagree."""
-    sizes = spec.sizes(case.batch, case.seq)
+    sizes = spec.sizes(case.batch, case.seq, which=case.others)
     checks = []
     for tensor in spec.outputs:
         value = actual.get(tensor.name)

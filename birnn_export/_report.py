@@ -59,6 +59,8 @@ class CaseResult:
     outputs: tuple[Check, ...]
     error: str | None = None
     diagnosis: str | None = None
+    #: The other named dims' sizes where the case did not take their opt (``chars=1``).
+    others: str = ""
 
     @property
     def passed(self) -> bool:
@@ -69,7 +71,8 @@ class CaseResult:
         if self.lengths_mode == WHOLE_SWEEP:
             return f"{self.engine} {WHOLE_SWEEP}"
         scale = f" x{self.scale:g}" if self.scale != 1.0 else ""
-        return f"{self.engine} B={self.batch} T={self.seq} {self.lengths_mode}{scale}"
+        others = f" {self.others}" if self.others else ""
+        return f"{self.engine} B={self.batch} T={self.seq}{others} {self.lengths_mode}{scale}"
 
 
 @dataclass(frozen=True)

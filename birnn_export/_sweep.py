@@ -34,6 +34,8 @@ class Case:
     lengths_mode: str
     scale: float
     seed: int
+    #: Which of their declared (min, opt, max) the graph's other named dims take (0, 1 or 2).
+    others: int = 1
 
 
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
@@ -108,7 +110,13 @@ def _default_cases(
     if large:
         shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
     unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
-    return [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
+    cases = [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
+    if spec.dim_ranges:  # the other named dims at their declared min and max too
+        cases += [
+            Case(3, within(spec, t0), ragged, 1.0, seed + len(cases) + i, others=which)
+            for i, which in enumerate((0, 2))
+        ]
+    return cases
 
 
 def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
@@ -123,7 +131,13 @@ def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
 def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:
     """The inputs of ``case``, reproducible from its seed."""
     return make_feed(
-        spec, case.batch, case.seq, seed=case.seed, lengths=case.lengths_mode, scale=case.scale
+        spec,
+        case.batch,
+        case.seq,
+        seed=case.seed,
+        lengths=case.lengths_mode,
+        scale=case.scale,
+        which=case.others,
     )
 
 
@@ -154,7 +168,7 @@ def fit_budget(
     memory budget."""
     kept, notes = [], []
     for case in cases:
-        need = largest_tensor_bytes(proto, spec, case.batch, case.seq)
+        need = largest_tensor_bytes(proto, spec, case.batch, case.seq, which=case.others)
         if need <= budget:
             kept.append(case)
             continue

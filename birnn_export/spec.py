@@ -457,9 +457,10 @@ def make_feed(
     seed: int = 0,
     lengths: LengthsMode = "ragged",
     scale: float = 1.0,
+    which: int = 1,
 ) -> dict[str, np.ndarray]:
     """Valid random inputs for ``spec`` at batch ``batch`` and time ``seq`` (other named dims at
-    their declared opt), padded as a real batch is.
+    their declared opt; ``which=0`` min, ``2`` max), padded as a real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
     lengths follow ``lengths`` (see :func:`make_lengths`), and a mask marks each row's first
@@ -470,7 +471,7 @@ def make_feed(
     with ``spec.token_padding``, token rows are ``lengths`` long and padded with it.
     """
     rng = np.random.default_rng(seed)
-    sizes = spec.sizes(batch, seq)
+    sizes = spec.sizes(batch, seq, which=which)
     feed: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
         shape = tensor.shape(sizes)
@@ -675,12 +676,12 @@ def dim_sources(text: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - calls
 
 
-def largest_tensor_bytes(proto: Any, spec: GraphSpec, batch: int, seq: int) -> int:
+def largest_tensor_bytes(proto: Any, spec: GraphSpec, batch: int, seq: int, which: int = 1) -> int:
     """The largest tensor of the graph at ``batch`` x ``seq``, in bytes at float64: what one case
     of the float64 reference allocates at least. Read from the graph's inputs, outputs and
     inferred intermediate shapes (their symbolic dims evaluated; an unreadable dim counts as
-    the larger of ``batch`` and ``seq``)."""
-    sizes = spec.sizes(batch, seq)
+    the larger of ``batch`` and ``seq``); other named dims at ``which`` of their ranges."""
+    sizes = spec.sizes(batch, seq, which=which)
     unknown = max(batch, seq, *sizes.values())
     infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
     largest = 0

@@ -517,13 +517,17 @@ def test_each_token_input_takes_the_vocabulary_of_the_embedding_that_reads_it(tm
     torch.manual_seed(0)
     inputs = [
         "words:int64[batch,seq]",
-        "chars:int64[batch,seq,6]",
+        "chars:int64[batch,seq,chars]",
         "speaker:int64[batch]",
         "lengths:int64[batch]:lengths(seq)",
     ]
-    result = export_onnx(WordCharSpeakerTagger().eval(), tmp_path / "w.onnx", inputs=inputs)
+    model = WordCharSpeakerTagger().eval()
+    result = export_onnx(model, tmp_path / "w.onnx", inputs=inputs, ranges={"chars": (1, 6, 12)})
     highs = {t.name: t.high for t in result.spec.inputs if t.role == "tokens"}
     assert highs == {"words": 499, "chars": 29, "speaker": 2}
-    assert result.verification.passed, result.verification.summary()
+    report = result.verification
+    assert report.passed, report.summary()
+    labels = [c.label for c in report.cases]  # words of 1 and of 12 characters were checked
+    assert any("chars=1 " in x for x in labels) and any("chars=12 " in x for x in labels)
     feed = make_feed(result.spec, 16, 20, seed=1)
     assert feed["words"].max() > 29  # word ids beyond the smaller vocabularies are exercised

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,21 @@ def test_no_lengths_input_sweeps_full_rows() -> None:
     )
     cases = plan_cases(spec, batch_sizes=(2,), seq_lens=(3,))
     assert [(c.lengths_mode, c.scale) for c in cases] == [("full", 1.0), ("full", 10.0)]
+
+
+def test_other_named_dims_are_swept_at_their_declared_min_and_max() -> None:
+    spec = GraphSpec(
+        inputs=(
+            TensorSpec("ids", "int64", ("batch", "seq", "chars"), "tokens", 0, 9, 0, 1),
+            TensorSpec("lengths", "int64", ("batch",), "lengths", 1, "seq", 0),
+        ),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 4), "sequence", batch_at=0),),
+        example_batch=3,
+        example_seq=5,
+        dim_ranges={"chars": (2, 12, 30)},
+    )
+    cases = plan_cases(spec)
+    widths = sorted({case_feed(spec, c)["ids"].shape[2] for c in cases})
+    assert widths == [2, 12, 30]
+    plain = dataclasses.replace(spec, dim_ranges={})
+    assert all(c.others == 1 for c in plan_cases(plain))
