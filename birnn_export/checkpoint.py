@@ -26,6 +26,7 @@ import functools
 import hashlib
 import importlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -550,7 +551,12 @@ def _build(
         state, under = _keys_under_one_prefix(state, keys)
         if under:
             where += under
-        user = _construct(factory, state, model_class, path, what=what)
+        try:
+            user = _construct(factory, state, model_class, path, what=what)
+        except ModelLoadError as exc:
+            if "shape mismatch" not in str(exc) or model_kwargs:
+                raise
+            raise ModelLoadError(f"{exc}; {_kwargs_hint(obj)}") from None
         model, original = _from_module(user)
         return model, original, f"{where} loaded into {model_class}", _config_of(user)
     state, stripped = _strip_wrapper_prefix(state, None)
@@ -766,6 +772,23 @@ def _construct(
     module = _call(factory, what, name)
     _load_strict(module, state, name, path)
     return module
+
+
+def _kwargs_hint(obj: Any) -> str:
+    """What to do when a class built with its defaults does not fit the weights' sizes: pass
+    its arguments, the ones a Lightning checkpoint recorded where it has them."""
+    saved = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+    simple = (bool, int, float, str, type(None))
+    if isinstance(saved, Mapping) and saved:
+        known = {str(k): v for k, v in saved.items() if isinstance(v, simple)}
+        text = json.dumps(known)
+        if len(text) > 300:
+            text = text[:300] + "..."
+        return (
+            f"the class was built with its defaults; the checkpoint's hyper_parameters are "
+            f"{text}: pass the ones it takes with --model-kwargs '{{...}}'"
+        )
+    return "the class was built with its defaults: pass its sizes with --model-kwargs '{...}'"
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Path) -> None:

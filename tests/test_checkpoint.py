@@ -494,6 +494,21 @@ def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_pat
         )
 
 
+def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_parameters(
+    tmp_path, user_models
+):
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    model = user_models.AttentionClassifier(**kwargs)
+    lightning = {"state_dict": model.state_dict(), "hyper_parameters": {**kwargs, "lr": 0.01}}
+    path = _save(lightning, tmp_path / "last.ckpt")
+    with pytest.raises(ModelLoadError, match="shape mismatch") as caught:
+        load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
+    assert '"hidden": 7' in str(caught.value) and "--model-kwargs" in str(caught.value)
+    path = _save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(ModelLoadError, match="pass its sizes with --model-kwargs"):
+        load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
+
+
 def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     tmp_path, user_models
 ):
