@@ -185,7 +185,11 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise BiRNNExportError(f"inputs: names must differ, got {names}")
     if sum(d.measures is not None for d in decls) > 1:
-        raise BiRNNExportError("inputs: declare at most one lengths input")
+        raise BiRNNExportError(
+            "inputs: declare at most one lengths input; a graph of two sequences with lengths "
+            "of their own (two time dims) is not supported yet: export each encoder as a model "
+            "of its own"
+        )
     if sum(d.mask is not None for d in decls) > 1:
         raise BiRNNExportError("inputs: declare at most one mask input")
     roles = []

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import CRNN, CRNNConfig, SpeechConfig, SpeechCTC
+from birnn_export.modules import BiRNN
 from birnn_export.pipeline import export_onnx
 from birnn_export.spec import GraphSpec, InputDecl, make_feed
 from birnn_export.trt_plan import derive_profile
@@ -289,6 +290,17 @@ def test_cli_declared_inputs_and_one_line_errors(tmp_path) -> None:
     inspected = runner.invoke(main, ["inspect", str(out)])
     assert "batch 1,8,32, time 4,50,300" in inspected.output
     assert "time dim 'time'" in inspected.output
+
+
+def test_two_lengths_inputs_are_refused_with_what_to_do_instead(tmp_path) -> None:
+    inputs = [
+        "a:float32[batch,sa,4]",
+        "a_len:int64[batch]:lengths(sa)",
+        "b:float32[batch,sb,4]",
+        "b_len:int64[batch]:lengths(sb)",
+    ]
+    with pytest.raises(ExportError, match=r"at most one lengths input.*encoder as a model"):
+        export_onnx(BiRNN(4, 4), tmp_path / "two.onnx", inputs=inputs)
 
 
 def test_a_keyword_only_input_is_refused_with_the_signature_to_write(tmp_path) -> None:
