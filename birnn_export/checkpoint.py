@@ -529,17 +529,15 @@ def _build(
             return convert(model), model, f"{where} ({architecture})", config.to_dict()
     elif isinstance(obj, nn.Module):
         if model_class is None:
-            return (*_from_module(obj), "pickled module (trusted)", _config_of(obj))
+            where = "pickled module (trusted)" + _training_note(obj)
+            return (*_from_module(obj), where, _config_of(obj))
         state, where = obj.state_dict(), "pickled module's state_dict (trusted)"
     else:
         state, where = _find_state_dict(obj, path, state_key)
         if isinstance(state, nn.Module):
             if model_class is None:
-                return (
-                    *_from_module(state),
-                    where.replace("state_dict", "pickled module", 1) + " (trusted)",
-                    _config_of(state),
-                )
+                where = where.replace("state_dict", "pickled module", 1) + " (trusted)"
+                return (*_from_module(state), where + _training_note(state), _config_of(state))
             state = state.state_dict()
     if model_class is not None:
         factory = functools.partial(_user_class(model_class), **model_kwargs)
@@ -772,6 +770,13 @@ def _construct(
     module = _call(factory, what, name)
     _load_strict(module, state, name, path)
     return module
+
+
+def _training_note(module: nn.Module) -> str:
+    """A note for a module pickled in training mode (``.eval()`` forgotten before saving)."""
+    if not any(m.training for m in module.modules()):
+        return ""
+    return "; saved in training mode: exported and verified in eval mode (dropout off)"
 
 
 def _kwargs_hint(obj: Any) -> str:

@@ -624,6 +624,10 @@ def test_whole_pickled_module_needs_trust(tmp_path, user_models):
     x = torch.randn(2, 8, 6, generator=_gen())
     with torch.no_grad():
         _close(loaded.model(x), model(x))
+    forgot_eval = _save(user_models.ConvCTC().train(), tmp_path / "train.pt")
+    loaded = load_model(forgot_eval, trust_pickle=True)
+    assert "saved in training mode: exported and verified in eval mode" in loaded.source
+    assert not loaded.original.training
 
 
 # -- bad files ---------------------------------------------------------------------------------
