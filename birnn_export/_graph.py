@@ -44,7 +44,7 @@ ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32
 #: normalisation, a constant bias, a mask); see :func:`_class_scores`.
 _SCORE_PRESERVING = {
     "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice",
-    "Gather", "Softmax", "LogSoftmax", "Add", "Where",
+    "Gather", "Softmax", "LogSoftmax", "Add", "Where", "Mul", "Div",
 }  # fmt: skip
 _LINEAR = {"MatMul", "Gemm", "Conv"}
 
@@ -71,6 +71,8 @@ def _class_scores(proto: Any, name: str) -> bool:
             data = [i for i in node.input[1:] if i not in constants]
         elif node.op_type in ("Slice", "Gather", "Reshape"):
             data = node.input[:1]
+        if node.op_type in ("Mul", "Div") and len(data) == 2:  # scores times a mask
+            return any(_class_scores(proto, d) for d in data[: 1 if node.op_type == "Div" else 2])
         if len(data) != 1:  # a sum of two computed tensors (a residual): not a head's scores
             return False
         name = data[0]

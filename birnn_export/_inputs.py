@@ -513,9 +513,12 @@ def _infer(
 
 
 def _mask_param(model: nn.Module) -> tuple[str, str] | None:
-    """(role, dtype) of a mask that ``forward`` takes second, told by the parameter's name."""
+    """(role, dtype) of a mask that ``forward`` takes second, told by the parameter's name; not
+    an optional one (``mask=None``: the model runs without it, as it did before)."""
     params = _forward_params(model)
-    return MASK_NAMES.get(params[1].name) if len(params) >= 2 else None
+    if len(params) < 2 or params[1].default is not inspect.Parameter.empty:
+        return None
+    return MASK_NAMES.get(params[1].name)
 
 
 def _guess_from_examples(
@@ -564,9 +567,11 @@ def _guess_from_examples(
 
 
 def _example_mask_role(tensor: Tensor) -> str:
-    """``padding_mask`` for a bool ``[batch, seq]`` example whose rows start padded-looking
-    (False) and end True somewhere, ``mask`` otherwise."""
+    """``padding_mask`` for a bool ``[batch, seq]`` example that is all False (no padding) or
+    whose rows start False and end True somewhere, ``mask`` otherwise."""
     first, last = tensor[:, 0], tensor[:, -1]
+    if not bool(tensor.any()):
+        return "padding_mask"
     return "padding_mask" if bool((~first).all() and last.any()) else "mask"
 
 

@@ -91,11 +91,13 @@ class References:
             try:
                 out[key] = side.runner.infer(feed)
             except Exception as exc:  # the user's model: any failure means it does not fit
+                sizes = self.spec.sizes(case.batch, case.seq, which=case.others)
+                shape = ", ".join(f"{name} {size}" for name, size in sizes.items())
                 raise BiRNNExportError(
-                    f"the reference model failed on the graph's inputs (batch {case.batch}, seq "
-                    f"{case.seq}): {one_line(exc)}; is it the model this graph was exported "
-                    "from? If it is, it refuses inputs the graph declares: declare them as it "
-                    "takes them (--input, --range)"
+                    f"the reference model failed on the graph's inputs ({shape}): "
+                    f"{one_line(exc)}; is it the model this graph was exported from? If it is, "
+                    "it refuses inputs the graph declares: declare them as it takes them "
+                    "(--input, and --range DIM=MIN,OPT,MAX for the sizes it accepts)"
                 ) from None
             if side.layers is not None and self.layer_reason is None:
                 try:

@@ -546,7 +546,7 @@ def _build(
         state, stripped = _strip_wrapper_prefix(state, keys)
         if stripped:
             where += f" (prefix {stripped!r} removed)"
-        state, under = _keys_under_one_prefix(state, keys)
+        state, under = _keys_under_one_prefix(state, keys, path)
         if under:
             where += under
         try:
@@ -664,22 +664,37 @@ def _strip_wrapper_prefix(
 
 
 def _keys_under_one_prefix(
-    state: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor], path: Path
 ) -> tuple[Mapping[str, Tensor], str]:
-    """The keys under the one prefix that holds exactly the model's keys, where the state dict
-    as a whole does not fit: a Lightning module's ``model.`` (beside a loss's buffers, say).
-    Returns the state to load and what was done, for the load line (``""``: nothing)."""
+    """The keys under the one prefix that holds exactly the model's keys, where the state dict's
+    own top-level keys do not: a Lightning module's ``model.`` (beside a loss's buffers, say).
+    Returns the state to load and what was done, for the load line (``""``: nothing).
+
+    Raises:
+        ModelLoadError: more than one prefix holds them (a teacher and a student): which one is
+            meant is not for birnn-export to guess.
+    """
     want = set(expected)
-    if set(state) == want or not want:
+    if not want or want <= set(state):  # the top level holds them: loaded (or refused) as is
         return state, ""
     prefixes = {k[: i + 1] for k in state for i, c in enumerate(k) if c == "."}
-    for prefix in sorted(prefixes, key=len):
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if set(sub) == want:
-            others = len(state) - len(sub)
-            left = f"; {others} other key(s) left out" if others else ""
-            return sub, f" (prefix {prefix!r} removed{left})"
-    return state, ""
+    subs = {
+        prefix: {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        for prefix in sorted(prefixes)
+    }
+    found = [prefix for prefix, sub in subs.items() if set(sub) == want]
+    if len(found) > 1:
+        raise ModelLoadError(
+            f"{path}: the class's weights are there under {len(found)} prefixes "
+            f"({', '.join(repr(p) for p in found)}); save the state_dict of the one you mean on "
+            "its own (torch.save(module.state_dict(), ...))"
+        )
+    if not found:
+        return state, ""
+    sub = subs[found[0]]
+    others = len(state) - len(sub)
+    left = f"; {others} other key(s) left out" if others else ""
+    return sub, f" (prefix {found[0]!r} removed{left})"
 
 
 def _from_module(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:

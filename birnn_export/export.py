@@ -392,9 +392,10 @@ def _declare_hint(planned: PlannedInputs) -> str:
             other = "padding_mask" if role == "mask" else "mask"
             dims = ",".join(str(d) for d in decl.dims)
             return (
-                f"the mask {decl.name!r} was made {decl.dtype}, {sense}; if the model takes it "
-                f"the other way round declare --input '{decl.name}:{decl.dtype}[{dims}]:{other}' "
-                "(another dtype likewise), with the other inputs"
+                f"declare its inputs as it takes them; the mask {decl.name!r} was made "
+                f"{decl.dtype}, {sense}: if the model takes it the other way round declare "
+                f"--input '{decl.name}:{decl.dtype}[{dims}]:{other}' (another dtype likewise), "
+                "with the other inputs"
             )
     return (
         "declare its inputs as it takes them, e.g. --input 'x:float32[batch,40,time]' "
@@ -466,7 +467,8 @@ def _pad_for_tracing(
         data = data.transpose(0, 1)
     if total_length is None:  # as torch does: cut to the longest row (a data-dependent dim)
         time_axis = 1 if batch_first else 0
-        longest = sequence.lengths.max().item()
+        # clamped into [1, T] first, as the recurrent layers clamp them: never past the data
+        longest = sequence.lengths.clamp(1, data.shape[time_axis]).max().item()
         torch._check(longest >= 1)
         torch._check(longest <= data.shape[time_axis])
         data = data.narrow(time_axis, 0, longest)

@@ -182,12 +182,12 @@ class GraphSpec:
             return cls(**data)
         except BiRNNExportError as exc:
             raise BiRNNExportError(
-                f"unreadable {METADATA_KEY} metadata ({exc}); re-export the model"
+                f"unreadable {METADATA_KEY} metadata ({exc}); {_reexport(text)}"
             ) from None
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise BiRNNExportError(
-                f"unreadable {METADATA_KEY} metadata ({type(exc).__name__}: {exc}); re-export "
-                "the model"
+                f"unreadable {METADATA_KEY} metadata ({type(exc).__name__}: {exc}); "
+                f"{_reexport(text)}"
             ) from None
 
     @classmethod
@@ -258,6 +258,23 @@ _ROLES = (
     "tags",
     "other",
 )
+
+
+def _reexport(text: str) -> str:
+    """What to do with unreadable metadata: re-export, or read it with the version that wrote
+    it where that is another one (a newer tool records more)."""
+    from birnn_export._version import __version__
+
+    try:
+        written = json.loads(text).get("tool_version")
+    except (ValueError, AttributeError, RecursionError):
+        written = None
+    if isinstance(written, str) and written and written != __version__:
+        return (
+            f"it was written by birnn-export {written[:40]}, this is {__version__}: read it "
+            "with that version, or re-export the model"
+        )
+    return "re-export the model"
 
 
 def _check_spec_data(data: Any) -> None:

@@ -494,6 +494,18 @@ def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_pat
         )
 
 
+def test_weights_under_two_prefixes_or_beside_a_copy_are_not_guessed(tmp_path, user_models):
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    cls = f"{USER_MODULE}:AttentionClassifier"
+    state = user_models.AttentionClassifier(**kwargs).state_dict()
+    distill = {f"{who}.{k}": v for who in ("teacher", "student") for k, v in state.items()}
+    with pytest.raises(ModelLoadError, match=r"under 2 prefixes \('student\.', 'teacher\.'\)"):
+        load_model(_save(distill, tmp_path / "d.pt"), model_class=cls, model_kwargs=kwargs)
+    with_ema = {**state, **{f"ema.{k}": v for k, v in state.items()}}
+    with pytest.raises(ModelLoadError, match=r"unexpected \[ema\."):  # the top level holds them
+        load_model(_save(with_ema, tmp_path / "e.pt"), model_class=cls, model_kwargs=kwargs)
+
+
 def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_parameters(
     tmp_path, user_models
 ):

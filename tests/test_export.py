@@ -394,6 +394,36 @@ def test_a_model_using_the_longest_rows_padded_output_verifies(tmp_path):
     assert any(c.lengths and max(c.lengths) < c.seq for c in report.cases)  # padded past
 
 
+class _TwoCuts(nn.Module):
+    """Two packed layers, each unpacked to the longest row: the second reads the first's cut
+    output with the same lengths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+        self.second = nn.GRU(12, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x, lengths):
+        out = x
+        for layer in (self.first, self.second):
+            packed = pack_padded_sequence(out, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = pad_packed_sequence(layer(packed)[0], batch_first=True)
+        return out
+
+
+def test_lengths_out_of_range_are_clamped_before_the_cut_to_the_longest_row(tmp_path):
+    torch.manual_seed(0)
+    model = _TwoCuts().eval()
+    result = export_onnx(model, tmp_path / "two.onnx")
+    assert result.verification.passed, result.verification.summary()
+    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    for given, clamped in (([9, 2], [5, 2]), ([0, 0], [1, 1]), ([-3, 2], [1, 2])):
+        got = run_ort(result.path, {"x": x, "lengths": np.array(given)})["output"]
+        with torch.no_grad():
+            want = model(torch.from_numpy(x), torch.tensor(clamped)).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_lengths_are_clamped_inside_the_graph(tmp_path):
     """Out-of-range lengths cannot make an engine read out of bounds: 0 acts as 1, > T as T."""
     torch.manual_seed(0)

@@ -56,14 +56,15 @@ class _Heads(nn.Module):
         logits = self.head(out)
         masked = logits.masked_fill(x[..., :1] > 3, float("-inf"))
         state = torch.tanh(self.bridge(torch.cat([h_n[0], h_n[1]], -1)))
-        return logits, torch.log_softmax(logits, -1), masked, out, h_n, state, out + out
+        scaled = logits * (x[..., :1] > 0).to(x.dtype) / 2.0
+        return logits, torch.log_softmax(logits, -1), masked, scaled, out, h_n, state, out + out
 
 
 def test_class_scores_are_read_from_the_graph(tmp_path):
     result = export_onnx(_Heads().eval(), tmp_path / "h.onnx", verify=False)
     classes = [o.classes for o in result.spec.outputs]
-    assert classes == [True, True, True, False, False, False, False]
+    assert classes == [True, True, True, True, False, False, False, False]
     scored = [has_classes(result.spec, o) for o in result.spec.outputs]
-    assert scored == [True, True, True, False, False, False, False]
-    old = dataclasses.replace(result.spec.outputs[3], classes=None)  # a file from before
+    assert scored == [True, True, True, True, False, False, False, False]
+    old = dataclasses.replace(result.spec.outputs[4], classes=None)  # a file from before
     assert has_classes(result.spec, old)

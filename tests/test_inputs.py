@@ -496,6 +496,24 @@ def test_example_masks_are_told_by_name_or_by_their_values(tmp_path) -> None:
     x = torch.randn(3, 5, 4)
     assert plan_inputs(Unnamed(), example_inputs=(x, valid), **common).roles[1] == "mask"
     assert plan_inputs(Unnamed(), example_inputs=(x, ~valid), **common).roles[1] == "padding_mask"
+    no_padding = torch.zeros(3, 5, dtype=torch.bool)  # the usual example of a padding mask
+    assert plan_inputs(Unnamed(), example_inputs=(x, no_padding), **common).roles[1] == (
+        "padding_mask"
+    )
+
+
+def test_an_optional_mask_parameter_is_not_made_an_input(tmp_path) -> None:
+    class OptionalMask(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            out = self.rnn(x)[0]
+            return out if mask is None else out.masked_fill(mask.unsqueeze(-1), 0.0)
+
+    result = export_onnx(OptionalMask().eval(), tmp_path / "o.onnx")
+    assert [t.name for t in result.spec.inputs] == ["x"]
 
 
 # -- token inputs with their own vocabularies -------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -212,4 +213,12 @@ def test_token_padding_must_be_a_token_id(bad):
 
     data = json.loads(spec(tokens=True).to_json()) | {"token_padding": bad}
     with pytest.raises(BiRNNExportError, match="token_padding"):
+        GraphSpec.from_json(json.dumps(data))
+
+
+def test_metadata_from_another_version_says_which_wrote_it():
+    data = json.loads(spec().to_json())
+    data["tool_version"] = "9.9.9"
+    data["outputs"][0]["a_field_from_the_future"] = 1
+    with pytest.raises(BiRNNExportError, match=r"written by birnn-export 9\.9\.9, this is"):
         GraphSpec.from_json(json.dumps(data))
