@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import os
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from birnn_export.conversion import find_recurrent_layers
 from birnn_export.crf import HAND_WRITTEN_HINT, is_viterbi_scan
 from birnn_export.errors import ExportError
 from birnn_export.modules import BiRNN
-from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, dim_sources
+from birnn_export.spec import MASK_ROLES, METADATA_KEY, GraphSpec, TensorSpec, dim_sources
 
 #: Ops whose constant inputs would freeze a shape if they held the example batch or length.
 SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
@@ -49,15 +49,12 @@ _SCORE_PRESERVING = {
 _LINEAR = {"MatMul", "Gemm", "Conv"}
 
 
-def _class_scores(proto: Any, name: str) -> bool:
+def _class_scores(made_by: Mapping[str, Any], constants: Collection[str], name: str) -> bool:
     """Whether graph output ``name`` holds class scores: a linear head's output (``MatMul``,
     ``Gemm``, a 1x1 ``Conv``), through layout ops, a constant bias, a mask and (log-)softmax.
     A recurrent layer's own outputs and states, and a head's output put through ``Tanh`` or
-    ``Sigmoid`` (an initial state, multi-label probabilities) are not."""
-    graph = proto.graph
-    made_by = {out: node for node in graph.node for out in node.output}
-    constants = {i.name for i in graph.initializer}
-    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    ``Sigmoid`` (an initial state, multi-label probabilities) are not. ``made_by`` maps each
+    tensor to the node that makes it; ``constants`` are the initializers and Constant outputs."""
     seen = set()
     while name in made_by and name not in seen:
         seen.add(name)
@@ -72,7 +69,8 @@ def _class_scores(proto: Any, name: str) -> bool:
         elif node.op_type in ("Slice", "Gather", "Reshape"):
             data = node.input[:1]
         if node.op_type in ("Mul", "Div") and len(data) == 2:  # scores times a mask
-            return any(_class_scores(proto, d) for d in data[: 1 if node.op_type == "Div" else 2])
+            scores = data[: 1 if node.op_type == "Div" else 2]
+            return any(_class_scores(made_by, constants, d) for d in scores)
         if len(data) != 1:  # a sum of two computed tensors (a residual): not a head's scores
             return False
         name = data[0]
@@ -87,6 +85,11 @@ def build_spec(
     tags: Collection[str] = (),
 ) -> GraphSpec:
     outputs = []
+    made_by = {out: node for node in proto.graph.node for out in node.output}
+    constants = {i.name for i in proto.graph.initializer}
+    constants |= {
+        out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
+    }
     for info in proto.graph.output:
         dims = dims_of(info)
         dtype = ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
@@ -109,7 +112,7 @@ def build_spec(
             role = "state"
         else:
             role = "other"
-        classes = role in ("sequence", "other") and _class_scores(proto, info.name)
+        classes = role in ("sequence", "other") and _class_scores(made_by, constants, info.name)
         outputs.append(
             TensorSpec(
                 info.name,
@@ -156,7 +159,7 @@ def build_spec(
 def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[str]) -> int | None:
     """The pad id of a CRF tagger that takes token ids and no lengths (its mask is ``ids !=
     pad``): its first Embedding's ``padding_idx``."""
-    takes_lengths = {"lengths", "mask", "padding_mask"} & set(planned.roles)
+    takes_lengths = {"lengths", *MASK_ROLES} & set(planned.roles)
     if not tags or takes_lengths or "tokens" not in planned.roles:
         return None
     embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)

@@ -486,17 +486,19 @@ def _infer(
         dims, how = (SEQ, BATCH, *dims[2:]), how + how_major
     roles = [role]
     decl_list = [(dims, "int64" if role == "tokens" else "float32")]
-    mask = _mask_param(model)
-    if takes_lengths(model, lengths):
+    has_lengths = takes_lengths(model, lengths)
+    mask = None if has_lengths else _mask_param(model)
+    if has_lengths:
         roles.append("lengths")
         decl_list.append(((BATCH,), "int64"))
     elif mask is not None:
-        roles.append(mask[0])
-        decl_list.append(((BATCH, SEQ), mask[1]))
-        how += f"; {_forward_params(model)[1].name!r} read as a {mask[0]} by its name"
+        param, mask_role, mask_dtype = mask
+        roles.append(mask_role)
+        decl_list.append(((BATCH, SEQ), mask_dtype))
+        how += f"; {param!r} read as a {mask_role} by its name"
     names = list(input_names) if input_names else _default_names(roles)
-    if mask is not None and not input_names and roles[-1] in MASK_ROLES:
-        names[-1] = _forward_params(model)[1].name  # a mask keeps its name: attention_mask
+    if mask is not None and not input_names:
+        names[-1] = mask[0]  # a mask keeps its name: attention_mask
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     decls = tuple(
@@ -512,13 +514,14 @@ def _infer(
     return decls, tuple(roles), how
 
 
-def _mask_param(model: nn.Module) -> tuple[str, str] | None:
-    """(role, dtype) of a mask that ``forward`` takes second, told by the parameter's name; not
-    an optional one (``mask=None``: the model runs without it, as it did before)."""
+def _mask_param(model: nn.Module) -> tuple[str, str, str] | None:
+    """(name, role, dtype) of a mask that ``forward`` takes second, told by the parameter's
+    name; not an optional one (``mask=None``: the model runs without it, as it did before)."""
     params = _forward_params(model)
     if len(params) < 2 or params[1].default is not inspect.Parameter.empty:
         return None
-    return MASK_NAMES.get(params[1].name)
+    known = MASK_NAMES.get(params[1].name)
+    return None if known is None else (params[1].name, *known)
 
 
 def _guess_from_examples(
@@ -570,18 +573,11 @@ def _example_mask_role(tensor: Tensor) -> str:
     """``padding_mask`` for a bool ``[batch, seq]`` example that is all False (no padding) or
     whose rows start False and end True somewhere, ``mask`` otherwise."""
     first, last = tensor[:, 0], tensor[:, -1]
-    if not bool(tensor.any()):
-        return "padding_mask"
-    return "padding_mask" if bool((~first).all() and last.any()) else "mask"
+    padding = not tensor.any() or ((~first).all() and last.any())
+    return "padding_mask" if bool(padding) else "mask"
 
 
 def _default_names(roles: Sequence[str]) -> list[str]:
-    base = {
-        "tokens": "ids",
-        "features": "x",
-        "lengths": "lengths",
-        "mask": "mask",
-        "padding_mask": "padding_mask",
-    }
-    names = [base[r] for r in roles]
+    base = {"tokens": "ids", "features": "x"}  # the others by their role
+    names = [base.get(r, r) for r in roles]
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]

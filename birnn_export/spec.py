@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -247,17 +247,7 @@ _TENSOR_FIELDS = {
     "time_at": (int, type(None)),
     "classes": (bool, type(None)),
 }
-_ROLES = (
-    "features",
-    "tokens",
-    "lengths",
-    "mask",
-    "padding_mask",
-    "sequence",
-    "state",
-    "tags",
-    "other",
-)
+_ROLES = get_args(Role)
 
 
 def _reexport(text: str) -> str:
