@@ -37,7 +37,11 @@ from birnn_export.spec import (
 )
 
 LENGTHS_NAMES = frozenset(
-    {"lengths", "lens", "seq_lens", "seq_lengths", "sequence_lengths", "input_lengths", "x_lens"}
+    {
+        *("lengths", "lens", "length", "seq_lens", "seq_lengths", "sequence_lengths", "seq_len"),
+        *("input_lengths", "input_lens", "x_lens", "x_lengths", "xs_lens", "src_lengths"),
+        *("ilens", "speech_lengths", "feats_lengths", "text_lengths", "audio_lengths"),
+    }
 )
 #: Mask parameter names, by role, with the dtype a mask of that name has when inferred (an
 #: ``attention_mask`` is int64 as Hugging Face's tokenizers make it; the others are bool).
@@ -501,6 +505,7 @@ def _infer(
         names[-1] = mask[0]  # a mask keeps its name: attention_mask
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
+    _refuse_more_params(model, roles)
     decls = tuple(
         InputDecl(
             name,
@@ -512,6 +517,21 @@ def _infer(
         for name, (d, dtype), r in zip(names, decl_list, roles, strict=True)
     )
     return decls, tuple(roles), how
+
+
+def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
+    """A ``forward`` that needs more inputs than were inferred (a speaker id, a second
+    sequence) cannot run on the inferred ones: say so, with the declarations to write."""
+    required = [p.name for p in _forward_params(model) if p.default is p.empty]
+    if len(required) <= len(roles):
+        return
+    inferred = " and ".join(["a first input", *roles[1:]])
+    declare = " ".join(f"--input '{name}:DTYPE[DIMS]'" for name in required)
+    raise BiRNNExportError(
+        f"{type(model).__name__}.forward takes {len(required)} inputs ({', '.join(required)}), "
+        f"and birnn-export infers only {inferred}; declare each, in forward's order: {declare} "
+        "(e.g. 'x:float32[batch,seq,40]', 'speaker:int64[batch]'; Python: inputs=[...])"
+    )
 
 
 def _mask_param(model: nn.Module) -> tuple[str, str, str] | None:

@@ -32,6 +32,8 @@ import os
 import pickle
 import re
 import stat
+import sys
+import types
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -237,7 +239,7 @@ def load_model(
     if model_kwargs is not None and model_class is None:
         raise ModelLoadError("model_kwargs: given without model_class; pass --model-class too")
     data = _read_bytes(path)
-    obj = _deserialize(data, path, trust_pickle=trust_pickle)
+    obj = _deserialize(data, path, trust_pickle=trust_pickle, model_class=model_class)
     model, original, source, config = _build(
         obj,
         path,
@@ -317,7 +319,9 @@ def _is_torchscript(data: bytes) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
-def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
+def _deserialize(
+    data: bytes, path: Path, *, trust_pickle: bool, model_class: str | None = None
+) -> Any:
     if data.startswith(_ZIP_MAGIC) and _is_torchscript(data):
         raise ModelLoadError(
             f"{path}: is a TorchScript archive (torch.jit.save): its layers are compiled code, "
@@ -345,7 +349,7 @@ def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
         blocked = _BLOCKED_GLOBAL.search(text)
         if isinstance(exc, pickle.UnpicklingError) and blocked:
             if trust_pickle:
-                return _load_trusted(data, path)
+                return _load_trusted(data, path, model_class)
             raise ModelLoadError(
                 f"{path}: holds pickled Python objects (GLOBAL {blocked.group(1)}) that "
                 "torch.load(weights_only=True) refuses because unpickling them runs code from the "
@@ -366,7 +370,7 @@ def _deserialize(data: bytes, path: Path, *, trust_pickle: bool) -> Any:
             ) from None
         if data[:1] == b"\x80":
             if trust_pickle:
-                return _load_trusted(data, path)
+                return _load_trusted(data, path, model_class)
             raise ModelLoadError(
                 f"{path}: a pickle stream that torch.load(weights_only=True) cannot read "
                 f"({_last_detail(text)}): corrupted, or not written by torch.save"
@@ -476,11 +480,16 @@ def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, 
             yield from _tensors(value, f"{prefix}[{index}]", depth + 1)
 
 
-def _load_trusted(data: bytes, path: Path) -> Any:
+def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:
     logger.info("%s: unpickling with weights_only=False (trust_pickle): this runs its code", path)
     try:
         with memory_limit(load_budget(len(data))):
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            obj = torch.load(
+                io.BytesIO(data),
+                map_location="cpu",
+                weights_only=False,
+                pickle_module=_main_from(model_class, path),
+            )
         _check_tensors(obj, path, len(data))
         return obj
     except ModelLoadError:
@@ -495,6 +504,39 @@ def _load_trusted(data: bytes, path: Path) -> Any:
             f"{path}: unpickling with trust_pickle failed: {type(exc).__name__}: "
             f"{_first_sentence(str(exc))}"
         ) from None
+
+
+def _main_from(model_class: str | None, path: Path) -> Any:
+    """A ``pickle`` module for :func:`torch.load` whose unpickler finds a class pickled as
+    ``__main__.X`` (a model saved by the training script run directly, which no later process
+    defines) in the module of ``model_class``, and says to name it when there is none."""
+    module = sys.modules[_user_class(model_class).__module__] if model_class else None
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module_name: str, name: str) -> Any:
+            if module_name != "__main__":
+                return super().find_class(module_name, name)
+            if module is not None and hasattr(module, name):
+                return getattr(module, name)
+            with contextlib.suppress(AttributeError):
+                return super().find_class(module_name, name)
+            if module is None:
+                raise ModelLoadError(
+                    f"{path}: was saved by a script run directly, so its class is "
+                    f"__main__.{name}, which no module defines now; pass --model-class "
+                    f"MODULE:{name} naming the module that defines it (on PYTHONPATH; importing "
+                    "it runs its top-level code)"
+                )
+            raise ModelLoadError(
+                f"{path}: the pickle's class __main__.{name} is not in the module of "
+                f"--model-class {model_class}; name the module that defines {name}"
+            )
+
+    main_from = types.ModuleType("pickle")
+    main_from.__dict__.update(pickle.__dict__)
+    main_from.Unpickler = Unpickler  # type: ignore[attr-defined]
+    main_from.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()  # type: ignore[attr-defined]
+    return main_from
 
 
 def _build(
@@ -528,7 +570,7 @@ def _build(
             model.eval()
             return convert(model), model, f"{where} ({architecture})", config.to_dict()
     elif isinstance(obj, nn.Module):
-        if model_class is None:
+        if model_class is None or (not model_kwargs and type(obj) is _user_class(model_class)):
             where = "pickled module (trusted)" + _training_note(obj)
             return (*_from_module(obj), where, _config_of(obj))
         state, where = obj.state_dict(), "pickled module's state_dict (trusted)"

@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,8 +368,14 @@ def _run_example(
     """What the model returns on the example inputs, as it is and flattened; its failure is the
     user's to fix, in one line."""
     try:  # rows in any order, also for a model that packs with enforce_sorted=True
-        with torch.no_grad(), any_order_packing(model):
+        with (
+            torch.no_grad(),
+            any_order_packing(model),
+            warnings.catch_warnings(record=True) as said,
+        ):
             returned = model(*inputs)
+        for w in said:  # what the model warns on inputs it takes; noise on ones it fails on
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
         return returned, _flatten(returned)
     except ExportError:
         raise
@@ -377,10 +384,30 @@ def _run_example(
             f"{d.name} {d.dtype} {list(t.shape)}"
             for d, t in zip(planned.decls, inputs, strict=True)
         )
+        hint = _container_hint(exc, model) or _declare_hint(planned)
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
-            f"{type(exc).__name__}: {_first_line(exc)}; {_declare_hint(planned)}"
+            f"{type(exc).__name__}: {_first_line(exc)}; {hint}"
         ) from None
+
+
+def _container_hint(exc: Exception, model: nn.Module) -> str | None:
+    """What to do when ``forward`` read its input by key or attribute (``batch["x"]``,
+    ``batch.x``): it takes a dict or an object, and graph inputs are tensors."""
+    text = str(exc)
+    keyed = isinstance(exc, TypeError) and "invalid data type 'str'" in text
+    attribute = isinstance(exc, AttributeError) and "'Tensor' object has no attribute" in text
+    if not (keyed or attribute):
+        return None
+    name = type(model).__name__
+    call = "{'x': x, 'lengths': lengths}" if keyed else "Batch(x=x, lengths=lengths)"
+    return (
+        f"{name}.forward reads its input by {'key' if keyed else 'attribute'}, so it takes a "
+        f"{'dict' if keyed else 'container object'}, and graph inputs are tensors: export a "
+        f"subclass whose forward takes the tensors, e.g. class Export{name}({name}): def "
+        f"forward(self, x, lengths): return super().forward({call}), given as --model-class "
+        f"MODULE:Export{name} (the weights load into it as they are)"
+    )
 
 
 def _declare_hint(planned: PlannedInputs) -> str:

@@ -642,6 +642,30 @@ def test_whole_pickled_module_needs_trust(tmp_path, user_models):
     assert not loaded.original.training
 
 
+def test_a_module_pickled_by_the_training_script_loads_with_its_class_named(
+    tmp_path, user_models, monkeypatch
+):
+    """``torch.save(model)`` in ``train.py`` run directly pickles ``__main__.ConvCTC``, which no
+    later process has: the refusal names --model-class, and with it the pickle finds the class."""
+    torch.manual_seed(13)
+    model = user_models.ConvCTC().eval()
+    main_module = sys.modules["__main__"]
+    monkeypatch.setattr(user_models.ConvCTC, "__module__", "__main__")
+    monkeypatch.setattr(main_module, "ConvCTC", user_models.ConvCTC, raising=False)
+    path = _save(model, tmp_path / "from_script.pt")
+    monkeypatch.undo()
+    assert not hasattr(main_module, "ConvCTC")
+    with pytest.raises(ModelLoadError, match=r"__main__\.ConvCTC.*--model-class MODULE:ConvCTC"):
+        load_model(path, trust_pickle=True)
+    loaded = load_model(path, trust_pickle=True, model_class=f"{USER_MODULE}:ConvCTC")
+    assert loaded.source == "pickled module (trusted)"
+    x = torch.randn(2, 8, 6, generator=_gen())
+    with torch.no_grad():
+        _close(loaded.model(x), model(x))
+    with pytest.raises(ModelLoadError, match=r"not in the module of --model-class"):
+        load_model(path, trust_pickle=True, model_class="torch.nn:GRU")
+
+
 # -- bad files ---------------------------------------------------------------------------------
 
 

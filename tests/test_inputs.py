@@ -561,3 +561,72 @@ def test_each_token_input_takes_the_vocabulary_of_the_embedding_that_reads_it(tm
     assert any("chars=1 " in x for x in labels) and any("chars=12 " in x for x in labels)
     feed = make_feed(result.spec, 16, 20, seed=1)
     assert feed["words"].max() > 29  # word ids beyond the smaller vocabularies are exercised
+
+
+# -- forward signatures inference cannot fill -------------------------------------------------
+
+
+class _Speaker(nn.Module):
+    """Features and a speaker id per row, the speaker Embedding registered first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.speaker = nn.Embedding(4, 3)
+        self.rnn = nn.GRU(7, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        who = self.speaker(speaker)[:, None, :].expand(-1, x.shape[1], -1)
+        return self.rnn(torch.cat([x, who], dim=-1))[0]
+
+
+def test_a_forward_with_more_inputs_than_inferred_asks_for_each_declaration(tmp_path) -> None:
+    with pytest.raises(ExportError, match=r"_Speaker.forward takes 2 inputs \(x, speaker\)") as e:
+        export_onnx(_Speaker().eval(), tmp_path / "s.onnx")
+    assert "--input 'x:DTYPE[DIMS]' --input 'speaker:DTYPE[DIMS]'" in str(e.value)
+    assert not (tmp_path / "s.onnx").exists()
+    inputs = ["x:float32[batch,seq,4]", "speaker:int64[batch]"]
+    result = export_onnx(_Speaker().eval(), tmp_path / "s.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+
+
+class _ReadsDict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, batch):  # a collate function's dict, as a training loop passes it
+        return self.rnn(batch["x"])[0]
+
+
+class _ReadsAttribute(_ReadsDict):
+    def forward(self, batch):
+        return self.rnn(batch.x)[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "told"),
+    [(_ReadsDict, "by key, so it takes a dict"), (_ReadsAttribute, "by attribute")],
+)
+def test_a_forward_that_takes_a_container_is_told_to_export_a_subclass(
+    tmp_path, recwarn, model, told
+) -> None:
+    with pytest.raises(ExportError, match=f"forward reads its input {told}") as caught:
+        export_onnx(model().eval(), tmp_path / "d.onnx")
+    assert f"class Export{model.__name__}({model.__name__})" in str(caught.value)
+    assert not [w for w in recwarn if "multidimensional indexing" in str(w.message)]
+
+
+class _LengthsNamed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, xs: torch.Tensor, ilens: torch.Tensor) -> torch.Tensor:  # as ESPnet names
+        packed = pack_padded_sequence(xs, ilens, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+
+def test_lengths_named_as_speech_toolkits_name_them_are_inferred(tmp_path) -> None:
+    result = export_onnx(_LengthsNamed().eval(), tmp_path / "l.onnx")
+    assert [t.role for t in result.spec.inputs] == ["features", "lengths"]
+    assert result.verification.passed, result.verification.summary()
