@@ -518,6 +518,11 @@ def benchmark(
             "timing": timer.describe(),
             "seed": seed,
             "lengths": "ragged" if spec.length_source is not None else None,
+            "other_dims": {
+                name: size
+                for name, size in spec.sizes(1, 1).items()
+                if name not in (spec.batch_dim, spec.time_dim)
+            },
             "graph_dtype": spec.dtype,
             "torch_device": device,
             "torch_threads": threads,
@@ -658,6 +663,7 @@ def render_table(report: BenchReport) -> Any:
         + f"; {report.settings.get('timing', '')}",
         "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
         + _torch_mode(report.settings),
+        *_other_dims(report.settings),
         *notes.values(),
         *(
             f"{engine}: recurrent nodes left to the CPU, so timed partly on the CPU: "
@@ -967,6 +973,13 @@ def _torch_mode(settings: Mapping[str, Any]) -> str:
     if device == "cpu" and not compiled:
         return ""
     return f"; torch ran on {device}" + (" under torch.compile" if compiled else "")
+
+
+def _other_dims(settings: Mapping[str, Any]) -> list[str]:
+    """The caption line for named dims other than batch and time, timed at their opt only."""
+    others = settings.get("other_dims") or {}
+    sizes = ", ".join(f"{name}={size}" for name, size in others.items())
+    return [f"other dims at their declared opt: {sizes}"] if sizes else []
 
 
 def _fmt(value: float | None, spec: str) -> str:

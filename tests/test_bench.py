@@ -144,6 +144,7 @@ def test_environment_and_settings(report: BenchReport, files: dict[str, Path]) -
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
     assert env["onnx_sha256"] == hashlib.sha256(files["onnx"].read_bytes()).hexdigest()
     assert report.settings["iters"] == 3
+    assert report.settings["other_dims"] == {}
     assert report.settings["criterion"].startswith("float64 reference; error vs float64 <= 8")
     assert report.settings["tolerances"] is None  # fixed tolerances only when asked for
 
@@ -385,6 +386,28 @@ def test_tensorrt_engines_get_a_profile_covering_every_shape(
     assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt" / "strict-fp32")
     cuda_runner = _make_runner("ort-cuda", files["onnx"], *args, isolate=False)
     assert cuda_runner.threads == 1 and cuda_runner.provider_options is None
+
+
+def test_other_named_dims_are_timed_at_their_opt_and_say_so(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tests.test_inputs import WordCharSpeakerTagger
+
+    inputs = [
+        "words:int64[batch,seq]",
+        "chars:int64[batch,seq,chars]",
+        "speaker:int64[batch]",
+        "lengths:int64[batch]:lengths(seq)",
+    ]
+    model = WordCharSpeakerTagger().eval()
+    path = tmp_path / "w.onnx"
+    export_onnx(model, path, inputs=inputs, ranges={"chars": (1, 6, 12)}, verify=False)
+    report = benchmark(path, model, engines=("ort-cpu",), **{**SMALL, "seq_lens": (4,)})
+    assert report.settings["other_dims"] == {"chars": 6}
+    assert all(r.status == "ok" for r in report.results), report.results
+    console = Console(record=True, width=220)
+    console.print(render_table(report))
+    assert "other dims at their declared opt: chars=6" in console.export_text()
 
 
 def test_render_table_lists_rows_and_reasons() -> None:
