@@ -175,6 +175,14 @@ graph_options = option_group(
             "Lengths of the time dim the graph will serve, likewise; 'birnn-export verify' also "
             "runs at MAX. [default: 1,64,256]",
         ),
+        click.option(
+            "--output-names",
+            callback=parsed(options_.parse_names, "--output-names"),
+            metavar="NAME,...",
+            help="Names of the graph's outputs, in the order forward returns them, e.g. "
+            "'log_probs,lengths' [default: a returned dict's keys or NamedTuple's fields, else "
+            "output, output_0, output_1, ...].",
+        ),
         click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
         click.option(
             "--layout",

@@ -236,7 +236,15 @@ def trace_graph(
     inputs = {d.name for d in planned.decls}
     outs = list(output_names or _default_output_names(traced, returned, len(eager_out), inputs))
     if len(outs) != len(eager_out):
-        raise ExportError(f"output_names: {len(outs)} names for {len(eager_out)} model outputs")
+        raise ExportError(
+            f"output_names: {len(outs)} name{'s' * (len(outs) != 1)} for {len(eager_out)} "
+            "model outputs "
+            f"({_returned_shape(returned)}); give one name per tensor, in that order"
+        )
+    taken = next((n for n in outs if n in inputs or outs.count(n) > 1), None)
+    if taken is not None:
+        what = "an input's name" if taken in inputs else "given twice"
+        raise ExportError(f"output_names: {taken!r} is {what}; each output needs its own name")
 
     # scan and packed: the fused graph, then its nodes rewritten
     emitted = "fused" if layout in ("scan", "packed") else layout
@@ -312,11 +320,28 @@ def _default_output_names(
         and all(isinstance(key, str) and key and key not in inputs for key in returned)
     ):
         return list(returned)  # a dict of tensors: its keys
+    fields = getattr(returned, "_fields", None)  # a NamedTuple of tensors: its fields
+    if (
+        isinstance(returned, tuple)
+        and fields is not None
+        and len(fields) == count
+        and not set(fields) & inputs
+    ):
+        return list(fields)
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
     if count == 1 and any(isinstance(m, CRFDecoder) for m in model.modules()):
         return ["tags"]  # a CRF tagger returns its decode
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _returned_shape(value: Any) -> str:
+    """What ``forward`` returned, as nesting: ``(tensor, (tensor, tensor))``."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_returned_shape(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_returned_shape(v) for v in value) + ")"
+    return "tensor"
 
 
 def _copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,21 @@ def parse_range(text: str, option: str) -> tuple[int, int, int]:
             f"{option}: expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX such as '1,64,256', "
             f"got {text[:100]!r}"
         ) from None
+
+
+def parse_names(text: str, option: str) -> tuple[str, ...]:
+    """``"log_probs,lengths"`` -> ``("log_probs", "lengths")``: non-empty, each once."""
+    names = tuple(p.strip() for p in text.split(","))
+    bad = next((n for n in names if not re.fullmatch(r"[A-Za-z_][\w.:/-]*", n)), None)
+    if bad is not None:
+        raise UsageError(
+            f"{option}: expected comma-separated names such as 'log_probs,lengths' (letters, "
+            f"digits, '_', '.', ':', '/', '-'; not starting with a digit), got {bad!r}"
+        )
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise UsageError(f"{option}: {repeated!r} is given twice; each output needs its own name")
+    return names
 
 
 def parse_named_ranges(values: Sequence[str]) -> dict[str, tuple[int, int, int]]:

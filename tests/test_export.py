@@ -6,6 +6,7 @@ import collections
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -307,6 +308,52 @@ def test_model_returning_a_dict_exports_outputs_named_by_its_keys(tmp_path):
         want = model(*(torch.from_numpy(feed[k]) for k in ("x", "lengths")))
     for name in ("logits", "summary"):
         np.testing.assert_allclose(got[name], want[name].numpy(), atol=1e-5, rtol=1e-4)
+
+
+class _Encoded(NamedTuple):
+    memory: torch.Tensor
+    summary: torch.Tensor
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> _Encoded:
+        out, h = self.gru(x)
+        return _Encoded(out, torch.cat([h[0], h[1]], 1))
+
+
+def test_outputs_take_a_named_tuples_fields_or_the_names_given(tmp_path):
+    torch.manual_seed(0)
+    result = export_onnx(_Encoder().eval(), tmp_path / "e.onnx")
+    assert [t.name for t in result.spec.outputs] == ["memory", "summary"]
+    named = export_onnx(_Encoder().eval(), tmp_path / "n.onnx", output_names=["enc", "h"])
+    assert [t.name for t in named.spec.outputs] == ["enc", "h"]
+    assert named.verification.passed, named.verification.summary()
+    for names, message in (
+        (["enc"], r"1 name for 2 model outputs \(\(tensor, tensor\)\)"),
+        (["x", "h"], "'x' is an input's name"),
+        (["h", "h"], "'h' is given twice"),
+    ):
+        with pytest.raises(ExportError, match=message):
+            export_onnx(_Encoder().eval(), tmp_path / "bad.onnx", output_names=names)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_output_names(tmp_path):
+    out = tmp_path / "speech.onnx"
+    runner = CliRunner()
+    base = ["sample_models/speech_ctc.pt", "-o", str(out), "-q"]
+    done = runner.invoke(main, [*base, "--output-names", "log_probs,out_lens"])
+    assert done.exit_code == 0, done.output
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["log_probs", "out_lens"]
+    out.unlink()
+    for bad, message in (("log_probs,,x", "got ''"), ("a,a", "'a' is given twice")):
+        refused = runner.invoke(main, [*base, "--output-names", bad])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+        assert "Traceback" not in refused.output and not out.exists()
 
 
 def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):

@@ -37,6 +37,21 @@ def test_range_and_named_ranges() -> None:
         options.parse_named_ranges(["width=1,2"])
 
 
+def test_names_split_on_commas_and_refuse_empty_odd_or_repeated_ones() -> None:
+    assert options.parse_names("log_probs, out_lens", "--output-names") == (
+        "log_probs",
+        "out_lens",
+    )
+    for text, message in (
+        ("a,,b", "got ''"),
+        ("1st", "not starting with a digit"),
+        ("a b", "got 'a b'"),
+        ("a,a", "'a' is given twice"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            options.parse_names(text, "--output-names")
+
+
 def test_engines_split_on_commas_and_refuse_unknown_names() -> None:
     assert options.parse_engines(["torch, ort-cpu", "ort-cpu", "trt-rtx"]) == (
         "torch",
