@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from birnn_export._inputs import PlannedInputs
-from birnn_export._scan import is_rnn_scan
+from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export._version import __version__
 from birnn_export.conversion import find_recurrent_layers
 from birnn_export.crf import HAND_WRITTEN_HINT, is_viterbi_scan
@@ -169,7 +169,9 @@ def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[st
 def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:
     """The model's BiRNN layers in the order their nodes run in the graph (which need not be
     the order the modules were registered in)."""
-    names = [n.name for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    names = [
+        n.name for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN") or is_rnn_scan(n)
+    ]
 
     def first_node(item: tuple[str, BiRNN]) -> int:
         return next((i for i, n in enumerate(names) if n.startswith(f"{item[0]}/")), len(names))
@@ -189,6 +191,7 @@ def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
         "hidden_size": layer.hidden_size,
         "num_layers": layer.num_layers,
         "bidirectional": layer.bidirectional,
+        **({"proj_size": layer.proj_size} if layer.proj_size else {}),
     }
 
 
@@ -246,7 +249,7 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
         problems.append(f"strict shape inference: {str(exc).splitlines()[0]}")
         return problems
     ops = collections.Counter(
-        "RNN" if is_rnn_scan(n) else n.op_type
+        str(rnn_scan_info(n)["op"]) if is_rnn_scan(n) else n.op_type
         for n in inferred.graph.node
         if not is_viterbi_scan(n)
     )

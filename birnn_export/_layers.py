@@ -74,7 +74,7 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
                     name=name,
                     path=path,
                     index=index,
-                    hidden=int(info["hidden_size"]),
+                    hidden=int(info.get("proj_size") or info["hidden_size"]),
                     directions=directions,
                     y_names=tuple(_y_output(n) for n in found),
                     nodes=tuple(n.name for n in found),
@@ -337,7 +337,8 @@ def single_layers(module: Any) -> list[Any]:
     directions = 2 if module.bidirectional else 1
     stack = []
     for index in range(module.num_layers):
-        inputs = module.input_size if index == 0 else module.hidden_size * directions
+        units = getattr(module, "proj_size", 0) or module.hidden_size
+        inputs = module.input_size if index == 0 else units * directions
         kwargs = dict(
             bias=module.bias,
             batch_first=True,
@@ -347,6 +348,8 @@ def single_layers(module: Any) -> list[Any]:
         )
         if isinstance(module, nn.RNN):
             kwargs["nonlinearity"] = module.nonlinearity
+        if getattr(module, "proj_size", 0):
+            kwargs["proj_size"] = module.proj_size
         layer = type(module)(inputs, module.hidden_size, **kwargs)
         state = {}
         for key, value in module.state_dict().items():

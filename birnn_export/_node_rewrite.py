@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: ONNX's inputs of ``RNN``, ``GRU`` and ``LSTM``, in order (``RNN`` and ``GRU`` stop at h0).
+#: ONNX's inputs of ``RNN``, ``GRU`` and ``LSTM``, in order (``RNN`` and ``GRU`` stop at h0;
+#: ``p`` is an LSTM's peepholes, and an ``LSTMP``'s projection, see ``modules.LSTMP_OP``).
 _INPUTS = ("x", "w", "r", "b", "lengths", "h0", "c0", "p")
 DIRECTIONS = {
     "forward": ("forward",),
@@ -91,10 +92,11 @@ class NodeRewrite:
         return names if outputs > 1 else names[0]
 
 
-def replace_nodes(proto: Any, ops: set[str], rewrite: Any) -> int:
-    """Replace each main-graph node of type in ``ops`` for which ``rewrite(node, initializers,
-    taken, graph)`` returns a node list (None: keep it), in place. Initializers only the
-    replaced nodes used are dropped. Returns how many nodes were replaced."""
+def replace_nodes(proto: Any, ops: set[str], rewrite: Any, domain: str = "") -> int:
+    """Replace each main-graph node of type in ``ops`` (of ONNX's own domain, or ``domain``)
+    for which ``rewrite(node, initializers, taken, graph)`` returns a node list (None: keep
+    it), in place. Initializers only the replaced nodes used are dropped. Returns how many
+    nodes were replaced."""
     from birnn_export.spec import all_nodes
 
     graph = proto.graph
@@ -106,7 +108,7 @@ def replace_nodes(proto: Any, ops: set[str], rewrite: Any) -> int:
     count = 0
     for node in graph.node:
         new = None
-        if node.op_type in ops and node.domain in ("", "ai.onnx"):
+        if node.op_type in ops and node.domain in ("", "ai.onnx", domain or ""):
             new = rewrite(node, initializers, taken, graph)
         if new is None:
             rewritten.append(node)

@@ -217,8 +217,8 @@ graph_options = option_group(
             "--quantize",
             type=click.Choice(["int8"]),
             help="int8: write the graph dynamically quantized by ONNX Runtime (int8 LSTM and "
-            "MatMul kernels; GRU/RNN stay float32), verified by top-1 agreement and relative "
-            "error. Runs on ONNX Runtime CPU only.",
+            "MatMul kernels; GRU/RNN and LSTMs with proj_size stay float32), verified by top-1 "
+            "agreement and relative error. Runs on ONNX Runtime CPU only.",
         ),
     ],
 )

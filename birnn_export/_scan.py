@@ -12,6 +12,11 @@ per-step mask holds the row's state and writes zeros, so ``Y`` is zero there and
 state at the row's last valid step, in both directions. LSTM and GRU nodes are left as they are
 (a Scan was slower than ONNX Runtime's GRU kernel everywhere, and no faster for LSTM's).
 
+An LSTM with ``proj_size`` (``nn.LSTM(proj_size=...)``, which ONNX's ``LSTM`` cannot express) is
+traced as a ``birnn_export.LSTMP`` node and always rewritten here (:func:`scan_lstmp_nodes`), in
+every layout: the same loop, with the LSTM cell and its projection ``h = P (o * tanh(c))`` as the
+body, and ``c`` a second state held past each row's length like ``h``.
+
 Each Scan keeps the ``RNN`` node's name (``rnn/l0``) and records, in its body's
 ``metadata_props`` (:data:`SCAN_KEY`), which node it replaces and the name of its ``Y``, so
 layer checks and ``inspect`` find the layer as before.
@@ -24,7 +29,9 @@ from typing import Any
 
 from birnn_export._node_rewrite import NodeRewrite, i64, replace_nodes
 
-#: ``metadata_props`` key of a Scan written here: JSON ``{"op": "RNN", "y": ..., "lengths": ...}``.
+#: ``metadata_props`` key of a Scan written here: JSON ``{"op": "RNN", "y": ..., "lengths": ...,
+#: "hidden_size": ..., "direction": ...}`` (``"op": "LSTM"`` and ``"proj_size"`` for an LSTMP;
+#: files before 0.3.0 hold only the first three).
 SCAN_KEY = "birnn_export.rnn_scan"
 _ACTIVATIONS = {"Tanh", "Relu"}
 
@@ -68,12 +75,35 @@ def scan_rnn_nodes(proto: Any) -> int:
     return replace_nodes(proto, {"RNN"}, lambda node, *context: _Rewrite(node, *context).nodes())
 
 
+def scan_lstmp_nodes(proto: Any) -> int:
+    """Replace every ``birnn_export.LSTMP`` node (an LSTM with ``proj_size``) of ``proto``'s
+    main graph by its Scan form, in place; returns how many. Every export does this: the node
+    is this package's own and no engine runs it."""
+    from birnn_export.modules import LSTMP_DOMAIN
+
+    count = replace_nodes(
+        proto, {"LSTMP"}, lambda node, *context: _Rewrite(node, *context).nodes(), LSTMP_DOMAIN
+    )
+    kept = [o for o in proto.opset_import if o.domain != LSTMP_DOMAIN]  # no node of it is left
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return count
+
+
 class _Rewrite(NodeRewrite):
     """One ``RNN`` node's replacement: initializers go to the graph, nodes are returned."""
 
     def __init__(self, node: Any, initializers: dict[str, Any], taken: set[str], graph: Any):
         super().__init__(node, initializers, taken, graph, "scan")
         self.x, self.lengths_in, self.h0 = (self.inputs[k] for k in ("x", "lengths", "h0"))
+        self.w, self.r, self.b = (self.constant(role) for role in ("w", "r", "b"))
+        self.lstmp = node.op_type == "LSTMP"
+        self.gates = 4 if self.lstmp else 1
+        if self.lstmp:
+            self.proj = self.constant("p")  # [D, proj_size, hidden]
+            self.units = int(self.attrs["proj_size"])
+            return
+        self.units = self.hidden
         activations = [
             a.decode() if isinstance(a, bytes) else a
             for a in self.attrs.get("activations", [b"Tanh"] * len(self.directions))
@@ -83,13 +113,12 @@ class _Rewrite(NodeRewrite):
         if len(set(activations)) != 1 or activations[0] not in _ACTIVATIONS:
             raise ValueError(f"RNN node {self.base!r}: activations {activations} not supported")
         self.activation = activations[0]
-        self.w, self.r, self.b = (self.constant(role) for role in ("w", "r", "b"))
 
     def nodes(self) -> list[Any]:
         import numpy as np
         from onnx import TensorProto, helper
 
-        d, h = len(self.directions), self.hidden
+        d, h, gh, units = len(self.directions), self.hidden, self.gates * self.hidden, self.units
         zero, one, two = (self.const(name, i64(v)) for name, v in (("0", 0), ("1", 1), ("2", 2)))
         shape = self.op("Shape", [self.x], "x_shape")
         seq_batch = self.op("Slice", [shape, zero, two], "seq_batch")
@@ -119,11 +148,11 @@ class _Rewrite(NodeRewrite):
             [flat, self.const("w_t", np.ascontiguousarray(self.w.transpose(0, 2, 1)))],
             "xw_flat",
         )
-        d_name, h_name = self.const("d", i64(d)), self.const("h", i64(h))
-        xw_shape = self.op("Concat", [d_name, seq_batch, h_name], "xw_shape", axis=0)
+        d_name, gh_name = self.const("d", i64(d)), self.const("gh", i64(gh))
+        xw_shape = self.op("Concat", [d_name, seq_batch, gh_name], "xw_shape", axis=0)
         xw = self.op("Reshape", [projected, xw_shape], "xw")
         if self.b is not None:  # both biases act on every step alike: outside the loop
-            bias = (self.b[:, :h].astype(np.float32) + self.b[:, h:]).reshape(d, 1, 1, h)
+            bias = (self.b[:, :gh].astype(np.float32) + self.b[:, gh:]).reshape(d, 1, 1, gh)
             bias = bias.astype(self.b.dtype)
             xw = self.op("Add", [xw, self.const("bias", np.ascontiguousarray(bias))], "xw_biased")
         xw = self.op("Transpose", [xw], "xw_time_major", perm=[1, 0, 2, 3])
@@ -142,36 +171,57 @@ class _Rewrite(NodeRewrite):
         valid = self.op(
             "Cast", [self.op("Less", [steps, rows], "valid_bool")], "valid", to=self.elem
         )
-        if self.h0:
-            h0 = self.h0
-        else:
-            h0_shape = self.op("Concat", [d_name, batch, h_name], "h0_shape", axis=0)
-            zero_value = helper.make_tensor("zero", self.elem, [1], [0.0])
-            h0 = self.op("ConstantOfShape", [h0_shape], "h0", value=zero_value)
-        recurrence = self.const("r_t", np.ascontiguousarray(self.r.transpose(0, 2, 1)))
-        h_last, ys = self.op(
+        states = [self._initial(self.h0, "h0", units, batch)]
+        if self.lstmp:
+            states.append(self._initial(self.inputs["c0"], "c0", h, batch))
+        outer = {"r_t": self.const("r_t", np.ascontiguousarray(self.r.transpose(0, 2, 1)))}
+        if self.lstmp:
+            outer["p_t"] = self.const("p_t", np.ascontiguousarray(self.proj.transpose(0, 2, 1)))
+            outer["gate_sizes"] = self.const("gate_sizes", i64(h, h, h, h))
+        *finals, ys = self.op(
             "Scan",
-            [h0, xw, valid],
+            [*states, xw, valid],
             "scan",
-            outputs=2,
+            outputs=len(states) + 1,
             num_scan_inputs=2,
-            body=self._body(recurrence),
+            body=self._lstmp_body(outer) if self.lstmp else self._body(outer["r_t"]),
         )
         scan = self.out[-1]
         scan.name = self.base
-        y_name, yh_name = ([*self.node.output, "", ""])[:2]
+        y_name, *state_names = ([*self.node.output, "", "", ""])[: 1 + len(states)]
         y = self._outputs(ys, lengths)
         self.out.append(
             helper.make_node("Identity", [y], [y_name or self.fresh("y")], name=self.fresh("Y"))
         )
-        if yh_name:
-            self.out.append(
-                helper.make_node("Identity", [h_last], [yh_name], name=self.fresh("Y_h"))
-            )
-        info = {"op": "RNN", "y": y_name, "lengths": bool(self.lengths_in)}
+        for final, name, label in zip(finals, state_names, ("Y_h", "Y_c"), strict=False):
+            if name:
+                self.out.append(
+                    helper.make_node("Identity", [final], [name], name=self.fresh(label))
+                )
+        direction = self.attrs.get("direction", b"forward")
+        info: dict[str, Any] = {
+            "op": "LSTM" if self.lstmp else "RNN",
+            "y": y_name,
+            "lengths": bool(self.lengths_in),
+            "hidden_size": h,
+            "direction": direction.decode() if isinstance(direction, bytes) else direction,
+        }
+        if self.lstmp:
+            info["proj_size"] = units
         body = next(a.g for a in scan.attribute if a.name == "body")
         body.metadata_props.add(key=SCAN_KEY, value=json.dumps(info))
         return self.out
+
+    def _initial(self, given: str, suffix: str, units: int, batch: str) -> str:
+        """The node's initial state input, or zeros ``[D, B, units]``."""
+        from onnx import helper
+
+        if given:
+            return given
+        dims = [self.const("d", i64(len(self.directions))), batch, self.const("units", i64(units))]
+        shape = self.op("Concat", dims, f"{suffix}_shape", axis=0)
+        zero = helper.make_tensor("zero", self.elem, [1], [0.0])
+        return self.op("ConstantOfShape", [shape], suffix, value=zero)
 
     def _body(self, recurrence: str) -> Any:
         """One step. Its names carry the layer's prefix: a body name equal to one of the outer
@@ -202,6 +252,51 @@ class _Rewrite(NodeRewrite):
             f"{self.base}/step",
             [value("h", state), value("xw", state), value("valid", [1, "batch", 1])],
             [value("h_out", state), value("y", state)],
+        )
+
+    def _lstmp_body(self, outer: dict[str, str]) -> Any:
+        """One LSTM step with its projection, in ONNX gate order (i, o, f, c): ``c`` and the
+        projected ``h`` are held past each row's length, where ``y`` is zero."""
+        from onnx import helper
+
+        d = len(self.directions)
+        prefix = f"{self.base}/step/"
+        kept = set(outer.values())
+
+        def node(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
+            names = [name if name in kept else prefix + name for name in inputs]
+            return helper.make_node(op, names, [prefix + o for o in outputs], **attrs)
+
+        def value(name: str, units: int) -> Any:
+            return helper.make_tensor_value_info(prefix + name, self.elem, [d, "batch", units])
+
+        gates = ["i", "o", "f", "g"]
+        nodes = [
+            node("MatMul", ["h", outer["r_t"]], ["hr"]),
+            node("Add", ["hr", "xw"], ["pre"]),
+            node("Split", ["pre", outer["gate_sizes"]], [f"{g}_pre" for g in gates], axis=2),
+            *(node("Sigmoid", [f"{g}_pre"], [g]) for g in gates[:3]),
+            node("Tanh", ["g_pre"], ["g"]),
+            node("Mul", ["f", "c"], ["fc"]),
+            node("Mul", ["i", "g"], ["ig"]),
+            node("Add", ["fc", "ig"], ["c_new"]),
+            node("Tanh", ["c_new"], ["c_act"]),
+            node("Mul", ["o", "c_act"], ["m"]),
+            node("MatMul", ["m", outer["p_t"]], ["h_new"]),
+        ]
+        for state in ("h", "c"):  # past a row's length: unchanged
+            nodes += [
+                node("Sub", [f"{state}_new", state], [f"{state}_change"]),
+                node("Mul", [f"{state}_change", "valid"], [f"{state}_kept"]),
+                node("Add", [state, f"{state}_kept"], [f"{state}_out"]),
+            ]
+        nodes.append(node("Mul", ["h_new", "valid"], ["y"]))  # ... and zeros written
+        valid = helper.make_tensor_value_info(prefix + "valid", self.elem, [1, "batch", 1])
+        return helper.make_graph(
+            nodes,
+            f"{self.base}/step",
+            [value("h", self.units), value("c", self.hidden), value("xw", 4 * self.hidden), valid],
+            [value("h_out", self.units), value("c_out", self.hidden), value("y", self.units)],
         )
 
     def _outputs(self, ys: str, lengths: str) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export._packed import is_packed_layer, packed_info
-from birnn_export._scan import is_rnn_scan
+from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError
 
 if TYPE_CHECKING:
@@ -420,6 +420,16 @@ class _Checker:
                 reverses = True
             elif node.op_type == "Loop" and self.trt:
                 findings += self._check_loop(node)
+            elif is_rnn_scan(node) and "proj_size" in rnn_scan_info(node):
+                findings.append(
+                    Finding(
+                        "info",
+                        self._label(node),
+                        "LSTM with proj_size as a Scan loop (ONNX's LSTM has no projection, in "
+                        "any layout): each step runs as small kernels; its speed on this target "
+                        "is not measured here",
+                    )
+                )
             elif is_rnn_scan(node) and not self.trt:
                 findings.append(
                     Finding(

@@ -961,10 +961,10 @@ def _recognise_seed(
             f"seed article layout: {forward} and {backward} have different weights "
             f"({_preview(sorted(fwd))} vs {_preview(sorted(bwd))})"
         )
-    cell, input_size, hidden, layers, bidirectional, bias = _layer_geometry(
+    cell, input_size, hidden, layers, bidirectional, bias, proj = _layer_geometry(
         fwd, nonlinearity, forward
     )
-    if layers != 1 or bidirectional:
+    if layers != 1 or bidirectional or proj:
         # Two separately stacked directions are not a stacked bidirectional layer: layer 2 of
         # each would read only its own direction's output.
         raise ModelLoadError(
@@ -1027,10 +1027,10 @@ def _recognise_builtin(
 ) -> tuple[TaggerConfig, dict[str, Tensor], str] | None:
     """One built-in recurrent layer, an optional embedding before it, a linear head after it."""
     prefix, params = next(iter(recurrent.items()))
-    cell, input_size, hidden, layers, bidirectional, bias = _layer_geometry(
+    cell, input_size, hidden, layers, bidirectional, bias, proj = _layer_geometry(
         params, nonlinearity, prefix or "<root>"
     )
-    features = hidden * (2 if bidirectional else 1)
+    features = (proj or hidden) * (2 if bidirectional else 1)
     if not 1 <= len(others) <= 2:
         return None
     order = list(others)  # state_dict order: registration order, embedding usually first
@@ -1065,8 +1065,10 @@ def _recognise_builtin(
         bias=bias,
         vocab_size=vocab_size,
         uses_lengths=True,
+        proj_size=proj,
     )
     shape = f"{layers} layer(s), {'bidirectional' if bidirectional else 'unidirectional'}"
+    shape += f", proj_size {proj}" if proj else ""
     parts = [f"built-in {_cell_name(cell)} layer {prefix or '<root>'!r} ({shape})"]
     if embedding is not None:
         parts.append(f"embedding {embedding!r}")
@@ -1104,17 +1106,22 @@ def _with_crf(
 
 def _layer_geometry(
     params: dict[str, Tensor], nonlinearity: str, where: str
-) -> tuple[str, int, int, int, bool, bool]:
-    """``(cell, input_size, hidden_size, num_layers, bidirectional, bias)`` from weight shapes."""
-    if any("_hr_" in k for k in params):
-        raise ModelLoadError(
-            f"{where}: LSTM with proj_size > 0 (weight_hr_l*) has no ONNX equivalent and cannot "
-            "be converted"
-        )
+) -> tuple[str, int, int, int, bool, bool, int]:
+    """``(cell, input_size, hidden_size, num_layers, bidirectional, bias, proj_size)`` from
+    weight shapes (an LSTM with ``proj_size`` has ``weight_hr_l*`` ``[proj_size, hidden]``)."""
     w_ih, w_hh = params.get("weight_ih_l0"), params.get("weight_hh_l0")
     if w_ih is None or w_hh is None or w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[1] < 1:
         raise ModelLoadError(f"{where}: recurrent weights without 2-D weight_ih_l0/weight_hh_l0")
-    hidden = w_hh.shape[1]
+    w_hr = params.get("weight_hr_l0")
+    proj = 0
+    if w_hr is not None:
+        if w_hr.dim() != 2 or w_hr.shape[0] != w_hh.shape[1] or w_hr.shape[1] <= w_hr.shape[0]:
+            raise ModelLoadError(
+                f"{where}: weight_hr_l0 {tuple(w_hr.shape)} is not an LSTM projection "
+                f"[proj_size, hidden_size] for weight_hh_l0 {tuple(w_hh.shape)}"
+            )
+        proj = w_hr.shape[0]
+    hidden = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
     gates, rest = divmod(w_ih.shape[0], hidden)
     if rest or gates not in set(GATES.values()):
         raise ModelLoadError(
@@ -1122,11 +1129,13 @@ def _layer_geometry(
             "4 (LSTM), 3 (GRU) or 1 (RNN) times the hidden size"
         )
     cell = _CELL_BY_GATES.get(gates, f"rnn_{nonlinearity}")
+    if proj and cell != "lstm":
+        raise ModelLoadError(f"{where}: weight_hr_l0 (a projection) on a {_cell_name(cell)}")
     indices = sorted({int(m["layer"]) for k in params if (m := _RECURRENT_KEY.match(k))})
     if indices != list(range(len(indices))):
         raise ModelLoadError(f"{where}: layer indices {indices} are not 0..{len(indices) - 1}")
     bidirectional = any(k.endswith("_reverse") for k in params)
-    return cell, w_ih.shape[1], hidden, len(indices), bidirectional, "bias_ih_l0" in params
+    return cell, w_ih.shape[1], hidden, len(indices), bidirectional, "bias_ih_l0" in params, proj
 
 
 def _as_head(params: dict[str, Tensor], features: int) -> dict[str, Tensor] | None:

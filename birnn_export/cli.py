@@ -416,7 +416,11 @@ def run() -> None:
     plain ``exit 130``, stops its own loop or script too.
     """
     import signal
+    import warnings
 
+    # torch says this once per process when any LSTM with proj_size runs on the CPU: about its
+    # kernel choice, nothing the user can act on.
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
     try:
         main(prog_name="birnn-export")
     except SystemExit as exc:

@@ -55,11 +55,6 @@ def _check_convertible(path: str, layer: nn.Module) -> None:
             f"{path}: {type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} and may "
             "override forward(); replace it with a plain nn.RNN/nn.LSTM/nn.GRU or a BiRNN"
         )
-    if getattr(layer, "proj_size", 0):
-        raise ConversionError(
-            f"{path}: LSTM with proj_size={layer.proj_size} has no ONNX LSTM equivalent; "
-            "only proj_size=0 can be converted"
-        )
     for name, param in layer.named_parameters():
         if param.is_meta:
             raise ConversionError(
@@ -83,7 +78,7 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
 
     Raises:
         ConversionError: naming the submodule path and the reason, for layers that cannot be
-            represented (LSTM ``proj_size > 0``, subclasses, parametrized weights).
+            represented (subclasses, parametrized weights).
 
     Example:
         >>> model = nn.Sequential(nn.LSTM(4, 8, bidirectional=True))

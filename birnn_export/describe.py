@@ -12,7 +12,7 @@ from typing import Any
 from birnn_export._files import onnx_file_size
 from birnn_export._graph import ONNX_DTYPES, dims_of
 from birnn_export._packed import is_packed_layer, packed_info
-from birnn_export._scan import is_rnn_scan
+from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx
@@ -57,8 +57,20 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
                 }
             )
             continue
+        if is_rnn_scan(node):
+            info = rnn_scan_info(node)
+            attrs = {k: info[k] for k in ("hidden_size", "proj_size", "direction") if k in info}
+            recurrent.append(
+                {
+                    "name": node.name,
+                    "op": f"{info['op']} (scan)",
+                    "attributes": attrs,
+                    "inputs": list(node.input),
+                }
+            )
+            continue
         recurrent_op = node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence")
-        if recurrent_op or is_viterbi_scan(node) or is_rnn_scan(node):
+        if recurrent_op or is_viterbi_scan(node):
             attrs = {
                 a.name: helper.get_attribute_value(a)
                 for a in node.attribute

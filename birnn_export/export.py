@@ -38,7 +38,7 @@ from birnn_export._inputs import (
 from birnn_export._packed import pack_recurrent_nodes
 from birnn_export._packing import PackingSwap, any_order_packing
 from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
-from birnn_export._scan import scan_rnn_nodes
+from birnn_export._scan import scan_lstmp_nodes, scan_rnn_nodes
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.crf import (
@@ -251,6 +251,7 @@ def trace_graph(
     proto = _trace(traced, trace_inputs, planned, outs, opset, emitted)
     tags = expand_viterbi(proto)
     clean_nodes(proto)
+    scan_lstmp_nodes(proto)  # LSTMs with proj_size: no ONNX op, a loop in every layout
     if target == torch.float16:
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)

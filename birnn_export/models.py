@@ -43,11 +43,14 @@ class TaggerConfig:
     #: time]``, -1 past each row's length) instead of the head's scores. Each row's length is
     #: ``lengths`` when the model uses them, else its tokens other than ``padding_idx``.
     crf: bool = False
+    #: An LSTM's projection (``nn.LSTM(proj_size=...)``); 0 for none.
+    proj_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if not self.crf:  # files of models without a CRF stay as they were
-            del data["crf"]
+        for key in ("crf", "proj_size"):  # files of models without them stay as they were
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
@@ -89,8 +92,9 @@ class SequenceTagger(nn.Module):
             bias=config.bias,
             batch_first=config.batch_first,
             bidirectional=config.bidirectional,
+            proj_size=config.proj_size,
         )
-        self.head = nn.Linear(config.hidden_size * self.rnn.num_directions, config.output_size)
+        self.head = nn.Linear(self.rnn.output_size * self.rnn.num_directions, config.output_size)
         self.crf = (
             CRFDecoder(config.output_size, batch_first=config.batch_first) if config.crf else None
         )

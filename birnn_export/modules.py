@@ -46,6 +46,11 @@ ONNX_GATE_ORDER: dict[str, tuple[int, ...]] = {
 #: ``metadata_props`` key carrying an emitted recurrent node's intended name.
 NODE_NAME_KEY = "birnn_export.node"
 ONNX_OP: dict[str, str] = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+#: Domain and op an LSTM with ``proj_size`` is traced as (ONNX's ``LSTM`` has no projection):
+#: ``LSTM``'s inputs, then ``P [D, proj_size, hidden_size]``; every export rewrites it into a
+#: ``Scan`` loop of standard ops (:func:`birnn_export._scan.scan_lstmp_nodes`).
+LSTMP_DOMAIN = "birnn_export"
+LSTMP_OP = f"{LSTMP_DOMAIN}::LSTMP"
 _KERNELS = {
     "lstm": torch.lstm,
     "gru": torch.gru,
@@ -136,6 +141,9 @@ class BiRNN(nn.Module):
         dropout: Dropout between layers during training, as in torch.
         bidirectional: Run a second, independently weighted, backward direction.
         padding_value: Value written to output positions past each row's length.
+        proj_size: LSTM only: project each step's hidden state to this many units, as
+            ``nn.LSTM(proj_size=...)`` does (``h = W_hr (o * tanh(c))``); 0 for none. Outputs
+            and ``h_n`` then have ``proj_size`` units per direction, ``c_n`` ``hidden_size``.
 
     ``forward(x, lengths=None, hx=None)`` returns ``(output, h_n)``, or ``(output, (h_n, c_n))``
     for LSTM, with torch's shapes and layer/direction order. With ``lengths`` the result equals the
@@ -161,6 +169,7 @@ class BiRNN(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = True,
         padding_value: float = 0.0,
+        proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -174,6 +183,12 @@ class BiRNN(nn.Module):
             raise ValueError(f"num_layers: expected a positive int, got {num_layers!r}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout: expected a value in [0, 1], got {dropout!r}")
+        if not isinstance(proj_size, int) or proj_size < 0 or proj_size >= hidden_size:
+            raise ValueError(
+                f"proj_size: expected an int in [0, hidden_size={hidden_size}), got {proj_size!r}"
+            )
+        if proj_size and cell != "lstm":
+            raise ValueError(f"proj_size: only an LSTM projects its state, not cell {cell!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.cell: Cell = cell
@@ -183,6 +198,7 @@ class BiRNN(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.padding_value = float(padding_value)
+        self.proj_size = proj_size
         #: Which ONNX node layout ``torch.onnx.export`` emits; set by
         #: :func:`~birnn_export.export.trace_graph`.
         self.onnx_layout: OnnxLayout = "split"
@@ -192,11 +208,12 @@ class BiRNN(nn.Module):
         gate_rows = GATES[cell] * hidden_size
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            layer_input = input_size if layer == 0 else self.output_size * self.num_directions
             for suffix in self._suffixes:
                 names = self._param_names(layer, suffix)
-                shapes = [(gate_rows, layer_input), (gate_rows, hidden_size)]
+                shapes = [(gate_rows, layer_input), (gate_rows, self.output_size)]
                 shapes += [(gate_rows,), (gate_rows,)] if bias else []
+                shapes += [(proj_size, hidden_size)] if proj_size else []
                 for name, shape in zip(names, shapes, strict=True):
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
@@ -208,6 +225,11 @@ class BiRNN(nn.Module):
         return 2 if self.bidirectional else 1
 
     @property
+    def output_size(self) -> int:
+        """Units per direction of the output and ``h_n``: ``proj_size``, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    @property
     def _suffixes(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
 
@@ -215,10 +237,13 @@ class BiRNN(nn.Module):
         names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
         if self.bias:
             names += [f"bias_ih_l{layer}{suffix}", f"bias_hh_l{layer}{suffix}"]
+        if self.proj_size:
+            names.append(f"weight_hr_l{layer}{suffix}")
         return names
 
     def direction_weights(self, layer: int, direction: int) -> list[Tensor]:
-        """``[weight_ih, weight_hh(, bias_ih, bias_hh)]`` of one layer and direction."""
+        """``[weight_ih, weight_hh(, bias_ih, bias_hh)(, weight_hr)]`` of one layer and
+        direction, in torch's order."""
         return [getattr(self, n) for n in self._param_names(layer, self._suffixes[direction])]
 
     def reset_parameters(self) -> None:
@@ -237,6 +262,7 @@ class BiRNN(nn.Module):
             f"num_layers={self.num_layers}, bias={self.bias}, batch_first={self.batch_first}, "
             f"dropout={self.dropout}, bidirectional={self.bidirectional}, "
             f"padding_value={self.padding_value}"
+            + (f", proj_size={self.proj_size}" if self.proj_size else "")
         )
 
     # -- conversion to and from torch's layers ----------------------------------------------
@@ -245,10 +271,6 @@ class BiRNN(nn.Module):
     def from_torch(cls, layer: nn.RNNBase, *, padding_value: float = 0.0) -> BiRNN:
         """Build an exact copy of an ``nn.RNN``, ``nn.LSTM`` or ``nn.GRU`` (same weights)."""
         cell = _cell_of(layer)
-        if getattr(layer, "proj_size", 0):
-            raise ValueError(
-                "layer: LSTM with proj_size > 0 has no ONNX equivalent; use proj_size=0"
-            )
         weight = layer.weight_ih_l0
         new = cls(
             layer.input_size,
@@ -260,6 +282,7 @@ class BiRNN(nn.Module):
             dropout=layer.dropout,
             bidirectional=layer.bidirectional,
             padding_value=padding_value,
+            proj_size=getattr(layer, "proj_size", 0),
             device=weight.device,
             dtype=weight.dtype,
         )
@@ -280,7 +303,9 @@ class BiRNN(nn.Module):
             dtype=weight.dtype,
         )
         if self.cell == "lstm":
-            layer: nn.RNNBase = nn.LSTM(self.input_size, self.hidden_size, **kwargs)
+            layer: nn.RNNBase = nn.LSTM(
+                self.input_size, self.hidden_size, proj_size=self.proj_size, **kwargs
+            )
         elif self.cell == "gru":
             layer = nn.GRU(self.input_size, self.hidden_size, **kwargs)
         else:
@@ -364,18 +389,21 @@ class BiRNN(nn.Module):
                     )
         if hx is not None:
             states = hx if isinstance(hx, tuple) else (hx,)
-            expected = (self.num_layers * self.num_directions, batch, self.hidden_size)
             if (self.cell == "lstm") != isinstance(hx, tuple) or len(states) not in (1, 2):
                 kind = "a tuple (h_0, c_0)" if self.cell == "lstm" else "one tensor h_0"
                 raise ValueError(f"hx: expected {kind} for cell {self.cell!r}")
-            for state in states:
+            for state, units in zip(states, (self.output_size, self.hidden_size), strict=False):
+                expected = (self.num_layers * self.num_directions, batch, units)
                 if tuple(state.shape) != expected:
                     raise ValueError(f"hx: expected shape {expected}, got {tuple(state.shape)}")
 
     def _initial_state(self, hx: Hidden | None, batch: int, like: Tensor) -> list[Tensor]:
         if hx is None:
-            zeros = like.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size)
-            return [zeros, zeros] if self.cell == "lstm" else [zeros]
+            layers = self.num_layers * self.num_directions
+            h = like.new_zeros(layers, batch, self.output_size)
+            return (
+                [h, like.new_zeros(layers, batch, self.hidden_size)] if self.cell == "lstm" else [h]
+            )
         return list(hx) if isinstance(hx, tuple) else [hx]
 
     @staticmethod
@@ -455,15 +483,17 @@ class BiRNN(nn.Module):
 
     # -- ONNX --------------------------------------------------------------------------------
 
-    def onnx_weights(self, layer: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Per direction, in ONNX gate order: ``W [G*H, I]``, ``R [G*H, H]``, ``B [2*G*H]``."""
+    def onnx_weights(self, layer: int) -> tuple[list[Tensor], ...]:
+        """Per direction, in ONNX gate order: ``W [G*H, I]``, ``R [G*H, H]``, ``B [2*G*H]``,
+        and with ``proj_size`` the projection ``P [proj_size, H]`` (``R`` is then
+        ``[G*H, proj_size]``)."""
         order = ONNX_GATE_ORDER[self.cell]
         hidden = self.hidden_size
 
         def reorder(t: Tensor) -> Tensor:
             return torch.cat([t[g * hidden : (g + 1) * hidden] for g in order], 0)
 
-        ws, rs, bs = [], [], []
+        ws, rs, bs, ps = [], [], [], []
         for direction in range(self.num_directions):
             params = self.direction_weights(layer, direction)
             ws.append(reorder(params[0]))
@@ -472,10 +502,14 @@ class BiRNN(nn.Module):
                 bs.append(torch.cat([reorder(params[2]), reorder(params[3])], 0))
             else:
                 bs.append(params[0].new_zeros(2 * GATES[self.cell] * hidden))
-        return ws, rs, bs
+            if self.proj_size:
+                ps.append(params[-1])
+        return (ws, rs, bs, ps) if self.proj_size else (ws, rs, bs)
 
     def _onnx_attrs(self, direction: str, num_directions: int) -> dict:
         attrs: dict = {"hidden_size": self.hidden_size, "direction": direction}
+        if self.proj_size:
+            attrs["proj_size"] = self.proj_size
         if self.cell == "gru":
             attrs["linear_before_reset"] = 1  # torch applies r after the hidden matmul
         if self.cell == "rnn_relu":
@@ -484,16 +518,16 @@ class BiRNN(nn.Module):
 
     def node_weights(
         self, layer: int, directions: Sequence[int], dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One ONNX node's ``W [D, G*H, I]``, ``R [D, G*H, H]``, ``B [D, 2*G*H]`` in ``dtype``,
-        for ``directions`` of ``layer``: the buffers :func:`onnx_weight_constants` registered,
-        else computed from the parameters."""
+    ) -> tuple[Tensor, ...]:
+        """One ONNX node's ``W [D, G*H, I]``, ``R [D, G*H, H]``, ``B [D, 2*G*H]`` (and
+        ``P [D, proj_size, H]``) in ``dtype``, for ``directions`` of ``layer``: the buffers
+        :func:`onnx_weight_constants` registered, else computed from the parameters."""
         key = _weights_key(layer, directions, dtype)
+        parts = _WEIGHT_PARTS[: 4 if self.proj_size else 3]
         if hasattr(self, f"{key}_w"):
-            return getattr(self, f"{key}_w"), getattr(self, f"{key}_r"), getattr(self, f"{key}_b")
-        ws, rs, bs = self.onnx_weights(layer)
-        return tuple(  # type: ignore[return-value]
-            torch.stack([t[d] for d in directions]).to(dtype) for t in (ws, rs, bs)
+            return tuple(getattr(self, f"{key}{part}") for part in parts)
+        return tuple(
+            torch.stack([t[d] for d in directions]).to(dtype) for t in self.onnx_weights(layer)
         )
 
     def _onnx_node(
@@ -515,18 +549,15 @@ class BiRNN(nn.Module):
         steps, batch = x.shape[0], x.shape[1]
         dirs = len(directions)
         compute = recurrent_dtype(x.dtype, ragged=seq_lens is not None)
-        inputs: list[Tensor | None] = [
-            x.to(compute),
-            *self.node_weights(layer, directions, compute),
-            seq_lens,
-        ]
+        weights = self.node_weights(layer, directions, compute)
+        inputs: list[Tensor | None] = [x.to(compute), *weights[:3], seq_lens]
         inputs += [s if s is None else s.to(compute) for s in init]
+        inputs += weights[3:]  # LSTMP: the projection, last
+        units = [self.output_size, self.output_size, self.hidden_size]
         n_out = 3 if self.cell == "lstm" else 2
-        shapes = [[steps, dirs, batch, self.hidden_size]] + [[dirs, batch, self.hidden_size]] * (
-            n_out - 1
-        )
+        shapes = [[steps, dirs, batch, units[0]]] + [[dirs, batch, u] for u in units[1:n_out]]
         outs = torch.onnx.ops.symbolic_multi_out(
-            ONNX_OP[self.cell],
+            LSTMP_OP if self.proj_size else ONNX_OP[self.cell],
             inputs,
             self._onnx_attrs(direction, dirs),
             dtypes=[compute] * n_out,
@@ -559,7 +590,7 @@ class BiRNN(nn.Module):
             name = f"{self.onnx_name}/l{layer}"
             if self.bidirectional and self.onnx_layout == "fused":
                 y, last = self._onnx_node(xt, layer, (0, 1), seq_lens, init, "bidirectional", name)
-                xt = y.permute(0, 2, 1, 3).reshape(steps, batch, 2 * self.hidden_size)
+                xt = y.permute(0, 2, 1, 3).reshape(steps, batch, 2 * self.output_size)
             else:
                 y, last = self._onnx_node(
                     xt,
@@ -598,6 +629,10 @@ class BiRNN(nn.Module):
         return out, self._pack_states(states)
 
 
+#: Suffixes of the buffers :func:`onnx_weight_constants` registers: W, R, B and an LSTMP's P.
+_WEIGHT_PARTS = ("_w", "_r", "_b", "_p")
+
+
 def _weights_key(layer: int, directions: Sequence[int], dtype: torch.dtype) -> str:
     dirs = "".join(str(d) for d in directions)
     return f"_onnx_l{layer}_d{dirs}_{str(dtype).removeprefix('torch.')}"
@@ -624,11 +659,11 @@ def onnx_weight_constants(model: nn.Module) -> Iterator[None]:
             groups = [(0, 1), (0,), (1,)] if module.bidirectional else [(0,)]
             with torch.no_grad():
                 for layer in range(module.num_layers):
-                    ws, rs, bs = module.onnx_weights(layer)
+                    weights = module.onnx_weights(layer)
                     for directions in groups:
                         for compute in dtypes:
                             key = _weights_key(layer, directions, compute)
-                            for suffix, parts in (("_w", ws), ("_r", rs), ("_b", bs)):
+                            for suffix, parts in zip(_WEIGHT_PARTS, weights, strict=False):
                                 value = torch.stack([parts[d] for d in directions]).to(compute)
                                 module.register_buffer(key + suffix, value, persistent=False)
                                 added.append((module, key + suffix))

@@ -69,7 +69,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         ) from None
     import onnx
 
-    from birnn_export._scan import is_rnn_scan, rnn_scan_parts
+    from birnn_export._scan import is_rnn_scan, rnn_scan_info, rnn_scan_parts
     from birnn_export.spec import METADATA_KEY
 
     source = onnx.load(str(src), load_external_data=False)
@@ -104,11 +104,16 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         root.setLevel(level)
     proto = onnx.load(str(dst), load_external_data=bool(shared))
     _mark(proto, METADATA_KEY)
+    # The quantizer's shape inference leaves dims it could not name (``unk__8``) on tensors
+    # whose dims the float graph named or left out; an engine infers them again anyway.
+    kept = [v for v in proto.graph.value_info if not _has_unknown_dims(v)]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
     if shared:
         _merge_copies(proto)
     onnx.save(proto, str(dst))
     counts = collections.Counter(
-        "RNN" if is_rnn_scan(node) else node.op_type
+        str(rnn_scan_info(node)["op"]) if is_rnn_scan(node) else node.op_type
         for node in proto.graph.node
         if node.name not in kept_float  # a loop's own parts: counted as its RNN
     )
@@ -118,6 +123,10 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
             op: counts[op] for op in ("GRU", "RNN", "LSTM", "MatMul", "Gemm") if counts[op]
         },
     )
+
+
+def _has_unknown_dims(value: Any) -> bool:
+    return any(d.dim_param.startswith("unk__") for d in value.type.tensor_type.shape.dim)
 
 
 def _shared_lstm_weights(proto: Any) -> set[str]:

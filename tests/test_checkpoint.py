@@ -380,10 +380,22 @@ def test_bare_layer_without_head_needs_model_class(tmp_path):
         _close(loaded.model(x, _lengths())[0], expected)
 
 
-def test_lstm_with_projection_is_refused(tmp_path):
-    model = nn.ModuleDict({"lstm": nn.LSTM(3, 6, proj_size=2), "head": nn.Linear(2, 2)})
-    with pytest.raises(ModelLoadError, match="proj_size"):
-        load_model(_save(model.state_dict(), tmp_path / "proj.pt"))
+def test_bare_lstm_with_projection_is_recognised(tmp_path):
+    torch.manual_seed(3)
+    lstm = nn.LSTM(3, 6, proj_size=2, num_layers=2, bidirectional=True, batch_first=True)
+    model = nn.ModuleDict({"lstm": lstm, "head": nn.Linear(4, 5)})
+    loaded = load_model(_save(model.state_dict(), tmp_path / "proj.pt"))
+    assert "(2 layer(s), bidirectional, proj_size 2)" in loaded.source
+    assert loaded.config["proj_size"] == 2 and loaded.model.rnn.proj_size == 2
+    x = torch.randn(4, 7, 3, generator=_gen())
+    packed = pack_padded_sequence(x, _lengths(), batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        out = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=7)[0]
+        _close(loaded.model(x, _lengths()), model["head"](out))
+        _close(loaded.original(x, _lengths()), model["head"](out))
+    odd = {**model.state_dict(), "lstm.weight_hr_l0": torch.zeros(2, 2)}
+    with pytest.raises(ModelLoadError, match=r"weight_hr_l0 \(2, 2\) is not an LSTM projection"):
+        load_model(_save(odd, tmp_path / "odd.pt"))
 
 
 # -- nested checkpoints ------------------------------------------------------------------------

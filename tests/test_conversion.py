@@ -103,7 +103,6 @@ class MyLSTM(nn.LSTM):
 @pytest.mark.parametrize(
     ("layer", "message"),
     [
-        (nn.LSTM(3, 4, proj_size=2), r"encoder\.0: LSTM with proj_size=2"),
         (MyLSTM(3, 4), r"encoder\.0: MyLSTM subclasses LSTM"),
         (
             nn.utils.parametrizations.weight_norm(nn.GRU(3, 4), "weight_hh_l0"),

@@ -196,8 +196,41 @@ def test_bad_constructor_arguments():
         BiRNN(3, 4, cell="transformer")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hidden_size"):
         BiRNN(3, 0)
-    with pytest.raises(ValueError, match="proj_size"):
-        BiRNN.from_torch(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(ValueError, match=r"proj_size: expected an int in \[0, hidden_size=4\)"):
+        BiRNN(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="only an LSTM projects its state, not cell 'gru'"):
+        BiRNN(3, 4, cell="gru", proj_size=2)
+
+
+@pytest.mark.parametrize(
+    ("layers", "bidirectional", "batch_first", "use_hx"),
+    [(2, True, True, False), (1, True, False, True), (3, False, True, True)],
+)
+def test_lstm_with_projection_equals_builtin_fp64(layers, bidirectional, batch_first, use_hx):
+    """``nn.LSTM(proj_size=...)``: outputs and h_n of proj_size units, c_n of hidden_size,
+    to 1e-10 against torch's layer on a PackedSequence."""
+    torch.manual_seed(2)
+    ref = nn.LSTM(4, 7, proj_size=3, num_layers=layers, bidirectional=bidirectional,
+                  batch_first=batch_first).double()  # fmt: skip
+    ours = BiRNN.from_torch(ref)
+    assert ours.proj_size == 3 and ours.output_size == 3
+    lengths = torch.tensor([6, 1, 4, 6, 2])
+    x = torch.randn(*((5, 6) if batch_first else (6, 5)), 4, dtype=torch.float64)
+    dirs = 2 if bidirectional else 1
+    hx = None
+    if use_hx:
+        h0 = torch.randn(layers * dirs, 5, 3, dtype=torch.float64)
+        hx = (h0, torch.randn(layers * dirs, 5, 7, dtype=torch.float64))
+    want_out, want_hidden = reference(ref, x, lengths, hx)
+    got_out, got_hidden = ours(x, lengths, hx)
+    assert got_out.shape[-1] == 3 * dirs and got_hidden[1].shape[-1] == 7
+    assert_close(got_out, want_out, 1e-10)
+    for got, want in zip(got_hidden, want_hidden, strict=True):
+        assert_close(got, want, 1e-10)
+    back = ours.to_torch()
+    assert back.proj_size == 3 and back.state_dict().keys() == ref.state_dict().keys()
+    with pytest.raises(ValueError, match=r"hx: expected shape \(\d+, 5, 3\)"):
+        ours(x, lengths, (torch.zeros(layers * dirs, 5, 7), torch.zeros(layers * dirs, 5, 7)))
 
 
 def test_dropout_only_in_training():

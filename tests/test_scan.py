@@ -80,7 +80,9 @@ def test_scan_layout_keeps_lstm_and_gru_nodes_and_verifies_every_layer(tmp_path)
     layers = {c.name for case in result.verification.cases for c in case.outputs}
     assert {"rnn/l0", "rnn/l1"} <= layers, layers
     recurrent = describe_onnx(tmp_path / "rnn.onnx")["recurrent_nodes"]
-    assert [n["name"] for n in recurrent if n["op"] == "Scan"] == ["rnn/l0", "rnn/l1"]
+    loops = [(n["name"], n["attributes"]) for n in recurrent if n["op"] == "RNN (scan)"]
+    expected = {"hidden_size": 12, "direction": "bidirectional"}
+    assert loops == [("rnn/l0", expected), ("rnn/l1", expected)], recurrent
     gru = SequenceTagger(TaggerConfig(cell="gru", input_size=8, hidden_size=12, output_size=5))
     export_onnx(gru.eval(), tmp_path / "gru.onnx", layout="scan")
     ops = {n.op_type for n in onnx.load(str(tmp_path / "gru.onnx")).graph.node}
@@ -177,3 +179,77 @@ def test_output_names_cannot_clash_with_the_loop_body(tmp_path, names):
     result = export_onnx(layer, tmp_path / "m.onnx", layout="scan", output_names=names)
     assert result.verification.passed
     assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == names
+
+
+# -- LSTM with proj_size: a Scan in every layout ----------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["split", "fused", "scan", "packed"])
+def test_lstm_with_projection_is_a_scan_equal_to_the_packed_builtin_layer(tmp_path, layout):
+    """ONNX's LSTM has no projection: every layout writes the layer as Scan loops of standard
+    ops. Outputs at every position, h_n (proj_size units) and c_n (hidden_size), ragged
+    lengths including 1, against nn.LSTM(proj_size=...) on a PackedSequence in float64."""
+    torch.manual_seed(0)
+    layer = nn.LSTM(6, 9, proj_size=4, num_layers=2, batch_first=True, bidirectional=True)
+    path = tmp_path / "lstmp.onnx"
+    result = export_onnx(layer.eval(), path, layout=layout, seq_range=(1, 8, 40))
+    report = result.verification
+    assert report is not None and report.passed, report.summary()
+    checked = {c.name for case in report.cases for c in case.outputs if c.check == "layer"}
+    assert checked == {"<root>/l0", "<root>/l1"} or checked == set(), checked
+    proto = onnx.load(str(path))
+    assert not [n for n in proto.graph.node if n.op_type in ("LSTM", "LSTMP")]
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
+    scans = [n for n in proto.graph.node if is_rnn_scan(n)]
+    assert len(scans) == (2 if layout in ("fused", "scan", "packed") else 4)
+    assert all(
+        rnn_scan_info(n)["op"] == "LSTM" and rnn_scan_info(n)["proj_size"] == 4 for n in scans
+    )
+    x = np.random.default_rng(1).standard_normal((4, 11, 6))
+    lengths = np.array([11, 1, 7, 4])
+    got = run_ort(path, {"x": x.astype(np.float32), "lengths": lengths})
+    with torch.no_grad():
+        want, (h_n, c_n) = packed_reference(
+            layer.double(), torch.from_numpy(x), torch.from_numpy(lengths)
+        )
+    np.testing.assert_allclose(got["output"], want.numpy(), atol=2e-6)
+    np.testing.assert_allclose(got["h_n"], h_n.numpy(), atol=2e-6)
+    np.testing.assert_allclose(got["c_n"], c_n.numpy(), atol=2e-6)
+    recurrent = describe_onnx(path)["recurrent_nodes"]
+    loops = [n for n in recurrent if n["op"] == "LSTM (scan)"]
+    assert loops and all(n["attributes"]["proj_size"] == 4 for n in loops), recurrent
+
+
+class _ProjectedTagger(nn.Module):
+    """An LSTMP acoustic-model shape: packed BiLSTM with projection, then a CTC-style head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 24, proj_size=6, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(12, 7)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                   enforce_sorted=False)  # fmt: skip
+        y = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True,
+                                             total_length=x.shape[1])[0]  # fmt: skip
+        return self.out(y).log_softmax(-1)
+
+
+def test_lstm_with_projection_inside_a_model_float16_int8_and_tensorrt(tmp_path):
+    torch.manual_seed(0)
+    model = _ProjectedTagger().eval()
+    result = export_onnx(model, tmp_path / "p.onnx")
+    checked = {c.name for case in result.verification.cases for c in case.outputs}
+    assert {"rnn/l0", "rnn/l1"} <= checked, checked  # layer by layer, too
+    half = export_onnx(model, tmp_path / "half.onnx", dtype="float16")
+    assert half.verification.passed, half.verification.summary()
+    int8 = export_onnx(model, tmp_path / "q.onnx", quantize="int8", verify=False)
+    assert int8.quantization.left_float.get("LSTM") == 4  # the loops stay float; the head not
+    assert int8.quantization.quantized
+    if find_library() is None:
+        pytest.skip("TensorRT's parser is not installed (pip install birnn-export[tensorrt-rtx])")
+    for name in ("p.onnx", "half.onnx"):
+        report = check_compatibility(tmp_path / name, target="tensorrt")
+        assert report.ok and report.checked_with, report.lines()
+        assert [f for f in report.findings if "proj_size as a Scan loop" in f.message]
