@@ -40,6 +40,7 @@ LENGTHS_NAMES = frozenset(
     {
         *("lengths", "lens", "length", "seq_lens", "seq_lengths", "sequence_lengths", "seq_len"),
         *("input_lengths", "input_lens", "x_lens", "x_lengths", "xs_lens", "src_lengths"),
+        *("src_len", "src_lens", "text_lens"),
         *("ilens", "speech_lengths", "feats_lengths", "text_lengths", "audio_lengths"),
     }
 )
@@ -177,7 +178,7 @@ def plan_inputs(
         tensors = (
             _check_examples(decls, example_inputs)
             if example_inputs is not None
-            else _make_examples(decls, roles, examples, vocab)
+            else _make_examples(decls, roles, examples, vocab, named)
         )
     except BiRNNExportError as exc:
         raise ExportError(str(exc)) from None
@@ -348,6 +349,7 @@ def _make_examples(
     roles: Sequence[str],
     examples: Mapping[str, int],
     vocab: int | None,
+    ranges: Mapping[str, Sequence[int]],
 ) -> tuple[Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
     tensors = []
@@ -355,12 +357,14 @@ def _make_examples(
         shape = [d if isinstance(d, int) else examples[d] for d in decl.dims]
         dtype = _TORCH_DTYPES[decl.dtype]
         if role == "lengths":
-            lens = _example_lengths(shape[0], examples[decl.measures])
+            measured = str(decl.measures)
+            lens = _example_lengths(shape[0], examples[measured], ranges[measured][0])
             tensors.append(torch.from_numpy(lens).to(dtype))
         elif role in MASK_ROLES:
             b_axis = decl.dims.index(BATCH)
             batch, steps = shape[b_axis], shape[1 - b_axis]
-            valid = np.arange(steps)[None, :] < _example_lengths(batch, steps)[:, None]
+            low = ranges[str(decl.dims[1 - b_axis])][0]
+            valid = np.arange(steps)[None, :] < _example_lengths(batch, steps, low)[:, None]
             valid = valid if role == "mask" else ~valid
             tensors.append(torch.from_numpy(valid if b_axis == 0 else valid.T).to(dtype))
         elif role == "tokens":
@@ -370,11 +374,13 @@ def _make_examples(
     return tuple(tensors)
 
 
-def _example_lengths(batch: int, steps: int) -> np.ndarray:
-    """Example row lengths: the first row full, the second 1 step, the others random (the same
-    for a lengths input and a mask, which both measure the time dim)."""
+def _example_lengths(batch: int, steps: int, low: int) -> np.ndarray:
+    """Example row lengths: the first row full, the second ``low`` steps (the time dim's
+    declared minimum), the others random (the same for a lengths input and a mask, which both
+    measure the time dim)."""
     rng = np.random.default_rng(0)
-    lens = np.concatenate([[steps, 1], rng.integers(1, steps + 1, size=max(0, batch - 2))])
+    low = max(1, min(low, steps))
+    lens = np.concatenate([[steps, low], rng.integers(low, steps + 1, size=max(0, batch - 2))])
     return lens[:batch].astype(np.int64)
 
 
@@ -500,9 +506,7 @@ def _infer(
         roles.append(mask_role)
         decl_list.append(((BATCH, SEQ), mask_dtype))
         how += f"; {param!r} read as a {mask_role} by its name"
-    names = list(input_names) if input_names else _default_names(roles)
-    if mask is not None and not input_names:
-        names[-1] = mask[0]  # a mask keeps its name: attention_mask
+    names = list(input_names) if input_names else _param_names(model, roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     _refuse_more_params(model, roles)
@@ -595,6 +599,21 @@ def _example_mask_role(tensor: Tensor) -> str:
     first, last = tensor[:, 0], tensor[:, -1]
     padding = not tensor.any() or ((~first).all() and last.any())
     return "padding_mask" if bool(padding) else "mask"
+
+
+#: ``forward`` parameter names that say nothing about the input: the graph input is named by
+#: its role instead (``ids``, ``x``).
+_GENERIC_NAMES = frozenset({"x", "xs", "inp", "input", "inputs", "data"})
+
+
+def _param_names(model: nn.Module, roles: Sequence[str]) -> list[str]:
+    """Inferred inputs' names: ``forward``'s own parameter names (``input_ids``,
+    ``attention_mask``, ``x_lens``), as a caller feeds them, but generic ones (``x``)."""
+    names = _default_names(roles)
+    for i, param in enumerate(_forward_params(model)[: len(roles)]):
+        if param.name not in _GENERIC_NAMES:
+            names[i] = param.name
+    return names
 
 
 def _default_names(roles: Sequence[str]) -> list[str]:

@@ -41,10 +41,15 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
         taken.add(name)
         return name
 
+    made: dict[tuple[str, int], str] = {}
+
     def const(base: str, value: int) -> str:
-        name = fresh(base)
-        graph.initializer.append(numpy_helper.from_array(_int64([value]), name))
-        return name
+        """An int64 initializer, made when first used (an unused one makes ONNX Runtime warn
+        at every session start), once per name and value."""
+        if (base, value) not in made:
+            made[base, value] = fresh(base)
+            graph.initializer.append(numpy_helper.from_array(_int64([value]), made[base, value]))
+        return made[base, value]
 
     def node(op: str, inputs: list[str], base: str, **attrs: Any) -> str:
         out = fresh(base)
@@ -52,7 +57,7 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
         return out
 
     nodes: list[Any] = []
-    one, zero, big = const("one", 1), const("zero", 0), const("end", 1 << 62)
+    one = const("one", 1)
     first = batched[0]
     shape = node("Shape", [first.name], "shape")
     batch = node("Gather", [shape, const("axis", first.batch_axis)], "batch", axis=0)
@@ -62,14 +67,18 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
         axis, rank = tensor.batch_axis, len(tensor.dims)
         dims = node("Shape", [tensor.name], f"{tensor.name}/shape")
         parts = (
-            [node("Slice", [dims, zero, const("stop", axis)], f"{tensor.name}/head")]
+            [node("Slice", [dims, const("zero", 0), const("stop", axis)], f"{tensor.name}/head")]
             if axis
             else []
         )
         parts.append(pad)
         if axis < rank - 1:
             parts.append(
-                node("Slice", [dims, const("start", axis + 1), big], f"{tensor.name}/tail")
+                node(
+                    "Slice",
+                    [dims, const("start", axis + 1), const("end", 1 << 62)],
+                    f"{tensor.name}/tail",
+                )
             )
         value = helper.make_tensor("value", elem[tensor.name], [1], [_FILL.get(tensor.role, 0)])
         filler = node(
@@ -98,7 +107,7 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
         cuts.append(
             helper.make_node(
                 "Slice",
-                [inner, zero, batch, const("batch_axis", tensor.batch_axis)],
+                [inner, const("zero", 0), batch, const("batch_axis", tensor.batch_axis)],
                 [output.name],
                 name=fresh(f"{output.name}/Slice"),
             )

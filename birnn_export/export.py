@@ -14,6 +14,7 @@ place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -288,7 +289,10 @@ def trace_graph(
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.
     if not graph.large:
-        raise_for_problems(proto, spec, graph.sizes, graph.crfs)
+        try:
+            raise_for_problems(proto, spec, graph.sizes, graph.crfs)
+        except ExportError as exc:  # a length baked in by a cell loop: say what to do
+            raise ExportError(_cell_loop(converted) or str(exc)) from None
     return graph
 
 
@@ -315,20 +319,14 @@ def _model_sizes(model: nn.Module) -> set[int]:
 def _default_output_names(
     model: nn.Module, returned: Any, count: int, inputs: set[str]
 ) -> list[str]:
-    if (
-        isinstance(returned, dict)
-        and len(returned) == count
-        and all(isinstance(key, str) and key and key not in inputs for key in returned)
-    ):
-        return list(returned)  # a dict of tensors: its keys
-    fields = getattr(returned, "_fields", None)  # a NamedTuple of tensors: its fields
-    if (
-        isinstance(returned, tuple)
-        and fields is not None
-        and len(fields) == count
-        and not set(fields) & inputs
-    ):
-        return list(fields)
+    keys = None
+    if isinstance(returned, dict) and all(isinstance(k, str) and k for k in returned):
+        keys = list(returned)  # a dict of tensors: its keys
+    elif isinstance(returned, tuple) and hasattr(returned, "_fields"):
+        keys = list(returned._fields)  # a NamedTuple of tensors: its fields
+    if keys is not None and len(keys) == count:
+        # a key that names an input too (a model returning its lengths): the output's own name
+        return [f"{k}_out" if k in inputs else k for k in keys]
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
     if count == 1 and any(isinstance(m, CRFDecoder) for m in model.modules()):
@@ -410,7 +408,9 @@ def _run_example(
             f"{d.name} {d.dtype} {list(t.shape)}"
             for d, t in zip(planned.decls, inputs, strict=True)
         )
-        hint = _container_hint(exc, model) or _declare_hint(planned)
+        hint = _container_hint(exc, model) or _declare_hint(
+            planned, _time_major_hint(model, planned)
+        )
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
             f"{type(exc).__name__}: {_first_line(exc)}; {hint}"
@@ -436,24 +436,48 @@ def _container_hint(exc: Exception, model: nn.Module) -> str | None:
     )
 
 
-def _declare_hint(planned: PlannedInputs) -> str:
-    """How to declare the inputs, naming the mask's sense where the graph takes a mask (the
-    likeliest thing to have been guessed wrong)."""
+def _time_major_hint(model: nn.Module, planned: PlannedInputs) -> str:
+    """Where the inputs were fed batch-first to a model whose first recurrent layer is
+    time-major: the time-major declaration of the first input."""
+    named = named_layers(model)
+    first = planned.decls[0]
+    batch, time = planned.batch_dim, planned.time_dim
+    if not named or named[0][1].batch_first or first.dims[:2] != (batch, time):
+        return ""
+    swapped = dataclasses.replace(first, dims=(time, batch, *first.dims[2:]))
+    return (
+        f"; its recurrent layer {named[0][0]!r} is time-major (batch_first=False): if the "
+        f"model takes [seq, batch] declare --input '{swapped}' (and the others)"
+    )
+
+
+def _declare_hint(planned: PlannedInputs, time_major: str = "") -> str:
+    """How to declare the inputs: the declarations the example was made from, to edit; the
+    mask's sense where the graph takes a mask (the likeliest thing to have been guessed wrong);
+    the shortest row, where rows of 1 step were fed."""
+    fed = " ".join(f"--input '{d}'" for d in planned.decls)
+    hint = (
+        f"declare its inputs as it takes them; they were fed as {fed}: edit those "
+        "(Python: inputs=[...])" + time_major
+    )
     for decl, role in zip(planned.decls, planned.roles, strict=True):
         if role in MASK_ROLES:
             sense = "1 at each row's valid steps" if role == "mask" else "1 past each row's end"
             other = "padding_mask" if role == "mask" else "mask"
             dims = ",".join(str(d) for d in decl.dims)
-            return (
-                f"declare its inputs as it takes them; the mask {decl.name!r} was made "
-                f"{decl.dtype}, {sense}: if the model takes it the other way round declare "
-                f"--input '{decl.name}:{decl.dtype}[{dims}]:{other}' (another dtype likewise), "
-                "with the other inputs"
+            hint += (
+                f"; the mask {decl.name!r} was made {decl.dtype}, {sense}: if the model takes it "
+                f"the other way round declare --input '{decl.name}:{decl.dtype}[{dims}]:{other}' "
+                "(another dtype likewise)"
             )
-    return (
-        "declare its inputs as it takes them, e.g. --input 'x:float32[batch,40,time]' "
-        "(Python: inputs=[...])"
-    )
+    ragged = any(r == "lengths" or r in MASK_ROLES for r in planned.roles)
+    low, opt, high = planned.ranges[planned.time_dim]
+    if ragged and low == 1:
+        hint += (
+            "; one row had 1 step: if the model needs longer rows (a strided front end), give "
+            f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
+        )
+    return hint
 
 
 def _trace(
@@ -569,18 +593,20 @@ def _name_longest_dims(proto: Any, time_dim: str) -> None:
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs progress and warnings meant for its developers; keep the CLI readable."""
-    import warnings
-
     names = [n for n in logging.root.manager.loggerDict if n == "torch" or n.startswith("torch.")]
     loggers = [logging.getLogger(n) for n in ["torch", *names]]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            open(os.devnull, "w") as sink,
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),  # torch.export prints a failed graph there
+        ):
             warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(open(os.devnull, "w")):
-                yield
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
@@ -594,9 +620,55 @@ def _packs_sequences(model: nn.Module) -> bool:
     return "pack_padded_sequence" in source
 
 
+def _cell_loop(model: nn.Module) -> str | None:
+    """What to do about an ``nn.LSTMCell`` (``GRUCell``, ``RNNCell``) in ``model``: run in a
+    Python loop over time, tracing unrolls it to the example's length."""
+    cells = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNCellBase)]
+    if not cells:
+        return None
+    name, cell = cells[0]
+    layer = {"LSTMCell": "LSTM", "GRUCell": "GRU"}.get(type(cell).__name__, "RNN")
+    return (
+        f"{type(model).__name__} runs nn.{type(cell).__name__} {name!r} in a Python loop over "
+        "time, which tracing unrolls to the example's length, so the graph cannot take other "
+        f"lengths; use nn.{layer}(..., bidirectional=True) (or birnn_export.BiRNN) instead: it "
+        "runs the loop inside one node and takes the cell's weights as weight_ih_l0, "
+        "weight_hh_l0, bias_ih_l0, bias_hh_l0"
+    )
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain and len(chain) < 20:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return chain
+
+
+def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
+    """`` at FILE:LINE (code)``: the last line of the model's own source the failure passed
+    through, or nothing."""
+    import traceback
+
+    try:
+        source = inspect.getsourcefile(type(model))
+    except TypeError:
+        return ""
+    for cause in causes:
+        frames = [f for f in traceback.extract_tb(cause.__traceback__) if f.filename == source]
+        if frames:
+            line = frames[-1]
+            return f" at {os.path.basename(line.filename)}:{line.lineno} ({(line.line or '')[:80]})"
+    return ""
 
 
 _CONSTANT_DIM = re.compile(r"(\w+) was inferred to be a constant \((\d+)\)")
@@ -614,6 +686,21 @@ def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInp
             f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: {type(exc).__name__}: "
             f"{_first_line(exc)})"
         )
+    cells = _cell_loop(model)
+    if cells:
+        return cells
+    causes = _causes(exc)
+    if any("data-dependent" in str(c) for c in causes):
+        return (
+            f"{type(model).__name__}.forward makes a Python number of a tensor's value"
+            f"{_user_line(model, causes)} (int(), .item(), .tolist(), an if on a tensor), and the "
+            "graph cannot depend on one: keep it a tensor"
+            + (
+                f"; {_PACKING_HINT}"
+                if _packs_sequences(model)
+                else " (mask the positions past each row's length, say, instead of slicing rows)"
+            )
+        )
     for pattern in (_CONSTANT_DIM, _SPECIALIZED):
         match = pattern.search(text)
         if match:
@@ -627,18 +714,20 @@ def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInp
             f"dim {match[1]!r}: {type(model).__name__} only takes {match[2].strip()}; declare a "
             f"range inside that (--range {match[1]}=MIN,OPT,MAX)"
         )
-    cause = exc
-    while cause.__cause__ is not None and not str(cause).strip():
-        cause = cause.__cause__
+    # torch.export's own wrapper says only that it failed: the cause says why
+    cause = next((c for c in reversed(causes) if str(c).strip()), exc)
     message = (
         f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "
         f"{_first_line(cause)}"
     )
     if _packs_sequences(model):
-        message += (
-            "; its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
-            "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, "
-            "sorting) do not, nor lengths made Python numbers (.tolist(), int()): pass the "
-            "lengths tensor, or call the layer as out, h = self.rnn(x, lengths)"
-        )
+        message += f"; {_PACKING_HINT}"
     return message
+
+
+_PACKING_HINT = (
+    "its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
+    "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, sorting) "
+    "do not, nor lengths made Python numbers (.tolist(), int()): pass the lengths tensor, or "
+    "call the layer as out, h = self.rnn(x, lengths)"
+)

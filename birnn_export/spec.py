@@ -437,22 +437,24 @@ def _text_fields_decode(proto: Any) -> bool:
 
 
 def make_lengths(
-    batch: int, seq: int, rng: np.random.Generator, mode: LengthsMode = "ragged"
+    batch: int, seq: int, rng: np.random.Generator, mode: LengthsMode = "ragged", low: int = 1
 ) -> np.ndarray:
-    """Lengths coupled to ``seq``: all in ``[1, seq]``.
+    """Lengths coupled to ``seq``: all in ``[low, seq]`` (``low``: the shortest row the graph
+    serves, the time dim's declared minimum; at most ``seq``).
 
     ``"ragged"``: unsorted, with at least one full-length row and (for batch >= 2) one row of
-    length 1; ``"equal"``: every row the same length drawn from ``[1, seq]``; ``"full"``: all
-    ``seq``.
+    length ``low``; ``"equal"``: every row the same length drawn from ``[low, seq]``;
+    ``"full"``: all ``seq``.
     """
+    low = max(1, min(low, seq))
     if mode == "full":
         return np.full(batch, seq, dtype=np.int64)
     if mode == "equal":
-        return np.full(batch, int(rng.integers(1, seq + 1)), dtype=np.int64)
-    lengths = rng.integers(1, seq + 1, size=batch).astype(np.int64)
+        return np.full(batch, int(rng.integers(low, seq + 1)), dtype=np.int64)
+    lengths = rng.integers(low, seq + 1, size=batch).astype(np.int64)
     lengths[0] = seq
     if batch >= 2:
-        lengths[1] = 1
+        lengths[1] = low
     return rng.permutation(lengths)
 
 
@@ -470,7 +472,8 @@ def make_feed(
     their declared opt; ``which=0`` min, ``2`` max), padded as a real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
-    lengths follow ``lengths`` (see :func:`make_lengths`), and a mask marks each row's first
+    lengths follow ``lengths`` (see :func:`make_lengths`; none shorter than the time dim's
+    declared minimum, ``spec.seq_range[0]``), and a mask marks each row's first
     ``length`` steps (1 there in a ``mask``, 1 past them in a ``padding_mask``). Where the graph
     takes lengths or a mask, positions past each row's length hold padding (0, or the lowest
     token id) in every input with batch and time axes, as in a padded batch: layers before the
@@ -479,11 +482,14 @@ def make_feed(
     """
     rng = np.random.default_rng(seed)
     sizes = spec.sizes(batch, seq, which=which)
+    shortest = spec.seq_range[0]  # no row shorter than the time dim's declared minimum
     feed: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
         shape = tensor.shape(sizes)
         if tensor.role == "lengths":
-            feed[tensor.name] = make_lengths(batch, seq, rng, lengths).astype(tensor.dtype)
+            feed[tensor.name] = make_lengths(batch, seq, rng, lengths, shortest).astype(
+                tensor.dtype
+            )
         elif tensor.role == "tokens":
             low = int(tensor.low or 0)
             high = int(tensor.high) if tensor.high is not None else low
@@ -494,14 +500,14 @@ def make_feed(
             feed[tensor.name] = (rng.standard_normal(shape) * scale).astype(tensor.dtype)
     lengths_input, source = spec.lengths_input, spec.length_source
     if lengths_input is None and spec.token_padding is not None:
-        token_lengths = make_lengths(batch, seq, rng, lengths)
+        token_lengths = make_lengths(batch, seq, rng, lengths, shortest)
         _pad_tokens(spec, feed, token_lengths, spec.token_padding)
     if source is None:
         return feed
     rows = (
         feed[lengths_input.name]
         if lengths_input is not None
-        else make_lengths(batch, seq, rng, lengths)
+        else make_lengths(batch, seq, rng, lengths, shortest)
     )
     valid = np.arange(seq)[None, :] < rows[:, None]  # [batch, seq]
     for tensor in spec.inputs:

@@ -310,6 +310,23 @@ def test_model_returning_a_dict_exports_outputs_named_by_its_keys(tmp_path):
         np.testing.assert_allclose(got[name], want[name].numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_a_returned_key_that_names_an_input_keeps_the_others(tmp_path):
+    class WithLengths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out = pad_packed_sequence(self.gru(packed)[0], batch_first=True,
+                                      total_length=x.shape[1])[0]  # fmt: skip
+            return {"logits": out, "lengths": lengths}
+
+    result = export_onnx(WithLengths().eval(), tmp_path / "l.onnx", input_size=5)
+    assert [t.name for t in result.spec.outputs] == ["logits", "lengths_out"]
+    assert result.verification.passed, result.verification.summary()
+
+
 class _Encoded(NamedTuple):
     memory: torch.Tensor
     summary: torch.Tensor
@@ -372,6 +389,44 @@ def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):
     assert not (tmp_path / "tolist.onnx").exists()
 
 
+def test_a_failed_trace_prints_nothing_but_the_error(tmp_path, capsys):
+    """torch.export prints the graph it failed on to stderr (25 lines, twice): not our user's."""
+
+    class Slices(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            rows = [x[i, : int(lengths[i])] for i in range(x.shape[0])]
+            padded = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+            return self.gru(padded)[0]
+
+    with pytest.raises(ExportError, match=r"makes a Python number .* at test_export.py:\d+ \(rows"):
+        export_onnx(Slices().eval(), tmp_path / "s.onnx", input_size=5)
+    captured = capsys.readouterr()
+    assert "def forward" not in captured.err + captured.out
+
+
+def test_a_cell_run_in_a_python_loop_is_told_the_layer_to_use(tmp_path):
+    class CellLoop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.GRUCell(5, 6)
+
+        def forward(self, x):
+            h = x.new_zeros(x.shape[0], 6)
+            steps = []
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+                steps.append(h)
+            return torch.stack(steps, 1)
+
+    with pytest.raises(ExportError, match=r"runs nn.GRUCell 'cell' in a Python loop.*nn.GRU\("):
+        export_onnx(CellLoop().eval(), tmp_path / "c.onnx", input_size=5)
+    assert not (tmp_path / "c.onnx").exists()
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
@@ -409,11 +464,12 @@ def test_seed_example3_exports_faithfully_in_every_batch(tmp_path):
     result = export_onnx(model, tmp_path / "seed3.onnx", lengths=True)
     assert result.verification.passed, result.verification.summary()
     assert result.spec.outputs[0].dims == ("batch", "longest(seq)", 5)
+    assert [t.name for t in result.spec.inputs] == ["x", "seq_lengths"]  # forward's names
     for lengths in ([12, 3, 7, 12], [9, 3, 7, 5]):  # a row fills the batch, or none does
         feed = make_feed(result.spec, 4, 12, seed=0)
-        feed["lengths"] = np.array(lengths)
+        feed["seq_lengths"] = np.array(lengths)
         got = run_ort(result.path, feed)["output"]
-        want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"]))
+        want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["seq_lengths"]))
         assert got.shape == (4, max(lengths), 5)
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 

@@ -630,3 +630,68 @@ def test_lengths_named_as_speech_toolkits_name_them_are_inferred(tmp_path) -> No
     result = export_onnx(_LengthsNamed().eval(), tmp_path / "l.onnx")
     assert [t.role for t in result.spec.inputs] == ["features", "lengths"]
     assert result.verification.passed, result.verification.summary()
+
+
+class _HFTagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.rnn = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.rnn(self.embed(input_ids))[0] * attention_mask[..., None]
+
+
+class _CharTagger(_HFTagger):
+    def forward(self, chars: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.embed(chars), seq_len, batch_first=True,
+                                      enforce_sorted=False)  # fmt: skip
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True,
+                                   total_length=chars.shape[1])[0]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "names", "roles"),
+    [
+        (_HFTagger, ["input_ids", "attention_mask"], ["tokens", "mask"]),
+        (_CharTagger, ["chars", "seq_len"], ["tokens", "lengths"]),
+    ],
+)
+def test_inferred_inputs_keep_forwards_parameter_names(tmp_path, model, names, roles) -> None:
+    """A caller feeds the graph by forward's names (a tokenizer's dict: input_ids, ...)."""
+    result = export_onnx(model().eval(), tmp_path / "n.onnx")
+    assert [t.name for t in result.spec.inputs] == names
+    assert [t.role for t in result.spec.inputs] == roles
+    assert result.verification.passed, result.verification.summary()
+
+
+class _Subsampled(nn.Module):
+    """Two stride-2 convolutions before the BiLSTM, lengths recomputed as the convolutions
+    shorten time, as speech front ends do: no row may be shorter than 7 frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(6, 8, 3, stride=2), nn.ReLU(), nn.Conv1d(8, 8, 3, 2))
+        self.rnn = nn.LSTM(8, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        x = self.conv(feats.transpose(1, 2)).transpose(1, 2)
+        lens = ((feat_lens - 3) // 2 + 1 - 3) // 2 + 1
+        packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True,
+                                   total_length=x.shape[1])[0]  # fmt: skip
+
+
+def test_the_time_dims_minimum_is_the_shortest_row_fed(tmp_path) -> None:
+    inputs = ["feats:float32[batch,time,6]", "feat_lens:int64[batch]:lengths(time)"]
+    with pytest.raises(ExportError, match=r"one row had 1 step.*--range time=MIN,64,256"):
+        export_onnx(_Subsampled().eval(), tmp_path / "s.onnx", inputs=inputs)
+    result = export_onnx(
+        _Subsampled().eval(), tmp_path / "s.onnx", inputs=inputs, ranges={"time": (7, 40, 120)}
+    )
+    assert result.verification.passed, result.verification.summary()
+    assert result.verification.cases  # rows alone included: none shorter than 7
+    for seq in (7, 9, 40):
+        for mode in ("ragged", "equal"):
+            feed = make_feed(result.spec, 5, seq, seed=seq, lengths=mode)
+            assert feed["feat_lens"].min() >= 7 and feed["feat_lens"].max() <= seq
