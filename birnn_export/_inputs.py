@@ -147,11 +147,14 @@ def plan_inputs(
     batch_range: Sequence[int],
     seq_range: Sequence[int],
     taken: set[int],
+    time_major: bool = False,
 ) -> PlannedInputs:
     """Declared or inferred inputs, with their ranges and example tensors.
 
     ``taken`` holds sizes the model itself has (parameter dims): example sizes avoid them, so a
-    size baked into the graph can be told apart.
+    size baked into the graph can be told apart. ``time_major``: infer token ids as ``[seq,
+    batch]`` (see :func:`birnn_export.export.trace_graph`, which tries it where the model's
+    first recurrent layer is time-major).
 
     Raises:
         ExportError: a declaration, range or example input that does not fit (one line, naming
@@ -170,7 +173,7 @@ def plan_inputs(
             decls, roles = _guess_from_examples(model, example_inputs, lengths, input_names)
             how = "positional guess from the example inputs ([batch, seq, ...])"
         else:
-            decls, roles, how = _infer(model, lengths, input_size, input_names)
+            decls, roles, how = _infer(model, lengths, input_size, input_names, time_major)
         batch_dim, time_dim = _axes(decls)
         named = _ranges(decls, batch_dim, time_dim, ranges, batch_range, seq_range)
         examples = _examples(named, batch_dim, time_dim, taken)
@@ -458,12 +461,19 @@ def _infer(
     lengths: bool | None,
     input_size: int | None,
     input_names: Sequence[str] | None,
+    tokens_time_major: bool = False,
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
     first = first_leaf(model)
     kind = type(first).__name__ if first is not None else "nothing"
     time_major = isinstance(model, SequenceTagger) and not model.config.batch_first
     if time_major:
         how_major = " (time-major: the model's config says batch_first=False)"
+    elif tokens_time_major and isinstance(first, nn.Embedding):
+        time_major = True
+        how_major = (
+            " [seq, batch]: its recurrent layer is time-major (batch_first=False) and the "
+            "model runs on that order, not on [batch, seq]"
+        )
     if input_size is not None:
         dims: tuple[int | str, ...] = (BATCH, SEQ, input_size)
         role, how = "features", f"--input-size {input_size}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -216,7 +217,8 @@ def trace_graph(
         config = converted.config.to_dict()
 
     sizes = _model_sizes(converted)
-    planned = plan_inputs(
+    plan = functools.partial(
+        plan_inputs,
         converted,
         inputs=inputs,
         example_inputs=example_inputs,
@@ -228,6 +230,11 @@ def trace_graph(
         seq_range=seq_range,
         taken=sizes,
     )
+    planned = plan()
+    if _may_be_time_major(converted, planned) and not _runs_as_planned(converted, planned):
+        swapped = plan(time_major=True)
+        if _runs_as_planned(converted, swapped):
+            planned = swapped
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
     trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
@@ -434,6 +441,39 @@ def _container_hint(exc: Exception, model: nn.Module) -> str | None:
         f"forward(self, x, lengths): return super().forward({call}), given as --model-class "
         f"MODULE:Export{name} (the weights load into it as they are)"
     )
+
+
+def _may_be_time_major(model: nn.Module, planned: PlannedInputs) -> bool:
+    """Token ids inferred as ``[batch, seq]`` for a model whose first recurrent layer is
+    time-major: the model may take ``[seq, batch]`` (an encoder written as PyTorch's seq2seq
+    tutorials write it) or transpose itself; which one, only running it tells."""
+    named = named_layers(model)
+    return (
+        planned.how.startswith("inferred: token ids")
+        and planned.decls[0].dims[:2] == (planned.batch_dim, planned.time_dim)
+        and bool(named)
+        and not named[0][1].batch_first
+    )
+
+
+def _runs_as_planned(model: nn.Module, planned: PlannedInputs) -> bool:
+    """Whether ``model`` runs on the example inputs with their batch on its first recurrent
+    layer's batch axis (a padded input; a packed one cannot tell)."""
+    layer = named_layers(model)[0][1]
+    seen: list[Any] = []
+    handle = layer.register_forward_pre_hook(lambda _, args: seen.append(args[0]) if args else None)
+    try:
+        with torch.no_grad(), any_order_packing(model), _quiet_exporter():
+            model(*planned.tensors)
+    except Exception:  # the model's own failure: not this order
+        return False
+    finally:
+        handle.remove()
+    x = seen[0] if seen else None
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        return True
+    batch = planned.examples[planned.batch_dim]
+    return int(x.shape[0 if layer.batch_first else 1]) == batch
 
 
 def _time_major_hint(model: nn.Module, planned: PlannedInputs) -> str:

@@ -695,3 +695,46 @@ def test_the_time_dims_minimum_is_the_shortest_row_fed(tmp_path) -> None:
         for mode in ("ragged", "equal"):
             feed = make_feed(result.spec, 5, seq, seed=seq, lengths=mode)
             assert feed["feat_lens"].min() >= 7 and feed["feat_lens"].max() <= seq
+
+
+class _TutorialEncoder(nn.Module):
+    """The encoder of PyTorch's seq2seq tutorials: time-major ids ``[seq, batch]``, packed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(40, 8)
+        self.rnn = nn.GRU(8, 6, bidirectional=True)
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.embed(src), src_len, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], total_length=src.shape[0])[0]
+
+
+class _TimeMajorTagger(_TutorialEncoder):
+    def forward(self, src: torch.Tensor) -> torch.Tensor:  # [seq, batch], nothing packed
+        return self.rnn(self.embed(src))[0]
+
+
+class _TransposingTagger(_TutorialEncoder):
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [batch, seq], moved to time-major
+        return self.rnn(self.embed(ids).transpose(0, 1))[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "dims"),
+    [
+        (_TutorialEncoder, ("seq", "batch")),
+        (_TimeMajorTagger, ("seq", "batch")),
+        (_TransposingTagger, ("batch", "seq")),
+    ],
+)
+def test_token_ids_for_a_time_major_layer_take_the_order_the_model_runs_on(
+    tmp_path, model, dims
+) -> None:
+    result = export_onnx(model().eval(), tmp_path / "t.onnx")
+    first = result.spec.inputs[0]
+    assert first.dims == dims and (first.batch_axis, first.time_axis) == (
+        dims.index("batch"),
+        dims.index("seq"),
+    )
+    assert result.verification.passed, result.verification.summary()
