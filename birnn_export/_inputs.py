@@ -461,18 +461,18 @@ def _infer(
     lengths: bool | None,
     input_size: int | None,
     input_names: Sequence[str] | None,
-    tokens_time_major: bool = False,
+    swap_time_major: bool = False,
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
     first = first_leaf(model)
     kind = type(first).__name__ if first is not None else "nothing"
     time_major = isinstance(model, SequenceTagger) and not model.config.batch_first
     if time_major:
         how_major = " (time-major: the model's config says batch_first=False)"
-    elif tokens_time_major and isinstance(first, nn.Embedding):
+    elif swap_time_major and input_size is None:
         time_major = True
         how_major = (
-            " [seq, batch]: its recurrent layer is time-major (batch_first=False) and the "
-            "model runs on that order, not on [batch, seq]"
+            " [seq, batch]: the model runs on that order, its time-major (batch_first=False) "
+            "recurrent layer's, not on [batch, seq]"
         )
     if input_size is not None:
         dims: tuple[int | str, ...] = (BATCH, SEQ, input_size)
@@ -489,13 +489,12 @@ def _infer(
             dims = (SEQ, BATCH, first.input_size)
             how = "inferred: features of a time-major (batch_first=False) recurrent layer"
     elif isinstance(first, BiRNN):  # a time-major layer inside a model that may transpose
-        name = {"lstm": "LSTM", "gru": "GRU"}.get(first.cell, "RNN")
-        raise BiRNNExportError(
-            f"cannot infer the inputs of {type(model).__name__}: its first layer is a time-major "
-            f"nn.{name} (batch_first=False), and the model may transpose before it; declare "
-            f"them, e.g. --input 'x:float32[seq,batch,{first.input_size}]' if it takes "
-            f"[seq, batch, {first.input_size}] (Python: inputs=[...])"
-        )
+        dims, role = (BATCH, SEQ, first.input_size), "features"
+        how = "inferred: features of the model's first layer, a time-major recurrent layer"
+    elif isinstance(first, (nn.Linear, nn.LayerNorm)):  # an input projection or norm
+        size = first.in_features if isinstance(first, nn.Linear) else first.normalized_shape[-1]
+        dims, role = (BATCH, SEQ, size), "features"
+        how = f"inferred: features before the model's first layer, a {type(first).__name__}"
     else:
         raise BiRNNExportError(
             f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "

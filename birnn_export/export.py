@@ -444,12 +444,12 @@ def _container_hint(exc: Exception, model: nn.Module) -> str | None:
 
 
 def _may_be_time_major(model: nn.Module, planned: PlannedInputs) -> bool:
-    """Token ids inferred as ``[batch, seq]`` for a model whose first recurrent layer is
-    time-major: the model may take ``[seq, batch]`` (an encoder written as PyTorch's seq2seq
+    """Inputs inferred as ``[batch, seq, ...]`` for a model whose first recurrent layer is
+    time-major: the model may take ``[seq, batch, ...]`` (an encoder written as PyTorch's seq2seq
     tutorials write it) or transpose itself; which one, only running it tells."""
     named = named_layers(model)
     return (
-        planned.how.startswith("inferred: token ids")
+        planned.how.startswith("inferred")
         and planned.decls[0].dims[:2] == (planned.batch_dim, planned.time_dim)
         and bool(named)
         and not named[0][1].batch_first

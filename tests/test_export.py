@@ -629,7 +629,7 @@ def test_other_opset_and_uninferable_inputs(tmp_path):
     result = export_onnx(BiRNN(3, 4, cell="gru"), tmp_path / "o20.onnx", opset=20)
     assert result.spec.opset == 20
     with pytest.raises(ExportError, match="--input-size N"):
-        export_onnx(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), tmp_path / "no.onnx")
+        export_onnx(nn.Sequential(nn.Conv1d(3, 3, 1), nn.ReLU()), tmp_path / "no.onnx")
     # A bare time-major layer is named by what its axes are (issue 11).
     time_major = export_onnx(nn.LSTM(3, 4), tmp_path / "tm.onnx")
     assert time_major.spec.inputs[0].dims == ("seq", "batch", 3)

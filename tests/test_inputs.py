@@ -4,8 +4,6 @@ derived output dims, and the one-line errors for declarations that do not fit.""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -185,23 +183,42 @@ def test_time_major_inputs_and_outputs_are_named_by_their_axes(tmp_path) -> None
     assert derive_profile(result.spec)["x"] == ((1, 1, 6), (64, 8, 6), (256, 32, 6))
 
 
-def test_a_time_major_layer_inside_a_model_is_named_with_the_declaration_to_give(tmp_path):
-    class TimeMajorTagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = nn.GRU(8, 16, bidirectional=True)  # batch_first=False
-            self.out = nn.Linear(32, 4)
+class _TimeMajorInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, bidirectional=True)  # batch_first=False
+        self.out = nn.Linear(32, 4)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.rnn(x)[0])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [seq, batch, 8], as the layer
+        return self.out(self.rnn(x)[0])
 
+
+class _ProjectedFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(5, 8)
+        self.rnn = nn.GRU(8, 16, bidirectional=True)  # batch_first=False
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, seq, 5], transposed inside
+        return self.out(self.rnn(self.proj(x).transpose(0, 1))[0]).transpose(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "dims", "how"),
+    [
+        (_TimeMajorInside, ("seq", "batch", 8), "recurrent layer [seq, batch]: the model runs"),
+        (_ProjectedFirst, ("batch", "seq", 5), "before the model's first layer, a Linear"),
+    ],
+)
+def test_a_time_major_layer_inside_a_model_gets_the_order_the_model_runs_on(
+    tmp_path, model, dims, how
+):
+    """The model may transpose before its time-major layer or not: the example run tells."""
     torch.manual_seed(0)
-    model = TimeMajorTagger().eval()
-    with pytest.raises(ExportError, match=r"a time-major nn\.GRU \(batch_first=False\)") as caught:
-        export_onnx(model, tmp_path / "a.onnx")
-    declared = re.search(r"--input '([^']+)'", str(caught.value))[1]
-    assert declared == "x:float32[seq,batch,8]" and "BiRNN" not in str(caught.value)
-    result = export_onnx(model, tmp_path / "b.onnx", inputs=[declared])
+    result = export_onnx(model().eval(), tmp_path / "a.onnx")
+    assert result.spec.inputs[0].dims == dims
+    assert how in result.inputs, result.inputs
     assert result.verification.passed, result.verification.summary()
 
 
