@@ -80,6 +80,12 @@ def plan_cases(
         "batch_sizes", DEFAULT_BATCH_SIZES if batch_sizes is None else batch_sizes
     )
     seqs = _check_sizes("seq_lens", default_seq_lens(spec) if seq_lens is None else seq_lens)
+    low = spec.seq_range[0]
+    if min(seqs) < low:
+        raise BiRNNExportError(
+            f"seq_lens: {min(seqs)} is below the time dim's declared minimum {low}, the shortest "
+            f"row the graph serves; ask for lengths of at least {low}"
+        )
     cases = []
     for batch in batches:
         for seq in seqs:

@@ -299,7 +299,7 @@ def trace_graph(
         try:
             raise_for_problems(proto, spec, graph.sizes, graph.crfs)
         except ExportError as exc:  # a length baked in by a cell loop: say what to do
-            raise ExportError(_cell_loop(converted) or str(exc)) from None
+            raise ExportError(_cell_loop(traced, trace_inputs) or str(exc)) from None
     return graph
 
 
@@ -332,8 +332,16 @@ def _default_output_names(
     elif isinstance(returned, tuple) and hasattr(returned, "_fields"):
         keys = list(returned._fields)  # a NamedTuple of tensors: its fields
     if keys is not None and len(keys) == count:
-        # a key that names an input too (a model returning its lengths): the output's own name
-        return [f"{k}_out" if k in inputs else k for k in keys]
+        # a key that names an input too (a model returning its lengths): a name of its own
+        taken = set(keys) | inputs
+        names = []
+        for key in keys:
+            name, i = (f"{key}_out", 1) if key in inputs else (key, 0)
+            while key in inputs and name in taken:
+                name, i = f"{key}_out_{i}", i + 1
+            taken.add(name)
+            names.append(name)
+        return names
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
     if count == 1 and any(isinstance(m, CRFDecoder) for m in model.modules()):
@@ -549,7 +557,7 @@ def _trace(
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
             raise KeyboardInterrupt from None
-        raise ExportError(_explain_trace_failure(model, exc, planned)) from None
+        raise ExportError(_explain_trace_failure(model, exc, planned, inputs)) from None
     proto = program.model_proto
     if any(cuts):
         _name_longest_dims(proto, planned.time_dim)
@@ -660,13 +668,30 @@ def _packs_sequences(model: nn.Module) -> bool:
     return "pack_padded_sequence" in source
 
 
-def _cell_loop(model: nn.Module) -> str | None:
-    """What to do about an ``nn.LSTMCell`` (``GRUCell``, ``RNNCell``) in ``model``: run in a
-    Python loop over time, tracing unrolls it to the example's length."""
+def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
+    """What to do about an ``nn.LSTMCell`` (``GRUCell``, ``RNNCell``) that ``model`` runs more
+    than once on ``inputs``: in a Python loop over time, which tracing unrolls to the example's
+    length."""
     cells = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNCellBase)]
     if not cells:
         return None
-    name, cell = cells[0]
+    calls = dict.fromkeys([n for n, _ in cells], 0)
+    handles = [
+        cell.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+        for name, cell in cells
+    ]
+    try:
+        with torch.no_grad(), any_order_packing(model), _quiet_exporter():
+            model(*inputs)
+    except Exception:  # the model's own failure was reported where it happened
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    looped = [(n, m) for n, m in cells if calls[n] > 1]
+    if not looped:
+        return None
+    name, cell = looped[0]
     layer = {"LSTMCell": "LSTM", "GRUCell": "GRU"}.get(type(cell).__name__, "RNN")
     return (
         f"{type(model).__name__} runs nn.{type(cell).__name__} {name!r} in a Python loop over "
@@ -718,7 +743,9 @@ _SPECIALIZED = re.compile(
 )
 
 
-def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInputs) -> str:
+def _explain_trace_failure(
+    model: nn.Module, exc: Exception, planned: PlannedInputs, inputs: Sequence[Tensor]
+) -> str:
     text = str(exc)
     crfs = hand_written_crfs(model)
     if crfs:  # its Viterbi loop over time fails or freezes the length: say what to do instead
@@ -726,7 +753,7 @@ def _explain_trace_failure(model: nn.Module, exc: Exception, planned: PlannedInp
             f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: {type(exc).__name__}: "
             f"{_first_line(exc)})"
         )
-    cells = _cell_loop(model)
+    cells = _cell_loop(model, inputs)
     if cells:
         return cells
     causes = _causes(exc)

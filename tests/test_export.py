@@ -326,6 +326,14 @@ def test_a_returned_key_that_names_an_input_keeps_the_others(tmp_path):
     assert [t.name for t in result.spec.outputs] == ["logits", "lengths_out"]
     assert result.verification.passed, result.verification.summary()
 
+    class Taken(WithLengths):
+        def forward(self, x, lengths):
+            out = super().forward(x, lengths)["logits"]
+            return {"lengths": lengths, "lengths_out": out}
+
+    taken = export_onnx(Taken().eval(), tmp_path / "t.onnx", input_size=5, verify=False)
+    assert [t.name for t in taken.spec.outputs] == ["lengths_out_1", "lengths_out"]
+
 
 class _Encoded(NamedTuple):
     memory: torch.Tensor
@@ -406,6 +414,22 @@ def test_a_failed_trace_prints_nothing_but_the_error(tmp_path, capsys):
         export_onnx(Slices().eval(), tmp_path / "s.onnx", input_size=5)
     captured = capsys.readouterr()
     assert "def forward" not in captured.err + captured.out
+
+
+def test_a_cell_run_once_is_not_blamed_for_a_baked_length(tmp_path):
+    class CellOnce(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+            self.cell = nn.GRUCell(12, 12)
+
+        def forward(self, x, lengths):
+            out = self.gru(x)[0][:, : int(lengths.max())]  # the real fault: a data-dependent cut
+            return self.cell(out.mean(1))
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(CellOnce().eval(), tmp_path / "c.onnx", input_size=5)
+    assert "GRUCell" not in str(caught.value)
 
 
 def test_a_cell_run_in_a_python_loop_is_told_the_layer_to_use(tmp_path):

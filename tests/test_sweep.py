@@ -51,6 +51,20 @@ def test_no_lengths_input_sweeps_full_rows() -> None:
     assert [(c.lengths_mode, c.scale) for c in cases] == [("full", 1.0), ("full", 10.0)]
 
 
+def test_asked_lengths_below_the_declared_minimum_are_refused() -> None:
+    spec = GraphSpec(
+        inputs=(TensorSpec("x", "float32", ("batch", "seq", 4), "features"),),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 16), "sequence"),),
+        example_batch=3,
+        example_seq=9,
+        seq_range=(7, 20, 80),
+    )
+    with pytest.raises(BiRNNExportError, match="3 is below the time dim's declared minimum 7"):
+        plan_cases(spec, seq_lens=(3, 9))
+    assert min(c.seq for c in plan_cases(spec)) == 7  # the default sweep stays inside
+    assert {c.seq for c in plan_cases(spec, seq_lens=(7, 9))} == {7, 9}
+
+
 def test_other_named_dims_are_swept_at_their_declared_min_and_max() -> None:
     spec = GraphSpec(
         inputs=(
