@@ -81,6 +81,9 @@ LAYOUTS = ("split", "fused", "scan", "packed")
 #: 1.05x to 1.7x as fast as the best of fused and the stock export in all 9 shapes (B = 1, 8,
 #: 32 x T = 16, 100, 400).
 DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "scan", "rnn_relu": "scan"}
+#: An LSTM with proj_size is a Scan loop in every layout; fused batches both directions' steps
+#: into one loop, 1.08x to 1.28x as fast as split's two (README, LSTMP).
+PROJECTED_LAYOUT = "fused"
 #: The layout of a model whose layers' cells choose differently.
 DEFAULT_LAYOUT = "split"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -304,9 +307,11 @@ def trace_graph(
 
 
 def default_layout(layers: Sequence[BiRNN]) -> str:
-    """The layout :data:`DEFAULT_LAYOUTS` gives the layers' cell type (:data:`DEFAULT_LAYOUT`
-    for mixed cells or none)."""
-    chosen = {DEFAULT_LAYOUTS[layer.cell] for layer in layers}
+    """The layout :data:`DEFAULT_LAYOUTS` gives the layers' cell type (:data:`PROJECTED_LAYOUT`
+    for an LSTM with ``proj_size``; :data:`DEFAULT_LAYOUT` for mixed cells or none)."""
+    chosen = {
+        PROJECTED_LAYOUT if layer.proj_size else DEFAULT_LAYOUTS[layer.cell] for layer in layers
+    }
     return chosen.pop() if len(chosen) == 1 else DEFAULT_LAYOUT
 
 

@@ -16,18 +16,26 @@ from birnn_export.models import SequenceTagger, TaggerConfig
 
 
 def bench_tagger(
-    cell: str, size: int, layers: int, *, outputs: int = 8, uses_lengths: bool = True
+    cell: str,
+    size: int,
+    layers: int,
+    *,
+    outputs: int = 8,
+    uses_lengths: bool = True,
+    input_size: int | None = None,
+    proj_size: int = 0,
 ) -> SequenceTagger:
-    """The benchmarks' model: a SequenceTagger with input and hidden size ``size``, built right
-    after ``torch.manual_seed(0)``, in eval mode."""
+    """The benchmarks' model: a SequenceTagger with hidden size ``size`` (and input size, unless
+    ``input_size`` is given), built right after ``torch.manual_seed(0)``, in eval mode."""
     torch.manual_seed(0)
     config = TaggerConfig(
         cell=cell,
-        input_size=size,
+        input_size=input_size or size,
         hidden_size=size,
         output_size=outputs,
         num_layers=layers,
         uses_lengths=uses_lengths,
+        proj_size=proj_size,
     )
     return SequenceTagger(config).eval()
 

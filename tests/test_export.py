@@ -1060,3 +1060,9 @@ def test_default_layout_follows_the_measured_choice_per_cell(
     assert DEFAULT_LAYOUTS["rnn_tanh"] == "scan" and DEFAULT_LAYOUTS["lstm"] == "split"
     other = "split" if expected != "split" else "fused"
     assert export_onnx(Stack().eval(), tmp_path / "o.onnx", layout=other).spec.layout == other
+
+
+def test_an_lstm_with_projection_defaults_to_one_loop_for_both_directions(tmp_path) -> None:
+    layer = nn.LSTM(6, 8, proj_size=3, batch_first=True, bidirectional=True).eval()
+    result = export_onnx(layer, tmp_path / "p.onnx")
+    assert result.spec.layout == "fused" and result.op_counts["Scan"] == 1
