@@ -391,17 +391,11 @@ def test_tensorrt_engines_get_a_profile_covering_every_shape(
 def test_other_named_dims_are_timed_at_their_opt_and_say_so(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from tests.test_inputs import WordCharSpeakerTagger
+    from tests.test_inputs import WORD_CHAR_INPUTS, WordCharSpeakerTagger
 
-    inputs = [
-        "words:int64[batch,seq]",
-        "chars:int64[batch,seq,chars]",
-        "speaker:int64[batch]",
-        "lengths:int64[batch]:lengths(seq)",
-    ]
     model = WordCharSpeakerTagger().eval()
     path = tmp_path / "w.onnx"
-    export_onnx(model, path, inputs=inputs, ranges={"chars": (1, 6, 12)}, verify=False)
+    export_onnx(model, path, inputs=WORD_CHAR_INPUTS, ranges={"chars": (1, 6, 12)}, verify=False)
     report = benchmark(path, model, engines=("ort-cpu",), **{**SMALL, "seq_lens": (4,)})
     assert report.settings["other_dims"] == {"chars": 6}
     assert all(r.status == "ok" for r in report.results), report.results

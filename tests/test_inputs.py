@@ -560,16 +560,21 @@ class WordCharSpeakerTagger(nn.Module):
         return self.out(out)
 
 
+#: :class:`WordCharSpeakerTagger`'s inputs, declared.
+WORD_CHAR_INPUTS = (
+    "words:int64[batch,seq]",
+    "chars:int64[batch,seq,chars]",
+    "speaker:int64[batch]",
+    "lengths:int64[batch]:lengths(seq)",
+)
+
+
 def test_each_token_input_takes_the_vocabulary_of_the_embedding_that_reads_it(tmp_path):
     torch.manual_seed(0)
-    inputs = [
-        "words:int64[batch,seq]",
-        "chars:int64[batch,seq,chars]",
-        "speaker:int64[batch]",
-        "lengths:int64[batch]:lengths(seq)",
-    ]
     model = WordCharSpeakerTagger().eval()
-    result = export_onnx(model, tmp_path / "w.onnx", inputs=inputs, ranges={"chars": (1, 6, 12)})
+    result = export_onnx(
+        model, tmp_path / "w.onnx", inputs=WORD_CHAR_INPUTS, ranges={"chars": (1, 6, 12)}
+    )
     highs = {t.name: t.high for t in result.spec.inputs if t.role == "tokens"}
     assert highs == {"words": 499, "chars": 29, "speaker": 2}
     report = result.verification
