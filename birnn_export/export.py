@@ -731,7 +731,7 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
 
     try:
         source = inspect.getsourcefile(type(model))
-    except TypeError:
+    except (TypeError, OSError):
         return ""
     for cause in causes:
         frames = [f for f in traceback.extract_tb(cause.__traceback__) if f.filename == source]

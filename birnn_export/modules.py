@@ -13,7 +13,9 @@ what ONNX can express directly.
 * Under ``torch.onnx.export`` the same decomposition is emitted as ONNX ``LSTM`` / ``GRU`` /
   ``RNN`` nodes with ``sequence_lens``, either one ``direction="bidirectional"`` node per layer
   (``"fused"``) or a forward node plus a forward node between two ``ReverseSequence`` nodes
-  (``"split"``). Batch and time stay symbolic; nothing is unrolled.
+  (``"split"``). Batch and time stay symbolic; nothing is unrolled. An LSTM with ``proj_size``,
+  which ONNX's ``LSTM`` cannot express, is emitted as this package's ``LSTMP`` node, which every
+  export rewrites into a ``Scan`` loop of standard ops (:mod:`birnn_export._scan`).
 
 One cohesive module, over 600 lines: the BiRNN layer, eager and traced, and the reversal
 helpers it is built from.
