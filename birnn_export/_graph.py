@@ -346,4 +346,18 @@ def raise_for_problems(
             f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {problems[0]})"
         )
     if problems:
-        raise ExportError("exported graph failed its checks: " + "; ".join(problems))
+        shown = problems[:3] + ([f"(+{len(problems) - 3} more)"] if len(problems) > 3 else [])
+        frozen = any("baked into its" in p for p in problems)
+        raise ExportError(
+            "exported graph failed its checks: "
+            + "; ".join(shown)
+            + (f"; {FROZEN_HINT}" if frozen else "")
+        )
+
+
+#: What freezes an example size into a traced graph, and what to do instead.
+FROZEN_HINT = (
+    "a size the model computes in Python (int(), .item(), .tolist(), a Python loop over a dim) "
+    "is frozen at the example's: keep that arithmetic on tensors (x.shape[1] itself traces), or "
+    "declare the dim as a number if it is fixed"
+)

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from torch import nn
 
@@ -68,3 +69,21 @@ def test_class_scores_are_read_from_the_graph(tmp_path):
     assert scored == [True, True, True, True, False, False, False, False]
     old = dataclasses.replace(result.spec.outputs[4], classes=None)  # a file from before
     assert has_classes(result.spec, old)
+
+
+def test_a_frozen_length_is_reported_briefly_with_its_cause(tmp_path):
+    """A slice at the largest length made a Python number: the graph keeps the example's length
+    in many values; the error shows three and says what freezes a size."""
+    from birnn_export.errors import ExportError
+
+    class Cut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return self.gru(x)[0][:, : int(lengths.max())].flip(1)
+
+    with pytest.raises(ExportError, match=r"more\); a size the model computes in Python") as e:
+        export_onnx(Cut().eval(), tmp_path / "c.onnx", input_size=4)
+    assert str(e.value).count("; ") <= 5
