@@ -172,10 +172,9 @@ class _Rewrite(NodeRewrite):
             "Cast", [self.op("Less", [steps, rows], "valid_bool")], "valid", to=self.elem
         )
         states = [self._initial(self.h0, "h0", units, batch)]
-        if self.lstmp:
-            states.append(self._initial(self.inputs["c0"], "c0", h, batch))
         outer = {"r_t": self.const("r_t", np.ascontiguousarray(self.r.transpose(0, 2, 1)))}
         if self.lstmp:
+            states.append(self._initial(self.inputs["c0"], "c0", h, batch))
             outer["p_t"] = self.const("p_t", np.ascontiguousarray(self.proj.transpose(0, 2, 1)))
             outer["gate_sizes"] = self.const("gate_sizes", i64(h, h, h, h))
         *finals, ys = self.op(

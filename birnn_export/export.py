@@ -341,10 +341,12 @@ def _default_output_names(
         taken = set(keys) | inputs
         names = []
         for key in keys:
-            name, i = (f"{key}_out", 1) if key in inputs else (key, 0)
-            while key in inputs and name in taken:
-                name, i = f"{key}_out_{i}", i + 1
-            taken.add(name)
+            name = key
+            if key in inputs:
+                name, i = f"{key}_out", 1
+                while name in taken:
+                    name, i = f"{key}_out_{i}", i + 1
+                taken.add(name)
             names.append(name)
         return names
     if isinstance(model, BiRNN):
@@ -456,17 +458,31 @@ def _container_hint(exc: Exception, model: nn.Module) -> str | None:
     )
 
 
-def _may_be_time_major(model: nn.Module, planned: PlannedInputs) -> bool:
-    """Inputs inferred as ``[batch, seq, ...]`` for a model whose first recurrent layer is
-    time-major: the model may take ``[seq, batch, ...]`` (an encoder written as PyTorch's seq2seq
-    tutorials write it) or transpose itself; which one, only running it tells."""
+def _time_major_first(model: nn.Module, planned: PlannedInputs) -> tuple[str, BiRNN] | None:
+    """The model's first recurrent layer where it is time-major and the first input is planned
+    ``[batch, seq, ...]``: the model may take ``[seq, batch, ...]`` (an encoder written as
+    PyTorch's seq2seq tutorials write it) or transpose itself; only running it tells."""
     named = named_layers(model)
-    return (
-        planned.how.startswith("inferred")
-        and planned.decls[0].dims[:2] == (planned.batch_dim, planned.time_dim)
-        and bool(named)
-        and not named[0][1].batch_first
-    )
+    batch_first_input = planned.decls[0].dims[:2] == (planned.batch_dim, planned.time_dim)
+    if named and not named[0][1].batch_first and batch_first_input:
+        return named[0]
+    return None
+
+
+def _may_be_time_major(model: nn.Module, planned: PlannedInputs) -> bool:
+    """Inferred inputs that :func:`_time_major_first` says may be the other way round."""
+    return planned.how.startswith("inferred") and _time_major_first(model, planned) is not None
+
+
+def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
+    """Whether ``model`` runs on ``inputs`` (no grad, rows in any order, nothing printed); the
+    caller's hooks see the run."""
+    try:
+        with torch.no_grad(), any_order_packing(model), _quiet_exporter():
+            model(*inputs)
+    except Exception:  # the model's own failure: the caller says what it means
+        return False
+    return True
 
 
 def _runs_as_planned(model: nn.Module, planned: PlannedInputs) -> bool:
@@ -476,10 +492,8 @@ def _runs_as_planned(model: nn.Module, planned: PlannedInputs) -> bool:
     seen: list[Any] = []
     handle = layer.register_forward_pre_hook(lambda _, args: seen.append(args[0]) if args else None)
     try:
-        with torch.no_grad(), any_order_packing(model), _quiet_exporter():
-            model(*planned.tensors)
-    except Exception:  # the model's own failure: not this order
-        return False
+        if not _runs_quietly(model, planned.tensors):
+            return False
     finally:
         handle.remove()
     x = seen[0] if seen else None
@@ -492,14 +506,13 @@ def _runs_as_planned(model: nn.Module, planned: PlannedInputs) -> bool:
 def _time_major_hint(model: nn.Module, planned: PlannedInputs) -> str:
     """Where the inputs were fed batch-first to a model whose first recurrent layer is
     time-major: the time-major declaration of the first input."""
-    named = named_layers(model)
-    first = planned.decls[0]
-    batch, time = planned.batch_dim, planned.time_dim
-    if not named or named[0][1].batch_first or first.dims[:2] != (batch, time):
+    found = _time_major_first(model, planned)
+    if found is None:
         return ""
+    first, batch, time = planned.decls[0], planned.batch_dim, planned.time_dim
     swapped = dataclasses.replace(first, dims=(time, batch, *first.dims[2:]))
     return (
-        f"; its recurrent layer {named[0][0]!r} is time-major (batch_first=False): if the "
+        f"; its recurrent layer {found[0]!r} is time-major (batch_first=False): if the "
         f"model takes [seq, batch] declare --input '{swapped}' (and the others)"
     )
 
@@ -686,10 +699,8 @@ def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
         for name, cell in cells
     ]
     try:
-        with torch.no_grad(), any_order_packing(model), _quiet_exporter():
-            model(*inputs)
-    except Exception:  # the model's own failure was reported where it happened
-        return None
+        if not _runs_quietly(model, inputs):  # its own failure was reported where it happened
+            return None
     finally:
         for handle in handles:
             handle.remove()
