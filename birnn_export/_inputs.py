@@ -111,7 +111,7 @@ class PlannedInputs:
             low: float | None = None
             high: float | str | None = None
             if role == "lengths":
-                low, high = 1, self.time_dim
+                low, high = 1, str(decl.measures)
             elif role in MASK_ROLES:
                 low, high = 0, 1
             elif role == "tokens":
@@ -192,14 +192,18 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
     names = [d.name for d in decls]
     if len(set(names)) != len(names):
         raise BiRNNExportError(f"inputs: names must differ, got {names}")
-    if sum(d.measures is not None for d in decls) > 1:
+    measured = [d.measures for d in decls if d.measures is not None]
+    if len(set(measured)) != len(measured):
         raise BiRNNExportError(
-            "inputs: declare at most one lengths input; a graph of two sequences with lengths "
-            "of their own (two time dims) is not supported yet: export each encoder as a model "
-            "of its own"
+            f"inputs: two lengths inputs measure {_repeated(measured)!r}; each sequence needs a "
+            "time dim of its own, e.g. 'a:int64[batch,a_len]' with 'a_lens:int64[batch]:"
+            "lengths(a_len)' and 'b:int64[batch,b_len]' with 'b_lens:int64[batch]:lengths(b_len)'"
         )
-    if sum(d.mask is not None for d in decls) > 1:
-        raise BiRNNExportError("inputs: declare at most one mask input")
+    masked = [mask_dim(d) for d in decls if d.mask is not None]
+    if len(set(masked)) != len(masked):
+        raise BiRNNExportError(
+            f"inputs: two masks cover {_repeated(masked)!r}; declare at most one mask per time dim"
+        )
     roles = []
     for decl in decls:
         if decl.measures is not None:
@@ -211,6 +215,15 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
         else:
             roles.append("features")
     return tuple(roles)
+
+
+def _repeated(values: Sequence[Any]) -> Any:
+    return next(v for v in values if values.count(v) > 1)
+
+
+def mask_dim(decl: InputDecl) -> str | None:
+    """The time dim a ``[batch, TIME]`` mask covers."""
+    return next((d for d in decl.dims if isinstance(d, str) and d != BATCH), None)
 
 
 def _mask_by_name(decl: InputDecl) -> InputDecl:
@@ -237,14 +250,15 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
             f"inputs: no input has a dim named {BATCH!r}; name the batch dim 'batch', e.g. "
             "'x:float32[batch,seq,40]'"
         )
-    measured = next((d.measures for d in decls if d.measures is not None), None)
-    if measured is not None:
-        if measured == BATCH or not any(measured in d.dims for d in decls if not d.measures):
+    measured = [d.measures for d in decls if d.measures is not None]
+    for dim in measured:
+        if dim == BATCH or not any(dim in d.dims for d in decls if not d.measures):
             raise BiRNNExportError(
-                f"inputs: the lengths input measures {measured!r}, which no other input has as a "
+                f"inputs: the lengths input measures {dim!r}, which no other input has as a "
                 "dim; name the time dim it measures, e.g. ':lengths(time)'"
             )
-        return BATCH, measured
+    if measured:  # the first sequence's: the time dim the sweep varies
+        return BATCH, measured[0]
     for decl in sorted(decls, key=lambda d: d.mask is None):  # a mask's time dim first
         for dim in decl.dims:
             if isinstance(dim, str) and dim != BATCH:
@@ -445,7 +459,7 @@ def takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
     if lengths is not None:
         return lengths
     params = _forward_params(model)
-    return len(params) >= 2 and params[1].name in LENGTHS_NAMES
+    return len(params) >= 2 and _param_role(params[1].name) == "lengths"
 
 
 def first_leaf(model: nn.Module) -> nn.Module | None:
@@ -516,6 +530,17 @@ def _infer(
         decl_list.append(((BATCH, SEQ), mask_dtype))
         how += f"; {param!r} read as a {mask_role} by its name"
     names = list(input_names) if input_names else _param_names(model, roles)
+    pairs = _more_sequences(model, roles)
+    for sequence, lengths_or_mask in pairs:  # a sentence pair's second sentence, say
+        time = f"{sequence}_seq"
+        roles += roles[:2]
+        decl_list.append((tuple(time if d == SEQ else d for d in dims), decl_list[0][1]))
+        decl_list.append((tuple(time if d == SEQ else d for d in decl_list[1][0]), decl_list[1][1]))
+        if not input_names:
+            names += [sequence, lengths_or_mask]
+    if pairs:
+        how += "; " + ", ".join(repr(s) for s, _ in pairs) + " read as the same, with its own "
+        how += "lengths" if roles[1] == "lengths" else "mask"
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     _refuse_more_params(model, roles)
@@ -524,12 +549,50 @@ def _infer(
             name,
             dtype,
             d,
-            SEQ if r == "lengths" else None,
+            _measured(decl_list[i - 1][0]) if r == "lengths" else None,
             r if r in MASK_ROLES else None,
         )
-        for name, (d, dtype), r in zip(names, decl_list, roles, strict=True)
+        for i, (name, (d, dtype), r) in enumerate(zip(names, decl_list, roles, strict=True))
     )
     return decls, tuple(roles), how
+
+
+def _measured(dims: Sequence[int | str]) -> str:
+    """The time dim of a sequence's dims: the one a lengths input after it measures."""
+    return next(str(d) for d in dims if isinstance(d, str) and d != BATCH)
+
+
+def _more_sequences(model: nn.Module, roles: Sequence[str]) -> list[tuple[str, str]]:
+    """(sequence, lengths or mask) parameters of ``forward`` after the first two, where it
+    takes further sequences as it takes the first, each followed by its own lengths (or mask),
+    told by their names: ``forward(self, premise, premise_lengths, hypothesis,
+    hypothesis_lengths)``."""
+    required = [p.name for p in _forward_params(model) if p.default is p.empty]
+    rest = required[2:]
+    if len(roles) != 2 or not rest or len(rest) % 2:
+        return []
+    pairs = list(zip(rest[::2], rest[1::2], strict=True))
+    if any(_param_role(s) is not None or _param_role(m) != roles[1] for s, m in pairs):
+        return []
+    return pairs
+
+
+def _param_role(name: str) -> str | None:
+    """``"lengths"`` or a mask role for a parameter so named (``lengths``, ``premise_lens``;
+    ``attention_mask``, ``premise_mask``), else ``None``."""
+    if name in LENGTHS_NAMES or name.endswith(("_lengths", "_lens")):
+        return "lengths"
+    return _mask_name(name)[0] if _mask_name(name) else None
+
+
+def _mask_name(name: str) -> tuple[str, str] | None:
+    """(role, dtype) of a mask parameter so named: :data:`MASK_NAMES`, else a name ending in
+    ``_padding_mask`` (a bool padding mask) or ``_mask`` (a bool mask)."""
+    if name in MASK_NAMES:
+        return MASK_NAMES[name]
+    if name.endswith("_padding_mask"):
+        return "padding_mask", "bool"
+    return ("mask", "bool") if name.endswith("_mask") else None
 
 
 def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
@@ -553,7 +616,7 @@ def _mask_param(model: nn.Module) -> tuple[str, str, str] | None:
     params = _forward_params(model)
     if len(params) < 2 or params[1].default is not inspect.Parameter.empty:
         return None
-    known = MASK_NAMES.get(params[1].name)
+    known = _mask_name(params[1].name)
     return None if known is None else (params[1].name, *known)
 
 

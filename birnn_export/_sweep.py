@@ -158,7 +158,7 @@ def row_feed(
             value = np.take(value, [row], axis=tensor.batch_axis)
         if tensor.time_axis is not None:
             value = np.take(value, np.arange(length), axis=tensor.time_axis)
-        if tensor.role == "lengths":
+        if tensor is spec.lengths_input:  # a second sequence keeps its padded width and lengths
             value = np.full_like(value, length)
         single[tensor.name] = np.ascontiguousarray(value)
     return single

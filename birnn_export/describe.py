@@ -136,11 +136,12 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
             ) from None
     out = [f"{path}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})"]
     out.append(f"opsets: {info['opsets']}")
+    width = max(12, *(len(v["name"]) for v in (*info["inputs"], *info["outputs"])))
     for kind in ("inputs", "outputs"):
         out.append(f"{kind}:")
         for value in info[kind]:
             dims = "[" + ", ".join(str(d) for d in value["dims"]) + "]"
-            out.append(f"  {value['name']:<12} {value['dtype']:<8} {dims}")
+            out.append(f"  {value['name']:<{width}} {value['dtype']:<8} {dims}")
     out.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
     if info["recurrent_nodes"]:
         out.append("recurrent nodes:")

@@ -577,7 +577,8 @@ def _trace(
             raise KeyboardInterrupt from None
         raise ExportError(_explain_trace_failure(model, exc, planned, inputs)) from None
     proto = program.model_proto
-    if any(cuts):
+    ragged = [r for r in planned.roles if r == "lengths" or r in MASK_ROLES]
+    if any(cuts) and len(ragged) == 1:  # with two sequences, a cut may be either's longest
         _name_longest_dims(proto, planned.time_dim)
     return proto
 

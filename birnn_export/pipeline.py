@@ -240,10 +240,11 @@ class ExportReport:
         size_kib = onnx_info["file_size"] / 1024
         opsets = onnx_info["opsets"]
         out.append(f"Wrote    {onnx_info['path']} ({size_kib:.1f} KiB, opset {opsets})")
+        width = max(10, *(len(v["name"]) for v in (*onnx_info["inputs"], *onnx_info["outputs"])))
         for kind in ("inputs", "outputs"):
             for value in onnx_info[kind]:
                 dims = "[" + ", ".join(str(d) for d in value["dims"]) + "]"
-                out.append(f"  {kind[:-1]:<6} {value['name']:<10} {value['dtype']:<8} {dims}")
+                out.append(f"  {kind[:-1]:<6} {value['name']:<{width}} {value['dtype']:<8} {dims}")
             if kind == "inputs" and self.inputs:
                 out.append(f"         ({self.inputs})")
         ops = ", ".join(f"{op} x{n}" for op, n in onnx_info["op_counts"].items())

@@ -122,12 +122,30 @@ class GraphSpec:
 
     @property
     def lengths_input(self) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.role == "lengths"), None)
+        """The lengths input of the time dim (of the first sequence, in a graph of several)."""
+        source = self.length_source
+        return source if source is not None and source.role == "lengths" else None
 
     @property
     def length_source(self) -> TensorSpec | None:
-        """The input that tells each row's length: the lengths input, else a mask."""
-        return self.lengths_input or next((t for t in self.inputs if t.role in MASK_ROLES), None)
+        """The input that tells each row's length along the time dim: its lengths input, else
+        its mask."""
+        return self.length_sources().get(self.time_dim)
+
+    def length_sources(self) -> dict[str, TensorSpec]:
+        """Each dim whose rows have lengths of their own, with the input that tells them (a
+        lengths input, else a mask): the time dim first, then a second sequence's in a graph
+        of two (a sentence pair)."""
+        sources: dict[str, TensorSpec] = {}
+        for tensor in sorted(self.inputs, key=lambda t: t.role != "lengths"):
+            if tensor.role == "lengths":
+                dim = tensor.high if isinstance(tensor.high, str) else self.time_dim
+            elif tensor.role in MASK_ROLES:
+                dim = self.time_dim if tensor.time_axis is not None else _other_dim(tensor)
+            else:
+                continue
+            sources.setdefault(dim, tensor)
+        return dict(sorted(sources.items(), key=lambda item: item[0] != self.time_dim))
 
     def feed_lengths(self, feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """Each row's length in ``feed`` (int64 ``[batch]``): its lengths input, else the valid
@@ -209,6 +227,13 @@ TAG_PADDING = -1
 #: The largest size a declared dim may have (batch or length): 2**20. Larger serving ranges are
 #: refused at export (a profile of 1e9 rows would fail at every engine later).
 MAX_DIM = 1 << 20
+
+
+def _other_dim(tensor: TensorSpec) -> str:
+    """The named dim of a ``[batch, TIME]`` mask besides its batch dim."""
+    return next(
+        str(d) for i, d in enumerate(tensor.dims) if isinstance(d, str) and i != tensor.batch_axis
+    )
 
 
 def check_range(name: str, values: Any) -> tuple[int, int, int]:
@@ -472,24 +497,27 @@ def make_feed(
     their declared opt; ``which=0`` min, ``2`` max), padded as a real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
-    lengths follow ``lengths`` (see :func:`make_lengths`; none shorter than the time dim's
-    declared minimum, ``spec.seq_range[0]``), and a mask marks each row's first
-    ``length`` steps (1 there in a ``mask``, 1 past them in a ``padding_mask``). Where the graph
-    takes lengths or a mask, positions past each row's length hold padding (0, or the lowest
-    token id) in every input with batch and time axes, as in a padded batch: layers before the
-    recurrent ones (a convolution, say) see them. Where it takes neither but pads token rows
-    with ``spec.token_padding``, token rows are ``lengths`` long and padded with it.
+    lengths follow ``lengths`` (see :func:`make_lengths`; none shorter than their time dim's
+    declared minimum), and a mask marks each row's first ``length`` steps (1 there in a
+    ``mask``, 1 past them in a ``padding_mask``). Where the graph takes lengths or a mask,
+    positions past each row's length hold padding (0, or the lowest token id) in every input
+    with batch and time axes, as in a padded batch: layers before the recurrent ones (a
+    convolution, say) see them. A second sequence (a sentence pair's) with lengths or a mask of
+    its own is padded likewise along its own time dim, at its size in ``spec.sizes``. Where the
+    graph takes neither but pads token rows with ``spec.token_padding``, token rows are
+    ``lengths`` long and padded with it.
     """
     rng = np.random.default_rng(seed)
     sizes = spec.sizes(batch, seq, which=which)
-    shortest = spec.seq_range[0]  # no row shorter than the time dim's declared minimum
+    ranges = spec.ranges()  # no row shorter than its time dim's declared minimum
+    sources = spec.length_sources()
     feed: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
         shape = tensor.shape(sizes)
         if tensor.role == "lengths":
-            feed[tensor.name] = make_lengths(batch, seq, rng, lengths, shortest).astype(
-                tensor.dtype
-            )
+            dim = next(d for d, source in sources.items() if source is tensor)
+            rows = make_lengths(batch, sizes[dim], rng, lengths, ranges[dim][0])
+            feed[tensor.name] = rows.astype(tensor.dtype)
         elif tensor.role == "tokens":
             low = int(tensor.low or 0)
             high = int(tensor.high) if tensor.high is not None else low
@@ -498,32 +526,40 @@ def make_feed(
             feed[tensor.name] = np.zeros(shape, dtype=tensor.dtype)  # set from the lengths below
         else:
             feed[tensor.name] = (rng.standard_normal(shape) * scale).astype(tensor.dtype)
-    lengths_input, source = spec.lengths_input, spec.length_source
-    if lengths_input is None and spec.token_padding is not None:
-        token_lengths = make_lengths(batch, seq, rng, lengths, shortest)
+    if not sources and spec.token_padding is not None:
+        token_lengths = make_lengths(batch, seq, rng, lengths, ranges[spec.time_dim][0])
         _pad_tokens(spec, feed, token_lengths, spec.token_padding)
-    if source is None:
-        return feed
-    rows = (
-        feed[lengths_input.name]
-        if lengths_input is not None
-        else make_lengths(batch, seq, rng, lengths, shortest)
-    )
-    valid = np.arange(seq)[None, :] < rows[:, None]  # [batch, seq]
+    for dim, source in sources.items():
+        rows = (
+            feed[source.name]
+            if source.role == "lengths"
+            else make_lengths(batch, sizes[dim], rng, lengths, ranges[dim][0])
+        )
+        _pad_past(spec, feed, dim, rows)
+    return feed
+
+
+def _pad_past(spec: GraphSpec, feed: dict[str, np.ndarray], dim: str, rows: np.ndarray) -> None:
+    """Padding past each row's length along ``dim`` in every input with batch and ``dim`` axes,
+    and each mask of ``dim`` set to match."""
     for tensor in spec.inputs:
-        b_axis, t_axis = tensor.batch_axis, tensor.time_axis
-        if b_axis is None or t_axis is None or tensor.dims[t_axis] != spec.time_dim:
+        b_axis = tensor.batch_axis
+        t_axis = tensor.time_axis if dim == spec.time_dim else None
+        if t_axis is None and dim != spec.time_dim and dim in tensor.dims:
+            t_axis = tensor.dims.index(dim)
+        if b_axis is None or t_axis is None or tensor.dims[t_axis] != dim:
             continue
         data = feed[tensor.name]
+        batch, steps = data.shape[b_axis], data.shape[t_axis]
+        valid = np.arange(steps)[None, :] < rows[:, None]  # [batch, steps]
         keep = valid if b_axis < t_axis else valid.T
         expand = [1] * data.ndim
-        expand[b_axis], expand[t_axis] = batch, seq
+        expand[b_axis], expand[t_axis] = batch, steps
         keep = np.broadcast_to(keep.reshape(expand), data.shape)
         if tensor.role in MASK_ROLES:
             data[...] = keep if tensor.role == "mask" else ~keep
         elif tensor.role in ("features", "tokens"):
             data[~keep] = int(tensor.low or 0) if tensor.role == "tokens" else 0
-    return feed
 
 
 def _pad_tokens(

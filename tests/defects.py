@@ -165,10 +165,10 @@ def plant_recurrent_perturbation(
     return _save(proto, dst)
 
 
-def plant_missing_sequence_lens(src: Path, dst: Path) -> Path | None:
-    """Feed the first recurrent node no ``sequence_lens`` (only where it had them)."""
+def plant_missing_sequence_lens(src: Path, dst: Path, *, node: int = 0) -> Path | None:
+    """Feed one recurrent node (the first) no ``sequence_lens`` (only where it had them)."""
     proto = onnx.load(str(src))
-    node = nodes(proto, *RECURRENT)[0]
+    node = nodes(proto, *RECURRENT)[node]
     if len(node.input) <= 4 or not node.input[4]:
         return None
     node.input[4] = ""

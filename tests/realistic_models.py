@@ -59,6 +59,91 @@ class PackingTagger(nn.Module):
         return self.head(out)
 
 
+class SentencePairMatcher(nn.Module):
+    """ESIM-style sentence-pair classifier: one BiLSTM encodes both sentences, each packed with
+    its own lengths; attention across them, a second BiLSTM, masked pooling, a Linear."""
+
+    def __init__(self, vocab: int = 40, dim: int = 8, hidden: int = 6, classes: int = 3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.encoder = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.compose = nn.LSTM(8 * hidden, hidden, batch_first=True, bidirectional=True)
+        self.classifier = nn.Linear(8 * hidden, classes)
+
+    @staticmethod
+    def _run(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        return out
+
+    def forward(
+        self,
+        premise: torch.Tensor,
+        premise_lengths: torch.Tensor,
+        hypothesis: torch.Tensor,
+        hypothesis_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        pm = torch.arange(premise.shape[1])[None, :] < premise_lengths[:, None]
+        hm = torch.arange(hypothesis.shape[1])[None, :] < hypothesis_lengths[:, None]
+        a = self._run(self.encoder, self.embedding(premise), premise_lengths)
+        b = self._run(self.encoder, self.embedding(hypothesis), hypothesis_lengths)
+        scores = a @ b.transpose(1, 2)
+        att_a = torch.softmax(scores.masked_fill(~hm[:, None, :], -1e9), dim=2) @ b
+        att_b = torch.softmax(scores.transpose(1, 2).masked_fill(~pm[:, None, :], -1e9), 2) @ a
+        ma = torch.cat([a, att_a, a - att_a, a * att_a], -1)
+        mb = torch.cat([b, att_b, b - att_b, b * att_b], -1)
+        va = self._run(self.compose, ma, premise_lengths)
+        vb = self._run(self.compose, mb, hypothesis_lengths)
+        pooled = []
+        for v, m, n in ((va, pm, premise_lengths), (vb, hm, hypothesis_lengths)):
+            pooled.append((v * m[..., None]).sum(1) / n[:, None].to(v.dtype))
+            pooled.append(v.masked_fill(~m[..., None], -1e9).max(1).values)
+        return self.classifier(torch.cat(pooled, -1))
+
+
+class SiamesePair(nn.Module):
+    """Two questions through one packed BiLSTM; their final hidden states compared."""
+
+    def __init__(self, vocab: int = 40, dim: int = 8, hidden: int = 6):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.encoder = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(8 * hidden, 2)
+
+    def encode(self, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(
+            self.embedding(ids), lens.cpu(), batch_first=True, enforce_sorted=False
+        )
+        h = self.encoder(packed)[1][0]
+        return torch.cat([h[-2], h[-1]], dim=-1)
+
+    def forward(
+        self, q1: torch.Tensor, q1_lens: torch.Tensor, q2: torch.Tensor, q2_lens: torch.Tensor
+    ) -> torch.Tensor:
+        u, v = self.encode(q1, q1_lens), self.encode(q2, q2_lens)
+        return self.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+
+
+class FeaturePair(nn.Module):
+    """Two clips' features through one packed 2-layer BiGRU, each cut to its own longest row
+    (``pad_packed_sequence`` without ``total_length``) and mean-pooled: a verification pair."""
+
+    def __init__(self, features: int = 6, hidden: int = 5):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(4 * hidden, 1)
+
+    def embed(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
+        return out.sum(1) / lens[:, None].to(out.dtype)
+
+    def forward(
+        self, a: torch.Tensor, a_lens: torch.Tensor, b: torch.Tensor, b_lens: torch.Tensor
+    ) -> torch.Tensor:
+        return self.score(torch.cat([self.embed(a, a_lens), self.embed(b, b_lens)], -1))
+
+
 # -- architectures of the trained fixtures (scripts/make_trained_models.py) --------------------
 
 

@@ -31,7 +31,16 @@ from birnn_export.seed import (
     ManualBidirectionalRNNVariableLength,
 )
 from birnn_export.spec import GraphSpec, make_feed
-from tests.realistic_models import AttentionClassifier, ConvBiGRUCTC, PackingTagger
+from birnn_export.verification import verify
+from tests.defects import plant_missing_sequence_lens
+from tests.realistic_models import (
+    AttentionClassifier,
+    ConvBiGRUCTC,
+    FeaturePair,
+    PackingTagger,
+    SentencePairMatcher,
+    SiamesePair,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "sample_models")
@@ -536,6 +545,66 @@ class _TwoCuts(nn.Module):
             packed = pack_padded_sequence(out, lengths, batch_first=True, enforce_sorted=False)
             out, _ = pad_packed_sequence(layer(packed)[0], batch_first=True)
         return out
+
+
+def _pair_feed(spec, batch, steps, seed):
+    """A padded batch of each sequence of a pair graph, ragged on its own lengths, made here
+    rather than by make_feed: rows of 1 step and full rows, padding id 0 or 0.0 past them."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    pairs = zip(spec.inputs[::2], spec.inputs[1::2], strict=True)
+    for (seq, lens), size in zip(pairs, steps, strict=True):
+        n = rng.integers(1, size + 1, size=batch)
+        n[0], n[-1] = size, 1
+        shape = (batch, size, *seq.dims[2:])
+        if seq.role == "tokens":
+            value = rng.integers(1, int(seq.high) + 1, size=shape)
+        else:
+            value = rng.standard_normal(shape).astype(np.float32)
+        value[np.arange(size)[None, :] >= n[:, None]] = 0
+        feed[seq.name], feed[lens.name] = value, n.astype(np.int64)
+    return feed
+
+
+@pytest.mark.parametrize("cls", [SentencePairMatcher, SiamesePair, FeaturePair])
+def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, cls):
+    """forward(premise, premise_lengths, hypothesis, hypothesis_lengths): each sequence gets a
+    time dim and lengths of its own, inferred from the names; the graph matches the model (torch's
+    packed built-in layers) in float64 on pairs of unequal, unseen lengths."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    result = export_onnx(model, tmp_path / "pair.onnx")
+    assert result.verification.passed, result.verification.summary()
+    spec = result.spec
+    first, second = spec.inputs[0].name, spec.inputs[2].name
+    assert [t.role for t in spec.inputs][1::2] == ["lengths", "lengths"]
+    assert spec.inputs[0].dims[:2] == ("batch", "seq") and spec.time_dim == "seq"
+    assert spec.inputs[2].dims[:2] == ("batch", f"{second}_seq")
+    assert [t.high for t in spec.inputs[1::2]] == ["seq", f"{second}_seq"]
+    reference = cls().eval().double()
+    reference.load_state_dict(model.state_dict())
+    for seed, (batch, steps) in enumerate([(5, (9, 23)), (4, (30, 2)), (1, (4, 4))]):
+        feed = _pair_feed(spec, batch, steps, seed)
+        got = run_ort(result.path, feed)["output"]
+        args = [torch.from_numpy(v) for v in feed.values()]
+        args = [a.double() if a.is_floating_point() else a for a in args]
+        with torch.no_grad():
+            want = reference(*args).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4, err_msg=f"{first} {steps}")
+
+
+def test_a_graph_ignoring_the_second_sequences_lengths_fails_verification(tmp_path):
+    """The sweep pads the second sequence past its own lengths: a graph whose second question
+    runs into its padding (its forward node fed no sequence_lens) fails."""
+    torch.manual_seed(0)
+    model = SiamesePair().eval()
+    result = export_onnx(model, tmp_path / "pair.onnx", layout="split")
+    names = [n.name for n in onnx.load(str(result.path)).graph.node if n.op_type == "LSTM"]
+    assert names[2] == "encoder/l0/forward#2"  # the second question's forward direction
+    bad = plant_missing_sequence_lens(result.path, tmp_path / "bad.onnx", node=2)
+    assert verify(result.path, model).passed
+    report = verify(bad, model)
+    assert not report.passed, report.summary()
 
 
 def test_lengths_out_of_range_are_clamped_before_the_cut_to_the_longest_row(tmp_path):

@@ -309,15 +309,75 @@ def test_cli_declared_inputs_and_one_line_errors(tmp_path) -> None:
     assert "time dim 'time'" in inspected.output
 
 
-def test_two_lengths_inputs_are_refused_with_what_to_do_instead(tmp_path) -> None:
+def test_two_lengths_of_one_time_dim_are_refused_with_what_to_do_instead(tmp_path) -> None:
     inputs = [
-        "a:float32[batch,sa,4]",
-        "a_len:int64[batch]:lengths(sa)",
-        "b:float32[batch,sb,4]",
-        "b_len:int64[batch]:lengths(sb)",
+        "a:float32[batch,seq,4]",
+        "a_len:int64[batch]:lengths(seq)",
+        "b:float32[batch,seq,4]",
+        "b_len:int64[batch]:lengths(seq)",
     ]
-    with pytest.raises(ExportError, match=r"at most one lengths input.*encoder as a model"):
+    with pytest.raises(ExportError, match=r"two lengths inputs measure 'seq'.*lengths\(b_len\)"):
         export_onnx(BiRNN(4, 4), tmp_path / "two.onnx", inputs=inputs)
+    masks = ["a:float32[batch,seq,4]", "m1:bool[batch,seq]:mask", "m2:bool[batch,seq]:mask"]
+    with pytest.raises(ExportError, match=r"two masks cover 'seq'"):
+        export_onnx(BiRNN(4, 4), tmp_path / "two.onnx", inputs=masks)
+
+
+class MaskedPair(nn.Module):
+    """A pair of feature sequences, each with a bool mask (1 at valid steps), mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lens = mask.sum(1)
+        packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        return out[0].sum(1) / lens[:, None]
+
+    def forward(self, left, left_mask, right, right_mask):
+        return self.pool(left, left_mask) - self.pool(right, right_mask)
+
+
+def test_a_pair_of_masked_sequences_is_inferred_and_ragged_in_both(tmp_path) -> None:
+    torch.manual_seed(0)
+    result = export_onnx(MaskedPair().eval(), tmp_path / "pair.onnx")
+    spec = result.spec
+    assert [(t.name, t.role, t.dims) for t in spec.inputs] == [
+        ("left", "features", ("batch", "seq", 4)),
+        ("left_mask", "mask", ("batch", "seq")),
+        ("right", "features", ("batch", "right_seq", 4)),
+        ("right_mask", "mask", ("batch", "right_seq")),
+    ]
+    assert "'right' read as the same, with its own mask" in result.inputs
+    assert result.verification.passed, result.verification.summary()
+    feed = make_feed(spec, 6, 9, seed=2)
+    assert feed["right"].shape == (6, 64, 4)  # the second time dim at its opt
+    rows = feed["right_mask"].sum(1)
+    assert rows.max() == 64 and rows.min() == 1 and len(set(rows.tolist())) > 2
+    assert np.array_equal(feed["right_mask"], np.arange(64)[None, :] < rows[:, None])
+    padded = ~feed["right_mask"]
+    assert np.all(feed["right"][padded] == 0) and np.all(feed["right"][~padded] != 0)
+    assert not np.array_equal(rows, feed["left_mask"].sum(1))
+
+
+def test_lengths_and_masks_named_after_their_sequence_are_inferred(tmp_path) -> None:
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, feats, feats_lens):
+            packed = pack_padded_sequence(feats, feats_lens, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+    result = export_onnx(Named().eval(), tmp_path / "named.onnx")
+    assert [(t.name, t.role) for t in result.spec.inputs] == [
+        ("feats", "features"),
+        ("feats_lens", "lengths"),
+    ]
+    assert result.verification.passed, result.verification.summary()
 
 
 def test_a_keyword_only_input_is_refused_with_the_signature_to_write(tmp_path) -> None:
