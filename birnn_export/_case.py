@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from birnn_export._diagnose import diagnose_directions, diagnose_layers
-from birnn_export._layers import GraphLayers, LayersUnavailable, graph_layers, one_line
+from birnn_export._layers import (
+    GraphLayers,
+    LayersUnavailable,
+    graph_layers,
+    module_path,
+    one_line,
+)
 from birnn_export._references import References
 from birnn_export._report import WHOLE_SWEEP, CaseResult
 from birnn_export._sweep import Case, row_feed
@@ -415,7 +421,8 @@ def layer_setup(
         return LayerState(reason="off")
     try:
         infos = graph_layers(proto, spec)
-        mapped = [paths.get(layer.path, layer.path) for layer in infos]
+        modules = [module_path(layer.path) for layer in infos]
+        mapped = [paths.get(m, m) for m in modules]
         references.attach_layers(mapped)
     except LayersUnavailable as exc:
         return LayerState(reason=str(exc))
@@ -423,13 +430,15 @@ def layer_setup(
         type(side.layers.modules[p]).__name__ for side in references.sides.values() for p in mapped
     }
     hooked = f"a hook on the reference's {'/'.join(sorted(kinds))} at " + ", ".join(
-        repr(p) for p in dict.fromkeys(layer.path for layer in infos)
+        repr(p) for p in dict.fromkeys(modules)
     )
     return LayerState(
         tuple(infos),
         GraphLayers(proto, infos, spec.dtype),
         hooked,
-        paths={layer.path: mapped[i] for i, layer in enumerate(infos)},
+        paths={
+            layer.path: mapped[i] + layer.path[len(modules[i]) :] for i, layer in enumerate(infos)
+        },
     )
 
 
@@ -453,6 +462,12 @@ def case_layers(
         return out
 
     lengths = {inverse.get(p, p): v for p, v in ran["layer_lengths"].items()}
+    reference = graph_names(ran["reference_layers"])
+    runs = sorted(set(reference) ^ {layer.name for layer in state.infos})
+    if runs:  # a layer run more (or fewer) times in the model than in the graph
+        where = "the model" if runs[0] in reference else "the graph"
+        state.reason = f"the layer run {runs[0]!r} is only in {where}"
+        return CaseLayers(reason=state.reason)
     try:
         graph = state.graph.run(feed, lengths)
     except LayersUnavailable as exc:
@@ -461,7 +476,7 @@ def case_layers(
     return CaseLayers(
         infos=state.infos,
         graph=graph,
-        reference=graph_names(ran["reference_layers"]),
+        reference=reference,
         eager=graph_names(ran["eager_layers"]) if "eager_layers" in ran else None,
         lengths=lengths,
         hooked=state.hooked,

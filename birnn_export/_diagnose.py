@@ -130,6 +130,16 @@ def diagnose_layers(
     where = f"[layer outputs: the graph on {source} vs {hooked}, rerun layer by layer]"
     bad = next((layer for layer in layers if not by_name[layer.name].passed), None)
     if bad is None:
+        unbounded = [n for layer in layers for n in layer.without_lengths]
+        if takes_lengths and unbounded:  # Y matches at the valid steps; the final state does not
+            nodes = ", ".join(repr(n) for n in unbounded)
+            return (
+                f"every recurrent layer's output matches at the valid steps ({len(layers)} "
+                f"layer(s)), but node {nodes} takes no sequence_lens although the graph takes "
+                "lengths -> if the model reads its final state (h_n), that is the difference: "
+                "it is taken past the padding of every short row; else the difference is after "
+                f"the recurrent layers (e.g. the head) {where}"
+            )
         also = f", or in {engine} itself" if engine != "ort-cpu" else ""
         return (
             f"every recurrent layer matches ({len(layers)} layer(s)) -> the difference is "

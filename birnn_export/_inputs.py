@@ -9,6 +9,12 @@ declaration the inputs are inferred for the common cases: token ids ``[batch, se
 ``nn.Embedding``, float features ``[batch, seq, N]`` before a batch-first recurrent layer (or
 ``[seq, batch, N]`` for a bare time-major layer), and ``lengths`` ``[batch]`` or a mask
 ``[batch, seq]`` when ``forward`` takes them (told by the name of its second parameter).
+
+A graph of two sequences (a sentence pair) has a time dim per sequence, each measured by its
+own lengths input or covered by its own mask; the first sequence's is the graph's time dim, the
+one the sweep varies. They are inferred where ``forward`` takes them as it takes the first,
+each with its lengths or mask after it (``premise, premise_lengths, hypothesis,
+hypothesis_lengths``): the second's time dim is ``hypothesis_seq``.
 """
 
 from __future__ import annotations
@@ -606,7 +612,9 @@ def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
     raise BiRNNExportError(
         f"{type(model).__name__}.forward takes {len(required)} inputs ({', '.join(required)}), "
         f"and birnn-export infers only {inferred}; declare each, in forward's order: {declare} "
-        "(e.g. 'x:float32[batch,seq,40]', 'speaker:int64[batch]'; Python: inputs=[...])"
+        "(e.g. 'x:float32[batch,seq,40]', 'speaker:int64[batch]', a second sequence with a "
+        "time dim of its own 'y:int64[batch,y_seq]', its lengths 'y_lens:int64[batch]:"
+        "lengths(y_seq)'; Python: inputs=[...])"
     )
 
 

@@ -62,26 +62,44 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
     for info in spec.recurrent_layers:
         path = str(info.get("path", ""))
         directions = 2 if info.get("bidirectional", False) else 1
-        for index in range(int(info.get("num_layers", 1))):
-            name = f"{path}/l{index}"
-            found = [nodes.get(f"{name}/forward"), nodes.get(f"{name}/backward")]
-            if directions == 1 or None in found:
-                found = [nodes.get(name)]
-            if None in found:
-                raise LayersUnavailable(f"the graph has no recurrent node named {name!r}")
-            layers.append(
-                GraphLayer(
-                    name=name,
-                    path=path,
-                    index=index,
-                    hidden=int(info.get("proj_size") or info["hidden_size"]),
-                    directions=directions,
-                    y_names=tuple(_y_output(n) for n in found),
-                    nodes=tuple(n.name for n in found),
-                    without_lengths=tuple(n.name for n in found if not _has_lengths(n)),
+        call = 1
+        while call == 1 or f"{path}/l0/forward#{call}" in nodes or f"{path}/l0#{call}" in nodes:
+            suffix, key = ("", path) if call == 1 else (f"#{call}", call_key(path, call))
+            for index in range(int(info.get("num_layers", 1))):
+                name = f"{path}/l{index}"
+                found = [nodes.get(f"{name}/{d}{suffix}") for d in ("forward", "backward")]
+                if directions == 1 or None in found:
+                    found = [nodes.get(name + suffix)]
+                if None in found:
+                    raise LayersUnavailable(
+                        f"the graph has no recurrent node named {name + suffix!r}"
+                    )
+                layers.append(
+                    GraphLayer(
+                        name=f"{key}/l{index}",
+                        path=key,
+                        index=index,
+                        hidden=int(info.get("proj_size") or info["hidden_size"]),
+                        directions=directions,
+                        y_names=tuple(_y_output(n) for n in found),
+                        nodes=tuple(n.name for n in found),
+                        without_lengths=tuple(n.name for n in found if not _has_lengths(n)),
+                    )
                 )
-            )
+            call += 1
     return layers
+
+
+def call_key(path: str, call: int) -> str:
+    """The key of a recurrent module's ``call``-th run in one forward pass (from 1): ``path``,
+    then ``path#2``, ... (its nodes are named likewise: ``rnn/l0/forward#2``). A layer that
+    runs twice (a sentence pair's shared encoder) is compared at each run."""
+    return path if call == 1 else f"{path}#{call}"
+
+
+def module_path(key: str) -> str:
+    """The module path of a :func:`call_key`."""
+    return key.split("#", 1)[0]
 
 
 def _y_output(node: Any) -> str:
@@ -267,29 +285,31 @@ class ReferenceLayers:
         """After one forward pass: ``({layer name: [B, T, D * H] float64}, {module path:
         lengths})``.
 
+        A module that ran more than once has its later runs under ``path#2``, ... (see
+        :func:`call_key`).
+
         Raises:
-            LayersUnavailable: a module did not run exactly once, or ran with initial states.
+            LayersUnavailable: a module did not run, or ran with initial states.
         """
         import torch
 
         outputs, lengths = {}, {}
         for path, module in self.modules.items():
             calls = self.calls.get(path, [])
-            if len(calls) != 1:
-                raise LayersUnavailable(
-                    f"the recurrent layer at {path!r} ran {len(calls)} times in one forward pass"
-                )
-            call = calls[0]
-            if isinstance(call, str):
-                raise LayersUnavailable(f"the recurrent layer at {path!r}: {call}")
-            x, rows = call.x, call.lengths
-            batch, steps = x.shape[0], x.shape[1]
-            rows = torch.full((batch,), steps) if rows is None else rows
-            lengths[path] = rows.numpy()
-            with torch.inference_mode():
-                for index, layer in enumerate(self._stack(path, module)):
-                    x = _run_layer(layer, x, rows)
-                    outputs[f"{path}/l{index}"] = x.to(torch.float64).numpy()
+            if not calls:
+                raise LayersUnavailable(f"the recurrent layer at {path!r} did not run")
+            for number, call in enumerate(calls, start=1):
+                if isinstance(call, str):
+                    raise LayersUnavailable(f"the recurrent layer at {path!r}: {call}")
+                key = call_key(path, number)
+                x, rows = call.x, call.lengths
+                batch, steps = x.shape[0], x.shape[1]
+                rows = torch.full((batch,), steps) if rows is None else rows
+                lengths[key] = rows.numpy()
+                with torch.inference_mode():
+                    for index, layer in enumerate(self._stack(path, module)):
+                        x = _run_layer(layer, x, rows)
+                        outputs[f"{key}/l{index}"] = x.to(torch.float64).numpy()
         return outputs, lengths
 
     def _stack(self, path: str, module: Any) -> list[Any]:

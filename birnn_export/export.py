@@ -430,13 +430,27 @@ def _run_example(
             f"{d.name} {d.dtype} {list(t.shape)}"
             for d, t in zip(planned.decls, inputs, strict=True)
         )
-        hint = _container_hint(exc, model) or _declare_hint(
-            planned, _time_major_hint(model, planned)
+        hint = (
+            _container_hint(exc, model)
+            or _float16_hint(exc, model)
+            or _declare_hint(planned, _time_major_hint(model, planned))
         )
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
             f"{type(exc).__name__}: {_first_line(exc)}; {hint}"
         ) from None
+
+
+def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
+    """What to do when the model, cast to float16, writes a number float16 cannot hold
+    (``masked_fill(mask, -1e9)``, common before a softmax)."""
+    if "Half without overflow" not in str(exc):
+        return None
+    return (
+        "the model writes a number beyond float16's range (+-65504)"
+        f"{_user_line(model, _causes(exc))}, as masked_fill(mask, -1e9) does: write "
+        "torch.finfo(x.dtype).min there (or -1e4), or export in float32"
+    )
 
 
 def _container_hint(exc: Exception, model: nn.Module) -> str | None:

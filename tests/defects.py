@@ -48,10 +48,14 @@ def _hidden(node: onnx.NodeProto) -> int:
     return next(helper.get_attribute_value(a) for a in node.attribute if a.name == "hidden_size")
 
 
-def plant_whole_flip(src: Path, dst: Path) -> Path | None:
-    """The seed's Example 3: every ReverseSequence becomes a flip of the whole padded time axis."""
+def plant_whole_flip(src: Path, dst: Path, *, before: str | None = None) -> Path | None:
+    """The seed's Example 3: every ReverseSequence (or only the one feeding the node named
+    ``before``) becomes a flip of the whole padded time axis."""
     proto = onnx.load(str(src))
     reversals = nodes(proto, "ReverseSequence")
+    if before is not None:
+        fed = {i for n in proto.graph.node if n.name == before for i in n.input}
+        reversals = [n for n in reversals if n.output[0] in fed]
     if not reversals:
         return None
     graph = proto.graph

@@ -32,7 +32,7 @@ from birnn_export.seed import (
 )
 from birnn_export.spec import GraphSpec, make_feed
 from birnn_export.verification import verify
-from tests.defects import plant_missing_sequence_lens
+from tests.defects import plant_missing_sequence_lens, plant_whole_flip
 from tests.realistic_models import (
     AttentionClassifier,
     ConvBiGRUCTC,
@@ -605,6 +605,60 @@ def test_a_graph_ignoring_the_second_sequences_lengths_fails_verification(tmp_pa
     assert verify(result.path, model).passed
     report = verify(bad, model)
     assert not report.passed, report.summary()
+    # its output Y matches at the valid steps; the final state the model reads does not
+    assert "node 'encoder/l0/forward#2' takes no sequence_lens" in report.diagnosis()
+    assert "if the model reads its final state (h_n), that is the difference" in report.diagnosis()
+
+
+def test_a_layer_run_once_per_sequence_is_compared_at_each_run(tmp_path):
+    """The shared encoder and composition layers run twice, once per sentence: each run is
+    compared with torch's own layers, and a defect in the second run's nodes only is located
+    there."""
+    torch.manual_seed(0)
+    model = SentencePairMatcher().eval()
+    result = export_onnx(model, tmp_path / "pair.onnx", layout="split")
+    layer_checks = {
+        o.name: o.passed for c in result.verification.cases for o in c.outputs if o.check == "layer"
+    }
+    assert layer_checks == dict.fromkeys(
+        ["encoder/l0", "encoder#2/l0", "compose/l0", "compose#2/l0"], True
+    )
+    bad = plant_whole_flip(result.path, tmp_path / "bad.onnx", before="encoder/l0/backward#2")
+    report = verify(bad, model)
+    assert not report.passed
+    outputs = [o for c in report.cases for o in c.outputs]
+    failed = {o.name for o in outputs if o.check == "layer" and not o.passed}
+    assert "encoder#2/l0" in failed and "encoder/l0" not in failed
+    assert "layer encoder#2/l0" in report.diagnosis()
+
+
+class _MaskedAttention(nn.Module):
+    """A BiGRU, then attention masked past each row's length by ``fill`` (-1e9 in many models)."""
+
+    def __init__(self, fill: float | None) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(10, 1)
+        self.fill = fill
+
+    def forward(self, x, lengths):
+        out = self.gru(x)[0]
+        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        fill = torch.finfo(out.dtype).min if self.fill is None else self.fill
+        weights = torch.softmax(self.score(out).squeeze(-1).masked_fill(~valid, fill), dim=1)
+        return (weights[..., None] * out).sum(1)
+
+
+def test_a_number_float16_cannot_hold_is_named_with_its_line(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_MaskedAttention(-1e9).eval(), tmp_path / "m.onnx", dtype="float16")
+    text = str(caught.value)
+    assert "beyond float16's range" in text and "torch.finfo(x.dtype).min" in text
+    assert "test_export.py:" in text and "masked_fill(~valid, fill)" in text
+    assert "declare its inputs" not in text  # the inputs were right
+    result = export_onnx(_MaskedAttention(None).eval(), tmp_path / "m.onnx", dtype="float16")
+    assert result.verification.passed, result.verification.summary()
 
 
 def test_lengths_out_of_range_are_clamped_before_the_cut_to_the_longest_row(tmp_path):
