@@ -292,29 +292,27 @@ def batch_invariance_checks(
         single = row_feed(spec, feed, row, length)
         singles.append((row, length, single, runner.infer(single)))
 
-    def steps(row: int, tensor: TensorSpec) -> int:
-        # A row alone has as many steps as its output along time (a strided front end
-        # shortens them): the batched row is cut to that.
-        return np.asarray(singles[row][3][tensor.name]).shape[tensor.time_axis]
+    def extent(row: int, tensor: TensorSpec) -> tuple[int, ...]:
+        # A row alone is as long as its output along each axis: along time, its length (a
+        # strided front end shortens it further); along a second sequence's dim cut to the
+        # longest row (pad_packed_sequence), that row's own. The batched row is cut to that.
+        return tuple(np.shape(singles[row][3][tensor.name]))
 
     def rows_of(source: Mapping[str, np.ndarray], tensor: TensorSpec) -> np.ndarray:
         parts = []
         for row, _, _, _ in singles:
             whole = np.take(np.asarray(source[tensor.name]), [row], axis=tensor.batch_axis)
-            if tensor.time_axis is not None:
-                whole = np.take(whole, np.arange(steps(row, tensor)), axis=tensor.time_axis)
-            parts.append(whole.ravel())
+            parts.append(whole[tuple(slice(0, n) for n in extent(row, tensor))].ravel())
         return np.concatenate(parts)
 
     def alone(outputs: Sequence[Mapping[str, np.ndarray]], tensor: TensorSpec) -> np.ndarray:
         parts = []
+        full = np.shape(batched[tensor.name])
         for (row, _, _, _), out in zip(singles, outputs, strict=True):
             value = np.asarray(out[tensor.name])
-            within = tensor.time_axis is None or (
-                value.shape[tensor.time_axis] == steps(row, tensor)
-                and steps(row, tensor) <= np.shape(batched[tensor.name])[tensor.time_axis]
-            )
-            if value.shape[tensor.batch_axis] != 1 or not within:
+            size = extent(row, tensor)
+            within = value.shape == size and len(size) == len(full)
+            if value.shape[tensor.batch_axis] != 1 or not within or np.any(np.greater(size, full)):
                 raise RuntimeError(
                     f"output {tensor.name}: row {row} alone has shape {list(value.shape)}"
                 )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -523,8 +524,13 @@ def _infer(
         )
     if time_major:
         dims, how = (SEQ, BATCH, *dims[2:]), how + how_major
+    dtype = "int64" if role == "tokens" else "float32"
+    pairs = _sequence_pairs(model)
+    if pairs:  # a sentence pair: each sequence with its own time dim and lengths (or mask)
+        params = [p.name for p in _forward_params(model)]
+        return _pair_inputs(pairs, params, InputDecl("", dtype, dims), role, input_names, how)
     roles = [role]
-    decl_list = [(dims, "int64" if role == "tokens" else "float32")]
+    decl_list = [(dims, dtype)]
     has_lengths = takes_lengths(model, lengths)
     mask = None if has_lengths else _mask_param(model)
     if has_lengths:
@@ -536,17 +542,6 @@ def _infer(
         decl_list.append(((BATCH, SEQ), mask_dtype))
         how += f"; {param!r} read as a {mask_role} by its name"
     names = list(input_names) if input_names else _param_names(model, roles)
-    pairs = _more_sequences(model, roles)
-    for sequence, lengths_or_mask in pairs:  # a sentence pair's second sentence, say
-        time = f"{sequence}_seq"
-        roles += roles[:2]
-        decl_list.append((tuple(time if d == SEQ else d for d in dims), decl_list[0][1]))
-        decl_list.append((tuple(time if d == SEQ else d for d in decl_list[1][0]), decl_list[1][1]))
-        if not input_names:
-            names += [sequence, lengths_or_mask]
-    if pairs:
-        how += "; " + ", ".join(repr(s) for s, _ in pairs) + " read as the same, with its own "
-        how += "lengths" if roles[1] == "lengths" else "mask"
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     _refuse_more_params(model, roles)
@@ -555,50 +550,93 @@ def _infer(
             name,
             dtype,
             d,
-            _measured(decl_list[i - 1][0]) if r == "lengths" else None,
+            SEQ if r == "lengths" else None,
             r if r in MASK_ROLES else None,
         )
-        for i, (name, (d, dtype), r) in enumerate(zip(names, decl_list, roles, strict=True))
+        for name, (d, dtype), r in zip(names, decl_list, roles, strict=True)
     )
     return decls, tuple(roles), how
 
 
-def _measured(dims: Sequence[int | str]) -> str:
-    """The time dim of a sequence's dims: the one a lengths input after it measures."""
-    return next(str(d) for d in dims if isinstance(d, str) and d != BATCH)
-
-
-def _more_sequences(model: nn.Module, roles: Sequence[str]) -> list[tuple[str, str]]:
-    """(sequence, lengths or mask) parameters of ``forward`` after the first two, where it
-    takes further sequences as it takes the first, each followed by its own lengths (or mask),
-    told by their names: ``forward(self, premise, premise_lengths, hypothesis,
-    hypothesis_lengths)``."""
+def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(sequence, its lengths or mask) parameters of a ``forward`` that takes two or more
+    sequences, each with its own lengths (or mask), told by their names: in turn
+    (``premise, premise_lengths, hypothesis, hypothesis_lengths``) or the sequences first
+    (``a, b, a_len, b_len``). Empty for any other ``forward``."""
     required = [p.name for p in _forward_params(model) if p.default is p.empty]
-    rest = required[2:]
-    if len(roles) != 2 or not rest or len(rest) % 2:
+    roles = [_param_role(name) for name in required]
+    sequences = [n for n, r in zip(required, roles, strict=True) if r is None]
+    marks = [n for n, r in zip(required, roles, strict=True) if r is not None]
+    if len(sequences) < 2 or len(sequences) != len(marks) or len(set(roles) - {None}) != 1:
         return []
-    pairs = list(zip(rest[::2], rest[1::2], strict=True))
-    if any(_param_role(s) is not None or _param_role(m) != roles[1] for s, m in pairs):
-        return []
-    return pairs
+    in_turn = roles[::2] == [None] * len(sequences)
+    first = roles[: len(sequences)] == [None] * len(sequences)
+    return list(zip(sequences, marks, strict=True)) if in_turn or first else []
+
+
+def _pair_inputs(
+    pairs: Sequence[tuple[str, str]],
+    forward_order: Sequence[str],
+    first: InputDecl,
+    role: str,
+    input_names: Sequence[str] | None,
+    how: str,
+) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
+    """The inputs of a ``forward`` that takes sequences with their own lengths (or masks), in
+    ``forward_order``: each sequence as the first is inferred (``first``), with a time dim of
+    its own (``seq`` for the first, ``hypothesis_seq`` for the others) that its lengths
+    measure."""
+    kind = _param_role(pairs[0][1]) or "lengths"
+    mask_dtype = (_mask_name(pairs[0][1]) or ("mask", "bool"))[1]
+    by_name: dict[str, tuple[InputDecl, str]] = {}
+    for index, (sequence, mark) in enumerate(pairs):
+        time = SEQ if index == 0 else f"{sequence}_seq"
+        dims = tuple(time if d == SEQ else d for d in first.dims)
+        by_name[sequence] = (InputDecl(sequence, first.dtype, dims), role)
+        if kind == "lengths":
+            by_name[mark] = (InputDecl(mark, "int64", (BATCH,), time), kind)
+        else:
+            by_name[mark] = (InputDecl(mark, mask_dtype, (BATCH, time), mask=kind), kind)
+    order = sorted(by_name, key=forward_order.index)
+    decls = [by_name[name][0] for name in order]
+    if input_names:
+        if len(input_names) != len(decls):
+            raise BiRNNExportError(f"input_names: {len(input_names)} names for {len(decls)} inputs")
+        decls = [dataclasses.replace(d, name=n) for d, n in zip(decls, input_names, strict=True)]
+    others = ", ".join(repr(s) for s, _ in pairs[1:])
+    how += f"; {others} read as the same, each sequence with its own {kind.replace('_', ' ')}"
+    return tuple(decls), tuple(by_name[name][1] for name in order), how
+
+
+#: Endings that mark one of two parameters of the same kind (``attention_mask_a``, ``mask2``).
+_PAIR_MARK = re.compile(r"(_[ab12]|[12])$")
 
 
 def _param_role(name: str) -> str | None:
-    """``"lengths"`` or a mask role for a parameter so named (``lengths``, ``premise_lens``;
-    ``attention_mask``, ``premise_mask``), else ``None``."""
-    if name in LENGTHS_NAMES or name.endswith(("_lengths", "_lens")):
-        return "lengths"
-    return _mask_name(name)[0] if _mask_name(name) else None
+    """``"lengths"`` or a mask role for a parameter so named (``lengths``, ``premise_lens``,
+    ``sent1_len``; ``attention_mask``, ``premise_mask``, ``attention_mask_b``), else ``None``."""
+    for candidate in dict.fromkeys([name, _PAIR_MARK.sub("", name)]):
+        if candidate in LENGTHS_NAMES or candidate.endswith(("_lengths", "_lens")):
+            return "lengths"
+        if candidate.endswith(("_len", "_length")) and not candidate.startswith(("max_", "min_")):
+            return "lengths"
+        if _mask_name(candidate):
+            return _mask_name(candidate)[0]  # type: ignore[index]
+    return None
 
 
 def _mask_name(name: str) -> tuple[str, str] | None:
-    """(role, dtype) of a mask parameter so named: :data:`MASK_NAMES`, else a name ending in
-    ``_padding_mask`` (a bool padding mask) or ``_mask`` (a bool mask)."""
-    if name in MASK_NAMES:
-        return MASK_NAMES[name]
-    if name.endswith("_padding_mask"):
-        return "padding_mask", "bool"
-    return ("mask", "bool") if name.endswith("_mask") else None
+    """(role, dtype) of a mask parameter so named: :data:`MASK_NAMES` (also with a pair's
+    ``_a`` / ``_b`` ending), else a name ending in ``_padding_mask`` (a bool padding mask) or
+    ``_mask`` (a bool mask)."""
+    for candidate in dict.fromkeys([name, _PAIR_MARK.sub("", name)]):
+        if candidate in MASK_NAMES:
+            return MASK_NAMES[candidate]
+        if candidate.endswith("_padding_mask"):
+            return "padding_mask", "bool"
+        if candidate.endswith("_mask"):
+            return "mask", "bool"
+    return None
 
 
 def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:

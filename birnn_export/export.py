@@ -33,6 +33,7 @@ from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import (
     PlannedInputs,
+    mask_dim,
     plan_inputs,
     watch_embeddings,
     with_token_ranges,
@@ -259,7 +260,9 @@ def trace_graph(
 
     # scan and packed: the fused graph, then its nodes rewritten
     emitted = "fused" if layout in ("scan", "packed") else layout
-    proto = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    proto, cut = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    if cut:  # the model cut a padded output to its longest row
+        _name_longest_dims(proto, planned, [tuple(t.shape) for t in eager_out])
     tags = expand_viterbi(proto)
     clean_nodes(proto)
     scan_lstmp_nodes(proto)  # LSTMs with proj_size: no ONNX op, a loop in every layout
@@ -567,7 +570,8 @@ def _trace(
     outs: list[str],
     opset: int,
     layout: str,
-) -> Any:
+) -> tuple[Any, bool]:
+    """The exported graph, and whether the model cut a padded output to its longest row."""
     try:
         with (
             _onnx_settings(model, layout),
@@ -590,11 +594,7 @@ def _trace(
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
             raise KeyboardInterrupt from None
         raise ExportError(_explain_trace_failure(model, exc, planned, inputs)) from None
-    proto = program.model_proto
-    ragged = [r for r in planned.roles if r == "lengths" or r in MASK_ROLES]
-    if any(cuts) and len(ragged) == 1:  # with two sequences, a cut may be either's longest
-        _name_longest_dims(proto, planned.time_dim)
-    return proto
+    return program.model_proto, any(cuts)
 
 
 def _interrupted(exc: BaseException | None) -> bool:
@@ -660,15 +660,32 @@ def _traceable_packing(model: nn.Module) -> Iterator[list[bool]]:
         yield cuts
 
 
-def _name_longest_dims(proto: Any, time_dim: str) -> None:
+def _name_longest_dims(
+    proto: Any, planned: PlannedInputs, shapes: Sequence[tuple[int, ...]]
+) -> None:
     """Name the data-dependent dims the exporter calls ``u0``, ``u1``... after what they are
     when the model cut its padded output to the longest row: ``longest(time)``, a dim derived
-    from the time dim (its valid steps are the lengths the recurrent layers saw)."""
+    from the time dim (its valid steps are the lengths the recurrent layers saw).
+
+    With two sequences (each with lengths or a mask) a cut may be either's: an output's such
+    dim is told by its size on the example (``shapes``, the model's outputs), whose longest row
+    of each sequence is as long as that sequence's time dim there (a prime no other dim has).
+    Dims it does not tell keep the exporter's name: one name for two sizes would be wrong."""
+    ragged = [d.measures or mask_dim(d) for d in planned.decls if d.measures or d.mask]
     graph = proto.graph
+    names: dict[str, str] = {}
+    if len(ragged) <= 1:
+        whole = f"longest({planned.time_dim})"
+    else:
+        whole, by_size = None, {planned.examples[str(d)]: str(d) for d in ragged}
+        for value, shape in zip(graph.output, shapes, strict=False):
+            for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=False):
+                if re.fullmatch(r"u\d+", dim.dim_param) and size in by_size:
+                    names.setdefault(dim.dim_param, f"longest({by_size[size]})")
     for value in (*graph.input, *graph.output, *graph.value_info):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and re.fullmatch(r"u\d+", dim.dim_param):
-                dim.dim_param = f"longest({time_dim})"
+                dim.dim_param = whole or names.get(dim.dim_param, dim.dim_param)
 
 
 @contextlib.contextmanager

@@ -144,6 +144,38 @@ class FeaturePair(nn.Module):
         return self.score(torch.cat([self.embed(a, a_lens), self.embed(b, b_lens)], -1))
 
 
+class PointerReader(nn.Module):
+    """Reading comprehension: question and context through one packed BiGRU; start scores over
+    the context, cut to its longest row (``pad_packed_sequence`` without ``total_length``) and
+    masked past each row's length."""
+
+    def __init__(self, vocab: int = 40, dim: int = 8, hidden: int = 6):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
+        self.project = nn.Linear(2 * hidden, 2 * hidden)
+
+    def _run(self, ids: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = pack_padded_sequence(
+            self.embedding(ids), lens.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, h = self.gru(packed)
+        return pad_packed_sequence(out, batch_first=True)[0], torch.cat([h[0], h[1]], -1)
+
+    def forward(
+        self,
+        question: torch.Tensor,
+        question_lengths: torch.Tensor,
+        context: torch.Tensor,
+        context_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        _, q = self._run(question, question_lengths)
+        c, _ = self._run(context, context_lengths)
+        scores = (self.project(c) @ q[:, :, None]).squeeze(-1)
+        valid = torch.arange(c.shape[1])[None, :] < context_lengths[:, None]
+        return scores.masked_fill(~valid, -1e4)
+
+
 # -- architectures of the trained fixtures (scripts/make_trained_models.py) --------------------
 
 

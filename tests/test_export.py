@@ -38,6 +38,7 @@ from tests.realistic_models import (
     ConvBiGRUCTC,
     FeaturePair,
     PackingTagger,
+    PointerReader,
     SentencePairMatcher,
     SiamesePair,
 )
@@ -566,7 +567,7 @@ def _pair_feed(spec, batch, steps, seed):
     return feed
 
 
-@pytest.mark.parametrize("cls", [SentencePairMatcher, SiamesePair, FeaturePair])
+@pytest.mark.parametrize("cls", [SentencePairMatcher, SiamesePair, FeaturePair, PointerReader])
 def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, cls):
     """forward(premise, premise_lengths, hypothesis, hypothesis_lengths): each sequence gets a
     time dim and lengths of its own, inferred from the names; the graph matches the model (torch's
@@ -591,6 +592,8 @@ def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, 
         with torch.no_grad():
             want = reference(*args).numpy()
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4, err_msg=f"{first} {steps}")
+    if cls is PointerReader:  # scores over the context, cut to its longest row: named so
+        assert spec.outputs[0].dims == ("batch", "longest(context_seq)")
 
 
 def test_a_graph_ignoring_the_second_sequences_lengths_fails_verification(tmp_path):

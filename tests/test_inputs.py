@@ -350,7 +350,7 @@ def test_a_pair_of_masked_sequences_is_inferred_and_ragged_in_both(tmp_path) -> 
         ("right", "features", ("batch", "right_seq", 4)),
         ("right_mask", "mask", ("batch", "right_seq")),
     ]
-    assert "'right' read as the same, with its own mask" in result.inputs
+    assert "'right' read as the same, each sequence with its own mask" in result.inputs
     assert result.verification.passed, result.verification.summary()
     feed = make_feed(spec, 6, 9, seed=2)
     assert feed["right"].shape == (6, 64, 4)  # the second time dim at its opt
@@ -360,6 +360,108 @@ def test_a_pair_of_masked_sequences_is_inferred_and_ragged_in_both(tmp_path) -> 
     padded = ~feed["right_mask"]
     assert np.all(feed["right"][padded] == 0) and np.all(feed["right"][~padded] != 0)
     assert not np.array_equal(rows, feed["left_mask"].sum(1))
+
+
+def _signature(*names: str) -> nn.Module:
+    """A token model whose forward takes ``names``."""
+    import inspect
+
+    class Signed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(30, 4)
+            self.rnn = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.rnn(self.embedding(args[0]))[0]
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, kind) for n in ("self", *names)]
+    Signed.forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return Signed()
+
+
+@pytest.mark.parametrize(
+    ("names", "declared"),
+    [
+        (  # the sequences first, then their lengths
+            ("a", "b", "a_len", "b_len"),
+            [
+                "a:int64[batch,seq]",
+                "b:int64[batch,b_seq]",
+                "a_len:int64[batch]:lengths(seq)",
+                "b_len:int64[batch]:lengths(b_seq)",
+            ],
+        ),
+        (  # Hugging Face names with a pair's _a / _b ending
+            ("input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b"),
+            [
+                "input_ids_a:int64[batch,seq]",
+                "attention_mask_a:int64[batch,seq]:mask",
+                "input_ids_b:int64[batch,input_ids_b_seq]",
+                "attention_mask_b:int64[batch,input_ids_b_seq]:mask",
+            ],
+        ),
+        (  # three sequences
+            ("q", "q_len", "p", "p_len", "o", "o_len"),
+            [
+                "q:int64[batch,seq]",
+                "q_len:int64[batch]:lengths(seq)",
+                "p:int64[batch,p_seq]",
+                "p_len:int64[batch]:lengths(p_seq)",
+                "o:int64[batch,o_seq]",
+                "o_len:int64[batch]:lengths(o_seq)",
+            ],
+        ),
+        (("sent1", "sent1_length", "sent2", "sent2_length"), None),  # checked below
+    ],
+)
+def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> None:
+    from birnn_export._inputs import plan_inputs
+
+    common = dict(
+        example_inputs=None,
+        lengths=None,
+        input_size=None,
+        input_names=None,
+        ranges=None,
+        batch_range=(1, 8, 32),
+        seq_range=(1, 64, 256),
+        taken=set(),
+    )
+    planned = plan_inputs(_signature(*names), inputs=None, **common)
+    assert [d.name for d in planned.decls] == list(names)
+    if declared is not None:
+        assert [str(d) for d in planned.decls] == declared
+    else:
+        assert [d.measures for d in planned.decls] == [None, "seq", None, "sent2_seq"]
+    assert planned.time_dim == "seq"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("q1", "q2"),  # no lengths: a second sequence or an id? Not guessed
+        ("x", "max_len"),  # a number, not lengths
+        ("a", "a_lens", "b", "b_mask"),  # lengths for one, a mask for the other
+        ("a", "a_lens", "b_lens", "b"),  # neither in turn nor the sequences first
+    ],
+)
+def test_other_signatures_are_not_read_as_pairs(names) -> None:
+    from birnn_export._inputs import plan_inputs
+
+    common = dict(
+        example_inputs=None,
+        lengths=None,
+        input_size=None,
+        input_names=None,
+        ranges=None,
+        batch_range=(1, 8, 32),
+        seq_range=(1, 64, 256),
+        taken=set(),
+    )
+    with pytest.raises(ExportError, match="declare each, in forward's order"):
+        plan_inputs(_signature(*names), inputs=None, **common)
 
 
 def test_lengths_and_masks_named_after_their_sequence_are_inferred(tmp_path) -> None:
