@@ -239,6 +239,10 @@ def trace_graph(
         swapped = plan(time_major=True)
         if _runs_as_planned(converted, swapped):
             planned = swapped
+    if _inferred_bool_masks(planned) and not _runs_quietly(converted, planned.tensors):
+        floats = _float_masks(planned)  # a model that computes with its masks (1 - mask)
+        if _runs_quietly(converted, floats.tensors):
+            planned = floats
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
     trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
@@ -489,6 +493,25 @@ def _time_major_first(model: nn.Module, planned: PlannedInputs) -> tuple[str, Bi
 def _may_be_time_major(model: nn.Module, planned: PlannedInputs) -> bool:
     """Inferred inputs that :func:`_time_major_first` says may be the other way round."""
     return planned.how.startswith("inferred") and _time_major_first(model, planned) is not None
+
+
+def _inferred_bool_masks(planned: PlannedInputs) -> bool:
+    return planned.how.startswith("inferred") and any(
+        d.mask is not None and d.dtype == "bool" for d in planned.decls
+    )
+
+
+def _float_masks(planned: PlannedInputs) -> PlannedInputs:
+    """``planned`` with its bool masks float32 (1.0 and 0.0), as a model takes them that
+    computes with its masks (``1 - mask``, ``x * mask``)."""
+    decls, tensors = [], []
+    for decl, tensor in zip(planned.decls, planned.tensors, strict=True):
+        if decl.mask is not None and decl.dtype == "bool":
+            decl, tensor = dataclasses.replace(decl, dtype="float32"), tensor.float()
+        decls.append(decl)
+        tensors.append(tensor)
+    how = planned.how + "; masks float32, as the model computes with them (bool ones failed)"
+    return dataclasses.replace(planned, decls=tuple(decls), tensors=tuple(tensors), how=how)
 
 
 def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:

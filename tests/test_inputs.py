@@ -464,6 +464,32 @@ def test_other_signatures_are_not_read_as_pairs(names) -> None:
         plan_inputs(_signature(*names), inputs=None, **common)
 
 
+class NumericMaskTagger(nn.Module):
+    """Computes with its mask as numbers (``1.0 - mask``), as models fed float masks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = pad_packed_sequence(
+            self.rnn(pack_padded_sequence(x, mask.sum(1).long(), True, False))[0],
+            True,
+            total_length=x.shape[1],
+        )[0]
+        return out + (1.0 - mask)[..., None] * -1e4
+
+
+def test_a_mask_the_model_computes_with_is_made_float32(tmp_path) -> None:
+    torch.manual_seed(0)
+    result = export_onnx(NumericMaskTagger().eval(), tmp_path / "f.onnx")
+    mask = result.spec.inputs[1]
+    assert (mask.name, mask.role, mask.dtype) == ("mask", "mask", "float32")
+    assert "masks float32, as the model computes with them" in result.inputs
+    assert result.verification.passed, result.verification.summary()
+    assert _ragged(result.verification)
+
+
 def test_lengths_and_masks_named_after_their_sequence_are_inferred(tmp_path) -> None:
     class Named(nn.Module):
         def __init__(self) -> None:
