@@ -257,6 +257,15 @@ timing_options = option_group(
             help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs "
             "it) or sleep (off). Engines are timed each in its own block either way.",
         ),
+        click.option(
+            "--dim",
+            "dims",
+            multiple=True,
+            callback=parsed(options_.parse_dims),
+            metavar="DIM=SIZE",
+            help="Size of another named dim of the graph, repeatable: a sentence pair's second "
+            "sequence (hypothesis_seq=32), a character dim. Default: its declared opt.",
+        ),
     ],
 )
 

@@ -306,6 +306,7 @@ def benchmark(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     isolate: bool = True,
     ort_spinning: bool | None = None,
+    dims: Mapping[str, int] | None = None,
 ) -> BenchReport:
     """Time each engine at each shape after checking its outputs against eager PyTorch.
 
@@ -341,6 +342,9 @@ def benchmark(
         ort_spinning: ONNX Runtime's idle threads spin (``True``, its default, as a serving
             process runs it) or sleep (``False``). Engines are timed one after another, each in
             its own block, so a spinning pool never slows another engine's runs.
+        dims: Sizes of other named dims (``{"hypothesis_seq": 32}``: a sentence pair's second
+            sequence, character dims), each within its declared range; the others are timed at
+            their declared opt.
 
     Returns:
         A :class:`BenchReport` with one :class:`BenchResult` per engine and shape.
@@ -375,10 +379,11 @@ def benchmark(
         seq_lens = tuple(sorted({min(max(16, low), high), opt, high}))
     _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, device)
     check_overrides(spec, atol=atol, rtol=rtol)
+    dims = spec.check_dims(dims or {})
     proto = load_onnx(onnx_path)
     for batch in batch_sizes:
         for seq in seq_lens:
-            need = largest_tensor_bytes(proto, spec, batch, seq)
+            need = largest_tensor_bytes(proto, spec, batch, seq, dims=dims)
             if need > memory_budget:
                 raise BiRNNExportError(
                     f"batch {batch}, seq {seq}: its largest tensor would take "
@@ -482,14 +487,14 @@ def benchmark(
                 for batch, seq in shapes:
                     advance(0, f"{engine} b={batch} t={seq}")
                     if (batch, seq) not in feeds:
-                        feeds[batch, seq] = make_feed(spec, batch, seq, seed=seed)
+                        feeds[batch, seq] = make_feed(spec, batch, seq, seed=seed, dims=dims)
                         expected[batch, seq] = (
                             _run_reference(reference, feeds[batch, seq]),
                             None if eager is None else _run_reference(eager, feeds[batch, seq]),
                         )
                     feed = feeds[batch, seq]
                     lengths = spec.feed_lengths(feed)
-                    tokens = int(lengths.sum()) if lengths is not None else batch * seq
+                    tokens = _valid_tokens(spec, feed) or batch * seq
                     want, noise = expected[batch, seq]
                     check = functools.partial(
                         compare_outputs,
@@ -520,9 +525,10 @@ def benchmark(
             "lengths": "ragged" if spec.length_source is not None else None,
             "other_dims": {
                 name: size
-                for name, size in spec.sizes(1, 1).items()
+                for name, size in spec.sizes(1, 1, dims=dims).items()
                 if name not in (spec.batch_dim, spec.time_dim)
             },
+            "given_dims": sorted(dims),
             "graph_dtype": spec.dtype,
             "torch_device": device,
             "torch_threads": threads,
@@ -967,6 +973,12 @@ def _label(engine: str, settings: Mapping[str, Any]) -> str:
     )
 
 
+def _valid_tokens(spec: GraphSpec, feed: Mapping[str, np.ndarray]) -> int:
+    """The valid steps of every sequence in ``feed`` (both of a sentence pair); 0 without
+    lengths or masks."""
+    return sum(int(spec.feed_lengths(feed, dim).sum()) for dim in spec.length_sources())
+
+
 def _torch_mode(settings: Mapping[str, Any]) -> str:
     device = settings.get("torch_device", "cpu")
     compiled = settings.get("torch_compile", False)
@@ -976,10 +988,21 @@ def _torch_mode(settings: Mapping[str, Any]) -> str:
 
 
 def _other_dims(settings: Mapping[str, Any]) -> list[str]:
-    """The caption line for named dims other than batch and time, timed at their opt only."""
+    """The caption line for named dims other than batch and time, timed at one size each: as
+    given (``--dim``), else their declared opt."""
     others = settings.get("other_dims") or {}
-    sizes = ", ".join(f"{name}={size}" for name, size in others.items())
-    return [f"other dims at their declared opt: {sizes}"] if sizes else []
+    given = set(settings.get("given_dims") or ())
+    if not others:
+        return []
+    if not given:
+        return ["other dims at their declared opt: " + _sizes(others)]
+    rest = {n: v for n, v in others.items() if n not in given}
+    line = "other dims as given: " + _sizes({n: v for n, v in others.items() if n in given})
+    return [line + (f"; at their declared opt: {_sizes(rest)}" if rest else "")]
+
+
+def _sizes(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{name}={size}" for name, size in sizes.items())
 
 
 def _fmt(value: float | None, spec: str) -> str:

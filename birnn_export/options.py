@@ -84,6 +84,18 @@ def parse_named_ranges(values: Sequence[str]) -> dict[str, tuple[int, int, int]]
     return out
 
 
+def parse_dims(values: Sequence[str]) -> dict[str, int]:
+    """``["hypothesis_seq=32"]`` -> ``{"hypothesis_seq": 32}`` (``--dim``)."""
+    out = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier() or not number.strip().isdigit():
+            raise UsageError(f"--dim: expected DIM=SIZE such as 'hypothesis_seq=32', got {value!r}")
+        out[name] = int(number)
+    return out
+
+
 def parse_engines(values: Sequence[str]) -> tuple[str, ...]:
     """``["torch,ort-cpu", "trt"]`` -> ``("torch", "ort-cpu", "trt")``, each a known engine."""
     from birnn_export.runners import ENGINES

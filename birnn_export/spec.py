@@ -147,10 +147,13 @@ class GraphSpec:
             sources.setdefault(dim, tensor)
         return dict(sorted(sources.items(), key=lambda item: item[0] != self.time_dim))
 
-    def feed_lengths(self, feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        """Each row's length in ``feed`` (int64 ``[batch]``): its lengths input, else the valid
-        steps its mask counts; ``None`` for a graph that takes neither."""
-        source = self.length_source
+    def feed_lengths(
+        self, feed: Mapping[str, np.ndarray], dim: str | None = None
+    ) -> np.ndarray | None:
+        """Each row's length in ``feed`` (int64 ``[batch]``) along the time dim (or ``dim``, a
+        second sequence's): its lengths input, else the valid steps its mask counts; ``None``
+        for a graph that takes neither."""
+        source = self.length_source if dim is None else self.length_sources().get(dim)
         if source is None:
             return None
         value = np.asarray(feed[source.name])
@@ -167,11 +170,35 @@ class GraphSpec:
         """(min, opt, max) of every named input dim."""
         return {self.batch_dim: self.batch_range, self.time_dim: self.seq_range, **self.dim_ranges}
 
-    def sizes(self, batch: int, seq: int, *, which: int = 1) -> dict[str, int]:
+    def sizes(
+        self, batch: int, seq: int, *, which: int = 1, dims: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
         """Every named input dim's size: ``batch`` and ``seq`` for the batch and time dims, the
-        others at their declared opt (``which=1``; 0 min, 2 max)."""
+        others as ``dims`` gives them, else at their declared opt (``which=1``; 0 min, 2 max)."""
         sizes = {name: triple[which] for name, triple in self.dim_ranges.items()}
-        return {**sizes, self.batch_dim: batch, self.time_dim: seq}
+        return {**sizes, **(dims or {}), self.batch_dim: batch, self.time_dim: seq}
+
+    def check_dims(self, dims: Mapping[str, int]) -> dict[str, int]:
+        """``dims`` (sizes of named dims other than batch and time), each a dim of the graph
+        within its declared range.
+
+        Raises:
+            BiRNNExportError: an unknown dim or a size outside its range, in one line.
+        """
+        for name, size in dims.items():
+            if name not in self.dim_ranges:
+                others = ", ".join(self.dim_ranges) or "none"
+                raise BiRNNExportError(
+                    f"dim {name!r}: not one of the graph's other named dims ({others}); the "
+                    f"batch and time dims ({self.batch_dim}, {self.time_dim}) take their own "
+                    "options"
+                )
+            low, _, high = self.dim_ranges[name]
+            if not low <= size <= high:
+                raise BiRNNExportError(
+                    f"dim {name!r}: {size} is outside its declared range {low}..{high}"
+                )
+        return dict(dims)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -492,9 +519,11 @@ def make_feed(
     lengths: LengthsMode = "ragged",
     scale: float = 1.0,
     which: int = 1,
+    dims: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Valid random inputs for ``spec`` at batch ``batch`` and time ``seq`` (other named dims at
-    their declared opt; ``which=0`` min, ``2`` max), padded as a real batch is.
+    """Valid random inputs for ``spec`` at batch ``batch`` and time ``seq`` (other named dims as
+    ``dims`` gives them, else at their declared opt; ``which=0`` min, ``2`` max), padded as a
+    real batch is.
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
     lengths follow ``lengths`` (see :func:`make_lengths`; none shorter than their time dim's
@@ -508,7 +537,7 @@ def make_feed(
     ``lengths`` long and padded with it.
     """
     rng = np.random.default_rng(seed)
-    sizes = spec.sizes(batch, seq, which=which)
+    sizes = spec.sizes(batch, seq, which=which, dims=dims)
     ranges = spec.ranges()  # no row shorter than its time dim's declared minimum
     sources = spec.length_sources()
     feed: dict[str, np.ndarray] = {}
@@ -725,12 +754,20 @@ def dim_sources(text: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - calls
 
 
-def largest_tensor_bytes(proto: Any, spec: GraphSpec, batch: int, seq: int, which: int = 1) -> int:
+def largest_tensor_bytes(
+    proto: Any,
+    spec: GraphSpec,
+    batch: int,
+    seq: int,
+    which: int = 1,
+    dims: Mapping[str, int] | None = None,
+) -> int:
     """The largest tensor of the graph at ``batch`` x ``seq``, in bytes at float64: what one case
     of the float64 reference allocates at least. Read from the graph's inputs, outputs and
     inferred intermediate shapes (their symbolic dims evaluated; an unreadable dim counts as
-    the larger of ``batch`` and ``seq``); other named dims at ``which`` of their ranges."""
-    sizes = spec.sizes(batch, seq, which=which)
+    the larger of ``batch`` and ``seq``); other named dims as ``dims`` gives them, else at
+    ``which`` of their ranges."""
+    sizes = spec.sizes(batch, seq, which=which, dims=dims)
     unknown = max(batch, seq, *sizes.values())
     infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
     largest = 0

@@ -404,6 +404,46 @@ def test_other_named_dims_are_timed_at_their_opt_and_say_so(tmp_path: Path) -> N
     assert "other dims at their declared opt: chars=6" in console.export_text()
 
 
+def test_a_second_sequence_is_timed_at_the_size_given(tmp_path: Path) -> None:
+    """--dim sets a sentence pair's second time dim; its tokens count in tokens/s."""
+    from rich.console import Console
+
+    from birnn_export.spec import GraphSpec
+    from tests.realistic_models import SiamesePair
+
+    torch.manual_seed(0)
+    model = SiamesePair().eval()
+    path = tmp_path / "pair.onnx"
+    export_onnx(model, path, verify=False)
+    widths = []
+
+    class Recorder(torch.nn.Module):  # the reference, seeing what is fed
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            widths.append(args[2].shape[1])
+            return model(*args)
+
+    dims = {"q2_seq": 7}
+    report = benchmark(
+        path, Recorder(), engines=("ort-cpu",), **{**SMALL, "seq_lens": (4,)}, dims=dims
+    )
+    assert set(widths) == {7}
+    assert report.settings["other_dims"] == dims and report.settings["given_dims"] == ["q2_seq"]
+    spec = GraphSpec.from_onnx(path)
+    for r in report.results:
+        feed = make_feed(spec, r.batch, r.seq, seed=0, dims=dims)
+        both = feed["q1_lens"].sum() + feed["q2_lens"].sum()
+        assert r.tokens_per_s == pytest.approx(both / (r.median_ms / 1e3))
+    console = Console(record=True, width=220)
+    console.print(render_table(report))
+    assert "other dims as given: q2_seq=7" in console.export_text()
+    for bad, message in (
+        ({"q2_seq": 999}, "outside its declared range 1..256"),
+        ({"x": 3}, "not one of"),
+    ):
+        with pytest.raises(BiRNNExportError, match=message):
+            benchmark(path, model, engines=("ort-cpu",), **SMALL, dims=bad)
+
+
 def test_render_table_lists_rows_and_reasons() -> None:
     from rich.console import Console
 
@@ -483,6 +523,7 @@ def test_cli_help() -> None:
         "--csv",
         "--plot",
         "--model-class",
+        "--dim",
     ):
         assert option in result.output
 
@@ -495,6 +536,8 @@ def test_cli_help() -> None:
         (["--seq", "16,,64"], "--seq"),
         (["--engines", "torch,tf"], "'tf'"),
         (["--iters", "3", "--duration", "1"], "not both"),
+        (["--dim", "chars"], "--dim: expected DIM=SIZE"),
+        (["--dim", "chars=6"], "dim 'chars': not one of the graph's other named dims (none)"),
     ],
 )
 def test_cli_usage_errors_are_one_line(files: dict[str, Path], args, message) -> None:
