@@ -19,7 +19,9 @@ class PackingSwap:
     and closure cells of every submodule's ``forward`` (``from ... import`` names, at module
     level or in an enclosing function; a decorated ``forward`` is unwrapped first) while a
     ``with`` block on it lasts, and puts them back on leaving. A helper that ``forward`` calls
-    is reached through the globals only.
+    is reached through the globals: those of its own module, and of the modules of helpers
+    imported from elsewhere (``from utils import run_packed``), and theirs in turn (not
+    torch's).
 
     Where the functions sit is found once, so a ``with`` block per model call costs a few
     assignments (``bench`` times such calls); blocks on one swap must not overlap.
@@ -39,6 +41,7 @@ class PackingSwap:
             # By identity: cells compare by what they hold (tensors, arrays).
             closure = getattr(forward, "__closure__", None) or ()
             cells += [c for c in closure if all(c is not k for k in cells)]
+        _add_helper_modules(namespaces)
         self.names = [
             (namespace, name)
             for namespace in namespaces
@@ -73,6 +76,23 @@ class PackingSwap:
             else:
                 where[name] = value
         self._saved = []
+
+
+def _add_helper_modules(namespaces: list[dict[str, Any]]) -> None:
+    """Add to ``namespaces`` the globals of every plain function they hold that was defined in
+    another module, and so on, leaving out torch's own (``namespaces[0]`` is torch's)."""
+    import types
+
+    pending = namespaces[1:]
+    while pending:
+        for value in list(pending.pop().values()):
+            if not isinstance(value, types.FunctionType):
+                continue
+            found = inspect.unwrap(value).__globals__
+            name = str(found.get("__name__", ""))
+            if name.split(".")[0] != "torch" and all(found is not n for n in namespaces):
+                namespaces.append(found)
+                pending.append(found)
 
 
 def _contents(cell: Any) -> Any:

@@ -828,6 +828,14 @@ def _explain_trace_failure(
     if cells:
         return cells
     causes = _causes(exc)
+    unswapped = _unswapped_packing(causes)
+    if unswapped:
+        return (
+            f"{type(model).__name__} gives a recurrent layer a PackedSequence{unswapped} made by "
+            "a pack_padded_sequence birnn-export could not swap for its traceable one (it "
+            "reaches the modules of the model's classes and of the functions they import): "
+            "call it from there, or call the layer as out, h = self.rnn(x, lengths)"
+        )
     if any("data-dependent" in str(c) for c in causes):
         return (
             f"{type(model).__name__}.forward makes a Python number of a tensor's value"
@@ -861,6 +869,30 @@ def _explain_trace_failure(
     if _packs_sequences(model):
         message += f"; {_PACKING_HINT}"
     return message
+
+
+def _unswapped_packing(causes: Sequence[BaseException]) -> str:
+    """`` at FILE:LINE (code)`` of the model's line that gave a converted layer a real
+    ``PackedSequence`` while tracing (packed by a ``pack_padded_sequence`` the swap did not
+    reach; the layer cannot trace one), or nothing."""
+    import traceback
+
+    ours = os.path.dirname(os.path.abspath(__file__))
+    for cause in causes:
+        frames = traceback.extract_tb(cause.__traceback__)
+        if not any(f.name == "_forward_packed_sequence" for f in frames):
+            continue
+        users = [
+            f
+            for f in frames
+            if not f.filename.startswith(ours)
+            and "/torch/" not in f.filename.replace(os.sep, "/")
+            and os.path.isfile(f.filename)
+        ]
+        if users:
+            line = users[-1]
+            return f" at {os.path.basename(line.filename)}:{line.lineno} ({(line.line or '')[:80]})"
+    return ""
 
 
 _PACKING_HINT = (

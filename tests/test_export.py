@@ -203,6 +203,90 @@ def _encoder_class() -> type[nn.Module]:
     return Encoder
 
 
+_HELPERS = """
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def run_packed(rnn, x, lengths):
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    return pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+"""
+
+_MODEL = """
+from torch import nn
+from seq_helpers import run_packed
+
+
+class HelperTagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x, lengths):
+        return self.head(run_packed(self.lstm, x, lengths))
+"""
+
+
+def test_packing_in_a_helper_imported_from_another_module_exports(tmp_path, monkeypatch):
+    """``from utils import run_packed`` (pack, layer, unpack in another file): the helper's
+    module is reached through its function, and its packing is swapped too."""
+    import importlib
+
+    (tmp_path / "seq_helpers.py").write_text(_HELPERS)
+    (tmp_path / "seq_model.py").write_text(_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("seq_helpers", "seq_model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    torch.manual_seed(0)
+    model = importlib.import_module("seq_model").HelperTagger().eval()
+    result = export_onnx(model, tmp_path / "helper.onnx")
+    assert result.verification.passed, result.verification.summary()
+    feed = make_feed(result.spec, 4, 13, seed=5)
+    with torch.no_grad():
+        want = model(torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"])).numpy()
+    np.testing.assert_allclose(run_ort(result.path, feed)["output"], want, atol=1e-5, rtol=1e-4)
+    helpers = importlib.import_module("seq_helpers")
+    assert helpers.pack_padded_sequence is pack_padded_sequence, "the helper's module is restored"
+
+
+_PACKER = """
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class Packer:  # a method of a plain object: not a model's module, nor a function it imports
+    def run(self, rnn, x, lengths):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(rnn(packed)[0], batch_first=True)[0]
+
+
+PACKER = Packer()
+"""
+
+
+def test_packing_the_swap_cannot_reach_is_named_with_its_line(tmp_path, monkeypatch):
+    import importlib
+
+    (tmp_path / "seq_packer.py").write_text(_PACKER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "seq_packer", raising=False)
+    packer = importlib.import_module("seq_packer").PACKER
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            return packer.run(self.lstm, x, lengths)
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Tagger().eval(), tmp_path / "m.onnx")
+    text = str(caught.value)
+    assert "gives a recurrent layer a PackedSequence at seq_packer.py:8" in text
+    assert "could not swap" in text and "Python number" not in text
+
+
 def test_packing_functions_imported_inside_functions_export(tmp_path):
     """Classes defined in functions that import pack_padded_sequence themselves reach it through
     closure cells, not globals: each cell is swapped (two cells holding the same function are
