@@ -227,3 +227,22 @@ def test_compare_outputs_routes_tags_to_the_exact_check() -> None:
     want = {"tags": np.array([[1, 2, -1], [0, -1, -1]])}
     checks = compare_outputs(spec, want, want, np.array([2, 1]), {"tags": NoiseCriterion()})
     assert [(c.role, c.check, c.passed) for c in checks] == [("tags", "values", True)]
+
+
+def test_a_reference_beyond_the_graphs_dtype_is_taken_as_that_dtype_holds_it() -> None:
+    """A model filling with torch.finfo(x.dtype).min writes float64's minimum in the float64
+    reference and float32's in the graph: the same value to the graph, not an error of 1.8e308
+    (nor a NaN relative L2, once squared)."""
+    from birnn_export.compare import QuantizedCriterion
+
+    expected = np.array([1.0, 2.0, np.finfo(np.float64).min, -np.inf])
+    actual = np.array([1.0, 2.0, np.finfo(np.float32).min, -np.inf], dtype=np.float32)
+    quantized = compare("out", "padding", actual, expected, criterion=QuantizedCriterion())
+    assert quantized.passed and quantized.rel_l2 == 0.0
+    noise = compare("out", "values", actual, expected, eager=actual)
+    assert noise.passed and noise.max_abs == 0.0
+    in_half = np.array([1.0, 2.0, np.finfo(np.float16).min, -np.inf], dtype=np.float16)
+    half = compare("out", "values", in_half, expected, eager=in_half, dtype="float16")
+    assert half.passed and half.max_abs == 0.0
+    wrong = compare("out", "values", np.array([1.0, 2.0, 0.0, -np.inf]), expected, eager=actual)
+    assert not wrong.passed  # a value the graph should hold at its minimum still counts
