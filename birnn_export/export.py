@@ -433,8 +433,8 @@ def _run_example(
     except ExportError:
         raise
     except Exception as exc:  # anything the user's model raises
-        shapes = ", ".join(
-            f"{d.name} {d.dtype} {list(t.shape)}"
+        shapes = ", ".join(  # as fed: float16 under --dtype float16
+            f"{d.name} {str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
             for d, t in zip(planned.decls, inputs, strict=True)
         )
         hint = (
@@ -450,14 +450,23 @@ def _run_example(
 
 def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
     """What to do when the model, cast to float16, writes a number float16 cannot hold
-    (``masked_fill(mask, -1e9)``, common before a softmax)."""
-    if "Half without overflow" not in str(exc):
-        return None
-    return (
-        "the model writes a number beyond float16's range (+-65504)"
-        f"{_user_line(model, _causes(exc))}, as masked_fill(mask, -1e9) does: write "
-        "torch.finfo(x.dtype).min there (or -1e4), or export in float32"
-    )
+    (``masked_fill(mask, -1e9)``, common before a softmax), or mixes float32 into its float16
+    run (``.float()``)."""
+    text = str(exc)
+    if "Half without overflow" in text:
+        return (
+            "the model writes a number beyond float16's range (+-65504)"
+            f"{_user_line(model, _causes(exc))}, as masked_fill(mask, -1e9) does: write "
+            "torch.finfo(x.dtype).min there (or -1e4), or export in float32"
+        )
+    if re.search(r"\b(Half and Float|Float and Half)\b|expected .*(Half|Float).* found", text):
+        return (
+            "the model, run in float16, mixes float32 into it"
+            f"{_user_line(model, _causes(exc))}: a .float() or a tensor made float32 in forward "
+            "(torch.ones(...), a mask's .float()); write .to(x.dtype) (or .type_as(x)) there, "
+            "or export in float32"
+        )
+    return None
 
 
 def _container_hint(exc: Exception, model: nn.Module) -> str | None:

@@ -748,6 +748,29 @@ def test_a_number_float16_cannot_hold_is_named_with_its_line(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+class _FloatMean(nn.Module):
+    """A mean over time divided by ``lengths.float()``: float32 inside a float16 run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(10, 2)
+
+    def forward(self, x, lengths):
+        mean = self.gru(x)[0].sum(1) / lengths[:, None].float()
+        return self.head(mean)
+
+
+def test_float32_mixed_into_a_float16_run_is_named_with_its_line(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_FloatMean().eval(), tmp_path / "m.onnx", dtype="float16")
+    text = str(caught.value)
+    assert "x float16 [" in text  # the inputs as fed, not as declared for float32
+    assert "mixes float32 into it at test_export.py:" in text and "self.head(mean)" in text
+    assert ".to(x.dtype)" in text and "declare its inputs" not in text
+
+
 def test_lengths_out_of_range_are_clamped_before_the_cut_to_the_longest_row(tmp_path):
     torch.manual_seed(0)
     model = _TwoCuts().eval()
