@@ -267,6 +267,7 @@ def trace_graph(
     proto, cut = _trace(traced, trace_inputs, planned, outs, opset, emitted)
     if cut:  # the model cut a padded output to its longest row
         _name_longest_dims(proto, planned, [tuple(t.shape) for t in eager_out])
+    _outputs_in_eager_dtypes(proto, eager_out)
     tags = expand_viterbi(proto)
     clean_nodes(proto)
     scan_lstmp_nodes(proto)  # LSTMs with proj_size: no ONNX op, a loop in every layout
@@ -690,6 +691,28 @@ def _traceable_packing(model: nn.Module) -> Iterator[list[bool]]:
     swaps = {rnn_utils.pack_padded_sequence: _pack_for_tracing, rnn_utils.pad_packed_sequence: pad}
     with PackingSwap(model, swaps), torch.no_grad():
         yield cuts
+
+
+def _outputs_in_eager_dtypes(proto: Any, eager_out: Sequence[Tensor]) -> None:
+    """Cast a float output back to the dtype the model returns it in: the exporter computes a
+    float16 reduction (``x.sum(-1)``) in float32 and, where its result is a graph output, may
+    leave out the cast back, so a float16 graph would return float32 there."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    wanted = {torch.float16: TensorProto.FLOAT16, torch.float32: TensorProto.FLOAT}
+    for output, tensor in zip(graph.output, eager_out, strict=False):
+        elem = wanted.get(tensor.dtype)
+        has = output.type.tensor_type.elem_type
+        if elem is None or has == elem or has not in wanted.values():
+            continue
+        inner = f"{output.name}/as_computed"
+        for node in graph.node:
+            node.output[:] = [inner if o == output.name else o for o in node.output]
+        graph.node.append(
+            helper.make_node("Cast", [inner], [output.name], name=f"{output.name}/Cast", to=elem)
+        )
+        output.type.tensor_type.elem_type = elem
 
 
 def _name_longest_dims(

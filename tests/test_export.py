@@ -853,6 +853,26 @@ def test_float16_graph(tmp_path):
     assert result.max_error > 0  # fp16 really differs from the float64 reference
 
 
+def test_a_float16_models_reduced_output_stays_float16(tmp_path):
+    """The exporter computes a float16 sum in float32 and, for a graph output, left out the
+    cast back: the graph returned float32 where the model returns float16."""
+
+    class Summed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            return self.gru(x)[0].sum(-1)
+
+    torch.manual_seed(0)
+    result = export_onnx(Summed().eval(), tmp_path / "s.onnx", dtype="float16")
+    assert result.verification.passed, result.verification.summary()
+    assert [o.dtype for o in result.spec.outputs] == ["float16"]
+    feed = make_feed(result.spec, 2, 6, seed=0)
+    assert run_ort(result.path, feed)["output"].dtype == np.float16
+
+
 def test_failed_verification_writes_nothing_and_keeps_the_previous_file(tmp_path):
     torch.manual_seed(0)
     model, other = BiRNN(3, 4).eval(), BiRNN(3, 4).eval()  # other: different weights
