@@ -232,17 +232,17 @@ def _diagnose(
 
 
 def _others(spec: GraphSpec, case: Case) -> str:
-    """The case's other named dims, where not at their opt (``chars=1``), for its label."""
-    if case.others == 1:
-        return ""
-    sizes = spec.sizes(case.batch, case.seq, which=case.others)
-    return " ".join(f"{name}={sizes[name]}" for name in spec.dim_ranges)
+    """The case's other named dims, where given or not at their opt (``chars=1``), for its
+    label."""
+    sizes, given = case.sizes(spec), dict(case.dims)
+    shown = [name for name in spec.dim_ranges if case.others != 1 or name in given]
+    return " ".join(f"{name}={sizes[name]}" for name in shown)
 
 
 def _shape_checks(spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray]) -> list[Check]:
     """Output dims derived from the input dims (``(width//4)``) against the relation recorded in
     the spec, at this case's sizes: only the ones that disagree."""
-    sizes = spec.sizes(case.batch, case.seq, which=case.others)
+    sizes = case.sizes(spec)
     checks = []
     for tensor in spec.outputs:
         value = actual.get(tensor.name)

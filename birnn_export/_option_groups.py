@@ -257,15 +257,6 @@ timing_options = option_group(
             help="ONNX Runtime's idle threads spin (on: its default, as a serving process runs "
             "it) or sleep (off). Engines are timed each in its own block either way.",
         ),
-        click.option(
-            "--dim",
-            "dims",
-            multiple=True,
-            callback=parsed(options_.parse_dims),
-            metavar="DIM=SIZE",
-            help="Size of another named dim of the graph, repeatable: a sentence pair's second "
-            "sequence (hypothesis_seq=32), a character dim. Default: its declared opt.",
-        ),
     ],
 )
 
@@ -286,6 +277,15 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
         ),
         sizes_option("--batch-sizes", "--batch", "B,B,...", "Batch sizes, comma-separated."),
         sizes_option("--seq-lens", "--seq", "T,T,...", "Lengths of the time dim, comma-separated."),
+        click.option(
+            "--dim",
+            "dims",
+            multiple=True,
+            callback=parsed(options_.parse_dims),
+            metavar="DIM=SIZE",
+            help="Size of another named dim of the graph, repeatable: a sentence pair's second "
+            "sequence (hypothesis_seq=32), a character dim. Default: its declared opt.",
+        ),
         tolerance_option(
             "--atol",
             "Judge by fixed tolerances instead of the model's own float32 noise: absolute "

@@ -91,7 +91,7 @@ class References:
             try:
                 out[key] = side.runner.infer(feed)
             except Exception as exc:  # the user's model: any failure means it does not fit
-                sizes = self.spec.sizes(case.batch, case.seq, which=case.others)
+                sizes = case.sizes(self.spec)
                 shape = ", ".join(f"{name} {size}" for name, size in sizes.items())
                 raise BiRNNExportError(
                     f"the reference model failed on the graph's inputs ({shape}): "

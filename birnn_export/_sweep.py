@@ -3,6 +3,7 @@ each case (:func:`case_feed`, :func:`row_feed`) and the memory budget that bound
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,12 @@ class Case:
     seed: int
     #: Which of their declared (min, opt, max) the graph's other named dims take (0, 1 or 2).
     others: int = 1
+    #: Sizes given for other named dims (``--dim``), which they take instead.
+    dims: tuple[tuple[str, int], ...] = ()
+
+    def sizes(self, spec: GraphSpec) -> dict[str, int]:
+        """Every named input dim's size in this case."""
+        return spec.sizes(self.batch, self.seq, which=self.others, dims=dict(self.dims))
 
 
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
@@ -59,8 +66,9 @@ def plan_cases(
     seq_lens: Sequence[int] | None = None,
     seed: int = 0,
     large_scale: float | None = LARGE_SCALE,
+    dims: Mapping[str, int] | None = None,
 ) -> list[Case]:
-    """The sweep.
+    """The sweep (other named dims at the sizes ``dims`` gives, where it gives them).
 
     Given ``batch_sizes`` or ``seq_lens``: every batch size x length, each with ragged and
     equal lengths (when the graph takes lengths) and a large-magnitude ragged case (when it
@@ -70,12 +78,26 @@ def plan_cases(
     and equal lengths and the large scale each appear at several shapes, and the longest length
     runs at batch 3 (its rows alone at batch 1).
     """
+    given = tuple(sorted(spec.check_dims(dims or {}).items()))
+    cases = _planned_cases(spec, batch_sizes, seq_lens, seed, large_scale, given)
+    return [dataclasses.replace(c, dims=given) for c in cases] if given else cases
+
+
+def _planned_cases(
+    spec: GraphSpec,
+    batch_sizes: Sequence[int] | None,
+    seq_lens: Sequence[int] | None,
+    seed: int,
+    large_scale: float | None,
+    given: tuple[tuple[str, int], ...],
+) -> list[Case]:
     ragged = spec.length_source is not None or spec.token_padding is not None
     modes = ("ragged", "equal") if ragged else ("full",)
     floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     large = float(large_scale) if floats and large_scale else None
     if batch_sizes is None and seq_lens is None:
-        return _default_cases(spec, modes, large, seed)
+        varied = set(spec.dim_ranges) - {name for name, _ in given}
+        return _default_cases(spec, modes, large, seed, others=bool(varied))
     batches = _check_sizes(
         "batch_sizes", DEFAULT_BATCH_SIZES if batch_sizes is None else batch_sizes
     )
@@ -98,7 +120,7 @@ def plan_cases(
 
 
 def _default_cases(
-    spec: GraphSpec, modes: Sequence[str], large: float | None, seed: int
+    spec: GraphSpec, modes: Sequence[str], large: float | None, seed: int, others: bool
 ) -> list[Case]:
     t0, longest = spec.example_seq, spec.seq_range[2]
     ragged, equal = modes[0], modes[-1]
@@ -117,7 +139,7 @@ def _default_cases(
         shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
     unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
     cases = [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
-    if spec.dim_ranges:  # the other named dims at their declared min and max too
+    if others:  # the other named dims (not given) at their declared min and max too
         cases += [
             Case(3, within(spec, t0), ragged, 1.0, seed + len(cases) + i, others=which)
             for i, which in enumerate((0, 2))
@@ -144,6 +166,7 @@ def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:
         lengths=case.lengths_mode,
         scale=case.scale,
         which=case.others,
+        dims=dict(case.dims),
     )
 
 
@@ -174,7 +197,9 @@ def fit_budget(
     memory budget."""
     kept, notes = [], []
     for case in cases:
-        need = largest_tensor_bytes(proto, spec, case.batch, case.seq, which=case.others)
+        need = largest_tensor_bytes(
+            proto, spec, case.batch, case.seq, which=case.others, dims=dict(case.dims)
+        )
         if need <= budget:
             kept.append(case)
             continue

@@ -259,6 +259,7 @@ def verify(
     load_inputs: str | os.PathLike[str] | None = None,
     load_outputs: str | os.PathLike[str] | None = None,
     isolate: bool = True,
+    dims: Mapping[str, int] | None = None,
 ) -> VerifyReport:
     """Compare engines running ``onnx_path`` with the model across a sweep of shapes.
 
@@ -299,6 +300,9 @@ def verify(
         isolate: Run every engine but ``torch`` in a child process, so that an engine crash
             (a segfault inside ONNX Runtime or TensorRT) fails its case instead of ending this
             process. ``False`` runs them here (a faster start; for tests that patch runners).
+        dims: Sizes of other named dims (``{"hypothesis_seq": 7}``: a sentence pair's second
+            sequence), each within its declared range, in every case; by default they take
+            their declared opt, and their min and max in two more cases.
 
     Returns:
         A :class:`VerifyReport`; call :meth:`VerifyReport.raise_for_failure` to turn a mismatch
@@ -335,7 +339,12 @@ def verify(
         feeds = dict(zip(range(len(cases)), (f for _, f in loaded_cases), strict=True))
     else:
         cases = plan_cases(
-            spec, batch_sizes=batch_sizes, seq_lens=seq_lens, seed=seed, large_scale=large_scale
+            spec,
+            batch_sizes=batch_sizes,
+            seq_lens=seq_lens,
+            seed=seed,
+            large_scale=large_scale,
+            dims=dims,
         )
         explicit = batch_sizes is not None or seq_lens is not None
         cases, skipped = fit_budget(cases, proto, spec, memory_budget, explicit)

@@ -81,3 +81,27 @@ def test_other_named_dims_are_swept_at_their_declared_min_and_max() -> None:
     assert widths == [2, 12, 30]
     plain = dataclasses.replace(spec, dim_ranges={})
     assert all(c.others == 1 for c in plan_cases(plain))
+
+
+def test_other_dims_given_are_fed_in_every_case(tmp_path: Path) -> None:
+    """A sentence pair's second time dim at the size given (verify/bench --dim): every case
+    feeds it, and the default sweep's min/max cases of the other dims are not run (none left
+    to vary); sizes outside the declared range, and unknown dims, are refused."""
+    import torch
+
+    from birnn_export.pipeline import export_onnx
+    from tests.realistic_models import SiamesePair
+
+    torch.manual_seed(0)
+    path = export_onnx(SiamesePair().eval(), tmp_path / "pair.onnx", verify=False).path
+    spec = GraphSpec.from_onnx(path)
+    assert len(plan_cases(spec)) - len(plan_cases(spec, dims={"q2_seq": 5})) == 2
+    for case in plan_cases(spec, dims={"q2_seq": 5}) + plan_cases(
+        spec, batch_sizes=(2,), seq_lens=(3, 9), dims={"q2_seq": 5}
+    ):
+        assert case.dims == (("q2_seq", 5),) and case.sizes(spec)["q2_seq"] == 5
+        feed = case_feed(spec, case)
+        assert feed["q2"].shape == (case.batch, 5) and feed["q2_lens"].max() <= 5
+    for bad, message in (({"q2_seq": 0}, "outside its declared range"), ({"q3": 2}, "not one")):
+        with pytest.raises(BiRNNExportError, match=message):
+            plan_cases(spec, dims=bad)
