@@ -466,7 +466,7 @@ def takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
     if lengths is not None:
         return lengths
     params = _forward_params(model)
-    return len(params) >= 2 and _param_role(params[1].name) == "lengths"
+    return len(params) >= 2 and param_role(params[1].name) == "lengths"
 
 
 def first_leaf(model: nn.Module) -> nn.Module | None:
@@ -564,7 +564,7 @@ def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
     (``premise, premise_lengths, hypothesis, hypothesis_lengths``) or the sequences first
     (``a, b, a_len, b_len``). Empty for any other ``forward``."""
     required = [p.name for p in _forward_params(model) if p.default is p.empty]
-    roles = [_param_role(name) for name in required]
+    roles = [param_role(name) for name in required]
     sequences = [n for n, r in zip(required, roles, strict=True) if r is None]
     marks = [n for n, r in zip(required, roles, strict=True) if r is not None]
     if len(sequences) < 2 or len(sequences) != len(marks) or len(set(roles) - {None}) != 1:
@@ -586,7 +586,7 @@ def _pair_inputs(
     ``forward_order``: each sequence as the first is inferred (``first``), with a time dim of
     its own (``seq`` for the first, ``hypothesis_seq`` for the others) that its lengths
     measure."""
-    kind = _param_role(pairs[0][1]) or "lengths"
+    kind = param_role(pairs[0][1]) or "lengths"
     mask_dtype = (_mask_name(pairs[0][1]) or ("mask", "bool"))[1]
     by_name: dict[str, tuple[InputDecl, str]] = {}
     for index, (sequence, mark) in enumerate(pairs):
@@ -612,7 +612,7 @@ def _pair_inputs(
 _PAIR_MARK = re.compile(r"(_[ab12]|[12])$")
 
 
-def _param_role(name: str) -> str | None:
+def param_role(name: str) -> str | None:
     """``"lengths"`` or a mask role for a parameter so named (``lengths``, ``premise_lens``,
     ``sent1_len``; ``attention_mask``, ``premise_mask``, ``attention_mask_b``), else ``None``."""
     for candidate in dict.fromkeys([name, _PAIR_MARK.sub("", name)]):

@@ -34,6 +34,7 @@ from birnn_export._graph import build_spec, named_layers, raise_for_problems, se
 from birnn_export._inputs import (
     PlannedInputs,
     mask_dim,
+    param_role,
     plan_inputs,
     watch_embeddings,
     with_token_ranges,
@@ -585,6 +586,13 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "") -> str:
                 f"; the mask {decl.name!r} was made {decl.dtype}, {sense}: if the model takes it "
                 f"the other way round declare --input '{decl.name}:{decl.dtype}[{dims}]:{other}' "
                 "(another dtype likewise)"
+            )
+    for decl, role in zip(planned.decls, planned.roles, strict=True):
+        if role == "tokens" and decl.dims == (planned.batch_dim,) and param_role(decl.name):
+            hint += (
+                f"; {decl.name!r} is named as lengths but declared without ':lengths(DIM)', so "
+                f"it was fed token ids: declare --input '{decl}:lengths(TIME)' with the time dim "
+                "it measures"
             )
     ragged = any(r == "lengths" or r in MASK_ROLES for r in planned.roles)
     low, opt, high = planned.ranges[planned.time_dim]

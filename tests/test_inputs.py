@@ -323,6 +323,21 @@ def test_two_lengths_of_one_time_dim_are_refused_with_what_to_do_instead(tmp_pat
         export_onnx(BiRNN(4, 4), tmp_path / "two.onnx", inputs=masks)
 
 
+def test_a_lengths_input_declared_without_what_it_measures_is_told(tmp_path) -> None:
+    from tests.realistic_models import SiamesePair
+
+    inputs = [
+        "q1:int64[batch,a]",
+        "q1_lens:int64[batch]:lengths(a)",
+        "q2:int64[batch,b]",
+        "q2_lens:int64[batch]",  # ':lengths(b)' left off: fed as token ids
+    ]
+    with pytest.raises(ExportError, match=r"'q2_lens' is named as lengths but declared without"):
+        export_onnx(SiamesePair().eval(), tmp_path / "p.onnx", inputs=inputs)
+    inputs[-1] += ":lengths(b)"
+    assert export_onnx(SiamesePair().eval(), tmp_path / "p.onnx", inputs=inputs).verification.passed
+
+
 class MaskedPair(nn.Module):
     """A pair of feature sequences, each with a bool mask (1 at valid steps), mean-pooled."""
 
