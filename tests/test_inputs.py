@@ -377,6 +377,18 @@ def test_a_pair_of_masked_sequences_is_inferred_and_ragged_in_both(tmp_path) -> 
     assert not np.array_equal(rows, feed["left_mask"].sum(1))
 
 
+#: plan_inputs's other arguments, as the export passes them by default (inferred inputs).
+PLANNING = {
+    "lengths": None,
+    "input_size": None,
+    "input_names": None,
+    "ranges": None,
+    "batch_range": (1, 8, 32),
+    "seq_range": (1, 64, 256),
+    "taken": set(),
+}
+
+
 def _signature(*names: str) -> nn.Module:
     """A token model whose forward takes ``names``."""
     import inspect
@@ -434,17 +446,7 @@ def _signature(*names: str) -> nn.Module:
 def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> None:
     from birnn_export._inputs import plan_inputs
 
-    common = dict(
-        example_inputs=None,
-        lengths=None,
-        input_size=None,
-        input_names=None,
-        ranges=None,
-        batch_range=(1, 8, 32),
-        seq_range=(1, 64, 256),
-        taken=set(),
-    )
-    planned = plan_inputs(_signature(*names), inputs=None, **common)
+    planned = plan_inputs(_signature(*names), inputs=None, example_inputs=None, **PLANNING)
     assert [d.name for d in planned.decls] == list(names)
     if declared is not None:
         assert [str(d) for d in planned.decls] == declared
@@ -465,18 +467,8 @@ def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> Non
 def test_other_signatures_are_not_read_as_pairs(names) -> None:
     from birnn_export._inputs import plan_inputs
 
-    common = dict(
-        example_inputs=None,
-        lengths=None,
-        input_size=None,
-        input_names=None,
-        ranges=None,
-        batch_range=(1, 8, 32),
-        seq_range=(1, 64, 256),
-        taken=set(),
-    )
     with pytest.raises(ExportError, match="declare each, in forward's order"):
-        plan_inputs(_signature(*names), inputs=None, **common)
+        plan_inputs(_signature(*names), inputs=None, example_inputs=None, **PLANNING)
 
 
 class NumericMaskTagger(nn.Module):
@@ -695,16 +687,7 @@ def test_example_masks_are_told_by_name_or_by_their_values(tmp_path) -> None:
 
     lengths = torch.tensor([5, 2, 4])
     valid = torch.arange(5)[None, :] < lengths[:, None]
-    common = {
-        "inputs": None,
-        "lengths": None,
-        "input_size": None,
-        "input_names": None,
-        "ranges": None,
-        "batch_range": (1, 8, 32),
-        "seq_range": (1, 64, 256),
-        "taken": set(),
-    }
+    common = {"inputs": None, **PLANNING}
     ids = torch.randint(1, 50, (3, 5))
     by_name = plan_inputs(MaskTagger(), example_inputs=(ids, valid.long()), **common)
     assert by_name.roles == ("tokens", "mask")
