@@ -10,6 +10,7 @@ timings) swap in :func:`any_order_packing`'s, so that a model packing with torch
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -79,20 +80,43 @@ class PackingSwap:
 
 
 def _add_helper_modules(namespaces: list[dict[str, Any]]) -> None:
-    """Add to ``namespaces`` the globals of every plain function they hold that was defined in
-    another module, and so on, leaving out torch's own (``namespaces[0]`` is torch's)."""
+    """Add to ``namespaces`` the globals of the user's modules they reach: of each Python
+    function they hold that was defined in another module (``from utils import run_packed``)
+    and of each module they hold (``import utils``), and so on. Modules of the standard library
+    and installed packages are left out (``namespaces[0]`` is torch's), but for those of a
+    package the model's own modules belong to."""
+    import sysconfig
     import types
+
+    paths = sysconfig.get_paths()
+    libraries = tuple(os.path.realpath(paths[k]) for k in ("stdlib", "purelib", "platlib"))
+    own = {_package(n) for n in namespaces[1:]}
+
+    def user_code(namespace: dict[str, Any]) -> bool:
+        where = os.path.realpath(str(namespace.get("__file__") or ""))
+        return _package(namespace) in own or not where.startswith(libraries)
 
     pending = namespaces[1:]
     while pending:
         for value in list(pending.pop().values()):
-            if not isinstance(value, types.FunctionType):
+            if isinstance(value, types.ModuleType):
+                found = getattr(value, "__dict__", None)
+            elif isinstance(value, types.FunctionType):
+                found = getattr(inspect.unwrap(value), "__globals__", None)
+            else:
                 continue
-            found = inspect.unwrap(value).__globals__
-            name = str(found.get("__name__", ""))
-            if name.split(".")[0] != "torch" and all(found is not n for n in namespaces):
+            if (
+                isinstance(found, dict)
+                and found.get("__file__")
+                and all(found is not n for n in namespaces)
+                and user_code(found)
+            ):
                 namespaces.append(found)
                 pending.append(found)
+
+
+def _package(namespace: dict[str, Any]) -> str:
+    return str(namespace.get("__name__", "")).split(".")[0]
 
 
 def _contents(cell: Any) -> Any:

@@ -286,7 +286,7 @@ def compare(
         note: Shown with a failure.
     """
     a = np.asarray(actual, dtype=np.float64)
-    e = _as_dtype_holds(np.asarray(expected, dtype=np.float64), dtype)
+    e = _as_dtype_holds(np.asarray(expected, dtype=np.float64), np.asarray(actual).dtype)
     if a.shape != e.shape:
         raise ValueError(f"{name}: shapes {a.shape} and {e.shape} differ")
     full = np.ones(e.shape, bool) if mask is None else np.broadcast_to(mask, e.shape)
@@ -350,11 +350,12 @@ def compare(
     return Check(name, role, check, passed=passed, note=note, **stats, **extra)
 
 
-def _as_dtype_holds(values: np.ndarray, dtype: str) -> np.ndarray:
-    """The float64 reference as the graph's dtype holds it: finite values beyond that dtype's
-    range at its largest. A model that fills with ``torch.finfo(x.dtype).min`` writes float64's
-    minimum in the float64 reference and float32's in the graph: the same value to the graph."""
-    if dtype not in ("float32", "float16"):
+def _as_dtype_holds(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """The float64 reference as the engine's output ``dtype`` (float32 or float16) holds it:
+    finite values beyond that dtype's range at its largest. A model that fills with
+    ``torch.finfo(x.dtype).min`` writes float64's minimum in the float64 reference and
+    float32's in a float32 output: the same value to that output."""
+    if np.dtype(dtype) not in (np.float32, np.float16):
         return values
     limit = float(np.finfo(dtype).max)
     finite = np.isfinite(values)

@@ -244,5 +244,10 @@ def test_a_reference_beyond_the_graphs_dtype_is_taken_as_that_dtype_holds_it() -
     in_half = np.array([1.0, 2.0, np.finfo(np.float16).min, -np.inf], dtype=np.float16)
     half = compare("out", "values", in_half, expected, eager=in_half, dtype="float16")
     assert half.passed and half.max_abs == 0.0
-    wrong = compare("out", "values", np.array([1.0, 2.0, 0.0, -np.inf]), expected, eager=actual)
+    wrong = compare("out", "values", np.float32([1.0, 2.0, 0.0, -np.inf]), expected, eager=actual)
     assert not wrong.passed  # a value the graph should hold at its minimum still counts
+    # a float32 output of a float16 graph holds -1e9: it is not clipped to float16's range
+    fill = np.array([-1e9])
+    tampered = compare("out", "padding", np.float32([-7.0]), fill, eager=np.float32(fill),
+                       dtype="float16")  # fmt: skip
+    assert not tampered.passed

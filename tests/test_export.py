@@ -213,8 +213,14 @@ def run_packed(rnn, x, lengths):
 """
 
 _MODEL = """
+import functools
 from torch import nn
-from seq_helpers import run_packed
+{imports}
+
+
+@functools.wraps(len)  # a wrapped builtin beside: it has no module globals to reach
+def size(x):
+    return len(x)
 
 
 class HelperTagger(nn.Module):
@@ -224,17 +230,26 @@ class HelperTagger(nn.Module):
         self.head = nn.Linear(12, 3)
 
     def forward(self, x, lengths):
-        return self.head(run_packed(self.lstm, x, lengths))
+        return self.head({call}(self.lstm, x, lengths))
 """
 
 
-def test_packing_in_a_helper_imported_from_another_module_exports(tmp_path, monkeypatch):
-    """``from utils import run_packed`` (pack, layer, unpack in another file): the helper's
-    module is reached through its function, and its packing is swapped too."""
+@pytest.mark.parametrize(
+    ("imports", "call"),
+    [
+        ("from seq_helpers import run_packed", "run_packed"),
+        ("import seq_helpers", "seq_helpers.run_packed"),
+    ],
+)
+def test_packing_in_a_helper_imported_from_another_module_exports(
+    tmp_path, monkeypatch, imports, call
+):
+    """``from utils import run_packed`` or ``import utils`` (pack, layer, unpack in another
+    file): the helper's module is reached, and its packing is swapped too."""
     import importlib
 
     (tmp_path / "seq_helpers.py").write_text(_HELPERS)
-    (tmp_path / "seq_model.py").write_text(_MODEL)
+    (tmp_path / "seq_model.py").write_text(_MODEL.format(imports=imports, call=call))
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("seq_helpers", "seq_model"):
         monkeypatch.delitem(sys.modules, name, raising=False)
