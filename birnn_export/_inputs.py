@@ -264,16 +264,21 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
                 f"inputs: the lengths input measures {dim!r}, which no other input has as a "
                 "dim; name the time dim it measures, e.g. ':lengths(time)'"
             )
-    if measured:  # the first sequence's: the time dim the sweep varies
-        return BATCH, measured[0]
-    for decl in sorted(decls, key=lambda d: d.mask is None):  # a mask's time dim first
-        for dim in decl.dims:
-            if isinstance(dim, str) and dim != BATCH:
-                return BATCH, dim
-    raise BiRNNExportError(
-        "inputs: no dim besides 'batch' is dynamic; name the time dim, e.g. "
-        "'x:float32[batch,seq,40]'"
-    )
+    ragged = [*measured, *(mask_dim(d) for d in decls if d.mask is not None)]
+    named = [dim for d in decls for dim in d.dims if isinstance(dim, str) and dim != BATCH]
+    if not named:
+        raise BiRNNExportError(
+            "inputs: no dim besides 'batch' is dynamic; name the time dim, e.g. "
+            "'x:float32[batch,seq,40]'"
+        )
+    # the time dim the sweep varies: with lengths or masks, the first sequence's (in the
+    # inputs' order) that has them; else the first named dim after 'batch'
+    time = next((dim for dim in named if dim in ragged), named[0]) if ragged else named[0]
+    if SEQ in named and time != SEQ:  # files of older versions find the time axis by that name
+        raise BiRNNExportError(
+            f"inputs: a dim named {SEQ!r} that is not the time dim ({time!r}); name it otherwise"
+        )
+    return BATCH, time
 
 
 def _ranges(
@@ -569,9 +574,17 @@ def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
     marks = [n for n, r in zip(required, roles, strict=True) if r is not None]
     if len(sequences) < 2 or len(sequences) != len(marks) or len(set(roles) - {None}) != 1:
         return []
+    by_name = {mark: _stem(mark) for mark in marks}
+    if sorted(by_name.values()) == sorted(sequences):  # a_len after b_len: paired by name
+        return [(seq, next(m for m in marks if by_name[m] == seq)) for seq in sequences]
     in_turn = roles[::2] == [None] * len(sequences)
     first = roles[: len(sequences)] == [None] * len(sequences)
     return list(zip(sequences, marks, strict=True)) if in_turn or first else []
+
+
+def _stem(name: str) -> str:
+    """The sequence a lengths or mask parameter names (``premise_lengths`` -> ``premise``)."""
+    return re.sub(r"_(lengths|lens|len|length|padding_mask|pad_mask|mask)$", "", name)
 
 
 def _pair_inputs(
@@ -620,19 +633,18 @@ def param_role(name: str) -> str | None:
             return "lengths"
         if candidate.endswith(("_len", "_length")) and not candidate.startswith(("max_", "min_")):
             return "lengths"
-        if _mask_name(candidate):
-            return _mask_name(candidate)[0]  # type: ignore[index]
-    return None
+    mask = _mask_name(name)
+    return mask[0] if mask else None
 
 
 def _mask_name(name: str) -> tuple[str, str] | None:
     """(role, dtype) of a mask parameter so named: :data:`MASK_NAMES` (also with a pair's
-    ``_a`` / ``_b`` ending), else a name ending in ``_padding_mask`` (a bool padding mask) or
-    ``_mask`` (a bool mask)."""
+    ``_a`` / ``_b`` ending), else a name ending in ``_padding_mask`` or ``_pad_mask`` (a bool
+    padding mask) or ``_mask`` (a bool mask)."""
     for candidate in dict.fromkeys([name, _PAIR_MARK.sub("", name)]):
         if candidate in MASK_NAMES:
             return MASK_NAMES[candidate]
-        if candidate.endswith("_padding_mask"):
+        if candidate.endswith(("_padding_mask", "_pad_mask")):
             return "padding_mask", "bool"
         if candidate.endswith("_mask"):
             return "mask", "bool"

@@ -338,6 +338,24 @@ def test_a_lengths_input_declared_without_what_it_measures_is_told(tmp_path) -> 
     assert export_onnx(SiamesePair().eval(), tmp_path / "p.onnx", inputs=inputs).verification.passed
 
 
+def test_the_first_sequence_declared_gives_the_time_dim() -> None:
+    """The sweep varies the first sequence's time dim, whether it has a mask or lengths; a dim
+    named 'seq' must be that one (files of older versions find the time axis by the name)."""
+    from birnn_export._inputs import plan_inputs
+
+    declared = [
+        "a:int64[batch,a_len]",
+        "a_mask:bool[batch,a_len]:mask",
+        "b:int64[batch,b_len]",
+        "b_lens:int64[batch]:lengths(b_len)",
+    ]
+    model = _signature("a", "a_mask", "b", "b_lens")
+    assert plan_inputs(model, inputs=declared, example_inputs=None, **PLANNING).time_dim == "a_len"
+    declared = [d.replace("b_len", "seq") for d in declared]
+    with pytest.raises(ExportError, match="a dim named 'seq' that is not the time dim"):
+        plan_inputs(model, inputs=declared, example_inputs=None, **PLANNING)
+
+
 class MaskedPair(nn.Module):
     """A pair of feature sequences, each with a bool mask (1 at valid steps), mean-pooled."""
 
@@ -440,6 +458,24 @@ def _signature(*names: str) -> nn.Module:
                 "o_len:int64[batch]:lengths(o_seq)",
             ],
         ),
+        (  # lengths in another order than their sequences: paired by name
+            ("a", "b", "b_len", "a_len"),
+            [
+                "a:int64[batch,seq]",
+                "b:int64[batch,b_seq]",
+                "b_len:int64[batch]:lengths(b_seq)",
+                "a_len:int64[batch]:lengths(seq)",
+            ],
+        ),
+        (  # padding masks (True past each row's end) by their _pad_mask ending
+            ("a", "a_pad_mask", "b", "b_pad_mask"),
+            [
+                "a:int64[batch,seq]",
+                "a_pad_mask:bool[batch,seq]:padding_mask",
+                "b:int64[batch,b_seq]",
+                "b_pad_mask:bool[batch,b_seq]:padding_mask",
+            ],
+        ),
         (("sent1", "sent1_length", "sent2", "sent2_length"), None),  # checked below
     ],
 )
@@ -461,7 +497,7 @@ def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> Non
         ("q1", "q2"),  # no lengths: a second sequence or an id? Not guessed
         ("x", "max_len"),  # a number, not lengths
         ("a", "a_lens", "b", "b_mask"),  # lengths for one, a mask for the other
-        ("a", "a_lens", "b_lens", "b"),  # neither in turn nor the sequences first
+        ("a", "x_lens", "y_lens", "b"),  # not in turn, nor sequences first, nor named alike
     ],
 )
 def test_other_signatures_are_not_read_as_pairs(names) -> None:
