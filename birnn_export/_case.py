@@ -10,6 +10,7 @@ batch (:func:`batch_invariance_checks`), and on a mismatch says which layer and 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,6 +232,14 @@ def _diagnose(
     return "\n".join(texts) or None
 
 
+def _data_dependent(dim: int | str | None) -> bool:
+    """A dim the model computes from the lengths at run time: ``longest(seq)``, or one the
+    exporter left unnamed (``u0``)."""
+    return isinstance(dim, str) and (
+        dim.startswith("longest(") or re.fullmatch(r"u\d+", dim) is not None
+    )
+
+
 def _others(spec: GraphSpec, case: Case) -> str:
     """The case's other named dims, where given or not at their opt (``chars=1``), for its
     label."""
@@ -293,10 +302,19 @@ def batch_invariance_checks(
         singles.append((row, length, single, runner.infer(single)))
 
     def extent(row: int, tensor: TensorSpec) -> tuple[int, ...]:
-        # A row alone is as long as its output along each axis: along time, its length (a
-        # strided front end shortens it further); along a second sequence's dim cut to the
-        # longest row (pad_packed_sequence), that row's own. The batched row is cut to that.
-        return tuple(np.shape(singles[row][3][tensor.name]))
+        # The batched row's part to compare with the row alone: one row; along time, as many
+        # steps as the row alone has (its length; a strided front end shortens it further);
+        # along a dim cut to the longest row (pad_packed_sequence: a second sequence's), the
+        # row alone's; along any other axis, all of it.
+        alone, full = np.shape(singles[row][3][tensor.name]), np.shape(batched[tensor.name])
+        if len(alone) != len(full):
+            return tuple(alone)  # refused by alone()
+        sizes = []
+        for axis, size in enumerate(full):
+            dim = tensor.dims[axis] if axis < len(tensor.dims) else None
+            own = axis == tensor.time_axis or _data_dependent(dim)
+            sizes.append(1 if axis == tensor.batch_axis else alone[axis] if own else size)
+        return tuple(sizes)
 
     def rows_of(source: Mapping[str, np.ndarray], tensor: TensorSpec) -> np.ndarray:
         parts = []

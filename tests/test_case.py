@@ -48,3 +48,29 @@ def test_batch_invariance_catches_batch_dependent_rows(split_lstm_graph: Path) -
             good, spec, feed, good.infer(feed), feed["lengths"], case, tol
         )
     assert all(r.passed for r in results)
+
+
+def test_rows_alone_must_have_the_batched_rows_extent(split_lstm_graph: Path) -> None:
+    """A row alone is cut only along time (and a dim cut to the longest row): an engine whose
+    rows alone come back short on another axis is an error, not a pass on fewer elements."""
+    spec = GraphSpec.from_onnx(split_lstm_graph)
+
+    class Truncating(BaseRunner):
+        engine = "ort-cpu"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = OrtRunner(str(split_lstm_graph))
+
+        def activate_impl(self) -> None:
+            self.inner.activate()
+
+        def infer_impl(self, feed):
+            out = self.inner.infer(feed)
+            return out if len(feed["lengths"]) > 1 else {k: v[..., :2] for k, v in out.items()}
+
+    case = Case(3, 6, "ragged", 1.0, 0)
+    feed = case_feed(spec, case)
+    tol = {t.name: Tolerance(1e-5, 1e-4) for t in spec.outputs}
+    with Truncating() as runner, pytest.raises(RuntimeError, match="alone has shape"):
+        batch_invariance_checks(runner, spec, feed, runner.infer(feed), feed["lengths"], case, tol)
