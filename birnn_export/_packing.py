@@ -90,24 +90,26 @@ def _add_helper_modules(namespaces: list[dict[str, Any]]) -> None:
 
     paths = sysconfig.get_paths()
     libraries = tuple(os.path.realpath(paths[k]) for k in ("stdlib", "purelib", "platlib"))
-    own = {_package(n) for n in namespaces[1:]}
+    tools = {"torch", "birnn_export"}  # their layers' forwards are among the model's modules
+    own = {_package(n) for n in namespaces[1:]} - tools
 
     def user_code(namespace: dict[str, Any]) -> bool:
-        where = os.path.realpath(str(namespace.get("__file__") or ""))
+        if _package(namespace) in tools or not namespace.get("__file__"):
+            return False
+        where = os.path.realpath(str(namespace["__file__"]))
         return _package(namespace) in own or not where.startswith(libraries)
 
-    pending = namespaces[1:]
+    pending = [n for n in namespaces[1:] if _package(n) not in tools]
     while pending:
         for value in list(pending.pop().values()):
-            if isinstance(value, types.ModuleType):
-                found = getattr(value, "__dict__", None)
-            elif isinstance(value, types.FunctionType):
+            if type(value) is types.ModuleType:  # not a lazy or deprecated stand-in
+                found = value.__dict__
+            elif type(value) is types.FunctionType:
                 found = getattr(inspect.unwrap(value), "__globals__", None)
             else:
                 continue
             if (
                 isinstance(found, dict)
-                and found.get("__file__")
                 and all(found is not n for n in namespaces)
                 and user_code(found)
             ):
