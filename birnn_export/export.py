@@ -267,7 +267,8 @@ def trace_graph(
     emitted = "fused" if layout in ("scan", "packed") else layout
     proto, cut = _trace(traced, trace_inputs, planned, outs, opset, emitted)
     if cut:  # the model cut a padded output to its longest row
-        _name_longest_dims(proto, planned, [tuple(t.shape) for t in eager_out])
+        longest = _longest_rows(planned, trace_inputs)
+        _name_longest_dims(proto, planned, longest, [tuple(t.shape) for t in eager_out])
     _outputs_in_eager_dtypes(proto, eager_out)
     tags = expand_viterbi(proto)
     clean_nodes(proto)
@@ -723,24 +724,43 @@ def _outputs_in_eager_dtypes(proto: Any, eager_out: Sequence[Tensor]) -> None:
         output.type.tensor_type.elem_type = elem
 
 
+def _longest_rows(planned: PlannedInputs, inputs: Sequence[Tensor]) -> dict[str, int]:
+    """Each ragged time dim's longest row in the example ``inputs``, by its lengths input or
+    mask."""
+    longest = {}
+    for decl, tensor in zip(planned.decls, inputs, strict=True):
+        if decl.measures:
+            longest[decl.measures] = int(tensor.max())
+        elif decl.mask is not None:
+            valid = (tensor != 0) if decl.mask == "mask" else (tensor == 0)
+            steps = 1 - decl.dims.index(planned.batch_dim)  # a [batch, TIME] or [TIME, batch] mask
+            longest[str(mask_dim(decl))] = int(valid.sum(steps).max())
+    return longest
+
+
 def _name_longest_dims(
-    proto: Any, planned: PlannedInputs, shapes: Sequence[tuple[int, ...]]
+    proto: Any,
+    planned: PlannedInputs,
+    longest: Mapping[str, int],
+    shapes: Sequence[tuple[int, ...]],
 ) -> None:
     """Name the data-dependent dims the exporter calls ``u0``, ``u1``... after what they are
     when the model cut its padded output to the longest row: ``longest(time)``, a dim derived
     from the time dim (its valid steps are the lengths the recurrent layers saw).
 
     With two sequences (each with lengths or a mask) a cut may be either's: an output's such
-    dim is told by its size on the example (``shapes``, the model's outputs), whose longest row
-    of each sequence is as long as that sequence's time dim there (a prime no other dim has).
-    Dims it does not tell keep the exporter's name: one name for two sizes would be wrong."""
-    ragged = [d.measures or mask_dim(d) for d in planned.decls if d.measures or d.mask]
+    dim is told by its size on the example (``shapes``, the model's outputs) against each
+    sequence's longest row there (``longest``). Dims it does not tell keep the exporter's name
+    (one name for two sizes would be wrong), as do all where two sequences' longest rows are
+    equally long."""
     graph = proto.graph
     names: dict[str, str] = {}
-    if len(ragged) <= 1:
+    if len(longest) <= 1:
         whole = f"longest({planned.time_dim})"
     else:
-        whole, by_size = None, {planned.examples[str(d)]: str(d) for d in ragged}
+        sizes = list(longest.values())
+        by_size = {n: d for d, n in longest.items() if sizes.count(n) == 1}
+        whole = None
         for value, shape in zip(graph.output, shapes, strict=False):
             for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=False):
                 if re.fullmatch(r"u\d+", dim.dim_param) and size in by_size:

@@ -695,6 +695,43 @@ def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, 
         assert spec.outputs[0].dims == ("batch", "longest(context_seq)")
 
 
+class _BothCut(nn.Module):
+    """Both sequences' outputs, each cut to its own longest row."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+
+    def run(self, x, lens):
+        packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
+
+    def forward(self, a, a_lens, b, b_lens):
+        return self.run(a, a_lens), self.run(b, b_lens)
+
+
+def test_dims_cut_to_each_sequences_longest_row_are_named_after_it(tmp_path):
+    """Told apart by each sequence's longest row in the example, the tool's or the user's."""
+    torch.manual_seed(0)
+    given = (torch.randn(3, 9, 4), torch.tensor([9, 5, 2]), torch.randn(3, 10, 4),
+             torch.tensor([3, 10, 4]))  # fmt: skip
+    declared = [
+        "a:float32[batch,seq,4]",
+        "a_lens:int64[batch]:lengths(seq)",
+        "b:float32[batch,b_seq,4]",
+        "b_lens:int64[batch]:lengths(b_seq)",
+    ]
+    for example in (None, given):
+        result = export_onnx(
+            _BothCut().eval(), tmp_path / "cut.onnx", inputs=declared, example_inputs=example
+        )
+        assert result.verification.passed, result.verification.summary()
+        assert [t.dims for t in result.spec.outputs] == [
+            ("batch", "longest(seq)", 6),
+            ("batch", "longest(b_seq)", 6),
+        ]
+
+
 def test_a_graph_ignoring_the_second_sequences_lengths_fails_verification(tmp_path):
     """The sweep pads the second sequence past its own lengths: a graph whose second question
     runs into its padding (its forward node fed no sequence_lens) fails."""
