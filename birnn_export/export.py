@@ -442,7 +442,7 @@ def _run_example(
         )
         hint = (
             _container_hint(exc, model)
-            or _float16_hint(exc, model)
+            or (_float16_hint(exc, model) if torch.float16 in {t.dtype for t in inputs} else None)
             or _declare_hint(planned, _time_major_hint(model, planned))
         )
         raise ExportError(
@@ -462,9 +462,9 @@ def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
             f"{_user_line(model, _causes(exc))}, as masked_fill(mask, -1e9) does: write "
             "torch.finfo(x.dtype).min there (or -1e4), or export in float32"
         )
-    if re.search(r"\b(Half and Float|Float and Half)\b|expected .*(Half|Float).* found", text):
+    if re.search(r"Half and Float|Float and Half|expected .*(Half|Float).* found|c10::Half", text):
         return (
-            "the model, run in float16, mixes float32 into it"
+            "the model, run in float16, mixes float32 (or float64) into it"
             f"{_user_line(model, _causes(exc))}: a .float() or a tensor made float32 in forward "
             "(torch.ones(...), a mask's .float()); write .to(x.dtype) (or .type_as(x)) there, "
             "or export in float32"

@@ -819,8 +819,17 @@ def test_float32_mixed_into_a_float16_run_is_named_with_its_line(tmp_path):
         export_onnx(_FloatMean().eval(), tmp_path / "m.onnx", dtype="float16")
     text = str(caught.value)
     assert "x float16 [" in text  # the inputs as fed, not as declared for float32
-    assert "mixes float32 into it at test_export.py:" in text and "self.head(mean)" in text
+    assert "mixes float32 (or float64) into it at test_export.py:" in text
+    assert "self.head(mean)" in text
     assert ".to(x.dtype)" in text and "declare its inputs" not in text
+
+    class Doubled(_FloatMean):  # float64 inside a float32 run: no word of float16
+        def forward(self, x, lengths):
+            return self.head.weight.double() @ self.gru(x)[0][:, 0].T
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Doubled().eval(), tmp_path / "m.onnx")
+    assert "float16" not in str(caught.value)
 
 
 def test_lengths_out_of_range_are_clamped_before_the_cut_to_the_longest_row(tmp_path):
