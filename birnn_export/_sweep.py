@@ -174,14 +174,14 @@ def row_feed(
     spec: GraphSpec, feed: Mapping[str, np.ndarray], row: int, length: int
 ) -> dict[str, np.ndarray]:
     """Row ``row`` of ``feed`` alone (batch 1), cut to ``length`` time steps."""
-    single = {}
+    single, lengths_input = {}, spec.lengths_input
     for tensor in spec.inputs:
         value = feed[tensor.name]
         if tensor.batch_axis is not None:
             value = np.take(value, [row], axis=tensor.batch_axis)
         if tensor.time_axis is not None:
             value = np.take(value, np.arange(length), axis=tensor.time_axis)
-        if tensor is spec.lengths_input:  # a second sequence keeps its padded width and lengths
+        if tensor is lengths_input:  # a second sequence keeps its padded width and lengths
             value = np.full_like(value, length)
         single[tensor.name] = np.ascontiguousarray(value)
     return single

@@ -522,7 +522,7 @@ def _float_masks(planned: PlannedInputs) -> PlannedInputs:
             decl, tensor = dataclasses.replace(decl, dtype="float32"), tensor.float()
         decls.append(decl)
         tensors.append(tensor)
-    how = planned.how + "; masks float32, as the model computes with them (bool ones failed)"
+    how = planned.how + "; masks as numbers (float), as the model computes with them (bool failed)"
     return dataclasses.replace(planned, decls=tuple(decls), tensors=tuple(tensors), how=how)
 
 

@@ -334,6 +334,11 @@ def verify(
     _check_files(save_inputs, save_outputs, load_inputs, load_outputs, model)
     notes: list[str] = []
     if load_inputs is not None:
+        if dims:
+            raise BiRNNExportError(
+                "dims: saved inputs run at the sizes they were saved at; drop --dim with "
+                "--load-inputs"
+            )
         loaded_cases = _loaded_cases(spec, _interop.load_feeds(load_inputs))
         cases = [c for c, _ in loaded_cases]
         feeds = dict(zip(range(len(cases)), (f for _, f in loaded_cases), strict=True))

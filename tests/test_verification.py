@@ -917,6 +917,8 @@ def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> No
     npz = tmp_path / "in.npz"
     verify(result.path, loaded, save_inputs=npz)
     assert verify(result.path, loaded, load_inputs=npz).passed
+    with pytest.raises(BiRNNExportError, match="drop --dim with --load-inputs"):
+        verify(result.path, loaded, load_inputs=npz, dims={"chars": 3})
     with pytest.raises(BiRNNExportError, match=r"must end in \.json"):
         verify(result.path, loaded, save_inputs=tmp_path / "cases")
 
