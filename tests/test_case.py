@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,30 +14,34 @@ from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, Tolerance
 
 
+class Transformed(BaseRunner):
+    """ONNX Runtime CPU on ``path``, its outputs then put through ``transform(feed, out)``: an
+    engine with a planted defect."""
+
+    engine = "ort-cpu"
+
+    def __init__(self, path: Path, transform: Callable[..., dict[str, np.ndarray]]) -> None:
+        super().__init__()
+        self.inner, self.transform = OrtRunner(str(path)), transform
+
+    def activate_impl(self) -> None:
+        self.inner.activate()
+
+    def infer_impl(self, feed):
+        return self.transform(feed, self.inner.infer(feed))
+
+
 def test_batch_invariance_catches_batch_dependent_rows(split_lstm_graph: Path) -> None:
     spec = GraphSpec.from_onnx(split_lstm_graph)
 
-    class BatchDependent(BaseRunner):
-        """Correct in a batch of one, off by 1e-3 per extra row otherwise."""
-
-        engine = "ort-cpu"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = OrtRunner(str(split_lstm_graph))
-
-        def activate_impl(self) -> None:
-            self.inner.activate()
-
-        def infer_impl(self, feed):
-            out = self.inner.infer(feed)
-            extra = 1e-3 * (len(feed["lengths"]) - 1)
-            return {k: v + np.float32(extra) for k, v in out.items()}
+    def batch_dependent(feed, out):  # correct in a batch of one, off by 1e-3 per extra row
+        extra = 1e-3 * (len(feed["lengths"]) - 1)
+        return {k: v + np.float32(extra) for k, v in out.items()}
 
     case = Case(4, 6, "ragged", 1.0, 0)
     feed = case_feed(spec, case)
     tol = {t.name: Tolerance(1e-5, 1e-4) for t in spec.outputs}
-    with BatchDependent() as runner:
+    with Transformed(split_lstm_graph, batch_dependent) as runner:
         results = batch_invariance_checks(
             runner, spec, feed, runner.infer(feed), feed["lengths"], case, tol
         )
@@ -55,22 +60,14 @@ def test_rows_alone_must_have_the_batched_rows_extent(split_lstm_graph: Path) ->
     rows alone come back short on another axis is an error, not a pass on fewer elements."""
     spec = GraphSpec.from_onnx(split_lstm_graph)
 
-    class Truncating(BaseRunner):
-        engine = "ort-cpu"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = OrtRunner(str(split_lstm_graph))
-
-        def activate_impl(self) -> None:
-            self.inner.activate()
-
-        def infer_impl(self, feed):
-            out = self.inner.infer(feed)
-            return out if len(feed["lengths"]) > 1 else {k: v[..., :2] for k, v in out.items()}
+    def truncating(feed, out):  # rows alone lose all but two of their last axis
+        return out if len(feed["lengths"]) > 1 else {k: v[..., :2] for k, v in out.items()}
 
     case = Case(3, 6, "ragged", 1.0, 0)
     feed = case_feed(spec, case)
     tol = {t.name: Tolerance(1e-5, 1e-4) for t in spec.outputs}
-    with Truncating() as runner, pytest.raises(RuntimeError, match="alone has shape"):
+    with (
+        Transformed(split_lstm_graph, truncating) as runner,
+        pytest.raises(RuntimeError, match="alone has shape"),
+    ):
         batch_invariance_checks(runner, spec, feed, runner.infer(feed), feed["lengths"], case, tol)
