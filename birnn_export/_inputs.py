@@ -12,9 +12,10 @@ declaration the inputs are inferred for the common cases: token ids ``[batch, se
 
 A graph of two sequences (a sentence pair) has a time dim per sequence, each measured by its
 own lengths input or covered by its own mask; the first sequence's is the graph's time dim, the
-one the sweep varies. They are inferred where ``forward`` takes them as it takes the first,
-each with its lengths or mask after it (``premise, premise_lengths, hypothesis,
-hypothesis_lengths``): the second's time dim is ``hypothesis_seq``.
+one the sweep varies. They are inferred where ``forward`` names each sequence's lengths or mask
+as such (``premise, premise_lengths, hypothesis, hypothesis_lengths``; the sequences first, or
+the lengths in any order named after their sequences): each sequence is read as the first is,
+and the second's time dim is ``hypothesis_seq``.
 """
 
 from __future__ import annotations
