@@ -442,13 +442,20 @@ def _run_example(
         )
         hint = (
             _container_hint(exc, model)
-            or (_float16_hint(exc, model) if torch.float16 in {t.dtype for t in inputs} else None)
+            or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
             or _declare_hint(planned, _time_major_hint(model, planned))
         )
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
             f"{type(exc).__name__}: {_first_line(exc)}; {hint}"
         ) from None
+
+
+def _runs_in_float16(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
+    """Whether the example run is a float16 one (its weights, or its float inputs; token ids
+    alone say nothing)."""
+    tensors = [*model.parameters(), *inputs]
+    return any(t.dtype == torch.float16 for t in tensors)
 
 
 def _float16_hint(exc: Exception, model: nn.Module) -> str | None:

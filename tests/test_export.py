@@ -813,6 +813,23 @@ class _FloatMean(nn.Module):
         return self.head(mean)
 
 
+def test_a_token_models_float16_overflow_is_named_too(tmp_path):
+    """Token ids are int64 in every dtype: the weights tell the float16 run."""
+
+    class TokenScores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(30, 4)
+            self.gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, ids, lengths):
+            valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+            return self.gru(self.embed(ids))[0].sum(-1).masked_fill(~valid, -1e9)
+
+    with pytest.raises(ExportError, match="beyond float16's range"):
+        export_onnx(TokenScores().eval(), tmp_path / "m.onnx", dtype="float16")
+
+
 def test_float32_mixed_into_a_float16_run_is_named_with_its_line(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(ExportError) as caught:
