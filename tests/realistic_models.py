@@ -176,6 +176,19 @@ class PointerReader(nn.Module):
         return scores.masked_fill(~valid, -1e4)
 
 
+class TutorialEncoder(nn.Module):
+    """The encoder of PyTorch's seq2seq tutorials: time-major ids ``[seq, batch]``, packed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(40, 8)
+        self.rnn = nn.GRU(8, 6, bidirectional=True)
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.embed(src), src_len, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], total_length=src.shape[0])[0]
+
+
 # -- architectures of the trained fixtures (scripts/make_trained_models.py) --------------------
 
 

@@ -19,6 +19,7 @@ from birnn_export.pipeline import export_onnx
 from birnn_export.spec import GraphSpec, InputDecl, make_feed
 from birnn_export.trt_plan import derive_profile
 from birnn_export.verification import verify
+from tests.realistic_models import TutorialEncoder
 
 SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:lengths(time)"]
 
@@ -941,25 +942,12 @@ def test_the_time_dims_minimum_is_the_shortest_row_fed(tmp_path) -> None:
             assert feed["feat_lens"].min() >= 7 and feed["feat_lens"].max() <= seq
 
 
-class _TutorialEncoder(nn.Module):
-    """The encoder of PyTorch's seq2seq tutorials: time-major ids ``[seq, batch]``, packed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(40, 8)
-        self.rnn = nn.GRU(8, 6, bidirectional=True)
-
-    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(self.embed(src), src_len, enforce_sorted=False)
-        return pad_packed_sequence(self.rnn(packed)[0], total_length=src.shape[0])[0]
-
-
-class _TimeMajorTagger(_TutorialEncoder):
+class _TimeMajorTagger(TutorialEncoder):
     def forward(self, src: torch.Tensor) -> torch.Tensor:  # [seq, batch], nothing packed
         return self.rnn(self.embed(src))[0]
 
 
-class _TransposingTagger(_TutorialEncoder):
+class _TransposingTagger(TutorialEncoder):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [batch, seq], moved to time-major
         return self.rnn(self.embed(ids).transpose(0, 1))[0].transpose(0, 1)
 
@@ -967,7 +955,7 @@ class _TransposingTagger(_TutorialEncoder):
 @pytest.mark.parametrize(
     ("model", "dims"),
     [
-        (_TutorialEncoder, ("seq", "batch")),
+        (TutorialEncoder, ("seq", "batch")),
         (_TimeMajorTagger, ("seq", "batch")),
         (_TransposingTagger, ("batch", "seq")),
     ],

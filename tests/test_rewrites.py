@@ -161,26 +161,12 @@ def test_a_layer_called_twice_gets_distinct_node_names(tmp_path):
 def test_every_initializer_is_used_so_onnx_runtime_loads_quietly(tmp_path):
     """An initializer no node reads makes ONNX Runtime warn at every session start. The empty
     batch guard of a time-major graph (no input with axes after its batch axis) made one."""
-    import torch
-    from torch import nn
-
     from birnn_export.pipeline import export_onnx
     from birnn_export.spec import all_nodes
-
-    class TimeMajor(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(20, 6)
-            self.rnn = nn.GRU(6, 5, bidirectional=True)
-
-        def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
-            packed = nn.utils.rnn.pack_padded_sequence(self.embed(src), src_len,
-                                                       enforce_sorted=False)  # fmt: skip
-            return nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0],
-                                                    total_length=src.shape[0])[0]  # fmt: skip
+    from tests.realistic_models import TutorialEncoder
 
     inputs = ["src:int64[seq,batch]", "src_len:int64[batch]:lengths(seq)"]
-    result = export_onnx(TimeMajor().eval(), tmp_path / "t.onnx", inputs=inputs)
+    result = export_onnx(TutorialEncoder().eval(), tmp_path / "t.onnx", inputs=inputs)
     assert result.verification.passed, result.verification.summary()
     graph = onnx.load(str(tmp_path / "t.onnx")).graph
     used = {name for node in all_nodes(graph) for name in node.input}
