@@ -171,6 +171,14 @@ def diagnose_layers(
             "backward direction starts at the padded end of every short row (not a reversal "
             "bug in the graph's reversal ops)"
         )
+    earlier = [n for layer in layers[: layers.index(bad)] for n in layer.without_lengths]
+    if takes_lengths and earlier:  # an earlier layer matches at its valid steps; its h_n not
+        nodes = ", ".join(repr(n) for n in earlier)
+        text += (
+            f"; an earlier layer matches at its valid steps, but its node {nodes} takes no "
+            "sequence_lens although the graph takes lengths: if the model feeds that layer's "
+            "final state (h_n) into this one (a character encoder per word), that is the cause"
+        )
     return f"{text} {where}"
 
 

@@ -265,7 +265,11 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
                 f"inputs: the lengths input measures {dim!r}, which no other input has as a "
                 "dim; name the time dim it measures, e.g. ':lengths(time)'"
             )
+    nested = {str(d.measures): _within(d) for d in decls if _within(d) is not None}
     ragged = [*measured, *(mask_dim(d) for d in decls if d.mask is not None)]
+    for dim, outer in nested.items():
+        _check_nested(decls, dim, str(outer), ragged)
+    ragged = [dim for dim in ragged if dim not in nested]
     named = [dim for d in decls for dim in d.dims if isinstance(dim, str) and dim != BATCH]
     if not named:
         raise BiRNNExportError(
@@ -280,6 +284,32 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
             f"inputs: a dim named {SEQ!r} that is not the time dim ({time!r}); name it otherwise"
         )
     return BATCH, time
+
+
+def _within(decl: InputDecl) -> str | None:
+    """OUTER of a nested lengths input ``[batch,OUTER]:lengths(DIM)`` (DIM nested in OUTER's
+    steps, as a word's characters are)."""
+    if decl.measures is None or len(decl.dims) != 2:
+        return None
+    return next(str(d) for d in decl.dims if d != BATCH)
+
+
+def _check_nested(decls: Sequence[InputDecl], dim: str, outer: str, ragged: Sequence[str]) -> None:
+    """A dim nested in ``outer``'s steps needs ``outer`` to have lengths (or a mask) of its own
+    and an input that has both dims, ``outer`` first (``chars:int64[batch,seq,chars]``)."""
+    lengths = next(d.name for d in decls if d.measures == dim)
+    if outer not in ragged or any(d.measures == outer and _within(d) for d in decls):
+        raise BiRNNExportError(
+            f"input {lengths!r}: it measures {dim!r} within each step of {outer!r}, which has no "
+            f"lengths or mask of its own; declare one, e.g. 'lengths:int64[batch]:lengths({outer})'"
+        )
+    if not any(
+        dim in d.dims and outer in d.dims and d.dims.index(outer) < d.dims.index(dim) for d in decls
+    ):
+        raise BiRNNExportError(
+            f"input {lengths!r}: no input has {outer!r} and then {dim!r} as dims; declare the "
+            f"nested sequence so, e.g. 'chars:int64[batch,{outer},{dim}]'"
+        )
 
 
 def _ranges(
@@ -388,8 +418,8 @@ def _make_examples(
         dtype = _TORCH_DTYPES[decl.dtype]
         if role == "lengths":
             measured = str(decl.measures)
-            lens = _example_lengths(shape[0], examples[measured], ranges[measured][0])
-            tensors.append(torch.from_numpy(lens).to(dtype))
+            lens = _example_lengths(int(np.prod(shape)), examples[measured], ranges[measured][0])
+            tensors.append(torch.from_numpy(lens.reshape(shape)).to(dtype))
         elif role in MASK_ROLES:
             b_axis = decl.dims.index(BATCH)
             batch, steps = shape[b_axis], shape[1 - b_axis]
@@ -603,9 +633,15 @@ def _pair_inputs(
     kind = param_role(pairs[0][1]) or "lengths"
     mask_dtype = (_mask_name(pairs[0][1]) or ("mask", "bool"))[1]
     by_name: dict[str, tuple[InputDecl, str]] = {}
+    nested = []
     for index, (sequence, mark) in enumerate(pairs):
         time = SEQ if index == 0 else f"{sequence}_seq"
         dims = tuple(time if d == SEQ else d for d in first.dims)
+        if index and kind == "lengths" and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
+            nested.append(sequence)  # each word's characters, with a length per word
+            by_name[sequence] = (InputDecl(sequence, first.dtype, (BATCH, SEQ, time)), role)
+            by_name[mark] = (InputDecl(mark, "int64", (BATCH, SEQ), time), kind)
+            continue
         by_name[sequence] = (InputDecl(sequence, first.dtype, dims), role)
         if kind == "lengths":
             by_name[mark] = (InputDecl(mark, "int64", (BATCH,), time), kind)
@@ -617,10 +653,18 @@ def _pair_inputs(
         if len(input_names) != len(decls):
             raise BiRNNExportError(f"input_names: {len(input_names)} names for {len(decls)} inputs")
         decls = [dataclasses.replace(d, name=n) for d, n in zip(decls, input_names, strict=True)]
-    others = ", ".join(repr(s) for s, _ in pairs[1:])
-    how += f"; {others} read as the same, each sequence with its own {kind.replace('_', ' ')}"
+    others = ", ".join(repr(s) for s, _ in pairs[1:] if s not in nested)
+    if others:
+        how += f"; {others} read as the same, each sequence with its own {kind.replace('_', ' ')}"
+    if nested:
+        chars = ", ".join(repr(s) for s in nested)
+        how += f"; {chars} read as each step's characters, with a length per step, by its name"
     return tuple(decls), tuple(by_name[name][1] for name in order), how
 
+
+#: A second sequence so named (``chars``, ``char_ids``, ``word_chars``) holds each word's
+#: characters: it is nested in the first sequence's steps (a character-level encoder per word).
+_CHARS = re.compile(r"(^|_)char")
 
 #: Endings that mark one of two parameters of the same kind (``attention_mask_a``, ``mask2``).
 _PAIR_MARK = re.compile(r"(_[ab12]|[12])$")

@@ -184,7 +184,8 @@ class _Packed(NodeRewrite):
         return self.op("ConstantOfShape", [self.const("shape", shape)], suffix, value=value)
 
     def squeeze(self, name: str) -> str:
-        return self.op("Squeeze", [name], f"{name.rsplit('/', 1)[-1]}_scalar")
+        axes = self.const("axis0", i64(0))  # explicit: TensorRT refuses a Squeeze without axes
+        return self.op("Squeeze", [name, axes], f"{name.rsplit('/', 1)[-1]}_scalar")
 
     def range(self, stop: str) -> str:
         """``[0, 1, ..., stop - 1]`` for a [1]-shaped int64 ``stop``."""

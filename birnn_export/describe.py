@@ -160,9 +160,11 @@ _MASK_SENSE = {"mask": " (1 at each row's valid steps)", "padding_mask": " (1 pa
 
 def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
     out = ["recorded by birnn-export:"]
-    for value in spec["inputs"]:
+    for value, tensor in zip(spec["inputs"], parsed.inputs, strict=True):
         valid = f", values {value['low']}..{value['high']}" if value["low"] is not None else ""
         sense = _MASK_SENSE.get(value["role"], "")
+        if tensor.within is not None:
+            sense = f" of each step of {tensor.within} (a sequence nested in it)"
         out.append(f"  input {value['name']}: {value['role']}{sense}{valid}")
     if parsed.token_padding is not None:
         out.append(f"  token rows are padded with id {parsed.token_padding} (no lengths input)")

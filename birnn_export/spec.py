@@ -82,6 +82,14 @@ class TensorSpec:
             return self.batch_at
         return self.dims.index(BATCH) if BATCH in self.dims else None
 
+    @property
+    def within(self) -> str | None:
+        """For a nested lengths input (``[batch, OUTER]``, a length per row and OUTER step: each
+        word's characters), the dim OUTER; ``None`` for any other tensor."""
+        if self.role != "lengths" or len(self.dims) != 2:
+            return None
+        return next(str(d) for i, d in enumerate(self.dims) if i != self.batch_axis)
+
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The concrete shape at ``sizes`` (every named dim; derived dims are evaluated)."""
         return tuple(d if isinstance(d, int) else dim_size(d, sizes) for d in self.dims)
@@ -138,6 +146,8 @@ class GraphSpec:
         of two (a sentence pair)."""
         sources: dict[str, TensorSpec] = {}
         for tensor in sorted(self.inputs, key=lambda t: t.role != "lengths"):
+            if tensor.within is not None:
+                continue  # nested in another sequence: see nested_lengths
             if tensor.role == "lengths":
                 dim = tensor.high if isinstance(tensor.high, str) else self.time_dim
             elif tensor.role in MASK_ROLES:
@@ -146,6 +156,11 @@ class GraphSpec:
                 continue
             sources.setdefault(dim, tensor)
         return dict(sorted(sources.items(), key=lambda item: item[0] != self.time_dim))
+
+    def nested_lengths(self) -> dict[str, TensorSpec]:
+        """Each dim nested in another sequence's steps (a word's characters) with its lengths
+        input, ``[batch, OUTER]``: a length per row and OUTER step."""
+        return {str(t.high): t for t in self.inputs if t.within is not None}
 
     def feed_lengths(
         self, feed: Mapping[str, np.ndarray], dim: str | None = None
@@ -541,9 +556,12 @@ def make_feed(
     ranges = spec.ranges()  # no row shorter than its time dim's declared minimum
     sources = spec.length_sources()
     feed: dict[str, np.ndarray] = {}
+    nested = spec.nested_lengths()
     for tensor in spec.inputs:
         shape = tensor.shape(sizes)
-        if tensor.role == "lengths":
+        if tensor.within is not None:
+            feed[tensor.name] = np.zeros(shape, dtype=tensor.dtype)  # set from its outer dim's
+        elif tensor.role == "lengths":
             dim = next(d for d, source in sources.items() if source is tensor)
             rows = make_lengths(batch, sizes[dim], rng, lengths, ranges[dim][0])
             feed[tensor.name] = rows.astype(tensor.dtype)
@@ -565,12 +583,48 @@ def make_feed(
             else make_lengths(batch, sizes[dim], rng, lengths, ranges[dim][0])
         )
         _pad_past(spec, feed, dim, rows)
+    for dim, tensor in nested.items():
+        outer = spec.feed_lengths(feed, tensor.within)
+        if outer is None:
+            raise BiRNNExportError(f"{tensor.name}: {tensor.within!r} has no lengths or mask")
+        rows = _nested_lengths(
+            outer, sizes[tensor.within], sizes[dim], rng, lengths, ranges[dim][0]
+        )
+        feed[tensor.name] = (rows if tensor.batch_axis == 0 else rows.T).astype(tensor.dtype)
+        _pad_past(spec, feed, dim, rows, within=tensor.within)
     return feed
 
 
-def _pad_past(spec: GraphSpec, feed: dict[str, np.ndarray], dim: str, rows: np.ndarray) -> None:
+def _nested_lengths(
+    outer: np.ndarray,
+    steps: int,
+    size: int,
+    rng: np.random.Generator,
+    mode: LengthsMode,
+    low: int,
+) -> np.ndarray:
+    """Lengths ``[batch, steps]`` of a dim nested in the time dim (each word's characters), as
+    :func:`make_lengths` makes them over every valid step (``outer``: each row's valid steps);
+    steps past a row's length have ``low`` (at least 1), a padding word of one padding
+    character."""
+    low = max(1, min(low, size))
+    rows = np.full((len(outer), steps), low, dtype=np.int64)
+    valid = np.arange(steps)[None, :] < outer[:, None]
+    rows[valid] = make_lengths(int(valid.sum()), size, rng, mode, low)
+    return rows
+
+
+def _pad_past(
+    spec: GraphSpec,
+    feed: dict[str, np.ndarray],
+    dim: str,
+    rows: np.ndarray,
+    within: str | None = None,
+) -> None:
     """Padding past each row's length along ``dim`` in every input with batch and ``dim`` axes,
-    and each mask of ``dim`` set to match."""
+    and each mask of ``dim`` set to match. ``within``: ``dim`` is nested in that dim's steps
+    and ``rows`` is ``[batch, within]`` (each word's characters); inputs without it are left
+    as they are."""
     for tensor in spec.inputs:
         b_axis = tensor.batch_axis
         t_axis = tensor.time_axis if dim == spec.time_dim else None
@@ -578,13 +632,19 @@ def _pad_past(spec: GraphSpec, feed: dict[str, np.ndarray], dim: str, rows: np.n
             t_axis = tensor.dims.index(dim)
         if b_axis is None or t_axis is None or tensor.dims[t_axis] != dim:
             continue
+        axes = [b_axis, t_axis]
+        if within is not None:
+            if within not in tensor.dims:
+                continue
+            axes.insert(1, tensor.dims.index(within))
         data = feed[tensor.name]
-        batch, steps = data.shape[b_axis], data.shape[t_axis]
-        valid = np.arange(steps)[None, :] < rows[:, None]  # [batch, steps]
-        keep = valid if b_axis < t_axis else valid.T
+        steps = data.shape[t_axis]
+        valid = np.arange(steps) < rows[..., None]  # [batch, (within,) steps]
         expand = [1] * data.ndim
-        expand[b_axis], expand[t_axis] = batch, steps
-        keep = np.broadcast_to(keep.reshape(expand), data.shape)
+        for axis in axes:
+            expand[axis] = data.shape[axis]
+        keep = valid.transpose(np.argsort(axes)).reshape(expand)
+        keep = np.broadcast_to(keep, data.shape)
         if tensor.role in MASK_ROLES:
             data[...] = keep if tensor.role == "mask" else ~keep
         elif tensor.role in ("features", "tokens"):
@@ -622,7 +682,8 @@ INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 @dataclass(frozen=True)
 class InputDecl:
     """A declared graph input: ``NAME:DTYPE[DIM,...]``, a name for a dynamic dim and a number
-    for a fixed one; for a lengths input ``:lengths(DIM)`` (the dim it measures); for a mask of
+    for a fixed one; for a lengths input ``:lengths(DIM)`` (the dim it measures; ``[batch]``, or
+    ``[batch,OUTER]`` for a dim nested in OUTER's steps, as a word's characters are); for a mask of
     each row's valid steps ``:mask`` (1 or True at them) or ``:padding_mask`` (1 or True past
     them), over ``batch`` and the time dim.
 
@@ -631,6 +692,8 @@ class InputDecl:
         ('batch', 1, 64, 'width')
         >>> InputDecl.parse("feat_lens:int64[batch]:lengths(time)").measures
         'time'
+        >>> InputDecl.parse("char_lens:int64[batch,seq]:lengths(chars)").dims
+        ('batch', 'seq')
         >>> InputDecl.parse("attention_mask:int64[batch,seq]:mask").mask
         'mask'
     """
@@ -666,12 +729,16 @@ class InputDecl:
                     f"name; {how}"
                 )
         measures = match["measures"]
-        if measures is not None and (dtype not in ("int64", "int32") or len(dims) != 1):
+        named = [d for d in dims if isinstance(d, str)]
+        nested = len(dims) == len(named) == 2 and BATCH in named and measures not in named
+        if measures is not None and (
+            dtype not in ("int64", "int32") or not (len(dims) == 1 or nested)
+        ):
             raise BiRNNExportError(
                 f"input {match['name']!r}: a lengths input is int64[batch] or int32[batch] (one "
-                "length per row)"
+                "length per row), or [batch,OUTER] for a sequence nested in another's steps "
+                "(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)')"
             )
-        named = [d for d in dims if isinstance(d, str)]
         if match["mask"] and (len(dims) != 2 or BATCH not in named or len(named) != 2):
             raise BiRNNExportError(
                 f"input {match['name']!r}: a mask is [batch, TIME] or [TIME, batch] (one value "

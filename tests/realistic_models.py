@@ -176,6 +176,39 @@ class PointerReader(nn.Module):
         return scores.masked_fill(~valid, -1e4)
 
 
+class CharWordTagger(nn.Module):
+    """A named-entity tagger of Lample et al. (2016): each word's characters through a packed
+    char BiLSTM (its final states), joined to the word's embedding, then a packed word BiLSTM
+    and a Linear per word. Padding words hold one padding character (as NCRF++ pads them)."""
+
+    def __init__(self, words: int = 60, chars: int = 30, hidden: int = 6) -> None:
+        super().__init__()
+        self.word_embedding = nn.Embedding(words, 8, padding_idx=0)
+        self.char_embedding = nn.Embedding(chars, 5, padding_idx=0)
+        self.char_lstm = nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+        self.word_lstm = nn.LSTM(16, hidden, batch_first=True, bidirectional=True)
+        self.tags = nn.Linear(2 * hidden, 5)
+
+    def forward(
+        self,
+        words: torch.Tensor,
+        lengths: torch.Tensor,
+        chars: torch.Tensor,
+        char_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        b, t, c = chars.shape
+        flat = self.char_embedding(chars.reshape(b * t, c))
+        packed = pack_padded_sequence(
+            flat, char_lengths.reshape(b * t).clamp(min=1), batch_first=True, enforce_sorted=False
+        )
+        h = self.char_lstm(packed)[1][0]
+        spelled = torch.cat([h[0], h[1]], dim=-1).reshape(b, t, 8)
+        x = torch.cat([self.word_embedding(words), spelled], dim=-1)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.word_lstm(packed)[0], batch_first=True, total_length=t)[0]
+        return self.tags(out)
+
+
 class TutorialEncoder(nn.Module):
     """The encoder of PyTorch's seq2seq tutorials: time-major ids ``[seq, batch]``, packed."""
 

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import export as export_module
 from birnn_export.cli import main
-from birnn_export.describe import describe_onnx
+from birnn_export.describe import describe_lines, describe_onnx
 from birnn_export.errors import ExportError, VerificationError
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
@@ -35,6 +35,7 @@ from birnn_export.verification import verify
 from tests.defects import plant_missing_sequence_lens, plant_whole_flip
 from tests.realistic_models import (
     AttentionClassifier,
+    CharWordTagger,
     ConvBiGRUCTC,
     FeaturePair,
     PackingTagger,
@@ -769,6 +770,83 @@ def test_a_layer_run_once_per_sequence_is_compared_at_each_run(tmp_path):
     failed = {o.name for o in outputs if o.check == "layer" and not o.passed}
     assert "encoder#2/l0" in failed and "encoder/l0" not in failed
     assert "layer encoder#2/l0" in report.diagnosis()
+
+
+def _word_char_feed(batch, steps, spelling, seed):
+    """Words ragged on their lengths, each valid word's characters ragged on its own length
+    (1 to ``spelling``), padding id 0 past both; a padding word is one padding character. Made
+    here rather than by make_feed."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, steps + 1, size=batch)
+    lengths[0], lengths[-1] = steps, 1
+    valid = np.arange(steps)[None, :] < lengths[:, None]
+    char_lengths = np.where(valid, rng.integers(1, spelling + 1, size=(batch, steps)), 1)
+    char_lengths[0, 0] = spelling
+    words = np.where(valid, rng.integers(1, 60, size=(batch, steps)), 0)
+    chars = rng.integers(1, 30, size=(batch, steps, spelling))
+    chars[np.arange(spelling)[None, None, :] >= char_lengths[..., None]] = 0
+    chars[~valid] = 0
+    return {"words": words, "lengths": lengths, "chars": chars, "char_lengths": char_lengths}
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_words_with_their_characters_match_torch_in_float64(tmp_path, declared):
+    """forward(words, lengths, chars, char_lengths): the characters are a sequence nested in
+    each word, with a length per word ([batch, seq]), inferred from the names or declared; the
+    graph matches the model (torch's packed built-in layers) in float64 on ragged words of
+    ragged characters, at lengths and spellings it was not traced at."""
+    torch.manual_seed(0)
+    model = CharWordTagger().eval()
+    inputs = [
+        "words:int64[batch,seq]",
+        "lengths:int64[batch]:lengths(seq)",
+        "chars:int64[batch,seq,chars]",
+        "char_lengths:int64[batch,seq]:lengths(chars)",
+    ]
+    result = export_onnx(
+        model,
+        tmp_path / "tagger.onnx",
+        inputs=inputs if declared else None,
+        ranges={"chars": (1, 12, 40)} if declared else None,
+    )
+    assert result.verification.passed, result.verification.summary()
+    spec = result.spec
+    chars = "chars" if declared else "chars_seq"
+    assert spec.inputs[2].dims == ("batch", "seq", chars)
+    assert spec.inputs[3].dims == ("batch", "seq") and spec.inputs[3].high == chars
+    assert list(spec.length_sources()) == ["seq"] and list(spec.nested_lengths()) == [chars]
+    layers = {o.name for c in result.verification.cases for o in c.outputs if o.check == "layer"}
+    assert layers == {"char_lstm/l0", "word_lstm/l0"}
+    shown = describe_lines(describe_onnx(result.path))
+    nested = "lengths of each step of seq (a sequence nested in it)"
+    assert f"  input char_lengths: {nested}, values 1..{chars}" in shown
+    reference = CharWordTagger().eval().double()
+    reference.load_state_dict(model.state_dict())
+    for seed, (batch, steps, spelling) in enumerate([(5, 9, 23), (4, 30, 2), (1, 4, 1)]):
+        feed = _word_char_feed(batch, steps, spelling, seed)
+        got = run_ort(result.path, feed)["output"]
+        with torch.no_grad():
+            want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
+        valid = np.arange(steps)[None, :] < feed["lengths"][:, None]
+        np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
+
+
+def test_a_graph_ignoring_each_words_character_lengths_fails_verification(tmp_path):
+    """The sweep pads each word's characters past its own length: a graph whose char layer
+    runs into that padding (its forward node fed no sequence_lens, so the final state the model
+    reads is the padding's) fails, and the node is named."""
+    torch.manual_seed(0)
+    model = CharWordTagger().eval()
+    result = export_onnx(model, tmp_path / "tagger.onnx", layout="split")
+    names = [n.name for n in onnx.load(str(result.path)).graph.node if n.op_type == "LSTM"]
+    assert names[0] == "char_lstm/l0/forward"
+    bad = plant_missing_sequence_lens(result.path, tmp_path / "bad.onnx", node=0)
+    report = verify(bad, model)
+    assert not report.passed, report.summary()
+    diagnosis = report.diagnosis()
+    assert "layer word_lstm/l0" in diagnosis  # the first layer whose output differs, and why
+    assert "its node 'char_lstm/l0/forward' takes no sequence_lens" in diagnosis
+    assert "final state (h_n) into this one" in diagnosis
 
 
 class _MaskedAttention(nn.Module):

@@ -32,6 +32,8 @@ SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:l
         ("x float32 [batch]", "expected NAME:DTYPE"),
         ("lens:float32[batch]:lengths(time)", "a lengths input is int64"),
         ("lens:int64[batch,time]:lengths(time)", "a lengths input is int64"),
+        ("lens:int64[batch,seq,4]:lengths(chars)", "a lengths input is int64"),
+        ("lens:int64[batch,4]:lengths(chars)", "or [batch,OUTER] for a sequence nested"),
         ("m:bool[batch]:mask", "a mask is [batch, TIME]"),
         ("m:bool[batch,seq,4]:padding_mask", "a mask is [batch, TIME]"),
         ("m:bool[batch,4]:mask", "a mask is [batch, TIME]"),
@@ -477,6 +479,24 @@ def _signature(*names: str) -> nn.Module:
                 "b_pad_mask:bool[batch,b_seq]:padding_mask",
             ],
         ),
+        (  # each word's characters, by the name: nested in the words, a length per word
+            ("words", "lengths", "chars", "char_lengths"),
+            [
+                "words:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "chars:int64[batch,seq,chars_seq]",
+                "char_lengths:int64[batch,seq]:lengths(chars_seq)",
+            ],
+        ),
+        (
+            ("word_ids", "word_lens", "char_ids", "char_lens"),
+            [
+                "word_ids:int64[batch,seq]",
+                "word_lens:int64[batch]:lengths(seq)",
+                "char_ids:int64[batch,seq,char_ids_seq]",
+                "char_lens:int64[batch,seq]:lengths(char_ids_seq)",
+            ],
+        ),
         (("sent1", "sent1_length", "sent2", "sent2_length"), None),  # checked below
     ],
 )
@@ -506,6 +526,38 @@ def test_other_signatures_are_not_read_as_pairs(names) -> None:
 
     with pytest.raises(ExportError, match="declare each, in forward's order"):
         plan_inputs(_signature(*names), inputs=None, example_inputs=None, **PLANNING)
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        (
+            [
+                "words:int64[batch,seq]",
+                "chars:int64[batch,seq,chars]",
+                "char_lengths:int64[batch,seq]:lengths(chars)",
+            ],
+            r"'char_lengths': it measures 'chars' within each step of 'seq', which has no "
+            r"lengths or mask of its own; declare one, e.g. 'lengths:int64\[batch\]",
+        ),
+        (
+            [
+                "words:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "chars:int64[batch,chars,seq]",
+                "char_lengths:int64[batch,seq]:lengths(chars)",
+            ],
+            r"no input has 'seq' and then 'chars' as dims; declare the nested sequence so, e.g. "
+            r"'chars:int64\[batch,seq,chars\]'",
+        ),
+    ],
+)
+def test_a_nested_sequence_needs_its_outer_lengths_and_an_input_of_both(declared, message):
+    from birnn_export._inputs import plan_inputs
+
+    model = _signature("words", "lengths", "chars", "char_lengths")
+    with pytest.raises(ExportError, match=message):
+        plan_inputs(model, inputs=declared, example_inputs=None, **PLANNING)
 
 
 class NumericMaskTagger(nn.Module):

@@ -264,3 +264,16 @@ def test_tensorrt_parses_and_builds_the_packed_layout(tmp_path):
     assert [f.severity for f in notes] == ["info", "info"]  # one per layer: speed unmeasured
     cuda = check_compatibility(tmp_path / "m.onnx", target="ort-cuda")
     assert cuda.ok and len([f for f in cuda.findings if "packed layout" in f.message]) == 2
+
+
+@pytest.mark.skipif(find_library() is None, reason="no TensorRT package: pip install tensorrt-rtx")
+def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_path):
+    """The char layer's rows are batch x words: TensorRT refused its Squeeze without axes
+    ("requires dimension 0 to not be 1 at runtime"); the rewrite names the axis."""
+    from tests.realistic_models import CharWordTagger
+
+    torch.manual_seed(0)
+    result = export_onnx(CharWordTagger().eval(), tmp_path / "m.onnx", layout="packed")
+    assert result.verification.passed, result.verification.summary()
+    report = check_compatibility(tmp_path / "m.onnx", target="tensorrt")
+    assert report.ok and report.build is not None and report.build.ok, report.lines()

@@ -148,6 +148,41 @@ def test_a_mask_marks_each_rows_steps_and_the_features_are_padded_by_it(role, dt
     assert ragged.min() == 1 and ragged.max() == 9  # rows shorter than the batch
 
 
+def _words_and_chars(batch_at: int = 0) -> GraphSpec:
+    lengths_dims = ("batch", "seq") if batch_at == 0 else ("seq", "batch")
+    inputs = (
+        TensorSpec("words", "int64", ("batch", "seq"), "tokens", 3, 40),
+        TensorSpec("lengths", "int64", ("batch",), "lengths", 1, "seq"),
+        TensorSpec("chars", "int64", ("batch", "seq", "chars"), "tokens", 2, 30),
+        TensorSpec("char_lens", "int64", lengths_dims, "lengths", 1, "chars", batch_at=batch_at),
+    )
+    return dataclasses.replace(spec(), inputs=inputs, dim_ranges={"chars": (1, 8, 20)})
+
+
+@pytest.mark.parametrize("batch_at", [0, 1])
+def test_each_words_characters_are_ragged_on_their_own_lengths(batch_at):
+    """A dim nested in the time dim (each word's characters) has a length per row and word:
+    each valid word spelled 1 to the full width, padding characters past each word's length,
+    a padding word one padding character."""
+    nested = _words_and_chars(batch_at)
+    assert list(nested.length_sources()) == ["seq"]
+    assert list(nested.nested_lengths()) == ["chars"] and nested.inputs[3].within == "seq"
+    feed = make_feed(nested, 6, 9, seed=2, dims={"chars": 7})
+    lengths, chars = feed["lengths"], feed["chars"]
+    spelled = feed["char_lens"] if batch_at == 0 else feed["char_lens"].T
+    assert chars.shape == (6, 9, 7) and spelled.shape == (6, 9)
+    valid = np.arange(9)[None, :] < lengths[:, None]
+    assert spelled[valid].min() == 1 and spelled[valid].max() == 7
+    assert len(set(spelled[valid].tolist())) > 2 and np.all(spelled[~valid] == 1)
+    inside = np.arange(7)[None, None, :] < spelled[..., None]
+    assert np.all(chars[~inside] == 2) and np.all(chars[~valid] == 2)
+    assert np.all(chars[inside & valid[..., None]] >= 2)
+    equal = make_feed(nested, 6, 9, seed=2, dims={"chars": 7}, lengths="equal")
+    words = np.arange(9)[None, :] < equal["lengths"][:, None]
+    spelled = equal["char_lens"] if batch_at == 0 else equal["char_lens"].T
+    assert len(set(spelled[words].tolist())) == 1
+
+
 def test_same_seed_same_feed():
     a, b = make_feed(spec(), 3, 5, seed=9), make_feed(spec(), 3, 5, seed=9)
     assert all(np.array_equal(a[k], b[k]) for k in a)
