@@ -596,14 +596,14 @@ def _infer(
 
 def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(sequence, its lengths or mask) parameters of a ``forward`` that takes two or more
-    sequences, each with its own lengths (or mask), told by their names: in turn
+    sequences, each with its own lengths or mask, told by their names: in turn
     (``premise, premise_lengths, hypothesis, hypothesis_lengths``) or the sequences first
     (``a, b, a_len, b_len``). Empty for any other ``forward``."""
     required = [p.name for p in _forward_params(model) if p.default is p.empty]
     roles = [param_role(name) for name in required]
     sequences = [n for n, r in zip(required, roles, strict=True) if r is None]
     marks = [n for n, r in zip(required, roles, strict=True) if r is not None]
-    if len(sequences) < 2 or len(sequences) != len(marks) or len(set(roles) - {None}) != 1:
+    if len(sequences) < 2 or len(sequences) != len(marks):
         return []
     by_name = {mark: _stem(mark) for mark in marks}
     if sorted(by_name.values()) == sorted(sequences):  # a_len after b_len: paired by name
@@ -630,11 +630,10 @@ def _pair_inputs(
     ``forward_order``: each sequence as the first is inferred (``first``), with a time dim of
     its own (``seq`` for the first, ``hypothesis_seq`` for the others) that its lengths
     measure."""
-    kind = param_role(pairs[0][1]) or "lengths"
-    mask_dtype = (_mask_name(pairs[0][1]) or ("mask", "bool"))[1]
     by_name: dict[str, tuple[InputDecl, str]] = {}
     nested = []
     for index, (sequence, mark) in enumerate(pairs):
+        kind = param_role(mark) or "lengths"
         time = SEQ if index == 0 else f"{sequence}_seq"
         dims = tuple(time if d == SEQ else d for d in first.dims)
         if index and kind == "lengths" and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
@@ -646,6 +645,7 @@ def _pair_inputs(
         if kind == "lengths":
             by_name[mark] = (InputDecl(mark, "int64", (BATCH,), time), kind)
         else:
+            mask_dtype = (_mask_name(mark) or ("mask", "bool"))[1]
             by_name[mark] = (InputDecl(mark, mask_dtype, (BATCH, time), mask=kind), kind)
     order = sorted(by_name, key=forward_order.index)
     decls = [by_name[name][0] for name in order]
@@ -654,8 +654,11 @@ def _pair_inputs(
             raise BiRNNExportError(f"input_names: {len(input_names)} names for {len(decls)} inputs")
         decls = [dataclasses.replace(d, name=n) for d, n in zip(decls, input_names, strict=True)]
     others = ", ".join(repr(s) for s, _ in pairs[1:] if s not in nested)
+    kinds = {(param_role(m) or "lengths").replace("_", " ") for s, m in pairs if s not in nested}
     if others:
-        how += f"; {others} read as the same, each sequence with its own {kind.replace('_', ' ')}"
+        how += (
+            f"; {others} read as the same, each sequence with its own {' or '.join(sorted(kinds))}"
+        )
     if nested:
         chars = ", ".join(repr(s) for s in nested)
         how += f"; {chars} read as each step's characters, with a length per step, by its name"
@@ -709,7 +712,8 @@ def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
         f"and birnn-export infers only {inferred}; declare each, in forward's order: {declare} "
         "(e.g. 'x:float32[batch,seq,40]', 'speaker:int64[batch]', a second sequence with a "
         "time dim of its own 'y:int64[batch,y_seq]', its lengths 'y_lens:int64[batch]:"
-        "lengths(y_seq)'; Python: inputs=[...])"
+        "lengths(y_seq)', each word's characters 'chars:int64[batch,seq,chars]', their lengths "
+        "'char_lens:int64[batch,seq]:lengths(chars)'; Python: inputs=[...])"
     )
 
 

@@ -176,6 +176,33 @@ class PointerReader(nn.Module):
         return scores.masked_fill(~valid, -1e4)
 
 
+class QueryDocument(nn.Module):
+    """A retrieval scorer: the query comes with its lengths, the document with a mask (as its
+    tokenizer gives it); one packed BiGRU encodes both, their final states scored."""
+
+    def __init__(self, vocab: int = 40, dim: int = 8, hidden: int = 6):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(4 * hidden, 1)
+
+    def encode(self, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(
+            self.embedding(ids), lens, batch_first=True, enforce_sorted=False
+        )
+        return torch.cat(list(self.gru(packed)[1]), dim=-1)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_lens: torch.Tensor,
+        document: torch.Tensor,
+        document_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        pair = [self.encode(query, query_lens), self.encode(document, document_mask.sum(1))]
+        return self.score(torch.cat(pair, dim=-1))
+
+
 class CharWordTagger(nn.Module):
     """A named-entity tagger of Lample et al. (2016): each word's characters through a packed
     char BiLSTM (its final states), joined to the word's embedding, then a packed word BiLSTM

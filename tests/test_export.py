@@ -40,6 +40,7 @@ from tests.realistic_models import (
     FeaturePair,
     PackingTagger,
     PointerReader,
+    QueryDocument,
     SentencePairMatcher,
     SiamesePair,
 )
@@ -662,12 +663,16 @@ def _pair_feed(spec, batch, steps, seed):
             value = rng.integers(1, int(seq.high) + 1, size=shape)
         else:
             value = rng.standard_normal(shape).astype(np.float32)
-        value[np.arange(size)[None, :] >= n[:, None]] = 0
-        feed[seq.name], feed[lens.name] = value, n.astype(np.int64)
+        valid = np.arange(size)[None, :] < n[:, None]
+        value[~valid] = 0
+        feed[seq.name] = value
+        feed[lens.name] = valid.astype(lens.dtype) if lens.role == "mask" else n.astype(np.int64)
     return feed
 
 
-@pytest.mark.parametrize("cls", [SentencePairMatcher, SiamesePair, FeaturePair, PointerReader])
+@pytest.mark.parametrize(
+    "cls", [SentencePairMatcher, SiamesePair, FeaturePair, PointerReader, QueryDocument]
+)
 def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, cls):
     """forward(premise, premise_lengths, hypothesis, hypothesis_lengths): each sequence gets a
     time dim and lengths of its own, inferred from the names; the graph matches the model (torch's
@@ -678,10 +683,13 @@ def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, 
     assert result.verification.passed, result.verification.summary()
     spec = result.spec
     first, second = spec.inputs[0].name, spec.inputs[2].name
-    assert [t.role for t in spec.inputs][1::2] == ["lengths", "lengths"]
     assert spec.inputs[0].dims[:2] == ("batch", "seq") and spec.time_dim == "seq"
     assert spec.inputs[2].dims[:2] == ("batch", f"{second}_seq")
-    assert [t.high for t in spec.inputs[1::2]] == ["seq", f"{second}_seq"]
+    assert list(spec.length_sources()) == ["seq", f"{second}_seq"]
+    if cls is QueryDocument:  # lengths for the query, a mask for the document
+        assert [t.role for t in spec.inputs][1::2] == ["lengths", "mask"]
+    else:
+        assert [t.role for t in spec.inputs][1::2] == ["lengths", "lengths"]
     reference = cls().eval().double()
     reference.load_state_dict(model.state_dict())
     for seed, (batch, steps) in enumerate([(5, (9, 23)), (4, (30, 2)), (1, (4, 4))]):

@@ -497,6 +497,24 @@ def _signature(*names: str) -> nn.Module:
                 "char_lens:int64[batch,seq]:lengths(char_ids_seq)",
             ],
         ),
+        (  # a mask for the words, lengths for each word's characters
+            ("input_ids", "attention_mask", "char_ids", "char_lens"),
+            [
+                "input_ids:int64[batch,seq]",
+                "attention_mask:int64[batch,seq]:mask",
+                "char_ids:int64[batch,seq,char_ids_seq]",
+                "char_lens:int64[batch,seq]:lengths(char_ids_seq)",
+            ],
+        ),
+        (  # lengths for one sequence, a mask for the other
+            ("a", "a_lens", "b", "b_mask"),
+            [
+                "a:int64[batch,seq]",
+                "a_lens:int64[batch]:lengths(seq)",
+                "b:int64[batch,b_seq]",
+                "b_mask:bool[batch,b_seq]:mask",
+            ],
+        ),
         (("sent1", "sent1_length", "sent2", "sent2_length"), None),  # checked below
     ],
 )
@@ -517,7 +535,6 @@ def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> Non
     [
         ("q1", "q2"),  # no lengths: a second sequence or an id? Not guessed
         ("x", "max_len"),  # a number, not lengths
-        ("a", "a_lens", "b", "b_mask"),  # lengths for one, a mask for the other
         ("a", "x_lens", "y_lens", "b"),  # not in turn, nor sequences first, nor named alike
     ],
 )
