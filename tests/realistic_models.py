@@ -236,6 +236,41 @@ class CharWordTagger(nn.Module):
         return self.tags(out)
 
 
+class HierarchicalAttention(nn.Module):
+    """A document classifier of Yang et al. (2016): each sentence's words through a packed
+    BiGRU and attention, then the sentences through another; ``docs`` is ``[batch, sentences,
+    words]``, a length per document and per sentence."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8, hidden: int = 5) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.word_gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
+        self.sentence_gru = nn.GRU(2 * hidden, hidden, batch_first=True, bidirectional=True)
+        self.word_score = nn.Linear(2 * hidden, 1)
+        self.sentence_score = nn.Linear(2 * hidden, 1)
+        self.classes = nn.Linear(2 * hidden, 3)
+
+    @staticmethod
+    def attend(score: nn.Module, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = torch.arange(h.shape[1])[None, :] < lengths[:, None]
+        weights = torch.softmax(score(h).squeeze(-1).masked_fill(~valid, -1e4), dim=-1)
+        return (weights[..., None] * h).sum(1)
+
+    def run(self, gru: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+    def forward(
+        self, docs: torch.Tensor, doc_lengths: torch.Tensor, sentence_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        b, s, w = docs.shape
+        words = sentence_lengths.reshape(b * s).clamp(min=1)
+        h = self.run(self.word_gru, self.embedding(docs.reshape(b * s, w)), words)
+        sentences = self.attend(self.word_score, h, words).reshape(b, s, -1)
+        h = self.run(self.sentence_gru, sentences, doc_lengths)
+        return self.classes(self.attend(self.sentence_score, h, doc_lengths))
+
+
 class TutorialEncoder(nn.Module):
     """The encoder of PyTorch's seq2seq tutorials: time-major ids ``[seq, batch]``, packed."""
 

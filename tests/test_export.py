@@ -38,6 +38,7 @@ from tests.realistic_models import (
     CharWordTagger,
     ConvBiGRUCTC,
     FeaturePair,
+    HierarchicalAttention,
     PackingTagger,
     PointerReader,
     QueryDocument,
@@ -780,20 +781,25 @@ def test_a_layer_run_once_per_sequence_is_compared_at_each_run(tmp_path):
     assert "layer encoder#2/l0" in report.diagnosis()
 
 
-def _word_char_feed(batch, steps, spelling, seed):
-    """Words ragged on their lengths, each valid word's characters ragged on its own length
-    (1 to ``spelling``), padding id 0 past both; a padding word is one padding character. Made
-    here rather than by make_feed."""
+def _nested_feed(batch, steps, inner, vocab, seed):
+    """Rows ragged on their lengths, each valid step's inner sequence (a word's characters, a
+    sentence's words) ragged on its own length (1 to ``inner``), padding id 0 past both; a
+    padding step is one padding id. Made here rather than by make_feed."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, steps + 1, size=batch)
     lengths[0], lengths[-1] = steps, 1
     valid = np.arange(steps)[None, :] < lengths[:, None]
-    char_lengths = np.where(valid, rng.integers(1, spelling + 1, size=(batch, steps)), 1)
-    char_lengths[0, 0] = spelling
-    words = np.where(valid, rng.integers(1, 60, size=(batch, steps)), 0)
-    chars = rng.integers(1, 30, size=(batch, steps, spelling))
-    chars[np.arange(spelling)[None, None, :] >= char_lengths[..., None]] = 0
-    chars[~valid] = 0
+    inner_lengths = np.where(valid, rng.integers(1, inner + 1, size=(batch, steps)), 1)
+    inner_lengths[0, 0] = inner
+    ids = rng.integers(1, vocab, size=(batch, steps, inner))
+    ids[np.arange(inner)[None, None, :] >= inner_lengths[..., None]] = 0
+    ids[~valid] = 0
+    return lengths, valid, inner_lengths, ids
+
+
+def _word_char_feed(batch, steps, spelling, seed):
+    lengths, valid, char_lengths, chars = _nested_feed(batch, steps, spelling, 30, seed)
+    words = np.where(valid, np.random.default_rng(seed).integers(1, 60, size=valid.shape), 0)
     return {"words": words, "lengths": lengths, "chars": chars, "char_lengths": char_lengths}
 
 
@@ -837,6 +843,31 @@ def test_words_with_their_characters_match_torch_in_float64(tmp_path, declared):
             want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
         valid = np.arange(steps)[None, :] < feed["lengths"][:, None]
         np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
+
+
+def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path):
+    """A hierarchical classifier's one input holds a nested sequence: declared with a length
+    per document and per sentence, the graph matches the model in float64."""
+    torch.manual_seed(0)
+    model = HierarchicalAttention().eval()
+    inputs = [
+        "docs:int64[batch,sentences,words]",
+        "doc_lengths:int64[batch]:lengths(sentences)",
+        "sentence_lengths:int64[batch,sentences]:lengths(words)",
+    ]
+    ranges = {"sentences": (1, 6, 20), "words": (1, 9, 30)}
+    result = export_onnx(model, tmp_path / "han.onnx", inputs=inputs, ranges=ranges)
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.time_dim == "sentences" and list(result.spec.nested_lengths()) == ["words"]
+    reference = HierarchicalAttention().eval().double()
+    reference.load_state_dict(model.state_dict())
+    for seed, (batch, steps, inner) in enumerate([(5, 7, 13), (3, 17, 2), (1, 1, 1)]):
+        lengths, _, inner_lengths, docs = _nested_feed(batch, steps, inner, 50, seed)
+        feed = {"docs": docs, "doc_lengths": lengths, "sentence_lengths": inner_lengths}
+        got = run_ort(result.path, feed)["output"]
+        with torch.no_grad():
+            want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_a_graph_ignoring_each_words_character_lengths_fails_verification(tmp_path):
