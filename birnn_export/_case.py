@@ -22,6 +22,7 @@ from birnn_export._layers import (
     GraphLayers,
     LayersUnavailable,
     graph_layers,
+    in_reference_order,
     module_path,
     one_line,
 )
@@ -491,7 +492,7 @@ def case_layers(
         return CaseLayers(reason=state.reason)
     return CaseLayers(
         infos=state.infos,
-        graph=graph,
+        graph=in_reference_order(graph, reference, lengths),
         reference=reference,
         eager=graph_names(ran["eager_layers"]) if "eager_layers" in ran else None,
         lengths=lengths,

@@ -215,6 +215,52 @@ class GraphLayers:
         return out
 
 
+def in_reference_order(
+    graph: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    lengths: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The graph's layer outputs with rows of equal length in the reference's order.
+
+    A model that sorts its rows by length itself before packing (NCRF++ sorts each word by its
+    characters; older code sorts sentences for ``enforce_sorted=True``) and restores the order
+    after the layer runs the layer on rows that ``torch.sort`` and ONNX's ``TopK`` order
+    differently where lengths tie. Each reference row takes the graph row of its length nearest
+    to it (by each row's mean over its valid steps); rows of different lengths are never
+    exchanged, so a reversal or masking defect still shows."""
+    out = dict(graph)
+    for name, want in reference.items():
+        rows = lengths[name.rsplit("/", 1)[0]]
+        got = graph[name]
+        order = _tie_order(got[:, : want.shape[1]], want, rows)
+        if order is not None:
+            out[name] = got[order]
+    return out
+
+
+def _tie_order(got: np.ndarray, want: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """Indices that put ``got``'s rows in ``want``'s order among rows of equal length; ``None``
+    where each row is already nearest its own."""
+    valid = (np.arange(want.shape[1])[None, :] < rows[:, None])[..., None]
+    count = np.maximum(rows, 1)[:, None]
+    mean_got = np.where(valid, got, 0).sum(1) / count  # [B, F]
+    mean_want = np.where(valid, want, 0).sum(1) / count
+    order = np.arange(len(rows))
+    for length in np.unique(rows):
+        group = np.flatnonzero(rows == length)
+        if len(group) < 2:
+            continue
+        distance = np.abs(mean_want[group][:, None] - mean_got[group][None, :]).max(-1)
+        if np.all(np.diag(distance) <= distance.min(axis=1)):
+            continue
+        taken: set[int] = set()
+        for i in np.argsort(distance.min(axis=1)):  # the surest pairs first
+            j = next(int(j) for j in np.argsort(distance[i]) if int(j) not in taken)
+            taken.add(j)
+            order[group[i]] = group[j]
+    return None if np.array_equal(order, np.arange(len(rows))) else order
+
+
 def unreverse(y: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``y`` ``[T, B, H]`` computed on each row's reversed valid prefix, back in time order
     (each row's first ``lengths[b]`` steps reversed; past them zeros)."""

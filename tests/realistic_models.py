@@ -236,6 +236,28 @@ class CharWordTagger(nn.Module):
         return self.tags(out)
 
 
+class SortedCharTagger(CharWordTagger):
+    """:class:`CharWordTagger` as NCRF++ writes it: the words sorted by their characters'
+    lengths for ``enforce_sorted=True`` packing, their features put back in order after."""
+
+    def forward(
+        self,
+        words: torch.Tensor,
+        lengths: torch.Tensor,
+        chars: torch.Tensor,
+        char_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        b, t, c = chars.shape
+        spelling, order = char_lengths.reshape(b * t).clamp(min=1).sort(0, descending=True)
+        flat = self.char_embedding(chars.reshape(b * t, c)[order])
+        h = self.char_lstm(pack_padded_sequence(flat, spelling, batch_first=True))[1][0]
+        spelled = torch.cat([h[0], h[1]], dim=-1)[order.argsort()].reshape(b, t, 8)
+        x = torch.cat([self.word_embedding(words), spelled], dim=-1)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.word_lstm(packed)[0], batch_first=True, total_length=t)[0]
+        return self.tags(out)
+
+
 class HierarchicalAttention(nn.Module):
     """A document classifier of Yang et al. (2016): each sentence's words through a packed
     BiGRU and attention, then the sentences through another; ``docs`` is ``[batch, sentences,

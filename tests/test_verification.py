@@ -953,3 +953,22 @@ def test_polygraphy_reads_the_saved_inputs_and_outputs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "PASSED" in done.stdout
+
+
+def test_layer_rows_of_equal_length_are_matched_to_the_references_order():
+    """Rows a model sorted itself come in another order where lengths tie; they are put in the
+    reference's order. Rows of different lengths are never exchanged, so a defect still shows."""
+    from birnn_export._layers import in_reference_order
+
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((5, 4, 3))
+    rows = np.array([4, 2, 4, 2, 1])
+    for row, length in enumerate(rows):
+        want[row, length:] = 0
+    swapped = want[[2, 3, 0, 1, 4]] + 1e-9  # rows 0/2 and 1/3 tie: another sort's order
+    got = in_reference_order({"rnn/l0": swapped}, {"rnn/l0": want}, {"rnn": rows})["rnn/l0"]
+    np.testing.assert_allclose(got, want, atol=1e-8)
+    across = want[[1, 0, 2, 3, 4]]  # rows of lengths 4 and 2 exchanged: not put back
+    got = in_reference_order({"rnn/l0": across}, {"rnn/l0": want}, {"rnn": rows})["rnn/l0"]
+    assert not np.allclose(got[:2], want[:2])
+    assert {tuple(r.ravel()) for r in got} == {tuple(r.ravel()) for r in across}
