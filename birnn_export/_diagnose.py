@@ -141,9 +141,16 @@ def diagnose_layers(
                 f"the recurrent layers (e.g. the head) {where}"
             )
         also = f", or in {engine} itself" if engine != "ort-cpu" else ""
+        split = any(len(layer.y_names) == 2 for layer in layers)
+        reversal = (
+            "the graph's reversal of a backward node's output back into time order (the "
+            "ReverseSequence after it: the layer checks reverse the node's Y themselves), or "
+            if split
+            else ""
+        )
         return (
             f"every recurrent layer matches ({len(layers)} layer(s)) -> the difference is "
-            f"elsewhere (after the recurrent layers, e.g. the head{also}) {where}"
+            f"after the recurrent nodes: {reversal}later (e.g. the head{also}) {where}"
         )
     check = by_name[bad.name]
     limit = check.threshold if check.threshold is not None else None

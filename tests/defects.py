@@ -48,14 +48,21 @@ def _hidden(node: onnx.NodeProto) -> int:
     return next(helper.get_attribute_value(a) for a in node.attribute if a.name == "hidden_size")
 
 
-def plant_whole_flip(src: Path, dst: Path, *, before: str | None = None) -> Path | None:
+def plant_whole_flip(
+    src: Path, dst: Path, *, before: str | None = None, after: str | None = None
+) -> Path | None:
     """The seed's Example 3: every ReverseSequence (or only the one feeding the node named
-    ``before``) becomes a flip of the whole padded time axis."""
+    ``before``, or reading the output of the one named ``after``) becomes a flip of the whole
+    padded time axis."""
     proto = onnx.load(str(src))
     reversals = nodes(proto, "ReverseSequence")
     if before is not None:
         fed = {i for n in proto.graph.node if n.name == before for i in n.input}
         reversals = [n for n in reversals if n.output[0] in fed]
+    if after is not None:  # its Y, squeezed
+        made = {o for n in proto.graph.node if n.name == after for o in n.output}
+        made |= {n.output[0] for n in nodes(proto, "Squeeze") if n.input[0] in made}
+        reversals = [n for n in reversals if n.input[0] in made]
     if not reversals:
         return None
     graph = proto.graph

@@ -430,6 +430,20 @@ def test_per_output_tolerance_override_rescues_one_output(
         verify(bad, lstm, atol={"nope": 1.0}, **kwargs)
 
 
+def test_a_flipped_backward_output_is_told_after_the_layers_that_match(
+    stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    """The layer checks put a backward node's Y back in time order themselves, so a graph
+    whose own reversal after the node flips the whole axis matches at every layer: the
+    diagnosis says the difference is after the nodes and names that reversal."""
+    model, paths = stacked_tagger
+    bad = plant_whole_flip(paths["split"], tmp_path / "out_flip.onnx", after="rnn/l1/backward")
+    report = verify(bad, model, batch_sizes=(4,), seq_lens=(6,), large_scale=None)
+    assert not report.passed
+    assert "every recurrent layer matches (2 layer(s))" in report.diagnosis()
+    assert "reversal of a backward node's output back into time order" in report.diagnosis()
+
+
 def test_json_report_and_saved_inputs_reproduce_failure(
     lstm: BiRNN, split_path: Path, tmp_path: Path
 ) -> None:
