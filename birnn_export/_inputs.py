@@ -506,8 +506,12 @@ def takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
 
 
 def first_leaf(model: nn.Module) -> nn.Module | None:
-    """The first module that runs on the input (the first leaf, or a recurrent layer)."""
+    """The first module that runs on the input (the first leaf, or a recurrent layer), past any
+    dropout or identity, which tell nothing of the input (NCRF++'s char encoder starts with
+    one)."""
     for module in model.modules():
+        if isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity)):
+            continue
         if isinstance(module, BiRNN) or not list(module.children()):
             return module
     return None
@@ -634,7 +638,7 @@ def _pair_inputs(
     nested = []
     for index, (sequence, mark) in enumerate(pairs):
         kind = param_role(mark) or "lengths"
-        time = SEQ if index == 0 else f"{sequence}_seq"
+        time = SEQ if index == 0 else f"{sequence.removesuffix('_seq')}_seq"
         dims = tuple(time if d == SEQ else d for d in first.dims)
         if index and kind == "lengths" and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
             nested.append(sequence)  # each word's characters, with a length per word

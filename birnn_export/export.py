@@ -576,6 +576,33 @@ def _time_major_hint(model: nn.Module, planned: PlannedInputs) -> str:
     )
 
 
+def _nested_hint(planned: PlannedInputs) -> str:
+    """A ``[batch]`` lengths input measuring a dim that comes after the time dim in an input
+    (``chars:int64[batch,seq,chars]``): each word's own length would be ``[batch,seq]``."""
+    hint = ""
+    time = planned.time_dim
+    for decl in planned.decls:
+        dim = decl.measures
+        if dim is None or len(decl.dims) != 1:
+            continue
+        holder = next(
+            (
+                d
+                for d in planned.decls
+                if time in d.dims and dim in d.dims[d.dims.index(time) + 1 :]
+            ),
+            None,
+        )
+        if holder is not None:
+            nested = dataclasses.replace(decl, dims=(planned.batch_dim, time))
+            hint += (
+                f"; {decl.name!r} measures {dim!r}, which comes after {time!r} in "
+                f"{holder.name!r}: if it holds a length per step of {time!r} (each word's "
+                f"characters), declare --input '{nested}'"
+            )
+    return hint
+
+
 def _declare_hint(planned: PlannedInputs, time_major: str = "") -> str:
     """How to declare the inputs: the declarations the example was made from, to edit; the
     mask's sense where the graph takes a mask (the likeliest thing to have been guessed wrong);
@@ -595,6 +622,7 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "") -> str:
                 f"the other way round declare --input '{decl.name}:{decl.dtype}[{dims}]:{other}' "
                 "(another dtype likewise)"
             )
+    hint += _nested_hint(planned)
     for decl, role in zip(planned.decls, planned.roles, strict=True):
         if role == "tokens" and decl.dims == (planned.batch_dim,) and param_role(decl.name):
             hint += (

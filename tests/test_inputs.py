@@ -497,6 +497,15 @@ def _signature(*names: str) -> nn.Module:
                 "char_lens:int64[batch,seq]:lengths(char_ids_seq)",
             ],
         ),
+        (  # a sequence already named ..._seq names its dim so
+            ("tokens", "lengths", "char_seq", "char_seq_lens"),
+            [
+                "tokens:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "char_seq:int64[batch,seq,char_seq]",
+                "char_seq_lens:int64[batch,seq]:lengths(char_seq)",
+            ],
+        ),
         (  # a mask for the words, lengths for each word's characters
             ("input_ids", "attention_mask", "char_ids", "char_lens"),
             [
@@ -575,6 +584,35 @@ def test_a_nested_sequence_needs_its_outer_lengths_and_an_input_of_both(declared
     model = _signature("words", "lengths", "chars", "char_lengths")
     with pytest.raises(ExportError, match=message):
         plan_inputs(model, inputs=declared, example_inputs=None, **PLANNING)
+
+
+def test_lengths_of_each_words_characters_declared_per_row_are_told(tmp_path) -> None:
+    from tests.realistic_models import CharWordTagger
+
+    inputs = [
+        "words:int64[batch,seq]",
+        "lengths:int64[batch]:lengths(seq)",
+        "chars:int64[batch,seq,chars]",
+        "char_lengths:int64[batch]:lengths(chars)",  # one per row, where the model wants a word's
+    ]
+    told = r"if it holds a length per step of 'seq' \(each word's characters\), declare --input "
+    told += r"'char_lengths:int64\[batch,seq\]:lengths\(chars\)'"
+    with pytest.raises(ExportError, match=told):
+        export_onnx(CharWordTagger().eval(), tmp_path / "c.onnx", inputs=inputs)
+    assert not (tmp_path / "c.onnx").exists()
+
+
+def test_the_first_layer_is_found_past_a_dropout() -> None:
+    """NCRF++ registers its char encoder first, and it starts with a Dropout."""
+    from birnn_export._inputs import first_leaf
+
+    class CharFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.char_drop = nn.Dropout(0.5)
+            self.char_embedding = nn.Embedding(30, 4)
+
+    assert isinstance(first_leaf(CharFirst()), nn.Embedding)
 
 
 class NumericMaskTagger(nn.Module):
