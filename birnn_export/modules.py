@@ -605,7 +605,11 @@ class BiRNN(nn.Module):
                 )
                 outs = [y.squeeze(1)]
                 if self.bidirectional:
-                    rev = _reverse_sequence(xt, lens)
+                    # Reversed in the dtype the node computes in (float32 for a ragged float16
+                    # graph): TensorRT-RTX's builder failed on a float16 reversal between the
+                    # Casts of a BiLSTM-CRF tagger (Myelin "CHECK_GE(crds.size(), ...)").
+                    compute = recurrent_dtype(xt.dtype, ragged=seq_lens is not None)
+                    rev = _reverse_sequence(xt.to(compute), lens)
                     yb, last_b = self._onnx_node(
                         rev,
                         layer,
@@ -615,8 +619,10 @@ class BiRNN(nn.Module):
                         "forward",
                         f"{name}/backward",
                     )
-                    outs.append(_reverse_sequence(yb.squeeze(1), lens))
-                    last = [torch.cat([f, b], 0) for f, b in zip(last, last_b, strict=True)]
+                    outs.append(_reverse_sequence(yb.squeeze(1), lens).to(xt.dtype))
+                    last = [
+                        torch.cat([f, b.to(f.dtype)], 0) for f, b in zip(last, last_b, strict=True)
+                    ]
                 xt = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
             finals.append(last)
         if not full and self.padding_value != 0.0:

@@ -412,3 +412,44 @@ def test_tensorrt_rtx_parses_and_builds_the_viterbi_scans(tagger_graph) -> None:
     report = check_compatibility(path, target="tensorrt", tensorrt="tensorrt_rtx")
     assert report.ok and report.build is not None and report.build.ok, report.lines()
     assert report.build.seconds < 20  # ReduceMax + ArgMax at 4 tags took 34 s; TopK 1 s
+
+
+class PackedBiLSTMCRF(nn.Module):
+    """A tagger that takes lengths and packs: torchcrf's decode under a mask from them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(40, 12)
+        self.lstm = nn.LSTM(12, 8, batch_first=True, bidirectional=True)
+        self.hidden2tag = nn.Linear(16, TAGS)
+        self.crf = _trained_like(torchcrf.CRF(TAGS, batch_first=True))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embedding(ids), lengths, batch_first=True, enforce_sorted=False
+        )
+        out = nn.utils.rnn.pad_packed_sequence(
+            self.lstm(packed)[0], batch_first=True, total_length=ids.shape[1]
+        )[0]
+        mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        return self.crf.decode(self.hidden2tag(out), mask=mask)
+
+
+@pytest.mark.tensorrt_rtx
+@pytest.mark.parametrize("layout", ["split", "fused"])
+def test_tensorrt_rtx_builds_a_float16_tagger_with_lengths(tmp_path, layout: str) -> None:
+    """The split layout's float16 reversals feeding the float32 nodes made TensorRT-RTX's
+    builder fail (Myelin "CHECK_GE(crds.size(), input_dims.size())"); they reverse in the
+    nodes' dtype now."""
+    from birnn_export.check import check_compatibility
+    from birnn_export.trt import library_reason
+
+    reason = library_reason("tensorrt_rtx")
+    if reason is not None:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    path = tmp_path / "tagger16.onnx"
+    result = export_onnx(PackedBiLSTMCRF().eval(), path, dtype="float16", layout=layout)
+    assert result.verification.passed, result.verification.summary()
+    report = check_compatibility(path, target="tensorrt", tensorrt="tensorrt_rtx")
+    assert report.ok and report.build is not None and report.build.ok, report.lines()
