@@ -37,6 +37,7 @@ from birnn_export.models import SequenceTagger
 from birnn_export.modules import BiRNN
 from birnn_export.spec import (
     BATCH,
+    DEFAULT_NESTED_RANGE,
     MASK_ROLES,
     SEQ,
     InputDecl,
@@ -265,7 +266,7 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
                 f"inputs: the lengths input measures {dim!r}, which no other input has as a "
                 "dim; name the time dim it measures, e.g. ':lengths(time)'"
             )
-    nested = {str(d.measures): _within(d) for d in decls if _within(d) is not None}
+    nested = {str(d.measures): d.within for d in decls if d.within is not None}
     ragged = [*measured, *(mask_dim(d) for d in decls if d.mask is not None)]
     for dim, outer in nested.items():
         _check_nested(decls, dim, str(outer), ragged)
@@ -286,19 +287,17 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
     return BATCH, time
 
 
-def _within(decl: InputDecl) -> str | None:
-    """OUTER of a nested lengths input ``[batch,OUTER]:lengths(DIM)`` (DIM nested in OUTER's
-    steps, as a word's characters are)."""
-    if decl.measures is None or len(decl.dims) != 2:
-        return None
-    return next(str(d) for d in decl.dims if d != BATCH)
-
-
 def _check_nested(decls: Sequence[InputDecl], dim: str, outer: str, ragged: Sequence[str]) -> None:
     """A dim nested in ``outer``'s steps needs ``outer`` to have lengths (or a mask) of its own
     and an input that has both dims, ``outer`` first (``chars:int64[batch,seq,chars]``)."""
     lengths = next(d.name for d in decls if d.measures == dim)
-    if outer not in ragged or any(d.measures == outer and _within(d) for d in decls):
+    if any(d.measures == outer and d.within for d in decls):
+        raise BiRNNExportError(
+            f"input {lengths!r}: it measures {dim!r} within each step of {outer!r}, itself nested "
+            "in another dim: nesting goes one level deep (each word's characters); export the "
+            "inner encoder as a model of its own"
+        )
+    if outer not in ragged:
         raise BiRNNExportError(
             f"input {lengths!r}: it measures {dim!r} within each step of {outer!r}, which has no "
             f"lengths or mask of its own; declare one, e.g. 'lengths:int64[batch]:lengths({outer})'"
@@ -329,8 +328,11 @@ def _ranges(
             f"{', '.join(names)}"
         )
     out = {}
+    nested = {d.measures for d in decls if d.within is not None}
     for name in names:
         default = batch_range if name == batch_dim else seq_range
+        if name in nested:
+            default = DEFAULT_NESTED_RANGE
         triple = check_range(f"range of {name!r}", given.get(name, default))
         if triple[0] == triple[2]:
             raise BiRNNExportError(
@@ -636,15 +638,17 @@ def _pair_inputs(
     measure."""
     by_name: dict[str, tuple[InputDecl, str]] = {}
     nested = []
+    outer = SEQ  # the time dim of the last sequence not nested: its words' characters nest in it
     for index, (sequence, mark) in enumerate(pairs):
         kind = param_role(mark) or "lengths"
         time = SEQ if index == 0 else f"{sequence.removesuffix('_seq')}_seq"
         dims = tuple(time if d == SEQ else d for d in first.dims)
         if index and kind == "lengths" and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
             nested.append(sequence)  # each word's characters, with a length per word
-            by_name[sequence] = (InputDecl(sequence, first.dtype, (BATCH, SEQ, time)), role)
-            by_name[mark] = (InputDecl(mark, "int64", (BATCH, SEQ), time), kind)
+            by_name[sequence] = (InputDecl(sequence, first.dtype, (BATCH, outer, time)), role)
+            by_name[mark] = (InputDecl(mark, "int64", (BATCH, outer), time), kind)
             continue
+        outer = time
         by_name[sequence] = (InputDecl(sequence, first.dtype, dims), role)
         if kind == "lengths":
             by_name[mark] = (InputDecl(mark, "int64", (BATCH,), time), kind)
@@ -671,7 +675,7 @@ def _pair_inputs(
 
 #: A second sequence so named (``chars``, ``char_ids``, ``word_chars``) holds each word's
 #: characters: it is nested in the first sequence's steps (a character-level encoder per word).
-_CHARS = re.compile(r"(^|_)char")
+_CHARS = re.compile(r"(^|_)char(s|acters?)?(_|$)")
 
 #: Endings that mark one of two parameters of the same kind (``attention_mask_a``, ``mask2``).
 _PAIR_MARK = re.compile(r"(_[ab12]|[12])$")
@@ -746,6 +750,20 @@ def _guess_from_examples(
             )
         if i == 1 and tensor.dim() == 1 and not tensor.is_floating_point():
             roles.append("lengths")
+        elif (
+            i >= 1
+            and tensor.dim() == 2
+            and not tensor.is_floating_point()
+            and i < len(params)
+            and param_role(params[i]) == "lengths"
+        ):
+            raise BiRNNExportError(
+                f"example_inputs[{i}] ({params[i]!r}): lengths of shape {tuple(tensor.shape)}, "
+                "one per row and step (each word's characters), are not guessed from examples; "
+                "declare the inputs, e.g. inputs=['words:int64[batch,seq]', "
+                "'lengths:int64[batch]:lengths(seq)', 'chars:int64[batch,seq,chars]', "
+                "'char_lengths:int64[batch,seq]:lengths(chars)']"
+            )
         elif i >= 1 and tensor.dim() == 2 and (i < len(params) and params[i] in MASK_NAMES):
             roles.append(MASK_NAMES[params[i]][0])
         elif i >= 1 and tensor.dim() == 2 and tensor.dtype == torch.bool:

@@ -36,6 +36,9 @@ SEQ = "seq"
 #: Default serving ranges (min, opt, max) of the symbolic dims, declared in every spec.
 DEFAULT_BATCH_RANGE = (1, 8, 32)
 DEFAULT_SEQ_RANGE = (1, 64, 256)
+#: The default range of a dim nested in another's steps (a word's characters): most words are
+#: short, and each step of every row holds one, so the time dim's range would feed 256 x 256.
+DEFAULT_NESTED_RANGE = (1, 16, 64)
 
 Role = Literal[
     "features", "tokens", "lengths", "mask", "padding_mask", "sequence", "state", "tags", "other"
@@ -547,7 +550,9 @@ def make_feed(
     positions past each row's length hold padding (0, or the lowest token id) in every input
     with batch and time axes, as in a padded batch: layers before the recurrent ones (a
     convolution, say) see them. A second sequence (a sentence pair's) with lengths or a mask of
-    its own is padded likewise along its own time dim, at its size in ``spec.sizes``. Where the
+    its own is padded likewise along its own time dim, at its size in ``spec.sizes``; a dim
+    nested in another's steps (each word's characters, ``spec.nested_lengths``) gets a length per
+    row and step (:func:`_nested_lengths`) and is padded past each. Where the
     graph takes neither but pads token rows with ``spec.token_padding``, token rows are
     ``lengths`` long and padded with it.
     """
@@ -603,10 +608,10 @@ def _nested_lengths(
     mode: LengthsMode,
     low: int,
 ) -> np.ndarray:
-    """Lengths ``[batch, steps]`` of a dim nested in the time dim (each word's characters), as
-    :func:`make_lengths` makes them over every valid step (``outer``: each row's valid steps);
-    steps past a row's length have ``low`` (at least 1), a padding word of one padding
-    character."""
+    """Lengths ``[batch, steps]`` of a dim nested in another's steps (each word's characters),
+    as :func:`make_lengths` makes them over every valid step (``outer``: each row's valid steps
+    along that dim); steps past a row's length have ``low`` (at least 1): a padding word is one
+    padding character, as NCRF++ pads them."""
     low = max(1, min(low, size))
     rows = np.full((len(outer), steps), low, dtype=np.int64)
     valid = np.arange(steps)[None, :] < outer[:, None]
@@ -745,6 +750,14 @@ class InputDecl:
                 f"per row and step), e.g. 'mask:bool[batch,seq]:{match['mask']}'"
             )
         return cls(match["name"], dtype, tuple(dims), measures, match["mask"])
+
+    @property
+    def within(self) -> str | None:
+        """OUTER of a nested lengths input ``[batch,OUTER]:lengths(DIM)`` (DIM nested in OUTER's
+        steps, as a word's characters are); ``None`` for any other input."""
+        if self.measures is None or len(self.dims) != 2:
+            return None
+        return next(str(d) for d in self.dims if d != BATCH)
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.dims)

@@ -835,6 +835,7 @@ def test_words_with_their_characters_match_torch_in_float64(tmp_path, cls, decla
     assert spec.inputs[2].dims == ("batch", "seq", chars)
     assert spec.inputs[3].dims == ("batch", "seq") and spec.inputs[3].high == chars
     assert list(spec.length_sources()) == ["seq"] and list(spec.nested_lengths()) == [chars]
+    assert spec.dim_ranges[chars] == ((1, 12, 40) if declared else (1, 16, 64))  # words are short
     layers = {o.name for c in result.verification.cases for o in c.outputs if o.check == "layer"}
     assert layers == {"char_lstm/l0", "word_lstm/l0"}
     shown = describe_lines(describe_onnx(result.path))

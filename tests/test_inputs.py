@@ -497,6 +497,26 @@ def _signature(*names: str) -> nn.Module:
                 "char_lens:int64[batch,seq]:lengths(char_ids_seq)",
             ],
         ),
+        (  # the characters of the second sequence's words nest in its time dim
+            ("a", "a_lens", "b", "b_lens", "b_chars", "b_char_lens"),
+            [
+                "a:int64[batch,seq]",
+                "a_lens:int64[batch]:lengths(seq)",
+                "b:int64[batch,b_seq]",
+                "b_lens:int64[batch]:lengths(b_seq)",
+                "b_chars:int64[batch,b_seq,b_chars_seq]",
+                "b_char_lens:int64[batch,b_seq]:lengths(b_chars_seq)",
+            ],
+        ),
+        (  # 'chart' is not characters: a second sequence
+            ("ids", "lengths", "chart_ids", "chart_ids_lens"),
+            [
+                "ids:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "chart_ids:int64[batch,chart_ids_seq]",
+                "chart_ids_lens:int64[batch]:lengths(chart_ids_seq)",
+            ],
+        ),
         (  # a sequence already named ..._seq names its dim so
             ("tokens", "lengths", "char_seq", "char_seq_lens"),
             [
@@ -576,6 +596,16 @@ def test_other_signatures_are_not_read_as_pairs(names) -> None:
             r"no input has 'seq' and then 'chars' as dims; declare the nested sequence so, e.g. "
             r"'chars:int64\[batch,seq,chars\]'",
         ),
+        (
+            [
+                "docs:int64[batch,seq,w,c]",
+                "lengths:int64[batch]:lengths(seq)",
+                "sentence_lengths:int64[batch,seq]:lengths(w)",
+                "word_lengths:int64[batch,w]:lengths(c)",
+            ],
+            r"'word_lengths': it measures 'c' within each step of 'w', itself nested in another "
+            r"dim: nesting goes one level deep",
+        ),
     ],
 )
 def test_a_nested_sequence_needs_its_outer_lengths_and_an_input_of_both(declared, message):
@@ -600,6 +630,20 @@ def test_lengths_of_each_words_characters_declared_per_row_are_told(tmp_path) ->
     with pytest.raises(ExportError, match=told):
         export_onnx(CharWordTagger().eval(), tmp_path / "c.onnx", inputs=inputs)
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_nested_lengths_in_example_inputs_ask_for_declarations(tmp_path) -> None:
+    from tests.realistic_models import CharWordTagger
+
+    example = (
+        torch.randint(1, 60, (3, 4)),
+        torch.tensor([4, 2, 1]),
+        torch.randint(1, 30, (3, 4, 5)),
+        torch.randint(1, 6, (3, 4)),
+    )
+    told = r"example_inputs\[3\] \('char_lengths'\): lengths of shape \(3, 4\), one per row "
+    with pytest.raises(ExportError, match=told + r"and step .* declare the inputs"):
+        export_onnx(CharWordTagger().eval(), tmp_path / "c.onnx", example_inputs=example)
 
 
 def test_the_first_layer_is_found_past_a_dropout() -> None:
