@@ -673,8 +673,9 @@ def _pair_inputs(
     return tuple(decls), tuple(by_name[name][1] for name in order), how
 
 
-#: A second sequence so named (``chars``, ``char_ids``, ``word_chars``) holds each word's
-#: characters: it is nested in the first sequence's steps (a character-level encoder per word).
+#: A later sequence so named (``chars``, ``char_ids``, ``word_chars``, ``characters``; not
+#: ``chart_ids``) holds each word's characters: it is nested in the steps of the sequence before
+#: it (a character-level encoder per word).
 _CHARS = re.compile(r"(^|_)char(s|acters?)?(_|$)")
 
 #: Endings that mark one of two parameters of the same kind (``attention_mask_a``, ``mask2``).
