@@ -552,7 +552,9 @@ def make_feed(
     convolution, say) see them. A second sequence (a sentence pair's) with lengths or a mask of
     its own is padded likewise along its own time dim, at its size in ``spec.sizes``; a dim
     nested in another's steps (each word's characters, ``spec.nested_lengths``) gets a length per
-    row and step (:func:`_nested_lengths`) and is padded past each. Where the
+    row and step (:func:`_nested_lengths`) and is padded past each; so are the ids of a token
+    input's named dim right after the time dim that no lengths input measures (a char-CNN's
+    characters: the lowest id past each word's end, and not before it). Where the
     graph takes neither but pads token rows with ``spec.token_padding``, token rows are
     ``lengths`` long and padded with it.
     """
@@ -597,7 +599,49 @@ def make_feed(
         )
         feed[tensor.name] = (rows if tensor.batch_axis == 0 else rows.T).astype(tensor.dtype)
         _pad_past(spec, feed, dim, rows, within=tensor.within)
+    for tensor, dim in _spelled_without_lengths(spec):
+        outer = spec.feed_lengths(feed)
+        steps = sizes[spec.time_dim]
+        outer = np.full(batch, steps, dtype=np.int64) if outer is None else outer
+        rows = _nested_lengths(outer, steps, sizes[dim], rng, lengths, ranges[dim][0])
+        rows[np.arange(steps)[None, :] >= outer[:, None]] = 0  # a padding word: all padding
+        _pad_past(spec, feed, dim, rows, within=spec.time_dim, only=tensor.name)
+        data, low = feed[tensor.name], int(tensor.low or 0)
+        high = tensor.high if isinstance(tensor.high, (int, float)) else low
+        if low + 1 <= high:  # no padding id inside a word: the model may find its end by it
+            keep = _keep_mask(
+                data, [tensor.batch_axis, tensor.time_axis, tensor.dims.index(dim)], rows
+            )
+            data[keep & (data == low)] = low + 1
     return feed
+
+
+def _spelled_without_lengths(spec: GraphSpec) -> list[tuple[TensorSpec, str]]:
+    """Token inputs with a named dim right after the time dim that no lengths input measures
+    (``chars:int64[batch,seq,chars]`` read by a char-CNN, or by a model that finds each word's
+    end by its padding id), with that dim: each word's ids are padded past a length of its own,
+    as a real batch of words is."""
+    measured = {*spec.length_sources(), *spec.nested_lengths()}
+    out = []
+    for tensor in spec.inputs:
+        t_axis, b_axis = tensor.time_axis, tensor.batch_axis
+        if tensor.role != "tokens" or t_axis is None or b_axis is None:
+            continue
+        inner = tensor.dims[t_axis + 1] if t_axis + 1 < len(tensor.dims) else None
+        if isinstance(inner, str) and inner not in measured and inner != spec.batch_dim:
+            out.append((tensor, inner))
+    return out
+
+
+def _keep_mask(data: np.ndarray, axes: list[int], rows: np.ndarray) -> np.ndarray:
+    """``data``-shaped: True before each row's length along ``axes[-1]``; ``rows`` is indexed
+    by the other ``axes`` (batch, and the outer dim of a nested one) in their order."""
+    valid = np.arange(data.shape[axes[-1]]) < rows[..., None]  # [batch, (within,) steps]
+    expand = [1] * data.ndim
+    for axis in axes:
+        expand[axis] = data.shape[axis]
+    keep = valid.transpose(np.argsort(axes)).reshape(expand)
+    return np.broadcast_to(keep, data.shape)
 
 
 def _nested_lengths(
@@ -625,12 +669,15 @@ def _pad_past(
     dim: str,
     rows: np.ndarray,
     within: str | None = None,
+    only: str | None = None,
 ) -> None:
-    """Padding past each row's length along ``dim`` in every input with batch and ``dim`` axes,
-    and each mask of ``dim`` set to match. ``within``: ``dim`` is nested in that dim's steps
-    and ``rows`` is ``[batch, within]`` (each word's characters); inputs without it are left
-    as they are."""
+    """Padding past each row's length along ``dim`` in every input with batch and ``dim`` axes
+    (or the input named ``only``), and each mask of ``dim`` set to match. ``within``: ``dim``
+    is nested in that dim's steps and ``rows`` is ``[batch, within]`` (each word's characters);
+    inputs without it are left as they are."""
     for tensor in spec.inputs:
+        if only is not None and tensor.name != only:
+            continue
         b_axis = tensor.batch_axis
         t_axis = tensor.time_axis if dim == spec.time_dim else None
         if t_axis is None and dim != spec.time_dim and dim in tensor.dims:
@@ -643,13 +690,7 @@ def _pad_past(
                 continue
             axes.insert(1, tensor.dims.index(within))
         data = feed[tensor.name]
-        steps = data.shape[t_axis]
-        valid = np.arange(steps) < rows[..., None]  # [batch, (within,) steps]
-        expand = [1] * data.ndim
-        for axis in axes:
-            expand[axis] = data.shape[axis]
-        keep = valid.transpose(np.argsort(axes)).reshape(expand)
-        keep = np.broadcast_to(keep, data.shape)
+        keep = _keep_mask(data, axes, rows)
         if tensor.role in MASK_ROLES:
             data[...] = keep if tensor.role == "mask" else ~keep
         elif tensor.role in ("features", "tokens"):

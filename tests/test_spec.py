@@ -183,6 +183,23 @@ def test_each_words_characters_are_ragged_on_their_own_lengths(batch_at):
     assert len(set(spelled[words].tolist())) == 1
 
 
+def test_characters_without_lengths_are_padded_past_each_words_end():
+    """A token input with a named dim after the time dim and no lengths for it (a char-CNN's,
+    or a model that finds each word's end by the padding id): each valid word is spelled 1 to
+    the full width, padded with the lowest id past it and free of it before; a padding word
+    is all padding."""
+    words = _words_and_chars()
+    unmeasured = dataclasses.replace(words, inputs=words.inputs[:3])
+    feed = make_feed(unmeasured, 6, 9, seed=5, dims={"chars": 7})
+    lengths, chars = feed["lengths"], feed["chars"]
+    valid = np.arange(9)[None, :] < lengths[:, None]
+    spelled = (chars != 2).sum(-1)  # 2: the lowest id, the padding
+    assert spelled[valid].min() == 1 and spelled[valid].max() == 7
+    assert len(set(spelled[valid].tolist())) > 2 and np.all(spelled[~valid] == 0)
+    inside = np.arange(7)[None, None, :] < spelled[..., None]
+    assert np.all(chars[inside] != 2) and np.all(chars[~inside] == 2)
+
+
 def test_same_seed_same_feed():
     a, b = make_feed(spec(), 3, 5, seed=9), make_feed(spec(), 3, 5, seed=9)
     assert all(np.array_equal(a[k], b[k]) for k in a)
