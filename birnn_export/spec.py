@@ -605,14 +605,11 @@ def make_feed(
         outer = np.full(batch, steps, dtype=np.int64) if outer is None else outer
         rows = _nested_lengths(outer, steps, sizes[dim], rng, lengths, ranges[dim][0])
         rows[np.arange(steps)[None, :] >= outer[:, None]] = 0  # a padding word: all padding
-        _pad_past(spec, feed, dim, rows, within=spec.time_dim, only=tensor.name)
         data, low = feed[tensor.name], int(tensor.low or 0)
         high = tensor.high if isinstance(tensor.high, (int, float)) else low
         if low + 1 <= high:  # no padding id inside a word: the model may find its end by it
-            keep = _keep_mask(
-                data, [tensor.batch_axis, tensor.time_axis, tensor.dims.index(dim)], rows
-            )
-            data[keep & (data == low)] = low + 1
+            data[data == low] = low + 1  # padding is written back below
+        _pad_past(spec, feed, dim, rows, within=spec.time_dim, only=tensor.name)
     return feed
 
 
@@ -631,17 +628,6 @@ def _spelled_without_lengths(spec: GraphSpec) -> list[tuple[TensorSpec, str]]:
         if isinstance(inner, str) and inner not in measured and inner != spec.batch_dim:
             out.append((tensor, inner))
     return out
-
-
-def _keep_mask(data: np.ndarray, axes: list[int], rows: np.ndarray) -> np.ndarray:
-    """``data``-shaped: True before each row's length along ``axes[-1]``; ``rows`` is indexed
-    by the other ``axes`` (batch, and the outer dim of a nested one) in their order."""
-    valid = np.arange(data.shape[axes[-1]]) < rows[..., None]  # [batch, (within,) steps]
-    expand = [1] * data.ndim
-    for axis in axes:
-        expand[axis] = data.shape[axis]
-    keep = valid.transpose(np.argsort(axes)).reshape(expand)
-    return np.broadcast_to(keep, data.shape)
 
 
 def _nested_lengths(
@@ -690,7 +676,12 @@ def _pad_past(
                 continue
             axes.insert(1, tensor.dims.index(within))
         data = feed[tensor.name]
-        keep = _keep_mask(data, axes, rows)
+        steps = data.shape[axes[-1]]
+        valid = np.arange(steps) < rows[..., None]  # [batch, (within,) steps]
+        expand = [1] * data.ndim
+        for axis in axes:
+            expand[axis] = data.shape[axis]
+        keep = np.broadcast_to(valid.transpose(np.argsort(axes)).reshape(expand), data.shape)
         if tensor.role in MASK_ROLES:
             data[...] = keep if tensor.role == "mask" else ~keep
         elif tensor.role in ("features", "tokens"):
