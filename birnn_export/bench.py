@@ -82,6 +82,11 @@ ADAPTIVE_TARGET_S = 1.0
 ADAPTIVE_SLOW_LIMIT_S = 10.0
 ADAPTIVE_MAX_RUNS = 1000
 DURATION_MIN_RUNS = 3
+#: A row whose run times have a coefficient of variation (std / mean) above this, in percent, is
+#: named under the table: its median and ratios are less certain (other work on the cores).
+#: trtexec warns above 1% for a GPU's compute time; CPU runs on a quiet machine stay
+#: within a few percent.
+UNSTABLE_CV_PCT = 10.0
 
 #: Columns of :meth:`BenchReport.to_csv` (and keys of each JSON result), in order.
 CSV_COLUMNS = (
@@ -92,6 +97,7 @@ CSV_COLUMNS = (
     "p90_ms",
     "p99_ms",
     "mean_ms",
+    "cv_pct",
     "runs",
     "seq_per_s",
     "tokens_per_s",
@@ -115,7 +121,9 @@ class BenchResult:
     are ``None`` and ``runs`` is 0; ``reason`` says why. ``max_abs_error`` is the largest
     absolute difference from eager torch over all outputs (``None`` if never compared).
     ``build_s`` is the runner's set-up time (session creation, engine build or load);
-    ``engine_bytes`` the TensorRT engine's size (``trt``, ``trt-rtx``). A ``trt-rtx`` engine
+    ``engine_bytes`` the TensorRT engine's size (``trt``, ``trt-rtx``). ``cv_pct`` is the run
+    times' coefficient of variation (std / mean, percent): above :data:`UNSTABLE_CV_PCT` the
+    table names the row as unstable. A ``trt-rtx`` engine
     that cannot run here (no RTX-class GPU) is still built ahead of time on the CPU: its rows are
     ``"unavailable"`` with ``build_s`` (the builder's time) and ``engine_bytes``.
     """
@@ -129,6 +137,7 @@ class BenchResult:
     p90_ms: float | None = None
     p99_ms: float | None = None
     mean_ms: float | None = None
+    cv_pct: float | None = None
     runs: int = 0
     seq_per_s: float | None = None
     tokens_per_s: float | None = None
@@ -159,6 +168,10 @@ class BenchReport:
         return next(
             (r for r in self.results if (r.engine, r.batch, r.seq) == (engine, batch, seq)), None
         )
+
+    def unstable(self) -> tuple[BenchResult, ...]:
+        """Timed rows whose run times vary by more than :data:`UNSTABLE_CV_PCT` percent."""
+        return tuple(r for r in self.results if (r.cv_pct or 0.0) > UNSTABLE_CV_PCT)
 
     def failed(self) -> tuple[BenchResult, ...]:
         """Rows whose engine ran but was wrong or crashed (``"mismatch"`` or ``"error"``)."""
@@ -671,6 +684,7 @@ def render_table(report: BenchReport) -> Any:
         + _torch_mode(report.settings),
         *_other_dims(report.settings),
         *notes.values(),
+        *_unstable_line(report),
         *(
             f"{engine}: recurrent nodes left to the CPU, so timed partly on the CPU: "
             f"{', '.join(nodes)} (see 'birnn-export check --target ort-cuda')"
@@ -679,6 +693,20 @@ def render_table(report: BenchReport) -> Any:
     ]
     table.caption = Text("\n".join(lines))
     return table
+
+
+def _unstable_line(report: BenchReport) -> list[str]:
+    """One caption line naming the rows whose run times varied too much to trust, if any."""
+    rows = report.unstable()
+    if not rows:
+        return []
+    named = ", ".join(f"{r.engine} batch {r.batch} seq {r.seq} ({r.cv_pct:.0f}%)" for r in rows[:4])
+    more = f" and {len(rows) - 4} more" if len(rows) > 4 else ""
+    return [
+        f"unstable timings (run times' coefficient of variation over {UNSTABLE_CV_PCT:g}%): "
+        f"{named}{more}: their medians and ratios are less certain (was other work running?); "
+        "rerun on an idle machine, or longer (--duration)"
+    ]
 
 
 def environment(
@@ -777,6 +805,7 @@ def _measure(
         p90_ms=float(np.percentile(ms, 90)),
         p99_ms=float(np.percentile(ms, 99)),
         mean_ms=float(ms.mean()),
+        cv_pct=float(100 * ms.std() / ms.mean()) if len(ms) > 1 and ms.mean() > 0 else None,
         runs=len(times),
         seq_per_s=batch / (median / 1e3),
         tokens_per_s=tokens / (median / 1e3),

@@ -13,6 +13,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from birnn_export.bench import (
     BenchReport,
     BenchResult,
     _make_runner,
+    _measure,
     _Timer,
     benchmark,
     render_table,
@@ -106,6 +108,7 @@ def test_report_has_one_ok_row_per_engine_and_shape(report: BenchReport) -> None
         assert r.runs == 3
         assert r.median_ms > 0 and r.mean_ms > 0 and r.first_run_ms > 0
         assert r.median_ms <= r.p90_ms <= r.p99_ms
+        assert r.cv_pct is not None and r.cv_pct >= 0
         assert r.build_s is not None and r.build_s >= 0
         assert r.max_abs_error is not None and r.max_abs_error < 1e-5
         assert r.seq_per_s == pytest.approx(r.batch / (r.median_ms / 1e3))
@@ -500,6 +503,42 @@ def test_render_table_lists_rows_and_reasons() -> None:
     console.print(render_table(BenchReport(results[:1], {}, settings)))
     text = console.export_text()
     assert "torch-cuda:1-compiled" in text and "torch.compile" in text
+
+
+def test_erratic_run_times_are_named_under_the_table() -> None:
+    """Run times with outliers (another process took the cores for a while) give a coefficient
+    of variation over the limit, and the table names that row; steady ones are not named."""
+    from rich.console import Console
+
+    class Runner:
+        activate_time_s = 0.0
+
+        def __init__(self, times_s: list[float]) -> None:
+            self.times = iter(times_s)
+
+        def infer(self, feed: object) -> dict[str, np.ndarray]:
+            self.last_inference_time_s = next(self.times, 1e-3)
+            return {}
+
+    def measure(times_s: list[float]) -> BenchResult:
+        timer = _Timer(iters=20, duration=None, warmup=0)
+        return _measure(Runner(times_s), "torch", 8, 32, {}, lambda actual: [], timer, 256)
+
+    steady = measure([1e-3 * (1 + 0.01 * (i % 3)) for i in range(20)])
+    erratic = measure([1e-3] * 18 + [0.5, 2.0])
+    assert steady.cv_pct is not None and steady.cv_pct < 2
+    assert erratic.cv_pct is not None and erratic.cv_pct > 100
+    assert erratic.median_ms == pytest.approx(1.0)  # the median is the outliers' least victim
+
+    def caption(*rows: BenchResult) -> str:
+        console = Console(record=True, width=400)
+        console.print(render_table(BenchReport(rows, {}, {})))
+        return console.export_text()
+
+    assert "unstable" not in caption(steady)
+    text = caption(steady, replace(erratic, engine="ort-cpu"))
+    assert "unstable timings" in text and "ort-cpu batch 8 seq 32" in text
+    assert "torch batch 8 seq 32" not in text
 
 
 # -- CLI -----------------------------------------------------------------------------------
