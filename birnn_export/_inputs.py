@@ -231,7 +231,10 @@ def _repeated(values: Sequence[Any]) -> Any:
 
 
 def mask_dim(decl: InputDecl) -> str | None:
-    """The time dim a ``[batch, TIME]`` mask covers."""
+    """The time dim a ``[batch, TIME]`` mask covers (DIM, for a ``[batch, OUTER, DIM]`` mask of
+    a nested dim)."""
+    if decl.nests is not None:
+        return decl.nests
     return next((d for d in decl.dims if isinstance(d, str) and d != BATCH), None)
 
 
@@ -266,7 +269,7 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
                 f"inputs: the lengths input measures {dim!r}, which no other input has as a "
                 "dim; name the time dim it measures, e.g. ':lengths(time)'"
             )
-    nested = {str(d.measures): d.within for d in decls if d.within is not None}
+    nested = {str(d.nests): d.within for d in decls if d.within is not None}
     ragged = [*measured, *(mask_dim(d) for d in decls if d.mask is not None)]
     for dim, outer in nested.items():
         _check_nested(decls, dim, str(outer), ragged)
@@ -290,8 +293,8 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
 def _check_nested(decls: Sequence[InputDecl], dim: str, outer: str, ragged: Sequence[str]) -> None:
     """A dim nested in ``outer``'s steps needs ``outer`` to have lengths (or a mask) of its own
     and an input that has both dims, ``outer`` first (``chars:int64[batch,seq,chars]``)."""
-    lengths = next(d.name for d in decls if d.measures == dim)
-    if any(d.measures == outer and d.within for d in decls):
+    lengths = next(d.name for d in decls if d.nests == dim)
+    if any(d.nests == outer for d in decls):
         raise BiRNNExportError(
             f"input {lengths!r}: it measures {dim!r} within each step of {outer!r}, itself nested "
             "in another dim: nesting goes one level deep (each word's characters); export the "
@@ -328,7 +331,7 @@ def _ranges(
             f"{', '.join(names)}"
         )
     out = {}
-    nested = {d.measures for d in decls if d.within is not None}
+    nested = {d.nests for d in decls if d.within is not None}
     for name in names:
         default = batch_range if name == batch_dim else seq_range
         if name in nested:
@@ -422,13 +425,15 @@ def _make_examples(
             measured = str(decl.measures)
             lens = _example_lengths(int(np.prod(shape)), examples[measured], ranges[measured][0])
             tensors.append(torch.from_numpy(lens.reshape(shape)).to(dtype))
-        elif role in MASK_ROLES:
-            b_axis = decl.dims.index(BATCH)
-            batch, steps = shape[b_axis], shape[1 - b_axis]
-            low = ranges[str(decl.dims[1 - b_axis])][0]
-            valid = np.arange(steps)[None, :] < _example_lengths(batch, steps, low)[:, None]
+        elif role in MASK_ROLES:  # [batch, TIME], [TIME, batch], or [batch, OUTER, DIM]
+            time_major = decl.nests is None and decl.dims.index(BATCH) == 1
+            rows = shape[::-1] if time_major else shape  # steps last
+            steps, low = rows[-1], ranges[str(mask_dim(decl))][0]
+            lens = _example_lengths(int(np.prod(rows[:-1])), steps, low).reshape(rows[:-1])
+            valid = np.arange(steps) < lens[..., None]
+            valid = valid.T if time_major else valid
             valid = valid if role == "mask" else ~valid
-            tensors.append(torch.from_numpy(valid if b_axis == 0 else valid.T).to(dtype))
+            tensors.append(torch.from_numpy(np.ascontiguousarray(valid)).to(dtype))
         elif role == "tokens":
             tensors.append(torch.randint(0, vocab or 2, shape, generator=gen).to(dtype))
         else:
@@ -643,18 +648,15 @@ def _pair_inputs(
         kind = param_role(mark) or "lengths"
         time = SEQ if index == 0 else f"{sequence.removesuffix('_seq')}_seq"
         dims = tuple(time if d == SEQ else d for d in first.dims)
-        if index and kind == "lengths" and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
-            nested.append(sequence)  # each word's characters, with a length per word
+        if index and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
+            nested.append(sequence)  # each word's characters, with a length (or mask) per word
+            told = "length" if kind == "lengths" else "mask"
             by_name[sequence] = (InputDecl(sequence, first.dtype, (BATCH, outer, time)), role)
-            by_name[mark] = (InputDecl(mark, "int64", (BATCH, outer), time), kind)
+            by_name[mark] = (_mark(mark, kind, (BATCH, outer), time), kind)
             continue
         outer = time
         by_name[sequence] = (InputDecl(sequence, first.dtype, dims), role)
-        if kind == "lengths":
-            by_name[mark] = (InputDecl(mark, "int64", (BATCH,), time), kind)
-        else:
-            mask_dtype = (_mask_name(mark) or ("mask", "bool"))[1]
-            by_name[mark] = (InputDecl(mark, mask_dtype, (BATCH, time), mask=kind), kind)
+        by_name[mark] = (_mark(mark, kind, (BATCH,), time), kind)
     order = sorted(by_name, key=forward_order.index)
     decls = [by_name[name][0] for name in order]
     if input_names:
@@ -669,8 +671,15 @@ def _pair_inputs(
         )
     if nested:
         chars = ", ".join(repr(s) for s in nested)
-        how += f"; {chars} read as each step's characters, with a length per step, by its name"
+        how += f"; {chars} read as each step's characters, with a {told} per step, by its name"
     return tuple(decls), tuple(by_name[name][1] for name in order), how
+
+
+def _mark(name: str, kind: str, rows: tuple[str, ...], time: str) -> InputDecl:
+    """The lengths (``rows``) or mask (``rows`` and ``time``) of ``time``, named ``name``."""
+    if kind == "lengths":
+        return InputDecl(name, "int64", rows, time)
+    return InputDecl(name, (_mask_name(name) or ("mask", "bool"))[1], (*rows, time), mask=kind)
 
 
 #: A later sequence so named (``chars``, ``char_ids``, ``word_chars``, ``characters``; not

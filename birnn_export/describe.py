@@ -164,7 +164,7 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         valid = f", values {value['low']}..{value['high']}" if value["low"] is not None else ""
         sense = _MASK_SENSE.get(value["role"], "")
         if tensor.within is not None:
-            sense = f" of each step of {tensor.within} (a sequence nested in it)"
+            sense += f" of each step of {tensor.within} (a sequence nested in it)"
         out.append(f"  input {value['name']}: {value['role']}{sense}{valid}")
     if parsed.token_padding is not None:
         out.append(f"  token rows are padded with id {parsed.token_padding} (no lengths input)")

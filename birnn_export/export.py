@@ -768,7 +768,8 @@ def _longest_rows(planned: PlannedInputs, inputs: Sequence[Tensor]) -> dict[str,
             longest[decl.measures] = int(tensor.max())
         elif decl.mask is not None:
             valid = (tensor != 0) if decl.mask == "mask" else (tensor == 0)
-            steps = 1 - decl.dims.index(planned.batch_dim)  # a [batch, TIME] or [TIME, batch] mask
+            # a [batch, TIME] or [TIME, batch] mask, or a nested dim's [batch, OUTER, DIM]
+            steps = -1 if decl.nests else 1 - decl.dims.index(planned.batch_dim)
             longest[str(mask_dim(decl))] = int(valid.sum(steps).max())
     return longest
 

@@ -87,11 +87,21 @@ class TensorSpec:
 
     @property
     def within(self) -> str | None:
-        """For a nested lengths input (``[batch, OUTER]``, a length per row and OUTER step: each
-        word's characters), the dim OUTER; ``None`` for any other tensor."""
-        if self.role != "lengths" or len(self.dims) != 2:
+        """For the lengths or mask of a dim nested in another's steps (each word's characters:
+        lengths ``[batch, OUTER]``, a length per row and OUTER step, or a mask ``[batch, OUTER,
+        DIM]``), the dim OUTER; ``None`` for any other tensor."""
+        if self.role == "lengths" and len(self.dims) == 2:
+            return next(str(d) for i, d in enumerate(self.dims) if i != self.batch_axis)
+        if _nested_mask(self.role, self.dims, self.batch_axis):
+            return str(self.dims[1 - (self.batch_axis or 0)])
+        return None
+
+    @property
+    def nests(self) -> str | None:
+        """The nested dim (DIM) whose lengths or mask this is, where :attr:`within` is set."""
+        if self.within is None:
             return None
-        return next(str(d) for i, d in enumerate(self.dims) if i != self.batch_axis)
+        return str(self.high) if self.role == "lengths" else str(self.dims[-1])
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The concrete shape at ``sizes`` (every named dim; derived dims are evaluated)."""
@@ -150,7 +160,7 @@ class GraphSpec:
         sources: dict[str, TensorSpec] = {}
         for tensor in sorted(self.inputs, key=lambda t: t.role != "lengths"):
             if tensor.within is not None:
-                continue  # nested in another sequence: see nested_lengths
+                continue  # nested in another sequence: see nested_sources
             if tensor.role == "lengths":
                 dim = tensor.high if isinstance(tensor.high, str) else self.time_dim
             elif tensor.role in MASK_ROLES:
@@ -160,10 +170,15 @@ class GraphSpec:
             sources.setdefault(dim, tensor)
         return dict(sorted(sources.items(), key=lambda item: item[0] != self.time_dim))
 
-    def nested_lengths(self) -> dict[str, TensorSpec]:
-        """Each dim nested in another sequence's steps (a word's characters) with its lengths
-        input, ``[batch, OUTER]``: a length per row and OUTER step."""
-        return {str(t.high): t for t in self.inputs if t.within is not None}
+    def nested_sources(self) -> dict[str, TensorSpec]:
+        """Each dim nested in another sequence's steps (a word's characters) with the input that
+        tells its lengths: lengths ``[batch, OUTER]`` (a length per row and OUTER step), else a
+        mask ``[batch, OUTER, DIM]``."""
+        sources: dict[str, TensorSpec] = {}
+        for tensor in sorted(self.inputs, key=lambda t: t.role != "lengths"):
+            if tensor.within is not None:
+                sources.setdefault(str(tensor.nests), tensor)
+        return sources
 
     def feed_lengths(
         self, feed: Mapping[str, np.ndarray], dim: str | None = None
@@ -272,6 +287,13 @@ TAG_PADDING = -1
 #: The largest size a declared dim may have (batch or length): 2**20. Larger serving ranges are
 #: refused at export (a profile of 1e9 rows would fail at every engine later).
 MAX_DIM = 1 << 20
+
+
+def _nested_mask(role: str, dims: tuple[int | str, ...], batch_axis: int | None) -> bool:
+    """Whether a mask over ``dims`` covers a dim nested in another's steps: ``[batch, OUTER,
+    DIM]`` or ``[OUTER, batch, DIM]``, every dim named (each word's characters)."""
+    named = all(isinstance(d, str) for d in dims)
+    return role in MASK_ROLES and len(dims) == 3 and named and batch_axis in (0, 1)
 
 
 def _other_dim(tensor: TensorSpec) -> str:
@@ -551,8 +573,9 @@ def make_feed(
     with batch and time axes, as in a padded batch: layers before the recurrent ones (a
     convolution, say) see them. A second sequence (a sentence pair's) with lengths or a mask of
     its own is padded likewise along its own time dim, at its size in ``spec.sizes``; a dim
-    nested in another's steps (each word's characters, ``spec.nested_lengths``) gets a length per
-    row and step (:func:`_nested_lengths`) and is padded past each; so are the ids of a token
+    nested in another's steps (each word's characters, ``spec.nested_sources``) gets a length per
+    row and step (:func:`_nested_lengths`; its lengths input or mask tells them) and is padded
+    past each; so are the ids of a token
     input's named dim right after the time dim that no lengths input measures (a char-CNN's
     characters: the lowest id past each word's end, and not before it). Where the
     graph takes neither but pads token rows with ``spec.token_padding``, token rows are
@@ -563,7 +586,7 @@ def make_feed(
     ranges = spec.ranges()  # no row shorter than its time dim's declared minimum
     sources = spec.length_sources()
     feed: dict[str, np.ndarray] = {}
-    nested = spec.nested_lengths()
+    nested = spec.nested_sources()
     for tensor in spec.inputs:
         shape = tensor.shape(sizes)
         if tensor.within is not None:
@@ -597,8 +620,9 @@ def make_feed(
         rows = _nested_lengths(
             outer, sizes[tensor.within], sizes[dim], rng, lengths, ranges[dim][0]
         )
-        feed[tensor.name] = (rows if tensor.batch_axis == 0 else rows.T).astype(tensor.dtype)
-        _pad_past(spec, feed, dim, rows, within=tensor.within)
+        if tensor.role == "lengths":
+            feed[tensor.name] = (rows if tensor.batch_axis == 0 else rows.T).astype(tensor.dtype)
+        _pad_past(spec, feed, dim, rows, within=tensor.within)  # a mask of dim included
     for tensor, dim in _spelled_without_lengths(spec):
         outer = spec.feed_lengths(feed)
         steps = sizes[spec.time_dim]
@@ -618,7 +642,7 @@ def _spelled_without_lengths(spec: GraphSpec) -> list[tuple[TensorSpec, str]]:
     (``chars:int64[batch,seq,chars]`` read by a char-CNN, or by a model that finds each word's
     end by its padding id), with that dim: each word's ids are padded past a length of its own,
     as a real batch of words is."""
-    measured = {*spec.length_sources(), *spec.nested_lengths()}
+    measured = {*spec.length_sources(), *spec.nested_sources()}
     out = []
     for tensor in spec.inputs:
         t_axis, b_axis = tensor.time_axis, tensor.batch_axis
@@ -722,7 +746,8 @@ class InputDecl:
     for a fixed one; for a lengths input ``:lengths(DIM)`` (the dim it measures; ``[batch]``, or
     ``[batch,OUTER]`` for a dim nested in OUTER's steps, as a word's characters are); for a mask of
     each row's valid steps ``:mask`` (1 or True at them) or ``:padding_mask`` (1 or True past
-    them), over ``batch`` and the time dim.
+    them), over ``batch`` and the time dim (or ``[batch,OUTER,DIM]`` for a dim nested in OUTER's
+    steps).
 
     Example:
         >>> InputDecl.parse("image:float32[batch,1,64,width]").dims
@@ -776,25 +801,43 @@ class InputDecl:
                 "length per row), or [batch,OUTER] for a sequence nested in another's steps "
                 "(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)')"
             )
-        if match["mask"] and (len(dims) != 2 or BATCH not in named or len(named) != 2):
+        flat = len(dims) == len(named) == 2 and BATCH in named
+        if match["mask"] and not (flat or _nested_mask("mask", tuple(dims), _index(dims))):
             raise BiRNNExportError(
                 f"input {match['name']!r}: a mask is [batch, TIME] or [TIME, batch] (one value "
-                f"per row and step), e.g. 'mask:bool[batch,seq]:{match['mask']}'"
+                f"per row and step), e.g. 'mask:bool[batch,seq]:{match['mask']}', or [batch, "
+                "OUTER, DIM] for a sequence nested in another's steps (each word's characters: "
+                f"'char_mask:bool[batch,seq,chars]:{match['mask']}')"
             )
         return cls(match["name"], dtype, tuple(dims), measures, match["mask"])
 
     @property
     def within(self) -> str | None:
-        """OUTER of a nested lengths input ``[batch,OUTER]:lengths(DIM)`` (DIM nested in OUTER's
-        steps, as a word's characters are); ``None`` for any other input."""
-        if self.measures is None or len(self.dims) != 2:
+        """OUTER of a nested lengths input ``[batch,OUTER]:lengths(DIM)`` or mask
+        ``[batch,OUTER,DIM]:mask`` (DIM nested in OUTER's steps, as a word's characters are);
+        ``None`` for any other input."""
+        if self.measures is not None and len(self.dims) == 2:
+            return next(str(d) for d in self.dims if d != BATCH)
+        if self.mask is not None and _nested_mask(self.mask, self.dims, _index(self.dims)):
+            return next(str(d) for d in self.dims[:2] if d != BATCH)
+        return None
+
+    @property
+    def nests(self) -> str | None:
+        """DIM, the nested dim whose lengths or mask this is, where :attr:`within` is set."""
+        if self.within is None:
             return None
-        return next(str(d) for d in self.dims if d != BATCH)
+        return self.measures if self.measures is not None else str(self.dims[-1])
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.dims)
         tail = f":lengths({self.measures})" if self.measures else ""
         return f"{self.name}:{self.dtype}[{dims}]{tail}" + (f":{self.mask}" if self.mask else "")
+
+
+def _index(dims: list[int | str] | tuple[int | str, ...]) -> int | None:
+    """The batch dim's axis in declared ``dims``."""
+    return dims.index(BATCH) if BATCH in dims else None
 
 
 _ARITHMETIC: dict[type, Any] = {

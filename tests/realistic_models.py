@@ -258,6 +258,20 @@ class SortedCharTagger(CharWordTagger):
         return self.tags(out)
 
 
+class MaskedCharTagger(CharWordTagger):
+    """:class:`CharWordTagger` fed masks instead of lengths: a mask of each row's words
+    ``[batch, seq]`` and of each word's characters ``[batch, seq, chars]``."""
+
+    def forward(  # type: ignore[override]
+        self,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        chars: torch.Tensor,
+        char_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        return super().forward(words, word_mask.sum(1), chars, char_mask.sum(-1))
+
+
 class HierarchicalAttention(nn.Module):
     """A document classifier of Yang et al. (2016): each sentence's words through a packed
     BiGRU and attention, then the sentences through another; ``docs`` is ``[batch, sentences,

@@ -39,6 +39,7 @@ from tests.realistic_models import (
     ConvBiGRUCTC,
     FeaturePair,
     HierarchicalAttention,
+    MaskedCharTagger,
     PackingTagger,
     PointerReader,
     QueryDocument,
@@ -834,7 +835,7 @@ def test_words_with_their_characters_match_torch_in_float64(tmp_path, cls, decla
     chars = "chars" if declared else "chars_seq"
     assert spec.inputs[2].dims == ("batch", "seq", chars)
     assert spec.inputs[3].dims == ("batch", "seq") and spec.inputs[3].high == chars
-    assert list(spec.length_sources()) == ["seq"] and list(spec.nested_lengths()) == [chars]
+    assert list(spec.length_sources()) == ["seq"] and list(spec.nested_sources()) == [chars]
     assert spec.dim_ranges[chars] == ((1, 12, 40) if declared else (1, 16, 64))  # words are short
     layers = {o.name for c in result.verification.cases for o in c.outputs if o.check == "layer"}
     assert layers == {"char_lstm/l0", "word_lstm/l0"}
@@ -852,6 +853,47 @@ def test_words_with_their_characters_match_torch_in_float64(tmp_path, cls, decla
         np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("declared", [False, True])
+def test_words_with_a_mask_of_their_characters_match_torch_in_float64(tmp_path, declared):
+    """forward(words, word_mask, chars, char_mask): a mask of each word's characters ([batch,
+    seq, chars]) is inferred from the names or declared, and the graph matches the model in
+    float64 on ragged words of ragged characters. The sweep feeds that mask ragged: a graph
+    whose char layer runs past each word's characters fails."""
+    torch.manual_seed(0)
+    model = MaskedCharTagger().eval()
+    inputs = [
+        "words:int64[batch,seq]",
+        "word_mask:bool[batch,seq]:mask",
+        "chars:int64[batch,seq,chars]",
+        "char_mask:bool[batch,seq,chars]:mask",
+    ]
+    result = export_onnx(model, tmp_path / "tagger.onnx", inputs=inputs if declared else None)
+    assert result.verification.passed, result.verification.summary()
+    spec, chars = result.spec, "chars" if declared else "chars_seq"
+    assert [t.dims for t in spec.inputs[2:]] == [("batch", "seq", chars)] * 2
+    assert spec.inputs[3].role == "mask" and spec.inputs[3].within == "seq"
+    assert list(spec.length_sources()) == ["seq"] and list(spec.nested_sources()) == [chars]
+    assert spec.dim_ranges[chars] == (1, 16, 64)
+    reference = MaskedCharTagger().eval().double()
+    reference.load_state_dict(model.state_dict())
+    for seed, (batch, steps, spelling) in enumerate([(5, 9, 23), (4, 30, 2), (1, 4, 1)]):
+        _, valid, char_lengths, chars = _nested_feed(batch, steps, spelling, 30, seed)
+        char_mask = np.arange(spelling)[None, None, :] < char_lengths[..., None]
+        words = np.where(valid, np.random.default_rng(seed).integers(1, 60, valid.shape), 0)
+        feed = {"words": words, "word_mask": valid, "chars": chars, "char_mask": char_mask}
+        got = run_ort(result.path, feed)["output"]
+        with torch.no_grad():
+            want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
+        np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
+    if declared:
+        return
+    bad = plant_missing_sequence_lens(result.path, tmp_path / "bad.onnx", node=0)
+    report = verify(bad, model)
+    assert not report.passed and "'char_lstm/l0/forward' takes no sequence_lens" in (
+        report.diagnosis()
+    )
+
+
 def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path):
     """A hierarchical classifier's one input holds a nested sequence: declared with a length
     per document and per sentence, the graph matches the model in float64."""
@@ -865,7 +907,7 @@ def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path):
     ranges = {"sentences": (1, 6, 20), "words": (1, 9, 30)}
     result = export_onnx(model, tmp_path / "han.onnx", inputs=inputs, ranges=ranges)
     assert result.verification.passed, result.verification.summary()
-    assert result.spec.time_dim == "sentences" and list(result.spec.nested_lengths()) == ["words"]
+    assert result.spec.time_dim == "sentences" and list(result.spec.nested_sources()) == ["words"]
     reference = HierarchicalAttention().eval().double()
     reference.load_state_dict(model.state_dict())
     for seed, (batch, steps, inner) in enumerate([(5, 7, 13), (3, 17, 2), (1, 1, 1)]):

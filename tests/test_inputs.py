@@ -37,6 +37,8 @@ SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:l
         ("m:bool[batch]:mask", "a mask is [batch, TIME]"),
         ("m:bool[batch,seq,4]:padding_mask", "a mask is [batch, TIME]"),
         ("m:bool[batch,4]:mask", "a mask is [batch, TIME]"),
+        ("m:bool[seq,chars,batch]:mask", "or [batch, OUTER, DIM] for a sequence nested"),
+        ("m:bool[batch,seq,chars,x]:mask", "or [batch, OUTER, DIM] for a sequence nested"),
     ],
 )
 def test_bad_declarations_say_what_is_wrong(text: str, message: str) -> None:
@@ -61,6 +63,10 @@ def test_mask_declarations_round_trip() -> None:
     assert (decl.dims, decl.mask, decl.measures) == (("batch", "time"), "mask", None)
     assert str(decl) == "attention_mask:int64[batch,time]:mask"
     assert InputDecl.parse("pad:bool[time,batch]:padding_mask").mask == "padding_mask"
+    nested = InputDecl.parse("char_mask:bool[batch, words, chars]:mask")
+    assert (nested.within, nested.nests) == ("words", "chars")
+    assert str(nested) == "char_mask:bool[batch,words,chars]:mask"
+    assert InputDecl.parse("m:bool[words,batch,chars]:padding_mask").within == "words"
 
 
 def test_crnn_on_images_exports_with_a_derived_time_dim(tmp_path) -> None:
@@ -535,6 +541,24 @@ def _signature(*names: str) -> nn.Module:
                 "char_lens:int64[batch,seq]:lengths(char_ids_seq)",
             ],
         ),
+        (  # a mask of each word's characters, and of the words: masks nest too
+            ("input_ids", "attention_mask", "char_ids", "char_mask"),
+            [
+                "input_ids:int64[batch,seq]",
+                "attention_mask:int64[batch,seq]:mask",
+                "char_ids:int64[batch,seq,char_ids_seq]",
+                "char_mask:bool[batch,seq,char_ids_seq]:mask",
+            ],
+        ),
+        (
+            ("words", "lengths", "chars", "char_padding_mask"),
+            [
+                "words:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "chars:int64[batch,seq,chars_seq]",
+                "char_padding_mask:bool[batch,seq,chars_seq]:padding_mask",
+            ],
+        ),
         (  # lengths for one sequence, a mask for the other
             ("a", "a_lens", "b", "b_mask"),
             [
@@ -595,6 +619,15 @@ def test_other_signatures_are_not_read_as_pairs(names) -> None:
             ],
             r"no input has 'seq' and then 'chars' as dims; declare the nested sequence so, e.g. "
             r"'chars:int64\[batch,seq,chars\]'",
+        ),
+        (
+            [
+                "words:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "chars:int64[batch,seq,chars]",
+                "char_mask:bool[batch,chars,seq]:mask",
+            ],
+            r"'char_mask': it measures 'seq' within each step of 'chars', which has no lengths",
         ),
         (
             [

@@ -166,7 +166,7 @@ def test_each_words_characters_are_ragged_on_their_own_lengths(batch_at):
     a padding word one padding character."""
     nested = _words_and_chars(batch_at)
     assert list(nested.length_sources()) == ["seq"]
-    assert list(nested.nested_lengths()) == ["chars"] and nested.inputs[3].within == "seq"
+    assert list(nested.nested_sources()) == ["chars"] and nested.inputs[3].within == "seq"
     feed = make_feed(nested, 6, 9, seed=2, dims={"chars": 7})
     lengths, chars = feed["lengths"], feed["chars"]
     spelled = feed["char_lens"] if batch_at == 0 else feed["char_lens"].T
@@ -181,6 +181,31 @@ def test_each_words_characters_are_ragged_on_their_own_lengths(batch_at):
     words = np.arange(9)[None, :] < equal["lengths"][:, None]
     spelled = equal["char_lens"] if batch_at == 0 else equal["char_lens"].T
     assert len(set(spelled[words].tolist())) == 1
+
+
+@pytest.mark.parametrize(("role", "dims"), [("mask", "bsc"), ("padding_mask", "sbc")])
+def test_a_mask_of_each_words_characters_is_ragged_on_their_own_lengths(role, dims):
+    """A mask of a nested dim ([batch, seq, chars], or time-major) marks each valid word's own
+    characters, 1 to the full width, and the characters are padded past them; a padding word
+    is one padding character."""
+    words = _words_and_chars()
+    axes = {"b": "batch", "s": "seq", "c": "chars"}
+    mask = TensorSpec("char_mask", "bool", tuple(axes[d] for d in dims), role, 0, 1)
+    mask = dataclasses.replace(mask, batch_at=dims.index("b"), time_at=dims.index("s"))
+    masked = dataclasses.replace(words, inputs=(*words.inputs[:3], mask))
+    assert mask.within == "seq" and mask.nests == "chars"
+    assert list(masked.length_sources()) == ["seq"] and list(masked.nested_sources()) == ["chars"]
+    feed = make_feed(masked, 6, 9, seed=2, dims={"chars": 7})
+    valid = np.arange(9)[None, :] < feed["lengths"][:, None]
+    inside = feed["char_mask"] if role == "mask" else ~feed["char_mask"]
+    inside = inside if dims == "bsc" else inside.transpose(1, 0, 2)
+    assert inside.shape == (6, 9, 7)
+    spelled = inside.sum(-1)
+    assert np.array_equal(inside, np.arange(7) < spelled[..., None])  # a prefix of each word
+    assert spelled[valid].min() == 1 and spelled[valid].max() == 7
+    assert len(set(spelled[valid].tolist())) > 2 and np.all(spelled[~valid] == 1)
+    chars = feed["chars"]
+    assert np.all(chars[~inside] == 2) and np.all(chars[~valid] == 2)
 
 
 def test_characters_without_lengths_are_padded_past_each_words_end():
