@@ -591,7 +591,9 @@ def _infer(
     names = list(input_names) if input_names else _param_names(model, roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
-    _refuse_more_params(model, roles)
+    inner = _inner_mark(model) if len(roles) == 2 and not time_major else None
+    if inner is None:
+        _refuse_more_params(model, roles)
     decls = tuple(
         InputDecl(
             name,
@@ -602,7 +604,26 @@ def _infer(
         )
         for name, (d, dtype), r in zip(names, decl_list, roles, strict=True)
     )
+    if inner is not None:  # a document of sentences of words: each step holds a sequence
+        time = f"{_stem(inner)}_seq"
+        first = dataclasses.replace(decls[0], dims=(*decls[0].dims[:2], time, *dims[2:]))
+        mark_kind = param_role(inner) or "lengths"
+        decls = (first, decls[1], _mark(inner, mark_kind, (BATCH, SEQ), time))
+        roles.append(mark_kind)
+        how += f"; {inner!r} read as the {mark_kind} of each step's own sequence, by its name"
     return decls, tuple(roles), how
+
+
+def _inner_mark(model: nn.Module) -> str | None:
+    """The third parameter of ``forward(docs, doc_lengths, sentence_lengths)``, a hierarchical
+    model's: lengths (or a mask) of a sequence nested in each step of the first, told by its
+    name; ``None`` for any other ``forward``."""
+    required = [p.name for p in _forward_params(model) if p.default is p.empty]
+    if len(required) != 3 or param_role(required[2]) is None:
+        return None  # (ids, lengths, attention_mask): two of one sequence, not nested
+    outer, inner = required[1:]
+    same_kind = param_role(inner) == param_role(outer)
+    return inner if same_kind and _stem(inner) != _stem(outer) else None
 
 
 def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:

@@ -894,9 +894,11 @@ def test_words_with_a_mask_of_their_characters_match_torch_in_float64(tmp_path, 
     )
 
 
-def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path):
+@pytest.mark.parametrize("declared", [True, False])
+def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path, declared):
     """A hierarchical classifier's one input holds a nested sequence: declared with a length
-    per document and per sentence, the graph matches the model in float64."""
+    per document and per sentence, or inferred from forward(docs, doc_lengths,
+    sentence_lengths), the graph matches the model in float64."""
     torch.manual_seed(0)
     model = HierarchicalAttention().eval()
     inputs = [
@@ -904,10 +906,14 @@ def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path):
         "doc_lengths:int64[batch]:lengths(sentences)",
         "sentence_lengths:int64[batch,sentences]:lengths(words)",
     ]
-    ranges = {"sentences": (1, 6, 20), "words": (1, 9, 30)}
-    result = export_onnx(model, tmp_path / "han.onnx", inputs=inputs, ranges=ranges)
+    outer, inner = ("sentences", "words") if declared else ("seq", "sentence_seq")
+    ranges = {outer: (1, 6, 20), inner: (1, 9, 30)}
+    result = export_onnx(
+        model, tmp_path / "han.onnx", inputs=inputs if declared else None, ranges=ranges
+    )
     assert result.verification.passed, result.verification.summary()
-    assert result.spec.time_dim == "sentences" and list(result.spec.nested_sources()) == ["words"]
+    assert result.spec.time_dim == outer and list(result.spec.nested_sources()) == [inner]
+    assert result.spec.inputs[0].dims == ("batch", outer, inner)
     reference = HierarchicalAttention().eval().double()
     reference.load_state_dict(model.state_dict())
     for seed, (batch, steps, inner) in enumerate([(5, 7, 13), (3, 17, 2), (1, 1, 1)]):

@@ -559,6 +559,22 @@ def _signature(*names: str) -> nn.Module:
                 "char_padding_mask:bool[batch,seq,chars_seq]:padding_mask",
             ],
         ),
+        (  # one sequence of sequences: a document's sentences, each sentence's words
+            ("docs", "doc_lengths", "sentence_lengths"),
+            [
+                "docs:int64[batch,seq,sentence_seq]",
+                "doc_lengths:int64[batch]:lengths(seq)",
+                "sentence_lengths:int64[batch,seq]:lengths(sentence_seq)",
+            ],
+        ),
+        (
+            ("docs", "doc_mask", "sentence_mask"),
+            [
+                "docs:int64[batch,seq,sentence_seq]",
+                "doc_mask:bool[batch,seq]:mask",
+                "sentence_mask:bool[batch,seq,sentence_seq]:mask",
+            ],
+        ),
         (  # lengths for one sequence, a mask for the other
             ("a", "a_lens", "b", "b_mask"),
             [
@@ -589,6 +605,8 @@ def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> Non
         ("q1", "q2"),  # no lengths: a second sequence or an id? Not guessed
         ("x", "max_len"),  # a number, not lengths
         ("a", "x_lens", "y_lens", "b"),  # not in turn, nor sequences first, nor named alike
+        ("ids", "lengths", "attention_mask"),  # two of one sequence, not a nested one
+        ("ids", "lengths", "speaker"),  # not lengths
     ],
 )
 def test_other_signatures_are_not_read_as_pairs(names) -> None:
