@@ -306,14 +306,16 @@ def batch_invariance_checks(
         # The batched row's part to compare with the row alone: one row; along time, as many
         # steps as the row alone has (its length; a strided front end shortens it further);
         # along a dim cut to the longest row (pad_packed_sequence: a second sequence's), the
-        # row alone's; along any other axis, all of it.
+        # row alone's; so along every axis of the time dim (attention weights [batch, seq,
+        # seq]); along any other axis, all of it.
         alone, full = np.shape(singles[row][3][tensor.name]), np.shape(batched[tensor.name])
         if len(alone) != len(full):
             return tuple(alone)  # refused by alone()
+        time = tensor.dims[tensor.time_axis] if tensor.time_axis is not None else None
         sizes = []
         for axis, size in enumerate(full):
             dim = tensor.dims[axis] if axis < len(tensor.dims) else None
-            own = axis == tensor.time_axis or _data_dependent(dim)
+            own = axis == tensor.time_axis or dim == time or _data_dependent(dim)
             sizes.append(1 if axis == tensor.batch_axis else alone[axis] if own else size)
         return tuple(sizes)
 

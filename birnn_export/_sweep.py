@@ -15,6 +15,7 @@ from birnn_export.spec import (
     GraphSpec,
     largest_tensor_bytes,
     make_feed,
+    tensor_shapes,
 )
 
 #: Batch sizes of the default sweep.
@@ -195,10 +196,10 @@ def fit_budget(
 ) -> tuple[list[Case], list[str]]:
     """Drop (default sweep) or refuse (explicit sizes) cases whose largest tensor exceeds the
     memory budget."""
-    kept, notes = [], []
+    kept, notes, shapes = [], [], tensor_shapes(proto)
     for case in cases:
         need = largest_tensor_bytes(
-            proto, spec, case.batch, case.seq, which=case.others, dims=dict(case.dims)
+            shapes, spec, case.batch, case.seq, which=case.others, dims=dict(case.dims)
         )
         if need <= budget:
             kept.append(case)

@@ -63,6 +63,7 @@ from birnn_export.spec import (
     largest_tensor_bytes,
     load_onnx,
     make_feed,
+    tensor_shapes,
 )
 
 logger = logging.getLogger(__name__)
@@ -393,10 +394,10 @@ def benchmark(
     _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, device)
     check_overrides(spec, atol=atol, rtol=rtol)
     dims = spec.check_dims(dims or {})
-    proto = load_onnx(onnx_path)
+    shapes = tensor_shapes(load_onnx(onnx_path))
     for batch in batch_sizes:
         for seq in seq_lens:
-            need = largest_tensor_bytes(proto, spec, batch, seq, dims=dims)
+            need = largest_tensor_bytes(shapes, spec, batch, seq, dims=dims)
             if need > memory_budget:
                 raise BiRNNExportError(
                     f"batch {batch}, seq {seq}: its largest tensor would take "

@@ -149,6 +149,11 @@ def export_command(
             from birnn_export.verification import render_report
 
             render_report(exc.report)
+            if json_path is not None:  # the failed verification is what the file is wanted for
+                failure = {"model": str(model_path), "written": None, "error": str(exc)}
+                failure["verification"] = json.loads(exc.report.to_json())
+                write_atomic(json_path, json.dumps(failure, indent=2, default=str))
+                click.echo(f"report written to {json_path}", err=True)
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
             click.echo(

@@ -255,6 +255,13 @@ class ExportReport:
             out.append(f"Quantized {result.quantization.summary()}")
         if result.verification is not None:
             out.append(f"Verified {result.verification.summary()}")
+            skipped = [n for n in result.verification.notes if n.startswith("skipped ")]
+            out += [f"  note: {note}" for note in skipped]
+            if skipped:
+                out.append(
+                    f"  ('birnn-export verify {result.path} --model ... --memory-budget GIB' "
+                    "runs them)"
+                )
         if self.compatibility is None:
             out.append("Compat   int8 graph: ONNX Runtime CPU only (engine ort-cpu)")
         else:

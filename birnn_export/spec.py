@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import logging
 import math
 import operator
 import re
@@ -29,6 +30,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from birnn_export.errors import BiRNNExportError, ModelLoadError
+
+logger = logging.getLogger(__name__)
 
 METADATA_KEY = "birnn_export.spec"
 BATCH = "batch"
@@ -909,8 +912,32 @@ def dim_sources(text: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - calls
 
 
+Shapes = list[tuple[int | str, ...]]
+
+
+def tensor_shapes(proto: Any) -> Shapes:
+    """The dims of every input, output and intermediate tensor of the graph (a size, or a
+    symbolic expression such as ``8*batch``; ``""`` where nothing is known), by ONNX Runtime's
+    symbolic shape inference, which follows the shapes an attention layer computes for its
+    Reshapes; where it fails, the shapes recorded in the file (the exporter leaves such dims
+    unknown, and a [batch*heads, seq, seq] tensor would count as seq^4)."""
+    graph = proto.graph
+    infos = [*graph.input, *graph.output, *graph.value_info]
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True).graph
+        infos = [*inferred.input, *inferred.output, *inferred.value_info]
+    except Exception:  # any failure of the inference: the recorded shapes
+        logger.debug("symbolic shape inference failed; using the recorded shapes", exc_info=True)
+    return [
+        tuple(int(d.dim_value) if d.HasField("dim_value") else d.dim_param for d in dims)
+        for dims in (info.type.tensor_type.shape.dim for info in infos)
+    ]
+
+
 def largest_tensor_bytes(
-    proto: Any,
+    shapes: Shapes,
     spec: GraphSpec,
     batch: int,
     seq: int,
@@ -918,20 +945,16 @@ def largest_tensor_bytes(
     dims: Mapping[str, int] | None = None,
 ) -> int:
     """The largest tensor of the graph at ``batch`` x ``seq``, in bytes at float64: what one case
-    of the float64 reference allocates at least. Read from the graph's inputs, outputs and
-    inferred intermediate shapes (their symbolic dims evaluated; an unreadable dim counts as
-    the larger of ``batch`` and ``seq``); other named dims as ``dims`` gives them, else at
-    ``which`` of their ranges."""
+    of the float64 reference allocates at least. Read from the graph's :func:`tensor_shapes`
+    (their symbolic dims evaluated; an unreadable dim counts as the largest size of the case);
+    other named dims as ``dims`` gives them, else at ``which`` of their ranges."""
     sizes = spec.sizes(batch, seq, which=which, dims=dims)
     unknown = max(batch, seq, *sizes.values())
-    infos = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
     largest = 0
-    for info in infos:
+    for shape in shapes:
         count = 1
-        for dim in info.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
-                count *= max(int(dim.dim_value), 1)
-            else:
-                count *= max(dim_size(dim.dim_param, sizes, unknown), 1)
+        for dim in shape:
+            size = dim if isinstance(dim, int) else dim_size(dim, sizes, unknown)
+            count *= max(size, 1)
         largest = max(largest, count)
     return largest * 8

@@ -272,6 +272,31 @@ class MaskedCharTagger(CharWordTagger):
         return super().forward(words, word_mask.sum(1), chars, char_mask.sum(-1))
 
 
+class SelfAttentionTagger(nn.Module):
+    """A packed BiLSTM, a Transformer encoder layer over its outputs, then self-attention
+    (``nn.MultiheadAttention``), both with a key padding mask: the tags of each token and the
+    attention weights, ``[batch, seq, seq]``, returned in a dict."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8, hidden: int = 6) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.encoder = nn.TransformerEncoderLayer(2 * hidden, 2, 16, 0.0, batch_first=True)
+        self.attention = nn.MultiheadAttention(2 * hidden, 2, batch_first=True)
+        self.tags = nn.Linear(4 * hidden, 5)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = tokens.shape[1]
+        packed = pack_padded_sequence(
+            self.embedding(tokens), lengths, batch_first=True, enforce_sorted=False
+        )
+        h = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t)[0]
+        padding = torch.arange(t)[None, :] >= lengths[:, None]
+        h = self.encoder(h, src_key_padding_mask=padding)
+        context, weights = self.attention(h, h, h, key_padding_mask=padding)
+        return {"logits": self.tags(torch.cat([h, context], dim=-1)), "attention": weights}
+
+
 class HierarchicalAttention(nn.Module):
     """A document classifier of Yang et al. (2016): each sentence's words through a packed
     BiGRU and attention, then the sentences through another; ``docs`` is ``[batch, sentences,

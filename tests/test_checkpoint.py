@@ -7,6 +7,7 @@ original module, never only our own code.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import sys
@@ -542,8 +543,13 @@ def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     model = ["--model-class", f"{USER_MODULE}:ExportsOtherwise", "--model-kwargs", kwargs]
     out = ["-o", str(tmp_path / "d.onnx"), "--input-size", "6"]
     runner = CliRunner()
-    failed = runner.invoke(main, [str(path), *out, *model])
+    report = tmp_path / "report.json"
+    failed = runner.invoke(main, [str(path), *out, *model, "--json", str(report)])
     assert failed.exit_code == 1, failed.output
+    assert not (tmp_path / "d.onnx").exists()
+    saved = json.loads(report.read_text())  # the report of the failure, for CI to keep
+    assert saved["written"] is None and saved["error"].startswith("FAIL")
+    assert not saved["verification"]["passed"]
     hint = failed.output.split("To study the failure: re-export with --no-verify, then ")[1]
     study = shlex.split(hint.splitlines()[0])
     assert study[:2] == ["birnn-export", "verify"] and study[-2:] == ["--save-inputs", "cases.json"]

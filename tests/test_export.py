@@ -43,6 +43,7 @@ from tests.realistic_models import (
     PackingTagger,
     PointerReader,
     QueryDocument,
+    SelfAttentionTagger,
     SentencePairMatcher,
     SiamesePair,
     SortedCharTagger,
@@ -923,6 +924,38 @@ def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path, declar
         with torch.no_grad():
             want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_self_attention_weights_per_pair_of_steps_match_torch_at_the_longest_rows(tmp_path):
+    """A BiLSTM then multi-head self-attention returning its weights ([batch, seq, seq]): the
+    graph passes verification, each row alone cut along both time axes, and the sweep runs
+    the declared maximum length (the attention's [batch*heads, seq, seq] tensors are sized
+    by shape inference, not guessed as seq^4 and skipped); in float64 it matches the model."""
+    from birnn_export.spec import largest_tensor_bytes, tensor_shapes
+
+    torch.manual_seed(0)
+    model = SelfAttentionTagger().eval()
+    result = export_onnx(model, tmp_path / "attention.onnx")
+    report = result.verification
+    assert report.passed, report.summary()
+    assert max(c.seq for c in report.cases) == result.spec.seq_range[2] == 256
+    assert not [n for n in report.notes if n.startswith("skipped")]
+    assert [t.dims for t in result.spec.outputs] == [("batch", "seq", 5), ("batch", "seq", "seq")]
+    shapes = tensor_shapes(onnx.load(str(result.path)))
+    assert largest_tensor_bytes(shapes, result.spec, 3, 256) <= 3 * 2 * 256 * 256 * 8
+    reference = SelfAttentionTagger().eval().double()
+    reference.load_state_dict(model.state_dict())
+    for seed, (batch, steps) in enumerate([(4, 37), (1, 3)]):
+        rng = np.random.default_rng(seed)
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[0] = steps
+        tokens = rng.integers(1, 50, size=(batch, steps))
+        got = run_ort(result.path, {"tokens": tokens, "lengths": lengths})
+        with torch.no_grad():
+            want = reference(torch.from_numpy(tokens), torch.from_numpy(lengths))
+        valid = np.arange(steps)[None, :] < lengths[:, None]
+        for name in ("logits", "attention"):
+            np.testing.assert_allclose(got[name][valid], want[name].numpy()[valid], atol=1e-5)
 
 
 def test_a_graph_ignoring_each_words_character_lengths_fails_verification(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,14 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     printed = result.output.replace(str(out), str(report.result.path)).splitlines()
     assert _steady(printed) == _steady(lines)
+
+    # A case the sweep skipped over the memory budget is said under the verdict.
+    skip = "skipped batch 3, seq 256: its largest tensor would take 2.00 GiB in float64"
+    verification = report.result.verification
+    verification = replace(verification, notes=(*verification.notes, skip))
+    skipped = replace(report, result=replace(report.result, verification=verification))
+    assert f"  note: {skip}" in skipped.lines()
+    assert any("--memory-budget GIB' runs them" in line for line in skipped.lines())
 
 
 def test_export_model_takes_load_and_export_options(tmp_path: Path) -> None:

@@ -879,18 +879,18 @@ def test_model_that_cannot_run_in_float64_is_judged_in_float32(tmp_path: Path) -
 
 
 def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path: Path) -> None:
-    from birnn_export.spec import largest_tensor_bytes
+    from birnn_export.spec import largest_tensor_bytes, tensor_shapes
 
     proto = onnx.load(str(split_path))
-    spec = GraphSpec.from_onnx(proto)
+    spec, shapes = GraphSpec.from_onnx(proto), tensor_shapes(proto)
     small, large = (
-        largest_tensor_bytes(proto, spec, 1, 2),
-        largest_tensor_bytes(proto, spec, 16, 256),
+        largest_tensor_bytes(shapes, spec, 1, 2),
+        largest_tensor_bytes(shapes, spec, 16, 256),
     )
     assert 0 < small < large
     lstm_out = 16 * 256 * 2 * HIDDEN * 8  # [batch, seq, 2 * hidden] in float64
     assert large >= lstm_out
-    budget = largest_tensor_bytes(proto, spec, 16, 4 * spec.example_seq)
+    budget = largest_tensor_bytes(shapes, spec, 16, 4 * spec.example_seq)
     report = verify(split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), memory_budget=budget)
     assert all(c.seq < spec.seq_range[2] for c in report.cases)
     assert any("skipped batch 3, seq 256" in n and "--memory-budget" in n for n in report.notes)
