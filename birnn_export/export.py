@@ -654,6 +654,7 @@ def _trace(
             _onnx_settings(model, layout),
             onnx_weight_constants(model),
             _traceable_packing(model) as cuts,
+            _nested_tensor_zeros(model),
             _quiet_exporter(),
         ):
             program = torch.onnx.export(
@@ -712,6 +713,38 @@ def _pad_for_tracing(
         mask = (mask if batch_first else mask.transpose(0, 1)).unsqueeze(-1)
         data = torch.where(mask, data, torch.full_like(data, padding_value))
     return data, sequence.lengths
+
+
+@contextlib.contextmanager
+def _nested_tensor_zeros(model: nn.Module) -> Iterator[None]:
+    """While inside, each ``nn.TransformerEncoder`` of ``model`` that eager inference runs on
+    nested tensors writes 0 at the padded steps of its output, as that fast path does: given a
+    ``src_key_padding_mask`` (and no attention mask), in eval mode without grad, the encoder
+    packs the valid steps into a nested tensor and pads the result with 0. The exporter traces
+    the other path, which computes the padded steps, and a layer after it that reads them (a
+    recurrent layer run over the padding, unpacked) would see other values than eager torch.
+    Zeros at steps that no later layer reads change nothing."""
+
+    def zero_padding(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        padding, mask = bound.get("src_key_padding_mask"), bound.get("mask")
+        nested = getattr(module, "use_nested_tensor", False) and not module.training
+        if not nested or padding is None or mask is not None or output.dim() != 3:
+            return output
+        if not torch.backends.mha.get_fastpath_enabled():
+            return output
+        valid = padding == 0 if padding.is_floating_point() else ~padding.bool()
+        if not module.layers[0].self_attn.batch_first:
+            valid = valid.transpose(0, 1)
+        return output.masked_fill(~valid[..., None], 0.0)
+
+    encoders = [m for m in model.modules() if isinstance(m, nn.TransformerEncoder)]
+    hooks = [m.register_forward_hook(zero_padding, with_kwargs=True) for m in encoders]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @contextlib.contextmanager

@@ -297,6 +297,25 @@ class SelfAttentionTagger(nn.Module):
         return {"logits": self.tags(torch.cat([h, context], dim=-1)), "attention": weights}
 
 
+class EncoderThenGRU(nn.Module):
+    """Features through a Transformer encoder with a key padding mask, then a BiGRU over the
+    padded batch (unpacked: its backward direction starts in the padding, which the encoder's
+    eager fast path fills with 0), zeroed past each row's end."""
+
+    def __init__(self, features: int = 6, dim: int = 8, hidden: int = 5) -> None:
+        super().__init__()
+        self.project = nn.Linear(features, dim)
+        layer = nn.TransformerEncoderLayer(dim, 2, 16, 0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, 4)
+
+    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.project(x), src_key_padding_mask=src_key_padding_mask)
+        h = self.gru(h)[0] * (~src_key_padding_mask)[..., None]
+        return self.out(h)
+
+
 class HierarchicalAttention(nn.Module):
     """A document classifier of Yang et al. (2016): each sentence's words through a packed
     BiGRU and attention, then the sentences through another; ``docs`` is ``[batch, sentences,

@@ -37,6 +37,7 @@ from tests.realistic_models import (
     AttentionClassifier,
     CharWordTagger,
     ConvBiGRUCTC,
+    EncoderThenGRU,
     FeaturePair,
     HierarchicalAttention,
     MaskedCharTagger,
@@ -956,6 +957,26 @@ def test_self_attention_weights_per_pair_of_steps_match_torch_at_the_longest_row
         valid = np.arange(steps)[None, :] < lengths[:, None]
         for name in ("logits", "attention"):
             np.testing.assert_allclose(got[name][valid], want[name].numpy()[valid], atol=1e-5)
+
+
+def test_a_recurrent_layer_reading_a_transformer_encoders_padding_matches_eager(tmp_path):
+    """Eager torch's TransformerEncoder (eval, no grad, a padding mask) runs on nested tensors
+    and writes 0 at padded steps; the exporter traces the path that computes them. A BiGRU run
+    over the padding reads them: the graph writes the zeros too, and matches the model (its
+    eager inference) in float64."""
+    torch.manual_seed(0)
+    model = EncoderThenGRU().eval()
+    result = export_onnx(model, tmp_path / "encoder_gru.onnx")
+    assert result.verification.passed, result.verification.summary()
+    reference = EncoderThenGRU().eval().double()
+    reference.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 23, 6))
+    padding = np.arange(23)[None, :] >= np.array([23, 9, 1, 17])[:, None]
+    got = run_ort(result.path, {"x": x.astype(np.float32), "src_key_padding_mask": padding})
+    with torch.no_grad():
+        want = reference(torch.from_numpy(x), torch.from_numpy(padding)).numpy()
+    np.testing.assert_allclose(got["output"][~padding], want[~padding], atol=1e-5)
 
 
 def test_a_graph_ignoring_each_words_character_lengths_fails_verification(tmp_path):
