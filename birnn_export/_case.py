@@ -208,6 +208,7 @@ def _diagnose(
             engine=engine,
             hooked=layers.hooked,
             takes_lengths=spec.length_source is not None,
+            padding_reaches=any(o.check == "batch-invariance" and not o.passed for o in outputs),
         )
     texts = []
     sequence_ok = not any(o.role == "sequence" for o in failing)

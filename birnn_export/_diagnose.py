@@ -116,6 +116,7 @@ def diagnose_layers(
     engine: str,
     hooked: str,
     takes_lengths: bool,
+    padding_reaches: bool = False,
 ) -> str:
     """Locate a mismatch of a model with later layers (e.g. a head) at its first recurrent layer
     that differs, and split that layer's output into the forward and backward halves as in
@@ -123,7 +124,9 @@ def diagnose_layers(
 
     ``checks`` are the layer checks (graph ``Y`` on ONNX Runtime CPU against the reference's
     layers), ``graph`` / ``reference`` the layer outputs by name, ``lengths`` the lengths each
-    module's layers saw, ``layers`` the graph's layers in run order.
+    module's layers saw, ``layers`` the graph's layers in run order. ``padding_reaches``: the
+    graph's rows alone differ from the same rows in the batch (its outputs depend on the
+    padding).
     """
     by_name = {c.name: c for c in checks}
     source = "ONNX Runtime CPU" + (f", not {engine}," if engine != "ort-cpu" else "")
@@ -141,7 +144,31 @@ def diagnose_layers(
                 f"the recurrent layers (e.g. the head) {where}"
             )
         also = f", or in {engine} itself" if engine != "ort-cpu" else ""
+        unreversed = [n for layer in layers for n in layer.unreversed]
+        if unreversed:
+            nodes = ", ".join(repr(n) for n in unreversed)
+            return (
+                f"every recurrent layer matches ({len(layers)} layer(s)), but the Y of "
+                f"backward node {nodes} reaches no ReverseSequence -> the reversal of its "
+                "output back into time order is the difference (the layer checks reverse the "
+                f"node's Y themselves, each row's valid steps) {where}"
+            )
         split = any(len(layer.y_names) == 2 for layer in layers)
+        if padding_reaches:
+            lengths_of = (
+                ", or a ReverseSequence after a backward node that reverses more than each "
+                "row's valid steps"
+                if split
+                else ""
+            )
+            return (
+                f"every recurrent layer matches ({len(layers)} layer(s)), and the graph's rows "
+                "alone differ from the same rows in the batch -> the difference is after the "
+                "recurrent nodes, where the padding reaches the valid steps: a mask the model "
+                "applies there (attention's key padding mask, a -inf or -1e4 fill before a "
+                f"softmax, a masked pooling) that the graph lacks or applies otherwise"
+                f"{lengths_of} {where}"
+            )
         reversal = (
             "the graph's reversal of a backward node's output back into time order (the "
             "ReverseSequence after it: the layer checks reverse the node's Y themselves), or "
@@ -170,6 +197,17 @@ def diagnose_layers(
         text = text.replace("its half", "output")
         return f"{text} -> check this layer's weights, gate order and bias {where}"
     text = diagnose_directions(tensor, got, want, rows, bad.hidden, tol, steps=steps)
+    before = layers[layers.index(bad) - 1] if layers.index(bad) else None
+    if before is not None and "a shared cause" in text:  # the input this layer takes
+        split = " (in a split graph: the reversal of its backward node's Y into time order, "
+        split += "which the layer checks undo themselves)" if len(before.y_names) == 2 else ""
+        if before.unreversed:
+            split = f" (its backward node's Y reaches no ReverseSequence: {before.unreversed[0]!r})"
+        text = text[: text.index("->")] + (
+            f"-> both directions differ, and the layer before it ({before.name}) matches: the "
+            f"cause is between them, in that layer's output as this one takes it{split} or the "
+            "model's ops between the layers; else this layer's own weights or gate order"
+        )
     if takes_lengths and bad.without_lengths:
         nodes = ", ".join(repr(n) for n in bad.without_lengths)
         cut = text.index("->") if "->" in text else len(text)

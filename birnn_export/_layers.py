@@ -43,6 +43,9 @@ class GraphLayer:
     #: Names of the layer's nodes, and those among them fed no ``sequence_lens``.
     nodes: tuple[str, ...]
     without_lengths: tuple[str, ...]
+    #: Backward nodes of a split layer whose ``Y`` reaches no ``ReverseSequence`` (through
+    #: reshaping ops) on its way back into time order.
+    unreversed: tuple[str, ...] = ()
 
 
 def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
@@ -58,6 +61,10 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
         for n in proto.graph.node
         if n.op_type in _RECURRENT_OPS or is_rnn_scan(n) or is_packed_layer(n)
     }
+    consumers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     layers = []
     for info in spec.recurrent_layers:
         path = str(info.get("path", ""))
@@ -84,6 +91,11 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
                         y_names=tuple(_y_output(n) for n in found),
                         nodes=tuple(n.name for n in found),
                         without_lengths=tuple(n.name for n in found if not _has_lengths(n)),
+                        unreversed=tuple(
+                            n.name
+                            for n in found[1:]
+                            if spec.layout == "split" and not _reversed(n, consumers)
+                        ),
                     )
                 )
             call += 1
@@ -108,6 +120,21 @@ def _y_output(node: Any) -> str:
     if not node.output or not node.output[0]:
         raise LayersUnavailable(f"the recurrent node {node.name!r} does not output Y")
     return str(node.output[0])
+
+
+def _reversed(node: Any, consumers: Mapping[str, list[Any]]) -> bool:
+    """Whether a backward node's ``Y`` reaches a ``ReverseSequence`` through ops that only
+    reshape or cast it (as the split layout reverses it back into time order)."""
+    name = str(node.output[0]) if node.output else ""
+    for _ in range(8):
+        users = consumers.get(name, [])
+        if any(u.op_type == "ReverseSequence" and u.input[0] == name for u in users):
+            return True
+        passing = [u for u in users if u.op_type in ("Squeeze", "Cast", "Transpose", "Reshape")]
+        if len(passing) != 1:
+            return False
+        name = str(passing[0].output[0])
+    return False
 
 
 def _has_lengths(node: Any) -> bool:

@@ -97,6 +97,19 @@ def plant_missing_mask(src: Path, dst: Path) -> Path | None:
     return _save(proto, dst)
 
 
+def plant_unmasked_attention(src: Path, dst: Path) -> Path | None:
+    """Attention without its key padding mask: the Where that fills the padded keys with -inf
+    (``masked_fill``) passes its zeros through instead."""
+    proto = onnx.load(str(src))
+    fills = [n for n in nodes(proto, "Where") if "masked_fill" in n.name]
+    if not fills:
+        return None
+    for node in proto.graph.node:
+        node.input[:] = [fills[0].input[2] if i == fills[0].output[0] else i for i in node.input]
+    proto.graph.node.remove(fills[0])
+    return _save(proto, dst)
+
+
 def _swap_first_gates(block: np.ndarray, hidden: int) -> None:
     first, second = slice(0, hidden), slice(hidden, 2 * hidden)
     if block.shape[0] >= 4 * hidden:  # LSTM: ONNX (i, o, f, c); swap o and f

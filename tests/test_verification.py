@@ -435,13 +435,48 @@ def test_a_flipped_backward_output_is_told_after_the_layers_that_match(
 ) -> None:
     """The layer checks put a backward node's Y back in time order themselves, so a graph
     whose own reversal after the node flips the whole axis matches at every layer: the
-    diagnosis says the difference is after the nodes and names that reversal."""
+    diagnosis says the difference is after the nodes and names that node, whose Y reaches no
+    ReverseSequence."""
     model, paths = stacked_tagger
     bad = plant_whole_flip(paths["split"], tmp_path / "out_flip.onnx", after="rnn/l1/backward")
     report = verify(bad, model, batch_sizes=(4,), seq_lens=(6,), large_scale=None)
     assert not report.passed
-    assert "every recurrent layer matches (2 layer(s))" in report.diagnosis()
-    assert "reversal of a backward node's output back into time order" in report.diagnosis()
+    diagnosis = report.diagnosis()
+    assert "every recurrent layer matches (2 layer(s))" in diagnosis
+    assert "backward node 'rnn/l1/backward' reaches no ReverseSequence" in diagnosis
+
+
+def test_a_flipped_output_between_layers_is_told_at_the_layer_after_it(
+    stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    """The first layer's backward output flipped as a whole before the second layer takes it:
+    the first layer matches (the layer checks reverse its Y themselves), the second differs in
+    both directions, and the diagnosis names what lies between them, not that layer."""
+    model, paths = stacked_tagger
+    bad = plant_whole_flip(paths["split"], tmp_path / "mid_flip.onnx", after="rnn/l0/backward")
+    report = verify(bad, model, batch_sizes=(4,), seq_lens=(6,), large_scale=None)
+    assert not report.passed
+    diagnosis = report.diagnosis()
+    assert "layer rnn/l1" in diagnosis and "the layer before it (rnn/l0) matches" in diagnosis
+    assert "reaches no ReverseSequence: 'rnn/l0/backward'" in diagnosis
+    assert "rather than the reversal" not in diagnosis
+
+
+def test_attention_without_its_padding_mask_is_told_after_the_layers(tmp_path: Path) -> None:
+    """Every recurrent layer matches, the graph's rows alone differ from the batch: the
+    diagnosis points at a mask after the recurrent layers, not at the reversals."""
+    from tests.defects import plant_unmasked_attention
+    from tests.realistic_models import SelfAttentionTagger
+
+    torch.manual_seed(0)
+    model = SelfAttentionTagger().eval()
+    path = export_onnx(model, tmp_path / "attention.onnx", verify=False).path
+    bad = plant_unmasked_attention(path, tmp_path / "unmasked.onnx")
+    report = verify(bad, model, batch_sizes=(4,), seq_lens=(7,), large_scale=None)
+    assert not report.passed
+    diagnosis = report.diagnosis()
+    assert "the graph's rows alone differ from the same rows in the batch" in diagnosis
+    assert "attention's key padding mask" in diagnosis and "reaches no Reverse" not in diagnosis
 
 
 def test_json_report_and_saved_inputs_reproduce_failure(
