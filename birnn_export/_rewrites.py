@@ -144,7 +144,9 @@ def sink_batch_transposes(proto: Any) -> int:
     """Move a ``Transpose`` that swaps leading axes from before a ``MatMul`` to after it.
 
     ``MatMul(Transpose(x, perm), W) == Transpose(MatMul(x, W), perm)`` when ``W`` is a matrix and
-    ``perm`` keeps the last axis last. fp16 graphs need this form: ONNX Runtime 1.32's CPU
+    ``perm`` keeps the last axis last; for a vector ``W`` (``h @ q``, an attention query) the
+    product has no last axis, and the Transpose after it ``perm`` without it. fp16 graphs need
+    this form: ONNX Runtime 1.32's CPU
     provider (no fp16 MatMul kernel) casts such a MatMul to float32 and then its
     ``MatmulTransposeFusion`` folds the batch-axis Transpose through the inserted Cast and
     crashes the process while the session is created (SIGSEGV). A batch-first model's head is
@@ -154,11 +156,11 @@ def sink_batch_transposes(proto: Any) -> int:
     import onnx
 
     graph = proto.graph
-    matrices = {t.name for t in graph.initializer if len(t.dims) == 2}
+    ranks = {t.name: len(t.dims) for t in graph.initializer if len(t.dims) in (1, 2)}
     for node in graph.node:
         tensor = node.attribute[0].t if node.op_type == "Constant" and node.attribute else None
-        if tensor is not None and len(tensor.dims) == 2:
-            matrices.add(node.output[0])
+        if tensor is not None and len(tensor.dims) in (1, 2):
+            ranks[node.output[0]] = len(tensor.dims)
     producers = {out: node for node in graph.node for out in node.output}
     # Every reader of a tensor, subgraphs (If/Loop/Scan bodies) and graph outputs included.
     readers = collections.Counter(name for node in all_nodes(graph) for name in node.input)
@@ -184,7 +186,7 @@ def sink_batch_transposes(proto: Any) -> int:
             len(perm) < 3
             or perm[-1] != len(perm) - 1
             or perm == sorted(perm)
-            or node.input[1] not in matrices
+            or node.input[1] not in ranks
         ):
             nodes.append(node)
             continue
@@ -197,7 +199,7 @@ def sink_batch_transposes(proto: Any) -> int:
             [product],
             [node.output[0]],
             name=fresh(f"{node.name or 'MatMul'}/transpose"),
-            perm=perm,
+            perm=perm if ranks[node.input[1]] == 2 else perm[:-1],
         )
         nodes += [matmul, after]
         readers[node.input[0]] -= 1

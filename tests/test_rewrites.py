@@ -80,6 +80,41 @@ def test_fp16_transpose_before_matmul_is_sunk_below_it(tmp_path):
     assert sink_batch_transposes(last_two) == 0
 
 
+def test_fp16_transpose_before_a_product_with_a_vector_is_sunk_below_it(tmp_path):
+    """The same crash for ``h @ q`` (an attention query, a vector): the product has no last
+    axis, so the Transpose after it swaps the axes before it."""
+
+    def model() -> onnx.ModelProto:
+        proto = _transpose_matmul_fp16()
+        query = np.random.default_rng(2).standard_normal(3).astype(np.float16)
+        proto.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(query, "W"))
+        del proto.graph.node[-1]  # no bias: y = MatMul(Transpose(relu(x)), q)
+        proto.graph.node[-1].output[0] = "y"
+        proto.graph.output[0].CopyFrom(
+            onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, ["batch", "seq"])
+        )
+        return proto
+
+    before = tmp_path / "before.onnx"
+    onnx.save(model(), before)
+    if ort.__version__.startswith("1.32."):
+        assert _loads_in_a_subprocess(before) != 0
+    fixed = model()
+    assert sink_batch_transposes(fixed) == 1
+    onnx.checker.check_model(fixed, full_check=True)
+    assert [list(n.attribute[0].ints) for n in fixed.graph.node if n.op_type == "Transpose"] == [
+        [1, 0]
+    ]
+    after = tmp_path / "after.onnx"
+    onnx.save(fixed, after)
+    assert _loads_in_a_subprocess(after) == 0
+    x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float16)
+    (got,) = run_ort(after, {"x": x}).values()
+    q = onnx.numpy_helper.to_array(model().graph.initializer[0]).astype(np.float32)
+    want = np.maximum(x.astype(np.float32), 0).transpose(1, 0, 2) @ q
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-2, rtol=1e-2)
+
+
 def test_sinking_keeps_other_readers_and_names_unique(tmp_path):
     """Two unnamed MatMuls on one Transpose, which is also a graph output and read inside an
     If branch: both MatMuls move, their new nodes get distinct names, the Transpose stays, and
