@@ -332,6 +332,12 @@ def _ranges(
         )
     out = {}
     nested = {d.nests for d in decls if d.within is not None}
+    for decl in decls:  # a char-CNN's characters: a token dim right after the time dim
+        at = decl.dims.index(time_dim) + 1 if time_dim in decl.dims else len(decl.dims)
+        inner = decl.dims[at] if at < len(decl.dims) else None
+        ids = decl.dtype.startswith("int") and decl.measures is None and decl.mask is None
+        if ids and isinstance(inner, str) and inner != batch_dim:
+            nested.add(inner)
     for name in names:
         default = batch_range if name == batch_dim else seq_range
         if name in nested:
@@ -592,7 +598,8 @@ def _infer(
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
     inner = _inner_mark(model) if len(roles) == 2 and not time_major else None
-    if inner is None:
+    spelled = _spelled(model) if len(roles) == 2 and role == "tokens" and not time_major else None
+    if inner is None and spelled is None:
         _refuse_more_params(model, roles)
     decls = tuple(
         InputDecl(
@@ -611,7 +618,21 @@ def _infer(
         decls = (first, decls[1], _mark(inner, mark_kind, (BATCH, SEQ), time))
         roles.append(mark_kind)
         how += f"; {inner!r} read as the {mark_kind} of each step's own sequence, by its name"
+    if spelled is not None:  # a char-CNN's characters: no lengths of their own
+        time = f"{spelled.removesuffix('_seq')}_seq"
+        decls = (*decls, InputDecl(spelled, "int64", (BATCH, SEQ, time)))
+        roles.append("tokens")
+        how += f"; {spelled!r} read as each step's characters, by its name"
     return decls, tuple(roles), how
+
+
+def _spelled(model: nn.Module) -> str | None:
+    """The third parameter of ``forward(words, lengths, chars)`` (a char-CNN tagger's, Ma and
+    Hovy's): each word's characters, told by the name, without lengths of their own."""
+    required = [p.name for p in _forward_params(model) if p.default is p.empty]
+    if len(required) != 3 or param_role(required[2]) is not None:
+        return None
+    return required[2] if _CHARS.search(required[2]) else None
 
 
 def _inner_mark(model: nn.Module) -> str | None:

@@ -236,6 +236,31 @@ class CharWordTagger(nn.Module):
         return self.tags(out)
 
 
+class CharCNNTagger(nn.Module):
+    """Ma and Hovy's (2016) tagger: each word's characters through a convolution and a max over
+    them (no lengths: padding characters have id 0), joined to the word's embedding, then a
+    packed word BiLSTM and a Linear per word."""
+
+    def __init__(self, words: int = 60, chars: int = 30, hidden: int = 6) -> None:
+        super().__init__()
+        self.word_embedding = nn.Embedding(words, 8, padding_idx=0)
+        self.char_embedding = nn.Embedding(chars, 5, padding_idx=0)
+        self.conv = nn.Conv1d(5, 7, kernel_size=3, padding=1)
+        self.word_lstm = nn.LSTM(15, hidden, batch_first=True, bidirectional=True)
+        self.tags = nn.Linear(2 * hidden, 5)
+
+    def forward(
+        self, words: torch.Tensor, lengths: torch.Tensor, chars: torch.Tensor
+    ) -> torch.Tensor:
+        b, t, c = chars.shape
+        spelled = self.char_embedding(chars.reshape(b * t, c)).transpose(1, 2)
+        spelled = self.conv(spelled).max(dim=-1).values.reshape(b, t, 7)
+        x = torch.cat([self.word_embedding(words), spelled], dim=-1)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.word_lstm(packed)[0], batch_first=True, total_length=t)[0]
+        return self.tags(out)
+
+
 class SortedCharTagger(CharWordTagger):
     """:class:`CharWordTagger` as NCRF++ writes it: the words sorted by their characters'
     lengths for ``enforce_sorted=True`` packing, their features put back in order after."""

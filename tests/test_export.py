@@ -35,6 +35,7 @@ from birnn_export.verification import verify
 from tests.defects import plant_missing_sequence_lens, plant_whole_flip
 from tests.realistic_models import (
     AttentionClassifier,
+    CharCNNTagger,
     CharWordTagger,
     ConvBiGRUCTC,
     EncoderThenGRU,
@@ -852,6 +853,33 @@ def test_words_with_their_characters_match_torch_in_float64(tmp_path, cls, decla
         with torch.no_grad():
             want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
         valid = np.arange(steps)[None, :] < feed["lengths"][:, None]
+        np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
+
+
+def test_a_char_cnn_taggers_characters_are_inferred_and_match_torch_in_float64(tmp_path):
+    """forward(words, lengths, chars) of a char-CNN tagger (Ma and Hovy): the characters,
+    told by the name, are inferred nested in each word without lengths of their own, with a
+    nested dim's range; the graph matches the model in float64."""
+    torch.manual_seed(0)
+    model = CharCNNTagger().eval()
+    result = export_onnx(model, tmp_path / "cnn.onnx")
+    assert result.verification.passed, result.verification.summary()
+    spec = result.spec
+    assert [t.dims for t in spec.inputs] == [
+        ("batch", "seq"),
+        ("batch",),
+        ("batch", "seq", "chars_seq"),
+    ]
+    assert spec.dim_ranges["chars_seq"] == (1, 16, 64)
+    reference = CharCNNTagger().eval().double()
+    reference.load_state_dict(model.state_dict())
+    for seed, (batch, steps, spelling) in enumerate([(5, 9, 23), (1, 4, 1)]):
+        lengths, valid, _, chars = _nested_feed(batch, steps, spelling, 30, seed)
+        words = np.where(valid, np.random.default_rng(seed).integers(1, 60, valid.shape), 0)
+        feed = {"words": words, "lengths": lengths, "chars": chars}
+        got = run_ort(result.path, feed)["output"]
+        with torch.no_grad():
+            want = reference(*(torch.from_numpy(v) for v in feed.values())).numpy()
         np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
 
 

@@ -559,6 +559,22 @@ def _signature(*names: str) -> nn.Module:
                 "char_padding_mask:bool[batch,seq,chars_seq]:padding_mask",
             ],
         ),
+        (  # a char-CNN's characters: nested in the words, without lengths of their own
+            ("words", "lengths", "chars"),
+            [
+                "words:int64[batch,seq]",
+                "lengths:int64[batch]:lengths(seq)",
+                "chars:int64[batch,seq,chars_seq]",
+            ],
+        ),
+        (
+            ("input_ids", "attention_mask", "char_ids"),
+            [
+                "input_ids:int64[batch,seq]",
+                "attention_mask:int64[batch,seq]:mask",
+                "char_ids:int64[batch,seq,char_ids_seq]",
+            ],
+        ),
         (  # one sequence of sequences: a document's sentences, each sentence's words
             ("docs", "doc_lengths", "sentence_lengths"),
             [
