@@ -569,6 +569,8 @@ def _infer(
         size = first.in_features if isinstance(first, nn.Linear) else first.normalized_shape[-1]
         dims, role = (BATCH, SEQ, size), "features"
         how = f"inferred: features before the model's first layer, a {type(first).__name__}"
+    elif isinstance(first, (nn.Conv1d, nn.Conv2d)):
+        raise BiRNNExportError(_declare_conv(model, first))
     else:
         raise BiRNNExportError(
             f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
@@ -633,6 +635,32 @@ def _spelled(model: nn.Module) -> str | None:
     if len(required) != 3 or param_role(required[2]) is not None:
         return None
     return required[2] if _CHARS.search(required[2]) else None
+
+
+def _declare_conv(model: nn.Module, conv: nn.Conv1d | nn.Conv2d) -> str:
+    """The refusal for a model whose first layer is a convolution (a speech or OCR front end):
+    which of its input's dims is time cannot be told, so the declarations to write, from
+    ``forward``'s names and the convolution's channels."""
+    params = [p.name for p in _forward_params(model)]
+    x = params[0] if params else "x"
+    channels = conv.in_channels
+    dims = f"batch,{channels},time" if isinstance(conv, nn.Conv1d) else f"batch,{channels},H,time"
+    declare = f"--input '{x}:float32[{dims}]'"
+    if len(params) > 1 and param_role(params[1]) == "lengths":
+        declare += f" --input '{params[1]}:int64[batch]:lengths(time)'"
+    reads = "[batch, channels, time]" if isinstance(conv, nn.Conv1d) else "[batch, channels, H, W]"
+    transposed = (
+        f"; if forward transposes [batch, time, {channels}] into it, declare "
+        f"'{x}:float32[batch,time,{channels}]' or pass --input-size {channels}"
+        if isinstance(conv, nn.Conv1d)
+        else "; H is the feature bins or image height, time the axis that becomes the sequence"
+    )
+    return (
+        f"cannot infer the inputs of {type(model).__name__}: its first layer is "
+        f"{type(conv).__name__}({channels}, ...), which reads {reads}, and which axis is time "
+        f"cannot be told; declare them, e.g. {declare}{transposed} (a strided front end needs "
+        "--range time=MIN,OPT,MAX with its shortest input)"
+    )
 
 
 def _inner_mark(model: nn.Module) -> str | None:

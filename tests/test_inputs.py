@@ -1188,3 +1188,26 @@ def test_token_ids_for_a_time_major_layer_take_the_order_the_model_runs_on(
         dims.index("seq"),
     )
     assert result.verification.passed, result.verification.summary()
+
+
+def test_a_convolution_first_is_refused_with_declarations_from_its_names(tmp_path) -> None:
+    """Which axis of a convolution's input is time cannot be told: the refusal writes the
+    declarations from forward's names and the convolution's channels, in both orders, and
+    the one this model takes (it transposes [batch, time, 8] itself) exports."""
+    import re
+
+    from tests.realistic_models import ConvBiGRUCTC
+
+    model = ConvBiGRUCTC().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "ctc.onnx")
+    message = str(caught.value)
+    assert "its first layer is Conv1d(8, ...)" in message
+    assert "--input 'x:float32[batch,8,time]' --input 'lengths:int64[batch]:lengths(time)'" in (
+        message
+    )
+    transposed = re.search(r"declare '(x:float32\[batch,time,8\])'", message)
+    assert transposed is not None and "--input-size 8" in message
+    inputs = [transposed.group(1), "lengths:int64[batch]:lengths(time)"]
+    result = export_onnx(model, tmp_path / "ctc.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
