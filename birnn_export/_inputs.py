@@ -157,13 +157,16 @@ def plan_inputs(
     seq_range: Sequence[int],
     taken: set[int],
     time_major: bool = False,
+    nest: bool = True,
 ) -> PlannedInputs:
     """Declared or inferred inputs, with their ranges and example tensors.
 
     ``taken`` holds sizes the model itself has (parameter dims): example sizes avoid them, so a
     size baked into the graph can be told apart. ``time_major``: infer token ids as ``[seq,
     batch]`` (see :func:`birnn_export.export.trace_graph`, which tries it where the model's
-    first recurrent layer is time-major).
+    first recurrent layer is time-major). ``nest``: read inputs named as a nested sequence
+    (``chars``, ``sentence_lengths``) as one; ``trace_graph`` plans without it where such a
+    guess fails on the example inputs.
 
     Raises:
         ExportError: a declaration, range or example input that does not fit (one line, naming
@@ -182,7 +185,9 @@ def plan_inputs(
             decls, roles = _guess_from_examples(model, example_inputs, lengths, input_names)
             how = "positional guess from the example inputs ([batch, seq, ...])"
         else:
-            decls, roles, how = _infer(model, lengths, input_size, input_names, time_major)
+            decls, roles, how = _infer(
+                model, lengths, input_size, input_names, time_major, nest=nest
+            )
         batch_dim, time_dim = _axes(decls)
         named = _ranges(decls, batch_dim, time_dim, ranges, batch_range, seq_range)
         examples = _examples(named, batch_dim, time_dim, taken)
@@ -336,8 +341,9 @@ def _ranges(
         at = decl.dims.index(time_dim) + 1 if time_dim in decl.dims else len(decl.dims)
         inner = decl.dims[at] if at < len(decl.dims) else None
         ids = decl.dtype.startswith("int") and decl.measures is None and decl.mask is None
-        if ids and isinstance(inner, str) and inner != batch_dim:
-            nested.add(inner)
+        spelled = isinstance(inner, str) and (_CHARS.search(inner) or _CHARS.search(decl.name))
+        if ids and spelled and inner not in (batch_dim, time_dim):
+            nested.add(str(inner))
     for name in names:
         default = batch_range if name == batch_dim else seq_range
         if name in nested:
@@ -536,6 +542,8 @@ def _infer(
     input_size: int | None,
     input_names: Sequence[str] | None,
     swap_time_major: bool = False,
+    *,
+    nest: bool = True,
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
     first = first_leaf(model)
     kind = type(first).__name__ if first is not None else "nothing"
@@ -583,7 +591,8 @@ def _infer(
     pairs = _sequence_pairs(model)
     if pairs:  # a sentence pair: each sequence with its own time dim and lengths (or mask)
         params = [p.name for p in _forward_params(model)]
-        return _pair_inputs(pairs, params, InputDecl("", dtype, dims), role, input_names, how)
+        first = InputDecl("", dtype, dims)
+        return _pair_inputs(pairs, params, first, role, input_names, how, nest=nest)
     roles = [role]
     decl_list = [(dims, dtype)]
     has_lengths = takes_lengths(model, lengths)
@@ -599,8 +608,9 @@ def _infer(
     names = list(input_names) if input_names else _param_names(model, roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
-    inner = _inner_mark(model) if len(roles) == 2 and not time_major else None
-    spelled = _spelled(model) if len(roles) == 2 and role == "tokens" and not time_major else None
+    guess = nest and len(roles) == 2 and not time_major
+    inner = _inner_mark(model) if guess else None
+    spelled = _spelled(model) if guess and role == "tokens" else None
     if inner is None and spelled is None:
         _refuse_more_params(model, roles)
     decls = tuple(
@@ -653,7 +663,8 @@ def _declare_conv(model: nn.Module, conv: nn.Conv1d | nn.Conv2d) -> str:
         f"; if forward transposes [batch, time, {channels}] into it, declare "
         f"'{x}:float32[batch,time,{channels}]' or pass --input-size {channels}"
         if isinstance(conv, nn.Conv1d)
-        else "; H is the feature bins or image height, time the axis that becomes the sequence"
+        else "; H is a number, the feature bins or image height, and time the axis that "
+        "becomes the sequence"
     )
     return (
         f"cannot infer the inputs of {type(model).__name__}: its first layer is "
@@ -672,7 +683,12 @@ def _inner_mark(model: nn.Module) -> str | None:
         return None  # (ids, lengths, attention_mask): two of one sequence, not nested
     outer, inner = required[1:]
     same_kind = param_role(inner) == param_role(outer)
-    return inner if same_kind and _stem(inner) != _stem(outer) else None
+    return inner if same_kind and _INNER.search(_stem(inner)) else None
+
+
+#: What a sequence nested in each step is named after (``sentence_lengths``, ``sent_lens``,
+#: ``word_mask``): a document's sentences, a sentence's words, a dialogue's utterances.
+_INNER = re.compile(r"(^|_)(sent|sentence|word|utt|utterance|turn|para|paragraph|line)s?$")
 
 
 def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -706,11 +722,13 @@ def _pair_inputs(
     role: str,
     input_names: Sequence[str] | None,
     how: str,
+    *,
+    nest: bool = True,
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
     """The inputs of a ``forward`` that takes sequences with their own lengths (or masks), in
     ``forward_order``: each sequence as the first is inferred (``first``), with a time dim of
     its own (``seq`` for the first, ``hypothesis_seq`` for the others) that its lengths
-    measure."""
+    measure; with ``nest``, one named as characters nests in the sequence before it."""
     by_name: dict[str, tuple[InputDecl, str]] = {}
     nested = []
     outer = SEQ  # the time dim of the last sequence not nested: its words' characters nest in it
@@ -718,7 +736,7 @@ def _pair_inputs(
         kind = param_role(mark) or "lengths"
         time = SEQ if index == 0 else f"{sequence.removesuffix('_seq')}_seq"
         dims = tuple(time if d == SEQ else d for d in first.dims)
-        if index and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
+        if nest and index and first.dims == (BATCH, SEQ) and _CHARS.search(sequence):
             nested.append(sequence)  # each word's characters, with a length (or mask) per word
             told = "length" if kind == "lengths" else "mask"
             by_name[sequence] = (InputDecl(sequence, first.dtype, (BATCH, outer, time)), role)

@@ -124,8 +124,11 @@ def _y_output(node: Any) -> str:
 
 def _reversed(node: Any, consumers: Mapping[str, list[Any]]) -> bool:
     """Whether a backward node's ``Y`` reaches a ``ReverseSequence`` through ops that only
-    reshape or cast it (as the split layout reverses it back into time order)."""
+    reshape or cast it (as the split layout reverses it back into time order), or is not read
+    at all."""
     name = str(node.output[0]) if node.output else ""
+    if not consumers.get(name):
+        return True  # Y unread (a model that reads only h_n): nothing to put back in order
     for _ in range(8):
         users = consumers.get(name, [])
         if any(u.op_type == "ReverseSequence" and u.input[0] == name for u in users):

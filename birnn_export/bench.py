@@ -98,7 +98,6 @@ CSV_COLUMNS = (
     "p90_ms",
     "p99_ms",
     "mean_ms",
-    "cv_pct",
     "runs",
     "seq_per_s",
     "tokens_per_s",
@@ -109,6 +108,7 @@ CSV_COLUMNS = (
     "status",
     "reason",
     "max_abs_error",
+    "cv_pct",
 )
 
 

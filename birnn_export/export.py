@@ -236,6 +236,11 @@ def trace_graph(
         taken=sizes,
     )
     planned = plan()
+    if _guessed_nesting(planned) and not _runs_quietly(converted, planned.tensors):
+        with contextlib.suppress(ExportError):  # no flat reading either: the guess's failure
+            flat = plan(nest=False)
+            if _runs_quietly(converted, flat.tensors):
+                planned = flat  # characters of their own ([batch, char_seq]), not per word
     if _may_be_time_major(converted, planned) and not _runs_as_planned(converted, planned):
         swapped = plan(time_major=True)
         if _runs_as_planned(converted, swapped):
@@ -533,6 +538,15 @@ def _float_masks(planned: PlannedInputs) -> PlannedInputs:
     return dataclasses.replace(planned, decls=tuple(decls), tensors=tuple(tensors), how=how)
 
 
+def _guessed_nesting(planned: PlannedInputs) -> bool:
+    """Whether the inferred inputs read a sequence as nested in another's steps by its name
+    (a word's characters, a sentence's words)."""
+    return planned.how.startswith("inferred") and any(
+        d.within is not None or (d.dtype.startswith("int") and len(d.dims) == 3)
+        for d in planned.decls
+    )
+
+
 def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
     """Whether ``model`` runs on ``inputs`` (no grad, rows in any order, nothing printed); the
     caller's hooks see the run."""
@@ -723,7 +737,9 @@ def _nested_tensor_zeros(model: nn.Module) -> Iterator[None]:
     packs the valid steps into a nested tensor and pads the result with 0. The exporter traces
     the other path, which computes the padded steps, and a layer after it that reads them (a
     recurrent layer run over the padding, unpacked) would see other values than eager torch.
-    Zeros at steps that no later layer reads change nothing."""
+    Zeros at steps that no later layer reads change nothing. With an encoder's final norm,
+    the padded steps hold the norm of 0, as in eager torch; a batch whose mask is not each
+    row's valid prefix (``mask_check``) runs the other path in eager torch too."""
 
     def zero_padding(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
@@ -733,10 +749,17 @@ def _nested_tensor_zeros(model: nn.Module) -> Iterator[None]:
             return output
         if not torch.backends.mha.get_fastpath_enabled():
             return output
-        valid = padding == 0 if padding.is_floating_point() else ~padding.bool()
+        valid = padding == 0 if padding.is_floating_point() else ~padding.bool()  # [batch, T]
+        padded = ~valid
+        if getattr(module, "mask_check", True):  # eager nests only a batch of valid prefixes
+            padded = padded & (valid[:, 1:] <= valid[:, :-1]).all()
         if not module.layers[0].self_attn.batch_first:
-            valid = valid.transpose(0, 1)
-        return output.masked_fill(~valid[..., None], 0.0)
+            padded = padded.transpose(0, 1)
+        # eager pads the nested result with 0, then applies the encoder's final norm
+        fill = torch.zeros_like(output[..., :1, :])
+        if module.norm is not None:
+            fill = module.norm(fill)
+        return torch.where(padded[..., None], fill, output)
 
     encoders = [m for m in model.modules() if isinstance(m, nn.TransformerEncoder)]
     hooks = [m.register_forward_hook(zero_padding, with_kwargs=True) for m in encoders]

@@ -805,6 +805,12 @@ class InputDecl:
                 "(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)')"
             )
         flat = len(dims) == len(named) == 2 and BATCH in named
+        if match["mask"] and len(dims) == 3 and dims[-1] in dims[:-1]:
+            raise BiRNNExportError(
+                f"input {match['name']!r}: a mask over [{', '.join(map(str, dims))}] relates "
+                "steps to steps (an attention mask), not each row's valid steps; declare it "
+                "without ':mask', and the rows' lengths or valid steps as an input of their own"
+            )
         if match["mask"] and not (flat or _nested_mask("mask", tuple(dims), _index(dims))):
             raise BiRNNExportError(
                 f"input {match['name']!r}: a mask is [batch, TIME] or [TIME, batch] (one value "

@@ -323,15 +323,15 @@ class SelfAttentionTagger(nn.Module):
 
 
 class EncoderThenGRU(nn.Module):
-    """Features through a Transformer encoder with a key padding mask, then a BiGRU over the
-    padded batch (unpacked: its backward direction starts in the padding, which the encoder's
-    eager fast path fills with 0), zeroed past each row's end."""
+    """Features through a Transformer encoder (with a final LayerNorm) and a key padding mask,
+    then a BiGRU over the padded batch (unpacked: its backward direction starts in the padding,
+    which the encoder's eager fast path fills with 0, normed), zeroed past each row's end."""
 
     def __init__(self, features: int = 6, dim: int = 8, hidden: int = 5) -> None:
         super().__init__()
         self.project = nn.Linear(features, dim)
         layer = nn.TransformerEncoderLayer(dim, 2, 16, 0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(dim))
         self.gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
         self.out = nn.Linear(2 * hidden, 4)
 

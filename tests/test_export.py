@@ -856,6 +856,35 @@ def test_words_with_their_characters_match_torch_in_float64(tmp_path, cls, decla
         np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
 
 
+class _TwoStreams(nn.Module):
+    """Words and the sentence's characters as a stream of their own ([batch, char_seq]), each
+    with a mask: not characters per word."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words = nn.Embedding(40, 4)
+        self.chars = nn.Embedding(20, 3)
+        self.word_rnn = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+        self.char_rnn = nn.GRU(3, 3, batch_first=True, bidirectional=True)
+
+    def run(self, rnn: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, mask.sum(1), batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(rnn(packed)[0], batch_first=True)[0].mean(1)
+
+    def forward(self, words, word_mask, chars, char_mask):
+        words = self.run(self.word_rnn, self.words(words), word_mask)
+        return torch.cat([words, self.run(self.char_rnn, self.chars(chars), char_mask)], -1)
+
+
+def test_a_character_stream_that_is_not_per_word_is_read_as_a_second_sequence(tmp_path):
+    """forward(words, word_mask, chars, char_mask) is first read as each word's characters; a
+    model that fails on that reading, taking the characters as a stream of their own, is read
+    as two sequences instead."""
+    result = export_onnx(_TwoStreams().eval(), tmp_path / "streams.onnx")
+    assert result.verification.passed, result.verification.summary()
+    assert [t.dims for t in result.spec.inputs][2:] == [("batch", "chars_seq")] * 2
+
+
 def test_a_char_cnn_taggers_characters_are_inferred_and_match_torch_in_float64(tmp_path):
     """forward(words, lengths, chars) of a char-CNN tagger (Ma and Hovy): the characters,
     told by the name, are inferred nested in each word without lengths of their own, with a
@@ -988,23 +1017,29 @@ def test_self_attention_weights_per_pair_of_steps_match_torch_at_the_longest_row
 
 
 def test_a_recurrent_layer_reading_a_transformer_encoders_padding_matches_eager(tmp_path):
-    """Eager torch's TransformerEncoder (eval, no grad, a padding mask) runs on nested tensors
-    and writes 0 at padded steps; the exporter traces the path that computes them. A BiGRU run
-    over the padding reads them: the graph writes the zeros too, and matches the model (its
-    eager inference) in float64."""
+    """Eager torch's TransformerEncoder (eval, no grad, a padding mask of valid prefixes) runs
+    on nested tensors and writes 0 at padded steps, then its final norm; the exporter traces
+    the path that computes them. A BiGRU run over the padding reads them: the graph writes the
+    normed zeros too, and matches the model (its eager inference) in float64. A mask that is
+    not each row's valid prefix takes the other path in eager torch, and in the graph."""
     torch.manual_seed(0)
     model = EncoderThenGRU().eval()
+    with torch.no_grad():
+        model.encoder.norm.bias.normal_()  # the norm of 0 is its bias
     result = export_onnx(model, tmp_path / "encoder_gru.onnx")
     assert result.verification.passed, result.verification.summary()
     reference = EncoderThenGRU().eval().double()
     reference.load_state_dict(model.state_dict())
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 23, 6))
-    padding = np.arange(23)[None, :] >= np.array([23, 9, 1, 17])[:, None]
-    got = run_ort(result.path, {"x": x.astype(np.float32), "src_key_padding_mask": padding})
-    with torch.no_grad():
-        want = reference(torch.from_numpy(x), torch.from_numpy(padding)).numpy()
-    np.testing.assert_allclose(got["output"][~padding], want[~padding], atol=1e-5)
+    prefixes = np.arange(23)[None, :] >= np.array([23, 9, 1, 17])[:, None]
+    holes = prefixes.copy()
+    holes[0, 5] = True  # an unknown word masked inside a row: not left-aligned
+    for padding in (prefixes, holes):
+        got = run_ort(result.path, {"x": x.astype(np.float32), "src_key_padding_mask": padding})
+        with torch.no_grad():
+            want = reference(torch.from_numpy(x), torch.from_numpy(padding)).numpy()
+        np.testing.assert_allclose(got["output"][~padding], want[~padding], atol=1e-5)
 
 
 def test_a_graph_ignoring_each_words_character_lengths_fails_verification(tmp_path):

@@ -39,6 +39,7 @@ SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:l
         ("m:bool[batch,4]:mask", "a mask is [batch, TIME]"),
         ("m:bool[seq,chars,batch]:mask", "or [batch, OUTER, DIM] for a sequence nested"),
         ("m:bool[batch,seq,chars,x]:mask", "or [batch, OUTER, DIM] for a sequence nested"),
+        ("m:bool[batch,seq,seq]:mask", "relates steps to steps"),
     ],
 )
 def test_bad_declarations_say_what_is_wrong(text: str, message: str) -> None:
@@ -1211,3 +1212,19 @@ def test_a_convolution_first_is_refused_with_declarations_from_its_names(tmp_pat
     inputs = [transposed.group(1), "lengths:int64[batch]:lengths(time)"]
     result = export_onnx(model, tmp_path / "ctc.onnx", inputs=inputs)
     assert result.verification.passed, result.verification.summary()
+
+
+def test_a_nested_dims_default_range_is_for_characters_only() -> None:
+    """A declared token input with a characters dim after the time dim (a char-CNN's) takes a
+    nested dim's default range; other dims there, and the time dim itself, keep theirs."""
+    from birnn_export._inputs import plan_inputs
+
+    model = _signature("words", "lengths", "other")
+    base = ["words:int64[batch,seq]", "lengths:int64[batch]:lengths(seq)"]
+    for third, dim, expected in [
+        ("chars:int64[batch,seq,chars]", "chars", (1, 16, 64)),
+        ("ngrams:int64[batch,seq,k]", "k", (1, 64, 256)),
+        ("arcs:int64[batch,seq,seq]", "seq", (1, 64, 256)),
+    ]:
+        planned = plan_inputs(model, inputs=[*base, third], example_inputs=None, **PLANNING)
+        assert planned.ranges[dim] == expected, third

@@ -462,6 +462,40 @@ def test_a_flipped_output_between_layers_is_told_at_the_layer_after_it(
     assert "rather than the reversal" not in diagnosis
 
 
+def test_a_model_reading_only_final_states_is_not_told_of_an_unreversed_output(
+    tmp_path: Path,
+) -> None:
+    """A classifier reads only h_n, so the last backward node's Y is read by nothing (and
+    needs no reversal): a wrong head is told after the recurrent layers, not at a reversal."""
+
+    class FinalStates(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(FEATURES, HIDDEN, num_layers=2, bidirectional=True)
+            self.head = nn.Linear(2 * HIDDEN, 3)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+            h = self.gru(packed)[1]
+            return self.head(torch.cat([h[-2], h[-1]], dim=-1))
+
+    from tests.defects import initializer, replace_initializer
+
+    torch.manual_seed(0)
+    model = FinalStates().eval()
+    path = export_onnx(model, tmp_path / "h_n.onnx", verify=False).path
+    proto = onnx.load(str(path))
+    head = next(t.name for t in proto.graph.initializer if t.name.startswith("head"))
+    weight = onnx.numpy_helper.to_array(initializer(proto, head))
+    replace_initializer(proto, head, weight + 0.5)
+    onnx.save(proto, str(tmp_path / "bad_head.onnx"))
+    report = verify(tmp_path / "bad_head.onnx", model, batch_sizes=(4,), seq_lens=(6,))
+    assert not report.passed
+    diagnosis = report.diagnosis()
+    assert "every recurrent layer matches (2 layer(s))" in diagnosis
+    assert "reaches no ReverseSequence" not in diagnosis
+
+
 def test_attention_without_its_padding_mask_is_told_after_the_layers(tmp_path: Path) -> None:
     """Every recurrent layer matches, the graph's rows alone differ from the batch: the
     diagnosis points at a mask after the recurrent layers, not at the reversals."""
