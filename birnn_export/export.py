@@ -448,7 +448,7 @@ def _run_example(
         hint = (
             _container_hint(exc, model)
             or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
-            or _declare_hint(planned, _time_major_hint(model, planned))
+            or _declare_hint(planned, _time_major_hint(model, planned), str(exc))
         )
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
@@ -617,10 +617,16 @@ def _nested_hint(planned: PlannedInputs) -> str:
     return hint
 
 
-def _declare_hint(planned: PlannedInputs, time_major: str = "") -> str:
+#: A model's error about a size or length (a kernel larger than the input, lengths of 0): what
+#: a row too short for a strided front end raises.
+_SIZE_ERROR = re.compile(r"size|length|greater than|positive|empty|zero", re.IGNORECASE)
+
+
+def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "") -> str:
     """How to declare the inputs: the declarations the example was made from, to edit; the
     mask's sense where the graph takes a mask (the likeliest thing to have been guessed wrong);
-    the shortest row, where rows of 1 step were fed."""
+    the shortest row, where rows of 1 step were fed and the model's ``error`` is about a size
+    (a kernel larger than the input, a length of 0)."""
     fed = " ".join(f"--input '{d}'" for d in planned.decls)
     hint = (
         f"declare its inputs as it takes them; they were fed as {fed}: edit those "
@@ -646,7 +652,7 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "") -> str:
             )
     ragged = any(r == "lengths" or r in MASK_ROLES for r in planned.roles)
     low, opt, high = planned.ranges[planned.time_dim]
-    if ragged and low == 1:
+    if ragged and low == 1 and _SIZE_ERROR.search(error):
         hint += (
             "; one row had 1 step: if the model needs longer rows (a strided front end), give "
             f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"

@@ -1228,3 +1228,22 @@ def test_a_nested_dims_default_range_is_for_characters_only() -> None:
     ]:
         planned = plan_inputs(model, inputs=[*base, third], example_inputs=None, **PLANNING)
         assert planned.ranges[dim] == expected, third
+
+
+def test_the_shortest_row_hint_is_only_for_errors_about_sizes(tmp_path) -> None:
+    """A model failing on the example for another reason (characters it wants per word) is
+    not told to raise the time dim's minimum."""
+
+    class Spelled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(30, 4)
+            self.rnn = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            b, t, c = chars.shape
+            return self.rnn(self.embedding(chars).sum(2))[0]
+
+    with pytest.raises(ExportError, match="not enough values to unpack") as caught:
+        export_onnx(Spelled().eval(), tmp_path / "s.onnx")
+    assert "one row had 1 step" not in str(caught.value)
