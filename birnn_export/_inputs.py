@@ -591,8 +591,8 @@ def _infer(
     pairs = _sequence_pairs(model)
     if pairs:  # a sentence pair: each sequence with its own time dim and lengths (or mask)
         params = [p.name for p in _forward_params(model)]
-        first = InputDecl("", dtype, dims)
-        return _pair_inputs(pairs, params, first, role, input_names, how, nest=nest)
+        template = InputDecl("", dtype, dims)
+        return _pair_inputs(pairs, params, template, role, input_names, how, nest=nest)
     roles = [role]
     decl_list = [(dims, dtype)]
     has_lengths = takes_lengths(model, lengths)
