@@ -144,16 +144,20 @@ def export_command(
             load_options=loader,
             **graph,
         )
-    except VerificationError as exc:
-        if exc.report is not None:
+    except BiRNNExportError as exc:
+        failed = exc.report if isinstance(exc, VerificationError) else None
+        if failed is not None:
             from birnn_export.verification import render_report
 
-            render_report(exc.report)
-            if json_path is not None:  # the failed verification is what the file is wanted for
-                failure = {"model": str(model_path), "written": None, "error": str(exc)}
-                failure["verification"] = json.loads(exc.report.to_json())
-                write_atomic(json_path, json.dumps(failure, indent=2, default=str))
-                click.echo(f"report written to {json_path}", err=True)
+            render_report(failed)
+        if json_path is not None:  # a pipeline that asked for the summary gets the failure's
+            summary = {"model": str(model_path), "written": None, "error": str(exc)}
+            summary["exit_code"] = exc.exit_code
+            if failed is not None:
+                summary["verification"] = json.loads(failed.to_json())
+            write_atomic(json_path, json.dumps(summary, indent=2, default=str))
+            click.echo(f"report written to {json_path}", err=True)
+        if failed is not None:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
             click.echo(

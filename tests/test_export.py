@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -1519,9 +1520,14 @@ def test_cli_no_lengths_for_a_bare_state_dict(tmp_path):
     assert [t.name for t in GraphSpec.from_onnx(tmp_path / "l.onnx").inputs] == ["x", "lengths"]
     # A lengths input the model would ignore is refused: padding would reach the backward pass.
     plain = os.path.join(SAMPLES, "seed_example1_rnn.pt")
-    forced = CliRunner().invoke(main, [plain, "--lengths", "-o", str(tmp_path / "f.onnx")])
+    summary = tmp_path / "f.json"
+    args = [plain, "--lengths", "-o", str(tmp_path / "f.onnx"), "--json", str(summary)]
+    forced = CliRunner().invoke(main, args)
     assert forced.exit_code == 2 and "uses_lengths=False" in forced.output
     assert not (tmp_path / "f.onnx").exists()
+    refusal = json.loads(summary.read_text())  # a pipeline that asked for the summary keeps why
+    assert refusal["written"] is None and refusal["exit_code"] == 2
+    assert "uses_lengths=False" in refusal["error"] and "verification" not in refusal
 
 
 def test_cli_conv_front_end_needs_input_size(tmp_path):
