@@ -384,6 +384,7 @@ def benchmark(
     import torch
 
     from birnn_export import runners
+    from birnn_export._container import fed_as
 
     engines = tuple(dict.fromkeys(engines))
     onnx_path = Path(onnx_path)
@@ -428,6 +429,7 @@ def benchmark(
     if all(reasons.values()) and not offline:
         raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
 
+    model = fed_as(model, spec.container)  # forward(batch) reading batch["ids"]: as exported
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
     # fp16 graphs: the torch engine times the model in fp32 (what a user would run).

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from birnn_export._container import Container
 from birnn_export._files import onnx_file_size
 from birnn_export._graph import ONNX_DTYPES, dims_of
 from birnn_export._packed import is_packed_layer, packed_info
@@ -168,6 +169,8 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         out.append(f"  input {value['name']}: {value['role']}{sense}{valid}")
     if parsed.token_padding is not None:
         out.append(f"  token rows are padded with id {parsed.token_padding} (no lengths input)")
+    if parsed.container is not None:
+        out.append(f"  the model's {Container.from_dict(parsed.container).describe()}")
     out += [
         f"  output {t.name}: CRF tags, -1 past each row's length"
         for t in parsed.outputs

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from birnn_export._container import Container, container_kind, discover, fed_as
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import (
@@ -224,7 +225,6 @@ def trace_graph(
     sizes = _model_sizes(converted)
     plan = functools.partial(
         plan_inputs,
-        converted,
         inputs=inputs,
         example_inputs=example_inputs,
         lengths=lengths,
@@ -235,14 +235,18 @@ def trace_graph(
         seq_range=seq_range,
         taken=sizes,
     )
-    planned = plan()
+    container, planned = _fed_inputs(converted, inputs, example_inputs, plan)
+    if container is not None:  # forward(batch) reads batch["x"]: fed the graph's inputs so
+        converted, reference = fed_as(converted, container), fed_as(reference, container)
+    else:
+        planned = plan(converted)
     if _guessed_nesting(planned) and not _runs_quietly(converted, planned.tensors):
         with contextlib.suppress(ExportError):  # no flat reading either: the guess's failure
-            flat = plan(nest=False)
+            flat = plan(converted, nest=False)
             if _runs_quietly(converted, flat.tensors):
                 planned = flat  # characters of their own ([batch, char_seq]), not per word
     if _may_be_time_major(converted, planned) and not _runs_as_planned(converted, planned):
-        swapped = plan(time_major=True)
+        swapped = plan(converted, time_major=True)
         if _runs_as_planned(converted, swapped):
             planned = swapped
     if _inferred_bool_masks(planned) and not _runs_quietly(converted, planned.tensors):
@@ -298,6 +302,7 @@ def trace_graph(
             "config": config,
             "tool_version": __version__,
             "source_sha256": source_sha256,
+            "container": container.to_dict() if container is not None else None,
         }
     )
     set_metadata(proto, spec)
@@ -545,6 +550,40 @@ def _guessed_nesting(planned: PlannedInputs) -> bool:
         d.within is not None or (d.dtype.startswith("int") and len(d.dims) == 3)
         for d in planned.decls
     )
+
+
+def _fed_inputs(
+    model: nn.Module,
+    inputs: Sequence[Any] | None,
+    example_inputs: Sequence[Tensor] | None,
+    plan: Any,
+) -> tuple[Container | None, PlannedInputs | None]:
+    """For a ``forward(batch)`` that reads ``batch["tokens"]`` (or ``batch.tokens``): how it
+    takes the graph's inputs, under the keys it reads (found by running it, or the declared
+    inputs' names), and those inputs planned; ``(None, None)`` for any other model."""
+    if example_inputs is not None:  # tensors to call forward with, as they are
+        return None, None
+    kind = container_kind(model)
+    if kind is None:
+        return None, None
+    if inputs:
+        try:
+            decls = [d if isinstance(d, InputDecl) else InputDecl.parse(d) for d in inputs]
+        except BiRNNExportError:  # planning says what is wrong with the declaration
+            return None, None
+        container = Container(_forward_param(model), kind, tuple(d.name for d in decls))
+        planned = plan(fed_as(model, container))
+    else:
+        found = discover(model, kind, plan)
+        if found is None:
+            return None, None
+        container, planned = found
+    how = f"{planned.how}; {container.describe()}"
+    return container, dataclasses.replace(planned, how=how)
+
+
+def _forward_param(model: nn.Module) -> str:
+    return next(iter(inspect.signature(model.forward).parameters))
 
 
 def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:

@@ -350,6 +350,10 @@ def export_model(
         how = "declared by the checkpoint"
     else:
         how = f"{result.inputs}; --input declares them"
+    if (inputs or declared) and result.spec.container is not None:
+        from birnn_export._container import Container
+
+        how += f"; {Container.from_dict(result.spec.container).describe()}"
     return ExportReport(
         model_path=str(model_path),
         source=loaded.source,

@@ -143,6 +143,9 @@ class GraphSpec:
     #: it (a CRF tagger's ``mask = ids != pad``): verification pads its ragged rows with it.
     #: Outputs with role ``"tags"`` (a CRF's Viterbi decode) hold -1 past each row's length.
     token_padding: int | None = None
+    #: Where ``forward`` takes one container and reads the inputs from it (``batch["ids"]``):
+    #: ``{"param": ..., "kind": "dict" | "attributes", "keys": [one per input, in order]}``.
+    container: dict[str, Any] | None = None
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -409,6 +412,18 @@ def _check_spec_data(data: Any) -> None:
         raise BiRNNExportError("token_padding: expected a token id (an int >= 0) or nothing")
     if data.get("quantization") not in (None, "int8-dynamic"):
         raise BiRNNExportError("quantization: expected int8-dynamic or nothing")
+    container = data.get("container")
+    if container is not None and not (
+        isinstance(container, dict)
+        and container.get("kind") in ("dict", "attributes")
+        and isinstance(container.get("param"), str)
+        and isinstance(container.get("keys"), list)
+        and len(container["keys"]) == len(data["inputs"])
+        and all(isinstance(k, str) for k in container["keys"])
+    ):
+        raise BiRNNExportError(
+            "container: expected param, kind (dict or attributes), a key per input"
+        )
     for key in ("dim_ranges", "example_sizes", "config"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise BiRNNExportError(f"{key}: expected an object")

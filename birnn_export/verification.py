@@ -363,7 +363,12 @@ def verify(
     converted = ref_module = None
     sha = None
     if golden is None:
+        from birnn_export._container import fed_as
+
         converted, ref_module, how, sha = resolve_models(model, reference)
+        # forward(batch) reading batch["ids"]: given the graph's inputs in the container
+        fed = spec.container
+        converted, ref_module = fed_as(converted, fed), fed_as(ref_module, fed)
         ref_module, layer_paths = reference_module(ref_module, spec)
         why_not64 = None if fixed and not fp64_reference else float64_fails(ref_module, spec)
         if why_not64 is not None:

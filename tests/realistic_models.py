@@ -464,3 +464,42 @@ class TimeMajorCTC(nn.Module):
         packed = pack_padded_sequence(x.transpose(0, 1), lengths.cpu(), enforce_sorted=False)
         states, _ = pad_packed_sequence(self.lstm(packed)[0], total_length=x.shape[1])
         return torch.log_softmax(self.head(states), dim=-1)
+
+
+class DictBatchTagger(nn.Module):
+    """``forward(batch)`` with the dict a collate function makes: ``batch["tokens"]``,
+    ``batch["lengths"]`` (read first) and an optional ``batch.get("mask")``, never given."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8, hidden: int = 6, tags: int = 5) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
+        self.lstm = nn.LSTM(dim, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, tags)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        lengths = batch["lengths"]
+        x = self.embedding(batch["tokens"])
+        if batch.get("mask") is not None:
+            x = x * batch["mask"][..., None]
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(
+            self.lstm(packed)[0], batch_first=True, total_length=x.shape[1]
+        )
+        return self.out(states)
+
+
+class AttributeBatchEncoder(nn.Module):
+    """``forward(batch)`` reading ``batch.feats`` and ``batch.feat_lens`` (a dataclass)."""
+
+    def __init__(self, features: int = 7, hidden: int = 5) -> None:
+        super().__init__()
+        self.project = nn.Linear(features, 8)
+        self.gru = nn.GRU(8, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, batch: object) -> torch.Tensor:
+        x = torch.tanh(self.project(batch.feats))  # type: ignore[attr-defined]
+        lengths = batch.feat_lens.cpu()  # type: ignore[attr-defined]
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])[
+            0
+        ]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -36,9 +37,11 @@ from birnn_export.verification import verify
 from tests.defects import plant_missing_sequence_lens, plant_whole_flip
 from tests.realistic_models import (
     AttentionClassifier,
+    AttributeBatchEncoder,
     CharCNNTagger,
     CharWordTagger,
     ConvBiGRUCTC,
+    DictBatchTagger,
     EncoderThenGRU,
     FeaturePair,
     HierarchicalAttention,
@@ -952,6 +955,77 @@ def test_words_with_a_mask_of_their_characters_match_torch_in_float64(tmp_path, 
     assert not report.passed and "'char_lstm/l0/forward' takes no sequence_lens" in (
         report.diagnosis()
     )
+
+
+@pytest.mark.parametrize("cls", [DictBatchTagger, AttributeBatchEncoder])
+def test_a_forward_reading_one_batch_by_key_is_fed_its_keys_and_matches_torch(tmp_path, cls):
+    """forward(batch) reading batch["tokens"] (a collate function's dict) or batch.feats (a
+    dataclass): a graph input per key it reads (a sequence before its lengths, whatever order
+    it reads them in; an optional batch.get("mask") left out), the keys recorded, and the
+    graph matches the model called with its dict (or object) in float64. verify and bench,
+    given the model file as saved, feed it the same way."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    saved = tmp_path / "model.pt"
+    torch.save(model, saved)
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(main, [str(saved), "--trust-pickle", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = GraphSpec.from_onnx(out)
+    dict_model = cls is DictBatchTagger
+    keys = ["tokens", "lengths"] if dict_model else ["feats", "feat_lens"]
+    assert [t.name for t in spec.inputs] == keys
+    assert spec.container == {
+        "param": "batch",
+        "kind": "dict" if dict_model else "attributes",
+        "keys": keys,
+    }
+    read = "batch['tokens'], batch['lengths']" if dict_model else "batch.feats, batch.feat_lens"
+    assert read in result.output
+    described = CliRunner().invoke(main, ["inspect", str(out)])
+    assert "the model's forward(batch) reads the inputs from one" in described.output
+    assert read in described.output
+    reference = cls().eval().double()
+    reference.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(0)
+    for batch, steps in [(5, 37), (1, 3), (3, 90)]:
+        lengths = np.sort(rng.integers(1, steps + 1, batch))[::-1].copy()
+        lengths[-1] = 1 if batch > 1 else steps
+        valid = np.arange(steps)[None, :] < lengths[:, None]
+        if dict_model:
+            first = np.where(valid, rng.integers(1, 50, (batch, steps)), 7)
+        else:
+            first = np.where(valid[..., None], rng.normal(size=(batch, steps, 7)), 1e3)
+        feed = {keys[0]: first.astype(np.int64 if dict_model else np.float32), keys[1]: lengths}
+        got = run_ort(out, feed)[spec.outputs[0].name]
+        tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+        if not dict_model:
+            tensors[keys[0]] = tensors[keys[0]].double()
+        container = tensors if dict_model else SimpleNamespace(**tensors)
+        with torch.no_grad():
+            want = reference(container).numpy()
+        np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
+    model_flags = ["--model", str(saved), "--trust-pickle"]
+    verified = CliRunner().invoke(main, ["verify", str(out), *model_flags])
+    assert verified.exit_code == 0 and "PASS" in verified.output, verified.output
+    sizes = ["--batch-sizes", "2", "--seq-lens", "9", "--iters", "3", "--warmup", "1"]
+    timed = CliRunner().invoke(
+        main, ["bench", str(out), *model_flags, "--engines", "torch,ort-cpu", *sizes]
+    )
+    assert timed.exit_code == 0, timed.output
+
+
+def test_declared_keys_of_a_batch_are_its_inputs(tmp_path):
+    """Declared inputs of a forward(batch) that reads them by key are its keys; a key the model
+    does not read fails the example run, naming the key it wanted."""
+    torch.manual_seed(0)
+    model = DictBatchTagger().eval()
+    inputs = ["tokens:int64[batch,seq]", "lengths:int64[batch]:lengths(seq)"]
+    result = export_onnx(model, tmp_path / "d.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.container["keys"] == ["tokens", "lengths"]
+    with pytest.raises(ExportError, match="KeyError: 'tokens'"):
+        export_onnx(model, tmp_path / "e.onnx", inputs=["ids:int64[batch,seq]", *inputs[1:]])
 
 
 @pytest.mark.parametrize("declared", [True, False])

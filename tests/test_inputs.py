@@ -1067,17 +1067,26 @@ class _ReadsAttribute(_ReadsDict):
         return self.rnn(batch.x)[0]
 
 
+@pytest.mark.parametrize(("model", "kind"), [(_ReadsDict, "dict"), (_ReadsAttribute, "attributes")])
+def test_a_forward_that_takes_a_container_is_fed_its_keys(tmp_path, recwarn, model, kind) -> None:
+    result = export_onnx(model().eval(), tmp_path / "d.onnx")
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.container == {"param": "batch", "kind": kind, "keys": ["x"]}
+    assert [t.name for t in result.spec.inputs] == ["x"]
+    assert not [w for w in recwarn if "multidimensional indexing" in str(w.message)]
+
+
 @pytest.mark.parametrize(
     ("model", "told"),
     [(_ReadsDict, "by key, so it takes a dict"), (_ReadsAttribute, "by attribute")],
 )
-def test_a_forward_that_takes_a_container_is_told_to_export_a_subclass(
-    tmp_path, recwarn, model, told
+def test_example_tensors_for_a_container_are_told_to_export_a_subclass(
+    tmp_path, model, told
 ) -> None:
+    example = (torch.randn(2, 5, 4),)  # tensors given for a forward that reads a container
     with pytest.raises(ExportError, match=f"forward reads its input {told}") as caught:
-        export_onnx(model().eval(), tmp_path / "d.onnx")
+        export_onnx(model().eval(), tmp_path / "d.onnx", example_inputs=example)
     assert f"class Export{model.__name__}({model.__name__})" in str(caught.value)
-    assert not [w for w in recwarn if "multidimensional indexing" in str(w.message)]
 
 
 class _LengthsNamed(nn.Module):

@@ -299,3 +299,15 @@ def test_metadata_from_another_version_says_which_wrote_it():
     data["outputs"][0]["a_field_from_the_future"] = 1
     with pytest.raises(BiRNNExportError, match=r"written by birnn-export 9\.9\.9, this is"):
         GraphSpec.from_json(json.dumps(data))
+
+
+def test_a_container_round_trips_and_a_bad_one_is_refused():
+    """How forward takes one container of the inputs is kept; one that is not a kind, or not a
+    key per input, is refused by name."""
+    fed = {"param": "batch", "kind": "dict", "keys": ["ids", "lens"]}
+    original = dataclasses.replace(spec(tokens=True), container=fed)
+    assert GraphSpec.from_json(original.to_json()).container == fed
+    for bad in ({**fed, "kind": "tuple"}, {**fed, "keys": ["ids"]}, {**fed, "param": 1}, ["ids"]):
+        data = json.loads(original.to_json()) | {"container": bad}
+        with pytest.raises(BiRNNExportError, match="container"):
+            GraphSpec.from_json(json.dumps(data))
