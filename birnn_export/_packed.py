@@ -198,8 +198,12 @@ class _Packed(NodeRewrite):
         for s in self.states:
             given = self.inputs[f"{s}0"]
             rows = self.op("Gather", [given, order], f"{s}0_sorted", axis=1) if given else ""
-            for d in range(len(self.directions)):
-                at = (self.const("d", i64(d)), self.const("d1", i64(d + 1)))
+            for d in range(len(self.directions)):  # axes given: TensorRT's parser needs them
+                at = (
+                    self.const("d", i64(d)),
+                    self.const("d1", i64(d + 1)),
+                    self.const("0", i64(0)),
+                )
                 previous[s, d] = self.op("Slice", [rows, *at], f"{s}0_{d}") if rows else ""
         return previous
 

@@ -503,3 +503,24 @@ class AttributeBatchEncoder(nn.Module):
         return pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])[
             0
         ]
+
+
+class LearnedStatesLSTM(nn.Module):
+    """A packed 2-layer BiLSTM starting from learned initial states (``nn.Parameter`` h0, c0
+    expanded to the batch), as speech models train them."""
+
+    def __init__(self, features: int = 6, hidden: int = 5, layers: int = 2) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, layers, batch_first=True, bidirectional=True)
+        self.h0 = nn.Parameter(torch.randn(2 * layers, 1, hidden) * 0.5)
+        self.c0 = nn.Parameter(torch.randn(2 * layers, 1, hidden) * 0.5)
+        self.out = nn.Linear(2 * hidden, 3)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        states = (self.h0.expand(-1, batch, -1).contiguous(), self.c0.expand(-1, batch, -1))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        y = pad_packed_sequence(
+            self.lstm(packed, states)[0], batch_first=True, total_length=x.shape[1]
+        )
+        return self.out(y[0])

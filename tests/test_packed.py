@@ -277,3 +277,16 @@ def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_pat
     assert result.verification.passed, result.verification.summary()
     report = check_compatibility(tmp_path / "m.onnx", target="tensorrt")
     assert report.ok and report.build is not None and report.build.ok, report.lines()
+
+
+@pytest.mark.skipif(find_library() is None, reason="no TensorRT package: pip install tensorrt-rtx")
+def test_tensorrt_builds_the_packed_layout_of_layers_given_initial_states(tmp_path):
+    """Learned initial states, gathered into the sorted rows' order and sliced per direction:
+    TensorRT's parser refused that Slice without its axes ("starts.size() == axes.size()")."""
+    from tests.realistic_models import LearnedStatesLSTM
+
+    torch.manual_seed(0)
+    result = export_onnx(LearnedStatesLSTM().eval(), tmp_path / "m.onnx", layout="packed")
+    assert result.verification.passed, result.verification.summary()
+    report = check_compatibility(tmp_path / "m.onnx", target="tensorrt")
+    assert report.ok and report.build is not None and report.build.ok, report.lines()
