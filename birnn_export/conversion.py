@@ -55,6 +55,19 @@ def _check_convertible(path: str, layer: nn.Module) -> None:
             f"{path}: {type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} and may "
             "override forward(); replace it with a plain nn.RNN/nn.LSTM/nn.GRU or a BiRNN"
         )
+    params = dict(layer.named_parameters(recurse=False))
+    assigned = [n for n in getattr(layer, "_flat_weights_names", ()) if n not in params]
+    if assigned:  # weight drop (AWD-LSTM, fastai's WeightDropout) assigns them in forward
+        raw = [n for n in params if n.endswith("_raw")]
+        held = f" (its parameters hold {', '.join(raw)})" if raw else ""
+        what = "is not a parameter" if len(assigned) == 1 else "are not parameters"
+        raise ConversionError(
+            f"{path}: {', '.join(assigned)} {what} of the layer but assigned to it in "
+            f"forward{held}, as weight "
+            "drop (AWD-LSTM, fastai's WeightDropout) does; only parameters can be converted: "
+            "for export, build the model with a plain layer holding those weights (the "
+            "'_raw' ones: dropout leaves them as they are in eval) and without the weight drop"
+        )
     for name, param in layer.named_parameters():
         if param.is_meta:
             raise ConversionError(

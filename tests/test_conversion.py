@@ -115,6 +115,26 @@ def test_unconvertible_layers_name_the_path(layer, message):
         convert(Wrapper(layer))
 
 
+def _weight_dropped(layer: nn.LSTM) -> nn.LSTM:
+    """AWD-LSTM's weight drop: the parameter renamed ``*_raw``, the weight a plain tensor
+    assigned in forward (``F.dropout(raw, p, training)``)."""
+    weight = layer.weight_hh_l0
+    del layer._parameters["weight_hh_l0"]
+    layer.register_parameter("weight_hh_l0_raw", nn.Parameter(weight.detach().clone()))
+    layer.weight_hh_l0 = weight.detach().clone()
+    return layer
+
+
+def test_weights_assigned_in_forward_are_refused_in_one_line():
+    """A weight-dropped layer's weight is no parameter: it was a traceback from load_state_dict,
+    it is a refusal naming the layer, the weight and its raw parameter."""
+    with pytest.raises(ConversionError) as caught:
+        convert(Wrapper(_weight_dropped(nn.LSTM(3, 4, bidirectional=True))))
+    message = str(caught.value)
+    assert message.startswith("encoder.0: weight_hh_l0 is not a parameter of the layer")
+    assert "(its parameters hold weight_hh_l0_raw)" in message and "\n" not in message
+
+
 def test_public_names_stay_functions_after_submodules_load():
     import types
 
