@@ -274,6 +274,12 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
                         f": the model cannot vary it (it fixes it to {found}); declare the "
                         f"inputs with that dim as the number {found} (--input / inputs=[...])"
                     )
+                    if axis == tensor.time_axis:  # a branch on short inputs fixes it too
+                        problem += (
+                            "; or, if the model takes short inputs another way (a branch on "
+                            "the length: chunks, a strided front end), give --range "
+                            f"{tensor.dims[axis]}=MIN,OPT,MAX from its shortest input"
+                        )
                 problems.append(problem)
     traced_at = spec.example_sizes or {
         spec.batch_dim: spec.example_batch,

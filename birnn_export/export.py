@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from birnn_export._container import Container, container_kind, discover, fed_as
 from birnn_export._files import save_onnx
@@ -714,6 +715,7 @@ def _trace(
             onnx_weight_constants(model),
             _traceable_packing(model) as cuts,
             _nested_tensor_zeros(model),
+            _pooling_over_two_dims(),
             _quiet_exporter(),
         ):
             program = torch.onnx.export(
@@ -731,7 +733,51 @@ def _trace(
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
             raise KeyboardInterrupt from None
         raise ExportError(_explain_trace_failure(model, exc, planned, inputs)) from None
+    _refuse_narrowed_dims(program, planned)
     return program.model_proto, any(cuts)
+
+
+def _refuse_narrowed_dims(program: Any, planned: PlannedInputs) -> None:
+    """The traced graph holds for the declared ranges, or the export stops in one line.
+
+    Where the model branches on a length (``if steps <= chunk: pad``), torch.export traces the
+    example's branch; when the declared range holds the other, the exporter falls back to a
+    trace that only holds for part of the range (the ``range_constraints`` of its program),
+    and the graph computes something else outside it.
+
+    Raises:
+        ExportError: naming the dim, the range the graph holds for and what to do.
+    """
+    exported = getattr(program, "exported_program", None)
+    if exported is None:
+        return
+    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    seen: dict[str, tuple[int, int]] = {}
+    for name, decl in zip(exported.graph_signature.user_inputs, planned.decls, strict=False):
+        value = nodes[name].meta.get("val") if name in nodes else None
+        for axis, dim in enumerate(decl.dims):
+            size = value.shape[axis] if value is not None and axis < value.dim() else None
+            if not isinstance(dim, str) or not isinstance(size, torch.SymInt):
+                continue  # a size the graph fixed: its own check names it
+            held = exported.range_constraints.get(size.node.expr)
+            if held is None:
+                continue
+            low, _, high = planned.ranges[dim]
+            lower = int(held.lower) if held.lower.is_finite else low
+            upper = int(held.upper) if held.upper.is_finite else high
+            if lower > max(low, 2) or upper < high:
+                seen.setdefault(dim, (max(lower, low), min(upper, high)))
+    for dim, (lower, upper) in seen.items():
+        low, opt, high = planned.ranges[dim]
+        raise ExportError(
+            f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, not the "
+            f"declared {low}..{high}: the model computes inputs outside it another way (a "
+            "branch on the length, as chunking or padding short inputs does), and the "
+            "exporter traced the example's branch; if inputs outside never come, declare it: "
+            f"--range {dim}={lower},{min(max(opt, lower), upper)},{upper}; else keep the "
+            "branch out of forward (compute both ways with tensor ops, e.g. pad every input "
+            "to at least the chunk)"
+        )
 
 
 def _interrupted(exc: BaseException | None) -> bool:
@@ -772,6 +818,48 @@ def _pad_for_tracing(
         mask = (mask if batch_first else mask.transpose(0, 1)).unsqueeze(-1)
         data = torch.where(mask, data, torch.full_like(data, padding_value))
     return data, sequence.lengths
+
+
+@contextlib.contextmanager
+def _pooling_over_two_dims() -> Iterator[None]:
+    """While inside, ``F.max_pool1d`` (``nn.MaxPool1d``'s) pools a ``[..., 1, L]`` view of its
+    input with ``max_pool2d``: the same values and indices. torch.export fixes the length of a
+    1-d max pool's input at the example's (it marks the dim static: a Conv1d + MaxPool1d front
+    end's graph took only the example's length), and traces the 2-d pool's dynamically."""
+    one_dim = F.max_pool1d
+
+    def max_pool1d(
+        x: Tensor,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        dilation: Any = 1,
+        ceil_mode: bool = False,
+        return_indices: bool = False,
+    ) -> Any:
+        def pair(value: Any, default: int = 0) -> tuple[int, int]:
+            if value is None or (isinstance(value, (tuple, list)) and not value):
+                return (1, pair(kernel_size)[1])
+            return (default, int(value[0] if isinstance(value, (tuple, list)) else value))
+
+        pooled = F.max_pool2d(
+            x.unsqueeze(-2),
+            pair(kernel_size, 1),
+            pair(stride, 1),
+            pair(padding),
+            pair(dilation, 1),
+            ceil_mode=ceil_mode,
+            return_indices=return_indices,
+        )
+        if return_indices:
+            return pooled[0].squeeze(-2), pooled[1].squeeze(-2)
+        return pooled.squeeze(-2)
+
+    F.max_pool1d = max_pool1d
+    try:
+        yield
+    finally:
+        F.max_pool1d = one_dim
 
 
 @contextlib.contextmanager

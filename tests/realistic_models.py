@@ -524,3 +524,27 @@ class LearnedStatesLSTM(nn.Module):
             self.lstm(packed, states)[0], batch_first=True, total_length=x.shape[1]
         )
         return self.out(y[0])
+
+
+class ConvPoolBiLSTM(nn.Module):
+    """An ECG / activity classifier: two Conv1d + BatchNorm + ReLU + MaxPool1d blocks over a
+    signal ``[batch, 1, time]``, a BiLSTM, mean and max over time, a Linear."""
+
+    def __init__(self, channels: int = 8, hidden: int = 6, classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(1, channels, 7, padding=3),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(channels, channels, 5, padding=2),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+            nn.MaxPool1d(3, stride=2, padding=1),
+        )
+        self.lstm = nn.LSTM(channels, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(4 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lstm(self.conv(x).transpose(1, 2))[0]
+        return self.out(torch.cat([h.mean(1), h.max(1).values], -1))

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from birnn_export._case import batch_invariance_checks
+from birnn_export._case import _layer_checks, batch_invariance_checks
 from birnn_export._sweep import Case, case_feed
+from birnn_export.compare import NoiseCriterion
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, Tolerance
 
@@ -71,3 +72,15 @@ def test_rows_alone_must_have_the_batched_rows_extent(split_lstm_graph: Path) ->
         pytest.raises(RuntimeError, match="alone has shape"),
     ):
         batch_invariance_checks(runner, spec, feed, runner.infer(feed), feed["lengths"], case, tol)
+
+
+def test_a_layer_run_over_other_steps_in_the_graph_fails_its_check():
+    """A graph that took another branch on the length (the model pads short inputs to a
+    chunk) runs a layer over fewer steps than the model: a failed check saying so, where a
+    ValueError from the comparison stopped verification with a traceback."""
+    graph = {"lstm/l0": np.zeros((1, 1, 10))}
+    model = {"lstm/l0": np.zeros((1, 8, 10))}
+    (check,) = _layer_checks(
+        graph, model, None, {"lstm": np.array([1])}, NoiseCriterion(), "float32"
+    )
+    assert not check.passed and "has shape [1, 1, 10], the model's [1, 8, 10]" in check.note

@@ -41,6 +41,7 @@ from tests.realistic_models import (
     CharCNNTagger,
     CharWordTagger,
     ConvBiGRUCTC,
+    ConvPoolBiLSTM,
     DictBatchTagger,
     EncoderThenGRU,
     FeaturePair,
@@ -955,6 +956,79 @@ def test_words_with_a_mask_of_their_characters_match_torch_in_float64(tmp_path, 
     assert not report.passed and "'char_lstm/l0/forward' takes no sequence_lens" in (
         report.diagnosis()
     )
+
+
+def test_a_conv_and_max_pool_front_end_keeps_its_length_dynamic_and_matches_torch(tmp_path):
+    """Conv1d + MaxPool1d before a BiLSTM (an ECG classifier): torch.export fixed a 1-d max
+    pool's input length at the example's, so the graph took 13 samples only and the export
+    advised declaring the dim as 13; it now pools as a 2-d pool and matches the model in
+    float64 at odd lengths unlike the example."""
+    torch.manual_seed(0)
+    model = ConvPoolBiLSTM().eval()
+    with torch.no_grad():  # trained-like batch norm statistics
+        for norm in (model.conv[1], model.conv[5]):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    inputs = ["x:float32[batch,1,time]"]
+    result = export_onnx(model, tmp_path / "ecg.onnx", inputs=inputs, ranges={"time": (8, 64, 512)})
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.inputs[0].dims == ("batch", 1, "time")
+    reference = ConvPoolBiLSTM().eval().double()
+    reference.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(0)
+    for batch, steps in [(2, 9), (1, 101), (3, 301)]:
+        x = rng.normal(size=(batch, 1, steps)).astype(np.float32)
+        got = run_ort(result.path, {"x": x})["output"]
+        with torch.no_grad():
+            want = reference(torch.from_numpy(x).double()).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 2, "ceil_mode": True},
+        {"kernel_size": 3, "dilation": 2, "return_indices": True},
+    ],
+)
+def test_max_pool1d_as_a_two_dimensional_pool_gives_the_same_values(kwargs):
+    x = torch.randn(3, 4, 23)
+    want = nn.functional.max_pool1d(x, **kwargs)
+    with export_module._pooling_over_two_dims():
+        got = nn.functional.max_pool1d(x, **kwargs)
+        assert nn.MaxPool1d(**kwargs)(x) is not None
+    assert nn.functional.max_pool1d(x, **kwargs) is not None  # put back
+    for a, b in zip(*(w if isinstance(w, tuple) else (w,) for w in (got, want)), strict=True):
+        assert torch.equal(a, b)
+
+
+class _PadsShortInputs(nn.Module):
+    """Pads an input shorter than a chunk of 8 steps up to it: a branch on the length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = x.shape[1]
+        if steps <= 8:
+            x = nn.functional.pad(x, (0, 0, 0, 8 - steps))
+        return self.lstm(x)[0][:, :steps]
+
+
+def test_a_branch_on_short_inputs_is_refused_with_the_range_the_graph_holds_for(tmp_path):
+    """The exporter traced the example's branch (no padding) into a graph that holds from 9
+    steps on, silently: the export names that range (it ran and crashed in verification)."""
+    torch.manual_seed(0)
+    with pytest.raises(
+        ExportError, match=r"holds only for seq in 9\.\.256, not the declared 1"
+    ) as e:
+        export_onnx(_PadsShortInputs().eval(), tmp_path / "p.onnx")
+    assert "--range seq=9,64,256" in str(e.value) and not (tmp_path / "p.onnx").exists()
+    result = export_onnx(_PadsShortInputs().eval(), tmp_path / "p.onnx", seq_range=(9, 64, 256))
+    assert result.verification.passed, result.verification.summary()
 
 
 @pytest.mark.parametrize("cls", [DictBatchTagger, AttributeBatchEncoder])
