@@ -305,6 +305,8 @@ def unreverse(y: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class _Call:
     x: Any  # padded [B, T, F] batch-first
     lengths: Any  # int64 [B] or None
+    #: The initial states given ((h0,) or (h0, c0), each [layers * directions, B, H]), or None.
+    hx: tuple[Any, ...] | None = None
 
 
 class ReferenceLayers:
@@ -365,7 +367,7 @@ class ReferenceLayers:
         :func:`call_key`).
 
         Raises:
-            LayersUnavailable: a module did not run, or ran with initial states.
+            LayersUnavailable: a module did not run, or ran on input it cannot recompute.
         """
         import torch
 
@@ -382,9 +384,12 @@ class ReferenceLayers:
                 batch, steps = x.shape[0], x.shape[1]
                 rows = torch.full((batch,), steps) if rows is None else rows
                 lengths[key] = rows.numpy()
+                directions = 2 if module.bidirectional else 1
                 with torch.inference_mode():
                     for index, layer in enumerate(self._stack(path, module)):
-                        x = _run_layer(layer, x, rows)
+                        at = slice(index * directions, (index + 1) * directions)
+                        states = None if call.hx is None else tuple(s[at] for s in call.hx)
+                        x = _run_layer(layer, x, rows, states)
                         outputs[f"{key}/l{index}"] = x.to(torch.float64).numpy()
         return outputs, lengths
 
@@ -399,14 +404,17 @@ def _input_of(module: Any, args: tuple, kwargs: dict) -> _Call | str:
     import torch
     from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-    from birnn_export.modules import BiRNN
+    from birnn_export.modules import BiRNN, _is_state
 
     names = ("x", "lengths", "hx") if isinstance(module, BiRNN) else ("x", "hx")
     given = dict(zip(names, args, strict=False)) | kwargs
     x = given.get("x", given.get("input"))
-    if given.get("hx") is not None:
-        return "it was given initial states (hx)"
-    lengths = given.get("lengths")
+    lengths, hx = given.get("lengths"), given.get("hx")
+    if hx is None and (isinstance(lengths, tuple) or _is_state(lengths)):
+        lengths, hx = None, lengths  # layer(x, hx) on a converted layer: torch's signature
+    states = None
+    if hx is not None:
+        states = tuple(s.detach() for s in (hx if isinstance(hx, (tuple, list)) else (hx,)))
     if isinstance(x, PackedSequence):
         x, lengths = pad_packed_sequence(x, batch_first=True)
     elif isinstance(x, torch.Tensor) and x.dim() == 3:
@@ -417,7 +425,7 @@ def _input_of(module: Any, args: tuple, kwargs: dict) -> _Call | str:
     if lengths is not None:
         lengths = torch.as_tensor(lengths).detach().to("cpu", torch.int64)
         lengths = lengths.clamp(1, x.shape[1])
-    return _Call(x.detach(), lengths)
+    return _Call(x.detach(), lengths, states)
 
 
 def single_layers(module: Any) -> list[Any]:
@@ -457,14 +465,17 @@ def single_layers(module: Any) -> list[Any]:
     return stack
 
 
-def _run_layer(layer: Any, x: Any, lengths: Any) -> Any:
+def _run_layer(layer: Any, x: Any, lengths: Any, states: tuple[Any, ...] | None = None) -> Any:
+    """One single-layer torch module on the padded batch, packed when rows are ragged, from
+    ``states`` (this layer's slice of the initial states) where given."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+    hx = None if states is None else states if len(states) == 2 else states[0]
     steps = x.shape[1]
     if bool((lengths == steps).all()):
-        return layer(x)[0]
+        return layer(x, hx)[0]
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    return pad_packed_sequence(layer(packed)[0], batch_first=True, total_length=steps)[0]
+    return pad_packed_sequence(layer(packed, hx)[0], batch_first=True, total_length=steps)[0]
 
 
 def one_line(exc: BaseException) -> str:

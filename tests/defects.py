@@ -199,6 +199,18 @@ def plant_missing_sequence_lens(src: Path, dst: Path, *, node: int = 0) -> Path 
     return _save(proto, dst)
 
 
+def plant_missing_initial_states(src: Path, dst: Path, *, node: int = 0) -> Path | None:
+    """Start one recurrent node (the first) from zeros: its ``initial_h`` (and ``initial_c``)
+    dropped, where it was given them."""
+    proto = onnx.load(str(src))
+    node = nodes(proto, *RECURRENT)[node]
+    if len(node.input) <= 5 or not node.input[5]:
+        return None
+    for index in range(5, min(len(node.input), 7)):
+        node.input[index] = ""
+    return _save(proto, dst)
+
+
 #: Every defect by name: ``(planting function, what it stands for)``.
 DEFECTS: dict[str, tuple[Callable[[Path, Path], Path | None], str]] = {
     "whole flip": (plant_whole_flip, "seed Example 3: the padded tensor flipped as a whole"),

@@ -513,6 +513,30 @@ def test_attention_without_its_padding_mask_is_told_after_the_layers(tmp_path: P
     assert "attention's key padding mask" in diagnosis and "reaches no Reverse" not in diagnosis
 
 
+def test_layers_given_initial_states_are_compared_and_a_dropped_state_located(
+    tmp_path: Path,
+) -> None:
+    """Learned initial states (h0, c0 parameters expanded to the batch): every layer is
+    compared with torch's own, run from its slice of the states (it was skipped: "given
+    initial states"), and a node that starts from zeros is located at its layer and direction."""
+    from tests.defects import plant_missing_initial_states
+    from tests.realistic_models import LearnedStatesLSTM
+
+    torch.manual_seed(0)
+    model = LearnedStatesLSTM().eval()
+    path = export_onnx(model, tmp_path / "states.onnx", verify=False).path
+    report = verify(path, model, batch_sizes=(3,), seq_lens=(9,))
+    assert report.passed, report.summary()
+    layers = {o.name for c in report.cases for o in c.outputs if o.check == "layer"}
+    assert layers == {"lstm/l0", "lstm/l1"}
+    assert not [n for n in report.notes if "not compared one by one" in n]
+    bad = plant_missing_initial_states(path, tmp_path / "zeros.onnx", node=1)  # l0 backward
+    report = verify(bad, model, batch_sizes=(3,), seq_lens=(9,), large_scale=None)
+    assert not report.passed
+    assert "layer lstm/l0: forward half matches" in report.diagnosis()
+    assert "backward half differs" in report.diagnosis()
+
+
 def test_json_report_and_saved_inputs_reproduce_failure(
     lstm: BiRNN, split_path: Path, tmp_path: Path
 ) -> None:
