@@ -366,6 +366,14 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2g}x"
 
 
+def _nearness(check: Check) -> tuple[bool, float]:
+    """How near ``check`` came to its limit: failed first, then error / threshold (or the
+    ratio to eager's, or the error, where it has no threshold)."""
+    if check.threshold and math.isfinite(check.max_abs):
+        return (not check.passed, check.max_abs / check.threshold)
+    return (not check.passed, check.ratio if check.ratio is not None else check.max_abs)
+
+
 def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
     groups: dict[tuple[str, str, str], list[Check]] = {}
     errors: dict[str, int] = {}
@@ -376,9 +384,9 @@ def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
             groups.setdefault((case.engine, out.name, out.check), []).append(out)
     for (engine, name, check), outs in groups.items():
         passed = sum(o.passed for o in outs)
-        worst = max(outs, key=lambda o: o.ratio if o.ratio is not None else o.max_abs)
-        noises = [o.noise for o in outs if o.noise is not None]
-        ratios = [o.ratio for o in outs if o.ratio is not None]
+        # error, eager, ratio and limit all of one case: the one nearest its limit (each case
+        # has its own; the largest error and another case's limit read as a violated limit)
+        worst = max(outs, key=_nearness)
         top1 = [o.top1 for o in outs if o.top1 is not None]
         top1_text = "-" if not top1 else f"{100 * min(top1):.1f}%"
         greedy = [o.greedy for o in outs if o.greedy is not None]
@@ -390,9 +398,9 @@ def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
             name,
             check,
             f"{passed}/{len(outs)}",
-            f"{max(o.max_abs for o in outs):.3g}",
-            f"{max(noises):.3g}" if noises else "-",
-            _ratio(max(ratios)) if ratios else "-",
+            f"{worst.max_abs:.3g}",
+            f"{worst.noise:.3g}" if worst.noise is not None else "-",
+            _ratio(worst.ratio),
             worst.limit,
             top1_text,
             "[green]pass[/green]" if ok else "[red]FAIL[/red]",

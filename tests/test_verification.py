@@ -1079,3 +1079,21 @@ def test_layer_rows_of_equal_length_are_matched_to_the_references_order():
     got = in_reference_order({"rnn/l0": across}, {"rnn/l0": want}, {"rnn": rows})["rnn/l0"]
     assert not np.allclose(got[:2], want[:2])
     assert {tuple(r.ravel()) for r in got} == {tuple(r.ravel()) for r in across}
+
+
+def test_the_summary_row_shows_one_case_the_one_nearest_its_limit() -> None:
+    """Each case has its own limit (the x10-scale case a larger one): the row's error, eager's
+    error, ratio and limit come from one case, the nearest its limit; the largest error beside
+    another case's limit read as a violated limit marked pass."""
+    from birnn_export._report import _summary_rows
+    from birnn_export.compare import Check
+
+    def case(max_abs: float, noise: float, threshold: float, scale: float) -> CaseResult:
+        check = Check("c_n", "state", "values", max_abs, 0.0, 0.0, True, noise=noise,
+                      threshold=threshold)  # fmt: skip
+        return CaseResult("ort-cpu", 3, 9, "ragged", scale, 0, (9, 4, 1), (check,))
+
+    cases = (case(1.22e-5, 8.7e-6, 7.5e-5, 10.0), case(1.74e-6, 1.2e-6, 2.02e-6, 1.0))
+    report = VerifyReport("m.onnx", "torch", "float64", ("ort-cpu",), {}, cases)
+    (row,) = list(_summary_rows(report))
+    assert row[4:8] == ("1.74e-06", "1.2e-06", "1.5x", "<= 2.02e-06")
