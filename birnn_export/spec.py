@@ -944,13 +944,18 @@ def tensor_shapes(proto: Any) -> Shapes:
     unknown, and a [batch*heads, seq, seq] tensor would count as seq^4)."""
     graph = proto.graph
     infos = [*graph.input, *graph.output, *graph.value_info]
+    said = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = said.level
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+        said.setLevel(logging.ERROR)  # its guesses ("Unable to determine if ...") are not news
         inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True).graph
         infos = [*inferred.input, *inferred.output, *inferred.value_info]
     except Exception:  # any failure of the inference: the recorded shapes
         logger.debug("symbolic shape inference failed; using the recorded shapes", exc_info=True)
+    finally:
+        said.setLevel(level)
     return [
         tuple(int(d.dim_value) if d.HasField("dim_value") else d.dim_param for d in dims)
         for dims in (info.type.tensor_type.shape.dim for info in infos)
