@@ -439,6 +439,9 @@ def single_layers(module: Any) -> list[Any]:
         module = module.to_torch()
     weight = module.weight_ih_l0
     directions = 2 if module.bidirectional else 1
+    # by name, not from the state_dict: a parametrized weight (weight_norm) is computed there
+    weights = {name: getattr(module, name) for name in module._flat_weights_names}
+    builtin = next(c for c in type(module).__mro__ if c in (nn.LSTM, nn.GRU, nn.RNN))
     stack = []
     for index in range(module.num_layers):
         units = getattr(module, "proj_size", 0) or module.hidden_size
@@ -454,9 +457,9 @@ def single_layers(module: Any) -> list[Any]:
             kwargs["nonlinearity"] = module.nonlinearity
         if getattr(module, "proj_size", 0):
             kwargs["proj_size"] = module.proj_size
-        layer = type(module)(inputs, module.hidden_size, **kwargs)
+        layer = builtin(inputs, module.hidden_size, **kwargs)
         state = {}
-        for key, value in module.state_dict().items():
+        for key, value in weights.items():
             stem, _, rest = key.rpartition(f"_l{index}")
             if stem and rest in ("", "_reverse"):
                 state[f"{stem}_l0{rest}"] = value

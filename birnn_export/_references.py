@@ -4,7 +4,6 @@ floor), run side by side on every case."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,9 +128,10 @@ class References:
 def _side(module: Any, spec: GraphSpec, dtype: str) -> _Side:
     import torch
 
+    from birnn_export.conversion import copied as copied_model
     from birnn_export.runners import TorchRunner
 
-    copied = copy.deepcopy(module).eval().to(getattr(torch, dtype))
+    copied = copied_model(module).eval().to(getattr(torch, dtype))
     runner = TorchRunner(
         copied, [t.name for t in spec.inputs], [t.name for t in spec.outputs], dtype=dtype
     )
@@ -157,10 +157,11 @@ def float64_fails(module: Any, spec: GraphSpec) -> str | None:
     import torch
 
     from birnn_export._packing import any_order_packing
+    from birnn_export.conversion import copied as copied_model
 
     probe = make_feed(spec, 2, within(spec, 3), seed=0)
     try:
-        copied = copy.deepcopy(module).eval().to(torch.float64)
+        copied = copied_model(module).eval().to(torch.float64)
         args = []
         for tensor in spec.inputs:
             value = torch.from_numpy(np.ascontiguousarray(probe[tensor.name]))

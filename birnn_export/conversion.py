@@ -6,6 +6,7 @@ import copy
 import logging
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from birnn_export.crf import CRFDecoder, is_torchcrf
@@ -44,12 +45,38 @@ def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def copied(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``. A parametrized recurrent layer caches its weights as its
+    parametrizations computed them, with their autograd history, which deepcopy refuses: they
+    are recomputed without it first (as the layer's next forward recomputes them)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.RNNBase) and nn.utils.parametrize.is_parametrized(module):
+                module._init_flat_weights()
+    return copy.deepcopy(model)
+
+
+def _folded(layer: nn.Module) -> nn.Module:
+    """``layer`` (a copy) with each parametrized weight (``weight_norm``, ``spectral_norm``)
+    replaced by its value in eval mode, the one every eval-mode forward computes: the layer
+    is a plain built-in layer again."""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(layer):
+        return layer
+    # A copy shares its parametrized class (which holds the weights' properties) with the
+    # original, and removing a parametrization deletes its property from the class: the
+    # copy gets a class of its own first, so the original keeps its weights.
+    shared = type(layer)
+    namespace = {k: v for k, v in vars(shared).items() if k not in ("__dict__", "__weakref__")}
+    layer.__class__ = type(shared.__name__, shared.__bases__, namespace)
+    layer.parametrizations.eval()  # spectral_norm's power iteration runs in training mode only
+    for name in list(layer.parametrizations):  # with grad: each weight a parameter again
+        parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
+    return layer
+
+
 def _check_convertible(path: str, layer: nn.Module) -> None:
-    if nn.utils.parametrize.is_parametrized(layer):
-        raise ConversionError(
-            f"{path}: parametrized weights (weight_norm, spectral_norm, ...) cannot be converted; "
-            "remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations)"
-        )
     if type(layer) not in _BUILTIN:
         raise ConversionError(
             f"{path}: {type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} and may "
@@ -91,7 +118,8 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
 
     Raises:
         ConversionError: naming the submodule path and the reason, for layers that cannot be
-            represented (subclasses, parametrized weights).
+            represented (subclasses, weights assigned in forward). Parametrized weights
+            (weight_norm) are folded into plain ones on the copy, as eval mode computes them.
 
     Example:
         >>> model = nn.Sequential(nn.LSTM(4, 8, bidirectional=True))
@@ -99,14 +127,18 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
         'BiRNN'
     """
     if isinstance(model, _BUILTIN):
+        if nn.utils.parametrize.is_parametrized(model):
+            model = _folded(copied(model))
         _check_convertible("<root>", model)
         return BiRNN.from_torch(model, padding_value=padding_value)
     targets = [(p, m) for p, m in find_recurrent_layers(model) if isinstance(m, _BUILTIN)]
     for path, layer in targets:
-        _check_convertible(path, layer)
-    converted = copy.deepcopy(model)
+        if not nn.utils.parametrize.is_parametrized(layer):  # checked once folded, on the copy
+            _check_convertible(path, layer)
+    converted = copied(model)
     for path, _ in targets:
-        layer = converted.get_submodule(path)
+        layer = _folded(converted.get_submodule(path))
+        _check_convertible(path, layer)
         converted.set_submodule(path, BiRNN.from_torch(layer, padding_value=padding_value))
         logger.info("%s", _describe(path, layer))
     for path, crf in find_crfs(converted):

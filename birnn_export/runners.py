@@ -18,7 +18,6 @@ factory and engine availability (TensorRT's runner is in :mod:`birnn_export.trt`
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -104,7 +103,9 @@ class TorchRunner(BaseRunner):
             for t in tensors
         ):
             # Module.to() works in place: copy so the caller's (reference) model is untouched.
-            model = copy.deepcopy(model).to(self.device)
+            from birnn_export.conversion import copied
+
+            model = copied(model).to(self.device)
             if dtype is not None:
                 model = model.to(dtype)
         model = model.eval()

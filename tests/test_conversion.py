@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import BiRNN, ConversionError, conversion_report, convert
 from birnn_export.seed import (
@@ -104,15 +105,38 @@ class MyLSTM(nn.LSTM):
     ("layer", "message"),
     [
         (MyLSTM(3, 4), r"encoder\.0: MyLSTM subclasses LSTM"),
-        (
-            nn.utils.parametrizations.weight_norm(nn.GRU(3, 4), "weight_hh_l0"),
-            r"encoder\.0: parametrized weights",
-        ),
     ],
 )
 def test_unconvertible_layers_name_the_path(layer, message):
     with pytest.raises(ConversionError, match=message):
         convert(Wrapper(layer))
+
+
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
+    """weight_norm (or spectral_norm) on the recurrent weights, as speech models train them:
+    was refused; the copy holds the weights eval mode computes and matches the original on
+    packed rows, which keeps its parametrization."""
+    torch.manual_seed(0)
+    layer = nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True)
+    parametrize = getattr(nn.utils.parametrizations, norm)
+    for name in ("weight_hh_l0", "weight_hh_l0_reverse", "weight_ih_l1"):
+        parametrize(layer, name)
+    model = Wrapper(layer)
+    model.train()
+    for _ in range(3):  # training-mode passes: spectral_norm's vectors move on
+        model.encoder[0](torch.randn(2, 5, 3))
+    model.eval()
+    converted = convert(model)
+    assert isinstance(converted.encoder[0], BiRNN)
+    assert nn.utils.parametrize.is_parametrized(model.encoder[0])  # the original keeps it
+    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        want = pad_packed_sequence(model.encoder[0](packed)[0], batch_first=True)[0]
+        got = converted.encoder[0](x, lengths)[0]
+    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
 
 
 def _weight_dropped(layer: nn.LSTM) -> nn.LSTM:
