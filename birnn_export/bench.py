@@ -42,6 +42,7 @@ import numpy as np
 
 from birnn_export import _report
 from birnn_export._files import write_atomic
+from birnn_export._sweep import has_unreadable_dims, measured_bytes
 from birnn_export.compare import (
     Check,
     Criterion,
@@ -397,10 +398,14 @@ def benchmark(
     _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, device)
     check_overrides(spec, atol=atol, rtol=rtol)
     dims = spec.check_dims(dims or {})
-    shapes = tensor_shapes(load_onnx(onnx_path))
+    proto = load_onnx(onnx_path)
+    shapes = tensor_shapes(proto)
+    unreadable = has_unreadable_dims(shapes, spec)
     for batch in batch_sizes:
         for seq in seq_lens:
             need = largest_tensor_bytes(shapes, spec, batch, seq, dims=dims)
+            if need > memory_budget and unreadable:  # counted at the largest size: measured
+                need = measured_bytes(proto, spec, batch, seq, dims=dims) or need
             if need > memory_budget:
                 raise BiRNNExportError(
                     f"batch {batch}, seq {seq}: its largest tensor would take "

@@ -548,3 +548,31 @@ class ConvPoolBiLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.lstm(self.conv(x).transpose(1, 2))[0]
         return self.out(torch.cat([h.mean(1), h.max(1).values], -1))
+
+
+class DualPathBiLSTM(nn.Module):
+    """A dual-path separator block (DPRNN, Luo et al. 2020) on features ``[batch, N, time]``:
+    padded to whole chunks, a BiLSTM within each chunk (rows: batch x chunks), another across
+    the chunks (rows: batch x chunk positions), back to ``[batch, N, time]``."""
+
+    def __init__(self, features: int = 6, hidden: int = 4, chunk: int = 8) -> None:
+        super().__init__()
+        self.chunk = chunk
+        self.intra = nn.LSTM(features, hidden, batch_first=True, bidirectional=True)
+        self.intra_out = nn.Linear(2 * hidden, features)
+        self.inter = nn.LSTM(features, hidden, batch_first=True, bidirectional=True)
+        self.inter_out = nn.Linear(2 * hidden, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, features, steps = x.shape
+        k = self.chunk
+        padded = nn.functional.pad(x, (0, (k - steps % k) % k))
+        s = padded.shape[-1] // k
+        chunks = padded.reshape(batch, features, s, k)
+        rows = chunks.permute(0, 2, 3, 1).reshape(batch * s, k, features)
+        within = self.intra_out(self.intra(rows)[0]).reshape(batch, s, k, features)
+        h = chunks + within.permute(0, 3, 1, 2)
+        across = h.permute(0, 3, 2, 1).reshape(batch * k, s, features)
+        between = self.inter_out(self.inter(across)[0]).reshape(batch, k, s, features)
+        h = h + between.permute(0, 3, 2, 1)
+        return h.reshape(batch, features, s * k)[..., :steps]

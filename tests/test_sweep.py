@@ -105,3 +105,33 @@ def test_other_dims_given_are_fed_in_every_case(tmp_path: Path) -> None:
     for bad, message in (({"q2_seq": 0}, "outside its declared range"), ({"q3": 2}, "not one")):
         with pytest.raises(BiRNNExportError, match=message):
             plan_cases(spec, dims=bad)
+
+
+def test_a_dual_path_models_longest_case_is_measured_and_run(tmp_path):
+    """A dual-path separator pads the time dim to whole chunks, which symbolic shape inference
+    cannot follow: each unreadable dim counted at the case's largest size put batch 3 x 512
+    steps at hundreds of GiB, and the longest case (the declared maximum) was skipped. The
+    tensors are measured on ONNX Runtime instead, and the case runs."""
+    import onnx
+    import torch
+
+    from birnn_export._sweep import fit_budget, has_unreadable_dims, measured_bytes
+    from birnn_export.pipeline import export_onnx
+    from birnn_export.spec import largest_tensor_bytes, tensor_shapes
+    from tests.realistic_models import DualPathBiLSTM
+
+    torch.manual_seed(0)
+    inputs, ranges = ["x:float32[batch,6,time]"], {"time": (8, 64, 512)}
+    result = export_onnx(
+        DualPathBiLSTM().eval(), tmp_path / "dp.onnx", inputs=inputs, ranges=ranges
+    )
+    assert result.verification.passed, result.verification.summary()
+    assert (3, 512) in {(c.batch, c.seq) for c in result.verification.cases}
+    assert not result.verification.notes
+    proto, spec = onnx.load(str(result.path)), result.spec
+    shapes = tensor_shapes(proto)
+    assert has_unreadable_dims(shapes, spec) and largest_tensor_bytes(shapes, spec, 3, 512) > 2**38
+    measured = measured_bytes(proto, spec, 3, 512)
+    assert 3 * 6 * 512 * 8 <= measured <= 2**20  # the input itself, and about a MiB at most
+    kept, notes = fit_budget(plan_cases(spec), proto, spec, 2**30, explicit=False)
+    assert (3, 512) in {(c.batch, c.seq) for c in kept} and not notes
