@@ -950,7 +950,15 @@ def tensor_shapes(proto: Any) -> Shapes:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         said.setLevel(logging.ERROR)  # its guesses ("Unable to determine if ...") are not news
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True).graph
+        # infer_shapes' own loop, without its ending: where some shape stays unknown it writes
+        # sym_shape_infer_temp.onnx (and its weights) into the working directory and raises;
+        # the shapes it did infer are what is wanted
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        inferred = inference.out_mp_.graph
         infos = [*inferred.input, *inferred.output, *inferred.value_info]
     except Exception:  # any failure of the inference: the recorded shapes
         logger.debug("symbolic shape inference failed; using the recorded shapes", exc_info=True)

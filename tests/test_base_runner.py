@@ -102,6 +102,7 @@ STAGES = (
     (
         "export",
         "_inputs",
+        "_container",
         "_graph",
         "_rewrites",
         "_node_rewrite",

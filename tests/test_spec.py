@@ -337,3 +337,28 @@ def test_symbolic_shape_inference_keeps_its_guesses_to_itself(monkeypatch, caplo
         assert set(tensor_shapes(onnx.helper.make_model(graph))) == {("batch", "seq")}
     assert "Unable to determine" not in caplog.text
     assert symbolic_shape_infer.logger.level == logging.NOTSET  # put back
+
+
+def test_incomplete_shape_inference_leaves_no_file_and_keeps_what_it_inferred(
+    tmp_path, monkeypatch
+):
+    """ONNX Runtime's infer_shapes, where a shape stays unknown (an op it does not know, as in
+    int8 graphs), wrote sym_shape_infer_temp.onnx and its weights into the working directory
+    (the user's, on every verify) and raised: the shapes it had inferred were lost too."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from birnn_export.spec import tensor_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Mystery", ["r"], ["y"], domain="com.example"),
+    ]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets)
+    monkeypatch.chdir(tmp_path)
+    assert ("batch", "seq") in tensor_shapes(model)[1:]  # r, inferred; y unknown
+    assert list(tmp_path.iterdir()) == []
+    assert isinstance(model, onnx.ModelProto) and len(model.graph.value_info) == 0  # untouched
