@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,23 +46,41 @@ def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def _weight_norm_hooks(module: nn.Module) -> list[Any]:
+    """The hooks of ``torch.nn.utils.weight_norm`` (the API before parametrizations) on
+    ``module``: each recomputes a weight from its ``_g`` and ``_v`` before every forward."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
+
+
+def _reparametrized(layer: nn.Module) -> bool:
+    """Whether ``layer``'s weights are computed from others (a parametrization, or the older
+    weight_norm hook): :func:`_folded` makes them plain."""
+    return nn.utils.parametrize.is_parametrized(layer) or bool(_weight_norm_hooks(layer))
+
+
 def copied(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``. A parametrized recurrent layer caches its weights as its
-    parametrizations computed them, with their autograd history, which deepcopy refuses: they
-    are recomputed without it first (as the layer's next forward recomputes them)."""
+    """A deep copy of ``model``. A layer whose weights are computed (weight_norm, either API)
+    holds them with their autograd history, which deepcopy refuses: they are recomputed
+    without it first (as the layer's next forward recomputes them)."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.RNNBase) and nn.utils.parametrize.is_parametrized(module):
+            for hook in _weight_norm_hooks(module):
+                setattr(module, hook.name, hook.compute_weight(module))
+            if isinstance(module, nn.RNNBase) and _reparametrized(module):
                 module._init_flat_weights()
     return copy.deepcopy(model)
 
 
 def _folded(layer: nn.Module) -> nn.Module:
-    """``layer`` (a copy) with each parametrized weight (``weight_norm``, ``spectral_norm``)
-    replaced by its value in eval mode, the one every eval-mode forward computes: the layer
-    is a plain built-in layer again."""
+    """``layer`` (a copy) with each computed weight (``weight_norm``, ``spectral_norm``, as a
+    parametrization or the older weight_norm hook) replaced by its value in eval mode, the
+    one every eval-mode forward computes: the layer is a plain built-in layer again."""
     from torch.nn.utils import parametrize
 
+    for hook in _weight_norm_hooks(layer):
+        nn.utils.remove_weight_norm(layer, hook.name)
     if not parametrize.is_parametrized(layer):
         return layer
     # A copy shares its parametrized class (which holds the weights' properties) with the
@@ -127,13 +146,13 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
         'BiRNN'
     """
     if isinstance(model, _BUILTIN):
-        if nn.utils.parametrize.is_parametrized(model):
+        if _reparametrized(model):
             model = _folded(copied(model))
         _check_convertible("<root>", model)
         return BiRNN.from_torch(model, padding_value=padding_value)
     targets = [(p, m) for p, m in find_recurrent_layers(model) if isinstance(m, _BUILTIN)]
     for path, layer in targets:
-        if not nn.utils.parametrize.is_parametrized(layer):  # checked once folded, on the copy
+        if not _reparametrized(layer):  # checked once folded, on the copy
             _check_convertible(path, layer)
     converted = copied(model)
     for path, _ in targets:

@@ -112,14 +112,19 @@ def test_unconvertible_layers_name_the_path(layer, message):
         convert(Wrapper(layer))
 
 
-@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm", "weight_norm hook"])
 def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     """weight_norm (or spectral_norm) on the recurrent weights, as speech models train them:
     was refused; the copy holds the weights eval mode computes and matches the original on
-    packed rows, which keeps its parametrization."""
+    packed rows, which keeps its parametrization. The older weight_norm (a hook computing
+    weight_hh_l0 from weight_hh_l0_g and _v) was told it was AWD-LSTM's weight drop."""
     torch.manual_seed(0)
     layer = nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True)
-    parametrize = getattr(nn.utils.parametrizations, norm)
+    if norm == "weight_norm hook":
+        parametrize = nn.utils.weight_norm
+    else:
+        parametrize = getattr(nn.utils.parametrizations, norm)
     for name in ("weight_hh_l0", "weight_hh_l0_reverse", "weight_ih_l1"):
         parametrize(layer, name)
     model = Wrapper(layer)
@@ -129,7 +134,9 @@ def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     model.eval()
     converted = convert(model)
     assert isinstance(converted.encoder[0], BiRNN)
-    assert nn.utils.parametrize.is_parametrized(model.encoder[0])  # the original keeps it
+    original = model.encoder[0]  # keeps its parametrization
+    assert nn.utils.parametrize.is_parametrized(original) or hasattr(original, "weight_hh_l0_g")
+    assert not hasattr(converted.encoder[0], "weight_hh_l0_g")
     x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     with torch.no_grad():

@@ -1031,27 +1031,35 @@ def test_a_branch_on_short_inputs_is_refused_with_the_range_the_graph_holds_for(
     assert result.verification.passed, result.verification.summary()
 
 
-def test_weight_normed_recurrent_weights_export_and_match_the_parametrized_model(tmp_path):
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation
+@pytest.mark.parametrize("hook", [False, True], ids=["parametrization", "hook"])
+def test_weight_normed_recurrent_weights_export_and_match_the_parametrized_model(tmp_path, hook):
     """weight_norm on a BiLSTM's recurrent weights (a trained state_dict of g and v, loaded
-    by --model-class): was refused; the export folds them and verifies against the model
-    that keeps its parametrization (copied for the float64 reference: deepcopy refused it)."""
+    by --model-class), as a parametrization or the older hook: was refused; the export folds
+    them and verifies against the model that keeps them (copied for the float64 reference:
+    deepcopy refused it)."""
     torch.manual_seed(0)
+    names = ("weight_hh_l0", "weight_hh_l0_reverse")
 
     def weight_normed() -> PackingTagger:
         model = PackingTagger()
-        for name in ("weight_hh_l0", "weight_hh_l0_reverse"):
-            nn.utils.parametrizations.weight_norm(model.rnn, name)
+        for name in names:
+            (nn.utils.weight_norm if hook else nn.utils.parametrizations.weight_norm)(
+                model.rnn, name
+            )
         return model
 
     trained = weight_normed()
     with torch.no_grad():  # trained-like: g away from ||v||
-        for name in ("weight_hh_l0", "weight_hh_l0_reverse"):
-            trained.rnn.parametrizations[name].original0.mul_(1.7)
+        for name in names:
+            g = getattr(trained.rnn, f"{name}_g") if hook else None
+            (g if hook else trained.rnn.parametrizations[name].original0).mul_(1.7)
     model = weight_normed()
     model.load_state_dict(trained.state_dict())
     result = export_onnx(model.eval(), tmp_path / "wn.onnx")
     assert result.verification.passed, result.verification.summary()
-    assert nn.utils.parametrize.is_parametrized(model.rnn)  # the user's model is untouched
+    kept = hasattr(model.rnn, "weight_hh_l0_g") or nn.utils.parametrize.is_parametrized(model.rnn)
+    assert kept  # the user's model is untouched
     x = np.random.default_rng(0).normal(size=(3, 12, 6)).astype(np.float32)
     lengths = np.array([12, 5, 1])
     got = run_ort(result.path, {"x": x, "lengths": lengths})["output"]
