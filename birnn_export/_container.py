@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 #: The most keys :func:`discover` reads before it stops.
 MAX_KEYS = 16
+#: Names of tensor attributes that a container's fields take too (a sparse batch's
+#: ``indices``): read as keys, where every other tensor attribute (``x.shape``) is not one.
+_FIELD_NAMES = frozenset({"indices", "names"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,17 @@ class _MissingAttribute(AttributeError):
         self.key = key
 
 
+class _Called(Exception):
+    """A key's value was called: the key names a method of the container, not a tensor."""
+
+
+class _Uncallable:
+    """A key's stand-in before its tensor is planned: calling it tells a method."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Called
+
+
 class _Probe(dict):  # type: ignore[type-arg]
     """A dict that raises at the first key, or attribute, it does not hold: the key ``forward``
     reads next. A read the model guards (``batch.get(k)``, ``except KeyError``, ``getattr(batch,
@@ -83,7 +97,8 @@ class _Probe(dict):  # type: ignore[type-arg]
             return self[name]
         import torch
 
-        if name.startswith("_") or hasattr(torch.Tensor, name):  # x.shape: a tensor's own
+        tensors_own = hasattr(torch.Tensor, name) and name not in _FIELD_NAMES
+        if name.startswith("_") or tensors_own:  # x.shape: a tensor's own
             raise AttributeError(name)
         raise _MissingAttribute(name)
 
@@ -93,9 +108,9 @@ def _params(model: nn.Module) -> list[inspect.Parameter]:
     return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | None:
-    """(kind, key) of the first key ``forward`` reads that ``probe`` does not hold; ``None`` if
-    it ran, or failed otherwise."""
+def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | Exception | None:
+    """(kind, key) of the first key ``forward`` reads that ``probe`` does not hold; else what
+    it raised (``None`` if it ran)."""
     import torch
 
     from birnn_export._packing import any_order_packing
@@ -113,8 +128,10 @@ def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | None:
         return "dict", missing.key
     except _MissingAttribute as missing:
         return "attributes", missing.key
-    except Exception:  # the model's own failure: the caller's example run reports it
-        return None
+    except KeyError as exc:  # from a dict made of it: {k: v.to(device) for k, v in batch.items()}
+        return ("dict", exc.args[0]) if exc.args and isinstance(exc.args[0], str) else exc
+    except Exception as exc:  # the model's own failure: the caller's example run reports it
+        return exc
     return None
 
 
@@ -130,7 +147,7 @@ def container_kind(model: nn.Module) -> str | None:
     if isinstance(model, nn.RNNBase) or isinstance(getattr(model, "_birnn_container", None), dict):
         return None
     read = _read(model, _Probe())
-    return read[0] if read is not None else None
+    return read[0] if isinstance(read, tuple) else None
 
 
 def discover(
@@ -144,10 +161,12 @@ def discover(
     keys: list[str] = []
     found: tuple[Container, Any] | None = None
     for _ in range(MAX_KEYS):
-        values = found[1].tensors if found is not None else ()
-        read = _read(model, _Probe(zip(found[0].keys if found else (), values, strict=True)))
-        if read is None or read[0] != kind or read[1] in keys:
+        given = dict(zip(found[0].keys, found[1].tensors, strict=True)) if found else {}
+        read = _read(model, _Probe(given))
+        if not isinstance(read, tuple) or read[0] != kind or read[1] in keys:
             break
+        if isinstance(_read(model, _Probe({**given, read[1]: _Uncallable()})), _Called):
+            return None  # it calls a method of its container (batch.max_len()): no bag of tensors
         keys.append(read[1])
         container = Container(param, kind, _in_input_order(keys))
         found = container, plan(fed_as(model, container))

@@ -35,7 +35,7 @@ def _plan_stub(model: nn.Module) -> SimpleNamespace:
     keys = list(model._birnn_container["keys"])
     tensors = []
     for key in keys:
-        if key.endswith(("lengths", "lens")):
+        if key.endswith(("lengths", "lens")) or key == "indices":
             tensors.append(torch.tensor([4, 2]))
         elif key == "tokens":
             tensors.append(torch.randint(1, 50, (2, 4)))
@@ -73,3 +73,54 @@ def test_a_fed_model_passes_its_inputs_in_the_container_and_shares_the_weights()
         want = model({"tokens": tokens, "lengths": lengths})
         assert torch.equal(fed(tokens, lengths), want)
         assert torch.equal(copy.deepcopy(fed)(tokens, lengths), want)
+
+
+class _MovesToDevice(nn.Module):
+    """Copies its dict to the model's device first, as training loops write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(7, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        device = next(self.parameters()).device
+        batch = {key: value.to(device) for key, value in batch.items()}
+        return self.gru(batch["feats"])[0] * (batch["feat_lens"] > 0)[:, None, None]
+
+
+class _CallsAMethod(nn.Module):
+    """Reads a field, then calls a method of its batch object (batch.max_len())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(7, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, batch: object) -> torch.Tensor:
+        return self.gru(batch.feats)[0][:, : batch.max_len()]  # type: ignore[attr-defined]
+
+
+class _SparseNamed(nn.Module):
+    """A field named like a tensor method: batch.indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(7, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, batch: object) -> torch.Tensor:
+        return self.gru(batch.feats)[0] * batch.indices[:, None, None]  # type: ignore[attr-defined]
+
+
+def test_a_dict_copied_before_it_is_read_and_fields_named_like_tensor_methods_are_found():
+    assert container_kind(_MovesToDevice()) == "dict"
+    found, _ = discover(_MovesToDevice(), "dict", _plan_stub)
+    assert found.keys == ("feats", "feat_lens")
+    assert container_kind(_SparseNamed()) == "attributes"
+    found, _ = discover(_SparseNamed(), "attributes", _plan_stub)
+    assert found.keys == ("feats", "indices")
+
+
+def test_a_container_whose_method_forward_calls_is_not_taken_for_tensors():
+    """A key that forward calls is a method: no graph input carries it (it was planned as a
+    third input, and refused as one)."""
+    assert container_kind(_CallsAMethod()) == "attributes"
+    assert discover(_CallsAMethod(), "attributes", _plan_stub) is None
