@@ -269,17 +269,19 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
                     f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
                     f"graph declares {found}"
                 )
-                if tensor.name in inputs and isinstance(found, int):
+                if tensor.name in inputs and isinstance(found, int) and axis == tensor.time_axis:
+                    problem += (  # a branch on short inputs fixes it too: the likelier cause
+                        f": the model cannot vary it (it fixes it to {found}, the example's): "
+                        "if it takes short inputs another way (a branch on the length: chunks, "
+                        f"a strided front end), give --range {tensor.dims[axis]}=MIN,OPT,MAX "
+                        "from its shortest input; if the length is fixed, declare the inputs "
+                        f"with that dim as the number {found} (--input / inputs=[...])"
+                    )
+                elif tensor.name in inputs and isinstance(found, int):
                     problem += (
                         f": the model cannot vary it (it fixes it to {found}); declare the "
                         f"inputs with that dim as the number {found} (--input / inputs=[...])"
                     )
-                    if axis == tensor.time_axis:  # a branch on short inputs fixes it too
-                        problem += (
-                            "; or, if the model takes short inputs another way (a branch on "
-                            "the length: chunks, a strided front end), give --range "
-                            f"{tensor.dims[axis]}=MIN,OPT,MAX from its shortest input"
-                        )
                 problems.append(problem)
     traced_at = spec.example_sizes or {
         spec.batch_dim: spec.example_batch,

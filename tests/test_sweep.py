@@ -135,3 +135,24 @@ def test_a_dual_path_models_longest_case_is_measured_and_run(tmp_path):
     assert 3 * 6 * 512 * 8 <= measured <= 2**20  # the input itself, and about a MiB at most
     kept, notes = fit_budget(plan_cases(spec), proto, spec, 2**30, explicit=False)
     assert (3, 512) in {(c.batch, c.seq) for c in kept} and not notes
+
+
+def test_a_time_dim_fixed_by_a_branch_on_short_inputs_is_told_to_give_a_range(tmp_path):
+    """Chunks of 20 steps and an example of 11: one chunk, which the exporter fixes (a single
+    chunk is a branch of its own); the refusal leads with --range, and following it exports.
+    It led with declaring the length as the number 11, a dead end for a model that takes any."""
+    import torch
+
+    from birnn_export.errors import ExportError
+    from birnn_export.pipeline import export_onnx
+    from tests.realistic_models import DualPathBiLSTM
+
+    torch.manual_seed(0)
+    model, inputs = DualPathBiLSTM(chunk=20).eval(), ["x:float32[batch,6,time]"]
+    with pytest.raises(
+        ExportError, match=r"fixes it to 11, the example's\): if it takes short"
+    ) as e:
+        export_onnx(model, tmp_path / "dp.onnx", inputs=inputs)
+    assert "give --range time=MIN,OPT,MAX from its shortest input" in str(e.value)
+    result = export_onnx(model, tmp_path / "dp.onnx", inputs=inputs, ranges={"time": (21, 64, 256)})
+    assert result.verification.passed, result.verification.summary()
