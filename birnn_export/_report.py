@@ -288,14 +288,15 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
 
     console = console or wide_console()
     table = Table(
-        title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})"
+        title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})",
+        caption="error, eager, ratio and limit: the case nearest its limit",
     )
     for column in (
         "engine",
         "output",
         "check",
         "cases",
-        "max abs",
+        "error",
         "eager",
         "ratio",
         "limit",
