@@ -299,7 +299,8 @@ def _verdict(
         which = ", full-length rows included" if full_rows else ""
         return (
             f"-> only the {label} direction is wrong{which} ({other} matches, so it is not the "
-            f"reversal): check the {label} weights, their gate order and bias"
+            f"reversal): check the {label} weights, their gate order and bias (and its "
+            "initial states, where the layer is given them)"
         )
     worst = max(err for _, _, err in bad)
     if worst <= 100 * max(tol.atol, 1e-12):

@@ -535,6 +535,7 @@ def test_layers_given_initial_states_are_compared_and_a_dropped_state_located(
     assert not report.passed
     assert "layer lstm/l0: forward half matches" in report.diagnosis()
     assert "backward half differs" in report.diagnosis()
+    assert "(and its initial states, where the layer is given them)" in report.diagnosis()
 
 
 def test_json_report_and_saved_inputs_reproduce_failure(
