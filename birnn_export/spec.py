@@ -814,10 +814,17 @@ class InputDecl:
         if measures is not None and (
             dtype not in ("int64", "int32") or not (len(dims) == 1 or nested)
         ):
+            relative = (
+                "; lengths relative to the padded length (fractions, as SpeechBrain's wav_lens) "
+                "are not graph inputs: export a subclass whose forward takes them absolute, e.g. "
+                "def forward(self, x, lengths): return super().forward(x, lengths / x.shape[1])"
+                if dtype.startswith("float")
+                else ""
+            )
             raise BiRNNExportError(
                 f"input {match['name']!r}: a lengths input is int64[batch] or int32[batch] (one "
                 "length per row), or [batch,OUTER] for a sequence nested in another's steps "
-                "(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)')"
+                f"(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)'){relative}"
             )
         flat = len(dims) == len(named) == 2 and BATCH in named
         if match["mask"] and len(dims) == 3 and dims[-1] in dims[:-1]:
