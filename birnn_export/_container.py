@@ -14,6 +14,7 @@ import contextlib
 import copy
 import inspect
 import io
+import keyword
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -125,14 +126,21 @@ def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | Exception | None
             warnings.simplefilter("ignore")
             type(model).forward(model, probe)
     except _MissingKey as missing:
-        return "dict", missing.key
+        return ("dict", missing.key) if _nameable(missing.key) else missing
     except _MissingAttribute as missing:
         return "attributes", missing.key
     except KeyError as exc:  # from a dict made of it: {k: v.to(device) for k, v in batch.items()}
-        return ("dict", exc.args[0]) if exc.args and isinstance(exc.args[0], str) else exc
+        key = exc.args[0] if len(exc.args) == 1 else None
+        return ("dict", key) if isinstance(key, str) and _nameable(key) else exc
     except Exception as exc:  # the model's own failure: the caller's example run reports it
         return exc
     return None
+
+
+def _nameable(key: str) -> bool:
+    """Whether ``key`` can name a graph input and a parameter of the fed ``forward`` (a key
+    such as "input-ids", or a KeyError's message, cannot)."""
+    return key.isidentifier() and not keyword.iskeyword(key)
 
 
 def container_kind(model: nn.Module) -> str | None:
