@@ -311,6 +311,38 @@ class EngineBuild:
         }
 
 
+@contextlib.contextmanager
+def _native_stderr_logged() -> Iterator[None]:
+    """While inside, what native code writes to the process's stderr (file descriptor 2) goes
+    to the debug log: TensorRT's Myelin compiler prints its failures there ("Internal Error:
+    MyelinCheckException: ...") besides telling the logger, whose errors the build's result
+    already carries, and the line landed above the command's own output."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to redirect: leave it
+        saved = None
+    if saved is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("TensorRT wrote to stderr: %s", text)
+
+
 def _log_class(module: Any) -> Any:
     """A TensorRT logger that keeps every message (the parser and builder explain failures
     there) and passes them to Python logging at debug level."""
@@ -520,7 +552,8 @@ def build_engine(
     logger.info("building a %s engine for %s (%s)", lib, source, plan)
     before = len(log.messages)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    with _native_stderr_logged():
+        serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
         errors = [_without_noise(m) for m in log.errors(before)]

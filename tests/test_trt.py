@@ -798,3 +798,19 @@ def test_every_sample_parses_and_builds(sample: Path, layout: str, dtype: str, t
     assert build.ok, build.summary()
     assert build.profile == derive_profile(result.spec)
     assert build.engine_bytes > 0
+
+
+def test_what_native_code_prints_while_building_goes_to_the_debug_log(capfd, caplog):
+    """TensorRT's Myelin compiler printed "Internal Error: MyelinCheckException ..." straight
+    to file descriptor 2, above the export's own lines, for a failure the build's result (from
+    TensorRT's logger) already reports: kept for the debug log, off the console."""
+    import logging
+    import os
+
+    with caplog.at_level(logging.DEBUG, logger="birnn_export.trt"):
+        with trt._native_stderr_logged():
+            os.write(2, b"Internal Error: MyelinCheckException: gvn.cpp:325\n")
+        os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "MyelinCheckException" not in err and "after" in err  # fd 2 is back
+    assert "TensorRT wrote to stderr: Internal Error: MyelinCheckException" in caplog.text
