@@ -201,6 +201,18 @@ def _diagnose(
             "kernels change results by design, so no direction split applies: compare the float "
             "graph (ort-cpu) to tell an export defect from quantization"
         )
+    for tensor in spec.outputs:  # another length than the model's: another computation
+        got, want = np.shape(actual.get(tensor.name)), np.shape(expected[tensor.name])
+        at = tensor.time_axis
+        if at is not None and len(got) == len(want) > at and got[at] != want[at]:
+            return (
+                f"output {tensor.name!r} has {got[at]} steps where the model's has {want[at]} "
+                f"(T = {case.seq}): the graph computes this length another way than the "
+                "model, as a branch on the length the export traced at the example's does (odd "
+                "lengths padded to even, short inputs padded to a chunk): keep that branch "
+                "out of forward (pad with tensor ops), or serve only lengths the example's "
+                "branch holds for (--range)"
+            )
     rows = lengths if lengths is not None else np.full(case.batch, case.seq)
     if hidden is None and layers.ready:
         if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them

@@ -1031,6 +1031,32 @@ def test_a_branch_on_short_inputs_is_refused_with_the_range_the_graph_holds_for(
     assert result.verification.passed, result.verification.summary()
 
 
+class _PadsOddLengths(nn.Module):
+    """Pads an odd length by one step (a stride-2 front end would): a branch on parity, which
+    no range of lengths expresses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % 2:
+            x = nn.functional.pad(x, (0, 0, 0, 1))
+        return self.lstm(x)[0]
+
+
+def test_a_branch_on_parity_fails_verification_named_as_a_branch(tmp_path):
+    """Traced at an odd example, the graph pads every input: at even lengths its output has a
+    step more than the model's. The diagnosis said to check the backward weights."""
+    torch.manual_seed(0)
+    model = _PadsOddLengths().eval()
+    path = export_onnx(model, tmp_path / "odd.onnx", verify=False).path
+    report = verify(path, model, batch_sizes=(3,), seq_lens=(2, 7))
+    assert not report.passed
+    assert "has 3 steps where the model's has 2 (T = 2)" in report.diagnosis()
+    assert "a branch on the length" in report.diagnosis()
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation
 @pytest.mark.parametrize("hook", [False, True], ids=["parametrization", "hook"])
 def test_weight_normed_recurrent_weights_export_and_match_the_parametrized_model(tmp_path, hook):
