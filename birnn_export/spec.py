@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import keyword
 import logging
 import math
 import operator
@@ -416,10 +417,9 @@ def _check_spec_data(data: Any) -> None:
     if container is not None and not (
         isinstance(container, dict)
         and container.get("kind") in ("dict", "attributes")
-        and isinstance(container.get("param"), str)
         and isinstance(container.get("keys"), list)
         and len(container["keys"]) == len(data["inputs"])
-        and all(isinstance(k, str) for k in container["keys"])
+        and all(_identifier(k) for k in [container.get("param"), *container["keys"]])
     ):
         raise BiRNNExportError(
             "container: expected param, kind (dict or attributes), a key per input"
@@ -435,6 +435,11 @@ def _check_spec_data(data: Any) -> None:
             value = layer.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
                 raise BiRNNExportError(f"recurrent_layers: {key} {value!r} out of range")
+
+
+def _identifier(value: Any) -> bool:
+    """A name Python takes for a parameter (a container's keys become ``forward``'s)."""
+    return isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)
 
 
 def _whole(value: Any) -> int:

@@ -307,7 +307,9 @@ def test_a_container_round_trips_and_a_bad_one_is_refused():
     fed = {"param": "batch", "kind": "dict", "keys": ["ids", "lens"]}
     original = dataclasses.replace(spec(tokens=True), container=fed)
     assert GraphSpec.from_json(original.to_json()).container == fed
-    for bad in ({**fed, "kind": "tuple"}, {**fed, "keys": ["ids"]}, {**fed, "param": 1}, ["ids"]):
+    names = {**fed, "keys": ["input-ids", "lens"]}  # not a parameter's name: a traceback
+    bad_ones = ({**fed, "kind": "tuple"}, {**fed, "keys": ["ids"]}, {**fed, "param": 1}, names)
+    for bad in (*bad_ones, ["ids"]):
         data = json.loads(original.to_json()) | {"container": bad}
         with pytest.raises(BiRNNExportError, match="container"):
             GraphSpec.from_json(json.dumps(data))
