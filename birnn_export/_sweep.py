@@ -74,8 +74,10 @@ def plan_cases(
 
     Given ``batch_sizes`` or ``seq_lens``: every batch size x length, each with ragged and
     equal lengths (when the graph takes lengths) and a large-magnitude ragged case (when it
-    takes float features). By default a covering set of those shapes instead, so the cost
-    grows with the model and not with a product: batch sizes {1, 3, 16} and lengths {1, 2,
+    takes float features), the graph's other named dims (not in ``dims``) at their declared opt;
+    and each length once more with those at their min and at their max (at the largest
+    batch). By default a covering set of those shapes instead, so the cost grows with the
+    model and not with a product: batch sizes {1, 3, 16} and lengths {1, 2,
     T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
     and equal lengths and the large scale each appear at several shapes, and the longest length
     runs at batch 3 (its rows alone at batch 1).
@@ -97,8 +99,8 @@ def _planned_cases(
     modes = ("ragged", "equal") if ragged else ("full",)
     floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     large = float(large_scale) if floats and large_scale else None
+    varied = set(spec.dim_ranges) - {name for name, _ in given}
     if batch_sizes is None and seq_lens is None:
-        varied = set(spec.dim_ranges) - {name for name, _ in given}
         return _default_cases(spec, modes, large, seed, others=bool(varied))
     batches = _check_sizes(
         "batch_sizes", DEFAULT_BATCH_SIZES if batch_sizes is None else batch_sizes
@@ -118,6 +120,10 @@ def _planned_cases(
                 variants.append((modes[0], large))
             for mode, scale in variants:
                 cases.append(Case(batch, seq, mode, scale, seed + len(cases)))
+    if varied:  # the other named dims (a second sequence's) at their min and max too
+        for seq in seqs:
+            for which in (0, 2):
+                cases.append(Case(max(batches), seq, modes[0], 1.0, seed + len(cases), which))
     return cases
 
 

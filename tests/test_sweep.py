@@ -105,6 +105,12 @@ def test_other_dims_given_are_fed_in_every_case(tmp_path: Path) -> None:
     for bad, message in (({"q2_seq": 0}, "outside its declared range"), ({"q3": 2}, "not one")):
         with pytest.raises(BiRNNExportError, match=message):
             plan_cases(spec, dims=bad)
+    # --seq-lens without --dim: the second sequence at its min and max too, not only its opt
+    low, opt, high = spec.dim_ranges["q2_seq"]
+    cases = plan_cases(spec, batch_sizes=(2, 4), seq_lens=(3, 9))
+    widths = {(c.seq, case_feed(spec, c)["q2"].shape[1]) for c in cases}
+    assert widths == {(t, w) for t in (3, 9) for w in (low, opt, high)}
+    assert {c.batch for c in cases if c.others != 1} == {4}
 
 
 def test_a_dual_path_models_longest_case_is_measured_and_run(tmp_path):
