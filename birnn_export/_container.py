@@ -14,12 +14,13 @@ import contextlib
 import copy
 import inspect
 import io
-import keyword
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from birnn_export.spec import is_parameter_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -104,9 +105,11 @@ class _Probe(dict):  # type: ignore[type-arg]
         raise _MissingAttribute(name)
 
 
-def _params(model: nn.Module) -> list[inspect.Parameter]:
-    params = inspect.signature(model.forward).parameters.values()
-    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+def forward_param(model: nn.Module) -> str:
+    """The name of ``forward``'s first positional parameter: the container's."""
+    from birnn_export._inputs import _forward_params
+
+    return _forward_params(model)[0].name
 
 
 def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | Exception | None:
@@ -126,27 +129,23 @@ def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | Exception | None
             warnings.simplefilter("ignore")
             type(model).forward(model, probe)
     except _MissingKey as missing:
-        return ("dict", missing.key) if _nameable(missing.key) else missing
+        return ("dict", missing.key) if is_parameter_name(missing.key) else missing
     except _MissingAttribute as missing:
         return "attributes", missing.key
     except KeyError as exc:  # from a dict made of it: {k: v.to(device) for k, v in batch.items()}
         key = exc.args[0] if len(exc.args) == 1 else None
-        return ("dict", key) if isinstance(key, str) and _nameable(key) else exc
+        return ("dict", key) if is_parameter_name(key) else exc
     except Exception as exc:  # the model's own failure: the caller's example run reports it
         return exc
     return None
 
 
-def _nameable(key: str) -> bool:
-    """Whether ``key`` can name a graph input and a parameter of the fed ``forward`` (a key
-    such as "input-ids", or a KeyError's message, cannot)."""
-    return key.isidentifier() and not keyword.iskeyword(key)
-
-
 def container_kind(model: nn.Module) -> str | None:
     """``"dict"`` or ``"attributes"`` where ``forward`` takes one argument (nothing else
     without a default) and reads it by key or attribute; else ``None``."""
-    params = _params(model)
+    from birnn_export._inputs import _forward_params
+
+    params = _forward_params(model)
     required = [p for p in params if p.default is p.empty]
     if len(params) < 1 or len(required) != 1 or required[0] is not params[0]:
         return None
@@ -165,7 +164,7 @@ def discover(
     on a probe holding the keys found so far (as ``plan`` makes their example tensors) until it
     reads no new key. Keys named as lengths or masks go after the others (the sequence comes
     first, as inference expects it). ``None`` where it reads none."""
-    param = _params(model)[0].name
+    param = forward_param(model)
     keys: list[str] = []
     found: tuple[Container, Any] | None = None
     for _ in range(MAX_KEYS):

@@ -30,7 +30,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from birnn_export._container import Container, container_kind, discover, fed_as
+from birnn_export._container import (
+    Container,
+    container_kind,
+    discover,
+    fed_as,
+    forward_param,
+)
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import (
@@ -572,7 +578,7 @@ def _fed_inputs(
             decls = [d if isinstance(d, InputDecl) else InputDecl.parse(d) for d in inputs]
         except BiRNNExportError:  # planning says what is wrong with the declaration
             return None, None
-        container = Container(_forward_param(model), kind, tuple(d.name for d in decls))
+        container = Container(forward_param(model), kind, tuple(d.name for d in decls))
         planned = plan(fed_as(model, container))
     else:
         found = discover(model, kind, plan)
@@ -581,10 +587,6 @@ def _fed_inputs(
         container, planned = found
     how = f"{planned.how}; {container.describe()}"
     return container, dataclasses.replace(planned, how=how)
-
-
-def _forward_param(model: nn.Module) -> str:
-    return next(iter(inspect.signature(model.forward).parameters))
 
 
 def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
@@ -752,7 +754,6 @@ def _refuse_narrowed_dims(program: Any, planned: PlannedInputs) -> None:
     if exported is None:
         return
     nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
-    seen: dict[str, tuple[int, int]] = {}
     for name, decl in zip(exported.graph_signature.user_inputs, planned.decls, strict=False):
         value = nodes[name].meta.get("val") if name in nodes else None
         for axis, dim in enumerate(decl.dims):
@@ -762,22 +763,20 @@ def _refuse_narrowed_dims(program: Any, planned: PlannedInputs) -> None:
             held = exported.range_constraints.get(size.node.expr)
             if held is None:
                 continue
-            low, _, high = planned.ranges[dim]
-            lower = int(held.lower) if held.lower.is_finite else low
-            upper = int(held.upper) if held.upper.is_finite else high
+            low, opt, high = planned.ranges[dim]
+            lower = max(int(held.lower) if held.lower.is_finite else low, low)
+            upper = min(int(held.upper) if held.upper.is_finite else high, high)
             if lower > max(low, 2) or upper < high:
-                seen.setdefault(dim, (max(lower, low), min(upper, high)))
-    for dim, (lower, upper) in seen.items():
-        low, opt, high = planned.ranges[dim]
-        raise ExportError(
-            f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, not the "
-            f"declared {low}..{high}: the model computes inputs outside it another way (a "
-            "branch on the length, as chunking or padding short inputs does), and the "
-            "exporter traced the example's branch; if inputs outside never come, declare it: "
-            f"--range {dim}={lower},{min(max(opt, lower), upper)},{upper}; else keep the "
-            "branch out of forward (compute both ways with tensor ops, e.g. pad every input "
-            "to at least the chunk)"
-        )
+                raise ExportError(
+                    f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, "
+                    f"not the declared {low}..{high}: the model computes inputs outside it "
+                    "another way (a branch on the length, as chunking or padding short inputs "
+                    "does), and the exporter traced the example's branch; if inputs outside "
+                    f"never come, declare it: --range {dim}={lower},"
+                    f"{min(max(opt, lower), upper)},{upper}; else keep the branch out of "
+                    "forward (compute both ways with tensor ops, e.g. pad every input to at "
+                    "least the chunk)"
+                )
 
 
 def _interrupted(exc: BaseException | None) -> bool:

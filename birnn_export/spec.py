@@ -419,7 +419,7 @@ def _check_spec_data(data: Any) -> None:
         and container.get("kind") in ("dict", "attributes")
         and isinstance(container.get("keys"), list)
         and len(container["keys"]) == len(data["inputs"])
-        and all(_identifier(k) for k in [container.get("param"), *container["keys"]])
+        and all(is_parameter_name(k) for k in [container.get("param"), *container["keys"]])
     ):
         raise BiRNNExportError(
             "container: expected param, kind (dict or attributes), a key per input"
@@ -437,8 +437,9 @@ def _check_spec_data(data: Any) -> None:
                 raise BiRNNExportError(f"recurrent_layers: {key} {value!r} out of range")
 
 
-def _identifier(value: Any) -> bool:
-    """A name Python takes for a parameter (a container's keys become ``forward``'s)."""
+def is_parameter_name(value: Any) -> bool:
+    """A name Python takes for a parameter: a container's keys become ``forward``'s (a key
+    such as "input-ids", or a KeyError's message, cannot)."""
     return isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)
 
 
