@@ -1,7 +1,8 @@
 """Save and load models safely; recognise state_dict layouts.
 
-:func:`load_model` reads a ``.pt`` file with ``torch.load(weights_only=True)`` (no code from the
-file runs) and turns what it finds into a model ready to export:
+:func:`load_model` reads a ``.pt`` file with ``torch.load(weights_only=True)``, or a
+``.safetensors`` file (no code from the file runs), and turns what it finds into a model ready
+to export:
 
 * this tool's own checkpoint (written by :func:`save_checkpoint`): a :class:`SequenceTagger`;
 * a bare or nested state_dict whose keys and shapes reveal the architecture: the seed article's
@@ -187,7 +188,8 @@ def load_model(
 
     The file is always read first with ``torch.load(path, map_location="cpu",
     weights_only=True)``, which refuses anything but tensors and plain containers, so no code from
-    the file runs. What it holds decides the rest:
+    the file runs (a safetensors file, which holds tensors alone, is read as a bare state_dict).
+    What it holds decides the rest:
 
     * birnn-export's own checkpoint (:func:`save_checkpoint`) -> :class:`SequenceTagger`.
     * A state_dict, bare or nested in a training checkpoint (under ``model_state_dict``,
@@ -319,9 +321,37 @@ def _is_torchscript(data: bytes) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def _is_safetensors(data: bytes) -> bool:
+    """Whether ``data`` is (the start of) a safetensors file: an 8-byte little-endian header
+    size, then that many bytes of a JSON object describing the tensors after it."""
+    return data[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(data[:8], "little") < 1 << 32
+
+
+def _read_safetensors(data: bytes, path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file: a format of tensors alone, so nothing in it can run
+    code (no ``--trust-pickle`` applies)."""
+    try:
+        from safetensors.torch import load
+    except ImportError:
+        raise ModelLoadError(
+            f"{path}: is a safetensors file, and reading it needs the safetensors package: "
+            "pip install safetensors"
+        ) from None
+    try:
+        return load(data)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: truncated or corrupted safetensors file ({_first_sentence(str(exc))})"
+        ) from None
+
+
 def _deserialize(
     data: bytes, path: Path, *, trust_pickle: bool, model_class: str | None = None
 ) -> Any:
+    if _is_safetensors(data):
+        obj = _read_safetensors(data, path)
+        _check_tensors(obj, path, len(data))
+        return obj
     if data.startswith(_ZIP_MAGIC) and _is_torchscript(data):
         raise ModelLoadError(
             f"{path}: is a TorchScript archive (torch.jit.save): its layers are compiled code, "
@@ -376,7 +406,8 @@ def _deserialize(
                 f"({_last_detail(text)}): corrupted, or not written by torch.save"
             ) from None
         raise ModelLoadError(
-            f"{path}: not a PyTorch file; expected a zip archive written by torch.save, "
+            f"{path}: not a PyTorch file; expected a zip archive written by torch.save (or a "
+            "safetensors file), "
             f"but it starts with {data[:16]!r}"
         ) from None
 

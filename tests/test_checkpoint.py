@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import save as safetensors_save
+from safetensors.torch import save_file as safetensors_save_file
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -330,6 +332,30 @@ def test_builtin_layer_state_dict(tmp_path, kind, layers, bidir, bias, embed, he
         expected = reference(x, _lengths())
         _close(loaded.model(x, _lengths()), expected)
         _close(loaded.original(x, _lengths()), expected)
+
+
+def test_a_safetensors_state_dict_is_read_without_pickle(tmp_path, user_models):
+    """model.safetensors (Hugging Face's format: tensors alone, nothing that runs): a bare
+    layer and head are recognised as from a .pt state_dict, and a user's class takes its
+    weights; both equal the model that saved them."""
+    torch.manual_seed(5)
+    rnn = nn.GRU(5, 6, num_layers=2, bidirectional=True, batch_first=True)
+    reference = _BuiltinModel(rnn, nn.Linear(12, 3), nn.Embedding(30, 5)).eval()
+    path = tmp_path / "model.safetensors"
+    safetensors_save_file(reference.state_dict(), path, metadata={"format": "pt"})
+    loaded = load_model(path)
+    assert (loaded.config["cell"], loaded.config["num_layers"]) == ("gru", 2)
+    x = torch.randint(0, 30, (4, 7), generator=_gen())
+    with torch.no_grad():
+        _close(loaded.model(x, _lengths()), reference(x, _lengths()))
+
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    model = user_models.AttentionClassifier(**kwargs).eval()
+    safetensors_save_file(model.state_dict(), path)
+    loaded = load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier", model_kwargs=kwargs)
+    ids = torch.randint(0, 40, (3, 9), generator=_gen())
+    with torch.no_grad():
+        _close(loaded.model(ids), model(ids))
 
 
 def test_state_dict_of_a_sequence_tagger_and_dataparallel_prefix(tmp_path):
@@ -711,12 +737,18 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "notes.pt").write_text("epoch 3: loss 0.12\nepoch 4: loss 0.10\n")
+    weights = safetensors_save(SequenceTagger(TaggerConfig("gru", 3, 4, 2)).state_dict())
+    (tmp_path / "half.safetensors").write_bytes(weights[: len(weights) // 2])
     files = {
         "missing": (tmp_path / "absent.pt", "no such file"),
         "directory": (tmp_path / "folder.pt", "is a directory"),
         "empty": (tmp_path / "empty.pt", "is empty"),
         "truncated": (tmp_path / "half.pt", "truncated or corrupted"),
         "text": (tmp_path / "notes.pt", "not a PyTorch file"),
+        "safetensors_truncated": (
+            tmp_path / "half.safetensors",
+            "truncated or corrupted safetensors file",
+        ),
     }
     own = {
         "version": ({"format_version": 2}, "format_version 2 is not supported"),
@@ -744,6 +776,7 @@ BAD = [
     "empty",
     "truncated",
     "text",
+    "safetensors_truncated",
     "own_version",
     "own_architecture",
     "own_config_unknown",
