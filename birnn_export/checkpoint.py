@@ -378,6 +378,12 @@ def _deserialize(
             ) from None
         blocked = _BLOCKED_GLOBAL.search(text)
         if isinstance(exc, pickle.UnpicklingError) and blocked:
+            if blocked.group(1) == "torch.ScriptObject" and not trust_pickle:
+                raise ModelLoadError(
+                    f"{path}: holds TorchScript objects (GLOBAL torch.ScriptObject), as a model "
+                    f"quantized by torch saves its packed int8 weights; {_QUANTIZED_ADVICE} "
+                    "(if it holds something else and you trust the file, pass --trust-pickle)"
+                ) from None
             if trust_pickle:
                 return _load_trusted(data, path, model_class)
             raise ModelLoadError(
@@ -462,6 +468,40 @@ def _size(nbytes: float) -> str:
     return f"{nbytes:.1f} GiB"
 
 
+#: What a model quantized by torch (``torch.ao.quantization.quantize_dynamic``) holds instead of
+#: float weights; said where such a file is refused.
+_QUANTIZED_ADVICE = (
+    "birnn-export converts float nn.LSTM/GRU/RNN weights: export the float model (its "
+    "state_dict before quantize_dynamic) and pass --quantize int8 for ONNX Runtime's int8 "
+    "graph, verified against the float model"
+)
+
+
+def _refuse_quantized(obj: Any, path: Path) -> None:
+    """Refuse a model quantized by torch: its layers hold packed int8 parameters (TorchScript
+    objects), which neither convert nor trace to ONNX."""
+    if isinstance(obj, nn.Module):
+        for name, module in obj.named_modules():
+            kind = type(module)
+            if kind.__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")):
+                where = repr(name) if name else "the model"
+                raise ModelLoadError(
+                    f"{path}: {where} is a quantized {kind.__name__} ({kind.__module__}), "
+                    f"holding packed int8 weights; {_QUANTIZED_ADVICE}"
+                )
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            packed = isinstance(value, torch.ScriptObject)
+            if packed or (isinstance(value, Tensor) and value.is_quantized):
+                what = "packed int8 parameters" if packed else f"a {value.dtype} tensor"
+                raise ModelLoadError(
+                    f"{path}: {key} holds {what}, as a model quantized by torch saves them; "
+                    f"{_QUANTIZED_ADVICE}"
+                )
+            if isinstance(value, Mapping):
+                _refuse_quantized(value, path)
+
+
 def _check_tensors(obj: Any, path: Path, file_size: int) -> None:
     """Refuse what cannot be a model's weights, before anything is built from them: nested,
     sparse or complex tensors, and views that would take far more memory than the file holds
@@ -498,7 +538,8 @@ def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, 
         yield prefix or "a tensor", obj
     elif isinstance(obj, nn.Module):
         for key, value in obj.state_dict(keep_vars=True).items():
-            yield f"{prefix}{key}", value
+            if isinstance(value, Tensor):  # a quantized layer keeps packed params and dtypes too
+                yield f"{prefix}{key}", value
     elif isinstance(obj, Mapping):
         for key, value in obj.items():
             yield from _tensors(
@@ -514,13 +555,17 @@ def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, 
 def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:
     logger.info("%s: unpickling with weights_only=False (trust_pickle): this runs its code", path)
     try:
-        with memory_limit(load_budget(len(data))):
+        with memory_limit(load_budget(len(data))), warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")  # torch's deprecations, said while unpickling
             obj = torch.load(
                 io.BytesIO(data),
                 map_location="cpu",
                 weights_only=False,
                 pickle_module=_main_from(model_class, path),
             )
+        for warning in said:
+            logger.debug("%s: unpickling warned: %s", path, warning.message)
+        _refuse_quantized(obj, path)
         _check_tensors(obj, path, len(data))
         return obj
     except ModelLoadError:

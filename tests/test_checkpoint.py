@@ -686,6 +686,32 @@ def test_whole_pickled_module_needs_trust(tmp_path, user_models):
     assert not loaded.original.training
 
 
+def test_a_model_quantized_by_torch_is_refused_with_the_float_route(tmp_path, user_models):
+    """quantize_dynamic keeps packed int8 weights (TorchScript objects) in place of nn.LSTM's:
+    the pickled module, its state_dict, and that state_dict unpickled with trust are each
+    refused in one line that says to export the float model with --quantize int8."""
+    import warnings
+
+    torch.manual_seed(12)
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = torch.ao.quantization.quantize_dynamic(
+            user_models.AttentionClassifier(**kwargs).eval(), {nn.LSTM, nn.Linear}, torch.qint8
+        )
+    whole, state = _save(model, tmp_path / "q.pt"), _save(model.state_dict(), tmp_path / "sd.pt")
+    user_class = {"model_class": f"{USER_MODULE}:AttentionClassifier", "model_kwargs": kwargs}
+    for path, options, said in [
+        (whole, {"trust_pickle": True}, "'encoder' is a quantized LSTM"),
+        (state, user_class, "holds TorchScript objects"),
+        (state, {"trust_pickle": True, **user_class}, "encoder._all_weight_values.0.param"),
+    ]:
+        with pytest.raises(ModelLoadError, match="--quantize int8") as info:
+            load_model(path, **options)
+        assert said in str(info.value)
+        _one_line_error(info)
+
+
 def test_a_module_pickled_by_the_training_script_loads_with_its_class_named(
     tmp_path, user_models, monkeypatch
 ):
