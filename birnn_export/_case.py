@@ -139,7 +139,8 @@ def run_case(
     outputs = compare_outputs(
         spec, actual, expected, lengths, criteria, eager=eager, derived_lengths=derived_lengths
     )
-    outputs += _shape_checks(spec, case, actual)
+    rows = lengths if lengths is not None else derived_lengths
+    outputs += _shape_checks(spec, case, actual, rows)
     layer_checks: list[Check] = []
     if check_layers and layers.ready:
         criterion = next(iter(criteria.values()))
@@ -256,11 +257,10 @@ def _diagnose(
 
 
 def _data_dependent(dim: int | str | None) -> bool:
-    """A dim the model computes from the lengths at run time: ``longest(seq)``, or one the
-    exporter left unnamed (``u0``)."""
-    return isinstance(dim, str) and (
-        dim.startswith("longest(") or re.fullmatch(r"u\d+", dim) is not None
-    )
+    """A dim the model computes from the lengths at run time: ``longest(seq)``, one the
+    exporter left unnamed (``u0``), or one derived from either (``((u2 + 1)//2)``: the longest
+    row subsampled)."""
+    return isinstance(dim, str) and ("longest(" in dim or re.search(r"\bu\d+\b", dim) is not None)
 
 
 def _others(spec: GraphSpec, case: Case) -> str:
@@ -271,10 +271,14 @@ def _others(spec: GraphSpec, case: Case) -> str:
     return " ".join(f"{name}={sizes[name]}" for name in shown)
 
 
-def _shape_checks(spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray]) -> list[Check]:
+def _shape_checks(
+    spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray], rows: np.ndarray | None
+) -> list[Check]:
     """Output dims derived from the input dims (``(width//4)``) against the relation recorded in
-    the spec, at this case's sizes: only the ones that disagree."""
+    the spec, and a dim named ``longest(time)`` against the case's longest row (``rows``, its
+    lengths), at this case's sizes: only the ones that disagree."""
     sizes = case.sizes(spec)
+    longest = f"longest({spec.time_dim})"
     checks = []
     for tensor in spec.outputs:
         value = actual.get(tensor.name)
@@ -283,13 +287,16 @@ def _shape_checks(spec: GraphSpec, case: Case, actual: Mapping[str, np.ndarray])
         for axis, dim in enumerate(tensor.dims):
             if not isinstance(dim, str) or dim in sizes:
                 continue
-            want = dim_size(dim, sizes, unknown=-1)
+            if dim == longest:
+                want = int(np.clip(rows, 1, case.seq).max()) if rows is not None else -1
+                where = "the case's longest row"
+            else:
+                want = dim_size(dim, sizes, unknown=-1)
+                where = f"{spec.time_dim}={case.seq}"
             if want >= 0 and np.shape(value)[axis] != want:
                 inf = math.inf
-                note = (
-                    f"dim {axis} is {np.shape(value)[axis]}, the graph's relation {dim!r} gives "
-                    f"{want} at {spec.time_dim}={case.seq}"
-                )
+                size = np.shape(value)[axis]
+                note = f"dim {axis} is {size}; the graph names it {dim!r}: {want} at {where}"
                 checks.append(
                     Check(tensor.name, tensor.role, "shape", inf, inf, inf, False, note=note)
                 )

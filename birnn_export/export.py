@@ -972,27 +972,29 @@ def _name_longest_dims(
     when the model cut its padded output to the longest row: ``longest(time)``, a dim derived
     from the time dim (its valid steps are the lengths the recurrent layers saw).
 
-    With two sequences (each with lengths or a mask) a cut may be either's: an output's such
-    dim is told by its size on the example (``shapes``, the model's outputs) against each
-    sequence's longest row there (``longest``). Dims it does not tell keep the exporter's name
-    (one name for two sizes would be wrong), as do all where two sequences' longest rows are
-    equally long."""
+    An output's such dim is told by its size on the example (``shapes``, the model's outputs)
+    against each sequence's longest row there (``longest``): a dim of another size (the
+    longest row subsampled, ``ys[:, ::2]`` between layers, is a dim of its own) and a dim
+    where two sequences' longest rows are equally long keep the exporter's name (one name for
+    two sizes would be wrong: engines plan buffers by it). A model that finds its lengths
+    itself (no lengths input or mask) names one such dim, where its outputs hold one."""
     graph = proto.graph
+    sizes = list(longest.values())
+    by_size = {n: d for d, n in longest.items() if sizes.count(n) == 1}
     names: dict[str, str] = {}
-    if len(longest) <= 1:
-        whole = f"longest({planned.time_dim})"
-    else:
-        sizes = list(longest.values())
-        by_size = {n: d for d, n in longest.items() if sizes.count(n) == 1}
-        whole = None
-        for value, shape in zip(graph.output, shapes, strict=False):
-            for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=False):
-                if re.fullmatch(r"u\d+", dim.dim_param) and size in by_size:
+    symbols = set()
+    for value, shape in zip(graph.output, shapes, strict=False):
+        for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=False):
+            if re.fullmatch(r"u\d+", dim.dim_param):
+                symbols.add(dim.dim_param)
+                if size in by_size:
                     names.setdefault(dim.dim_param, f"longest({by_size[size]})")
+    if not longest and len(symbols) == 1:
+        names[symbols.pop()] = f"longest({planned.time_dim})"
     for value in (*graph.input, *graph.output, *graph.value_info):
         for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and re.fullmatch(r"u\d+", dim.dim_param):
-                dim.dim_param = whole or names.get(dim.dim_param, dim.dim_param)
+            if dim.HasField("dim_param") and dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
 
 
 @contextlib.contextmanager

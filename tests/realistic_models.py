@@ -576,3 +576,29 @@ class DualPathBiLSTM(nn.Module):
         between = self.inter_out(self.inter(across)[0]).reshape(batch, k, s, features)
         h = h + between.permute(0, 3, 2, 1)
         return h.reshape(batch, features, s * k)[..., :steps]
+
+
+class SubsamplingBLSTMP(nn.Module):
+    """ESPnet's BLSTMP encoder (``RNNP``): each layer packs its input, pads it back to the
+    longest row, keeps every second frame (``ys_pad[:, ::2]``, lengths ``(l + 1) // 2``) and
+    projects it; returns the features and their lengths."""
+
+    def __init__(
+        self, features: int = 6, hidden: int = 5, subsample: tuple[int, ...] = (2, 2, 1)
+    ) -> None:
+        super().__init__()
+        self.rnns = nn.ModuleList(
+            nn.LSTM(features if i == 0 else hidden, hidden, batch_first=True, bidirectional=True)
+            for i in range(len(subsample))
+        )
+        self.projections = nn.ModuleList(nn.Linear(2 * hidden, hidden) for _ in subsample)
+        self.subsample = subsample  # after each layer (ESPnet's subsample[1:])
+
+    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor):
+        for rnn, projection, sub in zip(self.rnns, self.projections, self.subsample, strict=True):
+            packed = pack_padded_sequence(xs_pad, ilens, batch_first=True, enforce_sorted=False)
+            ys_pad, ilens = pad_packed_sequence(rnn(packed)[0], batch_first=True)
+            if sub > 1:
+                ys_pad, ilens = ys_pad[:, ::sub], (ilens + 1) // sub
+            xs_pad = torch.tanh(projection(ys_pad))
+        return xs_pad, ilens

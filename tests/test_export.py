@@ -32,7 +32,7 @@ from birnn_export.seed import (
     ManualBidirectionalRNN,
     ManualBidirectionalRNNVariableLength,
 )
-from birnn_export.spec import GraphSpec, make_feed
+from birnn_export.spec import METADATA_KEY, GraphSpec, make_feed
 from birnn_export.verification import verify
 from tests.defects import plant_missing_sequence_lens, plant_whole_flip
 from tests.realistic_models import (
@@ -54,6 +54,7 @@ from tests.realistic_models import (
     SentencePairMatcher,
     SiamesePair,
     SortedCharTagger,
+    SubsamplingBLSTMP,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -982,6 +983,47 @@ def test_a_conv_and_max_pool_front_end_keeps_its_length_dynamic_and_matches_torc
         with torch.no_grad():
             want = reference(torch.from_numpy(x).double()).numpy()
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("subsample", [(2, 2, 1), (1, 2, 2)])
+def test_a_subsampled_longest_row_keeps_a_name_of_its_own(tmp_path, capfd, subsample):
+    """ESPnet's BLSTMP keeps every second frame between layers (ys_pad[:, ::2]): its output's
+    time dim is the longest row subsampled twice, not the longest row. All the exporter's
+    data-dependent dims were named longest(seq): the declared output shape was wrong, and ONNX
+    Runtime, which plans buffers by dim names, warned of mismatched shapes at every run. Where
+    the last layer subsamples, the output's dim is derived from one ((u2 + 1)//2), which the
+    check of each row alone took for a fixed dim (a failed verification of a right graph)."""
+    torch.manual_seed(0)
+    model = SubsamplingBLSTMP(subsample=subsample).eval()
+    result = export_onnx(model, tmp_path / "blstmp.onnx")
+    assert result.verification.passed, result.verification.summary()
+    out_dims = result.spec.outputs[0].dims
+    assert out_dims[0] == "batch" and out_dims[1] != "longest(seq)", out_dims
+    options = ort.SessionOptions()
+    options.log_severity_level = 1  # warnings too
+    session = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    capfd.readouterr()
+    lengths = np.array([37, 1, 20], dtype=np.int64)
+    feed = {"xs_pad": np.random.default_rng(0).normal(size=(3, 37, 6)).astype(np.float32)}
+    got = session.run(None, {**feed, "ilens": lengths})
+    assert "re-use buffer" not in capfd.readouterr().err
+    with torch.no_grad():
+        want = model(torch.from_numpy(feed["xs_pad"]), torch.from_numpy(lengths))
+    assert got[0].shape == tuple(want[0].shape) == (3, 10, 5)
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+
+    # a graph that names that dim longest(seq) fails verification on its shape
+    proto = onnx.load(result.path)
+    props = {p.key: p for p in proto.metadata_props}
+    spec = json.loads(props[METADATA_KEY].value)
+    spec["outputs"][0]["dims"][1] = "longest(seq)"
+    props[METADATA_KEY].value = json.dumps(spec)
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "longest(seq)"
+    onnx.save(proto, tmp_path / "mislabelled.onnx")
+    report = verify(tmp_path / "mislabelled.onnx", model)
+    assert not report.passed
+    shape = [o for c in report.cases for o in c.outputs if o.check == "shape"]
+    assert shape and "the graph names it 'longest(seq)'" in shape[0].note, report.summary()
 
 
 @pytest.mark.parametrize(
