@@ -74,6 +74,7 @@ from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
     MASK_ROLES,
+    RELATIVE_LENGTHS,
     GraphSpec,
     InputDecl,
     check_range,
@@ -664,6 +665,10 @@ def _nested_hint(planned: PlannedInputs) -> str:
 _SIZE_ERROR = re.compile(r"size|length|greater than|positive|empty|zero", re.IGNORECASE)
 
 
+#: Names of lengths inputs that may be relative to the padded length (SpeechBrain's).
+_RELATIVE_NAME = re.compile(r"^wav_lens$|rel(ative)?_len")
+
+
 def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "") -> str:
     """How to declare the inputs: the declarations the example was made from, to edit; the
     mask's sense where the graph takes a mask (the likeliest thing to have been guessed wrong);
@@ -685,6 +690,12 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "")
                 "(another dtype likewise)"
             )
     hint += _nested_hint(planned)
+    for decl, role in zip(planned.decls, planned.roles, strict=True):
+        if role == "lengths" and _RELATIVE_NAME.search(decl.name):
+            hint += (
+                f"; if {decl.name!r} holds lengths relative to the padded length (fractions, "
+                f"as SpeechBrain's), {RELATIVE_LENGTHS}"
+            )
     for decl, role in zip(planned.decls, planned.roles, strict=True):
         if role == "tokens" and decl.dims == (planned.batch_dim,) and param_role(decl.name):
             hint += (

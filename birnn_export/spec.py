@@ -494,6 +494,16 @@ class Tolerance:
     rel_l2: float | None = None
 
 
+#: What to do about lengths relative to the padded length (SpeechBrain's ``wav_lens``).
+RELATIVE_LENGTHS = (
+    "export a subclass whose forward takes them absolute, e.g. def forward(self, x, lengths): "
+    "return super().forward(x, (lengths + 0.25) / x.shape[1]) (not lengths / x.shape[1]: the "
+    "model multiplies the fraction back by the padded length in float and packing truncates "
+    "it, so a length of 3 at 37 steps becomes 2; truncating and rounding both read "
+    "(L + 0.25) / T * T as L)"
+)
+
+
 def default_tolerance(dtype: str, engine: str, *, device: str = "cpu") -> Tolerance:
     """The named defaults of NOTES section 6, by output dtype and engine.
 
@@ -822,8 +832,7 @@ class InputDecl:
         ):
             relative = (
                 "; lengths relative to the padded length (fractions, as SpeechBrain's wav_lens) "
-                "are not graph inputs: export a subclass whose forward takes them absolute, e.g. "
-                "def forward(self, x, lengths): return super().forward(x, lengths / x.shape[1])"
+                f"are not graph inputs: {RELATIVE_LENGTHS}"
                 if dtype.startswith("float")
                 else ""
             )

@@ -602,3 +602,24 @@ class SubsamplingBLSTMP(nn.Module):
                 ys_pad, ilens = ys_pad[:, ::sub], (ilens + 1) // sub
             xs_pad = torch.tanh(projection(ys_pad))
         return xs_pad, ilens
+
+
+class RelativeLengthsLSTM(nn.Module):
+    """SpeechBrain's ``nnet.RNN.LSTM`` on features: ``wav_lens`` are fractions of the padded
+    length, multiplied back by it inside (in float) and truncated by packing."""
+
+    def __init__(self, features: int = 6, hidden: int = 5) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(features, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        lengths = wav_lens * x.size(1)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.size(1))[0]
+
+
+class AbsoluteLengthsLSTM(RelativeLengthsLSTM):
+    """What birnn-export advises for relative lengths: a subclass taking absolute ones."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, (lengths + 0.25) / x.shape[1])

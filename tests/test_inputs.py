@@ -16,10 +16,11 @@ from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import CRNN, CRNNConfig, SpeechConfig, SpeechCTC
 from birnn_export.modules import BiRNN
 from birnn_export.pipeline import export_onnx
+from birnn_export.runners import OrtRunner
 from birnn_export.spec import GraphSpec, InputDecl, make_feed
 from birnn_export.trt_plan import derive_profile
 from birnn_export.verification import verify
-from tests.realistic_models import TutorialEncoder
+from tests.realistic_models import AbsoluteLengthsLSTM, RelativeLengthsLSTM, TutorialEncoder
 
 SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:lengths(time)"]
 
@@ -1257,3 +1258,31 @@ def test_the_shortest_row_hint_is_only_for_errors_about_sizes(tmp_path) -> None:
     with pytest.raises(ExportError, match="not enough values to unpack") as caught:
         export_onnx(Spelled().eval(), tmp_path / "s.onnx")
     assert "one row had 1 step" not in str(caught.value)
+
+
+def test_relative_lengths_are_told_the_subclass_that_keeps_every_step(tmp_path) -> None:
+    """SpeechBrain's wav_lens (fractions of the padded length) were inferred as lengths and
+    the failure said nothing of them; the advice it gave elsewhere (lengths / x.shape[1]) made
+    a model that truncates 3 / 37 * 37 to 2 steps. The subclass advised now runs every row
+    over its own length: the graph matches torch's LSTM on a PackedSequence of the lengths."""
+    model = RelativeLengthsLSTM().eval()
+    with pytest.raises(ExportError, match="if 'wav_lens' holds lengths relative") as caught:
+        export_onnx(model, tmp_path / "relative.onnx")
+    assert "(lengths + 0.25) / x.shape[1]" in str(caught.value)
+    assert not (tmp_path / "relative.onnx").exists()
+
+    torch.manual_seed(0)
+    absolute = AbsoluteLengthsLSTM().eval()
+    result = export_onnx(absolute, tmp_path / "absolute.onnx")
+    assert result.verification.passed, result.verification.summary()
+    x = np.random.default_rng(0).normal(size=(3, 37, 6)).astype(np.float32)
+    lengths = np.array([37, 3, 1], dtype=np.int64)
+    with OrtRunner(result.path) as runner:
+        got = runner.infer({"x": x, "lengths": lengths})["output"]
+    reference = absolute.rnn.double()
+    packed = pack_padded_sequence(
+        torch.from_numpy(x).double(), torch.from_numpy(lengths), True, enforce_sorted=False
+    )
+    with torch.no_grad():
+        want = pad_packed_sequence(reference(packed)[0], batch_first=True, total_length=37)[0]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
