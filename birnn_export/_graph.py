@@ -215,14 +215,21 @@ def set_metadata(proto: Any, spec: GraphSpec) -> None:
     proto.producer_version = __version__
 
 
-def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) -> list[str]:
+def check_graph(
+    model: Any,
+    spec: GraphSpec,
+    *,
+    ignore: Collection[int] = (),
+    fixed_at: Mapping[int, str] | None = None,
+) -> list[str]:
     """Structural problems of an exported graph (empty when it is sound).
 
     Full ``onnx.checker``, strict shape inference, recurrent nodes present and never a ``Loop``
     or ``Scan`` (but a CRF's two Viterbi Scans, :mod:`birnn_export.crf`), symbolic batch/seq on
     inputs and outputs, and the example batch and length
     nowhere as a static dim or in the constant inputs of shape-making ops. Sizes in ``ignore``
-    (those the model itself has) are not searched for: they cannot be told apart.
+    (those the model itself has) are not searched for: they cannot be told apart. ``fixed_at``
+    says where the model's code fixed a size (``{7: " at model.py:12 (len(x))"}``).
 
     ``model`` is an ``onnx.ModelProto`` or, for models over 2 GB, the path of the saved file.
     """
@@ -260,6 +267,7 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
     if expected_layers and not (ops["LSTM"] or ops["GRU"] or ops["RNN"]):
         problems.append("no LSTM/GRU/RNN node in the graph although the model has recurrent layers")
     inputs = {t.name for t in spec.inputs}
+    told: set[str] = set()  # the lines that fixed a size, once said
     for tensor, info in _io_pairs(inferred, spec):
         dims = dims_of(info)
         for axis in (tensor.batch_axis, tensor.time_axis):
@@ -269,7 +277,19 @@ def check_graph(model: Any, spec: GraphSpec, *, ignore: Collection[int] = ()) ->
                     f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
                     f"graph declares {found}"
                 )
-                if tensor.name in inputs and isinstance(found, int) and axis == tensor.time_axis:
+                where = (fixed_at or {}).get(found, "") if isinstance(found, int) else ""
+                if tensor.name in inputs and where in told:
+                    problem += f": fixed to {found} at the same line"
+                elif tensor.name in inputs and where:  # the model's own line: what to change
+                    told.add(where)
+                    problem += (
+                        f": the model fixes it to the example's {found}{where}: a size made a "
+                        "Python number (len(x), int(x.shape[0]), range(x.size(1))) is frozen "
+                        "in the graph; use the tensor's size as it is (x.size(0), x.shape[0]), "
+                        f"or, if that dim never varies, declare it as the number {found} "
+                        "(--input / inputs=[...])"
+                    )
+                elif tensor.name in inputs and isinstance(found, int) and axis == tensor.time_axis:
                     problem += (  # a branch on short inputs fixes it too: the likelier cause
                         f": the model cannot vary it (it fixes it to {found}, the example's): "
                         "if it takes short inputs another way (a branch on the length: chunks, "
@@ -346,16 +366,22 @@ def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
 
 
 def raise_for_problems(
-    model: Any, spec: GraphSpec, ignore: Collection[int], crfs: Sequence[str] = ()
+    model: Any,
+    spec: GraphSpec,
+    ignore: Collection[int],
+    crfs: Sequence[str] = (),
+    fixed_at: Mapping[int, str] | None = None,
 ) -> None:
-    problems = check_graph(model, spec, ignore=ignore)
+    problems = check_graph(model, spec, ignore=ignore, fixed_at=fixed_at)
     if problems and crfs:  # a hand-written Viterbi froze the length: that is the cause
         raise ExportError(
             f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {problems[0]})"
         )
     if problems:
         shown = problems[:3] + ([f"(+{len(problems) - 3} more)"] if len(problems) > 3 else [])
-        frozen = any("baked into its" in p for p in problems)
+        frozen = any("baked into its" in p for p in problems) and not any(
+            "a size made a Python number" in p for p in problems
+        )
         raise ExportError(
             "exported graph failed its checks: "
             + "; ".join(shown)

@@ -121,6 +121,8 @@ class TracedGraph:
     #: graph over 2 GB, made on the saved file, need.
     sizes: frozenset[int]
     crfs: tuple[Any, ...]
+    #: Where the model's code fixed a size to the example's number (:func:`_fixed_sizes`).
+    fixed_at: Mapping[int, str]
     #: Over protobuf's 2 GB limit: the weights go to an external data file (measured once:
     #: ``ByteSize`` walks the whole proto).
     large: bool
@@ -131,7 +133,7 @@ class TracedGraph:
         files in place (:func:`birnn_export.export_onnx` saves into a staging folder)."""
         save_onnx(self.proto, path, external=self.large)
         if self.large:
-            raise_for_problems(path, self.spec, set(self.sizes), list(self.crfs))
+            raise_for_problems(path, self.spec, set(self.sizes), list(self.crfs), self.fixed_at)
 
 
 def trace_graph(
@@ -282,7 +284,7 @@ def trace_graph(
 
     # scan and packed: the fused graph, then its nodes rewritten
     emitted = "fused" if layout in ("scan", "packed") else layout
-    proto, cut = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    proto, cut, fixed_at = _trace(traced, trace_inputs, planned, outs, opset, emitted)
     if cut:  # the model cut a padded output to its longest row
         longest = _longest_rows(planned, trace_inputs)
         _name_longest_dims(proto, planned, longest, [tuple(t.shape) for t in eager_out])
@@ -323,12 +325,13 @@ def trace_graph(
         inputs=planned.how,
         sizes=frozenset(sizes),
         crfs=tuple(hand_written_crfs(converted)),
+        fixed_at=fixed_at,
         large=proto.ByteSize() > EXTERNAL_DATA_THRESHOLD,
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.
     if not graph.large:
         try:
-            raise_for_problems(proto, spec, graph.sizes, graph.crfs)
+            raise_for_problems(proto, spec, graph.sizes, graph.crfs, fixed_at)
         except ExportError as exc:  # a length baked in by a cell loop: say what to do
             raise ExportError(_cell_loop(traced, trace_inputs) or str(exc)) from None
     return graph
@@ -720,8 +723,9 @@ def _trace(
     outs: list[str],
     opset: int,
     layout: str,
-) -> tuple[Any, bool]:
-    """The exported graph, and whether the model cut a padded output to its longest row."""
+) -> tuple[Any, bool, dict[int, str]]:
+    """The exported graph, whether the model cut a padded output to its longest row, and where
+    its code fixed a size to the example's number (:func:`_fixed_sizes`)."""
     try:
         with (
             _onnx_settings(model, layout),
@@ -730,6 +734,7 @@ def _trace(
             _nested_tensor_zeros(model),
             _pooling_over_two_dims(),
             _quiet_exporter(),
+            _fixed_sizes() as fixed,
         ):
             program = torch.onnx.export(
                 model,
@@ -747,7 +752,7 @@ def _trace(
             raise KeyboardInterrupt from None
         raise ExportError(_explain_trace_failure(model, exc, planned, inputs)) from None
     _refuse_narrowed_dims(program, planned)
-    return program.model_proto, any(cuts)
+    return program.model_proto, any(cuts), fixed
 
 
 def _refuse_narrowed_dims(program: Any, planned: PlannedInputs) -> None:
@@ -1006,6 +1011,47 @@ def _name_longest_dims(
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
+
+
+#: A guard torch.export adds where code fixes a symbolic size to the example's number.
+_FIXING_GUARD = re.compile(r"^Eq\((?:s\d+, (\d+)|(\d+), s\d+)\)$")
+
+
+@contextlib.contextmanager
+def _fixed_sizes() -> Iterator[dict[int, str]]:
+    """Where the trace fixed a symbolic size to the example's number in the model's own code
+    (``len(x)``, ``int(x.shape[0])``, ``range(x.size(1))``): ``{number: " at FILE:LINE
+    (code)"}``, the first place for each number, from the guards torch.export's shape
+    environment logs as it adds them (its logger is quiet otherwise)."""
+    found: dict[int, str] = {}
+    ours = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
+
+    class Guards(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "[guard added]" not in str(record.msg) or len(record.args or ()) < 3:
+                return
+            match = _FIXING_GUARD.match(str(record.args[1]))
+            where = getattr(record.args[2], "maybe_user_loc", None) or getattr(
+                record.args[2], "framework_loc", None
+            )
+            if match and hasattr(where, "filename") and not where.filename.startswith(ours):
+                code = (where.line or "").strip()[:80]
+                found.setdefault(
+                    int(match[1] or match[2]),
+                    f" at {os.path.basename(where.filename)}:{where.lineno} ({code})",
+                )
+
+    shapes = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    handler, level, propagate = Guards(), shapes.level, shapes.propagate
+    shapes.addHandler(handler)
+    shapes.setLevel(logging.INFO)
+    shapes.propagate = False
+    try:
+        yield found
+    finally:
+        shapes.removeHandler(handler)
+        shapes.setLevel(level)
+        shapes.propagate = propagate
 
 
 @contextlib.contextmanager

@@ -985,6 +985,44 @@ def test_a_conv_and_max_pool_front_end_keeps_its_length_dynamic_and_matches_torc
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+class _SortsByLength(nn.Module):
+    """AllenNLP's sort_batch_by_length: the restoring index over the batch, made with len()."""
+
+    def __init__(self, by_size: bool = False) -> None:
+        super().__init__()
+        self.by_size = by_size
+        self.embedding = nn.Embedding(30, 6)
+        self.rnn = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, tokens, lengths):
+        rows = tokens.size(0) if self.by_size else len(lengths)
+        index_range = torch.arange(0, rows)
+        _, order = lengths.sort(descending=True)
+        restore = torch.empty_like(order).scatter_(0, order, index_range)
+        packed = pack_padded_sequence(self.embedding(tokens[order]), lengths[order], True)
+        out = pad_packed_sequence(self.rnn(packed)[0], True, total_length=tokens.size(1))[0]
+        return out[restore]
+
+
+def test_a_size_fixed_by_len_is_told_with_the_line_that_fixed_it(tmp_path):
+    """len(lengths) in AllenNLP's sort_batch_by_length fixes the batch at the example's: the
+    refusal named no line and advised declaring the batch as the number 7. It now names the
+    line torch.export added its guard at, and tensor.size(0) there exports and matches."""
+    torch.manual_seed(0)
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_SortsByLength().eval(), tmp_path / "sorted.onnx")
+    message = str(caught.value)
+    with open(__file__) as handle:
+        source = handle.read().splitlines()
+    line = next(n for n, text in enumerate(source, 1) if "else len(lengths)" in text)
+    assert f"the model fixes it to the example's 7 at test_export.py:{line}" in message, message
+    assert "use the tensor's size as it is (x.size(0)" in message
+    assert message.count("a size made a Python number") == 1 and "at the same line" in message
+    model = _SortsByLength(by_size=True).eval()
+    result = export_onnx(model, tmp_path / "sorted.onnx")
+    assert result.verification.passed, result.verification.summary()
+
+
 @pytest.mark.parametrize("subsample", [(2, 2, 1), (1, 2, 2)])
 def test_a_subsampled_longest_row_keeps_a_name_of_its_own(tmp_path, capfd, subsample):
     """ESPnet's BLSTMP keeps every second frame between layers (ys_pad[:, ::2]): its output's
