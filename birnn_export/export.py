@@ -1042,14 +1042,14 @@ def _fixed_sizes() -> Iterator[dict[int, str]]:
                 )
 
     shapes = logging.getLogger("torch.fx.experimental.symbolic_shapes")
-    handler, level, propagate = Guards(), shapes.level, shapes.propagate
-    shapes.addHandler(handler)
+    handlers, level, propagate = shapes.handlers[:], shapes.level, shapes.propagate
+    shapes.handlers[:] = [Guards()]  # torch's own would print them (TORCH_LOGS=dynamic)
     shapes.setLevel(logging.INFO)
     shapes.propagate = False
     try:
         yield found
     finally:
-        shapes.removeHandler(handler)
+        shapes.handlers[:] = handlers
         shapes.setLevel(level)
         shapes.propagate = propagate
 
@@ -1150,6 +1150,9 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
     return ""
 
 
+#: torch.export's guard on a run-time size (pad_packed_sequence's longest row, ``u0``) against
+#: an input's (``s1``): ``Eq(u0, s1)``, as ``assert out.size(0) == seqlen`` makes.
+_LONGEST_VS_PADDED = re.compile(r"\b(?:Eq|Ne)\((?:u\d+, s\d+|s\d+, u\d+)\)")
 _CONSTANT_DIM = re.compile(r"(\w+) was inferred to be a constant \((\d+)\)")
 _GUARD = re.compile(r"Not all values of (\w+) .*? satisfy the generated guard (.+?)\.?$", re.M)
 _SPECIALIZED = re.compile(
@@ -1178,6 +1181,13 @@ def _explain_trace_failure(
             "a pack_padded_sequence birnn-export could not swap for its traceable one (it "
             "reaches the modules of the model's classes and of the functions they import): "
             "call it from there, or call the layer as out, h = self.rnn(x, lengths)"
+        )
+    if any(_LONGEST_VS_PADDED.search(str(c)) for c in causes) and _packs_sequences(model):
+        return (
+            f"{type(model).__name__}.forward compares the length of pad_packed_sequence's "
+            f"output with the input's padded length{_user_line(model, causes)}: without "
+            "total_length that output is as long as the longest row, a length known only at run "
+            "time; pass it the padded length, total_length=x.size(1) (x.size(0) time-major)"
         )
     if any("data-dependent" in str(c) for c in causes):
         return (

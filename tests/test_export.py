@@ -1023,6 +1023,40 @@ def test_a_size_fixed_by_len_is_told_with_the_line_that_fixed_it(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+class _ChecksPaddedLength(nn.Module):
+    """fairseq's LSTMEncoder: time-major, packs, pads back, asserts the padded length."""
+
+    def __init__(self, total_length: bool = False) -> None:
+        super().__init__()
+        self.total_length = total_length
+        self.embedding = nn.Embedding(30, 6)
+        self.rnn = nn.LSTM(6, 5, bidirectional=True)
+
+    def forward(self, src_tokens, src_lengths):
+        seqlen, bsz = src_tokens.size(1), src_tokens.size(0)
+        x = self.embedding(src_tokens).transpose(0, 1)
+        packed = pack_padded_sequence(x, src_lengths, enforce_sorted=False)
+        total = seqlen if self.total_length else None
+        x, _ = pad_packed_sequence(self.rnn(packed)[0], total_length=total)
+        assert list(x.size()) == [seqlen, bsz, 10]
+        return x
+
+
+def test_an_assert_on_the_padded_length_is_told_to_pass_total_length(tmp_path):
+    """fairseq asserts the output of pad_packed_sequence is as long as the input; without
+    total_length its length is the longest row's, known at run time only. The refusal blamed
+    a Python number of a tensor's value and advised passing the lengths tensor; it now says to
+    pass total_length, with which the model exports and matches."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_ChecksPaddedLength().eval(), tmp_path / "fairseq.onnx")
+    message = str(caught.value)
+    assert "compares the length of pad_packed_sequence's output" in message, message
+    assert "(assert list(x.size()) == [seqlen, bsz, 10])" in message
+    assert "total_length=x.size(1) (x.size(0) time-major)" in message
+    result = export_onnx(_ChecksPaddedLength(total_length=True).eval(), tmp_path / "ok.onnx")
+    assert result.verification.passed, result.verification.summary()
+
+
 @pytest.mark.parametrize("subsample", [(2, 2, 1), (1, 2, 2)])
 def test_a_subsampled_longest_row_keeps_a_name_of_its_own(tmp_path, capfd, subsample):
     """ESPnet's BLSTMP keeps every second frame between layers (ys_pad[:, ::2]): its output's
