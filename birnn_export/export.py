@@ -333,7 +333,12 @@ def trace_graph(
         try:
             raise_for_problems(proto, spec, graph.sizes, graph.crfs, fixed_at)
         except ExportError as exc:  # a length baked in by a cell loop: say what to do
-            raise ExportError(_cell_loop(traced, trace_inputs) or str(exc)) from None
+            message = _cell_loop(traced, trace_inputs) or str(exc)
+            if planned.how.startswith("inferred") and _INVALID_GRAPH.search(message):
+                # a model traced on inputs of another shape than it takes (squeeze(1) on
+                # [N, 1, T, F] given [N, T, F]) can make a graph ONNX cannot type
+                message += f"; its inputs were {planned.how}: {_declare_hint(planned)}"
+            raise ExportError(message) from None
     return graph
 
 
@@ -1150,6 +1155,8 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
     return ""
 
 
+#: Problems of a graph ONNX itself cannot type or check.
+_INVALID_GRAPH = re.compile(r"onnx\.checker:|strict shape inference:")
 #: torch.export's guard on a run-time size (pad_packed_sequence's longest row, ``u0``) against
 #: an input's (``s1``): ``Eq(u0, s1)``, as ``assert out.size(0) == seqlen`` makes.
 _LONGEST_VS_PADDED = re.compile(r"\b(?:Eq|Ne)\((?:u\d+, s\d+|s\d+, u\d+)\)")

@@ -1286,3 +1286,28 @@ def test_relative_lengths_are_told_the_subclass_that_keeps_every_step(tmp_path) 
     with torch.no_grad():
         want = pad_packed_sequence(reference(packed)[0], batch_first=True, total_length=37)[0]
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+class _SqueezesChannels(nn.Module):
+    """torchaudio's DeepSpeech: Linear layers on [N, 1, T, F], then squeeze(1) and a BiRNN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(20, 8)
+        self.rnn = nn.RNN(8, 6, bidirectional=True, nonlinearity="relu")
+
+    def forward(self, x):
+        return self.rnn(self.fc(x).squeeze(1).transpose(0, 1))[0]
+
+
+def test_a_graph_onnx_cannot_type_from_inferred_inputs_asks_for_declarations(tmp_path) -> None:
+    """Traced on the inferred [batch, seq, 20], squeeze(1) of an [N, 1, T, F] model made a
+    graph the ONNX checker rejects; the refusal quoted the checker alone. It now says the
+    inputs were inferred and how to declare them, and the declared model exports."""
+    with pytest.raises(ExportError, match=r"onnx\.checker") as caught:
+        export_onnx(_SqueezesChannels().eval(), tmp_path / "deepspeech.onnx")
+    assert "its inputs were inferred" in str(caught.value)
+    assert "--input 'x:float32[batch,seq,20]': edit those" in str(caught.value)
+    declared = ["x:float32[batch,1,time,20]"]
+    result = export_onnx(_SqueezesChannels().eval(), tmp_path / "ds.onnx", inputs=declared)
+    assert result.verification.passed, result.verification.summary()
