@@ -231,6 +231,20 @@ def is_tag_lists(value: Any) -> bool:
     )
 
 
+def flatten_returned(value: Any) -> list[Any]:
+    """What a model returned, as the graph's outputs in order: tuples, lists and dicts (in
+    their keys' order, as the exporter flattens them) opened, ``torchcrf``'s tag lists as
+    one padded tensor, and ``None`` left out (the exporter writes no output for it: ESPnet's
+    ``[None, states]``)."""
+    if is_tag_lists(value):
+        return [ragged_to_padded(value)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in flatten_returned(item)]
+    return [] if value is None else [value]
+
+
 def path_scores(emissions: Tensor, tags: Tensor, mask: Tensor, decoder: nn.Module) -> Tensor:
     """The score of each row's tag path (batch-first; positions with tag < 0 ignored), in
     float64: what Viterbi maximises, to tell a tie from a wrong path."""

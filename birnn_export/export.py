@@ -57,9 +57,8 @@ from birnn_export.crf import (
     HAND_WRITTEN_HINT,
     CRFDecoder,
     expand_viterbi,
+    flatten_returned,
     hand_written_crfs,
-    is_tag_lists,
-    ragged_to_padded,
 )
 from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import SequenceTagger
@@ -369,9 +368,10 @@ def _default_output_names(
 ) -> list[str]:
     keys = None
     if isinstance(returned, dict) and all(isinstance(k, str) and k for k in returned):
-        keys = list(returned)  # a dict of tensors: its keys
+        keys = [k for k, v in returned.items() if v is not None]  # a dict of tensors: its keys
     elif isinstance(returned, tuple) and hasattr(returned, "_fields"):
-        keys = list(returned._fields)  # a NamedTuple of tensors: its fields
+        fields = zip(returned._fields, returned, strict=True)  # a NamedTuple: its fields
+        keys = [k for k, v in fields if v is not None]
     if keys is not None and len(keys) == count:
         # a key that names an input too (a model returning its lengths): a name of its own
         taken = set(keys) | inputs
@@ -398,7 +398,7 @@ def _returned_shape(value: Any) -> str:
         return "{" + ", ".join(f"{k!r}: {_returned_shape(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_returned_shape(v) for v in value) + ")"
-    return "tensor"
+    return "None" if value is None else "tensor"
 
 
 def _copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -412,18 +412,14 @@ def _cast_floats(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _flatten(value: Any) -> list[Tensor]:
-    if is_tag_lists(value):  # torchcrf's decode, before conversion
-        return [ragged_to_padded(value)]
-    if isinstance(value, dict):  # in the keys' order, as the exporter flattens it
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        return [leaf for item in value for leaf in _flatten(item)]
-    if not isinstance(value, Tensor):
+    leaves = flatten_returned(value)
+    other = next((leaf for leaf in leaves if not isinstance(leaf, Tensor)), None)
+    if other is not None:
         raise ExportError(
-            f"the model returned a {type(value).__name__}; only tensors (in tuples, lists and "
+            f"the model returned a {type(other).__name__}; only tensors (in tuples, lists and "
             "dicts) export"
         )
-    return [value]
+    return leaves
 
 
 # -- tracing -----------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ class TorchRunner(BaseRunner):
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        from birnn_export.crf import flatten_returned
+
         args = []
         for name in self.input_names:
             tensor = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self.device)
@@ -144,7 +146,7 @@ class TorchRunner(BaseRunner):
             args.append(tensor)
         with torch.inference_mode(), self._packing:
             result = self._fn(*args)
-            flat = _flatten(result)
+            flat = flatten_returned(result)
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
         if len(flat) != len(self.output_names):
@@ -719,15 +721,3 @@ def warn_if_both_onnxruntimes() -> None:
             RuntimeWarning,
             stacklevel=2,
         )
-
-
-def _flatten(value: Any) -> list[Any]:
-    from birnn_export.crf import is_tag_lists, ragged_to_padded
-
-    if is_tag_lists(value):  # torchcrf's decode: ragged lists, padded as the graph pads them
-        return [ragged_to_padded(value)]
-    if isinstance(value, dict):  # in the keys' order, as the exporter flattens it
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        return [leaf for item in value for leaf in _flatten(item)]
-    return [value]

@@ -1023,6 +1023,38 @@ def test_a_size_fixed_by_len_is_told_with_the_line_that_fixed_it(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+class _ReturnsNone(nn.Module):
+    """ESPnet's encoders return their states as [None, states] (no state for a front end)."""
+
+    def __init__(self, as_dict: bool = False) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+        self.rnn = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, xs_pad, ilens):
+        packed = pack_padded_sequence(xs_pad, ilens, batch_first=True, enforce_sorted=False)
+        ys, (h, c) = self.rnn(packed)
+        ys = pad_packed_sequence(ys, batch_first=True, total_length=xs_pad.size(1))[0]
+        if self.as_dict:
+            return {"ys": ys, "previous": None, "h": h}
+        return ys, ilens, [None, (h, c)]
+
+
+@pytest.mark.parametrize(("as_dict", "names"), [(False, 4), (True, ["ys", "h"])])
+def test_a_none_among_the_returned_tensors_is_no_output(tmp_path, as_dict, names):
+    """A None among what forward returns was refused ("the model returned a NoneType"); the
+    exporter writes no output for it, and neither the graph's names nor verification count
+    it."""
+    torch.manual_seed(0)
+    model = _ReturnsNone(as_dict).eval()
+    result = export_onnx(model, tmp_path / "none.onnx")
+    assert result.verification.passed, result.verification.summary()
+    outputs = [o.name for o in result.spec.outputs]
+    assert outputs == (names if as_dict else [f"output_{i}" for i in range(names)])
+    report = verify(result.path, model, batch_sizes=(3,), seq_lens=(9,))
+    assert report.passed, report.summary()
+
+
 class _ChecksPaddedLength(nn.Module):
     """fairseq's LSTMEncoder: time-major, packs, pads back, asserts the padded length."""
 
