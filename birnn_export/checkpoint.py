@@ -674,7 +674,8 @@ def _build(
                 raise
             raise ModelLoadError(f"{exc}; {_kwargs_hint(obj)}") from None
         model, original = _from_module(user)
-        return model, original, f"{where} loaded into {model_class}", _config_of(user)
+        where = f"{where} loaded into {model_class}{_unapplied_note(obj, model_kwargs)}"
+        return model, original, where, _config_of(user)
     state, stripped = _strip_wrapper_prefix(state, None)
     if stripped:
         where += f" (prefix {stripped!r} removed)"
@@ -910,6 +911,19 @@ def _training_note(module: nn.Module) -> str:
     if not any(m.training for m in module.modules()):
         return ""
     return "; saved in training mode: exported and verified in eval mode (dropout off)"
+
+
+def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any]) -> str:
+    """A note where a checkpoint records ``hyper_parameters`` (Lightning) and the class was
+    built without any --model-kwargs: sizes the weights check, but dropout, a padding index or
+    a flag they do not show would be the class's defaults, not the checkpoint's."""
+    saved = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+    if model_kwargs or not isinstance(saved, Mapping) or not saved:
+        return ""
+    return (
+        f"; built with the class's defaults, not the checkpoint's hyper_parameters "
+        f"({_preview(list(map(str, saved)))}): pass them with --model-kwargs where they differ"
+    )
 
 
 def _kwargs_hint(obj: Any) -> str:

@@ -533,6 +533,23 @@ def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_pat
         )
 
 
+def test_hyper_parameters_not_applied_are_said(tmp_path, user_models):
+    """A Lightning checkpoint's hyper_parameters whose sizes happen to be the class defaults'
+    loaded silently with the defaults (its dropout, a flag the weights do not show, lost): the
+    load line says they were not applied, and says nothing once --model-kwargs are given."""
+    model = user_models.AttentionClassifier().eval()
+    lightning = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"dropout": 0.3, "hidden": 12},
+    }
+    path = _save(lightning, tmp_path / "last.ckpt")
+    cls = f"{USER_MODULE}:AttentionClassifier"
+    note = "built with the class's defaults, not the checkpoint's hyper_parameters"
+    assert f"{note} ([dropout, hidden])" in load_model(path, model_class=cls).source
+    given = load_model(path, model_class=cls, model_kwargs={"hidden": 12})
+    assert "hyper_parameters" not in given.source
+
+
 def test_weights_under_two_prefixes_or_beside_a_copy_are_not_guessed(tmp_path, user_models):
     kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
     cls = f"{USER_MODULE}:AttentionClassifier"
