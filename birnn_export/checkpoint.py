@@ -21,6 +21,7 @@ they hold (own checkpoints, state_dict layouts, user classes, trusted pickles).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import functools
@@ -364,7 +365,9 @@ def _deserialize(
         with warnings.catch_warnings(), memory_limit(budget):
             # Plain pickles trip a protocol warning before the real error; the error says it all.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            # fairseq's checkpoints keep their args as an argparse.Namespace: plain data
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         _check_tensors(obj, path, len(data))
         return obj
     except ModelLoadError:

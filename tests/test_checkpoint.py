@@ -533,6 +533,33 @@ def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_pat
         )
 
 
+def test_a_fairseq_checkpoint_with_its_argparse_namespace_loads_without_pickle(
+    tmp_path, user_models
+):
+    """fairseq (up to 0.10) saves its args as an argparse.Namespace beside the weights, which
+    torch.load(weights_only=True) refuses; it is plain data and is read as such (a class of
+    the user's beside it still is not)."""
+    import argparse
+
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    model = user_models.AttentionClassifier(**kwargs).eval()
+    checkpoint = {
+        "args": argparse.Namespace(arch="lstm", encoder_hidden_size=7, lr=[0.001]),
+        "model": model.state_dict(),
+        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "num_updates": 30}],
+        "extra_state": {"epoch": 3, "val_loss": 1.25},
+    }
+    path = _save(checkpoint, tmp_path / "checkpoint_best.pt")
+    loaded = load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier", model_kwargs=kwargs)
+    assert loaded.source.startswith("state_dict under key 'model' loaded into")
+    ids = torch.randint(0, 40, (3, 9), generator=_gen())
+    with torch.no_grad():
+        _close(loaded.model(ids), model(ids))
+    checkpoint["extra_state"] = {"meter": user_models.AttentionClassifier}
+    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+        load_model(_save(checkpoint, tmp_path / "other.pt"))
+
+
 def test_hyper_parameters_not_applied_are_said(tmp_path, user_models):
     """A Lightning checkpoint's hyper_parameters whose sizes happen to be the class defaults'
     loaded silently with the defaults (its dropout, a flag the weights do not show, lost): the
