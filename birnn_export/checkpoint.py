@@ -253,6 +253,7 @@ def load_model(
         time_major=time_major,
     )
     inputs, ranges = _declared(obj, path)
+    source += _precision_note(obj)
     model = model.float().eval()
     if original is not None:
         original = original.float().eval()
@@ -266,6 +267,19 @@ def load_model(
         sha256=hashlib.sha256(data).hexdigest(),
         inputs=inputs,
         ranges=ranges,
+    )
+
+
+def _precision_note(obj: Any) -> str:
+    """A note where the file's weights are all half precision: the model is loaded (and the
+    graph written) in float32 unless asked otherwise."""
+    kinds = {t.dtype for _, t in _tensors(obj) if t.is_floating_point()}
+    if not kinds or torch.float32 in kinds or torch.float64 in kinds:
+        return ""
+    names = "/".join(sorted(str(k).removeprefix("torch.") for k in kinds))
+    return (
+        f"; its weights are {names}: loaded in float32, the graph computes in float32 "
+        "(--dtype float16 writes a float16 one)"
     )
 
 

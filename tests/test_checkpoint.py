@@ -184,6 +184,16 @@ def test_half_precision_checkpoint_loads_as_float32(tmp_path):
     save_checkpoint(tagger.half(), path)
     loaded = load_model(path)
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert loaded.source.endswith(
+        "its weights are float16: loaded in float32, the graph "
+        "computes in float32 (--dtype float16 writes a float16 one)"
+    )
+    bf16 = _save(tagger.to(torch.bfloat16).state_dict(), tmp_path / "bf16.pt")
+    assert "its weights are bfloat16: loaded in float32" in load_model(bf16).source
+    assert (
+        "its weights are"
+        not in load_model(_save(tagger.float().state_dict(), tmp_path / "f.pt")).source
+    )
 
 
 # -- the seed article's classes ----------------------------------------------------------------
