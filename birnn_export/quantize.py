@@ -34,7 +34,15 @@ from birnn_export.errors import BiRNNExportError
 
 #: The quantization scheme recorded in a graph's spec.
 INT8 = "int8-dynamic"
-_QUANTIZED_OPS = ("DynamicQuantizeLSTM", "MatMulInteger", "ConvInteger", "QAttention")
+#: An Embedding's Gather reading a table stored int8 (weights only: no faster, smaller).
+_INT8_TABLE = "Gather (int8 table)"
+_QUANTIZED_OPS = (
+    "DynamicQuantizeLSTM",
+    "MatMulInteger",
+    "ConvInteger",
+    "QAttention",
+    _INT8_TABLE,
+)
 
 
 @dataclass(frozen=True)
@@ -48,9 +56,12 @@ class QuantizeReport:
     def summary(self) -> str:
         done = ", ".join(f"{op} x{n}" for op, n in self.quantized.items()) or "nothing"
         left = ", ".join(f"{op} x{n}" for op, n in self.left_float.items())
-        return f"int8: {done}" + (
+        text = f"int8: {done}" + (
             f"; float32 (no int8 kernel in ONNX Runtime): {left}" if left else ""
         )
+        if "DynamicQuantizeLSTM" not in self.quantized and {"GRU", "RNN"} & set(self.left_float):
+            text += "; its recurrent layers stay float32, so expect no speed-up over float32"
+        return text
 
 
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> QuantizeReport:
@@ -116,6 +127,11 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         str(rnn_scan_info(node)["op"]) if is_rnn_scan(node) else node.op_type
         for node in proto.graph.node
         if node.name not in kept_float  # a loop's own parts: counted as its RNN
+    )
+    # an Embedding's table is stored int8 and dequantized whole before its Gather reads it
+    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    counts[_INT8_TABLE] = sum(
+        n.op_type == "Gather" and n.input[0] in dequantized for n in proto.graph.node
     )
     return QuantizeReport(
         quantized={op: counts[op] for op in _QUANTIZED_OPS if counts[op]},

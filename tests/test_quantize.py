@@ -56,6 +56,20 @@ def test_quantize_int8_leaves_gru_in_float_and_says_so(tmp_path: Path) -> None:
     report = quantize_int8(src, tmp_path / "q.onnx")
     assert report.left_float == {"GRU": 2}
     assert "GRU x2" in report.summary() and "no int8 kernel" in report.summary()
+    assert report.summary().endswith(
+        "recurrent layers stay float32, so expect no speed-up over float32"
+    )
+
+
+def test_an_embedding_table_stored_int8_is_counted(tmp_path: Path) -> None:
+    """ONNX Runtime stores an Embedding's table int8 and dequantizes it before its Gather: the
+    summary said "int8: nothing" for such a GRU model, whose outputs had moved."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(40, 8), Tagger(nn.GRU)).eval()
+    src = export_onnx(model, tmp_path / "f.onnx", verify=False).path
+    report = quantize_int8(src, tmp_path / "q.onnx")
+    assert report.quantized["Gather (int8 table)"] == 1
+    assert report.summary().startswith("int8: MatMulInteger x1, Gather (int8 table) x1; float32")
 
 
 def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> None:
