@@ -231,6 +231,7 @@ def _diagnose(
             hooked=layers.hooked,
             takes_lengths=spec.length_source is not None,
             padding_reaches=any(o.check == "batch-invariance" and not o.passed for o in outputs),
+            timeless=_timeless_failing(spec, failing),
         )
     texts = []
     sequence_ok = not any(o.role == "sequence" for o in failing)
@@ -254,6 +255,16 @@ def _diagnose(
             )
         )
     return "\n".join(texts) or None
+
+
+def _timeless_failing(spec: GraphSpec, failing: Sequence[Check]) -> tuple[str, ...]:
+    """The failing outputs without a time axis (final states, pooled features), where every
+    output over time passes: what the layers' outputs are turned into went wrong."""
+    names = {o.name for o in failing if o.check == "values"}
+    timed = {t.name for t in spec.outputs if t.time_axis is not None}
+    if not names or names & timed or not timed:
+        return ()
+    return tuple(sorted(names))
 
 
 def _data_dependent(dim: int | str | None) -> bool:

@@ -102,7 +102,12 @@ def diagnose_directions(
         max_abs = float(err[valid].max(initial=0.0))
         firsts = _first_bad_steps(bad_bt & valid, lengths)
         lines.append(_describe_half(label, firsts, lengths, max_abs))
-        halves.append((label, firsts, max_abs))
+        # each row's last valid step: where a backward pass starts, from its initial state
+        ends = [
+            bool(bad_bt[r, min(int(n), steps) - 1]) if n > 0 else False
+            for r, n in enumerate(lengths)
+        ]
+        halves.append((label, firsts, max_abs, ends))
     return f"{tensor.name}: " + "; ".join(lines) + " " + _verdict(halves, lengths, steps, tol)
 
 
@@ -117,6 +122,7 @@ def diagnose_layers(
     hooked: str,
     takes_lengths: bool,
     padding_reaches: bool = False,
+    timeless: Sequence[str] = (),
 ) -> str:
     """Locate a mismatch of a model with later layers (e.g. a head) at its first recurrent layer
     that differs, and split that layer's output into the forward and backward halves as in
@@ -126,7 +132,8 @@ def diagnose_layers(
     layers), ``graph`` / ``reference`` the layer outputs by name, ``lengths`` the lengths each
     module's layers saw, ``layers`` the graph's layers in run order. ``padding_reaches``: the
     graph's rows alone differ from the same rows in the batch (its outputs depend on the
-    padding).
+    padding). ``timeless``: the failing outputs, where they all lack a time axis and every
+    output over time passes.
     """
     by_name = {c.name: c for c in checks}
     source = "ONNX Runtime CPU" + (f", not {engine}," if engine != "ort-cpu" else "")
@@ -154,6 +161,16 @@ def diagnose_layers(
                 f"node's Y themselves, each row's valid steps) {where}"
             )
         split = any(len(layer.y_names) == 2 for layer in layers)
+        if timeless:
+            names = ", ".join(repr(n) for n in timeless)
+            differ = "differs" if len(timeless) == 1 else "differ"
+            return (
+                f"every recurrent layer matches ({len(layers)} layer(s)), and so does every "
+                f"output over time; only {names}, without a time axis, {differ} -> what is made "
+                "of the layers after them went wrong: final states gathered at another step "
+                "or in another order (torch's h_n is [l0 forward, l0 backward, l1 forward, "
+                f"...]; a concatenation of the two directions swapped), or a pooling {where}"
+            )
         if padding_reaches:
             lengths_of = (
                 ", or a ReverseSequence after a backward node that reverses more than each "
@@ -269,18 +286,19 @@ def _diagnose_state(
 
 
 def _verdict(
-    halves: list[tuple[str, list[int | None], float]],
+    halves: list[tuple[str, list[int | None], float, list[bool]]],
     lengths: np.ndarray,
     steps: int,
     tol: Tolerance,
 ) -> str:
-    bad = [
-        (label, firsts, err) for label, firsts, err in halves if any(f is not None for f in firsts)
-    ]
+    """What the halves' differences say: per half its label, each row's first diverging step
+    (``None``: the row matches), the largest difference, and whether each row's last valid
+    step differs."""
+    bad = [half for half in halves if any(f is not None for f in half[1])]
     if not bad:
         return "-> both halves match at valid steps: the difference is elsewhere"
     if len(bad) == 1:
-        label, firsts, _ = bad[0]
+        label, firsts, _, ends = bad[0]
         other = "forward" if label == "backward" else "backward"
         full_rows = [r for r, n in enumerate(lengths) if int(n) == steps]
         full_ok = bool(full_rows) and all(firsts[r] is None for r in full_rows)
@@ -296,13 +314,32 @@ def _verdict(
                 "this case cannot tell a reversal bug from wrong backward weights (see a ragged "
                 "case)"
             )
-        which = ", full-length rows included" if full_rows else ""
-        return (
-            f"-> only the {label} direction is wrong{which} ({other} matches, so it is not the "
-            f"reversal): check the {label} weights, their gate order and bias (and its "
-            "initial states, where the layer is given them)"
+        ones = [r for r, n in enumerate(lengths) if int(n) == 1]
+        longer = [r for r, n in enumerate(lengths) if int(n) > 1]
+        # Rows of one step read the same either way; a backward pass run in time order
+        # starts at the first step, so each longer row differs at its last one already (a
+        # wrong recurrent weight cannot: the backward pass starts there from its initial state)
+        in_time_order = (
+            ones
+            and longer
+            and all(firsts[r] is None for r in ones)
+            and all(ends[r] for r in longer)
         )
-    worst = max(err for _, _, err in bad)
+        if label == "backward" and in_time_order:
+            return (
+                "-> only the backward direction is wrong, in every row longer than one step, "
+                "and rows of one step (the same read either way) match: the backward node reads "
+                "its rows in time order, not reversed: check the reversal of its input (a "
+                "ReverseSequence by each row's length before it)"
+            )
+        which = ", full-length rows included" if full_rows else ""
+        unknown = "" if ones or label == "forward" else ", or its input not reversed"
+        return (
+            f"-> only the {label} direction is wrong{which} ({other} matches, so the graph's "
+            f"shared input is right): check the {label} weights, their gate order and bias "
+            f"(and its initial states, where the layer is given them){unknown}"
+        )
+    worst = max(err for _, _, err, _ in bad)
     if worst <= 100 * max(tol.atol, 1e-12):
         return (
             "-> both directions differ by small amounts: numeric drift (precision or "

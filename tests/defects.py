@@ -149,6 +149,38 @@ def plant_last_layer_gate_swap(src: Path, dst: Path, direction: str) -> Path:
     return result
 
 
+def plant_unreversed_input(src: Path, dst: Path, *, node: int = -1) -> Path | None:
+    """A split graph's backward node (the last) reads its input in time order: the
+    ReverseSequence before it skipped (only where one feeds it)."""
+    proto = onnx.load(str(src))
+    backward = [n for n in nodes(proto, *RECURRENT) if n.name.endswith("/backward")]
+    if not backward:
+        return None
+    target = backward[node]
+    reversal = next(
+        (n for n in nodes(proto, "ReverseSequence") if n.output[0] == target.input[0]), None
+    )
+    if reversal is None:
+        return None
+    target.input[0] = reversal.input[0]
+    return _save(proto, dst)
+
+
+def plant_swapped_concat(src: Path, dst: Path, output: str) -> Path | None:
+    """The Concat that writes the graph output ``output`` (through slices: a model's final
+    states of the two directions side by side, fairseq's combine_bidir) takes its first two
+    inputs swapped."""
+    proto = onnx.load(str(src))
+    made_by = {o: n for n in proto.graph.node for o in n.output}
+    concat = made_by.get(output)
+    while concat is not None and concat.op_type in ("Slice", "Identity", "Reshape"):
+        concat = made_by.get(concat.input[0])  # the empty-batch guard's Slice, say
+    if concat is None or concat.op_type != "Concat" or len(concat.input) < 2:
+        return None
+    concat.input[0], concat.input[1] = concat.input[1], concat.input[0]
+    return _save(proto, dst)
+
+
 def plant_state_at_last_step(src: Path, dst: Path) -> Path | None:
     """Take the forward node's final state from Y at T - 1, not at each row's last step (only
     where the graph returns final states)."""

@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 from onnx import helper
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export._report import CaseResult, VerifyReport
 from birnn_export.cli import main
@@ -42,6 +43,8 @@ from tests.defects import (
     plant_missing_sequence_lens,
     plant_recurrent_perturbation,
     plant_state_at_last_step,
+    plant_swapped_concat,
+    plant_unreversed_input,
     plant_whole_flip,
 )
 
@@ -239,7 +242,7 @@ def test_small_recurrent_weight_perturbation_fails(
     assert "forward half matches" in text
     # full-length rows differ too, so it is not blamed on the reversal
     assert "only the backward direction is wrong, full-length rows included" in text
-    assert "it is not the reversal" in text
+    assert "so the graph's shared input is right): check the backward weights" in text
     # a case without a full-length row must not claim a reversal bug either
     equal = [c for c, _ in failing if c.lengths_mode == "equal" and max(c.lengths) < c.seq]
     assert equal and all("cannot tell a reversal bug" in c.diagnosis for c in equal)
@@ -324,6 +327,56 @@ def test_head_model_one_direction_wrong_is_named(
         assert f"{direction} half differs" in text and f"{other} half matches" in text
         assert f"only the {direction} direction is wrong, full-length rows included" in text
         assert "reversal bug" not in text
+
+
+def test_a_backward_node_reading_its_rows_in_time_order_is_named(
+    stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    """The last layer's backward node fed its input unreversed: only rows longer than one step
+    differ. The diagnosis said "forward matches, so it is not the reversal: check the backward
+    weights"; rows of one step read the same either way, and tell it is the reversal."""
+    model, paths = stacked_tagger
+    bad = plant_unreversed_input(paths["split"], tmp_path / "unreversed.onnx")
+    report = verify(bad, model, batch_sizes=(4,), seq_lens=(6,), large_scale=None)
+    assert not report.passed
+    told = [c.diagnosis for c in report.cases if c.lengths and 1 in c.lengths and c.diagnosis]
+    assert told, report.diagnosis()
+    for text in told:
+        assert text.startswith("layer rnn/l1: forward half matches")
+        assert "the backward node reads its rows in time order, not reversed" in text
+
+
+class _CombinedFinalStates(nn.Module):
+    """fairseq's LSTMEncoder returns the two directions' final states side by side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(FEATURES, HIDDEN, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * HIDDEN, 3)
+
+    def forward(self, x, lengths):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.rnn(packed)
+        out = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+        return self.head(out), torch.cat([h[0::2], h[1::2]], dim=2)
+
+
+def test_final_states_in_another_order_are_named_not_the_reversal(tmp_path: Path) -> None:
+    """The directions' final states concatenated the other way round: every layer and the
+    output over time match. The diagnosis blamed the ReverseSequence after a backward node;
+    it now names the outputs without a time axis and how states are gathered."""
+    torch.manual_seed(0)
+    model = _CombinedFinalStates().eval()
+    good = export_onnx(model, tmp_path / "states.onnx", output_names=["logits", "hidden"]).path
+    bad = plant_swapped_concat(good, tmp_path / "swapped.onnx", "hidden")
+    assert bad is not None
+    report = verify(bad, model, batch_sizes=(3,), seq_lens=(6,), large_scale=None)
+    assert not report.passed
+    text = report.diagnosis()
+    assert "every recurrent layer matches (2 layer(s)), and so does every output over time" in text
+    assert "only 'hidden', without a time axis, differs" in text, text
+    assert "a concatenation of the two directions swapped" in text
+    assert "ReverseSequence" not in text
 
 
 def test_layer_outputs_of_fp16_graphs_float32_recurrent_nodes(
