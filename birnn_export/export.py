@@ -1167,16 +1167,18 @@ def _explain_trace_failure(
     model: nn.Module, exc: Exception, planned: PlannedInputs, inputs: Sequence[Tensor]
 ) -> str:
     text = str(exc)
+    causes = _causes(exc)
+    # torch.export's own wrapper says only that it failed: the cause says why
+    cause = next((c for c in reversed(causes) if str(c).strip()), exc)
     crfs = hand_written_crfs(model)
     if crfs:  # its Viterbi loop over time fails or freezes the length: say what to do instead
         return (
-            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: {type(exc).__name__}: "
-            f"{_first_line(exc)})"
+            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: "
+            f"{type(cause).__name__}: {_first_line(cause)})"
         )
     cells = _cell_loop(model, inputs)
     if cells:
         return cells
-    causes = _causes(exc)
     unswapped = _unswapped_packing(causes)
     if unswapped:
         return (
@@ -1216,8 +1218,6 @@ def _explain_trace_failure(
             f"dim {match[1]!r}: {type(model).__name__} only takes {match[2].strip()}; declare a "
             f"range inside that (--range {match[1]}=MIN,OPT,MAX)"
         )
-    # torch.export's own wrapper says only that it failed: the cause says why
-    cause = next((c for c in reversed(causes) if str(c).strip()), exc)
     message = (
         f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "
         f"{_first_line(cause)}"
