@@ -665,6 +665,12 @@ def _declare_conv(model: nn.Module, conv: nn.Conv1d | nn.Conv2d) -> str:
         if isinstance(conv, nn.Conv1d)
         else "; H is a number, the feature bins or image height, and time the axis that "
         "becomes the sequence"
+        + (
+            f"; if forward makes that view of [batch, time, features] itself (ESPnet's VGG2L: "
+            f"x.view(b, t, 1, d).transpose(1, 2)), declare '{x}:float32[batch,time,FEATURES]'"
+            if channels == 1
+            else ""
+        )
     )
     return (
         f"cannot infer the inputs of {type(model).__name__}: its first layer is "

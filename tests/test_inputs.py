@@ -1311,3 +1311,33 @@ def test_a_graph_onnx_cannot_type_from_inferred_inputs_asks_for_declarations(tmp
     declared = ["x:float32[batch,1,time,20]"]
     result = export_onnx(_SqueezesChannels().eval(), tmp_path / "ds.onnx", inputs=declared)
     assert result.verification.passed, result.verification.summary()
+
+
+class _VGGFrontEnd(nn.Module):
+    """ESPnet's VGG2L: forward(xs_pad [B, T, D], ilens) views the features as one channel of a
+    Conv2d, pools them, and runs a BiLSTM over what is left of time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.rnn = nn.LSTM(4 * 10, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, xs_pad, ilens):
+        b, t, d = xs_pad.shape
+        x = torch.relu(self.conv(xs_pad.view(b, t, 1, d).transpose(1, 2)))
+        x = x.transpose(1, 2).reshape(b, t, -1)
+        return self.rnn(x)[0]
+
+
+def test_a_conv2d_front_end_of_one_channel_is_told_it_may_make_that_view_itself(tmp_path) -> None:
+    """A Conv2d(1, ...) first was told to declare [batch, 1, H, time]; ESPnet's VGG2L takes
+    [batch, time, features] and makes that view itself, so the refusal says so too, and that
+    declaration exports."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_VGGFrontEnd().eval(), tmp_path / "vgg.onnx")
+    message = str(caught.value)
+    assert "--input 'xs_pad:float32[batch,1,H,time]'" in message
+    assert "declare 'xs_pad:float32[batch,time,FEATURES]'" in message
+    declared = ["xs_pad:float32[batch,time,10]", "ilens:int64[batch]:lengths(time)"]
+    result = export_onnx(_VGGFrontEnd().eval(), tmp_path / "vgg.onnx", inputs=declared)
+    assert result.verification.passed, result.verification.summary()
