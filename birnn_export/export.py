@@ -993,25 +993,26 @@ def _name_longest_dims(
     against each sequence's longest row there (``longest``): a dim of another size (the
     longest row subsampled, ``ys[:, ::2]`` between layers, is a dim of its own) and a dim
     where two sequences' longest rows are equally long keep the exporter's name (one name for
-    two sizes would be wrong: engines plan buffers by it). A model that finds its lengths
-    itself (no lengths input or mask) names one such dim, where its outputs hold one."""
+    two sizes would be wrong: engines plan buffers by it); dims derived from a named one
+    (``((u0 + 1)//2)``) name it too. A model that finds its lengths itself (no lengths input
+    or mask) ran on whole rows: its longest row is the example's length."""
     graph = proto.graph
+    if not longest:  # the model finds its lengths itself: the example's rows are whole
+        longest = {planned.time_dim: planned.examples[planned.time_dim]}
     sizes = list(longest.values())
     by_size = {n: d for d, n in longest.items() if sizes.count(n) == 1}
     names: dict[str, str] = {}
-    symbols = set()
     for value, shape in zip(graph.output, shapes, strict=False):
         for dim, size in zip(value.type.tensor_type.shape.dim, shape, strict=False):
-            if re.fullmatch(r"u\d+", dim.dim_param):
-                symbols.add(dim.dim_param)
-                if size in by_size:
-                    names.setdefault(dim.dim_param, f"longest({by_size[size]})")
-    if not longest and len(symbols) == 1:
-        names[symbols.pop()] = f"longest({planned.time_dim})"
+            if re.fullmatch(r"u\d+", dim.dim_param) and size in by_size:
+                names.setdefault(dim.dim_param, f"longest({by_size[size]})")
+    if not names:
+        return
+    symbol = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
     for value in (*graph.input, *graph.output, *graph.value_info):
         for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and dim.dim_param in names:
-                dim.dim_param = names[dim.dim_param]
+            if dim.HasField("dim_param"):  # ((u0 + 1)//2) too: ((longest(seq) + 1)//2)
+                dim.dim_param = symbol.sub(lambda m: names[m[1]], dim.dim_param)
 
 
 #: A guard torch.export adds where code fixes a symbolic size to the example's number.

@@ -604,6 +604,17 @@ class SubsamplingBLSTMP(nn.Module):
         return xs_pad, ilens
 
 
+class SubsamplingTokenEncoder(SubsamplingBLSTMP):
+    """:class:`SubsamplingBLSTMP` on token ids that finds its lengths itself (padding id 0)."""
+
+    def __init__(self, vocab: int = 30, subsample: tuple[int, ...] = (2, 1)) -> None:
+        super().__init__(features=6, subsample=subsample)
+        self.embedding = nn.Embedding(vocab, 6, padding_idx=0)
+
+    def forward(self, ids: torch.Tensor):  # type: ignore[override]
+        return super().forward(self.embedding(ids), (ids != 0).sum(1))[0]
+
+
 class RelativeLengthsLSTM(nn.Module):
     """SpeechBrain's ``nnet.RNN.LSTM`` on features: ``wav_lens`` are fractions of the padded
     length, multiplied back by it inside (in float) and truncated by packing."""

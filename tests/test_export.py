@@ -55,6 +55,7 @@ from tests.realistic_models import (
     SiamesePair,
     SortedCharTagger,
     SubsamplingBLSTMP,
+    SubsamplingTokenEncoder,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1002,6 +1003,20 @@ class _SortsByLength(nn.Module):
         packed = pack_padded_sequence(self.embedding(tokens[order]), lengths[order], True)
         out = pad_packed_sequence(self.rnn(packed)[0], True, total_length=tokens.size(1))[0]
         return out[restore]
+
+
+def test_a_subsampled_longest_row_of_a_model_finding_its_own_lengths(tmp_path):
+    """Without a lengths input (lengths from the padding id), the one data-dependent dim of
+    the outputs was named longest(seq) whatever its size: here the longest row subsampled."""
+    torch.manual_seed(0)
+    model = SubsamplingTokenEncoder().eval()
+    result = export_onnx(model, tmp_path / "tokens.onnx", inputs=["ids:int64[batch,seq]"])
+    assert result.verification.passed, result.verification.summary()
+    assert "longest(" not in str(result.spec.outputs[0].dims), result.spec.outputs[0].dims
+    ids = np.random.default_rng(0).integers(1, 30, size=(3, 37))
+    ids[1, 20:] = 0
+    got = run_ort(result.path, {"ids": ids})["output"]
+    assert got.shape == (3, 19, 5)
 
 
 def test_a_size_fixed_by_len_is_told_with_the_line_that_fixed_it(tmp_path):
