@@ -670,7 +670,7 @@ _SIZE_ERROR = re.compile(r"size|length|greater than|positive|empty|zero", re.IGN
 
 
 #: Names of lengths inputs that may be relative to the padded length (SpeechBrain's).
-_RELATIVE_NAME = re.compile(r"^wav_lens$|rel(ative)?_len")
+_RELATIVE_NAME = re.compile(r"^wav_len(s|gths)?$|(^|_)rel(ative)?_len")
 
 
 def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "") -> str:

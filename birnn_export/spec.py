@@ -496,11 +496,11 @@ class Tolerance:
 
 #: What to do about lengths relative to the padded length (SpeechBrain's ``wav_lens``).
 RELATIVE_LENGTHS = (
-    "export a subclass whose forward takes them absolute, e.g. def forward(self, x, lengths): "
-    "return super().forward(x, (lengths + 0.25) / x.shape[1]) (not lengths / x.shape[1]: the "
-    "model multiplies the fraction back by the padded length in float and packing truncates "
-    "it, so a length of 3 at 37 steps becomes 2; truncating and rounding both read "
-    "(L + 0.25) / T * T as L)"
+    "export a subclass whose forward takes absolute lengths and gives them to each place the "
+    "model turns the fractions back into steps (its packing, masks, pooling): passing lengths "
+    "/ x.shape[1] on is not exact (3 / 37 * 37 truncates to 2 in float32, a step lost), and no "
+    "offset suits every reading (packing truncates, masks compare with <, pooling rounds); "
+    "where the model only packs them, (lengths + 0.25) / x.shape[1] reads as each length"
 )
 
 
