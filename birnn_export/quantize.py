@@ -34,7 +34,8 @@ from birnn_export.errors import BiRNNExportError
 
 #: The quantization scheme recorded in a graph's spec.
 INT8 = "int8-dynamic"
-#: An Embedding's Gather reading a table stored int8 (weights only: no faster, smaller).
+#: An Embedding's Gather reading its table stored int8 (weights only, dequantized when read:
+#: smaller, not faster).
 _INT8_TABLE = "Gather (int8 table)"
 _QUANTIZED_OPS = (
     "DynamicQuantizeLSTM",
@@ -128,11 +129,21 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         for node in proto.graph.node
         if node.name not in kept_float  # a loop's own parts: counted as its RNN
     )
-    # an Embedding's table is stored int8 and dequantized whole before its Gather reads it
-    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    counts[_INT8_TABLE] = sum(
-        n.op_type == "Gather" and n.input[0] in dequantized for n in proto.graph.node
-    )
+    # an Embedding's table stored int8: its Gather reads the int8 rows (dequantized after it)
+    # or, where the quantizer dequantizes the table first, the table dequantized whole
+    int8 = {
+        i.name
+        for i in proto.graph.initializer
+        if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    }
+    int8 |= {
+        o
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in int8
+        for o in n.output
+    }
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
+    counts[_INT8_TABLE] = sum(n.input[0] in int8 for n in gathers)
     return QuantizeReport(
         quantized={op: counts[op] for op in _QUANTIZED_OPS if counts[op]},
         left_float={

@@ -20,6 +20,7 @@ from birnn_export.pipeline import export_onnx
 from birnn_export.quantize import INT8, quantize_int8
 from birnn_export.spec import GraphSpec
 from birnn_export.verification import verify
+from tests.realistic_models import TutorialEncoder
 from tests.test_verification import export_trained
 
 pytest.importorskip("onnxruntime.quantization")
@@ -62,14 +63,21 @@ def test_quantize_int8_leaves_gru_in_float_and_says_so(tmp_path: Path) -> None:
 
 
 def test_an_embedding_table_stored_int8_is_counted(tmp_path: Path) -> None:
-    """ONNX Runtime stores an Embedding's table int8 and dequantizes it before its Gather: the
-    summary said "int8: nothing" for such a GRU model, whose outputs had moved."""
+    """ONNX Runtime stores an Embedding's table int8; its Gather reads the int8 rows, which
+    are dequantized after it (after a Transpose too, on the way to a layer): the summary said
+    "int8: nothing" for such GRU models, whose outputs had moved. Counted by the Gather's
+    int8 table, whatever follows it (the first count followed a DequantizeLinear, and found
+    a Gather of the model's own by chance)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(40, 8), Tagger(nn.GRU)).eval()
     src = export_onnx(model, tmp_path / "f.onnx", verify=False).path
     report = quantize_int8(src, tmp_path / "q.onnx")
     assert report.quantized["Gather (int8 table)"] == 1
     assert report.summary().startswith("int8: MatMulInteger x1, Gather (int8 table) x1; float32")
+    tutorial = export_onnx(TutorialEncoder().eval(), tmp_path / "t.onnx", verify=False).path
+    report = quantize_int8(tutorial, tmp_path / "tq.onnx")  # Gather of int8 rows, then dequantized
+    gathers = [n for n in onnx.load(str(tmp_path / "tq.onnx")).graph.node if n.op_type == "Gather"]
+    assert report.quantized == {"Gather (int8 table)": 1}, ([n.input for n in gathers], report)
 
 
 def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> None:
