@@ -376,12 +376,14 @@ def _deserialize(
         )
     budget = load_budget(len(data))
     try:
-        with warnings.catch_warnings(), memory_limit(budget):
-            # Plain pickles trip a protocol warning before the real error; the error says it all.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with warnings.catch_warnings(record=True) as said, memory_limit(budget):
+            warnings.simplefilter("always")  # torch's deprecations (quantized tensors), logged
             # fairseq's checkpoints keep their args as an argparse.Namespace: plain data
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        for warning in said:
+            logger.debug("%s: reading it warned: %s", path, warning.message)
+        _refuse_quantized(obj, path)
         _check_tensors(obj, path, len(data))
         return obj
     except ModelLoadError:
@@ -506,8 +508,8 @@ def _refuse_quantized(obj: Any, path: Path) -> None:
                     f"{path}: {where} is a quantized {kind.__name__} ({kind.__module__}), "
                     f"holding packed int8 weights; {_QUANTIZED_ADVICE}"
                 )
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
+    else:
+        for key, value in _leaves(obj):
             packed = isinstance(value, torch.ScriptObject)
             if packed or (isinstance(value, Tensor) and value.is_quantized):
                 what = "packed int8 parameters" if packed else f"a {value.dtype} tensor"
@@ -515,8 +517,21 @@ def _refuse_quantized(obj: Any, path: Path) -> None:
                     f"{path}: {key} holds {what}, as a model quantized by torch saves them; "
                     f"{_QUANTIZED_ADVICE}"
                 )
-            if isinstance(value, Mapping):
-                _refuse_quantized(value, path)
+
+
+def _leaves(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """``(key path, value)`` of everything in nested dicts, lists and tuples (a quantized
+    Linear keeps its int8 weight in a tuple: ``head._packed_params._packed_params[0]``)."""
+    if isinstance(obj, Mapping):
+        children: Any = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        children = [(f"{prefix}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        yield prefix, obj
+        return
+    for key, value in children:
+        if depth < 50:
+            yield from _leaves(value, key, depth + 1)
 
 
 def _check_tensors(obj: Any, path: Path, file_size: int) -> None:

@@ -740,7 +740,7 @@ def test_whole_pickled_module_needs_trust(tmp_path, user_models):
     assert not loaded.original.training
 
 
-def test_a_model_quantized_by_torch_is_refused_with_the_float_route(tmp_path, user_models):
+def test_a_model_quantized_by_torch_is_refused_with_the_float_route(tmp_path, user_models, capfd):
     """quantize_dynamic keeps packed int8 weights (TorchScript objects) in place of nn.LSTM's:
     the pickled module, its state_dict, and that state_dict unpickled with trust are each
     refused in one line that says to export the float model with --quantize int8."""
@@ -755,15 +755,26 @@ def test_a_model_quantized_by_torch_is_refused_with_the_float_route(tmp_path, us
         )
     whole, state = _save(model, tmp_path / "q.pt"), _save(model.state_dict(), tmp_path / "sd.pt")
     user_class = {"model_class": f"{USER_MODULE}:AttentionClassifier", "model_kwargs": kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linear = torch.ao.quantization.quantize_dynamic(  # the common case: heads only
+            user_models.AttentionClassifier(**kwargs).eval(), {nn.Linear}, torch.qint8
+        )
+    heads = _save(linear.state_dict(), tmp_path / "heads.pt")  # readable without pickle
     for path, options, said in [
         (whole, {"trust_pickle": True}, "'encoder' is a quantized LSTM"),
         (state, user_class, "holds TorchScript objects"),
         (state, {"trust_pickle": True, **user_class}, "encoder._all_weight_values.0.param"),
+        (heads, user_class, "._packed_params._packed_params[0] holds a torch.qint8 tensor"),
     ]:
         with pytest.raises(ModelLoadError, match="--quantize int8") as info:
             load_model(path, **options)
         assert said in str(info.value)
         _one_line_error(info)
+    capfd.readouterr()
+    with pytest.raises(ModelLoadError):
+        load_model(heads, **user_class)
+    assert capfd.readouterr().err == ""  # torch's deprecation warnings go to the debug log
 
 
 def test_a_module_pickled_by_the_training_script_loads_with_its_class_named(
