@@ -169,7 +169,8 @@ def diagnose_layers(
                 f"output over time; only {names}, without a time axis, {differ} -> what is made "
                 "of the layers after them went wrong: final states gathered at another step "
                 "or in another order (torch's h_n is [l0 forward, l0 backward, l1 forward, "
-                f"...]; a concatenation of the two directions swapped), or a pooling {where}"
+                "...]; a concatenation of the two directions swapped), a pooling, or the layers "
+                f"that read them (a head's weights) {where}"
             )
         if padding_reaches:
             lengths_of = (

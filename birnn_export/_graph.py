@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -282,10 +283,16 @@ def check_graph(
                     problem += f": fixed to {found} at the same line"
                 elif tensor.name in inputs and where:  # the model's own line: what to change
                     told.add(where)
+                    instead = (
+                        "a Python loop over it unrolls to the example's length: compute over "
+                        "the whole dim with tensor ops (cumsum, a recurrent layer)"
+                        if re.search(r"\bfor\b|\brange\(", where)
+                        else "a size made a Python number (len(x), int(x.shape[i])) is frozen "
+                        f"in the graph: use the tensor's size as it is (x.size({axis}), "
+                        f"x.shape[{axis}])"
+                    )
                     problem += (
-                        f": the model fixes it to the example's {found}{where}: a size made a "
-                        "Python number (len(x), int(x.shape[0]), range(x.size(1))) is frozen "
-                        "in the graph; use the tensor's size as it is (x.size(0), x.shape[0]), "
+                        f": the model fixes it to the example's {found}{where}: {instead}; "
                         f"or, if that dim never varies, declare it as the number {found} "
                         "(--input / inputs=[...])"
                     )
@@ -380,7 +387,7 @@ def raise_for_problems(
     if problems:
         shown = problems[:3] + ([f"(+{len(problems) - 3} more)"] if len(problems) > 3 else [])
         frozen = any("baked into its" in p for p in problems) and not any(
-            "a size made a Python number" in p for p in problems
+            "the model fixes it to the example's" in p for p in problems
         )
         raise ExportError(
             "exported graph failed its checks: "

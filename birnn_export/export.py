@@ -1037,7 +1037,8 @@ def _fixed_sizes() -> Iterator[dict[int, str]]:
                 record.args[2], "framework_loc", None
             )
             if match and hasattr(where, "filename") and not where.filename.startswith(ours):
-                code = (where.line or "").strip()[:80]
+                code = (where.line or "").strip()
+                code = code if len(code) <= 100 else code[:97] + "..."
                 found.setdefault(
                     int(match[1] or match[2]),
                     f" at {os.path.basename(where.filename)}:{where.lineno} ({code})",

@@ -1104,6 +1104,37 @@ def test_an_assert_on_the_padded_length_is_told_to_pass_total_length(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+class _FixesTime(nn.Module):
+    """The time dim made a Python number: by int() (a position table) or by a loop over it."""
+
+    def __init__(self, loop: bool) -> None:
+        super().__init__()
+        self.loop = loop
+        self.rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        if self.loop:
+            return torch.stack([y[:, : t + 1].mean(1) for t in range(y.size(1))], 1)
+        steps = int(x.shape[1])
+        return y * torch.arange(steps).view(1, steps, 1)
+
+
+@pytest.mark.parametrize(
+    ("loop", "told"),
+    [
+        (False, "use the tensor's size as it is (x.size(1), x.shape[1])"),
+        (True, "a Python loop over it unrolls to the example's length"),
+    ],
+)
+def test_a_time_dim_fixed_by_the_models_code_is_told_what_to_use(tmp_path, loop, told):
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_FixesTime(loop).eval(), tmp_path / "time.onnx")
+    message = str(caught.value)
+    assert "x: dim 1 should be symbolic 'seq', the graph declares " in message
+    assert told in message and "test_export.py:" in message, message
+
+
 @pytest.mark.parametrize("subsample", [(2, 2, 1), (1, 2, 2)])
 def test_a_subsampled_longest_row_keeps_a_name_of_its_own(tmp_path, capfd, subsample):
     """ESPnet's BLSTMP keeps every second frame between layers (ys_pad[:, ::2]): its output's
