@@ -508,20 +508,22 @@ def _refuse_quantized(obj: Any, path: Path) -> None:
                     f"{path}: {where} is a quantized {kind.__name__} ({kind.__module__}), "
                     f"holding packed int8 weights; {_QUANTIZED_ADVICE}"
                 )
-    else:
-        for key, value in _leaves(obj):
-            packed = isinstance(value, torch.ScriptObject)
-            if packed or (isinstance(value, Tensor) and value.is_quantized):
-                what = "packed int8 parameters" if packed else f"a {value.dtype} tensor"
-                raise ModelLoadError(
-                    f"{path}: {key} holds {what}, as a model quantized by torch saves them; "
-                    f"{_QUANTIZED_ADVICE}"
-                )
+    for key, value in _leaves(obj):  # a state_dict's, or a module's inside a dict
+        packed = isinstance(value, torch.ScriptObject)
+        if packed or (isinstance(value, Tensor) and value.is_quantized):
+            what = "packed int8 parameters" if packed else f"a {value.dtype} tensor"
+            raise ModelLoadError(
+                f"{path}: {key} holds {what}, as a model quantized by torch saves them; "
+                f"{_QUANTIZED_ADVICE}"
+            )
 
 
 def _leaves(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
-    """``(key path, value)`` of everything in nested dicts, lists and tuples (a quantized
-    Linear keeps its int8 weight in a tuple: ``head._packed_params._packed_params[0]``)."""
+    """``(key path, value)`` of everything in nested dicts, lists, tuples and modules' state
+    (a quantized Linear keeps its int8 weight in a tuple: ``head._packed_params._packed_params
+    [0]``; its dtype and packed parameters beside it)."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict(keep_vars=True)
     if isinstance(obj, Mapping):
         children: Any = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in obj.items()]
     elif isinstance(obj, (list, tuple)):
@@ -563,25 +565,10 @@ def _check_tensors(obj: Any, path: Path, file_size: int) -> None:
         )
 
 
-def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Tensor]]:
-    if depth > 50:
-        return
-    if isinstance(obj, Tensor):
-        yield prefix or "a tensor", obj
-    elif isinstance(obj, nn.Module):
-        for key, value in obj.state_dict(keep_vars=True).items():
-            if isinstance(value, Tensor):  # a quantized layer keeps packed params and dtypes too
-                yield f"{prefix}{key}", value
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
-            yield from _tensors(
-                value,
-                f"{prefix}{key}." if not isinstance(value, Tensor) else f"{prefix}{key}",
-                depth + 1,
-            )
-    elif isinstance(obj, (list, tuple)):
-        for index, value in enumerate(obj):
-            yield from _tensors(value, f"{prefix}[{index}]", depth + 1)
+def _tensors(obj: Any) -> Iterator[tuple[str, Tensor]]:
+    for key, value in _leaves(obj):
+        if isinstance(value, Tensor):
+            yield key or "a tensor", value
 
 
 def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:

@@ -997,8 +997,8 @@ def _name_longest_dims(
     (``((u0 + 1)//2)``) name it too. A model that finds its lengths itself (no lengths input
     or mask) ran on whole rows: its longest row is the example's length."""
     graph = proto.graph
-    if not longest:  # the model finds its lengths itself: the example's rows are whole
-        longest = {planned.time_dim: planned.examples[planned.time_dim]}
+    if not longest and planned.time_dim in planned.examples:  # lengths found by the model
+        longest = {planned.time_dim: planned.examples[planned.time_dim]}  # on whole rows
     sizes = list(longest.values())
     by_size = {n: d for d, n in longest.items() if sizes.count(n) == 1}
     names: dict[str, str] = {}
