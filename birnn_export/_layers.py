@@ -293,8 +293,8 @@ def _tie_order(got: np.ndarray, want: np.ndarray, rows: np.ndarray) -> np.ndarra
             j = next(int(j) for j in np.argsort(distance[i]) if int(j) not in taken)
             taken.add(j)
             matched[i] = group[j]
-        # Another sort's order matches all but exactly once put back; a graph that is wrong
-        # in every row only finds other wrong rows nearer by chance: left in its own order.
+        # Rows another sort put in another order match almost exactly once put back; a graph
+        # wrong in every row only finds other wrong rows nearer by chance: left as it is.
         steps = slice(0, int(length))
         before = np.abs(got[group, steps] - want[group, steps]).max()
         after = np.abs(got[matched, steps] - want[group, steps]).max()
