@@ -36,6 +36,7 @@ from birnn_export.compare import (
     QuantizedCriterion,
     compare,
     compare_outputs,
+    machine_eps,
     sweep_check,
 )
 from birnn_export.errors import BiRNNExportError
@@ -119,6 +120,7 @@ def run_case(
     hidden: int | None,
     layers: CaseLayers,
     check_layers: bool,
+    layer_criterion: Tolerance | None = None,
     reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
     derived_lengths: np.ndarray | None = None,
 ) -> CaseResult:
@@ -145,7 +147,7 @@ def run_case(
     if check_layers and layers.ready:
         criterion = next(iter(criteria.values()))
         if isinstance(criterion, Tolerance):
-            criterion = default_tolerance(spec.dtype, "ort-cpu")
+            criterion = layer_criterion or default_tolerance(spec.dtype, "ort-cpu")
         layer_checks = _layer_checks(
             layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
         )
@@ -181,6 +183,33 @@ def run_case(
     return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
 
 
+def _rounding_only(
+    dtype: str, failing: Sequence[Check], expected: Mapping[str, np.ndarray], layers: CaseLayers
+) -> str | None:
+    """Under fixed tolerances, the diagnosis where every failing check's error is rounding in
+    the graph's dtype (at most 1000 ulp, and 1%, of its tensor's largest value; a wrong weight,
+    step or row moves values by a share near 1): the tolerance asks for more than that dtype's
+    arithmetic gives, and no layer or direction is at fault."""
+    if any(o.atol is None for o in failing):
+        return None
+    share = min(1000 * machine_eps(dtype), 0.01)
+    shares = []
+    for check in failing:
+        source = layers.reference if check.check == "layer" else expected
+        values = None if source is None else source.get(check.name)
+        scale = float(np.max(np.abs(values))) if values is not None and np.size(values) else 0.0
+        if not scale or not check.max_abs <= share * scale:  # NaN too
+            return None
+        shares.append(check.max_abs / scale)
+    atol, rtol = failing[0].atol, failing[0].rtol
+    return (
+        f"every failing check's error is at most {max(shares):.2g} of its tensor's largest "
+        f"value: {dtype} rounding, not an export defect; the fixed tolerance (atol {atol:g}, "
+        f"rtol {rtol:g}) asks for more than {dtype} arithmetic gives: leave out --atol/--rtol "
+        f"to judge the graph against eager {dtype}'s own error, or loosen them"
+    )
+
+
 def _diagnose(
     engine: str,
     spec: GraphSpec,
@@ -214,6 +243,9 @@ def _diagnose(
                 "out of forward (pad with tensor ops), or serve only lengths the example's "
                 "branch holds for (--range)"
             )
+    rounding = _rounding_only(spec.dtype, failing, expected, layers)
+    if rounding is not None:
+        return rounding
     rows = lengths if lengths is not None else np.full(case.batch, case.seq)
     if hidden is None and layers.ready:
         if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them

@@ -146,7 +146,7 @@ def export_command(
         )
     except BiRNNExportError as exc:
         failed = exc.report if isinstance(exc, VerificationError) else None
-        if failed is not None:
+        if failed is not None and not quiet:  # quiet: the error line alone
             from birnn_export.verification import render_report
 
             render_report(failed)

@@ -742,6 +742,19 @@ def resolve_tolerance(
     )
 
 
+def layer_tolerance(dtype: str, atol: ToleranceOverride, rtol: ToleranceOverride) -> Tolerance:
+    """Fixed tolerance for the recurrent layers' own outputs inside the graph: the default for
+    the graph's ``dtype`` with the user's overrides for every output (a plain number, or the
+    key ``"*"``); one output's own override is that output's alone.
+
+    Example:
+        >>> layer_tolerance("float32", 1e-9, None).atol
+        1e-09
+    """
+    base = default_tolerance(dtype, "ort-cpu")
+    return Tolerance(_override(atol, "*", base.atol), _override(rtol, "*", base.rtol), base.rel_l2)
+
+
 def _override(value: ToleranceOverride, name: str, default: float) -> float:
     if value is None:
         return default

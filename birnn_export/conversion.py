@@ -33,8 +33,8 @@ class Replacement:
         if self.cell == "crf":
             return f"{self.path}: {self.original} -> CRFDecoder (Viterbi as ONNX Scans)"
         direction = "bidirectional" if self.bidirectional else "unidirectional"
-        layers = f"{self.num_layers} layer(s)"
-        return f"{self.path}: {self.original} -> BiRNN({self.cell}, {layers}, {direction})"
+        layers = f"{self.num_layers} layer{'s' if self.num_layers > 1 else ''}"
+        return f"{self.path}: nn.{self.original} ({layers}, {direction}) -> BiRNN"
 
 
 def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -115,6 +115,13 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def opset_text(opsets: dict[str, int]) -> str:
+    """``{"ai.onnx": 18, "com.microsoft": 1}`` as ``18, com.microsoft 1``: the default domain's
+    version first and bare, as ONNX tools print it."""
+    default = [str(v) for d, v in opsets.items() if d == "ai.onnx"]
+    return ", ".join(default + [f"{d} {v}" for d, v in opsets.items() if d != "ai.onnx"])
+
+
 def describe_lines(info: dict[str, Any]) -> list[str]:
     """:func:`describe_onnx`'s dict as the ``inspect`` command prints it.
 
@@ -136,7 +143,7 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
                 f"{path}: unreadable {METADATA_KEY} metadata ({exc}); re-export the model"
             ) from None
     out = [f"{path}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})"]
-    out.append(f"opsets: {info['opsets']}")
+    out.append(f"opset: {opset_text(info['opsets'])}")
     width = max(12, *(len(v["name"]) for v in (*info["inputs"], *info["outputs"])))
     for kind in ("inputs", "outputs"):
         out.append(f"{kind}:")

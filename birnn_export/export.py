@@ -13,6 +13,7 @@ place.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -125,6 +126,9 @@ class TracedGraph:
     #: Over protobuf's 2 GB limit: the weights go to an external data file (measured once:
     #: ``ByteSize`` walks the whole proto).
     large: bool
+    #: What the graph is beside what was asked for (a layout with nothing to rewrite, float32
+    #: islands in a float16 graph), one sentence each.
+    notes: tuple[str, ...] = ()
 
     def save(self, path: Path) -> None:
         """Write the graph to ``path`` (with its external data when :attr:`large`); a large
@@ -220,6 +224,8 @@ def trace_graph(
 
     replaced = tuple(conversion_report(model))
     converted = convert(model).eval() if replaced else model.eval()
+    if not replaced and reference is not None and reference is not model:
+        replaced = tuple(conversion_report(reference))  # converted when loaded (load_model)
     # A bare built-in layer cannot take lengths; its converted copy is proven equal to it on
     # PackedSequence input (tests/test_modules.py), so it serves as the reference.
     if reference is None:
@@ -294,13 +300,17 @@ def trace_graph(
     if target == torch.float16:
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
+    asked, notes = layout, []
     if layout in ("scan", "packed"):
         try:  # packed: LSTM and GRU nodes packed, RNN nodes as loops (faster than packed)
-            if layout == "packed":
-                pack_recurrent_nodes(proto)
-            scan_rnn_nodes(proto)
+            packed = pack_recurrent_nodes(proto) if layout == "packed" else 0
+            looped = scan_rnn_nodes(proto)
         except ValueError as exc:  # a node the rewrite cannot express exactly: say which
             raise ExportError(f"layout {layout}: {exc}; use --layout fused") from None
+        layout = "packed" if packed else "scan" if looped else "fused"
+        if layout != asked:
+            notes.append(_layout_note(asked, layout))
+    notes += _float32_islands(proto, dtype)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -326,6 +336,7 @@ def trace_graph(
         crfs=tuple(hand_written_crfs(converted)),
         fixed_at=fixed_at,
         large=proto.ByteSize() > EXTERNAL_DATA_THRESHOLD,
+        notes=tuple(notes),
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.
     if not graph.large:
@@ -715,6 +726,38 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "")
             f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
         )
     return hint
+
+
+def _layout_note(asked: str, layout: str) -> str:
+    """Why ``--layout asked`` wrote the ``layout`` graph (recorded as that)."""
+    why = (
+        "no LSTM or GRU node takes lengths (the model has none), so no rows are skipped"
+        if asked == "packed"
+        else "the model has no plain RNN layer (scan rewrites RNN nodes only)"
+    )
+    return f"--layout {asked}: {why}; wrote the {layout} graph, recorded as layout {layout}"
+
+
+def _float32_islands(proto: Any, dtype: str) -> list[str]:
+    """In a float16 graph, the recurrent nodes computing in float32 (those taking
+    ``sequence_lens``: TensorRT's parser rejects float16 ones), as a note."""
+    from onnx import TensorProto
+
+    if dtype != "float16":
+        return []
+    weights = {t.name: t.data_type for t in proto.graph.initializer}
+    counts = collections.Counter(
+        n.op_type
+        for n in proto.graph.node
+        if n.op_type in ("LSTM", "GRU", "RNN") and weights.get(n.input[1]) == TensorProto.FLOAT
+    )
+    if not counts:
+        return []
+    nodes = ", ".join(f"{op} x{k}" for op, k in sorted(counts.items()))
+    return [
+        f"{nodes} compute in float32 between Casts, with float32 weights: they take "
+        "sequence_lens, and TensorRT's parser rejects float16 ones (README, 'fp16 graphs')"
+    ]
 
 
 def _trace(

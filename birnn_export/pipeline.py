@@ -58,6 +58,8 @@ class ExportResult:
     inputs: str = ""
     #: What int8 quantization changed, if it was asked for.
     quantization: QuantizeReport | None = None
+    #: What the graph is beside what was asked for (:attr:`TracedGraph.notes`).
+    notes: tuple[str, ...] = ()
 
     @property
     def max_error(self) -> float | None:
@@ -152,6 +154,7 @@ def export_onnx(
         elapsed_s=time.perf_counter() - start,
         inputs=graph.inputs,
         quantization=quantized,
+        notes=graph.notes,
     )
 
 
@@ -216,6 +219,7 @@ class ExportReport:
             "model": self.model_path,
             "source": self.source,
             "converted": [str(r) for r in result.replaced],
+            "notes": list(result.notes),
             "inputs": self.inputs,
             "onnx": self.onnx,
             "max_abs_error": result.max_error,
@@ -238,7 +242,9 @@ class ExportReport:
         out = [f"Loaded   {self.model_path}: {self.source}"]
         out += [f"Converted {r}" for r in result.replaced]
         size_kib = onnx_info["file_size"] / 1024
-        opsets = onnx_info["opsets"]
+        from birnn_export.describe import opset_text
+
+        opsets = opset_text(onnx_info["opsets"])
         out.append(f"Wrote    {onnx_info['path']} ({size_kib:.1f} KiB, opset {opsets})")
         width = max(10, *(len(v["name"]) for v in (*onnx_info["inputs"], *onnx_info["outputs"])))
         for kind in ("inputs", "outputs"):
@@ -249,6 +255,7 @@ class ExportReport:
                 out.append(f"         ({self.inputs})")
         ops = ", ".join(f"{op} x{n}" for op, n in onnx_info["op_counts"].items())
         out.append(f"  ops    {ops}")
+        out += [f"  note: {note}" for note in result.notes]
         if result.verification is None:
             out.append("Not verified (--no-verify)")
         if result.quantization is not None:

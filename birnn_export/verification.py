@@ -72,6 +72,7 @@ from birnn_export.compare import (
     QuantizedCriterion,
     ToleranceOverride,
     check_overrides,
+    layer_tolerance,
     resolve_tolerance,
 )
 from birnn_export.errors import BiRNNExportError
@@ -460,6 +461,7 @@ def verify(
                         hidden=hidden,
                         layers=captured,
                         check_layers=engine == "ort-cpu" and spec.quantization is None,
+                        layer_criterion=layer_tolerance(spec.dtype, atol, rtol) if fixed else None,
                         reference=references.reference_only if references else None,
                         derived_lengths=last_lengths(spec, captured),
                     )

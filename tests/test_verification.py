@@ -483,6 +483,28 @@ def test_per_output_tolerance_override_rescues_one_output(
         verify(bad, lstm, atol={"nope": 1.0}, **kwargs)
 
 
+def test_a_tolerance_tighter_than_float32_is_told_as_such_not_blamed_on_a_layer(
+    stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    """A global --atol/--rtol judges the layers inside the graph too (not a hidden default),
+    and errors at float32 rounding are said to be the tolerance's, while a real defect under
+    the same kind of tolerance keeps its own diagnosis."""
+    model, paths = stacked_tagger
+    kwargs = {"batch_sizes": (4,), "seq_lens": (6,), "large_scale": None}
+    report = verify(paths["split"], model, atol=1e-12, rtol=0.0, **kwargs)
+    assert not report.passed
+    layers = [o for c in report.cases for o in c.outputs if o.check == "layer"]
+    assert layers and all((o.atol, o.rtol) == (1e-12, 0.0) for o in layers)
+    assert not all(o.passed for o in layers)
+    diagnosis = report.diagnosis()
+    assert "float32 rounding, not an export defect" in diagnosis
+    assert "half" not in diagnosis and "ReverseSequence" not in diagnosis
+    flipped = plant_whole_flip(paths["split"], tmp_path / "bad.onnx", after="rnn/l1/backward")
+    bad = verify(flipped, model, atol=1e-4, **kwargs)
+    assert not bad.passed and "rounding" not in bad.diagnosis()
+    assert "reaches no ReverseSequence" in bad.diagnosis()
+
+
 def test_a_flipped_backward_output_is_told_after_the_layers_that_match(
     stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
 ) -> None:
