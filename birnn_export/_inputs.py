@@ -174,6 +174,12 @@ def plan_inputs(
     """
     try:
         _refuse_keyword_only(model)
+        if input_size is not None and (inputs or example_inputs is not None):
+            given = "declared inputs" if inputs else "example inputs"
+            raise BiRNNExportError(
+                f"input_size: the {given} already give the sizes (--input, or a checkpoint's "
+                "own declaration); drop --input-size, or declare the input with its size"
+            )
         if inputs:
             if input_names:
                 raise BiRNNExportError("input_names: the declared inputs already name them")
@@ -605,6 +611,8 @@ def _infer(
         roles.append(mask_role)
         decl_list.append(((BATCH, SEQ), mask_dtype))
         how += f"; {param!r} read as a {mask_role} by its name"
+    else:
+        how += optional_mask_note(model)
     names = list(input_names) if input_names else _param_names(model, roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
@@ -829,14 +837,45 @@ def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
     )
 
 
+#: Mask names whose meaning is a convention even where ``forward`` makes the mask optional:
+#: Hugging Face's ``attention_mask`` (and BERT's ``input_mask``), 1 at each row's tokens, which
+#: their users always pass, and ``nn.MultiheadAttention``'s padding masks, True past each end.
+_PADDING_CONVENTIONS = frozenset(
+    {"attention_mask", "input_mask", "padding_mask", "pad_mask", "key_padding_mask",
+     "src_key_padding_mask"}
+)  # fmt: skip
+
+
 def _mask_param(model: nn.Module) -> tuple[str, str, str] | None:
     """(name, role, dtype) of a mask that ``forward`` takes second, told by the parameter's
-    name; not an optional one (``mask=None``: the model runs without it, as it did before)."""
+    name; an optional one only under a name of :data:`_PADDING_CONVENTIONS` (another, such as
+    ``mask=None``, may be a square attention mask or True at padding: the model runs without
+    it, as it did before, and :func:`optional_mask_note` says how to feed it)."""
     params = _forward_params(model)
-    if len(params) < 2 or params[1].default is not inspect.Parameter.empty:
+    if len(params) < 2:
+        return None
+    optional = params[1].default is not inspect.Parameter.empty
+    if optional and params[1].name not in _PADDING_CONVENTIONS:
         return None
     known = _mask_name(params[1].name)
     return None if known is None else (params[1].name, *known)
+
+
+def optional_mask_note(model: nn.Module) -> str:
+    """``"; 'mask' (optional) left out: ..."`` where ``forward``'s second parameter is an
+    optional mask that :func:`_mask_param` does not feed; else ``""``."""
+    params = _forward_params(model)
+    if len(params) < 2 or params[1].default is inspect.Parameter.empty:
+        return ""
+    known = _mask_name(params[1].name)
+    if known is None or params[1].name in _PADDING_CONVENTIONS:
+        return ""
+    name, (role, dtype) = params[1].name, known
+    meaning = "True past each row's end" if role == "padding_mask" else "True at each row's steps"
+    return (
+        f"; optional {name!r} left out (the graph runs the model without it): "
+        f"--input '{name}:{dtype}[batch,seq]:{role}' feeds it, {meaning}"
+    )
 
 
 def _guess_from_examples(

@@ -235,6 +235,11 @@ def describe_reference(reference: Any, converted: Any) -> str:
 
     crf = " and torchcrf's decode" if any(is_torchcrf(m) for m in reference.modules()) else ""
     if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
+        if getattr(reference, "rebuilt", False):
+            return (
+                f"torch's built-in layers{crf} (the model rebuilt from the file's weights; "
+                "--model-class checks your own class's forward)"
+            )
         return f"torch's built-in layers{crf} (the original model)"
     if reference is converted:
         return "the model (nothing needed conversion)"

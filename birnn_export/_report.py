@@ -110,13 +110,18 @@ class VerifyReport:
     def worst_ratio(self) -> float | None:
         """The largest finite engine-to-eager error ratio of any values or layer check (where
         eager PyTorch is exact the ulp floor judges instead)."""
+        worst = self._worst_ratio_at()
+        return None if worst is None else worst[0]
+
+    def _worst_ratio_at(self) -> tuple[float, str] | None:
+        """:meth:`worst_ratio` and where: the check and its case, in words."""
         ratios = [
-            o.ratio
+            (o.ratio, f"{o.check if o.check == 'layer' else 'output'} {o.name!r}, {c.label}")
             for c in self.cases
             for o in c.outputs
             if o.ratio is not None and math.isfinite(o.ratio) and o.check in ("values", "layer")
         ]
-        return max(ratios, default=None)
+        return max(ratios, key=lambda pair: pair[0], default=None)
 
     def worst_use(self) -> float | None:
         """The largest error over its threshold of any check (below 1 passes)."""
@@ -132,12 +137,15 @@ class VerifyReport:
         """One line: PASS/FAIL, counts, and the worst failing check."""
         total, failed = len(self.cases), self.failures
         if self.passed:
-            ratio, use = self.worst_ratio(), self.worst_use()
+            worst, use = self._worst_ratio_at(), self.worst_use()
             margin = " within tolerance"
-            if ratio is not None:
-                margin = f": error vs float64 at most {ratio:.2g}x eager {self.eager_dtype}'s own"
+            if worst is not None:
+                margin = (
+                    f": error vs float64 at most {worst[0]:.2g}x eager {self.eager_dtype}'s own "
+                    f"({worst[1]})"
+                )
             if use is not None:
-                margin += f" ({use:.2g} of the limit)"
+                margin += f", at most {use:.2g} of the limit"
             engines = ", ".join(self.engines)
             return f"PASS: {total} case(s) on {engines} match {self.reference}{margin}"
         parts = []

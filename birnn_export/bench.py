@@ -278,7 +278,9 @@ class BenchReport:
                 ax.legend(fontsize="small")
         cpu = self.environment.get("cpu", "")
         threads = self.environment.get("threads")
-        figure.suptitle(f"{cpu} · {threads} threads" if cpu else "birnn-export bench", fontsize=9)
+        plural = "" if threads == 1 else "s"
+        title = f"{cpu} · {threads} thread{plural}" if cpu else "birnn-export bench"
+        figure.suptitle(title, fontsize=9)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
         return write_atomic(Path(path), buffer.getvalue())
@@ -687,7 +689,8 @@ def render_table(report: BenchReport) -> Any:
         )
     env = report.environment
     lines = [
-        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} threads"
+        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} "
+        f"thread{'' if env.get('threads') == 1 else 's'}"
         + (f", {env['gpu']}" if env.get("gpu") else "")
         + f"; {report.settings.get('timing', '')}",
         "vs torch = eager torch median / engine median at the same shape (> 1: faster)"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,6 +49,12 @@ _ALIASES = {
     "ort-trt": "tensorrt",
     "ort-cuda": "ort-cuda",
 }
+
+
+def _counted(items: Sequence[Any], noun: str) -> str:
+    """``"1 warning"``, ``"0 errors"``."""
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
 
 #: Ops onnx-tensorrt imports, default ONNX domain: TensorRT 10.x's operator matrix and what
 #: TensorRT-RTX 1.7's parser answers to ``supports_operator`` (tests/test_check.py keeps them
@@ -170,8 +176,8 @@ class CheckReport:
     def summary(self) -> str:
         verdict = "compatible" if self.ok else "NOT compatible"
         return (
-            f"{self.source}: {verdict} with {self.target} ({len(self.errors)} errors, "
-            f"{len(self.warnings)} warnings; checked by {self.checked_with})"
+            f"{self.source}: {verdict} with {self.target} ({_counted(self.errors, 'error')}, "
+            f"{_counted(self.warnings, 'warning')}; checked by {self.checked_with})"
         )
 
     def raise_for_failure(self) -> None:
@@ -224,6 +230,11 @@ def check_compatibility(
             f"tensorrt: expected one of {', '.join(TENSORRT_CHOICES)}, got {tensorrt!r}"
         )
     target = _ALIASES[target]
+    if target != "tensorrt" and tensorrt != "auto":
+        raise BiRNNExportError(
+            f"tensorrt: {tensorrt!r} chooses the TensorRT that checks --target tensorrt; "
+            f"--target {target} has none to choose: drop --tensorrt"
+        )
     model, source = _load(onnx_path_or_model)
     static = _Checker(model, target).run()
     if target != "tensorrt" or tensorrt == "static":

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import logging
@@ -241,6 +242,16 @@ def load_model(
         raise ModelLoadError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     if model_kwargs is not None and model_class is None:
         raise ModelLoadError("model_kwargs: given without model_class; pass --model-class too")
+    folder_note = ""
+    if path.is_dir():  # a save_pretrained folder: its weights file, and config.json
+        path, config_file = _saved_folder(path)
+        folder_note = f" ({path.name} of a saved folder"
+        if config_file is not None and model_class is not None and model_kwargs is None:
+            model_kwargs = _read_config(config_file)
+            folder_note += ", its config.json as the class's arguments"
+        elif config_file is not None and model_class is None:
+            folder_note += "; --model-class builds your class from its config.json"
+        folder_note += ")"
     data = _read_bytes(path)
     obj = _deserialize(data, path, trust_pickle=trust_pickle, model_class=model_class)
     model, original, source, config = _build(
@@ -253,7 +264,7 @@ def load_model(
         time_major=time_major,
     )
     inputs, ranges = _declared(obj, path)
-    source += _precision_note(obj)
+    source += folder_note + _precision_note(obj)
     model = model.float().eval()
     if original is not None:
         original = original.float().eval()
@@ -303,6 +314,46 @@ def _declared(
     except BiRNNExportError as exc:
         raise ModelLoadError(f"{path}: bad declaration in birnn-export checkpoint: {exc}") from None
     return inputs, ranges
+
+
+#: Weights files of a ``save_pretrained`` folder (Hugging Face's ``PreTrainedModel`` and
+#: ``huggingface_hub.PyTorchModelHubMixin``), in the order they are looked for.
+_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+#: The largest config.json read: a model's arguments, not data.
+_CONFIG_LIMIT = 1 << 20
+
+
+def _saved_folder(folder: Path) -> tuple[Path, Path | None]:
+    """(weights file, config.json or None) of a folder written by ``save_pretrained``."""
+    for name in _FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            config = folder / "config.json"
+            return folder / name, config if config.is_file() else None
+    sharded = sorted(folder.glob("*.index.json"))
+    if sharded:
+        raise ModelLoadError(
+            f"{folder}: holds sharded weights ({sharded[0].name}), which are not read; save "
+            "them in one file (save_pretrained(..., max_shard_size='100GB')) or give that file"
+        )
+    raise ModelLoadError(
+        f"{folder}: is a directory without {' or '.join(_FOLDER_WEIGHTS)} (a save_pretrained "
+        "folder); give the model file itself"
+    )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A saved folder's config.json: the keyword arguments of the model's class."""
+    try:
+        if path.stat().st_size > _CONFIG_LIMIT:
+            raise ModelLoadError(f"{path}: over {_CONFIG_LIMIT >> 20} MiB; not a model's config")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"{path}: unreadable ({_first_sentence(str(exc))}); give --model-kwargs instead"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object of arguments; give --model-kwargs")
+    return config
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -430,11 +481,35 @@ def _deserialize(
                 f"{path}: a pickle stream that torch.load(weights_only=True) cannot read "
                 f"({_last_detail(text)}): corrupted, or not written by torch.save"
             ) from None
+        if _is_onnx(data):
+            raise ModelLoadError(onnx_given(path)) from None
         raise ModelLoadError(
             f"{path}: not a PyTorch file; expected a zip archive written by torch.save (or a "
             "safetensors file), "
             f"but it starts with {data[:16]!r}"
         ) from None
+
+
+def onnx_given(path: Path) -> str:
+    """The error for an ONNX graph given where a PyTorch model belongs."""
+    return (
+        f"{path}: is an ONNX graph, not a PyTorch model; give the model file it came from "
+        f"(birnn-export inspect {path} describes the graph, birnn-export verify {path} "
+        "--model MODEL.pt checks it)"
+    )
+
+
+def _is_onnx(data: bytes) -> bool:
+    """Whether ``data`` parses as an ONNX ModelProto with a graph (its first field, the IR
+    version, is byte 0x08)."""
+    if data[:1] != b"\x08":
+        return False
+    try:
+        import onnx
+
+        return bool(onnx.load_model_from_string(data).graph.node)
+    except Exception:
+        return False
 
 
 #: Reading a model file may take this many times its size in memory, plus :data:`LOAD_SLACK`.
@@ -677,8 +752,7 @@ def _build(
                 return (*_from_module(state), where + _training_note(state), _config_of(state))
             state = state.state_dict()
     if model_class is not None:
-        factory = functools.partial(_user_class(model_class), **model_kwargs)
-        what = f"{model_class}(**{model_kwargs!r})"
+        factory, what = _factory(_user_class(model_class), model_class, model_kwargs)
         keys = _call(_on_meta(factory) or factory, what, model_class).state_dict()
         state, stripped = _strip_wrapper_prefix(state, keys)
         if stripped:
@@ -874,6 +948,26 @@ def _user_class(spec: str) -> type[nn.Module]:
     if not (isinstance(target, type) and issubclass(target, nn.Module)):
         raise ModelLoadError(f"model_class: {spec!r} is not an nn.Module subclass")
     return target
+
+
+def _factory(cls: type[nn.Module], name: str, kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """(a builder of ``cls`` from ``kwargs``, the call in words). A class built from one config
+    object, as Hugging Face's ``PreTrainedModel(config)`` is (its ``config_class`` says which),
+    gets that object made from ``kwargs`` (config.json's contents)."""
+    config_class = getattr(cls, "config_class", None)
+    try:
+        params = list(inspect.signature(cls.__init__).parameters)[1:]
+    except (TypeError, ValueError):  # no signature to read: called with the arguments as given
+        params = []
+    if not (isinstance(config_class, type) and params[:1] == ["config"]):
+        return functools.partial(cls, **kwargs), f"{name}(**{kwargs!r})"
+    what = f"{name}({config_class.__name__}(**{kwargs!r}))"
+    from_dict = getattr(config_class, "from_dict", None)
+    if callable(from_dict):
+        config = _call(lambda: from_dict(dict(kwargs)), what)
+    else:
+        config = _call(lambda: config_class(**kwargs), what)
+    return functools.partial(cls, config), what
 
 
 def _on_meta(factory: Any) -> Any:
@@ -1271,7 +1365,9 @@ def _reference(config: TaggerConfig, state: dict[str, Tensor]) -> TorchReference
     """torch's own layers with the weights of a rebuilt SequenceTagger."""
     tagger = SequenceTagger(config)
     tagger.load_state_dict(state, strict=True)
-    return tagger.to_torch()
+    reference = tagger.to_torch()
+    reference.rebuilt = True
+    return reference
 
 
 # -- messages ----------------------------------------------------------------------------------

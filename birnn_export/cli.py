@@ -14,6 +14,7 @@ keep their traceback.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from birnn_export._option_groups import (
     timing_options,
 )
 from birnn_export._version import __version__
-from birnn_export.errors import BiRNNExportError, UsageError, VerificationError
+from birnn_export.errors import BiRNNExportError, ModelLoadError, UsageError, VerificationError
 
 DEFAULT_COMMAND = "export"
 #: Exit code of :func:`main` after Ctrl-C, as shells report a process ended by SIGINT (128 + 2);
@@ -44,8 +45,20 @@ class _DefaultGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
+            self._refuse_misspelled(args[0])
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+    def _refuse_misspelled(self, word: str) -> None:
+        """A first word that is no file and is spelled like a command (``verfy``) is that
+        command mistyped, not a model to export."""
+        import difflib
+
+        if "." in word or "/" in word or os.path.exists(word):
+            return
+        close = difflib.get_close_matches(word, list(self.commands), n=1, cutoff=0.6)
+        if close:
+            raise click.UsageError(f"No such command {word!r}. Did you mean {close[0]!r}?")
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "MODEL.pt [OPTIONS] | COMMAND [ARGS]...")
@@ -131,6 +144,10 @@ def export_command(
     """
     from birnn_export.pipeline import export_model
 
+    if model_path.suffix.lower() == ".onnx":  # else its default output would be itself
+        from birnn_export.checkpoint import onnx_given
+
+        raise ModelLoadError(onnx_given(model_path))
     output = output or model_path.with_suffix(".onnx")
     options_.check_files(
         {"MODEL.pt": model_path}, {"-o": output, "--json": json_path}, suffixes={"-o": ".onnx"}

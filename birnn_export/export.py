@@ -232,6 +232,9 @@ def trace_graph(
         reference = converted if isinstance(model, nn.RNNBase) else model
     reference = reference.eval()
     layers = [m for _, m in find_recurrent_layers(converted) if isinstance(m, BiRNN)]
+    kernel_call = _direct_kernel(converted)
+    if kernel_call:
+        raise ExportError(kernel_call)
     if layout is None:
         layout = default_layout(layers)
     if config is None and isinstance(converted, SequenceTagger):
@@ -1160,6 +1163,35 @@ def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
         "runs the loop inside one node and takes the cell's weights as weight_ih_l0, "
         "weight_hh_l0, bias_ih_l0, bias_hh_l0"
     )
+
+
+#: A call of torch's recurrent kernel itself, past the modules (``torch._VF.lstm(x, hx,
+#: flat_weights, ...)``, as nn.LSTM's own forward makes it).
+_KERNEL_CALL = re.compile(r"\b(?:_VF|torch)\.(lstm|gru|rnn_tanh|rnn_relu)\(")
+
+
+def _direct_kernel(model: nn.Module) -> str | None:
+    """What to do about a model that calls torch's recurrent kernel itself (``torch._VF.lstm``
+    with weights of its own): there is no layer to convert, and the call traces only at the
+    example's shapes."""
+    for cls in dict.fromkeys(type(m) for m in model.modules()):
+        if cls.__module__.startswith("torch."):
+            continue
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        match = _KERNEL_CALL.search(source)
+        if match:
+            layer = {"lstm": "LSTM", "gru": "GRU"}.get(match[1], "RNN")
+            return (
+                f"{cls.__name__} calls torch's recurrent kernel itself ({match[0][:-1]}), with "
+                f"no nn.{layer} module to convert, and that call traces only at the example's "
+                f"shapes; hold the weights in an nn.{layer}(..., bidirectional=True) and call "
+                "it (its parameters are weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, "
+                "and the same with _reverse, in torch's gate order)"
+            )
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -164,6 +164,9 @@ class TorchReference(nn.Module):
         self.crf = crf
         self.uses_lengths = uses_lengths
         self.config = config
+        #: Built by the loader from a bare state_dict's keys, not from the user's own class:
+        #: verification then says it checked this rebuilt model.
+        self.rebuilt = False
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Any:
         ids = x

@@ -332,6 +332,12 @@ def export_model(
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
     declared = list(inputs) or list(loaded.inputs or ())
     named = dict(ranges or {})
+    for dim, given, option in (("batch", batch_range, "batch"), ("seq", seq_range, "seq")):
+        if given is not None and dim in named:
+            raise ExportError(
+                f"ranges: --range {dim}=... and --{option}-range both give the range of "
+                f"{dim!r}; give one"
+            )
     if batch_range is not None:
         named["batch"] = tuple(batch_range)
     if not inputs:

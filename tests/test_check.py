@@ -954,6 +954,11 @@ def test_cli_real_parser_verdict(tmp_path) -> None:
     )
     assert result.exit_code == 1 and "TensorRT's ONNX parser (" not in result.output
     assert result.output.splitlines()[-1].endswith("checked by static rules)")
+    # --tensorrt chooses TensorRT's checker: with another target it has nothing to choose.
+    result = runner.invoke(
+        main, ["check", str(clean), "--target", "ort-cuda", "--tensorrt", "static"]
+    )
+    assert result.exit_code == 2 and "drop --tensorrt" in result.output
 
 
 def test_cli_subprocess(tmp_path) -> None:

@@ -81,6 +81,34 @@ USER_SOURCE = textwrap.dedent(
         pass
 
 
+    class HubConfig:
+        '''As transformers' PretrainedConfig: built by from_dict, keeping config.json's
+        other keys (architectures, model_type, ...) as attributes.'''
+
+        def __init__(self, vocab=50, dim=8, hidden=12, classes=4, **others):
+            self.vocab, self.dim, self.hidden, self.classes = vocab, dim, hidden, classes
+            self.__dict__.update(others)
+
+        @classmethod
+        def from_dict(cls, config):
+            return cls(**config)
+
+
+    class HubTagger(nn.Module):
+        '''As a PreTrainedModel: built from one config object, its class's config_class.'''
+
+        config_class = HubConfig
+
+        def __init__(self, config):
+            super().__init__()
+            self.embed = nn.Embedding(config.vocab, config.dim, padding_idx=0)
+            self.rnn = nn.GRU(config.dim, config.hidden, bidirectional=True, batch_first=True)
+            self.classifier = nn.Linear(2 * config.hidden, config.classes)
+
+        def forward(self, input_ids):
+            return self.classifier(self.rnn(self.embed(input_ids))[0])
+
+
     def write_marker(path):
         with open(path, "w") as handle:
             handle.write("code ran")
@@ -366,6 +394,77 @@ def test_a_safetensors_state_dict_is_read_without_pickle(tmp_path, user_models):
     ids = torch.randint(0, 40, (3, 9), generator=_gen())
     with torch.no_grad():
         _close(loaded.model(ids), model(ids))
+
+
+def test_a_save_pretrained_folder_reads_its_weights_and_config(tmp_path, user_models):
+    """A folder as Hugging Face's save_pretrained writes it (model.safetensors or
+    pytorch_model.bin, beside config.json): the weights file is read, and with --model-class
+    config.json gives the class's arguments: as keywords (PyTorchModelHubMixin), or as the one
+    config object a PreTrainedModel takes (its config_class, from_dict)."""
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    mixin = tmp_path / "mixin"
+    mixin.mkdir()
+    model = user_models.AttentionClassifier(**kwargs).eval()
+    safetensors_save_file(model.state_dict(), mixin / "model.safetensors")
+    (mixin / "config.json").write_text(json.dumps(kwargs))
+    loaded = load_model(mixin, model_class=f"{USER_MODULE}:AttentionClassifier")
+    assert "model.safetensors of a saved folder, its config.json as the" in loaded.source
+    ids = torch.randint(0, 40, (3, 9), generator=_gen())
+    with torch.no_grad():
+        _close(loaded.model(ids), model(ids))
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    config = user_models.HubConfig(**kwargs)
+    tagger = user_models.HubTagger(config).eval()
+    torch.save(tagger.state_dict(), hub / "pytorch_model.bin")
+    extra = {"architectures": ["HubTagger"], "model_type": "hub", "transformers_version": "5"}
+    (hub / "config.json").write_text(json.dumps({**kwargs, **extra}))
+    loaded = load_model(hub, model_class=f"{USER_MODULE}:HubTagger")
+    assert "pytorch_model.bin of a saved folder" in loaded.source
+    with torch.no_grad():
+        _close(loaded.model(ids), tagger(ids))
+    # Without a class the weights are a bare state_dict; the load line says what config.json
+    # is for.
+    assert "--model-class builds your class from its config.json" in load_model(hub).source
+    # --model-kwargs given wins over config.json.
+    with pytest.raises(ModelLoadError, match="shape mismatch"):
+        load_model(
+            mixin,
+            model_class=f"{USER_MODULE}:AttentionClassifier",
+            model_kwargs={**kwargs, "hidden": 8},
+        )
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=r"without model\.safetensors or pytorch_model\.bin"):
+        load_model(empty)
+    (empty / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="sharded weights"):
+        load_model(empty)
+    (mixin / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="expected a JSON object"):
+        load_model(mixin, model_class=f"{USER_MODULE}:AttentionClassifier")
+
+
+def test_an_onnx_graph_given_as_the_model_is_named_as_one(tmp_path):
+    """An exported graph where the PyTorch model belongs (arguments swapped, or the .onnx
+    given to the export): said in one line, with the commands that take a graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [x])
+    path = tmp_path / "graph.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    renamed = tmp_path / "graph.pt"
+    renamed.write_bytes(path.read_bytes())
+    for given in (path, renamed):
+        with pytest.raises(ModelLoadError, match="is an ONNX graph, not a PyTorch model"):
+            load_model(given)
+    result = CliRunner().invoke(main, [str(path)])
+    assert result.exit_code == 2 and "is an ONNX graph" in result.output
+    assert "also the MODEL.pt" not in result.output
 
 
 def test_state_dict_of_a_sequence_tagger_and_dataparallel_prefix(tmp_path):

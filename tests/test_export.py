@@ -575,6 +575,29 @@ def test_a_cell_run_in_a_python_loop_is_told_the_layer_to_use(tmp_path):
     assert not (tmp_path / "c.onnx").exists()
 
 
+class KernelLSTM(nn.Module):
+    """Calls torch's LSTM kernel itself with flat weights of its own, as ports of older code
+    do: no nn.LSTM to convert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(*shape) * 0.3) for _ in range(2)
+             for shape in ((24, 5), (24, 6), (24,), (24,))]
+        )  # fmt: skip
+
+    def forward(self, x):
+        h0 = x.new_zeros(2, x.shape[0], 6)
+        out, _, _ = torch._VF.lstm(x, (h0, h0), list(self.weights), True, 1, 0.0, False, True, True)
+        return out
+
+
+def test_a_model_calling_the_recurrent_kernel_itself_is_told_the_layer_to_use(tmp_path):
+    with pytest.raises(ExportError, match=r"calls torch's recurrent kernel itself \(_VF.lstm\)"):
+        export_onnx(KernelLSTM().eval(), tmp_path / "k.onnx", input_size=5)
+    assert not (tmp_path / "k.onnx").exists()
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
@@ -1957,6 +1980,7 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
     ("args", "message"),
     [
         (["missing.pt"], "no such file"),
+        (["verfy", "m.onnx"], "No such command 'verfy'. Did you mean 'verify'?"),
         (["{sample}", "--opset", "3"], "opset: 3 is not supported"),
         (["{sample}", "--model-kwargs", "{bad"], "--model-kwargs: not valid JSON"),
         (["{sample}", "--bogus"], "No such option '--bogus'"),
@@ -1965,6 +1989,14 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
         (["{sample}", "--state-key", "model"], "--state-key 'model' does not apply"),
         (["{sample}", "--seq-range", "1,64"], "--seq-range: expected MIN,OPT,MAX"),
         (["{sample}", "--batch-range", "8,1,32"], "--batch-range: expected MIN,OPT,MAX"),
+        (
+            ["{sample}", "--range", "seq=1,64,256", "--seq-range", "1,16,64"],
+            "--range seq=... and --seq-range both give the range of 'seq'",
+        ),
+        (
+            ["{sample}", "--input", "x:float32[batch,seq,10]", "--input-size", "10"],
+            "input_size: the declared inputs already give the sizes",
+        ),
     ],
 )
 def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, args, message):

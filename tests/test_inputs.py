@@ -975,6 +975,43 @@ def test_an_optional_mask_parameter_is_not_made_an_input(tmp_path) -> None:
 
     result = export_onnx(OptionalMask().eval(), tmp_path / "o.onnx")
     assert [t.name for t in result.spec.inputs] == ["x"]
+    # ... and the inferred-inputs line says it was seen, and how to feed it.
+    assert "optional 'mask' left out" in result.inputs
+    assert "--input 'mask:bool[batch,seq]:mask' feeds it" in result.inputs
+
+
+def test_an_optional_hugging_face_attention_mask_is_an_input(tmp_path) -> None:
+    """``forward(input_ids=None, attention_mask=None)``, as every ``PreTrainedModel`` writes it:
+    its users always pass the tokenizer's mask, so the graph takes it, and the export is checked
+    against the model called with it (here the mask packs the rows, so leaving it out changes
+    every padded row's output)."""
+
+    class HubTagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 8, padding_idx=0)
+            self.rnn = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, input_ids=None, attention_mask=None):
+            x = self.embed(input_ids)
+            if attention_mask is not None:
+                lengths = attention_mask.sum(1).cpu()
+                packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+                out = self.rnn(packed)[0]
+                out = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+            else:
+                out = self.rnn(x)[0]
+            return self.head(out)
+
+    torch.manual_seed(0)
+    model = HubTagger().eval()
+    result = export_onnx(model, tmp_path / "o.onnx")
+    inputs = {t.name: t for t in result.spec.inputs}
+    assert list(inputs) == ["input_ids", "attention_mask"]
+    assert inputs["attention_mask"].role == "mask" and inputs["attention_mask"].dtype == "int64"
+    assert result.verification is not None and result.verification.passed
+    assert "left out" not in result.inputs
 
 
 # -- token inputs with their own vocabularies -------------------------------------------------

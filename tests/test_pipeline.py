@@ -21,7 +21,8 @@ def _steady(lines: list[str]) -> list[str]:
     """Lines without what varies between runs (timings, sizes of engines, error ratios)."""
     skip = ("Done in", "  info: graph: tensorrt")
     steady = [line for line in lines if not line.startswith(skip)]
-    return [re.sub(r"[0-9.e+-]+x|\([0-9.e+-]+ of the limit\)", "N", line) for line in steady]
+    pattern = r"[0-9.e+-]+x \S+ \S+ own \([^)]*\)|[0-9.e+-]+ of the limit"
+    return [re.sub(pattern, "N", line) for line in steady]
 
 
 def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
@@ -63,6 +64,41 @@ def test_export_model_takes_load_and_export_options(tmp_path: Path) -> None:
     assert report.result.spec.batch_range == (1, 4, 16) and report.result.spec.layout == "fused"
     assert report.compatibility is None and "Not verified (--no-verify)" in report.lines()
     assert any(line.startswith("Compat   int8 graph") for line in report.lines())
+
+
+def test_the_report_says_what_was_converted_and_what_the_graph_is(tmp_path: Path) -> None:
+    """The layers the loader converted are listed (lines and JSON); a layout with nothing to
+    rewrite is recorded as the graph it wrote, with a note; a float16 graph says which nodes
+    compute in float32; a model rebuilt from a bare state_dict is not called the original."""
+    report = export_model(
+        SAMPLES / "seed_example2_lstm.pt", tmp_path / "p.onnx", layout="packed", dtype="float16"
+    )
+    converted = ["rnn: nn.LSTM (1 layer, bidirectional) -> BiRNN"]
+    assert report.to_dict()["converted"] == converted
+    assert f"Converted {converted[0]}" in report.lines()
+    assert report.result.spec.layout == "fused"  # no lengths: no rows to skip, no RNN to loop
+    notes = report.to_dict()["notes"]
+    assert any("--layout packed: no LSTM or GRU node takes lengths" in n for n in notes)
+    assert not any("compute in float32" in n for n in notes)  # no sequence_lens: float16
+    assert "(the original model)" in report.result.verification.summary()
+
+    rebuilt = export_model(
+        SAMPLES / "seed_example1_state_dict.pt",
+        tmp_path / "r.onnx",
+        dtype="float16",
+        layout="split",
+    )
+    assert any(n.startswith("RNN x") and "compute in float32" in n for n in rebuilt.result.notes)
+    assert "rebuilt from the file's weights" in rebuilt.result.verification.summary()
+
+
+def test_quiet_prints_only_the_error_of_a_failed_verification(tmp_path: Path) -> None:
+    args = [str(SAMPLES / "token_tagger.pt"), "-o", str(tmp_path / "t.onnx"), "--quantize"]
+    result = CliRunner().invoke(main, [*args, "int8", "-q"])
+    if result.exit_code == 0:
+        pytest.skip("the int8 graph passed here: no failure to print")
+    assert result.exit_code == 1
+    assert result.stdout == "" and result.stderr.count("FAIL") == 1, result.output
 
 
 def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:
