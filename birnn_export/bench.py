@@ -695,6 +695,12 @@ def render_table(report: BenchReport) -> Any:
         + f"; {report.settings.get('timing', '')}",
         "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
         + _torch_mode(report.settings),
+        "tokens/s = the batch's valid steps per second"
+        + (
+            " (ragged rows: padding not counted)"
+            if report.settings.get("lengths") == "ragged"
+            else " (batch x seq)"
+        ),
         *_other_dims(report.settings),
         *notes.values(),
         *_unstable_line(report),

@@ -230,7 +230,7 @@ def check_compatibility(
             f"tensorrt: expected one of {', '.join(TENSORRT_CHOICES)}, got {tensorrt!r}"
         )
     target = _ALIASES[target]
-    if target != "tensorrt" and tensorrt != "auto":
+    if target != "tensorrt" and tensorrt not in ("auto", "static"):  # ort-cuda: static rules
         raise BiRNNExportError(
             f"tensorrt: {tensorrt!r} chooses the TensorRT that checks --target tensorrt; "
             f"--target {target} has none to choose: drop --tensorrt"

@@ -293,7 +293,8 @@ def verify_command(
 
     \b
     Defaults: a covering set of batch sizes 1,3,16 and lengths 1,2,T0,4*T0 and the declared
-    maximum (T0: the export's example length); --batch-sizes and --seq-lens run their product.
+    maximum (T0: the export's example length); --batch-sizes and --seq-lens run their product,
+    each shape with ragged and with equal lengths where the graph takes lengths or a mask.
     """
     from birnn_export.checkpoint import load_model
     from birnn_export.verification import render_report, verify

@@ -956,7 +956,7 @@ def test_cli_real_parser_verdict(tmp_path) -> None:
     assert result.output.splitlines()[-1].endswith("checked by static rules)")
     # --tensorrt chooses TensorRT's checker: with another target it has nothing to choose.
     result = runner.invoke(
-        main, ["check", str(clean), "--target", "ort-cuda", "--tensorrt", "static"]
+        main, ["check", str(clean), "--target", "ort-cuda", "--tensorrt", "tensorrt_rtx"]
     )
     assert result.exit_code == 2 and "drop --tensorrt" in result.output
 
