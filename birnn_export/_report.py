@@ -172,6 +172,9 @@ class VerifyReport:
         diagnosis = self.diagnosis()
         if diagnosis:
             message += " | " + " ".join(diagnosis.splitlines()[0].split())
+        other_file = next((n for n in self.notes if n.startswith(OTHER_FILE_NOTE)), None)
+        if other_file:  # the likeliest cause of all: say it in the one line
+            message += f" | {other_file}"
         raise VerificationError(message, report=self)
 
     def diagnosed_failures(self) -> tuple[CaseResult, ...]:
@@ -289,6 +292,10 @@ def wide_console() -> Any:
     return Console(width=None if sys.stdout.isatty() else 150)
 
 
+#: How the note that the graph came from another model file than the one given begins.
+OTHER_FILE_NOTE = "the graph was exported from a file with sha256"
+
+
 def render_report(report: VerifyReport, *, console: Any = None, max_failures: int = 20) -> None:
     """Print ``report`` as rich tables: worst error per engine, output and check, then the failing
     cases with their diagnosis."""
@@ -297,7 +304,8 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
     console = console or wide_console()
     table = Table(
         title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})",
-        caption="error, eager, ratio and limit: the case nearest its limit",
+        caption="error, eager, ratio and limit: the case nearest its limit (error: the largest "
+        "absolute, or L2, relative L2; a top-1 in parentheses is judged over the whole sweep)",
     )
     for column in (
         "engine",
@@ -326,7 +334,7 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         detail = Table(
             title=f"failing cases ({len(failures)}, first {min(len(failures), max_failures)})"
         )
-        for column in ("case", "lengths", "output", "check", "max abs", "ratio", "limit", "note"):
+        for column in ("case", "lengths", "output", "check", "error", "ratio", "limit", "note"):
             detail.add_column(column)
         for case in failures[:max_failures]:
             lengths = _short(case.lengths)
@@ -339,7 +347,7 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
                         lengths,
                         out.name,
                         out.check,
-                        f"{out.max_abs:.3g}",
+                        _error_text(out),
                         _ratio(out.ratio),
                         out.limit,
                         out.note,
@@ -383,6 +391,25 @@ def _nearness(check: Check) -> tuple[bool, float]:
     return (not check.passed, check.ratio if check.ratio is not None else check.max_abs)
 
 
+def _error_text(check: Check) -> str:
+    """The error ``check`` is judged by: relative L2 for int8 checks, else the largest."""
+    if check.threshold is None and check.atol is None and check.rel_l2 is not None:
+        return f"L2 {check.rel_l2:.3g}"
+    return f"{check.max_abs:.3g}"
+
+
+def _by_l2_alone(check: Check) -> bool:
+    """Whether ``check`` is judged by its relative L2 error alone (an int8 graph's case; the
+    whole sweep's check judges top-1 too)."""
+    return (
+        check.threshold is None
+        and check.atol is None
+        and check.rel_l2 is not None
+        and check.rel_l2_limit is not None
+        and check.top1_limit is None
+    )
+
+
 def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
     groups: dict[tuple[str, str, str], list[Check]] = {}
     errors: dict[str, int] = {}
@@ -398,6 +425,8 @@ def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
         worst = max(outs, key=_nearness)
         top1 = [o.top1 for o in outs if o.top1 is not None]
         top1_text = "-" if not top1 else f"{100 * min(top1):.1f}%"
+        if top1 and _by_l2_alone(worst):  # an int8 case: top-1 is judged over the whole sweep
+            top1_text = f"({top1_text})"
         greedy = [o.greedy for o in outs if o.greedy is not None]
         if greedy:
             top1_text += f", CTC {100 * min(greedy):.0f}%"
@@ -407,7 +436,7 @@ def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
             name,
             check,
             f"{passed}/{len(outs)}",
-            f"{worst.max_abs:.3g}",
+            _error_text(worst),
             f"{worst.noise:.3g}" if worst.noise is not None else "-",
             _ratio(worst.ratio),
             worst.limit,

@@ -728,7 +728,16 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "")
             "; one row had 1 step: if the model needs longer rows (a strided front end), give "
             f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
         )
+    if _TWO_STATES.search(error):
+        hint += (
+            "; an LSTM state passed as one tuple (state=(h0, c0)) cannot be one graph input: "
+            "take h0 and c0 as two parameters of forward and declare each"
+        )
     return hint
+
+
+#: torch's error (and BiRNN's) for an LSTM given one state tensor where it takes (h0, c0).
+_TWO_STATES = re.compile(r"lstm expects two hidden states|expected a tuple \(h_0, c_0\)", re.I)
 
 
 def _layout_note(asked: str, layout: str) -> str:

@@ -56,7 +56,7 @@ from birnn_export._references import (
     resolve_models,
     root_bidirectional_hidden,
 )
-from birnn_export._report import CaseResult, VerifyReport, environment
+from birnn_export._report import OTHER_FILE_NOTE, CaseResult, VerifyReport, environment
 from birnn_export._report import render_report as render_report
 from birnn_export._sweep import (
     LARGE_SCALE,
@@ -389,7 +389,7 @@ def verify(
         _check_golden(golden, ref_name, len(cases), spec)
     if sha and spec.source_sha256 and sha != spec.source_sha256:
         notes.append(
-            f"the graph was exported from a file with sha256 {spec.source_sha256[:12]}..., the "
+            f"{OTHER_FILE_NOTE} {spec.source_sha256[:12]}..., the "
             f"model given has {sha[:12]}...: they may not be the same weights"
         )
     criteria: dict[str, Criterion] = {t.name: NoiseCriterion() for t in spec.outputs}
@@ -407,7 +407,9 @@ def verify(
         if fixed
         else f"float64 reference; {NoiseCriterion().describe()} ({eager_dtype})"
     )
-    if any(c is quantized for c in per_engine.values()):
+    if all(c is quantized for c in per_engine.values()):
+        criterion_text = f"float64 reference; {QuantizedCriterion().describe()}"
+    elif any(c is quantized for c in per_engine.values()):
         criterion_text += f"; {QuantizedCriterion().describe()}"
 
     hidden = None if golden is not None else root_bidirectional_hidden(converted, ref_module)

@@ -598,6 +598,20 @@ def test_a_model_calling_the_recurrent_kernel_itself_is_told_the_layer_to_use(tm
     assert not (tmp_path / "k.onnx").exists()
 
 
+def test_an_lstm_state_declared_as_one_input_is_told_to_become_two(tmp_path):
+    class Stateful(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, state):
+            return self.rnn(x, state)[0]
+
+    inputs = ["x:float32[batch,seq,5]", "state:float32[2,batch,6]"]
+    with pytest.raises(ExportError, match="take h0 and c0 as two parameters of forward"):
+        export_onnx(Stateful().eval(), tmp_path / "s.onnx", inputs=inputs)
+
+
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()

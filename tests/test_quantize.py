@@ -92,6 +92,14 @@ def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> No
     assert check.check == "sweep" and check.top1 >= 0.995 and check.rel_l2 < 0.05
     assert check.top1_decisive > 500  # pooled over the cases' valid positions
     assert not any(name.endswith(".onnx") for name in _leftovers(tmp_path))
+    # The table shows what each row is judged by: relative L2 in the error column, and a
+    # case's top-1, judged only over the sweep, in parentheses.
+    from birnn_export._report import _summary_rows
+
+    rows = {row[2]: row for row in _summary_rows(report) if row[1] == check.name}
+    assert rows["sweep"][4] == f"L2 {check.rel_l2:.3g}" and rows["sweep"][8].endswith("%")
+    assert rows["values"][4].startswith("L2 ") and rows["values"][8].startswith("(")
+    assert report.criterion.startswith("float64 reference; int8:")
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -742,6 +742,22 @@ def test_wrong_reference_model_is_a_user_error(fused_path: Path) -> None:
         verify(fused_path, other, batch_sizes=(1,), seq_lens=(2,))
 
 
+def test_a_failure_against_another_model_file_says_so_in_its_one_line(
+    tagger_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Verifying against a file other than the one exported (other weights, same layout): the
+    error's one line ends with the likeliest cause, the files' different hashes."""
+    from birnn_export.checkpoint import load_model
+
+    pt, onnx_path = tagger_files
+    state = torch.load(pt, weights_only=True)
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 0.5 if k.startswith("head") else v for k, v in state.items()}, other)
+    report = verify(onnx_path, load_model(other), batch_sizes=(2,), seq_lens=(5,))
+    with pytest.raises(VerificationError, match=r"\| the graph was exported from a file with"):
+        report.raise_for_failure()
+
+
 def test_export_runs_the_same_sweep_as_verify(lstm: BiRNN, tmp_path: Path) -> None:
     result = export_onnx(lstm, tmp_path / "m.onnx")
     report = verify(result.path, lstm)
