@@ -138,6 +138,39 @@ def clean_nodes(proto: Any) -> None:
             seen[name] += 1  # a layer called twice in forward: its second nodes are name#2
             node.name = name if seen[name] == 1 else f"{name}#{seen[name]}"
         del node.metadata_props[:]
+    _name_reversals(proto.graph)
+
+
+_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def _name_reversals(graph: Any) -> None:
+    """Name the split layout's ``ReverseSequence`` nodes after their recurrent node: the one
+    that feeds a backward node its input reversed is ``rnn/l0/backward/reverse_in``, the one
+    that puts its output (through a ``Squeeze``) back in time order ``.../reverse_out`` (the
+    exporter calls both ``node__symbolic_N``; TensorRT's errors and Netron show the name)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    taken = {node.name for node in graph.node}
+    for node in graph.node:
+        if node.op_type != "ReverseSequence" or not node.name.startswith("node_"):
+            continue
+        fed = [n for n in consumers[node.output[0]] if n.op_type in _RECURRENT_OPS]
+        before = producers.get(node.input[0])
+        if before is not None and before.op_type == "Squeeze" and before.input:
+            before = producers.get(before.input[0])
+        if len(fed) == 1:
+            name = f"{fed[0].name}/reverse_in"
+        elif before is not None and before.op_type in _RECURRENT_OPS:
+            name = f"{before.name}/reverse_out"
+        else:
+            continue
+        if name not in taken:
+            taken.add(name)
+            node.name = name
 
 
 def sink_batch_transposes(proto: Any) -> int:

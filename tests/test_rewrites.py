@@ -193,6 +193,26 @@ def test_a_layer_called_twice_gets_distinct_node_names(tmp_path):
     assert names == ["rnn/l0", "rnn/l0#2"]
 
 
+def test_split_reversals_are_named_after_their_backward_node(tmp_path):
+    """The split layout's ReverseSequence nodes carry their layer's name (the exporter's are
+    node__symbolic_N): the one feeding a backward node, and the one after its output."""
+    import torch
+    from torch import nn
+
+    from birnn_export.pipeline import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=True).eval()
+    export_onnx(model, tmp_path / "m.onnx", layout="split", verify=False)
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    names = sorted(n.name for n in graph.node if n.op_type == "ReverseSequence")
+    assert names == [
+        f"<root>/l{k}/backward/reverse_{side}" for k in (0, 1) for side in ("in", "out")
+    ]
+    recurrent = {n.name for n in graph.node if n.op_type == "LSTM"}
+    assert "<root>/l1/backward" in recurrent
+
+
 def test_every_initializer_is_used_so_onnx_runtime_loads_quietly(tmp_path):
     """An initializer no node reads makes ONNX Runtime warn at every session start. The empty
     batch guard of a time-major graph (no input with axes after its batch axis) made one."""
