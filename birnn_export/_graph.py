@@ -202,8 +202,9 @@ def set_metadata(proto: Any, spec: GraphSpec) -> None:
         "birnn_export.version": __version__,
         "birnn_export.layout": spec.layout,
         "birnn_export.lengths_rule": (
-            "lengths are clamped into [1, seq] inside the graph; positions at or past a row's "
-            f"length hold {spec.padding_value} in sequence outputs of the recurrent layers"
+            f"lengths are clamped into [1, {spec.time_dim}] inside the graph; positions at or "
+            f"past a row's length hold {spec.padding_value} in sequence outputs of the recurrent "
+            "layers"
         ),
     }
     if spec.source_sha256:

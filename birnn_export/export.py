@@ -293,6 +293,7 @@ def trace_graph(
     # scan and packed: the fused graph, then its nodes rewritten
     emitted = "fused" if layout in ("scan", "packed") else layout
     proto, cut, fixed_at = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    _tidy_dims(proto)
     if cut:  # the model cut a padded output to its longest row
         longest = _longest_rows(planned, trace_inputs)
         _name_longest_dims(proto, planned, longest, [tuple(t.shape) for t in eager_out])
@@ -1032,6 +1033,32 @@ def _longest_rows(planned: PlannedInputs, inputs: Sequence[Tensor]) -> dict[str,
             steps = -1 if decl.nests else 1 - decl.dims.index(planned.batch_dim)
             longest[str(mask_dim(decl))] = int(valid.sum(steps).max())
     return longest
+
+
+def _tidy_dims(proto: Any) -> None:
+    """Drop doubled parentheses from the dims the exporter names by expression
+    (``(((time - 1)//2)) + 1`` reads ``((time - 1)//2) + 1``), everywhere a dim is named, so
+    each name stays one name."""
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and "((" in dim.dim_param:
+                dim.dim_param = _single_parentheses(dim.dim_param)
+
+
+def _single_parentheses(text: str) -> str:
+    """``text`` without a pair of parentheses that only wraps another pair."""
+    match, opened = {}, []
+    for i, char in enumerate(text):
+        if char == "(":
+            opened.append(i)
+        elif char == ")" and opened:
+            match[opened.pop()] = i
+    if opened:  # unbalanced: leave it as the exporter wrote it
+        return text
+    drop = {
+        at for start, end in match.items() if match.get(start + 1) == end - 1 for at in (start, end)
+    }
+    return "".join(char for i, char in enumerate(text) if i not in drop)
 
 
 def _name_longest_dims(
