@@ -186,10 +186,12 @@ def run_case(
 def _rounding_only(
     dtype: str, failing: Sequence[Check], expected: Mapping[str, np.ndarray], layers: CaseLayers
 ) -> str | None:
-    """Under fixed tolerances, the diagnosis where every failing check's error is rounding in
-    the graph's dtype (at most 1000 ulp, and 1%, of its tensor's largest value; a wrong weight,
-    step or row moves values by a share near 1): the tolerance asks for more than that dtype's
-    arithmetic gives, and no layer or direction is at fault."""
+    """Under fixed tolerances, the diagnosis where every failing check's error is as small as
+    rounding in the graph's dtype (at most 1000 ulp, and 1%, of its tensor's largest value; a
+    wrong step or row moves values by a share near 1): the tolerance may ask for more than that
+    dtype's arithmetic gives. Fixed tolerances measure no eager error to tell rounding from a
+    small defect (a slightly wrong weight), so the diagnosis sends the user to the criterion
+    that does, rather than blame a layer for rounding."""
     if any(o.atol is None for o in failing):
         return None
     share = min(1000 * machine_eps(dtype), 0.01)
@@ -204,9 +206,10 @@ def _rounding_only(
     atol, rtol = failing[0].atol, failing[0].rtol
     return (
         f"every failing check's error is at most {max(shares):.2g} of its tensor's largest "
-        f"value: {dtype} rounding, not an export defect; the fixed tolerance (atol {atol:g}, "
-        f"rtol {rtol:g}) asks for more than {dtype} arithmetic gives: leave out --atol/--rtol "
-        f"to judge the graph against eager {dtype}'s own error, or loosen them"
+        f"value, as small as {dtype} rounding: the fixed tolerance (atol {atol:g}, rtol "
+        f"{rtol:g}) may ask for more than {dtype} arithmetic gives; leave out --atol/--rtol to "
+        f"judge the graph against eager {dtype}'s own error, which tells rounding from a defect "
+        "(and says where one is)"
     )
 
 

@@ -32,10 +32,17 @@ MAX_KEYS = 16
 _FIELD_NAMES = frozenset({"indices", "names"})
 
 
+#: A :class:`Container` kind: ``forward`` takes the graph's inputs as keyword arguments, for a
+#: parameter after others it does not need (``forward(input_ids, token_type_ids=None,
+#: attention_mask=None)``).
+KEYWORDS = "keywords"
+
+
 @dataclass(frozen=True)
 class Container:
     """How ``forward(param)`` takes the graph's inputs: a dict (``kind="dict"``) or an object
-    (``"attributes"``) holding them under ``keys``, in the order of the graph's inputs."""
+    (``"attributes"``) holding them under ``keys``, in the order of the graph's inputs; or, for
+    ``kind="keywords"``, ``forward`` itself by those names (``param`` is its first)."""
 
     param: str
     kind: str
@@ -50,9 +57,11 @@ class Container:
 
     def pack(self, tensors: Sequence[Any]) -> Any:
         values = dict(zip(self.keys, tensors, strict=True))
-        return values if self.kind == "dict" else types.SimpleNamespace(**values)
+        return values if self.kind in ("dict", KEYWORDS) else types.SimpleNamespace(**values)
 
     def describe(self) -> str:
+        if self.kind == KEYWORDS:
+            return f"forward is called as forward({', '.join(f'{k}=' for k in self.keys)}...)"
         if self.kind == "dict":
             read = ", ".join(f"{self.param}[{k!r}]" for k in self.keys)
         else:
@@ -200,6 +209,8 @@ def fed_as(model: nn.Module, container: Container | Mapping[str, Any] | None) ->
     read = cls.forward
 
     def forward(self: nn.Module, *tensors: Any) -> Any:
+        if container.kind == KEYWORDS:
+            return read(self, **container.pack(tensors))
         return read(self, container.pack(tensors))
 
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)

@@ -861,21 +861,43 @@ def _mask_param(model: nn.Module) -> tuple[str, str, str] | None:
     return None if known is None else (params[1].name, *known)
 
 
+def keyword_mask(model: nn.Module) -> str | None:
+    """The name of an optional mask of :data:`_PADDING_CONVENTIONS` that ``forward`` takes
+    after a parameter it does not need (``forward(input_ids, token_type_ids=None,
+    attention_mask=None)``, BERT's order): the graph feeds it by keyword. ``None`` where the
+    second parameter is itself lengths or a mask, or more than the first is required."""
+    params = _forward_params(model)
+    required = [p for p in params if p.default is p.empty]
+    if len(params) < 3 or required[1:] or param_role(params[1].name) is not None:
+        return None
+    return next(
+        (p.name for p in params[2:] if p.name in _PADDING_CONVENTIONS and p.default is not p.empty),
+        None,
+    )
+
+
 def optional_mask_note(model: nn.Module) -> str:
     """``"; 'mask' (optional) left out: ..."`` where ``forward``'s second parameter is an
     optional mask that :func:`_mask_param` does not feed; else ``""``."""
     params = _forward_params(model)
-    if len(params) < 2 or params[1].default is inspect.Parameter.empty:
-        return ""
-    known = _mask_name(params[1].name)
-    if known is None or params[1].name in _PADDING_CONVENTIONS:
-        return ""
-    name, (role, dtype) = params[1].name, known
-    meaning = "True past each row's end" if role == "padding_mask" else "True at each row's steps"
-    return (
-        f"; optional {name!r} left out (the graph runs the model without it): "
-        f"--input '{name}:{dtype}[batch,seq]:{role}' feeds it, {meaning}"
-    )
+    for at, param in enumerate(params[1:], start=1):
+        known = _mask_name(param.name)
+        if known is None or param.default is inspect.Parameter.empty:
+            continue
+        if param.name in _PADDING_CONVENTIONS and (at == 1 or keyword_mask(model)):
+            continue  # fed: by position (the second) or by keyword
+        role, dtype = known
+        if at > 1:
+            return (
+                f"; optional {param.name!r} (parameter {at + 1} of forward) left out: the graph "
+                "runs the model without it"
+            )
+        meaning = "True past each row's end" if role == "padding_mask" else "True at each step"
+        return (
+            f"; optional {param.name!r} left out (the graph runs the model without it): "
+            f"--input '{param.name}:{dtype}[batch,seq]:{role}' feeds it, {meaning}"
+        )
+    return ""
 
 
 def _guess_from_examples(

@@ -254,15 +254,21 @@ def load_model(
         folder_note += ")"
     data = _read_bytes(path)
     obj = _deserialize(data, path, trust_pickle=trust_pickle, model_class=model_class)
-    model, original, source, config = _build(
-        obj,
-        path,
-        model_class=model_class,
-        model_kwargs=model_kwargs or {},
-        state_key=state_key,
-        nonlinearity=nonlinearity,
-        time_major=time_major,
-    )
+    try:
+        model, original, source, config = _build(
+            obj,
+            path,
+            model_class=model_class,
+            model_kwargs=model_kwargs or {},
+            state_key=state_key,
+            nonlinearity=nonlinearity,
+            time_major=time_major,
+        )
+    except ModelLoadError as exc:
+        if "its config.json" not in folder_note:
+            raise
+        where = f"{path.parent / 'config.json'} (or give --model-kwargs)"
+        raise ModelLoadError(str(exc).replace("--model-kwargs", where)) from None
     inputs, ranges = _declared(obj, path)
     source += folder_note + _precision_note(obj)
     model = model.float().eval()
@@ -959,6 +965,9 @@ def _factory(cls: type[nn.Module], name: str, kwargs: dict[str, Any]) -> tuple[A
         params = list(inspect.signature(cls.__init__).parameters)[1:]
     except (TypeError, ValueError):  # no signature to read: called with the arguments as given
         params = []
+    if params[:1] == ["config"] and not isinstance(config_class, type) and "config" not in kwargs:
+        # huggingface_hub's mixin passes config.json whole to a class taking ``config``
+        return functools.partial(cls, config=dict(kwargs)), f"{name}(config={kwargs!r})"
     if not (isinstance(config_class, type) and params[:1] == ["config"]):
         return functools.partial(cls, **kwargs), f"{name}(**{kwargs!r})"
     what = f"{name}({config_class.__name__}(**{kwargs!r}))"

@@ -142,13 +142,13 @@ def export_command(
     PyTorch at shapes unlike the example. Exit 0 on success, 1 if verification failed, 2 for bad
     input.
     """
-    from birnn_export.pipeline import export_model
+    from birnn_export.pipeline import default_output, export_model
 
-    if model_path.suffix.lower() == ".onnx":  # else its default output would be itself
+    if model_path.suffix == ".onnx" and output is None:  # its default output would be itself
         from birnn_export.checkpoint import onnx_given
 
         raise ModelLoadError(onnx_given(model_path))
-    output = output or model_path.with_suffix(".onnx")
+    output = output or default_output(model_path)
     options_.check_files(
         {"MODEL.pt": model_path}, {"-o": output, "--json": json_path}, suffixes={"-o": ".onnx"}
     )
@@ -174,7 +174,7 @@ def export_command(
                 summary["verification"] = json.loads(failed.to_json())
             write_atomic(json_path, json.dumps(summary, indent=2, default=str))
             click.echo(f"report written to {json_path}", err=True)
-        if failed is not None:
+        if failed is not None and not quiet:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
             click.echo(

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from birnn_export._container import (
+    KEYWORDS,
     Container,
     container_kind,
     discover,
@@ -42,6 +43,7 @@ from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
 from birnn_export._inputs import (
     PlannedInputs,
+    keyword_mask,
     mask_dim,
     param_role,
     plan_inputs,
@@ -592,7 +594,13 @@ def _fed_inputs(
         return None, None
     kind = container_kind(model)
     if kind is None:
-        return None, None
+        mask = None if inputs else keyword_mask(model)
+        if mask is None:
+            return None, None
+        # forward(input_ids, token_type_ids=None, attention_mask=None): the mask by keyword
+        container = Container(forward_param(model), KEYWORDS, (forward_param(model), mask))
+        planned = plan(fed_as(model, container))
+        return container, dataclasses.replace(planned, how=f"{planned.how}; {container.describe()}")
     if inputs:
         try:
             decls = [d if isinstance(d, InputDecl) else InputDecl.parse(d) for d in inputs]
@@ -743,11 +751,12 @@ _TWO_STATES = re.compile(r"lstm expects two hidden states|expected a tuple \(h_0
 
 def _layout_note(asked: str, layout: str) -> str:
     """Why ``--layout asked`` wrote the ``layout`` graph (recorded as that)."""
-    why = (
-        "no LSTM or GRU node takes lengths (the model has none), so no rows are skipped"
-        if asked == "packed"
-        else "the model has no plain RNN layer (scan rewrites RNN nodes only)"
-    )
+    if asked == "scan":
+        why = "the model has no plain RNN layer (scan rewrites RNN nodes only)"
+    elif layout == "scan":
+        why = "no LSTM or GRU node takes lengths, so none is packed (its RNN nodes are loops)"
+    else:
+        why = "no LSTM or GRU node takes lengths and the model has no plain RNN layer"
     return f"--layout {asked}: {why}; wrote the {layout} graph, recorded as layout {layout}"
 
 
@@ -1201,32 +1210,46 @@ def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
     )
 
 
-#: A call of torch's recurrent kernel itself, past the modules (``torch._VF.lstm(x, hx,
-#: flat_weights, ...)``, as nn.LSTM's own forward makes it).
-_KERNEL_CALL = re.compile(r"\b(?:_VF|torch)\.(lstm|gru|rnn_tanh|rnn_relu)\(")
+#: torch's recurrent kernels, as nn.LSTM's own forward calls them (``torch._VF.lstm(x, hx,
+#: flat_weights, ...)``).
+_KERNELS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 
 
 def _direct_kernel(model: nn.Module) -> str | None:
-    """What to do about a model that calls torch's recurrent kernel itself (``torch._VF.lstm``
-    with weights of its own): there is no layer to convert, and the call traces only at the
-    example's shapes."""
-    for cls in dict.fromkeys(type(m) for m in model.modules()):
-        if cls.__module__.startswith("torch."):
-            continue
+    """What to do about a model without a recurrent layer whose code calls torch's recurrent
+    kernel itself (``torch._VF.lstm`` with weights of its own, in a method or a helper of its
+    module): there is no layer to convert, and the call traces only at the example's shapes.
+    Calls are found in the code (comments and strings are not code); ``None`` for a model with
+    a recurrent layer, whose kernel calls are its layers'."""
+    import ast
+    import sys
+
+    if find_recurrent_layers(model):
+        return None
+    modules = {type(m).__module__ for m in model.modules()}
+    for name in sorted(m for m in modules if not m.startswith("torch.")):
         try:
-            source = inspect.getsource(cls)
-        except (OSError, TypeError):
+            tree = ast.parse(inspect.getsource(sys.modules[name]))
+        except (KeyError, OSError, TypeError, SyntaxError):
             continue
-        match = _KERNEL_CALL.search(source)
-        if match:
-            layer = {"lstm": "LSTM", "gru": "GRU"}.get(match[1], "RNN")
-            return (
-                f"{cls.__name__} calls torch's recurrent kernel itself ({match[0][:-1]}), with "
-                f"no nn.{layer} module to convert, and that call traces only at the example's "
-                f"shapes; hold the weights in an nn.{layer}(..., bidirectional=True) and call "
-                "it (its parameters are weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, "
-                "and the same with _reverse, in torch's gate order)"
+        for node in ast.walk(tree):
+            func = node.func if isinstance(node, ast.Call) else None
+            if not (isinstance(func, ast.Attribute) and func.attr in _KERNELS):
+                continue
+            owner = func.value
+            owner_name = (
+                owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
             )
+            if owner_name in ("_VF", "torch"):
+                layer = _KERNELS[func.attr]
+                return (
+                    f"{type(model).__name__} holds no recurrent layer and its code calls torch's "
+                    f"recurrent kernel itself ({owner_name}.{func.attr}, {name} line "
+                    f"{node.lineno}), which traces only at the example's shapes; hold the "
+                    f"weights in an nn.{layer}(..., bidirectional=True) and call it (its "
+                    "parameters are weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, and the "
+                    "same with _reverse, in torch's gate order)"
+                )
     return None
 
 

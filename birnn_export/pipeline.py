@@ -170,6 +170,14 @@ def _quantize_staged(staging: Path) -> QuantizeReport:
         raise ExportError(str(exc)) from None
 
 
+def default_output(model_path: Path) -> Path:
+    """Where the export of ``model_path`` goes by default: beside it, as ``MODEL.onnx`` (a
+    saved folder ``DIR`` as ``DIR.onnx``, its whole name kept: ``tagger.v1.onnx``)."""
+    if model_path.is_dir():
+        return model_path.parent / f"{model_path.name}.onnx"
+    return model_path.with_suffix(".onnx")
+
+
 def _verify_staged(
     staging: Path, path: Path, model: nn.Module, reference: nn.Module, progress: bool
 ) -> VerifyReport | None:
@@ -327,7 +335,7 @@ def export_model(
 
     start = time.perf_counter()
     model_path = Path(model_path)
-    output = Path(output) if output is not None else model_path.with_suffix(".onnx")
+    output = Path(output) if output is not None else default_output(model_path)
     loaded = load_model(model_path, **dict(load_options or {}))
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
     declared = list(inputs) or list(loaded.inputs or ())

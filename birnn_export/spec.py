@@ -416,13 +416,13 @@ def _check_spec_data(data: Any) -> None:
     container = data.get("container")
     if container is not None and not (
         isinstance(container, dict)
-        and container.get("kind") in ("dict", "attributes")
+        and container.get("kind") in ("dict", "attributes", "keywords")
         and isinstance(container.get("keys"), list)
         and len(container["keys"]) == len(data["inputs"])
         and all(is_parameter_name(k) for k in [container.get("param"), *container["keys"]])
     ):
         raise BiRNNExportError(
-            "container: expected param, kind (dict or attributes), a key per input"
+            "container: expected param, kind (dict, attributes or keywords), a key per input"
         )
     for key in ("dim_ranges", "example_sizes", "config"):
         if data.get(key) is not None and not isinstance(data[key], dict):

@@ -94,6 +94,14 @@ USER_SOURCE = textwrap.dedent(
             return cls(**config)
 
 
+    class DictConfigTagger(nn.Module):
+        '''As huggingface_hub's mixin builds a class taking one ``config`` dict.'''
+
+        def __init__(self, config):
+            super().__init__()
+            self.rnn = nn.LSTM(config["dim"], config["hidden"], bidirectional=True)
+
+
     class HubTagger(nn.Module):
         '''As a PreTrainedModel: built from one config object, its class's config_class.'''
 
@@ -434,6 +442,18 @@ def test_a_save_pretrained_folder_reads_its_weights_and_config(tmp_path, user_mo
             model_class=f"{USER_MODULE}:AttentionClassifier",
             model_kwargs={**kwargs, "hidden": 8},
         )
+
+    # A class taking one config dict gets config.json whole, as the mixin passes it.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    dict_model = user_models.DictConfigTagger({"dim": 3, "hidden": 4})
+    safetensors_save_file(dict_model.state_dict(), plain / "model.safetensors")
+    (plain / "config.json").write_text(json.dumps({"dim": 3, "hidden": 4}))
+    assert load_model(plain, model_class=f"{USER_MODULE}:DictConfigTagger").model is not None
+    # Errors from config.json's arguments point at that file.
+    (plain / "config.json").write_text(json.dumps({"dim": 3}))
+    with pytest.raises(ModelLoadError, match=r"plain/config\.json \(or give --model-kwargs\)"):
+        load_model(plain, model_class=f"{USER_MODULE}:DictConfigTagger")
 
     empty = tmp_path / "empty"
     empty.mkdir()

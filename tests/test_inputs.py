@@ -1014,6 +1014,49 @@ def test_an_optional_hugging_face_attention_mask_is_an_input(tmp_path) -> None:
     assert "left out" not in result.inputs
 
 
+def test_an_optional_attention_mask_after_another_optional_parameter_is_fed_by_keyword(
+    tmp_path,
+) -> None:
+    """``forward(input_ids, token_type_ids=None, attention_mask=None)`` (BERT's order): the
+    graph takes the mask, the model is called with it by keyword (export, verify), and the
+    graph matches the model called so, not the model without its mask."""
+
+    class BertOrder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 8, padding_idx=0)
+            self.types = nn.Embedding(2, 8)
+            self.rnn = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+            x = self.embed(input_ids)
+            if token_type_ids is not None:
+                x = x + self.types(token_type_ids)
+            if attention_mask is None:
+                return self.rnn(x)[0]
+            lengths = attention_mask.sum(1).cpu()
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out = self.rnn(packed)[0]
+            return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+    torch.manual_seed(0)
+    model = BertOrder().eval()
+    result = export_onnx(model, tmp_path / "o.onnx")
+    assert [t.name for t in result.spec.inputs] == ["input_ids", "attention_mask"]
+    assert result.spec.container["kind"] == "keywords"
+    assert "forward is called as forward(input_ids=, attention_mask=...)" in result.inputs
+    assert result.verification.passed
+    assert verify(tmp_path / "o.onnx", model, batch_sizes=(3,), seq_lens=(7,)).passed
+    ids = torch.randint(1, 50, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    with OrtRunner(tmp_path / "o.onnx") as runner:
+        got = runner.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask)
+    np.testing.assert_allclose(got["output"][1, :3], want[1, :3].numpy(), atol=1e-5)
+    assert not np.allclose(want[1, :3].numpy(), model(ids)[1, :3].detach().numpy(), atol=1e-3)
+
+
 # -- token inputs with their own vocabularies -------------------------------------------------
 
 

@@ -98,7 +98,28 @@ def test_quiet_prints_only_the_error_of_a_failed_verification(tmp_path: Path) ->
     if result.exit_code == 0:
         pytest.skip("the int8 graph passed here: no failure to print")
     assert result.exit_code == 1
-    assert result.stdout == "" and result.stderr.count("FAIL") == 1, result.output
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith("Error: FAIL"), result.output
+
+
+def test_a_saved_folder_exports_beside_itself_under_its_whole_name(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = nn.ModuleDict(
+        {
+            "embedding": nn.Embedding(20, 4),
+            "rnn": nn.GRU(4, 5, batch_first=True, bidirectional=True),
+            "head": nn.Linear(10, 3),
+        }
+    )
+    folder = tmp_path / "tagger.v1"
+    folder.mkdir()
+    save_file(layers.state_dict(), folder / "model.safetensors")
+    report = export_model(folder, verify=False)
+    assert report.result.path == tmp_path / "tagger.v1.onnx" and report.result.path.exists()
 
 
 def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:
