@@ -42,6 +42,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         ]
 
     recurrent = []
+    weight_types = {t.name: t.data_type for t in proto.graph.initializer}
     packed = {f"{n.name}/packed/" for n in proto.graph.node if is_packed_layer(n)}
     for node in proto.graph.node:
         if packed and node.name.startswith(tuple(packed)):
@@ -87,14 +88,17 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
                 else v
                 for k, v in attrs.items()
             }
-            recurrent.append(
-                {
-                    "name": node.name,
-                    "op": node.op_type,
-                    "attributes": attrs,
-                    "inputs": list(node.input),
-                }
-            )
+            entry = {
+                "name": node.name,
+                "op": node.op_type,
+                "attributes": attrs,
+                "inputs": list(node.input),
+            }
+            if node.op_type != "ReverseSequence" and len(node.input) > 1:
+                weight = weight_types.get(node.input[1])  # a recurrent node computes in W's
+                if weight is not None:
+                    entry["dtype"] = ONNX_DTYPES.get(weight, "other")
+            recurrent.append(entry)
     metadata: dict[str, Any] = {}
     for prop in proto.metadata_props:
         try:
@@ -153,14 +157,24 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     out.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
     if info["recurrent_nodes"]:
         out.append("recurrent nodes:")
+        precision = parsed.dtype if parsed is not None else _graph_dtype(info)
         for node in info["recurrent_nodes"]:
             attrs = ", ".join(f"{k}={v}" for k, v in sorted(node["attributes"].items()))
+            if node.get("dtype") and node["dtype"] != precision:  # a float32 island
+                attrs += f", computes in {node['dtype']}"
             out.append(f"  {node['op']:<15} {node['name']}: {attrs}")
     if parsed is not None:
         out += _recorded(spec, parsed)
     others = {k: v for k, v in info["metadata"].items() if k != METADATA_KEY}
     out += [f"  {key}: {value}" for key, value in others.items()]
     return out
+
+
+def _graph_dtype(info: dict[str, Any]) -> str | None:
+    """The float type of the graph's float inputs and outputs (its precision), if any."""
+    values = [*info["inputs"], *info["outputs"]]
+    floats = [v["dtype"] for v in values if v["dtype"].startswith("float")]
+    return floats[0] if floats else None
 
 
 _MASK_SENSE = {"mask": " (1 at each row's valid steps)", "padding_mask": " (1 past each row's end)"}
