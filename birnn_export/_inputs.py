@@ -877,8 +877,10 @@ def keyword_mask(model: nn.Module) -> str | None:
 
 
 def optional_mask_note(model: nn.Module) -> str:
-    """``"; 'mask' (optional) left out: ..."`` where ``forward``'s second parameter is an
-    optional mask that :func:`_mask_param` does not feed; else ``""``."""
+    """``"; optional 'mask' left out ..."`` for the first optional mask parameter of
+    ``forward`` that the graph does not feed (by position, :func:`_mask_param`, or by keyword,
+    :func:`keyword_mask`), with the declaration that feeds it where it is the second; else
+    ``""``."""
     params = _forward_params(model)
     for at, param in enumerate(params[1:], start=1):
         known = _mask_name(param.name)

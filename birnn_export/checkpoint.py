@@ -965,7 +965,8 @@ def _factory(cls: type[nn.Module], name: str, kwargs: dict[str, Any]) -> tuple[A
         params = list(inspect.signature(cls.__init__).parameters)[1:]
     except (TypeError, ValueError):  # no signature to read: called with the arguments as given
         params = []
-    if params[:1] == ["config"] and not isinstance(config_class, type) and "config" not in kwargs:
+    takes_dict = params[:1] == ["config"] and not isinstance(config_class, type)
+    if takes_dict and kwargs and "config" not in kwargs:
         # huggingface_hub's mixin passes config.json whole to a class taking ``config``
         return functools.partial(cls, config=dict(kwargs)), f"{name}(config={kwargs!r})"
     if not (isinstance(config_class, type) and params[:1] == ["config"]):
