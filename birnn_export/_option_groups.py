@@ -78,7 +78,7 @@ def json_option(what: str) -> Callable[..., Any]:
         "--json",
         "json_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        help=f"Write {what} as JSON.",
+        help=f"Write {what} as JSON ('-': to standard output, the rest to standard error).",
     )
 
 

@@ -209,10 +209,13 @@ class BenchReport:
             "results": [r.to_dict() for r in self.results],
         }
 
+    def json_text(self) -> str:
+        """Environment, settings and results as JSON text (what :meth:`to_json` writes)."""
+        return json.dumps(_report.json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
+
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write environment, settings and results as JSON; returns the path."""
-        text = json.dumps(_report.json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
-        return write_atomic(Path(path), text.encode())
+        return write_atomic(Path(path), self.json_text().encode())
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write one row per result with :data:`CSV_COLUMNS`; empty cells for missing values."""

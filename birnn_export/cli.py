@@ -13,6 +13,8 @@ keep their traceback.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shlex
@@ -38,6 +40,41 @@ DEFAULT_COMMAND = "export"
 #: Exit code of :func:`main` after Ctrl-C, as shells report a process ended by SIGINT (128 + 2);
 #: the command itself then ends by SIGINT (:func:`run`).
 EXIT_INTERRUPTED = 130
+
+
+#: ``--json -``: the report goes to standard output, and what the command prints to standard
+#: error, so that a pipeline reads the JSON alone (``birnn-export check m.onnx --json - | jq``).
+JSON_TO_STDOUT = Path("-")
+_json_out: list[Any] = []  # where --json - writes: standard output before the redirection
+
+
+def _json_to_stdout(command: Any) -> Any:
+    """Run ``command`` with its printing sent to standard error where ``--json -`` is given."""
+
+    @functools.wraps(command)
+    def run_command(*args: Any, json_path: Path | None = None, **kwargs: Any) -> Any:
+        if json_path != JSON_TO_STDOUT:
+            return command(*args, json_path=json_path, **kwargs)
+        _json_out.append(sys.stdout)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return command(*args, json_path=json_path, **kwargs)
+        finally:
+            _json_out.pop()
+
+    return run_command
+
+
+def _write_json(json_path: Path, text: str) -> str:
+    """Write a report: to ``json_path``, or to standard output for ``--json -``. Returns where,
+    in words."""
+    if json_path == JSON_TO_STDOUT:
+        out = _json_out[-1] if _json_out else sys.stdout
+        out.write(text if text.endswith("\n") else text + "\n")
+        out.flush()
+        return "standard output"
+    write_atomic(json_path, text)
+    return str(json_path)
 
 
 class _DefaultGroup(click.Group):
@@ -126,6 +163,7 @@ def main() -> None:
 @json_option("the summary")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
 @loader_options
+@_json_to_stdout
 def export_command(
     model_path: Path,
     output: Path | None,
@@ -172,8 +210,8 @@ def export_command(
             summary["exit_code"] = exc.exit_code
             if failed is not None:
                 summary["verification"] = json.loads(failed.to_json())
-            write_atomic(json_path, json.dumps(summary, indent=2, default=str))
-            click.echo(f"report written to {json_path}", err=True)
+            where = _write_json(json_path, json.dumps(summary, indent=2, default=str))
+            click.echo(f"report written to {where}", err=True)
         if failed is not None and not quiet:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
@@ -183,7 +221,7 @@ def export_command(
             )
         raise
     if json_path is not None:
-        write_atomic(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+        _write_json(json_path, json.dumps(report.to_dict(), indent=2, default=str))
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
 
 
@@ -207,6 +245,7 @@ def _loader_flags(loader: dict[str, Any]) -> list[str]:
 @main.command("inspect")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @json_option("the description")
+@_json_to_stdout
 def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
     from birnn_export.describe import describe_lines, describe_onnx
@@ -215,7 +254,7 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
     info = describe_onnx(onnx_path)
     lines = describe_lines(info)  # raises on unreadable metadata, before anything is written
     if json_path is not None:
-        write_atomic(json_path, json.dumps(info, indent=2, default=str))
+        _write_json(json_path, json.dumps(info, indent=2, default=str))
     click.echo("\n".join(lines))
 
 
@@ -268,6 +307,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @sweep_options("ort-cpu")
 @loader_options
+@_json_to_stdout
 def verify_command(
     onnx_path: Path,
     model_path: Path | None,
@@ -318,8 +358,7 @@ def verify_command(
     )
     render_report(report)
     if json_path is not None:
-        write_atomic(json_path, report.to_json() + "\n")
-        click.echo(f"report written to {json_path}")
+        click.echo(f"report written to {_write_json(json_path, report.to_json())}")
     for what, path in (("inputs", report.saved_inputs), ("outputs", report.saved_outputs)):
         if path:
             click.echo(f"{what} written to {path}")
@@ -345,6 +384,7 @@ def verify_command(
 @click.option("--plot", "plot_path", type=_FILE, help="Write a PNG plot.")
 @sweep_options("torch,ort-cpu")
 @loader_options
+@_json_to_stdout
 def bench_command(
     onnx_path: Path,
     model_path: Path,
@@ -386,9 +426,10 @@ def bench_command(
         **timing,
     )
     wide_console().print(render_table(report))
-    for path, write in ((json_path, report.to_json), (csv_path, report.to_csv)):
-        if path is not None:
-            click.echo(f"Wrote {write(path)}")
+    if json_path is not None:
+        click.echo(f"Wrote {_write_json(json_path, report.json_text())}")
+    if csv_path is not None:
+        click.echo(f"Wrote {report.to_csv(csv_path)}")
     if plot_path is not None:
         click.echo(f"Wrote {report.plot(plot_path)}")
     report.raise_for_failure()
@@ -414,6 +455,7 @@ def bench_command(
     help="For --target tensorrt: auto parses and builds with TensorRT where one is installed "
     "(tensorrt with a GPU, else tensorrt_rtx, which needs no GPU); static runs the rules only.",
 )
+@_json_to_stdout
 def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt: str) -> None:
     """Check MODEL.onnx against a GPU engine (no GPU needed).
 
@@ -431,7 +473,7 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
     if report.ok:  # else the summary is the error's one line
         click.echo(report.summary())
     if json_path is not None:
-        write_atomic(json_path, report.to_json() + "\n")
+        _write_json(json_path, report.to_json())
     report.raise_for_failure()
 
 

@@ -54,3 +54,23 @@ def test_float32_recurrent_nodes_of_a_float16_graph_are_said(tmp_path: Path) -> 
         assert lines and all(
             ("computes in float32" in line) == (dtype == "float16") for line in lines
         )
+
+
+def test_json_to_standard_output(crf_graph: Path) -> None:
+    """``--json -``: the JSON alone on standard output (for a pipe), the text on standard
+    error; no file named '-'."""
+    import json
+
+    from click.testing import CliRunner
+
+    from birnn_export.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(crf_graph), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["path"] == str(crf_graph)
+    assert "recurrent nodes:" in result.stderr and not Path("-").exists()
+    result = CliRunner().invoke(
+        main, ["check", str(crf_graph), "--target", "ort-cuda", "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True and "compatible" in result.stderr
