@@ -113,6 +113,21 @@ class VerifyReport:
         worst = self._worst_ratio_at()
         return None if worst is None else worst[0]
 
+    def _sweep_margin(self) -> str:
+        """An int8 graph's figures over the whole sweep, as its verdict quotes them."""
+        sweeps = [o for c in self.cases for o in c.outputs if o.check == "sweep"]
+        if not sweeps:
+            return ""
+        text = f": relative L2 error at most {max(o.rel_l2 or 0.0 for o in sweeps):.3g}"
+        top1 = [o for o in sweeps if o.top1 is not None]
+        if top1:
+            worst = min(top1, key=lambda o: o.top1 or 0.0)
+            text += (
+                f", top-1 agreement at least {100 * (worst.top1 or 0.0):.2f}% ({worst.name!r}, "
+                f"{worst.top1_decisive} clear positions)"
+            )
+        return text + " over the sweep"
+
     def _worst_ratio_at(self) -> tuple[float, str] | None:
         """:meth:`worst_ratio` and where: the check and its case, in words."""
         ratios = [
@@ -138,7 +153,7 @@ class VerifyReport:
         total, failed = len(self.cases), self.failures
         if self.passed:
             worst, use = self._worst_ratio_at(), self.worst_use()
-            margin = " within tolerance"
+            margin = self._sweep_margin() or " within tolerance"
             if worst is not None:
                 margin = (
                     f": error vs float64 at most {worst[0]:.2g}x eager {self.eager_dtype}'s own "

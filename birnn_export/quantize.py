@@ -123,6 +123,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     proto.graph.value_info.extend(kept)
     if shared:
         _merge_copies(proto)
+    _zero_padded_steps(proto)
     onnx.save(proto, str(dst))
     counts = collections.Counter(
         str(rnn_scan_info(node)["op"]) if is_rnn_scan(node) else node.op_type
@@ -150,6 +151,67 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
             op: counts[op] for op in ("GRU", "RNN", "LSTM", "MatMul", "Gemm") if counts[op]
         },
     )
+
+
+def _zero_padded_steps(proto: Any) -> None:
+    """Zero each ``DynamicQuantizeLSTM`` node's input past each row's length (its
+    ``sequence_lens``). The node quantizes its whole input with one scale, so whatever a caller
+    left in the padding, never read and so without effect in exact arithmetic, would set the
+    scale of the valid steps: a loud padding would cost them their precision."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
+    taken |= {i.name for i in graph.initializer}
+    consts = {
+        name: numpy_helper.from_array(np.asarray(value, np.int64), f"int8_padding/{name}")
+        for name, value in (("zero", 0), ("one", 1), ("axis0", [0]), ("axis1", [1]), ("axis2", [2]))
+    }
+    nodes: list[Any] = []
+
+    def add(op: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        out, i = f"int8_padding/{base}", 0
+        while out in taken:
+            i += 1
+            out = f"int8_padding/{base}_{i}"
+        taken.add(out)
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    c = {name: t.name for name, t in consts.items()}
+    masked: dict[tuple[str, str], str] = {}
+    for current in list(graph.node):
+        lengths = current.input[4] if len(current.input) > 4 else ""
+        if current.op_type == "DynamicQuantizeLSTM" and lengths:
+            x = current.input[0]  # [T, B, I]
+            if (x, lengths) not in masked:
+                steps = add("Shape", [x], "steps", start=0, end=1)
+                times = add(
+                    "Range",
+                    [c["zero"], add("Squeeze", [steps, c["axis0"]], "t"), c["one"]],
+                    "times",
+                )
+                rows = add("Cast", [lengths], "lengths", to=TensorProto.INT64)
+                valid = add(
+                    "Less",
+                    [add("Unsqueeze", [times, c["axis1"]], "times_col"),
+                     add("Unsqueeze", [rows, c["axis0"]], "lengths_row")],
+                    "valid",
+                )  # fmt: skip
+                mask = add(
+                    "Cast",
+                    [add("Unsqueeze", [valid, c["axis2"]], "valid_3d")],
+                    "mask",
+                    to=TensorProto.FLOAT,
+                )
+                masked[x, lengths] = add("Mul", [x, mask], "input")
+            current.input[0] = masked[x, lengths]
+        nodes.append(current)
+    if masked:
+        graph.initializer.extend(consts.values())
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 def _has_unknown_dims(value: Any) -> bool:

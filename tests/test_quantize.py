@@ -102,6 +102,31 @@ def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> No
     assert report.criterion.startswith("float64 reference; int8:")
 
 
+def test_int8_valid_steps_do_not_depend_on_what_the_padding_holds(tmp_path: Path) -> None:
+    """DynamicQuantizeLSTM quantizes its whole input with one scale: the graph zeroes the
+    steps past each row's length first, so a loud padding (never read by the model) leaves the
+    valid steps' outputs as they are with zero padding, in every layout."""
+    from birnn_export.runners import OrtRunner
+
+    _, result = export_trained("time_major_ctc", tmp_path / "q.onnx", quantize="int8")
+    assert result.verification.passed
+    spec = result.spec
+    features = spec.inputs[0]
+    lengths = np.asarray([9, 3, 6], np.int64)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 9, features.dims[-1])).astype(np.float32)  # [batch, seq, F]
+    pad = np.arange(9)[None, :] >= lengths[:, None]
+    zero, loud = np.where(pad[..., None], 0.0, x), np.where(pad[..., None], 50 * x, x)
+    if features.time_axis == 0:  # a time-major input
+        zero, loud = zero.transpose(1, 0, 2), loud.transpose(1, 0, 2)
+    with OrtRunner(result.path) as runner:
+        outs = [runner.infer({features.name: v.astype(np.float32), spec.inputs[1].name: lengths})
+                for v in (zero, loud)]  # fmt: skip
+    output = spec.outputs[0]
+    valid = ~pad if output.time_axis == 1 else ~pad.T
+    np.testing.assert_array_equal(outs[0][output.name][valid], outs[1][output.name][valid])
+
+
 def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name != "q.onnx"]
 
