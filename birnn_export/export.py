@@ -13,6 +13,7 @@ place.
 
 from __future__ import annotations
 
+import ast
 import collections
 import contextlib
 import dataclasses
@@ -21,6 +22,7 @@ import inspect
 import logging
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -1217,39 +1219,63 @@ _KERNELS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 
 def _direct_kernel(model: nn.Module) -> str | None:
     """What to do about a model without a recurrent layer whose code calls torch's recurrent
-    kernel itself (``torch._VF.lstm`` with weights of its own, in a method or a helper of its
-    module): there is no layer to convert, and the call traces only at the example's shapes.
-    Calls are found in the code (comments and strings are not code); ``None`` for a model with
-    a recurrent layer, whose kernel calls are its layers'."""
-    import ast
+    kernel itself (``torch._VF.lstm`` with weights of its own, in a method of its classes or a
+    function of their modules that one calls): there is no layer to convert, and the call
+    traces only at the example's shapes. Calls are found in the code (comments and strings are
+    not code); ``None`` for a model with a recurrent layer, whose kernel calls are its
+    layers'."""
     import sys
 
     if find_recurrent_layers(model):
         return None
-    modules = {type(m).__module__ for m in model.modules()}
-    for name in sorted(m for m in modules if not m.startswith("torch.")):
-        try:
-            tree = ast.parse(inspect.getsource(sys.modules[name]))
-        except (KeyError, OSError, TypeError, SyntaxError):
+    for cls in dict.fromkeys(type(m) for m in model.modules()):
+        if cls.__module__.startswith("torch."):
             continue
-        for node in ast.walk(tree):
-            func = node.func if isinstance(node, ast.Call) else None
-            if not (isinstance(func, ast.Attribute) and func.attr in _KERNELS):
-                continue
-            owner = func.value
-            owner_name = (
-                owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
-            )
-            if owner_name in ("_VF", "torch"):
-                layer = _KERNELS[func.attr]
+        module = sys.modules.get(cls.__module__)
+        tree = _parsed(cls)
+        calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)] if tree else []
+        called = sorted({f.id for f in calls if isinstance(f, ast.Name)})
+        helpers = [getattr(module, name, None) for name in called]
+        for code in [cls, *(f for f in helpers if inspect.isfunction(f))]:
+            found = _kernel_call(_parsed(code))
+            if found is not None:
+                layer = _KERNELS[found[0].split(".")[-1]]
                 return (
                     f"{type(model).__name__} holds no recurrent layer and its code calls torch's "
-                    f"recurrent kernel itself ({owner_name}.{func.attr}, {name} line "
-                    f"{node.lineno}), which traces only at the example's shapes; hold the "
-                    f"weights in an nn.{layer}(..., bidirectional=True) and call it (its "
-                    "parameters are weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, and the "
-                    "same with _reverse, in torch's gate order)"
+                    f"recurrent kernel itself ({found[0]} at {_where(code, found[1])}), which "
+                    "traces only at the example's shapes; "
+                    f"hold the weights in an nn.{layer}(..., bidirectional=True) and call it "
+                    "(its parameters are weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, "
+                    "and the same with _reverse, in torch's gate order)"
                 )
+    return None
+
+
+def _where(code: Any, line: int) -> str:
+    """``FILE:LINE`` of line ``line`` (1 = its first) of ``code``'s source."""
+    try:
+        first = inspect.getsourcelines(code)[1]
+        return f"{os.path.basename(inspect.getsourcefile(code) or '?')}:{first + line - 1}"
+    except (OSError, TypeError):
+        return code.__qualname__
+
+
+def _parsed(code: Any) -> ast.AST | None:
+    """The syntax tree of a class's or function's source, or None where it has none."""
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(code)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def _kernel_call(tree: ast.AST | None) -> tuple[str, int] | None:
+    """(``_VF.lstm``, line) of the first call of a recurrent kernel in ``tree``."""
+    for node in ast.walk(tree) if tree is not None else ():
+        func = node.func if isinstance(node, ast.Call) else None
+        if isinstance(func, ast.Attribute) and func.attr in _KERNELS:
+            owner = getattr(func.value, "attr", None) or getattr(func.value, "id", "")
+            if owner in ("_VF", "torch"):
+                return f"{owner}.{func.attr}", node.lineno
     return None
 
 
