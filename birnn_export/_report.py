@@ -406,23 +406,21 @@ def _nearness(check: Check) -> tuple[bool, float]:
     return (not check.passed, check.ratio if check.ratio is not None else check.max_abs)
 
 
+def _by_l2(check: Check) -> bool:
+    """Whether ``check`` is judged by its relative L2 error (an int8 graph's), not by a
+    threshold or fixed tolerances."""
+    return check.threshold is None and check.atol is None and check.rel_l2 is not None
+
+
 def _error_text(check: Check) -> str:
     """The error ``check`` is judged by: relative L2 for int8 checks, else the largest."""
-    if check.threshold is None and check.atol is None and check.rel_l2 is not None:
-        return f"L2 {check.rel_l2:.3g}"
-    return f"{check.max_abs:.3g}"
+    return f"L2 {check.rel_l2:.3g}" if _by_l2(check) else f"{check.max_abs:.3g}"
 
 
 def _by_l2_alone(check: Check) -> bool:
     """Whether ``check`` is judged by its relative L2 error alone (an int8 graph's case; the
     whole sweep's check judges top-1 too)."""
-    return (
-        check.threshold is None
-        and check.atol is None
-        and check.rel_l2 is not None
-        and check.rel_l2_limit is not None
-        and check.top1_limit is None
-    )
+    return _by_l2(check) and check.rel_l2_limit is not None and check.top1_limit is None
 
 
 def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
