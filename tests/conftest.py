@@ -17,6 +17,34 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def _reuse_the_exporters_op_registry() -> None:
+    """Build torch.onnx's table of ATen-to-ONNX functions once per opset, not once per export.
+
+    ``torch.onnx.export`` rebuilds it from torchlib on every call: about a quarter of a small
+    model's export time, and the tests export hundreds of graphs in each process. The export
+    only reads it (it adds to it only for a ``custom_translation_table``, which birnn-export
+    never passes), so sharing it changes no graph; a user's command exports once per process
+    and builds it once either way.
+    """
+    import functools
+
+    from torch.onnx._internal.exporter import _constants, _registration
+
+    build = _registration.ONNXRegistry.from_torchlib.__func__
+
+    @functools.cache
+    def cached(cls: type, opset_version: int) -> object:
+        return build(cls, opset_version=opset_version)
+
+    def from_torchlib(cls: type, opset_version: int = _constants.TORCHLIB_OPSET) -> object:
+        return cached(cls, opset_version)
+
+    _registration.ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+
+
+_reuse_the_exporters_op_registry()
+
+
 @pytest.fixture(scope="module")
 def split_lstm_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small 2-layer BiLSTM taking lengths, exported in the split layout."""
