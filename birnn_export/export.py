@@ -876,6 +876,10 @@ def _pack_for_tracing(
     input: Tensor, lengths: Any, batch_first: bool = False, enforce_sorted: bool = True
 ) -> TracedPack:
     del enforce_sorted  # rows are never reordered: BiRNN takes lengths in any order
+    if isinstance(input, TracedPack):
+        # packed already: code that packs whatever is not a PackedSequence (Stanza's
+        # PackedLSTM: `if not isinstance(input, PackedSequence)`) never packs one twice eagerly
+        return input
     lengths = lengths if isinstance(lengths, Tensor) else torch.as_tensor(lengths)
     return TracedPack(input, lengths.to(torch.int64), batch_first)
 

@@ -175,6 +175,42 @@ def test_model_that_packs_in_forward_exports(tmp_path):
     assert model.rnn.__class__ is nn.LSTM, "the user's model is left as it was"
 
 
+def test_a_layer_wrapper_that_packs_what_is_not_packed_yet_exports(tmp_path):
+    """Stanza's PackedLSTM packs its input unless it is a PackedSequence already; its caller
+    packs first. Eagerly nothing is packed twice, and the export must not pack twice either:
+    it failed with "linear(): argument 'input' must be Tensor, not TracedPack"."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    class PackedLSTM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+
+        def forward(self, input, lengths):
+            if not isinstance(input, PackedSequence):
+                input = pack_padded_sequence(input, lengths, batch_first=True)
+            return self.lstm(input)
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.rnn, self.fc = nn.Embedding(50, 8), PackedLSTM(), nn.Linear(32, 5)
+
+        def forward(self, ids, lengths):
+            x = pack_padded_sequence(self.emb(ids), lengths, batch_first=True, enforce_sorted=False)
+            out, _ = pad_packed_sequence(self.rnn(x, lengths)[0], batch_first=True)
+            return self.fc(out)
+
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    result = export_onnx(model, tmp_path / "stanza.onnx")
+    assert result.verification.passed, result.verification.summary()
+    feed = make_feed(result.spec, 5, 31, seed=3)
+    got = run_ort(result.path, feed)["output"]
+    want = model(torch.from_numpy(feed["ids"]), torch.from_numpy(feed["lengths"]))
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
     """A PackedSequence ignores the layer's batch_first; the traced stand-in must too."""
 
