@@ -381,6 +381,27 @@ def _examples(
     return out
 
 
+def with_longer_example(planned: PlannedInputs, taken: set[int]) -> PlannedInputs | None:
+    """The inputs made anew with the time dim's example at least twice as long; ``None`` where
+    its range holds no such size.
+
+    A strided front end (a CNN over an image's width) can leave the recurrent layers one step
+    of a short example, and torch.export fixes a size of 1 in the graph: the model would look
+    as if it could not vary its length.
+    """
+    name = planned.time_dim
+    _, _, high = planned.ranges[name]
+    least = 2 * planned.examples[name]
+    used = set(taken) | set(planned.examples.values())
+    sizes = (*_PRIMES, *range(least, high + 1))
+    size = next((s for s in sizes if least <= s <= high and s not in used), None)
+    if size is None:
+        return None
+    examples = {**planned.examples, name: size}
+    tensors = _make_examples(planned.decls, planned.roles, examples, planned.vocab, planned.ranges)
+    return dataclasses.replace(planned, tensors=tensors, examples=examples)
+
+
 def _vocab(model: nn.Module) -> int | None:
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
     return min(sizes) if sizes else None

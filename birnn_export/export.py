@@ -27,11 +27,12 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
 
 from birnn_export._container import (
     KEYWORDS,
@@ -50,6 +51,7 @@ from birnn_export._inputs import (
     param_role,
     plan_inputs,
     watch_embeddings,
+    with_longer_example,
     with_token_ranges,
 )
 from birnn_export._packed import pack_recurrent_nodes
@@ -277,9 +279,10 @@ def trace_graph(
             planned = floats
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
-    trace_inputs = tuple(_cast_floats(t, target) for t in planned.tensors)
-    with watch_embeddings(traced) as seen:
-        returned, eager_out = _run_example(traced, trace_inputs, planned)
+    ran = _example_run(traced, planned, target)
+    if example_inputs is None:
+        planned, ran = _steps_past_one(traced, planned, ran, target, sizes)
+    trace_inputs, returned, eager_out, seen, _ = ran
     planned = with_token_ranges(planned, trace_inputs, seen)
     inputs = {d.name for d in planned.decls}
     outs = list(output_names or _default_output_names(traced, returned, len(eager_out), inputs))
@@ -457,6 +460,75 @@ def _onnx_settings(model: nn.Module, layout: str) -> Iterator[None]:
     finally:
         for (_, layer), (old_layout, old_name) in zip(named, saved, strict=True):
             layer.onnx_layout, layer.onnx_name = old_layout, old_name
+
+
+class _ExampleRun(NamedTuple):
+    """The model run on the example inputs: the inputs in the graph's dtype, what it returned
+    (as it is and flattened), the Embeddings' reads and the steps each recurrent layer read."""
+
+    inputs: tuple[Tensor, ...]
+    returned: Any
+    outputs: list[Tensor]
+    embeddings: list[tuple[nn.Embedding, Tensor]]
+    steps: list[int]
+
+
+def _example_run(model: nn.Module, planned: PlannedInputs, dtype: torch.dtype) -> _ExampleRun:
+    inputs = tuple(_cast_floats(t, dtype) for t in planned.tensors)
+    with watch_embeddings(model) as seen, _recurrent_steps(model) as steps:
+        returned, outputs = _run_example(model, inputs, planned)
+    return _ExampleRun(inputs, returned, outputs, seen, steps)
+
+
+def _steps_past_one(
+    model: nn.Module,
+    planned: PlannedInputs,
+    ran: _ExampleRun,
+    dtype: torch.dtype,
+    taken: set[int],
+) -> tuple[PlannedInputs, _ExampleRun]:
+    """Inputs whose example gives every recurrent layer more than one step.
+
+    A strided front end (EasyOCR's CNN maps width W to W // 4 - 1 steps) can make a short
+    example one step long, and torch.export fixes a size of 1: the export failed saying the
+    model could not vary the width. The example grows (at least doubling, up to three times,
+    within the time dim's range) until no layer reads one step; a model whose layers read one
+    step whatever the length keeps its first example.
+    """
+    longer: PlannedInputs | None = planned
+    for _ in range(3):
+        if 1 not in ran.steps or longer is None:
+            break
+        longer = with_longer_example(longer, taken)
+        if longer is None:
+            break
+        try:
+            again = _example_run(model, longer, dtype)
+        except ExportError:  # a size the model refuses: keep the first example
+            break
+        if 1 not in again.steps:
+            return longer, again
+    return planned, ran
+
+
+@contextlib.contextmanager
+def _recurrent_steps(model: nn.Module) -> Iterator[list[int]]:
+    """The steps each ``BiRNN`` of ``model`` reads while inside (a packed input's longest row)."""
+    steps: list[int] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        if isinstance(x, PackedSequence):
+            steps.append(len(x.batch_sizes))
+        elif isinstance(x, Tensor) and x.dim() == 3:
+            steps.append(int(x.shape[1 if module.batch_first else 0]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, BiRNN)]
+    try:
+        yield steps
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _run_example(

@@ -211,6 +211,47 @@ def test_a_layer_wrapper_that_packs_what_is_not_packed_yet_exports(tmp_path):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one(tmp_path):
+    """EasyOCR's recogniser maps an image width W to W // 4 - 1 steps. At its shortest input
+    (W = 8) the example width 11 gave the LSTM one step, which torch.export fixes: the export
+    said the model could not vary the width, also with the range the advice asked for."""
+
+    class Recogniser(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cnn = nn.Sequential(
+                nn.Conv2d(1, 8, 3, 1, 1),
+                nn.ReLU(),
+                nn.MaxPool2d(2, 2),
+                nn.Conv2d(8, 16, 3, 1, 1),
+                nn.ReLU(),
+                nn.MaxPool2d(2, 2),
+                nn.Conv2d(16, 16, 2, 1, 0),
+            )
+            self.rnn = nn.LSTM(16, 12, bidirectional=True, batch_first=True)
+            self.fc = nn.Linear(24, 5)
+
+        def forward(self, x):
+            features = self.cnn(x).permute(0, 3, 1, 2).mean(3)  # [batch, W // 4 - 1, 16]
+            return self.fc(self.rnn(features)[0])
+
+    torch.manual_seed(0)
+    model = Recogniser().eval()
+    result = export_onnx(
+        model,
+        tmp_path / "ocr.onnx",
+        inputs=["x:float32[batch,1,16,width]"],
+        ranges={"width": (8, 64, 256)},
+        verify=False,
+    )
+    assert result.spec.example_sizes["width"] >= 22  # two steps or more
+    assert result.spec.outputs[0].dims[1] == "(width//4) - 1"
+    for width in (8, 9, 37, 200):  # one step, then more
+        x = torch.randn(3, 1, 16, width, generator=torch.Generator().manual_seed(width))
+        got = run_ort(result.path, {"x": x.numpy()})["output"]
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
 def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
     """A PackedSequence ignores the layer's batch_first; the traced stand-in must too."""
 
