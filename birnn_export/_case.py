@@ -123,6 +123,7 @@ def run_case(
     layer_criterion: Tolerance | None = None,
     reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
     derived_lengths: np.ndarray | None = None,
+    tolerance_given: bool = True,
 ) -> CaseResult:
     common = dict(
         engine=engine,
@@ -178,20 +179,35 @@ def run_case(
     diagnosis = None
     if any(not o.passed for o in outputs):
         diagnosis = _diagnose(
-            engine, spec, case, actual, expected, lengths, outputs, hidden, layers, layer_checks
+            engine,
+            spec,
+            case,
+            actual,
+            expected,
+            lengths,
+            outputs,
+            hidden,
+            layers,
+            layer_checks,
+            tolerance_given=tolerance_given,
         )
     return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
 
 
 def _rounding_only(
-    dtype: str, failing: Sequence[Check], expected: Mapping[str, np.ndarray], layers: CaseLayers
+    dtype: str,
+    failing: Sequence[Check],
+    expected: Mapping[str, np.ndarray],
+    layers: CaseLayers,
+    tolerance_given: bool,
 ) -> str | None:
     """Under fixed tolerances, the diagnosis where every failing check's error is as small as
     rounding in the graph's dtype (at most 1000 ulp, and 1%, of its tensor's largest value; a
     wrong step or row moves values by a share near 1): the tolerance may ask for more than that
     dtype's arithmetic gives. Fixed tolerances measure no eager error to tell rounding from a
     small defect (a slightly wrong weight), so the diagnosis sends the user to the criterion
-    that does, rather than blame a layer for rounding."""
+    that does, rather than blame a layer for rounding; where the user gave no tolerance (the
+    model cannot run in float64, or saved outputs hold no eager run), to looser ones."""
     if any(o.atol is None for o in failing):
         return None
     share = min(1000 * machine_eps(dtype), 0.01)
@@ -204,12 +220,18 @@ def _rounding_only(
             return None
         shares.append(check.max_abs / scale)
     atol, rtol = failing[0].atol, failing[0].rtol
+    instead = (
+        f"leave out --atol/--rtol to judge the graph against eager {dtype}'s own error, which "
+        "tells rounding from a defect (and says where one is)"
+        if tolerance_given
+        else f"no eager {dtype} error could be measured here to tell rounding from a defect; "
+        "if it is rounding, judge the graph by looser ones (birnn-export verify GRAPH --model "
+        f"MODEL --atol {10 * atol:g})"
+    )
     return (
         f"every failing check's error is at most {max(shares):.2g} of its tensor's largest "
         f"value, as small as {dtype} rounding: the fixed tolerance (atol {atol:g}, rtol "
-        f"{rtol:g}) may ask for more than {dtype} arithmetic gives; leave out --atol/--rtol to "
-        f"judge the graph against eager {dtype}'s own error, which tells rounding from a defect "
-        "(and says where one is)"
+        f"{rtol:g}) may ask for more than {dtype} arithmetic gives; {instead}"
     )
 
 
@@ -224,6 +246,8 @@ def _diagnose(
     hidden: int | None,
     layers: CaseLayers,
     layer_checks: Sequence[Check],
+    *,
+    tolerance_given: bool,
 ) -> str | None:
     failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
     if not failing:
@@ -246,7 +270,7 @@ def _diagnose(
                 "out of forward (pad with tensor ops), or serve only lengths the example's "
                 "branch holds for (--range)"
             )
-    rounding = _rounding_only(spec.dtype, failing, expected, layers)
+    rounding = _rounding_only(spec.dtype, failing, expected, layers, tolerance_given)
     if rounding is not None:
         return rounding
     rows = lengths if lengths is not None else np.full(case.batch, case.seq)

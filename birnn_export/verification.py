@@ -466,6 +466,7 @@ def verify(
                         layer_criterion=layer_tolerance(spec.dtype, atol, rtol) if fixed else None,
                         reference=references.reference_only if references else None,
                         derived_lengths=last_lengths(spec, captured),
+                        tolerance_given=atol is not None or rtol is not None,
                     )
                     results.append(result)
                     case_ok = case_ok and result.passed

@@ -25,6 +25,7 @@ from onnx import helper
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from birnn_export import compare
 from birnn_export._report import CaseResult, VerifyReport
 from birnn_export.cli import main
 from birnn_export.compare import compare_outputs, resolve_tolerance, valid_mask
@@ -1083,7 +1084,9 @@ def test_time_major_output_checks_follow_its_axes(tmp_path: Path) -> None:
     assert {"values", "padding", "batch-invariance", "layer"} <= checks
 
 
-def test_model_that_cannot_run_in_float64_is_judged_in_float32(tmp_path: Path) -> None:
+def test_model_that_cannot_run_in_float64_is_judged_in_float32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class Float32Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -1099,6 +1102,15 @@ def test_model_that_cannot_run_in_float64_is_judged_in_float32(tmp_path: Path) -
     report = result.verification
     assert report.passed and report.reference_dtype == "float32" and report.eager_dtype is None
     assert any("cannot run in float64" in n for n in report.notes)
+    # Tolerances that ask for more than float32 gives: the user gave none, so the diagnosis
+    # must not tell them to leave out --atol/--rtol (it did); it says how to loosen them.
+    monkeypatch.setattr(compare, "default_tolerance", lambda *_, **__: Tolerance(1e-12, 0.0))
+    tight = verify(result.path, model, batch_sizes=(3,), seq_lens=(9,), large_scale=None)
+    assert not tight.passed
+    text = tight.diagnosis()
+    assert "as small as float32 rounding" in text, text
+    assert "--atol/--rtol" not in text and "no eager float32 error could be measured" in text
+    assert "birnn-export verify GRAPH --model MODEL --atol 1e-11" in text
 
 
 def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path: Path) -> None:
