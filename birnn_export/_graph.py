@@ -293,17 +293,16 @@ def check_graph(
                         f"x.shape[{axis}])"
                     )
                     problem += (
-                        f": the model fixes it to the example's {found}{where}: {instead}; "
-                        f"or, if that dim never varies, declare it as the number {found} "
-                        "(--input / inputs=[...])"
+                        f": the model fixes it to the example's {found}{where}: {instead}"
+                        + _if_fixed(spec, tensor.dims[axis], found, "; or, if that dim never ")
                     )
                 elif tensor.name in inputs and isinstance(found, int) and axis == tensor.time_axis:
                     problem += (  # a branch on short inputs fixes it too: the likelier cause
                         f": the model cannot vary it (it fixes it to {found}, the example's): "
                         "if it takes short inputs another way (a branch on the length: chunks, "
                         f"a strided front end), give --range {tensor.dims[axis]}=MIN,OPT,MAX "
-                        "from its shortest input; if the length is fixed, declare the inputs "
-                        f"with that dim as the number {found} (--input / inputs=[...])"
+                        "from its shortest input"
+                        + _if_fixed(spec, tensor.dims[axis], found, "; if that dim never ")
                     )
                 elif tensor.name in inputs and isinstance(found, int):
                     problem += (
@@ -329,6 +328,20 @@ def check_graph(
             )
     problems += _baked_sizes(inferred, set(examples))
     return problems
+
+
+def _if_fixed(spec: GraphSpec, dim: str, found: int, lead: str) -> str:
+    """What to do where ``dim`` never varies: declare it as the number; where no other dim
+    besides the batch is dynamic, name the one that varies (an image's width, not its
+    channels), since birnn-export needs one."""
+    others = {d for t in spec.inputs for d in t.dims if isinstance(d, str)}
+    if others - {spec.batch_dim, dim}:
+        return f"{lead}varies, declare it as the number {found} (--input / inputs=[...])"
+    return (
+        f"{lead}varies, declare it as the number {found} and name the dim that does (--input "
+        "/ inputs=[...]): birnn-export needs a time dim that varies, and does not export a "
+        "model that takes one fixed length"
+    )
 
 
 def _io_pairs(proto: Any, spec: GraphSpec) -> list[tuple[TensorSpec, Any]]:

@@ -289,7 +289,8 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
     if not named:
         raise BiRNNExportError(
             "inputs: no dim besides 'batch' is dynamic; name the time dim, e.g. "
-            "'x:float32[batch,seq,40]'"
+            "'x:float32[batch,seq,40]' (birnn-export exports recurrent layers over a time dim "
+            "that varies: a model that takes one fixed length is not supported)"
         )
     # the time dim the sweep varies: with lengths or masks, the first sequence's (in the
     # inputs' order) that has them; else the first named dim after 'batch'

@@ -143,22 +143,46 @@ def test_a_dual_path_models_longest_case_is_measured_and_run(tmp_path):
     assert (3, 512) in {(c.batch, c.seq) for c in kept} and not notes
 
 
-def test_a_time_dim_fixed_by_a_branch_on_short_inputs_is_told_to_give_a_range(tmp_path):
-    """Chunks of 20 steps and an example of 11: one chunk, which the exporter fixes (a single
-    chunk is a branch of its own); the refusal leads with --range, and following it exports.
-    It led with declaring the length as the number 11, a dead end for a model that takes any."""
+def test_a_dual_path_example_of_one_chunk_grows_and_the_graph_holds_for_every_length(tmp_path):
+    """Chunks of 20 steps and an example of 11: one chunk, so the inter-chunk LSTM read one step,
+    which the exporter fixes; the export was refused and told to give a range. The example now
+    grows until every layer reads more than one step, and the graph holds for every length, a
+    single chunk included."""
     import torch
 
-    from birnn_export.errors import ExportError
     from birnn_export.pipeline import export_onnx
     from tests.realistic_models import DualPathBiLSTM
 
     torch.manual_seed(0)
     model, inputs = DualPathBiLSTM(chunk=20).eval(), ["x:float32[batch,6,time]"]
-    with pytest.raises(
-        ExportError, match=r"fixes it to 11, the example's\): if it takes short"
-    ) as e:
-        export_onnx(model, tmp_path / "dp.onnx", inputs=inputs)
-    assert "give --range time=MIN,OPT,MAX from its shortest input" in str(e.value)
-    result = export_onnx(model, tmp_path / "dp.onnx", inputs=inputs, ranges={"time": (21, 64, 256)})
-    assert result.verification.passed, result.verification.summary()
+    result = export_onnx(model, tmp_path / "dp.onnx", inputs=inputs)
+    assert result.spec.example_sizes["time"] > 20
+    report = result.verification
+    assert report.passed, report.summary()
+    assert min(c.seq for c in report.cases) < 20 < max(c.seq for c in report.cases)
+
+
+def test_a_model_of_one_fixed_length_is_told_birnn_export_needs_one_that_varies(tmp_path):
+    """int(x.shape[1]) fixes the only dim besides the batch: declaring it as a number, which the
+    refusal advised, is refused in turn (no dim would vary), so the refusal says so."""
+    import torch
+    from torch import nn
+
+    from birnn_export.errors import ExportError
+    from birnn_export.pipeline import export_onnx
+
+    class Window(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0].reshape(x.shape[0], int(x.shape[1]), 2, 5).sum(2)
+
+    torch.manual_seed(0)
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Window().eval(), tmp_path / "w.onnx", inputs=["x:float32[batch,time,4]"])
+    message = str(caught.value)
+    assert "a size made a Python number" in message, message
+    assert "declare it as the number 11 and name the dim that does" in message
+    assert "does not export a model that takes one fixed length" in message
