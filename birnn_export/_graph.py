@@ -201,12 +201,13 @@ def set_metadata(proto: Any, spec: GraphSpec) -> None:
         METADATA_KEY: spec.to_json(),
         "birnn_export.version": __version__,
         "birnn_export.layout": spec.layout,
-        "birnn_export.lengths_rule": (
+    }
+    if spec.length_source is not None:  # no rule to state for rows that are all full length
+        props["birnn_export.lengths_rule"] = (
             f"lengths are clamped into [1, {spec.time_dim}] inside the graph; positions at or "
             f"past a row's length hold {spec.padding_value} in sequence outputs of the recurrent "
             "layers"
-        ),
-    }
+        )
     if spec.source_sha256:
         props["birnn_export.source_sha256"] = spec.source_sha256
     del proto.metadata_props[:]

@@ -87,3 +87,31 @@ def test_a_frozen_length_is_reported_briefly_with_its_cause(tmp_path):
     with pytest.raises(ExportError, match=r"more\); a size the model computes in Python") as e:
         export_onnx(Cut().eval(), tmp_path / "c.onnx", input_size=4)
     assert str(e.value).count("; ") <= 5
+
+
+def test_the_lengths_rule_is_recorded_only_where_rows_have_lengths(tmp_path):
+    """The rule (lengths clamped into [1, T], padding positions hold the padding value) was
+    recorded in every graph, also an image recogniser's without lengths, naming its width."""
+
+    def rules(path) -> list[str]:
+        props = onnx.load(str(path)).metadata_props
+        return [p.value for p in props if p.key == "birnn_export.lengths_rule"]
+
+    torch.manual_seed(0)
+    ragged = export_onnx(BiRNN(3, 4), tmp_path / "ragged.onnx", verify=False)
+    assert ragged.spec.lengths_input is not None
+    assert rules(ragged.path) == [
+        "lengths are clamped into [1, seq] inside the graph; positions at or past a row's "
+        "length hold 0.0 in sequence outputs of the recurrent layers"
+    ]
+
+    class Tagger(nn.Module):  # forward(x) alone: every row is full length
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.fc = nn.GRU(3, 4, batch_first=True, bidirectional=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0])
+
+    full = export_onnx(Tagger().eval(), tmp_path / "full.onnx", verify=False)
+    assert full.spec.length_source is None and rules(full.path) == []
