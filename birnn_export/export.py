@@ -321,7 +321,7 @@ def trace_graph(
         layout = "packed" if packed else "scan" if looped else "fused"
         if layout != asked:
             notes.append(_layout_note(asked, layout))
-    notes += _float32_islands(proto, dtype)
+    notes += _float32_islands(proto, dtype) + _unread_inputs(proto)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -832,6 +832,29 @@ def _layout_note(asked: str, layout: str) -> str:
     else:
         why = "no LSTM or GRU node takes lengths and the model has no plain RNN layer"
     return f"--layout {asked}: {why}; wrote the {layout} graph, recorded as layout {layout}"
+
+
+def _unread_inputs(proto: Any) -> list[str]:
+    """Graph inputs no node reads, as notes: a ``forward`` parameter the model ignores
+    (EasyOCR's and deep-text-recognition-benchmark's ``text``, used only by an attention
+    decoder in training) stays an input callers must feed."""
+    read: set[str] = {o.name for o in proto.graph.output}
+
+    def visit(graph: Any) -> None:
+        for node in graph.node:
+            read.update(node.input)
+            for attribute in node.attribute:
+                bodies = [attribute.g] if attribute.HasField("g") else []
+                for body in [*bodies, *attribute.graphs]:
+                    visit(body)
+
+    visit(proto.graph)
+    return [
+        f"input {i.name!r} is read by no node (the model ignores it): callers still feed it, "
+        "any values of its shape"
+        for i in proto.graph.input
+        if i.name not in read
+    ]
 
 
 def _float32_islands(proto: Any, dtype: str) -> list[str]:

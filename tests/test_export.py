@@ -252,6 +252,33 @@ def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one
         np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_an_input_the_model_ignores_is_noted(tmp_path):
+    """EasyOCR's recogniser takes forward(input, text) and its CTC head never reads text: the
+    graph keeps it as an input callers must feed, and the export said nothing of it."""
+
+    class Recogniser(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(16, 12, bidirectional=True, batch_first=True)
+            self.fc = nn.Linear(24, 5)
+
+        def forward(self, x, text):
+            return self.fc(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    inputs = ["x:float32[batch,seq,16]", "text:int64[batch,26]"]
+    result = export_onnx(Recogniser().eval(), tmp_path / "r.onnx", inputs=inputs, verify=False)
+    unread = [n for n in result.notes if "read by no node" in n]
+    assert unread == [
+        "input 'text' is read by no node (the model ignores it): callers still feed it, any "
+        "values of its shape"
+    ]
+    config = TaggerConfig(cell="gru", input_size=6, hidden_size=5, output_size=3, uses_lengths=True)
+    tagger = export_onnx(SequenceTagger(config).eval(), tmp_path / "t.onnx", verify=False)
+    assert [t.name for t in tagger.spec.inputs] == ["x", "lengths"]
+    assert not [n for n in tagger.notes if "read by no node" in n]
+
+
 def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
     """A PackedSequence ignores the layer's batch_first; the traced stand-in must too."""
 
