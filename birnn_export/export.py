@@ -312,6 +312,7 @@ def trace_graph(
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
     asked, notes = layout, []
+    islands = _float32_islands(proto, dtype)  # counted before scan and packed loop the nodes
     if layout in ("scan", "packed"):
         try:  # packed: LSTM and GRU nodes packed, RNN nodes as loops (faster than packed)
             packed = pack_recurrent_nodes(proto) if layout == "packed" else 0
@@ -321,7 +322,9 @@ def trace_graph(
         layout = "packed" if packed else "scan" if looped else "fused"
         if layout != asked:
             notes.append(_layout_note(asked, layout))
-    notes += _float32_islands(proto, dtype) + _unread_inputs(proto)
+    if islands and layout in ("scan", "packed"):
+        islands = [f"{islands[0]}; the {layout} layout writes them as loops, in float32 too"]
+    notes += islands + _unread_inputs(proto)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{

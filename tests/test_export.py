@@ -2239,6 +2239,29 @@ def test_fp16_every_cell_runs_in_onnxruntime(tmp_path, cell, layout, lengths):
     assert (report.reference_dtype, report.eager_dtype) == ("float64", "float16")
 
 
+def test_fp16_graphs_note_the_recurrent_nodes_that_compute_in_float32(tmp_path):
+    """Ragged nodes compute in float32 in an fp16 graph, and the export says so; a plain RNN's
+    scan layout wrote them as loops after the count, and said nothing."""
+    torch.manual_seed(0)
+
+    def islands(cell: str, layout: str | None, lengths: bool = True) -> list[str]:
+        layer = FP16_CELLS[cell]().eval()
+        path = tmp_path / f"{cell}-{layout}-{lengths}.onnx"
+        result = export_onnx(
+            layer, path, dtype="float16", layout=layout, lengths=lengths, verify=False
+        )
+        return [n for n in result.notes if "compute in float32" in n]
+
+    assert islands("lstm", "fused") == [
+        "LSTM x2 compute in float32 between Casts, with float32 weights: they take "
+        "sequence_lens, and TensorRT's parser rejects float16 ones (README, 'fp16 graphs')"
+    ]
+    (looped,) = islands("rnn_tanh", None)  # the default layout of RNN: scan
+    assert looped.startswith("RNN x2 compute in float32 between Casts")
+    assert looped.endswith("; the scan layout writes them as loops, in float32 too")
+    assert islands("gru", "fused", lengths=False) == []  # dense nodes stay float16
+
+
 @pytest.mark.parametrize(
     ("cells", "expected"),
     [
