@@ -252,7 +252,7 @@ def _diagnose(
     failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
     if not failing:
         return None
-    if all(o.threshold is None and o.atol is None for o in failing):  # an int8 graph
+    if all(o.rel_l2_limit is not None and o.atol is None for o in failing):  # an int8 graph
         return (
             "the int8 graph departs from the model beyond the task criterion; its quantized "
             "kernels change results by design, so no direction split applies: compare the float "
@@ -269,6 +269,16 @@ def _diagnose(
                 "lengths padded to even, short inputs padded to a chunk): keep that branch "
                 "out of forward (pad with tensor ops), or serve only lengths the example's "
                 "branch holds for (--range)"
+            )
+        ran_elsewhere = any(c.max_abs == math.inf and c.note for c in layer_checks)
+        if len(got) == len(want) and got != want and not ran_elsewhere:  # the layers say where
+            return (
+                f"output {tensor.name!r} has shape {list(got)} where the model's has "
+                f"{list(want)} (T = {case.seq}): the graph computes its size another way than "
+                "the model: a branch on a size the export traced at the example's (a trim "
+                "under `if delta:`), or arithmetic on sizes made Python numbers (math.ceil, "
+                "int(), max()) that the trace froze; compute sizes with tensor ops, or serve "
+                "only lengths the example's branch holds for (--range)"
             )
     rounding = _rounding_only(spec.dtype, failing, expected, layers, tolerance_given)
     if rounding is not None:

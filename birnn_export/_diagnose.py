@@ -203,6 +203,13 @@ def diagnose_layers(
     rows = np.asarray(lengths[bad.path])
     want = reference[bad.name]
     got = graph[bad.name][:, : want.shape[1]]
+    if got.shape != want.shape:
+        return (
+            f"layer {bad.name}: {check.note} -> the graph computes the layer's input length "
+            "another way than the model: a branch on the length the export traced at the "
+            "example's, or arithmetic on sizes made Python numbers (math.ceil, int(), max()) "
+            f"that the trace froze; compute sizes with tensor ops {where}"
+        )
     steps = want.shape[1]
     tensor = TensorSpec(
         f"layer {bad.name}", "float64", ("batch", "seq", bad.directions * bad.hidden), "sequence"

@@ -213,6 +213,8 @@ class Check:
             return f"<= {self.threshold:.3g}"
         if self.atol is None and self.rel_l2_limit is not None:
             return f"L2 < {self.rel_l2_limit:g}"
+        if self.atol is None:  # no criterion applied: the shapes differ
+            return "same shape"
         text = f"{self.atol:g} / {self.rtol:g}"
         return text + (f", L2 < {self.rel_l2_limit:g}" if self.rel_l2_limit is not None else "")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -634,3 +636,33 @@ class AbsoluteLengthsLSTM(RelativeLengthsLSTM):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return super().forward(x, (lengths + 0.25) / x.shape[1])
+
+
+class PadTrimBLSTM(nn.Module):
+    """Demucs's length handling around a BiLSTM: pad the waveform to a length the strided conv
+    covers (``valid_length``, Python arithmetic on the size: ``math.ceil``, ``max``, ``int``),
+    and trim the decoder's output back to it (``center_trim``: ``if delta:``). The trace freezes
+    that arithmetic: the graph computes other lengths than the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv1d(2, 16, 8, 4)
+        self.lstm = nn.LSTM(16, 16, bidirectional=True)
+        self.lin = nn.Linear(32, 16)
+        self.dec = nn.ConvTranspose1d(16, 2, 8, 4)
+
+    @staticmethod
+    def valid_length(length: int) -> int:
+        length = max(1, math.ceil((length - 8) / 4) + 1)
+        return int((length - 1) * 4 + 8)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        length = mix.shape[-1]
+        delta = self.valid_length(length) - length
+        x = self.enc(nn.functional.pad(mix, (delta // 2, delta - delta // 2)))
+        x = self.lin(self.lstm(x.permute(2, 0, 1))[0]).permute(1, 2, 0)
+        x = self.dec(x)
+        delta = x.size(-1) - length
+        if delta:
+            x = x[..., delta // 2 : -(delta - delta // 2)]
+        return x

@@ -864,6 +864,67 @@ def test_cli_subprocess_exit_code(tagger_files: tuple[Path, Path], tmp_path: Pat
     assert done.stderr.strip().splitlines()[-1].startswith("Error: FAIL")
 
 
+def test_a_graph_whose_layer_runs_on_other_steps_fails_in_one_line(tmp_path: Path) -> None:
+    """Demucs's pad-then-trim arithmetic, frozen by the trace: at most lengths the graph's LSTM
+    ran on other steps than the model's. Verification crashed (a ValueError putting rows in
+    order, then a TypeError printing the table's limit) and said the failure was an int8
+    graph's; it now fails in one line, names the shapes, and writes its JSON."""
+    from tests.realistic_models import PadTrimBLSTM
+
+    torch.manual_seed(0)
+    weights = tmp_path / "m.pt"
+    torch.save(PadTrimBLSTM().eval().state_dict(), weights)
+    model_class = ["--model-class", "tests.realistic_models:PadTrimBLSTM"]
+    graph = tmp_path / "m.onnx"
+    declared = ["--input", "mix:float32[batch,2,time]", "--range", "time=64,100,400"]
+    runner = CliRunner()
+    done = runner.invoke(main, [str(weights), *model_class, *declared, "-o", str(graph), "-q"])
+    assert done.exit_code == 1 and not graph.exists(), done.output
+    exported = runner.invoke(
+        main, [str(weights), *model_class, *declared, "-o", str(graph), "--no-verify", "-q"]
+    )
+    assert exported.exit_code == 0, exported.output
+    report = tmp_path / "r.json"
+    args = ["verify", str(graph), "--model", str(weights), *model_class, "--json", str(report)]
+    done = runner.invoke(main, [*args, "--seq", "64,400", "--batch", "3"])
+    assert done.exit_code == 1 and isinstance(done.exception, SystemExit), done.output
+    assert "Traceback" not in done.output and "int8" not in done.output
+    written = json.loads(report.read_text())
+    assert written["passed"] is False
+    (diagnosis,) = {c["diagnosis"] for c in written["cases"] if c["seq"] == 400}
+    assert "has shape [3, 16, 32], the model's [3, 99, 32]" in diagnosis
+    assert "the graph computes the layer's input length another way than the model" in diagnosis
+
+
+def test_an_output_of_another_shape_with_every_layer_matching_is_named(
+    split_lstm_graph: Path, tmp_path: Path
+) -> None:
+    """Demucs trims its decoder's output under `if delta:`, which the trace froze: every layer
+    matched and the output had 0 steps where the model's had 4138, and the diagnosis blamed the
+    reversal after the recurrent nodes."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(split_lstm_graph))
+    graph = proto.graph
+    for node in graph.node:
+        node.output[:] = ["untrimmed" if o == "output" else o for o in node.output]
+    graph.initializer.extend(
+        numpy_helper.from_array(np.array([v], dtype=np.int64), name)
+        for name, v in (("trim_start", 0), ("trim_end", -1), ("trim_axis", 2))
+    )
+    graph.node.append(
+        helper.make_node("Slice", ["untrimmed", "trim_start", "trim_end", "trim_axis"], ["output"])
+    )
+    bad = tmp_path / "trimmed.onnx"
+    onnx.save(proto, str(bad))
+    torch.manual_seed(0)
+    report = verify(bad, BiRNN(5, 8, cell="lstm", num_layers=2), batch_sizes=(3,), seq_lens=(9,))
+    assert not report.passed
+    text = report.diagnosis()
+    assert text.startswith("output 'output' has shape [3, 9, 15] where the model's has [3, 9, 16]")
+    assert "reversal" not in text
+
+
 def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
     """verify refuses trt-rtx before the sweep with the exact reason where it cannot run."""
     import torch as _torch
