@@ -357,9 +357,14 @@ def _ranges(
             default = DEFAULT_NESTED_RANGE
         triple = check_range(f"range of {name!r}", given.get(name, default))
         if triple[0] == triple[2]:
+            varying = [n for n in names if n not in (name, batch_dim)]
             raise BiRNNExportError(
                 f"range of {name!r}: min and max are both {triple[0]}; declare a fixed dim as "
                 "a number instead"
+                if varying
+                else f"range of {name!r}: min and max are both {triple[0]}, and no other dim "
+                "besides the batch varies: birnn-export exports recurrent layers over a time "
+                "dim that varies, and does not export a model that takes one fixed length"
             )
         out[name] = triple
     return out

@@ -1421,3 +1421,25 @@ def test_a_conv2d_front_end_of_one_channel_is_told_it_may_make_that_view_itself(
     declared = ["xs_pad:float32[batch,time,10]", "ilens:int64[batch]:lengths(time)"]
     result = export_onnx(_VGGFrontEnd().eval(), tmp_path / "vgg.onnx", inputs=declared)
     assert result.verification.passed, result.verification.summary()
+
+
+def test_a_range_of_one_size_says_what_to_declare_or_that_one_length_is_not_exported(tmp_path):
+    """`--range time=N,N,N` was told to declare the dim as a number, which is refused in turn
+    where it is the only dim besides the batch (Demucs applied on fixed segments)."""
+    layer = BiRNN(4, 5)
+    with pytest.raises(ExportError) as caught:
+        declared = ["x:float32[batch,time,4]"]
+        export_onnx(layer, tmp_path / "a.onnx", inputs=declared, ranges={"time": (9, 9, 9)})
+    assert str(caught.value) == (
+        "range of 'time': min and max are both 9, and no other dim besides the batch varies: "
+        "birnn-export exports recurrent layers over a time dim that varies, and does not export "
+        "a model that takes one fixed length"
+    )
+    with pytest.raises(ExportError, match=r"declare a fixed dim as a number instead$"):
+        export_onnx(
+            layer,
+            tmp_path / "b.onnx",
+            inputs=["x:float32[batch,time,feats]"],
+            ranges={"feats": (4,) * 3},
+        )
+    assert not list(tmp_path.iterdir())
