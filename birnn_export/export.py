@@ -1400,18 +1400,35 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
     """`` at FILE:LINE (code)``: the last line of the model's own source the failure passed
-    through, or nothing."""
+    through, else of any code outside torch, birnn-export and Python's own library (a layer
+    the model imports, as asteroid's gLN), or nothing."""
+    import sysconfig
     import traceback
 
     try:
         source = inspect.getsourcefile(type(model))
     except (TypeError, OSError):
-        return ""
-    for cause in causes:
-        frames = [f for f in traceback.extract_tb(cause.__traceback__) if f.filename == source]
-        if frames:
-            line = frames[-1]
-            return f" at {os.path.basename(line.filename)}:{line.lineno} ({(line.line or '')[:80]})"
+        source = None
+    ours = (
+        os.path.dirname(torch.__file__),
+        os.path.dirname(os.path.abspath(__file__)),
+        sysconfig.get_paths()["stdlib"],
+    )
+    for own_file in (True, False):
+        for cause in causes:
+            frames = [
+                f
+                for f in traceback.extract_tb(cause.__traceback__)
+                if (
+                    f.filename == source
+                    if own_file
+                    else not f.filename.startswith((*ours, "<")) and "/torch/" not in f.filename
+                )
+            ]
+            if frames:
+                line = frames[-1]
+                code = (line.line or "")[:80]
+                return f" at {os.path.basename(line.filename)}:{line.lineno} ({code})"
     return ""
 
 

@@ -666,3 +666,20 @@ class PadTrimBLSTM(nn.Module):
         if delta:
             x = x[..., delta // 2 : -(delta - delta // 2)]
         return x
+
+
+def global_layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """asteroid's gLN: its reduction dims made a Python list of a tensor (``.tolist()``)."""
+    dims = torch.arange(1, len(x.shape)).tolist()
+    return (x - x.mean(dim=dims, keepdim=True)) / (x.std(dim=dims, keepdim=True) + 1e-8)
+
+
+class NormedBiLSTM(nn.Module):
+    """A BiLSTM whose output goes through :func:`global_layer_norm` (a helper of another file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_layer_norm(self.rnn(x)[0])

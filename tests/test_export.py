@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import json
 import os
 import subprocess
@@ -607,6 +608,24 @@ def test_cli_output_names(tmp_path):
         refused = runner.invoke(main, [*base, "--output-names", bad])
         assert refused.exit_code == 2 and message in refused.output, refused.output
         assert "Traceback" not in refused.output and not out.exists()
+
+
+def test_a_python_number_made_in_a_layer_of_another_file_is_named_with_its_line(tmp_path):
+    """asteroid's gLN makes its reduction dims with `.tolist()` in its own file: the refusal
+    named no line, where torch's error (not shown) had it."""
+    from tests import realistic_models
+
+    class Separator(realistic_models.NormedBiLSTM):  # forward in another file, as asteroid's
+        pass
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Separator().eval(), tmp_path / "s.onnx", input_size=4)
+    source = inspect.getsource(realistic_models.global_layer_norm).splitlines()
+    start = inspect.getsourcelines(realistic_models.global_layer_norm)[1]
+    line = start + next(i for i, text in enumerate(source) if "x.mean(dim=dims" in text)
+    assert f"makes a Python number of a tensor's value at realistic_models.py:{line} (" in str(
+        caught.value
+    )
 
 
 def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):
