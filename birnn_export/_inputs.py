@@ -535,6 +535,24 @@ def _refuse_keyword_only(model: nn.Module) -> None:
         )
 
 
+#: Names of a first parameter that takes audio samples ([batch, time] or [batch, channels,
+#: time]) or an image ([batch, channels, height, width]).
+_AUDIO = re.compile(r"wav|audio|signal|speech|mix|sample", re.IGNORECASE)
+_IMAGE = re.compile(r"im(a)?g|pixel|picture|photo", re.IGNORECASE)
+
+
+def _example_declaration(model: nn.Module) -> str:
+    """A declaration to show for the first input, after the name of ``forward``'s first
+    parameter: a waveform for ``wav``, an image for ``image``, else frames of features."""
+    params = _forward_params(model)
+    name = params[0].name if params else "x"
+    if _AUDIO.search(name):
+        return f"'{name}:float32[batch,time]' (or [batch,channels,time])"
+    if _IMAGE.search(name):
+        return f"'{name}:float32[batch,1,64,width]'"
+    return f"'{name}:float32[batch,time,FEATURES]' (or 'image:float32[batch,1,64,width]')"
+
+
 def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
     params = inspect.signature(model.forward).parameters.values()
     return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -615,7 +633,7 @@ def _infer(
     else:
         raise BiRNNExportError(
             f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
-            "declare them, e.g. --input 'image:float32[batch,1,64,width]' (Python: "
+            f"declare them, e.g. --input {_example_declaration(model)} (Python: "
             "inputs=[...]), or pass --input-size N for float [batch, seq, N] features"
         )
     if time_major:

@@ -1443,3 +1443,42 @@ def test_a_range_of_one_size_says_what_to_declare_or_that_one_length_is_not_expo
             ranges={"feats": (4,) * 3},
         )
     assert not list(tmp_path.iterdir())
+
+
+class _NormFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.rnn = nn.InstanceNorm1d(4), nn.LSTM(4, 5, bidirectional=True)
+
+
+class _Waveforms(_NormFirst):
+    def forward(self, waveforms):
+        return self.rnn(self.norm(waveforms))[0]
+
+
+class _Images(_NormFirst):
+    def forward(self, images):
+        return self.rnn(self.norm(images))[0]
+
+
+class _Feats(_NormFirst):
+    def forward(self, feats):
+        return self.rnn(self.norm(feats))[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        (_Waveforms, "--input 'waveforms:float32[batch,time]' (or [batch,channels,time])"),
+        (_Images, "--input 'images:float32[batch,1,64,width]' (Python"),
+        (_Feats, "--input 'feats:float32[batch,time,FEATURES]' (or 'image:float32["),
+    ],
+)
+def test_inputs_that_cannot_be_inferred_are_shown_after_forwards_parameter(model, shown):
+    """pyannote's PyanNet (an InstanceNorm1d first, forward(waveforms)) and asteroid's
+    DPRNNTasNet (forward(wav)) were shown an image's declaration."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model(), "unused.onnx")
+    message = str(caught.value)
+    assert f"cannot infer the inputs of {model.__name__} (its first layer is Inst" in message
+    assert shown in message
