@@ -1437,6 +1437,7 @@ _INVALID_GRAPH = re.compile(r"onnx\.checker:|strict shape inference:")
 #: torch.export's guard on a run-time size (pad_packed_sequence's longest row, ``u0``) against
 #: an input's (``s1``): ``Eq(u0, s1)``, as ``assert out.size(0) == seqlen`` makes.
 _LONGEST_VS_PADDED = re.compile(r"\b(?:Eq|Ne)\((?:u\d+, s\d+|s\d+, u\d+)\)")
+_NO_OVERLOAD = re.compile(r"Cannot find a compatible OpOverload for aten\.(\w+)")
 _CONSTANT_DIM = re.compile(r"(\w+) was inferred to be a constant \((\d+)\)")
 _GUARD = re.compile(r"Not all values of (\w+) .*? satisfy the generated guard (.+?)\.?$", re.M)
 _SPECIALIZED = re.compile(
@@ -1498,6 +1499,14 @@ def _explain_trace_failure(
         return (
             f"dim {match[1]!r}: {type(model).__name__} only takes {match[2].strip()}; declare a "
             f"range inside that (--range {match[1]}=MIN,OPT,MAX)"
+        )
+    overload = _NO_OVERLOAD.search(str(cause))
+    if overload:  # the exporter's type promotion made a number argument a tensor
+        return (
+            f"torch.onnx.export failed for {type(model).__name__}: no overload of "
+            f"aten.{overload[1]} takes the arguments as the exporter's type promotion leaves "
+            "them (a number made a tensor): mixed int and float arguments do this, as "
+            "torch.clamp(x, 50, 8000.0); give them one type (50.0, 8000.0)"
         )
     message = (
         f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "

@@ -628,6 +628,30 @@ def test_a_python_number_made_in_a_layer_of_another_file_is_named_with_its_line(
     )
 
 
+def test_an_op_with_mixed_int_and_float_arguments_is_told_to_give_one_type(tmp_path):
+    """pyannote's SincNet clamps with torch.clamp(x, 50, 8000.0): the exporter's type promotion
+    makes one bound a tensor, and its error was cut at "Tried overloads:"."""
+
+    class Clamped(nn.Module):
+        def __init__(self, low: float | int) -> None:
+            super().__init__()
+            self.low, self.rnn = low, nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+            self.scale = nn.Parameter(torch.linspace(1.0, 100.0, 4))
+
+        def forward(self, x):
+            return self.rnn(x * torch.clamp(self.scale, self.low, 80.0))[0]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Clamped(50).eval(), tmp_path / "c.onnx", input_size=4, verify=False)
+    assert str(caught.value) == (
+        "torch.onnx.export failed for Clamped: no overload of aten.clamp takes the arguments as "
+        "the exporter's type promotion leaves them (a number made a tensor): mixed int and float "
+        "arguments do this, as torch.clamp(x, 50, 8000.0); give them one type (50.0, 8000.0)"
+    )
+    result = export_onnx(Clamped(50.0).eval(), tmp_path / "c.onnx", input_size=4)
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):
     class ToList(nn.Module):
         def __init__(self):
