@@ -195,7 +195,7 @@ def export_command(
             model_path,
             output,
             verify=verify,
-            progress=sys.stderr.isatty() and not quiet,
+            progress=not quiet,
             load_options=loader,
             **graph,
         )
@@ -350,7 +350,7 @@ def verify_command(
         **sweep,
         fp64_reference=fp64_reference,
         layers=layers,
-        progress=sys.stderr.isatty(),
+        progress=True,
         save_inputs=save_inputs,
         save_outputs=save_outputs,
         load_inputs=load_inputs,

@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -200,20 +201,37 @@ def _engine_runner(
 # -- progress --------------------------------------------------------------------------------
 
 
+#: Seconds between the plain progress lines written where stderr is not a terminal.
+PLAIN_PROGRESS_EVERY = 30.0
+
+
 class _Progress:
-    """A rich progress bar that appears only once the sweep has run for more than a second."""
+    """A rich progress bar that appears only once the sweep has run for more than a second; where
+    stderr is not a terminal (a CI log, a file), a plain line every
+    :data:`PLAIN_PROGRESS_EVERY` seconds instead, so a long sweep shows it is running."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.total, self.enabled, self.done = total, enabled, 0
         self.start = time.perf_counter()
         self._bar: Any = None
         self._task: Any = None
+        self._said = 0.0
 
     def advance(self, label: str) -> None:
         self.done += 1
         if not self.enabled:
             return
-        if self._bar is None and time.perf_counter() - self.start > 1.0:
+        elapsed = time.perf_counter() - self.start
+        if not sys.stderr.isatty():
+            if elapsed - self._said >= PLAIN_PROGRESS_EVERY:
+                self._said = elapsed
+                print(
+                    f"verify: {self.done}/{self.total} steps ({label}), {elapsed:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
+        if self._bar is None and elapsed > 1.0:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

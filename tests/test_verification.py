@@ -925,6 +925,22 @@ def test_an_output_of_another_shape_with_every_layer_matching_is_named(
     assert "reversal" not in text
 
 
+def test_a_long_sweep_says_it_is_running_where_stderr_is_no_terminal(
+    split_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """asteroid's DPRNN verified for over ten minutes into a log file with no line at all: the
+    progress bar showed only on a terminal. Elsewhere a plain line now comes every 30 s."""
+    from birnn_export import verification
+
+    verify(split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), seq_lens=(5,), progress=True)
+    assert capsys.readouterr().err == ""  # a short sweep says nothing
+    monkeypatch.setattr(verification, "PLAIN_PROGRESS_EVERY", 0.0)
+    verify(split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), seq_lens=(5,), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("verify: ") for line in lines), lines
+    assert lines[0].startswith("verify: 1/") and " steps (B=" in lines[0]
+
+
 def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
     """verify refuses trt-rtx before the sweep with the exact reason where it cannot run."""
     import torch as _torch
