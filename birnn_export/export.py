@@ -312,7 +312,7 @@ def trace_graph(
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
     asked, notes = layout, []
-    islands = _float32_islands(proto, dtype)  # counted before scan and packed loop the nodes
+    rnn_islands = _float32_nodes(proto, dtype, ("RNN",))  # before scan writes them as loops
     if layout in ("scan", "packed"):
         try:  # packed: LSTM and GRU nodes packed, RNN nodes as loops (faster than packed)
             packed = pack_recurrent_nodes(proto) if layout == "packed" else 0
@@ -322,9 +322,8 @@ def trace_graph(
         layout = "packed" if packed else "scan" if looped else "fused"
         if layout != asked:
             notes.append(_layout_note(asked, layout))
-    if islands and layout in ("scan", "packed"):
-        islands = [f"{islands[0]}; the {layout} layout writes them as loops, in float32 too"]
-    notes += islands + _unread_inputs(proto)
+    looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
+    notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -860,22 +859,30 @@ def _unread_inputs(proto: Any) -> list[str]:
     ]
 
 
-def _float32_islands(proto: Any, dtype: str) -> list[str]:
-    """In a float16 graph, the recurrent nodes computing in float32 (those taking
-    ``sequence_lens``: TensorRT's parser rejects float16 ones), as a note."""
+def _float32_nodes(proto: Any, dtype: str, ops: Sequence[str]) -> collections.Counter[str]:
+    """In a float16 graph, the recurrent nodes of ``ops`` with float32 weights, by op."""
     from onnx import TensorProto
 
     if dtype != "float16":
-        return []
+        return collections.Counter()
     weights = {t.name: t.data_type for t in proto.graph.initializer}
-    counts = collections.Counter(
+    return collections.Counter(
         n.op_type
         for n in proto.graph.node
-        if n.op_type in ("LSTM", "GRU", "RNN") and weights.get(n.input[1]) == TensorProto.FLOAT
+        if n.op_type in ops and weights.get(n.input[1]) == TensorProto.FLOAT
     )
-    if not counts:
+
+
+def _float32_islands(proto: Any, dtype: str, looped: collections.Counter[str]) -> list[str]:
+    """In a float16 graph, the recurrent nodes computing in float32 (those taking
+    ``sequence_lens``: TensorRT's parser rejects float16 ones), as a note; ``looped``: those
+    the scan layout wrote as loops (counted before), which compute in float32 too."""
+    counts = _float32_nodes(proto, dtype, ("LSTM", "GRU", "RNN"))
+    parts = [f"{op} x{k}" for op, k in sorted(counts.items())]
+    parts += [f"{op} x{k} (as Scan loops)" for op, k in sorted(looped.items())]
+    if not parts:
         return []
-    nodes = ", ".join(f"{op} x{k}" for op, k in sorted(counts.items()))
+    nodes = ", ".join(parts)
     return [
         f"{nodes} compute in float32 between Casts, with float32 weights: they take "
         "sequence_lens, and TensorRT's parser rejects float16 ones (README, 'fp16 graphs')"

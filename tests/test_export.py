@@ -2300,8 +2300,10 @@ def test_fp16_graphs_note_the_recurrent_nodes_that_compute_in_float32(tmp_path):
         "sequence_lens, and TensorRT's parser rejects float16 ones (README, 'fp16 graphs')"
     ]
     (looped,) = islands("rnn_tanh", None)  # the default layout of RNN: scan
-    assert looped.startswith("RNN x2 compute in float32 between Casts")
-    assert looped.endswith("; the scan layout writes them as loops, in float32 too")
+    assert looped.startswith("RNN x2 (as Scan loops) compute in float32 between Casts")
+    # packed writes each ragged LSTM node as nodes of its own, no loops: counted as written
+    (packed,) = islands("lstm", "packed")
+    assert packed.startswith("LSTM x16 compute in float32 between Casts")  # 2 layers x 8
     assert islands("gru", "fused", lengths=False) == []  # dense nodes stay float16
 
 
