@@ -472,7 +472,7 @@ class _ExampleRun(NamedTuple):
     returned: Any
     outputs: list[Tensor]
     embeddings: list[tuple[nn.Embedding, Tensor]]
-    steps: list[int]
+    steps: list[tuple[str, int]]
 
 
 def _example_run(model: nn.Module, planned: PlannedInputs, dtype: torch.dtype) -> _ExampleRun:
@@ -489,41 +489,39 @@ def _steps_past_one(
     dtype: torch.dtype,
     taken: set[int],
 ) -> tuple[PlannedInputs, _ExampleRun]:
-    """Inputs whose example gives every recurrent layer more than one step.
+    """Inputs whose example gives the recurrent layers more than one step where they can have.
 
     A strided front end (EasyOCR's CNN maps width W to W // 4 - 1 steps) can make a short
     example one step long, and torch.export fixes a size of 1: the export failed saying the
-    model could not vary the width. The example grows (at least doubling, up to three times,
-    within the time dim's range) until no layer reads one step; a model whose layers read one
-    step whatever the length keeps its first example.
+    model could not vary the width. The example grows (at least doubling) once, and the longer
+    one is kept where a layer that read one step reads more; a layer that reads one step
+    whatever the length (a decoder step, an LSTM over a pooled summary) keeps the first.
     """
-    longer: PlannedInputs | None = planned
-    for _ in range(3):
-        if 1 not in ran.steps or longer is None:
-            break
-        longer = with_longer_example(longer, taken)
-        if longer is None:
-            break
-        try:
-            again = _example_run(model, longer, dtype)
-        except ExportError:  # a size the model refuses: keep the first example
-            break
-        if 1 not in again.steps:
-            return longer, again
-    return planned, ran
+    ones = {layer for layer, steps in ran.steps if steps == 1}
+    longer = with_longer_example(planned, taken) if ones else None
+    if longer is None:
+        return planned, ran
+    try:
+        again = _example_run(model, longer, dtype)
+    except ExportError:  # a size the model refuses: keep the first example
+        return planned, ran
+    still = {layer for layer, steps in again.steps if steps == 1}
+    return (longer, again) if still < ones else (planned, ran)
 
 
 @contextlib.contextmanager
 def _recurrent_steps(model: nn.Module) -> Iterator[list[int]]:
-    """The steps each ``BiRNN`` of ``model`` reads while inside (a packed input's longest row)."""
-    steps: list[int] = []
+    """``(path, steps)`` of every ``BiRNN`` call in ``model`` while inside (a packed input's
+    steps: its longest row)."""
+    steps: list[tuple[str, int]] = []
+    paths = {id(m): path for path, m in model.named_modules() if isinstance(m, BiRNN)}
 
     def record(module: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0] if args else None
         if isinstance(x, PackedSequence):
-            steps.append(len(x.batch_sizes))
+            steps.append((paths[id(module)], len(x.batch_sizes)))
         elif isinstance(x, Tensor) and x.dim() == 3:
-            steps.append(int(x.shape[1 if module.batch_first else 0]))
+            steps.append((paths[id(module)], int(x.shape[1 if module.batch_first else 0])))
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, BiRNN)]
     try:

@@ -212,10 +212,12 @@ def test_a_layer_wrapper_that_packs_what_is_not_packed_yet_exports(tmp_path):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
-def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one(tmp_path):
+@pytest.mark.parametrize("summary", [False, True], ids=["recogniser", "with a summary LSTM"])
+def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one(tmp_path, summary):
     """EasyOCR's recogniser maps an image width W to W // 4 - 1 steps. At its shortest input
     (W = 8) the example width 11 gave the LSTM one step, which torch.export fixes: the export
-    said the model could not vary the width, also with the range the advice asked for."""
+    said the model could not vary the width, also with the range the advice asked for. A
+    second LSTM that reads one step at any width (over a pooled summary) must not stop it."""
 
     class Recogniser(nn.Module):
         def __init__(self) -> None:
@@ -230,11 +232,15 @@ def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one
                 nn.Conv2d(16, 16, 2, 1, 0),
             )
             self.rnn = nn.LSTM(16, 12, bidirectional=True, batch_first=True)
+            self.summary = nn.LSTM(16, 12, bidirectional=True, batch_first=True)
             self.fc = nn.Linear(24, 5)
 
         def forward(self, x):
             features = self.cnn(x).permute(0, 3, 1, 2).mean(3)  # [batch, W // 4 - 1, 16]
-            return self.fc(self.rnn(features)[0])
+            out = self.rnn(features)[0]
+            if summary:  # one step, whatever the width
+                out = out + self.summary(features.mean(1, keepdim=True))[0]
+            return self.fc(out)
 
     torch.manual_seed(0)
     model = Recogniser().eval()
