@@ -1414,21 +1414,23 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
         source = inspect.getsourcefile(type(model))
     except (TypeError, OSError):
         source = None
-    ours = (
-        os.path.dirname(torch.__file__),
-        os.path.dirname(os.path.abspath(__file__)),
-        sysconfig.get_paths()["stdlib"],
-    )
+    ours = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)), "<")
+    stdlib = sysconfig.get_paths()["stdlib"]
+
+    def library(name: str) -> bool:  # torch's, ours or Python's own (not site-packages in it)
+        installed = "site-packages" in name or "dist-packages" in name
+        return (
+            name.startswith(ours)
+            or "/torch/" in name
+            or (name.startswith(stdlib) and not installed)
+        )
+
     for own_file in (True, False):
         for cause in causes:
             frames = [
                 f
                 for f in traceback.extract_tb(cause.__traceback__)
-                if (
-                    f.filename == source
-                    if own_file
-                    else not f.filename.startswith((*ours, "<")) and "/torch/" not in f.filename
-                )
+                if (f.filename == source if own_file else not library(f.filename))
             ]
             if frames:
                 line = frames[-1]
@@ -1510,8 +1512,8 @@ def _explain_trace_failure(
         return (
             f"torch.onnx.export failed for {type(model).__name__}: no overload of "
             f"aten.{overload[1]} takes the arguments as the exporter's type promotion leaves "
-            "them (a number made a tensor): mixed int and float arguments do this, as "
-            "torch.clamp(x, 50, 8000.0); give them one type (50.0, 8000.0)"
+            "them (a number made a tensor); where the call mixes int and float arguments, as "
+            "torch.clamp(x, 50, 8000.0) does, give them one type (50.0, 8000.0)"
         )
     message = (
         f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "

@@ -651,11 +651,36 @@ def test_an_op_with_mixed_int_and_float_arguments_is_told_to_give_one_type(tmp_p
         export_onnx(Clamped(50).eval(), tmp_path / "c.onnx", input_size=4, verify=False)
     assert str(caught.value) == (
         "torch.onnx.export failed for Clamped: no overload of aten.clamp takes the arguments as "
-        "the exporter's type promotion leaves them (a number made a tensor): mixed int and float "
-        "arguments do this, as torch.clamp(x, 50, 8000.0); give them one type (50.0, 8000.0)"
+        "the exporter's type promotion leaves them (a number made a tensor); where the call "
+        "mixes int and float arguments, as torch.clamp(x, 50, 8000.0) does, give them one type "
+        "(50.0, 8000.0)"
     )
     result = export_onnx(Clamped(50.0).eval(), tmp_path / "c.onnx", input_size=4)
     assert result.verification.passed, result.verification.summary()
+
+
+def test_the_line_named_may_be_in_a_package_installed_under_pythons_own_library(
+    tmp_path, monkeypatch
+):
+    """pip installs packages into site-packages, inside the standard library's folder on pyenv,
+    system and conda Pythons: a line there (asteroid's gLN) was taken for Python's own."""
+    import importlib.util
+    import sysconfig
+
+    installed = tmp_path / "site-packages"
+    installed.mkdir()
+    (installed / "gln.py").write_text("def norm(x):\n    raise RuntimeError('data-dependent')\n")
+    spec = importlib.util.spec_from_file_location("gln", installed / "gln.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    paths = {**sysconfig.get_paths(), "stdlib": str(tmp_path)}
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: paths)
+    try:
+        module.norm(None)
+    except RuntimeError as exc:
+        caught = exc
+    where = export_module._user_line(nn.LSTM(2, 3), [caught])
+    assert where == " at gln.py:2 (raise RuntimeError('data-dependent'))"
 
 
 def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):
