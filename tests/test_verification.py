@@ -990,7 +990,8 @@ def export_trained(name: str, path: Path, **kwargs):
 
 @pytest.fixture
 def reference_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the reference models once per feed in the test, however many graphs it verifies.
+    """Run the reference models once per model and feed in the test, however many graphs it
+    verifies.
 
     Every planted defect is verified against the same model on the same seeded sweep, and the
     reference side (the model in float64 and eager float32, every layer captured) is most of
@@ -1004,8 +1005,19 @@ def reference_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
     run = References.run
     memo: dict[tuple, tuple[dict, str | None]] = {}
 
+    def weights(self: References) -> tuple:
+        model = self.sides["reference"].runner.model
+        return tuple(
+            (name, hashlib.sha256(value.detach().cpu().numpy().tobytes()).digest())
+            for name, value in model.state_dict().items()
+        )
+
     def once(self: References, feed, case):
+        if not hasattr(self, "memo_weights"):  # the model, by its weights
+            self.memo_weights = weights(self)
         key = (
+            type(self.sides["reference"].runner.model).__qualname__,
+            self.memo_weights,
             tuple(sorted((k, s.runner.dtype) for k, s in self.sides.items())),
             tuple(tuple(s.layers.modules) if s.layers else () for s in self.sides.values()),
             tuple(
