@@ -193,12 +193,18 @@ class VerifyReport:
         raise VerificationError(message, report=self)
 
     def diagnosed_failures(self) -> tuple[CaseResult, ...]:
-        """Failing cases that carry a diagnosis, most telling first: ragged lengths with a
-        full-length row and a batch above one, since they separate reversal from weights."""
+        """Failing cases that carry a diagnosis, most telling first: one where an output or a
+        layer came out another shape than the model's (the graph computes a size another way:
+        the cause of other cases' wrong values too), then ragged lengths with a full-length row
+        and a batch above one, since they separate reversal from weights."""
 
-        def rank(case: CaseResult) -> tuple[bool, bool, bool]:
+        def rank(case: CaseResult) -> tuple[bool, bool, bool, bool]:
             full = case.lengths is not None and case.seq in case.lengths
-            return (case.lengths_mode != "ragged", not full, case.batch == 1)
+            shaped = any(
+                o.note.startswith("shape ") or "inside the graph has shape" in o.note
+                for o in case.outputs
+            )
+            return (not shaped, case.lengths_mode != "ragged", not full, case.batch == 1)
 
         return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))
 
