@@ -475,10 +475,12 @@ class _ExampleRun(NamedTuple):
     steps: list[tuple[str, int]]
 
 
-def _example_run(model: nn.Module, planned: PlannedInputs, dtype: torch.dtype) -> _ExampleRun:
+def _example_run(
+    model: nn.Module, planned: PlannedInputs, dtype: torch.dtype, *, warn: bool = True
+) -> _ExampleRun:
     inputs = tuple(_cast_floats(t, dtype) for t in planned.tensors)
     with watch_embeddings(model) as seen, _recurrent_steps(model) as steps:
-        returned, outputs = _run_example(model, inputs, planned)
+        returned, outputs = _run_example(model, inputs, planned, warn=warn)
     return _ExampleRun(inputs, returned, outputs, seen, steps)
 
 
@@ -502,7 +504,7 @@ def _steps_past_one(
     if longer is None:
         return planned, ran
     try:
-        again = _example_run(model, longer, dtype)
+        again = _example_run(model, longer, dtype, warn=False)  # the first run showed them
     except ExportError:  # a size the model refuses: keep the first example
         return planned, ran
     still = {layer for layer, steps in again.steps if steps == 1}
@@ -532,10 +534,10 @@ def _recurrent_steps(model: nn.Module) -> Iterator[list[int]]:
 
 
 def _run_example(
-    model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs
+    model: nn.Module, inputs: tuple[Tensor, ...], planned: PlannedInputs, *, warn: bool = True
 ) -> tuple[Any, list[Tensor]]:
-    """What the model returns on the example inputs, as it is and flattened; its failure is the
-    user's to fix, in one line."""
+    """What the model returns on the example inputs, as it is and flattened (``warn``: with the
+    warnings it gave shown); its failure is the user's to fix, in one line."""
     try:  # rows in any order, also for a model that packs with enforce_sorted=True
         with (
             torch.no_grad(),
@@ -543,7 +545,7 @@ def _run_example(
             warnings.catch_warnings(record=True) as said,
         ):
             returned = model(*inputs)
-        for w in said:  # what the model warns on inputs it takes; noise on ones it fails on
+        for w in said if warn else ():  # what it warns on inputs it takes; noise on others
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
         return returned, _flatten(returned)
     except ExportError:

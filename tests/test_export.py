@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -213,7 +214,9 @@ def test_a_layer_wrapper_that_packs_what_is_not_packed_yet_exports(tmp_path):
 
 
 @pytest.mark.parametrize("summary", [False, True], ids=["recogniser", "with a summary LSTM"])
-def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one(tmp_path, summary):
+def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one(
+    tmp_path, recwarn, summary
+):
     """EasyOCR's recogniser maps an image width W to W // 4 - 1 steps. At its shortest input
     (W = 8) the example width 11 gave the LSTM one step, which torch.export fixes: the export
     said the model could not vary the width, also with the range the advice asked for. A
@@ -237,6 +240,7 @@ def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one
 
         def forward(self, x):
             features = self.cnn(x).permute(0, 3, 1, 2).mean(3)  # [batch, W // 4 - 1, 16]
+            warnings.warn("recogniser: a warning of the model's own", stacklevel=1)
             out = self.rnn(features)[0]
             if summary:  # one step, whatever the width
                 out = out + self.summary(features.mean(1, keepdim=True))[0]
@@ -252,6 +256,9 @@ def test_a_front_end_that_leaves_a_short_example_one_step_traces_at_a_longer_one
         verify=False,
     )
     assert result.spec.example_sizes["width"] >= 22  # two steps or more
+    # the model's warning is shown once, not again for the longer example's run
+    shown = [w for w in recwarn if "a warning of the model's own" in str(w.message)]
+    assert len(shown) == 1, shown
     assert result.spec.outputs[0].dims[1] == "(width//4) - 1"
     for width in (8, 9, 37, 200):  # one step, then more
         x = torch.randn(3, 1, 16, width, generator=torch.Generator().manual_seed(width))
