@@ -356,6 +356,12 @@ def _ranges(
         if name in nested:
             default = DEFAULT_NESTED_RANGE
         triple = check_range(f"range of {name!r}", given.get(name, default))
+        if triple[0] == triple[2] and name == batch_dim:
+            raise BiRNNExportError(
+                f"range of {name!r}: min and max are both {triple[0]}; birnn-export exports a "
+                f"batch dim that varies, and such a graph serves a batch of {triple[0]} too: give "
+                f"a range, e.g. --batch-range {triple[0]},{triple[0]},{max(8, triple[0])}"
+            )
         if triple[0] == triple[2]:
             varying = [n for n in names if n not in (name, batch_dim)]
             raise BiRNNExportError(

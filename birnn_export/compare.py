@@ -213,8 +213,8 @@ class Check:
             return f"<= {self.threshold:.3g}"
         if self.atol is None and self.rel_l2_limit is not None:
             return f"L2 < {self.rel_l2_limit:g}"
-        if self.atol is None:  # no criterion applied: the shapes differ
-            return "same shape"
+        if self.atol is None:  # no criterion applied: the shapes differ, or it is missing
+            return "-"
         text = f"{self.atol:g} / {self.rtol:g}"
         return text + (f", L2 < {self.rel_l2_limit:g}" if self.rel_l2_limit is not None else "")
 

@@ -11,6 +11,7 @@ import pytest
 from birnn_export.compare import (
     DECISIVE_MARGIN,
     NOISE_FACTOR,
+    Check,
     NoiseCriterion,
     QuantizedCriterion,
     compare,
@@ -251,3 +252,12 @@ def test_a_reference_beyond_the_graphs_dtype_is_taken_as_that_dtype_holds_it() -
     tampered = compare("out", "padding", np.float32([-7.0]), fill, eager=np.float32(fill),
                        dtype="float16")  # fmt: skip
     assert not tampered.passed
+
+
+def test_a_check_of_another_shape_prints_no_limit() -> None:
+    """A check of an output or layer of another shape than the model's carries no tolerance:
+    printing the table's limit crashed with a TypeError (users11: Demucs's trim)."""
+    note = "shape [3, 2, 0], reference [3, 2, 4138]"
+    check = Check("output", "sequence", "values", math.inf, math.inf, math.inf, False, note=note)
+    assert check.limit == "-"
+    assert check.describe() == f"output 'output' values - {note}"

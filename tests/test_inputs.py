@@ -1435,6 +1435,14 @@ def test_a_range_of_one_size_says_what_to_declare_or_that_one_length_is_not_expo
         "birnn-export exports recurrent layers over a time dim that varies, and does not export "
         "a model that takes one fixed length"
     )
+    # a streaming model served one row at a time: a dynamic batch serves 1 too
+    with pytest.raises(ExportError) as caught:
+        export_onnx(layer, tmp_path / "c.onnx", inputs=declared, batch_range=(1, 1, 1))
+    assert str(caught.value) == (
+        "range of 'batch': min and max are both 1; birnn-export exports a batch dim that "
+        "varies, and such a graph serves a batch of 1 too: give a range, e.g. --batch-range "
+        "1,1,8"
+    )
     with pytest.raises(ExportError, match=r"declare a fixed dim as a number instead$"):
         export_onnx(
             layer,
