@@ -30,6 +30,7 @@ from birnn_export._references import References
 from birnn_export._report import WHOLE_SWEEP, CaseResult
 from birnn_export._sweep import Case, row_feed
 from birnn_export.compare import (
+    LAYER_OTHER_SHAPE,
     Check,
     Criterion,
     NoiseCriterion,
@@ -58,7 +59,7 @@ def _layer_checks(
         got = graph[name][:, :steps]
         if got.shape != want.shape:  # the graph ran the layer on other inputs than the model
             note = (
-                f"the layer's output inside the graph has shape {list(got.shape)}, the "
+                f"{LAYER_OTHER_SHAPE}{list(got.shape)}, the "
                 f"model's {list(want.shape)}: the graph ran it over other inputs"
             )
             checks.append(
@@ -270,7 +271,7 @@ def _diagnose(
                 "out of forward (pad with tensor ops), or serve only lengths the example's "
                 "branch holds for (--range)"
             )
-        ran_elsewhere = any("inside the graph has shape" in c.note for c in layer_checks)
+        ran_elsewhere = any(c.other_shape for c in layer_checks)
         if len(got) == len(want) and got != want and not ran_elsewhere:  # the layers say where
             return (
                 f"output {tensor.name!r} has shape {list(got)} where the model's has "

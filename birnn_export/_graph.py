@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from birnn_export._inputs import PlannedInputs
+from birnn_export._inputs import ONE_FIXED_LENGTH, PlannedInputs
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export._version import __version__
 from birnn_export.conversion import find_recurrent_layers
@@ -340,8 +340,7 @@ def _if_fixed(spec: GraphSpec, dim: str, found: int, lead: str) -> str:
         return f"{lead}varies, declare it as the number {found} (--input / inputs=[...])"
     return (
         f"{lead}varies, declare it as the number {found} and name the dim that does (--input "
-        "/ inputs=[...]): birnn-export needs a time dim that varies, and does not export a "
-        "model that takes one fixed length"
+        f"/ inputs=[...]): {ONE_FIXED_LENGTH}"
     )
 
 

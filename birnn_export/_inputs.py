@@ -70,6 +70,11 @@ MASK_NAMES = {
     "key_padding_mask": ("padding_mask", "bool"),
     "src_key_padding_mask": ("padding_mask", "bool"),
 }
+#: Why a model whose only dynamic dim is the batch is refused (every refusal of one says it).
+ONE_FIXED_LENGTH = (
+    "birnn-export exports recurrent layers over a time dim that varies, and does not export a "
+    "model that takes one fixed length"
+)
 _PRIMES = (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -289,8 +294,7 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
     if not named:
         raise BiRNNExportError(
             "inputs: no dim besides 'batch' is dynamic; name the time dim, e.g. "
-            "'x:float32[batch,seq,40]' (birnn-export exports recurrent layers over a time dim "
-            "that varies: a model that takes one fixed length is not supported)"
+            f"'x:float32[batch,seq,40]' ({ONE_FIXED_LENGTH})"
         )
     # the time dim the sweep varies: with lengths or masks, the first sequence's (in the
     # inputs' order) that has them; else the first named dim after 'batch'
@@ -369,8 +373,7 @@ def _ranges(
                 "a number instead"
                 if varying
                 else f"range of {name!r}: min and max are both {triple[0]}, and no other dim "
-                "besides the batch varies: birnn-export exports recurrent layers over a time "
-                "dim that varies, and does not export a model that takes one fixed length"
+                f"besides the batch varies: {ONE_FIXED_LENGTH}"
             )
         out[name] = triple
     return out

@@ -200,10 +200,7 @@ class VerifyReport:
 
         def rank(case: CaseResult) -> tuple[bool, bool, bool, bool]:
             full = case.lengths is not None and case.seq in case.lengths
-            shaped = any(
-                o.note.startswith("shape ") or "inside the graph has shape" in o.note
-                for o in case.outputs
-            )
+            shaped = any(o.other_shape for o in case.outputs)
             return (not shaped, case.lengths_mode != "ragged", not full, case.batch == 1)
 
         return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))

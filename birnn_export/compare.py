@@ -113,6 +113,12 @@ class QuantizedCriterion:
 Criterion = NoiseCriterion | Tolerance | QuantizedCriterion
 
 
+#: How a check's note begins where an output came out another shape than the reference's,
+#: and what it says where a recurrent layer did (:attr:`Check.other_shape`).
+OTHER_SHAPE = "shape "
+LAYER_OTHER_SHAPE = "the layer's output inside the graph has shape "
+
+
 @dataclass(frozen=True)
 class Check:
     """One check of one output (or recurrent layer) in one case.
@@ -151,6 +157,12 @@ class Check:
     top1_limit: float | None = None
     #: The reference's L2 norm over the compared elements (int8 checks, to pool over a sweep).
     reference_l2: float | None = None
+
+    @property
+    def other_shape(self) -> bool:
+        """The engine's output or layer came out another shape than the reference's (the note
+        gives both; no values were compared)."""
+        return self.note.startswith(OTHER_SHAPE) or LAYER_OTHER_SHAPE in self.note
 
     @property
     def ratio(self) -> float | None:
@@ -546,7 +558,7 @@ def compare_outputs(
         rows = output_lengths(spec, tensor, lengths, derived_lengths)
         got = _cut_to_longest_row(tensor, got, want, rows)
         if got.shape != want.shape:
-            note = f"shape {list(got.shape)}, reference {list(want.shape)}"
+            note = f"{OTHER_SHAPE}{list(got.shape)}, reference {list(want.shape)}"
             results.append(_failed(tensor, "values", note))
             continue
         noise = None if eager is None else np.asarray(eager[tensor.name])
@@ -613,7 +625,8 @@ def compare_tags(
         for a in (want, eager)
     )
     if got.shape != want.shape:
-        return _failed(tensor, "values", f"shape {list(got.shape)}, reference {list(want.shape)}")
+        note = f"{OTHER_SHAPE}{list(got.shape)}, reference {list(want.shape)}"
+        return _failed(tensor, "values", note)
     differ = got != want
     rows = differ.any(axis=1)
     ties = (
