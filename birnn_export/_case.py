@@ -124,7 +124,7 @@ def run_case(
     layer_criterion: Tolerance | None = None,
     reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
     derived_lengths: np.ndarray | None = None,
-    tolerance_given: bool = True,
+    noise_measurable: bool = True,
 ) -> CaseResult:
     common = dict(
         engine=engine,
@@ -190,7 +190,7 @@ def run_case(
             hidden,
             layers,
             layer_checks,
-            tolerance_given=tolerance_given,
+            noise_measurable=noise_measurable,
         )
     return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
 
@@ -200,15 +200,16 @@ def _rounding_only(
     failing: Sequence[Check],
     expected: Mapping[str, np.ndarray],
     layers: CaseLayers,
-    tolerance_given: bool,
+    noise_measurable: bool,
 ) -> str | None:
     """Under fixed tolerances, the diagnosis where every failing check's error is as small as
     rounding in the graph's dtype (at most 1000 ulp, and 1%, of its tensor's largest value; a
     wrong step or row moves values by a share near 1): the tolerance may ask for more than that
     dtype's arithmetic gives. Fixed tolerances measure no eager error to tell rounding from a
     small defect (a slightly wrong weight), so the diagnosis sends the user to the criterion
-    that does, rather than blame a layer for rounding; where the user gave no tolerance (the
-    model cannot run in float64, or saved outputs hold no eager run), to looser ones."""
+    that does (``noise_measurable``: the tolerances were the user's choice), rather than blame
+    a layer for rounding; where it cannot run (the model cannot run in float64, or saved
+    outputs hold no eager run), to looser tolerances."""
     if any(o.atol is None for o in failing):
         return None
     share = min(1000 * machine_eps(dtype), 0.01)
@@ -224,10 +225,9 @@ def _rounding_only(
     instead = (
         f"leave out --atol/--rtol to judge the graph against eager {dtype}'s own error, which "
         "tells rounding from a defect (and says where one is)"
-        if tolerance_given
+        if noise_measurable
         else f"no eager {dtype} error could be measured here to tell rounding from a defect; "
-        f"if it is rounding, judge the graph by looser ones (birnn-export verify with --atol "
-        f"{10 * atol:g})"
+        f"if it is rounding, judge the graph by looser ones (--atol {10 * atol:g})"
     )
     return (
         f"every failing check's error is at most {max(shares):.2g} of its tensor's largest "
@@ -248,7 +248,7 @@ def _diagnose(
     layers: CaseLayers,
     layer_checks: Sequence[Check],
     *,
-    tolerance_given: bool,
+    noise_measurable: bool,
 ) -> str | None:
     failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
     if not failing:
@@ -281,7 +281,15 @@ def _diagnose(
                 "int(), max()) that the trace froze; compute sizes with tensor ops, or serve "
                 "only lengths the example's branch holds for (--range)"
             )
-    rounding = _rounding_only(spec.dtype, failing, expected, layers, tolerance_given)
+    if case.seq in spec.untraced_lengths and not any(c.other_shape for c in layer_checks):
+        return (
+            f"at {spec.time_dim} = {case.seq} the model computes another way than the graph: "
+            f"torch.export assumed {spec.time_dim} is never {case.seq} (a branch on a size, as "
+            "`if delta:` is, or size arithmetic in Python numbers), and the graph keeps what "
+            "it traced at the example's length; compute both ways with tensor ops "
+            "(torch.where), or never serve these lengths"
+        )
+    rounding = _rounding_only(spec.dtype, failing, expected, layers, noise_measurable)
     if rounding is not None:
         return rounding
     rows = lengths if lengths is not None else np.full(case.batch, case.seq)

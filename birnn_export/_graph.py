@@ -291,7 +291,8 @@ def check_graph(
                         if re.search(r"\bfor\b|\brange\(", where)
                         else "a size made a Python number (len(x), int(x.shape[i])) is frozen "
                         f"in the graph: use the tensor's size as it is (x.size({axis}), "
-                        f"x.shape[{axis}])"
+                        f"x.shape[{axis}]), in integer arithmetic (a * b // c: a size divided "
+                        "by a size with / is a float the exporter cannot keep)"
                     )
                     problem += (
                         f": the model fixes it to the example's {found}{where}: {instead}"

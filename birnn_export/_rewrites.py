@@ -141,6 +141,49 @@ def clean_nodes(proto: Any) -> None:
     _name_reversals(proto.graph)
 
 
+def drop_noop_squeezes(proto: Any) -> int:
+    """Make each ``Squeeze`` squeeze only axes of size 1, as ``torch.squeeze(dim)`` does.
+
+    ``x.squeeze(1)`` where dim 1 is not 1 (SpeechBrain's ``Conv2d`` squeezes its channels
+    whenever it was built for 3-d input) changes nothing in torch, but torch.onnx's translation
+    writes ``Squeeze(axes=[1])`` all the same, which ONNX refuses (``Dimension of input 1 must
+    be 1 instead of 64``). An axis whose size the exporter recorded as a number other than 1
+    is dropped from ``axes``, and a Squeeze left with none becomes an Identity; axes of
+    symbolic size stay (torch.export decided those). Returns the number of nodes changed."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    shapes = {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+        ]
+        for v in [*graph.input, *graph.value_info]
+        if v.type.tensor_type.HasField("shape")
+    }
+    constants = {t.name: t for t in graph.initializer}
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "Squeeze" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            continue
+        axes = [int(a) % len(shape) for a in numpy_helper.to_array(constants[node.input[1]])]
+        kept = [a for a in axes if shape[a] in (None, 1)]
+        if kept == axes:
+            continue
+        if kept:
+            name = f"{node.name or node.output[0]}_axes"
+            graph.initializer.append(numpy_helper.from_array(np.asarray(kept, np.int64), name))
+            node.input[1] = name
+        else:
+            node.op_type = "Identity"
+            del node.input[1:]
+        changed += 1
+    return changed
+
+
 _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 

@@ -80,7 +80,8 @@ def plan_cases(
     model and not with a product: batch sizes {1, 3, 16} and lengths {1, 2,
     T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
     and equal lengths and the large scale each appear at several shapes, and the longest length
-    runs at batch 3 (its rows alone at batch 1).
+    runs at batch 3 (its rows alone at batch 1); so do the lengths where the model may take
+    another branch than the traced one (:attr:`GraphSpec.untraced_lengths`), at batch 3.
     """
     given = tuple(sorted(spec.check_dims(dims or {}).items()))
     cases = _planned_cases(spec, batch_sizes, seq_lens, seed, large_scale, given)
@@ -145,6 +146,7 @@ def _default_cases(
     ]
     if large:
         shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
+    shapes += [(3, t, ragged, 1.0) for t in spec.untraced_lengths]  # where a branch may part
     unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
     cases = [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
     if others:  # the other named dims (not given) at their declared min and max too

@@ -20,7 +20,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,9 +32,13 @@ from birnn_export._option_groups import (
     loader_options,
     sweep_options,
     timing_options,
+    tolerance_option,
 )
 from birnn_export._version import __version__
 from birnn_export.errors import BiRNNExportError, ModelLoadError, UsageError, VerificationError
+
+if TYPE_CHECKING:
+    from birnn_export.compare import ToleranceOverride
 
 DEFAULT_COMMAND = "export"
 #: Exit code of :func:`main` after Ctrl-C, as shells report a process ended by SIGINT (128 + 2);
@@ -160,6 +164,13 @@ def main() -> None:
 @click.option(
     "--verify/--no-verify", default=True, help="Verify on ONNX Runtime before writing the file."
 )
+@tolerance_option(
+    "--atol",
+    "Verify by fixed tolerances instead of the model's own float32 noise (where the model "
+    "cannot run in float64 and the defaults per dtype are too strict for it): absolute "
+    "tolerance, for all outputs or one output; repeatable.",
+)
+@tolerance_option("--rtol", "Relative tolerance, like --atol.")
 @json_option("the summary")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
 @loader_options
@@ -168,6 +179,8 @@ def export_command(
     model_path: Path,
     output: Path | None,
     verify: bool,
+    atol: ToleranceOverride,
+    rtol: ToleranceOverride,
     json_path: Path | None,
     quiet: bool,
     graph: dict[str, Any],
@@ -195,6 +208,8 @@ def export_command(
             model_path,
             output,
             verify=verify,
+            atol=atol,
+            rtol=rtol,
             progress=not quiet,
             load_options=loader,
             **graph,
@@ -214,6 +229,7 @@ def export_command(
             click.echo(f"report written to {where}", err=True)
         if failed is not None and not quiet:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
+            study += _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)
             study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
             click.echo(
                 f"To study the failure: re-export with --no-verify, then {shlex.join(study)}",
@@ -223,6 +239,15 @@ def export_command(
     if json_path is not None:
         _write_json(json_path, json.dumps(report.to_dict(), indent=2, default=str))
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
+
+
+def _tolerance_flags(flag: str, value: ToleranceOverride) -> list[str]:
+    """The command-line flags that give ``value`` (:func:`options.parse_tolerance`'s)."""
+    given = {} if value is None else value if isinstance(value, dict) else {"*": value}
+    flags = []
+    for name, number in given.items():
+        flags += [flag, f"{number:g}" if name == "*" else f"{name}:{number:g}"]
+    return flags
 
 
 def _loader_flags(loader: dict[str, Any]) -> list[str]:

@@ -44,6 +44,7 @@ from birnn_export._container import (
 )
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
+from birnn_export._guards import examples, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
     keyword_mask,
@@ -56,7 +57,12 @@ from birnn_export._inputs import (
 )
 from birnn_export._packed import pack_recurrent_nodes
 from birnn_export._packing import PackingSwap, any_order_packing
-from birnn_export._rewrites import clean_nodes, guard_empty_batch, sink_batch_transposes
+from birnn_export._rewrites import (
+    clean_nodes,
+    drop_noop_squeezes,
+    guard_empty_batch,
+    sink_batch_transposes,
+)
 from birnn_export._scan import scan_lstmp_nodes, scan_rnn_nodes
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
@@ -299,7 +305,8 @@ def trace_graph(
 
     # scan and packed: the fused graph, then its nodes rewritten
     emitted = "fused" if layout in ("scan", "packed") else layout
-    proto, cut, fixed_at = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    proto, cut, fixed_at, untraced = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    drop_noop_squeezes(proto)
     _tidy_dims(proto)
     if cut:  # the model cut a padded output to its longest row
         longest = _longest_rows(planned, trace_inputs)
@@ -324,6 +331,12 @@ def trace_graph(
             notes.append(_layout_note(asked, layout))
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
+    traced_at = {
+        planned.batch_dim: spec.example_batch,
+        planned.time_dim: spec.example_seq,
+        **spec.example_sizes,
+    }
+    notes += _untraced_notes(untraced, planned, traced_at)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -335,6 +348,7 @@ def trace_graph(
             "tool_version": __version__,
             "source_sha256": source_sha256,
             "container": container.to_dict() if container is not None else None,
+            "untraced_lengths": examples(untraced.get(planned.time_dim, ()), spec.example_seq),
         }
     )
     set_metadata(proto, spec)
@@ -836,6 +850,38 @@ def _layout_note(asked: str, layout: str) -> str:
     return f"--layout {asked}: {why}; wrote the {layout} graph, recorded as layout {layout}"
 
 
+def _untraced_notes(
+    untraced: Mapping[str, Sequence[int]], planned: PlannedInputs, example: Mapping[str, int]
+) -> list[str]:
+    """Where torch.export assumed the model takes the traced branch (:func:`_untraced`), as
+    notes: what it assumed, and where verification runs those sizes."""
+    notes = []
+    for dim, sizes in untraced.items():
+        low, _, high = planned.ranges[dim]
+        held = sorted(set(range(max(low, 2), high + 1)) - {int(v) for v in sizes})
+        few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")
+        shown = [str(v) for v in few[:3]] + ["..."] * (len(few) > 3)
+        if len(sizes) == 1:
+            which = f"is not {shown[0]}"
+        else:
+            which = f"is {what} of {len(few)} sizes in {low}..{high} ({', '.join(shown)})"
+        tried = examples(sizes, example.get(dim, low))
+        listed = ",".join(str(v) for v in tried)
+        if dim == planned.time_dim:
+            verified = f"the default verification runs {dim} = {listed}"
+        elif dim == planned.batch_dim:
+            verified = f"verify them: birnn-export verify ... --batch-sizes {listed}"
+        else:
+            verified = f"verify them: birnn-export verify ... --dim {dim}={tried[0]}"
+        notes.append(
+            f"torch.export assumed {dim} {which}; where that does not hold, the model may "
+            "compute another way than the graph, which keeps what it traced at the example's "
+            "size (a branch on a size, as `if delta:` is, or size arithmetic in Python "
+            f"numbers): {verified}"
+        )
+    return notes
+
+
 def _unread_inputs(proto: Any) -> list[str]:
     """Graph inputs no node reads, as notes: a ``forward`` parameter the model ignores
     (EasyOCR's and deep-text-recognition-benchmark's ``text``, used only by an attention
@@ -896,14 +942,16 @@ def _trace(
     outs: list[str],
     opset: int,
     layout: str,
-) -> tuple[Any, bool, dict[int, str]]:
-    """The exported graph, whether the model cut a padded output to its longest row, and where
-    its code fixed a size to the example's number (:func:`_fixed_sizes`)."""
+) -> tuple[Any, bool, dict[int, str], dict[str, Any]]:
+    """The exported graph, whether the model cut a padded output to its longest row, where
+    its code fixed a size to the example's number (:func:`_fixed_sizes`), and the sizes where
+    the traced branch may not be the model's (:func:`_untraced`)."""
+    cuts: list[str] = []
     try:
         with (
             _onnx_settings(model, layout),
             onnx_weight_constants(model),
-            _traceable_packing(model) as cuts,
+            _traceable_packing(model, cuts),
             _nested_tensor_zeros(model),
             _pooling_over_two_dims(),
             _quiet_exporter(),
@@ -923,49 +971,81 @@ def _trace(
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
             raise KeyboardInterrupt from None
-        raise ExportError(_explain_trace_failure(model, exc, planned, inputs)) from None
-    _refuse_narrowed_dims(program, planned)
-    return program.model_proto, any(cuts), fixed
+        raise ExportError(_explain_trace_failure(model, exc, planned, inputs, cuts)) from None
+    exported = getattr(program, "exported_program", None)
+    sizes = _dim_sizes(exported, planned) if exported is not None else {}
+    untraced = _untraced(planned, sizes)
+    _refuse_narrowed_dims(exported, planned, sizes, untraced)
+    return program.model_proto, any(cuts), fixed, untraced
 
 
-def _refuse_narrowed_dims(program: Any, planned: PlannedInputs) -> None:
+def _dim_sizes(exported: Any, planned: PlannedInputs) -> dict[str, torch.SymInt]:
+    """Each named dim's symbolic size in the exported program (a dim the trace fixed to a
+    number has none: its own check names it)."""
+    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    sizes: dict[str, torch.SymInt] = {}
+    for name, decl in zip(exported.graph_signature.user_inputs, planned.decls, strict=False):
+        value = nodes[name].meta.get("val") if name in nodes else None
+        for axis, dim in enumerate(decl.dims):
+            size = value.shape[axis] if value is not None and axis < value.dim() else None
+            if isinstance(dim, str) and isinstance(size, torch.SymInt):
+                sizes.setdefault(dim, size)
+    return sizes
+
+
+def _refuse_narrowed_dims(
+    exported: Any,
+    planned: PlannedInputs,
+    sizes: Mapping[str, torch.SymInt],
+    untraced: Mapping[str, Any],
+) -> None:
     """The traced graph holds for the declared ranges, or the export stops in one line.
 
     Where the model branches on a length (``if steps <= chunk: pad``), torch.export traces the
     example's branch; when the declared range holds the other, the exporter falls back to a
     trace that only holds for part of the range (the ``range_constraints`` of its program),
-    and the graph computes something else outside it.
+    and the graph computes something else outside it. The range it advises leaves out the
+    sizes at its ends where the model branches again (``untraced``: Demucs's ``if delta:``
+    at the largest length of its range).
 
     Raises:
         ExportError: naming the dim, the range the graph holds for and what to do.
     """
-    exported = getattr(program, "exported_program", None)
-    if exported is None:
-        return
-    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
-    for name, decl in zip(exported.graph_signature.user_inputs, planned.decls, strict=False):
-        value = nodes[name].meta.get("val") if name in nodes else None
-        for axis, dim in enumerate(decl.dims):
-            size = value.shape[axis] if value is not None and axis < value.dim() else None
-            if not isinstance(dim, str) or not isinstance(size, torch.SymInt):
-                continue  # a size the graph fixed: its own check names it
-            held = exported.range_constraints.get(size.node.expr)
-            if held is None:
-                continue
-            low, opt, high = planned.ranges[dim]
-            lower = max(int(held.lower) if held.lower.is_finite else low, low)
-            upper = min(int(held.upper) if held.upper.is_finite else high, high)
-            if lower > max(low, 2) or upper < high:
-                raise ExportError(
-                    f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, "
-                    f"not the declared {low}..{high}: the model computes inputs outside it "
-                    "another way (a branch on the length, as chunking or padding short inputs "
-                    "does), and the exporter traced the example's branch; if inputs outside "
-                    f"never come, declare it: --range {dim}={lower},"
-                    f"{min(max(opt, lower), upper)},{upper}; else keep the branch out of "
-                    "forward (compute both ways with tensor ops, e.g. pad every input to at "
-                    "least the chunk)"
-                )
+    for dim, size in sizes.items():
+        held = exported.range_constraints.get(size.node.expr)
+        if held is None:
+            continue
+        low, opt, high = planned.ranges[dim]
+        lower = max(int(held.lower) if held.lower.is_finite else low, low)
+        upper = min(int(held.upper) if held.upper.is_finite else high, high)
+        if lower > max(low, 2) or upper < high:
+            branching = {int(v) for v in untraced.get(dim, ())}
+            while upper > lower and upper in branching:
+                upper -= 1
+            while lower < upper and lower in branching:
+                lower += 1
+            raise ExportError(
+                f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, "
+                f"not the declared {low}..{high}: the model computes inputs outside it "
+                "another way (a branch on the length, as chunking or padding short inputs "
+                "does), and the exporter traced the example's branch; if inputs outside "
+                f"never come, declare it: --range {dim}={lower},"
+                f"{min(max(opt, lower), upper)},{upper}; else keep the branch out of "
+                "forward (compute both ways with tensor ops, e.g. pad every input to at "
+                "least the chunk)"
+            )
+
+
+def _untraced(planned: PlannedInputs, sizes: Mapping[str, torch.SymInt]) -> dict[str, Any]:
+    """Each dim's sizes where torch.export assumed the model takes the traced branch and it may
+    not (:func:`birnn_export._guards.untraced_sizes`)."""
+    if not sizes:
+        return {}
+    symbols = {
+        size.node.expr: (dim, planned.ranges[dim][0], planned.ranges[dim][2])
+        for dim, size in sizes.items()
+    }
+    return untraced_sizes(next(iter(sizes.values())).node.shape_env, symbols)
 
 
 def _interrupted(exc: BaseException | None) -> bool:
@@ -1096,26 +1176,27 @@ def _nested_tensor_zeros(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _traceable_packing(model: nn.Module) -> Iterator[list[bool]]:
+def _traceable_packing(model: nn.Module, cuts: list[str]) -> Iterator[None]:
     """Let ``forward`` methods that pack and unpack around their recurrent layers trace:
     ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced where ``forward`` finds
     them (:class:`~birnn_export._packing.PackingSwap`) by functions passing a
     :class:`~birnn_export.modules.TracedPack` through the converted layers. Padded outputs are
-    ``total_length`` long where it is given, else as long as the longest row, as in torch.
-    Yields a list that holds an entry per cut to the longest row.
+    ``total_length`` long where it is given, else as long as the longest row, as in torch: a
+    size known at run time only, whose symbol (``u0``) each such cut appends to ``cuts``.
     """
     from torch.nn.utils import rnn as rnn_utils
 
-    cuts: list[bool] = []
-
     def pad(sequence: TracedPack, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        padded = _pad_for_tracing(sequence, *args, **kwargs)
         bound = inspect.signature(_pad_for_tracing).bind(sequence, *args, **kwargs)
-        cuts.append(bound.arguments.get("total_length") is None)
-        return _pad_for_tracing(sequence, *args, **kwargs)
+        if bound.arguments.get("total_length") is None:
+            time_axis = 1 if bound.arguments.get("batch_first", False) else 0
+            cuts.append(str(padded[0].shape[time_axis]))
+        return padded
 
     swaps = {rnn_utils.pack_padded_sequence: _pack_for_tracing, rnn_utils.pad_packed_sequence: pad}
     with PackingSwap(model, swaps), torch.no_grad():
-        yield cuts
+        yield
 
 
 def _outputs_in_eager_dtypes(proto: Any, eager_out: Sequence[Tensor]) -> None:
@@ -1281,12 +1362,20 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _packs_sequences(model: nn.Module) -> bool:
-    try:
-        source = inspect.getsource(type(model).forward)
-    except (OSError, TypeError):
-        return False
-    return "pack_padded_sequence" in source
+def _packs_sequences(model: nn.Module, pads_to_longest: bool = False) -> str | None:
+    """The class whose ``forward`` packs sequences: the model's own, else the first of its
+    modules' (ESPnet's encoder packs in its ``RNNP``, kraken's network in a layer), or
+    ``None``. ``pads_to_longest``: the one that pads them back without ``total_length``."""
+    for module in model.modules():
+        try:
+            source = inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            continue
+        if "pack_padded_sequence" in source and (
+            not pads_to_longest or re.search(r"pad_packed_sequence\((?![^)]*total_length)", source)
+        ):
+            return type(module).__name__
+    return None
 
 
 def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
@@ -1423,7 +1512,7 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
         installed = "site-packages" in name or "dist-packages" in name
         return (
             name.startswith(ours)
-            or "/torch/" in name
+            or any(f"/{p}/" in name for p in ("torch", "onnxscript", "onnx", "onnx_ir"))
             or (name.startswith(stdlib) and not installed)
         )
 
@@ -1446,6 +1535,8 @@ _INVALID_GRAPH = re.compile(r"onnx\.checker:|strict shape inference:")
 #: torch.export's guard on a run-time size (pad_packed_sequence's longest row, ``u0``) against
 #: an input's (``s1``): ``Eq(u0, s1)``, as ``assert out.size(0) == seqlen`` makes.
 _LONGEST_VS_PADDED = re.compile(r"\b(?:Eq|Ne)\((?:u\d+, s\d+|s\d+, u\d+)\)")
+#: torch's error for ``.numpy()`` on a traced tensor (Tacotron 2's ``lengths.cpu().numpy()``).
+_TO_NUMPY = ".numpy() is not supported for tensor subclasses"
 _NO_OVERLOAD = re.compile(r"Cannot find a compatible OpOverload for aten\.(\w+)")
 _CONSTANT_DIM = re.compile(r"(\w+) was inferred to be a constant \((\d+)\)")
 _GUARD = re.compile(r"Not all values of (\w+) .*? satisfy the generated guard (.+?)\.?$", re.M)
@@ -1455,7 +1546,11 @@ _SPECIALIZED = re.compile(
 
 
 def _explain_trace_failure(
-    model: nn.Module, exc: Exception, planned: PlannedInputs, inputs: Sequence[Tensor]
+    model: nn.Module,
+    exc: Exception,
+    planned: PlannedInputs,
+    inputs: Sequence[Tensor],
+    cuts: Sequence[str] = (),
 ) -> str:
     text = str(exc)
     causes = _causes(exc)
@@ -1478,23 +1573,36 @@ def _explain_trace_failure(
             "reaches the modules of the model's classes and of the functions they import): "
             "call it from there, or call the layer as out, h = self.rnn(x, lengths)"
         )
-    if any(_LONGEST_VS_PADDED.search(str(c)) for c in causes) and _packs_sequences(model):
+    packer = _packs_sequences(model)
+    padder = _packs_sequences(model, pads_to_longest=True)
+    longest = any(_LONGEST_VS_PADDED.search(str(c)) for c in causes) or any(
+        "data-dependent" in str(c) and re.search(rf"\b{re.escape(cut)}\b", str(c))
+        for c in causes
+        for cut in cuts
+    )
+    if longest and padder:  # the run-time length of pad_packed_sequence's output, used as a size
         return (
-            f"{type(model).__name__}.forward compares the length of pad_packed_sequence's "
-            f"output with the input's padded length{_user_line(model, causes)}: without "
+            f"{padder}.forward uses the length of pad_packed_sequence's output as the input's "
+            f"padded length{_user_line(model, causes)} (a comparison, a view): without "
             "total_length that output is as long as the longest row, a length known only at run "
             "time; pass it the padded length, total_length=x.size(1) (x.size(0) time-major)"
         )
-    if any("data-dependent" in str(c) for c in causes):
+    if any("data-dependent" in str(c) or _TO_NUMPY in str(c) for c in causes):
         return (
             f"{type(model).__name__}.forward makes a Python number of a tensor's value"
-            f"{_user_line(model, causes)} (int(), .item(), .tolist(), an if on a tensor), and the "
-            "graph cannot depend on one: keep it a tensor"
+            f"{_user_line(model, causes)} (int(), .item(), .tolist(), .numpy(), an if on a "
+            "tensor), and the graph cannot depend on one: keep it a tensor"
             + (
                 f"; {_PACKING_HINT}"
-                if _packs_sequences(model)
+                if packer
                 else " (mask the positions past each row's length, say, instead of slicing rows)"
             )
+        )
+    if any(isinstance(c, TypeError) and "SymbolicTensor" in str(c) for c in causes):
+        return (
+            f"{type(model).__name__}.forward computes with a size as a float"
+            f"{_user_line(model, causes)} (a size divided by a size with /, float(x.shape[i])), "
+            "which the exporter cannot keep: keep size arithmetic in integers (lengths * a // b)"
         )
     for pattern in (_CONSTANT_DIM, _SPECIALIZED):
         match = pattern.search(text)
@@ -1521,7 +1629,7 @@ def _explain_trace_failure(
         f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "
         f"{_first_line(cause)}"
     )
-    if _packs_sequences(model):
+    if packer:
         message += f"; {_PACKING_HINT}"
     return message
 
@@ -1553,6 +1661,6 @@ def _unswapped_packing(causes: Sequence[BaseException]) -> str:
 _PACKING_HINT = (
     "its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
     "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, sorting) "
-    "do not, nor lengths made Python numbers (.tolist(), int()): pass the lengths tensor, or "
-    "call the layer as out, h = self.rnn(x, lengths)"
+    "do not, nor lengths made Python numbers (.tolist(), int(), .numpy()): pass the lengths "
+    "tensor, or call the layer as out, h = self.rnn(x, lengths)"
 )

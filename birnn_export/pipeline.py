@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from birnn_export.check import CheckReport
+    from birnn_export.compare import ToleranceOverride
     from birnn_export.conversion import Replacement
     from birnn_export.quantize import QuantizeReport
     from birnn_export.spec import GraphSpec
@@ -82,6 +83,8 @@ def export_onnx(
     verify: bool = True,
     progress: bool = False,
     quantize: str | None = None,
+    atol: ToleranceOverride = None,
+    rtol: ToleranceOverride = None,
     **options: Any,
 ) -> ExportResult:
     """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
@@ -98,6 +101,10 @@ def export_onnx(
             RNN left in float32), verified by task agreement and relative error
             (:class:`~birnn_export.compare.QuantizedCriterion`) instead of float tolerances.
             Runs on ONNX Runtime's CPU provider; needs a float32 graph.
+        atol: Verify by fixed tolerances, as :func:`birnn_export.verify`'s ``atol`` (a number,
+            or one per output), instead of the model's own float32 noise: for a model that
+            cannot run in float64, whose fixed defaults may be too strict for it.
+        rtol: Relative tolerance, like ``atol``.
         **options: How the graph is traced: the keyword arguments of
             :func:`birnn_export.export.trace_graph` (``example_inputs``, ``inputs``, ``ranges``,
             ``opset``, ``layout``, ``lengths``, ``input_size``, ``dtype``, ``input_names``,
@@ -126,6 +133,9 @@ def export_onnx(
         raise ExportError(
             f"quantize: int8 quantizes a float32 graph; drop --dtype {dtype} or --quantize"
         )
+    if (atol is not None or rtol is not None) and (not verify or quantize):
+        why = "--no-verify skips verification" if not verify else _INT8_JUDGED
+        raise ExportError(f"atol/rtol: tolerances judge the verification, but {why}; drop them")
     check_output_path("path", path)
     graph = trace_graph(model, **options)
     if graph.large and quantize:
@@ -142,7 +152,9 @@ def export_onnx(
             proto = load_onnx(staging)
             spec = GraphSpec.from_onnx(proto)
         if verify:
-            report = _verify_staged(staging, path, graph.model, graph.reference, progress)
+            report = _verify_staged(
+                staging, path, graph.model, graph.reference, progress, atol=atol, rtol=rtol
+            )
     counts = collections.Counter(node.op_type for node in proto.graph.node)
     return ExportResult(
         path=path,
@@ -156,6 +168,9 @@ def export_onnx(
         quantization=quantized,
         notes=graph.notes,
     )
+
+
+_INT8_JUDGED = "an int8 graph is judged by task agreement and relative error"
 
 
 def _quantize_staged(staging: Path) -> QuantizeReport:
@@ -179,7 +194,14 @@ def default_output(model_path: Path) -> Path:
 
 
 def _verify_staged(
-    staging: Path, path: Path, model: nn.Module, reference: nn.Module, progress: bool
+    staging: Path,
+    path: Path,
+    model: nn.Module,
+    reference: nn.Module,
+    progress: bool,
+    *,
+    atol: ToleranceOverride,
+    rtol: ToleranceOverride,
 ) -> VerifyReport | None:
     """:func:`birnn_export.verify`'s default sweep on the staged graph, before it is moved into
     place; the report names ``path``.
@@ -194,7 +216,7 @@ def _verify_staged(
         return None
     from birnn_export.verification import verify
 
-    report = verify(staging, model, reference=reference, progress=progress)
+    report = verify(staging, model, reference=reference, progress=progress, atol=atol, rtol=rtol)
     report = dataclasses.replace(report, onnx_path=str(path))
     if not report.passed:
         message = report.summary()
@@ -296,6 +318,8 @@ def export_model(
     seq_range: Sequence[int] | None = None,
     verify: bool = True,
     progress: bool = False,
+    atol: ToleranceOverride = None,
+    rtol: ToleranceOverride = None,
     load_options: Mapping[str, Any] | None = None,
     **export_options: Any,
 ) -> ExportReport:
@@ -314,6 +338,8 @@ def export_model(
         seq_range: (min, opt, max) of the time dim.
         verify: Verify on ONNX Runtime before the file is written.
         progress: Show verification's progress bar on stderr.
+        atol: Verify by fixed tolerances (:func:`export_onnx`'s ``atol``).
+        rtol: Relative tolerance, like ``atol``.
         load_options: Keyword arguments of :func:`birnn_export.load_model` (``model_class``,
             ``model_kwargs``, ``state_key``, ``nonlinearity``, ``time_major``,
             ``trust_pickle``).
@@ -357,6 +383,8 @@ def export_model(
         inputs=declared or None,
         ranges=named,
         verify=verify,
+        atol=atol,
+        rtol=rtol,
         config=loaded.config,
         source_sha256=loaded.sha256,
         progress=progress,

@@ -147,6 +147,10 @@ class GraphSpec:
     #: Where ``forward`` takes one container and reads the inputs from it (``batch["ids"]``):
     #: ``{"param": ..., "kind": "dict" | "attributes", "keys": [one per input, in order]}``.
     container: dict[str, Any] | None = None
+    #: Lengths of the time dim where the model may take another branch than the one traced
+    #: (torch.export assumed it does not: :mod:`birnn_export._guards`); the default sweep
+    #: verifies them.
+    untraced_lengths: tuple[int, ...] = ()
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -256,6 +260,7 @@ class GraphSpec:
             for key in ("inputs", "outputs"):
                 data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
             data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
+            data["untraced_lengths"] = tuple(data.get("untraced_lengths", ()))
             # Files written before the ranges were declared take the defaults.
             for key in ("batch_range", "seq_range"):
                 if key in data:
@@ -408,6 +413,11 @@ def _check_spec_data(data: Any) -> None:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
+    untraced = data.get("untraced_lengths", [])
+    if not isinstance(untraced, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in untraced
+    ):
+        raise BiRNNExportError(f"untraced_lengths: expected a list of sizes in 1..{MAX_DIM}")
     pad = data.get("token_padding")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
         raise BiRNNExportError("token_padding: expected a token id (an int >= 0) or nothing")

@@ -743,7 +743,8 @@ def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     out = ["-o", str(tmp_path / "d.onnx"), "--input-size", "6"]
     runner = CliRunner()
     report = tmp_path / "report.json"
-    failed = runner.invoke(main, [str(path), *out, *model, "--json", str(report)])
+    tolerances = ["--atol", "0.0001", "--rtol", "0.001"]  # judged as the user asked, again
+    failed = runner.invoke(main, [str(path), *out, *model, *tolerances, "--json", str(report)])
     assert failed.exit_code == 1, failed.output
     assert not (tmp_path / "d.onnx").exists()
     saved = json.loads(report.read_text())  # the report of the failure, for CI to keep
@@ -753,6 +754,11 @@ def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     study = shlex.split(hint.splitlines()[0])
     assert study[:2] == ["birnn-export", "verify"] and study[-2:] == ["--save-inputs", "cases.json"]
     assert study[study.index("--model-kwargs") + 1] == kwargs
+    assert " ".join(tolerances) in " ".join(study)
+    assert saved["verification"]["criterion"].startswith("fixed tolerances")
+    unjudged = runner.invoke(main, [str(path), *out, *model, "--no-verify", "--atol", "1e-4"])
+    assert unjudged.exit_code == 2 and "--no-verify skips verification" in unjudged.output
+    assert not (tmp_path / "d.onnx").exists()
     written = runner.invoke(main, [str(path), *out, *model, "--no-verify"])
     assert written.exit_code == 0, written.output
     rerun = runner.invoke(main, [*study[1:-2], "--save-inputs", str(tmp_path / "cases.json")])

@@ -1352,11 +1352,78 @@ def test_an_assert_on_the_padded_length_is_told_to_pass_total_length(tmp_path):
     with pytest.raises(ExportError) as caught:
         export_onnx(_ChecksPaddedLength().eval(), tmp_path / "fairseq.onnx")
     message = str(caught.value)
-    assert "compares the length of pad_packed_sequence's output" in message, message
+    assert "_ChecksPaddedLength.forward uses the length of pad_packed_sequence's output" in message
     assert "(assert list(x.size()) == [seqlen, bsz, 10])" in message
     assert "total_length=x.size(1) (x.size(0) time-major)" in message
     result = export_onnx(_ChecksPaddedLength(total_length=True).eval(), tmp_path / "ok.onnx")
     assert result.verification.passed, result.verification.summary()
+
+
+class _SummarizesIfLong(nn.Module):
+    """Packs, pads back without total_length and branches on the padded output's length (a
+    summarising layer keeps the last step of rows longer than one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
+        if out.size(1) > 1:
+            out = out * 2
+        return out
+
+
+class _PacksOneLevelDown(nn.Module):
+    """A network whose layer packs (kraken's VGSL, ESPnet's RNNP, Tacotron 2's encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = _SummarizesIfLong()
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x, lengths))
+
+
+def test_pad_packed_sequence_without_total_length_is_told_in_a_layer_of_the_model(tmp_path):
+    """kraken's view with the padded width was blamed as "a Python number of a tensor's
+    value" and told to mask instead of slicing rows: the packing was looked for in the outer
+    class only, and only a comparison with the padded length was recognised."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_PacksOneLevelDown().eval(), tmp_path / "k.onnx")
+    message = str(caught.value)
+    assert "_SummarizesIfLong.forward uses the length of pad_packed_sequence's" in message
+    assert "(if out.size(1) > 1:)" in message and "total_length=" in message, message
+
+
+def test_lengths_made_numpy_and_sizes_divided_as_floats_are_named(tmp_path):
+    """Tacotron 2 packs `lengths.cpu().numpy()`; kraken scales lengths by `a / b` of sizes:
+    both failed with torch's own words and no line."""
+
+    class NumpyLengths(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            rows = lengths.cpu().numpy()
+            packed = pack_padded_sequence(x, rows, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+    class ScalesLengths(NumpyLengths):
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            y = x[:, ::2]
+            lengths = (lengths * (y.shape[1] / x.shape[1])).ceil().long()
+            packed = pack_padded_sequence(y, lengths, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+    with pytest.raises(ExportError, match=r"at test_export.py:\d+ \(rows = lengths.cpu\(\)"):
+        export_onnx(NumpyLengths().eval(), tmp_path / "n.onnx")
+    with pytest.raises(ExportError, match="keep size arithmetic in integers"):
+        export_onnx(ScalesLengths().eval(), tmp_path / "s.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 class _FixesTime(nn.Module):
@@ -1502,6 +1569,109 @@ def test_a_branch_on_parity_fails_verification_named_as_a_branch(tmp_path):
     assert not report.passed
     assert "has 3 steps where the model's has 2 (T = 2)" in report.diagnosis()
     assert "a branch on the length" in report.diagnosis()
+
+
+class _SqueezesChannels(nn.Module):
+    """SpeechBrain's ``Conv2d`` on 3-d input: ``squeeze(1)`` of its channels (4, so a no-op in
+    torch), then a BiLSTM over the flattened features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.rnn = nn.LSTM(4 * 8, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.transpose(1, -1).unsqueeze(1)).squeeze(1).transpose(1, -1)
+        return self.rnn(y.reshape(y.shape[0], y.shape[1], -1))[0]
+
+
+def test_a_squeeze_that_changes_nothing_in_torch_exports(tmp_path):
+    """It failed the ONNX checker ("Dimension of input 1 must be 1 instead of 4"): torch.onnx
+    writes the no-op as a Squeeze of that axis."""
+    torch.manual_seed(0)
+    result = export_onnx(
+        _SqueezesChannels().eval(), tmp_path / "s.onnx", inputs=["x:float32[batch,time,8]"]
+    )
+    assert result.verification.passed, result.verification.summary()
+
+
+class _SkipsAtOneLength(nn.Module):
+    """Scales its input except at 100 steps (``if delta:``, as Demucs trims): a branch on a
+    length that torch.export keeps only as an assumption, which the ONNX graph drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = 100 - x.shape[1]
+        if delta:
+            x = 2 * x
+        return self.lstm(x)[0]
+
+
+def test_a_length_the_trace_assumed_away_is_verified_and_named(tmp_path):
+    """At 100 steps the graph scaled the input and the model did not: the export passed,
+    wrong there, since no case ran 100 steps. The export now reads torch.export's assumption,
+    notes it, records the length, and its verification runs it and says why it fails."""
+    torch.manual_seed(0)
+    model = _SkipsAtOneLength().eval()
+    with pytest.raises(VerificationError, match=r"torch\.export assumed seq is never 100"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    result = export_onnx(model, tmp_path / "m.onnx", verify=False)
+    assert result.spec.untraced_lengths == (100,)
+    assert GraphSpec.from_onnx(result.path).untraced_lengths == (100,)
+    assert any("torch.export assumed seq is not 100" in n for n in result.notes), result.notes
+    # the graph is right elsewhere: the assumption is where it parts from the model
+    assert verify(result.path, model, batch_sizes=(3,), seq_lens=(99, 101)).passed
+
+
+class _PadsToChunks(nn.Module):
+    """Pads to a whole number of chunks of 8 only where the length is not one
+    (``if pad:``): at whole chunks the traced padding is by 0, the same numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = x.shape[1]
+        pad = (8 - steps % 8) % 8
+        if pad:
+            x = nn.functional.pad(x, (0, 0, 0, pad))
+        return self.lstm(x)[0][:, :steps]
+
+
+def test_a_branch_that_is_a_no_op_where_assumed_away_passes_at_those_lengths(tmp_path):
+    torch.manual_seed(0)
+    result = export_onnx(_PadsToChunks().eval(), tmp_path / "c.onnx")
+    assert result.verification.passed, result.verification.summary()
+    lengths = result.spec.untraced_lengths
+    assert lengths and all(t % 8 == 0 for t in lengths) and max(lengths) == 256
+    assert {c.seq for c in result.verification.cases} >= set(lengths)
+    assert any("none of 32 sizes in 1..256 (8, 16, 24, ...)" in n for n in result.notes)
+
+
+class _PadsShortInputsSkipsTheLongest(_PadsShortInputs):
+    """:class:`_PadsShortInputs` that also scales every input but one of 256 steps."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] - 256:
+            x = 2 * x
+        return super().forward(x)
+
+
+def test_the_advised_range_leaves_out_a_length_where_the_model_branches_again(tmp_path):
+    """Demucs's advice (`--range time=4096,4138,4138`) failed at its maximum, where
+    `if delta:` takes the other branch."""
+    torch.manual_seed(0)
+    model = _PadsShortInputsSkipsTheLongest().eval()
+    with pytest.raises(ExportError, match=r"holds only for seq in 9\.\.255") as e:
+        export_onnx(model, tmp_path / "p.onnx")
+    assert "--range seq=9,64,255" in str(e.value)
+    result = export_onnx(model, tmp_path / "p.onnx", seq_range=(9, 64, 255))
+    assert result.verification.passed, result.verification.summary()
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation

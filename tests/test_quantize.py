@@ -141,6 +141,8 @@ def test_export_quantized_graph_that_loses_the_task_is_refused(tmp_path: Path) -
         export_onnx(model, tmp_path / "q.onnx", quantize="int8")
     assert not caught.value.report.passed
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError, match="int8 graph is judged by task agreement"):
+        export_onnx(model, tmp_path / "q.onnx", quantize="int8", atol=1.0)  # not loosened
     # the float graph of the same model is exact
     assert export_onnx(model, tmp_path / "f.onnx").verification.passed
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from birnn_export._rewrites import sink_batch_transposes
+from birnn_export._rewrites import drop_noop_squeezes, sink_batch_transposes
 
 
 def run_ort(path, feed):
@@ -226,3 +226,40 @@ def test_every_initializer_is_used_so_onnx_runtime_loads_quietly(tmp_path):
     graph = onnx.load(str(tmp_path / "t.onnx")).graph
     used = {name for node in all_nodes(graph) for name in node.input}
     assert {t.name for t in graph.initializer} <= used
+
+
+def _squeezes(axes: list[list[int]]) -> onnx.ModelProto:
+    """x [1, 4, 'time'] through one Squeeze per axes list, each output a graph output."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, "time"])
+    nodes, outputs, constants = [], [], []
+    for index, which in enumerate(axes):
+        constants.append(onnx.numpy_helper.from_array(np.asarray(which, np.int64), f"axes{index}"))
+        nodes.append(onnx.helper.make_node("Squeeze", ["x", f"axes{index}"], [f"y{index}"]))
+        outputs.append(
+            onnx.helper.make_tensor_value_info(f"y{index}", onnx.TensorProto.FLOAT, None)
+        )
+    graph = onnx.helper.make_graph(nodes, "g", [x], outputs, constants)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_squeezes_of_axes_whose_size_is_not_one_squeeze_nothing_as_in_torch(tmp_path):
+    """torch.onnx writes x.squeeze(1) as Squeeze(axes=[1]) where dim 1 is 4 (SpeechBrain's
+    Conv2d): torch leaves x as it is, and ONNX refuses the graph."""
+    proto = _squeezes([[1], [0, 1], [-1], [0]])
+    try:
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        refused = False
+    except onnx.shape_inference.InferenceError:
+        refused = True
+    assert refused
+    assert drop_noop_squeezes(proto) == 2
+    assert [n.op_type for n in proto.graph.node] == ["Identity", "Squeeze", "Squeeze", "Squeeze"]
+    onnx.checker.check_model(onnx.shape_inference.infer_shapes(proto, strict_mode=True))
+    path = tmp_path / "s.onnx"
+    onnx.save(proto, str(path))
+    x = np.random.default_rng(0).standard_normal((1, 4, 1)).astype(np.float32)
+    got = run_ort(path, {"x": x})
+    # torch's squeeze: axes of size 1 only; the symbolic one stays as the exporter wrote it
+    want = [x, x.squeeze(0), x.squeeze(-1), x.squeeze(0)]
+    for index, value in enumerate(want):
+        np.testing.assert_array_equal(got[f"y{index}"], value)

@@ -293,6 +293,18 @@ def test_token_padding_must_be_a_token_id(bad):
         GraphSpec.from_json(json.dumps(data))
 
 
+@pytest.mark.parametrize("bad", [[0], [True], [1.5], "100", [1 << 21]])
+def test_untraced_lengths_must_be_sizes(bad):
+    import json
+
+    data = json.loads(spec().to_json())
+    assert GraphSpec.from_json(json.dumps(data | {"untraced_lengths": [100]})).untraced_lengths == (
+        100,
+    )
+    with pytest.raises(BiRNNExportError, match="untraced_lengths"):
+        GraphSpec.from_json(json.dumps(data | {"untraced_lengths": bad}))
+
+
 def test_metadata_from_another_version_says_which_wrote_it():
     data = json.loads(spec().to_json())
     data["tool_version"] = "9.9.9"

@@ -1202,7 +1202,18 @@ def test_model_that_cannot_run_in_float64_is_judged_in_float32(
     text = tight.diagnosis()
     assert "as small as float32 rounding" in text, text
     assert "--atol/--rtol" not in text and "no eager float32 error could be measured" in text
-    assert "(birnn-export verify with --atol 1e-11)" in text
+    assert "(--atol 1e-11)" in text
+    # Given explicitly, they still cannot be left out for the default criterion (it was said).
+    given = verify(result.path, model, batch_sizes=(3,), seq_lens=(9,), atol=1e-12, rtol=0.0)
+    assert not given.passed and "(--atol 1e-11)" in given.diagnosis(), given.diagnosis()
+    # The export refused at those defaults takes looser ones, as verify does.
+    with pytest.raises(VerificationError, match="as small as float32 rounding"):
+        export_onnx(model, tmp_path / "tight.onnx")
+    assert not (tmp_path / "tight.onnx").exists()
+    loose = export_onnx(model, tmp_path / "loose.onnx", atol=1e-4, rtol=1e-4)
+    assert loose.verification.passed
+    checks = [o for c in loose.verification.cases for o in c.outputs if o.check == "values"]
+    assert checks and all(o.atol == 1e-4 and o.rtol == 1e-4 for o in checks)
 
 
 def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path: Path) -> None:
