@@ -208,14 +208,24 @@ PLAIN_PROGRESS_EVERY = 30.0
 class _Progress:
     """A rich progress bar that appears only once the sweep has run for more than a second; where
     stderr is not a terminal (a CI log, a file), a plain line every
-    :data:`PLAIN_PROGRESS_EVERY` seconds instead, so a long sweep shows it is running."""
+    :data:`PLAIN_PROGRESS_EVERY` seconds instead, so a long sweep shows it is running.
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done = total, enabled, 0
+    Each step weighs what it computes (``weights``: a case's batch x length), so the time left
+    is estimated from the work done, not the steps: the longest case takes most of a sweep."""
+
+    def __init__(self, weights: Sequence[float], enabled: bool) -> None:
+        self.weights, self.enabled, self.done = list(weights), enabled, 0
+        self.total = len(self.weights)
         self.start = time.perf_counter()
         self._bar: Any = None
         self._task: Any = None
         self._said = 0.0
+
+    def left(self, elapsed: float) -> str:
+        """``, about N s left`` from the work done so far, or nothing before any."""
+        done = sum(self.weights[: self.done])
+        rest = sum(self.weights[self.done :])
+        return f", about {elapsed * rest / done:.0f} s left" if done > 0 and rest > 0 else ""
 
     def advance(self, label: str) -> None:
         self.done += 1
@@ -226,7 +236,8 @@ class _Progress:
             if elapsed - self._said >= PLAIN_PROGRESS_EVERY:
                 self._said = elapsed
                 print(
-                    f"verify: {self.done}/{self.total} steps ({label}), {elapsed:.0f} s",
+                    f"verify: {self.done}/{self.total} steps ({label}), {elapsed:.0f} s"
+                    f"{self.left(elapsed)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -246,7 +257,7 @@ class _Progress:
             self._bar.start()
             self._task = self._bar.add_task(label, total=self.total, completed=self.done)
         elif self._bar is not None:
-            self._bar.update(self._task, advance=1, description=label)
+            self._bar.update(self._task, advance=1, description=label + self.left(elapsed))
 
     def close(self) -> None:
         if self._bar is not None:
@@ -448,7 +459,7 @@ def verify(
     results: list[CaseResult] = []
     saved: list[tuple[Case, dict[str, np.ndarray], dict[str, Any], bool]] = []
     providers: dict[str, tuple[str, ...]] = {}
-    bar = _Progress(len(cases) * (1 + len(engines)), progress)
+    bar = _Progress([c.batch * c.seq for c in cases for _ in range(1 + len(engines))], progress)
     with contextlib.ExitStack() as stack:
         if references is not None:
             stack.enter_context(references)

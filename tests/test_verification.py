@@ -942,6 +942,19 @@ def test_a_long_sweep_says_it_is_running_where_stderr_is_no_terminal(
     lines = capsys.readouterr().err.splitlines()
     assert lines and all(line.startswith("verify: ") for line in lines), lines
     assert lines[0].startswith("verify: 1/") and " steps (B=" in lines[0]
+    # the time left is estimated from the work done: a case's batch x length
+    assert all(" s left" in line for line in lines[:-1]) and " s left" not in lines[-1], lines
+
+
+def test_the_time_left_weighs_each_step_by_its_work() -> None:
+    from birnn_export.verification import _Progress
+
+    progress = _Progress([1, 1, 98], enabled=False)
+    progress.advance("B=1 T=1")
+    progress.advance("B=1 T=1")
+    assert progress.left(2.0) == ", about 98 s left"  # not 1 s: the last step is 98 x the work
+    progress.advance("B=7 T=14")
+    assert progress.left(100.0) == ""
 
 
 def test_trt_rtx_engine_unavailable_without_an_rtx_gpu(tmp_path) -> None:
