@@ -7,7 +7,7 @@ import collections
 from typing import Any
 
 from birnn_export.modules import NODE_NAME_KEY
-from birnn_export.spec import GraphSpec, all_nodes
+from birnn_export.spec import GraphSpec, all_nodes, unread_inputs
 
 #: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one; a
 #: mask's row is valid at every step).
@@ -22,6 +22,7 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     axis (one row of padding, a valid token id or length 1, when the batch is empty; none
     otherwise) and cuts every output with a batch axis back to ``batch`` rows. For any other
     batch size both are no-ops on the data (a Concat with zero rows and a Slice of all rows).
+    An input no node reads (the model ignores it) is left unread.
     Returns whether the graph was changed (it needs an input with a batch axis).
     """
     from onnx import helper, numpy_helper
@@ -58,12 +59,14 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
 
     nodes: list[Any] = []
     one = const("one", 1)
-    first = batched[0]
+    unread = set(unread_inputs(graph))  # an input the model ignores stays unread
+    padded = [t for t in batched if t.name not in unread]
+    first = (padded or batched)[0]
     shape = node("Shape", [first.name], "shape")
     batch = node("Gather", [shape, const("axis", first.batch_axis)], "batch", axis=0)
     pad = node("Sub", [one, node("Min", [batch, one], "at_most_one")], "pad")
     renamed = {}
-    for tensor in batched:
+    for tensor in padded:
         axis, rank = tensor.batch_axis, len(tensor.dims)
         dims = node("Shape", [tensor.name], f"{tensor.name}/shape")
         parts = (

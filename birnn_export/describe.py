@@ -16,7 +16,7 @@ from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
-from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx
+from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx, unread_inputs
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -115,6 +115,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         "outputs": io(proto.graph.output),
         "op_counts": dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items())),
         "recurrent_nodes": recurrent,
+        "unread_inputs": unread_inputs(proto.graph),
         "metadata": metadata,
     }
 
@@ -149,11 +150,13 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     out = [f"{path}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})"]
     out.append(f"opset: {opset_text(info['opsets'])}")
     width = max(12, *(len(v["name"]) for v in (*info["inputs"], *info["outputs"])))
+    unread = set(info.get("unread_inputs", ()))
     for kind in ("inputs", "outputs"):
         out.append(f"{kind}:")
         for value in info[kind]:
             dims = "[" + ", ".join(str(d) for d in value["dims"]) + "]"
-            out.append(f"  {value['name']:<{width}} {value['dtype']:<8} {dims}")
+            ignored = "  (read by no node: any values of its shape)" * (value["name"] in unread)
+            out.append(f"  {value['name']:<{width}} {value['dtype']:<8} {dims}{ignored}")
     out.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))
     if info["recurrent_nodes"]:
         out.append("recurrent nodes:")
@@ -208,6 +211,11 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         f"  serving ranges (min,opt,max): {ranges}{declared}: the default TensorRT profile; "
         f"batch dim {parsed.batch_dim!r}, time dim {parsed.time_dim!r}"
     )
+    if parsed.untraced_lengths:
+        out.append(
+            f"  {parsed.time_dim} where the model may compute another way than the traced graph "
+            f"(verified by default): {', '.join(map(str, parsed.untraced_lengths))}"
+        )
     if spec.get("source_sha256"):
         out.append(f"  source sha256 {spec['source_sha256']}")
     if spec.get("config"):

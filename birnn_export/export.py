@@ -90,6 +90,7 @@ from birnn_export.spec import (
     GraphSpec,
     InputDecl,
     check_range,
+    unread_inputs,
 )
 
 #: Opset written when none is asked for: the exporter's own (torchlib) opset, which TensorRT 10
@@ -886,22 +887,10 @@ def _unread_inputs(proto: Any) -> list[str]:
     """Graph inputs no node reads, as notes: a ``forward`` parameter the model ignores
     (EasyOCR's and deep-text-recognition-benchmark's ``text``, used only by an attention
     decoder in training) stays an input callers must feed."""
-    read: set[str] = {o.name for o in proto.graph.output}
-
-    def visit(graph: Any) -> None:
-        for node in graph.node:
-            read.update(node.input)
-            for attribute in node.attribute:
-                bodies = [attribute.g] if attribute.HasField("g") else []
-                for body in [*bodies, *attribute.graphs]:
-                    visit(body)
-
-    visit(proto.graph)
     return [
-        f"input {i.name!r} is read by no node (the model ignores it): callers still feed it, "
+        f"input {name!r} is read by no node (the model ignores it): callers still feed it, "
         "any values of its shape"
-        for i in proto.graph.input
-        if i.name not in read
+        for name in unread_inputs(proto.graph)
     ]
 
 

@@ -476,6 +476,16 @@ def all_nodes(graph: Any) -> Iterator[Any]:
                 yield from all_nodes(sub)
 
 
+def unread_inputs(graph: Any) -> list[str]:
+    """The inputs of an ONNX ``graph`` that no node reads (nor an output passes on): a
+    ``forward`` parameter the model ignores, which callers still feed."""
+    read = {o.name for o in graph.output}
+    for node in all_nodes(graph):
+        read.update(node.input)
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in read and i.name not in initializers]
+
+
 def covering_range(declared: tuple[int, int, int], sizes: Any) -> tuple[int, int, int]:
     """``declared`` (min, opt, max) widened to cover ``sizes``; ``opt`` stays the declared one
     (kept within the widened bounds).

@@ -291,6 +291,11 @@ def test_an_input_the_model_ignores_is_noted(tmp_path):
     tagger = export_onnx(SequenceTagger(config).eval(), tmp_path / "t.onnx", verify=False)
     assert [t.name for t in tagger.spec.inputs] == ["x", "lengths"]
     assert not [n for n in tagger.notes if "read by no node" in n]
+    # inspect says so too, beside the input (its recorded role read "tokens, values 0..1")
+    lines = describe_lines(describe_onnx(result.path))
+    (text,) = [line for line in lines if line.strip().startswith("text ")]
+    assert text.endswith("(read by no node: any values of its shape)"), lines
+    assert not any("read by no node" in line for line in describe_lines(describe_onnx(tagger.path)))
 
 
 def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
@@ -1623,6 +1628,10 @@ def test_a_length_the_trace_assumed_away_is_verified_and_named(tmp_path):
     assert result.spec.untraced_lengths == (100,)
     assert GraphSpec.from_onnx(result.path).untraced_lengths == (100,)
     assert any("torch.export assumed seq is not 100" in n for n in result.notes), result.notes
+    lines = describe_lines(describe_onnx(result.path))
+    assert any(
+        "may compute another way than the traced graph" in x and x.endswith(": 100") for x in lines
+    )
     # the graph is right elsewhere: the assumption is where it parts from the model
     assert verify(result.path, model, batch_sizes=(3,), seq_lens=(99, 101)).passed
 
