@@ -9,6 +9,7 @@ batch (:func:`batch_invariance_checks`), and on a mismatch says which layer and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -124,7 +125,7 @@ def run_case(
     layer_criterion: Tolerance | None = None,
     reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
     derived_lengths: np.ndarray | None = None,
-    noise_measurable: bool = True,
+    tolerance_given: bool = True,
 ) -> CaseResult:
     common = dict(
         engine=engine,
@@ -190,7 +191,7 @@ def run_case(
             hidden,
             layers,
             layer_checks,
-            noise_measurable=noise_measurable,
+            tolerance_given=tolerance_given,
         )
     return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
 
@@ -200,16 +201,17 @@ def _rounding_only(
     failing: Sequence[Check],
     expected: Mapping[str, np.ndarray],
     layers: CaseLayers,
-    noise_measurable: bool,
+    tolerance_given: bool,
 ) -> str | None:
     """Under fixed tolerances, the diagnosis where every failing check's error is as small as
     rounding in the graph's dtype (at most 1000 ulp, and 1%, of its tensor's largest value; a
     wrong step or row moves values by a share near 1): the tolerance may ask for more than that
     dtype's arithmetic gives. Fixed tolerances measure no eager error to tell rounding from a
     small defect (a slightly wrong weight), so the diagnosis sends the user to the criterion
-    that does (``noise_measurable``: the tolerances were the user's choice), rather than blame
-    a layer for rounding; where it cannot run (the model cannot run in float64, or saved
-    outputs hold no eager run), to looser tolerances."""
+    that does where the tolerances were the user's choice (``tolerance_given``; where the model
+    can run in float64, which is not probed for this), or to looser tolerances; where the
+    user gave none (the model cannot run in float64, or saved outputs hold no eager run), to
+    looser ones, rather than blame a layer for rounding."""
     if any(o.atol is None for o in failing):
         return None
     share = min(1000 * machine_eps(dtype), 0.01)
@@ -222,12 +224,14 @@ def _rounding_only(
             return None
         shares.append(check.max_abs / scale)
     atol, rtol = failing[0].atol, failing[0].rtol
+    looser = f"--atol {10 * atol:g}"
     instead = (
         f"leave out --atol/--rtol to judge the graph against eager {dtype}'s own error, which "
-        "tells rounding from a defect (and says where one is)"
-        if noise_measurable
+        "tells rounding from a defect (and says where one is), where the model runs in "
+        f"float64; else judge it by looser ones ({looser})"
+        if tolerance_given
         else f"no eager {dtype} error could be measured here to tell rounding from a defect; "
-        f"if it is rounding, judge the graph by looser ones (--atol {10 * atol:g})"
+        f"if it is rounding, judge the graph by looser ones ({looser})"
     )
     return (
         f"every failing check's error is at most {max(shares):.2g} of its tensor's largest "
@@ -248,7 +252,7 @@ def _diagnose(
     layers: CaseLayers,
     layer_checks: Sequence[Check],
     *,
-    noise_measurable: bool,
+    tolerance_given: bool,
 ) -> str | None:
     failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
     if not failing:
@@ -281,15 +285,7 @@ def _diagnose(
                 "int(), max()) that the trace froze; compute sizes with tensor ops, or serve "
                 "only lengths the example's branch holds for (--range)"
             )
-    if case.seq in spec.untraced_lengths and not any(c.other_shape for c in layer_checks):
-        return (
-            f"at {spec.time_dim} = {case.seq} the model computes another way than the graph: "
-            f"torch.export assumed {spec.time_dim} is never {case.seq} (a branch on a size, as "
-            "`if delta:` is, or size arithmetic in Python numbers), and the graph keeps what "
-            "it traced at the example's length; compute both ways with tensor ops "
-            "(torch.where), or never serve these lengths"
-        )
-    rounding = _rounding_only(spec.dtype, failing, expected, layers, noise_measurable)
+    rounding = _rounding_only(spec.dtype, failing, expected, layers, tolerance_given)
     if rounding is not None:
         return rounding
     rows = lengths if lengths is not None else np.full(case.batch, case.seq)
@@ -618,3 +614,37 @@ def case_layers(
         lengths=lengths,
         hooked=state.hooked,
     )
+
+
+def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseResult]:
+    """Where every failing case runs at a size torch.export assumed away
+    (:attr:`GraphSpec.untraced`) and a case at another size passes, the failing cases'
+    diagnosis names that cause: the graph keeps the branch traced at the example's size, and
+    the model takes another there. Where a case fails elsewhere too, each case's own diagnosis
+    stands (a defect, or rounding, shows at the longest length first), as does one whose
+    outputs have other shapes than the model's (its diagnosis names them, and the branch)."""
+    lengths = spec.untraced.get(spec.time_dim, ())
+    batches = spec.untraced.get(spec.batch_dim, ())
+    cases = [r for r in results if r.lengths_mode != WHOLE_SWEEP]
+
+    def assumed(result: CaseResult) -> bool:
+        return result.seq in lengths or result.batch in batches
+
+    failing = [r for r in cases if not r.passed]
+    if not failing or not all(map(assumed, failing)):
+        return list(results)
+    if not any(r.passed and not assumed(r) for r in cases):
+        return list(results)
+    where = sorted(
+        {f"{spec.time_dim} = {r.seq}" if r.seq in lengths else f"batch {r.batch}" for r in failing}
+    )
+    why = (
+        f"only cases at sizes torch.export assumed away fail ({', '.join(where)}): the model "
+        "computes another way than the graph there (a branch on a size, as `if delta:` is, or "
+        "size arithmetic in Python numbers), and the graph keeps what it traced at the "
+        "example's size; compute both ways with tensor ops (torch.where), or never serve "
+        "those sizes"
+    )
+    # a case of other shapes keeps its own diagnosis: it names the shapes, and the branch
+    blamed = {id(r) for r in failing if not any(o.other_shape for o in r.outputs)}
+    return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]

@@ -196,13 +196,16 @@ def _layer_summary(name: str, layer: BiRNN) -> dict[str, Any]:
     }
 
 
-def set_metadata(proto: Any, spec: GraphSpec) -> None:
+def set_metadata(proto: Any, spec: GraphSpec, layers_take_lengths: bool = True) -> None:
+    """Write the spec and what engines and readers want at a glance into ``proto``; the rule
+    for lengths only where rows have them and the recurrent layers take them (a model may run
+    its layers over the padded batch and use a mask only to pool)."""
     props = {
         METADATA_KEY: spec.to_json(),
         "birnn_export.version": __version__,
         "birnn_export.layout": spec.layout,
     }
-    if spec.length_source is not None:  # no rule to state for rows that are all full length
+    if spec.length_source is not None and layers_take_lengths:
         props["birnn_export.lengths_rule"] = (
             f"lengths are clamped into [1, {spec.time_dim}] inside the graph; positions at or "
             f"past a row's length hold {spec.padding_value} in sequence outputs of the recurrent "

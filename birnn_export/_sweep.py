@@ -47,6 +47,10 @@ class Case:
         return spec.sizes(self.batch, self.seq, which=self.others, dims=dict(self.dims))
 
 
+#: The batch size the default sweep runs a length at where the model may branch another way.
+UNTRACED_BATCH = 3
+
+
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
     """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}, each
     kept within the declared range of the time dim."""
@@ -81,7 +85,8 @@ def plan_cases(
     T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
     and equal lengths and the large scale each appear at several shapes, and the longest length
     runs at batch 3 (its rows alone at batch 1); so do the lengths where the model may take
-    another branch than the traced one (:attr:`GraphSpec.untraced_lengths`), at batch 3.
+    another branch than the traced one (:attr:`GraphSpec.untraced`), at batch
+    :data:`UNTRACED_BATCH`, and such batch sizes at T0.
     """
     given = tuple(sorted(spec.check_dims(dims or {}).items()))
     cases = _planned_cases(spec, batch_sizes, seq_lens, seed, large_scale, given)
@@ -146,7 +151,9 @@ def _default_cases(
     ]
     if large:
         shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
-    shapes += [(3, t, ragged, 1.0) for t in spec.untraced_lengths]  # where a branch may part
+    # where a branch may part from the traced one
+    shapes += [(UNTRACED_BATCH, t, ragged, 1.0) for t in spec.untraced.get(spec.time_dim, ())]
+    shapes += [(b, t0, ragged, 1.0) for b in spec.untraced.get(spec.batch_dim, ())]
     unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
     cases = [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
     if others:  # the other named dims (not given) at their declared min and max too

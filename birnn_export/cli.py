@@ -246,7 +246,7 @@ def _tolerance_flags(flag: str, value: ToleranceOverride) -> list[str]:
     given = {} if value is None else value if isinstance(value, dict) else {"*": value}
     flags = []
     for name, number in given.items():
-        flags += [flag, f"{number:g}" if name == "*" else f"{name}:{number:g}"]
+        flags += [flag, repr(number) if name == "*" else f"{name}:{number!r}"]
     return flags
 
 

@@ -25,7 +25,8 @@ nodes; TensorRT imports both.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -101,7 +102,8 @@ class CRFDecoder(nn.Module):
             decoder.start_transitions.copy_(start_transitions)
             decoder.end_transitions.copy_(end_transitions)
             decoder.transitions.copy_(transitions)
-        return decoder.to(transitions.dtype)
+        # .to() swaps the parameters, which a trace refuses (made in forward, as the hint says)
+        return decoder if transitions.dtype == torch.float32 else decoder.to(transitions.dtype)
 
     @classmethod
     def from_torchcrf(cls, crf: nn.Module) -> CRFDecoder:
@@ -282,6 +284,41 @@ def hand_written_crfs(model: nn.Module) -> list[str]:
         if trans is not None and trans.dim() == 2 and trans.shape[0] == trans.shape[1]:
             found.append(path or "<root>")
     return found
+
+
+def crfs_that_run(model: nn.Module, run: Callable[[], Any]) -> list[str]:
+    """Of :func:`hand_written_crfs`, those whose own code runs in ``run()`` (the model's
+    ``forward`` on its example): an AllenNLP tagger keeps its CRF as a module and decodes
+    outside ``forward``, and a failure to export it is not the CRF's. A ``run`` that fails
+    counts every CRF (the trace would fail the same way)."""
+    found = hand_written_crfs(model)
+    if not found:
+        return []
+    modules = dict(model.named_modules())
+    codes: dict[Any, str] = {}
+    for path in found:
+        for klass in type(modules.get(path, model) if path != "<root>" else model).__mro__:
+            if klass.__module__.startswith("torch."):
+                continue
+            for value in vars(klass).values():
+                code = getattr(value, "__code__", None)
+                if code is not None:
+                    codes[code] = path
+    ran: set[str] = set()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in codes:
+            ran.add(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        run()
+    except Exception:  # the model's own failure: its CRFs may be why
+        return found
+    finally:
+        sys.setprofile(previous)
+    return [path for path in found if path in ran]
 
 
 HAND_WRITTEN_HINT = (

@@ -211,10 +211,10 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         f"  serving ranges (min,opt,max): {ranges}{declared}: the default TensorRT profile; "
         f"batch dim {parsed.batch_dim!r}, time dim {parsed.time_dim!r}"
     )
-    if parsed.untraced_lengths:
+    for dim, sizes in parsed.untraced.items():
         out.append(
-            f"  {parsed.time_dim} where the model may compute another way than the traced graph "
-            f"(verified by default): {', '.join(map(str, parsed.untraced_lengths))}"
+            f"  {dim} where the model may compute another way than the traced graph "
+            f"(verified by default): {', '.join(map(str, sizes))}"
         )
     if spec.get("source_sha256"):
         out.append(f"  source sha256 {spec['source_sha256']}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -44,7 +45,7 @@ from birnn_export._container import (
 )
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
-from birnn_export._guards import examples, untraced_sizes
+from birnn_export._guards import Dim, Untraced, examples, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
     keyword_mask,
@@ -64,14 +65,15 @@ from birnn_export._rewrites import (
     sink_batch_transposes,
 )
 from birnn_export._scan import scan_lstmp_nodes, scan_rnn_nodes
+from birnn_export._sweep import UNTRACED_BATCH
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.crf import (
     HAND_WRITTEN_HINT,
     CRFDecoder,
+    crfs_that_run,
     expand_viterbi,
     flatten_returned,
-    hand_written_crfs,
 )
 from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import SequenceTagger
@@ -306,8 +308,16 @@ def trace_graph(
 
     # scan and packed: the fused graph, then its nodes rewritten
     emitted = "fused" if layout in ("scan", "packed") else layout
-    proto, cut, fixed_at, untraced = _trace(traced, trace_inputs, planned, outs, opset, emitted)
+    # hand-written CRFs whose code forward runs (decoded outside it, a CRF is no cause)
+    crfs = crfs_that_run(traced, lambda: _runs_or_raises(traced, trace_inputs))
+    proto, cut, fixed_at, untraced = _trace(
+        traced, trace_inputs, planned, outs, opset, emitted, crfs
+    )
     drop_noop_squeezes(proto)
+    takes_lengths = any(  # before the layouts rewrite the recurrent nodes
+        n.op_type in ("LSTM", "GRU", "RNN") and len(n.input) > 4 and n.input[4]
+        for n in proto.graph.node
+    )
     _tidy_dims(proto)
     if cut:  # the model cut a padded output to its longest row
         longest = _longest_rows(planned, trace_inputs)
@@ -349,10 +359,12 @@ def trace_graph(
             "tool_version": __version__,
             "source_sha256": source_sha256,
             "container": container.to_dict() if container is not None else None,
-            "untraced_lengths": examples(untraced.get(planned.time_dim, ()), spec.example_seq),
+            "untraced": {
+                dim: examples(found.sizes, traced_at[dim]) for dim, found in untraced.items()
+            },
         }
     )
-    set_metadata(proto, spec)
+    set_metadata(proto, spec, takes_lengths)
     graph = TracedGraph(
         proto=proto,
         spec=spec,
@@ -361,7 +373,7 @@ def trace_graph(
         replaced=replaced,
         inputs=planned.how,
         sizes=frozenset(sizes),
-        crfs=tuple(hand_written_crfs(converted)),
+        crfs=tuple(crfs),
         fixed_at=fixed_at,
         large=proto.ByteSize() > EXTERNAL_DATA_THRESHOLD,
         notes=tuple(notes),
@@ -708,6 +720,12 @@ def _fed_inputs(
     return container, dataclasses.replace(planned, how=how)
 
 
+def _runs_or_raises(model: nn.Module, inputs: Sequence[Tensor]) -> None:
+    """``model`` on ``inputs`` as the trace runs it (no grad, rows in any order, quiet)."""
+    with torch.no_grad(), any_order_packing(model), _quiet_exporter():
+        model(*inputs)
+
+
 def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
     """Whether ``model`` runs on ``inputs`` (no grad, rows in any order, nothing printed); the
     caller's hooks see the run."""
@@ -852,33 +870,32 @@ def _layout_note(asked: str, layout: str) -> str:
 
 
 def _untraced_notes(
-    untraced: Mapping[str, Sequence[int]], planned: PlannedInputs, example: Mapping[str, int]
+    untraced: Mapping[str, Untraced], planned: PlannedInputs, example: Mapping[str, int]
 ) -> list[str]:
     """Where torch.export assumed the model takes the traced branch (:func:`_untraced`), as
-    notes: what it assumed, and where verification runs those sizes."""
+    notes: what it assumed, and that verification runs a few of those sizes."""
     notes = []
-    for dim, sizes in untraced.items():
-        low, _, high = planned.ranges[dim]
-        held = sorted(set(range(max(low, 2), high + 1)) - {int(v) for v in sizes})
-        few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")
-        shown = [str(v) for v in few[:3]] + ["..."] * (len(few) > 3)
+    for dim, found in untraced.items():
+        sizes = found.told
+        if not len(sizes):
+            continue  # only its checks against 1 (a strided front end): verified, not told
+        low, high = max(planned.ranges[dim][0], 2), planned.ranges[dim][2]
+        held = np.setdiff1d(np.arange(low, high + 1), sizes)
         if len(sizes) == 1:
-            which = f"is not {shown[0]}"
+            which = f"is not {sizes[0]}"
+        elif len(held) == 1:
+            which = f"is {held[0]} (of {low}..{high})"
         else:
+            few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")
+            shown = [str(v) for v in few[:3]] + ["..."] * (len(few) > 3)
             which = f"is {what} of {len(few)} sizes in {low}..{high} ({', '.join(shown)})"
-        tried = examples(sizes, example.get(dim, low))
-        listed = ",".join(str(v) for v in tried)
-        if dim == planned.time_dim:
-            verified = f"the default verification runs {dim} = {listed}"
-        elif dim == planned.batch_dim:
-            verified = f"verify them: birnn-export verify ... --batch-sizes {listed}"
-        else:
-            verified = f"verify them: birnn-export verify ... --dim {dim}={tried[0]}"
+        where = f" at batch {UNTRACED_BATCH}" if dim == planned.time_dim else ""
+        listed = ",".join(str(v) for v in examples(found.sizes, example.get(dim, low)))
         notes.append(
             f"torch.export assumed {dim} {which}; where that does not hold, the model may "
             "compute another way than the graph, which keeps what it traced at the example's "
             "size (a branch on a size, as `if delta:` is, or size arithmetic in Python "
-            f"numbers): {verified}"
+            f"numbers): the default verification runs {dim} = {listed}{where}"
         )
     return notes
 
@@ -931,7 +948,8 @@ def _trace(
     outs: list[str],
     opset: int,
     layout: str,
-) -> tuple[Any, bool, dict[int, str], dict[str, Any]]:
+    crfs: Sequence[str],
+) -> tuple[Any, bool, dict[int, str], dict[str, Untraced]]:
     """The exported graph, whether the model cut a padded output to its longest row, where
     its code fixed a size to the example's number (:func:`_fixed_sizes`), and the sizes where
     the traced branch may not be the model's (:func:`_untraced`)."""
@@ -960,7 +978,7 @@ def _trace(
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
         if _interrupted(exc):  # torch.export wraps a Ctrl-C in its own error
             raise KeyboardInterrupt from None
-        raise ExportError(_explain_trace_failure(model, exc, planned, inputs, cuts)) from None
+        raise ExportError(_explain_trace_failure(model, exc, planned, inputs, cuts, crfs)) from None
     exported = getattr(program, "exported_program", None)
     sizes = _dim_sizes(exported, planned) if exported is not None else {}
     untraced = _untraced(planned, sizes)
@@ -986,7 +1004,7 @@ def _refuse_narrowed_dims(
     exported: Any,
     planned: PlannedInputs,
     sizes: Mapping[str, torch.SymInt],
-    untraced: Mapping[str, Any],
+    untraced: Mapping[str, Untraced],
 ) -> None:
     """The traced graph holds for the declared ranges, or the export stops in one line.
 
@@ -1008,7 +1026,8 @@ def _refuse_narrowed_dims(
         lower = max(int(held.lower) if held.lower.is_finite else low, low)
         upper = min(int(held.upper) if held.upper.is_finite else high, high)
         if lower > max(low, 2) or upper < high:
-            branching = {int(v) for v in untraced.get(dim, ())}
+            found = untraced.get(dim)
+            branching = set() if found is None else {int(v) for v in found.sizes}
             while upper > lower and upper in branching:
                 upper -= 1
             while lower < upper and lower in branching:
@@ -1025,16 +1044,20 @@ def _refuse_narrowed_dims(
             )
 
 
-def _untraced(planned: PlannedInputs, sizes: Mapping[str, torch.SymInt]) -> dict[str, Any]:
-    """Each dim's sizes where torch.export assumed the model takes the traced branch and it may
-    not (:func:`birnn_export._guards.untraced_sizes`)."""
+def _untraced(planned: PlannedInputs, sizes: Mapping[str, torch.SymInt]) -> dict[str, Untraced]:
+    """The time dim's and the batch's sizes where torch.export assumed the model takes the
+    traced branch and it may not (:func:`birnn_export._guards.untraced_sizes`); an assertion
+    on the time dim and others takes them as verification runs those lengths (batch 3, other
+    dims at their opt)."""
     if not sizes:
         return {}
-    symbols = {
-        size.node.expr: (dim, planned.ranges[dim][0], planned.ranges[dim][2])
-        for dim, size in sizes.items()
-    }
-    return untraced_sizes(next(iter(sizes.values())).node.shape_env, symbols)
+    dims = {}
+    for name, size in sizes.items():
+        low, opt, high = planned.ranges[name]
+        fixed = UNTRACED_BATCH if name == planned.batch_dim else opt
+        dims[size.node.expr] = Dim(name, low, high, min(max(fixed, low), high))
+    vary = [sizes[d].node.expr for d in (planned.time_dim, planned.batch_dim) if d in sizes]
+    return untraced_sizes(next(iter(sizes.values())).node.shape_env, dims, vary)
 
 
 def _interrupted(exc: BaseException | None) -> bool:
@@ -1356,6 +1379,8 @@ def _packs_sequences(model: nn.Module, pads_to_longest: bool = False) -> str | N
     modules' (ESPnet's encoder packs in its ``RNNP``, kraken's network in a layer), or
     ``None``. ``pads_to_longest``: the one that pads them back without ``total_length``."""
     for module in model.modules():
+        if type(module).__module__.startswith(("birnn_export.", "torch.")):
+            continue  # BiRNN packs itself; the user's code is what the advice is about
         try:
             source = inspect.getsource(type(module).forward)
         except (OSError, TypeError):
@@ -1539,13 +1564,13 @@ def _explain_trace_failure(
     exc: Exception,
     planned: PlannedInputs,
     inputs: Sequence[Tensor],
-    cuts: Sequence[str] = (),
+    cuts: Sequence[str],
+    crfs: Sequence[str],
 ) -> str:
     text = str(exc)
     causes = _causes(exc)
     # torch.export's own wrapper says only that it failed: the cause says why
     cause = next((c for c in reversed(causes) if str(c).strip()), exc)
-    crfs = hand_written_crfs(model)
     if crfs:  # its Viterbi loop over time fails or freezes the length: say what to do instead
         return (
             f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: "

@@ -147,10 +147,10 @@ class GraphSpec:
     #: Where ``forward`` takes one container and reads the inputs from it (``batch["ids"]``):
     #: ``{"param": ..., "kind": "dict" | "attributes", "keys": [one per input, in order]}``.
     container: dict[str, Any] | None = None
-    #: Lengths of the time dim where the model may take another branch than the one traced
-    #: (torch.export assumed it does not: :mod:`birnn_export._guards`); the default sweep
-    #: verifies them.
-    untraced_lengths: tuple[int, ...] = ()
+    #: Sizes of the time dim and of the batch where the model may take another branch than
+    #: the one traced (torch.export assumed it does not: :mod:`birnn_export._guards`), a few
+    #: per dim, by dim name; the default sweep verifies them. Written only where there are any.
+    untraced: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -245,7 +245,10 @@ class GraphSpec:
         return dict(dims)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if not data["untraced"]:  # files without it stay readable by earlier versions
+            del data["untraced"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> GraphSpec:
@@ -260,7 +263,7 @@ class GraphSpec:
             for key in ("inputs", "outputs"):
                 data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
             data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
-            data["untraced_lengths"] = tuple(data.get("untraced_lengths", ()))
+            data["untraced"] = {str(k): tuple(v) for k, v in data.get("untraced", {}).items()}
             # Files written before the ranges were declared take the defaults.
             for key in ("batch_range", "seq_range"):
                 if key in data:
@@ -413,11 +416,13 @@ def _check_spec_data(data: Any) -> None:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
-    untraced = data.get("untraced_lengths", [])
-    if not isinstance(untraced, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in untraced
+    untraced = data.get("untraced", {})
+    if not isinstance(untraced, dict) or not all(
+        isinstance(sizes, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in sizes)
+        for sizes in untraced.values()
     ):
-        raise BiRNNExportError(f"untraced_lengths: expected a list of sizes in 1..{MAX_DIM}")
+        raise BiRNNExportError(f"untraced: expected lists of sizes in 1..{MAX_DIM}, by dim name")
     pad = data.get("token_padding")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
         raise BiRNNExportError("token_padding: expected a token id (an int >= 0) or nothing")

@@ -46,7 +46,14 @@ from typing import Any
 import numpy as np
 
 from birnn_export import _interop
-from birnn_export._case import case_layers, last_lengths, layer_setup, run_case, sweep_checks
+from birnn_export._case import (
+    blame_untraced,
+    case_layers,
+    last_lengths,
+    layer_setup,
+    run_case,
+    sweep_checks,
+)
 from birnn_export._files import check_output_path
 from birnn_export._references import (
     GOLDEN_EAGER,
@@ -400,9 +407,8 @@ def verify(
         fed = spec.container
         converted, ref_module = fed_as(converted, fed), fed_as(ref_module, fed)
         ref_module, layer_paths = reference_module(ref_module, spec)
-        why_not64 = float64_fails(ref_module, spec)
-        measurable = why_not64 is None  # the default criterion can run
-        if why_not64 is not None and (not fixed or fp64_reference):
+        why_not64 = None if fixed and not fp64_reference else float64_fails(ref_module, spec)
+        if why_not64 is not None:
             notes.append(
                 f"the model cannot run in float64 ({why_not64}): judged by fixed tolerances "
                 "against it in float32 instead"
@@ -414,8 +420,7 @@ def verify(
         how, layer_paths = f"the saved outputs in {load_outputs}", {}
         ref_name = GOLDEN_REFERENCE if GOLDEN_REFERENCE in golden else next(iter(golden))
         ref_dtype = str(next(iter(golden[ref_name][0].values())).dtype) if golden[ref_name] else ""
-        measurable = GOLDEN_EAGER in golden
-        eager_dtype = spec.dtype if measurable and not fixed else None
+        eager_dtype = spec.dtype if GOLDEN_EAGER in golden and not fixed else None
         fixed = fixed or eager_dtype is None
         _check_golden(golden, ref_name, len(cases), spec)
     if sha and spec.source_sha256 and sha != spec.source_sha256:
@@ -497,7 +502,7 @@ def verify(
                         layer_criterion=layer_tolerance(spec.dtype, atol, rtol) if fixed else None,
                         reference=references.reference_only if references else None,
                         derived_lengths=last_lengths(spec, captured),
-                        noise_measurable=measurable and (atol is not None or rtol is not None),
+                        tolerance_given=atol is not None or rtol is not None,
                     )
                     results.append(result)
                     case_ok = case_ok and result.passed
@@ -507,7 +512,7 @@ def verify(
             bar.close()
             if layer_state.graph is not None:
                 layer_state.graph.close()
-    results += sweep_checks(results, per_engine, seed)
+    results = blame_untraced(results + sweep_checks(results, per_engine, seed), spec)
     if spec.quantization is not None:
         pass  # int8 nodes are renamed: the layers were not compared, and need no note
     elif layer_state.reason is not None and layers and golden is None:

@@ -353,6 +353,50 @@ def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
     result = export_onnx(model, tmp_path / "hook.onnx")
     assert result.verification.passed and result.op_counts["Scan"] == 2
 
+    class DecodesInForward(Tagger):
+        """The hint as worded: the decoder made in forward (it failed in the trace: "Cannot
+        swap t1 because it has weakref associated with it", from .to())."""
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            zeros = torch.zeros(4)
+            decoder = CRFDecoder.from_parameters(
+                zeros, zeros, self.crf.transitions, batch_first=True
+            )
+            return decoder.decode(self.head(self.rnn(self.embedding(ids))[0]))
+
+    in_forward = DecodesInForward().eval()
+    in_forward.load_state_dict(Tagger.state_dict(model), strict=False)
+    with torch.no_grad():
+        assert torch.equal(in_forward(ids), expected)
+    result = export_onnx(in_forward, tmp_path / "in_forward.onnx")
+    assert result.verification.passed and result.op_counts["Scan"] == 2
+
+
+def test_a_crf_decoded_outside_forward_is_not_blamed_for_a_failure_in_it(tmp_path) -> None:
+    """AllenNLP's CrfTagger keeps its CRF as a module and decodes outside forward: every
+    failure to export it was told as "a hand-written CRF's Viterbi loop", hiding the cause."""
+
+    class Transitions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transitions = nn.Parameter(torch.randn(4, 4))
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(5, 8, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(16, 4)
+            self.crf = Transitions()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = int((x[:, 0, 0] > -100).sum().item())  # AllenNLP's num_valid
+            return self.head(self.rnn(x[:rows])[0])
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Tagger().eval(), tmp_path / "t.onnx", input_size=5, verify=False)
+    message = str(caught.value)
+    assert "hand-written CRF" not in message and "makes a Python number" in message, message
+
 
 # -- checkpoints and the sample ---------------------------------------------------------------
 

@@ -1621,13 +1621,17 @@ def test_a_length_the_trace_assumed_away_is_verified_and_named(tmp_path):
     notes it, records the length, and its verification runs it and says why it fails."""
     torch.manual_seed(0)
     model = _SkipsAtOneLength().eval()
-    with pytest.raises(VerificationError, match=r"torch\.export assumed seq is never 100"):
+    with pytest.raises(
+        VerificationError, match=r"sizes torch\.export assumed away fail \(seq = 100\)"
+    ):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
     result = export_onnx(model, tmp_path / "m.onnx", verify=False)
-    assert result.spec.untraced_lengths == (100,)
-    assert GraphSpec.from_onnx(result.path).untraced_lengths == (100,)
-    assert any("torch.export assumed seq is not 100" in n for n in result.notes), result.notes
+    assert result.spec.untraced == {"seq": (100,)}
+    assert GraphSpec.from_onnx(result.path).untraced == {"seq": (100,)}
+    (note,) = [n for n in result.notes if "torch.export assumed" in n]
+    assert note.startswith("torch.export assumed seq is not 100;")
+    assert note.endswith("the default verification runs seq = 100 at batch 3"), note
     lines = describe_lines(describe_onnx(result.path))
     assert any(
         "may compute another way than the traced graph" in x and x.endswith(": 100") for x in lines
@@ -1656,10 +1660,51 @@ def test_a_branch_that_is_a_no_op_where_assumed_away_passes_at_those_lengths(tmp
     torch.manual_seed(0)
     result = export_onnx(_PadsToChunks().eval(), tmp_path / "c.onnx")
     assert result.verification.passed, result.verification.summary()
-    lengths = result.spec.untraced_lengths
+    lengths = result.spec.untraced["seq"]
     assert lengths and all(t % 8 == 0 for t in lengths) and max(lengths) == 256
     assert {c.seq for c in result.verification.cases} >= set(lengths)
-    assert any("none of 32 sizes in 1..256 (8, 16, 24, ...)" in n for n in result.notes)
+    assert any("none of 32 sizes in 2..256 (8, 16, 24, ...)" in n for n in result.notes)
+
+
+class _BranchesOnBatchAndTime(nn.Module):
+    """Scales its input at one batch size, and where the length is the batch's + 40: branches
+    torch.export keeps only as assumptions, one of them on two sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 8:
+            x = 2 * x
+        if x.shape[1] == x.shape[0] + 40:
+            x = 3 * x
+        return self.lstm(x)[0]
+
+
+def test_branches_on_the_batch_and_on_two_sizes_are_verified(tmp_path):
+    """Both passed, wrong at batch 8 and at (batch 3, length 43): the batch's sizes were only
+    noted, and an assumption on two sizes was skipped."""
+    torch.manual_seed(0)
+    model = _BranchesOnBatchAndTime().eval()
+    with pytest.raises(VerificationError, match=r"assumed away fail \(batch 8, seq = 43\)"):
+        export_onnx(model, tmp_path / "b.onnx")
+    result = export_onnx(model, tmp_path / "b.onnx", verify=False)
+    assert result.spec.untraced == {"seq": (43,), "batch": (8,)}
+    report = verify(result.path, model)
+    failed = {(c.batch, c.seq) for c in report.cases if not c.passed}
+    assert failed == {(8, result.spec.example_seq), (3, 43)}, failed
+
+
+def test_a_failure_elsewhere_keeps_its_own_diagnosis(tmp_path):
+    """A 1e-7 rounding error under --atol 1e-9 was blamed on the branch at the length the
+    chunked model was recorded at (256), and called rounding at 255."""
+    torch.manual_seed(0)
+    model = _PadsToChunks().eval()
+    result = export_onnx(model, tmp_path / "c.onnx", verify=False)
+    report = verify(result.path, model, atol=1e-12, rtol=0.0)
+    assert not report.passed
+    assert all("assumed away" not in (c.diagnosis or "") for c in report.cases)
 
 
 class _PadsShortInputsSkipsTheLongest(_PadsShortInputs):

@@ -115,3 +115,12 @@ def test_the_lengths_rule_is_recorded_only_where_rows_have_lengths(tmp_path):
 
     full = export_onnx(Tagger().eval(), tmp_path / "full.onnx", verify=False)
     assert full.spec.length_source is None and rules(full.path) == []
+
+    class Pooled(Tagger):  # a mask for pooling only: the layer runs over the padding
+        def forward(self, x, mask):
+            out = self.fc(self.rnn(x)[0]) * mask.unsqueeze(-1)
+            return out.sum(1) / mask.sum(1, keepdim=True)
+
+    inputs = ["x:float32[batch,seq,3]", "mask:float32[batch,seq]:mask"]
+    pooled = export_onnx(Pooled().eval(), tmp_path / "p.onnx", inputs=inputs, verify=False)
+    assert pooled.spec.length_source is not None and rules(pooled.path) == []

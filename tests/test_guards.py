@@ -9,16 +9,23 @@ import pytest
 import sympy
 from torch.utils._sympy.functions import CeilToInt, FloorDiv, IntTrueDiv, Max, Mod, PythonMod
 
-from birnn_export._guards import examples, untraced_sizes
+from birnn_export._guards import Dim, examples, untraced_sizes
 
 T = sympy.Symbol("s27", integer=True, positive=True)
 B = sympy.Symbol("s77", integer=True, positive=True)
+C = sympy.Symbol("s12", integer=True, positive=True)
+DIMS = {T: Dim("time", 1, 400, 64), B: Dim("batch", 1, 32, 3), C: Dim("chars", 1, 20, 8)}
 
 
 def _env(*conditions: sympy.Basic, msg: str = "") -> SimpleNamespace:
     """A ShapeEnv as far as untraced_sizes reads it: its deferred runtime assertions."""
     asserts = [SimpleNamespace(expr=c, msg=msg) for c in conditions]
     return SimpleNamespace(deferred_runtime_asserts={None: asserts})
+
+
+def _found(*conditions: sympy.Basic, msg: str = "") -> dict[str, tuple[list[int], list[int]]]:
+    found = untraced_sizes(_env(*conditions, msg=msg), DIMS, [T, B])
+    return {k: (v.sizes.tolist(), v.told.tolist()) for k, v in found.items()}
 
 
 def _by_sympy(condition: sympy.Basic, low: int, high: int) -> list[int]:
@@ -39,39 +46,57 @@ def _by_sympy(condition: sympy.Basic, low: int, high: int) -> list[int]:
     ids=["one", "mod", "floordiv", "ceil", "pinned"],
 )
 def test_each_condition_fails_where_sympy_says(condition: sympy.Basic) -> None:
-    found = untraced_sizes(_env(condition), {T: ("time", 2, 400)})
     want = _by_sympy(condition, 2, 400)
     assert want  # every one of them fails somewhere in the range
-    assert found["time"].tolist() == want
+    assert _found(condition) == {"time": (want, want)}
 
 
-def test_sizes_below_two_other_symbols_and_unknown_functions_are_left_alone() -> None:
+def test_a_branch_on_two_sizes_is_searched_at_the_batch_verification_runs() -> None:
+    """`if T == B + 40:` was skipped (two symbols): the graph was wrong at (3, 43)."""
+    assert _found(sympy.Ne(T, B + 40)) == {"time": ([43], [43])}
+    assert _found(sympy.Ne(B, 8)) == {"batch": ([8], [8])}  # `if B == 8:`
+    assert _found(sympy.Ne(C, 5)) == {}  # another dim alone: not searched
+
+
+def test_checks_against_one_are_verified_but_not_told() -> None:
+    """A stride-2 front end's length is 1 at 2 steps: torch.export assumed it is not, where it
+    checked for a size of 1 (the shipped speech_ctc sample); a branch the model writes on
+    `steps // 20 == 1` reads the same, so both are verified, and only other forms are told."""
+    checked = "evaluate_expr: Eq(((s27 - 1)//2) + 1, 1)"
+    assert _found(sympy.Ne(FloorDiv(T - 1, 2), 0), msg=checked) == {"time": ([2], [])}
+    branch = sympy.Ne(FloorDiv(T, 20), 1)
+    want = list(range(20, 40))
+    assert _found(branch, msg="evaluate_expr: Eq((s27//20), 1)") == {"time": (want, [])}
+    told = "evaluate_expr: Ne(((s27 - 1)//2), 0)"  # `if (steps - 1) // 2:`
+    assert _found(sympy.Ne(FloorDiv(T - 1, 2), 0), msg=told) == {"time": ([2], [2])}
+
+
+def test_sizes_below_two_unknown_symbols_and_functions_are_left_alone() -> None:
     unknown = sympy.Function("Opaque")
+    u0 = sympy.Symbol("u0", integer=True)
     conditions = (
         sympy.Ne(B, 1),  # torch.export's assumption that a dynamic size is not 1
-        sympy.Ne(T - B, 0),  # two sizes: not evaluated here
+        sympy.Ne(T - u0, 0),  # a size of no input (a longest row)
         sympy.Ne(unknown(T), 3),  # numpy cannot run it: left to verification
         sympy.Ne(T, 500),  # outside the range
     )
-    dims = {T: ("time", 1, 400), B: ("batch", 1, 32)}
-    assert untraced_sizes(_env(*conditions), dims) == {}
-
-
-def test_an_assumption_that_a_computed_size_is_not_one_is_left_alone() -> None:
-    """A stride-2 front end's length is 1 at 2 steps: torch.export assumed it is not, where it
-    checked for a size of 1 (the shipped speech_ctc sample), which changes no graph."""
-    condition = sympy.Ne(FloorDiv(T - 1, 2), 0)
-    checked = "evaluate_expr: Eq(((s27 - 1)//2) + 1, 1)"
-    assert untraced_sizes(_env(condition, msg=checked), {T: ("time", 1, 400)}) == {}
-    branched = "evaluate_expr: Ne(((s27 - 1)//2), 0)"  # `if (steps - 1) // 2:`
-    found = untraced_sizes(_env(condition, msg=branched), {T: ("time", 1, 400)})
-    assert found["time"].tolist() == [2]
+    assert _found(*conditions) == {}
 
 
 def test_failing_sizes_of_several_conditions_are_joined_per_dim() -> None:
-    env = _env(sympy.Ne(T, 40), sympy.Ne(T, 7), sympy.Ne(B, 5))
-    found = untraced_sizes(env, {T: ("time", 2, 64), B: ("batch", 1, 8)})
-    assert {k: v.tolist() for k, v in found.items()} == {"time": [7, 40], "batch": [5]}
+    found = _found(sympy.Ne(T, 40), sympy.Ne(T, 7), sympy.Ne(B, 5))
+    assert found == {"time": ([7, 40], [7, 40]), "batch": ([5], [5])}
+
+
+def test_a_range_of_a_million_sizes_with_many_conditions() -> None:
+    """The largest declared range, 40 conditions: joined as one mask per dim (each failing
+    set was sorted into the last one, 16-33 s here)."""
+    dims = {**DIMS, T: Dim("time", 1, 1 << 20, 64)}
+    env = _env(*(sympy.Ne(PythonMod(T, k), 0) for k in range(3, 43)))
+    found = untraced_sizes(env, dims, [T, B])["time"]
+    multiples = np.arange(2, (1 << 20) + 1)
+    multiples = multiples[np.any([multiples % k == 0 for k in range(3, 43)], axis=0)]
+    assert np.array_equal(found.sizes, multiples) and np.array_equal(found.told, multiples)
 
 
 def test_examples_are_the_ends_and_the_size_nearest_the_example() -> None:

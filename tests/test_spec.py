@@ -294,15 +294,20 @@ def test_token_padding_must_be_a_token_id(bad):
 
 
 @pytest.mark.parametrize("bad", [[0], [True], [1.5], "100", [1 << 21]])
-def test_untraced_lengths_must_be_sizes(bad):
+def test_untraced_sizes_must_be_sizes_by_dim(bad):
+    import dataclasses
     import json
 
     data = json.loads(spec().to_json())
-    assert GraphSpec.from_json(json.dumps(data | {"untraced_lengths": [100]})).untraced_lengths == (
-        100,
-    )
-    with pytest.raises(BiRNNExportError, match="untraced_lengths"):
-        GraphSpec.from_json(json.dumps(data | {"untraced_lengths": bad}))
+    assert "untraced" not in data  # written only where there are any: older readers read it
+    given = data | {"untraced": {"seq": [100, 7]}}
+    assert GraphSpec.from_json(json.dumps(given)).untraced == {"seq": (100, 7)}
+    found = dataclasses.replace(spec(), untraced={"seq": (100,)})
+    assert GraphSpec.from_json(found.to_json()) == found
+    with pytest.raises(BiRNNExportError, match="untraced"):
+        GraphSpec.from_json(json.dumps(data | {"untraced": {"seq": bad}}))
+    with pytest.raises(BiRNNExportError, match="untraced"):
+        GraphSpec.from_json(json.dumps(data | {"untraced": [100]}))
 
 
 def test_metadata_from_another_version_says_which_wrote_it():
