@@ -29,7 +29,7 @@ from birnn_export._layers import (
 )
 from birnn_export._references import References
 from birnn_export._report import WHOLE_SWEEP, CaseResult
-from birnn_export._sweep import Case, row_feed
+from birnn_export._sweep import Case, row_feed, untraced_cases
 from birnn_export.compare import (
     LAYER_OTHER_SHAPE,
     Check,
@@ -196,6 +196,10 @@ def run_case(
     return CaseResult(**common, outputs=tuple(outputs), error=error, diagnosis=diagnosis)
 
 
+#: How the diagnosis of an error as small as rounding begins (:func:`_rounding_only`).
+ROUNDING_DIAGNOSIS = "every failing check's error is at most"
+
+
 def _rounding_only(
     dtype: str,
     failing: Sequence[Check],
@@ -234,7 +238,7 @@ def _rounding_only(
         f"if it is rounding, judge the graph by looser ones ({looser})"
     )
     return (
-        f"every failing check's error is at most {max(shares):.2g} of its tensor's largest "
+        f"{ROUNDING_DIAGNOSIS} {max(shares):.2g} of its tensor's largest "
         f"value, as small as {dtype} rounding: the fixed tolerance (atol {atol:g}, rtol "
         f"{rtol:g}) may ask for more than {dtype} arithmetic gives; {instead}"
     )
@@ -617,34 +621,41 @@ def case_layers(
 
 
 def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseResult]:
-    """Where every failing case runs at a size torch.export assumed away
-    (:attr:`GraphSpec.untraced`) and a case at another size passes, the failing cases'
-    diagnosis names that cause: the graph keeps the branch traced at the example's size, and
-    the model takes another there. Where a case fails elsewhere too, each case's own diagnosis
-    stands (a defect, or rounding, shows at the longest length first), as does one whose
-    outputs have other shapes than the model's (its diagnosis names them, and the branch)."""
-    lengths = spec.untraced.get(spec.time_dim, ())
-    batches = spec.untraced.get(spec.batch_dim, ())
+    """Where every failing case runs at a point torch.export assumed away
+    (:attr:`GraphSpec.untraced`, as :func:`~birnn_export._sweep.untraced_cases` runs it) and a
+    case elsewhere passes, the failing cases' diagnosis names that cause: the graph keeps the
+    branch traced at the example's sizes, and the model takes another there. A case that fails
+    elsewhere too keeps its own diagnosis (a defect, or rounding, shows at the longest length
+    first), as does one whose diagnosis says its error is rounding or whose outputs have other
+    shapes than the model's (its diagnosis names them, and the branch)."""
+    points = {
+        (c.batch, c.seq, _others(spec, c)): spec.untraced[i]
+        for i, c in enumerate(untraced_cases(spec, "ragged"))
+    }
     cases = [r for r in results if r.lengths_mode != WHOLE_SWEEP]
 
-    def assumed(result: CaseResult) -> bool:
-        return result.seq in lengths or result.batch in batches
+    def point(result: CaseResult) -> dict[str, int] | None:
+        return points.get((result.batch, result.seq, result.others))
 
     failing = [r for r in cases if not r.passed]
-    if not failing or not all(map(assumed, failing)):
+    if not failing or any(point(r) is None for r in failing):
         return list(results)
-    if not any(r.passed and not assumed(r) for r in cases):
+    if not any(r.passed and point(r) is None for r in cases):
         return list(results)
-    where = sorted(
-        {f"{spec.time_dim} = {r.seq}" if r.seq in lengths else f"batch {r.batch}" for r in failing}
+    where = dict.fromkeys(
+        ", ".join(f"{d} {s}" for d, s in (point(r) or {}).items()) for r in failing
     )
     why = (
-        f"only cases at sizes torch.export assumed away fail ({', '.join(where)}): the model "
+        f"only cases at sizes torch.export assumed away fail ({'; '.join(where)}): the model "
         "computes another way than the graph there (a branch on a size, as `if delta:` is, or "
         "size arithmetic in Python numbers), and the graph keeps what it traced at the "
         "example's size; compute both ways with tensor ops (torch.where), or never serve "
         "those sizes"
     )
-    # a case of other shapes keeps its own diagnosis: it names the shapes, and the branch
-    blamed = {id(r) for r in failing if not any(o.other_shape for o in r.outputs)}
+    blamed = {
+        id(r)
+        for r in failing
+        if not any(o.other_shape for o in r.outputs)
+        and not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
+    }
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]

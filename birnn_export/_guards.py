@@ -2,23 +2,23 @@
 
 torch.export traces the branch a model takes at the example's sizes. Where ``forward`` branches
 on a size in a way a range cannot express (Demucs's ``center_trim`` runs ``if delta:``, and
-``delta`` is 0 at some lengths; ``if steps % chunk:`` pads only some), torch.export keeps the
-condition as a deferred runtime assertion of its program (``Ne(100 - s27, 0)``), and the ONNX
-graph drops it: at the sizes where the assertion fails, the graph computes the example's branch
-and the model the other one. A branch that is a no-op there (padding by 0) gives the same
-numbers; one that is not gives other numbers, or other shapes.
+``delta`` is 0 at some lengths; ``if steps % chunk:`` pads only some; ``if batch * steps >
+2048:``), torch.export keeps the condition as a deferred runtime assertion of its program
+(``Ne(100 - s27, 0)``), and the ONNX graph drops it: at the sizes where the assertion fails,
+the graph computes the example's branch and the model the other one. A branch that is a no-op
+there (padding by 0) gives the same numbers; one that is not gives other numbers, or shapes.
 
-:func:`untraced_sizes` evaluates each assertion over a dim's declared range, so that the export
-can say where the graph and the model may part and verification runs there. An assertion on
-the time dim and other sizes is evaluated with those at the sizes verification runs such
-lengths at (batch 3, other dims at their opt). Sizes 0 and 1 are left out: torch.export assumes
-every dynamic size is at least 2, and verification runs 1 anyway.
+:func:`untraced_sizes` evaluates each assertion over the declared ranges of the dims it reads
+(every size of one dim; a grid of two or more, each dim's sizes sampled to at most
+:data:`GRID_SIZES`), so that the export can say where the graph and the model may part and
+verification runs there. Sizes 0 and 1 are left out: torch.export assumes every dynamic size
+is at least 2, and verification runs 1 anyway.
 
 torch.export also checks sizes computed from the inputs against 1 where it broadcasts or
 squeezes (``Eq(((s55 - 1)//2) + 1, 1)``: a stride-2 front end's length at 2 steps) and assumes
-they are not; a branch a model writes (``if steps // 20 == 1:``) reads the same. The sizes of
-both are verified, but only assertions of another form are told as branches (:attr:`Untraced.
-told`): the first kind is in every model with a strided front end and changes no graph.
+they are not; a branch a model writes (``if steps // 20 == 1:``) reads the same. Both are
+verified, but only assertions of another form are told as branches (:attr:`Untraced.told`):
+the first kind is in every model with a strided front end and changes no graph.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ import numpy as np
 #: The message of torch.export's assertion that a size is not 1, as it words it (the check it
 #: evaluated, then assumed false).
 _NOT_ONE = re.compile(r"^evaluate_expr: (?:Eq|Ne)\(.*, 1\)$")
+
+#: The most sizes of one dim an assertion on several dims is evaluated at (evenly spaced, the
+#: ends and the example's included), so that a grid stays small.
+GRID_SIZES = 512
 
 #: torch's own sympy functions, evaluated elementwise over int64 sizes (Python semantics: floor
 #: division and modulo round towards minus infinity, as numpy's do).
@@ -55,92 +59,133 @@ _NUMPY_FUNCTIONS = {
 @dataclass(frozen=True)
 class Dim:
     """A named dim as :func:`untraced_sizes` reads it: its declared min and max, and the size
-    the other dims' assertions take it at (``fixed``: batch 3, another dim's opt)."""
+    it was traced at."""
 
     name: str
     low: int
     high: int
-    fixed: int
+    example: int
 
 
 @dataclass(frozen=True)
 class Untraced:
-    """One dim's sizes (sorted, within its range, at least 2) where one of torch.export's
-    assertions fails: ``sizes`` all of them (to verify), ``told`` those of assertions other
-    than its checks against 1 (to tell the user)."""
+    """Where assertions fail: on one dim (``dims`` of one name; ``sizes`` every failing size,
+    sorted, several assertions joined), or on several (one assertion, ``condition`` in the
+    dims' names, ``sizes`` the failing points of its grid, one row each). ``told``: sizes or
+    points of assertions other than torch's checks against 1."""
 
+    dims: tuple[str, ...]
     sizes: np.ndarray
     told: np.ndarray
+    condition: str = ""
+
+    def examples(self, near: Mapping[str, int]) -> list[dict[str, int]]:
+        """A few failing points to verify at: the first, the last and the one nearest ``near``
+        (the example's sizes), as ``{dim: size}``."""
+        points = self.sizes.reshape(len(self.sizes), len(self.dims))
+        if not len(points):
+            return []
+        target = np.array([near.get(d, 0) for d in self.dims])
+        spread = np.maximum(points.max(0) - points.min(0), 1)
+        nearest = np.argmin((np.abs(points - target) / spread).sum(1))
+        picked = sorted({0, int(nearest), len(points) - 1})
+        return [dict(zip(self.dims, map(int, points[i]), strict=True)) for i in picked]
 
 
-def untraced_sizes(
-    shape_env: Any, dims: Mapping[Any, Dim], vary: Sequence[Any]
-) -> dict[str, Untraced]:
-    """Each dim of ``vary`` with the sizes where one of torch.export's deferred runtime
-    assertions fails: where the model may take another branch than the traced one.
+def untraced_sizes(shape_env: Any, dims: Mapping[Any, Dim]) -> list[Untraced]:
+    """The sizes where one of torch.export's deferred runtime assertions fails: where the
+    model may take another branch than the traced one.
 
     Args:
         shape_env: The ``ShapeEnv`` of the exported program (a size's ``node.shape_env``).
         dims: Each size symbol (``s27``) of the graph's inputs, with its dim.
-        vary: The symbols whose sizes are searched (the time dim's, the batch's); an
-            assertion on one of them and others takes the others at their ``fixed`` size.
 
     Returns:
-        ``{dim name: Untraced}`` for the dims where an assertion fails somewhere; assertions
-        numpy cannot evaluate here (unknown functions, sizes of no input) are left to
-        verification.
+        One :class:`Untraced` per dim whose own assertions fail somewhere, then one per
+        assertion on several dims that does; assertions numpy cannot evaluate here (unknown
+        functions, sizes of no input) are left to verification.
     """
-    import sympy
-
-    failing: dict[Any, np.ndarray] = {}
-    told: dict[Any, np.ndarray] = {}
+    single: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+    several: list[Untraced] = []
     for asserts in getattr(shape_env, "deferred_runtime_asserts", {}).values():
         for condition in asserts:
             expr = condition.expr
-            symbols = getattr(expr, "free_symbols", set())
-            if not symbols or not symbols <= set(dims):
+            free = getattr(expr, "free_symbols", set())
+            if not free or not free <= set(dims):
                 continue
-            for symbol in [s for s in vary if s in symbols]:
-                if len(symbols) > 1 and symbol != vary[0]:
-                    continue  # several sizes: searched along the first of vary (time) alone
-                dim = dims[symbol]
-                fixed = {s: sympy.Integer(dims[s].fixed) for s in symbols if s != symbol}
-                held = _evaluate(expr.xreplace(fixed) if fixed else expr, symbol, dim)
-                if held is None:
-                    continue
-                failing[symbol] = failing.get(symbol, np.zeros_like(held)) | ~held
-                if not _NOT_ONE.match(str(getattr(condition, "msg", ""))):
-                    told[symbol] = told.get(symbol, np.zeros_like(held)) | ~held
-    out = {}
-    for symbol, mask in failing.items():
-        if mask.any():
-            start = max(dims[symbol].low, 2)
-            sizes = np.flatnonzero(mask) + start
-            said = told.get(symbol)
-            out[dims[symbol].name] = Untraced(
-                sizes, sizes[:0] if said is None else np.flatnonzero(said) + start
+            symbols = [s for s in dims if s in free]  # in the order of the graph's dims
+            grids = [_sizes(dims[s], full=len(symbols) == 1) for s in symbols]
+            held = _evaluate(expr, symbols, grids)
+            if held is None or held.all():
+                continue
+            told = not _NOT_ONE.match(str(getattr(condition, "msg", "")))
+            if len(symbols) == 1:
+                failing, said = single.get(symbols[0], (~held, np.zeros_like(held)))
+                single[symbols[0]] = (failing | ~held, said | (~held if told else False))
+                continue
+            points = np.stack([g[i] for g, i in zip(grids, np.nonzero(~held), strict=True)], axis=1)
+            names = {s: _readable(dims[s].name) for s in symbols}
+            several.append(
+                Untraced(
+                    tuple(dims[s].name for s in symbols),
+                    points,
+                    points if told else points[:0],
+                    _condition(expr.xreplace(names)),
+                )
             )
-    return out
+    out = []
+    for symbol, (failing, said) in single.items():
+        sizes = _sizes(dims[symbol], full=True)
+        out.append(Untraced((dims[symbol].name,), sizes[failing], sizes[said]))
+    return out + several
 
 
-def _evaluate(expr: Any, symbol: Any, dim: Dim) -> np.ndarray | None:
-    """``expr`` (a sympy condition on ``symbol``) at every size of ``dim`` from 2, or ``None``
-    where numpy cannot evaluate it as sympy does (checked at three sizes)."""
+def _sizes(dim: Dim, full: bool) -> np.ndarray:
+    """The sizes of ``dim`` from 2 an assertion is evaluated at: every one, or at most
+    :data:`GRID_SIZES` of them (evenly spaced, the ends and the example's included)."""
+    sizes = np.arange(max(dim.low, 2), dim.high + 1, dtype=np.int64)
+    if full or len(sizes) <= GRID_SIZES:
+        return sizes
+    picked = np.linspace(0, len(sizes) - 1, GRID_SIZES).round().astype(np.int64)
+    return np.union1d(sizes[picked], [min(max(dim.example, sizes[0]), sizes[-1])])
+
+
+def _evaluate(expr: Any, symbols: Sequence[Any], grids: Sequence[np.ndarray]) -> np.ndarray | None:
+    """``expr`` (a sympy condition) at every point of the grid of ``grids`` (one axis per
+    symbol), or ``None`` where numpy cannot evaluate it as sympy does (checked at three
+    points)."""
     import sympy
 
-    sizes = np.arange(max(dim.low, 2), dim.high + 1, dtype=np.int64)
-    if not len(sizes) or expr.free_symbols != {symbol}:
+    if any(not len(g) for g in grids):
         return None
+    axes = np.meshgrid(*grids, indexing="ij", sparse=True)
+    shape = tuple(len(g) for g in grids)
     try:
-        function = sympy.lambdify([symbol], expr, modules=[_NUMPY_FUNCTIONS, "numpy"])
-        held = np.broadcast_to(np.asarray(function(sizes), dtype=bool), sizes.shape)
-        for index in {0, len(sizes) // 2, len(sizes) - 1}:
-            exact = expr.xreplace({symbol: sympy.Integer(int(sizes[index]))})
-            if bool(exact) != bool(held[index]):
+        function = sympy.lambdify(list(symbols), expr, modules=[_NUMPY_FUNCTIONS, "numpy"])
+        held = np.broadcast_to(np.asarray(function(*axes), dtype=bool), shape)
+        for corner in {0, 1, 2}:
+            index = tuple((len(g) - 1) * corner // 2 for g in grids)
+            at = {
+                s: sympy.Integer(int(g[i])) for s, g, i in zip(symbols, grids, index, strict=True)
+            }
+            if bool(expr.xreplace(at)) != bool(held[index]):
                 return None
     except Exception:  # an expression numpy cannot run here: verification decides
         return None
     return held
+
+
+def _readable(name: str) -> Any:
+    import sympy
+
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def _condition(expr: Any) -> str:
+    """An assertion as a reader writes it: ``seq != batch + 40``."""
+    if getattr(expr, "rel_op", None) and hasattr(expr, "lhs"):
+        return f"{expr.lhs} {expr.rel_op} {expr.rhs}"
+    return str(expr)
 
 
 def examples(sizes: Sequence[int] | np.ndarray, near: int) -> tuple[int, ...]:

@@ -51,6 +51,20 @@ class Case:
 UNTRACED_BATCH = 3
 
 
+def untraced_cases(spec: GraphSpec, mode: str) -> list[Case]:
+    """A case at each of the graph's :attr:`~GraphSpec.untraced` points: its sizes, the batch
+    at :data:`UNTRACED_BATCH` (within the declared range) and the time dim at the example's
+    length where the point does not give them."""
+    low, _, high = spec.batch_range
+    batch = min(max(UNTRACED_BATCH, low), high)
+    cases = []
+    for point in spec.untraced:
+        others = tuple(sorted((d, s) for d, s in point.items() if d in spec.dim_ranges))
+        seq = point.get(spec.time_dim, within(spec, spec.example_seq))
+        cases.append(Case(point.get(spec.batch_dim, batch), seq, mode, 1.0, 0, dims=others))
+    return cases
+
+
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
     """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}, each
     kept within the declared range of the time dim."""
@@ -85,8 +99,7 @@ def plan_cases(
     T0, 4 x T0, the declared maximum} (T0 = the export's example length) each appear, ragged
     and equal lengths and the large scale each appear at several shapes, and the longest length
     runs at batch 3 (its rows alone at batch 1); so do the lengths where the model may take
-    another branch than the traced one (:attr:`GraphSpec.untraced`), at batch
-    :data:`UNTRACED_BATCH`, and such batch sizes at T0.
+    another branch than the traced one (:func:`untraced_cases`).
     """
     given = tuple(sorted(spec.check_dims(dims or {}).items()))
     cases = _planned_cases(spec, batch_sizes, seq_lens, seed, large_scale, given)
@@ -151,11 +164,11 @@ def _default_cases(
     ]
     if large:
         shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
-    # where a branch may part from the traced one
-    shapes += [(UNTRACED_BATCH, t, ragged, 1.0) for t in spec.untraced.get(spec.time_dim, ())]
-    shapes += [(b, t0, ragged, 1.0) for b in spec.untraced.get(spec.batch_dim, ())]
     unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
     cases = [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
+    for case in untraced_cases(spec, ragged):  # where a branch may part from the traced one
+        if (case.batch, case.seq, ragged, 1.0) not in unique or case.dims:
+            cases.append(dataclasses.replace(case, seed=seed + len(cases)))
     if others:  # the other named dims (not given) at their declared min and max too
         cases += [
             Case(3, within(spec, t0), ragged, 1.0, seed + len(cases) + i, others=which)

@@ -25,6 +25,7 @@ nodes; TensorRT imports both.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -288,12 +289,13 @@ def hand_written_crfs(model: nn.Module) -> list[str]:
 
 def crfs_that_run(model: nn.Module, run: Callable[[], Any]) -> list[str]:
     """Of :func:`hand_written_crfs`, those whose own code runs in ``run()`` (the model's
-    ``forward`` on its example): an AllenNLP tagger keeps its CRF as a module and decodes
-    outside ``forward``, and a failure to export it is not the CRF's. A ``run`` that fails
-    counts every CRF (the trace would fail the same way)."""
+    ``forward`` on its example), every one where a function named ``*viterbi*`` of the
+    model's runs: an AllenNLP tagger keeps its CRF as a module and decodes outside
+    ``forward``, and a failure to export it is not the CRF's. A ``run`` that fails, or one
+    under a profiler, counts every CRF (as before this looked)."""
     found = hand_written_crfs(model)
-    if not found:
-        return []
+    if not found or sys.getprofile() is not None:
+        return found  # under a profiler (cProfile cannot be set back): each may be the cause
     modules = dict(model.named_modules())
     codes: dict[Any, str] = {}
     for path in found:
@@ -306,18 +308,25 @@ def crfs_that_run(model: nn.Module, run: Callable[[], Any]) -> list[str]:
                     codes[code] = path
     ran: set[str] = set()
 
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code in codes:
-            ran.add(codes[frame.f_code])
+    ours = os.path.dirname(os.path.abspath(__file__))
 
-    previous = sys.getprofile()
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event != "call":
+            return
+        if frame.f_code in codes:
+            ran.add(codes[frame.f_code])
+        elif "viterbi" in frame.f_code.co_name.lower() and not frame.f_code.co_filename.startswith(
+            ours
+        ):  # a decode of its own reading the CRF's parameters (allennlp's viterbi_decode)
+            ran.update(found)
+
     sys.setprofile(profile)
     try:
         run()
     except Exception:  # the model's own failure: its CRFs may be why
         return found
     finally:
-        sys.setprofile(previous)
+        sys.setprofile(None)
     return [path for path in found if path in ran]
 
 

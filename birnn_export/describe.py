@@ -211,10 +211,11 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         f"  serving ranges (min,opt,max): {ranges}{declared}: the default TensorRT profile; "
         f"batch dim {parsed.batch_dim!r}, time dim {parsed.time_dim!r}"
     )
-    for dim, sizes in parsed.untraced.items():
+    if parsed.untraced:
+        points = "; ".join(", ".join(f"{d} {s}" for d, s in p.items()) for p in parsed.untraced)
         out.append(
-            f"  {dim} where the model may compute another way than the traced graph "
-            f"(verified by default): {', '.join(map(str, sizes))}"
+            "  sizes the default verification also runs, where torch.export assumed the model "
+            f"takes the traced branch: {points}"
         )
     if spec.get("source_sha256"):
         out.append(f"  source sha256 {spec['source_sha256']}")

@@ -45,7 +45,7 @@ from birnn_export._container import (
 )
 from birnn_export._files import save_onnx
 from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
-from birnn_export._guards import Dim, Untraced, examples, untraced_sizes
+from birnn_export._guards import Dim, Untraced, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
     keyword_mask,
@@ -65,7 +65,6 @@ from birnn_export._rewrites import (
     sink_batch_transposes,
 )
 from birnn_export._scan import scan_lstmp_nodes, scan_rnn_nodes
-from birnn_export._sweep import UNTRACED_BATCH
 from birnn_export._version import __version__
 from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
 from birnn_export.crf import (
@@ -314,9 +313,9 @@ def trace_graph(
         traced, trace_inputs, planned, outs, opset, emitted, crfs
     )
     drop_noop_squeezes(proto)
-    takes_lengths = any(  # before the layouts rewrite the recurrent nodes
-        n.op_type in ("LSTM", "GRU", "RNN") and len(n.input) > 4 and n.input[4]
-        for n in proto.graph.node
+    recurrent = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN", "LSTMP")]
+    takes_lengths = bool(recurrent) and all(  # every one, before the layouts rewrite them
+        len(n.input) > 4 and n.input[4] for n in recurrent
     )
     _tidy_dims(proto)
     if cut:  # the model cut a padded output to its longest row
@@ -359,9 +358,12 @@ def trace_graph(
             "tool_version": __version__,
             "source_sha256": source_sha256,
             "container": container.to_dict() if container is not None else None,
-            "untraced": {
-                dim: examples(found.sizes, traced_at[dim]) for dim, found in untraced.items()
-            },
+            "untraced": tuple(
+                dict(p)
+                for p in dict.fromkeys(  # each point once, in the order found
+                    tuple(point.items()) for u in untraced for point in u.examples(traced_at)
+                )
+            ),
         }
     )
     set_metadata(proto, spec, takes_lengths)
@@ -870,32 +872,39 @@ def _layout_note(asked: str, layout: str) -> str:
 
 
 def _untraced_notes(
-    untraced: Mapping[str, Untraced], planned: PlannedInputs, example: Mapping[str, int]
+    untraced: Sequence[Untraced], planned: PlannedInputs, example: Mapping[str, int]
 ) -> list[str]:
     """Where torch.export assumed the model takes the traced branch (:func:`_untraced`), as
-    notes: what it assumed, and that verification runs a few of those sizes."""
+    notes: what it assumed, and the sizes verification runs for it. torch's checks against 1
+    alone (a strided front end) are verified, not told."""
     notes = []
-    for dim, found in untraced.items():
-        sizes = found.told
-        if not len(sizes):
-            continue  # only its checks against 1 (a strided front end): verified, not told
-        low, high = max(planned.ranges[dim][0], 2), planned.ranges[dim][2]
-        held = np.setdiff1d(np.arange(low, high + 1), sizes)
-        if len(sizes) == 1:
-            which = f"is not {sizes[0]}"
-        elif len(held) == 1:
-            which = f"is {held[0]} (of {low}..{high})"
+    for found in untraced:
+        if not len(found.told):
+            continue
+        runs = "; ".join(
+            ", ".join(f"{dim} {size}" for dim, size in point.items())
+            for point in found.examples(example)
+        )
+        if len(found.dims) > 1:
+            which = f"{found.condition} (wherever it does not hold, of {len(found.sizes)} found)"
         else:
-            few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")
-            shown = [str(v) for v in few[:3]] + ["..."] * (len(few) > 3)
-            which = f"is {what} of {len(few)} sizes in {low}..{high} ({', '.join(shown)})"
-        where = f" at batch {UNTRACED_BATCH}" if dim == planned.time_dim else ""
-        listed = ",".join(str(v) for v in examples(found.sizes, example.get(dim, low)))
+            (dim,) = found.dims
+            low, high = max(planned.ranges[dim][0], 2), planned.ranges[dim][2]
+            sizes = found.told
+            held = np.setdiff1d(np.arange(low, high + 1), sizes)
+            if len(sizes) == 1:
+                which = f"{dim} is not {sizes[0]}"
+            elif len(held) == 1:
+                which = f"{dim} is {held[0]} (of {low}..{high})"
+            else:
+                few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")
+                shown = [str(v) for v in few[:3]] + ["..."] * (len(few) > 3)
+                which = f"{dim} is {what} of {len(few)} sizes in {low}..{high} ({', '.join(shown)})"
         notes.append(
-            f"torch.export assumed {dim} {which}; where that does not hold, the model may "
-            "compute another way than the graph, which keeps what it traced at the example's "
-            "size (a branch on a size, as `if delta:` is, or size arithmetic in Python "
-            f"numbers): the default verification runs {dim} = {listed}{where}"
+            f"torch.export assumed {which}; where that does not hold, the model may compute "
+            "another way than the graph, which keeps what it traced at the example's size (a "
+            "branch on a size, as `if delta:` is, or size arithmetic in Python numbers): the "
+            f"default verification runs {runs}"
         )
     return notes
 
@@ -949,7 +958,7 @@ def _trace(
     opset: int,
     layout: str,
     crfs: Sequence[str],
-) -> tuple[Any, bool, dict[int, str], dict[str, Untraced]]:
+) -> tuple[Any, bool, dict[int, str], list[Untraced]]:
     """The exported graph, whether the model cut a padded output to its longest row, where
     its code fixed a size to the example's number (:func:`_fixed_sizes`), and the sizes where
     the traced branch may not be the model's (:func:`_untraced`)."""
@@ -981,7 +990,13 @@ def _trace(
         raise ExportError(_explain_trace_failure(model, exc, planned, inputs, cuts, crfs)) from None
     exported = getattr(program, "exported_program", None)
     sizes = _dim_sizes(exported, planned) if exported is not None else {}
-    untraced = _untraced(planned, sizes)
+    example = {
+        dim: int(tensor.shape[axis])
+        for decl, tensor in zip(planned.decls, inputs, strict=False)
+        for axis, dim in enumerate(decl.dims)
+        if isinstance(dim, str)
+    }
+    untraced = _untraced(planned, sizes, example)
     _refuse_narrowed_dims(exported, planned, sizes, untraced)
     return program.model_proto, any(cuts), fixed, untraced
 
@@ -1004,7 +1019,7 @@ def _refuse_narrowed_dims(
     exported: Any,
     planned: PlannedInputs,
     sizes: Mapping[str, torch.SymInt],
-    untraced: Mapping[str, Untraced],
+    untraced: Sequence[Untraced],
 ) -> None:
     """The traced graph holds for the declared ranges, or the export stops in one line.
 
@@ -1026,8 +1041,7 @@ def _refuse_narrowed_dims(
         lower = max(int(held.lower) if held.lower.is_finite else low, low)
         upper = min(int(held.upper) if held.upper.is_finite else high, high)
         if lower > max(low, 2) or upper < high:
-            found = untraced.get(dim)
-            branching = set() if found is None else {int(v) for v in found.sizes}
+            branching = {int(v) for u in untraced if u.dims == (dim,) for v in u.sizes}
             while upper > lower and upper in branching:
                 upper -= 1
             while lower < upper and lower in branching:
@@ -1044,20 +1058,18 @@ def _refuse_narrowed_dims(
             )
 
 
-def _untraced(planned: PlannedInputs, sizes: Mapping[str, torch.SymInt]) -> dict[str, Untraced]:
-    """The time dim's and the batch's sizes where torch.export assumed the model takes the
-    traced branch and it may not (:func:`birnn_export._guards.untraced_sizes`); an assertion
-    on the time dim and others takes them as verification runs those lengths (batch 3, other
-    dims at their opt)."""
+def _untraced(
+    planned: PlannedInputs, sizes: Mapping[str, torch.SymInt], example: Mapping[str, int]
+) -> list[Untraced]:
+    """The sizes where torch.export assumed the model takes the traced branch and it may not
+    (:func:`birnn_export._guards.untraced_sizes`)."""
     if not sizes:
-        return {}
+        return []
     dims = {}
     for name, size in sizes.items():
-        low, opt, high = planned.ranges[name]
-        fixed = UNTRACED_BATCH if name == planned.batch_dim else opt
-        dims[size.node.expr] = Dim(name, low, high, min(max(fixed, low), high))
-    vary = [sizes[d].node.expr for d in (planned.time_dim, planned.batch_dim) if d in sizes]
-    return untraced_sizes(next(iter(sizes.values())).node.shape_env, dims, vary)
+        low, _, high = planned.ranges[name]
+        dims[size.node.expr] = Dim(name, low, high, example.get(name, low))
+    return untraced_sizes(next(iter(sizes.values())).node.shape_env, dims)
 
 
 def _interrupted(exc: BaseException | None) -> bool:

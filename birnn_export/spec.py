@@ -147,10 +147,11 @@ class GraphSpec:
     #: Where ``forward`` takes one container and reads the inputs from it (``batch["ids"]``):
     #: ``{"param": ..., "kind": "dict" | "attributes", "keys": [one per input, in order]}``.
     container: dict[str, Any] | None = None
-    #: Sizes of the time dim and of the batch where the model may take another branch than
-    #: the one traced (torch.export assumed it does not: :mod:`birnn_export._guards`), a few
-    #: per dim, by dim name; the default sweep verifies them. Written only where there are any.
-    untraced: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Sizes where the model may take another branch than the one traced (torch.export
+    #: assumed it does not: :mod:`birnn_export._guards`): a few points ``{dim: size}`` of the
+    #: dims an assumption reads (``{"seq": 100}``, ``{"batch": 8, "seq": 48}``); the default
+    #: sweep verifies each. Written only where there are any.
+    untraced: tuple[dict[str, int], ...] = ()
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -263,7 +264,7 @@ class GraphSpec:
             for key in ("inputs", "outputs"):
                 data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
             data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
-            data["untraced"] = {str(k): tuple(v) for k, v in data.get("untraced", {}).items()}
+            data["untraced"] = tuple(dict(p) for p in data.get("untraced", ()))
             # Files written before the ranges were declared take the defaults.
             for key in ("batch_range", "seq_range"):
                 if key in data:
@@ -416,13 +417,7 @@ def _check_spec_data(data: Any) -> None:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
-    untraced = data.get("untraced", {})
-    if not isinstance(untraced, dict) or not all(
-        isinstance(sizes, list)
-        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in sizes)
-        for sizes in untraced.values()
-    ):
-        raise BiRNNExportError(f"untraced: expected lists of sizes in 1..{MAX_DIM}, by dim name")
+    _check_untraced(data)
     pad = data.get("token_padding")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
         raise BiRNNExportError("token_padding: expected a token id (an int >= 0) or nothing")
@@ -450,6 +445,32 @@ def _check_spec_data(data: Any) -> None:
             value = layer.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
                 raise BiRNNExportError(f"recurrent_layers: {key} {value!r} out of range")
+
+
+def _check_untraced(data: dict[str, Any]) -> None:
+    """``untraced``: a list of points ``{dim: size}``, each dim the graph's, each size in its
+    declared range (a file edited by hand must not make the sweep run a batch of 5000)."""
+    untraced = data.get("untraced", [])
+    ranges = {
+        data.get("batch_dim", BATCH): data.get("batch_range", DEFAULT_BATCH_RANGE),
+        data.get("time_dim", SEQ): data.get("seq_range", DEFAULT_SEQ_RANGE),
+        **(data.get("dim_ranges") or {}),
+    }
+    for point in untraced if isinstance(untraced, list) else [None]:
+        if not isinstance(point, dict) or not point:
+            raise BiRNNExportError("untraced: expected a list of {dim: size} objects")
+        for dim, size in point.items():
+            bounds = ranges.get(dim)
+            if bounds is None:
+                raise BiRNNExportError(f"untraced: {dim!r} is not a dim of the graph")
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise BiRNNExportError(f"untraced: {dim} {size!r} is not a size")
+            if not (isinstance(bounds, list | tuple) and len(bounds) == 3):
+                continue  # the ranges' own check says what is wrong with them
+            if not bounds[0] <= size <= bounds[2]:
+                raise BiRNNExportError(
+                    f"untraced: {dim} {size} is outside its declared range {bounds[0]}..{bounds[2]}"
+                )
 
 
 def is_parameter_name(value: Any) -> bool:

@@ -398,6 +398,60 @@ def test_a_crf_decoded_outside_forward_is_not_blamed_for_a_failure_in_it(tmp_pat
     assert "hand-written CRF" not in message and "makes a Python number" in message, message
 
 
+def _viterbi_decode(emissions: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
+    """allennlp.nn.util.viterbi_decode's shape: a decode of its own over a CRF's parameters."""
+    score, back = emissions[:, 0], []
+    for t in range(1, emissions.shape[1]):
+        score, index = (score.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)).max(1)
+        back.append(index)
+    best = [score.argmax(1)]
+    for index in reversed(back):
+        best.append(index.gather(1, best[-1].unsqueeze(1)).squeeze(1))
+    return torch.stack(best[::-1], 1)
+
+
+def test_a_crf_decoded_by_a_function_of_its_own_gets_the_hook(tmp_path) -> None:
+    """No method of the CRF module runs: the decode is a free function reading its
+    transitions. Counting only the module's methods lost the CRFDecoder advice."""
+
+    class Transitions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transitions = nn.Parameter(torch.randn(4, 4))
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(5, 8, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(16, 4)
+            self.crf = Transitions()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return _viterbi_decode(self.head(self.rnn(x)[0]), self.crf.transitions)
+
+    with pytest.raises(ExportError, match=r"^crf: a hand-written CRF"):
+        export_onnx(Tagger().eval(), tmp_path / "t.onnx", input_size=5, verify=False)
+
+
+def test_which_crfs_run_is_not_asked_under_a_profiler() -> None:
+    """sys.setprofile cannot set cProfile's profiler back (TypeError on Python 3.11): under
+    one, every CRF counts, as before the question was asked."""
+    import cProfile
+
+    from birnn_export.crf import crfs_that_run
+
+    model = nn.Module()
+    model.crf = nn.Module()
+    model.crf.transitions = nn.Parameter(torch.zeros(3, 3))
+    assert crfs_that_run(model, lambda: None) == []  # its code never ran
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        assert crfs_that_run(model, lambda: None) == ["crf"]
+    finally:
+        profiler.disable()
+
+
 # -- checkpoints and the sample ---------------------------------------------------------------
 
 

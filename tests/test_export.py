@@ -1622,20 +1622,18 @@ def test_a_length_the_trace_assumed_away_is_verified_and_named(tmp_path):
     torch.manual_seed(0)
     model = _SkipsAtOneLength().eval()
     with pytest.raises(
-        VerificationError, match=r"sizes torch\.export assumed away fail \(seq = 100\)"
+        VerificationError, match=r"sizes torch\.export assumed away fail \(seq 100\)"
     ):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
     result = export_onnx(model, tmp_path / "m.onnx", verify=False)
-    assert result.spec.untraced == {"seq": (100,)}
-    assert GraphSpec.from_onnx(result.path).untraced == {"seq": (100,)}
+    assert result.spec.untraced == ({"seq": 100},)
+    assert GraphSpec.from_onnx(result.path).untraced == ({"seq": 100},)
     (note,) = [n for n in result.notes if "torch.export assumed" in n]
     assert note.startswith("torch.export assumed seq is not 100;")
-    assert note.endswith("the default verification runs seq = 100 at batch 3"), note
+    assert note.endswith("the default verification runs seq 100"), note
     lines = describe_lines(describe_onnx(result.path))
-    assert any(
-        "may compute another way than the traced graph" in x and x.endswith(": 100") for x in lines
-    )
+    assert any("assumed the model takes the traced branch: seq 100" in x for x in lines), lines
     # the graph is right elsewhere: the assumption is where it parts from the model
     assert verify(result.path, model, batch_sizes=(3,), seq_lens=(99, 101)).passed
 
@@ -1660,7 +1658,7 @@ def test_a_branch_that_is_a_no_op_where_assumed_away_passes_at_those_lengths(tmp
     torch.manual_seed(0)
     result = export_onnx(_PadsToChunks().eval(), tmp_path / "c.onnx")
     assert result.verification.passed, result.verification.summary()
-    lengths = result.spec.untraced["seq"]
+    lengths = [p["seq"] for p in result.spec.untraced]
     assert lengths and all(t % 8 == 0 for t in lengths) and max(lengths) == 256
     assert {c.seq for c in result.verification.cases} >= set(lengths)
     assert any("none of 32 sizes in 2..256 (8, 16, 24, ...)" in n for n in result.notes)
@@ -1683,17 +1681,33 @@ class _BranchesOnBatchAndTime(nn.Module):
 
 
 def test_branches_on_the_batch_and_on_two_sizes_are_verified(tmp_path):
-    """Both passed, wrong at batch 8 and at (batch 3, length 43): the batch's sizes were only
-    noted, and an assumption on two sizes was skipped."""
+    """Both passed, wrong at batch 8 and wherever the length is the batch's + 40: the batch's
+    sizes were only noted, and an assumption on two sizes was skipped (then searched at batch
+    3 alone, and verified at a batch the declared range did not hold)."""
     torch.manual_seed(0)
     model = _BranchesOnBatchAndTime().eval()
-    with pytest.raises(VerificationError, match=r"assumed away fail \(batch 8, seq = 43\)"):
+    with pytest.raises(VerificationError, match=r"assumed away fail \(batch 8; batch 2, seq 42"):
         export_onnx(model, tmp_path / "b.onnx")
     result = export_onnx(model, tmp_path / "b.onnx", verify=False)
-    assert result.spec.untraced == {"seq": (43,), "batch": (8,)}
+    relation = [n for n in result.notes if "seq != batch + 40" in n]
+    assert (
+        relation and "runs batch 2, seq 42; " in relation[0] and "batch 32, seq 72" in relation[0]
+    )
+    points = result.spec.untraced
+    assert {"batch": 8} in points and {"batch": 32, "seq": 72} in points, points
     report = verify(result.path, model)
     failed = {(c.batch, c.seq) for c in report.cases if not c.passed}
-    assert failed == {(8, result.spec.example_seq), (3, 43)}, failed
+    t0 = result.spec.example_seq
+    assert failed == {(p["batch"], p.get("seq", t0)) for p in points}, failed
+
+
+def test_a_relation_is_verified_at_the_batch_it_was_found_at(tmp_path):
+    """With batches of 1 or 2 only, `T == B + 40` was found at B=2, T=42 and verified at
+    B=3, where the model does not branch: the graph passed."""
+    torch.manual_seed(0)
+    model = _BranchesOnBatchAndTime().eval()
+    with pytest.raises(VerificationError, match=r"assumed away fail \(batch 2, seq 42\)"):
+        export_onnx(model, tmp_path / "b.onnx", batch_range=(1, 2, 2))
 
 
 def test_a_failure_elsewhere_keeps_its_own_diagnosis(tmp_path):

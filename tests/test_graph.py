@@ -124,3 +124,16 @@ def test_the_lengths_rule_is_recorded_only_where_rows_have_lengths(tmp_path):
     inputs = ["x:float32[batch,seq,3]", "mask:float32[batch,seq]:mask"]
     pooled = export_onnx(Pooled().eval(), tmp_path / "p.onnx", inputs=inputs, verify=False)
     assert pooled.spec.length_source is not None and rules(pooled.path) == []
+
+    class Mixed(nn.Module):  # a layer that takes the lengths, then one over the padding
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = BiRNN(3, 4)
+            self.second = nn.GRU(8, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            return self.second(self.first(x, lengths)[0])[0]
+
+    inputs = ["x:float32[batch,seq,3]", "lengths:int64[batch]:lengths(seq)"]
+    mixed = export_onnx(Mixed().eval(), tmp_path / "m.onnx", inputs=inputs, verify=False)
+    assert rules(mixed.path) == []

@@ -14,7 +14,7 @@ from birnn_export._guards import Dim, examples, untraced_sizes
 T = sympy.Symbol("s27", integer=True, positive=True)
 B = sympy.Symbol("s77", integer=True, positive=True)
 C = sympy.Symbol("s12", integer=True, positive=True)
-DIMS = {T: Dim("time", 1, 400, 64), B: Dim("batch", 1, 32, 3), C: Dim("chars", 1, 20, 8)}
+DIMS = {B: Dim("batch", 1, 32, 7), T: Dim("time", 1, 400, 64), C: Dim("chars", 1, 20, 8)}
 
 
 def _env(*conditions: sympy.Basic, msg: str = "") -> SimpleNamespace:
@@ -24,8 +24,9 @@ def _env(*conditions: sympy.Basic, msg: str = "") -> SimpleNamespace:
 
 
 def _found(*conditions: sympy.Basic, msg: str = "") -> dict[str, tuple[list[int], list[int]]]:
-    found = untraced_sizes(_env(*conditions, msg=msg), DIMS, [T, B])
-    return {k: (v.sizes.tolist(), v.told.tolist()) for k, v in found.items()}
+    """One-dim findings: {dim: (sizes, told sizes)}."""
+    found = untraced_sizes(_env(*conditions, msg=msg), DIMS)
+    return {u.dims[0]: (u.sizes.tolist(), u.told.tolist()) for u in found if len(u.dims) == 1}
 
 
 def _by_sympy(condition: sympy.Basic, low: int, high: int) -> list[int]:
@@ -51,11 +52,21 @@ def test_each_condition_fails_where_sympy_says(condition: sympy.Basic) -> None:
     assert _found(condition) == {"time": (want, want)}
 
 
-def test_a_branch_on_two_sizes_is_searched_at_the_batch_verification_runs() -> None:
-    """`if T == B + 40:` was skipped (two symbols): the graph was wrong at (3, 43)."""
-    assert _found(sympy.Ne(T, B + 40)) == {"time": ([43], [43])}
+def test_a_branch_on_two_sizes_is_searched_over_both_and_told_as_written() -> None:
+    """`if T == B + 40:` was skipped (two symbols), then searched at batch 3 alone and told as
+    "time is not 43"; `if B * T > 2048:` never fails at batch 3."""
+    (found,) = untraced_sizes(_env(sympy.Ne(T, B + 40)), DIMS)
+    assert found.dims == ("batch", "time") and found.condition == "time != batch + 40"
+    assert found.sizes.tolist() == [[b, b + 40] for b in range(2, 33)]
+    assert found.examples({"batch": 7, "time": 64}) == [
+        {"batch": 2, "time": 42},
+        {"batch": 7, "time": 47},
+        {"batch": 32, "time": 72},
+    ]
+    (product,) = untraced_sizes(_env(sympy.StrictLessThan(B * T, 2049)), DIMS)
+    assert all(b * t > 2048 for b, t in product.sizes) and len(product.sizes) > 0
     assert _found(sympy.Ne(B, 8)) == {"batch": ([8], [8])}  # `if B == 8:`
-    assert _found(sympy.Ne(C, 5)) == {}  # another dim alone: not searched
+    assert _found(sympy.Ne(C, 5)) == {"chars": ([5], [5])}  # another named dim
 
 
 def test_checks_against_one_are_verified_but_not_told() -> None:
@@ -80,7 +91,7 @@ def test_sizes_below_two_unknown_symbols_and_functions_are_left_alone() -> None:
         sympy.Ne(unknown(T), 3),  # numpy cannot run it: left to verification
         sympy.Ne(T, 500),  # outside the range
     )
-    assert _found(*conditions) == {}
+    assert untraced_sizes(_env(*conditions), DIMS) == []
 
 
 def test_failing_sizes_of_several_conditions_are_joined_per_dim() -> None:
@@ -93,7 +104,7 @@ def test_a_range_of_a_million_sizes_with_many_conditions() -> None:
     set was sorted into the last one, 16-33 s here)."""
     dims = {**DIMS, T: Dim("time", 1, 1 << 20, 64)}
     env = _env(*(sympy.Ne(PythonMod(T, k), 0) for k in range(3, 43)))
-    found = untraced_sizes(env, dims, [T, B])["time"]
+    (found,) = untraced_sizes(env, dims)
     multiples = np.arange(2, (1 << 20) + 1)
     multiples = multiples[np.any([multiples % k == 0 for k in range(3, 43)], axis=0)]
     assert np.array_equal(found.sizes, multiples) and np.array_equal(found.told, multiples)

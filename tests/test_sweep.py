@@ -81,6 +81,12 @@ def test_other_named_dims_are_swept_at_their_declared_min_and_max() -> None:
     assert widths == [2, 12, 30]
     plain = dataclasses.replace(spec, dim_ranges={})
     assert all(c.others == 1 for c in plan_cases(plain))
+    # points torch.export assumed away: each a case of its own, at the sizes it gives
+    points = ({"chars": 7}, {"seq": 100}, {"batch": 2, "seq": 42}, {"batch": 8})
+    branched = dataclasses.replace(spec, untraced=points, batch_range=(1, 2, 2))
+    sizes = {(c.batch, c.seq, case_feed(branched, c)["ids"].shape[2]) for c in plan_cases(branched)}
+    # the batch a point leaves free is 3 within the declared range: 2 here
+    assert {(2, 5, 7), (2, 100, 12), (2, 42, 12), (8, 5, 12)} <= sizes, sizes
 
 
 def test_other_dims_given_are_fed_in_every_case(tmp_path: Path) -> None:
