@@ -104,6 +104,7 @@ STAGES = (
         "_inputs",
         "_container",
         "_graph",
+        "_guards",
         "_rewrites",
         "_node_rewrite",
         "_scan",

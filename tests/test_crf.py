@@ -372,22 +372,29 @@ def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
     assert result.verification.passed and result.op_counts["Scan"] == 2
 
 
+class _Transitions(nn.Module):
+    """A CRF's scores alone: AllenNLP's ConditionalRandomField as a tagger holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transitions = nn.Parameter(torch.randn(4, 4))
+
+
+class _CrfModuleTagger(nn.Module):
+    """A BiLSTM tagger that holds a CRF module; what forward does with it is the subclass's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(5, 8, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 4)
+        self.crf = _Transitions()
+
+
 def test_a_crf_decoded_outside_forward_is_not_blamed_for_a_failure_in_it(tmp_path) -> None:
     """AllenNLP's CrfTagger keeps its CRF as a module and decodes outside forward: every
     failure to export it was told as "a hand-written CRF's Viterbi loop", hiding the cause."""
 
-    class Transitions(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.transitions = nn.Parameter(torch.randn(4, 4))
-
-    class Tagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = nn.LSTM(5, 8, batch_first=True, bidirectional=True)
-            self.head = nn.Linear(16, 4)
-            self.crf = Transitions()
-
+    class Tagger(_CrfModuleTagger):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             rows = int((x[:, 0, 0] > -100).sum().item())  # AllenNLP's num_valid
             return self.head(self.rnn(x[:rows])[0])
@@ -414,18 +421,7 @@ def test_a_crf_decoded_by_a_function_of_its_own_gets_the_hook(tmp_path) -> None:
     """No method of the CRF module runs: the decode is a free function reading its
     transitions. Counting only the module's methods lost the CRFDecoder advice."""
 
-    class Transitions(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.transitions = nn.Parameter(torch.randn(4, 4))
-
-    class Tagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = nn.LSTM(5, 8, batch_first=True, bidirectional=True)
-            self.head = nn.Linear(16, 4)
-            self.crf = Transitions()
-
+    class Tagger(_CrfModuleTagger):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return _viterbi_decode(self.head(self.rnn(x)[0]), self.crf.transitions)
 
