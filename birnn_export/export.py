@@ -309,8 +309,14 @@ def trace_graph(
     emitted = "fused" if layout in ("scan", "packed") else layout
     # hand-written CRFs whose code forward runs (decoded outside it, a CRF is no cause)
     crfs = crfs_that_run(traced, lambda: _runs_or_raises(traced, trace_inputs))
+    traced_at = {  # each named dim's size in the example
+        dim: int(tensor.shape[axis])
+        for decl, tensor in zip(planned.decls, trace_inputs, strict=False)
+        for axis, dim in enumerate(decl.dims)
+        if isinstance(dim, str)
+    }
     proto, cut, fixed_at, untraced = _trace(
-        traced, trace_inputs, planned, outs, opset, emitted, crfs
+        traced, trace_inputs, planned, outs, opset, emitted, crfs, traced_at
     )
     drop_noop_squeezes(proto)
     recurrent = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN", "LSTMP")]
@@ -341,11 +347,6 @@ def trace_graph(
             notes.append(_layout_note(asked, layout))
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
-    traced_at = {
-        planned.batch_dim: spec.example_batch,
-        planned.time_dim: spec.example_seq,
-        **spec.example_sizes,
-    }
     notes += _untraced_notes(untraced, planned, traced_at)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
@@ -732,8 +733,7 @@ def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
     """Whether ``model`` runs on ``inputs`` (no grad, rows in any order, nothing printed); the
     caller's hooks see the run."""
     try:
-        with torch.no_grad(), any_order_packing(model), _quiet_exporter():
-            model(*inputs)
+        _runs_or_raises(model, inputs)
     except Exception:  # the model's own failure: the caller says what it means
         return False
     return True
@@ -958,6 +958,7 @@ def _trace(
     opset: int,
     layout: str,
     crfs: Sequence[str],
+    example: Mapping[str, int],
 ) -> tuple[Any, bool, dict[int, str], list[Untraced]]:
     """The exported graph, whether the model cut a padded output to its longest row, where
     its code fixed a size to the example's number (:func:`_fixed_sizes`), and the sizes where
@@ -990,12 +991,6 @@ def _trace(
         raise ExportError(_explain_trace_failure(model, exc, planned, inputs, cuts, crfs)) from None
     exported = getattr(program, "exported_program", None)
     sizes = _dim_sizes(exported, planned) if exported is not None else {}
-    example = {
-        dim: int(tensor.shape[axis])
-        for decl, tensor in zip(planned.decls, inputs, strict=False)
-        for axis, dim in enumerate(decl.dims)
-        if isinstance(dim, str)
-    }
     untraced = _untraced(planned, sizes, example)
     _refuse_narrowed_dims(exported, planned, sizes, untraced)
     return program.model_proto, any(cuts), fixed, untraced
