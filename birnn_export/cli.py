@@ -507,7 +507,9 @@ def run() -> None:
 
     After Ctrl-C (cleanup done, ``Aborted!`` printed) the process ends by SIGINT, as Python
     ends one on an uncaught KeyboardInterrupt: a calling shell reports 130 and, unlike after a
-    plain ``exit 130``, stops its own loop or script too.
+    plain ``exit 130``, stops its own loop or script too. SIGTERM (``timeout``, ``kill``, a
+    cancelled CI job or container) takes the same way out and ends the process by SIGTERM: no
+    staging folder or temporary graph is left behind.
     """
     import signal
     import warnings
@@ -515,17 +517,28 @@ def run() -> None:
     # torch says this once per process when any LSTM with proj_size runs on the CPU: about its
     # kernel choice, nothing the user can act on.
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+    terminated: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         main(prog_name="birnn-export")
     except SystemExit as exc:
         if exc.code != EXIT_INTERRUPTED:
             raise
+        if terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         sys.excepthook = _quiet_interrupt
         raise KeyboardInterrupt from None
     finally:
         # The work is over: a Ctrl-C while the interpreter shuts down no longer changes the
         # exit code (Python would end the process by SIGINT instead).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _quiet_interrupt(kind: type[BaseException], exc: BaseException, tb: Any) -> None:

@@ -385,8 +385,8 @@ def gc_paused() -> Iterator[None]:
     Freeing an old TensorRT object (a builder left in a reference cycle) from inside one of
     TensorRT's own callbacks into Python (the logger) takes a lock that call already holds, and
     the process hangs (seen with TensorRT-RTX 1.7 in ``Builder()``). A KeyboardInterrupt raised
-    inside such a callback is caught and logged by TensorRT, so Ctrl-C would be lost: it is
-    recorded instead and raised when TensorRT returns.
+    inside such a callback is caught and logged by TensorRT, so Ctrl-C (or the CLI's SIGTERM)
+    would be lost: it is recorded instead and handed to its own handler when TensorRT returns.
     """
     import signal
     import threading
@@ -395,19 +395,22 @@ def gc_paused() -> Iterator[None]:
     enabled = gc.isenabled()
     gc.disable()
     interrupted: list[int] = []
-    previous = None
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(signum)):  # a Python handler, which could raise
+                previous[signum] = signal.signal(
+                    signum, lambda signum, frame: interrupted.append(signum)
+                )
     try:
         yield
     finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if enabled:
             gc.enable()
-    if interrupted:
-        raise KeyboardInterrupt
+    for signum in interrupted[:1]:
+        previous[signum](signum, None)
 
 
 def _without_gc(func: Any) -> Any:

@@ -455,30 +455,38 @@ def test_save_inputs_needs_a_known_suffix(good: tuple[Path, Path], tmp_path: Pat
     assert not list(tmp_path.iterdir())
 
 
-def test_ctrl_c_ends_by_sigint_and_leaves_nothing(good: tuple[Path, Path], tmp_path: Path) -> None:
-    """After cleanup the process ends by SIGINT (a shell reports 130 and stops its own loop),
-    wherever the interrupt lands: in an import, in torch.export (which wraps it), or in a run."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_ends_by_its_signal_and_leaves_nothing(
+    good: tuple[Path, Path], tmp_path: Path, signum: signal.Signals
+) -> None:
+    """After cleanup the process ends by the signal (a shell reports 130 or 143 and stops its own
+    loop), wherever it lands: in an import, in torch.export (which wraps it), or in a run. Ctrl-C
+    and SIGTERM (``timeout``, a cancelled CI job) leave no graph, staging or temporary folder."""
     model, _ = good
     out = tmp_path / "x.onnx"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-P", "-m", "birnn_export", str(model), "-o", str(out)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     time.sleep(3)  # tracing or verifying by then
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the export finished before the interrupt")
     if proc.returncode == -signal.SIGABRT and "nanobind::python_error" in err:
         # A native extension's import (onnxscript's nanobind module) turns the interrupt into
-        # std::terminate: no Python code runs there to end by SIGINT.
+        # std::terminate: no Python code runs there to end by the signal.
         pytest.skip("the interrupt landed in a native extension's import, which aborts")
-    assert proc.returncode == -signal.SIGINT, err
+    assert proc.returncode == -signum, err
     assert "Traceback" not in err and "Aborted!" in err
-    assert not list(tmp_path.iterdir())  # no graph, no staging folder
+    assert [p.name for p in tmp_path.iterdir()] == ["tmp"]  # no graph, no staging folder
+    assert not [p for p in temp.iterdir() if not p.name.startswith("torchinductor_")]  # torch's
 
 
 # -- fuzzing -----------------------------------------------------------------------------------

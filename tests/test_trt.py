@@ -39,6 +39,47 @@ def test_numpy_dtype() -> None:
         numpy_dtype("FP8")
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_inside_tensorrt_waits_for_it_to_return(signum: str) -> None:
+    """TensorRT catches what a handler raises inside its callbacks: an interrupt (Ctrl-C, or the
+    CLI's SIGTERM) is held until the call returns, then given to the handler it had."""
+    import os
+    import signal
+
+    seen: list[int] = []
+    returned: list[bool] = []
+
+    def handler(number: int, frame: Any) -> None:
+        seen.append(number)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(getattr(signal, signum), handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), trt.gc_paused():
+            os.kill(os.getpid(), getattr(signal, signum))
+            for _ in range(100):  # Python runs handlers between bytecodes
+                pass
+            returned.append(not seen)  # held while TensorRT would run
+        assert returned == [True]
+        assert seen == [getattr(signal, signum)]
+        assert signal.getsignal(getattr(signal, signum)) is handler
+    finally:
+        signal.signal(getattr(signal, signum), previous)
+
+
+def test_an_ignored_signal_stays_ignored_around_tensorrt() -> None:
+    import os
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with trt.gc_paused():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # -- availability -------------------------------------------------------------------------------
 
 
