@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 #: The message of torch.export's assertion that a size is not 1, as it words it (the check it
-#: evaluated, then assumed false).
-_NOT_ONE = re.compile(r"^evaluate_expr: (?:Eq|Ne)\(.*, 1\)$")
+#: evaluated, then assumed false): against 1, or a multiple against its factor where it checked
+#: a stride (``Ne(4*Max(1, (s53//4)), 4)``: time pooled by 4 is not 1 frame).
+_NOT_ONE = re.compile(r"^evaluate_expr: (?:Eq|Ne)\((?:(\d+)\*)?.*, (\d+)\)$")
 
 #: The most sizes of one dim an assertion on several dims is evaluated at (evenly spaced, the
 #: ends and the example's included), so that a grid stays small.
@@ -118,7 +119,7 @@ def untraced_sizes(shape_env: Any, dims: Mapping[Any, Dim]) -> list[Untraced]:
             held = _evaluate(expr, symbols, grids)
             if held is None or held.all():
                 continue
-            told = not _NOT_ONE.match(str(getattr(condition, "msg", "")))
+            told = not _checks_one(str(getattr(condition, "msg", "")))
             if len(symbols) == 1:
                 failing, said = single.get(symbols[0], (~held, np.zeros_like(held)))
                 single[symbols[0]] = (failing | ~held, said | (~held if told else False))
@@ -138,6 +139,12 @@ def untraced_sizes(shape_env: Any, dims: Mapping[Any, Dim]) -> list[Untraced]:
         sizes = _sizes(dims[symbol], full=True)
         out.append(Untraced((dims[symbol].name,), sizes[failing], sizes[said]))
     return out + several
+
+
+def _checks_one(msg: str) -> bool:
+    """Whether an assertion's message is torch.export's check that a size is not 1."""
+    match = _NOT_ONE.match(msg)
+    return match is not None and match[2] == (match[1] or "1")
 
 
 def _sizes(dim: Dim, full: bool) -> np.ndarray:

@@ -1021,8 +1021,10 @@ def _refuse_narrowed_dims(
     Where the model branches on a length (``if steps <= chunk: pad``), torch.export traces the
     example's branch; when the declared range holds the other, the exporter falls back to a
     trace that only holds for part of the range (the ``range_constraints`` of its program),
-    and the graph computes something else outside it. The range it advises leaves out the
-    sizes at its ends where the model branches again (``untraced``: Demucs's ``if delta:``
+    and the graph computes something else outside it. A model that cannot run below a length
+    (time pooled by 4 needs 4 steps) holds only from there too. The range it advises leaves out
+    the sizes at its ends where the model branches again (``untraced``, those told: Demucs's
+    ``if delta:``
     at the largest length of its range).
 
     Raises:
@@ -1036,17 +1038,18 @@ def _refuse_narrowed_dims(
         lower = max(int(held.lower) if held.lower.is_finite else low, low)
         upper = min(int(held.upper) if held.upper.is_finite else high, high)
         if lower > max(low, 2) or upper < high:
-            branching = {int(v) for u in untraced if u.dims == (dim,) for v in u.sizes}
+            branching = {int(v) for u in untraced if u.dims == (dim,) for v in u.told}
             while upper > lower and upper in branching:
                 upper -= 1
             while lower < upper and lower in branching:
                 lower += 1
             raise ExportError(
                 f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, "
-                f"not the declared {low}..{high}: the model computes inputs outside it "
-                "another way (a branch on the length, as chunking or padding short inputs "
-                "does), and the exporter traced the example's branch; if inputs outside "
-                f"never come, declare it: --range {dim}={lower},"
+                f"not the declared {low}..{high}: the model does not run outside it (a front "
+                "end that pools or strides needs a shortest input) or computes it another way "
+                "(a branch on the length, as chunking or padding short inputs does, of which "
+                "the exporter traced the example's); if inputs outside never come, declare "
+                f"it: --range {dim}={lower},"
                 f"{min(max(opt, lower), upper)},{upper}; else keep the branch out of "
                 "forward (compute both ways with tensor ops, e.g. pad every input to at "
                 "least the chunk)"

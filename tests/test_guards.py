@@ -80,6 +80,14 @@ def test_checks_against_one_are_verified_but_not_told() -> None:
     assert _found(branch, msg="evaluate_expr: Eq((s27//20), 1)") == {"time": (want, [])}
     told = "evaluate_expr: Ne(((s27 - 1)//2), 0)"  # `if (steps - 1) // 2:`
     assert _found(sympy.Ne(FloorDiv(T - 1, 2), 0), msg=told) == {"time": ([2], [2])}
+    # time pooled by 4 checked against one frame as a stride: 4 * frames against 4
+    pooled = sympy.Ne(Max(1, FloorDiv(T, 4)), 1)
+    checked = "evaluate_expr: Ne(4*Max(1, (s27//4)), 4)"
+    assert _found(pooled, msg=checked) == {"time": ([2, 3, 4, 5, 6, 7], [])}
+    told = "evaluate_expr: Ne(4*Max(1, (s27//4)), 8)"  # `if 4 * frames == 8:`, not a stride
+    assert _found(sympy.Ne(Max(1, FloorDiv(T, 4)), 2), msg=told) == {
+        "time": ([8, 9, 10, 11], [8, 9, 10, 11])
+    }
 
 
 def test_sizes_below_two_unknown_symbols_and_functions_are_left_alone() -> None:
