@@ -348,6 +348,7 @@ def trace_graph(
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
     notes += _untraced_notes(untraced, planned, traced_at)
+    notes += _unrolled_cells_notes(traced, trace_inputs)
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -1402,36 +1403,57 @@ def _packs_sequences(model: nn.Module, pads_to_longest: bool = False) -> str | N
     return None
 
 
-def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
-    """What to do about an ``nn.LSTMCell`` (``GRUCell``, ``RNNCell``) that ``model`` runs more
-    than once on ``inputs``: in a Python loop over time, which tracing unrolls to the example's
-    length."""
+def _looped_cells(model: nn.Module, inputs: Sequence[Tensor]) -> list[tuple[str, Any, int]]:
+    """Each ``nn.LSTMCell`` (``GRUCell``, ``RNNCell``) that ``model`` runs more than once on
+    ``inputs`` (in a Python loop): its name, the cell and how many times; empty where the model
+    has none or fails there (its own failure is reported where it happened)."""
     cells = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNCellBase)]
     if not cells:
-        return None
+        return []
     calls = dict.fromkeys([n for n, _ in cells], 0)
     handles = [
         cell.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
         for name, cell in cells
     ]
     try:
-        if not _runs_quietly(model, inputs):  # its own failure was reported where it happened
-            return None
+        if not _runs_quietly(model, inputs):
+            return []
     finally:
         for handle in handles:
             handle.remove()
-    looped = [(n, m) for n, m in cells if calls[n] > 1]
+    return [(n, m, calls[n]) for n, m in cells if calls[n] > 1]
+
+
+def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:
+    """What to do about a cell that ``model`` runs in a Python loop whose count follows the
+    input (over its steps, or a decoder's steps bounded by it), which tracing unrolls to the
+    example's count."""
+    looped = _looped_cells(model, inputs)
     if not looped:
         return None
-    name, cell = looped[0]
+    name, cell, _ = looped[0]
     layer = {"LSTMCell": "LSTM", "GRUCell": "GRU"}.get(type(cell).__name__, "RNN")
     return (
-        f"{type(model).__name__} runs nn.{type(cell).__name__} {name!r} in a Python loop over "
-        "time, which tracing unrolls to the example's length, so the graph cannot take other "
-        f"lengths; use nn.{layer}(..., bidirectional=True) (or birnn_export.BiRNN) instead: it "
-        "runs the loop inside one node and takes the cell's weights as weight_ih_l0, "
-        "weight_hh_l0, bias_ih_l0, bias_hh_l0"
+        f"{type(model).__name__} runs nn.{type(cell).__name__} {name!r} in a Python loop, "
+        "which tracing unrolls to the example's count, so the graph cannot take other lengths; "
+        f"a loop over the input's steps is a layer: use nn.{layer}(..., bidirectional=True) "
+        "(or birnn_export.BiRNN) instead, which runs the loop inside one node and takes the "
+        "cell's weights as weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0; a decoding "
+        "loop (each step fed the one before, a seq2seq decoder) cannot vary its step count in "
+        "one graph: export the encoder alone and run the decoder's steps outside it, or decode "
+        "a fixed number of steps"
     )
+
+
+def _unrolled_cells_notes(model: nn.Module, inputs: Sequence[Tensor]) -> list[str]:
+    """A note for each cell the graph runs a fixed number of times: a loop whose count does not
+    follow the input (a decoder's fixed number of steps), unrolled into the graph."""
+    return [
+        f"nn.{type(cell).__name__} {name!r} runs {count} times in a Python loop, unrolled into "
+        f"the graph: the graph runs it {count} times at every input size (a decoder decoding a "
+        "fixed number of steps)"
+        for name, cell, count in _looped_cells(model, inputs)
+    ]
 
 
 #: torch's recurrent kernels, as nn.LSTM's own forward calls them (``torch._VF.lstm(x, hx,
@@ -1586,7 +1608,8 @@ def _explain_trace_failure(
             f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (torch.onnx.export: "
             f"{type(cause).__name__}: {_first_line(cause)})"
         )
-    cells = _cell_loop(model, inputs)
+    data_dependent = any("data-dependent" in str(c) or _TO_NUMPY in str(c) for c in causes)
+    cells = None if data_dependent else _cell_loop(model, inputs)
     if cells:
         return cells
     unswapped = _unswapped_packing(causes)
@@ -1611,7 +1634,7 @@ def _explain_trace_failure(
             "total_length that output is as long as the longest row, a length known only at run "
             "time; pass it the padded length, total_length=x.size(1) (x.size(0) time-major)"
         )
-    if any("data-dependent" in str(c) or _TO_NUMPY in str(c) for c in causes):
+    if data_dependent:
         return (
             f"{type(model).__name__}.forward makes a Python number of a tensor's value"
             f"{_user_line(model, causes)} (int(), .item(), .tolist(), .numpy(), an if on a "

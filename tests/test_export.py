@@ -765,6 +765,61 @@ def test_a_cell_run_in_a_python_loop_is_told_the_layer_to_use(tmp_path):
     assert not (tmp_path / "c.onnx").exists()
 
 
+class GreedyDecoder(nn.Module):
+    """A grapheme-to-phoneme model: a BiLSTM encoder, then an LSTMCell decoder fed its own
+    argmax each step, for ``steps`` steps (a fixed count, a count from the input's length) or
+    until every row emitted end-of-sequence (``stop``)."""
+
+    def __init__(self, steps: int | None = 6, stop: bool = False) -> None:
+        super().__init__()
+        self.steps, self.stop = steps, stop
+        self.encoder = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+        self.embed = nn.Embedding(7, 3)
+        self.cell = nn.LSTMCell(3 + 10, 10)
+        self.out = nn.Linear(10, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        memory = self.encoder(x)[0]
+        context = memory.mean(1)
+        h = c = context
+        token = torch.zeros(x.shape[0], dtype=torch.long)
+        logits = []
+        for _ in range(self.steps or 2 * x.shape[1]):
+            h, c = self.cell(torch.cat([self.embed(token), context], 1), (h, c))
+            logits.append(self.out(h))
+            token = logits[-1].argmax(1)
+            if self.stop and bool((token == 0).all()):
+                break
+        return torch.stack(logits, 1)
+
+
+def test_a_decoder_of_a_fixed_number_of_steps_is_exported_unrolled_and_noted(tmp_path):
+    torch.manual_seed(0)
+    result = export_onnx(GreedyDecoder().eval(), tmp_path / "d.onnx", input_size=4)
+    assert result.verification.passed, result.verification.summary()
+    (note,) = [n for n in result.notes if "LSTMCell" in n]
+    assert "'cell' runs 6 times in a Python loop, unrolled into the graph" in note
+
+
+def test_a_decoder_stopping_on_its_output_is_told_the_line_not_the_layer(tmp_path):
+    """A greedy decoder that breaks when every row emitted end-of-sequence was told to use a
+    bidirectional nn.LSTM; the cause is the break on a tensor's value."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(GreedyDecoder(stop=True).eval(), tmp_path / "d.onnx", input_size=4)
+    message = str(caught.value)
+    assert "makes a Python number of a tensor's value" in message
+    assert "bool((token == 0).all())" in message and "bidirectional" not in message
+
+
+def test_a_decoder_whose_step_count_follows_the_input_is_told_both_ways_out(tmp_path):
+    with pytest.raises(ExportError) as caught:
+        export_onnx(GreedyDecoder(steps=None).eval(), tmp_path / "d.onnx", input_size=4)
+    message = str(caught.value)
+    assert "runs nn.LSTMCell 'cell' in a Python loop" in message
+    assert "export the encoder alone" in message
+    assert not (tmp_path / "d.onnx").exists()
+
+
 class KernelLSTM(nn.Module):
     """Calls torch's LSTM kernel itself with flat weights of its own, as ports of older code
     do: no nn.LSTM to convert."""
