@@ -589,7 +589,9 @@ def _run_example(
         hint = (
             _container_hint(exc, model)
             or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
-            or _declare_hint(planned, _time_major_hint(model, planned), str(exc))
+            or _declare_hint(
+                planned, _time_major_hint(model, planned), str(exc), _failed_packing(exc)
+            )
         )
         raise ExportError(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
@@ -808,11 +810,26 @@ _SIZE_ERROR = re.compile(r"size|length|greater than|positive|empty|zero", re.IGN
 _RELATIVE_NAME = re.compile(r"^wav_len(s|gths)?$|(^|_)rel(ative)?_len")
 
 
-def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "") -> str:
+def _failed_packing(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside ``pack_padded_sequence`` (given what it cannot take as
+    lengths)."""
+    import traceback
+
+    return any(
+        frame.name == "pack_padded_sequence"
+        for cause in _causes(exc)
+        for frame in traceback.extract_tb(cause.__traceback__)
+    )
+
+
+def _declare_hint(
+    planned: PlannedInputs, time_major: str = "", error: str = "", packing: bool = False
+) -> str:
     """How to declare the inputs: the declarations the example was made from, to edit; the
-    mask's sense where the graph takes a mask (the likeliest thing to have been guessed wrong);
-    the shortest row, where rows of 1 step were fed and the model's ``error`` is about a size
-    (a kernel larger than the input, a length of 0)."""
+    mask's sense where the graph takes a mask (the likeliest thing to have been guessed wrong),
+    or lengths where the model failed packing (``packing``: a parameter named ``mask`` that
+    holds each row's length, as NetSurfP-3's); the shortest row, where rows of 1 step were fed
+    and the model's ``error`` is about a size (a kernel larger than the input, a length of 0)."""
     fed = " ".join(f"--input '{d}'" for d in planned.decls)
     hint = (
         f"declare its inputs as it takes them; they were fed as {fed}: edit those "
@@ -820,6 +837,12 @@ def _declare_hint(planned: PlannedInputs, time_major: str = "", error: str = "")
     )
     for decl, role in zip(planned.decls, planned.roles, strict=True):
         if role in MASK_ROLES:
+            if packing:
+                hint += (
+                    f"; the model failed in pack_padded_sequence: if {decl.name!r} holds each "
+                    f"row's length, declare --input '{decl.name}:int64[{planned.batch_dim}]:"
+                    f"lengths({decl.dims[-1]})'"
+                )
             sense = "1 at each row's valid steps" if role == "mask" else "1 past each row's end"
             other = "padding_mask" if role == "mask" else "mask"
             dims = ",".join(str(d) for d in decl.dims)

@@ -765,6 +765,34 @@ def test_a_cell_run_in_a_python_loop_is_told_the_layer_to_use(tmp_path):
     assert not (tmp_path / "c.onnx").exists()
 
 
+class LengthsNamedMask(nn.Module):
+    """NetSurfP-3's forward(x, mask): ``mask`` holds each row's length, for packing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, mask, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))[
+            0
+        ]
+
+
+def test_a_mask_that_holds_lengths_is_told_to_be_declared_as_lengths(tmp_path):
+    """The advice flipped between mask and padding_mask; the model failed packing it."""
+    model = LengthsNamedMask().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "m.onnx", input_size=6)
+    assert "--input 'mask:int64[batch]:lengths(seq)'" in str(caught.value)
+    result = export_onnx(
+        model,
+        tmp_path / "m.onnx",
+        inputs=["x:float32[batch,seq,6]", "mask:int64[batch]:lengths(seq)"],
+    )
+    assert result.verification.passed, result.verification.summary()
+
+
 class GreedyDecoder(nn.Module):
     """A grapheme-to-phoneme model: a BiLSTM encoder, then an LSTMCell decoder fed its own
     argmax each step, for ``steps`` steps (a fixed count, a count from the input's length) or
