@@ -1599,6 +1599,10 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
     return ""
 
 
+#: torch's error for code that reads a traced tensor's memory (``copy.deepcopy(lengths)``, as
+#: VAC's sign-language models compute their conv-shortened lengths).
+_DATA_POINTER = "Cannot access data pointer of Tensor"
+
 #: Problems of a graph ONNX itself cannot type or check.
 _INVALID_GRAPH = re.compile(r"onnx\.checker:|strict shape inference:")
 #: torch.export's guard on a run-time size (pad_packed_sequence's longest row, ``u0``) against
@@ -1667,6 +1671,12 @@ def _explain_trace_failure(
                 if packer
                 else " (mask the positions past each row's length, say, instead of slicing rows)"
             )
+        )
+    if any(_DATA_POINTER in str(c) for c in causes):
+        return (
+            f"{type(model).__name__}.forward reads a tensor's memory"
+            f"{_user_line(model, causes)} (copy.deepcopy, .data_ptr(), a numpy view), which a "
+            "traced tensor has none of: copy it with .clone()"
         )
     if any(isinstance(c, TypeError) and "SymbolicTensor" in str(c) for c in causes):
         return (

@@ -793,6 +793,30 @@ def test_a_mask_that_holds_lengths_is_told_to_be_declared_as_lengths(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+def test_a_deep_copy_of_the_lengths_is_named_with_its_line(tmp_path):
+    """VAC's sign-language models start their lengths arithmetic with copy.deepcopy(lengths):
+    the failure was blamed on packing and .tolist(), which the model does not do."""
+    import copy
+
+    class DeepCopiesLengths(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            kept = copy.deepcopy(lengths)
+            packed = pack_padded_sequence(x, kept, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(
+                self.lstm(packed)[0], batch_first=True, total_length=x.size(1)
+            )[0]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(DeepCopiesLengths().eval(), tmp_path / "d.onnx", input_size=6)
+    message = str(caught.value)
+    assert "(kept = copy.deepcopy(lengths))" in message and "copy it with .clone()" in message
+    assert "tolist" not in message
+
+
 class GreedyDecoder(nn.Module):
     """A grapheme-to-phoneme model: a BiLSTM encoder, then an LSTMCell decoder fed its own
     argmax each step, for ``steps`` steps (a fixed count, a count from the input's length) or
