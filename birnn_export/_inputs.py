@@ -641,7 +641,8 @@ def _infer(
         raise BiRNNExportError(_declare_conv(model, first))
     else:
         raise BiRNNExportError(
-            f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
+            (_runs_on(model, first) if isinstance(first, _NORMS) else None)
+            or f"cannot infer the inputs of {type(model).__name__} (its first layer is {kind}); "
             f"declare them, e.g. --input {_example_declaration(model)} (Python: "
             "inputs=[...]), or pass --input-size N for float [batch, seq, N] features"
         )
@@ -709,13 +710,132 @@ def _spelled(model: nn.Module) -> str | None:
     return required[2] if _CHARS.search(required[2]) else None
 
 
+#: The time size the layouts of a convolution's input are tried at: no common feature size,
+#: a multiple of 4 (time pooled by 2 twice); a waveform is also tried at a second of 16 kHz
+#: audio, and video at a few frames.
+_PROBE_STEPS, _PROBE_SAMPLES, _PROBE_FRAMES = 52, 16000, 4
+#: Feature sizes tried where the first layer does not tell them (mel bins, spectrogram bins of
+#: common FFT sizes, image heights), after those the recurrent layer's input size suggests.
+_PROBE_BINS = (64, 80, 128, 40, 229, 257, 161, 201, 96, 120, 32, 48)
+#: The most seconds the layouts are tried for (a large model runs slowly on the CPU).
+_PROBE_SECONDS = 30.0
+
+
+def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """The dims of the first input in each layout a front end that tells no time axis (a
+    convolution or norm first) may be given it in, with the shape past the batch to try each
+    at: ``[("batch,128,time", (128, 52)), ...]``."""
+    conv = isinstance(first, (nn.Conv1d, nn.Conv2d))
+    channels = first.in_channels if conv else 1
+    if isinstance(first, nn.Conv1d):
+        steps = _PROBE_STEPS
+        layouts = [
+            (f"batch,{channels},time", (channels, steps)),
+            (f"batch,time,{channels}", (steps, channels)),
+        ]
+        if channels == 1:  # a waveform the model gives its channel (an STFT as a convolution)
+            layouts += [("batch,time", (n,)) for n in (steps, _PROBE_SAMPLES)]
+        return layouts
+    if conv and channels == 3:  # video clips folded into the batch, or an image (width is time)
+        sides = (32, 64, 112, 224)
+        return [(f"batch,time,3,{h},{h}", (_PROBE_FRAMES, 3, h, h)) for h in sides] + [
+            (f"batch,3,{h},time", (3, h, _PROBE_STEPS)) for h in (32, 64)
+        ]
+    layers = [m for m in model.modules() if isinstance(m, (BiRNN, nn.RNNBase))]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    derived = [first.num_features] if isinstance(first, _NORMS) else []
+    if layers and convs:
+        size = layers[0].input_size
+        for c in dict.fromkeys((convs[0].out_channels, convs[-1].out_channels)):
+            derived += [size // c * k for k in (1, 2, 4, 8) if size % c == 0]
+    bins = [b for b in dict.fromkeys([*derived, *_PROBE_BINS]) if b != _PROBE_STEPS]
+    steps = _PROBE_STEPS
+    layouts = []
+    for b in bins:
+        layouts += [
+            (f"batch,{channels},{b},time", (channels, b, steps)),
+            (f"batch,{channels},time,{b}", (channels, steps, b)),
+        ]
+        if channels == 1:  # the model adds the channel: features first, or last
+            layouts += [(f"batch,{b},time", (b, steps)), (f"batch,time,{b}", (steps, b))]
+    return layouts
+
+
+def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
+    """The declarations of the first input (and lengths, where ``forward``'s second parameter
+    is named so) on which ``model`` runs, tried in :func:`_layouts`' order for at most
+    :data:`_PROBE_SECONDS`; where feature sizes differ, the first size of each layout."""
+    import io
+    import time
+    import warnings
+
+    params = [p.name for p in _forward_params(model)]
+    x = params[0] if params else "x"
+    lengths = len(params) > 1 and param_role(params[1]) == "lengths"
+    found: dict[str, str] = {}
+    start = time.monotonic()
+    for dims, shape in _layouts(model, first):
+        form = re.sub(r"\d+", "N", dims)
+        if form in found:
+            continue
+        if time.monotonic() - start > _PROBE_SECONDS:
+            break
+        batch, steps = 2, shape[dims.split(",").index("time") - 1]
+        tensors = [torch.randn(batch, *shape)]
+        if lengths:
+            tensors.append(torch.full((batch,), steps, dtype=torch.int64))
+        try:
+            with (
+                torch.no_grad(),
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(io.StringIO()),
+            ):
+                warnings.simplefilter("ignore")
+                model(*tensors)
+        except Exception:  # this layout is not the model's
+            continue
+        declared = f"--input '{x}:float32[{dims}]'"
+        if lengths:
+            declared += f" --input '{params[1]}:int64[batch]:lengths(time)'"
+        found[form] = f"{declared} (at time {steps})"
+    return list(found.values())
+
+
+#: Norms first (a spectrogram's BatchNorm2d over its bins, ByteDance's piano transcription's):
+#: like a convolution first, they tell no time axis, and their layouts are tried.
+_NORMS = nn.modules.batchnorm._NormBase
+
+
+def _runs_on(model: nn.Module, first: nn.Module) -> str | None:
+    """The refusal for a model whose first layer tells no time axis, where it runs on inputs
+    of some layout (:func:`_layouts_that_run`): those layouts, to declare."""
+    running = _layouts_that_run(model, first)
+    if not running:
+        return None
+    if isinstance(first, (nn.Conv1d, nn.Conv2d)):
+        reads = "[batch, channels, time]" if isinstance(first, nn.Conv1d) else "[batch, C, H, W]"
+        what = f"{type(first).__name__}({first.in_channels}, ...), which reads {reads}"
+    else:
+        what = type(first).__name__
+    return (
+        f"cannot infer the inputs of {type(model).__name__}: its first layer is {what}, and "
+        f"which axis is time cannot be told; it runs on {' or '.join(running)}, tried at one "
+        "size of each (another number in its place may run too): declare the one whose time "
+        "axis is time, with --range time=MIN,OPT,MAX where the front end needs a shortest input"
+    )
+
+
 def _declare_conv(model: nn.Module, conv: nn.Conv1d | nn.Conv2d) -> str:
     """The refusal for a model whose first layer is a convolution (a speech or OCR front end):
-    which of its input's dims is time cannot be told, so the declarations to write, from
-    ``forward``'s names and the convolution's channels."""
+    which of its input's dims is time cannot be told, so the layouts it runs on where one does
+    (tried on the model: mels first, a waveform, video clips), else the declarations to write,
+    from ``forward``'s names and the convolution's channels."""
     params = [p.name for p in _forward_params(model)]
     x = params[0] if params else "x"
     channels = conv.in_channels
+    running = _runs_on(model, conv)
+    if running:
+        return running
     dims = f"batch,{channels},time" if isinstance(conv, nn.Conv1d) else f"batch,{channels},H,time"
     declare = f"--input '{x}:float32[{dims}]'"
     if len(params) > 1 and param_role(params[1]) == "lengths":

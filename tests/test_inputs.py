@@ -102,9 +102,10 @@ def test_crnn_on_images_exports_with_a_derived_time_dim(tmp_path) -> None:
 def test_an_image_without_declared_inputs_gets_a_one_line_hint(tmp_path) -> None:
     torch.manual_seed(0)
     model = CRNN(CRNNConfig(height=64)).eval()
-    with pytest.raises(ExportError, match="declare them") as caught:
+    with pytest.raises(ExportError, match="declare the one") as caught:
         export_onnx(model, tmp_path / "a.onnx")
     assert "\n" not in str(caught.value)
+    assert "--input 'image:float32[batch,1,64,time]' (at time 52)" in str(caught.value)
     # The positional guess [batch, seq, ...] makes dim 1 (the channel) dynamic: refused, with
     # what to declare.
     with pytest.raises(ExportError, match="cannot vary it") as caught:
@@ -1282,12 +1283,10 @@ def test_token_ids_for_a_time_major_layer_take_the_order_the_model_runs_on(
     assert result.verification.passed, result.verification.summary()
 
 
-def test_a_convolution_first_is_refused_with_declarations_from_its_names(tmp_path) -> None:
-    """Which axis of a convolution's input is time cannot be told: the refusal writes the
-    declarations from forward's names and the convolution's channels, in both orders, and
-    the one this model takes (it transposes [batch, time, 8] itself) exports."""
-    import re
-
+def test_a_convolution_first_is_refused_with_the_layout_it_runs_on(tmp_path) -> None:
+    """Which axis of a convolution's input is time cannot be told: the refusal tries the
+    layouts on the model and names the one it runs on (it transposes [batch, time, 8] itself),
+    with its lengths by forward's names, and that declaration exports."""
     from tests.realistic_models import ConvBiGRUCTC
 
     model = ConvBiGRUCTC().eval()
@@ -1295,13 +1294,92 @@ def test_a_convolution_first_is_refused_with_declarations_from_its_names(tmp_pat
         export_onnx(model, tmp_path / "ctc.onnx")
     message = str(caught.value)
     assert "its first layer is Conv1d(8, ...)" in message
-    assert "--input 'x:float32[batch,8,time]' --input 'lengths:int64[batch]:lengths(time)'" in (
-        message
-    )
-    transposed = re.search(r"declare '(x:float32\[batch,time,8\])'", message)
-    assert transposed is not None and "--input-size 8" in message
-    inputs = [transposed.group(1), "lengths:int64[batch]:lengths(time)"]
+    inputs = ["x:float32[batch,time,8]", "lengths:int64[batch]:lengths(time)"]
+    assert f"it runs on --input '{inputs[0]}' --input '{inputs[1]}' (at time 52), tried" in message
+    assert "[batch,8,time]" not in message  # it does not run on that
     result = export_onnx(model, tmp_path / "ctc.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+
+
+class _MelsFirst(nn.Module):
+    """DESED's sound event detector: forward(x [batch, mels, time]) makes the Conv2d's channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.rnn = nn.GRU(4 * 20, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x.transpose(1, 2).unsqueeze(1)))  # [B, 4, T, 80]
+        x = nn.functional.avg_pool2d(x, (1, 4)).permute(0, 2, 1, 3).flatten(2)
+        return self.rnn(x)[0]
+
+
+class _Waveform(nn.Module):
+    """torchlibrosa's STFT as a Conv1d on forward(input [batch, samples]), reflect-padded by
+    half its window: it runs from 129 samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stft = nn.Conv1d(1, 6, 256, stride=64)
+        self.rnn = nn.GRU(6, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, input):
+        x = nn.functional.pad(input[:, None, :], (128, 128), mode="reflect")
+        return self.rnn(self.stft(x).transpose(1, 2))[0]
+
+
+class _Clips(nn.Module):
+    """A video classifier: each frame of forward(clips [batch, time, 3, H, W]) through a conv
+    trunk folded into the batch, then a BiLSTM over the frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.AdaptiveAvgPool2d(1))
+        self.rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, clips):
+        b, t = clips.shape[:2]
+        return self.rnn(self.trunk(clips.flatten(0, 1)).view(b, t, 4))[0]
+
+
+class _BinsNormFirst(nn.Module):
+    """ByteDance's piano transcription: a BatchNorm2d over the 229 mel bins of [batch, 1, time,
+    229] first, then convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(229)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.rnn = nn.GRU(2 * 229, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, logmel):
+        x = self.bn0(logmel.transpose(1, 3)).transpose(1, 3)
+        return self.rnn(self.conv(x).transpose(1, 2).flatten(2))[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "runs_on"),
+    [
+        (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
+        (_Waveform, "input:float32[batch,time]' (at time 16000)"),
+        (_Clips, "clips:float32[batch,time,3,32,32]' (at time 4)"),
+        (_BinsNormFirst, "logmel:float32[batch,1,time,229]' (at time 52)"),
+    ],
+)
+def test_a_front_end_of_no_time_axis_is_told_the_layout_it_runs_on(model, runs_on) -> None:
+    """Audio and video front ends were told an image's or a transposed declaration, which fail:
+    the layouts are tried on the model (mels first, a waveform, clips, bins normed first)."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model().eval(), "unused.onnx")
+    message = str(caught.value)
+    assert f"it runs on --input '{runs_on}, tried" in message
+    assert message.count("--input") == 1, message
+
+
+def test_the_layout_a_front_end_runs_on_exports(tmp_path) -> None:
+    inputs = ["x:float32[batch,80,time]"]
+    result = export_onnx(_MelsFirst().eval(), tmp_path / "m.onnx", inputs=inputs)
     assert result.verification.passed, result.verification.summary()
 
 
@@ -1411,14 +1489,13 @@ class _VGGFrontEnd(nn.Module):
 
 def test_a_conv2d_front_end_of_one_channel_is_told_it_may_make_that_view_itself(tmp_path) -> None:
     """A Conv2d(1, ...) first was told to declare [batch, 1, H, time]; ESPnet's VGG2L takes
-    [batch, time, features] and makes that view itself, so the refusal says so too, and that
-    declaration exports."""
+    [batch, time, features] and makes that view itself: the refusal names that layout, with the
+    feature size the recurrent layer's input suggests, and that declaration exports."""
     with pytest.raises(ExportError) as caught:
         export_onnx(_VGGFrontEnd().eval(), tmp_path / "vgg.onnx")
     message = str(caught.value)
-    assert "--input 'xs_pad:float32[batch,1,H,time]'" in message
-    assert "declare 'xs_pad:float32[batch,time,FEATURES]'" in message
     declared = ["xs_pad:float32[batch,time,10]", "ilens:int64[batch]:lengths(time)"]
+    assert f"it runs on --input '{declared[0]}' --input '{declared[1]}' (at time 52)" in message
     result = export_onnx(_VGGFrontEnd().eval(), tmp_path / "vgg.onnx", inputs=declared)
     assert result.verification.passed, result.verification.summary()
 
@@ -1454,9 +1531,11 @@ def test_a_range_of_one_size_says_what_to_declare_or_that_one_length_is_not_expo
 
 
 class _NormFirst(nn.Module):
+    """Runs on no input: which layout is tried and found is another test's."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.norm, self.rnn = nn.InstanceNorm1d(4), nn.LSTM(4, 5, bidirectional=True)
+        self.norm, self.rnn = nn.InstanceNorm1d(4), nn.LSTM(3, 5, bidirectional=True)
 
 
 class _Waveforms(_NormFirst):
