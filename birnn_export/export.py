@@ -872,6 +872,13 @@ def _declare_hint(
             "; one row had 1 step: if the model needs longer rows (a strided front end), give "
             f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
         )
+    elif not ragged and _SIZE_ERROR.search(error):
+        steps = planned.examples[planned.time_dim]
+        hint += (
+            f"; the example's {planned.time_dim} was {steps}: if the model needs longer inputs "
+            "(a windowed, pooled or strided front end), give the shortest it takes as the "
+            f"minimum, --range {planned.time_dim}=MIN,{max(opt, steps)},{high}"
+        )
     if _TWO_STATES.search(error):
         hint += (
             "; an LSTM state passed as one tuple (state=(h0, c0)) cannot be one graph input: "

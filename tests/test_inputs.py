@@ -1383,6 +1383,15 @@ def test_the_layout_a_front_end_runs_on_exports(tmp_path) -> None:
     assert result.verification.passed, result.verification.summary()
 
 
+def test_an_example_too_short_for_a_window_is_told_the_range(tmp_path) -> None:
+    """A waveform model reflect-pads by half its window: the example of 11 samples fails in
+    the model, whose inputs were declared right; the hint was to declare them again."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_Waveform().eval(), tmp_path / "w.onnx", inputs=["input:float32[batch,time]"])
+    assert "the example's time was 11" in str(caught.value)
+    assert "--range time=MIN,64,256" in str(caught.value)
+
+
 def test_a_nested_dims_default_range_is_for_characters_only() -> None:
     """A declared token input with a characters dim after the time dim (a char-CNN's) takes a
     nested dim's default range; other dims there, and the time dim itself, keep theirs."""
