@@ -1603,7 +1603,17 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
                 line = frames[-1]
                 code = (line.line or "")[:80]
                 return f" at {os.path.basename(line.filename)}:{line.lineno} ({code})"
+    for cause in causes:  # failed translating the traced graph: the node's own traceback
+        _, said, original = str(cause).partition("Original traceback:")
+        lines = [m for m in _TRACEBACK_LINE.findall(original) if not library(m[0])] if said else []
+        if lines:
+            filename, lineno, code = lines[-1]
+            return f" at {os.path.basename(filename)}:{lineno} ({code.strip()[:80]})"
     return ""
+
+
+#: A line of a traceback as Python prints it: its file, line number and code.
+_TRACEBACK_LINE = re.compile(r'File "([^"]+)", line (\d+), in \S+\n[ \t]*(\S[^\n]*)')
 
 
 #: torch's error for code that reads a traced tensor's memory (``copy.deepcopy(lengths)``, as
@@ -1708,9 +1718,10 @@ def _explain_trace_failure(
     if overload:  # the exporter's type promotion made a number argument a tensor
         return (
             f"torch.onnx.export failed for {type(model).__name__}: no overload of "
-            f"aten.{overload[1]} takes the arguments as the exporter's type promotion leaves "
-            "them (a number made a tensor); where the call mixes int and float arguments, as "
-            "torch.clamp(x, 50, 8000.0) does, give them one type (50.0, 8000.0)"
+            f"aten.{overload[1]}{_user_line(model, causes)} takes the arguments as the "
+            "exporter's type promotion leaves them (a number made a tensor); where the call "
+            "mixes int and float arguments, as torch.clamp(x, 50, 8000.0) does, give them one "
+            "type (50.0, 8000.0)"
         )
     message = (
         f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "

@@ -661,9 +661,11 @@ def test_an_op_with_mixed_int_and_float_arguments_is_told_to_give_one_type(tmp_p
 
     with pytest.raises(ExportError) as caught:
         export_onnx(Clamped(50).eval(), tmp_path / "c.onnx", input_size=4, verify=False)
+    line = inspect.getsourcelines(Clamped.forward)[1] + 1  # the line of the call: DESED's too
     assert str(caught.value) == (
-        "torch.onnx.export failed for Clamped: no overload of aten.clamp takes the arguments as "
-        "the exporter's type promotion leaves them (a number made a tensor); where the call "
+        f"torch.onnx.export failed for Clamped: no overload of aten.clamp at test_export.py:{line} "
+        "(return self.rnn(x * torch.clamp(self.scale, self.low, 80.0))[0]) takes the arguments "
+        "as the exporter's type promotion leaves them (a number made a tensor); where the call "
         "mixes int and float arguments, as torch.clamp(x, 50, 8000.0) does, give them one type "
         "(50.0, 8000.0)"
     )
