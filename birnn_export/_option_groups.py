@@ -112,7 +112,8 @@ loader_options = option_group(
         ),
         click.option(
             "--state-key",
-            help="Key of the state_dict inside a nested checkpoint (e.g. 'model_state_dict').",
+            help="Key of the state_dict inside a nested checkpoint (e.g. 'model_state_dict'), "
+            "or the prefix of one network's weights in it (e.g. 'sed_teacher').",
         ),
         click.option(
             "--nonlinearity",

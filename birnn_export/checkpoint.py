@@ -840,9 +840,7 @@ def _find_state_dict(obj: Any, path: Path, state_key: str | None) -> tuple[Any, 
         )
     if state_key is not None:
         if state_key not in obj:
-            raise ModelLoadError(
-                f"state_key: no key {state_key!r} in {path.name}; keys present: {_preview(obj)}"
-            )
+            return _under_prefix(obj, path, state_key)
         value = obj[state_key]
         if not (_is_tensor_dict(value) or isinstance(value, nn.Module)):
             raise ModelLoadError(
@@ -864,6 +862,27 @@ def _find_state_dict(obj: Any, path: Path, state_key: str | None) -> tuple[Any, 
         f"{path}: ambiguous checkpoint: keys {candidates} each hold a dict of tensors; "
         "pass --state-key KEY (state_key=...) to choose one"
     )
+
+
+def _under_prefix(obj: Mapping[str, Any], path: Path, state_key: str) -> tuple[Any, str]:
+    """The weights whose keys start with ``state_key.`` in the checkpoint's state_dict, without
+    it: one network of a checkpoint that holds two (DESED's mean teacher, ``sed_student.`` and
+    ``sed_teacher.``)."""
+    prefix = state_key.removesuffix(".") + "."
+    try:
+        state, where = _find_state_dict(obj, path, None)
+    except ModelLoadError:
+        state, where = {}, ""
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise ModelLoadError(
+            f"state_key: no key {state_key!r} in {path.name}, nor weights whose names start "
+            f"with {prefix!r}; keys present: {_preview(obj)}"
+        )
+    left = len(state) - len(sub)
+    return sub, f"{where}, prefix {prefix!r} ({left} other key(s) left out)"
 
 
 def _strip_wrapper_prefix(
@@ -904,8 +923,8 @@ def _keys_under_one_prefix(
     if len(found) > 1:
         raise ModelLoadError(
             f"{path}: the class's weights are there under {len(found)} prefixes "
-            f"({', '.join(repr(p) for p in found)}); save the state_dict of the one you mean on "
-            "its own (torch.save(module.state_dict(), ...))"
+            f"({', '.join(repr(p) for p in found)}); pass the one you mean as --state-key "
+            f"{found[0].removesuffix('.')!r} (state_key=...)"
         )
     if not found:
         return state, ""

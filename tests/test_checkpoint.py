@@ -711,11 +711,32 @@ def test_weights_under_two_prefixes_or_beside_a_copy_are_not_guessed(tmp_path, u
     cls = f"{USER_MODULE}:AttentionClassifier"
     state = user_models.AttentionClassifier(**kwargs).state_dict()
     distill = {f"{who}.{k}": v for who in ("teacher", "student") for k, v in state.items()}
-    with pytest.raises(ModelLoadError, match=r"under 2 prefixes \('student\.', 'teacher\.'\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"under 2 prefixes \('student\.', 'teacher\.'\); pass the one you "
+    ):
         load_model(_save(distill, tmp_path / "d.pt"), model_class=cls, model_kwargs=kwargs)
     with_ema = {**state, **{f"ema.{k}": v for k, v in state.items()}}
     with pytest.raises(ModelLoadError, match=r"unexpected \[ema\."):  # the top level holds them
         load_model(_save(with_ema, tmp_path / "e.pt"), model_class=cls, model_kwargs=kwargs)
+
+
+def test_a_prefix_as_state_key_picks_one_network_of_two(tmp_path, user_models):
+    """DESED's mean-teacher checkpoints hold the network twice, under 'sed_student.' and
+    'sed_teacher.' in a Lightning state_dict: --state-key names the prefix to load."""
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    cls = f"{USER_MODULE}:AttentionClassifier"
+    student = user_models.AttentionClassifier(**kwargs).state_dict()
+    teacher = user_models.AttentionClassifier(**kwargs).state_dict()
+    state = {f"sed_student.{k}": v for k, v in student.items()}
+    state |= {f"sed_teacher.{k}": v for k, v in teacher.items()}
+    path = _save({"state_dict": state, "epoch": 3}, tmp_path / "last.ckpt")
+    for key in ("sed_teacher", "sed_teacher."):
+        loaded = load_model(path, model_class=cls, model_kwargs=kwargs, state_key=key)
+        assert torch.equal(loaded.model.embed.weight, teacher["embed.weight"])
+        assert torch.equal(loaded.model.classify.bias, teacher["classify.bias"])
+        assert "prefix 'sed_teacher.'" in loaded.source
+    with pytest.raises(ModelLoadError, match=r"nor weights whose names start with 'sed_mentor\.'"):
+        load_model(path, model_class=cls, model_kwargs=kwargs, state_key="sed_mentor")
 
 
 def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_parameters(
