@@ -653,7 +653,8 @@ def _infer(
     if pairs:  # a sentence pair: each sequence with its own time dim and lengths (or mask)
         params = [p.name for p in _forward_params(model)]
         template = InputDecl("", dtype, dims)
-        return _pair_inputs(pairs, params, template, role, input_names, how, nest=nest)
+        sizes = _stream_sizes(model, pairs) if role == "features" else {}
+        return _pair_inputs(pairs, params, template, role, input_names, how, nest=nest, sizes=sizes)
     roles = [role]
     decl_list = [(dims, dtype)]
     has_lengths = takes_lengths(model, lengths)
@@ -898,6 +899,34 @@ def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return list(zip(sequences, marks, strict=True)) if in_turn or first else []
 
 
+def _stream_sizes(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Each sequence's feature size, where a child module named after it (``self.body`` for
+    ``body``, ``self.body_encoder``) starts with a layer that tells it: a two-stream model's
+    hand and body keypoints differ in size."""
+    sizes = {}
+    for sequence, _ in pairs:
+        stem = _stem(sequence)
+        for name, child in model.named_children():
+            if name == stem or name.startswith(f"{stem}_"):
+                leaf = first_leaf(child)
+                size = _feature_size(leaf) if leaf is not None else None
+                if size is not None:
+                    sizes[sequence] = size
+                    break
+    return sizes
+
+
+def _feature_size(layer: nn.Module) -> int | None:
+    """The features a layer takes last: a recurrent layer's, a Linear's, a LayerNorm's."""
+    if isinstance(layer, BiRNN):
+        return layer.input_size
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1:
+        return layer.normalized_shape[0]
+    return None
+
+
 def _stem(name: str) -> str:
     """The sequence a lengths or mask parameter names (``premise_lengths`` -> ``premise``)."""
     return re.sub(r"_(lengths|lens|len|length|padding_mask|pad_mask|mask)$", "", name)
@@ -912,11 +941,14 @@ def _pair_inputs(
     how: str,
     *,
     nest: bool = True,
+    sizes: Mapping[str, int] | None = None,
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
     """The inputs of a ``forward`` that takes sequences with their own lengths (or masks), in
     ``forward_order``: each sequence as the first is inferred (``first``), with a time dim of
     its own (``seq`` for the first, ``hypothesis_seq`` for the others) that its lengths
-    measure; with ``nest``, one named as characters nests in the sequence before it."""
+    measure, and its own feature size where ``sizes`` has one; with ``nest``, one named as
+    characters nests in the sequence before it."""
+    sizes = sizes or {}
     by_name: dict[str, tuple[InputDecl, str]] = {}
     nested = []
     outer = SEQ  # the time dim of the last sequence not nested: its words' characters nest in it
@@ -931,6 +963,8 @@ def _pair_inputs(
             by_name[mark] = (_mark(mark, kind, (BATCH, outer), time), kind)
             continue
         outer = time
+        if sequence in sizes:
+            dims = (*dims[:-1], sizes[sequence])
         by_name[sequence] = (InputDecl(sequence, first.dtype, dims), role)
         by_name[mark] = (_mark(mark, kind, (BATCH,), time), kind)
     order = sorted(by_name, key=forward_order.index)
@@ -945,6 +979,8 @@ def _pair_inputs(
         how += (
             f"; {others} read as the same, each sequence with its own {' or '.join(sorted(kinds))}"
         )
+    if len(set(sizes.values())) > 1:
+        how += ", with the features its own module's first layer takes"
     if nested:
         chars = ", ".join(repr(s) for s in nested)
         how += f"; {chars} read as each step's characters, with a {told} per step, by its name"

@@ -1392,6 +1392,38 @@ def test_an_example_too_short_for_a_window_is_told_the_range(tmp_path) -> None:
     assert "--range time=MIN,64,256" in str(caught.value)
 
 
+class _TwoStreams(nn.Module):
+    """A sign-language model: hand keypoints (84 features) and body keypoints (50), each with
+    its own lengths and its own packed BiLSTM block."""
+
+    class Block(nn.Module):
+        def __init__(self, features: int) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(features, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out = pad_packed_sequence(
+                self.rnn(packed)[0], batch_first=True, total_length=x.shape[1]
+            )
+            return out[0].sum(1) / lengths[:, None]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hand, self.body = self.Block(84), self.Block(50)
+
+    def forward(self, hand, hand_lengths, body, body_lengths):
+        return self.hand(hand, hand_lengths) + self.body(body, body_lengths)
+
+
+def test_each_stream_takes_the_features_of_its_own_module(tmp_path) -> None:
+    """The body keypoints were declared with the hand's 84 features."""
+    result = export_onnx(_TwoStreams().eval(), tmp_path / "s.onnx")
+    dims = {i.name: i.dims for i in result.spec.inputs}
+    assert dims["hand"] == ("batch", "seq", 84) and dims["body"] == ("batch", "body_seq", 50)
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_a_nested_dims_default_range_is_for_characters_only() -> None:
     """A declared token input with a characters dim after the time dim (a char-CNN's) takes a
     nested dim's default range; other dims there, and the time dim itself, keep theirs."""
