@@ -73,7 +73,9 @@ MASK_NAMES = {
 #: Why a model whose only dynamic dim is the batch is refused (every refusal of one says it).
 ONE_FIXED_LENGTH = (
     "birnn-export exports recurrent layers over a time dim that varies, and does not export a "
-    "model that takes one fixed length"
+    "model that takes one fixed length (DanQ flattens its 1000 steps into a Linear): "
+    "torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("
+    "'batch')},)) exports such a model with its batch dynamic"
 )
 _PRIMES = (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
 _TORCH_DTYPES = {
@@ -292,9 +294,15 @@ def _axes(decls: Sequence[InputDecl]) -> tuple[str, str]:
     ragged = [dim for dim in ragged if dim not in nested]
     named = [dim for d in decls for dim in d.dims if isinstance(dim, str) and dim != BATCH]
     if not named:
+        first = decls[0]
+        numbers = [d for d in first.dims if isinstance(d, int)]
+        dims = list(first.dims)
+        if numbers:  # the longest is likeliest the time steps: [batch, 4, 1000]
+            dims[dims.index(max(numbers))] = "time"
+        named_one = dataclasses.replace(first, dims=tuple(dims))
         raise BiRNNExportError(
-            "inputs: no dim besides 'batch' is dynamic; name the time dim, e.g. "
-            f"'x:float32[batch,seq,40]' ({ONE_FIXED_LENGTH})"
+            "inputs: no dim besides 'batch' is dynamic; name the time dim in place of its "
+            f"length, e.g. '{named_one}' ({ONE_FIXED_LENGTH})"
         )
     # the time dim the sweep varies: with lengths or masks, the first sequence's (in the
     # inputs' order) that has them; else the first named dim after 'batch'

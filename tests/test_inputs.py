@@ -1424,6 +1424,42 @@ def test_each_stream_takes_the_features_of_its_own_module(tmp_path) -> None:
     assert result.verification.passed, result.verification.summary()
 
 
+class _FixedLength(nn.Module):
+    """DanQ: one-hot DNA [batch, 4, 60], a convolution, a BiLSTM, every step flattened into a
+    Linear: it takes one length only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+        self.rnn = nn.LSTM(6, 3, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(60 * 6, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.conv(x).transpose(1, 2))[0].flatten(1))
+
+
+def test_a_model_of_one_length_is_told_the_dim_to_name_and_the_way_out(tmp_path) -> None:
+    """The refusal suggested 'x:float32[batch,seq,40]' to a [batch, 4, 60] model; the way out
+    it names, torch.onnx.export with the batch dynamic, exports this model."""
+    import re
+
+    model = _FixedLength().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "f.onnx", inputs=["x:float32[batch,4,60]"])
+    message = str(caught.value)
+    assert "e.g. 'x:float32[batch,4,time]'" in message
+    call = re.search(r"torch\.onnx\.export\((.*)\) exports such a model", message)[1]
+    x = torch.randn(3, 4, 60)
+    eval(f"torch.onnx.export({call}).save(r'{tmp_path / 'stock.onnx'}')")  # as the user would
+    runner = OrtRunner(str(tmp_path / "stock.onnx"))
+    runner.activate()
+    for batch in (1, 5):
+        x = torch.randn(batch, 4, 60)
+        (got,) = runner.infer({"x": x.numpy()}).values()
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+    runner.deactivate()
+
+
 def test_a_nested_dims_default_range_is_for_characters_only() -> None:
     """A declared token input with a characters dim after the time dim (a char-CNN's) takes a
     nested dim's default range; other dims there, and the time dim itself, keep theirs."""
