@@ -126,8 +126,8 @@ class PlannedInputs:
         for decl, role in zip(self.decls, self.roles, strict=True):
             low: float | None = None
             high: float | str | None = None
-            if role == "lengths":
-                low, high = 1, str(decl.measures)
+            if role == "lengths":  # no row shorter than the dim's declared minimum
+                low, high = max(1, self.ranges[str(decl.measures)][0]), str(decl.measures)
             elif role in MASK_ROLES:
                 low, high = 0, 1
             elif role == "tokens":

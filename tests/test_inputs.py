@@ -1247,6 +1247,8 @@ def test_the_time_dims_minimum_is_the_shortest_row_fed(tmp_path) -> None:
     )
     assert result.verification.passed, result.verification.summary()
     assert result.verification.cases  # rows alone included: none shorter than 7
+    lengths = next(t for t in result.spec.inputs if t.role == "lengths")
+    assert (lengths.low, lengths.high) == (7, "time")  # the graph's metadata says so too
     for seq in (7, 9, 40):
         for mode in ("ragged", "equal"):
             feed = make_feed(result.spec, 5, seq, seed=seq, lengths=mode)
