@@ -33,7 +33,7 @@ import numpy as np
 #: The message of torch.export's assertion that a size is not 1, as it words it (the check it
 #: evaluated, then assumed false): against 1, or a multiple against its factor where it checked
 #: a stride (``Ne(4*Max(1, (s53//4)), 4)``: time pooled by 4 is not 1 frame).
-_NOT_ONE = re.compile(r"^evaluate_expr: (?:Eq|Ne)\((?:(\d+)\*)?.*, (\d+)\)$")
+_NOT_ONE = re.compile(r"^evaluate_expr: (?:Eq|Ne)\((?:(\d+)\*)?(.*), (\d+)\)$")
 
 #: The most sizes of one dim an assertion on several dims is evaluated at (evenly spaced, the
 #: ends and the example's included), so that a grid stays small.
@@ -142,9 +142,17 @@ def untraced_sizes(shape_env: Any, dims: Mapping[Any, Dim]) -> list[Untraced]:
 
 
 def _checks_one(msg: str) -> bool:
-    """Whether an assertion's message is torch.export's check that a size is not 1."""
+    """Whether an assertion's message is torch.export's check that a size is not 1: any size
+    against 1, or a multiple of one term against its factor (not ``4*s0 - 8`` against 4)."""
     match = _NOT_ONE.match(msg)
-    return match is not None and match[2] == (match[1] or "1")
+    if match is None or match[3] != (match[1] or "1"):
+        return False
+    depth = 0
+    for i, char in enumerate(match[2]):  # a factor multiplies one term: no sum outside brackets
+        depth += (char == "(") - (char == ")")
+        if match[1] and depth == 0 and char in "+-" and i and match[2][i - 1] == " ":
+            return False
+    return True
 
 
 def _sizes(dim: Dim, full: bool) -> np.ndarray:

@@ -661,7 +661,7 @@ def _infer(
     if pairs:  # a sentence pair: each sequence with its own time dim and lengths (or mask)
         params = [p.name for p in _forward_params(model)]
         template = InputDecl("", dtype, dims)
-        sizes = _stream_sizes(model, pairs) if role == "features" else {}
+        sizes = _stream_sizes(model, pairs, dims[-1]) if role == "features" else {}
         return _pair_inputs(pairs, params, template, role, input_names, how, nest=nest, sizes=sizes)
     roles = [role]
     decl_list = [(dims, dtype)]
@@ -730,26 +730,28 @@ _PROBE_BINS = (64, 80, 128, 40, 229, 257, 161, 201, 96, 120, 32, 48)
 _PROBE_SECONDS = 30.0
 
 
-def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, ...], str | None]]:
     """The dims of the first input in each layout a front end that tells no time axis (a
     convolution or norm first) may be given it in, with the shape past the batch to try each
-    at: ``[("batch,128,time", (128, 52)), ...]``."""
+    at, and the dims to show where the layout runs at any size of its number (a model that
+    pools its bins or frames away): ``[("batch,128,time", (128, 52), "batch,FEATURES,time"),
+    ...]``."""
     conv = isinstance(first, (nn.Conv1d, nn.Conv2d))
     channels = first.in_channels if conv else 1
+    steps = _PROBE_STEPS
     if isinstance(first, nn.Conv1d):
-        steps = _PROBE_STEPS
-        layouts = [
-            (f"batch,{channels},time", (channels, steps)),
-            (f"batch,time,{channels}", (steps, channels)),
+        layouts: list[tuple[str, tuple[int, ...], str | None]] = [
+            (f"batch,{channels},time", (channels, steps), None),
+            (f"batch,time,{channels}", (steps, channels), None),
         ]
         if channels == 1:  # a waveform the model gives its channel (an STFT as a convolution)
-            layouts += [("batch,time", (n,)) for n in (steps, _PROBE_SAMPLES)]
+            layouts += [("batch,time", (n,), None) for n in (steps, _PROBE_SAMPLES)]
         return layouts
     if conv and channels == 3:  # video clips folded into the batch, or an image (width is time)
         sides = (32, 64, 112, 224)
-        return [(f"batch,time,3,{h},{h}", (_PROBE_FRAMES, 3, h, h)) for h in sides] + [
-            (f"batch,3,{h},time", (3, h, _PROBE_STEPS)) for h in (32, 64)
-        ]
+        return [
+            (f"batch,time,3,{h},{h}", (_PROBE_FRAMES, 3, h, h), "batch,time,3,H,W") for h in sides
+        ] + [(f"batch,3,{h},time", (3, h, steps), "batch,3,H,time") for h in (32, 64)]
     layers = [m for m in model.modules() if isinstance(m, (BiRNN, nn.RNNBase))]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     derived = [first.num_features] if isinstance(first, _NORMS) else []
@@ -757,23 +759,27 @@ def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, .
         size = layers[0].input_size
         for c in dict.fromkeys((convs[0].out_channels, convs[-1].out_channels)):
             derived += [size // c * k for k in (1, 2, 4, 8) if size % c == 0]
-    bins = [b for b in dict.fromkeys([*derived, *_PROBE_BINS]) if b != _PROBE_STEPS]
-    steps = _PROBE_STEPS
+    # no size below 8: a model that averages its bins away runs on one bin too
+    bins = [b for b in dict.fromkeys([*derived, *_PROBE_BINS]) if b != steps and b >= 8]
     layouts = []
     for b in bins:
         layouts += [
-            (f"batch,{channels},{b},time", (channels, b, steps)),
-            (f"batch,{channels},time,{b}", (channels, steps, b)),
+            (f"batch,{channels},{b},time", (channels, b, steps), f"batch,{channels},FEATURES,time"),
+            (f"batch,{channels},time,{b}", (channels, steps, b), f"batch,{channels},time,FEATURES"),
         ]
         if channels == 1:  # the model adds the channel: features first, or last
-            layouts += [(f"batch,{b},time", (b, steps)), (f"batch,time,{b}", (steps, b))]
+            layouts += [
+                (f"batch,{b},time", (b, steps), "batch,FEATURES,time"),
+                (f"batch,time,{b}", (steps, b), "batch,time,FEATURES"),
+            ]
     return layouts
 
 
 def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
     """The declarations of the first input (and lengths, where ``forward``'s second parameter
     is named so) on which ``model`` runs, tried in :func:`_layouts`' order for at most
-    :data:`_PROBE_SECONDS`; where feature sizes differ, the first size of each layout."""
+    :data:`_PROBE_SECONDS`: each layout at the first size it runs at, or with its number left
+    to the user where it runs at a second size too."""
     import io
     import time
     import warnings
@@ -781,18 +787,12 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
     params = [p.name for p in _forward_params(model)]
     x = params[0] if params else "x"
     lengths = len(params) > 1 and param_role(params[1]) == "lengths"
-    found: dict[str, str] = {}
-    start = time.monotonic()
-    for dims, shape in _layouts(model, first):
-        form = re.sub(r"\d+", "N", dims)
-        if form in found:
-            continue
-        if time.monotonic() - start > _PROBE_SECONDS:
-            break
-        batch, steps = 2, shape[dims.split(",").index("time") - 1]
-        tensors = [torch.randn(batch, *shape)]
+
+    def runs(dims: str, shape: tuple[int, ...]) -> bool:
+        tensors = [torch.randn(2, *shape)]
         if lengths:
-            tensors.append(torch.full((batch,), steps, dtype=torch.int64))
+            steps = shape[dims.split(",").index("time") - 1]
+            tensors.append(torch.full((2,), steps, dtype=torch.int64))
         try:
             with (
                 torch.no_grad(),
@@ -802,11 +802,32 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
                 warnings.simplefilter("ignore")
                 model(*tensors)
         except Exception:  # this layout is not the model's
-            continue
-        declared = f"--input '{x}:float32[{dims}]'"
+            return False
+        return True
+
+    def declared(dims: str, at: str) -> str:
+        text = f"--input '{x}:float32[{dims}]'"
         if lengths:
-            declared += f" --input '{params[1]}:int64[batch]:lengths(time)'"
-        found[form] = f"{declared} (at time {steps})"
+            text += f" --input '{params[1]}:int64[batch]:lengths(time)'"
+        return f"{text} ({at})"
+
+    found: dict[str, str] = {}
+    checked: set[str] = set()
+    start = time.monotonic()
+    for dims, shape, free in _layouts(model, first):
+        form = re.sub(r"\d+", "N", dims)
+        if form in found and (form in checked or free is None):
+            continue
+        if time.monotonic() - start > _PROBE_SECONDS:
+            break
+        steps = shape[dims.split(",").index("time") - 1]
+        if form in found:  # found at one size: does another run too?
+            checked.add(form)
+            if runs(dims, shape):
+                sizes = ",".join(d for d in free.split(",") if d.isupper())
+                found[form] = declared(free, f"at time {steps}, and at two sizes of {sizes}")
+        elif runs(dims, shape):
+            found[form] = declared(dims, f"at time {steps}")
     return list(found.values())
 
 
@@ -907,11 +928,15 @@ def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return list(zip(sequences, marks, strict=True)) if in_turn or first else []
 
 
-def _stream_sizes(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
+def _stream_sizes(
+    model: nn.Module, pairs: Sequence[tuple[str, str]], first: int | str
+) -> dict[str, int]:
     """Each sequence's feature size, where a child module named after it (``self.body`` for
     ``body``, ``self.body_encoder``) starts with a layer that tells it: a two-stream model's
-    hand and body keypoints differ in size."""
-    sizes = {}
+    hand and body keypoints differ in size. Only where the first sequence's own module takes
+    the size the first was inferred with (``first``): a child so named may read what the
+    encoder made of it (a siamese model's ``query_proj`` after one shared encoder)."""
+    sizes: dict[str, int] = {}
     for sequence, _ in pairs:
         stem = _stem(sequence)
         for name, child in model.named_children():
@@ -921,7 +946,7 @@ def _stream_sizes(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> dict[st
                 if size is not None:
                     sizes[sequence] = size
                     break
-    return sizes
+    return sizes if pairs and sizes.get(pairs[0][0]) == first else {}
 
 
 def _feature_size(layer: nn.Module) -> int | None:

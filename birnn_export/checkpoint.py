@@ -746,10 +746,14 @@ def _build(
             model.eval()
             return convert(model), model, f"{where} ({architecture})", config.to_dict()
     elif isinstance(obj, nn.Module):
-        if model_class is None or (not model_kwargs and type(obj) is _user_class(model_class)):
+        if state_key is not None:  # one network of the module's: a prefix of its weights
+            state, where = _under_prefix(obj.state_dict(), path, state_key)
+            where = where.replace("bare state_dict", "pickled module's state_dict (trusted)")
+        elif model_class is None or (not model_kwargs and type(obj) is _user_class(model_class)):
             where = "pickled module (trusted)" + _training_note(obj)
             return (*_from_module(obj), where, _config_of(obj))
-        state, where = obj.state_dict(), "pickled module's state_dict (trusted)"
+        else:
+            state, where = obj.state_dict(), "pickled module's state_dict (trusted)"
     else:
         state, where = _find_state_dict(obj, path, state_key)
         if isinstance(state, nn.Module):
@@ -876,6 +880,9 @@ def _under_prefix(obj: Mapping[str, Any], path: Path, state_key: str) -> tuple[A
     if isinstance(state, nn.Module):
         state = state.state_dict()
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:  # the prefix past DataParallel's module., as the refusal names it
+        state, _ = _strip_wrapper_prefix(state)
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
         raise ModelLoadError(
             f"state_key: no key {state_key!r} in {path.name}, nor weights whose names start "

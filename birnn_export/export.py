@@ -806,6 +806,13 @@ def _nested_hint(planned: PlannedInputs) -> str:
 _SIZE_ERROR = re.compile(r"size|length|greater than|positive|empty|zero", re.IGNORECASE)
 
 
+#: A model's error about an input too short for its front end (a kernel or padding larger than
+#: the input, a pooled size of 0), not any error that names a size (a broadcast's).
+_TOO_SHORT = re.compile(
+    r"greater than|less than|too small|output size|padding size|kernel size", re.IGNORECASE
+)
+
+
 #: Names of lengths inputs that may be relative to the padded length (SpeechBrain's).
 _RELATIVE_NAME = re.compile(r"^wav_len(s|gths)?$|(^|_)rel(ative)?_len")
 
@@ -872,7 +879,7 @@ def _declare_hint(
             "; one row had 1 step: if the model needs longer rows (a strided front end), give "
             f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
         )
-    elif not ragged and _SIZE_ERROR.search(error):
+    elif not ragged and _TOO_SHORT.search(error):
         steps = planned.examples[planned.time_dim]
         hint += (
             f"; the example's {planned.time_dim} was {steps}: if the model needs longer inputs "
@@ -1679,15 +1686,20 @@ def _explain_trace_failure(
             "time; pass it the padded length, total_length=x.size(1) (x.size(0) time-major)"
         )
     if data_dependent:
+        if packer:
+            instead = f"; {_PACKING_HINT}"
+        elif _looped_cells(model, inputs):  # a decoder that stops on its output
+            instead = (
+                "; a decoding loop that stops on its output (when every row emitted "
+                "end-of-sequence) cannot vary its step count in one graph: decode a fixed number "
+                "of steps, or export the encoder alone and run the decoder's steps outside it"
+            )
+        else:
+            instead = " (mask the positions past each row's length, say, instead of slicing rows)"
         return (
             f"{type(model).__name__}.forward makes a Python number of a tensor's value"
             f"{_user_line(model, causes)} (int(), .item(), .tolist(), .numpy(), an if on a "
-            "tensor), and the graph cannot depend on one: keep it a tensor"
-            + (
-                f"; {_PACKING_HINT}"
-                if packer
-                else " (mask the positions past each row's length, say, instead of slicing rows)"
-            )
+            "tensor), and the graph cannot depend on one: keep it a tensor" + instead
         )
     if any(_DATA_POINTER in str(c) for c in causes):
         return (

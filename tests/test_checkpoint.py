@@ -737,6 +737,32 @@ def test_a_prefix_as_state_key_picks_one_network_of_two(tmp_path, user_models):
         assert "prefix 'sed_teacher.'" in loaded.source
     with pytest.raises(ModelLoadError, match=r"nor weights whose names start with 'sed_mentor\.'"):
         load_model(path, model_class=cls, model_kwargs=kwargs, state_key="sed_mentor")
+    # saved by DataParallel (module.sed_teacher.*), the prefix as the refusal names it
+    ddp = _save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "d.ckpt")
+    with pytest.raises(ModelLoadError, match=r"as --state-key 'sed_student'"):
+        load_model(ddp, model_class=cls, model_kwargs=kwargs)
+    loaded = load_model(ddp, model_class=cls, model_kwargs=kwargs, state_key="sed_teacher")
+    assert torch.equal(loaded.model.embed.weight, teacher["embed.weight"])
+
+
+def test_a_prefix_as_state_key_picks_one_network_of_a_pickled_module(tmp_path, user_models):
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    cls = f"{USER_MODULE}:AttentionClassifier"
+    pair = nn.ModuleDict(
+        {
+            "sed_student": user_models.AttentionClassifier(**kwargs),
+            "sed_teacher": user_models.AttentionClassifier(**kwargs),
+        }
+    )
+    path = tmp_path / "mt.pt"
+    torch.save(pair, path)
+    with pytest.raises(ModelLoadError, match=r"as --state-key 'sed_student'"):
+        load_model(path, model_class=cls, model_kwargs=kwargs, trust_pickle=True)
+    loaded = load_model(
+        path, model_class=cls, model_kwargs=kwargs, trust_pickle=True, state_key="sed_teacher"
+    )
+    assert torch.equal(loaded.model.embed.weight, pair["sed_teacher"].embed.weight)
+    assert "pickled module's state_dict (trusted), prefix 'sed_teacher.'" in loaded.source
 
 
 def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_parameters(

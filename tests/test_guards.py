@@ -84,6 +84,8 @@ def test_checks_against_one_are_verified_but_not_told() -> None:
     pooled = sympy.Ne(Max(1, FloorDiv(T, 4)), 1)
     checked = "evaluate_expr: Ne(4*Max(1, (s27//4)), 4)"
     assert _found(pooled, msg=checked) == {"time": ([2, 3, 4, 5, 6, 7], [])}
+    for written in ("Eq(4*s27 - 8, 4)", "Eq(2*s27 - 2, 2)"):  # a branch: a sum, not one term
+        assert _found(sympy.Ne(T, 3), msg=f"evaluate_expr: {written}") == {"time": ([3], [3])}
     told = "evaluate_expr: Ne(4*Max(1, (s27//4)), 8)"  # `if 4 * frames == 8:`, not a stride
     assert _found(sympy.Ne(Max(1, FloorDiv(T, 4)), 2), msg=told) == {
         "time": ([8, 9, 10, 11], [8, 9, 10, 11])

@@ -1365,7 +1365,7 @@ class _BinsNormFirst(nn.Module):
     [
         (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
         (_Waveform, "input:float32[batch,time]' (at time 16000)"),
-        (_Clips, "clips:float32[batch,time,3,32,32]' (at time 4)"),
+        (_Clips, "clips:float32[batch,time,3,H,W]' (at time 4, and at two sizes of H,W)"),
         (_BinsNormFirst, "logmel:float32[batch,1,time,229]' (at time 52)"),
     ],
 )
@@ -1460,6 +1460,64 @@ def test_a_model_of_one_length_is_told_the_dim_to_name_and_the_way_out(tmp_path)
         (got,) = runner.infer({"x": x.numpy()}).values()
         np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
     runner.deactivate()
+
+
+class _SharedEncoder(nn.Module):
+    """A siamese matcher: one encoder over both sequences, then a projection per sequence named
+    after it, which reads the encoder's output, not the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(12, 4, batch_first=True, bidirectional=True)
+        self.query_proj, self.doc_proj = nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, query, query_lengths, doc, doc_lengths):
+        q = self.query_proj(self.encoder(query)[0].mean(1))
+        return q * self.doc_proj(self.encoder(doc)[0].mean(1))
+
+
+def test_a_module_named_after_a_stream_but_reading_the_encoder_says_nothing_of_it(tmp_path):
+    result = export_onnx(_SharedEncoder().eval(), tmp_path / "s.onnx", verify=False)
+    assert [t.dims[-1] for t in result.spec.inputs if t.role == "features"] == [12, 12]
+
+
+class _AveragesBins(nn.Module):
+    """A CRNN on [batch, 1, 64, time] that averages its bins away: it runs on any number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.rnn = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        return self.rnn(self.conv(x).mean(2).transpose(1, 2))[0]
+
+
+def test_a_number_the_model_runs_at_any_size_of_is_left_to_the_user() -> None:
+    """It was told [batch,1,1,time] (one bin: the recurrent layer's size over the channels)."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_AveragesBins().eval(), "unused.onnx")
+    message = str(caught.value)
+    assert "--input 'x:float32[batch,1,FEATURES,time]' (at time 52, and at two sizes" in message
+    assert "[batch,1,1," not in message
+
+
+def test_the_range_is_not_advised_for_an_error_that_only_names_a_size(tmp_path) -> None:
+    """A per-bin bias [80, 1] over features declared [batch, seq, 80]: a broadcast error, which
+    a longer minimum cannot fix."""
+
+    class Biased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(80, 1))
+            self.rnn = nn.GRU(80, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.rnn(x + self.bias)[0]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Biased().eval(), tmp_path / "b.onnx", inputs=["x:float32[batch,seq,80]"])
+    assert "must match the size" in str(caught.value) and "--range" not in str(caught.value)
 
 
 def test_a_nested_dims_default_range_is_for_characters_only() -> None:
@@ -1589,7 +1647,9 @@ def test_a_range_of_one_size_says_what_to_declare_or_that_one_length_is_not_expo
     assert str(caught.value) == (
         "range of 'time': min and max are both 9, and no other dim besides the batch varies: "
         "birnn-export exports recurrent layers over a time dim that varies, and does not export "
-        "a model that takes one fixed length"
+        "a model that takes one fixed length (DanQ flattens its 1000 steps into a Linear): "
+        "torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("
+        "'batch')},)) exports such a model with its batch dynamic"
     )
     # a streaming model served one row at a time: a dynamic batch serves 1 too
     with pytest.raises(ExportError) as caught:
