@@ -260,15 +260,18 @@ def cpu_name() -> str:
 def environment(onnx_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The machine and library versions a report was made with.
 
-    Keys: ``cpu``, ``cores``, ``gpu`` (``None`` without CUDA), ``platform``, ``python`` and the
-    versions of ``torch``, ``onnx``, ``onnxruntime`` (either build), ``numpy``, ``tensorrt`` and
-    ``tensorrt_rtx`` (``None`` when not installed), ``nvidia_tf32_override`` (the environment
-    variable that forbids TF32 on GPUs; ``None`` when unset); with ``onnx_path`` also
-    ``onnx_file`` and ``onnx_sha256``.
+    Keys: ``birnn_export`` (the version that made the report), ``cpu``, ``cores``, ``gpu``
+    (``None`` without CUDA), ``platform``, ``python`` and the versions of ``torch``, ``onnx``,
+    ``onnxruntime`` (either build), ``numpy``, ``tensorrt`` and ``tensorrt_rtx`` (``None``
+    when not installed), ``nvidia_tf32_override`` (the environment variable that forbids TF32
+    on GPUs; ``None`` when unset); with ``onnx_path`` also ``onnx_file`` and ``onnx_sha256``.
     """
     from importlib import metadata
 
+    from birnn_export._version import __version__
+
     env: dict[str, Any] = {
+        "birnn_export": __version__,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "gpu": None,

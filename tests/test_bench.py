@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+import birnn_export
 from birnn_export.bench import (
     CSV_COLUMNS,
     BenchReport,
@@ -138,6 +139,7 @@ def test_speedup_is_torch_median_over_engine_median(report: BenchReport) -> None
 
 def test_environment_and_settings(report: BenchReport, files: dict[str, Path]) -> None:
     env = report.environment
+    assert env["birnn_export"] == birnn_export.__version__  # which version made the report
     assert env["threads"] == 1
     assert env["cores"] >= 1
     assert env["cpu"]
