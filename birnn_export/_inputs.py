@@ -645,7 +645,7 @@ def _infer(
         size = first.in_features if isinstance(first, nn.Linear) else first.normalized_shape[-1]
         dims, role = (BATCH, SEQ, size), "features"
         how = f"inferred: features before the model's first layer, a {type(first).__name__}"
-    elif isinstance(first, (nn.Conv1d, nn.Conv2d)):
+    elif isinstance(first, _CONVS):
         raise BiRNNExportError(_declare_conv(model, first))
     else:
         raise BiRNNExportError(
@@ -736,9 +736,17 @@ def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, .
     at, and the dims to show where the layout runs at any size of its number (a model that
     pools its bins or frames away): ``[("batch,128,time", (128, 52), "batch,FEATURES,time"),
     ...]``."""
-    conv = isinstance(first, (nn.Conv1d, nn.Conv2d))
+    conv = isinstance(first, _CONVS)
     channels = first.in_channels if conv else 1
     steps = _PROBE_STEPS
+    if isinstance(first, nn.Conv3d):  # video clips, time in depth (LipNet) or first
+        frames, c = _PROBE_FRAMES * 2, channels
+        sides = ((50, 100), (64, 64), (88, 88), (112, 112))
+        return [
+            (f"batch,{c},time,{h},{w}", (c, frames, h, w), f"batch,{c},time,H,W") for h, w in sides
+        ] + [
+            (f"batch,time,{c},{h},{w}", (frames, c, h, w), f"batch,time,{c},H,W") for h, w in sides
+        ]
     if isinstance(first, nn.Conv1d):
         layouts: list[tuple[str, tuple[int, ...], str | None]] = [
             (f"batch,{channels},time", (channels, steps), None),
@@ -842,9 +850,8 @@ def _runs_on(model: nn.Module, first: nn.Module) -> str | None:
     running = _layouts_that_run(model, first)
     if not running:
         return None
-    if isinstance(first, (nn.Conv1d, nn.Conv2d)):
-        reads = "[batch, channels, time]" if isinstance(first, nn.Conv1d) else "[batch, C, H, W]"
-        what = f"{type(first).__name__}({first.in_channels}, ...), which reads {reads}"
+    if isinstance(first, _CONVS):
+        what = f"{type(first).__name__}({first.in_channels}, ...), which reads {_reads(first)}"
     else:
         what = type(first).__name__
     return (
@@ -855,7 +862,18 @@ def _runs_on(model: nn.Module, first: nn.Module) -> str | None:
     )
 
 
-def _declare_conv(model: nn.Module, conv: nn.Conv1d | nn.Conv2d) -> str:
+#: Convolutions first: which of their input's axes is time cannot be told.
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _reads(conv: nn.Module) -> str:
+    """The layout a convolution reads, in words."""
+    if isinstance(conv, nn.Conv1d):
+        return "[batch, channels, time]"
+    return "[batch, C, H, W]" if isinstance(conv, nn.Conv2d) else "[batch, C, D, H, W]"
+
+
+def _declare_conv(model: nn.Module, conv: nn.Module) -> str:
     """The refusal for a model whose first layer is a convolution (a speech or OCR front end):
     which of its input's dims is time cannot be told, so the layouts it runs on where one does
     (tried on the model: mels first, a waveform, video clips), else the declarations to write,
@@ -866,15 +884,20 @@ def _declare_conv(model: nn.Module, conv: nn.Conv1d | nn.Conv2d) -> str:
     running = _runs_on(model, conv)
     if running:
         return running
-    dims = f"batch,{channels},time" if isinstance(conv, nn.Conv1d) else f"batch,{channels},H,time"
+    dims = {
+        nn.Conv1d: f"batch,{channels},time",
+        nn.Conv2d: f"batch,{channels},H,time",
+    }.get(type(conv), f"batch,{channels},time,H,W")
     declare = f"--input '{x}:float32[{dims}]'"
     if len(params) > 1 and param_role(params[1]) == "lengths":
         declare += f" --input '{params[1]}:int64[batch]:lengths(time)'"
-    reads = "[batch, channels, time]" if isinstance(conv, nn.Conv1d) else "[batch, channels, H, W]"
+    reads = _reads(conv)
     transposed = (
         f"; if forward transposes [batch, time, {channels}] into it, declare "
         f"'{x}:float32[batch,time,{channels}]' or pass --input-size {channels}"
         if isinstance(conv, nn.Conv1d)
+        else "; H and W are numbers, a frame's height and width, and time the frames' axis"
+        if isinstance(conv, nn.Conv3d)
         else "; H is a number, the feature bins or image height, and time the axis that "
         "becomes the sequence"
         + (

@@ -1360,9 +1360,25 @@ class _BinsNormFirst(nn.Module):
         return self.rnn(self.conv(x).transpose(1, 2).flatten(2))[0]
 
 
+class _LipReader(nn.Module):
+    """LipNet: a Conv3d over mouth crops [batch, 3, time, 50, 100] (time in depth), each
+    frame's features flattened into a BiGRU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 2, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2))
+        self.pool = nn.MaxPool3d((1, 5, 5))
+        self.rnn = nn.GRU(2 * 5 * 10, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))  # [B, 2, T, 5, 10]
+        return self.rnn(x.permute(0, 2, 1, 3, 4).flatten(2))[0]
+
+
 @pytest.mark.parametrize(
     ("model", "runs_on"),
     [
+        (_LipReader, "x:float32[batch,3,time,50,100]' (at time 8)"),
         (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
         (_Waveform, "input:float32[batch,time]' (at time 16000)"),
         (_Clips, "clips:float32[batch,time,3,H,W]' (at time 4, and at two sizes of H,W)"),
