@@ -91,6 +91,13 @@ def build_spec(
     constants |= {
         out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
     }
+    # the per-step shapes of the float inputs: an output of one is their reconstruction (an
+    # autoencoder's), not class scores, whatever linear head made it
+    read = {
+        tuple(d for i, d in enumerate(t.dims) if i not in (t.batch_at, t.time_at))
+        for t in planned.specs()
+        if t.role == "features" and t.time_at is not None
+    }
     for info in proto.graph.output:
         dims = dims_of(info)
         dtype = ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
@@ -113,7 +120,12 @@ def build_spec(
             role = "state"
         else:
             role = "other"
-        classes = role in ("sequence", "other") and _class_scores(made_by, constants, info.name)
+        per_step = tuple(d for i, d in enumerate(dims) if i not in (batch_at, time_at))
+        classes = (
+            role in ("sequence", "other")
+            and not (role == "sequence" and per_step in read)
+            and _class_scores(made_by, constants, info.name)
+        )
         outputs.append(
             TensorSpec(
                 info.name,

@@ -71,6 +71,29 @@ def test_class_scores_are_read_from_the_graph(tmp_path):
     assert has_classes(result.spec, old)
 
 
+class _Autoencoder(nn.Module):
+    """An anomaly detector: a BiLSTM encoder, a BiLSTM decoder and a Linear back to the input's
+    12 sensor channels, whose argmax means nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(12, 6, batch_first=True, bidirectional=True)
+        self.decoder = nn.LSTM(12, 6, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(12, 12)
+
+    def forward(self, x):
+        return self.out(self.decoder(self.encoder(x)[0])[0])
+
+
+def test_a_reconstruction_of_the_input_is_not_class_scores(tmp_path):
+    """The int8 export of an LSTM autoencoder was refused by top-1 agreement over its sensor
+    channels; an output of the input's own per-step shape is its reconstruction."""
+    result = export_onnx(_Autoencoder().eval(), tmp_path / "ae.onnx", verify=False)
+    (output,) = result.spec.outputs
+    assert output.dims[-1] == 12 and output.classes is False
+    assert not has_classes(result.spec, output)
+
+
 def test_a_frozen_length_is_reported_briefly_with_its_cause(tmp_path):
     """A slice at the largest length made a Python number: the graph keeps the example's length
     in many values; the error shows three and says what freezes a size."""
