@@ -246,7 +246,7 @@ def check_compatibility(
     if build.parsed:  # the parser imported every op: the static op list has nothing to add
         static = [f for f in static if _NO_IMPORTER not in f.message]
     findings: list[Finding] = []
-    for verdict in _build_findings(build):
+    for verdict in _build_findings(build, _layout(model)):
         # The static rules about the node the parser rejected explain it: put them beside it.
         findings += [verdict, *(f for f in static if f.node == verdict.node != "graph")]
     findings += [f for f in static if f not in findings]
@@ -288,8 +288,27 @@ def _real_build(obj: Any, model: Any, library: Any) -> EngineBuild:
         return build_engine(path, library=library)
 
 
-def _build_findings(build: EngineBuild) -> list[Finding]:
-    """The real parser's and builder's verdicts as findings: errors, or one info line."""
+#: birnn-export's layouts (``export.LAYOUTS``, named here without importing torch).
+LAYOUTS = ("split", "fused", "scan", "packed")
+
+
+def _layout(model: Any) -> str | None:
+    """The layout birnn-export wrote ``model`` in, from its metadata (``None``: another tool's
+    graph, or metadata that cannot be read)."""
+    from birnn_export.spec import METADATA_KEY, GraphSpec
+
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return GraphSpec.from_json(props[METADATA_KEY]).layout
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _build_findings(build: EngineBuild, layout: str | None = None) -> list[Finding]:
+    """The real parser's and builder's verdicts as findings: errors, or one info line. A build
+    that fails on a graph birnn-export wrote names the other layouts, which write the same
+    model in other nodes (a nested model's split graph failed in TensorRT's Myelin compiler
+    where fused built)."""
     tool = build.checked_with
     if not build.parsed:
         return [
@@ -313,8 +332,15 @@ def _build_findings(build: EngineBuild) -> list[Finding]:
             )
         ]
     if not build.ok:
+        others = [name for name in LAYOUTS if name != layout]
+        retry = (
+            f"; the graph is in the {layout} layout: export it with --layout {others[0]} (or "
+            f"{', '.join(others[1:])}), the same model in other nodes, which may build"
+            if layout is not None
+            else ""
+        )
         return [Finding("error", "graph", f"{tool} parsed the graph but failed to build it: "
-                        f"{build.build_error}")]  # fmt: skip
+                        f"{build.build_error}{retry}")]  # fmt: skip
     shapes = ", ".join(
         f"{name} {'/'.join('x'.join(map(str, s)) for s in triple)}"
         for name, triple in build.profile.items()

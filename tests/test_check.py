@@ -972,3 +972,26 @@ def test_cli_subprocess(tmp_path) -> None:
     )
     assert proc.returncode == 1, proc.stderr
     assert "input_forget=1" in proc.stdout
+
+
+def test_a_failed_build_of_a_birnn_export_graph_names_the_other_layouts(tmp_path) -> None:
+    """A nested sleep-staging model's split graph failed in TensorRT's Myelin compiler, where
+    --layout fused built; the failure named no way out."""
+    from birnn_export import check as check_module
+    from birnn_export import export as export_module
+    from birnn_export.modules import BiRNN
+    from birnn_export.pipeline import export_onnx
+    from birnn_export.trt import EngineBuild
+
+    assert check_module.LAYOUTS == export_module.LAYOUTS
+    result = export_onnx(BiRNN(3, 4), tmp_path / "g.onnx", verify=False)
+    layout = check_module._layout(onnx.load(str(result.path)))
+    assert layout == result.spec.layout == "split"
+    failed = EngineBuild("tensorrt_rtx", "1.7", "g.onnx", {}, True, build_error="Myelin: boom")
+    (finding,) = check_module._build_findings(failed, layout)
+    assert finding.severity == "error" and finding.message.endswith(
+        "Myelin: boom; the graph is in the split layout: export it with --layout fused (or "
+        "scan, packed), the same model in other nodes, which may build"
+    )
+    (other,) = check_module._build_findings(failed, None)  # another tool's graph
+    assert other.message.endswith("failed to build it: Myelin: boom")
