@@ -177,7 +177,9 @@ def _evaluate(expr: Any, symbols: Sequence[Any], grids: Sequence[np.ndarray]) ->
     shape = tuple(len(g) for g in grids)
     try:
         function = sympy.lambdify(list(symbols), expr, modules=[_NUMPY_FUNCTIONS, "numpy"])
-        held = np.broadcast_to(np.asarray(function(*axes), dtype=bool), shape)
+        with np.errstate(all="ignore"):  # x % 0 at some sizes (adaptive pooling's checks)
+            values = function(*axes)
+        held = np.broadcast_to(np.asarray(values, dtype=bool), shape)
         for corner in {0, 1, 2}:
             index = tuple((len(g) - 1) * corner // 2 for g in grids)
             at = {
