@@ -93,9 +93,10 @@ def build_spec(
     }
     # the per-step shapes of the float inputs: an output of one is their reconstruction (an
     # autoencoder's), not class scores, whatever linear head made it
+    specs = planned.specs()
     read = {
         tuple(d for i, d in enumerate(t.dims) if i not in (t.batch_at, t.time_at))
-        for t in planned.specs()
+        for t in specs
         if t.role == "features" and t.time_at is not None
     }
     for info in proto.graph.output:
@@ -147,9 +148,7 @@ def build_spec(
     graph_types = {
         i.name: ONNX_DTYPES.get(i.type.tensor_type.elem_type, "unknown") for i in proto.graph.input
     }
-    inputs = tuple(
-        dataclasses.replace(t, dtype=graph_types.get(t.name, t.dtype)) for t in planned.specs()
-    )
+    inputs = tuple(dataclasses.replace(t, dtype=graph_types.get(t.name, t.dtype)) for t in specs)
     return GraphSpec(
         inputs=inputs,
         outputs=tuple(outputs),

@@ -147,10 +147,12 @@ def _checks_one(msg: str) -> bool:
     match = _NOT_ONE.match(msg)
     if match is None or match[3] != (match[1] or "1"):
         return False
+    if not match[1]:  # any size against 1
+        return True
     depth = 0
     for i, char in enumerate(match[2]):  # a factor multiplies one term: no sum outside brackets
         depth += (char == "(") - (char == ")")
-        if match[1] and depth == 0 and char in "+-" and i and match[2][i - 1] == " ":
+        if depth == 0 and char in "+-" and i and match[2][i - 1] == " ":
             return False
     return True
 

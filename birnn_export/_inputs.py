@@ -796,10 +796,9 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
     x = params[0] if params else "x"
     lengths = len(params) > 1 and param_role(params[1]) == "lengths"
 
-    def runs(dims: str, shape: tuple[int, ...]) -> bool:
+    def runs(shape: tuple[int, ...], steps: int) -> bool:
         tensors = [torch.randn(2, *shape)]
         if lengths:
-            steps = shape[dims.split(",").index("time") - 1]
             tensors.append(torch.full((2,), steps, dtype=torch.int64))
         try:
             with (
@@ -831,10 +830,10 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
         steps = shape[dims.split(",").index("time") - 1]
         if form in found:  # found at one size: does another run too?
             checked.add(form)
-            if runs(dims, shape):
+            if runs(shape, steps):
                 sizes = ",".join(d for d in free.split(",") if d.isupper())
                 found[form] = declared(free, f"at time {steps}, and at two sizes of {sizes}")
-        elif runs(dims, shape):
+        elif runs(shape, steps):
             found[form] = declared(dims, f"at time {steps}")
     return list(found.values())
 

@@ -747,8 +747,9 @@ def _build(
             return convert(model), model, f"{where} ({architecture})", config.to_dict()
     elif isinstance(obj, nn.Module):
         if state_key is not None:  # one network of the module's: a prefix of its weights
-            state, where = _under_prefix(obj.state_dict(), path, state_key)
-            where = where.replace("bare state_dict", "pickled module's state_dict (trusted)")
+            state, where = _under_prefix(
+                obj.state_dict(), "pickled module's state_dict (trusted)", path, state_key
+            )
         elif model_class is None or (not model_kwargs and type(obj) is _user_class(model_class)):
             where = "pickled module (trusted)" + _training_note(obj)
             return (*_from_module(obj), where, _config_of(obj))
@@ -843,8 +844,14 @@ def _find_state_dict(obj: Any, path: Path, state_key: str | None) -> tuple[Any, 
             f"{path}: holds a {type(obj).__name__}, not a state_dict, checkpoint dict or model"
         )
     if state_key is not None:
-        if state_key not in obj:
-            return _under_prefix(obj, path, state_key)
+        if state_key not in obj:  # a prefix of one network's weights in the state_dict
+            try:
+                state, where = _find_state_dict(obj, path, None)
+            except ModelLoadError:
+                state, where = {}, ""
+            if isinstance(state, nn.Module):
+                state = state.state_dict()
+            return _under_prefix(state, where, path, state_key, shown=obj)
         value = obj[state_key]
         if not (_is_tensor_dict(value) or isinstance(value, nn.Module)):
             raise ModelLoadError(
@@ -868,17 +875,17 @@ def _find_state_dict(obj: Any, path: Path, state_key: str | None) -> tuple[Any, 
     )
 
 
-def _under_prefix(obj: Mapping[str, Any], path: Path, state_key: str) -> tuple[Any, str]:
-    """The weights whose keys start with ``state_key.`` in the checkpoint's state_dict, without
-    it: one network of a checkpoint that holds two (DESED's mean teacher, ``sed_student.`` and
-    ``sed_teacher.``)."""
+def _under_prefix(
+    state: Mapping[str, Tensor],
+    where: str,
+    path: Path,
+    state_key: str,
+    shown: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Tensor], str]:
+    """The weights of ``state`` (found as ``where`` says) whose keys start with ``state_key.``,
+    without it: one network of a checkpoint that holds two (DESED's mean teacher,
+    ``sed_student.`` and ``sed_teacher.``). ``shown``: the keys a refusal lists (``state``'s)."""
     prefix = state_key.removesuffix(".") + "."
-    try:
-        state, where = _find_state_dict(obj, path, None)
-    except ModelLoadError:
-        state, where = {}, ""
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:  # the prefix past DataParallel's module., as the refusal names it
         state, _ = _strip_wrapper_prefix(state)
@@ -886,7 +893,7 @@ def _under_prefix(obj: Mapping[str, Any], path: Path, state_key: str) -> tuple[A
     if not sub:
         raise ModelLoadError(
             f"state_key: no key {state_key!r} in {path.name}, nor weights whose names start "
-            f"with {prefix!r}; keys present: {_preview(obj)}"
+            f"with {prefix!r}; keys present: {_preview(state if shown is None else shown)}"
         )
     left = len(state) - len(sub)
     return sub, f"{where}, prefix {prefix!r} ({left} other key(s) left out)"
