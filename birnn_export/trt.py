@@ -386,7 +386,8 @@ def gc_paused() -> Iterator[None]:
     TensorRT's own callbacks into Python (the logger) takes a lock that call already holds, and
     the process hangs (seen with TensorRT-RTX 1.7 in ``Builder()``). A KeyboardInterrupt raised
     inside such a callback is caught and logged by TensorRT, so Ctrl-C (or the CLI's SIGTERM)
-    would be lost: it is recorded instead and handed to its own handler when TensorRT returns.
+    would be lost: it is recorded instead and handed to its own handler when TensorRT returns
+    (SIGTERM where both came, so a ``timeout`` after a Ctrl-C still ends the process by SIGTERM).
     """
     import signal
     import threading
@@ -409,7 +410,8 @@ def gc_paused() -> Iterator[None]:
             signal.signal(signum, handler)
         if enabled:
             gc.enable()
-    for signum in interrupted[:1]:
+    if interrupted:  # a termination request outranks a Ctrl-C held before it
+        signum = signal.SIGTERM if signal.SIGTERM in interrupted else interrupted[0]
         previous[signum](signum, None)
 
 

@@ -67,6 +67,31 @@ def test_a_signal_inside_tensorrt_waits_for_it_to_return(signum: str) -> None:
         signal.signal(getattr(signal, signum), previous)
 
 
+def test_sigterm_held_after_a_ctrl_c_is_the_one_handed_on() -> None:
+    """Ctrl-C, then ``timeout``'s SIGTERM, both inside one TensorRT call: the process must end
+    by SIGTERM (143), as it would have outside TensorRT."""
+    import os
+    import signal
+
+    seen: list[int] = []
+
+    def handler(number: int, frame: Any) -> None:
+        seen.append(number)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(KeyboardInterrupt), trt.gc_paused():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                pass
+        assert seen == [signal.SIGTERM]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def test_an_ignored_signal_stays_ignored_around_tensorrt() -> None:
     import os
     import signal
