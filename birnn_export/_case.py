@@ -659,3 +659,52 @@ def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseR
         and not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
     }
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]
+
+
+def blame_fixed_dims(
+    results: Sequence[CaseResult],
+    cases: Sequence[Case],
+    spec: GraphSpec,
+    probes: Sequence[tuple[Case, bool]],
+) -> list[CaseResult]:
+    """Where of the :func:`~birnn_export._sweep.example_probes` (each with whether it passed)
+    the one at the example's sizes passes and one with a dim at another size fails, the failing
+    cases with that dim at another size than the example's (``cases``: the case of each of the
+    first results) name it as a size the graph holds only where it was traced. A case whose
+    diagnosis says its error is rounding keeps it."""
+    if not probes or not probes[0][1]:
+        return list(results)
+    base = probes[0][0].sizes(spec)
+    fixed = [
+        d
+        for case, passed in probes[1:]
+        if not passed
+        for d, size in case.sizes(spec).items()
+        if size != base[d]
+    ]
+    if not fixed:
+        return list(results)
+    fixed = list(dict.fromkeys(fixed))
+    traced = ", ".join(f"{d} {base[d]}" for d in fixed)
+    names = " and ".join(fixed)
+    held = next(t for t in spec.inputs if any(d in t.dims for d in fixed))
+    opt = {d: spec.dim_ranges[d][1] for d in fixed}
+    dims = ",".join(str(opt.get(str(d), d)) for d in held.dims)
+    each = "each fail" if len(fixed) > 1 else "fails"
+    why = (
+        f"the graph holds only at the sizes the export traced at: a case at the example's "
+        f"{traced} passes, and {names} at another size {each} -> an op of the model fixed "
+        f"{'them' if len(fixed) > 1 else 'it'} in the graph (adaptive pooling to an output size "
+        "the input does not divide is written as index tables for the traced size; so is a "
+        "size made a Python number by int() or math.ceil); declare the size you serve as a "
+        f"number (--input '{held.name}:{held.dtype}[{dims}]' at the declared opt), or make "
+        "that op take any size"
+    )
+    blamed = {
+        id(r)
+        for r, case in zip(results, cases, strict=False)
+        if not r.passed
+        and not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
+        and any(case.sizes(spec)[d] != base[d] for d in fixed)
+    }
+    return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]

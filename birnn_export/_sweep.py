@@ -65,6 +65,37 @@ def untraced_cases(spec: GraphSpec, mode: str) -> list[Case]:
     return cases
 
 
+def example_probes(
+    spec: GraphSpec, cases: Sequence[Case], given: Mapping[str, int], seed: int
+) -> list[Case]:
+    """Cases that find the other named dims a graph holds only at the sizes it was traced at
+    (an adaptive pooling written as index tables for the example's height): one at the
+    example's sizes of every other named dim that ``given`` (``--dim``) leaves free, then one
+    per such dim at another declared size with the rest at the example's. None where there is
+    no such dim or a case of ``cases`` already runs at the example's sizes. Verification runs
+    them only where every case failed."""
+    free = [d for d in spec.dim_ranges if d not in given and d in spec.example_sizes]
+    base = {
+        d: min(max(spec.example_sizes[d], spec.dim_ranges[d][0]), spec.dim_ranges[d][2])
+        for d in free
+    }
+    if not free or any(all(c.sizes(spec)[d] == size for d, size in base.items()) for c in cases):
+        return []
+    low, _, high = spec.batch_range
+    batch, seq = min(max(UNTRACED_BATCH, low), high), within(spec, spec.example_seq)
+    mode = "ragged" if spec.length_source is not None or spec.token_padding is not None else "full"
+    points = [base]
+    for dim in free:
+        low_d, opt_d, high_d = spec.dim_ranges[dim]
+        other = next((s for s in (opt_d, low_d, high_d) if s != base[dim]), None)
+        if other is not None:
+            points.append({**base, dim: other})
+    return [
+        Case(batch, seq, mode, 1.0, seed + i, dims=tuple(sorted({**given, **point}.items())))
+        for i, point in enumerate(points)
+    ]
+
+
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
     """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}, each
     kept within the declared range of the time dim."""

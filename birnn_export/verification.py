@@ -47,6 +47,7 @@ import numpy as np
 
 from birnn_export import _interop
 from birnn_export._case import (
+    blame_fixed_dims,
     blame_untraced,
     case_layers,
     last_lengths,
@@ -70,6 +71,7 @@ from birnn_export._sweep import (
     LARGE_SCALE,
     Case,
     case_feed,
+    example_probes,
     fit_budget,
     plan_cases,
 )
@@ -227,6 +229,13 @@ class _Progress:
         self._bar: Any = None
         self._task: Any = None
         self._said = 0.0
+
+    def extend(self, weights: Sequence[float]) -> None:
+        """More steps, decided during the sweep."""
+        self.weights += weights
+        self.total = len(self.weights)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
 
     def left(self, elapsed: float) -> str:
         """``, about N s left`` from the work done so far, or nothing before any."""
@@ -449,8 +458,11 @@ def verify(
         criterion_text += f"; {QuantizedCriterion().describe()}"
 
     hidden = None if golden is not None else root_bidirectional_hidden(converted, ref_module)
+    probes = example_probes(spec, cases, dims or {}, seed + len(cases)) if not load_inputs else []
     profile = sweep_profile(
-        cases, batch_invariance=batch_invariance, declared=(spec.batch_range, spec.seq_range)
+        cases + probes,
+        batch_invariance=batch_invariance,
+        declared=(spec.batch_range, spec.seq_range),
     )
     runners_ = {
         engine: _engine_runner(engine, onnx_path, converted, spec, profile, isolate=isolate)
@@ -464,6 +476,8 @@ def verify(
     results: list[CaseResult] = []
     saved: list[tuple[Case, dict[str, np.ndarray], dict[str, Any], bool]] = []
     providers: dict[str, tuple[str, ...]] = {}
+    probed: list[tuple[Case, bool]] = []
+    ran_cases: list[Case] = []  # each result's case
     bar = _Progress([c.batch * c.seq for c in cases for _ in range(1 + len(engines))], progress)
     with contextlib.ExitStack() as stack:
         if references is not None:
@@ -471,8 +485,8 @@ def verify(
         active = {e: stack.enter_context(r) for e, r in runners_.items()}
         providers = {e: tuple(r.providers()) for e, r in active.items()}
         try:
-            for index, case in enumerate(cases):
-                feed = feeds.get(index) if load_inputs is not None else case_feed(spec, case)
+
+            def run(case: Case, feed: dict[str, np.ndarray], index: int = -1) -> bool:
                 lengths = spec.feed_lengths(feed)
                 if references is not None:
                     ran = references.run(feed, case)
@@ -505,14 +519,24 @@ def verify(
                         tolerance_given=atol is not None or rtol is not None,
                     )
                     results.append(result)
+                    ran_cases.append(case)
                     case_ok = case_ok and result.passed
                     bar.advance(f"B={case.batch} T={case.seq} {engine}")
                 saved.append((case, feed, ran, case_ok))
+                return case_ok
+
+            for index, case in enumerate(cases):
+                feed = feeds[index] if load_inputs is not None else case_feed(spec, case)
+                run(case, feed, index)
+            if references is not None and not all(r.passed for r in results):
+                bar.extend([c.batch * c.seq for c in probes for _ in range(1 + len(engines))])
+                probed = [(case, run(case, case_feed(spec, case))) for case in probes]
         finally:
             bar.close()
             if layer_state.graph is not None:
                 layer_state.graph.close()
     results = blame_untraced(results + sweep_checks(results, per_engine, seed), spec)
+    results = blame_fixed_dims(results, ran_cases, spec, probed)
     if spec.quantization is not None:
         pass  # int8 nodes are renamed: the layers were not compared, and need no note
     elif layer_state.reason is not None and layers and golden is None:

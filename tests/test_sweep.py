@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from birnn_export._sweep import Case, case_feed, plan_cases
+from birnn_export._sweep import Case, case_feed, example_probes, plan_cases
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import GraphSpec, TensorSpec
 
@@ -87,6 +87,35 @@ def test_other_named_dims_are_swept_at_their_declared_min_and_max() -> None:
     sizes = {(c.batch, c.seq, case_feed(branched, c)["ids"].shape[2]) for c in plan_cases(branched)}
     # the batch a point leaves free is 3 within the declared range: 2 here
     assert {(2, 5, 7), (2, 100, 12), (2, 42, 12), (8, 5, 12)} <= sizes, sizes
+
+
+def test_probes_of_the_example_sizes_vary_one_free_dim_at_a_time() -> None:
+    """One probe at the example's sizes of the other named dims, then each free dim at its
+    opt (else its min) with the rest at the example's; a dim given (--dim) stays as given,
+    and a sweep that already ran the example's sizes gets none."""
+    spec = GraphSpec(
+        inputs=(TensorSpec("x", "float32", ("batch", "seq", "h", "w"), "features"),),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 4), "sequence", batch_at=0),),
+        example_batch=7,
+        example_seq=11,
+        dim_ranges={"h": (16, 64, 128), "w": (8, 17, 32), "c": (2, 3, 5)},
+        example_sizes={"batch": 7, "seq": 11, "h": 17, "w": 17, "c": 3},
+    )
+    probes = example_probes(spec, plan_cases(spec), {}, seed=40)
+    sizes = [{d: c.sizes(spec)[d] for d in ("h", "w", "c")} for c in probes]
+    assert sizes == [
+        {"h": 17, "w": 17, "c": 3},
+        {"h": 64, "w": 17, "c": 3},
+        {"h": 17, "w": 8, "c": 3},
+        {"h": 17, "w": 17, "c": 2},
+    ]
+    assert {(c.batch, c.seq, c.lengths_mode) for c in probes} == {(3, 11, "full")}
+    assert [c.seed for c in probes] == [40, 41, 42, 43]
+    given = example_probes(spec, [], {"c": 5}, seed=0)
+    assert [c.sizes(spec)["c"] for c in given] == [5, 5, 5]
+    at_example = Case(3, 11, "full", 1.0, 0, dims=(("c", 3), ("h", 17), ("w", 17)))
+    assert example_probes(spec, [at_example], {}, seed=0) == []
+    assert example_probes(dataclasses.replace(spec, dim_ranges={}), [], {}, seed=0) == []
 
 
 def test_other_dims_given_are_fed_in_every_case(tmp_path: Path) -> None:

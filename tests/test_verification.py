@@ -8,6 +8,7 @@ matrix. References are torch's own layers on PackedSequence wherever possible.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -1370,3 +1371,63 @@ def test_the_summary_row_shows_one_case_the_one_nearest_its_limit() -> None:
     report = VerifyReport("m.onnx", "torch", "float64", ("ort-cpu",), {}, cases)
     (row,) = list(_summary_rows(report))
     assert row[4:8] == ("1.74e-06", "1.2e-06", "1.5x", "<= 2.02e-06")
+
+
+class _PoolsFrames(nn.Module):
+    """Clips ``[batch, time, 3, height, width]``, each frame pooled to 2 x 2 by
+    ``AdaptiveAvgPool2d``: torch.onnx writes it as index tables for the traced height and
+    width, so the graph runs at those alone (users17's video model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d((2, 2))
+        self.lstm = nn.LSTM(12, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t, c, h, w = clips.shape
+        return self.lstm(self.pool(clips.reshape(b * t, c, h, w)).reshape(b, t, -1))[0]
+
+
+def test_a_graph_that_holds_only_at_the_traced_height_names_it(tmp_path):
+    """Cases failed in ONNX Runtime (GatherND: invalid index) with no diagnosis; now a case
+    at the example's sizes passes and the failures name the dim fixed there, with the
+    declaration that exports."""
+    torch.manual_seed(0)
+    model = _PoolsFrames().eval()
+    path = tmp_path / "v.onnx"
+    result = export_onnx(
+        model,
+        path,
+        inputs=["clips:float32[batch,time,3,height,8]"],
+        ranges={"height": (5, 12, 16), "time": (1, 8, 16)},
+        verify=False,
+    )
+    report = verify(result.path, model)
+    traced = result.spec.example_sizes["height"]
+    assert not report.passed
+    passed = [c for c in report.cases if c.passed]
+    assert f"height={traced}" in [c.others for c in passed], report.summary()
+    (diagnosis,) = {c.diagnosis for c in report.failures}
+    assert f"example's height {traced} passes, and height at another size fails" in diagnosis
+    assert "--input 'clips:float32[batch,time,3,12,8]'" in diagnosis
+    fixed = export_onnx(model, tmp_path / "f.onnx", inputs=["clips:float32[batch,time,3,12,8]"])
+    assert fixed.verification.passed, fixed.verification.summary()
+
+
+def test_a_graph_that_fails_at_its_traced_sizes_too_gets_no_fixed_size_diagnosis(tmp_path):
+    """Wrong weights fail everywhere, the example's sizes included: nothing is blamed on them."""
+    torch.manual_seed(0)
+    model = _PoolsFrames().eval()
+    result = export_onnx(
+        model,
+        tmp_path / "v.onnx",
+        inputs=["clips:float32[batch,time,3,height,8]"],
+        ranges={"height": (6, 12, 16), "time": (1, 8, 16)},
+        verify=False,
+    )
+    wrong = copy.deepcopy(model)
+    with torch.no_grad():
+        wrong.lstm.weight_hh_l0_reverse.add_(0.5)
+    report = verify(result.path, wrong)
+    assert not report.passed and not any(c.passed for c in report.cases)
+    assert all("traced at" not in (c.diagnosis or "") for c in report.cases)
