@@ -34,6 +34,7 @@ import logging
 import os
 import pickle
 import re
+import reprlib
 import stat
 import sys
 import types
@@ -778,7 +779,8 @@ def _build(
                 raise
             raise ModelLoadError(f"{exc}; {_kwargs_hint(obj)}") from None
         model, original = _from_module(user)
-        where = f"{where} loaded into {model_class}{_unapplied_note(obj, model_kwargs)}"
+        note = _unapplied_note(obj, model_kwargs, _user_class(model_class))
+        where = f"{where} loaded into {model_class}{note}"
         return model, original, where, _config_of(user)
     state, stripped = _strip_wrapper_prefix(state, None)
     if stripped:
@@ -1069,16 +1071,35 @@ def _training_note(module: nn.Module) -> str:
     return "; saved in training mode: exported and verified in eval mode (dropout off)"
 
 
-def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any]) -> str:
+def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
     """A note where a checkpoint records ``hyper_parameters`` (Lightning) and the class was
     built without any --model-kwargs: sizes the weights check, but dropout, a padding index or
-    a flag they do not show would be the class's defaults, not the checkpoint's."""
+    a flag they do not show would be the class's defaults, not the checkpoint's. It names those
+    the class takes (by name, or by ``**kwargs``) whose saved value is not its default."""
     saved = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
     if model_kwargs or not isinstance(saved, Mapping) or not saved:
         return ""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to read: name them all
+        params = {}
+    rest = any(p.kind is p.VAR_KEYWORD for p in params.values()) or not params
+    differ = []
+    for name, value in saved.items():
+        param = params.get(str(name))
+        if param is None and not rest:
+            continue
+        try:
+            same = param is not None and bool(param.default == value)
+        except Exception:  # an array's ==, or one that raises
+            same = False
+        if not same:
+            differ.append(f"{name}={reprlib.repr(value)}")
+    if not differ:
+        return ""
     return (
-        f"; built with the class's defaults, not the checkpoint's hyper_parameters "
-        f"({_preview(list(map(str, saved)))}): pass them with --model-kwargs where they differ"
+        f"; built with the class's defaults, not the checkpoint's hyper_parameters that differ "
+        f"from them ({_preview(differ)[1:-1]}): pass them with --model-kwargs"
     )
 
 

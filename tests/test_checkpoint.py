@@ -41,10 +41,12 @@ USER_SOURCE = textwrap.dedent(
     class AttentionClassifier(nn.Module):
         '''Embedding -> 3-layer BiLSTM -> additive attention over all steps -> Linear.'''
 
-        def __init__(self, vocab=50, dim=8, hidden=12, classes=4):
+        def __init__(self, vocab=50, dim=8, hidden=12, classes=4, dropout=0.1):
             super().__init__()
             self.embed = nn.Embedding(vocab, dim, padding_idx=0)
-            self.encoder = nn.LSTM(dim, hidden, num_layers=3, bidirectional=True, batch_first=True)
+            self.encoder = nn.LSTM(
+                dim, hidden, num_layers=3, bidirectional=True, batch_first=True, dropout=dropout
+            )
             self.score = nn.Sequential(nn.Linear(2 * hidden, 16), nn.Tanh(), nn.Linear(16, 1))
             self.classify = nn.Linear(2 * hidden, classes)
 
@@ -692,18 +694,20 @@ def test_a_fairseq_checkpoint_with_its_argparse_namespace_loads_without_pickle(
 def test_hyper_parameters_not_applied_are_said(tmp_path, user_models):
     """A Lightning checkpoint's hyper_parameters whose sizes happen to be the class defaults'
     loaded silently with the defaults (its dropout, a flag the weights do not show, lost): the
-    load line says they were not applied, and says nothing once --model-kwargs are given."""
+    load line names those the class takes with another default, and says nothing where they
+    all match it (LipNet's dropout_p was named though equal) or --model-kwargs are given."""
     model = user_models.AttentionClassifier().eval()
-    lightning = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"dropout": 0.3, "hidden": 12},
-    }
-    path = _save(lightning, tmp_path / "last.ckpt")
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
     cls = f"{USER_MODULE}:AttentionClassifier"
     note = "built with the class's defaults, not the checkpoint's hyper_parameters"
-    assert f"{note} ([dropout, hidden])" in load_model(path, model_class=cls).source
+    saved = {"dropout": 0.3, "hidden": 12, "lr": 0.01}  # lr: the class takes no such argument
+    path = _save({"state_dict": weights, "hyper_parameters": saved}, tmp_path / "last.ckpt")
+    assert f"{note} that differ from them (dropout=0.3)" in load_model(path, model_class=cls).source
     given = load_model(path, model_class=cls, model_kwargs={"hidden": 12})
     assert "hyper_parameters" not in given.source
+    saved = {"dropout": 0.1, "hidden": 12, "lr": 0.01}
+    path = _save({"state_dict": weights, "hyper_parameters": saved}, tmp_path / "same.ckpt")
+    assert "hyper_parameters" not in load_model(path, model_class=cls).source
 
 
 def test_weights_under_two_prefixes_or_beside_a_copy_are_not_guessed(tmp_path, user_models):
