@@ -708,3 +708,29 @@ def blame_fixed_dims(
         and any(case.sizes(spec)[d] != base[d] for d in fixed)
     }
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]
+
+
+def blame_one_step(
+    results: Sequence[CaseResult], cases: Sequence[Case], spec: GraphSpec
+) -> list[CaseResult]:
+    """Where the time dim's range starts at 1 and only cases of one step fail (``cases``: the
+    case of each of the first results), their diagnosis says why: torch.export takes a dynamic
+    size as at least 2, so what the model does only at a size of 1 (``x.squeeze(1)`` of the
+    time dim, AutoVC's encoder) the graph does not. A case whose diagnosis says its error is
+    rounding keeps it."""
+    low, opt, high = spec.seq_range
+    ran = list(zip(results, cases, strict=False))
+    failing = [(r, c) for r, c in ran if not r.passed]
+    if low != 1 or not failing or any(c.seq != 1 for _, c in failing):
+        return list(results)
+    if not any(r.passed for r, c in ran if c.seq != 1):
+        return list(results)
+    why = (
+        "only cases of 1 step fail: torch.export takes a dynamic size as at least 2, and the "
+        "model computes another way at 1 step (x.squeeze(1) or .squeeze() squeezes a time dim "
+        "only where it is 1; a branch on a size of 1), which the graph does not -> serve at "
+        f"least 2 steps (--range {spec.time_dim}=2,{max(opt, 2)},{high}), or drop that special "
+        "case from the model"
+    )
+    blamed = {id(r) for r, _ in failing if not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)}
+    return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]

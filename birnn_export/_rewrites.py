@@ -151,8 +151,11 @@ def drop_noop_squeezes(proto: Any) -> int:
     whenever it was built for 3-d input) changes nothing in torch, but torch.onnx's translation
     writes ``Squeeze(axes=[1])`` all the same, which ONNX refuses (``Dimension of input 1 must
     be 1 instead of 64``). An axis whose size the exporter recorded as a number other than 1
-    is dropped from ``axes``, and a Squeeze left with none becomes an Identity; axes of
-    symbolic size stay (torch.export decided those). Returns the number of nodes changed."""
+    is dropped from ``axes``, and a Squeeze left with none becomes an Identity. Axes of
+    symbolic size stay, unless the exporter recorded the output with them kept (AutoVC's
+    ``x.squeeze(1)`` of a ``[batch, time, 80]`` mel: torch.export takes a dynamic size as at
+    least 2, so the squeeze is a no-op in the traced program). Returns the number of nodes
+    changed."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -161,7 +164,7 @@ def drop_noop_squeezes(proto: Any) -> int:
         v.name: [
             d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
         ]
-        for v in [*graph.input, *graph.value_info]
+        for v in [*graph.input, *graph.value_info, *graph.output]
         if v.type.tensor_type.HasField("shape")
     }
     constants = {t.name: t for t in graph.initializer}
@@ -174,6 +177,9 @@ def drop_noop_squeezes(proto: Any) -> int:
             continue
         axes = [int(a) % len(shape) for a in numpy_helper.to_array(constants[node.input[1]])]
         kept = [a for a in axes if shape[a] in (None, 1)]
+        out = shapes.get(node.output[0])
+        if out is not None and len(out) == len(shape) - sum(shape[a] == 1 for a in kept):
+            kept = [a for a in kept if shape[a] == 1]  # torch kept the symbolic axes
         if kept == axes:
             continue
         if kept:

@@ -1742,6 +1742,36 @@ def test_a_squeeze_that_changes_nothing_in_torch_exports(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+class _SqueezesTime(nn.Module):
+    """AutoVC's encoder: ``x.squeeze(1)`` of a ``[batch, time, 8]`` input, a no-op but at one
+    step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x.squeeze(1))[0]
+
+
+def test_a_squeeze_of_the_time_dim_exports_from_two_steps_and_one_step_is_named(tmp_path):
+    """Every export failed the ONNX checker ("differ in rank: (2) vs (3)"), whatever the range:
+    torch.onnx writes a Squeeze of the dynamic time dim that torch.export kept. From 2 steps it
+    now passes; from 1, where the model does squeeze, only that case fails, and says so."""
+    torch.manual_seed(0)
+    model = _SqueezesTime().eval()
+    inputs = ["x:float32[batch,time,8]"]
+    result = export_onnx(model, tmp_path / "s.onnx", inputs=inputs, ranges={"time": (2, 64, 256)})
+    assert result.verification.passed, result.verification.summary()
+    graph = onnx.load(result.path).graph
+    assert not [n for n in graph.node if n.op_type == "Squeeze" and n.input[0] == "x"]
+    with pytest.raises(VerificationError) as failed:
+        export_onnx(model, tmp_path / "one.onnx", inputs=inputs)
+    assert "only cases of 1 step fail" in str(failed.value)
+    assert "(--range time=2,64,256)" in str(failed.value)
+    assert not (tmp_path / "one.onnx").exists()
+
+
 class _SkipsAtOneLength(nn.Module):
     """Scales its input except at 100 steps (``if delta:``, as Demucs trims): a branch on a
     length that torch.export keeps only as an assumption, which the ONNX graph drops."""
