@@ -890,10 +890,19 @@ def _declare_conv(model: nn.Module, conv: nn.Module) -> str:
     declare = f"--input '{x}:float32[{dims}]'"
     if len(params) > 1 and param_role(params[1]) == "lengths":
         declare += f" --input '{params[1]}:int64[batch]:lengths(time)'"
+    required = [p.name for p in _forward_params(model) if p.default is p.empty]
+    others = [n for n in required[1:] if f"'{n}:" not in declare]
+    if others:  # AutoVC's forward(x, c_org): a speaker vector concatenated into the channels
+        declare += "".join(f" --input '{n}:DTYPE[DIMS]'" for n in others)
+        declare += (
+            f" (forward takes {len(required)} inputs, {', '.join(required)}: declare each, in "
+            f"its order; the {channels} channels may hold what forward concatenates from them)"
+        )
     reads = _reads(conv)
     transposed = (
         f"; if forward transposes [batch, time, {channels}] into it, declare "
-        f"'{x}:float32[batch,time,{channels}]' or pass --input-size {channels}"
+        f"'{x}:float32[batch,time,{channels}]'"
+        + ("" if others else f" or pass --input-size {channels}")
         if isinstance(conv, nn.Conv1d)
         else "; H and W are numbers, a frame's height and width, and time the frames' axis"
         if isinstance(conv, nn.Conv3d)

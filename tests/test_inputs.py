@@ -1303,6 +1303,35 @@ def test_a_convolution_first_is_refused_with_the_layout_it_runs_on(tmp_path) -> 
     assert result.verification.passed, result.verification.summary()
 
 
+class _SpeakerInChannels(nn.Module):
+    """AutoVC's content encoder: forward(x [batch, time, 8], c_org [batch, 6]), the speaker
+    vector repeated along time and concatenated into the Conv1d's 14 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8 + 6, 4, 5, padding=2)
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x, c_org):
+        x = x.transpose(2, 1)
+        c = c_org.unsqueeze(-1).expand(-1, -1, x.size(-1))
+        return self.lstm(torch.relu(self.conv(torch.cat((x, c), dim=1))).transpose(1, 2))[0]
+
+
+def test_a_convolution_first_with_a_second_input_asks_for_both(tmp_path) -> None:
+    """The refusal gave a one-input declaration (and --input-size 14), which failed when
+    followed: forward() missing 'c_org'. It now names every input forward takes."""
+    model = _SpeakerInChannels().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "vc.onnx")
+    message = str(caught.value)
+    assert "--input 'x:float32[batch,14,time]' --input 'c_org:DTYPE[DIMS]'" in message
+    assert "forward takes 2 inputs, x, c_org" in message and "--input-size" not in message
+    inputs = ["x:float32[batch,time,8]", "c_org:float32[batch,6]"]
+    result = export_onnx(model, tmp_path / "vc.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+
+
 class _MelsFirst(nn.Module):
     """DESED's sound event detector: forward(x [batch, mels, time]) makes the Conv2d's channel."""
 
