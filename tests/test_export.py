@@ -1772,6 +1772,31 @@ def test_a_squeeze_of_the_time_dim_exports_from_two_steps_and_one_step_is_named(
     assert not (tmp_path / "one.onnx").exists()
 
 
+class _SqueezesAfterMax(nn.Module):
+    """AllenNLP's BiDAF: ``sim.max(dim=-1)[0].squeeze(-1)`` of a ``[batch, seq, seq]``
+    similarity, a squeeze of the passage's length (a no-op but at one step), with lengths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))[0]
+        return torch.softmax((y @ y.transpose(1, 2)).max(dim=-1)[0].squeeze(-1), -1)
+
+
+def test_rows_of_one_step_alone_are_named_with_the_range_that_serves(tmp_path):
+    """The ONNX checker refused BiDAF's graph; now it fails only at 1 step, where a row of one
+    step runs alone too, and is told the range that passes."""
+    torch.manual_seed(0)
+    model = _SqueezesAfterMax().eval()
+    with pytest.raises(VerificationError, match=r"only cases of 1 step fail .*--range seq=2,64"):
+        export_onnx(model, tmp_path / "one.onnx")
+    result = export_onnx(model, tmp_path / "s.onnx", ranges={"seq": (2, 64, 256)})
+    assert result.verification.passed, result.verification.summary()
+
+
 class _SkipsAtOneLength(nn.Module):
     """Scales its input except at 100 steps (``if delta:``, as Demucs trims): a branch on a
     length that torch.export keeps only as an assumption, which the ONNX graph drops."""
