@@ -736,9 +736,10 @@ def blame_one_step(
     if not any(r.passed for r, c in ran if c.seq != 1):
         return list(results)
     why = (
-        "only cases of 1 step fail (or rows of 1 step run alone): torch.export takes a dynamic size as at least 2, and the "
-        "model computes another way at 1 step (x.squeeze(1) or .squeeze() squeezes a time dim "
-        "only where it is 1; a branch on a size of 1), which the graph does not -> serve at "
+        "only cases of 1 step fail (or rows of 1 step run alone): torch.export takes a "
+        "dynamic size as at least 2, and the model computes another way at 1 step (x.squeeze(1) "
+        "or .squeeze() squeezes a time dim only where it is 1; a branch on a size of 1), which "
+        "the graph does not -> serve at "
         f"least 2 steps (--range {spec.time_dim}=2,{max(opt, 2)},{high}), or drop that special "
         "case from the model"
     )

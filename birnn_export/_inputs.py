@@ -203,7 +203,8 @@ def plan_inputs(
             )
         batch_dim, time_dim = _axes(decls)
         named = _ranges(decls, batch_dim, time_dim, ranges, batch_range, seq_range)
-        examples = _examples(named, batch_dim, time_dim, taken)
+        fixed = {d for decl in decls for d in decl.dims if isinstance(d, int)}
+        examples = _examples(named, batch_dim, time_dim, taken | fixed)
         vocab = _vocab(model)
         tensors = (
             _check_examples(decls, example_inputs)

@@ -220,6 +220,60 @@ def trace_graph(
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
     """
+    options = dict(
+        example_inputs=example_inputs,
+        inputs=inputs,
+        ranges=ranges,
+        opset=opset,
+        layout=layout,
+        lengths=lengths,
+        input_size=input_size,
+        dtype=dtype,
+        input_names=input_names,
+        output_names=output_names,
+        reference=reference,
+        config=config,
+        source_sha256=source_sha256,
+        batch_range=batch_range,
+        seq_range=seq_range,
+    )
+    try:
+        return _trace_graph(model, **options, avoid=frozenset())
+    except _BakedExample as exc:
+        # A size the model's own code holds (zeros(B, T, 7)) may be an example's too: traced
+        # at other sizes, a size truly frozen at the example's is frozen there as well.
+        return _trace_graph(model, **options, avoid=exc.examples)
+
+
+class _BakedExample(ExportError):
+    """A graph with an example's size baked into a shape; ``examples``: those sizes."""
+
+    def __init__(self, message: str, examples: frozenset[int]) -> None:
+        super().__init__(message)
+        self.examples = examples
+
+
+def _trace_graph(
+    model: nn.Module,
+    *,
+    example_inputs: Sequence[Tensor] | None,
+    inputs: Sequence[str | InputDecl] | None,
+    ranges: Mapping[str, Sequence[int]] | None,
+    opset: int | None,
+    layout: str | None,
+    lengths: bool | None,
+    input_size: int | None,
+    dtype: str,
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+    reference: nn.Module | None,
+    config: dict[str, Any] | None,
+    source_sha256: str | None,
+    batch_range: Sequence[int],
+    seq_range: Sequence[int],
+    avoid: frozenset[int],
+) -> TracedGraph:
+    """:func:`trace_graph`, tracing at example sizes none of ``avoid``."""
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(
@@ -254,7 +308,7 @@ def trace_graph(
     if config is None and isinstance(converted, SequenceTagger):
         config = converted.config.to_dict()
 
-    sizes = _model_sizes(converted)
+    sizes = _model_sizes(converted) | avoid
     plan = functools.partial(
         plan_inputs,
         inputs=inputs,
@@ -387,11 +441,15 @@ def trace_graph(
         try:
             raise_for_problems(proto, spec, graph.sizes, graph.crfs, fixed_at)
         except ExportError as exc:  # a length baked in by a cell loop: say what to do
-            message = _cell_loop(traced, trace_inputs) or str(exc)
+            message = str(exc)
+            if _loop_count_follows(traced, trace_inputs, planned, sizes, target):
+                message = _cell_loop(traced, trace_inputs) or message
             if planned.how.startswith("inferred") and _INVALID_GRAPH.search(message):
                 # a model traced on inputs of another shape than it takes (squeeze(1) on
                 # [N, 1, T, F] given [N, T, F]) can make a graph ONNX cannot type
                 message += f"; its inputs were {planned.how}: {_declare_hint(planned)}"
+            if "baked into its" in str(exc) and example_inputs is None and not avoid:
+                raise _BakedExample(message, frozenset(planned.examples.values())) from None
             raise ExportError(message) from None
     return graph
 
@@ -1459,6 +1517,25 @@ def _looped_cells(model: nn.Module, inputs: Sequence[Tensor]) -> list[tuple[str,
         for handle in handles:
             handle.remove()
     return [(n, m, calls[n]) for n, m in cells if calls[n] > 1]
+
+
+def _loop_count_follows(
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    planned: PlannedInputs,
+    taken: set[int],
+    dtype: torch.dtype,
+) -> bool:
+    """Whether a cell's Python loop runs another number of times at a longer example (a loop
+    over the input's steps); ``False`` for a decoder of a fixed number of steps, whose unrolled
+    loop freezes no size; ``True`` where no longer example fits the range."""
+    longer = with_longer_example(planned, taken)
+    if longer is None:
+        return True
+    counts = {name: count for name, _, count in _looped_cells(model, inputs)}
+    other = [t.to(dtype) if t.is_floating_point() else t for t in longer.tensors]
+    again = {name: count for name, _, count in _looped_cells(model, other)}
+    return any(again.get(name) != count for name, count in counts.items())
 
 
 def _cell_loop(model: nn.Module, inputs: Sequence[Tensor]) -> str | None:

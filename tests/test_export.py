@@ -855,6 +855,64 @@ def test_a_decoder_of_a_fixed_number_of_steps_is_exported_unrolled_and_noted(tmp
     assert "'cell' runs 6 times in a Python loop, unrolled into the graph" in note
 
 
+class _PadsSevenZeros(nn.Module):
+    """Appends ``zeros(B, T, 7)`` (a literal 7, the default example batch), after a BiLSTM or
+    after a decoder of a fixed 3 steps."""
+
+    def __init__(self, decoder: bool) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 4, batch_first=True, bidirectional=True)
+        self.cell = nn.LSTMCell(8, 8) if decoder else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lstm(x)[0]
+        if self.cell is not None:
+            h, c, steps = y[:, -1], torch.zeros_like(y[:, -1]), []
+            for _ in range(3):
+                h, c = self.cell(h, (h, c))
+                steps.append(h)
+            y = torch.stack(steps, 1)
+        return torch.cat([y, y.new_zeros(y.shape[0], y.shape[1], 7)], -1)
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_a_literal_size_that_is_an_examples_too_is_not_called_baked(tmp_path, decoder):
+    """Refused as "the example batch 7 is baked into its shape" (with a decoder: told the
+    decoder's loop froze a length); traced again at other example sizes, the 7 stays 7."""
+    torch.manual_seed(0)
+    model = _PadsSevenZeros(decoder).eval()
+    result = export_onnx(model, tmp_path / "z.onnx", inputs=["x:float32[batch,seq,8]"])
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.example_batch != 7
+
+
+class _ForecastsSevenVariables(nn.Module):
+    """ETT forecasting: 7 variables, with a static covariate's embedding joined along time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cov = nn.Linear(3, 4)
+        self.lstm = nn.LSTM(7 + 4, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, x, static, lengths):
+        s = self.cov(static).unsqueeze(1).expand(-1, x.shape[1], -1)
+        return self.lstm(torch.cat([x, s], -1))[0]
+
+
+def test_a_declared_fixed_size_is_no_examples(tmp_path):
+    """Declared [batch, seq, 7] was refused: the example batch was 7 too, and the check called
+    the 7 in the graph baked."""
+    torch.manual_seed(0)
+    inputs = [
+        "x:float32[batch,seq,7]",
+        "static:float32[batch,3]",
+        "lengths:int64[batch]:lengths(seq)",
+    ]
+    result = export_onnx(_ForecastsSevenVariables().eval(), tmp_path / "f.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+    assert 7 not in (result.spec.example_batch, result.spec.example_seq)
+
+
 def test_a_decoder_stopping_on_its_output_is_told_the_line_not_the_layer(tmp_path):
     """A greedy decoder that breaks when every row emitted end-of-sequence was told to use a
     bidirectional nn.LSTM; the cause is the break on a tensor's value."""
