@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import inspect
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +191,8 @@ def plan_inputs(
             if input_names:
                 raise BiRNNExportError("input_names: the declared inputs already name them")
             decls = tuple(d if isinstance(d, InputDecl) else InputDecl.parse(d) for d in inputs)
-            decls = tuple(_mask_by_name(d) for d in decls)
+            measured = {d.measures for d in decls if d.measures is not None}
+            decls = tuple(_mask_by_name(d, measured) for d in decls)
             roles = _declared_roles(decls)
             how = "declared"
         elif example_inputs is not None:
@@ -257,9 +258,12 @@ def mask_dim(decl: InputDecl) -> str | None:
     return next((d for d in decl.dims if isinstance(d, str) and d != BATCH), None)
 
 
-def _mask_by_name(decl: InputDecl) -> InputDecl:
+def _mask_by_name(decl: InputDecl, measured: Collection[str]) -> InputDecl:
     """A declared ``[batch, TIME]`` input named as masks are (``attention_mask``,
-    ``padding_mask``, see :data:`MASK_NAMES`) is that mask, ``:mask`` or not."""
+    ``padding_mask``, see :data:`MASK_NAMES`) is that mask, ``:mask`` or not; but not where a
+    lengths input of TIME is declared too (``measured``: the dims lengths inputs measure): an
+    ICU model's ``forward(values, mask, lengths)`` takes which values were observed, zeros
+    inside each row, and ``:mask`` says a padding mask."""
     named = [d for d in decl.dims if isinstance(d, str)]
     if (
         decl.mask is None
@@ -268,6 +272,7 @@ def _mask_by_name(decl: InputDecl) -> InputDecl:
         and len(decl.dims) == 2
         and len(named) == 2
         and BATCH in named
+        and not set(named) & set(measured)
     ):
         return dataclasses.replace(decl, mask=MASK_NAMES[decl.name][0])
     return decl

@@ -933,6 +933,28 @@ def test_a_declared_float_mask_with_any_name_and_time_major_axes(tmp_path) -> No
     assert _ragged(result.verification)
 
 
+def test_a_mask_beside_lengths_of_its_dim_is_data_unless_marked() -> None:
+    """An ICU model's forward(values, mask, lengths): mask says which values were observed,
+    zeros inside each row. Declared plainly, it was made a padding mask by its name (metadata
+    "1 at each row's valid steps", fed only as such); beside lengths it is data now, and
+    ':mask' still makes it the padding mask."""
+    from birnn_export._inputs import plan_inputs
+
+    class ICU(nn.Module):
+        def forward(self, values, mask, lengths):
+            return values
+
+    common = {**PLANNING, "example_inputs": None}
+    declared = ["values:float32[batch,seq,5]", "mask:float32[batch,seq]"]
+    lengths = "lengths:int64[batch]:lengths(seq)"
+    plain = plan_inputs(ICU(), inputs=[*declared, lengths], **common)
+    assert plain.roles == ("features", "features", "lengths")
+    marked = plan_inputs(ICU(), inputs=[declared[0], f"{declared[1]}:mask", lengths], **common)
+    assert marked.roles[1] == "mask"
+    alone = plan_inputs(ICU(), inputs=declared, **common)
+    assert alone.roles[1] == "mask"  # no lengths: the name still says a padding mask
+
+
 def test_a_mask_of_the_wrong_sense_is_named_in_the_error(tmp_path) -> None:
     inputs = ["ids:int64[batch,seq]", "attention_mask:int64[batch,seq]:padding_mask"]
     hint = r"declare --input 'attention_mask:int64\[batch,seq\]:mask'"
