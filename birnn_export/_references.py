@@ -4,6 +4,7 @@ floor), run side by side on every case."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from birnn_export._layers import (
     ReferenceLayers,
     one_line,
 )
-from birnn_export._sweep import Case, within
+from birnn_export._sweep import Case, case_feed, within
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import (
     GraphSpec,
@@ -80,6 +81,18 @@ class References:
             if side.layers is not None:
                 side.layers.clear()
 
+    def _shortest(self, side: _Side, case: Case) -> int | None:
+        """The shortest time, up to the example's, at which ``side`` runs ``case`` where it
+        failed at ``case.seq`` (a max pool's window longer than the input); ``None`` where it
+        runs at none, or ``case`` is not that short."""
+        for steps in range(case.seq + 1, within(self.spec, self.spec.example_seq) + 1):
+            try:
+                side.runner.infer(case_feed(self.spec, dataclasses.replace(case, seq=steps)))
+            except Exception:  # the user's model, still failing
+                continue
+            return steps
+        return None
+
     def run(self, feed: Mapping[str, np.ndarray], case: Case) -> dict[str, Any]:
         """Outputs (and layers) of every side: ``{"reference": ..., "eager": ...,
         "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...}``."""
@@ -92,11 +105,21 @@ class References:
             except Exception as exc:  # the user's model: any failure means it does not fit
                 sizes = case.sizes(self.spec)
                 shape = ", ".join(f"{name} {size}" for name, size in sizes.items())
+                shortest = self._shortest(side, case)
+                time, (_, opt, high) = self.spec.time_dim, self.spec.seq_range
                 raise BiRNNExportError(
                     f"the reference model failed on the graph's inputs ({shape}): "
-                    f"{one_line(exc)}; is it the model this graph was exported from? If it is, "
-                    "it refuses inputs the graph declares: declare them as it takes them "
-                    "(--input, and --range DIM=MIN,OPT,MAX for the sizes it accepts)"
+                    f"{one_line(exc)}; "
+                    + (
+                        f"it runs from {time} {shortest}: where that is its shortest input (a "
+                        "pooled or strided front end), give it as the minimum, --range "
+                        f"{time}={shortest},{max(opt, shortest)},{high}; else "
+                        if shortest is not None
+                        else ""
+                    )
+                    + "is it the model this graph was exported from? If it is, it refuses "
+                    "inputs the graph declares: declare them as it takes them (--input, and "
+                    "--range DIM=MIN,OPT,MAX for the sizes it accepts)"
                 ) from None
             if side.layers is not None and self.layer_reason is None:
                 try:

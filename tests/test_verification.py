@@ -746,6 +746,38 @@ def test_wrong_reference_model_is_a_user_error(fused_path: Path) -> None:
         verify(fused_path, other, batch_sizes=(1,), seq_lens=(2,))
 
 
+class _PoolsTime(nn.Module):
+    """An activity classifier: Conv1d + MaxPool1d(2) over [batch, time, 9], then a packed
+    BiLSTM at the pooled lengths; a window of 1 sample pools to nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.MaxPool1d(2))
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        rows = torch.clamp(lengths // 2, min=1)
+        packed = pack_padded_sequence(h, rows, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=h.shape[1])[
+            0
+        ]
+
+
+def test_a_model_that_refuses_the_shortest_declared_input_is_told_the_range_it_runs_from(
+    tmp_path: Path,
+) -> None:
+    """The export stopped on "the reference model failed ... is it the model this graph was
+    exported from?", without the shortest input it runs at; following the range passes."""
+    torch.manual_seed(0)
+    inputs = ["x:float32[batch,time,3]", "lengths:int64[batch]:lengths(time)"]
+    model = _PoolsTime().eval()
+    with pytest.raises(BiRNNExportError, match=r"it runs from time 2: .* --range time=2,64,256"):
+        export_onnx(model, tmp_path / "p.onnx", inputs=inputs)
+    result = export_onnx(model, tmp_path / "p.onnx", inputs=inputs, ranges={"time": (2, 64, 256)})
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_a_failure_against_another_model_file_says_so_in_its_one_line(
     tagger_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
