@@ -864,6 +864,13 @@ def _nested_hint(planned: PlannedInputs) -> str:
 _SIZE_ERROR = re.compile(r"size|length|greater than|positive|empty|zero", re.IGNORECASE)
 
 
+#: A model's error about two tensors' shapes that do not fit (a broadcast, a matmul): inputs
+#: of other sizes than the model's, not a row too short.
+_BROADCAST = re.compile(
+    r"must match the size of tensor|shapes cannot be multiplied|size mismatch", re.IGNORECASE
+)
+
+
 #: A model's error about an input too short for its front end (a kernel or padding larger than
 #: the input, a pooled size of 0), not any error that names a size (a broadcast's).
 _TOO_SHORT = re.compile(
@@ -911,6 +918,13 @@ def _declare_hint(
             sense = "1 at each row's valid steps" if role == "mask" else "1 past each row's end"
             other = "padding_mask" if role == "mask" else "mask"
             dims = ",".join(str(d) for d in decl.dims)
+            if _BROADCAST.search(error):  # shapes, not the sense (a missing-value mask)
+                hint += (
+                    f"; the mask {decl.name!r} was made [{dims}], one value per row and step: if "
+                    "it holds one per feature (which values were observed), declare it "
+                    f"--input '{decl.name}:float32[{dims},FEATURES]' with its values' features"
+                )
+                continue
             hint += (
                 f"; the mask {decl.name!r} was made {decl.dtype}, {sense}: if the model takes it "
                 f"the other way round declare --input '{decl.name}:{decl.dtype}[{dims}]:{other}' "
@@ -932,7 +946,7 @@ def _declare_hint(
             )
     ragged = any(r == "lengths" or r in MASK_ROLES for r in planned.roles)
     low, opt, high = planned.ranges[planned.time_dim]
-    if ragged and low == 1 and _SIZE_ERROR.search(error):
+    if ragged and low == 1 and _SIZE_ERROR.search(error) and not _BROADCAST.search(error):
         hint += (
             "; one row had 1 step: if the model needs longer rows (a strided front end), give "
             f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"

@@ -955,6 +955,34 @@ def test_a_mask_beside_lengths_of_its_dim_is_data_unless_marked() -> None:
     assert alone.roles[1] == "mask"  # no lengths: the name still says a padding mask
 
 
+class _MissingValues(nn.Module):
+    """A GRU-D-style ICU model: forward(values, mask), mask [batch, seq, 5] saying which of the
+    5 values were observed, both joined before a Linear(10, 6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(10, 6)
+        self.gru = nn.GRU(6, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, values, mask):
+        return self.gru(torch.relu(self.inp(torch.cat([values * mask, mask], -1))))[0]
+
+
+def test_a_per_feature_mask_that_fails_by_shape_is_told_its_feature_dim(tmp_path) -> None:
+    """Inferred as a [batch, seq] padding mask, it failed by shape and was told to flip the
+    mask's sense and to give a --range, neither of which fits; it is told the FEATURES dim."""
+    torch.manual_seed(0)
+    model = _MissingValues().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "m.onnx")
+    message = str(caught.value)
+    assert "declare it --input 'mask:float32[batch,seq,FEATURES]'" in message
+    assert "other way round" not in message and "--range" not in message
+    inputs = ["values:float32[batch,seq,5]", "mask:float32[batch,seq,5]"]
+    result = export_onnx(model, tmp_path / "m.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_a_mask_of_the_wrong_sense_is_named_in_the_error(tmp_path) -> None:
     inputs = ["ids:int64[batch,seq]", "attention_mask:int64[batch,seq]:padding_mask"]
     hint = r"declare --input 'attention_mask:int64\[batch,seq\]:mask'"
