@@ -241,8 +241,12 @@ def trace_graph(
         return _trace_graph(model, **options, avoid=frozenset())
     except _BakedExample as exc:
         # A size the model's own code holds (zeros(B, T, 7)) may be an example's too: traced
-        # at other sizes, a size truly frozen at the example's is frozen there as well.
-        return _trace_graph(model, **options, avoid=exc.examples)
+        # at other sizes, a size truly frozen at the example's fails there as well, and the
+        # first failure, at the sizes the message names, is the one to tell.
+        try:
+            return _trace_graph(model, **options, avoid=exc.examples)
+        except ExportError:
+            raise ExportError(str(exc)) from None
 
 
 class _BakedExample(ExportError):
@@ -1727,6 +1731,8 @@ _LONGEST_VS_PADDED = re.compile(r"\b(?:Eq|Ne)\((?:u\d+, s\d+|s\d+, u\d+)\)")
 _TO_NUMPY = ".numpy() is not supported for tensor subclasses"
 _NO_OVERLOAD = re.compile(r"Cannot find a compatible OpOverload for aten\.(\w+)")
 _CONSTANT_DIM = re.compile(r"(\w+) was inferred to be a constant \((\d+)\)")
+#: A tensor the trace met outside it (``x.data``), made a constant of the module it is in.
+_LIFTED = re.compile(r"model attribute: ((?:[\w]+\.)*?[\w]+)\.lifted_tensor_\d+")
 _GUARD = re.compile(r"Not all values of (\w+) .*? satisfy the generated guard (.+?)\.?$", re.M)
 _SPECIALIZED = re.compile(
     r"You marked (\w+) as dynamic but your code specialized it to be a constant \((\d+)\)"
@@ -1741,6 +1747,8 @@ def _explain_trace_failure(
     cuts: Sequence[str],
     crfs: Sequence[str],
 ) -> str:
+    """The one line for a failed trace: its cause in the model, where one is told, and what to
+    do."""
     text = str(exc)
     causes = _causes(exc)
     # torch.export's own wrapper says only that it failed: the cause says why
@@ -1804,6 +1812,14 @@ def _explain_trace_failure(
             f"{_user_line(model, causes)} (a size divided by a size with /, float(x.shape[i])), "
             "which the exporter cannot keep: keep size arithmetic in integers (lengths * a // b)"
         )
+    lifted = next((m for c in causes for m in [_LIFTED.search(str(c))] if m), None)
+    if lifted:  # x.data.new_ones(...): a tensor made outside the trace
+        return (
+            f"{type(model).__name__}.forward makes a tensor the trace cannot follow in "
+            f"{_module_named(model, lifted[1])}{_source_line(model, lifted[1], '.data')} (the "
+            "tensor of .data, or one made from it, x.data.new_ones(...), is outside the "
+            "trace): use the tensor itself (x.new_ones(...))"
+        )
     for pattern in (_CONSTANT_DIM, _SPECIALIZED):
         match = pattern.search(text)
         if match:
@@ -1833,6 +1849,29 @@ def _explain_trace_failure(
     if packer:
         message += f"; {_PACKING_HINT}"
     return message
+
+
+def _module_named(model: nn.Module, path: str) -> str:
+    """``'drop' (RNNDropout)``: a submodule by its path, with its class."""
+    try:
+        return f"{path!r} ({type(model.get_submodule(path)).__name__})"
+    except AttributeError:
+        return repr(path)
+
+
+def _source_line(model: nn.Module, path: str, code: str) -> str:
+    """`` at FILE:LINE (line)``: the first line of the submodule's ``forward`` that holds
+    ``code``, or nothing."""
+    try:
+        forward = type(model.get_submodule(path)).forward
+        lines, first = inspect.getsourcelines(forward)
+        name = inspect.getsourcefile(forward) or ""
+    except (AttributeError, OSError, TypeError):
+        return ""
+    for number, line in enumerate(lines, first):
+        if code in line:
+            return f" at {os.path.basename(name)}:{number} ({line.strip()[:80]})"
+    return ""
 
 
 def _unswapped_packing(causes: Sequence[BaseException]) -> str:

@@ -886,6 +886,58 @@ def test_a_literal_size_that_is_an_examples_too_is_not_called_baked(tmp_path, de
     assert result.spec.example_batch != 7
 
 
+class _ReshapesToSeven(nn.Module):
+    """``x.reshape(7, -1, 4)``: the batch truly fixed at 7, the default example's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x.reshape(7, -1, 4))[0]
+
+
+def test_a_size_truly_baked_keeps_the_first_traces_message(tmp_path):
+    """Traced again at batch 13, the model itself failed there, and that error ("declare its
+    inputs as it takes them") replaced the one that named the baked batch."""
+    with pytest.raises(ExportError, match=r"the example batch 7 is baked into its shape"):
+        export_onnx(
+            _ReshapesToSeven().eval(), tmp_path / "r.onnx", inputs=["x:float32[batch,seq,4]"]
+        )
+
+
+class _DataDropout(nn.Dropout):
+    """ESIM's RNNDropout: its mask made from ``x.data``, even in eval."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = x.data.new_ones(x.shape[0], x.shape[-1])
+        return nn.functional.dropout(ones, self.p, self.training).unsqueeze(1) * x
+
+
+class _DropsWithData(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = _DataDropout(0.5)
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.drop(x), lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))[
+            0
+        ]
+
+
+def test_a_tensor_made_from_data_is_named_with_its_module_and_line(tmp_path):
+    """torch.export's "fake tensor in the exported program constant's list ... please file an
+    issue" was passed on, with a hint blaming packing, which the model does right."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_DropsWithData().eval(), tmp_path / "d.onnx", input_size=4)
+    message = str(caught.value)
+    assert "in 'drop' (_DataDropout) at test_export.py:" in message
+    assert "(ones = x.data.new_ones(x.shape[0], x.shape[-1]))" in message
+    assert "use the tensor itself" in message and "PackedSequence" not in message
+
+
 class _ForecastsSevenVariables(nn.Module):
     """ETT forecasting: 7 variables, with a static covariate's embedding joined along time."""
 
