@@ -1656,11 +1656,14 @@ def _kernel_call(tree: ast.AST | None) -> tuple[str, int] | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
+    text = _TORCH_LOGS.sub("", _ANSI.sub("", str(exc))).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: torch's advice to rerun with its logs on, which shows nothing here: birnn-export takes those
+#: logs itself (:func:`_fixed_sizes`) and keeps the exporter quiet.
+_TORCH_LOGS = re.compile(r"\s*For more information, run with TORCH_LOGS=\S+\.?")
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -2932,3 +2932,14 @@ def test_an_lstm_with_projection_defaults_to_one_loop_for_both_directions(tmp_pa
     layer = nn.LSTM(6, 8, proj_size=3, batch_first=True, bidirectional=True).eval()
     result = export_onnx(layer, tmp_path / "p.onnx")
     assert result.spec.layout == "fused" and result.op_counts["Scan"] == 1
+
+
+def test_torch_logs_advice_that_shows_nothing_here_is_left_out():
+    """torch's "run with TORCH_LOGS=+dynamic" was passed on; birnn-export takes those logs
+    itself, so following it printed nothing (users19)."""
+    from birnn_export.export import _first_line
+
+    error = RuntimeError(
+        'Constraints violated (batch)! For more information, run with TORCH_LOGS="+dynamic".\n'
+    )
+    assert _first_line(error) == "Constraints violated (batch)!"
