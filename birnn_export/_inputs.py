@@ -165,6 +165,7 @@ def plan_inputs(
     taken: set[int],
     time_major: bool = False,
     nest: bool = True,
+    unused: Collection[nn.Module] = (),
 ) -> PlannedInputs:
     """Declared or inferred inputs, with their ranges and example tensors.
 
@@ -173,7 +174,9 @@ def plan_inputs(
     batch]`` (see :func:`birnn_export.export.trace_graph`, which tries it where the model's
     first recurrent layer is time-major). ``nest``: read inputs named as a nested sequence
     (``chars``, ``sentence_lengths``) as one; ``trace_graph`` plans without it where such a
-    guess fails on the example inputs.
+    guess fails on the example inputs. ``unused``: modules ``forward`` does not run (a Flair
+    tagger's ``embeddings``, registered first and used outside ``forward``), passed over in
+    looking for the first layer.
 
     Raises:
         ExportError: a declaration, range or example input that does not fit (one line, naming
@@ -200,7 +203,7 @@ def plan_inputs(
             how = "positional guess from the example inputs ([batch, seq, ...])"
         else:
             decls, roles, how = _infer(
-                model, lengths, input_size, input_names, time_major, nest=nest
+                model, lengths, input_size, input_names, time_major, nest=nest, unused=unused
             )
         batch_dim, time_dim = _axes(decls)
         named = _ranges(decls, batch_dim, time_dim, ranges, batch_range, seq_range)
@@ -598,12 +601,15 @@ def takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
     return len(params) >= 2 and param_role(params[1].name) == "lengths"
 
 
-def first_leaf(model: nn.Module) -> nn.Module | None:
+def first_leaf(model: nn.Module, unused: Collection[nn.Module] = ()) -> nn.Module | None:
     """The first module that runs on the input (the first leaf, or a recurrent layer), past any
     dropout or identity, which tell nothing of the input (NCRF++'s char encoder starts with
-    one)."""
+    one), and past the ``unused`` modules and theirs."""
+    skipped = {id(m) for u in unused for m in u.modules()}
     for module in model.modules():
         if isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity)):
+            continue
+        if id(module) in skipped:
             continue
         if isinstance(module, BiRNN) or not list(module.children()):
             return module
@@ -618,8 +624,9 @@ def _infer(
     swap_time_major: bool = False,
     *,
     nest: bool = True,
+    unused: Collection[nn.Module] = (),
 ) -> tuple[tuple[InputDecl, ...], tuple[str, ...], str]:
-    first = first_leaf(model)
+    first = first_leaf(model, unused)
     kind = type(first).__name__ if first is not None else "nothing"
     time_major = isinstance(model, SequenceTagger) and not model.config.batch_first
     if time_major:

@@ -48,6 +48,7 @@ from birnn_export._graph import build_spec, named_layers, raise_for_problems, se
 from birnn_export._guards import Dim, Untraced, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
+    first_leaf,
     keyword_mask,
     mask_dim,
     param_role,
@@ -339,6 +340,17 @@ def _trace_graph(
         swapped = plan(converted, time_major=True)
         if _runs_as_planned(converted, swapped):
             planned = swapped
+    first = first_leaf(converted)
+    if (
+        planned.how.startswith("inferred")
+        and first is not None
+        and not _runs_quietly(converted, planned.tensors)
+        and not _calls(converted, first, planned.tensors)
+    ):  # a module registered first that forward never runs (Flair's embeddings)
+        with contextlib.suppress(ExportError):
+            other = plan(converted, unused=(first,))
+            if _runs_quietly(converted, other.tensors):
+                planned = other
     if _inferred_bool_masks(planned) and not _runs_quietly(converted, planned.tensors):
         floats = _float_masks(planned)  # a model that computes with its masks (1 - mask)
         if _runs_quietly(converted, floats.tensors):
@@ -802,6 +814,17 @@ def _runs_quietly(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
     except Exception:  # the model's own failure: the caller says what it means
         return False
     return True
+
+
+def _calls(model: nn.Module, module: nn.Module, inputs: Sequence[Tensor]) -> bool:
+    """Whether ``model`` calls ``module`` on ``inputs``, before it fails or not."""
+    called: list[bool] = []
+    handle = module.register_forward_pre_hook(lambda *_: called.append(True))
+    try:
+        _runs_quietly(model, inputs)
+    finally:
+        handle.remove()
+    return bool(called)
 
 
 def _runs_as_planned(model: nn.Module, planned: PlannedInputs) -> bool:

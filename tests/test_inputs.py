@@ -983,6 +983,37 @@ def test_a_per_feature_mask_that_fails_by_shape_is_told_its_feature_dim(tmp_path
     assert result.verification.passed, result.verification.summary()
 
 
+class _FlairTagger(nn.Module):
+    """Flair's SequenceTagger: ``embeddings`` registered first but run outside ``forward``,
+    which takes the embedded sentences [batch, seq, 12] into a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleDict({"word": nn.Embedding(100, 12)})
+        self.embedding2nn = nn.Linear(12, 12)
+        self.rnn = nn.LSTM(12, 8, batch_first=True, bidirectional=True)
+        self.linear = nn.Linear(16, 5)
+
+    def forward(self, sentence_tensor, lengths):
+        x = self.embedding2nn(sentence_tensor)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return self.linear(pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0])
+
+
+def test_a_first_module_forward_never_runs_tells_nothing_of_the_input(tmp_path) -> None:
+    """Its Embedding made the input token ids, and the model failed on them (mat1 and mat2
+    must have the same dtype); the Linear forward does run first tells the features."""
+    torch.manual_seed(0)
+    result = export_onnx(_FlairTagger().eval(), tmp_path / "f.onnx")
+    first = result.spec.inputs[0]
+    assert (first.name, first.dtype, first.dims) == (
+        "sentence_tensor",
+        "float32",
+        ("batch", "seq", 12),
+    )
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_a_mask_of_the_wrong_sense_is_named_in_the_error(tmp_path) -> None:
     inputs = ["ids:int64[batch,seq]", "attention_mask:int64[batch,seq]:padding_mask"]
     hint = r"declare --input 'attention_mask:int64\[batch,seq\]:mask'"
