@@ -725,9 +725,10 @@ def blame_one_step(
 
     def at_one_step(result: CaseResult, case: Case) -> bool:
         # a case of 1 step, or one that fails only where a row of 1 step runs alone
-        alone = result.error is None or result.error.startswith(SINGLE_ROWS)
-        rows = all(o.check == "batch-invariance" for o in result.outputs if not o.passed)
-        return case.seq == 1 or (1 in (result.lengths or ()) and alone and rows)
+        row = re.search(r"\brow (\d+) alone\b", result.error or "")
+        lengths = result.lengths or ()
+        alone = row is not None and int(row[1]) < len(lengths) and lengths[int(row[1])] == 1
+        return case.seq == 1 or (alone and all(o.passed for o in result.outputs))
 
     ran = list(zip(results, cases, strict=False))
     failing = [(r, c) for r, c in ran if not r.passed]

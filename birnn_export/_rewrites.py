@@ -4,6 +4,7 @@ works around and keeps the graph's results the same."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 from typing import Any
 
 from birnn_export.modules import NODE_NAME_KEY
@@ -144,7 +145,7 @@ def clean_nodes(proto: Any) -> None:
     _name_reversals(proto.graph)
 
 
-def drop_noop_squeezes(proto: Any) -> int:
+def drop_noop_squeezes(proto: Any, symbolic: Collection[str] | None = None) -> int:
     """Make each ``Squeeze`` squeeze only axes of size 1, as ``torch.squeeze(dim)`` does.
 
     ``x.squeeze(1)`` where dim 1 is not 1 (SpeechBrain's ``Conv2d`` squeezes its channels
@@ -152,21 +153,25 @@ def drop_noop_squeezes(proto: Any) -> int:
     writes ``Squeeze(axes=[1])`` all the same, which ONNX refuses (``Dimension of input 1 must
     be 1 instead of 64``). An axis whose size the exporter recorded as a number other than 1
     is dropped from ``axes``, and a Squeeze left with none becomes an Identity. Axes of
-    symbolic size stay, unless the exporter recorded the output with them kept (AutoVC's
-    ``x.squeeze(1)`` of a ``[batch, time, 80]`` mel: torch.export takes a dynamic size as at
-    least 2, so the squeeze is a no-op in the traced program). Returns the number of nodes
-    changed."""
+    symbolic size stay, unless the exporter recorded the output with them kept and the axis's
+    dim is one of ``symbolic`` (AutoVC's ``x.squeeze(1)`` of a ``[batch, time, 80]`` mel:
+    torch.export takes a dynamic size as at least 2, so the squeeze is a no-op in the traced
+    program; the caller leaves out the batch dim, whose squeeze at batch 1 changes the
+    output's rank, and every dim of inputs it inferred, where such a squeeze says the model
+    takes another shape). Returns the number of nodes changed."""
     import numpy as np
     from onnx import numpy_helper
 
     graph = proto.graph
+    values = [*graph.input, *graph.value_info, *graph.output]
+    values = [v for v in values if v.type.tensor_type.HasField("shape")]
     shapes = {
         v.name: [
             d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
         ]
-        for v in [*graph.input, *graph.value_info, *graph.output]
-        if v.type.tensor_type.HasField("shape")
+        for v in values
     }
+    names = {v.name: [d.dim_param for d in v.type.tensor_type.shape.dim] for v in values}
     constants = {t.name: t for t in graph.initializer}
     changed = 0
     for node in graph.node:
@@ -178,8 +183,9 @@ def drop_noop_squeezes(proto: Any) -> int:
         axes = [int(a) % len(shape) for a in numpy_helper.to_array(constants[node.input[1]])]
         kept = [a for a in axes if shape[a] in (None, 1)]
         out = shapes.get(node.output[0])
-        if out is not None and len(out) == len(shape) - sum(shape[a] == 1 for a in kept):
-            kept = [a for a in kept if shape[a] == 1]  # torch kept the symbolic axes
+        free = [a for a in kept if shape[a] is None and names[node.input[0]][a] in (symbolic or ())]
+        if free and out is not None and len(out) == len(shape) - len(kept) + len(free):
+            kept = [a for a in kept if a not in free]  # torch kept those symbolic axes
         if kept == axes:
             continue
         if kept:

@@ -388,7 +388,9 @@ def _trace_graph(
     proto, cut, fixed_at, untraced = _trace(
         traced, trace_inputs, planned, outs, opset, emitted, crfs, traced_at
     )
-    drop_noop_squeezes(proto)
+    free = [d for decl in planned.decls for d in decl.dims if isinstance(d, str)]
+    declared = planned.how == "declared"
+    drop_noop_squeezes(proto, {d for d in free if d != planned.batch_dim} if declared else ())
     recurrent = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN", "LSTMP")]
     takes_lengths = bool(recurrent) and all(  # every one, before the layouts rewrite them
         len(n.input) > 4 and n.input[4] for n in recurrent

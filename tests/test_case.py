@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from birnn_export._case import _layer_checks, batch_invariance_checks
+from birnn_export._case import SINGLE_ROWS, _layer_checks, batch_invariance_checks, blame_one_step
+from birnn_export._report import CaseResult
 from birnn_export._sweep import Case, case_feed
-from birnn_export.compare import NoiseCriterion
+from birnn_export.compare import Check, NoiseCriterion
 from birnn_export.runners import BaseRunner, OrtRunner
-from birnn_export.spec import GraphSpec, Tolerance
+from birnn_export.spec import GraphSpec, TensorSpec, Tolerance
 
 
 class Transformed(BaseRunner):
@@ -84,3 +85,38 @@ def test_a_layer_run_over_other_steps_in_the_graph_fails_its_check():
         graph, model, None, {"lstm": np.array([1])}, NoiseCriterion(), "float32"
     )
     assert not check.passed and "has shape [1, 1, 10], the model's [1, 8, 10]" in check.note
+
+
+def test_one_step_is_blamed_only_where_the_failing_row_has_one_step() -> None:
+    """Every ragged case of batch 2 or more has a row of 1 step: a row of 23 steps that differs
+    alone, or a row alone of 5 steps that fails to run, was blamed on 1 step (review15)."""
+    spec = GraphSpec(
+        inputs=(
+            TensorSpec("x", "float32", ("batch", "seq", 5), "features"),
+            TensorSpec("lengths", "int64", ("batch",), "lengths"),
+        ),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 8), "sequence", batch_at=0),),
+        example_batch=7,
+        example_seq=11,
+    )
+    ok = Check("y", "sequence", "values", 0.0, 0.0, 0.0, True)
+    differs = Check("y", "sequence", "batch-invariance", 0.5, 0.5, 0.1, False)
+    cases = [Case(3, 11, "equal", 1.0, 0), Case(3, 44, "ragged", 1.0, 1)]
+    cases += [Case(16, 11, "ragged", 1.0, 2)] * 2
+
+    def fails(row: int) -> str:
+        return f"{SINGLE_ROWS}RuntimeError: output y: row {row} alone has shape [1, 5, 9]"
+
+    lengths = (11, 1, 5) + (7,) * 13
+    results = [
+        CaseResult("ort-cpu", 3, 11, "equal", 1.0, 0, (11, 11, 11), (ok,)),
+        CaseResult("ort-cpu", 3, 44, "ragged", 1.0, 1, (44, 1, 23), (ok, differs)),
+        CaseResult("ort-cpu", 16, 11, "ragged", 1.0, 2, lengths, (ok,), error=fails(2)),
+    ]
+    assert all(r.diagnosis is None for r in blame_one_step(results, cases, spec))
+    one = [
+        results[0],
+        CaseResult("ort-cpu", 16, 11, "ragged", 1.0, 2, lengths, (ok,), error=fails(1)),
+    ]
+    blamed = blame_one_step(one, [cases[0], cases[2]], spec)
+    assert blamed[1].diagnosis.startswith("only cases of 1 step fail")

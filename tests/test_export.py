@@ -1901,10 +1901,15 @@ def test_rows_of_one_step_alone_are_named_with_the_range_that_serves(tmp_path):
     step runs alone too, and is told the range that passes."""
     torch.manual_seed(0)
     model = _SqueezesAfterMax().eval()
+    inputs = ["x:float32[batch,seq,4]", "lengths:int64[batch]:lengths(seq)"]
     with pytest.raises(VerificationError, match=r"only cases of 1 step fail .*--range seq=2,64"):
-        export_onnx(model, tmp_path / "one.onnx")
-    result = export_onnx(model, tmp_path / "s.onnx", ranges={"seq": (2, 64, 256)})
+        export_onnx(model, tmp_path / "one.onnx", inputs=inputs)
+    ranges = {"seq": (2, 64, 256)}
+    result = export_onnx(model, tmp_path / "s.onnx", inputs=inputs, ranges=ranges)
     assert result.verification.passed, result.verification.summary()
+    # inferred, such a squeeze more likely says the inputs were misread: declare them
+    with pytest.raises(ExportError, match=r"onnx\.checker.*its inputs were inferred"):
+        export_onnx(model, tmp_path / "i.onnx", ranges=ranges)
 
 
 class _SkipsAtOneLength(nn.Module):
@@ -2943,3 +2948,22 @@ def test_torch_logs_advice_that_shows_nothing_here_is_left_out():
         'Constraints violated (batch)! For more information, run with TORCH_LOGS="+dynamic".\n'
     )
     assert _first_line(error) == "Constraints violated (batch)!"
+
+
+class _SqueezesBatch(nn.Module):
+    """``.squeeze(0)`` at the end, as batch-1 inference code writes: a no-op but at batch 1,
+    where the output loses a dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0].squeeze(0)
+
+
+def test_a_squeeze_of_the_batch_is_refused_not_dropped(tmp_path):
+    """Dropped as a no-op, it exported and failed at batch 1 with a diagnosis blaming the
+    reversal (review15): an output whose rank follows the batch is no one graph."""
+    with pytest.raises(ExportError, match=r"onnx\.checker"):
+        export_onnx(_SqueezesBatch().eval(), tmp_path / "b.onnx", inputs=["x:float32[batch,seq,5]"])
