@@ -263,10 +263,10 @@ def mask_dim(decl: InputDecl) -> str | None:
 
 def _mask_by_name(decl: InputDecl, measured: Collection[str]) -> InputDecl:
     """A declared ``[batch, TIME]`` input named as masks are (``attention_mask``,
-    ``padding_mask``, see :data:`MASK_NAMES`) is that mask, ``:mask`` or not; but not where a
-    lengths input of TIME is declared too (``measured``: the dims lengths inputs measure): an
-    ICU model's ``forward(values, mask, lengths)`` takes which values were observed, zeros
-    inside each row, and ``:mask`` says a padding mask."""
+    ``padding_mask``, see :data:`MASK_NAMES`) is that mask, ``:mask`` or not; but not a float
+    one where a lengths input of TIME is declared too (``measured``: the dims lengths inputs
+    measure): an ICU model's ``forward(values, mask, lengths)`` takes which values were
+    observed, zeros inside each row, and ``:mask`` says a padding mask."""
     named = [d for d in decl.dims if isinstance(d, str)]
     if (
         decl.mask is None
@@ -275,7 +275,7 @@ def _mask_by_name(decl: InputDecl, measured: Collection[str]) -> InputDecl:
         and len(decl.dims) == 2
         and len(named) == 2
         and BATCH in named
-        and not set(named) & set(measured)
+        and not (decl.dtype.startswith("float") and set(named) & set(measured))
     ):
         return dataclasses.replace(decl, mask=MASK_NAMES[decl.name][0])
     return decl
@@ -912,9 +912,10 @@ def _declare_conv(model: nn.Module, conv: nn.Module) -> str:
             f"its order; the {channels} channels may hold what forward concatenates from them)"
         )
     reads = _reads(conv)
+    size = "FEATURES" if others else channels  # the channels hold the other inputs too
     transposed = (
-        f"; if forward transposes [batch, time, {channels}] into it, declare "
-        f"'{x}:float32[batch,time,{channels}]'"
+        f"; if forward transposes [batch, time, {size}] into it, declare "
+        f"'{x}:float32[batch,time,{size}]'"
         + ("" if others else f" or pass --input-size {channels}")
         if isinstance(conv, nn.Conv1d)
         else "; H and W are numbers, a frame's height and width, and time the frames' axis"

@@ -73,7 +73,7 @@ def example_probes(
     example's sizes of every other named dim that ``given`` (``--dim``) leaves free, then one
     per such dim at another declared size with the rest at the example's. None where there is
     no such dim or a case of ``cases`` already runs at the example's sizes. Verification runs
-    them only where every case failed."""
+    them only where a case failed."""
     free = [d for d in spec.dim_ranges if d not in given and d in spec.example_sizes]
     base = {
         d: min(max(spec.example_sizes[d], spec.dim_ranges[d][0]), spec.dim_ranges[d][2])

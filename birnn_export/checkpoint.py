@@ -1083,14 +1083,17 @@ def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # no signature to read: name them all
         params = {}
-    rest = any(p.kind is p.VAR_KEYWORD for p in params.values()) or not params
+    # a class that takes none of them by name takes them another way (one hparams dict)
+    rest = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    rest = rest or not any(str(name) in params for name in saved)
     differ = []
     for name, value in saved.items():
         param = params.get(str(name))
         if param is None and not rest:
             continue
-        try:
-            same = param is not None and bool(param.default == value)
+        default = param.default if param is not None else inspect.Parameter.empty
+        try:  # a saved list is the default's tuple (YAML has no tuples)
+            same = bool(_plain(default) == _plain(value))
         except Exception:  # an array's ==, or one that raises
             same = False
         if not same:
@@ -1101,6 +1104,13 @@ def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
         f"; built with the class's defaults, not the checkpoint's hyper_parameters that differ "
         f"from them ({_preview(differ)[1:-1]}): pass them with --model-kwargs"
     )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, for comparing a saved hyper-parameter with a default."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _kwargs_hint(obj: Any) -> str:

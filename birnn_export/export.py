@@ -459,14 +459,16 @@ def _trace_graph(
         try:
             raise_for_problems(proto, spec, graph.sizes, graph.crfs, fixed_at)
         except ExportError as exc:  # a length baked in by a cell loop: say what to do
-            message = str(exc)
+            message = cells = str(exc)
             if _loop_count_follows(traced, trace_inputs, planned, sizes, target):
-                message = _cell_loop(traced, trace_inputs) or message
+                message = cells = _cell_loop(traced, trace_inputs) or message
             if planned.how.startswith("inferred") and _INVALID_GRAPH.search(message):
                 # a model traced on inputs of another shape than it takes (squeeze(1) on
                 # [N, 1, T, F] given [N, T, F]) can make a graph ONNX cannot type
                 message += f"; its inputs were {planned.how}: {_declare_hint(planned)}"
-            if "baked into its" in str(exc) and example_inputs is None and not avoid:
+            # no cause named yet (a line of the model, a cell's loop): it may be a literal
+            told = cells != str(exc) or re.search(r"the model (fixes|cannot vary) it", message)
+            if "baked into its" in message and not told and example_inputs is None and not avoid:
                 raise _BakedExample(message, frozenset(planned.examples.values())) from None
             raise ExportError(message) from None
     return graph
@@ -1569,13 +1571,16 @@ def _loop_count_follows(
     taken: set[int],
     dtype: torch.dtype,
 ) -> bool:
-    """Whether a cell's Python loop runs another number of times at a longer example (a loop
-    over the input's steps); ``False`` for a decoder of a fixed number of steps, whose unrolled
-    loop freezes no size; ``True`` where no longer example fits the range."""
+    """Whether a cell's Python loop runs as many times as an example size (a loop over the
+    input's steps, a word's characters) or another number of times at a longer example (a
+    decoder's ``2 * T`` steps); ``False`` for a decoder of a fixed number of steps, whose
+    unrolled loop freezes no size; ``True`` where no longer example fits the range."""
+    counts = {name: count for name, _, count in _looped_cells(model, inputs)}
+    if set(counts.values()) & set(planned.examples.values()):
+        return True
     longer = with_longer_example(planned, taken)
     if longer is None:
         return True
-    counts = {name: count for name, _, count in _looped_cells(model, inputs)}
     other = [t.to(dtype) if t.is_floating_point() else t for t in longer.tensors]
     again = {name: count for name, _, count in _looped_cells(model, other)}
     return any(again.get(name) != count for name, count in counts.items())

@@ -927,6 +927,61 @@ class _DropsWithData(nn.Module):
         ]
 
 
+class _DecodesThreeStepsFromSeven(nn.Module):
+    """A decoder of a fixed 3 steps after ``x.reshape(7, -1, 4)``: the batch truly fixed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+        self.cell = nn.LSTMCell(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lstm(x.reshape(7, -1, 4))[0][:, -1]
+        c, steps = torch.zeros_like(h), []
+        for _ in range(3):
+            h, c = self.cell(h, (h, c))
+            steps.append(h)
+        return torch.stack(steps, 1)
+
+
+def test_a_decoder_of_fixed_steps_is_not_blamed_for_a_baked_batch(tmp_path):
+    """Its fixed loop was named as the cause ("runs nn.LSTMCell ... use nn.LSTM"): its count
+    does not follow the input, and the baked batch is what to tell."""
+    model = _DecodesThreeStepsFromSeven().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "d.onnx", inputs=["x:float32[batch,seq,4]"])
+    assert "the example batch 7 is baked" in str(caught.value)
+    assert "LSTMCell" not in str(caught.value)
+
+
+class _CharLoop(nn.Module):
+    """Each word's characters run through an LSTMCell in a Python loop over the chars dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 4)
+        self.cell = nn.LSTMCell(4, 4)
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:
+        e = self.embed(chars)  # [batch, seq, chars, 4]
+        b, t, n, d = e.shape
+        flat = e.reshape(b * t, n, d)
+        h = c = flat.new_zeros(b * t, d)
+        for i in range(n):
+            h, c = self.cell(flat[:, i], (h, c))
+        return self.lstm(h.reshape(b, t, d))[0]
+
+
+def test_a_cell_loop_over_another_dim_than_time_is_told_the_layer(tmp_path):
+    """A loop over a word's characters runs as many times as the chars example, not more at a
+    longer time: it was told a generic baked size (review15)."""
+    with pytest.raises(ExportError, match=r"runs nn\.LSTMCell 'cell' in a Python loop"):
+        export_onnx(
+            _CharLoop().eval(), tmp_path / "c.onnx", inputs=["chars:int64[batch,seq,chars]"]
+        )
+
+
 def test_a_tensor_made_from_data_is_named_with_its_module_and_line(tmp_path):
     """torch.export's "fake tensor in the exported program constant's list ... please file an
     issue" was passed on, with a hint blaming packing, which the model does right."""

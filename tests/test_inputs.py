@@ -1014,6 +1014,40 @@ def test_a_first_module_forward_never_runs_tells_nothing_of_the_input(tmp_path) 
     assert result.verification.passed, result.verification.summary()
 
 
+def test_example_sizes_avoid_the_declared_fixed_sizes() -> None:
+    """ETT's 7 variables declared [batch, seq, 7]: the example batch was 7 as well, so the
+    graph's 7 looked like a baked example batch."""
+    from birnn_export._inputs import plan_inputs
+
+    class Forecaster(nn.Module):
+        def forward(self, x, lengths):
+            return x
+
+    common = {**PLANNING, "example_inputs": None}
+    inputs = ["x:float32[batch,seq,7]", "lengths:int64[batch]:lengths(seq)"]
+    planned = plan_inputs(Forecaster(), inputs=inputs, **common)
+    assert 7 not in planned.examples.values(), planned.examples
+    assert planned.tensors[0].shape[2] == 7
+
+
+def test_an_int64_attention_mask_beside_lengths_stays_a_mask() -> None:
+    """Only a float "mask" beside lengths is data (an observation mask); an int64 one had
+    become token ids (review15)."""
+    from birnn_export._inputs import plan_inputs
+
+    class Tagger(nn.Module):
+        def forward(self, ids, attention_mask, lengths):
+            return ids
+
+    common = {**PLANNING, "example_inputs": None}
+    inputs = [
+        "ids:int64[batch,seq]",
+        "attention_mask:int64[batch,seq]",
+        "lengths:int64[batch]:lengths(seq)",
+    ]
+    assert plan_inputs(Tagger(), inputs=inputs, **common).roles[1] == "mask"
+
+
 def test_a_mask_of_the_wrong_sense_is_named_in_the_error(tmp_path) -> None:
     inputs = ["ids:int64[batch,seq]", "attention_mask:int64[batch,seq]:padding_mask"]
     hint = r"declare --input 'attention_mask:int64\[batch,seq\]:mask'"
