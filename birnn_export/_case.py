@@ -524,8 +524,25 @@ def sweep_checks(
             if check is not None:
                 checks.append(check)
         if checks:
+            # only top-1 fails: where that output holds no class scores, its argmax means nothing
+            top1 = [
+                c.name
+                for c in checks
+                if not c.passed and c.rel_l2 is not None and c.rel_l2 < (c.rel_l2_limit or 0)
+            ]
+            why = None
+            if top1 and len(top1) == sum(not c.passed for c in checks):
+                names = ", ".join(repr(n) for n in top1)
+                why = (
+                    f"only top-1 agreement fails ({names}; its relative L2 error is within the "
+                    "limit): where an output holds no class scores (an encoder's projection, a "
+                    "regression), its argmax means nothing: export with --scores naming the "
+                    "outputs that do, or --scores none (Python: scores=[...])"
+                )
             swept.append(
-                CaseResult(engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks))
+                CaseResult(
+                    engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks), diagnosis=why
+                )
             )
     return swept
 

@@ -221,6 +221,14 @@ graph_options = option_group(
             "MatMul kernels; GRU/RNN and LSTMs with proj_size stay float32), verified by top-1 "
             "agreement and relative error. Runs on ONNX Runtime CPU only.",
         ),
+        click.option(
+            "--scores",
+            callback=parsed(options_.parse_scores),
+            metavar="NAME,...|none",
+            help="The outputs that hold class scores, whose top-1 an int8 graph must keep "
+            "(recorded in the graph), e.g. 'logits'; 'none' for an encoder's projection or a "
+            "regression. [default: each output a linear head makes]",
+        ),
     ],
 )
 

@@ -172,6 +172,7 @@ def trace_graph(
     source_sha256: str | None = None,
     batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
     seq_range: Sequence[int] = DEFAULT_SEQ_RANGE,
+    scores: Sequence[str] | None = None,
 ) -> TracedGraph:
     """Trace ``model`` to an ONNX graph with symbolic ``batch`` and ``seq`` axes and check it:
     the graph :func:`birnn_export.export_onnx` writes, with these keyword arguments.
@@ -217,6 +218,9 @@ def trace_graph(
             takes any batch size.
         seq_range: (min, opt, max) of the time dim (``seq``, or the declared one), likewise;
             verification also runs at the maximum.
+        scores: The outputs that hold class scores (an int8 graph must keep their top-1),
+            recorded in the graph; ``()`` for none (an encoder's projection, a regression).
+            Default: each output a linear head makes.
 
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
@@ -237,6 +241,7 @@ def trace_graph(
         source_sha256=source_sha256,
         batch_range=batch_range,
         seq_range=seq_range,
+        scores=scores,
     )
     try:
         return _trace_graph(model, **options, avoid=frozenset())
@@ -276,6 +281,7 @@ def _trace_graph(
     source_sha256: str | None,
     batch_range: Sequence[int],
     seq_range: Sequence[int],
+    scores: Sequence[str] | None,
     avoid: frozenset[int],
 ) -> TracedGraph:
     """:func:`trace_graph`, tracing at example sizes none of ``avoid``."""
@@ -406,6 +412,8 @@ def _trace_graph(
     if target == torch.float16:
         sink_batch_transposes(proto)
     spec = build_spec(proto, planned, converted, layers, tags)
+    if scores is not None:
+        spec = _with_scores(spec, scores)
     asked, notes = layout, []
     rnn_islands = _float32_nodes(proto, dtype, ("RNN",))  # before scan writes them as loops
     if layout in ("scan", "packed"):
@@ -472,6 +480,19 @@ def _trace_graph(
                 raise _BakedExample(message, frozenset(planned.examples.values())) from None
             raise ExportError(message) from None
     return graph
+
+
+def _with_scores(spec: GraphSpec, scores: Sequence[str]) -> GraphSpec:
+    """``spec`` with exactly the outputs ``scores`` names marked as class scores."""
+    names = [t.name for t in spec.outputs]
+    unknown = next((n for n in scores if n not in names), None)
+    if unknown is not None:
+        raise ExportError(
+            f"scores: {unknown!r} is not an output of the graph ({', '.join(names)}); name "
+            "outputs as --output-names does, or 'none'"
+        )
+    outputs = tuple(dataclasses.replace(t, classes=t.name in scores) for t in spec.outputs)
+    return dataclasses.replace(spec, outputs=outputs)
 
 
 def default_layout(layers: Sequence[BiRNN]) -> str:

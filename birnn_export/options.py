@@ -70,6 +70,11 @@ def parse_names(text: str, option: str) -> tuple[str, ...]:
     return names
 
 
+def parse_scores(text: str) -> tuple[str, ...]:
+    """``--scores``: ``"logits,tags"`` -> ``("logits", "tags")``, ``"none"`` -> ``()``."""
+    return () if text.strip().lower() == "none" else parse_names(text, "--scores")
+
+
 def parse_named_ranges(values: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """``["width=32,256,1024"]`` -> ``{"width": (32, 256, 1024)}`` (``--range``)."""
     out = {}

@@ -120,3 +120,23 @@ def test_one_step_is_blamed_only_where_the_failing_row_has_one_step() -> None:
     ]
     blamed = blame_one_step(one, [cases[0], cases[2]], spec)
     assert blamed[1].diagnosis.startswith("only cases of 1 step fail")
+
+
+def test_an_int8_sweep_failing_only_top1_says_scores_none() -> None:
+    """An encoder's 128-wide projection held to top-1 agreement was refused at relative L2
+    0.017 (limit 0.05), with no way out (users22): the diagnosis names --scores."""
+    from birnn_export._case import sweep_checks
+    from birnn_export.compare import QuantizedCriterion
+
+    def case(top1_missed: int, err: float) -> CaseResult:
+        values = Check(
+            "proj", "sequence", "values", err, err, err, True,
+            rel_l2=err, reference_l2=1.0, top1=0.9, top1_decisive=100, top1_missed=top1_missed,
+        )  # fmt: skip
+        return CaseResult("ort-cpu", 3, 11, "ragged", 1.0, 0, (11, 4, 1), (values,))
+
+    criteria = {"ort-cpu": {"proj": QuantizedCriterion()}}
+    (swept,) = sweep_checks([case(2, 0.01), case(1, 0.01)], criteria, seed=0)
+    assert not swept.passed and "--scores none" in (swept.diagnosis or "")
+    (both,) = sweep_checks([case(2, 0.2), case(1, 0.2)], criteria, seed=0)
+    assert not both.passed and both.diagnosis is None  # the values are off too

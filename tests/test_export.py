@@ -3022,3 +3022,27 @@ def test_a_squeeze_of_the_batch_is_refused_not_dropped(tmp_path):
     reversal (review15): an output whose rank follows the batch is no one graph."""
     with pytest.raises(ExportError, match=r"onnx\.checker"):
         export_onnx(_SqueezesBatch().eval(), tmp_path / "b.onnx", inputs=["x:float32[batch,seq,5]"])
+
+
+def test_scores_given_are_recorded_and_unknown_ones_refused(tmp_path):
+    """A projection (encoder memory) looks like a linear head's class scores; --scores none
+    records it as none, so an int8 graph is judged by relative error alone."""
+    from birnn_export.compare import has_classes
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+            self.proj = nn.Linear(10, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(self.lstm(x)[0])
+
+    model = Encoder().eval()
+    inferred = export_onnx(model, tmp_path / "a.onnx", input_size=6, verify=False)
+    assert has_classes(inferred.spec, inferred.spec.outputs[0])
+    none = export_onnx(model, tmp_path / "b.onnx", input_size=6, verify=False, scores=())
+    spec = GraphSpec.from_onnx(none.path)
+    assert spec.outputs[0].classes is False and not has_classes(spec, spec.outputs[0])
+    with pytest.raises(ExportError, match=r"scores: 'logits' is not an output of the graph"):
+        export_onnx(model, tmp_path / "c.onnx", input_size=6, verify=False, scores=("logits",))

@@ -106,3 +106,10 @@ def test_imports_neither_torch_nor_onnx() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scores_name_outputs_or_none() -> None:
+    assert options.parse_scores("logits,tags") == ("logits", "tags")
+    assert options.parse_scores("none") == ()
+    with pytest.raises(UsageError, match="--scores"):
+        options.parse_scores("a,,b")
