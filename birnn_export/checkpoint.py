@@ -761,7 +761,8 @@ def _build(
         if isinstance(state, nn.Module):
             if model_class is None:
                 where = where.replace("state_dict", "pickled module", 1) + " (trusted)"
-                return (*_from_module(state), where + _training_note(state), _config_of(state))
+                where += _training_note(state)  # before _from_module puts it in eval mode
+                return (*_from_module(state), where, _config_of(state))
             state = state.state_dict()
     if model_class is not None:
         factory, what = _factory(_user_class(model_class), model_class, model_kwargs)
@@ -951,7 +952,10 @@ def _keys_under_one_prefix(
 
 
 def _from_module(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-    """``(converted, original)``; ``original`` is None when nothing needed converting."""
+    """``(converted, original)``, both in eval mode (before anything reads a computed weight:
+    spectral_norm in training mode moves its ``u`` and ``v`` at every read); ``original`` is
+    None when nothing needed converting."""
+    module.eval()
     if not conversion_report(module):
         return module, None
     return convert(module), module

@@ -63,14 +63,26 @@ def _reparametrized(layer: nn.Module) -> bool:
 def copied(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``. A layer whose weights are computed (weight_norm, either API)
     holds them with their autograd history, which deepcopy refuses: they are recomputed
-    without it first (as the layer's next forward recomputes them)."""
-    with torch.no_grad():
-        for module in model.modules():
-            for hook in _weight_norm_hooks(module):
-                setattr(module, hook.name, hook.compute_weight(module))
-            if isinstance(module, nn.RNNBase) and _reparametrized(module):
-                module._init_flat_weights()
-    return copy.deepcopy(model)
+    without it first (as the layer's next forward recomputes them), in eval mode: in training
+    mode spectral_norm would run a power iteration and change the model's own ``u`` and
+    ``v``, so the weights exported would be neither the file's nor those of the model run
+    in eval mode."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                for hook in _weight_norm_hooks(module):
+                    setattr(module, hook.name, hook.compute_weight(module))
+                if isinstance(module, nn.RNNBase) and _reparametrized(module):
+                    module._init_flat_weights()
+        copy_ = copy.deepcopy(model)
+    finally:
+        for module, training in modes:
+            module.training = training
+    for module, (_, training) in zip(copy_.modules(), modes, strict=True):
+        module.training = training
+    return copy_
 
 
 def _folded(layer: nn.Module) -> nn.Module:

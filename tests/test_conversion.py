@@ -146,6 +146,28 @@ def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
 
 
+def test_a_model_in_training_mode_is_converted_without_moving_its_spectral_norm():
+    """Converted in training mode (a class built from a state_dict is), spectral_norm ran a
+    power iteration at each read: the model's own u and v moved and the graph differed from
+    the model in eval mode by 50x eager's error (users21)."""
+    torch.manual_seed(0)
+    layer = nn.GRU(3, 8, batch_first=True, bidirectional=True)
+    nn.utils.parametrizations.spectral_norm(layer, "weight_hh_l0")
+    model = Wrapper(layer)
+    for _ in range(3):  # training: u and v move on
+        model.encoder[0](torch.randn(2, 5, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = convert(model)  # model still in training mode
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        want = pad_packed_sequence(model.eval().encoder[0](packed)[0], batch_first=True)[0]
+        got = converted.eval().encoder[0](x, lengths)[0]
+    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
+
+
 def _weight_dropped(layer: nn.LSTM) -> nn.LSTM:
     """AWD-LSTM's weight drop: the parameter renamed ``*_raw``, the weight a plain tensor
     assigned in forward (``F.dropout(raw, p, training)``)."""
