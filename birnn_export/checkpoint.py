@@ -773,6 +773,9 @@ def _build(
         state, under = _keys_under_one_prefix(state, keys, path)
         if under:
             where += under
+        state, pruned = _unpruned(state, keys)
+        if pruned:
+            where += f" (pruned {pruned}: each weight_orig x weight_mask, as prune.remove makes)"
         try:
             user = _construct(factory, state, model_class, path, what=what)
         except ModelLoadError as exc:
@@ -915,6 +918,25 @@ def _strip_wrapper_prefix(
             state = {k[len(prefix) :]: v for k, v in state.items()}
             removed += prefix
     return state, removed
+
+
+def _unpruned(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> tuple[Mapping[str, Tensor], str]:
+    """``state`` with each weight ``torch.nn.utils.prune`` saved as ``X_orig`` and ``X_mask``
+    (a model pruned and saved before ``prune.remove``) made the plain ``X`` the class holds,
+    and the names of those weights for the load line (``""``: none)."""
+    names = [
+        k for k in expected if k not in state and f"{k}_orig" in state and f"{k}_mask" in state
+    ]
+    if not names:
+        return state, ""
+    plain = {
+        k: v for k, v in state.items() if k.removesuffix("_orig").removesuffix("_mask") not in names
+    }
+    for name in names:
+        plain[name] = state[f"{name}_orig"] * state[f"{name}_mask"]
+    return plain, _preview(names, 3)
 
 
 def _keys_under_one_prefix(

@@ -47,11 +47,45 @@ def find_recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _weight_norm_hooks(module: nn.Module) -> list[Any]:
-    """The hooks of ``torch.nn.utils.weight_norm`` (the API before parametrizations) on
-    ``module``: each recomputes a weight from its ``_g`` and ``_v`` before every forward."""
+    """The hooks that compute a weight of ``module`` before every forward: the older
+    ``torch.nn.utils.weight_norm`` and ``spectral_norm`` (the APIs before parametrizations)
+    and ``torch.nn.utils.prune``'s masks (``weight_orig * weight_mask``)."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
-    return [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
+    kinds = (WeightNorm, SpectralNorm, BasePruningMethod)
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, kinds)]
+
+
+def _hook_weight(module: nn.Module, hook: Any) -> torch.Tensor:
+    """The weight ``hook`` computes for ``module`` in eval mode."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    if isinstance(hook, SpectralNorm):
+        return hook.compute_weight(module, do_power_iteration=False)
+    if isinstance(hook, BasePruningMethod):
+        return hook.apply_mask(module)
+    return hook.compute_weight(module)
+
+
+def _hook_name(hook: Any) -> str:
+    """The name of the weight ``hook`` computes (prune's hooks keep it as ``_tensor_name``)."""
+    return getattr(hook, "_tensor_name", None) or hook.name
+
+
+def _remove_hook(module: nn.Module, hook: Any) -> None:
+    """``module`` with the weight ``hook`` computes a plain parameter, its value in eval mode."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    if isinstance(hook, SpectralNorm):
+        nn.utils.remove_spectral_norm(module, hook.name)
+    elif isinstance(hook, prune.BasePruningMethod):
+        prune.remove(module, _hook_name(hook))
+    else:
+        nn.utils.remove_weight_norm(module, hook.name)
 
 
 def _reparametrized(layer: nn.Module) -> bool:
@@ -73,7 +107,7 @@ def copied(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             for module in model.modules():
                 for hook in _weight_norm_hooks(module):
-                    setattr(module, hook.name, hook.compute_weight(module))
+                    setattr(module, _hook_name(hook), _hook_weight(module, hook))
                 if isinstance(module, nn.RNNBase) and _reparametrized(module):
                     module._init_flat_weights()
         copy_ = copy.deepcopy(model)
@@ -92,7 +126,7 @@ def _folded(layer: nn.Module) -> nn.Module:
     from torch.nn.utils import parametrize
 
     for hook in _weight_norm_hooks(layer):
-        nn.utils.remove_weight_norm(layer, hook.name)
+        _remove_hook(layer, hook)
     if not parametrize.is_parametrized(layer):
         return layer
     # A copy shares its parametrized class (which holds the weights' properties) with the

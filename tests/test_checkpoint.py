@@ -1144,3 +1144,17 @@ def test_torchscript_archive_is_named_as_such(tmp_path: Path, compile_with: str)
     result = CliRunner().invoke(main, [str(path), "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 2 and "TorchScript archive" in result.output
     assert "Warning" not in result.output and not (tmp_path / "out.onnx").exists()
+
+
+def test_a_pruned_state_dict_is_loaded_as_prune_remove_makes_it(tmp_path, user_models):
+    """Saved before prune.remove, the weight is weight_orig and weight_mask: refused as keys
+    that do not fit the class (users21)."""
+    torch.manual_seed(0)
+    model = user_models.AttentionClassifier().eval()
+    nn.utils.prune.l1_unstructured(model.encoder, "weight_hh_l0", amount=0.5)
+    path = _save(model.state_dict(), tmp_path / "pruned.pt")
+    loaded = load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
+    assert "pruned [encoder.weight_hh_l0]: each weight_orig x weight_mask" in loaded.source
+    ids = torch.randint(1, 50, (3, 9))
+    with torch.no_grad():
+        _close(loaded.model(ids), model(ids))

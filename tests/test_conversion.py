@@ -113,18 +113,23 @@ def test_unconvertible_layers_name_the_path(layer, message):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation
-@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm", "weight_norm hook"])
+@pytest.mark.parametrize(
+    "norm", ["weight_norm", "spectral_norm", "weight_norm hook", "spectral_norm hook", "prune"]
+)
 def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     """weight_norm (or spectral_norm) on the recurrent weights, as speech models train them:
     was refused; the copy holds the weights eval mode computes and matches the original on
     packed rows, which keeps its parametrization. The older weight_norm (a hook computing
-    weight_hh_l0 from weight_hh_l0_g and _v) was told it was AWD-LSTM's weight drop."""
+    weight_hh_l0 from weight_hh_l0_g and _v) was told it was AWD-LSTM's weight drop, and so
+    were the older spectral_norm and a pruned layer (weight_orig x weight_mask, users21)."""
     torch.manual_seed(0)
     layer = nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True)
-    if norm == "weight_norm hook":
-        parametrize = nn.utils.weight_norm
-    else:
-        parametrize = getattr(nn.utils.parametrizations, norm)
+    hooks = {
+        "weight_norm hook": nn.utils.weight_norm,
+        "spectral_norm hook": nn.utils.spectral_norm,
+        "prune": lambda layer, name: nn.utils.prune.l1_unstructured(layer, name, amount=0.4),
+    }
+    parametrize = hooks.get(norm) or getattr(nn.utils.parametrizations, norm)
     for name in ("weight_hh_l0", "weight_hh_l0_reverse", "weight_ih_l1"):
         parametrize(layer, name)
     model = Wrapper(layer)
@@ -135,8 +140,11 @@ def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     converted = convert(model)
     assert isinstance(converted.encoder[0], BiRNN)
     original = model.encoder[0]  # keeps its parametrization
-    assert nn.utils.parametrize.is_parametrized(original) or hasattr(original, "weight_hh_l0_g")
-    assert not hasattr(converted.encoder[0], "weight_hh_l0_g")
+    computed = ("weight_hh_l0_g", "weight_hh_l0_orig")
+    assert nn.utils.parametrize.is_parametrized(original) or any(
+        hasattr(original, name) for name in computed
+    )
+    assert not any(hasattr(converted.encoder[0], name) for name in computed)
     x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     with torch.no_grad():
