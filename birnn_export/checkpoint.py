@@ -716,6 +716,15 @@ def _main_from(model_class: str | None, path: Path) -> Any:
     return main_from
 
 
+#: Modules that wrap the model for training (data parallelism, weight averaging): the model is
+#: their ``module``.
+_WRAPPERS = (
+    nn.DataParallel,
+    nn.parallel.DistributedDataParallel,
+    torch.optim.swa_utils.AveragedModel,
+)
+
+
 def _build(
     obj: Any,
     path: Path,
@@ -727,6 +736,17 @@ def _build(
     time_major: bool = False,
 ) -> tuple[nn.Module, nn.Module | None, str, dict[str, Any] | None]:
     """``(model, original, source, config)`` from what ``torch.load`` returned."""
+    if isinstance(obj, _WRAPPERS):  # its forward(*args, **kwargs) tells nothing of the inputs
+        model, original, where, config = _build(
+            obj.module,
+            path,
+            model_class=model_class,
+            model_kwargs=model_kwargs,
+            state_key=state_key,
+            nonlinearity=nonlinearity,
+            time_major=time_major,
+        )
+        return model, original, f"{where}, the module inside its {type(obj).__name__}", config
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         architecture, config = _check_own_format(obj, path)
         state, where = obj.get("state_dict"), f"birnn-export checkpoint v{FORMAT_VERSION}"
@@ -908,9 +928,13 @@ def _under_prefix(
 def _strip_wrapper_prefix(
     state: Mapping[str, Tensor], expected: Mapping[str, Tensor] | None = None
 ) -> tuple[dict[str, Tensor], str]:
-    """Remove a wrapper's prefix from every key, unless the target model's keys carry it too."""
+    """Remove a wrapper's prefix from every key, unless the target model's keys carry it too.
+    An SWA/EMA ``AveragedModel``'s own ``n_averaged`` count, beside its ``module.`` keys, goes
+    with it."""
     removed = ""
     state = dict(state)
+    if "n_averaged" in state and all(k.startswith("module.") for k in state if k != "n_averaged"):
+        state.pop("n_averaged")
     for prefix in _WRAPPER_PREFIXES:
         if expected and all(k.startswith(prefix) for k in expected):
             continue
