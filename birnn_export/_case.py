@@ -535,9 +535,10 @@ def sweep_checks(
                 names = ", ".join(repr(n) for n in top1)
                 why = (
                     f"only top-1 agreement fails ({names}; its relative L2 error is within the "
-                    "limit): where an output holds no class scores (an encoder's projection, a "
-                    "regression), its argmax means nothing: export with --scores naming the "
-                    "outputs that do, or --scores none (Python: scores=[...])"
+                    "limit): where it holds class scores, the int8 graph loses the task there: "
+                    "keep float32; where it holds none (an encoder's projection, a regression), "
+                    "its argmax means nothing: export with --scores naming the outputs that do, "
+                    "or --scores none (Python: scores=[...])"
                 )
             swept.append(
                 CaseResult(

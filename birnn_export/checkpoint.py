@@ -778,6 +778,8 @@ def _build(
             state, where = obj.state_dict(), "pickled module's state_dict (trusted)"
     else:
         state, where = _find_state_dict(obj, path, state_key)
+        while isinstance(state, _WRAPPERS):  # {"model": DataParallel(model)}
+            state, where = state.module, f"{where}, the module inside its {type(state).__name__}"
         if isinstance(state, nn.Module):
             if model_class is None:
                 where = where.replace("state_dict", "pickled module", 1) + " (trusted)"
@@ -790,12 +792,12 @@ def _build(
         state, stripped = _strip_wrapper_prefix(state, keys)
         if stripped:
             where += f" (prefix {stripped!r} removed)"
-        state, under = _keys_under_one_prefix(state, keys, path)
-        if under:
-            where += under
         state, pruned = _unpruned(state, keys)
         if pruned:
             where += f" (pruned {pruned}: each weight_orig x weight_mask, as prune.remove makes)"
+        state, under = _keys_under_one_prefix(state, keys, path)
+        if under:
+            where += under
         try:
             user = _construct(factory, state, model_class, path, what=what)
         except ModelLoadError as exc:
@@ -948,10 +950,13 @@ def _unpruned(
     state: Mapping[str, Tensor], expected: Mapping[str, Tensor]
 ) -> tuple[Mapping[str, Tensor], str]:
     """``state`` with each weight ``torch.nn.utils.prune`` saved as ``X_orig`` and ``X_mask``
-    (a model pruned and saved before ``prune.remove``) made the plain ``X`` the class holds,
-    and the names of those weights for the load line (``""``: none)."""
+    (a model pruned and saved before ``prune.remove``) made the plain ``X``, unless the class
+    itself holds ``X_orig`` (it prunes in ``__init__``), and the names of those weights for
+    the load line (``""``: none)."""
     names = [
-        k for k in expected if k not in state and f"{k}_orig" in state and f"{k}_mask" in state
+        k.removesuffix("_orig")
+        for k in state
+        if k.endswith("_orig") and f"{k.removesuffix('_orig')}_mask" in state and k not in expected
     ]
     if not names:
         return state, ""

@@ -106,7 +106,9 @@ def copied(model: nn.Module) -> nn.Module:
     try:
         with torch.no_grad():
             for module in model.modules():
-                for hook in _weight_norm_hooks(module):
+                # the last hook first: a later hook computes what an earlier one reads (prune
+                # on weight_norm's _v)
+                for hook in reversed(_weight_norm_hooks(module)):
                     setattr(module, _hook_name(hook), _hook_weight(module, hook))
                 if isinstance(module, nn.RNNBase) and _reparametrized(module):
                     module._init_flat_weights()
@@ -125,7 +127,7 @@ def _folded(layer: nn.Module) -> nn.Module:
     one every eval-mode forward computes: the layer is a plain built-in layer again."""
     from torch.nn.utils import parametrize
 
-    for hook in _weight_norm_hooks(layer):
+    for hook in reversed(_weight_norm_hooks(layer)):  # the last first, as in copied()
         _remove_hook(layer, hook)
     if not parametrize.is_parametrized(layer):
         return layer

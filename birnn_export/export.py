@@ -485,6 +485,11 @@ def _trace_graph(
 def _with_scores(spec: GraphSpec, scores: Sequence[str]) -> GraphSpec:
     """``spec`` with exactly the outputs ``scores`` names marked as class scores."""
     names = [t.name for t in spec.outputs]
+    if isinstance(scores, str):
+        raise ExportError(
+            f"scores: a list of output names, e.g. [{scores!r}], or [] for none; got the "
+            f"string {scores!r}"
+        )
     unknown = next((n for n in scores if n not in names), None)
     if unknown is not None:
         raise ExportError(

@@ -1152,12 +1152,14 @@ def test_a_pruned_state_dict_is_loaded_as_prune_remove_makes_it(tmp_path, user_m
     torch.manual_seed(0)
     model = user_models.AttentionClassifier().eval()
     nn.utils.prune.l1_unstructured(model.encoder, "weight_hh_l0", amount=0.5)
-    path = _save(model.state_dict(), tmp_path / "pruned.pt")
-    loaded = load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
-    assert "pruned [encoder.weight_hh_l0]: each weight_orig x weight_mask" in loaded.source
+    lightning = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
     ids = torch.randint(1, 50, (3, 9))
-    with torch.no_grad():
-        _close(loaded.model(ids), model(ids))
+    for saved, name in ((model.state_dict(), "encoder"), (lightning, "model.encoder")):
+        path = _save(saved, tmp_path / "pruned.pt")
+        loaded = load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
+        assert f"pruned [{name}.weight_hh_l0]: each weight_orig x weight_mask" in loaded.source
+        with torch.no_grad():
+            _close(loaded.model(ids), model(ids))
 
 
 @pytest.mark.parametrize("wrapper", ["AveragedModel", "DataParallel"])
@@ -1171,12 +1173,12 @@ def test_a_pickled_training_wrapper_is_unwrapped(tmp_path, user_models, wrapper)
         if wrapper == "AveragedModel"
         else nn.DataParallel(model)
     )
-    path = _save(wrapped, tmp_path / "wrapped.pt")
-    loaded = load_model(path, trust_pickle=True)
-    assert loaded.source.endswith(f"the module inside its {wrapper}")
     ids = torch.randint(1, 50, (3, 9))
-    with torch.no_grad():
-        _close(loaded.model(ids), model(ids))
+    for saved in (wrapped, {"model": wrapped, "epoch": 3}):  # alone, or in a checkpoint dict
+        loaded = load_model(_save(saved, tmp_path / "wrapped.pt"), trust_pickle=True)
+        assert f"the module inside its {wrapper}" in loaded.source
+        with torch.no_grad():
+            _close(loaded.model(ids), model(ids))
 
 
 def test_an_averaged_models_state_dict_loses_its_count_with_its_prefix(tmp_path, user_models):

@@ -154,13 +154,17 @@ def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
 
 
-def test_a_model_in_training_mode_is_converted_without_moving_its_spectral_norm():
+@pytest.mark.parametrize("api", ["parametrizations", "hook"])
+def test_a_model_in_training_mode_is_converted_without_moving_its_spectral_norm(api):
     """Converted in training mode (a class built from a state_dict is), spectral_norm ran a
     power iteration at each read: the model's own u and v moved and the graph differed from
     the model in eval mode by 50x eager's error (users21)."""
     torch.manual_seed(0)
     layer = nn.GRU(3, 8, batch_first=True, bidirectional=True)
-    nn.utils.parametrizations.spectral_norm(layer, "weight_hh_l0")
+    if api == "hook":
+        nn.utils.spectral_norm(layer, "weight_hh_l0")
+    else:
+        nn.utils.parametrizations.spectral_norm(layer, "weight_hh_l0")
     model = Wrapper(layer)
     for _ in range(3):  # training: u and v move on
         model.encoder[0](torch.randn(2, 5, 3))
@@ -172,6 +176,25 @@ def test_a_model_in_training_mode_is_converted_without_moving_its_spectral_norm(
     with torch.no_grad():
         want = pad_packed_sequence(model.eval().encoder[0](packed)[0], batch_first=True)[0]
         got = converted.eval().encoder[0](x, lengths)[0]
+    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_pruned_weight_norm_is_folded_last_hook_first():
+    """Pruning weight_norm's _v: the prune hook, registered last, computes what weight_norm's
+    reads; folded in registration order it failed with KeyError: 'weight_hh_l0_v' (review16)."""
+    torch.manual_seed(0)
+    layer = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+    nn.utils.weight_norm(layer, "weight_hh_l0")
+    nn.utils.prune.l1_unstructured(layer, "weight_hh_l0_v", amount=0.4)
+    model = Wrapper(layer).eval()
+    converted = convert(model)
+    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        want = pad_packed_sequence(model.encoder[0](packed)[0], batch_first=True)[0]
+        got = converted.encoder[0](x, lengths)[0]
     valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
     torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
 

@@ -3046,3 +3046,5 @@ def test_scores_given_are_recorded_and_unknown_ones_refused(tmp_path):
     assert spec.outputs[0].classes is False and not has_classes(spec, spec.outputs[0])
     with pytest.raises(ExportError, match=r"scores: 'logits' is not an output of the graph"):
         export_onnx(model, tmp_path / "c.onnx", input_size=6, verify=False, scores=("logits",))
+    with pytest.raises(ExportError, match=r"scores: a list of output names"):  # not its letters
+        export_onnx(model, tmp_path / "d.onnx", input_size=6, verify=False, scores="output")
