@@ -112,6 +112,17 @@ def test_unconvertible_layers_name_the_path(layer, message):
         convert(Wrapper(layer))
 
 
+def _matches_on_packed_rows(original: nn.Module, converted: nn.Module) -> None:
+    """``converted`` (a BiRNN taking lengths) gives ``original``'s outputs on packed rows."""
+    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        want = pad_packed_sequence(original(packed)[0], batch_first=True)[0]
+        got = converted(x, lengths)[0]
+    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation
 @pytest.mark.parametrize(
     "norm", ["weight_norm", "spectral_norm", "weight_norm hook", "spectral_norm hook", "prune"]
@@ -145,13 +156,7 @@ def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
         hasattr(original, name) for name in computed
     )
     assert not any(hasattr(converted.encoder[0], name) for name in computed)
-    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    with torch.no_grad():
-        want = pad_packed_sequence(model.encoder[0](packed)[0], batch_first=True)[0]
-        got = converted.encoder[0](x, lengths)[0]
-    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
-    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
+    _matches_on_packed_rows(model.encoder[0], converted.encoder[0])
 
 
 @pytest.mark.parametrize("api", ["parametrizations", "hook"])
@@ -171,13 +176,7 @@ def test_a_model_in_training_mode_is_converted_without_moving_its_spectral_norm(
     before = {k: v.clone() for k, v in model.state_dict().items()}
     converted = convert(model)  # model still in training mode
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    with torch.no_grad():
-        want = pad_packed_sequence(model.eval().encoder[0](packed)[0], batch_first=True)[0]
-        got = converted.eval().encoder[0](x, lengths)[0]
-    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
-    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
+    _matches_on_packed_rows(model.eval().encoder[0], converted.eval().encoder[0])
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -190,13 +189,7 @@ def test_a_pruned_weight_norm_is_folded_last_hook_first():
     nn.utils.prune.l1_unstructured(layer, "weight_hh_l0_v", amount=0.4)
     model = Wrapper(layer).eval()
     converted = convert(model)
-    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 3, 1, 5])
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    with torch.no_grad():
-        want = pad_packed_sequence(model.encoder[0](packed)[0], batch_first=True)[0]
-        got = converted.encoder[0](x, lengths)[0]
-    valid = (torch.arange(7)[None, :] < lengths[:, None])[..., None]
-    torch.testing.assert_close(got * valid, want * valid, atol=1e-6, rtol=1e-5)
+    _matches_on_packed_rows(model.encoder[0], converted.encoder[0])
 
 
 def _weight_dropped(layer: nn.LSTM) -> nn.LSTM:
