@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from safetensors.torch import save as safetensors_save
 from safetensors.torch import save_file as safetensors_save_file
 from torch import nn
+from torch.nn.utils import prune
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import seed
@@ -1151,7 +1152,7 @@ def test_a_pruned_state_dict_is_loaded_as_prune_remove_makes_it(tmp_path, user_m
     that do not fit the class (users21)."""
     torch.manual_seed(0)
     model = user_models.AttentionClassifier().eval()
-    nn.utils.prune.l1_unstructured(model.encoder, "weight_hh_l0", amount=0.5)
+    prune.l1_unstructured(model.encoder, "weight_hh_l0", amount=0.5)
     lightning = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
     ids = torch.randint(1, 50, (3, 9))
     for saved, name in ((model.state_dict(), "encoder"), (lightning, "model.encoder")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import BiRNN, ConversionError, conversion_report, convert
@@ -138,7 +139,7 @@ def test_parametrized_weights_are_folded_as_eval_mode_computes_them(norm):
     hooks = {
         "weight_norm hook": nn.utils.weight_norm,
         "spectral_norm hook": nn.utils.spectral_norm,
-        "prune": lambda layer, name: nn.utils.prune.l1_unstructured(layer, name, amount=0.4),
+        "prune": lambda layer, name: prune.l1_unstructured(layer, name, amount=0.4),
     }
     parametrize = hooks.get(norm) or getattr(nn.utils.parametrizations, norm)
     for name in ("weight_hh_l0", "weight_hh_l0_reverse", "weight_ih_l1"):
@@ -186,7 +187,7 @@ def test_a_pruned_weight_norm_is_folded_last_hook_first():
     torch.manual_seed(0)
     layer = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
     nn.utils.weight_norm(layer, "weight_hh_l0")
-    nn.utils.prune.l1_unstructured(layer, "weight_hh_l0_v", amount=0.4)
+    prune.l1_unstructured(layer, "weight_hh_l0_v", amount=0.4)
     model = Wrapper(layer).eval()
     converted = convert(model)
     _matches_on_packed_rows(model.encoder[0], converted.encoder[0])
