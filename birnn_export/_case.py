@@ -641,6 +641,11 @@ def case_layers(
     )
 
 
+def _rounding(result: CaseResult) -> bool:
+    """Whether ``result``'s diagnosis says its error is rounding (it keeps that diagnosis)."""
+    return (result.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
+
+
 def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseResult]:
     """Where every failing case runs at a point torch.export assumed away
     (:attr:`GraphSpec.untraced`, as :func:`~birnn_export._sweep.untraced_cases` runs it) and a
@@ -674,10 +679,7 @@ def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseR
         "those sizes"
     )
     blamed = {
-        id(r)
-        for r in failing
-        if not any(o.other_shape for o in r.outputs)
-        and not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
+        id(r) for r in failing if not any(o.other_shape for o in r.outputs) and not _rounding(r)
     }
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]
 
@@ -724,9 +726,7 @@ def blame_fixed_dims(
     blamed = {
         id(r)
         for r, case in zip(results, cases, strict=False)
-        if not r.passed
-        and not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
-        and any(case.sizes(spec)[d] != base[d] for d in fixed)
+        if not r.passed and not _rounding(r) and any(case.sizes(spec)[d] != base[d] for d in fixed)
     }
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]
 
@@ -762,5 +762,5 @@ def blame_one_step(
         f"least 2 steps (--range {spec.time_dim}=2,{max(opt, 2)},{high}), or drop that special "
         "case from the model"
     )
-    blamed = {id(r) for r, _ in failing if not (r.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)}
+    blamed = {id(r) for r, _ in failing if not _rounding(r)}
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]

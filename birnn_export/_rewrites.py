@@ -145,7 +145,7 @@ def clean_nodes(proto: Any) -> None:
     _name_reversals(proto.graph)
 
 
-def drop_noop_squeezes(proto: Any, symbolic: Collection[str] | None = None) -> int:
+def drop_noop_squeezes(proto: Any, symbolic: Collection[str] = ()) -> int:
     """Make each ``Squeeze`` squeeze only axes of size 1, as ``torch.squeeze(dim)`` does.
 
     ``x.squeeze(1)`` where dim 1 is not 1 (SpeechBrain's ``Conv2d`` squeezes its channels
@@ -183,7 +183,7 @@ def drop_noop_squeezes(proto: Any, symbolic: Collection[str] | None = None) -> i
         axes = [int(a) % len(shape) for a in numpy_helper.to_array(constants[node.input[1]])]
         kept = [a for a in axes if shape[a] in (None, 1)]
         out = shapes.get(node.output[0])
-        free = [a for a in kept if shape[a] is None and names[node.input[0]][a] in (symbolic or ())]
+        free = [a for a in kept if shape[a] is None and names[node.input[0]][a] in symbolic]
         if free and out is not None and len(out) == len(shape) - len(kept) + len(free):
             kept = [a for a in kept if a not in free]  # torch kept those symbolic axes
         if kept == axes:

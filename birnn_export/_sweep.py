@@ -51,12 +51,25 @@ class Case:
 UNTRACED_BATCH = 3
 
 
+def _probe_batch(spec: GraphSpec) -> int:
+    """The batch of a case run at a chosen point: :data:`UNTRACED_BATCH` within the declared
+    range."""
+    low, _, high = spec.batch_range
+    return min(max(UNTRACED_BATCH, low), high)
+
+
+def _modes(spec: GraphSpec) -> tuple[str, ...]:
+    """The lengths modes of the sweep: ragged and equal rows where the graph tells each row's
+    length (lengths, a mask, token padding), else full rows."""
+    ragged = spec.length_source is not None or spec.token_padding is not None
+    return ("ragged", "equal") if ragged else ("full",)
+
+
 def untraced_cases(spec: GraphSpec, mode: str) -> list[Case]:
     """A case at each of the graph's :attr:`~GraphSpec.untraced` points: its sizes, the batch
     at :data:`UNTRACED_BATCH` (within the declared range) and the time dim at the example's
     length where the point does not give them."""
-    low, _, high = spec.batch_range
-    batch = min(max(UNTRACED_BATCH, low), high)
+    batch = _probe_batch(spec)
     cases = []
     for point in spec.untraced:
         others = tuple(sorted((d, s) for d, s in point.items() if d in spec.dim_ranges))
@@ -81,9 +94,8 @@ def example_probes(
     }
     if not free or any(all(c.sizes(spec)[d] == size for d, size in base.items()) for c in cases):
         return []
-    low, _, high = spec.batch_range
-    batch, seq = min(max(UNTRACED_BATCH, low), high), within(spec, spec.example_seq)
-    mode = "ragged" if spec.length_source is not None or spec.token_padding is not None else "full"
+    batch, seq = _probe_batch(spec), within(spec, spec.example_seq)
+    mode = _modes(spec)[0]
     points = [base]
     for dim in free:
         low_d, opt_d, high_d = spec.dim_ranges[dim]
@@ -145,8 +157,7 @@ def _planned_cases(
     large_scale: float | None,
     given: tuple[tuple[str, int], ...],
 ) -> list[Case]:
-    ragged = spec.length_source is not None or spec.token_padding is not None
-    modes = ("ragged", "equal") if ragged else ("full",)
+    modes = _modes(spec)
     floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     large = float(large_scale) if floats and large_scale else None
     varied = set(spec.dim_ranges) - {name for name, _ in given}
