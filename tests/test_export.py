@@ -2700,10 +2700,18 @@ def test_stock_export_declares_static_lstm_output_ours_does_not(tmp_path):
 
 @pytest.mark.parametrize("sample", sorted(f for f in os.listdir(SAMPLES) if f.endswith(".pt")))
 def test_every_sample_exports_and_verifies(tmp_path, sample):
+    """The main command on every shipped sample: it verifies, and where TensorRT-RTX is
+    installed its parser and builder take the graph with the profile of its declared ranges
+    (the samples' other layouts and fp16: ``test_trt``)."""
+    from birnn_export.trt import library_reason
+
     out = tmp_path / sample.replace(".pt", ".onnx")
     result = CliRunner().invoke(main, [os.path.join(SAMPLES, sample), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "Verified PASS" in result.output
+    if library_reason("tensorrt_rtx") is None:
+        assert "compatible with tensorrt (0 errors" in result.output, result.output
+        assert "built a " in result.output and " MB engine in " in result.output
     spec = GraphSpec.from_onnx(out)
     for tensor in spec.inputs:  # every input has its batch and time axis, named
         assert tensor.dims[tensor.batch_axis] == "batch"
