@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -576,6 +577,8 @@ def _example_declaration(model: nn.Module) -> str:
         return f"'{name}:float32[batch,time]' (or [batch,channels,time])"
     if _IMAGE.search(name):
         return f"'{name}:float32[batch,1,64,width]'"
+    if any(isinstance(m, nn.Embedding) for m in model.modules()):
+        return f"'{name}:int64[batch,time]' (token ids; or float32[batch,time,FEATURES])"
     return f"'{name}:float32[batch,time,FEATURES]' (or 'image:float32[batch,1,64,width]')"
 
 
@@ -604,16 +607,26 @@ def takes_lengths(model: nn.Module, lengths: bool | None) -> bool:
 def first_leaf(model: nn.Module, unused: Collection[nn.Module] = ()) -> nn.Module | None:
     """The first module that runs on the input (the first leaf, or a recurrent layer), past any
     dropout or identity, which tell nothing of the input (NCRF++'s char encoder starts with
-    one), and past the ``unused`` modules and theirs."""
+    one; fairseq's encoders with their own ``FairseqDropout``, a dropout by its name without
+    weights), and past the ``unused`` modules and theirs."""
     skipped = {id(m) for u in unused for m in u.modules()}
     for module in model.modules():
-        if isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity)):
+        if isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity)) or _own_dropout(module):
             continue
         if id(module) in skipped:
             continue
         if isinstance(module, BiRNN) or not list(module.children()):
             return module
     return None
+
+
+def _own_dropout(module: nn.Module) -> bool:
+    """A library's own dropout class (fairseq's ``FairseqDropout``, Flair's ``LockedDropout``):
+    named a dropout, with no weights, buffers or modules of its own."""
+    if "dropout" not in type(module).__name__.lower():
+        return False
+    owned = itertools.chain(module.children(), module.parameters(), module.buffers())
+    return next(owned, None) is None
 
 
 def _infer(

@@ -730,6 +730,59 @@ def test_the_first_layer_is_found_past_a_dropout() -> None:
     assert isinstance(first_leaf(CharFirst()), nn.Embedding)
 
 
+class _FairseqDropout(nn.Module):
+    """fairseq's own dropout module (fairseq/modules/fairseq_dropout.py): no weights."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(x, self.p, training=self.training)
+
+
+class _FairseqLikeEncoder(nn.Module):
+    """fairseq's ``LSTMEncoder`` registers its ``dropout_in_module`` before ``embed_tokens``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout_in_module = _FairseqDropout(0.1)
+        self.embed_tokens = nn.Embedding(100, 16, padding_idx=1)
+        self.lstm = nn.LSTM(16, 32, batch_first=True, bidirectional=True)
+
+    def forward(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
+        x = self.dropout_in_module(self.embed_tokens(src_tokens))
+        packed = pack_padded_sequence(x, src_lengths.cpu(), True, enforce_sorted=False)
+        return pad_packed_sequence(self.lstm(packed)[0], True, total_length=x.shape[1])[0]
+
+
+def test_a_librarys_own_dropout_registered_first_tells_nothing_of_the_input(tmp_path) -> None:
+    """fairseq's encoders: inference stopped at ``FairseqDropout`` and told float features for
+    token ids; a weightless module named a dropout is passed like ``nn.Dropout``."""
+    torch.manual_seed(0)
+    result = export_onnx(_FairseqLikeEncoder().eval(), tmp_path / "f.onnx")
+    tokens, lengths = result.spec.inputs
+    assert (tokens.name, tokens.role, tokens.dtype) == ("src_tokens", "tokens", "int64")
+    assert (lengths.name, lengths.role) == ("src_lengths", "lengths")
+    assert result.verification.passed, result.verification.summary()
+
+
+def test_a_model_holding_an_embedding_is_told_a_token_ids_declaration(tmp_path) -> None:
+    """Where the first layer tells nothing, a model with an Embedding is shown token ids first,
+    not float features; a weightless module that is no dropout still stops inference."""
+
+    class Scale(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    model = _FairseqLikeEncoder().eval()
+    model.dropout_in_module = Scale()
+    told = r"first layer is Scale\); declare them, e\.g\. --input 'src_tokens:int64\[batch,time\]'"
+    with pytest.raises(ExportError, match=told):
+        export_onnx(model, tmp_path / "s.onnx")
+    assert not (tmp_path / "s.onnx").exists()
+
+
 class NumericMaskTagger(nn.Module):
     """Computes with its mask as numbers (``1.0 - mask``), as models fed float masks do."""
 
