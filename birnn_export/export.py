@@ -22,6 +22,7 @@ import inspect
 import logging
 import os
 import re
+import sys
 import textwrap
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -1552,20 +1553,32 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _packs_sequences(model: nn.Module, pads_to_longest: bool = False) -> str | None:
-    """The class whose ``forward`` packs sequences: the model's own, else the first of its
-    modules' (ESPnet's encoder packs in its ``RNNP``, kraken's network in a layer), or
-    ``None``. ``pads_to_longest``: the one that pads them back without ``total_length``."""
+    """The method that packs sequences, as ``Class.method``: in the model's own class, else the
+    first of its modules' (ESPnet's encoder packs in its ``RNNP``, kraken's network in a layer),
+    its base classes' included (a subclass calling ``super().forward``, AllenNLP's
+    ``sort_and_run_forward``), under the names its module imports them as (OpenNMT's ``pack``),
+    or ``None``. ``pads_to_longest``: the one that pads them back without ``total_length``."""
+    from torch.nn.utils import rnn
+
     for module in model.modules():
-        if type(module).__module__.startswith(("birnn_export.", "torch.")):
-            continue  # BiRNN packs itself; the user's code is what the advice is about
-        try:
-            source = inspect.getsource(type(module).forward)
-        except (OSError, TypeError):
-            continue
-        if "pack_padded_sequence" in source and (
-            not pads_to_longest or re.search(r"pad_packed_sequence\((?![^)]*total_length)", source)
-        ):
-            return type(module).__name__
+        for cls in type(module).__mro__:
+            if cls.__module__.startswith(("birnn_export.", "torch.", "builtins")):
+                continue  # BiRNN packs itself; the user's code is what the advice is about
+            names = vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else {}
+            pack, unpack = (
+                "|".join({fn.__name__, *(k for k, v in names.items() if v is fn)})
+                for fn in (rnn.pack_padded_sequence, rnn.pad_packed_sequence)
+            )
+            for name, function in vars(cls).items():
+                try:
+                    source = inspect.getsource(function)
+                except (OSError, TypeError):
+                    continue
+                if re.search(rf"\b({pack})\(", source) and (
+                    not pads_to_longest
+                    or re.search(rf"\b({unpack})\((?![^)]*total_length)", source)
+                ):
+                    return f"{cls.__name__}.{name}"
     return None
 
 
@@ -1838,7 +1851,7 @@ def _explain_trace_failure(
     )
     if longest and padder:  # the run-time length of pad_packed_sequence's output, used as a size
         return (
-            f"{padder}.forward uses the length of pad_packed_sequence's output as the input's "
+            f"{padder} uses the length of pad_packed_sequence's output as the input's "
             f"padded length{_user_line(model, causes)} (a comparison, a view): without "
             "total_length that output is as long as the longest row, a length known only at run "
             "time; pass it the padded length, total_length=x.size(1) (x.size(0) time-major)"

@@ -1639,6 +1639,52 @@ def test_an_assert_on_the_padded_length_is_told_to_pass_total_length(tmp_path):
     assert result.verification.passed, result.verification.summary()
 
 
+class _AdaptsTheLibrarysEncoder(_ChecksPaddedLength):
+    """The usual way to adapt a library's class: a subclass calling ``super().forward``."""
+
+    def forward(self, src_tokens, src_lengths):
+        return super().forward(src_tokens, src_lengths) * 1.0
+
+
+def test_packing_in_a_base_class_a_helper_or_under_an_alias_gets_the_packing_advice(
+    tmp_path, monkeypatch
+):
+    """The packing was looked for in the text of each class's own ``forward``, by its full name:
+    a subclass calling ``super().forward`` (fairseq adapted), OpenNMT's ``pack`` and AllenNLP's
+    ``sort_and_run_forward`` were told to mask instead of slicing rows."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_AdaptsTheLibrarysEncoder().eval(), tmp_path / "sub.onnx")
+    message = str(caught.value)
+    assert "_ChecksPaddedLength.forward uses the length of pad_packed_sequence's output" in message
+    assert "total_length=x.size(1)" in message and "mask the positions" not in message
+
+    source = """
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence as pack
+from torch.nn.utils.rnn import pad_packed_sequence as unpack
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, src, lengths):
+        return self.sort_and_run(src, lengths.view(-1).tolist())
+
+    def sort_and_run(self, src, rows):
+        packed = pack(src, rows, batch_first=True, enforce_sorted=False)
+        return unpack(self.rnn(packed)[0], batch_first=True, total_length=src.size(1))[0]
+"""
+    (tmp_path / "onmt_like.py").write_text(source)  # imported under other names, as OpenNMT does
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from onmt_like import Encoder
+
+    with pytest.raises(ExportError, match=r"\.tolist\(\).*pass the lengths tensor"):
+        export_onnx(Encoder().eval(), tmp_path / "onmt.onnx", input_size=5)
+    assert export_module._packs_sequences(Encoder()) == "Encoder.sort_and_run"
+
+
 class _SummarizesIfLong(nn.Module):
     """Packs, pads back without total_length and branches on the padded output's length (a
     summarising layer keeps the last step of rows longer than one)."""
