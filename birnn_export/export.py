@@ -1878,7 +1878,17 @@ def _explain_trace_failure(
             f"{_user_line(model, causes)} (copy.deepcopy, .data_ptr(), a numpy view), which a "
             "traced tensor has none of: copy it with .clone()"
         )
-    if any(isinstance(c, TypeError) and "SymbolicTensor" in str(c) for c in causes):
+    symbolic = [str(c) for c in causes if isinstance(c, TypeError) and "SymbolicTensor" in str(c)]
+    number_op = _NUMBER_OF_A_SIZE.search("\n".join(map(str, causes))) if symbolic else None
+    if number_op and not any(s.startswith("float()") for s in symbolic):
+        return (
+            f"{type(model).__name__}.forward gives a size to torch's {number_op[1]} as a "
+            f"number{_user_line(model, causes)} (aten.{number_op[1]}.{number_op[2]}, "
+            "torch.remainder(t, x.size(1)), t % x.size(1)), which the exporter converts for "
+            "fixed numbers only: make the size a tensor, torch.scalar_tensor(x.size(1), "
+            "dtype=torch.long)"
+        )
+    if symbolic:
         return (
             f"{type(model).__name__}.forward computes with a size as a float"
             f"{_user_line(model, causes)} (a size divided by a size with /, float(x.shape[i])), "
@@ -1970,6 +1980,10 @@ def _unswapped_packing(causes: Sequence[BaseException]) -> str:
     return ""
 
 
+#: A translation that failed on a size given where an aten op's overload takes a number.
+_NUMBER_OF_A_SIZE = re.compile(
+    r"target=torch\.ops\.aten\.(\w+)\.(Scalar\w*)\]\(args = \([^)]*%sym_size_int"
+)
 _PACKING_HINT = (
     "its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
     "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, sorting) "

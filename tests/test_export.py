@@ -1724,6 +1724,39 @@ def test_pad_packed_sequence_without_total_length_is_told_in_a_layer_of_the_mode
     assert "(if out.size(1) > 1:)" in message and "total_length=" in message, message
 
 
+class _LeftToRightPadding(nn.Module):
+    """fairseq's ``convert_padding_direction``: left-padded tokens moved right by a remainder
+    over the padded length, before packing."""
+
+    def __init__(self, as_tensor: bool = False) -> None:
+        super().__init__()
+        self.as_tensor = as_tensor
+        self.embed_tokens = nn.Embedding(100, 8, padding_idx=1)
+        self.lstm = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
+        max_len = src_tokens.size(1)
+        index = torch.arange(max_len).expand_as(src_tokens) + src_tokens.eq(1).sum(1, True)
+        size = torch.scalar_tensor(max_len, dtype=torch.long) if self.as_tensor else max_len
+        x = self.embed_tokens(src_tokens.gather(1, torch.remainder(index, size)))
+        packed = pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=max_len)[0]
+
+
+def test_a_size_given_to_an_op_as_a_number_is_told_to_be_a_tensor(tmp_path):
+    """torch.onnx cannot convert ``torch.remainder(t, x.size(1))`` with a size that varies; it
+    was told "computes with a size as a float" (all its arithmetic is in integers). Following
+    the advice, the model exports and verifies."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_LeftToRightPadding().eval(), tmp_path / "r.onnx")
+    message = str(caught.value)
+    assert "gives a size to torch's remainder as a number (aten.remainder.Scalar" in message
+    assert "torch.scalar_tensor(x.size(1), dtype=torch.long)" in message
+    assert "as a float" not in message
+    result = export_onnx(_LeftToRightPadding(as_tensor=True).eval(), tmp_path / "ok.onnx")
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_lengths_made_numpy_and_sizes_divided_as_floats_are_named(tmp_path):
     """Tacotron 2 packs `lengths.cpu().numpy()`; kraken scales lengths by `a / b` of sizes:
     both failed with torch's own words and no line."""
