@@ -84,7 +84,10 @@ def build_spec(
     model: nn.Module,
     layers: Sequence[BiRNN],
     tags: Collection[str] = (),
+    padded_with: float | None = None,
 ) -> GraphSpec:
+    """The graph's spec; ``padded_with``: the value the model's own ``pad_packed_sequence``
+    pads the recurrent layers' outputs with, where it packs them itself (else the layers')."""
     outputs = []
     made_by = {out: node for node in proto.graph.node for out in node.output}
     constants = {i.name for i in proto.graph.initializer}
@@ -139,6 +142,8 @@ def build_spec(
             )
         )
     padding = layers[-1].padding_value if layers else 0.0
+    if padded_with is not None:
+        padding = padded_with
     others = {
         name: triple
         for name, triple in planned.ranges.items()

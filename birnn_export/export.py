@@ -392,7 +392,7 @@ def _trace_graph(
         for axis, dim in enumerate(decl.dims)
         if isinstance(dim, str)
     }
-    proto, cut, fixed_at, untraced = _trace(
+    proto, cut, fixed_at, untraced, padded_with = _trace(
         traced, trace_inputs, planned, outs, opset, emitted, crfs, traced_at
     )
     free = [d for decl in planned.decls for d in decl.dims if isinstance(d, str)]
@@ -412,7 +412,7 @@ def _trace_graph(
     scan_lstmp_nodes(proto)  # LSTMs with proj_size: no ONNX op, a loop in every layout
     if target == torch.float16:
         sink_batch_transposes(proto)
-    spec = build_spec(proto, planned, converted, layers, tags)
+    spec = build_spec(proto, planned, converted, layers, tags, padded_with)
     if scores is not None:
         spec = _with_scores(spec, scores)
     asked, notes = layout, []
@@ -1127,16 +1127,18 @@ def _trace(
     layout: str,
     crfs: Sequence[str],
     example: Mapping[str, int],
-) -> tuple[Any, bool, dict[int, str], list[Untraced]]:
+) -> tuple[Any, bool, dict[int, str], list[Untraced], float | None]:
     """The exported graph, whether the model cut a padded output to its longest row, where
-    its code fixed a size to the example's number (:func:`_fixed_sizes`), and the sizes where
-    the traced branch may not be the model's (:func:`_untraced`)."""
+    its code fixed a size to the example's number (:func:`_fixed_sizes`), the sizes where
+    the traced branch may not be the model's (:func:`_untraced`), and the value the model's
+    last ``pad_packed_sequence`` pads with (``None``: it calls none)."""
     cuts: list[str] = []
+    pads: list[float] = []
     try:
         with (
             _onnx_settings(model, layout),
             onnx_weight_constants(model),
-            _traceable_packing(model, cuts),
+            _traceable_packing(model, cuts, pads),
             _nested_tensor_zeros(model),
             _pooling_over_two_dims(),
             _quiet_exporter(),
@@ -1161,7 +1163,7 @@ def _trace(
     sizes = _dim_sizes(exported, planned) if exported is not None else {}
     untraced = _untraced(planned, sizes, example)
     _refuse_narrowed_dims(exported, planned, sizes, untraced)
-    return program.model_proto, any(cuts), fixed, untraced
+    return program.model_proto, any(cuts), fixed, untraced, pads[-1] if pads else None
 
 
 def _dim_sizes(exported: Any, planned: PlannedInputs) -> dict[str, torch.SymInt]:
@@ -1366,19 +1368,21 @@ def _nested_tensor_zeros(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _traceable_packing(model: nn.Module, cuts: list[str]) -> Iterator[None]:
+def _traceable_packing(model: nn.Module, cuts: list[str], pads: list[float]) -> Iterator[None]:
     """Let ``forward`` methods that pack and unpack around their recurrent layers trace:
     ``pack_padded_sequence`` / ``pad_packed_sequence`` are replaced where ``forward`` finds
     them (:class:`~birnn_export._packing.PackingSwap`) by functions passing a
     :class:`~birnn_export.modules.TracedPack` through the converted layers. Padded outputs are
     ``total_length`` long where it is given, else as long as the longest row, as in torch: a
-    size known at run time only, whose symbol (``u0``) each such cut appends to ``cuts``.
+    size known at run time only, whose symbol (``u0``) each such cut appends to ``cuts``. Each
+    call's ``padding_value`` is appended to ``pads`` (fairseq pads with 1.0).
     """
     from torch.nn.utils import rnn as rnn_utils
 
     def pad(sequence: TracedPack, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         padded = _pad_for_tracing(sequence, *args, **kwargs)
         bound = inspect.signature(_pad_for_tracing).bind(sequence, *args, **kwargs)
+        pads.append(float(bound.arguments.get("padding_value", 0.0)))
         if bound.arguments.get("total_length") is None:
             time_axis = 1 if bound.arguments.get("batch_first", False) else 0
             cuts.append(str(padded[0].shape[time_axis]))

@@ -1743,6 +1743,32 @@ class _LeftToRightPadding(nn.Module):
         return pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=max_len)[0]
 
 
+def test_the_padding_value_of_the_models_own_pad_packed_sequence_is_recorded(tmp_path):
+    """fairseq pads its encoder's output with 1.0 (``padding_value=padding_idx``): the graph
+    wrote 1.0 there, and its metadata said 0.0."""
+
+    class PadsWithOne(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(
+                self.lstm(packed)[0], batch_first=True, padding_value=1.0, total_length=x.size(1)
+            )[0]
+
+    torch.manual_seed(0)
+    result = export_onnx(PadsWithOne().eval(), tmp_path / "one.onnx")
+    assert result.spec.padding_value == 1.0
+    rule = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert "past a row's length hold 1.0" in rule["birnn_export.lengths_rule"]
+    cases = result.verification.cases
+    notes = {o.note for c in cases for o in c.outputs if o.check == "padding"}
+    assert "must equal padding value 1" in notes, notes
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_a_size_given_to_an_op_as_a_number_is_told_to_be_a_tensor(tmp_path):
     """torch.onnx cannot convert ``torch.remainder(t, x.size(1))`` with a size that varies; it
     was told "computes with a size as a float" (all its arithmetic is in integers). Following
