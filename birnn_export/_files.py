@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import logging
@@ -129,6 +130,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 #: gone (killed while saving) is removed by the next export to the same file.
 STAGING_MARK = ".birnn-export-"
 
+#: Errors that say the output's filesystem takes no more (full, over quota, read-only).
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
 
 @contextlib.contextmanager
 def staged_output(path: Path) -> Iterator[Path]:
@@ -147,6 +151,12 @@ def staged_output(path: Path) -> Iterator[Path]:
         if data.exists():
             os.replace(data, path.parent / data.name)
         os.replace(staging, path)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_WRITE:
+            raise
+        raise ExportError(
+            f"{path}: cannot write it ({exc.strerror or exc}); nothing was written"
+        ) from None
     finally:
         for leftover in directory.iterdir():
             leftover.unlink()

@@ -204,6 +204,28 @@ def test_a_name_too_long_is_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
 
 
+def test_a_full_disk_is_one_line_and_leaves_the_old_graph(tmp_path: Path, monkeypatch) -> None:
+    """onnx.save_model running out of space: a 50-line traceback and exit 1 (users24); now one
+    line, exit 2, the staging folder removed and an earlier graph at the path kept."""
+    import errno
+
+    import onnx
+
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    (tmp_path / "a.onnx").write_bytes(b"the earlier graph")
+
+    def full(proto, path, **kwargs):
+        Path(path).write_bytes(b"half a gra")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full)
+    message = one_line_error(cli(model, "-o", tmp_path / "a.onnx", "--no-verify"))
+    assert message.endswith("cannot write it (No space left on device); nothing was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.pt"]
+    assert (tmp_path / "a.onnx").read_bytes() == b"the earlier graph"
+
+
 def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
     model = tmp_path / "a.pt"
     model.write_bytes(SAMPLE.read_bytes())
