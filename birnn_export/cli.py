@@ -237,7 +237,10 @@ def export_command(
             )
         raise
     if json_path is not None:
-        _write_json(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+        try:
+            _write_json(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+        except BiRNNExportError as exc:  # the graph is in place, whole and verified: say so
+            raise BiRNNExportError(f"{exc}; the graph was written: {report.result.path}") from None
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
 
 

@@ -226,6 +226,30 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_graph(tmp_path: Path, monkey
     assert (tmp_path / "a.onnx").read_bytes() == b"the earlier graph"
 
 
+def test_a_summary_that_cannot_be_written_says_the_graph_was(tmp_path: Path, monkeypatch) -> None:
+    """--json on a full disk after the graph was written: the error said nothing of the graph
+    left in place (users24)."""
+    import errno
+
+    from birnn_export import _files
+
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    replace = os.replace
+
+    def full(source, target):
+        if str(target).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(_files.os, "replace", full)
+    result = cli(model, "-o", tmp_path / "a.onnx", "--json", tmp_path / "r.json", "--no-verify")
+    message = one_line_error(result)
+    assert "r.json: cannot write it (No space left on device)" in message
+    assert message.endswith(f"; the graph was written: {tmp_path / 'a.onnx'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.pt"]
+
+
 def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
     model = tmp_path / "a.pt"
     model.write_bytes(SAMPLE.read_bytes())
