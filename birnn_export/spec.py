@@ -591,7 +591,32 @@ def load_onnx(model: Any) -> Any:
         raise ModelLoadError(
             f"{path}: a name or text field in the graph is not UTF-8: a corrupted ONNX file"
         )
+    _check_external_data(proto, path)
     return proto
+
+
+def _check_external_data(proto: Any, path: Path) -> None:
+    """Refuse a graph whose weights in external data files are not where it says (a graph
+    copied without its ``.onnx.data``, or with a truncated one), naming the file."""
+    import onnx
+
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        data = path.parent / location
+        if not data.is_file():
+            raise ModelLoadError(
+                f"{path}: its weights are in the external data file {location}, which is not "
+                f"beside it; copy {location} along with the graph"
+            )
+        end = int(entries.get("offset", 0) or 0) + int(entries.get("length", 0) or 0)
+        if data.stat().st_size < end:
+            raise ModelLoadError(
+                f"{path}: its external data file {location} holds {data.stat().st_size} bytes, "
+                f"fewer than its weights need ({end}): a truncated copy"
+            )
 
 
 def _text_fields_decode(proto: Any) -> bool:

@@ -249,6 +249,36 @@ def test_load_onnx_errors_are_one_line(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_a_graph_without_its_external_data_is_refused_naming_the_file(tmp_path):
+    """A graph copied without its .onnx.data: inspect said nothing, check called it not
+    TensorRT-compatible and verify failed with exit 1 (users24)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["b"])],
+        "g",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 64])],
+        [weight],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save_model(
+        helper.make_model(graph), str(path), save_as_external_data=True, location="g.onnx.data"
+    )
+    assert load_onnx(path).graph.initializer[0].name == "w"
+    data = tmp_path / "g.onnx.data"
+    whole = data.read_bytes()
+    data.write_bytes(whole[:100])
+    with pytest.raises(ModelLoadError, match=r"g.onnx.data holds 100 bytes, fewer .*truncated"):
+        load_onnx(path)
+    data.unlink()
+    told = "external data file g.onnx.data, which is not beside it; copy g.onnx.data along"
+    with pytest.raises(ModelLoadError, match=told):
+        load_onnx(path)
+
+
 def test_graph_without_metadata_is_refused(tmp_path):
     import onnx
     from onnx import helper
