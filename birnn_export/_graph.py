@@ -50,6 +50,58 @@ _SCORE_PRESERVING = {
 _LINEAR = {"MatMul", "Gemm", "Conv"}
 
 
+#: Ops a recurrent layer's final states pass through as states (their layout, a pick of layers
+#: or directions, the two directions' joined); see :func:`_final_states`.
+_STATE_PRESERVING = {
+    "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Gather",
+    "Concat",
+}  # fmt: skip
+_RECURRENT = {"LSTM", "GRU", "RNN"}
+
+
+def _final_states(made_by: Mapping[str, Any], constants: Collection[str], name: str) -> bool:
+    """Whether graph output ``name`` holds recurrent layers' final states (``Y_h``, ``Y_c``)
+    alone, as the model returns them (``h_n``, ``(hidden, cell)``, ``h_n[-2:]``), whatever
+    it names them."""
+    node = made_by.get(name)
+    if node is None:
+        return False
+    if node.op_type in _RECURRENT:
+        return list(node.output).index(name) in (1, 2)
+    if node.op_type not in _STATE_PRESERVING:
+        return False
+    data = [i for i in node.input if i and i not in constants]
+    if node.op_type != "Concat":
+        data = [i for i in node.input[:1] if i not in constants]
+    return bool(data) and all(_final_states(made_by, constants, d) for d in data)
+
+
+def _initial_states(graph: Any, name: str) -> bool:
+    """Whether graph input ``name`` is read only as recurrent layers' initial states
+    (``initial_h``, ``initial_c``), through the ops :func:`_final_states` follows (a ``Shape``
+    of it reads no values: the exporter may take the batch size there)."""
+    readers = [(n, i) for n in graph.node for i, x in enumerate(n.input) if x == name]
+    readers = [(n, i) for n, i in readers if n.op_type != "Shape"]
+    if not readers:
+        return False
+    for node, index in readers:
+        if node.op_type in _RECURRENT:
+            read_as_state = index in (5, 6)
+        else:
+            passed = node.op_type in _STATE_PRESERVING and (node.op_type == "Concat" or index == 0)
+            read_as_state = passed and all(_initial_states(graph, out) for out in node.output)
+        if not read_as_state:
+            return False
+    return True
+
+
+def _declared_state(tensor: TensorSpec, graph: Any) -> bool:
+    """A float input without a time axis that the graph reads as initial states only (``h0``,
+    ``c0`` declared ``[layers*2, batch, hidden]``)."""
+    float_input = tensor.role == "features" and tensor.dtype.startswith("float")
+    return float_input and tensor.time_axis is None and _initial_states(graph, tensor.name)
+
+
 def _class_scores(made_by: Mapping[str, Any], constants: Collection[str], name: str) -> bool:
     """Whether graph output ``name`` holds class scores: a linear head's output (``MatMul``,
     ``Gemm``, a 1x1 ``Conv``), through layout ops, a constant bias, a mask and (log-)softmax.
@@ -120,7 +172,7 @@ def build_spec(
             role = "tags"
         elif time_at is not None:
             role = "sequence"
-        elif info.name in ("h_n", "c_n"):
+        elif info.name in ("h_n", "c_n") or _final_states(made_by, constants, info.name):
             role = "state"
         else:
             role = "other"
@@ -153,7 +205,14 @@ def build_spec(
     graph_types = {
         i.name: ONNX_DTYPES.get(i.type.tensor_type.elem_type, "unknown") for i in proto.graph.input
     }
-    inputs = tuple(dataclasses.replace(t, dtype=graph_types.get(t.name, t.dtype)) for t in specs)
+    inputs = tuple(
+        dataclasses.replace(
+            t,
+            dtype=graph_types.get(t.name, t.dtype),
+            role="state" if _declared_state(t, proto.graph) else t.role,
+        )
+        for t in specs
+    )
     return GraphSpec(
         inputs=inputs,
         outputs=tuple(outputs),

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export._graph import check_graph
 from birnn_export.compare import has_classes
@@ -160,3 +161,57 @@ def test_the_lengths_rule_is_recorded_only_where_rows_have_lengths(tmp_path):
     inputs = ["x:float32[batch,seq,3]", "lengths:int64[batch]:lengths(seq)"]
     mixed = export_onnx(Mixed().eval(), tmp_path / "m.onnx", inputs=inputs, verify=False)
     assert rules(mixed.path) == []
+
+
+class _Stateful(nn.Module):
+    """Initial states as inputs, final states as outputs under names of its own (users22)."""
+
+    def __init__(self, pooled: bool = False) -> None:
+        super().__init__()
+        self.pooled = pooled
+        self.lstm = nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x, lengths, h0, c0):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y, (h, c) = self.lstm(packed, (h0, c0))
+        y = pad_packed_sequence(y, batch_first=True, total_length=x.size(1))[0]
+        sentence = torch.cat([h[-2], h[-1]], 1)
+        return (y, sentence, self.head(sentence)) if self.pooled else (y, h, c)
+
+
+@pytest.mark.parametrize("layout", ["split", "fused"])
+def test_states_are_told_by_the_graph_not_by_their_names(tmp_path, layout):
+    """Declared h0/c0 inputs were recorded as features, and final states named other than
+    h_n/c_n as other: the roles now follow what the graph does with them."""
+    torch.manual_seed(0)
+    inputs = [
+        "x:float32[batch,seq,4]",
+        "lengths:int64[batch]:lengths(seq)",
+        "h0:float32[4,batch,5]",
+        "c0:float32[4,batch,5]",
+    ]
+    roles = {}
+    for pooled, names in ((False, ["y", "hidden", "cell"]), (True, ["y", "sentence", "logits"])):
+        result = export_onnx(
+            _Stateful(pooled).eval(),
+            tmp_path / f"{pooled}.onnx",
+            inputs=inputs,
+            output_names=names,
+            layout=layout,
+            verify=not pooled,
+        )
+        for tensor in (*result.spec.inputs, *result.spec.outputs):
+            roles[tensor.name] = tensor.role
+        assert pooled or result.verification.passed, result.verification.summary()
+    assert roles == {
+        "x": "features",
+        "lengths": "lengths",
+        "h0": "state",
+        "c0": "state",
+        "y": "sequence",
+        "hidden": "state",
+        "cell": "state",
+        "sentence": "state",  # both directions' last states, as the model returns them
+        "logits": "other",  # a head over them
+    }
