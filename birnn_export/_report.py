@@ -326,7 +326,8 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
     table = Table(
         title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})",
         caption="error, eager, ratio and limit: the case nearest its limit (error: the largest "
-        "absolute, or L2, relative L2; a top-1 in parentheses is judged over the whole sweep)",
+        "absolute, or L2, relative L2; a top-1 in parentheses is the worst case's, not judged "
+        "there: the sweep row judges top-1 over the whole sweep)",
     )
     for column in (
         "engine",

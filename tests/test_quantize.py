@@ -100,6 +100,15 @@ def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> No
     assert rows["sweep"][4] == f"L2 {check.rel_l2:.3g}" and rows["sweep"][8].endswith("%")
     assert rows["values"][4].startswith("L2 ") and rows["values"][8].startswith("(")
     assert report.criterion.startswith("float64 reference; int8:")
+    # The caption said the figure in parentheses was judged over the whole sweep (users24).
+    from rich.console import Console
+
+    from birnn_export._report import render_report
+
+    console = Console(width=400, record=True)
+    render_report(report, console=console)
+    text = " ".join(console.export_text().split())
+    assert "a top-1 in parentheses is the worst case's, not judged there" in text
 
 
 def test_int8_valid_steps_do_not_depend_on_what_the_padding_holds(tmp_path: Path) -> None:
