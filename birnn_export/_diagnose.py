@@ -111,6 +111,12 @@ def diagnose_directions(
     return f"{tensor.name}: " + "; ".join(lines) + " " + _verdict(halves, lengths, steps, tol)
 
 
+#: How a diagnosis that places the difference after the recurrent nodes says so, and how it
+#: names the reversal of a backward node's output among the suspects there.
+AFTER_NODES = "the difference is after the recurrent nodes"
+AFTER_REVERSAL = "the graph's reversal of a backward node's output back into time order"
+
+
 def diagnose_layers(
     checks: Sequence[Check],
     graph: Mapping[str, np.ndarray],
@@ -187,15 +193,16 @@ def diagnose_layers(
                 f"softmax, a masked pooling) that the graph lacks or applies otherwise"
                 f"{lengths_of} {where}"
             )
+        one_step = all(reference[layer.name].shape[1] <= 1 for layer in layers)
         reversal = (
-            "the graph's reversal of a backward node's output back into time order (the "
-            "ReverseSequence after it: the layer checks reverse the node's Y themselves), or "
-            if split
+            f"{AFTER_REVERSAL} (the ReverseSequence after it: the layer checks reverse the "
+            "node's Y themselves), or "
+            if split and not one_step  # reversing one step changes nothing
             else ""
         )
         return (
-            f"every recurrent layer matches ({len(layers)} layer(s)) -> the difference is "
-            f"after the recurrent nodes: {reversal}later (e.g. the head{also}) {where}"
+            f"every recurrent layer matches ({len(layers)} layer(s)) -> {AFTER_NODES}: "
+            f"{reversal}later (e.g. the head{also}) {where}"
         )
     check = by_name[bad.name]
     limit = check.threshold if check.threshold is not None else None

@@ -196,14 +196,21 @@ class VerifyReport:
         """Failing cases that carry a diagnosis, most telling first: one where an output or a
         layer came out another shape than the model's (the graph computes a size another way:
         the cause of other cases' wrong values too), then ragged lengths with a full-length row
-        and a batch above one, since they separate reversal from weights."""
+        and a batch above one, since they separate reversal from weights. Where that one
+        suspects the reversal after a backward node among what comes after the recurrent nodes,
+        a case of one step that fails there too comes first: no reversal changes one step."""
+        from birnn_export._diagnose import AFTER_NODES, AFTER_REVERSAL
 
         def rank(case: CaseResult) -> tuple[bool, bool, bool, bool]:
             full = case.lengths is not None and case.seq in case.lengths
             shaped = any(o.other_shape for o in case.outputs)
             return (not shaped, case.lengths_mode != "ragged", not full, case.batch == 1)
 
-        return tuple(sorted((c for c in self.failures if c.diagnosis), key=rank))
+        ranked = sorted((c for c in self.failures if c.diagnosis), key=rank)
+        if ranked and AFTER_REVERSAL in (ranked[0].diagnosis or ""):
+            one_step = [c for c in ranked if c.seq == 1 and AFTER_NODES in (c.diagnosis or "")]
+            ranked = one_step[:1] + [c for c in ranked if c not in one_step[:1]]
+        return tuple(ranked)
 
     def diagnosis(self) -> str | None:
         """The diagnosis of the most telling failing case (see :meth:`diagnosed_failures`)."""

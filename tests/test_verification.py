@@ -333,6 +333,33 @@ def test_head_model_one_direction_wrong_is_named(
         assert "reversal bug" not in text
 
 
+def test_a_head_weight_changed_is_not_blamed_on_the_reversal_where_one_step_fails(
+    stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
+) -> None:
+    """One head weight changed: every layer matches, and the diagnosis led with the reversal
+    after a backward node, though a case of one step, which no reversal changes, failed too
+    (users24)."""
+    from onnx import numpy_helper
+
+    model, paths = stacked_tagger
+    proto = onnx.load(str(paths["split"]))
+    matmuls = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
+    weights = {t.name: t for t in proto.graph.initializer}
+    head = next(weights[i] for i in matmuls[-1].input if i in weights)
+    values = numpy_helper.to_array(head).copy()
+    values.flat[0] += 0.5
+    head.CopyFrom(numpy_helper.from_array(values, head.name))
+    bad = tmp_path / "head.onnx"
+    onnx.save(proto, str(bad))
+    report = verify(bad, model, batch_sizes=(1, 4), seq_lens=(1, 6), large_scale=None)
+    assert not report.passed
+    assert any(c.seq == 1 for c in report.failures)
+    text = report.diagnosis()
+    assert "the difference is after the recurrent nodes: later (e.g. the head)" in text, text
+    assert "reversal" not in text
+    assert report.diagnosed_failures()[0].seq == 1
+
+
 def test_a_backward_node_reading_its_rows_in_time_order_is_named(
     stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
 ) -> None:
