@@ -695,9 +695,10 @@ def render_table(report: BenchReport) -> Any:
         f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} "
         f"thread{'' if env.get('threads') == 1 else 's'}"
         + (f", {env['gpu']}" if env.get("gpu") else "")
-        + f"; {report.settings.get('timing', '')}",
+        + f"; {report.settings.get('timing', '')}"
+        + _ort_spinning(report),
         "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
-        + _torch_mode(report.settings),
+        + _torch_mode(report),
         "tokens/s = the batch's valid steps per second"
         + (
             " (ragged rows: padding not counted)"
@@ -1035,12 +1036,27 @@ def _valid_tokens(spec: GraphSpec, feed: Mapping[str, np.ndarray]) -> int:
     return sum(int(spec.feed_lengths(feed, dim).sum()) for dim in spec.length_sources())
 
 
-def _torch_mode(settings: Mapping[str, Any]) -> str:
-    device = settings.get("torch_device", "cpu")
-    compiled = settings.get("torch_compile", False)
-    if device == "cpu" and not compiled:
+def _ran(report: BenchReport, prefix: str) -> bool:
+    """Whether an engine whose name begins with ``prefix`` was timed at some shape."""
+    return any(r.engine.startswith(prefix) and r.status != "unavailable" for r in report.results)
+
+
+def _torch_mode(report: BenchReport) -> str:
+    """Where eager torch ran, where not on the CPU, as it ran (not where it was asked to)."""
+    device = report.settings.get("torch_device", "cpu")
+    compiled = report.settings.get("torch_compile", False)
+    if (device == "cpu" and not compiled) or not _ran(report, "torch"):
         return ""
     return f"; torch ran on {device}" + (" under torch.compile" if compiled else "")
+
+
+def _ort_spinning(report: BenchReport) -> str:
+    """Whether ONNX Runtime's idle threads spun, where it ran (the JSON alone said so)."""
+    spinning = report.settings.get("ort", {}).get("spinning")
+    if not _ran(report, "ort"):
+        return ""
+    said = {"default (on)": "spin (its default)", True: "spin"}.get(spinning, "sleep")
+    return f"; ONNX Runtime's idle threads {said}"
 
 
 def _other_dims(settings: Mapping[str, Any]) -> list[str]:

@@ -506,6 +506,20 @@ def test_render_table_lists_rows_and_reasons() -> None:
     text = console.export_text()
     assert "torch-cuda:1-compiled" in text and "torch.compile" in text
 
+    # Where torch could not run there (no CUDA), the caption does not say it ran there; and it
+    # says whether ONNX Runtime's threads spun, where it ran (only the JSON said so: users24).
+    absent = BenchResult("torch", 1, 8, "unavailable", reason="torch-cuda: no CUDA device")
+    for spinning, said in (("default (on)", "spin (its default)"), (False, "sleep")):
+        settings = {"torch_device": "cuda", "ort": {"spinning": spinning}}
+        console = Console(record=True, width=220)
+        console.print(render_table(BenchReport((absent, results[1]), {}, settings)))
+        text = console.export_text()
+        assert "torch ran on" not in text
+        assert f"ONNX Runtime's idle threads {said}" in text
+    console = Console(record=True, width=220)
+    console.print(render_table(BenchReport(results[:1], {}, {"ort": {"spinning": True}})))
+    assert "idle threads" not in console.export_text()  # no ONNX Runtime row
+
 
 def test_erratic_run_times_are_named_under_the_table() -> None:
     """Run times of which a good part was slowed (another process took the cores) spread their
