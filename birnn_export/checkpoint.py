@@ -736,6 +736,7 @@ def _build(
     time_major: bool = False,
 ) -> tuple[nn.Module, nn.Module | None, str, dict[str, Any] | None]:
     """``(model, original, source, config)`` from what ``torch.load`` returned."""
+    bare = ["--nonlinearity relu"] * (nonlinearity != "tanh") + ["--time-major"] * time_major
     if isinstance(obj, _WRAPPERS):  # its forward(*args, **kwargs) tells nothing of the inputs
         model, original, where, config = _build(
             obj.module,
@@ -748,6 +749,7 @@ def _build(
         )
         return model, original, f"{where}, the module inside its {type(obj).__name__}", config
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        _refuse_bare(bare, path, "a birnn-export checkpoint (its config says)")
         architecture, config = _check_own_format(obj, path)
         state, where = obj.get("state_dict"), f"birnn-export checkpoint v{FORMAT_VERSION}"
         if not _is_tensor_dict(state):
@@ -767,6 +769,7 @@ def _build(
             model.eval()
             return convert(model), model, f"{where} ({architecture})", config.to_dict()
     elif isinstance(obj, nn.Module):
+        _refuse_bare(bare, path, "a pickled module (its layers say)")
         if state_key is not None:  # one network of the module's: a prefix of its weights
             state, where = _under_prefix(
                 obj.state_dict(), "pickled module's state_dict (trusted)", path, state_key
@@ -781,12 +784,14 @@ def _build(
         while isinstance(state, _WRAPPERS):  # {"model": DataParallel(model)}
             state, where = state.module, f"{where}, the module inside its {type(state).__name__}"
         if isinstance(state, nn.Module):
+            _refuse_bare(bare, path, "a pickled module (its layers say)")
             if model_class is None:
                 where = where.replace("state_dict", "pickled module", 1) + " (trusted)"
                 where += _training_note(state)  # before _from_module puts it in eval mode
                 return (*_from_module(state), where, _config_of(state))
             state = state.state_dict()
     if model_class is not None:
+        _refuse_bare(bare, path, f"a model built by {model_class} (its layers say)")
         factory, what = _factory(_user_class(model_class), model_class, model_kwargs)
         keys = _call(_on_meta(factory) or factory, what, model_class).state_dict()
         state, stripped = _strip_wrapper_prefix(state, keys)
@@ -824,6 +829,18 @@ def _build(
             "--time-major if it took [seq, batch, ...])"
         )
     return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()
+
+
+def _refuse_bare(given: Sequence[str], path: Path, model: str) -> None:
+    """``--nonlinearity`` and ``--time-major`` (``given``) tell what a bare state_dict's
+    weights do not; a model that says it itself ignored them without a word (users24)."""
+    if given:
+        one = len(given) == 1
+        raise ModelLoadError(
+            f"{path}: {' and '.join(given)} {'does' if one else 'do'} not apply to {model}: "
+            f"{'it tells' if one else 'they tell'} what a bare state_dict's weights do not; "
+            f"drop {'it' if one else 'them'}"
+        )
 
 
 def _check_own_format(obj: Mapping[str, Any], path: Path) -> tuple[str, Any]:

@@ -381,10 +381,12 @@ def verify(
     _check_files(save_inputs, save_outputs, load_inputs, load_outputs, model)
     notes: list[str] = []
     if load_inputs is not None:
-        if dims:
+        sizes = {"--dim": dims, "--batch": batch_sizes, "--seq": seq_lens}
+        given = [option for option, value in sizes.items() if value]
+        if given:  # --batch and --seq were ignored without a word (users24)
             raise BiRNNExportError(
-                "dims: saved inputs run at the sizes they were saved at; drop --dim with "
-                "--load-inputs"
+                f"{', '.join(given)}: saved inputs run at the sizes they were saved at; drop "
+                f"{' and '.join(given)} with --load-inputs"
             )
         loaded_cases = _loaded_cases(spec, _interop.load_feeds(load_inputs))
         cases = [c for c, _ in loaded_cases]
@@ -407,6 +409,11 @@ def verify(
 
     golden = _interop.load_outputs(load_outputs) if load_outputs is not None else None
     fixed = atol is not None or rtol is not None
+    if fp64_reference and not fixed:  # it was taken without a word (users24)
+        raise BiRNNExportError(
+            "fp64_reference: the default criterion runs the reference in float64 already; "
+            "--fp64-reference goes with --atol/--rtol, drop it"
+        )
     converted = ref_module = None
     sha = None
     if golden is None:

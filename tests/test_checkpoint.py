@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import textwrap
@@ -304,6 +305,32 @@ def test_seed_example3_state_dict_equals_packed_torch_not_the_article(tmp_path):
         _close(loaded.original(x, lengths), expected)
         # The article's own forward is wrong for rows shorter than the batch.
         assert (article(x, lengths) - expected).abs().max() > 1e-2
+
+
+def test_options_for_bare_state_dicts_are_refused_where_the_model_says_it(tmp_path):
+    """--nonlinearity and --time-major on a birnn-export checkpoint, a pickled module or a
+    --model-class were ignored without a word, where --state-key is refused (users24)."""
+    from birnn_export.errors import ModelLoadError
+
+    sample = Path(__file__).resolve().parent.parent / "sample_models" / "token_tagger.pt"
+    gru = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+    pickled = _save(gru, tmp_path / "module.pt")
+    weights = _save(gru.state_dict(), tmp_path / "weights.pt")
+    kwargs = {"input_size": 4, "hidden_size": 5, "batch_first": True, "bidirectional": True}
+    for path, options, told in (
+        (sample, {"time_major": True}, "--time-major does not apply to a birnn-export checkpoint"),
+        (pickled, {"nonlinearity": "relu", "trust_pickle": True}, "to a pickled module"),
+        (
+            weights,
+            {"time_major": True, "model_class": "torch.nn:GRU", "model_kwargs": kwargs},
+            "to a model built by torch.nn:GRU (its layers say)",
+        ),
+    ):
+        with pytest.raises(ModelLoadError, match=re.escape(told)):
+            load_model(path, **options)
+    tagger = nn.ModuleDict({"rnn": gru, "fc": nn.Linear(10, 3)})
+    bare = _save(tagger.state_dict(), tmp_path / "bare.pt")
+    assert load_model(bare, time_major=True).config["batch_first"] is False  # there it applies
 
 
 def test_seed_rnn_relu_from_nonlinearity(tmp_path):

@@ -148,7 +148,8 @@ def test_good_export_passes_against_torch_packed_lstm(
 
 
 def test_fp64_reference(lstm: BiRNN, fused_path: Path) -> None:
-    report = verify(fused_path, lstm, fp64_reference=True, batch_sizes=(3,), seq_lens=(5,))
+    sweep = {"batch_sizes": (3,), "seq_lens": (5,)}
+    report = verify(fused_path, lstm, fp64_reference=True, atol=1e-5, rtol=1e-4, **sweep)
     assert report.passed, report.summary()
     assert report.reference_dtype == "float64"
     # fp32 engine vs fp64 oracle: small but not bit-identical
@@ -1352,6 +1353,11 @@ def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> No
     assert verify(result.path, loaded, load_inputs=npz).passed
     with pytest.raises(BiRNNExportError, match="drop --dim with --load-inputs"):
         verify(result.path, loaded, load_inputs=npz, dims={"chars": 3})
+    with pytest.raises(BiRNNExportError, match="--fp64-reference goes with --atol/--rtol"):
+        verify(result.path, loaded, fp64_reference=True)
+    # --batch and --seq were ignored without a word (users24)
+    with pytest.raises(BiRNNExportError, match="drop --batch and --seq with --load-inputs"):
+        verify(result.path, loaded, load_inputs=npz, batch_sizes=(2,), seq_lens=(7,))
     with pytest.raises(BiRNNExportError, match=r"must end in \.json"):
         verify(result.path, loaded, save_inputs=tmp_path / "cases")
 
