@@ -11,12 +11,32 @@ from typing import Any
 
 from birnn_export._container import Container
 from birnn_export._files import onnx_file_size
-from birnn_export._graph import ONNX_DTYPES, dims_of
+from birnn_export._graph import ONNX_DTYPES
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx, unread_inputs
+
+
+def _shown_dims(value: Any) -> list[int | str] | None:
+    """A graph input's or output's dims as ``inspect`` shows them: ``None`` where the graph
+    gives no rank (``[]`` read as a scalar), ``"?"`` for a dim with neither size nor name."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    dims: list[int | str] = []
+    for dim in tensor.shape.dim:
+        if dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(int(dim.dim_value) if dim.HasField("dim_value") else "?")
+    return dims
+
+
+def dims_text(dims: list[int | str] | None) -> str:
+    """``[batch, seq, 9]``, or ``unknown rank`` (see :func:`_shown_dims`)."""
+    return "unknown rank" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -36,7 +56,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
             {
                 "name": v.name,
                 "dtype": ONNX_DTYPES.get(v.type.tensor_type.elem_type, "other"),
-                "dims": list(dims_of(v)),
+                "dims": _shown_dims(v),
             }
             for v in values
         ]
@@ -154,7 +174,7 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     for kind in ("inputs", "outputs"):
         out.append(f"{kind}:")
         for value in info[kind]:
-            dims = "[" + ", ".join(str(d) for d in value["dims"]) + "]"
+            dims = dims_text(value["dims"])
             ignored = "  (read by no node: any values of its shape)" * (value["name"] in unread)
             out.append(f"  {value['name']:<{width}} {value['dtype']:<8} {dims}{ignored}")
     out.append("ops: " + ", ".join(f"{op} x{n}" for op, n in info["op_counts"].items()))

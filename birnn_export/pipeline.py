@@ -272,14 +272,14 @@ class ExportReport:
         out = [f"Loaded   {self.model_path}: {self.source}"]
         out += [f"Converted {r}" for r in result.replaced]
         size_kib = onnx_info["file_size"] / 1024
-        from birnn_export.describe import opset_text
+        from birnn_export.describe import dims_text, opset_text
 
         opsets = opset_text(onnx_info["opsets"])
         out.append(f"Wrote    {onnx_info['path']} ({size_kib:.1f} KiB, opset {opsets})")
         width = max(10, *(len(v["name"]) for v in (*onnx_info["inputs"], *onnx_info["outputs"])))
         for kind in ("inputs", "outputs"):
             for value in onnx_info[kind]:
-                dims = "[" + ", ".join(str(d) for d in value["dims"]) + "]"
+                dims = dims_text(value["dims"])
                 out.append(f"  {kind[:-1]:<6} {value['name']:<{width}} {value['dtype']:<8} {dims}")
             if kind == "inputs" and self.inputs:
                 out.append(f"         ({self.inputs})")

@@ -74,3 +74,25 @@ def test_json_to_standard_output(crf_graph: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"] is True and "compatible" in result.stderr
+
+
+def test_an_output_without_a_rank_is_not_shown_as_a_scalar(tmp_path: Path) -> None:
+    """A foreign graph's output with no shape at all was shown as ``[]``, a scalar's dims; a dim
+    with neither size nor name as 0 (users24)."""
+    from onnx import TensorProto, helper
+
+    unknown = onnx.ValueInfoProto()
+    unknown.name, unknown.type.tensor_type.elem_type = "y", TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", None, 4])],
+        [unknown],
+    )
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), path)
+    info = describe_onnx(path)
+    assert info["inputs"][0]["dims"] == ["T", "?", 4] and info["outputs"][0]["dims"] is None
+    lines = describe_lines(info)
+    assert "  x            float32  [T, ?, 4]" in lines
+    assert "  y            float32  unknown rank" in lines
