@@ -419,6 +419,17 @@ def _viterbi_nodes(node: Any, path: str, score_type: int) -> Iterator[Any]:
         ]
         return op("Slice", args, part)
 
+    if score_type == TensorProto.FLOAT16:  # the running scores in float32, cast back at the end
+        # float16 scores reach tens of thousands over long rows, where its steps are coarser
+        # than a step's emissions: 94.6% of a trained tagger's tags at 2000 steps (users25)
+        float_inputs = {"emissions": emissions, "start": start, "end": end, "transitions": trans}
+        for part, source in float_inputs.items():
+            yield op("Cast", [source], f"{part}_float32", to=TensorProto.FLOAT)
+        emissions, start, end, trans = (name(f"{part}_float32") for part in float_inputs)
+        half_score, score_out = score_out, score_out and name("score_float32")
+        score_type = TensorProto.FLOAT
+    else:
+        half_score = ""
     for part, value in (
         ("zero", 0),
         ("one", 1),
@@ -497,6 +508,10 @@ def _viterbi_nodes(node: Any, path: str, score_type: int) -> Iterator[Any]:
     if score_out:
         yield helper.make_node(
             "Squeeze", [name("best_score_col"), name("axis1")], [score_out], name=name("best_score")
+        )
+    if half_score:
+        yield helper.make_node(
+            "Cast", [score_out], [half_score], name=name("score_float16"), to=TensorProto.FLOAT16
         )
     # Backtrace, step T-1 first: per step and row, whether it is the row's last valid step and
     # whether it is inside the row ([T, B, 1], reversed), and the back-pointers reversed.

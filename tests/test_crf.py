@@ -529,6 +529,34 @@ class PackedBiLSTMCRF(nn.Module):
         return self.crf.decode(self.hidden2tag(out), mask=mask)
 
 
+def test_a_float16_graph_decodes_in_float32_over_long_rows(tmp_path) -> None:
+    """The Viterbi scores of an fp16 graph ran in float16: over long rows they reach tens of
+    thousands, where float16's steps are coarser than one step's emissions, and a trained
+    tagger's tags departed from the model's (94.6% agreed at 2000 steps, users25). They run
+    in float32, the emissions as the float16 network computed them."""
+    torch.manual_seed(0)
+    model = PackedBiLSTMCRF().eval()
+    with torch.no_grad():
+        model.hidden2tag.weight.mul_(20.0)  # a trained tagger's decisive emissions
+    path = tmp_path / "tagger16.onnx"
+    export_onnx(model, path, dtype="float16", verify=False)
+    graph = onnx.load(str(path)).graph
+    for scan in (n for n in graph.node if n.op_type == "Scan"):
+        (body,) = [a.g for a in scan.attribute if a.name == "body"]
+        floats = {i.type.tensor_type.elem_type for i in body.input} - {7, 9}  # int64, bool
+        assert floats <= {onnx.TensorProto.FLOAT}, (scan.name, floats)
+    gen = torch.Generator().manual_seed(1)
+    steps = 1500
+    ids = torch.randint(0, 40, (2, steps), generator=gen)
+    lengths = torch.tensor([steps, 900])
+    (tags,) = _ort(path).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})
+    with torch.no_grad():
+        want = model.double()(ids, lengths)
+    agree = [np.mean(tags[b, : len(row)] == np.array(row)) for b, row in enumerate(want)]
+    assert min(agree) == 1.0, agree
+    assert (tags[1, 900:] == -1).all()
+
+
 @pytest.mark.tensorrt_rtx
 @pytest.mark.parametrize("layout", ["split", "fused"])
 def test_tensorrt_rtx_builds_a_float16_tagger_with_lengths(tmp_path, layout: str) -> None:
