@@ -197,6 +197,29 @@ def tagger_graph(tmp_path_factory) -> tuple[BiLSTMCRF, Path, object]:
     return model, path, result
 
 
+def test_wrong_tags_are_not_blamed_on_a_length_branch(tagger_graph, tmp_path) -> None:
+    """A decode's lists are padded to the longest row, the graph's tags to T: a graph with
+    wrong tags was told "output 'tags' has 300 steps where the model's has 161", a length
+    branch, whose advice cannot help (users25)."""
+    from onnx import numpy_helper
+
+    from birnn_export.verification import verify
+
+    model, path, _ = tagger_graph
+    proto = onnx.load(str(path))
+    head = next(n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm"))
+    weights = {t.name: t for t in proto.graph.initializer}
+    weight = next(weights[i] for i in head.input if i in weights)
+    values = numpy_helper.to_array(weight) * -1.0
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    report = verify(bad, model, batch_sizes=(3,), seq_lens=(12,))
+    assert not report.passed
+    told = [c.diagnosis or "" for c in report.failures]
+    assert told and not any("steps where the model's has" in d for d in told), told
+
+
 def test_export_writes_two_viterbi_scans_and_nothing_unrolled(tagger_graph) -> None:
     _, path, result = tagger_graph
     proto = onnx.load(path)
