@@ -59,6 +59,43 @@ _STATE_PRESERVING = {
 _RECURRENT = {"LSTM", "GRU", "RNN"}
 
 
+def _softmaxed(made_by: Mapping[str, Any], name: str) -> bool:
+    """Whether graph output ``name`` is a (log-)softmax's, through the ops that keep its order
+    (:data:`_SCORE_PRESERVING`) on a single data path."""
+    seen = set()
+    while name in made_by and name not in seen:
+        seen.add(name)
+        node = made_by[name]
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            return True
+        if node.op_type not in _SCORE_PRESERVING or not node.input:
+            return False
+        name = node.input[1] if node.op_type == "Where" else node.input[0]
+    return False
+
+
+def reconstruction_notes(proto: Any, spec: GraphSpec) -> list[str]:
+    """A note for each output a linear head makes at the per-step shape of a float input,
+    taken as that input's reconstruction (an autoencoder's) and so judged without top-1
+    agreement: a tagger with as many tags as features looked the same (users25)."""
+    made_by = {out: node for node in proto.graph.node for out in node.output}
+    constants = {i.name for i in proto.graph.initializer}
+    read = {
+        tuple(d for i, d in enumerate(t.dims) if i not in (t.batch_axis, t.time_axis))
+        for t in spec.inputs
+        if t.role == "features" and t.time_axis is not None
+    }
+    return [
+        f"output {t.name!r} has a float input's shape per step and is judged as its "
+        f"reconstruction, without top-1 agreement; if it holds class scores, say so "
+        f"(--scores {t.name})"
+        for t in spec.outputs
+        if t.role == "sequence" and not t.classes
+        and tuple(d for i, d in enumerate(t.dims) if i not in (t.batch_axis, t.time_axis)) in read
+        and _class_scores(made_by, constants, t.name)
+    ]  # fmt: skip
+
+
 def _final_states(made_by: Mapping[str, Any], constants: Collection[str], name: str) -> bool:
     """Whether graph output ``name`` holds recurrent layers' final states (``Y_h``, ``Y_c``)
     alone, as the model returns them (``h_n``, ``(hidden, cell)``, ``h_n[-2:]``), whatever
@@ -177,9 +214,11 @@ def build_spec(
         else:
             role = "other"
         per_step = tuple(d for i, d in enumerate(dims) if i not in (batch_at, time_at))
+        # a (log-)softmax makes scores whatever their size (8 tags over 8 features, users25)
+        like_input = role == "sequence" and per_step in read
         classes = (
             role in ("sequence", "other")
-            and not (role == "sequence" and per_step in read)
+            and (not like_input or _softmaxed(made_by, info.name))
             and _class_scores(made_by, constants, info.name)
         )
         outputs.append(

@@ -45,7 +45,13 @@ from birnn_export._container import (
     forward_param,
 )
 from birnn_export._files import save_onnx
-from birnn_export._graph import build_spec, named_layers, raise_for_problems, set_metadata
+from birnn_export._graph import (
+    build_spec,
+    named_layers,
+    raise_for_problems,
+    reconstruction_notes,
+    set_metadata,
+)
 from birnn_export._guards import Dim, Untraced, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
@@ -428,6 +434,7 @@ def _trace_graph(
             notes.append(_layout_note(asked, layout))
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
+    notes += [] if scores is not None else reconstruction_notes(proto, spec)
     notes += _untraced_notes(untraced, planned, traced_at)
     notes += _unrolled_cells_notes(traced, trace_inputs)
     guard_empty_batch(proto, spec)

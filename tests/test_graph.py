@@ -215,3 +215,34 @@ def test_states_are_told_by_the_graph_not_by_their_names(tmp_path, layout):
         "sentence": "state",  # both directions' last states, as the model returns them
         "logits": "other",  # a head over them
     }
+
+
+class _EightTags(nn.Module):
+    """A tagger with as many tags as it reads features per step (users25)."""
+
+    def __init__(self, softmax: bool) -> None:
+        super().__init__()
+        self.softmax = softmax
+        self.rnn = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 8)
+
+    def forward(self, x):
+        scores = self.head(self.rnn(x)[0])
+        return scores.log_softmax(-1) if self.softmax else scores
+
+
+def test_scores_of_the_inputs_size_are_scores_after_a_softmax_and_noted_before(tmp_path):
+    """8 tags over 8 features were taken as the input's reconstruction, silently: with a
+    (log-)softmax they are class scores; a bare linear head's output is noted, with --scores."""
+    torch.manual_seed(0)
+    logits = export_onnx(_EightTags(False).eval(), tmp_path / "a.onnx", verify=False)
+    (output,) = logits.spec.outputs
+    assert not output.classes
+    assert any("judged as its reconstruction" in n and "--scores output" in n for n in logits.notes)
+    softmaxed = export_onnx(_EightTags(True).eval(), tmp_path / "b.onnx", verify=False)
+    assert softmaxed.spec.outputs[0].classes
+    assert not any("reconstruction" in n for n in softmaxed.notes)
+    scored = export_onnx(
+        _EightTags(False).eval(), tmp_path / "c.onnx", verify=False, scores=["output"]
+    )
+    assert scored.spec.outputs[0].classes and not any("reconstruction" in n for n in scored.notes)
