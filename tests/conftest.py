@@ -45,6 +45,19 @@ def _reuse_the_exporters_op_registry() -> None:
 _reuse_the_exporters_op_registry()
 
 
+def _one_torch_thread_per_worker() -> None:
+    """Under pytest-xdist with a worker per core, torch's own intra-op threads (one per core in
+    each worker) only contend for the cores the other workers use."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers >= (os.cpu_count() or 1):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+_one_torch_thread_per_worker()
+
+
 @pytest.fixture(scope="module")
 def split_lstm_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small 2-layer BiLSTM taking lengths, exported in the split layout."""
