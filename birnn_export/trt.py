@@ -608,6 +608,8 @@ def _parser_issue(error: Any) -> ParserIssue:
     message = _without_noise(call("desc"))
     # The description starts "Invalid Node - <name>": the node is named separately.
     message = re.sub(rf"^Invalid Node - {re.escape(name)};\s*", "", message) if name else message
+    if message.strip().lower() in ("", "false") and call("func"):  # a bare assertion's text
+        message = f"the parser's check {call('func')} failed"
     return ParserIssue(name or op or "graph", op, message)
 
 

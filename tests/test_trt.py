@@ -699,6 +699,29 @@ def test_runner_build_caches_without_a_gpu(exported, tmp_path) -> None:
 
 @pytest.mark.tensorrt_rtx
 @requires_rtx
+def test_a_parser_rejection_told_only_false_names_the_check(tmp_path) -> None:
+    """TensorRT's parser describes some rejections by a bare assertion's text, "false": the
+    check said "rejected this Unique: false" (users24); it names the parser's check instead."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["y"], name="unique")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    path = tmp_path / "unique.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    build = trt.build_engine(path)
+    assert not build.parsed
+    (issue,) = build.parser_issues
+    assert issue.op == "Unique" and issue.message.strip().lower() != "false"
+    assert issue.message.startswith("the parser's check ") and issue.message.endswith(" failed")
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
 def test_parser_rejection_is_one_line_and_leaves_no_engine(tagger, tmp_path) -> None:
     path = tmp_path / "old_fp16.onnx"
     _old_fp16_export(tagger, path)
