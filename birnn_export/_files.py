@@ -136,7 +136,10 @@ _CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 @contextlib.contextmanager
 def staged_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it (and external data) into place on success."""
+    """Yield a temporary path beside ``path``; move it (and external data) into place on success.
+    A symlink is written through, as :func:`atomic_path` does: the file it points to is
+    replaced, the link stays."""
+    path = path.resolve() if path.is_symlink() else path
     _remove_stale_staging(path)
     try:
         directory = Path(

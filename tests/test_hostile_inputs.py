@@ -275,17 +275,23 @@ def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
     elsewhere.mkdir()
     (elsewhere / "report.json").write_text("{}")
     (tmp_path / "link.json").symlink_to(elsewhere / "report.json")
+    (elsewhere / "graph.onnx").write_text("an old graph")
+    (tmp_path / "link.onnx").symlink_to(elsewhere / "graph.onnx")
     result = cli(
-        model, "-o", tmp_path / "a.onnx", "--json", tmp_path / "link.json", "-q", "--no-verify"
+        model, "-o", tmp_path / "link.onnx", "--json", tmp_path / "link.json", "-q", "--no-verify"
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "link.json").is_symlink()
+    # -o as --json: the link stays and the file it points to is the graph (users24: it was
+    # replaced by a file of its own)
+    assert (tmp_path / "link.onnx").is_symlink()
+    assert onnx.load(str(elsewhere / "graph.onnx")).graph.node
     assert json.loads((elsewhere / "report.json").read_text())["model"] == str(model)
     mask = os.umask(0)
     os.umask(mask)
-    for path in (tmp_path / "a.onnx", elsewhere / "report.json"):
+    for path in (elsewhere / "graph.onnx", elsewhere / "report.json"):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["report.json"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["graph.onnx", "report.json"]
 
 
 # -- model files -------------------------------------------------------------------------------
