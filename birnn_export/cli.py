@@ -443,7 +443,8 @@ def bench_command(
     from birnn_export.checkpoint import load_model
 
     writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
-    options_.check_files({"MODEL.onnx": onnx_path, "--model": model_path}, writes)
+    reads = {"MODEL.onnx": onnx_path, "--model": model_path}
+    options_.check_files(reads, writes, suffixes={"--plot": ".png"})  # it writes a PNG
     precheck(onnx_path, plot=plot_path)
     # The model as the user wrote it (torch's own recurrent layers) when it had them: that is
     # the eager speed to beat and the most independent reference.

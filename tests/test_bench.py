@@ -736,3 +736,8 @@ def test_precheck_fails_before_anything_loads(
     with pytest.raises(BiRNNExportError, match="--plot: matplotlib is not installed"):
         precheck(files["onnx"], plot=tmp_path / "p.png")
     precheck(files["onnx"])
+    # the plot is a PNG whatever its name said (users24): another suffix is refused
+    args = ["--model", str(files["pt"]), "--plot", str(tmp_path / "p.txt")]
+    result = CliRunner().invoke(main, ["bench", str(files["onnx"]), *args])
+    assert result.exit_code == 2 and "p.txt must end in .png" in result.output, result.output
+    assert not (tmp_path / "p.txt").exists()
