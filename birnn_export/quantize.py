@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -124,7 +125,9 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     if shared:
         _merge_copies(proto)
     _zero_padded_steps(proto)
-    _zero_padded_inputs(proto, GraphSpec.from_onnx(proto))
+    spec = GraphSpec.from_onnx(proto)
+    if _padding_unread(src, spec):
+        _zero_padded_inputs(proto, spec)
     onnx.save(proto, str(dst))
     counts = collections.Counter(
         str(rnn_scan_info(node)["op"]) if is_rnn_scan(node) else node.op_type
@@ -215,13 +218,54 @@ def _zero_padded_steps(proto: Any) -> None:
         graph.node.extend(nodes)
 
 
+def _padding_unread(src: str | os.PathLike[str], spec: Any) -> bool:
+    """Whether the float graph ``src`` gives the same valid outputs whatever its float inputs
+    hold past each row's length (x50 noise there, and zeros), so zeroing it changes nothing
+    the model computes. A model that runs a layer over the padding (a mask used only to pool,
+    a conv reading row ends) reads it: review17 measured an int8 graph's class flip on a
+    constant log-mel floor there."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from birnn_export.compare import valid_mask
+    from birnn_export.spec import make_feed
+
+    sources = spec.length_sources()
+    batch, seq = max(spec.example_batch, 3), max(spec.example_seq, 8)
+    quiet = make_feed(spec, batch, seq, seed=0)
+    loud = {name: value.copy() for name, value in quiet.items()}
+    rng = np.random.default_rng(1)
+    for tensor in spec.inputs:
+        dims = [d for d in tensor.dims if d in sources]
+        if tensor.role != "features" or tensor.batch_axis is None or len(dims) != 1:
+            continue
+        rows = spec.feed_lengths(quiet, dims[0])
+        keep = valid_mask(dataclasses.replace(tensor, time_at=tensor.dims.index(dims[0])),
+                          quiet[tensor.name].shape, rows)  # fmt: skip
+        noise = 50 * rng.standard_normal(quiet[tensor.name].shape)
+        loud[tensor.name] = np.where(keep, quiet[tensor.name], noise).astype(tensor.dtype)
+    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    names = [t.name for t in spec.outputs]
+    for tensor, a, b in zip(
+        spec.outputs, session.run(names, quiet), session.run(names, loud), strict=True
+    ):
+        axis = tensor.time_axis
+        dim = tensor.dims[axis] if axis is not None else None
+        rows = spec.feed_lengths(quiet, dim) if dim in sources else None
+        keep = valid_mask(tensor, a.shape, rows) if rows is not None else None
+        a, b = (a, b) if keep is None else (a[keep], b[keep])
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6):
+            return False
+    return True
+
+
 def _zero_padded_inputs(proto: Any, spec: Any) -> None:
     """Zero each float input's steps past each row's length (told by a lengths input or a
-    ``[batch, steps]`` mask), where the graph reads it. A layer before the recurrent ones (a
-    Linear front end) quantizes its whole input with one scale, like ``DynamicQuantizeLSTM``
-    (:func:`_zero_padded_steps`): loud padding left there by a caller cost a trained CTC
-    model's int8 graph the decode of 44% of its rows (users25). A graph verified on zero
-    padding computes the same with it."""
+    ``[batch, steps]`` mask), where the model reads none of it (:func:`_padding_unread`). A
+    layer before the recurrent ones (a Linear front end) quantizes its whole input with one
+    scale, like ``DynamicQuantizeLSTM`` (:func:`_zero_padded_steps`): loud padding left there
+    by a caller cost a trained CTC model's int8 graph the decode of 44% of its rows
+    (users25)."""
     graph = proto.graph
     sources = spec.length_sources()
     added: list[Any] = []
@@ -270,7 +314,9 @@ def _masked_input(
         valid = node(
             "Less",
             [node("Unsqueeze", [times, f"{base}/axis0"], "times_row"),
-             node("Unsqueeze", [source.name, f"{base}/axis1"], "lengths_col")],
+             node("Unsqueeze",
+                  [node("Cast", [source.name], "lengths", to=TensorProto.INT64), f"{base}/axis1"],
+                  "lengths_col")],
             "valid",
         )  # fmt: skip
     elif source.role in ("mask", "padding_mask") and source.dims == (batch_dim, dim):
@@ -285,9 +331,12 @@ def _masked_input(
     if others:
         valid = node("Unsqueeze", [valid, f"{base}/others"], "valid_as_input")
     masked = node("Where", [valid, tensor.name, f"{base}/fill"], "masked")
-    values = {"zero": 0, "one": 1, "axis0": [0], "axis1": [1], "others": others or [0]}
+    values = {"zero": 0, "one": 1, "axis0": [0], "axis1": [1], "others": others}
+    read = {name for n in nodes for name in n.input}  # no initializer left unread (ORT warns)
     constants = [
-        numpy_helper.from_array(np.asarray(v, np.int64), f"{base}/{k}") for k, v in values.items()
+        numpy_helper.from_array(np.asarray(v, np.int64), f"{base}/{k}")
+        for k, v in values.items()
+        if f"{base}/{k}" in read
     ]
     fill = np.zeros((), np.float16 if tensor.dtype == "float16" else np.float32)
     return nodes, [*constants, numpy_helper.from_array(fill, f"{base}/fill")], masked

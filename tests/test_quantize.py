@@ -150,6 +150,51 @@ def test_int8_front_end_before_the_recurrent_layers_does_not_read_the_padding(
     assert result.verification.passed, result.verification.summary()
     assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= set(result.op_counts)
     _assert_padding_unread(result)
+    # int32 lengths too (review17: the mask compared them with int64 steps, and ONNX Runtime
+    # refused the graph)
+    inputs = ["x:float32[batch,seq,20]", "lengths:int32[batch]:lengths(seq)"]
+    int32 = export_onnx(
+        _LinearFrontEnd().eval(), tmp_path / "i.onnx", inputs=inputs, quantize="int8"
+    )
+    assert int32.verification.passed, int32.verification.summary()
+    _assert_padding_unread(int32)
+
+
+class _PoolsOverPadding(nn.Module):
+    """A BiLSTM run over the whole padded batch, its mask used only to pool: what the padding
+    holds changes the valid outputs (review17)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.front = nn.Linear(20, 48)
+        self.rnn = nn.LSTM(48, 32, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.rnn(torch.relu(self.front(x)))[0]
+        keep = mask.unsqueeze(-1).to(out.dtype)
+        return self.head((out * keep).sum(1) / keep.sum(1))
+
+
+def test_int8_padding_a_model_reads_is_left_as_it_is(tmp_path: Path) -> None:
+    """Zeroing the input's padding is only for a model that reads none of it; one that runs a
+    layer over it computes with it (a constant log-mel floor there flipped a class)."""
+    torch.manual_seed(0)
+    model = _PoolsOverPadding().eval()
+    result = export_onnx(model, tmp_path / "q.onnx", quantize="int8")
+    assert result.verification.passed, result.verification.summary()
+    nodes = {n.name for n in onnx.load(str(result.path)).graph.node}
+    assert not any(n.startswith("int8_padding/x/") for n in nodes)
+    x = torch.randn(3, 30, 20, generator=torch.Generator().manual_seed(3))
+    mask = torch.arange(30)[None, :] < torch.tensor([30, 12, 20])[:, None]
+    x[~mask] = -23.0  # the padding the model was trained with
+    from birnn_export.runners import OrtRunner
+
+    with OrtRunner(result.path) as runner:
+        got = runner.infer({"x": x.numpy(), "mask": mask.numpy()})["output"]
+    with torch.no_grad():
+        want = model(x, mask).numpy()
+    assert np.abs(got - want).max() < 0.01 and (got.argmax(1) == want.argmax(1)).all()
 
 
 def _assert_padding_unread(result) -> None:
@@ -166,7 +211,8 @@ def _assert_padding_unread(result) -> None:
     if features.time_axis == 0:  # a time-major input
         zero, loud = zero.transpose(1, 0, 2), loud.transpose(1, 0, 2)
     with OrtRunner(result.path) as runner:
-        outs = [runner.infer({features.name: v.astype(np.float32), spec.inputs[1].name: lengths})
+        rows = {spec.inputs[1].name: lengths.astype(spec.inputs[1].dtype)}
+        outs = [runner.infer({features.name: v.astype(np.float32), **rows})
                 for v in (zero, loud)]  # fmt: skip
     output = spec.outputs[0]
     valid = ~pad if output.time_axis == 1 else ~pad.T
