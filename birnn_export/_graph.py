@@ -59,19 +59,22 @@ _STATE_PRESERVING = {
 _RECURRENT = {"LSTM", "GRU", "RNN"}
 
 
-def _softmaxed(made_by: Mapping[str, Any], name: str) -> bool:
+def _softmaxed(made_by: Mapping[str, Any], constants: Collection[str], name: str) -> bool:
     """Whether graph output ``name`` is a (log-)softmax's, through the ops that keep its order
-    (:data:`_SCORE_PRESERVING`) on a single data path."""
-    seen = set()
-    while name in made_by and name not in seen:
-        seen.add(name)
-        node = made_by[name]
-        if node.op_type in ("Softmax", "LogSoftmax"):
-            return True
-        if node.op_type not in _SCORE_PRESERVING or not node.input:
-            return False
-        name = node.input[1] if node.op_type == "Where" else node.input[0]
-    return False
+    (:data:`_SCORE_PRESERVING`): on any data path, as ``_class_scores`` follows them (a
+    ``masked_fill`` is a Where whose fill is a constant; ``mask * scores`` a Mul)."""
+    node = made_by.get(name)
+    if node is None:
+        return False
+    if node.op_type in ("Softmax", "LogSoftmax"):
+        return True
+    if node.op_type not in _SCORE_PRESERVING:
+        return False
+    inputs = node.input[1:] if node.op_type == "Where" else node.input
+    if node.op_type in ("Slice", "Gather", "Reshape"):
+        inputs = node.input[:1]
+    data = [i for i in inputs if i and i not in constants]
+    return any(_softmaxed(made_by, constants, d) for d in data)
 
 
 def reconstruction_notes(proto: Any, spec: GraphSpec) -> list[str]:
@@ -218,7 +221,7 @@ def build_spec(
         like_input = role == "sequence" and per_step in read
         classes = (
             role in ("sequence", "other")
-            and (not like_input or _softmaxed(made_by, info.name))
+            and (not like_input or _softmaxed(made_by, constants, info.name))
             and _class_scores(made_by, constants, info.name)
         )
         outputs.append(

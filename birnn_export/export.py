@@ -1138,7 +1138,8 @@ def _trace(
     """The exported graph, whether the model cut a padded output to its longest row, where
     its code fixed a size to the example's number (:func:`_fixed_sizes`), the sizes where
     the traced branch may not be the model's (:func:`_untraced`), and the value the model's
-    last ``pad_packed_sequence`` pads with (``None``: it calls none)."""
+    ``pad_packed_sequence`` calls pad with (``None``: it calls none, or they pad with several:
+    review17 found a second call padding with -inf to max-pool)."""
     cuts: list[str] = []
     pads: list[float] = []
     try:
@@ -1170,7 +1171,8 @@ def _trace(
     sizes = _dim_sizes(exported, planned) if exported is not None else {}
     untraced = _untraced(planned, sizes, example)
     _refuse_narrowed_dims(exported, planned, sizes, untraced)
-    return program.model_proto, any(cuts), fixed, untraced, pads[-1] if pads else None
+    padded_with = pads[0] if len(set(pads)) == 1 else None  # every call's, or none of them
+    return program.model_proto, any(cuts), fixed, untraced, padded_with
 
 
 def _dim_sizes(exported: Any, planned: PlannedInputs) -> dict[str, torch.SymInt]:
@@ -1893,8 +1895,9 @@ def _explain_trace_failure(
     number_op = _NUMBER_OF_A_SIZE.search("\n".join(map(str, causes))) if symbolic else None
     if number_op and not any(s.startswith("float()") for s in symbolic):
         return (
-            f"{type(model).__name__}.forward gives a size to torch's {number_op[1]} as a "
-            f"number{_user_line(model, causes)} (aten.{number_op[1]}.{number_op[2]}, "
+            f"{type(model).__name__}.forward (or a forward it calls) gives a size to torch's "
+            f"{number_op[1]} as a number{_user_line(model, causes)} (aten."
+            f"{number_op[1]}.{number_op[2]}, "
             "torch.remainder(t, x.size(1)), t % x.size(1)), which the exporter converts for "
             "fixed numbers only: make the size a tensor, torch.scalar_tensor(x.size(1), "
             "dtype=torch.long)"

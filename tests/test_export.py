@@ -1758,7 +1758,15 @@ def test_the_padding_value_of_the_models_own_pad_packed_sequence_is_recorded(tmp
                 self.lstm(packed)[0], batch_first=True, padding_value=1.0, total_length=x.size(1)
             )[0]
 
+    class PoolsWithInf(PadsWithOne):  # a second call pads with -inf to max-pool (review17)
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            packed = self.lstm(pack_padded_sequence(x, lengths, True, enforce_sorted=False))[0]
+            y = pad_packed_sequence(packed, True, total_length=x.size(1))[0]
+            return y, pad_packed_sequence(packed, True, float("-inf"), x.size(1))[0].amax(1)
+
     torch.manual_seed(0)
+    pools = export_onnx(PoolsWithInf().eval(), tmp_path / "two.onnx", verify=False)
+    assert pools.spec.padding_value == 0.0  # the layers', not the last call's -inf
     result = export_onnx(PadsWithOne().eval(), tmp_path / "one.onnx")
     assert result.spec.padding_value == 1.0
     rule = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}

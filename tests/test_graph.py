@@ -220,15 +220,16 @@ def test_states_are_told_by_the_graph_not_by_their_names(tmp_path, layout):
 class _EightTags(nn.Module):
     """A tagger with as many tags as it reads features per step (users25)."""
 
-    def __init__(self, softmax: bool) -> None:
+    def __init__(self, softmax: bool, filled: bool = False) -> None:
         super().__init__()
-        self.softmax = softmax
+        self.softmax, self.filled = softmax, filled
         self.rnn = nn.GRU(8, 6, batch_first=True, bidirectional=True)
         self.head = nn.Linear(12, 8)
 
     def forward(self, x):
         scores = self.head(self.rnn(x)[0])
-        return scores.log_softmax(-1) if self.softmax else scores
+        scores = scores.log_softmax(-1) if self.softmax else scores
+        return scores.masked_fill(x[..., :1] > 3.0, 0.0) if self.filled else scores
 
 
 def test_scores_of_the_inputs_size_are_scores_after_a_softmax_and_noted_before(tmp_path):
@@ -242,6 +243,8 @@ def test_scores_of_the_inputs_size_are_scores_after_a_softmax_and_noted_before(t
     softmaxed = export_onnx(_EightTags(True).eval(), tmp_path / "b.onnx", verify=False)
     assert softmaxed.spec.outputs[0].classes
     assert not any("reconstruction" in n for n in softmaxed.notes)
+    filled = export_onnx(_EightTags(True, filled=True).eval(), tmp_path / "f.onnx", verify=False)
+    assert filled.spec.outputs[0].classes  # a masked_fill after it (review17)
     scored = export_onnx(
         _EightTags(False).eval(), tmp_path / "c.onnx", verify=False, scores=["output"]
     )
