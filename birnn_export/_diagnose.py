@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from birnn_export._layers import GraphLayer
+from birnn_export._report import AFTER_NODES, AFTER_REVERSAL
 from birnn_export.compare import Check, abs_errors, outside_tolerance
 from birnn_export.spec import TensorSpec, Tolerance
 
@@ -109,12 +110,6 @@ def diagnose_directions(
         ]
         halves.append((label, firsts, max_abs, ends))
     return f"{tensor.name}: " + "; ".join(lines) + " " + _verdict(halves, lengths, steps, tol)
-
-
-#: How a diagnosis that places the difference after the recurrent nodes says so, and how it
-#: names the reversal of a backward node's output among the suspects there.
-AFTER_NODES = "the difference is after the recurrent nodes"
-AFTER_REVERSAL = "the graph's reversal of a backward node's output back into time order"
 
 
 def diagnose_layers(

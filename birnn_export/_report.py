@@ -44,6 +44,12 @@ _PACKAGES = (
 #: ``lengths_mode`` of the result that judges every case together (int8 graphs).
 WHOLE_SWEEP = "whole sweep"
 
+#: How a diagnosis that places the difference after the recurrent nodes says so, and how it
+#: names the reversal of a backward node's output among the suspects there
+#: (:func:`birnn_export._diagnose.diagnose_layers`).
+AFTER_NODES = "the difference is after the recurrent nodes"
+AFTER_REVERSAL = "the graph's reversal of a backward node's output back into time order"
+
 
 @dataclass(frozen=True)
 class CaseResult:
@@ -199,7 +205,6 @@ class VerifyReport:
         and a batch above one, since they separate reversal from weights. Where that one
         suspects the reversal after a backward node among what comes after the recurrent nodes,
         a case of one step that fails there too comes first: no reversal changes one step."""
-        from birnn_export._diagnose import AFTER_NODES, AFTER_REVERSAL
 
         def rank(case: CaseResult) -> tuple[bool, bool, bool, bool]:
             full = case.lengths is not None and case.seq in case.lengths
