@@ -59,11 +59,16 @@ _STATE_PRESERVING = {
 _RECURRENT = {"LSTM", "GRU", "RNN"}
 
 
-def _softmaxed(made_by: Mapping[str, Any], constants: Collection[str], name: str) -> bool:
+def _softmaxed(
+    made_by: Mapping[str, Any], constants: Collection[str], name: str, seen: set[str] | None = None
+) -> bool:
     """Whether graph output ``name`` is a (log-)softmax's, through the ops that keep its order
     (:data:`_SCORE_PRESERVING`): on any data path, as ``_class_scores`` follows them (a
-    ``masked_fill`` is a Where whose fill is a constant; ``mask * scores`` a Mul)."""
-    node = made_by.get(name)
+    ``masked_fill`` is a Where whose fill is a constant; ``mask * scores`` a Mul), each tensor
+    looked at once (residual Adds would double the paths at each)."""
+    seen = set() if seen is None else seen
+    node = None if name in seen else made_by.get(name)
+    seen.add(name)
     if node is None:
         return False
     if node.op_type in ("Softmax", "LogSoftmax"):
@@ -74,7 +79,7 @@ def _softmaxed(made_by: Mapping[str, Any], constants: Collection[str], name: str
     if node.op_type in ("Slice", "Gather", "Reshape"):
         inputs = node.input[:1]
     data = [i for i in inputs if i and i not in constants]
-    return any(_softmaxed(made_by, constants, d) for d in data)
+    return any(_softmaxed(made_by, constants, d, seen) for d in data)
 
 
 def reconstruction_notes(proto: Any, spec: GraphSpec) -> list[str]:

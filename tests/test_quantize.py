@@ -160,15 +160,9 @@ def test_int8_front_end_before_the_recurrent_layers_does_not_read_the_padding(
     _assert_padding_unread(int32)
 
 
-class _PoolsOverPadding(nn.Module):
+class _PoolsOverPadding(_LinearFrontEnd):
     """A BiLSTM run over the whole padded batch, its mask used only to pool: what the padding
     holds changes the valid outputs (review17)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.front = nn.Linear(20, 48)
-        self.rnn = nn.LSTM(48, 32, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(64, 5)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.rnn(torch.relu(self.front(x)))[0]
