@@ -18,8 +18,9 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,6 +309,20 @@ class ExportReport:
         return out
 
 
+def _stages(progress: bool, count: int) -> Callable[[str], None]:
+    """Say each step of the main command as it begins, on stderr where it is a terminal (with
+    ``progress``): an export printed nothing until it finished, and one interrupted showed only
+    "Aborted!" (users24). Off a terminal nothing is said: the summary at the end is the log."""
+    if not progress or not sys.stderr.isatty():
+        return lambda what: None
+    begun = iter(range(1, count + 1))
+
+    def stage(what: str) -> None:
+        print(f"[{next(begun)}/{count}] {what} ...", file=sys.stderr, flush=True)
+
+    return stage
+
+
 def export_model(
     model_path: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -362,6 +377,8 @@ def export_model(
     start = time.perf_counter()
     model_path = Path(model_path)
     output = Path(output) if output is not None else default_output(model_path)
+    stage = _stages(progress, 2 if export_options.get("quantize") else 3)
+    stage(f"loading {model_path}")
     loaded = load_model(model_path, **dict(load_options or {}))
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
     declared = list(inputs) or list(loaded.inputs or ())
@@ -376,6 +393,7 @@ def export_model(
         named["batch"] = tuple(batch_range)
     if not inputs:
         named = {**(loaded.ranges or {}), **named}
+    stage("exporting with torch.export" + (", then verifying on ONNX Runtime" if verify else ""))
     result = export_onnx(
         loaded.model,
         output,
@@ -392,6 +410,8 @@ def export_model(
         **export_options,
     )
     quantized = export_options.get("quantize")
+    if not quantized:
+        stage("checking TensorRT compatibility (its parser and builder)")
     compatibility = None if quantized else check_compatibility(result.path, target="tensorrt")
     if inputs:
         how = "declared with --input"

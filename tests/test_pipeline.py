@@ -144,3 +144,28 @@ def test_export_model_ranges_go_over_the_checkpoints(tmp_path: Path) -> None:
     default = export_model(SAMPLES / "speech_ctc.pt", tmp_path / "d.onnx", verify=False)
     assert default.result.spec.ranges()["time"] == (1, 200, 800)
     assert default.result.spec.batch_range == (1, 8, 32)
+
+
+def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, monkeypatch):
+    """An export printed nothing until it finished, and one interrupted showed only "Aborted!"
+    (users24): on a terminal each step is said on stderr as it begins; off one (a log), the
+    summary at the end says it all."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    sample = Path(__file__).resolve().parent.parent / "sample_models" / "token_tagger.pt"
+    said = {}
+    for name, stream in (("terminal", Terminal()), ("log", io.StringIO())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        export_model(sample, tmp_path / f"{name}.onnx", verify=False, progress=True)
+        said[name] = stream.getvalue().splitlines()
+    assert said["terminal"] == [
+        f"[1/3] loading {sample} ...",
+        "[2/3] exporting with torch.export ...",
+        "[3/3] checking TensorRT compatibility (its parser and builder) ...",
+    ]
+    assert said["log"] == []
