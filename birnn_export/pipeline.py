@@ -377,7 +377,8 @@ def export_model(
     start = time.perf_counter()
     model_path = Path(model_path)
     output = Path(output) if output is not None else default_output(model_path)
-    stage = _stages(progress, 2 if export_options.get("quantize") else 3)
+    quantized = export_options.get("quantize")
+    stage = _stages(progress, 2 if quantized else 3)
     stage(f"loading {model_path}")
     loaded = load_model(model_path, **dict(load_options or {}))
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
@@ -409,7 +410,6 @@ def export_model(
         **({"seq_range": seq_range} if seq_range is not None else {}),
         **export_options,
     )
-    quantized = export_options.get("quantize")
     if not quantized:
         stage("checking TensorRT compatibility (its parser and builder)")
     compatibility = None if quantized else check_compatibility(result.path, target="tensorrt")

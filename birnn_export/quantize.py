@@ -218,6 +218,19 @@ def _zero_padded_steps(proto: Any) -> None:
         graph.node.extend(nodes)
 
 
+def _padded_float_inputs(spec: Any) -> list[tuple[Any, str]]:
+    """Each float input with a batch axis and one dim whose rows have lengths (by a lengths
+    input or a mask), with that dim: the inputs whose padding an int8 graph may zero."""
+    sources = spec.length_sources()
+    padded = []
+    for tensor in spec.inputs:
+        dims = [d for d in tensor.dims if d in sources]
+        float_input = tensor.role == "features" and tensor.dtype.startswith("float")
+        if float_input and tensor.batch_axis is not None and len(dims) == 1:
+            padded.append((tensor, dims[0]))
+    return padded
+
+
 def _padding_unread(src: str | os.PathLike[str], spec: Any) -> bool:
     """Whether the float graph ``src`` gives the same valid outputs whatever its float inputs
     hold past each row's length (x50 noise there, and zeros), so zeroing it changes nothing
@@ -230,22 +243,20 @@ def _padding_unread(src: str | os.PathLike[str], spec: Any) -> bool:
     from birnn_export.compare import valid_mask
     from birnn_export.spec import make_feed
 
+    padded = _padded_float_inputs(spec)
+    if not padded:
+        return False  # no float input with lengths: nothing to zero
     sources = spec.length_sources()
     batch, seq = max(spec.example_batch, 3), max(spec.example_seq, 8)
     quiet = make_feed(spec, batch, seq, seed=0)
-    loud = {name: value.copy() for name, value in quiet.items()}
+    loud = dict(quiet)
     rng = np.random.default_rng(1)
-    for tensor in spec.inputs:
-        dims = [d for d in tensor.dims if d in sources]
-        if tensor.role != "features" or tensor.batch_axis is None or len(dims) != 1:
-            continue  # what _zero_padded_inputs zeroes: nothing else need be the same
-        rows = spec.feed_lengths(quiet, dims[0])
-        keep = valid_mask(dataclasses.replace(tensor, time_at=tensor.dims.index(dims[0])),
+    for tensor, dim in padded:  # what _zero_padded_inputs zeroes: nothing else need differ
+        rows = spec.feed_lengths(quiet, dim)
+        keep = valid_mask(dataclasses.replace(tensor, time_at=tensor.dims.index(dim)),
                           quiet[tensor.name].shape, rows)  # fmt: skip
         noise = 50 * rng.standard_normal(quiet[tensor.name].shape)
         loud[tensor.name] = np.where(keep, quiet[tensor.name], noise).astype(tensor.dtype)
-    if all(loud[name] is quiet[name] or np.array_equal(loud[name], quiet[name]) for name in quiet):
-        return False  # no float input with lengths: nothing to zero
     session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     names = [t.name for t in spec.outputs]
     for tensor, a, b in zip(
@@ -272,12 +283,8 @@ def _zero_padded_inputs(proto: Any, spec: Any) -> None:
     sources = spec.length_sources()
     added: list[Any] = []
     constants: list[Any] = []
-    for tensor in spec.inputs:
-        dims = [d for d in tensor.dims if d in sources]
-        float_input = tensor.role == "features" and tensor.dtype.startswith("float")
-        if not float_input or tensor.batch_axis is None or len(dims) != 1:
-            continue
-        made = _masked_input(tensor, dims[0], sources[dims[0]], spec.batch_dim)
+    for tensor, dim in _padded_float_inputs(spec):
+        made = _masked_input(tensor, dim, sources[dim], spec.batch_dim)
         if made is None:
             continue
         nodes, values, masked = made
