@@ -597,10 +597,13 @@ def load_onnx(model: Any) -> Any:
 
 def _check_external_data(proto: Any, path: Path) -> None:
     """Refuse a graph whose weights in external data files are not where it says (a graph
-    copied without its ``.onnx.data``, or with a truncated one), naming the file."""
+    copied without its ``.onnx.data``, or with a truncated one), naming the file. Every tensor
+    ``onnx.load`` would read is looked at: initializers, Constant nodes' values and those in
+    loop and branch bodies."""
     import onnx
+    from onnx.external_data_helper import _get_all_tensors  # the walk onnx.load itself does
 
-    for tensor in proto.graph.initializer:
+    for tensor in _get_all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {e.key: e.value for e in tensor.external_data}

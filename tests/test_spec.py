@@ -249,25 +249,43 @@ def test_load_onnx_errors_are_one_line(tmp_path):
         assert "\n" not in str(info.value)
 
 
-def test_a_graph_without_its_external_data_is_refused_naming_the_file(tmp_path):
+@pytest.mark.parametrize("held", ["initializer", "constant node", "loop body"])
+def test_a_graph_without_its_external_data_is_refused_naming_the_file(tmp_path, held):
     """A graph copied without its .onnx.data: inspect said nothing, check called it not
-    TensorRT-compatible and verify failed with exit 1 (users24)."""
+    TensorRT-compatible and verify failed with exit 1 (users24). A weight held by a Constant
+    node (a graph edited by other tools) or inside a loop's body counts as well (review17)."""
     import onnx
     from onnx import helper, numpy_helper
 
     weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["b"])],
-        "g",
-        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 64])],
-        [weight],
-    )
+    matmul = helper.make_node("MatMul", ["a", "w"], ["b"])
+    constant = helper.make_node("Constant", [], ["w"], value=weight)
+    float_64 = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 64]) for n in "ab"]
+    if held == "loop body":
+        body = helper.make_graph(
+            [constant, matmul, helper.make_node("Identity", ["cond"], ["cond_out"])],
+            "body",
+            [
+                helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+            ],
+            [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []), float_64[1]],
+        )
+        count = numpy_helper.from_array(np.array(1, np.int64), "n")
+        loop = helper.make_node("Loop", ["n", ""], ["bs"], body=body)
+        outer = [helper.make_tensor_value_info("bs", onnx.TensorProto.FLOAT, None)]
+        graph = helper.make_graph([loop], "g", [float_64[0]], outer, [count])
+    elif held == "constant node":
+        graph = helper.make_graph([constant, matmul], "g", [float_64[0]], [float_64[1]])
+    else:
+        graph = helper.make_graph([matmul], "g", [float_64[0]], [float_64[1]], [weight])
     path = tmp_path / "g.onnx"
-    onnx.save_model(
-        helper.make_model(graph), str(path), save_as_external_data=True, location="g.onnx.data"
+    model = helper.make_model(graph)
+    onnx.external_data_helper.convert_model_to_external_data(
+        model, location="g.onnx.data", convert_attribute=True
     )
-    assert load_onnx(path).graph.initializer[0].name == "w"
+    onnx.save_model(model, str(path))
+    assert load_onnx(path).graph.node or load_onnx(path).graph.initializer
     data = tmp_path / "g.onnx.data"
     whole = data.read_bytes()
     data.write_bytes(whole[:100])
