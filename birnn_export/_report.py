@@ -122,17 +122,19 @@ class VerifyReport:
     def _sweep_margin(self) -> str:
         """An int8 graph's figures over the whole sweep, as its verdict quotes them."""
         sweeps = [o for c in self.cases for o in c.outputs if o.check == "sweep"]
-        if not sweeps:
-            return ""
-        text = f": relative L2 error at most {max(o.rel_l2 or 0.0 for o in sweeps):.3g}"
-        top1 = [o for o in sweeps if o.top1 is not None]
+        values = [o for o in sweeps if o.role != "tags"]
+        figures = []
+        if values:
+            figures.append(f"relative L2 error at most {max(o.rel_l2 or 0.0 for o in values):.3g}")
+        top1 = [o for o in values if o.top1 is not None]
         if top1:
             worst = min(top1, key=lambda o: o.top1 or 0.0)
-            text += (
-                f", top-1 agreement at least {100 * (worst.top1 or 0.0):.2f}% ({worst.name!r}, "
+            figures.append(
+                f"top-1 agreement at least {100 * (worst.top1 or 0.0):.2f}% ({worst.name!r}, "
                 f"{worst.top1_decisive} clear positions)"
             )
-        return text + " over the sweep"
+        figures += [f"{o.name!r}: {o.tags_agreement()}" for o in sweeps if o.role == "tags"]
+        return f": {', '.join(figures)} over the sweep" if figures else ""
 
     def _worst_ratio_at(self) -> tuple[float, str] | None:
         """:meth:`worst_ratio` and where: the check and its case, in words."""
@@ -457,7 +459,8 @@ def _summary_rows(report: VerifyReport) -> Iterator[tuple[str, ...]]:
         worst = max(outs, key=_nearness)
         top1 = [o.top1 for o in outs if o.top1 is not None]
         top1_text = "-" if not top1 else f"{100 * min(top1):.1f}%"
-        if top1 and _by_l2_alone(worst):  # an int8 case: top-1 is judged over the whole sweep
+        # an int8 case: top-1 (or a tags output's agreement) is judged over the whole sweep
+        if top1 and (_by_l2_alone(worst) or (worst.role == "tags" and worst.top1_limit is None)):
             top1_text = f"({top1_text})"
         greedy = [o.greedy for o in outs if o.greedy is not None]
         if greedy:

@@ -261,3 +261,28 @@ def test_a_check_of_another_shape_prints_no_limit() -> None:
     check = Check("output", "sequence", "values", math.inf, math.inf, math.inf, False, note=note)
     assert check.limit == "-"
     assert check.describe() == f"output 'output' values - {note}"
+
+
+def test_int8_tags_are_judged_by_their_agreement_over_the_sweep() -> None:
+    """An int8 CRF tagger's tags: a case passes where its padding is exact, and the share of
+    valid tags that agree is held to the int8 top-1 limit over the whole sweep. The verdict
+    said "relative L2 error at most 0" of tag ids, and any flipped tag failed (users25)."""
+    from birnn_export.compare import compare_tags
+
+    crit = QuantizedCriterion()
+    want = np.zeros((4, 100), np.int64)
+    want[:, 90:] = -1  # 360 valid positions
+    got = want.copy()
+    got[0, 5] = 1  # one valid tag differs: 359 of 360 agree (99.72%)
+    case = compare_tags(_tags_spec(), got, want, want, criterion=crit)
+    assert case.passed and case.limit == "padding exact" and case.top1_missed == 1
+    swept = sweep_check([case, compare_tags(_tags_spec(), want, want, criterion=crit)], crit)
+    assert swept is not None and swept.passed and swept.rel_l2 is None
+    assert swept.top1_decisive == 720 and swept.limit == "agree >= 99.5%"
+    assert "99.86% of valid tags agree (1 of 720 differ) (limit 99.5%)" in swept.describe()
+    got[1:3, 10:20] = 2  # 20 more: 339 of 360 agree
+    assert not sweep_check([compare_tags(_tags_spec(), got, want, criterion=crit)], crit).passed
+    padded = want.copy()
+    padded[3, 95] = 0  # a tag written past the row's length fails the case
+    assert not compare_tags(_tags_spec(), padded, want, criterion=crit).passed
+    assert not compare_tags(_tags_spec(), got, want).passed  # float graphs: exact

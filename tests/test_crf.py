@@ -517,6 +517,20 @@ def test_sample_tagger_has_learned_transitions_and_passes(tmp_path) -> None:
     assert spec.token_padding == 0 and spec.outputs[0].role == "tags"
 
 
+def test_an_int8_tagger_is_judged_by_its_tags_agreement(tmp_path) -> None:
+    """The int8 verdict on a CRF tagger said "relative L2 error at most 0" of its tag ids
+    (users25): it now gives the share of valid tags that agree with the float64 model's."""
+    loaded = load_model(SAMPLE)
+    path = tmp_path / "q.onnx"
+    result = export_onnx(loaded.model, path, reference=loaded.reference, quantize="int8")
+    report = result.verification
+    summary = report.summary()
+    assert report.passed, summary
+    assert "relative L2" not in summary and "% of valid tags agree (" in summary
+    (sweep,) = [o for c in report.cases for o in c.outputs if o.check == "sweep"]
+    assert sweep.role == "tags" and sweep.top1 >= 0.995 and sweep.top1_decisive > 500
+
+
 @pytest.mark.tensorrt_rtx
 def test_tensorrt_rtx_parses_and_builds_the_viterbi_scans(tagger_graph) -> None:
     from birnn_export.check import check_compatibility
