@@ -91,6 +91,11 @@ def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> No
     (check,) = sweep.outputs
     assert check.check == "sweep" and check.top1 >= 0.995 and check.rel_l2 < 0.05
     assert check.top1_decisive > 500  # pooled over the cases' valid positions
+    # In JSON the whole sweep had batch 0 and seq 0, a shape no case had (users24).
+    (swept,) = [
+        c for c in json.loads(report.to_json())["cases"] if c["lengths_mode"] == WHOLE_SWEEP
+    ]
+    assert swept["batch"] is None and swept["seq"] is None and swept["passed"]
     assert not any(name.endswith(".onnx") for name in _leftovers(tmp_path))
     # The table shows what each row is judged by: relative L2 in the error column, and a
     # case's top-1, judged only over the sweep, in parentheses.
