@@ -237,7 +237,9 @@ def _packed_reference(layer: Any, padding_value: float) -> Any:
     return PackedReference()
 
 
-def resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | None]:
+def resolve_models(
+    model: Any, reference: Any, *, decodes: bool = True
+) -> tuple[Any, Any, str, str | None]:
     """(converted model, reference module, how the reference was chosen, source sha256)."""
     sha = None
     if hasattr(model, "model") and hasattr(model, "source"):  # a LoadedModel
@@ -248,15 +250,18 @@ def resolve_models(model: Any, reference: Any) -> tuple[Any, Any, str, str | Non
     else:
         converted = model
         reference = model if reference is None else reference
-    return converted, reference, describe_reference(reference, converted), sha
+    return converted, reference, describe_reference(reference, converted, decodes), sha
 
 
-def describe_reference(reference: Any, converted: Any) -> str:
+def describe_reference(reference: Any, converted: Any, decodes: bool = True) -> str:
+    """The reference in words. ``decodes``: the graph holds a CRF's decode (a CRF held for the
+    loss alone, decoded outside forward, is not named)."""
     from torch import nn
 
     from birnn_export.crf import is_torchcrf
 
-    crf = " and torchcrf's decode" if any(is_torchcrf(m) for m in reference.modules()) else ""
+    torchcrf = decodes and any(is_torchcrf(m) for m in reference.modules())
+    crf = " and torchcrf's decode" if torchcrf else ""
     if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
         if getattr(reference, "rebuilt", False):
             return (

@@ -28,8 +28,16 @@ class Replacement:
     cell: str
     num_layers: int
     bidirectional: bool
+    #: A CRF's decode is in the graph (``False`` where forward returns the emissions and the
+    #: decode runs outside it).
+    decoded: bool = True
 
     def __str__(self) -> str:
+        if self.cell == "crf" and not self.decoded:
+            return (
+                f"{self.path}: {self.original} -> CRFDecoder, not in the graph (forward does "
+                "not decode: its emissions are exported)"
+            )
         if self.cell == "crf":
             return f"{self.path}: {self.original} -> CRFDecoder (Viterbi as ONNX Scans)"
         direction = "bidirectional" if self.bidirectional else "unidirectional"

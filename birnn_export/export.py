@@ -376,7 +376,7 @@ def _trace_graph(
     trace_inputs, returned, eager_out, seen, _ = ran
     planned = with_token_ranges(planned, trace_inputs, seen)
     inputs = {d.name for d in planned.decls}
-    outs = list(output_names or _default_output_names(traced, returned, len(eager_out), inputs))
+    outs = list(output_names or _default_output_names(traced, returned, eager_out, inputs))
     if len(outs) != len(eager_out):
         raise ExportError(
             f"output_names: {len(outs)} name{'s' * (len(outs) != 1)} for {len(eager_out)} "
@@ -414,6 +414,8 @@ def _trace_graph(
         _name_longest_dims(proto, planned, longest, [tuple(t.shape) for t in eager_out])
     _outputs_in_eager_dtypes(proto, eager_out)
     tags = expand_viterbi(proto)
+    if not tags:  # a CRF held for its loss, decoded outside forward
+        replaced = tuple(dataclasses.replace(r, decoded=r.cell != "crf") for r in replaced)
     clean_nodes(proto)
     scan_lstmp_nodes(proto)  # LSTMs with proj_size: no ONNX op, a loop in every layout
     if target == torch.float16:
@@ -531,8 +533,9 @@ def _model_sizes(model: nn.Module) -> set[int]:
 
 
 def _default_output_names(
-    model: nn.Module, returned: Any, count: int, inputs: set[str]
+    model: nn.Module, returned: Any, outputs: Sequence[torch.Tensor], inputs: set[str]
 ) -> list[str]:
+    count = len(outputs)
     keys = None
     if isinstance(returned, dict) and all(isinstance(k, str) and k for k in returned):
         keys = [k for k, v in returned.items() if v is not None]  # a dict of tensors: its keys
@@ -554,8 +557,12 @@ def _default_output_names(
         return names
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
-    if count == 1 and any(isinstance(m, CRFDecoder) for m in model.modules()):
-        return ["tags"]  # a CRF tagger returns its decode
+    if (
+        count == 1
+        and not outputs[0].is_floating_point()
+        and any(isinstance(m, CRFDecoder) for m in model.modules())
+    ):
+        return ["tags"]  # a CRF tagger returns its decode (not its emissions, decoded outside)
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 

@@ -420,7 +420,8 @@ def verify(
     if golden is None:
         from birnn_export._container import fed_as
 
-        converted, ref_module, how, sha = resolve_models(model, reference)
+        decodes = any(t.role == "tags" for t in spec.outputs)
+        converted, ref_module, how, sha = resolve_models(model, reference, decodes=decodes)
         # forward(batch) reading batch["ids"]: given the graph's inputs in the container
         fed = spec.container
         converted, ref_module = fed_as(converted, fed), fed_as(ref_module, fed)

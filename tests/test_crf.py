@@ -517,6 +517,29 @@ def test_sample_tagger_has_learned_transitions_and_passes(tmp_path) -> None:
     assert spec.token_padding == 0 and spec.outputs[0].role == "tags"
 
 
+def test_a_crf_held_for_its_loss_alone_is_not_said_to_decode(tmp_path) -> None:
+    """forward returns the emissions and torchcrf's decode runs outside it: the float
+    output was named 'tags', the conversion said "Viterbi as ONNX Scans" and the verdict
+    named torchcrf's decode, though the graph has none (users28)."""
+
+    class Emissions(BiLSTMCRF):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.hidden2tag(self.lstm(self.embedding(ids))[0])
+
+    torch.manual_seed(3)
+    result = export_onnx(Emissions().eval(), tmp_path / "e.onnx")
+    assert [t.name for t in result.spec.outputs] == ["output"]
+    assert result.spec.outputs[0].role != "tags"
+    (crf,) = [str(r) for r in result.replaced if r.path == "crf"]
+    assert "not in the graph (forward does not decode" in crf and "Scans" not in crf
+    summary = result.verification.summary()
+    assert result.verification.passed and "torchcrf" not in summary, summary
+    assert "Scan" not in {n.op_type for n in onnx.load(str(tmp_path / "e.onnx")).graph.node}
+    decoded = export_onnx(BiLSTMCRF().eval(), tmp_path / "d.onnx", verify=False)
+    assert [t.name for t in decoded.spec.outputs] == ["tags"]
+    assert "Viterbi as ONNX Scans" in str(next(r for r in decoded.replaced if r.path == "crf"))
+
+
 def test_an_int8_tagger_is_judged_by_its_tags_agreement(tmp_path) -> None:
     """The int8 verdict on a CRF tagger said "relative L2 error at most 0" of its tag ids
     (users25): it now gives the share of valid tags that agree with the float64 model's."""
