@@ -1155,6 +1155,15 @@ def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # no signature to read: name them all
         params = {}
+    nested = {  # deepspeech.pytorch saves {"labels": [...], "model_cfg": {sizes...}}
+        str(k): v
+        for value in saved.values()
+        if isinstance(value, Mapping)
+        for k, v in value.items()
+        if str(k) in params
+    }
+    if nested and not any(str(name) in params for name in saved):
+        saved = nested  # the class takes a saved config's entries
     # a class that takes none of them by name takes them another way (one hparams dict)
     rest = any(p.kind is p.VAR_KEYWORD for p in params.values())
     rest = rest or not any(str(name) in params for name in saved)

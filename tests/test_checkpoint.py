@@ -748,6 +748,14 @@ def test_hyper_parameters_not_applied_are_said(tmp_path, user_models):
     path = _save({"state_dict": weights, "hyper_parameters": saved}, tmp_path / "dict.ckpt")
     source = load_model(path, model_class=f"{USER_MODULE}:HParamsClassifier").source
     assert "that differ from them (hidden=12, dropout=0.3)" in source
+    # a config saved one level down (deepspeech.pytorch's model_cfg) beside entries the class
+    # does not take: its entries are compared, and named so --model-kwargs takes them (users28)
+    for dropout, told in [(0.0, False), (0.3, True)]:
+        saved = {"labels": ["_", "A"], "model_cfg": {"dropout": dropout, "hidden": 12}}
+        path = _save({"state_dict": weights, "hyper_parameters": saved}, tmp_path / "cfg.ckpt")
+        source = load_model(path, model_class=cls).source
+        assert ("that differ from them (dropout=0.3)" in source) is told, source
+        assert "labels" not in source and "model_cfg" not in source
 
 
 def test_weights_under_two_prefixes_or_beside_a_copy_are_not_guessed(tmp_path, user_models):
