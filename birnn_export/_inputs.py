@@ -792,7 +792,11 @@ def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, .
     if layers and convs:
         size = layers[0].input_size
         for c in dict.fromkeys((convs[0].out_channels, convs[-1].out_channels)):
-            derived += [size // c * k for k in (1, 2, 4, 8) if size % c == 0]
+            for k in (1, 2, 4, 8) if size % c == 0 else ():
+                # strides of k make f rows of any size in (k(f - 1), kf]: a common size there
+                # rather than kf (deepspeech.pytorch's 161 spectrogram bins, not 164)
+                top = size // c * k
+                derived += [b for b in _PROBE_BINS if top - k < b < top][:1] or [top]
     # no size below 8: a model that averages its bins away runs on one bin too
     bins = [b for b in dict.fromkeys([*derived, *_PROBE_BINS]) if b != steps and b >= 8]
     layouts = []

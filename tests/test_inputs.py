@@ -1572,10 +1572,30 @@ class _LipReader(nn.Module):
         return self.rnn(x.permute(0, 2, 1, 3, 4).flatten(2))[0]
 
 
+class _StridedSpectrogram(nn.Module):
+    """deepspeech.pytorch's front end: 161 spectrogram bins [batch, 1, 161, time] through two
+    convolutions of stride 2 over the bins, 41 rows each of 32 channels into the LSTM (any of
+    161-164 bins makes 41 rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, (41, 11), stride=(2, 2), padding=(20, 5)),
+            nn.Conv2d(32, 32, (21, 11), stride=(2, 1), padding=(10, 5)),
+        )
+        self.rnn = nn.LSTM(32 * 41, 4, bidirectional=True)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.rnn(x.flatten(1, 2).permute(2, 0, 1))[0]
+
+
 @pytest.mark.parametrize(
     ("model", "runs_on"),
     [
         (_LipReader, "x:float32[batch,3,time,50,100]' (at time 8)"),
+        # told at 164 bins (41 rows x 4), which the user's 161-bin input then did not fit
+        (_StridedSpectrogram, "x:float32[batch,1,161,time]' (at time 52)"),
         (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
         (_Waveform, "input:float32[batch,time]' (at time 16000)"),
         (_Clips, "clips:float32[batch,time,3,H,W]' (at time 4, and at two sizes of H,W)"),
