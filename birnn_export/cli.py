@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -104,6 +105,23 @@ class _DefaultGroup(click.Group):
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "MODEL.pt [OPTIONS] | COMMAND [ARGS]...")
 
+    def _as_flags(self, message: str) -> str:
+        """``message`` with the library's parameter names it begins with (``threads:``, ``iters
+        and duration:``) written as the flags that give them (``--threads:``). ``lengths`` is
+        left as it is: it names a model's input as often as the option."""
+        flags: dict[str, set[str]] = {}
+        for command in self.commands.values():
+            for param in command.params:
+                if isinstance(param, click.Option) and param.name:
+                    longs = [o for o in param.opts if o.startswith("--")] or param.opts
+                    flags.setdefault(param.name, set()).add(longs[0])
+        flags.pop("lengths", None)
+        named = re.match(r"(\w+)(?: and (\w+))?:", message)
+        if named is None or any(len(flags.get(n, ())) != 1 for n in named.groups() if n):
+            return message
+        given = " and ".join(next(iter(flags[n])) for n in named.groups() if n)
+        return f"{given}{message[named.end() - 1 :]}"
+
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         """click's standalone mode, but every error in one line (click prints usage and a hint
         over three to five): the one place errors become exit codes. A user error
@@ -124,7 +142,8 @@ class _DefaultGroup(click.Group):
             exc.show()
             sys.exit(exc.exit_code)
         except BiRNNExportError as exc:
-            click.echo(f"Error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
+            message = self._as_flags(" ".join(str(exc).split()) or type(exc).__name__)
+            click.echo(f"Error: {message}", err=True)
             sys.exit(exc.exit_code)
         except (click.Abort, KeyboardInterrupt):
             click.echo("Aborted!", err=True)
