@@ -1,8 +1,8 @@
-"""What the CRF's Viterbi Loops cost: a BiLSTM-CRF tagger with and without its decode.
+"""What the CRF's Viterbi Scans cost: a BiLSTM-CRF tagger with and without its decode.
 
 Times, each engine in its own block (warm-up, then runs; ``--threads`` for torch and ONNX
 Runtime alike): the whole tagger and the same tagger returning emissions, on ONNX Runtime CPU
-(our graph, Viterbi as two ONNX Loops) and eagerly (``nn.LSTM`` and torchcrf's Python-loop
+(our graph, Viterbi as two ONNX Scans) and eagerly (``nn.LSTM`` and torchcrf's Python-loop
 decode). The difference of each pair is the decode's cost on that engine.
 
 Usage:
