@@ -550,7 +550,9 @@ def benchmark(
             "duration": duration,
             "timing": timer.describe(),
             "seed": seed,
-            "lengths": "ragged" if spec.length_source is not None else None,
+            "lengths": "ragged"
+            if spec.length_source is not None or spec.token_padding is not None
+            else None,
             "other_dims": {
                 name: size
                 for name, size in spec.sizes(1, 1, dims=dims).items()
@@ -1031,8 +1033,12 @@ def _label(engine: str, settings: Mapping[str, Any]) -> str:
 
 
 def _valid_tokens(spec: GraphSpec, feed: Mapping[str, np.ndarray]) -> int:
-    """The valid steps of every sequence in ``feed`` (both of a sentence pair); 0 without
-    lengths or masks."""
+    """The valid steps of every sequence in ``feed`` (both of a sentence pair), or the tokens
+    that are not padding where the graph finds each row's length by its padding token (a CRF
+    tagger masking ``ids != 0``); 0 without lengths, masks or a padding token."""
+    if not spec.length_sources() and spec.token_padding is not None:
+        tokens = [t for t in spec.inputs if t.role == "tokens" and t.time_axis is not None]
+        return int((np.asarray(feed[tokens[0].name]) != spec.token_padding).sum()) if tokens else 0
     return sum(int(spec.feed_lengths(feed, dim).sum()) for dim in spec.length_sources())
 
 

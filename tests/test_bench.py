@@ -40,7 +40,7 @@ from birnn_export.errors import BiRNNExportError, EngineUnavailableError
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.pipeline import export_onnx
 from birnn_export.runners import unavailable_reason
-from birnn_export.spec import make_feed
+from birnn_export.spec import GraphSpec, make_feed
 
 SMALL = dict(batch_sizes=(1, 3), seq_lens=(4, 9), warmup=1, iters=3, threads=1, progress=False)
 
@@ -125,6 +125,25 @@ def test_tokens_are_the_sum_of_the_lengths_fed(report: BenchReport, files: dict[
     # Ragged lengths really are ragged: fewer tokens than batch * seq at batch 3.
     row = report.result("ort-cpu", 3, 9)
     assert row.tokens_per_s < 3 * 9 / (row.median_ms / 1e3)
+
+
+def test_tokens_of_a_token_padded_tagger_are_those_not_padding(tmp_path: Path) -> None:
+    """A CRF tagger finds each row's length by its padding id (no lengths input): bench fed it
+    ragged rows but counted batch x seq tokens, and said "(batch x seq)" (users27)."""
+    pytest.importorskip("torchcrf", reason="pytorch-crf is in the dev extra")
+    from birnn_export import export_onnx
+    from birnn_export.checkpoint import load_model
+
+    sample = Path(__file__).resolve().parent.parent / "sample_models" / "bilstm_crf_tagger.pt"
+    loaded = load_model(sample)
+    path = export_onnx(loaded.model, tmp_path / "crf.onnx", verify=False).path
+    report = benchmark(path, loaded.reference, engines=("ort-cpu",), **SMALL)
+    spec = GraphSpec.from_onnx(path)
+    assert spec.token_padding == 0 and report.settings["lengths"] == "ragged"
+    for r in report.results:
+        ids = make_feed(spec, r.batch, r.seq, seed=0)["ids"]
+        assert r.tokens_per_s == pytest.approx((ids != 0).sum() / (r.median_ms / 1e3))
+    assert (make_feed(spec, 3, 9, seed=0)["ids"] == 0).any()  # some rows are shorter
 
 
 def test_speedup_is_torch_median_over_engine_median(report: BenchReport) -> None:
