@@ -329,6 +329,41 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path: Path) -> None:
     assert report.settings["ort"]["intra_op_threads"] == report.settings["torch_threads"] == 1
 
 
+class _ManyClasses(nn.Module):
+    """An untrained tagger of 40 classes: int8 noise flips the top class at 1% of positions,
+    though each shape's relative L2 error is small (0.009)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(16, 64, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(128, 40)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+def test_bench_judges_int8_over_all_its_shapes_as_verify_does(tmp_path: Path) -> None:
+    """bench timed an int8 graph as "ok" at 16x that the export refused for its top-1 (users27):
+    each shape alone only guards against breakage, and top-1 is judged over them all."""
+    from birnn_export.bench import benchmark
+    from birnn_export.errors import VerificationError
+
+    torch.manual_seed(0)
+    model = _ManyClasses().eval()
+    small = dict(batch_sizes=(1, 4), seq_lens=(8, 32), warmup=0, iters=1, threads=1)
+    path = export_onnx(model, tmp_path / "f.onnx", input_size=16, verify=False).path
+    report = benchmark(path, model, engines=("ort-int8",), progress=False, **small)
+    assert all(r.status == "mismatch" and r.median_ms is None for r in report.results)
+    assert "top-1 agreement 99.00% (limit 99.5%" in report.results[0].reason
+    assert "over the shapes measured" in report.results[0].reason
+    with pytest.raises(VerificationError):
+        report.raise_for_failure()
+    # the same graph's output recorded as no class scores (--scores none): judged by L2 alone
+    scoreless = export_onnx(model, tmp_path / "s.onnx", input_size=16, verify=False, scores=())
+    report = benchmark(scoreless.path, model, engines=("ort-int8",), progress=False, **small)
+    assert all(r.status == "ok" for r in report.results), report.results[0].reason
+
+
 def test_cli_quantize_int8_says_what_was_quantized_and_where_it_runs(tmp_path: Path) -> None:
     from tests.test_verification import MANIFEST, TRAINED
 
