@@ -34,13 +34,12 @@ class PackingSwap:
         self.swaps = swaps
         namespaces = [rnn_utils.__dict__]
         cells: list[Any] = []
-        for module in model.modules():
-            forward = inspect.unwrap(type(module).forward)  # a decorated forward: the user's own
-            namespace = getattr(forward, "__globals__", None)
+        for function in _methods(model):
+            namespace = getattr(function, "__globals__", None)
             if namespace is not None and all(namespace is not n for n in namespaces):
                 namespaces.append(namespace)
             # By identity: cells compare by what they hold (tensors, arrays).
-            closure = getattr(forward, "__closure__", None) or ()
+            closure = getattr(function, "__closure__", None) or ()
             cells += [c for c in closure if all(c is not k for k in cells)]
         _add_helper_modules(namespaces)
         self.names = [
@@ -77,6 +76,29 @@ class PackingSwap:
             else:
                 where[name] = value
         self._saved = []
+
+
+def _methods(model: Any) -> list[Any]:
+    """Every submodule's ``forward`` and the functions of its classes, base classes in other
+    files included (a subclass overriding ``forward`` only, calling a base class's ``features``
+    that packs), a decorated one unwrapped to the user's own; not torch's nor ours (their
+    ``forward`` alone)."""
+    found: list[Any] = []
+    seen: set[type] = set()
+    for module in model.modules():
+        forward = inspect.unwrap(type(module).forward)
+        if all(forward is not f for f in found):
+            found.append(forward)
+        for klass in type(module).__mro__:
+            ours = klass.__module__.split(".")[0] in ("torch", "birnn_export", "builtins")
+            if klass in seen or ours:
+                continue
+            seen.add(klass)
+            for value in vars(klass).values():
+                function = inspect.unwrap(value) if callable(value) else None
+                if inspect.isfunction(function) and all(function is not f for f in found):
+                    found.append(function)
+    return found
 
 
 def _add_helper_modules(namespaces: list[dict[str, Any]]) -> None:

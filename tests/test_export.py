@@ -350,6 +350,17 @@ def run_packed(rnn, x, lengths):
     return pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 """
 
+_BASE = """
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class BaseTagger(nn.Module):
+    def features(self, rnn, x, lengths):
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+"""
+
 _MODEL = """
 import functools
 from torch import nn
@@ -361,7 +372,7 @@ def size(x):
     return len(x)
 
 
-class HelperTagger(nn.Module):
+class HelperTagger({base}):
     def __init__(self):
         super().__init__()
         self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
@@ -377,17 +388,21 @@ class HelperTagger(nn.Module):
     [
         ("from seq_helpers import run_packed", "run_packed"),
         ("import seq_helpers", "seq_helpers.run_packed"),
+        # a base class's method in another file packs; the subclass overrides forward only
+        ("from seq_helpers import BaseTagger", "self.features"),
     ],
 )
 def test_packing_in_a_helper_imported_from_another_module_exports(
     tmp_path, monkeypatch, imports, call
 ):
     """``from utils import run_packed`` or ``import utils`` (pack, layer, unpack in another
-    file): the helper's module is reached, and its packing is swapped too."""
+    file), or a base class's method there (users28): the helper's module is reached, and its
+    packing is swapped too."""
     import importlib
 
-    (tmp_path / "seq_helpers.py").write_text(_HELPERS)
-    (tmp_path / "seq_model.py").write_text(_MODEL.format(imports=imports, call=call))
+    base = "BaseTagger" if "BaseTagger" in imports else "nn.Module"
+    (tmp_path / "seq_helpers.py").write_text(_HELPERS + _BASE if base != "nn.Module" else _HELPERS)
+    (tmp_path / "seq_model.py").write_text(_MODEL.format(imports=imports, call=call, base=base))
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("seq_helpers", "seq_model"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -2955,7 +2970,7 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
         ),
         (
             ["{sample}", "--input", "x:float32[batch,seq,10]", "--input-size", "10"],
-            "input_size: the declared inputs already give the sizes",
+            "--input-size: the declared inputs already give the sizes",
         ),
     ],
 )
