@@ -1795,14 +1795,13 @@ def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
             ]
             if frames:
                 line = frames[-1]
-                code = (line.line or "")[:80]
-                return f" at {os.path.basename(line.filename)}:{line.lineno} ({code})"
+                return _at_line(line.filename, line.lineno, line.line)
     for cause in causes:  # failed translating the traced graph: the node's own traceback
         _, said, original = str(cause).partition("Original traceback:")
         lines = [m for m in _TRACEBACK_LINE.findall(original) if not library(m[0])] if said else []
         if lines:
             filename, lineno, code = lines[-1]
-            return f" at {os.path.basename(filename)}:{lineno} ({code.strip()[:80]})"
+            return _at_line(filename, lineno, code)
     return ""
 
 
@@ -1962,6 +1961,14 @@ def _module_named(model: nn.Module, path: str) -> str:
         return repr(path)
 
 
+def _at_line(filename: str, lineno: Any, code: str | None) -> str:
+    """`` at FILE:LINE (code)``, a long line's code cut at a word with ``...``."""
+    import textwrap
+
+    shown = textwrap.shorten(code or "", 100, placeholder=" ...")
+    return f" at {os.path.basename(filename)}:{lineno} ({shown})"
+
+
 def _source_line(model: nn.Module, path: str, code: str) -> str:
     """`` at FILE:LINE (line)``: the first line of the submodule's ``forward`` that holds
     ``code``, or nothing."""
@@ -1973,7 +1980,7 @@ def _source_line(model: nn.Module, path: str, code: str) -> str:
         return ""
     for number, line in enumerate(lines, first):
         if code in line:
-            return f" at {os.path.basename(name)}:{number} ({line.strip()[:80]})"
+            return _at_line(name, number, line)
     return ""
 
 
@@ -1997,7 +2004,7 @@ def _unswapped_packing(causes: Sequence[BaseException]) -> str:
         ]
         if users:
             line = users[-1]
-            return f" at {os.path.basename(line.filename)}:{line.lineno} ({(line.line or '')[:80]})"
+            return _at_line(line.filename, line.lineno, line.line)
     return ""
 
 
