@@ -749,9 +749,10 @@ def _spelled(model: nn.Module) -> str | None:
 #: a multiple of 4 (time pooled by 2 twice); a waveform is also tried at a second of 16 kHz
 #: audio, and video at a few frames.
 _PROBE_STEPS, _PROBE_SAMPLES, _PROBE_FRAMES = 52, 16000, 4
-#: Feature sizes tried where the first layer does not tell them (mel bins, spectrogram bins of
-#: common FFT sizes, image heights), after those the recurrent layer's input size suggests.
-_PROBE_BINS = (64, 80, 128, 40, 229, 257, 161, 201, 96, 120, 32, 48)
+#: Feature sizes tried where the first layer does not tell them (mel bins, Kaldi/ESPnet's 80
+#: filterbanks + 3 pitch, spectrogram bins of common FFT sizes, image heights), after those the
+#: recurrent layer's input size suggests.
+_PROBE_BINS = (64, 80, 128, 40, 83, 229, 257, 161, 201, 96, 120, 32, 48)
 #: The most seconds the layouts are tried for (a large model runs slowly on the CPU).
 _PROBE_SECONDS = 30.0
 

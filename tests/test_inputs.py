@@ -1590,10 +1590,27 @@ class _StridedSpectrogram(nn.Module):
         return self.rnn(x.flatten(1, 2).permute(2, 0, 1))[0]
 
 
+class _VGG2L(nn.Module):
+    """ESPnet's VGG2L front end: [batch, time, 83] (80 filterbanks + 3 pitch) as one channel,
+    pooled by 2 twice with ceil_mode (any of 81-84 features makes 21 rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.rnn = nn.LSTM(4 * 21, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, xs):
+        x = self.conv(xs.unsqueeze(1))
+        x = nn.functional.max_pool2d(x, 2, stride=2, ceil_mode=True)
+        x = nn.functional.max_pool2d(x, 2, stride=2, ceil_mode=True)
+        return self.rnn(x.transpose(1, 2).flatten(2))[0]
+
+
 @pytest.mark.parametrize(
     ("model", "runs_on"),
     [
         (_LipReader, "x:float32[batch,3,time,50,100]' (at time 8)"),
+        (_VGG2L, "xs:float32[batch,time,83]' (at time 52)"),
         # told at 164 bins (41 rows x 4), which the user's 161-bin input then did not fit
         (_StridedSpectrogram, "x:float32[batch,1,161,time]' (at time 52)"),
         (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
