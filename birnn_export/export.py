@@ -1305,7 +1305,12 @@ def _pooling_over_two_dims() -> Iterator[None]:
     """While inside, ``F.max_pool1d`` (``nn.MaxPool1d``'s) pools a ``[..., 1, L]`` view of its
     input with ``max_pool2d``: the same values and indices. torch.export fixes the length of a
     1-d max pool's input at the example's (it marks the dim static: a Conv1d + MaxPool1d front
-    end's graph took only the example's length), and traces the 2-d pool's dynamically."""
+    end's graph took only the example's length), and traces the 2-d pool's dynamically. A
+    kernel given as the input's own length (NCRF++'s char CNN: ``F.max_pool1d(h, h.size(2))``,
+    a max over the whole axis) is the max over that axis: a kernel size is a number, which the
+    example's length would freeze."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
     one_dim = F.max_pool1d
 
     def max_pool1d(
@@ -1322,6 +1327,11 @@ def _pooling_over_two_dims() -> Iterator[None]:
                 return (1, pair(kernel_size)[1])
             return (default, int(value[0] if isinstance(value, (tuple, list)) else value))
 
+        whole = stride in (None, kernel_size, [], ()) and padding == 0 and dilation == 1
+        if whole and isinstance(kernel_size, torch.SymInt):
+            if statically_known_true(kernel_size == x.shape[-1]):
+                best = x.max(-1, keepdim=True)
+                return (best.values, best.indices) if return_indices else best.values
         pooled = F.max_pool2d(
             x.unsqueeze(-2),
             pair(kernel_size, 1),

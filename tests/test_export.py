@@ -1926,6 +1926,44 @@ def test_max_pool1d_as_a_two_dimensional_pool_gives_the_same_values(kwargs):
         assert torch.equal(a, b)
 
 
+class _CharCNNTagger(nn.Module):
+    """NCRF++'s CharCNN: each word's characters pooled by F.max_pool1d(h, h.size(2)), a max
+    over the whole axis, beside word embeddings, into a BiLSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cemb, self.cnn = nn.Embedding(50, 8), nn.Conv1d(8, 10, 3, padding=1)
+        self.emb = nn.Embedding(100, 16)
+        self.lstm = nn.LSTM(26, 12, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, words, lengths, chars):
+        b, t, c = chars.shape
+        h = self.cnn(self.cemb(chars.view(b * t, c)).transpose(2, 1))
+        x = torch.cat([self.emb(words), nn.functional.max_pool1d(h, h.size(2)).view(b, t, -1)], 2)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t)[0]
+        return self.head(out)
+
+
+def test_a_max_pool_over_a_whole_axis_by_its_size_keeps_the_axis_dynamic(tmp_path):
+    """F.max_pool1d(h, h.size(2)) gives the kernel as a number: the characters dim was frozen
+    at the example's, and the refusal advised keeping sizes on tensors, as the model already
+    did (users28). It is the max over that axis, and exports as one."""
+    torch.manual_seed(0)
+    model = _CharCNNTagger().eval()
+    result = export_onnx(model, tmp_path / "c.onnx")
+    assert result.verification.passed, result.verification.summary()
+    assert result.spec.inputs[2].dims == ("batch", "seq", "chars_seq")
+    for batch, steps, spelling in [(3, 7, 2), (2, 5, 31)]:
+        feed = make_feed(result.spec, batch, steps, seed=1, dims={"chars_seq": spelling})
+        with torch.no_grad():
+            want = model(*(torch.from_numpy(v) for v in feed.values())).numpy()
+        valid = np.arange(steps)[None, :] < feed["lengths"][:, None]
+        got = run_ort(result.path, feed)["output"]
+        np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
+
+
 class _PadsShortInputs(nn.Module):
     """Pads an input shorter than a chunk of 8 steps up to it: a branch on the length."""
 
