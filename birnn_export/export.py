@@ -1328,10 +1328,13 @@ def _pooling_over_two_dims() -> Iterator[None]:
             return (default, int(value[0] if isinstance(value, (tuple, list)) else value))
 
         whole = stride in (None, kernel_size, [], ()) and padding == 0 and dilation == 1
-        if whole and isinstance(kernel_size, torch.SymInt):
-            if statically_known_true(kernel_size == x.shape[-1]):
-                best = x.max(-1, keepdim=True)
-                return (best.values, best.indices) if return_indices else best.values
+        if (
+            whole
+            and isinstance(kernel_size, torch.SymInt)
+            and statically_known_true(kernel_size == x.shape[-1])
+        ):
+            best = x.max(-1, keepdim=True)
+            return (best.values, best.indices) if return_indices else best.values
         pooled = F.max_pool2d(
             x.unsqueeze(-2),
             pair(kernel_size, 1),
