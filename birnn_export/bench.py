@@ -65,6 +65,7 @@ from birnn_export.spec import (
     largest_tensor_bytes,
     load_onnx,
     make_feed,
+    refuse_changed,
     tensor_shapes,
 )
 
@@ -405,6 +406,7 @@ def benchmark(
     check_overrides(spec, atol=atol, rtol=rtol)
     dims = spec.check_dims(dims or {})
     proto = load_onnx(onnx_path)
+    refuse_changed(proto, spec, onnx_path)
     shapes = tensor_shapes(proto)
     unreadable = has_unreadable_dims(shapes, spec)
     for batch in batch_sizes:

@@ -852,12 +852,17 @@ class _Checker:
 
         props = {p.key: p.value for p in self.model.metadata_props}
         if METADATA_KEY not in props:
+            ours = self.model.producer_name == "birnn-export"
+            why = (
+                "written by birnn-export, its metadata removed"
+                if ours
+                else "not written by birnn-export"
+            )
             return [
                 Finding(
                     "info",
                     "graph",
-                    f"no '{METADATA_KEY}' metadata (not written by birnn-export): dynamic "
-                    "dims were not checked",
+                    f"no '{METADATA_KEY}' metadata ({why}): dynamic dims were not checked",
                 )
             ]
         try:

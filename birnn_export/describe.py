@@ -16,7 +16,13 @@ from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
-from birnn_export.spec import METADATA_KEY, GraphSpec, load_onnx, unread_inputs
+from birnn_export.spec import (
+    METADATA_KEY,
+    GraphSpec,
+    changed_after_export,
+    load_onnx,
+    unread_inputs,
+)
 
 
 def _shown_dims(value: Any) -> list[int | str] | None:
@@ -137,7 +143,23 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         "recurrent_nodes": recurrent,
         "unread_inputs": unread_inputs(proto.graph),
         "metadata": metadata,
+        "changed_after_export": _changes(proto),
     }
+
+
+def _changes(proto: Any) -> list[str]:
+    """:func:`~birnn_export.spec.changed_after_export`, where the graph has readable metadata."""
+    try:
+        return changed_after_export(proto, GraphSpec.from_onnx(proto))
+    except BiRNNExportError:
+        return []  # no metadata, or unreadable: describe_lines says so
+
+
+def _no_spec_text(info: dict[str, Any]) -> str:
+    return (
+        f"written by {info['producer']}, its metadata was removed after (by a tool such as "
+        "polygraphy surgeon sanitize): verify, bench and check need it"
+    )
 
 
 def opset_text(opsets: dict[str, int]) -> str:
@@ -188,6 +210,9 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
             out.append(f"  {node['op']:<15} {node['name']}: {attrs}")
     if parsed is not None:
         out += _recorded(spec, parsed)
+        out += [f"  changed after export: {c}" for c in info.get("changed_after_export", ())]
+    elif info["producer"].startswith("birnn-export"):
+        out.append(f"metadata: none ({_no_spec_text(info)})")
     others = {k: v for k, v in info["metadata"].items() if k != METADATA_KEY}
     out += [f"  {key}: {value}" for key, value in others.items()]
     return out

@@ -291,10 +291,70 @@ class GraphSpec:
         props = {p.key: p.value for p in model.metadata_props}
         if METADATA_KEY not in props:
             raise BiRNNExportError(
-                f"the ONNX file has no '{METADATA_KEY}' metadata: it was not written by "
-                "birnn-export; re-export it with 'birnn-export MODEL.pt'"
+                f"the ONNX file has no '{METADATA_KEY}' metadata: {_no_spec(model)}"
             )
         return cls.from_json(props[METADATA_KEY])
+
+
+def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
+    """Where a graph departs from its birnn-export metadata because another tool changed it
+    after export (an output renamed or the graph cut by onnx-graphsurgeon, a float16
+    conversion by onnxconverter-common, which keep the metadata): inputs and outputs the
+    metadata names that the graph lacks, other dtypes, float16 weights in a float32 graph."""
+    from onnx import TensorProto, helper
+
+    found = []
+    for kind, values, tensors in (
+        ("input", proto.graph.input, spec.inputs),
+        ("output", proto.graph.output, spec.outputs),
+    ):
+        by_name = {v.name: v for v in values}
+        for tensor in tensors:
+            info = by_name.get(tensor.name)
+            if info is None:
+                have = ", ".join(repr(v.name) for v in values) or "none"
+                found.append(
+                    f"{kind} {tensor.name!r} of its metadata is not in it ({kind}s: {have})"
+                )
+                continue
+            elem = info.type.tensor_type.elem_type
+            got = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else tensor.dtype
+            if got != tensor.dtype:
+                found.append(f"{kind} {tensor.name!r} is {got}, {tensor.dtype} in its metadata")
+    halves = [i for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    if spec.dtype == "float32" and spec.quantization is None and halves:
+        found.append(f"{len(halves)} of its weights are float16, its metadata says float32")
+    return found
+
+
+def refuse_changed(proto: Any, spec: GraphSpec, path: Any) -> None:
+    """Raise where :func:`changed_after_export` finds the graph changed: it cannot be judged by
+    its metadata (every case failed, and the diagnosis blamed the reversal or the gates).
+
+    Raises:
+        ModelLoadError: one line naming what changed, and what to do.
+    """
+    changes = changed_after_export(proto, spec)
+    if changes:
+        shown = changes[:3] + ([f"+{len(changes) - 3} more"] if len(changes) > 3 else [])
+        raise ModelLoadError(
+            f"{path}: the graph was changed after export ({'; '.join(shown)}), so its "
+            "metadata no longer describes it: check the graph birnn-export wrote, or re-export "
+            "with the options that give this one (--output-names, --dtype float16)"
+        )
+
+
+def _no_spec(proto: Any) -> str:
+    """Why a graph has no spec, and what to do: one birnn-export wrote lost its metadata to
+    another tool (``polygraphy surgeon sanitize`` drops ``metadata_props`` and keeps the
+    producer); another was never ours."""
+    if proto.producer_name == "birnn-export":
+        return (
+            f"written by birnn-export {proto.producer_version}, its metadata was removed after "
+            "(by a tool such as polygraphy surgeon sanitize): copy metadata_props back from the "
+            "exported graph, or re-export it with 'birnn-export MODEL.pt'"
+        )
+    return "it was not written by birnn-export; re-export it with 'birnn-export MODEL.pt'"
 
 
 #: The tag a CRF's decoded ``"tags"`` output holds past each row's length.

@@ -92,6 +92,7 @@ from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
     load_onnx,
+    refuse_changed,
 )
 from birnn_export.trt_plan import sweep_profile
 
@@ -105,15 +106,13 @@ OutputResult = Check
 
 
 def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
-    """Inputs and outputs of the spec that the graph lacks or declares with a static
-    batch/seq."""
+    """Inputs and outputs of the spec that the graph declares with a static batch/seq."""
     problems = []
     infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
     for tensor in (*spec.inputs, *spec.outputs):
         info = infos.get(tensor.name)
         if info is None:
-            problems.append(f"{tensor.name}: in the metadata but not a graph input or output")
-            continue
+            continue  # refused before (spec.refuse_changed)
         dims = info.type.tensor_type.shape.dim
         for axis in (tensor.batch_axis, tensor.time_axis):
             if axis is None:
@@ -121,7 +120,8 @@ def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
             if axis < len(dims) and dims[axis].HasField("dim_value"):
                 problems.append(
                     f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
-                    f"graph declares {dims[axis].dim_value} (a size baked in at export)"
+                    f"graph declares {dims[axis].dim_value} (a size baked in at export, or "
+                    "fixed by a tool after it)"
                 )
     return problems
 
@@ -375,6 +375,7 @@ def verify(
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     proto = load_onnx(onnx_path)
     spec = GraphSpec.from_onnx(proto)
+    refuse_changed(proto, spec, onnx_path)
     engines = tuple(dict.fromkeys(engines))
     if not engines:
         raise BiRNNExportError("engines: name at least one engine")

@@ -217,6 +217,53 @@ def test_final_state_at_last_padded_step_fails(
     assert "T - 1" in text and "forward entries differ" in text and "backward entries match" in text
 
 
+def test_a_graph_changed_after_export_is_refused_before_the_sweep(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    """onnx-graphsurgeon renaming an output, or onnxconverter-common's float16 conversion,
+    keep the metadata: verify ran every case, failed them all and blamed the reversal or the
+    gates (users26). It now refuses the graph in one line naming what changed; inspect says
+    so, and a graph whose metadata another tool removed is told as such."""
+    from onnx import numpy_helper
+
+    from birnn_export.bench import benchmark
+    from birnn_export.describe import describe_lines, describe_onnx
+    from birnn_export.errors import ModelLoadError
+
+    renamed = onnx.load(str(split_path))
+    old = renamed.graph.output[0].name
+    for node in renamed.graph.node:
+        node.output[:] = ["logits" if o == old else o for o in node.output]
+    renamed.graph.output[0].name = "logits"
+    halved = onnx.load(str(split_path))
+    for i, init in enumerate(halved.graph.initializer):
+        values = numpy_helper.to_array(init)
+        if values.dtype == np.float32:
+            halved.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(values.astype(np.float16), init.name)
+            )
+    for name, proto, told in [
+        ("renamed", renamed, f"output {old!r} of its metadata is not in it (outputs: 'logits'"),
+        ("halved", halved, "of its weights are float16, its metadata says float32"),
+    ]:
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(proto, str(path))
+        with pytest.raises(ModelLoadError, match="changed after export") as caught:
+            verify(path, lstm)
+        assert told in str(caught.value) and "\n" not in str(caught.value)
+        with pytest.raises(ModelLoadError, match=re.escape(told)):
+            benchmark(path, lstm, engines=("ort-cpu",), progress=False)
+        shown = describe_lines(describe_onnx(path))
+        assert any(line.startswith("  changed after export: ") and told in line for line in shown)
+    stripped = onnx.load(str(split_path))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "stripped.onnx"))
+    with pytest.raises(BiRNNExportError, match=r"written by birnn-export .*metadata was removed"):
+        verify(tmp_path / "stripped.onnx", lstm)
+    shown = describe_lines(describe_onnx(tmp_path / "stripped.onnx"))
+    assert any(line.startswith("metadata: none (written by birnn-export") for line in shown)
+
+
 def test_baked_sequence_length_fails(lstm: BiRNN, split_path: Path, tmp_path: Path) -> None:
     bad = plant_baked_length(split_path, tmp_path / "baked.onnx")
     spec = GraphSpec.from_onnx(split_path)
