@@ -336,7 +336,7 @@ def _build_findings(build: EngineBuild, layout: str | None = None) -> list[Findi
         retry = (
             f"; the graph is in the {layout} layout: export it with --layout {others[0]} (or "
             f"{', '.join(others[1:])}), the same model in other nodes, which may build"
-            if layout is not None
+            if layout is not None and "profile" not in build.build_error  # not the nodes'
             else ""
         )
         return [Finding("error", "graph", f"{tool} parsed the graph but failed to build it: "

@@ -343,6 +343,24 @@ def _native_stderr_logged() -> Iterator[None]:
                 logger.debug("TensorRT wrote to stderr: %s", text)
 
 
+def _pinned(profile: Profile, inputs: Mapping[str, tuple[int, ...]]) -> Profile:
+    """``profile`` with each dim the parsed network declares static at that size in all three
+    shapes, and inputs static throughout left out: a graph another tool made static after
+    export (``onnxsim --overwrite-input-shape``) keeps the spec's ranges, which TensorRT refuses
+    for static dims."""
+    pinned: Profile = {}
+    for name, shapes in profile.items():
+        shape = inputs.get(name)
+        if shape is None or len(shape) != len(shapes[0]):
+            pinned[name] = shapes
+        elif any(d < 0 for d in shape):
+            fix = tuple(
+                tuple(s if d < 0 else d for s, d in zip(one, shape, strict=True)) for one in shapes
+            )
+            pinned[name] = (fix[0], fix[1], fix[2])
+    return pinned
+
+
 def _log_class(module: Any) -> Any:
     """A TensorRT logger that keeps every message (the parser and builder explain failures
     there) and passes them to Python logging at debug level."""
@@ -515,7 +533,7 @@ def build_engine(
         for i in range(network.num_inputs)
     }
     if spec is not None:
-        profile = derive_profile(spec, batch=batch, seq=seq)
+        profile = _pinned(derive_profile(spec, batch=batch, seq=seq), inputs)
         for name, shape in inputs.items():
             if any(d < 0 for d in shape) and name not in profile:
                 raise BiRNNExportError(

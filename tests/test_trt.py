@@ -652,6 +652,26 @@ def test_build_engine_for_real(exported) -> None:
 
 @pytest.mark.tensorrt_rtx
 @requires_rtx
+def test_a_graph_made_static_after_export_builds_at_its_static_shape(exported, tmp_path):
+    """onnxsim --overwrite-input-shape keeps the metadata: the build took its dynamic ranges,
+    which TensorRT refuses for static dims, and check called a right graph NOT compatible
+    (users26). The profile takes the network's static dims."""
+    import onnx
+
+    proto = onnx.load(str(exported["fp32"]))
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, (2, 40), strict=False):
+            dim.dim_value = size  # batch 2; x's length 40
+    path = tmp_path / "static.onnx"
+    onnx.save(proto, str(path))
+    build = trt.build_engine(path, library="tensorrt_rtx")
+    assert build.ok, build.summary()
+    assert build.profile == {}  # every input static: no profile entries
+
+
+@pytest.mark.tensorrt_rtx
+@requires_rtx
 def test_build_engine_for_turing_and_tf32(exported) -> None:
     import tensorrt_rtx
 
