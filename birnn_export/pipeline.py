@@ -77,6 +77,29 @@ class ExportResult:
         return max(errors, default=None)
 
 
+def known_options(
+    where: str, given: Mapping[str, Any], function: Callable[..., Any], passed: Sequence[str]
+) -> None:
+    """Refuse keyword arguments ``function`` does not take (``passed``: those the caller gives
+    it itself), naming the nearest it does: a mistyped option raised a TypeError naming an
+    internal function, outside :class:`~birnn_export.errors.BiRNNExportError`.
+
+    Raises:
+        UsageError: one line, with the option the name is closest to.
+    """
+    import difflib
+    import inspect
+
+    from birnn_export.errors import UsageError
+
+    takes = [name for name in inspect.signature(function).parameters if name not in passed]
+    for name in given:
+        if name not in takes:
+            near = difflib.get_close_matches(str(name), takes, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise UsageError(f"{where}: no option {name!r}; {hint}it takes {', '.join(takes)}")
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -126,6 +149,7 @@ def export_onnx(
     from birnn_export.spec import GraphSpec, load_onnx
 
     start = time.perf_counter()
+    known_options("export_onnx", options, trace_graph, ("model",))
     path = Path(path)
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize: expected int8 or nothing, got {quantize!r}")
@@ -375,6 +399,7 @@ def export_model(
     from birnn_export.describe import describe_onnx
 
     start = time.perf_counter()
+    known_options("load_options", load_options or {}, load_model, ("path",))
     model_path = Path(model_path)
     output = Path(output) if output is not None else default_output(model_path)
     quantized = export_options.get("quantize")

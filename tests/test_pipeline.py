@@ -169,3 +169,23 @@ def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, mo
         "[3/3] checking TensorRT compatibility (its parser and builder) ...",
     ]
     assert said["log"] == []
+
+
+@pytest.mark.parametrize(
+    ("options", "told"),
+    [
+        ({"layuot": "fused"}, "export_onnx: no option 'layuot'; did you mean 'layout'?"),
+        (
+            {"load_options": {"modle_class": "m:C"}},
+            "load_options: no option 'modle_class'; did you mean 'model_class'?",
+        ),
+    ],
+)
+def test_a_mistyped_option_is_a_usage_error_naming_the_nearest(tmp_path, options, told) -> None:
+    """A mistyped keyword raised a TypeError naming trace_graph() or load_model(), which a
+    caller catching BiRNNExportError missed (users26)."""
+    from birnn_export.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        export_model(SAMPLES / "token_tagger.pt", tmp_path / "t.onnx", **options)
+    assert str(caught.value).startswith(told) and list(tmp_path.iterdir()) == []
