@@ -1051,17 +1051,21 @@ def test_a_long_sweep_says_it_is_running_where_stderr_is_no_terminal(
     lines = capsys.readouterr().err.splitlines()
     assert lines and all(line.startswith("verify: ") for line in lines), lines
     assert lines[0].startswith("verify: 1/") and " steps (B=" in lines[0]
-    # the time left is estimated from the work done: a case's batch x length
-    assert all(" s left" in line for line in lines[:-1]) and " s left" not in lines[-1], lines
+    # the time left is estimated from the work done (a case's batch x length), once a tenth
+    # of it is done
+    said = [" s left" in line for line in lines]
+    assert any(said) and not said[0] and not said[-1], lines
+    assert said == [*sorted(said[:-1]), False], lines  # from some line on, to the last but one
 
 
 def test_the_time_left_weighs_each_step_by_its_work() -> None:
     from birnn_export.verification import _Progress
 
-    progress = _Progress([1, 1, 98], enabled=False)
+    progress = _Progress([5, 10, 85], enabled=False)
     progress.advance("B=1 T=1")
-    progress.advance("B=1 T=1")
-    assert progress.left(2.0) == ", about 98 s left"  # not 1 s: the last step is 98 x the work
+    assert progress.left(60.0) == ""  # 5% done: the start-up would dominate an estimate
+    progress.advance("B=1 T=2")
+    assert progress.left(3.0) == ", about 17 s left"  # not 1.5 s: the last step is 85% the work
     progress.advance("B=7 T=14")
     assert progress.left(100.0) == ""
 
