@@ -643,6 +643,12 @@ def load_onnx(model: Any) -> Any:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX
+        with path.open("rb") as head:
+            if head.read(8)[4:] == b"ORTM":  # a FlatBuffer's file identifier
+                raise ModelLoadError(
+                    f"{path}: an ONNX Runtime format (.ort) model, which only ONNX Runtime "
+                    "reads: give the .onnx it was converted from"
+                ) from None
         kind = type(exc).__name__
         raise ModelLoadError(f"{path}: not an ONNX model ({kind}); expected a .onnx file") from None
     if not proto.graph.node and not proto.graph.input and not proto.graph.output:

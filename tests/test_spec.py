@@ -249,6 +249,28 @@ def test_load_onnx_errors_are_one_line(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_an_onnx_runtime_format_model_is_told_as_such(tmp_path):
+    """An .ort file (ONNX Runtime's FlatBuffer format) was "not an ONNX model (DecodeError)"
+    (users26): it is named, and the .onnx it came from asked for."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["b"])],
+        "g",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "g.ort")
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(tmp_path / "g.onnx"), options, providers=["CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match=r"an ONNX Runtime format \(.ort\) model, which"):
+        load_onnx(tmp_path / "g.ort")
+
+
 @pytest.mark.parametrize("held", ["initializer", "constant node", "loop body"])
 def test_a_graph_without_its_external_data_is_refused_naming_the_file(tmp_path, held):
     """A graph copied without its .onnx.data: inspect said nothing, check called it not
