@@ -105,6 +105,9 @@ class VerifyReport:
     eager_dtype: str | None = None
     saved_outputs: str | None = None
 
+    def __repr__(self) -> str:  # the dataclass's holds every check of every case
+        return f"VerifyReport({self.onnx_path!r}, {self.summary()})"
+
     @property
     def passed(self) -> bool:
         return not self.problems and all(c.passed for c in self.cases)

@@ -63,6 +63,10 @@ class ExportResult:
     #: What the graph is beside what was asked for (:attr:`TracedGraph.notes`).
     notes: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:  # the dataclass's holds every check of every case (~30 KB)
+        verdict = "not verified" if self.verification is None else self.verification.summary()
+        return f"ExportResult({str(self.path)!r}, {verdict})"
+
     @property
     def max_error(self) -> float | None:
         """The largest error of any output against the reference over the sweep."""
@@ -265,6 +269,9 @@ class ExportReport:
     onnx: dict[str, Any]
     compatibility: CheckReport | None
     seconds: float
+
+    def __repr__(self) -> str:  # short in a notebook; lines() is the readable whole
+        return f"ExportReport({self.model_path!r} -> {self.result!r})"
 
     def to_dict(self) -> dict[str, Any]:
         """The report as the ``--json`` file holds it."""
