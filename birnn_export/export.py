@@ -1958,8 +1958,8 @@ def _explain_trace_failure(
             "type (50.0, 8000.0)"
         )
     message = (
-        f"torch.onnx.export failed for {type(model).__name__}: {type(cause).__name__}: "
-        f"{_first_line(cause)}"
+        f"torch.onnx.export failed for {type(model).__name__}{_user_line(model, causes)}: "
+        f"{type(cause).__name__}: {_first_line(cause)}"
     )
     if packer:
         message += f"; {_PACKING_HINT}"

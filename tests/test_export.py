@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import export as export_module
 from birnn_export.cli import main
@@ -1924,6 +1924,37 @@ def test_max_pool1d_as_a_two_dimensional_pool_gives_the_same_values(kwargs):
     assert nn.functional.max_pool1d(x, **kwargs) is not None  # put back
     for a, b in zip(*(w if isinstance(w, tuple) else (w,) for w in (got, want)), strict=True):
         assert torch.equal(a, b)
+
+
+class _PackedData(nn.Module):
+    """Stanza's tagger: a PackedSequence's .data computed on, then packed again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.gate = nn.Embedding(50, 6), nn.Linear(6, 2)
+        self.lstm = nn.LSTM(8, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, ids, lengths):
+        packed = pack_padded_sequence(
+            self.emb(ids), lengths, batch_first=True, enforce_sorted=False
+        )
+        data = torch.cat([packed.data, self.gate(packed.data)], 1)
+        again = PackedSequence(
+            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
+        out = self.lstm(again)[0]
+        return pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))[0]
+
+
+def test_a_failure_with_a_packed_sequences_data_names_the_models_line(tmp_path):
+    """The refusal of Stanza's .data use named no line, and its error spoke of shapes the user
+    never made (the tracing stand-in's .data is padded) (users28)."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_PackedData().eval(), tmp_path / "p.onnx")
+    message = str(caught.value)
+    assert "torch.onnx.export failed for _PackedData at test_export.py:" in message, message
+    assert "(data = torch.cat([packed.data, self.gate(packed.data)], 1))" in message
+    assert "other uses of a PackedSequence (.data, .batch_sizes, sorting) do not" in message
 
 
 class _CharCNNTagger(nn.Module):
