@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import os
 import re
 import sys
@@ -705,9 +706,11 @@ def _run_example(
             f"{d.name} {str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
             for d, t in zip(planned.decls, inputs, strict=True)
         )
+        steps = planned.examples.get(planned.time_dim)
         hint = (
             _container_hint(exc, model)
             or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
+            or (_grouped_steps_hint(str(exc), steps) if isinstance(steps, int) else None)
             or _declare_hint(
                 planned, _time_major_hint(model, planned), str(exc), _failed_packing(exc)
             )
@@ -716,6 +719,36 @@ def _run_example(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
             f"{type(exc).__name__}: {_first_line(exc)}; {hint}"
         ) from None
+
+
+#: torch's refusal of a view or reshape: the shape asked for and the number of values.
+_BAD_VIEW = re.compile(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+)")
+
+
+def _grouped_steps_hint(error: str, steps: int) -> str | None:
+    """Where the model regrouped the time axis into groups of ``k`` steps (frame stacking,
+    ``x.reshape(b, t // k, k * f)``) and the example's ``steps`` are no multiple of ``k``:
+    the reshape's shape holds ``steps // k`` and as many values as the first ``steps // k * k``
+    steps. What to do: pad the time axis up to a multiple of ``k`` first, which exports."""
+    match = _BAD_VIEW.search(error)
+    if match is None:
+        return None
+    shape = [int(v) for v in match[1].split(",")]
+    size = int(match[2])
+    if any(v < 0 for v in shape):
+        return None
+    wanted = math.prod(shape)
+    for k in range(2, 17):
+        whole = steps // k * k
+        if whole and steps % k and steps // k in shape and wanted * steps == size * whole:
+            return (
+                f"the model regroups the time axis into groups of {k} steps (at {steps} steps "
+                f"the reshape takes the first {whole}), so it runs only on lengths that are "
+                f"multiples of {k}; pad the time axis up to one first in forward, as "
+                f"x = F.pad(x, (0, 0, 0, (x.shape[1] + {k - 1}) // {k} * {k} - x.shape[1])) "
+                "does for [batch, time, features], which exports"
+            )
+    return None
 
 
 def _runs_in_float16(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
@@ -1976,8 +2009,6 @@ def _module_named(model: nn.Module, path: str) -> str:
 
 def _at_line(filename: str, lineno: Any, code: str | None) -> str:
     """`` at FILE:LINE (code)``, a long line's code cut at a word with ``...``."""
-    import textwrap
-
     shown = textwrap.shorten(code or "", 100, placeholder=" ...")
     return f" at {os.path.basename(filename)}:{lineno} ({shown})"
 
