@@ -12,8 +12,8 @@ import pickle
 import signal
 import subprocess
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
