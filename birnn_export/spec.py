@@ -300,7 +300,8 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
     """Where a graph departs from its birnn-export metadata because another tool changed it
     after export (an output renamed or the graph cut by onnx-graphsurgeon, a float16
     conversion by onnxconverter-common, which keep the metadata): inputs and outputs the
-    metadata names that the graph lacks, other dtypes, float16 weights in a float32 graph."""
+    metadata names that the graph lacks, other dtypes, float16 recurrent weights in a float32
+    graph."""
     from onnx import TensorProto, helper
 
     found = []
@@ -321,9 +322,23 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
             got = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else tensor.dtype
             if got != tensor.dtype:
                 found.append(f"{kind} {tensor.name!r} is {got}, {tensor.dtype} in its metadata")
-    halves = [i for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    # a recurrent node's W and R: float32 in every float32 graph birnn-export writes (a model
+    # may keep another weight, an embedding table, in float16 and cast it up)
+    weights = {
+        name
+        for node in proto.graph.node
+        if node.op_type in ("LSTM", "GRU", "RNN")
+        for name in node.input[1:3]
+    }
+    halves = [
+        i.name
+        for i in proto.graph.initializer
+        if i.name in weights and i.data_type == TensorProto.FLOAT16
+    ]
     if spec.dtype == "float32" and spec.quantization is None and halves:
-        found.append(f"{len(halves)} of its weights are float16, its metadata says float32")
+        found.append(
+            f"its recurrent nodes' weights are float16 ({len(halves)}), its metadata says float32"
+        )
     return found
 
 
