@@ -794,10 +794,11 @@ def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, .
         size = layers[0].input_size
         for c in dict.fromkeys((convs[0].out_channels, convs[-1].out_channels)):
             for k in (1, 2, 4, 8) if size % c == 0 else ():
-                # strides of k make f rows of any size in (k(f - 1), kf]: a common size there
-                # rather than kf (deepspeech.pytorch's 161 spectrogram bins, not 164)
+                # strides of k that round up make f rows of any size in (k(f - 1), kf]: a
+                # common size there first (deepspeech.pytorch's 161 spectrogram bins, not 164),
+                # then kf, which a front end that rounds down needs (review18)
                 top = size // c * k
-                derived += [b for b in _PROBE_BINS if top - k < b < top][:1] or [top]
+                derived += [*[b for b in _PROBE_BINS if top - k < b < top][:1], top]
     # no size below 8: a model that averages its bins away runs on one bin too
     bins = [b for b in dict.fromkeys([*derived, *_PROBE_BINS]) if b != steps and b >= 8]
     layouts = []
@@ -850,12 +851,15 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
         return f"{text} ({at})"
 
     found: dict[str, str] = {}
+    found_at: dict[str, tuple[int, ...]] = {}
     checked: set[str] = set()
     start = time.monotonic()
     for dims, shape, free in _layouts(model, first):
         form = re.sub(r"\d+", "N", dims)
         if form in found and (form in checked or free is None):
             continue
+        if form in found and _within_a_stride(shape, found_at[form]):
+            continue  # the size found, rounded otherwise by a stride: not a second size
         if time.monotonic() - start > _PROBE_SECONDS:
             break
         steps = shape[dims.split(",").index("time") - 1]
@@ -865,8 +869,14 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
                 sizes = ",".join(d for d in free.split(",") if d.isupper())
                 found[form] = declared(free, f"at time {steps}, and at two sizes of {sizes}")
         elif runs(shape, steps):
-            found[form] = declared(dims, f"at time {steps}")
+            found[form], found_at[form] = declared(dims, f"at time {steps}"), shape
     return list(found.values())
+
+
+def _within_a_stride(shape: tuple[int, ...], other: tuple[int, ...]) -> bool:
+    """Whether two shapes of one layout differ by no more than a front end's strides round
+    (8 at most, as :func:`_layouts` derives sizes)."""
+    return max(abs(a - b) for a, b in zip(shape, other, strict=True)) <= 8
 
 
 #: Norms first (a spectrogram's BatchNorm2d over its bins, ByteDance's piano transcription's):

@@ -1590,6 +1590,22 @@ class _StridedSpectrogram(nn.Module):
         return self.rnn(x.flatten(1, 2).permute(2, 0, 1))[0]
 
 
+class _FloorPooled(nn.Module):
+    """Bins pooled by MaxPool2d((2, 1)) twice, rounding down: 84-87 bins make 21 rows, 83
+    does not (review18: the probe had stopped trying 84)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.MaxPool2d((2, 1)), nn.MaxPool2d((2, 1))
+        )
+        self.rnn = nn.LSTM(8 * 21, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        h = self.cnn(x)
+        return self.rnn(h.permute(0, 3, 1, 2).flatten(2))[0]
+
+
 class _VGG2L(nn.Module):
     """ESPnet's VGG2L front end: [batch, time, 83] (80 filterbanks + 3 pitch) as one channel,
     pooled by 2 twice with ceil_mode (any of 81-84 features makes 21 rows)."""
@@ -1611,6 +1627,7 @@ class _VGG2L(nn.Module):
     [
         (_LipReader, "x:float32[batch,3,time,50,100]' (at time 8)"),
         (_VGG2L, "xs:float32[batch,time,83]' (at time 52)"),
+        (_FloorPooled, "x:float32[batch,1,84,time]' (at time 52)"),
         # told at 164 bins (41 rows x 4), which the user's 161-bin input then did not fit
         (_StridedSpectrogram, "x:float32[batch,1,161,time]' (at time 52)"),
         (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
