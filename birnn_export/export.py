@@ -2008,8 +2008,12 @@ def _module_named(model: nn.Module, path: str) -> str:
 
 
 def _at_line(filename: str, lineno: Any, code: str | None) -> str:
-    """`` at FILE:LINE (code)``, a long line's code cut at a word with ``...``."""
-    shown = textwrap.shorten(code or "", 100, placeholder=" ...")
+    """`` at FILE:LINE (code)``, a long line's code cut at a word with ``...`` (mid-word where
+    its words are long: code written without spaces)."""
+    code = " ".join((code or "").split())
+    shown = textwrap.shorten(code, 100, placeholder=" ...")
+    if len(shown) < 50 < len(code):
+        shown = code[:96] + " ..."
     return f" at {os.path.basename(filename)}:{lineno} ({shown})"
 
 

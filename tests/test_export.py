@@ -3284,3 +3284,16 @@ def test_scores_given_are_recorded_and_unknown_ones_refused(tmp_path):
         export_onnx(model, tmp_path / "c.onnx", input_size=6, verify=False, scores=("logits",))
     with pytest.raises(ExportError, match=r"scores: a list of output names"):  # not its letters
         export_onnx(model, tmp_path / "d.onnx", input_size=6, verify=False, scores="output")
+
+
+def test_a_quoted_model_line_keeps_its_start() -> None:
+    """A long line is cut at a word with '...' (it was cut mid-word: 'total_lengt)'); one of
+    long words, code written without spaces, is cut mid-word rather than shown as '(...)'
+    (review18)."""
+    spaced = "out, _ = unpack(self.lstm(packed)[0], batch_first=True, total_length=ids.size(1))"
+    shown = export_module._at_line("/m/t.py", 3, spaced + " + extra_term_one + extra_term_two")
+    assert shown.endswith("total_length=ids.size(1)) + ...)"), shown
+    dense = "out=self.head(self.rnn(x)[0])if(lengths>0).all().item()else(torch.zeros(x.shape[0],5))"
+    shown = export_module._at_line("/m/t.py", 9, dense * 2)
+    assert shown.startswith(" at t.py:9 (out=self.head(self.rnn(x)[0])if(lengths>0).all().item()")
+    assert shown.endswith(" ...)") and len(shown) < 120
