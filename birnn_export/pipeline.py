@@ -81,27 +81,42 @@ class ExportResult:
         return max(errors, default=None)
 
 
-def known_options(
-    where: str, given: Mapping[str, Any], function: Callable[..., Any], passed: Sequence[str]
-) -> None:
-    """Refuse keyword arguments ``function`` does not take (``passed``: those the caller gives
-    it itself), naming the nearest it does: a mistyped option raised a TypeError naming an
-    internal function, outside :class:`~birnn_export.errors.BiRNNExportError`.
+def known_options(where: str, given: Mapping[str, Any], takes: Sequence[str]) -> None:
+    """Refuse keyword arguments not among ``takes``, naming the nearest one: a mistyped
+    option raised a TypeError naming an internal function, outside
+    :class:`~birnn_export.errors.BiRNNExportError`.
 
     Raises:
         UsageError: one line, with the option the name is closest to.
     """
     import difflib
-    import inspect
 
     from birnn_export.errors import UsageError
 
-    takes = [name for name in inspect.signature(function).parameters if name not in passed]
     for name in given:
         if name not in takes:
             near = difflib.get_close_matches(str(name), takes, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise UsageError(f"{where}: no option {name!r}; {hint}it takes {', '.join(takes)}")
+
+
+def keywords(function: Callable[..., Any], *, leaving: Sequence[str] = ()) -> list[str]:
+    """The names of ``function``'s keyword parameters (``**`` ones aside), but ``leaving``."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        name
+        for name, param in inspect.signature(function).parameters.items()
+        if param.kind in kinds and name not in leaving
+    ]
+
+
+#: What :func:`export_model` passes :func:`export_onnx` itself: not among its export_options.
+_GIVEN_BY_EXPORT_MODEL = (
+    "model", "path", "reference", "inputs", "ranges", "verify", "atol", "rtol", "config",
+    "source_sha256", "progress", "seq_range", "batch_range",
+)  # fmt: skip
 
 
 def export_onnx(
@@ -153,7 +168,12 @@ def export_onnx(
     from birnn_export.spec import GraphSpec, load_onnx
 
     start = time.perf_counter()
-    known_options("export_onnx", options, trace_graph, ("model",))
+    known_options(
+        "export_onnx",
+        options,
+        keywords(export_onnx, leaving=("model", "path"))
+        + keywords(trace_graph, leaving=("model",)),
+    )
     path = Path(path)
     if quantize not in (None, "int8"):
         raise ExportError(f"quantize: expected int8 or nothing, got {quantize!r}")
@@ -406,7 +426,20 @@ def export_model(
     from birnn_export.describe import describe_onnx
 
     start = time.perf_counter()
-    known_options("load_options", load_options or {}, load_model, ("path",))
+    from birnn_export.export import trace_graph
+
+    known_options("load_options", load_options or {}, keywords(load_model, leaving=("path",)))
+    passed_on = keywords(export_onnx) + keywords(trace_graph)
+    known_options(
+        "export_model",
+        export_options,
+        list(
+            dict.fromkeys(
+                keywords(export_model, leaving=("model_path", "output"))
+                + [n for n in passed_on if n not in _GIVEN_BY_EXPORT_MODEL]
+            )
+        ),
+    )
     model_path = Path(model_path)
     output = Path(output) if output is not None else default_output(model_path)
     quantized = export_options.get("quantize")

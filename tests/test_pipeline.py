@@ -177,7 +177,11 @@ def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, mo
 @pytest.mark.parametrize(
     ("options", "told"),
     [
-        ({"layuot": "fused"}, "export_onnx: no option 'layuot'; did you mean 'layout'?"),
+        ({"layuot": "fused"}, "export_model: no option 'layuot'; did you mean 'layout'?"),
+        # export_model's own options and export_onnx's too (review18, users29)
+        ({"verfy": False}, "export_model: no option 'verfy'; did you mean 'verify'?"),
+        ({"quantise": "int8"}, "export_model: no option 'quantise'; did you mean 'quantize'?"),
+        ({"reference": None}, "export_model: no option 'reference'; it takes inputs, ranges,"),
         (
             {"load_options": {"modle_class": "m:C"}},
             "load_options: no option 'modle_class'; did you mean 'model_class'?",
