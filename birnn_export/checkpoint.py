@@ -808,7 +808,7 @@ def _build(
         except ModelLoadError as exc:
             if "shape mismatch" not in str(exc) or model_kwargs:
                 raise
-            raise ModelLoadError(f"{exc}; {_kwargs_hint(obj)}") from None
+            raise ModelLoadError(f"{exc}; {_kwargs_hint(obj, _user_class(model_class))}") from None
         model, original = _from_module(user)
         note = _unapplied_note(obj, model_kwargs, _user_class(model_class))
         where = f"{where} loaded into {model_class}{note}"
@@ -1155,15 +1155,7 @@ def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # no signature to read: name them all
         params = {}
-    nested = {  # deepspeech.pytorch saves {"labels": [...], "model_cfg": {sizes...}}
-        str(k): v
-        for value in saved.values()
-        if isinstance(value, Mapping)
-        for k, v in value.items()
-        if str(k) in params
-    }
-    if nested and not any(str(name) in params for name in saved):
-        saved = nested  # the class takes a saved config's entries
+    saved = _arguments_saved(saved, params)
     # a class that takes none of them by name takes them another way (one hparams dict)
     rest = any(p.kind is p.VAR_KEYWORD for p in params.values())
     rest = rest or not any(str(name) in params for name in saved)
@@ -1194,12 +1186,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _kwargs_hint(obj: Any) -> str:
+def _arguments_saved(saved: Mapping[Any, Any], params: Mapping[str, Any]) -> Mapping[Any, Any]:
+    """The hyper_parameters that hold the class's arguments: ``saved``, or the entries of a
+    config one level down where the class takes those and none of ``saved``'s names
+    (deepspeech.pytorch saves ``{"labels": [...], "model_cfg": {sizes...}}``)."""
+    nested = {
+        str(k): v
+        for value in saved.values()
+        if isinstance(value, Mapping)
+        for k, v in value.items()
+        if str(k) in params
+    }
+    if nested and not any(str(name) in params for name in saved):
+        return nested
+    return saved
+
+
+def _kwargs_hint(obj: Any, cls: Any) -> str:
     """What to do when a class built with its defaults does not fit the weights' sizes: pass
     its arguments, the ones a Lightning checkpoint recorded where it has them."""
     saved = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
     simple = (bool, int, float, str, type(None))
     if isinstance(saved, Mapping) and saved:
+        with contextlib.suppress(TypeError, ValueError):  # no signature to read: as saved
+            saved = _arguments_saved(saved, inspect.signature(cls).parameters)
         known = {str(k): v for k, v in saved.items() if isinstance(v, simple)}
         text = json.dumps(known)
         if len(text) > 300:

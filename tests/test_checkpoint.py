@@ -827,6 +827,12 @@ def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_paramet
     with pytest.raises(ModelLoadError, match="shape mismatch") as caught:
         load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
     assert '"hidden": 7' in str(caught.value) and "--model-kwargs" in str(caught.value)
+    # a config one level down (deepspeech.pytorch's model_cfg): its sizes, not {} (review18)
+    nested = {"labels": ["_", "A"], "model_cfg": kwargs}
+    path = _save({"state_dict": model.state_dict(), "hyper_parameters": nested}, path)
+    with pytest.raises(ModelLoadError, match="shape mismatch") as caught:
+        load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
+    assert '"hidden": 7' in str(caught.value) and "labels" not in str(caught.value)
     path = _save(model.state_dict(), tmp_path / "bare.pt")
     with pytest.raises(ModelLoadError, match="pass its sizes with --model-kwargs"):
         load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
