@@ -1360,11 +1360,12 @@ def _pooling_over_two_dims() -> Iterator[None]:
                 return (1, pair(kernel_size)[1])
             return (default, int(value[0] if isinstance(value, (tuple, list)) else value))
 
-        whole = stride in (None, kernel_size, [], ()) and padding == 0 and dilation == 1
-        if (
-            whole
-            and isinstance(kernel_size, torch.SymInt)
-            and statically_known_true(kernel_size == x.shape[-1])
+        kernel = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
+        if (  # one window over the whole axis, whatever the stride
+            isinstance(kernel, torch.SymInt)
+            and padding in (0, (0,), [0])
+            and dilation in (1, (1,), [1])
+            and statically_known_true(kernel == x.shape[-1])
         ):
             best = x.max(-1, keepdim=True)
             return (best.values, best.indices) if return_indices else best.values

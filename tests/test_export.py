@@ -1992,8 +1992,9 @@ class _CharCNNTagger(nn.Module):
     """NCRF++'s CharCNN: each word's characters pooled by F.max_pool1d(h, h.size(2)), a max
     over the whole axis, beside word embeddings, into a BiLSTM."""
 
-    def __init__(self) -> None:
+    def __init__(self, stride: object = None) -> None:
         super().__init__()
+        self.stride = stride
         self.cemb, self.cnn = nn.Embedding(50, 8), nn.Conv1d(8, 10, 3, padding=1)
         self.emb = nn.Embedding(100, 16)
         self.lstm = nn.LSTM(26, 12, batch_first=True, bidirectional=True)
@@ -2002,18 +2003,24 @@ class _CharCNNTagger(nn.Module):
     def forward(self, words, lengths, chars):
         b, t, c = chars.shape
         h = self.cnn(self.cemb(chars.view(b * t, c)).transpose(2, 1))
-        x = torch.cat([self.emb(words), nn.functional.max_pool1d(h, h.size(2)).view(b, t, -1)], 2)
+        if self.stride == "tuple":  # the kernel as a 1-tuple
+            pooled = nn.functional.max_pool1d(h, (h.size(2),))
+        else:  # any stride: one window over the whole axis
+            pooled = nn.functional.max_pool1d(h, h.size(2), self.stride)
+        x = torch.cat([self.emb(words), pooled.view(b, t, -1)], 2)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t)[0]
         return self.head(out)
 
 
-def test_a_max_pool_over_a_whole_axis_by_its_size_keeps_the_axis_dynamic(tmp_path):
+@pytest.mark.parametrize("stride", [None, 1, "tuple"])
+def test_a_max_pool_over_a_whole_axis_by_its_size_keeps_the_axis_dynamic(tmp_path, stride):
     """F.max_pool1d(h, h.size(2)) gives the kernel as a number: the characters dim was frozen
     at the example's, and the refusal advised keeping sizes on tensors, as the model already
-    did (users28). It is the max over that axis, and exports as one."""
+    did (users28). It is the max over that axis, and exports as one, with any stride or the
+    kernel as a 1-tuple (review18)."""
     torch.manual_seed(0)
-    model = _CharCNNTagger().eval()
+    model = _CharCNNTagger(stride).eval()
     result = export_onnx(model, tmp_path / "c.onnx")
     assert result.verification.passed, result.verification.summary()
     assert result.spec.inputs[2].dims == ("batch", "seq", "chars_seq")
