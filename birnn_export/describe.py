@@ -158,7 +158,7 @@ def _changes(proto: Any) -> list[str]:
 def _no_spec_text(info: dict[str, Any]) -> str:
     return (
         f"written by {info['producer']}, its metadata was removed after (by a tool such as "
-        "polygraphy surgeon sanitize): verify, bench and check need it"
+        "polygraphy surgeon sanitize): verify and bench need it, and check its dims"
     )
 
 
