@@ -382,7 +382,10 @@ def verify(
     if not Path(onnx_path).is_file():
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     proto = load_onnx(onnx_path)
-    spec = GraphSpec.from_onnx(proto)
+    try:
+        spec = GraphSpec.from_onnx(proto)
+    except BiRNNExportError as exc:  # no or unreadable metadata: which file
+        raise type(exc)(f"{onnx_path}: {exc}") from None
     refuse_changed(proto, spec, onnx_path)
     engines = tuple(dict.fromkeys(engines))
     if not engines:

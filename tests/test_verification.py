@@ -270,6 +270,8 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
     onnx.save(stripped, str(tmp_path / "stripped.onnx"))
     with pytest.raises(BiRNNExportError, match=r"written by birnn-export .*metadata was removed"):
         verify(tmp_path / "stripped.onnx", lstm)
+    with pytest.raises(BiRNNExportError, match=r"^\S*stripped\.onnx: the ONNX file has no"):
+        verify(tmp_path / "stripped.onnx", lstm)  # naming the file (review18)
     shown = describe_lines(describe_onnx(tmp_path / "stripped.onnx"))
     assert any(line.startswith("metadata: none (written by birnn-export") for line in shown)
 
