@@ -37,10 +37,10 @@ step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python - <<'EOF' | tee "$OUT/availability.txt"
 import torch
-from birnn_export.runners import ENGINES, availability
+from birnn_export.runners import ENGINES, unavailable_reason
 print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
 for engine in ENGINES:
-    print(f"{engine:9s} {availability(engine) or 'available'}")
+    print(f"{engine:9s} {unavailable_reason(engine) or 'available'}")
 EOF
 if [[ -z "${ALLOW_CPU:-}" ]] \
     && ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -66,8 +66,8 @@ if [[ -f "$ONNX" ]]; then
     step "benchmark"
     # torch eager on CUDA plus every other engine that can run here.
     ENGINE_LIST=$(python - <<'EOF'
-from birnn_export.runners import ENGINES, availability
-print(",".join(e for e in ENGINES if availability(e) is None))
+from birnn_export.runners import ENGINES, unavailable_reason
+print(",".join(e for e in ENGINES if unavailable_reason(e) is None))
 EOF
 )
     echo "engines: $ENGINE_LIST"

@@ -78,3 +78,59 @@ def test_main_command_output_matches_the_readme(tmp_path, shown, sample):
 
 def test_readme_shows_both_samples():
     assert {name for _, name in BLOCKS} >= {"token_tagger", "crnn_ctc"}
+
+
+def _scripts_python() -> list[tuple[str, str]]:
+    """``(file, code)`` of every script the README sends users to: the Python files, and the
+    Python a shell script runs from a here-document."""
+    import glob
+
+    found = []
+    for path in sorted(glob.glob(os.path.join(REPO, "scripts", "*.py"))):
+        with open(path, encoding="utf-8") as handle:
+            found.append((os.path.basename(path), handle.read()))
+    for path in sorted(glob.glob(os.path.join(REPO, "scripts", "*.sh"))):
+        with open(path, encoding="utf-8") as handle:
+            blocks = re.findall(r"python[^\n]*<<'EOF'[^\n]*\n(.*?)\nEOF\n", handle.read(), re.S)
+        found += [(os.path.basename(path), block) for block in blocks]
+    return found
+
+
+def test_the_scripts_use_only_what_birnn_export_has():
+    """scripts/gpu_check.sh imported runners.availability and bench_empty_batch_guard.py called
+    export.export_onnx, both renamed long before: the README's commands failed (users29). Each
+    birnn_export name a script imports, or reads from a module it imports, exists."""
+    import ast
+    import importlib
+
+    missing = []
+    for name, code in _scripts_python():
+        modules = {}  # local name -> the birnn_export module it is
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("birnn_export"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if hasattr(module, alias.name):
+                        value = getattr(module, alias.name)
+                        if type(value).__name__ == "module":
+                            modules[alias.asname or alias.name] = value
+                        continue
+                    try:
+                        sub = importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{name}: {node.module}.{alias.name}")
+                        continue
+                    modules[alias.asname or alias.name] = sub
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("birnn_export") and alias.asname:
+                        modules[alias.asname] = importlib.import_module(alias.name)
+        for node in ast.walk(ast.parse(code)):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and not hasattr(modules[node.value.id], node.attr)
+            ):
+                missing.append(f"{name}: {modules[node.value.id].__name__}.{node.attr}")
+    assert not missing, missing
