@@ -282,13 +282,10 @@ def _(folder, run):
     good = export_good(folder, run)
     (folder / "g.onnx.data").write_text("unrelated")
     before = good.read_bytes()
-    # The seed article's Example 3 exports faithfully only where a row fills the batch, so
-    # verification fails (its "equal lengths" cases).
-    weights = folder / "seed3.pt"
-    weights.write_bytes((ROOT / "sample_models" / "seed_example3_state_dict.pt").read_bytes())
-    kwargs = '{"input_size": 10, "hidden_size": 20, "output_size": 5}'
-    seed3 = "birnn_export.seed:ManualBidirectionalRNNVariableLength"
-    done = run([weights, "--model-class", seed3, "--model-kwargs", kwargs, "-o", good], folder)
+    # A tolerance float32 cannot meet: verification fails every case. (The seed article's
+    # Example 3, used before, now exports faithfully: its rows alone are judged against it.)
+    strict = ["--atol", "1e-12", "--rtol", "0"]
+    done = run([folder / "m.pt", *strict, "-o", good], folder)
     kept = good.exists() and good.read_bytes() == before
     data = (folder / "g.onnx.data").exists()
     return outcome(
