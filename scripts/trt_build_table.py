@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--samples", type=Path, default=Path("sample_models"))
     parser.add_argument("--library", default="tensorrt_rtx", choices=["tensorrt_rtx", "tensorrt"])
     args = parser.parse_args()
+    if not sorted(args.samples.glob("*.pt")):
+        parser.error(f"--samples: no .pt files in {args.samples}")
     library = import_library(args.library)
     print(f"{library}; profile: each graph's declared ranges\n")
     print("| sample | layout | dtype | parsed | built | build s | engine MB |")
