@@ -446,13 +446,21 @@ def check_graph(
         for name, size in traced_at.items()
         if size not in ignore
     }
+    sizes_baked: set[int] = set()
     for info in [*inferred.graph.value_info, *inferred.graph.output]:
         baked = [f"{examples[d]} {d}" for d in dims_of(info) if d in examples]
+        sizes_baked |= {d for d in dims_of(info) if d in examples}
         if baked:
             problems.append(
                 f"value {info.name} has static dims {list(dims_of(info))}: the example "
                 f"{', '.join(baked)} is baked into its shape"
             )
+    for size in sorted(sizes_baked):  # where the model's code made it a number: first
+        where = (fixed_at or {}).get(size, "")
+        if where and where not in told:
+            told.add(where)
+            fixed = f"the model fixes it to the example's {size}{where}"
+            problems.insert(0, f"{examples[size]}: {fixed}: {FIXED_THERE}")
     problems += _baked_sizes(inferred, set(examples))
     return problems
 
@@ -535,6 +543,13 @@ def raise_for_problems(
             + (f"; {FROZEN_HINT}" if frozen else "")
         )
 
+
+#: What to do where the model's line that froze a dim other than batch and time is known.
+FIXED_THERE = (
+    "a size made a Python number there (int(), len(x), a pooling kernel or window given a "
+    "size) is frozen in the graph: keep the tensor's own size (x.shape[i]) in tensor ops, or "
+    "pool a whole axis with x.amax(i) or x.mean(i)"
+)
 
 #: What freezes an example size into a traced graph, and what to do instead.
 FROZEN_HINT = (

@@ -1565,6 +1565,9 @@ def _fixed_sizes() -> Iterator[dict[int, str]]:
     (``len(x)``, ``int(x.shape[0])``, ``range(x.size(1))``): ``{number: " at FILE:LINE
     (code)"}``, the first place for each number, from the guards torch.export's shape
     environment logs as it adds them (its logger is quiet otherwise)."""
+    import sysconfig
+    import traceback
+
     found: dict[int, str] = {}
     ours = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
 
@@ -1576,13 +1579,35 @@ def _fixed_sizes() -> Iterator[dict[int, str]]:
             where = getattr(record.args[2], "maybe_user_loc", None) or getattr(
                 record.args[2], "framework_loc", None
             )
-            if match and hasattr(where, "filename") and not where.filename.startswith(ours):
-                code = (where.line or "").strip()
-                code = code if len(code) <= 100 else code[:97] + "..."
-                found.setdefault(
-                    int(match[1] or match[2]),
-                    f" at {os.path.basename(where.filename)}:{where.lineno} ({code})",
-                )
+            if not match:
+                return
+            if hasattr(where, "filename") and not where.filename.startswith(ours):
+                at = _at_line(where.filename, where.lineno, where.line)
+                found.setdefault(int(match[1] or match[2]), at)
+            else:  # fixed inside torch (a pooling kernel's int()): the model's line calling it
+                at = _calling_line()
+                if at:
+                    found.setdefault(int(match[1] or match[2]), at)
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+
+    def theirs(frame: traceback.FrameSummary) -> bool:  # the model's code (a library's too)
+        name = frame.filename
+        installed = "site-packages" in name or "dist-packages" in name
+        own = name.startswith(ours) or name.startswith("<")
+        return not own and (installed or not name.startswith(stdlib))
+
+    def _calling_line() -> str:
+        """The innermost line of the model's code on the stack, where a module's forward runs
+        it (a guard added after the trace has none: not the line calling the export)."""
+        stack = traceback.extract_stack()
+        for i in range(len(stack) - 1, -1, -1):
+            if theirs(stack[i]):
+                outer = stack[:i]
+                if any(f.name in ("_call_impl", "_wrapped_call_impl") for f in outer):
+                    return _at_line(stack[i].filename, stack[i].lineno, stack[i].line)
+                return ""
+        return ""
 
     shapes = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     handlers, level, propagate = shapes.handlers[:], shapes.level, shapes.propagate

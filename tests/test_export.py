@@ -2005,12 +2005,29 @@ class _CharCNNTagger(nn.Module):
         h = self.cnn(self.cemb(chars.view(b * t, c)).transpose(2, 1))
         if self.stride == "tuple":  # the kernel as a 1-tuple
             pooled = nn.functional.max_pool1d(h, (h.size(2),))
+        elif self.stride == "avg":  # not rewritten: the kernel's int() freezes the axis
+            pooled = nn.functional.avg_pool1d(h, h.size(2))
         else:  # any stride: one window over the whole axis
             pooled = nn.functional.max_pool1d(h, h.size(2), self.stride)
         x = torch.cat([self.emb(words), pooled.view(b, t, -1)], 2)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t)[0]
         return self.head(out)
+
+
+def test_a_dim_frozen_inside_a_torch_function_names_the_models_line(tmp_path):
+    """F.avg_pool1d(h, h.size(2)) makes the kernel a number inside torch: the refusal gave only
+    the generic advice to keep arithmetic on tensors, as the model did. It names the model's
+    line that called it, and what to write instead."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_CharCNNTagger("avg").eval(), tmp_path / "a.onnx", verify=False)
+    message = str(caught.value)
+    assert message.startswith(
+        "exported graph failed its checks: chars_seq: the model fixes it to the example's 13 at "
+        "test_export.py:"
+    ), message
+    assert "(pooled = nn.functional.avg_pool1d(h, h.size(2)))" in message
+    assert "pool a whole axis with x.amax(i) or x.mean(i)" in message
 
 
 @pytest.mark.parametrize("stride", [None, 1, "tuple"])
