@@ -322,14 +322,20 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
             got = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else tensor.dtype
             if got != tensor.dtype:
                 found.append(f"{kind} {tensor.name!r} is {got}, {tensor.dtype} in its metadata")
-    # a recurrent node's W and R: float32 in every float32 graph birnn-export writes (a model
-    # may keep another weight, an embedding table, in float16 and cast it up)
+    # a recurrent node's W and R, and what a loop's body reads (a Scan layer's R): float32 in
+    # every float32 graph birnn-export writes (a model may keep another weight, an embedding
+    # table, in float16 and cast it up)
     weights = {
         name
         for node in proto.graph.node
         if node.op_type in ("LSTM", "GRU", "RNN")
         for name in node.input[1:3]
     }
+    bodies = [a.g for n in proto.graph.node for a in n.attribute if a.type == a.GRAPH]
+    while bodies:
+        body = bodies.pop()
+        weights |= {name for node in body.node for name in node.input}
+        bodies += [a.g for n in body.node for a in n.attribute if a.type == a.GRAPH]
     halves = [
         i.name
         for i in proto.graph.initializer
@@ -337,7 +343,7 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
     ]
     if spec.dtype == "float32" and spec.quantization is None and halves:
         found.append(
-            f"its recurrent nodes' weights are float16 ({len(halves)}), its metadata says float32"
+            f"its recurrent layers' weights are float16 ({len(halves)}), its metadata says float32"
         )
     return found
 

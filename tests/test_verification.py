@@ -249,7 +249,7 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
             )
     for name, proto, told in [
         ("renamed", renamed, f"output {old!r} of its metadata is not in it (outputs: 'logits'"),
-        ("halved", halved, "its recurrent nodes' weights are float16"),
+        ("halved", halved, "its recurrent layers' weights are float16"),
     ]:
         path = tmp_path / f"{name}.onnx"
         onnx.save(proto, str(path))
@@ -260,6 +260,20 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
             benchmark(path, lstm, engines=("ort-cpu",), progress=False)
         shown = describe_lines(describe_onnx(path))
         assert any(line.startswith("  changed after export: ") and told in line for line in shown)
+    # a Scan loop's weights, read inside its body (a tanh RNN's default layout) (review19)
+    rnn = nn.Sequential(nn.RNN(4, 3, bidirectional=True)).eval()
+    export_onnx(rnn, tmp_path / "rnn.onnx", input_size=4, verify=False)
+    looped = onnx.load(str(tmp_path / "rnn.onnx"))
+    assert any(n.op_type == "Scan" for n in looped.graph.node)
+    for i, init in enumerate(looped.graph.initializer):
+        values = numpy_helper.to_array(init)
+        if values.dtype == np.float32:
+            looped.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(values.astype(np.float16), init.name)
+            )
+    onnx.save(looped, str(tmp_path / "looped.onnx"))
+    with pytest.raises(ModelLoadError, match="recurrent layers' weights are float16"):
+        verify(tmp_path / "looped.onnx", rnn)
     # a float32 model keeping its embedding table in float16, cast up on use: its own graph
     # (review18: every export of it was refused as changed)
     half_table = nn.Sequential(nn.Embedding(30, 4).half(), _Float(), nn.LSTM(4, 3))
