@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import inspect
 import logging
-import math
 import os
 import re
 import sys
@@ -707,10 +706,12 @@ def _run_example(
             for d, t in zip(planned.decls, inputs, strict=True)
         )
         steps = planned.examples.get(planned.time_dim)
+        batch = planned.examples.get(planned.batch_dim)
+        grouped = isinstance(steps, int) and isinstance(batch, int)
         hint = (
             _container_hint(exc, model)
             or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
-            or (_grouped_steps_hint(str(exc), steps) if isinstance(steps, int) else None)
+            or (_grouped_steps_hint(str(exc), steps, batch) if grouped else None)
             or _declare_hint(
                 planned, _time_major_hint(model, planned), str(exc), _failed_packing(exc)
             )
@@ -725,30 +726,29 @@ def _run_example(
 _BAD_VIEW = re.compile(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+)")
 
 
-def _grouped_steps_hint(error: str, steps: int) -> str | None:
-    """Where the model regrouped the time axis into groups of ``k`` steps (frame stacking,
-    ``x.reshape(b, t // k, k * f)``) and the example's ``steps`` are no multiple of ``k``:
-    the reshape's shape holds ``steps // k`` and as many values as the first ``steps // k * k``
-    steps. What to do: pad the time axis up to a multiple of ``k`` first, which exports."""
+def _grouped_steps_hint(error: str, steps: int, batch: int) -> str | None:
+    """Where the model regrouped the time axis into groups of ``k`` steps (frame stacking:
+    ``x.reshape(b, t // k, k * f)``, ``x.reshape(b, -1, k * f)``, ``x.reshape(b * (t // k),
+    k * f)``) and the example's ``steps`` are no multiple of ``k``: the shape asked for ends in
+    ``k`` steps' values. What to do: pad the time axis up to a multiple of ``k`` first, which
+    exports."""
     match = _BAD_VIEW.search(error)
-    if match is None:
+    if match is None or batch * steps <= 0:
         return None
-    shape = [int(v) for v in match[1].split(",")]
-    size = int(match[2])
-    if any(v < 0 for v in shape):
+    last = int(match[1].split(",")[-1])
+    per_step, rest = divmod(int(match[2]), batch * steps)
+    if rest or per_step <= 0 or last <= per_step or last % per_step:
         return None
-    wanted = math.prod(shape)
-    for k in range(2, 17):
-        whole = steps // k * k
-        if whole and steps % k and steps // k in shape and wanted * steps == size * whole:
-            return (
-                f"the model regroups the time axis into groups of {k} steps (at {steps} steps "
-                f"the reshape takes the first {whole}), so it runs only on lengths that are "
-                f"multiples of {k}; pad the time axis up to one first in forward, as "
-                f"x = F.pad(x, (0, 0, 0, (x.shape[1] + {k - 1}) // {k} * {k} - x.shape[1])) "
-                "does for [batch, time, features], which exports"
-            )
-    return None
+    k = last // per_step
+    if not 2 <= k <= 64 or steps % k == 0:
+        return None
+    return (
+        f"the model regroups the time axis into groups of {k} steps (a reshape to {k} steps' "
+        f"values, {last}, at {steps} steps), so it runs only on lengths that are multiples of "
+        f"{k}; pad the time axis up to one first in forward, as x = F.pad(x, (0, 0, 0, "
+        f"(x.shape[1] + {k - 1}) // {k} * {k} - x.shape[1])) does for [batch, time, "
+        "features], which exports"
+    )
 
 
 def _runs_in_float16(model: nn.Module, inputs: Sequence[Tensor]) -> bool:

@@ -1930,15 +1930,17 @@ class _StackedFrames(nn.Module):
     """Frame stacking by 4 before a BiLSTM (NeMo's and ESPnet's stacking subsampling): the
     time axis regrouped, which runs on multiples of 4 steps only; ``pad`` first pads up to one."""
 
-    def __init__(self, pad: bool) -> None:
+    def __init__(self, pad: bool | str) -> None:
         super().__init__()
         self.pad = pad
         self.lstm = nn.LSTM(4 * 10, 8, batch_first=True, bidirectional=True)
 
     def forward(self, x):
-        if self.pad:  # the advice, as given
+        if self.pad is True:  # the advice, as given
             x = nn.functional.pad(x, (0, 0, 0, (x.shape[1] + 3) // 4 * 4 - x.shape[1]))
         b, t, f = x.shape
+        if self.pad == "minus one":  # the same, spelled with -1 (review19)
+            return self.lstm(x.reshape(b, -1, 4 * f))[0]
         return self.lstm(x.reshape(b, t // 4, 4 * f))[0]
 
 
@@ -1946,12 +1948,13 @@ def test_a_time_axis_regrouped_by_k_is_told_to_pad_to_a_multiple_of_k(tmp_path):
     """A model stacking frames by 4 failed on the example's 11 steps with torch's reshape error
     and advice to declare its inputs, which cannot help: it is told to pad to a multiple of 4,
     and the padding it is shown exports and verifies."""
-    with pytest.raises(ExportError) as caught:
-        export_onnx(_StackedFrames(pad=False).eval(), tmp_path / "s.onnx", input_size=10)
-    message = str(caught.value)
-    assert "regroups the time axis into groups of 4 steps" in message, message
-    assert "(x.shape[1] + 3) // 4 * 4 - x.shape[1]" in message
-    assert "declare its inputs" not in message
+    for spelled in (False, "minus one"):
+        with pytest.raises(ExportError) as caught:
+            export_onnx(_StackedFrames(pad=spelled).eval(), tmp_path / "s.onnx", input_size=10)
+        message = str(caught.value)
+        assert "regroups the time axis into groups of 4 steps" in message, message
+        assert "(x.shape[1] + 3) // 4 * 4 - x.shape[1]" in message
+        assert "declare its inputs" not in message
     result = export_onnx(_StackedFrames(pad=True).eval(), tmp_path / "p.onnx", input_size=10)
     assert result.verification.passed, result.verification.summary()
     assert result.spec.outputs[0].dims[1] == "((seq + 3)//4)"
