@@ -287,11 +287,14 @@ class GraphSpec:
     @classmethod
     def from_onnx(cls, model: Any) -> GraphSpec:
         """Read the spec from an ONNX file path or a loaded ``onnx.ModelProto``."""
+        import onnx
+
+        where = "" if isinstance(model, onnx.ModelProto) else f"{model}: "  # a path: named
         model = load_onnx(model)
         props = {p.key: p.value for p in model.metadata_props}
         if METADATA_KEY not in props:
             raise BiRNNExportError(
-                f"the ONNX file has no '{METADATA_KEY}' metadata: {_no_spec(model)}"
+                f"{where}the ONNX file has no '{METADATA_KEY}' metadata: {_no_spec(model)}"
             )
         return cls.from_json(props[METADATA_KEY])
 

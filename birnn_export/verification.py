@@ -547,6 +547,7 @@ def verify(
                 saved.append((case, feed, ran, case_ok))
                 return case_ok
 
+            bar.start = time.perf_counter()  # the sweep's own time, sessions started
             for index, case in enumerate(cases):
                 feed = feeds[index] if load_inputs is not None else case_feed(spec, case)
                 run(case, feed, index)

@@ -286,6 +286,8 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
         verify(tmp_path / "stripped.onnx", lstm)
     with pytest.raises(BiRNNExportError, match=r"^\S*stripped\.onnx: the ONNX file has no"):
         verify(tmp_path / "stripped.onnx", lstm)  # naming the file (review18)
+    with pytest.raises(BiRNNExportError, match=r"^\S*stripped\.onnx: the ONNX file has no"):
+        benchmark(tmp_path / "stripped.onnx", lstm, engines=("ort-cpu",), progress=False)
     shown = describe_lines(describe_onnx(tmp_path / "stripped.onnx"))
     assert any(line.startswith("metadata: none (written by birnn-export") for line in shown)
 
