@@ -205,7 +205,7 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
         if _reparametrized(model):
             model = _folded(copied(model))
         _check_convertible("<root>", model)
-        return BiRNN.from_torch(model, padding_value=padding_value)
+        return _with_hooks(model, BiRNN.from_torch(model, padding_value=padding_value))
     targets = [(p, m) for p, m in find_recurrent_layers(model) if isinstance(m, _BUILTIN)]
     for path, layer in targets:
         if not _reparametrized(layer):  # checked once folded, on the copy
@@ -214,7 +214,8 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
     for path, _ in targets:
         layer = _folded(converted.get_submodule(path))
         _check_convertible(path, layer)
-        converted.set_submodule(path, BiRNN.from_torch(layer, padding_value=padding_value))
+        replacement = _with_hooks(layer, BiRNN.from_torch(layer, padding_value=padding_value))
+        converted.set_submodule(path, replacement)
         logger.info("%s", _describe(path, layer))
     for path, crf in find_crfs(converted):
         if path == "<root>":
@@ -227,6 +228,35 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
         converted.set_submodule(path, decoder)
         logger.info("%s", _describe(path, crf))
     return converted
+
+
+#: A module's forward hooks: what the layer's own forward calls around it.
+_FORWARD_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def _with_hooks(layer: nn.Module, replacement: BiRNN) -> BiRNN:
+    """``replacement`` with ``layer``'s forward hooks and pre-hooks (an input normalised by a
+    pre-hook, an output changed by a hook): the BiRNN takes and returns what the layer does,
+    and dropping them changed the model's numbers (verification failed, blaming the gates).
+    Each is keyed afresh: an unpickled module's hooks keep the ids of the process that saved
+    them, which this process hands out again (a hook registered and removed later on the same
+    layer would remove the model's own)."""
+    from torch.utils.hooks import RemovableHandle
+
+    fresh: dict[int, int] = {}
+    for name in _FORWARD_HOOKS:
+        hooks = getattr(replacement, name)
+        for old, value in getattr(layer, name).items():
+            if old not in fresh:
+                fresh[old] = RemovableHandle(hooks).id  # the next id of this process
+            hooks[fresh[old]] = value
+    return replacement
 
 
 def conversion_report(model: nn.Module) -> list[Replacement]:

@@ -274,3 +274,46 @@ def test_initial_state_passed_positionally(cell, packed, tmp_path):
     names = [i.name for i in session.get_inputs()]
     (got,) = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+class _Hooked(nn.Module):
+    """An LSTM whose input a pre-hook normalises and whose output a hook scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-2, 2, 6))
+        self.lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+        self.lstm.register_forward_pre_hook(self._normalised)
+        self.lstm.register_forward_hook(self._scaled)
+
+    def _normalised(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] - self.mean, *args[1:])
+
+    def _scaled(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
+        return (2 * output[0], output[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0]
+
+
+def test_the_layers_forward_hooks_go_with_it(tmp_path) -> None:
+    """A pre-hook normalising the LSTM's input, a hook changing its output: conversion dropped
+    them, and every case failed with a diagnosis blaming the gates (users30). They are kept,
+    under ids of this process: an unpickled module's hooks keep the saving process's ids, and
+    a hook registered and removed later on the layer removed the model's own."""
+    from torch.utils.hooks import RemovableHandle
+
+    from birnn_export import export_onnx
+
+    torch.manual_seed(0)
+    model = _Hooked().eval()
+    for hooks in (model.lstm._forward_pre_hooks, model.lstm._forward_hooks):
+        (value,) = hooks.values()
+        hooks.clear()
+        hooks[RemovableHandle.next_id] = value  # the id this process hands out next
+    x = torch.randn(3, 7, 6)
+    converted = convert(model)
+    converted.lstm.register_forward_pre_hook(lambda *_: None).remove()
+    torch.testing.assert_close(converted(x), model(x))
+    result = export_onnx(model, tmp_path / "h.onnx")
+    assert result.verification.passed, result.verification.summary()
