@@ -5,6 +5,7 @@ floor), run side by side on every case."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ class References:
     def __init__(
         self, module: Any, spec: GraphSpec, *, ref_dtype: str, eager_dtype: str | None
     ) -> None:
-        self.spec = spec
+        self.spec, self.module = spec, module
         self.sides = {
             key: _side(module, spec, dtype)
             for key, dtype in (("reference", ref_dtype), ("eager", eager_dtype))
@@ -145,6 +146,7 @@ class References:
                     f"the model's output {name!r} differs between two runs on the same inputs "
                     f"(by {worst:.3g}): it is not deterministic in eval mode (random operations, "
                     "or dropout left on?), so no engine can be judged against it"
+                    + _dropout_always_on(self.module)
                 )
 
 
@@ -251,6 +253,38 @@ def resolve_models(
         converted = model
         reference = model if reference is None else reference
     return converted, reference, describe_reference(reference, converted, decodes), sha
+
+
+#: A functional dropout call: it drops in eval mode too unless given ``training=``.
+_FUNCTIONAL_DROPOUT = re.compile(r"\b(?:F|functional)\.(?:alpha_|feature_alpha_)?dropout[123]?d?\(")
+
+
+def _dropout_always_on(model: Any) -> str:
+    """``; at FILE:LINE (code) F.dropout ...``: the first functional dropout call in the
+    model's own classes given no ``training=`` (``F.dropout(x, p)`` trains by default), or
+    nothing."""
+    import inspect
+    import os
+
+    seen: set[type] = set()
+    for module in getattr(model, "modules", lambda: [])():
+        kind = type(module)
+        if kind in seen or kind.__module__.split(".")[0] in ("torch", "birnn_export"):
+            continue
+        seen.add(kind)
+        try:
+            lines, first = inspect.getsourcelines(kind)
+            where = os.path.basename(inspect.getsourcefile(kind) or "")
+        except (OSError, TypeError):
+            continue
+        for number, line in enumerate(lines, first):
+            code = line.split("#")[0]
+            if _FUNCTIONAL_DROPOUT.search(code) and "training" not in code:
+                return (
+                    f"; at {where}:{number} ({code.strip()[:100]}) a functional dropout is given "
+                    "no training=, and drops in eval mode too: pass training=self.training"
+                )
+    return ""
 
 
 def describe_reference(reference: Any, converted: Any, decodes: bool = True) -> str:

@@ -373,9 +373,19 @@ def test_a_nondeterministic_model_is_refused(tmp_path: Path) -> None:
 
     from birnn_export.pipeline import export_onnx
 
-    with pytest.raises(BiRNNExportError, match="not deterministic in eval mode"):
+    with pytest.raises(BiRNNExportError, match="not deterministic in eval mode") as caught:
         export_onnx(Noisy().eval(), tmp_path / "n.onnx")
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir()) and "functional dropout" not in str(caught.value)
+
+    class Dropping(Noisy):  # F.dropout trains by default: the line is named (users30)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(nn.functional.dropout(x, 0.2))[0]
+
+    with pytest.raises(BiRNNExportError) as caught:
+        export_onnx(Dropping().eval(), tmp_path / "d.onnx")
+    told = "(return self.rnn(nn.functional.dropout(x, 0.2))[0]) a functional dropout is given no"
+    assert "; at test_hostile_inputs.py:" in str(caught.value) and told in str(caught.value)
+    assert str(caught.value).endswith("pass training=self.training")
 
 
 # -- graphs and their metadata -----------------------------------------------------------------
