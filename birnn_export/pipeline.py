@@ -343,7 +343,14 @@ class ExportReport:
         if result.quantization is not None:
             out.append(f"Quantized {result.quantization.summary()}")
         if result.verification is not None:
+            from birnn_export.verification import FLOAT64_FAILS
+
             out.append(f"Verified {result.verification.summary()}")
+            out += [  # what the verdict was judged against, where not the model in float64
+                f"  note: {note}"
+                for note in result.verification.notes
+                if note.startswith(FLOAT64_FAILS)
+            ]
             skipped = [n for n in result.verification.notes if n.startswith("skipped ")]
             out += [f"  note: {note}" for note in skipped]
             if skipped:

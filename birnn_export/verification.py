@@ -98,6 +98,9 @@ from birnn_export.trt_plan import sweep_profile
 
 logger = logging.getLogger(__name__)
 
+#: How the note begins where the model cannot run in float64 (the export prints it).
+FLOAT64_FAILS = "the model cannot run in float64"
+
 #: The default memory budget: the largest tensor one case may allocate (bytes, float64).
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
@@ -441,8 +444,8 @@ def verify(
         why_not64 = None if fixed and not fp64_reference else float64_fails(ref_module, spec)
         if why_not64 is not None:
             notes.append(
-                f"the model cannot run in float64 ({why_not64}): judged by fixed tolerances "
-                "against it in float32 instead"
+                f"{FLOAT64_FAILS} ({why_not64}): judged by fixed tolerances against it in "
+                "float32 instead"
             )
             fixed, fp64_reference = True, False
         ref_dtype = "float64" if not fixed or fp64_reference else "float32"

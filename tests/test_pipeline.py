@@ -35,6 +35,15 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     data = report.to_dict()
     assert data["onnx"]["outputs"][0]["name"] == "tags" and data["tensorrt_check"] is not None
     json.dumps(data, default=str)  # the --json file
+    # the verdict says what it was judged against where not the model in float64 (users30)
+    from birnn_export.verification import FLOAT64_FAILS
+
+    note = f"{FLOAT64_FAILS} (ValueError: ...): judged by fixed tolerances against it"
+    judged = replace(report.result.verification, notes=(note,))
+    shown = replace(report, result=replace(report.result, verification=judged)).lines()
+    assert shown[shown.index(next(x for x in shown if x.startswith("Verified"))) + 1] == (
+        f"  note: {note}"
+    )
     # a notebook shows the verdict, not 36 KB of every case's checks (users26)
     assert repr(report).startswith("ExportReport(") and "PASS: " in repr(report)
     assert len(repr(report)) < 1000 and len(repr(report.result.verification)) < 1000
