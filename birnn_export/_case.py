@@ -459,6 +459,11 @@ def _rows_padded(values: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     return out
 
 
+#: How a batch-invariance check's note begins where the model's own rows alone differ from
+#: the same rows in the batch (:func:`batch_invariance_checks`).
+DEPENDS_ON_THE_BATCH = "the model itself depends on the batch"
+
+
 def batch_invariance_checks(
     runner: Any,
     spec: GraphSpec,
@@ -567,7 +572,7 @@ def batch_invariance_checks(
                     got,
                     want,
                     note=(
-                        f"the model itself depends on the batch (its rows alone differ by "
+                        f"{DEPENDS_ON_THE_BATCH} (its rows alone differ by "
                         f"{own:.3g}): each row alone vs the reference alone"
                     ),
                     **common,
@@ -838,3 +843,25 @@ def blame_one_step(
     )
     blamed = {id(r) for r, _ in failing if not _rounding(r)}
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]
+
+
+def batch_dependence_note(results: Sequence[CaseResult]) -> list[str]:
+    """A note where the model's own rows alone differ from the same rows in a batch: the graph
+    does as the model does, and passes, but the model is likely wrong (flipping a padded batch
+    before packing gives every short row another answer)."""
+    found = [
+        float(m[1])
+        for r in results
+        for o in r.outputs
+        if o.check == "batch-invariance"
+        for m in [re.search(rf"{DEPENDS_ON_THE_BATCH} \(its rows alone differ by (\S+)\)", o.note)]
+        if m
+    ]
+    if not found:
+        return []
+    return [
+        f"{DEPENDS_ON_THE_BATCH}: its rows alone differ from the same rows in a batch by up "
+        f"to {max(found):.3g}, so a row's outputs change with the other rows, as flipping a "
+        "padded batch before packing does (README, 'Why flip-then-pack is wrong'); the graph "
+        "does as the model does"
+    ]

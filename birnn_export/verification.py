@@ -48,6 +48,7 @@ import numpy as np
 from birnn_export import _interop
 from birnn_export._case import (
     advise_over_the_sweep,
+    batch_dependence_note,
     blame_fixed_dims,
     blame_one_step,
     blame_untraced,
@@ -564,6 +565,7 @@ def verify(
     results = blame_untraced(results + sweep_checks(results, per_engine, seed), spec)
     results = blame_fixed_dims(results, ran_cases, spec, probed)
     results = advise_over_the_sweep(blame_one_step(results, ran_cases, spec))
+    notes += batch_dependence_note(results)
     if spec.quantization is not None:
         pass  # int8 nodes are renamed: the layers were not compared, and need no note
     elif layer_state.reason is not None and layers and golden is None:

@@ -1161,6 +1161,10 @@ def test_seed_example3_exports_faithfully_in_every_batch(tmp_path):
     model = ManualBidirectionalRNNVariableLength(10, 20, 5).eval()
     result = export_onnx(model, tmp_path / "seed3.onnx", lengths=True)
     assert result.verification.passed, result.verification.summary()
+    # passed, faithfully: the model's own dependence on the batch is noted (users30)
+    (note,) = [n for n in result.verification.notes if "depends on the batch" in n]
+    assert note.startswith("the model itself depends on the batch: its rows alone differ")
+    assert "'Why flip-then-pack is wrong'" in note
     assert result.spec.outputs[0].dims == ("batch", "longest(seq)", 5)
     assert [t.name for t in result.spec.inputs] == ["x", "seq_lengths"]  # forward's names
     for lengths in ([12, 3, 7, 12], [9, 3, 7, 5]):  # a row fills the batch, or none does
