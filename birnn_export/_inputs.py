@@ -109,17 +109,25 @@ class PlannedInputs:
     #: :func:`with_token_ranges`); ``vocab - 1`` for the others.
     token_highs: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
-    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+    def dynamic_shapes(self, model: nn.Module | None = None) -> tuple[Any, ...]:
         """``torch.export`` dynamic shapes: one ``Dim`` per named dim, shared by name, bounded
-        by its declared range."""
+        by its declared range; those of the inputs ``model.forward`` takes by ``*args`` as one
+        tuple, as torch.export binds them (a flat tuple failed inside it)."""
         dims = {
             name: torch.export.Dim(name, min=low, max=high)
             for name, (low, _, high) in self.ranges.items()
         }
-        return tuple(
+        shapes = tuple(
             {axis: dims[d] for axis, d in enumerate(decl.dims) if isinstance(d, str)}
             for decl in self.decls
         )
+        if model is None:
+            return shapes
+        params = inspect.signature(model.forward).parameters.values()
+        if not any(p.kind is p.VAR_POSITIONAL for p in params):
+            return shapes
+        named = len(_forward_params(model))
+        return (*shapes[:named], shapes[named:])
 
     def specs(self) -> tuple[TensorSpec, ...]:
         """The inputs as the graph spec records them."""

@@ -1196,7 +1196,7 @@ def _trace(
                 model,
                 inputs,
                 dynamo=True,
-                dynamic_shapes=planned.dynamic_shapes(),
+                dynamic_shapes=planned.dynamic_shapes(model),
                 input_names=[d.name for d in planned.decls],
                 output_names=outs,
                 opset_version=opset,

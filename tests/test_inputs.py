@@ -1975,3 +1975,26 @@ def test_inputs_that_cannot_be_inferred_are_shown_after_forwards_parameter(model
     message = str(caught.value)
     assert f"cannot infer the inputs of {model.__name__} (its first layer is Inst" in message
     assert shown in message
+
+
+class _VarArgs(nn.Module):
+    """forward(self, x, *args, **kwargs), its lengths taken from args (users30)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, x, *args, **kwargs):
+        lengths = args[0] if args else kwargs.get("lengths")
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out = self.gru(packed)[0]
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+def test_inputs_a_forward_takes_by_star_args_are_declared(tmp_path) -> None:
+    """Declared lengths that forward takes by *args failed inside torch.export, told as an
+    IndexError with packing advice: their dynamic shapes go as the tuple *args binds."""
+    inputs = ["x:float32[batch,seq,8]", "lengths:int64[batch]:lengths(seq)"]
+    result = export_onnx(_VarArgs().eval(), tmp_path / "v.onnx", inputs=inputs)
+    assert result.verification.passed, result.verification.summary()
+    assert [t.name for t in result.spec.inputs] == ["x", "lengths"]
