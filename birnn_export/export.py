@@ -1565,9 +1565,6 @@ def _fixed_sizes() -> Iterator[dict[int, str]]:
     (``len(x)``, ``int(x.shape[0])``, ``range(x.size(1))``): ``{number: " at FILE:LINE
     (code)"}``, the first place for each number, from the guards torch.export's shape
     environment logs as it adds them (its logger is quiet otherwise)."""
-    import sysconfig
-    import traceback
-
     found: dict[int, str] = {}
     ours = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
 
@@ -1588,26 +1585,6 @@ def _fixed_sizes() -> Iterator[dict[int, str]]:
                 at = _calling_line()
                 if at:
                     found.setdefault(int(match[1] or match[2]), at)
-
-    stdlib = sysconfig.get_paths()["stdlib"]
-
-    def theirs(frame: traceback.FrameSummary) -> bool:  # the model's code (a library's too)
-        name = frame.filename
-        installed = "site-packages" in name or "dist-packages" in name
-        own = name.startswith(ours) or name.startswith("<")
-        return not own and (installed or not name.startswith(stdlib))
-
-    def _calling_line() -> str:
-        """The innermost line of the model's code on the stack, where a module's forward runs
-        it (a guard added after the trace has none: not the line calling the export)."""
-        stack = traceback.extract_stack()
-        for i in range(len(stack) - 1, -1, -1):
-            if theirs(stack[i]):
-                outer = stack[:i]
-                if any(f.name in ("_call_impl", "_wrapped_call_impl") for f in outer):
-                    return _at_line(stack[i].filename, stack[i].lineno, stack[i].line)
-                return ""
-        return ""
 
     shapes = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     handlers, level, propagate = shapes.handlers[:], shapes.level, shapes.propagate
@@ -1836,41 +1813,66 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+@functools.cache
+def _library_paths() -> tuple[tuple[str, ...], str]:
+    """torch's and birnn-export's folders (and ``<``, generated code), and Python's library."""
+    import sysconfig
+
+    ours = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)), "<")
+    return ours, sysconfig.get_paths()["stdlib"]
+
+
+def _library_file(name: str) -> bool:
+    """Whether ``name`` is code of torch, the exporter, birnn-export or Python's own library
+    (not a package installed in it), or generated code: not the model's."""
+    ours, stdlib = _library_paths()
+    installed = "site-packages" in name or "dist-packages" in name
+    return (
+        name.startswith(ours)
+        or any(f"/{p}/" in name for p in ("torch", "onnxscript", "onnx", "onnx_ir"))
+        or (name.startswith(stdlib) and not installed)
+    )
+
+
+def _calling_line() -> str:
+    """`` at FILE:LINE (code)`` of the innermost line of the model's code on the stack, where a
+    module's forward runs it (a guard added after the trace has none: not the line calling the
+    export), or nothing."""
+    import traceback
+
+    stack = traceback.extract_stack()
+    for i in range(len(stack) - 1, -1, -1):
+        if not _library_file(stack[i].filename):
+            if any(f.name in ("_call_impl", "_wrapped_call_impl") for f in stack[:i]):
+                return _at_line(stack[i].filename, stack[i].lineno, stack[i].line)
+            return ""
+    return ""
+
+
 def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
     """`` at FILE:LINE (code)``: the last line of the model's own source the failure passed
     through, else of any code outside torch, birnn-export and Python's own library (a layer
     the model imports, as asteroid's gLN), or nothing."""
-    import sysconfig
     import traceback
 
     try:
         source = inspect.getsourcefile(type(model))
     except (TypeError, OSError):
         source = None
-    ours = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)), "<")
-    stdlib = sysconfig.get_paths()["stdlib"]
-
-    def library(name: str) -> bool:  # torch's, ours or Python's own (not site-packages in it)
-        installed = "site-packages" in name or "dist-packages" in name
-        return (
-            name.startswith(ours)
-            or any(f"/{p}/" in name for p in ("torch", "onnxscript", "onnx", "onnx_ir"))
-            or (name.startswith(stdlib) and not installed)
-        )
-
     for own_file in (True, False):
         for cause in causes:
             frames = [
                 f
                 for f in traceback.extract_tb(cause.__traceback__)
-                if (f.filename == source if own_file else not library(f.filename))
+                if (f.filename == source if own_file else not _library_file(f.filename))
             ]
             if frames:
                 line = frames[-1]
                 return _at_line(line.filename, line.lineno, line.line)
     for cause in causes:  # failed translating the traced graph: the node's own traceback
         _, said, original = str(cause).partition("Original traceback:")
-        lines = [m for m in _TRACEBACK_LINE.findall(original) if not library(m[0])] if said else []
+        found = _TRACEBACK_LINE.findall(original) if said else []
+        lines = [m for m in found if not _library_file(m[0])]
         if lines:
             filename, lineno, code = lines[-1]
             return _at_line(filename, lineno, code)
