@@ -252,7 +252,19 @@ def resolve_models(
     else:
         converted = model
         reference = model if reference is None else reference
+    _reserve_hook_ids(converted, reference)
     return converted, reference, describe_reference(reference, converted, decodes), sha
+
+
+def _reserve_hook_ids(*models: Any) -> None:
+    """Hook ids past the models' own, before verification hooks their layers."""
+    import torch
+
+    from birnn_export.conversion import reserve_hook_ids
+
+    for model in models:
+        if isinstance(model, torch.nn.Module):
+            reserve_hook_ids(model)
 
 
 #: A functional dropout call: it drops in eval mode too unless given ``training=``.

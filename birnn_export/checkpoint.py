@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn_export._files import atomic_path
-from birnn_export.conversion import conversion_report, convert
+from birnn_export.conversion import conversion_report, convert, reserve_hook_ids
 from birnn_export.errors import BiRNNExportError, ModelLoadError
 from birnn_export.models import (
     CRNN,
@@ -275,6 +275,9 @@ def load_model(
     model = model.float().eval()
     if original is not None:
         original = original.float().eval()
+    for module in (model, original):
+        if module is not None:  # an unpickled model's hooks keep the saving process's ids
+            reserve_hook_ids(module)
     logger.info("%s: %s", path, source)
     return LoadedModel(
         model=model,

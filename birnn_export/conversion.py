@@ -243,20 +243,32 @@ _FORWARD_HOOKS = (
 def _with_hooks(layer: nn.Module, replacement: BiRNN) -> BiRNN:
     """``replacement`` with ``layer``'s forward hooks and pre-hooks (an input normalised by a
     pre-hook, an output changed by a hook): the BiRNN takes and returns what the layer does,
-    and dropping them changed the model's numbers (verification failed, blaming the gates).
-    Each is keyed afresh: an unpickled module's hooks keep the ids of the process that saved
-    them, which this process hands out again (a hook registered and removed later on the same
-    layer would remove the model's own)."""
+    and dropping them changed the model's numbers (verification failed, blaming the gates)."""
+    reserve_hook_ids(layer)
+    for name in _FORWARD_HOOKS:
+        getattr(replacement, name).update(getattr(layer, name))
+    return replacement
+
+
+def reserve_hook_ids(model: nn.Module) -> None:
+    """Make this process hand out hook ids above every id ``model``'s hooks are keyed by.
+
+    An unpickled module's hooks keep the ids the saving process gave them, which this
+    process hands out again: a probe hook registered on the same module took the model's own
+    hook's place and removed it (a pre-hook on an Embedding was lost, and every case failed).
+    Keys are left as they are, so handles the user holds still remove their hooks.
+    """
     from torch.utils.hooks import RemovableHandle
 
-    fresh: dict[int, int] = {}
-    for name in _FORWARD_HOOKS:
-        hooks = getattr(replacement, name)
-        for old, value in getattr(layer, name).items():
-            if old not in fresh:
-                fresh[old] = RemovableHandle(hooks).id  # the next id of this process
-            hooks[fresh[old]] = value
-    return replacement
+    keys = [
+        key
+        for module in model.modules()
+        for name, hooks in vars(module).items()
+        if name.endswith("hooks") and isinstance(hooks, dict)
+        for key in hooks
+        if isinstance(key, int)
+    ]
+    RemovableHandle.next_id = max([RemovableHandle.next_id, *(key + 1 for key in keys)])
 
 
 def conversion_report(model: nn.Module) -> list[Replacement]:

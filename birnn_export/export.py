@@ -74,7 +74,13 @@ from birnn_export._rewrites import (
 )
 from birnn_export._scan import scan_lstmp_nodes, scan_rnn_nodes
 from birnn_export._version import __version__
-from birnn_export.conversion import Replacement, conversion_report, convert, find_recurrent_layers
+from birnn_export.conversion import (
+    Replacement,
+    conversion_report,
+    convert,
+    find_recurrent_layers,
+    reserve_hook_ids,
+)
 from birnn_export.crf import (
     HAND_WRITTEN_HINT,
     CRFDecoder,
@@ -250,6 +256,9 @@ def trace_graph(
         seq_range=seq_range,
         scores=scores,
     )
+    for module in (model, reference):
+        if isinstance(module, nn.Module):  # before any probe hook is registered on it
+            reserve_hook_ids(module)
     try:
         return _trace_graph(model, **options, avoid=frozenset())
     except _BakedExample as exc:

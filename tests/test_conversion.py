@@ -299,8 +299,8 @@ class _Hooked(nn.Module):
 def test_the_layers_forward_hooks_go_with_it(tmp_path) -> None:
     """A pre-hook normalising the LSTM's input, a hook changing its output: conversion dropped
     them, and every case failed with a diagnosis blaming the gates (users30). They are kept,
-    under ids of this process: an unpickled module's hooks keep the saving process's ids, and
-    a hook registered and removed later on the layer removed the model's own."""
+    and a hook registered and removed later on the layer leaves them, though an unpickled
+    module's hooks keep the saving process's ids."""
     from torch.utils.hooks import RemovableHandle
 
     from birnn_export import export_onnx
@@ -317,3 +317,41 @@ def test_the_layers_forward_hooks_go_with_it(tmp_path) -> None:
     torch.testing.assert_close(converted(x), model(x))
     result = export_onnx(model, tmp_path / "h.onnx")
     assert result.verification.passed, result.verification.summary()
+
+
+class _HookedEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.lstm = nn.LSTM(8, 12, batch_first=True, bidirectional=True)
+        self.emb.register_forward_pre_hook(_folded_ids)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lstm(self.emb(ids))[0]
+
+
+def _folded_ids(module: nn.Module, args: tuple) -> tuple:
+    return (args[0] % 25,)
+
+
+def test_hooks_keyed_by_another_process_survive_the_tools_own(tmp_path) -> None:
+    """An unpickled model's hooks keep the saving process's ids, which this process hands out
+    again: the probe the export registers on an Embedding took its pre-hook's key and removed
+    it, and every case failed blaming the gates (a pickled tagger's pre-hook saved with id 0).
+    The model keeps its hook, and the graph computes it."""
+    from torch.utils.hooks import RemovableHandle
+
+    from birnn_export import export_onnx
+
+    torch.manual_seed(0)
+    model = _HookedEmbedding().eval()
+    hooks = model.emb._forward_pre_hooks
+    (value,) = hooks.values()
+    hooks.clear()
+    hooks[RemovableHandle.next_id] = value  # the id this process hands out next
+    ids = torch.randint(0, 50, (2, 5))
+    expected = model(ids)
+    result = export_onnx(model, tmp_path / "e.onnx", inputs=["ids:int64[batch,seq]"])
+    assert result.verification.passed, result.verification.summary()
+    assert list(model.emb._forward_pre_hooks.values()) == [value]
+    torch.testing.assert_close(model(ids), expected)
