@@ -116,12 +116,6 @@ class VerifyReport:
     def failures(self) -> tuple[CaseResult, ...]:
         return tuple(c for c in self.cases if not c.passed)
 
-    def worst_ratio(self) -> float | None:
-        """The largest finite engine-to-eager error ratio of any values or layer check (where
-        eager PyTorch is exact the ulp floor judges instead)."""
-        worst = self._worst_ratio_at()
-        return None if worst is None else worst[0]
-
     def _sweep_margin(self) -> str:
         """An int8 graph's figures over the whole sweep, as its verdict quotes them."""
         sweeps = [o for c in self.cases for o in c.outputs if o.check == "sweep"]
@@ -140,7 +134,9 @@ class VerifyReport:
         return f": {', '.join(figures)} over the sweep" if figures else ""
 
     def _worst_ratio_at(self) -> tuple[float, str] | None:
-        """:meth:`worst_ratio` and where: the check and its case, in words."""
+        """The largest finite engine-to-eager error ratio of any values or layer check (where
+        eager PyTorch is exact the ulp floor judges instead), and where: the check and its case,
+        in words."""
         ratios = [
             (o.ratio, f"{o.check if o.check == 'layer' else 'output'} {o.name!r}, {c.label}")
             for c in self.cases

@@ -73,8 +73,6 @@ logger = logging.getLogger(__name__)
 
 Status = Literal["ok", "mismatch", "unavailable", "error"]
 
-#: Engines that run on the host CPU (they share ``threads``).
-CPU_ENGINES = ("torch", "ort-cpu")
 #: ``threads`` may be at most this many per core of the machine.
 MAX_THREADS_PER_CORE = 4
 #: The default memory budget: the largest tensor of one shape (bytes, float64).

@@ -66,7 +66,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "birnn-export"
 FORMAT_VERSION = 1
-ARCHITECTURE = "SequenceTagger"
 #: Architectures a birnn-export checkpoint may name: (config class, model class).
 ARCHITECTURES: dict[str, tuple[Any, Any]] = {
     "SequenceTagger": (TaggerConfig, SequenceTagger),

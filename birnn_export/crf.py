@@ -248,26 +248,6 @@ def flatten_returned(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
-def path_scores(emissions: Tensor, tags: Tensor, mask: Tensor, decoder: nn.Module) -> Tensor:
-    """The score of each row's tag path (batch-first; positions with tag < 0 ignored), in
-    float64: what Viterbi maximises, to tell a tie from a wrong path."""
-    emissions = emissions.double()
-    start = decoder.start_transitions.double()
-    end = decoder.end_transitions.double()
-    trans = decoder.transitions.double()
-    lengths = (tags >= 0).sum(dim=1)
-    scores = []
-    for b in range(tags.shape[0]):
-        n = int(lengths[b])
-        path = tags[b, :n]
-        total = start[path[0]] + emissions[b, 0, path[0]]
-        for i in range(1, n):
-            if mask[b, i]:
-                total = total + trans[path[i - 1], path[i]] + emissions[b, i, path[i]]
-        scores.append(total + end[path[n - 1]])
-    return torch.stack(scores)
-
-
 def is_torchcrf(module: nn.Module) -> bool:
     """Whether ``module`` is a ``torchcrf.CRF`` (checked without importing torchcrf)."""
     kind = type(module)
@@ -310,7 +290,7 @@ def crfs_that_run(model: nn.Module, run: Callable[[], Any]) -> list[str]:
 
     ours = os.path.dirname(os.path.abspath(__file__))
 
-    def profile(frame: Any, event: str, arg: Any) -> None:
+    def profile(frame: Any, event: str, _arg: Any) -> None:
         if event != "call":
             return
         if frame.f_code in codes:

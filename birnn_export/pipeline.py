@@ -411,7 +411,7 @@ def export_model(
             the checkpoint's.
         seq_range: (min, opt, max) of the time dim.
         verify: Verify on ONNX Runtime before the file is written.
-        progress: Show verification's progress bar on stderr.
+        progress: Say each step on stderr and show verification's progress bar.
         atol: Verify by fixed tolerances (:func:`export_onnx`'s ``atol``).
         rtol: Relative tolerance, like ``atol``.
         load_options: Keyword arguments of :func:`birnn_export.load_model` (``model_class``,
@@ -457,10 +457,10 @@ def export_model(
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
     declared = list(inputs) or list(loaded.inputs or ())
     named = dict(ranges or {})
-    for dim, given, option in (("batch", batch_range, "batch"), ("seq", seq_range, "seq")):
+    for dim, given in (("batch", batch_range), ("seq", seq_range)):
         if given is not None and dim in named:
             raise ExportError(
-                f"ranges: --range {dim}=... and --{option}-range both give the range of "
+                f"ranges: --range {dim}=... and --{dim}-range both give the range of "
                 f"{dim!r}; give one"
             )
     if batch_range is not None:

@@ -79,7 +79,6 @@ from birnn_export._sweep import (
     plan_cases,
 )
 from birnn_export.compare import (
-    Check,
     Criterion,
     NoiseCriterion,
     QuantizedCriterion,
@@ -104,9 +103,6 @@ FLOAT64_FAILS = "the model cannot run in float64"
 
 #: The default memory budget: the largest tensor one case may allocate (bytes, float64).
 DEFAULT_MEMORY_BUDGET = 1 << 30
-
-#: One check of one output in one case (see :class:`birnn_export.compare.Check`).
-OutputResult = Check
 
 
 def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
@@ -566,12 +562,12 @@ def verify(
     results = blame_fixed_dims(results, ran_cases, spec, probed)
     results = advise_over_the_sweep(blame_one_step(results, ran_cases, spec))
     notes += batch_dependence_note(results)
-    if spec.quantization is not None:
-        pass  # int8 nodes are renamed: the layers were not compared, and need no note
-    elif layer_state.reason is not None and layers and golden is None:
-        notes.append(f"recurrent layers not compared one by one: {layer_state.reason}")
-    elif references is not None and references.layer_reason is not None:
-        notes.append(f"recurrent layers not compared one by one: {references.layer_reason}")
+    # int8 nodes are renamed: the layers were not compared, and need no note
+    if spec.quantization is None:
+        if layer_state.reason is not None and layers and golden is None:
+            notes.append(f"recurrent layers not compared one by one: {layer_state.reason}")
+        elif references is not None and references.layer_reason is not None:
+            notes.append(f"recurrent layers not compared one by one: {references.layer_reason}")
 
     saved_inputs = saved_outputs_path = None
     if save_inputs is not None:

@@ -14,7 +14,7 @@ from torch import nn
 from birnn_export import CRFDecoder, export_onnx, verify
 from birnn_export.checkpoint import load_model
 from birnn_export.conversion import conversion_report, convert
-from birnn_export.crf import path_scores, ragged_to_padded
+from birnn_export.crf import ragged_to_padded
 from birnn_export.errors import ConversionError, ExportError, ModelLoadError
 from birnn_export.spec import TAG_PADDING, GraphSpec
 
@@ -84,6 +84,28 @@ def _shapes() -> list[tuple[int, int]]:
 
 
 # -- eager ------------------------------------------------------------------------------------
+
+
+def path_scores(
+    emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor, decoder: nn.Module
+) -> torch.Tensor:
+    """The score of each row's tag path (batch-first; positions with tag < 0 ignored), in
+    float64: what Viterbi maximises, to tell a tie from a wrong path."""
+    emissions = emissions.double()
+    start = decoder.start_transitions.double()
+    end = decoder.end_transitions.double()
+    trans = decoder.transitions.double()
+    lengths = (tags >= 0).sum(dim=1)
+    scores = []
+    for b in range(tags.shape[0]):
+        n = int(lengths[b])
+        path = tags[b, :n]
+        total = start[path[0]] + emissions[b, 0, path[0]]
+        for i in range(1, n):
+            if mask[b, i]:
+                total = total + trans[path[i - 1], path[i]] + emissions[b, i, path[i]]
+        scores.append(total + end[path[n - 1]])
+    return torch.stack(scores)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -30,14 +30,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from birnn_export import compare
 from birnn_export._report import CaseResult, VerifyReport
 from birnn_export.cli import main
-from birnn_export.compare import compare_outputs, resolve_tolerance, valid_mask
+from birnn_export.compare import Check, compare_outputs, resolve_tolerance, valid_mask
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError, VerificationError
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.pipeline import export_onnx
 from birnn_export.runners import BaseRunner, OrtRunner
 from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, default_tolerance
-from birnn_export.verification import OutputResult, verify
+from birnn_export.verification import verify
 from tests.defects import (
     plant_baked_length,
     plant_gate_swap,
@@ -802,7 +802,7 @@ def test_tensorrt_engines_get_a_profile_covering_every_run(
 
 def test_json_report_writes_non_finite_numbers_as_null() -> None:
     inf = float("inf")
-    missing = OutputResult("y", "sequence", "values", inf, inf, inf, False, atol=1e-5, rtol=1e-4)
+    missing = Check("y", "sequence", "values", inf, inf, inf, False, atol=1e-5, rtol=1e-4)
     case = CaseResult("ort-cpu", 1, 2, "full", 1.0, 0, None, (missing,))
     report = VerifyReport("m.onnx", "ref", "float32", ("ort-cpu",), {}, (case,))
     out = json.loads(report.to_json())["cases"][0]["outputs"][0]
