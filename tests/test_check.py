@@ -501,15 +501,6 @@ def test_nodes_inside_subgraphs_are_checked() -> None:
 # Loop trip count computed at run time is fine) or is kept on purpose and shown why (layout=1).
 
 
-def _rtx_reason() -> str | None:
-    from birnn_export.trt import library_reason
-
-    return library_reason("tensorrt_rtx")
-
-
-requires_rtx = pytest.mark.skipif(_rtx_reason() is not None, reason=str(_rtx_reason()))
-
-
 def _loop_graph(trip: str, cond: bool = True) -> onnx.ModelProto:
     """Loop with one scan output; ``trip``: "" (none), "M" (constant) or "shape" (computed);
     without ``cond`` the Loop has no condition input (its body still reads it)."""
@@ -709,7 +700,6 @@ def _fp16_without_lengths() -> onnx.ModelProto:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 @pytest.mark.parametrize("case", sorted(REJECTED))
 def test_rule_confirmed_by_the_parser(case: str) -> None:
     make, rule_words, parser_words = REJECTED[case]
@@ -727,7 +717,6 @@ def test_rule_confirmed_by_the_parser(case: str) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
 def test_parser_accepts_what_the_rules_pass(case: str) -> None:
     make, warning_words = ACCEPTED[case]
@@ -744,7 +733,6 @@ def test_parser_accepts_what_the_rules_pass(case: str) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_layout_1_is_accepted_by_the_parser_but_misread() -> None:
     """Why layout=1 stays an error although TensorRT's parser takes it: the importer ignores the
     attribute and reads [batch, seq, ...] as [seq, batch, ...], so Y's declared shape comes out
@@ -784,7 +772,6 @@ def test_layout_1_is_accepted_by_the_parser_but_misread() -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_op_list_matches_the_parser() -> None:
     """TENSORRT_OPS is what the parser imports: no false errors, no false passes, for every op
     of the default ONNX domain."""
@@ -800,7 +787,6 @@ def test_op_list_matches_the_parser() -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_modelproto_is_built_from_a_saved_copy() -> None:
     report = check_compatibility(recurrent_graph(), target="tensorrt", tensorrt="tensorrt_rtx")
     assert report.ok and report.build.ok
@@ -810,7 +796,6 @@ def test_modelproto_is_built_from_a_saved_copy() -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_failed_build_with_a_guessed_profile_is_a_warning() -> None:
     """A graph without declared ranges and a shape input (a scalar trip count) the guessed
     profile cannot cover: TensorRT parses it; the build fails for want of a profile, which is
@@ -847,7 +832,6 @@ def test_failed_build_with_a_guessed_profile_is_a_warning() -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_op_the_parser_imports_is_not_flagged_by_the_list(monkeypatch) -> None:
     """Where the real parser read the graph, its verdict on ops replaces the static list."""
     from birnn_export import check
@@ -930,7 +914,6 @@ def test_cli_exit_codes(tmp_path) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_cli_real_parser_verdict(tmp_path) -> None:
     rejected, clean = tmp_path / "fp16.onnx", tmp_path / "clean.onnx"
     onnx.save(recurrent_graph(elem=TensorProto.FLOAT16), rejected)

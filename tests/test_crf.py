@@ -584,11 +584,7 @@ def test_an_int8_tagger_is_judged_by_its_tags_agreement(tmp_path) -> None:
 @pytest.mark.tensorrt_rtx
 def test_tensorrt_rtx_parses_and_builds_the_viterbi_scans(tagger_graph) -> None:
     from birnn_export.check import check_compatibility
-    from birnn_export.trt import library_reason
 
-    reason = library_reason("tensorrt_rtx")
-    if reason is not None:
-        pytest.skip(reason)
     _, path, _ = tagger_graph
     report = check_compatibility(path, target="tensorrt", tensorrt="tensorrt_rtx")
     assert report.ok and report.build is not None and report.build.ok, report.lines()
@@ -651,11 +647,7 @@ def test_tensorrt_rtx_builds_a_float16_tagger_with_lengths(tmp_path, layout: str
     builder fail (Myelin "CHECK_GE(crds.size(), input_dims.size())"); they reverse in the
     nodes' dtype now."""
     from birnn_export.check import check_compatibility
-    from birnn_export.trt import library_reason
 
-    reason = library_reason("tensorrt_rtx")
-    if reason is not None:
-        pytest.skip(reason)
     torch.manual_seed(0)
     path = tmp_path / "tagger16.onnx"
     result = export_onnx(PackedBiLSTMCRF().eval(), path, dtype="float16", layout=layout)

@@ -21,7 +21,6 @@ from birnn_export.describe import describe_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.pipeline import export_onnx
 from birnn_export.spec import GraphSpec
-from birnn_export.trt import find_library
 from tests.test_modules import reference as packed_reference
 from tests.test_verification import export_trained
 
@@ -252,7 +251,7 @@ def test_int8_of_a_trained_model_passes_the_task_like_the_fused_graph(tmp_path):
     assert int8_bytes[0] <= int8_bytes[1] + 64, int8_bytes  # the same weights, once each
 
 
-@pytest.mark.skipif(find_library() is None, reason="no TensorRT package: pip install tensorrt-rtx")
+@pytest.mark.tensorrt_rtx
 def test_tensorrt_parses_and_builds_the_packed_layout(tmp_path):
     """No Loop or If around the nodes: TensorRT's builder fails on recurrent nodes inside
     either (measured with a Loop and an If form of this rewrite)."""
@@ -266,7 +265,7 @@ def test_tensorrt_parses_and_builds_the_packed_layout(tmp_path):
     assert cuda.ok and len([f for f in cuda.findings if "packed layout" in f.message]) == 2
 
 
-@pytest.mark.skipif(find_library() is None, reason="no TensorRT package: pip install tensorrt-rtx")
+@pytest.mark.tensorrt_rtx
 def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_path):
     """The char layer's rows are batch x words: TensorRT refused its Squeeze without axes
     ("requires dimension 0 to not be 1 at runtime"); the rewrite names the axis."""
@@ -279,7 +278,7 @@ def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_pat
     assert report.ok and report.build is not None and report.build.ok, report.lines()
 
 
-@pytest.mark.skipif(find_library() is None, reason="no TensorRT package: pip install tensorrt-rtx")
+@pytest.mark.tensorrt_rtx
 def test_tensorrt_builds_the_packed_layout_of_layers_given_initial_states(tmp_path):
     """Learned initial states, gathered into the sorted rows' order and sliced per direction:
     TensorRT's parser refused that Slice without its axes ("starts.size() == axes.size()")."""

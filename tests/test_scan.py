@@ -19,7 +19,6 @@ from birnn_export.describe import describe_onnx
 from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.pipeline import export_onnx
 from birnn_export.spec import GraphSpec
-from birnn_export.trt import find_library
 from tests.test_modules import reference as packed_reference
 
 
@@ -137,7 +136,7 @@ def test_a_reverse_node_without_lengths_runs_every_row_whole(tmp_path):
     )
 
 
-@pytest.mark.skipif(find_library() is None, reason="no TensorRT package: pip install tensorrt-rtx")
+@pytest.mark.tensorrt_rtx
 def test_tensorrt_parses_and_builds_the_scan_layout(tmp_path):
     torch.manual_seed(0)
     model = SequenceTagger(TaggerConfig(cell="rnn_tanh", input_size=8, hidden_size=12,
@@ -236,6 +235,7 @@ class _ProjectedTagger(nn.Module):
         return self.out(y).log_softmax(-1)
 
 
+@pytest.mark.tensorrt_rtx
 def test_lstm_with_projection_inside_a_model_float16_int8_and_tensorrt(tmp_path):
     torch.manual_seed(0)
     model = _ProjectedTagger().eval()
@@ -247,8 +247,6 @@ def test_lstm_with_projection_inside_a_model_float16_int8_and_tensorrt(tmp_path)
     int8 = export_onnx(model, tmp_path / "q.onnx", quantize="int8", verify=False)
     assert int8.quantization.left_float.get("LSTM") == 2  # the loops stay float; the head not
     assert int8.quantization.quantized
-    if find_library() is None:
-        pytest.skip("TensorRT's parser is not installed (pip install birnn-export[tensorrt-rtx])")
     for name in ("p.onnx", "half.onnx"):
         report = check_compatibility(tmp_path / name, target="tensorrt")
         assert report.ok and report.checked_with, report.lines()

@@ -561,13 +561,6 @@ def test_dynamic_input_missing_from_the_spec_is_refused(exported, fake_gpu, tmp_
 # -- the parser and builder for real: TensorRT-RTX on the CPU ------------------------------------
 
 
-def _rtx_reason() -> str | None:
-    return trt.library_reason("tensorrt_rtx")
-
-
-requires_rtx = pytest.mark.skipif(_rtx_reason() is not None, reason=str(_rtx_reason()))
-
-
 class _Spy:
     """The real ``tensorrt_rtx`` module, keeping the networks and builder configs it creates so
     a test can read back what the build set on them."""
@@ -626,7 +619,6 @@ def tagger() -> Any:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_build_engine_for_real(exported) -> None:
     import tensorrt_rtx
 
@@ -651,7 +643,6 @@ def test_build_engine_for_real(exported) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_a_graph_made_static_after_export_builds_at_its_static_shape(exported, tmp_path):
     """onnxsim --overwrite-input-shape keeps the metadata: the build took its dynamic ranges,
     which TensorRT refuses for static dims, and check called a right graph NOT compatible
@@ -671,7 +662,6 @@ def test_a_graph_made_static_after_export_builds_at_its_static_shape(exported, t
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_build_engine_for_turing_and_tf32(exported) -> None:
     import tensorrt_rtx
 
@@ -693,7 +683,6 @@ def test_build_engine_for_turing_and_tf32(exported) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_runner_build_caches_without_a_gpu(exported, tmp_path) -> None:
     cache = tmp_path / "cache"
     runner = TrtRunner(exported["fp32"], library="tensorrt_rtx", cache=cache)
@@ -718,7 +707,6 @@ def test_runner_build_caches_without_a_gpu(exported, tmp_path) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_a_parser_rejection_told_only_false_names_the_check(tmp_path) -> None:
     """TensorRT's parser describes some rejections by a bare assertion's text, "false": the
     check said "rejected this Unique: false" (users24); it names the parser's check instead."""
@@ -741,7 +729,6 @@ def test_a_parser_rejection_told_only_false_names_the_check(tmp_path) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_parser_rejection_is_one_line_and_leaves_no_engine(tagger, tmp_path) -> None:
     path = tmp_path / "old_fp16.onnx"
     _old_fp16_export(tagger, path)
@@ -760,7 +747,6 @@ def test_parser_rejection_is_one_line_and_leaves_no_engine(tagger, tmp_path) -> 
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 def test_fp16_exports_with_lengths_build(tagger, tmp_path) -> None:
     """The fp16 form birnn-export writes: the ragged recurrent nodes compute in float32 between
     Casts, everything else stays float16, and TensorRT builds it."""
@@ -784,7 +770,6 @@ def test_fp16_exports_with_lengths_build(tagger, tmp_path) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 @pytest.mark.parametrize("named", [True, False], ids=["named dims", "unnamed dims"])
 def test_graph_without_spec_builds_with_a_guessed_profile(tmp_path, named) -> None:
     """A foreign time-major graph, x [seq, batch, 2] beside lengths [batch]: the guessed
@@ -882,7 +867,6 @@ SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_models").glob
 
 
 @pytest.mark.tensorrt_rtx
-@requires_rtx
 @pytest.mark.parametrize(
     ("layout", "dtype"),
     [("default", "float16"), ("fused", "float32")],
