@@ -50,6 +50,25 @@ def _main_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
+@contextlib.contextmanager
+def _working_directory_unsearched() -> Iterator[None]:
+    """Start a spawned child that does not import from the working directory: spawn starts it
+    as ``python -c ...``, which puts the working directory first on ``sys.path`` while the child
+    imports multiprocessing's modules, so a ``selectors.py`` planted in a folder of downloaded
+    files ran in every engine child (Python 3.11+; older versions ignore the variable)."""
+    import os
+
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
+
+
 class IsolatedRunner(BaseRunner):
     """Run the runner that ``factory()`` builds (a picklable callable) in a child process.
 
@@ -81,11 +100,12 @@ class IsolatedRunner(BaseRunner):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._proc = context.Process(target=_serve, args=(child, self.factory), daemon=True)
-        try:
-            with _main_hidden():
+        with _working_directory_unsearched():
+            try:
+                with _main_hidden():
+                    self._proc.start()
+            except (pickle.PicklingError, AttributeError, TypeError):  # the factory needs __main__
                 self._proc.start()
-        except (pickle.PicklingError, AttributeError, TypeError):  # the factory needs __main__
-            self._proc.start()
         child.close()
         kind, payload = self._receive("starting")
         if kind == "error":

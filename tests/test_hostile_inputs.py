@@ -679,3 +679,23 @@ def test_fuzz_the_command_line(good: tuple[Path, Path], tmp_path_factory, args: 
     if result.exit_code != 0:
         assert not [p for p in folder.iterdir()], (args, list(folder.iterdir()))
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], list(folder.iterdir())
+
+
+def test_an_engine_child_imports_nothing_from_the_working_directory(tmp_path, monkeypatch) -> None:
+    """Spawn starts a child as ``python -c``, with the working directory first on its path
+    while it imports multiprocessing's modules: a ``selectors.py`` planted in a folder of
+    downloaded files ran in every engine child, silently (users31)."""
+    marker = tmp_path / "ran"
+    (tmp_path / "selectors.py").write_text(
+        f"open({str(marker)!r}, 'a').write('planted module ran')\n"
+        "import importlib, os, sys\n"
+        "sys.path = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+        "del sys.modules[__name__]\n"
+        "sys.modules[__name__] = importlib.import_module(__name__)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    with IsolatedRunner("ort-cpu", CrashingRunner) as runner:
+        assert runner.infer({"lengths": np.array([1, 2])})["output"].shape == (2, 2)
+    assert not marker.exists()
+    assert "PYTHONSAFEPATH" not in os.environ  # this process's own environment is as it was
