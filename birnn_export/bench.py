@@ -797,25 +797,32 @@ def _measure(
     timer: _Timer,
     tokens: int,
 ) -> BenchResult:
+    def failed(exc: Exception) -> BenchResult:  # the engine's own failure, told in its row
+        logger.debug("%s failed at batch %d seq %d", engine, batch, seq, exc_info=True)
+        return _row(engine, batch, seq, "error", _one_line(exc), build_s=runner.activate_time_s)
+
     try:
         start = time.perf_counter()
         first = runner.infer(feed)
         first_s = time.perf_counter() - start
-        checks = check(actual=first)
-        values = [c.max_abs for c in checks if c.check == "values"]
-        max_err = max(values) if values else None
-        failed = [c for c in checks if not c.passed]
-        if failed:
-            why = "; ".join(c.describe() for c in failed[:3])
-            return _row(
-                engine,
-                batch,
-                seq,
-                "mismatch",
-                f"{engine}: {why}; not timed",
-                build_s=runner.activate_time_s,
-                max_abs_error=max_err,
-            )
+    except Exception as exc:
+        return failed(exc)
+    checks = check(actual=first)  # outside: a fault of the comparison keeps its traceback
+    values = [c.max_abs for c in checks if c.check == "values"]
+    max_err = max(values) if values else None
+    wrong = [c for c in checks if not c.passed]
+    if wrong:
+        why = "; ".join(c.describe() for c in wrong[:3])
+        return _row(
+            engine,
+            batch,
+            seq,
+            "mismatch",
+            f"{engine}: {why}; not timed",
+            build_s=runner.activate_time_s,
+            max_abs_error=max_err,
+        )
+    try:
         for _ in range(timer.warmup):
             runner.infer(feed)
         times: list[float] = []
@@ -824,8 +831,7 @@ def _measure(
             runner.infer(feed)
             times.append(runner.last_inference_time_s)
     except Exception as exc:
-        logger.debug("%s failed at batch %d seq %d", engine, batch, seq, exc_info=True)
-        return _row(engine, batch, seq, "error", _one_line(exc), build_s=runner.activate_time_s)
+        return failed(exc)
     ms = np.asarray(times) * 1e3
     median = float(np.median(ms))
     return _row(

@@ -150,7 +150,7 @@ class TorchRunner(BaseRunner):
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
         if len(flat) != len(self.output_names):
-            raise RuntimeError(
+            raise EngineError(
                 f"model returned {len(flat)} tensors, expected {len(self.output_names)} "
                 f"({', '.join(self.output_names)})"
             )
@@ -337,7 +337,9 @@ class OrtRunner(BaseRunner):
     ) -> None:
         super().__init__()
         if engine not in _ORT_PROVIDERS:
-            raise ValueError(f"engine: expected one of {sorted(_ORT_PROVIDERS)}, got {engine!r}")
+            raise BiRNNExportError(
+                f"engine: expected one of {sorted(_ORT_PROVIDERS)}, got {engine!r}"
+            )
         if graph_optimization_level not in _ORT_LEVELS:
             raise BiRNNExportError(
                 f"graph_optimization_level: expected one of {', '.join(_ORT_LEVELS)}, "

@@ -758,3 +758,18 @@ def test_precheck_fails_before_anything_loads(
     result = CliRunner().invoke(main, ["bench", str(files["onnx"]), *args])
     assert result.exit_code == 2 and "p.txt must end in .png" in result.output, result.output
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_a_fault_of_the_comparison_keeps_its_traceback(
+    files: dict[str, Path], model: SequenceTagger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine's own failure is its row's error; a fault of birnn-export's comparison is a
+    bug, and became an "error" row with its traceback at debug level only (review20)."""
+    import birnn_export.bench as bench
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a bug in the comparison")
+
+    monkeypatch.setattr(bench, "compare_outputs", broken)
+    with pytest.raises(KeyError, match="a bug in the comparison"):
+        benchmark(files["onnx"], model, engines=("ort-cpu",), **SMALL)

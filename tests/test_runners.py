@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import runners
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
 from birnn_export.runners import (
     ENGINES,
     OrtRunner,
@@ -503,3 +503,9 @@ def test_each_runner_says_whether_it_can_run(tmp_path):
     gpu_ort = runners.OrtRunner(missing, engine="ort-cuda")
     assert gpu_ort.unavailable_reason() == runners.unavailable_reason("ort-cuda")
     assert TrtRunner(missing).unavailable_reason() == runners.unavailable_reason("trt")
+
+
+def test_a_model_returning_other_outputs_than_the_graph_is_an_engine_error() -> None:
+    runner = TorchRunner(torch.nn.Identity(), input_names=["x"], output_names=["a", "b"])
+    with runner, pytest.raises(EngineError, match="model returned 1 tensors, expected 2"):
+        runner.infer({"x": np.zeros((1, 2), np.float32)})
