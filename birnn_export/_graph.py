@@ -27,7 +27,14 @@ from birnn_export.conversion import find_recurrent_layers
 from birnn_export.crf import HAND_WRITTEN_HINT, is_viterbi_scan
 from birnn_export.errors import ExportError
 from birnn_export.modules import BiRNN
-from birnn_export.spec import MASK_ROLES, METADATA_KEY, GraphSpec, TensorSpec, dim_sources
+from birnn_export.spec import (
+    MASK_ROLES,
+    METADATA_KEY,
+    RECURRENT_OPS,
+    GraphSpec,
+    TensorSpec,
+    dim_sources,
+)
 
 #: Ops whose constant inputs would freeze a shape if they held the example batch or length.
 SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
@@ -56,7 +63,6 @@ _STATE_PRESERVING = {
     "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Gather",
     "Concat",
 }  # fmt: skip
-_RECURRENT = {"LSTM", "GRU", "RNN"}
 
 
 def _softmaxed(
@@ -111,7 +117,7 @@ def _final_states(made_by: Mapping[str, Any], constants: Collection[str], name: 
     node = made_by.get(name)
     if node is None:
         return False
-    if node.op_type in _RECURRENT:
+    if node.op_type in RECURRENT_OPS:
         return list(node.output).index(name) in (1, 2)
     if node.op_type not in _STATE_PRESERVING:
         return False
@@ -130,7 +136,7 @@ def _initial_states(graph: Any, name: str) -> bool:
     if not readers:
         return False
     for node, index in readers:
-        if node.op_type in _RECURRENT:
+        if node.op_type in RECURRENT_OPS:
             read_as_state = index in (5, 6)
         else:
             passed = node.op_type in _STATE_PRESERVING and (node.op_type == "Concat" or index == 0)
@@ -292,9 +298,7 @@ def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[st
 def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:
     """The model's BiRNN layers in the order their nodes run in the graph (which need not be
     the order the modules were registered in)."""
-    names = [
-        n.name for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN") or is_rnn_scan(n)
-    ]
+    names = [n.name for n in proto.graph.node if n.op_type in RECURRENT_OPS or is_rnn_scan(n)]
 
     def first_node(item: tuple[str, BiRNN]) -> int:
         return next((i for i, n in enumerate(names) if n.startswith(f"{item[0]}/")), len(names))

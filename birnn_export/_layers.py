@@ -20,9 +20,7 @@ import numpy as np
 
 from birnn_export._packed import is_packed_layer
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.spec import GraphSpec
-
-_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+from birnn_export.spec import RECURRENT_OPS, GraphSpec, takes_lengths
 
 
 class LayersUnavailable(Exception):
@@ -56,11 +54,7 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
     """
     if not spec.recurrent_layers:
         raise LayersUnavailable("the graph's metadata lists no recurrent layers")
-    nodes = {
-        n.name: n
-        for n in proto.graph.node
-        if n.op_type in _RECURRENT_OPS or is_rnn_scan(n) or is_packed_layer(n)
-    }
+    nodes = {n.name: n for n in proto.graph.node if is_recurrent(n)}
     consumers: dict[str, list[Any]] = {}
     for node in proto.graph.node:
         for name in node.input:
@@ -90,7 +84,7 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
                         directions=directions,
                         y_names=tuple(_y_output(n) for n in found),
                         nodes=tuple(n.name for n in found),
-                        without_lengths=tuple(n.name for n in found if not _has_lengths(n)),
+                        without_lengths=tuple(n.name for n in found if not has_lengths(n)),
                         unreversed=tuple(
                             n.name
                             for n in found[1:]
@@ -140,12 +134,19 @@ def _reversed(node: Any, consumers: Mapping[str, list[Any]]) -> bool:
     return False
 
 
-def _has_lengths(node: Any) -> bool:
+def is_recurrent(node: Any) -> bool:
+    """Whether ``node`` computes a recurrent layer: an LSTM/GRU/RNN node, or the loop the scan
+    or packed layout writes for one."""
+    return node.op_type in RECURRENT_OPS or is_rnn_scan(node) or is_packed_layer(node)
+
+
+def has_lengths(node: Any) -> bool:
+    """Whether a recurrent node (:func:`is_recurrent`) stops each row at its length."""
     if is_packed_layer(node):  # only nodes that take lengths are packed
         return True
     if is_rnn_scan(node):
         return bool(rnn_scan_info(node)["lengths"])
-    return len(node.input) > 4 and bool(node.input[4])
+    return takes_lengths(node)
 
 
 class GraphLayers:

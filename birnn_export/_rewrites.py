@@ -8,7 +8,7 @@ from collections.abc import Collection
 from typing import Any
 
 from birnn_export.modules import NODE_NAME_KEY
-from birnn_export.spec import GraphSpec, all_nodes, unread_inputs
+from birnn_export.spec import RECURRENT_OPS, GraphSpec, all_nodes, unread_inputs
 
 #: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one; a
 #: mask's row is valid at every step).
@@ -199,9 +199,6 @@ def drop_noop_squeezes(proto: Any, symbolic: Collection[str] = ()) -> int:
     return changed
 
 
-_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-
-
 def _name_reversals(graph: Any) -> None:
     """Name the split layout's ``ReverseSequence`` nodes after their recurrent node: the one
     that feeds a backward node its input reversed is ``rnn/l0/backward/reverse_in``, the one
@@ -216,13 +213,13 @@ def _name_reversals(graph: Any) -> None:
     for node in graph.node:
         if node.op_type != "ReverseSequence" or not node.name.startswith("node_"):
             continue
-        fed = [n for n in consumers[node.output[0]] if n.op_type in _RECURRENT_OPS]
+        fed = [n for n in consumers[node.output[0]] if n.op_type in RECURRENT_OPS]
         before = producers.get(node.input[0])
         if before is not None and before.op_type == "Squeeze" and before.input:
             before = producers.get(before.input[0])
         if len(fed) == 1:
             name = f"{fed[0].name}/reverse_in"
-        elif before is not None and before.op_type in _RECURRENT_OPS:
+        elif before is not None and before.op_type in RECURRENT_OPS:
             name = f"{before.name}/reverse_out"
         else:
             continue

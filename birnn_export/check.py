@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError
+from birnn_export.spec import RECURRENT_OPS, takes_lengths
 
 if TYPE_CHECKING:
     from birnn_export.trt import EngineBuild
@@ -93,7 +94,6 @@ TENSORRT_OPS = frozenset(
     }
 )  # fmt: skip
 
-_RECURRENT = ("LSTM", "GRU", "RNN")
 #: Default activations per direction (ONNX spec).
 _DEFAULT_ACTIVATIONS = {
     "LSTM": ("Sigmoid", "Tanh", "Tanh"),
@@ -450,7 +450,7 @@ class _Checker:
         reverses = False
         for node in self._nodes(self.model.graph):
             findings += self._check_op(node)
-            if node.op_type in _RECURRENT and node.domain in ("", "ai.onnx"):
+            if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx"):
                 findings += self._check_recurrent(node)
             elif node.op_type == "ReverseSequence":
                 findings += self._check_reverse_sequence(node)
@@ -721,7 +721,7 @@ class _Checker:
                     f"fp16 {op} on the CPU: ONNX Runtime has no fp16 CPU kernel for it and "
                     "inserts Casts to float32 around it (fp32 numerics, extra copies)",
                 )
-        if len(node.input) > 4 and node.input[4]:
+        if takes_lengths(node):
             elem = self._elem(node.input[4])
             if elem is not None and elem != _INT32:
                 add("error", f"{op} sequence_lens must be int32 (got element type {elem})")

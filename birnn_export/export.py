@@ -25,7 +25,7 @@ import re
 import sys
 import textwrap
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -101,10 +101,12 @@ from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
     MASK_ROLES,
+    RECURRENT_OPS,
     RELATIVE_LENGTHS,
     GraphSpec,
     InputDecl,
     check_range,
+    takes_lengths,
     unread_inputs,
 )
 
@@ -413,9 +415,9 @@ def _trace_graph(
     free = [d for decl in planned.decls for d in decl.dims if isinstance(d, str)]
     declared = planned.how == "declared"
     drop_noop_squeezes(proto, {d for d in free if d != planned.batch_dim} if declared else ())
-    recurrent = [n for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN", "LSTMP")]
-    takes_lengths = bool(recurrent) and all(  # every one, before the layouts rewrite them
-        len(n.input) > 4 and n.input[4] for n in recurrent
+    recurrent = [n for n in proto.graph.node if n.op_type in {*RECURRENT_OPS, "LSTMP"}]
+    lengths_fed = bool(recurrent) and all(  # every one, before the layouts rewrite them
+        takes_lengths(n) for n in recurrent
     )
     _tidy_dims(proto)
     if cut:  # the model cut a padded output to its longest row
@@ -467,7 +469,7 @@ def _trace_graph(
             ),
         }
     )
-    set_metadata(proto, spec, takes_lengths)
+    set_metadata(proto, spec, lengths_fed)
     graph = TracedGraph(
         proto=proto,
         spec=spec,
@@ -1144,7 +1146,7 @@ def _unread_inputs(proto: Any) -> list[str]:
     ]
 
 
-def _float32_nodes(proto: Any, dtype: str, ops: Sequence[str]) -> collections.Counter[str]:
+def _float32_nodes(proto: Any, dtype: str, ops: Collection[str]) -> collections.Counter[str]:
     """In a float16 graph, the recurrent nodes of ``ops`` with float32 weights, by op."""
     from onnx import TensorProto
 
@@ -1162,7 +1164,7 @@ def _float32_islands(proto: Any, dtype: str, looped: collections.Counter[str]) -
     """In a float16 graph, the recurrent nodes computing in float32 (those taking
     ``sequence_lens``: TensorRT's parser rejects float16 ones), as a note; ``looped``: those
     the scan layout wrote as loops (counted before), which compute in float32 too."""
-    counts = _float32_nodes(proto, dtype, ("LSTM", "GRU", "RNN"))
+    counts = _float32_nodes(proto, dtype, RECURRENT_OPS)
     parts = [f"{op} x{k}" for op, k in sorted(counts.items())]
     parts += [f"{op} x{k} (as Scan loops)" for op, k in sorted(looped.items())]
     if not parts:

@@ -28,6 +28,7 @@ import numpy as np
 from birnn_export._packing import any_order_packing
 from birnn_export.base_runner import BaseRunner
 from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
+from birnn_export.spec import RECURRENT_OPS
 
 if TYPE_CHECKING:
     from birnn_export.spec import GraphSpec
@@ -488,7 +489,6 @@ class OrtRunner(BaseRunner):
 
 
 _RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
-_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
 def _assignment(session: Any) -> list[tuple[str, str, str]] | None:
@@ -523,7 +523,7 @@ def recurrent_nodes_on_cpu(assignment: Sequence[tuple[str, str, str]]) -> tuple[
     return tuple(
         name
         for provider, name, op_type in assignment
-        if provider == "CPUExecutionProvider" and op_type in _RECURRENT_OPS
+        if provider == "CPUExecutionProvider" and op_type in RECURRENT_OPS
     )
 
 

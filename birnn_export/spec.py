@@ -331,7 +331,7 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
     weights = {
         name
         for node in proto.graph.node
-        if node.op_type in ("LSTM", "GRU", "RNN")
+        if node.op_type in RECURRENT_OPS
         for name in node.input[1:3]
     }
     bodies = [a.g for n in proto.graph.node for a in n.attribute if a.type == a.GRAPH]
@@ -572,6 +572,15 @@ def _whole(value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     raise TypeError(value)
+
+
+#: ONNX's recurrent operators, the nodes birnn-export writes for its layers (or loops for).
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
+
+def takes_lengths(node: Any) -> bool:
+    """Whether a recurrent node is fed ``sequence_lens`` (its optional fifth input)."""
+    return len(node.input) > 4 and bool(node.input[4])
 
 
 def all_nodes(graph: Any) -> Iterator[Any]:

@@ -59,6 +59,7 @@ from birnn_export._case import (
     sweep_checks,
 )
 from birnn_export._files import check_output_path
+from birnn_export._layers import has_lengths, is_recurrent
 from birnn_export._references import (
     GOLDEN_EAGER,
     GOLDEN_REFERENCE,
@@ -134,9 +135,7 @@ def _nodes_without_lengths(proto: Any, spec: GraphSpec) -> list[str]:
     if spec.length_source is None:
         return []
     nodes = [
-        repr(node.name)
-        for node in proto.graph.node
-        if node.op_type in ("LSTM", "GRU", "RNN") and not (len(node.input) > 4 and node.input[4])
+        repr(node.name) for node in proto.graph.node if is_recurrent(node) and not has_lengths(node)
     ]
     if not nodes:
         return []

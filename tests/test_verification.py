@@ -1285,15 +1285,19 @@ def test_missing_sequence_lens_in_a_fused_graph_is_named(tmp_path: Path) -> None
     assert "flip" not in text
 
 
-def test_layer_run_on_the_padded_batch_with_lengths_used_elsewhere_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("cell", "layout"), [(nn.LSTM, None), (nn.RNN, "scan")])
+def test_layer_run_on_the_padded_batch_with_lengths_used_elsewhere_passes(
+    tmp_path: Path, cell: type[nn.Module], layout: str | None
+) -> None:
     """A model that runs its BiLSTM on the padded batch (no packing) and uses the lengths only
     to mask its pooling: the graph does as the model does, nodes without sequence_lens, and
-    passes, with a note; it was refused as a graph problem."""
+    passes, with a note; it was refused as a graph problem. The scan layout's loops are such
+    nodes too (the note looked only at LSTM/GRU/RNN nodes: review20)."""
 
     class MaskedPooling(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lstm = nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+            self.lstm = cell(8, 16, batch_first=True, bidirectional=True)
             self.head = nn.Linear(32, 3)
 
         def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -1303,7 +1307,7 @@ def test_layer_run_on_the_padded_batch_with_lengths_used_elsewhere_passes(tmp_pa
             return self.head(pooled)
 
     torch.manual_seed(0)
-    result = export_onnx(MaskedPooling().eval(), tmp_path / "pool.onnx")
+    result = export_onnx(MaskedPooling().eval(), tmp_path / "pool.onnx", layout=layout)
     report = result.verification
     assert report.passed and not report.problems
     assert any("takes no sequence_lens" in note for note in report.notes), report.notes
