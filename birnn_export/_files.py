@@ -167,14 +167,23 @@ def staged_output(path: Path) -> Iterator[Path]:
 
 
 def _remove_stale_staging(path: Path) -> None:
-    """Remove staging folders for ``path`` left by a process that no longer runs (kill -9)."""
+    """Remove staging folders for ``path`` left by a process that no longer runs (kill -9).
+
+    Only a real folder (not a link to one: a downloaded folder may hold a link named like a
+    staging folder, and the files it pointed to were removed) holding no more than the files a
+    staging folder holds (the graph and its external data) is removed.
+    """
     prefix = f".{path.name}{STAGING_MARK}"
+    ours = {f"{kind}{path.name}{data}" for kind in ("", "float32-") for data in ("", ".data")}
     for folder in path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = folder.name[len(prefix) :].partition("-")[0]
-        if not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
+        if folder.is_symlink() or not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            for leftover in folder.iterdir():
+            leftovers = list(folder.iterdir())
+            if any(f.name not in ours or not f.is_file() or f.is_symlink() for f in leftovers):
+                continue
+            for leftover in leftovers:
                 leftover.unlink()
             folder.rmdir()
             logger.info("removed %s, left by process %s that no longer runs", folder, pid)

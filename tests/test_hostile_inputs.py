@@ -267,6 +267,28 @@ def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> 
     assert not stale.exists() and alive.exists()
 
 
+def test_only_a_real_staging_folder_of_our_files_is_removed(tmp_path: Path) -> None:
+    """A folder of downloaded files (a zip, a clone) may hold a link named like a dead
+    process's staging folder: the export removed every file in the folder it pointed to
+    (users31). Links are left, and so is a folder holding files the export does not write."""
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine")
+    (elsewhere / "a.onnx").write_text("mine too")
+    link = tmp_path / ".a.onnx.birnn-export-9999998-aaaaaaaa"  # pids above any pid_max
+    link.symlink_to(elsewhere, target_is_directory=True)
+    foreign = tmp_path / ".a.onnx.birnn-export-9999999-bbbbbbbb"
+    foreign.mkdir()
+    (foreign / "a.onnx").write_bytes(b"half a graph")
+    (foreign / "thesis.tex").write_text("not the export's")
+    result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["a.onnx", "notes.txt"]
+    assert link.is_symlink() and (foreign / "thesis.tex").exists()
+
+
 def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
     tmp_path: Path,
 ) -> None:
