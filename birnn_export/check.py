@@ -30,6 +30,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export._packed import is_packed_layer, packed_info
@@ -236,7 +237,8 @@ def check_compatibility(
             f"--target {target} has none to choose: drop --tensorrt"
         )
     model, source = _load(onnx_path_or_model)
-    static = _Checker(model, target).run()
+    path = None if model is onnx_path_or_model else Path(onnx_path_or_model)
+    static = _Checker(model, target, path).run()
     if target != "tensorrt" or tensorrt == "static":
         return CheckReport(target=target, source=source, findings=tuple(static))
     library = _tensorrt_library(tensorrt)
@@ -381,10 +383,14 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
 
 
 class _Checker:
-    def __init__(self, model: Any, target: str) -> None:
+    """The static rules for ``target`` on ``model``, loaded from ``path`` where it was read
+    from a file (its external data lies beside that file, not in the working directory)."""
+
+    def __init__(self, model: Any, target: str, path: Path | None = None) -> None:
         import onnx
 
         self.model = model
+        self.path = path
         self.target = target
         self.trt = target == "tensorrt"
         try:
@@ -498,7 +504,7 @@ class _Checker:
         import onnx
 
         try:
-            onnx.checker.check_model(self.model)
+            onnx.checker.check_model(self.model if self.path is None else str(self.path))
         except Exception as exc:  # the checker raises several types for an invalid graph
             text = " ".join(str(exc).split())[:300]
             message = f"not a valid ONNX graph (onnx.checker): {text}{self._parser_accepts}"

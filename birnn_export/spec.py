@@ -707,13 +707,27 @@ def _check_external_data(proto: Any, path: Path) -> None:
             continue
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
+        relative = Path(location)
+        if not location or relative.is_absolute() or ".." in relative.parts:
+            # ONNX Runtime refuses these too: a file sent with the graph names a file beside it
+            raise ModelLoadError(
+                f"{path}: tensor {tensor.name!r} names its external data file as {location!r}, "
+                "not a file in the graph's folder; refused (a graph reads its weights from "
+                "files beside it)"
+            )
         data = path.parent / location
         if not data.is_file():
             raise ModelLoadError(
                 f"{path}: its weights are in the external data file {location}, which is not "
                 f"beside it; copy {location} along with the graph"
             )
-        end = int(entries.get("offset", 0) or 0) + int(entries.get("length", 0) or 0)
+        span = [entries.get(key) or "0" for key in ("offset", "length")]
+        if not all(text.isdigit() for text in span):
+            raise ModelLoadError(
+                f"{path}: tensor {tensor.name!r} gives its place in {location} as offset "
+                f"{span[0]!r}, length {span[1]!r}, not byte counts: a corrupted graph"
+            )
+        end = int(span[0]) + int(span[1])
         if data.stat().st_size < end:
             raise ModelLoadError(
                 f"{path}: its external data file {location} holds {data.stat().st_size} bytes, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -978,3 +979,17 @@ def test_a_failed_build_of_a_birnn_export_graph_names_the_other_layouts(tmp_path
     )
     (other,) = check_module._build_findings(failed, None)  # another tool's graph
     assert other.message.endswith("failed to build it: Myelin: boom")
+
+
+def test_a_graph_with_external_data_is_checked_from_any_folder(tmp_path, monkeypatch) -> None:
+    """The ONNX checker ran on the graph held in memory, and looked for its external data in
+    the working directory: a right graph checked from another folder was NOT compatible
+    (users31). It is checked where it lies."""
+    from tests.test_spec import _external_graph
+
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    path = _external_graph(folder)
+    monkeypatch.chdir(tmp_path)
+    report = check_compatibility(Path("sub") / path.name, target="ort-cuda")
+    assert not any("onnx.checker" in f.message for f in report.findings), report.lines()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -454,3 +456,56 @@ def test_incomplete_shape_inference_leaves_no_file_and_keeps_what_it_inferred(
     assert ("batch", "seq") in tensor_shapes(model)[1:]  # r, inferred; y unknown
     assert list(tmp_path.iterdir()) == []
     assert isinstance(model, onnx.ModelProto) and len(model.graph.value_info) == 0  # untouched
+
+
+def _external_graph(folder: Path) -> Path:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["b"])],
+        "g",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 64])],
+        [weight],
+    )
+    model = helper.make_model(graph)
+    onnx.external_data_helper.convert_model_to_external_data(model, location="g.onnx.data")
+    path = folder / "g.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "told"),
+    [
+        ("location", "../outside/secret.data", "names its external data file as '../outside"),
+        ("location", "/etc/passwd", "names its external data file as '/etc/passwd'"),
+        ("location", "", "names its external data file as ''"),
+        ("offset", "abc", "as offset 'abc', length '16384', not byte counts"),
+        ("length", "1e3", "as offset '0', length '1e3', not byte counts"),
+    ],
+)
+def test_external_data_outside_the_graphs_folder_or_at_no_offset_is_refused(
+    tmp_path: Path, key: str, value: str, told: str
+) -> None:
+    """A graph from someone else naming its weights' file outside its folder (an absolute
+    path, ``..``) was read by the parsers that allow it, and an offset that is not a number
+    was a traceback in every command (users31): one line, as ONNX Runtime refuses them."""
+    import onnx
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.data").write_bytes(bytes(1 << 16))
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    path = _external_graph(folder)
+    model = onnx.load(str(path), load_external_data=False)
+    (entry,) = [e for e in model.graph.initializer[0].external_data if e.key == key] or [None]
+    if entry is None:
+        model.graph.initializer[0].external_data.add(key=key, value=value)
+    else:
+        entry.value = value
+    onnx.save_model(model, str(path))
+    with pytest.raises(ModelLoadError, match=re.escape(told)):
+        load_onnx(path)
