@@ -101,6 +101,7 @@ from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
     MASK_ROLES,
+    MAX_UNTRACED,
     RECURRENT_OPS,
     RELATIVE_LENGTHS,
     GraphSpec,
@@ -466,7 +467,7 @@ def _trace_graph(
                 for p in dict.fromkeys(  # each point once, in the order found
                     tuple(point.items()) for u in untraced for point in u.examples(traced_at)
                 )
-            ),
+            )[:MAX_UNTRACED],
         }
     )
     set_metadata(proto, spec, lengths_fed)

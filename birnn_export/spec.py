@@ -495,13 +495,24 @@ def _check_spec_data(data: Any) -> None:
                     )
             for axis in ("batch_at", "time_at"):
                 at = tensor.get(axis)
-                if at is not None and not 0 <= at < len(dims):
+                if isinstance(at, bool) or (at is not None and not 0 <= at < len(dims)):
                     raise BiRNNExportError(f"{where}.{axis}: {at} is not an axis of its dims")
+        _check_tensor_values(data, key)
     for key in ("example_batch", "example_seq"):
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
     _check_untraced(data)
+    padding = data.get("padding_value", 0.0)
+    if isinstance(padding, bool) or not isinstance(padding, int | float):
+        raise BiRNNExportError("padding_value: expected a number")
+    if data.get("dtype", "float32") not in ("float32", "float16"):
+        raise BiRNNExportError("dtype: expected float32 or float16")
+    opset = data.get("opset", 18)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 1 <= opset <= 100:
+        raise BiRNNExportError("opset: expected an opset number")
+    if not isinstance(data.get("layout", "split"), str):
+        raise BiRNNExportError("layout: expected a layout's name")
     pad = data.get("token_padding")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
         raise BiRNNExportError("token_padding: expected a token id (an int >= 0) or nothing")
@@ -531,6 +542,49 @@ def _check_spec_data(data: Any) -> None:
                 raise BiRNNExportError(f"recurrent_layers: {key} {value!r} out of range")
 
 
+#: A token id range's bounds stay within what int64 sampling takes.
+_ID_LIMIT = 1 << 62
+
+
+def _check_tensor_values(data: dict[str, Any], key: str) -> None:
+    """The values of ``data[key]``'s tensors agree with each other and the graph: unique names,
+    known dtypes, a value range of numbers (or, for lengths, the dim they measure), tags as
+    integer ``[batch, time]``."""
+    tensors = data[key]
+    names = [t.get("name") for t in tensors]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise BiRNNExportError(f"{key}: two tensors are named {twice!r}")
+    graph_dims = {d for t in data["inputs"] + data["outputs"] for d in t.get("dims", [])}
+    batch_dim = data.get("batch_dim", BATCH)
+    dtypes = INPUT_DTYPES if key == "inputs" else (*INPUT_DTYPES, "unknown")
+    for index, tensor in enumerate(tensors):
+        where = f"{key}[{index}]"
+        if tensor.get("dtype") not in dtypes:
+            raise BiRNNExportError(f"{where}.dtype: expected one of {', '.join(dtypes)}")
+        bounds = [tensor.get("low"), tensor.get("high")]
+        for name, value in zip(("low", "high"), bounds, strict=True):
+            if isinstance(value, str):
+                measured = tensor.get("role") == "lengths" and value != batch_dim
+                if not (measured and value in graph_dims):
+                    raise BiRNNExportError(
+                        f"{where}.{name}: {value!r} is not a dim lengths of the graph measure"
+                    )
+            elif isinstance(value, bool) or (value is not None and not abs(value) <= _ID_LIMIT):
+                raise BiRNNExportError(f"{where}.{name}: {value!r} is out of range")
+        low, high = bounds
+        if not isinstance(low, str | None) and not isinstance(high, str | None) and low > high:
+            raise BiRNNExportError(f"{where}: low {low} is above high {high}")
+        if tensor.get("role") == "tags" and (
+            not tensor.get("dtype", "").startswith("int") or len(tensor.get("dims", [])) != 2
+        ):
+            raise BiRNNExportError(f"{where}: tags are integer ids over [batch, time]")
+
+
+#: The most points a graph may record as untraced (the export records a few).
+MAX_UNTRACED = 64
+
+
 def _check_untraced(data: dict[str, Any]) -> None:
     """``untraced``: a list of points ``{dim: size}``, each dim the graph's, each size in its
     declared range (a file edited by hand must not make the sweep run a batch of 5000)."""
@@ -540,6 +594,10 @@ def _check_untraced(data: dict[str, Any]) -> None:
         data.get("time_dim", SEQ): data.get("seq_range", DEFAULT_SEQ_RANGE),
         **(data.get("dim_ranges") or {}),
     }
+    if isinstance(untraced, list) and len(untraced) > MAX_UNTRACED:
+        raise BiRNNExportError(
+            f"untraced: {len(untraced)} points; the export records at most {MAX_UNTRACED}"
+        )
     for point in untraced if isinstance(untraced, list) else [None]:
         if not isinstance(point, dict) or not point:
             raise BiRNNExportError("untraced: expected a list of {dim: size} objects")

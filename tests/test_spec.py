@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -509,3 +510,36 @@ def test_external_data_outside_the_graphs_folder_or_at_no_offset_is_refused(
     onnx.save_model(model, str(path))
     with pytest.raises(ModelLoadError, match=re.escape(told)):
         load_onnx(path)
+
+
+def _edited(change: Any) -> str:
+    data = json.loads(spec(tokens=True).to_json())
+    change(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "told"),
+    [
+        (lambda d: d.update(padding_value="abc"), "padding_value: expected a number"),
+        (lambda d: d.update(padding_value=[1, 2]), "padding_value: expected a number"),
+        (lambda d: d.update(dtype="object"), "dtype: expected float32 or float16"),
+        (lambda d: d.update(opset=True), "opset: expected an opset number"),
+        (lambda d: d["inputs"][0].update(high=10**30), r"inputs\[0\].high: 1000.* out of range"),
+        (lambda d: d["inputs"][0].update(low=50, high=3), r"inputs\[0\]: low 50 is above high 3"),
+        (lambda d: d["inputs"][0].update(high="seq"), r"inputs\[0\].high: 'seq' is not a dim"),
+        (lambda d: d["inputs"][1].update(high="batch"), r"inputs\[1\].high: 'batch' is not"),
+        (lambda d: d["inputs"][1].update(high="nosuch"), r"inputs\[1\].high: 'nosuch' is not"),
+        (lambda d: d["inputs"][0].update(dtype="object"), r"inputs\[0\].dtype: expected one"),
+        (lambda d: d["outputs"][0].update(batch_at=True), r"outputs\[0\].batch_at: True is not"),
+        (lambda d: d["outputs"][0].update(role="tags"), "tags are integer ids over"),
+        (lambda d: d.update(inputs=d["inputs"] * 2), "two tensors are named 'ids'"),
+        (lambda d: d.update(untraced=[{"seq": 5}] * 65), "65 points; the export records at most"),
+    ],
+)
+def test_metadata_values_that_would_break_a_command_are_refused(change: Any, told: str) -> None:
+    """Metadata edited by hand or by someone else: each of these passed the reader and gave a
+    traceback in verify or bench, and 100,000 untraced points ran verify for hours (users31)."""
+    with pytest.raises(BiRNNExportError, match=told):
+        GraphSpec.from_json(_edited(change))
+    assert GraphSpec.from_json(_edited(lambda d: None)) == spec(tokens=True)
