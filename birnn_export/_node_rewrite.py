@@ -63,11 +63,9 @@ class NodeRewrite:
         return numpy_helper.to_array(self.initializers[name])
 
     def fresh(self, suffix: str) -> str:
-        name, i = f"{self.base}/{self.kind}/{suffix}", 1
-        while name in self.taken:
-            name, i = f"{self.base}/{self.kind}/{suffix}_{i}", i + 1
-        self.taken.add(name)
-        return name
+        from birnn_export.spec import fresh_name
+
+        return fresh_name(self.taken, f"{self.base}/{self.kind}/{suffix}")
 
     def const(self, suffix: str, value: Any) -> str:
         """An initializer holding ``value``; a small one (an index, a shape) is made once per
@@ -97,12 +95,11 @@ def replace_nodes(proto: Any, ops: set[str], rewrite: Any, domain: str = "") -> 
     for which ``rewrite(node, initializers, taken, graph)`` returns a node list (None: keep
     it), in place. Initializers only the replaced nodes used are dropped. Returns how many
     nodes were replaced."""
-    from birnn_export.spec import all_nodes
+    from birnn_export.spec import all_nodes, graph_names
 
     graph = proto.graph
     initializers = {t.name: t for t in graph.initializer}
-    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
-    taken |= {i.name for i in graph.input} | set(initializers)
+    taken = graph_names(graph)
     rewritten: list[Any] = []
     replaced: set[str] = set()
     count = 0
@@ -116,10 +113,15 @@ def replace_nodes(proto: Any, ops: set[str], rewrite: Any, domain: str = "") -> 
         rewritten.extend(new)
         replaced |= {name for name in node.input[1:] if name in initializers}
         count += 1
+    if not count:
+        return 0
     del graph.node[:]
     graph.node.extend(rewritten)
     used = {name for node in all_nodes(graph) for name in node.input}
-    kept = [t for t in graph.initializer if t.name not in replaced or t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)  # the replaced nodes' weights now live on in new forms
+    # the replaced nodes' weights now live on in new forms; the others stay where they are
+    # (moved, a tensor over 2 GB is serialized, which protobuf cannot do)
+    for index in reversed(range(len(graph.initializer))):
+        name = graph.initializer[index].name
+        if name in replaced and name not in used:
+            del graph.initializer[index]
     return count

@@ -8,7 +8,14 @@ from collections.abc import Collection
 from typing import Any
 
 from birnn_export.modules import NODE_NAME_KEY
-from birnn_export.spec import RECURRENT_OPS, GraphSpec, all_nodes, unread_inputs
+from birnn_export.spec import (
+    RECURRENT_OPS,
+    GraphSpec,
+    all_nodes,
+    fresh_name,
+    graph_names,
+    unread_inputs,
+)
 
 #: Value a dummy row holds, per input role (a lengths row of 1 is the shortest valid one; a
 #: mask's row is valid at every step).
@@ -33,15 +40,10 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     if not batched:
         return False
     elem = {v.name: v.type.tensor_type.elem_type for v in graph.input}
-    taken = {n.name for n in all_nodes(graph)} | {o for n in all_nodes(graph) for o in n.output}
-    taken |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    taken = graph_names(graph)
 
     def fresh(base: str) -> str:
-        name, i = f"empty_batch/{base}", 1
-        while name in taken:
-            name, i = f"empty_batch/{base}_{i}", i + 1
-        taken.add(name)
-        return name
+        return fresh_name(taken, f"empty_batch/{base}")
 
     made: dict[tuple[str, int], str] = {}
 
@@ -253,14 +255,10 @@ def sink_batch_transposes(proto: Any) -> int:
     # Every reader of a tensor, subgraphs (If/Loop/Scan bodies) and graph outputs included.
     readers = collections.Counter(name for node in all_nodes(graph) for name in node.input)
     readers.update(o.name for o in graph.output)
-    taken = {n.name for n in all_nodes(graph)} | {o for n in all_nodes(graph) for o in n.output}
+    taken = graph_names(graph)
 
     def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
+        return fresh_name(taken, base)
 
     nodes, touched = [], []
     for node in graph.node:

@@ -165,9 +165,10 @@ def _zero_padded_steps(proto: Any) -> None:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    from birnn_export.spec import fresh_name, graph_names
+
     graph = proto.graph
-    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
-    taken |= {i.name for i in graph.initializer}
+    taken = graph_names(graph)
     consts = {
         name: numpy_helper.from_array(np.asarray(value, np.int64), f"int8_padding/{name}")
         for name, value in (("zero", 0), ("one", 1), ("axis0", [0]), ("axis1", [1]), ("axis2", [2]))
@@ -175,11 +176,7 @@ def _zero_padded_steps(proto: Any) -> None:
     nodes: list[Any] = []
 
     def add(op: str, inputs: list[str], base: str, **attrs: Any) -> str:
-        out, i = f"int8_padding/{base}", 0
-        while out in taken:
-            i += 1
-            out = f"int8_padding/{base}_{i}"
-        taken.add(out)
+        out = fresh_name(taken, f"int8_padding/{base}")
         nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 

@@ -653,6 +653,26 @@ def all_nodes(graph: Any) -> Iterator[Any]:
                 yield from all_nodes(sub)
 
 
+def graph_names(graph: Any) -> set[str]:
+    """Every name a new node or tensor of ONNX ``graph`` must not take: its inputs, outputs
+    and initializers, and every node's name and outputs, the subgraphs' included."""
+    taken = {i.name for i in graph.input} | {o.name for o in graph.output}
+    taken |= {t.name for t in graph.initializer}
+    for node in all_nodes(graph):
+        taken.add(node.name)
+        taken.update(node.output)
+    return taken
+
+
+def fresh_name(taken: set[str], base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``... where it is taken; added to ``taken``."""
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
 def unread_inputs(graph: Any) -> list[str]:
     """The inputs of an ONNX ``graph`` that no node reads (nor an output passes on): a
     ``forward`` parameter the model ignores, which callers still feed."""

@@ -543,3 +543,34 @@ def test_metadata_values_that_would_break_a_command_are_refused(change: Any, tol
     with pytest.raises(BiRNNExportError, match=told):
         GraphSpec.from_json(_edited(change))
     assert GraphSpec.from_json(_edited(lambda d: None)) == spec(tokens=True)
+
+
+def test_fresh_names_avoid_every_name_of_the_graph_and_its_loop_bodies() -> None:
+    """Each graph rewrite kept its own set of taken names, some without the graph's inputs or
+    initializers, some without the names inside loop bodies (review20): one set for all."""
+    import onnx
+    from onnx import helper
+
+    from birnn_export.spec import fresh_name, graph_names
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["t"], name="inner")],
+        "body",
+        [helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [1])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Scan", ["x"], ["y"], name="scan", body=body, num_scan_inputs=1)],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 1])],
+        [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1], [0.0])],
+    )
+    taken = graph_names(graph)
+    assert {"x", "y", "w", "scan", "inner", "t"} <= taken
+    assert [fresh_name(taken, n) for n in ("x", "inner", "inner", "new")] == [
+        "x_1",
+        "inner_1",
+        "inner_2",
+        "new",
+    ]
