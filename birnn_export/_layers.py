@@ -20,7 +20,7 @@ import numpy as np
 
 from birnn_export._packed import is_packed_layer
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.spec import RECURRENT_OPS, GraphSpec, takes_lengths
+from birnn_export.spec import RECURRENT_OPS, GraphSpec, onnx_bytes, takes_lengths
 
 
 class LayersUnavailable(Exception):
@@ -194,7 +194,7 @@ class GraphLayers:
         self._folder = tempfile.TemporaryDirectory(prefix="birnn-export-layers-")
         path = f"{self._folder.name}/layers.onnx"
         try:
-            large = probe.ByteSize() > (1 << 31) - (64 << 20)
+            large = onnx_bytes(probe) > (1 << 31) - (64 << 20)
             onnx.save_model(probe, path, save_as_external_data=large, location="layers.onnx.data")
             runner = IsolatedRunner("ort-cpu", functools.partial(OrtRunner, path))
             runner.activate()

@@ -107,6 +107,7 @@ from birnn_export.spec import (
     GraphSpec,
     InputDecl,
     check_range,
+    onnx_bytes,
     takes_lengths,
     unread_inputs,
 )
@@ -155,7 +156,7 @@ class TracedGraph:
     #: Where the model's code fixed a size to the example's number (:func:`_fixed_sizes`).
     fixed_at: Mapping[int, str]
     #: Over protobuf's 2 GB limit: the weights go to an external data file (measured once:
-    #: ``ByteSize`` walks the whole proto).
+    #: :func:`~birnn_export.spec.onnx_bytes` walks every tensor).
     large: bool
     #: What the graph is beside what was asked for (a layout with nothing to rewrite, float32
     #: islands in a float16 graph), one sentence each.
@@ -481,7 +482,7 @@ def _trace_graph(
         sizes=frozenset(sizes),
         crfs=tuple(crfs),
         fixed_at=fixed_at,
-        large=proto.ByteSize() > EXTERNAL_DATA_THRESHOLD,
+        large=onnx_bytes(proto) > EXTERNAL_DATA_THRESHOLD,
         notes=tuple(notes),
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.

@@ -165,7 +165,7 @@ def export_onnx(
         ('batch', 'seq', 10)
     """
     from birnn_export.export import trace_graph
-    from birnn_export.spec import GraphSpec, load_onnx
+    from birnn_export.spec import GraphSpec, load_onnx, onnx_bytes
 
     start = time.perf_counter()
     known_options(
@@ -189,7 +189,7 @@ def export_onnx(
     graph = trace_graph(model, **options)
     if graph.large and quantize:
         raise ExportError(
-            f"quantize: the graph is over 2 GB ({graph.proto.ByteSize() / 2**30:.1f} GiB); int8 "
+            f"quantize: the graph is over 2 GB ({onnx_bytes(graph.proto) / 2**30:.1f} GiB); int8 "
             "quantization of graphs with external weights is not supported"
         )
     proto, spec = graph.proto, graph.spec

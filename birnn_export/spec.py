@@ -813,6 +813,19 @@ def _check_external_data(proto: Any, path: Path) -> None:
             )
 
 
+def onnx_bytes(proto: Any) -> int:
+    """About how many bytes ``proto`` takes serialized: its tensors' data (protobuf's own
+    ``ByteSize`` serializes the graph, and fails where one tensor is over 2 GB)."""
+    from onnx.external_data_helper import _get_all_tensors  # the walk onnx.load itself does
+
+    total = 0
+    for t in _get_all_tensors(proto):
+        total += len(t.raw_data) + sum(len(s) for s in t.string_data)
+        total += 4 * (len(t.float_data) + len(t.int32_data))
+        total += 8 * (len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
+    return total
+
+
 def _text_fields_decode(proto: Any) -> bool:
     """Whether every name, op type and metadata text of ``proto`` is text (protobuf hands back
     ``bytes`` for a string field that is not UTF-8, which later breaks sorting and printing)."""
