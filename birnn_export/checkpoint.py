@@ -486,6 +486,12 @@ def _deserialize(
         if data[:1] == b"\x80":
             if trust_pickle:
                 return _load_trusted(data, path, model_class)
+            if _plain_pickle(data):
+                raise ModelLoadError(
+                    f"{path}: a pickle written by pickle.dump, not torch.save: unpickling it "
+                    "runs code from the file; if you trust the file pass --trust-pickle "
+                    "(trust_pickle=True), or re-save the model's state_dict with torch.save"
+                ) from None
             raise ModelLoadError(
                 f"{path}: a pickle stream that torch.load(weights_only=True) cannot read "
                 f"({_last_detail(text)}): corrupted, or not written by torch.save"
@@ -658,14 +664,18 @@ def _tensors(obj: Any) -> Iterator[tuple[str, Tensor]]:
 def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:
     logger.info("%s: unpickling with weights_only=False (trust_pickle): this runs its code", path)
     try:
+        unpickler = _main_from(model_class, path)
         with memory_limit(load_budget(len(data))), warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")  # torch's deprecations, said while unpickling
-            obj = torch.load(
-                io.BytesIO(data),
-                map_location="cpu",
-                weights_only=False,
-                pickle_module=_main_from(model_class, path),
-            )
+            if _plain_pickle(data):  # pickle.dump(model, f), which torch.load does not read
+                obj = unpickler.load(io.BytesIO(data))
+            else:
+                obj = torch.load(
+                    io.BytesIO(data),
+                    map_location="cpu",
+                    weights_only=False,
+                    pickle_module=unpickler,
+                )
         for warning in said:
             logger.debug("%s: unpickling warned: %s", path, warning.message)
         _refuse_quantized(obj, path)
@@ -683,6 +693,16 @@ def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:
             f"{path}: unpickling with trust_pickle failed: {type(exc).__name__}: "
             f"{_first_sentence(str(exc))}"
         ) from None
+
+
+#: How torch's legacy (non-zip) format begins: its magic number, pickled with protocol 2.
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _plain_pickle(data: bytes) -> bool:
+    """Whether ``data`` is a pickle written by ``pickle.dump`` itself: neither torch's zip
+    archive nor its legacy format, which begins with a pickled magic number (a long int)."""
+    return data[:1] == b"\x80" and not data.startswith(_LEGACY_MAGIC)
 
 
 def _main_from(model_class: str | None, path: Path) -> Any:

@@ -1233,3 +1233,24 @@ def test_an_averaged_models_state_dict_loses_its_count_with_its_prefix(tmp_path,
         _save(state, tmp_path / "swa.pt"), model_class=f"{USER_MODULE}:AttentionClassifier"
     )
     assert "(prefix 'module.' removed)" in loaded.source
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_model_saved_by_pickle_dump_loads_only_when_trusted(tmp_path: Path, protocol) -> None:
+    """A model written by ``pickle.dump``: the refusal said "corrupted, or not written by
+    torch.save" or "pass --trust-pickle", which then failed inside torch.load with "Invalid
+    magic number" after running the file's code (users31). It is told as a plain pickle, and
+    trusted it loads."""
+    import pickle
+
+    torch.manual_seed(0)
+    rnn = nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+    model = _BuiltinModel(rnn, nn.Linear(12, 3), None).eval()
+    path = tmp_path / "tagger.pkl"
+    path.write_bytes(pickle.dumps(model, protocol=protocol))
+    told = "a pickle written by pickle.dump" if protocol == 5 else "pass --trust-pickle"
+    with pytest.raises(ModelLoadError, match=told):
+        load_model(path)
+    loaded = load_model(path, trust_pickle=True)
+    x, lengths = torch.randn(2, 5, 4), torch.tensor([5, 3])
+    torch.testing.assert_close(loaded.original(x, lengths), model(x, lengths))
