@@ -27,7 +27,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     link stays. The file gets the permissions a new file gets here (``0666`` less the umask),
     like every other file the tool writes.
     """
-    target = Path(path).resolve()
+    target = _regular_target(Path(path))
     try:
         handle, temp = tempfile.mkstemp(
             prefix=f".{target.stem[:40]}.", suffix=target.suffix[:16], dir=target.parent
@@ -44,6 +44,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def _regular_target(path: Path) -> Path:
+    """The file ``path`` names, its links followed: one that is there must be a regular file
+    (written through a link to a device or a pipe, the node itself was replaced)."""
+    target = path.resolve()
+    if target.exists() and not target.is_file():
+        raise BiRNNExportError(
+            f"{path}: {'leads to ' + str(target) + ', ' if target != path.absolute() else ''}"
+            "not a regular file (a device, a pipe or a folder); give a file's path"
+        )
+    return target
 
 
 def _umask() -> int:
@@ -75,6 +87,10 @@ def check_output_path(
     _check_name_length(option, target, folder)
     if target.is_dir():
         raise BiRNNExportError(f"{option}: {target} is a directory; give a file name")
+    try:
+        _regular_target(target)
+    except BiRNNExportError as exc:
+        raise BiRNNExportError(f"{option}: {exc}") from None
     if suffix is not None and target.suffix.lower() != suffix:
         raise BiRNNExportError(f"{option}: {target.name} must end in {suffix}")
     if not folder.is_dir():
@@ -139,7 +155,7 @@ def staged_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it (and external data) into place on success.
     A symlink is written through, as :func:`atomic_path` does: the file it points to is
     replaced, the link stays."""
-    path = path.resolve() if path.is_symlink() else path
+    path = _regular_target(path) if path.is_symlink() else path
     _remove_stale_staging(path)
     try:
         directory = Path(

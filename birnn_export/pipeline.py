@@ -237,9 +237,17 @@ def _quantize_staged(staging: Path) -> QuantizeReport:
 def default_output(model_path: Path) -> Path:
     """Where the export of ``model_path`` goes by default: beside it, as ``MODEL.onnx`` (a
     saved folder ``DIR`` as ``DIR.onnx``, its whole name kept: ``tagger.v1.onnx``)."""
-    if model_path.is_dir():
-        return model_path.parent / f"{model_path.name}.onnx"
-    return model_path.with_suffix(".onnx")
+    output = (
+        model_path.parent / f"{model_path.name}.onnx"
+        if model_path.is_dir()
+        else model_path.with_suffix(".onnx")
+    )
+    if output.is_symlink():  # a folder of downloaded files may hold one, leading anywhere
+        raise ExportError(
+            f"{output}: is a link (to {os.readlink(output)}), and the default output is not "
+            "written through one; give it as the output (-o) to write there, or remove it"
+        )
+    return output
 
 
 def _verify_staged(

@@ -317,6 +317,36 @@ def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["graph.onnx", "report.json"]
 
 
+def test_a_link_to_a_device_or_pipe_and_a_planted_default_output_link_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Written through a link to a pipe (or, as root, to /dev/full), the node itself was
+    replaced by a file; and a link planted at the default output name (a folder of downloaded
+    files beside the model) replaced a file anywhere, the tool saying only "Wrote m.onnx"
+    (users31). A target that is not a regular file is refused, and the default output is not
+    written through a link: named by -o it is."""
+    model = tmp_path / "m.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    (tmp_path / "to_pipe.onnx").symlink_to(pipe)
+    (tmp_path / "to_pipe.json").symlink_to(pipe)
+    result = cli(model, "-o", tmp_path / "to_pipe.onnx", "-q", "--no-verify")
+    assert result.exit_code == 2 and "not a regular file" in result.output, result.output
+    result = cli(model, "-o", tmp_path / "a.onnx", "--json", tmp_path / "to_pipe.json", "-q")
+    assert result.exit_code == 2 and "--json: " in result.output, result.output
+    assert "not a regular file" in result.output and not (tmp_path / "a.onnx").exists()
+    assert pipe.exists() and not pipe.is_file()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "m.onnx").symlink_to(notes)
+    result = cli(model, "-q", "--no-verify")
+    assert result.exit_code == 2 and "is a link (to " in result.output, result.output
+    assert notes.read_text() == "mine"
+    assert cli(model, "-o", tmp_path / "m.onnx", "-q", "--no-verify").exit_code == 0
+    assert onnx.load(str(notes)).graph.node
+
+
 # -- model files -------------------------------------------------------------------------------
 
 
