@@ -653,6 +653,7 @@ def layer_setup(
     references: References | None,
     paths: Mapping[str, str],
     enabled: bool,
+    folder: str | None = None,
 ) -> LayerState:
     if not enabled or references is None:
         return LayerState(reason="off")
@@ -671,7 +672,7 @@ def layer_setup(
     )
     return LayerState(
         tuple(infos),
-        GraphLayers(proto, infos, spec.dtype),
+        GraphLayers(proto, infos, spec.dtype, folder),
         hooked,
         paths={
             layer.path: mapped[i] + layer.path[len(modules[i]) :] for i, layer in enumerate(infos)

@@ -12,6 +12,7 @@ a lower layer is located where it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 
 from birnn_export._packed import is_packed_layer
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.spec import RECURRENT_OPS, GraphSpec, onnx_bytes, takes_lengths
+from birnn_export.spec import RECURRENT_OPS, GraphSpec, takes_lengths
 
 
 class LayersUnavailable(Exception):
@@ -134,6 +135,43 @@ def _reversed(node: Any, consumers: Mapping[str, list[Any]]) -> bool:
     return False
 
 
+def _inferred_types(proto: Any) -> dict[str, int]:
+    """Each tensor's element type by ONNX shape inference, run on the graph without its
+    weights' data (types need only their declarations); empty where inference fails."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version = proto.ir_version
+    light.opset_import.extend(proto.opset_import)
+    graph = proto.graph
+    light.graph.node.extend(graph.node)
+    light.graph.input.extend(graph.input)
+    light.graph.output.extend(graph.output)
+    for tensor in graph.initializer:
+        light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light).graph.value_info
+    except Exception:  # inference is best effort; the graph's dtype is the fallback
+        return {}
+    return {v.name: v.type.tensor_type.elem_type for v in inferred}
+
+
+def _external_files(proto: Any) -> list[str]:
+    """The external data files ``proto``'s tensors name (relative to the graph's folder)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(
+        dict.fromkeys(
+            entry.value
+            for tensor in _get_all_tensors(proto)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        )
+    )
+
+
 def is_recurrent(node: Any) -> bool:
     """Whether ``node`` computes a recurrent layer: an LSTM/GRU/RNN node, or the loop the scan
     or packed layout writes for one."""
@@ -158,10 +196,18 @@ class GraphLayers:
     :meth:`close` when done.
     """
 
-    def __init__(self, proto: Any, layers: Sequence[GraphLayer], dtype: str) -> None:
+    def __init__(
+        self,
+        proto: Any,
+        layers: Sequence[GraphLayer],
+        dtype: str,
+        folder: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.proto, self.layers, self.dtype = proto, tuple(layers), dtype
+        self.folder = folder  # where the graph's external data files lie
         self._runner: Any = None
         self._folder: Any = None
+        self._beside: str | None = None
 
     def _build(self) -> Any:
         import functools
@@ -173,29 +219,24 @@ class GraphLayers:
         from birnn_export._isolation import IsolatedRunner
         from birnn_export.runners import OrtRunner
 
-        probe = onnx.ModelProto()
-        probe.CopyFrom(self.proto)
-        declared = {o.name for o in probe.graph.output}
+        graph = self.proto.graph
+        declared = {o.name for o in graph.output}
         # The graph's dtype, unless inference says otherwise: an fp16 graph's ragged
         # recurrent nodes compute in float32 (modules.recurrent_dtype).
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
-        try:
-            inferred = onnx.shape_inference.infer_shapes(probe).graph.value_info
-            types = {v.name: v.type.tensor_type.elem_type for v in inferred}
-        except Exception:  # inference is best effort; the graph's dtype is the fallback
-            types = {}
-        for layer in self.layers:
-            for name in layer.y_names:
-                if name not in declared:
-                    declared.add(name)
-                    probe.graph.output.append(
-                        helper.make_tensor_value_info(name, types.get(name) or elem, None)
-                    )
+        types = _inferred_types(self.proto)
+        added = [
+            helper.make_tensor_value_info(name, types.get(name) or elem, None)
+            for name in dict.fromkeys(y for layer in self.layers for y in layer.y_names)
+            if name not in declared
+        ]
         self._folder = tempfile.TemporaryDirectory(prefix="birnn-export-layers-")
-        path = f"{self._folder.name}/layers.onnx"
+        # The layers' outputs are added to the graph while it is saved (a copy of a big
+        # graph's weights, twice more for shape inference, was most of verify's memory).
+        graph.output.extend(added)
         try:
-            large = onnx_bytes(probe) > (1 << 31) - (64 << 20)
-            onnx.save_model(probe, path, save_as_external_data=large, location="layers.onnx.data")
+            path = self._probe_path()
+            onnx.save_model(self.proto, path)
             runner = IsolatedRunner("ort-cpu", functools.partial(OrtRunner, path))
             runner.activate()
         except Exception as exc:
@@ -203,7 +244,29 @@ class GraphLayers:
                 "ONNX Runtime CPU could not load the graph with the layer outputs added: "
                 f"{one_line(exc)}"
             ) from None
+        finally:
+            del graph.output[len(graph.output) - len(added) :]
         return runner
+
+    def _probe_path(self) -> str:
+        """Where the graph with the layers' outputs goes: in the temporary folder, its
+        external data files hard-linked beside it (ONNX Runtime refuses a symbolic link that
+        leads out of the graph's folder); on another filesystem, beside the graph itself under
+        a hidden name, removed by :meth:`close`."""
+        import tempfile
+
+        folder = self.folder or "."
+        try:
+            for location in _external_files(self.proto):
+                os.link(os.path.join(folder, location), os.path.join(self._folder.name, location))
+        except OSError:
+            handle, path = tempfile.mkstemp(
+                prefix=".birnn-export-layers-", suffix=".onnx", dir=folder
+            )
+            os.close(handle)
+            self._beside = path
+            return path
+        return os.path.join(self._folder.name, "layers.onnx")
 
     def close(self) -> None:
         if self._runner is not None:
@@ -212,6 +275,9 @@ class GraphLayers:
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None
+        if self._beside is not None:
+            os.unlink(self._beside)
+            self._beside = None
 
     def run(
         self, feed: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray]

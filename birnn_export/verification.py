@@ -492,7 +492,14 @@ def verify(
     references = None
     if golden is None:
         references = References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
-    layer_state = layer_setup(proto, spec, references, layer_paths, layers and golden is None)
+    layer_state = layer_setup(
+        proto,
+        spec,
+        references,
+        layer_paths,
+        layers and golden is None,
+        folder=os.path.dirname(os.path.abspath(onnx_path)),
+    )
 
     results: list[CaseResult] = []
     saved: list[tuple[Case, dict[str, np.ndarray], dict[str, Any], bool]] = []

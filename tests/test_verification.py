@@ -1588,3 +1588,38 @@ def test_a_graph_that_fails_at_its_traced_sizes_too_gets_no_fixed_size_diagnosis
     report = verify(result.path, wrong)
     assert not report.passed and not any(c.passed for c in report.cases)
     assert all("traced at" not in (c.diagnosis or "") for c in report.cases)
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["hard link", "another filesystem"])
+def test_layers_are_compared_in_a_graph_with_external_data(
+    tmp_path: Path, monkeypatch, linked: bool
+) -> None:
+    """A graph over 2 GB keeps its weights in an external data file beside it: the copy with
+    the layers' outputs added, saved in a temporary folder, named a file that was not there,
+    and the layers were not compared (users32's 2.2 GB embedding). Checked from elsewhere;
+    where the data cannot be linked, the copy is beside the graph for the while."""
+    import errno
+
+    import onnx
+
+    if not linked:
+
+        def cross_device(*args: object) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr("birnn_export._layers.os.link", cross_device)
+
+    loaded, result = export_trained("token_gru_tagger", tmp_path / "g.onnx", layout="split")
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    model = onnx.load(str(result.path))
+    onnx.save_model(
+        model, str(folder / "g.onnx"), save_as_external_data=True, location="g.onnx.data"
+    )
+    assert (folder / "g.onnx.data").is_file()
+    monkeypatch.chdir(tmp_path)
+    report = verify(Path("sent") / "g.onnx", loaded, batch_sizes=(2,), seq_lens=(5,))
+    assert report.passed, report.summary()
+    assert not any("not compared one by one" in note for note in report.notes), report.notes
+    assert any(o.check == "layer" for c in report.cases for o in c.outputs)
+    assert sorted(p.name for p in folder.iterdir()) == ["g.onnx", "g.onnx.data"]
