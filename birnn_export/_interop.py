@@ -94,7 +94,8 @@ def load_feeds(path: str | os.PathLike[str]) -> list[Feed]:
                     if case.startswith("case") and case[4:].isdigit() and name:
                         grouped.setdefault(int(case[4:]), {})[name] = archive[key]
                 feeds = [grouped[i] for i in sorted(grouped)]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError) as exc:
+        # MemoryError: an array's header declaring far more than memory holds (10**12 rows)
         raise BiRNNExportError(f"load_inputs: cannot read {path} ({exc})") from None
     if not feeds or not all(
         isinstance(f, dict) and all(isinstance(v, np.ndarray) for v in f.values()) for f in feeds

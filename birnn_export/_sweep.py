@@ -263,10 +263,16 @@ def row_feed(
 
 
 def fit_budget(
-    cases: list[Case], proto: Any, spec: GraphSpec, budget: int, explicit: bool
+    cases: list[Case],
+    proto: Any,
+    spec: GraphSpec,
+    budget: int,
+    explicit: bool,
+    *,
+    instead: str = "choose smaller --batch/--seq",
 ) -> tuple[list[Case], list[str]]:
-    """Drop (default sweep) or refuse (explicit sizes) cases whose largest tensor exceeds the
-    memory budget."""
+    """Drop (default sweep) or refuse (explicit sizes, ``instead`` saying what else to do)
+    cases whose largest tensor exceeds the memory budget."""
     kept, notes, shapes = [], [], tensor_shapes(proto)
     unreadable = has_unreadable_dims(shapes, spec)
     for case in cases:
@@ -283,7 +289,7 @@ def fit_budget(
             f"{budget / 2**30:.2f} GiB"
         )
         if explicit:
-            raise BiRNNExportError(f"{text}; choose smaller --batch/--seq or raise --memory-budget")
+            raise BiRNNExportError(f"{text}; {instead} or raise --memory-budget")
         notes.append(f"skipped {text} (raise --memory-budget to run it)")
     if not kept:
         raise BiRNNExportError(

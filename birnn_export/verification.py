@@ -174,9 +174,38 @@ def _loaded_cases(
         seq = max(
             (shape[t.name][t.time_axis] for t in spec.inputs if t.time_axis is not None), default=1
         )
+        for tensor in spec.inputs:
+            _check_loaded_values(index, tensor, feed[tensor.name], shape, spec)
         mode = "loaded"
         cases.append((Case(int(batch), int(seq), mode, 1.0, index), dict(feed)))
     return cases
+
+
+def _check_loaded_values(
+    index: int,
+    tensor: Any,
+    value: np.ndarray,
+    shapes: Mapping[str, tuple[int, ...]],
+    spec: GraphSpec,
+) -> None:
+    """A saved input's token ids within the graph's vocabulary and lengths within the steps
+    they measure (out-of-range values were blamed on the declared sequence range)."""
+    if value.size == 0 or value.dtype.kind not in "iu":
+        return
+    low, high = tensor.low, tensor.high
+    if tensor.role == "lengths" and isinstance(high, str):
+        steps = [
+            s[t.dims.index(high)] for t in spec.inputs if high in t.dims for s in [shapes[t.name]]
+        ]
+        high = max(steps, default=None)
+    if isinstance(low, str) or isinstance(high, str) or tensor.role not in ("tokens", "lengths"):
+        return
+    least, most = int(value.min()), int(value.max())
+    if (low is not None and least < low) or (high is not None and most > high):
+        raise BiRNNExportError(
+            f"load_inputs: case {index}'s {tensor.name!r} holds {least}..{most}, outside the "
+            f"{'ids' if tensor.role == 'tokens' else 'lengths'} the graph takes ({low}..{high})"
+        )
 
 
 def _engine_runner(
@@ -402,6 +431,9 @@ def verify(
             )
         loaded_cases = _loaded_cases(spec, _interop.load_feeds(load_inputs))
         cases = [c for c, _ in loaded_cases]
+        # saved by someone else, they are held to the budget too (a million steps ran for
+        # minutes at 4.5 GB)
+        fit_budget(cases, proto, spec, memory_budget, True, instead="save smaller inputs")
         feeds = dict(zip(range(len(cases)), (f for _, f in loaded_cases), strict=True))
     else:
         cases = plan_cases(

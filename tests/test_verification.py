@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -1623,3 +1625,40 @@ def test_layers_are_compared_in_a_graph_with_external_data(
     assert not any("not compared one by one" in note for note in report.notes), report.notes
     assert any(o.check == "layer" for c in report.cases for o in c.outputs)
     assert sorted(p.name for p in folder.iterdir()) == ["g.onnx", "g.onnx.data"]
+
+
+def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
+    tmp_path: Path,
+) -> None:
+    """A crafted cases file: a header of 10**12 rows was a MemoryError traceback, a row of a
+    million steps ran for minutes past the memory budget, and ids outside the vocabulary or
+    negative lengths were blamed on the sequence range (users31)."""
+    from birnn_export import _interop
+
+    loaded, result = export_trained("token_gru_tagger", tmp_path / "g.onnx")
+    spec = GraphSpec.from_onnx(result.path)
+    ids, lengths = (t.name for t in spec.inputs)
+    feed = {ids: np.ones((2, 6), np.int64), lengths: np.array([6, 3])}
+
+    def replay(**changed: np.ndarray) -> None:
+        path = tmp_path / "cases.npz"
+        _interop.save_feeds(path, [{**feed, **changed}])
+        verify(result.path, loaded, load_inputs=path, memory_budget=1 << 20)
+
+    replay()  # as saved, within everything
+    with pytest.raises(BiRNNExportError, match=rf"case 0's '{ids}' holds 1000000000000..1000000000000, "):
+        replay(**{ids: np.full((2, 6), 10**12)})
+    with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' holds -5..6, outside"):
+        replay(**{lengths: np.array([6, -5])})
+    long = {ids: np.ones((1, 200_000), np.int64), lengths: np.array([200_000])}
+    with pytest.raises(BiRNNExportError, match=r"over the memory budget.*save smaller inputs"):
+        replay(**long)
+    header = tmp_path / "huge.npz"
+    array = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        array, {"descr": "<i8", "fortran_order": False, "shape": (10**12, 3)}
+    )
+    with zipfile.ZipFile(header, "w") as archive:
+        archive.writestr(f"case0/{ids}.npy", array.getvalue())
+    with pytest.raises(BiRNNExportError, match="load_inputs: cannot read"):
+        verify(result.path, loaded, load_inputs=header)
