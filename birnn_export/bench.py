@@ -473,7 +473,7 @@ def benchmark(
     with (
         reference,
         eager or contextlib.nullcontext(),
-        _progress(len(engines) * len(shapes), enabled=progress) as advance,
+        _progress([b * s for _ in engines for b, s in shapes], progress) as advance,
     ):
         for engine in engines:
             if reasons[engine]:
@@ -1051,24 +1051,16 @@ def _row(
 
 
 @contextmanager
-def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[int, str], None]]:
-    """A transient rich progress bar on stderr; yields ``advance(steps, description)``."""
-    if not enabled:
-        yield lambda steps, description: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(weights: list[int], enabled: bool) -> Iterator[Callable[[int, str], None]]:
+    """Progress over the engines' shapes, each weighing batch x length (a plain line every
+    30 s where stderr is not a terminal); yields ``advance(steps, label)``."""
+    from birnn_export._progress import Progress
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("bench", total=total)
-        yield lambda steps, description: bar.update(task, advance=steps, description=description)
+    bar = Progress("bench", weights, enabled)
+    try:
+        yield lambda steps, label: bar.advance(label, steps) if steps else bar.now(label)
+    finally:
+        bar.close()
 
 
 def _label(engine: str, settings: Mapping[str, Any]) -> str:

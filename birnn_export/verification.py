@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -60,6 +59,7 @@ from birnn_export._case import (
 )
 from birnn_export._files import check_output_path
 from birnn_export._layers import has_lengths, is_recurrent
+from birnn_export._progress import Progress
 from birnn_export._references import (
     GOLDEN_EAGER,
     GOLDEN_REFERENCE,
@@ -235,87 +235,6 @@ def _engine_runner(
         profile_seq=profile[1],
         isolate=isolate,
     )
-
-
-# -- progress --------------------------------------------------------------------------------
-
-
-#: Seconds between the plain progress lines written where stderr is not a terminal.
-PLAIN_PROGRESS_EVERY = 30.0
-
-
-#: The share of a sweep's work (batch x length) done before its time left is estimated.
-ESTIMATE_AFTER = 0.1
-
-
-class _Progress:
-    """A rich progress bar that appears only once the sweep has run for more than a second; where
-    stderr is not a terminal (a CI log, a file), a plain line every
-    :data:`PLAIN_PROGRESS_EVERY` seconds instead, so a long sweep shows it is running.
-
-    Each step weighs what it computes (``weights``: a case's batch x length), so the time left
-    is estimated from the work done, not the steps: the longest case takes most of a sweep."""
-
-    def __init__(self, weights: Sequence[float], enabled: bool) -> None:
-        self.weights, self.enabled, self.done = list(weights), enabled, 0
-        self.total = len(self.weights)
-        self.start = time.perf_counter()
-        self._bar: Any = None
-        self._task: Any = None
-        self._said = 0.0
-
-    def extend(self, weights: Sequence[float]) -> None:
-        """More steps, decided during the sweep."""
-        self.weights += weights
-        self.total = len(self.weights)
-        if self._bar is not None:
-            self._bar.update(self._task, total=self.total)
-
-    def left(self, elapsed: float) -> str:
-        """``, about N s left`` from the work done so far, or nothing before a tenth of it: the
-        first, smallest cases carry the start-up (a 340 MB model's first line said "about
-        168591 s left" of a 271 s export)."""
-        done = sum(self.weights[: self.done])
-        rest = sum(self.weights[self.done :])
-        if done < ESTIMATE_AFTER * (done + rest) or rest <= 0:
-            return ""
-        return f", about {elapsed * rest / done:.0f} s left"
-
-    def advance(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        if not sys.stderr.isatty():
-            if elapsed - self._said >= PLAIN_PROGRESS_EVERY:
-                self._said = elapsed
-                print(
-                    f"verify: {self.done}/{self.total} steps ({label}), {elapsed:.0f} s"
-                    f"{self.left(elapsed)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            return
-        if self._bar is None and elapsed > 1.0:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self._bar = Progress(
-                TextColumn("verify"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.description}"),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(label, total=self.total, completed=self.done)
-        elif self._bar is not None:
-            self._bar.update(self._task, advance=1, description=label + self.left(elapsed))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -538,7 +457,9 @@ def verify(
     providers: dict[str, tuple[str, ...]] = {}
     probed: list[tuple[Case, bool]] = []
     ran_cases: list[Case] = []  # each result's case
-    bar = _Progress([c.batch * c.seq for c in cases for _ in range(1 + len(engines))], progress)
+    bar = Progress(
+        "verify", [c.batch * c.seq for c in cases for _ in range(1 + len(engines))], progress
+    )
     with contextlib.ExitStack() as stack:
         if references is not None:
             stack.enter_context(references)

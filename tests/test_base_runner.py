@@ -123,6 +123,7 @@ STAGES = (
         "_layers",
         "_diagnose",
         "_interop",
+        "_progress",
     ),
     ("pipeline",),
     ("cli", "options", "_option_groups", "__main__"),
