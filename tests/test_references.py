@@ -114,3 +114,24 @@ def test_root_bidirectional_hidden() -> None:
     assert root_bidirectional_hidden(nn.Linear(2, 2), BiRNN(3, 6)) == 6
     assert root_bidirectional_hidden(nn.LSTM(3, 5, bidirectional=True)) == 5
     assert root_bidirectional_hidden(nn.LSTM(3, 5), nn.Sequential()) is None
+
+
+def test_determinism_is_checked_past_a_first_case_too_small_to_tell(tmp_path) -> None:
+    """The determinism check ran on the first case alone: a dropout over its 4 values drops
+    the same ones twice one time in five, and the export then failed every case blaming the
+    graph (or passed a noisy model). It runs until 1000 values were seen."""
+    from birnn_export.pipeline import export_onnx
+
+    class NoisyPastOneStep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.rnn(x)[0]
+            noise = torch.rand_like(out) * (x.abs().sum() > 3.0)  # none on a tiny first case
+            return out + noise
+
+    torch.manual_seed(0)
+    with pytest.raises(BiRNNExportError, match="not deterministic in eval mode"):
+        export_onnx(NoisyPastOneStep().eval(), tmp_path / "n.onnx")
