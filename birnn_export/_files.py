@@ -133,6 +133,15 @@ def refuse_same_files(**paths: str | os.PathLike[str] | None) -> None:
         seen[resolved] = name
 
 
+def size_text(nbytes: float) -> str:
+    """``nbytes`` in the largest binary unit under which it is at least 1 (``360.9 MiB``)."""
+    for unit in ("B", "KiB", "MiB"):
+        if nbytes < 1024:
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from birnn_export._files import atomic_path
+from birnn_export._files import atomic_path, size_text
 from birnn_export.conversion import conversion_report, convert, reserve_hook_ids
 from birnn_export.errors import BiRNNExportError, ModelLoadError
 from birnn_export.models import (
@@ -452,8 +452,9 @@ def _deserialize(
         text = str(exc)
         if _out_of_memory(exc):
             raise ModelLoadError(
-                f"{path}: reading it asks for more than {_size(budget)} of memory, far more than a "
-                f"{_size(len(data))} file can hold (a memory bomb or corrupted sizes); refused"
+                f"{path}: reading it asks for more than {size_text(budget)} of memory, far more "
+                f"than a {size_text(len(data))} file can hold (a memory bomb or corrupted sizes); "
+                "refused"
             ) from None
         blocked = _BLOCKED_GLOBAL.search(text)
         if isinstance(exc, pickle.UnpicklingError) and blocked:
@@ -477,8 +478,8 @@ def _deserialize(
             )
             if sizes:
                 raise ModelLoadError(
-                    f"{path}: a storage declares {_size(int(sizes[2]))} but the archive holds "
-                    f"{_size(int(sizes[1]))} for it: corrupted or crafted; refused"
+                    f"{path}: a storage declares {size_text(int(sizes[2]))} but the archive holds "
+                    f"{size_text(int(sizes[1]))} for it: corrupted or crafted; refused"
                 ) from None
             raise ModelLoadError(
                 f"{path}: truncated or corrupted torch.save archive ({_first_sentence(text)})"
@@ -569,14 +570,6 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "can't allocate memory" in text or ("alloc_cpu" in text)
 
 
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.1f} GiB"
-
-
 #: What a model quantized by torch (``torch.ao.quantization.quantize_dynamic``) holds instead of
 #: float weights; said where such a file is refused.
 _QUANTIZED_ADVICE = (
@@ -649,9 +642,9 @@ def _check_tensors(obj: Any, path: Path, file_size: int) -> None:
     if total > load_budget(file_size):
         name, nbytes, shape = biggest
         raise ModelLoadError(
-            f"{path}: its tensors would take {_size(total)} in memory ({name} {list(shape)} "
-            f"alone {_size(nbytes)}) but the file holds {_size(file_size)}: views with zero "
-            "strides or shared storage; refused (re-save with tensor.clone())"
+            f"{path}: its tensors would take {size_text(total)} in memory ({name} {list(shape)} "
+            f"alone {size_text(nbytes)}) but the file holds {size_text(file_size)}: views with "
+            "zero strides or shared storage; refused (re-save with tensor.clone())"
         )
 
 

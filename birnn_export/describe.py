@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from birnn_export._container import Container
-from birnn_export._files import onnx_file_size
+from birnn_export._files import onnx_file_size, size_text
 from birnn_export._graph import ONNX_DTYPES
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
@@ -189,7 +189,7 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
             raise BiRNNExportError(
                 f"{path}: unreadable {METADATA_KEY} metadata ({exc}); re-export the model"
             ) from None
-    out = [f"{path}  ({info['file_size'] / 1024:.1f} KiB, {info['producer']})"]
+    out = [f"{path}  ({size_text(info['file_size'])}, {info['producer']})"]
     out.append(f"opset: {opset_text(info['opsets'])}")
     width = max(12, *(len(v["name"]) for v in (*info["inputs"], *info["outputs"])))
     unread = set(info.get("unread_inputs", ()))

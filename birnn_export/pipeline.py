@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from birnn_export._files import check_output_path, onnx_file_size, staged_output
+from birnn_export._files import check_output_path, onnx_file_size, size_text, staged_output
 from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
 
 if TYPE_CHECKING:
@@ -331,11 +331,11 @@ class ExportReport:
         onnx_info, result = self.onnx, self.result
         out = [f"Loaded   {self.model_path}: {self.source}"]
         out += [f"Converted {r}" for r in result.replaced]
-        size_kib = onnx_info["file_size"] / 1024
         from birnn_export.describe import dims_text, opset_text
 
         opsets = opset_text(onnx_info["opsets"])
-        out.append(f"Wrote    {onnx_info['path']} ({size_kib:.1f} KiB, opset {opsets})")
+        size = size_text(onnx_info["file_size"])
+        out.append(f"Wrote    {onnx_info['path']} ({size}, opset {opsets})")
         width = max(10, *(len(v["name"]) for v in (*onnx_info["inputs"], *onnx_info["outputs"])))
         for kind in ("inputs", "outputs"):
             for value in onnx_info[kind]:
