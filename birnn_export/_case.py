@@ -25,7 +25,6 @@ from birnn_export._layers import (
     graph_layers,
     in_reference_order,
     module_path,
-    one_line,
 )
 from birnn_export._references import References
 from birnn_export._report import WHOLE_SWEEP, CaseResult
@@ -42,7 +41,7 @@ from birnn_export.compare import (
     machine_eps,
     sweep_check,
 )
-from birnn_export.errors import BiRNNExportError
+from birnn_export.errors import BiRNNExportError, one_line
 from birnn_export.spec import (
     TAG_PADDING,
     GraphSpec,

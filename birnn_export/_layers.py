@@ -21,6 +21,7 @@ import numpy as np
 
 from birnn_export._packed import is_packed_layer
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
+from birnn_export.errors import one_line
 from birnn_export.spec import RECURRENT_OPS, GraphSpec, takes_lengths
 
 
@@ -560,9 +561,3 @@ def _run_layer(layer: Any, x: Any, lengths: Any, states: tuple[Any, ...] | None 
         return layer(x, hx)[0]
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     return pad_packed_sequence(layer(packed, hx)[0], batch_first=True, total_length=steps)[0]
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

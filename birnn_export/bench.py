@@ -54,7 +54,7 @@ from birnn_export.compare import (
     resolve_tolerance,
     sweep_check,
 )
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineUnavailableError, one_line
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
@@ -505,7 +505,7 @@ def benchmark(
                 continue
             except Exception as exc:
                 logger.debug("%s failed to build", engine, exc_info=True)
-                rows += [_row(engine, b, s, "error", _one_line(exc)) for b, s in shapes]
+                rows += [_row(engine, b, s, "error", one_line(exc)) for b, s in shapes]
                 advance(len(shapes), engine)
                 continue
             if engine.startswith("ort-"):
@@ -799,7 +799,7 @@ def _measure(
 ) -> BenchResult:
     def failed(exc: Exception) -> BenchResult:  # the engine's own failure, told in its row
         logger.debug("%s failed at batch %d seq %d", engine, batch, seq, exc_info=True)
-        return _row(engine, batch, seq, "error", _one_line(exc), build_s=runner.activate_time_s)
+        return _row(engine, batch, seq, "error", one_line(exc), build_s=runner.activate_time_s)
 
     try:
         start = time.perf_counter()
@@ -904,14 +904,12 @@ def _engine_bytes(runner: Any) -> int | None:
 
 
 def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from birnn_export.errors import BiRNNExportError
-
     try:
         return reference.infer(feed)
     except Exception as exc:
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
         raise BiRNNExportError(
-            f"model: calling it with the graph's inputs ({shapes}) failed: {_one_line(exc)}; "
+            f"model: calling it with the graph's inputs ({shapes}) failed: {one_line(exc)}; "
             "pass the model the ONNX file was exported from"
         ) from exc
 
@@ -1129,10 +1127,6 @@ def _sizes(sizes: Mapping[str, int]) -> str:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
 
 
 __all__ = [

@@ -69,3 +69,10 @@ class VerificationError(BiRNNExportError):
     def __init__(self, message: str, *, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line of at most 300 characters: its type, then its message."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

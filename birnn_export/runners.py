@@ -93,8 +93,9 @@ class TorchRunner(BaseRunner):
     def activate_impl(self) -> None:
         import torch
 
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise EngineUnavailableError(f"torch on {self.device}: no CUDA device visible to torch")
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise EngineUnavailableError(reason)
         model = self.model
         dtype = None if self.dtype is None else getattr(torch, self.dtype)
         tensors = [*model.parameters(), *model.buffers()]
