@@ -136,10 +136,16 @@ def _reversed(node: Any, consumers: Mapping[str, list[Any]]) -> bool:
     return False
 
 
+#: Initializers up to this size keep their values in the graph shape inference reads (small
+#: constants, indices and shapes, that it evaluates); bigger ones are declared as inputs.
+_INFERRED_WITH_VALUES = 1 << 20
+
+
 def _inferred_types(proto: Any) -> dict[str, int]:
     """Each tensor's element type by ONNX shape inference, run on the graph without its
     weights' data (types need only their declarations); empty where inference fails."""
     import onnx
+    from onnx import helper
 
     light = onnx.ModelProto()
     light.ir_version = proto.ir_version
@@ -149,7 +155,12 @@ def _inferred_types(proto: Any) -> dict[str, int]:
     light.graph.input.extend(graph.input)
     light.graph.output.extend(graph.output)
     for tensor in graph.initializer:
-        light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if not external and tensor.ByteSize() <= _INFERRED_WITH_VALUES:
+            light.graph.initializer.append(tensor)
+        else:
+            declared = helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            light.graph.input.append(declared)
     try:
         inferred = onnx.shape_inference.infer_shapes(light).graph.value_info
     except Exception:  # inference is best effort; the graph's dtype is the fallback
