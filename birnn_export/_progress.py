@@ -25,8 +25,8 @@ class Progress:
     """Progress of ``what`` (``verify``, ``bench``) over steps of the given ``weights``.
 
     Each step weighs what it computes (a case's batch x length), so the time left is estimated
-    from the work done, not the steps: the longest case takes most of a sweep. Call
-    :meth:`close` when done.
+    from the work done, not the steps: the longest case takes most of a sweep. Use it as a
+    context manager (or call :meth:`close`): its thread says lines until then.
     """
 
     def __init__(self, what: str, weights: Sequence[float], enabled: bool) -> None:
@@ -36,12 +36,22 @@ class Progress:
         self.running = ""  # the step now running, where the caller says
         self._bar: Any = None
         self._task: Any = None
-        self._said = 0.0
+        self._said = self.start  # when the last plain line was written
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._plain = enabled and not sys.stderr.isatty()
         if self._plain:
             threading.Thread(target=self._beat, daemon=True).start()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def restart(self) -> None:
+        """Time the run from now (the engines' start-up done): elapsed times and estimates."""
+        self.start = time.perf_counter()
 
     def extend(self, weights: Sequence[float]) -> None:
         """More steps, decided during the run."""
@@ -96,12 +106,14 @@ class Progress:
             self._bar.update(self._task, description=label)
 
     def _say(self, doing: str) -> None:
-        """A plain line, unless one was written less than the interval ago."""
-        elapsed = time.perf_counter() - self.start
+        """A plain line, unless one was written less than the interval ago (by the clock,
+        whatever :meth:`restart` did to the run's own time)."""
+        now = time.perf_counter()
+        elapsed = now - self.start
         with self._lock:
-            if elapsed - self._said < PLAIN_PROGRESS_EVERY:
+            if now - self._said < PLAIN_PROGRESS_EVERY:
                 return
-            self._said = elapsed
+            self._said = now
             print(
                 f"{self.what}: {doing}, {elapsed:.0f} s{self.left(elapsed)}",
                 file=sys.stderr,

@@ -473,7 +473,7 @@ def benchmark(
     with (
         reference,
         eager or contextlib.nullcontext(),
-        _progress([b * s for _ in engines for b, s in shapes], progress) as advance,
+        _progress([b * s for _ in engines for b, s in shapes], enabled=progress) as advance,
     ):
         for engine in engines:
             if reasons[engine]:
@@ -1049,16 +1049,13 @@ def _row(
 
 
 @contextmanager
-def _progress(weights: list[int], enabled: bool) -> Iterator[Callable[[int, str], None]]:
+def _progress(weights: list[int], *, enabled: bool) -> Iterator[Callable[[int, str], None]]:
     """Progress over the engines' shapes, each weighing batch x length (a plain line every
     30 s where stderr is not a terminal); yields ``advance(steps, label)``."""
     from birnn_export._progress import Progress
 
-    bar = Progress("bench", weights, enabled)
-    try:
+    with Progress("bench", weights, enabled) as bar:
         yield lambda steps, label: bar.advance(label, steps) if steps else bar.now(label)
-    finally:
-        bar.close()
 
 
 def _label(engine: str, settings: Mapping[str, Any]) -> str:

@@ -457,10 +457,9 @@ def verify(
     providers: dict[str, tuple[str, ...]] = {}
     probed: list[tuple[Case, bool]] = []
     ran_cases: list[Case] = []  # each result's case
-    bar = Progress(
-        "verify", [c.batch * c.seq for c in cases for _ in range(1 + len(engines))], progress
-    )
+    weights = [c.batch * c.seq for c in cases for _ in range(1 + len(engines))]
     with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress("verify", weights, progress))  # its thread ends too
         if references is not None:
             stack.enter_context(references)
         active = {e: stack.enter_context(r) for e, r in runners_.items()}
@@ -506,7 +505,7 @@ def verify(
                 saved.append((case, feed, ran, case_ok))
                 return case_ok
 
-            bar.start = time.perf_counter()  # the sweep's own time, sessions started
+            bar.restart()  # the sweep's own time, sessions started
             for index, case in enumerate(cases):
                 feed = feeds[index] if load_inputs is not None else case_feed(spec, case)
                 run(case, feed, index)
@@ -514,7 +513,6 @@ def verify(
                 bar.extend([c.batch * c.seq for c in probes for _ in range(1 + len(engines))])
                 probed = [(case, run(case, case_feed(spec, case))) for case in probes]
         finally:
-            bar.close()
             if layer_state.graph is not None:
                 layer_state.graph.close()
     results = blame_untraced(results + sweep_checks(results, per_engine, seed), spec)

@@ -40,3 +40,20 @@ def test_a_long_step_is_said_to_be_running_while_it_runs(
     quiet = len(lines)
     time.sleep(1.5)
     assert len(capsys.readouterr().err.splitlines()) == 0 and quiet  # closed: no more lines
+
+
+def test_restarting_the_clock_does_not_silence_the_lines_and_leaving_ends_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify restarts the run's clock once the engines have started: the lines were timed by
+    it, so after a long start-up none came for as long again; and the thread went on writing
+    where verify failed before the sweep (review21)."""
+    monkeypatch.setattr(_progress, "PLAIN_PROGRESS_EVERY", 0.5)
+    with pytest.raises(RuntimeError), Progress("verify", [1, 1], enabled=True) as progress:
+        progress.start -= 100.0  # a start-up of 100 s
+        progress.restart()
+        time.sleep(1.6)
+        assert "verify: 0/2 steps, the next still running" in capsys.readouterr().err
+        raise RuntimeError("an engine failed to start")
+    time.sleep(1.5)
+    assert capsys.readouterr().err == ""
