@@ -494,8 +494,10 @@ def _deserialize(
                     "(trust_pickle=True), or re-save the model's state_dict with torch.save"
                 ) from None
             raise ModelLoadError(
-                f"{path}: a pickle stream that torch.load(weights_only=True) cannot read "
-                f"({_last_detail(text)}): corrupted, or not written by torch.save"
+                f"{path}: torch.save's legacy (non-zip) format, which torch.load(weights_only="
+                f"True) cannot read ({_last_detail(text)}; pickle protocol 4 and later, or a "
+                "corrupted file): if you trust the file pass --trust-pickle, or re-save it with "
+                "torch.save's default format"
             ) from None
         if _is_onnx(data):
             raise ModelLoadError(onnx_given(path)) from None
@@ -688,14 +690,19 @@ def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:
         ) from None
 
 
-#: How torch's legacy (non-zip) format begins: its magic number, pickled with protocol 2.
-_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
-
-
 def _plain_pickle(data: bytes) -> bool:
     """Whether ``data`` is a pickle written by ``pickle.dump`` itself: neither torch's zip
-    archive nor its legacy format, which begins with a pickled magic number (a long int)."""
-    return data[:1] == b"\x80" and not data.startswith(_LEGACY_MAGIC)
+    archive nor its legacy format, whose first pickled value is torch's magic number (at any
+    pickle protocol)."""
+    import pickletools
+
+    if data[:1] != b"\x80":
+        return False
+    with contextlib.suppress(Exception):  # the first few opcodes of what may be anything
+        for opcode, value, _ in pickletools.genops(io.BytesIO(data[:64])):
+            if opcode.name not in ("PROTO", "FRAME"):
+                return not (opcode.name == "LONG1" and value == torch.serialization.MAGIC_NUMBER)
+    return True
 
 
 def _main_from(model_class: str | None, path: Path) -> Any:

@@ -1254,3 +1254,21 @@ def test_a_model_saved_by_pickle_dump_loads_only_when_trusted(tmp_path: Path, pr
     loaded = load_model(path, trust_pickle=True)
     x, lengths = torch.randn(2, 5, 4), torch.tensor([5, 3])
     torch.testing.assert_close(loaded.original(x, lengths), model(x, lengths))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_torchs_legacy_format_is_not_taken_for_pickle_dump(tmp_path: Path, protocol) -> None:
+    """torch.save's legacy (non-zip) format begins with its magic number, pickled at the
+    protocol asked for: at protocol 4 it was taken for a pickle.dump file and failed to load
+    trusted ("holds a int"), told as "written by pickle.dump" untrusted (review21)."""
+    torch.manual_seed(0)
+    rnn = nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+    model = _BuiltinModel(rnn, nn.Linear(12, 3), None).eval()
+    path = tmp_path / "legacy.pt"
+    torch.save(model, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(path)
+    assert "pickle.dump" not in str(refused.value) and "--trust-pickle" in str(refused.value)
+    loaded = load_model(path, trust_pickle=True)
+    x, lengths = torch.randn(2, 5, 4), torch.tensor([5, 3])
+    torch.testing.assert_close(loaded.original(x, lengths), model(x, lengths))
