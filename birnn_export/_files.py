@@ -51,9 +51,10 @@ def _regular_target(path: Path) -> Path:
     (written through a link to a device or a pipe, the node itself was replaced)."""
     target = path.resolve()
     if target.exists() and not target.is_file():
+        through = f"a link to {target}, which is " if path.is_symlink() else ""
         raise BiRNNExportError(
-            f"{path}: {'leads to ' + str(target) + ', ' if target != path.absolute() else ''}"
-            "not a regular file (a device, a pipe or a folder); give a file's path"
+            f"{path}: {through}not a regular file (a device, a pipe or a folder); give a "
+            "file's path"
         )
     return target
 
@@ -206,12 +207,19 @@ def _remove_stale_staging(path: Path) -> None:
             continue
         with contextlib.suppress(OSError):
             leftovers = list(folder.iterdir())
-            if any(f.name not in ours or not f.is_file() or f.is_symlink() for f in leftovers):
+            if any(not _ours(f, ours) or not f.is_file() or f.is_symlink() for f in leftovers):
                 continue
             for leftover in leftovers:
                 leftover.unlink()
             folder.rmdir()
             logger.info("removed %s, left by process %s that no longer runs", folder, pid)
+
+
+def _ours(file: Path, names: set[str]) -> bool:
+    """Whether ``file`` in a staging folder is one the export writes there: the graph and its
+    data, or the copy verification's layer probe puts beside them (``_layers``)."""
+    probe = file.name.startswith(".birnn-export-layers-") and file.name.endswith(".onnx")
+    return file.name in names or probe
 
 
 def _alive(pid: int) -> bool:

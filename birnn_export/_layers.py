@@ -270,7 +270,8 @@ class GraphLayers:
         folder = self.folder or "."
         try:
             for location in _external_files(self.proto):
-                os.link(os.path.join(folder, location), os.path.join(self._folder.name, location))
+                source = os.path.realpath(os.path.join(folder, location))  # not the link itself
+                os.link(source, os.path.join(self._folder.name, location))
         except OSError:
             handle, path = tempfile.mkstemp(
                 prefix=".birnn-export-layers-", suffix=".onnx", dir=folder

@@ -452,6 +452,14 @@ def _trace_graph(
     notes += [] if scores is not None else reconstruction_notes(proto, spec)
     notes += _untraced_notes(untraced, planned, traced_at)
     notes += _unrolled_cells_notes(traced, trace_inputs)
+    points = list(  # each point once, in the order found
+        dict.fromkeys(tuple(point.items()) for u in untraced for point in u.examples(traced_at))
+    )
+    if len(points) > MAX_UNTRACED:
+        notes.append(
+            f"{len(points)} sizes where the model may take another branch; the first "
+            f"{MAX_UNTRACED} are recorded for verification to run"
+        )
     guard_empty_batch(proto, spec)
     spec = GraphSpec(
         **{
@@ -463,12 +471,7 @@ def _trace_graph(
             "tool_version": __version__,
             "source_sha256": source_sha256,
             "container": container.to_dict() if container is not None else None,
-            "untraced": tuple(
-                dict(p)
-                for p in dict.fromkeys(  # each point once, in the order found
-                    tuple(point.items()) for u in untraced for point in u.examples(traced_at)
-                )
-            )[:MAX_UNTRACED],
+            "untraced": tuple(dict(p) for p in points[:MAX_UNTRACED]),
         }
     )
     set_metadata(proto, spec, lengths_fed)

@@ -557,7 +557,7 @@ def _check_tensor_values(data: dict[str, Any], key: str) -> None:
         raise BiRNNExportError(f"{key}: two tensors are named {twice!r}")
     graph_dims = {d for t in data["inputs"] + data["outputs"] for d in t.get("dims", [])}
     batch_dim = data.get("batch_dim", BATCH)
-    dtypes = INPUT_DTYPES if key == "inputs" else (*INPUT_DTYPES, "unknown")
+    dtypes = (*INPUT_DTYPES, "unknown")  # unknown: an input of a type no engine here takes
     for index, tensor in enumerate(tensors):
         where = f"{key}[{index}]"
         if tensor.get("dtype") not in dtypes:
@@ -568,7 +568,8 @@ def _check_tensor_values(data: dict[str, Any], key: str) -> None:
                 measured = tensor.get("role") == "lengths" and value != batch_dim
                 if not (measured and value in graph_dims):
                     raise BiRNNExportError(
-                        f"{where}.{name}: {value!r} is not a dim lengths of the graph measure"
+                        f"{where}.{name}: {value!r} names no dim of the graph for these "
+                        "lengths to measure"
                     )
             elif isinstance(value, bool) or (value is not None and not abs(value) <= _ID_LIMIT):
                 raise BiRNNExportError(f"{where}.{name}: {value!r} is out of range")
@@ -800,7 +801,7 @@ def _check_external_data(proto: Any, path: Path) -> None:
                 f"beside it; copy {location} along with the graph"
             )
         span = [entries.get(key) or "0" for key in ("offset", "length")]
-        if not all(text.isdigit() for text in span):
+        if not all(text.isascii() and text.isdigit() for text in span):
             raise ModelLoadError(
                 f"{path}: tensor {tensor.name!r} gives its place in {location} as offset "
                 f"{span[0]!r}, length {span[1]!r}, not byte counts: a corrupted graph"

@@ -168,6 +168,12 @@ def _loaded_cases(
             raise BiRNNExportError(
                 f"load_inputs: case {index} has inputs {sorted(feed)}, the graph takes {names}"
             )
+        for t in spec.inputs:
+            if feed[t.name].ndim != len(t.dims):
+                raise BiRNNExportError(
+                    f"load_inputs: case {index}'s {t.name!r} has {feed[t.name].ndim} dims, the "
+                    f"graph takes [{', '.join(map(str, t.dims))}]"
+                )
         shape = {t.name: feed[t.name].shape for t in spec.inputs}
         first = spec.inputs[0]
         batch = shape[first.name][first.batch_axis] if first.batch_axis is not None else 1

@@ -260,6 +260,8 @@ def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> 
     stale = tmp_path / f".a.onnx.birnn-export-{dead.stdout.strip()}-abc12345"
     stale.mkdir()
     (stale / "a.onnx").write_bytes(b"half a graph")
+    (stale / "a.onnx.data").write_bytes(b"weights")
+    (stale / ".birnn-export-layers-x1y2.onnx").write_bytes(b"the layer probe's copy")
     alive = tmp_path / f".a.onnx.birnn-export-{os.getpid()}-live0000"  # a running export's
     alive.mkdir()
     result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")
@@ -733,6 +735,7 @@ def test_fuzz_the_command_line(good: tuple[Path, Path], tmp_path_factory, args: 
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], list(folder.iterdir())
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's")
 def test_an_engine_child_imports_nothing_from_the_working_directory(tmp_path, monkeypatch) -> None:
     """Spawn starts a child as ``python -c``, with the working directory first on its path
     while it imports multiprocessing's modules: a ``selectors.py`` planted in a folder of

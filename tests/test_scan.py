@@ -235,8 +235,7 @@ class _ProjectedTagger(nn.Module):
         return self.out(y).log_softmax(-1)
 
 
-@pytest.mark.tensorrt_rtx
-def test_lstm_with_projection_inside_a_model_float16_int8_and_tensorrt(tmp_path):
+def test_lstm_with_projection_inside_a_model_float16_and_int8(tmp_path):
     torch.manual_seed(0)
     model = _ProjectedTagger().eval()
     result = export_onnx(model, tmp_path / "p.onnx")
@@ -247,6 +246,14 @@ def test_lstm_with_projection_inside_a_model_float16_int8_and_tensorrt(tmp_path)
     int8 = export_onnx(model, tmp_path / "q.onnx", quantize="int8", verify=False)
     assert int8.quantization.left_float.get("LSTM") == 2  # the loops stay float; the head not
     assert int8.quantization.quantized
+
+
+@pytest.mark.tensorrt_rtx
+def test_lstm_with_projection_inside_a_model_builds_in_tensorrt(tmp_path):
+    torch.manual_seed(0)
+    model = _ProjectedTagger().eval()
+    export_onnx(model, tmp_path / "p.onnx", verify=False)
+    export_onnx(model, tmp_path / "half.onnx", dtype="float16", verify=False)
     for name in ("p.onnx", "half.onnx"):
         report = check_compatibility(tmp_path / name, target="tensorrt")
         assert report.ok and report.checked_with, report.lines()

@@ -1642,6 +1642,8 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
         replay(**{ids: np.full((2, 6), 10**12)})
     with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' holds -5..6, outside"):
         replay(**{lengths: np.array([6, -5])})
+    with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' has 2 dims, the graph"):
+        replay(**{lengths: np.array([[6, 3]])})  # an IndexError (review21)
     long = {ids: np.ones((1, 200_000), np.int64), lengths: np.array([200_000])}
     with pytest.raises(BiRNNExportError, match=r"over the memory budget.*save smaller inputs"):
         replay(**long)
