@@ -156,6 +156,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 #: gone (killed while saving) is removed by the next export to the same file.
 STAGING_MARK = ".birnn-export-"
 
+#: How the hidden copy verification's layer probe may put beside a graph begins
+#: (:class:`birnn_export._layers.GraphLayers`): a staging folder may hold one.
+LAYER_PROBE_MARK = ".birnn-export-layers-"
+
 #: Errors that say the output's filesystem takes no more (full, over quota, read-only).
 _CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
@@ -196,8 +200,8 @@ def _remove_stale_staging(path: Path) -> None:
     """Remove staging folders for ``path`` left by a process that no longer runs (kill -9).
 
     Only a real folder (not a link to one: a downloaded folder may hold a link named like a
-    staging folder, and the files it pointed to were removed) holding no more than the files a
-    staging folder holds (the graph and its external data) is removed.
+    staging folder, and the files it pointed to were removed) holding no more than the files
+    the export writes there (:func:`_ours`) is removed.
     """
     prefix = f".{path.name}{STAGING_MARK}"
     ours = {f"{kind}{path.name}{data}" for kind in ("", "float32-") for data in ("", ".data")}
@@ -217,8 +221,9 @@ def _remove_stale_staging(path: Path) -> None:
 
 def _ours(file: Path, names: set[str]) -> bool:
     """Whether ``file`` in a staging folder is one the export writes there: the graph and its
-    data, or the copy verification's layer probe puts beside them (``_layers``)."""
-    probe = file.name.startswith(".birnn-export-layers-") and file.name.endswith(".onnx")
+    data (the float32 graph int8 quantization starts from, too), or the copy verification's
+    layer probe puts beside them."""
+    probe = file.name.startswith(LAYER_PROBE_MARK) and file.name.endswith(".onnx")
     return file.name in names or probe
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export._files import LAYER_PROBE_MARK
 from birnn_export._packed import is_packed_layer
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import one_line
@@ -273,9 +274,7 @@ class GraphLayers:
                 source = os.path.realpath(os.path.join(folder, location))  # not the link itself
                 os.link(source, os.path.join(self._folder.name, location))
         except OSError:
-            handle, path = tempfile.mkstemp(
-                prefix=".birnn-export-layers-", suffix=".onnx", dir=folder
-            )
+            handle, path = tempfile.mkstemp(prefix=LAYER_PROBE_MARK, suffix=".onnx", dir=folder)
             os.close(handle)
             self._beside = path
             return path
