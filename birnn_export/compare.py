@@ -373,8 +373,8 @@ def compare(
         positions = full[..., 0]
         extra.update(top1_agreement(a[positions], e[positions], limit))
         passed = passed and extra["top1_missed"] == 0
-        if sequences is not None and e.ndim == 3:
-            batch_axis, time_axis, lengths = sequences
+        if sequences is not None and e.ndim == 3 and {*sequences[:2]} == {0, 1}:
+            batch_axis, time_axis, lengths = sequences  # the classes last
             order = (batch_axis, time_axis, 2)
             extra["greedy"] = greedy_agreement(
                 np.transpose(a, order), np.transpose(e, order), lengths

@@ -348,6 +348,14 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
         found.append(
             f"its recurrent layers' weights are float16 ({len(halves)}), its metadata says float32"
         )
+    # int8 is judged by looser criteria: the label must be the graph's (ONNX Runtime's dynamic
+    # quantization writes DynamicQuantize*/ *Integer nodes)
+    quantized = any(
+        n.op_type.startswith("DynamicQuantize") or n.op_type.endswith("Integer")
+        for n in all_nodes(proto.graph)
+    )
+    if spec.quantization is not None and not quantized:
+        found.append(f"its metadata says {spec.quantization}, but it holds no quantized node")
     return found
 
 
@@ -497,6 +505,10 @@ def _check_spec_data(data: Any) -> None:
                 at = tensor.get(axis)
                 if isinstance(at, bool) or (at is not None and not 0 <= at < len(dims)):
                     raise BiRNNExportError(f"{where}.{axis}: {at} is not an axis of its dims")
+            if tensor.get("batch_at") is not None and tensor.get("batch_at") == tensor.get(
+                "time_at"
+            ):
+                raise BiRNNExportError(f"{where}: batch_at and time_at are the same axis")
         _check_tensor_values(data, key)
     for key in ("example_batch", "example_seq"):
         value = data.get(key)

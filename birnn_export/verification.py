@@ -182,6 +182,12 @@ def _loaded_cases(
         )
         for tensor in spec.inputs:
             _check_loaded_values(index, tensor, feed[tensor.name], shape, spec)
+        if batch > spec.batch_range[2] or seq > spec.seq_range[2]:  # a million steps ran on
+            raise BiRNNExportError(
+                f"load_inputs: case {index} is batch {batch}, seq {seq}, past the graph's "
+                f"declared ranges (batch up to {spec.batch_range[2]}, seq up to "
+                f"{spec.seq_range[2]}); save inputs within them, or re-export with wider ranges"
+            )
         mode = "loaded"
         cases.append((Case(int(batch), int(seq), mode, 1.0, index), dict(feed)))
     return cases
@@ -199,6 +205,8 @@ def _check_loaded_values(
     if value.size == 0 or value.dtype.kind not in "iu":
         return
     low, high = tensor.low, tensor.high
+    if tensor.role == "lengths" and isinstance(low, int):
+        low = min(low, 0)  # a padding word's characters: 0, which the model masks
     if tensor.role == "lengths" and isinstance(high, str):
         steps = [
             s[t.dims.index(high)] for t in spec.inputs if high in t.dims for s in [shapes[t.name]]

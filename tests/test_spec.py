@@ -533,6 +533,7 @@ def _edited(change: Any) -> str:
         (lambda d: d["inputs"][1].update(high="nosuch"), r"inputs\[1\].high: 'nosuch' names no"),
         (lambda d: d["inputs"][0].update(dtype="object"), r"inputs\[0\].dtype: expected one"),
         (lambda d: d["outputs"][0].update(batch_at=True), r"outputs\[0\].batch_at: True is not"),
+        (lambda d: d["outputs"][0].update(batch_at=0, time_at=0), "the same axis"),
         (lambda d: d["outputs"][0].update(role="tags"), "tags are integer ids over"),
         (lambda d: d.update(inputs=d["inputs"] * 2), "two tensors are named 'ids'"),
         (lambda d: d.update(untraced=[{"seq": 5}] * 65), "65 points; the export records at most"),

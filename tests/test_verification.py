@@ -38,7 +38,7 @@ from birnn_export.models import SequenceTagger, TaggerConfig
 from birnn_export.modules import BiRNN
 from birnn_export.pipeline import export_onnx
 from birnn_export.runners import BaseRunner, OrtRunner
-from birnn_export.spec import GraphSpec, TensorSpec, Tolerance, default_tolerance
+from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, Tolerance, default_tolerance
 from birnn_export.verification import verify
 from tests.defects import (
     plant_baked_length,
@@ -249,9 +249,14 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
             halved.graph.initializer[i].CopyFrom(
                 numpy_helper.from_array(values.astype(np.float16), init.name)
             )
+    relabelled = onnx.load(str(split_path))  # judged by int8's looser criteria (users33)
+    for prop in relabelled.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), "quantization": "int8-dynamic"})
     for name, proto, told in [
         ("renamed", renamed, f"output {old!r} of its metadata is not in it (outputs: 'logits'"),
         ("halved", halved, "its recurrent layers' weights are float16"),
+        ("relabelled", relabelled, "says int8-dynamic, but it holds no quantized node"),
     ]:
         path = tmp_path / f"{name}.onnx"
         onnx.save(proto, str(path))
@@ -1625,6 +1630,7 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
     million steps ran for minutes past the memory budget, and ids outside the vocabulary or
     negative lengths were blamed on the sequence range (users31)."""
     from birnn_export import _interop
+    from birnn_export.verification import _check_loaded_values
 
     loaded, result = export_trained("token_gru_tagger", tmp_path / "g.onnx")
     spec = GraphSpec.from_onnx(result.path)
@@ -1642,11 +1648,19 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
         replay(**{ids: np.full((2, 6), 10**12)})
     with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' holds -5..6, outside"):
         replay(**{lengths: np.array([6, -5])})
+    with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' holds -5..6, outside"):
+        replay(**{lengths: np.array([6, -5])})
+    # a padding word's 0 characters, which char-level models clamp, is not refused (users33)
+    checked = spec.inputs[1], {ids: (2, 6), lengths: (2,)}
+    _check_loaded_values(0, checked[0], np.array([6, 0]), checked[1], spec)
     with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' has 2 dims, the graph"):
         replay(**{lengths: np.array([[6, 3]])})  # an IndexError (review21)
     long = {ids: np.ones((1, 200_000), np.int64), lengths: np.array([200_000])}
+    with pytest.raises(BiRNNExportError, match="case 0 is batch 1, seq 200000, past the graph's"):
+        replay(**long)  # within the budget by its largest tensor, and still minutes (users33)
+    wide = {ids: np.ones((30, 256), np.int64), lengths: np.full(30, 256)}
     with pytest.raises(BiRNNExportError, match=r"over the memory budget.*save smaller inputs"):
-        replay(**long)
+        replay(**wide)
     header = tmp_path / "huge.npz"
     array = io.BytesIO()
     np.lib.format.write_array_header_1_0(
