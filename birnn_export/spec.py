@@ -349,9 +349,12 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
             f"its recurrent layers' weights are float16 ({len(halves)}), its metadata says float32"
         )
     # int8 is judged by looser criteria: the label must be the graph's (ONNX Runtime's dynamic
-    # quantization writes DynamicQuantize*/ *Integer nodes)
+    # quantization writes DynamicQuantize*, *Integer and QAttention nodes, and an int8
+    # embedding table is read through DequantizeLinear: quantize._QUANTIZED_OPS)
     quantized = any(
-        n.op_type.startswith("DynamicQuantize") or n.op_type.endswith("Integer")
+        n.op_type.startswith("DynamicQuantize")
+        or n.op_type.endswith("Integer")
+        or n.op_type in ("QAttention", "DequantizeLinear")
         for n in all_nodes(proto.graph)
     )
     if spec.quantization is not None and not quantized:

@@ -476,3 +476,28 @@ def test_outputs_filled_with_the_dtypes_minimum_verify_in_int8(tmp_path) -> None
     assert result.verification.passed, result.verification.summary()
     padding = [o for c in result.verification.cases for o in c.outputs if o.check == "padding"]
     assert padding and all(o.passed and o.rel_l2 == 0.0 for o in padding)
+
+
+def test_a_graph_quantized_only_in_its_embedding_table_is_not_taken_as_changed(
+    tmp_path: Path,
+) -> None:
+    """A model whose only int8 part is its Embedding table (its GRU stays float) reads it
+    through DequantizeLinear: the check that an int8 label is the graph's took it for a float
+    graph relabelled, and verify refused it."""
+    from birnn_export.pipeline import export_onnx
+    from birnn_export.spec import GraphSpec, changed_after_export
+
+    class TableOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(5000, 64)
+            self.rnn = nn.GRU(64, 32, batch_first=True, bidirectional=True)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.rnn(self.emb(ids))[0]
+
+    torch.manual_seed(0)
+    path = tmp_path / "t.onnx"
+    result = export_onnx(TableOnly().eval(), path, quantize="int8", verify=False)
+    assert list(result.quantization.quantized) == ["Gather (int8 table)"]
+    assert changed_after_export(onnx.load(str(path)), GraphSpec.from_onnx(path)) == []
