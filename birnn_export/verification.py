@@ -208,9 +208,8 @@ def _check_loaded_values(
     if tensor.role == "lengths" and isinstance(low, int):
         low = min(low, 0)  # a padding word's characters: 0, which the model masks
     if tensor.role == "lengths" and isinstance(high, str):
-        steps = [
-            s[t.dims.index(high)] for t in spec.inputs if high in t.dims for s in [shapes[t.name]]
-        ]
+        # the steps of the dim they measure, in the inputs that have it
+        steps = [shapes[t.name][t.dims.index(high)] for t in spec.inputs if high in t.dims]
         high = max(steps, default=None)
     if isinstance(low, str) or isinstance(high, str) or tensor.role not in ("tokens", "lengths"):
         return
