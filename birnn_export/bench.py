@@ -57,8 +57,6 @@ from birnn_export.compare import (
 from birnn_export.errors import BiRNNExportError, EngineUnavailableError, one_line
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
-    DEFAULT_BATCH_RANGE,
-    DEFAULT_SEQ_RANGE,
     GraphSpec,
     Tolerance,
     covering_range,
@@ -289,25 +287,6 @@ class BenchReport:
         return write_atomic(Path(path), buffer.getvalue())
 
 
-def precheck(
-    onnx_path: str | os.PathLike[str], *, plot: str | os.PathLike[str] | None = None
-) -> None:
-    """Fail fast, before a model loads or an engine runs: the graph file exists, and matplotlib
-    is installed when a plot is asked for.
-
-    Raises:
-        BiRNNExportError: naming the option to change.
-    """
-    import importlib.util
-
-    from birnn_export.errors import BiRNNExportError
-
-    if not Path(onnx_path).is_file():
-        raise BiRNNExportError(f"MODEL.onnx: no such file: {onnx_path}")
-    if plot is not None and importlib.util.find_spec("matplotlib") is None:
-        raise BiRNNExportError("--plot: matplotlib is not installed; pip install matplotlib")
-
-
 def benchmark(
     onnx_path: str | os.PathLike[str],
     model: Any,
@@ -329,14 +308,19 @@ def benchmark(
     isolate: bool = True,
     ort_spinning: bool | None = None,
     dims: Mapping[str, int] | None = None,
+    load_options: Mapping[str, Any] | None = None,
 ) -> BenchReport:
     """Time each engine at each shape after checking its outputs against eager PyTorch.
 
     Args:
         onnx_path: An ONNX file written by :func:`birnn_export.export_onnx` (it carries the
             graph spec the inputs are built from).
-        model: The eager ``torch.nn.Module`` the graph was exported from: the reference, and
-            what the ``"torch"`` engine times. It is called with the graph's inputs in order.
+        model: The model the graph was exported from: the reference, and what the ``"torch"``
+            engine times. Its file (read by :func:`birnn_export.load_model` with
+            ``load_options``), a :class:`~birnn_export.checkpoint.LoadedModel` or an eager
+            ``torch.nn.Module``; of a loaded model, the model as its author wrote it (torch's own
+            recurrent layers, where it had them: the eager speed to beat and the most
+            independent reference). It is called with the graph's inputs in order.
         engines: Names from :data:`birnn_export.runners.ENGINES`.
         batch_sizes: Batch sizes to measure; default the graph's declared batch range (min,
             opt, max; 1, 8, 32 unless declared otherwise).
@@ -367,6 +351,8 @@ def benchmark(
         dims: Sizes of other named dims (``{"hypothesis_seq": 32}``: a sentence pair's second
             sequence, character dims), each within its declared range; the others are timed at
             their declared opt.
+        load_options: Keyword arguments of :func:`birnn_export.load_model` for a ``model``
+            given as a file (``model_class``, ``trust_pickle``...).
 
     Returns:
         A :class:`BenchReport` with one :class:`BenchResult` per engine and shape.
@@ -379,7 +365,7 @@ def benchmark(
             ``iters`` and ``duration``, too many threads, a shape over the memory budget).
 
     Example:
-        >>> report = benchmark("tagger.onnx", model, engines=("torch", "ort-cpu"),
+        >>> report = benchmark("tagger.onnx", "tagger.pt", engines=("torch", "ort-cpu"),
         ...                    batch_sizes=(1, 32), seq_lens=(100,))  # doctest: +SKIP
         >>> report.result("ort-cpu", 32, 100).speedup_vs_torch  # doctest: +SKIP
         2.4
@@ -394,6 +380,8 @@ def benchmark(
 
     engines = tuple(dict.fromkeys(engines))
     onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():  # before a model loads or an engine runs
+        raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     spec = GraphSpec.from_onnx(onnx_path)
     if batch_sizes is None:
         batch_sizes = tuple(dict.fromkeys(spec.batch_range))
@@ -424,11 +412,7 @@ def benchmark(
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
 
     reasons = {engine: runners.unavailable_reason(engine) for engine in engines}
-    batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
-    profile = (
-        covering_range(spec.batch_range, batches),
-        covering_range(spec.seq_range, seqs),
-    )
+    profile = _served_profile(spec, batch_sizes, seq_lens)
     # TensorRT-RTX builds ahead of time without a GPU: where it cannot run, its build still
     # says whether TensorRT takes the graph, how long the build takes and how big the engine is.
     offline = {
@@ -440,6 +424,11 @@ def benchmark(
     if all(reasons.values()) and not offline:
         raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
 
+    from birnn_export.checkpoint import LoadedModel, load_if_path
+
+    model = load_if_path(model, load_options)
+    if isinstance(model, LoadedModel):
+        model = model.reference
     model = fed_as(model, spec.container)  # forward(batch) reading batch["ids"]: as exported
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
@@ -489,8 +478,7 @@ def benchmark(
                     output_names,
                     threads,
                     torch_dtype,
-                    shapes,
-                    declared=(spec.batch_range, spec.seq_range),
+                    profile,
                     device=device,
                     compile=compile,
                     isolate=isolate,
@@ -596,6 +584,14 @@ def benchmark(
             "offline_builds": {e: b.to_dict() for e, b in offline.items()},
         },
     )
+
+
+def _served_profile(
+    spec: GraphSpec, batch_sizes: Sequence[int], seq_lens: Sequence[int]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The TensorRT engine that would be served: the graph's declared (min, opt, max) batch and
+    sequence ranges (its opt shape included), widened to cover every measured shape."""
+    return covering_range(spec.batch_range, batch_sizes), covering_range(spec.seq_range, seq_lens)
 
 
 def _offline_build(engine: str, onnx_path: Path, profile: Any) -> Any:
@@ -935,12 +931,8 @@ def _make_runner(
     output_names: list[str],
     threads: int,
     torch_dtype: str | None,
-    shapes: Sequence[tuple[int, int]],
+    profile: tuple[tuple[int, int, int], tuple[int, int, int]],
     *,
-    declared: tuple[tuple[int, int, int], tuple[int, int, int]] = (
-        DEFAULT_BATCH_RANGE,
-        DEFAULT_SEQ_RANGE,
-    ),
     device: str = "cpu",
     compile: bool = False,
     isolate: bool = True,
@@ -948,11 +940,9 @@ def _make_runner(
 ) -> Any:
     from birnn_export import runners
 
-    # The TensorRT engine that would be served: the graph's declared profile (its opt shape
-    # included), widened to cover every measured shape. ONNX Runtime's intra-op threads: the
-    # same count as torch's, GPU providers included. Engines but torch run in a child process
-    # (a crash is an error row, not a dead command); their timings are taken there.
-    batches, seqs = [b for b, _ in shapes], [s for _, s in shapes]
+    # ONNX Runtime's intra-op threads: the same count as torch's, GPU providers included.
+    # Engines but torch run in a child process (a crash is an error row, not a dead command);
+    # their timings are taken there.
     return runners.make_runner(
         engine,
         str(onnx_path),
@@ -963,8 +953,8 @@ def _make_runner(
         dtype=torch_dtype,
         device=device if engine == "torch" else None,
         compile=compile and engine == "torch",
-        profile_batch=covering_range(declared[0], batches),
-        profile_seq=covering_range(declared[1], seqs),
+        profile_batch=profile[0],
+        profile_seq=profile[1],
         spinning=spinning,
         isolate=isolate,
     )

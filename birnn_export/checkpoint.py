@@ -49,7 +49,13 @@ from torch import Tensor, nn
 
 from birnn_export._files import atomic_path, size_text
 from birnn_export.conversion import conversion_report, convert, reserve_hook_ids
-from birnn_export.errors import BiRNNExportError, ModelLoadError
+from birnn_export.errors import (
+    BiRNNExportError,
+    ModelLoadError,
+    UsageError,
+    keywords,
+    known_options,
+)
 from birnn_export.models import (
     CRNN,
     CRNNConfig,
@@ -174,6 +180,26 @@ def save_checkpoint(
 
 
 # -- loading -----------------------------------------------------------------------------------
+
+
+def load_if_path(model: Any, load_options: Mapping[str, Any] | None = None) -> Any:
+    """``model`` read by :func:`load_model` with ``load_options`` where it is a file path, else
+    ``model`` itself: how :func:`birnn_export.verify` and :func:`birnn_export.benchmark` take
+    their model, as :func:`birnn_export.export_model` takes its file.
+
+    Raises:
+        UsageError: an option :func:`load_model` does not take, or ``load_options`` beside a
+            model that is not a file.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        if load_options:
+            raise UsageError(
+                "load_options: they say how to read a model file, but the model given is not a "
+                "file; drop them"
+            )
+        return model
+    known_options("load_options", load_options or {}, keywords(load_model, leaving=("path",)))
+    return load_model(model, **dict(load_options or {}))
 
 
 def load_model(

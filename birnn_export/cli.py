@@ -212,7 +212,7 @@ def export_command(
     PyTorch at shapes unlike the example. Exit 0 on success, 1 if verification failed, 2 for bad
     input.
     """
-    from birnn_export.pipeline import default_output, export_model
+    from birnn_export.pipeline import default_output, export_model, failure_summary
 
     if model_path.suffix == ".onnx" and output is None:  # its default output would be itself
         from birnn_export.checkpoint import onnx_given
@@ -240,12 +240,8 @@ def export_command(
 
             render_report(failed)
         if json_path is not None:  # a pipeline that asked for the summary gets the failure's
-            summary = {"model": str(model_path), "written": None, "error": str(exc)}
-            summary["exit_code"] = exc.exit_code
-            if failed is not None:
-                summary["verification"] = json.loads(failed.to_json())
-            where = _write_json(json_path, json.dumps(summary, indent=2, default=str))
-            click.echo(f"report written to {where}", err=True)
+            summary = json.dumps(failure_summary(model_path, exc), indent=2, default=str)
+            click.echo(f"report written to {_write_json(json_path, summary)}", err=True)
         if failed is not None and not quiet:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)
@@ -383,7 +379,6 @@ def verify_command(
     maximum (T0: the export's example length); --batch-sizes and --seq-lens run their product,
     each shape with ragged and with equal lengths where the graph takes lengths or a mask.
     """
-    from birnn_export.checkpoint import load_model
     from birnn_export.verification import render_report, verify
 
     reads = {"MODEL.onnx": onnx_path, "--model": model_path, "--load-inputs": load_inputs}
@@ -393,7 +388,7 @@ def verify_command(
         raise UsageError("--model: give the model the graph was exported from (or --load-outputs)")
     report = verify(
         onnx_path,
-        load_model(model_path, **loader) if model_path is not None else None,
+        model_path,
         **sweep,
         fp64_reference=fp64_reference,
         layers=layers,
@@ -402,6 +397,7 @@ def verify_command(
         save_outputs=save_outputs,
         load_inputs=load_inputs,
         load_outputs=load_outputs,
+        load_options=loader,
     )
     render_report(report)
     if json_path is not None:
@@ -428,7 +424,13 @@ def verify_command(
 @timing_options
 @json_option("the report")
 @click.option("--csv", "csv_path", type=_FILE, help="Write a CSV table.")
-@click.option("--plot", "plot_path", type=_FILE, help="Write a PNG plot.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=_FILE,
+    callback=lambda ctx, param, value: _plotting(value),
+    help="Write a PNG plot (needs matplotlib).",
+)
 @sweep_options("torch,ort-cpu")
 @loader_options
 @_json_to_stdout
@@ -458,21 +460,12 @@ def bench_command(
     birnn-export bench tagger.onnx --model tagger.pt --batch-sizes 1,32 --seq-lens 100
     """
     from birnn_export._report import wide_console
-    from birnn_export.bench import benchmark, precheck, render_table
-    from birnn_export.checkpoint import load_model
+    from birnn_export.bench import benchmark, render_table
 
     writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
     reads = {"MODEL.onnx": onnx_path, "--model": model_path}
     options_.check_files(reads, writes, suffixes={"--plot": ".png"})  # it writes a PNG
-    precheck(onnx_path, plot=plot_path)
-    # The model as the user wrote it (torch's own recurrent layers) when it had them: that is
-    # the eager speed to beat and the most independent reference.
-    report = benchmark(
-        onnx_path,
-        load_model(model_path, **loader).reference,
-        **sweep,
-        **timing,
-    )
+    report = benchmark(onnx_path, model_path, **sweep, **timing, load_options=loader)
     wide_console().print(render_table(report))
     if json_path is not None:
         click.echo(f"Wrote {_write_json(json_path, report.json_text())}")
@@ -481,6 +474,15 @@ def bench_command(
     if plot_path is not None:
         click.echo(f"Wrote {report.plot(plot_path)}")
     report.raise_for_failure()
+
+
+def _plotting(path: Path | None) -> Path | None:
+    """``--plot``'s value, refused before anything loads where matplotlib is missing."""
+    import importlib.util
+
+    if path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.BadParameter("matplotlib is not installed; pip install matplotlib")
+    return path
 
 
 # --- check -----------------------------------------------------------------------------

@@ -3,7 +3,6 @@ and :func:`describe_lines` (the ``inspect`` command's text)."""
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from birnn_export.spec import (
     GraphSpec,
     changed_after_export,
     load_onnx,
+    op_counts,
     unread_inputs,
 )
 
@@ -139,7 +139,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "inputs": io([i for i in proto.graph.input if i.name not in initializers]),
         "outputs": io(proto.graph.output),
-        "op_counts": dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items())),
+        "op_counts": op_counts(proto),
         "recurrent_nodes": recurrent,
         "unread_inputs": unread_inputs(proto.graph),
         "metadata": metadata,

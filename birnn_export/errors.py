@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -76,3 +77,32 @@ def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def known_options(where: str, given: Mapping[str, Any], takes: Sequence[str]) -> None:
+    """Refuse keyword arguments not among ``takes``, naming the nearest one: a mistyped
+    option raised a TypeError naming an internal function, outside
+    :class:`~birnn_export.errors.BiRNNExportError`.
+
+    Raises:
+        UsageError: one line, with the option the name is closest to.
+    """
+    import difflib
+
+    for name in given:
+        if name not in takes:
+            near = difflib.get_close_matches(str(name), takes, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise UsageError(f"{where}: no option {name!r}; {hint}it takes {', '.join(takes)}")
+
+
+def keywords(function: Callable[..., Any], *, leaving: Sequence[str] = ()) -> list[str]:
+    """The names of ``function``'s keyword parameters (``**`` ones aside), but ``leaving``."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        name
+        for name, param in inspect.signature(function).parameters.items()
+        if param.kind in kinds and name not in leaving
+    ]

@@ -13,7 +13,6 @@ so that imports run one way.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -26,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from birnn_export._files import check_output_path, onnx_file_size, size_text, staged_output
-from birnn_export.errors import BiRNNExportError, ExportError, VerificationError
+from birnn_export.errors import (
+    BiRNNExportError,
+    ExportError,
+    VerificationError,
+    keywords,
+    known_options,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -79,37 +84,6 @@ class ExportResult:
             if o.check == "values"
         ]
         return max(errors, default=None)
-
-
-def known_options(where: str, given: Mapping[str, Any], takes: Sequence[str]) -> None:
-    """Refuse keyword arguments not among ``takes``, naming the nearest one: a mistyped
-    option raised a TypeError naming an internal function, outside
-    :class:`~birnn_export.errors.BiRNNExportError`.
-
-    Raises:
-        UsageError: one line, with the option the name is closest to.
-    """
-    import difflib
-
-    from birnn_export.errors import UsageError
-
-    for name in given:
-        if name not in takes:
-            near = difflib.get_close_matches(str(name), takes, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise UsageError(f"{where}: no option {name!r}; {hint}it takes {', '.join(takes)}")
-
-
-def keywords(function: Callable[..., Any], *, leaving: Sequence[str] = ()) -> list[str]:
-    """The names of ``function``'s keyword parameters (``**`` ones aside), but ``leaving``."""
-    import inspect
-
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [
-        name
-        for name, param in inspect.signature(function).parameters.items()
-        if param.kind in kinds and name not in leaving
-    ]
 
 
 #: What :func:`export_model` passes :func:`export_onnx` itself: not among its export_options.
@@ -165,7 +139,7 @@ def export_onnx(
         ('batch', 'seq', 10)
     """
     from birnn_export.export import trace_graph
-    from birnn_export.spec import GraphSpec, load_onnx, onnx_bytes
+    from birnn_export.spec import GraphSpec, load_onnx, onnx_bytes, op_counts
 
     start = time.perf_counter()
     known_options(
@@ -204,11 +178,10 @@ def export_onnx(
             report = _verify_staged(
                 staging, path, graph.model, graph.reference, progress, atol=atol, rtol=rtol
             )
-    counts = collections.Counter(node.op_type for node in proto.graph.node)
     return ExportResult(
         path=path,
         spec=spec,
-        op_counts=dict(sorted(counts.items())),
+        op_counts=op_counts(proto),
         file_size=onnx_file_size(path),
         replaced=graph.replaced,
         verification=report,
@@ -376,6 +349,16 @@ class ExportReport:
         return out
 
 
+def failure_summary(model_path: str | os.PathLike[str], error: BiRNNExportError) -> dict[str, Any]:
+    """What ``--json`` holds where :func:`export_model` failed: the model, no graph written, the
+    error and its exit code, and a failed verification's whole report."""
+    summary: dict[str, Any] = {"model": str(model_path), "written": None, "error": str(error)}
+    summary["exit_code"] = error.exit_code
+    if isinstance(error, VerificationError) and error.report is not None:
+        summary["verification"] = json.loads(error.report.to_json())
+    return summary
+
+
 def _stages(progress: bool, count: int) -> Callable[[str], None]:
     """Say each step of the main command as it begins, on stderr where it is a terminal (with
     ``progress``): an export printed nothing until it finished, and one interrupted showed only
@@ -438,13 +421,12 @@ def export_model(
         >>> print("\\n".join(report.lines()))  # doctest: +SKIP
     """
     from birnn_export.check import check_compatibility
-    from birnn_export.checkpoint import load_model
+    from birnn_export.checkpoint import load_if_path
     from birnn_export.describe import describe_onnx
 
     start = time.perf_counter()
     from birnn_export.export import trace_graph
 
-    known_options("load_options", load_options or {}, keywords(load_model, leaving=("path",)))
     passed_on = keywords(export_onnx) + keywords(trace_graph)
     known_options(
         "export_model",
@@ -461,7 +443,7 @@ def export_model(
     quantized = export_options.get("quantize")
     stage = _stages(progress, 2 if quantized else 3)
     stage(f"loading {model_path}")
-    loaded = load_model(model_path, **dict(load_options or {}))
+    loaded = load_if_path(model_path, load_options)
     # What the checkpoint declares (its inputs and ranges), unless the caller says.
     declared = list(inputs) or list(loaded.inputs or ())
     named = dict(ranges or {})

@@ -57,9 +57,10 @@ class TorchRunner(BaseRunner):
         compile: Wrap the model in ``torch.compile``.
         threads: ``torch.set_num_threads`` while active (CPU).
         dtype: Cast floating inputs (and the model) to this torch dtype name, e.g. ``"float64"``.
-        tf32: On CUDA, allow TF32 in cuDNN (its recurrent kernels included: torch allows it
-            there by default) and in matmuls while active. Off by default so fp32 compares
-            strictly; the previous settings come back on :meth:`deactivate`.
+
+    On CUDA, TF32 is off in cuDNN (its recurrent kernels included: torch allows it there by
+    default) and in matmuls while active, so fp32 compares strictly; the previous settings come
+    back on :meth:`deactivate`.
     """
 
     engine = "torch"
@@ -74,7 +75,6 @@ class TorchRunner(BaseRunner):
         compile: bool = False,
         threads: int | None = None,
         dtype: str | None = None,
-        tf32: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -84,7 +84,6 @@ class TorchRunner(BaseRunner):
         self.compile = compile
         self.threads = threads
         self.dtype = dtype
-        self.tf32 = tf32
         self._fn: Any = None
         self._packing: Any = None
         self._saved_threads: int | None = None
@@ -121,7 +120,7 @@ class TorchRunner(BaseRunner):
         if self.device.startswith("cuda"):
             backends = torch.backends
             self._saved_tf32 = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
-            backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = self.tf32
+            backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
 
     def deactivate_impl(self) -> None:
         import torch
@@ -174,7 +173,6 @@ class TorchRunner(BaseRunner):
 CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 #: Values ``arena_extend_strategy`` accepts (ONNX Runtime CUDA / TensorRT EP).
 ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
-_ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def cuda_provider_options(
@@ -303,7 +301,6 @@ class OrtRunner(BaseRunner):
         spinning: Whether idle intra-op threads spin waiting for work
             (``session.intra_op.allow_spinning``): ``None`` keeps ONNX Runtime's default (on).
             Spinning lowers latency at small batches and holds the cores between calls.
-        graph_optimization_level: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
         provider_options: Options for the provider; ``None`` builds defaults with
             :func:`cuda_provider_options` / :func:`tensorrt_provider_options` (the latter from
             the graph's spec metadata, when the file has one).
@@ -331,7 +328,6 @@ class OrtRunner(BaseRunner):
         *,
         engine: str = "ort-cpu",
         threads: int | None = None,
-        graph_optimization_level: str = "all",
         provider_options: Mapping[str, Any] | None = None,
         io_binding: bool | None = None,
         device_id: int = 0,
@@ -342,16 +338,10 @@ class OrtRunner(BaseRunner):
             raise BiRNNExportError(
                 f"engine: expected one of {sorted(_ORT_PROVIDERS)}, got {engine!r}"
             )
-        if graph_optimization_level not in _ORT_LEVELS:
-            raise BiRNNExportError(
-                f"graph_optimization_level: expected one of {', '.join(_ORT_LEVELS)}, "
-                f"got {graph_optimization_level!r}"
-            )
         self.engine = engine
         self.provider = _ORT_PROVIDERS[engine]
         self.path = str(path)
         self.threads = threads
-        self.graph_optimization_level = graph_optimization_level
         self.provider_options = None if provider_options is None else dict(provider_options)
         cpu = self.provider == "CPUExecutionProvider"
         self.io_binding = not cpu if io_binding is None else io_binding
@@ -382,13 +372,6 @@ class OrtRunner(BaseRunner):
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        options.graph_optimization_level = levels[self.graph_optimization_level]
         options.add_session_config_entry(_RECORD_ASSIGNMENT, "1")  # for self.placement
         if self.spinning is not None:
             flag = "1" if self.spinning else "0"

@@ -16,6 +16,7 @@ inputs it defines (feeds, lengths), read back from every file with bounds.
 from __future__ import annotations
 
 import ast
+import collections
 import dataclasses
 import json
 import keyword
@@ -667,6 +668,12 @@ def all_nodes(graph: Any) -> Iterator[Any]:
                 yield from all_nodes(attr.g)
             for sub in attr.graphs:
                 yield from all_nodes(sub)
+
+
+def op_counts(proto: Any) -> dict[str, int]:
+    """``{op_type: count}`` of the main graph's nodes, sorted by op type: the op histogram
+    ``inspect`` and the export's summary show."""
+    return dict(sorted(collections.Counter(node.op_type for node in proto.graph.node).items()))
 
 
 def graph_names(graph: Any) -> set[str]:

@@ -276,16 +276,19 @@ def verify(
     load_outputs: str | os.PathLike[str] | None = None,
     isolate: bool = True,
     dims: Mapping[str, int] | None = None,
+    load_options: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Compare engines running ``onnx_path`` with the model across a sweep of shapes.
 
     Args:
         onnx_path: A graph written by :func:`birnn_export.export_onnx` (its metadata drives the
             inputs).
-        model: The model that was exported: a :class:`~birnn_export.checkpoint.LoadedModel`
-            (then the reference is its ``original``, before conversion, where there is one) or
-            an ``nn.Module`` (called with the graph's inputs, positionally, in order). May be
-            omitted with ``load_outputs``.
+        model: The model that was exported: its file (read by
+            :func:`birnn_export.load_model` with ``load_options``), a
+            :class:`~birnn_export.checkpoint.LoadedModel` (then the reference is its
+            ``original``, before conversion, where there is one) or an ``nn.Module`` (called
+            with the graph's inputs, positionally, in order). May be omitted with
+            ``load_outputs``.
         engines: Engines to check, from :data:`birnn_export.runners.ENGINES`. ``"torch"`` runs
             the converted model eagerly (a check of the conversion itself).
         batch_sizes: Batch sizes of a product sweep (see :func:`plan_cases`; default: a
@@ -319,6 +322,8 @@ def verify(
         dims: Sizes of other named dims (``{"hypothesis_seq": 7}``: a sentence pair's second
             sequence), each within its declared range, in every case; by default they take
             their declared opt, and their min and max in two more cases.
+        load_options: Keyword arguments of :func:`birnn_export.load_model` for a ``model``
+            given as a file (``model_class``, ``trust_pickle``...).
 
     Returns:
         A :class:`VerifyReport`; call :meth:`VerifyReport.raise_for_failure` to turn a mismatch
@@ -331,7 +336,7 @@ def verify(
         EngineUnavailableError: a requested engine cannot run here (the message says why).
 
     Example:
-        >>> report = verify("tagger.onnx", loaded, batch_sizes=(1, 4))  # doctest: +SKIP
+        >>> report = verify("tagger.onnx", "tagger.pt", batch_sizes=(1, 4))  # doctest: +SKIP
         >>> report.raise_for_failure()  # doctest: +SKIP
     """
     from birnn_export.base_runner import forbid_tf32
@@ -394,8 +399,10 @@ def verify(
     sha = None
     if golden is None:
         from birnn_export._container import fed_as
+        from birnn_export.checkpoint import load_if_path
 
         decodes = any(t.role == "tags" for t in spec.outputs)
+        model = load_if_path(model, load_options)
         converted, ref_module, how, sha = resolve_models(model, reference, decodes=decodes)
         # forward(batch) reading batch["ids"]: given the graph's inputs in the container
         fed = spec.container

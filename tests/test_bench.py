@@ -30,6 +30,7 @@ from birnn_export.bench import (
     BenchResult,
     _make_runner,
     _measure,
+    _served_profile,
     _Timer,
     benchmark,
     render_table,
@@ -395,8 +396,9 @@ def test_tensorrt_engines_get_a_profile_covering_every_shape(
     """Batch 64 and T 300 are outside the graph's declared profile (32, 256): the runners bench
     builds keep the declared opt shape and widen the bounds to cover the shapes it measures."""
     monkeypatch.setenv("BIRNN_EXPORT_CACHE", str(tmp_path))
-    shapes = [(b, s) for b in (2, 64) for s in (16, 300)]
-    args = (None, ["x", "lengths"], ["y"], 1, None, shapes)
+    profile = _served_profile(GraphSpec.from_onnx(files["onnx"]), (2, 64), (16, 300))
+    assert profile == ((1, 8, 64), (1, 64, 300))
+    args = (None, ["x", "lengths"], ["y"], 1, None, profile)
     trt_runner = _make_runner("trt", files["onnx"], *args, isolate=False)
     assert (trt_runner.batch, trt_runner.seq) == ((1, 8, 64), (1, 64, 300))
     ort_runner = _make_runner("ort-trt", files["onnx"], *args, isolate=False)
@@ -736,28 +738,33 @@ def test_cli_as_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
     assert [(r["engine"], r["status"], r["runs"]) for r in rows] == [("ort-cpu", "ok", "2")]
 
 
-def test_precheck_fails_before_anything_loads(
-    files: dict[str, Path], tmp_path, monkeypatch
-) -> None:
-    from birnn_export.bench import precheck
-
-    with pytest.raises(BiRNNExportError, match=r"MODEL\.onnx: no such file"):
-        precheck(tmp_path / "absent.onnx")
-    precheck(files["onnx"], plot=tmp_path / "p.png")
+def test_bench_fails_before_anything_loads(files: dict[str, Path], tmp_path, monkeypatch) -> None:
+    """A missing graph, a plot without matplotlib and a plot not named .png are refused before
+    the model loads or an engine runs."""
     import importlib.util
 
+    import birnn_export.checkpoint as checkpoint
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(checkpoint, "load_model", no_loading)
+    with pytest.raises(BiRNNExportError, match=r"absent\.onnx: no such ONNX file"):
+        birnn_export.benchmark(tmp_path / "absent.onnx", files["pt"])
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name)
     )
-    with pytest.raises(BiRNNExportError, match="--plot: matplotlib is not installed"):
-        precheck(files["onnx"], plot=tmp_path / "p.png")
-    precheck(files["onnx"])
+    args = ["--model", str(files["pt"]), "--plot", str(tmp_path / "p.png")]
+    result = CliRunner().invoke(main, ["bench", str(files["onnx"]), *args])
+    assert result.exit_code == 2, result.output
+    assert "'--plot': matplotlib is not installed; pip install matplotlib" in result.output
+    monkeypatch.setattr(importlib.util, "find_spec", real)
     # the plot is a PNG whatever its name said (users24): another suffix is refused
     args = ["--model", str(files["pt"]), "--plot", str(tmp_path / "p.txt")]
     result = CliRunner().invoke(main, ["bench", str(files["onnx"]), *args])
     assert result.exit_code == 2 and "p.txt must end in .png" in result.output, result.output
-    assert not (tmp_path / "p.txt").exists()
+    assert not (tmp_path / "p.txt").exists() and not (tmp_path / "p.png").exists()
 
 
 def test_a_fault_of_the_comparison_keeps_its_traceback(
@@ -773,3 +780,25 @@ def test_a_fault_of_the_comparison_keeps_its_traceback(
     monkeypatch.setattr(bench, "compare_outputs", broken)
     with pytest.raises(KeyError, match="a bug in the comparison"):
         benchmark(files["onnx"], model, engines=("ort-cpu",), **SMALL)
+
+
+def test_the_model_may_be_given_as_its_file(files: dict[str, Path]) -> None:
+    """bench reads a model file as the CLI does: the torch engine times the model as its author
+    wrote it (torch's own nn.LSTM), not the converted one."""
+    import birnn_export.bench as bench
+
+    timed: list[object] = []
+    real = bench._make_runner
+
+    def recording(engine: str, onnx_path: Path, model: object, *args: object, **kwargs: object):
+        timed.append(model)
+        return real(engine, onnx_path, model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "_make_runner", recording)
+        report = bench.benchmark(
+            files["onnx"], files["pt"], engines=("torch",), batch_sizes=(2,), seq_lens=(4,),
+            iters=2, warmup=0, progress=False, isolate=False,
+        )  # fmt: skip
+    assert [r.status for r in report.results] == ["ok"]
+    assert any(isinstance(m, torch.nn.LSTM) for m in timed[0].modules()), timed[0]

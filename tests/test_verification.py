@@ -1670,3 +1670,19 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
         archive.writestr(f"case0/{ids}.npy", array.getvalue())
     with pytest.raises(BiRNNExportError, match="load_inputs: cannot read"):
         verify(result.path, loaded, load_inputs=header)
+
+
+def test_the_model_may_be_given_as_its_file(tagger_files: tuple[Path, Path]) -> None:
+    """verify reads a model file as the CLI does, with load_model's options; options it does
+    not take, or options beside a model that is no file, are refused in one line."""
+    from birnn_export.checkpoint import load_model
+    from birnn_export.errors import UsageError
+
+    pt, onnx_path = tagger_files
+    report = verify(onnx_path, pt, batch_sizes=(2,), seq_lens=(5,), layers=False)
+    assert report.passed, report
+    assert report.reference.startswith("torch's built-in layers (the model rebuilt from the file")
+    with pytest.raises(UsageError, match="no option 'trust_pickles'; did you mean 'trust_pickle'"):
+        verify(onnx_path, pt, load_options={"trust_pickles": True})
+    with pytest.raises(UsageError, match=r"load_options: .* the model given is not a file"):
+        verify(onnx_path, load_model(pt), load_options={"trust_pickle": True})
