@@ -1,0 +1,64 @@
+"""Tests for ``birnn_export/_isolation.py``: an engine run in a child process answers as it
+would here, its errors arrive with their own type, and the child goes on after one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from birnn_export._isolation import IsolatedRunner
+from birnn_export.errors import EngineUnavailableError
+from birnn_export.runners import OrtRunner, make_runner
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """y = relu(x) + 1, x float32 [batch, 3]."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "one"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], [one]), opset_imports=[helper.make_opsetid("", 18)]
+    )
+    path = tmp_path_factory.mktemp("isolation") / "g.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_child_answers_as_the_engine_does_here(graph: Path) -> None:
+    feed = {"x": np.array([[-1.0, 0.5, 2.0]], dtype=np.float32)}
+    with OrtRunner(graph) as here:
+        expected = here.infer(feed)
+    runner = make_runner("ort-cpu", str(graph), isolate=True)
+    assert isinstance(runner, IsolatedRunner)
+    with runner:
+        assert runner.providers() == ["CPUExecutionProvider"]
+        got = runner.infer(feed)
+        child = runner._proc.pid
+        assert child != os.getpid()
+        assert runner.last_inference_time_s is not None and runner.last_inference_time_s >= 0
+    assert got.keys() == expected.keys() and np.array_equal(got["y"], expected["y"])
+    assert runner._proc is None  # the child was stopped
+
+
+def test_an_engine_error_arrives_in_one_piece_and_the_child_goes_on(graph: Path) -> None:
+    """ONNX Runtime's own error class does not exist here: it arrives as a RuntimeError naming
+    it, with ORT's message; birnn-export's errors keep their type."""
+    with make_runner("ort-cpu", str(graph), isolate=True) as runner:
+        child = runner._proc.pid
+        with pytest.raises(RuntimeError, match=r"(?s)^InvalidArgument: .*Got: 4 Expected: 3"):
+            runner.infer({"x": np.zeros((2, 4), dtype=np.float32)})  # 4 features, not 3
+        out = runner.infer({"x": np.ones((2, 3), dtype=np.float32)})
+        assert runner._proc.pid == child  # the same child answered
+    assert np.array_equal(out["y"], np.full((2, 3), 2.0, dtype=np.float32))
+    runner = make_runner("ort-cuda", str(graph), isolate=True)
+    if runner.unavailable_reason() is None:
+        pytest.skip("ONNX Runtime's CUDA provider is available here")
+    with pytest.raises(EngineUnavailableError, match="ort-cuda"):
+        runner.activate()  # refused in the child, told here as the same error
