@@ -42,7 +42,7 @@ import numpy as np
 
 from birnn_export import _report
 from birnn_export._files import write_atomic
-from birnn_export._sweep import has_unreadable_dims, measured_bytes
+from birnn_export._sweep import Case, fit_budget
 from birnn_export.compare import (
     Check,
     Criterion,
@@ -60,11 +60,9 @@ from birnn_export.spec import (
     GraphSpec,
     Tolerance,
     covering_range,
-    largest_tensor_bytes,
     load_onnx,
     make_feed,
     refuse_changed,
-    tensor_shapes,
 )
 
 logger = logging.getLogger(__name__)
@@ -393,20 +391,14 @@ def benchmark(
     dims = spec.check_dims(dims or {})
     proto = load_onnx(onnx_path)
     refuse_changed(proto, spec, onnx_path)
-    shapes = tensor_shapes(proto)
-    unreadable = has_unreadable_dims(shapes, spec)
-    for batch in batch_sizes:
-        for seq in seq_lens:
-            need = largest_tensor_bytes(shapes, spec, batch, seq, dims=dims)
-            if need > memory_budget and unreadable:  # counted at the largest size: measured
-                need = measured_bytes(proto, spec, batch, seq, dims=dims) or need
-            if need > memory_budget:
-                raise BiRNNExportError(
-                    f"batch {batch}, seq {seq}: its largest tensor would take "
-                    f"{need / 2**30:.2f} GiB in float64 (the reference), over the memory budget "
-                    f"of {memory_budget / 2**30:.2f} GiB; choose smaller --batch/--seq or raise "
-                    "--memory-budget"
-                )
+    sized = tuple(dims.items())
+    fit_budget(
+        [Case(b, s, "ragged", 1.0, seed, dims=sized) for b in batch_sizes for s in seq_lens],
+        proto,
+        spec,
+        memory_budget,
+        explicit=True,
+    )
     if threads is None:
         threads = torch.get_num_threads()
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
