@@ -63,6 +63,7 @@ from birnn_export.spec import (
     load_onnx,
     make_feed,
     refuse_changed,
+    refuse_data_outside,
 )
 
 logger = logging.getLogger(__name__)
@@ -391,6 +392,7 @@ def benchmark(
     dims = spec.check_dims(dims or {})
     proto = load_onnx(onnx_path)
     refuse_changed(proto, spec, onnx_path)
+    refuse_data_outside(proto, onnx_path)  # ONNX Runtime would refuse it
     sized = tuple(dims.items())
     fit_budget(
         [Case(b, s, "ragged", 1.0, seed, dims=sized) for b in batch_sizes for s in seq_lens],

@@ -23,6 +23,7 @@ import keyword
 import logging
 import math
 import operator
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -795,18 +796,44 @@ def load_onnx(model: Any) -> Any:
     return proto
 
 
-def _check_external_data(proto: Any, path: Path) -> None:
-    """Refuse a graph whose weights in external data files are not where it says (a graph
-    copied without its ``.onnx.data``, or with a truncated one), naming the file. Every tensor
-    ``onnx.load`` would read is looked at: initializers, Constant nodes' values and those in
-    loop and branch bodies."""
+def _external_tensors(proto: Any) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Every tensor ``onnx.load`` would read from an external data file, with its
+    ``external_data`` entries: initializers, Constant nodes' values and those in loop and
+    branch bodies."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors  # the walk onnx.load itself does
 
     for tensor in _get_all_tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor, {e.key: e.value for e in tensor.external_data}
+
+
+def refuse_data_outside(proto: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse, before anything runs, a graph whose external data file is a link out of the
+    graph's folder (a Hugging Face cache links each file to its ``blobs/``): ONNX Runtime
+    resolves links and reads no data outside the graph's folder, so it cannot load the graph.
+
+    Raises:
+        ModelLoadError: naming the file, where it leads, and what to do.
+    """
+    folder = Path(path).parent.resolve()
+    for location in dict.fromkeys(
+        entries.get("location", "") for _, entries in _external_tensors(proto)
+    ):
+        target = (Path(path).parent / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{path}: its external data file {location} is a link to {target}, outside the "
+                "graph's folder, and ONNX Runtime reads no data outside it; copy the graph and "
+                f"its data into one folder (cp -L {path} {Path(path).parent / location} DIR/; "
+                "huggingface_hub: snapshot_download(..., local_dir=DIR)) and give that copy"
+            )
+
+
+def _check_external_data(proto: Any, path: Path) -> None:
+    """Refuse a graph whose weights in external data files are not where it says (a graph
+    copied without its ``.onnx.data``, or with a truncated one), naming the file."""
+    for tensor, entries in _external_tensors(proto):
         location = entries.get("location", "")
         relative = Path(location)
         if not location or relative.is_absolute() or ".." in relative.parts:

@@ -94,6 +94,7 @@ from birnn_export.spec import (
     GraphSpec,
     load_onnx,
     refuse_changed,
+    refuse_data_outside,
 )
 from birnn_export.trt_plan import sweep_profile
 
@@ -347,6 +348,7 @@ def verify(
     if not Path(onnx_path).is_file():
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     proto = load_onnx(onnx_path)
+    refuse_data_outside(proto, onnx_path)  # ONNX Runtime would refuse it
     try:
         spec = GraphSpec.from_onnx(proto)
     except BiRNNExportError as exc:  # no or unreadable metadata: which file

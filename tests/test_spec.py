@@ -513,6 +513,41 @@ def test_external_data_outside_the_graphs_folder_or_at_no_offset_is_refused(
         load_onnx(path)
 
 
+def test_external_data_linked_out_of_the_graphs_folder_is_refused_before_onnx_runtime(
+    tmp_path: Path,
+) -> None:
+    """A Hugging Face cache links a snapshot's files to its blobs/: inspect and TensorRT read
+    such a graph, but ONNX Runtime refuses data outside the graph's folder, links resolved, so
+    verify and bench failed with its message after loading the model. They refuse it first,
+    saying what to copy; a link within the folder, or a folder reached by a link, is fine."""
+    import onnxruntime as ort
+
+    from birnn_export.spec import refuse_data_outside
+    from birnn_export.verification import verify
+
+    snapshot, blobs = tmp_path / "snapshot", tmp_path / "blobs"
+    snapshot.mkdir(), blobs.mkdir()
+    path = _external_graph(snapshot)
+    (snapshot / "g.onnx.data").rename(blobs / "0123abcd")
+    (snapshot / "g.onnx.data").symlink_to(blobs / "0123abcd")
+    with pytest.raises(Exception, match="External data path"):  # what ONNX Runtime says
+        ort.InferenceSession(str(path))
+    proto = load_onnx(path)  # inspect and check read it
+    with pytest.raises(
+        ModelLoadError, match=r"g\.onnx\.data is a link to .*blobs/0123abcd, outside"
+    ):
+        refuse_data_outside(proto, path)
+    with pytest.raises(ModelLoadError, match="ONNX Runtime reads no data outside it"):
+        verify(path)  # before it reads the graph's metadata or asks for a model
+    (snapshot / "g.onnx.data").unlink()
+    (blobs / "0123abcd").rename(snapshot / "real.bin")
+    (snapshot / "g.onnx.data").symlink_to("real.bin")
+    (tmp_path / "via").symlink_to(snapshot)
+    for given in (path, tmp_path / "via" / "g.onnx"):
+        refuse_data_outside(load_onnx(given), given)
+        ort.InferenceSession(str(given))  # and ONNX Runtime agrees
+
+
 def _edited(change: Any) -> str:
     data = json.loads(spec(tokens=True).to_json())
     change(data)
