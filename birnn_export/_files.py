@@ -143,6 +143,25 @@ def size_text(nbytes: float) -> str:
     return f"{nbytes:.1f} GiB"
 
 
+def is_torch_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds what ``torch.save`` writes (a zip archive with a ``data.pkl``) or
+    a pickle (torch's legacy format, ``pickle.dump``): told from its first bytes, whatever its
+    name."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head[:1] == b"\x80" and head[1:2] in {bytes([p]) for p in range(2, 6)}:
+            return True  # pickle protocol 2-5's opening PROTO opcode
+        if head == b"PK" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return False
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

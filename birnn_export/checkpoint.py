@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from birnn_export._files import atomic_path, size_text
+from birnn_export._files import atomic_path, is_torch_file, size_text
 from birnn_export.conversion import conversion_report, convert, reserve_hook_ids
 from birnn_export.errors import (
     BiRNNExportError,
@@ -541,6 +541,19 @@ def onnx_given(path: Path) -> str:
         f"(birnn-export inspect {path} describes the graph, birnn-export verify {path} "
         "--model MODEL.pt checks it)"
     )
+
+
+def onnx_named(path: Path) -> str:
+    """The error for ``birnn-export MODEL.onnx`` without ``-o``, whose graph would be written
+    over the file itself by default: what the file holds decides what it says."""
+    if not path.exists():
+        return f"{path}: no such file"
+    if is_torch_file(path):
+        return (
+            f"{path}: a PyTorch model file named .onnx, which its graph would be written over "
+            "by default; give -o GRAPH.onnx, or name the model file .pt"
+        )
+    return onnx_given(path)
 
 
 def _is_onnx(data: bytes) -> bool:

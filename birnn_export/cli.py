@@ -215,9 +215,9 @@ def export_command(
     from birnn_export.pipeline import default_output, export_model, failure_summary
 
     if model_path.suffix == ".onnx" and output is None:  # its default output would be itself
-        from birnn_export.checkpoint import onnx_given
+        from birnn_export.checkpoint import onnx_named
 
-        raise ModelLoadError(onnx_given(model_path))
+        raise ModelLoadError(onnx_named(model_path))
     output = output or default_output(model_path)
     options_.check_files(
         {"MODEL.pt": model_path}, {"-o": output, "--json": json_path}, suffixes={"-o": ".onnx"}

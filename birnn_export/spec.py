@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from birnn_export._files import is_torch_file
 from birnn_export.errors import BiRNNExportError, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -784,6 +785,12 @@ def load_onnx(model: Any) -> Any:
                     f"{path}: an ONNX Runtime format (.ort) model, which only ONNX Runtime "
                     "reads: give the .onnx it was converted from"
                 ) from None
+        if is_torch_file(path):
+            raise ModelLoadError(
+                f"{path}: not an ONNX model but a PyTorch file (what torch.save or pickle "
+                f"writes); give the graph exported from it (birnn-export {path} -o GRAPH.onnx "
+                "exports it)"
+            ) from None
         kind = type(exc).__name__
         raise ModelLoadError(f"{path}: not an ONNX model ({kind}); expected a .onnx file") from None
     if not proto.graph.node and not proto.graph.input and not proto.graph.output:

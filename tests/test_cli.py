@@ -35,3 +35,23 @@ def test_the_groups_help_lists_every_command() -> None:
 )
 def test_library_messages_name_the_flags(message: str, told: str) -> None:
     assert main._as_flags(message) == told
+
+
+def test_a_pytorch_file_named_onnx_is_told_as_one(tmp_path) -> None:
+    """A model file named .onnx was called an ONNX graph by the export (by its suffix), and
+    "not an ONNX model (DecodeError); expected a .onnx file" by inspect and verify."""
+    import torch
+
+    path = tmp_path / "model.onnx"
+    torch.save({"w": torch.ones(2)}, path)
+    result = CliRunner().invoke(main, [str(path)])
+    assert result.exit_code == 2
+    assert (
+        "a PyTorch model file named .onnx, which its graph would be written over" in result.output
+    )
+    assert "give -o GRAPH.onnx" in result.output
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2 and "not an ONNX model but a PyTorch file" in result.output
+    result = CliRunner().invoke(main, [str(tmp_path / "absent.onnx")])
+    assert result.exit_code == 2 and "absent.onnx: no such file" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -12,3 +12,26 @@ def test_sizes_are_told_in_the_unit_that_reads() -> None:
     assert size_text(369_636_629) == "352.5 MiB"
     assert size_text(2_237_104_128) == "2.1 GiB"
     assert size_text(5 * 2**40) == "5120.0 GiB"
+
+
+def test_torch_files_are_told_by_their_bytes_not_their_name(tmp_path) -> None:
+    import pickle
+
+    import torch
+    from onnx import helper
+
+    from birnn_export._files import is_torch_file
+
+    zipped, legacy, plain = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    torch.save({"w": torch.ones(2)}, zipped)
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    plain.write_bytes(pickle.dumps({"w": [1.0]}, protocol=4))
+    graph = tmp_path / "g.pt"
+    graph.write_bytes(helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString())
+    other_zip = tmp_path / "d.pt"
+    import zipfile
+
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    assert [is_torch_file(p) for p in (zipped, legacy, plain)] == [True, True, True]
+    assert not any(is_torch_file(p) for p in (graph, other_zip, tmp_path / "absent.pt"))
