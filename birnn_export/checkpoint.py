@@ -1269,9 +1269,20 @@ def _kwargs_hint(obj: Any, cls: Any) -> str:
     saved = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
     simple = (bool, int, float, str, type(None))
     if isinstance(saved, Mapping) and saved:
+        params: Mapping[str, Any] = {}
         with contextlib.suppress(TypeError, ValueError):  # no signature to read: as saved
-            saved = _arguments_saved(saved, inspect.signature(cls).parameters)
+            params = inspect.signature(cls).parameters
+            saved = _arguments_saved(saved, params)
         known = {str(k): v for k, v in saved.items() if isinstance(v, simple)}
+        # a class that names its arguments takes only those (a training run's lr is not one)
+        taken = {k: v for k, v in known.items() if k in params}
+        if taken and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            text = json.dumps(taken)
+            given = text if len(text) <= 300 else "{...}"
+            return (
+                "the class was built with its defaults; pass the checkpoint's hyper_parameters "
+                f"that it takes: --model-kwargs '{given}'"
+            )
         text = json.dumps(known)
         if len(text) > 300:
             text = text[:300] + "..."

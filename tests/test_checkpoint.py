@@ -826,7 +826,9 @@ def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_paramet
     path = _save(lightning, tmp_path / "last.ckpt")
     with pytest.raises(ModelLoadError, match="shape mismatch") as caught:
         load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
-    assert '"hidden": 7' in str(caught.value) and "--model-kwargs" in str(caught.value)
+    # the flag to paste, with the arguments the class takes, not the run's lr (users33)
+    told = f"--model-kwargs '{json.dumps(kwargs)}'"
+    assert told in str(caught.value) and "lr" not in str(caught.value), caught.value
     # a config one level down (deepspeech.pytorch's model_cfg): its sizes, not {} (review18)
     nested = {"labels": ["_", "A"], "model_cfg": kwargs}
     path = _save({"state_dict": model.state_dict(), "hyper_parameters": nested}, path)
