@@ -45,7 +45,15 @@ def dims_of(value_info: Any) -> tuple[int | str, ...]:
     return tuple(d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims)
 
 
-ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
+ONNX_DTYPES = {
+    1: "float32",
+    10: "float16",
+    11: "float64",
+    7: "int64",
+    6: "int32",
+    2: "uint8",
+    9: "bool",
+}
 
 
 #: Ops a linear head's scores pass through unchanged in their order per position (layout,

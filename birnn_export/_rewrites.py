@@ -68,7 +68,8 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     shape = node("Shape", [first.name], "shape")
     batch = node("Gather", [shape, const("axis", first.batch_axis)], "batch", axis=0)
     pad = node("Sub", [one, node("Min", [batch, one], "at_most_one")], "pad")
-    renamed = {}
+    renamed: dict[str, str] = {}
+    widened: dict[str, str] = {}  # uint8 inputs padded in int32
     for tensor in padded:
         axis, rank = tensor.batch_axis, len(tensor.dims)
         dims = node("Shape", [tensor.name], f"{tensor.name}/shape")
@@ -86,17 +87,31 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
                     f"{tensor.name}/tail",
                 )
             )
-        value = helper.make_tensor("value", elem[tensor.name], [1], [_FILL.get(tensor.role, 0)])
+        # TensorRT takes uint8 (a byte mask) only as an input or output, not inside the graph:
+        # padded in int32, read as such by the model's Casts (the usual readers of a mask)
+        byte = elem[tensor.name] == _UINT8
+        value = helper.make_tensor(
+            "value", _INT32 if byte else elem[tensor.name], [1], [_FILL.get(tensor.role, 0)]
+        )
         filler = node(
             "ConstantOfShape",
             [node("Concat", parts, f"{tensor.name}/filler_shape", axis=0)],
             f"{tensor.name}/filler",
             value=value,
         )
-        renamed[tensor.name] = node("Concat", [tensor.name, filler], f"{tensor.name}", axis=axis)
+        given = node("Cast", [tensor.name], f"{tensor.name}/int32", to=_INT32) if byte else None
+        renamed[tensor.name] = node(
+            "Concat", [given or tensor.name, filler], f"{tensor.name}", axis=axis
+        )
+        if byte:
+            widened[tensor.name] = renamed.pop(tensor.name)
     for existing in graph.node:
         for i, name in enumerate(existing.input):
-            if name in renamed:
+            if name in widened and existing.op_type != "Cast" and name not in renamed:
+                renamed[name] = node("Cast", [widened[name]], f"{name}/uint8", to=_UINT8)
+            if name in widened and existing.op_type == "Cast":
+                existing.input[i] = widened[name]
+            elif name in renamed:
                 existing.input[i] = renamed[name]
     cuts = []
     batch_outputs = {t.name: t for t in spec.outputs if t.batch_axis is not None}
@@ -122,6 +137,9 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     del graph.node[:]
     graph.node.extend([*nodes, *kept, *cuts])
     return True
+
+
+_INT32, _UINT8 = 6, 2  # onnx.TensorProto's INT32 and UINT8
 
 
 def _int64(values: list[int]) -> Any:

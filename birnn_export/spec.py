@@ -1106,7 +1106,7 @@ _DECL = re.compile(
     r"|:\s*(?P<mask>mask|padding_mask)\s*)?$"
 )
 _DIM_NAME = re.compile(r"^[A-Za-z_]\w*$")
-INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 
 
 @dataclass(frozen=True)

@@ -2954,6 +2954,49 @@ def test_stock_export_declares_static_lstm_output_ours_does_not(tmp_path):
     assert dims(onnx.load(str(ours.path)).graph.output[0]) == ["batch", "seq", 10]
 
 
+class _ByteMaskTagger(nn.Module):
+    """Older code's ByteTensor mask (uint8), turned into lengths for packing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.long().sum(1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        return self.head(out)
+
+
+def test_a_byte_mask_is_a_uint8_input_and_tensorrt_takes_the_graph(tmp_path) -> None:
+    """A uint8 mask was refused as an input of unknown dtype. It is a uint8 input; the empty
+    batch guard pads it in int32 for the model's Cast, since TensorRT takes uint8 only as a
+    graph input or output ("does not support UINT8 types for intermediate tensors")."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = _ByteMaskTagger().eval()
+    x, mask = torch.randn(3, 9, 8), torch.ones(3, 9, dtype=torch.uint8)
+    mask[1, 5:] = mask[2, 2:] = 0
+    result = export_onnx(model, tmp_path / "m.onnx", example_inputs=(x, mask))  # verifies
+    assert [(t.name, t.dtype) for t in result.spec.inputs] == [("x", "float32"), ("mask", "uint8")]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    empty = {"x": np.zeros((0, 4, 8), np.float32), "mask": np.zeros((0, 4), np.uint8)}
+    assert session.run(None, empty)[0].shape == (0, 4, 4)
+    with torch.no_grad():
+        want = model(x, mask).numpy()
+    got = session.run(None, {"x": x.numpy(), "mask": mask.numpy()})[0]
+    valid = mask.numpy().astype(bool)
+    np.testing.assert_allclose(got[valid], want[valid], atol=1e-5)
+    from birnn_export.check import check_compatibility
+    from birnn_export.trt import library_reason
+
+    if library_reason("tensorrt_rtx") is None:
+        report = check_compatibility(tmp_path / "m.onnx", target="tensorrt")
+        assert report.ok, report.lines()
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 
