@@ -109,6 +109,9 @@ class PlannedInputs:
     #: Each token input's largest id, from the Embedding that reads it (see
     #: :func:`with_token_ranges`); ``vocab - 1`` for the others.
     token_highs: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: Token inputs no Embedding read on the example: their ids are the model's smallest
+    #: vocabulary's, a guess (an index into another dim's steps is declared ``:index(DIM)``).
+    unembedded: tuple[str, ...] = ()
 
     def dynamic_shapes(self, model: nn.Module | None = None) -> tuple[Any, ...]:
         """``torch.export`` dynamic shapes: one ``Dim`` per named dim, shared by name, bounded
@@ -140,6 +143,8 @@ class PlannedInputs:
                 low, high = max(1, self.ranges[str(decl.measures)][0]), str(decl.measures)
             elif role in MASK_ROLES:
                 low, high = 0, 1
+            elif role == "tokens" and decl.indexes is not None:
+                low, high = 0, decl.indexes  # up to the indexed dim's size - 1
             elif role == "tokens":
                 low, high = 0, self.token_highs.get(decl.name, self.vocab - 1 if self.vocab else 1)
             out.append(
@@ -241,6 +246,13 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
             "time dim of its own, e.g. 'a:int64[batch,a_len]' with 'a_lens:int64[batch]:"
             "lengths(a_len)' and 'b:int64[batch,b_len]' with 'b_lens:int64[batch]:lengths(b_len)'"
         )
+    named = {d for decl in decls for d in decl.dims if isinstance(d, str)}
+    for decl in decls:
+        if decl.indexes is not None and decl.indexes not in named:
+            raise BiRNNExportError(
+                f"input {decl.name!r}: ':index({decl.indexes})' names no dim of the inputs; "
+                f"name the dim whose steps its ids index (one of {', '.join(sorted(named))})"
+            )
     masked = [mask_dim(d) for d in decls if d.mask is not None]
     if len(set(masked)) != len(masked):
         raise BiRNNExportError(
@@ -474,14 +486,16 @@ def with_token_ranges(
 ) -> PlannedInputs:
     """Each token input's id range from the Embedding that read it on the example (its ids
     whole, in any shape): word ids and character ids beside them get their own vocabularies."""
-    highs = {}
+    highs, unread = {}, []
     for decl, role, tensor in zip(planned.decls, planned.roles, tensors, strict=True):
-        if role != "tokens":
+        if role != "tokens" or decl.indexes is not None:
             continue
         sizes = [m.num_embeddings for m, ids in seen if _same_ids(ids, tensor)]
         if sizes:
             highs[decl.name] = min(sizes) - 1
-    return dataclasses.replace(planned, token_highs=highs)
+        else:
+            unread.append(decl.name)
+    return dataclasses.replace(planned, token_highs=highs, unembedded=tuple(unread))
 
 
 def _same_ids(read: Tensor, given: Tensor) -> bool:
@@ -516,7 +530,8 @@ def _make_examples(
             valid = valid if role == "mask" else ~valid
             tensors.append(torch.from_numpy(np.ascontiguousarray(valid)).to(dtype))
         elif role == "tokens":
-            tensors.append(torch.randint(0, vocab or 2, shape, generator=gen).to(dtype))
+            top = examples[decl.indexes] if decl.indexes is not None else vocab or 2
+            tensors.append(torch.randint(0, top, shape, generator=gen).to(dtype))
         else:
             tensors.append(torch.randn(shape, generator=gen).to(dtype))
     return tuple(tensors)

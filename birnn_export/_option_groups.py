@@ -151,7 +151,8 @@ graph_options = option_group(
             help="Declare a graph input, repeatable, in forward's order: a name for a dynamic "
             "dim, a number for a fixed one; the batch dim is 'batch'; a lengths input ends in "
             "':lengths(DIM)', a [batch,TIME] mask in ':mask' (1 at valid steps) or "
-            "':padding_mask' (1 past each row's end). E.g. --input "
+            "':padding_mask' (1 past each row's end); integers that index another dim's steps "
+            "(each subword's word) end in ':index(DIM)'. E.g. --input "
             "'image:float32[batch,1,64,width]', or --input 'x:float32[batch,40,time]' --input "
             "'x_lens:int64[batch]:lengths(time)'. "
             "[default: inferred from the model]",

@@ -452,6 +452,7 @@ def _trace_graph(
     notes += [] if scores is not None else reconstruction_notes(proto, spec)
     notes += _untraced_notes(untraced, planned, traced_at)
     notes += _unrolled_cells_notes(traced, trace_inputs)
+    notes += _unembedded_notes(planned, spec, unread_inputs(proto.graph))
     points = list(  # each point once, in the order found
         dict.fromkeys(tuple(point.items()) for u in untraced for point in u.examples(traced_at))
     )
@@ -1149,6 +1150,25 @@ def _unread_inputs(proto: Any) -> list[str]:
         "any values of its shape"
         for name in unread_inputs(proto.graph)
     ]
+
+
+def _unembedded_notes(planned: PlannedInputs, spec: GraphSpec, unread: Sequence[str]) -> list[str]:
+    """Notes for integer inputs the graph reads that no Embedding read on the example: their
+    ids were given the model's smallest vocabulary, a guess; a subword's word index drawn so
+    seldom points at a real word, and pooling by it went unverified (users35)."""
+    notes = []
+    for decl in planned.decls:
+        if decl.name not in planned.unembedded or decl.name in unread:
+            continue
+        tensor = next(t for t in spec.inputs if t.name == decl.name)
+        dims = ",".join(map(str, decl.dims))
+        notes.append(
+            f"input {decl.name!r}: no nn.Embedding reads these ids, so verification draws them "
+            f"from {tensor.low or 0}..{tensor.high}, a guess; where they index another dim's "
+            f"steps (a subword's word), declare it: --input '{decl.name}:{decl.dtype}[{dims}]:"
+            "index(DIM)'"
+        )
+    return notes
 
 
 def _float32_nodes(proto: Any, dtype: str, ops: Collection[str]) -> collections.Counter[str]:

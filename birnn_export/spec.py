@@ -63,7 +63,8 @@ class TensorSpec:
     ``dims`` holds ints for static sizes and names for the symbolic ones: the graph's batch and
     time dims (``"batch"`` / ``"seq"`` unless declared otherwise), other declared dims, and
     output dims derived from them (``"(width//4)"``, as the exporter names them). ``low`` /
-    ``high`` bound valid values (inclusive); ``high`` may be the time dim's name for lengths.
+    ``high`` bound valid values (inclusive); ``high`` may be a dim's name: the dim lengths
+    measure (values up to its size), or the dim an index input's ids index (up to its size - 1).
     ``batch_at`` / ``time_at`` are the batch and time axes; unset, they are found by the names
     ``"batch"`` and ``"seq"`` (files written before inputs could be declared).
     """
@@ -582,12 +583,13 @@ def _check_tensor_values(data: dict[str, Any], key: str) -> None:
             raise BiRNNExportError(f"{where}.dtype: expected one of {', '.join(dtypes)}")
         bounds = [tensor.get("low"), tensor.get("high")]
         for name, value in zip(("low", "high"), bounds, strict=True):
-            if isinstance(value, str):
-                measured = tensor.get("role") == "lengths" and value != batch_dim
-                if not (measured and value in graph_dims):
+            if isinstance(value, str):  # lengths measuring a dim, ids indexing one's steps
+                role = tensor.get("role")
+                counted = role == "lengths" or (name == "high" and role == "tokens")
+                if not (counted and value != batch_dim and value in graph_dims):
                     raise BiRNNExportError(
                         f"{where}.{name}: {value!r} names no dim of the graph for these "
-                        "lengths to measure"
+                        f"{'ids to index' if role == 'tokens' else 'lengths to measure'}"
                     )
             elif isinstance(value, bool) or (value is not None and not abs(value) <= _ID_LIMIT):
                 raise BiRNNExportError(f"{where}.{name}: {value!r} is out of range")
@@ -966,7 +968,8 @@ def make_feed(
             feed[tensor.name] = rows.astype(tensor.dtype)
         elif tensor.role == "tokens":
             low = int(tensor.low or 0)
-            high = int(tensor.high) if tensor.high is not None else low
+            high = low if tensor.high is None else tensor.high
+            high = sizes[high] - 1 if isinstance(high, str) else int(high)  # an index
             feed[tensor.name] = rng.integers(low, high + 1, size=shape).astype(tensor.dtype)
         elif tensor.role in MASK_ROLES:
             feed[tensor.name] = np.zeros(shape, dtype=tensor.dtype)  # set from the lengths below
@@ -1103,6 +1106,7 @@ def _pad_tokens(
 _DECL = re.compile(
     r"^\s*(?P<name>[A-Za-z_][\w.]*)\s*:\s*(?P<dtype>\w+)\s*\[(?P<dims>[^\]]*)\]\s*"
     r"(?::\s*lengths\s*\(\s*(?P<measures>[A-Za-z_]\w*)\s*\)\s*"
+    r"|:\s*index\s*\(\s*(?P<indexes>[A-Za-z_]\w*)\s*\)\s*"
     r"|:\s*(?P<mask>mask|padding_mask)\s*)?$"
 )
 _DIM_NAME = re.compile(r"^[A-Za-z_]\w*$")
@@ -1116,7 +1120,8 @@ class InputDecl:
     ``[batch,OUTER]`` for a dim nested in OUTER's steps, as a word's characters are); for a mask of
     each row's valid steps ``:mask`` (1 or True at them) or ``:padding_mask`` (1 or True past
     them), over ``batch`` and the time dim (or ``[batch,OUTER,DIM]`` for a dim nested in OUTER's
-    steps).
+    steps); for integers that index another dim's steps ``:index(DIM)`` (a subword's word:
+    ``word_ids:int64[batch,seq]:index(words)``), which are then 0 to DIM's size - 1.
 
     Example:
         >>> InputDecl.parse("image:float32[batch,1,64,width]").dims
@@ -1127,6 +1132,8 @@ class InputDecl:
         ('batch', 'seq')
         >>> InputDecl.parse("attention_mask:int64[batch,seq]:mask").mask
         'mask'
+        >>> InputDecl.parse("word_ids:int64[batch,seq]:index(words)").indexes
+        'words'
     """
 
     name: str
@@ -1134,6 +1141,7 @@ class InputDecl:
     dims: tuple[int | str, ...]
     measures: str | None = None
     mask: str | None = None
+    indexes: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> InputDecl:
@@ -1176,6 +1184,11 @@ class InputDecl:
                 "length per row), or [batch,OUTER] for a sequence nested in another's steps "
                 f"(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)'){relative}"
             )
+        if match["indexes"] and dtype not in ("int64", "int32"):
+            raise BiRNNExportError(
+                f"input {match['name']!r}: an index into {match['indexes']!r}'s steps is int64 or "
+                f"int32, e.g. 'word_ids:int64[batch,seq]:index({match['indexes']})'"
+            )
         flat = len(dims) == len(named) == 2 and BATCH in named
         if match["mask"] and len(dims) == 3 and dims[-1] in dims[:-1]:
             raise BiRNNExportError(
@@ -1190,7 +1203,7 @@ class InputDecl:
                 "OUTER, DIM] for a sequence nested in another's steps (each word's characters: "
                 f"'char_mask:bool[batch,seq,chars]:{match['mask']}')"
             )
-        return cls(match["name"], dtype, tuple(dims), measures, match["mask"])
+        return cls(match["name"], dtype, tuple(dims), measures, match["mask"], match["indexes"])
 
     @property
     def within(self) -> str | None:
@@ -1213,6 +1226,7 @@ class InputDecl:
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.dims)
         tail = f":lengths({self.measures})" if self.measures else ""
+        tail += f":index({self.indexes})" if self.indexes else ""
         return f"{self.name}:{self.dtype}[{dims}]{tail}" + (f":{self.mask}" if self.mask else "")
 
 

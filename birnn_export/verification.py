@@ -201,17 +201,20 @@ def _check_loaded_values(
     shapes: Mapping[str, tuple[int, ...]],
     spec: GraphSpec,
 ) -> None:
-    """A saved input's token ids within the graph's vocabulary and lengths within the steps
-    they measure (out-of-range values were blamed on the declared sequence range)."""
+    """A saved input's token ids within the graph's vocabulary (an index within the steps it
+    indexes) and lengths within the steps they measure (out-of-range values were blamed on the
+    declared sequence range)."""
     if value.size == 0 or value.dtype.kind not in "iu":
         return
     low, high = tensor.low, tensor.high
     if tensor.role == "lengths" and isinstance(low, int):
         low = min(low, 0)  # a padding word's characters: 0, which the model masks
-    if tensor.role == "lengths" and isinstance(high, str):
-        # the steps of the dim they measure, in the inputs that have it
+    if isinstance(high, str):
+        # the steps of the dim they measure or index, in the inputs that have it
         steps = [shapes[t.name][t.dims.index(high)] for t in spec.inputs if high in t.dims]
         high = max(steps, default=None)
+        if high is not None and tensor.role == "tokens":
+            high -= 1  # an index: up to its dim's size - 1
     if isinstance(low, str) or isinstance(high, str) or tensor.role not in ("tokens", "lengths"):
         return
     least, most = int(value.min()), int(value.max())

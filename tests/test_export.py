@@ -2997,6 +2997,59 @@ def test_a_byte_mask_is_a_uint8_input_and_tensorrt_takes_the_graph(tmp_path) -> 
         assert report.ok, report.lines()
 
 
+class _SubwordToWords(nn.Module):
+    """A token classifier over subwords, mean-pooled to words by each subword's word index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.gru = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, ids, mask, word_ids, word_mask):
+        lengths = mask.sum(1).cpu()
+        packed = pack_padded_sequence(
+            self.emb(ids), lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = pad_packed_sequence(
+            self.gru(packed)[0], batch_first=True, total_length=ids.shape[1]
+        )
+        words = torch.arange(word_mask.shape[1], device=ids.device)
+        member = (word_ids[:, None, :] == words[None, :, None]).float() * mask[:, None, :].float()
+        return self.head(member.bmm(out) / member.sum(-1, keepdim=True).clamp(min=1))
+
+
+def test_an_index_input_is_drawn_over_the_dim_it_indexes(tmp_path) -> None:
+    """A subword's word index read by no Embedding was drawn from the model's vocabulary (0..49
+    here, 0..7999 in users35's model), so it seldom named a real word: a graph pooling by sum
+    instead of mean passed. Declared ':index(words)' it is drawn over the words, and that graph
+    fails; undeclared, the export says its values are a guess."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = _SubwordToWords().eval()
+    decls = ["ids:int64[batch,seq]", "mask:int64[batch,seq]:mask", "word_ids:int64[batch,seq]"]
+    decls.append("word_mask:int64[batch,words]:mask")
+    guessed = export_onnx(model, tmp_path / "g.onnx", inputs=decls)
+    told = (
+        "input 'word_ids': no nn.Embedding reads these ids, so verification draws them from 0..49"
+    )
+    assert any(note.startswith(told) for note in guessed.notes), guessed.notes
+    decls[2] += ":index(words)"
+    result = export_onnx(model, tmp_path / "m.onnx", inputs=decls)
+    word_ids = next(t for t in result.spec.inputs if t.name == "word_ids")
+    assert (word_ids.role, word_ids.low, word_ids.high) == ("tokens", 0, "words")
+    assert not any("word_ids" in note for note in result.notes), result.notes
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    (div,) = [n for n in proto.graph.node if n.op_type == "Div"]
+    div.op_type = "Identity"  # the mean pooling made a sum
+    del div.input[1:]
+    onnx.save(proto, str(tmp_path / "sum.onnx"))
+    assert not verify(tmp_path / "sum.onnx", model, isolate=False, layers=False).passed
+    with pytest.raises(ExportError, match=r"':index\(word\)' names no dim of the inputs"):
+        export_onnx(model, tmp_path / "x.onnx", inputs=[*decls[:2], decls[2][:-2] + ")", decls[3]])
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 

@@ -42,6 +42,8 @@ SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:l
         ("m:bool[seq,chars,batch]:mask", "or [batch, OUTER, DIM] for a sequence nested"),
         ("m:bool[batch,seq,chars,x]:mask", "or [batch, OUTER, DIM] for a sequence nested"),
         ("m:bool[batch,seq,seq]:mask", "relates steps to steps"),
+        ("w:float32[batch,seq]:index(words)", "an index into 'words''s steps is int64 or int32"),
+        ("w:int64[batch,seq]:index(words):mask", "expected NAME:DTYPE"),
     ],
 )
 def test_bad_declarations_say_what_is_wrong(text: str, message: str) -> None:
@@ -70,6 +72,17 @@ def test_mask_declarations_round_trip() -> None:
     assert (nested.within, nested.nests) == ("words", "chars")
     assert str(nested) == "char_mask:bool[batch,words,chars]:mask"
     assert InputDecl.parse("m:bool[words,batch,chars]:padding_mask").within == "words"
+
+
+def test_index_declarations_round_trip() -> None:
+    decl = InputDecl.parse("word_ids : int32[batch, seq] : index( words )")
+    assert (decl.dims, decl.indexes, decl.measures, decl.mask) == (
+        ("batch", "seq"),
+        "words",
+        None,
+        None,
+    )
+    assert str(decl) == "word_ids:int32[batch,seq]:index(words)"
 
 
 def test_crnn_on_images_exports_with_a_derived_time_dim(tmp_path) -> None:
