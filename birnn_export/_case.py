@@ -461,6 +461,9 @@ def _rows_padded(values: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
 #: How a batch-invariance check's note begins where the model's own rows alone differ from
 #: the same rows in the batch (:func:`batch_invariance_checks`).
 DEPENDS_ON_THE_BATCH = "the model itself depends on the batch"
+#: Its beginning where the rows alone differ, but each row alone with the batch's padding after
+#: it is as in the batch: the model reads the padding, not the other rows.
+DEPENDS_ON_THE_PADDING = "the model itself depends on the padding after each row"
 
 
 def batch_invariance_checks(
@@ -529,6 +532,17 @@ def batch_invariance_checks(
             parts.append(value.ravel())
         return np.concatenate(parts)
 
+    def row_parts(outputs: Sequence[Mapping[str, np.ndarray]], tensor: TensorSpec) -> np.ndarray:
+        # each row's part, from outputs of one row each (the batch's padding kept)
+        return np.concatenate(
+            [
+                np.asarray(out[tensor.name])[
+                    tuple(slice(0, n) for n in extent(row, tensor))
+                ].ravel()
+                for (row, *_), out in zip(singles, outputs, strict=True)
+            ]
+        )
+
     engine_alone = [out for _, _, _, out in singles]
     reference_alone: list[Mapping[str, np.ndarray]] | None = None
     results = []
@@ -562,17 +576,23 @@ def batch_invariance_checks(
         if not check.passed and reference is not None and expected is not None:
             if reference_alone is None:
                 reference_alone = [reference(single) for _, _, single, _ in singles]
-            want = alone(reference_alone, tensor)
-            own = float(np.max(np.abs(want - rows_of(expected, tensor)), initial=0.0))
-            if not compare(tensor.name, "", want, rows_of(expected, tensor), **common).passed:
+            want, in_batch = alone(reference_alone, tensor), rows_of(expected, tensor)
+            own = float(np.max(np.abs(want - in_batch), initial=0.0))
+            if not compare(tensor.name, "", want, in_batch, **common).passed:
+                padding = False
+                if lengths is not None:  # each row alone with the batch's padding after it
+                    padded = [reference(row_feed(spec, feed, row, None)) for row, *_ in singles]
+                    kept = row_parts(padded, tensor)
+                    padding = compare(tensor.name, "", kept, in_batch, **common).passed
+                cause = DEPENDS_ON_THE_PADDING if padding else DEPENDS_ON_THE_BATCH
                 check = compare(
                     tensor.name,
                     "batch-invariance",
                     got,
                     want,
                     note=(
-                        f"{DEPENDS_ON_THE_BATCH} (its rows alone differ by "
-                        f"{own:.3g}): each row alone vs the reference alone"
+                        f"{cause} (its rows alone differ by {own:.3g}): each row alone vs the "
+                        "reference alone"
                     ),
                     **common,
                 )
@@ -849,19 +869,29 @@ def batch_dependence_note(results: Sequence[CaseResult]) -> list[str]:
     """A note where the model's own rows alone differ from the same rows in a batch: the graph
     does as the model does, and passes, but the model is likely wrong (flipping a padded batch
     before packing gives every short row another answer)."""
-    found = [
-        float(m[1])
-        for r in results
-        for o in r.outputs
-        if o.check == "batch-invariance"
-        for m in [re.search(rf"{DEPENDS_ON_THE_BATCH} \(its rows alone differ by (\S+)\)", o.note)]
-        if m
-    ]
-    if not found:
-        return []
-    return [
-        f"{DEPENDS_ON_THE_BATCH}: its rows alone differ from the same rows in a batch by up "
-        f"to {max(found):.3g}, so a row's outputs change with the other rows, as flipping a "
-        "padded batch before packing does (README, 'Why flip-then-pack is wrong'); the graph "
-        "does as the model does"
-    ]
+    found: dict[str, list[float]] = {DEPENDS_ON_THE_BATCH: [], DEPENDS_ON_THE_PADDING: []}
+    for r in results:
+        for o in r.outputs:
+            for cause, differ in found.items():
+                m = re.search(rf"{cause} \(its rows alone differ by (\S+)\)", o.note)
+                if o.check == "batch-invariance" and m:
+                    differ.append(float(m[1]))
+    notes = []
+    if found[DEPENDS_ON_THE_BATCH]:
+        notes.append(
+            f"{DEPENDS_ON_THE_BATCH}: its rows alone differ from the same rows in a batch by up "
+            f"to {max(found[DEPENDS_ON_THE_BATCH]):.3g}, so a row's outputs change with the other "
+            "rows, as flipping a padded batch before packing does (README, 'Why flip-then-pack is "
+            "wrong'); the graph does as the model does"
+        )
+    if found[DEPENDS_ON_THE_PADDING]:
+        notes.append(
+            f"{DEPENDS_ON_THE_PADDING}: its rows alone differ from the same rows in a batch by up "
+            f"to {max(found[DEPENDS_ON_THE_PADDING]):.3g}, and alone with the batch's padding "
+            "after them they do not: the model reads the padding, so a row's outputs change with "
+            "the batch's longest row (a convolution over padding ids that an Embedding without "
+            "padding_idx makes vectors of does this, a mean over every step, or flipping the "
+            "padded batch before packing: README, 'Why flip-then-pack is wrong'); the graph does "
+            "as the model does"
+        )
+    return notes

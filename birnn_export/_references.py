@@ -111,6 +111,7 @@ class References:
                 shape = ", ".join(f"{name} {size}" for name, size in sizes.items())
                 shortest = self._shortest(side, case)
                 time, (_, opt, high) = self.spec.time_dim, self.spec.seq_range
+                table = _short_table(side.runner.model, exc, sizes, self.spec)
                 raise BiRNNExportError(
                     f"the reference model failed on the graph's inputs ({shape}): "
                     f"{one_line(exc)}; "
@@ -119,11 +120,11 @@ class References:
                         "pooled or strided front end), give it as the minimum, --range "
                         f"{time}={shortest},{max(opt, shortest)},{high}; else "
                         if shortest is not None
-                        else ""
+                        else table
                     )
-                    + "is it the model this graph was exported from? If it is, it refuses "
-                    "inputs the graph declares: declare them as it takes them (--input, and "
-                    "--range DIM=MIN,OPT,MAX for the sizes it accepts)"
+                    + "the model refuses inputs the graph declares (or it is not the model the "
+                    "graph came from): declare them as it takes them (--input, and --range "
+                    "DIM=MIN,OPT,MAX for the sizes it accepts)"
                 ) from None
             if side.layers is not None and self.layer_reason is None:
                 try:
@@ -242,6 +243,30 @@ def _packed_reference(layer: Any, padding_value: float) -> Any:
             return out, hidden
 
     return PackedReference()
+
+
+def _short_table(model: Any, exc: Exception, sizes: Mapping[str, int], spec: GraphSpec) -> str:
+    """Where an Embedding's lookup failed (an index out of range), the tables with fewer rows
+    than a named dim has steps here: a table indexed by position (a sentence's place in a
+    document) caps that dim, and the message names the range to declare (users35)."""
+    if not isinstance(exc, IndexError) or not hasattr(model, "named_modules"):
+        return ""
+    import torch
+
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Embedding):
+            continue
+        rows = module.num_embeddings
+        for dim, size in sizes.items():
+            low, opt, _ = spec.ranges().get(dim, (1, 1, size))
+            if dim != spec.batch_dim and rows < size and low <= rows:
+                found.append(
+                    f"nn.Embedding {name!r} has {rows} rows, fewer than {dim}'s {size}: where it "
+                    f"is indexed by position, {dim} goes up to {rows}: --range "
+                    f"{dim}={low},{min(opt, rows)},{rows}"
+                )
+    return "; ".join(found[:2]) + "; else " if found else ""
 
 
 def resolve_models(

@@ -243,14 +243,18 @@ def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:
 
 
 def row_feed(
-    spec: GraphSpec, feed: Mapping[str, np.ndarray], row: int, length: int
+    spec: GraphSpec, feed: Mapping[str, np.ndarray], row: int, length: int | None
 ) -> dict[str, np.ndarray]:
-    """Row ``row`` of ``feed`` alone (batch 1), cut to ``length`` time steps."""
+    """Row ``row`` of ``feed`` alone (batch 1), cut to ``length`` time steps (``None``: as it is
+    in the batch, its padding kept)."""
     single, lengths_input = {}, spec.lengths_input
     for tensor in spec.inputs:
         value = feed[tensor.name]
         if tensor.batch_axis is not None:
             value = np.take(value, [row], axis=tensor.batch_axis)
+        if length is None:
+            single[tensor.name] = np.ascontiguousarray(value)
+            continue
         if tensor.time_axis is not None:
             value = np.take(value, np.arange(length), axis=tensor.time_axis)
         if tensor is lengths_input:  # a second sequence keeps its padded width and lengths

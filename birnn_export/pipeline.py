@@ -324,14 +324,14 @@ class ExportReport:
         if result.quantization is not None:
             out.append(f"Quantized {result.quantization.summary()}")
         if result.verification is not None:
-            from birnn_export._case import DEPENDS_ON_THE_BATCH
+            from birnn_export._case import DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING
             from birnn_export.verification import FLOAT64_FAILS
 
             out.append(f"Verified {result.verification.summary()}")
             out += [  # what the verdict was judged against, where not the model in float64
                 f"  note: {note}"
                 for note in result.verification.notes
-                if note.startswith((FLOAT64_FAILS, DEPENDS_ON_THE_BATCH))
+                if note.startswith((FLOAT64_FAILS, DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING))
             ]
             skipped = [n for n in result.verification.notes if n.startswith("skipped ")]
             out += [f"  note: {note}" for note in skipped]

@@ -1151,6 +1151,38 @@ def test_seed_examples_with_torch_flip_export_dynamically(tmp_path, cls):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+class _ConvOverPadding(nn.Module):
+    """Tacotron 2's encoder in small: a convolution over embedded ids (no padding_idx) before
+    the packed BiLSTM, so each row reads the padding after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 8)
+        self.conv = nn.Conv1d(8, 8, 5, padding=2)
+        self.rnn = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.emb(ids).transpose(1, 2)).transpose(1, 2)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(
+            self.rnn(packed)[0], batch_first=True, total_length=ids.shape[1]
+        )
+        return out
+
+
+def test_a_model_reading_its_padding_is_told_so_not_blamed_on_the_other_rows(tmp_path):
+    """users35: Tacotron 2's encoder was told it depends on the batch, as flip-then-pack does;
+    its rows change with the padding after them (the convolution reads it), and alone with
+    that padding they are as in the batch."""
+    torch.manual_seed(0)
+    result = export_onnx(_ConvOverPadding().eval(), tmp_path / "t.onnx")
+    assert result.verification.passed, result.verification.summary()
+    notes = [n for n in result.verification.notes if n.startswith("the model itself depends")]
+    assert len(notes) == 1, result.verification.notes
+    assert notes[0].startswith("the model itself depends on the padding after each row")
+    assert "the model reads the padding" in notes[0]
+
+
 def test_seed_example3_exports_faithfully_in_every_batch(tmp_path):
     """The article's flip-then-pack model (rnn_utils.pack_padded_sequence) exports and the graph
     reproduces it exactly - including its bug, which verification against torch's packed

@@ -135,3 +135,36 @@ def test_determinism_is_checked_past_a_first_case_too_small_to_tell(tmp_path) ->
     torch.manual_seed(0)
     with pytest.raises(BiRNNExportError, match="not deterministic in eval mode"):
         export_onnx(NoisyPastOneStep().eval(), tmp_path / "n.onnx")
+
+
+class _PositionTable(nn.Module):
+    """Sentence positions looked up in a table of 20 rows (SummaRuNNer's absolute position)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = nn.Embedding(20, 4)
+        self.rnn = nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(x.shape[1], device=x.device)
+        return self.rnn(x + self.position(steps)[None])[0]
+
+
+def test_a_table_shorter_than_a_dim_is_named_with_the_range_to_declare(tmp_path) -> None:
+    """users35: a position table of 100 rows failed verification at seq 256 after minutes, with
+    "index out of range in self" and no word of the table; its name, its rows and the range
+    to declare are said, and with that range the model exports."""
+    from birnn_export.pipeline import export_onnx
+
+    torch.manual_seed(0)
+    model = _PositionTable().eval()
+    with pytest.raises(BiRNNExportError) as caught:
+        export_onnx(model, tmp_path / "p.onnx", inputs=["x:float32[batch,seq,4]"])
+    told = str(caught.value)
+    assert "IndexError" in told and "nn.Embedding 'position' has 20 rows, fewer than seq's" in told
+    assert "--range seq=1,20,20" in told and "is it the model" not in told, told
+    assert not (tmp_path / "p.onnx").exists()
+    result = export_onnx(
+        model, tmp_path / "p.onnx", inputs=["x:float32[batch,seq,4]"], ranges={"seq": (1, 20, 20)}
+    )
+    assert result.verification.passed
