@@ -387,13 +387,18 @@ def _ranges(
         )
     out = {}
     nested = {d.nests for d in decls if d.within is not None}
-    for decl in decls:  # a char-CNN's characters: a token dim right after the time dim
-        at = decl.dims.index(time_dim) + 1 if time_dim in decl.dims else len(decl.dims)
-        inner = decl.dims[at] if at < len(decl.dims) else None
+    # the time dim, and a second sequence's (a question's beside a context's)
+    top = [d for d in decls if d.within is None]
+    sequences = {time_dim, *(str(d.measures) for d in top if d.measures is not None)}
+    sequences |= {str(mask_dim(d)) for d in top if d.mask is not None and mask_dim(d)}
+    for decl in decls:  # a char-CNN's characters: a token dim right after a sequence's
         ids = decl.dtype.startswith("int") and decl.measures is None and decl.mask is None
-        spelled = isinstance(inner, str) and (_CHARS.search(inner) or _CHARS.search(decl.name))
-        if ids and spelled and inner not in (batch_dim, time_dim):
-            nested.add(str(inner))
+        for sequence in sequences & set(decl.dims):
+            at = decl.dims.index(sequence) + 1
+            inner = decl.dims[at] if at < len(decl.dims) else None
+            spelled = isinstance(inner, str) and (_CHARS.search(inner) or _CHARS.search(decl.name))
+            if ids and spelled and inner not in (batch_dim, *sequences):
+                nested.add(str(inner))
     for name in names:
         default = batch_range if name == batch_dim else seq_range
         if name in nested:

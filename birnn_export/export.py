@@ -1285,6 +1285,7 @@ def _refuse_narrowed_dims(
     Raises:
         ExportError: naming the dim, the range the graph holds for and what to do.
     """
+    narrowed = []  # every such dim in one message: BiDAF's two char dims took two runs
     for dim, size in sizes.items():
         held = exported.range_constraints.get(size.node.expr)
         if held is None:
@@ -1298,17 +1299,22 @@ def _refuse_narrowed_dims(
                 upper -= 1
             while lower < upper and lower in branching:
                 lower += 1
-            raise ExportError(
-                f"dim {dim!r}: the traced graph holds only for {dim} in {lower}..{upper}, "
-                f"not the declared {low}..{high}: the model does not run outside it (a front "
-                "end that pools or strides needs a shortest input) or computes it another way "
-                "(a branch on the length, as chunking or padding short inputs does, of which "
-                "the exporter traced the example's); if inputs outside never come, declare "
-                f"it: --range {dim}={lower},"
-                f"{min(max(opt, lower), upper)},{upper}; else keep the branch out of "
-                "forward (compute both ways with tensor ops, e.g. pad every input to at "
-                "least the chunk)"
-            )
+            narrowed.append((dim, lower, upper, f"{low}..{high}", min(max(opt, lower), upper)))
+    if not narrowed:
+        return
+    names = ", ".join(repr(dim) for dim, *_ in narrowed)
+    held_for = ", ".join(f"{dim} in {lower}..{upper}" for dim, lower, upper, _, _ in narrowed)
+    declared = ", ".join(given for *_, given, _ in narrowed)
+    flags = " ".join(f"--range {d}={lower},{opt},{upper}" for d, lower, upper, _, opt in narrowed)
+    raise ExportError(
+        f"dim{'s' * (len(narrowed) > 1)} {names}: the traced graph holds only for {held_for}, "
+        f"not the declared {declared}: the model does not run outside it (a front end that "
+        "pools or strides needs a shortest input) or computes it another way (a branch on the "
+        "length, as chunking or padding short inputs does, of which the exporter traced the "
+        f"example's); if inputs outside never come, declare {'them' if len(narrowed) > 1 else 'it'}"
+        f": {flags}; else keep the branch out of forward (compute both ways with tensor ops, "
+        "e.g. pad every input to at least the chunk)"
+    )
 
 
 def _untraced(

@@ -1814,6 +1814,43 @@ def test_a_nested_dims_default_range_is_for_characters_only() -> None:
     ]:
         planned = plan_inputs(model, inputs=[*base, third], example_inputs=None, **PLANNING)
         assert planned.ranges[dim] == expected, third
+    # a second sequence's characters (a question's beside a context's, BiDAF's) too (users35)
+    pair = _signature("words", "lengths", "chars", "question", "question_lengths", "q_char")
+    second = ["question:int64[batch,qseq]", "question_lengths:int64[batch]:lengths(qseq)"]
+    declared = [*base, "chars:int64[batch,seq,chars]", *second, "q_char:int64[batch,qseq,q_chars]"]
+    planned = plan_inputs(pair, inputs=declared, example_inputs=None, **PLANNING)
+    assert planned.ranges["q_chars"] == planned.ranges["chars"] == (1, 16, 64)
+    assert planned.ranges["qseq"] == (1, 64, 256)
+
+
+def test_every_dim_the_trace_narrowed_is_told_in_one_message(tmp_path) -> None:
+    """BiDAF's two char-CNNs each need 3 characters: both ranges to declare are said at once
+    (users35: a run each), and with them the model exports."""
+
+    class TwoCharCNNs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(20, 4)
+            self.conv = nn.Conv1d(4, 4, 3)
+            self.rnn = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+
+        def words(self, chars: torch.Tensor) -> torch.Tensor:
+            batch, steps, width = chars.shape
+            flat = self.embedding(chars).reshape(batch * steps, width, 4).transpose(1, 2)
+            return self.conv(flat).amax(-1).reshape(batch, steps, 4)
+
+        def forward(self, chars, lengths, q_char, q_lengths):
+            return self.rnn(self.words(chars))[0], self.rnn(self.words(q_char))[0]
+
+    inputs = ["chars:int64[batch,seq,chars]", "lengths:int64[batch]:lengths(seq)"]
+    inputs += ["q_char:int64[batch,qseq,q_chars]", "q_lengths:int64[batch]:lengths(qseq)"]
+    with pytest.raises(ExportError) as caught:
+        export_onnx(TwoCharCNNs().eval(), tmp_path / "t.onnx", inputs=inputs, verify=False)
+    told = str(caught.value)
+    assert told.startswith("dims 'chars', 'q_chars': the traced graph holds only for chars in 3")
+    assert "declare them: --range chars=3,16,64 --range q_chars=3,16,64;" in told, told
+    ranges = {"chars": (3, 16, 64), "q_chars": (3, 16, 64)}
+    export_onnx(TwoCharCNNs().eval(), tmp_path / "t.onnx", inputs=inputs, ranges=ranges)
 
 
 def test_the_shortest_row_hint_is_only_for_errors_about_sizes(tmp_path) -> None:
