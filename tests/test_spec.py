@@ -563,7 +563,8 @@ def _edited(change: Any) -> str:
         (lambda d: d.update(opset=True), "opset: expected an opset number"),
         (lambda d: d["inputs"][0].update(high=10**30), r"inputs\[0\].high: 1000.* out of range"),
         (lambda d: d["inputs"][0].update(low=50, high=3), r"inputs\[0\]: low 50 is above high 3"),
-        (lambda d: d["inputs"][0].update(high="seq"), r"inputs\[0\].high: 'seq' names no dim"),
+        (lambda d: d["inputs"][0].update(high="nowhere"), r"inputs\[0\].high: 'nowhere' names no"),
+        (lambda d: d["inputs"][0].update(low="seq"), r"inputs\[0\].low: 'seq' names no dim"),
         (lambda d: d["inputs"][1].update(high="batch"), r"inputs\[1\].high: 'batch' names no"),
         (lambda d: d["inputs"][1].update(high="nosuch"), r"inputs\[1\].high: 'nosuch' names no"),
         (lambda d: d["inputs"][0].update(dtype="object"), r"inputs\[0\].dtype: expected one"),
@@ -580,6 +581,15 @@ def test_metadata_values_that_would_break_a_command_are_refused(change: Any, tol
     with pytest.raises(BiRNNExportError, match=told):
         GraphSpec.from_json(_edited(change))
     assert GraphSpec.from_json(_edited(lambda d: None)) == spec(tokens=True)
+
+
+def test_ids_that_index_a_dims_steps_are_read_and_drawn_below_its_size() -> None:
+    """``:index(DIM)``: a tokens input's high names the dim its ids index (users35)."""
+    indexed = GraphSpec.from_json(_edited(lambda d: d["inputs"][0].update(low=0, high="seq")))
+    assert indexed.inputs[0].high == "seq"
+    feed = make_feed(indexed, 4, 9, seed=1)
+    assert feed["ids"].min() >= 0 and feed["ids"].max() <= 8
+    assert len(np.unique(feed["ids"])) > 4  # the steps' indexes, not a vocabulary's
 
 
 def test_fresh_names_avoid_every_name_of_the_graph_and_its_loop_bodies() -> None:
