@@ -174,6 +174,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 #: Staging folders are named ``.<file>.birnn-export-<pid>-<random>``: a folder whose process is
 #: gone (killed while saving) is removed by the next export to the same file.
 STAGING_MARK = ".birnn-export-"
+#: The file in a staging folder its export holds locked (``flock``) while it runs: the lock
+#: ends with the process, on this machine or another (a container, a host sharing the folder),
+#: where its process id means nothing.
+STAGING_LOCK = ".lock"
 
 #: How the hidden copy verification's layer probe may put beside a graph begins
 #: (:class:`birnn_export._layers.GraphLayers`): a staging folder may hold one.
@@ -194,6 +198,7 @@ def staged_output(path: Path) -> Iterator[Path]:
         directory = Path(
             tempfile.mkdtemp(prefix=f".{path.name}{STAGING_MARK}{os.getpid()}-", dir=path.parent)
         )
+        lock = _locked(directory / STAGING_LOCK)
     except OSError as exc:
         raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     staging = directory / path.name
@@ -210,9 +215,37 @@ def staged_output(path: Path) -> Iterator[Path]:
             f"{path}: cannot write it ({exc.strerror or exc}); nothing was written"
         ) from None
     finally:
-        for leftover in directory.iterdir():
-            leftover.unlink()
-        directory.rmdir()
+        with contextlib.suppress(FileNotFoundError):  # unlocked last: no one removes it before
+            for leftover in directory.iterdir():
+                leftover.unlink()
+            directory.rmdir()
+        lock.close()
+
+
+def _locked(path: Path) -> Any:
+    """``path`` created and held locked (``flock``, where the platform has it) until closed."""
+    handle = open(path, "w")  # noqa: SIM115 - held open for the export's whole run
+    with contextlib.suppress(ImportError):
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _in_use(folder: Path, pid: int) -> bool:
+    """Whether another export writes with ``folder`` now: its lock is held (a folder from before
+    the lock, or not locked yet: its process runs, here)."""
+    try:
+        import fcntl
+
+        with open(folder / STAGING_LOCK, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except (ImportError, FileNotFoundError):
+        return _alive(pid)
 
 
 def _remove_stale_staging(path: Path) -> None:
@@ -221,13 +254,23 @@ def _remove_stale_staging(path: Path) -> None:
     Only a real folder (not a link to one: a downloaded folder may hold a link named like a
     staging folder, and the files it pointed to were removed) holding no more than the files
     the export writes there (:func:`_ours`) is removed.
+
+    Raises:
+        ExportError: another export is writing ``path`` now (two writers of one file: the last
+            one's graph stayed, and the other described it as its own).
     """
     prefix = f".{path.name}{STAGING_MARK}"
     ours = {f"{kind}{path.name}{data}" for kind in ("", "float32-") for data in ("", ".data")}
+    ours.add(STAGING_LOCK)
     for folder in path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = folder.name[len(prefix) :].partition("-")[0]
-        if folder.is_symlink() or not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
+        if folder.is_symlink() or not folder.is_dir() or not pid.isdigit():
             continue
+        if _in_use(folder, int(pid)):
+            raise ExportError(
+                f"{path}: another birnn-export is writing it now (process {pid}, staging in "
+                f"{folder.name}); wait for it to finish, or write elsewhere with -o"
+            )
         with contextlib.suppress(OSError):
             leftovers = list(folder.iterdir())
             if any(not _ours(f, ours) or not f.is_file() or f.is_symlink() for f in leftovers):

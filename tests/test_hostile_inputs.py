@@ -262,11 +262,35 @@ def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> 
     (stale / "a.onnx").write_bytes(b"half a graph")
     (stale / "a.onnx.data").write_bytes(b"weights")
     (stale / ".birnn-export-layers-x1y2.onnx").write_bytes(b"the layer probe's copy")
-    alive = tmp_path / f".a.onnx.birnn-export-{os.getpid()}-live0000"  # a running export's
-    alive.mkdir()
+    # its lock free, the folder is stale whatever its process id says: an id from another
+    # container or host ran here (users34: a live export's folder was removed, by its id)
+    unlocked = tmp_path / f".a.onnx.birnn-export-{os.getpid()}-free0000"
+    unlocked.mkdir()
+    (unlocked / ".lock").touch()
     result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")
     assert result.exit_code == 0, result.output
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and not unlocked.exists()
+
+
+def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """Two exports to one output both said PASS, and the one whose graph was replaced described
+    the other's (users34): the second is refused in one line while the first holds its lock."""
+    import fcntl
+
+    model = tmp_path / "a.pt"
+    model.write_bytes(SAMPLE.read_bytes())
+    running = tmp_path / ".a.onnx.birnn-export-9999997-live0000"  # an id from elsewhere
+    running.mkdir()
+    with open(running / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")
+    assert result.exit_code == 2, result.output
+    told = "another birnn-export is writing it now (process 9999997, staging in .a.onnx.birnn"
+    assert told in result.output and "write elsewhere with -o" in result.output
+    assert running.exists() and not (tmp_path / "a.onnx").exists()
+    result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")  # the lock is free
+    assert result.exit_code == 0, result.output
+    assert not running.exists()
 
 
 def test_only_a_real_staging_folder_of_our_files_is_removed(tmp_path: Path) -> None:
