@@ -349,6 +349,12 @@ class ExportReport:
         return out
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    """The file at ``path`` now: device, inode, modification time."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+
+
 def failure_summary(model_path: str | os.PathLike[str], error: BiRNNExportError) -> dict[str, Any]:
     """What ``--json`` holds where :func:`export_model` failed: the model, no graph written, the
     error and its exit code, and a failed verification's whole report."""
@@ -473,9 +479,16 @@ def export_model(
         **({"seq_range": seq_range} if seq_range is not None else {}),
         **export_options,
     )
+    written = _identity(result.path)  # what the checks below read is this graph
     if not quantized:
         stage("checking TensorRT compatibility (its parser and builder)")
     compatibility = None if quantized else check_compatibility(result.path, target="tensorrt")
+    described = describe_onnx(result.path)
+    if _identity(result.path) != written:  # another export wrote the file meanwhile (users34)
+        raise ExportError(
+            f"{result.path}: another process replaced it while this export checked it; the "
+            "graph there is not this export's: export again, or to another -o"
+        )
     if inputs:
         how = "declared with --input"
     elif declared:
@@ -491,7 +504,7 @@ def export_model(
         source=loaded.source,
         inputs=how,
         result=result,
-        onnx=describe_onnx(result.path),
+        onnx=described,
         compatibility=compatibility,
         seconds=time.perf_counter() - start,
     )

@@ -205,3 +205,24 @@ def test_a_mistyped_option_is_a_usage_error_naming_the_nearest(tmp_path, options
     with pytest.raises(UsageError) as caught:
         export_model(SAMPLES / "token_tagger.pt", tmp_path / "t.onnx", **options)
     assert str(caught.value).startswith(told) and list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_replaced_while_it_is_checked_is_not_described_as_this_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports to one file: the one whose graph was replaced after its move described and
+    checked the other's graph as its own, and said PASS (users34). It says what happened."""
+    import birnn_export.check as check
+
+    other = tmp_path / "other.onnx"
+    export_model(SAMPLES / "bilstm_2layer.pt", other, verify=False)
+    real = check.check_compatibility
+
+    def replaced_meanwhile(path, **kwargs):
+        report = real(path, **kwargs)
+        other.replace(path)  # the other export's move, while this one checks
+        return report
+
+    monkeypatch.setattr(check, "check_compatibility", replaced_meanwhile)
+    with pytest.raises(BiRNNExportError, match="another process replaced it while this export"):
+        export_model(SAMPLES / "token_tagger.pt", tmp_path / "shared.onnx", verify=False)
