@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -290,6 +291,9 @@ def _real_build(obj: Any, model: Any, library: Any) -> EngineBuild:
         return build_engine(path, library=library)
 
 
+#: A build error that says the builder ran out of host or device memory.
+_OUT_OF_MEMORY = re.compile(r"bad_alloc|out of memory|outofmemory", re.IGNORECASE)
+
 #: birnn-export's layouts (``export.LAYOUTS``, named here without importing torch).
 LAYOUTS = ("split", "fused", "scan", "packed")
 
@@ -331,6 +335,17 @@ def _build_findings(build: EngineBuild, layout: str | None = None) -> list[Findi
                 f"{tool} parsed the graph; building it with a guessed optimisation profile "
                 f"failed: {build.build_error} (the graph declares no serving ranges; export it "
                 "with birnn-export, or build with your own profile)",
+            )
+        ]
+    if not build.ok and _OUT_OF_MEMORY.search(build.build_error):
+        # the machine's limit, not the graph's: no layout advice (users34, under ulimit -v)
+        return [
+            Finding(
+                "warning",
+                "graph",
+                f"{tool} parsed the graph, but its builder ran out of memory ({build.build_error}"
+                "): the build was not judged; check again with more memory (birnn-export check "
+                "MODEL.onnx --target tensorrt, in a process of its own)",
             )
         ]
     if not build.ok:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -979,6 +980,11 @@ def test_a_failed_build_of_a_birnn_export_graph_names_the_other_layouts(tmp_path
     )
     (other,) = check_module._build_findings(failed, None)  # another tool's graph
     assert other.message.endswith("failed to build it: Myelin: boom")
+    # a builder out of memory (under ulimit -v, users34) is no verdict on the graph's nodes
+    starved = replace(failed, build_error="Unexpected exception std::bad_alloc")
+    (finding,) = check_module._build_findings(starved, layout)
+    assert finding.severity == "warning" and "--layout" not in finding.message
+    assert "its builder ran out of memory (Unexpected exception std::bad_alloc)" in finding.message
 
 
 def test_a_graph_with_external_data_is_checked_from_any_folder(tmp_path, monkeypatch) -> None:
