@@ -86,7 +86,10 @@ class _DefaultGroup(click.Group):
     """A group whose first argument, when it is not a subcommand, goes to ``export``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        own = ("-h", "--help", "--version")  # the group's options
+        if args and args[0] not in (*self.commands, *own) and "--" in args:
+            args = [DEFAULT_COMMAND, *args]  # birnn-export [OPTIONS] -- -x.pt: a file named -x.pt
+        elif args and args[0] not in self.commands and not args[0].startswith("-"):
             self._refuse_misspelled(args[0])
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
@@ -218,9 +221,11 @@ def export_command(
         from birnn_export.checkpoint import onnx_named
 
         raise ModelLoadError(onnx_named(model_path))
+    # the default output, beside the model, is told as such (a read-only model folder)
+    named = "-o" if output is not None else "-o (default: beside the model)"
     output = output or default_output(model_path)
     options_.check_files(
-        {"MODEL.pt": model_path}, {"-o": output, "--json": json_path}, suffixes={"-o": ".onnx"}
+        {"MODEL.pt": model_path}, {named: output, "--json": json_path}, suffixes={named: ".onnx"}
     )
     try:
         report = export_model(

@@ -168,7 +168,22 @@ def check_files(
     """Before any work: no two of the files in ``reads`` and ``writes`` (option -> path; None
     where the option was not given) are the same (an output over an input, or two outputs over
     each other), and every output can be written as a file, ending in its ``suffixes`` entry
-    where it has one."""
+    where it has one, and every name is text ONNX Runtime can open (a Latin-1 name such as
+    ``caf\xe9.pt`` was a TypeError traceback from its session)."""
+    for option, path in {**reads, **writes}.items():
+        try:
+            os.fsdecode(path or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{option}: {os.fsdecode(path or '')!r} is a name that is not UTF-8 text, which "
+                "ONNX Runtime cannot open; rename the file (or its folder)"
+            ) from None
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UsageError(
+            "the working directory no longer exists; cd to one that does and run again"
+        ) from None
     refuse_same_files(**reads, **writes)
     for option, path in writes.items():
         check_output_path(option, path, suffix=(suffixes or {}).get(option))

@@ -3,6 +3,8 @@ messages told in the command's flags."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -55,3 +57,39 @@ def test_a_pytorch_file_named_onnx_is_told_as_one(tmp_path) -> None:
     result = CliRunner().invoke(main, [str(tmp_path / "absent.onnx")])
     assert result.exit_code == 2 and "absent.onnx: no such file" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "token_tagger.pt"
+
+
+def test_names_a_script_passes_are_taken_as_files(tmp_path, monkeypatch) -> None:
+    """users34: 'birnn-export -- -x.pt' (a script's '--' before a file name) was "No such option
+    '-x'"; a Latin-1 name was a TypeError traceback from ONNX Runtime; a deleted working
+    directory was a traceback; a read-only model folder was blamed on '-o', never given."""
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(SAMPLE, tmp_path / "-x.pt")
+    result = CliRunner().invoke(main, ["-q", "--no-verify", "--", "-x.pt"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "-x.onnx").is_file()
+    latin = os.fsdecode(b"caf\xe9.pt")
+    shutil.copy(SAMPLE, tmp_path / latin)
+    result = CliRunner().invoke(main, [latin])
+    assert result.exit_code == 2 and "is a name that is not UTF-8 text" in result.output
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode)
+    )
+    result = CliRunner().invoke(main, ["./-x.pt"])
+    assert result.exit_code == 2, result.output
+    assert "-o (default: beside the model): folder" in result.output, result.output
+    monkeypatch.setattr(os, "access", real)
+
+    def gone() -> str:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "getcwd", gone)
+    result = CliRunner().invoke(main, [str(SAMPLE), "-o", str(tmp_path / "y.onnx")])
+    assert result.exit_code == 2 and "the working directory no longer exists" in result.output
