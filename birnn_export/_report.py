@@ -363,7 +363,9 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         table.add_row(*row)
     console.print(table)
     if report.criterion:
-        console.print(f"judged by: {report.criterion}", markup=False, highlight=False)
+        console.print(
+            f"judged by: {report.criterion}", markup=False, highlight=False, soft_wrap=True
+        )
     for engine, providers in report.providers.items():
         console.print(f"{engine}: providers {', '.join(providers)}")
     failures = report.failures
@@ -398,14 +400,17 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
                     f"[bold]diagnosis[/bold] ({case.label}, lengths {_short(case.lengths)}):"
                 )
                 for line in case.diagnosis.splitlines():
-                    console.print(f"  {line}", markup=False, highlight=False)
+                    console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     for problem in report.problems:
-        console.print(f"[red]graph problem:[/red] {problem}", highlight=False)
+        console.print(f"[red]graph problem:[/red] {problem}", highlight=False, soft_wrap=True)
     style = "green" if report.passed else "red"
+    # one line each, unwrapped: a log's grep for the verdict finds it whole (users34)
     console.print(
-        f"[{style}]{report.summary()}[/{style}]  ({report.elapsed_s:.1f} s)", highlight=False
+        f"[{style}]{report.summary()}[/{style}]  ({report.elapsed_s:.1f} s)",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

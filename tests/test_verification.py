@@ -1686,3 +1686,20 @@ def test_the_model_may_be_given_as_its_file(tagger_files: tuple[Path, Path]) -> 
         verify(onnx_path, pt, load_options={"trust_pickles": True})
     with pytest.raises(UsageError, match=r"load_options: .* the model given is not a file"):
         verify(onnx_path, load_model(pt), load_options={"trust_pickle": True})
+
+
+def test_the_verdict_is_one_line_in_a_log(tagger_files: tuple[Path, Path]) -> None:
+    """users34: piped to a log, the verdict was hard-wrapped at 150 columns, and a grep for it
+    found half."""
+    import io
+
+    from rich.console import Console
+
+    from birnn_export.verification import render_report
+
+    pt, onnx_path = tagger_files
+    report = verify(onnx_path, pt, batch_sizes=(2,), seq_lens=(5,), layers=False)
+    log = io.StringIO()
+    render_report(report, console=Console(file=log, width=60))
+    (line,) = [x for x in log.getvalue().splitlines() if x.startswith("PASS:")]
+    assert line.startswith(report.summary()) and line.endswith(" s)"), line
