@@ -33,7 +33,7 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     An input no node reads (the model ignores it) is left unread.
     Returns whether the graph was changed (it needs an input with a batch axis).
     """
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
     batched = [t for t in spec.inputs if t.batch_axis is not None]
@@ -89,9 +89,12 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
             )
         # TensorRT takes uint8 (a byte mask) only as an input or output, not inside the graph:
         # padded in int32, read as such by the model's Casts (the usual readers of a mask)
-        byte = elem[tensor.name] == _UINT8
+        byte = elem[tensor.name] == TensorProto.UINT8
         value = helper.make_tensor(
-            "value", _INT32 if byte else elem[tensor.name], [1], [_FILL.get(tensor.role, 0)]
+            "value",
+            TensorProto.INT32 if byte else elem[tensor.name],
+            [1],
+            [_FILL.get(tensor.role, 0)],
         )
         filler = node(
             "ConstantOfShape",
@@ -99,20 +102,31 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
             f"{tensor.name}/filler",
             value=value,
         )
-        given = node("Cast", [tensor.name], f"{tensor.name}/int32", to=_INT32) if byte else None
+        given = (
+            node("Cast", [tensor.name], f"{tensor.name}/int32", to=TensorProto.INT32)
+            if byte
+            else None
+        )
         renamed[tensor.name] = node(
             "Concat", [given or tensor.name, filler], f"{tensor.name}", axis=axis
         )
         if byte:
             widened[tensor.name] = renamed.pop(tensor.name)
+    recast = set()  # outputs of the model's Casts that read a uint8 input padded in int32
     for existing in graph.node:
         for i, name in enumerate(existing.input):
             if name in widened and existing.op_type != "Cast" and name not in renamed:
-                renamed[name] = node("Cast", [widened[name]], f"{name}/uint8", to=_UINT8)
+                renamed[name] = node("Cast", [widened[name]], f"{name}/uint8", to=TensorProto.UINT8)
             if name in widened and existing.op_type == "Cast":
                 existing.input[i] = widened[name]
+                recast.update(existing.output)
             elif name in renamed:
                 existing.input[i] = renamed[name]
+    # their recorded [batch, ...] shapes: ONNX Runtime reused the int32 buffer of the padded row
+    # for a 4-byte Cast and failed at batch 0 ("Shape mismatch attempting to re-use buffer")
+    kept = [v for v in graph.value_info if v.name not in recast]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     cuts = []
     batch_outputs = {t.name: t for t in spec.outputs if t.batch_axis is not None}
     for output in graph.output:
@@ -137,9 +151,6 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     del graph.node[:]
     graph.node.extend([*nodes, *kept, *cuts])
     return True
-
-
-_INT32, _UINT8 = 6, 2  # onnx.TensorProto's INT32 and UINT8
 
 
 def _int64(values: list[int]) -> Any:

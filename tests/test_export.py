@@ -2995,6 +2995,7 @@ class _ByteMaskTagger(nn.Module):
         self.head = nn.Linear(32, 4)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x * mask.float()[..., None]  # a 4-byte Cast: ONNX Runtime reused its buffer at batch 0
         lengths = mask.long().sum(1).cpu()
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
