@@ -38,8 +38,9 @@ import gc
 import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,6 +396,12 @@ def _without_noise(text: str) -> str:
     return re.sub(r" In \w+ at /_src/\S+", "", joined)
 
 
+#: The name of the thread TensorRT's builder runs in (:func:`_waited_for`).
+BUILD_THREAD = "tensorrt-build"
+#: Set while the main thread waits on the builder's thread (:func:`_waited_for`).
+_MAIN_WAITS = threading.Event()
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Around a call into TensorRT: collect garbage now and none during the call, and hold
@@ -415,12 +422,17 @@ def gc_paused() -> Iterator[None]:
     gc.disable()
     interrupted: list[int] = []
     previous: dict[int, Any] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        if _MAIN_WAITS.is_set():  # waiting on the builder's thread, not inside TensorRT
+            previous[signum](signum, frame)
+        else:
+            interrupted.append(signum)
+
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             if callable(signal.getsignal(signum)):  # a Python handler, which could raise
-                previous[signum] = signal.signal(
-                    signum, lambda signum, frame: interrupted.append(signum)
-                )
+                previous[signum] = signal.signal(signum, hold)
     try:
         yield
     finally:
@@ -576,7 +588,7 @@ def build_engine(
     before = len(log.messages)
     start = time.perf_counter()
     with _native_stderr_logged():
-        serialized = builder.build_serialized_network(network, config)
+        serialized = _waited_for(lambda: builder.build_serialized_network(network, config))
     seconds = time.perf_counter() - start
     if serialized is None:
         errors = [_without_noise(m) for m in log.errors(before)]
@@ -595,6 +607,40 @@ def build_engine(
         guessed_profile=spec is None,
         serialized=blob,
     )
+
+
+def _waited_for(call: Callable[[], Any]) -> Any:
+    """``call()`` run in a daemon thread and waited for here. TensorRT's builder works without
+    the GIL, but Python runs a signal's handler only in the main thread, between bytecodes:
+    SIGTERM (``timeout``, a cancelled CI job) and Ctrl-C went unanswered until a build ended,
+    or for ever where the builder hung (users34: under ``ulimit -v``). Waiting here, the main
+    thread is in no TensorRT call, so :func:`gc_paused` hands it a signal at once: the build
+    is left to end with the process."""
+    import threading
+
+    done: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            done.append((True, call()))
+        except BaseException as exc:  # handed to the waiting thread
+            done.append((False, exc))
+
+    thread = threading.Thread(target=run, name=BUILD_THREAD, daemon=True)
+    main = threading.current_thread() is threading.main_thread()
+    try:
+        if main:
+            _MAIN_WAITS.set()  # a signal's handler now runs at once (gc_paused)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+    finally:
+        if main:
+            _MAIN_WAITS.clear()
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _onnx_dims(proto: Any, inputs: Mapping[str, Shape]) -> dict[str, list[int | str | None]]:

@@ -92,6 +92,39 @@ def test_sigterm_held_after_a_ctrl_c_is_the_one_handed_on() -> None:
             signal.signal(s, h)
 
 
+def test_a_signal_while_the_builder_works_is_answered_at_once() -> None:
+    """users34: under ulimit -v TensorRT's builder hung, and SIGTERM (timeout, a cancelled CI
+    job) was held with it for ever. The build runs in a thread the main thread waits on, outside
+    any TensorRT call: the handler runs at once and the build is left to end with the process.
+    Here the build is a wait of 30 s that no signal ends (the GIL released, as TensorRT's is)."""
+    import os
+    import signal
+    import threading
+
+    seen: list[int] = []
+    building: list[bool] = []
+    release = threading.Event()
+
+    def handler(number: int, frame: Any) -> None:
+        seen.append(number)
+        building.append(any(t.name == trt.BUILD_THREAD for t in threading.enumerate()))
+        raise KeyboardInterrupt
+
+    def build() -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return release.wait(30)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), trt.gc_paused():
+            trt._waited_for(build)
+        assert seen == [signal.SIGTERM] and building == [True]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        release.set()
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_an_ignored_signal_stays_ignored_around_tensorrt() -> None:
     import os
     import signal
