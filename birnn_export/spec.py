@@ -819,13 +819,15 @@ def _external_tensors(proto: Any) -> Iterator[tuple[Any, dict[str, str]]]:
 
 def refuse_data_outside(proto: Any, path: str | os.PathLike[str]) -> None:
     """Refuse, before anything runs, a graph whose external data file is a link out of the
-    graph's folder (a Hugging Face cache links each file to its ``blobs/``): ONNX Runtime
-    resolves links and reads no data outside the graph's folder, so it cannot load the graph.
+    folder of the graph's own file (a graph copied beside a link into a Hugging Face cache's
+    ``blobs/``): ONNX Runtime resolves links and reads no data outside that folder, so it cannot
+    load the graph. Where the graph is a link into the same ``blobs/`` too (a cache's snapshot),
+    it reads it.
 
     Raises:
         ModelLoadError: naming the file, where it leads, and what to do.
     """
-    folder = Path(path).parent.resolve()
+    folder = Path(path).resolve().parent  # the graph's own file's: a cache links both
     for location in dict.fromkeys(
         entries.get("location", "") for _, entries in _external_tensors(proto)
     ):

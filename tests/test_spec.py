@@ -546,6 +546,17 @@ def test_external_data_linked_out_of_the_graphs_folder_is_refused_before_onnx_ru
     for given in (path, tmp_path / "via" / "g.onnx"):
         refuse_data_outside(load_onnx(given), given)
         ort.InferenceSession(str(given))  # and ONNX Runtime agrees
+    # a cache's snapshot links the graph into blobs/ too: read there, beside its data (review22)
+    cache = tmp_path / "cache"
+    (cache / "blobs").mkdir(parents=True)
+    (cache / "snapshot").mkdir()
+    path.rename(cache / "blobs" / "graph0")
+    (snapshot / "real.bin").rename(cache / "blobs" / "data1")
+    (cache / "snapshot" / "g.onnx").symlink_to(cache / "blobs" / "graph0")
+    (cache / "snapshot" / "g.onnx.data").symlink_to(cache / "blobs" / "data1")
+    linked = cache / "snapshot" / "g.onnx"
+    refuse_data_outside(load_onnx(linked), linked)
+    ort.InferenceSession(str(linked))
 
 
 def _edited(change: Any) -> str:
