@@ -246,12 +246,13 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
             "time dim of its own, e.g. 'a:int64[batch,a_len]' with 'a_lens:int64[batch]:"
             "lengths(a_len)' and 'b:int64[batch,b_len]' with 'b_lens:int64[batch]:lengths(b_len)'"
         )
-    named = {d for decl in decls for d in decl.dims if isinstance(d, str)}
+    named = {d for decl in decls for d in decl.dims if isinstance(d, str)} - {BATCH}
     for decl in decls:
         if decl.indexes is not None and decl.indexes not in named:
             raise BiRNNExportError(
-                f"input {decl.name!r}: ':index({decl.indexes})' names no dim of the inputs; "
-                f"name the dim whose steps its ids index (one of {', '.join(sorted(named))})"
+                f"input {decl.name!r}: ':index({decl.indexes})' names no dim of the inputs but "
+                f"the batch; name the dim whose steps its ids index (one of "
+                f"{', '.join(sorted(named))})"
             )
     masked = [mask_dim(d) for d in decls if d.mask is not None]
     if len(set(masked)) != len(masked):
