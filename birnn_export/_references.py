@@ -4,6 +4,7 @@ floor), run side by side on every case."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
@@ -111,7 +112,7 @@ class References:
                 shape = ", ".join(f"{name} {size}" for name, size in sizes.items())
                 shortest = self._shortest(side, case)
                 time, (_, opt, high) = self.spec.time_dim, self.spec.seq_range
-                table = _short_table(side.runner.model, exc, sizes, self.spec)
+                table = _short_table(side.runner, feed, exc, sizes, self.spec)
                 raise BiRNNExportError(
                     f"the reference model failed on the graph's inputs ({shape}): "
                     f"{one_line(exc)}; "
@@ -245,28 +246,49 @@ def _packed_reference(layer: Any, padding_value: float) -> Any:
     return PackedReference()
 
 
-def _short_table(model: Any, exc: Exception, sizes: Mapping[str, int], spec: GraphSpec) -> str:
-    """Where an Embedding's lookup failed (an index out of range), the tables with fewer rows
-    than a named dim has steps here: a table indexed by position (a sentence's place in a
-    document) caps that dim, and the message names the range to declare (users35)."""
-    if not isinstance(exc, IndexError) or not hasattr(model, "named_modules"):
-        return ""
+def _short_table(
+    runner: Any, feed: Mapping[str, np.ndarray], exc: Exception, sizes: Mapping[str, int], spec: Any
+) -> str:
+    """Where the model failed on an Embedding's lookup (an index out of range), which table and
+    why, from a run again with each table's ids watched: a table indexed by position (a
+    sentence's place in a document, 100 rows) caps the dim whose size its index reached, and the
+    message names the range to declare (users35); ids past a vocabulary's rows are the graph's
+    (review22: a smaller vocabulary was called a position table)."""
     import torch
 
-    found = []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Embedding):
-            continue
-        rows = module.num_embeddings
-        for dim, size in sizes.items():
-            low, opt, _ = spec.ranges().get(dim, (1, 1, size))
-            if dim != spec.batch_dim and rows < size and low <= rows:
-                found.append(
-                    f"nn.Embedding {name!r} has {rows} rows, fewer than {dim}'s {size}: where it "
-                    f"is indexed by position, {dim} goes up to {rows}: --range "
-                    f"{dim}={low},{min(opt, rows)},{rows}"
-                )
-    return "; ".join(found[:2]) + "; else " if found else ""
+    model = getattr(runner, "running", None)
+    if not isinstance(exc, IndexError) or not isinstance(model, torch.nn.Module):
+        return ""
+    over: list[tuple[str, int, int]] = []
+    tables = {m: n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+
+    def watch(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        ids = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if ids is not None and ids.numel() and int(ids.max()) >= module.num_embeddings:
+            over.append((tables[module], module.num_embeddings, int(ids.max())))
+
+    hooks = [table.register_forward_pre_hook(watch) for table in tables]
+    try:
+        with contextlib.suppress(Exception):
+            runner.infer(feed)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not over:
+        return ""
+    name, rows, top = over[0]
+    reached = [d for d, size in sizes.items() if d != spec.batch_dim and size == top + 1]
+    if not reached:
+        return (
+            f"nn.Embedding {name!r} has {rows} rows and was given id {top} from the graph's "
+            "inputs (a smaller vocabulary: is it the model this graph was exported from?); else "
+        )
+    low, opt, _ = spec.ranges().get(reached[0], (1, rows, rows))
+    return (
+        f"nn.Embedding {name!r} has {rows} rows, fewer than {reached[0]}'s {top + 1}: where it "
+        f"is indexed by position, {reached[0]} goes up to {rows}: --range "
+        f"{reached[0]}={low},{min(opt, rows)},{rows}; else "
+    )
 
 
 def resolve_models(

@@ -134,6 +134,12 @@ class TorchRunner(BaseRunner):
             self._saved_tf32 = None
         self._fn = None
 
+    @property
+    def running(self) -> Any:
+        """The module :meth:`infer` runs while active (the model, or its copy in ``dtype`` or on
+        ``device``); ``None`` otherwise."""
+        return self._fn
+
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 

@@ -168,3 +168,26 @@ def test_a_table_shorter_than_a_dim_is_named_with_the_range_to_declare(tmp_path)
         model, tmp_path / "p.onnx", inputs=["x:float32[batch,seq,4]"], ranges={"seq": (1, 20, 20)}
     )
     assert result.verification.passed
+
+
+def test_ids_past_a_smaller_vocabulary_are_not_told_as_a_position_table(tmp_path) -> None:
+    """review22: verified against a model of another vocabulary, the ids past its table were
+    told as a position table capping seq; the table and the id are named instead."""
+    from birnn_export.pipeline import export_onnx
+    from birnn_export.verification import verify
+
+    class Tagger(nn.Module):
+        def __init__(self, vocab: int) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(vocab, 4)
+            self.rnn = nn.GRU(4, 3, batch_first=True, bidirectional=True)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.rnn(self.emb(ids))[0]
+
+    export_onnx(Tagger(100).eval(), tmp_path / "t.onnx", verify=False)
+    with pytest.raises(BiRNNExportError) as caught:
+        verify(tmp_path / "t.onnx", Tagger(40).eval(), isolate=False, layers=False)
+    told = str(caught.value)
+    assert "nn.Embedding 'emb' has 40 rows and was given id" in told, told
+    assert "is it the model this graph was exported from?" in told and "--range seq" not in told
