@@ -3085,6 +3085,26 @@ def test_an_index_input_is_drawn_over_the_dim_it_indexes(tmp_path) -> None:
             export_onnx(model, tmp_path / "x.onnx", inputs=[*decls[:2], decl, decls[3]])
 
 
+def test_ids_an_embedding_reads_transposed_are_its_own(tmp_path) -> None:
+    """review22: a time-major model's Embedding reads ids.t(); its ids were taken for ids no
+    Embedding reads, and the export said their values were a guess."""
+
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.rnn = nn.LSTM(8, 6, bidirectional=True)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.rnn(self.emb(ids.t()))[0].transpose(0, 1)
+
+    torch.manual_seed(0)
+    model = Transposed().eval()
+    result = export_onnx(model, tmp_path / "t.onnx", inputs=["ids:int64[batch,seq]"], verify=False)
+    assert not [n for n in result.notes if "no nn.Embedding reads" in n], result.notes
+    assert (result.spec.inputs[0].low, result.spec.inputs[0].high) == (0, 49)
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 
