@@ -198,8 +198,12 @@ def staged_output(path: Path) -> Iterator[Path]:
         directory = Path(
             tempfile.mkdtemp(prefix=f".{path.name}{STAGING_MARK}{os.getpid()}-", dir=path.parent)
         )
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+    try:
         lock = _locked(directory / STAGING_LOCK)
     except OSError as exc:
+        directory.rmdir()
         raise ExportError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     staging = directory / path.name
     try:
@@ -223,28 +227,32 @@ def staged_output(path: Path) -> Iterator[Path]:
 
 
 def _locked(path: Path) -> Any:
-    """``path`` created and held locked (``flock``, where the platform has it) until closed."""
+    """``path`` created and held locked (``flock``, where the platform and filesystem have it)
+    until closed."""
     handle = open(path, "w")  # noqa: SIM115 - held open for the export's whole run
-    with contextlib.suppress(ImportError):
+    with contextlib.suppress(ImportError, OSError):
         import fcntl
 
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: no one holds it
     return handle
 
 
 def _in_use(folder: Path, pid: int) -> bool:
     """Whether another export writes with ``folder`` now: its lock is held (a folder from before
-    the lock, or not locked yet: its process runs, here)."""
+    the lock, not locked yet, or on a filesystem without locks: its process runs, here). A lock
+    that is no plain file (a link or a pipe planted in a downloaded folder) is not opened."""
+    lock = folder / STAGING_LOCK
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        return False  # not ours: the folder is left (_ours)
     try:
         import fcntl
 
-        with open(folder / STAGING_LOCK, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
+        with open(lock, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return False
-    except (ImportError, FileNotFoundError):
+    except BlockingIOError:
+        return True
+    except (ImportError, OSError):
         return _alive(pid)
 
 

@@ -291,6 +291,13 @@ def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tmp_pa
     result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")  # the lock is free
     assert result.exit_code == 0, result.output
     assert not running.exists()
+    # a lock that is a pipe (planted in a downloaded folder) is not opened: it would block
+    planted = tmp_path / ".a.onnx.birnn-export-9999996-pipe0000"
+    planted.mkdir()
+    os.mkfifo(planted / ".lock")
+    result = cli(model, "-o", tmp_path / "a.onnx", "--no-verify", "-q")
+    assert result.exit_code == 0, result.output
+    assert (planted / ".lock").exists()  # not the export's: left as it was
 
 
 def test_only_a_real_staging_folder_of_our_files_is_removed(tmp_path: Path) -> None:
