@@ -250,9 +250,9 @@ def _declared_roles(decls: Sequence[InputDecl]) -> tuple[str, ...]:
     for decl in decls:
         if decl.indexes is not None and decl.indexes not in named:
             raise BiRNNExportError(
-                f"input {decl.name!r}: ':index({decl.indexes})' names no dim of the inputs but "
-                f"the batch; name the dim whose steps its ids index (one of "
-                f"{', '.join(sorted(named))})"
+                f"input {decl.name!r}: ':index({decl.indexes})' names no dim of the inputs with "
+                "steps to index (the batch has rows); name the dim whose steps its ids index "
+                f"(one of {', '.join(sorted(named))})"
             )
     masked = [mask_dim(d) for d in decls if d.mask is not None]
     if len(set(masked)) != len(masked):

@@ -247,7 +247,11 @@ def _packed_reference(layer: Any, padding_value: float) -> Any:
 
 
 def _short_table(
-    runner: Any, feed: Mapping[str, np.ndarray], exc: Exception, sizes: Mapping[str, int], spec: Any
+    runner: Any,
+    feed: Mapping[str, np.ndarray],
+    exc: Exception,
+    sizes: Mapping[str, int],
+    spec: GraphSpec,
 ) -> str:
     """Where the model failed on an Embedding's lookup (an index out of range), which table and
     why, from a run again with each table's ids watched: a table indexed by position (a

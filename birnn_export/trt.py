@@ -405,7 +405,8 @@ _MAIN_WAITS = threading.Event()
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Around a call into TensorRT: collect garbage now and none during the call, and hold
-    Ctrl-C until it returns.
+    Ctrl-C until it returns (but while the main thread waits on the builder's own thread,
+    :func:`_waited_for`, outside any TensorRT call: then at once).
 
     Freeing an old TensorRT object (a builder left in a reference cycle) from inside one of
     TensorRT's own callbacks into Python (the logger) takes a lock that call already holds, and
@@ -616,8 +617,6 @@ def _waited_for(call: Callable[[], Any]) -> Any:
     or for ever where the builder hung (users34: under ``ulimit -v``). Waiting here, the main
     thread is in no TensorRT call, so :func:`gc_paused` hands it a signal at once: the build
     is left to end with the process."""
-    import threading
-
     done: list[tuple[bool, Any]] = []
 
     def run() -> None:
