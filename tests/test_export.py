@@ -2946,6 +2946,35 @@ def _stock_export(model, path, x):
         pytest.skip(f"stock export raised {type(exc).__name__}; its behaviour changed")
 
 
+def test_torchs_loggers_are_quiet_during_the_export_and_keep_their_levels_after():
+    import logging
+
+    heard: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    own = logging.getLogger("torch.birnn_test.own_level")  # a level of its own, as torch sets
+    own.setLevel(logging.INFO)
+    inherited = logging.getLogger("torch.birnn_test.inherited")
+    loggers = (logging.getLogger("torch"), own, inherited)
+    levels = [logger.level for logger in loggers]
+    try:
+        with export_module._quiet_exporter():
+            made = logging.getLogger("torch.birnn_test.made_meanwhile")  # imported mid-export
+            for logger in (own, inherited, made):
+                logger.addHandler(Collect())
+                logger.error("noise from %s", logger.name)
+        assert heard == []
+        own.error("after")
+        assert heard == ["after"]
+        assert [logger.level for logger in loggers] == levels
+    finally:
+        for name in ("own_level", "inherited", "made_meanwhile"):
+            logging.getLogger(f"torch.birnn_test.{name}").handlers.clear()
+
+
 class Head(nn.Module):
     def __init__(self, layer):
         super().__init__()
