@@ -143,6 +143,7 @@ def run_case(
         seed=case.seed,
         lengths=tuple(int(v) for v in lengths) if lengths is not None else None,
         others=_others(spec, case),
+        noise=case.noise,
     )
     try:
         actual = runner.infer(feed)
@@ -163,7 +164,7 @@ def run_case(
         )
         outputs += layer_checks
     error = None
-    if batch_invariance and case.scale == 1.0 and case.lengths_mode in ("ragged", "full"):
+    if batch_invariance and case.rows_alone:
         limits = {
             o.name: o.threshold if o.threshold is not None else criteria[o.name]
             for o in outputs

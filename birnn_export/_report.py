@@ -51,6 +51,13 @@ AFTER_NODES = "the difference is after the recurrent nodes"
 AFTER_REVERSAL = "the graph's reversal of a backward node's output back into time order"
 
 
+#: Where only the cases with noise past the lengths failed.
+NOISE_ONLY = (
+    "only the case(s) with noise past the lengths failed: the graph reads the inputs past each "
+    "row's length, where the model does not (a mask or a masked_fill lost from the graph?)"
+)
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """One engine at one input shape: the outputs' checks, or the error the engine raised."""
@@ -67,6 +74,8 @@ class CaseResult:
     diagnosis: str | None = None
     #: The other named dims' sizes where the case did not take their opt (``chars=1``).
     others: str = ""
+    #: Noise instead of padding past the lengths (:attr:`~birnn_export._sweep.Case.noise`).
+    noise: bool = False
 
     @property
     def passed(self) -> bool:
@@ -78,7 +87,10 @@ class CaseResult:
             return f"{self.engine} {WHOLE_SWEEP}"
         scale = f" x{self.scale:g}" if self.scale != 1.0 else ""
         others = f" {self.others}" if self.others else ""
-        return f"{self.engine} B={self.batch} T={self.seq}{others} {self.lengths_mode}{scale}"
+        noise = ", noise past the lengths" if self.noise else ""
+        return (
+            f"{self.engine} B={self.batch} T={self.seq}{others} {self.lengths_mode}{scale}{noise}"
+        )
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,8 @@ class VerifyReport:
                     key=lambda o: o.max_abs if math.isfinite(o.max_abs) else math.inf,
                 )
                 parts.append(f"first: {first.label}: {bad.describe()}")
+            if all(case.noise for case in failed):
+                parts.append(NOISE_ONLY)
         if self.problems:
             parts.append(f"graph problems: {'; '.join(self.problems)}")
         return "FAIL: " + "; ".join(parts)

@@ -41,10 +41,19 @@ class Case:
     others: int = 1
     #: Sizes given for other named dims (``--dim``), which they take instead.
     dims: tuple[tuple[str, int], ...] = ()
+    #: Noise instead of padding past the lengths (:func:`~birnn_export.spec.make_feed`): a
+    #: graph reading it where the model masks it (a dropped ``masked_fill``) fails here only.
+    noise: bool = False
 
     def sizes(self, spec: GraphSpec) -> dict[str, int]:
         """Every named input dim's size in this case."""
         return spec.sizes(self.batch, self.seq, which=self.others, dims=dict(self.dims))
+
+    @property
+    def rows_alone(self) -> bool:
+        """Whether the case's rows also run alone (batch invariance): ragged or full rows at
+        the unit scale, padded (a row alone has no noise past its length to compare)."""
+        return self.scale == 1.0 and self.lengths_mode in ("ragged", "full") and not self.noise
 
 
 #: The batch size the default sweep runs a length at where the model may branch another way.
@@ -63,6 +72,16 @@ def _modes(spec: GraphSpec) -> tuple[str, ...]:
     length (lengths, a mask, token padding), else full rows."""
     ragged = spec.length_source is not None or spec.token_padding is not None
     return ("ragged", "equal") if ragged else ("full",)
+
+
+def takes_noise(spec: GraphSpec) -> bool:
+    """Whether a case with noise past the lengths tells anything: some features or ids have a
+    dim whose lengths an input or a mask tells."""
+    told = set(spec.length_sources()) | set(spec.nested_sources())
+    return any(
+        t.role in ("features", "tokens") and t.batch_axis is not None and told & set(t.dims)
+        for t in spec.inputs
+    )
 
 
 def untraced_cases(spec: GraphSpec, mode: str) -> list[Case]:
@@ -185,6 +204,9 @@ def _planned_cases(
         for seq in seqs:
             for which in (0, 2):
                 cases.append(Case(max(batches), seq, modes[0], 1.0, seed + len(cases), which))
+    if takes_noise(spec):  # noise past the lengths, at the largest batch
+        for seq in seqs:
+            cases.append(Case(max(batches), seq, modes[0], 1.0, seed + len(cases), noise=True))
     return cases
 
 
@@ -208,6 +230,8 @@ def _default_cases(
         shapes += [(3, t0, ragged, large), (16, 2, ragged, large)]
     unique = list(dict.fromkeys((b, within(spec, t), m, x) for b, t, m, x in shapes))
     cases = [Case(b, t, mode, scale, seed + i) for i, (b, t, mode, scale) in enumerate(unique)]
+    if takes_noise(spec):  # many rows of many lengths: the packed layout's later spans too
+        cases.append(Case(16, within(spec, 4 * t0), ragged, 1.0, seed + len(cases), noise=True))
     for case in untraced_cases(spec, ragged):  # where a branch may part from the traced one
         if (case.batch, case.seq, ragged, 1.0) not in unique or case.dims:
             cases.append(dataclasses.replace(case, seed=seed + len(cases)))
@@ -239,6 +263,7 @@ def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:
         scale=case.scale,
         which=case.others,
         dims=dict(case.dims),
+        noise=case.noise,
     )
 
 

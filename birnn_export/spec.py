@@ -933,10 +933,13 @@ def make_feed(
     scale: float = 1.0,
     which: int = 1,
     dims: Mapping[str, int] | None = None,
+    noise: bool = False,
 ) -> dict[str, np.ndarray]:
     """Valid random inputs for ``spec`` at batch ``batch`` and time ``seq`` (other named dims as
     ``dims`` gives them, else at their declared opt; ``which=0`` min, ``2`` max), padded as a
-    real batch is.
+    real batch is (``noise``: past the lengths that a lengths input or a mask tells, noise
+    instead, drawn as the valid steps are: a batch from a reused buffer, which a graph must not
+    read where the model does not).
 
     Float features are N(0, 1) times ``scale``; token ids are uniform within their range;
     lengths follow ``lengths`` (see :func:`make_lengths`; none shorter than their time dim's
@@ -960,6 +963,7 @@ def make_feed(
     sources = spec.length_sources()
     feed: dict[str, np.ndarray] = {}
     nested = spec.nested_sources()
+    noisy = (rng, sizes, scale) if noise else None
     for tensor in spec.inputs:
         shape = tensor.shape(sizes)
         if tensor.within is not None:
@@ -969,9 +973,7 @@ def make_feed(
             rows = make_lengths(batch, sizes[dim], rng, lengths, ranges[dim][0])
             feed[tensor.name] = rows.astype(tensor.dtype)
         elif tensor.role == "tokens":
-            low = int(tensor.low or 0)
-            high = low if tensor.high is None else tensor.high
-            high = sizes[high] - 1 if isinstance(high, str) else int(high)  # an index
+            low, high = _token_bounds(tensor, sizes)
             feed[tensor.name] = rng.integers(low, high + 1, size=shape).astype(tensor.dtype)
         elif tensor.role in MASK_ROLES:
             feed[tensor.name] = np.zeros(shape, dtype=tensor.dtype)  # set from the lengths below
@@ -986,7 +988,7 @@ def make_feed(
             if source.role == "lengths"
             else make_lengths(batch, sizes[dim], rng, lengths, ranges[dim][0])
         )
-        _pad_past(spec, feed, dim, rows)
+        _pad_past(spec, feed, dim, rows, noise=noisy)
     for dim, tensor in nested.items():
         outer = spec.feed_lengths(feed, tensor.within)
         if outer is None:
@@ -996,7 +998,7 @@ def make_feed(
         )
         if tensor.role == "lengths":
             feed[tensor.name] = (rows if tensor.batch_axis == 0 else rows.T).astype(tensor.dtype)
-        _pad_past(spec, feed, dim, rows, within=tensor.within)  # a mask of dim included
+        _pad_past(spec, feed, dim, rows, within=tensor.within, noise=noisy)  # its mask too
     for tensor, dim in _spelled_without_lengths(spec):
         outer = spec.feed_lengths(feed)
         steps = sizes[spec.time_dim]
@@ -1047,6 +1049,13 @@ def _nested_lengths(
     return rows
 
 
+def _token_bounds(tensor: TensorSpec, sizes: Mapping[str, int]) -> tuple[int, int]:
+    """The lowest and highest id a token input takes (an index's highest: its dim's size - 1)."""
+    low = int(tensor.low or 0)
+    high = low if tensor.high is None else tensor.high
+    return low, sizes[high] - 1 if isinstance(high, str) else int(high)
+
+
 def _pad_past(
     spec: GraphSpec,
     feed: dict[str, np.ndarray],
@@ -1054,11 +1063,13 @@ def _pad_past(
     rows: np.ndarray,
     within: str | None = None,
     only: str | None = None,
+    noise: tuple[np.random.Generator, Mapping[str, int], float] | None = None,
 ) -> None:
     """Padding past each row's length along ``dim`` in every input with batch and ``dim`` axes
     (or the input named ``only``), and each mask of ``dim`` set to match. ``within``: ``dim``
     is nested in that dim's steps and ``rows`` is ``[batch, within]`` (each word's characters);
-    inputs without it are left as they are."""
+    inputs without it are left as they are. ``noise``: (generator, sizes, scale) to draw the
+    features and ids past the lengths from instead, as the valid ones are drawn."""
     for tensor in spec.inputs:
         if only is not None and tensor.name != only:
             continue
@@ -1082,6 +1093,14 @@ def _pad_past(
         keep = np.broadcast_to(valid.transpose(np.argsort(axes)).reshape(expand), data.shape)
         if tensor.role in MASK_ROLES:
             data[...] = keep if tensor.role == "mask" else ~keep
+        elif tensor.role in ("features", "tokens") and noise is not None:
+            rng, sizes, scale = noise
+            count = int((~keep).sum())
+            if tensor.role == "tokens":
+                low, high = _token_bounds(tensor, sizes)
+                data[~keep] = rng.integers(low, high + 1, size=count)
+            else:
+                data[~keep] = rng.standard_normal(count) * scale
         elif tensor.role in ("features", "tokens"):
             data[~keep] = int(tensor.low or 0) if tensor.role == "tokens" else 0
 

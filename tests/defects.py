@@ -97,9 +97,10 @@ def plant_missing_mask(src: Path, dst: Path) -> Path | None:
     return _save(proto, dst)
 
 
-def plant_unmasked_attention(src: Path, dst: Path) -> Path | None:
-    """Attention without its key padding mask: the Where that fills the padded keys with -inf
-    (``masked_fill``) passes its zeros through instead."""
+def plant_dropped_masked_fill(src: Path, dst: Path) -> Path | None:
+    """The first ``masked_fill`` (a Where) passes its input through unfilled: attention without
+    its key padding mask (the padded keys' -inf), a convolution reading the features past each
+    row's length that the model zeroes."""
     proto = onnx.load(str(src))
     fills = [n for n in nodes(proto, "Where") if "masked_fill" in n.name]
     if not fills:

@@ -46,6 +46,27 @@ class ConvBiGRUCTC(nn.Module):
         return torch.log_softmax(self.head(states), dim=-1)
 
 
+class MaskedConvCTC(nn.Module):
+    """Features zeroed past each row's length, then Conv1d -> BiGRU -> log_softmax (a speech
+    front end: the convolution must not read the padding, whatever the batch holds there)."""
+
+    def __init__(self, features: int = 8, channels: int = 12, hidden: int = 10, symbols: int = 7):
+        super().__init__()
+        self.conv = nn.Conv1d(features, channels, kernel_size=5, padding=2)
+        self.gru = nn.GRU(channels, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, symbols)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        x = x.masked_fill(~valid[..., None], 0.0)
+        feats = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        packed = pack_padded_sequence(feats, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(
+            self.gru(packed)[0], batch_first=True, total_length=x.shape[1]
+        )
+        return torch.log_softmax(self.head(states), dim=-1)
+
+
 class PackingTagger(nn.Module):
     """The usual training-time pattern: pack, run the built-in layer, unpack."""
 

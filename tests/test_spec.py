@@ -119,6 +119,22 @@ def test_token_feed_stays_in_range_and_pads_with_the_lowest_id():
         assert np.all(ids[row, length:] == 3)
 
 
+def test_noise_past_the_lengths_is_drawn_as_the_valid_steps_are():
+    for tokens in (False, True):
+        padded = make_feed(spec(tokens=tokens), 6, 12, seed=3)
+        noisy = make_feed(spec(tokens=tokens), 6, 12, seed=3, noise=True)
+        name = "ids" if tokens else "x"
+        assert np.array_equal(noisy["lengths"], padded["lengths"])
+        past = np.arange(12)[None, :] >= padded["lengths"][:, None]
+        assert past.any()
+        assert np.array_equal(noisy[name][~past], padded[name][~past])  # the valid steps kept
+        low = 3 if tokens else 0
+        assert np.all(padded[name][past] == low)
+        assert np.mean(noisy[name][past] != low) > 0.9
+        if tokens:
+            assert noisy[name].min() >= 3 and noisy[name].max() <= 40
+
+
 def test_feed_without_lengths_is_not_padded():
     feed = make_feed(spec(with_lengths=False), 2, 6, seed=0)
     assert set(feed) == {"x"} and np.all(feed["x"] != 0)

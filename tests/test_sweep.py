@@ -28,6 +28,26 @@ def test_default_sweep_covers_issue_shapes(split_lstm_graph: Path) -> None:
         plan_cases(spec, seq_lens=(0, 3))
 
 
+def test_one_case_has_noise_past_the_lengths_and_its_rows_do_not_run_alone(
+    split_lstm_graph: Path,
+) -> None:
+    spec = GraphSpec.from_onnx(split_lstm_graph)
+    noisy = [c for c in plan_cases(spec) if c.noise]
+    assert [(c.batch, c.seq, c.lengths_mode) for c in noisy] == [
+        (16, 4 * spec.example_seq, "ragged")
+    ]
+    assert not noisy[0].rows_alone and dataclasses.replace(noisy[0], noise=False).rows_alone
+    product = plan_cases(spec, batch_sizes=(2, 5), seq_lens=(4, 9))
+    assert [(c.batch, c.seq) for c in product if c.noise] == [(5, 4), (5, 9)]
+    unmeasured = GraphSpec(  # no lengths nor mask: nothing past a length
+        inputs=(TensorSpec("x", "float32", ("batch", "seq", 4), "features"),),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 16), "sequence"),),
+        example_batch=3,
+        example_seq=5,
+    )
+    assert not any(c.noise for c in plan_cases(unmeasured))
+
+
 def test_sweep_inputs_are_valid(split_lstm_graph: Path) -> None:
     spec = GraphSpec.from_onnx(split_lstm_graph)
     feed = case_feed(spec, Case(16, 9, "ragged", 1.0, 3))

@@ -691,18 +691,43 @@ def test_a_model_reading_only_final_states_is_not_told_of_an_unreversed_output(
 def test_attention_without_its_padding_mask_is_told_after_the_layers(tmp_path: Path) -> None:
     """Every recurrent layer matches, the graph's rows alone differ from the batch: the
     diagnosis points at a mask after the recurrent layers, not at the reversals."""
-    from tests.defects import plant_unmasked_attention
+    from tests.defects import plant_dropped_masked_fill
     from tests.realistic_models import SelfAttentionTagger
 
     torch.manual_seed(0)
     model = SelfAttentionTagger().eval()
     path = export_onnx(model, tmp_path / "attention.onnx", verify=False).path
-    bad = plant_unmasked_attention(path, tmp_path / "unmasked.onnx")
+    bad = plant_dropped_masked_fill(path, tmp_path / "unmasked.onnx")
     report = verify(bad, model, batch_sizes=(4,), seq_lens=(7,), large_scale=None)
     assert not report.passed
     diagnosis = report.diagnosis()
     assert "the graph's rows alone differ from the same rows in the batch" in diagnosis
     assert "attention's key padding mask" in diagnosis and "reaches no Reverse" not in diagnosis
+
+
+def test_a_graph_reading_the_padding_its_model_zeroes_fails_on_noise_past_the_lengths(
+    tmp_path: Path,
+) -> None:
+    """A convolution over features the model zeroes past each row's length: a graph that lost
+    the zeroing reads the padding, which is zero in every padded case, so only the case with
+    noise past the lengths tells it (users36: it passed before, and was off by 5 in log-prob on
+    a batch from a reused buffer). The true graph passes that case too."""
+    from birnn_export._report import NOISE_ONLY
+    from tests.defects import plant_dropped_masked_fill
+    from tests.realistic_models import MaskedConvCTC
+
+    torch.manual_seed(0)
+    model = MaskedConvCTC().eval()
+    path = export_onnx(model, tmp_path / "masked.onnx", input_size=8, verify=False).path
+    sweep = {"batch_sizes": (6,), "seq_lens": (9,), "large_scale": None}
+    good = verify(path, model, **sweep)
+    assert good.passed, good.summary()
+    assert [c.noise for c in good.cases] == [False, False, True]
+    bad = verify(plant_dropped_masked_fill(path, tmp_path / "unmasked.onnx"), model, **sweep)
+    assert not bad.passed
+    assert [c.passed for c in bad.cases] == [True, True, False]
+    assert "B=6 T=9 ragged, noise past the lengths" in bad.summary()
+    assert NOISE_ONLY in bad.summary()
 
 
 def test_layers_given_initial_states_are_compared_and_a_dropped_state_located(
