@@ -289,15 +289,19 @@ def build_spec(
         time_dim=planned.time_dim,
         dim_ranges=others,
         example_sizes=dict(planned.examples),
-        token_padding=_token_padding(model, planned, tags),
+        token_padding=_token_padding(model, planned),
     )
 
 
-def _token_padding(model: nn.Module, planned: PlannedInputs, tags: Collection[str]) -> int | None:
-    """The pad id of a CRF tagger that takes token ids and no lengths (its mask is ``ids !=
-    pad``): its first Embedding's ``padding_idx``."""
+def _token_padding(model: nn.Module, planned: PlannedInputs) -> int | None:
+    """The pad id of a model that takes token ids and no lengths nor mask: its first
+    Embedding's ``padding_idx``. Such a model finds each row's length by it (``ids != pad``: a
+    CRF tagger's mask, a SMILES encoder's lengths), so its rows are ragged, padded with it past
+    their lengths and free of it before them; drawn from every id instead, the sweep put the pad
+    id inside rows, which no real row holds, and told a model that masks by it that it depends
+    on the batch (users37)."""
     takes_lengths = {"lengths", *MASK_ROLES} & set(planned.roles)
-    if not tags or takes_lengths or "tokens" not in planned.roles:
+    if takes_lengths or "tokens" not in planned.roles:
         return None
     embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     return None if embedding is None else embedding.padding_idx

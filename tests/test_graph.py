@@ -249,3 +249,40 @@ def test_scores_of_the_inputs_size_are_scores_after_a_softmax_and_noted_before(t
         _EightTags(False).eval(), tmp_path / "c.onnx", verify=False, scores=["output"]
     )
     assert scored.spec.outputs[0].classes and not any("reconstruction" in n for n in scored.notes)
+
+
+class PadMaskedRegressor(nn.Module):
+    """A SMILES-style regressor: token ids only, each row's length and mask found by ``ids !=
+    0`` (the Embedding's padding_idx), attention pooling over the valid steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(42, 16, padding_idx=0)
+        self.rnn = nn.LSTM(16, 12, batch_first=True, bidirectional=True)
+        self.att = nn.Linear(24, 1)
+        self.head = nn.Linear(24, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids != 0
+        packed = pack_padded_sequence(
+            self.emb(ids), mask.sum(1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
+        scores = self.att(out).squeeze(-1).masked_fill(~mask[:, : out.shape[1]], -1e9)
+        pooled = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), out).squeeze(1)
+        return self.head(pooled).squeeze(-1)
+
+
+def test_a_model_finding_its_lengths_by_the_pad_id_is_swept_on_rows_padded_with_it(tmp_path):
+    """Not a CRF tagger alone: any model of token ids without lengths finds its rows by its
+    Embedding's padding_idx. Drawn from every id, rows held the pad id inside them, and a model
+    that masks by it was told it depends on the batch (users37)."""
+    from birnn_export._case import DEPENDS_ON_THE_BATCH
+
+    torch.manual_seed(0)
+    result = export_onnx(PadMaskedRegressor().eval(), tmp_path / "smiles.onnx")
+    assert result.spec.token_padding == 0
+    report = result.verification
+    assert report.passed, report.summary()
+    assert {c.lengths_mode for c in report.cases} == {"ragged", "equal"}
+    assert not any(DEPENDS_ON_THE_BATCH in note for note in report.notes), report.notes
