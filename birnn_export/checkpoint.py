@@ -719,8 +719,9 @@ def _load_trusted(data: bytes, path: Path, model_class: str | None) -> Any:
         raise
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
-            f"{path}: the pickled objects need module {exc.name!r}, which cannot be imported; run "
-            "from the project that saved it (or add it to PYTHONPATH)"
+            f"{path}: the pickled objects need module {exc.name!r}, which cannot be imported; "
+            "add the directory that holds it to PYTHONPATH (PYTHONPATH=. in the project that "
+            "saved it: the working directory is not searched)"
         ) from None
     except Exception as exc:
         raise ModelLoadError(

@@ -209,12 +209,15 @@ def _quantize_staged(staging: Path) -> QuantizeReport:
 
 def default_output(model_path: Path) -> Path:
     """Where the export of ``model_path`` goes by default: beside it, as ``MODEL.onnx`` (a
-    saved folder ``DIR`` as ``DIR.onnx``, its whole name kept: ``tagger.v1.onnx``)."""
-    output = (
-        model_path.parent / f"{model_path.name}.onnx"
-        if model_path.is_dir()
-        else model_path.with_suffix(".onnx")
-    )
+    saved folder ``DIR`` as ``DIR.onnx``, its whole name kept: ``tagger.v1.onnx``; a
+    ``MODEL.pth.tar`` checkpoint as ``MODEL.onnx``)."""
+    name = model_path.name
+    if model_path.is_dir():
+        output = model_path.parent / f"{name}.onnx"
+    elif name.endswith((".pth.tar", ".pt.tar")) and not name.startswith("."):
+        output = model_path.parent / f"{name.rsplit('.', 2)[0]}.onnx"
+    else:
+        output = model_path.with_suffix(".onnx")
     if output.is_symlink():  # a folder of downloaded files may hold one, leading anywhere
         raise ExportError(
             f"{output}: is a link (to {os.readlink(output)}), and the default output is not "

@@ -1274,3 +1274,18 @@ def test_torchs_legacy_format_is_not_taken_for_pickle_dump(tmp_path: Path, proto
     loaded = load_model(path, trust_pickle=True)
     x, lengths = torch.randn(2, 5, 4), torch.tensor([5, 3])
     torch.testing.assert_close(loaded.original(x, lengths), model(x, lengths))
+
+
+def test_a_pickle_needing_a_module_not_on_the_path_is_told_to_add_its_folder(
+    tmp_path, user_models, monkeypatch
+):
+    """The working directory is not searched, so "run from the project that saved it" could not
+    work (users37): the message says PYTHONPATH=. there."""
+    path = _save(user_models.ConvCTC().eval(), tmp_path / "model.pt")
+    monkeypatch.delitem(sys.modules, USER_MODULE)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "user_code" not in p])
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(path, trust_pickle=True)
+    message = str(caught.value)
+    assert f"need module {USER_MODULE!r}" in message and "PYTHONPATH=." in message
+    assert "the working directory is not searched" in message and "run from" not in message

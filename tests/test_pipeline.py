@@ -226,3 +226,19 @@ def test_a_graph_replaced_while_it_is_checked_is_not_described_as_this_exports(
     monkeypatch.setattr(check, "check_compatibility", replaced_meanwhile)
     with pytest.raises(BiRNNExportError, match="another process replaced it while this export"):
         export_model(SAMPLES / "token_tagger.pt", tmp_path / "shared.onnx", verify=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("han.pth.tar", "han.onnx"),
+        ("model_best.pt.tar", "model_best.onnx"),
+        ("tagger.v1.pt", "tagger.v1.onnx"),
+        ("weights.tar", "weights.onnx"),
+    ],
+)
+def test_the_default_output_drops_a_checkpoints_whole_suffix(tmp_path, name, expected):
+    from birnn_export.pipeline import default_output
+
+    (tmp_path / name).write_bytes(b"")
+    assert default_output(tmp_path / name) == tmp_path / expected
