@@ -1225,6 +1225,7 @@ def _trace(
             _traceable_packing(model, cuts, pads),
             _nested_tensor_zeros(model),
             _pooling_over_two_dims(),
+            _float_clamp_bounds(),
             _quiet_exporter(),
             _fixed_sizes() as fixed,
         ):
@@ -1429,6 +1430,39 @@ def _pooling_over_two_dims() -> Iterator[None]:
         yield
     finally:
         F.max_pool1d = one_dim
+
+
+@contextlib.contextmanager
+def _float_clamp_bounds() -> Iterator[None]:
+    """While inside, ``clamp`` and ``clip`` (torch's and the tensor methods) of a floating
+    tensor take int bounds as floats. pyannote's SincNet (and asteroid's ``ParamSincFB``) call
+    ``torch.clamp(x, self.min_low_hz, self.sample_rate / 2)``, an int and a float: the exporter's
+    type promotion made one bound a tensor of its own type, and no ``aten.clamp`` overload took
+    the pair (users37: a correct model refused, in a library its user cannot edit). Eager
+    compares a floating tensor with an int bound in the tensor's type: the same values."""
+    patched = [(torch, "clamp"), (torch, "clip"), (Tensor, "clamp"), (Tensor, "clip")]
+    originals = {(owner, name): getattr(owner, name) for owner, name in patched}
+
+    def floats(value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    def promoting(original: Any) -> Any:
+        @functools.wraps(original)
+        def call(x: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(x, Tensor) and x.is_floating_point():
+                args = tuple(floats(a) for a in args)
+                kwargs = {k: floats(v) if k in ("min", "max") else v for k, v in kwargs.items()}
+            return original(x, *args, **kwargs)
+
+        return call
+
+    for (owner, name), original in originals.items():
+        setattr(owner, name, promoting(original))
+    try:
+        yield
+    finally:
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
 
 
 @contextlib.contextmanager
