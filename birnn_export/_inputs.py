@@ -1178,7 +1178,9 @@ def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
     declare = " ".join(f"--input '{name}:DTYPE[DIMS]'" for name in required)
     raise BiRNNExportError(
         f"{type(model).__name__}.forward takes {len(required)} inputs ({', '.join(required)}), "
-        f"and birnn-export infers only {inferred}; declare each, in forward's order: {declare} "
+        f"and birnn-export inferred {inferred} (after a first input, it infers lengths and "
+        "masks named as such: lengths, x_lens, attention_mask, and a second sequence or its "
+        f"characters beside them); declare each, in forward's order: {declare} "
         "(e.g. 'x:float32[batch,seq,40]', 'speaker:int64[batch]', a second sequence with a "
         "time dim of its own 'y:int64[batch,y_seq]', its lengths 'y_lens:int64[batch]:"
         "lengths(y_seq)', each word's characters 'chars:int64[batch,seq,chars]', their lengths "
