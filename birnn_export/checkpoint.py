@@ -1214,7 +1214,7 @@ def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
     if model_kwargs or not isinstance(saved, Mapping) or not saved:
         return ""
     try:
-        params = inspect.signature(cls).parameters
+        params = _constructor_parameters(cls)
     except (TypeError, ValueError):  # no signature to read: name them all
         params = {}
     saved = _arguments_saved(saved, params)
@@ -1239,6 +1239,23 @@ def _unapplied_note(obj: Any, model_kwargs: Mapping[str, Any], cls: Any) -> str:
         f"; built with the class's defaults, not the checkpoint's hyper_parameters that differ "
         f"from them ({_preview(differ)[1:-1]}): pass them with --model-kwargs"
     )
+
+
+def _constructor_parameters(cls: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters ``cls(...)`` takes; for a subclass that only passes ``*args, **kwargs``
+    on (the usual way to patch a model), those of the first base class that names its own."""
+    params = inspect.signature(cls).parameters
+    passing = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not params or any(p.kind not in passing for p in params.values()):
+        return params
+    for base in getattr(cls, "__mro__", ())[1:]:
+        if base in (object, nn.Module):
+            break
+        if "__init__" in vars(base):
+            named = inspect.signature(base).parameters
+            if any(p.kind not in passing for p in named.values()):
+                return named
+    return params
 
 
 def _plain(value: Any) -> Any:
@@ -1272,7 +1289,7 @@ def _kwargs_hint(obj: Any, cls: Any) -> str:
     if isinstance(saved, Mapping) and saved:
         params: Mapping[str, Any] = {}
         with contextlib.suppress(TypeError, ValueError):  # no signature to read: as saved
-            params = inspect.signature(cls).parameters
+            params = _constructor_parameters(cls)
             saved = _arguments_saved(saved, params)
         known = {str(k): v for k, v in saved.items() if isinstance(v, simple)}
         # a class that names its arguments takes only those (a training run's lr is not one)

@@ -65,6 +65,13 @@ USER_SOURCE = textwrap.dedent(
             super().__init__(**(hparams or {}))
 
 
+    class PatchedClassifier(AttentionClassifier):
+        '''The usual way to patch a model: a subclass passing everything on.'''
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+
     class ConvCTC(nn.Module):
         '''Conv1d front-end -> BiGRU -> Linear -> log_softmax (a CTC head).'''
 
@@ -748,6 +755,14 @@ def test_hyper_parameters_not_applied_are_said(tmp_path, user_models):
     path = _save({"state_dict": weights, "hyper_parameters": saved}, tmp_path / "dict.ckpt")
     source = load_model(path, model_class=f"{USER_MODULE}:HParamsClassifier").source
     assert "that differ from them (hidden=12, dropout=0.3)" in source
+    # a subclass passing *args, **kwargs on takes its base's: only those differing are named
+    # (each was said to differ, users37)
+    for dropout, told in [(0.1, False), (0.3, True)]:
+        saved = {"dropout": dropout, "hidden": 12, "lr": 0.01}
+        path = _save({"state_dict": weights, "hyper_parameters": saved}, tmp_path / "sub.ckpt")
+        source = load_model(path, model_class=f"{USER_MODULE}:PatchedClassifier").source
+        assert ("hyper_parameters" in source) is told, source
+        assert "hidden" not in source and "lr" not in source
     # a config saved one level down (deepspeech.pytorch's model_cfg) beside entries the class
     # does not take: its entries are compared, and named so --model-kwargs takes them (users28)
     for dropout, told in [(0.0, False), (0.3, True)]:
