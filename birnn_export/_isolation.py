@@ -56,6 +56,23 @@ def _context() -> Any:
 
 
 @contextlib.contextmanager
+def _blas_single_threaded() -> Iterator[None]:
+    """Start the fork server with OpenBLAS at one thread: numpy's import would otherwise start
+    its thread pool in the server, and forking a process that holds threads can deadlock (and
+    warns, from Python 3.12). Children do no linear algebra of their own; the engines' threads
+    are their own. The variable is read only as the server imports numpy."""
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
+
+
+@contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """Start a spawned child without the user's ``__main__``: spawn would run their script again
     in it, and a script without an ``if __name__ == "__main__":`` guard would export (or train)
@@ -71,31 +88,21 @@ def _main_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-#: The environment a child (and the fork server) starts with, and why:
-#:
-#: * ``PYTHONSAFEPATH``: not importing from the working directory. A child starts as
-#:   ``python -c ...``, which puts that folder first on ``sys.path`` while it imports
-#:   multiprocessing's modules, so a ``selectors.py`` planted in a folder of downloaded files
-#:   ran in every engine child (Python 3.11+; older versions ignore the variable).
-#: * ``OPENBLAS_NUM_THREADS``: the fork server's numpy without OpenBLAS's thread pool: forking
-#:   a process that holds threads can deadlock (and warns from Python 3.12). Children do no
-#:   linear algebra of their own, and each takes the parent's environment back as it starts.
-_STARTING_ENVIRONMENT = {"PYTHONSAFEPATH": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
 @contextlib.contextmanager
-def _starting_environment() -> Iterator[None]:
-    """:data:`_STARTING_ENVIRONMENT` set while a child starts, the parent's own after."""
-    before = {name: os.environ.get(name) for name in _STARTING_ENVIRONMENT}
-    os.environ.update(_STARTING_ENVIRONMENT)
+def _working_directory_unsearched() -> Iterator[None]:
+    """Start a spawned child that does not import from the working directory: spawn starts it
+    as ``python -c ...``, which puts the working directory first on ``sys.path`` while the child
+    imports multiprocessing's modules, so a ``selectors.py`` planted in a folder of downloaded
+    files ran in every engine child (Python 3.11+; older versions ignore the variable)."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
     try:
         yield
     finally:
-        for name, value in before.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
+        if before is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
 
 
 class IsolatedRunner(BaseRunner):
@@ -132,7 +139,7 @@ class IsolatedRunner(BaseRunner):
         self._proc = context.Process(
             target=_serve, args=(child, self.factory, environ), daemon=True
         )
-        with _starting_environment():
+        with _working_directory_unsearched(), _blas_single_threaded():
             try:
                 with _main_hidden():
                     self._proc.start()
