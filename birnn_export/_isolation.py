@@ -5,19 +5,12 @@ the command: :class:`IsolatedRunner` reports it as an :class:`~birnn_export.erro
 naming the engine and the input shapes, and starts a fresh child for the next call. Verification
 and benchmarks run every engine but eager PyTorch this way; timings are the child's own, taken
 around the engine call, without the transfer between the processes.
-
-Children start from a fork server that has imported birnn-export's runners once (POSIX): a
-child then starts in a tenth of the second or more a fresh interpreter takes to import them, and
-verification starts several. The server holds no thread, so the forks are clean; each child
-takes the parent's working directory, ``sys.path`` and environment as they are when it starts,
-as a spawned one does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import pickle
 import signal
 from collections.abc import Callable, Iterator, Mapping
@@ -39,37 +32,6 @@ _ERRORS = {
         "ExportError",
     )
 }
-
-
-#: What the fork server imports once, for every child it forks.
-_PRELOAD = ["birnn_export._isolation", "birnn_export.runners"]
-
-
-def _context() -> Any:
-    """The fork server where the platform has one (its children start without importing
-    birnn-export again), else spawn."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)  # read when the server starts, with the first child
-    return context
-
-
-@contextlib.contextmanager
-def _blas_single_threaded() -> Iterator[None]:
-    """Start the fork server with OpenBLAS at one thread: numpy's import would otherwise start
-    its thread pool in the server, and forking a process that holds threads can deadlock (and
-    warns, from Python 3.12). Children do no linear algebra of their own; the engines' threads
-    are their own. The variable is read only as the server imports numpy."""
-    before = os.environ.get("OPENBLAS_NUM_THREADS")
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["OPENBLAS_NUM_THREADS"]
-        else:
-            os.environ["OPENBLAS_NUM_THREADS"] = before
 
 
 @contextlib.contextmanager
@@ -94,6 +56,8 @@ def _working_directory_unsearched() -> Iterator[None]:
     as ``python -c ...``, which puts the working directory first on ``sys.path`` while the child
     imports multiprocessing's modules, so a ``selectors.py`` planted in a folder of downloaded
     files ran in every engine child (Python 3.11+; older versions ignore the variable)."""
+    import os
+
     before = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
     try:
@@ -133,13 +97,10 @@ class IsolatedRunner(BaseRunner):
         self.activate_time_s = self.info.get("activate_time_s", self.activate_time_s)
 
     def activate_impl(self) -> None:
-        context = _context()
+        context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        environ = dict(os.environ)  # a forked child has the server's, from when it started
-        self._proc = context.Process(
-            target=_serve, args=(child, self.factory, environ), daemon=True
-        )
-        with _working_directory_unsearched(), _blas_single_threaded():
+        self._proc = context.Process(target=_serve, args=(child, self.factory), daemon=True)
+        with _working_directory_unsearched():
             try:
                 with _main_hidden():
                     self._proc.start()
@@ -219,12 +180,9 @@ class IsolatedRunner(BaseRunner):
         self._conn = self._proc = None
 
 
-def _serve(conn: Any, factory: Callable[[], BaseRunner], environ: Mapping[str, str]) -> None:
-    """The child: take the parent's environment, build and activate the runner, then answer
-    ``infer`` until ``stop``."""
+def _serve(conn: Any, factory: Callable[[], BaseRunner]) -> None:
+    """The child: build and activate the runner, then answer ``infer`` until ``stop``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    os.environ.clear()
-    os.environ.update(environ)
     try:
         runner = factory()
         runner.activate()

@@ -4,7 +4,6 @@ would here, its errors arrive with their own type, and the child goes on after o
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from birnn_export._isolation import IsolatedRunner
-from birnn_export.base_runner import BaseRunner
 from birnn_export.errors import EngineUnavailableError
 from birnn_export.runners import OrtRunner, make_runner
 
@@ -64,48 +62,3 @@ def test_an_engine_error_arrives_in_one_piece_and_the_child_goes_on(graph: Path)
         pytest.skip("ONNX Runtime's CUDA provider is available here")
     with pytest.raises(EngineUnavailableError, match="ort-cuda"):
         runner.activate()  # refused in the child, told here as the same error
-
-
-class WhereRunner(BaseRunner):
-    """Answers with where its process is: the working folder, a variable, its process id."""
-
-    def activate_impl(self) -> None:
-        pass
-
-    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "cwd": np.array(os.getcwd()),
-            "mark": np.array(os.environ.get("BIRNN_EXPORT_TEST_MARK", "")),
-            "pid": np.array(os.getpid()),
-        }
-
-
-def test_a_child_works_where_the_parent_is_when_it_starts(tmp_path: Path, monkeypatch) -> None:
-    """Children fork from a server started with the first of them: each still takes the
-    working folder and the environment the parent has when that child starts, as a spawned
-    one does (a relative graph path, a cache folder set meanwhile)."""
-    monkeypatch.delenv("BIRNN_EXPORT_TEST_MARK", raising=False)
-    with IsolatedRunner("where", WhereRunner) as first:
-        before = first.infer({})
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BIRNN_EXPORT_TEST_MARK", "set later")
-    with IsolatedRunner("where", WhereRunner) as second:
-        after = second.infer({})
-    assert str(before["mark"]) == "" and str(after["mark"]) == "set later"
-    assert str(after["cwd"]) == str(tmp_path) and str(before["cwd"]) != str(tmp_path)
-    assert int(after["pid"]) not in (os.getpid(), int(before["pid"]))
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
-def test_the_fork_server_holds_no_thread_to_fork(graph: Path) -> None:
-    """Forking a process that holds threads can deadlock the child (and warns from Python
-    3.12): the server imports numpy, whose OpenBLAS starts a thread pool unless told not to."""
-    from multiprocessing import forkserver
-
-    blas = os.environ.get("OPENBLAS_NUM_THREADS")
-    with make_runner("ort-cpu", str(graph), isolate=True) as runner:
-        runner.infer({"x": np.ones((1, 3), dtype=np.float32)})
-    server = forkserver._forkserver._forkserver_pid
-    assert server is not None, "no fork server: children were spawned"
-    assert len(os.listdir(f"/proc/{server}/task")) == 1
-    assert os.environ.get("OPENBLAS_NUM_THREADS") == blas  # the parent's own, as it was
