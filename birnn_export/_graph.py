@@ -289,22 +289,29 @@ def build_spec(
         time_dim=planned.time_dim,
         dim_ranges=others,
         example_sizes=dict(planned.examples),
-        token_padding=_token_padding(model, planned),
+        token_padding=_token_padding(model, planned, inputs),
     )
 
 
-def _token_padding(model: nn.Module, planned: PlannedInputs) -> int | None:
+def _token_padding(
+    model: nn.Module, planned: PlannedInputs, inputs: Sequence[TensorSpec]
+) -> int | None:
     """The pad id of a model that takes token ids and no lengths nor mask: its first
     Embedding's ``padding_idx``. Such a model finds each row's length by it (``ids != pad``: a
     CRF tagger's mask, a SMILES encoder's lengths), so its rows are ragged, padded with it past
     their lengths and free of it before them; drawn from every id instead, the sweep put the pad
     id inside rows, which no real row holds, and told a model that masks by it that it depends
-    on the batch (users37)."""
+    on the batch (users37). An id outside the token input's range is another table's (a first
+    Embedding that does not read that input), which no row holds: none."""
     takes_lengths = {"lengths", *MASK_ROLES} & set(planned.roles)
     if takes_lengths or "tokens" not in planned.roles:
         return None
     embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    return None if embedding is None else embedding.padding_idx
+    pad = None if embedding is None else embedding.padding_idx
+    tokens = next((t for t in inputs if t.role == "tokens"), None)
+    if pad is None or tokens is None or not isinstance(tokens.high, int):
+        return pad
+    return pad if int(tokens.low or 0) <= pad <= tokens.high else None
 
 
 def _in_graph_order(proto: Any, model: nn.Module) -> list[tuple[str, BiRNN]]:

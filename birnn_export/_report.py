@@ -194,7 +194,7 @@ class VerifyReport:
                     key=lambda o: o.max_abs if math.isfinite(o.max_abs) else math.inf,
                 )
                 parts.append(f"first: {first.label}: {bad.describe()}")
-            if all(case.noise for case in failed):
+            if all(case.noise and case.error is None for case in failed):  # not a crash there
                 parts.append(NOISE_ONLY)
         if self.problems:
             parts.append(f"graph problems: {'; '.join(self.problems)}")

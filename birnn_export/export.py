@@ -1440,29 +1440,34 @@ def _float_clamp_bounds() -> Iterator[None]:
     type promotion made one bound a tensor of its own type, and no ``aten.clamp`` overload took
     the pair (users37: a correct model refused, in a library its user cannot edit). Eager
     compares a floating tensor with an int bound in the tensor's type: the same values."""
-    patched = [(torch, "clamp"), (torch, "clip"), (Tensor, "clamp"), (Tensor, "clip")]
-    originals = {(owner, name): getattr(owner, name) for owner, name in patched}
+    names = ("clamp", "clip", "clamp_", "clip_")
+    patched = [(owner, name) for owner in (torch, Tensor) for name in names if hasattr(owner, name)]
+    originals = {(owner, name): owner.__dict__.get(name) for owner, name in patched}
 
     def floats(value: Any) -> Any:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     def promoting(original: Any) -> Any:
         @functools.wraps(original)
-        def call(x: Any, *args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            x = args[0] if args else kwargs.get("input")  # torch.clamp(input=x, ...) too
             if isinstance(x, Tensor) and x.is_floating_point():
-                args = tuple(floats(a) for a in args)
+                args = args[:1] + tuple(floats(a) for a in args[1:])
                 kwargs = {k: floats(v) if k in ("min", "max") else v for k, v in kwargs.items()}
-            return original(x, *args, **kwargs)
+            return original(*args, **kwargs)
 
         return call
 
-    for (owner, name), original in originals.items():
-        setattr(owner, name, promoting(original))
+    for owner, name in patched:
+        setattr(owner, name, promoting(getattr(owner, name)))
     try:
         yield
     finally:
         for (owner, name), original in originals.items():
-            setattr(owner, name, original)
+            if original is None:  # inherited (a TensorBase method): drop the patch
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 @contextlib.contextmanager
@@ -2096,8 +2101,7 @@ def _explain_trace_failure(
             f"torch.onnx.export failed for {type(model).__name__}: no overload of "
             f"aten.{overload[1]}{_user_line(model, causes)} takes the arguments as the "
             "exporter's type promotion leaves them (a number made a tensor); where the call "
-            "mixes int and float arguments, as torch.clamp(x, 50, 8000.0) does, give them one "
-            "type (50.0, 8000.0)"
+            "mixes int and float arguments (50 and 8000.0), give them one type (50.0, 8000.0)"
         )
     message = (
         f"torch.onnx.export failed for {type(model).__name__}{_user_line(model, causes)}: "

@@ -9,6 +9,7 @@ matrix. References are torch's own layers on PackedSequence wherever possible.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -1728,3 +1729,23 @@ def test_the_verdict_is_one_line_in_a_log(tagger_files: tuple[Path, Path]) -> No
     render_report(report, console=Console(file=log, width=60))
     (line,) = [x for x in log.getvalue().splitlines() if x.startswith("PASS:")]
     assert line.startswith(report.summary()) and line.endswith(" s)"), line
+
+
+def test_only_noise_cases_failing_on_their_values_are_called_a_read_of_the_padding() -> None:
+    """An engine that crashes at the noise case's shape is an engine error there, not a graph
+    reading past the lengths (review23)."""
+    from birnn_export._report import NOISE_ONLY
+    from birnn_export.compare import Check
+
+    wrong = Check("y", "sequence", "values", 1.0, 1.0, 1.0, False)
+    right = Check("y", "sequence", "values", 0.0, 0.0, 0.0, True)
+
+    def report(*cases: CaseResult) -> VerifyReport:
+        return VerifyReport("m.onnx", "torch", "float64", ("ort-cpu",), {}, cases)
+
+    padded = CaseResult("ort-cpu", 3, 9, "ragged", 1.0, 0, (9, 4, 1), (right,))
+    noisy = CaseResult("ort-cpu", 16, 36, "ragged", 1.0, 1, None, (wrong,), noise=True)
+    crashed = dataclasses.replace(noisy, outputs=(), error="ort-cpu crashed (signal SIGSEGV)")
+    assert NOISE_ONLY in report(padded, noisy).summary()
+    assert NOISE_ONLY not in report(padded, crashed).summary()
+    assert NOISE_ONLY not in report(dataclasses.replace(padded, outputs=(wrong,)), noisy).summary()
