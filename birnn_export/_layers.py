@@ -250,7 +250,7 @@ class GraphLayers:
         try:
             path = self._probe_path()
             onnx.save_model(self.proto, path)
-            runner = IsolatedRunner("ort-cpu", functools.partial(OrtRunner, path))
+            runner = IsolatedRunner("ort-cpu", functools.partial(OrtRunner, path, spinning=False))
             runner.activate()
         except Exception as exc:
             raise LayersUnavailable(

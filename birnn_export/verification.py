@@ -241,7 +241,8 @@ def _engine_runner(
     if reason:  # refuse before the sweep starts, not once per case
         raise EngineUnavailableError(reason)
     # Every engine but torch in a child process: a crash there is a failed case, not a dead
-    # command.
+    # command. ONNX Runtime's idle threads sleep: the reference runs here between its calls,
+    # and spinning threads would hold the cores it needs (issue 13's interleaved timings).
     return runners.make_runner(
         engine,
         onnx_path,
@@ -251,6 +252,7 @@ def _engine_runner(
         profile_batch=profile[0],
         profile_seq=profile[1],
         isolate=isolate,
+        spinning=False,
     )
 
 

@@ -1751,3 +1751,21 @@ def test_only_noise_cases_failing_on_their_values_are_called_a_read_of_the_paddi
     assert NOISE_ONLY in report(padded, noisy).summary()
     assert NOISE_ONLY not in report(padded, crashed).summary()
     assert NOISE_ONLY not in report(dataclasses.replace(padded, outputs=(wrong,)), noisy).summary()
+
+
+def test_verification_runs_onnx_runtime_with_its_idle_threads_asleep(
+    split_lstm_graph: Path,
+) -> None:
+    """The reference runs between ONNX Runtime's calls; spinning idle threads would hold the
+    cores it needs (issue 13's interleaved timings)."""
+    from birnn_export.verification import _engine_runner
+
+    spec = GraphSpec.from_onnx(split_lstm_graph)
+    runner = _engine_runner(
+        "ort-cpu", str(split_lstm_graph), None, spec, ((1, 8, 32), (1, 64, 256)), isolate=False
+    )
+    assert isinstance(runner, OrtRunner) and runner.spinning is False
+    isolated = _engine_runner(
+        "ort-cpu", str(split_lstm_graph), None, spec, ((1, 8, 32), (1, 64, 256)), isolate=True
+    )
+    assert isolated.factory.keywords["spinning"] is False
