@@ -2,6 +2,7 @@
 
 :func:`run_case` compares the engine's outputs with the reference's (valid steps, padding,
 derived shapes), every recurrent layer inside the graph with the reference's own layer
+and a CRF's best-path score inside the graph with the reference's decode
 (:func:`layer_setup` and :func:`case_layers` capture both sides), each row alone against the
 batch (:func:`batch_invariance_checks`), and on a mismatch says which layer and direction departed
 (:mod:`birnn_export._diagnose`). :func:`sweep_checks` judges int8 graphs over the whole sweep.
@@ -25,12 +26,14 @@ from birnn_export._layers import (
     graph_layers,
     in_reference_order,
     module_path,
+    score_key,
 )
 from birnn_export._references import References
 from birnn_export._report import WHOLE_SWEEP, CaseResult
 from birnn_export._sweep import Case, row_feed, untraced_cases
 from birnn_export.compare import (
     LAYER_OTHER_SHAPE,
+    PROBED,
     Check,
     Criterion,
     NoiseCriterion,
@@ -52,17 +55,12 @@ from birnn_export.spec import (
 )
 
 
-def _layer_checks(
-    graph: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    eager: Mapping[str, np.ndarray] | None,
-    lengths: Mapping[str, np.ndarray],
-    criterion: Criterion,
-    dtype: str,
-) -> list[Check]:
-    """Every recurrent layer's output in the graph against the reference's, at valid steps."""
+def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[Check]:
+    """Every recurrent layer's output in the graph against the reference's, at valid steps,
+    then each CRF's best-path score (``"score"`` checks)."""
+    graph, eager, lengths = layers.graph or {}, layers.eager, layers.lengths or {}
     checks = []
-    for name, want in reference.items():
+    for name, want in (layers.reference or {}).items():
         steps = want.shape[1]
         got = graph[name][:, :steps]
         if got.shape != want.shape:  # the graph ran the layer on other inputs than the model
@@ -91,7 +89,33 @@ def _layer_checks(
                 note="the layer's own output inside the graph",
             )
         )
+    for path, score in layers.scores.items():
+        checks.append(
+            compare(
+                path,
+                "score",
+                score.graph,
+                score.reference,
+                criterion=criterion,
+                eager=score.eager,
+                mask=score.lengths > 0,
+                dtype=dtype,
+                role="score",
+                note="the best path's score inside the graph vs the model's decoded path's",
+            )
+        )
     return checks
+
+
+@dataclass(frozen=True)
+class CRFScores:
+    """One CRF's best-path score per row ``[batch]``: inside the graph, of the reference's
+    decode (float64) and of eager PyTorch's (the noise floor), and each row's length."""
+
+    graph: np.ndarray
+    reference: np.ndarray
+    eager: np.ndarray | None
+    lengths: np.ndarray
 
 
 # -- one case --------------------------------------------------------------------------------
@@ -108,6 +132,8 @@ class CaseLayers:
     lengths: Mapping[str, np.ndarray] | None = None
     hooked: str = ""
     reason: str | None = None
+    #: Each CRF's best-path scores by its module path.
+    scores: Mapping[str, CRFScores] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -159,9 +185,7 @@ def run_case(
         criterion = next(iter(criteria.values()))
         if isinstance(criterion, Tolerance):
             criterion = layer_criterion or default_tolerance(spec.dtype, "ort-cpu")
-        layer_checks = _layer_checks(
-            layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
-        )
+        layer_checks = _layer_checks(layers, criterion, spec.dtype)
         outputs += layer_checks
     error = None
     if batch_invariance and case.rows_alone:
@@ -234,6 +258,8 @@ def _rounding_only(
     for check in failing:
         source = layers.reference if check.check == "layer" else expected
         values = None if source is None else source.get(check.name)
+        if check.check == "score" and check.name in layers.scores:
+            values = layers.scores[check.name].reference
         scale = float(np.max(np.abs(values))) if values is not None and np.size(values) else 0.0
         if not scale or not check.max_abs <= share * scale:  # NaN too
             return None
@@ -275,7 +301,7 @@ def advise_over_the_sweep(results: Sequence[CaseResult]) -> list[CaseResult]:
         o
         for r in results
         for o in r.outputs
-        if not o.passed and o.atol is not None and o.check in ("values", "layer")
+        if not o.passed and o.atol is not None and o.check in ("values", *PROBED)
     ]
     if not failing:
         return list(results)
@@ -314,7 +340,7 @@ def _diagnose(
     *,
     tolerance_given: bool,
 ) -> str | None:
-    failing = [o for o in outputs if not o.passed and o.check in ("values", "layer")]
+    failing = [o for o in outputs if not o.passed and o.check in ("values", *PROBED)]
     if not failing:
         return None
     if all(o.rel_l2_limit is not None and o.atol is None for o in failing):  # an int8 graph
@@ -354,9 +380,7 @@ def _diagnose(
     if hidden is None and layers.ready:
         if not layer_checks:  # another engine: the layers as ONNX Runtime CPU computes them
             criterion = NoiseCriterion() if layers.eager is not None else Tolerance(1e-5, 1e-4)
-            layer_checks = _layer_checks(
-                layers.graph, layers.reference, layers.eager, layers.lengths, criterion, spec.dtype
-            )
+            layer_checks = _layer_checks(layers, criterion, spec.dtype)
         return diagnose_layers(
             layer_checks,
             layers.graph,
@@ -669,6 +693,10 @@ class LayerState:
     hooked: str = ""
     reason: str | None = None
     paths: dict[str, str] = field(default_factory=dict)
+    #: ``(CRF path, tensor)`` of each decode's best-path score in the graph, and why they are
+    #: not compared (``None``: they are, or there are none).
+    scores: tuple[tuple[str, str], ...] = ()
+    score_reason: str | None = None
 
 
 def layer_setup(
@@ -688,6 +716,9 @@ def layer_setup(
         references.attach_layers(mapped)
     except LayersUnavailable as exc:
         return LayerState(reason=str(exc))
+    from birnn_export.crf import viterbi_scores
+
+    scores = tuple(viterbi_scores(proto))
     kinds = {
         type(side.layers.modules[p]).__name__ for side in references.sides.values() for p in mapped
     }
@@ -696,11 +727,12 @@ def layer_setup(
     )
     return LayerState(
         tuple(infos),
-        GraphLayers(proto, infos, spec.dtype, folder),
+        GraphLayers(proto, infos, spec.dtype, folder, scores),
         hooked,
         paths={
             layer.path: mapped[i] + layer.path[len(modules[i]) :] for i, layer in enumerate(infos)
         },
+        scores=scores,
     )
 
 
@@ -742,7 +774,34 @@ def case_layers(
         eager=graph_names(ran["eager_layers"]) if "eager_layers" in ran else None,
         lengths=lengths,
         hooked=state.hooked,
+        scores=_crf_scores(state, graph, ran),
     )
+
+
+def _crf_scores(
+    state: LayerState, graph: Mapping[str, np.ndarray], ran: Mapping[str, Any]
+) -> dict[str, CRFScores]:
+    """Each CRF's scores, the graph's decodes paired with the model's in the order they ran;
+    none (and :attr:`LayerState.score_reason` set) where their numbers differ."""
+    if not state.scores:
+        return {}
+    reference, eager = ran.get("reference_decodes", []), ran.get("eager_decodes")
+    if len(reference) != len(state.scores) or (eager is not None and len(eager) != len(reference)):
+        state.score_reason = (
+            f"the graph holds {len(state.scores)} CRF decode(s), the model ran "
+            f"{len(reference)} of a torchcrf.CRF or CRFDecoder"
+        )
+        return {}
+    out = {}
+    for index, (path, _) in enumerate(state.scores):
+        want, lengths = reference[index]
+        out[path] = CRFScores(
+            graph=graph[score_key(path)],
+            reference=np.asarray(want, dtype=np.float64),
+            eager=None if eager is None else np.asarray(eager[index][0], dtype=np.float64),
+            lengths=np.asarray(lengths),
+        )
+    return out
 
 
 def _rounding(result: CaseResult) -> bool:

@@ -162,6 +162,16 @@ def diagnose_layers(
                 f"node's Y themselves, each row's valid steps) {where}"
             )
         split = any(len(layer.y_names) == 2 for layer in layers)
+        crfs = [c.name for c in checks if c.check == "score" and not c.passed]
+        if crfs:
+            return (
+                f"every recurrent layer matches ({len(layers)} layer(s)), but the best path's "
+                f"score of CRF {crfs[0]!r} inside the graph differs from the model's -> the "
+                "CRF's parameters in the graph (start_transitions, end_transitions, "
+                "transitions) or the emissions the layers after the recurrent ones make from "
+                "them differ from the model's; decoded tags change only where another path "
+                f"overtakes the best one, so they may still agree {where}"
+            )
         if timeless:
             names = ", ".join(repr(n) for n in timeless)
             differ = "differs" if len(timeless) == 1 else "differ"

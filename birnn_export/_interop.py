@@ -104,6 +104,24 @@ def load_feeds(path: str | os.PathLike[str]) -> list[Feed]:
     return feeds
 
 
+def load_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """What :func:`save_feeds` wrote of each case in an ``.npz`` (its ``cases`` entry: batch,
+    length, lengths mode, noise past the lengths...), or nothing where it holds none (JSON
+    feeds, another tool's ``.npz``, an entry that is not such a list)."""
+    if check_format("load_inputs", path) != ".npz":
+        return []
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "cases" not in archive.files:
+                return []
+            cases = json.loads(str(archive["cases"]))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
+        return []  # load_feeds says what is wrong with the file itself
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        return []
+    return cases
+
+
 def save_outputs(path: str | os.PathLike[str], runs: Mapping[str, Sequence[Feed]]) -> str:
     """Write ``{runner name: [outputs per case]}`` as Polygraphy ``RunResults`` JSON."""
     if check_format("save_outputs", path) != ".json":

@@ -100,13 +100,18 @@ class References:
 
     def run(self, feed: Mapping[str, np.ndarray], case: Case) -> dict[str, Any]:
         """Outputs (and layers) of every side: ``{"reference": ..., "eager": ...,
-        "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...}``."""
+        "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...,
+        "reference_decodes": ..., "eager_decodes": ...}`` (the CRF decodes each side ran:
+        :meth:`ReferenceLayers.decodes`)."""
         out: dict[str, Any] = {}
         for key, side in self.sides.items():
             if side.layers is not None:
                 side.layers.clear()
+            recording = side.layers.decodes() if side.layers is not None else None
             try:
-                out[key] = side.runner.infer(feed)
+                with recording or contextlib.nullcontext([]) as decodes:
+                    out[key] = side.runner.infer(feed)
+                out[f"{key}_decodes"] = decodes
             except Exception as exc:  # the user's model: any failure means it does not fit
                 sizes = case.sizes(self.spec)
                 shape = ", ".join(f"{name} {size}" for name, size in sizes.items())

@@ -149,11 +149,14 @@ class VerifyReport:
         """The largest finite engine-to-eager error ratio of any values or layer check (where
         eager PyTorch is exact the ulp floor judges instead), and where: the check and its case,
         in words."""
+        from birnn_export.compare import PROBED
+
+        what = {"layer": "layer", "score": "CRF score"}
         ratios = [
-            (o.ratio, f"{o.check if o.check == 'layer' else 'output'} {o.name!r}, {c.label}")
+            (o.ratio, f"{what.get(o.check, 'output')} {o.name!r}, {c.label}")
             for c in self.cases
             for o in c.outputs
-            if o.ratio is not None and math.isfinite(o.ratio) and o.check in ("values", "layer")
+            if o.ratio is not None and math.isfinite(o.ratio) and o.check in ("values", *PROBED)
         ]
         return max(ratios, key=lambda pair: pair[0], default=None)
 

@@ -122,14 +122,19 @@ Criterion = NoiseCriterion | Tolerance | QuantizedCriterion
 OTHER_SHAPE = "shape "
 LAYER_OTHER_SHAPE = "the layer's output inside the graph has shape "
 
+#: Checks of tensors inside the graph (the layer probe's): a recurrent layer's output, a CRF's
+#: best-path score.
+PROBED = ("layer", "score")
+
 
 @dataclass(frozen=True)
 class Check:
     """One check of one output (or recurrent layer) in one case.
 
     ``check`` is ``"values"`` (valid time steps, or the whole tensor), ``"padding"`` (positions
-    past each row's length), ``"batch-invariance"`` (rows run alone vs in the batch) or
-    ``"layer"`` (a recurrent layer's own output inside the graph). ``max_abs`` is the engine's
+    past each row's length), ``"batch-invariance"`` (rows run alone vs in the batch),
+    ``"layer"`` (a recurrent layer's own output inside the graph) or ``"score"`` (a CRF's
+    best-path score inside the graph, ``name`` its module path). ``max_abs`` is the engine's
     error against the reference; under a :class:`NoiseCriterion`, ``noise`` is eager PyTorch's
     and ``threshold`` the limit ``max_abs`` was held to; under fixed tolerances ``atol`` /
     ``rtol`` (and ``rel_l2_limit``) are. ``top1`` is the share of valid positions whose argmax
@@ -179,11 +184,10 @@ class Check:
 
     def describe(self) -> str:
         """This check in words: what, by how much, against what limit."""
-        what = (
-            f"layer {self.name!r}"
-            if self.check == "layer"
-            else f"output {self.name!r} {self.check}"
-        )
+        what = {
+            "layer": f"layer {self.name!r}",
+            "score": f"CRF {self.name!r} best-path score",
+        }.get(self.check, f"output {self.name!r} {self.check}")
         if self.role == "tags" and self.check == "sweep":
             return (
                 f"output {self.name!r} over the sweep ({self.note}): {self.tags_agreement()} "

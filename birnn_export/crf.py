@@ -24,12 +24,15 @@ nodes; TensorRT imports both.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -153,6 +156,7 @@ class CRFDecoder(nn.Module):
             tags, score = _viterbi(
                 emissions, mask, self.start_transitions, self.end_transitions, self.transitions
             )
+            _record(self, emissions, mask, tags)
         return (tags, score) if with_score else tags
 
     def _placeholder(self, emissions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -195,6 +199,112 @@ def _viterbi(
         if p > 0:
             current = history[p - 1][rows, torch.where(inside, tag, 0)]
     return tags, best_score
+
+
+# -- best-path scores, for verification ----------------------------------------------------
+
+#: The decodes :func:`recorded_decodes` is recording in this context (``None``: none).
+_RECORDING: contextvars.ContextVar[list[tuple[np.ndarray, np.ndarray]] | None] = (
+    contextvars.ContextVar("birnn_export_crf_decodes", default=None)
+)
+
+
+def path_scores(
+    emissions: np.ndarray,
+    tags: np.ndarray,
+    lengths: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    transitions: np.ndarray,
+) -> np.ndarray:
+    """The score of each row's tag path ``[batch]``: ``start`` and the emission of its first
+    tag, then per step inside the row the transition and the emission, plus ``end`` of its last
+    tag, summed in torchcrf's order, ``(score + transition) + emission``, in ``emissions``'
+    dtype (so a float32 model's sum rounds as the graph's does).
+
+    ``emissions`` ``[batch, seq, tags]``, ``tags`` ``[batch, seq]`` (a row's path in its first
+    ``lengths[b]`` positions; what follows is ignored). A row of length 0 scores its first
+    tag's start alone, as :class:`CRFDecoder` does.
+
+    Example:
+        >>> e = np.array([[[1.0, 0.0], [0.0, 2.0]]])
+        >>> t = np.array([[0.0, 0.5], [0.25, 0.0]])
+        >>> path_scores(e, np.array([[0, 1]]), np.array([2]), np.zeros(2), np.ones(2), t)
+        array([4.5])
+    """
+    batch, steps = tags.shape[0], tags.shape[1]
+    dtype = emissions.dtype
+    start, end, transitions = (np.asarray(a, dtype) for a in (start, end, transitions))
+    rows = np.arange(batch)
+    previous = np.clip(tags[:, 0] if steps else np.zeros(batch, np.int64), 0, None)
+    score = start[previous] + (emissions[rows, 0, previous] if steps else 0)
+    for step in range(1, steps):
+        inside = step < lengths
+        tag = np.where(inside, tags[:, step], previous)
+        moved = (score + transitions[previous, tag]) + emissions[rows, step, tag]
+        score = np.where(inside, moved, score)
+        previous = tag
+    return (score + end[previous]).astype(dtype)
+
+
+def _record(crf: nn.Module, emissions: Tensor, mask: Tensor, tags: Tensor) -> None:
+    """Add one decode's best-path scores to the decodes being recorded, if any (batch-first
+    ``emissions`` and ``mask``, the decode's ``tags`` ``[batch, seq]``). A row whose mask has
+    holes (torchcrf takes them: masked steps keep the score) is recorded with length 0, not
+    compared: its path is not its first ``mask.sum()`` steps."""
+    records = _RECORDING.get()
+    if records is None:
+        return
+    mask = mask.detach().cpu().numpy().astype(bool)
+    lengths = mask.sum(axis=1)
+    scores = path_scores(
+        emissions.detach().cpu().numpy(),
+        tags.detach().cpu().numpy(),
+        lengths,
+        *(crf.get_parameter(n).detach().cpu().numpy() for n in _CRF_PARAMETERS),
+    )
+    prefix = (mask == (np.arange(mask.shape[1])[None, :] < lengths[:, None])).all(axis=1)
+    records.append((scores, np.where(prefix, lengths, 0)))
+
+
+_CRF_PARAMETERS = ("start_transitions", "end_transitions", "transitions")
+
+
+@contextlib.contextmanager
+def recorded_decodes(model: nn.Module) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """Every CRF decode ``model`` runs inside the block, in order, as ``(scores, lengths)``:
+    the best-path score of each row (:func:`path_scores` of the path the decode chose, on the
+    emissions it was given) and each row's length (0 for a mask with holes: not compared).
+    Records :class:`CRFDecoder` decodes (those made in ``forward`` too) and ``torchcrf.CRF``
+    modules' in ``model``."""
+    records: list[tuple[np.ndarray, np.ndarray]] = []
+    wrapped = [m for m in model.modules() if is_torchcrf(m) and "decode" not in vars(m)]
+    for module in wrapped:
+        vars(module)["decode"] = _recording_torchcrf(module)
+    token = _RECORDING.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDING.reset(token)
+        for module in wrapped:
+            vars(module).pop("decode", None)
+
+
+def _recording_torchcrf(crf: nn.Module) -> Callable[..., Any]:
+    decode = type(crf).decode.__get__(crf)
+
+    def recording(emissions: Tensor, mask: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        result = decode(emissions, mask, *args, **kwargs)
+        if is_tag_lists(result) and isinstance(emissions, Tensor) and emissions.dim() == 3:
+            if not crf.batch_first:
+                emissions = emissions.transpose(0, 1)
+                mask = None if mask is None else mask.transpose(0, 1)
+            if mask is None:
+                mask = torch.ones(emissions.shape[:2], dtype=torch.bool)
+            _record(crf, emissions, mask, ragged_to_padded(result, emissions.shape[1]))
+        return result
+
+    return recording
 
 
 def to_torchcrf(decoder: CRFDecoder) -> nn.Module:
@@ -318,6 +428,18 @@ HAND_WRITTEN_HINT = (
 
 
 # -- the ONNX form ---------------------------------------------------------------------------
+
+
+def viterbi_scores(proto: Any) -> list[tuple[str, str]]:
+    """``(path, tensor)`` of each decode in ``proto`` (in node order): the CRF's module path
+    and the tensor holding its best path's score ``[batch, 1]`` (the ``TopK`` over the last
+    step's scores plus ``end_transitions``, named by :func:`expand_viterbi`)."""
+    suffix = "/viterbi/last_top"
+    return [
+        (node.name[: -len(suffix)], str(node.output[0]))
+        for node in proto.graph.node
+        if node.op_type == "TopK" and node.name.endswith(suffix) and node.output
+    ]
 
 
 def is_viterbi_scan(node: Any) -> bool:

@@ -159,9 +159,13 @@ def _saved_cases(
 
 
 def _loaded_cases(
-    spec: GraphSpec, feeds: Sequence[Mapping[str, np.ndarray]]
+    spec: GraphSpec,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    described: Sequence[Mapping[str, Any]] = (),
 ) -> list[tuple[Case, dict[str, np.ndarray]]]:
-    """Cases from saved inputs: each feed checked against the graph's inputs."""
+    """Cases from saved inputs: each feed checked against the graph's inputs. ``described``:
+    what ``--save-inputs`` wrote of each case; a case saved with noise past the lengths is
+    such a case again (its label, and the summary where only such cases fail)."""
     names = [t.name for t in spec.inputs]
     cases = []
     for index, feed in enumerate(feeds):
@@ -189,8 +193,8 @@ def _loaded_cases(
                 f"declared ranges (batch up to {spec.batch_range[2]}, seq up to "
                 f"{spec.seq_range[2]}); save inputs within them, or re-export with wider ranges"
             )
-        mode = "loaded"
-        cases.append((Case(int(batch), int(seq), mode, 1.0, index), dict(feed)))
+        noise = index < len(described) and described[index].get("noise") is True
+        cases.append((Case(int(batch), int(seq), "loaded", 1.0, index, noise=noise), dict(feed)))
     return cases
 
 
@@ -373,7 +377,8 @@ def verify(
                 f"{', '.join(given)}: saved inputs run at the sizes they were saved at; drop "
                 f"{' and '.join(given)} with --load-inputs"
             )
-        loaded_cases = _loaded_cases(spec, _interop.load_feeds(load_inputs))
+        feeds_loaded = _interop.load_feeds(load_inputs)
+        loaded_cases = _loaded_cases(spec, feeds_loaded, _interop.load_cases(load_inputs))
         cases = [c for c, _ in loaded_cases]
         # saved by someone else, they are held to the budget too (a million steps ran for
         # minutes at 4.5 GB)
@@ -552,6 +557,8 @@ def verify(
             notes.append(f"recurrent layers not compared one by one: {layer_state.reason}")
         elif references is not None and references.layer_reason is not None:
             notes.append(f"recurrent layers not compared one by one: {references.layer_reason}")
+        if layer_state.score_reason is not None:
+            notes.append(f"CRF best-path scores not compared: {layer_state.score_reason}")
 
     saved_inputs = saved_outputs_path = None
     if save_inputs is not None:

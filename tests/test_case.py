@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from birnn_export._case import SINGLE_ROWS, _layer_checks, batch_invariance_checks, blame_one_step
+from birnn_export._case import (
+    SINGLE_ROWS,
+    CaseLayers,
+    _layer_checks,
+    batch_invariance_checks,
+    blame_one_step,
+)
 from birnn_export._report import CaseResult
 from birnn_export._sweep import Case, case_feed
 from birnn_export.compare import Check, NoiseCriterion
@@ -81,9 +87,8 @@ def test_a_layer_run_over_other_steps_in_the_graph_fails_its_check():
     ValueError from the comparison stopped verification with a traceback."""
     graph = {"lstm/l0": np.zeros((1, 1, 10))}
     model = {"lstm/l0": np.zeros((1, 8, 10))}
-    (check,) = _layer_checks(
-        graph, model, None, {"lstm": np.array([1])}, NoiseCriterion(), "float32"
-    )
+    layers = CaseLayers(graph=graph, reference=model, lengths={"lstm": np.array([1])})
+    (check,) = _layer_checks(layers, NoiseCriterion(), "float32")
     assert not check.passed and "has shape [1, 1, 10], the model's [1, 8, 10]" in check.note
 
 

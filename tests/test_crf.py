@@ -157,6 +157,86 @@ def test_score_is_the_best_paths_score() -> None:
         assert (path_scores(emissions, other, mask, decoder) <= best + 1e-9).all()
 
 
+def _torchcrf_score(
+    crf: nn.Module, emissions: torch.Tensor, tags: torch.Tensor, mask
+) -> np.ndarray:
+    """torchcrf's own score of batch-first ``tags`` (its log-likelihood's numerator)."""
+    first = emissions.transpose(0, 1), tags.clamp(min=0).transpose(0, 1), mask.transpose(0, 1)
+    with torch.no_grad():
+        return crf._compute_score(*first).numpy()
+
+
+def test_path_scores_equal_torchcrfs_own_score() -> None:
+    """Verification scores the reference's decoded path with crf.path_scores: in float64 it is
+    torchcrf's own score of the path, on ragged rows of any tags."""
+    from birnn_export.crf import path_scores as scores_of
+
+    crf = _trained_like(torchcrf.CRF(TAGS, batch_first=True)).double()
+    gen = torch.Generator().manual_seed(7)
+    for batch, steps in _shapes():
+        emissions = torch.randn(batch, steps, TAGS, generator=gen, dtype=torch.float64)
+        mask = _ragged_mask(batch, steps, gen)
+        tags = torch.randint(0, TAGS, (batch, steps), generator=gen).masked_fill(~mask, -1)
+        got = scores_of(
+            emissions.numpy(),
+            tags.numpy(),
+            mask.sum(1).numpy(),
+            *(p.detach().numpy() for p in (crf.start_transitions, crf.end_transitions)),
+            crf.transitions.detach().numpy(),
+        )
+        want = _torchcrf_score(crf, emissions, tags, mask)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=str((batch, steps)))
+
+
+@pytest.mark.parametrize("crf_kind", ["torchcrf", "torchcrf time-major", "CRFDecoder in forward"])
+def test_recorded_decodes_are_the_best_paths_scores(crf_kind: str) -> None:
+    """Each decode a model runs is recorded as the best path's score of each row: torchcrf's
+    score of the tags it decoded, which no other path beats (the decoder's own max), for a
+    torchcrf.CRF in either layout and a CRFDecoder made in forward (README: "made in
+    forward or once in __init__"); the model is left as it was."""
+    from birnn_export.crf import recorded_decodes
+
+    crf = _trained_like(torchcrf.CRF(TAGS, batch_first=crf_kind != "torchcrf time-major"))
+
+    class MadeInForward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.start, self.end = crf.start_transitions, crf.end_transitions
+            self.transitions = crf.transitions
+
+        def forward(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            decoder = CRFDecoder.from_parameters(
+                self.start, self.end, self.transitions, batch_first=True
+            )
+            return decoder.decode(emissions, mask)
+
+    model = MadeInForward() if crf_kind.startswith("CRFDecoder") else DecodeOnly(crf)
+    gen = torch.Generator().manual_seed(8)
+    emissions = torch.randn(6, 9, TAGS, generator=gen)
+    mask = _ragged_mask(6, 9, gen)
+    given = (emissions, mask) if crf.batch_first else (emissions.transpose(0, 1), mask.T)
+    with torch.no_grad(), recorded_decodes(model) as decodes:
+        model(*given)
+    ((scores, lengths),) = decodes
+    np.testing.assert_array_equal(lengths, mask.sum(1).numpy())
+    with torch.no_grad():
+        params = (crf.start_transitions, crf.end_transitions, crf.transitions)
+        decoder = CRFDecoder.from_parameters(*params, batch_first=True)
+        tags, best = decoder.decode(emissions, mask, with_score=True)
+    np.testing.assert_allclose(scores, _torchcrf_score(crf, emissions, tags, mask), rtol=1e-6)
+    np.testing.assert_allclose(scores, best.numpy(), rtol=1e-6)
+    assert scores.dtype == np.float32  # summed in the model's precision: eager's noise floor
+    assert not any("decode" in vars(m) for m in model.modules())
+    model(*given)  # outside the block: nothing recorded
+    assert len(decodes) == 1
+    holes = mask.clone()
+    holes[0, 4] = False  # torchcrf's masked steps keep the score: not the first 8 steps' path
+    given = (emissions, holes) if crf.batch_first else (emissions.transpose(0, 1), holes.T)
+    with torch.no_grad(), recorded_decodes(model) as decodes:
+        model(*given)
+    assert decodes[0][1][0] == 0 and (decodes[0][1][1:] == lengths[1:]).all()
+
+
 def test_padding_is_minus_one_past_each_rows_length() -> None:
     decoder = CRFDecoder(3, batch_first=True)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
@@ -347,6 +427,48 @@ def test_verification_fails_a_graph_with_wrong_transitions(tagger_graph, tmp_pat
     assert not report.passed
     failed = [o for o in report.failures[0].outputs if not o.passed]
     assert failed and failed[0].role == "tags" and "tags differ" in failed[0].note
+
+
+def test_verification_fails_a_crf_whose_end_scores_moved_though_its_tags_agree(
+    tagger_graph, tmp_path
+) -> None:
+    """A graph whose CRF end_transitions were zeroed (|values| <= 0.08 in a trained tagger)
+    decoded 1% of rows differently and passed at 4 seeds of 6: tags were its only check
+    (users36 F2). The best path's score inside the graph is compared with the model's in
+    every row: here end_transitions shrink by 1%, no tag of the sweep changes, and the
+    score check fails every case with a diagnosis naming the CRF."""
+    model, path, result = tagger_graph
+    scores = [o for c in result.verification.cases for o in c.outputs if o.check == "score"]
+    assert scores and all(o.passed and o.name == "crf" for o in scores)
+    proto = onnx.load(path)
+    end = next(i for i in proto.graph.initializer if i.name == "crf.end_transitions")
+    end.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(end) * 0.99, end.name))
+    broken = tmp_path / "end.onnx"
+    onnx.save(proto, broken)
+    report = verify(broken, model)
+    assert not report.passed and len(report.failures) == len(report.cases)
+    checks = [o for c in report.cases for o in c.outputs]
+    assert all(o.passed for o in checks if o.role == "tags")
+    failed = {o.check for o in checks if not o.passed}
+    assert failed == {"score"}, failed
+    assert "CRF 'crf' best-path score" in report.summary()
+    assert "best path's score of CRF 'crf' inside the graph differs" in (
+        report.failures[0].diagnosis or ""
+    )
+
+
+def test_a_decode_the_model_did_not_run_is_noted_not_compared() -> None:
+    """The graph's decodes are paired with the model's in the order they ran: where their
+    numbers differ (a CRF of another library, not recorded) the scores are not compared, and
+    verification says why."""
+    from birnn_export._case import LayerState, _crf_scores
+
+    state = LayerState(scores=(("crf", "crf/viterbi/best_score_col"),))
+    graph = {"crf/viterbi": np.zeros(2)}
+    assert _crf_scores(state, graph, {"reference_decodes": []}) == {}
+    assert state.score_reason == "the graph holds 1 CRF decode(s), the model ran 0 of a " + (
+        "torchcrf.CRF or CRFDecoder"
+    )
 
 
 def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:

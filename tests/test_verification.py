@@ -726,11 +726,18 @@ def test_a_graph_reading_the_padding_its_model_zeroes_fails_on_noise_past_the_le
     assert [c.noise for c in good.cases] == [False, False, True]
     ran_alone = [any(o.check == "batch-invariance" for o in c.outputs) for c in good.cases]
     assert ran_alone == [True, False, False]  # ragged rows alone; not equal ones, nor noise
-    bad = verify(plant_dropped_masked_fill(path, tmp_path / "unmasked.onnx"), model, **sweep)
+    unmasked = plant_dropped_masked_fill(path, tmp_path / "unmasked.onnx")
+    saved = tmp_path / "failing.npz"
+    bad = verify(unmasked, model, save_inputs=saved, **sweep)
     assert not bad.passed
     assert [c.passed for c in bad.cases] == [True, True, False]
     assert "B=6 T=9 ragged, noise past the lengths" in bad.summary()
     assert NOISE_ONLY in bad.summary()
+    # replayed, the saved noise case is one again (review23: it came back as "B=6 T=9 loaded")
+    replay = verify(unmasked, model, load_inputs=saved)
+    assert [(c.noise, c.passed) for c in replay.cases] == [(True, False)]
+    assert "B=6 T=9 loaded, noise past the lengths" in replay.summary()
+    assert NOISE_ONLY in replay.summary()
 
 
 def test_layers_given_initial_states_are_compared_and_a_dropped_state_located(
