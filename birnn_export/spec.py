@@ -1004,7 +1004,8 @@ def make_feed(
         steps = sizes[spec.time_dim]
         outer = np.full(batch, steps, dtype=np.int64) if outer is None else outer
         rows = _nested_lengths(outer, steps, sizes[dim], rng, lengths, ranges[dim][0])
-        rows[np.arange(steps)[None, :] >= outer[:, None]] = 0  # a padding word: all padding
+        # a padding word: all padding, or the noise written past the lengths left as it is
+        rows[np.arange(steps)[None, :] >= outer[:, None]] = sizes[dim] if noise else 0
         data, low = feed[tensor.name], int(tensor.low or 0)
         high = tensor.high if isinstance(tensor.high, (int, float)) else low
         if low + 1 <= high:  # no padding id inside a word: the model may find its end by it

@@ -242,6 +242,15 @@ def test_characters_without_lengths_are_padded_past_each_words_end():
     assert len(set(spelled[valid].tolist())) > 2 and np.all(spelled[~valid] == 0)
     inside = np.arange(7)[None, None, :] < spelled[..., None]
     assert np.all(chars[inside] != 2) and np.all(chars[~inside] == 2)
+    # with noise past the lengths, padding words keep it (review23: it was padding again);
+    # valid words are spelled as before, padded past their ends
+    noisy = make_feed(unmeasured, 6, 9, seed=5, dims={"chars": 7}, noise=True)
+    assert np.array_equal(noisy["lengths"], lengths)
+    assert np.mean(noisy["chars"][~valid] != 2) > 0.9
+    spelled = (noisy["chars"] != 2).sum(-1)
+    inside = np.arange(7)[None, None, :] < spelled[..., None]
+    assert np.all(noisy["chars"][valid][inside[valid]] != 2)
+    assert np.all(noisy["chars"][valid][~inside[valid]] == 2)
 
 
 def test_same_seed_same_feed():
