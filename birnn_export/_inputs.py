@@ -1067,7 +1067,10 @@ def _feature_size(layer: nn.Module) -> int | None:
 
 
 def _stem(name: str) -> str:
-    """The sequence a lengths or mask parameter names (``premise_lengths`` -> ``premise``)."""
+    """The sequence a lengths or mask parameter names (``premise_lengths`` -> ``premise``,
+    ``words_per_sentence`` -> ``words``)."""
+    if _PER_NAME.match(name):
+        return re.sub(r"^(?:n_|num_)", "", name).split("_per_")[0]
     return re.sub(r"_(lengths|lens|len|length|padding_mask|pad_mask|mask)$", "", name)
 
 
@@ -1140,13 +1143,19 @@ _CHARS = re.compile(r"(^|_)char(s|acters?)?(_|$)")
 
 #: Endings that mark one of two parameters of the same kind (``attention_mask_a``, ``mask2``).
 _PAIR_MARK = re.compile(r"(_[ab12]|[12])$")
+#: A count of steps in each row or step, as the HAN tutorials name them
+#: (``sentences_per_document``, ``words_per_sentence``), not a rate (``samples_per_second``).
+_PER_NAME = re.compile(r"^(?:n_|num_)?[a-z]+s_per_(?!sec|second|ms|minute|hour)[a-z]+$")
 
 
 def param_role(name: str) -> str | None:
     """``"lengths"`` or a mask role for a parameter so named (``lengths``, ``premise_lens``,
-    ``sent1_len``; ``attention_mask``, ``premise_mask``, ``attention_mask_b``), else ``None``."""
+    ``sent1_len``, ``words_per_sentence``; ``attention_mask``, ``premise_mask``,
+    ``attention_mask_b``), else ``None``."""
     for candidate in dict.fromkeys([name, _PAIR_MARK.sub("", name)]):
         if candidate in LENGTHS_NAMES or candidate.endswith(("_lengths", "_lens")):
+            return "lengths"
+        if _PER_NAME.match(candidate):
             return "lengths"
         if candidate.endswith(("_len", "_length")) and not candidate.startswith(("max_", "min_")):
             return "lengths"

@@ -994,9 +994,12 @@ _BROADCAST = re.compile(
 
 
 #: A model's error about an input too short for its front end (a kernel or padding larger than
-#: the input, a pooled size of 0), not any error that names a size (a broadcast's).
+#: the input, a pooled size of 0, one step left for an InstanceNorm after the pools: torch says
+#: "more than 1 spatial element when training" in eval too), not any error that names a size
+#: (a broadcast's).
 _TOO_SHORT = re.compile(
-    r"greater than|less than|too small|output size|padding size|kernel size", re.IGNORECASE
+    r"greater than|less than|too small|output size|padding size|kernel size|more than 1 spatial",
+    re.IGNORECASE,
 )
 
 

@@ -600,6 +600,14 @@ def _signature(*names: str) -> nn.Module:
                 "sentence_lengths:int64[batch,seq]:lengths(sentence_seq)",
             ],
         ),
+        (  # the same as the HAN tutorials name it (users37: refused)
+            ("documents", "sentences_per_document", "words_per_sentence"),
+            [
+                "documents:int64[batch,seq,words_seq]",
+                "sentences_per_document:int64[batch]:lengths(seq)",
+                "words_per_sentence:int64[batch,seq]:lengths(words_seq)",
+            ],
+        ),
         (
             ("docs", "doc_mask", "sentence_mask"),
             [
@@ -640,6 +648,7 @@ def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> Non
         ("a", "x_lens", "y_lens", "b"),  # not in turn, nor sequences first, nor named alike
         ("ids", "lengths", "attention_mask"),  # two of one sequence, not a nested one
         ("ids", "lengths", "speaker"),  # not lengths
+        ("x", "x_lens", "frames_per_second"),  # a rate, not lengths
     ],
 )
 def test_other_signatures_are_not_read_as_pairs(names) -> None:
@@ -1672,6 +1681,35 @@ def test_an_example_too_short_for_a_window_is_told_the_range(tmp_path) -> None:
     with pytest.raises(ExportError) as caught:
         export_onnx(_Waveform().eval(), tmp_path / "w.onnx", inputs=["input:float32[batch,time]"])
     assert "the example's time was 11" in str(caught.value)
+    assert "--range time=MIN,64,256" in str(caught.value)
+
+
+class _PooledInstanceNorm(nn.Module):
+    """pyannote's SincNet shape: pools, then an InstanceNorm1d, which needs 2 steps or more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool1d(16)
+        self.norm = nn.InstanceNorm1d(1, affine=True)
+        self.lstm = nn.LSTM(1, 8, batch_first=True, bidirectional=True)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.pool(waveforms))
+        return self.lstm(x.transpose(1, 2))[0]
+
+
+def test_an_example_too_short_for_an_instance_norm_is_told_the_range(tmp_path) -> None:
+    """torch's "Expected more than 1 spatial element when training" (in eval too) after the
+    pools left one step: it was shown alone, without the range to declare (users37)."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(
+            _PooledInstanceNorm().eval(),
+            tmp_path / "n.onnx",
+            inputs=["waveforms:float32[batch,1,time]"],
+            ranges={"time": (16, 64, 256)},
+        )
+    assert "more than 1 spatial element" in str(caught.value)
+    assert "the example's time was 17" in str(caught.value)
     assert "--range time=MIN,64,256" in str(caught.value)
 
 
