@@ -1031,7 +1031,22 @@ def _sequence_pairs(model: nn.Module) -> list[tuple[str, str]]:
         return [(seq, next(m for m in marks if by_name[m] == seq)) for seq in sequences]
     in_turn = roles[::2] == [None] * len(sequences)
     first = roles[: len(sequences)] == [None] * len(sequences)
+    # a name of no sequence (lengths, masks) measures the first one: GRU-D's forward(values,
+    # masks, deltas, lengths) has one sequence, deltas its time gaps (users37)
+    if any(mark in _GENERIC_MARKS for mark in marks[1:]):
+        return []
     return list(zip(sequences, marks, strict=True)) if in_turn or first else []
+
+
+#: Lengths and mask names that name no sequence of their own.
+_GENERIC_MARKS = frozenset(
+    {
+        *("lengths", "lens", "length", "seq_lens", "seq_lengths", "sequence_lengths", "seq_len"),
+        *("input_lengths", "input_lens", "mask", "masks", "seq_mask", "sequence_mask"),
+        *("input_mask", "valid_mask", "padding_mask", "pad_mask", "attention_mask", "attn_mask"),
+        "key_padding_mask",
+    }
+)
 
 
 def _stream_sizes(

@@ -362,7 +362,7 @@ def in_reference_order(
         got = graph[name]
         if got[:, : want.shape[1]].shape != want.shape:
             continue  # the layer ran on other steps: the layer check says so
-        order = _tie_order(got[:, : want.shape[1]], want, rows)
+        order = tie_order(got[:, : want.shape[1]], want, rows)
         if order is not None:
             out[name] = got[order]
     return out
@@ -372,7 +372,7 @@ def in_reference_order(
 _REORDERED_GAIN = 100.0
 
 
-def _tie_order(got: np.ndarray, want: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+def tie_order(got: np.ndarray, want: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
     """Indices that put ``got``'s rows in ``want``'s order among rows of equal length; ``None``
     where each row is already nearest its own."""
     valid = (np.arange(want.shape[1])[None, :] < rows[:, None])[..., None]

@@ -471,6 +471,23 @@ def test_a_decode_the_model_did_not_run_is_noted_not_compared() -> None:
     )
 
 
+def test_scores_of_rows_of_equal_length_are_taken_in_the_models_order() -> None:
+    """A model that sorts its rows by length and decodes them sorted: torch.sort and ONNX's
+    TopK order rows of equal length differently, so the graph's scores are matched to the
+    model's among those rows (as its layers' are), never across lengths."""
+    from birnn_export._case import LayerState, _crf_scores
+
+    state = LayerState(scores=(("crf", "t"),))
+    lengths = np.array([3, 3, 1, 2])
+    want = np.array([10.0, 20.0, 30.0, 40.0])
+    swapped = {"crf/viterbi": np.array([20.0, 10.0, 30.0, 40.0])}
+    scores = _crf_scores(state, swapped, {"reference_decodes": [(want, lengths)]})["crf"]
+    np.testing.assert_array_equal(scores.graph, want)
+    across = {"crf/viterbi": np.array([10.0, 20.0, 40.0, 30.0])}  # lengths 1 and 2: a defect
+    scores = _crf_scores(state, across, {"reference_decodes": [(want, lengths)]})["crf"]
+    np.testing.assert_array_equal(scores.graph, across["crf/viterbi"])
+
+
 def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
     class HandCRF(nn.Module):
         def __init__(self) -> None:
