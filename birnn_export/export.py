@@ -1438,16 +1438,19 @@ def _pooling_over_two_dims() -> Iterator[None]:
 @contextlib.contextmanager
 def _float_clamp_bounds() -> Iterator[None]:
     """While inside, ``clamp`` and ``clip`` (torch's and the tensor methods) of a floating
-    tensor take int bounds as floats. pyannote's SincNet (and asteroid's ``ParamSincFB``) call
-    ``torch.clamp(x, self.min_low_hz, self.sample_rate / 2)``, an int and a float: the exporter's
-    type promotion made one bound a tensor of its own type, and no ``aten.clamp`` overload took
-    the pair (users37: a correct model refused, in a library its user cannot edit). Eager
-    compares a floating tensor with an int bound in the tensor's type: the same values."""
+    tensor take int bounds as floats, numbers and tensors alike. pyannote's SincNet (and
+    asteroid's ``ParamSincFB``) call ``torch.clamp(x, self.min_low_hz, self.sample_rate / 2)``,
+    an int and a float: the exporter's type promotion made one bound a tensor of its own type,
+    and no ``aten.clamp`` overload took the pair (users37: a correct model refused, in a library
+    its user cannot edit); an int tensor beside a float bound failed alike. Eager compares a
+    floating tensor with an int bound in the tensor's type: the same values."""
     names = ("clamp", "clip", "clamp_", "clip_")
     patched = [(owner, name) for owner in (torch, Tensor) for name in names if hasattr(owner, name)]
     originals = {(owner, name): owner.__dict__.get(name) for owner, name in patched}
 
-    def floats(value: Any) -> Any:
+    def floats(value: Any, like: Tensor) -> Any:
+        if isinstance(value, Tensor) and value.dtype in _INT_DTYPES:
+            return value.to(like.dtype)
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     def promoting(original: Any) -> Any:
@@ -1455,8 +1458,8 @@ def _float_clamp_bounds() -> Iterator[None]:
         def call(*args: Any, **kwargs: Any) -> Any:
             x = args[0] if args else kwargs.get("input")  # torch.clamp(input=x, ...) too
             if isinstance(x, Tensor) and x.is_floating_point():
-                args = args[:1] + tuple(floats(a) for a in args[1:])
-                kwargs = {k: floats(v) if k in ("min", "max") else v for k, v in kwargs.items()}
+                args = args[:1] + tuple(floats(a, x) for a in args[1:])
+                kwargs = {k: floats(v, x) if k in ("min", "max") else v for k, v in kwargs.items()}
             return original(*args, **kwargs)
 
         return call
@@ -1471,6 +1474,10 @@ def _float_clamp_bounds() -> Iterator[None]:
                 delattr(owner, name)
             else:
                 setattr(owner, name, original)
+
+
+#: Integer tensor dtypes (a clamp bound of one is taken in the clamped tensor's dtype).
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 @contextlib.contextmanager

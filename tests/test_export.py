@@ -662,7 +662,8 @@ def test_a_python_number_made_in_a_layer_of_another_file_is_named_with_its_line(
 
 
 @pytest.mark.parametrize(
-    "call", ["torch.clamp", "method", "torch.clip keywords", "input keyword", "in place"]
+    "call",
+    ["torch.clamp", "method", "torch.clip keywords", "input keyword", "in place", "int tensor"],
 )
 def test_a_clamp_with_an_int_and_a_float_bound_exports_as_eager_computes_it(tmp_path, call):
     """pyannote's SincNet clamps with torch.clamp(x, 50, 8000.0), in a library its user cannot
@@ -675,9 +676,12 @@ def test_a_clamp_with_an_int_and_a_float_bound_exports_as_eager_computes_it(tmp_
             super().__init__()
             self.low, self.rnn = 50, nn.LSTM(4, 5, batch_first=True, bidirectional=True)
             self.scale = nn.Parameter(torch.linspace(1.0, 100.0, 4))
+            self.register_buffer("low_tensor", torch.tensor(50))
 
         def forward(self, x):
-            if call == "torch.clamp":
+            if call == "int tensor":  # failed alike, with the overload explanation
+                scale = torch.clamp(self.scale, self.low_tensor, 80.0)
+            elif call == "torch.clamp":
                 scale = torch.clamp(self.scale, self.low, 80.0)
             elif call == "method":
                 scale = self.scale.clamp(self.low, 80.0)
@@ -694,6 +698,28 @@ def test_a_clamp_with_an_int_and_a_float_bound_exports_as_eager_computes_it(tmp_
     assert result.verification.passed, result.verification.summary()
     assert torch.clamp is torch._C._VariableFunctions.clamp  # put back after the trace
     assert {name: torch.Tensor.__dict__.get(name) for name in before} == before
+
+
+def test_an_op_no_overload_of_takes_the_promoted_arguments_is_explained(tmp_path):
+    """An int tensor clamped by a float bound (torch.clamp(ids, 0.5, 2)) has no aten.clamp
+    overload once the exporter promotes the numbers: the refusal says so, with its line and
+    what to change, not torch's list of overloads."""
+
+    class IntClamped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            steps = torch.clamp((x[..., :1] * 10).long(), 0.5, 2)
+            return self.rnn(x * steps)[0]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(IntClamped().eval(), tmp_path / "i.onnx", input_size=4)
+    message = str(caught.value)
+    assert "no overload of aten.clamp at test_export.py:" in message
+    assert "give them one type" in message and "Tried overloads" not in message
+    assert not (tmp_path / "i.onnx").exists()
 
 
 def test_the_line_named_may_be_in_a_package_installed_under_pythons_own_library(
