@@ -434,7 +434,7 @@ def check_graph(
                 elif tensor.name in inputs and where:  # the model's own line: what to change
                     told.add(where)
                     instead = (
-                        "a Python loop over it unrolls to the example's length: compute over "
+                        f"{UNROLLED_LOOP} to the example's length: compute over "
                         "the whole dim with tensor ops (cumsum, a recurrent layer)"
                         if re.search(r"\bfor\b|\brange\(", where)
                         else "a size made a Python number (len(x), int(x.shape[i])) is frozen "
@@ -543,6 +543,10 @@ def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
     return problems
 
 
+#: How a problem begins its advice where the model's line that fixed a size is a Python loop.
+UNROLLED_LOOP = "a Python loop over it unrolls"
+
+
 def raise_for_problems(
     model: Any,
     spec: GraphSpec,
@@ -552,8 +556,9 @@ def raise_for_problems(
 ) -> None:
     problems = check_graph(model, spec, ignore=ignore, fixed_at=fixed_at)
     if problems and crfs:  # a hand-written Viterbi froze the length: that is the cause
+        where = problems[0].partition(f": {UNROLLED_LOOP}")[0]  # not the advice for other loops
         raise ExportError(
-            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {problems[0]})"
+            f"{', '.join(crfs)}: {HAND_WRITTEN_HINT} (the graph traced from it: {where})"
         )
     if problems:
         shown = problems[:3] + ([f"(+{len(problems) - 3} more)"] if len(problems) > 3 else [])

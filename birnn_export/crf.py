@@ -423,7 +423,9 @@ def crfs_that_run(model: nn.Module, run: Callable[[], Any]) -> list[str]:
 HAND_WRITTEN_HINT = (
     "a hand-written CRF's Viterbi loop cannot be exported; decode with "
     "birnn_export.CRFDecoder.from_parameters(start, end, transitions) in forward instead "
-    "(README, 'CRF taggers')"
+    "(transitions[i, j] scores tag i followed by j: the PyTorch tutorial's [to, from] matrix T "
+    "with START and STOP tags gives from_parameters(T[:n, START], T[STOP, :n], T[:n, :n].t()) "
+    "for its n other tags; README, 'CRF taggers')"
 )
 
 

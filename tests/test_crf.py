@@ -522,6 +522,11 @@ def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
     message = str(caught.value)
     assert message.startswith("crf: a hand-written CRF") and "\n" not in message
     assert "CRFDecoder.from_parameters" in message
+    # the tutorial's [to, from] matrix, the likeliest to be passed the wrong way round
+    assert "from_parameters(T[:n, START], T[STOP, :n], T[:n, :n].t())" in message
+    # where its loop fixed the length, not the advice for a loop of another kind (users38)
+    assert "range(1, emissions.shape[1])" in message, message
+    assert "a Python loop over it unrolls" not in message and "DanQ" not in message
     assert not (tmp_path / "hand.onnx").exists()
     # The hook: the same scores in a CRFDecoder decode the same and export.
     ids = torch.randint(0, 20, (3, 9), generator=torch.Generator().manual_seed(7))

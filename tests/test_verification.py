@@ -1742,7 +1742,9 @@ def test_the_verdict_is_one_line_in_a_log(tagger_files: tuple[Path, Path]) -> No
 
 def test_only_noise_cases_failing_on_their_values_are_called_a_read_of_the_padding() -> None:
     """An engine that crashes at the noise case's shape is an engine error there, not a graph
-    reading past the lengths (review23)."""
+    reading past the lengths (review23); nor are decoded tags that differ there alone: its
+    valid steps are new rows too, where a CRF whose score moved decodes another path
+    (users38)."""
     from birnn_export._report import NOISE_ONLY
     from birnn_export.compare import Check
 
@@ -1758,6 +1760,11 @@ def test_only_noise_cases_failing_on_their_values_are_called_a_read_of_the_paddi
     assert NOISE_ONLY in report(padded, noisy).summary()
     assert NOISE_ONLY not in report(padded, crashed).summary()
     assert NOISE_ONLY not in report(dataclasses.replace(padded, outputs=(wrong,)), noisy).summary()
+    tags = Check("tags", "tags", "values", 2.0, 0.0, 0.01, False, note="2 of 832 tags differ")
+    assert NOISE_ONLY not in report(padded, dataclasses.replace(noisy, outputs=(tags,))).summary()
+    score = Check("crf", "score", "score", 0.5, 0.5, 0.5, False)
+    both = dataclasses.replace(noisy, outputs=(tags, score))
+    assert NOISE_ONLY in report(padded, both).summary()  # a score moved only there: it reads it
 
 
 def test_verification_runs_onnx_runtime_with_its_idle_threads_asleep(
