@@ -57,8 +57,8 @@ from birnn_export.spec import (
 
 
 def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[Check]:
-    """Every recurrent layer's output in the graph against the reference's, at valid steps,
-    then each CRF's best-path score (``"score"`` checks)."""
+    """The probe's checks: every recurrent layer's output in the graph against the
+    reference's, at valid steps, then each CRF's best-path score (:func:`_score_checks`)."""
     graph, eager, lengths = layers.graph or {}, layers.eager, layers.lengths or {}
     checks = []
     for name, want in (layers.reference or {}).items():
@@ -90,17 +90,40 @@ def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[
                 note="the layer's own output inside the graph",
             )
         )
-    for path, score in layers.scores.items():
+    return checks + _score_checks(layers.scores, criterion, dtype)
+
+
+def _score_checks(scores: Mapping[str, CRFScores], criterion: Criterion, dtype: str) -> list[Check]:
+    """Each CRF's best-path score in the graph against the reference's decoded path's. The
+    Viterbi sums in float32 at least (a float16 graph's too), whose ulp is the floor; a fixed
+    ``atol`` is the outputs' per step the row sums (a score of 256 steps is a sum of 256
+    emissions, each held to ``atol``)."""
+    checks = []
+    sums = str(np.promote_types(np.dtype(dtype), np.float32))
+    for path, score in scores.items():
+        if score.graph.shape != score.reference.shape:
+            note = (
+                f"the best path's score inside the graph has shape {list(score.graph.shape)}, "
+                f"the model's {list(score.reference.shape)}"
+            )
+            checks.append(
+                Check(path, "score", "score", math.inf, math.inf, math.inf, False, note=note)
+            )
+            continue
+        judged = criterion
+        if isinstance(criterion, Tolerance):
+            steps = max(1, int(score.lengths.max(initial=0)))
+            judged = dataclasses.replace(criterion, atol=criterion.atol * steps)
         checks.append(
             compare(
                 path,
                 "score",
                 score.graph,
                 score.reference,
-                criterion=criterion,
+                criterion=judged,
                 eager=score.eager,
                 mask=score.lengths > 0,
-                dtype=dtype,
+                dtype=sums,
                 role="score",
                 note="the best path's score inside the graph vs the model's decoded path's",
             )
@@ -700,6 +723,41 @@ class LayerState:
     score_reason: str | None = None
 
 
+def scores_note(
+    proto: Any,
+    results: Sequence[CaseResult],
+    state: LayerState,
+    engines: Sequence[str],
+) -> list[str]:
+    """Why no CRF best-path score was compared in a graph that decodes, or in some of its
+    cases (empty where every case compared them, or the graph has no decode)."""
+    from birnn_export.crf import is_viterbi_scan
+
+    if not any(is_viterbi_scan(node) for node in proto.graph.node):
+        return []
+    results = [r for r in results if r.engine == "ort-cpu" and r.error is None]  # the probe's
+    compared = sum(any(o.check == "score" for o in r.outputs) for r in results)
+    why = state.score_reason
+    if not compared and why is None:
+        if state.reason == "off":
+            why = "the layer probe, which reads them, is off"
+        elif state.reason is not None:
+            why = f"the layer probe, which reads them, cannot run: {state.reason}"
+        elif "ort-cpu" not in engines:
+            why = "the layer probe reads them on ONNX Runtime CPU, which is not among the engines"
+        elif not state.scores:
+            why = (
+                "no TopK named <CRF>/viterbi/last_top holds a decode's best score (renamed by a "
+                "tool?)"
+            )
+        else:
+            why = "the layer probe could not read them"
+    if why is None:
+        return []
+    where = "" if not compared else f" in {len(results) - compared} of {len(results)} case(s)"
+    return [f"CRF best-path scores not compared{where}: {why}; the tags were, exactly"]
+
+
 def layer_setup(
     proto: Any,
     spec: GraphSpec,
@@ -717,9 +775,9 @@ def layer_setup(
         references.attach_layers(mapped)
     except LayersUnavailable as exc:
         return LayerState(reason=str(exc))
-    from birnn_export.crf import viterbi_scores
+    from birnn_export.crf import viterbi_score_tensors
 
-    scores = tuple(viterbi_scores(proto))
+    scores = tuple(viterbi_score_tensors(proto))
     kinds = {
         type(side.layers.modules[p]).__name__ for side in references.sides.values() for p in mapped
     }
@@ -788,9 +846,12 @@ def _crf_scores(
         return {}
     reference, eager = ran.get("reference_decodes", []), ran.get("eager_decodes")
     if len(reference) != len(state.scores) or (eager is not None and len(eager) != len(reference)):
+        ran = f"{len(reference)}" + (
+            f" (eager: {len(eager)})" if eager is not None and len(eager) != len(reference) else ""
+        )
         state.score_reason = (
-            f"the graph holds {len(state.scores)} CRF decode(s), the model ran "
-            f"{len(reference)} of a torchcrf.CRF or CRFDecoder"
+            f"the graph holds {len(state.scores)} CRF decode(s), the model ran {ran} of a "
+            "torchcrf.CRF or CRFDecoder that could be recorded"
         )
         return {}
     out = {}

@@ -1159,8 +1159,12 @@ _CHARS = re.compile(r"(^|_)char(s|acters?)?(_|$)")
 #: Endings that mark one of two parameters of the same kind (``attention_mask_a``, ``mask2``).
 _PAIR_MARK = re.compile(r"(_[ab12]|[12])$")
 #: A count of steps in each row or step, as the HAN tutorials name them
-#: (``sentences_per_document``, ``words_per_sentence``), not a rate (``samples_per_second``).
-_PER_NAME = re.compile(r"^(?:n_|num_)?[a-z]+s_per_(?!sec|second|ms|minute|hour)[a-z]+$")
+#: (``sentences_per_document``, ``words_per_sentence``): per a unit of text or speech, not a
+#: rate nor a size (``samples_per_second``, ``frames_per_chunk``, ``steps_per_epoch``).
+_PER_NAME = re.compile(
+    r"^(?:n_|num_)?[a-z]+s_per_(?:doc|document|sentence|sent|paragraph|utterance|utt|word|"
+    r"turn|dialog|dialogue|conversation|session|line|page|review|post|article|query|segment)$"
+)
 
 
 def param_role(name: str) -> str | None:

@@ -225,7 +225,7 @@ class GraphLayers:
     ) -> None:
         self.proto, self.layers, self.dtype = proto, tuple(layers), dtype
         self.folder = folder  # where the graph's external data files lie
-        #: ``(CRF path, tensor)`` of each decode's best-path score (crf.viterbi_scores).
+        #: ``(CRF path, tensor)`` of each decode's best-path score (crf.viterbi_score_tensors).
         self.scores = tuple(scores)
         self._runner: Any = None
         self._folder: Any = None

@@ -368,7 +368,8 @@ def describe_reference(reference: Any, converted: Any, decodes: bool = True) -> 
     from birnn_export.crf import is_torchcrf
 
     torchcrf = decodes and any(is_torchcrf(m) for m in reference.modules())
-    crf = " and torchcrf's decode" if torchcrf else ""
+    # else its decode is a CRFDecoder's, made in forward too (a hand-written CRF's hook)
+    crf = " and torchcrf's decode" if torchcrf else " and CRFDecoder's decode" if decodes else ""
     if any(isinstance(m, nn.RNNBase) for m in reference.modules()):
         if getattr(reference, "rebuilt", False):
             return (

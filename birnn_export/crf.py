@@ -220,11 +220,11 @@ def path_scores(
     """The score of each row's tag path ``[batch]``: ``start`` and the emission of its first
     tag, then per step inside the row the transition and the emission, plus ``end`` of its last
     tag, summed in torchcrf's order, ``(score + transition) + emission``, in ``emissions``'
-    dtype (so a float32 model's sum rounds as the graph's does).
+    dtype.
 
     ``emissions`` ``[batch, seq, tags]``, ``tags`` ``[batch, seq]`` (a row's path in its first
-    ``lengths[b]`` positions; what follows is ignored). A row of length 0 scores its first
-    tag's start alone, as :class:`CRFDecoder` does.
+    ``lengths[b]`` positions; what follows is ignored; a row of length 0 scores tag 0's first
+    step, a number of no meaning).
 
     Example:
         >>> e = np.array([[[1.0, 0.0], [0.0, 2.0]]])
@@ -247,23 +247,31 @@ def path_scores(
     return (score + end[previous]).astype(dtype)
 
 
+@torch.compiler.disable
 def _record(crf: nn.Module, emissions: Tensor, mask: Tensor, tags: Tensor) -> None:
     """Add one decode's best-path scores to the decodes being recorded, if any (batch-first
-    ``emissions`` and ``mask``, the decode's ``tags`` ``[batch, seq]``). A row whose mask has
-    holes (torchcrf takes them: masked steps keep the score) is recorded with length 0, not
-    compared: its path is not its first ``mask.sum()`` steps."""
+    ``emissions`` and ``mask``, the decode's ``tags`` ``[batch, seq]``), summed in float32 at
+    least, as the graph's Viterbi sums a float16 graph's. A row whose mask has holes (torchcrf
+    takes them: masked steps keep the score) is recorded with length 0, not compared: its path
+    is not its first ``mask.sum()`` steps. Outside ``torch.compile``'s graphs (a compiled
+    reference), and never failing the model's run: a decode it cannot score is left out, and
+    the count of decodes then says the scores were not compared."""
     records = _RECORDING.get()
     if records is None:
         return
-    mask = mask.detach().cpu().numpy().astype(bool)
-    lengths = mask.sum(axis=1)
-    scores = path_scores(
-        emissions.detach().cpu().numpy(),
-        tags.detach().cpu().numpy(),
-        lengths,
-        *(crf.get_parameter(n).detach().cpu().numpy() for n in _CRF_PARAMETERS),
-    )
-    prefix = (mask == (np.arange(mask.shape[1])[None, :] < lengths[:, None])).all(axis=1)
+    try:
+        mask = mask.detach().cpu().numpy().astype(bool)
+        lengths = mask.sum(axis=1)
+        values = emissions.detach().cpu().numpy()
+        scores = path_scores(
+            values.astype(np.promote_types(values.dtype, np.float32)),
+            tags.detach().cpu().numpy(),
+            lengths,
+            *(crf.get_parameter(n).detach().cpu().numpy() for n in _CRF_PARAMETERS),
+        )
+        prefix = (mask == (np.arange(mask.shape[1])[None, :] < lengths[:, None])).all(axis=1)
+    except Exception:  # the score is verification's, never the model's failure
+        return
     records.append((scores, np.where(prefix, lengths, 0)))
 
 
@@ -275,8 +283,8 @@ def recorded_decodes(model: nn.Module) -> Iterator[list[tuple[np.ndarray, np.nda
     """Every CRF decode ``model`` runs inside the block, in order, as ``(scores, lengths)``:
     the best-path score of each row (:func:`path_scores` of the path the decode chose, on the
     emissions it was given) and each row's length (0 for a mask with holes: not compared).
-    Records :class:`CRFDecoder` decodes (those made in ``forward`` too) and ``torchcrf.CRF``
-    modules' in ``model``."""
+    Records every :class:`CRFDecoder` decode in this thread (those made in ``forward`` too),
+    and the decodes of ``model``'s ``torchcrf.CRF`` modules."""
     records: list[tuple[np.ndarray, np.ndarray]] = []
     wrapped = [m for m in model.modules() if is_torchcrf(m) and "decode" not in vars(m)]
     for module in wrapped:
@@ -293,6 +301,7 @@ def recorded_decodes(model: nn.Module) -> Iterator[list[tuple[np.ndarray, np.nda
 def _recording_torchcrf(crf: nn.Module) -> Callable[..., Any]:
     decode = type(crf).decode.__get__(crf)
 
+    @torch.compiler.disable
     def recording(emissions: Tensor, mask: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         result = decode(emissions, mask, *args, **kwargs)
         if is_tag_lists(result) and isinstance(emissions, Tensor) and emissions.dim() == 3:
@@ -432,7 +441,7 @@ HAND_WRITTEN_HINT = (
 # -- the ONNX form ---------------------------------------------------------------------------
 
 
-def viterbi_scores(proto: Any) -> list[tuple[str, str]]:
+def viterbi_score_tensors(proto: Any) -> list[tuple[str, str]]:
     """``(path, tensor)`` of each decode in ``proto`` (in node order): the CRF's module path
     and the tensor holding its best path's score ``[batch, 1]`` (the ``TopK`` over the last
     step's scores plus ``end_transitions``, named by :func:`expand_viterbi`)."""

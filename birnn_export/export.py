@@ -83,10 +83,10 @@ from birnn_export.conversion import (
 )
 from birnn_export.crf import (
     HAND_WRITTEN_HINT,
-    CRFDecoder,
     crfs_that_run,
     expand_viterbi,
     flatten_returned,
+    recorded_decodes,
 )
 from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import SequenceTagger
@@ -383,13 +383,16 @@ def _trace_graph(
             planned = floats
     target = DTYPES[dtype]
     traced = converted if target == torch.float32 else _copy_to(converted, target)
-    ran = _example_run(traced, planned, target)
+    with recorded_decodes(traced) as decodes:  # a CRF's, made in forward too
+        ran = _example_run(traced, planned, target)
     if example_inputs is None:
         planned, ran = _steps_past_one(traced, planned, ran, target, sizes)
     trace_inputs, returned, eager_out, seen, _ = ran
     planned = with_token_ranges(planned, trace_inputs, seen)
     inputs = {d.name for d in planned.decls}
-    outs = list(output_names or _default_output_names(traced, returned, eager_out, inputs))
+    outs = list(
+        output_names or _default_output_names(traced, returned, eager_out, inputs, bool(decodes))
+    )
     if len(outs) != len(eager_out):
         raise ExportError(
             f"output_names: {len(outs)} name{'s' * (len(outs) != 1)} for {len(eager_out)} "
@@ -550,8 +553,15 @@ def _model_sizes(model: nn.Module) -> set[int]:
 
 
 def _default_output_names(
-    model: nn.Module, returned: Any, outputs: Sequence[torch.Tensor], inputs: set[str]
+    model: nn.Module,
+    returned: Any,
+    outputs: Sequence[torch.Tensor],
+    inputs: set[str],
+    decodes: bool,
 ) -> list[str]:
+    """Names for the graph's outputs: a dict's keys or a NamedTuple's fields, ``tags`` for a
+    CRF tagger's one output (``decodes``: forward ran a CRF's decode), ``output`` (and its
+    states for a bare layer), else ``output_0``, ``output_1``..."""
     count = len(outputs)
     keys = None
     if isinstance(returned, dict) and all(isinstance(k, str) and k for k in returned):
@@ -574,11 +584,7 @@ def _default_output_names(
         return names
     if isinstance(model, BiRNN):
         return ["output", *state_names(model.cell)]
-    if (
-        count == 1
-        and not outputs[0].is_floating_point()
-        and any(isinstance(m, CRFDecoder) for m in model.modules())
-    ):
+    if count == 1 and not outputs[0].is_floating_point() and decodes:
         return ["tags"]  # a CRF tagger returns its decode (not its emissions, decoded outside)
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 

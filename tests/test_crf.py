@@ -13,6 +13,7 @@ from torch import nn
 
 from birnn_export import CRFDecoder, export_onnx, verify
 from birnn_export.checkpoint import load_model
+from birnn_export.compare import NoiseCriterion
 from birnn_export.conversion import conversion_report, convert
 from birnn_export.crf import ragged_to_padded
 from birnn_export.errors import ConversionError, ExportError, ModelLoadError
@@ -457,6 +458,44 @@ def test_verification_fails_a_crf_whose_end_scores_moved_though_its_tags_agree(
     )
 
 
+def test_score_checks_hold_under_fixed_tolerances_and_a_compiled_reference(tagger_graph) -> None:
+    """review24: under --atol the score, a sum over up to 256 steps, failed a correct graph at
+    the outputs' tolerance (it is held to atol per step now); a torch.compile'd reference
+    crashed, the recording traced into its graph ("the reference model failed"); with the
+    probe off, the scores were left out without a word."""
+    model, path, _ = tagger_graph
+    fixed = verify(path, model, atol=1e-4, rtol=0, fp64_reference=True, batch_sizes=(3,),
+                   seq_lens=(256,))  # fmt: skip
+    assert fixed.passed, fixed.summary()
+    assert any(o.check == "score" for c in fixed.cases for o in c.outputs)
+    compiled = verify(path, torch.compile(model, backend="eager"), batch_sizes=(3,),
+                      seq_lens=(9,))  # fmt: skip
+    assert compiled.passed, compiled.summary()
+    assert any(o.check == "score" for c in compiled.cases for o in c.outputs)
+    off = verify(path, model, layers=False, batch_sizes=(3,), seq_lens=(9,))
+    assert "CRF best-path scores not compared: the layer probe, which reads them, is off" in (
+        " ".join(off.notes)
+    )
+
+
+def test_a_float16_decodes_score_is_summed_in_float32_and_shapes_are_checked() -> None:
+    """The graph's Viterbi sums a float16 graph's scores in float32: eager's are summed so too
+    (in float16 its noise floor was 15x the graph's, and a defect passed: review24); a score
+    of another shape fails its check instead of raising."""
+    from birnn_export._case import CRFScores, _score_checks
+    from birnn_export.crf import recorded_decodes
+
+    crf = _trained_like(torchcrf.CRF(TAGS, batch_first=True))
+    decoder = CRFDecoder.from_torchcrf(crf).half()
+    emissions = torch.randn(2, 7, TAGS, generator=torch.Generator().manual_seed(9)).half()
+    with torch.no_grad(), recorded_decodes(decoder) as decodes:
+        decoder.decode(emissions, torch.ones(2, 7, dtype=torch.bool))
+    assert decodes[0][0].dtype == np.float32
+    other = CRFScores(np.zeros(3), np.zeros(2), None, np.ones(2, dtype=np.int64))
+    (check,) = _score_checks({"crf": other}, NoiseCriterion(), "float32")
+    assert not check.passed and "has shape [3], the model's [2]" in check.note
+
+
 def test_a_decode_the_model_did_not_run_is_noted_not_compared() -> None:
     """The graph's decodes are paired with the model's in the order they ran: where their
     numbers differ (a CRF of another library, not recorded) the scores are not compared, and
@@ -467,7 +506,7 @@ def test_a_decode_the_model_did_not_run_is_noted_not_compared() -> None:
     graph = {"crf/viterbi": np.zeros(2)}
     assert _crf_scores(state, graph, {"reference_decodes": []}) == {}
     assert state.score_reason == "the graph holds 1 CRF decode(s), the model ran 0 of a " + (
-        "torchcrf.CRF or CRFDecoder"
+        "torchcrf.CRF or CRFDecoder that could be recorded"
     )
 
 
@@ -559,6 +598,12 @@ def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
         assert torch.equal(in_forward(ids), expected)
     result = export_onnx(in_forward, tmp_path / "in_forward.onnx")
     assert result.verification.passed and result.op_counts["Scan"] == 2
+    # named and described as a decode, as a torchcrf tagger's (users38: 'output', and a
+    # verdict naming no decode), and judged by its best path's score too
+    assert [t.name for t in result.spec.outputs] == ["tags"]
+    assert "torch's built-in layers and CRFDecoder's decode" in result.verification.summary()
+    checks = [o for c in result.verification.cases for o in c.outputs]
+    assert any(o.check == "score" for o in checks)
 
 
 class _Transitions(nn.Module):

@@ -649,6 +649,7 @@ def test_sequence_pairs_are_inferred_from_forwards_names(names, declared) -> Non
         ("ids", "lengths", "attention_mask"),  # two of one sequence, not a nested one
         ("ids", "lengths", "speaker"),  # not lengths
         ("x", "x_lens", "frames_per_second"),  # a rate, not lengths
+        ("x", "x_lens", "frames_per_chunk"),  # a size (review24)
         ("values", "masks", "deltas", "lengths"),  # GRU-D: one sequence (users37: two)
     ],
 )
