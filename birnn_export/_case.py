@@ -69,9 +69,7 @@ def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[
                 f"{LAYER_OTHER_SHAPE}{list(got.shape)}, the "
                 f"model's {list(want.shape)}: the graph ran it over other inputs"
             )
-            checks.append(
-                Check(name, "layer", "layer", math.inf, math.inf, math.inf, False, note=note)
-            )
+            checks.append(_other_shape(name, "layer", note))
             continue
         rows = lengths[name.rsplit("/", 1)[0]]
         mask = (np.arange(steps)[None, :] < rows[:, None])[..., None]
@@ -106,9 +104,7 @@ def _score_checks(scores: Mapping[str, CRFScores], criterion: Criterion, dtype: 
                 f"the best path's score inside the graph has shape {list(score.graph.shape)}, "
                 f"the model's {list(score.reference.shape)}"
             )
-            checks.append(
-                Check(path, "score", "score", math.inf, math.inf, math.inf, False, note=note)
-            )
+            checks.append(_other_shape(path, "score", note))
             continue
         judged = criterion
         if isinstance(criterion, Tolerance):
@@ -129,6 +125,11 @@ def _score_checks(scores: Mapping[str, CRFScores], criterion: Criterion, dtype: 
             )
         )
     return checks
+
+
+def _other_shape(name: str, kind: str, note: str) -> Check:
+    """A failed probe check of a tensor the graph computed in another shape than the model."""
+    return Check(name, kind, kind, math.inf, math.inf, math.inf, False, note=note)
 
 
 @dataclass(frozen=True)
