@@ -168,6 +168,10 @@ def _side(module: Any, spec: GraphSpec, dtype: str) -> _Side:
     from birnn_export.conversion import copied as copied_model
     from birnn_export.runners import TorchRunner
 
+    # a torch.compile'd model runs eagerly here: the reference gains nothing from a compile,
+    # and verification's hooks (a CRF's decode recorded) stay out of compiled graphs
+    if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
+        module = module._orig_mod  # (its class by name: importing torch._dynamo takes 2 s)
     copied = copied_model(module).eval().to(getattr(torch, dtype))
     runner = TorchRunner(
         copied, [t.name for t in spec.inputs], [t.name for t in spec.outputs], dtype=dtype

@@ -247,17 +247,16 @@ def path_scores(
     return (score + end[previous]).astype(dtype)
 
 
-@torch.compiler.disable
 def _record(crf: nn.Module, emissions: Tensor, mask: Tensor, tags: Tensor) -> None:
     """Add one decode's best-path scores to the decodes being recorded, if any (batch-first
     ``emissions`` and ``mask``, the decode's ``tags`` ``[batch, seq]``), summed in float32 at
     least, as the graph's Viterbi sums a float16 graph's. A row whose mask has holes (torchcrf
     takes them: masked steps keep the score) is recorded with length 0, not compared: its path
-    is not its first ``mask.sum()`` steps. Outside ``torch.compile``'s graphs (a compiled
-    reference), and never failing the model's run: a decode it cannot score is left out, and
-    the count of decodes then says the scores were not compared."""
+    is not its first ``mask.sum()`` steps. Never in a graph ``torch.compile`` traces (a
+    compiled reference), and never failing the model's run: a decode it cannot score is left
+    out, and the count of decodes then says the scores were not compared."""
     records = _RECORDING.get()
-    if records is None:
+    if records is None or torch.compiler.is_compiling():
         return
     try:
         mask = mask.detach().cpu().numpy().astype(bool)
@@ -301,7 +300,6 @@ def recorded_decodes(model: nn.Module) -> Iterator[list[tuple[np.ndarray, np.nda
 def _recording_torchcrf(crf: nn.Module) -> Callable[..., Any]:
     decode = type(crf).decode.__get__(crf)
 
-    @torch.compiler.disable
     def recording(emissions: Tensor, mask: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         result = decode(emissions, mask, *args, **kwargs)
         if is_tag_lists(result) and isinstance(emissions, Tensor) and emissions.dim() == 3:
