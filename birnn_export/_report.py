@@ -163,9 +163,8 @@ class VerifyReport:
         in words."""
         from birnn_export.compare import PROBED
 
-        what = {"layer": "layer", "score": "CRF score"}
         ratios = [
-            (o.ratio, f"{what.get(o.check, 'output')} {o.name!r}, {c.label}")
+            (o.ratio, f"{PROBED.get(o.check, 'output')} {o.name!r}, {c.label}")
             for c in self.cases
             for o in c.outputs
             if o.ratio is not None and math.isfinite(o.ratio) and o.check in ("values", *PROBED)

@@ -122,9 +122,9 @@ Criterion = NoiseCriterion | Tolerance | QuantizedCriterion
 OTHER_SHAPE = "shape "
 LAYER_OTHER_SHAPE = "the layer's output inside the graph has shape "
 
-#: Checks of tensors inside the graph (the layer probe's): a recurrent layer's output, a CRF's
-#: best-path score.
-PROBED = ("layer", "score")
+#: Checks of tensors inside the graph (the layer probe's), and what each is in words: a
+#: recurrent layer's output, a CRF's best-path score.
+PROBED = {"layer": "layer", "score": "CRF score"}
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,11 @@ class Check:
 
     def describe(self) -> str:
         """This check in words: what, by how much, against what limit."""
-        what = {
-            "layer": f"layer {self.name!r}",
-            "score": f"CRF {self.name!r} best-path score",
-        }.get(self.check, f"output {self.name!r} {self.check}")
+        what = (
+            f"{PROBED[self.check]} {self.name!r}"
+            if self.check in PROBED
+            else f"output {self.name!r} {self.check}"
+        )
         if self.role == "tags" and self.check == "sweep":
             return (
                 f"output {self.name!r} over the sweep ({self.note}): {self.tags_agreement()} "

@@ -452,7 +452,7 @@ def test_verification_fails_a_crf_whose_end_scores_moved_though_its_tags_agree(
     assert all(o.passed for o in checks if o.role == "tags")
     failed = {o.check for o in checks if not o.passed}
     assert failed == {"score"}, failed
-    assert "CRF 'crf' best-path score" in report.summary()
+    assert "CRF score 'crf': error" in report.summary()
     assert "best path's score of CRF 'crf' inside the graph differs" in (
         report.failures[0].diagnosis or ""
     )
