@@ -848,11 +848,11 @@ def _crf_scores(
         return {}
     reference, eager = ran.get("reference_decodes", []), ran.get("eager_decodes")
     if len(reference) != len(state.scores) or (eager is not None and len(eager) != len(reference)):
-        ran = f"{len(reference)}" + (
+        counted = f"{len(reference)}" + (
             f" (eager: {len(eager)})" if eager is not None and len(eager) != len(reference) else ""
         )
         state.score_reason = (
-            f"the graph holds {len(state.scores)} CRF decode(s), the model ran {ran} of a "
+            f"the graph holds {len(state.scores)} CRF decode(s), the model ran {counted} of a "
             "torchcrf.CRF or CRFDecoder that could be recorded"
         )
         return {}
