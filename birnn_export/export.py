@@ -315,6 +315,11 @@ def _trace_graph(
         raise ExportError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if dtype not in DTYPES:
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if isinstance(scores, str):  # refused before the trace, as the other options' types are
+        raise ExportError(
+            f"scores: a list of output names, e.g. [{scores!r}], or [] for none; got the "
+            f"string {scores!r}"
+        )
     try:
         batch_range = check_range("batch_range", batch_range)
         seq_range = check_range("seq_range", seq_range)
@@ -515,11 +520,6 @@ def _trace_graph(
 def _with_scores(spec: GraphSpec, scores: Sequence[str]) -> GraphSpec:
     """``spec`` with exactly the outputs ``scores`` names marked as class scores."""
     names = [t.name for t in spec.outputs]
-    if isinstance(scores, str):
-        raise ExportError(
-            f"scores: a list of output names, e.g. [{scores!r}], or [] for none; got the "
-            f"string {scores!r}"
-        )
     unknown = next((n for n in scores if n not in names), None)
     if unknown is not None:
         raise ExportError(

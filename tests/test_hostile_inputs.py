@@ -34,6 +34,8 @@ from birnn_export.spec import GraphSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_models" / "token_tagger.pt"
+#: For the tests of the files an export writes: the sample exported and checked fastest.
+SMALL = ROOT / "sample_models" / "bigru_varlen.pt"
 FUZZ = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -199,7 +201,7 @@ def test_paths_that_coincide_are_refused_before_any_work(tmp_path: Path) -> None
 
 def test_a_name_too_long_is_refused(tmp_path: Path) -> None:
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     message = one_line_error(cli(model, "-o", tmp_path / ("x" * 300 + ".onnx")))
     assert "choose a shorter name" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
@@ -213,7 +215,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_graph(tmp_path: Path, monkey
     import onnx
 
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     (tmp_path / "a.onnx").write_bytes(b"the earlier graph")
 
     def full(proto, path, **kwargs):
@@ -235,7 +237,7 @@ def test_a_summary_that_cannot_be_written_says_the_graph_was(tmp_path: Path, mon
     from birnn_export import _files
 
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     replace = os.replace
 
     def full(source, target):
@@ -253,7 +255,7 @@ def test_a_summary_that_cannot_be_written_says_the_graph_was(tmp_path: Path, mon
 
 def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -278,7 +280,7 @@ def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tmp_pa
     import fcntl
 
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     running = tmp_path / ".a.onnx.birnn-export-9999997-live0000"  # an id from elsewhere
     running.mkdir()
     with open(running / ".lock", "w") as lock:
@@ -305,7 +307,7 @@ def test_only_a_real_staging_folder_of_our_files_is_removed(tmp_path: Path) -> N
     process's staging folder: the export removed every file in the folder it pointed to
     (users31). Links are left, and so is a folder holding files the export does not write."""
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "notes.txt").write_text("mine")
@@ -326,7 +328,7 @@ def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
     tmp_path: Path,
 ) -> None:
     model = tmp_path / "a.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "report.json").write_text("{}")
@@ -359,7 +361,7 @@ def test_a_link_to_a_device_or_pipe_and_a_planted_default_output_link_are_refuse
     (users31). A target that is not a regular file is refused, and the default output is not
     written through a link: named by -o it is."""
     model = tmp_path / "m.pt"
-    model.write_bytes(SAMPLE.read_bytes())
+    model.write_bytes(SMALL.read_bytes())
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     (tmp_path / "to_pipe.onnx").symlink_to(pipe)
