@@ -140,7 +140,8 @@ class Check:
     ``rtol`` (and ``rel_l2_limit``) are. ``top1`` is the share of valid positions whose argmax
     over the last (class) axis agrees with the reference's, ``top1_decisive`` how many of them
     had a decisive margin and ``top1_missed`` how many of those disagree (any fails the check);
-    ``greedy`` the share of rows whose greedy CTC decode agrees.
+    ``greedy`` the share of rows whose greedy CTC decode agrees. For decoded tags, ``rows`` is
+    how many rows hold a valid tag and ``rows_missed`` how many of them differ outside ties.
     """
 
     name: str
@@ -166,6 +167,8 @@ class Check:
     top1_limit: float | None = None
     #: The reference's L2 norm over the compared elements (int8 checks, to pool over a sweep).
     reference_l2: float | None = None
+    rows: int = 0
+    rows_missed: int = 0
 
     @property
     def other_shape(self) -> bool:
@@ -229,10 +232,13 @@ class Check:
         return text + (f" - {self.note}" if self.note else "")
 
     def tags_agreement(self) -> str:
-        """A tags sweep check's figure in words: the share of valid tags that agree."""
+        """A tags sweep check's figure in words: the share of valid tags that agree, and in how
+        many rows the differing ones lie (a row decoded otherwise is a sentence tagged otherwise:
+        99.69% of tags agreed where 2.6% of rows differed, users38)."""
+        rows = f", in {self.rows_missed} of {self.rows} rows" if self.rows else ""
         return (
             f"{100 * (self.top1 or 0.0):.2f}% of valid tags agree "
-            f"({self.top1_missed} of {self.top1_decisive} differ)"
+            f"({self.top1_missed} of {self.top1_decisive} differ{rows})"
         )
 
     @property
@@ -422,6 +428,7 @@ def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check
     positions = sum(c.top1_decisive for c in counted)
     missed = sum(c.top1_missed for c in counted)
     top1 = (1.0 - missed / positions if positions else 1.0) if counted else None
+    rows, rows_missed = sum(c.rows for c in checks), sum(c.rows_missed for c in checks)
     passed = (tags or rel_l2 < criterion.max_rel_l2) and (
         top1 is None or top1 >= criterion.min_top1
     )
@@ -441,6 +448,8 @@ def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check
         elements=sum(c.elements for c in checks),
         note=f"{len(checks)} cases" + (f", {positions} positions" if counted else ""),
         top1_limit=criterion.min_top1 if counted else None,
+        rows=rows,
+        rows_missed=rows_missed,
     )
 
 
@@ -685,6 +694,7 @@ def compare_tags(
     wrong_tags = int(differ[wrong].sum())
     valid = want != TAG_PADDING
     missed = int((differ & valid)[wrong].sum())
+    rows_missed = int(((differ & valid).any(axis=1) & wrong).sum())
     passed, share = not wrong.any(), None
     if isinstance(criterion, QuantizedCriterion):
         allowed = max(1.0, criterion.max_case_tags_differ * int(valid.sum()))
@@ -703,6 +713,8 @@ def compare_tags(
         top1=share,
         top1_decisive=int(valid.sum()),
         top1_missed=missed,
+        rows=int(valid.any(axis=1).sum()),
+        rows_missed=rows_missed,
     )
 
 

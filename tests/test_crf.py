@@ -773,6 +773,7 @@ def test_an_int8_tagger_is_judged_by_its_tags_agreement(tmp_path) -> None:
     assert "relative L2" not in summary and "% of valid tags agree (" in summary
     (sweep,) = [o for c in report.cases for o in c.outputs if o.check == "sweep"]
     assert sweep.role == "tags" and sweep.top1 >= 0.995 and sweep.top1_decisive > 500
+    assert sweep.rows > 10 and f" differ, in {sweep.rows_missed} of {sweep.rows} rows)" in summary
     # rows alone vs in the batch: judged as the values are, not by the L2 of tag ids, and
     # labelled so (review18)
     alone = [o for c in report.cases for o in c.outputs if o.check == "batch-invariance"]
