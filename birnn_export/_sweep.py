@@ -243,6 +243,28 @@ def _default_cases(
     return cases
 
 
+def past_declared(
+    spec: GraphSpec, batch_sizes: Sequence[int] | None, seq_lens: Sequence[int] | None
+) -> list[str]:
+    """Notes for asked batch sizes and lengths past the largest the graph declares (the sizes
+    recorded at export to be served): the graph runs them, a TensorRT engine built on that
+    profile does not (users39)."""
+    notes = []
+    asked = (
+        ("batch size", batch_sizes, spec.batch_range[2], "--batch-range"),
+        ("length", seq_lens, spec.seq_range[2], "--seq-range"),
+    )
+    for what, sizes, high, option in asked:
+        over = sorted({int(s) for s in sizes or () if s > high})
+        if over:
+            notes.append(
+                f"{what} {', '.join(map(str, over))} past the graph's declared maximum {high} "
+                f"({option} at export): verified as asked, but a TensorRT engine built on the "
+                "graph's recorded profile refuses it"
+            )
+    return notes
+
+
 def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
     sizes = tuple(dict.fromkeys(values))
     if not sizes or any(

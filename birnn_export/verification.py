@@ -78,6 +78,7 @@ from birnn_export._sweep import (
     case_feed,
     example_probes,
     fit_budget,
+    past_declared,
     plan_cases,
 )
 from birnn_export.compare import (
@@ -396,7 +397,7 @@ def verify(
         )
         explicit = batch_sizes is not None or seq_lens is not None
         cases, skipped = fit_budget(cases, proto, spec, memory_budget, explicit)
-        notes += skipped
+        notes += skipped + past_declared(spec, batch_sizes, seq_lens)
         feeds = {}
     problems = tuple(_graph_problems(proto, spec))
     notes += _nodes_without_lengths(proto, spec)

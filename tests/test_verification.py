@@ -842,6 +842,11 @@ def test_tensorrt_engines_get_a_profile_covering_every_run(
     # The declared profile (opt 8 x 64, the engine that would be served), widened to cover it.
     assert built == {"batch": (1, 8, 64), "seq": (1, 64, 300)}
     assert (64, 300) in seen and min(b for b, _ in seen) == 1 and min(t for _, t in seen) == 1
+    # and the report says the sizes asked lie past those declared for serving (users39)
+    assert [n.split(" (")[0] for n in report.notes if "declared maximum" in n] == [
+        "batch size 64 past the graph's declared maximum 32",
+        "length 300 past the graph's declared maximum 256",
+    ]
 
 
 def test_json_report_writes_non_finite_numbers_as_null() -> None:
