@@ -724,8 +724,17 @@ def _infer(
         return _pair_inputs(pairs, params, template, role, input_names, how, nest=nest, sizes=sizes)
     roles = [role]
     decl_list = [(dims, dtype)]
-    has_lengths = takes_lengths(model, lengths)
-    mask = None if has_lengths else _mask_param(model)
+    guess = nest and not time_major
+    # forward(words, chars, lengths or mask): the characters before the words' lengths
+    spelled_second = _spelled_second(model) if guess and role == "tokens" else None
+    mark = spelled_second[1] if spelled_second and lengths is None else None
+    has_lengths = takes_lengths(model, lengths) if mark is None else param_role(mark) == "lengths"
+    if has_lengths:
+        mask = None
+    else:
+        mask = (
+            _mask_param(model) if mark is None else (mark, *(_mask_name(mark) or ("mask", "bool")))
+        )
     if has_lengths:
         roles.append("lengths")
         decl_list.append(((BATCH,), "int64"))
@@ -736,12 +745,18 @@ def _infer(
         how += f"; {param!r} read as a {mask_role} by its name"
     else:
         how += optional_mask_note(model)
-    names = list(input_names) if input_names else _param_names(model, roles)
+    if input_names:
+        names = list(input_names)
+    elif spelled_second is not None:  # the words and their lengths (or mask), as forward names them
+        names = [_param_names(model, roles[:1])[0], spelled_second[1]]
+    else:
+        names = _param_names(model, roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
-    guess = nest and len(roles) == 2 and not time_major
-    inner = _inner_mark(model) if guess else None
+    guess = guess and len(roles) == 2
+    inner = _inner_mark(model) if guess and spelled_second is None else None
     spelled = _spelled(model) if guess and role == "tokens" else None
+    spelled = spelled_second[0] if spelled_second else spelled
     if inner is None and spelled is None:
         _refuse_more_params(model, roles)
     decls = tuple(
@@ -766,6 +781,8 @@ def _infer(
         decls = (*decls, InputDecl(spelled, "int64", (BATCH, SEQ, time)))
         roles.append("tokens")
         how += f"; {spelled!r} read as each step's characters, by its name"
+    if spelled_second is not None:  # in forward's order: words, chars, lengths (or mask)
+        decls, roles = (decls[0], decls[2], decls[1]), [roles[0], roles[2], roles[1]]
     return decls, tuple(roles), how
 
 
@@ -776,6 +793,17 @@ def _spelled(model: nn.Module) -> str | None:
     if len(required) != 3 or param_role(required[2]) is not None:
         return None
     return required[2] if _CHARS.search(required[2]) else None
+
+
+def _spelled_second(model: nn.Module) -> tuple[str, str] | None:
+    """(characters, lengths or mask) of ``forward(words, chars, lengths)`` or ``forward(words,
+    chars, mask)``: the char-CNN tagger's inputs with the characters second, told by the
+    names (users38). Lengths or a mask of the characters themselves (``char_lengths``) are
+    not the words'."""
+    required = [p.name for p in _forward_params(model) if p.default is p.empty]
+    if len(required) != 3 or not _CHARS.search(required[1]) or _CHARS.search(required[2]):
+        return None
+    return (required[1], required[2]) if param_role(required[2]) is not None else None
 
 
 #: The time size the layouts of a convolution's input are tried at: no common feature size,
