@@ -21,6 +21,10 @@ from birnn_export._report import AFTER_NODES, AFTER_REVERSAL
 from birnn_export.compare import Check, abs_errors, outside_tolerance
 from birnn_export.spec import TensorSpec, Tolerance
 
+#: How the note of a layer check judged on the layer's input inside the graph begins (where only
+#: the drift into that input failed it on the model's input: ``_case._on_its_own_input``).
+ON_ITS_INPUT = "the layer's own output inside the graph, on its input there"
+
 # -- direction-split diagnosis ---------------------------------------------------------------
 
 
@@ -141,12 +145,19 @@ def diagnose_layers(
     where = f"[layer outputs: the graph on {source} vs {hooked}, rerun layer by layer]"
     bad = next((layer for layer in layers if not by_name[layer.name].passed), None)
     if bad is None:
+        count = f"{len(layers)} layer(s)"
+        drifted = [c.name for c in checks if c.check == "layer" and ON_ITS_INPUT in c.note]
+        if drifted:  # judged on their input inside the graph: say which
+            count += (
+                f"; {', '.join(drifted)} on {'its' if len(drifted) == 1 else 'their'} input "
+                "inside the graph, which the ops before drifted within the noise"
+            )
         unbounded = [n for layer in layers for n in layer.without_lengths]
         if takes_lengths and unbounded:  # Y matches at the valid steps; the final state does not
             nodes = ", ".join(repr(n) for n in unbounded)
             return (
-                f"every recurrent layer's output matches at the valid steps ({len(layers)} "
-                f"layer(s)), but node {nodes} takes no sequence_lens although the graph takes "
+                f"every recurrent layer's output matches at the valid steps ({count}), "
+                f"but node {nodes} takes no sequence_lens although the graph takes "
                 "lengths -> if the model reads its final state (h_n), that is the difference: "
                 "it is taken past the padding of every short row; else the difference is after "
                 f"the recurrent layers (e.g. the head) {where}"
@@ -156,7 +167,7 @@ def diagnose_layers(
         if unreversed:
             nodes = ", ".join(repr(n) for n in unreversed)
             return (
-                f"every recurrent layer matches ({len(layers)} layer(s)), but the Y of "
+                f"every recurrent layer matches ({count}), but the Y of "
                 f"backward node {nodes} reaches no ReverseSequence -> the reversal of its "
                 "output back into time order is the difference (the layer checks reverse the "
                 f"node's Y themselves, each row's valid steps) {where}"
@@ -165,7 +176,7 @@ def diagnose_layers(
         crfs = [c.name for c in checks if c.check == "score" and not c.passed]
         if crfs:
             return (
-                f"every recurrent layer matches ({len(layers)} layer(s)), but the best path's "
+                f"every recurrent layer matches ({count}), but the best path's "
                 f"score of CRF {crfs[0]!r} inside the graph differs from the model's -> the "
                 "CRF's parameters in the graph (start_transitions, end_transitions, "
                 "transitions) or the emissions the layers after the recurrent ones make from "
@@ -176,7 +187,7 @@ def diagnose_layers(
             names = ", ".join(repr(n) for n in timeless)
             differ = "differs" if len(timeless) == 1 else "differ"
             return (
-                f"every recurrent layer matches ({len(layers)} layer(s)), and so does every "
+                f"every recurrent layer matches ({count}), and so does every "
                 f"output over time; only {names}, without a time axis, {differ} -> what is made "
                 "of the layers after them went wrong: final states gathered at another step "
                 "or in another order (torch's h_n is [l0 forward, l0 backward, l1 forward, "
@@ -191,7 +202,7 @@ def diagnose_layers(
                 else ""
             )
             return (
-                f"every recurrent layer matches ({len(layers)} layer(s)), and the graph's rows "
+                f"every recurrent layer matches ({count}), and the graph's rows "
                 "alone differ from the same rows in the batch -> the difference is after the "
                 "recurrent nodes, where the padding reaches the valid steps: a mask the model "
                 "applies there (attention's key padding mask, a -inf or -1e4 fill before a "
@@ -206,7 +217,7 @@ def diagnose_layers(
             else ""
         )
         return (
-            f"every recurrent layer matches ({len(layers)} layer(s)) -> {AFTER_NODES}: "
+            f"every recurrent layer matches ({count}) -> {AFTER_NODES}: "
             f"{reversal}later (e.g. the head{also}) {where}"
         )
     check = by_name[bad.name]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from birnn_export._files import LAYER_PROBE_MARK
-from birnn_export._packed import is_packed_layer
+from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import one_line
 from birnn_export.spec import RECURRENT_OPS, GraphSpec, takes_lengths
@@ -53,6 +53,9 @@ class GraphLayer:
     #: Backward nodes of a split layer whose ``Y`` reaches no ``ReverseSequence`` (through
     #: reshaping ops) on its way back into time order.
     unreversed: tuple[str, ...] = ()
+    #: The layer's input ``[T, B, I]`` as the graph feeds it (its forward node's ``X``), where
+    #: known (scan graphs record it since 0.5).
+    x_name: str | None = None
 
 
 def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
@@ -99,6 +102,7 @@ def graph_layers(proto: Any, spec: GraphSpec) -> list[GraphLayer]:
                             for n in found[1:]
                             if spec.layout == "split" and not _reversed(n, consumers)
                         ),
+                        x_name=_x_input(found[0]),
                     )
                 )
             call += 1
@@ -115,6 +119,19 @@ def call_key(path: str, call: int) -> str:
 def module_path(key: str) -> str:
     """The module path of a :func:`call_key`."""
     return key.split("#", 1)[0]
+
+
+def input_key(name: str) -> str:
+    """The key of layer ``name``'s input among :meth:`GraphLayers.run`'s."""
+    return f"{name}/input"
+
+
+def _x_input(node: Any) -> str | None:
+    if is_rnn_scan(node):
+        return rnn_scan_info(node).get("x") or None
+    if is_packed_layer(node):
+        return packed_info(node)["inputs"][0] or None
+    return str(node.input[0]) if node.input and node.input[0] else None
 
 
 def _y_output(node: Any) -> str:
@@ -247,10 +264,16 @@ class GraphLayers:
         # recurrent nodes compute in float32 (modules.recurrent_dtype).
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
         types = _inferred_types(self.proto)
+        given = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+        inputs = [layer.x_name for layer in self.layers if layer.x_name not in (None, *given)]
         added = [
             helper.make_tensor_value_info(name, types.get(name) or elem, None)
             for name in dict.fromkeys(
-                [*(y for layer in self.layers for y in layer.y_names), *(t for _, t in self.scores)]
+                [
+                    *(y for layer in self.layers for y in layer.y_names),
+                    *(t for _, t in self.scores),
+                    *inputs,
+                ]
             )
             if name not in declared
         ]
@@ -305,8 +328,10 @@ class GraphLayers:
     def run(
         self, feed: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        """``{layer name: [batch, time, directions * hidden]}`` in float64, and each CRF's
-        best-path score ``[batch]`` under :func:`score_key` of its path.
+        """``{layer name: [batch, time, directions * hidden]}`` in float64, each CRF's
+        best-path score ``[batch]`` under :func:`score_key` of its path, and each layer's input
+        ``[batch, time, features]`` as the graph fed it under :func:`input_key` of its name
+        (where the graph tells it).
 
         ``lengths`` maps each module path to the lengths its layers saw (to put a split
         backward node's output, computed on reversed rows, back in time order).
@@ -333,6 +358,9 @@ class GraphLayers:
                 rows = np.clip(np.asarray(lengths[layer.path], dtype=np.int64), 1, steps)
                 halves = [ys[0][:, 0], unreverse(ys[1][:, 0], rows)]
             out[layer.name] = np.concatenate([np.swapaxes(h, 0, 1) for h in halves], axis=-1)
+            x = feed.get(layer.x_name) if layer.x_name in names else by_name.get(layer.x_name)
+            if x is not None and np.ndim(x) == 3:
+                out[input_key(layer.name)] = np.swapaxes(np.asarray(x, dtype=np.float64), 0, 1)
         for path, tensor in self.scores:
             out[score_key(path)] = np.asarray(by_name[tensor], dtype=np.float64).reshape(-1)
         return out
@@ -511,6 +539,40 @@ class ReferenceLayers:
                         x = _run_layer(layer, x, rows, states)
                         outputs[f"{key}/l{index}"] = x.to(torch.float64).numpy()
         return outputs, lengths
+
+    def snapshot(self) -> Any:
+        """After one forward pass: ``run(key, index, x, lengths)``, which recomputes layer
+        ``index`` of the module run ``key`` (:func:`call_key`) on another input ``x`` ``[B, T,
+        F]`` (float64; run in the model's precision), from that run's initial states, as
+        ``[B, T, D * H]`` float64; with ``x=None``, the input that run had, in float64. It keeps
+        this pass's inputs: later passes do not change it."""
+        import torch
+
+        calls = {path: list(runs) for path, runs in self.calls.items()}
+
+        def run(
+            key: str, index: int, x: np.ndarray | None = None, lengths: Any = None
+        ) -> np.ndarray | None:
+            path = module_path(key)
+            number = int(key.split("#", 1)[1]) if "#" in key else 1
+            call = calls.get(path, [])[number - 1 : number]
+            if not call or isinstance(call[0], str):
+                return None
+            if x is None:
+                return call[0].x.to(torch.float64).numpy()
+            module = self.modules[path]
+            layer = self._stack(path, module)[index]
+            directions = 2 if module.bidirectional else 1
+            at = slice(index * directions, (index + 1) * directions)
+            states = None if call[0].hx is None else tuple(s[at] for s in call[0].hx)
+            dtype = layer.weight_ih_l0.dtype
+            with torch.inference_mode():
+                y = _run_layer(
+                    layer, torch.from_numpy(x).to(dtype), torch.as_tensor(lengths), states
+                )
+            return y.to(torch.float64).numpy()
+
+        return run
 
     def _stack(self, path: str, module: Any) -> list[Any]:
         if path not in self._stacks:

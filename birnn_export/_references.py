@@ -101,8 +101,9 @@ class References:
     def run(self, feed: Mapping[str, np.ndarray], case: Case) -> dict[str, Any]:
         """Outputs (and layers) of every side: ``{"reference": ..., "eager": ...,
         "reference_layers": ..., "eager_layers": ..., "layer_lengths": ...,
-        "reference_decodes": ..., "eager_decodes": ...}`` (the CRF decodes each side ran:
-        :meth:`ReferenceLayers.decodes`)."""
+        "reference_decodes": ..., "eager_decodes": ..., "reference_rerun": ...,
+        "eager_rerun": ...}`` (the CRF decodes each side ran: :meth:`ReferenceLayers.decodes`;
+        each side's layers to run again on other inputs: :meth:`ReferenceLayers.snapshot`)."""
         out: dict[str, Any] = {}
         for key, side in self.sides.items():
             if side.layers is not None:
@@ -135,6 +136,7 @@ class References:
             if side.layers is not None and self.layer_reason is None:
                 try:
                     out[f"{key}_layers"], out["layer_lengths"] = side.layers.layers()
+                    out[f"{key}_rerun"] = side.layers.snapshot()
                 except LayersUnavailable as exc:
                     self.layer_reason = str(exc)
         if self.checked_values < DETERMINISM_VALUES:

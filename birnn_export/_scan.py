@@ -200,6 +200,7 @@ class _Rewrite(NodeRewrite):
         direction = self.attrs.get("direction", b"forward")
         info: dict[str, Any] = {
             "op": "LSTM" if self.lstmp else "RNN",
+            "x": self.node.input[0],
             "y": y_name,
             "lengths": bool(self.lengths_in),
             "hidden_size": h,
