@@ -3106,17 +3106,27 @@ class _ByteMaskTagger(nn.Module):
         return self.head(out)
 
 
-def test_a_byte_mask_is_a_uint8_input_and_tensorrt_takes_the_graph(tmp_path) -> None:
+@pytest.mark.parametrize("layout", ["split", "packed"])
+def test_a_byte_mask_is_a_uint8_input_and_tensorrt_takes_the_graph(tmp_path, layout) -> None:
     """A uint8 mask was refused as an input of unknown dtype. It is a uint8 input; the empty
     batch guard pads it in int32 for the model's Cast, since TensorRT takes uint8 only as a
-    graph input or output ("does not support UINT8 types for intermediate tensors")."""
+    graph input or output ("does not support UINT8 types for intermediate tensors"), and for
+    the packed layout's Shape of it, which cast it back to uint8 (users40)."""
     import onnxruntime as ort
 
     torch.manual_seed(0)
     model = _ByteMaskTagger().eval()
     x, mask = torch.randn(3, 9, 8), torch.ones(3, 9, dtype=torch.uint8)
     mask[1, 5:] = mask[2, 2:] = 0
-    result = export_onnx(model, tmp_path / "m.onnx", example_inputs=(x, mask))  # verifies
+    result = export_onnx(model, tmp_path / "m.onnx", example_inputs=(x, mask), layout=layout)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    to_uint8 = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Cast"
+        and any(a.name == "to" and a.i == onnx.TensorProto.UINT8 for a in n.attribute)
+    ]
+    assert not to_uint8  # no uint8 tensor made inside the graph
     assert [(t.name, t.dtype) for t in result.spec.inputs] == [("x", "float32"), ("mask", "uint8")]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     empty = {"x": np.zeros((0, 4, 8), np.float32), "mask": np.zeros((0, 4), np.uint8)}
