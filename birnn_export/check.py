@@ -249,7 +249,7 @@ def check_compatibility(
     if build.parsed:  # the parser imported every op: the static op list has nothing to add
         static = [f for f in static if _NO_IMPORTER not in f.message]
     findings: list[Finding] = []
-    for verdict in _build_findings(build, _layout(model)):
+    for verdict in _build_findings(build, _layout(model), _run_time_dim(model)):
         # The static rules about the node the parser rejected explain it: put them beside it.
         findings += [verdict, *(f for f in static if f.node == verdict.node != "graph")]
     findings += [f for f in static if f not in findings]
@@ -310,11 +310,30 @@ def _layout(model: Any) -> str | None:
         return None
 
 
-def _build_findings(build: EngineBuild, layout: str | None = None) -> list[Finding]:
+#: A dim known only at run time: the exporter's ``u0`` for a size computed from data, which
+#: birnn-export names ``longest(seq)`` where it is the longest row of a lengths input.
+_RUN_TIME = re.compile(r"(?<!\w)u\d+\b|longest\(")
+
+
+def _run_time_dim(model: Any) -> str | None:
+    """The first output (or inner tensor) of ``model`` sized by a value known only at run time,
+    with its dims (``"'output_0' [batch, u2, 29]"``), or ``None``."""
+    for value in (*model.graph.output, *model.graph.value_info):
+        dims = [d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim]
+        if any(_RUN_TIME.search(d) for d in dims):
+            return f"{value.name!r} [{', '.join(dims)}]"
+    return None
+
+
+def _build_findings(
+    build: EngineBuild, layout: str | None = None, run_time: str | None = None
+) -> list[Finding]:
     """The real parser's and builder's verdicts as findings: errors, or one info line. A build
     that fails on a graph birnn-export wrote names the other layouts, which write the same
     model in other nodes (a nested model's split graph failed in TensorRT's Myelin compiler
-    where fused built)."""
+    where fused built); first, where a tensor is sized at run time (``run_time``:
+    :func:`_run_time_dim`), ``total_length``, since a DeepSpeech2 cut to its longest row
+    failed in every layout and built with it (users40)."""
     tool = build.checked_with
     if not build.parsed:
         return [
@@ -350,12 +369,20 @@ def _build_findings(build: EngineBuild, layout: str | None = None) -> list[Findi
         ]
     if not build.ok:
         others = [name for name in LAYOUTS if name != layout]
-        retry = (
-            f"; the graph is in the {layout} layout: export it with --layout {others[0]} (or "
+        where = (
+            f"in the {layout} layout: export it with --layout {others[0]} (or "
             f"{', '.join(others[1:])}), the same model in other nodes, which may build"
             if layout is not None and "profile" not in build.build_error  # not the nodes'
-            else ""
+            else None
         )
+        retry = f"; the graph is {where}" if where else ""
+        if run_time is not None:
+            retry = (
+                f"; the graph sizes {run_time} by a value known only at run time (a longest "
+                "row: pad_packed_sequence without total_length), which TensorRT's builder may "
+                "fail on in every layout: pass total_length (the padded length, x.size(1)) to "
+                "pad_packed_sequence in the model" + (f"; also, it is {where}" if where else "")
+            )
         return [Finding("error", "graph", f"{tool} parsed the graph but failed to build it: "
                         f"{build.build_error}{retry}")]  # fmt: skip
     shapes = ", ".join(

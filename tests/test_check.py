@@ -980,6 +980,24 @@ def test_a_failed_build_of_a_birnn_export_graph_names_the_other_layouts(tmp_path
     )
     (other,) = check_module._build_findings(failed, None)  # another tool's graph
     assert other.message.endswith("failed to build it: Myelin: boom")
+    # a DeepSpeech2 cut to its longest row (pad_packed_sequence without total_length) failed
+    # in every layout and built with total_length: that comes first (users40)
+    assert check_module._run_time_dim(onnx.load(str(result.path))) is None
+    cut = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "u2", 29])
+    graph = onnx.helper.make_graph([], "g", [], [cut])
+    run_time = check_module._run_time_dim(onnx.helper.make_model(graph))
+    assert run_time == "'y' [batch, u2, 29]"
+    (finding,) = check_module._build_findings(failed, layout, run_time)
+    assert finding.message.endswith(
+        "Myelin: boom; the graph sizes 'y' [batch, u2, 29] by a value known only at run time (a "
+        "longest row: pad_packed_sequence without total_length), which TensorRT's builder may "
+        "fail on in every layout: pass total_length (the padded length, x.size(1)) to "
+        "pad_packed_sequence in the model; also, it is in the split layout: export it with "
+        "--layout fused (or scan, packed), the same model in other nodes, which may build"
+    )
+    named = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["longest(seq)", 3])
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [named]))
+    assert check_module._run_time_dim(model) == "'y' [longest(seq), 3]"
     # a builder out of memory (under ulimit -v, users34) is no verdict on the graph's nodes
     starved = replace(failed, build_error="Unexpected exception std::bad_alloc")
     (finding,) = check_module._build_findings(starved, layout)
