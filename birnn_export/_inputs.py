@@ -825,6 +825,10 @@ def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, .
     pools its bins or frames away): ``[("batch,128,time", (128, 52), "batch,FEATURES,time"),
     ...]``."""
     conv = isinstance(first, _CONVS)
+    if isinstance(first, _NORMS):  # a norm before a Conv1d of its channels (pyannote's
+        after = next((m for m in model.modules() if isinstance(m, _CONVS)), None)  # waveform)
+        if isinstance(after, nn.Conv1d) and after.in_channels == first.num_features:
+            return _layouts(model, after)
     channels = first.in_channels if conv else 1
     steps = _PROBE_STEPS
     if isinstance(first, nn.Conv3d):  # video clips, time in depth (LipNet) or first
@@ -840,8 +844,9 @@ def _layouts(model: nn.Module, first: nn.Module) -> list[tuple[str, tuple[int, .
             (f"batch,{channels},time", (channels, steps), None),
             (f"batch,time,{channels}", (steps, channels), None),
         ]
-        if channels == 1:  # a waveform the model gives its channel (an STFT as a convolution)
+        if channels == 1:  # a waveform, with its channel or given it (an STFT as a convolution)
             layouts += [("batch,time", (n,), None) for n in (steps, _PROBE_SAMPLES)]
+            layouts.append(("batch,1,time", (1, _PROBE_SAMPLES), None))
         return layouts
     if conv and channels == 3:  # video clips folded into the batch, or an image (width is time)
         sides = (32, 64, 112, 224)

@@ -1647,9 +1647,26 @@ class _VGG2L(nn.Module):
         return self.rnn(x.transpose(1, 2).flatten(2))[0]
 
 
+class _NormedWaveform(nn.Module):
+    """pyannote's PyanNet front end: [batch, 1, samples] normed, then a 251-tap Conv1d of stride
+    10 (some 1,261 samples at least): told only "declare them" (users40)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wav_norm1d = nn.InstanceNorm1d(1, affine=True)
+        self.conv = nn.Conv1d(1, 6, 251, stride=10)
+        self.pool = nn.MaxPool1d(3, stride=3)
+        self.lstm = nn.LSTM(6, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, waveforms):
+        x = self.pool(self.conv(self.wav_norm1d(waveforms)))
+        return self.lstm(x.transpose(1, 2))[0]
+
+
 @pytest.mark.parametrize(
     ("model", "runs_on"),
     [
+        (_NormedWaveform, "waveforms:float32[batch,1,time]' (at time 16000)"),
         (_LipReader, "x:float32[batch,3,time,50,100]' (at time 8)"),
         (_VGG2L, "xs:float32[batch,time,83]' (at time 52)"),
         (_FloorPooled, "x:float32[batch,1,84,time]' (at time 52)"),
