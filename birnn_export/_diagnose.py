@@ -21,10 +21,6 @@ from birnn_export._report import AFTER_NODES, AFTER_REVERSAL
 from birnn_export.compare import Check, abs_errors, outside_tolerance
 from birnn_export.spec import TensorSpec, Tolerance
 
-#: How the note of a layer check judged on the layer's input inside the graph begins (where only
-#: the drift into that input failed it on the model's input: ``_case._on_its_own_input``).
-ON_ITS_INPUT = "the layer's own output inside the graph, on its input there"
-
 # -- direction-split diagnosis ---------------------------------------------------------------
 
 
@@ -146,11 +142,12 @@ def diagnose_layers(
     bad = next((layer for layer in layers if not by_name[layer.name].passed), None)
     if bad is None:
         count = f"{len(layers)} layer(s)"
-        drifted = [c.name for c in checks if c.check == "layer" and ON_ITS_INPUT in c.note]
-        if drifted:  # judged on their input inside the graph: say which
+        drifted = [c.name for c in checks if c.drifted is not None]
+        if drifted:  # judged on their input inside the graph: the ops before are suspects too
+            its, it = ("its", "it") if len(drifted) == 1 else ("their", "them")
             count += (
-                f"; {', '.join(drifted)} on {'its' if len(drifted) == 1 else 'their'} input "
-                "inside the graph, which the ops before drifted within the noise"
+                f"; {', '.join(drifted)} on {its} input inside the graph, which the ops before "
+                f"{it} moved within the noise: they may be the difference too"
             )
         unbounded = [n for layer in layers for n in layer.without_lengths]
         if takes_lengths and unbounded:  # Y matches at the valid steps; the final state does not

@@ -54,7 +54,7 @@ class GraphLayer:
     #: reshaping ops) on its way back into time order.
     unreversed: tuple[str, ...] = ()
     #: The layer's input ``[T, B, I]`` as the graph feeds it (its forward node's ``X``), where
-    #: known (scan graphs record it since 0.5).
+    #: known (Scan loops record it in graphs written after 0.5.0).
     x_name: str | None = None
 
 
@@ -130,7 +130,7 @@ def _x_input(node: Any) -> str | None:
     if is_rnn_scan(node):
         return rnn_scan_info(node).get("x") or None
     if is_packed_layer(node):
-        return packed_info(node)["inputs"][0] or None
+        return packed_info(node).get("inputs", [""])[0] or None
     return str(node.input[0]) if node.input and node.input[0] else None
 
 
@@ -265,7 +265,9 @@ class GraphLayers:
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
         types = _inferred_types(self.proto)
         given = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-        inputs = [layer.x_name for layer in self.layers if layer.x_name not in (None, *given)]
+        inputs = [
+            layer.x_name for layer in self.layers if layer.x_name and layer.x_name not in given
+        ]
         added = [
             helper.make_tensor_value_info(name, types.get(name) or elem, None)
             for name in dict.fromkeys(
@@ -358,7 +360,9 @@ class GraphLayers:
                 rows = np.clip(np.asarray(lengths[layer.path], dtype=np.int64), 1, steps)
                 halves = [ys[0][:, 0], unreverse(ys[1][:, 0], rows)]
             out[layer.name] = np.concatenate([np.swapaxes(h, 0, 1) for h in halves], axis=-1)
-            x = feed.get(layer.x_name) if layer.x_name in names else by_name.get(layer.x_name)
+            x = None
+            if layer.x_name:
+                x = feed.get(layer.x_name) if layer.x_name in names else by_name.get(layer.x_name)
             if x is not None and np.ndim(x) == 3:
                 out[input_key(layer.name)] = np.swapaxes(np.asarray(x, dtype=np.float64), 0, 1)
         for path, tensor in self.scores:
@@ -540,44 +544,53 @@ class ReferenceLayers:
                         outputs[f"{key}/l{index}"] = x.to(torch.float64).numpy()
         return outputs, lengths
 
-    def snapshot(self) -> Any:
-        """After one forward pass: ``run(key, index, x, lengths)``, which recomputes layer
-        ``index`` of the module run ``key`` (:func:`call_key`) on another input ``x`` ``[B, T,
-        F]`` (float64; run in the model's precision), from that run's initial states, as
-        ``[B, T, D * H]`` float64; with ``x=None``, the input that run had, in float64. It keeps
-        this pass's inputs: later passes do not change it."""
-        import torch
-
-        calls = {path: list(runs) for path, runs in self.calls.items()}
-
-        def run(
-            key: str, index: int, x: np.ndarray | None = None, lengths: Any = None
-        ) -> np.ndarray | None:
-            path = module_path(key)
-            number = int(key.split("#", 1)[1]) if "#" in key else 1
-            call = calls.get(path, [])[number - 1 : number]
-            if not call or isinstance(call[0], str):
-                return None
-            if x is None:
-                return call[0].x.to(torch.float64).numpy()
-            module = self.modules[path]
-            layer = self._stack(path, module)[index]
-            directions = 2 if module.bidirectional else 1
-            at = slice(index * directions, (index + 1) * directions)
-            states = None if call[0].hx is None else tuple(s[at] for s in call[0].hx)
-            dtype = layer.weight_ih_l0.dtype
-            with torch.inference_mode():
-                y = _run_layer(
-                    layer, torch.from_numpy(x).to(dtype), torch.as_tensor(lengths), states
-                )
-            return y.to(torch.float64).numpy()
-
-        return run
+    def snapshot(self) -> Rerun:
+        """After one forward pass: its layers to run again on other inputs (:class:`Rerun`),
+        as this pass captured them; later passes do not change it."""
+        return Rerun(self, {path: list(runs) for path, runs in self.calls.items()})
 
     def _stack(self, path: str, module: Any) -> list[Any]:
         if path not in self._stacks:
             self._stacks[path] = single_layers(module)
         return self._stacks[path]
+
+
+class Rerun:
+    """One forward pass's recurrent layers (:meth:`ReferenceLayers.snapshot`), to run again."""
+
+    def __init__(self, layers: ReferenceLayers, calls: Mapping[str, list[_Call | str]]) -> None:
+        self.layers, self.calls = layers, calls
+
+    def _call(self, key: str) -> _Call | None:
+        number = int(key.split("#", 1)[1]) if "#" in key else 1
+        runs = self.calls.get(module_path(key), [])[number - 1 : number]
+        return runs[0] if runs and isinstance(runs[0], _Call) else None
+
+    def input_of(self, key: str) -> np.ndarray | None:
+        """The input ``[B, T, F]`` the module run ``key`` (:func:`call_key`) had, in float64."""
+        import torch
+
+        call = self._call(key)
+        return None if call is None else call.x.to(torch.float64).numpy()
+
+    def run(self, key: str, index: int, x: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+        """Layer ``index`` of the module run ``key`` on ``x`` ``[B, T, F]`` (float64, run in
+        the model's precision) from that run's initial states, as ``[B, T, D * H]`` float64."""
+        import torch
+
+        call = self._call(key)
+        if call is None:
+            return None
+        path = module_path(key)
+        module = self.layers.modules[path]
+        layer = self.layers._stack(path, module)[index]
+        directions = 2 if module.bidirectional else 1
+        at = slice(index * directions, (index + 1) * directions)
+        states = None if call.hx is None else tuple(s[at] for s in call.hx)
+        with torch.inference_mode():
+            x_in = torch.from_numpy(x).to(layer.weight_ih_l0.dtype)
+            y = _run_layer(layer, x_in, torch.as_tensor(lengths), states)
+        return y.to(torch.float64).numpy()
 
 
 def _input_of(module: Any, args: tuple, kwargs: dict) -> _Call | str:

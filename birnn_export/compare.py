@@ -169,6 +169,9 @@ class Check:
     reference_l2: float | None = None
     rows: int = 0
     rows_missed: int = 0
+    #: A layer check judged on the layer's input inside the graph: its error on the model's
+    #: input, as a share of its limit there (drift from the ops before it, grown through it).
+    drifted: float | None = None
 
     @property
     def other_shape(self) -> bool:

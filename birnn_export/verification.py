@@ -52,6 +52,7 @@ from birnn_export._case import (
     blame_one_step,
     blame_untraced,
     case_layers,
+    drift_note,
     last_lengths,
     layer_setup,
     run_case,
@@ -552,7 +553,7 @@ def verify(
     results = blame_untraced(results + sweep_checks(results, per_engine, seed), spec)
     results = blame_fixed_dims(results, ran_cases, spec, probed)
     results = advise_over_the_sweep(blame_one_step(results, ran_cases, spec))
-    notes += batch_dependence_note(results)
+    notes += batch_dependence_note(results) + drift_note(results)
     # int8 nodes are renamed: the layers were not compared, and need no note
     if spec.quantization is None:
         if layer_state.reason is not None and layers and golden is None:

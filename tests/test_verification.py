@@ -1788,3 +1788,45 @@ def test_verification_runs_onnx_runtime_with_its_idle_threads_asleep(
         "ort-cpu", str(split_lstm_graph), None, spec, ((1, 8, 32), (1, 64, 256)), isolate=True
     )
     assert isolated.factory.keywords["spinning"] is False
+
+
+class _IdsBesideEmbeddings(nn.Module):
+    """Token embeddings beside the ids themselves scaled (a large feature) into a BiLSTM, and
+    the tags its head scores most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.rnn = nn.LSTM(17, 24, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(48, 5)
+        with torch.no_grad():
+            self.rnn.weight_ih_l0[:, 16] *= 0.01
+            self.rnn.weight_ih_l0_reverse[:, 16] *= 0.01
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.emb(ids), (ids.float() * 37.7)[..., None]], -1)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=ids.shape[1])
+        return self.head(y[0]).argmax(-1)
+
+
+def test_a_defect_before_a_layer_is_not_taken_for_drift(tmp_path: Path) -> None:
+    """A layer is judged on its input inside the graph only where that input is within the
+    limit of the model's in every feature: an embedding table rounded to float16 beside a large
+    feature passed the whole input's limit, which that feature's magnitude set, and the graph
+    PASSed (review25). It fails, and the layer it feeds is named."""
+    from tests.defects import replace_initializer
+
+    torch.manual_seed(0)
+    model = _IdsBesideEmbeddings().eval()
+    path = export_onnx(model, tmp_path / "g.onnx", verify=False).path
+    proto = onnx.load(str(path))
+    table = next(i for i in proto.graph.initializer if tuple(i.dims) == (50, 16))
+    rounded = onnx.numpy_helper.to_array(table).astype(np.float16).astype(np.float32)
+    replace_initializer(proto, table.name, rounded)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    report = verify(tmp_path / "bad.onnx", model, batch_sizes=(8,), seq_lens=(30,))
+    assert not report.passed
+    failed = [o for c in report.cases for o in c.outputs if not o.passed]
+    assert [o.name for o in failed if o.check == "layer"] and all(o.drifted is None for o in failed)
+    assert report.failures[0].diagnosis.startswith("layer rnn/l0: ")
