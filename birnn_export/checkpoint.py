@@ -890,6 +890,9 @@ def _build(
             "; assumed batch-first input [batch, seq, ...] (the weights do not say; "
             "--time-major if it took [seq, batch, ...])"
         )
+    if config.cell == "rnn_tanh" and not layout.startswith("seed article"):
+        # a ReLU RNN built as tanh passed verification against itself, said nowhere (users41)
+        layout += "; tanh taken for the RNN (the weights do not say; --nonlinearity relu if ReLU)"
     return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()
 
 

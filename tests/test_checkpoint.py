@@ -414,6 +414,11 @@ def test_builtin_layer_state_dict(tmp_path, kind, layers, bidir, bias, embed, he
     assert config["vocab_size"] == (30 if embed else None)
     assert "'encoder.rnn'" in loaded.source and "linear head 'classifier'" in loaded.source
     assert loaded.source.startswith("state_dict under key 'model', built-in")
+    assert "tanh taken" not in loaded.source  # --nonlinearity relu said
+    if kind == "rnn_relu":  # the default, tanh, is said to be taken (users41: a ReLU RNN)
+        assert load_model(path).source.endswith(
+            "; tanh taken for the RNN (the weights do not say; --nonlinearity relu if ReLU)"
+        )
     if embed:
         x = torch.randint(0, 30, (4, 7), generator=_gen())
     else:
