@@ -1358,7 +1358,9 @@ def _guess_from_examples(
         raise BiRNNExportError(
             "lengths=True but example_inputs[1] is not an integer [batch] tensor"
         )
-    names = list(input_names) if input_names else _default_names(roles)
+    # forward's own names, as inferred inputs take them: 'ids' for a model's 'words' made
+    # serving code feed the graph by another name than the CLI's export of it (users41)
+    names = list(input_names) if input_names else _param_names(model, roles)
     if len(names) != len(inputs):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(inputs)} example inputs")
     decls = []

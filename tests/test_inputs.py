@@ -2106,3 +2106,25 @@ def test_inputs_a_forward_takes_by_star_args_are_declared(tmp_path) -> None:
     result = export_onnx(_VarArgs().eval(), tmp_path / "v.onnx", inputs=inputs)
     assert result.verification.passed, result.verification.summary()
     assert [t.name for t in result.spec.inputs] == ["x", "lengths"]
+
+
+@pytest.mark.parametrize(
+    ("names", "inferred"),
+    [(("words", "mask"), ["words", "mask"]), (("x", "lengths"), ["ids", "lengths"])],
+)
+def test_inputs_of_example_tensors_take_forwards_names(names, inferred) -> None:
+    """Inputs guessed from example tensors are named as those inferred without them are,
+    after forward's parameters but generic ones: the Python API's export of forward(words,
+    mask) named its first input 'ids', the CLI's 'words', so serving code fed one of them by a
+    name it did not have (users41)."""
+    from birnn_export._inputs import plan_inputs
+
+    model = _signature(*names)
+    ids, second = torch.randint(1, 30, (3, 7)), torch.ones(3, 7, dtype=torch.bool)
+    if names[1] == "lengths":
+        second = torch.tensor([7, 4, 2])
+    planned = plan_inputs(model, inputs=None, example_inputs=(ids, second), **PLANNING)
+    assert [d.name for d in planned.decls] == inferred
+    if names[1] == "mask":  # the same names as without examples
+        without = plan_inputs(model, inputs=None, example_inputs=None, **PLANNING)
+        assert [d.name for d in without.decls] == inferred
