@@ -1548,9 +1548,35 @@ def _traceable_packing(model: nn.Module, cuts: list[str], pads: list[float]) -> 
             cuts.append(str(padded[0].shape[time_axis]))
         return padded
 
-    swaps = {rnn_utils.pack_padded_sequence: _pack_for_tracing, rnn_utils.pad_packed_sequence: pad}
+    swaps = {
+        rnn_utils.pack_padded_sequence: _pack_for_tracing,
+        rnn_utils.pad_packed_sequence: pad,
+        rnn_utils.pack_sequence: _refuse_pack_sequence,
+    }
     with PackingSwap(model, swaps), torch.no_grad():
         yield
+
+
+class _PackedList(ExportError):
+    """``pack_sequence`` called while tracing: a list of sequences, which no graph takes."""
+
+
+def _refuse_pack_sequence(*args: Any, **kwargs: Any) -> Any:
+    """``pack_sequence`` while tracing: the model takes (or makes) a list of sequences, and the
+    trace of one froze its batch size (users41: the refusal told of len() and Python numbers)."""
+    caller = inspect.currentframe()
+    caller = caller.f_back if caller is not None else None
+    where = (
+        f" at {os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}"
+        if caller is not None
+        else ""
+    )
+    raise _PackedList(
+        f"pack_sequence{where} packs a list of sequences, and a graph takes tensors, not a "
+        "list of any length: take the padded batch and its lengths, forward(self, x, lengths), "
+        "and pack them with pack_padded_sequence(x, lengths, batch_first=True, "
+        "enforce_sorted=False), which birnn-export exports with any batch size and length"
+    )
 
 
 def _outputs_in_eager_dtypes(proto: Any, eager_out: Sequence[Tensor]) -> None:
@@ -2018,6 +2044,9 @@ def _explain_trace_failure(
     do."""
     text = str(exc)
     causes = _causes(exc)
+    listed = next((c for c in causes if isinstance(c, _PackedList)), None)
+    if listed is not None:
+        return str(listed)
     # torch.export's own wrapper says only that it failed: the cause says why
     cause = next((c for c in reversed(causes) if str(c).strip()), exc)
     if crfs:  # its Viterbi loop over time fails or freezes the length: say what to do instead

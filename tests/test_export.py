@@ -3593,3 +3593,35 @@ def test_a_quoted_model_line_keeps_its_start() -> None:
     shown = export_module._at_line("/m/t.py", 9, dense * 2)
     assert shown.startswith(" at t.py:9 (out=self.head(self.rnn(x)[0])if(lengths>0).all().item()")
     assert shown.endswith(" ...)") and len(shown) < 120
+
+
+class _ListPacked(nn.Module):
+    """forward(seqs) packing a list of variable-length sequences with pack_sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(6, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, seqs):
+        packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+
+class _RowsSliced(_ListPacked):
+    """Rows of a padded batch sliced to their lengths (as Python numbers) for pack_sequence."""
+
+    def forward(self, x, lengths):
+        rows = [x[i, :n] for i, n in enumerate(lengths.tolist())]
+        return super().forward(rows)
+
+
+@pytest.mark.parametrize(("model", "told"), [(_ListPacked, "pack_sequence at "), (_RowsSliced, "")])
+def test_a_list_of_sequences_is_told_to_pack_the_padded_batch(tmp_path, model, told) -> None:
+    """A forward packing a list of sequences with pack_sequence was told of len() and sizes made
+    Python numbers, and to declare the batch as a number (users41): it is told to take the
+    padded batch and its lengths and pack them with pack_padded_sequence, which exports."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model().eval(), tmp_path / "l.onnx", input_size=6)
+    message = str(caught.value)
+    assert told in message and "pack_padded_sequence(x, lengths, batch_first=True, " in message
+    assert "symbolic" not in message and not list(tmp_path.iterdir())
