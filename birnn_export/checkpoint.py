@@ -1392,6 +1392,8 @@ def _recognise_layout(
             if others
             else f"one recurrent layer {layer!r} and no linear head after it"
         )
+        if not others and not next(iter(recurrent)):  # a bare layer's own: it can be built
+            raise ModelLoadError(_bare_layer(recurrent[""], nonlinearity))
     elif recurrent:
         reason = f"{len(recurrent)} recurrent layers {_preview(recurrent)}"
     else:
@@ -1401,6 +1403,29 @@ def _recognise_layout(
         "the seed article's forward_*/backward_*/output_layer or one nn.RNN/LSTM/GRU with an "
         "optional embedding and a linear head; pass your class with --model-class module:Class "
         "(model_class=...)"
+    )
+
+
+def _bare_layer(params: dict[str, Tensor], nonlinearity: str) -> str:
+    """The refusal of a bare nn.LSTM/GRU/RNN's own state_dict, with the option that builds it
+    from its sizes (users41: told to pass a class, not which one)."""
+    cell, input_size, hidden, layers, bidirectional, bias, proj = _layer_geometry(
+        params, nonlinearity, "<root>"
+    )
+    kwargs: dict[str, Any] = {"input_size": input_size, "hidden_size": hidden}
+    kwargs |= {"num_layers": layers} if layers > 1 else {}
+    kwargs |= {"bidirectional": True} if bidirectional else {}
+    kwargs |= {"bias": False} if not bias else {}
+    kwargs |= {"proj_size": proj} if proj else {}
+    kwargs |= {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
+    kwargs["batch_first"] = True
+    name = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
+    return (
+        f"the state_dict of a bare nn.{name} (no model around it): build that layer with "
+        f"--model-class torch.nn:{name} --model-kwargs '{json.dumps(kwargs)}' (batch_first "
+        "as it was built: the weights do not say"
+        + ("; nor tanh or ReLU: --nonlinearity relu if ReLU" if cell == "rnn_tanh" else "")
+        + ")"
     )
 
 

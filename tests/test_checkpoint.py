@@ -573,9 +573,10 @@ def test_bare_layer_without_head_needs_model_class(tmp_path):
     torch.manual_seed(13)
     lstm = nn.LSTM(3, 4, bidirectional=True, batch_first=True)
     path = _save(lstm.state_dict(), tmp_path / "lstm.pt")
-    with pytest.raises(ModelLoadError, match="no linear head"):
-        load_model(path)
     kwargs = {"input_size": 3, "hidden_size": 4, "bidirectional": True, "batch_first": True}
+    told = f"--model-class torch.nn:LSTM --model-kwargs '{json.dumps(kwargs)}'"
+    with pytest.raises(ModelLoadError, match=re.escape(told)):
+        load_model(path)
     loaded = load_model(path, model_class="torch.nn:LSTM", model_kwargs=kwargs)
     assert isinstance(loaded.model, BiRNN) and isinstance(loaded.original, nn.LSTM)
     x = torch.randn(4, 7, 3, generator=_gen())
@@ -1309,3 +1310,22 @@ def test_a_pickle_needing_a_module_not_on_the_path_is_told_to_add_its_folder(
     message = str(caught.value)
     assert f"need module {USER_MODULE!r}" in message and "PYTHONPATH=." in message
     assert "the working directory is not searched" in message and "run from" not in message
+
+
+@pytest.mark.parametrize("layer", [nn.GRU(5, 4, 2, bidirectional=True), nn.RNN(5, 4, bias=False)])
+def test_a_bare_layers_state_dict_is_told_the_options_that_build_it(tmp_path, layer) -> None:
+    """A bare nn.LSTM's own state_dict was refused with "pass your class" (users41): the
+    refusal gives the --model-class and --model-kwargs that build the layer from its sizes,
+    and following it loads the same weights."""
+    path = _save(layer.state_dict(), tmp_path / "layer.pt")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    name = type(layer).__name__
+    assert f"the state_dict of a bare nn.{name} (no model around it)" in message
+    assert ("--nonlinearity relu if ReLU" in message) == (name == "RNN")
+    told = re.search(r"--model-class (\S+) --model-kwargs '([^']+)'", message)
+    assert told is not None and told[1] == f"torch.nn:{name}"
+    loaded = load_model(path, model_class=told[1], model_kwargs=json.loads(told[2]))
+    for key, value in layer.state_dict().items():
+        assert torch.equal(loaded.reference.state_dict()[key], value)
