@@ -793,13 +793,47 @@ def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
             "torch.finfo(x.dtype).min there (or -1e4), or export in float32"
         )
     if re.search(r"Half and Float|Float and Half|expected .*(Half|Float).* found|c10::Half", text):
+        made = _made_float32(_causes(exc))
         return (
             "the model, run in float16, mixes float32 (or float64) into it"
-            f"{_user_line(model, _causes(exc))}: a .float() or a tensor made float32 in forward "
-            "(torch.ones(...), a mask's .float()); write .to(x.dtype) (or .type_as(x)) there, "
-            "or export in float32"
+            f"{_user_line(model, _causes(exc))}"
+            + (f", made so at {', '.join(made)}" if made else "")
+            + ": a .float() or a tensor made float32 in forward (torch.ones(...), a mask's "
+            ".float()); write .to(x.dtype) (or .type_as(x)) there, or export in float32"
         )
     return None
+
+
+#: A cast to float32 (or float64) in a model's code.
+_FLOAT32 = re.compile(
+    r"\.(float|double)\(\)|dtype=torch\.float(32|64)?\b|\.to\(torch\.float(32)?\)"
+)
+
+
+def _made_float32(causes: Sequence[BaseException]) -> list[str]:
+    """``FILE:LINE`` of the casts to float32 before the line of the model's own code where
+    float16 met float32 (in the function holding it): that line only uses what they made
+    (users41: a mask's .float() two lines up)."""
+    for cause in causes:
+        frames, tb = [], cause.__traceback__
+        while tb is not None:
+            frames.append(tb)
+            tb = tb.tb_next
+        own = [f for f in frames if not _library_file(f.tb_frame.f_code.co_filename)]
+        if not own:
+            continue
+        code, failed = own[-1].tb_frame.f_code, own[-1].tb_lineno
+        try:
+            lines, start = inspect.getsourcelines(code)
+        except (OSError, TypeError):
+            return []
+        name = os.path.basename(code.co_filename)
+        return [
+            f"{name}:{start + i}"
+            for i, text in enumerate(lines)
+            if start + i < failed and _FLOAT32.search(text.split("#", 1)[0])
+        ]
+    return []
 
 
 def _container_hint(exc: Exception, model: nn.Module) -> str | None:

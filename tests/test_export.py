@@ -2758,6 +2758,9 @@ def test_float32_mixed_into_a_float16_run_is_named_with_its_line(tmp_path):
     assert "x float16 [" in text  # the inputs as fed, not as declared for float32
     assert "mixes float32 (or float64) into it at test_export.py:" in text
     assert "self.head(mean)" in text
+    # and where the float32 was made, a line before it (users41: only its use was named)
+    _, start = inspect.getsourcelines(_FloatMean.forward)
+    assert f"self.head(mean)), made so at test_export.py:{start + 1}: a .float()" in text
     assert ".to(x.dtype)" in text and "declare its inputs" not in text
 
     class Doubled(_FloatMean):  # float64 inside a float32 run: no word of float16
