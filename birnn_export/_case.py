@@ -56,6 +56,7 @@ from birnn_export.spec import (
     Tolerance,
     default_tolerance,
     dim_size,
+    run_time_dim,
 )
 
 
@@ -551,13 +552,6 @@ def _timeless_failing(spec: GraphSpec, failing: Sequence[Check]) -> tuple[str, .
     return tuple(sorted(names))
 
 
-def _data_dependent(dim: int | str | None) -> bool:
-    """A dim the model computes from the lengths at run time: ``longest(seq)``, one the
-    exporter left unnamed (``u0``), or one derived from either (``((u2 + 1)//2)``: the longest
-    row subsampled)."""
-    return isinstance(dim, str) and ("longest(" in dim or re.search(r"\bu\d+\b", dim) is not None)
-
-
 def _others(spec: GraphSpec, case: Case) -> str:
     """The case's other named dims, where given or not at their opt (``chars=1``), for its
     label."""
@@ -656,7 +650,7 @@ def batch_invariance_checks(
         sizes = []
         for axis, size in enumerate(full):
             dim = tensor.dims[axis] if axis < len(tensor.dims) else None
-            own = axis == tensor.time_axis or dim == time or _data_dependent(dim)
+            own = axis == tensor.time_axis or dim == time or run_time_dim(dim)
             sizes.append(1 if axis == tensor.batch_axis else alone[axis] if own else size)
         return tuple(sizes)
 

@@ -724,10 +724,12 @@ def _infer(
         return _pair_inputs(pairs, params, template, role, input_names, how, nest=nest, sizes=sizes)
     roles = [role]
     decl_list = [(dims, dtype)]
-    guess = nest and not time_major
-    # forward(words, chars, lengths or mask): the characters before the words' lengths
-    spelled_second = _spelled_second(model) if guess and role == "tokens" else None
-    mark = spelled_second[1] if spelled_second and lengths is None else None
+    nested = nest and not time_major  # a sequence nested in each step may be guessed
+    # forward(words, chars, lengths or mask): the characters before the words' lengths (not
+    # where lengths=True/False says otherwise: then forward is declared, or refused)
+    chars_first = nested and role == "tokens" and lengths is None
+    spelled_second = _spelled_second(model) if chars_first else None
+    mark = spelled_second[1] if spelled_second else None
     has_lengths = takes_lengths(model, lengths) if mark is None else param_role(mark) == "lengths"
     if has_lengths:
         mask = None
@@ -753,7 +755,7 @@ def _infer(
         names = _param_names(model, roles)
     if len(names) != len(roles):
         raise BiRNNExportError(f"input_names: {len(names)} names for {len(roles)} inputs")
-    guess = guess and len(roles) == 2
+    guess = nested and len(roles) == 2
     inner = _inner_mark(model) if guess and spelled_second is None else None
     spelled = _spelled(model) if guess and role == "tokens" else None
     spelled = spelled_second[0] if spelled_second else spelled

@@ -116,8 +116,10 @@ def guard_empty_batch(proto: Any, spec: GraphSpec) -> bool:
     for existing in graph.node:
         for i, name in enumerate(existing.input):
             if name in widened and existing.op_type in ("Shape", "Size"):
-                existing.input[i] = widened[name]  # no values read: a uint8 copy for it only
-                continue  # failed TensorRT (the packed layout's Shape of a byte mask, users40)
+                # it reads no values: a uint8 copy made for it alone failed TensorRT (the
+                # packed layout's Shape of a byte mask, users40)
+                existing.input[i] = widened[name]
+                continue
             if name in widened and existing.op_type != "Cast" and name not in renamed:
                 renamed[name] = node("Cast", [widened[name]], f"{name}/uint8", to=TensorProto.UINT8)
             if name in widened and existing.op_type == "Cast":

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError
-from birnn_export.spec import RECURRENT_OPS, takes_lengths
+from birnn_export.spec import RECURRENT_OPS, run_time_dim, takes_lengths
 
 if TYPE_CHECKING:
     from birnn_export.trt import EngineBuild
@@ -310,17 +310,12 @@ def _layout(model: Any) -> str | None:
         return None
 
 
-#: A dim known only at run time: the exporter's ``u0`` for a size computed from data, which
-#: birnn-export names ``longest(seq)`` where it is the longest row of a lengths input.
-_RUN_TIME = re.compile(r"(?<!\w)u\d+\b|longest\(")
-
-
 def _run_time_dim(model: Any) -> str | None:
     """The first output (or inner tensor) of ``model`` sized by a value known only at run time,
     with its dims (``"'output_0' [batch, u2, 29]"``), or ``None``."""
     for value in (*model.graph.output, *model.graph.value_info):
         dims = [d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim]
-        if any(_RUN_TIME.search(d) for d in dims):
+        if any(run_time_dim(d) for d in dims):
             return f"{value.name!r} [{', '.join(dims)}]"
     return None
 
@@ -376,7 +371,7 @@ def _build_findings(
             else None
         )
         retry = f"; the graph is {where}" if where else ""
-        if run_time is not None:
+        if run_time is not None and "profile" not in build.build_error:
             retry = (
                 f"; the graph sizes {run_time} by a value known only at run time (a longest "
                 "row: pad_packed_sequence without total_length), which TensorRT's builder may "

@@ -878,7 +878,7 @@ def _build(
     state, stripped = _strip_wrapper_prefix(state, None)
     if stripped:
         where += f" (prefix {stripped!r} removed)"
-    config, tagger_state, layout = _recognise(state, nonlinearity, path)
+    config, tagger_state, layout = _recognise(state, nonlinearity, path, time_major)
     if time_major:
         config = dataclasses.replace(config, batch_first=False)
     factory = functools.partial(SequenceTagger, config)
@@ -1352,17 +1352,17 @@ def _compare(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Pa
 
 
 def _recognise(
-    state: dict[str, Tensor], nonlinearity: str, path: Path
+    state: dict[str, Tensor], nonlinearity: str, path: Path, time_major: bool = False
 ) -> tuple[TaggerConfig, dict[str, Tensor], str]:
     """Config, state_dict in SequenceTagger names, and a description of the layout found."""
     try:
-        return _recognise_layout(state, nonlinearity)
+        return _recognise_layout(state, nonlinearity, time_major)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
 
 
 def _recognise_layout(
-    state: dict[str, Tensor], nonlinearity: str
+    state: dict[str, Tensor], nonlinearity: str, time_major: bool = False
 ) -> tuple[TaggerConfig, dict[str, Tensor], str]:
     recurrent: dict[str, dict[str, Tensor]] = {}
     others: dict[str, dict[str, Tensor]] = {}
@@ -1393,7 +1393,7 @@ def _recognise_layout(
             else f"one recurrent layer {layer!r} and no linear head after it"
         )
         if not others and not next(iter(recurrent)):  # a bare layer's own: it can be built
-            raise ModelLoadError(_bare_layer(recurrent[""], nonlinearity))
+            raise ModelLoadError(_bare_layer(recurrent[""], nonlinearity, time_major))
     elif recurrent:
         reason = f"{len(recurrent)} recurrent layers {_preview(recurrent)}"
     else:
@@ -1406,26 +1406,33 @@ def _recognise_layout(
     )
 
 
-def _bare_layer(params: dict[str, Tensor], nonlinearity: str) -> str:
-    """The refusal of a bare nn.LSTM/GRU/RNN's own state_dict, with the option that builds it
-    from its sizes (users41: told to pass a class, not which one)."""
+def _bare_layer(params: dict[str, Tensor], nonlinearity: str, time_major: bool) -> str:
+    """The refusal of a bare nn.LSTM/GRU/RNN's own state_dict, with the options that build it
+    from its sizes (users41: told to pass a class, not which one); a ReLU RNN and a time-major
+    layer go in its keyword arguments, which --nonlinearity and --time-major do not reach."""
     cell, input_size, hidden, layers, bidirectional, bias, proj = _layer_geometry(
         params, nonlinearity, "<root>"
     )
     kwargs: dict[str, Any] = {"input_size": input_size, "hidden_size": hidden}
-    kwargs |= {"num_layers": layers} if layers > 1 else {}
-    kwargs |= {"bidirectional": True} if bidirectional else {}
-    kwargs |= {"bias": False} if not bias else {}
-    kwargs |= {"proj_size": proj} if proj else {}
-    kwargs |= {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
-    kwargs["batch_first"] = True
+    if layers > 1:
+        kwargs["num_layers"] = layers
+    if bidirectional:
+        kwargs["bidirectional"] = True
+    if not bias:
+        kwargs["bias"] = False
+    if proj:
+        kwargs["proj_size"] = proj
+    if cell == "rnn_relu":
+        kwargs["nonlinearity"] = "relu"
+    kwargs["batch_first"] = not time_major
     name = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
+    unsaid = "batch_first as it was built" + (
+        ', "nonlinearity": "relu" if ReLU' if cell == "rnn_tanh" else ""
+    )
     return (
         f"the state_dict of a bare nn.{name} (no model around it): build that layer with "
-        f"--model-class torch.nn:{name} --model-kwargs '{json.dumps(kwargs)}' (batch_first "
-        "as it was built: the weights do not say"
-        + ("; nor tanh or ReLU: --nonlinearity relu if ReLU" if cell == "rnn_tanh" else "")
-        + ")"
+        f"--model-class torch.nn:{name} --model-kwargs '{json.dumps(kwargs)}' ({unsaid}: the "
+        f"weights do not say; Python: model_class='torch.nn:{name}', model_kwargs={{...}})"
     )
 
 

@@ -793,7 +793,7 @@ def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
             "torch.finfo(x.dtype).min there (or -1e4), or export in float32"
         )
     if re.search(r"Half and Float|Float and Half|expected .*(Half|Float).* found|c10::Half", text):
-        made = _made_float32(_causes(exc))
+        made = _made_float32(model, _causes(exc))
         return (
             "the model, run in float16, mixes float32 (or float64) into it"
             f"{_user_line(model, _causes(exc))}"
@@ -806,33 +806,38 @@ def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
 
 #: A cast to float32 (or float64) in a model's code.
 _FLOAT32 = re.compile(
-    r"\.(float|double)\(\)|dtype=torch\.float(32|64)?\b|\.to\(torch\.float(32)?\)"
+    r"\.(float|double)\(\)|dtype=torch\.(float(32|64)?|double)\b|\.to\(torch\.(float(32|64)?|double)\)"
 )
 
 
-def _made_float32(causes: Sequence[BaseException]) -> list[str]:
-    """``FILE:LINE`` of the casts to float32 before the line of the model's own code where
-    float16 met float32 (in the function holding it): that line only uses what they made
-    (users41: a mask's .float() two lines up)."""
-    for cause in causes:
-        frames, tb = [], cause.__traceback__
-        while tb is not None:
-            frames.append(tb)
-            tb = tb.tb_next
-        own = [f for f in frames if not _library_file(f.tb_frame.f_code.co_filename)]
-        if not own:
-            continue
-        code, failed = own[-1].tb_frame.f_code, own[-1].tb_lineno
-        try:
-            lines, start = inspect.getsourcelines(code)
-        except (OSError, TypeError):
-            return []
-        name = os.path.basename(code.co_filename)
-        return [
-            f"{name}:{start + i}"
-            for i, text in enumerate(lines)
-            if start + i < failed and _FLOAT32.search(text.split("#", 1)[0])
-        ]
+def _made_float32(model: nn.Module, causes: Sequence[BaseException]) -> list[str]:
+    """``FILE:LINE`` of the casts to float32 before the line where float16 met float32, in the
+    function holding that line (the one :func:`_user_line` names: of the model's own file
+    first): that line only uses what they made (users41: a mask's .float() two lines up)."""
+    try:
+        source = inspect.getsourcefile(type(model))
+    except (TypeError, OSError):
+        source = None
+    for own_file in (True, False):
+        for cause in causes:
+            frames, tb = [], cause.__traceback__
+            while tb is not None:
+                name = tb.tb_frame.f_code.co_filename
+                if name == source if own_file else not _library_file(name):
+                    frames.append(tb)
+                tb = tb.tb_next
+            if not frames:
+                continue
+            code, failed = frames[-1].tb_frame.f_code, frames[-1].tb_lineno
+            try:
+                lines, start = inspect.getsourcelines(code)
+            except (OSError, TypeError):
+                return []
+            return [
+                f"{os.path.basename(code.co_filename)}:{start + i}"
+                for i, text in enumerate(lines)
+                if start + i < failed and _FLOAT32.search(text.split("#", 1)[0])
+            ]
     return []
 
 
@@ -1598,16 +1603,10 @@ class _PackedList(ExportError):
 def _refuse_pack_sequence(*args: Any, **kwargs: Any) -> Any:
     """``pack_sequence`` while tracing: the model takes (or makes) a list of sequences, and the
     trace of one froze its batch size (users41: the refusal told of len() and Python numbers)."""
-    caller = inspect.currentframe()
-    caller = caller.f_back if caller is not None else None
-    where = (
-        f" at {os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}"
-        if caller is not None
-        else ""
-    )
     raise _PackedList(
-        f"pack_sequence{where} packs a list of sequences, and a graph takes tensors, not a "
-        "list of any length: take the padded batch and its lengths, forward(self, x, lengths), "
+        f"pack_sequence{_calling_line()} packs a list of sequences, and a graph takes tensors, "
+        "not a list of any length: take the padded batch and its lengths, forward(self, x, "
+        "lengths), "
         "and pack them with pack_padded_sequence(x, lengths, batch_first=True, "
         "enforce_sorted=False), which birnn-export exports with any batch size and length"
     )

@@ -1267,6 +1267,13 @@ _ARITHMETIC: dict[type, Any] = {
 }
 
 
+def run_time_dim(dim: int | str | None) -> bool:
+    """A dim the model computes from the lengths at run time: ``longest(seq)``, one the
+    exporter left unnamed (``u0``), or one derived from either (``((u2 + 1)//2)``: the longest
+    row subsampled)."""
+    return isinstance(dim, str) and ("longest(" in dim or re.search(r"\bu\d+\b", dim) is not None)
+
+
 def dim_size(text: str, sizes: Mapping[str, int], unknown: int | None = None) -> int:
     """A symbolic dim such as ``seq`` or ``((time - 1)//2) + 1`` at ``sizes``.
 

@@ -265,6 +265,7 @@ def test_seed_state_dict_equals_seed_class(tmp_path, cls, layout):
     article = cls(4, 5, 3).eval()
     loaded = load_model(_save(article.state_dict(), tmp_path / "seed.pt"))
     assert loaded.source.startswith(f"bare state_dict, seed article layout ({layout})")
+    assert "tanh taken" not in loaded.source  # the article's RNN classes say tanh themselves
     if cls is seed.ManualBidirectionalRNN:  # Example 1 and 3's weights cannot be told apart
         assert "rebuilt with per-row reversal" in loaded.source
         assert "its own flip-then-pack forward differs from that by 0." in loaded.source
@@ -1323,7 +1324,9 @@ def test_a_bare_layers_state_dict_is_told_the_options_that_build_it(tmp_path, la
     message = str(caught.value)
     name = type(layer).__name__
     assert f"the state_dict of a bare nn.{name} (no model around it)" in message
-    assert ("--nonlinearity relu if ReLU" in message) == (name == "RNN")
+    assert ('"nonlinearity": "relu" if ReLU' in message) == (name == "RNN")  # not an option
+    with pytest.raises(ModelLoadError, match='"batch_first": false'):
+        load_model(path, time_major=True)
     told = re.search(r"--model-class (\S+) --model-kwargs '([^']+)'", message)
     assert told is not None and told[1] == f"torch.nn:{name}"
     loaded = load_model(path, model_class=told[1], model_kwargs=json.loads(told[2]))

@@ -2110,7 +2110,11 @@ def test_inputs_a_forward_takes_by_star_args_are_declared(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("names", "inferred"),
-    [(("words", "mask"), ["words", "mask"]), (("x", "lengths"), ["ids", "lengths"])],
+    [
+        (("words", "mask"), ["words", "mask"]),
+        (("src", "src_lengths"), ["src", "src_lengths"]),  # were ids, lengths (review26)
+        (("x", "lengths"), ["ids", "lengths"]),  # a generic name: by its role
+    ],
 )
 def test_inputs_of_example_tensors_take_forwards_names(names, inferred) -> None:
     """Inputs guessed from example tensors are named as those inferred without them are,
@@ -2121,10 +2125,25 @@ def test_inputs_of_example_tensors_take_forwards_names(names, inferred) -> None:
 
     model = _signature(*names)
     ids, second = torch.randint(1, 30, (3, 7)), torch.ones(3, 7, dtype=torch.bool)
-    if names[1] == "lengths":
+    if names[1].endswith("lengths"):
         second = torch.tensor([7, 4, 2])
     planned = plan_inputs(model, inputs=None, example_inputs=(ids, second), **PLANNING)
     assert [d.name for d in planned.decls] == inferred
     if names[1] == "mask":  # the same names as without examples
         without = plan_inputs(model, inputs=None, example_inputs=None, **PLANNING)
         assert [d.name for d in without.decls] == inferred
+
+
+@pytest.mark.parametrize("mark", ["lengths", "mask"])
+def test_characters_before_the_words_lengths_are_not_guessed_against_a_lengths_option(mark):
+    """forward(words, chars, lengths|mask) is inferred in forward's order (users38), but not
+    where --lengths/--no-lengths says otherwise: it asked for input_names no one gave, or took
+    a mask for lengths (review26). Those are refused with the declarations to write."""
+    from birnn_export._inputs import plan_inputs
+
+    model = _signature("words", "chars", mark)
+    planned = plan_inputs(model, inputs=None, example_inputs=None, **PLANNING)
+    assert [d.name for d in planned.decls] == ["words", "chars", mark]
+    for forced in (False, True):
+        with pytest.raises(ExportError, match="declare each, in forward's order"):
+            plan_inputs(model, inputs=None, example_inputs=None, **{**PLANNING, "lengths": forced})
