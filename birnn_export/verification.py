@@ -638,3 +638,16 @@ def _check_golden(
                     f"load_outputs: runner {runner!r} case {index} has outputs {sorted(out)}, "
                     f"the graph returns {names}"
                 )
+    # eager's outputs are the noise floor in the graph's precision: a float16 graph's are 100x
+    # a float32 graph's, and a defective float32 graph passed against them (users42)
+    declared = {t.name: t.dtype for t in spec.outputs}
+    for out in golden.get(GOLDEN_EAGER, ())[:1]:
+        for name, value in out.items():
+            dtype = str(np.asarray(value).dtype)
+            if np.issubdtype(np.asarray(value).dtype, np.floating) and dtype != declared[name]:
+                raise BiRNNExportError(
+                    f"load_outputs: eager's output {name!r} is {dtype}, the graph's "
+                    f"{declared[name]}: saved verifying another graph (another --dtype), and "
+                    "eager's error in another precision is no measure for this one; save them "
+                    "from this graph's verify (--save-outputs)"
+                )

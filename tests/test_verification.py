@@ -1470,6 +1470,15 @@ def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> No
     assert values_ratio(replay) == pytest.approx(values_ratio(report), rel=1e-6)
     bad = plant_recurrent_perturbation(result.path, tmp_path / "bad.onnx", absolute=1e-3)
     assert not verify(bad, load_inputs=inputs, load_outputs=outputs).passed
+    # eager's outputs saved in another precision (a float16 graph's verify): their error is
+    # 100x float32's, and a defective float32 graph passed against them (users42)
+    from birnn_export import _interop
+
+    runs = _interop.load_outputs(outputs)
+    runs["eager"] = [{k: v.astype(np.float16) for k, v in out.items()} for out in runs["eager"]]
+    halves = _interop.save_outputs(tmp_path / "half.json", runs)
+    with pytest.raises(BiRNNExportError, match="eager's output 'output' is float16, the graph's"):
+        verify(bad, load_inputs=inputs, load_outputs=halves)
     npz = tmp_path / "in.npz"
     verify(result.path, loaded, save_inputs=npz)
     assert verify(result.path, loaded, load_inputs=npz).passed
