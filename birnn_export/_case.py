@@ -477,6 +477,13 @@ def _diagnose(
     for tensor in spec.outputs:  # another length than the model's: another computation
         got, want = np.shape(actual.get(tensor.name)), np.shape(expected[tensor.name])
         at = tensor.time_axis
+        if tensor.role == "tags" and not np.issubdtype(
+            np.asarray(expected[tensor.name]).dtype, np.integer
+        ):
+            return (
+                f"output {tensor.name!r} holds decoded tags and the model's output there does "
+                "not: verify the graph against the model it was exported from"
+            )
         if tensor.role == "tags" and _padded_tags(actual.get(tensor.name), want):
             continue  # a decode's lists, padded to the longest row; the graph's to T (users25)
         if at is not None and len(got) == len(want) > at and got[at] != want[at]:

@@ -668,6 +668,12 @@ def compare_tags(
         tensor.batch_axis or 0,
         1 if tensor.time_axis is None else tensor.time_axis,
     )
+    if not np.issubdtype(np.asarray(want).dtype, np.integer):  # another model's scores
+        note = (
+            f"the model's output here is {np.asarray(want).dtype} {list(np.shape(want))}, not "
+            "decoded tags: is it the model this graph was exported from?"
+        )  # a [B, 5] classifier's logits passed as ties, padded to T (users42)
+        return _failed(tensor, "values", note)
     got = np.moveaxis(got, (batch_axis, time_axis), (0, 1)) if got.ndim == 2 else got
     want, eager = (
         None if a is None else _pad_time(np.moveaxis(a, (batch_axis, time_axis), (0, 1)), got)

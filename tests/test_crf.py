@@ -323,6 +323,33 @@ def test_wrong_tags_are_not_blamed_on_a_length_branch(tagger_graph, tmp_path) ->
     assert told and not any("steps where the model's has" in d for d in told), told
 
 
+class _Classifier(nn.Module):
+    """Another model, of the tagger's inputs: a BiLSTM whose last step a head scores, [B, 5]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(40, 12)
+        self.lstm = nn.LSTM(12, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.embedding(ids))[0][:, -1])
+
+
+def test_a_tagger_verified_against_another_models_scores_fails(tagger_graph) -> None:
+    """A classifier's [B, 5] scores given for the graph's decoded tags were padded to T and
+    every differing row excused as a tie (eager float32 departs from float64 in every float
+    row): verify PASSed against the wrong model (users42). It fails, and says so."""
+    from birnn_export.verification import verify
+
+    _, path, _ = tagger_graph
+    report = verify(path, _Classifier().eval(), batch_sizes=(3,), seq_lens=(11,), layers=False)
+    assert not report.passed
+    (tags,) = [o for o in report.cases[0].outputs if o.name == "tags" and o.check == "values"]
+    assert tags.note.startswith("the model's output here is float64 [3, 5], not decoded tags")
+    assert report.failures[0].diagnosis.startswith("output 'tags' holds decoded tags and the ")
+
+
 def test_export_writes_two_viterbi_scans_and_nothing_unrolled(tagger_graph) -> None:
     _, path, result = tagger_graph
     proto = onnx.load(path)
