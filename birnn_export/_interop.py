@@ -122,10 +122,15 @@ def load_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return cases
 
 
-def save_outputs(path: str | os.PathLike[str], runs: Mapping[str, Sequence[Feed]]) -> str:
-    """Write ``{runner name: [outputs per case]}`` as Polygraphy ``RunResults`` JSON."""
+def check_outputs_format(path: str | os.PathLike[str]) -> None:
+    """Outputs are saved as Polygraphy's ``RunResults`` JSON only."""
     if check_format("save_outputs", path) != ".json":
         raise BiRNNExportError(f"save_outputs: {path} must end in .json (Polygraphy's RunResults)")
+
+
+def save_outputs(path: str | os.PathLike[str], runs: Mapping[str, Sequence[Feed]]) -> str:
+    """Write ``{runner name: [outputs per case]}`` as Polygraphy ``RunResults`` JSON."""
+    check_outputs_format(path)
     results = [
         [
             name,

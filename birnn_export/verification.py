@@ -605,6 +605,8 @@ def _check_files(
         if path is not None:
             _interop.check_format(option, path)
             check_output_path(option, path)
+    if save_outputs is not None:  # refused after the whole sweep ran (users42)
+        _interop.check_outputs_format(save_outputs)
     for option, path in (("load_inputs", load_inputs), ("load_outputs", load_outputs)):
         if path is not None and not Path(path).is_file():
             raise BiRNNExportError(f"{option}: no such file: {path}")

@@ -1491,6 +1491,12 @@ def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> No
         verify(result.path, loaded, load_inputs=npz, batch_sizes=(2,), seq_lens=(7,))
     with pytest.raises(BiRNNExportError, match=r"must end in \.json"):
         verify(result.path, loaded, save_inputs=tmp_path / "cases")
+    # outputs as .npz: refused before the sweep, not after it with the inputs written (users42)
+    with pytest.raises(BiRNNExportError, match=r"out\.npz must end in \.json \(Polygraphy's Run"):
+        verify(
+            result.path, loaded, save_inputs=tmp_path / "c.npz", save_outputs=tmp_path / "out.npz"
+        )
+    assert not (tmp_path / "c.npz").exists()
 
 
 def test_polygraphy_reads_the_saved_inputs_and_outputs(tmp_path: Path) -> None:
