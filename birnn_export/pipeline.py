@@ -250,7 +250,9 @@ def _verify_staged(
     from birnn_export.verification import verify
 
     report = verify(staging, model, reference=reference, progress=progress, atol=atol, rtol=rtol)
-    report = dataclasses.replace(report, onnx_path=str(path))
+    # the file it will be, not the staged copy (users42: a deleted staging path in the JSON)
+    environment = {**report.environment, "onnx_file": str(path)}
+    report = dataclasses.replace(report, onnx_path=str(path), environment=environment)
     if not report.passed:
         message = report.summary()
         diagnosis = report.diagnosis()

@@ -29,6 +29,8 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     report = export_model(SAMPLES / "bilstm_crf_tagger.pt", tmp_path / "lib.onnx")
     assert isinstance(report, ExportReport) and report.result.path.exists()
     assert report.compatibility is not None and report.result.verification.passed
+    # the report names the file written, not its staged copy (users42)
+    assert report.result.verification.environment["onnx_file"] == str(tmp_path / "lib.onnx")
     lines = report.lines()
     assert lines[0].startswith("Loaded   ") and lines[-1].startswith("Done in")
     assert any(line.startswith("Verified PASS") for line in lines)
