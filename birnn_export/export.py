@@ -812,33 +812,21 @@ _FLOAT32 = re.compile(
 
 def _made_float32(model: nn.Module, causes: Sequence[BaseException]) -> list[str]:
     """``FILE:LINE`` of the casts to float32 before the line where float16 met float32, in the
-    function holding that line (the one :func:`_user_line` names: of the model's own file
-    first): that line only uses what they made (users41: a mask's .float() two lines up)."""
+    function holding that line (the one :func:`_user_line` names): that line only uses what
+    they made (users41: a mask's .float() two lines up)."""
+    failed = _model_frame(model, causes)
+    if failed is None:
+        return []
+    code = failed.tb_frame.f_code
     try:
-        source = inspect.getsourcefile(type(model))
-    except (TypeError, OSError):
-        source = None
-    for own_file in (True, False):
-        for cause in causes:
-            frames, tb = [], cause.__traceback__
-            while tb is not None:
-                name = tb.tb_frame.f_code.co_filename
-                if name == source if own_file else not _library_file(name):
-                    frames.append(tb)
-                tb = tb.tb_next
-            if not frames:
-                continue
-            code, failed = frames[-1].tb_frame.f_code, frames[-1].tb_lineno
-            try:
-                lines, start = inspect.getsourcelines(code)
-            except (OSError, TypeError):
-                return []
-            return [
-                f"{os.path.basename(code.co_filename)}:{start + i}"
-                for i, text in enumerate(lines)
-                if start + i < failed and _FLOAT32.search(text.split("#", 1)[0])
-            ]
-    return []
+        lines, start = inspect.getsourcelines(code)
+    except (OSError, TypeError):
+        return []
+    return [
+        f"{os.path.basename(code.co_filename)}:{start + i}"
+        for i, text in enumerate(lines)
+        if start + i < failed.tb_lineno and _FLOAT32.search(text.split("#", 1)[0])
+    ]
 
 
 def _container_hint(exc: Exception, model: nn.Module) -> str | None:
@@ -2010,30 +1998,40 @@ def _calling_line() -> str:
     return ""
 
 
-def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
-    """`` at FILE:LINE (code)``: the last line of the model's own source the failure passed
+def _model_frame(model: nn.Module, causes: Sequence[BaseException]) -> Any:
+    """The traceback entry of the last line of the model's own source the failure passed
     through, else of any code outside torch, birnn-export and Python's own library (a layer
-    the model imports, as asteroid's gLN), or nothing."""
-    import traceback
-
+    the model imports, as asteroid's gLN), or ``None``."""
     try:
         source = inspect.getsourcefile(type(model))
     except (TypeError, OSError):
         source = None
     for own_file in (True, False):
         for cause in causes:
-            frames = [
-                f
-                for f in traceback.extract_tb(cause.__traceback__)
-                if (f.filename == source if own_file else not _library_file(f.filename))
-            ]
-            if frames:
-                line = frames[-1]
-                return _at_line(line.filename, line.lineno, line.line)
+            found, entry = None, cause.__traceback__
+            while entry is not None:
+                name = entry.tb_frame.f_code.co_filename
+                if name == source if own_file else not _library_file(name):
+                    found = entry
+                entry = entry.tb_next
+            if found is not None:
+                return found
+    return None
+
+
+def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
+    """`` at FILE:LINE (code)``: the line :func:`_model_frame` finds, else the last line of
+    the model's code in a traced node's own traceback, or nothing."""
+    import linecache
+
+    found = _model_frame(model, causes)
+    if found is not None:
+        name = found.tb_frame.f_code.co_filename
+        return _at_line(name, found.tb_lineno, linecache.getline(name, found.tb_lineno))
     for cause in causes:  # failed translating the traced graph: the node's own traceback
         _, said, original = str(cause).partition("Original traceback:")
-        found = _TRACEBACK_LINE.findall(original) if said else []
-        lines = [m for m in found if not _library_file(m[0])]
+        matches = _TRACEBACK_LINE.findall(original) if said else []
+        lines = [m for m in matches if not _library_file(m[0])]
         if lines:
             filename, lineno, code = lines[-1]
             return _at_line(filename, lineno, code)
