@@ -130,10 +130,8 @@ def example_probes(
 def default_seq_lens(spec: GraphSpec) -> tuple[int, ...]:
     """T in {1, 2, example_seq, 4 x example_seq, the declared maximum ``seq_range[2]``}, each
     kept within the declared range of the time dim."""
-    return tuple(
-        sorted({within(spec, t) for t in (1, 2, spec.example_seq, 4 * spec.example_seq)})
-        | {spec.seq_range[2]}
-    )
+    steps = {within(spec, t) for t in (1, 2, spec.example_seq, 4 * spec.example_seq)}
+    return tuple(sorted(steps | {spec.seq_range[2]}))
 
 
 def within(spec: GraphSpec, steps: int) -> int:

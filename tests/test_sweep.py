@@ -26,6 +26,9 @@ def test_default_sweep_covers_issue_shapes(split_lstm_graph: Path) -> None:
     assert {(c.batch, c.seq) for c in wider} == {(2, 300), (64, 300)}
     with pytest.raises(BiRNNExportError, match="seq_lens"):
         plan_cases(spec, seq_lens=(0, 3))
+    # batch sizes alone take the default lengths (`verify --batch-sizes 2` raised a TypeError)
+    alone = plan_cases(spec, batch_sizes=(2,))
+    assert {(c.batch, c.seq) for c in alone} == {(2, t0), (2, 1), (2, 2), (2, 4 * t0), (2, 256)}
 
 
 def test_one_case_has_noise_past_the_lengths_and_its_rows_do_not_run_alone(
