@@ -353,6 +353,13 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     type=_EXISTING,
     help="With --load-inputs: compare against these saved outputs; no --model needed.",
 )
+@click.option(
+    "--like",
+    metavar="EXPORTED.onnx",
+    type=_EXISTING,
+    help="For a graph birnn-export did not write (torch.onnx.export's): a graph it wrote from "
+    "the same model, whose inputs to feed (default: the model's, traced as an export would).",
+)
 @sweep_options("ort-cpu")
 @loader_options
 @_json_to_stdout
@@ -366,6 +373,7 @@ def verify_command(
     save_outputs: Path | None,
     load_inputs: Path | None,
     load_outputs: Path | None,
+    like: Path | None,
     sweep: dict[str, Any],
     loader: dict[str, Any],
 ) -> None:
@@ -386,7 +394,12 @@ def verify_command(
     """
     from birnn_export.verification import render_report, verify
 
-    reads = {"MODEL.onnx": onnx_path, "--model": model_path, "--load-inputs": load_inputs}
+    reads = {
+        "MODEL.onnx": onnx_path,
+        "--model": model_path,
+        "--load-inputs": load_inputs,
+        "--like": like,
+    }
     writes = {"--json": json_path, "--save-inputs": save_inputs, "--save-outputs": save_outputs}
     options_.check_files({**reads, "--load-outputs": load_outputs}, writes)
     if model_path is None and load_outputs is None:
@@ -403,6 +416,7 @@ def verify_command(
         load_inputs=load_inputs,
         load_outputs=load_outputs,
         load_options=loader,
+        like=like,
     )
     render_report(report)
     if json_path is not None:

@@ -60,6 +60,7 @@ from birnn_export._case import (
     sweep_checks,
 )
 from birnn_export._files import check_output_path
+from birnn_export._foreign import foreign_spec, is_foreign
 from birnn_export._layers import has_lengths, is_recurrent
 from birnn_export._progress import Progress
 from birnn_export._references import (
@@ -111,8 +112,8 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
-    """Inputs and outputs of the spec that the graph declares with a static batch/seq."""
-    problems = []
+    """The batch and time dims the graph declares static, each with its inputs and outputs."""
+    fixed: dict[tuple[str, int], list[str]] = {}
     infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
     for tensor in (*spec.inputs, *spec.outputs):
         info = infos.get(tensor.name)
@@ -120,15 +121,36 @@ def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
             continue  # refused before (spec.refuse_changed)
         dims = info.type.tensor_type.shape.dim
         for axis in (tensor.batch_axis, tensor.time_axis):
-            if axis is None:
-                continue
-            if axis < len(dims) and dims[axis].HasField("dim_value"):
-                problems.append(
-                    f"{tensor.name}: dim {axis} should be symbolic '{tensor.dims[axis]}', the "
-                    f"graph declares {dims[axis].dim_value} (a size baked in at export, or "
-                    "fixed by a tool after it)"
-                )
-    return problems
+            if axis is not None and axis < len(dims) and dims[axis].HasField("dim_value"):
+                where = fixed.setdefault((str(tensor.dims[axis]), dims[axis].dim_value), [])
+                where.append(f"{tensor.name} (dim {axis})")
+    return [
+        f"{', '.join(where)}: should be symbolic {dim!r}, the graph declares {size} (a size "
+        "baked in at export, or fixed by a tool after it)"
+        for (dim, size), where in fixed.items()
+    ]
+
+
+def _fixed_sizes(
+    fixed: Mapping[str, int],
+    spec: GraphSpec,
+    batch_sizes: Sequence[int] | None,
+    seq_lens: Sequence[int] | None,
+) -> tuple[Sequence[int] | None, Sequence[int] | None]:
+    """The sweep's batch sizes and lengths for a foreign graph that fixes its batch or time dim:
+    that size, the only one it takes (asking for another is refused)."""
+    sizes = []
+    for dim, given, option in (
+        (spec.batch_dim, batch_sizes, "batch_sizes"),
+        (spec.time_dim, seq_lens, "seq_lens"),
+    ):
+        if dim in fixed and given is not None and set(given) != {fixed[dim]}:
+            raise BiRNNExportError(
+                f"{option}: the graph fixes {dim!r} at {fixed[dim]} and takes no other size; "
+                f"ask for {fixed[dim]} or leave it out"
+            )
+        sizes.append((fixed[dim],) if dim in fixed and given is None else given)
+    return sizes[0], sizes[1]
 
 
 def _nodes_without_lengths(proto: Any, spec: GraphSpec) -> list[str]:
@@ -290,6 +312,7 @@ def verify(
     isolate: bool = True,
     dims: Mapping[str, int] | None = None,
     load_options: Mapping[str, Any] | None = None,
+    like: str | os.PathLike[str] | None = None,
 ) -> VerifyReport:
     """Compare engines running ``onnx_path`` with the model across a sweep of shapes.
 
@@ -337,6 +360,10 @@ def verify(
             their declared opt, and their min and max in two more cases.
         load_options: Keyword arguments of :func:`birnn_export.load_model` for a ``model``
             given as a file (``model_class``, ``trust_pickle``...).
+        like: For a graph birnn-export did not write (``torch.onnx.export``'s, say): a graph it
+            wrote from the same model, whose spec says the inputs to feed. Without it the
+            model is traced as ``birnn-export MODEL.pt`` traces it to learn them
+            (:mod:`birnn_export._foreign`).
 
     Returns:
         A :class:`VerifyReport`; call :meth:`VerifyReport.raise_for_failure` to turn a mismatch
@@ -361,17 +388,34 @@ def verify(
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     proto = load_onnx(onnx_path)
     refuse_data_outside(proto, onnx_path)  # ONNX Runtime would refuse it
-    try:
-        spec = GraphSpec.from_onnx(proto)
-    except BiRNNExportError as exc:  # no or unreadable metadata: which file
-        raise type(exc)(f"{onnx_path}: {exc}") from None
-    refuse_changed(proto, spec, onnx_path)
+    foreign_notes: tuple[str, ...] = ()
+    if is_foreign(proto):  # torch.onnx.export's, say: matched with the model's inputs
+        if model is not None:
+            from birnn_export.checkpoint import load_if_path
+
+            model, load_options = load_if_path(model, load_options), None
+        foreign = foreign_spec(proto, onnx_path, model, like)
+        spec, foreign_notes, layers = foreign.spec, foreign.notes, False
+        batch_sizes, seq_lens = _fixed_sizes(foreign.fixed, spec, batch_sizes, seq_lens)
+        # its rows cannot run alone at a batch it does not take
+        batch_invariance = batch_invariance and foreign.fixed.get(spec.batch_dim, 1) == 1
+    else:
+        if like is not None:
+            raise BiRNNExportError(
+                f"like: {onnx_path} was written by birnn-export and its own metadata says its "
+                "inputs; drop --like"
+            )
+        try:
+            spec = GraphSpec.from_onnx(proto)
+        except BiRNNExportError as exc:  # unreadable metadata, or lost: which file
+            raise type(exc)(f"{onnx_path}: {exc}") from None
+        refuse_changed(proto, spec, onnx_path)
     engines = tuple(dict.fromkeys(engines))
     if not engines:
         raise BiRNNExportError("engines: name at least one engine")
     check_overrides(spec, atol=atol, rtol=rtol)
     _check_files(save_inputs, save_outputs, load_inputs, load_outputs, model)
-    notes: list[str] = []
+    notes: list[str] = list(foreign_notes)
     if load_inputs is not None:
         sizes = {"--dim": dims, "--batch": batch_sizes, "--seq": seq_lens}
         given = [option for option, value in sizes.items() if value]

@@ -1,0 +1,168 @@
+"""birnn_export._foreign: verifying graphs birnn-export did not write (torch.onnx.export's).
+
+The graphs here come from torch's legacy exporter (``dynamo=False``), as users' existing
+deployments do; the references are the models' own built-in layers on a PackedSequence.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from birnn_export.cli import main
+from birnn_export.errors import BiRNNExportError
+from birnn_export.pipeline import export_onnx
+from birnn_export.verification import verify
+
+SWEEP = {"batch_sizes": (1, 4), "seq_lens": (1, 9), "large_scale": None}
+
+
+class Tagger(nn.Module):
+    """Embedding -> BiLSTM -> Linear over ``(ids, lengths)``: packed, as the model is trained;
+    or (``packs=False``) the padded batch run whole and the scores masked after, as a
+    deployment copy written without packing does (its backward direction starts in the padding
+    of every short row)."""
+
+    def __init__(self, packs: bool = True) -> None:
+        super().__init__()
+        self.packs = packs
+        self.emb = nn.Embedding(50, 12)
+        self.rnn = nn.LSTM(12, 16, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        if self.packs:
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, _ = pad_packed_sequence(
+                self.rnn(packed)[0], batch_first=True, total_length=x.shape[1]
+            )
+        else:
+            y = self.rnn(x)[0]
+        valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        return self.out(y) * valid[..., None]
+
+
+def _legacy(model: nn.Module, path: Path, batch_axis: bool = True) -> Path:
+    """``torch.onnx.export(dynamo=False)`` with dynamic axes (the batch fixed at the example's
+    1 where ``batch_axis`` is off), as deployment scripts call it."""
+    ids, lengths = torch.tensor([[3, 7, 1, 4, 9, 2]]), torch.tensor([6])
+    axes = {"ids": {1: "t"}, "scores": {1: "t"}}
+    if batch_axis:
+        axes = {"ids": {0: "b", 1: "t"}, "lengths": {0: "b"}, "scores": {0: "b", 1: "t"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (ids, lengths),
+            str(path),
+            dynamo=False,
+            input_names=["ids", "lengths"],
+            output_names=["scores"],
+            dynamic_axes=axes,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tagger() -> Tagger:
+    torch.manual_seed(0)
+    return Tagger().eval()
+
+
+@pytest.fixture(scope="module")
+def ours(tagger: Tagger, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The graph birnn-export writes from ``tagger``: ``like`` for the tests that are not about
+    tracing the model (each trace takes seconds)."""
+    return export_onnx(tagger, tmp_path_factory.mktemp("ours") / "ours.onnx", verify=False).path
+
+
+def test_a_legacy_export_is_verified_against_the_model(tagger: Tagger, tmp_path: Path) -> None:
+    report = verify(_legacy(tagger, tmp_path / "legacy.onnx"), tagger, **SWEEP)
+    assert report.passed, report.summary()
+    assert {c.batch for c in report.cases} == {1, 4}
+    assert any("not written by birnn-export" in n for n in report.notes)
+    assert not any("recurrent layers not compared" in n for n in report.notes)  # said once
+
+
+def test_a_copy_that_does_not_pack_fails_on_short_rows(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    copy = Tagger(packs=False).eval()
+    copy.load_state_dict(tagger.state_dict())
+    path = _legacy(copy, tmp_path / "unpacked.onnx")
+    # the graph holds what the copy does: it runs, and its full rows are right
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = np.array([[3, 7, 1, 4], [5, 2, 0, 0]])
+    got = session.run(None, {"ids": ids, "lengths": np.array([4, 2])})[0]
+    with torch.no_grad():
+        want = tagger(torch.from_numpy(ids), torch.tensor([4, 2])).numpy()
+    assert np.abs(got[0] - want[0]).max() < 1e-5 and np.abs(got[1] - want[1]).max() > 1e-3
+    report = verify(path, tagger, like=ours, **SWEEP)
+    assert not report.passed
+    failed = {c.lengths_mode for c in report.cases if not c.passed}
+    assert "ragged" in failed
+
+
+def test_a_fixed_batch_is_a_problem_and_the_sweep_runs_at_it(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    path = _legacy(tagger, tmp_path / "b1.onnx", batch_axis=False)
+    report = verify(path, tagger, seq_lens=(1, 9), large_scale=None, like=ours)
+    assert {c.batch for c in report.cases} == {1} and {c.seq for c in report.cases} == {1, 9}
+    assert all(c.passed for c in report.cases)  # its numbers are right at batch 1
+    assert not report.passed
+    assert any("should be symbolic 'batch', the graph declares 1" in p for p in report.problems)
+    assert any("the graph fixes batch=1" in n for n in report.notes)
+    with pytest.raises(BiRNNExportError, match="batch_sizes: the graph fixes 'batch' at 1"):
+        verify(path, tagger, batch_sizes=(4,), seq_lens=(9,), like=ours)
+
+
+def test_like_takes_the_inputs_from_a_graph_birnn_export_wrote(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    legacy = _legacy(tagger, tmp_path / "legacy.onnx")
+    report = verify(legacy, tagger, like=ours, **SWEEP)
+    assert report.passed, report.summary()
+    assert any(f"those of {ours}" in n for n in report.notes)
+    with pytest.raises(BiRNNExportError, match=r"like: .* was written by birnn-export"):
+        verify(ours, tagger, like=ours, **SWEEP)
+
+
+def test_mismatched_graphs_are_refused_with_what_differs(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    path = _legacy(tagger, tmp_path / "legacy.onnx")
+    proto = onnx.load(str(path))
+    proto.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    onnx.save(proto, str(tmp_path / "float_ids.onnx"))
+    with pytest.raises(BiRNNExportError, match=r"input .ids. is float32"):
+        verify(tmp_path / "float_ids.onnx", tagger, like=ours)
+    del proto.graph.input[1]  # what a graph whose code ignores the lengths declares
+    onnx.save(proto, str(tmp_path / "no_lengths.onnx"))
+    with pytest.raises(BiRNNExportError, match=r"it lacks the model's input.s. 'lengths'"):
+        verify(tmp_path / "no_lengths.onnx", tagger, like=ours)
+
+
+def test_cli_verifies_a_foreign_graph_and_exits_1_on_a_mismatch(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = Tagger().eval()
+    pt = tmp_path / "tagger.pt"
+    torch.save(model, pt)
+    copy = Tagger(packs=False).eval()
+    copy.load_state_dict(model.state_dict())
+    path = _legacy(copy, tmp_path / "unpacked.onnx")
+    args = ["verify", str(path), "--model", str(pt), "--trust-pickle", "--seq-lens", "9"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "was not written by birnn-export" in result.output
+    assert "Traceback" not in result.output
