@@ -148,8 +148,10 @@ class _DefaultGroup(click.Group):
             message = self._as_flags(" ".join(str(exc).split()) or type(exc).__name__)
             click.echo(f"Error: {message}", err=True)
             sys.exit(exc.exit_code)
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("Aborted!", err=True)
+        except (click.Abort, KeyboardInterrupt) as exc:
+            # a step that finished before it says so (the export's graph, written); click
+            # turns the KeyboardInterrupt into Abort
+            click.echo(f"Aborted! {exc.__context__ or exc}".strip(), err=True)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(result if isinstance(result, int) else 0)
 

@@ -185,6 +185,25 @@ def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, mo
     assert said["log"] == []
 
 
+def test_an_interrupt_after_the_graph_is_placed_says_it_was_written(tmp_path, monkeypatch):
+    """Ctrl-C during the TensorRT check left the verified graph in place under a bare
+    "Aborted!" (users42 F4): the interrupt names it, and the check still to run."""
+    from birnn_export import check
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "check_compatibility", interrupted)
+    out = tmp_path / "t.onnx"
+    sample = Path(__file__).resolve().parent.parent / "sample_models" / "token_tagger.pt"
+    with pytest.raises(KeyboardInterrupt, match=r"t.onnx was written before the interrupt"):
+        export_model(sample, out, verify=False)
+    assert out.is_file()
+    result = CliRunner().invoke(main, [str(sample), "-o", str(out), "--no-verify"])
+    told = f"Aborted! {out} was written before the interrupt; its TensorRT check did not finish"
+    assert told in result.output and result.exit_code == 130
+
+
 @pytest.mark.parametrize(
     ("options", "told"),
     [
