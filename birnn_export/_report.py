@@ -128,6 +128,12 @@ class VerifyReport:
     criterion: str = ""
     eager_dtype: str | None = None
     saved_outputs: str | None = None
+    #: The model file compared against and its sha256 (``None`` for a module given, or saved
+    #: outputs); the saved inputs run instead of a sweep, and the saved outputs judged by.
+    model_file: str | None = None
+    model_sha256: str | None = None
+    loaded_inputs: str | None = None
+    loaded_outputs: str | None = None
 
     def __repr__(self) -> str:  # the dataclass's holds every check of every case
         return f"VerifyReport({self.onnx_path!r}, {self.summary()})"

@@ -454,15 +454,16 @@ def verify(
             "fp64_reference: the default criterion runs the reference in float64 already; "
             "--fp64-reference goes with --atol/--rtol, drop it"
         )
-    converted = ref_module = None
+    converted = ref_module = model_file = None
     sha = None
     if golden is None:
         from birnn_export._container import fed_as
-        from birnn_export.checkpoint import load_if_path
+        from birnn_export.checkpoint import LoadedModel, load_if_path
 
         decodes = any(t.role == "tags" for t in spec.outputs)
         model = load_if_path(model, load_options)
         converted, ref_module, how, sha = resolve_models(model, reference, decodes=decodes)
+        model_file = model.path if isinstance(model, LoadedModel) else None
         # forward(batch) reading batch["ids"]: given the graph's inputs in the container
         fed = spec.container
         converted, ref_module = fed_as(converted, fed), fed_as(ref_module, fed)
@@ -639,6 +640,10 @@ def verify(
         criterion=criterion_text,
         eager_dtype=eager_dtype,
         saved_outputs=saved_outputs_path,
+        model_file=None if model_file is None else str(model_file),
+        model_sha256=sha,
+        loaded_inputs=None if load_inputs is None else str(load_inputs),
+        loaded_outputs=None if load_outputs is None else str(load_outputs),
     )
 
 

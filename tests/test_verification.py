@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import compare
+from birnn_export._files import file_sha256
 from birnn_export._report import CaseResult, VerifyReport
 from birnn_export.cli import main
 from birnn_export.compare import Check, compare_outputs, resolve_tolerance, valid_mask
@@ -986,6 +987,8 @@ def test_cli_pass_fail_and_bad_input(tagger_files: tuple[Path, Path], tmp_path: 
     data = json.loads(report.read_text())
     assert data["passed"] and data["cases"][0]["outputs"][0]["atol"] == 1e-4
     assert data["environment"]["nvidia_tf32_override"] == "0"
+    # which model it was judged against (users42)
+    assert data["model_file"] == str(pt) and data["model_sha256"] == file_sha256(pt)
     # A value the user set is kept.
     result = runner.invoke(main, command, env={"NVIDIA_TF32_OVERRIDE": "1"})
     assert json.loads(report.read_text())["environment"]["nvidia_tf32_override"] == "1"
@@ -1466,6 +1469,8 @@ def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> No
     report = verify(result.path, loaded, save_inputs=inputs, save_outputs=outputs)
     assert report.passed and report.saved_outputs == str(outputs)
     replay = verify(result.path, load_inputs=inputs, load_outputs=outputs)
+    assert (replay.loaded_inputs, replay.loaded_outputs) == (str(inputs), str(outputs))
+    assert replay.model_file is None and replay.model_sha256 is None
     assert replay.passed and len(replay.cases) == len(report.cases)
     assert replay.eager_dtype == "float32"  # the noise floor travelled with the outputs
 
