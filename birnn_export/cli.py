@@ -248,7 +248,9 @@ def export_command(
             render_report(failed)
         if json_path is not None:  # a pipeline that asked for the summary gets the failure's
             summary = json.dumps(failure_summary(model_path, exc), indent=2, default=str)
-            click.echo(f"report written to {_write_json(json_path, summary)}", err=True)
+            written = _write_json(json_path, summary)
+            if not quiet:  # quiet: the error line alone
+                click.echo(f"report written to {written}", err=True)
         if failed is not None and not quiet:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)

@@ -3319,6 +3319,8 @@ def test_cli_no_lengths_for_a_bare_state_dict(tmp_path):
     refusal = json.loads(summary.read_text())  # a pipeline that asked for the summary keeps why
     assert refusal["written"] is None and refusal["exit_code"] == 2
     assert "uses_lengths=False" in refusal["error"] and "verification" not in refusal
+    quiet = CliRunner().invoke(main, [*args, "-q"])  # the error line alone
+    assert quiet.exit_code == 2 and len(quiet.output.strip().splitlines()) == 1, quiet.output
 
 
 def test_cli_conv_front_end_needs_input_size(tmp_path):
