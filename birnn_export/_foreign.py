@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from birnn_export._graph import ONNX_DTYPES
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec
 
@@ -140,6 +139,8 @@ def _match(
 ) -> list[tuple[TensorSpec, Any]]:
     """Pair the model's tensors with the graph's: by name where the names agree, else in order;
     each with the same kind of dtype and the same rank."""
+    from birnn_export._graph import ONNX_DTYPES  # imports torch
+
     names = [t.name for t in theirs]
     if sorted(names) == sorted(t.name for t in ours):
         by_name = {t.name: t for t in theirs}
@@ -187,6 +188,8 @@ def _same_kind(ours: str, theirs: str) -> bool:
 
 def _as(ours: TensorSpec, theirs: Any) -> TensorSpec:
     """The model's tensor under the graph's name and dtype."""
+    from birnn_export._graph import ONNX_DTYPES
+
     dtype = ONNX_DTYPES.get(theirs.type.tensor_type.elem_type, ours.dtype)
     return dataclasses.replace(ours, name=theirs.name, dtype=dtype)
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from birnn_export import _report
 from birnn_export._files import write_atomic
+from birnn_export._foreign import foreign_spec, is_foreign
 from birnn_export._sweep import Case, fit_budget
 from birnn_export.compare import (
     Check,
@@ -308,6 +309,7 @@ def benchmark(
     ort_spinning: bool | None = None,
     dims: Mapping[str, int] | None = None,
     load_options: Mapping[str, Any] | None = None,
+    like: str | os.PathLike[str] | None = None,
 ) -> BenchReport:
     """Time each engine at each shape after checking its outputs against eager PyTorch.
 
@@ -352,6 +354,9 @@ def benchmark(
             their declared opt.
         load_options: Keyword arguments of :func:`birnn_export.load_model` for a ``model``
             given as a file (``model_class``, ``trust_pickle``...).
+        like: For a graph birnn-export did not write (``torch.onnx.export``'s, timed beside
+            ours): a graph it wrote from the same model, whose spec says the inputs; without
+            it the model is traced to learn them (as :func:`birnn_export.verify` does).
 
     Returns:
         A :class:`BenchReport` with one :class:`BenchResult` per engine and shape.
@@ -381,7 +386,22 @@ def benchmark(
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():  # before a model loads or an engine runs
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
-    spec = GraphSpec.from_onnx(onnx_path)
+    from birnn_export.checkpoint import LoadedModel, load_if_path
+
+    proto = load_onnx(onnx_path)
+    foreign = None
+    if is_foreign(proto):  # torch.onnx.export's, say: matched with the model's inputs
+        model, load_options = load_if_path(model, load_options), None
+        foreign = foreign_spec(proto, str(onnx_path), model, like)
+        spec = foreign.spec
+    elif like is not None:
+        raise BiRNNExportError(
+            f"like: {onnx_path} was written by birnn-export and its own metadata says its "
+            "inputs; drop --like"
+        )
+    else:
+        spec = GraphSpec.from_onnx(proto)
+        refuse_changed(proto, spec, onnx_path)
     if batch_sizes is None:
         batch_sizes = tuple(dict.fromkeys(spec.batch_range))
     if seq_lens is None:
@@ -390,8 +410,6 @@ def benchmark(
     _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, device)
     check_overrides(spec, atol=atol, rtol=rtol)
     dims = spec.check_dims(dims or {})
-    proto = load_onnx(onnx_path)
-    refuse_changed(proto, spec, onnx_path)
     refuse_data_outside(proto, onnx_path)  # ONNX Runtime would refuse it
     sized = tuple(dims.items())
     fit_budget(
@@ -417,8 +435,6 @@ def benchmark(
     offline = {engine: build for engine, build in offline.items() if build is not None}
     if all(reasons.values()) and not offline:
         raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
-
-    from birnn_export.checkpoint import LoadedModel, load_if_path
 
     model = load_if_path(model, load_options)
     if isinstance(model, LoadedModel):
@@ -546,6 +562,7 @@ def benchmark(
             },
             "given_dims": sorted(dims),
             "graph_dtype": spec.dtype,
+            "foreign": list(foreign.notes) if foreign is not None else None,
             "torch_device": device,
             "torch_threads": threads,
             "ort": {
@@ -702,6 +719,7 @@ def render_table(report: BenchReport) -> Any:
             else " (batch x seq)"
         ),
         *_other_dims(report.settings),
+        *(report.settings.get("foreign") or ()),
         *notes.values(),
         *_unstable_line(report),
         *(

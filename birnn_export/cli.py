@@ -316,6 +316,15 @@ _EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
+_LIKE = click.option(
+    "--like",
+    metavar="EXPORTED.onnx",
+    type=_EXISTING,
+    help="For a graph birnn-export did not write (torch.onnx.export's): a graph it wrote from "
+    "the same model, whose inputs to feed (default: the model's, traced as an export would).",
+)
+
+
 @main.command("verify")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=_EXISTING)
 @click.option(
@@ -357,13 +366,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     type=_EXISTING,
     help="With --load-inputs: compare against these saved outputs; no --model needed.",
 )
-@click.option(
-    "--like",
-    metavar="EXPORTED.onnx",
-    type=_EXISTING,
-    help="For a graph birnn-export did not write (torch.onnx.export's): a graph it wrote from "
-    "the same model, whose inputs to feed (default: the model's, traced as an export would).",
-)
+@_LIKE
 @sweep_options("ort-cpu")
 @loader_options
 @_json_to_stdout
@@ -454,6 +457,7 @@ def verify_command(
     callback=lambda ctx, param, value: _plotting(value),
     help="Write a PNG plot (needs matplotlib).",
 )
+@_LIKE
 @sweep_options("torch,ort-cpu")
 @loader_options
 @_json_to_stdout
@@ -463,6 +467,7 @@ def bench_command(
     json_path: Path | None,
     csv_path: Path | None,
     plot_path: Path | None,
+    like: Path | None,
     sweep: dict[str, Any],
     timing: dict[str, Any],
     loader: dict[str, Any],
@@ -488,7 +493,7 @@ def bench_command(
     writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
     reads = {"MODEL.onnx": onnx_path, "--model": model_path}
     options_.check_files(reads, writes, suffixes={"--plot": ".png"})  # it writes a PNG
-    report = benchmark(onnx_path, model_path, **sweep, **timing, load_options=loader)
+    report = benchmark(onnx_path, model_path, **sweep, **timing, load_options=loader, like=like)
     wide_console().print(render_table(report))
     if json_path is not None:
         click.echo(f"Wrote {_write_json(json_path, report.json_text())}")

@@ -166,3 +166,24 @@ def test_cli_verifies_a_foreign_graph_and_exits_1_on_a_mismatch(tmp_path: Path) 
     assert result.exit_code == 1, result.output
     assert "was not written by birnn-export" in result.output
     assert "Traceback" not in result.output
+
+
+def test_bench_times_a_foreign_graph_beside_the_model(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    from birnn_export.bench import benchmark
+
+    legacy = _legacy(tagger, tmp_path / "legacy.onnx")
+    report = benchmark(
+        legacy,
+        tagger,
+        like=ours,
+        batch_sizes=(2,),
+        seq_lens=(9,),
+        iters=3,
+        warmup=0,
+        progress=False,
+        isolate=False,
+    )
+    assert [(r.engine, r.status) for r in report.results] == [("torch", "ok"), ("ort-cpu", "ok")]
+    assert "not written by birnn-export" in report.settings["foreign"][0]
