@@ -396,7 +396,8 @@ def verify(
             model, load_options = load_if_path(model, load_options), None
         foreign = foreign_spec(proto, onnx_path, model, like)
         spec, foreign_notes, layers = foreign.spec, foreign.notes, False
-        batch_sizes, seq_lens = _fixed_sizes(foreign.fixed, spec, batch_sizes, seq_lens)
+        if load_inputs is None:  # saved inputs run at their own sizes
+            batch_sizes, seq_lens = _fixed_sizes(foreign.fixed, spec, batch_sizes, seq_lens)
         # its rows cannot run alone at a batch it does not take
         batch_invariance = batch_invariance and foreign.fixed.get(spec.batch_dim, 1) == 1
     else:

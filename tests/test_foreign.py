@@ -117,12 +117,15 @@ def test_a_fixed_batch_is_a_problem_and_the_sweep_runs_at_it(
     tagger: Tagger, ours: Path, tmp_path: Path
 ) -> None:
     path = _legacy(tagger, tmp_path / "b1.onnx", batch_axis=False)
-    report = verify(path, tagger, seq_lens=(1, 9), large_scale=None, like=ours)
+    saved = tmp_path / "cases.json"
+    report = verify(path, tagger, seq_lens=(1, 9), large_scale=None, like=ours, save_inputs=saved)
     assert {c.batch for c in report.cases} == {1} and {c.seq for c in report.cases} == {1, 9}
     assert all(c.passed for c in report.cases)  # its numbers are right at batch 1
     assert not report.passed
     assert any("should be symbolic 'batch', the graph declares 1" in p for p in report.problems)
     assert any("the graph fixes batch=1" in n for n in report.notes)
+    replay = verify(path, tagger, like=ours, load_inputs=saved)  # at the sizes saved
+    assert len(replay.cases) == len(report.cases) and not replay.passed
     with pytest.raises(BiRNNExportError, match="batch_sizes: the graph fixes 'batch' at 1"):
         verify(path, tagger, batch_sizes=(4,), seq_lens=(9,), like=ours)
 
