@@ -93,6 +93,13 @@ def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[
         if not check.passed and isinstance(criterion, NoiseCriterion) and layers.own_input:
             own = layers.own_input(name, steps)
             check = _on_its_own_input(check, own, criterion, mask, dtype) or check
+            share = (
+                None
+                if own is None or check.passed
+                else _input_drift(own, criterion, mask, dtype, True)
+            )
+            if share is not None and share > 1.0:  # its input is off already: not the layer
+                check = dataclasses.replace(check, input_departs=share)
         checks.append(check)
     return checks + _score_checks(layers.scores, criterion, dtype)
 
@@ -144,13 +151,14 @@ def _on_its_own_input(
 
 
 def _input_drift(
-    own: OwnInput, criterion: NoiseCriterion, mask: np.ndarray, dtype: str
+    own: OwnInput, criterion: NoiseCriterion, mask: np.ndarray, dtype: str, beyond: bool = False
 ) -> float | None:
     """The largest share of its limit by which the layer's input inside the graph departs from
     the model's, feature by feature: each held to eager's error in it, or eager's relative
     error over the whole input at its own magnitude where that is more, and to ulp of its own
     magnitude. One large feature beside small ones set the limit for all (review25: an
-    embedding table rounded to float16 passed beside ``ids * 37.7``); ``None`` beyond it."""
+    embedding table rounded to float16 passed beside ``ids * 37.7``); ``None`` beyond it
+    (``beyond``: the share there too)."""
     if own.x.shape != own.x_reference.shape or own.x_eager.shape != own.x.shape:
         return None
     valid = np.broadcast_to(mask, own.x.shape)
@@ -169,7 +177,7 @@ def _input_drift(
         [criterion.threshold(float(n), float(s), dtype) for n, s in zip(noise, scale, strict=True)]
     )
     shares = error / limits
-    return float(shares.max(initial=0.0)) if (shares <= 1.0).all() else None
+    return float(shares.max(initial=0.0)) if beyond or (shares <= 1.0).all() else None
 
 
 def _score_checks(scores: Mapping[str, CRFScores], criterion: Criterion, dtype: str) -> list[Check]:

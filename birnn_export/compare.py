@@ -172,6 +172,9 @@ class Check:
     #: A layer check judged on the layer's input inside the graph: its error on the model's
     #: input, as a share of its limit there (drift from the ops before it, grown through it).
     drifted: float | None = None
+    #: A failing layer check whose input inside the graph departs from the model's beyond its
+    #: limit: the largest departure, in shares of that limit (the cause lies before the layer).
+    input_departs: float | None = None
 
     @property
     def other_shape(self) -> bool:

@@ -1855,3 +1855,8 @@ def test_a_defect_before_a_layer_is_not_taken_for_drift(tmp_path: Path) -> None:
     failed = [o for c in report.cases for o in c.outputs if not o.passed]
     assert [o.name for o in failed if o.check == "layer"] and all(o.drifted is None for o in failed)
     assert report.failures[0].diagnosis.startswith("layer rnn/l0: ")
+    # the layer's input is off already: the ops before it are named, and no tolerance advised
+    # (it was "numeric drift ... loosen --atol/--rtol": users44 F1)
+    diagnosis = report.failures[0].diagnosis
+    assert "the layer's input inside the graph already departs from the model's" in diagnosis
+    assert "the ops before it" in diagnosis and "--atol" not in diagnosis
