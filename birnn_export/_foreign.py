@@ -45,6 +45,44 @@ class ForeignGraph:
     notes: tuple[str, ...]
 
 
+def read_spec(
+    proto: Any,
+    path: str,
+    model: Any,
+    like: str | os.PathLike[str] | None,
+    load_options: Mapping[str, Any] | None,
+) -> tuple[GraphSpec, ForeignGraph | None, Any, Mapping[str, Any] | None]:
+    """The spec that drives verification and benchmarks of ``proto``: its own, else (a foreign
+    graph) :func:`foreign_spec`'s, the model loaded for it. Returns the spec, the foreign
+    graph's match (``None`` for one of ours), and the model and its load options as they are
+    to be read from then on (loaded: no options).
+
+    Raises:
+        BiRNNExportError: unreadable or changed metadata; ``like`` beside a graph of ours; a
+            foreign graph that does not match the model.
+    """
+    from birnn_export.spec import refuse_changed
+
+    if not is_foreign(proto):
+        if like is not None:
+            raise BiRNNExportError(
+                f"like: {path} was written by birnn-export and its own metadata says its "
+                "inputs; drop --like"
+            )
+        try:
+            spec = GraphSpec.from_onnx(proto)
+        except BiRNNExportError as exc:  # unreadable metadata, or lost: which file
+            raise type(exc)(f"{path}: {exc}") from None
+        refuse_changed(proto, spec, path)
+        return spec, None, model, load_options
+    if model is not None:
+        from birnn_export.checkpoint import load_if_path
+
+        model, load_options = load_if_path(model, load_options), None
+    foreign = foreign_spec(proto, path, model, like)
+    return foreign.spec, foreign, model, load_options
+
+
 def foreign_spec(
     proto: Any, path: str, model: Any, like: str | os.PathLike[str] | None
 ) -> ForeignGraph:

@@ -42,7 +42,7 @@ import numpy as np
 
 from birnn_export import _report
 from birnn_export._files import write_atomic
-from birnn_export._foreign import foreign_spec, is_foreign
+from birnn_export._foreign import read_spec
 from birnn_export._sweep import Case, fit_budget
 from birnn_export.compare import (
     Check,
@@ -63,7 +63,6 @@ from birnn_export.spec import (
     covering_range,
     load_onnx,
     make_feed,
-    refuse_changed,
     refuse_data_outside,
 )
 
@@ -389,19 +388,7 @@ def benchmark(
     from birnn_export.checkpoint import LoadedModel, load_if_path
 
     proto = load_onnx(onnx_path)
-    foreign = None
-    if is_foreign(proto):  # torch.onnx.export's, say: matched with the model's inputs
-        model, load_options = load_if_path(model, load_options), None
-        foreign = foreign_spec(proto, str(onnx_path), model, like)
-        spec = foreign.spec
-    elif like is not None:
-        raise BiRNNExportError(
-            f"like: {onnx_path} was written by birnn-export and its own metadata says its "
-            "inputs; drop --like"
-        )
-    else:
-        spec = GraphSpec.from_onnx(proto)
-        refuse_changed(proto, spec, onnx_path)
+    spec, foreign, model, load_options = read_spec(proto, str(onnx_path), model, like, load_options)
     if batch_sizes is None:
         batch_sizes = tuple(dict.fromkeys(spec.batch_range))
     if seq_lens is None:

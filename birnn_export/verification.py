@@ -60,7 +60,7 @@ from birnn_export._case import (
     sweep_checks,
 )
 from birnn_export._files import check_output_path
-from birnn_export._foreign import foreign_spec, is_foreign
+from birnn_export._foreign import read_spec
 from birnn_export._layers import has_lengths, is_recurrent
 from birnn_export._progress import Progress
 from birnn_export._references import (
@@ -97,7 +97,6 @@ from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
     load_onnx,
-    refuse_changed,
     refuse_data_outside,
 )
 from birnn_export.trt_plan import sweep_profile
@@ -388,35 +387,19 @@ def verify(
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     proto = load_onnx(onnx_path)
     refuse_data_outside(proto, onnx_path)  # ONNX Runtime would refuse it
-    foreign_notes: tuple[str, ...] = ()
-    if is_foreign(proto):  # torch.onnx.export's, say: matched with the model's inputs
-        if model is not None:
-            from birnn_export.checkpoint import load_if_path
-
-            model, load_options = load_if_path(model, load_options), None
-        foreign = foreign_spec(proto, onnx_path, model, like)
-        spec, foreign_notes, layers = foreign.spec, foreign.notes, False
+    spec, foreign, model, load_options = read_spec(proto, onnx_path, model, like, load_options)
+    if foreign is not None:  # torch.onnx.export's, say: matched with the model's inputs
+        layers = False
         if load_inputs is None:  # saved inputs run at their own sizes
             batch_sizes, seq_lens = _fixed_sizes(foreign.fixed, spec, batch_sizes, seq_lens)
         # its rows cannot run alone at a batch it does not take
         batch_invariance = batch_invariance and foreign.fixed.get(spec.batch_dim, 1) == 1
-    else:
-        if like is not None:
-            raise BiRNNExportError(
-                f"like: {onnx_path} was written by birnn-export and its own metadata says its "
-                "inputs; drop --like"
-            )
-        try:
-            spec = GraphSpec.from_onnx(proto)
-        except BiRNNExportError as exc:  # unreadable metadata, or lost: which file
-            raise type(exc)(f"{onnx_path}: {exc}") from None
-        refuse_changed(proto, spec, onnx_path)
     engines = tuple(dict.fromkeys(engines))
     if not engines:
         raise BiRNNExportError("engines: name at least one engine")
     check_overrides(spec, atol=atol, rtol=rtol)
     _check_files(save_inputs, save_outputs, load_inputs, load_outputs, model)
-    notes: list[str] = list(foreign_notes)
+    notes: list[str] = list(foreign.notes) if foreign is not None else []
     if load_inputs is not None:
         sizes = {"--dim": dims, "--batch": batch_sizes, "--seq": seq_lens}
         given = [option for option, value in sizes.items() if value]

@@ -124,6 +124,7 @@ STAGES = (
         "_diagnose",
         "_interop",
         "_progress",
+        "_foreign",
     ),
     ("pipeline",),
     ("cli", "options", "_option_groups", "__main__"),
