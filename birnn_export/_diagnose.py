@@ -326,6 +326,22 @@ def _diagnose_state(
     return text + " -> the sequence output matches: the final states are gathered wrongly"
 
 
+def _some_rows(
+    firsts: Sequence[Sequence[int | None]], lengths: np.ndarray, steps: int
+) -> list[int]:
+    """The rows that differ (in any of the halves whose first diverging steps are ``firsts``)
+    where another row of more than one step, at least as long, matches in all of them: one
+    row's own cause (its length as the graph reads it), not the weights, which reach every row
+    of its kind, nor drift, which grows with the length (users44 F2); nor a reversal of the
+    whole padded tensor, which reaches exactly the rows shorter than T. Empty otherwise."""
+    differ = [r for r in range(len(lengths)) if any(f[r] is not None for f in firsts)]
+    match = [int(lengths[r]) for r in range(len(lengths)) if r not in differ and lengths[r] > 1]
+    shorter = [r for r in range(len(lengths)) if int(lengths[r]) < steps]
+    if differ == shorter or not match:
+        return []
+    return differ if any(max(match) >= int(lengths[r]) for r in differ) else []
+
+
 def _verdict(
     halves: list[tuple[str, list[int | None], float, list[bool]]],
     lengths: np.ndarray,
@@ -338,6 +354,16 @@ def _verdict(
     bad = [half for half in halves if any(f is not None for f in half[1])]
     if not bad:
         return "-> both halves match at valid steps: the difference is elsewhere"
+    rows = _some_rows([half[1] for half in bad], lengths, steps)
+    if rows:
+        which = f"the {bad[0][0]} direction differs" if len(bad) == 1 else "both directions differ"
+        shown = ", ".join(f"{r} (len {int(lengths[r])})" for r in rows[:8])
+        return (
+            f"-> {which} only in row(s) {shown}, while rows at least as long match: "
+            "the weights and the reversal are right, and those rows' lengths as the graph reads "
+            "them (the sequence_lens fed to the node, or the lengths its ReverseSequence reads) "
+            "differ from the model's"
+        )
     if len(bad) == 1:
         label, firsts, _, ends = bad[0]
         other = "forward" if label == "backward" else "backward"

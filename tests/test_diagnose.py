@@ -93,3 +93,20 @@ def test_both_halves_a_little_off_is_told_as_drift_and_matching_halves_point_els
     assert "both halves match at valid steps" in _diagnosed(expected.copy(), expected)
     told = diagnose_directions(OUTPUT, expected, expected, LENGTHS.numpy(), None, TOL)
     assert "direction split does not apply" in told
+
+
+def test_one_row_read_at_another_length_is_told_as_that_rows_length(truth) -> None:
+    """The graph's reversal read one row's length one step short: only that row's backward
+    half differs while a longer row matches; not the weights nor a whole flip (users44 F2)."""
+    lstm, x, expected = truth
+    short = LENGTHS.clone()
+    short[3] -= 1
+    packed = pack_padded_sequence(x, short, batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        out = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=7)[0].numpy()
+    actual = expected.copy()
+    actual[3, :, HIDDEN:] = out[3, :, HIDDEN:]
+    told = _diagnosed(actual, expected)
+    assert "the backward direction differs only in row(s) 3 (len 3)" in told, told
+    assert "lengths as the graph reads them" in told
+    assert "check the backward weights" not in told and "reversal bug" not in told
