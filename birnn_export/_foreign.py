@@ -12,6 +12,7 @@ example's) is a problem in the report; the sweep runs at that size, the only one
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -104,10 +105,10 @@ def foreign_spec(
     else:
         spec, source = _traced(path, model), "the model's, traced as birnn-export exports it"
     initializers = {i.name for i in proto.graph.initializer}
-    inputs = _match(
+    inputs, inputs_how = _match(
         path, "input", [i for i in proto.graph.input if i.name not in initializers], spec.inputs
     )
-    outputs = _match(path, "output", list(proto.graph.output), spec.outputs)
+    outputs, outputs_how = _match(path, "output", list(proto.graph.output), spec.outputs)
     fixed: dict[str, int] = {}
     for ours, theirs in inputs:
         for dim, size in zip(ours.dims, _declared(theirs) or [None] * len(ours.dims), strict=True):
@@ -122,12 +123,23 @@ def foreign_spec(
         outputs=tuple(_as(ours, theirs) for ours, theirs in outputs),
         recurrent_layers=(),
         layout="foreign",
+        dtype=_precision([*inputs, *outputs]),
+        # the file ``like`` came from says nothing of this graph: told below instead
+        source_sha256=None,
         **_fixed_ranges(spec, fixed),
     )
     notes = [
         f"{path} was not written by birnn-export: its inputs and outputs were matched with "
-        f"{source}{_pairs(inputs + outputs)}; its outputs were compared, not each recurrent layer"
+        f"{source}{_pairs(inputs, inputs_how)}{_pairs(outputs, outputs_how)}; its outputs were "
+        "compared, not each recurrent layer"
     ]
+    sha = getattr(model, "sha256", None)  # a LoadedModel's
+    if like is not None and spec.source_sha256 and sha and sha != spec.source_sha256:
+        notes.append(
+            f"--like {os.fspath(like)} was exported from a file with sha256 "
+            f"{spec.source_sha256[:12]}..., the model given has {sha[:12]}...: the inputs it lent "
+            "(their vocabulary, their ranges) may be another model's"
+        )
     if fixed:
         sizes = ", ".join(f"{dim}={size}" for dim, size in fixed.items())
         notes.append(
@@ -135,6 +147,13 @@ def foreign_spec(
             "only (export with dynamic axes to serve others)"
         )
     return ForeignGraph(renamed, fixed, tuple(notes))
+
+
+def _precision(pairs: Sequence[tuple[TensorSpec, Any]]) -> str:
+    """``"float16"`` for a graph whose float inputs or outputs are float16 (torch's export of a
+    ``.half()`` model, onnxconverter-common's conversion), else ``"float32"``: the precision
+    eager runs the model in for the noise floor, as for birnn-export's own float16 graphs."""
+    return "float16" if any(_dtype(t) == "float16" for _, t in pairs) else "float32"
 
 
 def _traced(path: str, model: Any) -> GraphSpec:
@@ -158,8 +177,8 @@ def _traced(path: str, model: Any) -> GraphSpec:
     except BiRNNExportError as exc:
         raise type(exc)(
             f"{path} was not written by birnn-export, so the model is traced to learn its "
-            f"inputs, and that failed: {exc} (or export the model with birnn-export, with the "
-            "options it needs, and pass that graph as --like)"
+            f"inputs, and that failed: {exc}; so export the model with 'birnn-export MODEL.pt' "
+            "and the options this names, then verify with --like and that graph"
         ) from None
 
 
@@ -174,62 +193,90 @@ def _declared(info: Any) -> list[int | None] | None:
 
 def _match(
     path: str, kind: str, theirs: list[Any], ours: Sequence[TensorSpec]
-) -> list[tuple[TensorSpec, Any]]:
-    """Pair the model's tensors with the graph's: by name where the names agree, else in order;
-    each with the same kind of dtype and the same rank."""
-    from birnn_export._graph import ONNX_DTYPES  # imports torch
-
+) -> tuple[list[tuple[TensorSpec, Any]], str]:
+    """Pair the model's tensors with the graph's, each with the same kind of dtype and the same
+    rank: by name where the names agree, else in order, else in the one order that fits (a
+    graph taking its lengths first). Returns the pairs and how they were made."""
     names = [t.name for t in theirs]
-    if sorted(names) == sorted(t.name for t in ours):
+    mine = [t.name for t in ours]
+    if sorted(names) == sorted(mine):
         by_name = {t.name: t for t in theirs}
-        pairs = [(t, by_name[t.name]) for t in ours]
+        pairs, how = [(t, by_name[t.name]) for t in ours], "by name"
     elif len(theirs) == len(ours):
-        pairs = list(zip(ours, theirs, strict=True))
-    elif kind == "input" and set(names) < {t.name for t in ours}:
-        lacks = [t.name for t in ours if t.name not in names]
+        pairs, how = list(zip(ours, theirs, strict=True)), "in order"
+        if not all(_fits(o, t) for o, t in pairs) and len(ours) <= 6:
+            fitting = [
+                order
+                for order in itertools.permutations(theirs)
+                if all(_fits(o, t) for o, t in zip(ours, order, strict=True))
+            ]
+            if len(fitting) == 1:  # the only pairing whose dtypes and ranks agree
+                pairs, how = list(zip(ours, fitting[0], strict=True)), "by dtype and rank"
+    elif kind == "input" and set(names) < set(mine):
+        lacks = [n for n in mine if n not in names]
         raise BiRNNExportError(
             f"{path}: it lacks the model's input(s) {', '.join(map(repr, lacks))}: none of its "
             "ops read them (exported from code that ignores them, and dropped as unused), so "
             "it cannot be fed what the model is; export the model with birnn-export instead"
         )
     else:
+        extra = [n for n in names if n not in mine] if set(mine) < set(names) else []
+        why = (
+            f"its input(s) {', '.join(map(repr, extra))} are not the model's (optional "
+            "arguments of forward, such as initial states, that an export leaves out): verify "
+            "a graph that takes the model's inputs only"
+            if kind == "input" and extra
+            else "verify a graph exported from this model, with the same inputs and outputs"
+        )
         raise BiRNNExportError(
             f"{path}: it has {len(theirs)} {kind}(s) ({', '.join(names) or 'none'}), the model "
-            f"{len(ours)} ({', '.join(_shown(t) for t in ours)}): verify a graph exported from "
-            "this model, with the same inputs and outputs"
+            f"{len(ours)} ({', '.join(_shown(t) for t in ours)}): {why}"
         )
     for spec, info in pairs:
-        dtype = ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
         sizes = _declared(info)
-        if not _same_kind(spec.dtype, dtype) or (
-            sizes is not None and len(sizes) != len(spec.dims)
-        ):
+        if not _fits(spec, info):
             shape = "" if sizes is None else f"[{','.join(_dim_text(d) for d in sizes)}]"
             raise BiRNNExportError(
-                f"{path}: {kind} {info.name!r} is {dtype}{shape} where the model's is "
-                f"{_shown(spec)}: verify a graph exported from this model"
+                f"{path}: {kind} {info.name!r} is {_dtype(info)}{shape} where the model's is "
+                f"{_shown(spec)} (paired {how}): verify a graph exported from this model"
             )
-        for dim, size in zip(spec.dims, sizes or [None] * len(spec.dims), strict=True):
-            if isinstance(dim, int) and size is not None and size != dim:
-                raise BiRNNExportError(
-                    f"{path}: {kind} {info.name!r} has a dim of {size} where the model's is "
-                    f"{_shown(spec)}: verify a graph exported from this model"
-                )
-    return pairs
+    return pairs, how
+
+
+def _fits(spec: TensorSpec, info: Any) -> bool:
+    """Whether the graph's ``info`` can stand for ``spec``: the same kind of dtype, the same
+    rank and the same fixed sizes (where the graph declares its shape)."""
+    sizes = _declared(info)
+    if not _same_kind(spec.dtype, _dtype(info)):
+        return False
+    if sizes is None:
+        return True
+    return len(sizes) == len(spec.dims) and all(
+        not isinstance(dim, int) or size is None or size == dim
+        for dim, size in zip(spec.dims, sizes, strict=True)
+    )
+
+
+def _dtype(info: Any) -> str:
+    from birnn_export._graph import ONNX_DTYPES  # imports torch
+
+    return ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
 
 
 def _same_kind(ours: str, theirs: str) -> bool:
-    """The same dtype, or both integer (token ids in int32 for int64) or mask-like."""
+    """The same dtype, or both integer (token ids in int32 for int64) or mask-like, or both
+    float (a float16 graph of a float32 model)."""
     whole = ("int64", "int32", "uint8", "bool")
-    return ours == theirs or (ours in whole and theirs in whole)
+    floats = ("float32", "float16")
+    return ours == theirs or {ours, theirs} <= set(whole) or {ours, theirs} <= set(floats)
 
 
 def _as(ours: TensorSpec, theirs: Any) -> TensorSpec:
     """The model's tensor under the graph's name and dtype."""
-    from birnn_export._graph import ONNX_DTYPES
-
-    dtype = ONNX_DTYPES.get(theirs.type.tensor_type.elem_type, ours.dtype)
-    return dataclasses.replace(ours, name=theirs.name, dtype=dtype)
+    dtype = _dtype(theirs)
+    return dataclasses.replace(
+        ours, name=theirs.name, dtype=ours.dtype if dtype == "unknown" else dtype
+    )
 
 
 def _fixed_ranges(spec: GraphSpec, fixed: Mapping[str, int]) -> dict[str, Any]:
@@ -252,11 +299,13 @@ def _fixed_ranges(spec: GraphSpec, fixed: Mapping[str, int]) -> dict[str, Any]:
     return changes
 
 
-def _pairs(pairs: Sequence[tuple[TensorSpec, Any]]) -> str:
+def _pairs(pairs: Sequence[tuple[TensorSpec, Any]], how: str) -> str:
+    """The pairs whose names differ, and how they were paired (in order: the cause where every
+    case fails, if the graph's are in another order)."""
     renamed = [
         f"{ours.name} as {theirs.name!r}" for ours, theirs in pairs if ours.name != theirs.name
     ]
-    return f" ({', '.join(renamed)})" if renamed else ""
+    return f" ({', '.join(renamed)}: {how})" if renamed else ""
 
 
 def _shown(tensor: TensorSpec) -> str:

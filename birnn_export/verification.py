@@ -60,7 +60,7 @@ from birnn_export._case import (
     sweep_checks,
 )
 from birnn_export._files import check_output_path
-from birnn_export._foreign import read_spec
+from birnn_export._foreign import ForeignGraph, read_spec
 from birnn_export._layers import has_lengths, is_recurrent
 from birnn_export._progress import Progress
 from birnn_export._references import (
@@ -110,9 +110,16 @@ FLOAT64_FAILS = "the model cannot run in float64"
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
-def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
-    """The batch and time dims the graph declares static, each with its inputs and outputs."""
+def _graph_problems(
+    proto: Any, spec: GraphSpec, foreign: ForeignGraph | None = None
+) -> tuple[list[str], list[str]]:
+    """The batch and time dims the graph declares static, each with its inputs and outputs;
+    and, in a foreign graph, notes on outputs that declare a size for a dim its inputs leave
+    free: torch's dynamo exporter writes the example's length into LSTM and GRU outputs, and
+    the graph computes any length (review27). The sweep runs other sizes, so a size the
+    graph truly fixes fails there."""
     fixed: dict[tuple[str, int], list[str]] = {}
+    stale: dict[tuple[str, int], list[str]] = {}
     infos = {i.name: i for i in [*proto.graph.input, *proto.graph.output]}
     for tensor in (*spec.inputs, *spec.outputs):
         info = infos.get(tensor.name)
@@ -121,13 +128,24 @@ def _graph_problems(proto: Any, spec: GraphSpec) -> list[str]:
         dims = info.type.tensor_type.shape.dim
         for axis in (tensor.batch_axis, tensor.time_axis):
             if axis is not None and axis < len(dims) and dims[axis].HasField("dim_value"):
-                where = fixed.setdefault((str(tensor.dims[axis]), dims[axis].dim_value), [])
+                key = (str(tensor.dims[axis]), dims[axis].dim_value)
+                free = foreign is not None and key[0] not in foreign.fixed
+                where = (stale if free and tensor in spec.outputs else fixed).setdefault(key, [])
                 where.append(f"{tensor.name} (dim {axis})")
-    return [
+    problems = [
         f"{', '.join(where)}: should be symbolic {dim!r}, the graph declares {size} (a size "
         "baked in at export, or fixed by a tool after it)"
         for (dim, size), where in fixed.items()
     ]
+    notes = [
+        f"{', '.join(where)}: declared {size} where the graph's inputs leave {dim!r} free: a "
+        "stale annotation (torch's dynamo exporter writes the example's length into LSTM and "
+        "GRU outputs), judged by the sweep's other sizes; ONNX Runtime warns at each ('Expected "
+        "shape from model ... does not match actual shape'): make it symbolic for tools that "
+        "trust declared shapes"
+        for (dim, size), where in stale.items()
+    ]
+    return problems, notes
 
 
 def _fixed_sizes(
@@ -428,7 +446,9 @@ def verify(
         cases, skipped = fit_budget(cases, proto, spec, memory_budget, explicit)
         notes += skipped + past_declared(spec, batch_sizes, seq_lens)
         feeds = {}
-    problems = tuple(_graph_problems(proto, spec))
+    found, stale = _graph_problems(proto, spec, foreign)
+    problems = tuple(found)
+    notes += stale
     notes += _nodes_without_lengths(proto, spec)
 
     golden = _interop.load_outputs(load_outputs) if load_outputs is not None else None

@@ -6,6 +6,7 @@ deployments do; the references are the models' own built-in layers on a PackedSe
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -190,3 +191,65 @@ def test_bench_times_a_foreign_graph_beside_the_model(
     )
     assert [(r.engine, r.status) for r in report.results] == [("torch", "ok"), ("ort-cpu", "ok")]
     assert "not written by birnn-export" in report.settings["foreign"][0]
+
+
+class _LengthsFirst(nn.Module):
+    """A deployment wrapper whose graph takes ``(seq_len, tokens)``: the model's inputs in
+    another order, under other names."""
+
+    def __init__(self, tagger: Tagger) -> None:
+        super().__init__()
+        self.tagger = tagger
+
+    def forward(self, seq_len: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tagger(tokens, seq_len)
+
+
+def test_inputs_in_another_order_are_paired_by_dtype_and_rank(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "swapped.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _LengthsFirst(tagger),
+            (torch.tensor([6]), torch.tensor([[3, 7, 1, 4, 9, 2]])),
+            str(path),
+            dynamo=False,
+            input_names=["seq_len", "tokens"],
+            output_names=["scores"],
+            dynamic_axes={
+                "tokens": {0: "b", 1: "t"},
+                "seq_len": {0: "b"},
+                "scores": {0: "b", 1: "t"},
+            },
+        )
+    report = verify(path, tagger, like=ours, **SWEEP)
+    assert report.passed, report.summary()
+    assert any(
+        "ids as 'tokens', lengths as 'seq_len': by dtype and rank" in n for n in report.notes
+    )
+    proto = onnx.load(str(_legacy(tagger, tmp_path / "legacy.onnx")))
+    proto.graph.input.append(
+        onnx.helper.make_tensor_value_info("h0", onnx.TensorProto.FLOAT, [2, "b", 16])
+    )
+    onnx.save(proto, str(tmp_path / "h0.onnx"))
+    with pytest.raises(BiRNNExportError, match=r"its input\(s\) 'h0' are not the model's"):
+        verify(tmp_path / "h0.onnx", tagger, like=ours)
+
+
+def test_a_stale_output_length_is_a_note_and_a_float16_graph_is_judged_in_float16(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    """torch's dynamo exporter declares an LSTM's output at the example's length while its
+    inputs stay dynamic (review27 M1); a ``.half()`` model's export is a float16 graph, judged
+    against eager float16's noise as birnn-export's own float16 graphs are (M2)."""
+    proto = onnx.load(str(_legacy(tagger, tmp_path / "legacy.onnx")))
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 6  # the example's length
+    onnx.save(proto, str(tmp_path / "stale.onnx"))
+    report = verify(tmp_path / "stale.onnx", tagger, like=ours, **SWEEP)
+    assert report.passed and not report.problems, report.summary()
+    assert any("declared 6 where the graph's inputs leave 'seq' free" in n for n in report.notes)
+    half = _legacy(copy.deepcopy(tagger).half(), tmp_path / "half.onnx")
+    report = verify(half, tagger, like=ours, **SWEEP)
+    assert report.eager_dtype == "float16" and report.passed, report.summary()
