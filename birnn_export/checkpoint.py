@@ -454,11 +454,19 @@ def _deserialize(
         _check_tensors(obj, path, len(data))
         return obj
     if data.startswith(_ZIP_MAGIC) and _is_torchscript(data):
+        resave = f"torch.save(torch.jit.load({str(path)!r}).state_dict(), 'weights.pt')"
+        then = (
+            f"then export weights.pt with --model-class {model_class}"
+            if model_class
+            else "then export that with --model-class module:Class (the Python class it was "
+            "scripted from)"
+        )
+        # --model-class and --trust-pickle read the same archive the same way (users43 F1)
         raise ModelLoadError(
             f"{path}: is a TorchScript archive (torch.jit.save): its layers are compiled code, "
-            "not the nn.LSTM/GRU/RNN modules birnn-export converts; export the Python model "
-            "instead: re-save its state_dict and pass --model-class (or the module itself, with "
-            "--trust-pickle)"
+            "not the nn.LSTM/GRU/RNN modules birnn-export converts, and --model-class or "
+            "--trust-pickle cannot read it; re-save its weights, which keep the Python model's "
+            f"names, in Python: {resave}; {then}"
         )
     budget = load_budget(len(data))
     try:

@@ -390,10 +390,10 @@ def verify_command(
     own error (its float32 noise), with top-1 agreement for class scores; every recurrent
     layer is compared too. Inputs come from the graph's metadata (ragged and equal lengths,
     large-magnitude features; a graph birnn-export did not write, torch.onnx.export's, is
-    matched with the model's trace, or --like's); outputs are compared at valid steps, padding separately, rows
-    alone against the batch. Exit 0 if all match, 1 on a mismatch (the report says where, and
-    which direction), 2 for bad input. The default lengths include the graph's declared maximum
-    (--seq-range at export); --seq-lens picks the lengths instead.
+    matched with the model's trace, or --like's); outputs are compared at valid steps, padding
+    separately, rows alone against the batch. Exit 0 if all match, 1 on a mismatch (the report
+    says where, and which direction), 2 for bad input. The default lengths include the graph's
+    declared maximum (--seq-range at export); --seq-lens picks the lengths instead.
 
     \b
     Defaults: a covering set of batch sizes 1,3,16 and lengths 1,2,T0,4*T0 and the declared

@@ -1194,7 +1194,9 @@ def test_cli_passes_loader_options(tmp_path, user_models):
 
 
 @pytest.mark.parametrize("compile_with", ["script", "trace"])
-def test_torchscript_archive_is_named_as_such(tmp_path: Path, compile_with: str) -> None:
+def test_torchscript_archive_is_named_as_such(
+    tmp_path: Path, compile_with: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A torch.jit.save archive is not a corrupted torch.save one: the error says what it is and
     what to save instead, with no warning from torch.load, exit 2 from the command."""
     layer = nn.GRU(4, 5, batch_first=True, bidirectional=True).eval()
@@ -1207,6 +1209,17 @@ def test_torchscript_archive_is_named_as_such(tmp_path: Path, compile_with: str)
     torch.jit.save(compiled, str(path))
     with pytest.raises(ModelLoadError, match=r"TorchScript archive.*state_dict"):
         load_model(path, trust_pickle=True)
+    # the line it gives re-saves the weights, which the class it names then loads (users43 F1)
+    kwargs = {"input_size": 4, "hidden_size": 5, "batch_first": True, "bidirectional": True}
+    with pytest.raises(ModelLoadError, match=r"with --model-class torch\.nn:GRU$") as told:
+        load_model(path, model_class="torch.nn:GRU", model_kwargs=kwargs)
+    resave = re.search(r"(torch\.save\(.*'weights\.pt'\))", str(told.value))
+    assert resave is not None, told.value
+    monkeypatch.chdir(tmp_path)
+    exec(resave.group(1), {"torch": torch})
+    loaded = load_model(tmp_path / "weights.pt", model_class="torch.nn:GRU", model_kwargs=kwargs)
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(loaded.original(x)[0], layer(x)[0])
     result = CliRunner().invoke(main, [str(path), "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 2 and "TorchScript archive" in result.output
     assert "Warning" not in result.output and not (tmp_path / "out.onnx").exists()
