@@ -317,9 +317,14 @@ def load_model(
 
 
 def _precision_note(obj: Any) -> str:
-    """A note where the file's weights are all half precision: the model is loaded (and the
-    graph written) in float32 unless asked otherwise."""
+    """A note where the file's weights are all half precision, or all float64: the model is
+    loaded (and the graph written) in float32 unless asked otherwise."""
     kinds = {t.dtype for _, t in _tensors(obj) if t.is_floating_point()}
+    if kinds == {torch.float64}:  # trained in float64: said as half precision is (users43 F3)
+        return (
+            "; its weights are float64: loaded in float32, the graph computes in float32 "
+            "(verification judges it against the model in float64)"
+        )
     if not kinds or torch.float32 in kinds or torch.float64 in kinds:
         return ""
     names = "/".join(sorted(str(k).removeprefix("torch.") for k in kinds))

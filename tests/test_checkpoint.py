@@ -244,6 +244,8 @@ def test_half_precision_checkpoint_loads_as_float32(tmp_path):
     )
     bf16 = _save(tagger.to(torch.bfloat16).state_dict(), tmp_path / "bf16.pt")
     assert "its weights are bfloat16: loaded in float32" in load_model(bf16).source
+    f64 = _save(tagger.double().state_dict(), tmp_path / "f64.pt")  # said too (users43 F3)
+    assert "its weights are float64: loaded in float32" in load_model(f64).source
     assert (
         "its weights are"
         not in load_model(_save(tagger.float().state_dict(), tmp_path / "f.pt")).source
