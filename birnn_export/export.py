@@ -2200,6 +2200,8 @@ def _at_line(filename: str, lineno: Any, code: str | None) -> str:
     """`` at FILE:LINE (code)``, a long line's code cut at a word with ``...`` (mid-word where
     its words are long: code written without spaces)."""
     code = " ".join((code or "").split())
+    if code.endswith((",", "(", "[", "{", "\\")):  # a call that goes on: not its ")" (users43)
+        code += " ..."
     shown = textwrap.shorten(code, 100, placeholder=" ...")
     if len(shown) < 50 < len(code):
         shown = code[:96] + " ..."
@@ -2251,7 +2253,8 @@ _NUMBER_OF_A_SIZE = re.compile(
 )
 _PACKING_HINT = (
     "its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
-    "pad_packed_sequence exports, other uses of a PackedSequence (.data, .batch_sizes, sorting) "
-    "do not, nor lengths made Python numbers (.tolist(), int(), .numpy()): pass the lengths "
+    "pad_packed_sequence exports (the padded batch sorted before and restored after, too), "
+    "other uses of a PackedSequence (its .data or .batch_sizes, indexing it) do not, nor "
+    "lengths made Python numbers (.tolist(), int(), .numpy()): pass the lengths "
     "tensor, or call the layer as out, h = self.rnn(x, lengths)"
 )

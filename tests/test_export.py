@@ -2090,7 +2090,13 @@ def test_a_failure_with_a_packed_sequences_data_names_the_models_line(tmp_path):
     message = str(caught.value)
     assert "torch.onnx.export failed for _PackedData at test_export.py:" in message, message
     assert "(data = torch.cat([packed.data, self.gate(packed.data)], 1))" in message
-    assert "other uses of a PackedSequence (.data, .batch_sizes, sorting) do not" in message
+    assert (
+        "other uses of a PackedSequence (its .data or .batch_sizes, indexing it) do not" in message
+    )
+    # a line the call goes on after is shown as going on, not closed (users43 F4)
+    assert "(packed = pack_padded_sequence( ...)" in export_module._at_line(
+        "m.py", 3, "packed = pack_padded_sequence("
+    )
 
 
 class _CharCNNTagger(nn.Module):
