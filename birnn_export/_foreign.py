@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from birnn_export.errors import BiRNNExportError
-from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec
+from birnn_export.quantize import INT8
+from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, holds_quantized_nodes
 
 
 def is_foreign(proto: Any) -> bool:
@@ -124,6 +125,8 @@ def foreign_spec(
         recurrent_layers=(),
         layout="foreign",
         dtype=_precision([*inputs, *outputs]),
+        # ONNX Runtime's dynamic quantization of it: judged as birnn-export's int8 graphs are
+        quantization=INT8 if holds_quantized_nodes(proto) else None,
         # the file ``like`` came from says nothing of this graph: told below instead
         source_sha256=None,
         **_fixed_ranges(spec, fixed),

@@ -355,15 +355,22 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
     # int8 is judged by looser criteria: the label must be the graph's (ONNX Runtime's dynamic
     # quantization writes DynamicQuantize*, *Integer and QAttention nodes, and an int8
     # embedding table is read through DequantizeLinear: quantize._QUANTIZED_OPS)
-    quantized = any(
+    quantized = holds_quantized_nodes(proto)
+    if spec.quantization is not None and not quantized:
+        found.append(f"its metadata says {spec.quantization}, but it holds no quantized node")
+    return found
+
+
+def holds_quantized_nodes(proto: Any) -> bool:
+    """Whether ONNX Runtime's dynamic quantization wrote nodes into ``proto``:
+    DynamicQuantize*, *Integer and QAttention nodes, and the DequantizeLinear an int8 embedding
+    table is read through (:data:`birnn_export.quantize._QUANTIZED_OPS`)."""
+    return any(
         n.op_type.startswith("DynamicQuantize")
         or n.op_type.endswith("Integer")
         or n.op_type in ("QAttention", "DequantizeLinear")
         for n in all_nodes(proto.graph)
     )
-    if spec.quantization is not None and not quantized:
-        found.append(f"its metadata says {spec.quantization}, but it holds no quantized node")
-    return found
 
 
 def refuse_changed(proto: Any, spec: GraphSpec, path: Any) -> None:

@@ -253,3 +253,19 @@ def test_a_stale_output_length_is_a_note_and_a_float16_graph_is_judged_in_float1
     half = _legacy(copy.deepcopy(tagger).half(), tmp_path / "half.onnx")
     report = verify(half, tagger, like=ours, **SWEEP)
     assert report.eager_dtype == "float16" and report.passed, report.summary()
+
+
+def test_a_foreign_graph_quantized_by_onnx_runtime_is_judged_as_int8(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    """ONNX Runtime's dynamic quantization of a legacy graph: judged by task agreement and
+    relative error, as birnn-export's int8 graphs are, not by float32's noise."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = tmp_path / "int8.onnx"
+    quantize_dynamic(
+        str(_legacy(tagger, tmp_path / "legacy.onnx")), str(quantized), weight_type=QuantType.QInt8
+    )
+    report = verify(quantized, tagger, like=ours, **SWEEP)
+    assert report.criterion.startswith("float64 reference; int8"), report.criterion
+    assert not any(c.error for c in report.cases)
