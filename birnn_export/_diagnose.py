@@ -243,20 +243,18 @@ def diagnose_layers(
         return f"{text} -> check this layer's weights, gate order and bias {where}"
     text = diagnose_directions(tensor, got, want, rows, bad.hidden, tol, steps=steps)
     before = layers[layers.index(bad) - 1] if layers.index(bad) else None
-    if check.input_departs is not None:  # not the layer: what it was fed (users44 F1)
-        ops = (
-            "the ops before it (a convolution, batch norm, embedding or projection: their "
-            "weights or constants)"
-            if before is None
-            else f"what lies between it and the layer before ({before.name}), which matches: "
-            "that layer's output as this one takes it, or the model's ops between them"
-        )
+    if check.input_departs is not None and before is None:  # its input: users44 F1
+        # (after another layer, the text below says what lies between them)
         return text[: text.index("->")] + (
             f"-> the layer's input inside the graph already departs from the model's, up to "
-            f"{check.input_departs:.3g} times its limit in a feature: the cause lies in {ops}, "
-            f"not in this layer; not numeric drift, which stays within that limit {where}"
+            f"{check.input_departs:.3g} times its limit in a feature: the cause lies in the ops "
+            "before it (a convolution, batch norm, embedding or projection: their weights or "
+            "constants), not in this layer; not numeric drift, which stays within that limit "
+            f"{where}"
         )
-    if before is not None and "a shared cause" in text:  # the input this layer takes
+    # the input this layer takes (drift there too, where that input departs: users44 F1)
+    drift = check.input_departs is not None and "numeric drift" in text
+    if before is not None and ("a shared cause" in text or drift):
         split = " (in a split graph: the reversal of its backward node's Y into time order, "
         split += "which the layer checks undo themselves)" if len(before.y_names) == 2 else ""
         if before.unreversed:
