@@ -20,7 +20,13 @@ from typing import Any
 
 from birnn_export.errors import BiRNNExportError
 from birnn_export.quantize import INT8
-from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, holds_quantized_nodes
+from birnn_export.spec import (
+    MASK_ROLES,
+    METADATA_KEY,
+    GraphSpec,
+    TensorSpec,
+    holds_quantized_nodes,
+)
 
 
 def is_foreign(proto: Any) -> bool:
@@ -45,6 +51,25 @@ class ForeignGraph:
     spec: GraphSpec
     fixed: dict[str, int]
     notes: tuple[str, ...]
+
+    def sizes(
+        self, batch_sizes: Sequence[int] | None, seq_lens: Sequence[int] | None
+    ) -> tuple[Sequence[int] | None, Sequence[int] | None]:
+        """The batch sizes and lengths to run where the graph fixes its batch or time dim:
+        that size, the only one it takes (asking for another is refused)."""
+        chosen = []
+        for dim, given, option in (
+            (self.spec.batch_dim, batch_sizes, "batch_sizes"),
+            (self.spec.time_dim, seq_lens, "seq_lens"),
+        ):
+            size = self.fixed.get(dim)
+            if size is not None and given is not None and set(given) != {size}:
+                raise BiRNNExportError(
+                    f"{option}: the graph fixes {dim!r} at {size} and takes no other size; "
+                    f"ask for {size} or leave it out"
+                )
+            chosen.append((size,) if size is not None and given is None else given)
+        return chosen[0], chosen[1]
 
 
 def read_spec(
@@ -124,7 +149,7 @@ def foreign_spec(
         outputs=tuple(_as(ours, theirs) for ours, theirs in outputs),
         recurrent_layers=(),
         layout="foreign",
-        dtype=_precision([*inputs, *outputs]),
+        dtype=_precision(proto, [*inputs, *outputs]),
         # ONNX Runtime's dynamic quantization of it: judged as birnn-export's int8 graphs are
         quantization=INT8 if holds_quantized_nodes(proto) else None,
         # the file ``like`` came from says nothing of this graph: told below instead
@@ -152,11 +177,17 @@ def foreign_spec(
     return ForeignGraph(renamed, fixed, tuple(notes))
 
 
-def _precision(pairs: Sequence[tuple[TensorSpec, Any]]) -> str:
+def _precision(proto: Any, pairs: Sequence[tuple[TensorSpec, Any]]) -> str:
     """``"float16"`` for a graph whose float inputs or outputs are float16 (torch's export of a
-    ``.half()`` model, onnxconverter-common's conversion), else ``"float32"``: the precision
-    eager runs the model in for the noise floor, as for birnn-export's own float16 graphs."""
-    return "float16" if any(_dtype(t) == "float16" for _, t in pairs) else "float32"
+    ``.half()`` model, onnxconverter-common's conversion), or whose weights mostly are (the
+    same conversion with ``keep_io_types=True``: float32 in and out, float16 inside: users45),
+    else ``"float32"``: the precision eager runs the model in for the noise floor, as for
+    birnn-export's own float16 graphs."""
+    from onnx import TensorProto
+
+    kinds = [i.data_type for i in proto.graph.initializer]
+    halves = kinds.count(TensorProto.FLOAT16) > kinds.count(TensorProto.FLOAT)
+    return "float16" if halves or any(_dtype(t) == "float16" for _, t in pairs) else "float32"
 
 
 def _traced(path: str, model: Any) -> GraphSpec:
@@ -247,10 +278,12 @@ def _match(
 
 
 def _fits(spec: TensorSpec, info: Any) -> bool:
-    """Whether the graph's ``info`` can stand for ``spec``: the same kind of dtype, the same
-    rank and the same fixed sizes (where the graph declares its shape)."""
+    """Whether the graph's ``info`` can stand for ``spec``: the same kind of dtype (a mask of
+    any: bool, 0/1 integers or floats, as the graph takes it: users45), the same rank and the
+    same fixed sizes (where the graph declares its shape)."""
     sizes = _declared(info)
-    if not _same_kind(spec.dtype, _dtype(info)):
+    masks = spec.role in MASK_ROLES and _dtype(info) != "unknown"
+    if not masks and not _same_kind(spec.dtype, _dtype(info)):
         return False
     if sizes is None:
         return True

@@ -389,6 +389,8 @@ def benchmark(
 
     proto = load_onnx(onnx_path)
     spec, foreign, model, load_options = read_spec(proto, str(onnx_path), model, like, load_options)
+    if foreign is not None:  # the sizes a foreign graph fixes, only (users45)
+        batch_sizes, seq_lens = foreign.sizes(batch_sizes, seq_lens)
     if batch_sizes is None:
         batch_sizes = tuple(dict.fromkeys(spec.batch_range))
     if seq_lens is None:

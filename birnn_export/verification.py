@@ -148,28 +148,6 @@ def _graph_problems(
     return problems, notes
 
 
-def _fixed_sizes(
-    fixed: Mapping[str, int],
-    spec: GraphSpec,
-    batch_sizes: Sequence[int] | None,
-    seq_lens: Sequence[int] | None,
-) -> tuple[Sequence[int] | None, Sequence[int] | None]:
-    """The sweep's batch sizes and lengths for a foreign graph that fixes its batch or time dim:
-    that size, the only one it takes (asking for another is refused)."""
-    sizes = []
-    for dim, given, option in (
-        (spec.batch_dim, batch_sizes, "batch_sizes"),
-        (spec.time_dim, seq_lens, "seq_lens"),
-    ):
-        if dim in fixed and given is not None and set(given) != {fixed[dim]}:
-            raise BiRNNExportError(
-                f"{option}: the graph fixes {dim!r} at {fixed[dim]} and takes no other size; "
-                f"ask for {fixed[dim]} or leave it out"
-            )
-        sizes.append((fixed[dim],) if dim in fixed and given is None else given)
-    return sizes[0], sizes[1]
-
-
 def _nodes_without_lengths(proto: Any, spec: GraphSpec) -> list[str]:
     """A note on recurrent nodes fed no ``sequence_lens`` in a graph that takes lengths. Not a
     problem by itself: a model may run a layer on the padded batch and use the lengths
@@ -409,7 +387,7 @@ def verify(
     if foreign is not None:  # torch.onnx.export's, say: matched with the model's inputs
         layers = False
         if load_inputs is None:  # saved inputs run at their own sizes
-            batch_sizes, seq_lens = _fixed_sizes(foreign.fixed, spec, batch_sizes, seq_lens)
+            batch_sizes, seq_lens = foreign.sizes(batch_sizes, seq_lens)
         # its rows cannot run alone at a batch it does not take
         batch_invariance = batch_invariance and foreign.fixed.get(spec.batch_dim, 1) == 1
     engines = tuple(dict.fromkeys(engines))

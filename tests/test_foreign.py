@@ -191,6 +191,14 @@ def test_bench_times_a_foreign_graph_beside_the_model(
     )
     assert [(r.engine, r.status) for r in report.results] == [("torch", "ok"), ("ort-cpu", "ok")]
     assert "not written by birnn-export" in report.settings["foreign"][0]
+    # a graph fixed at batch 1 is timed there by default; another batch is refused (users45 F5)
+    fixed = _legacy(tagger, tmp_path / "b1.onnx", batch_axis=False)
+    timed = benchmark(
+        fixed, tagger, like=ours, seq_lens=(9,), iters=2, progress=False, isolate=False
+    )
+    assert {r.batch for r in timed.results} == {1} and not timed.failed()
+    with pytest.raises(BiRNNExportError, match="batch_sizes: the graph fixes 'batch' at 1"):
+        benchmark(fixed, tagger, like=ours, batch_sizes=(4,), progress=False)
 
 
 class _LengthsFirst(nn.Module):
@@ -269,3 +277,56 @@ def test_a_foreign_graph_quantized_by_onnx_runtime_is_judged_as_int8(
     report = verify(quantized, tagger, like=ours, **SWEEP)
     assert report.criterion.startswith("float64 reference; int8"), report.criterion
     assert not any(c.error for c in report.cases)
+
+
+def test_float16_inside_float32_io_and_a_float_mask_are_taken_as_the_graph_has_them(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    """onnxconverter-common's float16 conversion with ``keep_io_types=True`` (float32 in and
+    out, float16 inside) is judged at float16's noise, not float32's (users45 F1)."""
+    from onnxconverter_common import float16
+
+    proto = onnx.load(str(_legacy(tagger, tmp_path / "legacy.onnx")))
+    # its Casts kept as they are: converted, one of the lengths' Casts mistyped the graph
+    blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "Cast"]
+    half = float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked)
+    onnx.save(half, str(tmp_path / "h.onnx"))
+    report = verify(tmp_path / "h.onnx", tagger, like=ours, **SWEEP)
+    assert report.eager_dtype == "float16" and report.passed, report.summary()
+
+
+class _MaskTagger(nn.Module):
+    """A tagger whose deployment graph takes a float 0/1 mask: its lengths are the mask's sums."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tagger = Tagger()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.tagger(ids, mask.sum(1).long())
+
+
+def test_a_float_mask_is_fed_as_the_graph_takes_it(tmp_path: Path) -> None:
+    """The model's trace takes a bool mask; the graph exported with a float one is fed floats
+    (it was refused as another dtype: users45 F3)."""
+    torch.manual_seed(2)
+    model = _MaskTagger().eval()
+    path = tmp_path / "mask.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.tensor([[3, 7, 1, 4]]), torch.ones(1, 4)),
+            str(path),
+            dynamo=False,
+            input_names=["ids", "mask"],
+            output_names=["scores"],
+            dynamic_axes={
+                "ids": {0: "b", 1: "t"},
+                "mask": {0: "b", 1: "t"},
+                "scores": {0: "b", 1: "t"},
+            },
+        )
+    report = verify(path, model, **SWEEP)
+    assert report.passed, report.summary()
+    assert {c.lengths_mode for c in report.cases} >= {"ragged"}
