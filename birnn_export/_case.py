@@ -104,6 +104,13 @@ def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[
     return checks + _score_checks(layers.scores, criterion, dtype)
 
 
+#: Why no layer output explains a failing output where the layer probe is off (users45: the
+#: diagnosis of a graph birnn-export did not write ended in ": off").
+LAYERS_OFF = (
+    "the layers are not compared (--no-layers, or a graph birnn-export did not write, judged "
+    "by its outputs: see the notes)"
+)
+
 #: A failing layer is judged on its input inside the graph only where the drift into that input
 #: grew through it to at most this many times its limit on the model's input (users40's
 #: DeepSpeech2: 1.08); a defect before the layer that its input's check misses moves it further
@@ -551,7 +558,7 @@ def _diagnose(
                 tol,
                 steps=case.seq,
                 sequence_ok=sequence_ok,
-                why=layers.reason,
+                why=LAYERS_OFF if layers.reason == "off" else layers.reason,
             )
         )
     return "\n".join(texts) or None

@@ -112,6 +112,7 @@ def test_a_copy_that_does_not_pack_fails_on_short_rows(
     assert not report.passed
     failed = {c.lengths_mode for c in report.cases if not c.passed}
     assert "ragged" in failed
+    assert "the layers are not compared" in (report.diagnosis() or "")  # not ": off" (users45)
 
 
 def test_a_fixed_batch_is_a_problem_and_the_sweep_runs_at_it(
