@@ -3,10 +3,13 @@ exported by hand around a workaround, or another tool's.
 
 Such a graph holds no spec. The model is traced here as ``birnn-export MODEL.pt`` would trace it
 (or the spec of a graph birnn-export wrote for it, ``like``, is read), and the foreign graph's
-inputs and outputs are matched with that spec's: by name where the names agree, else in order.
-The matched spec, under the foreign graph's names, then drives verification's sweep. A dim the
-foreign graph fixes where the model's is dynamic (a batch of 1, a sequence length frozen at the
-example's) is a problem in the report; the sweep runs at that size, the only one the graph takes.
+inputs and outputs are matched with that spec's: by name where the names agree, else in order,
+else in the one order whose dtypes and ranks agree. The matched spec, under the foreign graph's
+names and dtypes, in its precision (float16 where its inputs, outputs or most weights are) and
+marked int8 where ONNX Runtime's dynamic quantization wrote into it, then drives verification's
+sweep and the benchmark's shapes. A dim the foreign graph's inputs fix where the model's is
+dynamic (a batch of 1, a sequence length frozen at the example's) is a problem in the report;
+the sweep runs at that size, the only one the graph takes.
 """
 
 from __future__ import annotations
