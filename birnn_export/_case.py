@@ -92,14 +92,11 @@ def _layer_checks(layers: CaseLayers, criterion: Criterion, dtype: str) -> list[
         )
         if not check.passed and isinstance(criterion, NoiseCriterion) and layers.own_input:
             own = layers.own_input(name, steps)
-            check = _on_its_own_input(check, own, criterion, mask, dtype) or check
-            share = (
-                None
-                if own is None or check.passed
-                else _input_drift(own, criterion, mask, dtype, True)
-            )
+            share = None if own is None else _input_drift(own, criterion, mask, dtype)
             if share is not None and share > 1.0:  # its input is off already: not the layer
                 check = dataclasses.replace(check, input_departs=share)
+            else:
+                check = _on_its_own_input(check, own, share, criterion, mask, dtype) or check
         checks.append(check)
     return checks + _score_checks(layers.scores, criterion, dtype)
 
@@ -119,7 +116,12 @@ REJUDGED_AT_MOST = 4.0
 
 
 def _on_its_own_input(
-    check: Check, own: OwnInput | None, criterion: NoiseCriterion, mask: np.ndarray, dtype: str
+    check: Check,
+    own: OwnInput | None,
+    share: float | None,
+    criterion: NoiseCriterion,
+    mask: np.ndarray,
+    dtype: str,
 ) -> Check | None:
     """A failed layer check judged again on the layer's own input inside the graph, where that
     input is within the criterion of the model's in every feature (drift, not a defect before
@@ -128,11 +130,11 @@ def _on_its_own_input(
     fed the layer. Where the graph's layer matches them there, the failure was that drift
     grown through the layer (a DeepSpeech2's convolutions and batch norms put 2.8x eager's
     error into its third GRU's input, which came out at 9.6x: users40), and the check says so
-    (:attr:`Check.drifted`); ``None`` where it does not, or cannot be told."""
+    (:attr:`Check.drifted`); ``None`` where it does not, or cannot be told. ``share``: how far
+    that input departs from the model's (:func:`_input_drift`), at most 1 here."""
     threshold = check.threshold
     if own is None or threshold is None or not check.max_abs <= REJUDGED_AT_MOST * threshold:
         return None
-    share = _input_drift(own, criterion, mask, dtype)
     if share is None:
         return None
     again = compare(
@@ -158,14 +160,14 @@ def _on_its_own_input(
 
 
 def _input_drift(
-    own: OwnInput, criterion: NoiseCriterion, mask: np.ndarray, dtype: str, beyond: bool = False
+    own: OwnInput, criterion: NoiseCriterion, mask: np.ndarray, dtype: str
 ) -> float | None:
     """The largest share of its limit by which the layer's input inside the graph departs from
     the model's, feature by feature: each held to eager's error in it, or eager's relative
     error over the whole input at its own magnitude where that is more, and to ulp of its own
     magnitude. One large feature beside small ones set the limit for all (review25: an
-    embedding table rounded to float16 passed beside ``ids * 37.7``); ``None`` beyond it
-    (``beyond``: the share there too)."""
+    embedding table rounded to float16 passed beside ``ids * 37.7``); over 1 beyond it;
+    ``None`` where it cannot be told (other shapes, non-finite values)."""
     if own.x.shape != own.x_reference.shape or own.x_eager.shape != own.x.shape:
         return None
     valid = np.broadcast_to(mask, own.x.shape)
@@ -184,7 +186,7 @@ def _input_drift(
         [criterion.threshold(float(n), float(s), dtype) for n, s in zip(noise, scale, strict=True)]
     )
     shares = error / limits
-    return float(shares.max(initial=0.0)) if beyond or (shares <= 1.0).all() else None
+    return float(shares.max(initial=0.0))
 
 
 def _score_checks(scores: Mapping[str, CRFScores], criterion: Criterion, dtype: str) -> list[Check]:
