@@ -264,6 +264,7 @@ def _match(
             "a graph that takes the model's inputs only"
             if kind == "input" and extra
             else "verify a graph exported from this model, with the same inputs and outputs"
+            + _WRAPPED
         )
         raise BiRNNExportError(
             f"{path}: it has {len(theirs)} {kind}(s) ({', '.join(names) or 'none'}), the model "
@@ -275,9 +276,15 @@ def _match(
             shape = "" if sizes is None else f"[{','.join(_dim_text(d) for d in sizes)}]"
             raise BiRNNExportError(
                 f"{path}: {kind} {info.name!r} is {_dtype(info)}{shape} where the model's is "
-                f"{_shown(spec)} (paired {how}): verify a graph exported from this model"
+                f"{_shown(spec)} (paired {how}): verify a graph exported from this model{_WRAPPED}"
             )
     return pairs, how
+
+
+_WRAPPED = (
+    "; a graph exported through a wrapper (argmax tags, softmax, another signature) "
+    "is verified against the wrapper: --model-class PKG:WRAPPER, the same weights file"
+)
 
 
 def _fits(spec: TensorSpec, info: Any) -> bool:

@@ -1068,6 +1068,7 @@ def _keys_under_one_prefix(
 ) -> tuple[Mapping[str, Tensor], str]:
     """The keys under the one prefix that holds exactly the model's keys, where the state dict's
     own top-level keys do not: a Lightning module's ``model.`` (beside a loss's buffers, say).
+    Failing that, the other way round: the class holds the state's keys under one prefix.
     Returns the state to load and what was done, for the load line (``""``: nothing).
 
     Raises:
@@ -1083,18 +1084,35 @@ def _keys_under_one_prefix(
         for prefix in sorted(prefixes)
     }
     found = [prefix for prefix, sub in subs.items() if set(sub) == want]
+    if not found:
+        return _keys_put_under_one_prefix(state, want)
     if len(found) > 1:
         raise ModelLoadError(
             f"{path}: the class's weights are there under {len(found)} prefixes "
             f"({', '.join(repr(p) for p in found)}); pass the one you mean as --state-key "
             f"{found[0].removesuffix('.')!r} (state_key=...)"
         )
-    if not found:
-        return state, ""
     sub = subs[found[0]]
     others = len(state) - len(sub)
     left = f"; {others} other key(s) left out" if others else ""
     return sub, f" (prefix {found[0]!r} removed{left})"
+
+
+def _keys_put_under_one_prefix(
+    state: Mapping[str, Tensor], want: set[str]
+) -> tuple[Mapping[str, Tensor], str]:
+    """The state's keys each under the one prefix whose keys are exactly the class's: a serving
+    wrapper (argmax, softmax) holding the saved model as an attribute, given the model's own
+    weights (users45). Returns the state to load and what was done (``""``: nothing)."""
+    prefixes = {k[: i + 1] for k in want for i, c in enumerate(k) if c == "."}
+    found = [p for p in sorted(prefixes) if {p + k for k in state} == want]
+    if len(found) != 1:
+        return state, ""
+    prefix = found[0]
+    return {prefix + k: v for k, v in state.items()}, (
+        f" (its keys put under the class's {prefix!r}: the class holds the saved model as "
+        f"{prefix.removesuffix('.')!r})"
+    )
 
 
 def _from_module(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:

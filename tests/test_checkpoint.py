@@ -58,6 +58,17 @@ USER_SOURCE = textwrap.dedent(
             return self.classify((weights.unsqueeze(-1) * states).sum(1))
 
 
+    class ArgmaxServing(nn.Module):
+        '''A serving wrapper: the classifier as an attribute, its argmax out.'''
+
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.model = AttentionClassifier(**kwargs)
+
+        def forward(self, ids):
+            return self.model(ids).argmax(-1)
+
+
     class HParamsClassifier(AttentionClassifier):
         '''Lightning style: __init__(self, hparams), its fields read from one dict.'''
 
@@ -711,6 +722,30 @@ def test_a_lightning_checkpoint_loads_the_keys_under_its_model_attribute(tmp_pat
         load_model(
             _save(lightning, tmp_path / "b.ckpt"),
             model_class=f"{USER_MODULE}:AttentionClassifier",
+            model_kwargs=kwargs,
+        )
+
+
+def test_a_serving_wrapper_loads_the_weights_of_the_model_it_holds(tmp_path, user_models):
+    # users45: verifying a graph exported through a wrapper takes the wrapper as --model-class;
+    # the weights file is the model's, whose keys are the wrapper's under 'model.'
+    torch.manual_seed(4)
+    kwargs = {"vocab": 40, "dim": 6, "hidden": 7, "classes": 5}
+    model = user_models.AttentionClassifier(**kwargs).eval()
+    path = _save(model.state_dict(), tmp_path / "classifier.pt")
+    loaded = load_model(path, model_class=f"{USER_MODULE}:ArgmaxServing", model_kwargs=kwargs)
+    assert (
+        "(its keys put under the class's 'model.': the class holds the saved model as 'model')"
+        in loaded.source
+    )
+    ids = torch.randint(0, 40, (3, 9), generator=_gen())
+    with torch.no_grad():
+        assert torch.equal(loaded.original(ids), model(ids).argmax(-1))
+    state = {**model.state_dict(), "extra": torch.ones(1)}  # more than the model: refused
+    with pytest.raises(ModelLoadError, match="weights do not fit"):
+        load_model(
+            _save(state, tmp_path / "b.pt"),
+            model_class=f"{USER_MODULE}:ArgmaxServing",
             model_kwargs=kwargs,
         )
 
