@@ -542,6 +542,12 @@ def _diagnose(
             padding_reaches=any(o.check == "batch-invariance" and not o.passed for o in outputs),
             timeless=_timeless_failing(spec, failing),
         )
+    if hidden is None:  # neither split into directions nor located at a layer: say why
+        names = ", ".join(dict.fromkeys(o.name for o in failing))
+        why = f"the layer probe cannot run: {layers.reason}" if layers.reason else "none ran"
+        return f"{names}: not located at a recurrent layer: " + (
+            LAYERS_OFF if layers.reason == "off" else why
+        )
     texts = []
     sequence_ok = not any(o.role == "sequence" for o in failing)
     for result in failing:
@@ -560,7 +566,6 @@ def _diagnose(
                 tol,
                 steps=case.seq,
                 sequence_ok=sequence_ok,
-                why=LAYERS_OFF if layers.reason == "off" else layers.reason,
             )
         )
     return "\n".join(texts) or None

@@ -62,7 +62,6 @@ def diagnose_directions(
     *,
     steps: int | None = None,
     sequence_ok: bool = True,
-    why: str | None = None,
 ) -> str:
     """Explain a mismatch of a bidirectional layer's output by direction.
 
@@ -70,16 +69,13 @@ def diagnose_directions(
     backward half are compared separately, with the first diverging valid step per row; for a
     final state ``[layers * 2, batch, hidden]`` the even (forward) and odd (backward) entries.
     ``steps`` is the padded length T; ``sequence_ok`` says whether the sequence outputs matched
-    in the same case (a state is only blamed on its own when they did). ``why`` (with
-    ``hidden`` None) says why the last recurrent layer's own output could not be compared
-    instead (see :func:`diagnose_layer`).
+    in the same case (a state is only blamed on its own when they did).
     """
     if hidden is None:
         return (
             f"{tensor.name}: direction split does not apply: the model is not a bare "
             "bidirectional layer, so this output has passed through later layers (e.g. a head) "
             "and its halves are not the two directions"
-            + (f"; nor to the last recurrent layer's own output: {why}" if why else "")
         )
     if tensor.role == "state":
         if actual.ndim != 3 or actual.shape[0] % 2 or tensor.batch_axis is None:

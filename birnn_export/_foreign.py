@@ -26,6 +26,7 @@ from birnn_export.quantize import INT8
 from birnn_export.spec import (
     MASK_ROLES,
     METADATA_KEY,
+    RECURRENT_OPS,
     GraphSpec,
     TensorSpec,
     holds_quantized_nodes,
@@ -360,3 +361,90 @@ def _shown(tensor: TensorSpec) -> str:
 
 def _dim_text(size: int | None) -> str:
     return "?" if size is None else str(size)
+
+
+#: Ops a whole-batch flip reaches a recurrent node through in torch's exports: the sort and
+#: unsort of ``pack_padded_sequence(enforce_sorted=False)`` (``Gather``), its time-major
+#: ``Transpose``, and layout ops.
+_CARRY = ("Gather", "Transpose", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity")
+
+
+def blame_short_rows(results: Sequence[Any], proto: Any, spec: GraphSpec) -> list[Any]:
+    """The failing cases of a foreign graph (its layers not compared) that hold rows shorter
+    than T, their diagnosis naming what in the graph makes such rows differ where something
+    does: recurrent nodes that run the padding, or that pack an input reversed whole
+    (flip-then-pack, users45 F4). A case with another diagnosis keeps it."""
+    from birnn_export._case import LAYERS_OFF
+
+    why = _short_rows_suspect(proto, spec)
+    if why is None:
+        return list(results)
+    return [
+        dataclasses.replace(r, diagnosis=why)
+        if not r.passed and LAYERS_OFF in (r.diagnosis or "") and min(r.lengths or [0]) < r.seq
+        else r
+        for r in results
+    ]
+
+
+def _short_rows_suspect(proto: Any, spec: GraphSpec) -> str | None:
+    from birnn_export._layers import has_lengths, is_recurrent
+
+    if spec.length_source is None:
+        return None
+    recurrent = [n for n in proto.graph.node if is_recurrent(n)]
+    unbounded = [repr(n.name) for n in recurrent if not has_lengths(n)]
+    if unbounded:
+        nodes = "node" if len(unbounded) == 1 else "nodes"
+        return (
+            f"recurrent {nodes} {', '.join(unbounded)} take{'s' * (len(unbounded) == 1)} no "
+            "sequence_lens although the graph "
+            "takes lengths: its backward direction starts at the padded end of every short row "
+            "-> if the model packs its batch (each row run to its length), the code exported "
+            "ran the padded batch whole (packing left out for the export): keep "
+            "pack_padded_sequence in it (torch's exporter writes it as sequence_lens), or "
+            "export the model with birnn-export"
+        )
+    flips = {n.name: flip for n in recurrent if (flip := _reversed_whole(proto, n)) is not None}
+    if flips:
+        nodes = "node" if len(flips) == 1 else "nodes"
+        packs, slices = ("packs", "Slice") if len(flips) == 1 else ("pack", "Slices")
+        return (
+            f"recurrent {nodes} {', '.join(map(repr, flips))} {packs} an input reversed whole "
+            f"({slices} {', '.join(map(repr, dict.fromkeys(flips.values())))} with a negative "
+            "step: torch.flip of the padded batch) -> the code exported flips the padded batch "
+            "before packing it: each short row's reversal starts in its padding (README, 'Why "
+            "flip-then-pack is wrong'); reverse each row's valid steps, or use one "
+            "bidirectional layer, and export again"
+        )
+    return None
+
+
+def _reversed_whole(proto: Any, node: Any) -> str | None:
+    """The ``Slice`` with a negative step that a forward recurrent node taking
+    ``sequence_lens`` reads its input through (torch.flip, then packing), if any."""
+    from onnx import numpy_helper
+
+    from birnn_export._layers import has_lengths
+
+    attrs = {a.name: a for a in node.attribute}
+    direction = attrs["direction"].s.decode() if "direction" in attrs else "forward"
+    if node.op_type not in RECURRENT_OPS or direction != "forward" or not has_lengths(node):
+        return None
+    made_by = {out: n for n in proto.graph.node for out in n.output}
+    constants = {i.name: i for i in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            constants[n.output[0]] = n.attribute[0].t
+    name = node.input[0]
+    for _ in range(16):
+        source = made_by.get(name)
+        if source is None or not source.input:
+            return None
+        steps = source.input[4] if source.op_type == "Slice" and len(source.input) > 4 else ""
+        if steps in constants and (numpy_helper.to_array(constants[steps]) < 0).any():
+            return source.name
+        if source.op_type not in (*_CARRY, "Slice"):
+            return None
+        name = source.input[0]
+    return None

@@ -60,7 +60,7 @@ from birnn_export._case import (
     sweep_checks,
 )
 from birnn_export._files import check_output_path
-from birnn_export._foreign import ForeignGraph, read_spec
+from birnn_export._foreign import ForeignGraph, blame_short_rows, read_spec
 from birnn_export._layers import has_lengths, is_recurrent
 from birnn_export._progress import Progress
 from birnn_export._references import (
@@ -580,6 +580,8 @@ def verify(
     results = blame_untraced(results + sweep_checks(results, per_engine, seed), spec)
     results = blame_fixed_dims(results, ran_cases, spec, probed)
     results = advise_over_the_sweep(blame_one_step(results, ran_cases, spec))
+    if foreign is not None:  # its layers are not compared: what its nodes show, if anything
+        results = blame_short_rows(results, proto, spec)
     notes += batch_dependence_note(results) + drift_note(results)
     # int8 nodes are renamed: the layers were not compared, and need no note
     if spec.quantization is None:

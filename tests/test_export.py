@@ -3192,7 +3192,9 @@ def test_an_index_input_is_drawn_over_the_dim_it_indexes(tmp_path) -> None:
     div.op_type = "Identity"  # the mean pooling made a sum
     del div.input[1:]
     onnx.save(proto, str(tmp_path / "sum.onnx"))
-    assert not verify(tmp_path / "sum.onnx", model, isolate=False, layers=False).passed
+    report = verify(tmp_path / "sum.onnx", model, isolate=False, layers=False)
+    assert not report.passed
+    assert "not located at a recurrent layer: the layers are not compared" in report.diagnosis()
     for wrong in ("word", "batch"):  # no dim; the batch's rows (review22: an unreadable file)
         decl = decls[2].replace("words", wrong)
         with pytest.raises(ExportError, match=rf"':index\({wrong}\)' names no dim of the inputs"):

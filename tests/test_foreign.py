@@ -112,7 +112,47 @@ def test_a_copy_that_does_not_pack_fails_on_short_rows(
     assert not report.passed
     failed = {c.lengths_mode for c in report.cases if not c.passed}
     assert "ragged" in failed
-    assert "the layers are not compared" in (report.diagnosis() or "")  # not ": off" (users45)
+    # the valid steps head the verdict, and the diagnosis names the node (users45 F4)
+    assert "output 'scores' values" in report.summary()
+    diagnosis = report.diagnosis() or ""
+    assert "node '/rnn/LSTM' takes no sequence_lens although the graph takes lengths" in diagnosis
+    assert "keep pack_padded_sequence" in diagnosis
+
+
+class FlipThenPack(nn.Module):
+    """The seed article's Example 3 around ``tagger``'s weights: the backward direction a forward
+    LSTM fed the padded batch flipped whole, then packed."""
+
+    def __init__(self, tagger: Tagger) -> None:
+        super().__init__()
+        self.tagger = tagger
+        self.back = nn.LSTM(12, 16, batch_first=True)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(self.back, f"{name}_l0").data.copy_(getattr(tagger.rnn, f"{name}_l0_reverse"))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x, steps = self.tagger.emb(ids), ids.shape[1]
+
+        def run(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+            packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(layer(packed)[0], batch_first=True, total_length=steps)[0]
+
+        forward = run(self.tagger.rnn, x)[..., :16]
+        backward = torch.flip(run(self.back, torch.flip(x, [1])), [1])
+        valid = torch.arange(steps)[None, :] < lengths[:, None]
+        return self.tagger.out(torch.cat([forward, backward], -1)) * valid[..., None]
+
+
+def test_flip_then_pack_is_named_in_a_graph_that_does_it(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    path = _legacy(FlipThenPack(tagger).eval(), tmp_path / "flipped.onnx")
+    report = verify(path, tagger, like=ours, **SWEEP)
+    assert not report.passed
+    assert "ragged" in {c.lengths_mode for c in report.cases if not c.passed}
+    diagnosis = report.diagnosis() or ""
+    assert "node '/back/LSTM' packs an input reversed whole (Slice '/Slice_1'" in diagnosis
+    assert "'Why flip-then-pack is wrong'" in diagnosis
 
 
 def test_a_fixed_batch_is_a_problem_and_the_sweep_runs_at_it(
@@ -170,6 +210,7 @@ def test_cli_verifies_a_foreign_graph_and_exits_1_on_a_mismatch(tmp_path: Path) 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "was not written by birnn-export" in result.output
+    assert "takes no sequence_lens although the graph takes lengths" in result.output
     assert "Traceback" not in result.output
 
 
