@@ -933,9 +933,18 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
         steps = shape[dims.split(",").index("time") - 1]
         if form in found:  # found at one size: does another run too?
             checked.add(form)
-            if runs(shape, steps):
-                sizes = ",".join(d for d in free.split(",") if d.isupper())
-                found[form] = declared(free, f"at time {steps}, and at two sizes of {sizes}")
+            if runs(shape, steps):  # the sizes it ran at, named (users43 F2: its H,W from 1
+                # were refused next, where the user's frames are one size)
+                at = [i for i, d in enumerate(free.split(",")) if d.isupper()]
+                names = ",".join(free.split(",")[i] for i in at)
+                tried = " and ".join(
+                    ",".join(str(s[i - 1]) for i in at) for s in (found_at[form], shape)
+                )
+                found[form] = declared(
+                    free,
+                    f"at time {steps}, and at {names} = {tried}: put your input's size there, or "
+                    f"--range each of {names} from the least the front end takes",
+                )
         elif runs(shape, steps):
             found[form], found_at[form] = declared(dims, f"at time {steps}"), shape
     return list(found.values())

@@ -1674,7 +1674,11 @@ class _NormedWaveform(nn.Module):
         (_StridedSpectrogram, "x:float32[batch,1,161,time]' (at time 52)"),
         (_MelsFirst, "x:float32[batch,80,time]' (at time 52)"),
         (_Waveform, "input:float32[batch,time]' (at time 16000)"),
-        (_Clips, "clips:float32[batch,time,3,H,W]' (at time 4, and at two sizes of H,W)"),
+        (
+            _Clips,
+            "clips:float32[batch,time,3,H,W]' (at time 4, and at H,W = 32,32 and 64,64: put "
+            "your input's size there, or --range each of H,W from the least the front end takes)",
+        ),
         (_BinsNormFirst, "logmel:float32[batch,1,time,229]' (at time 52)"),
     ],
 )
