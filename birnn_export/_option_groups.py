@@ -118,9 +118,8 @@ loader_options = option_group(
         click.option(
             "--nonlinearity",
             type=click.Choice(["tanh", "relu"]),
-            default="tanh",
-            show_default=True,
-            help="nn.RNN nonlinearity for bare state_dicts (weights do not reveal it).",
+            help="nn.RNN nonlinearity for bare state_dicts (weights do not reveal it; tanh, "
+            "torch's default, is taken where not given, and the load line says so).",
         ),
         click.option(
             "--time-major",

@@ -208,7 +208,7 @@ def load_model(
     model_class: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     state_key: str | None = None,
-    nonlinearity: str = "tanh",
+    nonlinearity: str | None = None,
     time_major: bool = False,
     trust_pickle: bool = False,
 ) -> LoadedModel:
@@ -245,7 +245,8 @@ def load_model(
         model_class: Your model class as ``"package.module:Class"``, imported with importlib.
         model_kwargs: Keyword arguments for ``model_class``.
         state_key: Key of the state_dict in a nested checkpoint.
-        nonlinearity: ``"tanh"`` or ``"relu"``, for ``nn.RNN`` layers of bare state_dicts.
+        nonlinearity: ``"tanh"`` or ``"relu"``, for ``nn.RNN`` layers of bare state_dicts;
+            ``None``: tanh, taken as torch's default (the source line says so).
         time_major: A bare state_dict's model took ``[seq, batch, ...]`` (``batch_first`` is not
             in the weights; batch-first is assumed, and the source line says so).
         trust_pickle: Allow pickled objects, running code from the file (see above).
@@ -264,7 +265,7 @@ def load_model(
         'birnn-export checkpoint v1 (SequenceTagger)'
     """
     path = Path(path)
-    if nonlinearity not in ("tanh", "relu"):
+    if nonlinearity not in (None, "tanh", "relu"):
         raise ModelLoadError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     if model_kwargs is not None and model_class is None:
         raise ModelLoadError("model_kwargs: given without model_class; pass --model-class too")
@@ -807,11 +808,12 @@ def _build(
     model_class: str | None,
     model_kwargs: dict[str, Any],
     state_key: str | None,
-    nonlinearity: str,
+    nonlinearity: str | None,
     time_major: bool = False,
 ) -> tuple[nn.Module, nn.Module | None, str, dict[str, Any] | None]:
     """``(model, original, source, config)`` from what ``torch.load`` returned."""
-    bare = ["--nonlinearity relu"] * (nonlinearity != "tanh") + ["--time-major"] * time_major
+    bare = [f"--nonlinearity {nonlinearity}"] * (nonlinearity is not None)
+    bare += ["--time-major"] * time_major
     if isinstance(obj, _WRAPPERS):  # its forward(*args, **kwargs) tells nothing of the inputs
         model, original, where, config = _build(
             obj.module,
@@ -891,7 +893,7 @@ def _build(
     state, stripped = _strip_wrapper_prefix(state, None)
     if stripped:
         where += f" (prefix {stripped!r} removed)"
-    config, tagger_state, layout = _recognise(state, nonlinearity, path, time_major)
+    config, tagger_state, layout = _recognise(state, nonlinearity or "tanh", path, time_major)
     if time_major:
         config = dataclasses.replace(config, batch_first=False)
     factory = functools.partial(SequenceTagger, config)
@@ -903,7 +905,7 @@ def _build(
             "; assumed batch-first input [batch, seq, ...] (the weights do not say; "
             "--time-major if it took [seq, batch, ...])"
         )
-    if config.cell == "rnn_tanh" and not layout.startswith("seed article"):
+    if config.cell == "rnn_tanh" and nonlinearity is None and not layout.startswith("seed"):
         # a ReLU RNN built as tanh passed verification against itself, said nowhere (users41)
         layout += "; tanh taken for the RNN (the weights do not say; --nonlinearity relu if ReLU)"
     return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()

@@ -282,7 +282,7 @@ def _loader_flags(loader: dict[str, Any]) -> list[str]:
     flags = []
     for name, value in loader.items():
         flag = "--" + name.replace("_", "-")
-        if value in (None, False, {}) or (name == "nonlinearity" and value == "tanh"):
+        if value in (None, False, {}):
             continue  # the default
         if value is True:
             flags.append(flag)

@@ -433,6 +433,7 @@ def test_builtin_layer_state_dict(tmp_path, kind, layers, bidir, bias, embed, he
         assert load_model(path).source.endswith(
             "; tanh taken for the RNN (the weights do not say; --nonlinearity relu if ReLU)"
         )
+        assert "tanh taken" not in load_model(path, nonlinearity="tanh").source  # said
     if embed:
         x = torch.randint(0, 30, (4, 7), generator=_gen())
     else:
