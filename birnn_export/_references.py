@@ -49,9 +49,17 @@ class References:
     error against the reference is the noise floor."""
 
     def __init__(
-        self, module: Any, spec: GraphSpec, *, ref_dtype: str, eager_dtype: str | None
+        self,
+        module: Any,
+        spec: GraphSpec,
+        *,
+        ref_dtype: str,
+        eager_dtype: str | None,
+        like: str | None = None,
     ) -> None:
-        self.spec, self.module = spec, module
+        """``like``: the graph whose spec lends its inputs to a foreign graph's (``--like``),
+        which a model failing on them is told to check."""
+        self.spec, self.module, self.like = spec, module, like
         self.sides = {
             key: _side(module, spec, dtype)
             for key, dtype in (("reference", ref_dtype), ("eager", eager_dtype))
@@ -118,7 +126,13 @@ class References:
                 shape = ", ".join(f"{name} {size}" for name, size in sizes.items())
                 shortest = self._shortest(side, case)
                 time, (_, opt, high) = self.spec.time_dim, self.spec.seq_range
-                table = _short_table(side.runner, feed, exc, sizes, self.spec)
+                table = _short_table(side.runner, feed, exc, sizes, self.spec, self.like)
+                if self.like is not None:  # review27 L4: they are --like's, not the graph's
+                    raise BiRNNExportError(
+                        f"the reference model failed on the inputs {self.like} declares "
+                        f"(--like; {shape}): {one_line(exc)}; {table}give as --like a graph "
+                        "birnn-export wrote from this model"
+                    ) from None
                 raise BiRNNExportError(
                     f"the reference model failed on the graph's inputs ({shape}): "
                     f"{one_line(exc)}; "
@@ -263,6 +277,7 @@ def _short_table(
     exc: Exception,
     sizes: Mapping[str, int],
     spec: GraphSpec,
+    like: str | None = None,
 ) -> str:
     """Where the model failed on an Embedding's lookup (an index out of range), which table and
     why, from a run again with each table's ids watched: a table indexed by position (a
@@ -293,6 +308,11 @@ def _short_table(
         return ""
     name, rows, top = over[0]
     reached = [d for d, size in sizes.items() if d != spec.batch_dim and size == top + 1]
+    if like is not None:  # the ids --like's spec draws, whatever the dims
+        return (
+            f"nn.Embedding {name!r} has {rows} rows and was given id {top} from {like}'s "
+            "inputs (a smaller vocabulary: is it a graph of this model?); "
+        )
     if not reached:
         return (
             f"nn.Embedding {name!r} has {rows} rows and was given id {top} from the graph's "

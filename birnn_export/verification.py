@@ -504,7 +504,13 @@ def verify(
     }
     references = None
     if golden is None:
-        references = References(ref_module, spec, ref_dtype=ref_dtype, eager_dtype=eager_dtype)
+        references = References(
+            ref_module,
+            spec,
+            ref_dtype=ref_dtype,
+            eager_dtype=eager_dtype,
+            like=None if like is None else str(like),
+        )
     layer_state = layer_setup(
         proto,
         spec,

@@ -33,10 +33,10 @@ class Tagger(nn.Module):
     deployment copy written without packing does (its backward direction starts in the padding
     of every short row)."""
 
-    def __init__(self, packs: bool = True) -> None:
+    def __init__(self, packs: bool = True, vocab: int = 50) -> None:
         super().__init__()
         self.packs = packs
-        self.emb = nn.Embedding(50, 12)
+        self.emb = nn.Embedding(vocab, 12)
         self.rnn = nn.LSTM(12, 16, batch_first=True, bidirectional=True)
         self.out = nn.Linear(32, 5)
 
@@ -181,6 +181,12 @@ def test_like_takes_the_inputs_from_a_graph_birnn_export_wrote(
     assert any(f"those of {ours}" in n for n in report.notes)
     with pytest.raises(BiRNNExportError, match=r"like: .* was written by birnn-export"):
         verify(ours, tagger, like=ours, **SWEEP)
+    # a graph of a model with a larger vocabulary lends ids the model has no rows for: the
+    # message names --like's graph, not the verified one's inputs (review27 L4)
+    other = export_onnx(Tagger(vocab=5000).eval(), tmp_path / "other.onnx", verify=False).path
+    told = r"the inputs .*other.onnx declares \(--like.*is it a graph of this model"
+    with pytest.raises(BiRNNExportError, match=told):
+        verify(legacy, tagger, like=other, **SWEEP)
 
 
 def test_mismatched_graphs_are_refused_with_what_differs(
