@@ -615,6 +615,13 @@ def verify(
             if eager_dtype is not None:
                 runs[GOLDEN_EAGER] = [r["eager"] for _, _, r in chosen]
             saved_outputs_path = _interop.save_outputs(save_outputs, runs)
+            if foreign is not None and like is None:  # without the model (review27 L5)
+                notes.append(
+                    f"the saved outputs replay without the model only with --like: this graph "
+                    "does not say what its inputs are (verify it with --load-inputs "
+                    f"{saved_inputs} --load-outputs {saved_outputs_path} --like, and a graph "
+                    "birnn-export wrote from the model)"
+                )
     return VerifyReport(
         onnx_path=onnx_path,
         reference=how,

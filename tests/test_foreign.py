@@ -87,12 +87,20 @@ def ours(tagger: Tagger, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_onnx(tagger, tmp_path_factory.mktemp("ours") / "ours.onnx", verify=False).path
 
 
-def test_a_legacy_export_is_verified_against_the_model(tagger: Tagger, tmp_path: Path) -> None:
-    report = verify(_legacy(tagger, tmp_path / "legacy.onnx"), tagger, **SWEEP)
+def test_a_legacy_export_is_verified_against_the_model(
+    tagger: Tagger, ours: Path, tmp_path: Path
+) -> None:
+    path, saved = _legacy(tagger, tmp_path / "legacy.onnx"), tmp_path / "in.json"
+    golden = tmp_path / "out.json"
+    report = verify(path, tagger, **SWEEP, save_inputs=saved, save_outputs=golden)
     assert report.passed, report.summary()
     assert {c.batch for c in report.cases} == {1, 4}
     assert any("not written by birnn-export" in n for n in report.notes)
     assert not any("recurrent layers not compared" in n for n in report.notes)  # said once
+    # the outputs replay without the model where --like says the inputs (review27 L5)
+    assert any("replay without the model only with --like" in n for n in report.notes)
+    replay = verify(path, None, load_inputs=saved, load_outputs=golden, like=ours)
+    assert replay.passed and len(replay.cases) == len(report.cases), replay.summary()
 
 
 def test_a_copy_that_does_not_pack_fails_on_short_rows(
