@@ -80,7 +80,8 @@ def save_feeds(
 
 def load_feeds(path: str | os.PathLike[str]) -> list[Feed]:
     """Feed dicts from Polygraphy JSON or an ``.npz`` written by :func:`save_feeds` (or by
-    ``verify --save-inputs``)."""
+    ``verify --save-inputs``: ``case0/NAME`` keys), or one case's arrays under the inputs'
+    names (``np.savez(f, feats=..., lengths=...)``: users46 F2)."""
     suffix = check_format("load_inputs", path)
     try:
         if suffix == ".json":
@@ -94,13 +95,19 @@ def load_feeds(path: str | os.PathLike[str]) -> list[Feed]:
                     if case.startswith("case") and case[4:].isdigit() and name:
                         grouped.setdefault(int(case[4:]), {})[name] = archive[key]
                 feeds = [grouped[i] for i in sorted(grouped)]
+                if not grouped and archive.files:  # one case, keyed by the inputs' names
+                    feeds = [{key: archive[key] for key in archive.files}]
     except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError) as exc:
         # MemoryError: an array's header declaring far more than memory holds (10**12 rows)
         raise BiRNNExportError(f"load_inputs: cannot read {path} ({exc})") from None
     if not feeds or not all(
         isinstance(f, dict) and all(isinstance(v, np.ndarray) for v in f.values()) for f in feeds
     ):
-        raise BiRNNExportError(f"load_inputs: {path} holds no list of {{name: array}} feeds")
+        raise BiRNNExportError(
+            f"load_inputs: {path} holds no list of {{name: array}} feeds (Polygraphy's JSON; "
+            "or an .npz of one case's arrays under the inputs' names, or of 'case0/NAME' keys "
+            "as --save-inputs writes)"
+        )
     return feeds
 
 

@@ -182,23 +182,31 @@ def _loaded_cases(
     spec: GraphSpec,
     feeds: Sequence[Mapping[str, np.ndarray]],
     described: Sequence[Mapping[str, Any]] = (),
-) -> list[tuple[Case, dict[str, np.ndarray]]]:
-    """Cases from saved inputs: each feed checked against the graph's inputs. ``described``:
-    what ``--save-inputs`` wrote of each case; a case saved with noise past the lengths is
-    such a case again (its label, and the summary where only such cases fail)."""
+) -> tuple[list[tuple[Case, dict[str, np.ndarray]]], list[str]]:
+    """Cases from saved inputs: each feed checked against the graph's inputs, and notes on the
+    arrays cast to the graph's dtypes. ``described``: what ``--save-inputs`` wrote of each case;
+    a case saved with noise past the lengths is such a case again (its label, and the summary
+    where only such cases fail)."""
     names = [t.name for t in spec.inputs]
-    cases = []
+    cases, cast = [], {}
     for index, feed in enumerate(feeds):
         if sorted(feed) != sorted(names):
             raise BiRNNExportError(
                 f"load_inputs: case {index} has inputs {sorted(feed)}, the graph takes {names}"
             )
+        feed = dict(feed)
         for t in spec.inputs:
-            if feed[t.name].ndim != len(t.dims):
+            shown = f"[{', '.join(map(str, t.dims))}]"
+            if feed[t.name].ndim != len(t.dims) or any(
+                isinstance(d, int) and d != size
+                for d, size in zip(t.dims, feed[t.name].shape, strict=False)
+            ):  # a file's shape, not the graph's nor the model's (users46 F1)
                 raise BiRNNExportError(
-                    f"load_inputs: case {index}'s {t.name!r} has {feed[t.name].ndim} dims, the "
-                    f"graph takes [{', '.join(map(str, t.dims))}]"
+                    f"load_inputs: case {index}'s {t.name!r} is "
+                    f"{list(feed[t.name].shape)}, the graph takes {shown}: save inputs of "
+                    "the graph's shape"
                 )
+            feed[t.name] = _as_declared(index, t, feed[t.name], cast)
         shape = {t.name: feed[t.name].shape for t in spec.inputs}
         first = spec.inputs[0]
         batch = shape[first.name][first.batch_axis] if first.batch_axis is not None else 1
@@ -214,8 +222,33 @@ def _loaded_cases(
                 f"{spec.seq_range[2]}); save inputs within them, or re-export with wider ranges"
             )
         noise = index < len(described) and described[index].get("noise") is True
-        cases.append((Case(int(batch), int(seq), "loaded", 1.0, index, noise=noise), dict(feed)))
-    return cases
+        cases.append((Case(int(batch), int(seq), "loaded", 1.0, index, noise=noise), feed))
+    notes = [
+        f"saved input {name!r} is {was}: fed as {now}, the dtype the graph declares"
+        for name, (was, now) in cast.items()
+    ]
+    return cases, notes
+
+
+def _as_declared(
+    index: int, tensor: Any, value: np.ndarray, cast: dict[str, tuple[str, str]]
+) -> np.ndarray:
+    """A saved input in the dtype the graph declares: integers of another width, floats of
+    another precision and a 0/1 mask as the graph takes them (each recorded in ``cast``), what
+    numpy saves by default (int32 lengths on some platforms, float64 features: users46 F1);
+    another kind refused."""
+    want = np.dtype(tensor.dtype)
+    if value.dtype == want:
+        return value
+    kinds = {value.dtype.kind, want.kind}
+    mask = want.kind == "b" and value.dtype.kind in "iuf" and np.isin(value, (0, 1)).all()
+    if not (kinds <= set("iu") or kinds == {"f"} or mask):
+        raise BiRNNExportError(
+            f"load_inputs: case {index}'s {tensor.name!r} is {value.dtype}, the graph takes "
+            f"{want}: save it as {want}"
+        )
+    cast[tensor.name] = (str(value.dtype), str(want))
+    return value.astype(want)
 
 
 def _check_loaded_values(
@@ -405,7 +438,8 @@ def verify(
                 f"{' and '.join(given)} with --load-inputs"
             )
         feeds_loaded = _interop.load_feeds(load_inputs)
-        loaded_cases = _loaded_cases(spec, feeds_loaded, _interop.load_cases(load_inputs))
+        loaded_cases, cast = _loaded_cases(spec, feeds_loaded, _interop.load_cases(load_inputs))
+        notes += cast
         cases = [c for c, _ in loaded_cases]
         # saved by someone else, they are held to the budget too (a million steps ran for
         # minutes at 4.5 GB)

@@ -1718,8 +1718,10 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
     # a padding word's 0 characters, which char-level models clamp, is not refused (users33)
     checked = spec.inputs[1], {ids: (2, 6), lengths: (2,)}
     _check_loaded_values(0, checked[0], np.array([6, 0]), checked[1], spec)
-    with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' has 2 dims, the graph"):
+    with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' is \[1, 2\], the graph"):
         replay(**{lengths: np.array([[6, 3]])})  # an IndexError (review21)
+    with pytest.raises(BiRNNExportError, match=rf"case 0's '{ids}' is float64, the graph takes"):
+        replay(**{ids: np.ones((2, 6))})  # an engine error, exit 1 (users46 F1)
     long = {ids: np.ones((1, 200_000), np.int64), lengths: np.array([200_000])}
     with pytest.raises(BiRNNExportError, match="case 0 is batch 1, seq 200000, past the graph's"):
         replay(**long)  # within the budget by its largest tensor, and still minutes (users33)
@@ -1735,6 +1737,28 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
         archive.writestr(f"case0/{ids}.npy", array.getvalue())
     with pytest.raises(BiRNNExportError, match="load_inputs: cannot read"):
         verify(result.path, loaded, load_inputs=header)
+
+
+def test_saved_inputs_in_numpy_s_dtypes_are_fed_as_the_graph_declares(
+    lstm: BiRNN, split_path: Path, tmp_path: Path
+) -> None:
+    """float64 features and int32 lengths, numpy's own dtypes, in an .npz keyed by the inputs'
+    names: ONNX Runtime refused them, reported as a failed verification (exit 1), and the flat
+    .npz was refused (users46 F1, F2). A fixed size of another width is the file's fault."""
+    x, lengths = (t.name for t in GraphSpec.from_onnx(split_path).inputs)
+    path = tmp_path / "plain.npz"
+    rows = np.array([7, 4, 2], np.int32)
+    np.savez(path, **{x: np.random.default_rng(0).standard_normal((3, 7, FEATURES)), lengths: rows})
+    report = verify(split_path, lstm, load_inputs=path)
+    assert report.passed and len(report.cases) == 1, report.summary()
+    assert f"saved input {x!r} is float64: fed as float32" in " ".join(report.notes)
+    assert f"saved input {lengths!r} is int32: fed as int64" in " ".join(report.notes)
+    np.savez(path, **{x: np.zeros((3, 7, FEATURES + 1)), lengths: rows})
+    told = (
+        rf"case 0's '{x}' is \[3, 7, {FEATURES + 1}\], the graph takes \[batch, seq, {FEATURES}\]"
+    )
+    with pytest.raises(BiRNNExportError, match=told):
+        verify(split_path, lstm, load_inputs=path)
 
 
 def test_the_model_may_be_given_as_its_file(tagger_files: tuple[Path, Path]) -> None:
