@@ -735,6 +735,7 @@ def _run_example(
             _container_hint(exc, model)
             or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
             or (_grouped_steps_hint(str(exc), steps, batch) if grouped else None)
+            or _index_hint(str(exc), planned, inputs)
             or _declare_hint(
                 planned, _time_major_hint(model, planned), str(exc), _failed_packing(exc)
             )
@@ -743,6 +744,30 @@ def _run_example(
             f"{type(model).__name__} failed on example inputs {shapes} ({planned.how}): "
             f"{type(exc).__name__}: {_first_line(exc)}; {hint}"
         ) from None
+
+
+#: torch's refusal of an index past a dim: the index and the dim's size.
+_OUT_OF_BOUNDS = re.compile(r"index (-?\d+) is out of bounds for dimension \d+ with size (\d+)")
+
+
+def _index_hint(error: str, planned: PlannedInputs, inputs: Sequence[Tensor]) -> str | None:
+    """Where an integer input drawn as token ids indexed a dim of the example's size of a
+    named dim (g2pM's ``o[arange(b), target_idx]``: users46 F3): declare it ``:index(DIM)``,
+    which draws its examples below that dim's size."""
+    match = _OUT_OF_BOUNDS.search(error)
+    if match is None:
+        return None
+    value, size = int(match[1]), int(match[2])
+    dims = [d for d, n in planned.examples.items() if n == size and d != planned.batch_dim]
+    for decl, role, tensor in zip(planned.decls, planned.roles, inputs, strict=True):
+        if role == "tokens" and dims and not tensor.is_floating_point() and (tensor == value).any():
+            return (
+                f"{decl.name!r} was drawn as token ids, and its {value} indexed a dim of {size} "
+                f"steps, the example's {dims[0]}: if it holds positions along {dims[0]!r}, "
+                f"declare it --input '{decl}:index({dims[0]})', which draws its examples from 0 "
+                f"to {dims[0]}'s size - 1"
+            )
+    return None
 
 
 #: torch's refusal of a view or reshape: the shape asked for and the number of values.

@@ -3166,6 +3166,33 @@ class _SubwordToWords(nn.Module):
         return self.head(member.bmm(out) / member.sum(-1, keepdim=True).clamp(min=1))
 
 
+class _PickOneStep(nn.Module):
+    """g2pM's polyphone classifier: the BiLSTM's output at one position per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(500, 8)
+        self.lstm = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, ids, target_idx):
+        out = self.lstm(self.emb(ids))[0]
+        return self.head(out[torch.arange(ids.shape[0]), target_idx])
+
+
+def test_a_position_input_drawn_as_ids_is_told_to_declare_its_index(tmp_path) -> None:
+    """users46 F3: g2pM's target_idx, declared [batch], was drawn from the vocabulary and the
+    model's IndexError was told to 'declare its inputs as it takes them'. As told, it exports."""
+    model = _PickOneStep().eval()
+    decls = ["ids:int64[batch,seq]", "target_idx:int64[batch]"]
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "m.onnx", inputs=decls)
+    told = "declare it --input 'target_idx:int64[batch]:index(seq)'"
+    assert "if it holds positions along 'seq', " + told in str(caught.value)
+    result = export_onnx(model, tmp_path / "m.onnx", inputs=[decls[0], f"{decls[1]}:index(seq)"])
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_an_index_input_is_drawn_over_the_dim_it_indexes(tmp_path) -> None:
     """A subword's word index read by no Embedding was drawn from the model's vocabulary (0..49
     here, 0..7999 in users35's model), so it seldom named a real word: a graph pooling by sum
