@@ -883,7 +883,7 @@ def _build(
         try:
             user = _construct(factory, state, model_class, path, what=what)
         except ModelLoadError as exc:
-            if "shape mismatch" not in str(exc) or model_kwargs:
+            if "shape mismatch" not in str(exc) or model_kwargs or _NAMED_OTHERWISE in str(exc):
                 raise
             raise ModelLoadError(f"{exc}; {_kwargs_hint(obj, _user_class(model_class))}") from None
         model, original = _from_module(user)
@@ -1378,7 +1378,34 @@ def _compare(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Pa
         if keys
     ]
     if problems:
-        raise ModelLoadError(f"{path}: weights do not fit {what}: " + "; ".join(problems))
+        raise ModelLoadError(
+            f"{path}: weights do not fit {what}: "
+            + "; ".join(problems)
+            + _named_otherwise(missing, unexpected)
+        )
+
+
+#: How a refusal says the class names its layers otherwise than the file.
+_NAMED_OTHERWISE = "the class names its layers otherwise than the file"
+
+
+def _named_otherwise(missing: Sequence[str], unexpected: Sequence[str]) -> str:
+    """Where the keys that differ sit in modules only the file has and modules only the class
+    has (Nakdimon's ``lstm1``/``lstm2`` against a class's one ``lstm``: users46 F4), that their
+    names differ, which no keyword argument changes (one may add a layer: ``_l1`` keys)."""
+
+    def modules(keys: Sequence[str]) -> set[str]:
+        return {k.rpartition(".")[0] for k in keys}
+
+    only_file = sorted(modules(unexpected) - modules(missing))
+    only_class = sorted(modules(missing) - modules(unexpected))
+    if not only_file or not only_class or "" in only_file + only_class:
+        return ""
+    return (
+        f"; {_NAMED_OTHERWISE} ({_preview(only_class, 3)} where the file has "
+        f"{_preview(only_file, 3)}): load the weights into the class they were saved from, or "
+        "rename the keys to the class's"
+    )
 
 
 # -- recognising bare state_dicts --------------------------------------------------------------

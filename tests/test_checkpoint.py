@@ -898,6 +898,15 @@ def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_paramet
     path = _save(model.state_dict(), tmp_path / "bare.pt")
     with pytest.raises(ModelLoadError, match="pass its sizes with --model-kwargs"):
         load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
+    # layers named otherwise, which no size changes: not told --model-kwargs (users46 F4)
+    other = {**model.state_dict(), "classify.weight": torch.zeros(5, 3)}
+    other = {k.replace("encoder.", "lstm1."): v for k, v in other.items()}
+    with pytest.raises(ModelLoadError, match="shape mismatch") as caught:
+        load_model(_save(other, path), model_class=f"{USER_MODULE}:AttentionClassifier")
+    told = (
+        "the class names its layers otherwise than the file ([encoder] where the file has [lstm1])"
+    )
+    assert told in str(caught.value) and "--model-kwargs" not in str(caught.value)
 
 
 def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
