@@ -676,7 +676,7 @@ def _infer(
     kind = type(first).__name__ if first is not None else "nothing"
     time_major = isinstance(model, SequenceTagger) and not model.config.batch_first
     if time_major:
-        how_major = " (time-major: the model's config says batch_first=False)"
+        how_major = " (time-major: the model runs batch_first=False)"
     elif swap_time_major and input_size is None:
         time_major = True
         how_major = (

@@ -127,6 +127,16 @@ LAYER_OTHER_SHAPE = "the layer's output inside the graph has shape "
 PROBED = {"layer": "layer", "score": "CRF score"}
 
 
+def beside(value: float, limit: float | None) -> str:
+    """``value`` to 3 significant digits, or as many more as it takes not to read as its
+    ``limit`` (0.049975 within 0.05 read "0.05 (limit 0.05)": users46)."""
+    for digits in (3, 4, 5, 6):
+        text = f"{value:.{digits}g}"
+        if limit is None or value == limit or float(text) != float(f"{limit:.{digits}g}"):
+            return text
+    return text
+
+
 @dataclass(frozen=True)
 class Check:
     """One check of one output (or recurrent layer) in one case.
@@ -221,9 +231,11 @@ class Check:
             against = (
                 f" = {self.ratio:.3g}x eager's {self.noise:.3g}" if self.noise is not None else ""
             )
-            text = f"{what}: error {self.max_abs:.3g}{against} (limit {self.threshold:.3g})"
+            error = beside(self.max_abs, self.threshold)
+            text = f"{what}: error {error}{against} (limit {self.threshold:.3g})"
         elif self.atol is None and self.rel_l2 is not None:
-            text = f"{what}: relative L2 error {self.rel_l2:.3g} (limit {self.rel_l2_limit:g})"
+            error = beside(self.rel_l2, self.rel_l2_limit)
+            text = f"{what}: relative L2 error {error} (limit {self.rel_l2_limit:g})"
             if self.top1 is not None:
                 text += f", top-1 agreement {100 * self.top1:.2f}%"
         elif self.atol is None:

@@ -14,6 +14,7 @@ from birnn_export.compare import (
     Check,
     NoiseCriterion,
     QuantizedCriterion,
+    beside,
     compare,
     compare_outputs,
     greedy_decode,
@@ -300,3 +301,10 @@ def test_int8_tags_are_judged_by_their_agreement_over_the_sweep() -> None:
     assert not compare_tags(_tags_spec(), broken, want, criterion=crit).passed
     short = np.array([[2, -1]]), np.array([[1, -1]])  # one tag of one: allowed
     assert compare_tags(_tags_spec(), *short, criterion=crit).passed
+
+
+def test_a_figure_within_its_limit_does_not_read_as_the_limit() -> None:
+    # users46: an int8 graph's 0.049975 within 0.05 was printed "0.05 (limit 0.05)"
+    assert beside(0.049975, 0.05) == "0.04997"
+    assert beside(0.0123, 0.05) == "0.0123" and beside(0.05, 0.05) == "0.05"
+    assert beside(1.00049e-6, 1e-6) == "1.0005e-06" and beside(3.0, None) == "3"
