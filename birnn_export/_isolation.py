@@ -107,7 +107,11 @@ class IsolatedRunner(BaseRunner):
             except (pickle.PicklingError, AttributeError, TypeError):  # the factory needs __main__
                 self._proc.start()
         child.close()
-        kind, payload = self._receive("starting")
+        try:
+            kind, payload = self._receive("starting")
+        except BaseException:  # an interrupt: no child may outlive the command (users47 F1)
+            self._kill()
+            raise
         if kind == "error":
             self._stop()
             raise _rebuild(payload)
@@ -123,7 +127,11 @@ class IsolatedRunner(BaseRunner):
             self.activate_impl()  # the last call crashed the child: start a fresh one
         shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())
         self._conn.send(("infer", {k: np.asarray(v) for k, v in feed.items()}))
-        kind, payload = self._receive(f"running inputs {shapes}")
+        try:
+            kind, payload = self._receive(f"running inputs {shapes}")
+        except KeyboardInterrupt:  # SIGTERM too: the child's answer would find no one
+            self._kill()
+            raise
         if kind == "error":
             raise _rebuild(payload)
         outputs, self._child_seconds = payload
@@ -179,10 +187,26 @@ class IsolatedRunner(BaseRunner):
                 self._proc.join()
         self._conn = self._proc = None
 
+    def _kill(self) -> None:
+        """End the child at once, without waiting for the engine to finish what it does."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join()
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._proc = None
+
 
 def _serve(conn: Any, factory: Callable[[], BaseRunner]) -> None:
-    """The child: build and activate the runner, then answer ``infer`` until ``stop``."""
+    """The child: build and activate the runner, then answer ``infer`` until ``stop``. A parent
+    gone (interrupted: its end of the pipe closed) ends it without a word: its staged graph may
+    be gone too (users47 F1: two tracebacks after 'Aborted!')."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    with contextlib.suppress(BrokenPipeError, EOFError, OSError):
+        _answer(conn, factory)
+
+
+def _answer(conn: Any, factory: Callable[[], BaseRunner]) -> None:
     try:
         runner = factory()
         runner.activate()

@@ -583,7 +583,11 @@ def run() -> None:
     except SystemExit as exc:
         if exc.code != EXIT_INTERRUPTED:
             raise
-        if terminated:
+        if terminated:  # ends the process without atexit, which would end daemon children
+            import multiprocessing
+
+            for child in multiprocessing.active_children():  # an engine's (users47 F1)
+                child.kill()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
         sys.excepthook = _quiet_interrupt

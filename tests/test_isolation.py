@@ -3,6 +3,8 @@ would here, its errors arrive with their own type, and the child goes on after o
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from birnn_export._isolation import IsolatedRunner
+from birnn_export._isolation import IsolatedRunner, _serve
 from birnn_export.errors import EngineUnavailableError
 from birnn_export.runners import OrtRunner, make_runner
 
@@ -62,3 +64,28 @@ def test_an_engine_error_arrives_in_one_piece_and_the_child_goes_on(graph: Path)
         pytest.skip("ONNX Runtime's CUDA provider is available here")
     with pytest.raises(EngineUnavailableError, match="ort-cuda"):
         runner.activate()  # refused in the child, told here as the same error
+
+
+def test_an_interrupt_while_the_child_starts_leaves_no_child(
+    graph: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """users47 F1: SIGTERM (raised as KeyboardInterrupt) while the child loaded the graph left
+    it running past the command, which then printed tracebacks on the staged graph removed."""
+
+    def interrupted(self: IsolatedRunner, doing: str) -> None:
+        raise KeyboardInterrupt
+
+    runner = make_runner("ort-cpu", str(graph), isolate=True)
+    before = set(multiprocessing.active_children())
+    monkeypatch.setattr(IsolatedRunner, "_receive", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.activate()
+    assert runner._proc is None
+    assert not set(multiprocessing.active_children()) - before
+
+
+def test_a_child_whose_parent_is_gone_ends_without_a_traceback() -> None:
+    """Its answer finds the pipe closed: it returns (a BrokenPipeError printed a traceback)."""
+    here, there = multiprocessing.Pipe()
+    here.close()
+    _serve(there, functools.partial(OrtRunner, "missing.onnx"))  # fails, and cannot say so
