@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import re
@@ -51,6 +52,7 @@ EXIT_INTERRUPTED = 130
 #: error, so that a pipeline reads the JSON alone (``birnn-export check m.onnx --json - | jq``).
 JSON_TO_STDOUT = Path("-")
 _json_out: list[Any] = []  # where --json - writes: standard output before the redirection
+_json_written: list[bool] = []  # whether it wrote there (a refusal writes its error otherwise)
 
 
 def _json_to_stdout(command: Any) -> Any:
@@ -77,6 +79,7 @@ def _write_json(json_path: Path, text: str) -> str:
         out = _json_out[-1] if _json_out else sys.stdout
         out.write(text if text.endswith("\n") else text + "\n")
         out.flush()
+        _json_written.append(True)
         return "standard output"
     write_atomic(json_path, text)
     return str(json_path)
@@ -126,11 +129,27 @@ class _DefaultGroup(click.Group):
         return f"{given}{message[named.end() - 1 :]}"
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """:meth:`_run`, and under ``--json -`` a refusal's error as JSON on standard output
+        where the command wrote none (users47 F2: a pipe read nothing)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        argv = kwargs.get("args", args[0] if args else None)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        _json_written.clear()
+        _last_error.clear()
+        try:
+            self._run(*args, **kwargs)
+        except SystemExit as exc:
+            if exc.code and _last_error and _json_to_stdout_asked(argv) and not _json_written:
+                text = {"written": None, "error": _last_error[-1], "exit_code": exc.code}
+                sys.stdout.write(json.dumps(text) + "\n")
+                sys.stdout.flush()
+            raise
+
+    def _run(self, *args: Any, **kwargs: Any) -> None:
         """click's standalone mode, but every error in one line (click prints usage and a hint
         over three to five): the one place errors become exit codes. A user error
         (:class:`~birnn_export.errors.BiRNNExportError`) exits with its own code."""
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -139,21 +158,34 @@ class _DefaultGroup(click.Group):
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "birnn-export"
             message = " ".join(exc.format_message().split())
-            click.echo(f"Error: {message} (see '{where} --help')", err=True)
-            sys.exit(exc.exit_code)
+            _fail(f"{message} (see '{where} --help')", exc.exit_code)
         except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
+            _fail(exc.format_message(), exc.exit_code)
         except BiRNNExportError as exc:
             message = self._as_flags(" ".join(str(exc).split()) or type(exc).__name__)
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(message, exc.exit_code)
         except (click.Abort, KeyboardInterrupt) as exc:
             # a step that finished before it says so (the export's graph, written); click
             # turns the KeyboardInterrupt into Abort
-            click.echo(f"Aborted! {exc.__context__ or exc}".strip(), err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _fail(f"{exc.__context__ or exc}".strip(), EXIT_INTERRUPTED, "Aborted!")
         sys.exit(result if isinstance(result, int) else 0)
+
+
+_last_error: list[str] = []  # the error line printed, for a refusal's JSON
+
+
+def _fail(message: str, code: int, label: str = "Error:") -> None:
+    """Print ``label message`` on standard error and exit with ``code``."""
+    _last_error.append(message or label.rstrip(":!"))
+    click.echo(f"{label} {message}".strip(), err=True)
+    sys.exit(code)
+
+
+def _json_to_stdout_asked(argv: list[str]) -> bool:
+    """Whether the command line asks for ``--json -``."""
+    return "--json=-" in argv or any(
+        a == "--json" and b == "-" for a, b in itertools.pairwise(argv)
+    )
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 from birnn_export.cli import main
 
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_models" / "token_tagger.pt"
+
 
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_every_command_has_help_that_names_its_usage(command: str) -> None:
@@ -93,3 +95,24 @@ def test_names_a_script_passes_are_taken_as_files(tmp_path, monkeypatch) -> None
     monkeypatch.setattr(os, "getcwd", gone)
     result = CliRunner().invoke(main, [str(SAMPLE), "-o", str(tmp_path / "y.onnx")])
     assert result.exit_code == 2 and "the working directory no longer exists" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "nope.onnx", "--model", "x.pt", "--json", "-"],
+        ["inspect", "missing.onnx", "--json=-"],
+        ["bench", "x.onnx", "--bogus", "--json", "-"],
+        [str(SAMPLE), "-o", "out.txt", "--json", "-"],
+        [str(SAMPLE), "--atol", "abc", "--json", "-"],
+    ],
+)
+def test_a_refusal_under_json_to_stdout_writes_its_error_there(args: list[str]) -> None:
+    """users47 F2: 12 of 14 refusals left standard output empty, and `| jq` failed on it."""
+    import json
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    told = json.loads(result.stdout)
+    assert told["exit_code"] == 2 and told["written"] is None
+    assert result.stderr.strip() == f"Error: {told['error']}"

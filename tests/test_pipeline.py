@@ -35,7 +35,12 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     assert lines[0].startswith("Loaded   ") and lines[-1].startswith("Done in")
     assert any(line.startswith("Verified PASS") for line in lines)
     data = report.to_dict()
-    assert data["onnx"]["outputs"][0]["name"] == "tags" and data["tensorrt_check"] is not None
+    assert data["onnx"]["outputs"][0]["name"] == "tags" and data["tensorrt_check"]["ok"] is True
+    # a failure's keys too, and check --json's findings (users47 F3, F4)
+    assert (data["written"], data["error"], data["exit_code"]) == (str(report.result.path), None, 0)
+    assert all(
+        set(f) == {"severity", "node", "message"} for f in data["tensorrt_check"]["findings"]
+    )
     json.dumps(data, default=str)  # the --json file
     # the verdict says what it was judged against where not the model in float64 (users30)
     from birnn_export.verification import FLOAT64_FAILS
