@@ -272,6 +272,13 @@ def export_command(
             load_options=loader,
             **graph,
         )
+    except KeyboardInterrupt as exc:
+        written = getattr(exc, "written", None)
+        if json_path is not None and written is not None:  # not the last run's (users47 F5)
+            said = f"Aborted! {exc}"
+            summary = {"model": str(model_path), "written": written, "error": said}
+            _write_json(json_path, json.dumps({**summary, "exit_code": EXIT_INTERRUPTED}))
+        raise
     except BiRNNExportError as exc:
         failed = exc.report if isinstance(exc, VerificationError) else None
         if failed is not None and not quiet:  # quiet: the error line alone

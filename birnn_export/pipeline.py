@@ -491,11 +491,13 @@ def export_model(
         compatibility = None if quantized else check_compatibility(result.path, target="tensorrt")
         described = describe_onnx(result.path)
     except KeyboardInterrupt:  # the graph is in place, whole and verified: say so (users42)
-        raise KeyboardInterrupt(
+        said = KeyboardInterrupt(
             f"{result.path} was written{' and verified' if verify else ''} before the "
             f"interrupt; its TensorRT check did not finish: birnn-export check {result.path} "
             "--target tensorrt"
-        ) from None
+        )
+        said.written = str(result.path)  # type: ignore[attr-defined]  # for the --json summary
+        raise said from None
     if _identity(result.path) != written:  # another export wrote the file meanwhile (users34)
         raise ExportError(
             f"{result.path}: another process replaced it while this export checked it; the "

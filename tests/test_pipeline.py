@@ -204,9 +204,16 @@ def test_an_interrupt_after_the_graph_is_placed_says_it_was_written(tmp_path, mo
     with pytest.raises(KeyboardInterrupt, match=r"t.onnx was written before the interrupt"):
         export_model(sample, out, verify=False)
     assert out.is_file()
-    result = CliRunner().invoke(main, [str(sample), "-o", str(out), "--no-verify"])
+    report = tmp_path / "t.json"
+    report.write_text('{"written": "the last run\'s graph"}')
+    args = [str(sample), "-o", str(out), "--no-verify", "--json", str(report)]
+    result = CliRunner().invoke(main, args)
     told = f"Aborted! {out} was written before the interrupt; its TensorRT check did not finish"
     assert told in result.output and result.exit_code == 130
+    # the --json summary is this run's, not the last one's beside the new graph (users47 F5)
+    summary = json.loads(report.read_text())
+    assert summary["written"] == str(out) and summary["exit_code"] == 130
+    assert summary["error"].startswith(told)
 
 
 @pytest.mark.parametrize(
