@@ -179,15 +179,23 @@ class BenchReport:
         return tuple(r for r in self.results if r.status in ("mismatch", "error"))
 
     def raise_for_failure(self) -> None:
-        """Raise if no engine could run here (:class:`EngineUnavailableError`, exit 2), or if a
-        measurement failed: :class:`VerificationError` for outputs beyond tolerance,
-        :class:`EngineError` for engines that crashed (both exit 1)."""
+        """Raise if a measurement failed: :class:`VerificationError` for outputs beyond
+        tolerance, :class:`EngineError` for engines that crashed (both exit 1); else if an
+        engine asked for could not run here (:class:`EngineUnavailableError`, exit 2, as
+        ``verify`` refuses it: users47 F7), the others' rows timed and reported all the same."""
         from birnn_export.errors import EngineError, EngineUnavailableError, VerificationError
 
-        if self.results and all(r.status == "unavailable" for r in self.results):
+        absent = [r for r in self.results if r.status == "unavailable"]
+        if self.results and len(absent) == len(self.results):
             reasons = "; ".join(dict.fromkeys(r.reason or "" for r in self.results))
             raise EngineUnavailableError(f"no engine could run here: {reasons}")
         failed = self.failed()
+        if not failed and absent:
+            reasons = "; ".join(dict.fromkeys(r.reason or "" for r in absent))
+            raise EngineUnavailableError(
+                f"{', '.join(dict.fromkeys(r.engine for r in absent))} could not run here, the "
+                f"other engines were timed: {reasons}"
+            )
         if not failed:
             return
         first = failed[0]

@@ -253,6 +253,9 @@ def test_unavailable_engine_is_skipped_with_its_reason(
     assert all(r.reason.startswith(engine) and r.runs == 0 for r in skipped)
     assert {r.status for r in report.results if r.engine == "ort-cpu"} == {"ok"}
     assert report.failed() == ()
+    # asked for and not run: exit 2, as verify refuses it, the others' rows reported (users47 F7)
+    with pytest.raises(EngineUnavailableError, match=f"{engine} could not run here, the other"):
+        report.raise_for_failure()
 
 
 def test_sole_unavailable_engine_raises(files: dict[str, Path], model: SequenceTagger) -> None:
