@@ -56,10 +56,13 @@ class References:
         ref_dtype: str,
         eager_dtype: str | None,
         like: str | None = None,
+        other_file: str | None = None,
     ) -> None:
         """``like``: the graph whose spec lends its inputs to a foreign graph's (``--like``),
-        which a model failing on them is told to check."""
-        self.spec, self.module, self.like = spec, module, like
+        which a model failing on them is told to check. ``other_file``: the note that the model
+        is not the file the graph was exported from, which such a failure leads with (users47
+        F8: it was told to declare the inputs)."""
+        self.spec, self.module, self.like, self.other_file = spec, module, like, other_file
         self.sides = {
             key: _side(module, spec, dtype)
             for key, dtype in (("reference", ref_dtype), ("eager", eager_dtype))
@@ -127,6 +130,12 @@ class References:
                 shortest = self._shortest(side, case)
                 time, (_, opt, high) = self.spec.time_dim, self.spec.seq_range
                 table = _short_table(side.runner, feed, exc, sizes, self.spec, self.like)
+                if self.other_file is not None:
+                    raise BiRNNExportError(
+                        f"the reference model failed on the graph's inputs ({shape}): "
+                        f"{one_line(exc)}; {table.removesuffix('else ')}{self.other_file} "
+                        "(verify against the model the graph was exported from)"
+                    ) from None
                 if self.like is not None:  # review27 L4: they are --like's, not the graph's
                     raise BiRNNExportError(
                         f"the reference model failed on the inputs {self.like} declares "

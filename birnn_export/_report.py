@@ -228,11 +228,11 @@ class VerifyReport:
             return
         message = self.summary()
         diagnosis = self.diagnosis()
+        other_file = next((n for n in self.notes if n.startswith(OTHER_FILE_NOTE)), None)
+        if other_file:  # the likeliest cause of all: said before any diagnosis (users47 F8)
+            message += f" | {other_file}"
         if diagnosis:
             message += " | " + " ".join(diagnosis.splitlines()[0].split())
-        other_file = next((n for n in self.notes if n.startswith(OTHER_FILE_NOTE)), None)
-        if other_file:  # the likeliest cause of all: say it in the one line
-            message += f" | {other_file}"
         raise VerificationError(message, report=self)
 
     def diagnosed_failures(self) -> tuple[CaseResult, ...]:

@@ -544,6 +544,7 @@ def verify(
             ref_dtype=ref_dtype,
             eager_dtype=eager_dtype,
             like=None if like is None else str(like),
+            other_file=next((n for n in notes if n.startswith(OTHER_FILE_NOTE)), None),
         )
     layer_state = layer_setup(
         proto,

@@ -1884,3 +1884,25 @@ def test_a_defect_before_a_layer_is_not_taken_for_drift(tmp_path: Path) -> None:
     diagnosis = report.failures[0].diagnosis
     assert "the layer's input inside the graph already departs from the model's" in diagnosis
     assert "the ops before it" in diagnosis and "--atol" not in diagnosis
+
+
+def test_another_model_file_is_said_before_any_diagnosis(
+    tagger_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """users47 F8: other weights FAILed with the embedding blamed first and the sha256 note at
+    the end of a 1,000-character line; another vocabulary was told to declare the inputs."""
+    _, path = tagger_files
+    torch.manual_seed(7)
+    kinds = {"embedding": nn.Embedding(20, FEATURES), "head": nn.Linear(2 * HIDDEN, 3)}
+    kinds["rnn"] = nn.GRU(FEATURES, HIDDEN, batch_first=True, bidirectional=True)
+    other = tmp_path / "other.pt"
+    torch.save(nn.ModuleDict(kinds).state_dict(), other)
+    report = verify(path, other, batch_sizes=(3,), seq_lens=(6,))
+    with pytest.raises(VerificationError) as caught:
+        report.raise_for_failure()
+    first = str(caught.value).split(" | ")[1]
+    assert first.startswith("the graph was exported from a file with sha256"), caught.value
+    kinds["embedding"] = nn.Embedding(5, FEATURES)  # ids the graph takes that it has no row for
+    torch.save(nn.ModuleDict(kinds).state_dict(), other)
+    with pytest.raises(BiRNNExportError, match=r"with sha256 .*verify against the model the graph"):
+        verify(path, other, batch_sizes=(3,), seq_lens=(6,))
