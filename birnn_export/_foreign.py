@@ -363,20 +363,23 @@ def _dim_text(size: int | None) -> str:
     return "?" if size is None else str(size)
 
 
-#: Ops a whole-batch flip reaches a recurrent node through in torch's exports: the sort and
-#: unsort of ``pack_padded_sequence(enforce_sorted=False)`` (``Gather``), its time-major
-#: ``Transpose``, and layout ops.
-_CARRY = ("Gather", "Transpose", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity")
+#: Ops a whole-batch flip reaches a recurrent node through in torch's exports, each axis kept
+#: or moved as ``Transpose`` says: the sort and unsort of
+#: ``pack_padded_sequence(enforce_sorted=False)`` (``Gather`` of rows), its time-major
+#: ``Transpose``, and ops that keep every axis.
+_CARRY = ("Gather", "Transpose", "Cast", "Identity")
 
 
 def blame_short_rows(results: Sequence[Any], proto: Any, spec: GraphSpec) -> list[Any]:
     """The failing cases of a foreign graph (its layers not compared) that hold rows shorter
     than T, their diagnosis naming what in the graph makes such rows differ where something
     does: recurrent nodes that run the padding, or that pack an input reversed whole
-    (flip-then-pack, users45 F4). A case with another diagnosis keeps it."""
+    (flip-then-pack, users45 F4), where every case of full rows passes (review28 M1: a wrong
+    head failed them all). A case with another diagnosis keeps it."""
     from birnn_export._case import LAYERS_OFF
 
-    why = _short_rows_suspect(proto, spec)
+    full_rows_fail = any(not r.passed and min(r.lengths or [0]) >= r.seq for r in results)
+    why = None if full_rows_fail else _short_rows_suspect(proto, spec)
     if why is None:
         return list(results)
     return [
@@ -393,7 +396,10 @@ def _short_rows_suspect(proto: Any, spec: GraphSpec) -> str | None:
     if spec.length_source is None:
         return None
     recurrent = [n for n in proto.graph.node if is_recurrent(n)]
-    unbounded = [repr(n.name) for n in recurrent if not has_lengths(n)]
+    # a forward direction never reads the padding before a valid step (review28 M1)
+    unbounded = [
+        repr(n.name) for n in recurrent if _direction(n) != "forward" and not has_lengths(n)
+    ]
     if unbounded:
         nodes = "node" if len(unbounded) == 1 else "nodes"
         return (
@@ -420,31 +426,57 @@ def _short_rows_suspect(proto: Any, spec: GraphSpec) -> str | None:
     return None
 
 
+def _direction(node: Any) -> str:
+    """An ONNX recurrent node's direction (the scan and packed layouts' loops: ``"both"``)."""
+    if node.op_type not in RECURRENT_OPS:
+        return "both"
+    attrs = {a.name: a for a in node.attribute}
+    return attrs["direction"].s.decode() if "direction" in attrs else "forward"
+
+
 def _reversed_whole(proto: Any, node: Any) -> str | None:
-    """The ``Slice`` with a negative step that a forward recurrent node taking
-    ``sequence_lens`` reads its input through (torch.flip, then packing), if any."""
+    """The ``Slice`` with a negative step along the time axis that a forward recurrent node
+    taking ``sequence_lens`` reads its input through (torch.flip of the padded batch, then
+    packing), if any; the axis followed through ``Transpose`` (review28 M1: a flip of the
+    features is no flip of time)."""
     from onnx import numpy_helper
 
     from birnn_export._layers import has_lengths
 
-    attrs = {a.name: a for a in node.attribute}
-    direction = attrs["direction"].s.decode() if "direction" in attrs else "forward"
-    if node.op_type not in RECURRENT_OPS or direction != "forward" or not has_lengths(node):
+    if _direction(node) != "forward" or not has_lengths(node):
         return None
     made_by = {out: n for n in proto.graph.node for out in n.output}
     constants = {i.name: i for i in proto.graph.initializer}
     for n in proto.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             constants[n.output[0]] = n.attribute[0].t
-    name = node.input[0]
+
+    def constant(name: str) -> list[int] | None:
+        found = constants.get(name)
+        return None if found is None else numpy_helper.to_array(found).reshape(-1).tolist()
+
+    layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+    name, time = node.input[0], 1 if layout else 0
     for _ in range(16):
         source = made_by.get(name)
         if source is None or not source.input:
             return None
-        steps = source.input[4] if source.op_type == "Slice" and len(source.input) > 4 else ""
-        if steps in constants and (numpy_helper.to_array(constants[steps]) < 0).any():
-            return source.name
-        if source.op_type not in (*_CARRY, "Slice"):
+        if source.op_type == "Slice":
+            steps = constant(source.input[4]) if len(source.input) > 4 else []
+            axes = constant(source.input[3]) if len(source.input) > 3 else None
+            axes = list(range(len(steps or []))) if axes is None else axes
+            pairs = zip(steps or [], axes or [], strict=False)
+            flipped = {a for s, a in pairs if s < 0}
+            if time in flipped:
+                return source.name
+            if steps is None or axes is None or flipped:  # unknown, or another axis reversed
+                return None
+        elif source.op_type == "Transpose":
+            perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), None)
+            if perm is None or time >= len(perm):
+                return None
+            time = perm[time]
+        elif source.op_type not in _CARRY:
             return None
         name = source.input[0]
     return None

@@ -224,7 +224,7 @@ def test_cli_verifies_a_foreign_graph_and_exits_1_on_a_mismatch(tmp_path: Path) 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "was not written by birnn-export" in result.output
-    assert "takes no sequence_lens although the graph takes lengths" in result.output
+    assert "keep pack_padded_sequence" in result.output  # the diagnosis (review28 L4)
     assert "Traceback" not in result.output
 
 
@@ -386,3 +386,68 @@ def test_a_float_mask_is_fed_as_the_graph_takes_it(tmp_path: Path) -> None:
     report = verify(path, model, **SWEEP)
     assert report.passed, report.summary()
     assert {c.lengths_mode for c in report.cases} >= {"ragged"}
+
+
+def _recurrent_graph(
+    direction: str, flip_axis: int | None, lengths: bool = True
+) -> onnx.ModelProto:
+    """x [B, T, 4] -> (Slice reversing ``flip_axis``) -> Transpose to [T, B, 4] -> LSTM."""
+    from onnx import TensorProto, helper
+
+    nodes, source = [], "x"
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [1, 12, 4], [0.0] * 48) for n in ("W", "R")]
+    if flip_axis is not None:
+        for name, value in (("s", -1), ("e", -(2**62)), ("a", flip_axis), ("k", -1)):
+            inits.append(helper.make_tensor(name, TensorProto.INT64, [1], [value]))
+        nodes.append(helper.make_node("Slice", ["x", "s", "e", "a", "k"], ["f"], name="/flip"))
+        source = "f"
+    nodes.append(helper.make_node("Transpose", [source], ["t"], perm=[1, 0, 2]))
+    ins = ["t", "W", "R", "", "lengths" if lengths else ""]
+    nodes.append(
+        helper.make_node("LSTM", ins, ["y"], name="/rnn", hidden_size=3, direction=direction)
+    )
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 4]),
+            helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph)
+
+
+def test_short_rows_are_blamed_only_on_what_makes_them_differ() -> None:
+    """review28 M1: a forward-only node without sequence_lens was blamed for 'its backward
+    direction', a flip of the features for flip-then-pack, and a wrong head that failed full
+    rows too for short rows."""
+    import types
+
+    from birnn_export._foreign import _reversed_whole, _short_rows_suspect, blame_short_rows
+    from birnn_export._report import CaseResult
+    from birnn_export.compare import Check
+
+    spec = types.SimpleNamespace(length_source="lengths")
+    assert _short_rows_suspect(_recurrent_graph("forward", None, lengths=False), spec) is None
+    told = _short_rows_suspect(_recurrent_graph("bidirectional", None, lengths=False), spec)
+    assert told is not None and told.startswith("recurrent node '/rnn' takes no sequence_lens")
+    time_flip = _recurrent_graph("forward", 1)
+    assert _reversed_whole(time_flip, time_flip.graph.node[-1]) == "/flip"
+    feature_flip = _recurrent_graph("forward", 2)
+    assert _reversed_whole(feature_flip, feature_flip.graph.node[-1]) is None
+
+    from birnn_export._case import LAYERS_OFF
+
+    bad = Check("y", "sequence", "values", max_abs=1.0, max_rel=1.0, mean_abs=1.0, passed=False)
+
+    def case(lengths: tuple[int, ...]) -> CaseResult:
+        return CaseResult(
+            "ort-cpu", len(lengths), 4, "ragged", 1.0, 0, lengths, (bad,), None, LAYERS_OFF
+        )
+
+    short = [case((4, 2))]
+    assert blame_short_rows(short, time_flip, spec)[0].diagnosis.startswith("recurrent node '/rnn'")
+    both = [case((4, 2)), case((4, 4))]  # full rows fail too: not the short rows' doing
+    assert [r.diagnosis for r in blame_short_rows(both, time_flip, spec)] == [LAYERS_OFF] * 2
