@@ -504,6 +504,11 @@ def with_token_ranges(
     return dataclasses.replace(planned, token_highs=highs, unembedded=tuple(unread))
 
 
+def read_by_embedding(seen: Sequence[tuple[nn.Embedding, Tensor]], tensor: Tensor) -> bool:
+    """Whether an Embedding of ``seen`` (:func:`watch_embeddings`) read ``tensor``'s ids."""
+    return any(_same_ids(ids, tensor) for _, ids in seen)
+
+
 def _same_ids(read: Tensor, given: Tensor) -> bool:
     """Whether an Embedding read ``given``'s ids, in any order of their axes (``ids.t()``, a
     time-major model's: review22)."""

@@ -60,6 +60,7 @@ from birnn_export._inputs import (
     mask_dim,
     param_role,
     plan_inputs,
+    read_by_embedding,
     watch_embeddings,
     with_longer_example,
     with_token_ranges,
@@ -716,6 +717,7 @@ def _run_example(
             torch.no_grad(),
             any_order_packing(model),
             warnings.catch_warnings(record=True) as said,
+            watch_embeddings(model) as seen,
         ):
             returned = model(*inputs)
         for w in said if warn else ():  # what it warns on inputs it takes; noise on others
@@ -735,7 +737,7 @@ def _run_example(
             _container_hint(exc, model)
             or (_float16_hint(exc, model) if _runs_in_float16(model, inputs) else None)
             or (_grouped_steps_hint(str(exc), steps, batch) if grouped else None)
-            or _index_hint(str(exc), planned, inputs)
+            or _index_hint(str(exc), planned, inputs, seen)
             or _declare_hint(
                 planned, _time_major_hint(model, planned), str(exc), _failed_packing(exc)
             )
@@ -750,24 +752,37 @@ def _run_example(
 _OUT_OF_BOUNDS = re.compile(r"index (-?\d+) is out of bounds for dimension \d+ with size (\d+)")
 
 
-def _index_hint(error: str, planned: PlannedInputs, inputs: Sequence[Tensor]) -> str | None:
-    """Where an integer input drawn as token ids indexed a dim of the example's size of a
-    named dim (g2pM's ``o[arange(b), target_idx]``: users46 F3): declare it ``:index(DIM)``,
-    which draws its examples below that dim's size."""
+def _index_hint(
+    error: str,
+    planned: PlannedInputs,
+    inputs: Sequence[Tensor],
+    seen: Sequence[tuple[nn.Embedding, Tensor]],
+) -> str | None:
+    """Where an integer input drawn as token ids, which no Embedding read (``seen``: review28
+    M2, real ids from a small vocabulary hold the value too), indexed a dim of the example's
+    size of a named dim (g2pM's ``o[arange(b), target_idx]``: users46 F3): declare it
+    ``:index(DIM)``, which draws its examples below that dim's size."""
     match = _OUT_OF_BOUNDS.search(error)
     if match is None:
         return None
     value, size = int(match[1]), int(match[2])
     dims = [d for d, n in planned.examples.items() if n == size and d != planned.batch_dim]
-    for decl, role, tensor in zip(planned.decls, planned.roles, inputs, strict=True):
-        if role == "tokens" and dims and not tensor.is_floating_point() and (tensor == value).any():
-            return (
-                f"{decl.name!r} was drawn as token ids, and its {value} indexed a dim of {size} "
-                f"steps, the example's {dims[0]}: if it holds positions along {dims[0]!r}, "
-                f"declare it --input '{decl}:index({dims[0]})', which draws its examples from 0 "
-                f"to {dims[0]}'s size - 1"
-            )
-    return None
+    held = [
+        decl
+        for decl, role, tensor in zip(planned.decls, planned.roles, inputs, strict=True)
+        if role == "tokens"
+        and not tensor.is_floating_point()
+        and (tensor == value).any()
+        and not read_by_embedding(seen, tensor)
+    ]
+    if not dims or len(held) != 1:  # no dim of that size, or no one input to name
+        return None
+    return (
+        f"{held[0].name!r} was drawn as token ids, and its {value} indexed a dim of {size} "
+        f"steps, the example's {dims[0]}: if it holds positions along {dims[0]!r}, declare it "
+        f"--input '{held[0]}:index({dims[0]})', which draws its examples from 0 to "
+        f"{dims[0]}'s size - 1"
+    )
 
 
 #: torch's refusal of a view or reshape: the shape asked for and the number of values.
