@@ -883,7 +883,7 @@ def _build(
         try:
             user = _construct(factory, state, model_class, path, what=what)
         except ModelLoadError as exc:
-            if "shape mismatch" not in str(exc) or model_kwargs or _NAMED_OTHERWISE in str(exc):
+            if "shape mismatch" not in str(exc) or model_kwargs:
                 raise
             raise ModelLoadError(f"{exc}; {_kwargs_hint(obj, _user_class(model_class))}") from None
         model, original = _from_module(user)
@@ -1105,9 +1105,13 @@ def _keys_put_under_one_prefix(
 ) -> tuple[Mapping[str, Tensor], str]:
     """The state's keys each under the one prefix whose keys are exactly the class's: a serving
     wrapper (argmax, softmax) holding the saved model as an attribute, given the model's own
-    weights (users45). Returns the state to load and what was done (``""``: nothing)."""
+    weights (users45); or are some of the class's, which then refuses them naming only what the
+    file lacks (a wrapper's own temperature: review28 L6). Returns the state to load and what
+    was done (``""``: nothing)."""
     prefixes = {k[: i + 1] for k in want for i, c in enumerate(k) if c == "."}
     found = [p for p in sorted(prefixes) if {p + k for k in state} == want]
+    if not found:
+        found = [p for p in sorted(prefixes) if {p + k for k in state} < want]
     if len(found) != 1:
         return state, ""
     prefix = found[0]
@@ -1392,7 +1396,8 @@ _NAMED_OTHERWISE = "the class names its layers otherwise than the file"
 def _named_otherwise(missing: Sequence[str], unexpected: Sequence[str]) -> str:
     """Where the keys that differ sit in modules only the file has and modules only the class
     has (Nakdimon's ``lstm1``/``lstm2`` against a class's one ``lstm``: users46 F4), that their
-    names differ, which no keyword argument changes (one may add a layer: ``_l1`` keys)."""
+    names differ: a constructor argument may choose them (``mlp_head=True``: review28 M3), else
+    the class is not the one the weights were saved from."""
 
     def modules(keys: Sequence[str]) -> set[str]:
         return {k.rpartition(".")[0] for k in keys}
@@ -1403,7 +1408,8 @@ def _named_otherwise(missing: Sequence[str], unexpected: Sequence[str]) -> str:
         return ""
     return (
         f"; {_NAMED_OTHERWISE} ({_preview(only_class, 3)} where the file has "
-        f"{_preview(only_file, 3)}): load the weights into the class they were saved from, or "
+        f"{_preview(only_file, 3)}): where a constructor argument chooses those layers, pass "
+        "it with --model-kwargs; else load the weights into the class they were saved from, or "
         "rename the keys to the class's"
     )
 

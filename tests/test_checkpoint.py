@@ -69,6 +69,14 @@ USER_SOURCE = textwrap.dedent(
             return self.model(ids).argmax(-1)
 
 
+    class CalibratedServing(ArgmaxServing):
+        '''A serving wrapper with a temperature of its own.'''
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.temperature = nn.Parameter(torch.ones(1))
+
+
     class HParamsClassifier(AttentionClassifier):
         '''Lightning style: __init__(self, hparams), its fields read from one dict.'''
 
@@ -749,6 +757,9 @@ def test_a_serving_wrapper_loads_the_weights_of_the_model_it_holds(tmp_path, use
             model_class=f"{USER_MODULE}:ArgmaxServing",
             model_kwargs=kwargs,
         )
+    # a wrapper with a parameter of its own: refused naming that alone (review28 L6)
+    with pytest.raises(ModelLoadError, match=r"weights do not fit .*: missing \[temperature\]$"):
+        load_model(path, model_class=f"{USER_MODULE}:CalibratedServing", model_kwargs=kwargs)
 
 
 def test_a_fairseq_checkpoint_with_its_argparse_namespace_loads_without_pickle(
@@ -898,7 +909,7 @@ def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_paramet
     path = _save(model.state_dict(), tmp_path / "bare.pt")
     with pytest.raises(ModelLoadError, match="pass its sizes with --model-kwargs"):
         load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
-    # layers named otherwise, which no size changes: not told --model-kwargs (users46 F4)
+    # layers named otherwise: said, beside the sizes to pass (users46 F4, review28 M3)
     other = {**model.state_dict(), "classify.weight": torch.zeros(5, 3)}
     other = {k.replace("encoder.", "lstm1."): v for k, v in other.items()}
     with pytest.raises(ModelLoadError, match="shape mismatch") as caught:
@@ -906,7 +917,8 @@ def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_paramet
     told = (
         "the class names its layers otherwise than the file ([encoder] where the file has [lstm1])"
     )
-    assert told in str(caught.value) and "--model-kwargs" not in str(caught.value)
+    assert told in str(caught.value) and "load the weights into the class" in str(caught.value)
+    assert "pass its sizes with --model-kwargs" in str(caught.value)
 
 
 def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
