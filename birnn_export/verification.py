@@ -95,6 +95,7 @@ from birnn_export.compare import (
 from birnn_export.errors import BiRNNExportError
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
+    MASK_ROLES,
     GraphSpec,
     load_onnx,
     refuse_data_outside,
@@ -236,19 +237,35 @@ def _as_declared(
     """A saved input in the dtype the graph declares: integers of another width, floats of
     another precision and a 0/1 mask as the graph takes them (each recorded in ``cast``), what
     numpy saves by default (int32 lengths on some platforms, float64 features: users46 F1);
-    another kind refused."""
+    another kind, or values the graph's dtype does not hold (an id past int32, a float past
+    float16's range: review28 L1), refused."""
     want = np.dtype(tensor.dtype)
     if value.dtype == want:
         return value
     kinds = {value.dtype.kind, want.kind}
-    mask = want.kind == "b" and value.dtype.kind in "iuf" and np.isin(value, (0, 1)).all()
+    zero_one = bool(np.isin(value, (0, 1)).all())
+    mask = zero_one and (
+        want.kind == "b" or (value.dtype.kind == "b" and tensor.role in MASK_ROLES)
+    )
     if not (kinds <= set("iu") or kinds == {"f"} or mask):
         raise BiRNNExportError(
             f"load_inputs: case {index}'s {tensor.name!r} is {value.dtype}, the graph takes "
             f"{want}: save it as {want}"
         )
+    with np.errstate(over="ignore", invalid="ignore"):
+        fed = value.astype(want)
+        if want.kind in "iu":  # wrapped around: another value
+            lost = fed.astype(value.dtype) != value
+        else:  # past the range: inf
+            lost = np.isfinite(value) & ~np.isfinite(fed) if want.kind == "f" else fed != value
+    if lost.any():
+        raise BiRNNExportError(
+            f"load_inputs: case {index}'s {tensor.name!r} is {value.dtype} and holds "
+            f"{value[lost].reshape(-1)[0].item()!r}, which the graph's {want} cannot: save values "
+            f"the graph takes, as {want}"
+        )
     cast[tensor.name] = (str(value.dtype), str(want))
-    return value.astype(want)
+    return fed
 
 
 def _check_loaded_values(

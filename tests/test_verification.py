@@ -1753,6 +1753,10 @@ def test_saved_inputs_in_numpy_s_dtypes_are_fed_as_the_graph_declares(
     assert report.passed and len(report.cases) == 1, report.summary()
     assert f"saved input {x!r} is float64: fed as float32" in " ".join(report.notes)
     assert f"saved input {lengths!r} is int32: fed as int64" in " ".join(report.notes)
+    huge = np.full((3, 7, FEATURES), 1e300)  # float32 holds no such value (review28 L1)
+    np.savez(path, **{x: huge, lengths: rows})
+    with pytest.raises(BiRNNExportError, match=rf"'{x}' is float64 and holds 1e\+300, which"):
+        verify(split_path, lstm, load_inputs=path)
     np.savez(path, **{x: np.zeros((3, 7, FEATURES + 1)), lengths: rows})
     told = (
         rf"case 0's '{x}' is \[3, 7, {FEATURES + 1}\], the graph takes \[batch, seq, {FEATURES}\]"
