@@ -515,9 +515,10 @@ def bench_command(
     """Time engines on MODEL.onnx; each is checked against eager PyTorch before it is timed.
 
     An engine whose outputs differ from MODEL.pt is reported as a mismatch (exit 1), never as
-    fast. An unavailable engine is skipped with its reason (exit 2 if it was the only one); a
-    trt-rtx engine that cannot run here (no RTX-class GPU) is still built on the CPU, and its
-    build time and engine size are reported.
+    fast. An engine asked for that cannot run here is reported with its reason after the others
+    are timed (exit 2); a trt-rtx engine that cannot run here (no RTX-class GPU) is still built
+    on the CPU, and its build time and engine size are reported (exit 0 beside engines that
+    ran).
 
     \b
     Defaults: batch sizes from the graph's declared batch range (1,8,32); lengths 16 and the

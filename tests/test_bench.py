@@ -256,6 +256,10 @@ def test_unavailable_engine_is_skipped_with_its_reason(
     # asked for and not run: exit 2, as verify refuses it, the others' rows reported (users47 F7)
     with pytest.raises(EngineUnavailableError, match=f"{engine} could not run here, the other"):
         report.raise_for_failure()
+    # but trt-rtx built here without its GPU reports its build, as the README says (review28 L2)
+    built = BenchResult("trt-rtx", 1, 8, "unavailable", reason="no GPU", engine_bytes=10)
+    ran = [r for r in report.results if r.engine == "ort-cpu"]
+    BenchReport((*ran, built), {}, {}).raise_for_failure()
 
 
 def test_sole_unavailable_engine_raises(files: dict[str, Path], model: SequenceTagger) -> None:
