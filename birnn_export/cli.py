@@ -141,7 +141,8 @@ class _DefaultGroup(click.Group):
             self._run(*args, **kwargs)
         except SystemExit as exc:
             if exc.code and _last_error and _json_to_stdout_asked(argv) and not _json_written:
-                text = {"written": None, "error": _last_error[-1], "exit_code": exc.code}
+                code = _interrupted_code() if exc.code == EXIT_INTERRUPTED else exc.code
+                text = {"written": None, "error": _last_error[-1], "exit_code": code}
                 sys.stdout.write(json.dumps(text) + "\n")
                 sys.stdout.flush()
             raise
@@ -179,6 +180,16 @@ def _fail(message: str, code: int, label: str = "Error:") -> None:
     _last_error.append(message or label.rstrip(":!"))
     click.echo(f"{label} {message}".strip(), err=True)
     sys.exit(code)
+
+
+#: The signal that interrupted the command, where one did (:func:`run` sets it).
+_signalled: list[int] = []
+
+
+def _interrupted_code() -> int:
+    """The exit status an interrupted command ends with: 143 after SIGTERM, else 130 (Ctrl-C),
+    as :func:`run` ends the process (review28 L3: a report said 130 after SIGTERM)."""
+    return 128 + _signalled[-1] if _signalled else EXIT_INTERRUPTED
 
 
 def _json_to_stdout_asked(argv: list[str]) -> bool:
@@ -277,7 +288,7 @@ def export_command(
         if json_path is not None and written is not None:  # not the last run's (users47 F5)
             said = f"Aborted! {exc}"
             summary = {"model": str(model_path), "written": written, "error": said}
-            _write_json(json_path, json.dumps({**summary, "exit_code": EXIT_INTERRUPTED}))
+            _write_json(json_path, json.dumps({**summary, "exit_code": _interrupted_code()}))
         raise
     except BiRNNExportError as exc:
         failed = exc.report if isinstance(exc, VerificationError) else None
@@ -611,7 +622,8 @@ def run() -> None:
     # torch says this once per process when any LSTM with proj_size runs on the CPU: about its
     # kernel choice, nothing the user can act on.
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
-    terminated: list[int] = []
+    terminated = _signalled
+    terminated.clear()
 
     def interrupt(signum: int, frame: Any) -> None:
         terminated.append(signum)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -214,6 +215,11 @@ def test_an_interrupt_after_the_graph_is_placed_says_it_was_written(tmp_path, mo
     summary = json.loads(report.read_text())
     assert summary["written"] == str(out) and summary["exit_code"] == 130
     assert summary["error"].startswith(told)
+    from birnn_export import cli  # after SIGTERM the process ends 143: the summary says so
+
+    monkeypatch.setattr(cli, "_signalled", [signal.SIGTERM])
+    assert CliRunner().invoke(main, args).exit_code == 130  # run() then ends it by SIGTERM
+    assert json.loads(report.read_text())["exit_code"] == 143
 
 
 @pytest.mark.parametrize(
