@@ -544,7 +544,11 @@ def _diagnose(
         )
     if hidden is None:  # neither split into directions nor located at a layer: say why
         names = ", ".join(dict.fromkeys(o.name for o in failing))
-        why = f"the layer probe cannot run: {layers.reason}" if layers.reason else "none ran"
+        why = (
+            f"the layer probe cannot run: {layers.reason}"
+            if layers.reason
+            else "the layers' outputs were not recorded"
+        )
         return f"{names}: not located at a recurrent layer: " + (
             LAYERS_OFF if layers.reason == "off" else why
         )

@@ -126,8 +126,8 @@ class IsolatedRunner(BaseRunner):
         if self._proc is None or not self._proc.is_alive():
             self.activate_impl()  # the last call crashed the child: start a fresh one
         shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())
-        self._conn.send(("infer", {k: np.asarray(v) for k, v in feed.items()}))
         try:
+            self._conn.send(("infer", {k: np.asarray(v) for k, v in feed.items()}))
             kind, payload = self._receive(f"running inputs {shapes}")
         except KeyboardInterrupt:  # SIGTERM too: the child's answer would find no one
             self._kill()
