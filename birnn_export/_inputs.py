@@ -945,10 +945,11 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
                 tried = " and ".join(
                     ",".join(str(s[i - 1]) for i in at) for s in (found_at[form], shape)
                 )
+                ranged = f"each of {names}" if len(at) > 1 else f"{names}=MIN,OPT,MAX"
                 found[form] = declared(
                     free,
                     f"at time {steps}, and at {names} = {tried}: put your input's size there, or "
-                    f"--range each of {names} from the least the front end takes",
+                    f"--range {ranged} from the least the front end takes",
                 )
         elif runs(shape, steps):
             found[form], found_at[form] = declared(dims, f"at time {steps}"), shape

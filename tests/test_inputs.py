@@ -1840,7 +1840,8 @@ def test_a_number_the_model_runs_at_any_size_of_is_left_to_the_user() -> None:
     with pytest.raises(ExportError) as caught:
         export_onnx(_AveragesBins().eval(), "unused.onnx")
     message = str(caught.value)
-    assert "--input 'x:float32[batch,1,FEATURES,time]' (at time 52, and at two sizes" in message
+    told = "--input 'x:float32[batch,1,FEATURES,time]' (at time 52, and at FEATURES = 8 and 64: "
+    assert told + "put your input's size there, or --range FEATURES=MIN,OPT,MAX from" in message
     assert "[batch,1,1," not in message
 
 
