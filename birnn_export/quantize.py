@@ -234,8 +234,29 @@ def _padding_unread(src: str | os.PathLike[str], spec: Any) -> bool:
     the model computes. A model that runs a layer over the padding (a mask used only to pool,
     a conv reading row ends) reads it: review17 measured an int8 graph's class flip on a
     constant log-mel floor there."""
-    import numpy as np
     import onnxruntime as ort
+
+    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    names = [t.name for t in spec.outputs]
+    return padding_unread(
+        spec, lambda feed: dict(zip(names, session.run(names, feed), strict=True))
+    )
+
+
+def zeroes_padding(proto: Any, spec: Any) -> bool:
+    """Whether an int8 graph zeroes a float input past each row's length (the nodes
+    :func:`_zero_padded_inputs` writes; :func:`_zero_padded_steps`' zero only what its
+    recurrent nodes read of their own input)."""
+    bases = tuple(f"int8_padding/{tensor.name}/" for tensor, _ in _padded_float_inputs(spec))
+    return bool(bases) and any(node.name.startswith(bases) for node in proto.graph.node)
+
+
+def padding_unread(spec: Any, run: Any) -> bool:
+    """Whether ``run`` (a feed to ``{output: array}``: a graph, or the model) gives the same
+    valid outputs whatever the float inputs hold past each row's length (x50 noise there, and
+    zeros): see :func:`_padding_unread`. ``verify`` asks it of the model where an int8 graph
+    zeroes that padding (users48: one written before the export asked it passed)."""
+    import numpy as np
 
     from birnn_export.compare import valid_mask
     from birnn_export.spec import make_feed
@@ -254,11 +275,9 @@ def _padding_unread(src: str | os.PathLike[str], spec: Any) -> bool:
                           quiet[tensor.name].shape, rows)  # fmt: skip
         noise = 50 * rng.standard_normal(quiet[tensor.name].shape)
         loud[tensor.name] = np.where(keep, quiet[tensor.name], noise).astype(tensor.dtype)
-    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    names = [t.name for t in spec.outputs]
-    for tensor, a, b in zip(
-        spec.outputs, session.run(names, quiet), session.run(names, loud), strict=True
-    ):
+    said, shouted = run(quiet), run(loud)
+    for tensor in spec.outputs:
+        a, b = np.asarray(said[tensor.name]), np.asarray(shouted[tensor.name])
         axis = tensor.time_axis
         dim = tensor.dims[axis] if axis is not None else None
         rows = spec.feed_lengths(quiet, dim) if dim in sources else None

@@ -93,7 +93,7 @@ from birnn_export.compare import (
     resolve_tolerance,
 )
 from birnn_export.errors import BiRNNExportError
-from birnn_export.quantize import INT8
+from birnn_export.quantize import INT8, padding_unread, zeroes_padding
 from birnn_export.spec import (
     MASK_ROLES,
     GraphSpec,
@@ -103,6 +103,15 @@ from birnn_export.spec import (
 from birnn_export.trt_plan import sweep_profile
 
 logger = logging.getLogger(__name__)
+
+#: The graph problem of an int8 graph that zeroes its float inputs' padding the model reads.
+PADDING_ZEROED_BUT_READ = (
+    "the int8 graph zeroes its float inputs past each row's length (its int8_padding nodes), "
+    "but the model reads that padding (its valid outputs change with it: a convolution across "
+    "row ends, a layer run over the padding), so the graph differs from it wherever the "
+    "padding is not zero; it was written by a birnn-export that did not check this: export it "
+    "again"
+)
 
 #: How the note begins where the model cannot run in float64 (the export prints it).
 FLOAT64_FAILS = "the model cannot run in float64"
@@ -584,6 +593,12 @@ def verify(
             stack.enter_context(references)
         active = {e: stack.enter_context(r) for e, r in runners_.items()}
         providers = {e: tuple(r.providers()) for e, r in active.items()}
+        # an int8 graph written before the export asked whether the model reads that padding
+        zeroed = (
+            references is not None and spec.quantization == INT8 and zeroes_padding(proto, spec)
+        )
+        if zeroed and not padding_unread(spec, references.reference_only):  # users48
+            problems += (PADDING_ZEROED_BUT_READ,)
         try:
 
             def run(case: Case, feed: dict[str, np.ndarray], index: int = -1) -> bool:
