@@ -769,12 +769,21 @@ class _Checker:
             if elem is not None and elem != _INT32:
                 add("error", f"{op} sequence_lens must be int32 (got element type {elem})")
             if self.trt and self._elem(node.input[0]) == _FLOAT16:
+                fix = (
+                    "compute the node in float32 between Casts (as birnn-export's fp16 exports "
+                    "do) or drop sequence_lens"
+                )
+                if self.model.producer_name == "birnn-export":  # an older one's (users48 F2)
+                    fix = (
+                        f"the graph was written by birnn-export {self.model.producer_version}, "
+                        "whose float16 graphs did not: export it again with this one, which "
+                        "computes these nodes in float32 between Casts"
+                    )
                 add(
                     "error",
                     f"float16 {op} with sequence_lens: TensorRT's ONNX parser masks the steps "
                     "past each length with a float32 zero, which a strongly typed network "
-                    "cannot mix with half data; compute the node in float32 between Casts (as "
-                    "birnn-export's fp16 exports do) or drop sequence_lens",
+                    f"cannot mix with half data; {fix}",
                 )
         return findings
 

@@ -1017,3 +1017,13 @@ def test_a_graph_with_external_data_is_checked_from_any_folder(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     report = check_compatibility(Path("sub") / path.name, target="ort-cuda")
     assert not any("onnx.checker" in f.message for f in report.findings), report.lines()
+
+
+def test_an_old_birnn_export_float16_graph_is_told_to_export_again() -> None:
+    """users48 F2: a float16 graph birnn-export 0.1.0 wrote (sequence_lens on a float16 node)
+    was told to put Casts in by hand; this version's float16 exports have them."""
+    model = recurrent_graph(elem=TensorProto.FLOAT16)
+    model.producer_name, model.producer_version = "birnn-export", "0.1.0"
+    report = check_compatibility(model, target="tensorrt", tensorrt="static")
+    told = "written by birnn-export 0.1.0, whose float16 graphs did not: export it again"
+    assert not report.ok and any(told in f.message for f in report.errors), report.lines()
