@@ -83,6 +83,8 @@ def load_feeds(path: str | os.PathLike[str]) -> list[Feed]:
     ``verify --save-inputs``: ``case0/NAME`` keys), or one case's arrays under the inputs'
     names (``np.savez(f, feats=..., lengths=...)``: users46 F2)."""
     suffix = check_format("load_inputs", path)
+    if Path(path).is_file() and Path(path).stat().st_size == 0:  # an old verify left one (users48)
+        raise BiRNNExportError(f"load_inputs: {path} is empty (0 bytes): save the inputs again")
     try:
         if suffix == ".json":
             data = json.loads(Path(path).read_text(), object_hook=_decode)

@@ -1027,3 +1027,17 @@ def test_an_old_birnn_export_float16_graph_is_told_to_export_again() -> None:
     report = check_compatibility(model, target="tensorrt", tensorrt="static")
     told = "written by birnn-export 0.1.0, whose float16 graphs did not: export it again"
     assert not report.ok and any(told in f.message for f in report.errors), report.lines()
+
+
+def test_metadata_this_version_cannot_read_is_a_warning_not_a_refusal() -> None:
+    """users48 F3: a graph whose metadata an older birnn-export wrote and this one refuses
+    (':index(batch)') was refused by check whole, without the file's name."""
+    from onnx import helper
+
+    from birnn_export.spec import METADATA_KEY
+
+    model = recurrent_graph()
+    helper.set_model_props(model, {METADATA_KEY: '{"inputs": 7}'})
+    report = check_compatibility(model, target="tensorrt", tensorrt="static")
+    told = [f for f in report.warnings if f"unreadable {METADATA_KEY} metadata" in f.message]
+    assert told and told[0].message.endswith("dynamic dims were not checked"), report.lines()

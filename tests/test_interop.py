@@ -69,6 +69,9 @@ def test_unreadable_files_are_one_line_errors(tmp_path: Path) -> None:
     broken.write_text('{"ids": [1, 2]}')
     with pytest.raises(BiRNNExportError, match=r"holds no list of \{name: array\} feeds"):
         _interop.load_feeds(broken)
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(BiRNNExportError, match=r"empty\.json is empty \(0 bytes\)"):
+        _interop.load_feeds(tmp_path / "empty.json")
     np.savez(tmp_path / "flat.npz", ids=np.ones((2, 3)), lengths=np.array([3, 1]))
     (feed,) = _interop.load_feeds(tmp_path / "flat.npz")  # one case, by the inputs' names
     assert sorted(feed) == ["ids", "lengths"] and feed["lengths"].tolist() == [3, 1]
