@@ -391,6 +391,7 @@ def blame_short_rows(results: Sequence[Any], proto: Any, spec: GraphSpec) -> lis
 
 
 def _short_rows_suspect(proto: Any, spec: GraphSpec) -> str | None:
+    from birnn_export._graph import constant_tensors
     from birnn_export._layers import has_lengths, is_recurrent
 
     if spec.length_source is None:
@@ -411,7 +412,13 @@ def _short_rows_suspect(proto: Any, spec: GraphSpec) -> str | None:
             "pack_padded_sequence in it (torch's exporter writes it as sequence_lens), or "
             "export the model with birnn-export"
         )
-    flips = {n.name: flip for n in recurrent if (flip := _reversed_whole(proto, n)) is not None}
+    made_by = {out: n for n in proto.graph.node for out in n.output}
+    constants = constant_tensors(proto)
+    flips = {
+        n.name: flip
+        for n in recurrent
+        if (flip := _reversed_whole(n, made_by, constants)) is not None
+    }
     if flips:
         nodes = "node" if len(flips) == 1 else "nodes"
         packs, slices = ("packs", "Slice") if len(flips) == 1 else ("pack", "Slices")
@@ -434,22 +441,20 @@ def _direction(node: Any) -> str:
     return attrs["direction"].s.decode() if "direction" in attrs else "forward"
 
 
-def _reversed_whole(proto: Any, node: Any) -> str | None:
+def _reversed_whole(
+    node: Any, made_by: Mapping[str, Any], constants: Mapping[str, Any]
+) -> str | None:
     """The ``Slice`` with a negative step along the time axis that a forward recurrent node
     taking ``sequence_lens`` reads its input through (torch.flip of the padded batch, then
     packing), if any; the axis followed through ``Transpose`` (review28 M1: a flip of the
-    features is no flip of time)."""
+    features is no flip of time). ``made_by``: each tensor's node; ``constants``: the graph's
+    (:func:`~birnn_export._graph.constant_tensors`)."""
     from onnx import numpy_helper
 
     from birnn_export._layers import has_lengths
 
     if _direction(node) != "forward" or not has_lengths(node):
         return None
-    made_by = {out: n for n in proto.graph.node for out in n.output}
-    constants = {i.name: i for i in proto.graph.initializer}
-    for n in proto.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            constants[n.output[0]] = n.attribute[0].t
 
     def constant(name: str) -> list[int] | None:
         found = constants.get(name)

@@ -506,27 +506,37 @@ def _io_pairs(proto: Any, spec: GraphSpec) -> list[tuple[TensorSpec, Any]]:
     return [(t, infos[t.name]) for t in (*spec.inputs, *spec.outputs) if t.name in infos]
 
 
-def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
-    from onnx import numpy_helper
-
-    # Shape constants are small and stay inline; weights in external data are not needed here.
-    constants: dict[str, np.ndarray] = {
-        init.name: numpy_helper.to_array(init)
-        for init in proto.graph.initializer
-        if init.data_location != init.EXTERNAL
-    }
+def constant_tensors(proto: Any) -> dict[str, Any]:
+    """The graph's constants by name, not yet read (``TensorProto``): its initializers held
+    inline (shape constants are small and stay inline; weights in external data are not
+    needed to read sizes or steps) and its Constant nodes' values."""
+    constants = {i.name: i for i in proto.graph.initializer if i.data_location != i.EXTERNAL}
     for node in proto.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
-                    constants[node.output[0]] = numpy_helper.to_array(attr.t)
+                    constants[node.output[0]] = attr.t
+    return constants
+
+
+def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
+    from onnx import numpy_helper
+
+    tensors = constant_tensors(proto)
+    read = {}  # each constant a shape op reads, read once
+
+    def constant(name: str) -> np.ndarray | None:
+        if name in tensors and name not in read:
+            read[name] = numpy_helper.to_array(tensors[name])
+        return read.get(name)
+
     problems = []
     for node in proto.graph.node:
         if node.op_type not in SHAPE_OPS:
             continue
         # ConstantOfShape/Expand/Reshape/Tile: the shape or repeats input; Slice: starts/ends.
         for name in node.input[1:]:
-            values = constants.get(name)
+            values = constant(name)
             if values is None or values.dtype.kind not in "iu":
                 continue
             hits = sorted(sizes.intersection(int(v) for v in values.ravel()))
@@ -536,10 +546,10 @@ def _baked_sizes(proto: Any, sizes: set[int]) -> list[str]:
                     f"{hits} baked into its constant input {name}: the graph would only run at "
                     "that size"
                 )
-        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
-            values = constants[node.input[0]]
-            if sizes.intersection(int(v) for v in values.ravel()):
-                problems.append(f"ConstantOfShape {node.name} has a static example shape")
+        shape_of = node.op_type == "ConstantOfShape" and node.input
+        values = constant(node.input[0]) if shape_of else None
+        if values is not None and sizes.intersection(int(v) for v in values.ravel()):
+            problems.append(f"ConstantOfShape {node.name} has a static example shape")
     return problems
 
 

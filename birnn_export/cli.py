@@ -622,11 +622,10 @@ def run() -> None:
     # torch says this once per process when any LSTM with proj_size runs on the CPU: about its
     # kernel choice, nothing the user can act on.
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
-    terminated = _signalled
-    terminated.clear()
+    _signalled.clear()
 
     def interrupt(signum: int, frame: Any) -> None:
-        terminated.append(signum)
+        _signalled.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
@@ -635,7 +634,7 @@ def run() -> None:
     except SystemExit as exc:
         if exc.code != EXIT_INTERRUPTED:
             raise
-        if terminated:  # ends the process without atexit, which would end daemon children
+        if _signalled:  # ends the process without atexit, which would end daemon children
             import multiprocessing
 
             for child in multiprocessing.active_children():  # an engine's (users47 F1)

@@ -426,6 +426,7 @@ def test_short_rows_are_blamed_only_on_what_makes_them_differ() -> None:
     import types
 
     from birnn_export._foreign import _reversed_whole, _short_rows_suspect, blame_short_rows
+    from birnn_export._graph import constant_tensors
     from birnn_export._report import CaseResult
     from birnn_export.compare import Check
 
@@ -433,10 +434,14 @@ def test_short_rows_are_blamed_only_on_what_makes_them_differ() -> None:
     assert _short_rows_suspect(_recurrent_graph("forward", None, lengths=False), spec) is None
     told = _short_rows_suspect(_recurrent_graph("bidirectional", None, lengths=False), spec)
     assert told is not None and told.startswith("recurrent node '/rnn' takes no sequence_lens")
+
+    def flip_of(proto: onnx.ModelProto) -> str | None:
+        made_by = {out: n for n in proto.graph.node for out in n.output}
+        return _reversed_whole(proto.graph.node[-1], made_by, constant_tensors(proto))
+
     time_flip = _recurrent_graph("forward", 1)
-    assert _reversed_whole(time_flip, time_flip.graph.node[-1]) == "/flip"
-    feature_flip = _recurrent_graph("forward", 2)
-    assert _reversed_whole(feature_flip, feature_flip.graph.node[-1]) is None
+    assert flip_of(time_flip) == "/flip"
+    assert flip_of(_recurrent_graph("forward", 2)) is None
 
     from birnn_export._case import LAYERS_OFF
 
