@@ -814,6 +814,7 @@ def _build(
     """``(model, original, source, config)`` from what ``torch.load`` returned."""
     bare = [f"--nonlinearity {nonlinearity}"] * (nonlinearity is not None)
     bare += ["--time-major"] * time_major
+    bare = [_with_keyword(option) for option in bare]
     if isinstance(obj, _WRAPPERS):  # its forward(*args, **kwargs) tells nothing of the inputs
         model, original, where, config = _build(
             obj.module,
@@ -894,6 +895,12 @@ def _build(
     if stripped:
         where += f" (prefix {stripped!r} removed)"
     config, tagger_state, layout = _recognise(state, nonlinearity or "tanh", path, time_major)
+    if nonlinearity is not None and not config.cell.startswith("rnn"):
+        # an LSTM's or GRU's gates have fixed activations: the option was ignored (review28 L5)
+        raise ModelLoadError(
+            f"{path}: {bare[0]} does not apply to nn.{config.cell.upper()} weights: only nn.RNN "
+            "has a nonlinearity to choose; drop it"
+        )
     if time_major:
         config = dataclasses.replace(config, batch_first=False)
     factory = functools.partial(SequenceTagger, config)
@@ -909,6 +916,13 @@ def _build(
         # a ReLU RNN built as tanh passed verification against itself, said nowhere (users41)
         layout += "; tanh taken for the RNN (the weights do not say; --nonlinearity relu if ReLU)"
     return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()
+
+
+def _with_keyword(option: str) -> str:
+    """A CLI option as given, with the keyword argument the Python API takes for it."""
+    flag, _, value = option.partition(" ")
+    keyword = flag.removeprefix("--").replace("-", "_")
+    return f"{option} ({keyword}={value!r})" if value else f"{option} ({keyword}=True)"
 
 
 def _refuse_bare(given: Sequence[str], path: Path, model: str) -> None:

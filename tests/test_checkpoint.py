@@ -347,7 +347,11 @@ def test_options_for_bare_state_dicts_are_refused_where_the_model_says_it(tmp_pa
     weights = _save(gru.state_dict(), tmp_path / "weights.pt")
     kwargs = {"input_size": 4, "hidden_size": 5, "batch_first": True, "bidirectional": True}
     for path, options, told in (
-        (sample, {"time_major": True}, "--time-major does not apply to a birnn-export checkpoint"),
+        (
+            sample,
+            {"time_major": True},
+            "--time-major (time_major=True) does not apply to a birnn-export checkpoint",
+        ),
         (pickled, {"nonlinearity": "relu", "trust_pickle": True}, "to a pickled module"),
         (
             weights,
@@ -360,6 +364,10 @@ def test_options_for_bare_state_dicts_are_refused_where_the_model_says_it(tmp_pa
     tagger = nn.ModuleDict({"rnn": gru, "fc": nn.Linear(10, 3)})
     bare = _save(tagger.state_dict(), tmp_path / "bare.pt")
     assert load_model(bare, time_major=True).config["batch_first"] is False  # there it applies
+    # an LSTM's or GRU's weights have no nonlinearity to choose: ignored before (review28 L5)
+    told = "--nonlinearity tanh (nonlinearity='tanh') does not apply to nn.GRU weights"
+    with pytest.raises(ModelLoadError, match=re.escape(told)):
+        load_model(bare, nonlinearity="tanh")
 
 
 def test_seed_rnn_relu_from_nonlinearity(tmp_path):
