@@ -211,10 +211,22 @@ class BenchReport:
         raise EngineError(message)
 
     def to_dict(self) -> dict[str, Any]:
+        """Environment, settings and results, with the error and exit code the run ends with
+        (what :meth:`raise_for_failure` raises; ``None`` and 0 where it raises nothing), as the
+        export's summary has them (users47 F9)."""
+        from birnn_export.errors import BiRNNExportError
+
+        try:
+            self.raise_for_failure()
+            error: BiRNNExportError | None = None
+        except BiRNNExportError as exc:
+            error = exc
         return {
             "environment": self.environment,
             "settings": self.settings,
             "results": [r.to_dict() for r in self.results],
+            "error": None if error is None else str(error),
+            "exit_code": 0 if error is None else error.exit_code,
         }
 
     def json_text(self) -> str:

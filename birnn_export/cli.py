@@ -548,7 +548,8 @@ def bench_command(
     report = benchmark(onnx_path, model_path, **sweep, **timing, load_options=loader, like=like)
     wide_console().print(render_table(report))
     if json_path is not None:
-        click.echo(f"Wrote {_write_json(json_path, report.json_text())}")
+        where = _write_json(json_path, report.json_text())
+        click.echo(f"Wrote {'the report to ' * (json_path == JSON_TO_STDOUT)}{where}")
     if csv_path is not None:
         click.echo(f"Wrote {report.to_csv(csv_path)}")
     if plot_path is not None:

@@ -652,6 +652,19 @@ def test_cli_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
     assert data["settings"]["cpu_recurrent_nodes"] == {}
     assert out["csv"].read_text().startswith(",".join(CSV_COLUMNS))
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
+    assert (data["error"], data["exit_code"]) == (None, 0)  # as the export's JSON says them
+
+
+def test_cli_json_to_standard_output_says_the_exit(files: dict[str, Path]) -> None:
+    """``--json -`` on a mismatch: the report alone on standard output, with the exit code the
+    run ends with and its error (users47 F9: bench's JSON had neither; it said "Wrote standard
+    output")."""
+    args = f"{files['wrong']} --model {files['pt']} --engines ort-cpu --batch 2 --seq 5"
+    result = _bench(*args.split(), "--iters", "2", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["exit_code"] == 1 and data["error"].startswith("1 of 1 measurements failed")
+    assert "Wrote the report to standard output" in result.stderr
 
 
 def test_cli_mismatch_exits_1(files: dict[str, Path]) -> None:
