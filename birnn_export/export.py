@@ -1435,16 +1435,25 @@ def _pad_for_tracing(
     padding_value: float = 0.0,
     total_length: int | None = None,
 ) -> tuple[Tensor, Tensor]:
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
     data = sequence.data
     if sequence.batch_first != batch_first:
         data = data.transpose(0, 1)
+    time_axis = 1 if batch_first else 0
     if total_length is None:  # as torch does: cut to the longest row (a data-dependent dim)
-        time_axis = 1 if batch_first else 0
         # clamped into [1, T] first, as the recurrent layers clamp them: never past the data
         longest = sequence.lengths.clamp(1, data.shape[time_axis]).max().item()
         torch._check(longest >= 1)
         torch._check(longest <= data.shape[time_axis])
         data = data.narrow(time_axis, 0, longest)
+    elif not statically_known_true(total_length == data.shape[time_axis]):
+        # total_length=128, a number (the DataParallel idiom): torch pads every row to it, or
+        # cuts padding past it; it was traced as the input's own length (users51 F1)
+        data = data[:, :total_length] if batch_first else data[:total_length]
+        shape = list(data.shape)
+        shape[time_axis] = total_length - shape[time_axis]
+        data = torch.cat([data, data.new_zeros(shape)], time_axis)
     if padding_value != 0.0:
         mask = padding_mask(sequence.lengths, data.shape[1 if batch_first else 0])
         mask = (mask if batch_first else mask.transpose(0, 1)).unsqueeze(-1)

@@ -321,6 +321,45 @@ def test_packing_with_time_major_layer_and_batch_first_padding(tmp_path):
     np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_total_length_given_as_a_number_pads_every_row_to_it(tmp_path, batch_first):
+    """``pad_packed_sequence(..., total_length=12)``, a number (the DataParallel idiom): torch
+    pads the output to 12 steps, whatever the input's length; the graph took the input's own
+    length and failed verification in 9 of 10 cases (users51 F1)."""
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=batch_first, bidirectional=True)
+            self.head = nn.Linear(12, 2)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first, enforce_sorted=False)
+            out, h = self.gru(packed)
+            return self.head(pad_packed_sequence(out, batch_first, total_length=12)[0]), h
+
+    torch.manual_seed(0)
+    model = Fixed().eval()
+    dims = "[batch,seq,5]" if batch_first else "[seq,batch,5]"
+    result = export_onnx(
+        model,
+        tmp_path / "fixed.onnx",
+        inputs=[f"x:float32{dims}", "lengths:int64[batch]:lengths(seq)"],
+        ranges={"seq": (1, 6, 12)},
+    )
+    time = 1 if batch_first else 0
+    assert result.spec.outputs[0].dims[time] == 12
+    for batch, steps in ((1, 1), (4, 7), (3, 12)):
+        feed = make_feed(result.spec, batch, steps, seed=steps)
+        got = run_ort(result.path, feed)
+        x, lengths = torch.from_numpy(feed["x"]), torch.from_numpy(feed["lengths"])
+        want = model.double()(x.double(), lengths)
+        model.float()
+        assert got["output_0"].shape[time] == 12
+        for value, reference in zip(got.values(), want, strict=True):
+            np.testing.assert_allclose(value, reference.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
 def _encoder_class() -> type[nn.Module]:
     """A class made in a function that imports the packing functions itself and closes over a
     tensor (closure cells compare by what they hold)."""
