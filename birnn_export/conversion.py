@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +104,24 @@ def _reparametrized(layer: nn.Module) -> bool:
     return nn.utils.parametrize.is_parametrized(layer) or bool(_weight_norm_hooks(layer))
 
 
+@contextlib.contextmanager
+def modes_kept(*models: Any) -> Iterator[None]:
+    """While inside, ``models`` (modules; anything else is passed over) may be put in eval mode:
+    on leaving, each of their modules is in the mode it was in, so a training script that
+    exports between epochs trains on with dropout and BatchNorm as they were (users50 F1)."""
+    modes = [
+        (module, module.training)
+        for model in models
+        if isinstance(model, nn.Module)
+        for module in model.modules()
+    ]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def copied(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``. A layer whose weights are computed (weight_norm, either API)
     holds them with their autograd history, which deepcopy refuses: they are recomputed
@@ -109,22 +129,18 @@ def copied(model: nn.Module) -> nn.Module:
     mode spectral_norm would run a power iteration and change the model's own ``u`` and
     ``v``, so the weights exported would be neither the file's nor those of the model run
     in eval mode."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for module in model.modules():
-                # the last hook first: a later hook computes what an earlier one reads (prune
-                # on weight_norm's _v)
-                for hook in reversed(_weight_norm_hooks(module)):
-                    setattr(module, _hook_name(hook), _hook_weight(module, hook))
-                if isinstance(module, nn.RNNBase) and _reparametrized(module):
-                    module._init_flat_weights()
+    modes = [module.training for module in model.modules()]
+    with modes_kept(model), torch.no_grad():
+        model.eval()
+        for module in model.modules():
+            # the last hook first: a later hook computes what an earlier one reads (prune on
+            # weight_norm's _v)
+            for hook in reversed(_weight_norm_hooks(module)):
+                setattr(module, _hook_name(hook), _hook_weight(module, hook))
+            if isinstance(module, nn.RNNBase) and _reparametrized(module):
+                module._init_flat_weights()
         copy_ = copy.deepcopy(model)
-    finally:
-        for module, training in modes:
-            module.training = training
-    for module, (_, training) in zip(copy_.modules(), modes, strict=True):
+    for module, training in zip(copy_.modules(), modes, strict=True):
         module.training = training
     return copy_
 

@@ -80,6 +80,7 @@ from birnn_export.conversion import (
     conversion_report,
     convert,
     find_recurrent_layers,
+    modes_kept,
     reserve_hook_ids,
 )
 from birnn_export.crf import (
@@ -264,16 +265,17 @@ def trace_graph(
     for module in (model, reference):
         if isinstance(module, nn.Module):  # before any probe hook is registered on it
             reserve_hook_ids(module)
-    try:
-        return _trace_graph(model, **options, avoid=frozenset())
-    except _BakedExample as exc:
-        # A size the model's own code holds (zeros(B, T, 7)) may be an example's too: traced
-        # at other sizes, a size truly frozen at the example's fails there as well, and the
-        # first failure, at the sizes the message names, is the one to tell.
+    with modes_kept(model, reference):  # traced in eval mode; the caller's modes come back
         try:
-            return _trace_graph(model, **options, avoid=exc.examples)
-        except ExportError:
-            raise ExportError(str(exc)) from None
+            return _trace_graph(model, **options, avoid=frozenset())
+        except _BakedExample as exc:
+            # A size the model's own code holds (zeros(B, T, 7)) may be an example's too:
+            # traced at other sizes, a size truly frozen at the example's fails there as well,
+            # and the first failure, at the sizes the message names, is the one to tell.
+            try:
+                return _trace_graph(model, **options, avoid=exc.examples)
+            except ExportError:
+                raise ExportError(str(exc)) from None
 
 
 class _BakedExample(ExportError):

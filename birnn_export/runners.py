@@ -88,9 +88,12 @@ class TorchRunner(BaseRunner):
         self._packing: Any = None
         self._saved_threads: int | None = None
         self._saved_tf32: tuple[bool, bool] | None = None
+        self._modes: Any = None
 
     def activate_impl(self) -> None:
         import torch
+
+        from birnn_export.conversion import modes_kept
 
         reason = self.unavailable_reason()
         if reason is not None:
@@ -109,6 +112,8 @@ class TorchRunner(BaseRunner):
             model = copied(model).to(self.device)
             if dtype is not None:
                 model = model.to(dtype)
+        self._modes = modes_kept(self.model)  # run in eval mode; the caller's mode comes back
+        self._modes.__enter__()
         model = model.eval()
         self._fn = torch.compile(model) if self.compile else model
         # Rows in any order, also for a model that packs with enforce_sorted=True.
@@ -132,6 +137,9 @@ class TorchRunner(BaseRunner):
             backends = torch.backends
             backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = self._saved_tf32
             self._saved_tf32 = None
+        if self._modes is not None:
+            self._modes.__exit__(None, None, None)
+            self._modes = None
         self._fn = None
 
     @property

@@ -281,3 +281,29 @@ def test_the_default_output_drops_a_checkpoints_whole_suffix(tmp_path, name, exp
 
     (tmp_path / name).write_bytes(b"")
     assert default_output(tmp_path / name) == tmp_path / expected
+
+
+def test_the_callers_model_keeps_its_training_modes(tmp_path: Path) -> None:
+    """A training script that exports, verifies or benches between epochs trains on as it
+    was: export_onnx and benchmark left every module in eval mode, dropout and BatchNorm
+    updates off for the epochs after (users50 F1). One module left in eval by the caller
+    stays so."""
+    import torch
+    from torch import nn
+
+    from birnn_export.bench import benchmark
+    from birnn_export.pipeline import export_onnx
+    from birnn_export.verification import verify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.3), nn.GRU(6, 5, bidirectional=True))
+    model[0].eval()
+    modes = [module.training for module in model.modules()]
+    assert modes == [True, False, True, True]
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, inputs=["x:float32[seq,batch,4]"])
+    assert [module.training for module in model.modules()] == modes
+    kept = {"engines": ["torch"], "batch_sizes": [2], "seq_lens": [3], "isolate": False}
+    verify(path, model, **kept)
+    benchmark(path, model, **kept, iters=1, warmup=0)
+    assert [module.training for module in model.modules()] == modes
