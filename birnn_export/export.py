@@ -278,6 +278,14 @@ def trace_graph(
                 raise ExportError(str(exc)) from None
 
 
+#: A model in float64 (``model.double()``), traced from a copy in float32 as ``load_model``
+#: loads float64 weights; verification compares with the model itself.
+_FLOAT64_NOTE = (
+    "the model's weights are float64 (model.double()): the graph is {dtype}, traced from a "
+    "{dtype} copy of them, and is verified against the model itself"
+)
+
+
 class _BakedExample(ExportError):
     """A graph with an example's size baked into a shape; ``examples``: those sizes."""
 
@@ -331,6 +339,9 @@ def _trace_graph(
 
     replaced = tuple(conversion_report(model))
     converted = convert(model).eval() if replaced else model.eval()
+    doubled = any(t.dtype == torch.float64 for t in (*converted.parameters(), *converted.buffers()))
+    if doubled:  # model.double(): it failed on float32 inputs, the advice no help (users50 F2)
+        converted = _copy_to(converted, torch.float32)
     if not replaced and reference is not None and reference is not model:
         replaced = tuple(conversion_report(reference))  # converted when loaded (load_model)
     # A bare built-in layer cannot take lengths; its converted copy is proven equal to it on
@@ -460,6 +471,7 @@ def _trace_graph(
             notes.append(_layout_note(asked, layout))
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
+    notes += [_FLOAT64_NOTE.format(dtype=dtype)] * doubled
     notes += [] if scores is not None else reconstruction_notes(proto, spec)
     notes += _untraced_notes(untraced, planned, traced_at)
     notes += _unrolled_cells_notes(traced, trace_inputs)

@@ -360,6 +360,21 @@ def test_total_length_given_as_a_number_pads_every_row_to_it(tmp_path, batch_fir
             np.testing.assert_allclose(value, reference.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_a_float64_model_exports_as_float32_and_stays_float64(tmp_path):
+    """``model.double()``, common in scientific training code: the export failed on float32
+    example inputs and told to declare them, which failed the same way (users50 F2)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LSTM(6, 5, bidirectional=True)).double().eval()
+    result = export_onnx(model, tmp_path / "m.onnx", inputs=["x:float32[seq,batch,4]"])
+    assert any("weights are float64 (model.double())" in note for note in result.notes)
+    assert all(p.dtype == torch.float64 for p in model.parameters())  # the caller's, untouched
+    feed = make_feed(result.spec, 3, 7, seed=1)
+    got = run_ort(result.path, feed)
+    want = model(torch.from_numpy(feed["x"]).double())
+    for value, reference in zip(got.values(), [want[0], *want[1]], strict=True):
+        np.testing.assert_allclose(value, reference.detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
 def _encoder_class() -> type[nn.Module]:
     """A class made in a function that imports the packing functions itself and closes over a
     tensor (closure cells compare by what they hold)."""
