@@ -62,6 +62,30 @@ def test_noise_criterion_scales_with_eager_error() -> None:
     assert not compare("y", "values", within, ref, criterion=TOL).passed
 
 
+def test_non_finite_engine_values_fail_under_the_noise_criterion() -> None:
+    """NaN or infinity from the engine where the model has a number fails the default
+    criterion and a threshold alike (review29 C8: only the ``finite`` guard stood between them
+    and a PASS, and no test put one through)."""
+    ref = np.array([1.0, 2.0, 3.0])
+    eager = ref.astype(np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        got = eager.copy()
+        got[1] = bad
+        check = compare("y", "values", got, ref, eager=eager)
+        assert not check.passed and check.max_abs == math.inf
+        assert not compare("y", "batch-invariance", got, ref, threshold=1e9).passed
+
+
+def test_rtol_scales_with_the_reference() -> None:
+    """``--rtol`` takes part: 0.5 off 1000 is within rtol 1e-3, 2.0 is not (review29 C1: an
+    atol-only rule passed every test)."""
+    tolerance = Tolerance(atol=1e-6, rtol=1e-3)
+    ref = np.array([1000.0, 0.5])
+    assert compare("y", "values", ref + np.array([0.5, 0.0]), ref, criterion=tolerance).passed
+    assert not compare("y", "values", ref + np.array([2.0, 0.0]), ref, criterion=tolerance).passed
+    assert not compare("y", "values", ref + np.array([0.0, 0.5]), ref, criterion=tolerance).passed
+
+
 def test_floor_for_outputs_eager_computes_exactly() -> None:
     ref = np.array([0.5, -0.25, 3.0])
     criterion = NoiseCriterion()
