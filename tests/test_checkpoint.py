@@ -77,6 +77,14 @@ USER_SOURCE = textwrap.dedent(
             self.temperature = nn.Parameter(torch.ones(1))
 
 
+    class BuiltOffMeta(AttentionClassifier):
+        '''A model whose __init__ cannot run on the meta device: it reads a tensor's value.'''
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = float(torch.ones(1).sum())
+
+
     class HParamsClassifier(AttentionClassifier):
         '''Lightning style: __init__(self, hparams), its fields read from one dict.'''
 
@@ -1412,3 +1420,21 @@ def test_a_bare_layers_state_dict_is_told_the_options_that_build_it(tmp_path, la
     loaded = load_model(path, model_class=told[1], model_kwargs=json.loads(told[2]))
     for key, value in layer.state_dict().items():
         assert torch.equal(loaded.reference.state_dict()[key], value)
+
+
+def test_weights_are_loaded_strictly_where_the_class_cannot_be_built_on_meta(tmp_path, user_models):
+    """The shapes check on the meta device is skipped for a class whose __init__ cannot run
+    there; loading must still refuse a missing or an extra weight, not keep its random
+    initial value in a graph verified against that same model (review29 CP1)."""
+    from birnn_export.errors import ModelLoadError
+
+    state = user_models.AttentionClassifier().state_dict()
+    short = {k: v for k, v in state.items() if k != "classify.bias"}
+    for weights, told in (
+        (short, r"missing \[classify\.bias\]"),
+        ({**state, "extra": torch.ones(1)}, r"unexpected \[extra\]"),
+    ):
+        path = _save(weights, tmp_path / "w.pt")
+        with pytest.raises(ModelLoadError, match=f"weights do not fit .*{told}"):
+            load_model(path, model_class=f"{USER_MODULE}:BuiltOffMeta")
+    assert load_model(_save(state, tmp_path / "w.pt"), model_class=f"{USER_MODULE}:BuiltOffMeta")

@@ -355,3 +355,18 @@ def test_hooks_keyed_by_another_process_survive_the_tools_own(tmp_path) -> None:
     assert result.verification.passed, result.verification.summary()
     assert list(model.emb._forward_pre_hooks.values()) == [value]
     torch.testing.assert_close(model(ids), expected)
+
+
+def test_padding_value_reaches_nested_layers():
+    """``convert(model, padding_value=-7.0)`` fills every converted layer's padding with it, a
+    layer inside a model as a bare one (review29 CV2: dropping it for nested layers passed),
+    as pad_packed_sequence(padding_value=-7.0) fills torch's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(3, 4, batch_first=True, bidirectional=True))
+    converted = convert(model, padding_value=-7.0)
+    x, lengths = torch.randn(2, 5, 3), torch.tensor([5, 2])
+    got = converted[0](x, lengths)[0]
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    want = pad_packed_sequence(model[0](packed)[0], batch_first=True, padding_value=-7.0)[0]
+    torch.testing.assert_close(got, want)
+    assert (got[1, 2:] == -7.0).all()

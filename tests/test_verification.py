@@ -859,6 +859,19 @@ def test_json_report_writes_non_finite_numbers_as_null() -> None:
     assert out["max_abs"] is None and out["mean_abs"] is None and out["passed"] is False
 
 
+def test_a_graph_problem_fails_the_report_whose_cases_pass() -> None:
+    """A problem found in the graph (a padding the int8 graph zeroes but the model reads) fails
+    the verdict however the numbers came out (review29 R1: passing it went unseen)."""
+    good = Check("y", "sequence", "values", 0.0, 0.0, 0.0, True, atol=1e-5, rtol=1e-4)
+    case = CaseResult("ort-cpu", 1, 2, "full", 1.0, 0, None, (good,))
+    report = VerifyReport("m.onnx", "ref", "float32", ("ort-cpu",), {}, (case,))
+    assert report.passed
+    report = dataclasses.replace(report, problems=("the graph zeroes padding the model reads",))
+    assert not report.passed
+    with pytest.raises(VerificationError, match="zeroes padding the model reads"):
+        report.raise_for_failure()
+
+
 def test_unavailable_engine_says_why(lstm: BiRNN, fused_path: Path) -> None:
     import onnxruntime
 
