@@ -878,6 +878,8 @@ def _build(
         state, pruned = _unpruned(state, keys)
         if pruned:
             where += f" (pruned {pruned}: each weight_orig x weight_mask, as prune.remove makes)"
+        state, folded = _unparametrized(state, keys, path)
+        where += folded
         state, under = _keys_under_one_prefix(state, keys, path)
         if under:
             where += under
@@ -894,6 +896,11 @@ def _build(
     state, stripped = _strip_wrapper_prefix(state, None)
     if stripped:
         where += f" (prefix {stripped!r} removed)"
+    state, pruned = _unpruned(state, {})
+    if pruned:  # as with --model-class, so are weights under a parametrization (users49 F4)
+        where += f" (pruned {pruned}: each weight_orig x weight_mask, as prune.remove makes)"
+    state, folded = _unparametrized(state, {}, path)
+    where += folded
     config, tagger_state, layout = _recognise(state, nonlinearity or "tanh", path, time_major)
     if nonlinearity is not None and not config.cell.startswith("rnn"):
         # an LSTM's or GRU's gates have fixed activations: the option was ignored (review28 L5)
@@ -1077,6 +1084,84 @@ def _unpruned(
     for name in names:
         plain[name] = state[f"{name}_orig"] * state[f"{name}_mask"]
     return plain, _preview(names, 3)
+
+
+#: A parametrization's keys in a state_dict: ``{module}parametrizations.{name}.{rest}``.
+_PARAMETRIZED = re.compile(r"(?P<module>(?:.*\.)?)parametrizations\.(?P<name>\w+)\.(?P<rest>.+)")
+
+
+#: The older API's keys (``torch.nn.utils.weight_norm`` / ``spectral_norm``) by the suffix of the
+#: first: each part of the parametrization as the newer API names it, and its key's suffix.
+_OLDER_API = {
+    "_g": {"original0": "_g", "original1": "_v"},
+    "_orig": {"original": "_orig", "0._u": "_u", "0._v": "_v"},
+}
+
+
+def _unparametrized(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor], path: Path
+) -> tuple[Mapping[str, Tensor], str]:
+    """``state`` with each weight saved under a parametrization (``weight_norm`` or
+    ``spectral_norm``; weight_norm's older API too) folded into the plain weight, as eval mode
+    computes it, unless the class itself holds the parametrization (it registers it in
+    ``__init__``), and a note naming them for the load line (``""``: none). The class's plain
+    weight was refused as missing, and renaming the keys, as the refusal advised, loaded
+    spectral_norm's weight before its division by sigma without a word (users49 F2).
+
+    Raises:
+        ModelLoadError: a parametrization whose function the file does not tell (a custom one).
+    """
+    groups: dict[str, dict[str, str]] = {}  # weight -> {part: the key holding it}
+    for key in state:
+        found = _PARAMETRIZED.fullmatch(key)
+        if found and key not in expected:
+            groups.setdefault(found["module"] + found["name"], {})[found["rest"]] = key
+        for suffix, parts in _OLDER_API.items():
+            base = key.removesuffix(suffix)
+            keys = {part: base + end for part, end in parts.items()}
+            saved = all(k in state and k not in expected for k in keys.values())
+            wanted = not expected or base in expected  # the class's weight, or no class
+            if key.endswith(suffix) and base not in state and saved and wanted:
+                groups[base] = keys
+    if not groups:
+        return state, ""
+    plain = dict(state)
+    done: dict[str, list[str]] = {}
+    for name, keys in groups.items():
+        kind, weight = _fold_parametrization({part: state[key] for part, key in keys.items()})
+        if weight is None:
+            raise ModelLoadError(
+                f"{path}: {name} is saved under a parametrization whose function the file does "
+                f"not tell ({_preview(sorted(keys.values()))}): load them into a class that "
+                "registers the same parametrization on that layer in its __init__ "
+                "(--model-class), or save the weights after "
+                "torch.nn.utils.parametrize.remove_parametrizations(layer, name)"
+            )
+        for key in keys.values():
+            del plain[key]
+        plain[name] = weight
+        done.setdefault(kind, []).append(name)
+    said = " and ".join(f"{kind} on {_preview(names, 3)}" for kind, names in done.items())
+    return plain, f" ({said}: folded into plain weights, as eval mode computes them)"
+
+
+def _fold_parametrization(parts: Mapping[str, Tensor]) -> tuple[str, Tensor | None]:
+    """The weight a parametrization's saved tensors compute in eval mode, and its kind;
+    ``None`` where they are not weight_norm's (``original0`` = g, ``original1`` = v) or
+    spectral_norm's (``original``, and its ``0._u`` / ``0._v``)."""
+    if set(parts) == {"original0", "original1"}:
+        g, v = parts["original0"], parts["original1"]
+        # the norm over every axis g does not keep (its dim), as torch._weight_norm takes it
+        axes = [a for a in range(v.dim()) if g.dim() != v.dim() or g.shape[a] == 1]
+        norm = v.pow(2).sum(dim=axes, keepdim=True).sqrt() if axes else v.abs()
+        return "weight_norm", v * (g / norm)
+    if set(parts) == {"original", "0._u", "0._v"} and parts["original"].dim() == 2:
+        weight, u, v = parts["original"], parts["0._u"], parts["0._v"]
+        # dim 0 (the default for every layer but ConvTranspose) unless only dim 1 fits u and v
+        fits = (u.numel(), v.numel()) == tuple(weight.shape)
+        matrix = weight if fits else weight.t()
+        return "spectral_norm", weight / torch.vdot(u, torch.mv(matrix, v))
+    return "", None
 
 
 def _keys_under_one_prefix(
