@@ -39,7 +39,7 @@ import stat
 import sys
 import types
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -886,7 +886,8 @@ def _build(
         try:
             user = _construct(factory, state, model_class, path, what=what)
         except ModelLoadError as exc:
-            if "shape mismatch" not in str(exc) or model_kwargs:
+            sized = "shape mismatch" in str(exc) or _same_modules(state, keys)
+            if not sized or model_kwargs:
                 raise
             raise ModelLoadError(f"{exc}; {_kwargs_hint(obj, _user_class(model_class))}") from None
         model, original = _from_module(user)
@@ -1185,6 +1186,8 @@ def _keys_under_one_prefix(
         for prefix in sorted(prefixes)
     }
     found = [prefix for prefix, sub in subs.items() if set(sub) == want]
+    if not found:  # the class's modules, of other sizes: a layer count (users49 F1)
+        found = [prefix for prefix, sub in subs.items() if _same_modules(sub, want)]
     if not found:
         return _keys_put_under_one_prefix(state, want)
     if len(found) > 1:
@@ -1418,6 +1421,16 @@ def _arguments_saved(saved: Mapping[Any, Any], params: Mapping[str, Any]) -> Map
     if nested and not any(str(name) in params for name in saved):
         return nested
     return saved
+
+
+def _same_modules(state: Iterable[str], keys: Iterable[str]) -> bool:
+    """Whether two sets of weight names name the same modules (their tensors may differ: a
+    recurrent layer's ``_l1`` weights where it has one layer more)."""
+
+    def modules(names: Iterable[str]) -> set[str]:
+        return {name.rpartition(".")[0] for name in names}
+
+    return modules(state) == modules(keys)
 
 
 def _kwargs_hint(obj: Any, cls: Any) -> str:

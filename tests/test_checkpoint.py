@@ -85,6 +85,19 @@ USER_SOURCE = textwrap.dedent(
             self.scale = float(torch.ones(1).sum())
 
 
+    class LayeredTagger(nn.Module):
+        '''Embedding -> BiLSTM of num_layers -> Linear, its sizes constructor arguments.'''
+
+        def __init__(self, vocab=40, dim=8, hidden=10, tags=5, num_layers=2):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.lstm = nn.LSTM(dim, hidden, num_layers, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(2 * hidden, tags)
+
+        def forward(self, ids):
+            return self.head(self.lstm(self.embed(ids))[0])
+
+
     class HParamsClassifier(AttentionClassifier):
         '''Lightning style: __init__(self, hparams), its fields read from one dict.'''
 
@@ -1484,6 +1497,35 @@ def test_a_bare_layers_state_dict_is_told_the_options_that_build_it(tmp_path, la
     loaded = load_model(path, model_class=told[1], model_kwargs=json.loads(told[2]))
     for key, value in layer.state_dict().items():
         assert torch.equal(loaded.reference.state_dict()[key], value)
+
+
+def test_a_checkpoint_with_another_layer_count_is_told_the_kwargs_it_was_built_with(
+    tmp_path, user_models
+):
+    """A Lightning checkpoint of the class built with one layer, not its default two: refused
+    as layers the class "names otherwise", advising renamed keys, where a size differing gave
+    the --model-kwargs line from its hyper_parameters (users49 F1). A layer count is a size."""
+    from birnn_export.errors import ModelLoadError
+
+    torch.manual_seed(0)
+    model = user_models.LayeredTagger(hidden=6, num_layers=1).eval()
+    saved = {
+        "state_dict": {
+            **{f"model.{k}": v for k, v in model.state_dict().items()},
+            "criterion.weight": torch.ones(5),  # a weighted loss's buffer beside the model
+        },
+        "hyper_parameters": {"hidden": 6, "num_layers": 1, "lr": 0.01},
+    }
+    path = _save(saved, tmp_path / "lit.ckpt")
+    told = "pass the checkpoint's hyper_parameters that it takes: --model-kwargs '{\"hidden\": 6, "
+    with pytest.raises(ModelLoadError, match=re.escape(told + '"num_layers": 1}\'')) as caught:
+        load_model(path, model_class=f"{USER_MODULE}:LayeredTagger")
+    assert "names its layers otherwise" not in str(caught.value)
+    kwargs = {"hidden": 6, "num_layers": 1}
+    loaded = load_model(path, model_class=f"{USER_MODULE}:LayeredTagger", model_kwargs=kwargs)
+    ids = torch.randint(0, 40, (3, 7))
+    with torch.no_grad():
+        _close(loaded.model(ids), model(ids))
 
 
 def test_weights_are_loaded_strictly_where_the_class_cannot_be_built_on_meta(tmp_path, user_models):
