@@ -263,6 +263,22 @@ def past_declared(
     return notes
 
 
+def sweep_arguments(
+    engines: str | Sequence[str], batch_sizes: Any, seq_lens: Any
+) -> tuple[tuple[str, ...], Any, Any]:
+    """``engines``, ``batch_sizes`` and ``seq_lens`` as :func:`~birnn_export.verify` and
+    :func:`~birnn_export.benchmark` take them: engines as a sequence or one comma-separated
+    string (``"ort-cpu"`` was read letter by letter: users50 F5), and a size alone as an int."""
+    if isinstance(engines, str):
+        engines = [name.strip() for name in engines.split(",") if name.strip()]
+
+    def sizes(values: Any) -> Any:
+        one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
+        return (values,) if one else values
+
+    return tuple(engines), sizes(batch_sizes), sizes(seq_lens)
+
+
 def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
     sizes = tuple(dict.fromkeys(values))
     if not sizes or any(

@@ -43,7 +43,7 @@ import numpy as np
 from birnn_export import _report
 from birnn_export._files import write_atomic
 from birnn_export._foreign import read_spec
-from birnn_export._sweep import Case, fit_budget
+from birnn_export._sweep import Case, fit_budget, sweep_arguments
 from birnn_export.compare import (
     Check,
     Criterion,
@@ -313,9 +313,9 @@ def benchmark(
     onnx_path: str | os.PathLike[str],
     model: Any,
     *,
-    engines: Sequence[str] = ("torch", "ort-cpu"),
-    batch_sizes: Sequence[int] | None = None,
-    seq_lens: Sequence[int] | None = None,
+    engines: str | Sequence[str] = ("torch", "ort-cpu"),
+    batch_sizes: int | Sequence[int] | None = None,
+    seq_lens: int | Sequence[int] | None = None,
     warmup: int = 5,
     iters: int | None = None,
     duration: float | None = None,
@@ -344,7 +344,8 @@ def benchmark(
             ``torch.nn.Module``; of a loaded model, the model as its author wrote it (torch's own
             recurrent layers, where it had them: the eager speed to beat and the most
             independent reference). It is called with the graph's inputs in order.
-        engines: Names from :data:`birnn_export.runners.ENGINES`.
+        engines: Names from :data:`birnn_export.runners.ENGINES` (a sequence, or one
+            comma-separated string).
         batch_sizes: Batch sizes to measure; default the graph's declared batch range (min,
             opt, max; 1, 8, 32 unless declared otherwise).
         seq_lens: Padded lengths of the time dim to measure; default its declared range's opt
@@ -404,6 +405,7 @@ def benchmark(
     from birnn_export import runners
     from birnn_export._container import fed_as
 
+    engines, batch_sizes, seq_lens = sweep_arguments(engines, batch_sizes, seq_lens)
     engines = tuple(dict.fromkeys(engines))
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():  # before a model loads or an engine runs

@@ -82,6 +82,7 @@ from birnn_export._sweep import (
     fit_budget,
     past_declared,
     plan_cases,
+    sweep_arguments,
 )
 from birnn_export.compare import (
     Criterion,
@@ -346,9 +347,9 @@ def verify(
     onnx_path: str | os.PathLike[str],
     model: Any = None,
     *,
-    engines: Sequence[str] = ("ort-cpu",),
-    batch_sizes: Sequence[int] | None = None,
-    seq_lens: Sequence[int] | None = None,
+    engines: str | Sequence[str] = ("ort-cpu",),
+    batch_sizes: int | Sequence[int] | None = None,
+    seq_lens: int | Sequence[int] | None = None,
     seed: int = 0,
     atol: ToleranceOverride = None,
     rtol: ToleranceOverride = None,
@@ -379,8 +380,9 @@ def verify(
             ``original``, before conversion, where there is one) or an ``nn.Module`` (called
             with the graph's inputs, positionally, in order). May be omitted with
             ``load_outputs``.
-        engines: Engines to check, from :data:`birnn_export.runners.ENGINES`. ``"torch"`` runs
-            the converted model eagerly (a check of the conversion itself).
+        engines: Engines to check, from :data:`birnn_export.runners.ENGINES` (a sequence, or
+            one comma-separated string). ``"torch"`` runs the converted model eagerly (a check
+            of the conversion itself).
         batch_sizes: Batch sizes of a product sweep (see :func:`plan_cases`; default: a
             covering set of (1, 3, 16)).
         seq_lens: Lengths of a product sweep; default {1, 2, example_seq, 4 x example_seq,
@@ -438,6 +440,7 @@ def verify(
     forbid_tf32()
     start = time.perf_counter()
     onnx_path = str(onnx_path)
+    engines, batch_sizes, seq_lens = sweep_arguments(engines, batch_sizes, seq_lens)
     if not Path(onnx_path).is_file():
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
     proto = load_onnx(onnx_path)

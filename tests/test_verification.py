@@ -872,6 +872,14 @@ def test_a_graph_problem_fails_the_report_whose_cases_pass() -> None:
         report.raise_for_failure()
 
 
+def test_engines_as_one_string_and_sizes_as_ints(lstm: BiRNN, fused_path: Path) -> None:
+    """From Python, ``engines="torch,ort-cpu"`` and ``batch_sizes=2``: read letter by letter
+    ("unknown engine 'o'") and a TypeError before (users50 F5, F4)."""
+    report = verify(fused_path, lstm, engines="torch, ort-cpu", batch_sizes=2, seq_lens=3)
+    assert report.passed and report.engines == ("torch", "ort-cpu")
+    assert {(c.batch, c.seq) for c in report.cases} == {(2, 3)}
+
+
 def test_unavailable_engine_says_why(lstm: BiRNN, fused_path: Path) -> None:
     import onnxruntime
 
