@@ -690,7 +690,7 @@ def _infer(
         )
     if input_size is not None:
         dims: tuple[int | str, ...] = (BATCH, SEQ, input_size)
-        role, how = "features", f"--input-size {input_size}"
+        role, how = "features", f"--input-size {input_size}, input_size={input_size}"
     elif isinstance(first, nn.Embedding):
         dims, role = (BATCH, SEQ), "tokens"
         how = "inferred: token ids before the model's first layer, an Embedding"
@@ -981,7 +981,8 @@ def _runs_on(model: nn.Module, first: nn.Module) -> str | None:
         f"cannot infer the inputs of {type(model).__name__}: its first layer is {what}, and "
         f"which axis is time cannot be told; it runs on {' or '.join(running)}, tried at one "
         "size of each (another number in its place may run too): declare the one whose time "
-        "axis is time, with --range time=MIN,OPT,MAX where the front end needs a shortest input"
+        "axis is time, with --range time=MIN,OPT,MAX where the front end needs a shortest input "
+        "(Python: inputs=[...], ranges={'time': (MIN, OPT, MAX)})"
     )
 
 

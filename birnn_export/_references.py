@@ -153,8 +153,9 @@ class References:
                         else table
                     )
                     + "the model refuses inputs the graph declares (or it is not the model the "
-                    "graph came from): declare them as it takes them (--input, and --range "
-                    "DIM=MIN,OPT,MAX for the sizes it accepts)"
+                    "graph came from): export it again declaring them as it takes them (--input, "
+                    "and --range DIM=MIN,OPT,MAX for the sizes it accepts; Python: inputs=[...] "
+                    "and ranges={DIM: (MIN, OPT, MAX)})"
                 ) from None
             if side.layers is not None and self.layer_reason is None:
                 try:

@@ -354,7 +354,10 @@ def fit_budget(
             f"{budget / 2**30:.2f} GiB"
         )
         if explicit:
-            raise BiRNNExportError(f"{text}; {instead} or raise --memory-budget")
+            raise BiRNNExportError(
+                f"{text}; {instead} or raise --memory-budget (Python: batch_sizes, seq_lens, "
+                "memory_budget)"
+            )
         notes.append(f"skipped {text} (raise --memory-budget to run it)")
     if not kept:
         raise BiRNNExportError(

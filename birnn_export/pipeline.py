@@ -154,10 +154,11 @@ def export_onnx(
     dtype = options.get("dtype", "float32")
     if quantize and dtype != "float32":
         raise ExportError(
-            f"quantize: int8 quantizes a float32 graph; drop --dtype {dtype} or --quantize"
+            f"quantize: int8 quantizes a float32 graph; drop --dtype {dtype} or --quantize "
+            f"(Python: dtype={dtype!r} or quantize='int8')"
         )
     if (atol is not None or rtol is not None) and (not verify or quantize):
-        why = "--no-verify skips verification" if not verify else _INT8_JUDGED
+        why = "--no-verify (verify=False) skips verification" if not verify else _INT8_JUDGED
         raise ExportError(f"atol/rtol: tolerances judge the verification, but {why}; drop them")
     check_output_path("path", path)
     graph = trace_graph(model, **options)

@@ -307,3 +307,20 @@ def test_the_callers_model_keeps_its_training_modes(tmp_path: Path) -> None:
     verify(path, model, **kept)
     benchmark(path, model, **kept, iters=1, warmup=0)
     assert [module.training for module in model.modules()] == modes
+
+
+def test_python_callers_are_told_the_keyword_arguments(tmp_path: Path) -> None:
+    """A refusal of a Python call names the keyword to change beside the CLI's flag: these
+    named --dtype and --no-verify alone (users50 F3)."""
+    from torch import nn
+
+    from birnn_export.errors import ExportError
+    from birnn_export.pipeline import export_onnx
+
+    layer = nn.GRU(3, 4, bidirectional=True)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match=re.escape("(Python: dtype='float16' or quantize=")):
+        export_onnx(layer, path, quantize="int8", dtype="float16")
+    with pytest.raises(ExportError, match=re.escape("--no-verify (verify=False) skips")):
+        export_onnx(layer, path, verify=False, atol=1e-3)
+    assert not path.exists()
