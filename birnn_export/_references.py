@@ -413,6 +413,12 @@ def describe_reference(reference: Any, converted: Any, decodes: bool = True) -> 
                 "--model-class checks your own class's forward)"
             )
         return f"torch's built-in layers{crf} (the original model)"
+    if reference is converted and getattr(reference, "converted_from", None):
+        # a bare layer takes no lengths: its BiRNN, proven equal to it (users50 F8)
+        return (
+            f"the BiRNN converted from the bare {reference.converted_from}, equal to it on a "
+            "PackedSequence (a bare layer takes no lengths)"
+        )
     if reference is converted:
         return "the model (nothing needed conversion)"
     return "the given reference model"

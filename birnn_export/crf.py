@@ -62,7 +62,9 @@ class CRFDecoder(nn.Module):
         >>> import torchcrf  # doctest: +SKIP
         >>> crf = torchcrf.CRF(5, batch_first=True)  # doctest: +SKIP
         >>> decoder = CRFDecoder.from_torchcrf(crf)  # doctest: +SKIP
-        >>> decoder.decode(torch.randn(2, 7, 5), torch.ones(2, 7, dtype=torch.bool)).shape
+        >>> decoder.decode(  # doctest: +SKIP
+        ...     torch.randn(2, 7, 5), torch.ones(2, 7, dtype=torch.bool)
+        ... ).shape
         torch.Size([2, 7])
     """
 

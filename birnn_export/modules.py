@@ -200,6 +200,8 @@ class BiRNN(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.padding_value = float(padding_value)
+        #: ``nn.LSTM`` and so on where :meth:`from_torch` made it, else ``None``
+        self.converted_from: str | None = None
         self.proj_size = proj_size
         #: Which ONNX node layout ``torch.onnx.export`` emits; set by
         #: :func:`~birnn_export.export.trace_graph`.
@@ -290,6 +292,7 @@ class BiRNN(nn.Module):
         )
         new.load_state_dict(layer.state_dict())
         new.train(layer.training)
+        new.converted_from = f"nn.{type(layer).__name__}"
         return new
 
     def to_torch(self) -> nn.RNNBase:
