@@ -120,6 +120,11 @@ Criterion = NoiseCriterion | Tolerance | QuantizedCriterion
 #: How a check's note begins where an output came out another shape than the reference's,
 #: and what it says where a recurrent layer did (:attr:`Check.other_shape`).
 OTHER_SHAPE = "shape "
+#: Said where the model's output lacks the graph's batch dim of 1 (users51 F2).
+BATCH_DROPPED = (
+    ": the model drops the batch dim at batch 1, as squeeze() with no dim does: name the dim "
+    "it means (squeeze(-1)), as the graph keeps the batch"
+)
 LAYER_OTHER_SHAPE = "the layer's output inside the graph has shape "
 
 #: Checks of tensors inside the graph (the layer probe's), and what each is in words: a
@@ -580,6 +585,13 @@ def has_classes(spec: GraphSpec, tensor: TensorSpec) -> bool:
     return shaped and not any(t.name == "h_n" for t in spec.outputs)
 
 
+def _batch_dropped(got: np.ndarray, want: np.ndarray) -> str:
+    """:data:`BATCH_DROPPED` where the reference is the engine's output without its leading
+    dim of 1 (a model that squeezes its batch away at batch 1), else nothing."""
+    dropped = got.ndim == want.ndim + 1 and got.shape[:1] == (1,) and got.shape[1:] == want.shape
+    return BATCH_DROPPED if dropped else ""
+
+
 def compare_outputs(
     spec: GraphSpec,
     actual: Mapping[str, np.ndarray],
@@ -612,7 +624,7 @@ def compare_outputs(
         got = _cut_to_longest_row(tensor, got, want, rows)
         if got.shape != want.shape:
             note = f"{OTHER_SHAPE}{list(got.shape)}, reference {list(want.shape)}"
-            results.append(_failed(tensor, "values", note))
+            results.append(_failed(tensor, "values", note + _batch_dropped(got, want)))
             continue
         noise = None if eager is None else np.asarray(eager[tensor.name])
         mask = valid_mask(tensor, want.shape, rows) if rows is not None else None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from birnn_export.compare import (
+    BATCH_DROPPED,
     DECISIVE_MARGIN,
     NOISE_FACTOR,
     Check,
@@ -286,6 +287,23 @@ def test_a_check_of_another_shape_prints_no_limit() -> None:
     check = Check("output", "sequence", "values", math.inf, math.inf, math.inf, False, note=note)
     assert check.limit == "-"
     assert check.describe() == f"output 'output' values - {note}"
+
+
+def test_a_model_that_squeezes_its_batch_away_is_told_so() -> None:
+    """``head(h).squeeze()`` returns [3] at batch 1 where the graph returns [1, 3]: the check
+    says the model drops the batch, where the diagnosis blamed the graph's ReverseSequence
+    (users51 F2); another shape is not told so."""
+    spec = GraphSpec(
+        inputs=(),
+        outputs=(TensorSpec("y", "float32", ("batch", 3), "classes"),),
+        example_batch=2,
+        example_seq=3,
+    )
+    got = {"y": np.zeros((1, 3), np.float32)}
+    (check,) = compare_outputs(spec, got, {"y": np.zeros(3)}, np.array([2]), {"y": TOL})
+    assert not check.passed and check.note.endswith(BATCH_DROPPED)
+    (check,) = compare_outputs(spec, got, {"y": np.zeros((1, 4))}, np.array([2]), {"y": TOL})
+    assert not check.passed and BATCH_DROPPED not in check.note
 
 
 def test_int8_tags_are_judged_by_their_agreement_over_the_sweep() -> None:
