@@ -1263,8 +1263,22 @@ def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
         "(e.g. 'x:float32[batch,seq,40]', 'speaker:int64[batch]', a second sequence with a "
         "time dim of its own 'y:int64[batch,y_seq]', its lengths 'y_lens:int64[batch]:"
         "lengths(y_seq)', each word's characters 'chars:int64[batch,seq,chars]', their lengths "
-        "'char_lens:int64[batch,seq]:lengths(chars)'; Python: inputs=[...])"
+        f"'char_lens:int64[batch,seq]:lengths(chars)'{_state_example(model)}; Python: "
+        "inputs=[...])"
     )
+
+
+def _state_example(model: nn.Module) -> str:
+    """An initial state of the model's first recurrent layer, as the example to declare:
+    ``[layers x directions, batch, hidden]`` whatever its batch_first (users51 F4: the
+    examples showed none)."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, (nn.RNNBase, BiRNN)):
+            rows = layer.num_layers * (2 if layer.bidirectional else 1)
+            size = getattr(layer, "proj_size", 0) or layer.hidden_size
+            state = f"'h0:float32[{rows},batch,{size}]'"
+            return f", an initial state of its layer {name or type(layer).__name__!r} {state}"
+    return ""
 
 
 #: Mask names whose meaning is a convention even where ``forward`` makes the mask optional:

@@ -1323,6 +1323,8 @@ def test_a_forward_with_more_inputs_than_inferred_asks_for_each_declaration(tmp_
     with pytest.raises(ExportError, match=r"_Speaker.forward takes 2 inputs \(x, speaker\)") as e:
         export_onnx(_Speaker().eval(), tmp_path / "s.onnx")
     assert "--input 'x:DTYPE[DIMS]' --input 'speaker:DTYPE[DIMS]'" in str(e.value)
+    # the initial state's shape too: [layers x directions, batch, hidden] (users51 F4)
+    assert "an initial state of its layer 'rnn' 'h0:float32[2,batch,6]'" in str(e.value)
     assert not (tmp_path / "s.onnx").exists()
     inputs = ["x:float32[batch,seq,4]", "speaker:int64[batch]"]
     result = export_onnx(_Speaker().eval(), tmp_path / "s.onnx", inputs=inputs)
