@@ -1211,17 +1211,20 @@ def batch_dependence_note(results: Sequence[CaseResult]) -> list[str]:
         notes.append(
             f"{DEPENDS_ON_THE_BATCH}: its rows alone differ from the same rows in a batch by up "
             f"to {max(found[DEPENDS_ON_THE_BATCH]):.3g}, so a row's outputs change with the other "
-            "rows, as flipping a padded batch before packing does (README, 'Why flip-then-pack is "
-            "wrong'); the graph does as the model does"
+            "rows, as taking the last padded step does (out[:, -1]: the final states are h_n, "
+            "and the forward half's last output out[range(B), lengths - 1]) or flipping a padded "
+            "batch before packing (README, 'Why flip-then-pack is wrong'); the graph does as the "
+            "model does"
         )
     if found[DEPENDS_ON_THE_PADDING]:
         notes.append(
             f"{DEPENDS_ON_THE_PADDING}: its rows alone differ from the same rows in a batch by up "
             f"to {max(found[DEPENDS_ON_THE_PADDING]):.3g}, and alone with the batch's padding "
             "after them they do not: the model reads the padding, so a row's outputs change with "
-            "the batch's longest row (a convolution over padding ids that an Embedding without "
-            "padding_idx makes vectors of does this, a mean over every step, or flipping the "
-            "padded batch before packing: README, 'Why flip-then-pack is wrong'); the graph does "
-            "as the model does"
+            "the batch's longest row (taking the last padded step, out[:, -1], does this: the "
+            "final states are h_n, and the forward half's last output out[range(B), lengths - "
+            "1]; so do a convolution over padding ids that an Embedding without padding_idx "
+            "makes vectors of, a mean over every step, or flipping the padded batch before "
+            "packing: README, 'Why flip-then-pack is wrong'); the graph does as the model does"
         )
     return notes

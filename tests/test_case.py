@@ -11,10 +11,13 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export._case import (
+    DEPENDS_ON_THE_BATCH,
+    DEPENDS_ON_THE_PADDING,
     SINGLE_ROWS,
     CaseLayers,
     OwnInput,
     _layer_checks,
+    batch_dependence_note,
     batch_invariance_checks,
     blame_one_step,
     drift_note,
@@ -283,3 +286,16 @@ def test_an_int8_sweep_failing_only_top1_says_scores_none() -> None:
     assert not swept.passed and "--scores none" in (swept.diagnosis or "")
     (both,) = sweep_checks([case(2, 0.2), case(1, 0.2)], criteria, seed=0)
     assert not both.passed and both.diagnosis is None  # the values are off too
+
+
+@pytest.mark.parametrize("cause", [DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING])
+def test_a_model_that_reads_other_rows_is_told_the_usual_causes(cause) -> None:
+    """The note on a model whose rows depend on the batch names the most common cause, the
+    last padded step (``out[:, -1]``) on a bidirectional output, and what to take instead; it
+    named flip-then-pack, convolutions and means only (users51 F3)."""
+    note = f"{cause} (its rows alone differ by 0.25)"
+    check = Check("y", "classes", "batch-invariance", 0.25, 0.25, 0.1, False, note=note)
+    result = CaseResult("ort-cpu", 3, 7, "ragged", 1.0, 0, (7, 3, 2), (check,))
+    (told,) = batch_dependence_note([result])
+    assert told.startswith(f"{cause}: its rows alone differ from the same rows in a batch by up")
+    assert "out[:, -1]" in told and "out[range(B), lengths - 1]" in told and "h_n" in told
