@@ -1497,8 +1497,19 @@ def _compare(module: nn.Module, state: Mapping[str, Tensor], what: str, path: Pa
         raise ModelLoadError(
             f"{path}: weights do not fit {what}: "
             + "; ".join(problems)
+            + (_QAT_STATE if any(_QAT_KEY.search(k) for k in unexpected) else "")
             + _named_otherwise(missing, unexpected)
         )
+
+
+#: Keys of quantization-aware training's fake-quant modules and observers (``prepare_qat``).
+_QAT_KEY = re.compile(r"(_fake_quant|activation_post_process)\.")
+#: What a refusal says of them (users49 F3: it listed the keys alone).
+_QAT_STATE = (
+    "; those are quantization-aware training's fake-quant and observer state, which birnn-export "
+    "does not export: save the float model's state_dict without them (its numbers then lack "
+    "the fake quantization), and --quantize int8 writes an int8 graph of it"
+)
 
 
 #: How a refusal says the class names its layers otherwise than the file.

@@ -1545,3 +1545,19 @@ def test_weights_are_loaded_strictly_where_the_class_cannot_be_built_on_meta(tmp
         with pytest.raises(ModelLoadError, match=f"weights do not fit .*{told}"):
             load_model(path, model_class=f"{USER_MODULE}:BuiltOffMeta")
     assert load_model(_save(state, tmp_path / "w.pt"), model_class=f"{USER_MODULE}:BuiltOffMeta")
+
+
+def test_quantization_aware_training_state_is_named_with_what_to_do(tmp_path, user_models):
+    """A model prepared for quantization-aware training saves its fake-quant modules' and
+    observers' state beside the weights: refused listing those keys alone (users49 F3)."""
+    import torch.ao.quantization as quantization
+
+    from birnn_export.errors import ModelLoadError
+
+    model = user_models.AttentionClassifier()
+    model.classify.qconfig = quantization.get_default_qat_qconfig("fbgemm")
+    quantization.prepare_qat(model, inplace=True)
+    path = _save(model.state_dict(), tmp_path / "qat.pt")
+    told = "those are quantization-aware training's fake-quant and observer state"
+    with pytest.raises(ModelLoadError, match=re.escape(told)):
+        load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
