@@ -159,8 +159,10 @@ def save_checkpoint(
         (name for name, (_, cls) in ARCHITECTURES.items() if type(model) is cls), None
     )
     if architecture is None:
-        raise TypeError(
-            f"model: expected one of {', '.join(ARCHITECTURES)}, got {type(model).__name__}"
+        raise UsageError(
+            f"model: expected one of {', '.join(ARCHITECTURES)}, got {type(model).__name__}; "
+            "save your own model's weights with torch.save(model.state_dict(), path) and load "
+            "them with --model-class (model_class=)"
         )
     payload: dict[str, Any] = {
         "format": FORMAT,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from birnn_export.crf import CRFDecoder, is_torchcrf
-from birnn_export.errors import ConversionError
+from birnn_export.errors import ConversionError, UsageError
 from birnn_export.modules import BiRNN, _cell_of
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,15 @@ def find_crfs(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name or "<root>", mod) for name, mod in model.named_modules() if is_torchcrf(mod)]
 
 
+def require_module(model: Any) -> None:
+    """Refuse what is not a module (a file's path: users50 F4, an AttributeError before)."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(
+            f"model: expected a torch.nn.Module, got {type(model).__name__} {model!r:.80}; for a "
+            "model file, load_model(path) loads it and export_model(path, ...) exports it"
+        )
+
+
 def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
     """Return a copy of ``model`` with every ``nn.RNN/LSTM/GRU`` replaced by an equal BiRNN
     and every ``torchcrf.CRF`` by an equal :class:`~birnn_export.crf.CRFDecoder`.
@@ -217,6 +226,7 @@ def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
         >>> type(convert(model)[0]).__name__
         'BiRNN'
     """
+    require_module(model)
     if isinstance(model, _BUILTIN):
         if _reparametrized(model):
             model = _folded(copied(model))

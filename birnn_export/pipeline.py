@@ -138,10 +138,12 @@ def export_onnx(
         >>> result.spec.inputs[0].dims  # doctest: +SKIP
         ('batch', 'seq', 10)
     """
+    from birnn_export.conversion import require_module
     from birnn_export.export import trace_graph
     from birnn_export.spec import GraphSpec, load_onnx, onnx_bytes, op_counts
 
     start = time.perf_counter()
+    require_module(model)
     known_options(
         "export_onnx",
         options,

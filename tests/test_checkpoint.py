@@ -268,7 +268,10 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
 
 
 def test_save_checkpoint_rejects_other_modules(tmp_path):
-    with pytest.raises(TypeError, match="SequenceTagger"):
+    """A user error, with what to do instead (users50 F4: a TypeError outside the hierarchy)."""
+    from birnn_export.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"SequenceTagger.*torch.save\(model.state_dict"):
         save_checkpoint(nn.LSTM(2, 3), tmp_path / "x.pt")
 
 

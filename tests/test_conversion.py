@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -370,3 +372,16 @@ def test_padding_value_reaches_nested_layers():
     want = pad_packed_sequence(model[0](packed)[0], batch_first=True, padding_value=-7.0)[0]
     torch.testing.assert_close(got, want)
     assert (got[1, 2:] == -7.0).all()
+
+
+def test_a_file_given_for_the_model_is_a_usage_error(tmp_path):
+    """``convert("model.pt")`` and ``export_onnx("model.pt", ...)``: an AttributeError from
+    deep inside before, outside the error hierarchy (users50 F4)."""
+    from birnn_export import UsageError, export_onnx
+
+    told = "model: expected a torch.nn.Module, got str 'model.pt'; for a model file, load_model"
+    with pytest.raises(UsageError, match=re.escape(told)):
+        convert("model.pt")
+    with pytest.raises(UsageError, match=re.escape(told)):
+        export_onnx("model.pt", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
