@@ -472,6 +472,11 @@ def _trace_graph(
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
     notes += [_FLOAT64_NOTE.format(dtype=dtype)] * doubled
+    if not layers:  # exported all the same, as torch.onnx.export would (users50)
+        notes.append(
+            "the model holds no recurrent layer (nn.RNN, nn.LSTM, nn.GRU or BiRNN): nothing in "
+            "the graph is birnn-export's own"
+        )
     notes += [] if scores is not None else reconstruction_notes(proto, spec)
     notes += _untraced_notes(untraced, planned, traced_at)
     notes += _unrolled_cells_notes(traced, trace_inputs)

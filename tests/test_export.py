@@ -411,6 +411,13 @@ def test_total_length_given_as_a_number_pads_every_row_to_it(tmp_path, batch_fir
             np.testing.assert_allclose(value, reference.detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
+def test_a_model_without_a_recurrent_layer_is_told_so(tmp_path):
+    """Exported as any exporter would, with a note: nothing in it is this tool's (users50)."""
+    result = export_onnx(nn.Linear(3, 4), tmp_path / "m.onnx", inputs=["x:float32[batch,seq,3]"])
+    assert any(note.startswith("the model holds no recurrent layer") for note in result.notes)
+    assert result.verification.passed
+
+
 def test_a_float64_model_exports_as_float32_and_stays_float64(tmp_path):
     """``model.double()``, common in scientific training code: the export failed on float32
     example inputs and told to declare them, which failed the same way (users50 F2)."""
