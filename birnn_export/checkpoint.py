@@ -878,17 +878,13 @@ def _build(
         if stripped:
             where += f" (prefix {stripped!r} removed)"
         state, pruned = _unpruned(state, keys)
-        if pruned:
-            where += f" (pruned {pruned}: each weight_orig x weight_mask, as prune.remove makes)"
         state, folded = _unparametrized(state, keys, path)
-        where += folded
         state, under = _keys_under_one_prefix(state, keys, path)
-        if under:
-            where += under
+        where += pruned + folded + under
         try:
             user = _construct(factory, state, model_class, path, what=what)
         except ModelLoadError as exc:
-            sized = "shape mismatch" in str(exc) or _same_modules(state, keys)
+            sized = "shape mismatch" in str(exc) or _layer_count_differs(state, keys)
             if not sized or model_kwargs:
                 raise
             raise ModelLoadError(f"{exc}; {_kwargs_hint(obj, _user_class(model_class))}") from None
@@ -899,11 +895,10 @@ def _build(
     state, stripped = _strip_wrapper_prefix(state, None)
     if stripped:
         where += f" (prefix {stripped!r} removed)"
+    # folded as with --model-class (users49 F4: refused "without 2-D weight_ih_l0")
     state, pruned = _unpruned(state, {})
-    if pruned:  # as with --model-class, so are weights under a parametrization (users49 F4)
-        where += f" (pruned {pruned}: each weight_orig x weight_mask, as prune.remove makes)"
     state, folded = _unparametrized(state, {}, path)
-    where += folded
+    where += pruned + folded
     config, tagger_state, layout = _recognise(state, nonlinearity or "tanh", path, time_major)
     if nonlinearity is not None and not config.cell.startswith("rnn"):
         # an LSTM's or GRU's gates have fixed activations: the option was ignored (review28 L5)
@@ -1072,12 +1067,14 @@ def _unpruned(
 ) -> tuple[Mapping[str, Tensor], str]:
     """``state`` with each weight ``torch.nn.utils.prune`` saved as ``X_orig`` and ``X_mask``
     (a model pruned and saved before ``prune.remove``) made the plain ``X``, unless the class
-    itself holds ``X_orig`` (it prunes in ``__init__``), and the names of those weights for
+    itself holds ``X_orig`` (it prunes in ``__init__``), and a note naming those weights for
     the load line (``""``: none)."""
     names = [
         k.removesuffix("_orig")
         for k in state
-        if k.endswith("_orig") and f"{k.removesuffix('_orig')}_mask" in state and k not in expected
+        if k.endswith("_orig")
+        and f"{k.removesuffix('_orig')}_mask" in state
+        and not _held(k, expected)
     ]
     if not names:
         return state, ""
@@ -1086,7 +1083,18 @@ def _unpruned(
     }
     for name in names:
         plain[name] = state[f"{name}_orig"] * state[f"{name}_mask"]
-    return plain, _preview(names, 3)
+    return (
+        plain,
+        f" (pruned {_preview(names, 3)}: each weight_orig x weight_mask, as prune.remove makes)",
+    )
+
+
+def _held(key: str, expected: Mapping[str, Tensor]) -> bool:
+    """Whether the class holds ``key``, also where the file has it under a prefix of its own
+    (Lightning's ``model.``): the prefix is found only once the weights are plain (review30
+    H1: a class registering its own parametrization no longer loaded such a checkpoint)."""
+    parts = key.split(".")
+    return any(".".join(parts[i:]) in expected for i in range(len(parts)))
 
 
 #: A parametrization's keys in a state_dict: ``{module}parametrizations.{name}.{rest}``.
@@ -1117,14 +1125,15 @@ def _unparametrized(
     groups: dict[str, dict[str, str]] = {}  # weight -> {part: the key holding it}
     for key in state:
         found = _PARAMETRIZED.fullmatch(key)
-        if found and key not in expected:
+        if found and not _held(key, expected):
             groups.setdefault(found["module"] + found["name"], {})[found["rest"]] = key
         for suffix, parts in _OLDER_API.items():
+            if not key.endswith(suffix) or key.removesuffix(suffix) in state:
+                continue
             base = key.removesuffix(suffix)
             keys = {part: base + end for part, end in parts.items()}
-            saved = all(k in state and k not in expected for k in keys.values())
-            wanted = not expected or base in expected  # the class's weight, or no class
-            if key.endswith(suffix) and base not in state and saved and wanted:
+            saved = all(k in state and not _held(k, expected) for k in keys.values())
+            if saved and (not expected or _held(base, expected)):  # the class's, or no class
                 groups[base] = keys
     if not groups:
         return state, ""
@@ -1135,7 +1144,8 @@ def _unparametrized(
         if weight is None:
             raise ModelLoadError(
                 f"{path}: {name} is saved under a parametrization whose function the file does "
-                f"not tell ({_preview(sorted(keys.values()))}): load them into a class that "
+                f"not tell ({_preview(sorted(keys.values()))}; a custom one, or spectral_norm of a "
+                "1-D tensor, which saves no u and v): load them into a class that "
                 "registers the same parametrization on that layer in its __init__ "
                 "(--model-class), or save the weights after "
                 "torch.nn.utils.parametrize.remove_parametrizations(layer, name)"
@@ -1158,13 +1168,26 @@ def _fold_parametrization(parts: Mapping[str, Tensor]) -> tuple[str, Tensor | No
         axes = [a for a in range(v.dim()) if g.dim() != v.dim() or g.shape[a] == 1]
         norm = v.pow(2).sum(dim=axes, keepdim=True).sqrt() if axes else v.abs()
         return "weight_norm", v * (g / norm)
-    if set(parts) == {"original", "0._u", "0._v"} and parts["original"].dim() == 2:
-        weight, u, v = parts["original"], parts["0._u"], parts["0._v"]
-        # dim 0 (the default for every layer but ConvTranspose) unless only dim 1 fits u and v
-        fits = (u.numel(), v.numel()) == tuple(weight.shape)
-        matrix = weight if fits else weight.t()
-        return "spectral_norm", weight / torch.vdot(u, torch.mv(matrix, v))
+    if set(parts) == {"original", "0._u", "0._v"}:
+        return "spectral_norm", _spectral_normed(parts["original"], parts["0._u"], parts["0._v"])
     return "", None
+
+
+def _spectral_normed(weight: Tensor, u: Tensor, v: Tensor) -> Tensor | None:
+    """``weight / sigma`` as spectral_norm computes it in eval mode, with sigma = u . (W v) for
+    the matrix ``W`` of ``weight`` with its ``dim`` first. The file does not say that dim: of
+    those whose sizes fit u and v, the one the last power iteration left ``v`` pointing along
+    ``W^T u`` for (a square weight fits both dims: review30 H2). ``None`` where none fits."""
+    fits = []
+    for dim in range(weight.dim()):
+        matrix = weight.movedim(dim, 0).flatten(1)
+        if tuple(matrix.shape) == (u.numel(), v.numel()):
+            along = torch.nn.functional.cosine_similarity(matrix.t() @ u, v, dim=0).abs()
+            fits.append((float(along), torch.vdot(u, torch.mv(matrix, v))))
+    if not fits:
+        return None
+    _, sigma = max(fits, key=lambda fit: fit[0])
+    return weight / sigma
 
 
 def _keys_under_one_prefix(
@@ -1423,6 +1446,18 @@ def _arguments_saved(saved: Mapping[Any, Any], params: Mapping[str, Any]) -> Map
     if nested and not any(str(name) in params for name in saved):
         return nested
     return saved
+
+
+def _layer_count_differs(state: Iterable[str], keys: Iterable[str]) -> bool:
+    """Whether the weights and the class differ only in a recurrent layer's layers
+    (``weight_ih_l1``): a layer count, a size to pass (review30 M2: any key named otherwise
+    in the same modules was taken for one)."""
+    differ = set(state) ^ set(keys)
+    return bool(differ) and all(_LAYER_INDEXED.search(key) for key in differ)
+
+
+#: A recurrent layer's weight of one of its layers: ``weight_ih_l1``, ``bias_hh_l0_reverse``.
+_LAYER_INDEXED = re.compile(r"_l\d+(_reverse)?$")
 
 
 def _same_modules(state: Iterable[str], keys: Iterable[str]) -> bool:

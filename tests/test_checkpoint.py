@@ -98,6 +98,28 @@ USER_SOURCE = textwrap.dedent(
             return self.head(self.lstm(self.embed(ids))[0])
 
 
+    class SquareHeads(nn.Module):
+        '''Conv1d front end -> BiLSTM -> a square Linear, for parametrizations on each.'''
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 4, 3, padding=1)
+            self.lstm = nn.LSTM(4, 4, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+            return self.head(self.lstm(h)[0])
+
+
+    class NormedHead(SquareHeads):
+        '''A class registering weight_norm on its head itself.'''
+
+        def __init__(self):
+            super().__init__()
+            nn.utils.parametrizations.weight_norm(self.head)
+
+
     class HParamsClassifier(AttentionClassifier):
         '''Lightning style: __init__(self, hparams), its fields read from one dict.'''
 
@@ -1377,6 +1399,40 @@ def test_weights_saved_under_a_parametrization_are_folded_as_eval_mode_computes_
         _close(loaded.model(ids % 30, _lengths()[:3]), reference(ids % 30, _lengths()[:3]))
 
 
+def test_parametrizations_the_sizes_do_not_tell_apart_under_a_prefix(tmp_path, user_models):
+    """spectral_norm with dim=1 on a square weight, whose u and v fit both dims (it was folded
+    as dim 0: wrong weights, and a graph verified against them), and on a Conv1d's 3-D weight
+    (refused as custom), weight_norm over every dim, all under a Lightning 'model.' prefix; and
+    a class that registers its own parametrization given such a file (review30 H1, H2, M1)."""
+    P = nn.utils.parametrizations
+    torch.manual_seed(0)
+    model = user_models.SquareHeads()
+    P.spectral_norm(model.head, dim=1)
+    P.spectral_norm(model.conv)
+    P.weight_norm(model.lstm, "weight_hh_l0", dim=None)
+    x = torch.randn(3, 6, 4)
+    model(x)  # training mode: the power iteration moves u and v
+    model.eval()
+    saved = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    loaded = load_model(
+        _save(saved, tmp_path / "lit.ckpt"), model_class=f"{USER_MODULE}:SquareHeads"
+    )
+    assert "spectral_norm on [model.conv.weight, model.head.weight]" in loaded.source
+    with torch.no_grad():
+        _close(loaded.model(x), model(x))
+    own = user_models.NormedHead()
+    with torch.no_grad():
+        own.head.parametrizations.weight.original0.mul_(1.5)
+    own.eval()
+    saved = {"state_dict": {f"model.{k}": v for k, v in own.state_dict().items()}}
+    loaded = load_model(
+        _save(saved, tmp_path / "own.ckpt"), model_class=f"{USER_MODULE}:NormedHead"
+    )
+    assert "folded" not in loaded.source and "(prefix 'model.' removed)" in loaded.source
+    with torch.no_grad():
+        _close(loaded.model(x), own(x))
+
+
 def test_a_parametrization_the_file_does_not_tell_is_refused(tmp_path, user_models):
     """A custom parametrization: its function is code, not in the file; renaming its
     ``original`` to the plain weight, as the refusal advised, loads a weight it never used."""
@@ -1391,7 +1447,8 @@ def test_a_parametrization_the_file_does_not_tell_is_refused(tmp_path, user_mode
     path = _save(model.state_dict(), tmp_path / "w.pt")
     told = (
         "encoder.weight_hh_l0 is saved under a parametrization whose function the file does "
-        "not tell ([encoder.parametrizations.weight_hh_l0.original]): load them into a class"
+        "not tell ([encoder.parametrizations.weight_hh_l0.original]; a custom one, or "
+        "spectral_norm of a 1-D tensor, which saves no u and v): load them into a class"
     )
     with pytest.raises(ModelLoadError, match=re.escape(told)):
         load_model(path, model_class=f"{USER_MODULE}:AttentionClassifier")
