@@ -272,11 +272,12 @@ def sweep_arguments(
     if isinstance(engines, str):
         engines = [name.strip() for name in engines.split(",") if name.strip()]
 
-    def sizes(values: Any) -> Any:
-        one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
-        return (values,) if one else values
+    def sizes(name: str, values: Any) -> Any:
+        if isinstance(values, (bool, float, np.floating)):  # a TypeError before (review30 L3)
+            raise BiRNNExportError(f"{name}: expected positive integers, got {values!r}")
+        return (values,) if isinstance(values, (int, np.integer)) else values
 
-    return tuple(engines), sizes(batch_sizes), sizes(seq_lens)
+    return tuple(engines), sizes("batch_sizes", batch_sizes), sizes("seq_lens", seq_lens)
 
 
 def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:

@@ -457,7 +457,7 @@ def benchmark(
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
     # fp16 graphs: the torch engine times the model in fp32 (what a user would run).
-    torch_dtype = "float32" if spec.dtype == "float16" else None
+    torch_dtype = runners.eager_dtype(model, spec.dtype)
     criteria = _criteria(spec, engines, device, atol, rtol)
     fixed = atol is not None or rtol is not None
     # Checked as verify checks: against the model in float64, within a factor of eager

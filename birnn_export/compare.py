@@ -585,11 +585,12 @@ def has_classes(spec: GraphSpec, tensor: TensorSpec) -> bool:
     return shaped and not any(t.name == "h_n" for t in spec.outputs)
 
 
-def _batch_dropped(got: np.ndarray, want: np.ndarray) -> str:
-    """:data:`BATCH_DROPPED` where the reference is the engine's output without its leading
-    dim of 1 (a model that squeezes its batch away at batch 1), else nothing."""
-    dropped = got.ndim == want.ndim + 1 and got.shape[:1] == (1,) and got.shape[1:] == want.shape
-    return BATCH_DROPPED if dropped else ""
+def _batch_dropped(got: np.ndarray, want: np.ndarray, batch_axis: int | None) -> str:
+    """:data:`BATCH_DROPPED` where the reference is the engine's output without its batch dim
+    of 1 (a model that squeezes its batch away at batch 1), else nothing."""
+    if batch_axis is None or got.ndim != want.ndim + 1 or got.shape[batch_axis] != 1:
+        return ""
+    return BATCH_DROPPED if np.squeeze(got, batch_axis).shape == want.shape else ""
 
 
 def compare_outputs(
@@ -624,7 +625,8 @@ def compare_outputs(
         got = _cut_to_longest_row(tensor, got, want, rows)
         if got.shape != want.shape:
             note = f"{OTHER_SHAPE}{list(got.shape)}, reference {list(want.shape)}"
-            results.append(_failed(tensor, "values", note + _batch_dropped(got, want)))
+            dropped = _batch_dropped(got, want, tensor.batch_axis)
+            results.append(_failed(tensor, "values", note + dropped))
             continue
         noise = None if eager is None else np.asarray(eager[tensor.name])
         mask = valid_mask(tensor, want.shape, rows) if rows is not None else None

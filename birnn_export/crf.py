@@ -59,12 +59,8 @@ class CRFDecoder(nn.Module):
             ``torchcrf.CRF``. The returned tags are ``[batch, seq]`` either way.
 
     Example:
-        >>> import torchcrf  # doctest: +SKIP
-        >>> crf = torchcrf.CRF(5, batch_first=True)  # doctest: +SKIP
-        >>> decoder = CRFDecoder.from_torchcrf(crf)  # doctest: +SKIP
-        >>> decoder.decode(  # doctest: +SKIP
-        ...     torch.randn(2, 7, 5), torch.ones(2, 7, dtype=torch.bool)
-        ... ).shape
+        >>> decoder = CRFDecoder(5, batch_first=True)  # or CRFDecoder.from_torchcrf(crf)
+        >>> decoder.decode(torch.randn(2, 7, 5), torch.ones(2, 7, dtype=torch.bool)).shape
         torch.Size([2, 7])
     """
 

@@ -79,6 +79,7 @@ from birnn_export.conversion import (
     Replacement,
     conversion_report,
     convert,
+    copied,
     find_recurrent_layers,
     modes_kept,
     reserve_hook_ids,
@@ -339,9 +340,6 @@ def _trace_graph(
 
     replaced = tuple(conversion_report(model))
     converted = convert(model).eval() if replaced else model.eval()
-    doubled = any(t.dtype == torch.float64 for t in (*converted.parameters(), *converted.buffers()))
-    if doubled:  # model.double(): it failed on float32 inputs, the advice no help (users50 F2)
-        converted = _copy_to(converted, torch.float32)
     if not replaced and reference is not None and reference is not model:
         replaced = tuple(conversion_report(reference))  # converted when loaded (load_model)
     # A bare built-in layer cannot take lengths; its converted copy is proven equal to it on
@@ -349,6 +347,9 @@ def _trace_graph(
     if reference is None:
         reference = converted if isinstance(model, nn.RNNBase) else model
     reference = reference.eval()
+    doubled = any(p.dtype == torch.float64 for p in converted.parameters())
+    if doubled:  # model.double(): it failed on float32 inputs, the advice no help (users50 F2)
+        converted = _copy_to(converted, torch.float32)  # the reference stays in float64
     layers = [m for _, m in find_recurrent_layers(converted) if isinstance(m, BiRNN)]
     kernel_call = _direct_kernel(converted)
     if kernel_call:
@@ -619,9 +620,7 @@ def _returned_shape(value: Any) -> str:
 
 
 def _copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to(dtype)
+    return copied(model).to(dtype)
 
 
 def _cast_floats(tensor: Tensor, dtype: torch.dtype) -> Tensor:

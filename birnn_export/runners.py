@@ -18,6 +18,7 @@ factory and engine availability (TensorRT's runner is in :mod:`birnn_export.trt`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -88,7 +89,7 @@ class TorchRunner(BaseRunner):
         self._packing: Any = None
         self._saved_threads: int | None = None
         self._saved_tf32: tuple[bool, bool] | None = None
-        self._modes: Any = None
+        self._modes: contextlib.ExitStack | None = None
 
     def activate_impl(self) -> None:
         import torch
@@ -112,12 +113,17 @@ class TorchRunner(BaseRunner):
             model = copied(model).to(self.device)
             if dtype is not None:
                 model = model.to(dtype)
-        self._modes = modes_kept(self.model)  # run in eval mode; the caller's mode comes back
-        self._modes.__enter__()
-        model = model.eval()
-        self._fn = torch.compile(model) if self.compile else model
-        # Rows in any order, also for a model that packs with enforce_sorted=True.
-        self._packing = any_order_packing(model)
+        modes = contextlib.ExitStack()  # run in eval mode; the caller's modes come back
+        modes.enter_context(modes_kept(self.model))
+        try:
+            model = model.eval()
+            self._fn = torch.compile(model) if self.compile else model
+            # Rows in any order, also for a model that packs with enforce_sorted=True.
+            self._packing = any_order_packing(model)
+        except BaseException:
+            modes.close()
+            raise
+        self._modes = modes
         # Process-wide settings last: nothing after them can fail, so deactivate restores them.
         if self.threads is not None:
             self._saved_threads = torch.get_num_threads()
@@ -138,7 +144,7 @@ class TorchRunner(BaseRunner):
             backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = self._saved_tf32
             self._saved_tf32 = None
         if self._modes is not None:
-            self._modes.__exit__(None, None, None)
+            self._modes.close()
             self._modes = None
         self._fn = None
 
@@ -523,6 +529,17 @@ def recurrent_nodes_on_cpu(assignment: Sequence[tuple[str, str, str]]) -> tuple[
         for provider, name, op_type in assignment
         if provider == "CPUExecutionProvider" and op_type in RECURRENT_OPS
     )
+
+
+def eager_dtype(model: Any, graph_dtype: str) -> str | None:
+    """The dtype the ``"torch"`` engine runs ``model`` in beside a graph of ``graph_dtype``:
+    float32 for a float16 graph (torch's float16 kernels are the GPU's) or for a model in
+    float64 (``model.double()``, exported in float32: it failed on the graph's inputs, review30
+    M4), else the model's own (``None``)."""
+    import torch
+
+    doubled = any(p.dtype == torch.float64 for p in model.parameters())
+    return "float32" if graph_dtype == "float16" or doubled else None
 
 
 def make_runner(

@@ -333,6 +333,7 @@ def _engine_runner(
         model=copy.deepcopy(converted) if engine == "torch" else None,
         input_names=[t.name for t in spec.inputs],
         output_names=[t.name for t in spec.outputs],
+        dtype=runners.eager_dtype(converted, spec.dtype) if engine == "torch" else None,
         profile_batch=profile[0],
         profile_seq=profile[1],
         isolate=isolate,

@@ -304,6 +304,14 @@ def test_a_model_that_squeezes_its_batch_away_is_told_so() -> None:
     assert not check.passed and check.note.endswith(BATCH_DROPPED)
     (check,) = compare_outputs(spec, got, {"y": np.zeros((1, 4))}, np.array([2]), {"y": TOL})
     assert not check.passed and BATCH_DROPPED not in check.note
+    # time-major: the batch is the second axis; a time axis of 1 dropped is not the batch
+    # (review30 L1)
+    out = TensorSpec("y", "float32", ("seq", "batch", 4), "sequence")
+    spec = GraphSpec(inputs=(), outputs=(out,), example_batch=2, example_seq=3)
+    for got, want, told in (((5, 1, 4), (5, 4), True), ((1, 3, 4), (3, 4), False)):
+        actual, expected = {"y": np.zeros(got, np.float32)}, {"y": np.zeros(want)}
+        (check,) = compare_outputs(spec, actual, expected, None, {"y": TOL})
+        assert not check.passed and (BATCH_DROPPED in check.note) == told
 
 
 def test_int8_tags_are_judged_by_their_agreement_over_the_sweep() -> None:

@@ -878,6 +878,9 @@ def test_engines_as_one_string_and_sizes_as_ints(lstm: BiRNN, fused_path: Path) 
     report = verify(fused_path, lstm, engines="torch, ort-cpu", batch_sizes=2, seq_lens=3)
     assert report.passed and report.engines == ("torch", "ort-cpu")
     assert {(c.batch, c.seq) for c in report.cases} == {(2, 3)}
+    for size in (2.0, True):  # refused as a user error, not a TypeError (review30 L3)
+        with pytest.raises(BiRNNExportError, match="batch_sizes: expected positive integers"):
+            verify(fused_path, lstm, batch_sizes=size, seq_lens=3)
 
 
 def test_unavailable_engine_says_why(lstm: BiRNN, fused_path: Path) -> None:
