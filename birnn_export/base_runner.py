@@ -20,6 +20,18 @@ import numpy as np
 TF32_ENV = "NVIDIA_TF32_OVERRIDE"
 
 
+def no_nvidia_gpu() -> str:
+    """Where Linux shows no NVIDIA device node, the words saying so first, for the reason a
+    GPU engine cannot run (users52 F7: the advice to install onnxruntime-gpu would have
+    replaced a working onnxruntime on a machine with no GPU); else ``""``."""
+    import glob
+    import sys
+
+    if sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
+        return "there is no NVIDIA GPU here (no /dev/nvidia* device), which it needs first; "
+    return ""
+
+
 def forbid_tf32() -> None:
     """Compare fp32 strictly on a GPU: set ``NVIDIA_TF32_OVERRIDE=0`` unless it is set. cuBLAS,
     cuDNN and TensorRT read it when they load, so before any GPU work; it is the only switch

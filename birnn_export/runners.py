@@ -694,9 +694,11 @@ def unavailable_reason(engine: str) -> str | None:
             return f"{engine}: onnxruntime is not importable ({exc}); pip install onnxruntime"
         provider = _ORT_PROVIDERS[engine]
         if provider not in ort.get_available_providers():
+            from birnn_export.base_runner import no_nvidia_gpu
+
             hint = "pip install onnxruntime-gpu (replacing onnxruntime)"
             return (
-                f"{engine}: this onnxruntime build has no {provider} "
+                f"{engine}: {no_nvidia_gpu()}this onnxruntime build has no {provider} "
                 f"(available: {', '.join(ort.get_available_providers())}); {hint}"
             )
         return None

@@ -198,7 +198,11 @@ def unavailable_reason(library: str = "tensorrt", *, device: int = 0) -> str | N
     try:
         lib = import_library(library)
     except EngineUnavailableError as exc:
-        return str(exc)
+        from birnn_export.base_runner import no_nvidia_gpu
+
+        engine, _, why = str(exc).partition(": ")
+        gpu = no_nvidia_gpu() if library == "tensorrt" else ""  # TensorRT-RTX builds without
+        return f"{engine}: {gpu}{why}" if gpu and why else str(exc)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency

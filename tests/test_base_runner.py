@@ -143,3 +143,18 @@ def test_imports_run_down_the_pipeline() -> None:
         if stage[dep] > stage[p.stem]
     }
     assert not upstream, f"imports that run back up the pipeline: {sorted(upstream)}"
+
+
+def test_a_gpu_engine_says_first_that_there_is_no_gpu(monkeypatch) -> None:
+    """On Linux without an NVIDIA device node a GPU engine's reason says so first: the advice
+    to install onnxruntime-gpu alone would have replaced a working onnxruntime (users52 F7)."""
+    import glob
+    import sys
+
+    from birnn_export.base_runner import no_nvidia_gpu
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    assert no_nvidia_gpu().startswith("there is no NVIDIA GPU here (no /dev/nvidia* device)")
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0"])
+    assert no_nvidia_gpu() == ""

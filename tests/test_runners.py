@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from birnn_export import runners
+from birnn_export.base_runner import no_nvidia_gpu
 from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
 from birnn_export.runners import (
     ENGINES,
@@ -29,6 +30,9 @@ from birnn_export.runners import (
 from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, make_feed
 
 IN, H = 5, 6
+
+#: Why the data-centre TensorRT cannot run here, where it is not installed.
+NO_TENSORRT = f"trt: {no_nvidia_gpu()}tensorrt not installed: pip install birnn-export[gpu]"
 
 
 def _spec(dtype: str = "float32") -> GraphSpec:
@@ -248,10 +252,7 @@ def test_availability_reasons_on_this_machine() -> None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert (
-            unavailable_reason("trt")
-            == "trt: tensorrt not installed: pip install birnn-export[gpu]"
-        )
+        assert unavailable_reason("trt") == NO_TENSORRT
 
 
 # -- provider options ---------------------------------------------------------------------------

@@ -16,10 +16,14 @@ import numpy as np
 import pytest
 
 from birnn_export import trt
+from birnn_export.base_runner import no_nvidia_gpu
 from birnn_export.errors import BiRNNExportError, EngineBuildError, EngineUnavailableError
 from birnn_export.spec import GraphSpec, make_feed
 from birnn_export.trt import TrtRunner, numpy_dtype
 from birnn_export.trt_plan import derive_profile, timing_cache_name
+
+#: Why the data-centre TensorRT cannot run here, where it is not installed.
+NO_TENSORRT = f"trt: {no_nvidia_gpu()}tensorrt not installed: pip install birnn-export[gpu]"
 
 
 def test_file_sha256(tmp_path) -> None:
@@ -143,7 +147,7 @@ def test_an_ignored_signal_stays_ignored_around_tensorrt() -> None:
 
 def test_availability_without_tensorrt(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ModuleNotFoundError
-    assert trt.unavailable_reason() == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+    assert trt.unavailable_reason() == NO_TENSORRT
     with pytest.raises(EngineUnavailableError, match="tensorrt not installed"):
         TrtRunner("model.onnx").activate()
 
@@ -165,9 +169,7 @@ def test_availability_on_this_machine() -> None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert (
-            trt.unavailable_reason() == "trt: tensorrt not installed: pip install birnn-export[gpu]"
-        )
+        assert trt.unavailable_reason() == NO_TENSORRT
     else:  # pragma: no cover - only where TensorRT is installed
         import torch
 
@@ -194,7 +196,7 @@ def test_modules_import_without_optional_libraries() -> None:
     assert proc.returncode == 0, proc.stderr
     ort_line, trt_line, rtx_line = proc.stdout.strip().splitlines()
     assert ort_line.startswith("ort-cpu: onnxruntime is not importable")
-    assert trt_line == "trt: tensorrt not installed: pip install birnn-export[gpu]"
+    assert trt_line == NO_TENSORRT
     assert rtx_line == "trt-rtx: tensorrt_rtx not installed: pip install birnn-export[tensorrt-rtx]"
 
 
