@@ -405,6 +405,8 @@ def benchmark(
     from birnn_export import runners
     from birnn_export._container import fed_as
 
+    load_before = _load_average()
+
     engines, batch_sizes, seq_lens = sweep_arguments(engines, batch_sizes, seq_lens)
     engines = tuple(dict.fromkeys(engines))
     onnx_path = Path(onnx_path)
@@ -556,7 +558,10 @@ def benchmark(
 
     return BenchReport(
         results=_with_speedups(rows),
-        environment=environment(onnx_path, threads=threads),
+        environment={
+            **environment(onnx_path, threads=threads),
+            "load_average": {"before": load_before, "after": _load_average()},
+        },
         settings={
             "engines": list(engines),
             "batch_sizes": list(batch_sizes),
@@ -736,6 +741,7 @@ def render_table(report: BenchReport) -> Any:
         *(report.settings.get("foreign") or ()),
         *notes.values(),
         *_unstable_line(report),
+        *_busy_line(report),
         *(
             f"{engine}: recurrent nodes left to the CPU, so timed partly on the CPU: "
             f"{', '.join(nodes)} (see 'birnn-export check --target ort-cuda')"
@@ -760,6 +766,35 @@ def _unstable_line(report: BenchReport) -> list[str]:
         "of their median): "
         f"{named}{more}: their medians and ratios are less certain (was other work running?); "
         "rerun on an idle machine, or longer (--duration)"
+    ]
+
+
+#: The fewest runs p99 is given for: from fewer it is the largest run or two.
+P99_MIN_RUNS = 100
+
+#: A load average over the last minute at or above this before the run began: other work ran.
+BUSY_LOAD = 1.0
+
+
+def _load_average() -> float | None:
+    """The machine's load average over the last minute (``None`` where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_line(report: BenchReport) -> list[str]:
+    """A caption line where other work ran as the benchmark began: engines are timed one
+    block after another, so a load that changed between blocks moves the ratios, which no
+    spread within a block shows (users52 F1: 3.20x, 0.63x and 40x in three runs)."""
+    load = (report.environment.get("load_average") or {}).get("before")
+    if load is None or load < BUSY_LOAD:
+        return []
+    return [
+        f"the machine was busy as the run began (load average {load:g} over the last minute, "
+        f"{report.environment.get('cores', '?')} cores): each engine is timed in its own block, "
+        "so a load that changed between blocks moves the ratios; rerun on an idle machine"
     ]
 
 
@@ -863,7 +898,8 @@ def _measure(
         "ok",
         median_ms=median,
         p90_ms=float(np.percentile(ms, 90)),
-        p99_ms=float(np.percentile(ms, 99)),
+        # from fewer runs, p99 is the largest run or two, not a percentile (users52 F6)
+        p99_ms=float(np.percentile(ms, 99)) if len(ms) >= P99_MIN_RUNS else None,
         mean_ms=float(ms.mean()),
         iqr_pct=float(100 * np.subtract(*np.percentile(ms, [75, 25])) / median)
         if median > 0

@@ -110,7 +110,7 @@ def test_report_has_one_ok_row_per_engine_and_shape(report: BenchReport) -> None
         assert r.status == "ok", r.reason
         assert r.runs == 3
         assert r.median_ms > 0 and r.mean_ms > 0 and r.first_run_ms > 0
-        assert r.median_ms <= r.p90_ms <= r.p99_ms
+        assert r.median_ms <= r.p90_ms and r.p99_ms is None  # 3 runs: no p99 (users52 F6)
         assert r.iqr_pct is not None and r.iqr_pct >= 0
         assert r.build_s is not None and r.build_s >= 0
         assert r.max_abs_error is not None and r.max_abs_error < 1e-5
@@ -173,11 +173,28 @@ def test_environment_and_settings(report: BenchReport, files: dict[str, Path]) -
     assert report.settings["other_dims"] == {}
     assert report.settings["criterion"].startswith("float64 reference; error vs float64 <= 8")
     assert report.settings["tolerances"] is None  # fixed tolerances only when asked for
+    # the load the blocks met, before and after (users52 F1)
+    assert set(env["load_average"]) == {"before", "after"}
+    assert all(v is None or v >= 0 for v in env["load_average"].values())
+
+
+def test_a_busy_machine_is_said_beside_the_ratios() -> None:
+    """A load of other work as the run began moves the ratios between engine blocks, which no
+    spread within a block shows: the caption says so (users52 F1)."""
+    from birnn_export.bench import BUSY_LOAD, _busy_line
+
+    def line(load: float | None) -> list[str]:
+        env = {"cores": 2, "load_average": {"before": load, "after": 2.0}}
+        return _busy_line(BenchReport(results=(), environment=env))
+
+    (said,) = line(BUSY_LOAD + 2.5)
+    assert said.startswith("the machine was busy as the run began (load average 3.5 over")
+    assert line(BUSY_LOAD / 2) == [] and line(None) == []
 
 
 def test_json_and_csv_hold_every_row(report: BenchReport, tmp_path: Path) -> None:
     data = json.loads(report.to_json(tmp_path / "r.json").read_text())
-    assert set(data) == {"environment", "settings", "results"}
+    assert set(data) == {"environment", "settings", "results", "error", "exit_code"}
     assert len(data["results"]) == len(report.results)
     assert list(data["results"][0]) == list(CSV_COLUMNS)
     assert data["results"][0]["median_ms"] == report.results[0].median_ms
