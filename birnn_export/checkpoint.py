@@ -1113,7 +1113,7 @@ def _unparametrized(
     state: Mapping[str, Tensor], expected: Mapping[str, Tensor], path: Path
 ) -> tuple[Mapping[str, Tensor], str]:
     """``state`` with each weight saved under a parametrization (``weight_norm`` or
-    ``spectral_norm``; weight_norm's older API too) folded into the plain weight, as eval mode
+    ``spectral_norm``, either API) folded into the plain weight, as eval mode
     computes it, unless the class itself holds the parametrization (it registers it in
     ``__init__``), and a note naming them for the load line (``""``: none). The class's plain
     weight was refused as missing, and renaming the keys, as the refusal advised, loaded
