@@ -214,8 +214,6 @@ class BenchReport:
         """Environment, settings and results, with the error and exit code the run ends with
         (what :meth:`raise_for_failure` raises; ``None`` and 0 where it raises nothing), as the
         export's summary has them (users47 F9)."""
-        from birnn_export.errors import BiRNNExportError
-
         try:
             self.raise_for_failure()
             error: BiRNNExportError | None = None

@@ -814,9 +814,11 @@ def _build(
     time_major: bool = False,
 ) -> tuple[nn.Module, nn.Module | None, str, dict[str, Any] | None]:
     """``(model, original, source, config)`` from what ``torch.load`` returned."""
-    bare = [f"--nonlinearity {nonlinearity}"] * (nonlinearity is not None)
-    bare += ["--time-major"] * time_major
-    bare = [_with_keyword(option) for option in bare]
+    # each with the keyword argument the Python API takes for it (review28 L5)
+    bare = [f"--nonlinearity {nonlinearity} (nonlinearity={nonlinearity!r})"] * (
+        nonlinearity is not None
+    )
+    bare += ["--time-major (time_major=True)"] * time_major
     if isinstance(obj, _WRAPPERS):  # its forward(*args, **kwargs) tells nothing of the inputs
         model, original, where, config = _build(
             obj.module,
@@ -921,13 +923,6 @@ def _build(
         # a ReLU RNN built as tanh passed verification against itself, said nowhere (users41)
         layout += "; tanh taken for the RNN (the weights do not say; --nonlinearity relu if ReLU)"
     return model, _reference(config, tagger_state), f"{where}, {layout}", config.to_dict()
-
-
-def _with_keyword(option: str) -> str:
-    """A CLI option as given, with the keyword argument the Python API takes for it."""
-    flag, _, value = option.partition(" ")
-    keyword = flag.removeprefix("--").replace("-", "_")
-    return f"{option} ({keyword}={value!r})" if value else f"{option} ({keyword}=True)"
 
 
 def _refuse_bare(given: Sequence[str], path: Path, model: str) -> None:

@@ -549,7 +549,8 @@ def bench_command(
     wide_console().print(render_table(report))
     if json_path is not None:
         where = _write_json(json_path, report.json_text())
-        click.echo(f"Wrote {'the report to ' * (json_path == JSON_TO_STDOUT)}{where}")
+        said = f"the report to {where}" if json_path == JSON_TO_STDOUT else where
+        click.echo(f"Wrote {said}")
     if csv_path is not None:
         click.echo(f"Wrote {report.to_csv(csv_path)}")
     if plot_path is not None:
