@@ -273,7 +273,14 @@ class BenchReport:
                     ),
                     key=lambda r: r.seq,
                 )
-                if not rows:
+                untimed = [
+                    r
+                    for r in self.results
+                    if r.engine == engine and r.batch == batch and r.status != "ok"
+                ]
+                label = f"{engine} ({_untimed(untimed, whole=not rows)})" if untimed else engine
+                if not rows:  # named in the legend all the same, with why (users52 F5)
+                    ax.plot([], [], linestyle="none", marker="x", color="grey", label=label)
                     continue
                 seqs = [r.seq for r in rows]
                 medians = [r.median_ms for r in rows]
@@ -284,7 +291,7 @@ class BenchReport:
                     yerr=[[0.0] * len(rows), upper],
                     marker="o",
                     capsize=3,
-                    label=engine,
+                    label=label,
                 )
             ax.set_xscale("log", base=2)
             ticks = sorted({r.seq for r in self.results if r.batch == batch})
@@ -305,6 +312,15 @@ class BenchReport:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)
         return write_atomic(Path(path), buffer.getvalue())
+
+
+def _untimed(rows: Sequence[BenchResult], *, whole: bool) -> str:
+    """What a plot's legend says of an engine's rows that were not timed: their statuses, and
+    at which lengths where others were timed (``"mismatch at seq 400"``)."""
+    statuses = ", ".join(dict.fromkeys(r.status for r in rows))
+    if whole:
+        return statuses
+    return f"{statuses} at seq {', '.join(str(r.seq) for r in rows)}"
 
 
 def benchmark(

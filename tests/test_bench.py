@@ -219,6 +219,31 @@ def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
     assert path.stat().st_size > 5000
 
 
+def test_plot_names_the_engines_it_could_not_draw(
+    report: BenchReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine that was not timed at a batch is in that panel's legend with why, where the
+    plot used to leave it out without a word (users52 F5)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    drawn: list[Figure] = []
+    real = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda self, *a, **k: (drawn.append(self), real(self, *a, **k))[1]
+    )
+    first, *rest = (r for r in report.results if r.engine == "ort-cpu")
+    broken = replace(first, status="mismatch", median_ms=None, runs=0)
+    absent = BenchResult("trt", first.batch, first.seq, "unavailable", reason="no GPU")
+    other = [r for r in report.results if r.engine != "ort-cpu"]
+    changed = replace(report, results=(*other, broken, *rest, absent))
+    changed.plot(tmp_path / "p.png")
+    legend = drawn[0].axes[0].get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    expected = ["torch", f"ort-cpu (mismatch at seq {first.seq})", "trt (unavailable)"]
+    assert sorted(labels) == sorted(expected)
+
+
 def test_wrong_engine_is_a_mismatch_and_not_timed(
     files: dict[str, Path], builtin_model: torch.nn.Module
 ) -> None:
