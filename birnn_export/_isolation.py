@@ -4,7 +4,8 @@ An engine that crashes (a segfault inside ONNX Runtime or TensorRT) ends its chi
 the command: :class:`IsolatedRunner` reports it as an :class:`~birnn_export.errors.EngineError`
 naming the engine and the input shapes, and starts a fresh child for the next call. Verification
 and benchmarks run every engine but eager PyTorch this way; timings are the child's own, taken
-around the engine call, without the transfer between the processes.
+around the engine call, without the transfer between the processes; a benchmark's runs loop in
+the child (:meth:`IsolatedRunner.timed_runs`).
 """
 
 from __future__ import annotations
@@ -123,19 +124,29 @@ class IsolatedRunner(BaseRunner):
         return outputs
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs, self._child_seconds = self._ask("infer", feed)
+        return outputs
+
+    def timed_runs(
+        self, feed: Mapping[str, np.ndarray], warmup: int, done: Callable[[int, float], bool]
+    ) -> list[float]:
+        """The child's own loop (see :meth:`BaseRunner.timed_runs`); ``done`` must pickle."""
+        return self._ask("time", feed, warmup, done)
+
+    def _ask(self, kind: str, feed: Mapping[str, np.ndarray], *args: Any) -> Any:
+        """Send the child a request about ``feed``; its answer, or its error raised here."""
         if self._proc is None or not self._proc.is_alive():
             self.activate_impl()  # the last call crashed the child: start a fresh one
         shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())
         try:
-            self._conn.send(("infer", {k: np.asarray(v) for k, v in feed.items()}))
-            kind, payload = self._receive(f"running inputs {shapes}")
+            self._conn.send((kind, ({k: np.asarray(v) for k, v in feed.items()}, *args)))
+            answer, payload = self._receive(f"running inputs {shapes}")
         except KeyboardInterrupt:  # SIGTERM too: the child's answer would find no one
             self._kill()
             raise
-        if kind == "error":
+        if answer == "error":
             raise _rebuild(payload)
-        outputs, self._child_seconds = payload
-        return outputs
+        return payload
 
     def deactivate_impl(self) -> None:
         self._stop()
@@ -233,12 +244,16 @@ def _answer(conn: Any, factory: Callable[[], BaseRunner]) -> None:
         if kind == "stop":
             runner.deactivate()
             return
+        feed, *args = payload
         try:
-            outputs = runner.infer(payload)
+            if kind == "time":
+                answer: Any = runner.timed_runs(feed, *args)
+            else:
+                answer = (runner.infer(feed), runner.last_inference_time_s)
         except Exception as exc:
             conn.send(("error", (type(exc).__name__, str(exc))))
             continue
-        conn.send(("ok", (outputs, runner.last_inference_time_s)))
+        conn.send(("ok", answer))
 
 
 def _rebuild(payload: tuple[str, str]) -> Exception:

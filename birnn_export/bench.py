@@ -894,13 +894,7 @@ def _measure(
             max_abs_error=max_err,
         )
     try:
-        for _ in range(timer.warmup):
-            runner.infer(feed)
-        times: list[float] = []
-        began = time.perf_counter()
-        while not timer.done(len(times), time.perf_counter() - began):
-            runner.infer(feed)
-            times.append(runner.last_inference_time_s)
+        times = runner.timed_runs(feed, timer.warmup, timer.done)
     except Exception as exc:
         return failed(exc)
     ms = np.asarray(times) * 1e3

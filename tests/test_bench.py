@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 import birnn_export
+from birnn_export.base_runner import BaseRunner
 from birnn_export.bench import (
     CSV_COLUMNS,
     BenchReport,
@@ -596,11 +597,16 @@ def test_erratic_run_times_are_named_under_the_table() -> None:
     stalls that do not move the median, are not named."""
     from rich.console import Console
 
-    class Runner:
-        activate_time_s = 0.0
-
+    class Runner(BaseRunner):  # the times given, as if the engine took them
         def __init__(self, times_s: list[float]) -> None:
-            self.times = iter(times_s)
+            super().__init__()
+            self.activate_time_s, self.times = 0.0, iter(times_s)
+
+        def activate_impl(self) -> None:
+            pass
+
+        def infer_impl(self, feed: object) -> dict[str, np.ndarray]:
+            return {}
 
         def infer(self, feed: object) -> dict[str, np.ndarray]:
             self.last_inference_time_s = next(self.times, 1e-3)
