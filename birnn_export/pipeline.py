@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 from birnn_export._files import check_output_path, onnx_file_size, size_text, staged_output
 from birnn_export.errors import (
     BiRNNExportError,
+    EngineUnavailableError,
     ExportError,
     VerificationError,
     keywords,
     known_options,
+    one_line,
 )
 
 if TYPE_CHECKING:
@@ -131,6 +133,7 @@ def export_onnx(
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
         VerificationError: ONNX Runtime's outputs differ from eager at a shape unlike the example.
+        EngineUnavailableError: ``verify`` was asked for and ONNX Runtime does not import.
 
     Example:
         >>> layer = nn.LSTM(10, 20, batch_first=True, bidirectional=True)
@@ -244,12 +247,16 @@ def _verify_staged(
 
     Raises:
         VerificationError: the graph failed (carrying the report); nothing is written.
+        EngineUnavailableError: ONNX Runtime does not import; nothing is written.
     """
     try:
         import onnxruntime  # noqa: F401
-    except ImportError:
-        logger.warning("onnxruntime is not installed: the export was not verified")
-        return None
+    except ImportError as exc:  # a verification asked for that cannot run fails (users53 F1)
+        raise EngineUnavailableError(
+            f"the export is verified on ONNX Runtime, which did not import ({one_line(exc)}): "
+            "pip install onnxruntime (or onnxruntime-gpu, not both), or pass --no-verify "
+            "(verify=False) to write the graph unverified; nothing was written"
+        ) from None
     from birnn_export.verification import verify
 
     report = verify(staging, model, reference=reference, progress=progress, atol=atol, rtol=rtol)

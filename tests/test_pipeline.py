@@ -148,6 +148,25 @@ def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_verification_that_cannot_run_fails_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime that does not import (a broken install; once, SIGTERM during its import)
+    fails the export, exit 2 and nothing written: it used to write the graph unverified, exit 0,
+    and say "Not verified (--no-verify)" where no one had passed it (users53 F1)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    out, summary = tmp_path / "t.onnx", tmp_path / "t.json"
+    args = [str(SAMPLES / "token_tagger.pt"), "-o", str(out), "--json", str(summary), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: the export is verified on ONNX Runtime, which did")
+    assert "--no-verify" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists() and json.loads(summary.read_text())["exit_code"] == 2
+    assert CliRunner().invoke(main, [*args, "--no-verify"]).exit_code == 0 and out.exists()
+
+
 def test_export_model_ranges_go_over_the_checkpoints(tmp_path: Path) -> None:
     """The checkpoint declares its inputs and the range of 'time'; batch_range, seq_range and
     ranges given here go over it, as --batch-range, --seq-range and --range do."""
