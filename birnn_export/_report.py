@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from birnn_export._files import file_sha256
-from birnn_export.errors import VerificationError
+from birnn_export.errors import VerificationError, outcome
 
 if TYPE_CHECKING:
     from birnn_export.compare import Check
@@ -262,6 +262,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["passed"] = self.passed
+        data.update(outcome(self.raise_for_failure))  # as every report's JSON (users53 F2)
         for case, result in zip(data["cases"], self.cases, strict=True):
             case["passed"] = result.passed
             if result.lengths_mode == WHOLE_SWEEP:  # of every case's shape, not one's

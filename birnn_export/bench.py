@@ -55,7 +55,7 @@ from birnn_export.compare import (
     resolve_tolerance,
     sweep_check,
 )
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError, one_line
+from birnn_export.errors import BiRNNExportError, EngineUnavailableError, one_line, outcome
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
@@ -159,6 +159,10 @@ class BenchReport:
     results: tuple[BenchResult, ...]
     environment: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The model file the engines were checked against and its sha256 (``None`` for a module
+    #: given) (users52 F4).
+    model_file: str | None = None
+    model_sha256: str | None = None
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -211,20 +215,16 @@ class BenchReport:
         raise EngineError(message)
 
     def to_dict(self) -> dict[str, Any]:
-        """Environment, settings and results, with the error and exit code the run ends with
-        (what :meth:`raise_for_failure` raises; ``None`` and 0 where it raises nothing), as the
-        export's summary has them (users47 F9)."""
-        try:
-            self.raise_for_failure()
-            error: BiRNNExportError | None = None
-        except BiRNNExportError as exc:
-            error = exc
+        """Environment, settings, the model file timed against and results, with the error and
+        exit code the run ends with (:func:`~birnn_export.errors.outcome`), as the export's
+        summary has them (users47 F9)."""
         return {
             "environment": self.environment,
             "settings": self.settings,
+            "model_file": self.model_file,
+            "model_sha256": self.model_sha256,
             "results": [r.to_dict() for r in self.results],
-            "error": None if error is None else str(error),
-            "exit_code": 0 if error is None else error.exit_code,
+            **outcome(self.raise_for_failure),
         }
 
     def json_text(self) -> str:
@@ -253,8 +253,6 @@ class BenchReport:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError as exc:
-            from birnn_export.errors import BiRNNExportError
-
             raise BiRNNExportError(
                 f"plot: matplotlib is not importable ({exc}); pip install matplotlib"
             ) from None
@@ -467,7 +465,9 @@ def benchmark(
         raise EngineUnavailableError("; ".join(str(r) for r in reasons.values()))
 
     model = load_if_path(model, load_options)
+    model_file = model_sha256 = None
     if isinstance(model, LoadedModel):
+        model_file, model_sha256 = str(model.path), model.sha256
         model = model.reference
     model = fed_as(model, spec.container)  # forward(batch) reading batch["ids"]: as exported
     input_names = [t.name for t in spec.inputs]
@@ -572,6 +572,8 @@ def benchmark(
 
     return BenchReport(
         results=_with_speedups(rows),
+        model_file=model_file,
+        model_sha256=model_sha256,
         environment={
             **environment(onnx_path, threads=threads),
             "load_average": {"before": load_before, "after": _load_average()},

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.errors import BiRNNExportError
+from birnn_export.errors import BiRNNExportError, outcome
 from birnn_export.spec import RECURRENT_OPS, run_time_dim, takes_lengths
 
 if TYPE_CHECKING:
@@ -194,6 +194,8 @@ class CheckReport:
             "target": self.target,
             "source": self.source,
             "ok": self.ok,
+            "summary": self.summary(),
+            **outcome(self.raise_for_failure),  # as every report's JSON (users53 F2)
             "checked_with": self.checked_with,
             "build": None if self.build is None else self.build.to_dict(),
             "findings": [

@@ -72,6 +72,17 @@ class VerificationError(BiRNNExportError):
         self.report = report
 
 
+def outcome(raise_for_failure: Callable[[], None]) -> dict[str, Any]:
+    """``{"error": ..., "exit_code": ...}``: what ``raise_for_failure`` (a report's) raises, as
+    the command would end, or ``None`` and 0. Every report's JSON holds them, so a pipeline
+    gates each command on ``.exit_code == 0`` (users53 F2)."""
+    try:
+        raise_for_failure()
+    except BiRNNExportError as exc:
+        return {"error": str(exc), "exit_code": exc.exit_code}
+    return {"error": None, "exit_code": 0}
+
+
 def one_line(exc: BaseException) -> str:
     """``exc`` as one line of at most 300 characters: its type, then its message."""
     text = " ".join(str(exc).split())

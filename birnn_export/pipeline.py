@@ -285,6 +285,8 @@ class ExportReport:
     onnx: dict[str, Any]
     compatibility: CheckReport | None
     seconds: float
+    #: The model file's sha256, as the graph's metadata records it.
+    model_sha256: str | None = None
 
     def __repr__(self) -> str:  # short in a notebook; lines() is the readable whole
         return f"ExportReport({self.model_path!r} -> {self.result!r})"
@@ -295,6 +297,7 @@ class ExportReport:
         report = result.verification
         return {
             "model": self.model_path,
+            "model_sha256": self.model_sha256,
             # as a failure's (failure_summary) and a refusal's: one verdict to read (users47 F3)
             "written": str(result.path),
             "error": None,
@@ -308,9 +311,7 @@ class ExportReport:
             "verification": None if report is None else json.loads(report.to_json()),
             "quantization": None if result.quantization is None else result.quantization.summary(),
             # check --json's object, its verdict in "ok" (users47 F4)
-            "tensorrt_check": None
-            if compat is None
-            else {"summary": compat.summary(), **compat.to_dict()},
+            "tensorrt_check": None if compat is None else compat.to_dict(),
             "seconds": round(self.seconds, 3),
         }
 
@@ -495,6 +496,11 @@ def export_model(
         **export_options,
     )
     written = _identity(result.path)  # what the checks below read is this graph
+    if result.verification is not None:  # the file compared against, as verify says it
+        checked = dataclasses.replace(
+            result.verification, model_file=str(model_path), model_sha256=loaded.sha256
+        )
+        result = dataclasses.replace(result, verification=checked)
     if not quantized:
         stage("checking TensorRT compatibility (its parser and builder)")
     try:
@@ -531,4 +537,5 @@ def export_model(
         onnx=described,
         compatibility=compatibility,
         seconds=time.perf_counter() - start,
+        model_sha256=loaded.sha256,
     )

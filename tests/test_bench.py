@@ -195,7 +195,8 @@ def test_a_busy_machine_is_said_beside_the_ratios() -> None:
 
 def test_json_and_csv_hold_every_row(report: BenchReport, tmp_path: Path) -> None:
     data = json.loads(report.to_json(tmp_path / "r.json").read_text())
-    assert set(data) == {"environment", "settings", "results", "error", "exit_code"}
+    keys = {"environment", "settings", "model_file", "model_sha256", "results"}
+    assert set(data) == keys | {"error", "exit_code"}
     assert len(data["results"]) == len(report.results)
     assert list(data["results"][0]) == list(CSV_COLUMNS)
     assert data["results"][0]["median_ms"] == report.results[0].median_ms
@@ -702,6 +703,9 @@ def test_cli_writes_reports(files: dict[str, Path], tmp_path: Path) -> None:
     assert out["csv"].read_text().startswith(",".join(CSV_COLUMNS))
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
     assert (data["error"], data["exit_code"]) == (None, 0)  # as the export's JSON says them
+    # the model file timed against (users52 F4)
+    assert data["model_file"] == str(files["pt"])
+    assert data["model_sha256"] == hashlib.sha256(files["pt"].read_bytes()).hexdigest()
 
 
 def test_cli_json_to_standard_output_says_the_exit(files: dict[str, Path]) -> None:

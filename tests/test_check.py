@@ -877,6 +877,11 @@ def test_report_lines_and_json() -> None:
     assert any(line.startswith("error: rnn: LSTM layout=1") for line in report.lines())
     data = json.loads(report.to_json())
     assert data["ok"] is False and data["target"] == "tensorrt"
+    # the summary line, and the exit the command ends with, as every report's JSON (users53 F2)
+    assert data["summary"] == report.summary() and "NOT compatible" in data["summary"]
+    assert (data["error"], data["exit_code"]) == (report.summary(), 1)
+    clean = json.loads(check_compatibility(recurrent_graph(), target="trt").to_json())
+    assert (clean["ok"], clean["error"], clean["exit_code"]) == (True, None, 0)
     assert any(f["severity"] == "error" and f["node"] == "rnn" for f in data["findings"])
     assert str(Finding("info", "graph", "hello")) == "info: graph: hello"
 

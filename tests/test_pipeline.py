@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -39,6 +40,12 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     assert data["onnx"]["outputs"][0]["name"] == "tags" and data["tensorrt_check"]["ok"] is True
     # a failure's keys too, and check --json's findings (users47 F3, F4)
     assert (data["written"], data["error"], data["exit_code"]) == (str(report.result.path), None, 0)
+    # the model file compared against, as verify's JSON says it (users53 F2)
+    sha = hashlib.sha256((SAMPLES / "bilstm_crf_tagger.pt").read_bytes()).hexdigest()
+    assert data["model_sha256"] == data["verification"]["model_sha256"] == sha
+    assert data["verification"]["model_file"] == str(SAMPLES / "bilstm_crf_tagger.pt")
+    assert (data["verification"]["error"], data["verification"]["exit_code"]) == (None, 0)
+    assert (data["tensorrt_check"]["error"], data["tensorrt_check"]["exit_code"]) == (None, 0)
     assert all(
         set(f) == {"severity", "node", "message"} for f in data["tensorrt_check"]["findings"]
     )

@@ -774,6 +774,8 @@ def test_json_report_and_saved_inputs_reproduce_failure(
     report = verify(bad, lstm, batch_sizes=(4,), seq_lens=(6,), save_inputs=npz)
     data = json.loads(report.to_json())
     assert data["passed"] is False
+    # the exit the command ends with, as every report's JSON has it (users53 F2)
+    assert data["exit_code"] == 1 and data["error"].startswith("FAIL: ")
     assert data["providers"] == {"ort-cpu": ["CPUExecutionProvider"]}
     for key in ("torch", "onnx", "onnxruntime", "cpu"):
         assert data["environment"][key]
