@@ -285,7 +285,7 @@ class _Packed(NodeRewrite):
         run = self.op("Gather", [self.op("ReduceSum", [ran, zero], "spans_run", keepdims=0),
                                  position], "row_spans")  # [B], each row's own  # fmt: skip
         last = self.op("Max", [self.op("Sub", [run, one], "last_raw"), zero], "last_span")
-        firsts = self.op("CumSum", [spans.counts, zero], "state_offsets", exclusive=1)
+        firsts = self.op("CumSum", [spans.counts, self.scalar(0)], "state_offsets", exclusive=1)
         total = self.op("ReduceSum", [spans.counts], "state_total", keepdims=1)
         bases = self.const("direction_base", np.arange(d, dtype=np.int64).reshape(d, 1))
         index = self.op(
@@ -353,7 +353,7 @@ class _Spans:
         self.counts = r.op("Max", [count, one], "counts")
         read = r.op("Max", [steps, one], "steps_read")
         self.sizes = r.op("Mul", [read, self.counts], "sizes")
-        self.offsets = r.op("CumSum", [self.sizes, zero], "offsets", exclusive=1)
+        self.offsets = r.op("CumSum", [self.sizes, r.scalar(0)], "offsets", exclusive=1)
         ends = r.op("Add", [self.starts, read], "ends")
         down = [r.op("Unsqueeze", [v, one], f"{name}_down")
                 for v, name in ((ends, "ends"), (self.counts, "counts"))]  # fmt: skip

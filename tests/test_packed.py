@@ -167,6 +167,25 @@ def test_rows_of_length_zero_one_direction_and_no_initial_states(op, direction, 
     _assert_rewrite_matches_the_node(model, batches, steps_past=0)
 
 
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_onnx_reference_evaluator_runs_the_rewrite(op):
+    """The rewrite keeps to the ONNX spec (users54 F3: CumSum's axis was a 1-D [0], where the
+    spec takes a 0-D tensor; ONNX Runtime took it, ONNX's reference evaluator refused the
+    graph). Every span the rewrite runs is as long as its rows, so the evaluator, which
+    ignores sequence_lens, gives ONNX Runtime's outputs of the node."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = _node_graph(op, 4 if op == "LSTM" else 3, direction="bidirectional", initial=False)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert pack_recurrent_nodes(model) == 1
+    rng = np.random.default_rng(0)
+    feed = {"X": rng.standard_normal((6, 4, 2)).astype(np.float32), "L": np.int32([6, 4, 4, 2])}
+    for want, got in zip(
+        session.run(None, feed), ReferenceEvaluator(model).run(None, feed), strict=True
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_nodes_without_lengths_are_kept():
     """Without sequence_lens every row runs to the end: there is nothing to skip."""
     model = _node_graph("GRU", 3)
