@@ -506,6 +506,21 @@ def test_builtin_layer_state_dict(tmp_path, kind, layers, bidir, bias, embed, he
         _close(loaded.original(x, _lengths()), expected)
 
 
+def test_an_embedding_and_a_head_that_fit_both_roles_keep_their_own(tmp_path):
+    """Weight-only Embedding(10, 8) and Linear(8, 3) beside an LSTM(8, 4) both fit either role;
+    the first in the file is the embedding. Swapped, the model rebuilt agrees with itself, so
+    only the saving model tells (review31 CP10)."""
+    torch.manual_seed(5)
+    rnn = nn.LSTM(8, 4, bidirectional=True, batch_first=True)
+    reference = _BuiltinModel(rnn, nn.Linear(8, 3, bias=False), nn.Embedding(10, 8)).eval()
+    loaded = load_model(_save(reference.state_dict(), tmp_path / "tie.pt"))
+    assert (loaded.config["vocab_size"], loaded.config["output_size"]) == (10, 3)
+    assert "embedding 'emb'" in loaded.source and "linear head 'classifier'" in loaded.source
+    x = torch.randint(0, 10, (4, 7), generator=_gen())
+    with torch.no_grad():
+        _close(loaded.model(x, _lengths()), reference(x, _lengths()))
+
+
 def test_a_safetensors_state_dict_is_read_without_pickle(tmp_path, user_models):
     """model.safetensors (Hugging Face's format: tensors alone, nothing that runs): a bare
     layer and head are recognised as from a .pt state_dict, and a user's class takes its
@@ -1355,6 +1370,14 @@ def test_a_pruned_state_dict_is_loaded_as_prune_remove_makes_it(tmp_path, user_m
             _close(loaded.model(ids), model(ids))
 
 
+def _trained(model: nn.Module) -> None:
+    """Move every parameter off the value it started from, as training does: a fold that is
+    right only at the start (weight_norm's g equal to ||v||) then shows."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+
+
 _PARAMETRIZATIONS = {
     "weight_norm": lambda m, name: nn.utils.parametrizations.weight_norm(m, name),
     "weight_norm dim 1": lambda m, name: nn.utils.parametrizations.weight_norm(m, name, dim=1),
@@ -1378,6 +1401,7 @@ def test_weights_saved_under_a_parametrization_are_folded_as_eval_mode_computes_
     model = user_models.AttentionClassifier()
     _PARAMETRIZATIONS[how](model.encoder, "weight_hh_l0_reverse")
     _PARAMETRIZATIONS[how](model.classify, "weight")
+    _trained(model)  # weight_norm's g no longer ||v|| (review31 CP5: folded as v alone, unseen)
     ids = torch.randint(1, 50, (3, 9))
     model(ids)  # in training mode: spectral_norm's power iteration moves u and v from their start
     model.eval()
@@ -1391,6 +1415,7 @@ def test_weights_saved_under_a_parametrization_are_folded_as_eval_mode_computes_
     rnn = nn.GRU(5, 6, bidirectional=True, batch_first=True)  # a bare state_dict: rebuilt
     reference = _BuiltinModel(rnn, nn.Linear(12, 3), nn.Embedding(30, 5))
     _PARAMETRIZATIONS[how](reference.encoder.rnn, "weight_ih_l0")
+    _trained(reference)
     reference(ids % 30, _lengths()[:3])
     reference.eval()
     loaded = load_model(_save(reference.state_dict(), tmp_path / "bare.pt"))

@@ -725,6 +725,9 @@ def test_which_crfs_run_is_not_asked_under_a_profiler() -> None:
 def test_nested_checkpoint_with_crf_keys_is_recognised(tmp_path) -> None:
     torch.manual_seed(8)
     model = BiLSTMCRF().eval()
+    with torch.no_grad():  # a trained CRF: transitions far from symmetric, emissions as strong
+        model.crf.transitions.copy_(torch.randn(TAGS, TAGS) * 4)
+        model.hidden2tag.weight.mul_(40)
     path = tmp_path / "nested.pt"
     torch.save(
         {"model_state_dict": model.state_dict(), "config": {"hidden": 16}, "char2id": {"<pad>": 0}},
@@ -733,6 +736,12 @@ def test_nested_checkpoint_with_crf_keys_is_recognised(tmp_path) -> None:
     loaded = load_model(path)
     assert loaded.config["crf"] is True and loaded.config["output_size"] == TAGS
     assert "CRF 'crf'" in loaded.source
+    # the tags of the model that saved the file, where no row is padded: the rebuilt reference
+    # agrees with itself whatever it loaded (review31 CP12: transitions loaded transposed)
+    whole = torch.randint(1, 40, (8, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        tags = loaded.model(whole, torch.full((8,), 9)).tolist()
+    assert tags == model(whole) and len({t for row in tags for t in row}) >= 3
     lengths = torch.tensor([6, 2])
     ids = torch.randint(1, 40, (2, 6), generator=torch.Generator().manual_seed(9))
     ids[1, 2:] = 0

@@ -25,12 +25,24 @@ def test_check_graph_finds_a_baked_length(tmp_path):
     shape = onnx.numpy_helper.from_array(
         np.array([spec.example_batch, spec.example_seq, -1], dtype=np.int64), "baked_shape"
     )
-    proto.graph.initializer.append(shape)
     out = proto.graph.output[0].name
+    sliced = onnx.ModelProto()
+    sliced.CopyFrom(proto)
+    proto.graph.initializer.append(shape)
     proto.graph.node.append(onnx.helper.make_node("Reshape", [out, "baked_shape"], ["reshaped"]))
     proto.graph.output.append(onnx.helper.make_tensor_value_info("reshaped", 1, ["a", "b", "c"]))
     problems = check_graph(proto, spec)
     assert any("baked" in p for p in problems), problems
+    # x[:, :T] frozen at the example's T: shape inference leaves the dim unknown, so only the
+    # constants the node takes tell (review31 G2)
+    for name, value in (("start", 0), ("end", spec.example_seq), ("axis", 0)):
+        sliced.graph.initializer.append(onnx.numpy_helper.from_array(np.int64([value]), name))
+    sliced.graph.node.append(
+        onnx.helper.make_node("Slice", [out, "start", "end", "axis"], ["cut"], name="cut")
+    )
+    sliced.graph.output.append(onnx.helper.make_tensor_value_info("cut", 1, ["s0", "s1", "s2"]))
+    problems = check_graph(sliced, spec)
+    assert any("Slice node cut" in p and "baked" in p for p in problems), problems
 
 
 def test_check_graph_finds_a_static_example_dim_in_value_info(tmp_path):
