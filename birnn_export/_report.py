@@ -357,12 +357,13 @@ def environment(onnx_path: str | os.PathLike[str] | None = None) -> dict[str, An
 
 def wide_console() -> Any:
     """A rich console; piped output (logs, CI) gets 150 columns instead of rich's 80, so
-    tables keep their numbers whole."""
+    tables keep their numbers whole, unless ``COLUMNS`` says otherwise (users53 F5)."""
     import sys
 
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 150)
+    chosen = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(width=None if chosen else 150)
 
 
 #: How the note that the graph came from another model file than the one given begins.

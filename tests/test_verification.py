@@ -1824,6 +1824,18 @@ def test_the_verdict_is_one_line_in_a_log(tagger_files: tuple[Path, Path]) -> No
     assert line.startswith(report.summary()) and line.endswith(" s)"), line
 
 
+def test_a_log_is_150_columns_wide_unless_columns_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a terminal tables are 150 columns wide (rich's 80 broke their numbers); a COLUMNS
+    the caller set is taken (users53 F5: it was ignored)."""
+    from birnn_export._report import wide_console
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert wide_console().width == 150
+    monkeypatch.setenv("COLUMNS", "40")
+    assert wide_console().width == 40
+
+
 def test_only_noise_cases_failing_on_their_values_are_called_a_read_of_the_padding() -> None:
     """An engine that crashes at the noise case's shape is an engine error there, not a graph
     reading past the lengths (review23); nor are decoded tags that differ there alone: its
