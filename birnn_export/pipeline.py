@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from birnn_export.quantize import QuantizeReport
     from birnn_export.spec import GraphSpec
     from birnn_export.verification import VerifyReport
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
