@@ -128,10 +128,15 @@ class IsolatedRunner(BaseRunner):
         return outputs
 
     def timed_runs(
-        self, feed: Mapping[str, np.ndarray], warmup: int, done: Callable[[int, float], bool]
+        self,
+        feed: Mapping[str, np.ndarray],
+        *,
+        warmup: int,
+        done: Callable[[int, float], bool],
     ) -> list[float]:
         """The child's own loop (see :meth:`BaseRunner.timed_runs`); ``done`` must pickle."""
-        return self._ask("time", feed, warmup, done)
+        self._require_active("timed_runs")  # a child started here would outlive deactivate()
+        return self._ask("time", feed, {"warmup": warmup, "done": done})
 
     def _ask(self, kind: str, feed: Mapping[str, np.ndarray], *args: Any) -> Any:
         """Send the child a request about ``feed``; its answer, or its error raised here."""
@@ -247,7 +252,7 @@ def _answer(conn: Any, factory: Callable[[], BaseRunner]) -> None:
         feed, *args = payload
         try:
             if kind == "time":
-                answer: Any = runner.timed_runs(feed, *args)
+                answer: Any = runner.timed_runs(feed, **args[0])
             else:
                 answer = (runner.infer(feed), runner.last_inference_time_s)
         except Exception as exc:

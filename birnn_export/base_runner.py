@@ -71,22 +71,40 @@ class BaseRunner(abc.ABC):
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; outputs are host numpy arrays. The time is in :attr:`last_inference_time_s`."""
-        if not self.is_active:
-            raise RuntimeError(
-                f"{self.engine} runner: call activate() (or use 'with') before infer()"
-            )
+        self._require_active("infer")
         start = time.perf_counter()
         outputs = self.infer_impl(feed)
         self.last_inference_time_s = time.perf_counter() - start
         return outputs
 
+    def _require_active(self, what: str) -> None:
+        if not self.is_active:
+            raise RuntimeError(
+                f"{self.engine} runner: call activate() (or use 'with') before {what}()"
+            )
+
     def timed_runs(
-        self, feed: Mapping[str, np.ndarray], warmup: int, done: Callable[[int, float], bool]
+        self,
+        feed: Mapping[str, np.ndarray],
+        *,
+        warmup: int,
+        done: Callable[[int, float], bool],
     ) -> list[float]:
-        """``warmup`` runs, then runs back to back until ``done(runs, seconds since the
-        first)``; each timed run's seconds. An engine in a child process loops there, as a
-        serving process calls it: a call at a time over the pipe let the engine's threads fall
-        asleep between runs, which added ~0.05 ms to each (users52 F2)."""
+        """Run ``feed`` back to back, as a serving process calls the engine; the timed runs.
+
+        An engine in a child process loops there: a call at a time over the pipe let the
+        engine's threads fall asleep between runs, which added ~0.05 ms to each (users52 F2).
+
+        Args:
+            feed: The inputs, as :meth:`infer` takes them.
+            warmup: Runs first, untimed.
+            done: ``done(runs, seconds)`` is true once ``runs`` timed runs, begun
+                ``seconds`` ago, are enough. It must pickle for an engine in a child process.
+
+        Returns:
+            Each timed run's seconds, as :attr:`last_inference_time_s` gives them.
+        """
+        self._require_active("timed_runs")
         for _ in range(warmup):
             self.infer(feed)
         times: list[float] = []

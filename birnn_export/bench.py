@@ -55,7 +55,14 @@ from birnn_export.compare import (
     resolve_tolerance,
     sweep_check,
 )
-from birnn_export.errors import BiRNNExportError, EngineUnavailableError, one_line, outcome
+from birnn_export.errors import (
+    BiRNNExportError,
+    EngineError,
+    EngineUnavailableError,
+    VerificationError,
+    one_line,
+    outcome,
+)
 from birnn_export.quantize import INT8
 from birnn_export.spec import (
     GraphSpec,
@@ -188,8 +195,6 @@ class BenchReport:
         engine asked for could not run here (:class:`EngineUnavailableError`, exit 2, as
         ``verify`` refuses it: users47 F7), the others' rows timed and reported all the same;
         one built here ahead of time (``trt-rtx`` without its GPU) reports its build instead."""
-        from birnn_export.errors import EngineError, EngineUnavailableError, VerificationError
-
         absent = [r for r in self.results if r.status == "unavailable"]
         if self.results and len(absent) == len(self.results):
             reasons = "; ".join(dict.fromkeys(r.reason or "" for r in self.results))
@@ -262,6 +267,9 @@ class BenchReport:
         FigureCanvasAgg(figure)  # the Agg canvas, without touching pyplot's global backend
         axes = figure.subplots(1, max(1, len(batches)), squeeze=False)[0]
         for ax, batch in zip(axes, batches, strict=False):
+            # before anything is drawn: an untimed engine's empty legend line alone on a linear
+            # axis made the switch to log fail when nothing in the panel was timed (review32)
+            ax.set_yscale("log")
             for engine in self.engines:
                 rows = sorted(
                     (
@@ -278,7 +286,8 @@ class BenchReport:
                 ]
                 label = f"{engine} ({_untimed(untimed, whole=not rows)})" if untimed else engine
                 if not rows:  # named in the legend all the same, with why (users52 F5)
-                    ax.plot([], [], linestyle="none", marker="x", color="grey", label=label)
+                    if untimed:
+                        ax.plot([], [], linestyle="none", marker="x", color="grey", label=label)
                     continue
                 seqs = [r.seq for r in rows]
                 medians = [r.median_ms for r in rows]
@@ -295,7 +304,6 @@ class BenchReport:
             ticks = sorted({r.seq for r in self.results if r.batch == batch})
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()
-            ax.set_yscale("log")
             ax.set_title(f"batch {batch}")
             ax.set_xlabel("sequence length")
             ax.set_ylabel("latency, ms (median; bar to p90)")
@@ -313,12 +321,15 @@ class BenchReport:
 
 
 def _untimed(rows: Sequence[BenchResult], *, whole: bool) -> str:
-    """What a plot's legend says of an engine's rows that were not timed: their statuses, and
-    at which lengths where others were timed (``"mismatch at seq 400"``)."""
-    statuses = ", ".join(dict.fromkeys(r.status for r in rows))
+    """What a plot's legend says of an engine's rows that were not timed: each status, and at
+    which lengths where others were timed (``"mismatch at seq 64, 1024; error at seq 256"``)."""
+    statuses = dict.fromkeys(r.status for r in rows)
     if whole:
-        return statuses
-    return f"{statuses} at seq {', '.join(str(r.seq) for r in rows)}"
+        return ", ".join(statuses)
+    return "; ".join(
+        f"{status} at seq {', '.join(str(r.seq) for r in rows if r.status == status)}"
+        for status in statuses
+    )
 
 
 def benchmark(
@@ -896,7 +907,7 @@ def _measure(
             max_abs_error=max_err,
         )
     try:
-        times = runner.timed_runs(feed, timer.warmup, timer.done)
+        times = runner.timed_runs(feed, warmup=timer.warmup, done=timer.done)
     except Exception as exc:
         return failed(exc)
     ms = np.asarray(times) * 1e3

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.errors import BiRNNExportError, outcome
+from birnn_export.errors import BiRNNExportError, CompatibilityError, outcome
 from birnn_export.spec import RECURRENT_OPS, run_time_dim, takes_lengths
 
 if TYPE_CHECKING:
@@ -185,8 +185,6 @@ class CheckReport:
     def raise_for_failure(self) -> None:
         """Raise :class:`~birnn_export.errors.CompatibilityError` unless :attr:`ok`."""
         if not self.ok:
-            from birnn_export.errors import CompatibilityError
-
             raise CompatibilityError(self.summary())
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from birnn_export._files import check_output_path, onnx_file_size, size_text, staged_output
+from birnn_export._files import (
+    check_output_path,
+    file_sha256,
+    onnx_file_size,
+    size_text,
+    staged_output,
+)
 from birnn_export.errors import (
     BiRNNExportError,
     EngineUnavailableError,
@@ -260,13 +266,16 @@ def _verify_staged(
     # the file it will be, not the staged copy (users42: a deleted staging path in the JSON)
     environment = {**report.environment, "onnx_file": str(path)}
     report = dataclasses.replace(report, onnx_path=str(path), environment=environment)
-    if not report.passed:
-        message = report.summary()
-        diagnosis = report.diagnosis()
-        if diagnosis:
-            message += " | " + " ".join(diagnosis.splitlines()[0].split())
-        raise VerificationError(f"{message}; nothing was written", report=report)
+    try:
+        report.raise_for_failure()
+    except VerificationError as exc:  # verify's own message, as its JSON has it
+        raise VerificationError(f"{exc}; nothing was written", report=report) from None
     return report
+
+
+def _compared_with(report: VerifyReport, model_path: Path, sha256: str | None) -> VerifyReport:
+    """``report`` naming the model file it compared against, as verify's does (users53 F2)."""
+    return dataclasses.replace(report, model_file=str(model_path), model_sha256=sha256)
 
 
 @dataclass(frozen=True)
@@ -371,8 +380,14 @@ def _identity(path: Path) -> tuple[int, int, int]:
 def failure_summary(model_path: str | os.PathLike[str], error: BiRNNExportError) -> dict[str, Any]:
     """What ``--json`` holds where :func:`export_model` failed: the model, no graph written, the
     error and its exit code, and a failed verification's whole report."""
-    summary: dict[str, Any] = {"model": str(model_path), "written": None, "error": str(error)}
-    summary["exit_code"] = error.exit_code
+    summary: dict[str, Any] = {
+        "model": str(model_path),
+        # the file's sha256, as a success's summary has it (review32: a failure's had none)
+        "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else None,
+        "written": None,
+        "error": str(error),
+        "exit_code": error.exit_code,
+    }
     if isinstance(error, VerificationError) and error.report is not None:
         summary["verification"] = json.loads(error.report.to_json())
     return summary
@@ -477,26 +492,29 @@ def export_model(
     if not inputs:
         named = {**(loaded.ranges or {}), **named}
     stage("exporting with torch.export" + (", then verifying on ONNX Runtime" if verify else ""))
-    result = export_onnx(
-        loaded.model,
-        output,
-        reference=loaded.original,
-        inputs=declared or None,
-        ranges=named,
-        verify=verify,
-        atol=atol,
-        rtol=rtol,
-        config=loaded.config,
-        source_sha256=loaded.sha256,
-        progress=progress,
-        **({"seq_range": seq_range} if seq_range is not None else {}),
-        **export_options,
-    )
-    written = _identity(result.path)  # what the checks below read is this graph
-    if result.verification is not None:  # the file compared against, as verify says it
-        checked = dataclasses.replace(
-            result.verification, model_file=str(model_path), model_sha256=loaded.sha256
+    try:
+        result = export_onnx(
+            loaded.model,
+            output,
+            reference=loaded.original,
+            inputs=declared or None,
+            ranges=named,
+            verify=verify,
+            atol=atol,
+            rtol=rtol,
+            config=loaded.config,
+            source_sha256=loaded.sha256,
+            progress=progress,
+            **({"seq_range": seq_range} if seq_range is not None else {}),
+            **export_options,
         )
+    except VerificationError as exc:  # its report names the file too, for the --json
+        if exc.report is not None:
+            exc.report = _compared_with(exc.report, model_path, loaded.sha256)
+        raise
+    written = _identity(result.path)  # what the checks below read is this graph
+    if result.verification is not None:
+        checked = _compared_with(result.verification, model_path, loaded.sha256)
         result = dataclasses.replace(result, verification=checked)
     if not quantized:
         stage("checking TensorRT compatibility (its parser and builder)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,27 @@ def test_contract_times_itself_and_needs_activation() -> None:
         assert active.last_inference_time_s is not None
     assert not runner.is_active and runner.unavailable_reason() is None
     assert runner.providers() == ["echo"]
+
+
+def test_timed_runs_warm_up_then_run_until_done() -> None:
+    """The warm-up runs are not timed; ``done`` sees the timed runs so far and their
+    seconds; a runner not activated refuses, as infer does."""
+    seen: list[tuple[int, float]] = []
+
+    def done(runs: int, seconds: float) -> bool:
+        seen.append((runs, seconds))
+        return runs >= 4
+
+    runner = _Echo()
+    with pytest.raises(RuntimeError, match=r"call activate\(\) .* before timed_runs\(\)"):
+        runner.timed_runs({"x": 1}, warmup=0, done=done)
+    calls: list[int] = []
+    with runner:
+        runner.infer_impl = lambda feed: calls.append(1) or {}  # type: ignore[method-assign]
+        times = runner.timed_runs({"x": 1}, warmup=2, done=done)
+    assert len(times) == 4 and len(calls) == 6 and all(t >= 0 for t in times)
+    assert [runs for runs, _ in seen] == [0, 1, 2, 3, 4]
+    assert all(a <= b for (_, a), (_, b) in itertools.pairwise(seen))
 
 
 def _imports(path: Path) -> set[str]:

@@ -244,6 +244,16 @@ def test_plot_names_the_engines_it_could_not_draw(
     labels = [t.get_text() for t in legend.get_texts()]
     expected = ["torch", f"ort-cpu (mismatch at seq {first.seq})", "trt (unavailable)"]
     assert sorted(labels) == sorted(expected)
+    # a panel where nothing was timed (one engine, wrong): drawn, where the switch to a log
+    # axis after its empty legend line raised (review32); each status at its own lengths
+    drawn.clear()
+    ort = [r for r in report.results if r.engine == "ort-cpu" and r.batch == first.batch]
+    wrong = [replace(r, status="mismatch", median_ms=None, runs=0) for r in ort]
+    wrong[-1] = replace(wrong[-1], status="error")
+    alone = replace(report, results=tuple(wrong))
+    assert alone.plot(tmp_path / "alone.png").read_bytes()[:4] == b"\x89PNG"
+    (text,) = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert text == "ort-cpu (mismatch, error)"
 
 
 def test_wrong_engine_is_a_mismatch_and_not_timed(
@@ -602,6 +612,7 @@ def test_erratic_run_times_are_named_under_the_table() -> None:
         def __init__(self, times_s: list[float]) -> None:
             super().__init__()
             self.activate_time_s, self.times = 0.0, iter(times_s)
+            self.is_active = True
 
         def activate_impl(self) -> None:
             pass

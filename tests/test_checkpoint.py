@@ -1007,6 +1007,11 @@ def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     saved = json.loads(report.read_text())  # the report of the failure, for CI to keep
     assert saved["written"] is None and saved["error"].startswith("FAIL")
     assert not saved["verification"]["passed"]
+    # the model file it was compared against, as a success's says it (review32)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert saved["model_sha256"] == saved["verification"]["model_sha256"] == sha
+    assert saved["verification"]["model_file"] == str(path)
+    assert saved["error"] == f"{saved['verification']['error']}; nothing was written"
     hint = failed.output.split("To study the failure: re-export with --no-verify, then ")[1]
     study = shlex.split(hint.splitlines()[0])
     assert study[:2] == ["birnn-export", "verify"] and study[-2:] == ["--save-inputs", "cases.json"]

@@ -86,13 +86,16 @@ def test_timed_runs_loop_in_the_child_in_one_request(
     feed = {"x": np.ones((2, 3), dtype=np.float32)}
     with make_runner("ort-cpu", str(graph), isolate=True) as runner:
         monkeypatch.setattr(IsolatedRunner, "_receive", counted)
-        times = runner.timed_runs(feed, 3, functools.partial(_runs_done, 7))
+        times = runner.timed_runs(feed, warmup=3, done=functools.partial(_runs_done, 7))
         assert len(asked) == 1 and len(times) == 7 and all(t > 0 for t in times)
+        two = functools.partial(_runs_done, 2)
         with pytest.raises(RuntimeError, match="InvalidArgument"):  # the engine's own error
-            runner.timed_runs(
-                {"x": np.ones((2, 4), dtype=np.float32)}, 0, functools.partial(_runs_done, 2)
-            )
-        assert len(runner.timed_runs(feed, 0, functools.partial(_runs_done, 2))) == 2
+            runner.timed_runs({"x": np.ones((2, 4), dtype=np.float32)}, warmup=0, done=two)
+        assert len(runner.timed_runs(feed, warmup=0, done=two)) == 2
+    # stopped: refused, where a child started here would outlive deactivate() (review32)
+    with pytest.raises(RuntimeError, match="call activate"):
+        runner.timed_runs(feed, warmup=0, done=two)
+    assert runner._proc is None
 
 
 def test_an_interrupt_while_the_child_starts_leaves_no_child(
