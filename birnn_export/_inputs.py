@@ -611,13 +611,23 @@ def _example_declaration(model: nn.Module) -> str:
     parameter: a waveform for ``wav``, an image for ``image``, else frames of features."""
     params = _forward_params(model)
     name = params[0].name if params else "x"
+    # the lengths forward takes next, measuring the first input's time dim (users55 F2)
+    dim = "width" if _IMAGE.search(name) else "time"
+    after = (
+        f" --input '{params[1].name}:int64[batch]:lengths({dim})'"
+        if len(params) > 1 and param_role(params[1].name) == "lengths"
+        else ""
+    )
     if _AUDIO.search(name):
-        return f"'{name}:float32[batch,time]' (or [batch,channels,time])"
+        return (
+            f"'{name}:float32[batch,time]'{after} (or [batch,channels,time]), with the "
+            "lengths in samples: --range time=MIN,OPT,MAX (e.g. 400,16000,160000)"
+        )
     if _IMAGE.search(name):
-        return f"'{name}:float32[batch,1,64,width]'"
+        return f"'{name}:float32[batch,1,64,width]'{after}"
     if any(isinstance(m, nn.Embedding) for m in model.modules()):
-        return f"'{name}:int64[batch,time]' (token ids; or float32[batch,time,FEATURES])"
-    return f"'{name}:float32[batch,time,FEATURES]' (or 'image:float32[batch,1,64,width]')"
+        return f"'{name}:int64[batch,time]'{after} (token ids; or float32[batch,time,FEATURES])"
+    return f"'{name}:float32[batch,time,FEATURES]'{after} (or 'image:float32[batch,1,64,width]')"
 
 
 def _forward_params(model: nn.Module) -> list[inspect.Parameter]:

@@ -841,9 +841,16 @@ def _runs_in_float16(model: nn.Module, inputs: Sequence[Tensor]) -> bool:
 
 def _float16_hint(exc: Exception, model: nn.Module) -> str | None:
     """What to do when the model, cast to float16, writes a number float16 cannot hold
-    (``masked_fill(mask, -1e9)``, common before a softmax), or mixes float32 into its float16
-    run (``.float()``)."""
+    (``masked_fill(mask, -1e9)``, common before a softmax), runs an op with no float16 kernel
+    on the CPU (``torch.stft``), or mixes float32 into its float16 run (``.float()``)."""
     text = str(exc)
+    if re.search(r"not implemented for '?Half|support tensors of type: Half", text):
+        return (  # torch.stft's MKL FFT (users55 F1): no declaration makes it run
+            f"an op of the model{_user_line(model, _causes(exc))} has no float16 kernel on the "
+            "CPU, where --dtype float16 traces the model in float16: run it in float32 inside "
+            "forward and cast back (torch.stft(x.float(), ...) then .to(x.dtype)), or export in "
+            "float32"
+        )
     if "Half without overflow" in text:
         return (
             "the model writes a number beyond float16's range (+-65504)"
@@ -1147,8 +1154,11 @@ def _declare_hint(
                 "(another dtype likewise)"
             )
     hint += _nested_hint(planned)
+    # lengths read as fractions overrun what they index or pack (users55 F4: said beside every
+    # failure of a model taking wav_lens, a kernel or a padding too large for the input too)
+    fractions = packing or bool(re.search(r"length|out of bounds|index", error, re.IGNORECASE))
     for decl, role in zip(planned.decls, planned.roles, strict=True):
-        if role == "lengths" and _RELATIVE_NAME.search(decl.name):
+        if fractions and role == "lengths" and _RELATIVE_NAME.search(decl.name):
             hint += (
                 f"; if {decl.name!r} holds lengths relative to the padded length (fractions, "
                 f"as SpeechBrain's), {RELATIVE_LENGTHS}"
@@ -1162,17 +1172,21 @@ def _declare_hint(
             )
     ragged = any(r == "lengths" or r in MASK_ROLES for r in planned.roles)
     low, opt, high = planned.ranges[planned.time_dim]
+    steps = planned.examples.get(planned.time_dim)
     if ragged and low == 1 and _SIZE_ERROR.search(error) and not _BROADCAST.search(error):
         hint += (
-            "; one row had 1 step: if the model needs longer rows (a strided front end), give "
-            f"the shortest as the time dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
+            f"; the example's {planned.time_dim} was {steps}, with a row of 1 step: if the model "
+            "needs longer rows (a windowed or strided front end), give the shortest as the time "
+            f"dim's minimum, --range {planned.time_dim}=MIN,{opt},{high}"
         )
-    elif not ragged and _TOO_SHORT.search(error):
-        steps = planned.examples[planned.time_dim]
+    elif _TOO_SHORT.search(error):
+        # the example is the shortest size in the range that no other dim takes (users55 F2,
+        # F3: a waveform of 401 samples for convolutions; no row of 1 step to blame)
+        rows = f", its rows from {low}" if ragged else ""
         hint += (
-            f"; the example's {planned.time_dim} was {steps}: if the model needs longer inputs "
-            "(a windowed, pooled or strided front end), give the shortest it takes as the "
-            f"minimum, --range {planned.time_dim}=MIN,{max(opt, steps)},{high}"
+            f"; the example's {planned.time_dim} was {steps}{rows}: if the model needs longer "
+            "inputs (a windowed, pooled or strided front end), give the shortest it takes as "
+            f"the minimum, --range {planned.time_dim}=MIN,{max(opt, steps)},{high}"
         )
     if _TWO_STATES.search(error):
         hint += (

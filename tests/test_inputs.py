@@ -1435,7 +1435,7 @@ class _Subsampled(nn.Module):
 
 def test_the_time_dims_minimum_is_the_shortest_row_fed(tmp_path) -> None:
     inputs = ["feats:float32[batch,time,6]", "feat_lens:int64[batch]:lengths(time)"]
-    with pytest.raises(ExportError, match=r"one row had 1 step.*--range time=MIN,64,256"):
+    with pytest.raises(ExportError, match=r"with a row of 1 step.*--range time=MIN,64,256"):
         export_onnx(_Subsampled().eval(), tmp_path / "s.onnx", inputs=inputs)
     result = export_onnx(
         _Subsampled().eval(), tmp_path / "s.onnx", inputs=inputs, ranges={"time": (7, 40, 120)}
@@ -1709,6 +1709,46 @@ def test_an_example_too_short_for_a_window_is_told_the_range(tmp_path) -> None:
     assert "--range time=MIN,64,256" in str(caught.value)
 
 
+class _StftLengths(nn.Module):
+    """A log-spectrogram by torch.stft on forward(wav, wav_lens), frames packed by their count,
+    as speech models without torchaudio write it (users55)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(33, 4, batch_first=True, bidirectional=True)
+        self.register_buffer("window", torch.hann_window(64))
+
+    def forward(self, wav, wav_lens):
+        spec = torch.stft(wav, 64, 16, window=self.window.to(wav.dtype), return_complex=True)
+        frames = spec.abs().transpose(1, 2)
+        packed = pack_padded_sequence(frames, wav_lens // 16 + 1, True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], True, total_length=frames.shape[1])[0]
+
+
+_WAV = ["wav:float32[batch,time]", "wav_lens:int64[batch]:lengths(time)"]
+
+
+def test_a_waveform_front_end_is_told_its_own_faults_not_its_declarations(tmp_path) -> None:
+    """users55 F1, F3, F4: float16 failed in torch.stft (the CPU's FFT has no float16 kernel)
+    and was told to edit its declarations, which fails the same way; a minimum too short for
+    the STFT's padding, with lengths, got no range; both were told of lengths as fractions of
+    the padded length (SpeechBrain's wav_lens), which neither error was about."""
+    model = _StftLengths().eval()
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "h.onnx", inputs=_WAV, dtype="float16",
+                    ranges={"time": (200, 800, 4000)})  # fmt: skip
+    message = str(caught.value)
+    assert "has no float16 kernel on the CPU" in message and "torch.stft(x.float()" in message
+    assert "edit those" not in message and "relative to the padded length" not in message
+    with pytest.raises(ExportError) as caught:
+        export_onnx(model, tmp_path / "s.onnx", inputs=_WAV, ranges={"time": (16, 800, 4000)})
+    message = str(caught.value)
+    assert "the example's time was 17, its rows from 16" in message
+    assert "--range time=MIN,800,4000" in message
+    assert "relative to the padded length" not in message
+    assert not list(tmp_path.iterdir())
+
+
 class _PooledInstanceNorm(nn.Module):
     """pyannote's SincNet shape: pools, then an InstanceNorm1d, which needs 2 steps or more."""
 
@@ -1934,7 +1974,7 @@ def test_the_shortest_row_hint_is_only_for_errors_about_sizes(tmp_path) -> None:
 
     with pytest.raises(ExportError, match="not enough values to unpack") as caught:
         export_onnx(Spelled().eval(), tmp_path / "s.onnx")
-    assert "one row had 1 step" not in str(caught.value)
+    assert "a row of 1 step" not in str(caught.value)
 
 
 def test_relative_lengths_are_told_the_subclass_that_keeps_every_step(tmp_path) -> None:
@@ -2074,12 +2114,22 @@ class _Feats(_NormFirst):
         return self.rnn(self.norm(feats))[0]
 
 
+class _WavLengths(_NormFirst):
+    def forward(self, wav, wav_lens):
+        return self.rnn(self.norm(wav))[0]
+
+
 @pytest.mark.parametrize(
     ("model", "shown"),
     [
         (_Waveforms, "--input 'waveforms:float32[batch,time]' (or [batch,channels,time])"),
         (_Images, "--input 'images:float32[batch,1,64,width]' (Python"),
         (_Feats, "--input 'feats:float32[batch,time,FEATURES]' (or 'image:float32["),
+        (  # its lengths too, and a waveform's range in samples (users55 F2)
+            _WavLengths,
+            "--input 'wav:float32[batch,time]' --input 'wav_lens:int64[batch]:lengths(time)' "
+            "(or [batch,channels,time]), with the lengths in samples: --range time=MIN,OPT,MAX",
+        ),
     ],
 )
 def test_inputs_that_cannot_be_inferred_are_shown_after_forwards_parameter(model, shown):
