@@ -123,7 +123,9 @@ TENSORRT_ACTIVATIONS = (
 )  # fmt: skip
 #: Default-domain opsets TensorRT 10's ONNX parser documents.
 TENSORRT_OPSETS = range(9, 25)
-_NO_IMPORTER = "has no importer in TensorRT's ONNX parser"
+#: Said of an op outside :data:`TENSORRT_OPS`: the parser's own verdict on such a node is that
+#: its check of it failed, which read as if the op were imported (users55 F6).
+_NO_IMPORTER = "is not among the ops TensorRT's ONNX parser imports"
 #: What ``tensorrt=`` accepts: ``"auto"`` (the real parser and builder when a TensorRT imports
 #: here), ``"static"`` (the rules alone), or a package that must be used.
 TENSORRT_CHOICES = ("auto", "static", "tensorrt", "tensorrt_rtx")
@@ -666,7 +668,8 @@ class _Checker:
                 Finding(
                     "error",
                     label,
-                    f"op {node.op_type} {_NO_IMPORTER} (onnx-tensorrt)",
+                    f"op {node.op_type} {_NO_IMPORTER} (onnx-tensorrt's operator matrix; the "
+                    "parser's check of such a node fails)",
                 )
             ]
         return []
