@@ -1224,7 +1224,9 @@ def batch_dependence_note(results: Sequence[CaseResult]) -> list[str]:
             "the batch's longest row (taking the last padded step, out[:, -1], does this: the "
             "final states are h_n, and the forward half's last output out[range(B), lengths - "
             "1]; so do a convolution over padding ids that an Embedding without padding_idx "
-            "makes vectors of, a mean over every step, or flipping the padded batch before "
-            "packing: README, 'Why flip-then-pack is wrong'); the graph does as the model does"
+            "makes vectors of, a mean over every step, flipping the padded batch before "
+            "packing (README, 'Why flip-then-pack is wrong'), or a windowed front end whose "
+            "last frames reach past a row's end, a centred STFT or a convolution over samples "
+            "or pixels, which is often meant); the graph does as the model does"
         )
     return notes

@@ -299,3 +299,5 @@ def test_a_model_that_reads_other_rows_is_told_the_usual_causes(cause) -> None:
     (told,) = batch_dependence_note([result])
     assert told.startswith(f"{cause}: its rows alone differ from the same rows in a batch by up")
     assert "out[:, -1]" in told and "out[range(B), lengths - 1]" in told and "h_n" in told
+    if cause == DEPENDS_ON_THE_PADDING:  # and a speech or OCR front end's (users55 F5)
+        assert "a centred STFT or a convolution over samples or pixels" in told
