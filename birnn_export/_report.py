@@ -362,7 +362,8 @@ def wide_console() -> Any:
 
     from rich.console import Console
 
-    chosen = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    columns = os.environ.get("COLUMNS", "")
+    chosen = sys.stdout.isatty() or (columns.isdigit() and int(columns) > 0)  # 0: review33
     return Console(width=None if chosen else 150)
 
 

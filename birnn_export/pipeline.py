@@ -382,8 +382,10 @@ def failure_summary(model_path: str | os.PathLike[str], error: BiRNNExportError)
     error and its exit code, and a failed verification's whole report."""
     summary: dict[str, Any] = {
         "model": str(model_path),
-        # the file's sha256, as a success's summary has it (review32: a failure's had none)
-        "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else None,
+        # the sha256 of the file read, as a success's summary has it (review32: a failure's had
+        # none; review33: a save_pretrained folder's is its weights file's)
+        "model_sha256": getattr(error, "model_sha256", None)
+        or (file_sha256(model_path) if Path(model_path).is_file() else None),
         "written": None,
         "error": str(error),
         "exit_code": error.exit_code,
@@ -508,13 +510,14 @@ def export_model(
             **({"seq_range": seq_range} if seq_range is not None else {}),
             **export_options,
         )
-    except VerificationError as exc:  # its report names the file too, for the --json
-        if exc.report is not None:
-            exc.report = _compared_with(exc.report, model_path, loaded.sha256)
+    except BiRNNExportError as exc:  # the file read, for the --json (a folder's weights file)
+        exc.model_sha256 = loaded.sha256  # type: ignore[attr-defined]
+        if isinstance(exc, VerificationError) and exc.report is not None:
+            exc.report = _compared_with(exc.report, loaded.path, loaded.sha256)
         raise
     written = _identity(result.path)  # what the checks below read is this graph
     if result.verification is not None:
-        checked = _compared_with(result.verification, model_path, loaded.sha256)
+        checked = _compared_with(result.verification, loaded.path, loaded.sha256)
         result = dataclasses.replace(result, verification=checked)
     if not quantized:
         stage("checking TensorRT compatibility (its parser and builder)")

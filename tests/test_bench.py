@@ -33,6 +33,7 @@ from birnn_export.bench import (
     _measure,
     _served_profile,
     _Timer,
+    _untimed,
     benchmark,
     render_table,
 )
@@ -254,6 +255,30 @@ def test_plot_names_the_engines_it_could_not_draw(
     assert alone.plot(tmp_path / "alone.png").read_bytes()[:4] == b"\x89PNG"
     (text,) = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
     assert text == "ort-cpu (mismatch, error)"
+    assert drawn[0].axes[0].get_yscale() == "log"  # as the docstring says, that panel too
+    # where others were timed, each status at its own lengths (review33 M21)
+    rows = [replace(first, seq=s, status=k) for s, k in ((64, "mismatch"), (256, "error"))]
+    rows.append(replace(first, seq=1024, status="mismatch"))
+    assert _untimed(rows, whole=False) == "mismatch at seq 64, 1024; error at seq 256"
+
+
+def test_each_engine_is_warmed_up_before_it_is_timed() -> None:
+    """One checked run, the warm-up, then the timed runs (review33 M06: warmup=0 passed on
+    timed a cold engine, and no test saw it)."""
+    calls: list[int] = []
+
+    class Counting(BaseRunner):
+        def activate_impl(self) -> None:
+            pass
+
+        def infer_impl(self, feed: object) -> dict[str, np.ndarray]:
+            calls.append(1)
+            return {}
+
+    with Counting() as runner:
+        timer = _Timer(iters=5, duration=None, warmup=3)
+        row = _measure(runner, "torch", 2, 3, {}, lambda actual: [], timer, 6)
+    assert row.status == "ok" and row.runs == 5 and len(calls) == 1 + 3 + 5
 
 
 def test_wrong_engine_is_a_mismatch_and_not_timed(

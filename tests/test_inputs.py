@@ -1435,7 +1435,8 @@ class _Subsampled(nn.Module):
 
 def test_the_time_dims_minimum_is_the_shortest_row_fed(tmp_path) -> None:
     inputs = ["feats:float32[batch,time,6]", "feat_lens:int64[batch]:lengths(time)"]
-    with pytest.raises(ExportError, match=r"with a row of 1 step.*--range time=MIN,64,256"):
+    told = r"the example's time was \d+, with a row of 1 step.*--range time=MIN,64,256"
+    with pytest.raises(ExportError, match=told):
         export_onnx(_Subsampled().eval(), tmp_path / "s.onnx", inputs=inputs)
     result = export_onnx(
         _Subsampled().eval(), tmp_path / "s.onnx", inputs=inputs, ranges={"time": (7, 40, 120)}
@@ -1747,6 +1748,26 @@ def test_a_waveform_front_end_is_told_its_own_faults_not_its_declarations(tmp_pa
     assert "--range time=MIN,800,4000" in message
     assert "relative to the padded length" not in message
     assert not list(tmp_path.iterdir())
+
+
+class _ConvFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 3, 9)
+        self.rnn = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        return self.rnn(self.conv(x.transpose(1, 2)).transpose(1, 2))[0]
+
+
+def test_the_length_told_is_the_example_that_ran(tmp_path) -> None:
+    """Given example inputs of 4 steps, the hint said the planned example's 11 (review33)."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(
+            _ConvFirst().eval(), tmp_path / "c.onnx", example_inputs=(torch.randn(2, 4, 3),)
+        )
+    assert "x float32 [2, 4, 3]" in str(caught.value)
+    assert "the example's seq was 4:" in str(caught.value)
 
 
 class _PooledInstanceNorm(nn.Module):
@@ -2114,6 +2135,11 @@ class _Feats(_NormFirst):
         return self.rnn(self.norm(feats))[0]
 
 
+class _ImageLengths(_NormFirst):
+    def forward(self, images, lengths):
+        return self.rnn(self.norm(images))[0]
+
+
 class _WavLengths(_NormFirst):
     def forward(self, wav, wav_lens):
         return self.rnn(self.norm(wav))[0]
@@ -2125,6 +2151,11 @@ class _WavLengths(_NormFirst):
         (_Waveforms, "--input 'waveforms:float32[batch,time]' (or [batch,channels,time])"),
         (_Images, "--input 'images:float32[batch,1,64,width]' (Python"),
         (_Feats, "--input 'feats:float32[batch,time,FEATURES]' (or 'image:float32["),
+        (  # an image's lengths measure its width
+            _ImageLengths,
+            "--input 'images:float32[batch,1,64,width]' --input "
+            "'lengths:int64[batch]:lengths(width)' (Python",
+        ),
         (  # its lengths too, and a waveform's range in samples (users55 F2)
             _WavLengths,
             "--input 'wav:float32[batch,time]' --input 'wav_lens:int64[batch]:lengths(time)' "

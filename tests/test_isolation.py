@@ -13,7 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from birnn_export._isolation import IsolatedRunner, _serve
+from birnn_export._isolation import IsolatedRunner, _answer, _serve
+from birnn_export.base_runner import BaseRunner
 from birnn_export.errors import EngineUnavailableError
 from birnn_export.runners import OrtRunner, make_runner
 
@@ -96,6 +97,32 @@ def test_timed_runs_loop_in_the_child_in_one_request(
     with pytest.raises(RuntimeError, match="call activate"):
         runner.timed_runs(feed, warmup=0, done=two)
     assert runner._proc is None
+
+
+class _Counting(BaseRunner):  # counts its runs, class-wide: _answer makes the instance
+    engine = "count"
+    calls = 0
+
+    def activate_impl(self) -> None:
+        pass
+
+    def infer_impl(self, feed):
+        type(self).calls += 1
+        return {"y": np.asarray(feed["x"])}
+
+
+def test_the_child_runs_the_warm_up_it_is_asked_for() -> None:
+    """The child's loop runs the warm-up, untimed, before the timed runs: a child that dropped
+    it timed a cold engine (review33 M05). In this process: the loop the child runs."""
+    _Counting.calls = 0
+    parent, child = multiprocessing.Pipe()
+    feed = {"x": np.ones((2, 3), dtype=np.float32)}
+    parent.send(("time", (feed, {"warmup": 4, "done": functools.partial(_runs_done, 5)})))
+    parent.send(("stop", None))
+    _answer(child, _Counting)
+    assert parent.recv()[0] == "ready"
+    kind, times = parent.recv()
+    assert kind == "ok" and len(times) == 5 and _Counting.calls == 4 + 5
 
 
 def test_an_interrupt_while_the_child_starts_leaves_no_child(

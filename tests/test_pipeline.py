@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError
-from birnn_export.pipeline import ExportReport, export_model
+from birnn_export.pipeline import ExportReport, export_model, failure_summary
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -147,6 +147,12 @@ def test_a_saved_folder_exports_beside_itself_under_its_whole_name(tmp_path: Pat
     save_file(layers.state_dict(), folder / "model.safetensors")
     report = export_model(folder, verify=False)
     assert report.result.path == tmp_path / "tagger.v1.onnx" and report.result.path.exists()
+    # a failure's JSON names the weights file's sha256, as a success's does (review33)
+    sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert report.to_dict()["model_sha256"] == sha
+    with pytest.raises(BiRNNExportError, match="opset") as caught:
+        export_model(folder, tmp_path / "other.onnx", verify=False, opset=5)
+    assert failure_summary(folder, caught.value)["model_sha256"] == sha
 
 
 def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:

@@ -1834,6 +1834,8 @@ def test_a_log_is_150_columns_wide_unless_columns_says(monkeypatch: pytest.Monke
     assert wide_console().width == 150
     monkeypatch.setenv("COLUMNS", "40")
     assert wide_console().width == 40
+    monkeypatch.setenv("COLUMNS", "0")  # rich would print nothing at all (review33)
+    assert wide_console().width == 150
 
 
 def test_only_noise_cases_failing_on_their_values_are_called_a_read_of_the_padding() -> None:
