@@ -271,19 +271,9 @@ class BenchReport:
             # axis made the switch to log fail when nothing in the panel was timed (review32)
             ax.set_yscale("log")
             for engine in self.engines:
-                rows = sorted(
-                    (
-                        r
-                        for r in self.results
-                        if r.engine == engine and r.batch == batch and r.status == "ok"
-                    ),
-                    key=lambda r: r.seq,
-                )
-                untimed = [
-                    r
-                    for r in self.results
-                    if r.engine == engine and r.batch == batch and r.status != "ok"
-                ]
+                mine = [r for r in self.results if r.engine == engine and r.batch == batch]
+                rows = sorted((r for r in mine if r.status == "ok"), key=lambda r: r.seq)
+                untimed = [r for r in mine if r.status != "ok"]
                 label = f"{engine} ({_untimed(untimed, whole=not rows)})" if untimed else engine
                 if not rows:  # named in the legend all the same, with why (users52 F5)
                     if untimed:

@@ -748,14 +748,14 @@ def _run_example(
             f"{d.name} {str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
             for d, t in zip(planned.decls, inputs, strict=True)
         )
-        # the sizes the tensors had: the caller's example_inputs are not the planned ones
-        # (review33: "the example's seq was 11" beside an example of 4 steps)
-        fed = {
-            dim: int(tensor.shape[i])
-            for decl, tensor in reversed(list(zip(planned.decls, inputs, strict=True)))
-            for i, dim in enumerate(decl.dims)
-            if isinstance(dim, str) and i < tensor.dim()
-        }
+        # the sizes the tensors had, the first input's where several take a dim: the caller's
+        # example_inputs are not the planned ones (review33: "the example's seq was 11" beside
+        # an example of 4 steps)
+        fed: dict[str, int] = {}
+        for decl, tensor in zip(planned.decls, inputs, strict=True):
+            for i, dim in enumerate(decl.dims[: tensor.dim()]):
+                if isinstance(dim, str):
+                    fed.setdefault(dim, int(tensor.shape[i]))
         planned = dataclasses.replace(planned, examples={**planned.examples, **fed})
         steps = planned.examples.get(planned.time_dim)
         batch = planned.examples.get(planned.batch_dim)
