@@ -112,7 +112,12 @@ class _Packed(NodeRewrite):
         batch = self.op("Shape", [lengths], "batch")
         # Rows longest first (``order``); ``position[b]``: where row b went.
         as_float = self.op("Cast", [lengths], "lengths_float", to=TensorProto.FLOAT)
-        _, order = self.op("TopK", [as_float, batch], "sort", outputs=2, axis=0, sorted=1)
+        _, sorted_rows = self.op("TopK", [as_float, batch], "sort", outputs=2, axis=0, sorted=1)
+        # At most the last row: a no-op when it runs, but TensorRT's builder takes a value it
+        # cannot bound as 1, and at batch 1 Gather's index 1 failed every profile of max batch
+        # 1 (users56 F1)
+        last_row = self.op("Sub", [batch, one], "last_row")
+        order = self.op("Min", [sorted_rows, last_row], "order")
         lengths_sorted = self.op("Gather", [lengths, order], "lengths_sorted", axis=0)
         rows = self.op("Range", [self.scalar(0), self.squeeze(batch), self.scalar(1)], "rows")
         position = self.op("ScatterElements", [order, order, rows], "position", axis=0)

@@ -375,10 +375,13 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
     """Print ``report`` as rich tables: worst error per engine, output and check, then the failing
     cases with their diagnosis."""
     from rich.table import Table
+    from rich.text import Text
 
+    # Text, not markup, wherever the words come from data: rich drops a "[lowercase ...]" it
+    # reads as a style, such as TensorRT's "[executionContext.cpp::...]" (review34 R2)
     console = console or wide_console()
     table = Table(
-        title=f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})",
+        title=Text(f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})"),
         caption="error, eager, ratio and limit: the case nearest its limit (error: the largest "
         "absolute, or L2, relative L2; a top-1 in parentheses is the worst case's, not judged "
         "there: the sweep row judges top-1 over the whole sweep)",
@@ -398,15 +401,15 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         table.add_column(
             column, justify="left" if column in ("engine", "output", "check") else "right"
         )
-    for row in _summary_rows(report):
-        table.add_row(*row)
+    for *cells, status in _summary_rows(report):  # the status cell is our own markup
+        table.add_row(*map(Text, cells), status)
     console.print(table)
     if report.criterion:
         console.print(
             f"judged by: {report.criterion}", markup=False, highlight=False, soft_wrap=True
         )
     for engine, providers in report.providers.items():
-        console.print(f"{engine}: providers {', '.join(providers)}")
+        console.print(f"{engine}: providers {', '.join(providers)}", markup=False)
     failures = report.failures
     if failures:
         detail = Table(
@@ -417,10 +420,11 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         for case in failures[:max_failures]:
             lengths = _short(case.lengths)
             if case.error is not None:
-                detail.add_row(case.label, lengths, "-", "error", "-", "-", "-", case.error)
+                row = (case.label, lengths, "-", "error", "-", "-", "-", case.error)
+                detail.add_row(*map(Text, row))
             for out in case.outputs:
                 if not out.passed:
-                    detail.add_row(
+                    row = (
                         case.label,
                         lengths,
                         out.name,
@@ -430,26 +434,27 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
                         out.limit,
                         out.note,
                     )
+                    detail.add_row(*map(Text, row))
         console.print(detail)
         shown: set[str] = set()
         for case in report.diagnosed_failures():
             if case.diagnosis and case.diagnosis not in shown and len(shown) < 3:
                 shown.add(case.diagnosis)
                 console.print(
-                    f"[bold]diagnosis[/bold] ({case.label}, lengths {_short(case.lengths)}):"
+                    Text.assemble(
+                        ("diagnosis", "bold"), f" ({case.label}, lengths {_short(case.lengths)}):"
+                    )
                 )
                 for line in case.diagnosis.splitlines():
                     console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     for problem in report.problems:
-        console.print(f"[red]graph problem:[/red] {problem}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("graph problem:", "red"), f" {problem}"), soft_wrap=True)
     style = "green" if report.passed else "red"
     # one line each, unwrapped: a log's grep for the verdict finds it whole (users34)
     console.print(
-        f"[{style}]{report.summary()}[/{style}]  ({report.elapsed_s:.1f} s)",
-        highlight=False,
-        soft_wrap=True,
+        Text(f"{report.summary()}  ({report.elapsed_s:.1f} s)", style=style), soft_wrap=True
     )
 
 

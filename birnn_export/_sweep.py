@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.errors import BiRNNExportError
+from birnn_export.errors import BiRNNExportError, UsageError
 from birnn_export.spec import (
     GraphSpec,
     dim_size,
@@ -265,28 +265,42 @@ def past_declared(
 
 def sweep_arguments(
     engines: str | Sequence[str], batch_sizes: Any, seq_lens: Any
-) -> tuple[tuple[str, ...], Any, Any]:
+) -> tuple[tuple[str, ...], tuple[int, ...] | None, tuple[int, ...] | None]:
     """``engines``, ``batch_sizes`` and ``seq_lens`` as :func:`~birnn_export.verify` and
-    :func:`~birnn_export.benchmark` take them: engines as a sequence or one comma-separated
-    string (``"ort-cpu"`` was read letter by letter: users50 F5), and a size alone as an int."""
+    :func:`~birnn_export.benchmark` take them, checked before a model loads: engines as a
+    sequence or one comma-separated string (``"ort-cpu"`` was read letter by letter: users50
+    F5), each size list as a sequence, an array or one int, and ``None`` for the default."""
+    from birnn_export.runners import ENGINES
+
     if isinstance(engines, str):
         engines = [name.strip() for name in engines.split(",") if name.strip()]
+    engines = tuple(dict.fromkeys(engines))
+    if not engines:
+        raise UsageError(f"engines: expected at least one of {', '.join(ENGINES)}")
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise UsageError(f"engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
 
-    def sizes(name: str, values: Any) -> Any:
+    def sizes(name: str, values: Any) -> tuple[int, ...] | None:
+        if values is None:
+            return None
         if isinstance(values, (bool, float, np.floating)):  # a TypeError before (review30 L3)
-            raise BiRNNExportError(f"{name}: expected positive integers, got {values!r}")
-        return (values,) if isinstance(values, (int, np.integer)) else values
+            raise UsageError(f"{name}: expected positive integers, got {values!r}")
+        if isinstance(values, (int, np.integer)):
+            return _check_sizes(name, (values,))
+        if isinstance(values, np.ndarray):  # its truth value raised ValueError (review34 R1)
+            values = values.tolist()
+        return _check_sizes(name, list(values))
 
-    return tuple(engines), sizes("batch_sizes", batch_sizes), sizes("seq_lens", seq_lens)
+    return engines, sizes("batch_sizes", batch_sizes), sizes("seq_lens", seq_lens)
 
 
 def _check_sizes(option: str, values: Sequence[int]) -> tuple[int, ...]:
-    sizes = tuple(dict.fromkeys(values))
-    if not sizes or any(
-        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in sizes
+    if not values or any(
+        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in values
     ):
-        raise BiRNNExportError(f"{option}: expected positive integers, got {list(values)}")
-    return tuple(int(v) for v in sizes)
+        raise UsageError(f"{option}: expected positive integers, got {list(values)}"[:200])
+    return tuple(dict.fromkeys(int(v) for v in values))
 
 
 def case_feed(spec: GraphSpec, case: Case) -> dict[str, np.ndarray]:

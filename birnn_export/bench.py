@@ -46,12 +46,12 @@ from birnn_export._foreign import read_spec
 from birnn_export._sweep import Case, fit_budget, sweep_arguments
 from birnn_export.compare import (
     Check,
-    Criterion,
     NoiseCriterion,
     QuantizedCriterion,
     ToleranceOverride,
     check_overrides,
     compare_outputs,
+    engine_criteria,
     resolve_tolerance,
     sweep_check,
 )
@@ -59,11 +59,12 @@ from birnn_export.errors import (
     BiRNNExportError,
     EngineError,
     EngineUnavailableError,
+    UsageError,
     VerificationError,
     one_line,
     outcome,
 )
-from birnn_export.quantize import INT8
+from birnn_export.options import DEFAULT_MEMORY_BUDGET
 from birnn_export.spec import (
     GraphSpec,
     Tolerance,
@@ -79,8 +80,6 @@ Status = Literal["ok", "mismatch", "unavailable", "error"]
 
 #: ``threads`` may be at most this many per core of the machine.
 MAX_THREADS_PER_CORE = 4
-#: The default memory budget: the largest tensor of one shape (bytes, float64).
-DEFAULT_MEMORY_BUDGET = 1 << 30
 
 #: Adaptive timing (neither ``iters`` nor ``duration``): see the module docstring.
 ADAPTIVE_MIN_RUNS = 10
@@ -338,7 +337,7 @@ def benchmark(
     seed: int = 0,
     atol: ToleranceOverride = None,
     rtol: ToleranceOverride = None,
-    progress: bool = True,
+    progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     isolate: bool = True,
     ort_spinning: bool | None = None,
@@ -374,9 +373,11 @@ def benchmark(
         device: Where the ``"torch"`` engine runs: ``"cpu"`` or ``"cuda"`` (the reference
             outputs are always computed on the CPU).
         compile: Time the ``"torch"`` engine under ``torch.compile``.
-        atol: Absolute tolerance of the output check (default by dtype and device: fp32 CPU
-            1e-5, fp32 GPU 1e-4, fp16 1e-2).
-        rtol: Relative tolerance (default fp32 CPU 1e-4, fp32 GPU 1e-3, fp16 1e-2).
+        atol: Judge the outputs by fixed tolerances instead of the model's noise floor (the
+            default: the float64 reference's criterion, as verify's): a number, or ``{output
+            name: number}``. Either one of atol and rtol selects fixed tolerances; the other
+            then defaults per dtype and device (:func:`~birnn_export.spec.default_tolerance`).
+        rtol: Relative tolerance, like ``atol``.
         progress: Show a transient progress bar on stderr.
         memory_budget: Bytes the largest tensor of one shape may take in float64 (the
             reference runs there); shapes over it are refused before anything runs.
@@ -421,7 +422,7 @@ def benchmark(
     load_before = _load_average()
 
     engines, batch_sizes, seq_lens = sweep_arguments(engines, batch_sizes, seq_lens)
-    engines = tuple(dict.fromkeys(engines))
+    _check_arguments(warmup, iters, duration, threads, device)
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():  # before a model loads or an engine runs
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
@@ -436,7 +437,6 @@ def benchmark(
     if seq_lens is None:
         low, opt, high = spec.seq_range
         seq_lens = tuple(sorted({min(max(16, low), high), opt, high}))
-    _check_arguments(engines, batch_sizes, seq_lens, warmup, iters, duration, threads, device)
     check_overrides(spec, atol=atol, rtol=rtol)
     dims = spec.check_dims(dims or {})
     refuse_data_outside(proto, onnx_path)  # ONNX Runtime would refuse it
@@ -475,7 +475,8 @@ def benchmark(
     output_names = [t.name for t in spec.outputs]
     # fp16 graphs: the torch engine times the model in fp32 (what a user would run).
     torch_dtype = runners.eager_dtype(model, spec.dtype)
-    criteria = _criteria(spec, engines, device, atol, rtol)
+    fixed = atol is not None or rtol is not None
+    criteria = engine_criteria(spec, engines, fixed=fixed, atol=atol, rtol=rtol, device=device)
     fixed = atol is not None or rtol is not None
     # Checked as verify checks: against the model in float64, within a factor of eager
     # PyTorch's own error in the graph's precision (or fixed tolerances, when given).
@@ -1033,73 +1034,26 @@ def _make_runner(
     )
 
 
-def _criteria(
-    spec: GraphSpec,
-    engines: Sequence[str],
-    device: str,
-    atol: ToleranceOverride,
-    rtol: ToleranceOverride,
-) -> dict[str, dict[str, Criterion]]:
-    """Per engine and output: the noise criterion, or fixed tolerances when either is given."""
-    quantized = {t.name: QuantizedCriterion() for t in spec.outputs}
-    if atol is None and rtol is None:
-        return {
-            e: quantized
-            if e == "ort-int8" or spec.quantization == INT8
-            else {t.name: NoiseCriterion() for t in spec.outputs}
-            for e in engines
-        }
-    fixed: dict[str, dict[str, Criterion]] = {}
-    for engine in engines:
-        fixed[engine] = {
-            t.name: resolve_tolerance(t, engine, atol, rtol, device=device) for t in spec.outputs
-        }
-        if engine == "ort-int8" or spec.quantization == INT8:
-            fixed[engine] = quantized
-    return fixed
-
-
 def _atol_rtol(tolerance: Tolerance) -> list[float]:
     return [tolerance.atol, tolerance.rtol]
 
 
 def _check_arguments(
-    engines: Sequence[str],
-    batch_sizes: Sequence[int],
-    seq_lens: Sequence[int],
-    warmup: int,
-    iters: int | None,
-    duration: float | None,
-    threads: int | None,
-    device: str = "cpu",
+    warmup: int, iters: int | None, duration: float | None, threads: int | None, device: str
 ) -> None:
-    from birnn_export.runners import ENGINES
-
     if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise BiRNNExportError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
-    if not engines:
-        raise BiRNNExportError(f"engines: expected at least one of {', '.join(ENGINES)}")
-    unknown = [e for e in engines if e not in ENGINES]
-    if unknown:
-        raise BiRNNExportError(f"engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
-    for name, values in (("batch_sizes", batch_sizes), ("seq_lens", seq_lens)):
-        if not values or any(
-            not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values
-        ):
-            raise BiRNNExportError(
-                f"{name}: expected one or more positive ints, got {list(values)!r}"[:200]
-            )
+        raise UsageError(f"device: expected cpu, cuda or cuda:N, got {device!r}")
     if warmup < 0:
-        raise BiRNNExportError(f"warmup: expected >= 0, got {warmup}")
+        raise UsageError(f"warmup: expected >= 0, got {warmup}")
     if iters is not None and duration is not None:
-        raise BiRNNExportError("iters and duration: give one of them, not both")
+        raise UsageError("iters and duration: give one of them, not both")
     if iters is not None and iters < 1:
-        raise BiRNNExportError(f"iters: expected >= 1, got {iters}")
+        raise UsageError(f"iters: expected >= 1, got {iters}")
     if duration is not None and not duration > 0:
-        raise BiRNNExportError(f"duration: expected seconds > 0, got {duration}")
+        raise UsageError(f"duration: expected seconds > 0, got {duration}")
     cores = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= MAX_THREADS_PER_CORE * cores:
-        raise BiRNNExportError(
+        raise UsageError(
             f"threads: {threads} is not in 1..{MAX_THREADS_PER_CORE * cores} (this machine has "
             f"{cores} cores; more threads than {MAX_THREADS_PER_CORE} per core only slow it down)"
         )

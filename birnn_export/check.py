@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError, CompatibilityError, outcome
+from birnn_export.options import LAYOUTS
 from birnn_export.spec import RECURRENT_OPS, run_time_dim, takes_lengths
 
 if TYPE_CHECKING:
@@ -295,9 +296,6 @@ def _real_build(obj: Any, model: Any, library: Any) -> EngineBuild:
 
 #: A build error that says the builder ran out of host or device memory.
 _OUT_OF_MEMORY = re.compile(r"bad_alloc|out of memory|outofmemory", re.IGNORECASE)
-
-#: birnn-export's layouts (``export.LAYOUTS``, named here without importing torch).
-LAYOUTS = ("split", "fused", "scan", "packed")
 
 
 def _layout(model: Any) -> str | None:

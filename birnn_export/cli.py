@@ -37,7 +37,13 @@ from birnn_export._option_groups import (
     tolerance_option,
 )
 from birnn_export._version import __version__
-from birnn_export.errors import BiRNNExportError, ModelLoadError, UsageError, VerificationError
+from birnn_export.errors import (
+    BiRNNExportError,
+    ExportInterrupted,
+    ModelLoadError,
+    UsageError,
+    VerificationError,
+)
 
 if TYPE_CHECKING:
     from birnn_export.compare import ToleranceOverride
@@ -283,11 +289,10 @@ def export_command(
             load_options=loader,
             **graph,
         )
-    except KeyboardInterrupt as exc:
-        written = getattr(exc, "written", None)
-        if json_path is not None and written is not None:  # not the last run's (users47 F5)
+    except ExportInterrupted as exc:
+        if json_path is not None:  # the graph in place, not the last run's (users47 F5)
             said = f"Aborted! {exc}"
-            summary = {"model": str(model_path), "written": written, "error": said}
+            summary = {"model": str(model_path), "written": exc.written, "error": said}
             _write_json(json_path, json.dumps({**summary, "exit_code": _interrupted_code()}))
         raise
     except BiRNNExportError as exc:
@@ -545,7 +550,9 @@ def bench_command(
     writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
     reads = {"MODEL.onnx": onnx_path, "--model": model_path}
     options_.check_files(reads, writes, suffixes={"--plot": ".png"})  # it writes a PNG
-    report = benchmark(onnx_path, model_path, **sweep, **timing, load_options=loader, like=like)
+    report = benchmark(
+        onnx_path, model_path, **sweep, **timing, load_options=loader, like=like, progress=True
+    )
     wide_console().print(render_table(report))
     if json_path is not None:
         where = _write_json(json_path, report.json_text())

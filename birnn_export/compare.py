@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export.quantize import INT8
 from birnn_export.spec import (
     TAG_PADDING,
     GraphSpec,
@@ -852,6 +853,33 @@ def resolve_tolerance(
         _override(rtol, output.name, base.rtol),
         base.rel_l2,
     )
+
+
+def engine_criteria(
+    spec: GraphSpec,
+    engines: Sequence[str],
+    *,
+    fixed: bool,
+    atol: ToleranceOverride = None,
+    rtol: ToleranceOverride = None,
+    device: str = "cpu",
+) -> dict[str, dict[str, Criterion]]:
+    """What verify and bench judge each engine's outputs by: int8's criterion for the int8
+    engine or an int8 graph; else fixed tolerances where ``fixed`` (:func:`resolve_tolerance`,
+    the torch engine on ``device``); else the noise criterion against the float64 reference.
+    """
+
+    def one(engine: str) -> dict[str, Criterion]:
+        if engine == "ort-int8" or spec.quantization == INT8:
+            return {t.name: QuantizedCriterion() for t in spec.outputs}
+        if fixed:
+            return {
+                t.name: resolve_tolerance(t, engine, atol, rtol, device=device)
+                for t in spec.outputs
+            }
+        return {t.name: NoiseCriterion() for t in spec.outputs}
+
+    return {engine: one(engine) for engine in engines}
 
 
 def layer_tolerance(dtype: str, atol: ToleranceOverride, rtol: ToleranceOverride) -> Tolerance:

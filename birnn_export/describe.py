@@ -17,6 +17,7 @@ from birnn_export.crf import is_viterbi_scan
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import (
     METADATA_KEY,
+    RECURRENT_OPS,
     GraphSpec,
     changed_after_export,
     load_onnx,
@@ -40,6 +41,13 @@ def _shown_dims(value: Any) -> list[int | str] | None:
     return dims
 
 
+def _text(value: Any) -> Any:
+    """An attribute's value with its bytes (and lists of bytes) decoded."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return [_text(v) for v in value] if isinstance(value, list) else value
+
+
 def dims_text(dims: list[int | str] | None) -> str:
     """``[batch, seq, 9]``, or ``unknown rank`` (see :func:`_shown_dims`)."""
     return "unknown rank" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
@@ -50,7 +58,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     CRF's Viterbi Scans), metadata; :func:`describe_lines` renders it.
 
     Raises:
-        ExportError: the file is missing or not an ONNX model.
+        ModelLoadError: the file is missing or not an ONNX model.
     """
     from onnx import helper
 
@@ -97,22 +105,11 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
                 }
             )
             continue
-        recurrent_op = node.op_type in ("LSTM", "GRU", "RNN", "ReverseSequence")
-        if recurrent_op or is_viterbi_scan(node):
+        if node.op_type in (*RECURRENT_OPS, "ReverseSequence") or is_viterbi_scan(node):
             attrs = {
-                a.name: helper.get_attribute_value(a)
+                a.name: _text(helper.get_attribute_value(a))
                 for a in node.attribute
                 if not a.HasField("g")  # a Scan's body: its node name says what it is
-            }
-            attrs = {
-                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                for k, v in attrs.items()
-            }
-            attrs = {
-                k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
-                if isinstance(v, list)
-                else v
-                for k, v in attrs.items()
             }
             entry = {
                 "name": node.name,

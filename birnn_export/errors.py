@@ -12,9 +12,14 @@ from typing import Any
 
 
 class BiRNNExportError(Exception):
-    """Base class of errors caused by input, configuration or environment, not by a bug."""
+    """Base class of errors caused by input, configuration or environment, not by a bug.
+
+    ``model_sha256`` is the sha256 of the model file the failed export read, where it read one
+    (for its ``--json`` summary).
+    """
 
     exit_code: int = 2
+    model_sha256: str | None = None
 
 
 class UsageError(BiRNNExportError):
@@ -70,6 +75,15 @@ class VerificationError(BiRNNExportError):
     def __init__(self, message: str, *, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ExportInterrupted(KeyboardInterrupt):
+    """An interrupt after the graph was written and verified: ``written`` is its path (the
+    ``--json`` summary names it; users42, users47 F5)."""
+
+    def __init__(self, message: str, *, written: str) -> None:
+        super().__init__(message)
+        self.written = written
 
 
 def outcome(raise_for_failure: Callable[[], None]) -> dict[str, Any]:

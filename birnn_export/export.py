@@ -100,6 +100,7 @@ from birnn_export.modules import (
     padding_mask,
     state_names,
 )
+from birnn_export.options import LAYOUTS
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
@@ -119,7 +120,6 @@ from birnn_export.spec import (
 #: and ONNX Runtime >= 1.14 both import.
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
-LAYOUTS = ("split", "fused", "scan", "packed")
 #: The layout chosen per cell type when none is asked for, by measurement on ONNX Runtime CPU
 #: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU split, fused
 #: and the stock export tie within noise, and packed wins only on ragged batches of 8 rows or
@@ -491,18 +491,16 @@ def _trace_graph(
             f"{MAX_UNTRACED} are recorded for verification to run"
         )
     guard_empty_batch(proto, spec)
-    spec = GraphSpec(
-        **{
-            **spec.__dict__,
-            "layout": layout,
-            "dtype": dtype,
-            "opset": opset,
-            "config": config,
-            "tool_version": __version__,
-            "source_sha256": source_sha256,
-            "container": container.to_dict() if container is not None else None,
-            "untraced": tuple(dict(p) for p in points[:MAX_UNTRACED]),
-        }
+    spec = dataclasses.replace(
+        spec,
+        layout=layout,
+        dtype=dtype,
+        opset=opset,
+        config=config,
+        tool_version=__version__,
+        source_sha256=source_sha256,
+        container=container.to_dict() if container is not None else None,
+        untraced=tuple(dict(p) for p in points[:MAX_UNTRACED]),
     )
     set_metadata(proto, spec, lengths_fed)
     graph = TracedGraph(

@@ -34,6 +34,7 @@ from birnn_export.errors import (
     BiRNNExportError,
     EngineUnavailableError,
     ExportError,
+    ExportInterrupted,
     VerificationError,
     keywords,
     known_options,
@@ -116,7 +117,8 @@ def export_onnx(
             (converted first, on a copy).
         path: Output ``.onnx`` file; written atomically, nothing is left on failure.
         verify: Run :func:`birnn_export.verify`'s default sweep on ONNX Runtime CPU before the
-            file is moved into place (skipped only where onnxruntime is missing).
+            file is moved into place; without onnxruntime the export fails
+            (:class:`~birnn_export.errors.EngineUnavailableError`) unless ``verify=False``.
         progress: Show verification's progress bar on stderr on long runs.
         quantize: ``"int8"``: write the graph dynamically quantized by ONNX Runtime
             (:func:`birnn_export.quantize.quantize_int8`; int8 LSTM and MatMul kernels, GRU and
@@ -384,7 +386,7 @@ def failure_summary(model_path: str | os.PathLike[str], error: BiRNNExportError)
         "model": str(model_path),
         # the sha256 of the file read, as a success's summary has it (review32: a failure's had
         # none; review33: a save_pretrained folder's is its weights file's)
-        "model_sha256": getattr(error, "model_sha256", None)
+        "model_sha256": error.model_sha256
         or (file_sha256(model_path) if Path(model_path).is_file() else None),
         "written": None,
         "error": str(error),
@@ -448,9 +450,10 @@ def export_model(
             ``layout``, ``dtype``, ``lengths``, ``input_size``, ``quantize``).
 
     Raises:
-        BiRNNExportError: bad input (exit code 2), or a failed verification or TensorRT build
+        BiRNNExportError: bad input (exit code 2), or a failed verification
             (:class:`~birnn_export.errors.VerificationError`, exit code 1; its ``report``
-            holds the cases).
+            holds the cases). A TensorRT rejection is not raised: it is in the report's
+            ``compatibility`` (``.ok`` False).
 
     Example:
         >>> report = export_model("sample_models/token_tagger.pt", "tagger.onnx")  # doctest: +SKIP
@@ -511,7 +514,7 @@ def export_model(
             **export_options,
         )
     except BiRNNExportError as exc:  # the file read, for the --json (a folder's weights file)
-        exc.model_sha256 = loaded.sha256  # type: ignore[attr-defined]
+        exc.model_sha256 = loaded.sha256
         if isinstance(exc, VerificationError) and exc.report is not None:
             exc.report = _compared_with(exc.report, loaded.path, loaded.sha256)
         raise
@@ -525,13 +528,12 @@ def export_model(
         compatibility = None if quantized else check_compatibility(result.path, target="tensorrt")
         described = describe_onnx(result.path)
     except KeyboardInterrupt:  # the graph is in place, whole and verified: say so (users42)
-        said = KeyboardInterrupt(
+        raise ExportInterrupted(
             f"{result.path} was written{' and verified' if verify else ''} before the "
             f"interrupt; its TensorRT check did not finish: birnn-export check {result.path} "
-            "--target tensorrt"
-        )
-        said.written = str(result.path)  # type: ignore[attr-defined]  # for the --json summary
-        raise said from None
+            "--target tensorrt",
+            written=str(result.path),
+        ) from None
     if _identity(result.path) != written:  # another export wrote the file meanwhile (users34)
         raise ExportError(
             f"{result.path}: another process replaced it while this export checked it; the "

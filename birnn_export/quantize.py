@@ -1,6 +1,6 @@
 """int8 graphs: ONNX Runtime's dynamic quantization of an exported graph.
 
-:func:`quantize_int8` runs ``onnxruntime.quantization.quantize_dynamic`` (weights int8, per
+:func:`quantize_int8` runs ``onnxruntime.quantization.quantize_dynamic`` (weights uint8, per
 tensor; activations quantized at run time, per call): LSTM nodes become
 ``com.microsoft::DynamicQuantizeLSTM`` and MatMul/Gemm heads ``MatMulInteger``. ONNX Runtime
 has no quantized GRU or RNN kernels: those nodes stay float32, and so does an RNN layer written
@@ -102,10 +102,26 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
                 _unshare(source, shared)
                 quantized_from = os.path.join(folder, "unshared.onnx")
                 onnx.save(source, quantized_from)
+            # On x86 CPUs without VNNI (AMD Zen 2 and 3, Intel before Cascade Lake) ONNX
+            # Runtime's uint8 x int8 kernels add products in pairs into a saturating int16:
+            # with full-range int8 weights, outputs came out at half their value there, and a
+            # graph verified on a CPU with VNNI was wrong on one without. Each kernel is given
+            # weights it sums exactly on every CPU: LSTM nodes (always int8 weights) 7-bit
+            # weights, as ONNX Runtime advises; the rest full-range uint8 weights, whose
+            # uint8 x uint8 kernels do not saturate.
+            lstm_done = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "l.onnx")
             quantize_dynamic(
                 quantized_from,
-                str(dst),
+                lstm_done,
+                op_types_to_quantize=["LSTM"],
                 weight_type=QuantType.QInt8,
+                reduce_range=True,
+                nodes_to_exclude=sorted(kept_float),
+            )
+            quantize_dynamic(
+                lstm_done,
+                str(dst),
+                weight_type=QuantType.QUInt8,
                 nodes_to_exclude=sorted(kept_float),
             )
     except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
@@ -155,6 +171,68 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
             op: counts[op] for op in ("GRU", "RNN", "LSTM", "MatMul", "Gemm") if counts[op]
         },
     )
+
+
+#: The largest int8 weight magnitude that x86 kernels without VNNI add exactly: they sum a pair
+#: of uint8 x int8 products into an int16, and 2 x 255 x 64 < 2**15 (7-bit weights).
+_UNSATURATED = 64
+#: Where each quantized op takes an int8 weight that is multiplied by uint8 activations.
+_WEIGHT_SLOTS = {
+    "MatMulInteger": (1,),
+    "ConvInteger": (1,),
+    "DynamicQuantizeMatMul": (1,),
+    "DynamicQuantizeLSTM": (1, 2),
+}
+
+
+def saturating_nodes(proto: Any) -> list[str]:
+    """The quantized nodes whose int8 weights go past 7 bits: on x86 CPUs without VNNI (AMD Zen 2
+    and 3, Intel before Cascade Lake) ONNX Runtime adds their uint8 x int8 products in pairs into
+    a saturating int16, so their outputs there differ from a CPU with VNNI (by half, in a head
+    whose activations and weights are both large). :func:`quantize_int8` writes none."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    weights = {i.name: i for i in proto.graph.initializer if i.data_type == TensorProto.INT8}
+    found = []
+    for node in proto.graph.node:
+        for slot in _WEIGHT_SLOTS.get(node.op_type, ()):
+            name = node.input[slot] if slot < len(node.input) else ""
+            if name in weights:
+                values = numpy_helper.to_array(weights[name]).astype(np.int16)
+                if values.size and np.abs(values).max() > _UNSATURATED:
+                    found.append(node.name or node.output[0])
+                    break
+    return found
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU has VNNI (``avx512_vnni`` or ``avx_vnni`` in /proc/cpuinfo); ``None``
+    where that cannot be read (not Linux, or not x86)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = next((line.split() for line in info if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_vnni", "avx_vnni"} & set(flags))
+
+
+def saturation_note(proto: Any) -> list[str]:
+    """A note for verify where :func:`saturating_nodes` finds any (an int8 graph an older
+    birnn-export, or ONNX Runtime's quantizer by default, wrote)."""
+    nodes = saturating_nodes(proto)
+    if not nodes:
+        return []
+    vnni = cpu_has_vnni()
+    here = "" if vnni is None else f" (this CPU {'has' if vnni else 'lacks'} VNNI)"
+    shown = ", ".join(repr(n) for n in nodes[:3]) + (", ..." if len(nodes) > 3 else "")
+    return [
+        f"{len(nodes)} int8 node(s) ({shown}) have weights past 7 bits: on x86 CPUs without "
+        "VNNI (AMD Zen 2 and 3, Intel before Cascade Lake) ONNX Runtime adds their products "
+        f"into a saturating int16, so the graph's outputs there are not these{here}; export it "
+        "again (birnn-export >= 0.6.3 writes 7-bit LSTM weights and uint8 weights elsewhere), "
+        "or quantize with reduce_range=True"
+    ]
 
 
 def _zero_padded_steps(proto: Any) -> None:

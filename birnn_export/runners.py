@@ -28,7 +28,7 @@ import numpy as np
 
 from birnn_export._packing import any_order_packing
 from birnn_export.base_runner import BaseRunner
-from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError
+from birnn_export.errors import BiRNNExportError, EngineError, EngineUnavailableError, UsageError
 from birnn_export.spec import RECURRENT_OPS
 
 if TYPE_CHECKING:
@@ -216,12 +216,12 @@ def cuda_provider_options(
         '1'
     """
     if cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
-        raise BiRNNExportError(
+        raise UsageError(
             f"cudnn_conv_algo_search: expected one of {', '.join(CUDNN_CONV_ALGO_SEARCH)}, "
             f"got {cudnn_conv_algo_search!r}"
         )
     if device_id < 0:
-        raise BiRNNExportError(f"device_id: expected a CUDA device index >= 0, got {device_id}")
+        raise UsageError(f"device_id: expected a CUDA device index >= 0, got {device_id}")
     options = {
         "device_id": str(device_id),
         "cudnn_conv_algo_search": cudnn_conv_algo_search,
@@ -232,7 +232,7 @@ def cuda_provider_options(
         options["gpu_mem_limit"] = str(int(gpu_mem_limit))
     if arena_extend_strategy is not None:
         if arena_extend_strategy not in ARENA_EXTEND_STRATEGIES:
-            raise BiRNNExportError(
+            raise UsageError(
                 f"arena_extend_strategy: expected one of {', '.join(ARENA_EXTEND_STRATEGIES)}, "
                 f"got {arena_extend_strategy!r}"
             )
@@ -286,7 +286,7 @@ def tensorrt_provider_options(
     from birnn_export.trt_plan import cache_dir, derive_profile
 
     if device_id < 0:
-        raise BiRNNExportError(f"device_id: expected a CUDA device index >= 0, got {device_id}")
+        raise UsageError(f"device_id: expected a CUDA device index >= 0, got {device_id}")
     if fp16 is None:
         fp16 = spec is not None and spec.dtype == "float16"
     options = {"device_id": str(device_id), "trt_fp16_enable": "True" if fp16 else "False"}
@@ -355,9 +355,7 @@ class OrtRunner(BaseRunner):
     ) -> None:
         super().__init__()
         if engine not in _ORT_PROVIDERS:
-            raise BiRNNExportError(
-                f"engine: expected one of {sorted(_ORT_PROVIDERS)}, got {engine!r}"
-            )
+            raise UsageError(f"engine: expected one of {sorted(_ORT_PROVIDERS)}, got {engine!r}")
         self.engine = engine
         self.provider = _ORT_PROVIDERS[engine]
         self.path = str(path)
@@ -589,16 +587,14 @@ def make_runner(
         ...     outputs = runner.infer(feed)
     """
     if engine not in ENGINES:
-        raise BiRNNExportError(
-            f"engine: unknown engine {engine!r}; choose from {', '.join(ENGINES)}"
-        )
+        raise UsageError(f"engine: unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if engine == "torch":
         if model is None:
-            raise BiRNNExportError("engine 'torch' needs model= (the eager PyTorch module)")
+            raise UsageError("engine 'torch' needs model= (the eager PyTorch module)")
         if input_names is None or output_names is None:
             spec = _spec_or_none(onnx_path) if onnx_path is not None else None
             if spec is None:
-                raise BiRNNExportError(
+                raise UsageError(
                     "engine 'torch' needs input_names= and output_names= (or an onnx_path whose "
                     "birnn_export.spec metadata names them)"
                 )
@@ -614,9 +610,9 @@ def make_runner(
             dtype=dtype,
         )
     if onnx_path is None:
-        raise BiRNNExportError(f"engine {engine!r} needs onnx_path= (the exported ONNX file)")
+        raise UsageError(f"engine {engine!r} needs onnx_path= (the exported ONNX file)")
     if compile:
-        raise BiRNNExportError(f"compile=True applies to engine 'torch' only, not {engine!r}")
+        raise UsageError(f"compile=True applies to engine 'torch' only, not {engine!r}")
     if isolate:
         from birnn_export._isolation import IsolatedRunner
 
@@ -667,7 +663,7 @@ def _cuda_index(device: str | None, engine: str) -> int:
         return int(device[5:])
     if device == "cpu" and engine in ("ort-cpu", "ort-int8"):
         return 0
-    raise BiRNNExportError(f"device: engine {engine!r} expects 'cuda' or 'cuda:N', got {device!r}")
+    raise UsageError(f"device: engine {engine!r} expects 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _spec_or_none(path: str | os.PathLike[str]) -> GraphSpec | None:

@@ -85,16 +85,16 @@ from birnn_export._sweep import (
     sweep_arguments,
 )
 from birnn_export.compare import (
-    Criterion,
     NoiseCriterion,
     QuantizedCriterion,
     ToleranceOverride,
     check_overrides,
+    engine_criteria,
     layer_tolerance,
-    resolve_tolerance,
 )
 from birnn_export.errors import BiRNNExportError
-from birnn_export.quantize import INT8, padding_unread, zeroes_padding
+from birnn_export.options import DEFAULT_MEMORY_BUDGET
+from birnn_export.quantize import INT8, padding_unread, saturation_note, zeroes_padding
 from birnn_export.spec import (
     MASK_ROLES,
     GraphSpec,
@@ -116,9 +116,6 @@ PADDING_ZEROED_BUT_READ = (
 
 #: How the note begins where the model cannot run in float64 (the export prints it).
 FLOAT64_FAILS = "the model cannot run in float64"
-
-#: The default memory budget: the largest tensor one case may allocate (bytes, float64).
-DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 def _graph_problems(
@@ -492,6 +489,7 @@ def verify(
     problems = tuple(found)
     notes += stale
     notes += _nodes_without_lengths(proto, spec)
+    notes += saturation_note(proto)
 
     golden = _interop.load_outputs(load_outputs) if load_outputs is not None else None
     fixed = atol is not None or rtol is not None
@@ -535,24 +533,18 @@ def verify(
             f"{OTHER_FILE_NOTE} {spec.source_sha256[:12]}..., the "
             f"model given has {sha[:12]}...: they may not be the same weights"
         )
-    criteria: dict[str, Criterion] = {t.name: NoiseCriterion() for t in spec.outputs}
-    quantized = {t.name: QuantizedCriterion() for t in spec.outputs}
-    per_engine = {
-        engine: quantized
-        if engine == "ort-int8" or spec.quantization == INT8
-        else {t.name: resolve_tolerance(t, engine, atol, rtol) for t in spec.outputs}
-        if fixed
-        else criteria
-        for engine in engines
-    }
+    per_engine = engine_criteria(spec, engines, fixed=fixed, atol=atol, rtol=rtol)
     criterion_text = (
         f"fixed tolerances against the reference in {ref_dtype}"
         if fixed
         else f"float64 reference; {NoiseCriterion().describe()} ({eager_dtype})"
     )
-    if all(c is quantized for c in per_engine.values()):
+    quantized = [
+        isinstance(next(iter(c.values()), None), QuantizedCriterion) for c in per_engine.values()
+    ]
+    if all(quantized):
         criterion_text = f"float64 reference; {QuantizedCriterion().describe()}"
-    elif any(c is quantized for c in per_engine.values()):
+    elif any(quantized):
         criterion_text += f"; {QuantizedCriterion().describe()}"
 
     hidden = None if golden is not None else root_bidirectional_hidden(converted, ref_module)

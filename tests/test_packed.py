@@ -285,6 +285,19 @@ def test_tensorrt_parses_and_builds_the_packed_layout(tmp_path):
 
 
 @pytest.mark.tensorrt_rtx
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_tensorrt_builds_the_packed_layout_for_one_row_at_a_time(tmp_path, cell):
+    """A profile of max batch 1 (Triton's max_batch_size 1, a streaming server): TensorRT's
+    builder takes the sort's indices, which it cannot bound, as 1, and Gather's index 1 past
+    one row failed every such build, while the recorded profile built (users56 F1)."""
+    from birnn_export.trt import build_engine
+
+    export_onnx(tagger(cell), tmp_path / "m.onnx", layout="packed", verify=False)
+    build = build_engine(tmp_path / "m.onnx", batch=(1, 1, 1))
+    assert build.ok, build.build_error
+
+
+@pytest.mark.tensorrt_rtx
 def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_path):
     """The char layer's rows are batch x words: TensorRT refused its Squeeze without axes
     ("requires dimension 0 to not be 1 at runtime"); the rewrite names the axis."""

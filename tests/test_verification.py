@@ -1824,6 +1824,42 @@ def test_the_verdict_is_one_line_in_a_log(tagger_files: tuple[Path, Path]) -> No
     assert line.startswith(report.summary()) and line.endswith(" s)"), line
 
 
+def test_bracketed_words_in_a_report_are_printed_as_they_are() -> None:
+    """rich read a "[lowercase ...]" in an engine's error as a style and dropped it: TensorRT's
+    "[executionContext.cpp::...]" vanished from the verdict line a log is grepped for (review34
+    R2)."""
+    import io
+
+    from rich.console import Console
+
+    from birnn_export.verification import render_report
+
+    error = "EngineError: [executionContext.cpp::enqueueV3::26] shapes [batch, seq] rejected"
+    case = CaseResult("trt", 3, 44, "ragged", 1.0, 0, (44, 1, 20), (), error=error)
+    problem = "node [b] reads padding"
+    report = VerifyReport(
+        "m[v2].onnx", "the model", "float64", ("trt",), {}, (case,), problems=(problem,)
+    )
+    log = io.StringIO()
+    render_report(report, console=Console(file=log, width=300))
+    text = log.getvalue()
+    (verdict,) = [x for x in text.splitlines() if x.startswith("FAIL:")]
+    assert verdict.startswith(report.summary()) and error in verdict, verdict
+    assert "verify m[v2].onnx" in text and f"graph problem: {problem}" in text
+    assert text.count("[executionContext.cpp::enqueueV3::26]") == 2  # the table and the verdict
+
+
+def test_an_unknown_engine_is_refused_before_the_model_loads(fused_path: Path) -> None:
+    """It was an EngineUnavailableError after the model had loaded and run in float64 (review34
+    R3); the same mistake is a UsageError in verify and in bench."""
+    from birnn_export import benchmark
+    from birnn_export.errors import UsageError
+
+    for run in (verify, benchmark):
+        with pytest.raises(UsageError, match=r"engines: unknown \['tvm'\]"):
+            run(fused_path, "/nonexistent/model.pt", engines="tvm,ort-cpu")
+
+
 def test_a_log_is_150_columns_wide_unless_columns_says(monkeypatch: pytest.MonkeyPatch) -> None:
     """Off a terminal tables are 150 columns wide (rich's 80 broke their numbers); a COLUMNS
     the caller set is taken (users53 F5: it was ignored)."""
