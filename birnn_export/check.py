@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.errors import BiRNNExportError, CompatibilityError, outcome
+from birnn_export.errors import BiRNNExportError, CompatibilityError, UsageError, outcome
 from birnn_export.options import LAYOUTS
 from birnn_export.spec import RECURRENT_OPS, run_time_dim, takes_lengths
 
@@ -210,7 +210,12 @@ class CheckReport:
 
 
 def check_compatibility(
-    onnx_path_or_model: Any, *, target: str, tensorrt: str = "auto"
+    onnx_path_or_model: Any,
+    *,
+    target: str,
+    tensorrt: str = "auto",
+    batch: Sequence[int] | None = None,
+    seq: Sequence[int] | None = None,
 ) -> CheckReport:
     """Check an ONNX file (path) or loaded ``onnx.ModelProto`` against ``target``.
 
@@ -222,6 +227,9 @@ def check_compatibility(
             usable TensorRT (``tensorrt`` where a GPU is visible, else ``tensorrt_rtx``) and
             falls back to the static rules alone where there is none; ``"static"`` runs the
             rules only; ``"tensorrt"`` / ``"tensorrt_rtx"`` insist on that package.
+        batch: (min, opt, max) batch sizes of the engine built, instead of the graph's recorded
+            range: the profile you will serve (``(1, 1, 1)`` for one row at a time).
+        seq: (min, opt, max) lengths of its time dim, likewise.
 
     Raises:
         BiRNNExportError: unknown target or ``tensorrt`` choice.
@@ -235,6 +243,11 @@ def check_compatibility(
             f"tensorrt: expected one of {', '.join(TENSORRT_CHOICES)}, got {tensorrt!r}"
         )
     target = _ALIASES[target]
+    if (batch is not None or seq is not None) and (target != "tensorrt" or tensorrt == "static"):
+        raise UsageError(
+            "--batch-range and --seq-range (batch=, seq=) set the profile of the engine "
+            "TensorRT builds: give them with --target tensorrt, without --tensorrt static"
+        )
     if target != "tensorrt" and tensorrt not in ("auto", "static"):  # ort-cuda: static rules
         raise BiRNNExportError(
             f"tensorrt: {tensorrt!r} chooses the TensorRT that checks --target tensorrt; "
@@ -248,7 +261,7 @@ def check_compatibility(
     library = _tensorrt_library(tensorrt)
     if library is None:
         return CheckReport(target, source, tuple(static), checked_with=STATIC)
-    build = _real_build(onnx_path_or_model, model, library)
+    build = _real_build(onnx_path_or_model, model, library, batch=batch, seq=seq)
     if build.parsed:  # the parser imported every op: the static op list has nothing to add
         static = [f for f in static if _NO_IMPORTER not in f.message]
     findings: list[Finding] = []
@@ -280,18 +293,19 @@ def _tensorrt_library(choice: str) -> Any:
     return trt.find_library(("tensorrt_rtx",))
 
 
-def _real_build(obj: Any, model: Any, library: Any) -> EngineBuild:
-    """Parse and build with ``library``: the file itself, or a saved copy of a ModelProto."""
+def _real_build(obj: Any, model: Any, library: Any, **profile: Any) -> EngineBuild:
+    """Parse and build with ``library``: the file itself, or a saved copy of a ModelProto;
+    ``profile``: :func:`~birnn_export.trt.build_engine`'s ``batch`` and ``seq``."""
     from birnn_export.trt import build_engine
 
     if not hasattr(obj, "SerializeToString"):
-        return build_engine(obj, library=library)
+        return build_engine(obj, library=library, **profile)
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="birnn-export-check-") as folder:
         path = os.path.join(folder, "model.onnx")
         onnx.save(model, path)
-        return build_engine(path, library=library)
+        return build_engine(path, library=library, **profile)
 
 
 #: A build error that says the builder ran out of host or device memory.

@@ -32,6 +32,7 @@ from birnn_export._option_groups import (
     graph_options,
     json_option,
     loader_options,
+    range_option,
     sweep_options,
     timing_options,
     tolerance_option,
@@ -594,8 +595,21 @@ def _plotting(path: Path | None) -> Path | None:
     help="For --target tensorrt: auto parses and builds with TensorRT where one is installed "
     "(tensorrt with a GPU, else tensorrt_rtx, which needs no GPU); static runs the rules only.",
 )
+@range_option(
+    "--batch-range",
+    "For --target tensorrt: build the engine for these batch sizes instead of the graph's "
+    "recorded range, e.g. 1,1,1 for a server of one row at a time.",
+)
+@range_option("--seq-range", "Likewise, the lengths of the time dim.")
 @_json_to_stdout
-def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt: str) -> None:
+def check_command(
+    onnx_path: Path,
+    target: str,
+    json_path: Path | None,
+    tensorrt: str,
+    batch_range: tuple[int, int, int] | None,
+    seq_range: tuple[int, int, int] | None,
+) -> None:
     """Check MODEL.onnx against a GPU engine (no GPU needed).
 
     For TensorRT, its own ONNX parser and builder judge the graph where a TensorRT package is
@@ -606,7 +620,9 @@ def check_command(onnx_path: Path, target: str, json_path: Path | None, tensorrt
     from birnn_export.check import check_compatibility
 
     options_.check_files({"MODEL.onnx": onnx_path}, {"--json": json_path})
-    report = check_compatibility(onnx_path, target=target, tensorrt=tensorrt)
+    report = check_compatibility(
+        onnx_path, target=target, tensorrt=tensorrt, batch=batch_range, seq=seq_range
+    )
     for line in report.lines():
         click.echo(line)
     if report.ok:  # else the summary is the error's one line

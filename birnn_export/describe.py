@@ -19,6 +19,7 @@ from birnn_export.spec import (
     METADATA_KEY,
     RECURRENT_OPS,
     GraphSpec,
+    batch_not_first_note,
     changed_after_export,
     load_onnx,
     op_counts,
@@ -242,6 +243,7 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         for t in parsed.outputs
         if t.role == "tags"
     ]
+    out += [f"  note: {note}" for note in batch_not_first_note(parsed)]
     out.append(
         f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
         f"{spec['padding_value']}, tool {spec['tool_version']}"

@@ -110,6 +110,7 @@ from birnn_export.spec import (
     RELATIVE_LENGTHS,
     GraphSpec,
     InputDecl,
+    batch_not_first_note,
     check_range,
     onnx_bytes,
     takes_lengths,
@@ -482,6 +483,7 @@ def _trace_graph(
     notes += _untraced_notes(untraced, planned, traced_at)
     notes += _unrolled_cells_notes(traced, trace_inputs)
     notes += _unembedded_notes(planned, spec, unread_inputs(proto.graph))
+    notes += batch_not_first_note(spec)
     points = list(  # each point once, in the order found
         dict.fromkeys(tuple(point.items()) for u in untraced for point in u.examples(traced_at))
     )

@@ -707,6 +707,21 @@ def fresh_name(taken: set[str], base: str) -> str:
     return name
 
 
+def batch_not_first_note(spec: GraphSpec) -> list[str]:
+    """A note where the batch is not the first axis of an input or output (a time-major
+    model's): a server that batches requests on the first axis cuts such a tensor along
+    another (users56 F2)."""
+    names = [t.name for t in (*spec.inputs, *spec.outputs) if t.batch_axis not in (None, 0)]
+    if not names:
+        return []
+    return [
+        f"the batch is not the first axis of {', '.join(repr(n) for n in names)}: a server "
+        "that batches requests on the first axis (Triton with max_batch_size > 0) would cut "
+        "them along another; serve the graph with max_batch_size 0 and the batch among the dims "
+        '(README, "Serving the graph")'
+    ]
+
+
 def unread_inputs(graph: Any) -> list[str]:
     """The inputs of an ONNX ``graph`` that no node reads (nor an output passes on): a
     ``forward`` parameter the model ignores, which callers still feed."""

@@ -1049,3 +1049,25 @@ def test_metadata_this_version_cannot_read_is_a_warning_not_a_refusal() -> None:
     report = check_compatibility(model, target="tensorrt", tensorrt="static")
     told = [f for f in report.warnings if f"unreadable {METADATA_KEY} metadata" in f.message]
     assert told and told[0].message.endswith("dynamic dims were not checked"), report.lines()
+
+
+@pytest.mark.tensorrt_rtx
+def test_check_builds_the_profile_asked_for(tmp_path: Path) -> None:
+    """A server of one row at a time builds a profile of max batch 1, which check could not
+    be asked to build: only the graph's recorded range was (users56 F5)."""
+    from birnn_export.models import SequenceTagger, TaggerConfig
+    from birnn_export.pipeline import export_onnx
+
+    torch.manual_seed(0)
+    config = TaggerConfig(cell="gru", input_size=4, hidden_size=6, output_size=3,
+                          uses_lengths=True)  # fmt: skip
+    path = export_onnx(SequenceTagger(config).eval(), tmp_path / "m.onnx", verify=False).path
+    args = ["check", str(path), "--target", "tensorrt", "--batch-range", "1,1,1"]
+    result = CliRunner().invoke(main, [*args, "--seq-range", "1,5,9"])
+    assert result.exit_code == 0, result.output
+    assert "x 1x1x4/1x5x4/1x9x4, lengths 1/1/1" in result.output
+    recorded = check_compatibility(path, target="tensorrt")
+    assert "x 1x1x4/8x64x4/32x256x4, lengths 1/8/32" in " ".join(recorded.lines())
+    for target, tensorrt in (("ort-cuda", "auto"), ("tensorrt", "static")):
+        with pytest.raises(BiRNNExportError, match="--batch-range and --seq-range"):
+            check_compatibility(path, target=target, tensorrt=tensorrt, batch=(1, 1, 1))

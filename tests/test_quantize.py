@@ -76,6 +76,28 @@ def test_int8_sums_are_exact_on_cpus_without_vnni(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, rtol=0.03, atol=0.5)
 
 
+def test_full_range_int8_weights_are_named_and_ours_have_none(tmp_path: Path) -> None:
+    """ONNX Runtime's quantizer by default (and birnn-export before 0.6.3) writes int8 weights
+    past 7 bits, which x86 CPUs without VNNI sum into a saturating int16: verify names such
+    nodes; quantize_int8 writes none."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from birnn_export.quantize import saturating_nodes, saturation_note
+
+    torch.manual_seed(0)
+    src = export_onnx(Tagger().eval(), tmp_path / "f.onnx", verify=False).path
+    quantize_int8(src, tmp_path / "ours.onnx")
+    assert saturating_nodes(onnx.load(str(tmp_path / "ours.onnx"))) == []
+    quantize_dynamic(str(src), str(tmp_path / "default.onnx"))
+    default = onnx.load(str(tmp_path / "default.onnx"))
+    named = saturating_nodes(default)
+    ops = {n.name: n.op_type for n in default.graph.node}
+    assert sorted(ops[n] for n in named) == ["DynamicQuantizeLSTM"] * 2 + ["MatMulInteger"]
+    (note,) = saturation_note(default)
+    assert note.startswith("3 int8 node(s) (") and "without VNNI" in note
+    assert note.endswith("or quantize with reduce_range=True")
+
+
 def test_quantize_int8_leaves_gru_in_float_and_says_so(tmp_path: Path) -> None:
     torch.manual_seed(0)
     src = export_onnx(Tagger(nn.GRU).eval(), tmp_path / "f.onnx", verify=False).path

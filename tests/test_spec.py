@@ -17,6 +17,7 @@ from birnn_export.spec import (
     DEFAULT_SEQ_RANGE,
     GraphSpec,
     TensorSpec,
+    batch_not_first_note,
     check_range,
     covering_range,
     default_tolerance,
@@ -50,6 +51,16 @@ def test_json_round_trip():
     assert GraphSpec.from_json(original.to_json()) == original
     assert original.inputs[0].time_axis == 1 and original.inputs[0].batch_axis == 0
     assert original.inputs[1].time_axis is None
+
+
+def test_a_batch_not_first_is_told_to_servers():
+    """Triton batches on the first axis: a time-major output ([T, batch, C], a CTC model's)
+    would be cut along time, and nothing said so (users56 F2)."""
+    assert batch_not_first_note(spec()) == []
+    time_major = TensorSpec("log_probs", "float32", ("seq", "batch", 5), "sequence")
+    (note,) = batch_not_first_note(dataclasses.replace(spec(), outputs=(time_major,)))
+    assert note.startswith("the batch is not the first axis of 'log_probs': ")
+    assert "max_batch_size 0" in note
 
 
 def test_declared_ranges_round_trip_and_default_for_older_files():
