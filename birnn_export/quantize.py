@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,39 @@ class QuantizeReport:
         return text
 
 
+def quantize_weights(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    nodes_to_exclude: Collection[str] = (),
+) -> None:
+    """ONNX Runtime's ``quantize_dynamic`` as ``--quantize int8`` runs it, on any graph.
+
+    On x86 CPUs without VNNI (AMD Zen 2 and 3, Intel before Cascade Lake) ONNX Runtime's
+    uint8 x int8 kernels add products in pairs into a saturating int16: with the quantizer's
+    default full-range int8 weights, outputs came out at half their value there, and a graph
+    verified on a CPU with VNNI was wrong on one without. Each kernel here gets weights it sums
+    exactly on every CPU: LSTM nodes (whose weights are always int8) 7-bit weights
+    (``reduce_range``, as ONNX Runtime advises), in a first pass; every other op full-range
+    uint8 weights, whose uint8 x uint8 kernels do not saturate, in a second.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    excluded = sorted(nodes_to_exclude)
+    with tempfile.TemporaryDirectory(prefix="birnn-export-int8-") as folder:
+        lstm_done = os.path.join(folder, "lstm.onnx")
+        quantize_dynamic(
+            str(src),
+            lstm_done,
+            op_types_to_quantize=["LSTM"],
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            nodes_to_exclude=excluded,
+        )
+        quantize_dynamic(
+            lstm_done, str(dst), weight_type=QuantType.QUInt8, nodes_to_exclude=excluded
+        )
+
+
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> QuantizeReport:
     """Write the dynamically quantized int8 form of the graph ``src`` to ``dst`` (its metadata
     kept, the spec marked ``quantization: int8-dynamic``).
@@ -74,7 +108,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         BiRNNExportError: onnxruntime's quantization tools are missing, or failed on the graph.
     """
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnxruntime.quantization  # noqa: F401
     except ImportError as exc:
         raise BiRNNExportError(
             f"int8: onnxruntime's quantization tools are not importable ({exc}); pip install "
@@ -102,28 +136,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
                 _unshare(source, shared)
                 quantized_from = os.path.join(folder, "unshared.onnx")
                 onnx.save(source, quantized_from)
-            # On x86 CPUs without VNNI (AMD Zen 2 and 3, Intel before Cascade Lake) ONNX
-            # Runtime's uint8 x int8 kernels add products in pairs into a saturating int16:
-            # with full-range int8 weights, outputs came out at half their value there, and a
-            # graph verified on a CPU with VNNI was wrong on one without. Each kernel is given
-            # weights it sums exactly on every CPU: LSTM nodes (always int8 weights) 7-bit
-            # weights, as ONNX Runtime advises; the rest full-range uint8 weights, whose
-            # uint8 x uint8 kernels do not saturate.
-            lstm_done = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "l.onnx")
-            quantize_dynamic(
-                quantized_from,
-                lstm_done,
-                op_types_to_quantize=["LSTM"],
-                weight_type=QuantType.QInt8,
-                reduce_range=True,
-                nodes_to_exclude=sorted(kept_float),
-            )
-            quantize_dynamic(
-                lstm_done,
-                str(dst),
-                weight_type=QuantType.QUInt8,
-                nodes_to_exclude=sorted(kept_float),
-            )
+            quantize_weights(quantized_from, dst, nodes_to_exclude=kept_float)
     except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
         raise BiRNNExportError(
             f"int8: ONNX Runtime's quantize_dynamic failed on {src}: {type(exc).__name__}: "
