@@ -231,13 +231,10 @@ class BenchReport:
             **outcome(self.raise_for_failure),
         }
 
-    def json_text(self) -> str:
-        """Environment, settings and results as JSON text (what :meth:`to_json` writes)."""
+    def to_json(self) -> str:
+        """Environment, settings and results as JSON text, as every report's ``to_json``
+        (it wrote a file before, where the others return text: review34 R15)."""
         return json.dumps(_report.json_safe(self.to_dict()), indent=2, sort_keys=False) + "\n"
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write environment, settings and results as JSON; returns the path."""
-        return write_atomic(Path(path), self.json_text().encode())
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write one row per result with :data:`CSV_COLUMNS`; empty cells for missing values."""

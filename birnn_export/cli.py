@@ -556,7 +556,7 @@ def bench_command(
     )
     wide_console().print(render_table(report))
     if json_path is not None:
-        where = _write_json(json_path, report.json_text())
+        where = _write_json(json_path, report.to_json())
         said = f"the report to {where}" if json_path == JSON_TO_STDOUT else where
         click.echo(f"Wrote {said}")
     if csv_path is not None:
