@@ -128,6 +128,11 @@ SUPPORTED_OPSETS = range(18, 24)
 #: 1.05x to 1.7x as fast as the best of fused and the stock export in all 9 shapes (B = 1, 8,
 #: 32 x T = 16, 100, 400).
 DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "scan", "rnn_relu": "scan"}
+#: Below this hidden size a plain RNN's loop costs more per step than it saves: at I = H = 32
+#: and 64, T = 100, 2 threads, its Scan took 3x the fused node's time at B = 1 (and 1.4x-3x at
+#: B = 8; users57 F1), at 128 1.3x at B = 1 and 0.8x at B = 8 and 32: smaller RNN layers are
+#: written split, as LSTM and GRU are.
+SCAN_MIN_HIDDEN = 128
 #: An LSTM with proj_size is a Scan loop in every layout; fused batches both directions' steps
 #: into one loop, 1.08x to 1.28x as fast as split's two (README, LSTMP).
 PROJECTED_LAYOUT = "fused"
@@ -553,9 +558,15 @@ def _with_scores(spec: GraphSpec, scores: Sequence[str]) -> GraphSpec:
 
 def default_layout(layers: Sequence[BiRNN]) -> str:
     """The layout :data:`DEFAULT_LAYOUTS` gives the layers' cell type (:data:`PROJECTED_LAYOUT`
-    for an LSTM with ``proj_size``; :data:`DEFAULT_LAYOUT` for mixed cells or none)."""
+    for an LSTM with ``proj_size``; split for an RNN narrower than :data:`SCAN_MIN_HIDDEN`;
+    :data:`DEFAULT_LAYOUT` for mixed choices or none)."""
     chosen = {
-        PROJECTED_LAYOUT if layer.proj_size else DEFAULT_LAYOUTS[layer.cell] for layer in layers
+        PROJECTED_LAYOUT
+        if layer.proj_size
+        else DEFAULT_LAYOUT
+        if layer.cell.startswith("rnn") and layer.hidden_size < SCAN_MIN_HIDDEN
+        else DEFAULT_LAYOUTS[layer.cell]
+        for layer in layers
     }
     return chosen.pop() if len(chosen) == 1 else DEFAULT_LAYOUT
 
