@@ -193,7 +193,8 @@ graph_options = option_group(
             "(faster on ONNX Runtime's CPU); packed: scan, with LSTM and GRU nodes that run "
             "only the rows still going, as a PackedSequence does (faster for ragged batches on "
             "ONNX Runtime's CPU, slower at B = 1; without a lengths input it is scan). "
-            "[default: by measurement, split for LSTM and GRU, scan for RNN]",
+            "[default: by measurement, split for LSTM and GRU, scan for RNN of hidden size 128 or "
+            "more]",
         ),
         click.option(
             "--dtype",
