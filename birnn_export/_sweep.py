@@ -288,8 +288,8 @@ def sweep_arguments(
             raise UsageError(f"{name}: expected positive integers, got {values!r}")
         if isinstance(values, (int, np.integer)):
             return _check_sizes(name, (values,))
-        if isinstance(values, np.ndarray):  # its truth value raised ValueError (review34 R1)
-            values = values.tolist()
+        if isinstance(values, np.ndarray):  # an array of sizes (a 0-d one: one size)
+            values = values.reshape(-1).tolist() if values.ndim <= 1 else values.tolist()
         return _check_sizes(name, list(values))
 
     return engines, sizes("batch_sizes", batch_sizes), sizes("seq_lens", seq_lens)

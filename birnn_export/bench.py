@@ -474,7 +474,6 @@ def benchmark(
     torch_dtype = runners.eager_dtype(model, spec.dtype)
     fixed = atol is not None or rtol is not None
     criteria = engine_criteria(spec, engines, fixed=fixed, atol=atol, rtol=rtol, device=device)
-    fixed = atol is not None or rtol is not None
     # Checked as verify checks: against the model in float64, within a factor of eager
     # PyTorch's own error in the graph's precision (or fixed tolerances, when given).
     reference = runners.TorchRunner(

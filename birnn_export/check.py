@@ -260,6 +260,15 @@ def check_compatibility(
         return CheckReport(target=target, source=source, findings=tuple(static))
     library = _tensorrt_library(tensorrt)
     if library is None:
+        if batch is not None or seq is not None:  # said, not dropped (review35 R7)
+            static.append(
+                Finding(
+                    "warning",
+                    "graph",
+                    "the profile asked for was not built: no TensorRT is installed here (pip "
+                    "install tensorrt-rtx builds without a GPU)",
+                )
+            )
         return CheckReport(target, source, tuple(static), checked_with=STATIC)
     build = _real_build(onnx_path_or_model, model, library, batch=batch, seq=seq)
     if build.parsed:  # the parser imported every op: the static op list has nothing to add

@@ -36,7 +36,7 @@ from birnn_export.errors import BiRNNExportError
 
 #: The quantization scheme recorded in a graph's spec.
 INT8 = "int8-dynamic"
-#: An Embedding's Gather reading its table stored int8 (weights only, dequantized when read:
+#: An Embedding's Gather reading its table stored in 8 bits (weights only, dequantized when read:
 #: smaller, not faster).
 _INT8_TABLE = "Gather (int8 table)"
 _QUANTIZED_OPS = (
@@ -163,7 +163,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         for node in proto.graph.node
         if node.name not in kept_float  # a loop's own parts: counted as its RNN
     )
-    # an Embedding's table stored int8: its Gather reads the int8 rows (dequantized after it)
+    # an Embedding's table stored in 8 bits: its Gather reads those rows (dequantized after it)
     # or, where the quantizer dequantizes the table first, the table dequantized whole
     int8 = {
         i.name
@@ -187,7 +187,8 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
 
 
 #: The largest int8 weight magnitude that x86 kernels without VNNI add exactly: they sum a pair
-#: of uint8 x int8 products into an int16, and 2 x 255 x 64 < 2**15 (7-bit weights).
+#: of uint8 x int8 products into an int16, and 2 x 255 x 64 < 2**15 (``reduce_range``'s
+#: weights lie within it).
 _UNSATURATED = 64
 #: Where each quantized op takes an int8 weight that is multiplied by uint8 activations.
 _WEIGHT_SLOTS = {

@@ -1071,3 +1071,17 @@ def test_check_builds_the_profile_asked_for(tmp_path: Path) -> None:
     for target, tensorrt in (("ort-cuda", "auto"), ("tensorrt", "static")):
         with pytest.raises(BiRNNExportError, match="--batch-range and --seq-range"):
             check_compatibility(path, target=target, tensorrt=tensorrt, batch=(1, 1, 1))
+
+
+def test_a_profile_without_tensorrt_is_said_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a TensorRT to build it, the profile asked for was dropped without a word
+    (review35 R7)."""
+    from birnn_export import check as check_module
+
+    monkeypatch.setattr(check_module, "_tensorrt_library", lambda choice: None)
+    report = check_compatibility(recurrent_graph(), target="tensorrt", batch=(1, 1, 1))
+    assert any("the profile asked for was not built" in f.message for f in report.findings)
+    assert not any(
+        "not built" in f.message
+        for f in check_compatibility(recurrent_graph(), target="tensorrt").findings
+    )

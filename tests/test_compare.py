@@ -18,6 +18,7 @@ from birnn_export.compare import (
     beside,
     compare,
     compare_outputs,
+    engine_criteria,
     greedy_decode,
     machine_eps,
     sweep_check,
@@ -358,3 +359,30 @@ def test_a_figure_within_its_limit_does_not_read_as_the_limit() -> None:
     assert beside(0.049975, 0.05) == "0.04997"
     assert beside(0.0123, 0.05) == "0.0123" and beside(0.05, 0.05) == "0.05"
     assert beside(1.00049e-6, 1e-6) == "1.0005e-06" and beside(3.0, None) == "3"
+
+
+def test_engine_criteria_per_engine() -> None:
+    """int8 (the engine, or an int8 graph) is judged by the task even under fixed tolerances;
+    fixed tolerances follow the torch engine's device; else the noise criterion (review35)."""
+    import dataclasses
+
+    out = TensorSpec("y", "float32", ("batch", "seq", 4), "sequence")
+    x = TensorSpec("x", "float32", ("batch", "seq", 3), "features")
+    spec = GraphSpec(inputs=(x,), outputs=(out,), example_batch=2, example_seq=5)
+    engines = ("torch", "ort-cpu", "ort-int8")
+    noise = engine_criteria(spec, engines, fixed=False)
+    assert [type(c["y"]) for c in noise.values()] == [
+        NoiseCriterion,
+        NoiseCriterion,
+        QuantizedCriterion,
+    ]
+    fixed = engine_criteria(spec, engines, fixed=True, atol=1e-3, device="cuda")
+    assert isinstance(fixed["ort-int8"]["y"], QuantizedCriterion)
+    assert fixed["ort-cpu"]["y"].atol == 1e-3
+    cpu = engine_criteria(spec, ("torch",), fixed=True)["torch"]["y"]
+    cuda = engine_criteria(spec, ("torch",), fixed=True, device="cuda")["torch"]["y"]
+    assert cuda.atol > cpu.atol  # a GPU's looser default
+    int8_graph = dataclasses.replace(spec, quantization="int8-dynamic")
+    assert isinstance(
+        engine_criteria(int8_graph, ("ort-cpu",), fixed=True)["ort-cpu"]["y"], QuantizedCriterion
+    )

@@ -96,3 +96,11 @@ def test_an_output_without_a_rank_is_not_shown_as_a_scalar(tmp_path: Path) -> No
     lines = describe_lines(info)
     assert "  x            float32  [T, ?, 4]" in lines
     assert "  y            float32  unknown rank" in lines
+
+
+def test_attribute_bytes_and_lists_of_bytes_are_text() -> None:
+    from birnn_export.describe import _text
+
+    assert _text(b"forward") == "forward"
+    assert _text([b"Sigmoid", b"Tanh"]) == ["Sigmoid", "Tanh"]
+    assert _text([1.0, 2.0]) == [1.0, 2.0] and _text(3) == 3

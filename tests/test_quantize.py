@@ -50,6 +50,18 @@ def test_quantize_int8_replaces_lstm_and_head_and_marks_the_spec(tmp_path: Path)
     assert "LSTM" not in _ops(tmp_path / "q.onnx")
     assert GraphSpec.from_onnx(tmp_path / "q.onnx").quantization == INT8
     assert GraphSpec.from_onnx(src).quantization is None
+    # weights every x86 CPU sums exactly: the LSTMs' int8 within 64, the head's uint8
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    weights = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("DynamicQuantizeLSTM", "MatMulInteger"):
+            slots = (1, 2) if node.op_type == "DynamicQuantizeLSTM" else (1,)
+            for name in (node.input[i] for i in slots):
+                values = onnx.numpy_helper.to_array(weights[name])
+                if node.op_type == "MatMulInteger":
+                    assert values.dtype == np.uint8, name
+                else:
+                    assert values.dtype == np.int8 and np.abs(values.astype(int)).max() <= 64
 
 
 def test_int8_sums_are_exact_on_cpus_without_vnni(tmp_path: Path) -> None:
@@ -85,7 +97,8 @@ def test_full_range_int8_weights_are_named_and_ours_have_none(tmp_path: Path) ->
     from birnn_export.quantize import saturating_nodes, saturation_note
 
     torch.manual_seed(0)
-    src = export_onnx(Tagger().eval(), tmp_path / "f.onnx", verify=False).path
+    model = Tagger().eval()
+    src = export_onnx(model, tmp_path / "f.onnx", verify=False).path
     quantize_int8(src, tmp_path / "ours.onnx")
     assert saturating_nodes(onnx.load(str(tmp_path / "ours.onnx"))) == []
     quantize_dynamic(str(src), str(tmp_path / "default.onnx"))
@@ -96,6 +109,8 @@ def test_full_range_int8_weights_are_named_and_ours_have_none(tmp_path: Path) ->
     (note,) = saturation_note(default)
     assert note.startswith("3 int8 node(s) (") and "without VNNI" in note
     assert note.endswith("or quantize with reduce_range=True")
+    report = verify(tmp_path / "default.onnx", model, batch_sizes=(2,), seq_lens=(5,))
+    assert note in report.notes
 
 
 def test_quantize_int8_leaves_gru_in_float_and_says_so(tmp_path: Path) -> None:

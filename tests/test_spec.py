@@ -61,6 +61,11 @@ def test_a_batch_not_first_is_told_to_servers():
     (note,) = batch_not_first_note(dataclasses.replace(spec(), outputs=(time_major,)))
     assert note.startswith("the batch is not the first axis of 'log_probs': ")
     assert "max_batch_size 0" in note
+    x = TensorSpec("x", "float32", ("seq", "batch", 4), "features")
+    scalar = TensorSpec("total", "float32", (), "sequence")  # no batch axis: nothing to cut
+    both = dataclasses.replace(spec(), inputs=(x, *spec().inputs[1:]), outputs=(scalar,))
+    (note,) = batch_not_first_note(both)
+    assert note.startswith("the batch is not the first axis of 'x': ")
 
 
 def test_declared_ranges_round_trip_and_default_for_older_files():
