@@ -254,6 +254,7 @@ def test_sweep_arguments_take_what_python_callers_pass() -> None:
     assert (engines, batches, seqs) == (("torch", "ort-cpu"), (1, 2), (5,))
     assert all(type(v) is int for v in batches + seqs)
     assert sweep_arguments(["ort-cpu"], None, [np.int32(4), 4]) == (("ort-cpu",), None, (4,))
+    assert sweep_arguments("ort-cpu", np.array(3), range(2, 4))[1:] == ((3,), (2, 3))
     for engines, sizes, match in [
         ("tvm,ort-cpu", 1, r"engines: unknown \['tvm'\]; choose from torch, ort-cpu"),
         ("", 1, "engines: expected at least one"),
