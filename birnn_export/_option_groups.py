@@ -187,7 +187,7 @@ graph_options = option_group(
         click.option("--opset", type=int, help="ONNX opset [default: 18; 18-23 accepted]."),
         click.option(
             "--layout",
-            type=click.Choice(options_.LAYOUTS),
+            type=click.Choice(["split", "fused", "scan", "packed"]),  # spec.LAYOUTS
             help="split: forward node + forward node between two ReverseSequence; fused: one "
             "bidirectional node per layer; scan: fused, with RNN nodes as exact Scan loops "
             "(faster on ONNX Runtime's CPU); packed: scan, with LSTM and GRU nodes that run "
@@ -314,7 +314,7 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
         click.option(
             "--memory-budget",
             type=click.FloatRange(min=0, min_open=True),
-            default=options_.DEFAULT_MEMORY_BUDGET / 2**30,
+            default=1.0,  # GiB: _sweep.DEFAULT_MEMORY_BUDGET
             show_default=True,
             callback=lambda ctx, param, gib: int(gib * 2**30),
             metavar="GIB",

@@ -241,6 +241,11 @@ def _default_cases(
     return cases
 
 
+#: The default memory budget of verify and bench: bytes the largest tensor of one case may
+#: take in float64 (``--memory-budget`` in GiB).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
 def past_declared(
     spec: GraphSpec, batch_sizes: Sequence[int] | None, seq_lens: Sequence[int] | None
 ) -> list[str]:

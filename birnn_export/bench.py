@@ -43,7 +43,7 @@ import numpy as np
 from birnn_export import _report
 from birnn_export._files import write_atomic
 from birnn_export._foreign import read_spec
-from birnn_export._sweep import Case, fit_budget, sweep_arguments
+from birnn_export._sweep import DEFAULT_MEMORY_BUDGET, Case, fit_budget, sweep_arguments
 from birnn_export.compare import (
     Check,
     NoiseCriterion,
@@ -64,7 +64,6 @@ from birnn_export.errors import (
     one_line,
     outcome,
 )
-from birnn_export.options import DEFAULT_MEMORY_BUDGET
 from birnn_export.spec import (
     GraphSpec,
     Tolerance,

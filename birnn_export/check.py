@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from birnn_export._packed import is_packed_layer, packed_info
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError, CompatibilityError, UsageError, outcome
-from birnn_export.options import LAYOUTS
-from birnn_export.spec import RECURRENT_OPS, run_time_dim, takes_lengths
+from birnn_export.spec import LAYOUTS, RECURRENT_OPS, run_time_dim, takes_lengths
 
 if TYPE_CHECKING:
     from birnn_export.trt import EngineBuild

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.quantize import INT8
 from birnn_export.spec import (
+    INT8,
     TAG_PADDING,
     GraphSpec,
     TensorSpec,

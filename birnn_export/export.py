@@ -100,10 +100,10 @@ from birnn_export.modules import (
     padding_mask,
     state_names,
 )
-from birnn_export.options import LAYOUTS
 from birnn_export.spec import (
     DEFAULT_BATCH_RANGE,
     DEFAULT_SEQ_RANGE,
+    LAYOUTS,
     MASK_ROLES,
     MAX_UNTRACED,
     RECURRENT_OPS,

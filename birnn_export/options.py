@@ -26,12 +26,6 @@ from birnn_export.errors import BiRNNExportError, UsageError
 if TYPE_CHECKING:
     from birnn_export.compare import ToleranceOverride
 
-#: The default memory budget of verify and bench: bytes the largest tensor of one case may
-#: take in float64 (``--memory-budget`` in GiB).
-DEFAULT_MEMORY_BUDGET = 1 << 30
-#: The graph layouts the export writes (``--layout``; README, "Graph layouts").
-LAYOUTS = ("split", "fused", "scan", "packed")
-
 
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:
     """``"1,8,32"`` -> ``(1, 8, 32)``: positive integers, duplicates dropped, order kept."""

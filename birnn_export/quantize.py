@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from birnn_export.errors import BiRNNExportError
+from birnn_export.spec import INT8 as INT8
 
-#: The quantization scheme recorded in a graph's spec.
-INT8 = "int8-dynamic"
 #: An Embedding's Gather reading its table stored in 8 bits (weights only, dequantized when read:
 #: smaller, not faster).
 _INT8_TABLE = "Gather (int8 table)"

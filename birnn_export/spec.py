@@ -38,6 +38,10 @@ from birnn_export.errors import BiRNNExportError, ModelLoadError
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "birnn_export.spec"
+#: The quantization scheme recorded in an int8 graph's spec (:mod:`birnn_export.quantize`).
+INT8 = "int8-dynamic"
+#: The graph layouts the export writes (``--layout``; README, "Graph layouts").
+LAYOUTS = ("split", "fused", "scan", "packed")
 BATCH = "batch"
 SEQ = "seq"
 #: Default serving ranges (min, opt, max) of the symbolic dims, declared in every spec.

@@ -75,6 +75,7 @@ from birnn_export._references import (
 from birnn_export._report import OTHER_FILE_NOTE, CaseResult, VerifyReport, environment
 from birnn_export._report import render_report as render_report
 from birnn_export._sweep import (
+    DEFAULT_MEMORY_BUDGET,
     LARGE_SCALE,
     Case,
     case_feed,
@@ -93,7 +94,6 @@ from birnn_export.compare import (
     layer_tolerance,
 )
 from birnn_export.errors import BiRNNExportError
-from birnn_export.options import DEFAULT_MEMORY_BUDGET
 from birnn_export.quantize import INT8, padding_unread, saturation_note, zeroes_padding
 from birnn_export.spec import (
     MASK_ROLES,

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from birnn_export.checkpoint import load_model
-from birnn_export.options import LAYOUTS
 from birnn_export.pipeline import export_onnx
+from birnn_export.spec import LAYOUTS
 from birnn_export.trt import build_engine, import_library
 
 

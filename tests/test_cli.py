@@ -116,3 +116,15 @@ def test_a_refusal_under_json_to_stdout_writes_its_error_there(args: list[str]) 
     told = json.loads(result.stdout)
     assert told["exit_code"] == 2 and told["written"] is None
     assert result.stderr.strip() == f"Error: {told['error']}"
+
+
+def test_the_command_lines_defaults_are_the_librarys() -> None:
+    """The CLI names the layouts and the memory budget itself, to keep --help free of numpy:
+    the same values as the library's."""
+    from birnn_export._sweep import DEFAULT_MEMORY_BUDGET
+    from birnn_export.spec import LAYOUTS
+
+    params = {p.name: p for p in main.get_command(None, "export").params}
+    assert tuple(params["layout"].type.choices) == LAYOUTS
+    verify_params = {p.name: p for p in main.get_command(None, "verify").params}
+    assert verify_params["memory_budget"].default * 2**30 == DEFAULT_MEMORY_BUDGET

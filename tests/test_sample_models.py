@@ -67,9 +67,16 @@ def test_regenerated_tensors_equal_committed(name, regenerated):
         }
         committed, fresh = committed["state_dict"], fresh["state_dict"]
     assert list(fresh) == list(committed)
+    # A trained sample's steps sum in an order that differs by CPU (an AMD EPYC with AVX2
+    # alone regenerated the CRF tagger 2e-5 from the committed weights, trained elsewhere);
+    # the seeded initialisations of the others are bit-identical everywhere.
+    trained = name == "bilstm_crf_tagger.pt"
     for key in committed:
         assert fresh[key].dtype == committed[key].dtype, key
-        assert torch.equal(fresh[key], committed[key]), key
+        if trained:
+            torch.testing.assert_close(fresh[key], committed[key], atol=1e-4, rtol=0, msg=key)
+        else:
+            assert torch.equal(fresh[key], committed[key]), key
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -150,7 +150,7 @@ def test_tensorrt_parses_and_builds_the_scan_layout(tmp_path):
 def test_onnx_runtime_cuda_is_told_what_the_loop_gives_up(tmp_path):
     model = SequenceTagger(TaggerConfig(cell="rnn_tanh", input_size=8, hidden_size=12,
                                         output_size=5))  # fmt: skip
-    export_onnx(model.eval(), tmp_path / "m.onnx", verify=False)  # scan: RNN's default
+    export_onnx(model.eval(), tmp_path / "m.onnx", layout="scan", verify=False)
     report = check_compatibility(tmp_path / "m.onnx", target="ort-cuda")
     infos = [f for f in report.findings if f.severity == "info" and "Scan loop" in f.message]
     assert report.ok and len(infos) == 1 and "--layout fused" in infos[0].message
@@ -162,7 +162,7 @@ def test_int8_keeps_the_rnn_loop_in_float32_as_it_kept_the_node(tmp_path):
     torch.manual_seed(0)
     model = SequenceTagger(TaggerConfig(cell="rnn_tanh", input_size=8, hidden_size=12,
                                         output_size=5))  # fmt: skip
-    result = export_onnx(model.eval(), tmp_path / "q.onnx", quantize="int8")
+    result = export_onnx(model.eval(), tmp_path / "q.onnx", layout="scan", quantize="int8")
     assert result.quantization.left_float == {"RNN": 1}
     assert result.quantization.quantized == {"MatMulInteger": 1}
     nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node

@@ -271,7 +271,7 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
         assert any(line.startswith("  changed after export: ") and told in line for line in shown)
     # a Scan loop's weights, read inside its body (a tanh RNN's default layout) (review19)
     rnn = nn.Sequential(nn.RNN(4, 3, bidirectional=True)).eval()
-    export_onnx(rnn, tmp_path / "rnn.onnx", input_size=4, verify=False)
+    export_onnx(rnn, tmp_path / "rnn.onnx", input_size=4, layout="scan", verify=False)
     looped = onnx.load(str(tmp_path / "rnn.onnx"))
     assert any(n.op_type == "Scan" for n in looped.graph.node)
     for i, init in enumerate(looped.graph.initializer):
