@@ -124,9 +124,9 @@ SUPPORTED_OPSETS = range(18, 24)
 #: The layout chosen per cell type when none is asked for, by measurement on ONNX Runtime CPU
 #: (README, "Graph layouts"; ``scripts/bench_graph_forms.py``): for LSTM and GRU split, fused
 #: and the stock export tie within noise, and packed wins only on ragged batches of 8 rows or
-#: more (it is 0.75x to 0.99x at B = 1), so split is kept; for plain RNN the Scan loop was
-#: 1.05x to 1.7x as fast as the best of fused and the stock export in all 9 shapes (B = 1, 8,
-#: 32 x T = 16, 100, 400).
+#: more (it is 0.75x to 0.99x at B = 1), so split is kept; for plain RNN (I = H = 256) the Scan
+#: loop was 1.05x to 1.7x as fast as the best of fused and the stock export in all 9 shapes
+#: (B = 1, 8, 32 x T = 16, 100, 400).
 DEFAULT_LAYOUTS = {"lstm": "split", "gru": "split", "rnn_tanh": "scan", "rnn_relu": "scan"}
 #: Below this hidden size a plain RNN's loop costs more per step than it saves: at I = H = 32
 #: and 64, T = 100, 2 threads, its Scan took 3x the fused node's time at B = 1 (and 1.4x-3x at

@@ -1,7 +1,8 @@
 """int8 graphs: ONNX Runtime's dynamic quantization of an exported graph.
 
-:func:`quantize_int8` runs ``onnxruntime.quantization.quantize_dynamic`` (weights uint8, per
-tensor; activations quantized at run time, per call): LSTM nodes become
+:func:`quantize_int8` runs ``onnxruntime.quantization.quantize_dynamic`` (weights in 8 bits per
+tensor, chosen so every x86 CPU sums them exactly: :func:`quantize_weights`; activations
+quantized at run time, per call): LSTM nodes become
 ``com.microsoft::DynamicQuantizeLSTM`` and MatMul/Gemm heads ``MatMulInteger``. ONNX Runtime
 has no quantized GRU or RNN kernels: those nodes stay float32, and so does an RNN layer written
 as a Scan loop (the ``scan`` layout: its input projection is kept out of the quantizer, as in
