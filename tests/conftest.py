@@ -93,9 +93,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (the full suite: about 1.8x the default's time)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``tensorrt_rtx`` skip, with the reason, where ``tensorrt_rtx`` does not
-    import (one condition for all: the dev extra installs it, so CI runs them)."""
+    """Tests marked ``slow`` are deselected unless ``--run-slow`` is given; tests marked
+    ``tensorrt_rtx`` skip, with the reason, where ``tensorrt_rtx`` does not import (one
+    condition for all: the dev extra installs it, so CI runs them)."""
+    if not config.getoption("--run-slow"):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
     marked = [item for item in items if item.get_closest_marker("tensorrt_rtx")]
     if not marked:
         return

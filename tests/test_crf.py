@@ -564,6 +564,7 @@ def test_scores_of_rows_of_equal_length_are_taken_in_the_models_order() -> None:
     np.testing.assert_array_equal(scores.graph, across["crf/viterbi"])
 
 
+@pytest.mark.slow
 def test_hand_written_crf_gets_the_hook_in_one_line(tmp_path) -> None:
     class HandCRF(nn.Module):
         def __init__(self) -> None:

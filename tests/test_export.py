@@ -896,6 +896,7 @@ def test_a_failed_trace_prints_nothing_but_the_error(tmp_path, capsys):
     assert "def forward" not in captured.err + captured.out
 
 
+@pytest.mark.slow
 def test_a_cell_run_once_is_not_blamed_for_a_baked_length(tmp_path):
     class CellOnce(nn.Module):
         def __init__(self):
@@ -1137,6 +1138,7 @@ class _CharLoop(nn.Module):
         return self.lstm(h.reshape(b, t, d))[0]
 
 
+@pytest.mark.slow
 def test_a_cell_loop_over_another_dim_than_time_is_told_the_layer(tmp_path):
     """A loop over a word's characters runs as many times as the chars example, not more at a
     longer time: it was told a generic baked size (review15)."""
@@ -1195,6 +1197,7 @@ def test_a_decoder_stopping_on_its_output_is_told_the_line_not_the_layer(tmp_pat
     assert "decode a fixed number of steps" in message and "slicing rows" not in message
 
 
+@pytest.mark.slow
 def test_a_decoder_whose_step_count_follows_the_input_is_told_both_ways_out(tmp_path):
     with pytest.raises(ExportError) as caught:
         export_onnx(GreedyDecoder(steps=None).eval(), tmp_path / "d.onnx", input_size=4)
@@ -1419,7 +1422,13 @@ def _pair_feed(spec, batch, steps, seed):
 
 
 @pytest.mark.parametrize(
-    "cls", [SentencePairMatcher, SiamesePair, FeaturePair, PointerReader, QueryDocument]
+    "cls",
+    [
+        SiamesePair,
+        QueryDocument,
+        *(pytest.param(c, marks=pytest.mark.slow) for c in (SentencePairMatcher, FeaturePair)),
+        pytest.param(PointerReader, marks=pytest.mark.slow),
+    ],
 )
 def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, cls):
     """forward(premise, premise_lengths, hypothesis, hypothesis_lengths): each sequence gets a
@@ -1467,6 +1476,7 @@ class _BothCut(nn.Module):
         return self.run(a, a_lens), self.run(b, b_lens)
 
 
+@pytest.mark.slow
 def test_dims_cut_to_each_sequences_longest_row_are_named_after_it(tmp_path):
     """Told apart by each sequence's longest row in the example, the tool's or the user's."""
     torch.manual_seed(0)
@@ -1506,6 +1516,7 @@ def test_a_graph_ignoring_the_second_sequences_lengths_fails_verification(tmp_pa
     assert "if the model reads its final state (h_n), that is the difference" in report.diagnosis()
 
 
+@pytest.mark.slow
 def test_a_layer_run_once_per_sequence_is_compared_at_each_run(tmp_path):
     """The shared encoder and composition layers run twice, once per sentence: each run is
     compared with torch's own layers, and a defect in the second run's nodes only is located
@@ -1552,7 +1563,11 @@ def _word_char_feed(batch, steps, spelling, seed):
 
 @pytest.mark.parametrize(
     ("cls", "declared"),
-    [(CharWordTagger, False), (CharWordTagger, True), (SortedCharTagger, False)],
+    [
+        (CharWordTagger, True),
+        pytest.param(CharWordTagger, False, marks=pytest.mark.slow),
+        pytest.param(SortedCharTagger, False, marks=pytest.mark.slow),
+    ],
 )
 def test_words_with_their_characters_match_torch_in_float64(tmp_path, cls, declared):
     """forward(words, lengths, chars, char_lengths): the characters are a sequence nested in
@@ -2429,6 +2444,7 @@ class _SqueezesAfterMax(nn.Module):
         return torch.softmax((y @ y.transpose(1, 2)).max(dim=-1)[0].squeeze(-1), -1)
 
 
+@pytest.mark.slow
 def test_rows_of_one_step_alone_are_named_with_the_range_that_serves(tmp_path):
     """The ONNX checker refused BiDAF's graph; now it fails only at 1 step, where a row of one
     step runs alone too, and is told the range that passes."""
@@ -2727,6 +2743,7 @@ def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path, declar
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_self_attention_weights_per_pair_of_steps_match_torch_at_the_longest_rows(tmp_path):
     """A BiLSTM then multi-head self-attention returning its weights ([batch, seq, seq]): the
     graph passes verification, each row alone cut along both time axes, and the sweep runs
@@ -2759,6 +2776,7 @@ def test_self_attention_weights_per_pair_of_steps_match_torch_at_the_longest_row
             np.testing.assert_allclose(got[name][valid], want[name].numpy()[valid], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_recurrent_layer_reading_a_transformer_encoders_padding_matches_eager(tmp_path):
     """Eager torch's TransformerEncoder (eval, no grad, a padding mask of valid prefixes) runs
     on nested tensors and writes 0 at padded steps, then its final norm; the exporter traces
@@ -2785,6 +2803,7 @@ def test_a_recurrent_layer_reading_a_transformer_encoders_padding_matches_eager(
         np.testing.assert_allclose(got["output"][~padding], want[~padding], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_graph_ignoring_each_words_character_lengths_fails_verification(tmp_path):
     """The sweep pads each word's characters past its own length: a graph whose char layer
     runs into that padding (its forward node fed no sequence_lens, so the final state the model
@@ -3174,6 +3193,7 @@ class Head(nn.Module):
         return self.rnn(x)[0]
 
 
+@pytest.mark.slow
 def test_stock_export_freezes_rnn_length_ours_does_not(tmp_path):
     torch.manual_seed(0)
     model = Head(nn.RNN(10, 5, batch_first=True, bidirectional=True)).eval()
@@ -3371,7 +3391,18 @@ def test_ids_an_embedding_reads_transposed_are_its_own(tmp_path) -> None:
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sample", sorted(f for f in os.listdir(SAMPLES) if f.endswith(".pt")))
+#: Exported in every run: an embedding tagger, an image model with a derived time-major output,
+#: a bare state_dict; the other samples with --run-slow.
+EVERY_RUN_SAMPLES = {"token_tagger.pt", "crnn_ctc.pt", "seed_example3_state_dict.pt"}
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        f if f in EVERY_RUN_SAMPLES else pytest.param(f, marks=pytest.mark.slow)
+        for f in sorted(f for f in os.listdir(SAMPLES) if f.endswith(".pt"))
+    ],
+)
 def test_every_sample_exports_and_verifies(tmp_path, sample):
     """The main command on every shipped sample: it verifies, and where TensorRT-RTX is
     installed its parser and builder take the graph with the profile of its declared ranges
@@ -3392,6 +3423,7 @@ def test_every_sample_exports_and_verifies(tmp_path, sample):
             assert tensor.dims[tensor.time_axis] == spec.time_dim
 
 
+@pytest.mark.slow
 def test_cli_exports_a_sample(tmp_path):
     out = tmp_path / "tagger.onnx"
     summary = tmp_path / "summary.json"
@@ -3427,6 +3459,7 @@ def test_declared_ranges_are_recorded_and_verified(tmp_path):
         assert runner.infer(feed)["output"].shape == (9, 100, 4)
 
 
+@pytest.mark.slow
 def test_cli_user_class_from_bare_state_dict(tmp_path):
     """Embedding -> 3-layer BiLSTM -> attention -> Linear, loaded with --model-class."""
     torch.manual_seed(0)
@@ -3454,6 +3487,7 @@ def test_cli_user_class_from_bare_state_dict(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_no_lengths_for_a_bare_state_dict(tmp_path):
     """A bare state_dict is rebuilt to take lengths; --no-lengths exports the plain model."""
     out = tmp_path / "seed1.onnx"
@@ -3478,6 +3512,7 @@ def test_cli_no_lengths_for_a_bare_state_dict(tmp_path):
     assert quiet.exit_code == 2 and len(quiet.output.strip().splitlines()) == 1, quiet.output
 
 
+@pytest.mark.slow
 def test_cli_conv_front_end_needs_input_size(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
@@ -3543,6 +3578,7 @@ def test_help_and_version_do_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_real_subprocess(tmp_path):
     out = tmp_path / "seed1.onnx"
     done = subprocess.run(
@@ -3579,9 +3615,30 @@ FP16_CELLS = {
 }
 
 
-@pytest.mark.parametrize("lengths", [True, False], ids=["lengths", "dense"])
-@pytest.mark.parametrize("layout", ["split", "fused"])
-@pytest.mark.parametrize("cell", sorted(FP16_CELLS))
+#: Run in every run: each cell once, each layout and each kind of input twice.
+FP16_EVERY_RUN = {
+    ("gru", "fused", False),
+    ("lstm", "split", True),
+    ("rnn_relu", "split", False),
+    ("rnn_tanh", "fused", True),
+}
+
+
+@pytest.mark.parametrize(
+    ("cell", "layout", "lengths"),
+    [
+        pytest.param(
+            cell,
+            layout,
+            lengths,
+            id=f"{cell}-{layout}-{'lengths' if lengths else 'dense'}",
+            marks=() if (cell, layout, lengths) in FP16_EVERY_RUN else pytest.mark.slow,
+        )
+        for cell in sorted(FP16_CELLS)
+        for layout in ("split", "fused")
+        for lengths in (True, False)
+    ],
+)
 def test_fp16_every_cell_runs_in_onnxruntime(tmp_path, cell, layout, lengths):
     """fp16 exports of every cell load in ONNX Runtime CPU (RNN graphs used to crash it) and
     match torch's built-in layer on a PackedSequence, run in fp32, at unseen lengths: outputs,
@@ -3638,11 +3695,11 @@ def test_fp16_graphs_note_the_recurrent_nodes_that_compute_in_float32(tmp_path):
 @pytest.mark.parametrize(
     ("cells", "hidden", "expected"),
     [
-        ((nn.LSTM,), 4, "split"),
-        ((nn.GRU,), 4, "split"),
         ((nn.RNN,), 128, "scan"),
         ((nn.RNN,), 4, "split"),  # the loop's per-step cost outweighs it (users57 F1)
-        ((nn.RNN, nn.GRU), 4, "split"),
+        pytest.param((nn.LSTM,), 4, "split", marks=pytest.mark.slow),
+        pytest.param((nn.GRU,), 4, "split", marks=pytest.mark.slow),
+        pytest.param((nn.RNN, nn.GRU), 4, "split", marks=pytest.mark.slow),
     ],
 )
 def test_default_layout_follows_the_measured_choice_per_cell(

@@ -107,6 +107,7 @@ def test_a_reconstruction_of_the_input_is_not_class_scores(tmp_path):
     assert not has_classes(result.spec, output)
 
 
+@pytest.mark.slow
 def test_a_frozen_length_is_reported_briefly_with_its_cause(tmp_path):
     """A slice at the largest length made a Python number: the graph keeps the example's length
     in many values; the error shows three and says what freezes a size."""
@@ -244,6 +245,7 @@ class _EightTags(nn.Module):
         return scores.masked_fill(x[..., :1] > 3.0, 0.0) if self.filled else scores
 
 
+@pytest.mark.slow
 def test_scores_of_the_inputs_size_are_scores_after_a_softmax_and_noted_before(tmp_path):
     """8 tags over 8 features were taken as the input's reconstruction, silently: with a
     (log-)softmax they are class scores; a bare linear head's output is noted, with --scores."""

@@ -248,6 +248,7 @@ def test_a_time_major_layer_inside_a_model_gets_the_order_the_model_runs_on(
     assert result.verification.passed, result.verification.summary()
 
 
+@pytest.mark.slow
 def test_a_time_major_state_dict_is_not_guessed_silently(tmp_path) -> None:
     torch.manual_seed(0)
     state = {
@@ -1845,6 +1846,7 @@ class _FixedLength(nn.Module):
         return self.head(self.rnn(self.conv(x).transpose(1, 2))[0].flatten(1))
 
 
+@pytest.mark.slow
 def test_a_model_of_one_length_is_told_the_dim_to_name_and_the_way_out(tmp_path) -> None:
     """The refusal suggested 'x:float32[batch,seq,40]' to a [batch, 4, 60] model; the way out
     it names, torch.onnx.export with the batch dynamic, exports this model."""
@@ -1949,6 +1951,7 @@ def test_a_nested_dims_default_range_is_for_characters_only() -> None:
     assert planned.ranges["qseq"] == (1, 64, 256)
 
 
+@pytest.mark.slow
 def test_every_dim_the_trace_narrowed_is_told_in_one_message(tmp_path) -> None:
     """BiDAF's two char-CNNs each need 3 characters: both ranges to declare are said at once
     (users35: a run each), and with them the model exports."""

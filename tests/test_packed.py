@@ -298,6 +298,7 @@ def test_tensorrt_builds_the_packed_layout_for_one_row_at_a_time(tmp_path, cell)
 
 
 @pytest.mark.tensorrt_rtx
+@pytest.mark.slow
 def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_path):
     """The char layer's rows are batch x words: TensorRT refused its Squeeze without axes
     ("requires dimension 0 to not be 1 at runtime"); the rewrite names the axis."""
@@ -311,6 +312,7 @@ def test_tensorrt_builds_the_packed_layout_of_a_character_layer_per_word(tmp_pat
 
 
 @pytest.mark.tensorrt_rtx
+@pytest.mark.slow
 def test_tensorrt_builds_the_packed_layout_of_layers_given_initial_states(tmp_path):
     """Learned initial states, gathered into the sorted rows' order and sliced per direction:
     TensorRT's parser refused that Slice without its axes ("starts.size() == axes.size()")."""

@@ -27,6 +27,7 @@ def _steady(lines: list[str]) -> list[str]:
     return [re.sub(pattern, "N", line) for line in steady]
 
 
+@pytest.mark.slow
 def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     report = export_model(SAMPLES / "bilstm_crf_tagger.pt", tmp_path / "lib.onnx")
     assert isinstance(report, ExportReport) and report.result.path.exists()
@@ -180,6 +181,7 @@ def test_a_verification_that_cannot_run_fails_the_export(
     assert CliRunner().invoke(main, [*args, "--no-verify"]).exit_code == 0 and out.exists()
 
 
+@pytest.mark.slow
 def test_export_model_ranges_go_over_the_checkpoints(tmp_path: Path) -> None:
     """The checkpoint declares its inputs and the range of 'time'; batch_range, seq_range and
     ranges given here go over it, as --batch-range, --seq-range and --range do."""
@@ -198,6 +200,7 @@ def test_export_model_ranges_go_over_the_checkpoints(tmp_path: Path) -> None:
     assert default.result.spec.batch_range == (1, 8, 32)
 
 
+@pytest.mark.slow
 def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, monkeypatch):
     """An export printed nothing until it finished, and one interrupted showed only "Aborted!"
     (users24): on a terminal each step is said on stderr as it begins; off one (a log), the
@@ -223,6 +226,7 @@ def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, mo
     assert said["log"] == []
 
 
+@pytest.mark.slow
 def test_an_interrupt_after_the_graph_is_placed_says_it_was_written(tmp_path, monkeypatch):
     """Ctrl-C during the TensorRT check left the verified graph in place under a bare
     "Aborted!" (users42 F4): the interrupt names it, and the check still to run."""
@@ -278,6 +282,7 @@ def test_a_mistyped_option_is_a_usage_error_naming_the_nearest(tmp_path, options
     assert str(caught.value).startswith(told) and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_graph_replaced_while_it_is_checked_is_not_described_as_this_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -417,6 +417,7 @@ class _ManyClasses(nn.Module):
         return self.head(self.rnn(x)[0])
 
 
+@pytest.mark.slow
 def test_bench_judges_int8_over_all_its_shapes_as_verify_does(tmp_path: Path) -> None:
     """bench timed an int8 graph as "ok" at 16x that the export refused for its top-1 (users27):
     each shape alone only guards against breakage, and top-1 is judged over them all."""

@@ -235,6 +235,7 @@ class _ProjectedTagger(nn.Module):
         return self.out(y).log_softmax(-1)
 
 
+@pytest.mark.slow
 def test_lstm_with_projection_inside_a_model_float16_and_int8(tmp_path):
     torch.manual_seed(0)
     model = _ProjectedTagger().eval()
@@ -249,6 +250,7 @@ def test_lstm_with_projection_inside_a_model_float16_and_int8(tmp_path):
 
 
 @pytest.mark.tensorrt_rtx
+@pytest.mark.slow
 def test_lstm_with_projection_inside_a_model_builds_in_tensorrt(tmp_path):
     torch.manual_seed(0)
     model = _ProjectedTagger().eval()

@@ -171,6 +171,7 @@ def test_other_dims_given_are_fed_in_every_case(tmp_path: Path) -> None:
     assert {c.batch for c in cases if c.others != 1} == {4}
 
 
+@pytest.mark.slow
 def test_a_dual_path_models_longest_case_is_measured_and_run(tmp_path):
     """A dual-path separator pads the time dim to whole chunks, which symbolic shape inference
     cannot follow: each unreadable dim counted at the case's largest size put batch 3 x 512

@@ -899,6 +899,9 @@ def test_rtx_availability_needs_an_rtx_class_gpu(monkeypatch) -> None:
 
 
 SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_models").glob("*.pt"))
+#: Built in every run: a CRF tagger, a conv front end with halved lengths; the others with
+#: --run-slow.
+EVERY_RUN = {"bilstm_crf_tagger", "speech_ctc"}
 
 
 @pytest.mark.tensorrt_rtx
@@ -906,7 +909,13 @@ SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_models").glob
     ("layout", "dtype"),
     [("default", "float16"), ("fused", "float32")],
 )
-@pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
+@pytest.mark.parametrize(
+    "sample",
+    [
+        pytest.param(p, id=p.stem, marks=() if p.stem in EVERY_RUN else pytest.mark.slow)
+        for p in SAMPLES
+    ],
+)
 def test_every_sample_parses_and_builds(sample: Path, layout: str, dtype: str, tmp_path) -> None:
     """Every shipped sample in its default layout in fp16, and fused: TensorRT's parser takes
     the export and its builder makes an engine, with the profile of the graph's declared ranges.

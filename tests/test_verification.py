@@ -1084,6 +1084,7 @@ def test_cli_subprocess_exit_code(tagger_files: tuple[Path, Path], tmp_path: Pat
     assert done.stderr.strip().splitlines()[-1].startswith("Error: FAIL")
 
 
+@pytest.mark.slow
 def test_a_graph_whose_layer_runs_on_other_steps_fails_in_one_line(tmp_path: Path) -> None:
     """Demucs's pad-then-trim arithmetic, frozen by the trace: at most lengths the graph's LSTM
     ran on other steps than the model's. Verification crashed (a ValueError putting rows in
@@ -1273,12 +1274,12 @@ def separation(report: VerifyReport) -> float:
 @pytest.mark.parametrize(
     ("name", "layout"),
     [
-        ("attention_classifier", "split"),
         ("conv_bigru_ctc", "fused"),
-        ("time_major_ctc", "split"),
-        ("token_gru_tagger", "fused"),
         ("relu_rnn_tagger", "split"),
-        ("deep_lstm_tagger", "fused"),
+        pytest.param("attention_classifier", "split", marks=pytest.mark.slow),
+        pytest.param("time_major_ctc", "split", marks=pytest.mark.slow),
+        pytest.param("token_gru_tagger", "fused", marks=pytest.mark.slow),
+        pytest.param("deep_lstm_tagger", "fused", marks=pytest.mark.slow),
     ],
 )
 @pytest.mark.usefixtures("reference_runs_once")
@@ -1385,6 +1386,7 @@ def test_layer_run_on_the_padded_batch_with_lengths_used_elsewhere_passes(
     assert any("takes no sequence_lens" in note for note in report.notes), report.notes
 
 
+@pytest.mark.slow
 def test_task_level_agreement_is_reported(tmp_path: Path) -> None:
     _, result = export_trained("attention_classifier", tmp_path / "a.onnx")
     values = [o for c in result.verification.cases for o in c.outputs if o.check == "values"]
@@ -1406,6 +1408,7 @@ def test_time_major_output_checks_follow_its_axes(tmp_path: Path) -> None:
     assert {"values", "padding", "batch-invariance", "layer"} <= checks
 
 
+@pytest.mark.slow
 def test_model_that_cannot_run_in_float64_is_judged_in_float32(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1535,6 +1538,7 @@ def test_saved_inputs_and_outputs_replay_without_the_model(tmp_path: Path) -> No
     assert not (tmp_path / "c.npz").exists()
 
 
+@pytest.mark.slow
 def test_polygraphy_reads_the_saved_inputs_and_outputs(tmp_path: Path) -> None:
     """polygraphy run --load-inputs / --load-outputs on our files: the interop the JSON is for."""
     pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install polygraphy)")
