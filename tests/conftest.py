@@ -97,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-slow",
         action="store_true",
-        help="also run the tests marked slow (the full suite: about 1.8x the default's time)",
+        help="also run the tests marked slow (the full suite: about 1.7x the default's time)",
     )
 
 

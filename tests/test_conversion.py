@@ -251,8 +251,22 @@ class _WithInitialState(nn.Module):
         return nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])[0]
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "dense"])
-@pytest.mark.parametrize("cell", [nn.RNN, nn.LSTM, nn.GRU])
+@pytest.mark.parametrize(
+    ("cell", "packed"),
+    [
+        pytest.param(nn.LSTM, True, id="LSTM-packed"),
+        pytest.param(nn.GRU, False, id="GRU-dense"),
+        pytest.param(nn.RNN, True, id="RNN-packed"),
+        *(
+            pytest.param(cell, packed, id=f"{cell.__name__}-{kind}", marks=pytest.mark.slow)
+            for cell, packed, kind in [
+                (nn.RNN, False, "dense"),
+                (nn.LSTM, False, "dense"),
+                (nn.GRU, True, "packed"),
+            ]
+        ),
+    ],
+)
 def test_initial_state_passed_positionally(cell, packed, tmp_path):
     """After conversion ``layer(input, h0)`` still means h0 is the initial state (BiRNN's own
     second parameter is ``lengths``), and the export with an h0 input matches the original."""

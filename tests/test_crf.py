@@ -300,6 +300,7 @@ def tagger_graph(tmp_path_factory) -> tuple[BiLSTMCRF, Path, object]:
     return model, path, result
 
 
+@pytest.mark.slow
 def test_wrong_tags_are_not_blamed_on_a_length_branch(tagger_graph, tmp_path) -> None:
     """A decode's lists are padded to the longest row, the graph's tags to T: a graph with
     wrong tags was told "output 'tags' has 300 steps where the model's has 161", a length
@@ -775,6 +776,7 @@ def test_sample_tagger_has_learned_transitions_and_passes(tmp_path) -> None:
     assert spec.token_padding == 0 and spec.outputs[0].role == "tags"
 
 
+@pytest.mark.slow
 def test_a_crf_held_for_its_loss_alone_is_not_said_to_decode(tmp_path) -> None:
     """forward returns the emissions and torchcrf's decode runs outside it: the float
     output was named 'tags', the conversion said "Viterbi as ONNX Scans" and the verdict
@@ -878,7 +880,7 @@ def test_a_float16_graph_decodes_in_float32_over_long_rows(tmp_path) -> None:
 
 
 @pytest.mark.tensorrt_rtx
-@pytest.mark.parametrize("layout", ["split", "fused"])
+@pytest.mark.parametrize("layout", ["split", pytest.param("fused", marks=pytest.mark.slow)])
 def test_tensorrt_rtx_builds_a_float16_tagger_with_lengths(tmp_path, layout: str) -> None:
     """The split layout's float16 reversals feeding the float32 nodes made TensorRT-RTX's
     builder fail (Myelin "CHECK_GE(crds.size(), input_dims.size())"); they reverse in the

@@ -78,8 +78,26 @@ def dims(value_info):
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("layout", ["fused", "split"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+#: The cell x layout pairs of the per-cell tests run in every run: each cell once, each layout
+#: twice; the others with --run-slow.
+EVERY_RUN_CELLS = {
+    ("lstm", "split"),
+    ("gru", "fused"),
+    ("rnn_tanh", "split"),
+    ("rnn_relu", "fused"),
+}
+
+
+@pytest.mark.parametrize(
+    ("cell", "layout"),
+    [
+        pytest.param(
+            cell, layout, marks=() if (cell, layout) in EVERY_RUN_CELLS else pytest.mark.slow
+        )
+        for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+        for layout in ("fused", "split")
+    ],
+)
 def test_recurrent_nodes_and_unseen_shapes(tmp_path, cell, layout):
     torch.manual_seed(0)
     config = TaggerConfig(
@@ -158,8 +176,16 @@ class _GivenStates(nn.Module):
         return (out, *finals) if isinstance(finals, tuple) else (out, finals)
 
 
-@pytest.mark.parametrize("layout", ["split", "fused"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+@pytest.mark.parametrize(
+    ("cell", "layout"),
+    [
+        pytest.param(
+            cell, layout, marks=() if (cell, layout) in EVERY_RUN_CELLS else pytest.mark.slow
+        )
+        for cell in ("lstm", "gru", "rnn_relu")
+        for layout in ("split", "fused")
+    ],
+)
 def test_each_direction_starts_from_its_own_state_and_ends_in_its_place(tmp_path, cell, layout):
     """Each recurrent node of the graph, against torch's built-in layer on a PackedSequence in
     float64: the backward direction starts from its own initial state, the final states come
@@ -1040,7 +1066,7 @@ class _PadsSevenZeros(nn.Module):
         return torch.cat([y, y.new_zeros(y.shape[0], y.shape[1], 7)], -1)
 
 
-@pytest.mark.parametrize("decoder", [False, True])
+@pytest.mark.parametrize("decoder", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_literal_size_that_is_an_examples_too_is_not_called_baked(tmp_path, decoder):
     """Refused as "the example batch 7 is baked into its shape" (with a decoder: told the
     decoder's loop froze a length); traced again at other example sizes, the 7 stays 7."""
@@ -1633,6 +1659,7 @@ class _TwoStreams(nn.Module):
         return torch.cat([words, self.run(self.char_rnn, self.chars(chars), char_mask)], -1)
 
 
+@pytest.mark.slow
 def test_a_character_stream_that_is_not_per_word_is_read_as_a_second_sequence(tmp_path):
     """forward(words, word_mask, chars, char_mask) is first read as each word's characters; a
     model that fails on that reading, taking the characters as a stream of their own, is read
@@ -1701,7 +1728,7 @@ def test_characters_taken_before_the_words_mask_are_inferred(tmp_path):
     np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("declared", [False, True])
+@pytest.mark.parametrize("declared", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_words_with_a_mask_of_their_characters_match_torch_in_float64(tmp_path, declared):
     """forward(words, word_mask, chars, char_mask): a mask of each word's characters ([batch,
     seq, chars]) is inferred from the names or declared, and the graph matches the model in
@@ -1787,6 +1814,7 @@ class _SortsByLength(nn.Module):
         return out[restore]
 
 
+@pytest.mark.slow
 def test_a_subsampled_longest_row_of_a_model_finding_its_own_lengths(tmp_path):
     """Without a lengths input (lengths from the padding id), the one data-dependent dim of
     the outputs was named longest(seq) whatever its size: here the longest row subsampled."""
@@ -2097,7 +2125,7 @@ def test_a_time_dim_fixed_by_the_models_code_is_told_what_to_use(tmp_path, loop,
     assert told in message and "test_export.py:" in message, message
 
 
-@pytest.mark.parametrize("subsample", [(2, 2, 1), (1, 2, 2)])
+@pytest.mark.parametrize("subsample", [(2, 2, 1), pytest.param((1, 2, 2), marks=pytest.mark.slow)])
 def test_a_subsampled_longest_row_keeps_a_name_of_its_own(tmp_path, capfd, subsample):
     """ESPnet's BLSTMP keeps every second frame between layers (ys_pad[:, ::2]): its output's
     time dim is the longest row subsampled twice, not the longest row. All the exporter's
@@ -2271,7 +2299,9 @@ def test_a_dim_frozen_inside_a_torch_function_names_the_models_line(tmp_path):
     assert "pool a whole axis with x.amax(i) or x.mean(i)" in message
 
 
-@pytest.mark.parametrize("stride", [None, 1, "tuple"])
+@pytest.mark.parametrize(
+    "stride", [None, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, "tuple"))]
+)
 def test_a_max_pool_over_a_whole_axis_by_its_size_keeps_the_axis_dynamic(tmp_path, stride):
     """F.max_pool1d(h, h.size(2)) gives the kernel as a number: the characters dim was frozen
     at the example's, and the refusal advised keeping sizes on tensors, as the model already
@@ -2305,6 +2335,7 @@ class _PadsShortInputs(nn.Module):
         return self.lstm(x)[0][:, :steps]
 
 
+@pytest.mark.slow
 def test_a_branch_on_short_inputs_is_refused_with_the_range_the_graph_holds_for(tmp_path):
     """The exporter traced the example's branch (no padding) into a graph that holds from 9
     steps on, silently: the export names that range (it ran and crashed in verification)."""
@@ -2333,6 +2364,7 @@ class _PoolsTimeBy4(nn.Module):
         return self.rnn(x.permute(0, 2, 1, 3).flatten(2))[0]
 
 
+@pytest.mark.slow
 def test_a_front_end_that_needs_four_steps_is_told_its_own_shortest_input(tmp_path):
     """torch.export checked that time // 4 is not 1 frame and assumed so (a stride check): the
     advice left lengths 4..7 out as branches (--range time=8,...); the graph holds from 4."""
@@ -2412,6 +2444,7 @@ class _SqueezesTime(nn.Module):
         return self.lstm(x.squeeze(1))[0]
 
 
+@pytest.mark.slow
 def test_a_squeeze_of_the_time_dim_exports_from_two_steps_and_one_step_is_named(tmp_path):
     """Every export failed the ONNX checker ("differ in rank: (2) vs (3)"), whatever the range:
     torch.onnx writes a Squeeze of the dynamic time dim that torch.export kept. From 2 steps it
@@ -2541,6 +2574,7 @@ class _BranchesOnBatchAndTime(nn.Module):
         return self.lstm(x)[0]
 
 
+@pytest.mark.slow
 def test_branches_on_the_batch_and_on_two_sizes_are_verified(tmp_path):
     """Both passed, wrong at batch 8 and wherever the length is the batch's + 40: the batch's
     sizes were only noted, and an assumption on two sizes was skipped (then searched at batch
@@ -2641,7 +2675,9 @@ def test_weight_normed_recurrent_weights_export_and_match_the_parametrized_model
     np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls", [DictBatchTagger, AttributeBatchEncoder])
+@pytest.mark.parametrize(
+    "cls", [DictBatchTagger, pytest.param(AttributeBatchEncoder, marks=pytest.mark.slow)]
+)
 def test_a_forward_reading_one_batch_by_key_is_fed_its_keys_and_matches_torch(tmp_path, cls):
     """forward(batch) reading batch["tokens"] (a collate function's dict) or batch.feats (a
     dataclass): a graph input per key it reads (a sequence before its lengths, whatever order
@@ -2712,7 +2748,7 @@ def test_declared_keys_of_a_batch_are_its_inputs(tmp_path):
         export_onnx(model, tmp_path / "e.onnx", inputs=["ids:int64[batch,seq]", *inputs[1:]])
 
 
-@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.parametrize("declared", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_documents_of_sentences_of_words_match_torch_in_float64(tmp_path, declared):
     """A hierarchical classifier's one input holds a nested sequence: declared with a length
     per document and per sentence, or inferred from forward(docs, doc_lengths,
@@ -3241,7 +3277,7 @@ class _ByteMaskTagger(nn.Module):
         return self.head(out)
 
 
-@pytest.mark.parametrize("layout", ["split", "packed"])
+@pytest.mark.parametrize("layout", ["packed", pytest.param("split", marks=pytest.mark.slow)])
 def test_a_byte_mask_is_a_uint8_input_and_tensorrt_takes_the_graph(tmp_path, layout) -> None:
     """A uint8 mask was refused as an input of unknown dtype. It is a uint8 input; the empty
     batch guard pads it in int32 for the model's Cast, since TensorRT takes uint8 only as a
@@ -3333,6 +3369,7 @@ def test_a_position_input_drawn_as_ids_is_told_to_declare_its_index(tmp_path) ->
     assert told in str(caught.value) and ":index(seq)" not in str(caught.value).replace(told, "")
 
 
+@pytest.mark.slow
 def test_an_index_input_is_drawn_over_the_dim_it_indexes(tmp_path) -> None:
     """A subword's word index read by no Embedding was drawn from the model's vocabulary (0..49
     here, 0..7999 in users35's model), so it seldom named a real word: a graph pooling by sum
@@ -3766,6 +3803,7 @@ def test_a_squeeze_of_the_batch_is_refused_not_dropped(tmp_path):
         export_onnx(_SqueezesBatch().eval(), tmp_path / "b.onnx", inputs=["x:float32[batch,seq,5]"])
 
 
+@pytest.mark.slow
 def test_scores_given_are_recorded_and_unknown_ones_refused(tmp_path):
     """A projection (encoder memory) looks like a linear head's class scores; --scores none
     records it as none, so an int8 graph is judged by relative error alone."""

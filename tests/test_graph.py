@@ -126,6 +126,7 @@ def test_a_frozen_length_is_reported_briefly_with_its_cause(tmp_path):
     assert str(e.value).count("; ") <= 5
 
 
+@pytest.mark.slow
 def test_the_lengths_rule_is_recorded_only_where_rows_have_lengths(tmp_path):
     """The rule (lengths clamped into [1, T], padding positions hold the padding value) was
     recorded in every graph, also an image recogniser's without lengths, naming its width."""
@@ -193,7 +194,7 @@ class _Stateful(nn.Module):
         return (y, sentence, self.head(sentence)) if self.pooled else (y, h, c)
 
 
-@pytest.mark.parametrize("layout", ["split", "fused"])
+@pytest.mark.parametrize("layout", ["split", pytest.param("fused", marks=pytest.mark.slow)])
 def test_states_are_told_by_the_graph_not_by_their_names(tmp_path, layout):
     """Declared h0/c0 inputs were recorded as features, and final states named other than
     h_n/c_n as other: the roles now follow what the graph does with them."""

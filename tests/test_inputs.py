@@ -1824,6 +1824,7 @@ class _TwoStreams(nn.Module):
         return self.hand(hand, hand_lengths) + self.body(body, body_lengths)
 
 
+@pytest.mark.slow
 def test_each_stream_takes_the_features_of_its_own_module(tmp_path) -> None:
     """The body keypoints were declared with the hand's 84 features."""
     result = export_onnx(_TwoStreams().eval(), tmp_path / "s.onnx")
@@ -2070,6 +2071,7 @@ class _VGGFrontEnd(nn.Module):
         return self.rnn(x)[0]
 
 
+@pytest.mark.slow
 def test_a_conv2d_front_end_of_one_channel_is_told_it_may_make_that_view_itself(tmp_path) -> None:
     """A Conv2d(1, ...) first was told to declare [batch, 1, H, time]; ESPnet's VGG2L takes
     [batch, time, features] and makes that view itself: the refusal names that layout, with the

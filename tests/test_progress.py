@@ -20,6 +20,7 @@ def test_the_time_left_weighs_each_step_by_its_work() -> None:
     assert progress.left(100.0) == ""
 
 
+@pytest.mark.slow
 def test_a_long_step_is_said_to_be_running_while_it_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -48,7 +48,13 @@ def test_main_command_names_a_shipped_sample():
 BLOCKS = re.findall(r"```\n(Loaded   sample_models/(\S+)\.pt.*?)```", readme(), re.S)
 
 
-@pytest.mark.parametrize(("shown", "sample"), BLOCKS, ids=[name for _, name in BLOCKS])
+@pytest.mark.parametrize(
+    ("shown", "sample"),
+    [  # the first in every run, the others with --run-slow
+        pytest.param(shown, name, id=name, marks=() if name == BLOCKS[0][1] else pytest.mark.slow)
+        for shown, name in BLOCKS
+    ],
+)
 def test_main_command_output_matches_the_readme(tmp_path, shown, sample):
     """The README shows the main command's real output: the lines that do not depend on the
     machine (paths, sizes, timings) must be what the command prints today."""

@@ -183,7 +183,10 @@ def test_output_names_cannot_clash_with_the_loop_body(tmp_path, names):
 # -- LSTM with proj_size: a Scan in every layout ----------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["split", "fused", "scan", "packed"])
+@pytest.mark.parametrize(
+    "layout",
+    ["scan", "packed", *(pytest.param(x, marks=pytest.mark.slow) for x in ("split", "fused"))],
+)
 def test_lstm_with_projection_is_a_scan_equal_to_the_packed_builtin_layer(tmp_path, layout):
     """ONNX's LSTM has no projection: every layout writes the layer as Scan loops of standard
     ops. Outputs at every position, h_n (proj_size units) and c_n (hidden_size), ragged

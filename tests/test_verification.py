@@ -690,6 +690,7 @@ def test_a_model_reading_only_final_states_is_not_told_of_an_unreversed_output(
     assert "reaches no ReverseSequence" not in diagnosis
 
 
+@pytest.mark.slow
 def test_attention_without_its_padding_mask_is_told_after_the_layers(tmp_path: Path) -> None:
     """Every recurrent layer matches, the graph's rows alone differ from the batch: the
     diagnosis points at a mask after the recurrent layers, not at the reversals."""
@@ -949,6 +950,7 @@ class _PoolsTime(nn.Module):
         ]
 
 
+@pytest.mark.slow
 def test_a_model_that_refuses_the_shortest_declared_input_is_told_the_range_it_runs_from(
     tmp_path: Path,
 ) -> None:
@@ -1638,6 +1640,7 @@ class _PoolsFrames(nn.Module):
         return self.lstm(self.pool(clips.reshape(b * t, c, h, w)).reshape(b, t, -1))[0]
 
 
+@pytest.mark.slow
 def test_a_graph_that_holds_only_at_the_traced_height_names_it(tmp_path):
     """Cases failed in ONNX Runtime (GatherND: invalid index) with no diagnosis; now a case
     at the example's sizes passes and the failures name the dim fixed there, with the
