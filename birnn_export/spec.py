@@ -1221,16 +1221,17 @@ class InputDecl:
         if measures is not None and (
             dtype not in ("int64", "int32") or not (len(dims) == 1 or nested)
         ):
-            relative = (
-                "; lengths relative to the padded length (fractions, as SpeechBrain's wav_lens) "
-                f"are not graph inputs: {RELATIVE_LENGTHS}"
+            floats = (
+                "; step counts held as floats (20.0) are declared int64, and the graph is fed "
+                "them as int64; lengths relative to the padded length (fractions, as "
+                f"SpeechBrain's wav_lens) are not graph inputs: {RELATIVE_LENGTHS}"
                 if dtype.startswith("float")
                 else ""
             )
             raise BiRNNExportError(
                 f"input {match['name']!r}: a lengths input is int64[batch] or int32[batch] (one "
                 "length per row), or [batch,OUTER] for a sequence nested in another's steps "
-                f"(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)'){relative}"
+                f"(each word's characters: 'char_lens:int64[batch,seq]:lengths(chars)'){floats}"
             )
         if match["indexes"] and dtype not in ("int64", "int32"):
             raise BiRNNExportError(

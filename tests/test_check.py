@@ -1066,6 +1066,8 @@ def test_check_builds_the_profile_asked_for(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*args, "--seq-range", "1,5,9"])
     assert result.exit_code == 0, result.output
     assert "x 1x1x4/1x5x4/1x9x4, lengths 1/1/1" in result.output
+    loaded = check_compatibility(onnx.load(str(path)), target="tensorrt", batch=(1, 1, 1))
+    assert "x 1x1x4/1x64x4/1x256x4, lengths 1/1/1" in " ".join(loaded.lines())  # a ModelProto
     recorded = check_compatibility(path, target="tensorrt")
     assert "x 1x1x4/8x64x4/32x256x4, lengths 1/8/32" in " ".join(recorded.lines())
     for target, tensorrt in (("ort-cuda", "auto"), ("tensorrt", "static")):

@@ -56,6 +56,33 @@ def test_float32_recurrent_nodes_of_a_float16_graph_are_said(tmp_path: Path) -> 
         )
 
 
+def test_a_time_major_output_is_noted_for_servers(tmp_path: Path) -> None:
+    """A server batching requests on the first axis would cut a time-major output along time:
+    inspect says so, as the export does (users56 F2)."""
+    import torch
+    from torch import nn
+
+    from birnn_export.pipeline import export_onnx
+
+    class TimeMajor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x.transpose(0, 1))[0]  # [seq, batch, 8], as a CTC loss takes it
+
+    torch.manual_seed(0)
+    path = tmp_path / "t.onnx"
+    export_onnx(TimeMajor().eval(), path, inputs=["x:float32[batch,seq,3]"], verify=False)
+    notes = [line for line in describe_lines(describe_onnx(path)) if line.startswith("  note:")]
+    assert notes == [
+        "  note: the batch is not the first axis of 'output': a server that batches requests on "
+        "the first axis (Triton with max_batch_size > 0) would cut them along another; serve the "
+        'graph with max_batch_size 0 and the batch among the dims (README, "Serving the graph")'
+    ]
+
+
 def test_json_to_standard_output(crf_graph: Path) -> None:
     """``--json -``: the JSON alone on standard output (for a pipe), the text on standard
     error; no file named '-'."""

@@ -32,6 +32,7 @@ SPEECH_INPUTS = ["features:float32[batch,40,time]", "feature_lens:int64[batch]:l
         ("x:float32[batch,2.5]", "dim '2.5' is neither"),
         ("x float32 [batch]", "expected NAME:DTYPE"),
         ("lens:float32[batch]:lengths(time)", "a lengths input is int64"),
+        ("lens:float32[batch]:lengths(time)", r"held as floats \(20.0\) are declared int64"),
         ("wav_lens:float32[batch]:lengths(time)", "relative to the padded length"),
         ("lens:int64[batch,time]:lengths(time)", "a lengths input is int64"),
         ("lens:int64[batch,seq,4]:lengths(chars)", "a lengths input is int64"),

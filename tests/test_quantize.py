@@ -113,6 +113,58 @@ def test_full_range_int8_weights_are_named_and_ours_have_none(tmp_path: Path) ->
     assert note in report.notes
 
 
+@pytest.mark.parametrize(
+    ("op", "slot", "peak", "named"),
+    [
+        ("ConvInteger", 1, 100, True),
+        ("ConvInteger", 1, 64, False),  # 7 bits: summed exactly without VNNI
+        ("ConvInteger", 0, 100, False),  # the activations' slot: not a weight
+        ("DynamicQuantizeLSTM", 2, -100, True),  # the recurrence weights
+        ("DynamicQuantizeMatMul", 1, 127, True),
+    ],
+)
+def test_weights_past_seven_bits_are_found_in_each_ops_weight_slot(
+    op: str, slot: int, peak: int, named: bool
+) -> None:
+    from onnx import TensorProto, helper
+
+    from birnn_export.quantize import saturating_nodes
+
+    inputs = ["a", "b", "c"]
+    inputs[slot] = "w"
+    weight = helper.make_tensor("w", TensorProto.INT8, [2], [peak, 1])
+    node = helper.make_node(op, inputs, ["y"], name="q")
+    graph = helper.make_graph([node], "g", [], [], initializer=[weight])
+    assert saturating_nodes(helper.make_model(graph)) == (["q"] if named else [])
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "vnni"),
+    [
+        ("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n", True),
+        ("flags : fpu avx2 avx_vnni\n", True),  # Alder Lake's VEX form
+        ("flags : fpu avx2 fma\n", False),  # AMD Zen 2 and 3
+        ("processor : 0\nFeatures : fp asimd\n", None),  # arm64: no flags line
+        (None, None),  # no /proc/cpuinfo
+    ],
+)
+def test_vnni_is_read_from_the_cpus_flags(
+    cpuinfo: str | None, vnni: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from birnn_export import quantize
+
+    def fake_open(path: str, *args: object, **kwargs: object) -> io.StringIO:
+        assert path == "/proc/cpuinfo"
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(quantize, "open", fake_open, raising=False)
+    assert quantize.cpu_has_vnni() is vnni
+
+
 def test_quantize_int8_leaves_gru_in_float_and_says_so(tmp_path: Path) -> None:
     torch.manual_seed(0)
     src = export_onnx(Tagger(nn.GRU).eval(), tmp_path / "f.onnx", verify=False).path
