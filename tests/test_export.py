@@ -79,7 +79,7 @@ def dims(value_info):
 
 
 #: The cell x layout pairs of the per-cell tests run in every run: each cell once, each layout
-#: twice; the others with --run-slow.
+#: at least once; the others with --run-slow.
 EVERY_RUN_CELLS = {
     ("lstm", "split"),
     ("gru", "fused"),
