@@ -94,7 +94,9 @@ class QuantizedCriterion:
     Judged over the whole sweep (:func:`sweep_check`), since a case of a few positions cannot
     measure a rate: each output's relative L2 error against the float64 reference, over all its
     valid elements, must stay below ``max_rel_l2``, and for class scores the argmax must agree
-    with the reference's at no fewer than ``min_top1`` of all valid positions. Each case on its
+    with the reference's at no fewer than ``min_top1`` of all valid positions, or at all but one
+    (below 200 positions the share alone refused a graph on one near-tie: bench at B = 1 and
+    T = 50 gave 98%, users58 F4). Each case on its
     own only guards against gross breakage: relative L2 error below ``max_case_rel_l2`` (int8
     noise measured on a one-position case of a trained 3-layer BiLSTM(256) tagger: 0.094).
     """
@@ -110,7 +112,7 @@ class QuantizedCriterion:
         return (
             f"int8: over the sweep, relative L2 error vs float64 < {self.max_rel_l2:g} and "
             f"top-1 agreement (decoded tags: their agreement) >= {100 * self.min_top1:g}% of "
-            "valid positions; < "
+            "valid positions (or all but one); < "
             f"{self.max_case_rel_l2:g} in every case"
         )
 
@@ -454,7 +456,7 @@ def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check
     top1 = (1.0 - missed / positions if positions else 1.0) if counted else None
     rows, rows_missed = sum(c.rows for c in checks), sum(c.rows_missed for c in checks)
     passed = (tags or rel_l2 < criterion.max_rel_l2) and (
-        top1 is None or top1 >= criterion.min_top1
+        top1 is None or top1 >= criterion.min_top1 or missed <= 1
     )
     return Check(
         checks[0].name,

@@ -362,6 +362,11 @@ def changed_after_export(proto: Any, spec: GraphSpec) -> list[str]:
     quantized = holds_quantized_nodes(proto)
     if spec.quantization is not None and not quantized:
         found.append(f"its metadata says {spec.quantization}, but it holds no quantized node")
+    if spec.quantization is None and quantized:  # quantize_dynamic keeps the metadata (users58)
+        found.append(
+            f"it holds ONNX Runtime's int8 nodes, its metadata says {spec.dtype} (quantized "
+            "after export)"
+        )
     return found
 
 
@@ -390,7 +395,8 @@ def refuse_changed(proto: Any, spec: GraphSpec, path: Any) -> None:
         raise ModelLoadError(
             f"{path}: the graph was changed after export ({'; '.join(shown)}), so its "
             "metadata no longer describes it: check the graph birnn-export wrote, or re-export "
-            "with the options that give this one (--output-names, --dtype float16)"
+            "with the options that give this one (--output-names, --dtype float16, --quantize "
+            "int8)"
         )
 
 

@@ -94,7 +94,13 @@ from birnn_export.compare import (
     layer_tolerance,
 )
 from birnn_export.errors import BiRNNExportError
-from birnn_export.quantize import INT8, padding_unread, saturation_note, zeroes_padding
+from birnn_export.quantize import (
+    INT8,
+    SWEEP_INPUTS_NOTE,
+    padding_unread,
+    saturation_note,
+    zeroes_padding,
+)
 from birnn_export.spec import (
     MASK_ROLES,
     GraphSpec,
@@ -652,6 +658,9 @@ def verify(
     if foreign is not None:  # its layers are not compared: what its nodes show, if anything
         results = blame_short_rows(results, proto, spec)
     notes += batch_dependence_note(results) + drift_note(results)
+    floats = any(t.dtype.startswith("float") for t in spec.inputs)
+    if load_inputs is None and floats and (spec.quantization == INT8 or "ort-int8" in engines):
+        notes.append(SWEEP_INPUTS_NOTE)
     # int8 nodes are renamed: the layers were not compared, and need no note
     if spec.quantization is None:
         if layer_state.reason is not None and layers and golden is None:

@@ -255,10 +255,15 @@ def test_a_graph_changed_after_export_is_refused_before_the_sweep(
     for prop in relabelled.metadata_props:
         if prop.key == METADATA_KEY:
             prop.value = json.dumps({**json.loads(prop.value), "quantization": "int8-dynamic"})
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(split_path), str(tmp_path / "q.onnx"))  # keeps the metadata (users58)
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
     for name, proto, told in [
         ("renamed", renamed, f"output {old!r} of its metadata is not in it (outputs: 'logits'"),
         ("halved", halved, "its recurrent layers' weights are float16"),
         ("relabelled", relabelled, "says int8-dynamic, but it holds no quantized node"),
+        ("quantized", quantized, "int8 nodes, its metadata says float32 (quantized after export)"),
     ]:
         path = tmp_path / f"{name}.onnx"
         onnx.save(proto, str(path))
