@@ -102,11 +102,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` are deselected unless ``--run-slow`` is given (or ``-m`` names
-    them: ``-m slow`` runs the slow tier alone); tests marked ``tensorrt_rtx`` skip, with the
-    reason, where ``tensorrt_rtx`` does not import (one condition for all: the dev extra
-    installs it, so CI runs them)."""
-    if not config.getoption("--run-slow") and "slow" not in config.getoption("markexpr"):
+    """Tests marked ``slow`` are deselected unless ``--run-slow`` is given, ``-m`` names them
+    (``-m slow`` runs the slow tier alone) or a test is named by its id; tests marked
+    ``tensorrt_rtx`` skip, with the reason, where ``tensorrt_rtx`` does not import (one
+    condition for all: the dev extra installs it, so CI runs them)."""
+    named = any("::" in arg for arg in config.args)  # a test named by its id runs (review36 R15)
+    if not (config.getoption("--run-slow") or named or "slow" in config.getoption("markexpr")):
         slow = [item for item in items if item.get_closest_marker("slow")]
         if slow:
             config.hook.pytest_deselected(items=slow)

@@ -274,7 +274,6 @@ def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> 
     assert not stale.exists() and not unlocked.exists()
 
 
-@pytest.mark.slow
 def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     """Two exports to one output both said PASS, and the one whose graph was replaced described
     the other's (users34): the second is refused in one line while the first holds its lock."""

@@ -226,7 +226,6 @@ def test_the_main_command_says_each_step_as_it_begins_on_a_terminal(tmp_path, mo
     assert said["log"] == []
 
 
-@pytest.mark.slow
 def test_an_interrupt_after_the_graph_is_placed_says_it_was_written(tmp_path, monkeypatch):
     """Ctrl-C during the TensorRT check left the verified graph in place under a bare
     "Aborted!" (users42 F4): the interrupt names it, and the check still to run."""
@@ -282,7 +281,6 @@ def test_a_mistyped_option_is_a_usage_error_naming_the_nearest(tmp_path, options
     assert str(caught.value).startswith(told) and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_a_graph_replaced_while_it_is_checked_is_not_described_as_this_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1282,11 +1282,11 @@ def separation(report: VerifyReport) -> float:
     ("name", "layout"),
     [
         ("conv_bigru_ctc", "fused"),
-        ("relu_rnn_tagger", "split"),
+        ("deep_lstm_tagger", "fused"),  # an LSTM meets the gate swap (review36 R8)
         pytest.param("attention_classifier", "split", marks=pytest.mark.slow),
         pytest.param("time_major_ctc", "split", marks=pytest.mark.slow),
         pytest.param("token_gru_tagger", "fused", marks=pytest.mark.slow),
-        pytest.param("deep_lstm_tagger", "fused", marks=pytest.mark.slow),
+        pytest.param("relu_rnn_tagger", "split", marks=pytest.mark.slow),
     ],
 )
 @pytest.mark.usefixtures("reference_runs_once")
