@@ -110,6 +110,7 @@ CSV_COLUMNS = (
     "build_s",
     "engine_bytes",
     "speedup_vs_torch",
+    "speedup_vs_ort_cpu",
     "status",
     "reason",
     "max_abs_error",
@@ -122,16 +123,18 @@ class BenchResult:
     """One engine at one shape.
 
     Times are per call of the runner (host arrays in, host arrays out). ``speedup_vs_torch`` is
-    eager torch's median divided by this engine's median at the same shape (> 1: faster than
-    torch), ``None`` when torch was not measured there. For ``status != "ok"`` the timing fields
-    are ``None`` and ``runs`` is 0; ``reason`` says why. ``max_abs_error`` is the largest
-    absolute difference from eager torch over all outputs (``None`` if never compared).
+    eager torch's median divided by this engine's median at the same shape (> 1: faster than torch),
+    ``None`` when torch was not measured there; ``speedup_vs_ort_cpu`` (``ort-int8`` rows only) the
+    ``ort-cpu`` median over this one at the same shape: the int8 graph against the float graph on
+    the same provider, the figure a serving team weighs (users58 F3). For ``status != "ok"`` the
+    timing fields are ``None`` and ``runs`` is 0; ``reason`` says why. ``max_abs_error`` is the
+    largest absolute difference from eager torch over all outputs (``None`` if never compared).
     ``build_s`` is the runner's set-up time (session creation, engine build or load);
     ``engine_bytes`` the TensorRT engine's size (``trt``, ``trt-rtx``). ``iqr_pct`` is the run
-    times' interquartile range in percent of their median: above :data:`UNSTABLE_IQR_PCT` the
-    table names the row as unstable. A ``trt-rtx`` engine
-    that cannot run here (no RTX-class GPU) is still built ahead of time on the CPU: its rows are
-    ``"unavailable"`` with ``build_s`` (the builder's time) and ``engine_bytes``.
+    times' interquartile range in percent of their median: above :data:`UNSTABLE_IQR_PCT` the table
+    names the row as unstable. A ``trt-rtx`` engine that cannot run here (no RTX-class GPU) is still
+    built ahead of time on the CPU: its rows are ``"unavailable"`` with ``build_s`` (the builder's
+    time) and ``engine_bytes``.
     """
 
     engine: str
@@ -151,6 +154,7 @@ class BenchResult:
     build_s: float | None = None
     engine_bytes: int | None = None
     speedup_vs_torch: float | None = None
+    speedup_vs_ort_cpu: float | None = None
     max_abs_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +172,10 @@ class BenchReport:
     #: given) (users52 F4).
     model_file: str | None = None
     model_sha256: str | None = None
+    #: Each engine judged by the task over every shape measured together (an int8 engine's
+    #: outputs: relative L2 error and top-1 agreement, as verify judges its sweep), passed or
+    #: not: one sweep :class:`~birnn_export.compare.Check` per output (users58 F3).
+    judged: dict[str, tuple[Check, ...]] = field(default_factory=dict)
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -227,6 +235,10 @@ class BenchReport:
             "model_file": self.model_file,
             "model_sha256": self.model_sha256,
             "results": [r.to_dict() for r in self.results],
+            "judged_over_the_shapes": {
+                engine: [_judgement(check) for check in checks]
+                for engine, checks in self.judged.items()
+            },
             **outcome(self.raise_for_failure),
         }
 
@@ -493,6 +505,7 @@ def benchmark(
     feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     expected: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     rows: list[BenchResult] = []
+    judged: dict[str, tuple[Check, ...]] = {}  # an int8 engine's outputs over every shape
     placement: dict[str, Any] = {}  # ONNX Runtime engines: where their nodes ran
     cpu_recurrent: dict[str, list[str]] = {}
 
@@ -565,12 +578,14 @@ def benchmark(
                     advance(1, engine)
             finally:
                 runner.deactivate()
-            rows = _judged_over_the_shapes(rows, engine, checked, criteria[engine])
+            judged[engine] = _judged_over_the_shapes(checked, criteria[engine])
+            rows = _refused_by_the_task(rows, engine, judged[engine])
 
     return BenchReport(
         results=_with_speedups(rows),
         model_file=model_file,
         model_sha256=model_sha256,
+        judged={engine: checks for engine, checks in judged.items() if checks},
         environment={
             **environment(onnx_path, threads=threads),
             "load_average": {"before": load_before, "after": _load_average()},
@@ -701,6 +716,9 @@ def render_table(report: BenchReport) -> Any:
     for name in ("batch", "seq", "median ms", "p90 ms", "p99 ms", "runs", "tokens/s"):
         table.add_column(name, justify="right")
     table.add_column("vs torch", justify="right")
+    versus_float = any(r.speedup_vs_ort_cpu is not None for r in report.results)
+    if versus_float:  # int8 beside the float graph (users58 F3)
+        table.add_column("vs ort-cpu", justify="right")
     table.add_column("status", no_wrap=True)
     styles = {"ok": "green", "mismatch": "red", "error": "red", "unavailable": "yellow"}
     notes: dict[str, str] = {}
@@ -717,7 +735,11 @@ def render_table(report: BenchReport) -> Any:
                     else ""
                 )
                 table.add_row(
-                    labels[r.engine], "all", "all", *[""] * 6, Text("unavailable" + built, "yellow")
+                    labels[r.engine],
+                    "all",
+                    "all",
+                    *[""] * (7 if versus_float else 6),
+                    Text("unavailable" + built, "yellow"),
                 )
             continue
         status = r.status
@@ -732,7 +754,8 @@ def render_table(report: BenchReport) -> Any:
             _fmt(r.p99_ms, ".3f"),
             str(r.runs) if r.runs else "",
             _fmt(r.tokens_per_s, ",.0f"),
-            f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch is not None else "",
+            _fmt(r.speedup_vs_torch, ".2f", "x"),
+            *([_fmt(r.speedup_vs_ort_cpu, ".2f", "x")] if versus_float else []),
             Text(status, styles[r.status]),
         )
     env = report.environment
@@ -744,6 +767,11 @@ def render_table(report: BenchReport) -> Any:
         + _ort_spinning(report),
         "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
         + _torch_mode(report),
+        *(
+            ["vs ort-cpu = the float graph's ort-cpu median / ort-int8's at the same shape"]
+            if versus_float
+            else []
+        ),
         "tokens/s = the batch's valid steps per second"
         + (
             " (ragged rows: padding not counted)"
@@ -753,6 +781,12 @@ def render_table(report: BenchReport) -> Any:
         *_other_dims(report.settings),
         *(report.settings.get("foreign") or ()),
         *notes.values(),
+        *(
+            f"{engine} judged as verify judges it: {_over_the_shapes(check)}"
+            for engine, checks in report.judged.items()
+            for check in checks
+            if check.passed  # a failed one is the engine's reason, above
+        ),
         *_unstable_line(report),
         *_busy_line(report),
         *(
@@ -929,24 +963,28 @@ def _recorded(checked: list[Check], *args: Any, **kwargs: Any) -> list[Check]:
 
 
 def _judged_over_the_shapes(
-    rows: list[BenchResult], engine: str, checked: Sequence[Check], criteria: Mapping[str, Any]
+    checked: Sequence[Check], criteria: Mapping[str, Any]
+) -> tuple[Check, ...]:
+    """Each output judged by the task (an int8 graph's:
+    :class:`~birnn_export.compare.QuantizedCriterion`) over every shape measured together, as
+    verification judges it over its sweep: a shape alone only guards against breakage."""
+    pooled = (
+        sweep_check([c for c in checked if c.name == name and c.check == "values"], criterion)
+        for name, criterion in criteria.items()
+        if isinstance(criterion, QuantizedCriterion)
+    )
+    return tuple(check for check in pooled if check is not None)
+
+
+def _refused_by_the_task(
+    rows: list[BenchResult], engine: str, judged: Sequence[Check]
 ) -> list[BenchResult]:
-    """``rows`` with ``engine``'s timed rows made mismatches where an output judged by the task
-    (an int8 graph's: :class:`~birnn_export.compare.QuantizedCriterion`) fails over all the
-    shapes measured together, as verification judges it over its sweep: a shape alone only
-    guards against breakage, so an int8 graph that loses top-1 was timed as "ok"."""
-    failed = []
-    for name, criterion in criteria.items():
-        if isinstance(criterion, QuantizedCriterion):
-            values = [c for c in checked if c.name == name and c.check == "values"]
-            pooled = sweep_check(values, criterion)
-            if pooled is not None and not pooled.passed:
-                failed.append(pooled)
+    """``rows`` with ``engine``'s timed rows made mismatches where an output failed its judgement
+    over the shapes: an int8 graph that loses top-1 was timed as "ok" (users27)."""
+    failed = [check for check in judged if not check.passed]
     if not failed:
         return rows
-    why = "; ".join(
-        c.describe().replace(" over the sweep", " over the shapes measured") for c in failed
-    )
+    why = "; ".join(_over_the_shapes(c) for c in failed)
     return [
         _row(
             engine,
@@ -961,6 +999,26 @@ def _judged_over_the_shapes(
         else r
         for r in rows
     ]
+
+
+def _over_the_shapes(check: Check) -> str:
+    """A sweep check in words, said of bench's shapes rather than verify's sweep."""
+    return check.describe().replace(" over the sweep", " over the shapes measured")
+
+
+def _judgement(check: Check) -> dict[str, Any]:
+    """A sweep check as the JSON report has it."""
+    return {
+        "output": check.name,
+        "passed": check.passed,
+        "relative_l2": check.rel_l2,
+        "relative_l2_limit": check.rel_l2_limit,
+        "top1_agreement": check.top1,
+        "top1_limit": check.top1_limit,
+        "positions": check.top1_decisive,
+        "positions_differing": check.top1_missed,
+        "text": _over_the_shapes(check),
+    }
 
 
 def _engine_bytes(runner: Any) -> int | None:
@@ -980,16 +1038,25 @@ def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 def _with_speedups(rows: list[BenchResult]) -> tuple[BenchResult, ...]:
-    torch_median = {
-        (r.batch, r.seq): r.median_ms for r in rows if r.engine == "torch" and r.status == "ok"
-    }
-    out = []
-    for r in rows:
-        base = torch_median.get((r.batch, r.seq))
-        if r.status == "ok" and base and r.median_ms:
-            r = replace(r, speedup_vs_torch=base / r.median_ms)
-        out.append(r)
-    return tuple(out)
+    def medians(engine: str) -> dict[tuple[int, int], float | None]:
+        return {
+            (r.batch, r.seq): r.median_ms for r in rows if r.engine == engine and r.status == "ok"
+        }
+
+    def ratio(base: float | None, r: BenchResult) -> float | None:
+        return base / r.median_ms if r.status == "ok" and base and r.median_ms else None
+
+    eager, float_graph = medians("torch"), medians("ort-cpu")
+    return tuple(
+        replace(
+            r,
+            speedup_vs_torch=ratio(eager.get((r.batch, r.seq)), r),
+            speedup_vs_ort_cpu=ratio(float_graph.get((r.batch, r.seq)), r)
+            if r.engine == "ort-int8"
+            else None,
+        )
+        for r in rows
+    )
 
 
 def _make_runner(
@@ -1134,8 +1201,8 @@ def _sizes(sizes: Mapping[str, int]) -> str:
     return ", ".join(f"{name}={size}" for name, size in sizes.items())
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "" if value is None else format(value, spec) + unit
 
 
 __all__ = [

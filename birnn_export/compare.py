@@ -472,7 +472,8 @@ def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check
         top1_decisive=positions,
         top1_missed=missed,
         elements=sum(c.elements for c in checks),
-        note=f"{len(checks)} cases" + (f", {positions} positions" if counted else ""),
+        note=f"{len(checks)} case{'s' * (len(checks) != 1)}"
+        + (f", {positions} positions" if counted else ""),
         top1_limit=criterion.min_top1 if counted else None,
         rows=rows,
         rows_missed=rows_missed,

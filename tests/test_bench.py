@@ -196,7 +196,14 @@ def test_a_busy_machine_is_said_beside_the_ratios() -> None:
 
 def test_json_and_csv_hold_every_row(report: BenchReport, tmp_path: Path) -> None:
     data = json.loads(report.to_json())
-    keys = {"environment", "settings", "model_file", "model_sha256", "results"}
+    keys = {
+        "environment",
+        "settings",
+        "model_file",
+        "model_sha256",
+        "results",
+        "judged_over_the_shapes",
+    }
     assert set(data) == keys | {"error", "exit_code"}
     assert len(data["results"]) == len(report.results)
     assert list(data["results"][0]) == list(CSV_COLUMNS)

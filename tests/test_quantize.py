@@ -435,7 +435,9 @@ def test_verify_judges_ort_int8_by_task_and_ort_cpu_by_noise(tmp_path: Path) -> 
 
 
 def test_bench_times_float_and_int8_side_by_side(tmp_path: Path) -> None:
-    from birnn_export.bench import benchmark
+    from rich.console import Console
+
+    from birnn_export.bench import benchmark, render_table
 
     torch.manual_seed(0)
     model = Tagger().eval()
@@ -457,6 +459,25 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path: Path) -> None:
     assert all(r.status == "ok" for r in report.results)
     assert report.settings["ort"]["spinning"] is False
     assert report.settings["ort"]["intra_op_threads"] == report.settings["torch_threads"] == 1
+    # int8 against the float graph, and what it was judged by over the shapes (users58 F3)
+    fp32, int8 = engines["ort-cpu"], engines["ort-int8"]
+    assert int8.speedup_vs_ort_cpu == pytest.approx(fp32.median_ms / int8.median_ms)
+    assert fp32.speedup_vs_ort_cpu is None
+    (judged,) = report.judged["ort-int8"]
+    assert judged.passed and 0 < judged.top1_decisive <= 2 * 12  # valid positions
+    assert list(report.judged) == ["ort-int8"]
+    data = json.loads(report.to_json())
+    (saved,) = data["judged_over_the_shapes"]["ort-int8"]
+    assert saved["top1_agreement"] == judged.top1 and saved["relative_l2"] == judged.rel_l2
+    assert data["results"][1]["speedup_vs_ort_cpu"] == int8.speedup_vs_ort_cpu
+    console = Console(record=True, width=220)
+    console.print(render_table(report))
+    table = console.export_text()
+    assert re.search(r"ort-int8 .* \d+\.\d\dx \| ok", table.replace("│", "|")), table
+    assert "vs ort-cpu = the float graph's ort-cpu median / ort-int8's" in table
+    assert re.search(
+        r"ort-int8 judged as verify judges it: output 'output' over the shapes measured", table
+    )
 
 
 class _ManyClasses(nn.Module):
