@@ -245,6 +245,14 @@ def main() -> None:
     "tolerance, for all outputs or one output; repeatable.",
 )
 @tolerance_option("--rtol", "Relative tolerance, like --atol.")
+@click.option(
+    "--load-inputs",
+    metavar="BATCHES.npz",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also verify on these saved inputs (an .npz of one batch's arrays under the inputs' "
+    "names, or verify --save-inputs' .json/.npz), judged on their own: the file is written only "
+    "if they pass too. Judges an int8 graph on your data, not only on random features.",
+)
 @json_option("the summary")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
 @loader_options
@@ -255,6 +263,7 @@ def export_command(
     verify: bool,
     atol: ToleranceOverride,
     rtol: ToleranceOverride,
+    load_inputs: Path | None,
     json_path: Path | None,
     quiet: bool,
     graph: dict[str, Any],
@@ -289,6 +298,7 @@ def export_command(
             progress=not quiet,
             load_options=loader,
             **graph,
+            **({"load_inputs": load_inputs} if load_inputs is not None else {}),
         )
     except ExportInterrupted as exc:
         if json_path is not None:  # the graph in place, not the last run's (users47 F5)
@@ -310,7 +320,10 @@ def export_command(
         if failed is not None and not quiet:
             study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
             study += _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)
-            study += [*_loader_flags(loader), "--save-inputs", "cases.json"]
+            study += _loader_flags(loader)
+            # the saved inputs that failed are replayed as they are
+            replay = failed.loaded_inputs
+            study += ["--load-inputs", replay] if replay else ["--save-inputs", "cases.json"]
             click.echo(
                 f"To study the failure: re-export with --no-verify, then {shlex.join(study)}",
                 err=True,

@@ -14,6 +14,7 @@ so that imports run one way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -57,7 +58,8 @@ class ExportResult:
     """What :func:`export_onnx` wrote and how it checked it.
 
     ``verification`` is the report of the sweep run on the graph before it was moved into place
-    (``None`` with ``verify=False``).
+    (``None`` with ``verify=False``); ``loaded_verification`` that of the saved inputs given as
+    ``load_inputs``, judged on their own (``None`` without them).
     """
 
     path: Path
@@ -73,6 +75,7 @@ class ExportResult:
     quantization: QuantizeReport | None = None
     #: What the graph is beside what was asked for (:attr:`TracedGraph.notes`).
     notes: tuple[str, ...] = ()
+    loaded_verification: VerifyReport | None = None
 
     def __repr__(self) -> str:  # the dataclass's holds every check of every case (~30 KB)
         verdict = "not verified" if self.verification is None else self.verification.summary()
@@ -108,6 +111,7 @@ def export_onnx(
     quantize: str | None = None,
     atol: ToleranceOverride = None,
     rtol: ToleranceOverride = None,
+    load_inputs: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export ``model`` to ONNX with symbolic ``batch`` and ``seq`` axes.
@@ -129,6 +133,11 @@ def export_onnx(
             or one per output), instead of the model's own float32 noise: for a model that
             cannot run in float64, whose fixed defaults may be too strict for it.
         rtol: Relative tolerance, like ``atol``.
+        load_inputs: Saved inputs (an ``.npz`` of one batch's arrays under the inputs' names, or
+            verify's ``--save-inputs`` file) to verify the graph on as well, judged on their own
+            before the sweep (:func:`birnn_export.verify`'s ``load_inputs``): the graph is
+            written only if both pass. An int8 graph is then judged on your data, not only on
+            the sweep's random features.
         **options: How the graph is traced: the keyword arguments of
             :func:`birnn_export.export.trace_graph` (``example_inputs``, ``inputs``, ``ranges``,
             ``opset``, ``layout``, ``lengths``, ``input_size``, ``dtype``, ``input_names``,
@@ -170,6 +179,13 @@ def export_onnx(
     if (atol is not None or rtol is not None) and (not verify or quantize):
         why = "--no-verify (verify=False) skips verification" if not verify else _INT8_JUDGED
         raise ExportError(f"atol/rtol: tolerances judge the verification, but {why}; drop them")
+    if load_inputs is not None and not verify:
+        raise ExportError(
+            "load_inputs: the saved inputs are verified on, but --no-verify (verify=False) skips "
+            "verification; drop one of them"
+        )
+    if load_inputs is not None and not Path(load_inputs).is_file():  # before the export runs
+        raise ExportError(f"load_inputs: {load_inputs}: no such file")
     check_output_path("path", path)
     graph = trace_graph(model, **options)
     if graph.large and quantize:
@@ -178,7 +194,7 @@ def export_onnx(
             "quantization of graphs with external weights is not supported"
         )
     proto, spec = graph.proto, graph.spec
-    report = quantized = None
+    report = quantized = loaded = None
     with staged_output(path) as staging:
         graph.save(staging)
         if quantize:
@@ -186,9 +202,19 @@ def export_onnx(
             proto = load_onnx(staging)
             spec = GraphSpec.from_onnx(proto)
         if verify:
-            report = _verify_staged(
-                staging, path, graph.model, graph.reference, progress, atol=atol, rtol=rtol
+            check = functools.partial(
+                _verify_staged,
+                staging,
+                path,
+                graph.model,
+                graph.reference,
+                progress,
+                atol=atol,
+                rtol=rtol,
             )
+            # the user's own batches first: a file that does not fit the graph is said at once
+            loaded = None if load_inputs is None else check(load_inputs=load_inputs)
+            report = check(judged_on_inputs=load_inputs is not None)
     return ExportResult(
         path=path,
         spec=spec,
@@ -200,6 +226,7 @@ def export_onnx(
         inputs=graph.inputs,
         quantization=quantized,
         notes=graph.notes,
+        loaded_verification=loaded,
     )
 
 
@@ -246,9 +273,13 @@ def _verify_staged(
     *,
     atol: ToleranceOverride,
     rtol: ToleranceOverride,
+    load_inputs: str | os.PathLike[str] | None = None,
+    judged_on_inputs: bool = False,
 ) -> VerifyReport | None:
-    """:func:`birnn_export.verify`'s default sweep on the staged graph, before it is moved into
-    place; the report names ``path``.
+    """:func:`birnn_export.verify`'s default sweep on the staged graph (or the saved
+    ``load_inputs``), before it is moved into place; the report names ``path``. A sweep whose
+    graph was ``judged_on_inputs`` too drops the note that an int8 graph was judged on random
+    features alone.
 
     Raises:
         VerificationError: the graph failed (carrying the report); nothing is written.
@@ -262,16 +293,27 @@ def _verify_staged(
             "pip install onnxruntime (or onnxruntime-gpu, not both), or pass --no-verify "
             "(verify=False) to write the graph unverified; nothing was written"
         ) from None
+    from birnn_export.quantize import SWEEP_INPUTS_NOTE
     from birnn_export.verification import verify
 
-    report = verify(staging, model, reference=reference, progress=progress, atol=atol, rtol=rtol)
+    report = verify(
+        staging,
+        model,
+        reference=reference,
+        progress=progress,
+        atol=atol,
+        rtol=rtol,
+        load_inputs=load_inputs,
+    )
     # the file it will be, not the staged copy (users42: a deleted staging path in the JSON)
     environment = {**report.environment, "onnx_file": str(path)}
-    report = dataclasses.replace(report, onnx_path=str(path), environment=environment)
+    notes = tuple(n for n in report.notes if not (judged_on_inputs and n == SWEEP_INPUTS_NOTE))
+    report = dataclasses.replace(report, onnx_path=str(path), environment=environment, notes=notes)
     try:
         report.raise_for_failure()
     except VerificationError as exc:  # verify's own message, as its JSON has it
-        raise VerificationError(f"{exc}; nothing was written", report=report) from None
+        on = "" if load_inputs is None else f"on the saved inputs {load_inputs}: "
+        raise VerificationError(f"{on}{exc}; nothing was written", report=report) from None
     return report
 
 
@@ -317,6 +359,9 @@ class ExportReport:
             "onnx": self.onnx,
             "max_abs_error": result.max_error,
             "verification": None if report is None else json.loads(report.to_json()),
+            "verification_on_loaded_inputs": None
+            if result.loaded_verification is None
+            else json.loads(result.loaded_verification.to_json()),
             "quantization": None if result.quantization is None else result.quantization.summary(),
             # check --json's object, its verdict in "ok" (users47 F4)
             "tensorrt_check": None if compat is None else compat.to_dict(),
@@ -349,6 +394,7 @@ class ExportReport:
             out.append(f"Quantized {result.quantization.summary()}")
         if result.verification is not None:
             from birnn_export._case import DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING
+            from birnn_export.quantize import SWEEP_INPUTS_NOTE
             from birnn_export.verification import FLOAT64_FAILS
 
             out.append(f"Verified {result.verification.summary()}")
@@ -356,7 +402,11 @@ class ExportReport:
                 f"  note: {note}"
                 for note in result.verification.notes
                 if note.startswith((FLOAT64_FAILS, DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING))
+                or note == SWEEP_INPUTS_NOTE
             ]
+            loaded = result.loaded_verification
+            if loaded is not None:
+                out.append(f"Verified on {loaded.loaded_inputs}: {loaded.summary()}")
             skipped = [n for n in result.verification.notes if n.startswith("skipped ")]
             out += [f"  note: {note}" for note in skipped]
             if skipped:
@@ -447,7 +497,7 @@ def export_model(
             ``model_kwargs``, ``state_key``, ``nonlinearity``, ``time_major``,
             ``trust_pickle``).
         **export_options: Keyword arguments of :func:`birnn_export.export_onnx` (``opset``,
-            ``layout``, ``dtype``, ``lengths``, ``input_size``, ``quantize``).
+            ``layout``, ``dtype``, ``lengths``, ``input_size``, ``quantize``, ``load_inputs``).
 
     Raises:
         BiRNNExportError: bad input (exit code 2), or a failed verification
@@ -522,6 +572,9 @@ def export_model(
     if result.verification is not None:
         checked = _compared_with(result.verification, loaded.path, loaded.sha256)
         result = dataclasses.replace(result, verification=checked)
+    if result.loaded_verification is not None:
+        checked = _compared_with(result.loaded_verification, loaded.path, loaded.sha256)
+        result = dataclasses.replace(result, loaded_verification=checked)
     if not quantized:
         stage("checking TensorRT compatibility (its parser and builder)")
     try:

@@ -359,3 +359,62 @@ def test_python_callers_are_told_the_keyword_arguments(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=re.escape("--no-verify (verify=False) skips")):
         export_onnx(layer, path, verify=False, atol=1e-3)
     assert not path.exists()
+
+
+def _time_major_batch(path: Path, scale: float) -> Path:
+    """A batch of the trained time-major CTC model's inputs, its features at ``scale``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 61, 8)
+    lengths[0] = 60
+    features = rng.standard_normal((8, 60, 8)) * scale
+    np.savez(path, x=features.astype(np.float32), lengths=lengths.astype(np.int64))
+    return path
+
+
+def test_export_judges_int8_on_the_users_own_batches_too(tmp_path: Path) -> None:
+    """An int8 graph passed on the sweep's random features is judged on the user's data as well
+    (users58 F1): this model keeps top-1 on features x1 and loses it on features x30 (98.19%)."""
+    from birnn_export.errors import VerificationError
+    from birnn_export.quantize import SWEEP_INPUTS_NOTE
+    from tests.test_verification import export_trained
+
+    loud = _time_major_batch(tmp_path / "loud.npz", 30.0)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(VerificationError) as failed:
+        export_trained("time_major_ctc", out, quantize="int8", load_inputs=loud)
+    assert str(failed.value).startswith(f"on the saved inputs {loud}: FAIL")
+    assert re.search(r"top-1 agreement 9\d\.\d\d% \(limit 99\.5%", str(failed.value))
+    assert failed.value.report.loaded_inputs == str(loud) and not out.exists()
+    # the same graph on a batch like the sweep's: both verdicts, and no note to judge it on data
+    quiet = _time_major_batch(tmp_path / "quiet.npz", 1.0)
+    _, result = export_trained("time_major_ctc", out, quantize="int8", load_inputs=quiet)
+    assert result.verification.passed and SWEEP_INPUTS_NOTE not in result.verification.notes
+    on_data = result.loaded_verification
+    assert on_data.passed and on_data.loaded_inputs == str(quiet)
+    assert (on_data.cases[0].batch, on_data.cases[0].seq) == (8, 60)  # the batch as saved
+
+
+def test_export_load_inputs_from_the_command_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    batch = tmp_path / "real.npz"
+    np.savez(batch, ids=np.array([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]]), lengths=np.array([5, 3]))
+    out, summary = tmp_path / "t.onnx", tmp_path / "s.json"
+    args = [str(SAMPLES / "token_tagger.pt"), "-o", str(out), "--load-inputs", str(batch)]
+    result = CliRunner().invoke(main, [*args, "--json", str(summary)])
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"^Verified on {re.escape(str(batch))}: PASS: ", result.output, re.M)
+    saved = json.loads(summary.read_text())["verification_on_loaded_inputs"]
+    assert saved["loaded_inputs"] == str(batch) and saved["exit_code"] == 0
+    assert saved["model_file"] == str(SAMPLES / "token_tagger.pt")
+    # inputs that do not fit the graph: one line, exit 2, nothing written
+    np.savez(batch, tokens=np.array([[3, 1]]), lengths=np.array([2]))
+    out.unlink()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and not out.exists(), result.output
+    assert "--load-inputs: case 0 has inputs ['lengths', 'tokens']" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, [*args, "--no-verify"])
+    assert result.exit_code == 2 and "drop one of them" in result.output and not out.exists()
