@@ -201,8 +201,8 @@ _WEIGHT_SLOTS = {
 
 #: Said under an int8 verdict over the sweep: its inputs are not the user's data (users58 F1).
 SWEEP_INPUTS_NOTE = (
-    "int8 was judged on the sweep's random features (N(0, 1), some cases x10), not on your "
-    "data: a model fed features of another scale (un-normalised energies, pixels 0..255) can "
+    "int8 was judged on the sweep's random features (draws from N(0, 1)), not on your data: "
+    "a model fed features of another scale (un-normalised energies, pixels 0..255) can "
     "keep its task here and lose it on its own inputs (a BiLSTM fed features x100: 99.69% here, "
     "95.6% on them); check the graph on real batches: export with --load-inputs BATCHES.npz, "
     "or birnn-export verify GRAPH --model MODEL --load-inputs BATCHES.npz"

@@ -658,7 +658,8 @@ def verify(
     if foreign is not None:  # its layers are not compared: what its nodes show, if anything
         results = blame_short_rows(results, proto, spec)
     notes += batch_dependence_note(results) + drift_note(results)
-    floats = any(t.dtype.startswith("float") for t in spec.inputs)
+    # features, not a float mask beside token ids (their ids are drawn as the model's)
+    floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     if load_inputs is None and floats and (spec.quantization == INT8 or "ort-int8" in engines):
         notes.append(SWEEP_INPUTS_NOTE)
     # int8 nodes are renamed: the layers were not compared, and need no note
