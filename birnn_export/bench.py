@@ -43,6 +43,7 @@ import numpy as np
 from birnn_export import _report
 from birnn_export._files import write_atomic
 from birnn_export._foreign import read_spec
+from birnn_export._process import one_at_a_time
 from birnn_export._sweep import DEFAULT_MEMORY_BUDGET, Case, fit_budget, sweep_arguments
 from birnn_export.compare import (
     Check,
@@ -329,6 +330,7 @@ def _untimed(rows: Sequence[BenchResult], *, whole: bool) -> str:
     )
 
 
+@one_at_a_time
 def benchmark(
     onnx_path: str | os.PathLike[str],
     model: Any,

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from birnn_export._packed import is_packed_layer, packed_info
+from birnn_export._process import one_at_a_time
 from birnn_export._scan import is_rnn_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError, CompatibilityError, UsageError, outcome
 from birnn_export.spec import LAYOUTS, RECURRENT_OPS, run_time_dim, takes_lengths
@@ -208,6 +209,7 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
+@one_at_a_time
 def check_compatibility(
     onnx_path_or_model: Any,
     *,

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn_export._files import atomic_path, is_torch_file, size_text
+from birnn_export._process import one_at_a_time
 from birnn_export.conversion import conversion_report, convert, reserve_hook_ids
 from birnn_export.errors import (
     BiRNNExportError,
@@ -204,6 +205,7 @@ def load_if_path(model: Any, load_options: Mapping[str, Any] | None = None) -> A
     return load_model(model, **dict(load_options or {}))
 
 
+@one_at_a_time
 def load_model(
     path: str | os.PathLike[str],
     *,

@@ -331,7 +331,7 @@ def export_command(
         raise
     if json_path is not None:
         try:
-            _write_json(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+            _write_json(json_path, report.to_json())
         except BiRNNExportError as exc:  # the graph is in place, whole and verified: say so
             raise BiRNNExportError(f"{exc}; the graph was written: {report.result.path}") from None
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))

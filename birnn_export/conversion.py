@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from birnn_export._process import one_at_a_time
 from birnn_export.crf import CRFDecoder, is_torchcrf
 from birnn_export.errors import ConversionError, UsageError
 from birnn_export.modules import BiRNN, _cell_of
@@ -207,6 +208,7 @@ def require_module(model: Any) -> None:
         )
 
 
+@one_at_a_time
 def convert(model: nn.Module, *, padding_value: float = 0.0) -> nn.Module:
     """Return a copy of ``model`` with every ``nn.RNN/LSTM/GRU`` replaced by an equal BiRNN
     and every ``torchcrf.CRF`` by an equal :class:`~birnn_export.crf.CRFDecoder`.

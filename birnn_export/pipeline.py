@@ -31,6 +31,7 @@ from birnn_export._files import (
     size_text,
     staged_output,
 )
+from birnn_export._process import one_at_a_time
 from birnn_export.errors import (
     BiRNNExportError,
     EngineUnavailableError,
@@ -102,6 +103,7 @@ _GIVEN_BY_EXPORT_MODEL = (
 )  # fmt: skip
 
 
+@one_at_a_time
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -186,7 +188,7 @@ def export_onnx(
         )
     if load_inputs is not None and not Path(load_inputs).is_file():  # before the export runs
         raise ExportError(f"load_inputs: {load_inputs}: no such file")
-    check_output_path("path", path)
+    check_output_path("path", path, suffix=".onnx")  # not the checkpoint beside it (users59 F5)
     graph = trace_graph(model, **options)
     if graph.large and quantize:
         raise ExportError(
@@ -368,6 +370,13 @@ class ExportReport:
             "seconds": round(self.seconds, 3),
         }
 
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text (the ``--json`` file), as every report's ``to_json``
+        (users59 F6)."""
+        from birnn_export._report import json_safe
+
+        return json.dumps(json_safe(self.to_dict()), indent=2, default=str)
+
     def lines(self) -> list[str]:
         """The summary the command prints."""
         onnx_info, result = self.onnx, self.result
@@ -461,6 +470,7 @@ def _stages(progress: bool, count: int) -> Callable[[str], None]:
     return stage
 
 
+@one_at_a_time
 def export_model(
     model_path: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,

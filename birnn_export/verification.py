@@ -62,6 +62,7 @@ from birnn_export._case import (
 from birnn_export._files import check_output_path
 from birnn_export._foreign import ForeignGraph, blame_short_rows, read_spec
 from birnn_export._layers import has_lengths, is_recurrent
+from birnn_export._process import one_at_a_time
 from birnn_export._progress import Progress
 from birnn_export._references import (
     GOLDEN_EAGER,
@@ -347,6 +348,7 @@ def _engine_runner(
 # -- the entry point -------------------------------------------------------------------------
 
 
+@one_at_a_time
 def verify(
     onnx_path: str | os.PathLike[str],
     model: Any = None,

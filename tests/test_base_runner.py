@@ -117,7 +117,7 @@ def test_forbid_tf32_sets_the_switch_unless_the_user_did(monkeypatch) -> None:
 #: export -> runners -> verify/bench -> pipeline -> cli), with each private helper at the stage
 #: of the public module it serves. A module may import its own stage or earlier ones only.
 STAGES = (
-    ("errors", "_version", "_files"),
+    ("errors", "_version", "_files", "_process"),
     ("spec", "compare", "_report"),
     ("modules", "_packing", "crf", "conversion", "models", "seed"),
     ("checkpoint",),

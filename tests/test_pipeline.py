@@ -418,3 +418,16 @@ def test_export_load_inputs_from_the_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     result = CliRunner().invoke(main, [*args, "--no-verify"])
     assert result.exit_code == 2 and "drop one of them" in result.output and not out.exists()
+
+
+def test_export_onnx_writes_only_an_onnx_file(tmp_path: Path) -> None:
+    """``export_onnx(model, "tagger.pt")`` wrote over the checkpoint's name, where the command
+    refuses it (users59 F5)."""
+    from torch import nn
+
+    from birnn_export.pipeline import export_onnx
+
+    target = tmp_path / "tagger.pt"
+    with pytest.raises(BiRNNExportError, match=r"^path: tagger\.pt must end in \.onnx$"):
+        export_onnx(nn.LSTM(4, 8, bidirectional=True), target)
+    assert not target.exists()

@@ -1,0 +1,134 @@
+"""birnn_export._process: what a public call leaves of the caller's process (users59)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import birnn_export
+from birnn_export._process import one_at_a_time
+from birnn_export.pipeline import export_onnx
+
+#: The public calls that change process-wide state while they run, or draw random numbers.
+ENTRY_POINTS = (
+    "convert",
+    "export_onnx",
+    "export_model",
+    "verify",
+    "benchmark",
+    "check_compatibility",
+    "load_model",
+)
+
+
+class _Packer(nn.Module):
+    """A tagger that packs its padded batch, as most trained taggers do."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(6, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, 3)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        return self.head(out)
+
+
+def test_calls_run_one_at_a_time_and_a_call_within_a_call_goes_on() -> None:
+    inside: list[int] = []
+    overlapped: list[bool] = []
+
+    @one_at_a_time
+    def work(nested: bool) -> str:
+        inside.append(1)
+        overlapped.append(len(inside) > 1)
+        time.sleep(0.05)
+        if nested:
+            work(False)  # re-entrant: the same thread does not wait for itself
+        inside.pop()
+        return "done"
+
+    threads = [threading.Thread(target=work, args=(i == 0,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlapped.count(True) == 1  # the nested call alone ran inside another
+    assert all(hasattr(getattr(birnn_export, name), "__wrapped__") for name in ENTRY_POINTS)
+
+
+def test_a_call_leaves_torchs_random_state_as_it_was(tmp_path: Path) -> None:
+    """A seeded training loop that exports each epoch trains to the same weights as without
+    (users59 F2: converting built layers with a random init, drawn from the global generator)."""
+    torch.manual_seed(0)
+    model = _Packer(8).eval()
+    before = torch.get_rng_state()
+    birnn_export.convert(model)
+    assert torch.equal(torch.get_rng_state(), before)
+    export_onnx(model, tmp_path / "m.onnx", input_size=6)  # its verification included
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_exports_in_two_threads_both_pass_and_leave_torch_as_it_was(tmp_path: Path) -> None:
+    """A model registry exporting in worker threads: the calls took turns restoring torch's
+    packing functions and sys.stdout, both failed blaming their models, and the process stayed
+    broken (users59 F1)."""
+    from torch.nn.utils import rnn
+
+    torch.manual_seed(0)
+    models = [_Packer(8).eval(), _Packer(12).eval()]
+    originals = (rnn.pack_padded_sequence, rnn.pad_packed_sequence, sys.stdout, sys.stderr)
+    results: dict[int, object] = {}
+
+    def export(index: int) -> None:
+        try:
+            path = tmp_path / f"m{index}.onnx"
+            results[index] = export_onnx(models[index], path, input_size=6).verification.passed
+        except Exception as exc:  # what the thread met is the assertion
+            results[index] = exc
+
+    threads = [threading.Thread(target=export, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {0: True, 1: True}
+    after = (rnn.pack_padded_sequence, rnn.pad_packed_sequence, sys.stdout, sys.stderr)
+    assert all(a is b for a, b in zip(after, originals, strict=True))
+    x, lengths = torch.randn(2, 5, 6), torch.tensor([5, 2])
+    assert models[0](x, lengths).shape == (2, 5, 3)  # the caller's model runs eagerly still
+
+
+def test_an_export_leaves_other_threads_output_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter's own chatter is dropped, not a serving thread's log lines (users59 F3:
+    6 of 112 reached stdout while one export ran)."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    written, running = [], threading.Event()
+    running.set()
+
+    def beat() -> None:
+        while running.is_set():
+            print("beat", flush=True)
+            written.append(1)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        export_onnx(_Packer(8).eval(), tmp_path / "m.onnx", input_size=6, verify=False)
+    finally:
+        running.clear()
+        thread.join()
+    assert len(written) > 20 and out.getvalue().count("beat\n") == len(written)
