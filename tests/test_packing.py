@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -69,7 +71,23 @@ def test_swap_reaches_closures_and_decorated_forwards_and_restores_on_error() ->
         calls.append(args)
 
     swap = PackingSwap(Local(), {pad: fake})
+    elsewhere: list[object] = []
     with pytest.raises(KeyError), swap:
-        assert Local()(None)[0] is fake
+        swapped = Local()(None)[0]
+        swapped("here")
+        assert calls == [("here",)]  # this thread's calls reach the swapped-in function
+        # another thread's reach torch's (users59 F1): pad(None) fails as torch's own does
+        thread = threading.Thread(target=lambda: elsewhere.append(_raised(swapped, None)))
+        thread.start()
+        thread.join()
+        assert calls == [("here",)] and elsewhere == [AttributeError]
         raise KeyError("inside the block")
     assert Local()(None)[0] is pad and rnn_utils.pad_packed_sequence is pad
+
+
+def _raised(function: object, *args: object) -> type[BaseException] | None:
+    try:
+        function(*args)  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc)
+    return None
