@@ -32,8 +32,8 @@ DEFAULT_CACHE_DIR = Path("~/.cache/birnn-export/trt")
 
 #: How to install each package.
 INSTALL_HINTS = {
-    "tensorrt": "pip install birnn-export[gpu]",
-    "tensorrt_rtx": "pip install birnn-export[tensorrt-rtx]",
+    "tensorrt": "pip install tensorrt (birnn-export's gpu extra)",
+    "tensorrt_rtx": "pip install tensorrt-rtx (birnn-export's tensorrt-rtx extra)",
 }
 #: Kept for callers of the data-centre library's hint.
 INSTALL_HINT = INSTALL_HINTS["tensorrt"]

@@ -76,6 +76,10 @@ def test_main_command_output_matches_the_readme(tmp_path, shown, sample):
     for line in shown.splitlines():
         if line.startswith(stable) and " built a " not in line:  # build times vary
             assert steady(line) in map(steady, printed), f"README line not printed: {line!r}"
+    # and what the command says of the graph is shown (review37 R2: a note left out)
+    for line in printed:
+        if line.startswith("  note:"):
+            assert line in shown.splitlines(), f"printed line not in the README: {line!r}"
     if " built a " in shown:  # TensorRT's verdict, where it is installed
         assert any("parsed the graph and built a" in line for line in printed) or any(
             "checked by static rules" in line for line in printed
