@@ -409,7 +409,9 @@ def _ranges(
             raise BiRNNExportError(
                 f"range of {name!r}: min and max are both {triple[0]}; birnn-export exports a "
                 f"batch dim that varies, and such a graph serves a batch of {triple[0]} too: give "
-                f"a range, e.g. --batch-range {triple[0]},{triple[0]},{max(8, triple[0])}"
+                f"a range, e.g. --batch-range {triple[0]},{triple[0]},{max(8, triple[0])}; to "
+                "build TensorRT's engine for that batch alone: birnn-export check GRAPH --target "
+                f"tensorrt --batch-range {triple[0]},{triple[0]},{triple[0]} (users56)"
             )
         if triple[0] == triple[2]:
             varying = [n for n in names if n not in (name, batch_dim)]

@@ -260,7 +260,8 @@ class BenchReport:
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Latency (median, p90 as error bar) vs sequence length per engine, one panel per batch.
 
-        Needs matplotlib (``pip install matplotlib``, the ``plot`` extra); the y axis is logarithmic.
+        Needs matplotlib (``pip install matplotlib``, the ``plot`` extra); the y axis is
+        logarithmic.
         """
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -2106,7 +2106,8 @@ def test_a_range_of_one_size_says_what_to_declare_or_that_one_length_is_not_expo
     assert str(caught.value) == (
         "range of 'batch': min and max are both 1; birnn-export exports a batch dim that "
         "varies, and such a graph serves a batch of 1 too: give a range, e.g. --batch-range "
-        "1,1,8"
+        "1,1,8; to build TensorRT's engine for that batch alone: birnn-export check GRAPH "
+        "--target tensorrt --batch-range 1,1,1 (users56)"
     )
     with pytest.raises(ExportError, match=r"declare a fixed dim as a number instead$"):
         export_onnx(

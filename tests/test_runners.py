@@ -32,7 +32,9 @@ from birnn_export.spec import METADATA_KEY, GraphSpec, TensorSpec, make_feed
 IN, H = 5, 6
 
 #: Why the data-centre TensorRT cannot run here, where it is not installed.
-NO_TENSORRT = f"trt: {no_nvidia_gpu()}tensorrt not installed: pip install tensorrt (birnn-export's gpu extra)"
+NO_TENSORRT = (
+    f"trt: {no_nvidia_gpu()}tensorrt not installed: pip install tensorrt (birnn-export's gpu extra)"
+)
 
 
 def _spec(dtype: str = "float32") -> GraphSpec:

@@ -23,7 +23,9 @@ from birnn_export.trt import TrtRunner, numpy_dtype
 from birnn_export.trt_plan import derive_profile, timing_cache_name
 
 #: Why the data-centre TensorRT cannot run here, where it is not installed.
-NO_TENSORRT = f"trt: {no_nvidia_gpu()}tensorrt not installed: pip install tensorrt (birnn-export's gpu extra)"
+NO_TENSORRT = (
+    f"trt: {no_nvidia_gpu()}tensorrt not installed: pip install tensorrt (birnn-export's gpu extra)"
+)
 
 
 def test_file_sha256(tmp_path) -> None:
@@ -197,7 +199,10 @@ def test_modules_import_without_optional_libraries() -> None:
     ort_line, trt_line, rtx_line = proc.stdout.strip().splitlines()
     assert ort_line.startswith("ort-cpu: onnxruntime is not importable")
     assert trt_line == NO_TENSORRT
-    assert rtx_line == "trt-rtx: tensorrt_rtx not installed: pip install tensorrt-rtx (birnn-export's tensorrt-rtx extra)"
+    assert rtx_line == (
+        "trt-rtx: tensorrt_rtx not installed: pip install tensorrt-rtx (birnn-export's "
+        "tensorrt-rtx extra)"
+    )
 
 
 # -- GPU + TensorRT -----------------------------------------------------------------------------
@@ -848,7 +853,8 @@ def test_graph_without_spec_builds_with_a_guessed_profile(tmp_path, named) -> No
 def test_library_names_and_reasons(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     assert trt.library_reason("tensorrt_rtx") == (
-        "trt-rtx: tensorrt_rtx not installed: pip install tensorrt-rtx (birnn-export's tensorrt-rtx extra)"
+        "trt-rtx: tensorrt_rtx not installed: pip install tensorrt-rtx (birnn-export's "
+        "tensorrt-rtx extra)"
     )
     assert trt.unavailable_reason("tensorrt_rtx") == trt.library_reason("tensorrt_rtx")
     with pytest.raises(BiRNNExportError, match="library"):
