@@ -10,16 +10,15 @@ recorded in the graph's spec, ``GraphSpec.container``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
-import io
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from birnn_export._process import quiet_here
 from birnn_export.spec import is_parameter_name
 
 if TYPE_CHECKING:
@@ -133,7 +132,7 @@ def _read(model: nn.Module, probe: _Probe) -> tuple[str, str] | Exception | None
             torch.no_grad(),
             any_order_packing(model),
             warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
+            quiet_here(),
         ):
             warnings.simplefilter("ignore")
             type(model).forward(model, probe)

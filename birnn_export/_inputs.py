@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from birnn_export._process import quiet_here
 from birnn_export.errors import BiRNNExportError, ExportError
 from birnn_export.models import SequenceTagger
 from birnn_export.modules import BiRNN
@@ -905,7 +906,6 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
     is named so) on which ``model`` runs, tried in :func:`_layouts`' order for at most
     :data:`_PROBE_SECONDS`: each layout at the first size it runs at, or with its number left
     to the user where it runs at a second size too."""
-    import io
     import time
     import warnings
 
@@ -921,7 +921,7 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
             with (
                 torch.no_grad(),
                 warnings.catch_warnings(),
-                contextlib.redirect_stdout(io.StringIO()),
+                quiet_here(),
             ):
                 warnings.simplefilter("ignore")
                 model(*tensors)

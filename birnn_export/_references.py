@@ -130,6 +130,12 @@ class References:
                 shortest = self._shortest(side, case)
                 time, (_, opt, high) = self.spec.time_dim, self.spec.seq_range
                 table = _short_table(side.runner, feed, exc, sizes, self.spec, self.like)
+                if case.lengths_mode == "loaded":  # the file's inputs, not the graph's (users60 F6)
+                    raise BiRNNExportError(
+                        f"the reference model failed on saved case {case.seed}'s inputs "
+                        f"({shape}): {one_line(exc)}; {_empty_rows(self.spec, feed)}the model "
+                        "does not take them as they were saved: check the file"
+                    ) from None
                 if self.other_file is not None:
                     raise BiRNNExportError(
                         f"the reference model failed on the graph's inputs ({shape}): "
@@ -422,3 +428,16 @@ def describe_reference(reference: Any, converted: Any, decodes: bool = True) -> 
     if reference is converted:
         return "the model (nothing needed conversion)"
     return "the given reference model"
+
+
+def _empty_rows(spec: Any, feed: Mapping[str, np.ndarray]) -> str:
+    """Which rows of saved inputs have no steps (torch's packing refuses them), or nothing."""
+    lengths = spec.feed_lengths(feed)
+    empty = [] if lengths is None else np.flatnonzero(lengths.reshape(-1) == 0).tolist()
+    if not empty:
+        return ""
+    rows = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+    return (
+        f"row{'s' * (len(empty) > 1)} {rows} of the batch {'have' if len(empty) > 1 else 'has'} "
+        "0 steps, which pack_padded_sequence refuses; "
+    )

@@ -188,8 +188,10 @@ class VerifyReport:
         return max(uses, default=None)
 
     def summary(self) -> str:
-        """One line: PASS/FAIL, counts, and the worst failing check."""
-        total, failed = len(self.cases), self.failures
+        """One line: PASS/FAIL, counts, and the worst failing check. An int8 sweep's judgement
+        over all its cases (:data:`WHOLE_SWEEP`) is not counted as a case (users60 F7)."""
+        failed = self.failures
+        total = sum(c.lengths_mode != WHOLE_SWEEP for c in self.cases)
         if self.passed:
             worst, use = self._worst_ratio_at(), self.worst_use()
             margin = self._sweep_margin() or " within tolerance"
@@ -204,7 +206,12 @@ class VerifyReport:
             return f"PASS: {total} case(s) on {engines} match {self.reference}{margin}"
         parts = []
         if failed:
-            parts.append(f"{len(failed)} of {total} case(s) failed")
+            alone = sum(c.lengths_mode != WHOLE_SWEEP for c in failed)
+            parts.append(
+                f"{alone} of {total} case(s) failed"
+                if alone
+                else f"{total} case(s) pass one by one and fail judged together"
+            )
             first = failed[0]
             if first.error is not None:
                 parts.append(f"first: {first.label}: engine error: {first.error}")

@@ -585,7 +585,8 @@ def benchmark(
             rows = _refused_by_the_task(rows, engine, judged[engine])
 
     return BenchReport(
-        results=_with_speedups(rows),
+        # an int8 graph's ort-cpu runs int8 too: no float graph to compare with (users60 F1)
+        results=_with_speedups(rows, versus_float=spec.quantization is None),
         model_file=model_file,
         model_sha256=model_sha256,
         judged={engine: checks for engine, checks in judged.items() if checks},
@@ -1040,7 +1041,7 @@ def _run_reference(reference: Any, feed: Mapping[str, np.ndarray]) -> dict[str, 
         ) from exc
 
 
-def _with_speedups(rows: list[BenchResult]) -> tuple[BenchResult, ...]:
+def _with_speedups(rows: list[BenchResult], *, versus_float: bool) -> tuple[BenchResult, ...]:
     def medians(engine: str) -> dict[tuple[int, int], float | None]:
         return {
             (r.batch, r.seq): r.median_ms for r in rows if r.engine == engine and r.status == "ok"
@@ -1055,7 +1056,7 @@ def _with_speedups(rows: list[BenchResult]) -> tuple[BenchResult, ...]:
             r,
             speedup_vs_torch=ratio(eager.get((r.batch, r.seq)), r),
             speedup_vs_ort_cpu=ratio(float_graph.get((r.batch, r.seq)), r)
-            if r.engine == "ort-int8"
+            if r.engine == "ort-int8" and versus_float
             else None,
         )
         for r in rows

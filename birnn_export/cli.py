@@ -250,8 +250,9 @@ def main() -> None:
     metavar="BATCHES.npz",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Also verify on these saved inputs (an .npz of one batch's arrays under the inputs' "
-    "names, or verify --save-inputs' .json/.npz), judged on their own: the file is written only "
-    "if they pass too. Judges an int8 graph on your data, not only on random features.",
+    "names, of several under case0/NAME, case1/NAME..., or verify --save-inputs' .json/.npz), "
+    "judged on their own: the file is written only if they pass too. Judges an int8 graph on "
+    "your data, not only on random features.",
 )
 @json_option("the summary")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the output path.")
@@ -428,7 +429,10 @@ _LIKE = click.option(
     "PyTorch's) to this .json, Polygraphy RunResults (--load-outputs).",
 )
 @click.option(
-    "--load-inputs", type=_EXISTING, help="Run these saved inputs (.json or .npz), not a sweep."
+    "--load-inputs",
+    type=_EXISTING,
+    help="Run these saved inputs, not a sweep: a .json or .npz of --save-inputs, or an .npz of "
+    "one batch's arrays under the inputs' names (several: case0/NAME, case1/NAME...).",
 )
 @click.option(
     "--load-outputs",

@@ -67,14 +67,17 @@ class VerificationError(BiRNNExportError):
     """An engine's outputs differ from the eager PyTorch reference beyond tolerance.
 
     ``report`` is the :class:`~birnn_export.verification.VerifyReport` that failed, when there
-    is one (to render or save).
+    is one (to render or save); ``loaded_report`` that of an export's saved inputs
+    (``load_inputs``), judged before the sweep: ``report`` itself where they failed, or the
+    verdict they passed with where the sweep then failed.
     """
 
     exit_code = 1
 
-    def __init__(self, message: str, *, report: Any = None) -> None:
+    def __init__(self, message: str, *, report: Any = None, loaded_report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+        self.loaded_report = loaded_report
 
 
 class ExportInterrupted(KeyboardInterrupt):

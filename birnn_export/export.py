@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import textwrap
-import threading
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from birnn_export._inputs import (
 )
 from birnn_export._packed import pack_recurrent_nodes
 from birnn_export._packing import PackingSwap, any_order_packing
+from birnn_export._process import quiet_here
 from birnn_export._rewrites import (
     clean_nodes,
     drop_noop_squeezes,
@@ -1859,39 +1859,12 @@ def _quiet_exporter() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(_QuietHere(sys.stdout)),
-            # torch.export prints a failed graph there
-            contextlib.redirect_stderr(_QuietHere(sys.stderr)),
-        ):
+        with warnings.catch_warnings(), quiet_here():  # a failed graph is printed to stderr
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-class _QuietHere:
-    """``stream`` as :func:`_quiet_exporter` leaves it: what this thread writes is dropped, what
-    other threads write goes through (a ``/dev/null`` in its place hid a whole service's output
-    for the length of each export: users59 F3)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._thread = threading.get_ident()
-
-    def write(self, text: str) -> int:
-        if threading.get_ident() == self._thread:
-            return len(text)
-        return self._stream.write(text)
-
-    def flush(self) -> None:
-        if threading.get_ident() != self._thread:
-            self._stream.flush()
-
-    def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty...: the stream's
-        return getattr(self._stream, name)
 
 
 def _packs_sequences(model: nn.Module, pads_to_longest: bool = False) -> str | None:

@@ -216,7 +216,18 @@ def export_onnx(
             )
             # the user's own batches first: a file that does not fit the graph is said at once
             loaded = None if load_inputs is None else check(load_inputs=load_inputs)
-            report = check(judged_on_inputs=load_inputs is not None)
+            try:
+                report = check(judged_on_inputs=load_inputs is not None)
+            except VerificationError as exc:  # the saved inputs' verdict kept (users60 F3)
+                if loaded is None:
+                    raise
+                said = str(exc).removesuffix(_NOTHING_WRITTEN)
+                raise VerificationError(
+                    f"{said}; on the saved inputs {load_inputs}: {loaded.summary()}"
+                    f"{_NOTHING_WRITTEN}",
+                    report=exc.report,
+                    loaded_report=loaded,
+                ) from None
     return ExportResult(
         path=path,
         spec=spec,
@@ -233,6 +244,7 @@ def export_onnx(
 
 
 _INT8_JUDGED = "an int8 graph is judged by task agreement and relative error"
+_NOTHING_WRITTEN = "; nothing was written"
 
 
 def _quantize_staged(staging: Path) -> QuantizeReport:
@@ -315,7 +327,11 @@ def _verify_staged(
         report.raise_for_failure()
     except VerificationError as exc:  # verify's own message, as its JSON has it
         on = "" if load_inputs is None else f"on the saved inputs {load_inputs}: "
-        raise VerificationError(f"{on}{exc}; nothing was written", report=report) from None
+        raise VerificationError(
+            f"{on}{exc}{_NOTHING_WRITTEN}",
+            report=report,
+            loaded_report=report if load_inputs is not None else None,
+        ) from None
     return report
 
 
@@ -416,6 +432,11 @@ class ExportReport:
             loaded = result.loaded_verification
             if loaded is not None:
                 out.append(f"Verified on {loaded.loaded_inputs}: {loaded.summary()}")
+                out += [  # how the file's arrays were fed (users60 F5)
+                    f"  note: {note}"
+                    for note in loaded.notes
+                    if note.startswith("saved input ") or "past the graph's declared" in note
+                ]
             skipped = [n for n in result.verification.notes if n.startswith("skipped ")]
             out += [f"  note: {note}" for note in skipped]
             if skipped:
@@ -451,8 +472,12 @@ def failure_summary(model_path: str | os.PathLike[str], error: BiRNNExportError)
         "error": str(error),
         "exit_code": error.exit_code,
     }
-    if isinstance(error, VerificationError) and error.report is not None:
-        summary["verification"] = json.loads(error.report.to_json())
+    if isinstance(error, VerificationError):  # the keys a success's summary has (review38 R2)
+        loaded = error.loaded_report
+        if error.report is not None and error.report is not loaded:
+            summary["verification"] = json.loads(error.report.to_json())
+        if loaded is not None:
+            summary["verification_on_loaded_inputs"] = json.loads(loaded.to_json())
     return summary
 
 
@@ -575,8 +600,14 @@ def export_model(
         )
     except BiRNNExportError as exc:  # the file read, for the --json (a folder's weights file)
         exc.model_sha256 = loaded.sha256
-        if isinstance(exc, VerificationError) and exc.report is not None:
-            exc.report = _compared_with(exc.report, loaded.path, loaded.sha256)
+        if isinstance(exc, VerificationError):
+            same = exc.loaded_report is exc.report  # the saved inputs failed: one report
+            for name in ("report", "loaded_report"):
+                failed = getattr(exc, name)
+                if failed is not None:
+                    setattr(exc, name, _compared_with(failed, loaded.path, loaded.sha256))
+            if same:
+                exc.loaded_report = exc.report
         raise
     written = _identity(result.path)  # what the checks below read is this graph
     if result.verification is not None:

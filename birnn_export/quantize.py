@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import tempfile
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from birnn_export._process import quiet_here
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import INT8 as INT8
 
@@ -124,12 +124,10 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     shared = _shared_lstm_weights(source)
     quantized_from = str(src)
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs advice meant for image models
     try:
+        # the quantizer logs advice meant for image models, on the root logger
         with contextlib.ExitStack() as stack:
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(quiet_here(root_log_below=logging.ERROR))
             if shared:  # quantize a copy in which every LSTM node has weights of its own
                 folder = stack.enter_context(tempfile.TemporaryDirectory())
                 source = onnx.load(str(src))
@@ -142,8 +140,6 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
             f"int8: ONNX Runtime's quantize_dynamic failed on {src}: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:200]}"
         ) from None
-    finally:
-        root.setLevel(level)
     proto = onnx.load(str(dst), load_external_data=bool(shared))
     _mark(proto, METADATA_KEY)
     # The quantizer's shape inference leaves dims it could not name (``unk__8``) on tensors

@@ -918,3 +918,23 @@ def test_the_model_may_be_given_as_its_file(files: dict[str, Path]) -> None:
         )  # fmt: skip
     assert [r.status for r in report.results] == ["ok"]
     assert any(isinstance(m, torch.nn.LSTM) for m in timed[0].modules()), timed[0]
+
+
+def test_an_unavailable_engines_row_keeps_its_status_column_beside_int8() -> None:
+    """With the 'vs ort-cpu' column shown, an engine unavailable everywhere still has its status
+    under 'status' (review38: its row was one cell short)."""
+    from rich.console import Console
+
+    rows = (
+        BenchResult("ort-cpu", 1, 8, "ok", median_ms=2.0, runs=3),
+        BenchResult("ort-int8", 1, 8, "ok", median_ms=1.0, runs=3, speedup_vs_ort_cpu=2.0),
+        BenchResult("trt-rtx", 1, 8, "unavailable", reason="no RTX GPU"),
+    )
+    console = Console(record=True, width=220)
+    console.print(render_table(BenchReport(results=rows)))
+    text = console.export_text().replace("┃", "│")
+    lines = [line.split("│") for line in text.splitlines() if "│" in line]
+    status = [c.strip() for c in lines[0]].index("status")  # the header
+    unavailable = next(cells for cells in lines if "trt-rtx" in cells[1])
+    assert unavailable[status].strip() == "unavailable"
+    assert next(c for c in lines if "ort-int8" in c[1])[status - 1].strip() == "2.00x"

@@ -91,3 +91,20 @@ def _raised(function: object, *args: object) -> type[BaseException] | None:
     except Exception as exc:
         return type(exc)
     return None
+
+
+def _doubled(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return x * 2
+
+
+class _Pads(nn.Module):
+    def forward(self, x: torch.Tensor) -> object:
+        return pad_packed_sequence(x)  # type: ignore[arg-type]
+
+
+def test_swapped_functions_trace_in_torch_exports_strict_mode() -> None:
+    """torch.onnx.export falls back to strict mode (dynamo), which cannot trace the thread's
+    identity: there the swapped-in function is traced (review38 R5)."""
+    with PackingSwap(_Pads(), {pad_packed_sequence: _doubled}):
+        program = torch.export.export(_Pads(), (torch.ones(2),), strict=True)
+    assert torch.equal(program.module()(torch.ones(2)), torch.full((2,), 2.0))

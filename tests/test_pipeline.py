@@ -375,7 +375,7 @@ def _time_major_batch(path: Path, scale: float) -> Path:
 
 def test_export_judges_int8_on_the_users_own_batches_too(tmp_path: Path) -> None:
     """An int8 graph passed on the sweep's random features is judged on the user's data as well
-    (users58 F1): this model keeps top-1 on features x1 and loses it on features x30 (98.19%)."""
+    (users58 F1): this model keeps top-1 on features x1 and loses it on features x30 (96.83%)."""
     from birnn_export.errors import VerificationError
     from birnn_export.quantize import SWEEP_INPUTS_NOTE
     from tests.test_verification import export_trained
@@ -387,6 +387,10 @@ def test_export_judges_int8_on_the_users_own_batches_too(tmp_path: Path) -> None
     assert str(failed.value).startswith(f"on the saved inputs {loud}: FAIL")
     assert re.search(r"top-1 agreement 9\d\.\d\d% \(limit 99\.5%", str(failed.value))
     assert failed.value.report.loaded_inputs == str(loud) and not out.exists()
+    assert failed.value.loaded_report is failed.value.report  # the saved inputs failed
+    summary = failure_summary("m.pt", failed.value)
+    assert "verification" not in summary  # the sweep did not run
+    assert summary["verification_on_loaded_inputs"]["loaded_inputs"] == str(loud)
     # the same graph on a batch like the sweep's: both verdicts, and no note to judge it on data
     quiet = _time_major_batch(tmp_path / "quiet.npz", 1.0)
     _, result = export_trained("time_major_ctc", out, quantize="int8", load_inputs=quiet)
@@ -400,15 +404,25 @@ def test_export_load_inputs_from_the_command_line(tmp_path: Path) -> None:
     import numpy as np
 
     batch = tmp_path / "real.npz"
-    np.savez(batch, ids=np.array([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]]), lengths=np.array([5, 3]))
+    ids, lengths = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]]), np.array([5, 3], np.int32)
+    np.savez(batch, ids=ids, lengths=lengths)
     out, summary = tmp_path / "t.onnx", tmp_path / "s.json"
     args = [str(SAMPLES / "token_tagger.pt"), "-o", str(out), "--load-inputs", str(batch)]
     result = CliRunner().invoke(main, [*args, "--json", str(summary)])
     assert result.exit_code == 0, result.output
     assert re.search(rf"^Verified on {re.escape(str(batch))}: PASS: ", result.output, re.M)
+    # how the file's arrays were fed, as verify says it (users60 F5)
+    assert "\n  note: saved input 'lengths' is int32: fed as int64, the dtype" in result.output
     saved = json.loads(summary.read_text())["verification_on_loaded_inputs"]
     assert saved["loaded_inputs"] == str(batch) and saved["exit_code"] == 0
     assert saved["model_file"] == str(SAMPLES / "token_tagger.pt")
+    # a row of 0 steps in the file is the file's, not the graph's (users60 F6)
+    np.savez(batch, ids=ids, lengths=np.array([5, 0]))
+    replay = ["verify", str(out), "--model", str(SAMPLES / "token_tagger.pt")]
+    result = CliRunner().invoke(main, [*replay, "--load-inputs", str(batch)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "failed on saved case 0's inputs (batch 2, seq 5)" in result.output
+    assert "row 1 of the batch has 0 steps, which pack_padded_sequence refuses" in result.output
     # inputs that do not fit the graph: one line, exit 2, nothing written
     np.savez(batch, tokens=np.array([[3, 1]]), lengths=np.array([2]))
     out.unlink()
@@ -431,3 +445,41 @@ def test_export_onnx_writes_only_an_onnx_file(tmp_path: Path) -> None:
     with pytest.raises(BiRNNExportError, match=r"^path: tagger\.pt must end in \.onnx$"):
         export_onnx(nn.LSTM(4, 8, bidirectional=True), target)
     assert not target.exists()
+
+
+def test_export_keeps_the_saved_inputs_verdict_where_the_sweep_fails(tmp_path: Path) -> None:
+    """The saved inputs passed and the sweep then failed: their verdict was neither printed nor
+    kept in the --json (users60 F3, review38 R2). An untrained tagger's int8 graph loses top-1 on
+    the sweep (98.79%) and keeps it on a small batch of its own."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from birnn_export.errors import VerificationError
+    from birnn_export.pipeline import export_onnx
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(8, 24, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(48, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    batch = tmp_path / "real.npz"
+    x = np.random.default_rng(0).standard_normal((2, 6, 8))  # float64: fed as float32, said
+    np.savez(batch, x=x)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(VerificationError) as failed:
+        export_onnx(Tagger().eval(), out, input_size=8, quantize="int8", load_inputs=batch)
+    error = failed.value
+    assert error.loaded_report.passed and not error.report.passed and not out.exists()
+    assert f"; on the saved inputs {batch}: PASS: 1 case(s) on ort-cpu" in str(error)
+    assert str(error).endswith("; nothing was written")
+    assert re.search(r"^FAIL: \d+ case\(s\) pass one by one and fail judged together", str(error))
+    summary = failure_summary("m.pt", error)
+    assert summary["verification"]["exit_code"] == 1
+    assert summary["verification_on_loaded_inputs"]["exit_code"] == 0
+    assert "saved input 'x' is float64: fed as float32" in " ".join(error.loaded_report.notes)

@@ -163,3 +163,87 @@ def test_a_thread_serving_a_packing_model_during_an_export_gets_torchs_functions
         running.clear()
         thread.join()
     assert not failures and len(calls) > 10 and all(calls), failures[:1]
+
+
+def _in_a_thread(function: object) -> list[BaseException]:
+    """Run ``function`` in another thread; what it raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            function()  # type: ignore[operator]
+        except BaseException as exc:  # what the thread met is the assertion
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return raised
+
+
+def test_quiet_here_drops_this_threads_output_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from birnn_export._process import quiet_here
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    with quiet_here():
+        print("mine")
+        sys.stdout.writelines(["mine too\n"])
+        assert not _in_a_thread(lambda: sys.stdout.writelines(["theirs\n"]))
+        assert not _in_a_thread(lambda: print("theirs again"))
+    assert out.getvalue() == "theirs\ntheirs again\n" and sys.stdout is out
+    # where there was no stream (pythonw, daemons), another thread's print is no error (review38)
+    monkeypatch.setattr(sys, "stdout", None)
+    with quiet_here():
+        assert not _in_a_thread(lambda: print("nowhere"))
+    assert sys.stdout is None
+    # logging.warning() gave a root logger without handlers one of its own, for good
+    import logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    with quiet_here(root_log_below=logging.ERROR):
+        logging.warning("advice meant for image models")
+    assert logging.getLogger().handlers == []
+
+
+def test_int8_quantization_leaves_other_threads_logs_and_output(tmp_path: Path) -> None:
+    """ONNX Runtime's quantizer logs on the root logger: its level was set to ERROR, which
+    silenced every thread's logs, and a StringIO took every thread's prints (review38 R1)."""
+    import logging
+
+    from birnn_export.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    path = export_onnx(_Packer(8).eval(), tmp_path / "f.onnx", input_size=6, verify=False).path
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.threadName == "service":
+                seen.append(record.getMessage())
+
+    keep = Keep(level=logging.INFO)
+    root.addHandler(keep)
+    root.setLevel(logging.INFO)
+    sent, running = [], threading.Event()
+    running.set()
+
+    def serve() -> None:
+        while running.is_set():
+            logging.info("request %d", len(sent))
+            sent.append(1)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=serve, name="service")
+    thread.start()
+    try:
+        quantize_int8(path, tmp_path / "q.onnx")
+    finally:
+        running.clear()
+        thread.join()
+        root.removeHandler(keep)
+        root.setLevel(level)
+    assert len(sent) > 5 and len(seen) == len(sent)
+    assert root.handlers == handlers  # no handler of its own left behind

@@ -478,6 +478,14 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path: Path) -> None:
     assert re.search(
         r"ort-int8 judged as verify judges it: output 'output' over the shapes measured", table
     )
+    # an int8 graph: its ort-cpu runs int8 too, so no ratio over a float graph (users60 F1)
+    quantize_int8(path, tmp_path / "q.onnx")
+    small = dict(batch_sizes=(2,), seq_lens=(12,), iters=3, warmup=1, threads=1, progress=False)
+    report = benchmark(tmp_path / "q.onnx", model, engines=("ort-cpu", "ort-int8"), **small)
+    assert all(r.status == "ok" and r.speedup_vs_ort_cpu is None for r in report.results)
+    console = Console(record=True, width=220)
+    console.print(render_table(report))
+    assert "vs ort-cpu" not in console.export_text()
 
 
 class _ManyClasses(nn.Module):

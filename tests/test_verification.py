@@ -1760,8 +1760,13 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
         replay(**{lengths: np.array([[6, 3]])})  # an IndexError (review21)
     with pytest.raises(BiRNNExportError, match=rf"case 0's '{ids}' is float64, the graph takes"):
         replay(**{ids: np.ones((2, 6))})  # an engine error, exit 1 (users46 F1)
+    # past the declared maximum, a real batch runs, with a note (users60 F2: refused before)
+    path = tmp_path / "past.npz"
+    _interop.save_feeds(path, [{ids: np.ones((2, 300), np.int64), lengths: np.array([300, 3])}])
+    report = verify(result.path, loaded, load_inputs=path)
+    assert report.passed and any("length 300 past the graph's declared" in n for n in report.notes)
     long = {ids: np.ones((1, 200_000), np.int64), lengths: np.array([200_000])}
-    with pytest.raises(BiRNNExportError, match="case 0 is batch 1, seq 200000, past the graph's"):
+    with pytest.raises(BiRNNExportError, match=r"case 0 is batch 1, seq 200000, more than 8x the"):
         replay(**long)  # within the budget by its largest tensor, and still minutes (users33)
     wide = {ids: np.ones((30, 256), np.int64), lengths: np.full(30, 256)}
     with pytest.raises(BiRNNExportError, match=r"over the memory budget.*save smaller inputs"):
