@@ -453,19 +453,10 @@ def test_export_keeps_the_saved_inputs_verdict_where_the_sweep_fails(tmp_path: P
     the sweep (98.79%) and keeps it on a small batch of its own."""
     import numpy as np
     import torch
-    from torch import nn
 
     from birnn_export.errors import VerificationError
     from birnn_export.pipeline import export_onnx
-
-    class Tagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = nn.LSTM(8, 24, batch_first=True, bidirectional=True)
-            self.head = nn.Linear(48, 5)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.rnn(x)[0])
+    from tests.test_quantize import Tagger
 
     torch.manual_seed(0)
     batch = tmp_path / "real.npz"
