@@ -121,10 +121,10 @@ def test_the_report_says_what_was_converted_and_what_the_graph_is(tmp_path: Path
 
 
 def test_quiet_prints_only_the_error_of_a_failed_verification(tmp_path: Path) -> None:
-    args = [str(SAMPLES / "token_tagger.pt"), "-o", str(tmp_path / "t.onnx"), "--quantize"]
+    # the untrained sample's int8 graph is refused (99.4% top-1; token_tagger's passed here, and
+    # the test skipped itself)
+    args = [str(SAMPLES / "bigru_varlen.pt"), "-o", str(tmp_path / "t.onnx"), "--quantize"]
     result = CliRunner().invoke(main, [*args, "int8", "-q"])
-    if result.exit_code == 0:
-        pytest.skip("the int8 graph passed here: no failure to print")
     assert result.exit_code == 1
     assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.output
     assert result.stderr.startswith("Error: FAIL"), result.output
