@@ -742,7 +742,7 @@ def render_table(report: BenchReport) -> Any:
                     labels[r.engine],
                     "all",
                     "all",
-                    *[""] * (7 if versus_float else 6),
+                    *[""] * (len(table.columns) - 4),  # up to the status column
                     Text("unavailable" + built, "yellow"),
                 )
             continue
