@@ -38,6 +38,7 @@ from birnn_export._sweep import Case, row_feed, untraced_cases
 from birnn_export.compare import (
     BATCH_DROPPED,
     LAYER_OTHER_SHAPE,
+    MIN_DECODED_SYMBOLS,
     PROBED,
     Check,
     Criterion,
@@ -805,28 +806,91 @@ def sweep_checks(
             if check is not None:
                 checks.append(check)
         if checks:
-            # only top-1 fails: where that output holds no class scores, its argmax means nothing
-            top1 = [
-                c.name
-                for c in checks
-                if not c.passed and c.rel_l2 is not None and c.rel_l2 < (c.rel_l2_limit or 0)
-            ]
-            why = None
-            if top1 and len(top1) == sum(not c.passed for c in checks):
-                names = ", ".join(repr(n) for n in top1)
-                why = (
-                    f"only top-1 agreement fails ({names}; its relative L2 error is within the "
-                    "limit): where it holds class scores, the int8 graph loses the task there: "
-                    "keep float32; where it holds none (an encoder's projection, a regression), "
-                    "its argmax means nothing: export with --scores naming the outputs that do, "
-                    "or --scores none (Python: scores=[...])"
-                )
+            why = _task_failed([c for c in checks if not c.passed])
             swept.append(
                 CaseResult(
                     engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks), diagnosis=why
                 )
             )
     return swept
+
+
+#: How the note begins where int8 kept top-1 and changed an undeclared output's decodes.
+DECODES_CHANGED = "int8 keeps top-1 but changes the greedy CTC decodes "
+
+
+def undeclared_ctc_note(
+    results: Sequence[CaseResult], per_engine: Mapping[str, Mapping[str, Criterion]]
+) -> list[str]:
+    """A note where an int8 output not declared CTC passed by top-1 while its greedy CTC
+    decodes (blank 0) changed more than a declared one's may: what is read changed."""
+    notes = []
+    for result in results:
+        if result.lengths_mode != WHOLE_SWEEP:
+            continue
+        for c in result.outputs:
+            criterion = per_engine[result.engine].get(c.name)
+            if (
+                c.passed
+                and c.blank is None
+                and c.decoded_rows
+                and isinstance(criterion, QuantizedCriterion)
+                and not criterion.decodes_kept(c.decoded_edits, c.decoded_symbols)
+            ):
+                notes.append(
+                    f"{DECODES_CHANGED}({result.engine}, output {c.name!r}, blank 0): "
+                    f"{c.decodes_agreement(named=False)}: if it feeds a CTC decoder, export "
+                    f"with --ctc {c.name} (Python: ctc=[...]) to judge it by its decodes, which "
+                    "refuses this graph"
+                )
+    return notes
+
+
+def _task_failed(failed: Sequence[Check]) -> str | None:
+    """Why an int8 graph failed, where only the task failed (each output's relative L2 error is
+    within its limit): top-1 of outputs that may hold no class scores, or the greedy decodes of
+    outputs declared CTC (or their frames' top-1, where the decodes hold few symbols)."""
+    if not failed or any(c.rel_l2 is None or c.rel_l2 >= (c.rel_l2_limit or 0) for c in failed):
+        return None
+    names = ", ".join(repr(c.name) for c in failed)
+    if any(c.blank is not None for c in failed):
+        if not all(c.blank is not None for c in failed):
+            return None
+        if all(c.decoded_edits > 1 for c in failed):  # more than the limit's "or one"
+            return (
+                f"only the greedy CTC decodes fail ({names}; its relative L2 error is within "
+                "the limit): the int8 graph changes what is read: keep float32"
+            )
+        return (
+            f"only top-1 agreement fails ({names}; its relative L2 error is within the limit) "
+            f"where its decodes hold under {MIN_DECODED_SYMBOLS} symbols, too few to judge it "
+            "by alone: judge it on more of your batches (--load-inputs), or keep float32"
+        )
+    fails = f"only top-1 agreement fails ({names}; its relative L2 error is within the limit)"
+    what = (
+        "where it holds class scores, the int8 graph loses the task there: keep float32; where "
+        "it holds none (an encoder's projection, a regression), its argmax means nothing: "
+        "export with --scores naming the outputs that do, or --scores none (Python: "
+        "scores=[...])"
+    )
+    readable = [c for c in failed if c.decoded_rows and not c.decoded_rows_differ]
+    if not readable:
+        return f"{fails}: {what}"
+    symbols = sum(c.decoded_symbols for c in readable)
+    enough = (
+        ""
+        if symbols >= MIN_DECODED_SYMBOLS
+        else f" where they hold {MIN_DECODED_SYMBOLS} symbols or more (these hold {symbols}: "
+        "judge it on more of your batches, --load-inputs)"
+    )
+    return (
+        f"{fails}, and the greedy CTC decodes (blank 0) of "
+        f"{', '.join(repr(c.name) for c in readable)} agree in all "
+        f"{sum(c.decoded_rows for c in readable)} rows: if it feeds a CTC decoder, the frames "
+        f"that differ only move where a symbol starts, and --ctc "
+        f"{','.join(c.name for c in readable)} (Python: ctc=[...]) judges it by its decodes"
+        f"{enough}; otherwise, {what}"
+    )
 
 
 def last_lengths(spec: GraphSpec, layers: CaseLayers) -> np.ndarray | None:

@@ -230,6 +230,15 @@ graph_options = option_group(
             "(recorded in the graph), e.g. 'logits'; 'none' for an encoder's projection or a "
             "regression. [default: each output a linear head makes]",
         ),
+        click.option(
+            "--ctc",
+            callback=parsed(options_.parse_ctc),
+            metavar="NAME[=BLANK],...",
+            help="The outputs that hold CTC scores along time, [batch, time, classes] (blank "
+            "class 0 unless given; recorded in the graph): an int8 graph is judged by their "
+            "greedy decodes (edits <= 0.5% of the symbols, or one) instead of each frame's "
+            "top-1.",
+        ),
     ],
 )
 

@@ -148,18 +148,25 @@ class VerifyReport:
 
     def _sweep_margin(self) -> str:
         """An int8 graph's figures over the whole sweep, as its verdict quotes them."""
+        from birnn_export.compare import MIN_DECODED_SYMBOLS
+
         sweeps = [o for c in self.cases for o in c.outputs if o.check == "sweep"]
         values = [o for o in sweeps if o.role != "tags"]
         figures = []
         if values:
             figures.append(f"relative L2 error at most {max(o.rel_l2 or 0.0 for o in values):.3g}")
-        top1 = [o for o in values if o.top1 is not None]
+        top1 = [  # what judged each: top-1, or a CTC output's decodes (top-1 too on few symbols)
+            o
+            for o in values
+            if o.top1 is not None and (o.blank is None or o.decoded_symbols < MIN_DECODED_SYMBOLS)
+        ]
         if top1:
             worst = min(top1, key=lambda o: o.top1 or 0.0)
             figures.append(
                 f"top-1 agreement at least {100 * (worst.top1 or 0.0):.2f}% ({worst.name!r}, "
                 f"{worst.top1_decisive} clear positions)"
             )
+        figures += [f"{o.name!r}: {o.decodes_agreement()}" for o in values if o.blank is not None]
         figures += [f"{o.name!r}: {o.tags_agreement()}" for o in sweeps if o.role == "tags"]
         return f": {', '.join(figures)} over the sweep" if figures else ""
 

@@ -13,8 +13,9 @@ available as an explicit choice.
 
 Outputs with a class axis (logits, log-probabilities) are also judged by task: top-1 agreement at
 every valid position whose float64 margin between the two best classes is decisive (more than
-:data:`DECISIVE_MARGIN` thresholds), and, for log-probabilities along time, the greedy CTC decode
-(blank 0) of every row.
+:data:`DECISIVE_MARGIN` thresholds), and, for log-probabilities along time (or an output declared
+CTC at export), the greedy CTC decode of every row: reported, and what an int8 graph's declared
+CTC output is judged by.
 
 The numbers come from measurements: see README ("How verification judges").
 
@@ -59,6 +60,10 @@ FLOOR_ULPS = 8.0
 DECISIVE_MARGIN = 2.0
 #: The CTC blank class for the greedy decode.
 CTC_BLANK = 0
+#: Greedy CTC decodes holding fewer symbols than this judge an int8 output declared CTC only
+#: with its frames' top-1: too few to judge it by alone (a trained model's decodes of the sweep's
+#: random features are mostly blanks: 7 symbols in 84 rows, users60's model).
+MIN_DECODED_SYMBOLS = 200
 
 _EPS = {"float16": float(np.finfo(np.float16).eps), "float64": float(np.finfo(np.float64).eps)}
 
@@ -96,8 +101,12 @@ class QuantizedCriterion:
     valid elements, must stay below ``max_rel_l2``, and for class scores the argmax must agree
     with the reference's at no fewer than ``min_top1`` of all valid positions, or at all but one
     (below 200 positions the share alone refused a graph on one near-tie: bench at B = 1 and
-    T = 50 gave 98%, users58 F4). Each case on its
-    own only guards against gross breakage: relative L2 error below ``max_case_rel_l2`` (int8
+    T = 50 gave 98%, users58 F4). An output declared CTC is judged by its greedy decodes instead:
+    their edits (insertions, deletions, substitutions) against the reference's may be no more
+    than ``1 - min_top1`` of the reference's symbols, or one (a frame that moves where a symbol
+    starts reads the same; one that changes a symbol does not: users60 F4); where they hold
+    fewer than :data:`MIN_DECODED_SYMBOLS` symbols, its frames' top-1 must hold too. Each case
+    on its own only guards against gross breakage: relative L2 error below ``max_case_rel_l2`` (int8
     noise measured on a one-position case of a trained 3-layer BiLSTM(256) tagger: 0.094).
     """
 
@@ -108,12 +117,18 @@ class QuantizedCriterion:
     #: its valid tags (or one) may differ.
     max_case_tags_differ: float = 0.25
 
+    def decodes_kept(self, edits: int, symbols: int) -> bool:
+        """Whether greedy CTC decodes with ``edits`` against the reference's ``symbols`` keep the
+        task: no more than ``1 - min_top1`` of the symbols, or one."""
+        return edits <= 1 or edits <= (1 - self.min_top1) * symbols
+
     def describe(self) -> str:
         return (
             f"int8: over the sweep, relative L2 error vs float64 < {self.max_rel_l2:g} and "
             f"top-1 agreement (decoded tags: their agreement) >= {100 * self.min_top1:g}% of "
-            "valid positions (or all but one); < "
-            f"{self.max_case_rel_l2:g} in every case"
+            "valid positions (or all but one; a CTC output's greedy decodes: edits <= "
+            f"{100 * (1 - self.min_top1):.2g}% of their symbols, or one, and its top-1 too "
+            f"under {MIN_DECODED_SYMBOLS} symbols); < {self.max_case_rel_l2:g} in every case"
         )
 
 
@@ -158,8 +173,11 @@ class Check:
     ``rtol`` (and ``rel_l2_limit``) are. ``top1`` is the share of valid positions whose argmax
     over the last (class) axis agrees with the reference's, ``top1_decisive`` how many of them
     had a decisive margin and ``top1_missed`` how many of those disagree (any fails the check);
-    ``greedy`` the share of rows whose greedy CTC decode agrees. For decoded tags, ``rows`` is
-    how many rows hold a valid tag and ``rows_missed`` how many of them differ outside ties.
+    ``greedy`` the share of rows whose greedy CTC decode agrees (``decoded_rows`` rows,
+    ``decoded_rows_differ`` of them otherwise; ``decoded_edits`` edits against the reference's
+    ``decoded_symbols`` symbols), ``blank`` the CTC blank of an output declared CTC. For decoded
+    tags, ``rows`` is how many rows hold a valid tag and ``rows_missed`` how many of them differ
+    outside ties.
     """
 
     name: str
@@ -179,6 +197,11 @@ class Check:
     top1_decisive: int = 0
     top1_missed: int = 0
     greedy: float | None = None
+    decoded_rows: int = 0
+    decoded_rows_differ: int = 0
+    decoded_symbols: int = 0
+    decoded_edits: int = 0
+    blank: int | None = None
     elements: int = 0
     note: str = ""
     #: The share of positions whose top-1 must agree (a sweep's int8 top-1 check).
@@ -228,13 +251,22 @@ class Check:
                 f"output {self.name!r} over the sweep ({self.note}): relative L2 error "
                 f"{self.rel_l2:.3g} (limit {self.rel_l2_limit:g})"
             )
-            if self.top1 is not None:
-                text += (
-                    f", top-1 agreement {100 * self.top1:.2f}% (limit "
-                    f"{100 * (self.top1_limit or 0):g}%; {self.top1_missed} of "
-                    f"{self.top1_decisive} positions differ)"
-                )
-            return text
+            top1 = "" if self.top1 is None else f"top-1 agreement {100 * self.top1:.2f}%"
+            judged = top1 and (
+                f"{top1} (limit {100 * (self.top1_limit or 0):g}%; {self.top1_missed} of "
+                f"{self.top1_decisive} positions differ)"
+            )
+            if self.blank is None:  # top-1 judges it; its decodes, if any, are told
+                decodes = f"; {self.decodes_agreement()}" if self.decoded_rows else ""
+                return text + (f", {judged}" if judged else "") + decodes
+            text += f", {self.decodes_agreement()}"  # its decodes judge it (and on few symbols
+            if not top1:  # its frames' top-1 too)
+                return text
+            if self.decoded_symbols >= MIN_DECODED_SYMBOLS:
+                return f"{text}; {top1} of its frames"
+            return (
+                f"{text}; under {MIN_DECODED_SYMBOLS} symbols its frames are judged too: {judged}"
+            )
         if self.threshold is not None:
             against = (
                 f" = {self.ratio:.3g}x eager's {self.noise:.3g}" if self.noise is not None else ""
@@ -257,6 +289,24 @@ class Check:
             text += f"; top-1 differs at {self.top1_missed} of {self.top1_decisive} clear positions"
         return text + (f" - {self.note}" if self.note else "")
 
+    def decodes_agreement(self, named: bool = True) -> str:
+        """The greedy CTC decodes' agreement in words: edits against the reference's symbols
+        (with their limit, where the output is judged by them) and the rows that differ;
+        ``named``: led by what they are."""
+        share = self.decoded_edits / self.decoded_symbols if self.decoded_symbols else 0.0
+        limit = (
+            f", limit {100 * (1 - self.top1_limit):.2g}% or 1"
+            if self.blank is not None and self.top1_limit is not None
+            else ""
+        )
+        lead = f"greedy CTC decodes (blank {self.blank or CTC_BLANK}): " if named else ""
+        return (
+            f"{lead}{self.decoded_edits} "
+            f"edit{'s' * (self.decoded_edits != 1)} in {self.decoded_symbols} symbols "
+            f"({100 * share:.2f}%{limit}), {self.decoded_rows_differ} of {self.decoded_rows} "
+            "rows differ"
+        )
+
     def tags_agreement(self) -> str:
         """A tags sweep check's figure in words: the share of valid tags that agree, and in how
         many rows the differing ones lie (a row decoded otherwise is a sentence tagged otherwise:
@@ -274,6 +324,13 @@ class Check:
             return f"agree >= {100 * self.top1_limit:g}%"
         if self.role == "tags":  # an int8 case's valid tags are judged over the sweep
             return "exact" if self.top1 is None else "padding exact, <= 25% differ"
+        if self.top1_limit is not None and self.blank is not None:
+            edits = (
+                f"L2 < {self.rel_l2_limit:g}, decode edits <= {100 * (1 - self.top1_limit):.2g}%"
+            )
+            if self.decoded_symbols >= MIN_DECODED_SYMBOLS:
+                return edits
+            return f"{edits}, top-1 >= {100 * self.top1_limit:g}%"
         if self.top1_limit is not None:
             return f"L2 < {self.rel_l2_limit:g}, top-1 >= {100 * self.top1_limit:g}%"
         if self.threshold is not None:
@@ -330,6 +387,7 @@ def compare(
     threshold: float | None = None,
     classes: bool = False,
     sequences: tuple[int, int, Any] | None = None,
+    blank: int | None = None,
     note: str = "",
 ) -> Check:
     """Compare ``actual`` with ``expected`` (same shape) where ``mask`` is True.
@@ -351,7 +409,8 @@ def compare(
             (``mask`` must then be the same along that axis).
         sequences: ``(batch_axis, time_axis, lengths)`` of a ``[batch, time, classes]``-like
             output: also compare each row's greedy CTC decode when the reference holds
-            log-probabilities.
+            log-probabilities, or ``blank`` is given.
+        blank: The CTC blank of an output declared CTC (decoded whatever its scores).
         note: Shown with a failure.
     """
     a = np.asarray(actual, dtype=np.float64)
@@ -385,6 +444,7 @@ def compare(
         if classes and e.ndim >= 1 and e.shape[-1] >= 2:
             positions = full[..., 0]
             extra.update(top1_agreement(a[positions], e[positions], 0.0))
+            extra.update(_decodes(a, e, sequences, positions, blank))
         passed = rel_l2 < criterion.max_case_rel_l2
         return Check(name, role, check, passed=passed, note=note, **stats, **extra)
     if isinstance(criterion, Tolerance):
@@ -410,12 +470,7 @@ def compare(
         positions = full[..., 0]
         extra.update(top1_agreement(a[positions], e[positions], limit))
         passed = passed and extra["top1_missed"] == 0
-        if sequences is not None and e.ndim == 3 and {*sequences[:2]} == {0, 1}:
-            batch_axis, time_axis, lengths = sequences  # the classes last
-            order = (batch_axis, time_axis, 2)
-            extra["greedy"] = greedy_agreement(
-                np.transpose(a, order), np.transpose(e, order), lengths
-            )
+        extra.update(_decodes(a, e, sequences, positions, blank))
     return Check(name, role, check, passed=passed, note=note, **stats, **extra)
 
 
@@ -436,7 +491,8 @@ def _as_dtype_holds(values: np.ndarray, dtype: Any) -> np.ndarray:
 def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check | None:
     """One output over every case of a sweep (``checks``: its values checks under ``criterion``):
     relative L2 error over all the cases' elements, held to ``criterion.max_rel_l2``, and top-1
-    agreement over all their positions (class scores), held to ``criterion.min_top1``. Exact
+    agreement over all their positions (class scores), held to ``criterion.min_top1``, or, for
+    an output declared CTC, its greedy decodes' edits over all their rows. Exact
     ties in the float64 reference do not count for top-1; any other position does, however
     close its two best classes. ``None`` for no checks."""
     if not checks:
@@ -455,9 +511,18 @@ def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check
     missed = sum(c.top1_missed for c in counted)
     top1 = (1.0 - missed / positions if positions else 1.0) if counted else None
     rows, rows_missed = sum(c.rows for c in checks), sum(c.rows_missed for c in checks)
-    passed = (tags or rel_l2 < criterion.max_rel_l2) and (
-        top1 is None or top1 >= criterion.min_top1 or missed <= 1
-    )
+    decoded = {
+        key: sum(getattr(c, key) for c in checks)
+        for key in ("decoded_rows", "decoded_rows_differ", "decoded_symbols", "decoded_edits")
+    }
+    blank = checks[0].blank
+    task = top1 is None or top1 >= criterion.min_top1 or missed <= 1
+    if blank is not None:  # a CTC output: its decodes are its task, its frames' on few symbols
+        symbols = decoded["decoded_symbols"]
+        task = criterion.decodes_kept(decoded["decoded_edits"], symbols) and (
+            task or symbols >= MIN_DECODED_SYMBOLS
+        )
+    passed = (tags or rel_l2 < criterion.max_rel_l2) and task
     return Check(
         checks[0].name,
         checks[0].role,
@@ -477,6 +542,13 @@ def sweep_check(checks: Sequence[Check], criterion: QuantizedCriterion) -> Check
         top1_limit=criterion.min_top1 if counted else None,
         rows=rows,
         rows_missed=rows_missed,
+        greedy=(
+            1.0 - decoded["decoded_rows_differ"] / decoded["decoded_rows"]
+            if decoded["decoded_rows"]
+            else None
+        ),
+        blank=blank,
+        **decoded,
     )
 
 
@@ -508,15 +580,69 @@ def top1_agreement(actual: np.ndarray, expected: np.ndarray, limit: float) -> di
     }
 
 
-def greedy_agreement(actual: np.ndarray, expected: np.ndarray, lengths: Any) -> float | None:
-    """Share of rows of ``[batch, time, classes]`` scores whose greedy CTC decodes (each row cut
-    to its length) agree; ``None`` unless ``expected`` holds log-probabilities."""
-    if not _log_probabilities(expected):
-        return None
-    if lengths is None:
-        lengths = [expected.shape[1]] * expected.shape[0]
-    got, want = greedy_decode(actual, lengths), greedy_decode(expected, lengths)
-    return float(np.mean([g == w for g, w in zip(got, want, strict=True)])) if got else None
+def _decodes(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    sequences: tuple[int, int, Any] | None,
+    positions: np.ndarray,
+    blank: int | None,
+) -> dict[str, Any]:
+    """:func:`decodes_compared` for values along ``sequences``' batch and time axes (the classes
+    last), where the output is declared CTC (``blank``) or its valid ``positions`` hold
+    log-probabilities; nothing otherwise."""
+    if sequences is None or expected.ndim != 3 or {*sequences[:2]} != {0, 1}:
+        return {}
+    if blank is None and not _log_probabilities(expected[positions]):
+        return {}
+    batch_axis, time_axis, lengths = sequences
+    order = (batch_axis, time_axis, 2)
+    return decodes_compared(
+        np.transpose(actual, order), np.transpose(expected, order), lengths, blank
+    )
+
+
+def decodes_compared(
+    actual: np.ndarray, expected: np.ndarray, lengths: Any = None, blank: int | None = None
+) -> dict[str, Any]:
+    """The greedy CTC decodes of ``[batch, time, classes]`` scores against the reference's, each
+    row cut to its length: ``greedy`` (the share of rows that agree), ``decoded_rows``,
+    ``decoded_rows_differ``, ``decoded_symbols`` (the reference's), ``decoded_edits`` (their
+    edit distance, summed) and ``blank`` (``None``: undeclared, decoded with :data:`CTC_BLANK`).
+
+    Example:
+        >>> want = np.log(np.eye(3)[[[1, 0, 2, 2]]] + 1e-9)
+        >>> got = np.log(np.eye(3)[[[1, 1, 0, 2]]] + 1e-9)  # a boundary moved: reads the same
+        >>> decodes_compared(got, want)["decoded_edits"]
+        0
+    """
+    got = greedy_decode(actual, lengths, CTC_BLANK if blank is None else blank)
+    want = greedy_decode(expected, lengths, CTC_BLANK if blank is None else blank)
+    differ = [(g, w) for g, w in zip(got, want, strict=True) if g != w]
+    return {
+        "greedy": 1.0 - len(differ) / len(want) if want else None,
+        "decoded_rows": len(want),
+        "decoded_rows_differ": len(differ),
+        "decoded_symbols": sum(map(len, want)),
+        "decoded_edits": sum(edit_distance(g, w) for g, w in differ),
+        "blank": blank,
+    }
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions from ``a`` to
+    ``b``.
+
+    Example:
+        >>> edit_distance((1, 2, 3), (1, 3, 4))
+        2
+    """
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
 
 
 def _log_probabilities(values: np.ndarray) -> bool:
@@ -528,19 +654,21 @@ def _log_probabilities(values: np.ndarray) -> bool:
     return bool(np.abs(total).max() < 1e-4)
 
 
-def _greedy(best: np.ndarray) -> tuple[int, ...]:
+def _greedy(best: np.ndarray, blank: int) -> tuple[int, ...]:
     """Greedy CTC decode of one row's best classes: collapse repeats, drop the blank."""
     out, previous = [], None
     for symbol in best.tolist():
-        if symbol != previous and symbol != CTC_BLANK:
+        if symbol != previous and symbol != blank:
             out.append(symbol)
         previous = symbol
     return tuple(out)
 
 
-def greedy_decode(log_probs: Any, lengths: Any = None) -> list[tuple[int, ...]]:
-    """Greedy CTC decode (blank :data:`CTC_BLANK`) of ``[batch, time, classes]`` scores, each
-    row cut to its length.
+def greedy_decode(
+    log_probs: Any, lengths: Any = None, blank: int = CTC_BLANK
+) -> list[tuple[int, ...]]:
+    """Greedy CTC decode (blank :data:`CTC_BLANK` unless given) of ``[batch, time, classes]``
+    scores, each row cut to its length.
 
     Example:
         >>> scores = np.log(np.eye(3)[[1, 1, 0, 2, 2]][None] + 1e-9)
@@ -550,7 +678,7 @@ def greedy_decode(log_probs: Any, lengths: Any = None) -> list[tuple[int, ...]]:
     best = np.asarray(log_probs).argmax(-1)
     if lengths is None:
         lengths = [best.shape[1]] * best.shape[0]
-    return [_greedy(row[: int(n)]) for row, n in zip(best, lengths, strict=True)]
+    return [_greedy(row[: int(n)], blank) for row, n in zip(best, lengths, strict=True)]
 
 
 # -- the outputs of a graph ------------------------------------------------------------------
@@ -647,6 +775,7 @@ def compare_outputs(
             mask=mask,
             classes=has_classes(spec, tensor),
             sequences=sequences,
+            blank=tensor.ctc_blank,
             note="valid steps" if mask is not None else "",
             **common,
         )

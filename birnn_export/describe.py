@@ -243,6 +243,12 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
         for t in parsed.outputs
         if t.role == "tags"
     ]
+    out += [
+        f"  output {t.name}: CTC scores, blank {t.ctc_blank} (an int8 graph is judged by their "
+        "greedy decodes)"
+        for t in parsed.outputs
+        if t.ctc_blank is not None
+    ]
     out += [f"  note: {note}" for note in batch_not_first_note(parsed)]
     out.append(
         f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "

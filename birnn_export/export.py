@@ -113,6 +113,7 @@ from birnn_export.spec import (
     InputDecl,
     batch_not_first_note,
     check_range,
+    ctc_shaped,
     onnx_bytes,
     takes_lengths,
     unread_inputs,
@@ -200,6 +201,7 @@ def trace_graph(
     batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
     seq_range: Sequence[int] = DEFAULT_SEQ_RANGE,
     scores: Sequence[str] | None = None,
+    ctc: Mapping[str, int] | Sequence[str] | None = None,
 ) -> TracedGraph:
     """Trace ``model`` to an ONNX graph with symbolic ``batch`` and ``seq`` axes and check it:
     the graph :func:`birnn_export.export_onnx` writes, with these keyword arguments.
@@ -248,6 +250,9 @@ def trace_graph(
         scores: The outputs that hold class scores (an int8 graph must keep their top-1),
             recorded in the graph; ``()`` for none (an encoder's projection, a regression).
             Default: each output a linear head makes.
+        ctc: The outputs that hold CTC scores along time (``[batch, time, classes]``, in any
+            order of the first two), recorded in the graph: their greedy decodes are what an
+            int8 graph is judged by. Names (blank 0) or ``{name: blank}``.
 
     Raises:
         ExportError: the model cannot be exported or the graph failed a structural check.
@@ -269,6 +274,7 @@ def trace_graph(
         batch_range=batch_range,
         seq_range=seq_range,
         scores=scores,
+        ctc=ctc,
     )
     for module in (model, reference):
         if isinstance(module, nn.Module):  # before any probe hook is registered on it
@@ -321,6 +327,7 @@ def _trace_graph(
     batch_range: Sequence[int],
     seq_range: Sequence[int],
     scores: Sequence[str] | None,
+    ctc: Mapping[str, int] | Sequence[str] | None,
     avoid: frozenset[int],
 ) -> TracedGraph:
     """:func:`trace_graph`, tracing at example sizes none of ``avoid``."""
@@ -339,6 +346,7 @@ def _trace_graph(
             f"scores: a list of output names, e.g. [{scores!r}], or [] for none; got the "
             f"string {scores!r}"
         )
+    blanks = _ctc_blanks(ctc)
     try:
         batch_range = check_range("batch_range", batch_range)
         seq_range = check_range("seq_range", seq_range)
@@ -466,6 +474,8 @@ def _trace_graph(
     spec = build_spec(proto, planned, converted, layers, tags, padded_with)
     if scores is not None:
         spec = _with_scores(spec, scores)
+    if blanks:
+        spec = _with_ctc(spec, blanks, scores)
     asked, notes = layout, []
     rnn_islands = _float32_nodes(proto, dtype, ("RNN",))  # before scan writes them as loops
     if layout in ("scan", "packed"):
@@ -555,6 +565,56 @@ def _with_scores(spec: GraphSpec, scores: Sequence[str]) -> GraphSpec:
         )
     outputs = tuple(dataclasses.replace(t, classes=t.name in scores) for t in spec.outputs)
     return dataclasses.replace(spec, outputs=outputs)
+
+
+def _ctc_blanks(ctc: Mapping[str, int] | Sequence[str] | None) -> dict[str, int]:
+    """``ctc`` as ``{output: blank}`` (names alone: blank 0), refused before the trace where it
+    is neither."""
+    if ctc is None:
+        return {}
+    if isinstance(ctc, Mapping):
+        blanks = dict(ctc)
+    elif not isinstance(ctc, str) and all(isinstance(n, str) for n in ctc):
+        blanks = dict.fromkeys(ctc, 0)
+    else:
+        blanks = {"": -1}  # refused below
+    if not all(isinstance(n, str) and type(b) is int and b >= 0 for n, b in blanks.items()):
+        raise ExportError(
+            f"ctc: a list of output names (blank 0), e.g. ['log_probs'], or {{name: blank}}; "
+            f"got {ctc!r}"[:300]
+        )
+    return blanks
+
+
+def _with_ctc(
+    spec: GraphSpec, blanks: Mapping[str, int], scores: Sequence[str] | None
+) -> GraphSpec:
+    """``spec`` with the outputs ``blanks`` names declared CTC scores (and class scores)."""
+    outputs = {t.name: t for t in spec.outputs}
+    for name, blank in blanks.items():
+        tensor = outputs.get(name)
+        if tensor is None:
+            raise ExportError(
+                f"ctc: {name!r} is not an output of the graph ({', '.join(outputs)}); name "
+                "outputs as --output-names does"
+            )
+        if scores is not None and name not in scores:
+            raise ExportError(
+                f"ctc: {name!r} holds class scores, which --scores does not name: name it there "
+                "too, or leave --scores out"
+            )
+        if (
+            tensor.batch_axis is None
+            or tensor.time_axis is None
+            or not ctc_shaped(tensor.dims, blank)
+        ):
+            raise ExportError(
+                f"ctc: {name!r} (dims {list(tensor.dims)}) is not [batch, time, classes] scores "
+                f"with a class {blank} for the blank: name the output of the CTC head, and its "
+                "blank as --ctc NAME=BLANK"
+            )
+        outputs[name] = dataclasses.replace(tensor, classes=True, ctc_blank=blank)
+    return dataclasses.replace(spec, outputs=tuple(outputs.values()))
 
 
 def default_layout(layers: Sequence[BiRNN]) -> str:

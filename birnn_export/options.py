@@ -75,6 +75,20 @@ def parse_scores(text: str) -> tuple[str, ...]:
     return () if text.strip().lower() == "none" else parse_names(text, "--scores")
 
 
+def parse_ctc(text: str) -> dict[str, int]:
+    """``--ctc``: ``"log_probs"`` -> ``{"log_probs": 0}``, ``"log_probs=27"`` ->
+    ``{"log_probs": 27}`` (the blank class, 0 unless given)."""
+    parts = [part.partition("=") for part in text.split(",")]
+    bad = next((p for p in parts if p[1] and not re.fullmatch(r"\s*\d{1,9}\s*", p[2])), None)
+    if bad is not None:
+        raise UsageError(
+            "--ctc: expected NAME or NAME=BLANK (the blank class, an int >= 0) such as "
+            f"'log_probs=0', got {''.join(bad).strip()[:100]!r}"
+        )
+    names = parse_names(",".join(name for name, _, _ in parts), "--ctc")
+    return {name: int(blank or 0) for name, (_, _, blank) in zip(names, parts, strict=True)}
+
+
 def parse_named_ranges(values: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """``["width=32,256,1024"]`` -> ``{"width": (32, 256, 1024)}`` (``--range``)."""
     out = {}

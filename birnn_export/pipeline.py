@@ -418,7 +418,11 @@ class ExportReport:
         if result.quantization is not None:
             out.append(f"Quantized {result.quantization.summary()}")
         if result.verification is not None:
-            from birnn_export._case import DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING
+            from birnn_export._case import (
+                DECODES_CHANGED,
+                DEPENDS_ON_THE_BATCH,
+                DEPENDS_ON_THE_PADDING,
+            )
             from birnn_export.quantize import SWEEP_INPUTS_NOTE
             from birnn_export.verification import FLOAT64_FAILS
 
@@ -426,7 +430,9 @@ class ExportReport:
             out += [  # what the verdict was judged against, where not the model in float64
                 f"  note: {note}"
                 for note in result.verification.notes
-                if note.startswith((FLOAT64_FAILS, DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING))
+                if note.startswith(
+                    (FLOAT64_FAILS, DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING, DECODES_CHANGED)
+                )
                 or note == SWEEP_INPUTS_NOTE
             ]
             loaded = result.loaded_verification

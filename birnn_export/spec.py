@@ -25,7 +25,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -84,6 +84,9 @@ class TensorSpec:
     #: An output's last axis holds class scores (a linear head's logits or log-probabilities),
     #: as read from the graph at export; ``None`` in files written before it was recorded.
     classes: bool | None = None
+    #: The blank class of an output declared to hold CTC scores along time (export's
+    #: ``--ctc``): its greedy decode is its task, what an int8 graph is judged by.
+    ctc_blank: int | None = None
 
     @property
     def time_axis(self) -> int | None:
@@ -257,6 +260,11 @@ class GraphSpec:
         data = dataclasses.asdict(self)
         if not data["untraced"]:  # files without it stay readable by earlier versions
             del data["untraced"]
+        for tensor in data["outputs"]:  # likewise
+            if tensor["ctc_blank"] is None:
+                del tensor["ctc_blank"]
+        for tensor in data["inputs"]:
+            del tensor["ctc_blank"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -470,6 +478,7 @@ _TENSOR_FIELDS = {
     "batch_at": (int, type(None)),
     "time_at": (int, type(None)),
     "classes": (bool, type(None)),
+    "ctc_blank": (int, type(None)),
 }
 _ROLES = get_args(Role)
 
@@ -617,6 +626,23 @@ def _check_tensor_values(data: dict[str, Any], key: str) -> None:
             not tensor.get("dtype", "").startswith("int") or len(tensor.get("dims", [])) != 2
         ):
             raise BiRNNExportError(f"{where}: tags are integer ids over [batch, time]")
+        blank = tensor.get("ctc_blank")
+        if blank is not None and not ctc_shaped(tensor.get("dims", []), blank):
+            raise BiRNNExportError(
+                f"{where}.ctc_blank: {blank!r} is not a class of [batch, time, classes] scores"
+            )
+
+
+def ctc_shaped(dims: Sequence[int | str], blank: int) -> bool:
+    """``dims`` are CTC scores' (three, a static class axis last) and ``blank`` one of their
+    classes."""
+    classes = dims[-1] if len(dims) == 3 else None
+    return (
+        not isinstance(blank, bool)
+        and isinstance(classes, int)
+        and not isinstance(classes, bool)
+        and 0 <= blank < classes
+    )
 
 
 #: The most points a graph may record as untraced (the export records a few).

@@ -58,6 +58,7 @@ from birnn_export._case import (
     run_case,
     scores_note,
     sweep_checks,
+    undeclared_ctc_note,
 )
 from birnn_export._files import check_output_path
 from birnn_export._foreign import ForeignGraph, blame_short_rows, read_spec
@@ -669,6 +670,7 @@ def verify(
     if foreign is not None:  # its layers are not compared: what its nodes show, if anything
         results = blame_short_rows(results, proto, spec)
     notes += batch_dependence_note(results) + drift_note(results)
+    notes += undeclared_ctc_note(results, per_engine)
     # features, not a float mask beside token ids (their ids are drawn as the model's)
     floats = any(t.role == "features" and t.dtype.startswith("float") for t in spec.inputs)
     if load_inputs is None and floats and (spec.quantization == INT8 or "ort-int8" in engines):

@@ -288,6 +288,49 @@ def test_an_int8_sweep_failing_only_top1_says_scores_none() -> None:
     assert not both.passed and both.diagnosis is None  # the values are off too
 
 
+def test_an_int8_ctc_output_is_told_what_its_decodes_say() -> None:
+    """users60 F4: a CTC model's int8 graph refused at 99.05% top-1 while every row's greedy
+    decode agreed; the refusal said the graph "loses the task". It now says the decodes agree
+    and names --ctc, and, declared, whether the decodes or too few symbols refused it."""
+    from birnn_export._case import sweep_checks, undeclared_ctc_note
+    from birnn_export.compare import QuantizedCriterion
+
+    def swept(missed: int, edits: int, symbols: int, blank: int | None) -> CaseResult:
+        values = Check(
+            "log_probs", "sequence", "values", 0.1, 0.1, 0.01, True, rel_l2=0.01,
+            reference_l2=1.0, top1=0.99, top1_decisive=211, top1_missed=missed, decoded_rows=12,
+            decoded_rows_differ=min(edits, 12), decoded_symbols=symbols, decoded_edits=edits,
+            blank=blank,
+        )  # fmt: skip
+        case = CaseResult("ort-cpu", 12, 29, "ragged", 1.0, 0, (12, 29, 12), (values,))
+        (result,) = sweep_checks([case], {"ort-cpu": {"log_probs": QuantizedCriterion()}}, 0)
+        return result
+
+    agree = swept(missed=2, edits=0, symbols=240, blank=None)
+    assert not agree.passed
+    assert "decodes (blank 0) of 'log_probs' agree in all 12 rows" in (agree.diagnosis or "")
+    assert "--ctc log_probs (Python: ctc=[...]) judges it by its decodes; otherwise" in (
+        agree.diagnosis or ""
+    )
+    few = swept(missed=2, edits=0, symbols=40, blank=None)
+    assert "where they hold 200 symbols or more (these hold 40" in (few.diagnosis or "")
+    assert swept(missed=2, edits=0, symbols=240, blank=0).passed
+    thin = swept(missed=2, edits=0, symbols=40, blank=0)
+    assert not thin.passed and "under 200 symbols, too few to judge it by alone" in (
+        thin.diagnosis or ""
+    )
+    read = swept(missed=1, edits=3, symbols=240, blank=0)
+    assert not read.passed and "only the greedy CTC decodes fail" in (read.diagnosis or "")
+    # passed by top-1 alone, undeclared, with its decodes changed past a declared one's limit
+    kept = swept(missed=1, edits=3, symbols=240, blank=None)
+    assert kept.passed
+    (note,) = undeclared_ctc_note([kept], {"ort-cpu": {"log_probs": QuantizedCriterion()}})
+    assert note.startswith("int8 keeps top-1 but changes the greedy CTC decodes (ort-cpu, ")
+    assert "3 edits in 240 symbols (1.25%), 3 of 12 rows differ: if it feeds" in note
+    calm = swept(missed=1, edits=1, symbols=240, blank=None)
+    assert undeclared_ctc_note([calm], {"ort-cpu": {"log_probs": QuantizedCriterion()}}) == []
+
+
 @pytest.mark.parametrize("cause", [DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING])
 def test_a_model_that_reads_other_rows_is_told_the_usual_causes(cause) -> None:
     """The note on a model whose rows depend on the batch names the most common cause, the

@@ -18,6 +18,8 @@ from birnn_export.compare import (
     beside,
     compare,
     compare_outputs,
+    decodes_compared,
+    edit_distance,
     engine_criteria,
     greedy_decode,
     machine_eps,
@@ -143,6 +145,109 @@ def test_greedy_ctc_decode() -> None:
     other[1, 3] = log_probs[1, 1]  # the blank between the two 3s becomes a 3: (3,)
     (check,) = compare_outputs(spec, {"y": other}, {"y": log_probs}, lengths, {"y": TOL})
     assert check.greedy == 0.5 and not check.passed
+
+
+def test_log_probabilities_are_told_by_their_valid_steps() -> None:
+    """A model that pads its log-probabilities with zeros after the softmax still has them
+    decoded: the padding is no log-softmax, and was read as if it were the output's values."""
+    probs = np.full((2, 6, 4), 0.1)
+    probs[:, np.arange(6), [1, 0, 2, 2, 0, 3]] = 1.0
+    log_probs = np.log(probs / probs.sum(-1, keepdims=True))
+    log_probs[1, 3:] = 0.0
+    spec = GraphSpec(
+        inputs=(),
+        outputs=(TensorSpec("y", "float32", ("batch", "seq", 4), "sequence"),),
+        example_batch=2,
+        example_seq=6,
+    )
+    checks = compare_outputs(spec, {"y": log_probs}, {"y": log_probs}, np.array([6, 3]), {"y": TOL})
+    assert checks[0].greedy == 1.0 and checks[0].decoded_symbols == 3 + 2
+
+
+def _ctc_scores(paths: list[list[int]], classes: int = 4) -> np.ndarray:
+    """Log-probabilities ``[batch, time, classes]`` whose best class at each step is the
+    path's, by a small margin (a flipped step moves the values a little, as int8 does)."""
+    scores = 0.3 * np.eye(classes)[np.asarray(paths)]
+    return scores - np.log(np.exp(scores).sum(-1, keepdims=True))
+
+
+def test_decodes_count_edits_not_moved_boundaries() -> None:
+    want = _ctc_scores([[1, 0, 2, 2, 0, 3], [3, 3, 0, 3, 0, 0]])
+    moved = _ctc_scores([[1, 1, 2, 2, 0, 3], [3, 0, 0, 3, 3, 0]])  # reads (1, 2, 3) and (3, 3)
+    found = decodes_compared(moved, want)
+    assert found == {
+        "greedy": 1.0,
+        "decoded_rows": 2,
+        "decoded_rows_differ": 0,
+        "decoded_symbols": 5,
+        "decoded_edits": 0,
+        "blank": None,
+    }
+    changed = _ctc_scores([[1, 0, 2, 2, 0, 1], [3, 3, 3, 3, 0, 0]])  # (1, 2, 1) and (3,)
+    found = decodes_compared(changed, want, [6, 6])
+    assert (found["decoded_edits"], found["decoded_rows_differ"], found["greedy"]) == (2, 2, 0.0)
+    assert decodes_compared(changed, want, [3, 6])["decoded_edits"] == 1  # row 0 cut at 3 steps
+    assert greedy_decode(want, blank=3) == [(1, 0, 2, 0), (0, 0)]  # the blank between 0s
+    assert decodes_compared(want, want, blank=3)["blank"] == 3
+    pairs = [((1, 2, 3), (1, 3, 4)), ((), (1, 2)), ((1, 2), (2, 1)), ((5,), (5,))]
+    assert [edit_distance(a, b) for a, b in pairs] == [2, 2, 2, 0]
+
+
+def _ctc_sweep(rows: int, moved: int, changed: int, blank: int | None) -> Check:
+    """An int8 sweep over ``rows`` rows of 7 symbols (21 steps each): ``moved`` rows with a
+    boundary moved (a frame differs, the decode does not), ``changed`` rows with a symbol
+    changed (two frames and the decode differ)."""
+    path = [1, 1, 0, 2, 2, 0, 3, 3, 0, 1, 1, 0, 2, 2, 0, 3, 3, 0, 1, 1, 0]
+    want = [list(path) for _ in range(rows)]
+    got = [list(path) for _ in range(rows)]
+    for row in got[:moved]:
+        row[2] = 1  # (1, 2, ...) still
+    for row in got[moved : moved + changed]:
+        row[3:5] = [3, 3]  # (1, 3, ...)
+    crit = QuantizedCriterion()
+    lengths = np.full(rows, len(path))
+    check = compare(
+        "y",
+        "values",
+        _ctc_scores(got),
+        _ctc_scores(want),
+        criterion=crit,
+        classes=True,
+        sequences=(0, 1, lengths),
+        blank=blank,
+    )
+    assert check.passed  # each case only guards against breakage
+    return sweep_check([check], crit)
+
+
+def test_an_output_declared_ctc_is_judged_by_its_greedy_decodes() -> None:
+    """users60 F4: a CTC model's int8 graph was refused at 99.05% top-1 where two frames moved
+    the boundary between a symbol and the blank and every row read the same; and a frame that
+    changes a symbol changes what is read, however few frames that is."""
+    # 20 of 1,260 frames differ (98.4%), each a boundary moved: 0 edits in 420 symbols
+    moved = _ctc_sweep(60, moved=20, changed=0, blank=0)
+    assert moved.passed and moved.decoded_symbols == 420 and moved.decoded_edits == 0
+    assert moved.top1 == pytest.approx(1 - 20 / 1260)
+    assert "0 edits in 420 symbols (0.00%, limit 0.5% or 1), 0 of 60 rows" in moved.describe()
+    assert moved.limit == "L2 < 0.05, decode edits <= 0.5%"
+    undeclared = _ctc_sweep(60, moved=20, changed=0, blank=None)
+    assert not undeclared.passed and undeclared.decoded_edits == 0  # told, not judged
+    assert "; greedy CTC decodes (blank 0): 0 edits in 420 symbols" in undeclared.describe()
+    # 6 of 1,260 frames differ (99.52%) and change 3 symbols of 420 (0.71%)
+    changed = _ctc_sweep(60, moved=0, changed=3, blank=0)
+    assert not changed.passed and changed.decoded_edits == 3 and changed.top1 > 0.995
+    assert _ctc_sweep(60, moved=0, changed=3, blank=None).passed
+    assert _ctc_sweep(60, moved=0, changed=2, blank=0).passed  # 2 of 420: 0.48%
+
+
+def test_few_decoded_symbols_leave_a_ctc_output_judged_by_its_frames_too() -> None:
+    """A trained CTC model decodes the sweep's random features mostly to blanks (7 symbols in
+    84 rows): too few to judge it by, so its frames' top-1 must hold as well."""
+    few = _ctc_sweep(20, moved=5, changed=0, blank=0)  # 140 symbols, frames 98.8%
+    assert not few.passed and few.decoded_edits == 0
+    assert "under 200 symbols its frames are judged too: top-1 agreement 98.81%" in few.describe()
+    assert few.limit == "L2 < 0.05, decode edits <= 0.5%, top-1 >= 99.5%"
+    assert _ctc_sweep(20, moved=1, changed=0, blank=0).passed  # all frames but one
 
 
 def test_padding_check_follows_the_reference() -> None:

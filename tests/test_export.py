@@ -3830,6 +3830,46 @@ def test_scores_given_are_recorded_and_unknown_ones_refused(tmp_path):
         export_onnx(model, tmp_path / "d.onnx", input_size=6, verify=False, scores="output")
 
 
+def test_ctc_outputs_are_recorded_and_what_cannot_be_one_refused(tmp_path):
+    """--ctc NAME[=BLANK] records the output's blank (an int8 graph is judged by its greedy
+    decodes), on an output of [batch, time, classes] scores alone."""
+
+    class Speech(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(10, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.lstm(x)[0]
+            return self.head(out).log_softmax(-1).transpose(0, 1), out.mean(1)
+
+    made = export_module.trace_graph(
+        Speech().eval(), input_size=6, output_names=["log_probs", "pooled"], ctc={"log_probs": 3}
+    )
+    log_probs, pooled = made.spec.outputs
+    assert (log_probs.ctc_blank, log_probs.classes, pooled.ctc_blank) == (3, True, None)
+    assert export_module._ctc_blanks(["log_probs"]) == {"log_probs": 0}  # names alone: blank 0
+    for bad in ("log_probs", {"log_probs": -1}, {"log_probs": True}, [3]):
+        with pytest.raises(ExportError, match=r"ctc: a list of output names \(blank 0\)"):
+            export_module._ctc_blanks(bad)
+    refused = {
+        r"ctc: 'logits' is not an output of the graph \(log_probs, pooled\)": ({"logits": 0}, None),
+        r"ctc: 'pooled' \(dims \['batch', 10\]\) is not \[batch, time, classes\]": (
+            {"pooled": 0},
+            None,
+        ),
+        r"ctc: 'log_probs' \(dims \['seq', 'batch', 4\]\) is not .* with a class 4 for": (
+            {"log_probs": 4},
+            None,
+        ),
+        "ctc: 'log_probs' holds class scores, which --scores does not name": ({"log_probs": 0}, ()),
+    }
+    for told, (blanks, scores) in refused.items():
+        with pytest.raises(ExportError, match=told):
+            export_module._with_ctc(made.spec, blanks, scores)
+
+
 def test_a_quoted_model_line_keeps_its_start() -> None:
     """A long line is cut at a word with '...' (it was cut mid-word: 'total_lengt)'); one of
     long words, code written without spaces, is cut mid-word rather than shown as '(...)'

@@ -108,6 +108,16 @@ def test_imports_neither_torch_nor_onnx() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_ctc_names_outputs_and_their_blanks() -> None:
+    assert options.parse_ctc("log_probs") == {"log_probs": 0}
+    assert options.parse_ctc("log_probs=27, b = 3") == {"log_probs": 27, "b": 3}
+    for bad in ("x=", "x=a", "x=-1", "x=1=2"):
+        with pytest.raises(UsageError, match=r"--ctc: expected NAME or NAME=BLANK"):
+            options.parse_ctc(bad)
+    with pytest.raises(UsageError, match="--ctc: 'a' is given twice"):
+        options.parse_ctc("a,a=1")
+
+
 def test_scores_name_outputs_or_none() -> None:
     assert options.parse_scores("logits,tags") == ("logits", "tags")
     assert options.parse_scores("none") == ()

@@ -234,6 +234,35 @@ def test_export_quantized_trained_model_passes_on_the_task(tmp_path: Path) -> No
     assert "a top-1 in parentheses is the worst case's, not judged there" in text
 
 
+def test_an_int8_ctc_output_declared_is_judged_by_its_greedy_decodes(tmp_path: Path) -> None:
+    """users60 F4: --ctc (Python ``ctc=``) judges a CTC output by what a greedy decoder reads.
+    Here the sweep's random features decode to few symbols, so its frames are judged too; on
+    the user's batch of features x30 two rows read otherwise, and it is refused for that."""
+    from tests.test_pipeline import _time_major_batch
+    from tests.test_verification import MANIFEST, TRAINED
+
+    out = tmp_path / "q.onnx"
+    _, result = export_trained("time_major_ctc", out, quantize="int8", ctc=["output"])
+    (check,) = next(c for c in result.verification.cases if c.lengths_mode == WHOLE_SWEEP).outputs
+    assert check.passed and check.blank == 0 and check.decoded_rows > 50
+    assert check.decoded_symbols < 200 and check.top1 >= 0.995  # few symbols: top-1 judged too
+    summary = result.verification.summary()
+    assert re.search(
+        r"'output': greedy CTC decodes \(blank 0\): \d+ edits? in \d+ symbols", summary
+    )
+    assert "top-1 agreement at least" in summary
+    assert GraphSpec.from_onnx(out).outputs[0].ctc_blank == 0
+    loud = _time_major_batch(tmp_path / "loud.npz", 30.0)
+    entry = MANIFEST["time_major_ctc"]
+    args = [str(TRAINED / "time_major_ctc.pt"), "-o", str(tmp_path / "c.onnx"), "--quantize",
+            "int8", "--model-class", entry["class"], "--model-kwargs", json.dumps(entry["kwargs"]),
+            "--input-size", "8", "--ctc", "output", "--load-inputs", str(loud)]  # fmt: skip
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and not (tmp_path / "c.onnx").exists(), refused.output
+    assert re.search(r"greedy CTC decodes \(blank 0\): \d+ edits in \d+ symbols", refused.output)
+    assert "only the greedy CTC decodes fail ('output'; its relative L2" in refused.output
+
+
 def test_int8_valid_steps_do_not_depend_on_what_the_padding_holds(tmp_path: Path) -> None:
     """DynamicQuantizeLSTM quantizes its whole input with one scale: the graph zeroes the
     steps past each row's length first, so a loud padding (never read by the model) leaves the

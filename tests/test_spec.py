@@ -53,6 +53,17 @@ def test_json_round_trip():
     assert original.inputs[1].time_axis is None
 
 
+def test_a_ctc_output_is_recorded_and_files_without_one_stay_readable_by_0_7_0():
+    """``ctc_blank`` (export's --ctc) is written only where an output is declared CTC, as
+    ``untraced`` is: birnn-export 0.7.0 refuses a tensor field it does not know."""
+    plain = json.loads(spec().to_json())
+    assert all("ctc_blank" not in t for t in plain["inputs"] + plain["outputs"])
+    output = dataclasses.replace(spec().outputs[0], ctc_blank=1)
+    declared = dataclasses.replace(spec(), outputs=(output,))
+    assert json.loads(declared.to_json())["outputs"][0]["ctc_blank"] == 1
+    assert GraphSpec.from_json(declared.to_json()) == declared
+
+
 def test_a_batch_not_first_is_told_to_servers():
     """Triton batches on the first axis: a time-major output ([T, batch, C], a CTC model's)
     would be cut along time, and nothing said so (users56 F2)."""
@@ -625,6 +636,10 @@ def _edited(change: Any) -> str:
         (lambda d: d["outputs"][0].update(role="tags"), "tags are integer ids over"),
         (lambda d: d.update(inputs=d["inputs"] * 2), "two tensors are named 'ids'"),
         (lambda d: d.update(untraced=[{"seq": 5}] * 65), "65 points; the export records at most"),
+        (lambda d: d["outputs"][0].update(ctc_blank=2), r"outputs\[0\].ctc_blank: 2 is not a"),
+        (lambda d: d["outputs"][0].update(ctc_blank=True), r"outputs\[0\].ctc_blank: True is"),
+        (lambda d: d["outputs"][0].update(ctc_blank=-1), r"outputs\[0\].ctc_blank: -1 is not"),
+        (lambda d: d["outputs"][0].update(ctc_blank="0"), r"outputs\[0\].ctc_blank: wrong type"),
     ],
 )
 def test_metadata_values_that_would_break_a_command_are_refused(change: Any, told: str) -> None:
