@@ -1011,7 +1011,14 @@ def _over_the_shapes(check: Check) -> str:
 
 
 def _judgement(check: Check) -> dict[str, Any]:
-    """A sweep check as the JSON report has it."""
+    """A sweep check as the JSON report has it (with its greedy CTC decodes', where read)."""
+    decodes = {
+        "ctc_blank": check.blank,
+        "decoded_rows": check.decoded_rows,
+        "decoded_rows_differing": check.decoded_rows_differ,
+        "decoded_symbols": check.decoded_symbols,
+        "decoded_edits": check.decoded_edits,
+    }
     return {
         "output": check.name,
         "passed": check.passed,
@@ -1021,6 +1028,7 @@ def _judgement(check: Check) -> dict[str, Any]:
         "top1_limit": check.top1_limit,
         "positions": check.top1_decisive,
         "positions_differing": check.top1_missed,
+        **(decodes if check.decoded_rows else {}),
         "text": _over_the_shapes(check),
     }
 

@@ -938,3 +938,22 @@ def test_an_unavailable_engines_row_keeps_its_status_column_beside_int8() -> Non
     unavailable = next(cells for cells in lines if "trt-rtx" in cells[1])
     assert unavailable[status].strip() == "unavailable"
     assert next(c for c in lines if "ort-int8" in c[1])[status - 1].strip() == "2.00x"
+
+
+def test_the_json_judgement_of_a_ctc_output_holds_its_decodes() -> None:
+    """An int8 engine's judgement of an output declared CTC (--ctc) is its greedy decodes':
+    the JSON keeps their counts beside top-1's."""
+    from birnn_export.bench import _judgement
+    from birnn_export.compare import Check
+
+    check = Check(
+        "log_probs", "sequence", "sweep", 0.1, 0.1, 0.01, False, rel_l2=0.01, rel_l2_limit=0.05,
+        top1=0.999, top1_limit=0.995, top1_decisive=900, top1_missed=1, decoded_rows=30,
+        decoded_rows_differ=3, decoded_symbols=250, decoded_edits=4, blank=0,
+    )  # fmt: skip
+    saved = _judgement(check)
+    assert (saved["decoded_edits"], saved["decoded_symbols"], saved["ctc_blank"]) == (4, 250, 0)
+    assert saved["decoded_rows_differing"] == 3 and not saved["passed"]
+    assert (saved["positions"], saved["positions_differing"]) == (900, 1)  # review38 M23
+    assert "greedy CTC decodes (blank 0): 4 edits in 250 symbols (1.60%" in saved["text"]
+    assert "over the shapes measured" in saved["text"]

@@ -229,6 +229,7 @@ def test_an_output_declared_ctc_is_judged_by_its_greedy_decodes() -> None:
     assert moved.passed and moved.decoded_symbols == 420 and moved.decoded_edits == 0
     assert moved.top1 == pytest.approx(1 - 20 / 1260)
     assert "0 edits in 420 symbols (0.00%, limit 0.5% or 1), 0 of 60 rows" in moved.describe()
+    assert "over the sweep (1 case, 1260 positions)" in moved.describe()  # one case: "1 case"
     assert moved.limit == "L2 < 0.05, decode edits <= 0.5%"
     undeclared = _ctc_sweep(60, moved=20, changed=0, blank=None)
     assert not undeclared.passed and undeclared.decoded_edits == 0  # told, not judged

@@ -358,7 +358,23 @@ def test_python_callers_are_told_the_keyword_arguments(tmp_path: Path) -> None:
         export_onnx(layer, path, quantize="int8", dtype="float16")
     with pytest.raises(ExportError, match=re.escape("--no-verify (verify=False) skips")):
         export_onnx(layer, path, verify=False, atol=1e-3)
-    assert not path.exists()
+    # a saved inputs file that is not there is told before the trace and its verification
+    traced = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("birnn_export.export.trace_graph", lambda *a, **k: traced.append(1) or 1 / 0)
+        with pytest.raises(ExportError, match=r"load_inputs: .*nosuch\.npz: no such file"):
+            export_onnx(layer, path, load_inputs=tmp_path / "nosuch.npz")
+    assert not traced and not path.exists()
+
+
+def test_the_export_report_json_holds_no_nan_or_infinity() -> None:
+    """An infinite error (a NaN the graph wrote) is null in the --json file: Python's json
+    writes ``Infinity``, which strict readers (jq, JavaScript) refuse."""
+    from types import SimpleNamespace
+
+    report = SimpleNamespace(to_dict=lambda: {"error": float("inf"), "cases": (float("nan"),)})
+    text = ExportReport.to_json(report)  # type: ignore[arg-type]
+    assert json.loads(text, parse_constant=lambda c: 1 / 0) == {"error": None, "cases": [None]}
 
 
 def _time_major_batch(path: Path, scale: float) -> Path:

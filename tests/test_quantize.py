@@ -261,6 +261,10 @@ def test_an_int8_ctc_output_declared_is_judged_by_its_greedy_decodes(tmp_path: P
     assert refused.exit_code == 1 and not (tmp_path / "c.onnx").exists(), refused.output
     assert re.search(r"greedy CTC decodes \(blank 0\): \d+ edits in \d+ symbols", refused.output)
     assert "only the greedy CTC decodes fail ('output'; its relative L2" in refused.output
+    # the saved inputs are what to replay (review38 M19)
+    assert re.search(
+        rf"To study the failure: .* --load-inputs {re.escape(str(loud))}$", refused.output, re.M
+    )
 
 
 def test_int8_valid_steps_do_not_depend_on_what_the_padding_holds(tmp_path: Path) -> None:
@@ -498,6 +502,7 @@ def test_bench_times_float_and_int8_side_by_side(tmp_path: Path) -> None:
     data = json.loads(report.to_json())
     (saved,) = data["judged_over_the_shapes"]["ort-int8"]
     assert saved["top1_agreement"] == judged.top1 and saved["relative_l2"] == judged.rel_l2
+    assert "decoded_edits" not in saved  # a tagger's logits: no CTC decodes
     assert data["results"][1]["speedup_vs_ort_cpu"] == int8.speedup_vs_ort_cpu
     console = Console(record=True, width=220)
     console.print(render_table(report))
