@@ -27,7 +27,9 @@ def no_nvidia_gpu() -> str:
     import glob
     import sys
 
-    if sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
+    # WSL 2 reaches the GPU through /dev/dxg, with no /dev/nvidia* node
+    nodes = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/dxg")
+    if sys.platform.startswith("linux") and not nodes:
         return "there is no NVIDIA GPU here (no /dev/nvidia* device), which it needs first; "
     return ""
 

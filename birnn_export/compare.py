@@ -259,8 +259,9 @@ class Check:
             if self.blank is None:  # top-1 judges it; its decodes, if any, are told
                 decodes = f"; {self.decodes_agreement()}" if self.decoded_rows else ""
                 return text + (f", {judged}" if judged else "") + decodes
-            text += f", {self.decodes_agreement()}"  # its decodes judge it (and on few symbols
-            if not top1:  # its frames' top-1 too)
+            # its decodes judge it, and on few symbols its frames' top-1 too
+            text += f", {self.decodes_agreement()}"
+            if not top1:
                 return text
             if self.decoded_symbols >= MIN_DECODED_SYMBOLS:
                 return f"{text}; {top1} of its frames"

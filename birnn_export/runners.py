@@ -688,15 +688,19 @@ def unavailable_reason(engine: str) -> str | None:
             import onnxruntime as ort
         except ImportError as exc:
             return f"{engine}: onnxruntime is not importable ({exc}); pip install onnxruntime"
+        from birnn_export.base_runner import no_nvidia_gpu
+
         provider = _ORT_PROVIDERS[engine]
         if provider not in ort.get_available_providers():
-            from birnn_export.base_runner import no_nvidia_gpu
-
             hint = "pip install onnxruntime-gpu (replacing onnxruntime)"
             return (
                 f"{engine}: {no_nvidia_gpu()}this onnxruntime build has no {provider} "
                 f"(available: {', '.join(ort.get_available_providers())}); {hint}"
             )
+        if provider != "CPUExecutionProvider" and no_nvidia_gpu():
+            # onnxruntime-gpu without a GPU: a session would drop the provider after pages of
+            # warnings about CUDA libraries, which are not what is missing (review39 F1)
+            return f"{engine}: {no_nvidia_gpu()}this onnxruntime build's {provider} runs on one"
         return None
     from birnn_export import trt
 

@@ -180,3 +180,30 @@ def test_a_gpu_engine_says_first_that_there_is_no_gpu(monkeypatch) -> None:
     assert no_nvidia_gpu().startswith("there is no NVIDIA GPU here (no /dev/nvidia* device)")
     monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0"])
     assert no_nvidia_gpu() == ""
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/dxg"] if "dxg" in pattern else [])
+    assert no_nvidia_gpu() == ""  # WSL 2: the GPU is reached through /dev/dxg
+
+
+def test_onnxruntime_gpu_without_a_gpu_says_there_is_none(monkeypatch) -> None:
+    """onnxruntime-gpu installed on a machine without a GPU lists CUDAExecutionProvider; the
+    session then dropped it after ONNX Runtime's warnings about cuDNN and CUDA libraries, and the
+    reason given was only that it was not activated (review39 F1)."""
+    import glob
+    import sys
+
+    import onnxruntime as ort
+
+    from birnn_export.runners import unavailable_reason
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu_build)
+    for engine, provider in (("ort-cuda", "CUDA"), ("ort-trt", "Tensorrt")):
+        assert unavailable_reason(engine) == (
+            f"{engine}: there is no NVIDIA GPU here (no /dev/nvidia* device), which it needs "
+            f"first; this onnxruntime build's {provider}ExecutionProvider runs on one"
+        )
+    assert unavailable_reason("ort-cpu") is None and unavailable_reason("ort-int8") is None
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0"])
+    assert unavailable_reason("ort-cuda") is None  # a GPU: the session tells the rest

@@ -128,3 +128,23 @@ def test_the_command_lines_defaults_are_the_librarys() -> None:
     assert tuple(params["layout"].type.choices) == LAYOUTS
     verify_params = {p.name: p for p in main.get_command(None, "verify").params}
     assert verify_params["memory_budget"].default * 2**30 == DEFAULT_MEMORY_BUDGET
+
+
+def test_the_tools_own_warnings_are_written_as_its_notes(monkeypatch) -> None:
+    """A warning of birnn-export's own (two onnxruntime builds installed) printed as Python's
+    ``runners.py:686: RuntimeWarning: ...`` and its source line (review39 F4); others keep
+    Python's form, which names the model's line that raised them."""
+    import sys
+    import warnings
+
+    import birnn_export.cli as cli
+    from birnn_export import runners
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.setattr(sys, "argv", ["birnn-export", "--version"])
+    with pytest.raises(SystemExit):
+        cli.run()
+    ours = warnings.formatwarning("keep one", RuntimeWarning, runners.__file__, 686)
+    assert ours == "warning: keep one\n"
+    theirs = warnings.formatwarning("deprecated", UserWarning, "/m/model.py", 3, "x = 1")
+    assert theirs.startswith("/m/model.py:3: UserWarning: deprecated")
