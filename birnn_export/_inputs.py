@@ -697,10 +697,7 @@ def _infer(
         how_major = " (time-major: the model runs batch_first=False)"
     elif swap_time_major and input_size is None:
         time_major = True
-        how_major = (
-            " [seq, batch]: the model runs on that order, its time-major (batch_first=False) "
-            "recurrent layer's, not on [batch, seq]"
-        )
+        how_major = " [seq, batch]: the model runs on that order, not on [batch, seq]"
     if input_size is not None:
         dims: tuple[int | str, ...] = (BATCH, SEQ, input_size)
         role, how = "features", f"--input-size {input_size}, input_size={input_size}"

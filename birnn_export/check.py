@@ -256,9 +256,10 @@ def check_compatibility(
         )
     model, source = _load(onnx_path_or_model)
     path = None if model is onnx_path_or_model else Path(onnx_path_or_model)
+    lead = _int8_graph(model, target)  # said first, whatever follows
     static = _Checker(model, target, path).run()
     if target != "tensorrt" or tensorrt == "static":
-        return CheckReport(target=target, source=source, findings=tuple(static))
+        return CheckReport(target=target, source=source, findings=(*lead, *static))
     library = _tensorrt_library(tensorrt)
     if library is None:
         if batch is not None or seq is not None:  # said, not dropped (review35 R7)
@@ -270,7 +271,7 @@ def check_compatibility(
                     "install tensorrt-rtx builds without a GPU)",
                 )
             )
-        return CheckReport(target, source, tuple(static), checked_with=STATIC)
+        return CheckReport(target, source, (*lead, *static), checked_with=STATIC)
     build = _real_build(onnx_path_or_model, model, library, batch=batch, seq=seq)
     if build.parsed:  # the parser imported every op: the static op list has nothing to add
         static = [f for f in static if _NO_IMPORTER not in f.message]
@@ -280,8 +281,34 @@ def check_compatibility(
         findings += [verdict, *(f for f in static if f.node == verdict.node != "graph")]
     findings += [f for f in static if f not in findings]
     return CheckReport(
-        target, source, tuple(findings), checked_with=f"{library} parser and builder", build=build
+        target,
+        source,
+        (*lead, *findings),
+        checked_with=f"{library} parser and builder",
+        build=build,
     )
+
+
+def _int8_graph(model: Any, target: str) -> list[Finding]:
+    """The one line that says it all for a graph written with ``--quantize int8``: it runs on
+    ONNX Runtime's CPU only; the errors of each of its int8 nodes follow (users61 F5)."""
+    from birnn_export.spec import INT8, GraphSpec
+
+    try:
+        quantized = GraphSpec.from_onnx(model).quantization == INT8
+    except BiRNNExportError:  # not birnn-export's graph: its nodes tell
+        return []
+    if not quantized:
+        return []
+    return [
+        Finding(
+            "error",
+            "graph",
+            f"an int8 graph (written with --quantize int8) runs on ONNX Runtime CPU only "
+            f"(engine ort-cpu), not on {target}: check the float graph, exported without "
+            "--quantize; its int8 nodes follow",
+        )
+    ]
 
 
 def _tensorrt_library(choice: str) -> Any:

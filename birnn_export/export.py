@@ -479,6 +479,7 @@ def _trace_graph(
     asked, notes = layout, []
     rnn_islands = _float32_nodes(proto, dtype, ("RNN",))  # before scan writes them as loops
     if layout in ("scan", "packed"):
+        cells = any(n.op_type in ("LSTM", "GRU") for n in proto.graph.node)
         try:  # packed: LSTM and GRU nodes packed, RNN nodes as loops (faster than packed)
             packed = pack_recurrent_nodes(proto) if layout == "packed" else 0
             looped = scan_rnn_nodes(proto)
@@ -486,7 +487,7 @@ def _trace_graph(
             raise ExportError(f"layout {layout}: {exc}; use --layout fused") from None
         layout = "packed" if packed else "scan" if looped else "fused"
         if layout != asked:
-            notes.append(_layout_note(asked, layout))
+            notes.append(_layout_note(asked, layout, cells))
     looped = rnn_islands if layout in ("scan", "packed") else collections.Counter()
     notes += _float32_islands(proto, dtype, looped) + _unread_inputs(proto)
     notes += [_FLOAT64_NOTE.format(dtype=dtype)] * doubled
@@ -1281,10 +1282,15 @@ def _declare_hint(
 _TWO_STATES = re.compile(r"lstm expects two hidden states|expected a tuple \(h_0, c_0\)", re.I)
 
 
-def _layout_note(asked: str, layout: str) -> str:
+def _layout_note(asked: str, layout: str, has_lstm_or_gru: bool = True) -> str:
     """Why ``--layout asked`` wrote the ``layout`` graph (recorded as that)."""
     if asked == "scan":
         why = "the model has no plain RNN layer (scan rewrites RNN nodes only)"
+    elif layout == "scan" and not has_lstm_or_gru:
+        why = (
+            "the model has no LSTM or GRU layer, the only nodes packed (its RNN layers are "
+            "loops over their lengths)"
+        )
     elif layout == "scan":
         why = "no LSTM or GRU node takes lengths, so none is packed (its RNN nodes are loops)"
     else:

@@ -178,6 +178,26 @@ def test_int64_input_is_info_for_tensorrt() -> None:
     assert any("'lengths' is int64" in m for m in _messages(report, "info"))
 
 
+def test_an_int8_graph_is_told_first_that_it_runs_on_the_cpu_alone() -> None:
+    """check --target tensorrt on a --quantize int8 graph listed five parser errors, one per
+    int8 node, where the export had said in one line that it runs on ONNX Runtime CPU only
+    (users61 F5): that line comes first."""
+    from birnn_export.spec import INT8
+
+    model = recurrent_graph()
+    int8 = replace(_spec(), quantization=INT8).to_json()
+    helper.set_model_props(model, {METADATA_KEY: int8})
+    for target in ("tensorrt", "ort-cuda"):
+        first = static_check(model, target=target).findings[0]
+        assert (first.severity, first.node) == ("error", "graph")
+        assert first.message.startswith(
+            f"an int8 graph (written with --quantize int8) runs on ONNX Runtime CPU only "
+            f"(engine ort-cpu), not on {target}: check the float graph"
+        )
+    float_graph = static_check(recurrent_graph(), target="ort-cuda")
+    assert not any("int8" in f.message for f in float_graph.findings)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Graphs written by the real exporter, fused and split (the split one has ReverseSequence)."""

@@ -3915,3 +3915,13 @@ def test_a_list_of_sequences_is_told_to_pack_the_padded_batch(tmp_path, model) -
     assert "(packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False))" in message
     assert "pack_padded_sequence(x, lengths, batch_first=True, " in message
     assert "symbolic" not in message and not list(tmp_path.iterdir())
+
+
+def test_a_packed_layout_without_lstm_or_gru_says_so() -> None:
+    """users61 F2: on a model of relu RNN layers alone the note said no LSTM or GRU node takes
+    lengths, which read as if its lengths were lost."""
+    note = export_module._layout_note("packed", "scan", has_lstm_or_gru=False)
+    assert "the model has no LSTM or GRU layer, the only nodes packed" in note
+    assert "takes lengths" not in note
+    kept = export_module._layout_note("packed", "scan", has_lstm_or_gru=True)
+    assert "no LSTM or GRU node takes lengths, so none is packed" in kept

@@ -23,7 +23,9 @@ def _steady(lines: list[str]) -> list[str]:
     """Lines without what varies between runs (timings, sizes of engines, error ratios)."""
     skip = ("Done in", "  info: graph: tensorrt")
     steady = [line for line in lines if not line.startswith(skip)]
-    pattern = r"[0-9.e+-]+x \S+ \S+ own \([^)]*\)|[0-9.e+-]+ of the limit"
+    pattern = (
+        r"[0-9.e+-]+x \S+ \S+ own \([^)]*\)( \(over 8x within [^)]*\))?|[0-9.e+-]+ of the limit"
+    )
     return [re.sub(pattern, "N", line) for line in steady]
 
 

@@ -867,6 +867,20 @@ def test_json_report_writes_non_finite_numbers_as_null() -> None:
     assert out["max_abs"] is None and out["mean_abs"] is None and out["passed"] is False
 
 
+def test_a_pass_over_8x_eagers_error_says_the_floor_let_it() -> None:
+    """ "at most 26x eager float32's own ... PASS" read as a broken rule to a reader who knows
+    the 8x factor: where eager is nearly exact, the limit's ulp floor passed it (users61 F4)."""
+    floored = Check("y", "sequence", "values", 2.6e-7, 0.0, 0.0, True, noise=1e-8, threshold=1e-6)
+    case = CaseResult("ort-cpu", 1, 2, "full", 1.0, 0, None, (floored,))
+    report = VerifyReport("m.onnx", "ref", "float32", ("ort-cpu",), {}, (case,))
+    summary = report.summary()
+    assert "at most 26x eager " in summary and "'s own (output 'y', " in summary
+    assert "(over 8x within the limit's 8-ulp floor: eager's own error there is tiny)" in summary
+    within = dataclasses.replace(floored, max_abs=7e-8)
+    report = dataclasses.replace(report, cases=(dataclasses.replace(case, outputs=(within,)),))
+    assert "7x eager" in report.summary() and "over 8x" not in report.summary()
+
+
 def test_a_graph_problem_fails_the_report_whose_cases_pass() -> None:
     """A problem found in the graph (a padding the int8 graph zeroes but the model reads) fails
     the verdict however the numbers came out (review29 R1: passing it went unseen)."""
