@@ -840,10 +840,19 @@ def undeclared_ctc_note(
                 notes.append(
                     f"{DECODES_CHANGED}({result.engine}, output {c.name!r}, blank 0): "
                     f"{c.decodes_agreement(named=False)}: if it feeds a CTC decoder, export "
-                    f"with --ctc {c.name} (Python: ctc=[...]) to judge it by its decodes, which "
-                    "refuses this graph"
+                    f"with {_ctc_flag([c])} to judge it by its decodes, which refuses this "
+                    "graph where its blank is class 0"
                 )
     return notes
+
+
+#: Where to judge an int8 CTC output on batches of one's own: verify's --load-inputs judges
+#: them in place of the sweep's random features (an export's judges them besides the sweep).
+_OWN_BATCHES = (
+    "birnn-export verify GRAPH --model MODEL --load-inputs BATCHES.npz judges batches of your own "
+    "in place of the sweep's random features (an export with --load-inputs judges both: write "
+    "the graph with --no-verify first)"
+)
 
 
 def _task_failed(failed: Sequence[Check]) -> str | None:
@@ -852,20 +861,25 @@ def _task_failed(failed: Sequence[Check]) -> str | None:
     outputs declared CTC (or their frames' top-1, where the decodes hold few symbols)."""
     if not failed or any(c.rel_l2 is None or c.rel_l2 >= (c.rel_l2_limit or 0) for c in failed):
         return None
-    names = ", ".join(repr(c.name) for c in failed)
     if any(c.blank is not None for c in failed):
         if not all(c.blank is not None for c in failed):
             return None
-        if all(c.decoded_edits > 1 for c in failed):  # more than the limit's "or one"
-            return (
-                f"only the greedy CTC decodes fail ({names}; its relative L2 error is within "
-                "the limit): the int8 graph changes what is read: keep float32"
+        read = [c for c in failed if c.decoded_edits > 1]  # past the limit's "or one"
+        thin = [c for c in failed if c.decoded_edits <= 1]  # few symbols: its top-1 failed
+        parts = []
+        if read:
+            parts.append(
+                f"the greedy CTC decodes of {_names(read)} fail: the int8 graph changes what is "
+                "read: keep float32"
             )
-        return (
-            f"only top-1 agreement fails ({names}; its relative L2 error is within the limit) "
-            f"where its decodes hold under {MIN_DECODED_SYMBOLS} symbols, too few to judge it "
-            "by alone: judge it on more of your batches (--load-inputs), or keep float32"
-        )
+        if thin:
+            parts.append(
+                f"top-1 of {_names(thin)} fails where its decodes hold under "
+                f"{MIN_DECODED_SYMBOLS} symbols, too few to judge it by alone: judge it on "
+                f"batches of your own that hold more ({_OWN_BATCHES}), or keep float32"
+            )
+        return "only the task fails (relative L2 error within the limit): " + "; ".join(parts)
+    names = _names(failed)
     fails = f"only top-1 agreement fails ({names}; its relative L2 error is within the limit)"
     what = (
         "where it holds class scores, the int8 graph loses the task there: keep float32; where "
@@ -880,16 +894,27 @@ def _task_failed(failed: Sequence[Check]) -> str | None:
     enough = (
         ""
         if symbols >= MIN_DECODED_SYMBOLS
-        else f" where they hold {MIN_DECODED_SYMBOLS} symbols or more (these hold {symbols}: "
-        "judge it on more of your batches, --load-inputs)"
+        else f" where they hold {MIN_DECODED_SYMBOLS} symbols or more (these hold {symbols}; "
+        f"{_OWN_BATCHES})"
     )
     return (
-        f"{fails}, and the greedy CTC decodes (blank 0) of "
-        f"{', '.join(repr(c.name) for c in readable)} agree in all "
+        f"{fails}, and the greedy CTC decodes (blank 0) of {_names(readable)} agree in all "
         f"{sum(c.decoded_rows for c in readable)} rows: if it feeds a CTC decoder, the frames "
-        f"that differ only move where a symbol starts, and --ctc "
-        f"{','.join(c.name for c in readable)} (Python: ctc=[...]) judges it by its decodes"
-        f"{enough}; otherwise, {what}"
+        f"that differ only move where a symbol starts, and {_ctc_flag(readable)} judges it by "
+        f"its decodes{enough}; otherwise, {what}"
+    )
+
+
+def _names(checks: Sequence[Check]) -> str:
+    return ", ".join(repr(c.name) for c in checks)
+
+
+def _ctc_flag(checks: Sequence[Check]) -> str:
+    """The export option that declares ``checks``' outputs CTC, as advice."""
+    names = ",".join(c.name for c in checks)
+    return (
+        f"--ctc {names} (NAME=BLANK where the blank is not class 0; Python: ctc=[...] or "
+        "{NAME: BLANK})"
     )
 
 

@@ -237,7 +237,7 @@ graph_options = option_group(
             help="The outputs that hold CTC scores along time, [batch, time, classes] (blank "
             "class 0 unless given; recorded in the graph): an int8 graph is judged by their "
             "greedy decodes (edits <= 0.5% of the symbols, or one) instead of each frame's "
-            "top-1.",
+            "top-1, and by both where the decodes hold under 200 symbols.",
         ),
     ],
 )

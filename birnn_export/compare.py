@@ -326,9 +326,8 @@ class Check:
         if self.role == "tags":  # an int8 case's valid tags are judged over the sweep
             return "exact" if self.top1 is None else "padding exact, <= 25% differ"
         if self.top1_limit is not None and self.blank is not None:
-            edits = (
-                f"L2 < {self.rel_l2_limit:g}, decode edits <= {100 * (1 - self.top1_limit):.2g}%"
-            )
+            share = 100 * (1 - self.top1_limit)
+            edits = f"L2 < {self.rel_l2_limit:g}, decode edits <= {share:.2g}% or 1"
             if self.decoded_symbols >= MIN_DECODED_SYMBOLS:
                 return edits
             return f"{edits}, top-1 >= {100 * self.top1_limit:g}%"

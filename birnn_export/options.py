@@ -79,7 +79,10 @@ def parse_ctc(text: str) -> dict[str, int]:
     """``--ctc``: ``"log_probs"`` -> ``{"log_probs": 0}``, ``"log_probs=27"`` ->
     ``{"log_probs": 27}`` (the blank class, 0 unless given)."""
     parts = [part.partition("=") for part in text.split(",")]
-    bad = next((p for p in parts if p[1] and not re.fullmatch(r"\s*\d{1,9}\s*", p[2])), None)
+    bad = next(
+        (p for p in parts if p[1] and not (p[0].strip() and re.fullmatch(r"\s*\d{1,9}\s*", p[2]))),
+        None,
+    )
     if bad is not None:
         raise UsageError(
             "--ctc: expected NAME or NAME=BLANK (the blank class, an int >= 0) such as "

@@ -288,47 +288,95 @@ def test_an_int8_sweep_failing_only_top1_says_scores_none() -> None:
     assert not both.passed and both.diagnosis is None  # the values are off too
 
 
+def _ctc_values(name: str, missed: int, edits: int, symbols: int, blank: int | None) -> Check:
+    """An int8 case's values check of a CTC output: ``missed`` of 211 frames and ``edits`` of
+    its decodes' ``symbols`` differ, in 12 rows."""
+    return Check(
+        name, "sequence", "values", 0.1, 0.1, 0.01, True, rel_l2=0.01, reference_l2=1.0,
+        top1=0.99, top1_decisive=211, top1_missed=missed, decoded_rows=12,
+        decoded_rows_differ=min(edits, 12), decoded_symbols=symbols, decoded_edits=edits,
+        blank=blank,
+    )  # fmt: skip
+
+
+def _ctc_swept(*values: Check) -> CaseResult:
+    from birnn_export._case import sweep_checks
+    from birnn_export.compare import QuantizedCriterion
+
+    case = CaseResult("ort-cpu", 12, 29, "ragged", 1.0, 0, (12, 29, 12), values)
+    criteria = {"ort-cpu": {v.name: QuantizedCriterion() for v in values}}
+    (result,) = sweep_checks([case], criteria, 0)
+    return result
+
+
 def test_an_int8_ctc_output_is_told_what_its_decodes_say() -> None:
     """users60 F4: a CTC model's int8 graph refused at 99.05% top-1 while every row's greedy
     decode agreed; the refusal said the graph "loses the task". It now says the decodes agree
     and names --ctc, and, declared, whether the decodes or too few symbols refused it."""
-    from birnn_export._case import sweep_checks, undeclared_ctc_note
+    from birnn_export._case import undeclared_ctc_note
     from birnn_export.compare import QuantizedCriterion
 
     def swept(missed: int, edits: int, symbols: int, blank: int | None) -> CaseResult:
-        values = Check(
-            "log_probs", "sequence", "values", 0.1, 0.1, 0.01, True, rel_l2=0.01,
-            reference_l2=1.0, top1=0.99, top1_decisive=211, top1_missed=missed, decoded_rows=12,
-            decoded_rows_differ=min(edits, 12), decoded_symbols=symbols, decoded_edits=edits,
-            blank=blank,
-        )  # fmt: skip
-        case = CaseResult("ort-cpu", 12, 29, "ragged", 1.0, 0, (12, 29, 12), (values,))
-        (result,) = sweep_checks([case], {"ort-cpu": {"log_probs": QuantizedCriterion()}}, 0)
-        return result
+        return _ctc_swept(_ctc_values("log_probs", missed, edits, symbols, blank))
 
     agree = swept(missed=2, edits=0, symbols=240, blank=None)
     assert not agree.passed
-    assert "decodes (blank 0) of 'log_probs' agree in all 12 rows" in (agree.diagnosis or "")
-    assert "--ctc log_probs (Python: ctc=[...]) judges it by its decodes; otherwise" in (
-        agree.diagnosis or ""
-    )
+    told = agree.diagnosis or ""
+    assert "decodes (blank 0) of 'log_probs' agree in all 12 rows" in told
+    assert "--ctc log_probs (NAME=BLANK where the blank is not class 0; Python: ctc=[...]" in told
+    assert "judges it by its decodes; otherwise" in told
     few = swept(missed=2, edits=0, symbols=40, blank=None)
-    assert "where they hold 200 symbols or more (these hold 40" in (few.diagnosis or "")
-    assert swept(missed=2, edits=0, symbols=240, blank=0).passed
-    thin = swept(missed=2, edits=0, symbols=40, blank=0)
-    assert not thin.passed and "under 200 symbols, too few to judge it by alone" in (
-        thin.diagnosis or ""
+    assert "where they hold 200 symbols or more (these hold 40; birnn-export verify GRAPH" in (
+        few.diagnosis or ""
     )
+    differ = swept(missed=2, edits=1, symbols=240, blank=None)  # a row reads otherwise (M18)
+    assert "agree in all" not in (differ.diagnosis or "") and "--scores none" in (
+        differ.diagnosis or ""
+    )
+    assert swept(missed=2, edits=0, symbols=240, blank=0).passed
+    for edits in (0, 1):  # one edit is within the limit: the frames refused it (review40 M16)
+        thin = swept(missed=2, edits=edits, symbols=40, blank=0)
+        assert not thin.passed and (thin.diagnosis or "").startswith(
+            "only the task fails (relative L2 error within the limit): top-1 of 'log_probs' "
+            "fails where its decodes hold under 200 symbols, too few to judge it by alone: "
+            "judge it on batches of your own that hold more (birnn-export verify GRAPH"
+        )
+        assert "an export with --load-inputs judges both" in (thin.diagnosis or "")
     read = swept(missed=1, edits=3, symbols=240, blank=0)
-    assert not read.passed and "only the greedy CTC decodes fail" in (read.diagnosis or "")
+    assert not read.passed and read.diagnosis == (
+        "only the task fails (relative L2 error within the limit): the greedy CTC decodes of "
+        "'log_probs' fail: the int8 graph changes what is read: keep float32"
+    )
     # passed by top-1 alone, undeclared, with its decodes changed past a declared one's limit
     kept = swept(missed=1, edits=3, symbols=240, blank=None)
     assert kept.passed
-    (note,) = undeclared_ctc_note([kept], {"ort-cpu": {"log_probs": QuantizedCriterion()}})
+    criteria = {"ort-cpu": {"log_probs": QuantizedCriterion()}}
+    (note,) = undeclared_ctc_note([kept], criteria)
     assert note.startswith("int8 keeps top-1 but changes the greedy CTC decodes (ort-cpu, ")
     assert "3 edits in 240 symbols (1.25%), 3 of 12 rows differ: if it feeds" in note
+    # a case's own checks are not the sweep's judgement (review40 M20)
+    case = CaseResult(
+        "ort-cpu", 12, 29, "ragged", 1.0, 0, (12, 29, 12),
+        (_ctc_values("log_probs", 1, 3, 240, None),),
+    )  # fmt: skip
+    assert undeclared_ctc_note([case], criteria) == []
     calm = swept(missed=1, edits=1, symbols=240, blank=None)
-    assert undeclared_ctc_note([calm], {"ort-cpu": {"log_probs": QuantizedCriterion()}}) == []
+    assert undeclared_ctc_note([calm], criteria) == []
+
+
+def test_an_int8_diagnosis_speaks_of_each_ctc_output_that_failed() -> None:
+    """review40 F4, M17: two outputs declared CTC, one refused by its decodes and one by its
+    frames on few symbols, were both told the latter; a declared and an undeclared output failing
+    together get no one-cause diagnosis."""
+    both = _ctc_swept(_ctc_values("chars", 1, 3, 150, 0), _ctc_values("phones", 3, 0, 150, 0))
+    assert both.diagnosis == (
+        "only the task fails (relative L2 error within the limit): the greedy CTC decodes of "
+        "'chars' fail: the int8 graph changes what is read: keep float32; top-1 of 'phones' "
+        "fails where its decodes hold under 200 symbols, too few to judge it by alone: judge "
+        "it on batches of your own that hold more (" + both.diagnosis.split("hold more (")[1]
+    )
+    mixed = _ctc_swept(_ctc_values("chars", 1, 3, 150, 0), _ctc_values("phones", 3, 0, 150, None))
+    assert not mixed.passed and mixed.diagnosis is None
 
 
 @pytest.mark.parametrize("cause", [DEPENDS_ON_THE_BATCH, DEPENDS_ON_THE_PADDING])

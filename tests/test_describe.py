@@ -74,8 +74,21 @@ def test_a_time_major_output_is_noted_for_servers(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     path = tmp_path / "t.onnx"
-    export_onnx(TimeMajor().eval(), path, inputs=["x:float32[batch,seq,3]"], verify=False)
-    notes = [line for line in describe_lines(describe_onnx(path)) if line.startswith("  note:")]
+    # declared CTC (review40 M31, M32): a recurrent layer's own output is no linear head's
+    # class scores until declared so, and inspect says what it was declared
+    export_onnx(
+        TimeMajor().eval(), path, inputs=["x:float32[batch,seq,3]"], verify=False,
+        ctc={"output": 2},
+    )  # fmt: skip
+    from birnn_export.spec import GraphSpec
+
+    assert GraphSpec.from_onnx(path).outputs[0].classes is True
+    lines = describe_lines(describe_onnx(path))
+    assert (
+        "  output output: CTC scores, blank 2 (an int8 graph is judged by their greedy decodes)"
+        in lines
+    )
+    notes = [line for line in lines if line.startswith("  note:")]
     assert notes == [
         "  note: the batch is not the first axis of 'output': a server that batches requests on "
         "the first axis (Triton with max_batch_size > 0) would cut them along another; serve the "

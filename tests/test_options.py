@@ -111,7 +111,7 @@ def test_imports_neither_torch_nor_onnx() -> None:
 def test_ctc_names_outputs_and_their_blanks() -> None:
     assert options.parse_ctc("log_probs") == {"log_probs": 0}
     assert options.parse_ctc("log_probs=27, b = 3") == {"log_probs": 27, "b": 3}
-    for bad in ("x=", "x=a", "x=-1", "x=1=2"):
+    for bad in ("x=", "x=a", "x=-1", "x=1=2", "=3"):
         with pytest.raises(UsageError, match=r"--ctc: expected NAME or NAME=BLANK"):
             options.parse_ctc(bad)
     with pytest.raises(UsageError, match="--ctc: 'a' is given twice"):

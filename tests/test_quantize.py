@@ -725,3 +725,18 @@ def test_int8_inputs_note_is_for_float_features_only(tmp_path: Path) -> None:
     path = export_onnx(model, tmp_path / "m.onnx", verify=False, inputs=declared).path
     report = verify(path, model, engines=("ort-int8",), batch_sizes=(2,), seq_lens=(8,))
     assert report.cases and SWEEP_INPUTS_NOTE not in report.notes
+
+
+@pytest.mark.slow
+def test_an_int8_graph_whose_decodes_change_is_told_so_at_export(tmp_path: Path) -> None:
+    """The README's figure: crnn_ctc.pt's int8 graph keeps top-1 (99.72%) while 3 of its 65
+    rows read otherwise; the export passes it, undeclared, and says so (review40 M35, M37)."""
+    sample = Path(__file__).parent.parent / "sample_models" / "crnn_ctc.pt"
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, [str(sample), "-o", str(out), "--quantize", "int8"])
+    assert result.exit_code == 0 and out.exists(), result.output
+    assert (
+        "  note: int8 keeps top-1 but changes the greedy CTC decodes (ort-cpu, output 'output', "
+        "blank 0): 3 edits in 97 symbols (3.09%), 3 of 65 rows differ: if it feeds a CTC "
+        "decoder, export with --ctc output (NAME=BLANK"
+    ) in result.output
