@@ -260,11 +260,9 @@ class GraphSpec:
         data = dataclasses.asdict(self)
         if not data["untraced"]:  # files without it stay readable by earlier versions
             del data["untraced"]
-        for tensor in data["outputs"]:  # likewise
+        for tensor in data["inputs"] + data["outputs"]:  # likewise
             if tensor["ctc_blank"] is None:
                 del tensor["ctc_blank"]
-        for tensor in data["inputs"]:
-            del tensor["ctc_blank"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
