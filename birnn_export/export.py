@@ -573,13 +573,14 @@ def _ctc_blanks(ctc: Mapping[str, int] | Sequence[str] | None) -> dict[str, int]
     is neither."""
     if ctc is None:
         return {}
+    blanks: dict[Any, Any] | None = None
     if isinstance(ctc, Mapping):
         blanks = dict(ctc)
-    elif not isinstance(ctc, str) and all(isinstance(n, str) for n in ctc):
+    elif isinstance(ctc, Sequence) and not isinstance(ctc, str):
         blanks = dict.fromkeys(ctc, 0)
-    else:
-        blanks = {"": -1}  # refused below
-    if not all(isinstance(n, str) and type(b) is int and b >= 0 for n, b in blanks.items()):
+    if blanks is None or not all(
+        isinstance(n, str) and type(b) is int and b >= 0 for n, b in blanks.items()
+    ):
         raise ExportError(
             f"ctc: a list of output names (blank 0), e.g. ['log_probs'], or {{name: blank}}; "
             f"got {ctc!r}"[:300]

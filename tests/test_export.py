@@ -3850,7 +3850,7 @@ def test_ctc_outputs_are_recorded_and_what_cannot_be_one_refused(tmp_path):
     log_probs, pooled = made.spec.outputs
     assert (log_probs.ctc_blank, log_probs.classes, pooled.ctc_blank) == (3, True, None)
     assert export_module._ctc_blanks(["log_probs"]) == {"log_probs": 0}  # names alone: blank 0
-    for bad in ("log_probs", {"log_probs": -1}, {"log_probs": True}, [3]):
+    for bad in ("log_probs", 3, {"log_probs": -1}, {"log_probs": True}, [3]):
         with pytest.raises(ExportError, match=r"ctc: a list of output names \(blank 0\)"):
             export_module._ctc_blanks(bad)
     refused = {
