@@ -806,7 +806,7 @@ def sweep_checks(
             if check is not None:
                 checks.append(check)
         if checks:
-            why = _task_failed([c for c in checks if not c.passed])
+            why = _task_failed([c for c in checks if not c.passed], criteria)
             swept.append(
                 CaseResult(
                     engine, 0, 0, WHOLE_SWEEP, 1.0, seed, None, outputs=tuple(checks), diagnosis=why
@@ -855,7 +855,7 @@ _OWN_BATCHES = (
 )
 
 
-def _task_failed(failed: Sequence[Check]) -> str | None:
+def _task_failed(failed: Sequence[Check], criteria: Mapping[str, Criterion]) -> str | None:
     """Why an int8 graph failed, where only the task failed (each output's relative L2 error is
     within its limit): top-1 of outputs that may hold no class scores, or the greedy decodes of
     outputs declared CTC (or their frames' top-1, where the decodes hold few symbols)."""
@@ -864,8 +864,8 @@ def _task_failed(failed: Sequence[Check]) -> str | None:
     if any(c.blank is not None for c in failed):
         if not all(c.blank is not None for c in failed):
             return None
-        read = [c for c in failed if c.decoded_edits > 1]  # past the limit's "or one"
-        thin = [c for c in failed if c.decoded_edits <= 1]  # few symbols: its top-1 failed
+        read = [c for c in failed if not _decodes_kept(c, criteria)]
+        thin = [c for c in failed if _decodes_kept(c, criteria)]  # few symbols: top-1 failed
         parts = []
         if read:
             parts.append(
@@ -903,6 +903,13 @@ def _task_failed(failed: Sequence[Check]) -> str | None:
         f"that differ only move where a symbol starts, and {_ctc_flag(readable)} judges it by "
         f"its decodes{enough}; otherwise, {what}"
     )
+
+
+def _decodes_kept(check: Check, criteria: Mapping[str, Criterion]) -> bool:
+    """Whether a failing CTC output's decodes kept the task by its criterion's rule."""
+    criterion = criteria[check.name]
+    assert isinstance(criterion, QuantizedCriterion)  # only sweeps judge decodes
+    return criterion.decodes_kept(check.decoded_edits, check.decoded_symbols)
 
 
 def _names(checks: Sequence[Check]) -> str:
