@@ -679,7 +679,42 @@ def test_build_engine_for_real(exported) -> None:
     assert not config.get_flag(tensorrt_rtx.BuilderFlag.TF32)
     assert config.num_optimization_profiles == 1
     assert config.num_compute_capabilities == 0  # TensorRT-RTX's default targets
+    assert config.progress_monitor.step_complete("phase", 0)  # cancels only when interrupted
     assert json.loads(json.dumps(build.to_dict()))["engine_bytes"] == build.engine_bytes
+
+
+#: Ctrl-C (SIGINT to itself) as soon as the builder's thread runs, then a normal exit.
+_INTERRUPTED_BUILD = """
+import os, signal, sys, threading, time
+from birnn_export import trt
+
+def interrupt():
+    while not any(t.name == trt.BUILD_THREAD for t in threading.enumerate()):
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    trt.build_engine(sys.argv[1], library="tensorrt_rtx")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.tensorrt_rtx
+def test_ctrl_c_during_a_build_lets_the_process_exit_cleanly(exported) -> None:
+    """review41 F2: after Ctrl-C during a build, the builder's thread went on calling TensorRT's
+    logger back into Python while the interpreter shut down; ended there by pthread_exit, the
+    process aborted (exit 134, "FATAL: exception not rethrown": 5 of 5 runs before the fix).
+    The build is now cancelled and waited for at exit."""
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_BUILD, str(exported["fp32"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout == "interrupted\n", done.stderr[-2000:]
+    assert done.returncode == 0 and "FATAL" not in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.tensorrt_rtx
