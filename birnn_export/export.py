@@ -1545,7 +1545,15 @@ def _pack_for_tracing(
         # packed already: code that packs whatever is not a PackedSequence (Stanza's
         # PackedLSTM: `if not isinstance(input, PackedSequence)`) never packs one twice eagerly
         return input
-    lengths = lengths if isinstance(lengths, Tensor) else torch.as_tensor(lengths)
+    if not isinstance(lengths, Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except Exception as exc:  # users62 F2: the refusal named no list, only this line
+            raise _RefusedWhileTracing(
+                f"pack_padded_sequence{_calling_line()} is given its lengths as Python numbers "
+                "made of a tensor's values (.tolist(), int()), which the graph cannot depend "
+                "on: pass the lengths tensor itself"
+            ) from exc
     return TracedPack(input, lengths.to(torch.int64), batch_first)
 
 
@@ -1747,21 +1755,24 @@ def _traceable_packing(model: nn.Module, cuts: list[str], pads: list[float]) -> 
     swaps = {
         rnn_utils.pack_padded_sequence: _pack_for_tracing,
         rnn_utils.pad_packed_sequence: pad,
-        rnn_utils.pack_sequence: _refuse_pack_sequence,
+        rnn_utils.pack_sequence: functools.partial(_refuse_list, "pack_sequence", "packs"),
+        rnn_utils.pad_sequence: functools.partial(_refuse_list, "pad_sequence", "pads"),
     }
     with PackingSwap(model, swaps), torch.no_grad():
         yield
 
 
-class _PackedList(ExportError):
-    """``pack_sequence`` called while tracing: a list of sequences, which no graph takes."""
+class _RefusedWhileTracing(ExportError):
+    """Packing the trace cannot follow, told where it is called: ``pack_sequence`` or
+    ``pad_sequence`` (a list of sequences, which no graph takes), lengths as Python numbers."""
 
 
-def _refuse_pack_sequence(*args: Any, **kwargs: Any) -> Any:
-    """``pack_sequence`` while tracing: the model takes (or makes) a list of sequences, and the
-    trace of one froze its batch size (users41: the refusal told of len() and Python numbers)."""
-    raise _PackedList(
-        f"pack_sequence{_calling_line()} packs a list of sequences, and a graph takes tensors, "
+def _refuse_list(function: str, does: str, *args: Any, **kwargs: Any) -> Any:
+    """``pack_sequence`` or ``pad_sequence`` while tracing: the model takes (or makes) a list of
+    sequences, and the trace of one froze its batch size (users41: the refusal told of len() and
+    Python numbers; users62 F1: of a size to declare as a number, for ``pad_sequence``)."""
+    raise _RefusedWhileTracing(
+        f"{function}{_calling_line()} {does} a list of sequences, and a graph takes tensors, "
         "not a list of any length: take the padded batch and its lengths, forward(self, x, "
         "lengths), "
         "and pack them with pack_padded_sequence(x, lengths, batch_first=True, "
@@ -2239,7 +2250,7 @@ def _explain_trace_failure(
     do."""
     text = str(exc)
     causes = _causes(exc)
-    listed = next((c for c in causes if isinstance(c, _PackedList)), None)
+    listed = next((c for c in causes if isinstance(c, _RefusedWhileTracing)), None)
     if listed is not None:
         return str(listed)
     # torch.export's own wrapper says only that it failed: the cause says why
@@ -2259,7 +2270,7 @@ def _explain_trace_failure(
             f"{type(model).__name__} gives a recurrent layer a PackedSequence{unswapped} made by "
             "a pack_padded_sequence birnn-export could not swap for its traceable one (it "
             "reaches the modules of the model's classes and of the functions they import): "
-            "call it from there, or call the layer as out, h = self.rnn(x, lengths)"
+            f"call it from there, or {_BIRNN_CALL}"
         )
     packer = _packs_sequences(model)
     padder = _packs_sequences(model, pads_to_longest=True)
@@ -2343,6 +2354,15 @@ def _explain_trace_failure(
             "exporter's type promotion leaves them (a number made a tensor); where the call "
             "mixes int and float arguments (50 and 8000.0), give them one type (50.0, 8000.0)"
         )
+    attribute = next((m for c in causes for m in [_PACK_ATTRIBUTE.search(str(c))] if m), None)
+    if attribute:  # a head on PackedSequence.data, re-wrapped with its batch_sizes (users62 F3)
+        return (
+            f"{type(model).__name__}.forward uses a PackedSequence's .{attribute[1]}"
+            f"{_user_line(model, causes)}, which does not export (only pack_padded_sequence -> "
+            "recurrent layer -> pad_packed_sequence does): apply what it does with the packed "
+            "data (a head on .data, say) to pad_packed_sequence's padded output instead, the "
+            "same at valid steps"
+        )
     message = (
         f"torch.onnx.export failed for {type(model).__name__}{_user_line(model, causes)}: "
         f"{type(cause).__name__}: {_first_line(cause)}"
@@ -2415,10 +2435,18 @@ def _unswapped_packing(causes: Sequence[BaseException]) -> str:
 _NUMBER_OF_A_SIZE = re.compile(
     r"target=torch\.ops\.aten\.(\w+)\.(Scalar\w*)\]\(args = \([^)]*%sym_size_int"
 )
+#: Packing no swap reaches: the converted layer takes the lengths itself (users62 F3: the call
+#: alone, on the user's nn.LSTM, passes the lengths as its hidden state).
+_BIRNN_CALL = (
+    "make the layer a birnn_export.BiRNN (BiRNN.from_torch(layer)) and call it as out, h = "
+    "self.rnn(x, lengths)"
+)
+#: A PackedSequence's attribute the traced packing has none of (its .data is the padded batch).
+_PACK_ATTRIBUTE = re.compile(r"'TracedPack' object has no attribute '(\w+)'")
 _PACKING_HINT = (
     "its forward packs sequences: pack_padded_sequence -> recurrent layer -> "
     "pad_packed_sequence exports (the padded batch sorted before and restored after, too), "
     "other uses of a PackedSequence (its .data or .batch_sizes, indexing it) do not, nor "
     "lengths made Python numbers (.tolist(), int(), .numpy()): pass the lengths "
-    "tensor, or call the layer as out, h = self.rnn(x, lengths)"
+    f"tensor, or {_BIRNN_CALL}"
 )

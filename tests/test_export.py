@@ -594,6 +594,9 @@ def test_packing_the_swap_cannot_reach_is_named_with_its_line(tmp_path, monkeypa
     text = str(caught.value)
     assert "gives a recurrent layer a PackedSequence at seq_packer.py:8" in text
     assert "could not swap" in text and "Python number" not in text
+    # users62 F3: the call alone passes nn.LSTM the lengths as its hidden state
+    assert text.endswith("make the layer a birnn_export.BiRNN (BiRNN.from_torch(layer)) and call "
+                         "it as out, h = self.rnn(x, lengths)")  # fmt: skip
 
 
 def test_packing_functions_imported_inside_functions_export(tmp_path):
@@ -898,9 +901,40 @@ def test_lengths_made_python_numbers_before_packing_is_explained(tmp_path):
                                           enforce_sorted=False)  # fmt: skip
             return pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
 
-    with pytest.raises(ExportError, match=r"\.tolist\(\).*pass the lengths tensor"):
+    with pytest.raises(ExportError) as caught:
         export_onnx(ToList().eval(), tmp_path / "tolist.onnx", input_size=5)
     assert not (tmp_path / "tolist.onnx").exists()
+    # users62 F2: said the line made a Python number, though it only packs with one
+    message = str(caught.value)
+    assert message.startswith("pack_padded_sequence at test_export.py:")
+    assert "is given its lengths as Python numbers made of a tensor's values" in message
+    assert message.endswith("pass the lengths tensor itself")
+
+
+def test_a_head_on_packed_data_is_told_to_use_the_padded_output(tmp_path):
+    """users62 F3: a Linear on PackedSequence.data, re-wrapped with its batch_sizes, was told as
+    torch.onnx.export failing on our internal class, and sent to call nn.LSTM with lengths."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    class DataHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out = self.gru(packed)[0]
+            out = PackedSequence(self.fc(out.data), out.batch_sizes, out.sorted_indices,
+                                 out.unsorted_indices)  # fmt: skip
+            return pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(DataHead().eval(), tmp_path / "head.onnx", input_size=5)
+    message = str(caught.value)
+    assert message.startswith("DataHead.forward uses a PackedSequence's .batch_sizes at ")
+    assert "to pad_packed_sequence's padded output instead" in message
+    assert "TracedPack" not in message and not (tmp_path / "head.onnx").exists()
 
 
 def test_a_failed_trace_prints_nothing_but_the_error(tmp_path, capsys):
@@ -3903,16 +3937,35 @@ class _RowsSliced(_ListPacked):
         return super().forward(rows)
 
 
-@pytest.mark.parametrize("model", [_ListPacked, _RowsSliced])
-def test_a_list_of_sequences_is_told_to_pack_the_padded_batch(tmp_path, model) -> None:
+class _ListPadded(_ListPacked):
+    """forward(seqs) padding a list of sequences with pad_sequence, then packing it."""
+
+    def forward(self, seqs):
+        lengths = torch.tensor([len(s) for s in seqs])
+        padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        packed = pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "called"),
+    [
+        (_ListPacked, "packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)"),
+        (_RowsSliced, "packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)"),
+        (_ListPadded, "padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True)"),
+    ],
+)
+def test_a_list_of_sequences_is_told_to_pack_the_padded_batch(tmp_path, model, called) -> None:
     """A forward packing a list of sequences with pack_sequence was told of len() and sizes made
-    Python numbers, and to declare the batch as a number (users41): it is told to take the
-    padded batch and its lengths and pack them with pack_padded_sequence, which exports."""
+    Python numbers, and to declare the batch as a number (users41; with pad_sequence, users62
+    F1): it is told to take the padded batch and its lengths and pack them with
+    pack_padded_sequence, which exports."""
     with pytest.raises(ExportError) as caught:
         export_onnx(model().eval(), tmp_path / "l.onnx", input_size=6)
     message = str(caught.value)
-    assert message.startswith("pack_sequence at test_export.py:")
-    assert "(packed = nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False))" in message
+    function = called.split("rnn.")[1].split("(")[0]
+    assert message.startswith(f"{function} at test_export.py:")
+    assert f"({called})" in message and "a list of sequences, and a graph takes tensors" in message
     assert "pack_padded_sequence(x, lengths, batch_first=True, " in message
     assert "symbolic" not in message and not list(tmp_path.iterdir())
 
