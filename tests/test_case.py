@@ -196,7 +196,9 @@ class _StackedTagger(torch.nn.Module):
         return self.head(x)
 
 
-@pytest.mark.parametrize("layout", ["split", "packed"])  # fused reads its node's X as split
+@pytest.mark.parametrize(  # fused reads its node's X as split
+    "layout", ["split", pytest.param("packed", marks=pytest.mark.slow)]
+)
 def test_each_layers_input_inside_the_graph_is_the_models(tmp_path, monkeypatch, layout) -> None:
     """The probe reads each layer's input as the graph feeds it (split and fused nodes, packed
     spans, the relu RNN's Scan loop in the packed layout), in the model's row order and axes:

@@ -990,6 +990,7 @@ def test_sizes_that_do_not_fit_point_at_model_kwargs_and_the_saved_hyper_paramet
     assert "pass its sizes with --model-kwargs" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     tmp_path, user_models
 ):

@@ -64,6 +64,7 @@ def test_a_pytorch_file_named_onnx_is_told_as_one(tmp_path) -> None:
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "token_tagger.pt"
 
 
+@pytest.mark.slow
 def test_names_a_script_passes_are_taken_as_files(tmp_path, monkeypatch) -> None:
     """users34: 'birnn-export -- -x.pt' (a script's '--' before a file name) was "No such option
     '-x'"; a Latin-1 name was a TypeError traceback from ONNX Runtime; a deleted working

@@ -255,11 +255,11 @@ class _WithInitialState(nn.Module):
     ("cell", "packed"),
     [
         pytest.param(nn.LSTM, True, id="LSTM-packed"),
-        pytest.param(nn.GRU, False, id="GRU-dense"),
-        pytest.param(nn.RNN, True, id="RNN-packed"),
         *(
             pytest.param(cell, packed, id=f"{cell.__name__}-{kind}", marks=pytest.mark.slow)
             for cell, packed, kind in [
+                (nn.GRU, False, "dense"),
+                (nn.RNN, True, "packed"),
                 (nn.RNN, False, "dense"),
                 (nn.LSTM, False, "dense"),
                 (nn.GRU, True, "packed"),

@@ -690,6 +690,7 @@ def _viterbi_decode(emissions: torch.Tensor, transitions: torch.Tensor) -> torch
     return torch.stack(best[::-1], 1)
 
 
+@pytest.mark.slow
 def test_a_crf_decoded_by_a_function_of_its_own_gets_the_hook(tmp_path) -> None:
     """No method of the CRF module runs: the decode is a free function reading its
     transitions. Counting only the module's methods lost the CRFDecoder advice."""

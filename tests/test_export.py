@@ -807,7 +807,14 @@ def test_a_python_number_made_in_a_layer_of_another_file_is_named_with_its_line(
 
 @pytest.mark.parametrize(
     "call",
-    ["torch.clamp", "method", "torch.clip keywords", "input keyword", "in place", "int tensor"],
+    [
+        "torch.clamp",
+        "int tensor",
+        *(
+            pytest.param(call, marks=pytest.mark.slow)
+            for call in ("method", "torch.clip keywords", "input keyword", "in place")
+        ),
+    ],
 )
 def test_a_clamp_with_an_int_and_a_float_bound_exports_as_eager_computes_it(tmp_path, call):
     """pyannote's SincNet clamps with torch.clamp(x, 50, 8000.0), in a library its user cannot
@@ -1101,6 +1108,7 @@ class _PadsSevenZeros(nn.Module):
 
 
 @pytest.mark.parametrize("decoder", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_a_literal_size_that_is_an_examples_too_is_not_called_baked(tmp_path, decoder):
     """Refused as "the example batch 7 is baked into its shape" (with a decoder: told the
     decoder's loop froze a length); traced again at other example sizes, the 7 stays 7."""
@@ -1484,10 +1492,11 @@ def _pair_feed(spec, batch, steps, seed):
 @pytest.mark.parametrize(
     "cls",
     [
-        SiamesePair,
-        QueryDocument,
         PointerReader,  # each sequence cut to its own longest row (review36 R6)
-        *(pytest.param(c, marks=pytest.mark.slow) for c in (SentencePairMatcher, FeaturePair)),
+        *(
+            pytest.param(c, marks=pytest.mark.slow)
+            for c in (SiamesePair, QueryDocument, SentencePairMatcher, FeaturePair)
+        ),
     ],
 )
 def test_sequence_pairs_with_their_own_lengths_match_torch_in_float64(tmp_path, cls):
@@ -2160,6 +2169,7 @@ def test_a_time_dim_fixed_by_the_models_code_is_told_what_to_use(tmp_path, loop,
 
 
 @pytest.mark.parametrize("subsample", [(2, 2, 1), pytest.param((1, 2, 2), marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_a_subsampled_longest_row_keeps_a_name_of_its_own(tmp_path, capfd, subsample):
     """ESPnet's BLSTMP keeps every second frame between layers (ys_pad[:, ::2]): its output's
     time dim is the longest row subsampled twice, not the longest row. All the exporter's
@@ -3285,6 +3295,7 @@ def test_stock_export_freezes_rnn_length_ours_does_not(tmp_path):
     np.testing.assert_allclose(got, model(torch.from_numpy(other)).detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stock_export_declares_static_lstm_output_ours_does_not(tmp_path):
     model = Head(nn.LSTM(10, 5, batch_first=True, bidirectional=True)).eval()
     _stock_export(model, tmp_path / "stock.onnx", torch.randn(2, 30, 10))

@@ -246,6 +246,7 @@ class _EightTags(nn.Module):
         return scores.masked_fill(x[..., :1] > 3.0, 0.0) if self.filled else scores
 
 
+@pytest.mark.slow
 def test_scores_of_the_inputs_size_are_scores_after_a_softmax_and_noted_before(tmp_path):
     """8 tags over 8 features were taken as the input's reconstruction, silently: with a
     (log-)softmax they are class scores; a bare linear head's output is noted, with --scores."""

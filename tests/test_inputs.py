@@ -1467,8 +1467,8 @@ class _TransposingTagger(TutorialEncoder):
     ("model", "dims"),
     [
         (TutorialEncoder, ("seq", "batch")),
-        (_TimeMajorTagger, ("seq", "batch")),
-        (_TransposingTagger, ("batch", "seq")),
+        pytest.param(_TimeMajorTagger, ("seq", "batch"), marks=pytest.mark.slow),
+        pytest.param(_TransposingTagger, ("batch", "seq"), marks=pytest.mark.slow),
     ],
 )
 def test_token_ids_for_a_time_major_layer_take_the_order_the_model_runs_on(
@@ -1483,6 +1483,7 @@ def test_token_ids_for_a_time_major_layer_take_the_order_the_model_runs_on(
     assert result.verification.passed, result.verification.summary()
 
 
+@pytest.mark.slow
 def test_a_convolution_first_is_refused_with_the_layout_it_runs_on(tmp_path) -> None:
     """Which axis of a convolution's input is time cannot be told: the refusal tries the
     layouts on the model and names the one it runs on (it transposes [batch, time, 8] itself),

@@ -53,6 +53,7 @@ def _read(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_script_writes_exactly_the_committed_files(regenerated):
     assert sorted(p.name for p in regenerated.iterdir()) == sorted(EXPECTED)
     assert sorted(p.name for p in SAMPLES.glob("*.pt")) == sorted(EXPECTED)

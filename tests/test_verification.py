@@ -403,7 +403,7 @@ def stacked_tagger(tmp_path_factory: pytest.TempPathFactory) -> tuple[SequenceTa
 
 
 @pytest.mark.usefixtures("reference_runs_once")
-@pytest.mark.parametrize("layout", ["split", "fused"])
+@pytest.mark.parametrize("layout", ["split", pytest.param("fused", marks=pytest.mark.slow)])
 def test_head_model_one_direction_wrong_is_named(
     layout: str, stacked_tagger: tuple[SequenceTagger, dict], tmp_path: Path
 ) -> None:
@@ -1705,7 +1705,11 @@ def test_a_graph_that_fails_at_its_traced_sizes_too_gets_no_fixed_size_diagnosis
     assert all("traced at" not in (c.diagnosis or "") for c in report.cases)
 
 
-@pytest.mark.parametrize("linked", [True, False], ids=["hard link", "another filesystem"])
+@pytest.mark.parametrize(
+    "linked",
+    [True, pytest.param(False, marks=pytest.mark.slow)],
+    ids=["hard link", "another filesystem"],
+)
 def test_layers_are_compared_in_a_graph_with_external_data(
     tmp_path: Path, monkeypatch, linked: bool
 ) -> None:
