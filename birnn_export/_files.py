@@ -83,6 +83,8 @@ def check_output_path(
     """
     if path is None:
         return
+    if not os.fspath(path):  # Path("") is "." (review41 F7: "-o: . is a directory")
+        raise BiRNNExportError(f"{option}: an empty path; give a file name")
     target = Path(path)
     folder = target.absolute().parent
     _check_name_length(option, target, folder)

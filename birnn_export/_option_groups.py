@@ -23,6 +23,16 @@ import click
 from birnn_export import options as options_
 
 
+class FilePath(click.Path):
+    """``click.Path`` refusing an empty value, which it would make ``Path(".")`` (review41 F7:
+    ``-o ""`` was told ". is a directory")."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail("an empty path; give a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def parsed(parse: Callable[..., Any], *args: Any) -> Callable[..., Any]:
     """A click callback that reads an option's text with ``parse`` (from
     :mod:`birnn_export.options`); its :class:`~birnn_export.errors.UsageError` exits 2."""
@@ -77,7 +87,7 @@ def json_option(what: str) -> Callable[..., Any]:
     return click.option(
         "--json",
         "json_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=FilePath(dir_okay=False, path_type=Path),
         help=f"Write {what} as JSON ('-': to standard output, the rest to standard error).",
     )
 

@@ -434,6 +434,12 @@ def benchmark(
 
     engines, batch_sizes, seq_lens = sweep_arguments(engines, batch_sizes, seq_lens)
     _check_arguments(warmup, iters, duration, threads, device)
+    if "torch" not in engines and (device != "cpu" or compile):  # review41 F3: ignored silently
+        given, how = ("device", "on it") if device != "cpu" else ("compile", "under it")
+        raise UsageError(
+            f"{given} and engines: the torch engine alone runs {how}, and it is not among the "
+            "engines: add torch, or leave the option out"
+        )
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():  # before a model loads or an engine runs
         raise BiRNNExportError(f"{onnx_path}: no such ONNX file")
@@ -769,8 +775,8 @@ def render_table(report: BenchReport) -> Any:
         + (f", {env['gpu']}" if env.get("gpu") else "")
         + f"; {report.settings.get('timing', '')}"
         + _ort_spinning(report),
-        "vs torch = eager torch median / engine median at the same shape (> 1: faster)"
-        + _torch_mode(report),
+        f"vs torch = {_baseline(report)} median / engine median at the same shape (> 1: "
+        "faster)" + _torch_mode(report),
         *(
             ["vs ort-cpu = the float graph's ort-cpu median / ort-int8's at the same shape"]
             if versus_float
@@ -1175,6 +1181,13 @@ def _valid_tokens(spec: GraphSpec, feed: Mapping[str, np.ndarray]) -> int:
 def _ran(report: BenchReport, prefix: str) -> bool:
     """Whether an engine whose name begins with ``prefix`` was timed at some shape."""
     return any(r.engine.startswith(prefix) and r.status != "unavailable" for r in report.results)
+
+
+def _baseline(report: BenchReport) -> str:
+    """What ``vs torch`` divides by: eager torch, or the torch engine as it ran (review41 F8:
+    "eager" though torch.compile ran it)."""
+    label = _label("torch", report.settings)
+    return "eager torch" if label == "torch" else label
 
 
 def _torch_mode(report: BenchReport) -> str:

@@ -29,6 +29,7 @@ import click
 from birnn_export import options as options_
 from birnn_export._files import write_atomic
 from birnn_export._option_groups import (
+    FilePath,
     graph_options,
     json_option,
     loader_options,
@@ -232,9 +233,9 @@ def main() -> None:
 
 
 @main.command(DEFAULT_COMMAND)
-@click.argument("model_path", metavar="MODEL.pt", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL.pt", type=FilePath(path_type=Path))
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="ONNX file [default: MODEL.onnx]."
+    "-o", "--output", type=FilePath(path_type=Path), help="ONNX file [default: MODEL.onnx]."
 )
 @graph_options
 @click.option(
@@ -250,7 +251,7 @@ def main() -> None:
 @click.option(
     "--load-inputs",
     metavar="BATCHES.npz",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=FilePath(exists=True, dir_okay=False, path_type=Path),
     help="Also verify on these saved inputs (an .npz of one batch's arrays under the inputs' "
     "names, of several under case0/NAME, case1/NAME..., or verify --save-inputs' .json/.npz), "
     "judged on their own: the file is written only if they pass too. Judges an int8 graph on "
@@ -321,14 +322,22 @@ def export_command(
             if not quiet:  # quiet: the error line alone
                 click.echo(f"report written to {written}", err=True)
         if failed is not None and not quiet:
-            study = ["birnn-export", "verify", str(output), "--model", str(model_path)]
-            study += _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)
-            study += _loader_flags(loader)
+            # review41 F5: a graph already at -o is kept, and the re-export must not replace it;
+            # --no-verify refuses tolerances, which go to verify
+            studied, aside = Path(output), ""
+            if studied.exists():
+                studied = studied.with_name(f"{studied.stem}.unverified.onnx")
+                aside = f" -o {shlex.quote(str(studied))}"
+            tolerances = _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)
+            study = ["birnn-export", "verify", str(studied), "--model", str(model_path)]
+            study += tolerances + _loader_flags(loader)
             # the saved inputs that failed are replayed as they are
             replay = failed.loaded_inputs
             study += ["--load-inputs", replay] if replay else ["--save-inputs", "cases.json"]
             click.echo(
-                f"To study the failure: re-export with --no-verify, then {shlex.join(study)}",
+                f"To study the failure: re-export with --no-verify{aside}"
+                + (" and without --atol/--rtol" if tolerances else "")
+                + f", then {shlex.join(study)}",
                 err=True,
             )
         raise
@@ -367,7 +376,7 @@ def _loader_flags(loader: dict[str, Any]) -> list[str]:
 
 
 @main.command("inspect")
-@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.argument("onnx_path", metavar="MODEL.onnx", type=FilePath(path_type=Path))
 @json_option("the description")
 @_json_to_stdout
 def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
@@ -384,8 +393,8 @@ def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
 
 # --- verify ------------------------------------------------------------------------------
 
-_EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
-_FILE = click.Path(dir_okay=False, path_type=Path)
+_EXISTING = FilePath(exists=True, dir_okay=False, path_type=Path)
+_FILE = FilePath(dir_okay=False, path_type=Path)
 
 
 _LIKE = click.option(
@@ -514,13 +523,13 @@ def verify_command(
 
 
 @main.command("bench")
-@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.argument("onnx_path", metavar="MODEL.onnx", type=FilePath(path_type=Path))
 @click.option(
     "--model",
     "model_path",
     metavar="MODEL.pt",
     required=True,
-    type=click.Path(path_type=Path),
+    type=FilePath(path_type=Path),
     help="The PyTorch model the graph came from: the reference every engine is checked against.",
 )
 @timing_options
@@ -598,7 +607,7 @@ def _plotting(path: Path | None) -> Path | None:
 
 
 @main.command("check")
-@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.argument("onnx_path", metavar="MODEL.onnx", type=FilePath(path_type=Path))
 @click.option(
     "--target",
     type=click.Choice(["tensorrt", "ort-cuda"]),

@@ -437,6 +437,15 @@ def test_duration_gives_at_least_three_runs(files: dict[str, Path], model: Seque
         ({"atol": -1.0}, "atol: expected a finite number"),
         ({"rtol": float("nan")}, "rtol: expected a finite number"),
         ({"batch_sizes": (100000,), "seq_lens": (256,)}, "raise --memory-budget"),
+        # review41 F3: both did nothing without the torch engine, and nothing said so
+        (
+            {"engines": ("ort-cpu",), "device": "cuda"},
+            r"^device and engines: the torch engine alone runs on it, and it is not among",
+        ),
+        (
+            {"engines": ("ort-cpu",), "compile": True},
+            r"^compile and engines: the torch engine alone runs under it",
+        ),
     ],
 )
 def test_bad_arguments(files: dict[str, Path], model: SequenceTagger, kwargs, match) -> None:
@@ -602,6 +611,7 @@ def test_render_table_lists_rows_and_reasons() -> None:
     ):
         assert header in text
     assert "mismatch 2.5e-01" in text
+    assert "vs torch = eager torch median / engine median" in text
     assert "trt: tensorrt not installed" in text
     assert text.count("trt: tensorrt not installed") == 1  # reason once, engine once
     assert "Test CPU" in text
@@ -618,6 +628,7 @@ def test_render_table_lists_rows_and_reasons() -> None:
     console.print(render_table(BenchReport(results[:1], {}, settings)))
     text = console.export_text()
     assert "torch-cuda:1-compiled" in text and "torch.compile" in text
+    assert "vs torch = torch-cuda:1-compiled median" in text  # not "eager" (review41 F8)
 
     # Where torch could not run there (no CUDA), the caption does not say it ran there; and it
     # says whether ONNX Runtime's threads spun, where it ran (only the JSON said so: users24).

@@ -1013,7 +1013,9 @@ def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     assert saved["model_sha256"] == saved["verification"]["model_sha256"] == sha
     assert saved["verification"]["model_file"] == str(path)
     assert saved["error"] == f"{saved['verification']['error']}; nothing was written"
-    hint = failed.output.split("To study the failure: re-export with --no-verify, then ")[1]
+    hint = failed.output.split(
+        "To study the failure: re-export with --no-verify and without --atol/--rtol, then "
+    )[1]
     study = shlex.split(hint.splitlines()[0])
     assert study[:2] == ["birnn-export", "verify"] and study[-2:] == ["--save-inputs", "cases.json"]
     assert study[study.index("--model-kwargs") + 1] == kwargs
@@ -1028,6 +1030,12 @@ def test_a_failed_export_names_a_verify_command_that_loads_the_model_as_it_did(
     rerun = runner.invoke(main, [*study[1:-2], "--save-inputs", str(tmp_path / "cases.json")])
     assert rerun.exit_code == 1 and "FAIL" in rerun.output  # loaded, verified, failed again
     assert (tmp_path / "cases.json").exists()
+    # review41 F5: with a graph at -o, kept, the re-export it names goes beside it
+    again = runner.invoke(main, [str(path), *out, *model, *tolerances])
+    aside = tmp_path / "d.unverified.onnx"
+    assert again.exit_code == 1 and (tmp_path / "d.onnx").exists()
+    assert f"re-export with --no-verify -o {aside} and without --atol/--rtol, then " in again.output
+    assert f"birnn-export verify {aside} --model " in again.output
 
 
 def test_user_conv_ctc(tmp_path, user_models):

@@ -3625,6 +3625,7 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
         (["{sample}", "--bogus"], "No such option '--bogus'"),
         (["{sample}", "--layout", "diagonal"], "Invalid value for '--layout'"),
         (["{sample}", "--json", "{tmp}"], "is a directory"),
+        (["{sample}", "--json", ""], "'--json': an empty path; give a file name"),  # review41 F7
         (["{sample}", "--state-key", "model"], "--state-key 'model' does not apply"),
         (["{sample}", "--seq-range", "1,64"], "--seq-range: expected MIN,OPT,MAX"),
         (["{sample}", "--batch-range", "8,1,32"], "--batch-range: expected MIN,OPT,MAX"),

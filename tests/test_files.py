@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from birnn_export._files import size_text
 
 
@@ -35,3 +37,12 @@ def test_torch_files_are_told_by_their_bytes_not_their_name(tmp_path) -> None:
         archive.writestr("readme.txt", "not a model")
     assert [is_torch_file(p) for p in (zipped, legacy, plain)] == [True, True, True]
     assert not any(is_torch_file(p) for p in (graph, other_zip, tmp_path / "absent.pt"))
+
+
+def test_an_empty_output_path_is_told_as_empty() -> None:
+    """review41 F7: ``-o ""`` was told ". is a directory" (``Path("")`` is ``.``)."""
+    from birnn_export._files import check_output_path
+    from birnn_export.errors import BiRNNExportError
+
+    with pytest.raises(BiRNNExportError, match=r"^-o: an empty path; give a file name$"):
+        check_output_path("-o", "")
