@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export._files import size_text
 from birnn_export.errors import BiRNNExportError, UsageError
 from birnn_export.spec import (
     GraphSpec,
@@ -370,8 +371,7 @@ def fit_budget(
             continue
         text = (
             f"batch {case.batch}, seq {case.seq}: its largest tensor would take "
-            f"{need / 2**30:.2f} GiB in float64, over the memory budget of "
-            f"{budget / 2**30:.2f} GiB"
+            f"{size_text(need)} in float64, over the memory budget of {size_text(budget)}"
         )
         if explicit:
             raise BiRNNExportError(

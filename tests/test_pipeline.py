@@ -73,7 +73,7 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     assert _steady(printed) == _steady(lines)
 
     # A case the sweep skipped over the memory budget is said under the verdict.
-    skip = "skipped batch 3, seq 256: its largest tensor would take 2.00 GiB in float64"
+    skip = "skipped batch 3, seq 256: its largest tensor would take 2.0 GiB in float64"
     verification = report.result.verification
     verification = replace(verification, notes=(*verification.notes, skip))
     skipped = replace(report, result=replace(report.result, verification=verification))

@@ -1498,6 +1498,9 @@ def test_memory_budget_skips_default_cases_and_refuses_explicit_ones(split_path:
         verify(
             split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), seq_lens=(256,), memory_budget=budget
         )
+    # review41 F7: a budget under a GiB read "0.00 GiB ... over the memory budget of 0.00 GiB"
+    with pytest.raises(BiRNNExportError, match=r"\d KiB in float64, over the memory budget of 1 B"):
+        verify(split_path, BiRNN(FEATURES, HIDDEN, cell="lstm"), seq_lens=(8,), memory_budget=1)
 
 
 def test_symbolic_dims_are_evaluated_safely() -> None:
