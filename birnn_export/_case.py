@@ -303,7 +303,11 @@ def run_case(
     reference: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
     derived_lengths: np.ndarray | None = None,
     tolerance_given: bool = True,
+    zeroes_padding: bool = False,
 ) -> CaseResult:
+    """One engine on one case: its outputs against the reference's, then its shapes, layers and
+    batch invariance. ``zeroes_padding``: the graph zeroes its float inputs past each row's
+    length (an int8 graph: :func:`~birnn_export.quantize.zeroes_padding`)."""
     common = dict(
         engine=engine,
         batch=case.batch,
@@ -320,7 +324,14 @@ def run_case(
     except Exception as exc:  # an engine rejecting valid input is a verification failure
         return CaseResult(**common, outputs=(), error=one_line(exc))
     outputs = compare_outputs(
-        spec, actual, expected, lengths, criteria, eager=eager, derived_lengths=derived_lengths
+        spec,
+        actual,
+        expected,
+        lengths,
+        criteria,
+        eager=eager,
+        derived_lengths=derived_lengths,
+        zeroed_noise=zeroes_padding and case.noise,
     )
     rows = lengths if lengths is not None else derived_lengths
     outputs += _shape_checks(spec, case, actual, rows)

@@ -221,8 +221,10 @@ class VerifyReport:
         parts = []
         if failed:
             alone = sum(c.lengths_mode != WHOLE_SWEEP for c in failed)
+            # users63 F1: "1 of 12 case(s) failed", then why the sweep failed judged together
+            together = ", and the sweep fails judged together" * (alone < len(failed))
             parts.append(
-                f"{alone} of {total} case(s) failed"
+                f"{alone} of {total} case(s) failed{together}"
                 if alone
                 else f"{total} case(s) pass one by one and fail judged together"
             )

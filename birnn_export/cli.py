@@ -331,12 +331,14 @@ def export_command(
             tolerances = _tolerance_flags("--atol", atol) + _tolerance_flags("--rtol", rtol)
             study = ["birnn-export", "verify", str(studied), "--model", str(model_path)]
             study += tolerances + _loader_flags(loader)
+            # what --no-verify refuses goes to verify (review42 R2: --load-inputs too)
+            dropped = ["--atol/--rtol"] * bool(tolerances) + ["--load-inputs"] * bool(load_inputs)
             # the saved inputs that failed are replayed as they are
             replay = failed.loaded_inputs
             study += ["--load-inputs", replay] if replay else ["--save-inputs", "cases.json"]
             click.echo(
                 f"To study the failure: re-export with --no-verify{aside}"
-                + (" and without --atol/--rtol" if tolerances else "")
+                + (f" and without {' and '.join(dropped)}" if dropped else "")
                 + f", then {shlex.join(study)}",
                 err=True,
             )

@@ -106,7 +106,9 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
                 }
             )
             continue
-        if node.op_type in (*RECURRENT_OPS, "ReverseSequence") or is_viterbi_scan(node):
+        # an int8 graph's LSTM nodes are ONNX Runtime's DynamicQuantizeLSTM (users63 F2)
+        recurrent_op = node.op_type in (*RECURRENT_OPS, "DynamicQuantizeLSTM", "ReverseSequence")
+        if recurrent_op or is_viterbi_scan(node):
             attrs = {
                 a.name: _text(helper.get_attribute_value(a))
                 for a in node.attribute
@@ -121,7 +123,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
             if node.op_type != "ReverseSequence" and len(node.input) > 1:
                 weight = weight_types.get(node.input[1])  # a recurrent node computes in W's
                 if weight is not None:
-                    entry["dtype"] = ONNX_DTYPES.get(weight, "other")
+                    entry["dtype"] = ONNX_DTYPES.get(weight) or _type_name(weight)
             recurrent.append(entry)
     metadata: dict[str, Any] = {}
     for prop in proto.metadata_props:
@@ -216,6 +218,16 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     return out
 
 
+def _type_name(elem_type: int) -> str:
+    """An ONNX element type's name in lower case (``int8``: DynamicQuantizeLSTM's weights)."""
+    from onnx import TensorProto
+
+    try:
+        return TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return "other"
+
+
 def _graph_dtype(info: dict[str, Any]) -> str | None:
     """The float type of the graph's float inputs and outputs (its precision), if any."""
     values = [*info["inputs"], *info["outputs"]]
@@ -251,7 +263,9 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
     ]
     out += [f"  note: {note}" for note in batch_not_first_note(parsed)]
     out.append(
-        f"  layout {spec['layout']}, dtype {spec['dtype']}, padding value "
+        f"  layout {spec['layout']}, dtype {spec['dtype']}"
+        + (f" ({spec['quantization']})" if spec.get("quantization") else "")
+        + ", padding value "
         f"{spec['padding_value']}, tool {spec['tool_version']}"
     )
     recorded = "batch_range" in spec and "seq_range" in spec

@@ -25,7 +25,7 @@ import re
 import sys
 import textwrap
 import warnings
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -1756,7 +1756,7 @@ def _traceable_packing(model: nn.Module, cuts: list[str], pads: list[float]) -> 
         rnn_utils.pack_padded_sequence: _pack_for_tracing,
         rnn_utils.pad_packed_sequence: pad,
         rnn_utils.pack_sequence: functools.partial(_refuse_list, "pack_sequence", "packs"),
-        rnn_utils.pad_sequence: functools.partial(_refuse_list, "pad_sequence", "pads"),
+        rnn_utils.pad_sequence: functools.partial(_pad_sequence, rnn_utils.pad_sequence),
     }
     with PackingSwap(model, swaps), torch.no_grad():
         yield
@@ -1765,6 +1765,17 @@ def _traceable_packing(model: nn.Module, cuts: list[str], pads: list[float]) -> 
 class _RefusedWhileTracing(ExportError):
     """Packing the trace cannot follow, told where it is called: ``pack_sequence`` or
     ``pad_sequence`` (a list of sequences, which no graph takes), lengths as Python numbers."""
+
+
+def _pad_sequence(
+    pad_sequence: Callable[..., Tensor], sequences: Any, *args: Any, **kwargs: Any
+) -> Tensor:
+    """``pad_sequence`` while tracing: refused where it pads the rows of a tensor, the list of
+    sequences the model takes, traced as a tensor (users62 F1); a list the model makes of its
+    own (``[out[:, 0], out[:, -1]]``) is padded, as before (review42 R1)."""
+    if isinstance(sequences, Tensor):
+        _refuse_list("pad_sequence", "pads")
+    return pad_sequence(sequences, *args, **kwargs)
 
 
 def _refuse_list(function: str, does: str, *args: Any, **kwargs: Any) -> Any:

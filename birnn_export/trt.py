@@ -681,7 +681,8 @@ def _waited_for(call: Callable[[], Any], cancel: threading.Event | None = None) 
     except BaseException:  # an interrupt: the build is stopped and outlived by no interpreter
         if cancel is not None:
             cancel.set()
-        atexit.register(finished.wait, BUILD_STOP_WAIT_S)
+        if thread.is_alive():  # not a thread that could not start (review42 R5)
+            atexit.register(finished.wait, BUILD_STOP_WAIT_S)
         raise
     finally:
         if main:

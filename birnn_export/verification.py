@@ -608,9 +608,8 @@ def verify(
         active = {e: stack.enter_context(r) for e, r in runners_.items()}
         providers = {e: tuple(r.providers()) for e, r in active.items()}
         # an int8 graph written before the export asked whether the model reads that padding
-        zeroed = (
-            references is not None and spec.quantization == INT8 and zeroes_padding(proto, spec)
-        )
+        zeroes = spec.quantization == INT8 and zeroes_padding(proto, spec)
+        zeroed = references is not None and zeroes
         if zeroed and not padding_unread(spec, references.reference_only):  # users48
             problems += (PADDING_ZEROED_BUT_READ,)
         try:
@@ -646,6 +645,7 @@ def verify(
                         reference=references.reference_only if references else None,
                         derived_lengths=last_lengths(spec, captured),
                         tolerance_given=atol is not None or rtol is not None,
+                        zeroes_padding=zeroes,
                     )
                     results.append(result)
                     ran_cases.append(case)

@@ -149,3 +149,43 @@ def test_the_tools_own_warnings_are_written_as_its_notes(monkeypatch) -> None:
     assert ours == "warning: keep one\n"
     theirs = warnings.formatwarning("deprecated", UserWarning, "/m/model.py", 3, "x = 1")
     assert theirs.startswith("/m/model.py:3: UserWarning: deprecated")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "m.onnx", "--save-inputs", ""],
+        ["bench", "m.onnx", "--model", "m.pt", "--csv", ""],
+        ["check", ""],
+    ],
+)
+def test_an_empty_path_is_refused_as_empty(args: list[str]) -> None:
+    """review41 F7: click made "" the path ".", told as a directory."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "an empty path; give a file name" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_failed_exports_hint_keeps_the_graph_at_o_and_drops_what_no_verify_refuses(
+    tmp_path: Path,
+) -> None:
+    """review41 F5: the hint's re-export would write over the graph a failed export kept at -o;
+    --no-verify refuses the tolerances (and saved inputs: review42 R2), which go to verify."""
+    import numpy as np
+
+    sample = Path(__file__).parents[1] / "sample_models" / "seed_example1_rnn.pt"
+    kept = tmp_path / "out.onnx"
+    kept.write_bytes(b"a graph verified earlier")
+    batch = tmp_path / "b.npz"
+    np.savez(batch, x=np.zeros((2, 4, 10), np.float32))
+    tolerances = ["--atol", "1e-30", "--rtol", "0"]
+    args = [str(sample), "-o", str(kept), *tolerances, "--load-inputs", str(batch)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert kept.read_bytes() == b"a graph verified earlier"
+    aside = tmp_path / "out.unverified.onnx"
+    assert (
+        f"re-export with --no-verify -o {aside} and without --atol/--rtol and --load-inputs, "
+        f"then birnn-export verify {aside} --model {sample} --atol 1e-30 --rtol 0.0"
+    ) in result.output

@@ -56,6 +56,20 @@ def test_float32_recurrent_nodes_of_a_float16_graph_are_said(tmp_path: Path) -> 
         )
 
 
+def test_an_int8_graphs_recurrent_nodes_and_quantization_are_said(tmp_path: Path) -> None:
+    """users63 F2: inspect listed none of an int8 graph's DynamicQuantizeLSTM nodes and called
+    the graph float32."""
+    path = tmp_path / "q.onnx"
+    export_model(SAMPLES / "bilstm_2layer.pt", path, quantize="int8", verify=False)
+    info = describe_onnx(path)
+    quantized = [n for n in info["recurrent_nodes"] if n["op"] == "DynamicQuantizeLSTM"]
+    assert len(quantized) == 4 and all(n["dtype"] == "int8" for n in quantized)
+    lines = describe_lines(info)
+    assert any(line.startswith("  DynamicQuantizeLSTM") and "computes in int8" in line
+               for line in lines)  # fmt: skip
+    assert any("dtype float32 (int8-dynamic), padding value" in line for line in lines)
+
+
 def test_a_time_major_output_is_noted_for_servers(tmp_path: Path) -> None:
     """A server batching requests on the first axis would cut a time-major output along time:
     inspect says so, as the export does (users56 F2)."""

@@ -3626,6 +3626,7 @@ def test_cli_conv_front_end_needs_input_size(tmp_path):
         (["{sample}", "--layout", "diagonal"], "Invalid value for '--layout'"),
         (["{sample}", "--json", "{tmp}"], "is a directory"),
         (["{sample}", "--json", ""], "'--json': an empty path; give a file name"),  # review41 F7
+        (["", "-o", "x.onnx"], "'MODEL.pt': an empty path; give a file name"),
         (["{sample}", "--state-key", "model"], "--state-key 'model' does not apply"),
         (["{sample}", "--seq-range", "1,64"], "--seq-range: expected MIN,OPT,MAX"),
         (["{sample}", "--batch-range", "8,1,32"], "--batch-range: expected MIN,OPT,MAX"),
@@ -3977,9 +3978,52 @@ def test_a_list_of_sequences_is_told_to_pack_the_padded_batch(tmp_path, model, c
     message = str(caught.value)
     function = called.split("rnn.")[1].split("(")[0]
     assert message.startswith(f"{function} at test_export.py:")
-    assert f"({called})" in message and "a list of sequences, and a graph takes tensors" in message
+    does = "pads" if function == "pad_sequence" else "packs"
+    assert f"({called}) {does} a list of sequences, and a graph takes tensors" in message
     assert "pack_padded_sequence(x, lengths, batch_first=True, " in message
     assert "symbolic" not in message and not list(tmp_path.iterdir())
+
+
+class _PadsItsOwnList(nn.Module):
+    """pad_sequence on a list of its own making, two tensors whatever the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        out = self.lstm(x)[0]
+        return nn.utils.rnn.pad_sequence([out[:, 0], out[:, -1]], batch_first=True)
+
+
+def test_pad_sequence_of_a_list_the_model_makes_still_exports(tmp_path) -> None:
+    """review42 R1: refusing every pad_sequence refused a model that exported and passed."""
+    torch.manual_seed(0)
+    result = export_onnx(_PadsItsOwnList().eval(), tmp_path / "ends.onnx", input_size=5)
+    assert result.verification.passed, result.verification.summary()
+
+
+def test_a_packing_model_with_a_python_number_is_told_to_use_birnn(tmp_path) -> None:
+    """The packing hint named the call alone, which on the user's nn.LSTM passes the lengths as
+    its hidden state (users62 F3)."""
+
+    class CutsPacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out = pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
+            return out[:, : int(lengths.max())]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(CutsPacked().eval(), tmp_path / "c.onnx", input_size=5)
+    assert "its forward packs sequences" in str(caught.value)
+    assert str(caught.value).endswith(
+        "make the layer a birnn_export.BiRNN (BiRNN.from_torch(layer)) and call it as out, h = "
+        "self.rnn(x, lengths)"
+    )
 
 
 def test_a_packed_layout_without_lstm_or_gru_says_so() -> None:

@@ -283,7 +283,6 @@ def test_a_mistyped_option_is_a_usage_error_naming_the_nearest(tmp_path, options
     assert str(caught.value).startswith(told) and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_a_graph_replaced_while_it_is_checked_is_not_described_as_this_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

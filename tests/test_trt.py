@@ -719,6 +719,62 @@ def test_an_interrupted_build_is_cancelled_and_waited_for_at_exit() -> None:
     assert done.stdout == "interrupted\nbuild stopped\n", done.stderr[-2000:]
 
 
+def test_a_build_that_raises_is_raised_and_one_that_cannot_start_leaves_no_wait(
+    monkeypatch,
+) -> None:
+    """The build's own error is raised in the waiting thread (not waited for for ever: review42
+    T10); a build thread that cannot start (ulimit -u) registers no wait at exit, which held
+    the process 10 s (review42 R5)."""
+    import threading
+
+    def one_over_zero() -> float:
+        return 1 / 0
+
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            trt._waited_for(one_over_zero)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    waiting.join(30)
+    assert not waiting.is_alive() and isinstance(raised[0], ZeroDivisionError)
+
+    class Unstartable(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    registered: list[Any] = []
+    monkeypatch.setattr(trt.atexit, "register", lambda *args: registered.append(args))
+    monkeypatch.setattr(trt.threading, "Thread", Unstartable)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        trt._waited_for(lambda: None, threading.Event())
+    assert registered == []
+
+
+@pytest.mark.tensorrt_rtx
+def test_a_build_is_given_the_cancel_it_is_waited_for_with(exported, monkeypatch) -> None:
+    """The event the progress monitor reads is the one an interrupt sets (review42 T7)."""
+    made, waited = trt._progress_monitor, trt._waited_for
+    events: dict[str, Any] = {}
+
+    def monitor(module: Any, cancel: Any) -> Any:
+        events["monitor"] = cancel
+        return made(module, cancel)
+
+    def wait(call: Any, cancel: Any = None) -> Any:
+        events["waited"] = cancel
+        return waited(call, cancel)
+
+    monkeypatch.setattr(trt, "_progress_monitor", monitor)
+    monkeypatch.setattr(trt, "_waited_for", wait)
+    assert trt.build_engine(exported["fp32"], library="tensorrt_rtx").ok
+    assert events["monitor"] is events["waited"] is not None
+
+
 @pytest.mark.tensorrt_rtx
 def test_a_cancelled_build_stops_at_its_progress_monitor(exported, monkeypatch) -> None:
     """The monitor every build gets (:func:`trt._progress_monitor`) cancels a real build."""

@@ -1710,7 +1710,7 @@ def test_a_graph_that_fails_at_its_traced_sizes_too_gets_no_fixed_size_diagnosis
 
 @pytest.mark.parametrize(
     "linked",
-    [True, pytest.param(False, marks=pytest.mark.slow)],
+    [True, False],
     ids=["hard link", "another filesystem"],
 )
 def test_layers_are_compared_in_a_graph_with_external_data(
