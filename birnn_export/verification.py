@@ -315,10 +315,16 @@ def _check_loaded_values(
     if isinstance(low, str) or isinstance(high, str) or tensor.role not in ("tokens", "lengths"):
         return
     least, most = int(value.min()), int(value.max())
-    if (low is not None and least < low) or (high is not None and most > high):
+    # the bound passed, not the range: 0 is let through for lengths (users63 F3: "(0..17)")
+    bound = (
+        f"at least {low}" if low is not None and least < low
+        else f"at most {high}" if high is not None and most > high
+        else None
+    )  # fmt: skip
+    if bound is not None:
         raise BiRNNExportError(
             f"load_inputs: case {index}'s {tensor.name!r} holds {least}..{most}, outside the "
-            f"{'ids' if tensor.role == 'tokens' else 'lengths'} the graph takes ({low}..{high})"
+            f"{'ids' if tensor.role == 'tokens' else 'lengths'} the graph takes ({bound})"
         )
 
 

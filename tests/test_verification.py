@@ -1777,6 +1777,13 @@ def test_saved_inputs_from_someone_else_are_held_to_the_graph_and_the_budget(
     # a padding word's 0 characters, which char-level models clamp, is not refused (users33)
     checked = spec.inputs[1], {ids: (2, 6), lengths: (2,)}
     _check_loaded_values(0, checked[0], np.array([6, 0]), checked[1], spec)
+    # the bound passed, not a range of 0..T the graph does not take (users63 F3)
+    too_long = rf"'{lengths}' holds 3..9, outside the lengths the graph takes \(at most 6\)$"
+    with pytest.raises(BiRNNExportError, match=too_long):
+        _check_loaded_values(0, checked[0], np.array([9, 3]), checked[1], spec)
+    negative = rf"'{lengths}' holds -5..6, outside the lengths the graph takes \(at least 0\)$"
+    with pytest.raises(BiRNNExportError, match=negative):
+        _check_loaded_values(0, checked[0], np.array([6, -5]), checked[1], spec)
     with pytest.raises(BiRNNExportError, match=rf"case 0's '{lengths}' is \[1, 2\], the graph"):
         replay(**{lengths: np.array([[6, 3]])})  # an IndexError (review21)
     with pytest.raises(BiRNNExportError, match=rf"case 0's '{ids}' is float64, the graph takes"):
