@@ -167,6 +167,10 @@ class IsolatedRunner(BaseRunner):
     def engine_path(self) -> Any:
         return self.info.get("engine_path")
 
+    @property
+    def quantized(self) -> Any:
+        return self.info.get("quantized")
+
     # -- the child -----------------------------------------------------------------------------
 
     def _receive(self, doing: str) -> tuple[str, Any]:
@@ -234,6 +238,7 @@ def _answer(conn: Any, factory: Callable[[], BaseRunner]) -> None:
                 "placement": getattr(runner, "placement", None),
                 "cpu_recurrent_nodes": tuple(getattr(runner, "cpu_recurrent_nodes", ())),
                 "engine_path": getattr(runner, "engine_path", None),
+                "quantized": getattr(runner, "quantized", None),
             },
         )
     )

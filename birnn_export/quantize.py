@@ -55,6 +55,8 @@ class QuantizeReport:
 
     quantized: dict[str, int]
     left_float: dict[str, int]
+    #: the graph zeroes its float inputs past each row's length (:func:`zeroes_padding`)
+    padding_zeroed: bool = False
 
     def summary(self) -> str:
         done = ", ".join(f"{op} x{n}" for op, n in self.quantized.items()) or "nothing"
@@ -179,6 +181,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
         left_float={
             op: counts[op] for op in ("GRU", "RNN", "LSTM", "MatMul", "Gemm") if counts[op]
         },
+        padding_zeroed=zeroes_padding(proto, spec),
     )
 
 

@@ -328,6 +328,15 @@ def _check_loaded_values(
         )
 
 
+def _zeroes_padding(proto: Any, spec: GraphSpec, runner: Any) -> bool:
+    """Whether the graph ``runner`` runs zeroes its float inputs past each row's length: an
+    int8 graph's own nodes, or those ``ort-int8`` writes quantizing a float graph."""
+    if spec.quantization == INT8:
+        return zeroes_padding(proto, spec)
+    quantized = getattr(runner, "quantized", None)  # only ONNX Runtime's runners quantize
+    return quantized is not None and quantized.padding_zeroed
+
+
 def _engine_runner(
     engine: str,
     onnx_path: str,
@@ -614,8 +623,8 @@ def verify(
         active = {e: stack.enter_context(r) for e, r in runners_.items()}
         providers = {e: tuple(r.providers()) for e, r in active.items()}
         # an int8 graph written before the export asked whether the model reads that padding
-        zeroes = spec.quantization == INT8 and zeroes_padding(proto, spec)
-        zeroed = references is not None and zeroes
+        zeroes = {e: _zeroes_padding(proto, spec, r) for e, r in active.items()}
+        zeroed = references is not None and any(zeroes.values())
         if zeroed and not padding_unread(spec, references.reference_only):  # users48
             problems += (PADDING_ZEROED_BUT_READ,)
         try:
@@ -651,7 +660,7 @@ def verify(
                         reference=references.reference_only if references else None,
                         derived_lengths=last_lengths(spec, captured),
                         tolerance_given=atol is not None or rtol is not None,
-                        zeroes_padding=zeroes,
+                        zeroes_padding=zeroes[engine],
                     )
                     results.append(result)
                     ran_cases.append(case)

@@ -349,6 +349,7 @@ def test_int8_padding_computed_from_zeroed_inputs_is_not_held_to_the_noisy_refer
         _ResidualOverPadding().eval(), tmp_path / "q.onnx", quantize="int8", scores=()
     )
     assert result.verification.passed, result.verification.summary()
+    assert result.quantization.padding_zeroed
     _assert_padding_unread(result)
     cases = result.verification.cases
     noisy = [c for c in cases if c.noise]
@@ -374,6 +375,20 @@ def test_int8_padding_computed_from_zeroed_inputs_is_not_held_to_the_noisy_refer
     )
 
 
+def test_ort_int8_judges_the_padding_it_zeroes_quantizing_a_float_graph(tmp_path: Path) -> None:
+    """``verify --engines ort-int8`` quantizes a float graph as ``--quantize int8`` does, its
+    inputs' padding zeroed: its case with noise past the lengths was held to the model's
+    padding computed from that noise, and a right graph refused (relative L2 0.866)."""
+    torch.manual_seed(0)
+    model = _ResidualOverPadding().eval()
+    path = export_onnx(model, tmp_path / "f.onnx", verify=False, scores=()).path
+    report = verify(path, model, engines="ort-int8", batch_sizes=(5,), seq_lens=(9, 16))
+    assert report.passed, report.summary()
+    noisy = [c for c in report.cases if c.noise]
+    assert noisy and not any(o.check == "padding" for c in noisy for o in c.outputs)
+    assert any(o.check == "padding" for c in report.cases for o in c.outputs)
+
+
 class _PoolsOverPadding(_LinearFrontEnd):
     """A BiLSTM run over the whole padded batch, its mask used only to pool: what the padding
     holds changes the valid outputs (review17)."""
@@ -393,6 +408,7 @@ def test_int8_padding_a_model_reads_is_left_as_it_is(tmp_path: Path) -> None:
     assert result.verification.passed, result.verification.summary()
     nodes = {n.name for n in onnx.load(str(result.path)).graph.node}
     assert not any(n.startswith("int8_padding/x/") for n in nodes)
+    assert not result.quantization.padding_zeroed
     x = torch.randn(3, 30, 20, generator=torch.Generator().manual_seed(3))
     mask = torch.arange(30)[None, :] < torch.tensor([30, 12, 20])[:, None]
     x[~mask] = -23.0  # the padding the model was trained with
