@@ -725,7 +725,9 @@ def render_table(report: BenchReport) -> Any:
     table.add_column("engine", no_wrap=True, min_width=widest)
     for name in ("batch", "seq", "median ms", "p90 ms", "p99 ms", "runs", "tokens/s"):
         table.add_column(name, justify="right")
-    table.add_column("vs torch", justify="right")
+    versus_torch = any(r.engine == "torch" for r in report.results)
+    if versus_torch:  # no empty column where torch did not run (users63 F4)
+        table.add_column("vs torch", justify="right")
     versus_float = any(r.speedup_vs_ort_cpu is not None for r in report.results)
     if versus_float:  # int8 beside the float graph (users58 F3)
         table.add_column("vs ort-cpu", justify="right")
@@ -764,7 +766,7 @@ def render_table(report: BenchReport) -> Any:
             _fmt(r.p99_ms, ".3f"),
             str(r.runs) if r.runs else "",
             _fmt(r.tokens_per_s, ",.0f"),
-            _fmt(r.speedup_vs_torch, ".2f", "x"),
+            *([_fmt(r.speedup_vs_torch, ".2f", "x")] if versus_torch else []),
             *([_fmt(r.speedup_vs_ort_cpu, ".2f", "x")] if versus_float else []),
             Text(status, styles[r.status]),
         )
@@ -775,8 +777,14 @@ def render_table(report: BenchReport) -> Any:
         + (f", {env['gpu']}" if env.get("gpu") else "")
         + f"; {report.settings.get('timing', '')}"
         + _ort_spinning(report),
-        f"vs torch = {_baseline(report)} median / engine median at the same shape (> 1: "
-        "faster)" + _torch_mode(report),
+        *(
+            [
+                f"vs torch = {_baseline(report)} median / engine median at the same shape "
+                "(> 1: faster)" + _torch_mode(report)
+            ]
+            if versus_torch
+            else []
+        ),
         *(
             ["vs ort-cpu = the float graph's ort-cpu median / ort-int8's at the same shape"]
             if versus_float

@@ -97,12 +97,15 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         if is_rnn_scan(node):
             info = rnn_scan_info(node)
             attrs = {k: info[k] for k in ("hidden_size", "proj_size", "direction") if k in info}
+            body = next(a.g for a in node.attribute if a.name == "body")
+            state = body.input[0].type.tensor_type.elem_type  # the loop computes in its state's
             recurrent.append(
                 {
                     "name": node.name,
                     "op": f"{info['op']} (scan)",
                     "attributes": attrs,
                     "inputs": list(node.input),
+                    "dtype": ONNX_DTYPES.get(state) or _type_name(state),
                 }
             )
             continue

@@ -1390,10 +1390,12 @@ def _float32_islands(proto: Any, dtype: str, looped: collections.Counter[str]) -
     parts += [f"{op} x{k} (as Scan loops)" for op, k in sorted(looped.items())]
     if not parts:
         return []
-    nodes = ", ".join(parts)
+    why = "TensorRT's parser rejects float16 recurrent nodes that take sequence_lens"
+    if looped:  # a Scan loop has no sequence_lens: it computes in the type of the node it was
+        why += ", and the scan layout writes its loops from those nodes"
     return [
-        f"{nodes} compute in float32 between Casts, with float32 weights: they take "
-        "sequence_lens, and TensorRT's parser rejects float16 ones (README, 'fp16 graphs')"
+        f"{', '.join(parts)} compute in float32 between Casts, with float32 weights: {why} "
+        "(README, 'fp16 graphs')"
     ]
 
 

@@ -643,6 +643,11 @@ def test_render_table_lists_rows_and_reasons() -> None:
     console = Console(record=True, width=220)
     console.print(render_table(BenchReport(results[:1], {}, {"ort": {"spinning": True}})))
     assert "idle threads" not in console.export_text()  # no ONNX Runtime row
+    # no torch row: no empty "vs torch" column, no footnote for it (users63 F4)
+    console = Console(record=True, width=220)
+    console.print(render_table(BenchReport(results[1:], {}, {})))
+    text = console.export_text()
+    assert "ort-cpu" in text and "vs torch" not in text
 
 
 def test_erratic_run_times_are_named_under_the_table() -> None:

@@ -43,14 +43,20 @@ def test_unreadable_metadata_is_one_error(crf_graph: Path, tmp_path: Path) -> No
         describe_lines(describe_onnx(broken))
 
 
-def test_float32_recurrent_nodes_of_a_float16_graph_are_said(tmp_path: Path) -> None:
-    """Nodes that take sequence_lens stay float32 in a float16 graph: inspect says so, and says
-    nothing of the kind for a float32 graph."""
-    sample = SAMPLES / "bigru_varlen.pt"
+@pytest.mark.parametrize(
+    ("sample", "layout", "op"),
+    [("bigru_varlen.pt", "split", "GRU "), ("seed_example3_varlen_rnn.pt", "scan", "RNN (scan)")],
+)
+def test_float32_recurrent_nodes_of_a_float16_graph_are_said(
+    tmp_path: Path, sample: str, layout: str, op: str
+) -> None:
+    """Nodes that take sequence_lens stay float32 in a float16 graph, and so do the scan
+    layout's loops written from them: inspect says so (it said nothing of the loops, users63
+    F4), and says nothing of the kind for a float32 graph."""
     for dtype in ("float16", "float32"):
         path = tmp_path / f"{dtype}.onnx"
-        export_model(sample, path, dtype=dtype, layout="split", verify=False)
-        lines = [line for line in describe_lines(describe_onnx(path)) if "  GRU " in line]
+        export_model(SAMPLES / sample, path, dtype=dtype, layout=layout, verify=False)
+        lines = [line for line in describe_lines(describe_onnx(path)) if f"  {op}" in line]
         assert lines and all(
             ("computes in float32" in line) == (dtype == "float16") for line in lines
         )

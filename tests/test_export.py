@@ -3764,12 +3764,16 @@ def test_fp16_graphs_note_the_recurrent_nodes_that_compute_in_float32(tmp_path):
         )
         return [n for n in result.notes if "compute in float32" in n]
 
+    why = "TensorRT's parser rejects float16 recurrent nodes that take sequence_lens"
     assert islands("lstm", "fused") == [
-        "LSTM x2 compute in float32 between Casts, with float32 weights: they take "
-        "sequence_lens, and TensorRT's parser rejects float16 ones (README, 'fp16 graphs')"
+        f"LSTM x2 compute in float32 between Casts, with float32 weights: {why} "
+        "(README, 'fp16 graphs')"
     ]
-    (looped,) = islands("rnn_tanh", "scan")
-    assert looped.startswith("RNN x2 (as Scan loops) compute in float32 between Casts")
+    # a loop takes no sequence_lens: its type is its node's (users63 F4)
+    assert islands("rnn_tanh", "scan") == [
+        "RNN x2 (as Scan loops) compute in float32 between Casts, with float32 weights: "
+        f"{why}, and the scan layout writes its loops from those nodes (README, 'fp16 graphs')"
+    ]
     # packed writes each ragged LSTM node as nodes of its own, no loops: counted as written
     (packed,) = islands("lstm", "packed")
     assert packed.startswith("LSTM x16 compute in float32 between Casts")  # 2 layers x 8
