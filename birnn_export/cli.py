@@ -121,6 +121,10 @@ class _DefaultGroup(click.Group):
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "MODEL.pt [OPTIONS] | COMMAND [ARGS]...")
 
+    def error_line(self, exc: BiRNNExportError) -> str:
+        """A user error's message on one line, as the flags name it."""
+        return self._as_flags(" ".join(str(exc).split()) or type(exc).__name__)
+
     def _as_flags(self, message: str) -> str:
         """``message`` with the library's parameter names it begins with (``threads:``, ``iters
         and duration:``) written as the flags that give them (``--threads:``). ``lengths`` is
@@ -163,8 +167,10 @@ class _DefaultGroup(click.Group):
         (:class:`~birnn_export.errors.BiRNNExportError`) exits with its own code."""
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        except click.exceptions.NoArgsIsHelpError as exc:  # a usage error: on stderr (review41 F7)
+            click.echo(
+                exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True
+            )
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "birnn-export"
@@ -173,8 +179,7 @@ class _DefaultGroup(click.Group):
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except BiRNNExportError as exc:
-            message = self._as_flags(" ".join(str(exc).split()) or type(exc).__name__)
-            _fail(message, exc.exit_code)
+            _fail(self.error_line(exc), exc.exit_code)
         except (click.Abort, KeyboardInterrupt) as exc:
             # a step that finished before it says so (the export's graph, written); click
             # turns the KeyboardInterrupt into Abort
@@ -317,8 +322,8 @@ def export_command(
 
             render_report(failed)
         if json_path is not None:  # a pipeline that asked for the summary gets the failure's
-            summary = json.dumps(failure_summary(model_path, exc), indent=2, default=str)
-            written = _write_json(json_path, summary)
+            summary = {**failure_summary(model_path, exc), "error": main.error_line(exc)}
+            written = _write_json(json_path, json.dumps(summary, indent=2, default=str))
             if not quiet:  # quiet: the error line alone
                 click.echo(f"report written to {written}", err=True)
         if failed is not None and not quiet:

@@ -119,6 +119,28 @@ def test_a_refusal_under_json_to_stdout_writes_its_error_there(args: list[str]) 
     assert result.stderr.strip() == f"Error: {told['error']}"
 
 
+def test_a_bare_command_is_a_usage_error_with_its_help_on_stderr() -> None:
+    """review41 F7: the help went to stdout with exit 2; ``--help`` asked for keeps stdout."""
+    result = CliRunner().invoke(main, [])
+    assert result.exit_code == 2 and not result.stdout
+    assert "MODEL.pt [OPTIONS] | COMMAND" in result.stderr
+    asked = CliRunner().invoke(main, ["--help"])
+    assert asked.exit_code == 0 and "MODEL.pt [OPTIONS] | COMMAND" in asked.stdout
+
+
+def test_a_failed_exports_json_names_the_flag_as_its_error_line_does(tmp_path: Path) -> None:
+    """review41 F6: the JSON said ``opset: 99 is not supported``, the error line ``--opset:``."""
+    import json
+
+    args = [str(SAMPLE), "-o", str(tmp_path / "o.onnx"), "--opset", "99", "--json", "-"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    told = json.loads(result.stdout)
+    assert told["error"].startswith("--opset: 99 is not supported")
+    assert result.stderr.strip().endswith(f"Error: {told['error']}")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_the_command_lines_defaults_are_the_librarys() -> None:
     """The CLI names the layouts and the memory budget itself, to keep --help free of numpy:
     the same values as the library's."""
