@@ -2207,6 +2207,16 @@ def _model_frame(model: nn.Module, causes: Sequence[BaseException]) -> Any:
     return None
 
 
+def _user_method(model: nn.Module, causes: Sequence[BaseException]) -> str:
+    """``Inner.forward``: the method of the line :func:`_model_frame` finds (a submodule's,
+    review42 R8), else the model's forward."""
+    found = _model_frame(model, causes)
+    owner = found.tb_frame.f_locals.get("self") if found is not None else None
+    if isinstance(owner, nn.Module):
+        return f"{type(owner).__name__}.{found.tb_frame.f_code.co_name}"
+    return f"{type(model).__name__}.forward"
+
+
 def _user_line(model: nn.Module, causes: Sequence[BaseException]) -> str:
     """`` at FILE:LINE (code)``: the line :func:`_model_frame` finds, else the last line of
     the model's code in a traced node's own traceback, or nothing."""
@@ -2370,7 +2380,7 @@ def _explain_trace_failure(
     attribute = next((m for c in causes for m in [_PACK_ATTRIBUTE.search(str(c))] if m), None)
     if attribute:  # a head on PackedSequence.data, re-wrapped with its batch_sizes (users62 F3)
         return (
-            f"{type(model).__name__}.forward uses a PackedSequence's .{attribute[1]}"
+            f"{_user_method(model, causes)} uses a PackedSequence's .{attribute[1]}"
             f"{_user_line(model, causes)}, which does not export (only pack_padded_sequence -> "
             "recurrent layer -> pad_packed_sequence does): apply what it does with the packed "
             "data (a head on .data, say) to pad_packed_sequence's padded output instead, the "

@@ -943,6 +943,28 @@ def test_a_head_on_packed_data_is_told_to_use_the_padded_output(tmp_path):
     assert "to pad_packed_sequence's padded output instead" in message
     assert "TracedPack" not in message and not (tmp_path / "head.onnx").exists()
 
+    class Head(nn.Module):  # the re-wrap in a submodule: its method is named (review42 R8)
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, out):
+            out = PackedSequence(self.fc(out.data), out.batch_sizes, out.sorted_indices,
+                                 out.unsorted_indices)  # fmt: skip
+            return pad_packed_sequence(out, batch_first=True)[0]
+
+    class SubHead(DataHead):
+        def __init__(self):
+            super().__init__()
+            self.head = Head()
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return self.head(self.gru(packed)[0])
+
+    with pytest.raises(ExportError, match=r"^Head\.forward uses a PackedSequence's \.batch"):
+        export_onnx(SubHead().eval(), tmp_path / "head.onnx", input_size=5)
+
 
 def test_a_failed_trace_prints_nothing_but_the_error(tmp_path, capsys):
     """torch.export prints the graph it failed on to stderr (25 lines, twice): not our user's."""
