@@ -733,6 +733,7 @@ def render_table(report: BenchReport) -> Any:
         table.add_column("vs ort-cpu", justify="right")
     table.add_column("status", no_wrap=True)
     styles = {"ok": "green", "mismatch": "red", "error": "red", "unavailable": "yellow"}
+    refused = {e for e, checks in report.judged.items() if not all(c.passed for c in checks)}
     notes: dict[str, str] = {}
     for r in report.results:
         if r.reason and r.engine not in notes:
@@ -755,8 +756,8 @@ def render_table(report: BenchReport) -> Any:
                 )
             continue
         status = r.status
-        if r.status == "mismatch" and r.max_abs_error is not None:
-            status += f" {r.max_abs_error:.1e}"
+        if r.status == "mismatch" and r.max_abs_error is not None and r.engine not in refused:
+            status += f" {r.max_abs_error:.1e}"  # not where the task failed: top-1, say
         table.add_row(
             labels[r.engine],
             str(r.batch),

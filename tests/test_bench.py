@@ -648,6 +648,13 @@ def test_render_table_lists_rows_and_reasons() -> None:
     console.print(render_table(BenchReport(results[1:], {}, {})))
     text = console.export_text()
     assert "ort-cpu" in text and "vs torch" not in text
+    # an engine refused by its task (int8 top-1) shows no abs error, which did not refuse it
+    from birnn_export.compare import Check
+
+    lost = Check("y", "scores", "top1", 0.25, 0.1, 0.01, passed=False, top1=0.98)
+    console = Console(record=True, width=220)
+    console.print(render_table(BenchReport(results[1:2], judged={"ort-cpu": (lost,)})))
+    assert "mismatch" in console.export_text() and "2.5e-01" not in console.export_text()
 
 
 def test_erratic_run_times_are_named_under_the_table() -> None:
