@@ -1163,6 +1163,10 @@ def _rounding(result: CaseResult) -> bool:
     return (result.diagnosis or "").startswith(ROUNDING_DIAGNOSIS)
 
 
+#: How the diagnosis of :func:`blame_untraced` begins.
+UNTRACED_DIAGNOSIS = "only cases at sizes torch.export assumed away fail"
+
+
 def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseResult]:
     """Where every failing case runs at a point torch.export assumed away
     (:attr:`GraphSpec.untraced`, as :func:`~birnn_export._sweep.untraced_cases` runs it) and a
@@ -1189,7 +1193,7 @@ def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseR
         ", ".join(f"{d} {s}" for d, s in (point(r) or {}).items()) for r in failing
     )
     why = (
-        f"only cases at sizes torch.export assumed away fail ({'; '.join(where)}): the model "
+        f"{UNTRACED_DIAGNOSIS} ({'; '.join(where)}): the model "
         "computes another way than the graph there (a branch on a size, as `if delta:` is, or "
         "size arithmetic in Python numbers), and the graph keeps what it traced at the "
         "example's size; compute both ways with tensor ops (torch.where), or never serve "
@@ -1199,6 +1203,52 @@ def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseR
         id(r) for r in failing if not any(o.other_shape for o in r.outputs) and not _rounding(r)
     }
     return [dataclasses.replace(r, diagnosis=why) if id(r) in blamed else r for r in results]
+
+
+def failing_where_assumed(
+    results: Sequence[CaseResult], spec: GraphSpec, assumed: Sequence[tuple[Any, str]]
+) -> str | None:
+    """Why a sweep failed, where every failing case ran at a batch or length that one of
+    torch.export's assumptions on that dim (``assumed``: each
+    :class:`~birnn_export._guards.Untraced` of one dim, in words) leaves out, a row run alone
+    at its own length included, and a case passed: the model takes another branch there. The
+    recorded points (:func:`blame_untraced`) are a few of those sizes; this reads them all (a
+    pyramid's `if T % 2:` at each level leaves one length in 8: users64 F1)."""
+    away = {
+        found.dims[0]: (set(found.sizes.tolist()), which)
+        for found, which in assumed
+        if len(found.dims) == 1 and found.dims[0] in (spec.batch_dim, spec.time_dim)
+    }
+    cases = [r for r in results if r.lengths_mode != WHOLE_SWEEP]
+    if not away or not any(r.passed for r in cases):
+        return None
+    if any((r.diagnosis or "").startswith(UNTRACED_DIAGNOSIS) for r in cases):
+        return None  # said of each case already
+    said: dict[str, None] = {}
+    for result in (r for r in cases if not r.passed):
+        ran = [(result.batch, result.seq)]
+        alone = (result.error or "").startswith(SINGLE_ROWS) or any(
+            o.check == "batch-invariance" and not o.passed for o in result.outputs
+        )
+        ran += [(1, length) for length in result.lengths or ()] if alone else []
+        found = [
+            which
+            for batch, seq in ran
+            for dim, size in ((spec.batch_dim, batch), (spec.time_dim, seq))
+            if dim in away and size in away[dim][0]
+            for which in (away[dim][1],)
+        ]
+        if not found:
+            return None
+        said.update(dict.fromkeys(found))
+    return (
+        "every failing case ran at a size torch.export assumed away (it assumed "
+        f"{' and '.join(said)}), counting its rows run alone at their own lengths, and a case "
+        "elsewhere passed: the model computes another way there (a branch on a size, as "
+        "`if T % 2:` is, or size arithmetic in Python numbers), and the graph keeps what it "
+        "traced at the example's size; compute both ways with tensor ops (`x[:, : T - T % 2]` "
+        "rather than a trim under `if`, torch.where), or serve only the sizes where it holds"
+    )
 
 
 def blame_fixed_dims(

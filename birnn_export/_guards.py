@@ -119,6 +119,8 @@ def untraced_sizes(shape_env: Any, dims: Mapping[Any, Dim]) -> list[Untraced]:
             held = _evaluate(expr, symbols, grids)
             if held is None or held.all():
                 continue
+            if len(symbols) > 1:  # batch*(seq - 1) == 2*batch*((seq - 1)//2): on seq alone
+                symbols, held = _on_one_dim(expr, symbols, held, dims)
             told = not _checks_one(str(getattr(condition, "msg", "")))
             if len(symbols) == 1:
                 failing, said = single.get(symbols[0], (~held, np.zeros_like(held)))
@@ -139,6 +141,38 @@ def untraced_sizes(shape_env: Any, dims: Mapping[Any, Dim]) -> list[Untraced]:
         sizes = _sizes(dims[symbol], full=True)
         out.append(Untraced((dims[symbol].name,), sizes[failing], sizes[said]))
     return out + several
+
+
+#: The most points a condition on several dims is evaluated at to read it on one dim alone.
+_ONE_DIM_POINTS = 2**22
+
+
+def _on_one_dim(
+    expr: Any, symbols: list[Any], held: np.ndarray, dims: Mapping[Any, Dim]
+) -> tuple[list[Any], np.ndarray]:
+    """``symbols`` and ``held`` as given, or, where the condition changes along one dim alone
+    (a view's sizes multiplied by the batch: ``batch*(seq - 1) == 2*batch*((seq - 1)//2)``
+    says that seq is odd; users64 F1), that dim and the condition at each of its sizes."""
+    varies = [
+        axis
+        for axis in range(held.ndim)
+        if not np.array_equal(held, np.broadcast_to(held.take([0], axis=axis), held.shape))
+    ]
+    if len(varies) != 1:
+        return symbols, held
+    (axis,) = varies
+    if any(n < 2 for i, n in enumerate(held.shape) if i != axis):  # one size tells nothing
+        return symbols, held
+    grids = [_sizes(dims[s], full=i == axis) for i, s in enumerate(symbols)]
+    if np.prod([len(g) for g in grids]) > _ONE_DIM_POINTS:
+        return symbols, held
+    every = _evaluate(expr, symbols, grids)  # at every size of that dim, to tell each one
+    if every is None:
+        return symbols, held
+    others = tuple(i for i in range(every.ndim) if i != axis)
+    if not np.array_equal(every.all(axis=others), every.any(axis=others)):
+        return symbols, held  # another dim matters after all, at sizes the grid had left out
+    return [symbols[axis]], every.all(axis=others)
 
 
 def _checks_one(msg: str) -> bool:

@@ -172,6 +172,9 @@ class TracedGraph:
     #: What the graph is beside what was asked for (a layout with nothing to rewrite, float32
     #: islands in a float16 graph), one sentence each.
     notes: tuple[str, ...] = ()
+    #: Where torch.export assumed the model takes the traced branch, each in words
+    #: (:func:`assumptions`).
+    assumed: tuple[tuple[Untraced, str], ...] = ()
 
     def save(self, path: Path) -> None:
         """Write the graph to ``path`` (with its external data when :attr:`large`); a large
@@ -534,6 +537,7 @@ def _trace_graph(
         fixed_at=fixed_at,
         large=onnx_bytes(proto) > EXTERNAL_DATA_THRESHOLD,
         notes=tuple(notes),
+        assumed=tuple(assumptions(untraced, planned)),
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.
     if not graph.large:
@@ -1306,13 +1310,27 @@ def _untraced_notes(
     notes: what it assumed, and the sizes verification runs for it. torch's checks against 1
     alone (a strided front end) are verified, not told."""
     notes = []
-    for found in untraced:
-        if not len(found.told):
-            continue
+    for found, which in assumptions(untraced, planned):
         runs = "; ".join(
             ", ".join(f"{dim} {size}" for dim, size in point.items())
             for point in found.examples(example)
         )
+        notes.append(
+            f"torch.export assumed {which}; where that does not hold, the model may compute "
+            "another way than the graph, which keeps what it traced at the example's size (a "
+            "branch on a size, as `if delta:` is, or size arithmetic in Python numbers): the "
+            f"default verification runs {runs}"
+        )
+    return notes
+
+
+def assumptions(untraced: Sequence[Untraced], planned: PlannedInputs) -> list[tuple[Untraced, str]]:
+    """Each assumption of :func:`_untraced` that is told (not torch's checks against 1 alone),
+    with what it assumed in words (``seq % 8 == 7 (31 sizes in 8..256: 15, 23, 31, ...)``)."""
+    told = []
+    for found in untraced:
+        if not len(found.told):
+            continue
         if len(found.dims) > 1:
             which = f"{found.condition} (wherever it does not hold, of {len(found.sizes)} found)"
         else:
@@ -1324,17 +1342,29 @@ def _untraced_notes(
                 which = f"{dim} is not {sizes[0]}"
             elif len(held) == 1:
                 which = f"{dim} is {held[0]} (of {low}..{high})"
+            elif _residue(held, low, high):  # the odd ones: `if T % 2:` (users64 F1)
+                step, left = _residue(held, low, high)
+                shown = ", ".join(str(v) for v in held[:3])
+                which = (
+                    f"{dim} % {step} == {left} ({len(held)} sizes in {low}..{high}: {shown}, ...)"
+                )
             else:
                 few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")
                 shown = [str(v) for v in few[:3]] + ["..."] * (len(few) > 3)
                 which = f"{dim} is {what} of {len(few)} sizes in {low}..{high} ({', '.join(shown)})"
-        notes.append(
-            f"torch.export assumed {which}; where that does not hold, the model may compute "
-            "another way than the graph, which keeps what it traced at the example's size (a "
-            "branch on a size, as `if delta:` is, or size arithmetic in Python numbers): the "
-            f"default verification runs {runs}"
-        )
-    return notes
+        told.append((found, which))
+    return told
+
+
+def _residue(sizes: np.ndarray, low: int, high: int) -> tuple[int, int] | None:
+    """``(step, remainder)`` where ``sizes`` are every size in ``low..high`` of one remainder
+    modulo a step of 2 or more, at least 3 of them; else ``None``."""
+    if len(sizes) < 3 or len(set(np.diff(sizes))) != 1:
+        return None
+    step = int(sizes[1] - sizes[0])
+    if step < 2 or sizes[0] - low >= step or high - sizes[-1] >= step:
+        return None
+    return step, int(sizes[0] % step)
 
 
 def _unread_inputs(proto: Any) -> list[str]:
@@ -2319,9 +2349,13 @@ def _explain_trace_failure(
                 "of steps, or export the encoder alone and run the decoder's steps outside it"
             )
         else:
-            instead = " (mask the positions past each row's length, say, instead of slicing rows)"
+            instead = (  # users64 F3: lengths halved in a list, a row's steps flipped in a loop
+                ": compute with tensor ops (`lengths // 2`, not `[int(n) // 2 for n in "
+                "lengths]`), and mask the positions past each row's length, or gather each row's "
+                "steps by an index made from its length, instead of slicing rows"
+            )
         return (
-            f"{type(model).__name__}.forward makes a Python number of a tensor's value"
+            f"{_user_method(model, causes)} makes a Python number of a tensor's value"
             f"{_user_line(model, causes)} (int(), .item(), .tolist(), .numpy(), an if on a "
             "tensor), and the graph cannot depend on one: keep it a tensor" + instead
         )

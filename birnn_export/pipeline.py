@@ -13,13 +13,14 @@ so that imports run one way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from birnn_export.check import CheckReport
     from birnn_export.compare import ToleranceOverride
     from birnn_export.conversion import Replacement
+    from birnn_export.export import TracedGraph
     from birnn_export.quantize import QuantizeReport
     from birnn_export.spec import GraphSpec
     from birnn_export.verification import VerifyReport
@@ -197,7 +199,7 @@ def export_onnx(
         )
     proto, spec = graph.proto, graph.spec
     report = quantized = loaded = None
-    with staged_output(path) as staging:
+    with staged_output(path) as staging, _told_with_the_exports_notes(graph):
         graph.save(staging)
         if quantize:
             quantized = _quantize_staged(staging)
@@ -241,6 +243,29 @@ def export_onnx(
         notes=graph.notes,
         loaded_verification=loaded,
     )
+
+
+@contextlib.contextmanager
+def _told_with_the_exports_notes(graph: TracedGraph) -> Iterator[None]:
+    """A failed verification's report with the export's notes first (a success prints them,
+    a failure did not: the one that explained it, an assumption of torch.export's, went
+    unsaid; users64 F1), and its message with why, where every failing case ran at a size
+    torch.export assumed away (:func:`~birnn_export._case.failing_where_assumed`)."""
+    from birnn_export._case import failing_where_assumed
+
+    try:
+        yield
+    except VerificationError as exc:
+        if exc.report is None:
+            raise
+        report = dataclasses.replace(exc.report, notes=(*graph.notes, *exc.report.notes))
+        loaded = report if exc.loaded_report is exc.report else exc.loaded_report
+        said = str(exc).removesuffix(_NOTHING_WRITTEN)
+        why = failing_where_assumed(exc.report.cases, graph.spec, graph.assumed)
+        said += f" | {why}" if why else ""
+        raise VerificationError(
+            said + _NOTHING_WRITTEN, report=report, loaded_report=loaded
+        ) from None
 
 
 _INT8_JUDGED = "an int8 graph is judged by task agreement and relative error"

@@ -371,6 +371,7 @@ class OrtRunner(BaseRunner):
         self.placement: dict[str, dict[str, int]] | None = None
         self.cpu_recurrent_nodes: tuple[str, ...] = ()
         self._output_names: list[str] = []
+        self._run_options: Any = None  # ONNX Runtime's RunOptions, set on activate
 
     def default_provider_options(self) -> dict[str, str]:
         """What ``provider_options=None`` means for this engine."""
@@ -432,6 +433,10 @@ class OrtRunner(BaseRunner):
             )
         self.session = session
         self._output_names = [o.name for o in session.get_outputs()]
+        # a run that fails raises, with the node and its message: not also a log line of
+        # ONNX Runtime's on stderr, one per failing case of a sweep (users64 F1)
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         assignment = _assignment(session)
         if assignment is not None:
             self.placement = placement_counts(assignment)
@@ -463,7 +468,8 @@ class OrtRunner(BaseRunner):
         if self.io_binding:
             return self._infer_bound(feed)
         names = self._output_names
-        return dict(zip(names, self.session.run(names, dict(feed)), strict=True))
+        ran = self.session.run(names, dict(feed), self._run_options)
+        return dict(zip(names, ran, strict=True))
 
     def _infer_bound(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """IOBinding: inputs copied into device ``OrtValue``s, outputs allocated on the device
@@ -480,7 +486,7 @@ class OrtRunner(BaseRunner):
             values.append(value)
         for name in self._output_names:
             binding.bind_output(name, device, device_id)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self._run_options)
         return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
 
     def unavailable_reason(self) -> str | None:

@@ -805,6 +805,31 @@ def test_a_python_number_made_in_a_layer_of_another_file_is_named_with_its_line(
     )
 
 
+def test_rows_flipped_in_a_loop_are_told_to_gather_by_index(tmp_path):
+    """users64 F3: an ELMo-style backward LM fed each row's steps flipped in a Python loop
+    was told to mask instead of slicing rows, which fits neither it nor lengths halved in a
+    list."""
+
+    class FlipsEachRow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            flipped = [
+                torch.cat([x[i, : int(n)].flip(0), x[i, int(n) :]]) for i, n in enumerate(lengths)
+            ]
+            return self.rnn(torch.stack(flipped))[0]
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx(FlipsEachRow().eval(), tmp_path / "h.onnx", input_size=4)
+    message = str(caught.value)
+    assert message.startswith("FlipsEachRow.forward makes a Python number of a tensor's value")
+    assert "compute with tensor ops (`lengths // 2`" in message
+    assert "gather each row's steps by an index made from its length" in message
+    assert not (tmp_path / "h.onnx").exists()
+
+
 @pytest.mark.parametrize(
     "call",
     [

@@ -69,6 +69,20 @@ def test_a_branch_on_two_sizes_is_searched_over_both_and_told_as_written() -> No
     assert _found(sympy.Ne(C, 5)) == {"chars": ([5], [5])}  # another named dim
 
 
+def test_a_branch_on_two_sizes_that_reads_one_is_told_on_that_one() -> None:
+    """users64 F1: `if T % 2: x = x[:, :-1]` before `x.view(B, T // 2, 2 * D)` leaves
+    `batch*(time - 1) == 2*batch*((time - 1)//2)`, told as a condition on both dims of which a
+    grid's 3875 points failed; it says time is odd, at every size of time, merged with the
+    other assertions on time. One where the batch matters stays on both."""
+    odd = sympy.Eq(B * (T - 1), 2 * B * FloorDiv(T - 1, 2))
+    nonzero = sympy.Ne(B * FloorDiv(T - 1, 8), 0)  # a third level's length, times the batch
+    even = list(range(2, 401, 2))
+    assert _found(odd) == {"time": (even, even)}
+    assert _found(odd, nonzero) == {"time": ([*range(2, 9), *even[4:]], [*range(2, 9), *even[4:]])}
+    (both,) = untraced_sizes(_env(sympy.Ne(B * T, 64)), DIMS)  # the batch matters here
+    assert both.dims == ("batch", "time")
+
+
 def test_checks_against_one_are_verified_but_not_told() -> None:
     """A stride-2 front end's length is 1 at 2 steps: torch.export assumed it is not, where it
     checked for a size of 1 (the shipped speech_ctc sample); a branch the model writes on

@@ -492,3 +492,46 @@ def test_export_keeps_the_saved_inputs_verdict_where_the_sweep_fails(tmp_path: P
     assert summary["verification"]["exit_code"] == 1
     assert summary["verification_on_loaded_inputs"]["exit_code"] == 0
     assert "saved input 'x' is float64: fed as float32" in " ".join(error.loaded_report.notes)
+
+
+def test_a_failed_export_says_the_assumption_its_failing_cases_ran_outside(tmp_path) -> None:
+    """users64 F1: a listener's `if T % 2: x = x[:, :-1]` left an assumption told only on a
+    success (as a condition on batch and seq); the failed export printed raw ONNX Runtime
+    errors and said nothing of it. Its report keeps the export's notes, and its error names
+    the assumption every failing case ran outside."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from birnn_export.errors import VerificationError
+    from birnn_export.pipeline import export_onnx
+
+    class TrimsOddSteps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            b, t, d = x.shape
+            if t % 2 == 1:
+                x = x[:, :-1]
+                t = t - 1
+            x = x.reshape(b, t // 2, 2 * d)
+            packed = pack_padded_sequence(
+                x, (lengths // 2).clamp(min=1), batch_first=True, enforce_sorted=False
+            )
+            out = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=t // 2)
+            return self.head(out[0])
+
+    torch.manual_seed(0)
+    with pytest.raises(VerificationError) as caught:
+        export_onnx(
+            TrimsOddSteps().eval(), tmp_path / "t.onnx", input_size=4, ranges={"seq": (2, 16, 64)}
+        )
+    said = str(caught.value)
+    assert re.search(r"assumed away \(it assumed seq % 2 == [01] \(\d+ sizes in", said), said
+    assert "`x[:, : T - T % 2]`" in said and said.endswith("; nothing was written")
+    notes = caught.value.report.notes
+    assert any(n.startswith("torch.export assumed seq % 2 == ") for n in notes), notes
+    assert not (tmp_path / "t.onnx").exists()

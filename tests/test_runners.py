@@ -146,6 +146,29 @@ def test_ort_cpu_matches_packed_torch(lstm_file, io_binding: bool, batch: int, s
     np.testing.assert_allclose(out["output"], expected, atol=1e-5, rtol=1e-4)
 
 
+def test_a_failing_run_raises_without_onnx_runtimes_log_line(tmp_path, capfd) -> None:
+    """users64 F1: each failing case of a sweep also printed ONNX Runtime's own red log line
+    ("[E:onnxruntime:, sequential_executor.cc ...] Non-zero status code"), 21 of them before
+    the verdict; the error is raised, with its message, all the same."""
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
+    shape = numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None])],
+        [shape],
+    )
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    with OrtRunner(path) as runner:
+        assert runner.infer({"x": np.zeros(4, np.float32)})["y"].shape == (2, 2)
+        capfd.readouterr()
+        with pytest.raises(Exception, match="Reshape"):
+            runner.infer({"x": np.zeros(3, np.float32)})
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
 def test_ort_placement_is_recorded(lstm_file) -> None:
     """onnxruntime >= 1.23 says where each node runs; on the CPU provider, all of them."""
     import onnxruntime as ort
