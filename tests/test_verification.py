@@ -1170,6 +1170,19 @@ def test_an_output_of_another_shape_with_every_layer_matching_is_named(
     assert "reversal" not in text
 
 
+def test_another_models_output_size_is_not_blamed_on_a_branch(split_lstm_graph: Path) -> None:
+    """users64 F4: a graph verified against another model (30 classes against 29) was told of
+    a branch on a size the export traced, which no size moves: a dim the graph fixes."""
+    torch.manual_seed(0)
+    other = BiRNN(5, 7, cell="lstm", num_layers=2)  # 14 features where the graph gives 16
+    report = verify(split_lstm_graph, other, batch_sizes=(3,), seq_lens=(9,))
+    assert not report.passed
+    assert report.diagnosis().startswith(
+        "output 'output' has shape [3, 9, 16] where the model's has [3, 9, 14], in a dim the "
+        "graph fixes: the model given computes another output than the one exported"
+    )
+
+
 def test_a_long_sweep_says_it_is_running_where_stderr_is_no_terminal(
     split_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
