@@ -1228,16 +1228,17 @@ def failing_where_assumed(
     at its own length included, and a case passed: the model takes another branch there. The
     recorded points (:func:`blame_untraced`) are a few of those sizes; this reads them all (a
     pyramid's `if T % 2:` at each level leaves one length in 8: users64 F1)."""
-    away = {
-        found.dims[0]: (set(found.sizes.tolist()), which)
+    axes = (spec.batch_dim, spec.time_dim)
+    away = [  # the points each leaves out, as (batch, seq) pairs read on its dims
+        (found.dims, {tuple(p) for p in found.told.reshape(len(found.told), -1).tolist()}, which)
         for found, which in assumed
-        if len(found.dims) == 1 and found.dims[0] in (spec.batch_dim, spec.time_dim)
-    }
+        if set(found.dims) <= set(axes)
+    ]
     cases = [r for r in results if r.lengths_mode != WHOLE_SWEEP]
     if not away or not any(r.passed for r in cases):
         return None
-    if any((r.diagnosis or "").startswith(UNTRACED_DIAGNOSIS) for r in cases):
-        return None  # said of each case already
+    if any("a branch on" in (r.diagnosis or "") for r in cases):
+        return None  # said of each case already (:func:`blame_untraced`, an output's length)
     said: dict[str, None] = {}
     for result in (r for r in cases if not r.passed):
         ran = [(result.batch, result.seq)]
@@ -1247,10 +1248,9 @@ def failing_where_assumed(
         ran += [(1, length) for length in result.lengths or ()] if alone else []
         found = [
             which
-            for batch, seq in ran
-            for dim, size in ((spec.batch_dim, batch), (spec.time_dim, seq))
-            if dim in away and size in away[dim][0]
-            for which in (away[dim][1],)
+            for sizes in ran
+            for dims, points, which in away
+            if tuple(dict(zip(axes, sizes, strict=True))[d] for d in dims) in points
         ]
         if not found:
             return None
@@ -1260,8 +1260,9 @@ def failing_where_assumed(
         f"{' and '.join(said)}), counting its rows run alone at their own lengths, and a case "
         "elsewhere passed: the model computes another way there (a branch on a size, as "
         "`if T % 2:` is, or size arithmetic in Python numbers), and the graph keeps what it "
-        "traced at the example's size; compute both ways with tensor ops (`x[:, : T - T % 2]` "
-        "rather than a trim under `if`, torch.where), or serve only the sizes where it holds"
+        "traced at the example's size; compute both ways with tensor ops (slice or pad by a "
+        "size computed from the length, as `x[:, : T - T % 2]` does, rather than under an "
+        "`if`; torch.where), or serve only the sizes where it holds"
     )
 
 

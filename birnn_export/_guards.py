@@ -152,7 +152,9 @@ def _on_one_dim(
 ) -> tuple[list[Any], np.ndarray]:
     """``symbols`` and ``held`` as given, or, where the condition changes along one dim alone
     (a view's sizes multiplied by the batch: ``batch*(seq - 1) == 2*batch*((seq - 1)//2)``
-    says that seq is odd; users64 F1), that dim and the condition at each of its sizes."""
+    says that seq is odd; users64 F1), that dim and the condition at each of its sizes. The
+    other dims are read at the sizes of their grid (at most :data:`GRID_SIZES` each): a
+    condition that their other sizes would change is told on the one dim all the same."""
     varies = [
         axis
         for axis in range(held.ndim)

@@ -1342,11 +1342,14 @@ def assumptions(untraced: Sequence[Untraced], planned: PlannedInputs) -> list[tu
                 which = f"{dim} is not {sizes[0]}"
             elif len(held) == 1:
                 which = f"{dim} is {held[0]} (of {low}..{high})"
-            elif _residue(held, low, high):  # the odd ones: `if T % 2:` (users64 F1)
-                step, left = _residue(held, low, high)
-                shown = ", ".join(str(v) for v in held[:3])
+            elif _residue(held, low, high) or _residue(sizes, low, high):  # `if T % 2:`
+                few, said = (held, "==") if _residue(held, low, high) else (sizes, "!=")
+                step, left = _residue(few, low, high)
+                shown = ", ".join([str(v) for v in few[:3]] + ["..."] * (len(few) > 3))
                 which = (
-                    f"{dim} % {step} == {left} ({len(held)} sizes in {low}..{high}: {shown}, ...)"
+                    f"{dim} % {step} {said} {left} ("
+                    + ("not one of " * (said == "!="))
+                    + (f"{len(few)} sizes in {low}..{high}: {shown})")
                 )
             else:
                 few, what = (held, "one") if 0 < len(held) < len(sizes) else (sizes, "none")

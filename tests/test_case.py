@@ -394,3 +394,37 @@ def test_a_model_that_reads_other_rows_is_told_the_usual_causes(cause) -> None:
     assert "out[:, -1]" in told and "out[range(B), lengths - 1]" in told and "h_n" in told
     if cause == DEPENDS_ON_THE_PADDING:  # and a speech or OCR front end's (users55 F5)
         assert "a centred STFT or a convolution over samples or pixels" in told
+
+
+def test_failing_cases_are_blamed_on_an_assumption_only_where_every_one_ran_outside_it() -> None:
+    """users64 F1: where every failing case ran at a size an assumption of torch.export's
+    leaves out (a row run alone at its own length counted) and another case passed, the error
+    names it; a failing case where it holds, no passing case, or sizes only torch's checks
+    against 1 fail at (not told) say nothing."""
+    from birnn_export._case import failing_where_assumed
+    from birnn_export._guards import Untraced
+
+    x = TensorSpec("x", "float32", ("batch", "seq", 2), "features")
+    spec = GraphSpec(inputs=(x,), outputs=(), example_batch=2, example_seq=5)
+    odd = Untraced(("seq",), np.array([3, 5, 7]), np.array([3, 5, 7]))
+    assumed = [(odd, "seq % 2 == 0")]
+
+    def case(seq: int, passed: bool, lengths=None, error=None) -> CaseResult:
+        checks = (Check("y", "sequence", "values", 0.0, 0.0, 0.0, passed),)
+        return CaseResult("ort-cpu", 2, seq, "ragged", 1.0, 0, lengths, checks, error=error)
+
+    said = failing_where_assumed([case(3, False), case(4, True)], spec, assumed)
+    assert said and said.startswith(
+        "every failing case ran at a size torch.export assumed away (it assumed seq % 2 == 0)"
+    )
+    assert (
+        failing_where_assumed([case(3, False), case(4, False), case(6, True)], spec, assumed)
+        is None
+    )
+    assert failing_where_assumed([case(3, False), case(5, False)], spec, assumed) is None
+    alone = case(4, False, lengths=(4, 3), error=SINGLE_ROWS + "Reshape")  # its row of 3 alone
+    assert failing_where_assumed([alone, case(6, True)], spec, assumed) is not None
+    checked = Untraced(("seq",), np.array([2, 3]), np.array([2]))  # 3: a check against 1
+    assert failing_where_assumed([case(3, False), case(4, True)], spec, [(checked, "s")]) is None
+    pair = Untraced(("batch", "seq"), np.array([[2, 3]]), np.array([[2, 3]]))  # `if B * T == 6:`
+    assert failing_where_assumed([case(3, False), case(4, True)], spec, [(pair, "p")]) is not None

@@ -553,3 +553,18 @@ def test_engine_criteria_per_engine() -> None:
     assert isinstance(
         engine_criteria(int8_graph, ("ort-cpu",), fixed=True)["ort-cpu"]["y"], QuantizedCriterion
     )
+
+
+@pytest.mark.parametrize(("dim", "cut"), [("seq", True), ("((seq - Mod(seq, 4))//4) + 1", False)])
+def test_only_an_output_as_long_as_its_input_is_cut_to_the_longest_row(dim: str, cut: bool) -> None:
+    """review43 F1: a model padding to a multiple of 4 under `if T % 4:`, traced away, gave one
+    frame more than the model at every multiple of 4; that frame was cut off as if the graph
+    returned the input's length where the model returns the longest row's, and a wrong graph
+    passed. Only an output as long as an input's own dim is cut."""
+    x = TensorSpec("x", "float32", ("batch", "seq", 2), "features")
+    y = TensorSpec("y", "float32", ("batch", dim, 3), "sequence", time_at=1)
+    spec = GraphSpec(inputs=(x,), outputs=(y,), example_batch=2, example_seq=5)
+    want = np.ones((2, 4, 3))
+    got = np.concatenate([want, np.full((2, 1, 3), 7.0)], axis=1)  # one step more
+    checks = compare_outputs(spec, {"y": got}, {"y": want}, np.array([4, 2]), {"y": TOL})
+    assert checks[0].passed == cut
