@@ -1222,12 +1222,13 @@ def blame_untraced(results: Sequence[CaseResult], spec: GraphSpec) -> list[CaseR
 def failing_where_assumed(
     results: Sequence[CaseResult], spec: GraphSpec, assumed: Sequence[tuple[Any, str]]
 ) -> str | None:
-    """Why a sweep failed, where every failing case ran at a batch or length that one of
-    torch.export's assumptions on that dim (``assumed``: each
-    :class:`~birnn_export._guards.Untraced` of one dim, in words) leaves out, a row run alone
-    at its own length included, and a case passed: the model takes another branch there. The
-    recorded points (:func:`blame_untraced`) are a few of those sizes; this reads them all (a
-    pyramid's `if T % 2:` at each level leaves one length in 8: users64 F1)."""
+    """Why a sweep failed, where every failing case ran at a batch or length (or both) that
+    one of torch.export's assumptions on those dims leaves out (``assumed``: each
+    :class:`~birnn_export._guards.Untraced` with its words; the points it tells, all of one
+    dim's, a grid's of two), a row run alone at its own length included, and a case passed:
+    the model takes another branch there. The recorded points (:func:`blame_untraced`) are a
+    few of those sizes; this reads them all (a pyramid's `if T % 2:` at each level leaves one
+    length in 8: users64 F1)."""
     axes = (spec.batch_dim, spec.time_dim)
     away = [  # the points each leaves out, as (batch, seq) pairs read on its dims
         (found.dims, {tuple(p) for p in found.told.reshape(len(found.told), -1).tolist()}, which)
