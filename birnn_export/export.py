@@ -1342,9 +1342,8 @@ def assumptions(untraced: Sequence[Untraced], planned: PlannedInputs) -> list[tu
                 which = f"{dim} is not {sizes[0]}"
             elif len(held) == 1:
                 which = f"{dim} is {held[0]} (of {low}..{high})"
-            elif _residue(held, low, high) or _residue(sizes, low, high):  # `if T % 2:`
-                few, said = (held, "==") if _residue(held, low, high) else (sizes, "!=")
-                step, left = _residue(few, low, high)
+            elif rule := _remainder_rule(held, sizes, low, high):  # `if T % 2:`
+                few, said, step, left = rule
                 shown = ", ".join([str(v) for v in few[:3]] + ["..."] * (len(few) > 3))
                 which = (
                     f"{dim} % {step} {said} {left} ("
@@ -1357,6 +1356,18 @@ def assumptions(untraced: Sequence[Untraced], planned: PlannedInputs) -> list[tu
                 which = f"{dim} is {what} of {len(few)} sizes in {low}..{high} ({', '.join(shown)})"
         told.append((found, which))
     return told
+
+
+def _remainder_rule(
+    held: np.ndarray, left_out: np.ndarray, low: int, high: int
+) -> tuple[np.ndarray, str, int, int] | None:
+    """``(sizes, "==" or "!=", step, remainder)`` where the sizes an assumption holds at, else
+    those it leaves out, are one remainder modulo a step (:func:`_residue`); else ``None``."""
+    for sizes, said in ((held, "=="), (left_out, "!=")):
+        found = _residue(sizes, low, high)
+        if found is not None:
+            return sizes, said, *found
+    return None
 
 
 def _residue(sizes: np.ndarray, low: int, high: int) -> tuple[int, int] | None:
