@@ -183,6 +183,8 @@ def _checks_one(msg: str) -> bool:
     match = _NOT_ONE.match(msg)
     if match is None or match[3] != (match[1] or "1"):
         return False
+    if re.match(r"(Python)?Mod\(", match[2]):  # a remainder is no size: `if T % 2 == 1:`
+        return False
     if not match[1]:  # any size against 1
         return True
     depth = 0

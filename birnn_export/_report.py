@@ -223,10 +223,14 @@ class VerifyReport:
             alone = sum(c.lengths_mode != WHOLE_SWEEP for c in failed)
             # users63 F1: "1 of 12 case(s) failed", then why the sweep failed judged together
             together = ", and the sweep fails judged together" * (alone < len(failed))
+            sweeps = {c.engine for c in failed if c.lengths_mode == WHOLE_SWEEP}
+            judged = sum(  # review43 F11: that engine's cases, not ort-cpu's beside it
+                c.lengths_mode != WHOLE_SWEEP and c.engine in sweeps for c in self.cases
+            )
             parts.append(
                 f"{alone} of {total} case(s) failed{together}"
                 if alone
-                else f"{total} case(s) pass one by one and fail judged together"
+                else f"{judged} case(s) pass one by one and fail judged together"
             )
             first = failed[0]
             if first.error is not None:

@@ -100,6 +100,10 @@ def test_checks_against_one_are_verified_but_not_told() -> None:
     assert _found(pooled, msg=checked) == {"time": ([2, 3, 4, 5, 6, 7], [])}
     for written in ("Eq(4*s27 - 8, 4)", "Eq(2*s27 - 2, 2)"):  # a branch: a sum, not one term
         assert _found(sympy.Ne(T, 3), msg=f"evaluate_expr: {written}") == {"time": ([3], [3])}
+    # review43 F3: `if T % 2 == 1: x = x * 0.5`, a remainder against 1, is no check of a size
+    told = "evaluate_expr: Eq(Mod(s27, 2), 1)"
+    even = list(range(2, 401, 2))
+    assert _found(sympy.Eq(Mod(T, 2), 1), msg=told) == {"time": (even, even)}
     told = "evaluate_expr: Ne(4*Max(1, (s27//4)), 8)"  # `if 4 * frames == 8:`, not a stride
     assert _found(sympy.Ne(Max(1, FloorDiv(T, 4)), 2), msg=told) == {
         "time": ([8, 9, 10, 11], [8, 9, 10, 11])

@@ -2044,3 +2044,21 @@ def test_another_model_file_is_said_before_any_diagnosis(
     torch.save(nn.ModuleDict(kinds).state_dict(), other)
     with pytest.raises(BiRNNExportError, match=r"with sha256 .*verify against the model the graph"):
         verify(path, other, batch_sizes=(3,), seq_lens=(6,))
+
+
+def test_a_sweep_failing_judged_together_counts_its_own_engines_cases() -> None:
+    """review43 F11: with ort-cpu beside ort-int8, only ort-int8's cases were judged together:
+    "26 case(s) pass one by one" counted ort-cpu's too."""
+    from birnn_export._report import WHOLE_SWEEP
+    from birnn_export.compare import Check
+
+    right = Check("y", "sequence", "values", 0.0, 0.0, 0.0, True)
+    wrong = Check("y", "sequence", "sweep", 1.0, 1.0, 1.0, False, rel_l2=0.9, rel_l2_limit=0.25)
+    cases = [
+        CaseResult(engine, 3, seq, "ragged", 1.0, 0, None, (right,))
+        for engine in ("ort-cpu", "ort-int8")
+        for seq in (9, 17, 33)
+    ]
+    cases.append(CaseResult("ort-int8", 0, 0, WHOLE_SWEEP, 1.0, 0, None, (wrong,)))
+    report = VerifyReport("m.onnx", "torch", "float64", ("ort-cpu", "ort-int8"), {}, tuple(cases))
+    assert report.summary().startswith("FAIL: 3 case(s) pass one by one and fail judged together")
