@@ -644,6 +644,17 @@ def build_engine(
     )
 
 
+def _wait_at_exit(finished: threading.Event) -> None:
+    """Wait up to :data:`BUILD_STOP_WAIT_S` for an interrupted build to stop, at exit; a second
+    Ctrl-C ends the wait and the process by SIGINT (the CLI ignores signals once its work is
+    over: review42 R7, a build that never stopped held the process 10 s)."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    finished.wait(BUILD_STOP_WAIT_S)
+
+
 def _waited_for(call: Callable[[], Any], cancel: threading.Event | None = None) -> Any:
     """``call()`` run in a daemon thread and waited for here. TensorRT's builder works without
     the GIL, but Python runs a signal's handler only in the main thread, between bytecodes:
@@ -682,7 +693,7 @@ def _waited_for(call: Callable[[], Any], cancel: threading.Event | None = None) 
         if cancel is not None:
             cancel.set()
         if thread.is_alive():  # not a thread that could not start (review42 R5)
-            atexit.register(finished.wait, BUILD_STOP_WAIT_S)
+            atexit.register(_wait_at_exit, finished)
         raise
     finally:
         if main:

@@ -719,6 +719,44 @@ def test_an_interrupted_build_is_cancelled_and_waited_for_at_exit() -> None:
     assert done.stdout == "interrupted\nbuild stopped\n", done.stderr[-2000:]
 
 
+_UNSTOPPABLE_BUILD = """
+import os, signal, threading, time
+from birnn_export import trt
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+cancel = threading.Event()
+
+def build():
+    os.kill(os.getpid(), signal.SIGINT)
+    cancel.wait()
+    for _ in range(3000):  # the process is at exit, waiting for this build: a second Ctrl-C
+        if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
+            break
+        time.sleep(0.01)
+    print("second Ctrl-C", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+
+try:
+    trt._waited_for(build, cancel)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the CLI leaves it when its work is over
+"""
+
+
+def test_a_second_ctrl_c_ends_the_wait_for_a_build_that_does_not_stop() -> None:
+    """review42 R7: the wait at exit for a build that never stops was cut short by nothing but
+    SIGKILL (the CLI ignores SIGINT once its work is over); a second Ctrl-C ends it by SIGINT."""
+    import signal
+
+    done = subprocess.run(
+        [sys.executable, "-c", _UNSTOPPABLE_BUILD], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGINT, done.stderr[-2000:]  # not 0 after a 10 s wait
+    assert done.stdout == "interrupted\nsecond Ctrl-C\n", done.stderr[-2000:]
+
+
 def test_a_build_that_raises_is_raised_and_one_that_cannot_start_leaves_no_wait(
     monkeypatch,
 ) -> None:
