@@ -280,6 +280,9 @@ def check_compatibility(
         # The static rules about the node the parser rejected explain it: put them beside it.
         findings += [verdict, *(f for f in static if f.node == verdict.node != "graph")]
     findings += [f for f in static if f not in findings]
+    command = trtexec_command(path, build.profile) if build.ok and path is not None else None
+    if command:
+        findings.append(Finding("info", "graph", f"the same engine with trtexec: {command}"))
     return CheckReport(
         target,
         source,
@@ -287,6 +290,29 @@ def check_compatibility(
         checked_with=f"{library} parser and builder",
         build=build,
     )
+
+
+def trtexec_command(path: str | os.PathLike[str], profile: Any) -> str | None:
+    """The trtexec command line (TensorRT 10 and 11) that builds the engine the check built:
+    strongly typed (the graph's own precision; a no-op flag in 11), TF32 off and the same
+    optimisation profile (``profile``: each input's (min, opt, max) shapes), saved beside the
+    graph as ``.plan``. ``None`` where an input's name holds a comma, which trtexec's shape
+    lists cannot carry."""
+    import shlex
+
+    from birnn_export.runners import format_profile_shapes
+
+    if any("," in name for name in profile):
+        return None
+    path = Path(path)
+    words = ["trtexec", f"--onnx={path}", "--stronglyTyped", "--noTF32"]
+    if profile:
+        words += [
+            f"--{which}Shapes={format_profile_shapes(profile, i)}"
+            for i, which in enumerate(("min", "opt", "max"))
+        ]
+    words.append(f"--saveEngine={path.with_suffix('.plan')}")
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _int8_graph(model: Any, target: str) -> list[Finding]:

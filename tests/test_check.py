@@ -945,6 +945,30 @@ def test_cli_exit_codes(tmp_path) -> None:
     assert result.exit_code == 0 and "--target" in result.output
 
 
+def test_trtexec_command_builds_the_profile_checked() -> None:
+    """`check` prints the trtexec command that builds its engine on a serving machine: strongly
+    typed, TF32 off, the same profile; a path is quoted for the shell, and input names with a
+    comma, which trtexec's shape lists split on, get none."""
+    import shlex
+
+    from birnn_export.check import trtexec_command
+
+    profile = {"x": ((1, 1, 40), (8, 64, 40), (32, 256, 40)), "lengths": ((1,), (8,), (32,))}
+    command = trtexec_command("my models/m.onnx", profile)
+    assert shlex.split(command) == [
+        "trtexec",
+        "--onnx=my models/m.onnx",
+        "--stronglyTyped",
+        "--noTF32",
+        "--minShapes=x:1x1x40,lengths:1",
+        "--optShapes=x:8x64x40,lengths:8",
+        "--maxShapes=x:32x256x40,lengths:32",
+        "--saveEngine=my models/m.plan",
+    ]
+    assert trtexec_command("m.onnx", {"a,b": ((1,), (1,), (1,))}) is None
+    assert "Shapes" not in trtexec_command("m.onnx", {})  # static shapes: no profile
+
+
 @pytest.mark.tensorrt_rtx
 def test_cli_real_parser_verdict(tmp_path) -> None:
     rejected, clean = tmp_path / "fp16.onnx", tmp_path / "clean.onnx"
@@ -964,6 +988,13 @@ def test_cli_real_parser_verdict(tmp_path) -> None:
     assert data["build"]["parsed"] is False and data["checked_with"].startswith("tensorrt_rtx")
     result = runner.invoke(main, ["check", str(clean), "--target", "tensorrt"])
     assert result.exit_code == 0 and "parsed the graph and built a" in result.output
+    # the same engine's trtexec command, with the profile built (a ModelProto has no path)
+    command = f"trtexec --onnx={clean} --stronglyTyped --noTF32 --minShapes=x:1x1x{IN},lengths:1"
+    assert f"info: graph: the same engine with trtexec: {command}" in result.output
+    assert f"lengths:32 --saveEngine={tmp_path / 'clean.plan'}" in result.output
+    assert "trtexec" not in " ".join(
+        check_compatibility(recurrent_graph(), target="tensorrt").lines()
+    )
     result = runner.invoke(
         main, ["check", str(rejected), "--target", "tensorrt", "--tensorrt", "static"]
     )
