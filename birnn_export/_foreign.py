@@ -343,6 +343,7 @@ def _fixed_ranges(spec: GraphSpec, fixed: Mapping[str, int]) -> dict[str, Any]:
         changes["dim_ranges"] = dim_ranges
         changes["example_sizes"] = {**spec.example_sizes, **fixed}
         changes["untraced"] = ()  # points at other sizes the graph cannot take
+        changes["assumed"] = ()
     return changes
 
 

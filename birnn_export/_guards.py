@@ -253,3 +253,45 @@ def examples(sizes: Sequence[int] | np.ndarray, near: int) -> tuple[int, ...]:
         return ()
     nearest = sizes[np.argmin(np.abs(sizes - near))]
     return tuple(sorted({int(sizes[0]), int(nearest), int(sizes[-1])}))
+
+
+#: The most runs of evenly spaced sizes (one dim) or points (several) a graph records of an
+#: assumption (:func:`recorded`); one that needs more is left out of the file.
+MAX_RECORDED = 64
+
+
+def recorded(found: Untraced, words: str, note: str) -> dict[str, Any] | None:
+    """An assumption as a graph's spec records it, so that ``birnn-export verify`` on the file
+    says what the export said (review43 F7): its dims, its words, the export's note, and the
+    sizes it tells, as runs ``[first, last, step]`` of one dim (``seq % 8 == 7`` is one run) or
+    as points of several; ``None`` where that takes over :data:`MAX_RECORDED` of them."""
+    told = np.asarray(found.told, dtype=np.int64).reshape(len(found.told), len(found.dims))
+    entry: dict[str, Any] = {"dims": list(found.dims), "words": words, "note": note}
+    if len(found.dims) > 1:
+        entry["points"] = told.tolist()
+        return entry if len(told) <= MAX_RECORDED else None
+    sizes, runs = np.unique(told), []
+    i = 0
+    while i < len(sizes):
+        step = int(sizes[i + 1] - sizes[i]) if i + 1 < len(sizes) else 1
+        j = i
+        while j + 1 < len(sizes) and sizes[j + 1] - sizes[j] == step:
+            j += 1
+        runs.append([int(sizes[i]), int(sizes[j]), step])
+        i = j + 1
+    entry["sizes"] = runs
+    return entry if len(runs) <= MAX_RECORDED else None
+
+
+def from_record(entry: Mapping[str, Any]) -> tuple[Untraced, str]:
+    """A spec's recorded assumption (:func:`recorded`) as :func:`untraced_sizes` found it,
+    with its words."""
+    dims = tuple(entry["dims"])
+    if "points" in entry:
+        told = np.asarray(entry["points"], dtype=np.int64).reshape(-1, len(dims))
+    else:
+        told = np.concatenate(
+            [np.arange(a, b + 1, step, dtype=np.int64) for a, b, step in entry["sizes"]]
+            or [np.zeros(0, dtype=np.int64)]
+        )
+    return Untraced(dims, told, told), entry["words"]

@@ -134,6 +134,9 @@ class VerifyReport:
     model_sha256: str | None = None
     loaded_inputs: str | None = None
     loaded_outputs: str | None = None
+    #: Why the sweep failed, where every failing case ran at a size torch.export assumed away
+    #: (:func:`~birnn_export._case.failing_where_assumed`, from the graph's records).
+    assumed_away: str | None = None
 
     def __repr__(self) -> str:  # the dataclass's holds every check of every case
         return f"VerifyReport({self.onnx_path!r}, {self.summary()})"
@@ -260,6 +263,8 @@ class VerifyReport:
             message += f" | {other_file}"
         if diagnosis:
             message += " | " + " ".join(diagnosis.splitlines()[0].split())
+        if self.assumed_away:
+            message += f" | {self.assumed_away}"
         raise VerificationError(message, report=self)
 
     def diagnosed_failures(self) -> tuple[CaseResult, ...]:

@@ -284,6 +284,7 @@ def _recorded(spec: dict[str, Any], parsed: GraphSpec) -> list[str]:
             "  sizes the default verification also runs, where torch.export assumed the model "
             f"takes the traced branch: {points}"
         )
+    out += [f"  torch.export assumed {entry['words']}" for entry in parsed.assumed]
     if spec.get("source_sha256"):
         out.append(f"  source sha256 {spec['source_sha256']}")
     if spec.get("config"):

@@ -52,7 +52,7 @@ from birnn_export._graph import (
     reconstruction_notes,
     set_metadata,
 )
-from birnn_export._guards import Dim, Untraced, untraced_sizes
+from birnn_export._guards import Dim, Untraced, recorded, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
     first_leaf,
@@ -500,7 +500,9 @@ def _trace_graph(
             "the graph is birnn-export's own"
         )
     notes += [] if scores is not None else reconstruction_notes(proto, spec)
-    notes += _untraced_notes(untraced, planned, traced_at)
+    told = assumptions(untraced, planned)
+    said = _untraced_notes(told, traced_at)
+    notes += said
     notes += _unrolled_cells_notes(traced, trace_inputs)
     notes += _unembedded_notes(planned, spec, unread_inputs(proto.graph))
     notes += batch_not_first_note(spec)
@@ -523,6 +525,11 @@ def _trace_graph(
         source_sha256=source_sha256,
         container=container.to_dict() if container is not None else None,
         untraced=tuple(dict(p) for p in points[:MAX_UNTRACED]),
+        assumed=tuple(
+            entry
+            for (found, which), note in zip(told, said, strict=True)
+            if (entry := recorded(found, which, note)) is not None
+        ),
     )
     set_metadata(proto, spec, lengths_fed)
     graph = TracedGraph(
@@ -537,7 +544,7 @@ def _trace_graph(
         fixed_at=fixed_at,
         large=onnx_bytes(proto) > EXTERNAL_DATA_THRESHOLD,
         notes=tuple(notes),
-        assumed=tuple(assumptions(untraced, planned)),
+        assumed=tuple(told),
     )
     # Over protobuf's 2 GB limit the checks read the saved file and its external data.
     if not graph.large:
@@ -1303,14 +1310,12 @@ def _layout_note(asked: str, layout: str, has_lstm_or_gru: bool = True) -> str:
     return f"--layout {asked}: {why}; wrote the {layout} graph, recorded as layout {layout}"
 
 
-def _untraced_notes(
-    untraced: Sequence[Untraced], planned: PlannedInputs, example: Mapping[str, int]
-) -> list[str]:
-    """Where torch.export assumed the model takes the traced branch (:func:`_untraced`), as
-    notes: what it assumed, and the sizes verification runs for it. torch's checks against 1
-    alone (a strided front end) are verified, not told."""
+def _untraced_notes(told: Sequence[tuple[Untraced, str]], example: Mapping[str, int]) -> list[str]:
+    """Where torch.export assumed the model takes the traced branch (:func:`assumptions`), as
+    notes, one each: what it assumed, and the sizes verification runs for it. torch's checks
+    against 1 alone (a strided front end) are verified, not told."""
     notes = []
-    for found, which in assumptions(untraced, planned):
+    for found, which in told:
         runs = "; ".join(
             ", ".join(f"{dim} {size}" for dim, size in point.items())
             for point in found.examples(example)

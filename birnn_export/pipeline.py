@@ -258,10 +258,13 @@ def _told_with_the_exports_notes(graph: TracedGraph) -> Iterator[None]:
     except VerificationError as exc:
         if exc.report is None:
             raise
-        report = dataclasses.replace(exc.report, notes=(*graph.notes, *exc.report.notes))
+        own = tuple(n for n in exc.report.notes if n not in graph.notes)  # the graph's own
+        report = dataclasses.replace(exc.report, notes=(*graph.notes, *own))
         loaded = report if exc.loaded_report is exc.report else exc.loaded_report
         said = str(exc).removesuffix(_NOTHING_WRITTEN)
-        why = failing_where_assumed(exc.report.cases, graph.spec, graph.assumed)
+        why = None  # said already where the graph records its assumptions (every one but
+        if not exc.report.assumed_away:  # those with over MAX_RECORDED runs of sizes)
+            why = failing_where_assumed(exc.report.cases, graph.spec, graph.assumed)
         said += f" | {why}" if why else ""
         raise VerificationError(
             said + _NOTHING_WRITTEN, report=report, loaded_report=loaded

@@ -163,6 +163,10 @@ class GraphSpec:
     #: dims an assumption reads (``{"seq": 100}``, ``{"batch": 8, "seq": 48}``); the default
     #: sweep verifies each. Written only where there are any.
     untraced: tuple[dict[str, int], ...] = ()
+    #: What torch.export assumed of those sizes, as the export told it, and every size each
+    #: assumption leaves out (:func:`birnn_export._guards.recorded`): ``verify`` on the file
+    #: says it, and which failing cases ran there. Written only where there are any.
+    assumed: tuple[dict[str, Any], ...] = ()
 
     @property
     def lengths_input(self) -> TensorSpec | None:
@@ -258,8 +262,9 @@ class GraphSpec:
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
-        if not data["untraced"]:  # files without it stay readable by earlier versions
-            del data["untraced"]
+        for key in ("untraced", "assumed"):  # files without them stay readable by earlier versions
+            if not data[key]:
+                del data[key]
         for tensor in data["inputs"] + data["outputs"]:  # likewise
             if tensor["ctc_blank"] is None:
                 del tensor["ctc_blank"]
@@ -279,6 +284,7 @@ class GraphSpec:
                 data[key] = tuple(TensorSpec(**{**t, "dims": tuple(t["dims"])}) for t in data[key])
             data["recurrent_layers"] = tuple(data.get("recurrent_layers", ()))
             data["untraced"] = tuple(dict(p) for p in data.get("untraced", ()))
+            data["assumed"] = tuple(dict(a) for a in data.get("assumed", ()))
             # Files written before the ranges were declared take the defaults.
             for key in ("batch_range", "seq_range"):
                 if key in data:
@@ -546,6 +552,7 @@ def _check_spec_data(data: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise BiRNNExportError(f"{key}: expected a size in 1..{MAX_DIM}")
     _check_untraced(data)
+    _check_assumed(data)
     padding = data.get("padding_value", 0.0)
     if isinstance(padding, bool) or not isinstance(padding, int | float):
         raise BiRNNExportError("padding_value: expected a number")
@@ -651,11 +658,6 @@ def _check_untraced(data: dict[str, Any]) -> None:
     """``untraced``: a list of points ``{dim: size}``, each dim the graph's, each size in its
     declared range (a file edited by hand must not make the sweep run a batch of 5000)."""
     untraced = data.get("untraced", [])
-    ranges = {
-        data.get("batch_dim", BATCH): data.get("batch_range", DEFAULT_BATCH_RANGE),
-        data.get("time_dim", SEQ): data.get("seq_range", DEFAULT_SEQ_RANGE),
-        **(data.get("dim_ranges") or {}),
-    }
     if isinstance(untraced, list) and len(untraced) > MAX_UNTRACED:
         raise BiRNNExportError(
             f"untraced: {len(untraced)} points; the export records at most {MAX_UNTRACED}"
@@ -663,18 +665,77 @@ def _check_untraced(data: dict[str, Any]) -> None:
     for point in untraced if isinstance(untraced, list) else [None]:
         if not isinstance(point, dict) or not point:
             raise BiRNNExportError("untraced: expected a list of {dim: size} objects")
-        for dim, size in point.items():
-            bounds = ranges.get(dim)
-            if bounds is None:
-                raise BiRNNExportError(f"untraced: {dim!r} is not a dim of the graph")
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise BiRNNExportError(f"untraced: {dim} {size!r} is not a size")
-            if not (isinstance(bounds, list | tuple) and len(bounds) == 3):
-                continue  # the ranges' own check says what is wrong with them
-            if not bounds[0] <= size <= bounds[2]:
-                raise BiRNNExportError(
-                    f"untraced: {dim} {size} is outside its declared range {bounds[0]}..{bounds[2]}"
-                )
+        _check_point("untraced", point, data)
+
+
+def _check_point(key: str, point: dict[Any, Any], data: dict[str, Any]) -> None:
+    """Each dim of ``point`` is the graph's, and each size within its declared range."""
+    ranges = _dim_ranges(data)
+    for dim, size in point.items():
+        bounds = ranges.get(dim)
+        if bounds is None:
+            raise BiRNNExportError(f"{key}: {dim!r} is not a dim of the graph")
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise BiRNNExportError(f"{key}: {dim} {size!r} is not a size")
+        if not (isinstance(bounds, list | tuple) and len(bounds) == 3):
+            continue  # the ranges' own check says what is wrong with them
+        if not bounds[0] <= size <= bounds[2]:
+            raise BiRNNExportError(
+                f"{key}: {dim} {size} is outside its declared range {bounds[0]}..{bounds[2]}"
+            )
+
+
+def _dim_ranges(data: dict[str, Any]) -> dict[Any, Any]:
+    """Each named dim of a spec's data with its declared range, as the data has them."""
+    return {
+        data.get("batch_dim", BATCH): data.get("batch_range", DEFAULT_BATCH_RANGE),
+        data.get("time_dim", SEQ): data.get("seq_range", DEFAULT_SEQ_RANGE),
+        **(data.get("dim_ranges") or {}),
+    }
+
+
+def _check_assumed(data: dict[str, Any]) -> None:
+    """``assumed``: a list of ``{"dims", "words", "note"}`` objects with runs ``"sizes"``
+    ``[[first, last, step], ...]`` of their one dim or ``"points"`` of several (at most
+    :data:`~birnn_export._guards.MAX_RECORDED`: a file edited by hand must not make verify
+    expand millions of sizes), each size in its dim's declared range."""
+    from birnn_export._guards import MAX_RECORDED
+
+    assumed = data.get("assumed", [])
+    if not isinstance(assumed, list) or len(assumed) > MAX_RECORDED:
+        raise BiRNNExportError(f"assumed: expected a list of at most {MAX_RECORDED} objects")
+    for entry in assumed:
+        one = isinstance(entry, dict) and isinstance(entry.get("dims"), list | str)
+        keys = {"dims", "words", "note", "sizes" if one and len(entry["dims"]) == 1 else "points"}
+        if not isinstance(entry, dict) or set(entry) != keys:
+            raise BiRNNExportError(
+                "assumed: expected objects of dims, words, note, and sizes (one dim) or points"
+            )
+        dims, rows = entry["dims"], entry.get("sizes", entry.get("points"))
+        if not all(isinstance(entry[k], str) and len(entry[k]) <= 2000 for k in ("words", "note")):
+            raise BiRNNExportError("assumed: words and note are texts")
+        if not isinstance(dims, list) or any(d not in _dim_ranges(data) for d in dims):
+            raise BiRNNExportError(f"assumed: {dims!r} are not dims of the graph")
+        width = 3 if "sizes" in entry else len(dims)
+        if not (
+            isinstance(dims, list)
+            and isinstance(rows, list)
+            and len(rows) <= MAX_RECORDED
+            and all(isinstance(r, list) and len(r) == width for r in rows)
+        ):
+            raise BiRNNExportError(
+                f"assumed: expected at most {MAX_RECORDED} runs [first, last, step] of one dim "
+                "or points of several"
+            )
+        for row in rows:
+            if "points" in entry:
+                _check_point("assumed", dict(zip(dims, row, strict=True)), data)
+                continue
+            for size in row[:2]:
+                _check_point("assumed", {dims[0]: size}, data)
+            step = row[2]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 1 or row[0] > row[1]:
+                raise BiRNNExportError(f"assumed: {row} is not a run [first, last, step]")
 
 
 def is_parameter_name(value: Any) -> bool:

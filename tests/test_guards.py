@@ -9,7 +9,7 @@ import pytest
 import sympy
 from torch.utils._sympy.functions import CeilToInt, FloorDiv, IntTrueDiv, Max, Mod, PythonMod
 
-from birnn_export._guards import Dim, examples, untraced_sizes
+from birnn_export._guards import Dim, Untraced, examples, from_record, recorded, untraced_sizes
 
 T = sympy.Symbol("s27", integer=True, positive=True)
 B = sympy.Symbol("s77", integer=True, positive=True)
@@ -149,3 +149,32 @@ def test_a_modulo_by_zero_at_some_sizes_says_nothing_on_stderr(recwarn) -> None:
     numpy's RuntimeWarning reached the user."""
     untraced_sizes(_env(sympy.Eq(Mod(4, Mod(T, 4)), 0)), DIMS)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize(
+    ("told", "runs"),
+    [
+        (list(range(15, 257, 8)), [[15, 255, 8]]),  # seq % 8 == 7: one run
+        ([4], [[4, 4, 1]]),
+        ([2, 3, 4, 5, 9, 11, 13, 20], [[2, 5, 1], [9, 13, 2], [20, 20, 1]]),
+    ],
+)
+def test_an_assumption_is_recorded_as_runs_of_its_sizes(told: list[int], runs: list) -> None:
+    """review43 F7: the graph records every size an assumption tells, as few runs as it takes,
+    so that verify on the file finds the failing cases it leaves out as the export did."""
+    found = Untraced(("seq",), np.array(told), np.array(told))
+    entry = recorded(found, "words", "note")
+    assert entry == {"dims": ["seq"], "words": "words", "note": "note", "sizes": runs}
+    again, words = from_record(entry)
+    assert again.dims == ("seq",) and again.told.tolist() == told and words == "words"
+
+
+def test_an_assumption_on_two_dims_is_recorded_as_points_and_none_over_the_cap() -> None:
+    points = np.array([[3, 7], [5, 9]])
+    entry = recorded(Untraced(("batch", "seq"), points, points, "b*t > 20"), "w", "n")
+    assert entry is not None and entry["points"] == [[3, 7], [5, 9]]
+    assert from_record(entry)[0].told.tolist() == [[3, 7], [5, 9]]
+    many = np.arange(2, 400, 3)[:, None] * np.array([1, 1])
+    assert recorded(Untraced(("batch", "seq"), many, many, "b == t"), "w", "n") is None
+    scattered = np.array([2**k for k in range(1, 9)] + [300 + 7 * k * k for k in range(150)])
+    assert recorded(Untraced(("seq",), scattered, scattered), "w", "n") is None

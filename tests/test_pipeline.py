@@ -533,5 +533,20 @@ def test_a_failed_export_says_the_assumption_its_failing_cases_ran_outside(tmp_p
     assert "assumed away (it assumed seq % 2 == 1 (31 sizes in 2..64: 3, 5, 7, ...))" in said, said
     assert "`x[:, : T - T % 2]`" in said and said.endswith("; nothing was written")
     notes = caught.value.report.notes
-    assert any(n.startswith("torch.export assumed seq % 2 == 1 (31 sizes") for n in notes), notes
+    assert [n for n in notes if n.startswith("torch.export assumed seq % 2 == 1 (31 sizes")]
+    assert len(set(notes)) == len(notes), notes  # the export's, not again the graph's
+    assert said.count("assumed away") == 1
     assert not (tmp_path / "t.onnx").exists()
+    # review43 F7: `birnn-export verify` on the graph written unverified, as the failure's
+    # hint says to study it, says the same: the graph records what torch.export assumed
+    from birnn_export.verification import verify
+
+    model = TrimsOddSteps().eval()
+    export_onnx(model, tmp_path / "t.onnx", input_size=4, ranges={"seq": (2, 16, 64)}, verify=False)
+    report = verify(tmp_path / "t.onnx", model, isolate=False)
+    assert not report.passed and report.assumed_away is not None
+    assert "assumed away (it assumed seq % 2 == 1 (31 sizes in 2..64" in report.assumed_away
+    assert [n for n in report.notes if n.startswith("torch.export assumed seq % 2 == 1 (31 sizes")]
+    with pytest.raises(VerificationError, match="assumed away") as again:
+        report.raise_for_failure()
+    assert str(again.value).count("assumed away") == 1

@@ -409,6 +409,37 @@ def test_token_padded_feed_without_lengths(mode):
         assert len(set(lengths)) == 1 and (mode == "equal" or lengths[0] == 20)
 
 
+_ASSUMED = {"dims": ["seq"], "words": "seq % 8 == 7", "note": "torch.export assumed ..."}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{}, [5], [{**_ASSUMED, "sizes": [[7, 255, 8]], "points": []}],
+     [{**_ASSUMED, "sizes": []} | {"dims": ["nosuch"]}],
+     [{**_ASSUMED, "sizes": [[7, 300, 8]]}], [{**_ASSUMED, "sizes": [[7, 255, 0]]}],
+     [{**_ASSUMED, "sizes": [[9, 7, 1]]}], [{**_ASSUMED, "sizes": [[7, 255]]}],
+     [{**_ASSUMED, "sizes": [[7, 7, 1]] * 65}], [{**_ASSUMED, "sizes": [[7, 255, True]]}],
+     [{**_ASSUMED, "words": 5, "sizes": []}], [{**_ASSUMED, "points": [[3, 5]]}],
+     [{**_ASSUMED, "dims": ["batch", "seq"], "points": [[3]]}],
+     [{**_ASSUMED, "dims": ["batch", "seq"], "points": [[5000, 7]]}]],
+)  # fmt: skip
+def test_assumptions_recorded_must_be_runs_or_points_of_the_graphs_dims(bad):
+    """review43 F7: a graph records what torch.export assumed, for verify to say; a file edited
+    by hand gets a one-line refusal, not millions of sizes to expand or a traceback."""
+    import json
+
+    data = json.loads(spec().to_json())
+    assert "assumed" not in data  # written only where there are any: older readers read it
+    good = [
+        {**_ASSUMED, "sizes": [[7, 255, 8], [2, 2, 1]]},
+        {**_ASSUMED, "dims": ["batch", "seq"], "points": [[3, 7], [32, 256]]},
+    ]
+    read = GraphSpec.from_json(json.dumps(data | {"assumed": good}))
+    assert read.assumed == tuple(good) and GraphSpec.from_json(read.to_json()) == read
+    with pytest.raises(BiRNNExportError, match=r"\(assumed: "):
+        GraphSpec.from_json(json.dumps(data | {"assumed": bad}))
+
+
 @pytest.mark.parametrize("bad", [-1, True, 1.5, "0"])
 def test_token_padding_must_be_a_token_id(bad):
     import json
