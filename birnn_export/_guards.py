@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from birnn_export.spec import MAX_RECORDED
+
 #: The message of torch.export's assertion that a size is not 1, as it words it (the check it
 #: evaluated, then assumed false): against 1, or a multiple against its factor where it checked
 #: a stride (``Ne(4*Max(1, (s53//4)), 4)``: time pooled by 4 is not 1 frame).
@@ -253,11 +255,6 @@ def examples(sizes: Sequence[int] | np.ndarray, near: int) -> tuple[int, ...]:
         return ()
     nearest = sizes[np.argmin(np.abs(sizes - near))]
     return tuple(sorted({int(sizes[0]), int(nearest), int(sizes[-1])}))
-
-
-#: The most runs of evenly spaced sizes (one dim) or points (several) a graph records of an
-#: assumption (:func:`recorded`); one that needs more is left out of the file.
-MAX_RECORDED = 64
 
 
 def recorded(found: Untraced, words: str, note: str) -> dict[str, Any] | None:

@@ -139,6 +139,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
         "path": str(path),
         "file_size": onnx_file_size(path),
         "opsets": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "ir_version": proto.ir_version,
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "inputs": io([i for i in proto.graph.input if i.name not in initializers]),
         "outputs": io(proto.graph.output),
@@ -193,7 +194,7 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
                 f"{path}: unreadable {METADATA_KEY} metadata ({exc}); re-export the model"
             ) from None
     out = [f"{path}  ({size_text(info['file_size'])}, {info['producer']})"]
-    out.append(f"opset: {opset_text(info['opsets'])}")
+    out.append(f"opset: {opset_text(info['opsets'])} (IR version {info['ir_version']})")
     width = max(12, *(len(v["name"]) for v in (*info["inputs"], *info["outputs"])))
     unread = set(info.get("unread_inputs", ()))
     for kind in ("inputs", "outputs"):

@@ -115,6 +115,7 @@ from birnn_export.spec import (
     check_range,
     ctc_shaped,
     onnx_bytes,
+    stamp_ir_version,
     takes_lengths,
     unread_inputs,
 )
@@ -531,6 +532,7 @@ def _trace_graph(
             if (entry := recorded(found, which, note)) is not None
         ),
     )
+    stamp_ir_version(proto)
     set_metadata(proto, spec, lengths_fed)
     graph = TracedGraph(
         proto=proto,

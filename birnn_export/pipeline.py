@@ -191,6 +191,8 @@ def export_onnx(
     if load_inputs is not None and not Path(load_inputs).is_file():  # before the export runs
         raise ExportError(f"load_inputs: {load_inputs}: no such file")
     check_output_path("path", path, suffix=".onnx")  # not the checkpoint beside it (users59 F5)
+    if verify:
+        _runtime_takes(options.get("opset"))
     graph = trace_graph(model, **options)
     if graph.large and quantize:
         raise ExportError(
@@ -243,6 +245,34 @@ def export_onnx(
         notes=graph.notes,
         loaded_verification=loaded,
     )
+
+
+def _runtime_takes(opset: Any) -> None:
+    """The installed ONNX Runtime, which verifies the export, loads graphs of ``opset``; else
+    the export stops before it runs (review44 F3: it exported, then every case failed on a
+    message cut before its reason, exit 1).
+
+    Raises:
+        EngineUnavailableError: naming the runtime, its reason and the ways out.
+    """
+    from birnn_export.export import DEFAULT_OPSET, SUPPORTED_OPSETS
+
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset not in SUPPORTED_OPSETS:
+        return  # the export's own check says so
+    try:
+        from birnn_export.runners import ort_refuses_opset
+
+        why = ort_refuses_opset(opset)
+    except ImportError:
+        return  # said where the verification starts
+    if why:
+        raise EngineUnavailableError(
+            f"--opset {opset}: the export is verified on ONNX Runtime, and {why}: export with a "
+            "lower --opset (18, the default, loads on onnxruntime 1.16 and later), upgrade "
+            "onnxruntime, or pass --no-verify (verify=False) to write it unverified; nothing "
+            "was written"
+        )
 
 
 @contextlib.contextmanager

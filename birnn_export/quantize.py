@@ -35,6 +35,7 @@ from typing import Any
 from birnn_export._process import quiet_here
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import INT8 as INT8
+from birnn_export.spec import stamp_ir_version
 
 #: An Embedding's Gather reading its table stored in 8 bits (weights only, dequantized when read:
 #: smaller, not faster).
@@ -155,6 +156,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Q
     spec = GraphSpec.from_onnx(proto)
     if _padding_unread(src, spec):
         _zero_padded_inputs(proto, spec)
+    stamp_ir_version(proto)  # the quantizer writes its own (review44 F1)
     onnx.save(proto, str(dst))
     counts = collections.Counter(
         str(rnn_scan_info(node)["op"]) if is_rnn_scan(node) else node.op_type

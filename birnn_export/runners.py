@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -419,7 +420,12 @@ class OrtRunner(BaseRunner):
             session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as exc:
             if type(exc).__module__.startswith("onnxruntime"):
-                text = " ".join(str(exc).split())[:300]
+                text = ort_reason(exc)
+                if _TOO_NEW.search(text):  # not the graph's fault: this runtime's (review44 F3)
+                    raise EngineUnavailableError(
+                        f"{self.engine}: onnxruntime {ort.__version__} cannot load {self.path}: "
+                        f"{text}: {_TOO_NEW_HINT}"
+                    ) from None
                 raise EngineError(
                     f"{self.engine}: onnxruntime could not load {self.path}: {text}"
                 ) from None
@@ -497,6 +503,51 @@ class OrtRunner(BaseRunner):
 
 
 _RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
+
+
+#: ONNX Runtime's refusal of a graph newer than it: an opset past its own, or an IR version.
+_TOO_NEW = re.compile(r"official support for domain \S+ is till opset|IR version", re.I)
+_NEWEST_OPSET = re.compile(r"Current official support for domain \S+ is till opset \d+")
+_TOO_NEW_HINT = (
+    "upgrade onnxruntime, or export with a lower --opset (README, 'Which ONNX Runtime loads "
+    "the graph')"
+)
+
+
+def ort_reason(exc: BaseException, limit: int = 400) -> str:
+    """ONNX Runtime's message on one line, without the C++ source place and signature it
+    starts with (``/onnxruntime_src/...h:46 void onnxruntime::...(...) Opset 22 is ...``),
+    which took the 300 characters kept before the reason (review44 F3)."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])", "", text, count=1)
+    newest = _NEWEST_OPSET.search(text)  # said last, after three sentences of disclaimer
+    if newest:
+        return f'"{newest[0]}"'
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.cache
+def ort_refuses_opset(opset: int) -> str | None:
+    """Why the installed ONNX Runtime cannot load graphs of ``opset`` (``None``: it can): a
+    one-node graph of that opset and its lowest IR version is loaded, since each release runs
+    opsets only up to its own (1.20: 21; 1.21: 22; 1.23: 23)."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    model = onnx.helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = onnx.helper.find_min_ir_version_for(opsets)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own types: its message is the answer
+        return f"onnxruntime {ort.__version__} here cannot load it: {ort_reason(exc)}"
+    return None
 
 
 def _assignment(session: Any) -> list[tuple[str, str, str]] | None:

@@ -694,13 +694,16 @@ def _dim_ranges(data: dict[str, Any]) -> dict[Any, Any]:
     }
 
 
+#: The most runs of evenly spaced sizes (one dim) or points (several) a graph records of an
+#: assumption (:func:`birnn_export._guards.recorded`); one that needs more is left out.
+MAX_RECORDED = 64
+
+
 def _check_assumed(data: dict[str, Any]) -> None:
     """``assumed``: a list of ``{"dims", "words", "note"}`` objects with runs ``"sizes"``
     ``[[first, last, step], ...]`` of their one dim or ``"points"`` of several (at most
-    :data:`~birnn_export._guards.MAX_RECORDED`: a file edited by hand must not make verify
-    expand millions of sizes), each size in its dim's declared range."""
-    from birnn_export._guards import MAX_RECORDED
-
+    :data:`MAX_RECORDED`: a file edited by hand must not make verify expand millions of
+    sizes), each size in its dim's declared range."""
     assumed = data.get("assumed", [])
     if not isinstance(assumed, list) or len(assumed) > MAX_RECORDED:
         raise BiRNNExportError(f"assumed: expected a list of at most {MAX_RECORDED} objects")
@@ -757,6 +760,29 @@ def _whole(value: Any) -> int:
 
 #: ONNX's recurrent operators, the nodes birnn-export writes for its layers (or loops for).
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
+
+#: Element types that need an IR version above their opsets' minimum (float8: IR 9; 4-bit
+#: integers: IR 10; float4 and the rest: IR 11).
+_NEWER_TYPES = frozenset(range(17, 26))
+
+
+def stamp_ir_version(proto: Any) -> None:
+    """Stamp ``proto`` with the lowest ONNX IR version its opsets need (opset 18: 8) instead of
+    the exporter's own: torch writes 10, which ONNX Runtime 1.17 and older refuse though they
+    run opset 18 (review44 F1), and which is too low for opset 23 (11). A graph with local
+    functions or element types of a later IR keeps its version."""
+    import onnx
+
+    types = {t.data_type for t in proto.graph.initializer} | {
+        v.type.tensor_type.elem_type
+        for v in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info)
+    }
+    if proto.functions or types & _NEWER_TYPES:
+        return
+    proto.ir_version = onnx.helper.find_min_ir_version_for(
+        list(proto.opset_import), ignore_unknown=True
+    )
 
 
 def takes_lengths(node: Any) -> bool:

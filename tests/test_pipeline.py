@@ -8,6 +8,7 @@ import re
 import signal
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -550,3 +551,39 @@ def test_a_failed_export_says_the_assumption_its_failing_cases_ran_outside(tmp_p
     with pytest.raises(VerificationError, match="assumed away") as again:
         report.raise_for_failure()
     assert str(again.value).count("assumed away") == 1
+
+
+def test_an_opset_the_installed_runtime_cannot_load_stops_the_export_before_it_runs(
+    tmp_path, monkeypatch
+) -> None:
+    """review44 F3: with onnxruntime 1.20, `--opset 22` exported, then failed every case on a
+    message cut before its reason (exit 1). The runtime that verifies is asked first: exit 2
+    before the trace, nothing written; --no-verify writes the graph for a newer runtime."""
+    from torch import nn
+
+    from birnn_export import runners
+    from birnn_export.errors import EngineUnavailableError
+    from birnn_export.pipeline import export_onnx
+
+    said = 'onnxruntime 1.20.1 here cannot load it: "... is till opset 21"'
+    monkeypatch.setattr(runners, "ort_refuses_opset", lambda opset: said if opset > 21 else None)
+    import functools
+
+    from birnn_export import export
+
+    traced = []
+
+    @functools.wraps(export.trace_graph)
+    def trace(*args: Any, **kwargs: Any) -> Any:
+        traced.append(args)
+        return export.trace_graph.__wrapped__(*args, **kwargs)
+
+    monkeypatch.setattr(export, "trace_graph", trace)
+    layer = nn.GRU(3, 4, bidirectional=True)
+    with pytest.raises(EngineUnavailableError, match=r"^--opset 22: the export is verified") as no:
+        export_onnx(layer, tmp_path / "m.onnx", opset=22)
+    assert said in str(no.value) and "--no-verify (verify=False)" in str(no.value)
+    assert no.value.exit_code == 2 and not traced and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    written = export_onnx(layer, tmp_path / "m.onnx", opset=22, verify=False)
+    assert written.spec.opset == 22 and (tmp_path / "m.onnx").exists()

@@ -169,6 +169,54 @@ def test_a_failing_run_raises_without_onnx_runtimes_log_line(tmp_path, capfd) ->
     assert "onnxruntime" not in capfd.readouterr().err
 
 
+def test_a_graph_newer_than_the_runtime_is_refused_as_unavailable_with_its_reason(
+    tmp_path,
+) -> None:
+    """review44 F3: a graph an older ONNX Runtime cannot load (its opset or IR version past the
+    runtime's) failed as an engine error, exit 1, its message cut at 300 characters before
+    ORT's reason: now exit 2, the reason kept, and what to do. Here an IR version of 99."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 99
+    path = tmp_path / "new.onnx"
+    onnx.save(model, path)
+    with pytest.raises(EngineUnavailableError) as refused:
+        OrtRunner(path).__enter__()
+    said = str(refused.value)
+    assert "Unsupported model IR version: 99" in said and "/onnxruntime_src/" not in said
+    assert said.endswith("upgrade onnxruntime, or export with a lower --opset (README, 'Which "
+                         "ONNX Runtime loads the graph')")  # fmt: skip
+    assert refused.value.exit_code == 2
+    assert runners.ort_refuses_opset(18) is None  # the default opset loads here
+
+
+def test_onnx_runtimes_reason_is_kept_past_its_cpp_signature() -> None:
+    """ONNX Runtime 1.20's refusal of opset 22, as it words it: the place in its source and a
+    C++ signature, then three sentences before the one that says what it runs."""
+    text = (
+        "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/"
+        "onnxruntime/core/graph/model_load_utils.h:46 void onnxruntime::model_load_utils::"
+        "ValidateOpsetForDomain(const std::unordered_map<std::__cxx11::basic_string<char>, int>&"
+        ", const onnxruntime::logging::Logger&, bool, const string&, int) ONNX Runtime only "
+        "*guarantees* support for models stamped with official released onnx opset versions. "
+        "Opset 22 is under development and support for this is limited. The operator schemas "
+        "and or other functionality may change before next ONNX release and in this case ONNX "
+        "Runtime will not guarantee backward compatibility. Current official support for domain "
+        "ai.onnx is till opset 21."
+    )
+    said = runners.ort_reason(RuntimeError(text))
+    assert said == '"Current official support for domain ai.onnx is till opset 21"'
+    signature = text.split(" ONNX Runtime only")[0] + " Unsupported model IR version: 11, max 10"
+    assert runners.ort_reason(RuntimeError(signature)).endswith(
+        "failed:Unsupported model IR version: 11, max 10"
+    )
+
+
 def test_ort_placement_is_recorded(lstm_file) -> None:
     """onnxruntime >= 1.23 says where each node runs; on the CPU provider, all of them."""
     import onnxruntime as ort

@@ -743,3 +743,36 @@ def test_onnx_bytes_counts_the_tensors_without_serializing() -> None:
     del graph.node[:]
     model = helper.make_model(graph)
     assert 0 < model.ByteSize() - onnx_bytes(model) < 4096
+
+
+def test_a_graph_is_stamped_with_the_lowest_ir_version_of_its_opsets() -> None:
+    """review44 F1: torch writes IR 10, which ONNX Runtime 1.17 and older refuse though opset 18
+    needs 8 (and 10 is too low for opset 23); local functions or a float8 tensor keep theirs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from birnn_export.spec import stamp_ir_version
+
+    def model(opset: int, *extra: str) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+        imports = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in extra)]
+        made = helper.make_model(graph, opset_imports=imports)
+        made.ir_version = 10
+        return made
+
+    for opset, ir in ((18, 8), (20, 9), (22, 10), (23, 11)):
+        stamped = model(opset, "com.microsoft")  # the int8 graph's kernels: a domain it ignores
+        stamp_ir_version(stamped)
+        assert stamped.ir_version == ir
+    fp8 = model(18)
+    fp8.graph.initializer.append(helper.make_tensor("w", TensorProto.FLOAT8E4M3FN, [1], [1.0]))
+    with_function = model(18)
+    with_function.functions.append(onnx.FunctionProto(name="f", domain="local"))
+    for kept in (fp8, with_function):
+        stamp_ir_version(kept)
+        assert kept.ir_version == 10
