@@ -775,7 +775,7 @@ def _infer(
     spelled = _spelled(model) if guess and role == "tokens" else None
     spelled = spelled_second[0] if spelled_second else spelled
     if inner is None and spelled is None:
-        _refuse_more_params(model, roles)
+        _refuse_more_params(model, roles, refused_lengths=lengths is False)
     decls = tuple(
         InputDecl(
             name,
@@ -908,12 +908,15 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
 
     params = [p.name for p in _forward_params(model)]
     x = params[0] if params else "x"
-    lengths = len(params) > 1 and param_role(params[1]) == "lengths"
+    second = _second_input(params)
 
     def runs(shape: tuple[int, ...], steps: int) -> bool:
         tensors = [torch.randn(2, *shape)]
-        if lengths:
-            tensors.append(torch.full((2,), steps, dtype=torch.int64))
+        if second is not None:  # every row full: lengths of T, or a mask of no padding
+            role, dtype = second
+            full = steps if role == "lengths" else float(role == "mask")
+            shaped = (2,) if role == "lengths" else (2, steps)
+            tensors.append(torch.full(shaped, full).to(getattr(torch, dtype)))
         try:
             with (
                 torch.no_grad(),
@@ -927,10 +930,7 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
         return True
 
     def declared(dims: str, at: str) -> str:
-        text = f"--input '{x}:float32[{dims}]'"
-        if lengths:
-            text += f" --input '{params[1]}:int64[batch]:lengths(time)'"
-        return f"{text} ({at})"
+        return f"--input '{x}:float32[{dims}]'{_second_declared(params)} ({at})"
 
     found: dict[str, str] = {}
     found_at: dict[str, tuple[int, ...]] = {}
@@ -963,6 +963,27 @@ def _layouts_that_run(model: nn.Module, first: nn.Module) -> list[str]:
         elif runs(shape, steps):
             found[form], found_at[form] = declared(dims, f"at time {steps}"), shape
     return list(found.values())
+
+
+def _second_input(params: Sequence[str]) -> tuple[str, str] | None:
+    """(role, dtype) of ``forward``'s second parameter where it is named as lengths or a mask
+    (``mask``, ``src_key_padding_mask``), else ``None``."""
+    if len(params) < 2 or param_role(params[1]) is None:
+        return None
+    return ("lengths", "int64") if param_role(params[1]) == "lengths" else _mask_name(params[1])
+
+
+def _second_declared(params: Sequence[str]) -> str:
+    """The declaration of ``forward``'s second input where it is lengths or a mask of the time
+    dim (users65 F1: a mask was left as 'mask:DTYPE[DIMS]', and the layouts tried without it
+    ran none), else nothing."""
+    second = _second_input(params)
+    if second is None:
+        return ""
+    role, dtype = second
+    if role == "lengths":
+        return f" --input '{params[1]}:int64[batch]:lengths(time)'"
+    return f" --input '{params[1]}:{dtype}[batch,time]:{role}'"
 
 
 def _within_a_stride(shape: tuple[int, ...], other: tuple[int, ...]) -> bool:
@@ -1021,9 +1042,7 @@ def _declare_conv(model: nn.Module, conv: nn.Module) -> str:
         nn.Conv1d: f"batch,{channels},time",
         nn.Conv2d: f"batch,{channels},H,time",
     }.get(type(conv), f"batch,{channels},time,H,W")
-    declare = f"--input '{x}:float32[{dims}]'"
-    if len(params) > 1 and param_role(params[1]) == "lengths":
-        declare += f" --input '{params[1]}:int64[batch]:lengths(time)'"
+    declare = f"--input '{x}:float32[{dims}]'{_second_declared(params)}"
     required = [p.name for p in _forward_params(model) if p.default is p.empty]
     others = [n for n in required[1:] if f"'{n}:" not in declare]
     if others:  # AutoVC's forward(x, c_org): a speaker vector concatenated into the channels
@@ -1256,12 +1275,22 @@ def _mask_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _refuse_more_params(model: nn.Module, roles: Sequence[str]) -> None:
+def _refuse_more_params(
+    model: nn.Module, roles: Sequence[str], *, refused_lengths: bool = False
+) -> None:
     """A ``forward`` that needs more inputs than were inferred (a speaker id, a second
-    sequence) cannot run on the inferred ones: say so, with the declarations to write."""
+    sequence) cannot run on the inferred ones: say so, with the declarations to write; where
+    ``--no-lengths`` (``refused_lengths``) left out a parameter named as lengths, say that."""
     required = [p.name for p in _forward_params(model) if p.default is p.empty]
     if len(required) <= len(roles):
         return
+    named = [n for n in required[len(roles) :] if param_role(n) == "lengths"]
+    if refused_lengths and named:  # users65 F2: it said lengths are inferred "named as such"
+        raise BiRNNExportError(
+            f"--no-lengths (lengths=False): {type(model).__name__}.forward takes "
+            f"{named[0]!r}, a lengths input by its name, which it needs: drop --no-lengths, or "
+            "declare every input with --input"
+        )
     inferred = " and ".join(["a first input", *roles[1:]])
     declare = " ".join(f"--input '{name}:DTYPE[DIMS]'" for name in required)
     raise BiRNNExportError(

@@ -2240,6 +2240,47 @@ def test_characters_before_the_words_lengths_are_not_guessed_against_a_lengths_o
     model = _signature("words", "chars", mark)
     planned = plan_inputs(model, inputs=None, example_inputs=None, **PLANNING)
     assert [d.name for d in planned.decls] == ["words", "chars", mark]
-    for forced in (False, True):
-        with pytest.raises(ExportError, match="declare each, in forward's order"):
+    for forced in (False, True):  # --no-lengths against a lengths parameter: the flag is told
+        said = "--no-lengths" if mark == "lengths" and not forced else "declare each, in forward's"
+        with pytest.raises(ExportError, match=said):
             plan_inputs(model, inputs=None, example_inputs=None, **{**PLANNING, "lengths": forced})
+
+
+class _ConvMaskTagger(nn.Module):
+    """A Conv1d front end over [batch, time, 3] features it transposes, with a bool mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3, padding=1)
+        self.rnn = nn.GRU(8, 6, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        lengths = mask.sum(1).clamp(min=1)
+        packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+        out = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+        return self.head(out[0])
+
+
+def test_a_convolution_first_with_a_mask_is_refused_with_the_mask_declared(tmp_path) -> None:
+    """users65 F1: with `forward(x, mask)` the layouts were tried without the mask (none ran)
+    and the refusal offered [batch,3,time], on which the model fails, and 'mask:DTYPE[DIMS]';
+    the mask is fed as its name says, and the layout it runs on is named with it."""
+    with pytest.raises(ExportError) as caught:
+        export_onnx(_ConvMaskTagger().eval(), tmp_path / "m.onnx", verify=False)
+    said = str(caught.value)
+    assert (
+        "it runs on --input 'x:float32[batch,time,3]' --input 'mask:bool[batch,time]:mask' "
+        "(at time" in said
+    ), said
+    assert "DTYPE" not in said and "[batch,3,time]" not in said
+
+
+def test_no_lengths_on_a_forward_that_takes_lengths_names_the_flag(tmp_path) -> None:
+    """users65 F2: --no-lengths on forward(ids, lengths) said the tool infers lengths "named as
+    such: lengths", which this parameter is; the flag left it out, and the error says so."""
+    said = r"^--no-lengths \(lengths=False\): RelativeLengthsLSTM\.forward takes 'wav_lens', a"
+    with pytest.raises(ExportError, match=said):
+        export_onnx(RelativeLengthsLSTM().eval(), tmp_path / "m.onnx", lengths=False)
+    assert not (tmp_path / "m.onnx").exists()
