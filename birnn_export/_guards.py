@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from birnn_export.spec import MAX_RECORDED
+from birnn_export.spec import MAX_RECORDED, MAX_RECORDED_SIZES
 
 #: The message of torch.export's assertion that a size is not 1, as it words it (the check it
 #: evaluated, then assumed false): against 1, or a multiple against its factor where it checked
@@ -278,6 +278,20 @@ def recorded(found: Untraced, words: str, note: str) -> dict[str, Any] | None:
         i = j + 1
     entry["sizes"] = runs
     return entry if len(runs) <= MAX_RECORDED else None
+
+
+def recorded_within(
+    told: Sequence[tuple[Untraced, str]], notes: Sequence[str]
+) -> tuple[dict[str, Any], ...]:
+    """Each assumption as :func:`recorded` writes it, while all of them cover at most
+    :data:`~birnn_export.spec.MAX_RECORDED_SIZES` sizes (the spec refuses more)."""
+    out, covered = [], 0
+    for (found, words), note in zip(told, notes, strict=True):
+        entry = recorded(found, words, note)
+        if entry is not None and covered + len(found.told) <= MAX_RECORDED_SIZES:
+            out.append(entry)
+            covered += len(found.told)
+    return tuple(out)
 
 
 def from_record(entry: Mapping[str, Any]) -> tuple[Untraced, str]:

@@ -296,13 +296,13 @@ def trtexec_command(path: str | os.PathLike[str], profile: Any) -> str | None:
     """The trtexec command line (TensorRT 10 and 11) that builds the engine the check built:
     strongly typed (the graph's own precision; a no-op flag in 11), TF32 off and the same
     optimisation profile (``profile``: each input's (min, opt, max) shapes), saved beside the
-    graph as ``.plan``. ``None`` where an input's name holds a comma, which trtexec's shape
-    lists cannot carry."""
+    graph as ``.plan``. ``None`` where an input's name holds a comma or a quote, which
+    trtexec's shape lists cannot carry (it splits on commas and drops quotes)."""
     import shlex
 
     from birnn_export.runners import format_profile_shapes
 
-    if any("," in name for name in profile):
+    if any("," in name or "'" in name for name in profile):
         return None
     path = Path(path)
     words = ["trtexec", f"--onnx={path}", "--stronglyTyped", "--noTF32"]

@@ -52,7 +52,7 @@ from birnn_export._graph import (
     reconstruction_notes,
     set_metadata,
 )
-from birnn_export._guards import Dim, Untraced, recorded, untraced_sizes
+from birnn_export._guards import Dim, Untraced, recorded_within, untraced_sizes
 from birnn_export._inputs import (
     PlannedInputs,
     first_leaf,
@@ -526,11 +526,7 @@ def _trace_graph(
         source_sha256=source_sha256,
         container=container.to_dict() if container is not None else None,
         untraced=tuple(dict(p) for p in points[:MAX_UNTRACED]),
-        assumed=tuple(
-            entry
-            for (found, which), note in zip(told, said, strict=True)
-            if (entry := recorded(found, which, note)) is not None
-        ),
+        assumed=recorded_within(told, said),
     )
     stamp_ir_version(proto)
     set_metadata(proto, spec, lengths_fed)

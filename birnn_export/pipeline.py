@@ -269,7 +269,8 @@ def _runtime_takes(opset: Any) -> None:
     if why:
         raise EngineUnavailableError(
             f"--opset {opset}: the export is verified on ONNX Runtime, and {why}: export with a "
-            "lower --opset (18, the default, loads on onnxruntime 1.16 and later), upgrade "
+            "lower --opset (18, the default, loads on onnxruntime 1.16 and later; 1.17 for float16 "
+            "graphs with a log-softmax), upgrade "
             "onnxruntime, or pass --no-verify (verify=False) to write it unverified; nothing "
             "was written"
         )

@@ -697,6 +697,9 @@ def _dim_ranges(data: dict[str, Any]) -> dict[Any, Any]:
 #: The most runs of evenly spaced sizes (one dim) or points (several) a graph records of an
 #: assumption (:func:`birnn_export._guards.recorded`); one that needs more is left out.
 MAX_RECORDED = 64
+#: The most sizes all of a graph's recorded assumptions may cover together: verify expands
+#: them (review45 F1: 64 runs of a million sizes each took 11 GB).
+MAX_RECORDED_SIZES = 2**21
 
 
 def _check_assumed(data: dict[str, Any]) -> None:
@@ -707,6 +710,7 @@ def _check_assumed(data: dict[str, Any]) -> None:
     assumed = data.get("assumed", [])
     if not isinstance(assumed, list) or len(assumed) > MAX_RECORDED:
         raise BiRNNExportError(f"assumed: expected a list of at most {MAX_RECORDED} objects")
+    covered = 0
     for entry in assumed:
         one = isinstance(entry, dict) and isinstance(entry.get("dims"), list | str)
         keys = {"dims", "words", "note", "sizes" if one and len(entry["dims"]) == 1 else "points"}
@@ -715,10 +719,15 @@ def _check_assumed(data: dict[str, Any]) -> None:
                 "assumed: expected objects of dims, words, note, and sizes (one dim) or points"
             )
         dims, rows = entry["dims"], entry.get("sizes", entry.get("points"))
-        if not all(isinstance(entry[k], str) and len(entry[k]) <= 2000 for k in ("words", "note")):
-            raise BiRNNExportError("assumed: words and note are texts")
-        if not isinstance(dims, list) or any(d not in _dim_ranges(data) for d in dims):
-            raise BiRNNExportError(f"assumed: {dims!r} are not dims of the graph")
+        if not all(_printable(entry[k]) for k in ("words", "note")):  # printed (review45 F3)
+            raise BiRNNExportError("assumed: words and note are texts of one printable line")
+        if (
+            not isinstance(dims, list)
+            or not dims
+            or not all(isinstance(d, str) and d in _dim_ranges(data) for d in dims)
+            or len(set(dims)) < len(dims)
+        ):
+            raise BiRNNExportError(f"assumed: {dims!r}: expected distinct dims of the graph")
         width = 3 if "sizes" in entry else len(dims)
         if not (
             isinstance(dims, list)
@@ -739,6 +748,18 @@ def _check_assumed(data: dict[str, Any]) -> None:
             step = row[2]
             if isinstance(step, bool) or not isinstance(step, int) or step < 1 or row[0] > row[1]:
                 raise BiRNNExportError(f"assumed: {row} is not a run [first, last, step]")
+            covered += (row[1] - row[0]) // step + 1
+        covered += len(rows) if "points" in entry else 0
+        if covered > MAX_RECORDED_SIZES:
+            raise BiRNNExportError(
+                f"assumed: more than {MAX_RECORDED_SIZES} sizes in all; the export records fewer"
+            )
+
+
+def _printable(text: Any) -> bool:
+    """A text of one line without control characters (a terminal's escapes), at most 2000
+    characters long."""
+    return isinstance(text, str) and len(text) <= 2000 and text.isprintable()
 
 
 def is_parameter_name(value: Any) -> bool:

@@ -966,6 +966,7 @@ def test_trtexec_command_builds_the_profile_checked() -> None:
         "--saveEngine=my models/m.plan",
     ]
     assert trtexec_command("m.onnx", {"a,b": ((1,), (1,), (1,))}) is None
+    assert trtexec_command("m.onnx", {"it's": ((1,), (1,), (1,))}) is None  # review45 F4
     assert "Shapes" not in trtexec_command("m.onnx", {})  # static shapes: no profile
 
 
@@ -981,6 +982,7 @@ def test_cli_real_parser_verdict(tmp_path) -> None:
     )
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
+    assert "trtexec" not in result.output  # no command for an engine not built
     assert lines[0].startswith("error: rnn: TensorRT's ONNX parser (tensorrt_rtx ")
     assert "ISelectLayer" in lines[0] and "float16 LSTM with sequence_lens" in lines[1]
     assert "checked by tensorrt_rtx" in lines[-1]

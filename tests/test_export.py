@@ -2620,6 +2620,7 @@ def test_a_length_the_trace_assumed_away_is_verified_and_named(tmp_path):
     lines = describe_lines(describe_onnx(result.path))
     assert any("assumed the model takes the traced branch: seq 100" in x for x in lines), lines
     assert "  torch.export assumed seq is not 100" in lines  # recorded with its words
+    assert "opset: 18 (IR version 8)" in lines
     assert GraphSpec.from_onnx(result.path).assumed[0]["sizes"] == [[100, 100, 1]]
     # the graph is right elsewhere: the assumption is where it parts from the model
     assert verify(result.path, model, batch_sizes=(3,), seq_lens=(99, 101)).passed

@@ -456,3 +456,17 @@ def test_short_rows_are_blamed_only_on_what_makes_them_differ() -> None:
     assert blame_short_rows(short, time_flip, spec)[0].diagnosis.startswith("recurrent node '/rnn'")
     both = [case((4, 2)), case((4, 4))]  # full rows fail too: not the short rows' doing
     assert [r.diagnosis for r in blame_short_rows(both, time_flip, spec)] == [LAYERS_OFF] * 2
+
+
+def test_a_foreign_graphs_fixed_dims_clear_the_sizes_recorded_elsewhere() -> None:
+    """A graph that fixes the time dim takes no other length: the points and assumptions a
+    birnn-export graph of the model records (at other lengths) are not its own."""
+    import dataclasses
+
+    from birnn_export._foreign import _fixed_ranges
+    from tests.test_spec import spec
+
+    recorded = {"dims": ["seq"], "words": "w", "note": "n", "sizes": [[100, 100, 1]]}
+    given = dataclasses.replace(spec(), untraced=({"seq": 100},), assumed=(recorded,))
+    changes = _fixed_ranges(given, {"seq": 50})
+    assert changes["untraced"] == () and changes["assumed"] == ()

@@ -9,7 +9,15 @@ import pytest
 import sympy
 from torch.utils._sympy.functions import CeilToInt, FloorDiv, IntTrueDiv, Max, Mod, PythonMod
 
-from birnn_export._guards import Dim, Untraced, examples, from_record, recorded, untraced_sizes
+from birnn_export._guards import (
+    Dim,
+    Untraced,
+    examples,
+    from_record,
+    recorded,
+    recorded_within,
+    untraced_sizes,
+)
 
 T = sympy.Symbol("s27", integer=True, positive=True)
 B = sympy.Symbol("s77", integer=True, positive=True)
@@ -178,3 +186,14 @@ def test_an_assumption_on_two_dims_is_recorded_as_points_and_none_over_the_cap()
     assert recorded(Untraced(("batch", "seq"), many, many, "b == t"), "w", "n") is None
     scattered = np.array([2**k for k in range(1, 9)] + [300 + 7 * k * k for k in range(150)])
     assert recorded(Untraced(("seq",), scattered, scattered), "w", "n") is None
+
+
+def test_the_records_of_a_graph_cover_at_most_the_sizes_its_spec_takes(monkeypatch) -> None:
+    """The export keeps what it records within what the spec accepts (review45 F1's cap)."""
+    from birnn_export import _guards
+
+    monkeypatch.setattr(_guards, "MAX_RECORDED_SIZES", 40)
+    odd = np.arange(3, 64, 2)  # 31 sizes, one run
+    told = [(Untraced(("seq",), odd, odd), "a"), (Untraced(("seq",), odd, odd), "b")]
+    kept = recorded_within(told, ["note a", "note b"])
+    assert [entry["words"] for entry in kept] == ["a"]

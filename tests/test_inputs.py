@@ -2257,7 +2257,7 @@ class _ConvMaskTagger(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        lengths = mask.sum(1).clamp(min=1)
+        lengths = mask.sum(1)  # a mask of padding alone fails: the probe feeds valid steps
         packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
         out = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
         return self.head(out[0])

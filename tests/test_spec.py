@@ -421,7 +421,11 @@ _ASSUMED = {"dims": ["seq"], "words": "seq % 8 == 7", "note": "torch.export assu
      [{**_ASSUMED, "sizes": [[7, 7, 1]] * 65}], [{**_ASSUMED, "sizes": [[7, 255, True]]}],
      [{**_ASSUMED, "words": 5, "sizes": []}], [{**_ASSUMED, "points": [[3, 5]]}],
      [{**_ASSUMED, "dims": ["batch", "seq"], "points": [[3]]}],
-     [{**_ASSUMED, "dims": ["batch", "seq"], "points": [[5000, 7]]}]],
+     [{**_ASSUMED, "dims": ["batch", "seq"], "points": [[5000, 7]]}],
+     [{**_ASSUMED, "dims": [], "points": []}], [{**_ASSUMED, "dims": [["seq"]], "points": []}],
+     [{**_ASSUMED, "dims": ["seq", "seq"], "points": [[3, 3]]}],
+     [{**_ASSUMED, "words": "seq is not 5\nVerified PASS", "sizes": []}],
+     [{**_ASSUMED, "note": "\x1b]0;title\x07", "sizes": []}]],
 )  # fmt: skip
 def test_assumptions_recorded_must_be_runs_or_points_of_the_graphs_dims(bad):
     """review43 F7: a graph records what torch.export assumed, for verify to say; a file edited
@@ -438,6 +442,12 @@ def test_assumptions_recorded_must_be_runs_or_points_of_the_graphs_dims(bad):
     assert read.assumed == tuple(good) and GraphSpec.from_json(read.to_json()) == read
     with pytest.raises(BiRNNExportError, match=r"\(assumed: "):
         GraphSpec.from_json(json.dumps(data | {"assumed": bad}))
+    # review45 F1: 64 runs of a million sizes each, expanded by verify, took 11 GB
+    wide = data | {"seq_range": [1, 64, 2**20]}
+    one = [{**_ASSUMED, "sizes": [[1, 2**20, 1]]}]
+    assert GraphSpec.from_json(json.dumps(wide | {"assumed": one})).assumed
+    with pytest.raises(BiRNNExportError, match=r"assumed: more than 2097152 sizes in all"):
+        GraphSpec.from_json(json.dumps(wide | {"assumed": one * 3}))
 
 
 @pytest.mark.parametrize("bad", [-1, True, 1.5, "0"])
