@@ -120,6 +120,7 @@ def test_an_engine_crash_is_a_one_line_error_and_the_next_call_works() -> None:
         assert runner.infer({"lengths": np.array([4])})["output"].shape == (1, 2)
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_a_script_without_a_main_guard_exports_and_runs_once(tmp_path: Path) -> None:
     """Engines run in spawned children, and spawn runs the parent's script again unless it is
     hidden: a script without ``if __name__ == "__main__":`` would export again in the child,
@@ -158,6 +159,7 @@ def test_a_graph_onnx_runtime_cannot_load_fails_bench_with_exit_1(
 # -- paths and files ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_model_class_does_not_import_from_the_working_directory(tmp_path: Path) -> None:
     weights = tmp_path / "g.pt"
     torch.save(nn.GRU(4, 5, batch_first=True, bidirectional=True).state_dict(), weights)
@@ -274,6 +276,7 @@ def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> 
     assert not stale.exists() and not unlocked.exists()
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     """Two exports to one output both said PASS, and the one whose graph was replaced described
     the other's (users34): the second is refused in one line while the first holds its lock."""

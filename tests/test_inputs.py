@@ -86,6 +86,7 @@ def test_index_declarations_round_trip() -> None:
     assert str(decl) == "word_ids:int32[batch,seq]:index(words)"
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_crnn_on_images_exports_with_a_derived_time_dim(tmp_path) -> None:
     torch.manual_seed(0)
     model = CRNN(CRNNConfig(height=32)).eval()
@@ -351,6 +352,7 @@ def test_two_lengths_of_one_time_dim_are_refused_with_what_to_do_instead(tmp_pat
         export_onnx(BiRNN(4, 4), tmp_path / "two.onnx", inputs=masks)
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_a_lengths_input_declared_without_what_it_measures_is_told(tmp_path) -> None:
     from tests.realistic_models import SiamesePair
 
@@ -401,6 +403,7 @@ class MaskedPair(nn.Module):
         return self.pool(left, left_mask) - self.pool(right, right_mask)
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_a_pair_of_masked_sequences_is_inferred_and_ragged_in_both(tmp_path) -> None:
     torch.manual_seed(0)
     result = export_onnx(MaskedPair().eval(), tmp_path / "pair.onnx")

@@ -286,6 +286,7 @@ def test_a_mistyped_option_is_a_usage_error_naming_the_nearest(tmp_path, options
     assert str(caught.value).startswith(told) and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # heavy: the slow tier runs it (CI's 15 minutes)
 def test_a_graph_replaced_while_it_is_checked_is_not_described_as_this_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
