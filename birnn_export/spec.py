@@ -710,7 +710,7 @@ def _check_assumed(data: dict[str, Any]) -> None:
     assumed = data.get("assumed", [])
     if not isinstance(assumed, list) or len(assumed) > MAX_RECORDED:
         raise BiRNNExportError(f"assumed: expected a list of at most {MAX_RECORDED} objects")
-    covered = 0
+    graph_dims, covered = _dim_ranges(data), 0
     for entry in assumed:
         one = isinstance(entry, dict) and isinstance(entry.get("dims"), list | str)
         keys = {"dims", "words", "note", "sizes" if one and len(entry["dims"]) == 1 else "points"}
@@ -724,14 +724,13 @@ def _check_assumed(data: dict[str, Any]) -> None:
         if (
             not isinstance(dims, list)
             or not dims
-            or not all(isinstance(d, str) and d in _dim_ranges(data) for d in dims)
+            or not all(isinstance(d, str) and d in graph_dims for d in dims)
             or len(set(dims)) < len(dims)
         ):
             raise BiRNNExportError(f"assumed: {dims!r}: expected distinct dims of the graph")
         width = 3 if "sizes" in entry else len(dims)
         if not (
-            isinstance(dims, list)
-            and isinstance(rows, list)
+            isinstance(rows, list)
             and len(rows) <= MAX_RECORDED
             and all(isinstance(r, list) and len(r) == width for r in rows)
         ):
