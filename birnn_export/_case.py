@@ -982,7 +982,7 @@ def scores_note(
 ) -> list[str]:
     """Why no CRF best-path score was compared in a graph that decodes, or in some of its
     cases (empty where every case compared them, or the graph has no decode)."""
-    from birnn_export.crf import is_viterbi_scan
+    from birnn_export._scan import is_viterbi_scan
 
     if not any(is_viterbi_scan(node) for node in proto.graph.node):
         return []

@@ -305,7 +305,7 @@ def _fits(spec: TensorSpec, info: Any) -> bool:
 
 
 def _dtype(info: Any) -> str:
-    from birnn_export._graph import ONNX_DTYPES  # imports torch
+    from birnn_export.spec import ONNX_DTYPES
 
     return ONNX_DTYPES.get(info.type.tensor_type.elem_type, "unknown")
 

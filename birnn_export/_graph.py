@@ -21,15 +21,16 @@ import numpy as np
 from torch import nn
 
 from birnn_export._inputs import ONE_FIXED_LENGTH, PlannedInputs
-from birnn_export._scan import is_rnn_scan, rnn_scan_info
+from birnn_export._scan import is_rnn_scan, is_viterbi_scan, rnn_scan_info
 from birnn_export._version import __version__
 from birnn_export.conversion import find_recurrent_layers
-from birnn_export.crf import HAND_WRITTEN_HINT, is_viterbi_scan
+from birnn_export.crf import HAND_WRITTEN_HINT
 from birnn_export.errors import ExportError
 from birnn_export.modules import BiRNN
 from birnn_export.spec import (
     MASK_ROLES,
     METADATA_KEY,
+    ONNX_DTYPES,
     RECURRENT_OPS,
     GraphSpec,
     TensorSpec,
@@ -43,17 +44,6 @@ SHAPE_OPS = ("Reshape", "Expand", "ConstantOfShape", "Slice", "Tile")
 def dims_of(value_info: Any) -> tuple[int | str, ...]:
     dims = value_info.type.tensor_type.shape.dim
     return tuple(d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in dims)
-
-
-ONNX_DTYPES = {
-    1: "float32",
-    10: "float16",
-    11: "float64",
-    7: "int64",
-    6: "int32",
-    2: "uint8",
-    9: "bool",
-}
 
 
 #: Ops a linear head's scores pass through unchanged in their order per position (layout,

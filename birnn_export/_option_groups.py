@@ -290,9 +290,10 @@ timing_options = option_group(
 )
 
 
-def sweep_options(default_engines: str) -> Callable[..., Any]:
+def sweep_options(default_engines: str, *, default_sweep: bool = False) -> Callable[..., Any]:
     """The options verify and bench share, in one form, parsed into their keyword arguments
-    (engines, shapes, tolerances, the seed and the memory budget) and handed over as ``sweep``."""
+    (engines, shapes, tolerances, the seed and the memory budget) and handed over as ``sweep``.
+    ``default_sweep``: the command runs a default sweep when no shapes are given (verify)."""
     options = [
         click.option(
             "--engines",
@@ -338,7 +339,8 @@ def sweep_options(default_engines: str) -> Callable[..., Any]:
             callback=lambda ctx, param, gib: int(gib * 2**30),
             metavar="GIB",
             help="GiB the largest tensor of one case may take in float64: larger explicit "
-            "shapes are refused (verify skips its default cases over it).",
+            "shapes are refused"
+            + (" (default cases over it are skipped)." if default_sweep else "."),
         ),
     ]
     return option_group("sweep", options)

@@ -1,12 +1,14 @@
 """How long runs (a verification sweep, a benchmark) say they are running.
 
 On a terminal, a rich progress bar that appears once the run has taken a second. Elsewhere (a
-CI log, a file) a plain line every :data:`PLAIN_PROGRESS_EVERY` seconds, from a thread while
-one long step runs too: a single case of 100,000 steps took minutes without a word (users32).
+CI log, a file, a dumb terminal) a plain line every :data:`PLAIN_PROGRESS_EVERY` seconds, from
+a thread while one long step runs too: a single case of 100,000 steps took minutes without a
+word (users32).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -19,6 +21,13 @@ PLAIN_PROGRESS_EVERY = 30.0
 
 #: The share of a run's work (batch x length) done before its time left is estimated.
 ESTIMATE_AFTER = 0.1
+
+
+def _bar_shows() -> bool:
+    """Whether rich's bar shows on stderr: a terminal, but not a dumb one (``TERM=dumb``, as
+    Emacs shells and some CI runners set), where rich draws nothing (users66 F10)."""
+    dumb = os.environ.get("TERM", "").lower() in ("dumb", "unknown")  # rich's own test
+    return sys.stderr.isatty() and not dumb
 
 
 class Progress:
@@ -39,7 +48,7 @@ class Progress:
         self._said = self.start  # when the last plain line was written
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._plain = enabled and not sys.stderr.isatty()
+        self._plain = enabled and not _bar_shows()
         if self._plain:
             threading.Thread(target=self._beat, daemon=True).start()
 

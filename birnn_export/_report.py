@@ -399,6 +399,34 @@ def wide_console() -> Any:
     return Console(width=None if chosen else 150)
 
 
+def print_table(console: Any, table: Any) -> None:
+    """Print ``table``; where ``console`` is narrower than the table, its rows instead, each as
+    a line of ``column=value`` pairs the console wraps between words: rich would cut cells to
+    fit, and a number cut to ``2.93…`` reads as another number (users66 F1)."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    natural = Console(file=io.StringIO(), width=100_000).measure(table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    if table.title:
+        console.print(table.title)
+    headers = [str(column.header).replace(" ", "_") for column in table.columns]
+    for row in zip(*(column.cells for column in table.columns), strict=True):
+        cells = [console.render_str(c) if isinstance(c, str) else c for c in row]  # as a table
+        pairs = [
+            Text.assemble(f"{header}=" if header else "", cell)
+            for header, cell in zip(headers, cells, strict=True)
+            if cell.plain
+        ]
+        console.print(Text("  ").join(pairs))
+    if table.caption:
+        console.print(table.caption)
+
+
 #: How the note that the graph came from another model file than the one given begins.
 OTHER_FILE_NOTE = "the graph was exported from a file with sha256"
 
@@ -435,7 +463,7 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         )
     for *cells, status in _summary_rows(report):  # the status cell is our own markup
         table.add_row(*map(Text, cells), status)
-    console.print(table)
+    print_table(console, table)
     if report.criterion:
         console.print(
             f"judged by: {report.criterion}", markup=False, highlight=False, soft_wrap=True
@@ -467,7 +495,7 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
                         out.note,
                     )
                     detail.add_row(*map(Text, row))
-        console.print(detail)
+        print_table(console, detail)
         shown: set[str] = set()
         for case in report.diagnosed_failures():
             if case.diagnosis and case.diagnosis not in shown and len(shown) < 3:

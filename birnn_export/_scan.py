@@ -36,6 +36,17 @@ SCAN_KEY = "birnn_export.rnn_scan"
 _ACTIVATIONS = {"Tanh", "Relu"}
 
 
+#: The two Scan nodes of one CRF decoder (:func:`birnn_export.crf.expand_viterbi`) are named
+#: ``<path>/viterbi/forward`` and ``<path>/viterbi/backtrace``; graph checks allow exactly
+#: these loops.
+VITERBI_SCANS = ("/viterbi/forward", "/viterbi/backtrace")
+
+
+def is_viterbi_scan(node: Any) -> bool:
+    """Whether ``node`` is one of the Scans :func:`birnn_export.crf.expand_viterbi` writes."""
+    return node.op_type == "Scan" and node.name.endswith(VITERBI_SCANS)
+
+
 def is_rnn_scan(node: Any) -> bool:
     """Whether ``node`` is a Scan :func:`scan_rnn_nodes` wrote in place of an ``RNN`` node."""
     return node.op_type == "Scan" and _record(node) is not None

@@ -923,6 +923,7 @@ class _Checker:
         graph = self.model.graph
         io = [*graph.input, *graph.output]
         init_names = {t.name for t in graph.initializer}
+        int64: list[str] = []
         for info in io:
             if info.name in init_names or not info.type.HasField("tensor_type"):
                 continue
@@ -951,14 +952,16 @@ class _Checker:
                     )
                 )
             elif elem == _INT64 and self.trt:
-                findings.append(
-                    Finding(
-                        "info",
-                        "graph",
-                        f"{info.name!r} is int64: TensorRT 10+ takes it as is (older versions "
-                        "cast it down to int32)",
-                    )
+                int64.append(repr(info.name))
+        if int64:  # one line for them all (users66 F15)
+            findings.append(
+                Finding(
+                    "info",
+                    "graph",
+                    f"{', '.join(int64)} {'is' if len(int64) == 1 else 'are'} int64: TensorRT 10+ "
+                    "takes int64 as is (older versions cast it down to int32)",
                 )
+            )
         if self.trt:
             internal = [t.name for t in graph.initializer if t.data_type == _DOUBLE]
             internal += [

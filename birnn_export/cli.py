@@ -321,6 +321,9 @@ def export_command(
             from birnn_export.verification import render_report
 
             render_report(failed)
+            # the report's title names the path: say it holds no graph of this run (users66 F2)
+            kept = "; the file there is the one from before" if Path(output).exists() else ""
+            click.echo(f"FAIL     {output}: not written, the graph failed verification{kept}")
         if json_path is not None:  # a pipeline that asked for the summary gets the failure's
             summary = {**failure_summary(model_path, exc), "error": main.error_line(exc)}
             written = _write_json(json_path, json.dumps(summary, indent=2, default=str))
@@ -458,7 +461,7 @@ _LIKE = click.option(
     help="With --load-inputs: compare against these saved outputs; no --model needed.",
 )
 @_LIKE
-@sweep_options("ort-cpu")
+@sweep_options("ort-cpu", default_sweep=True)
 @loader_options
 @_json_to_stdout
 def verify_command(
@@ -580,7 +583,7 @@ def bench_command(
     birnn-export bench tagger.onnx --model tagger.pt --engines torch,ort-cpu --threads 2
     birnn-export bench tagger.onnx --model tagger.pt --batch-sizes 1,32 --seq-lens 100
     """
-    from birnn_export._report import wide_console
+    from birnn_export._report import print_table, wide_console
     from birnn_export.bench import benchmark, render_table
 
     writes = {"--json": json_path, "--csv": csv_path, "--plot": plot_path}
@@ -589,7 +592,7 @@ def bench_command(
     report = benchmark(
         onnx_path, model_path, **sweep, **timing, load_options=loader, like=like, progress=True
     )
-    wide_console().print(render_table(report))
+    print_table(wide_console(), render_table(report))
     if json_path is not None:
         where = _write_json(json_path, report.to_json())
         said = f"the report to {where}" if json_path == JSON_TO_STDOUT else where

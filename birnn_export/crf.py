@@ -45,9 +45,6 @@ logger = logging.getLogger(__name__)
 #: Domain and name of the placeholder node :func:`expand_viterbi` replaces.
 VITERBI_DOMAIN = "birnn_export"
 VITERBI_OP = "ViterbiDecode"
-#: The two Scan nodes of one decoder are named ``<path>/viterbi/forward`` and
-#: ``<path>/viterbi/backtrace``; graph checks allow exactly these loops.
-VITERBI_SCANS = ("/viterbi/forward", "/viterbi/backtrace")
 
 
 class CRFDecoder(nn.Module):
@@ -447,11 +444,6 @@ def viterbi_score_tensors(proto: Any) -> list[tuple[str, str]]:
         for node in proto.graph.node
         if node.op_type == "TopK" and node.name.endswith(suffix) and node.output
     ]
-
-
-def is_viterbi_scan(node: Any) -> bool:
-    """Whether ``node`` is one of the Scans :func:`expand_viterbi` writes."""
-    return node.op_type == "Scan" and node.name.endswith(VITERBI_SCANS)
 
 
 def expand_viterbi(proto: Any) -> list[str]:

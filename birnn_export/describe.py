@@ -10,13 +10,12 @@ from typing import Any
 
 from birnn_export._container import Container
 from birnn_export._files import onnx_file_size, size_text
-from birnn_export._graph import ONNX_DTYPES
 from birnn_export._packed import is_packed_layer, packed_info
-from birnn_export._scan import is_rnn_scan, rnn_scan_info
-from birnn_export.crf import is_viterbi_scan
+from birnn_export._scan import is_rnn_scan, is_viterbi_scan, rnn_scan_info
 from birnn_export.errors import BiRNNExportError
 from birnn_export.spec import (
     METADATA_KEY,
+    ONNX_DTYPES,
     RECURRENT_OPS,
     GraphSpec,
     batch_not_first_note,
@@ -217,7 +216,16 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
         out += [f"  changed after export: {c}" for c in info.get("changed_after_export", ())]
     elif info["producer"].startswith("birnn-export"):
         out.append(f"metadata: none ({_no_spec_text(info)})")
-    others = {k: v for k, v in info["metadata"].items() if k != METADATA_KEY}
+    shown = (  # the lines above say these already (users66 F12)
+        {
+            "birnn_export.version": spec["tool_version"],
+            "birnn_export.layout": spec["layout"],
+            "birnn_export.source_sha256": spec.get("source_sha256"),
+        }
+        if parsed is not None
+        else {}
+    )
+    others = {k: v for k, v in info["metadata"].items() if k != METADATA_KEY and shown.get(k) != v}
     out += [f"  {key}: {value}" for key, value in others.items()]
     return out
 

@@ -514,8 +514,23 @@ class ExportReport:
         else:
             out.append(f"Compat   {self.compatibility.summary()}")
             out += [f"  {line}" for line in self.compatibility.lines()]
-        out.append(f"Done in {self.seconds:.1f} s")
+        out.append(self.verdict_line())
         return out
+
+    def verdict_line(self) -> str:
+        """The last line: the verdict and the file first, as a log is read and grepped
+        (Polygraphy's ``PASSED``; users66 F3)."""
+        verified = self.result.verification
+        said = (
+            ["not verified"] if verified is None else [f"verified on {', '.join(verified.engines)}"]
+        )
+        compat = self.compatibility
+        if compat is None:
+            said.append("ONNX Runtime CPU only (int8)")
+        else:
+            said.append(f"{'compatible' if compat.ok else 'NOT compatible'} with {compat.target}")
+        verdict = "Done" if verified is None else "PASS"
+        return f"{verdict:<8} {self.onnx['path']}: {', '.join(said)}; {self.seconds:.1f} s"
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

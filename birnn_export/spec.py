@@ -57,6 +57,16 @@ Role = Literal[
 #: Input roles that mark each row's valid steps: ``mask`` is 1 (True) at them, ``padding_mask``
 #: is 1 past them (``key_padding_mask``'s sense).
 MASK_ROLES = ("mask", "padding_mask")
+#: ONNX element types by number, as the specs and reports name them.
+ONNX_DTYPES = {
+    1: "float32",
+    10: "float16",
+    11: "float64",
+    7: "int64",
+    6: "int32",
+    2: "uint8",
+    9: "bool",
+}
 LengthsMode = Literal["ragged", "equal", "full"]
 
 

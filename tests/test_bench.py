@@ -656,6 +656,13 @@ def test_render_table_lists_rows_and_reasons() -> None:
     console.print(render_table(BenchReport(results[1:2], judged={"ort-cpu": (lost,)})))
     text = console.export_text()  # it clears what it recorded: read it once
     assert "mismatch" in text and "2.5e-01" not in text
+    # a terminal narrower than the table gets whole numbers, not "8,0…" (users66 F1)
+    from birnn_export._report import print_table
+
+    console = Console(record=True, width=60)
+    print_table(console, render_table(report))
+    words = console.export_text().split()
+    assert "tokens/s=8,000" in words and "vs_torch=1.00x" in words and "…" not in words
 
 
 def test_erratic_run_times_are_named_under_the_table() -> None:

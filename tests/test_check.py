@@ -175,7 +175,14 @@ def test_graphs_without_the_empty_batch_guard_are_flagged_for_onnx_runtime(
 
 def test_int64_input_is_info_for_tensorrt() -> None:
     report = static_check(recurrent_graph(), target="tensorrt")
-    assert any("'lengths' is int64" in m for m in _messages(report, "info"))
+    assert [m for m in _messages(report, "info") if "int64" in m] == [
+        "'lengths' is int64: TensorRT 10+ takes int64 as is (older versions cast it down to int32)"
+    ]
+    report = static_check(recurrent_graph(elem=TensorProto.INT64), target="tensorrt")
+    assert [m for m in _messages(report, "info") if "int64" in m] == [  # one line (users66 F15)
+        "'x', 'lengths', 'output' are int64: TensorRT 10+ takes int64 as is (older versions cast "
+        "it down to int32)"
+    ]
 
 
 def test_an_int8_graph_is_told_first_that_it_runs_on_the_cpu_alone() -> None:

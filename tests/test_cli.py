@@ -206,6 +206,11 @@ def test_a_failed_exports_hint_keeps_the_graph_at_o_and_drops_what_no_verify_ref
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert kept.read_bytes() == b"a graph verified earlier"
+    # stdout, whose report's title names the path, says what is there (users66 F2)
+    assert result.stdout.splitlines()[-1] == (
+        f"FAIL     {kept}: not written, the graph failed verification; the file there is the one "
+        "from before"
+    )
     aside = tmp_path / "out.unverified.onnx"
     assert (
         f"re-export with --no-verify -o {aside} and without --atol/--rtol and --load-inputs, "

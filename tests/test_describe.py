@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -30,6 +32,24 @@ def test_crf_graph_lists_its_scans_and_padding(crf_graph: Path) -> None:
     assert lines[0].startswith(str(crf_graph)) and "  tags         int64    [batch, seq]" in lines
     assert "  token rows are padded with id 0 (no lengths input)" in lines
     assert "  output tags: CRF tags, -1 past each row's length" in lines
+
+
+def test_inspect_reads_a_graph_without_torch_and_says_each_record_once(crf_graph: Path) -> None:
+    """users66 F11, F12: inspect took 8 s, 3 of them importing torch it does not use, and
+    printed the tool version, layout and source hash twice."""
+    code = (
+        "import sys; from birnn_export.cli import main\n"
+        f"try:\n    main(['inspect', {str(crf_graph)!r}])\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'inspect imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "  source sha256 " in done.stdout and ", tool " in done.stdout
+    for key in ("version", "layout", "source_sha256"):
+        assert f"birnn_export.{key}:" not in done.stdout
+    lines = describe_lines(describe_onnx(crf_graph))
+    assert sum("sha256" in line for line in lines) == 1
 
 
 def test_unreadable_metadata_is_one_error(crf_graph: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 def _steady(lines: list[str]) -> list[str]:
     """Lines without what varies between runs (timings, sizes of engines, error ratios)."""
-    skip = ("Done in", "  info: graph: tensorrt")
+    skip = ("PASS     ", "  info: graph: tensorrt")
     steady = [line for line in lines if not line.startswith(skip)]
     pattern = (
         r"[0-9.e+-]+x \S+ \S+ own \([^)]*\)( \(over 8x within [^)]*\))?|[0-9.e+-]+ of the limit"
@@ -38,7 +38,9 @@ def test_export_model_is_what_the_command_does(tmp_path: Path) -> None:
     # the report names the file written, not its staged copy (users42)
     assert report.result.verification.environment["onnx_file"] == str(tmp_path / "lib.onnx")
     lines = report.lines()
-    assert lines[0].startswith("Loaded   ") and lines[-1].startswith("Done in")
+    assert lines[0].startswith("Loaded   ") and lines[-1].startswith(
+        f"PASS     {tmp_path / 'lib.onnx'}: verified on ort-cpu, compatible with tensorrt; "
+    )
     assert any(line.startswith("Verified PASS") for line in lines)
     data = report.to_dict()
     assert data["onnx"]["outputs"][0]["name"] == "tags" and data["tensorrt_check"]["ok"] is True

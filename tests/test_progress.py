@@ -20,6 +20,19 @@ def test_the_time_left_weighs_each_step_by_its_work() -> None:
     assert progress.left(100.0) == ""
 
 
+@pytest.mark.parametrize(
+    ("tty", "term", "plain"), [(True, "xterm", False), (True, "dumb", True), (False, "xterm", True)]
+)
+def test_a_dumb_terminal_gets_the_plain_lines(
+    monkeypatch: pytest.MonkeyPatch, tty: bool, term: str, plain: bool
+) -> None:
+    """users66 F10: with TERM=dumb rich draws no bar, and a 72 s verify said nothing."""
+    monkeypatch.setattr(_progress.sys.stderr, "isatty", lambda: tty)
+    monkeypatch.setenv("TERM", term)
+    with Progress("verify", [1], enabled=True) as progress:
+        assert progress._plain is plain
+
+
 @pytest.mark.slow
 def test_a_long_step_is_said_to_be_running_while_it_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -1882,6 +1882,39 @@ def test_the_verdict_is_one_line_in_a_log(tagger_files: tuple[Path, Path]) -> No
     assert line.startswith(report.summary()) and line.endswith(" s)"), line
 
 
+def test_a_terminal_narrower_than_the_table_gets_whole_numbers(
+    tagger_files: tuple[Path, Path],
+) -> None:
+    """users66 F1: at 80 columns rich cut an error of 2.93e-08 to "2.93…", which reads as 2.93;
+    a narrower terminal gets the rows as column=value lines instead."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from birnn_export.verification import render_report
+
+    pt, onnx_path = tagger_files
+    report = verify(
+        onnx_path, pt, batch_sizes=(2,), seq_lens=(5,), layers=False, atol=1e-12, rtol=0
+    )
+    assert not report.passed  # a failing case: its table too
+    texts = {}
+    for width in (60, 80, 300):
+        log = io.StringIO()
+        render_report(report, console=Console(file=log, width=width))
+        texts[width] = log.getvalue()
+    assert "┃ engine " in texts[300] and "engine=" not in texts[300]
+    wide = [line for line in texts[300].splitlines() if line.startswith("│ ort-cpu")]
+    errors = [line.split("│")[5].strip() for line in wide]  # the error column, whole
+    assert all(re.fullmatch(r"0|\d\.\d\de-\d\d", e) for e in errors), errors
+    for width in (60, 80):
+        assert "…" not in texts[width] and "┃" not in texts[width]
+        words = texts[width].split()
+        assert [w.removeprefix("error=") for w in words if w.startswith("error=")] == errors
+        assert "case=ort-cpu" in words and any(w.startswith("lengths=") for w in words)
+
+
 def test_bracketed_words_in_a_report_are_printed_as_they_are() -> None:
     """rich read a "[lowercase ...]" in an engine's error as a style and dropped it: TensorRT's
     "[executionContext.cpp::...]" vanished from the verdict line a log is grepped for (review34
