@@ -37,8 +37,10 @@ from birnn_export._report import WHOLE_SWEEP, CaseResult
 from birnn_export._sweep import Case, row_feed, untraced_cases
 from birnn_export.compare import (
     BATCH_DROPPED,
+    DROPPED_OR_PACKED,
     LAYER_OTHER_SHAPE,
     MIN_DECODED_SYMBOLS,
+    PACKED_ROWS,
     PROBED,
     Check,
     Criterion,
@@ -367,8 +369,10 @@ def run_case(
             error = f"{SINGLE_ROWS}{one_line(exc)}"
     diagnosis = None
     failed = [o for o in outputs if not o.passed]
-    # a model that squeezes its batch away: its note tells, the graph's ops are not to blame
-    if failed and not all(BATCH_DROPPED in o.note for o in failed):
+    # a model that squeezes its batch away or returns packed rows: its note tells, the graph's
+    # ops are not to blame
+    told = (BATCH_DROPPED, PACKED_ROWS, DROPPED_OR_PACKED)
+    if failed and not all(o.note.endswith(told) for o in failed):
         diagnosis = _diagnose(
             engine,
             spec,

@@ -143,6 +143,18 @@ BATCH_DROPPED = (
     ": the model drops the batch dim at batch 1, as squeeze() with no dim does: name the dim "
     "it means (squeeze(-1)), as the graph keeps the batch"
 )
+#: Said where the model's output holds one row per valid step of every row, as a head applied
+#: to a ``PackedSequence``'s ``.data`` returns (review46 F4: it was told as a dropped batch).
+PACKED_ROWS = (
+    ": the model returns packed rows, one per valid step of each row (a head on a "
+    "PackedSequence's .data): apply it to pad_packed_sequence's padded output, as the graph does"
+)
+#: Said at batch 1 where the row is as long as the batch, and both causes give the shape.
+DROPPED_OR_PACKED = (
+    ": the model drops the batch dim at batch 1 (squeeze() with no dim: name the dim it means, "
+    "squeeze(-1)), or returns packed rows, one per valid step (a head on a PackedSequence's "
+    ".data: apply it to pad_packed_sequence's padded output); the graph keeps the batch"
+)
 LAYER_OTHER_SHAPE = "the layer's output inside the graph has shape "
 
 #: Checks of tensors inside the graph (the layer probe's), and what each is in words: a
@@ -717,12 +729,24 @@ def has_classes(spec: GraphSpec, tensor: TensorSpec) -> bool:
     return shaped and not any(t.name == "h_n" for t in spec.outputs)
 
 
-def _batch_dropped(got: np.ndarray, want: np.ndarray, batch_axis: int | None) -> str:
-    """:data:`BATCH_DROPPED` where the reference is the engine's output without its batch dim
-    of 1 (a model that squeezes its batch away at batch 1), else nothing."""
-    if batch_axis is None or got.ndim != want.ndim + 1 or got.shape[batch_axis] != 1:
+def _other_shape_cause(
+    got: np.ndarray, want: np.ndarray, tensor: TensorSpec, rows: np.ndarray | None
+) -> str:
+    """Why the reference has another shape than the engine's output, where its shape tells:
+    :data:`BATCH_DROPPED` where it is the output without its batch dim of 1 (a model that
+    squeezes its batch away at batch 1), :data:`PACKED_ROWS` where its first dim is the sum of
+    the rows' lengths and the rest the output's without batch and time, else nothing."""
+    b, t = tensor.batch_axis, tensor.time_axis
+    if b is None or got.ndim != want.ndim + 1:
         return ""
-    return BATCH_DROPPED if np.squeeze(got, batch_axis).shape == want.shape else ""
+    dropped = got.shape[b] == 1 and np.squeeze(got, b).shape == want.shape
+    packed = False
+    if t is not None and rows is not None:
+        rest = tuple(n for axis, n in enumerate(got.shape) if axis not in (b, t))
+        packed = want.shape == (int(np.sum(rows)), *rest)
+    if dropped and packed:
+        return DROPPED_OR_PACKED
+    return BATCH_DROPPED if dropped else PACKED_ROWS if packed else ""
 
 
 def compare_outputs(
@@ -765,8 +789,8 @@ def compare_outputs(
         got = _cut_to_longest_row(tensor, got, want, rows, input_dims)
         if got.shape != want.shape:
             note = f"{OTHER_SHAPE}{list(got.shape)}, reference {list(want.shape)}"
-            dropped = _batch_dropped(got, want, tensor.batch_axis)
-            results.append(_failed(tensor, "values", note + dropped))
+            cause = _other_shape_cause(got, want, tensor, rows)
+            results.append(_failed(tensor, "values", note + cause))
             continue
         noise = None if eager is None else np.asarray(eager[tensor.name])
         mask = valid_mask(tensor, want.shape, rows) if rows is not None else None

@@ -11,7 +11,9 @@ import pytest
 from birnn_export.compare import (
     BATCH_DROPPED,
     DECISIVE_MARGIN,
+    DROPPED_OR_PACKED,
     NOISE_FACTOR,
+    PACKED_ROWS,
     Check,
     NoiseCriterion,
     QuantizedCriterion,
@@ -480,6 +482,26 @@ def test_a_model_that_squeezes_its_batch_away_is_told_so() -> None:
         actual, expected = {"y": np.zeros(got, np.float32)}, {"y": np.zeros(want)}
         (check,) = compare_outputs(spec, actual, expected, None, {"y": TOL})
         assert not check.passed and (BATCH_DROPPED in check.note) == told
+
+
+def test_a_head_on_packed_rows_is_told_so() -> None:
+    """``head(packed.data)`` returns one row per valid step, [sum(lengths), classes], where the
+    graph returns [batch, seq, classes]: it was told as a batch squeezed away (review46 F4),
+    which at batch 1 and a full row its shape cannot tell apart."""
+    out = TensorSpec("y", "float32", ("batch", "seq", 5), "sequence")
+    spec = GraphSpec(inputs=(), outputs=(out,), example_batch=2, example_seq=3)
+    for batch, seq, lengths, told in (
+        (3, 11, [11, 7, 3], PACKED_ROWS),
+        (1, 8, [5], PACKED_ROWS),
+        (1, 8, [8], DROPPED_OR_PACKED),  # [8, 5]: either cause
+        (3, 11, [11, 7, 2], ""),  # 20 rows, not 21
+    ):
+        actual = {"y": np.zeros((batch, seq, 5), np.float32)}
+        expected = {"y": np.zeros((21 if batch == 3 else lengths[0], 5))}
+        (check,) = compare_outputs(spec, actual, expected, np.array(lengths), {"y": TOL})
+        assert not check.passed and check.note.startswith("shape ")
+        cause = check.note[check.note.index("]", check.note.index("reference")) + 1 :]
+        assert cause == told, check.note
 
 
 def test_int8_tags_are_judged_by_their_agreement_over_the_sweep() -> None:
