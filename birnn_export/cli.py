@@ -82,17 +82,27 @@ def _json_to_stdout(command: Any) -> Any:
     return run_command
 
 
-def _write_json(json_path: Path, text: str) -> str:
-    """Write a report: to ``json_path``, or to standard output for ``--json -``. Returns where,
-    in words."""
+def _write_json(json_path: Path, text: str, *, quiet: bool = False) -> str:
+    """Write a report: to ``json_path``, or to standard output for ``--json -``; say where
+    (:func:`_written`) unless ``quiet``. Returns where, in words."""
     if json_path == JSON_TO_STDOUT:
         out = _json_out[-1] if _json_out else sys.stdout
         out.write(text if text.endswith("\n") else text + "\n")
         out.flush()
         _json_written.append(True)
-        return "standard output"
-    write_atomic(json_path, text)
-    return str(json_path)
+        where = "standard output"
+    else:
+        write_atomic(json_path, text)
+        where = str(json_path)
+    if not quiet:
+        _written("report", where)
+    return where
+
+
+def _written(what: str, where: object) -> None:
+    """Say where a file went: on standard error, which keeps standard output to the results, in
+    one form for every command (users66 F7)."""
+    click.echo(f"{what} written to {where}", err=True)
 
 
 class _DefaultGroup(click.Group):
@@ -313,7 +323,8 @@ def export_command(
         if json_path is not None:  # the graph in place, not the last run's (users47 F5)
             said = f"Aborted! {exc}"
             summary = {"model": str(model_path), "written": exc.written, "error": said}
-            _write_json(json_path, json.dumps({**summary, "exit_code": _interrupted_code()}))
+            summary = json.dumps({**summary, "exit_code": _interrupted_code()})
+            _write_json(json_path, summary, quiet=True)
         raise
     except BiRNNExportError as exc:
         failed = exc.report if isinstance(exc, VerificationError) else None
@@ -326,9 +337,8 @@ def export_command(
             click.echo(f"FAIL     {output}: not written, the graph failed verification{kept}")
         if json_path is not None:  # a pipeline that asked for the summary gets the failure's
             summary = {**failure_summary(model_path, exc), "error": main.error_line(exc)}
-            written = _write_json(json_path, json.dumps(summary, indent=2, default=str))
-            if not quiet:  # quiet: the error line alone
-                click.echo(f"report written to {written}", err=True)
+            # quiet: the error line alone
+            _write_json(json_path, json.dumps(summary, indent=2, default=str), quiet=quiet)
         if failed is not None and not quiet:
             # review41 F5: a graph already at -o is kept, and the re-export must not replace it;
             # --no-verify refuses tolerances, which go to verify
@@ -353,7 +363,7 @@ def export_command(
         raise
     if json_path is not None:
         try:
-            _write_json(json_path, report.to_json())
+            _write_json(json_path, report.to_json(), quiet=quiet)
         except BiRNNExportError as exc:  # the graph is in place, whole and verified: say so
             raise BiRNNExportError(f"{exc}; the graph was written: {report.result.path}") from None
     click.echo(str(report.result.path) if quiet else "\n".join(report.lines()))
@@ -522,10 +532,10 @@ def verify_command(
     )
     render_report(report)
     if json_path is not None:
-        click.echo(f"report written to {_write_json(json_path, report.to_json())}")
+        _write_json(json_path, report.to_json())
     for what, path in (("inputs", report.saved_inputs), ("outputs", report.saved_outputs)):
         if path:
-            click.echo(f"{what} written to {path}")
+            _written(what, path)
     report.raise_for_failure()
 
 
@@ -594,13 +604,11 @@ def bench_command(
     )
     print_table(wide_console(), render_table(report))
     if json_path is not None:
-        where = _write_json(json_path, report.to_json())
-        said = f"the report to {where}" if json_path == JSON_TO_STDOUT else where
-        click.echo(f"Wrote {said}")
+        _write_json(json_path, report.to_json())
     if csv_path is not None:
-        click.echo(f"Wrote {report.to_csv(csv_path)}")
+        _written("CSV", report.to_csv(csv_path))
     if plot_path is not None:
-        click.echo(f"Wrote {report.plot(plot_path)}")
+        _written("plot", report.plot(plot_path))
     report.raise_for_failure()
 
 

@@ -791,7 +791,7 @@ def test_cli_json_to_standard_output_says_the_exit(files: dict[str, Path]) -> No
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["exit_code"] == 1 and data["error"].startswith("1 of 1 measurements failed")
-    assert "Wrote the report to standard output" in result.stderr
+    assert "report written to standard output" in result.stderr
 
 
 def test_cli_mismatch_exits_1(files: dict[str, Path]) -> None:

@@ -3,6 +3,7 @@ messages told in the command's flags."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,24 @@ def test_a_failed_exports_hint_keeps_the_graph_at_o_and_drops_what_no_verify_ref
         f"re-export with --no-verify -o {aside} and without --atol/--rtol and --load-inputs, "
         f"then birnn-export verify {aside} --model {sample} --atol 1e-30 --rtol 0.0"
     ) in result.output
+
+
+def test_every_command_says_where_its_report_went_on_standard_error(tmp_path: Path) -> None:
+    """users66 F7: verify said it on stdout, bench as "Wrote ...", a failed export on stderr, and
+    a successful export, check and inspect not at all."""
+    sample = Path(__file__).parents[1] / "sample_models" / "seed_example1_rnn.pt"
+    graph = tmp_path / "g.onnx"
+    commands = {
+        "export": [str(sample), "-o", str(graph), "--no-verify"],
+        "check": ["check", str(graph), "--target", "tensorrt", "--tensorrt", "static"],
+        "inspect": ["inspect", str(graph)],
+    }
+    for name, args in commands.items():
+        report = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(main, [*args, "--json", str(report)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(report.read_text())
+        assert result.stderr.splitlines()[-1] == f"report written to {report}", result.stderr
+        assert "written to" not in result.stdout
+    quiet = CliRunner().invoke(main, [*commands["export"], "-q", "--json", str(tmp_path / "q")])
+    assert quiet.exit_code == 0 and quiet.stdout == f"{graph}\n" and quiet.stderr == ""
