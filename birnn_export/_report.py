@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -431,6 +432,10 @@ def print_table(console: Any, table: Any) -> None:
 OTHER_FILE_NOTE = "the graph was exported from a file with sha256"
 
 
+#: A number in a diagnosis (``2.5e-07``, ``0.076``, ``16``).
+_NUMBER = r"\d+(\.\d+)?(e[+-]?\d+)?"
+
+
 def render_report(report: VerifyReport, *, console: Any = None, max_failures: int = 20) -> None:
     """Print ``report`` as rich tables: worst error per engine, output and check, then the failing
     cases with their diagnosis."""
@@ -496,17 +501,22 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
                     )
                     detail.add_row(*map(Text, row))
         print_table(console, detail)
-        shown: set[str] = set()
+        # a diagnosis that differs from one shown only in its numbers is counted, not repeated
+        # (users66 F5: three 416-character paragraphs, alike but for "at most 2.5e-07")
+        alike: dict[str, list[CaseResult]] = {}
         for case in report.diagnosed_failures():
-            if case.diagnosis and case.diagnosis not in shown and len(shown) < 3:
-                shown.add(case.diagnosis)
-                console.print(
-                    Text.assemble(
-                        ("diagnosis", "bold"), f" ({case.label}, lengths {_short(case.lengths)}):"
-                    )
+            if case.diagnosis:
+                alike.setdefault(re.sub(_NUMBER, "N", case.diagnosis), []).append(case)
+        for case, *others in list(alike.values())[:3]:
+            more = f", and {len(others)} more case(s) alike" if others else ""
+            console.print(
+                Text.assemble(
+                    ("diagnosis", "bold"),
+                    f" ({case.label}, lengths {_short(case.lengths)}{more}):",
                 )
-                for line in case.diagnosis.splitlines():
-                    console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+            )
+            for line in (case.diagnosis or "").splitlines():
+                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     for problem in report.problems:

@@ -1915,6 +1915,34 @@ def test_a_terminal_narrower_than_the_table_gets_whole_numbers(
         assert "case=ort-cpu" in words and any(w.startswith("lengths=") for w in words)
 
 
+def test_diagnoses_alike_but_for_their_numbers_are_said_once() -> None:
+    """users66 F5: a failed export printed the same 416-character diagnosis for each failing
+    case, alike but for its numbers."""
+    import io
+
+    from rich.console import Console
+
+    from birnn_export.verification import render_report
+
+    rounding = "every failing check's error is at most {} of its tensor's largest value"
+    cases = [
+        CaseResult("ort-cpu", b, 44, "ragged", 1.0, 0, (44,) * b, (), error="e", diagnosis=d)
+        for b, d in (
+            (3, rounding.format("2.5e-07")),
+            (16, rounding.format("3.4e-07")),
+            (1, "the backward direction reads the padding"),
+            (2, rounding.format("2.2e-07")),
+        )
+    ]
+    report = VerifyReport("m.onnx", "the model", "float64", ("ort-cpu",), {}, tuple(cases))
+    log = io.StringIO()
+    render_report(report, console=Console(file=log, width=300))
+    told = [line for line in log.getvalue().splitlines() if line.startswith("diagnosis (")]
+    assert len(told) == 2, told
+    assert any(line.endswith(", and 2 more case(s) alike):") for line in told), told
+    assert log.getvalue().count("the backward direction reads the padding") == 1
+
+
 def test_bracketed_words_in_a_report_are_printed_as_they_are() -> None:
     """rich read a "[lowercase ...]" in an engine's error as a style and dropped it: TensorRT's
     "[executionContext.cpp::...]" vanished from the verdict line a log is grepped for (review34
