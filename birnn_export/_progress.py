@@ -97,6 +97,7 @@ class Progress:
                 TextColumn(self.what),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("steps"),  # not cases: a case may take several (users66 F9)
                 TextColumn("{task.description}"),
                 console=Console(stderr=True),
                 transient=True,

@@ -294,6 +294,11 @@ def export_command(
     symbolic batch and sequence axes, checks the graph and compares ONNX Runtime with eager
     PyTorch at shapes unlike the example. Exit 0 on success, 1 if verification failed, 2 for bad
     input.
+
+    \b
+    birnn-export tagger.pt -o tagger.onnx --range seq=1,128,512
+    birnn-export tagger.pt --dtype float16
+    birnn-export weights.pt --model-class mypkg.models:Tagger --input-size 80
     """
     from birnn_export.pipeline import default_output, export_model, failure_summary
 
@@ -400,7 +405,12 @@ def _loader_flags(loader: dict[str, Any]) -> list[str]:
 @json_option("the description")
 @_json_to_stdout
 def inspect_command(onnx_path: Path, json_path: Path | None) -> None:
-    """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata."""
+    """Describe an exported graph: inputs, outputs, ops, recurrent nodes, metadata.
+
+    \b
+    birnn-export inspect tagger.onnx
+    birnn-export inspect tagger.onnx --json - | jq .inputs
+    """
     from birnn_export.describe import describe_lines, describe_onnx
 
     options_.check_files({"MODEL.onnx": onnx_path}, {"--json": json_path})
@@ -503,6 +513,10 @@ def verify_command(
     Defaults: a covering set of batch sizes 1,3,16 and lengths 1,2,T0,4*T0 and the declared
     maximum (T0: the export's example length); --batch-sizes and --seq-lens run their product,
     each shape with ragged and with equal lengths where the graph takes lengths or a mask.
+
+    \b
+    birnn-export verify tagger.onnx --model tagger.pt --engines ort-cpu,trt-rtx
+    birnn-export verify tagger.onnx --model tagger.pt --seq-lens 7,300 --save-inputs cases.npz
     """
     from birnn_export.verification import render_report, verify
 
@@ -662,6 +676,10 @@ def check_command(
     installed (pip install tensorrt-rtx builds without a GPU), with the static rules beside
     them; elsewhere the static rules alone. Prints one line per finding and what checked it;
     exits 1 if any finding is an error (a parser error or failed build included), 0 otherwise.
+
+    \b
+    birnn-export check tagger.onnx --target tensorrt --batch-range 1,8,64
+    birnn-export check tagger.onnx --target ort-cuda --json -
     """
     from birnn_export.check import check_compatibility
 

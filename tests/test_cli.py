@@ -238,3 +238,27 @@ def test_every_command_says_where_its_report_went_on_standard_error(tmp_path: Pa
         assert "written to" not in result.stdout
     quiet = CliRunner().invoke(main, [*commands["export"], "-q", "--json", str(tmp_path / "q")])
     assert quiet.exit_code == 0 and quiet.stdout == f"{graph}\n" and quiet.stderr == ""
+
+
+def test_the_examples_in_every_help_parse(tmp_path: Path, monkeypatch) -> None:
+    """users66 F14: only the group's help and bench's showed examples; each command's now does,
+    and each example is a command line its parser takes (the files named exist here)."""
+    import shlex
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("tagger.pt", "tagger.onnx", "weights.pt", "MODEL.pt", "MODEL.onnx"):
+        Path(name).write_bytes(b"")
+    examples = 0
+    for command in (None, "export", "verify", "check", "inspect", "bench"):
+        text = CliRunner().invoke(main, [command, "--help"] if command else ["--help"]).output
+        lines = [line for line in text.splitlines() if line.startswith("  birnn-export ")]
+        assert lines, f"no example in {command}'s help"
+        for line in lines:  # the group's lines end in words after two spaces; a pipe ends some
+            words = shlex.split(line.split("|")[0].strip().split("  ")[0])[1:]
+            with main.make_context("birnn-export", words) as ctx, warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # click 8.2: protected_args
+                name, sub, rest = main.resolve_command(ctx, [*ctx.protected_args, *ctx.args])
+                sub.make_context(name, rest, parent=ctx).close()
+            examples += 1
+    assert examples >= 15
