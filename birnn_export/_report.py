@@ -446,7 +446,9 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
     # reads as a style, such as TensorRT's "[executionContext.cpp::...]" (review34 R2)
     console = console or wide_console()
     table = Table(
-        title=Text(f"verify {report.onnx_path} vs {report.reference} ({report.reference_dtype})"),
+        title=Text(
+            f"verify {report.onnx_path} vs {report.reference}, run in {report.reference_dtype}"
+        ),
         caption="error, eager, ratio and limit: the case nearest its limit (error: the largest "
         "absolute, or L2, relative L2; a top-1 in parentheses is the worst case's, not judged "
         "there: the sweep row judges top-1 over the whole sweep)",
@@ -461,10 +463,11 @@ def render_report(report: VerifyReport, *, console: Any = None, max_failures: in
         "ratio",
         "limit",
         "top-1",
-        "",
+        "result",
     ):
         table.add_column(
-            column, justify="left" if column in ("engine", "output", "check") else "right"
+            column,
+            justify="left" if column in ("engine", "output", "check", "result") else "right",
         )
     for *cells, status in _summary_rows(report):  # the status cell is our own markup
         table.add_row(*map(Text, cells), status)
