@@ -236,7 +236,7 @@ class VerifyReport:
                 if alone
                 else f"{judged} case(s) pass one by one and fail judged together"
             )
-            first = failed[0]
+            first = next((c for c in failed if not _cause_untold(c)), failed[0])
             if first.error is not None:
                 parts.append(f"first: {first.label}: engine error: {first.error}")
             else:
@@ -401,16 +401,17 @@ def wide_console() -> Any:
 
 
 def print_table(console: Any, table: Any) -> None:
-    """Print ``table``; where ``console`` is narrower than the table, its rows instead, each as
-    a line of ``column=value`` pairs the console wraps between words: rich would cut cells to
-    fit, and a number cut to ``2.93…`` reads as another number (users66 F1)."""
+    """Print ``table``; where ``console`` is too narrow for it without cutting a word (rich
+    wraps cells between words, and cuts what still does not fit: a number cut to ``2.93…``
+    reads as another number; users66 F1), its rows instead, each a line of ``column=value``
+    pairs the console wraps between pairs, a value with a space or ``=`` in quotes."""
     import io
 
     from rich.console import Console
     from rich.text import Text
 
-    natural = Console(file=io.StringIO(), width=100_000).measure(table).maximum
-    if natural <= console.width:
+    narrowest = Console(file=io.StringIO(), width=100_000).measure(table).minimum
+    if narrowest <= console.width:
         console.print(table)
         return
     if table.title:
@@ -419,13 +420,28 @@ def print_table(console: Any, table: Any) -> None:
     for row in zip(*(column.cells for column in table.columns), strict=True):
         cells = [console.render_str(c) if isinstance(c, str) else c for c in row]  # as a table
         pairs = [
-            Text.assemble(f"{header}=" if header else "", cell)
+            Text.assemble(f"{header}=" if header else "", *_quoted(cell))
             for header, cell in zip(headers, cells, strict=True)
             if cell.plain
         ]
         console.print(Text("  ").join(pairs))
     if table.caption:
         console.print(table.caption)
+
+
+def _quoted(cell: Any) -> tuple[Any, ...]:
+    """``cell`` (a ``rich.text.Text``) in quotes where it holds a space or ``=``, so that its
+    words do not read as more pairs (review48 F3)."""
+    return ('"', cell, '"') if " " in cell.plain or "=" in cell.plain else (cell,)
+
+
+def _cause_untold(case: CaseResult) -> bool:
+    """Whether ``case``'s other shape could have either of two causes (batch 1, a full row):
+    the summary names a case whose shape tells instead (review48 F1: every export of a head on
+    ``PackedSequence.data`` was first told as a batch squeezed away)."""
+    from birnn_export.compare import DROPPED_OR_PACKED
+
+    return any(o.note.endswith(DROPPED_OR_PACKED) for o in case.outputs)
 
 
 #: How the note that the graph came from another model file than the one given begins.

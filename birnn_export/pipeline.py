@@ -519,7 +519,8 @@ class ExportReport:
 
     def verdict_line(self) -> str:
         """The last line: the verdict and the file first, as a log is read and grepped
-        (Polygraphy's ``PASSED``; users66 F3)."""
+        (Polygraphy's ``PASSED``; users66 F3): ``PASS``, ``WARN`` where TensorRT refuses the
+        graph (review48 F4), ``Done`` where it was not verified."""
         verified = self.result.verification
         said = (
             ["not verified"] if verified is None else [f"verified on {', '.join(verified.engines)}"]
@@ -529,7 +530,8 @@ class ExportReport:
             said.append("ONNX Runtime CPU only (int8)")
         else:
             said.append(f"{'compatible' if compat.ok else 'NOT compatible'} with {compat.target}")
-        verdict = "Done" if verified is None else "PASS"
+        refused = compat is not None and not compat.ok
+        verdict = "Done" if verified is None else "WARN" if refused else "PASS"
         return f"{verdict:<8} {self.onnx['path']}: {', '.join(said)}; {self.seconds:.1f} s"
 
 

@@ -704,3 +704,17 @@ class NormedBiLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return global_layer_norm(self.rnn(x)[0])
+
+
+class PackedDataHead(nn.Module):
+    """A head on ``PackedSequence.data``: one row of scores per valid step of every row
+    (review46 F4), which the graph, keeping the padded batch, cannot return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return self.head(self.lstm(packed)[0].data)

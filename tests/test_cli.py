@@ -262,3 +262,26 @@ def test_the_examples_in_every_help_parse(tmp_path: Path, monkeypatch) -> None:
                 sub.make_context(name, rest, parent=ctx).close()
             examples += 1
     assert examples >= 15
+
+
+def test_a_head_on_packed_rows_is_told_so_and_nothing_is_written(tmp_path: Path) -> None:
+    """review46 F4, review48 F1: the error named a batch squeezed away, from the first case
+    (batch 1, one step), whose shape cannot tell the two apart; users66 F2: stdout said nothing
+    of the file."""
+    import torch
+
+    from birnn_export.compare import DROPPED_OR_PACKED, PACKED_ROWS
+    from tests.realistic_models import PackedDataHead
+
+    weights = tmp_path / "m.pt"
+    torch.save(PackedDataHead().state_dict(), weights)
+    graph = tmp_path / "m.onnx"
+    model_class = ["--model-class", "tests.realistic_models:PackedDataHead"]
+    args = [str(weights), *model_class, "--input-size", "8", "-o", str(graph), "--seq-range"]
+    result = CliRunner().invoke(main, [*args, "1,8,16"])
+    assert result.exit_code == 1 and not graph.exists(), result.output
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: FAIL")]
+    assert PACKED_ROWS in error and DROPPED_OR_PACKED not in error, error
+    assert "diagnosis (" not in result.stdout  # the note tells: the graph is not to blame
+    last = result.stdout.splitlines()[-1]
+    assert last == f"FAIL     {graph}: not written, the graph failed verification"

@@ -22,7 +22,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 def _steady(lines: list[str]) -> list[str]:
     """Lines without what varies between runs (timings, sizes of engines, error ratios)."""
-    skip = ("PASS     ", "  info: graph: tensorrt")
+    # and the progress lines a slow run writes every 30 s (review48 F5)
+    skip = ("PASS     ", "  info: graph: tensorrt", "verify: ")
     steady = [line for line in lines if not line.startswith(skip)]
     pattern = (
         r"[0-9.e+-]+x \S+ \S+ own \([^)]*\)( \(over 8x within [^)]*\))?|[0-9.e+-]+ of the limit"
@@ -592,3 +593,39 @@ def test_an_opset_the_installed_runtime_cannot_load_stops_the_export_before_it_r
     monkeypatch.undo()
     written = export_onnx(layer, tmp_path / "m.onnx", opset=22, verify=False)
     assert written.spec.opset == 22 and (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("verified", "compatible", "line"),
+    [
+        (True, True, "PASS     g.onnx: verified on ort-cpu, trt, compatible with tensorrt; 2.5 s"),
+        (
+            True,
+            False,
+            "WARN     g.onnx: verified on ort-cpu, trt, NOT compatible with tensorrt; 2.5 s",
+        ),
+        (False, True, "Done     g.onnx: not verified, compatible with tensorrt; 2.5 s"),
+        (
+            True,
+            None,
+            "PASS     g.onnx: verified on ort-cpu, trt, ONNX Runtime CPU only (int8); 2.5 s",
+        ),
+    ],
+)
+def test_the_last_line_is_the_verdict_and_the_file(verified, compatible, line) -> None:
+    """users66 F3: the last line was "Done in 31.5 s"; a log is read and grepped by its last
+    line (review48 F4: PASS was said of a graph TensorRT refuses)."""
+    from types import SimpleNamespace
+
+    verification = SimpleNamespace(engines=("ort-cpu", "trt")) if verified else None
+    compat = None if compatible is None else SimpleNamespace(ok=compatible, target="tensorrt")
+    report = ExportReport(
+        "m.pt",
+        "a checkpoint",
+        "",
+        SimpleNamespace(verification=verification),  # type: ignore[arg-type]
+        {"path": "g.onnx"},
+        compat,  # type: ignore[arg-type]
+        2.5,
+    )
+    assert report.verdict_line() == line

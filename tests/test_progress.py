@@ -21,7 +21,14 @@ def test_the_time_left_weighs_each_step_by_its_work() -> None:
 
 
 @pytest.mark.parametrize(
-    ("tty", "term", "plain"), [(True, "xterm", False), (True, "dumb", True), (False, "xterm", True)]
+    ("tty", "term", "plain"),
+    [
+        (True, "xterm", False),
+        (True, "dumb", True),
+        (True, "DUMB", True),
+        (True, "unknown", True),
+        (False, "xterm", True),
+    ],
 )
 def test_a_dumb_terminal_gets_the_plain_lines(
     monkeypatch: pytest.MonkeyPatch, tty: bool, term: str, plain: bool
