@@ -123,6 +123,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture
+def static_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's TensorRT step by its static rules only: for tests that assert nothing of
+    TensorRT. The parser/builder through the CLI stays asserted in test_export.py::
+    test_every_sample_exports_and_verifies, test_readme and test_pipeline's TensorRT tests."""
+    import functools
+
+    from birnn_export import check
+
+    monkeypatch.setattr(
+        check,
+        "check_compatibility",
+        functools.partial(check.check_compatibility, tensorrt="static"),
+    )
+
+
 @pytest.fixture(scope="module")
 def split_lstm_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small 2-layer BiLSTM taking lengths, exported in the split layout."""

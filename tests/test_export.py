@@ -758,7 +758,7 @@ class _Encoder(nn.Module):
 
 def test_outputs_take_a_named_tuples_fields_or_the_names_given(tmp_path):
     torch.manual_seed(0)
-    result = export_onnx(_Encoder().eval(), tmp_path / "e.onnx")
+    result = export_onnx(_Encoder().eval(), tmp_path / "e.onnx", verify=False)  # names only
     assert [t.name for t in result.spec.outputs] == ["memory", "summary"]
     named = export_onnx(_Encoder().eval(), tmp_path / "n.onnx", output_names=["enc", "h"])
     assert [t.name for t in named.spec.outputs] == ["enc", "h"]
@@ -773,10 +773,12 @@ def test_outputs_take_a_named_tuples_fields_or_the_names_given(tmp_path):
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def test_cli_output_names(tmp_path):
+def test_cli_output_names(tmp_path, static_tensorrt):
+    # Not verified, TensorRT by its static rules: the speech_ctc sample is verified in
+    # test_inputs.py::test_loaded_speech_sample_verifies_against_torch.
     out = tmp_path / "speech.onnx"
     runner = CliRunner()
-    base = ["sample_models/speech_ctc.pt", "-o", str(out), "-q"]
+    base = ["sample_models/speech_ctc.pt", "-o", str(out), "-q", "--no-verify"]
     done = runner.invoke(main, [*base, "--output-names", "log_probs,out_lens"])
     assert done.exit_code == 0, done.output
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["log_probs", "out_lens"]
@@ -1395,9 +1397,10 @@ def test_an_lstm_state_declared_as_one_input_is_told_to_become_two(tmp_path):
 def test_conv_bigru_ctc_exports(tmp_path):
     torch.manual_seed(0)
     model = ConvBiGRUCTC().eval()
-    result = export_onnx(
-        model, tmp_path / "ctc.onnx", example_inputs=(torch.randn(2, 9, 8), torch.tensor([9, 4]))
-    )
+    # Not verified: its own ORT run is the guard here; ConvBiGRUCTC is verified in
+    # test_verification.py::test_trained_model_passes_and_every_defect_fails[conv_bigru_ctc-fused].
+    example = (torch.randn(2, 9, 8), torch.tensor([9, 4]))
+    result = export_onnx(model, tmp_path / "ctc.onnx", example_inputs=example, verify=False)
     assert op_counts(result.path)["GRU"] == 4 and op_counts(result.path)["Conv"] == 1
     feed = make_feed(result.spec, 3, 70, seed=2)
     got = run_ort(result.path, feed)["output"]
@@ -1620,7 +1623,8 @@ def test_a_graph_ignoring_the_second_sequences_lengths_fails_verification(tmp_pa
     runs into its padding (its forward node fed no sequence_lens) fails."""
     torch.manual_seed(0)
     model = SiamesePair().eval()
-    result = export_onnx(model, tmp_path / "pair.onnx", layout="split")
+    # Not verified in the export: the verify() of the good graph below is the same sweep.
+    result = export_onnx(model, tmp_path / "pair.onnx", layout="split", verify=False)
     names = [n.name for n in onnx.load(str(result.path)).graph.node if n.op_type == "LSTM"]
     assert names[2] == "encoder/l0/forward#2"  # the second question's forward direction
     bad = plant_missing_sequence_lens(result.path, tmp_path / "bad.onnx", node=2)
@@ -1871,8 +1875,11 @@ def test_a_conv_and_max_pool_front_end_keeps_its_length_dynamic_and_matches_torc
             norm.running_mean.uniform_(-0.5, 0.5)
             norm.running_var.uniform_(0.5, 2.0)
     inputs = ["x:float32[batch,1,time]"]
-    result = export_onnx(model, tmp_path / "ecg.onnx", inputs=inputs, ranges={"time": (8, 64, 512)})
-    assert result.verification.passed, result.verification.summary()
+    # Not verified: the float64 comparison below at lengths unlike the example is the guard; a
+    # conv front end is verified in test_verification.py::
+    # test_trained_model_passes_and_every_defect_fails[conv_bigru_ctc-fused].
+    ranges = {"time": (8, 64, 512)}
+    result = export_onnx(model, tmp_path / "ecg.onnx", inputs=inputs, ranges=ranges, verify=False)
     assert result.spec.inputs[0].dims == ("batch", 1, "time")
     reference = ConvPoolBiLSTM().eval().double()
     reference.load_state_dict(model.state_dict())
@@ -1962,8 +1969,8 @@ def test_a_none_among_the_returned_tensors_is_no_output(tmp_path, as_dict, names
     it."""
     torch.manual_seed(0)
     model = _ReturnsNone(as_dict).eval()
-    result = export_onnx(model, tmp_path / "none.onnx")
-    assert result.verification.passed, result.verification.summary()
+    # The export's own sweep is not run: the verify() below is the one that must not count it.
+    result = export_onnx(model, tmp_path / "none.onnx", verify=False)
     outputs = [o.name for o in result.spec.outputs]
     assert outputs == (names if as_dict else [f"output_{i}" for i in range(names)])
     report = verify(result.path, model, batch_sizes=(3,), seq_lens=(9,))
@@ -2785,7 +2792,9 @@ def test_a_forward_reading_one_batch_by_key_is_fed_its_keys_and_matches_torch(tm
     saved = tmp_path / "model.pt"
     torch.save(model, saved)
     out = tmp_path / "model.onnx"
-    result = CliRunner().invoke(main, [str(saved), "--trust-pickle", "-o", str(out)])
+    # --no-verify: the `verify --model` run below verifies this graph.
+    export = [str(saved), "--trust-pickle", "-o", str(out), "--no-verify"]
+    result = CliRunner().invoke(main, export)
     assert result.exit_code == 0, result.output
     spec = GraphSpec.from_onnx(out)
     dict_model = cls is DictBatchTagger
@@ -3038,8 +3047,9 @@ def test_float32_mixed_into_a_float16_run_is_named_with_its_line(tmp_path):
 def test_lengths_out_of_range_are_clamped_before_the_cut_to_the_longest_row(tmp_path):
     torch.manual_seed(0)
     model = _TwoCuts().eval()
-    result = export_onnx(model, tmp_path / "two.onnx")
-    assert result.verification.passed, result.verification.summary()
+    # Not verified: the ORT runs below are the guard; a graph cut to each sequence's longest
+    # row is verified in test_sequence_pairs_with_their_own_lengths_match_torch_in_float64.
+    result = export_onnx(model, tmp_path / "two.onnx", verify=False)
     x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
     for given, clamped in (([9, 2], [5, 2]), ([0, 0], [1, 1]), ([-3, 2], [1, 2])):
         got = run_ort(result.path, {"x": x, "lengths": np.array(given)})["output"]
@@ -3865,14 +3875,17 @@ def test_default_layout_follows_the_measured_choice_per_cell(
                 x = layer(x)[0]
             return x
 
-    result = export_onnx(Stack().eval(), tmp_path / "m.onnx", input_size=6)
+    # Not verified: only layouts and ops are asserted; a scan layout is verified in
+    # test_scan.py::test_scan_layout_keeps_lstm_and_gru_nodes_and_verifies_every_layer.
+    result = export_onnx(Stack().eval(), tmp_path / "m.onnx", input_size=6, verify=False)
     assert result.spec.layout == expected
     assert ("ReverseSequence" in result.op_counts) == (expected != "fused")
     assert ("Scan" in result.op_counts) == (expected == "scan")
     assert DEFAULT_LAYOUTS["rnn_tanh"] == "scan" and DEFAULT_LAYOUTS["lstm"] == "split"
     assert SCAN_MIN_HIDDEN == 128
     other = "split" if expected != "split" else "fused"
-    assert export_onnx(Stack().eval(), tmp_path / "o.onnx", layout=other).spec.layout == other
+    again = export_onnx(Stack().eval(), tmp_path / "o.onnx", layout=other, verify=False)
+    assert again.spec.layout == other
 
 
 def test_an_lstm_with_projection_defaults_to_one_loop_for_both_directions(tmp_path) -> None:
