@@ -58,7 +58,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     model = SequenceTagger(config).eval()
     save_checkpoint(model, folder / "tagger.pt")
-    export_onnx(model, folder / "tagger.onnx")
+    # Not verified: no test here reads it; bench's own error against torch is asserted.
+    export_onnx(model, folder / "tagger.onnx", verify=False)
 
     # The same graph with every float weight shifted: it runs fine and is wrong.
     proto = onnx.load(str(folder / "tagger.onnx"))
@@ -849,7 +850,11 @@ def test_cli_missing_files_exit_2(files: dict[str, Path], tmp_path: Path) -> Non
     assert result.exit_code == 2 and "--json" in result.output
 
 
+@pytest.mark.slow
 def test_cli_as_a_subprocess(files: dict[str, Path], tmp_path: Path) -> None:
+    # Slow tier: the bench CLI's CSV is guarded by test_cli_writes_reports (in process) and a
+    # real `python -m birnn_export` process by test_verification.py::
+    # test_cli_subprocess_exit_code and test_check.py::test_cli_subprocess.
     csv_path = tmp_path / "sub.csv"
     proc = subprocess.run(
         [
