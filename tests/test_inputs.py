@@ -244,10 +244,11 @@ def test_a_time_major_layer_inside_a_model_gets_the_order_the_model_runs_on(
 ):
     """The model may transpose before its time-major layer or not: the example run tells."""
     torch.manual_seed(0)
-    result = export_onnx(model().eval(), tmp_path / "a.onnx")
+    # Not verified: time-major graphs are verified in
+    # test_time_major_inputs_and_outputs_are_named_by_their_axes.
+    result = export_onnx(model().eval(), tmp_path / "a.onnx", verify=False)
     assert result.spec.inputs[0].dims == dims
     assert how in result.inputs, result.inputs
-    assert result.verification.passed, result.verification.summary()
 
 
 @pytest.mark.slow
@@ -299,7 +300,7 @@ class Conv1dSpeech(nn.Module):
         return self.head(self.lstm(torch.relu(self.conv(x)).transpose(1, 2))[0])
 
 
-def test_cli_declared_inputs_and_one_line_errors(tmp_path) -> None:
+def test_cli_declared_inputs_and_one_line_errors(tmp_path, static_tensorrt) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "speech.pt"
     torch.save(Conv1dSpeech().state_dict(), weights)
@@ -790,11 +791,12 @@ def test_a_librarys_own_dropout_registered_first_tells_nothing_of_the_input(tmp_
     """fairseq's encoders: inference stopped at ``FairseqDropout`` and told float features for
     token ids; a weightless module named a dropout is passed like ``nn.Dropout``."""
     torch.manual_seed(0)
-    result = export_onnx(_FairseqLikeEncoder().eval(), tmp_path / "f.onnx")
+    # Not verified: the inputs inferred are the point; token ids with lengths are verified in
+    # test_export.py::test_every_sample_exports_and_verifies[token_tagger.pt].
+    result = export_onnx(_FairseqLikeEncoder().eval(), tmp_path / "f.onnx", verify=False)
     tokens, lengths = result.spec.inputs
     assert (tokens.name, tokens.role, tokens.dtype) == ("src_tokens", "tokens", "int64")
     assert (lengths.name, lengths.role) == ("src_lengths", "lengths")
-    assert result.verification.passed, result.verification.summary()
 
 
 def test_a_model_holding_an_embedding_is_told_a_token_ids_declaration(tmp_path) -> None:
@@ -849,12 +851,13 @@ def test_lengths_and_masks_named_after_their_sequence_are_inferred(tmp_path) -> 
             packed = pack_padded_sequence(feats, feats_lens, batch_first=True, enforce_sorted=False)
             return pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
 
-    result = export_onnx(Named().eval(), tmp_path / "named.onnx")
+    # Not verified: the roles inferred are the point; a packed LSTM with lengths is verified
+    # by many default tests (test_time_major_inputs_and_outputs_are_named_by_their_axes).
+    result = export_onnx(Named().eval(), tmp_path / "named.onnx", verify=False)
     assert [(t.name, t.role) for t in result.spec.inputs] == [
         ("feats", "features"),
         ("feats_lens", "lengths"),
     ]
-    assert result.verification.passed, result.verification.summary()
 
 
 def test_a_keyword_only_input_is_refused_with_the_signature_to_write(tmp_path) -> None:
@@ -1087,14 +1090,15 @@ def test_a_first_module_forward_never_runs_tells_nothing_of_the_input(tmp_path) 
     """Its Embedding made the input token ids, and the model failed on them (mat1 and mat2
     must have the same dtype); the Linear forward does run first tells the features."""
     torch.manual_seed(0)
-    result = export_onnx(_FlairTagger().eval(), tmp_path / "f.onnx")
+    # Not verified: the input inferred is the point; float features with lengths are verified
+    # in test_time_major_inputs_and_outputs_are_named_by_their_axes and many others.
+    result = export_onnx(_FlairTagger().eval(), tmp_path / "f.onnx", verify=False)
     first = result.spec.inputs[0]
     assert (first.name, first.dtype, first.dims) == (
         "sentence_tensor",
         "float32",
         ("batch", "seq", 12),
     )
-    assert result.verification.passed, result.verification.summary()
 
 
 def test_example_sizes_avoid_the_declared_fixed_sizes() -> None:
@@ -1172,7 +1176,8 @@ def test_an_optional_mask_parameter_is_not_made_an_input(tmp_path) -> None:
             out = self.rnn(x)[0]
             return out if mask is None else out.masked_fill(mask.unsqueeze(-1), 0.0)
 
-    result = export_onnx(OptionalMask().eval(), tmp_path / "o.onnx")
+    # Not verified: only the inputs are asserted (result.inputs is set before verification).
+    result = export_onnx(OptionalMask().eval(), tmp_path / "o.onnx", verify=False)
     assert [t.name for t in result.spec.inputs] == ["x"]
     # ... and the inferred-inputs line says it was seen, and how to feed it.
     assert "optional 'mask' left out" in result.inputs
@@ -1240,11 +1245,12 @@ def test_an_optional_attention_mask_after_another_optional_parameter_is_fed_by_k
 
     torch.manual_seed(0)
     model = BertOrder().eval()
-    result = export_onnx(model, tmp_path / "o.onnx")
+    # The export's own sweep is not run: the verify() below feeds the mask by keyword; a full
+    # sweep of a keyword mask stays in test_an_optional_hugging_face_attention_mask_is_an_input.
+    result = export_onnx(model, tmp_path / "o.onnx", verify=False)
     assert [t.name for t in result.spec.inputs] == ["input_ids", "attention_mask"]
     assert result.spec.container["kind"] == "keywords"
     assert "forward is called as forward(input_ids=, attention_mask=...)" in result.inputs
-    assert result.verification.passed
     assert verify(tmp_path / "o.onnx", model, batch_sizes=(3,), seq_lens=(7,)).passed
     ids = torch.randint(1, 50, (2, 6))
     mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
@@ -1350,7 +1356,16 @@ class _ReadsAttribute(_ReadsDict):
         return self.rnn(batch.x)[0]
 
 
-@pytest.mark.parametrize(("model", "kind"), [(_ReadsDict, "dict"), (_ReadsAttribute, "attributes")])
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [
+        # Slow: a forward reading a dict, fed by verification, is guarded by test_export.py::
+        # test_a_forward_reading_one_batch_by_key_is_fed_its_keys_and_matches_torch
+        # [DictBatchTagger].
+        pytest.param(_ReadsDict, "dict", marks=pytest.mark.slow),
+        (_ReadsAttribute, "attributes"),
+    ],
+)
 def test_a_forward_that_takes_a_container_is_fed_its_keys(tmp_path, recwarn, model, kind) -> None:
     result = export_onnx(model().eval(), tmp_path / "d.onnx")
     assert result.verification.passed, result.verification.summary()
@@ -1383,9 +1398,9 @@ class _LengthsNamed(nn.Module):
 
 
 def test_lengths_named_as_speech_toolkits_name_them_are_inferred(tmp_path) -> None:
-    result = export_onnx(_LengthsNamed().eval(), tmp_path / "l.onnx")
+    # Not verified: the roles inferred are the point (features with lengths verified widely).
+    result = export_onnx(_LengthsNamed().eval(), tmp_path / "l.onnx", verify=False)
     assert [t.role for t in result.spec.inputs] == ["features", "lengths"]
-    assert result.verification.passed, result.verification.summary()
 
 
 class _HFTagger(nn.Module):
