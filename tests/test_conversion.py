@@ -285,7 +285,9 @@ def test_initial_state_passed_positionally(cell, packed, tmp_path):
     path = tmp_path / "m.onnx"
     lengths_decl = ["lengths:int64[batch]:lengths(seq)"] if packed else []
     inputs = ["x:float32[batch,seq,6]", *lengths_decl, "h0:float32[4,batch,5]"]
-    export_onnx(model, path, inputs=inputs)
+    # Not verified: the ORT comparison below is this test's guard; graphs with h0/c0 inputs
+    # are verified in test_graph.py::test_states_are_told_by_the_graph_not_by_their_names.
+    export_onnx(model, path, inputs=inputs, verify=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     (got,) = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})

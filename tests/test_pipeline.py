@@ -102,7 +102,9 @@ def test_export_model_takes_load_and_export_options(tmp_path: Path) -> None:
     assert any(line.startswith("Compat   int8 graph") for line in report.lines())
 
 
-def test_the_report_says_what_was_converted_and_what_the_graph_is(tmp_path: Path) -> None:
+def test_the_report_says_what_was_converted_and_what_the_graph_is(
+    tmp_path: Path, static_tensorrt
+) -> None:
     """The layers the loader converted are listed (lines and JSON); a layout with nothing to
     rewrite is recorded as the graph it wrote, with a note; a float16 graph says which nodes
     compute in float32; a model rebuilt from a bare state_dict is not called the original."""
@@ -171,7 +173,7 @@ def test_export_model_failure_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_a_verification_that_cannot_run_fails_the_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, static_tensorrt
 ) -> None:
     """ONNX Runtime that does not import (a broken install; once, SIGTERM during its import)
     fails the export, exit 2 and nothing written: it used to write the graph unverified, exit 0,
@@ -425,7 +427,7 @@ def test_export_judges_int8_on_the_users_own_batches_too(tmp_path: Path) -> None
     assert (on_data.cases[0].batch, on_data.cases[0].seq) == (8, 60)  # the batch as saved
 
 
-def test_export_load_inputs_from_the_command_line(tmp_path: Path) -> None:
+def test_export_load_inputs_from_the_command_line(tmp_path: Path, static_tensorrt) -> None:
     import numpy as np
 
     batch = tmp_path / "real.npz"
