@@ -46,9 +46,25 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("good")
     model = folder / "m.pt"
     model.write_bytes(SAMPLE.read_bytes())
-    result = CliRunner().invoke(main, [str(model), "-o", str(folder / "g.onnx"), "--no-verify"])
+    with static_tensorrt_rules():  # a graph for the refusals: nothing of TensorRT is asserted
+        args = [str(model), "-o", str(folder / "g.onnx"), "--no-verify"]
+        result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return model, folder / "g.onnx"
+
+
+@contextlib.contextmanager
+def static_tensorrt_rules():
+    """conftest's ``static_tensorrt`` fixture for a module fixture or a hypothesis test, which
+    take no function-scoped fixture."""
+    import functools
+
+    from birnn_export import check
+
+    with pytest.MonkeyPatch.context() as patch:
+        static = functools.partial(check.check_compatibility, tensorrt="static")
+        patch.setattr(check, "check_compatibility", static)
+        yield
 
 
 def one_line_error(result, code: int = 2) -> str:
@@ -231,7 +247,9 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_graph(tmp_path: Path, monkey
     assert (tmp_path / "a.onnx").read_bytes() == b"the earlier graph"
 
 
-def test_a_summary_that_cannot_be_written_says_the_graph_was(tmp_path: Path, monkeypatch) -> None:
+def test_a_summary_that_cannot_be_written_says_the_graph_was(
+    tmp_path: Path, monkeypatch, static_tensorrt
+) -> None:
     """--json on a full disk after the graph was written: the error said nothing of the graph
     left in place (users24)."""
     import errno
@@ -255,7 +273,9 @@ def test_a_summary_that_cannot_be_written_says_the_graph_was(tmp_path: Path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.pt"]
 
 
-def test_a_stale_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
+def test_a_stale_staging_folder_of_a_dead_process_is_removed(
+    tmp_path: Path, static_tensorrt
+) -> None:
     model = tmp_path / "a.pt"
     model.write_bytes(SMALL.read_bytes())
     dead = subprocess.run(
@@ -305,7 +325,9 @@ def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tmp_pa
     assert (planted / ".lock").exists()  # not the export's: left as it was
 
 
-def test_only_a_real_staging_folder_of_our_files_is_removed(tmp_path: Path) -> None:
+def test_only_a_real_staging_folder_of_our_files_is_removed(
+    tmp_path: Path, static_tensorrt
+) -> None:
     """A folder of downloaded files (a zip, a clone) may hold a link named like a dead
     process's staging folder: the export removed every file in the folder it pointed to
     (users31). Links are left, and so is a folder holding files the export does not write."""
@@ -356,7 +378,7 @@ def test_written_files_get_normal_permissions_and_symlinks_are_written_through(
 
 
 def test_a_link_to_a_device_or_pipe_and_a_planted_default_output_link_are_refused(
-    tmp_path: Path,
+    tmp_path: Path, static_tensorrt
 ) -> None:
     """Written through a link to a pipe (or, as root, to /dev/full), the node itself was
     replaced by a file; and a link planted at the default output name (a folder of downloaded
@@ -762,7 +784,8 @@ def test_fuzz_the_command_line(good: tuple[Path, Path], tmp_path_factory, args: 
     here = os.getcwd()
     os.chdir(folder)
     try:
-        result = CliRunner().invoke(main, [str(model), "--no-verify", *args])
+        with static_tensorrt_rules():  # exit codes and files are asserted, nothing of TensorRT
+            result = CliRunner().invoke(main, [str(model), "--no-verify", *args])
     finally:
         os.chdir(here)
     assert result.exit_code in (0, 1, 2), (args, result.output)
