@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -123,20 +125,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture
-def static_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The export's TensorRT step by its static rules only: for tests that assert nothing of
-    TensorRT. The parser/builder through the CLI stays asserted in test_export.py::
-    test_every_sample_exports_and_verifies, test_readme and test_pipeline's TensorRT tests."""
+@contextlib.contextmanager
+def static_tensorrt_rules() -> Iterator[None]:
+    """While it lasts, the export's TensorRT step by its static rules only: for tests that
+    assert nothing of TensorRT. The parser/builder through the CLI stays asserted in
+    test_export.py::test_every_sample_exports_and_verifies, test_readme and test_pipeline's
+    TensorRT tests. A module fixture or a hypothesis test (no function fixtures) uses it."""
     import functools
 
     from birnn_export import check
 
-    monkeypatch.setattr(
-        check,
-        "check_compatibility",
-        functools.partial(check.check_compatibility, tensorrt="static"),
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        static = functools.partial(check.check_compatibility, tensorrt="static")
+        patch.setattr(check, "check_compatibility", static)
+        yield
+
+
+@pytest.fixture
+def static_tensorrt() -> Iterator[None]:
+    """:func:`static_tensorrt_rules` for one test."""
+    with static_tensorrt_rules():
+        yield
 
 
 @pytest.fixture(scope="module")

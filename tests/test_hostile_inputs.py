@@ -31,6 +31,7 @@ from birnn_export.checkpoint import load_model
 from birnn_export.cli import main
 from birnn_export.errors import BiRNNExportError, EngineError, ModelLoadError
 from birnn_export.spec import GraphSpec
+from tests.conftest import static_tensorrt_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_models" / "token_tagger.pt"
@@ -51,20 +52,6 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return model, folder / "g.onnx"
-
-
-@contextlib.contextmanager
-def static_tensorrt_rules():
-    """conftest's ``static_tensorrt`` fixture for a module fixture or a hypothesis test, which
-    take no function-scoped fixture."""
-    import functools
-
-    from birnn_export import check
-
-    with pytest.MonkeyPatch.context() as patch:
-        static = functools.partial(check.check_compatibility, tensorrt="static")
-        patch.setattr(check, "check_compatibility", static)
-        yield
 
 
 def one_line_error(result, code: int = 2) -> str:
