@@ -82,9 +82,9 @@ def _json_to_stdout(command: Any) -> Any:
     return run_command
 
 
-def _write_json(json_path: Path, text: str, *, quiet: bool = False) -> str:
+def _write_json(json_path: Path, text: str, *, quiet: bool = False) -> None:
     """Write a report: to ``json_path``, or to standard output for ``--json -``; say where
-    (:func:`_written`) unless ``quiet``. Returns where, in words."""
+    (:func:`_written`) unless ``quiet``."""
     if json_path == JSON_TO_STDOUT:
         out = _json_out[-1] if _json_out else sys.stdout
         out.write(text if text.endswith("\n") else text + "\n")
@@ -96,7 +96,6 @@ def _write_json(json_path: Path, text: str, *, quiet: bool = False) -> str:
         where = str(json_path)
     if not quiet:
         _written("report", where)
-    return where
 
 
 def _written(what: str, where: object) -> None:
@@ -328,8 +327,8 @@ def export_command(
         if json_path is not None:  # the graph in place, not the last run's (users47 F5)
             said = f"Aborted! {exc}"
             summary = {"model": str(model_path), "written": exc.written, "error": said}
-            summary = json.dumps({**summary, "exit_code": _interrupted_code()})
-            _write_json(json_path, summary, quiet=True)
+            summary["exit_code"] = _interrupted_code()
+            _write_json(json_path, json.dumps(summary), quiet=True)
         raise
     except BiRNNExportError as exc:
         failed = exc.report if isinstance(exc, VerificationError) else None
